@@ -1,0 +1,641 @@
+"""Assemble one indexed series into a :class:`~imaging_assist.volume.Volume`.
+
+Geometry rules (the same as dcm2niix / ITK's GDCM reader, plus the warnings they print):
+
+* slices are sorted by their position along the slice normal (cross product of the
+  ImageOrientationPatient row and column cosines), never by InstanceNumber or name;
+* the slice spacing comes from those positions, not from SliceThickness;
+* uneven gaps and gantry tilt are detected and reported as warnings; a tilted stack
+  keeps its true (sheared) slice direction so the affine stays exact;
+* rescale slope/intercept (per frame for enhanced objects) and the Modality LUT are
+  applied, so values are in modality units (HU for CT).
+
+Uncompressed little-endian slices are read straight from disk into the volume with
+``numpy.fromfile`` at the offset the header walk found; everything else is decoded by
+pydicom with the pylibjpeg plugins, on a thread pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import UserError
+from ..volume import Volume, WindowPreset
+from .. import display
+from .header import EXPLICIT_LE, IMPLICIT_LE, InstanceRecord, read_dataset
+from .index import SeriesInfo, check_record
+
+POSITION_TOL_MM = 0.01  # positions closer than this are "the same position"
+UNEVEN_REL_TOL = 0.01  # gaps differing by more than 1 % (and > 0.01 mm) are uneven
+TILT_TOL_DEG = 0.1
+
+
+class LoadError(UserError):
+    """The series cannot be shown; the message says why in one line."""
+
+
+@dataclass
+class Slot:
+    rec: int  # index into the stack's record list
+    frame: int  # frame within that record
+    ipp: np.ndarray | None = None
+    iop: np.ndarray | None = None
+    pixel_spacing: tuple[float, float] | None = None
+    slope: float = 1.0
+    intercept: float = 0.0
+    window: tuple[list, list, list] | None = None  # centers, widths, explanations
+
+
+@dataclass
+class StackPlan:
+    records: list[InstanceRecord]
+    slots: list[Slot]
+    rows: int
+    cols: int
+    samples: int
+    photometric: str
+    dtype: np.dtype = np.dtype(np.int16)
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    positions: np.ndarray | None = None
+    has_geometry: bool = False
+    is_cine: bool = False
+    frame_time_ms: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    label: str = ""
+    datasets: dict = field(default_factory=dict)  # rec index -> pydicom header, when read
+
+
+# --------------------------------------------------------------------------- planning
+def _f(v, default=None):
+    try:
+        return float(v[0] if isinstance(v, list) else v)
+    except (TypeError, ValueError, IndexError):
+        return default
+
+
+def _vec(v, n):
+    if isinstance(v, list) and len(v) == n:
+        try:
+            return np.asarray([float(x) for x in v], float)
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _as_list(v):
+    if v is None or v == "":
+        return []
+    return v if isinstance(v, list) else [v]
+
+
+def _needs_pydicom_header(rec: InstanceRecord) -> bool:
+    return bool(rec.flags & {"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+                             "VOILUTSequence", "ModalityLUTSequence"}) or not rec.fast
+
+
+def _fg(frame_item, shared_item, seq: str, attr: str):
+    """Value of attr from a functional group, per-frame first, then shared."""
+    for item in (frame_item, shared_item):
+        if item is None:
+            continue
+        s = item.get(seq)
+        if s:
+            v = s[0].get(attr)
+            if v is not None:
+                return v
+    return None
+
+
+def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    # Which dimension (if any) is the in-stack position: drop it from the stack key.
+    drop = set()
+    for d, item in enumerate(ds.get("DimensionIndexSequence") or []):
+        ptr = item.get("DimensionIndexPointer")
+        if ptr is not None and int(ptr) in (0x00209057, 0x00200032):
+            drop.add(d)
+    out = []
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    for i in range(n):
+        f = per[i] if i < len(per) else None
+        ipp = _fg(f, shared, "PlanePositionSequence", "ImagePositionPatient")
+        iop = _fg(f, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
+        ps = _fg(f, shared, "PixelMeasuresSequence", "PixelSpacing")
+        slope = _fg(f, shared, "PixelValueTransformationSequence", "RescaleSlope")
+        icpt = _fg(f, shared, "PixelValueTransformationSequence", "RescaleIntercept")
+        wc = _fg(f, shared, "FrameVOILUTSequence", "WindowCenter")
+        ww = _fg(f, shared, "FrameVOILUTSequence", "WindowWidth")
+        we = _fg(f, shared, "FrameVOILUTSequence", "WindowCenterWidthExplanation")
+        dims = ()
+        if f is not None and f.get("FrameContentSequence"):
+            div = f.FrameContentSequence[0].get("DimensionIndexValues")
+            if div is not None:
+                div = list(div) if not isinstance(div, int) else [div]
+                dims = tuple(v for d, v in enumerate(div) if d not in drop)
+        slot = Slot(rec=ri, frame=i,
+                    ipp=np.asarray([float(x) for x in ipp], float) if ipp is not None else None,
+                    iop=np.asarray([float(x) for x in iop], float) if iop is not None else None,
+                    pixel_spacing=(float(ps[0]), float(ps[1])) if ps is not None else None,
+                    slope=float(slope) if slope is not None else 1.0,
+                    intercept=float(icpt) if icpt is not None else 0.0,
+                    window=(_as_list(wc), _as_list(ww), _as_list(we)) if wc is not None else None)
+        out.append((slot, dims))
+    return out
+
+
+def plan_series(series: SeriesInfo) -> list[StackPlan]:
+    """Work out every displayable stack of a series (no pixels are read)."""
+    recs = [r for r in series.instances if r.has_pixels]
+    if not recs:
+        raise LoadError(f"series {series.uid} has no images (modality {series.modality or '?'})")
+    for r in recs:
+        reason = check_record(r)
+        if reason:
+            raise LoadError(f"{r.display_path}: {reason}")
+    datasets = {}
+    keyed: list[tuple[Slot, tuple]] = []
+    for ri, r in enumerate(recs):
+        if _needs_pydicom_header(r):
+            try:
+                ds = read_dataset(r, stop_before_pixels=True)
+            except Exception as e:
+                raise LoadError(f"{r.display_path}: unreadable header: {e}") from None
+            datasets[ri] = ds
+            if ds.get("PerFrameFunctionalGroupsSequence") or ds.get("SharedFunctionalGroupsSequence"):
+                keyed.extend(((s, (ri,) + k) if len(recs) > 1 else (s, k))
+                             for s, k in _enhanced_slots(ri, ds))
+                continue
+        window = None
+        if r.get("WindowCenter") is not None and r.get("WindowWidth") is not None:
+            window = (_as_list(r.get("WindowCenter")), _as_list(r.get("WindowWidth")),
+                      _as_list(r.get("WindowCenterWidthExplanation")))
+        ps = _vec(r.get("PixelSpacing"), 2)
+        for fr in range(r.frames):
+            keyed.append((Slot(rec=ri, frame=fr, ipp=_vec(r.get("ImagePositionPatient"), 3),
+                               iop=_vec(r.get("ImageOrientationPatient"), 6),
+                               pixel_spacing=tuple(ps) if ps is not None else None,
+                               slope=_f(r.get("RescaleSlope"), 1.0),
+                               intercept=_f(r.get("RescaleIntercept"), 0.0), window=window), ()))
+
+    # Group into stacks: frames of an enhanced object by their non-position dimensions.
+    by_key: dict[tuple, list[Slot]] = defaultdict(list)
+    for s, k in keyed:
+        by_key[k].append(s)
+    if len(by_key) > 1:
+        merged = [s for s, _ in keyed]
+        if _positions_unique(merged):  # e.g. a volume split over several files
+            by_key = {(): merged}
+    plans = []
+    for n, (k, slots) in enumerate(sorted(by_key.items())):
+        plan = _plan_stack(series, recs, slots, datasets)
+        if len(by_key) > 1:
+            plan.label = f"stack {n + 1} of {len(by_key)}"
+            plan.warnings.insert(0, f"series holds {len(by_key)} stacks (repeated positions: "
+                                    f"time points, echoes or image types); this is {plan.label}")
+        plans.append(plan)
+    return plans
+
+
+def _positions_unique(slots: list[Slot]) -> bool:
+    if any(s.ipp is None or s.iop is None for s in slots):
+        return False
+    n = _normal(slots[0].iop)
+    d = np.sort([float(s.ipp @ n) for s in slots])
+    return bool(np.all(np.diff(d) > POSITION_TOL_MM))
+
+
+def _normal(iop: np.ndarray) -> np.ndarray:
+    n = np.cross(iop[:3], iop[3:])
+    return n / (np.linalg.norm(n) or 1.0)
+
+
+def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets) -> StackPlan:
+    r0 = recs[slots[0].rec]
+    photometric = str(r0.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    plan = StackPlan(records=recs, slots=list(slots), rows=r0.rows, cols=r0.columns,
+                     samples=r0.samples, photometric=photometric, datasets=datasets)
+    modality = series.modality.upper()
+    geometric = all(s.ipp is not None and s.iop is not None for s in slots)
+    multi_frame_no_pos = r0.frames > 1 and not geometric
+
+    ps = slots[0].pixel_spacing
+    if ps is None:
+        ips = _vec(r0.get("ImagerPixelSpacing"), 2)
+        if ips is not None:
+            ps = (float(ips[0]), float(ips[1]))
+            plan.warnings.append("pixel spacing is ImagerPixelSpacing (at the detector, not corrected "
+                                 "for geometric magnification): distances are approximate")
+        else:
+            plan.warnings.append("no pixel spacing in the file: distances and areas are in pixels")
+    row_sp, col_sp = (ps if ps else (1.0, 1.0))  # PixelSpacing = (row spacing, column spacing)
+
+    if geometric and not multi_frame_no_pos:
+        iop = slots[0].iop
+        if any(np.max(np.abs(s.iop - iop)) > 1e-3 for s in slots):
+            plan.warnings.append("image orientation differs between slices: shown in file order, "
+                                 "no 3D geometry")
+            geometric = False
+    if geometric and len(slots) >= 1 and not multi_frame_no_pos:
+        _plan_geometry(plan, col_sp, row_sp, r0)
+    else:
+        plan.spacing = (col_sp, row_sp, 1.0)
+        plan.has_geometry = False
+        if r0.frames > 1 and len(recs) == 1:
+            plan.is_cine = True
+            ft = _f(r0.get("FrameTime"))
+            plan.frame_time_ms = ft
+            if ft is None:
+                plan.warnings.append("multi-frame image without FrameTime: cine speed unknown")
+        elif len(slots) > 1:
+            plan.warnings.append("no patient-position information (ImagePositionPatient): images are "
+                                 "shown in InstanceNumber order and have no 3D geometry")
+        if slots[0].iop is not None:
+            iop = slots[0].iop
+            plan.direction = np.column_stack([iop[:3], iop[3:], _normal(iop)])
+        if slots[0].ipp is not None:
+            plan.origin = tuple(float(x) for x in slots[0].ipp)
+    _plan_dtype(plan, modality)
+    return plan
+
+
+def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRecord) -> None:
+    slots = plan.slots
+    iop = slots[0].iop
+    n = _normal(iop)
+    d = np.array([float(s.ipp @ n) for s in slots])
+    order = np.argsort(d, kind="stable")
+    plan.slots = [slots[i] for i in order]
+    d = d[order]
+    plan.positions = d
+    plan.has_geometry = True
+    first, last = plan.slots[0].ipp, plan.slots[-1].ipp
+    plan.origin = tuple(float(x) for x in first)
+    slice_dir = n
+    if len(d) > 1:
+        gaps = np.diff(d)
+        dup = int(np.sum(gaps <= POSITION_TOL_MM))
+        if dup:
+            plan.warnings.append(f"{dup} slice(s) share a position with another slice: the series "
+                                 "mixes stacks that could not be told apart; geometry is unreliable")
+        med = float(np.median(gaps))
+        if float(gaps.max() - gaps.min()) > max(POSITION_TOL_MM, UNEVEN_REL_TOL * abs(med)):
+            plan.warnings.append(
+                f"uneven slice spacing: gaps from {gaps.min():.2f} to {gaps.max():.2f} mm "
+                f"(median {med:.2f} mm); 3D views and volumes use the mean spacing "
+                f"{(d[-1] - d[0]) / (len(d) - 1):.3f} mm and are approximate"
+                + ("; slices may be missing" if gaps.max() > 1.5 * med else ""))
+        step = (last - first) / (len(d) - 1)
+        z_sp = float(np.linalg.norm(step))
+        cosang = float(np.clip(abs(step @ n) / (z_sp or 1.0), -1, 1))
+        tilt = float(np.degrees(np.arccos(cosang))) if z_sp > POSITION_TOL_MM else 0.0
+        if z_sp <= POSITION_TOL_MM:
+            z_sp = _f(r0.get("SpacingBetweenSlices")) or _f(r0.get("SliceThickness")) or 1.0
+        if tilt > TILT_TOL_DEG:
+            gt = r0.get("GantryDetectorTilt")
+            plan.warnings.append(
+                f"gantry tilt: slices are sheared by {tilt:.1f} degrees"
+                + (f" (GantryDetectorTilt {gt})" if gt not in (None, "") else "")
+                + "; the affine keeps the true slice positions, slice views are exact, "
+                  "reformatted (MPR) views are shown in the sheared voxel grid")
+            slice_dir = step / z_sp
+        thickness = _f(r0.get("SliceThickness"))
+        if thickness and thickness < 0.95 * abs(med):
+            plan.warnings.append(f"slices are {thickness:g} mm thick but {abs(med):.2f} mm apart: "
+                                 "there are gaps between slices")
+    else:
+        z_sp = _f(r0.get("SpacingBetweenSlices")) or _f(r0.get("SliceThickness")) or 1.0
+    plan.spacing = (float(col_sp), float(row_sp), float(z_sp))
+    plan.direction = np.column_stack([iop[:3], iop[3:], slice_dir])
+
+
+def _stored_range(rec: InstanceRecord) -> tuple[int, int]:
+    bs = int(rec.get("BitsStored", rec.bits_allocated) or rec.bits_allocated)
+    if int(rec.get("PixelRepresentation", 0) or 0) == 1:
+        return -(1 << (bs - 1)), (1 << (bs - 1)) - 1
+    return 0, (1 << bs) - 1
+
+
+def _plan_dtype(plan: StackPlan, modality: str) -> None:
+    r0 = plan.records[plan.slots[0].rec]
+    if plan.photometric in ("RGB", "PALETTE COLOR") or plan.photometric.startswith("YBR") or plan.samples == 3:
+        plan.dtype = np.dtype(np.uint8) if r0.bits_allocated == 8 or plan.photometric == "PALETTE COLOR" \
+            else np.dtype(np.uint16)
+        return
+    if "ModalityLUTSequence" in r0.flags or r0.bits_allocated > 16 and not _integer_rescale(plan):
+        plan.dtype = np.dtype(np.float32)
+        return
+    if not _integer_rescale(plan):
+        plan.dtype = np.dtype(np.float32)
+        return
+    lo, hi = _stored_range(r0)
+    icpts = [s.intercept for s in plan.slots]
+    lo, hi = lo + min(icpts), hi + max(icpts)
+    for dt in (np.uint8, np.int16, np.uint16, np.int32):
+        info = np.iinfo(dt)
+        if info.min <= lo and hi <= info.max and (dt != np.uint8 or r0.bits_allocated == 8):
+            plan.dtype = np.dtype(dt)
+            return
+    plan.dtype = np.dtype(np.float32)
+
+
+def _integer_rescale(plan: StackPlan) -> bool:
+    return all(s.slope == 1.0 and float(s.intercept).is_integer() for s in plan.slots)
+
+
+# --------------------------------------------------------------------------- pixels
+def _normalize_stored(arr: np.ndarray, rec: InstanceRecord) -> np.ndarray:
+    """Keep only the BitsStored bits (sign-extending signed data), as PS3.5 8.1.1 says."""
+    ba = arr.dtype.itemsize * 8
+    bs = int(rec.get("BitsStored", ba) or ba)
+    if bs >= ba or arr.dtype.kind not in "iu":
+        return arr
+    if int(rec.get("PixelRepresentation", 0) or 0) == 1:
+        shift = ba - bs
+        return (arr.astype(arr.dtype, copy=False) << shift) >> shift
+    return arr & np.array((1 << bs) - 1, dtype=arr.dtype)
+
+
+def _native_dtype(rec: InstanceRecord) -> np.dtype | None:
+    ba = rec.bits_allocated
+    signed = int(rec.get("PixelRepresentation", 0) or 0) == 1
+    if ba not in (8, 16, 32):
+        return None
+    return np.dtype(("<i" if signed else "<u") + str(ba // 8))
+
+
+def _fast_native(rec: InstanceRecord) -> bool:
+    return (rec.fast and rec.member is None and not rec.encapsulated and rec.pixel_offset is not None
+            and rec.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE) and rec.samples == 1
+            and _native_dtype(rec) is not None and "ModalityLUTSequence" not in rec.flags
+            and "RedPaletteColorLookupTableData" not in rec.flags
+            and "SegmentedRedPaletteColorLookupTableData" not in rec.flags)
+
+
+def _read_native(rec: InstanceRecord, frames: list[int]) -> dict[int, np.ndarray]:
+    dt = _native_dtype(rec)
+    n = rec.rows * rec.columns
+    fbytes = n * dt.itemsize
+    out = {}
+    with open(rec.path, "rb") as fh:  # read-only
+        for fr in frames:
+            a = np.fromfile(fh, dtype=dt, count=n, offset=rec.pixel_offset + fr * fbytes) if fr == frames[0] \
+                else None
+            if a is None:
+                fh.seek(rec.pixel_offset + fr * fbytes)
+                a = np.fromfile(fh, dtype=dt, count=n)
+            if a.size != n:
+                raise LoadError(f"{rec.display_path}: truncated pixel data in frame {fr}")
+            out[fr] = _normalize_stored(a.reshape(rec.rows, rec.columns), rec)
+    return out
+
+
+def _read_pydicom(rec: InstanceRecord, plan: StackPlan) -> dict[int, np.ndarray]:
+    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    try:
+        ds = read_dataset(rec)
+    except Exception as e:
+        raise LoadError(f"{rec.display_path}: unreadable file: {e}") from None
+    if "PixelData" not in ds:
+        raise LoadError(f"{rec.display_path}: no pixel data")
+    if not ds.get("PixelData") and ds.get("PixelData") is not None and len(ds.PixelData) == 0:
+        raise LoadError(f"{rec.display_path}: empty pixel data")
+    if rec.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE, "1.2.840.10008.1.2.2"):
+        need = rec.expected_pixel_bytes()
+        have = len(ds.PixelData)
+        if have < need:
+            raise LoadError(f"{rec.display_path}: truncated pixel data: {have} bytes present, {need} expected")
+    try:
+        arr = ds.pixel_array
+    except Exception as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LoadError(f"{rec.display_path}: cannot decode pixel data "
+                        f"({getattr(ds.file_meta.get('TransferSyntaxUID'), 'name', '?')}): {msg}") from None
+    if rec.frames == 1 and arr.ndim == (3 if rec.samples > 1 else 2):
+        arr = arr[None]
+    if plan.photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        if rgb.dtype != np.uint8:  # 16-bit palette entries -> 8-bit display RGB
+            rgb = (rgb.astype(np.float32) / max(1.0, float(rgb.max())) * 255 + 0.5).astype(np.uint8)
+        return {i: rgb[i] for i in range(rgb.shape[0])}
+    if rec.samples == 1:
+        arr = _normalize_stored(arr, rec)
+        if "ModalityLUTSequence" in rec.flags:
+            arr = apply_modality_lut(arr, ds).astype(np.float32)
+    return {i: arr[i] for i in range(arr.shape[0])}
+
+
+# --------------------------------------------------------------------------- loading
+class SeriesLoader:
+    """Load one stack of a series, middle slice first, the rest on a worker thread.
+
+    ``on_first(volume, k)`` fires when slice k (the middle one) is ready,
+    ``on_slice(k)`` for every slice, ``on_progress(done, total)`` as slices land and
+    ``on_done(volume)`` / ``on_error(message)`` at the end.  Callbacks run on the worker
+    thread; a GUI forwards them to its own thread.
+    """
+
+    def __init__(self, series: SeriesInfo, stack: int = 0, *, workers: int | None = None,
+                 on_first: Callable | None = None, on_slice: Callable | None = None,
+                 on_progress: Callable | None = None, on_done: Callable | None = None,
+                 on_error: Callable | None = None):
+        self.series = series
+        self.plans = plan_series(series)
+        if not 0 <= stack < len(self.plans):
+            raise LoadError(f"stack {stack + 1} requested, the series has {len(self.plans)}")
+        self.plan = self.plans[stack]
+        self.workers = workers or min(4, os.cpu_count() or 2)
+        self.on_first, self.on_slice, self.on_progress = on_first, on_slice, on_progress
+        self.on_done, self.on_error = on_done, on_error
+        self._cancel = threading.Event()
+        self._first = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+        self.first_slice_s: float | None = None
+        self.volume = self._allocate()
+
+    # ------------------------------------------------------------ set-up
+    def _allocate(self) -> Volume:
+        p = self.plan
+        n = len(p.slots)
+        colour = p.photometric in ("RGB", "PALETTE COLOR") or p.photometric.startswith("YBR") or p.samples == 3
+        shape = (n, p.rows, p.cols, 3) if colour else (n, p.rows, p.cols)
+        # np.zeros maps fresh pages lazily: unloaded slices cost nothing and show black.
+        arr = np.zeros(shape, dtype=p.dtype)
+        r0 = p.records[p.slots[0].rec]
+        modality = str(r0.get("Modality", "")).upper()
+        rescale_type = str(r0.get("RescaleType", "") or "")
+        units = "HU" if modality == "CT" and rescale_type in ("", "HU") else rescale_type if rescale_type not in ("US",) else ""
+        vol = Volume(array=arr, spacing=p.spacing, origin=p.origin, direction=p.direction,
+                     modality=modality, units=units,
+                     photometric="RGB" if colour else p.photometric,
+                     has_geometry=p.has_geometry, is_cine=p.is_cine, frame_time_ms=p.frame_time_ms,
+                     slice_positions=p.positions, warnings=list(self.series.warnings) + list(p.warnings),
+                     series_uid=self.series.uid, description=self.series.description,
+                     headers=[p.records[s.rec] for s in p.slots],
+                     source_paths=sorted({r.display_path for r in p.records}))
+        vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
+        vol.loaded = np.zeros(n, dtype=bool)
+        vol.window_presets = display.presets_for(vol, p.slots[len(p.slots) // 2].window)
+        ds0 = p.datasets.get(p.slots[0].rec)
+        if ds0 is not None and "VOILUTSequence" in ds0:
+            display.attach_voi_lut(vol, ds0)
+        return vol
+
+    def _units(self) -> list[tuple[int, list[int]]]:
+        """Work units (record index, slots), the middle slice's unit first, then outward."""
+        p = self.plan
+        n = len(p.slots)
+        by_rec: dict[int, list[int]] = defaultdict(list)
+        for k, s in enumerate(p.slots):
+            by_rec[s.rec].append(k)
+        units = []
+        for ri, ks in by_rec.items():
+            if _fast_native(p.records[ri]):
+                units.extend((ri, [k]) for k in ks)
+            else:
+                units.append((ri, ks))
+        mid = n // 2
+        units.sort(key=lambda u: (0 if mid in u[1] else 1, min(abs(k - mid) for k in u[1]), min(u[1])))
+        return units
+
+    def _run_unit(self, unit) -> None:
+        ri, ks = unit
+        p = self.plan
+        rec = p.records[ri]
+        frames = [p.slots[k].frame for k in ks]
+        data = _read_native(rec, frames) if _fast_native(rec) else _read_pydicom(rec, p)
+        arr = self.volume.array
+        for k in ks:
+            s = p.slots[k]
+            if s.frame not in data:
+                raise LoadError(f"{rec.display_path}: frame {s.frame + 1} missing after decoding")
+            a = data[s.frame]
+            if a.shape[:2] != (p.rows, p.cols):
+                raise LoadError(f"{rec.display_path}: decoded size {a.shape[:2]} != {(p.rows, p.cols)}")
+            if s.slope != 1.0 or s.intercept != 0.0:
+                if arr.dtype.kind == "f":
+                    np.multiply(a, s.slope, out=arr[k], casting="unsafe")
+                    arr[k] += s.intercept
+                else:
+                    arr[k] = a  # stored values fit the output type (checked in _plan_dtype)
+                    arr[k] += arr.dtype.type(int(s.intercept))
+            else:
+                arr[k] = a
+            with self.volume._lock:
+                self.volume.loaded[k] = True
+
+    # ------------------------------------------------------------ running
+    def run(self) -> Volume:
+        """Load synchronously on the calling thread (with a pool for the decoding)."""
+        t0 = time.perf_counter()
+        units = self._units()
+        total = len(self.plan.slots)
+        done = 0
+        errors: list[str] = []
+        first, rest = units[:1], units[1:]
+
+        def finish(unit, exc):
+            nonlocal done
+            if exc is not None:
+                errors.append(str(exc))
+            else:
+                done += len(unit[1])
+                for k in unit[1]:
+                    if self.on_slice:
+                        self.on_slice(k)
+            if self.on_progress:
+                self.on_progress(done, total)
+
+        for u in first:
+            try:
+                self._run_unit(u)
+                finish(u, None)
+            except Exception as e:  # noqa: BLE001 - reported per slice
+                finish(u, e)
+        self.first_slice_s = time.perf_counter() - t0
+        self._first.set()
+        if self.on_first and self.volume.loaded.any():
+            self.on_first(self.volume, int(np.argmax(self.volume.loaded)))
+        if rest and not self._cancel.is_set():
+            native = all(_fast_native(self.plan.records[u[0]]) for u in rest)
+            workers = 2 if native else self.workers
+            with ThreadPoolExecutor(workers) as ex:
+                futs = []
+                for u in rest:
+                    futs.append((u, ex.submit(self._guarded, u)))
+                for u, fut in futs:
+                    exc = fut.result()
+                    finish(u, exc)
+                    if self._cancel.is_set():
+                        ex.shutdown(wait=True, cancel_futures=True)
+                        break
+        if errors:
+            shown = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
+            self.volume.warnings.append(f"{len(errors)} part(s) could not be read: {shown}")
+        if not self.volume.loaded.any():
+            raise LoadError(errors[0] if errors else "nothing could be loaded")
+        if self._cancel.is_set():
+            self.volume.warnings.append(f"loading cancelled: {int(self.volume.loaded.sum())} of {total} slices read")
+        return self.volume
+
+    def _guarded(self, unit):
+        if self._cancel.is_set():
+            return None
+        try:
+            self._run_unit(unit)
+            return None
+        except Exception as e:  # noqa: BLE001
+            return e
+
+    def start(self) -> Volume:
+        """Load on a worker thread; returns the (still filling) volume at once."""
+        def target():
+            try:
+                vol = self.run()
+                if self.on_done:
+                    self.on_done(vol)
+            except Exception as e:  # noqa: BLE001 - reported through on_error
+                self.error = str(e)
+                self._first.set()
+                if self.on_error:
+                    self.on_error(self.error)
+        self._thread = threading.Thread(target=target, name="series-loader", daemon=True)
+        self._thread.start()
+        return self.volume
+
+    def wait_first(self, timeout: float | None = None) -> bool:
+        return self._first.wait(timeout)
+
+    def wait(self, timeout: float | None = None) -> Volume:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error:
+            raise LoadError(self.error)
+        return self.volume
+
+    def cancel(self) -> None:
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def done(self) -> bool:
+        return self._thread is not None and not self._thread.is_alive()
+
+
+def load_series(series: SeriesInfo, stack: int = 0, progress: Callable | None = None) -> Volume:
+    """Load a whole stack synchronously (CLI, analysis, tests)."""
+    return SeriesLoader(series, stack, on_progress=progress).run()

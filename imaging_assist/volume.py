@@ -1,0 +1,151 @@
+"""The in-memory image the whole app works on: pixels plus patient-space geometry.
+
+Conventions (the same as DICOM and ITK/SimpleITK, so numbers can be compared directly):
+
+* ``array`` is indexed ``[slice, row, column]`` (k, j, i) and holds values in modality
+  units (rescale slope/intercept already applied: HU for CT).  Colour images have a
+  trailing channel axis ``[slice, row, column, 3]`` (RGB, uint8).
+* ``spacing`` is ``(column, row, slice)`` in mm, i.e. ``(x, y, z)`` like ITK.
+* ``origin`` is the patient-space (LPS, mm) position of the centre of voxel (0, 0, 0).
+* ``direction`` is a 3x3 matrix whose *columns* are the unit vectors of the column
+  (i), row (j) and slice (k) axes in LPS.  For a gantry-tilted stack the slice axis is
+  *not* orthogonal to the image plane; ``direction[:, 2]`` is then the true (sheared)
+  slice step direction, so ``affine`` stays exact.
+* ``slice_positions`` keeps the position of every slice along the normal so that
+  uneven spacing is never hidden behind a single ``spacing[2]``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class WindowPreset:
+    name: str
+    center: float
+    width: float
+    source: str = "preset"  # "dicom" (from the file), "preset" (built-in), "auto" (from data)
+    function: str = "LINEAR"  # LINEAR, LINEAR_EXACT or SIGMOID (DICOM PS3.3 C.11.2.1.2)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "center": self.center, "width": self.width,
+                "source": self.source, "function": self.function}
+
+
+@dataclass
+class Volume:
+    array: np.ndarray
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    modality: str = ""
+    units: str = ""  # "HU" for CT, "" when the values carry no physical unit
+    photometric: str = "MONOCHROME2"  # after decoding: MONOCHROME1/2 or RGB
+    has_geometry: bool = True  # False for plain images and projections without IPP/IOP
+    is_cine: bool = False  # frames are time, not space (US/XA cine)
+    frame_time_ms: float | None = None
+    slice_positions: np.ndarray | None = None  # along the normal, mm, one per slice
+    window_presets: list[WindowPreset] = field(default_factory=list)
+    voi_lut: np.ndarray | None = None  # DICOM VOI LUT (first one), mapping values to display
+    voi_lut_first: int = 0
+    warnings: list[str] = field(default_factory=list)
+    series_uid: str = ""
+    description: str = ""
+    # Per-slice headers (pydicom Datasets without pixel data) for the tag browser.
+    headers: list = field(default_factory=list, repr=False)
+    source_paths: list[str] = field(default_factory=list, repr=False)
+    # Progressive loading: which slices hold real data yet.
+    loaded: np.ndarray | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def is_color(self) -> bool:
+        return self.array.ndim == 4
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 matrix from (i, j, k, 1) voxel indices to LPS millimetres."""
+        a = np.eye(4)
+        a[:3, :3] = np.asarray(self.direction, float) * np.asarray(self.spacing, float)[None, :]
+        a[:3, 3] = self.origin
+        return a
+
+    def index_to_lps(self, i: float, j: float, k: float) -> np.ndarray:
+        return (self.affine @ np.array([i, j, k, 1.0]))[:3]
+
+    @property
+    def normal(self) -> np.ndarray:
+        d = np.asarray(self.direction, float)
+        n = np.cross(d[:, 0], d[:, 1])
+        return n / (np.linalg.norm(n) or 1.0)
+
+    def orientation_labels(self) -> dict[str, str]:
+        """Screen-edge letters for the native (axial-as-stored) view.
+
+        Returns letters for the 'left', 'right', 'top' and 'bottom' edges of the image as
+        displayed with columns running left→right and rows top→bottom.
+        """
+        d = np.asarray(self.direction, float)
+        right = orientation_letters(d[:, 0])
+        down = orientation_letters(d[:, 1])
+        return {"right": right, "left": orientation_letters(-d[:, 0]),
+                "bottom": down, "top": orientation_letters(-d[:, 1])}
+
+    def value_range(self) -> tuple[float, float]:
+        arr = self.array if self.loaded is None or self.loaded.all() else self.array[self.loaded]
+        if arr.size == 0:
+            return (0.0, 0.0)
+        return (float(arr.min()), float(arr.max()))
+
+    def geometry_dict(self) -> dict:
+        lo, hi = self.value_range()
+        return {
+            "shape": list(self.shape),
+            "spacing": [round(float(s), 6) for s in self.spacing],
+            "origin": [round(float(s), 6) for s in self.origin],
+            "direction": [[round(float(v), 6) for v in row] for row in np.asarray(self.direction)],
+            "dtype": str(self.array.dtype),
+            "value_range": [lo, hi],
+            "units": self.units,
+            "modality": self.modality,
+            "photometric": self.photometric,
+            "has_geometry": self.has_geometry,
+            "is_cine": self.is_cine,
+            "frame_time_ms": self.frame_time_ms,
+            "window_presets": [w.to_dict() for w in self.window_presets],
+            "warnings": list(self.warnings),
+        }
+
+
+def orientation_letters(v, threshold: float = 0.0001) -> str:
+    """Letters for a direction in LPS, most dominant first (e.g. 'LA' or 'PFH' style).
+
+    Same scheme as dcmtk/Weasis: up to three letters in order of the absolute component
+    size, ignoring components below ``threshold``.
+    """
+    v = np.asarray(v, float)
+    pos = ("L", "P", "S")
+    neg = ("R", "A", "I")
+    order = np.argsort(-np.abs(v))
+    out = ""
+    for ax in order:
+        if abs(v[ax]) <= threshold:
+            continue
+        # Only keep minor letters when the axis is clearly oblique (> ~ 5 degrees).
+        if out and abs(v[ax]) < 0.1:
+            continue
+        out += pos[ax] if v[ax] > 0 else neg[ax]
+    return out
