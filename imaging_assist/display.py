@@ -33,7 +33,9 @@ def presets_for(vol: Volume, dicom_window: tuple[list, list, list] | None) -> li
                 continue
             if w <= 0:
                 continue
-            name = str(expl[i]).strip() if i < len(expl) and str(expl[i]).strip() else f"DICOM {i + 1}"
+            if any(p.center == c and p.width == w for p in out):
+                continue  # the same window repeated (common): list it once
+            name = str(expl[i]).strip() if i < len(expl) and str(expl[i]).strip() else f"DICOM {len(out) + 1}"
             out.append(WindowPreset(name, c, w, source="dicom"))
     if vol.modality == "CT" and vol.units == "HU":
         out.extend(WindowPreset(n, c, w) for n, (c, w) in CT_PRESETS.items())

@@ -140,6 +140,7 @@ class StudyIndex:
     patients: list[PatientInfo] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     n_files: int = 0
+    dicomdirs: list[str] = field(default_factory=list)  # DICOMDIR files followed (not images)
 
     def all_series(self) -> list[SeriesInfo]:
         return [s for p in self.patients for st in p.studies for s in st.series]
@@ -174,7 +175,7 @@ class StudyIndex:
         return None
 
     def to_dict(self) -> dict:
-        return {"root": self.root, "files": self.n_files,
+        return {"root": self.root, "files": self.n_files, "dicomdirs": self.dicomdirs,
                 "patients": [p.to_dict() for p in self.patients],
                 "problems": [p.to_dict() for p in self.problems]}
 
@@ -318,7 +319,8 @@ def scan(paths: str | list[str], workers: int | None = None,
     # DICOMDIR: follow its references (files not already found by the walk).
     seen = {os.path.realpath(r.path) for r in records if r.member is None}
     extra: list[InstanceRecord] = []
-    for rec in [r for r in records if _is_dicomdir(r)]:
+    dicomdirs = [r for r in records if _is_dicomdir(r)]
+    for rec in dicomdirs:
         for f in _dicomdir_files(rec, problems):
             if os.path.realpath(f) not in seen:
                 seen.add(os.path.realpath(f))
@@ -326,7 +328,8 @@ def scan(paths: str | list[str], workers: int | None = None,
                 (problems.append(res) if isinstance(res, Problem) else extra.append(res))
     records = [r for r in records if not _is_dicomdir(r)] + extra
 
-    index = StudyIndex(root=", ".join(str(p) for p in paths), n_files=total)
+    index = StudyIndex(root=", ".join(str(p) for p in paths), n_files=total,
+                       dicomdirs=[r.display_path for r in dicomdirs])
     good: list[InstanceRecord] = []
     for rec in records:
         reason = check_record(rec)

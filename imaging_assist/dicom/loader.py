@@ -400,7 +400,7 @@ def _read_native(rec: InstanceRecord, frames: list[int]) -> dict[int, np.ndarray
     return out
 
 
-def _read_pydicom(rec: InstanceRecord, plan: StackPlan) -> dict[int, np.ndarray]:
+def _read_pydicom(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray]:
     from pydicom.pixels import apply_color_lut, apply_modality_lut
     try:
         ds = read_dataset(rec)
@@ -423,7 +423,7 @@ def _read_pydicom(rec: InstanceRecord, plan: StackPlan) -> dict[int, np.ndarray]
                         f"({getattr(ds.file_meta.get('TransferSyntaxUID'), 'name', '?')}): {msg}") from None
     if rec.frames == 1 and arr.ndim == (3 if rec.samples > 1 else 2):
         arr = arr[None]
-    if plan.photometric == "PALETTE COLOR":
+    if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
         if rgb.dtype != np.uint8:  # 16-bit palette entries -> 8-bit display RGB
             rgb = (rgb.astype(np.float32) / max(1.0, float(rgb.max())) * 255 + 0.5).astype(np.uint8)
@@ -433,6 +433,29 @@ def _read_pydicom(rec: InstanceRecord, plan: StackPlan) -> dict[int, np.ndarray]
         if "ModalityLUTSequence" in rec.flags:
             arr = apply_modality_lut(arr, ds).astype(np.float32)
     return {i: arr[i] for i in range(arr.shape[0])}
+
+
+_POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def decode_pool(workers: int):
+    """A process pool for decoding, started once and reused (forkserver: safe in a threaded GUI)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["numpy", "pydicom", "imaging_assist.dicom.loader"])
+            _POOL = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
+        return _POOL
+
+
+def _decode_in_worker(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray]:
+    import warnings
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    return _read_pydicom(rec, photometric)
 
 
 # --------------------------------------------------------------------------- loading
@@ -509,12 +532,13 @@ class SeriesLoader:
         units.sort(key=lambda u: (0 if mid in u[1] else 1, min(abs(k - mid) for k in u[1]), min(u[1])))
         return units
 
-    def _run_unit(self, unit) -> None:
+    def _run_unit(self, unit, data: dict | None = None) -> None:
         ri, ks = unit
         p = self.plan
         rec = p.records[ri]
         frames = [p.slots[k].frame for k in ks]
-        data = _read_native(rec, frames) if _fast_native(rec) else _read_pydicom(rec, p)
+        if data is None:
+            data = _read_native(rec, frames) if _fast_native(rec) else _read_pydicom(rec, p.photometric)
         arr = self.volume.array
         for k in ks:
             s = p.slots[k]
@@ -569,17 +593,30 @@ class SeriesLoader:
             self.on_first(self.volume, int(np.argmax(self.volume.loaded)))
         if rest and not self._cancel.is_set():
             native = all(_fast_native(self.plan.records[u[0]]) for u in rest)
-            workers = 2 if native else self.workers
-            with ThreadPoolExecutor(workers) as ex:
-                futs = []
-                for u in rest:
-                    futs.append((u, ex.submit(self._guarded, u)))
+            if native or self.workers <= 1 or len(rest) < 4:
+                # Native slices: file reads release the GIL, two threads overlap them.
+                with ThreadPoolExecutor(2 if native else max(1, self.workers)) as ex:
+                    futs = [(u, ex.submit(self._guarded, u)) for u in rest]
+                    for u, fut in futs:
+                        finish(u, fut.result())
+                        if self._cancel.is_set():
+                            ex.shutdown(wait=True, cancel_futures=True)
+                            break
+            else:
+                # Compressed: the decoders (openjpeg, libjpeg) hold the GIL, so threads do
+                # not help; decode in worker processes and place the frames here.
+                ex = decode_pool(self.workers)
+                futs = [(u, ex.submit(_decode_in_worker, self.plan.records[u[0]], self.plan.photometric))
+                        for u in rest]
                 for u, fut in futs:
-                    exc = fut.result()
-                    finish(u, exc)
                     if self._cancel.is_set():
-                        ex.shutdown(wait=True, cancel_futures=True)
-                        break
+                        fut.cancel()
+                        continue
+                    try:
+                        self._run_unit(u, fut.result())
+                        finish(u, None)
+                    except Exception as e:  # noqa: BLE001 - reported per slice
+                        finish(u, e)
         if errors:
             shown = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
             self.volume.warnings.append(f"{len(errors)} part(s) could not be read: {shown}")

@@ -1,0 +1,92 @@
+"""Every file is either loaded or listed with a reason; sources are never modified."""
+
+import hashlib
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from _synth import write_ct_series
+from conftest import CT_PHANTOM, SHARED, need
+from imaging_assist.dicom import LoadError, load_series, scan
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _digest(root: Path) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("root", [SHARED / "dicom", PYDICOM_FILES], ids=["shared", "pydicom"])
+def test_everything_loads_or_is_reported(root):
+    need(root)
+    before = _digest(root)
+    index = scan(str(root))
+    loaded, failed = 0, []
+    for s in index.image_series():
+        for stack in range(1):
+            try:
+                vol = load_series(s, stack)
+                assert vol.loaded.any()
+                assert vol.array.shape[1:3] == (s.rows, s.cols)
+                loaded += 1
+            except LoadError as e:
+                msg = str(e)
+                assert msg and "\n" not in msg
+                failed.append(msg)
+    for p in index.problems:
+        assert p.reason and "\n" not in p.reason
+    seen = {os.path.realpath(r.path) for s in index.all_series() for r in s.instances}
+    seen |= {os.path.realpath(p.path.split("!")[0]) for p in index.problems}
+    seen |= {os.path.realpath(p) for p in index.dicomdirs}
+    files = {os.path.realpath(p) for p in before}
+    assert files <= seen, sorted(files - seen)[:5]  # nothing silently dropped
+    assert loaded >= (8 if root.name == "dicom" else 40)
+    assert _digest(root) == before  # read-only
+
+
+def test_truncated_and_absurd_files_are_problems(tmp_path):
+    paths = write_ct_series(tmp_path / "s", [(0, 0, z) for z in range(3)], rows=64, cols=64)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) - 3000])  # cut the pixel data
+    ds = pydicom.dcmread(paths[2])
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 65535, 65535, 5000  # claims ~40 TB
+    ds.save_as(paths[2])
+    (tmp_path / "s" / "notes.txt").write_text("not an image")
+    index = scan(str(tmp_path))
+    reasons = {Path(p.path).name: p.reason for p in index.problems}
+    assert "truncated" in reasons["img001.dcm"]
+    assert "implausible size" in reasons["img002.dcm"]
+    assert "not DICOM" in reasons["notes.txt"]
+    assert [s.n_instances for s in index.image_series()] == [1]
+
+
+def test_zip_and_dicomdir(tmp_path):
+    paths = write_ct_series(tmp_path / "series", [(0, 0, z) for z in range(4)])
+    zpath = tmp_path / "study.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for p in paths:
+            zf.write(p, f"DATA/{p.name}")
+    vol = load_series(scan(str(zpath)).image_series()[0])
+    assert vol.shape == (4, 16, 12) and vol.spacing[2] == pytest.approx(1.0)
+
+    from pydicom.fileset import FileSet
+    fs = FileSet()
+    for p in paths:
+        fs.add(pydicom.dcmread(p))
+    out = tmp_path / "media"
+    fs.write(out)
+    index = scan(str(out / "DICOMDIR"))
+    assert [s.n_instances for s in index.image_series()] == [4]
+    assert not [p for p in index.problems if "DICOMDIR" in p.path]
+
+
+def test_scan_of_ct_phantom(ct_index):
+    s = ct_index.image_series()[0]
+    assert (s.modality, s.n_instances, s.rows, s.cols, s.body_part) == ("CT", 140, 512, 512, "BRAIN")
+    assert s.description == "STD BRAIN 1MM, iDose"
+    assert ct_index.patients[0].studies[0].series[0] is s
