@@ -55,9 +55,11 @@ class Volume:
     warnings: list[str] = field(default_factory=list)
     series_uid: str = ""
     description: str = ""
-    # Per-slice headers (pydicom Datasets without pixel data) for the tag browser.
+    # Per-slice header records (imaging_assist.dicom.InstanceRecord); the tag browser
+    # reads the full header with imaging_assist.dicom.read_dataset(record).
     headers: list = field(default_factory=list, repr=False)
     source_paths: list[str] = field(default_factory=list, repr=False)
+    frames: list[int] = field(default_factory=list, repr=False)  # frame of each slice in its file
     # Progressive loading: which slices hold real data yet.
     loaded: np.ndarray | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -176,3 +176,22 @@ def test_progressive_loader_middle_first_and_cancel(ct_index):
     vol = loader.run()  # cancelled before it starts: only the first (middle) slice
     assert vol.loaded.sum() < 140 and vol.loaded[70]
     assert any("cancelled" in w for w in vol.warnings)
+
+
+def test_voi_lut_sequence_is_honoured(tmp_path):
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    paths = write_ct_series(tmp_path, [(0, 0, 0)], intercept=0.0)
+    ds = pydicom.dcmread(paths[0])
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 12]
+    item.LUTExplanation = "INVERTING TEST LUT"
+    item.LUTData = np.arange(4095, -1, -1, dtype="<u2").tobytes()
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(paths[0])
+    vol = load_series(scan(str(tmp_path)).image_series()[0])
+    preset = vol.window_presets[0]
+    assert preset.source == "voilut" and preset.name == "INVERTING TEST LUT"
+    img = display.render_slice(vol, 0, preset)
+    v = int(vol.array[0, 3, 0])  # 1003
+    assert img[3, 0] == round((4095 - v) / 4095 * 255)

@@ -389,11 +389,8 @@ def _read_native(rec: InstanceRecord, frames: list[int]) -> dict[int, np.ndarray
     out = {}
     with open(rec.path, "rb") as fh:  # read-only
         for fr in frames:
-            a = np.fromfile(fh, dtype=dt, count=n, offset=rec.pixel_offset + fr * fbytes) if fr == frames[0] \
-                else None
-            if a is None:
-                fh.seek(rec.pixel_offset + fr * fbytes)
-                a = np.fromfile(fh, dtype=dt, count=n)
+            fh.seek(rec.pixel_offset + fr * fbytes)
+            a = np.fromfile(fh, dtype=dt, count=n)
             if a.size != n:
                 raise LoadError(f"{rec.display_path}: truncated pixel data in frame {fr}")
             out[fr] = _normalize_stored(a.reshape(rec.rows, rec.columns), rec)
