@@ -38,8 +38,9 @@ ensure_venv() {
   # Re-install only when pyproject.toml changed since the last install.
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "[setup] installing imaging-assist${extras:+[$extras]} into .venv (first run takes a few minutes)"
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}"
+    # This machine's local package mirrors print one "is ignored" line per package: drop those.
+    "$VENV/bin/python" -m pip install -q -e ".${extras:+[$extras]}" 2>&1 \
+      | { grep -v "is ignored: it is neither a file nor a directory" || true; }
     touch "$stamp"
   fi
 }
