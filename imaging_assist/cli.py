@@ -144,7 +144,10 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+FAST_COMMANDS = {"scan", "info", "view", "demo"}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imaging-assist",
         description="Imaging Assist: DICOM viewer and local AI analysis. NOT FOR CLINICAL USE.")
@@ -177,18 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--headless", action="store_true", help="never open a window")
     s.set_defaults(func=cmd_demo)
 
-    try:
-        from .models.cli import register
-    except ImportError:
-        register = None
-    if register is not None:
-        register(sub)
+    # The model commands import torch (seconds): only when they may be used.
+    first = next((a for a in (argv or []) if not a.startswith("-")), None)
+    if first not in FAST_COMMANDS and not (first is None and argv and "--version" in argv):
+        if first is not None or "-h" in (argv or []) or "--help" in (argv or []):
+            from .models.cli import register
+            register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.debug:
         # Our own checks report what matters; pydicom's parse warnings would only repeat them.

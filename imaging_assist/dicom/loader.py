@@ -557,6 +557,15 @@ class SeriesLoader:
                 self.volume.loaded[k] = True
 
     # ------------------------------------------------------------ running
+    def load_middle(self) -> int:
+        """Read only the middle slice (and whatever shares its file); return its index.
+
+        For thumbnails and previews: nothing else is read.
+        """
+        unit = self._units()[0]
+        self._run_unit(unit)
+        return int(len(self.plan.slots) // 2) if len(self.plan.slots) // 2 in unit[1] else unit[1][0]
+
     def run(self) -> Volume:
         """Load synchronously on the calling thread (with a pool for the decoding)."""
         t0 = time.perf_counter()

@@ -1,0 +1,190 @@
+"""Measurements on one 2-D slice: distance, angle and ROI statistics.
+
+No Qt here.  Points are continuous pixel coordinates ``(u, v)`` of the shown slice
+(u = column, v = row) with pixel centres on whole numbers, so a ruler from the centre
+of pixel 100 to the centre of pixel 200 in a row spans 100 pixels.  ``spacing`` is
+``(horizontal, vertical)`` pixel size in mm (see :meth:`imaging_assist.layers.Plane.spacing2d`;
+for an acquired slice that is ``(PixelSpacing[1], PixelSpacing[0])`` = ``volume.spacing[:2]``).
+
+ROI statistics are computed over the pixels whose centres lie inside the shape, on the
+modality values (HU for CT) - never on the windowed display values.  Area is the area
+of the drawn shape in mm²; ``n`` says how many pixels were counted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+Point = tuple[float, float]
+KINDS = ("ruler", "ellipse", "rectangle", "angle")
+N_POINTS = {"ruler": 2, "ellipse": 2, "rectangle": 2, "angle": 3}
+
+
+def distance_mm(p0: Sequence[float], p1: Sequence[float], spacing: Sequence[float]) -> float:
+    """Length of the segment p0-p1 in mm (anisotropic pixels allowed)."""
+    dx = (float(p1[0]) - float(p0[0])) * float(spacing[0])
+    dy = (float(p1[1]) - float(p0[1])) * float(spacing[1])
+    return math.hypot(dx, dy)
+
+
+def angle_deg(p0: Sequence[float], vertex: Sequence[float], p1: Sequence[float],
+              spacing: Sequence[float] = (1.0, 1.0)) -> float:
+    """Angle p0-vertex-p1 in degrees (0..180), measured in mm space."""
+    sx, sy = float(spacing[0]), float(spacing[1])
+    a = np.array([(p0[0] - vertex[0]) * sx, (p0[1] - vertex[1]) * sy], float)
+    b = np.array([(p1[0] - vertex[0]) * sx, (p1[1] - vertex[1]) * sy], float)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0))))
+
+
+def roi_mask(shape: Sequence[int], kind: str, p0: Sequence[float], p1: Sequence[float]
+             ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Boolean mask of the pixels inside an ellipse/rectangle spanned by corners p0, p1.
+
+    Returns ``(mask, (row0, row1, col0, col1))``: the mask covers only that bounding box
+    of the image (half-open ranges), so large images stay cheap.
+    """
+    rows, cols = int(shape[0]), int(shape[1])
+    u0, u1 = sorted((float(p0[0]), float(p1[0])))
+    v0, v1 = sorted((float(p0[1]), float(p1[1])))
+    c0, c1 = max(0, math.ceil(u0)), min(cols, math.floor(u1) + 1)
+    r0, r1 = max(0, math.ceil(v0)), min(rows, math.floor(v1) + 1)
+    if c1 <= c0 or r1 <= r0:
+        return np.zeros((0, 0), bool), (r0, r0, c0, c0)
+    if kind == "rectangle":
+        return np.ones((r1 - r0, c1 - c0), bool), (r0, r1, c0, c1)
+    if kind != "ellipse":
+        raise ValueError(f"ROI kind is 'ellipse' or 'rectangle', not {kind!r}")
+    cu, cv = (u0 + u1) / 2, (v0 + v1) / 2
+    a, b = (u1 - u0) / 2, (v1 - v0) / 2
+    if a <= 0 or b <= 0:
+        return np.zeros((r1 - r0, c1 - c0), bool), (r0, r1, c0, c1)
+    uu = (np.arange(c0, c1) - cu) / a
+    vv = (np.arange(r0, r1) - cv) / b
+    return (vv[:, None] ** 2 + uu[None, :] ** 2) <= 1.0 + 1e-9, (r0, r1, c0, c1)
+
+
+@dataclass
+class RoiStats:
+    mean: float
+    sd: float  # sample standard deviation (n - 1)
+    min: float
+    max: float
+    n: int  # pixels counted
+    area_mm2: float  # area of the drawn shape
+    width_mm: float
+    height_mm: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def roi_stats(image: np.ndarray, kind: str, p0: Sequence[float], p1: Sequence[float],
+              spacing: Sequence[float] = (1.0, 1.0)) -> RoiStats:
+    """Statistics of the modality values inside an ellipse/rectangle ROI.
+
+    Colour images are measured on their luma (0.299 R + 0.587 G + 0.114 B).
+    """
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
+    mask, (r0, r1, c0, c1) = roi_mask(img.shape, kind, p0, p1)
+    w = abs(float(p1[0]) - float(p0[0])) * float(spacing[0])
+    h = abs(float(p1[1]) - float(p0[1])) * float(spacing[1])
+    area = w * h if kind == "rectangle" else math.pi * w * h / 4.0
+    vals = img[r0:r1, c0:c1][mask].astype(np.float64) if mask.size else np.zeros(0)
+    if vals.size == 0:
+        nan = float("nan")
+        return RoiStats(nan, nan, nan, nan, 0, area, w, h)
+    sd = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+    return RoiStats(float(vals.mean()), sd, float(vals.min()), float(vals.max()), int(vals.size), area, w, h)
+
+
+def _fmt(v: float, units: str) -> str:
+    if not math.isfinite(v):
+        return "-"
+    s = f"{v:.1f}" if abs(v) < 1e4 else f"{v:.4g}"
+    return f"{s} {units}".rstrip()
+
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class Measurement:
+    """One measurement drawn on a slice of a plane.
+
+    ``axis``/``index`` say which slice (the :class:`~imaging_assist.layers.Plane` axis and
+    slice index); ``points`` are display (u, v) coordinates on that slice.
+    """
+
+    kind: str
+    points: list[Point]
+    axis: int = 0
+    index: int = 0
+    id: int = field(default_factory=lambda: next(_ids))
+    result: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"measurement kind is one of {KINDS}, not {self.kind!r}")
+        self.points = [(float(p[0]), float(p[1])) for p in self.points]
+
+    @property
+    def complete(self) -> bool:
+        return len(self.points) >= N_POINTS[self.kind]
+
+    def compute(self, image: np.ndarray | None, spacing: Sequence[float], units: str = "",
+                length_unit: str = "mm") -> dict:
+        """Fill and return ``result`` (numbers plus a ``text`` list of display lines).
+
+        ``units`` are the image's value units ("HU"); ``length_unit`` is "mm", or "px"
+        when the file gives no pixel spacing (pass spacing (1, 1) then).
+        """
+        p = self.points
+        res: dict = {"kind": self.kind}
+        if self.kind == "ruler" and len(p) >= 2:
+            d = distance_mm(p[0], p[1], spacing)
+            res.update(length=d, text=[f"{d:.1f} {length_unit}" if length_unit == "mm" else f"{d:.1f} px"])
+        elif self.kind == "angle" and len(p) >= 3:
+            a = angle_deg(p[0], p[1], p[2], spacing)
+            res.update(angle=a, text=[f"{a:.1f}°"])
+        elif self.kind in ("ellipse", "rectangle") and len(p) >= 2 and image is not None:
+            st = roi_stats(image, self.kind, p[0], p[1], spacing)
+            area_unit = "mm²" if length_unit == "mm" else "px²"
+            res.update(st.to_dict())
+            res["text"] = [f"Mean {_fmt(st.mean, units)}  SD {_fmt(st.sd, '')}",
+                           f"Min {_fmt(st.min, '')}  Max {_fmt(st.max, '')}",
+                           f"Area {st.area_mm2:.1f} {area_unit}  (n={st.n})"]
+        else:
+            res["text"] = []
+        res["units"] = units
+        res["length_unit"] = length_unit
+        self.result = res
+        return res
+
+    def summary(self) -> str:
+        """One line for a list: the main numbers only."""
+        r = self.result
+        if self.kind == "ruler" and "length" in r:
+            return r["text"][0]
+        if self.kind == "angle" and "angle" in r:
+            return r["text"][0]
+        if "mean" in r:
+            u = r.get("units", "")
+            au = "mm²" if r.get("length_unit", "mm") == "mm" else "px²"
+            return f"{_fmt(r['mean'], '')} ± {_fmt(r['sd'], '')} {u}, {r['area_mm2']:.0f} {au}".replace("  ", " ")
+        return ""
+
+    def to_dict(self) -> dict:
+        out = {"id": self.id, "kind": self.kind, "axis": self.axis, "index": self.index,
+               "points": [list(p) for p in self.points]}
+        out.update({k: v for k, v in self.result.items() if k != "text"})
+        return out

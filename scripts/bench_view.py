@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""Viewer performance: scrolling frame rate and time to the first image.
+
+* ``scroll_fps``: the 140-slice CT (512x512) is shown in the real main window (1920x1080,
+  Qt offscreen platform unless DISPLAY is set) with a label overlay and a heat map on;
+  every slice is set and the slice view is repainted synchronously (``repaint()``: numpy
+  windowing + overlay colouring + QPainter scaling/blending + annotations), twice through
+  the stack.  The first pass sees every slice for the first time (no cache can help);
+  ``scroll_fps`` is that pass, ``scroll_fps_second_pass`` the next one.
+* ``first_image_s``: wall time from starting ``imaging-assist view PATH`` (a new Python
+  process: interpreter start, imports, window, header scan, first slice) to the first
+  slice painted in the window; the median of ``--runs`` new processes (after one warm-up
+  run, so the OS file cache and Python bytecode are warm, as on a user's machine).
+  ``first_image_gui_s`` is the same through ``imaging_assist_ui.app.run_gui`` alone,
+  without whatever the CLI module imports before it hands over.
+
+The last line printed is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ROOT.parent / "shared" / "data" / "dicom" / "ct_head_phantom_philips" / "series202_STD_BRAIN_1MM_iDose"
+
+
+ENTRIES = {
+    # what a user runs: the project CLI
+    "cli": lambda path: [sys.executable, "-m", "imaging_assist", "view", path],
+    # the viewer alone (imaging_assist_ui.app.run_gui), without the CLI's own imports
+    "gui": lambda path: [sys.executable, "-c",
+                         "import sys; from imaging_assist_ui.app import run_gui; sys.exit(run_gui(sys.argv[1]))",
+                         path],
+}
+
+
+def first_image_runs(path: str, runs: int, entry: str = "cli") -> list[float]:
+    env = dict(os.environ)
+    env["IMAGING_ASSIST_EXIT_AFTER_FIRST_IMAGE"] = "1"
+    env.setdefault("QT_QPA_PLATFORM", "offscreen" if not env.get("DISPLAY") else "xcb")
+    env["IMAGING_ASSIST_SETTINGS"] = str(Path("/tmp") / "imaging_assist_bench_settings.ini")
+    # An installed app has its bytecode compiled; let this one cache it too (one warm-up run).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    cmd = ENTRIES[entry](path)
+    subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    out = []
+    for _ in range(runs):
+        t0 = time.time()
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        line = next((ln for ln in p.stdout.splitlines() if ln.startswith("first_image_at")), None)
+        if line is None:
+            raise SystemExit(f"no first image reported (rc {p.returncode}):\n{p.stdout}\n{p.stderr}")
+        out.append(float(line.split()[1]) - t0)
+    return out
+
+
+def scroll_bench(path: str, passes: int = 2) -> dict:
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen" if not os.environ.get("DISPLAY") else "xcb")
+    import numpy as np
+    from PySide6.QtCore import QEventLoop, QSettings, QTimer
+
+    from imaging_assist.layers import HeatmapLayer, LabelLayer
+    from imaging_assist_ui.app import make_app
+    from imaging_assist_ui.main_window import MainWindow
+
+    app = make_app()
+    win = MainWindow(settings=QSettings("/tmp/imaging_assist_bench_settings.ini", QSettings.IniFormat))
+    win.resize(1920, 1080)
+    win.show()
+    loop = QEventLoop()
+    win.loadFinished.connect(lambda ok: loop.quit())
+    QTimer.singleShot(60000, loop.quit)
+    t0 = time.perf_counter()
+    win.open_path(path)
+    loop.exec()
+    load_s = time.perf_counter() - t0
+    vol = win.doc.volume
+    if vol is None or not vol.loaded.all():
+        raise SystemExit(f"could not load {path}: {win.last_error}")
+    a = vol.array
+    labels = np.zeros(a.shape, np.uint8)
+    labels[(a > 60) & (a < 150)] = 1
+    labels[a > 500] = 2
+    win.add_layer(LabelLayer("labels", labels, names={1: "soft", 2: "dense"}, opacity=0.4))
+    k, j, i = np.ogrid[:a.shape[0], :a.shape[1], :a.shape[2]]
+    heat = np.exp(-(((j - 256) / 90.0) ** 2 + ((i - 256) / 90.0) ** 2 + ((k - 70) / 50.0) ** 2)).astype(np.float32)
+    win.add_layer(HeatmapLayer("heat", heat, colormap="jet", opacity=0.4, threshold=0.1))
+    win.set_layout("single")
+    view = win.view_area.single
+    for _ in range(3):
+        app.processEvents()
+    n = vol.n_slices
+    results = {}
+    for p in range(passes):
+        t = time.perf_counter()
+        for kk in range(n):
+            win.doc.set_index(0, kk)
+            view.repaint()
+        dt = time.perf_counter() - t
+        results[p] = n / dt
+    # MPR: scroll the axial view with the coronal/sagittal views and crosshair linked
+    win.set_layout("mpr")
+    for _ in range(3):
+        app.processEvents()
+    t = time.perf_counter()
+    for kk in range(n):
+        win.doc.set_index(0, kk)
+        for v in win.view_area.views():
+            v.repaint()
+    mpr_fps = n / (time.perf_counter() - t)
+    return {"scroll_fps": round(results[0], 1),
+            "scroll_fps_second_pass": round(results.get(1, results[0]), 1),
+            "mpr_scroll_fps": round(mpr_fps, 1),
+            "view_px": [view.width(), view.height()],
+            "zoom": round(view.zoom_factor(), 2),
+            "slices": n, "shape": list(a.shape), "load_s": round(load_s, 3),
+            "platform": os.environ.get("QT_QPA_PLATFORM")}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("path", nargs="?", default=str(DEFAULT))
+    ap.add_argument("--runs", type=int, default=5, help="new processes for first_image_s")
+    args = ap.parse_args()
+    runs = first_image_runs(args.path, args.runs, "cli")
+    print(f"first image via `imaging-assist view` (s), {len(runs)} processes: "
+          f"{', '.join(f'{r:.3f}' for r in runs)}", flush=True)
+    gui_runs = first_image_runs(args.path, args.runs, "gui")
+    print(f"first image via run_gui (s), {len(gui_runs)} processes: "
+          f"{', '.join(f'{r:.3f}' for r in gui_runs)}", flush=True)
+    res = scroll_bench(args.path)
+    print(f"scroll: {res['scroll_fps']} fps first pass, {res['scroll_fps_second_pass']} fps second pass, "
+          f"MPR {res['mpr_scroll_fps']} fps, view {res['view_px']} px at {res['zoom']}x", flush=True)
+    out = {"scroll_fps": res["scroll_fps"], "first_image_s": round(statistics.median(runs), 3),
+           "first_image_runs_s": [round(r, 3) for r in runs],
+           "first_image_gui_s": round(statistics.median(gui_runs), 3),
+           "first_image_gui_runs_s": [round(r, 3) for r in gui_runs],
+           **{k: v for k, v in res.items() if k != "scroll_fps"},
+           "path": args.path, "targets": {"scroll_fps": 60, "first_image_s": 1.0}}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Measurements (no Qt): distance, angle, ROI statistics in modality units."""
+
+import math
+
+import numpy as np
+import pytest
+
+from imaging_assist.measure import Measurement, angle_deg, distance_mm, roi_mask, roi_stats
+
+
+def test_distance_uses_pixel_spacing_per_axis():
+    assert distance_mm((100, 50), (200, 50), (0.451171875, 0.451171875)) == pytest.approx(45.1171875)
+    assert distance_mm((0, 0), (3, 4), (1.0, 1.0)) == pytest.approx(5.0)
+    assert distance_mm((0, 0), (10, 10), (0.5, 2.0)) == pytest.approx(math.hypot(5, 20))
+
+
+def test_angle_in_mm_space():
+    assert angle_deg((10, 0), (0, 0), (0, 10)) == pytest.approx(90.0)
+    assert angle_deg((10, 0), (0, 0), (-10, 0)) == pytest.approx(180.0)
+    # 45 degrees in pixels is not 45 degrees when pixels are not square
+    assert angle_deg((10, 0), (0, 0), (10, 10), (1.0, 2.0)) == pytest.approx(math.degrees(math.atan(2.0)))
+
+
+def test_rectangle_roi_exact_stats():
+    img = np.arange(100, dtype=np.int16).reshape(10, 10) - 50
+    st = roi_stats(img, "rectangle", (2, 3), (4, 5), (0.5, 0.5))
+    vals = img[3:6, 2:5].astype(float)
+    assert st.n == 9
+    assert st.mean == pytest.approx(vals.mean())
+    assert st.sd == pytest.approx(vals.std(ddof=1))
+    assert (st.min, st.max) == (vals.min(), vals.max())
+    assert st.area_mm2 == pytest.approx(1.0 * 1.0)  # 2x2 px drawn at 0.5 mm
+
+
+def test_ellipse_roi_counts_pixel_centres_inside():
+    img = np.full((101, 101), 40.0)
+    img[50, 50] = 1000.0
+    st = roi_stats(img, "ellipse", (30, 30), (70, 70), (1.0, 1.0))
+    assert abs(st.n - math.pi * 20 * 20) / (math.pi * 400) < 0.02
+    assert st.area_mm2 == pytest.approx(math.pi * 20 * 20)
+    assert st.max == 1000.0 and st.min == 40.0
+    mask, (r0, r1, c0, c1) = roi_mask(img.shape, "ellipse", (30, 30), (70, 70))
+    assert mask.sum() == st.n and (r0, c0) == (30, 30)
+
+
+def test_roi_outside_image_and_colour():
+    st = roi_stats(np.zeros((5, 5)), "rectangle", (10, 10), (20, 20))
+    assert st.n == 0 and math.isnan(st.mean)
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[..., 0] = 100
+    assert roi_stats(rgb, "rectangle", (0, 0), (3, 3)).mean == pytest.approx(29.9)
+
+
+def test_measurement_text_and_dict():
+    m = Measurement("ruler", [(100, 10), (200, 10)], axis=0, index=7)
+    r = m.compute(None, (0.451171875, 0.451171875), "HU")
+    assert r["text"] == ["45.1 mm"] and m.summary() == "45.1 mm"
+    img = np.full((20, 20), 35, np.int16)
+    roi = Measurement("ellipse", [(2, 2), (12, 12)])
+    roi.compute(img, (1.0, 1.0), "HU")
+    assert roi.result["text"][0].startswith("Mean 35.0 HU")
+    assert "mm²" in roi.result["text"][2]
+    assert roi.to_dict()["mean"] == 35.0
+    px = Measurement("ruler", [(0, 0), (0, 10)])
+    assert px.compute(None, (1.0, 1.0), "", "px")["text"] == ["10.0 px"]
+    with pytest.raises(ValueError):
+        Measurement("circle", [(0, 0)])

@@ -1,0 +1,178 @@
+"""Application entry points: ``run_gui`` (called by the CLI) and ``main(argv)``.
+
+``run_gui(None)`` opens the empty main window; ``run_gui(PATH)`` opens a folder, zip,
+DICOMDIR or file at once.  With ``screenshot=OUT.png`` the window loads, renders, saves a
+PNG of the whole main window and exits (used by tests and the demo).
+
+Environment hooks (for benchmarks): ``IMAGING_ASSIST_EXIT_AFTER_FIRST_IMAGE=1`` prints
+``first_image_at <unix time>`` when the first slice has been painted and quits.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+_T0 = time.perf_counter()
+
+from PySide6.QtCore import QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtWidgets import QApplication  # noqa: E402
+
+SCREENSHOT_SIZE = (1920, 1080)
+SCREENSHOT_TIMEOUT_S = float(os.environ.get("IMAGING_ASSIST_SCREENSHOT_TIMEOUT", "120"))
+
+
+def preload_engine(background: bool = True):
+    """Import the DICOM engine (numpy, pydicom) - on a thread while the window is built.
+
+    pydicom imports ``requests`` and ``tqdm`` only to download its own test files; keeping
+    them out of that import saves about 0.1 s of start-up and changes nothing else (both
+    import normally later if anything asks for them).
+    """
+    def work():
+        blocked = [m for m in ("requests", "tqdm") if m not in sys.modules]
+        for m in blocked:  # optional for pydicom: it falls back when they are missing
+            sys.modules[m] = None  # type: ignore[assignment]
+        try:
+            import imaging_assist.dicom  # noqa: F401
+        except Exception:  # noqa: BLE001 - the real import reports it later
+            pass
+        finally:
+            for m in blocked:
+                if m in sys.modules and sys.modules[m] is None:
+                    del sys.modules[m]
+    if not background:
+        work()
+        return None
+    import threading
+    t = threading.Thread(target=work, name="preload", daemon=True)
+    t.start()
+    return t
+
+
+def make_app(argv: list[str] | None = None) -> QApplication:
+    app = QApplication.instance()
+    if app is None:
+        QApplication.setAttribute(Qt.AA_ShareOpenGLContexts, True)
+        app = QApplication(list(argv) if argv else [sys.argv[0] if sys.argv else "imaging-assist"])
+        app.setApplicationName("Imaging Assist")
+        app.setOrganizationName("ImagingAssist")
+    from .theme import apply_dark_theme
+    if not getattr(app, "_ia_themed", False):
+        apply_dark_theme(app)
+        app._ia_themed = True
+    return app
+
+
+def _settings() -> QSettings:
+    path = os.environ.get("IMAGING_ASSIST_SETTINGS")
+    if path:
+        return QSettings(path, QSettings.IniFormat)
+    return QSettings("ImagingAssist", "Imaging Assist")
+
+
+def run_gui(path: str | None, screenshot: str | None = None, series: str | None = None,
+            layout: str | None = None) -> int:
+    """Open the main window (optionally a study).  Returns the process exit code.
+
+    screenshot: save the whole window to this PNG once the series is loaded, then exit
+    (exit code 0 on success, 1 when nothing could be shown, 2 on timeout).
+    series: a SeriesInstanceUID (or series key, or a file of the series) to show.
+    layout: 'single' or 'mpr'.
+    """
+    if layout not in (None, "single", "mpr"):
+        print(f"imaging-assist: unknown layout {layout!r} (use 'single' or 'mpr')", file=sys.stderr)
+        return 2
+    if screenshot and not path:
+        print("imaging-assist: --screenshot needs a PATH to open", file=sys.stderr)
+        return 2
+    if path and not os.path.exists(path):
+        print(f"imaging-assist: no such file or folder: {path}", file=sys.stderr)
+        return 2
+    preload = preload_engine(background=True) if path else None
+    app = make_app()
+    from .main_window import MainWindow
+    win = MainWindow(settings=_settings())
+    result = {"code": 0}
+
+    exit_first = os.environ.get("IMAGING_ASSIST_EXIT_AFTER_FIRST_IMAGE") == "1"
+    if exit_first:
+        def first(t):
+            print(f"first_image_at {time.time():.6f} since_import_s {t - _T0:.4f}", flush=True)
+            QTimer.singleShot(0, app.quit)
+        win.firstImageShown.connect(first)
+
+    if screenshot:
+        win.resize(*SCREENSHOT_SIZE)
+        state = {"loaded": None, "thumbs": False, "saved": False}
+
+        def save(code):
+            if state["saved"]:
+                return
+            state["saved"] = True
+            app.processEvents()
+            for v in win.view_area.views():
+                v.repaint()
+            ok = win.save_screenshot(screenshot)
+            if not ok:
+                print(f"imaging-assist: could not write {screenshot}", file=sys.stderr)
+                code = 1
+            elif code == 1:
+                print(f"imaging-assist: {win.last_error or 'nothing to show'}; screenshot saved to {screenshot}",
+                      file=sys.stderr)
+            result["code"] = code
+            app.quit()
+
+        def maybe_save():
+            if state["loaded"] is not None and state["thumbs"]:
+                QTimer.singleShot(150, lambda: save(0 if state["loaded"] else 1))
+
+        def on_loaded(ok):
+            state["loaded"] = ok
+            if not ok:
+                state["thumbs"] = True
+            maybe_save()
+
+        def on_thumbs():
+            state["thumbs"] = True
+            maybe_save()
+
+        win.loadFinished.connect(on_loaded)
+        win.thumbnailsDone.connect(on_thumbs)
+
+        def timeout():
+            print(f"imaging-assist: timed out after {SCREENSHOT_TIMEOUT_S:.0f} s; saving what is shown",
+                  file=sys.stderr)
+            save(2)
+        QTimer.singleShot(int(SCREENSHOT_TIMEOUT_S * 1000), timeout)
+
+    if screenshot:
+        win.show()
+    else:
+        win.showMaximized() if not exit_first else win.show()
+    if path:
+        if preload is not None:
+            preload.join()
+        win.open_path(path, series=series, layout=layout)
+    app.exec()
+    win.cancel_loading(quiet=True)
+    return result["code"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Minimal stand-alone entry (the project CLI is ``imaging-assist``):
+    ``python -m imaging_assist_ui.app [view] [PATH] [--screenshot OUT] [--series UID] [--layout mpr]``."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="imaging-assist-ui")
+    ap.add_argument("args", nargs="*", help="[view] PATH")
+    ap.add_argument("--screenshot")
+    ap.add_argument("--series")
+    ap.add_argument("--layout", choices=["single", "mpr"])
+    ns = ap.parse_args(argv)
+    rest = [a for a in ns.args if a != "view"] if ns.args[:1] == ["view"] else ns.args
+    return run_gui(rest[0] if rest else None, ns.screenshot, ns.series, ns.layout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

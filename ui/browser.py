@@ -1,0 +1,218 @@
+"""Study browser: patient / study / series tree with thumbnails, and the problems list."""
+
+from __future__ import annotations
+
+import html
+import os
+
+import numpy as np
+from PySide6.QtCore import QSize, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QImage, QPainter, QPixmap, QTextCursor
+from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidget, QTreeWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from .theme import MUTED, TEXT, WARN_FG
+
+ICON = 64
+SERIES_ROLE = Qt.UserRole + 1
+
+
+def _date(d: str) -> str:
+    d = str(d or "")
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
+
+
+def _name(pn: str) -> str:
+    return str(pn or "").replace("^", " ").strip() or "(no name)"
+
+
+def _short(text: str, n: int = 48) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def placeholder_icon(modality: str) -> QIcon:
+    pm = QPixmap(ICON, ICON)
+    pm.fill(QColor("#101113"))
+    p = QPainter(pm)
+    p.setPen(QColor("#5d6169"))
+    f = QFont()
+    f.setPointSize(11)
+    f.setBold(True)
+    p.setFont(f)
+    p.drawText(pm.rect(), Qt.AlignCenter, modality or "?")
+    p.end()
+    return QIcon(pm)
+
+
+def icon_from_array(img: np.ndarray, aspect=(1.0, 1.0)) -> QIcon:
+    img = np.ascontiguousarray(img)
+    h, w = img.shape[:2]
+    fmt = QImage.Format_RGB888 if img.ndim == 3 else QImage.Format_Grayscale8
+    q = QImage(img.data, w, h, img.strides[0], fmt).copy()
+    sx, sy = aspect
+    ww, hh = w * sx, h * sy
+    s = ICON / max(ww, hh)
+    q = q.scaled(max(1, int(ww * s)), max(1, int(hh * s)), Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
+    pm = QPixmap(ICON, ICON)
+    pm.fill(QColor("#000000"))
+    p = QPainter(pm)
+    p.drawImage((ICON - q.width()) // 2, (ICON - q.height()) // 2, q)
+    p.end()
+    return QIcon(pm)
+
+
+class StudyBrowser(QWidget):
+    """Emits ``seriesChosen(key)`` when a series is clicked or activated."""
+
+    seriesChosen = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.index = None
+        self._items: dict[str, QTreeWidgetItem] = {}
+        self.tree = QTreeWidget()
+        self.tree.setColumnCount(1)
+        self.tree.setHeaderHidden(True)
+        self.tree.setIconSize(QSize(ICON, ICON))
+        self.tree.setUniformRowHeights(False)
+        self.tree.setAlternatingRowColors(False)
+        self.tree.setRootIsDecorated(True)
+        self.tree.setIndentation(14)
+        self.tree.setWordWrap(True)
+        self.tree.itemClicked.connect(self._clicked)
+        self.tree.itemActivated.connect(self._clicked)
+
+        self.problems_title = QLabel("")
+        self.problems_title.setObjectName("ProblemsTitle")
+        self.problems = QTextBrowser()
+        self.problems.setOpenLinks(False)
+        self.problems.setReadOnly(True)
+        self.problem_items: list = []
+        pbox = QWidget()
+        pl = QVBoxLayout(pbox)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.setSpacing(2)
+        pl.addWidget(self.problems_title)
+        pl.addWidget(self.problems)
+
+        self.summary = QLabel("No study open")
+        self.summary.setObjectName("SectionTitle")
+        self.summary.setWordWrap(True)
+        split = QSplitter(Qt.Vertical)
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.setSpacing(2)
+        tl.addWidget(self.summary)
+        tl.addWidget(self.tree)
+        split.addWidget(top)
+        split.addWidget(pbox)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 1)
+        self._split = split
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 0, 6, 6)
+        lay.addWidget(split)
+        self._pbox = pbox
+        pbox.hide()
+
+    # ------------------------------------------------------------------ content
+    def set_index(self, index) -> None:
+        self.index = index
+        self.tree.clear()
+        self._items.clear()
+        bold = QFont(self.tree.font())
+        bold.setBold(True)
+        n_series = 0
+        for pat in index.patients:
+            extra = ", ".join(x for x in (f"ID {pat.id}" if pat.id else "", pat.sex,
+                                          f"born {_date(pat.birth_date)}" if pat.birth_date else "") if x)
+            pi = QTreeWidgetItem([f"{_name(pat.name)}" + (f"   ({extra})" if extra else "")])
+            pi.setFont(0, bold)
+            pi.setToolTip(0, f"{_name(pat.name)}\n{extra}")
+            self.tree.addTopLevelItem(pi)
+            for st in pat.studies:
+                n_img = sum(s.n_frames for s in st.series)
+                text = "  ·  ".join(x for x in (_date(st.date), st.description or "(no study description)") if x)
+                si = QTreeWidgetItem([text])
+                si.setToolTip(0, f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
+                                 f"Accession {st.accession or '-'}\n{len(st.series)} series, {n_img} images\n"
+                                 f"UID {st.uid}")
+                pi.addChild(si)
+                for s in st.series:
+                    n_series += 1
+                    num = f"#{s.number}  " if s.number not in (None, "") else ""
+                    size = f"{s.cols}×{s.rows}" if s.rows else ""
+                    frames = (f"{s.n_frames} frames" + (f" in {s.n_instances} files" if s.n_instances > 1 else "")) \
+                        if s.n_frames != s.n_instances else f"{s.n_instances} image" + ("s" if s.n_instances != 1 else "")
+                    line1 = f"{num}{s.modality or '?'}  {s.description or '(no description)'}"
+                    line2 = "  ·  ".join(x for x in (frames, size, s.body_part) if x)
+                    text = f"{line1}\n{line2}"
+                    if s.warnings:
+                        text += "\n⚠ " + _short(s.warnings[0])
+                    if not s.is_image:
+                        text += "\n(no images)"
+                    it = QTreeWidgetItem([text])
+                    it.setData(0, SERIES_ROLE, s.key)
+                    it.setIcon(0, placeholder_icon(s.modality))
+                    tip = [f"Series {s.number}: {s.description}", f"UID {s.uid}",
+                           f"{s.modality}  {s.body_part}".strip(), frames, size]
+                    tip += [f"⚠ {w}" for w in s.warnings]
+                    it.setToolTip(0, "\n".join(x for x in tip if x))
+                    if not s.is_image:
+                        it.setForeground(0, QBrush(QColor(MUTED)))
+                    elif s.warnings:
+                        it.setForeground(0, QBrush(QColor(WARN_FG)))
+                    si.addChild(it)
+                    self._items[s.key] = it
+        self.tree.expandAll()
+        n_pat = len(index.patients)
+        root = index.root
+        short = os.path.basename(root.rstrip("/")) or root
+        self.summary.setText(f"{n_pat} patient{'s' if n_pat != 1 else ''}  ·  {n_series} series  ·  "
+                             f"{index.n_files} files\n{short}")
+        self.summary.setToolTip(root)
+        self.set_problems(index.problems)
+
+    def set_problems(self, problems) -> None:
+        self.problem_items = list(problems)
+        rows = []
+        for pr in problems:
+            path = pr.path.rstrip("/")
+            name = os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)) \
+                if "!" not in path else path.split("!", 1)[1]
+            rows.append(f"<p style='margin:0 0 6px 0'><span style='color:{TEXT}'>{html.escape(name)}</span><br>"
+                        f"<span style='color:{WARN_FG}'>{html.escape(pr.reason)}</span></p>")
+        self.problems.setHtml("".join(rows))
+        self.problems.moveCursor(QTextCursor.Start)
+        self.problems.verticalScrollBar().setValue(0)
+        n = len(problems)
+        self.problems_title.setText(f"⚠ {n} file(s) could not be read" if n else "")
+        self._pbox.setVisible(bool(n))
+        if n:
+            self._split.setSizes([600, min(60 + 48 * n, 300)])
+
+    def set_thumbnail(self, key: str, img: np.ndarray, aspect=(1.0, 1.0)) -> None:
+        it = self._items.get(key)
+        if it is not None:
+            it.setIcon(0, icon_from_array(img, aspect))
+
+    def set_current(self, key: str) -> None:
+        it = self._items.get(key)
+        if it is None:
+            return
+        f = QFont(self.tree.font())
+        for k, other in self._items.items():
+            f.setBold(k == key)
+            other.setFont(0, f)
+        self.tree.blockSignals(True)
+        self.tree.setCurrentItem(it)
+        self.tree.blockSignals(False)
+
+    def series_keys(self) -> list[str]:
+        return list(self._items)
+
+    def _clicked(self, item, col=0):
+        key = item.data(0, SERIES_ROLE)
+        if key:
+            self.seriesChosen.emit(str(key))

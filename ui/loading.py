@@ -1,0 +1,146 @@
+"""Background work (scan, series loading, thumbnails) bridged to the GUI thread.
+
+The engine's callbacks run on worker threads; each job re-emits them as Qt signals, which
+Qt queues to the GUI thread, so the window never waits on disk or a decoder.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from PySide6.QtCore import QObject, Signal
+
+
+class ScanJob(QObject):
+    progress = Signal(int, int)
+    finished = Signal(object)  # StudyIndex
+    failed = Signal(str)
+
+    def __init__(self, paths: list[str], parent=None):
+        super().__init__(parent)
+        self.paths = paths
+        self._cancel = False
+        self._thread = threading.Thread(target=self._run, name="scan", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def cancel(self):
+        self._cancel = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel
+
+    def _run(self):
+        try:
+            from imaging_assist.dicom import scan
+            idx = scan(self.paths, progress=lambda d, t: self.progress.emit(d, t),
+                       cancel=lambda: self._cancel)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.failed.emit(f"{type(e).__name__}: {e}")
+            return
+        if not self._cancel:
+            self.finished.emit(idx)
+        else:
+            self.failed.emit("cancelled")
+
+
+class LoadJob(QObject):
+    """Load one stack of a series progressively (middle slice first)."""
+
+    planned = Signal(object, object)  # volume (still empty), list of stack plans
+    first = Signal(object, int)       # volume, k of the first slice in
+    sliceLoaded = Signal(int)
+    progress = Signal(int, int)
+    done = Signal(object)
+    failed = Signal(str)
+
+    def __init__(self, series, stack: int = 0, parent=None):
+        super().__init__(parent)
+        self.series = series
+        self.stack = stack
+        self.loader = None
+        self._cancel = False
+        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def cancel(self):
+        self._cancel = True
+        if self.loader is not None:
+            self.loader.cancel()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel
+
+    def _run(self):
+        from imaging_assist.dicom import SeriesLoader
+        try:
+            self.loader = SeriesLoader(
+                self.series, self.stack,
+                on_first=lambda vol, k: self.first.emit(vol, k),
+                on_slice=lambda k: self.sliceLoaded.emit(k),
+                on_progress=lambda d, t: self.progress.emit(d, t))
+            if self._cancel:
+                self.loader.cancel()
+            self.planned.emit(self.loader.volume, self.loader.plans)
+            vol = self.loader.run()
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.failed.emit(str(e))
+            return
+        self.done.emit(vol)
+
+
+def thumbnail_array(series, max_side: int = 96) -> tuple[np.ndarray, tuple[float, float]]:
+    """A small display image (uint8, grey or RGB) of a series' middle slice, and its
+    pixel aspect (sx, sy).  Reads only the unit of work holding the middle slice."""
+    from imaging_assist import display
+    from imaging_assist.dicom import SeriesLoader
+    loader = SeriesLoader(series)
+    k = loader.load_middle()
+    vol = loader.volume
+    a = vol.array[k]
+    if vol.is_color:
+        img = display.render_slice(vol, k, None, slice_array=a)
+    else:
+        preset = None
+        for p in vol.window_presets:
+            if p.source in ("dicom", "voilut"):
+                preset = p
+                break
+        img = display.render_slice(vol, k, preset or display.auto_window(a), slice_array=a)
+    step = max(1, int(max(img.shape[:2]) // (2 * max_side)))
+    img = np.ascontiguousarray(img[::step, ::step])
+    return img, (float(vol.spacing[0]), float(vol.spacing[1]))
+
+
+class ThumbnailJob(QObject):
+    ready = Signal(str, object, object)  # series key, uint8 array, (sx, sy)
+    finished = Signal()
+
+    def __init__(self, series_list, parent=None):
+        super().__init__(parent)
+        self.series_list = list(series_list)
+        self._cancel = False
+        self._thread = threading.Thread(target=self._run, name="thumbs", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def cancel(self):
+        self._cancel = True
+
+    def _run(self):
+        for s in self.series_list:
+            if self._cancel:
+                break
+            try:
+                img, aspect = thumbnail_array(s)
+            except Exception:  # noqa: BLE001 - a missing thumbnail is not an error
+                continue
+            self.ready.emit(s.key, img, aspect)
+        self.finished.emit()

@@ -1,0 +1,866 @@
+"""The slice view: one plane of the document's volume, with overlays, measurements,
+crosshair and corner annotations, painted with QPainter from numpy-rendered QImages."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen
+from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
+
+from imaging_assist.layers import Plane
+from imaging_assist.measure import N_POINTS, Measurement
+
+from .document import ViewerDocument
+from .theme import PLANE_COLORS
+
+TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle")
+MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle")
+HANDLE_PX = 7
+
+
+def _fmt_name(pn: str) -> str:
+    parts = str(pn or "").split("^")
+    if len(parts) >= 2 and parts[1]:
+        return f"{parts[0].upper()}, {parts[1]}" + (f" {parts[2]}" if len(parts) > 2 and parts[2] else "")
+    return str(pn or "").replace("^", " ").strip()
+
+
+def _fmt_date(d: str) -> str:
+    d = str(d or "")
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
+
+
+def _fmt_num(v: float) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:.0f}" if abs(v - round(v)) < 1e-6 or abs(v) >= 100 else f"{v:.1f}"
+
+
+class SliceView(QWidget):
+    """Shows ``doc.volume`` through ``plane`` at ``doc.position[plane.axis]``."""
+
+    cursorInfo = Signal(str)     # status-bar text for the pixel under the mouse
+    activated = Signal(object)   # this view got the focus / a click
+    firstImagePainted = Signal(float)  # perf_counter() of the first paint with real pixels
+
+    def __init__(self, doc: ViewerDocument, plane: Plane | None = None, parent=None, title: str = ""):
+        super().__init__(parent)
+        self.doc = doc
+        self.plane = plane or Plane.native()
+        self.title = title
+        self.tool = "navigate"
+        self.mpr_mode = False      # crosshair + plane title shown
+        self.active = False
+        self.zoom = 1.0            # screen px per mm
+        self.center_mm = (0.0, 0.0)  # image-plane point (mm from the top-left edge) at the widget centre
+        self.fit_mode = True
+        self._drag = None
+        self._pending: Measurement | None = None
+        self._cursor_text = ""
+        self._cursor_uv = None
+        self._img_cache = None
+        self._comp_cache = None
+        self._wheel_accum = 0
+        self._first_painted = False
+        self.setMouseTracking(True)
+        self.setFocusPolicy(Qt.StrongFocus)
+        self.setMinimumSize(160, 160)
+        self.setAttribute(Qt.WA_OpaquePaintEvent, True)
+        self.setAcceptDrops(False)
+        f = QFont(self.font())
+        f.setPointSizeF(10)
+        self._font = f
+        fb = QFont(f)
+        fb.setPointSizeF(13)
+        fb.setBold(True)
+        self._font_orient = fb
+        doc.volumeChanged.connect(self._on_volume)
+        doc.windowChanged.connect(self._invalidate)
+        doc.displayChanged.connect(self._invalidate)
+        doc.layersChanged.connect(self.update)
+        doc.measurementsChanged.connect(self.update)
+        doc.selectionChanged.connect(self.update)
+        doc.positionChanged.connect(self._on_position)
+        doc.sliceLoaded.connect(self._on_slice_loaded)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def vol(self):
+        return self.doc.volume
+
+    @property
+    def index(self) -> int:
+        return self.doc.position[self.plane.axis]
+
+    @property
+    def n_slices(self) -> int:
+        return self.doc.shape3()[self.plane.axis] if self.vol is not None else 0
+
+    def set_plane(self, plane: Plane):
+        self.plane = plane
+        self._img_cache = None
+        self.fit()
+
+    def set_tool(self, tool: str):
+        if tool not in TOOLS:
+            raise ValueError(tool)
+        self.tool = tool
+        self._pending = None
+        self.setCursor(Qt.CrossCursor if tool in MEASURE_TOOLS or (tool == "navigate" and self.mpr_mode)
+                       else Qt.ArrowCursor)
+        self.update()
+
+    def _on_volume(self):
+        self._img_cache = None
+        self._pending = None
+        self._drag = None
+        self.fit()
+
+    def _invalidate(self):
+        self._img_cache = None
+        self.update()
+
+    def _on_position(self, axis):
+        self.update()  # the image cache is keyed by slice index
+
+    def _on_slice_loaded(self, k):
+        if self.plane.axis == 0:
+            if k == self.index:
+                self._img_cache = None
+                self.update()
+        else:  # a reformatted plane shows every slice: refresh (callers throttle)
+            self._img_cache = None
+            self.update()
+
+    # ------------------------------------------------------------------ geometry
+    def spacing2d(self) -> tuple[float, float]:
+        if self.vol is None:
+            return (1.0, 1.0)
+        return self.plane.spacing2d(self.vol.spacing)
+
+    def image_size_mm(self) -> tuple[float, float]:
+        rows, cols = self.plane.shape2d(self.doc.shape3())
+        sx, sy = self.spacing2d()
+        return cols * sx, rows * sy
+
+    def fit(self):
+        self.fit_mode = True
+        if self.vol is None:
+            self.update()
+            return
+        w_mm, h_mm = self.image_size_mm()
+        W, H = max(1, self.width()), max(1, self.height())
+        self.zoom = max(1e-3, min(W / w_mm, H / h_mm) * 0.97)
+        self.center_mm = (w_mm / 2, h_mm / 2)
+        self.update()
+
+    def actual_size(self):
+        """1:1 - one image pixel (horizontally) per screen pixel."""
+        if self.vol is None:
+            return
+        sx, _ = self.spacing2d()
+        self.set_zoom(1.0 / sx)
+
+    def zoom_factor(self) -> float:
+        """Screen pixels per image pixel (horizontal)."""
+        return self.zoom * self.spacing2d()[0]
+
+    def set_zoom(self, zoom: float, anchor: QPointF | None = None):
+        zoom = float(np.clip(zoom, 0.02, 200.0))
+        if anchor is not None:
+            mx, my = self.screen_to_mm(anchor)
+            self.zoom = zoom
+            # keep the point under the anchor fixed
+            self.center_mm = (mx - (anchor.x() - self.width() / 2) / zoom,
+                              my - (anchor.y() - self.height() / 2) / zoom)
+        else:
+            self.zoom = zoom
+        self.fit_mode = False
+        self.update()
+
+    def pan_by(self, dx: float, dy: float):
+        cx, cy = self.center_mm
+        self.center_mm = (cx - dx / self.zoom, cy - dy / self.zoom)
+        self.fit_mode = False
+        self.update()
+
+    def screen_to_mm(self, p: QPointF) -> tuple[float, float]:
+        cx, cy = self.center_mm
+        return (cx + (p.x() - self.width() / 2) / self.zoom, cy + (p.y() - self.height() / 2) / self.zoom)
+
+    def screen_to_uv(self, p: QPointF) -> tuple[float, float]:
+        """Widget point -> display pixel coordinates (u, v) (pixel centres on integers)."""
+        mx, my = self.screen_to_mm(p)
+        sx, sy = self.spacing2d()
+        return mx / sx - 0.5, my / sy - 0.5
+
+    def uv_to_screen(self, u: float, v: float) -> QPointF:
+        sx, sy = self.spacing2d()
+        cx, cy = self.center_mm
+        return QPointF(self.width() / 2 + ((u + 0.5) * sx - cx) * self.zoom,
+                       self.height() / 2 + ((v + 0.5) * sy - cy) * self.zoom)
+
+    def image_rect(self) -> QRectF:
+        w_mm, h_mm = self.image_size_mm()
+        cx, cy = self.center_mm
+        x0 = self.width() / 2 - cx * self.zoom
+        y0 = self.height() / 2 - cy * self.zoom
+        return QRectF(x0, y0, w_mm * self.zoom, h_mm * self.zoom)
+
+    def resizeEvent(self, ev):
+        if self.fit_mode:
+            self.fit()
+        super().resizeEvent(ev)
+
+    # ------------------------------------------------------------------ rendering
+    def slice_loaded(self) -> bool:
+        vol = self.vol
+        if vol is None:
+            return False
+        if vol.loaded is None:
+            return True
+        if self.plane.axis == 0:
+            return bool(vol.loaded[self.index])
+        return bool(vol.loaded.any())
+
+    def base_image(self) -> tuple[QImage, np.ndarray]:
+        """The windowed slice as a QImage (RGB32) and its words, cached per slice/window/invert."""
+        w = self.doc.window
+        key = (self.index, repr((w.center, w.width, w.function, w.source)), self.doc.invert, id(self.vol))
+        if self._img_cache is not None and self._img_cache[0] == self.index and self._img_cache[1] == key:
+            return self._img_cache[2], self._img_cache[3]
+        s = self.plane.extract(self.vol.array, self.index)
+        words = self.doc.renderer.render32(s, self.doc.window, self.doc.invert)
+        h, wd = words.shape
+        q = QImage(words.data, wd, h, words.strides[0], QImage.Format_RGB32)
+        self._img_cache = (self.index, key, q, words)
+        self._comp_cache = None
+        return q, words
+
+    def _overlay_key(self):
+        return (self.index, tuple((id(l), l._version, l.visible) for l in self.doc.layers if l.is_raster))
+
+    def composite_image(self) -> QImage:
+        """Base slice with the visible raster overlays blended in, at image resolution: the
+        overlays are coloured in numpy and blended by QPainter once, so the view scales a
+        single image (one smooth scaled draw per frame, whatever the number of layers)."""
+        q, words = self.base_image()
+        if not (self.doc.show_overlays and len(self.doc.layers)):
+            return q
+        key = (self._img_cache[1], self._overlay_key())
+        if self._comp_cache is not None and self._comp_cache[0] == key:
+            return self._comp_cache[1]
+        layers = self.doc.layers.render_argb32(self.plane, self.index)
+        if not layers:
+            self._comp_cache = (key, q, None)
+            return q
+        buf = words.copy()
+        h, wd = buf.shape
+        comp = QImage(buf.data, wd, h, buf.strides[0], QImage.Format_RGB32)
+        p = QPainter(comp)
+        for lw in layers:
+            p.drawImage(0, 0, QImage(lw.data, lw.shape[1], lw.shape[0], lw.strides[0],
+                                     QImage.Format_ARGB32_Premultiplied))
+        p.end()
+        self._comp_cache = (key, comp, buf)
+        return comp
+
+    def paintEvent(self, ev):
+        p = QPainter(self)
+        vol = self.vol
+        if vol is None or self.doc.window is None:
+            p.fillRect(self.rect(), Qt.black)
+            self._paint_empty(p)
+            p.end()
+            return
+        target = self.image_rect()
+        loaded = self.slice_loaded()
+        if loaded:
+            # black only around the (opaque) image
+            full = QRectF(self.rect())
+            inter = target.intersected(full)
+            if inter.isEmpty():
+                p.fillRect(self.rect(), Qt.black)
+            else:
+                for r in (QRectF(0, 0, full.width(), inter.top()),
+                          QRectF(0, inter.bottom(), full.width(), full.height() - inter.bottom()),
+                          QRectF(0, inter.top(), inter.left(), inter.height()),
+                          QRectF(inter.right(), inter.top(), full.width() - inter.right(), inter.height())):
+                    if r.width() > 0 and r.height() > 0:
+                        p.fillRect(r.adjusted(0, 0, 1, 1), Qt.black)
+            p.setRenderHint(QPainter.SmoothPixmapTransform, self.doc.smooth)
+            p.drawImage(target, self.composite_image())
+        else:
+            p.fillRect(self.rect(), Qt.black)
+            p.setPen(QColor("#8b9099"))
+            p.setFont(self._font)
+            p.drawText(self.rect(), Qt.AlignCenter, "loading slice…")
+        p.setRenderHint(QPainter.Antialiasing, True)
+        if self.doc.show_overlays:
+            self._paint_markers(p)
+        self._paint_measurements(p)
+        if self.mpr_mode and self.doc.show_crosshair:
+            self._paint_crosshair(p)
+        if self.doc.show_annotations:
+            self._paint_annotations(p)
+            if self.doc.show_overlays:
+                self._paint_legend(p)
+        if self.mpr_mode:
+            self._paint_frame(p)
+        p.end()
+        if loaded and not self._first_painted:
+            self._first_painted = True
+            self.firstImagePainted.emit(time.perf_counter())
+
+    def _paint_empty(self, p: QPainter):
+        p.setPen(QColor("#5d6169"))
+        f = QFont(self._font)
+        f.setPointSizeF(12)
+        p.setFont(f)
+        p.drawText(self.rect(), Qt.AlignCenter, self.title or "")
+
+    # -- markers -------------------------------------------------------------
+    def _paint_markers(self, p: QPainter):
+        shape3 = self.doc.shape3()
+        tol = 0.5
+        p.setFont(self._font)
+        fm = QFontMetricsF(self._font)
+        for layer in self.doc.layers.markers():
+            for m, u, v in layer.near(self.plane, self.index, shape3, tolerance=tol):
+                c = QColor(*m.color)
+                pt = self.uv_to_screen(u, v)
+                r = 12.0
+                if m.radius_mm:
+                    r = max(6.0, m.radius_mm * self.zoom)
+                p.setPen(QPen(QColor(0, 0, 0, 160), 4))
+                p.drawEllipse(pt, r, r)
+                p.setPen(QPen(c, 2))
+                p.drawEllipse(pt, r, r)
+                p.drawLine(QPointF(pt.x() - r - 5, pt.y()), QPointF(pt.x() - r + 3, pt.y()))
+                p.drawLine(QPointF(pt.x() + r - 3, pt.y()), QPointF(pt.x() + r + 5, pt.y()))
+                text = m.text()
+                if text:
+                    tw = fm.horizontalAdvance(text)
+                    box = QRectF(pt.x() + r + 6, pt.y() - r - fm.height(), tw + 8, fm.height() + 2)
+                    p.fillRect(box, QColor(0, 0, 0, 170))
+                    p.setPen(c)
+                    p.drawText(box, Qt.AlignCenter, text)
+
+    # -- measurements ----------------------------------------------------------
+    def visible_measurements(self) -> list[Measurement]:
+        out = [m for m in self.doc.measurements if m.axis == self.plane.axis and m.index == self.index]
+        if self._pending is not None:
+            out.append(self._pending)
+        return out
+
+    def _paint_measurements(self, p: QPainter):
+        fm = QFontMetricsF(self._font)
+        p.setFont(self._font)
+        for m in self.visible_measurements():
+            sel = m is self.doc.selected or m is self._pending
+            col = QColor("#ffb000") if sel else QColor("#4fd1ff")
+            pts = [self.uv_to_screen(u, v) for u, v in m.points]
+            if self._pending is m and self._cursor_uv is not None and not m.complete:
+                pts.append(self.uv_to_screen(*self._cursor_uv))
+            if len(pts) < 2:
+                if pts:
+                    p.setPen(QPen(col, 2))
+                    p.drawEllipse(pts[0], 2.5, 2.5)
+                continue
+            shadow = QPen(QColor(0, 0, 0, 170), 3.5)
+            pen = QPen(col, 1.6)
+            path = QPainterPath()
+            if m.kind == "ruler":
+                path.moveTo(pts[0])
+                path.lineTo(pts[1])
+            elif m.kind == "angle":
+                path.moveTo(pts[0])
+                for q in pts[1:]:
+                    path.lineTo(q)
+            else:
+                r = QRectF(pts[0], pts[1]).normalized()
+                if m.kind == "ellipse":
+                    path.addEllipse(r)
+                else:
+                    path.addRect(r)
+            for pe in (shadow, pen):
+                p.setPen(pe)
+                p.setBrush(Qt.NoBrush)
+                p.drawPath(path)
+            if sel or m.kind in ("ruler", "angle"):
+                p.setPen(QPen(col, 1.2))
+                p.setBrush(QColor(0, 0, 0, 200))
+                for q in pts[:N_POINTS[m.kind]]:
+                    p.drawRect(QRectF(q.x() - 3, q.y() - 3, 6, 6))
+            # label
+            if m is self._pending:
+                res = self._preview_result(m)
+            else:
+                res = m.result
+            lines = res.get("text", []) if res else []
+            if not lines:
+                continue
+            if m.kind in ("ellipse", "rectangle"):
+                r = QRectF(pts[0], pts[1]).normalized()
+                anchor = QPointF(r.right() + 8, r.top())
+            elif m.kind == "angle":
+                anchor = QPointF(pts[1].x() + 10, pts[1].y() - 8)
+            else:
+                a = pts[0] if pts[0].x() > pts[1].x() else pts[1]
+                anchor = QPointF(a.x() + 10, a.y() - 6)
+            tw = max(fm.horizontalAdvance(t) for t in lines) + 10
+            th = fm.height() * len(lines) + 6
+            x = min(max(4.0, anchor.x()), self.width() - tw - 4)
+            y = min(max(4.0, anchor.y()), self.height() - th - 4)
+            p.setPen(Qt.NoPen)
+            p.setBrush(QColor(0, 0, 0, 175))
+            p.drawRoundedRect(QRectF(x, y, tw, th), 3, 3)
+            p.setPen(col)
+            for i, t in enumerate(lines):
+                p.drawText(QPointF(x + 5, y + 3 + fm.ascent() + i * fm.height()), t)
+
+    def _preview_result(self, m: Measurement) -> dict:
+        pts = list(m.points)
+        if self._cursor_uv is not None and not m.complete:
+            pts.append(self._cursor_uv)
+        if len(pts) < N_POINTS[m.kind]:
+            return {}
+        tmp = Measurement(m.kind, pts[:N_POINTS[m.kind]], m.axis, m.index, id=-1)
+        return self.doc.compute_measurement(tmp)
+
+    # -- crosshair -------------------------------------------------------------
+    def _paint_crosshair(self, p: QPainter):
+        shape3 = self.doc.shape3()
+        u, v, _ = self.plane.from_voxel(self.doc.position, shape3)
+        c = self.uv_to_screen(u, v)
+        r = self.image_rect()
+        colors = {pl.axis: QColor(PLANE_COLORS.get(pl.name, "#8b9099")) for pl in self.doc.planes}
+        gap = 14
+        # vertical line: the plane holding h_axis fixed; horizontal: v_axis fixed
+        for axis, vertical in ((self.plane.h_axis, True), (self.plane.v_axis, False)):
+            col = QColor(colors.get(axis, QColor("#8b9099")))
+            col.setAlpha(200)
+            p.setPen(QPen(col, 1.2))
+            if vertical:
+                p.drawLine(QPointF(c.x(), r.top()), QPointF(c.x(), c.y() - gap))
+                p.drawLine(QPointF(c.x(), c.y() + gap), QPointF(c.x(), r.bottom()))
+            else:
+                p.drawLine(QPointF(r.left(), c.y()), QPointF(c.x() - gap, c.y()))
+                p.drawLine(QPointF(c.x() + gap, c.y()), QPointF(r.right(), c.y()))
+
+    def _paint_frame(self, p: QPainter):
+        col = QColor(PLANE_COLORS.get(self.plane.name, "#8b9099"))
+        p.setRenderHint(QPainter.Antialiasing, False)
+        p.setPen(QPen(col, 3 if self.active else 1))
+        p.setBrush(Qt.NoBrush)
+        p.drawRect(QRectF(0.5, 0.5, self.width() - 1.5, self.height() - 1.5))
+
+    # -- annotations --------------------------------------------------------------
+    def annotation_text(self) -> dict[str, list[str]]:
+        """Corner texts, also used by tests: keys 'tl', 'tr', 'bl', 'br'."""
+        vol, doc = self.vol, self.doc
+        if vol is None:
+            return {"tl": [], "tr": [], "bl": [], "br": []}
+        rec = vol.headers[min(self.index, len(vol.headers) - 1)] if (vol.headers and self.plane.axis == 0) \
+            else (vol.headers[len(vol.headers) // 2] if vol.headers else None)
+        g = (lambda kw, d="": (rec.get(kw, d) if rec is not None else d))
+        compact = self.width() < 480 or (self.mpr_mode and self.plane.axis != 0)
+        if compact:
+            w = doc.window
+            br = []
+            if w is not None and not vol.is_color and w.source != "voilut":
+                br.append(f"W {_fmt_num(w.width)} L {_fmt_num(w.center)}")
+            br.append(f"{self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
+            bl = [self._cursor_text] if self._cursor_text else []
+            return {"tl": [], "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br}
+        tl = []
+        pat = doc.patient
+        name = _fmt_name(pat.name if pat else g("PatientName"))
+        if name:
+            tl.append(name)
+        pid = pat.id if pat else g("PatientID")
+        sex = pat.sex if pat else g("PatientSex")
+        birth = _fmt_date(pat.birth_date if pat else g("PatientBirthDate"))
+        line = "  ".join(x for x in (f"ID {pid}" if pid else "", sex, birth) if x)
+        if line:
+            tl.append(line)
+        st = doc.study
+        sdate = _fmt_date(st.date if st else g("StudyDate"))
+        sdesc = st.description if st else g("StudyDescription")
+        if sdate or sdesc:
+            tl.append("  ".join(x for x in (sdate, str(sdesc)) if x))
+        tr = []
+        ser = doc.series
+        num = ser.number if ser else g("SeriesNumber")
+        desc = vol.description or (ser.description if ser else "")
+        if num not in (None, ""):
+            tr.append(f"Se {num}: {desc}" if desc else f"Se {num}")
+        elif desc:
+            tr.append(desc)
+        tr.append(f"{vol.modality}  {vol.array.shape[2]}×{vol.array.shape[1]}"
+                  + (f"  {doc.stack_label}" if doc.stack_label else ""))
+        if self.mpr_mode and self.plane.axis != 0:
+            tr.append(f"{self.plane.name.capitalize()} {self.index + 1} / {self.n_slices}")
+        else:
+            label = "Fr" if vol.is_cine else "Im"
+            tr.append(f"{label} {self.index + 1} / {self.n_slices}")
+        bl = []
+        if vol.has_geometry:
+            if self.plane.axis == 0:
+                if vol.slice_positions is not None and self.index < len(vol.slice_positions):
+                    bl.append(f"Pos {vol.slice_positions[self.index]:.1f} mm")
+                th = g("SliceThickness")
+                if th not in (None, ""):
+                    bl.append(f"Thick {float(th):.2g} mm")
+            else:
+                sp = self.plane.slice_spacing(vol.spacing)
+                bl.append(f"Pos {self.index * sp:.1f} mm  (step {sp:.2f} mm)")
+        elif vol.is_cine and vol.frame_time_ms:
+            bl.append(f"{1000.0 / vol.frame_time_ms:.0f} fps (FrameTime {vol.frame_time_ms:g} ms)")
+        if self._cursor_text:
+            bl.append(self._cursor_text)
+        br = []
+        w = doc.window
+        if vol.is_color:
+            pass
+        elif w is not None and w.source == "voilut":
+            br.append(f"VOI LUT: {w.name}")
+        elif w is not None:
+            br.append(f"W {_fmt_num(w.width)}  L {_fmt_num(w.center)}" + (f"  {w.name}" if w.name else ""))
+        br.append(f"Zoom {self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
+        return {"tl": tl, "tr": tr, "bl": bl, "br": br}
+
+    def _draw_text(self, p: QPainter, x: float, y: float, text: str, color=QColor("#e8e8e8")):
+        p.setPen(QColor(0, 0, 0, 230))  # drop shadow: readable over bright pixels too
+        p.drawText(QPointF(x + 1, y + 1), text)
+        p.setPen(color)
+        p.drawText(QPointF(x, y), text)
+
+    def _paint_annotations(self, p: QPainter):
+        p.setRenderHint(QPainter.Antialiasing, False)
+        p.setRenderHint(QPainter.TextAntialiasing, True)
+        p.setFont(self._font)
+        fm = QFontMetricsF(self._font)
+        lh = fm.height()
+        m = 8.0
+        W, H = self.width(), self.height()
+        t = self.annotation_text()
+        top = m + (lh + 4 if self.mpr_mode else 0)
+        if self.mpr_mode:
+            col = QColor(PLANE_COLORS.get(self.plane.name, "#cccccc"))
+            f = QFont(self._font)
+            f.setBold(True)
+            p.setFont(f)
+            self._draw_text(p, m, m + fm.ascent(), self.plane.name.upper(), col)
+            p.setFont(self._font)
+        maxw = W / 2 - m - 24
+        for i, s in enumerate(t["tl"]):
+            self._draw_text(p, m, top + fm.ascent() + i * lh, fm.elidedText(s, Qt.ElideRight, maxw))
+        for i, s in enumerate(t["tr"]):
+            s = fm.elidedText(s, Qt.ElideRight, maxw)
+            self._draw_text(p, W - m - fm.horizontalAdvance(s), top + fm.ascent() + i * lh, s)
+        for i, s in enumerate(reversed(t["bl"])):
+            s = fm.elidedText(s, Qt.ElideRight, maxw)
+            self._draw_text(p, m, H - m - fm.descent() - i * lh, s)
+        for i, s in enumerate(reversed(t["br"])):
+            s = fm.elidedText(s, Qt.ElideRight, maxw)
+            self._draw_text(p, W - m - fm.horizontalAdvance(s), H - m - fm.descent() - i * lh, s)
+        # orientation letters from the direction cosines
+        if self.vol.has_geometry:
+            lab = self.plane.orientation_labels(self.vol.direction)
+            p.setFont(self._font_orient)
+            fo = QFontMetricsF(self._font_orient)
+            col = QColor("#f0c060")
+            self._draw_text(p, W / 2 - fo.horizontalAdvance(lab["top"]) / 2, top + fo.ascent(), lab["top"], col)
+            self._draw_text(p, W / 2 - fo.horizontalAdvance(lab["bottom"]) / 2, H - m - fo.descent(),
+                            lab["bottom"], col)
+            self._draw_text(p, m, H / 2 + fo.ascent() / 2, lab["left"], col)
+            self._draw_text(p, W - m - fo.horizontalAdvance(lab["right"]), H / 2 + fo.ascent() / 2,
+                            lab["right"], col)
+        self._annotation_lines = t
+
+    def _paint_legend(self, p: QPainter):
+        heat = self.doc.layers.heatmaps()
+        if not heat or self.width() < 420 or self.height() < 300 or (self.mpr_mode and self.plane.axis != 0):
+            return
+        layer = heat[-1]
+        rgb, lo, hi = layer.legend(128)
+        fm = QFontMetricsF(self._font)
+        bar_h = min(180.0, self.height() * 0.35)
+        x = self.width() - 52  # left of the orientation letter
+        y = (self.height() - bar_h) / 2
+        bar = np.ascontiguousarray(rgb[::-1])  # top = vmax
+        words = (bar[:, 0].astype(np.uint32) << 16) | (bar[:, 1].astype(np.uint32) << 8) | bar[:, 2] | np.uint32(0xFF000000)
+        words = np.ascontiguousarray(words.reshape(-1, 1))
+        p.drawImage(QRectF(x, y, 12, bar_h), QImage(words.data, 1, words.shape[0], 4, QImage.Format_RGB32))
+        p.setPen(QPen(QColor(0, 0, 0, 200), 1))
+        p.setBrush(Qt.NoBrush)
+        p.drawRect(QRectF(x, y, 12, bar_h))
+        p.setFont(self._font)
+        f = lambda v: f"{v:.3g}"
+        for val, yy in ((hi, y + fm.ascent() / 2), (lo, y + bar_h + fm.ascent() / 2 - 2)):
+            s = f(val)
+            self._draw_text(p, x - 6 - fm.horizontalAdvance(s), yy, s)
+        if layer.vmax > layer.vmin and layer.threshold > layer.vmin:
+            ty = y + bar_h * (1 - (layer.threshold - layer.vmin) / (layer.vmax - layer.vmin))
+            ty = min(max(ty, y), y + bar_h)
+            p.setPen(QPen(QColor("white"), 2))
+            p.drawLine(QPointF(x - 3, ty), QPointF(x + 15, ty))
+        name = fm.elidedText(layer.name, Qt.ElideRight, 160)
+        self._draw_text(p, x + 12 - fm.horizontalAdvance(name), y - 8, name)
+
+    # ------------------------------------------------------------------ interaction
+    def _hit_handle(self, pos: QPointF):
+        for m in reversed(self.visible_measurements()):
+            if m is self._pending:
+                continue
+            for i, (u, v) in enumerate(m.points):
+                q = self.uv_to_screen(u, v)
+                if abs(q.x() - pos.x()) <= HANDLE_PX and abs(q.y() - pos.y()) <= HANDLE_PX:
+                    return m, i
+        return None
+
+    def _hit_measurement(self, pos: QPointF):
+        best, bd = None, 8.0
+        for m in self.visible_measurements():
+            if m is self._pending or len(m.points) < 2:
+                continue
+            pts = [self.uv_to_screen(u, v) for u, v in m.points]
+            if m.kind in ("ruler", "angle"):
+                for a, b in zip(pts, pts[1:]):
+                    d = _seg_dist(pos, a, b)
+                    if d < bd:
+                        best, bd = m, d
+            else:
+                r = QRectF(pts[0], pts[1]).normalized()
+                if r.adjusted(-4, -4, 4, 4).contains(pos):
+                    best, bd = m, 0
+        return best
+
+    def mousePressEvent(self, ev):
+        self.activated.emit(self)
+        if self.vol is None:
+            return
+        pos = ev.position()
+        btn = ev.button()
+        if btn == Qt.RightButton:
+            self._drag = ("window", pos, self.doc.window.center, self.doc.window.width)
+            return
+        if btn == Qt.MiddleButton:
+            self._drag = ("pan", pos)
+            return
+        if btn != Qt.LeftButton:
+            return
+        uv = self.screen_to_uv(pos)
+        if self._pending is None:
+            hit = self._hit_handle(pos)
+            if hit is not None:
+                self.doc.select(hit[0])
+                self._drag = ("handle", hit[0], hit[1])
+                return
+        tool = self.tool
+        if tool in MEASURE_TOOLS:
+            if self._pending is None:
+                self._pending = Measurement(tool, [uv], self.plane.axis, self.index)
+                self._drag = ("measure", pos)
+            else:
+                self._pending.points.append(uv)
+                self._drag = ("measure", pos)
+                if self._pending.complete:
+                    self._finish_pending()
+            self.update()
+            return
+        if tool == "navigate":
+            m = self._hit_measurement(pos)
+            if m is not None:
+                self.doc.select(m)
+                return
+            self.doc.select(None)
+            if self.mpr_mode:
+                self._set_crosshair(uv)
+                self._drag = ("cross", pos)
+            else:
+                self._drag = ("pan", pos)
+        elif tool == "window":
+            self._drag = ("window", pos, self.doc.window.center, self.doc.window.width)
+        elif tool == "pan":
+            self._drag = ("pan", pos)
+        elif tool == "zoom":
+            self._drag = ("zoom", pos, self.zoom, pos)
+
+    def _set_crosshair(self, uv):
+        kji = self.plane.to_voxel(uv[0], uv[1], self.index, self.doc.shape3())
+        self.doc.set_position(kji)
+
+    def mouseMoveEvent(self, ev):
+        pos = ev.position()
+        self._update_cursor(pos)
+        d = self._drag
+        if d is None:
+            if self._pending is not None:
+                self.update()
+            return
+        kind = d[0]
+        if kind == "window":
+            _, p0, c0, w0 = d
+            dx, dy = pos.x() - p0.x(), pos.y() - p0.y()
+            width = max(1.0, w0 * math.exp(dx / 250.0))
+            center = c0 + dy * max(w0, 20.0) / 300.0
+            self.doc.set_window(center, width, "Custom")
+        elif kind == "pan":
+            _, p0 = d
+            self.pan_by(pos.x() - p0.x(), pos.y() - p0.y())
+            self._drag = ("pan", pos)
+        elif kind == "zoom":
+            _, p0, z0, anchor = d
+            self.set_zoom(z0 * math.exp(-(pos.y() - p0.y()) / 150.0), anchor)
+        elif kind == "cross":
+            self._set_crosshair(self.screen_to_uv(pos))
+        elif kind == "handle":
+            _, m, i = d
+            m.points[i] = self.screen_to_uv(pos)
+            self.doc.compute_measurement(m)
+            self.doc.measurementsChanged.emit()
+        elif kind == "measure":
+            self.update()
+
+    def mouseReleaseEvent(self, ev):
+        d = self._drag
+        self._drag = None
+        if d is None:
+            return
+        if d[0] == "measure" and self._pending is not None:
+            pos = ev.position()
+            moved = (pos - d[1]).manhattanLength() > 4
+            if moved and not self._pending.complete:
+                self._pending.points.append(self.screen_to_uv(pos))
+                if self._pending.complete:
+                    self._finish_pending()
+            self.update()
+
+    def _finish_pending(self):
+        m = self._pending
+        self._pending = None
+        if m is None:
+            return
+        pts = [self.uv_to_screen(u, v) for u, v in m.points]
+        if m.kind != "angle" and (pts[0] - pts[1]).manhattanLength() < 3:
+            self.update()
+            return  # a click, not a measurement
+        self.doc.compute_measurement(m)
+        self.doc.add_measurement(m)
+
+    def cancel_pending(self):
+        self._pending = None
+        self.update()
+
+    def mouseDoubleClickEvent(self, ev):
+        self.mousePressEvent(ev)
+
+    def leaveEvent(self, ev):
+        self._cursor_text = ""
+        self._cursor_uv = None
+        self.update()
+        super().leaveEvent(ev)
+
+    def enterEvent(self, ev):
+        fw = QApplication.focusWidget()
+        if not isinstance(fw, QLineEdit):
+            self.setFocus(Qt.MouseFocusReason)
+        super().enterEvent(ev)
+
+    def focusInEvent(self, ev):
+        self.activated.emit(self)
+        super().focusInEvent(ev)
+
+    def value_at(self, u: float, v: float):
+        """(k, j, i) and the modality value at display coordinates, or None outside."""
+        vol = self.vol
+        if vol is None:
+            return None
+        shape3 = self.doc.shape3()
+        k, j, i = (int(round(x)) for x in self.plane.to_voxel(round(u), round(v), self.index, shape3))
+        if not (0 <= k < shape3[0] and 0 <= j < shape3[1] and 0 <= i < shape3[2]):
+            return None
+        if vol.loaded is not None and not vol.loaded[k]:
+            return (k, j, i), None
+        return (k, j, i), vol.array[k, j, i]
+
+    def _update_cursor(self, pos: QPointF):
+        if self.vol is None:
+            return
+        u, v = self.screen_to_uv(pos)
+        self._cursor_uv = (u, v)
+        hit = self.value_at(u, v)
+        if hit is None:
+            self._cursor_text = ""
+            self.cursorInfo.emit("")
+        else:
+            (k, j, i), val = hit
+            units = self.vol.units
+            if val is None:
+                vs = "…"
+            elif np.ndim(val):
+                vs = "RGB " + " ".join(str(int(c)) for c in val)
+            else:
+                fv = float(val)
+                vs = (f"{fv:.0f}" if float(fv).is_integer() else f"{fv:.4g}") + (f" {units}" if units else "")
+            self._cursor_text = f"({i}, {j})  {vs}"
+            lps = ""
+            if self.vol.has_geometry:
+                x, y, z = self.vol.index_to_lps(i, j, k)
+                lps = f"   LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"
+            self.cursorInfo.emit(f"x {i}  y {j}  slice {k + 1}   value {vs}{lps}")
+        self.update()
+
+    def wheelEvent(self, ev):
+        if self.vol is None:
+            return
+        dy = ev.angleDelta().y() or ev.angleDelta().x()
+        mods = ev.modifiers()
+        if mods & Qt.ControlModifier:
+            self.set_zoom(self.zoom * (1.15 ** (dy / 120.0)), ev.position())
+            return
+        self._wheel_accum += dy
+        steps = int(self._wheel_accum / 120)
+        if steps == 0:
+            return
+        self._wheel_accum -= steps * 120
+        step = 5 if mods & Qt.ShiftModifier else 1
+        # wheel towards the user (negative) goes to the next slice, as in most viewers
+        self.scroll_by(-steps * step)
+
+    def scroll_by(self, n: int):
+        self.doc.set_index(self.plane.axis, self.index + n)
+
+    def keyPressEvent(self, ev):
+        k = ev.key()
+        if self.vol is None:
+            return super().keyPressEvent(ev)
+        n = {Qt.Key_Up: -1, Qt.Key_Down: 1, Qt.Key_PageUp: -10, Qt.Key_PageDown: 10,
+             Qt.Key_Left: -1, Qt.Key_Right: 1}.get(k)
+        if n is not None:
+            self.scroll_by(n)
+            return
+        if k == Qt.Key_Home:
+            self.doc.set_index(self.plane.axis, 0)
+            return
+        if k == Qt.Key_End:
+            self.doc.set_index(self.plane.axis, self.n_slices - 1)
+            return
+        if k == Qt.Key_Escape and self._pending is not None:
+            self.cancel_pending()
+            return
+        super().keyPressEvent(ev)
+
+
+def _seg_dist(p: QPointF, a: QPointF, b: QPointF) -> float:
+    ax, ay, bx, by, px, py = a.x(), a.y(), b.x(), b.y(), p.x(), p.y()
+    dx, dy = bx - ax, by - ay
+    L = dx * dx + dy * dy
+    t = 0.0 if L == 0 else max(0.0, min(1.0, ((px - ax) * dx + (py - ay) * dy) / L))
+    return math.hypot(px - (ax + t * dx), py - (ay + t * dy))
