@@ -1,0 +1,549 @@
+"""Tiled slide inference plumbing: plan a tile grid, read tiles efficiently, run a model,
+stitch per-class heat maps.
+
+* Tiles are ``tile_px`` square at a requested pixel size ``mpp`` (µm/px).  They are read from
+  the coarsest pyramid level at or above that resolution and resampled (exact block mean for
+  integer factors, Pillow's antialiased bilinear otherwise).
+* Only tissue tiles run (tissue fraction from a :class:`TissueMask` >= ``tissue_threshold``).
+* Reading is done per batch as **one region per run of adjacent tiles in a grid row**, not one
+  ``read_region`` per tile, so each stored tile is decoded once; a prefetch thread reads the
+  next batches while the model runs on the current one.
+* Output: per-class probability heat maps on the tile grid (one heat-map pixel per tile,
+  ``downsample`` = level-0 pixels per heat-map pixel, ``origin`` = level-0 position of the
+  grid), per-class tissue area (mm², or level-0 px² when the slide has no MPP), and the top
+  tiles per class.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .reader import MISSING_MPP_MESSAGE, MissingMPPWarning, Slide, SlideError
+from .tissue import TissueMask, detect_tissue
+
+ProgressFn = Callable[[int, int], None]
+
+#: Largest source region (bytes of RGB) read at once for a run of adjacent tiles.
+MAX_RUN_BYTES = 96_000_000
+
+
+class TilingCancelled(Exception):
+    """Internal: raised inside the reader thread when the run was cancelled."""
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass
+class TilePlan:
+    """Where the tiles are.  Tile ``i`` is grid cell ``cells[i] = (row, col)`` covering level-0
+    ``[ox + col*sx, ox + (col+1)*sx) x [oy + row*sy, oy + (row+1)*sy)`` with ``(sx, sy) = stride0``.
+    """
+
+    slide_dimensions: tuple[int, int]
+    tile_px: int
+    downsample: tuple[float, float]          # level-0 px per tile px (x, y)
+    level: int                               # pyramid level tiles are read from
+    level_scale: tuple[float, float]         # level-0 px per pixel of that level (x, y)
+    origin: tuple[float, float]              # level-0 (x, y) of grid cell (0, 0)
+    grid_shape: tuple[int, int]              # (rows, cols)
+    cells: np.ndarray                        # (N, 2) int32 (row, col), row-major order
+    tissue_fraction: np.ndarray              # (N,) float32 (1.0 without a mask)
+    mpp: float | None                        # µm per tile pixel (None without slide MPP)
+    n_grid_tiles: int = 0                    # tiles in the grid before tissue filtering
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stride0(self) -> tuple[float, float]:
+        return self.tile_px * self.downsample[0], self.tile_px * self.downsample[1]
+
+    def __len__(self) -> int:
+        return len(self.cells)
+
+    def rects0(self, idx=None) -> np.ndarray:
+        """(N, 4) float level-0 (x, y, w, h) of tiles (all, or ``idx``)."""
+        cells = self.cells if idx is None else self.cells[np.asarray(idx)]
+        sx, sy = self.stride0
+        x = self.origin[0] + cells[:, 1] * sx
+        y = self.origin[1] + cells[:, 0] * sy
+        return np.stack([x, y, np.full_like(x, sx), np.full_like(y, sy)], axis=1)
+
+    def to_dict(self) -> dict:
+        return {"tile_px": self.tile_px, "downsample": list(self.downsample), "level": self.level,
+                "mpp": self.mpp, "origin": list(self.origin), "grid_shape": list(self.grid_shape),
+                "n_tiles": len(self), "n_grid_tiles": self.n_grid_tiles,
+                "warnings": list(self.warnings)}
+
+
+def _resolve_downsample(slide: Slide, mpp: float | None, downsample, warn: list[str]):
+    if mpp is not None and mpp <= 0:
+        raise SlideError(f"mpp must be positive, got {mpp}")
+    if mpp is not None and slide.mpp is not None:
+        ds = (mpp / slide.mpp[0], mpp / slide.mpp[1])
+        tile_mpp = float(mpp)
+    else:
+        if mpp is not None:
+            msg = (f"{MISSING_MPP_MESSAGE}; tiles are read at "
+                   f"{'downsample ' + str(downsample) if downsample else 'the native resolution'} "
+                   f"instead of the requested {mpp:g} µm/px")
+            warn.append(msg)
+            warnings.warn(msg, MissingMPPWarning, stacklevel=3)
+        d = 1.0 if downsample is None else downsample
+        ds = (float(d), float(d)) if isinstance(d, (int, float)) else (float(d[0]), float(d[1]))
+        tile_mpp = None if slide.mpp is None else slide.mpp[0] * ds[0]
+    if ds[0] <= 0 or ds[1] <= 0:
+        raise SlideError(f"downsample must be positive, got {ds}")
+    if min(ds) < 1 - 1e-6:
+        warn.append(f"requested resolution is finer than the scan (downsample {min(ds):.3g}); "
+                    "tiles are upsampled from level 0")
+    return ds, tile_mpp
+
+
+def _level_for(slide: Slide, downsample: float) -> int:
+    """Coarsest level at or above the wanted resolution.
+
+    1 % slack: vendor pyramids store e.g. 4.0003 for a nominal 4x level; reading that level
+    and resampling by 0.9999 beats decoding 16x the pixels from the level below.
+    """
+    best = 0
+    for i, ds in enumerate(slide.level_downsamples):
+        if ds <= downsample * 1.01:
+            best = i
+    return best
+
+
+def plan_tiles(slide: Slide, tile_px: int = 224, mpp: float | None = 0.5, *,
+               downsample: float | tuple[float, float] | None = None,
+               tissue_mask: TissueMask | str | None = "auto", tissue_threshold: float = 0.5,
+               region: Sequence[float] | None = None) -> TilePlan:
+    """Tile grid over ``slide`` (or the level-0 ``region`` ``(x, y, w, h)``).
+
+    ``mpp``: tile pixel size in µm (needs slide MPP).  ``downsample``: level-0 px per tile px,
+    used when ``mpp`` is None or the slide has no MPP (then a warning is recorded).
+    ``tissue_mask``: a :class:`TissueMask`, ``"auto"`` (detect now) or None (all tiles).
+    """
+    if tile_px < 1:
+        raise SlideError(f"tile size must be at least 1 px, got {tile_px}")
+    warn: list[str] = []
+    ds, tile_mpp = _resolve_downsample(slide, mpp, downsample, warn)
+    level = _level_for(slide, min(ds))
+    w0, h0 = slide.dimensions
+    if region is None:
+        rx, ry, rw, rh = 0.0, 0.0, float(w0), float(h0)
+    else:
+        rx, ry, rw, rh = (float(v) for v in region)
+        if rw <= 0 or rh <= 0:
+            raise SlideError(f"region must have a positive size, got {region}")
+    sx, sy = tile_px * ds[0], tile_px * ds[1]
+    cols, rows = max(1, math.ceil(rw / sx - 1e-9)), max(1, math.ceil(rh / sy - 1e-9))
+    rr, cc = np.meshgrid(np.arange(rows, dtype=np.int32), np.arange(cols, dtype=np.int32), indexing="ij")
+    cells = np.stack([rr.ravel(), cc.ravel()], axis=1)
+    plan = TilePlan(slide_dimensions=(w0, h0), tile_px=int(tile_px), downsample=ds, level=level,
+                    level_scale=slide.level_scale(level), origin=(rx, ry), grid_shape=(rows, cols),
+                    cells=cells, tissue_fraction=np.ones(len(cells), np.float32), mpp=tile_mpp,
+                    n_grid_tiles=len(cells), warnings=warn)
+    if isinstance(tissue_mask, str):
+        if tissue_mask != "auto":
+            raise ValueError("tissue_mask must be a TissueMask, 'auto' or None")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", MissingMPPWarning)  # already reported above/at open
+            tissue_mask = detect_tissue(slide)
+    if tissue_mask is not None:
+        frac = tissue_mask.fraction_in_rects(plan.rects0()).astype(np.float32)
+        keep = (frac >= tissue_threshold) & (frac > 0)
+        plan.cells, plan.tissue_fraction = cells[keep], frac[keep]
+    else:
+        # Without a mask every tile counts fully, minus what hangs over the slide edge.
+        r = plan.rects0()
+        inside = (np.clip(r[:, 0] + r[:, 2], 0, w0) - np.clip(r[:, 0], 0, w0)) * \
+                 (np.clip(r[:, 1] + r[:, 3], 0, h0) - np.clip(r[:, 1], 0, h0))
+        plan.tissue_fraction = (inside / (r[:, 2] * r[:, 3])).astype(np.float32)
+    return plan
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _runs(cells: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Split row-major cells into runs of adjacent columns: (row, col0, n, first_index)."""
+    out = []
+    i, n = 0, len(cells)
+    while i < n:
+        r, c0 = int(cells[i, 0]), int(cells[i, 1])
+        j = i + 1
+        while j < n and cells[j, 0] == r and cells[j, 1] == c0 + (j - i):
+            j += 1
+        out.append((r, c0, j - i, i))
+        i = j
+    return out
+
+
+def read_tiles(slide: Slide, plan: TilePlan, idx: Sequence[int] | slice | None = None) -> np.ndarray:
+    """(n, tile_px, tile_px, 3) uint8 tiles for plan indices ``idx`` (default: all).
+
+    Adjacent tiles of a grid row are read as one region and resampled together.
+    """
+    from PIL import Image
+
+    cells = plan.cells if idx is None else plan.cells[idx]
+    order = np.lexsort((cells[:, 1], cells[:, 0]))
+    cells_sorted = cells[order]
+    t = plan.tile_px
+    out = np.empty((len(cells), t, t, 3), np.uint8)
+    sx0, sy0 = plan.stride0
+    lsx, lsy = plan.level_scale
+    fx, fy = plan.downsample[0] / lsx, plan.downsample[1] / lsy   # level px per tile px
+    kx, ky = round(fx), round(fy)
+    integer = abs(fx - kx) < 1e-6 and abs(fy - ky) < 1e-6 and kx >= 1 and ky >= 1
+    # Cap a run's source region so coarse tiles from a fine level keep memory bounded.
+    max_run = max(1, int(MAX_RUN_BYTES // (t * t * max(fx, 1.0) * max(fy, 1.0) * 3)))
+    runs = []
+    for r, c0, n, first in _runs(cells_sorted):
+        for k in range(0, n, max_run):
+            runs.append((r, c0 + k, min(max_run, n - k), first + k))
+    for r, c0, n, first in runs:
+        # level-pixel box of the run (continuous coordinates)
+        bx0 = (plan.origin[0] + c0 * sx0) / lsx
+        by0 = (plan.origin[1] + r * sy0) / lsy
+        bx1 = bx0 + n * t * fx
+        by1 = by0 + t * fy
+        aligned = abs(bx0 - round(bx0)) < 1e-6 and abs(by0 - round(by0)) < 1e-6
+        if integer and aligned:
+            ix, iy = int(round(bx0)), int(round(by0))
+            region = slide.read_level(plan.level, ix, iy, n * t * kx, t * ky)
+            if kx == 1 and ky == 1:
+                strip = region
+            else:  # exact box average (sizes are multiples of the factors)
+                strip = np.asarray(Image.fromarray(region).reduce((kx, ky)))
+        else:
+            margin = int(math.ceil(max(fx, fy))) + 1   # filter support for the resampler
+            ix, iy = int(math.floor(bx0)) - margin, int(math.floor(by0)) - margin
+            iw = int(math.ceil(bx1)) + margin - ix
+            ih = int(math.ceil(by1)) + margin - iy
+            region = slide.read_level(plan.level, ix, iy, iw, ih)
+            img = Image.fromarray(region)
+            strip = np.asarray(img.resize((n * t, t), Image.Resampling.BILINEAR,
+                                          box=(bx0 - ix, by0 - iy, bx1 - ix, by1 - iy)))
+        tiles = strip.reshape(t, n, t, 3).transpose(1, 0, 2, 3)
+        out[order[first:first + n]] = tiles
+    return out
+
+
+def tiles_to_batch(tiles: np.ndarray) -> np.ndarray:
+    """(n, h, w, 3) uint8 -> (n, 3, h, w) float32 in 0..1 (C-contiguous)."""
+    x = np.empty((tiles.shape[0], 3, tiles.shape[1], tiles.shape[2]), np.float32)
+    np.multiply(tiles.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=x)
+    return x
+
+
+# --------------------------------------------------------------------------- result
+
+
+@dataclass
+class TopTile:
+    x: int                 # level-0 rectangle of the tile
+    y: int
+    w: int
+    h: int
+    score: float
+    row: int               # grid cell (heat-map pixel)
+    col: int
+
+    def to_dict(self) -> dict:
+        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "score": round(self.score, 6),
+                "row": self.row, "col": self.col}
+
+
+@dataclass
+class TileResult:
+    class_names: list[str]
+    heatmaps: np.ndarray                     # (C, rows, cols) float32; NaN where no tile ran
+    downsample: tuple[float, float]          # level-0 px per heat-map px (= tile stride)
+    origin: tuple[float, float]              # level-0 (x, y) of heat-map pixel (0, 0)'s corner
+    slide_dimensions: tuple[int, int]
+    slide_mpp: tuple[float, float] | None
+    coords: np.ndarray                       # (N, 2) int64 level-0 (x, y) of tiles that ran
+    cells: np.ndarray                        # (N, 2) int32 (row, col)
+    probs: np.ndarray                        # (N, C) float32
+    tissue_fraction: np.ndarray              # (N,) float32
+    area_px: dict[str, float]                # tissue area per predicted class, level-0 px²
+    area_mm2: dict[str, float] | None        # same in mm² (None without MPP)
+    top_tiles: dict[str, list[TopTile]]
+    plan: TilePlan
+    mpp: float | None                        # µm per tile pixel
+    warnings: list[str] = field(default_factory=list)
+    cancelled: bool = False
+    elapsed_s: float = 0.0
+    read_s: float = 0.0                      # time the reader spent (overlaps model time)
+    model_s: float = 0.0
+
+    @property
+    def n_tiles(self) -> int:
+        return len(self.probs)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.n_tiles / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def area_unit(self) -> str:
+        return "mm2" if self.area_mm2 is not None else "px"
+
+    @property
+    def areas(self) -> dict[str, float]:
+        """Per-class tissue area in :attr:`area_unit`."""
+        return self.area_mm2 if self.area_mm2 is not None else self.area_px
+
+    def heatmap(self, name_or_index) -> np.ndarray:
+        i = self.class_names.index(name_or_index) if isinstance(name_or_index, str) else int(name_or_index)
+        return self.heatmaps[i]
+
+    def heatmap_mpp(self) -> tuple[float, float] | None:
+        """µm per heat-map pixel (None without MPP)."""
+        if self.slide_mpp is None:
+            return None
+        return self.slide_mpp[0] * self.downsample[0], self.slide_mpp[1] * self.downsample[1]
+
+    def to_layers(self, colormap: str = "jet", opacity: float = 0.4) -> list:
+        """One :class:`imaging_assist.layers.HeatmapLayer` per class, on the heat-map grid
+        (each pixel = ``downsample`` level-0 pixels, starting at ``origin``)."""
+        from ..layers import HeatmapLayer
+        return [HeatmapLayer(name, self.heatmaps[i], colormap=colormap, opacity=opacity,
+                             vmin=0.0, vmax=1.0, units="probability")
+                for i, name in enumerate(self.class_names)]
+
+    def to_dict(self) -> dict:
+        return {"class_names": list(self.class_names), "grid_shape": list(self.heatmaps.shape[1:]),
+                "downsample": list(self.downsample), "origin": list(self.origin),
+                "slide_dimensions": list(self.slide_dimensions),
+                "slide_mpp": list(self.slide_mpp) if self.slide_mpp else None,
+                "tile_mpp": self.mpp, "tile_px": self.plan.tile_px, "level": self.plan.level,
+                "n_tiles": self.n_tiles, "n_planned": len(self.plan), "n_grid_tiles": self.plan.n_grid_tiles,
+                "area_unit": self.area_unit, "areas": {k: round(v, 6) for k, v in self.areas.items()},
+                "area_px": {k: round(v, 1) for k, v in self.area_px.items()},
+                "top_tiles": {k: [t.to_dict() for t in v] for k, v in self.top_tiles.items()},
+                "cancelled": self.cancelled, "elapsed_s": round(self.elapsed_s, 3),
+                "tiles_per_s": round(self.tiles_per_s, 2), "warnings": list(self.warnings)}
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _cancel_checker(cancel) -> Callable[[], bool]:
+    if cancel is None:
+        return lambda: False
+    if hasattr(cancel, "is_set"):
+        return cancel.is_set
+    if callable(cancel):
+        return lambda: bool(cancel())
+    raise TypeError("cancel must be a threading.Event, a callable returning bool, or None")
+
+
+def _to_numpy(y) -> np.ndarray:
+    if hasattr(y, "detach"):
+        y = y.detach().cpu().float().numpy()
+    return np.asarray(y, dtype=np.float32)
+
+
+_END = object()
+
+
+def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float | None = 0.5,
+              batch_size: int = 32, tissue_mask: TissueMask | str | None = "auto",
+              progress: ProgressFn | None = None, cancel=None, *,
+              downsample: float | tuple[float, float] | None = None, tissue_threshold: float = 0.5,
+              region: Sequence[float] | None = None, class_names: Sequence[str] | None = None,
+              top_k: int = 10, prefetch: int = 2, as_tensor: bool | None = None,
+              plan: TilePlan | None = None) -> TileResult:
+    """Run ``model_fn`` over the tissue tiles of ``slide``; stitch heat maps.
+
+    ``model_fn(batch) -> (N, C)`` probabilities; ``batch`` is (N, 3, tile_px, tile_px) float32
+    RGB in 0..1 (no normalisation: that is the model's job), a numpy array, or a torch tensor
+    when ``as_tensor`` (default: when ``model_fn`` is a ``torch.nn.Module``).  It runs under
+    ``torch.inference_mode()`` when torch is loaded.
+    ``progress(done, total)`` is called after each batch; ``cancel`` (a ``threading.Event`` or
+    a callable) stops the run between batches and returns what was done with
+    ``cancelled=True``.  ``prefetch``: batches read ahead on a background thread (0 = none).
+    Other arguments as in :func:`plan_tiles`.
+    """
+    t_start = time.perf_counter()
+    if batch_size < 1:
+        raise SlideError(f"batch size must be at least 1, got {batch_size}")
+    if plan is None:
+        plan = plan_tiles(slide, tile_px, mpp, downsample=downsample, tissue_mask=tissue_mask,
+                          tissue_threshold=tissue_threshold, region=region)
+    warn = list(plan.warnings)
+    is_cancelled = _cancel_checker(cancel)
+    # A torch model has imported torch already; numpy-only callers do not pay for the import.
+    torch = sys.modules.get("torch")
+    if as_tensor and torch is None:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    if as_tensor is None:
+        as_tensor = torch is not None and isinstance(model_fn, torch.nn.Module)
+    if as_tensor and torch is None:
+        raise SlideError("as_tensor needs torch, which is not installed")
+
+    n = len(plan)
+    batches = [np.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+    probs_parts: list[np.ndarray] = []
+    n_classes: int | None = None
+    done = 0
+    timing = {"read": 0.0, "model": 0.0}
+
+    def read_batch(b):
+        t0 = time.perf_counter()
+        x = tiles_to_batch(read_tiles(slide, plan, b))
+        timing["read"] += time.perf_counter() - t0
+        return x
+
+    def batch_source():
+        """Yields (indices, array); reads ahead on a thread when prefetch > 0."""
+        if prefetch <= 0:
+            for b in batches:
+                if is_cancelled():
+                    return
+                yield b, read_batch(b)
+            return
+        q: queue.Queue = queue.Queue(maxsize=prefetch)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def producer():
+            try:
+                for b in batches:
+                    if stop.is_set() or is_cancelled():
+                        break
+                    if not put((b, read_batch(b))):
+                        return
+                put(_END)
+            except BaseException as e:  # handed to the consumer
+                put(e)
+
+        th = threading.Thread(target=producer, name="tile-prefetch", daemon=True)
+        th.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            th.join(timeout=30)
+
+    if progress:
+        progress(0, n)
+    ctx = torch.inference_mode() if torch is not None else _nullcontext()
+    source = batch_source()
+    try:
+        with ctx:
+            for b, x in source:
+                if is_cancelled():
+                    break
+                t0 = time.perf_counter()
+                y = _to_numpy(model_fn(torch.from_numpy(x) if as_tensor else x))
+                timing["model"] += time.perf_counter() - t0
+                if y.ndim == 1 and len(b) == 1:
+                    y = y[None]
+                if y.ndim != 2 or y.shape[0] != len(b):
+                    raise SlideError(f"model_fn returned shape {tuple(y.shape)} for a batch of {len(b)} "
+                                     "tiles; expected (N, C) probabilities")
+                if n_classes is None:
+                    n_classes = y.shape[1]
+                elif y.shape[1] != n_classes:
+                    raise SlideError(f"model_fn returned {y.shape[1]} classes after {n_classes}")
+                probs_parts.append(y)
+                done += len(b)
+                if progress:
+                    progress(done, n)
+    finally:
+        source.close()  # stops and joins the prefetch thread, also on errors
+    cancelled = done < n
+    if n_classes is None:
+        n_classes = len(class_names) if class_names else 1
+    names = list(class_names) if class_names else [f"class {i}" for i in range(n_classes)]
+    if len(names) != n_classes:
+        raise SlideError(f"{len(names)} class names for a model with {n_classes} outputs")
+    probs = np.concatenate(probs_parts) if probs_parts else np.zeros((0, n_classes), np.float32)
+    if not np.all(np.isfinite(probs)):
+        warn.append("model produced non-finite outputs for some tiles (NaN in the heat map)")
+    result = _assemble(slide, plan, probs, names, top_k, warn)
+    result.cancelled = cancelled
+    if cancelled:
+        result.warnings.append(f"cancelled after {done} of {n} tiles")
+    result.elapsed_s = time.perf_counter() - t_start
+    result.read_s, result.model_s = timing["read"], timing["model"]
+    return result
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _assemble(slide: Slide, plan: TilePlan, probs: np.ndarray, names: list[str], top_k: int,
+              warn: list[str]) -> TileResult:
+    n_done = len(probs)
+    c = len(names)
+    rows, cols = plan.grid_shape
+    heat = np.full((c, rows, cols), np.nan, np.float32)
+    cells = plan.cells[:n_done]
+    if n_done:
+        heat[:, cells[:, 0], cells[:, 1]] = probs.T
+    rects = plan.rects0(np.arange(n_done)) if n_done else np.zeros((0, 4))
+    frac = plan.tissue_fraction[:n_done].astype(np.float64)
+    # Tissue area of each tile (level-0 px²), assigned to its most probable class.
+    area_each = frac * rects[:, 2] * rects[:, 3] if n_done else np.zeros(0)
+    arg = np.nanargmax(np.where(np.isfinite(probs), probs, -np.inf), axis=1) if n_done else np.zeros(0, int)
+    area_px = {name: float(area_each[arg == i].sum()) for i, name in enumerate(names)}
+    mpp = slide.mpp
+    if mpp is not None:
+        area_mm2 = {k: v * mpp[0] * mpp[1] * 1e-6 for k, v in area_px.items()}
+    else:
+        area_mm2 = None
+        if MISSING_MPP_MESSAGE not in " ".join(warn):
+            warn.append(MISSING_MPP_MESSAGE)
+            warnings.warn(f"{slide.path}: {MISSING_MPP_MESSAGE}", MissingMPPWarning, stacklevel=3)
+    top: dict[str, list[TopTile]] = {}
+    for i, name in enumerate(names):
+        if not n_done or top_k <= 0:
+            top[name] = []
+            continue
+        s = np.where(np.isfinite(probs[:, i]), probs[:, i], -np.inf)
+        k = min(top_k, n_done)
+        best = np.argpartition(-s, k - 1)[:k]
+        best = best[np.argsort(-s[best], kind="stable")]
+        top[name] = [TopTile(int(round(rects[j, 0])), int(round(rects[j, 1])), int(round(rects[j, 2])),
+                             int(round(rects[j, 3])), float(probs[j, i]), int(cells[j, 0]), int(cells[j, 1]))
+                     for j in best if np.isfinite(s[j])]
+    coords = np.round(rects[:, :2]).astype(np.int64) if n_done else np.zeros((0, 2), np.int64)
+    return TileResult(class_names=names, heatmaps=heat, downsample=plan.stride0, origin=plan.origin,
+                      slide_dimensions=plan.slide_dimensions, slide_mpp=mpp, coords=coords,
+                      cells=cells.copy(), probs=probs.astype(np.float32),
+                      tissue_fraction=plan.tissue_fraction[:n_done].copy(), area_px=area_px,
+                      area_mm2=area_mm2, top_tiles=top, plan=plan, mpp=plan.mpp, warnings=warn)
