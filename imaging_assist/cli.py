@@ -27,12 +27,32 @@ def cmd_scan(args) -> int:
     from .dicom import scan
     from .progress import progress_bar
 
+    from .slides.cli import scan_slides
+
     with progress_bar("Reading headers", unit="file", enabled=not args.json) as bar:
         index = scan(args.paths, progress=bar)
+    slides, slide_problems = scan_slides(args.paths)
+    # A slide file is not "unreadable DICOM": list it once, as a slide (or a slide problem).
+    slide_paths = {os.path.realpath(x.path) for x in slides} | {os.path.realpath(p) for p, _ in slide_problems}
+    index.problems = [p for p in index.problems if os.path.realpath(p.path) not in slide_paths]
+    from .dicom.index import Problem
+    index.problems += [Problem(p, r) for p, r in slide_problems]
+    index.problems.sort(key=lambda p: p.path)
+    # DICOM WSI instances are shown as slides, not as image series.
+    if slides:
+        wsi = {os.path.realpath(x.path) for x in slides}
+        for pat in index.patients:
+            for st in pat.studies:
+                st.series = [se for se in st.series if not any(
+                    os.path.realpath(r.path) in wsi or os.path.realpath(os.path.dirname(r.path)) in wsi
+                    for r in se.instances)]
     if args.json:
-        _print_json(index.to_dict())
+        out = index.to_dict()
+        out["slides"] = [x.to_dict() for x in slides]
+        _print_json(out)
         return 0
-    print(f"{index.n_files} files, {len(index.all_series())} series, {len(index.problems)} problems")
+    print(f"{index.n_files} files, {len(index.all_series())} series, {len(slides)} slides, "
+          f"{len(index.problems)} problems")
     for p in index.patients:
         print(f"Patient {p.name or '(no name)'}  id={p.id or '-'}  sex={p.sex or '-'}  born={p.birth_date or '-'}")
         for st in p.studies:
@@ -44,6 +64,10 @@ def cmd_scan(args) -> int:
                       f"{s.n_frames:>5} frames  {size:<9} body={s.body_part or '-'}  key={s.key}")
                 for w in s.warnings:
                     print(f"      warning: {w}")
+    if slides:
+        print("Slides:")
+        for x in slides:
+            print(f"  {x.path}: {x.one_line()}")
     if index.problems:
         print("Problems:")
         for pr in index.problems:
@@ -87,6 +111,14 @@ def resolve_series(target: str, root: str | None = None, series: str | None = No
 
 def cmd_info(args) -> int:
     from .dicom import load_series, plan_series
+    from .slides.cli import format_info, info_dict, is_slide_path
+
+    if os.path.exists(args.target) and not args.series and is_slide_path(args.target):
+        if args.json:
+            _print_json(info_dict(args.target))
+        else:
+            print(format_info(args.target))
+        return 0
 
     index, series = resolve_series(args.target, args.root, args.series)
     n_stacks = len(plan_series(series))
@@ -160,7 +192,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the whole index as JSON")
     s.set_defaults(func=cmd_scan)
 
-    s = sub.add_parser("info", help="load one series and print its geometry, values and warnings")
+    s = sub.add_parser("info", help="load one series (or open a slide) and print its geometry, values and warnings")
     s.add_argument("target", metavar="SERIES_PATH_OR_UID")
     s.add_argument("--series", help="series UID or key when the path holds several")
     s.add_argument("--root", help="where to look for a series UID (default: current folder)")

@@ -57,3 +57,16 @@ def test_demo_headless(tmp_path):
     assert report["series"][0]["shape"] == [28, 256, 256]
     assert (tmp_path / "series_01_ct.png").exists()
     assert "Report written to" in r.stdout
+
+
+def test_scan_lists_slides_beside_studies():
+    from conftest import SHARED
+    svs_dir = need(SHARED / "pathology" / "wsi_aperio_cmu1_small_region")
+    r = run("scan", str(svs_dir), str(need(DICOM / "cr_chest_monochrome1_fuji")), "--json")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert [s["mpp"] for s in data["slides"]] == [[0.499, 0.499]]
+    assert not [p for p in data["problems"] if p["path"].endswith(".svs")]
+    assert len([s for p in data["patients"] for st in p["studies"] for s in st["series"]]) == 1
+    r = run("info", str(svs_dir / "CMU-1-Small-Region.svs"))
+    assert r.returncode == 0 and "0.499" in r.stdout and "label" in r.stdout
