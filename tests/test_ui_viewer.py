@@ -11,10 +11,10 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import imaging_assist_ui  # noqa: E402,F401  (applies the Qt compatibility fix first)
-from PySide6.QtCore import QEventLoop, QPoint, QPointF, QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
 from PySide6.QtGui import QImage  # noqa: E402
 
+from _qt import open_window, wait_until as _wait  # noqa: E402
 from conftest import CT_PHANTOM, need  # noqa: E402
 from imaging_assist import display  # noqa: E402
 from imaging_assist.layers import HeatmapLayer, LabelLayer, Marker, MarkerLayer  # noqa: E402
@@ -25,27 +25,9 @@ pytestmark = pytest.mark.gui
 PS = 0.451171875  # the phantom's PixelSpacing
 
 
-def _wait(cond, timeout=30.0):
-    loop = QEventLoop()
-    t = QTimer()
-    t.timeout.connect(lambda: cond() and loop.quit())
-    t.start(10)
-    QTimer.singleShot(int(timeout * 1000), loop.quit)
-    loop.exec()
-    t.stop()
-    return cond()
-
-
 @pytest.fixture(scope="module")
 def win(qapp, tmp_path_factory):
-    from imaging_assist_ui.app import make_app
-    from imaging_assist_ui.main_window import MainWindow
-    make_app()
-    w = MainWindow(settings=QSettings(str(tmp_path_factory.mktemp("cfg") / "s.ini"), QSettings.IniFormat))
-    w.resize(1600, 1000)
-    w.show()
-    w.open_path(str(need(CT_PHANTOM)))
-    assert _wait(lambda: w.load_state == "done"), w.last_error
+    w = open_window(tmp_path_factory, str(need(CT_PHANTOM)))
     assert _wait(lambda: w.first_image_at is not None)
     yield w
     w.close()

@@ -28,7 +28,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UserError
-from ..volume import Volume, WindowPreset
+from ..volume import Volume
 from .. import display
 from .header import EXPLICIT_LE, IMPLICIT_LE, InstanceRecord, read_dataset
 from .index import SeriesInfo, check_record
