@@ -251,6 +251,10 @@ class Layer(_Notifying):
     """Base class: a named, toggleable layer.  ``kind`` is 'label', 'heatmap' or 'markers'."""
 
     kind = "layer"
+    # Placement on a whole-slide image (None for radiology layers, which share the volume
+    # grid): level-0 pixels per layer pixel (dx, dy), and the level-0 (x, y) of pixel (0, 0).
+    downsample: tuple[float, float] | None = None
+    origin: tuple[float, float] | None = None
 
     def __init__(self, name: str, visible: bool = True, opacity: float = 0.5):
         self._version = 0

@@ -264,3 +264,15 @@ def test_large_heatmap_tiff_is_pyramidal(cells_slide, tmp_path):
         assert levels[0].pages[0].is_tiled
         low = levels[1].asarray()
         assert np.isnan(low[:, :25]).all() and np.isfinite(low[:, 25:]).all()
+
+
+def test_layers_carry_their_slide_placement():
+    import imaging_assist.slides.tiling as T
+    res = T.TileResult.__new__(T.TileResult)
+    res.heatmaps = np.zeros((2, 3, 4), np.float32)
+    res.class_names = ["a", "b"]
+    res.downsample = (448.0, 448.0)
+    res.origin = (100.0, 50.0)
+    layers = res.to_layers()
+    assert [lay.downsample for lay in layers] == [(448.0, 448.0)] * 2
+    assert layers[1].origin == (100.0, 50.0)

@@ -1,7 +1,8 @@
 """Application entry points: ``run_gui`` (called by the CLI) and ``main(argv)``.
 
 ``run_gui(None)`` opens the empty main window; ``run_gui(PATH)`` opens a folder, zip,
-DICOMDIR or file at once.  With ``screenshot=OUT.png`` the window loads, renders, saves a
+DICOMDIR or file at once (a whole-slide image - SVS, tiled TIFF, DICOM WSI... - opens in the
+slide view).  With ``screenshot=OUT.png`` the window loads, renders, saves a
 PNG of the whole main window and exits (used by tests and the demo).
 
 Environment hooks (for benchmarks): ``IMAGING_ASSIST_EXIT_AFTER_FIRST_IMAGE=1`` prints

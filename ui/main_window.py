@@ -86,6 +86,7 @@ class MainWindow(QMainWindow):
         self.first_image_at: float | None = None
         self.load_state = "idle"  # idle, scanning, loading, done, error
         self.last_error = ""
+        self.slide_page = None  # whole-slide images: created on first use (open_slide)
 
         self._build_central()
         self._build_docks()
@@ -457,6 +458,10 @@ class MainWindow(QMainWindow):
     def open_path(self, path, series: str | None = None, layout: str | None = None):
         """Scan a folder / zip / DICOMDIR / file (or a list) and show a series."""
         paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
+        from .slide_detect import is_slide_target
+        if len(paths) == 1 and is_slide_target(paths[0]):
+            self.open_slide(paths[0])
+            return
         self.cancel_loading(quiet=True)
         self._stop_thumbs()
         self.root_paths = paths
@@ -477,6 +482,19 @@ class MainWindow(QMainWindow):
         job.start()
         if len(paths) == 1:
             QTimer.singleShot(1500, lambda p=paths[0]: self._add_recent(p))
+
+    def open_slide(self, path: str):
+        """Show a whole-slide image (SVS, NDPI, tiled TIFF, DICOM WSI, ...) in the slide view
+        instead of the radiology view (ui/slide_page.py; it reports through loadFinished)."""
+        if self.slide_page is None:
+            from .slide_page import SlidePage
+            self.slide_page = SlidePage(self)
+            self.pages.addWidget(self.slide_page)
+        self.close_study()
+        self._hide_banner()
+        self.pages.setCurrentWidget(self.slide_page)
+        self.slide_page.open(path)
+        QTimer.singleShot(1500, lambda p=path: self._add_recent(p))
 
     def _guard(self, job, attr, fn):
         """A slot that runs fn only while job is still the current one (stale jobs are ignored)."""

@@ -317,9 +317,14 @@ class TileResult:
         """One :class:`imaging_assist.layers.HeatmapLayer` per class, on the heat-map grid
         (each pixel = ``downsample`` level-0 pixels, starting at ``origin``)."""
         from ..layers import HeatmapLayer
-        return [HeatmapLayer(name, self.heatmaps[i], colormap=colormap, opacity=opacity,
-                             vmin=0.0, vmax=1.0, units="probability")
-                for i, name in enumerate(self.class_names)]
+        layers = [HeatmapLayer(name, self.heatmaps[i], colormap=colormap, opacity=opacity,
+                               vmin=0.0, vmax=1.0, units="probability")
+                  for i, name in enumerate(self.class_names)]
+        ds = tuple(float(v) for v in (self.downsample if np.ndim(self.downsample) else (self.downsample,) * 2))
+        for layer in layers:  # placement on the slide travels with the layer
+            object.__setattr__(layer, "downsample", ds)
+            object.__setattr__(layer, "origin", (float(self.origin[0]), float(self.origin[1])))
+        return layers
 
     def to_dict(self) -> dict:
         return {"class_names": list(self.class_names), "grid_shape": list(self.heatmaps.shape[1:]),

@@ -115,7 +115,10 @@ class TissueMask:
         The layer's pixels are ``downsample`` level-0 pixels each; the viewer scales it.
         """
         from ..layers import LabelLayer
-        return LabelLayer(name, self.to_label_array(), names={1: "tissue"}, opacity=opacity, mode=mode)
+        layer = LabelLayer(name, self.to_label_array(), names={1: "tissue"}, opacity=opacity, mode=mode)
+        object.__setattr__(layer, "downsample", (float(self.downsample[0]), float(self.downsample[1])))
+        object.__setattr__(layer, "origin", (0.0, 0.0))
+        return layer
 
     def to_dict(self) -> dict:
         return {"shape": list(self.mask.shape), "downsample": list(self.downsample),

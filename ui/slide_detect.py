@@ -1,0 +1,59 @@
+"""Which paths the main window shows in the slide view.  Light on purpose: it runs on every
+``open_path``, so DICOM files and folders (the radiology case) are recognised from one
+header without importing the slide engine; the slide view is imported only for slides."""
+
+from __future__ import annotations
+
+import os
+
+#: VL Whole Slide Microscopy Image Storage (also in imaging_assist.slides.reader)
+WSM_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.77.1.6"
+
+
+def _dicom_head(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)
+    except OSError:
+        return None
+
+
+def _is_wsm(path: str) -> bool:
+    """Is this DICOM file a whole-slide image?  (SOP Class UID only.)"""
+    try:
+        import pydicom
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        return str(ds.get("SOPClassUID", "")) == WSM_SOP_CLASS_UID
+    except Exception:  # noqa: BLE001 - unreadable: the DICOM loader reports it
+        return False
+
+
+def is_slide_target(path) -> bool:
+    """Should the main window open ``path`` in the slide view?
+
+    Decided by :func:`imaging_assist.slides.cli.is_slide_path`, except that DICOM files that
+    are not whole-slide images, and folders whose first DICOM file is not one, are answered
+    from that one header (a large DICOM study folder costs one header read, not one per file).
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        head = _dicom_head(path) or b""
+        if len(head) >= 132 and head[128:132] == b"DICM" and not _is_wsm(path):
+            return False
+        from imaging_assist.slides.cli import is_slide_path
+        return is_slide_path(path)
+    if not os.path.isdir(path):
+        return False
+    try:
+        with os.scandir(path) as it:
+            names = sorted(e.path for e in it if e.is_file())
+    except OSError:
+        return False
+    for p in names[:50]:
+        head = _dicom_head(p)
+        if head is not None and len(head) >= 132 and head[128:132] == b"DICM":
+            if not _is_wsm(p):
+                return False
+            from imaging_assist.slides.cli import is_slide_path
+            return is_slide_path(path)
+    return False

@@ -1,0 +1,571 @@
+"""The slide page of the main window: toolbar, slide information (label and macro images,
+levels, MPP) and the :class:`~imaging_assist_ui.slide_view.SlideView`.
+
+The main window shows it instead of the radiology view when the path it opens is a slide
+(:func:`~imaging_assist_ui.slide_detect.is_slide_target`); see ``MainWindow.open_slide``.  Overlay layers live in the main
+window's layer stack, so the Overlays panel lists and toggles them.  Everything that reads
+the file (opening, label/macro, thumbnail, tiles, tissue detection) runs off the GUI thread.
+
+For other code (e.g. a model panel)::
+
+    page = win.slide_page
+    page.add_tile_result(res)          # heat maps + top-tile markers, placed on the slide
+    page.add_tissue_mask(mask)         # a TissueMask as an outline layer
+    page.add_layer(layer, downsample=(dx, dy), origin=(x0, y0))
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import numpy as np
+from PySide6.QtCore import QObject, QSize, Qt, Signal
+from PySide6.QtGui import QAction, QImage, QKeySequence, QPixmap
+from PySide6.QtWidgets import (QFileDialog, QFrame, QLabel, QMessageBox, QScrollArea, QSplitter,
+                               QToolBar, QVBoxLayout, QWidget)
+
+from imaging_assist.layers import HeatmapLayer, LayerStack, Marker, MarkerLayer
+
+from .slide_layers import slide_layer
+from .slide_tiles import rgb_to_qimage
+from .slide_view import SlideView
+from .theme import MUTED, WARN_FG
+
+INFO_WIDTH = 270
+TISSUE_COLOR = (0, 215, 120)
+
+
+# --------------------------------------------------------------------------- jobs
+class _Job(QObject):
+    """A function on a Python thread; its result / error come back as queued signals."""
+
+    done = Signal(object)
+    failed = Signal(str)
+    step = Signal(object)  # intermediate results
+
+    def __init__(self, fn, parent=None):
+        super().__init__(parent)
+        self._fn = fn
+        self.cancelled = False
+        self._thread = threading.Thread(target=self._run, name="slide-job", daemon=True)
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def _run(self):
+        try:
+            out = self._fn(self)
+        except Exception as e:  # noqa: BLE001 - reported to the user
+            msg = str(e) if getattr(e, "__module__", "").startswith("imaging_assist") else f"{type(e).__name__}: {e}"
+            try:
+                self.failed.emit(msg)
+            except RuntimeError:
+                pass
+            return
+        try:
+            self.done.emit(out)
+        except RuntimeError:
+            pass
+
+    def join(self, timeout=None):
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+
+def _scaled_pixmap(img: QImage, width: int) -> QPixmap:
+    pm = QPixmap.fromImage(img)
+    if pm.width() > width:
+        pm = pm.scaledToWidth(width, Qt.SmoothTransformation)
+    return pm
+
+
+# --------------------------------------------------------------------------- page
+class SlidePage(QWidget):
+    """Toolbar + info panel + slide view.  ``win``: the main window (optional: tests can
+    use the page alone with its own layer stack)."""
+
+    opened = Signal(object)   # the Slide
+    failed = Signal(str)
+    ready = Signal(bool)      # first complete screen, thumbnail and label/macro are in (False: error)
+    tissueDone = Signal(object)  # the TissueMask
+
+    def __init__(self, win=None, layers: LayerStack | None = None, parent=None):
+        super().__init__(parent)
+        self.win = win
+        self.layers = win.doc.layers if win is not None else (layers if layers is not None else LayerStack())
+        self.slide = None
+        self.path: str | None = None
+        self.t_open: float | None = None
+        self.associated: dict[str, QImage] = {}
+        self._gen = 0
+        self._open_job: _Job | None = None
+        self._tissue_job: _Job | None = None
+        self._io_lock = threading.Lock()  # the opener thread reads label/macro; close() waits for it
+        self._ready_sent = False
+        self._assoc_done = False
+        self._hidden: list = []  # main-window widgets hidden while this page is shown
+
+        self.view = SlideView(self.layers)
+        self._first_view_event = threading.Event()
+        self.view.firstViewComplete.connect(self._first_view)
+        self.view.thumbnailReady.connect(self._check_ready)
+        self.view.tileFailed.connect(self._tile_failed)
+        self.info = self._build_info()
+        self.toolbar = self._build_toolbar()
+        split = QSplitter(Qt.Horizontal)
+        split.addWidget(self.info_scroll)
+        split.addWidget(self.view)
+        split.setStretchFactor(0, 0)
+        split.setStretchFactor(1, 1)
+        split.setSizes([INFO_WIDTH, 1200])
+        split.setChildrenCollapsible(False)
+        self.splitter = split
+        self.banner = QLabel()
+        self.banner.setObjectName("BannerError")
+        self.banner.setWordWrap(True)
+        self.banner.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.banner.hide()
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(0)
+        lay.addWidget(self.toolbar)
+        lay.addWidget(self.banner)
+        lay.addWidget(split, 1)
+        if win is not None:
+            self._attach(win)
+
+    # ------------------------------------------------------------------ building
+    def _action(self, text, slot, shortcut=None, tip=None, checkable=False) -> QAction:
+        a = QAction(text, self)
+        if shortcut:
+            a.setShortcut(QKeySequence(shortcut))
+            a.setShortcutContext(Qt.WidgetWithChildrenShortcut)
+        a.setCheckable(checkable)
+        a.setToolTip((tip or text) + (f"  ({shortcut})" if shortcut else ""))
+        (a.toggled if checkable else a.triggered).connect(slot)
+        self.addAction(a)
+        return a
+
+    def _build_toolbar(self) -> QToolBar:
+        tb = QToolBar("Slide")
+        tb.setObjectName("SlideBar")
+        tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
+        tb.setIconSize(QSize(16, 16))
+        self.a_fit = self._action("Fit", lambda: self.view.fit(), tip="Whole slide in view (F)")
+        self.a_one = self._action("1:1", lambda: self.view.set_level_zoom(0),
+                                  tip="Full resolution: one scanned pixel per screen pixel")
+        self.a_in = self._action("Zoom in", lambda: self.view.zoom_by(1.25), tip="Zoom in (+, wheel)")
+        self.a_out = self._action("Zoom out", lambda: self.view.zoom_by(0.8), tip="Zoom out (-, wheel)")
+        self.a_tissue = self._action("Detect tissue", self.detect_tissue,
+                                     tip="Find the tissue (saturation threshold on a thumbnail) and add it "
+                                         "as an overlay layer")
+        self.a_heat = self._action("Load heat map…", self.load_heatmap_dialog,
+                                   tip="Heat maps written by tiled analysis (.tif / .npz)")
+        self.a_overview = self._action("Overview", self.view.set_overview_visible, checkable=True,
+                                       tip="Show the overview (thumbnail) in the corner of the view")
+        self.a_overview.setChecked(True)
+        self.a_info = self._action("Slide info", self._set_info_visible, checkable=True,
+                                   tip="Show the slide information panel (label, macro, levels)")
+        self.a_info.setChecked(True)
+        self.view.show_info_text = False
+        for a in (self.a_fit, self.a_one, self.a_in, self.a_out):
+            tb.addAction(a)
+        tb.addSeparator()
+        tb.addAction(self.a_tissue)
+        tb.addAction(self.a_heat)
+        tb.addSeparator()
+        tb.addAction(self.a_overview)
+        tb.addAction(self.a_info)
+        self.tissue_status = QLabel("")
+        self.tissue_status.setStyleSheet(f"color: {MUTED}; padding-left: 8px;")
+        self.tissue_status.setMinimumWidth(460)
+        tb.addWidget(self.tissue_status)
+        return tb
+
+    def _build_info(self) -> QWidget:
+        w = QWidget()
+        lay = QVBoxLayout(w)
+        lay.setContentsMargins(8, 6, 8, 8)
+        lay.setSpacing(4)
+
+        def title(text):
+            t = QLabel(text)
+            t.setObjectName("SectionTitle")
+            return t
+
+        self.info_text = QLabel("")
+        self.info_text.setWordWrap(True)
+        self.info_text.setTextFormat(Qt.RichText)
+        self.info_text.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.info_text.setAlignment(Qt.AlignTop | Qt.AlignLeft)
+        self.label_title = title("Label")
+        self.label_img = QLabel()
+        self.macro_title = title("Macro")
+        self.macro_img = QLabel()
+        for im in (self.label_img, self.macro_img):
+            im.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+            im.setFrameShape(QFrame.NoFrame)
+        self.assoc_note = QLabel("")
+        self.assoc_note.setObjectName("SectionTitle")
+        self.assoc_note.setWordWrap(True)
+        lay.addWidget(title("Slide"))
+        lay.addWidget(self.info_text)
+        lay.addWidget(self.label_title)
+        lay.addWidget(self.label_img)
+        lay.addWidget(self.macro_title)
+        lay.addWidget(self.macro_img)
+        lay.addWidget(self.assoc_note)
+        lay.addStretch(1)
+        self.info_scroll = QScrollArea()
+        self.info_scroll.setWidget(w)
+        self.info_scroll.setWidgetResizable(True)
+        self.info_scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.info_scroll.setMinimumWidth(200)
+        self.info_scroll.setMaximumWidth(420)
+        self.info_scroll.setFrameShape(QFrame.NoFrame)
+        for x in (self.label_title, self.label_img, self.macro_title, self.macro_img):
+            x.hide()
+        return w
+
+    def _set_info_visible(self, on):
+        self.info_scroll.setVisible(bool(on))
+        self.view.show_info_text = not on  # the panel shows name, size and MPP
+        self.view.update()
+
+    # ------------------------------------------------------------------ main window
+    def _attach(self, win):
+        win.pages.currentChanged.connect(self._page_changed)
+        win.doc.displayChanged.connect(lambda: self.view.set_show_overlays(win.doc.show_overlays))
+        win.layers_panel.jumpTo.connect(self._jump_to)
+        self.view.cursorInfo.connect(win.cursor_label.setText)
+
+    def _radiology_chrome(self):
+        """Main-window parts that do nothing for a slide (series browser, W/L and MPR tools,
+        measurements, DICOM tags): hidden while the slide page is shown, then restored."""
+        w = self.win
+        return [x for x in (getattr(w, n, None) for n in ("toolbar", "browser_dock", "measure_dock", "tags_dock"))
+                if x is not None]
+
+    def _page_changed(self, _index):
+        win = self.win
+        if win.pages.currentWidget() is not self:
+            if self.slide is not None or self._open_job is not None:
+                self.close_slide()
+            for x in self._hidden:
+                x.show()
+            self._hidden = []
+        elif not self._hidden:
+            self._hidden = [x for x in self._radiology_chrome() if not x.isHidden()]
+            for x in self._hidden:
+                x.hide()
+            win.layers_dock.show()
+
+    def _jump_to(self, kji):
+        if self.slide is None or (self.win is not None and self.win.pages.currentWidget() is not self):
+            return
+        for layer in self.layers.markers():
+            for m in layer.markers:
+                if tuple(m.position) == tuple(kji):
+                    self.view.center_on_marker(m)
+                    return
+
+    def _win_state(self, ok: bool, msg: str = ""):
+        win = self.win
+        if win is None:
+            return
+        win.load_state = "done" if ok else "error"
+        if not ok:
+            win.last_error = msg
+        win.loadFinished.emit(ok)
+        win.thumbnailsDone.emit()
+
+    # ------------------------------------------------------------------ opening
+    def open(self, path: str) -> None:
+        """Open ``path`` on a worker thread and show it (``opened`` / ``failed``, then ``ready``)."""
+        self.close_slide()
+        self._gen += 1
+        gen = self._gen
+        self.path = os.fspath(path)
+        self.t_open = time.perf_counter()
+        self._ready_sent = False
+        self._assoc_done = False
+        self.associated = {}
+        self.banner.hide()
+        self.info_text.setText(f"Opening {os.path.basename(self.path)}…")
+        self.tissue_status.setText("")
+        for x in (self.label_title, self.label_img, self.macro_title, self.macro_img):
+            x.hide()
+        self.assoc_note.setText("")
+        if self.win is not None:
+            self.win.load_state = "loading"
+            self.win.last_error = ""
+            self.win.setWindowTitle(f"{os.path.basename(os.path.normpath(self.path))} — Imaging Assist")
+        lock = self._io_lock
+
+        first_view = threading.Event()
+        self._first_view_event = first_view
+
+        def work(job):
+            from imaging_assist.slides import open_slide
+            slide = open_slide(self.path)
+            job.step.emit(("slide", slide))
+            first_view.wait(2.0)  # label / macro after the first screen: they would slow it down
+            with lock:
+                for name in ("label", "macro"):
+                    if job.cancelled or slide._closed:
+                        return None
+                    if name in slide.associated_image_names:
+                        try:
+                            job.step.emit((name, rgb_to_qimage(slide.associated_image(name))))
+                        except Exception as e:  # noqa: BLE001 - one unreadable image is not fatal
+                            job.step.emit((name, f"unreadable ({e})"))
+            return None
+
+        job = _Job(work, self)
+        job.step.connect(lambda item, g=gen: self._open_step(g, item))
+        job.done.connect(lambda _r, g=gen: self._assoc_finished(g))
+        job.failed.connect(lambda msg, g=gen: self._open_failed(g, msg))
+        self._open_job = job
+        job.start()
+
+    def _open_step(self, gen, item):
+        kind, value = item
+        if gen != self._gen:
+            if kind == "slide":  # a newer open superseded this one
+                with self._io_lock:
+                    value.close()
+            return
+        if kind == "slide":
+            self.slide = value
+            self.view.set_slide(value, t_open=self.t_open)
+            self.view.setFocus()
+            self._show_info()
+            self.opened.emit(value)
+            return
+        if isinstance(value, QImage):
+            self.associated[kind] = value
+        self._show_associated()
+
+    def _assoc_finished(self, gen):
+        if gen != self._gen:
+            return
+        self._open_job = None
+        self._assoc_done = True
+        self._show_associated()
+        self._check_ready()
+
+    def _open_failed(self, gen, msg):
+        if gen != self._gen:
+            return
+        self._open_job = None
+        self.info_text.setText("")
+        self.show_banner(f"Could not open {os.path.basename(self.path or '')}: {msg}")
+        self.failed.emit(msg)
+        self._win_state(False, msg)
+        self.ready.emit(False)
+
+    def _first_view(self, t):
+        self._first_view_event.set()
+        self._check_ready()
+
+    def _check_ready(self):
+        v = self.view
+        if self._ready_sent or self.slide is None or not self._assoc_done:
+            return
+        if v.first_complete_at is None or (v.thumb is None and not any(e.startswith("thumbnail") for e in v.errors)):
+            return
+        self._ready_sent = True
+        win = self.win
+        if win is not None and win.first_image_at is None:
+            win.first_image_at = v.first_complete_at
+            win.firstImageShown.emit(v.first_complete_at)
+        self._win_state(True)
+        self.ready.emit(True)
+
+    def show_banner(self, text: str, error: bool = True) -> None:
+        self.banner.setObjectName("BannerError" if error else "Banner")
+        self.banner.style().unpolish(self.banner)
+        self.banner.style().polish(self.banner)
+        self.banner.setText(("⛔ " if error else "⚠ ") + text)
+        self.banner.show()
+
+    def _tile_failed(self, msg):
+        self.show_banner(f"Some parts of this slide cannot be read: {msg}", error=False)
+
+    def close_slide(self) -> None:
+        """Stop all reading and close the file (leaving the page does this too)."""
+        self._gen += 1
+        if self._open_job is not None:
+            self._open_job.cancelled = True
+            self._open_job = None
+        self._first_view_event.set()
+        if self._tissue_job is not None:
+            self._tissue_job.cancelled = True
+            self._tissue_job = None
+            self.a_tissue.setEnabled(True)
+        busy = self.view.close_slide()
+        if self.slide is not None:
+            slide, self.slide = self.slide, None
+            if busy:  # a tile read still running (slow disk): close the file when it ends
+                lock = self._io_lock
+
+                def later():
+                    for t in busy:
+                        t.join()
+                    with lock:
+                        slide.close()
+                threading.Thread(target=later, name="slide-close", daemon=True).start()
+            else:
+                with self._io_lock:
+                    slide.close()
+
+    # ------------------------------------------------------------------ info panel
+    def _show_info(self):
+        s = self.slide
+        w0, h0 = s.dimensions
+        rows = [("File", os.path.basename(os.path.normpath(s.path))),
+                ("Format", f"{s.format} ({s.backend}{', ' + s.vendor if s.vendor else ''})"),
+                ("Size", f"{w0:,} × {h0:,} px")]
+        if s.mpp:
+            rows.append(("Size (mm)", f"{w0 * s.mpp[0] / 1000:.2f} × {h0 * s.mpp[1] / 1000:.2f}"))
+            rows.append(("MPP", f"{s.mpp[0]:.4g} × {s.mpp[1]:.4g} µm/px"))
+        else:
+            rows.append(("MPP", f"<span style='color:{WARN_FG}'>unknown — not in the file; "
+                                "distances are shown in pixels</span>"))
+        if s.objective_power:
+            rows.append(("Objective", f"{s.objective_power:g}×"))
+        html = "<table cellspacing=0 cellpadding=2>" + "".join(
+            f"<tr><td style='color:{MUTED}; padding-right:8px'>{k}</td><td>{v}</td></tr>" for k, v in rows) + "</table>"
+        lv = "".join(f"<tr><td style='color:{MUTED}'>{i}</td><td align=right>{w:,}&nbsp;×&nbsp;{h:,}</td>"
+                     f"<td align=right style='padding-left:8px'>{ds:.4g}</td></tr>"
+                     for i, ((w, h), ds) in enumerate(zip(s.level_dimensions, s.level_downsamples)))
+        html += ("<p style='margin-top:10px; margin-bottom:2px'><b>Pyramid levels</b></p>"
+                 "<table cellspacing=0 cellpadding=1>"
+                 f"<tr><td style='color:{MUTED}'>level&nbsp;</td><td style='color:{MUTED}' align=right>pixels</td>"
+                 f"<td style='color:{MUTED}; padding-left:8px' align=right>downsample</td></tr>{lv}</table>")
+        if s.warnings:
+            html += "".join(f"<p style='color:{WARN_FG}'>⚠ {w}</p>" for w in s.warnings)
+        self.info_text.setText(html)
+
+    def _show_associated(self):
+        width = max(120, self.info_scroll.viewport().width() - 20)
+        for name, title, img in (("label", self.label_title, self.label_img),
+                                 ("macro", self.macro_title, self.macro_img)):
+            q = self.associated.get(name)
+            title.setVisible(q is not None)
+            img.setVisible(q is not None)
+            if q is not None:
+                img.setPixmap(_scaled_pixmap(q, width))
+                img.setToolTip(f"{name} image, {q.width()} × {q.height()} px")
+        if self._assoc_done and not self.associated:
+            self.assoc_note.setText("No label or macro image in this file.")
+        else:
+            self.assoc_note.setText("")
+
+    # ------------------------------------------------------------------ layers
+    def add_layer(self, layer, downsample=None, origin=(0.0, 0.0)):
+        """Add an overlay layer on the slide (``downsample`` = level-0 px per layer px)."""
+        if downsample is not None:
+            slide_layer(layer, downsample, origin)
+        out = self.layers.add(layer)
+        if self.win is not None:
+            self.win.layers_dock.show()
+        return out
+
+    def add_tissue_mask(self, mask, name: str = "Tissue"):
+        layer = mask.to_layer(name=name, opacity=0.9, mode="outline")
+        layer.labels[1].color = TISSUE_COLOR
+        return self.add_layer(layer, downsample=mask.downsample, origin=(0.0, 0.0))
+
+    def add_heatmaps(self, heatmaps: np.ndarray, class_names, downsample, origin, top_tiles=None,
+                     units: str = "probability"):
+        """Per-class heat maps on the tile grid (first class visible), plus top-tile markers."""
+        added = []
+        for i, name in enumerate(class_names):
+            layer = HeatmapLayer(str(name), heatmaps[i], colormap="jet", opacity=0.45, vmin=0.0, vmax=1.0,
+                                 units=units, visible=(i == 0))
+            added.append(self.add_layer(layer, downsample, origin))
+        for i, (cls, tiles) in enumerate((top_tiles or {}).items()):
+            ms = []
+            for t in list(tiles)[:5]:
+                row, col = (t.row, t.col) if hasattr(t, "row") else (t["row"], t["col"])
+                score = t.score if hasattr(t, "score") else t["score"]
+                ms.append(Marker((0, row, col), str(cls), score=score))
+            if ms:
+                added.append(self.add_layer(MarkerLayer(f"Top tiles: {cls}", ms, visible=(i == 0)),
+                                            downsample, origin))
+        return added
+
+    def add_tile_result(self, res):
+        """A :class:`~imaging_assist.slides.TileResult`: its heat maps and top tiles."""
+        return self.add_heatmaps(res.heatmaps, res.class_names, res.downsample, res.origin, res.top_tiles)
+
+    def load_heatmap_dialog(self):
+        if self.slide is None:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Load heat map", os.path.dirname(self.path or ""),
+                                              "Heat maps (*.tif *.tiff *.npz);;All files (*)")
+        if path:
+            try:
+                self.load_heatmap(path)
+            except Exception as e:  # noqa: BLE001
+                QMessageBox.warning(self, "Heat map", f"Could not load {os.path.basename(path)}:\n{e}")
+
+    def load_heatmap(self, path: str):
+        from imaging_assist.slides import read_heatmaps
+        heat, meta = read_heatmaps(path)
+        dims = meta.get("slide_dimensions")
+        if dims and self.slide is not None and tuple(dims) != tuple(self.slide.dimensions):
+            raise ValueError(f"the heat map was made for a {dims[0]} × {dims[1]} slide; "
+                             f"this one is {self.slide.dimensions[0]} × {self.slide.dimensions[1]}")
+        names = meta.get("class_names") or [f"class {i}" for i in range(len(heat))]
+        return self.add_heatmaps(heat, names, meta["downsample"], meta.get("origin", (0, 0)),
+                                 meta.get("top_tiles"))
+
+    # ------------------------------------------------------------------ tissue
+    def detect_tissue(self):
+        """Tissue detection on a worker thread (its own file handle); adds the mask as a layer."""
+        if self.slide is None or self._tissue_job is not None:
+            return
+        path = self.slide.path
+        gen = self._gen
+
+        def work(job):
+            import warnings as _w
+
+            from imaging_assist.slides import detect_tissue, open_slide
+            t0 = time.perf_counter()
+            with open_slide(path) as s, _w.catch_warnings():
+                _w.simplefilter("ignore")
+                mask = detect_tissue(s)
+            return mask, time.perf_counter() - t0
+
+        self.a_tissue.setEnabled(False)
+        self.tissue_status.setText("Detecting tissue…")
+        job = _Job(work, self)
+        job.done.connect(lambda r, g=gen: self._tissue_done(g, r))
+        job.failed.connect(lambda msg, g=gen: self._tissue_failed(g, msg))
+        self._tissue_job = job
+        job.start()
+
+    def _tissue_done(self, gen, result):
+        if gen != self._gen:
+            return
+        self._tissue_job = None
+        self.a_tissue.setEnabled(True)
+        mask, dt = result
+        self.add_tissue_mask(mask)
+        area = f"{mask.area_mm2:.2f} mm²" if mask.area_mm2 is not None else f"{mask.area_px:,.0f} px² (no MPP)"
+        self.tissue_status.setText(f"Tissue: {mask.fraction * 100:.1f} % of the slide, {area}")
+        self.tissueDone.emit(mask)
+
+    def _tissue_failed(self, gen, msg):
+        if gen != self._gen:
+            return
+        self._tissue_job = None
+        self.a_tissue.setEnabled(True)
+        self.tissue_status.setText("")
+        QMessageBox.warning(self, "Tissue detection", f"Tissue detection failed:\n{msg}")
