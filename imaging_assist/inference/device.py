@@ -1,0 +1,127 @@
+"""Device choice (CUDA, then Apple MPS, then CPU), GPU out-of-memory detection and the CPU
+fast paths (bf16 autocast, channels_last) that are enabled only where they were measured to
+be faster *and* accurate.
+
+Measurements behind the CPU defaults (``scripts/bench_infer.py``; AMD EPYC with AVX2 and no
+native bf16, 2 cores, torch 2.14.1, see the bench JSON in the report):
+
+* bf16 autocast without native bf16 (no AVX512-BF16/AMX): ResNet-18 224² about 30x slower,
+  MONAI 3D UNet (96³ window) 8-20x slower, max |Δp| 0.007 -> never on such CPUs.
+* channels_last (2D): ResNet-18 about 5x slower -> off.
+* channels_last_3d: within ±10 % of contiguous on a 96³ UNet window (0.47-0.52 s vs
+  0.50 s over several runs), not consistently faster -> off (``CPU_CHANNELS_LAST_3D``).
+
+With native bf16 the "auto" precision uses bf16 for segmentation only: argmax label maps
+are robust to bf16 rounding, but classifier probabilities are compared with operating
+thresholds, where a 1e-2 shift can flip a decision, so classifiers stay fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserError
+
+# Set from the bench measurement (see module docstring); bench_infer.py reports both.
+CPU_CHANNELS_LAST_3D = False
+
+
+class DeviceError(UserError):
+    pass
+
+
+class GpuFallbackWarning(RuntimeWarning):
+    """Inference fell back to the CPU after the GPU ran out of memory."""
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(pref: str | None = None) -> torch.device:
+    """``None``/"auto": CUDA when available, then MPS, else CPU; or the user's choice."""
+    p = (pref or "auto").lower()
+    if p == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if p.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"--device {pref}: no CUDA GPU is available to PyTorch here")
+        return torch.device(p)
+    if p == "mps":
+        if not _mps_available():
+            raise DeviceError("--device mps: Apple MPS is not available here")
+        return torch.device("mps")
+    if p == "cpu":
+        return torch.device("cpu")
+    raise DeviceError(f"unknown device {pref!r}: use auto, cpu, cuda or mps")
+
+
+def is_oom(exc: BaseException) -> bool:
+    oom_t = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_t is not None and isinstance(exc, oom_t):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def free_gpu_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if _mps_available() and hasattr(torch, "mps"):
+        with contextlib.suppress(Exception):
+            torch.mps.empty_cache()
+
+
+def native_cpu_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - private probe; absent means no
+        return False
+
+
+@dataclass
+class FastPath:
+    autocast_dtype: torch.dtype | None
+    channels_last: bool
+    reason: str
+
+    def autocast(self, device: torch.device):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
+
+    def memory_format(self, ndim: int):
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last_3d if ndim == 5 else torch.channels_last
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.autocast_dtype]
+
+
+def fast_path(device: torch.device, task: str, spatial_dims: int, precision: str = "auto") -> FastPath:
+    precision = (precision or "auto").lower()
+    if precision not in ("auto", "fp32", "bf16"):
+        raise DeviceError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
+    cl = device.type == "cpu" and spatial_dims == 3 and CPU_CHANNELS_LAST_3D
+    if precision == "fp32":
+        return FastPath(None, cl, "fp32 requested")
+    if precision == "bf16":
+        if device.type == "cpu" and not native_cpu_bf16():
+            warnings.warn("bf16 requested on a CPU without native bf16: expect it to be much slower",
+                          RuntimeWarning, stacklevel=2)
+        return FastPath(torch.bfloat16, cl, "bf16 requested")
+    if device.type == "cpu":
+        if native_cpu_bf16() and task == "segmentation":
+            return FastPath(torch.bfloat16, cl, "auto: native CPU bf16, segmentation")
+        return FastPath(None, cl, "auto: fp32 (bf16 is emulated on this CPU, or a classifier)")
+    return FastPath(None, False, "auto: fp32 on GPU")

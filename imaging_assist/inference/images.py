@@ -1,0 +1,79 @@
+"""Plain 2D images (PNG, JPEG, TIFF) as :class:`~imaging_assist.volume.Volume` objects.
+
+They have no DICOM geometry: ``has_geometry`` is False, spacing is (1, 1, 1) in *pixels*,
+so segmentation areas are reported in pixels, never in mm².  Pixels are kept on the stored
+grid (an EXIF rotation is reported, not applied) so that results line up with the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from ..volume import Volume
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+class ImageReadError(UserError):
+    pass
+
+
+def is_plain_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_plain_image(p)
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_image(path: str | Path) -> Volume:
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    warnings: list[str] = []
+    try:
+        with Image.open(path) as im:
+            n_frames = getattr(im, "n_frames", 1)
+            if n_frames > 1:
+                warnings.append(f"{n_frames} pages/frames in the file: only the first is analysed")
+            try:
+                orient = im.getexif().get(0x0112, 1)
+            except Exception:  # noqa: BLE001 - broken EXIF is not worth failing for
+                orient = 1
+            if orient not in (1, None):
+                warnings.append(f"EXIF orientation {orient} is ignored: results are on the stored "
+                                "pixel grid, which viewers may show rotated")
+            mode = im.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+                arr = np.array(im).astype(np.uint16)
+            elif mode in ("I", "F"):
+                arr = np.array(im)
+            elif mode in ("L", "1"):
+                arr = np.array(im.convert("L"))
+            elif mode == "LA":
+                arr = np.array(im.convert("L"))
+                warnings.append("alpha channel ignored")
+            else:
+                if mode in ("RGBA", "PA") or "transparency" in im.info:
+                    warnings.append("alpha channel ignored")
+                arr = np.array(im.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(f"{path}: image is too large to open safely ({e})") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: not a readable PNG/JPEG/TIFF image ({e})") from None
+    if arr.ndim == 3 and arr.shape[2] == 3 and np.array_equal(arr[..., 0], arr[..., 1]) \
+            and np.array_equal(arr[..., 0], arr[..., 2]):
+        arr = arr[..., 0].copy()  # grey image stored as RGB
+    if arr.size == 0:
+        raise ImageReadError(f"{path}: empty image")
+    color = arr.ndim == 3
+    return Volume(array=arr[None], spacing=(1.0, 1.0, 1.0), modality="", units="",
+                  photometric="RGB" if color else "MONOCHROME2", has_geometry=False,
+                  warnings=warnings, description=path.name, source_paths=[str(path)])

@@ -1,0 +1,307 @@
+"""Result objects and the ``results.json`` writer (schema: docs/results_schema.md).
+
+Grid convention: every array in a result (label map, heat map) is on the grid of the input
+:class:`~imaging_assist.volume.Volume`, indexed ``[slice, row, column]`` (k, j, i); a plain
+2D image is a volume with one slice.  Files:
+
+* DICOM series: NIfTI (nibabel), array transposed to (i, j, k) and the LPS affine turned
+  into RAS by negating its first two rows, so the file lands on the same patient voxels.
+* plain images: label map as 8-bit PNG of the input's size (pixel value = label index),
+  heat maps as float32 ``.npy`` (rows, columns).
+* key images: PNG of the input (or its key slice) with the overlay.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+RESULTS_SCHEMA_VERSION = 1
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class HeatMap:
+    label: str
+    method: str
+    array: np.ndarray  # float32, [k, j, i] on the input grid; NaN where not computed
+    target: str = "label"  # "label", "predicted_region" or "user_region"
+    faithfulness: dict | None = None
+    time_s: float = 0.0
+    params: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "method": self.method, "target": self.target,
+                "faithfulness": self.faithfulness, "time_s": round(self.time_s, 4),
+                "params": self.params, "warnings": list(self.warnings)}
+
+
+@dataclass
+class InferenceResult:
+    model_id: str
+    model_version: str
+    task: str
+    labels: list[str]
+    source: str = ""
+    device: str = "cpu"
+    precision: str = "fp32"
+    shape: tuple = ()
+    spacing: tuple | None = None
+    affine: np.ndarray | None = None  # voxel (i, j, k) -> LPS mm, None without geometry
+    has_geometry: bool = False
+    is_plain_image: bool = False
+    series_uid: str = ""
+    description: str = ""
+    timings: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    heatmaps: list[HeatMap] = field(default_factory=list)
+
+    def base_dict(self) -> dict:
+        return {"model": self.model_id, "model_version": self.model_version, "task": self.task,
+                "source": self.source, "kind": "image" if self.is_plain_image else "series",
+                "series_uid": self.series_uid or None, "description": self.description,
+                "device": self.device, "precision": self.precision,
+                "has_geometry": self.has_geometry, "shape": list(self.shape),
+                "spacing_mm": [float(s) for s in self.spacing] if self.spacing else None,
+                "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
+                "warnings": list(dict.fromkeys(self.warnings))}
+
+
+@dataclass
+class ClassificationResult(InferenceResult):
+    probabilities: dict[str, float] = field(default_factory=dict)
+    decisions: dict[str, dict | None] = field(default_factory=dict)
+    per_slice: list[dict[str, float]] | None = None
+    aggregation: str = "whole_image"  # or "max_over_slices"
+
+    @property
+    def top_label(self) -> str:
+        return max(self.probabilities, key=self.probabilities.get)
+
+    def to_dict(self) -> dict:
+        d = self.base_dict()
+        d.update({"labels": list(self.labels),
+                  "probabilities": {k: float(v) for k, v in self.probabilities.items()},
+                  "decisions": self.decisions, "aggregation": self.aggregation})
+        if self.per_slice is not None:
+            d["per_slice_probabilities"] = self.per_slice
+        return d
+
+
+@dataclass
+class SegmentationResult(InferenceResult):
+    label_map: np.ndarray | None = None  # uint8/uint16 [k, j, i]
+    voxel_counts: dict[str, int] = field(default_factory=dict)
+    volume_ml: dict[str, float] | None = None
+    area_mm2: dict[str, float] | None = None
+    area_px: dict[str, int] | None = None
+    probabilities: np.ndarray | None = None  # optional [C, k, j, i] float32 (memory!)
+    sliding_window: dict | None = None  # roi, overlap, blend, sw_batch_size actually used
+
+    def to_dict(self) -> dict:
+        d = self.base_dict()
+        d.update({"labels": {str(i): n for i, n in enumerate(self.labels)},
+                  "voxel_counts": self.voxel_counts, "volume_ml": self.volume_ml,
+                  "area_mm2": self.area_mm2, "area_px": self.area_px,
+                  "sliding_window": self.sliding_window})
+        return d
+
+
+def decide(probabilities: dict[str, float], thresholds: dict) -> dict[str, dict | None]:
+    """Apply the card's operating thresholds; labels without one get ``None`` (no decision)."""
+    out: dict[str, dict | None] = {}
+    for lab, p in probabilities.items():
+        t = thresholds.get(lab)
+        if t is None:
+            out[lab] = None
+            continue
+        out[lab] = {"threshold": t.threshold, "positive": bool(p >= t.threshold),
+                    "sensitivity": t.sensitivity, "specificity": t.specificity}
+    return out
+
+
+# --------------------------------------------------------------------------- file output
+def _stem(s: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._")
+    return s[:80] or "item"
+
+
+def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
+    import nibabel as nib
+
+    data = np.ascontiguousarray(np.transpose(array_kji, (2, 1, 0)))
+    aff = LPS_TO_RAS @ np.asarray(affine_lps, float)
+    img = nib.Nifti1Image(data, aff)
+    img.set_qform(aff, code=1)
+    img.set_sform(aff, code=1)
+    nib.save(img, str(path))
+
+
+def save_label_png(label_map_kji: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    lm = label_map_kji[0] if label_map_kji.ndim == 3 else label_map_kji
+    if lm.max(initial=0) > 255:
+        raise ValueError("more than 255 labels do not fit an 8-bit PNG")
+    Image.fromarray(lm.astype(np.uint8), mode="L").save(path)
+
+
+_PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
+                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
+                     [210, 245, 60], [250, 190, 212]], np.uint8)
+
+
+def heat_colormap(v: np.ndarray) -> np.ndarray:
+    """[0, 1] -> RGB uint8, a blue-cyan-yellow-red ramp.
+
+    Written by hand because matplotlib is not a dependency of imaging-assist.
+    """
+    v = np.clip(np.nan_to_num(v, nan=0.0), 0, 1)
+    stops = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    cols = np.array([[0, 0, 130], [0, 120, 255], [40, 230, 200], [255, 220, 0], [230, 20, 20]], float)
+    rgb = np.stack([np.interp(v, stops, cols[:, c]) for c in range(3)], -1)
+    return rgb.astype(np.uint8)
+
+
+def display_gray(img: np.ndarray) -> np.ndarray:
+    """2D slice -> uint8 for key images (0.5-99.5 percentile window; RGB passed through)."""
+    if img.ndim == 3:
+        if img.dtype == np.uint8:
+            return img
+        lo, hi = np.percentile(img, [0.5, 99.5])
+        return (np.clip((img - lo) / ((hi - lo) or 1), 0, 1) * 255).astype(np.uint8)
+    f = img.astype(np.float32)
+    lo, hi = np.percentile(f, [0.5, 99.5])
+    g = (np.clip((f - lo) / ((hi - lo) or 1), 0, 1) * 255).astype(np.uint8)
+    return np.stack([g] * 3, -1)
+
+
+def overlay_png(base: np.ndarray, path: Path, label_slice: np.ndarray | None = None,
+                heat_slice: np.ndarray | None = None, alpha: float = 0.45) -> None:
+    from PIL import Image
+
+    rgb = display_gray(base).astype(np.float32)
+    if heat_slice is not None:
+        h = np.nan_to_num(heat_slice.astype(np.float32), nan=0.0)
+        h = np.clip(h, 0, None)
+        m = float(h.max())
+        hn = h / m if m > 0 else h
+        col = heat_colormap(hn).astype(np.float32)
+        a = (alpha * (hn > 0.05))[..., None]
+        rgb = rgb * (1 - a) + col * a
+    if label_slice is not None:
+        lab = label_slice.astype(np.int64)
+        col = _PALETTE[np.where(lab > 0, (lab - 1) % (len(_PALETTE) - 1) + 1, 0)].astype(np.float32)
+        a = (alpha * (lab > 0))[..., None]
+        rgb = rgb * (1 - a) + col * a
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+
+
+def _key_slice(res: InferenceResult, hm: HeatMap | None = None) -> int:
+    n = res.shape[0] if res.shape else 1
+    if n <= 1:
+        return 0
+    if isinstance(res, SegmentationResult) and res.label_map is not None and hm is None:
+        counts = (res.label_map > 0).reshape(n, -1).sum(1)
+        if counts.max() > 0:
+            return int(np.argmax(counts))
+    if hm is not None:
+        a = np.nan_to_num(hm.array, nan=-np.inf).reshape(n, -1).max(1)
+        return int(np.argmax(a))
+    if isinstance(res, ClassificationResult) and res.per_slice:
+        lab = res.top_label
+        return int(np.argmax([p[lab] for p in res.per_slice]))
+    return n // 2
+
+
+def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> dict:
+    """Write label map, heat maps and key images of one result; the results.json item."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _stem(stem)
+    d = res.to_dict()
+    plain = res.is_plain_image
+    affine = res.affine if res.affine is not None else (volume.affine if volume is not None else np.eye(4))
+    arr = volume.array if volume is not None else None
+    key_images: list[str] = []
+    if isinstance(res, SegmentationResult) and res.label_map is not None:
+        if plain:
+            f = f"{stem}_labels.png"
+            save_label_png(res.label_map, out_dir / f)
+        else:
+            f = f"{stem}_labels.nii.gz"
+            dtype = np.uint8 if res.label_map.max(initial=0) < 256 else np.uint16
+            save_nifti(res.label_map.astype(dtype), affine, out_dir / f)
+        d["label_map"] = f
+        if arr is not None:
+            k = _key_slice(res)
+            kf = f"{stem}_key_labels.png"
+            overlay_png(arr[k], out_dir / kf, label_slice=res.label_map[k])
+            key_images.append(kf)
+    hms = []
+    for n, hm in enumerate(res.heatmaps):
+        base = f"{stem}_heat_{_stem(hm.label)}_{hm.method}"
+        if len([h for h in res.heatmaps if h.label == hm.label and h.method == hm.method]) > 1:
+            base += f"_{n}"
+        if plain:
+            f = base + ".npy"
+            np.save(out_dir / f, hm.array[0].astype(np.float32))
+        else:
+            f = base + ".nii.gz"
+            save_nifti(hm.array.astype(np.float32), affine, out_dir / f)
+        hd = hm.to_dict()
+        hd["file"] = f
+        if arr is not None:
+            k = _key_slice(res, hm)
+            kf = base + "_key.png"
+            overlay_png(arr[k], out_dir / kf, heat_slice=hm.array[k])
+            hd["key_image"] = kf
+            hd["key_slice"] = k
+            key_images.append(kf)
+        hms.append(hd)
+    d["heatmaps"] = hms
+    if isinstance(res, ClassificationResult) and arr is not None and not res.heatmaps:
+        k = _key_slice(res)
+        kf = f"{stem}_key.png"
+        overlay_png(arr[k], out_dir / kf)
+        key_images.append(kf)
+    d["key_images"] = key_images
+    return d
+
+
+def write_results_json(items: list[dict], out_dir: Path, model_summary: dict | None = None,
+                       extra: dict | None = None) -> Path:
+    try:
+        from importlib.metadata import version
+
+        tool_version = version("imaging-assist")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        tool_version = "unknown"
+    doc = {"schema_version": RESULTS_SCHEMA_VERSION, "tool": "imaging-assist",
+           "tool_version": tool_version,
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+           "not_for_clinical_use": True, "model": model_summary, "items": items}
+    if extra:
+        doc.update(extra)
+    out = Path(out_dir) / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
+    tmp.replace(out)
+    return out
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

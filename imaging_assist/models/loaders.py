@@ -1,0 +1,236 @@
+"""Verified weight loading: safetensors state_dict, TorchScript and MONAI bundles.
+
+Safety rules (see docs/model_card.md):
+
+* the bytes of every weights file are read once, hashed, compared with the model card and
+  only then deserialised *from those same bytes* (no time-of-check/time-of-use gap);
+* ``torch.load`` is only ever called with ``weights_only=True`` (:func:`_torch_load`);
+* every failure is a :class:`ModelLoadError` (a ``UserError``) with a one-line message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from .card import ModelCard, WeightsFile
+
+_CHUNK = 1 << 20
+
+
+class ModelLoadError(UserError):
+    """Weights or a bundle that cannot be loaded."""
+
+
+class WeightsMismatchError(ModelLoadError):
+    """A weights file whose hash differs from the model card (corrupt or replaced)."""
+
+
+@dataclass
+class VerifyResult:
+    file: str
+    ok: bool
+    algorithm: str
+    expected: str | None
+    actual: str | None
+    message: str
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "ok": self.ok, "algorithm": self.algorithm,
+                "expected": self.expected, "actual": self.actual, "message": self.message}
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_bytes(card: ModelCard, wf: WeightsFile, data: bytes | None, path: Path) -> VerifyResult:
+    if data is None:
+        return VerifyResult(wf.file, False, "sha256", wf.sha256, None,
+                            f"weights file {path} is missing")
+    if wf.sha256:
+        actual = hashlib.sha256(data).hexdigest()
+        ok = actual == wf.sha256
+        algo, exp = "sha256", wf.sha256
+    elif wf.md5:
+        actual = hashlib.md5(data, usedforsecurity=False).hexdigest()
+        ok = actual == wf.md5
+        algo, exp = "md5", wf.md5
+    else:
+        return VerifyResult(wf.file, False, "sha256", None, hashlib.sha256(data).hexdigest(),
+                            f"no hash for {wf.file} in the model card of {card.id}: refusing to "
+                            "load unverified weights (add its sha256 to model.json)")
+    msg = ("ok" if ok else
+           f"weights {wf.file} of model {card.id} do not match the {algo} in its "
+           f"{wf.hash_source} (expected {exp[:12]}…, got {actual[:12]}…): the file is corrupt or "
+           "was replaced, so it was not loaded")
+    return VerifyResult(wf.file, ok, algo, exp, actual, msg)
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ModelLoadError(f"cannot read weights {path}: {e.strerror or e}") from None
+
+
+def verify(card: ModelCard) -> list[VerifyResult]:
+    """Hash every weights file of a card (does not load anything)."""
+    out = []
+    for wf in card.weights:
+        p = card.folder / wf.file
+        data = _read(p)
+        out.append(_check_bytes(card, wf, data, p))
+    return out
+
+
+def read_verified(card: ModelCard, wf: WeightsFile) -> bytes:
+    p = card.folder / wf.file
+    data = _read(p)
+    r = _check_bytes(card, wf, data, p)
+    if not r.ok:
+        raise WeightsMismatchError(r.message)
+    return data
+
+
+def _torch_load(data: bytes, what: str):
+    """The only torch.load in imaging-assist: weights_only=True, from verified bytes."""
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling errors have many types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{what} is not a plain PyTorch weights file that can be loaded "
+                             f"with weights_only=True: {first[:200]}") from None
+
+
+def _load_state_dict(net: nn.Module, sd: dict, what: str) -> None:
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelLoadError(f"{what} does not hold a state_dict of tensors")
+    try:
+        res = net.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = " ".join(lines[1:3])[:300] if len(lines) > 1 else lines[0][:300]
+        raise ModelLoadError(f"{what} does not fit the network in the model card: {detail}") from None
+    del res
+
+
+@dataclass
+class LoadedModel:
+    card: ModelCard
+    network: nn.Module
+    kind: str  # "state_dict", "torchscript" or "bundle"
+    bundle: object | None = None  # bundle.BundleRuntime
+    hashes: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.card.id
+
+    @property
+    def supports_hooks(self) -> bool:
+        """Layer hooks (Grad-CAM) do not fire inside TorchScript modules."""
+        return not isinstance(self.network, torch.jit.ScriptModule)
+
+    def to(self, device: torch.device) -> "LoadedModel":
+        device = torch.device(device)
+        if device != self.device:
+            self.network.to(device)
+            self.device = device
+        return self
+
+
+def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedModel:
+    """Verify the hashes, then build and load the network (eval mode, on CPU first)."""
+    if card.folder is None:
+        raise ModelLoadError(f"model {card.id} has no folder")
+    if not card.weights:
+        raise ModelLoadError(f"model {card.id} lists no weights")
+    hashes: dict[str, str] = {}
+    notes: list[str] = []
+    bundle_rt = None
+    if card.format == "monai_bundle":
+        from .bundle import parse_bundle
+
+        wf = card.weights[0]
+        data = read_verified(card, wf)  # verify before anything from the bundle is built
+        hashes[wf.file] = hashlib.sha256(data).hexdigest()
+        # Pre/post-processing run on the CPU; only the network moves to the chosen device.
+        net_def, bundle_rt = parse_bundle(card.folder, "cpu")
+        notes.extend(bundle_rt.notes)
+        if wf.file.endswith(".ts"):
+            net = _load_torchscript(data, f"{card.id}: {wf.file}")
+            kind = "torchscript"
+        else:
+            sd = _torch_load(data, f"{card.id}: {wf.file}")
+            if isinstance(sd, dict) and "model" in sd and isinstance(sd["model"], dict):
+                sd = sd["model"]  # CheckpointLoader layout {"model": state_dict}
+            _load_state_dict(net_def, sd, f"{card.id}: {wf.file}")
+            net = net_def
+            kind = "bundle"
+    elif card.format == "safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load as st_load
+
+        from .architectures import build_network
+
+        net = build_network(card.architecture, card.id)
+        sd: dict = {}
+        for wf in card.weights:
+            data = read_verified(card, wf)
+            hashes[wf.file] = hashlib.sha256(data).hexdigest()
+            try:
+                part = st_load(data)
+            except (SafetensorError, ValueError, RuntimeError) as e:
+                raise ModelLoadError(f"{card.id}: {wf.file} is not a valid safetensors file: "
+                                     f"{str(e).splitlines()[0][:200]}") from None
+            dup = set(part) & set(sd)
+            if dup:
+                raise ModelLoadError(f"{card.id}: tensor {sorted(dup)[0]} is in more than one "
+                                     "weights file")
+            sd.update(part)
+        _load_state_dict(net, sd, f"{card.id}: weights")
+        kind = "state_dict"
+    elif card.format == "torchscript":
+        wf = card.weights[0]
+        data = read_verified(card, wf)
+        hashes[wf.file] = hashlib.sha256(data).hexdigest()
+        net = _load_torchscript(data, f"{card.id}: {wf.file}")
+        kind = "torchscript"
+    else:  # validated in card.py; kept for a clear message if a new format is added there only
+        raise ModelLoadError(f"model {card.id}: unsupported format {card.format!r}")
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    lm = LoadedModel(card, net, kind, bundle_rt, hashes, notes)
+    return lm.to(torch.device(device))
+
+
+def _load_torchscript(data: bytes, what: str) -> nn.Module:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # torch 2.14 marks TorchScript as deprecated; the format is still what many
+            # exported models (and MONAI bundles' model.ts) use.
+            warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+            return torch.jit.load(io.BytesIO(data), map_location="cpu")
+    except Exception as e:  # noqa: BLE001
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{what} is not a valid TorchScript file: {first[:200]}") from None
