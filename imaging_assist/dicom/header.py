@@ -25,11 +25,10 @@ import os
 import struct
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-import pydicom
-from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.errors import InvalidDicomError
+# pydicom is imported where it is used: the fast walk of plain files never needs it, and
+# leaving it out of the import chain takes ~0.3 s off the viewer's start.
 
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -179,7 +178,7 @@ class _GiveUp(Exception):
     pass
 
 
-def _decode_value(raw: bytes, vr: str, charsets: list[str] | None) -> Any:
+def _decode_value(raw: bytes, vr: str, charsets: Callable[[], list[str] | None]) -> Any:
     if vr in ("US", "SS", "UL", "SL", "FL", "FD"):
         fmt = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}[vr]
         size = struct.calcsize(fmt)
@@ -187,7 +186,8 @@ def _decode_value(raw: bytes, vr: str, charsets: list[str] | None) -> Any:
         vals = struct.unpack_from("<" + fmt * n, raw)
         return vals[0] if n == 1 else list(vals)
     if vr in _TEXT_VRS and any(b > 127 for b in raw):
-        text = decode_bytes(raw, charsets or ["iso8859"], {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C})
+        from pydicom.charset import decode_bytes
+        text = decode_bytes(raw, charsets() or ["iso8859"], {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C})
     else:
         text = raw.decode("latin-1")
     text = text.rstrip(" \x00")
@@ -313,10 +313,12 @@ def _fast_scan(buf, rec: InstanceRecord) -> bool:
         rec.has_pixels = False
         rec.flags.clear()
         return False
-    charsets = None
-    if "SpecificCharacterSet" in raw:
+    def charsets():  # only needed (and pydicom only imported) for non-ASCII text
+        if "SpecificCharacterSet" not in raw:
+            return None
+        from pydicom.charset import convert_encodings
         cs = raw["SpecificCharacterSet"][0].decode("latin-1").rstrip(" \x00")
-        charsets = convert_encodings([c.strip() for c in cs.split("\\")] if cs else None)
+        return convert_encodings([c.strip() for c in cs.split("\\")] if cs else None)
     try:
         rec.tags = {kw: _decode_value(v, vr, charsets) for kw, (v, vr) in raw.items()}
     except _GiveUp:
@@ -329,6 +331,7 @@ def _fast_scan(buf, rec: InstanceRecord) -> bool:
 # --------------------------------------------------------------------------- pydicom path
 def _to_plain(value):
     """pydicom value -> JSON-able Python value (the same types the fast walk gives)."""
+    import pydicom
     if value is None:
         return None
     if isinstance(value, (bytes, bytearray)):
@@ -374,6 +377,8 @@ def _guess_syntax(ds, rec: InstanceRecord) -> str:
 
 
 def _pydicom_scan(fp, rec: InstanceRecord) -> None:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=False, force=True, defer_size=256)
@@ -452,6 +457,7 @@ def read_record(path: str, member: str | None = None, zf: zipfile.ZipFile | None
 
 def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
     """Full pydicom Dataset for a record (read-only; used by the slow paths and the tag browser)."""
+    import pydicom
     import io
     if rec.member is not None:
         with zipfile.ZipFile(rec.path) as zf:
