@@ -95,6 +95,7 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_statusbar()
         self._connect_doc()
+        self._init_model_panel()
         self._rebuild_window_menu()
         self.resize(1600, 1000)
         self._update_enabled()
@@ -1064,6 +1065,31 @@ class MainWindow(QMainWindow):
             self.add_layer(layer)
         except Exception as e:  # noqa: BLE001
             QMessageBox.warning(self, "Overlay", f"Could not load {os.path.basename(path)}:\n{e}")
+
+    # ------------------------------------------------------------------ AI models
+    def _init_model_panel(self):
+        """The AI model dock (ui/model_panel.py), tabbed with Studies; its results arrive as
+        layers through add_layer.  It lists the models the first time it is shown."""
+        from .model_panel import ModelPanel
+        self.model_panel = ModelPanel(self.doc, add_layer=self.add_layer)
+        self.model_dock = QDockWidget("AI models", self)
+        self.model_dock.setObjectName("ModelsDock")
+        self.model_dock.setWidget(self.model_panel)
+        self.model_dock.setMinimumWidth(420)
+        self.addDockWidget(Qt.LeftDockWidgetArea, self.model_dock)
+        self.tabifyDockWidget(self.browser_dock, self.model_dock)
+        self.setTabPosition(Qt.LeftDockWidgetArea, QTabWidget.North)
+        self.browser_dock.raise_()
+        self.a_models = self._act("AI models…", self.show_model_panel, "Ctrl+M",
+                                  tip="Run an AI model on the shown series")
+        for a in self.menuBar().actions():
+            if a.menu() is not None and a.text() in ("&View", "&Overlays"):
+                a.menu().addSeparator()
+                a.menu().addAction(self.model_dock.toggleViewAction() if a.text() == "&View" else self.a_models)
+
+    def show_model_panel(self):
+        self.model_dock.show()
+        self.model_dock.raise_()
 
     # ------------------------------------------------------------------ recent
     def _recent(self) -> list[str]:

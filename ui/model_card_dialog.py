@@ -1,0 +1,113 @@
+"""The model card of a registered model, for people: intended use, NOT FOR CLINICAL USE,
+training and validation data, metrics with confidence intervals, operating thresholds
+with their sensitivity/specificity, licence, and where the weights come from."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout
+
+from .model_support import esc
+from .theme import ERROR_BG, ERROR_FG, MUTED, TEXT
+
+
+def _num(v, digits=3) -> str:
+    if v is None:
+        return "—"
+    try:
+        return f"{float(v):.{digits}g}"
+    except (TypeError, ValueError):
+        return esc(v)
+
+
+def card_html(card, entry=None) -> str:
+    """HTML of a :class:`~imaging_assist.models.card.ModelCard` (and its registry entry)."""
+    c = card
+    th = f"style='text-align:left; color:{MUTED}; padding:3px 10px 3px 0; font-weight:600'"
+    td = "style='padding:3px 10px 3px 0'"
+    out = [f"<div style='color:{TEXT}'>",
+           f"<h2 style='margin:0 0 2px 0'>{esc(c.name)}</h2>",
+           f"<div style='color:{MUTED}'>{esc(c.id)} · version {esc(c.version)} · {esc(c.task)} · "
+           f"{c.spatial_dims}D · {esc('/'.join(c.modality))}"
+           + (f" · {esc(c.body_part)}" if c.body_part else "") + f" · {esc(c.format)}</div>",
+           f"<p style='background:{ERROR_BG}; color:{ERROR_FG}; padding:6px; font-weight:700; "
+           f"margin:10px 0'>&nbsp;NOT FOR CLINICAL USE — research and teaching only.&nbsp;</p>",
+           "<h3>Intended use</h3>", f"<p>{esc(c.intended_use)}</p>"]
+    if c.description:
+        out.append(f"<p>{esc(c.description)}</p>")
+    out += ["<h3>Data</h3>", "<table cellspacing=0>",
+            f"<tr><th {th}>Training</th><td {td}>{esc(c.training_data or '—')}</td></tr>",
+            f"<tr><th {th}>Validation</th><td {td}>{esc(c.validation_data or '—')}</td></tr>",
+            "</table>"]
+    out.append("<h3>Outputs</h3>")
+    if c.task == "segmentation":
+        labs = ", ".join(f"{i} = {esc(n)}" for i, n in enumerate(c.labels))
+    else:
+        labs = ", ".join(esc(n) for n in c.labels)
+    out.append(f"<p>{labs} <span style='color:{MUTED}'>({esc(c.activation)})</span></p>")
+    out.append("<h3>Metrics</h3>")
+    if c.metrics:
+        out.append("<table cellspacing=0><tr>" + "".join(
+            f"<th {th}>{h}</th>" for h in ("Metric", "Label", "Value", "95 % CI", "n", "Data")) + "</tr>")
+        for m in c.metrics:
+            ci = m.get("ci95")
+            ci_s = f"{_num(ci[0])} – {_num(ci[1])}" if ci else "—"
+            out.append(f"<tr><td {td}>{esc(m.get('name', ''))}</td><td {td}>{esc(m.get('label') or '—')}</td>"
+                       f"<td {td}><b>{_num(m.get('value'))}</b></td><td {td}>{ci_s}</td>"
+                       f"<td {td}>{esc(m.get('n') if m.get('n') is not None else '—')}</td>"
+                       f"<td {td}>{esc(m.get('data') or '—')}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append(f"<p style='color:{MUTED}'>The card reports no metrics.</p>")
+    out.append("<h3>Operating thresholds</h3>")
+    if c.thresholds:
+        out.append("<table cellspacing=0><tr>" + "".join(
+            f"<th {th}>{h}</th>" for h in ("Label", "Threshold", "Sensitivity", "Specificity", "Measured on"))
+            + "</tr>")
+        for lab, t in c.thresholds.items():
+            out.append(f"<tr><td {td}>{esc(lab)}</td><td {td}><b>{_num(t.threshold)}</b></td>"
+                       f"<td {td}>{_num(t.sensitivity)}</td><td {td}>{_num(t.specificity)}</td>"
+                       f"<td {td}>{esc(t.data or '—')}</td></tr>")
+        out.append("</table>")
+    else:
+        out.append(f"<p style='color:{MUTED}'>No operating thresholds: probabilities are shown "
+                   "without a positive/negative decision.</p>")
+    out += ["<h3>Licence</h3>", f"<p>{esc(c.license)}</p>", "<h3>Weights</h3>", "<table cellspacing=0>"]
+    results = {v.file: v for v in (getattr(entry, "verify", None) or [])}
+    for w in c.weights:
+        v = results.get(w.file)
+        digest = w.sha256 or w.md5 or "—"
+        if v is None:
+            state = f"<span style='color:{MUTED}'>not checked yet</span>"
+        elif v.ok:
+            state = f"<span style='color:#7bd88f'>✓ {esc(v.algorithm)} verified</span>"
+        else:
+            state = f"<span style='color:{ERROR_FG}'>✗ {esc(v.message)}</span>"
+        out.append(f"<tr><td {td}>{esc(w.file)}</td><td {td}><code>{esc(digest[:16])}…</code></td>"
+                   f"<td {td}>{state}</td></tr>")
+    out.append("</table>")
+    if c.folder is not None:
+        src = f" ({esc(entry.source)})" if entry is not None and getattr(entry, "source", None) else ""
+        out.append(f"<p style='color:{MUTED}'>Folder: {esc(c.folder)}{src}</p>")
+    out.append("</div>")
+    return "".join(out)
+
+
+class ModelCardDialog(QDialog):
+    def __init__(self, card, entry=None, parent=None):
+        super().__init__(parent)
+        self.setWindowTitle(f"Model card — {card.name}")
+        self.resize(760, 720)
+        lay = QVBoxLayout(self)
+        self.text = QTextBrowser()
+        self.text.setOpenExternalLinks(False)
+        self.text.setHtml(card_html(card, entry))
+        lay.addWidget(self.text, 1)
+        bb = QDialogButtonBox(QDialogButtonBox.Close)
+        bb.rejected.connect(self.reject)
+        bb.accepted.connect(self.accept)
+        lay.addWidget(bb)
+        self.setAttribute(Qt.WA_DeleteOnClose, False)
+
+    def plain_text(self) -> str:
+        return self.text.toPlainText()
