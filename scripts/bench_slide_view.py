@@ -2,12 +2,9 @@
 """Slide view benchmark: time to first view and panning frame rate (Qt offscreen).
 
 1. Builds a 50,000 x 50,000 px pyramid (tiled JPEG TIFF, 256 px tiles, 2x levels down to
-   <= 512 px, MPP 0.25) in a temporary folder with :mod:`imaging_assist.slides.synth`: the
-   H&E-like texture of :func:`synth.tissue_phantom` (a crop inside one blob, mirrored into a
-   seamless 1024 px period) inside the phantom's tissue blobs, laid on a grid of 256 px cells,
-   white glass elsewhere.  Each level is a 2x box reduction of the texture, masked by the same
-   cells.  Identical tiles (same texture phase and cell pattern) are JPEG-encoded once and
-   their bytes reused, so no level is ever held in memory and the build takes seconds.
+   <= 512 px, MPP 0.25) in a temporary folder with ``bench_wsi.build_pyramid`` (the same
+   slide the tiling benchmark uses: H&E texture on a grid of tissue cells, white glass
+   elsewhere; identical tiles are encoded once, so the build takes seconds).
 2. ``first_view_s``: :class:`imaging_assist_ui.slide_view.SlideView` (1600 x 1000, offscreen),
    from ``open_slide()`` to the first paint in which every tile in view is drawn at the
    level that matches the fit-to-window zoom (no lower-resolution stand-ins).  The file was
@@ -36,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import statistics
@@ -49,10 +45,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench_wsi import build_pyramid  # noqa: E402  (the same 50k pyramid as the tiling bench)
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-TILE = 256
-PERIOD = 1024
 
 
 def log(msg: str) -> None:
@@ -60,94 +56,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- build
-def texture() -> np.ndarray:
-    """Seamless (PERIOD, PERIOD, 3) H&E-like texture from synth.tissue_phantom."""
-    from imaging_assist.slides import synth
-    rgb, truth, info = synth.tissue_phantom(2400, 2400, seed=3)
-    cy, cx = int(0.35 * 2400), int(0.3 * 2400)  # centre of the first blob (see tissue_phantom)
-    half = PERIOD // 2
-    crop = rgb[cy - half // 2:cy + half // 2, cx - half // 2:cx + half // 2]
-    assert truth[cy - half // 2:cy + half // 2, cx - half // 2:cx + half // 2].all()
-    top = np.concatenate([crop, crop[:, ::-1]], axis=1)
-    return np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
-
-
-def cell_mask(n: int) -> np.ndarray:
-    """(n, n) bool tissue cells: the phantom's blobs (with the glass hole), no specks."""
-    from imaging_assist.slides import synth
-    _, truth, info = synth.tissue_phantom(n, n, seed=0)
-    return truth & ~info["hole"]
-
-
-def build_pyramid(path: str, size: int, mpp: float = 0.25, quality: int = 80) -> dict:
-    import imagecodecs
-    import tifffile
-    from PIL import Image
-
-    t0 = time.perf_counter()
-    tex = texture()
-    ncell = math.ceil(size / TILE)
-    cells = cell_mask(ncell)
-    levels = []
-    k = 0
-    while True:
-        levels.append((math.ceil(size / 2 ** k), k))
-        if levels[-1][0] <= 512:
-            break
-        k += 1
-    counts = {"encoded": 0, "tiles": 0}
-    white = np.full((TILE, TILE, 3), 255, np.uint8)
-
-    def encode(a):
-        return imagecodecs.jpeg_encode(a, level=quality, colorspace="RGB", outcolorspace="YCBCR", subsampling="420")
-
-    with tifffile.TiffWriter(path, bigtiff=True) as tw:
-        for w, k in levels:
-            f = 2 ** k
-            tex_k = tex if k == 0 else np.asarray(Image.fromarray(tex).reduce(f))
-            pk = tex_k.shape[0]
-            reps = math.ceil((TILE + pk) / pk) + 1
-            big = np.tile(tex_k, (reps, reps, 1))
-            ck = max(1, TILE >> k)     # level-k pixels per cell
-            cpt = max(1, TILE // ck)   # cells per tile side
-            nt = math.ceil(w / TILE)
-            cache: dict = {}
-
-            def tiles():
-                for ty in range(nt):
-                    for tx in range(nt):
-                        blk = cells[ty * cpt:(ty + 1) * cpt, tx * cpt:(tx + 1) * cpt]
-                        if blk.shape != (cpt, cpt):
-                            blk = np.pad(blk, ((0, cpt - blk.shape[0]), (0, cpt - blk.shape[1])))
-                        counts["tiles"] += 1
-                        if not blk.any():
-                            key = "white"
-                        else:
-                            px, py = (tx * TILE) % pk, (ty * TILE) % pk
-                            key = (px, py, np.packbits(blk).tobytes())
-                        data = cache.get(key)
-                        if data is None:
-                            if key == "white":
-                                a = white
-                            else:
-                                pm = np.kron(blk, np.ones((ck, ck), bool))[:TILE, :TILE]
-                                a = np.ascontiguousarray(np.where(pm[..., None], big[py:py + TILE, px:px + TILE], 255),
-                                                         np.uint8)
-                            data = encode(a)
-                            cache[key] = data
-                            counts["encoded"] += 1
-                        yield data
-
-            res = 1e4 / (mpp * f)
-            tw.write(tiles(), shape=(w, w, 3), dtype=np.uint8, tile=(TILE, TILE), compression="jpeg",
-                     photometric="rgb", subsampling=(2, 2), subfiletype=1 if k else 0,
-                     resolution=(res, res), resolutionunit="CENTIMETER", metadata=None,
-                     description=None if k else f"imaging-assist slide-view bench pyramid {size}x{size}")
-    return {"build_s": round(time.perf_counter() - t0, 2), "file_mb": round(os.path.getsize(path) / 2 ** 20, 1),
-            "levels": len(levels), "tiles_written": counts["tiles"], "tiles_encoded": counts["encoded"],
-            "tissue_cell_fraction": round(float(cells.mean()), 3)}
-
-
 # --------------------------------------------------------------------------- measuring
 def wait_until(app, cond, timeout=30.0) -> bool:
     end = time.perf_counter() + timeout
@@ -202,7 +110,7 @@ def main() -> int:
     try:
         if not os.path.exists(path):
             log(f"building {args.size}x{args.size} pyramid in {path} ...")
-            result["build"] = build_pyramid(path, args.size)
+            result["build"] = build_pyramid(path, args.size, mpp=0.25, quality=80)
             log(f"  {result['build']}")
 
         import imaging_assist_ui  # noqa: F401

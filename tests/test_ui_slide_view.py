@@ -18,6 +18,7 @@ from PySide6.QtCore import QPoint, QPointF, Qt  # noqa: E402
 from PySide6.QtGui import QColor, QMouseEvent, QWheelEvent  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
+from _qt import pump_until as wait, settle  # noqa: E402
 from imaging_assist.layers import HeatmapLayer, LayerStack, Marker, MarkerLayer  # noqa: E402
 from imaging_assist.slides import open_slide, synth  # noqa: E402
 
@@ -62,20 +63,6 @@ def view(qapp):
     v.close()
 
 
-def wait(cond, timeout=20.0) -> bool:
-    end = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > end:
-            return False
-        QApplication.processEvents()
-        time.sleep(0.002)
-    return True
-
-
-def settle(view):
-    """Wait until the view painted everything in view at the right level (and overlays)."""
-    assert wait(lambda: (view.repaint() or True) and view.is_complete()), view.last_paint
-    view.repaint()
 
 
 def grab(view) -> np.ndarray:

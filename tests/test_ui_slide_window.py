@@ -5,7 +5,7 @@ layers of the Overlays panel; going back to DICOM restores the radiology view.""
 import os
 import subprocess
 import sys
-import time
+
 
 import numpy as np
 import pytest
@@ -15,8 +15,8 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import imaging_assist_ui  # noqa: E402,F401
 from PySide6.QtCore import QMimeData, QPointF, QSettings, Qt, QUrl  # noqa: E402
 from PySide6.QtGui import QDropEvent  # noqa: E402
-from PySide6.QtWidgets import QApplication  # noqa: E402
 
+from _qt import pump_until as wait, settle  # noqa: E402
 from conftest import ROOT, SHARED, need  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -25,19 +25,6 @@ SVS = SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Regio
 DEMO = ROOT / "imaging_assist" / "data" / "demo" / "ct_head_phantom"
 
 
-def wait(cond, timeout=30.0) -> bool:
-    end = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > end:
-            return False
-        QApplication.processEvents()
-        time.sleep(0.002)
-    return True
-
-
-def settle(view):
-    assert wait(lambda: (view.repaint() or True) and view.is_complete()), view.last_paint
-    view.repaint()
 
 
 def grab(view):
