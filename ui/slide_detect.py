@@ -20,11 +20,12 @@ def _dicom_head(path: str) -> bytes | None:
 
 def _is_wsm(path: str) -> bool:
     """Is this DICOM file a whole-slide image?  (SOP Class UID only.)"""
+    # The engine's header walk: no pydicom import for ordinary files (a cold pydicom
+    # import costs more than the whole first-image budget of the viewer).
+    from imaging_assist.dicom.header import HeaderError, read_record
     try:
-        import pydicom
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-        return str(ds.get("SOPClassUID", "")) == WSM_SOP_CLASS_UID
-    except Exception:  # noqa: BLE001 - unreadable: the DICOM loader reports it
+        return str(read_record(path).get("SOPClassUID", "")) == WSM_SOP_CLASS_UID
+    except (HeaderError, OSError):  # unreadable: the DICOM loader reports it
         return False
 
 
