@@ -19,7 +19,7 @@ from imaging_assist.models.cli import register
 
 COMMON = {"version": "2.1", "license": "MIT", "intended_use": "tests", "not_for_clinical_use": True,
           "data": {"training": "none", "validation": "none"}}
-CT_DIR = Path("/work/shared/data/dicom/ct_head_phantom_philips/series202_STD_BRAIN_1MM_iDose")
+from conftest import CT_PHANTOM as CT_DIR  # noqa: E402
 
 
 def cli(argv) -> int:
@@ -175,3 +175,25 @@ def test_analyze_dicom_ct_writes_nifti_on_the_same_voxels(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(pngs / "x.png")
     with pytest.raises(UserError, match="nothing in .* matches model bone3d"):
         cli(["analyze", str(pngs), "--model", str(tmp_path / "bone"), "--out", str(out)])
+
+
+def test_analyze_names_each_part_of_a_split_series(tmp_path):
+    """Two parts of one series UID (mixed sizes) must not overwrite each other's outputs."""
+    from _synth import write_ct_series
+
+    uid = "1.2.826.0.1.3680043.8.498.1"
+    write_ct_series(tmp_path / "s" / "a", [(0, 0, z) for z in (0, 2, 4, 6)], rows=32, cols=32,
+                    spacing=(2.0, 2.0), series_uid=uid)
+    write_ct_series(tmp_path / "s" / "b", [(0, 0, z) for z in (0, 2, 4)], rows=24, cols=24,
+                    spacing=(2.0, 2.0), series_uid=uid)
+    card = dict(COMMON, id="bone3d", name="bone", task="segmentation", modality=["CT"],
+                spatial_dims=3, labels=["background", "bone"],
+                input={"channels": 1, "roi_size": [16, 16, 16], "units": "HU",
+                       "intensity": {"type": "window", "center": 300, "width": 600}})
+    save_model_folder(tmp_path / "bone", card, _threshold(3), fmt="torchscript",
+                      example_input=torch.zeros(1, 1, 8, 8, 8))
+    out = tmp_path / "out"
+    assert cli(["analyze", str(tmp_path / "s"), "--model", str(tmp_path / "bone"), "--out", str(out)]) == 0
+    items = json.loads((out / "results.json").read_text())["items"]
+    maps = [it["label_map"] for it in items]
+    assert len(items) == 2 and len(set(maps)) == 2

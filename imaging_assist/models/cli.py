@@ -179,7 +179,9 @@ def _collect_inputs(path: Path, card):
                 notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {why}")
                 continue
             num = s.number if getattr(s, "number", None) is not None else n + 1
-            items.append(("series", s, f"series_{num}_{s.uid.split('.')[-1][-8:]}"))
+            # The key (not the UID) names the output: a split series has several parts per UID.
+            tag = s.key.split(".")[-1][-8:].replace(":", "-part")
+            items.append(("series", s, f"series_{num}_{tag}"))
     return items, notes
 
 
