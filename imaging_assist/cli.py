@@ -162,10 +162,12 @@ def cmd_info(args) -> int:
 
 # --------------------------------------------------------------------------- view / gui
 def cmd_view(args) -> int:
-    try:
-        from imaging_assist_ui.app import run_gui
-    except ImportError as e:
-        raise UserError(f"the desktop viewer is not available: {e}") from None
+    # The engine never imports the GUI: the `imaging-assist` launcher (imaging_assist_ui.launcher)
+    # hands its runner in.  `python -m imaging_assist` alone is the headless CLI.
+    run_gui = getattr(args, "run_gui", None)
+    if run_gui is None:
+        raise UserError("the desktop viewer is not available here: use the `imaging-assist` command "
+                        "(or `python -m imaging_assist_ui`)")
     return run_gui(getattr(args, "path", None), screenshot=getattr(args, "screenshot", None),
                    series=getattr(args, "series", None), layout=getattr(args, "layout", None))
 
@@ -221,10 +223,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run_gui=None) -> int:
+    """Run the CLI.  ``run_gui(path, screenshot=, series=, layout=) -> int`` opens the viewer;
+    the GUI launcher passes it, the engine alone has none."""
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.run_gui = run_gui
     if not args.debug:
         # Our own checks report what matters; pydicom's parse warnings would only repeat them.
         warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")

@@ -60,7 +60,7 @@ def run_headless(out: str) -> dict:
 
 
 def run_demo(args) -> int:
-    if has_display() and not getattr(args, "headless", False):
+    if has_display() and not getattr(args, "headless", False) and getattr(args, "run_gui", None):
         from .cli import cmd_view
         args.path = demo_root()
         args.screenshot = args.series = args.layout = None

@@ -34,7 +34,7 @@ DEFAULT = ROOT.parent / "shared" / "data" / "dicom" / "ct_head_phantom_philips" 
 
 ENTRIES = {
     # what a user runs: the project CLI
-    "cli": lambda path: [sys.executable, "-m", "imaging_assist", "view", path],
+    "cli": lambda path: [sys.executable, "-m", "imaging_assist_ui", "view", path],
     # the viewer alone (imaging_assist_ui.app.run_gui), without the CLI's own imports
     "gui": lambda path: [sys.executable, "-c",
                          "import sys; from imaging_assist_ui.app import run_gui; sys.exit(run_gui(sys.argv[1]))",

@@ -55,8 +55,11 @@ def ct_phantom():
                 del ds[kw]
         ds.compress(RLELossless)
         ds.save_as(os.path.join(dst, f"ct_{n + 1:03d}.dcm"), enforce_file_format=True)
+    # Licences live beside (not inside) the demo folder, so scanning the demo lists no non-DICOM files.
+    lic = os.path.join(ROOT, "imaging_assist", "data", "licenses")
+    os.makedirs(lic, exist_ok=True)
     shutil.copy(os.path.join(SHARED, "dicom", "ct_head_phantom_philips", "LICENSE_dcm_qa_ct.txt"),
-                os.path.join(dst, "LICENSE_dcm_qa_ct.txt"))
+                os.path.join(lic, "demo_ct_head_phantom_LICENSE_dcm_qa_ct.txt"))
     print(f"CT demo: {len(dss[::5])} slices in {dst}")
 
 

@@ -216,7 +216,7 @@ def test_unreadable_slide_reports_an_error(win, tmp_path):
 def test_cli_screenshot_of_a_slide(tmp_path):
     out = tmp_path / "slide.png"
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", IMAGING_ASSIST_SETTINGS=str(tmp_path / "s.ini"))
-    p = subprocess.run([sys.executable, "-m", "imaging_assist", "view", str(need(SVS)), "--screenshot", str(out)],
+    p = subprocess.run([sys.executable, "-m", "imaging_assist_ui", "view", str(need(SVS)), "--screenshot", str(out)],
                        env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     from PIL import Image

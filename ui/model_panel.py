@@ -142,12 +142,12 @@ def _catalog_worker(token: int, bridge: _Bridge, verify_cache: dict) -> None:
     except UserError as e:
         err = one_line(e)
     except Exception as e:  # noqa: BLE001 - shown as one line, details in the log
-        log.exception("listing the models failed")
+        log.debug("listing the models failed", exc_info=True)  # shown in the panel as one line
         err = f"cannot list the models: {type(e).__name__}: {one_line(e)}"
     try:
         devices = _probe_devices()
     except Exception:  # noqa: BLE001 - keep Auto/CPU
-        log.exception("device probe failed")
+        log.debug("device probe failed", exc_info=True)
     _emit(bridge.catalog, token, entries, devices, err)
     for e in entries:
         if e.card is None or e.shadowed_by:
@@ -194,7 +194,7 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
     except UserError as e:
         payload, err = one_line(e), e
     except Exception as e:  # noqa: BLE001 - never a traceback in the panel
-        log.exception("model run failed")
+        log.debug("model run failed", exc_info=True)  # shown in the panel as one line
         payload, err = f"{type(e).__name__}: {one_line(e)}", e
     _emit(bridge.finished, token, status, payload, float(load_s))
     if err is not None:
