@@ -183,3 +183,36 @@ def test_screenshot_mode_writes_whole_window(tmp_path):
     arr = img.convertToFormat(QImage.Format_Grayscale8)
     bits = np.frombuffer(arr.constBits(), np.uint8).reshape(1080, arr.bytesPerLine())[:, :1920]
     assert bits[100:1000, 400:1500].max() == 255
+
+
+def test_cancel_while_loading_keeps_what_was_read(tmp_path_factory, monkeypatch):
+    """A slowed reader: cancel mid-load; the window stays responsive, shows the slices read
+    so far, says so in a banner, and does not cache the partial volume."""
+    import time as _time
+
+    from imaging_assist.dicom import loader as L
+
+    real = L.SeriesLoader._run_unit
+
+    def slow(self, unit, data=None):
+        _time.sleep(0.03)
+        return real(self, unit, data)
+
+    monkeypatch.setattr(L.SeriesLoader, "_run_unit", slow)
+    from imaging_assist_ui.app import make_app
+    from imaging_assist_ui.main_window import MainWindow
+    from PySide6.QtCore import QSettings
+    make_app()
+    w = MainWindow(settings=QSettings(str(tmp_path_factory.mktemp("cfg") / "s.ini"), QSettings.IniFormat))
+    w.show()
+    w.open_path(str(need(CT_PHANTOM)))
+    assert _wait(lambda: w.doc.volume is not None and w.doc.volume.loaded.sum() >= 5, 30)
+    t0 = _time.perf_counter()
+    w.cancel_loading()
+    assert _wait(lambda: w.load_state == "done", 10)
+    assert _time.perf_counter() - t0 < 2.0  # stops after the slice in hand
+    vol = w.doc.volume
+    assert 5 <= vol.loaded.sum() < 140
+    assert any("cancelled" in x for x in vol.warnings)
+    assert not w._cache  # a partial volume is never reused as if complete
+    w.close()

@@ -27,7 +27,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
                                QHeaderView, QLabel, QProgressBar, QPushButton, QSizePolicy,
@@ -463,7 +463,14 @@ class ModelPanel(QWidget):
     # ================================================================== catalogue
     def showEvent(self, ev):
         super().showEvent(ev)
-        if not self._catalog_loaded and self.state != "listing":
+        # Listing imports torch (seconds of GIL-heavy work): do it only once the panel is
+        # really on screen, not when the window first lays out its tabbed docks - that would
+        # slow the first image of the study.
+        QTimer.singleShot(200, self._refresh_if_on_screen)
+
+    def _refresh_if_on_screen(self):
+        if (not self._catalog_loaded and self.state != "listing" and self.isVisible()
+                and not self.visibleRegion().isEmpty()):
             self.refresh()
 
     def refresh(self, rehash: bool = False):
@@ -515,7 +522,11 @@ class ModelPanel(QWidget):
             self._fill_verify(it, folder)
         cur = self.current_entry()
         if cur is not None and str(cur.folder) == folder:
-            self._show_details()
+            best = self.best_match()
+            if self.verify_state[folder][0] is False and best is not None and best is not cur:
+                self._rematch(select_best=True)  # the pre-selected model failed its check
+            else:
+                self._show_details()
 
     def _entry(self, folder: str):
         for e in self.entries:
