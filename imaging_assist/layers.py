@@ -285,7 +285,21 @@ def _as3d(arr) -> np.ndarray:
     return a
 
 
-class LabelLayer(Layer):
+class _RasterLayer(Layer):
+    """A layer backed by an ``array`` on the volume grid ``[k, j, i]``."""
+
+    array: np.ndarray
+
+    @property
+    def is_raster(self) -> bool:
+        return True
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.array.shape)
+
+
+class LabelLayer(_RasterLayer):
     """A segmentation label map: integer array, 0 = background.
 
     ``names`` maps label values to names (and fixes which labels exist); ``colors``
@@ -325,14 +339,6 @@ class LabelLayer(Layer):
     def _present_values(self) -> list[int]:
         counts = np.bincount(self.array.ravel(), minlength=1)
         return [int(v) for v in np.nonzero(counts)[0] if v != 0]
-
-    @property
-    def is_raster(self) -> bool:
-        return True
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.array.shape)
 
     def label(self, value: int) -> LabelInfo:
         return self.labels[int(value)]
@@ -381,7 +387,7 @@ def outline(labels2d: np.ndarray) -> np.ndarray:
     return np.where(edge, s, 0).astype(s.dtype, copy=False)
 
 
-class HeatmapLayer(Layer):
+class HeatmapLayer(_RasterLayer):
     """A float map (saliency, probability, attribution) shown through a colormap.
 
     Values below ``threshold`` (and NaN) are transparent; ``vmin``/``vmax`` set the
@@ -413,14 +419,6 @@ class HeatmapLayer(Layer):
         self.threshold = self.vmin if threshold is None else float(threshold)
         self.colormap = colormap
         self.units = units
-
-    @property
-    def is_raster(self) -> bool:
-        return True
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(self.array.shape)
 
     def lut(self) -> np.ndarray:
         if self._lut_cache is not None and self._lut_cache[0] == self._version:

@@ -349,9 +349,9 @@ def test_model_card_dialog(win, panel):
     dlg.close()
 
 
-def test_cancel_stops_a_run(win, panel, monkeypatch):
-    """The engine checks the cancel flag between slice batches / windows: a slowed-down run
-    (each progress report takes 0.2 s) stops soon after Cancel and adds nothing."""
+@pytest.fixture
+def slow_runs(monkeypatch):
+    """Slow every progress report of a run down to 0.2 s; yields the fractions seen."""
     import imaging_assist_ui.model_panel as mp
     from imaging_assist.inference.jobs import Progress
 
@@ -366,6 +366,13 @@ def test_cancel_stops_a_run(win, panel, monkeypatch):
         return real(model, volume, options, Progress(cb, progress.cancel_event))
 
     monkeypatch.setattr(mp, "run_inference", slow)
+    return seen
+
+
+def test_cancel_stops_a_run(win, panel, slow_runs):
+    """The engine checks the cancel flag between slice batches / windows: a slowed-down run
+    (each progress report takes 0.2 s) stops soon after Cancel and adds nothing."""
+    seen = slow_runs
     assert panel.select_model("demo-dense-cls")
     panel.set_method("gradcam")
     n_layers = len(win.doc.layers)
@@ -392,21 +399,8 @@ def test_cancel_stops_a_run(win, panel, monkeypatch):
     assert panel.run_btn.isEnabled()
 
 
-def test_series_change_cancels_the_run(win, panel, monkeypatch):
-    import imaging_assist_ui.model_panel as mp
-    from imaging_assist.inference.jobs import Progress
-
-    real = mp.run_inference
-    seen = []
-
-    def slow(model, volume, options, progress):
-        def cb(f, m):
-            seen.append(f)
-            time.sleep(0.2)
-            progress(f, m)
-        return real(model, volume, options, Progress(cb, progress.cancel_event))
-
-    monkeypatch.setattr(mp, "run_inference", slow)
+def test_series_change_cancels_the_run(win, panel, slow_runs):
+    seen = slow_runs
     assert panel.select_model("demo-dense-cls")
     n_layers = len(win.doc.layers)
     assert panel.run()
