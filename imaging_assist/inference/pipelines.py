@@ -245,6 +245,18 @@ def _meta_input(card, vol: Volume, unit: int | None, warns: list[str], m1=None):
                             "filename_or_obj": vol.source_paths[0] if vol.source_paths else ""})
 
 
+def model_input(card, vol: Volume, unit: int = 0) -> torch.Tensor:
+    """The tensor a 2D card model sees for slice ``unit`` of ``vol``: (C, *card size).
+
+    Training scripts call this on every training image so that a shipped model is trained on
+    exactly the preprocessing ``run_model`` applies (one code path, no drift).
+    """
+    warns: list[str] = []
+    pre = _card_transforms(card, False, _model_in_shape(card, vol))
+    d = pre({"image": _meta_input(card, vol, unit, warns, _m1_range(vol))})
+    return d["image"].as_tensor()
+
+
 def _model_in_shape(card, vol: Volume) -> tuple[int, ...]:
     """Spatial shape of the input in the model's axis order (before any resampling)."""
     k, j, i = vol.array.shape[:3]

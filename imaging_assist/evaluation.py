@@ -1,0 +1,175 @@
+"""Metrics for model cards: ROC AUC, operating points, calibration, confusion matrices,
+Dice / Hausdorff, and percentile-bootstrap confidence intervals.
+
+Used by the training scripts (``scripts/train_*.py``) to write each shipped model's
+``metrics.json`` and by the tests, which recompute the card's numbers from the stored
+predictions.  numpy/scipy only (no torch), so a metrics file can be checked anywhere.
+
+Hand-written rather than taken from a library: scikit-learn is not a dependency, and MONAI's
+``compute_roc_auc`` is a Python loop per call, too slow for 2,000 bootstrap resamples; the
+rank (Mann-Whitney) formula below is the same statistic (a test compares the two).
+Hausdorff distance uses MONAI's ``compute_hausdorff_distance``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+
+# --------------------------------------------------------------------------- ranking
+def roc_auc(y: Sequence[int], score: Sequence[float]) -> float:
+    """Area under the ROC curve (ties count one half).  ``y`` is 0/1."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(score, np.float64)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(s)
+    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def macro_auc(y: Sequence[int], probs: np.ndarray) -> tuple[float, list[float]]:
+    """One-vs-rest AUC per class and their unweighted mean.  ``y`` holds class indices."""
+    y = np.asarray(y)
+    probs = np.asarray(probs)
+    per = [roc_auc(y == k, probs[:, k]) for k in range(probs.shape[1])]
+    return float(np.nanmean(per)), per
+
+
+def roc_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) for the decision ``score >= threshold``, thresholds descending."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(score, np.float64)
+    thr = np.unique(s)[::-1]
+    pos, neg = max(1, int(y.sum())), max(1, int((~y).sum()))
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, y_sorted = s[order], y[order]
+    tp = np.cumsum(y_sorted)
+    fp = np.cumsum(~y_sorted)
+    last = np.searchsorted(-s_sorted, -thr, side="right") - 1  # last index with s >= thr
+    tpr, fpr = tp[last] / pos, fp[last] / neg
+    return np.r_[0.0, fpr], np.r_[0.0, tpr], np.r_[np.inf, thr]
+
+
+def sens_spec(y, score, threshold: float) -> tuple[float, float]:
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(score) >= threshold
+    sens = float((pred & y).sum() / max(1, y.sum()))
+    spec = float((~pred & ~y).sum() / max(1, (~y).sum()))
+    return sens, spec
+
+
+def threshold_for_sensitivity(y, score, target: float = 0.95) -> float:
+    """The highest threshold whose sensitivity (``score >= t``) is at least ``target``."""
+    fpr, tpr, thr = roc_curve(y, score)
+    ok = np.nonzero(tpr >= target)[0]
+    return float(thr[ok[0]])
+
+
+# --------------------------------------------------------------------------- calibration
+@dataclass
+class Reliability:
+    ece: float
+    bin_edges: list[float]
+    confidence: list[float | None]  # mean predicted probability per bin
+    accuracy: list[float | None]  # observed frequency per bin
+    count: list[int]
+
+
+def reliability(y, prob, n_bins: int = 10) -> Reliability:
+    """Binary calibration of P(positive): equal-width bins, ECE = sum |acc - conf| * n_b / n."""
+    y = np.asarray(y, np.float64)
+    p = np.asarray(prob, np.float64)
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.digitize(p, edges[1:-1]), 0, n_bins - 1)
+    conf, acc, cnt = [], [], []
+    ece = 0.0
+    for b in range(n_bins):
+        m = idx == b
+        n = int(m.sum())
+        cnt.append(n)
+        if n == 0:
+            conf.append(None)
+            acc.append(None)
+            continue
+        c, a = float(p[m].mean()), float(y[m].mean())
+        conf.append(round(c, 4))
+        acc.append(round(a, 4))
+        ece += abs(a - c) * n / len(p)
+    return Reliability(float(ece), [float(e) for e in edges], conf, acc, cnt)
+
+
+def top_label_ece(y, probs, n_bins: int = 10) -> Reliability:
+    """Multi-class calibration on the top label's confidence."""
+    probs = np.asarray(probs)
+    pred = probs.argmax(1)
+    return reliability(pred == np.asarray(y), probs.max(1), n_bins)
+
+
+def confusion_matrix(y_true, y_pred, n_classes: int) -> list[list[int]]:
+    """Rows = true class, columns = predicted class."""
+    m = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(m, (np.asarray(y_true, int), np.asarray(y_pred, int)), 1)
+    return m.tolist()
+
+
+# --------------------------------------------------------------------------- segmentation
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    s = pred.sum() + truth.sum()
+    return 1.0 if s == 0 else float(2 * (pred & truth).sum() / s)
+
+
+def hausdorff95(pred: np.ndarray, truth: np.ndarray) -> float:
+    """95th-percentile symmetric Hausdorff distance in pixels (MONAI); nan if either is empty."""
+    import torch
+    from monai.metrics import compute_hausdorff_distance
+
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    if not pred.any() or not truth.any():
+        return float("nan")
+    p = torch.from_numpy(pred)[None, None].float()
+    t = torch.from_numpy(truth)[None, None].float()
+    return float(compute_hausdorff_distance(p, t, percentile=95.0)[0, 0])
+
+
+# --------------------------------------------------------------------------- bootstrap
+def bootstrap_ci(stat: Callable[..., float], *arrays, n_boot: int = 2000, seed: int = 0,
+                 alpha: float = 0.05, strata=None) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(*arrays)`` resampling rows with replacement.
+
+    ``strata`` (e.g. the labels) resamples within each stratum, so every resample keeps the
+    class counts and AUC is always defined.  Resamples where ``stat`` is nan are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    groups = [np.arange(n)] if strata is None else \
+        [np.nonzero(np.asarray(strata) == v)[0] for v in np.unique(strata)]
+    vals = []
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(g, len(g), replace=True) for g in groups])
+        v = stat(*[a[idx] for a in arrays])
+        if np.isfinite(v):
+            vals.append(v)
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+def metric(name: str, value: float, ci: tuple[float, float] | None, n: int, data: str,
+           label: str | None = None, digits: int = 4) -> dict:
+    """One entry of a card's ``metrics`` list (the interval is widened by rounding only)."""
+    d = {"name": name, "value": round(float(value), digits)}
+    if label is not None:
+        d["label"] = label
+    if ci is not None:
+        lo, hi = float(ci[0]), float(ci[1])
+        d["ci95"] = [min(round(lo, digits), d["value"]), max(round(hi, digits), d["value"])]
+    d["n"] = int(n)
+    d["data"] = data
+    return d
