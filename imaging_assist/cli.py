@@ -212,6 +212,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="open the bundled demo (headless: write the analysis and say where)")
     s.add_argument("--out", help="output folder for the headless analysis")
     s.add_argument("--headless", action="store_true", help="never open a window")
+    s.add_argument("--models", metavar="DIR", help="use only the models in DIR (default: the registry)")
+    s.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                   help="where the headless analysis runs")
     s.set_defaults(func=cmd_demo)
 
     # The model commands import torch (seconds): only when they may be used.

@@ -1,9 +1,20 @@
 """``imaging-assist demo``: the bundled demo study, in the viewer or headless.
 
-With a display the viewer opens on the demo folder.  Without one (or with
-``--headless``) every series is loaded and a report is written: ``report.json`` with
-the geometry, value ranges and warnings of each series, and one key image (PNG) per
-series; the command prints where.
+With a display the viewer opens on the demo folder and runs the registered models that fit
+the series shown (the GUI side lives in ``imaging_assist_ui``).  Without one (or with
+``--headless``) every series is loaded and analysed by every registered model whose card
+fits it (modality, body part, 2D/3D: the same test as ``analyze``), and ``report.json`` is
+written with
+
+* per series: geometry, value range and warnings as ``info`` prints them, and a key image;
+* per series and model (``analyses``): the item of ``results.json`` (docs/results_schema.md):
+  probabilities with the card's threshold decisions, label maps (NIfTI, plus an 8-bit PNG for
+  single images) with per-label areas, heat maps, and key images with the label map or heat
+  map blended on the image.  A classifier whose card names an ``explanation_region`` (e.g. the
+  lungs from ``cxr-lung-seg``) gets a Grad-CAM heat map, and the share of the heat map's
+  positive mass inside that region when the region's model ran on the same series.
+
+Models that are missing, fail their sha256 check or fail on a series are one-line notes.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
@@ -38,40 +50,259 @@ def write_key_image(vol, path: str) -> None:
     Image.fromarray(img).save(path)
 
 
-def run_headless(out: str) -> dict:
+def _one_line(e) -> str:
+    s = str(e).strip()
+    first = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
+    return first[:300] or type(e).__name__
+
+
+# =========================================================================== models
+def region_spec(card):
+    """The card's ``explanation_region`` (model, labels, name) or None."""
+    return getattr(card, "explanation_region", None)
+
+
+def _gradcam_possible(card) -> bool:
+    if card.format == "torchscript":
+        return False
+    return not (card.format == "monai_bundle" and any(w.file.endswith(".ts") for w in card.weights))
+
+
+class _Models:
+    """The registry's usable entries; networks loaded (and sha256-checked) once, on demand."""
+
+    def __init__(self, registry=None, device: str = "auto"):
+        from .models.registry import Registry
+
+        self.registry = registry or Registry()
+        self.device = device
+        self.notes: list[str] = []
+        self.entries = []
+        for e in self.registry.entries():
+            if e.card is None:
+                self.notes.append(f"model folder {e.folder} skipped: {_one_line(e.error or 'invalid card')}")
+            elif not e.shadowed_by:
+                self.entries.append(e)
+        self._loaded: dict[str, object] = {}
+        self._failed: dict[str, str] = {}
+        self._regions: dict[str, object] = {}
+
+    def matching(self, series) -> list:
+        """Entries whose card fits the series (the ``analyze`` test): segmenters first, by id."""
+        from .models.cli import _series_mismatch
+
+        fits = [e for e in self.entries if _series_mismatch(e.card, series) is None]
+        return sorted(fits, key=lambda e: (e.card.task != "segmentation", e.card.id))
+
+    def load(self, card):
+        cid = card.id
+        if cid in self._failed:
+            raise UserError(self._failed[cid])
+        if cid not in self._loaded:
+            from .models.loaders import load_model
+
+            try:
+                self._loaded[cid] = load_model(card, "cpu")  # verifies every sha256 first
+            except Exception as e:  # noqa: BLE001 - reported as one line
+                self._failed[cid] = _one_line(e)
+                raise UserError(self._failed[cid]) from None
+        return self._loaded[cid]
+
+    def region_explainer(self, card):
+        """One RegionExplainer per classifier (it caches its segmenter); None if unavailable."""
+        if card.id not in self._regions:
+            try:
+                from .explain.regions import RegionExplainer
+            except ImportError:
+                self._regions[card.id] = None
+            else:
+                self._regions[card.id] = RegionExplainer(card, registry=self.registry, load=self.load,
+                                                         device=self.device)
+        return self._regions[card.id]
+
+    def summary(self) -> list[dict]:
+        out = []
+        for e in self.entries:
+            c = e.card
+            d = {"id": c.id, "version": c.version, "task": c.task, "modality": c.modality,
+                 "body_part": c.body_part, "folder": str(e.folder), "source": e.source}
+            if c.id in self._loaded:
+                d["sha256_verified"] = True
+            elif c.id in self._failed:
+                d["error"] = self._failed[c.id]
+            out.append(d)
+        return out
+
+
+def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple[dict, list[str]]:
+    """Run one model on one loaded series; (results.json item, notes)."""
+    from .explain.methods import ExplainConfig
+    from .inference.pipelines import RunOptions, run_model
+    from .inference.results import save_label_png, write_item_files
+    from .models.cli import _common_source
+
+    card = entry.card
+    notes: list[str] = []
+    model = models.load(card)
+    spec = region_spec(card) if card.task == "classification" else None
+    explain = None
+    if spec is not None:
+        if _gradcam_possible(card):
+            explain = ExplainConfig("gradcam")
+        else:
+            notes.append(f"{card.id}: no Grad-CAM for a {card.format} model")
+    res = run_model(model, vol, RunOptions(device=models.device, explain=explain))
+    if explain is not None and res.heatmaps:
+        explainer = models.region_explainer(card)
+        if explainer is None:
+            notes.append(f"{card.id}: heat map not measured in the {spec.name} (not available here)")
+        else:
+            er = explainer.apply(res, vol)
+            if er and er.get("error"):
+                notes.append(f"{card.id}: heat map inside the {spec.name} not measured: {er['error']}")
+    res.source = _common_source(vol, f"{demo_root()} (series {series.uid})")
+    d = write_item_files(res, vol, out, stem)
+    d["source"] = res.source
+    if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
+            and res.label_map.shape[0] == 1:  # a single image: the label map also as an 8-bit PNG
+        f = f"{stem}_labels.png"
+        save_label_png(res.label_map, out / f)
+        d["label_map_png"] = f
+    return d, notes
+
+
+def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = True) -> dict:
+    """Load every demo series, run the matching models, write report.json and key images."""
     from .dicom import load_series, scan
-    os.makedirs(out, exist_ok=True)
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     index = scan(demo_root())
-    report = {"not_for_clinical_use": True, "source": demo_root(), "series": [],
+    report = {"not_for_clinical_use": True, "results_schema_version": 1, "source": demo_root(),
+              "out": str(out_dir.resolve()), "series": [], "models": [], "notes": [],
               "problems": [p.to_dict() for p in index.problems]}
+    models = None
+    if analyse:
+        try:
+            models = _Models(registry, device)
+            report["notes"] += models.notes
+            if not models.entries:
+                report["notes"].append("no models are registered: the series are shown without analysis "
+                                       "(add models with `imaging-assist models add PATH`)")
+        except Exception as e:  # noqa: BLE001 - the demo still shows the series
+            report["notes"].append(f"models not available: {_one_line(e)}")
+            models = None
     for n, s in enumerate(index.image_series()):
         vol = load_series(s)
-        png = os.path.join(out, f"series_{n + 1:02d}_{(s.modality or 'img').lower()}.png")
-        write_key_image(vol, png)
+        tag = f"series_{n + 1:02d}_{(s.modality or 'img').lower()}"
+        png = out_dir / f"{tag}.png"
+        write_key_image(vol, str(png))
         entry = {"key": s.key, "modality": s.modality, "description": s.description,
-                 "instances": s.n_instances, "key_image": png}
+                 "body_part": s.body_part, "patient": str(s._first("PatientName")),
+                 "instances": s.n_instances, "key_image": str(png), "analyses": [], "notes": []}
         entry.update(vol.geometry_dict())
+        if models is not None:
+            fits = models.matching(s)
+            if not fits and models.entries:
+                entry["notes"].append(f"no registered model fits this series ({s.modality or '?'}"
+                                      f"{' ' + s.body_part if s.body_part else ''}, "
+                                      f"{'3D' if vol.n_slices > 1 else '2D'})")
+            for e in fits:
+                stem = f"{tag}_{e.card.id}"
+                try:
+                    d, notes = _analyse(models, e, s, vol, out_dir, stem)
+                    entry["analyses"].append(d)
+                    entry["notes"] += notes
+                except UserError as ex:
+                    entry["notes"].append(f"{e.card.id}: {_one_line(ex)}")
+                except Exception as ex:  # noqa: BLE001 - one line, never a traceback
+                    entry["notes"].append(f"{e.card.id} failed: {type(ex).__name__}: {_one_line(ex)}")
         report["series"].append(entry)
-    path = os.path.join(out, "report.json")
-    with open(path, "w") as fh:
-        json.dump(report, fh, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o))
-    report["report_path"] = path
+    if models is not None:
+        report["models"] = models.summary()
+    path = out_dir / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
+    tmp.replace(path)
+    report["report_path"] = str(path)
     return report
 
 
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+# =========================================================================== printing
+def analysis_lines(d: dict) -> list[str]:
+    """One line per finding / structure / heat map of a results.json item."""
+    lines = []
+    for lab, p in (d.get("probabilities") or {}).items():
+        dec = (d.get("decisions") or {}).get(lab)
+        if dec:
+            lines.append(f"{lab} {p:.3f} {'≥' if dec['positive'] else '<'} {dec['threshold']:g} → "
+                         f"{'positive' if dec['positive'] else 'negative'}")
+        else:
+            lines.append(f"{lab} {p:.3f}")
+    sizes = d.get("area_mm2") or d.get("area_px")
+    if d.get("task") == "segmentation" and sizes:
+        unit = "mm²" if d.get("area_mm2") else "px"
+        lines.append(", ".join(f"{k} {v:,.0f} {unit}" for k, v in sizes.items() if k != "background"))
+    for h in d.get("heatmaps") or []:
+        lines.append(f"{h['method']} heat map of {h['label']}")
+    er = d.get("explanation_region")
+    if er and not er.get("error"):
+        try:
+            from .explain.regions import region_text
+
+            lines.append(region_text(er))
+        except ImportError:
+            pass
+    return lines
+
+
+def first_series_key() -> str | None:
+    """The series the viewer shows first: the first of the study browser (a chest X-ray, which
+    the shipped models analyse), not the viewer's default (the largest series, the CT)."""
+    from .dicom import scan
+
+    series = scan(demo_root()).image_series()
+    return series[0].key if series else None
+
+
 def run_demo(args) -> int:
-    if has_display() and not getattr(args, "headless", False) and getattr(args, "run_gui", None):
-        from .cli import cmd_view
-        args.path = demo_root()
-        args.screenshot = args.series = args.layout = None
-        return cmd_view(args)
+    run_gui = getattr(args, "run_gui", None)
+    if has_display() and not getattr(args, "headless", False) and run_gui:
+        return run_gui(demo_root(), screenshot=None, series=first_series_key(), layout=None, run_models=True)
     out = os.path.abspath(getattr(args, "out", None) or "imaging-assist-demo")
-    report = run_headless(out)
-    print(f"No display: ran the headless demo on {len(report['series'])} series.")
+    registry = None
+    if getattr(args, "models", None):
+        from .models.registry import Registry
+
+        folder = Path(args.models).expanduser().resolve()
+        if not folder.is_dir():
+            raise UserError(f"{args.models} is not a folder")
+        registry = Registry(sources=[(folder, "added")])
+    report = run_headless(out, registry=registry, device=getattr(args, "device", None) or "auto")
+    print(f"{'No display: ran' if not getattr(args, 'headless', False) else 'Ran'} the headless demo on "
+          f"{len(report['series'])} series. Not for clinical use.")
     for s in report["series"]:
         print(f"  {s['modality']} {s['description']}: {' x '.join(map(str, s['shape']))}, "
               f"key image {s['key_image']}")
         for w in s["warnings"]:
             print(f"    warning: {w}")
+        for d in s["analyses"]:
+            print(f"    {d['model']} {d.get('model_version', '')}".rstrip() + ":")
+            for ln in analysis_lines(d):
+                print(f"      {ln}")
+            for k in d.get("key_images") or []:
+                print(f"      key image {os.path.join(report['out'], k)}")
+        for note in s["notes"]:
+            print(f"    note: {note}")
+    for note in report["notes"]:
+        print(f"note: {note}")
     print(f"Report written to {report['report_path']}")
     return 0

@@ -1,6 +1,7 @@
 """The command line: JSON output, one-line errors, no tracebacks."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -54,8 +55,9 @@ def test_demo_headless(tmp_path):
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["not_for_clinical_use"] is True
-    assert report["series"][0]["shape"] == [28, 256, 256]
-    assert (tmp_path / "series_01_ct.png").exists()
+    ct = next(s for s in report["series"] if s["modality"] == "CT")  # CR and US series come first
+    assert ct["shape"] == [28, 256, 256]
+    assert os.path.isfile(ct["key_image"]) and ct["key_image"].endswith("_ct.png")
     assert "Report written to" in r.stdout
 
 

@@ -74,13 +74,14 @@ def _settings() -> QSettings:
 
 
 def run_gui(path: str | None, screenshot: str | None = None, series: str | None = None,
-            layout: str | None = None) -> int:
+            layout: str | None = None, run_models: bool = False) -> int:
     """Open the main window (optionally a study).  Returns the process exit code.
 
     screenshot: save the whole window to this PNG once the series is loaded, then exit
     (exit code 0 on success, 1 when nothing could be shown, 2 on timeout).
     series: a SeriesInstanceUID (or series key, or a file of the series) to show.
     layout: 'single' or 'mpr'.
+    run_models: run every registered model that fits the shown series (the demo; ui/demo_autorun.py).
     """
     if layout not in (None, "single", "mpr"):
         print(f"imaging-assist: unknown layout {layout!r} (use 'single' or 'mpr')", file=sys.stderr)
@@ -156,6 +157,10 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
         if preload is not None:
             preload.join()
         win.open_path(path, series=series, layout=layout)
+    if run_models:
+        from .demo_autorun import AutoRun
+        win.autorun = AutoRun(win)
+        win.show_model_panel()
     app.exec()
     win.cancel_loading(quiet=True)
     return result["code"]
