@@ -36,6 +36,11 @@ def demo_root() -> str:
     return str(root)
 
 
+def attribution_path() -> str:
+    """Sources, licences and attribution of the demo images (beside the demo folder)."""
+    return str(Path(demo_root()).parent / "licenses" / "DEMO_ATTRIBUTION.md")
+
+
 def has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and \
         os.environ.get("QT_QPA_PLATFORM", "") != "offscreen"
@@ -179,6 +184,7 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
     out_dir.mkdir(parents=True, exist_ok=True)
     index = scan(demo_root())
     report = {"not_for_clinical_use": True, "results_schema_version": 1, "source": demo_root(),
+              "attribution": attribution_path(),
               "out": str(out_dir.resolve()), "series": [], "models": [], "notes": [],
               "problems": [p.to_dict() for p in index.problems]}
     models = None
@@ -304,5 +310,6 @@ def run_demo(args) -> int:
             print(f"    note: {note}")
     for note in report["notes"]:
         print(f"note: {note}")
+    print(f"Demo images: sources and licences in {report['attribution']}")
     print(f"Report written to {report['report_path']}")
     return 0

@@ -246,6 +246,7 @@ def test_headless_demo_runs_the_matching_models(tmp_path, toy_models):
     assert f"Report written to {out / 'report.json'}" in r.stdout
     rep = json.loads((out / "report.json").read_text())
     assert rep["not_for_clinical_use"] is True and len(rep["series"]) == 7
+    assert Path(rep["attribution"]).is_file() and "sources and licences" in r.stdout
     models = {m["id"]: m for m in rep["models"]}
     assert models["toy-pneumonia"]["sha256_verified"] and "sha256" in models["toy-corrupt"]["error"]
     by_mod = collections.defaultdict(list)
