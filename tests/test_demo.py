@@ -15,8 +15,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -237,16 +235,19 @@ def _nifti_kji(path: Path) -> np.ndarray:
     return np.transpose(np.asarray(nib.load(str(path)).dataobj), (2, 1, 0))
 
 
-def test_headless_demo_runs_the_matching_models(tmp_path, toy_models):
+def test_headless_demo_runs_the_matching_models(tmp_path, toy_models, capsys):
+    from imaging_assist.cli import main
+
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "imaging_assist", "demo", "--headless", "--models", str(toy_models),
-                        "--device", "cpu", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stdout + r.stderr
-    assert f"Report written to {out / 'report.json'}" in r.stdout
+    # in-process (the CLI subprocess path is tested in test_cli.py): torch/MONAI are imported once
+    rc = main(["demo", "--headless", "--models", str(toy_models), "--device", "cpu", "--out", str(out)])
+    r = capsys.readouterr()
+    assert rc == 0, r.err
+    assert "Traceback" not in r.out + r.err
+    assert f"Report written to {out / 'report.json'}" in r.out
     rep = json.loads((out / "report.json").read_text())
     assert rep["not_for_clinical_use"] is True and len(rep["series"]) == 7
-    assert Path(rep["attribution"]).is_file() and "sources and licences" in r.stdout
+    assert Path(rep["attribution"]).is_file() and "sources and licences" in r.out
     models = {m["id"]: m for m in rep["models"]}
     assert models["toy-pneumonia"]["sha256_verified"] and "sha256" in models["toy-corrupt"]["error"]
     by_mod = collections.defaultdict(list)
@@ -299,7 +300,7 @@ def test_headless_demo_runs_the_matching_models(tmp_path, toy_models):
         assert d["decisions"]["malignant"] is None  # no threshold in the card: no decision
         assert Image.open(out / d["key_images"][0]).size == (352, 288)
     # the console says where everything is
-    assert "toy-pneumonia" in r.stdout and "key image" in r.stdout and "lies inside the lungs" in r.stdout
+    assert "toy-pneumonia" in r.out and "key image" in r.out and "lies inside the lungs" in r.out
 
 
 def test_headless_demo_without_models_still_shows_the_series(tmp_path):
