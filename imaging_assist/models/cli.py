@@ -53,6 +53,12 @@ def register(subparsers) -> None:
     a.add_argument("--no-faithfulness", action="store_true",
                    help="skip the deletion-AUC faithfulness score")
     a.add_argument("--json", action="store_true", help="print results.json to stdout")
+    g = a.add_argument_group("whole-slide images (models whose card has a \"slide\" block)")
+    g.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (32)")
+    g.add_argument("--top-tiles", type=int, default=3,
+                   help="top tiles per class written with a Grad-CAM each (3)")
+    g.add_argument("--heatmap-format", choices=["tif", "npz"], default="tif",
+                   help="per-class heat maps as a pyramidal float32 TIFF (default) or NumPy .npz")
     a.set_defaults(func=cmd_analyze)
 
 
@@ -141,22 +147,30 @@ def cmd_models_verify(args) -> int:
 
 
 # =========================================================================== analyze
-def _collect_inputs(path: Path, card):
-    """([(kind, payload, stem)], notes): kind "image" (payload Path) or "series" (SeriesInfo)."""
+def _collect_inputs(path: Path, card, exclude=()):
+    """([(kind, payload, stem)], notes): kind "image" (payload Path) or "series" (SeriesInfo).
+
+    ``exclude``: slide files/folders analysed as slides (left out here)."""
     from ..inference.images import find_images, is_plain_image
 
     items: list[tuple[str, object, str]] = []
     notes: list[str] = []
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    ex = {os.path.abspath(p) for p in exclude}
+
+    def keep(p) -> bool:
+        a = os.path.abspath(p)
+        return a not in ex and os.path.dirname(a) not in ex
+
     if path.is_file():
-        images = [path] if is_plain_image(path) else []
-        others = [] if images else [path]
+        images = [path] if is_plain_image(path) and keep(path) else []
+        others = [] if images or not keep(path) else [path]
         root = path.parent
     else:
-        images = find_images(path)
+        images = [p for p in find_images(path) if keep(p)]
         others = [p for p in path.rglob("*") if p.is_file() and not is_plain_image(p)
-                  and p.suffix.lower() not in _NOT_IMAGES and not p.name.startswith(".")]
+                  and p.suffix.lower() not in _NOT_IMAGES and not p.name.startswith(".") and keep(p)]
         root = path
     if images and card.spatial_dims == 3:
         notes.append(f"{len(images)} plain image(s) skipped: model {card.id} is 3D")
@@ -231,8 +245,15 @@ def cmd_analyze(args) -> int:
         explain = ExplainConfig(canonical_method(args.explain), ig_steps=args.ig_steps,
                                 faithfulness=not args.no_faithfulness)
     path = Path(args.path).expanduser()
-    items, notes = _collect_inputs(path, card)
-    if not items:
+    slides = []
+    spec = None
+    if card.raw.get("slide") is not None and path.exists():
+        from ..slides.analysis import find_slide_inputs, slide_spec
+
+        spec = slide_spec(card)
+        slides = find_slide_inputs(path, spec["tile_px"]) if spec else []
+    items, notes = _collect_inputs(path, card, exclude=slides)
+    if not items and not slides:
         why = "; ".join(notes[:3])
         raise UserError(f"nothing in {path} matches model {card.id} ({card.spatial_dims}D "
                         f"{'/'.join(card.modality)}{' ' + card.body_part if card.body_part else ''})"
@@ -245,7 +266,7 @@ def cmd_analyze(args) -> int:
     results: list[dict] = []
     failed = 0
     bar = tqdm(total=len(items), desc=f"{card.id}", unit="item", file=sys.stderr,
-               disable=not sys.stderr.isatty(), dynamic_ncols=True)
+               disable=not sys.stderr.isatty() or not items, dynamic_ncols=True)
     used_stems: set[str] = set()
     try:
         for kind, payload, stem in items:
@@ -290,6 +311,8 @@ def cmd_analyze(args) -> int:
                                 "error": str(e)})
                 print(f"error: {src}: {e}", file=sys.stderr)
             bar.update(1)
+        if slides:
+            failed += _analyze_slides(slides, model, args, out_dir, results, notes, used_stems)
     except KeyboardInterrupt:
         notes.append("interrupted by the user: results are partial")
         print("interrupted: writing partial results", file=sys.stderr)
@@ -309,7 +332,83 @@ def cmd_analyze(args) -> int:
     return 1 if failed else 0
 
 
+def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: list,
+                    used_stems: set) -> int:
+    """Tile each slide (see imaging_assist.slides.analysis); append items; return failures.
+
+    The first Ctrl-C cancels after the current batch and writes what was done (partial
+    heat maps, ``cancelled: true``); a second one stops at once."""
+    import signal
+    import threading
+
+    from tqdm import tqdm
+
+    from ..inference.device import resolve_device
+    from ..slides.analysis import analyze_slide
+    from ..slides.reader import SlideError
+
+    card = model.card
+    device = str(resolve_device(args.device))
+    cancel = threading.Event()
+    old = None
+
+    def on_sigint(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        cancel.set()
+        print("\ncancelling after the current batch of tiles (Ctrl-C again to stop now)",
+              file=sys.stderr)
+
+    if threading.current_thread() is threading.main_thread():
+        old = signal.signal(signal.SIGINT, on_sigint)
+    failed = 0
+    try:
+        for sp in slides:
+            base = Path(sp).stem if Path(sp).is_file() else Path(sp).name
+            stem, k = base, 1
+            while stem in used_stems:
+                k += 1
+                stem = f"{base}_{k}"
+            used_stems.add(stem)
+            bar = tqdm(total=0, desc=f"{card.id} {Path(sp).name}"[:60], unit="tile", file=sys.stderr,
+                       disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+            def prog(done, total, _bar=bar):
+                _bar.total = total
+                _bar.n = done
+                _bar.refresh()
+
+            try:
+                d = analyze_slide(sp, model, out_dir, stem, device=device, batch_size=args.batch_size,
+                                  top_k=args.top_tiles, heatmap_format=args.heatmap_format,
+                                  progress=prog, cancel=cancel)
+            except (UserError, SlideError) as e:
+                failed += 1
+                results.append({"source": str(sp), "kind": "slide", "model": card.id,
+                                "model_version": card.version, "error": str(e)})
+                print(f"error: {sp}: {e}", file=sys.stderr)
+                continue
+            finally:
+                bar.close()
+            results.append(d)
+            for w in d["warnings"]:
+                print(f"warning: {Path(sp).name}: {w}", file=sys.stderr)
+            print(_summary(d), file=sys.stderr)
+            if d["cancelled"]:
+                notes.append("interrupted by the user: results are partial")
+                failed += 1
+                break
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGINT, old)
+    return failed
+
+
 def _summary(d: dict) -> str:
+    if d.get("kind") == "slide":
+        unit = "mm²" if d["area_unit"] == "mm2" else "px²"
+        return (f"{d['source']}: {d['tiling']['n_tiles_run']} tissue tiles; "
+                + ", ".join(f"{k} {v:.4g} {unit}" for k, v in d["areas"].items()))
     if "probabilities" in d:
         top = max(d["probabilities"], key=d["probabilities"].get)
         return f"{d['source']}: {top} {d['probabilities'][top]:.3f}"

@@ -1,0 +1,340 @@
+"""Run a tile classifier (a model card with a ``"slide"`` block) over a whole-slide image.
+
+Used by ``imaging-assist analyze SLIDE --model ID --out DIR``.  Engine only (no Qt).
+
+* **Same preprocessing as the image path.**  :func:`run_tiles` hands RGB in 0..1; the card's
+  intensity steps are written for the stored pixel values (0..255 for 8-bit RGB), so tiles are
+  mapped back to 0..255 and the card's steps are applied exactly as
+  :func:`imaging_assist.inference.pipelines.model_input` applies them (linear steps vectorised
+  on the batch; per-image steps through the same MONAI transforms, tile by tile).  A JPEG tile
+  given to ``analyze`` as an image and the same pixels met on a slide get the same
+  probabilities (tested).
+* **Scale.**  Tiles are ``slide.tile_px`` square at ``slide.mpp`` µm/px from the card, read
+  from the nearest pyramid level and resampled (:func:`run_tiles`).  Without slide MPP the
+  tiles are read at the native resolution with a warning; when the card says its MPP is an
+  assumption (``mpp_is_assumption``), that is a warning too.
+* **Outputs**: per-class heat maps (pyramidal TIFF or NPZ via :func:`write_heatmaps`) with a
+  PNG overview, the tissue mask PNG, per-class tissue area (mm², px² without MPP), the top
+  tiles per class with a Grad-CAM each (through :func:`run_model` and the shared Captum code)
+  and one ``results.json`` item (``kind: "slide"``, see docs/results_schema.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings as _warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .reader import IMAGE_EXTENSIONS, OPENSLIDE_EXTENSIONS, _TIFF_MAGIC
+
+_LINEAR = ("window", "scale_range", "normalize")
+
+
+def slide_spec(card) -> dict | None:
+    """The card's ``slide`` block (tile_px, mpp, ...) or None for models not made for slides."""
+    s = card.raw.get("slide") if getattr(card, "raw", None) else None
+    if not isinstance(s, dict):
+        return None
+    out = {"tile_px": int(s.get("tile_px") or (card.input.size or [224])[0]),
+           "mpp": float(s["mpp"]) if s.get("mpp") is not None else None,
+           "mpp_is_assumption": bool(s.get("mpp_is_assumption", False)),
+           "mpp_note": str(s.get("mpp_note", "")),
+           "tissue_threshold": float(s.get("tissue_threshold", 0.5))}
+    return out
+
+
+# --------------------------------------------------------------------------- inputs
+def is_slide_input(path: str | os.PathLike, tile_px: int = 224) -> bool:
+    """Should a slide model tile ``path`` rather than classify it as one image?
+
+    Vendor slide files, WSI DICOM (a file or a folder), tiled/pyramidal TIFF, and plain
+    images larger than two tiles on their longer side.  Small plain images (a single tile
+    such as an LC25000 JPEG) go through the image path, which resizes the whole image.
+    """
+    from .cli import _head, _is_wsi_dicom_file, _plain_image_side, _tiff_is_slide_like
+
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        from .dicom_backend import find_wsi_dicom_files
+        return bool(find_wsi_dicom_files(p))
+    if not os.path.isfile(p):
+        return False
+    head = _head(p)
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return _is_wsi_dicom_file(p)
+    ext = os.path.splitext(p)[1].lower()
+    if ext in OPENSLIDE_EXTENSIONS and ext not in (".tif", ".tiff"):
+        return True
+    if head[:4] in _TIFF_MAGIC:
+        return _tiff_is_slide_like(p, 2 * tile_px + 1)
+    if ext in IMAGE_EXTENSIONS:
+        return _plain_image_side(p) > 2 * tile_px
+    return False
+
+
+def find_slide_inputs(path: str | os.PathLike, tile_px: int = 224) -> list[str]:
+    """Slides under ``path`` (a file or a folder, recursive; WSI DICOM grouped per folder)."""
+    p = os.fspath(path)
+    if os.path.isfile(p):
+        return [p] if is_slide_input(p, tile_px) else []
+    if is_slide_input(p, tile_px):  # a folder holding one WSI DICOM slide
+        return [p]
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(p):
+        dirnames.sort()
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        dicom_here = False
+        for n in sorted(filenames):
+            if n.startswith("."):
+                continue
+            full = os.path.join(dirpath, n)
+            from .cli import _head, _is_wsi_dicom_file
+            head = _head(full)
+            if len(head) >= 132 and head[128:132] == b"DICM":
+                dicom_here = dicom_here or _is_wsi_dicom_file(full)
+                continue
+            if is_slide_input(full, tile_px):
+                out.append(full)
+        if dicom_here:
+            out.append(dirpath)
+    return out
+
+
+# --------------------------------------------------------------------------- model function
+class TileModel:
+    """``(N, 3, H, W)`` RGB 0..1 tiles -> ``(N, C)`` probabilities through the card's
+    intensity steps, on ``device``.  ``preprocess`` alone gives the model-space tensor."""
+
+    def __init__(self, model, device="cpu"):
+        import torch
+
+        self.model = model
+        self.card = model.card
+        self.device = torch.device(device)
+        c = self.card.input.channels
+        if c != 3:
+            raise UserError(f"model {self.card.id} takes {c}-channel input; slide tiles are RGB "
+                            "(3 channels)")
+        self.steps = list(self.card.input.intensity)
+        self._monai = None
+        if any(s["type"] not in _LINEAR for s in self.steps):
+            from ..inference.pipelines import _card_transforms
+
+            inp = dataclasses.replace(self.card.input, size=None, spacing=None)
+            shim = dataclasses.replace(self.card, input=inp, spatial_dims=2)
+            self._monai = _card_transforms(shim, False)
+        model.to(self.device)
+        model.network.eval()
+
+    def preprocess(self, x):
+        """0..1 RGB batch -> model input (the card's steps on 0..255 values)."""
+        import torch
+
+        x = torch.as_tensor(x).float().to(self.device) * 255.0
+        size = self.card.input.size
+        if size and tuple(x.shape[2:]) != tuple(size):
+            mode = "area" if all(int(o) <= int(i) for o, i in zip(size, x.shape[2:])) else "bilinear"
+            x = torch.nn.functional.interpolate(x, size=tuple(size), mode=mode,
+                                                **({} if mode == "area" else {"align_corners": False}))
+        if self._monai is not None:
+            from monai.data import MetaTensor
+
+            outs = [self._monai({"image": MetaTensor(t.cpu())})["image"].as_tensor() for t in x]
+            return torch.stack(outs).float().to(self.device)
+        for s in self.steps:
+            t = s["type"]
+            if t == "window":
+                c, w = float(s["center"]), float(s["width"])
+                x = ((x - (c - w / 2)) / w).clamp(0, 1)
+            elif t == "scale_range":
+                a0, a1 = float(s["a_min"]), float(s["a_max"])
+                b0, b1 = float(s.get("b_min", 0.0)), float(s.get("b_max", 1.0))
+                x = (x - a0) / (a1 - a0) * (b1 - b0) + b0
+                if bool(s.get("clip", True)):
+                    x = x.clamp(min(b0, b1), max(b0, b1))
+            elif t == "normalize":
+                m = torch.as_tensor(s["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                sd = torch.as_tensor(s["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+                x = (x - m) / sd
+        return x
+
+    def __call__(self, x):
+        import torch
+
+        with torch.inference_mode():
+            logits = self.model.network(self.preprocess(x))
+            if isinstance(logits, (list, tuple)):
+                logits = logits[0]
+            logits = logits.float()
+            if self.card.activation == "softmax":
+                return torch.softmax(logits, 1).cpu()
+            return torch.sigmoid(logits).cpu()
+
+
+# --------------------------------------------------------------------------- analysis
+def _tile_index(plan, row: int, col: int) -> int:
+    hit = np.nonzero((plan.cells[:, 0] == row) & (plan.cells[:, 1] == col))[0]
+    return int(hit[0])
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
+
+
+def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch_size: int = 32,
+                  top_k: int = 3, explain: bool = True, heatmap_format: str = "tif",
+                  progress=None, cancel=None) -> dict:
+    """Analyse one slide; write its files into ``out_dir``; return its results.json item.
+
+    ``progress(done, total)`` per batch of tiles; ``cancel`` (``threading.Event`` or callable)
+    stops between batches (the item then says ``cancelled: true`` and is partial).
+    """
+    from PIL import Image
+
+    from .heatmap_io import write_heatmaps
+    from .reader import open_slide
+    from .tiling import plan_tiles, read_tiles, run_tiles
+    from .tissue import detect_tissue
+
+    card = model.card
+    spec = slide_spec(card)
+    if spec is None:
+        raise UserError(f"model {card.id} is not a slide model (its card has no \"slide\" block with "
+                        "the tile size and microns per pixel)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _safe(stem)
+    t_start = time.perf_counter()
+    warns: list[str] = []
+    if spec["mpp_is_assumption"]:
+        warns.append(f"the model's tile pixel size ({spec['mpp']:g} µm/px) is an assumption, not a "
+                     f"published value: {spec['mpp_note']}".rstrip(": "))
+    fn = TileModel(model, device)
+    with open_slide(path) as slide:
+        warns += list(slide.warnings)
+        t = time.perf_counter()
+        tissue = detect_tissue(slide)
+        tissue_s = time.perf_counter() - t
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")  # recorded in plan.warnings / result.warnings
+            plan = plan_tiles(slide, spec["tile_px"], spec["mpp"], tissue_mask=tissue,
+                              tissue_threshold=spec["tissue_threshold"])
+            res = run_tiles(slide, fn, batch_size=batch_size, progress=progress, cancel=cancel,
+                            class_names=list(card.labels), top_k=max(top_k, 1), plan=plan,
+                            as_tensor=True)
+        warns += [w for w in res.warnings if w not in warns]
+        files = {}
+        ext = ".npz" if heatmap_format == "npz" else ".tif"
+        written = write_heatmaps(res, out_dir / f"{stem}_heatmaps{ext}", overview_png=True, slide=slide)
+        files["heatmaps"] = os.path.basename(written[0])
+        files["overview_png"] = os.path.basename(written[1])
+        tm = f"{stem}_tissue_mask.png"
+        Image.fromarray((tissue.mask > 0).astype(np.uint8) * 255).save(out_dir / tm)
+        files["tissue_mask_png"] = tm
+        # Per-class probability maps as PNG (one heat-map pixel per tile).
+        from ..inference.results import heat_colormap
+
+        per_class_png = {}
+        for i, lab in enumerate(res.class_names):
+            h = res.heatmaps[i]
+            rgb = heat_colormap(np.nan_to_num(h, nan=0.0))
+            rgb[~np.isfinite(h)] = 255
+            f = f"{stem}_heat_{_safe(lab)}.png"
+            Image.fromarray(rgb).save(out_dir / f)
+            per_class_png[lab] = f
+        files["heatmap_png"] = per_class_png
+
+        top_items = {}
+        explain_s = 0.0
+        for lab, tops in res.top_tiles.items():
+            items = []
+            for rank, tt in enumerate(tops[:top_k]):
+                idx = _tile_index(res.plan, tt.row, tt.col)
+                tile = read_tiles(slide, res.plan, [idx])[0]
+                d = tt.to_dict()
+                d["rank"] = rank + 1
+                d["tissue_fraction"] = round(float(res.plan.tissue_fraction[idx]), 4)
+                tf = f"{stem}_top_{_safe(lab)}_{rank + 1}.png"
+                Image.fromarray(tile).save(out_dir / tf)
+                d["tile_png"] = tf
+                if explain:
+                    te = time.perf_counter()
+                    g = gradcam_tile(model, tile, lab, device)
+                    explain_s += time.perf_counter() - te
+                    gf = f"{stem}_top_{_safe(lab)}_{rank + 1}_gradcam.png"
+                    from ..inference.results import overlay_png
+
+                    overlay_png(tile, out_dir / gf, heat_slice=g["heatmap"])
+                    np.save(out_dir / gf.replace(".png", ".npy"), g["heatmap"].astype(np.float32))
+                    d["gradcam_png"] = gf
+                    d["gradcam_npy"] = gf.replace(".png", ".npy")
+                    d["image_path_probability"] = round(g["probability"], 6)
+                items.append(d)
+            top_items[lab] = items
+
+        tissue_area = tissue.area_mm2 if slide.mpp is not None else tissue.area_px
+        probs = res.probs
+        frac = res.tissue_fraction.astype(np.float64)
+        mean_p = ({lab: round(float(np.average(probs[:, i], weights=frac)), 6)
+                   for i, lab in enumerate(res.class_names)} if len(probs) and frac.sum() > 0 else {})
+        total = sum(res.areas.values())
+        item = {
+            "kind": "slide", "source": str(path), "model": card.id, "model_version": card.version,
+            "task": card.task, "labels": list(card.labels),
+            "slide": {"format": slide.format, "backend": slide.backend, "vendor": slide.vendor,
+                      "dimensions": list(slide.dimensions), "level_count": slide.level_count,
+                      "level_downsamples": [round(float(v), 6) for v in slide.level_downsamples],
+                      "mpp": list(slide.mpp) if slide.mpp else None,
+                      "objective_power": slide.objective_power},
+            "tiling": {"tile_px": res.plan.tile_px, "tile_mpp": res.mpp, "model_mpp": spec["mpp"],
+                       "model_mpp_is_assumption": spec["mpp_is_assumption"],
+                       "level": res.plan.level, "downsample": [float(v) for v in res.plan.downsample],
+                       "tissue_threshold": spec["tissue_threshold"], "n_grid_tiles": res.plan.n_grid_tiles,
+                       "n_tissue_tiles": len(res.plan), "n_tiles_run": res.n_tiles,
+                       "batch_size": batch_size, "tiles_per_s": round(res.tiles_per_s, 2)},
+            "heatmap_grid": {"shape": [int(v) for v in res.heatmaps.shape],
+                             "downsample": [float(v) for v in res.downsample],
+                             "origin": [float(v) for v in res.origin],
+                             "note": "heat-map pixel (row, col) covers level-0 x in origin_x + col*downsample_x "
+                                     "+ [0, downsample_x), y likewise; NaN where no tile ran"},
+            "tissue": {"area": round(float(tissue_area), 6) if tissue_area is not None else None,
+                       "unit": "mm2" if slide.mpp is not None else "px",
+                       "fraction_of_slide": round(float(tissue.fraction), 6),
+                       "mask_downsample": [float(v) for v in tissue.downsample]},
+            "area_unit": res.area_unit,
+            "area_analysed": round(float(total), 6),
+            "areas": {k: round(float(v), 6) for k, v in res.areas.items()},
+            "area_fraction": {k: round(float(v / total), 6) if total > 0 else 0.0 for k, v in res.areas.items()},
+            "mean_probabilities": mean_p,
+            "top_tiles": top_items,
+            "files": files,
+            "key_images": [files["overview_png"]],
+            "heatmaps": [],
+            "device": str(fn.device), "cancelled": bool(res.cancelled),
+            "timings_s": {"tissue_s": round(tissue_s, 3), "tiles_s": round(res.elapsed_s, 3),
+                          "read_s": round(res.read_s, 3), "model_s": round(res.model_s, 3),
+                          "explain_s": round(explain_s, 3), "total_s": round(time.perf_counter() - t_start, 3)},
+            "warnings": list(dict.fromkeys(warns)),
+        }
+    return item
+
+
+def gradcam_tile(model, tile: np.ndarray, label: str, device: str = "cpu") -> dict:
+    """Grad-CAM of one RGB uint8 tile for ``label`` through the image pipeline
+    (:func:`run_model` with the shared Captum code).  Returns the heat map on the tile grid
+    and the probability of ``label`` that the image path gives."""
+    from ..explain.methods import ExplainConfig
+    from ..inference.pipelines import RunOptions, run_model
+    from ..volume import Volume
+
+    vol = Volume(array=np.ascontiguousarray(tile)[None], spacing=(1.0, 1.0, 1.0), modality="", units="",
+                 photometric="RGB", has_geometry=False, description="slide tile")
+    opts = RunOptions(device=device, explain=ExplainConfig("gradcam", faithfulness=False),
+                      explain_labels=[label])
+    r = run_model(model, vol, opts)
+    return {"heatmap": r.heatmaps[0].array[0], "probability": float(r.probabilities[label])}
