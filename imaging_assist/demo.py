@@ -10,9 +10,9 @@ written with
 * per series and model (``analyses``): the item of ``results.json`` (docs/results_schema.md):
   probabilities with the card's threshold decisions, label maps (NIfTI, plus an 8-bit PNG for
   single images) with per-label areas, heat maps, and key images with the label map or heat
-  map blended on the image.  A classifier whose card names an ``explanation_region`` (e.g. the
-  lungs from ``cxr-lung-seg``) gets a Grad-CAM heat map, and the share of the heat map's
-  positive mass inside that region when the region's model ran on the same series.
+  map blended on the image.  Classifiers whose card names a Grad-CAM layer or an
+  ``explanation_region`` (e.g. the lungs from ``cxr-lung-seg``) get a Grad-CAM heat map; with a
+  region, also the share of the heat map's positive mass inside it (explain/regions.py).
 
 Models that are missing, fail their sha256 check or fail on a series are one-line notes.
 """
@@ -151,7 +151,8 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     model = models.load(card)
     spec = region_spec(card) if card.task == "classification" else None
     explain = None
-    if spec is not None:
+    # classifiers get a Grad-CAM heat map where the card names its layer (or a region to measure)
+    if card.task == "classification" and (spec is not None or card.gradcam_layer):
         if _gradcam_possible(card):
             explain = ExplainConfig("gradcam")
         else:

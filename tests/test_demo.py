@@ -402,3 +402,33 @@ def test_gui_demo_opens_first_series_and_runs_its_models(qapp, tmp_path_factory,
             w.close()
     finally:
         mp.undo()
+
+
+def test_real_lung_seg_on_the_adult_demo_xrays_matches_their_reference_masks():
+    """cxr-lung-seg on the two adult demo X-rays (DICOM, never trained on) against the
+    radiologists' masks of their source set: right lung on the image's left, Dice per lung."""
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.inference.pipelines import RunOptions, run_model
+
+    reg, shipped = _shipped()
+    if "cxr-lung-seg" not in {e.card.id for e in shipped}:
+        pytest.skip("cxr-lung-seg is not in weights/ yet")
+    import csv
+
+    mk = make_demo_module()
+    src = SHARED / "cxr" / "lung_masks_covid_generalblockchain"
+    rows = {r["image"]: r for r in csv.DictReader(open(need(src / "labels.csv")))}
+    model = reg.load("cxr-lung-seg")
+    for n, e in enumerate(mk.CXR, 1):
+        if e[0] != "lung_masks_covid_generalblockchain":
+            continue
+        f = DEMO / "chest_xray" / f"cxr_{n:02d}_{e[5].lower()}.dcm"
+        (series,) = scan(str(f)).image_series()
+        res = run_model(model, load_series(series), RunOptions(device="cpu"))
+        ref = np.array(Image.open(src / rows[e[1]]["label_mask"]))
+        lm = res.label_map[0]
+        assert lm.shape == ref.shape
+        for lab in (1, 2):  # 1 right lung, 2 left lung in both
+            a, b = lm == lab, ref == lab
+            dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+            assert dice > 0.7, (f.name, lab, dice)
