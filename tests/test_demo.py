@@ -432,3 +432,29 @@ def test_real_lung_seg_on_the_adult_demo_xrays_matches_their_reference_masks():
             a, b = lm == lab, ref == lab
             dice = 2 * (a & b).sum() / (a.sum() + b.sum())
             assert dice > 0.7, (f.name, lab, dice)
+
+
+def test_real_pneumonia_model_gives_the_same_probability_on_the_dicom_as_on_its_source_jpeg():
+    """The paediatric demo X-rays hold the source JPEG's pixels: the shipped model must score
+    the DICOM exactly as the training script scored the JPEG (its predictions.csv)."""
+    import csv
+
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.inference.pipelines import RunOptions, run_model
+
+    reg, shipped = _shipped()
+    entry = next((e for e in shipped if e.card.id == "cxr-pneumonia"), None)
+    if entry is None or not (entry.folder / "predictions.csv").is_file():
+        pytest.skip("cxr-pneumonia (with predictions.csv) is not in weights/ yet")
+    preds = {r["file"]: float(r["p_pneumonia"]) for r in csv.DictReader(open(entry.folder / "predictions.csv"))}
+    mk = make_demo_module()
+    model = reg.load("cxr-pneumonia")
+    checked = 0
+    for n, e in enumerate(mk.CXR, 1):
+        if e[0] != "pneumonia_kermany" or e[1] not in preds:
+            continue
+        (series,) = scan(str(DEMO / "chest_xray" / f"cxr_{n:02d}_{e[5].lower()}.dcm")).image_series()
+        res = run_model(model, load_series(series), RunOptions(device="cpu"))
+        assert res.probabilities["pneumonia"] == pytest.approx(preds[e[1]], abs=2e-4), e[1]
+        checked += 1
+    assert checked == 2
