@@ -184,7 +184,14 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
         opts = RunOptions(device=settings.get("device"),
                           explain=ExplainConfig(method) if method else None,
                           explain_labels=settings.get("labels"))
-        res = run_inference(model, volume, opts, progress.stage(0.03, 0.98))
+        region = method is not None and getattr(card, "explanation_region", None) is not None
+        res = run_inference(model, volume, opts, progress.stage(0.03, 0.9 if region else 0.98))
+        if region:  # heat-map mass inside the card's region (e.g. the lungs), engine-side
+            from imaging_assist.explain.regions import RegionExplainer
+
+            progress(0.9, f"segmenting the {card.explanation_region.name}…")
+            RegionExplainer(card, load=lambda c: models.get(c)[0], device=settings.get("device")) \
+                .apply(res, volume, progress.stage(0.9, 0.98))
         progress(0.98, "preparing the overlays…")
         layers, notes = build_layers(res, card)  # numpy work stays off the GUI thread
         payload = (res, {"layers": layers, "notes": notes, "html": result_html(res, card, load_s)})
@@ -220,6 +227,13 @@ def build_layers(res, card):
         layers.append(layer)
         if note == "nothing positive to show":
             notes.append(f"the {title} map of {hm.label} has no positive values: nothing is drawn")
+    er = getattr(res, "explanation_region", None)
+    if getattr(res, "region_map", None) is not None and er:
+        names = {i + 1: n for i, n in enumerate(er.get("labels", []))}
+        layer = LabelLayer(f"{er['model']}: {er['name']}", res.region_map, names=names, opacity=0.35,
+                           mode="outline")
+        layer.model_id = card.id
+        layers.append(layer)
     return layers, notes
 
 
@@ -285,6 +299,12 @@ def result_html(res, card, load_s) -> str:
             signed = (f" <span style='{mut}'>(positive evidence shown)</span>"
                       if hm.method in ("integrated_gradients", "occlusion") else "")
             out.append(f"{p}{esc(heat_text(hm))}{signed}{link}</p>")
+        er = getattr(res, "explanation_region", None)
+        if er:
+            from imaging_assist.explain.regions import region_text
+
+            col = WARN_FG if er.get("error") else ACCENT
+            out.append(f"{p}<span style='color:{col}'>◧</span> {esc(region_text(er))}</p>")
     section("Run")
     out.append(f"<p style='margin:2px 0; {mut}'>{esc(timings_text(res, load_s))}</p>")
     return "".join(out)

@@ -79,6 +79,9 @@ class ClassificationResult(InferenceResult):
     decisions: dict[str, dict | None] = field(default_factory=dict)
     per_slice: list[dict[str, float]] | None = None
     aggregation: str = "whole_image"  # or "max_over_slices"
+    # explain.regions: heat map measured against a segmenter's region (card explanation_region)
+    explanation_region: dict | None = None
+    region_map: np.ndarray | None = None  # uint8 [k, j, i], value = position in its labels + 1
 
     @property
     def top_label(self) -> str:
@@ -91,6 +94,8 @@ class ClassificationResult(InferenceResult):
                   "decisions": self.decisions, "aggregation": self.aggregation})
         if self.per_slice is not None:
             d["per_slice_probabilities"] = self.per_slice
+        if self.explanation_region is not None:
+            d["explanation_region"] = dict(self.explanation_region)
         return d
 
 
@@ -266,6 +271,16 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
             key_images.append(kf)
         hms.append(hd)
     d["heatmaps"] = hms
+    region = getattr(res, "region_map", None)
+    if region is not None and d.get("explanation_region") is not None:
+        er = d["explanation_region"]
+        f = f"{stem}_region_{_stem(er.get('name', 'region'))}" + (".png" if plain else ".nii.gz")
+        if plain:
+            save_label_png(region, out_dir / f)
+        else:
+            save_nifti(region.astype(np.uint8), affine, out_dir / f)
+        er["label_map"] = f
+        er["label_map_labels"] = {str(i + 1): n for i, n in enumerate(er.get("labels", []))}
     if isinstance(res, ClassificationResult) and arr is not None and not res.heatmaps:
         k = _key_slice(res)
         kf = f"{stem}_key.png"

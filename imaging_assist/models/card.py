@@ -58,6 +58,19 @@ class Threshold:
 
 
 @dataclass
+class ExplanationRegion:
+    """A classifier's heat map is judged against a segmenter's structures: the fraction of
+    its positive attribution that falls inside ``labels`` of model ``model``."""
+
+    model: str
+    labels: list[str]
+    name: str = "region"
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "labels": list(self.labels), "name": self.name}
+
+
+@dataclass
 class InputSpec:
     channels: int = 1
     size: list[int] | None = None  # classification: resize the whole image to this
@@ -95,6 +108,7 @@ class ModelCard:
     metrics: list[dict] = field(default_factory=list)
     gradcam_layer: str | None = None
     inference: dict = field(default_factory=dict)
+    explanation_region: "ExplanationRegion | None" = None
     description: str = ""
     folder: Path | None = None
     derived_from: str = CARD_FILE  # "model.json" or "configs/metadata.json" (bundle)
@@ -212,6 +226,42 @@ def _check_intensity(c: _Checker, steps, channels: int) -> list[dict]:
             c.float_list(c.req(s, "std", w + "."), w + ".std", n=channels)
         out.append(dict(s))
     return out
+
+
+def _check_explanation_region(c: _Checker, er, task, mid) -> ExplanationRegion | None:
+    """``explanation_region``: {"model": segmenter id, "labels": [its structures], "name"}."""
+    if er is None:
+        return None
+    w = "explanation_region"
+    if not isinstance(er, dict):
+        c.add(w, "must be an object {\"model\": segmenter id, \"labels\": [...], \"name\": ...}")
+        return None
+    if task is not None and task != "classification":
+        c.add(w, "is only used by classifiers (their heat maps are measured against the region)")
+    model = c.string(c.req(er, "model", w + "."), w + ".model")
+    if model is not None and not _ID_RE.match(model):
+        c.add(w + ".model", f"must be a model id (got {model!r})")
+        model = None
+    if model is not None and model == mid:
+        c.add(w + ".model", "must name another model (a segmenter), not this one")
+        model = None
+    labels = c.req(er, "labels", w + ".")
+    if labels is not None and (not isinstance(labels, list) or not labels
+                               or not all(isinstance(x, str) and x for x in labels)
+                               or len(set(labels)) != len(labels)):
+        c.add(w + ".labels", f"must be a non-empty list of distinct label names of the segmenter (got {labels!r})")
+        labels = None
+    elif labels is not None and "background" in labels:
+        c.add(w + ".labels", "must name structures, not the background")
+        labels = None
+    name = er.get("name", "region")
+    name = c.string(name, w + ".name")
+    unknown = sorted(set(er) - {"model", "labels", "name"})
+    if unknown:
+        c.add(w, f"unknown key(s) {', '.join(unknown)} (allowed: model, labels, name)")
+    if model is None or labels is None or name is None:
+        return None
+    return ExplanationRegion(model, list(labels), name)
 
 
 def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) -> ModelCard:
@@ -431,6 +481,8 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
     if inf.get("slice_aggregation", "max") not in ("max", "mean"):
         c.add("inference.slice_aggregation", "must be max or mean")
 
+    er = _check_explanation_region(c, d.get("explanation_region"), task, mid)
+
     if c.problems:
         raise ModelCardError(f"invalid model card {where_file}: " + "; ".join(c.problems))
 
@@ -441,6 +493,7 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         intended_use=use, not_for_clinical_use=True, training_data=training,
         validation_data=validation, architecture=arch if isinstance(arch, dict) else None,
         thresholds=thresholds, metrics=list(metrics), gradcam_layer=gl, inference=dict(inf),
+        explanation_region=er,
         description=str(d.get("description", "")), folder=folder, derived_from=source, raw=d)
 
 

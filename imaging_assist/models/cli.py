@@ -261,6 +261,11 @@ def cmd_analyze(args) -> int:
     model = load_model(card, "cpu")
     opts = RunOptions(device=args.device, precision=args.precision, explain=explain,
                       explain_labels=args.label)
+    region = None  # card explanation_region: heat map mass inside a segmenter's structures
+    if explain is not None and card.explanation_region is not None:
+        from ..explain.regions import RegionExplainer
+
+        region = RegionExplainer(card, device=args.device)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
@@ -294,6 +299,8 @@ def cmd_analyze(args) -> int:
                 with _w.catch_warnings(record=True) as caught:
                     _w.simplefilter("always")
                     res = run_model(model, vol, opts, progress=on_progress)
+                    if region is not None:
+                        region.apply(res, vol, progress=on_progress)
                 for c in caught:
                     if issubclass(c.category, RuntimeWarning) and "out of memory" in str(c.message):
                         print(f"warning: {c.message}", file=sys.stderr)
@@ -411,6 +418,11 @@ def _summary(d: dict) -> str:
                 + ", ".join(f"{k} {v:.4g} {unit}" for k, v in d["areas"].items()))
     if "probabilities" in d:
         top = max(d["probabilities"], key=d["probabilities"].get)
+        er = d.get("explanation_region")
+        if er:
+            from ..explain.regions import region_text
+
+            return f"{d['source']}: {top} {d['probabilities'][top]:.3f}; {region_text(er)}"
         return f"{d['source']}: {top} {d['probabilities'][top]:.3f}"
     sizes = d.get("volume_ml") or d.get("area_mm2") or d.get("area_px") or {}
     unit = "mL" if d.get("volume_ml") else ("mm²" if d.get("area_mm2") else "px")
