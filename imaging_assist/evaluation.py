@@ -173,3 +173,17 @@ def metric(name: str, value: float, ci: tuple[float, float] | None, n: int, data
     d["n"] = int(n)
     d["data"] = data
     return d
+
+
+def wilson_ci(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion k/n (sensitivity, specificity, accuracy).
+
+    Preferred to the bootstrap for proportions: it stays informative at 0/n and n/n, where a
+    percentile bootstrap collapses to [1, 1]."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return float(max(0.0, c - h)), float(min(1.0, c + h))

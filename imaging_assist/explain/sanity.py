@@ -100,3 +100,72 @@ def cascading_randomization(net: nn.Module, explain_fn: Callable[[nn.Module], np
     rep.final_spearman = rep.steps[-1]["spearman"]
     rep.passed = bool(rep.final_spearman < threshold)
     return rep
+
+
+# --------------------------------------------------------------------------- shipped results
+SANITY_FILE = "sanity.json"
+
+
+def recorded_sanity(card) -> dict:
+    """``{method: {"passed", "final_spearman", ...}}`` measured for a model by
+    ``scripts/check_explanations.py`` (``sanity.json`` in its folder); {} when absent."""
+    import json
+
+    folder = getattr(card, "folder", None)
+    if folder is None:
+        return {}
+    p = folder / SANITY_FILE
+    if not p.is_file():
+        return {}
+    try:
+        return dict(json.loads(p.read_text(encoding="utf-8")).get("methods", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def sanity_warning(card, method: str) -> str | None:
+    """A one-line warning when ``method`` failed the randomisation check on this model."""
+    r = recorded_sanity(card).get(method)
+    if not r or r.get("passed", True):
+        return None
+    return (f"{method.replace('_', ' ')} failed the weight-randomisation sanity check on model "
+            f"{card.id} (Spearman {r.get('final_spearman', float('nan')):.2f} between the trained and a "
+            f"randomised network, limit {r.get('threshold', THRESHOLD)}): this map may show image "
+            "structure rather than what the model learned; prefer gradcam")
+
+
+def check_model(model, x: torch.Tensor, method: str, seed: int = 0, cfg=None) -> list[SanityReport]:
+    """The cascade on a loaded card model for one preprocessed input ``x`` (1, C, *spatial).
+
+    Classifiers: the predicted class is explained.  Segmenters: one report per structure
+    found in the prediction (Seg-Grad-CAM target = the structure's logits over its region).
+    """
+    from ..models.architectures import get_layer, last_conv_layer
+    from .methods import ExplainConfig, RegionScore, attribute, canonical_method
+
+    method = canonical_method(method)
+    cfg = cfg or ExplainConfig(method)
+    card = model.card
+    net = model.network.eval()
+    layer_name = card.gradcam_layer or last_conv_layer(net)
+    with torch.no_grad():
+        out = net(x)
+    if isinstance(out, (list, tuple)):
+        out = out[0]
+    if card.task == "classification":
+        targets = [(int(out.argmax(1)[0]), None)]
+    else:
+        lab = out.argmax(1)[0]
+        targets = [(c, (lab == c).float()[None]) for c in range(1, out.shape[1]) if (lab == c).sum() > 0]
+    reports = []
+    for target, region in targets:
+        def explain(n, target=target, region=region):
+            fwd = n if region is None else RegionScore(n, target, region)
+            layer = get_layer(n, layer_name) if method == "gradcam" else None
+            return attribute(fwd, x, cfg, target=target if region is None else None,
+                             layer=layer)[0].detach().numpy()
+
+        rep = cascading_randomization(net, explain, method, seed=seed)
+        rep.note = (rep.note + f" target {card.labels[target]}").strip()
+        reports.append(rep)
+    return reports

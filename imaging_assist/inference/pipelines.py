@@ -92,6 +92,13 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
         model.to(device)
         warns: list[str] = list(volume.warnings)
         _check_input(card, volume, warns, opts)
+        if opts.explain is not None:
+            from ..explain.methods import canonical_method
+            from ..explain.sanity import sanity_warning
+
+            w = sanity_warning(card, canonical_method(opts.explain.method))
+            if w:
+                warns.append(w)
         fp = fast_path(device, card.task, card.spatial_dims, opts.precision
                        if opts.precision != "auto" else card.inference.get("precision", "auto"))
         if not isinstance(model.network, torch.jit.ScriptModule):
