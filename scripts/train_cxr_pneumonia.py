@@ -128,7 +128,9 @@ def main(argv=None) -> int:
         T.fold_temperature(net.fc, temp)
     prob = torch.softmax(T.predict(net, x, torch.device("cpu")), 1)[:, 1].numpy()
 
-    thr = E.threshold_for_sensitivity(y[iva], prob[iva], 0.95)
+    # rounded DOWN to the 4 decimals the card stores, and every number computed with that
+    # value: the app decides with the card's threshold, so sensitivity can only go up
+    thr = float(np.floor(E.threshold_for_sensitivity(y[iva], prob[iva], 0.95) * 1e4) / 1e4)
     vs, vsp = E.sens_spec(y[iva], prob[iva], thr)
     metrics, details, curves = [], {}, {}
     for k, label in ((2, "test"), (3, "original_test"), (1, "validation")):
@@ -171,7 +173,7 @@ def main(argv=None) -> int:
     o = details["original_test"]
     card.update({
         "thresholds": {"pneumonia": {
-            "threshold": round(thr, 4), "sensitivity": round(vs, 4), "specificity": round(vsp, 4),
+            "threshold": thr, "sensitivity": round(vs, 4), "specificity": round(vsp, 4),
             "data": f"validation split, {counts['validation']['images']} images; chosen for sensitivity >= 0.95"}},
         "metrics": metrics,
         "metrics_ci": "AUC and ECE: percentile bootstrap (AUC stratified by label, 2,000 resamples; ECE 500); "
