@@ -141,6 +141,18 @@ def test_positive_fraction_inside_is_exact():
         positive_fraction_inside(heat, mask[:, :1])
 
 
+def test_largest_piece_share():
+    from imaging_assist.explain.regions import largest_piece_share
+
+    m = np.zeros((1, 10, 10), bool)
+    m[0, 1:4, 1:4] = True  # 9 px
+    m[0, 6:9, 6:7] = True  # 3 px, separate
+    assert largest_piece_share(m) == pytest.approx(9 / 12)
+    m[0, 4, 4] = m[0, 5, 5] = True  # diagonal links: one 8-connected piece
+    assert largest_piece_share(m) == 1.0
+    assert largest_piece_share(np.zeros((1, 3, 3), bool)) is None
+
+
 def test_region_text():
     er = {"name": "lungs", "model": "cxr-lung-seg", "heatmap": "pneumonia", "fraction_inside": 0.873,
           "region_fraction_of_image": 0.31, "areas": {"right_lung": 12345.0, "left_lung": 11002.4},
@@ -172,6 +184,7 @@ def test_analyze_explain_reports_the_region(toy):
     pos = np.clip(np.nan_to_num(heat), 0, None)
     assert er["fraction_inside"] == pytest.approx(pos[region == 1].sum() / pos.sum(), abs=1e-5)
     assert er["fraction_inside_by_heatmap"] == {"bright": er["fraction_inside"]}
+    assert er["largest_piece_share"] == {"bright": 1.0}  # one box
     # saliency of mean(relu(.)) lives on the bright pixels: far above the chance level
     assert er["fraction_inside"] > 0.8 > 0.2 > er["region_fraction_of_image"]
     # no explanation asked for: no region
@@ -235,18 +248,24 @@ def test_shipped_lung_model_on_jsrt_test_images():
 
     card = load_card(LUNG)
     assert all(v.ok for v in verify(card)) and card.labels == ["background", "right_lung", "left_lung"]
-    rows = [r for r in csv.DictReader((LUNG / "predictions.csv").open()) if r["set"] == "jsrt_test"][:4]
-    assert len(rows) == 4
+    rows = [r for r in csv.DictReader((LUNG / "predictions.csv").open()) if r["set"] == "jsrt_test"][:6]
+    assert len(rows) == 6
     model = load_model(card)
+    dices = []
     for r in rows:
         stem = Path(r["file"]).stem
         res = run_model(model, read_image(need(JSRT / r["file"])), RunOptions(device="cpu"))
         truth = np.asarray(Image.open(JSRT / "masks" / f"{stem}_labels.png"))
         lab = res.label_map[0]
+        assert lab.shape == truth.shape == (224, 224)
         d_r, d_l = dice(lab == 1, truth == 150), dice(lab == 2, truth == 200)
-        assert d_r >= 0.9 and d_l >= 0.9, (stem, d_r, d_l)
+        dices.append((d_r, d_l))
+        # the script's numbers (predictions.csv) are what the engine gives today
         assert d_r == pytest.approx(float(r["dice_right_lung"]), abs=1e-4)
+        assert d_l == pytest.approx(float(r["dice_left_lung"]), abs=1e-4)
         assert res.area_px == {"right_lung": int((lab == 1).sum()), "left_lung": int((lab == 2).sum())}
+    d = np.array(dices)
+    assert d.mean(0).min() >= 0.9 and d.min() >= 0.8, d  # JPCLN016 (left lung 0.82) is the worst test image
     m = {(x["name"], x.get("label")): x for x in card.metrics if "JSRT" in x["data"]}
     mean = m[("Dice", "mean of right and left lung")]
     assert mean["ci95"][0] <= mean["value"] <= mean["ci95"][1] and mean["n"] >= 30
@@ -283,3 +302,24 @@ def test_shipped_pneumonia_heat_map_inside_the_lungs(tmp_path, monkeypatch):
         pos = np.clip(np.nan_to_num(heat), 0, None)
         assert er["fraction_inside"] == pytest.approx(pos[region > 0].sum() / pos.sum(), abs=1e-5)
         assert 0.0 <= er["fraction_inside"] <= 1.0
+
+
+def test_shipped_lung_model_on_a_real_monochrome1_cr(tmp_path, monkeypatch):
+    """A real CR chest film (DICOM, MONOCHROME1, 440², no pixel spacing) through `analyze`:
+    inverted as the card asks, both lungs found on the right sides, areas in pixels."""
+    _need_weights(LUNG)
+    import nibabel as nib
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    src = need(SHARED / "dicom" / "cr_chest_monochrome1_fuji")
+    assert cli(["analyze", str(src), "--model", "cxr-lung-seg", "--out", str(tmp_path / "o")]) == 0
+    (it,) = json.loads((tmp_path / "o" / "results.json").read_text())["items"]
+    assert any("MONOCHROME1 image inverted" in w for w in it["warnings"])
+    assert it["area_mm2"] is None and set(it["area_px"]) == {"right_lung", "left_lung"}
+    lm = np.asarray(nib.load(tmp_path / "o" / it["label_map"]).dataobj)[:, :, 0].T  # (i, j, 1) -> rows x cols
+    assert lm.shape == (440, 440)
+    for k, lab in ((1, "right_lung"), (2, "left_lung")):
+        assert it["area_px"][lab] == int((lm == k).sum())
+        assert 0.08 < (lm == k).mean() < 0.35
+    # the patient's right lung lies on the image's left on this PA film
+    assert np.nonzero(lm == 1)[1].mean() < 200 < 240 < np.nonzero(lm == 2)[1].mean()

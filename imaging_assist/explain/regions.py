@@ -11,7 +11,9 @@ same volume and records on the result (``res.explanation_region``, docs/results_
   ``fraction_inside_by_heatmap``);
 * ``region_fraction_of_image``: the share of the pixels that the region covers, i.e. what a
   heat map spread evenly over the image would score (the chance level);
-* ``areas`` of each structure (mm² with a known pixel spacing, else pixels).
+* ``areas`` of each structure (mm² with a known pixel spacing, else pixels);
+* ``largest_piece_share`` per structure: a warning when a structure falls apart into pieces
+  (the segmenter failed on this image, e.g. a lung model on an infant's opaque film).
 
 The region mask is kept as ``res.region_map`` (label value = position in ``labels`` + 1) so
 that callers can write or show it.  A missing or failing segmenter never fails the
@@ -46,6 +48,26 @@ def positive_fraction_inside(heat: np.ndarray, mask: np.ndarray) -> float | None
     if total <= 0.0:
         return None
     return float(pos[m].sum() / total)
+
+
+FRAGMENTED_BELOW = 0.8  # largest connected piece / whole structure: below this, warn
+
+
+def largest_piece_share(mask: np.ndarray) -> float | None:
+    """Share of a [k, j, i] mask in the largest 8-connected piece of each slice (a lung is one
+    piece; a segmenter that fails scatters it).  None for an empty mask."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, bool)
+    total = int(m.sum())
+    if total == 0:
+        return None
+    big = 0
+    for sl in m.reshape((-1,) + m.shape[-2:]):
+        lab, n = ndimage.label(sl, structure=np.ones((3, 3), bool))
+        if n:
+            big += int(np.bincount(lab.ravel())[1:].max())
+    return big / total
 
 
 def _areas(seg_res, labels: list[str]) -> tuple[dict, str]:
@@ -174,6 +196,13 @@ class RegionExplainer:
         if fractions[first] is None:
             res.warnings.append(f"the {first} heat map has no positive attribution: its share inside "
                                 f"the {spec.name} is undefined")
+        shares = {lab: largest_piece_share(region_map == n + 1) for n, lab in enumerate(spec.labels)}
+        d["largest_piece_share"] = {k: None if v is None else round(v, 4) for k, v in shares.items()}
+        broken = [f"{k} {100 * v:.0f}%" for k, v in shares.items() if v is not None and v < FRAGMENTED_BELOW]
+        if broken:
+            res.warnings.append(f"the {spec.name} mask of {model.card.id} is fragmented (largest piece: "
+                                f"{', '.join(broken)} of the structure): the segmentation looks unreliable on "
+                                f"this image, and so does the heat-map share inside the {spec.name}")
         missing = [lab for lab in spec.labels if not areas.get(lab)]
         if missing:
             res.warnings.append(f"{model.card.id} found no {', '.join(missing)} on this image: the "
