@@ -206,7 +206,7 @@ def _check_item(it, out: Path, dims, mpp):
     np.testing.assert_allclose(np.nansum(heat, 0)[ran], 1.0, atol=1e-4)  # softmax per tile
     # areas: mm², sum = analysed tissue, not more than the tissue mask's area
     assert it["area_unit"] == "mm2" and it["tissue"]["unit"] == "mm2"
-    assert sum(it["areas"].values()) == pytest.approx(it["area_analysed"], rel=1e-6)
+    assert sum(it["areas"].values()) == pytest.approx(it["area_analysed"], abs=5e-6)  # 6-digit rounding
     assert it["area_analysed"] <= it["tissue"]["area"] * 1.02
     assert sum(it["area_fraction"].values()) == pytest.approx(1.0, abs=1e-5)
     # top tiles: inside tissue, on the heat map, with a Grad-CAM through the image path
