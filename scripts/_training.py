@@ -338,3 +338,19 @@ def common_args(parser, epochs: int, batch_size: int, lr: float):
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     parser.add_argument("--time-limit", type=float, default=None, help="stop after N seconds")
     return parser
+
+
+def start(args, model_id: str) -> tuple[torch.device, Path]:
+    """Common start of a training script: threads, seed, device, model folder."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    out = args.out or ROOT / "weights" / model_id
+    out.mkdir(parents=True, exist_ok=True)
+    return pick_device(args.device), out
+
+
+def read_rows(src: Path, column: str = "file") -> tuple[list[dict], list[Path]]:
+    """labels.csv of a data set folder: its rows and the image paths in ``column``."""
+    rows = list(csv.DictReader((Path(src) / "labels.csv").open()))
+    return rows, [Path(src) / r[column] for r in rows]

@@ -164,6 +164,11 @@ def make_model(kind: str):
     from torch import nn
 
     torch.manual_seed(0)
+    if kind == "path-lung-tissue":  # the shipped model, with its card's preprocessing
+        from imaging_assist.models.registry import Registry
+        from imaging_assist.slides.analysis import TileModel
+
+        return TileModel(Registry().load(kind), "cpu")
     if kind == "resnet18":
         import torchvision
         net = torchvision.models.resnet18(weights=None, num_classes=3)
@@ -240,7 +245,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=50_000, help="slide width = height in px")
     ap.add_argument("--tiles", type=int, default=512, help="tissue tiles to run (both loops)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--model", choices=["tiny", "resnet18"], default="tiny")
+    ap.add_argument("--model", choices=["tiny", "resnet18", "path-lung-tissue"], default="tiny")
     ap.add_argument("--quality", type=int, default=80, help="JPEG quality of the pyramid")
     ap.add_argument("--workdir", default=None, help="where to build (default: a temp folder, removed)")
     ap.add_argument("--keep", action="store_true", help="keep the built pyramid")

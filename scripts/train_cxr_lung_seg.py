@@ -147,17 +147,11 @@ def paediatric_check(model, n_per_class: int = 40, seed: int = 0) -> dict:
 def main(argv=None) -> int:
     ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 40, 8, 3e-3)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    T.set_seed(args.seed)
-    dev = T.pick_device(args.device)
-    out = args.out or T.ROOT / "weights" / MODEL_ID
-    out.mkdir(parents=True, exist_ok=True)
+    dev, out = T.start(args, MODEL_ID)
     t_all = time.perf_counter()
 
     src = T.DATA / "cxr" / "lung_masks_jsrt"
-    rows = list(csv.DictReader((src / "labels.csv").open()))
-    paths = [src / r["file"] for r in rows]
+    rows, paths = T.read_rows(src)
     mpaths = [src / r["label_mask"] for r in rows]
     groups = np.array([r["patient_id"] for r in rows])
     assert len(set(groups)) == len(groups), "JSRT: one image per patient expected"

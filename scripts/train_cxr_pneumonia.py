@@ -60,15 +60,9 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate-only", action="store_true",
                     help="re-measure the weights already in the model folder (no training)")
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    T.set_seed(args.seed)
-    dev = T.pick_device(args.device)
-    out = args.out or T.ROOT / "weights" / MODEL_ID
-    out.mkdir(parents=True, exist_ok=True)
+    dev, out = T.start(args, MODEL_ID)
     src = T.DATA / "cxr" / "pneumonia_kermany"
-    rows = list(csv.DictReader((src / "labels.csv").open()))
-    paths = [src / r["file"] for r in rows]
+    rows, paths = T.read_rows(src)
     y = np.array([LABELS.index(r["label"].lower()) for r in rows])
     groups = np.array([f"{r['source_split']}:{r['patient_id']}" for r in rows])
     orig = np.array([r["source_split"] for r in rows])

@@ -142,15 +142,9 @@ def cluster_ci(stat, y, p, groups, seed, n_boot=1000):
 def main(argv=None) -> int:
     ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 30, 32, 3e-3)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    T.set_seed(args.seed)
-    dev = T.pick_device(args.device)
-    out = args.out or T.ROOT / "weights" / MODEL_ID
-    out.mkdir(parents=True, exist_ok=True)
+    dev, out = T.start(args, MODEL_ID)
     src = T.DATA / "pathology" / "lc25000_lung_subset"
-    rows = list(csv.DictReader((src / "labels.csv").open()))
-    paths = [src / r["file"] for r in rows]
+    rows, paths = T.read_rows(src)
     y = np.array([LABELS.index(r["label"]) for r in rows])
     t0 = time.perf_counter()
     gidx, gstats = near_duplicate_groups(rows, src, y)
