@@ -143,8 +143,8 @@ def main(argv=None) -> int:
         ece_ci = E.bootstrap_ci(lambda a, b: E.reliability(a, b).ece, yy, pp, seed=4, n_boot=500)
         acc = float(((pp >= thr) == yy).mean())
         metrics += [E.metric("AUC", auc, auc_ci, m.sum(), what, "pneumonia"),
-                    E.metric("sensitivity", se, se_ci, m.sum(), what + f", threshold {thr:.3f}", "pneumonia"),
-                    E.metric("specificity", sp, sp_ci, m.sum(), what + f", threshold {thr:.3f}", "pneumonia"),
+                    E.metric("sensitivity", se, se_ci, m.sum(), what + f", threshold {thr:.4f}", "pneumonia"),
+                    E.metric("specificity", sp, sp_ci, m.sum(), what + f", threshold {thr:.4f}", "pneumonia"),
                     E.metric("ECE", rel.ece, ece_ci, m.sum(), what + ", 10 bins", "pneumonia")]
         details[label] = {"n": int(m.sum()), "auc": auc, "auc_ci95": auc_ci, "sensitivity": se,
                           "specificity": sp, "accuracy": acc, "ece": rel.ece,
@@ -217,7 +217,7 @@ def main(argv=None) -> int:
                                         "threshold": card["thresholds"]["pneumonia"], "metrics": metrics,
                                         "details": details, "splits": counts, "training": card["training"]})
     print(f"test AUC {t['auc']:.4f} {t['auc_ci95']}, original test AUC {o['auc']:.4f} {o['auc_ci95']}; "
-          f"threshold {thr:.3f}; wrote {out}")
+          f"threshold {thr:.4f}; wrote {out}")
     return 0
 
 

@@ -194,3 +194,18 @@ def test_a_method_that_failed_the_sanity_check_is_flagged_in_the_result():
         res = run_model(model, vol, RunOptions(device="cpu", explain=cfg))
         assert any("sanity check" in w for w in res.warnings) == flagged, res.warnings
     assert "gradcam" in passed
+
+
+def test_model_card_dialog_shows_limitations_sanity_and_precise_metrics(shipped):
+    """What a reader sees of a shipped card: its failure modes, the sanity-check result of
+    each method, and metrics to 4 significant digits (an AUC of 0.9995 never reads as 1)."""
+    from imaging_assist_ui.model_card_dialog import _num, card_html
+
+    mid, entry, model = shipped
+    html = card_html(model.card, entry)
+    raw = json.loads((entry.folder / "model.json").read_text())
+    assert "Known limitations and failure modes" in html
+    assert all(esc_part in html for esc_part in ["NOT FOR CLINICAL USE", "Explanation sanity check"])
+    for m in raw["metrics"]:
+        assert f"<b>{_num(m['value'])}</b>" in html
+    assert _num(0.9995) == "0.9995" and _num(0.99951) == "0.9995" and _num(1.0) == "1"

@@ -11,7 +11,8 @@ from .model_support import esc
 from .theme import ERROR_BG, ERROR_FG, MUTED, TEXT
 
 
-def _num(v, digits=3) -> str:
+def _num(v, digits=4) -> str:
+    """Four significant digits: an AUC of 0.9995 must not read as 1."""
     if v is None:
         return "—"
     try:
@@ -35,10 +36,20 @@ def card_html(card, entry=None) -> str:
            "<h3>Intended use</h3>", f"<p>{esc(c.intended_use)}</p>"]
     if c.description:
         out.append(f"<p>{esc(c.description)}</p>")
+    raw = getattr(c, "raw", None) or {}
+    lims = raw.get("limitations")
+    if lims:
+        lims = [lims] if isinstance(lims, str) else list(lims)
+        out.append("<h3>Known limitations and failure modes</h3><ul style='margin-top:0'>"
+                   + "".join(f"<li>{esc(x)}</li>" for x in lims) + "</ul>")
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     out += ["<h3>Data</h3>", "<table cellspacing=0>",
             f"<tr><th {th}>Training</th><td {td}>{esc(c.training_data or '—')}</td></tr>",
-            f"<tr><th {th}>Validation</th><td {td}>{esc(c.validation_data or '—')}</td></tr>",
-            "</table>"]
+            f"<tr><th {th}>Validation</th><td {td}>{esc(c.validation_data or '—')}</td></tr>"]
+    for key, title in (("test", "Test"), ("split_rule", "Split")):
+        if isinstance(data.get(key), str):
+            out.append(f"<tr><th {th}>{title}</th><td {td}>{esc(data[key])}</td></tr>")
+    out.append("</table>")
     out.append("<h3>Outputs</h3>")
     if c.task == "segmentation":
         labs = ", ".join(f"{i} = {esc(n)}" for i, n in enumerate(c.labels))
@@ -72,6 +83,12 @@ def card_html(card, entry=None) -> str:
     else:
         out.append(f"<p style='color:{MUTED}'>No operating thresholds: probabilities are shown "
                    "without a positive/negative decision.</p>")
+    out += _sanity_html(c, th, td)
+    tr = raw.get("training") if isinstance(raw.get("training"), dict) else {}
+    if tr:
+        bits = [f"{esc(k.replace('_', ' '))}: {esc(tr[k])}" for k in
+                ("script", "device", "epochs", "best_epoch", "train_seconds", "seed") if k in tr]
+        out += ["<h3>Training</h3>", f"<p>{' · '.join(bits)}</p>"]
     out += ["<h3>Licence</h3>", f"<p>{esc(c.license)}</p>", "<h3>Weights</h3>", "<table cellspacing=0>"]
     results = {v.file: v for v in (getattr(entry, "verify", None) or [])}
     for w in c.weights:
@@ -91,6 +108,28 @@ def card_html(card, entry=None) -> str:
         out.append(f"<p style='color:{MUTED}'>Folder: {esc(c.folder)}{src}</p>")
     out.append("</div>")
     return "".join(out)
+
+
+def _sanity_html(card, th: str, td: str) -> list[str]:
+    """The weight-randomisation check of each explanation method (sanity.json), if measured."""
+    from imaging_assist.explain.sanity import recorded_sanity
+
+    rec = recorded_sanity(card)
+    if not rec:
+        return []
+    out = ["<h3>Explanation sanity check</h3>",
+           f"<p style='color:{MUTED}'>Weights randomised layer by layer (Adebayo et al. 2018): a "
+           "method passes when its map of the randomised network correlates &lt; 0.5 (Spearman) "
+           "with the trained one's.</p><table cellspacing=0><tr>"
+           + "".join(f"<th {th}>{h}</th>" for h in ("Method", "Result", "Worst Spearman")) + "</tr>"]
+    for m, r in rec.items():
+        ok = bool(r.get("passed"))
+        res = (f"<span style='color:#7bd88f'>passed</span>" if ok else
+               f"<span style='color:{ERROR_FG}'>failed — the map may show image structure</span>")
+        out.append(f"<tr><td {td}>{esc(m.replace('_', ' '))}</td><td {td}>{res}</td>"
+                   f"<td {td}>{_num(r.get('final_spearman'), 2)}</td></tr>")
+    out.append("</table>")
+    return out
 
 
 class ModelCardDialog(QDialog):
