@@ -354,3 +354,16 @@ def read_rows(src: Path, column: str = "file") -> tuple[list[dict], list[Path]]:
     """labels.csv of a data set folder: its rows and the image paths in ``column``."""
     rows = list(csv.DictReader((Path(src) / "labels.csv").open()))
     return rows, [Path(src) / r[column] for r in rows]
+
+
+def load_shipped(net, out: Path) -> tuple[dict, float, float, str]:
+    """``--evaluate-only``: the shipped weights of ``out`` into ``net`` (temperature already
+    folded in) and what the card recorded of their training:
+    (info for the card, train seconds, temperature, device text)."""
+    from safetensors.torch import load_file
+
+    old = json.loads((Path(out) / "model.json").read_text())["training"]
+    net.load_state_dict(load_file(str(Path(out) / "model.safetensors")))
+    net.eval()
+    info = {"epochs_run": old["epochs"], "best_epoch": old["best_epoch"]}
+    return info, old["train_seconds"], old["temperature"], old["device"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import time
 
 import numpy as np
@@ -99,15 +98,8 @@ def main(argv=None) -> int:
                 "score": E.roc_auc(y[iva], p) - 0.01 * float(F.cross_entropy(lo, yt[iva]))}
 
     if args.evaluate_only:
-        # Re-measure the shipped weights (temperature already folded in): same splits, same code.
-        from safetensors.torch import load_file
-
-        old = json.loads((out / "model.json").read_text())
-        net.load_state_dict(load_file(str(out / "model.safetensors")))
-        net.eval()
-        info = {"epochs_run": old["training"]["epochs"], "best_epoch": old["training"]["best_epoch"]}
-        train_s, temp = old["training"]["train_seconds"], old["training"]["temperature"]
-        train_device = old["training"]["device"]
+        # Re-measure the shipped weights: same splits, same code.
+        info, train_s, temp, train_device = T.load_shipped(net, out)
     else:
         log = T.Log(out / "training_log.csv")
         t0 = time.perf_counter()

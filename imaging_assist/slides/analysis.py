@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .reader import IMAGE_EXTENSIONS, OPENSLIDE_EXTENSIONS, _TIFF_MAGIC
 
 _LINEAR = ("window", "scale_range", "normalize")
 
@@ -56,25 +55,9 @@ def is_slide_input(path: str | os.PathLike, tile_px: int = 224) -> bool:
     images larger than two tiles on their longer side.  Small plain images (a single tile
     such as an LC25000 JPEG) go through the image path, which resizes the whole image.
     """
-    from .cli import _head, _is_wsi_dicom_file, _plain_image_side, _tiff_is_slide_like
+    from .cli import is_slide_path
 
-    p = os.fspath(path)
-    if os.path.isdir(p):
-        from .dicom_backend import find_wsi_dicom_files
-        return bool(find_wsi_dicom_files(p))
-    if not os.path.isfile(p):
-        return False
-    head = _head(p)
-    if len(head) >= 132 and head[128:132] == b"DICM":
-        return _is_wsi_dicom_file(p)
-    ext = os.path.splitext(p)[1].lower()
-    if ext in OPENSLIDE_EXTENSIONS and ext not in (".tif", ".tiff"):
-        return True
-    if head[:4] in _TIFF_MAGIC:
-        return _tiff_is_slide_like(p, 2 * tile_px + 1)
-    if ext in IMAGE_EXTENSIONS:
-        return _plain_image_side(p) > 2 * tile_px
-    return False
+    return is_slide_path(path, 2 * tile_px)
 
 
 def find_slide_inputs(path: str | os.PathLike, tile_px: int = 224) -> list[str]:

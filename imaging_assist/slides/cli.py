@@ -168,12 +168,14 @@ def _plain_image_side(path: str) -> int:
         return -1
 
 
-def is_slide_path(path: str | os.PathLike) -> bool:
-    """True if ``info PATH`` should open PATH as a slide rather than a DICOM series.
+def is_slide_path(path: str | os.PathLike, min_side: int = 0) -> bool:
+    """True if PATH should be opened as a slide rather than a DICOM series / one image.
 
     Slides: OpenSlide vendor files (.svs, .ndpi, .mrxs, ...), TIFF files, DICOM VL Whole
-    Slide Microscopy files (or a folder of them), and plain JPEG/PNG/BMP images (of any size).
+    Slide Microscopy files (or a folder of them), and plain JPEG/PNG/BMP images.
     DICOM files of other SOP classes and anything else are not slides.
+    ``min_side`` > 0 (``analyze`` with a tile model): TIFF and plain images count only when
+    their largest level is longer than that, so a single tile goes through the image path.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -185,10 +187,12 @@ def is_slide_path(path: str | os.PathLike) -> bool:
     if len(head) >= 132 and head[128:132] == b"DICM":
         return _is_wsi_dicom_file(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext in OPENSLIDE_EXTENSIONS or head[:4] in _TIFF_MAGIC:
+    if ext in OPENSLIDE_EXTENSIONS and not (min_side and ext in (".tif", ".tiff")):
         return True
+    if head[:4] in _TIFF_MAGIC:
+        return _tiff_is_slide_like(path, min_side + 1) if min_side else True
     if ext in IMAGE_EXTENSIONS or ext in (".tif", ".tiff"):
-        return _plain_image_side(path) > 0
+        return _plain_image_side(path) > min_side
     return False
 
 
