@@ -1,0 +1,262 @@
+"""Does a model card fit a series?  One rule set for ``analyze``, the headless demo and the
+viewer's model panel (before there were two, with different answers).
+
+:class:`SeriesFacts` is what the rules look at.  It is built from the study index
+(:meth:`SeriesFacts.from_series`, headers only: before loading) and/or a loaded
+:class:`~imaging_assist.volume.Volume` (:func:`series_facts`).  A fact that is not known yet
+is ``None``; the rule that needs it is listed in :attr:`Match.unchecked` and must be checked
+again once the series is loaded (``analyze`` does: index first, then the loaded volume).
+
+The rules of :func:`match_card`, one per field (a *reason* refuses the model, a *warning*
+lets it run and says what was not checked):
+
+* ``is_image`` -- a series without pixel data never fits.
+* ``modality`` -- the series' DICOM Modality must be one of the card's; a card listing ``OT``
+  takes any modality.  A plain image (PNG/JPEG/TIFF, ``is_dicom`` False) has no modality:
+  it fits with a warning (the shipped radiograph models were trained on such exports, so
+  refusing them would be wrong, but nothing checks that the picture is what the card wants).
+  A DICOM series without Modality fits only ``OT`` cards.
+* ``body_part`` -- when both the card and the series name one, one must contain the other
+  (``CHEST`` fits ``CHEST``, ``ABDOMENCHEST``...).  When the series does not say, it fits
+  with a warning.
+* dimensions -- a 3D card needs a volume: several parallel slices with 3D geometry, not a
+  cine loop and not colour (``is_volume``); before loading only a single image is refused.
+  A 2D card runs on every image (volumes slice by slice).
+* ``units`` -- a card with ``input.units`` (e.g. ``HU``) needs values in those units.
+
+The score ranks the models that fit: an exact modality 2, a body part that agrees 1, the
+model's dimensionality equal to the series' 1 (2D model on one image, 3D on a volume).
+``patient_age_years``, ``view_position`` and ``photometric`` are collected for population
+checks (not used by the rules yet).
+
+No Qt, no torch: cheap to import (the viewer uses it on every series it shows).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SeriesFacts:
+    """What the model matching knows about a series.  ``None``: not known (yet)."""
+
+    modality: str = ""
+    body_part: str = ""
+    n_slices: int = 1
+    is_volume: bool | None = False  # several parallel slices with 3D geometry (3D models can run)
+    units: str | None = ""  # "HU" for CT; None: not known before loading
+    is_color: bool = False
+    photometric: str = ""
+    is_image: bool = True  # the series holds pixel data
+    is_dicom: bool = True  # False for plain PNG/JPEG/TIFF images (no DICOM attributes at all)
+    patient_age_years: float | None = None
+    view_position: str = ""  # DICOM ViewPosition (AP, PA, LL...), "" when not given
+    loaded: bool = True  # built from a loaded volume (False: index headers only)
+
+    def describe(self) -> str:
+        parts = [self.modality or ("plain image" if not self.is_dicom else "no modality")]
+        if self.body_part:
+            parts.append(self.body_part)
+        if self.is_volume:
+            parts.append(f"3D, {self.n_slices} slices")
+        elif self.n_slices > 1:
+            parts.append(f"{self.n_slices} images")
+        else:
+            parts.append("2D")
+        return " · ".join(parts)
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_series(cls, series) -> "SeriesFacts":
+        """Facts from the index only (headers; nothing decoded): ``is_volume`` and ``units``
+        are unknown (``None``) unless the series has a single image."""
+        recs = list(getattr(series, "instances", None) or [])
+        n = int(getattr(series, "n_frames", 0) or 0) or int(getattr(series, "n_instances", 1) or 1)
+        samples = _first(recs, "SamplesPerPixel")
+        return cls(
+            modality=str(getattr(series, "modality", "") or "").upper().strip(),
+            body_part=str(getattr(series, "body_part", "") or "").upper().strip(),
+            n_slices=max(1, n),
+            is_volume=False if n < 2 else None,
+            units=None,
+            is_color=_int(samples, 1) == 3,
+            photometric=str(_first(recs, "PhotometricInterpretation") or "").upper(),
+            is_image=bool(getattr(series, "is_image", True)),
+            is_dicom=True,
+            loaded=False,
+            **_population(recs),
+        )
+
+
+def series_facts(volume, series=None) -> SeriesFacts | None:
+    """Facts of a loaded volume (with its index entry when known); None without a volume."""
+    if volume is None:
+        return None
+    recs = list(getattr(volume, "headers", None) or []) or list(getattr(series, "instances", None) or [])
+    is_dicom = bool(recs) or series is not None
+    mod = (volume.modality or (getattr(series, "modality", "") if series is not None else "") or "")
+    bp = (getattr(series, "body_part", "") or "") if series is not None else (_first(recs, "BodyPartExamined") or "")
+    n = int(volume.n_slices)
+    is_vol = bool(n > 1 and volume.has_geometry and not volume.is_cine and not volume.is_color)
+    return SeriesFacts(
+        modality=str(mod).upper().strip(), body_part=str(bp).upper().strip(), n_slices=n,
+        is_volume=is_vol, units=volume.units or "", is_color=bool(volume.is_color),
+        photometric=str(getattr(volume, "photometric", "") or "").upper(),
+        is_image=True, is_dicom=is_dicom,
+        loaded=True, **_population(recs))
+
+
+@dataclass
+class Match:
+    ok: bool
+    score: int = 0
+    reasons: list[str] = field(default_factory=list)  # why it does not fit
+    warnings: list[str] = field(default_factory=list)  # fits, but this was not checked
+    unchecked: list[str] = field(default_factory=list)  # rules that need the loaded series
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def match_card(card, facts: SeriesFacts | None) -> Match:
+    """Does a model card fit the series?  The rules are in the module docstring."""
+    if card is None:
+        return Match(False, reasons=["the model card is invalid"])
+    if facts is None:
+        return Match(False, reasons=["no series is open"])
+    reasons: list[str] = []
+    warnings: list[str] = []
+    unchecked: list[str] = []
+    score = 0
+    mods = [m.upper() for m in card.modality]
+    want_mods = "/".join(mods)
+    if not facts.is_image:
+        reasons.append("the series holds no images")
+    # modality
+    if facts.modality and facts.modality in mods:
+        score += 2
+    elif "OT" in mods:
+        pass  # a model for any modality
+    elif not facts.is_dicom and not facts.modality:
+        warnings.append(f"plain image without a modality: the model is for {want_mods}, not checked")
+    else:
+        have = facts.modality or "DICOM without Modality"
+        reasons.append(f"model is for {want_mods}, the series is {have}")
+    # body part
+    want_bp = (card.body_part or "").upper()
+    if want_bp:
+        bp = facts.body_part
+        if bp and (want_bp in bp or bp in want_bp):
+            score += 1
+        elif bp:
+            reasons.append(f"model is for {want_bp}, the series shows {bp}")
+        elif facts.is_dicom:
+            warnings.append(f"the series does not say the body part (BodyPartExamined): "
+                            f"the model is for {want_bp}, not checked")
+        else:
+            warnings.append(f"plain image: the model is for {want_bp}, not checked")
+    # dimensions
+    if card.spatial_dims == 3:
+        if facts.is_volume:
+            score += 1
+        elif facts.is_volume is None:
+            unchecked.append("3D volume")
+        elif facts.n_slices < 2:
+            reasons.append("3D model, the series has a single image")
+        else:
+            reasons.append("3D model, the series is not a volume (no 3D geometry, a cine loop or colour)")
+    elif facts.n_slices == 1:
+        score += 1
+    # units
+    inp = getattr(card, "input", None)
+    units = (getattr(inp, "units", None) or "") if inp is not None else ""
+    if units:
+        if facts.units is None:
+            unchecked.append(f"values in {units}")
+        elif facts.units.upper() != units.upper():
+            have = f"values in {facts.units}" if facts.units else "no physical units"
+            reasons.append(f"model needs values in {units}, the series has {have}")
+    ok = not reasons
+    return Match(ok, score if ok else 0, reasons, warnings if ok else [], unchecked if ok else [])
+
+
+# =========================================================================== header values
+def _first(recs, kw):
+    for r in recs:
+        get = getattr(r, "get", None)
+        v = get(kw) if get is not None else None
+        if v not in (None, ""):
+            return v
+    return None
+
+
+def _int(v, default: int) -> int:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _extra_header(recs, kws: tuple[str, ...]) -> dict:
+    """Attributes the index may not keep (PatientAge, ViewPosition): from the records when
+    they have them, else read from the first file's header with pydicom (no pixels)."""
+    out = {k: _first(recs, k) for k in kws}
+    missing = [k for k, v in out.items() if v is None]
+    if not missing or not recs:
+        return out
+    r = recs[0]
+    path = getattr(r, "path", None)
+    if not path or getattr(r, "member", None):  # zip members: only what the index kept
+        return out
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=missing)
+        for k in missing:
+            v = ds.get(k)
+            if v not in (None, ""):
+                out[k] = str(v)
+    except Exception:  # noqa: BLE001 - an unreadable optional attribute is simply unknown
+        pass
+    return out
+
+
+_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.I)
+_AGE_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
+
+
+def _population(recs) -> dict:
+    """``patient_age_years`` and ``view_position`` of the series (None / "" when unknown)."""
+    if not recs:
+        return {"patient_age_years": None, "view_position": ""}
+    extra = _extra_header(recs, ("PatientAge", "ViewPosition"))
+    vp = extra["ViewPosition"]
+    return {"patient_age_years": _age_years(recs, extra["PatientAge"]),
+            "view_position": str(vp).upper().strip() if vp is not None else ""}
+
+
+def _age_years(recs, v) -> float | None:
+    """PatientAge (``nnnD/W/M/Y``), else StudyDate - PatientBirthDate; None when unknown or
+    implausible (no guess)."""
+    if v is not None:
+        m = _AGE.match(str(v))
+        if m:
+            return round(int(m.group(1)) * _AGE_UNIT[m.group(2).upper()], 3)
+    born, when = _date(_first(recs, "PatientBirthDate")), _date(_first(recs, "StudyDate"))
+    if born and when and when >= born:
+        years = (when - born).days / 365.25
+        if years <= 130:
+            return round(years, 3)
+    return None
+
+
+def _date(v) -> _dt.date | None:
+    try:
+        return _dt.datetime.strptime(str(v).strip()[:8], "%Y%m%d").date()
+    except (TypeError, ValueError):
+        return None
+
