@@ -320,3 +320,34 @@ def test_monochrome1_is_inverted_with_one_range_for_all_slices(tmp_path):
     means = [(100 - arr[k]).mean() / 100 for k in range(2)]
     expected = [1 / (1 + np.exp(-10 * (v - 0.5))) for v in means]
     np.testing.assert_allclose([s["abnormal"] for s in res.per_slice], expected, atol=1e-4)
+
+
+def test_auto_precision_is_fp32_on_cpu_even_with_native_bf16(seg3d, ct_box, monkeypatch):
+    """Results must not depend on the CPU: "auto" never picks bf16 on a CPU (even one with
+    native bf16); bf16 only when asked for.  The precision used is in the result."""
+    import imaging_assist.inference.device as dev
+
+    monkeypatch.setattr(dev, "native_cpu_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    for task, sd in (("segmentation", 3), ("segmentation", 2), ("classification", 2)):
+        assert dev.fast_path(cpu, task, sd, "auto").precision == "fp32"
+        # a card that allows bf16 does not change that on a CPU
+        assert dev.fast_path(cpu, task, sd, "auto", card_precision="bf16").precision == "fp32"
+        assert dev.fast_path(cpu, task, sd, "bf16").precision == "bf16"
+    vol, _ = ct_box
+    res = run_model(seg3d, vol, RunOptions(device="cpu"))
+    assert res.precision == "fp32" and res.to_dict()["precision"] == "fp32"
+    res = run_model(seg3d, vol, RunOptions(device="cpu", precision="bf16"))
+    assert res.precision == "bf16" and res.to_dict()["precision"] == "bf16"
+
+
+def test_auto_precision_on_cuda_follows_the_card(monkeypatch):
+    import imaging_assist.inference.device as dev
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu = torch.device("cuda")
+    assert dev.fast_path(gpu, "segmentation", 3, "auto").precision == "fp32"
+    assert dev.fast_path(gpu, "segmentation", 3, "auto", card_precision="bf16").precision == "bf16"
+    assert dev.fast_path(gpu, "segmentation", 3, "auto", card_precision="fp32").precision == "fp32"
+    with pytest.raises(dev.DeviceError):
+        dev.fast_path(gpu, "segmentation", 3, "fp8")

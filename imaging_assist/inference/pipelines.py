@@ -99,8 +99,8 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
             w = sanity_warning(card, canonical_method(opts.explain.method))
             if w:
                 warns.append(w)
-        fp = fast_path(device, card.task, card.spatial_dims, opts.precision
-                       if opts.precision != "auto" else card.inference.get("precision", "auto"))
+        fp = fast_path(device, card.task, card.spatial_dims, opts.precision,
+                       card_precision=card.inference.get("precision"))
         if not isinstance(model.network, torch.jit.ScriptModule):
             with torch.no_grad():  # weights in the memory format of the inputs (channels_last)
                 model.network.to(memory_format=fp.memory_format(card.spatial_dims + 2))
