@@ -90,3 +90,76 @@ def test_scan_of_ct_phantom(ct_index):
     assert (s.modality, s.n_instances, s.rows, s.cols, s.body_part) == ("CT", 140, 512, 512, "BRAIN")
     assert s.description == "STD BRAIN 1MM, iDose"
     assert ct_index.patients[0].studies[0].series[0] is s
+
+
+# --------------------------------------------------------------------------- decoder failures (issue 12)
+RLE_FILE = SHARED / "variety" / "dcm_qa_ts_same_image_9_syntaxes" / "4_rle_lossless.dcm"
+
+
+def _overlong_rle_copy(dst: Path) -> Path:
+    """The real RLE file with its frame replaced by segments whose runs decode past the end
+    of the frame: pylibjpeg-rle panics on it (PanicException, a BaseException)."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+    ds = pydicom.dcmread(need(RLE_FILE))
+    n = int(ds.Rows) * int(ds.Columns)
+    seg = bytes([0x81, 0]) * (n // 128 + 10)  # 130 repeats of 0 per pair: too long
+    header = struct.pack("<16L", 2, 64, 64 + len(seg), *[0] * 13)
+    ds.PixelData = encapsulate([header + seg + seg])
+    ds.save_as(dst)
+    return dst
+
+
+@pytest.mark.timeout(60)
+def test_corrupt_rle_frame_is_a_load_error(tmp_path):
+    p = _overlong_rle_copy(tmp_path / "bad_rle.dcm")
+    series = scan(str(p)).image_series()[0]
+    with pytest.raises(LoadError, match=r"bad_rle\.dcm.*frame 1"):
+        load_series(series)
+    # background loading reports the error instead of hanging a waiter
+    from imaging_assist.dicom import SeriesLoader
+    errors = []
+    loader = SeriesLoader(series, on_error=errors.append)
+    loader.start()
+    assert loader.wait_first(30)
+    with pytest.raises(LoadError):
+        loader.wait(30)
+    assert loader.done and errors and "\n" not in errors[0]
+
+
+@pytest.mark.timeout(120)
+def test_corrupt_rle_info_prints_one_error_line(tmp_path):
+    import subprocess
+    import sys
+    p = _overlong_rle_copy(tmp_path / "bad_rle.dcm")
+    env = dict(os.environ, RUST_BACKTRACE="1")
+    r = subprocess.run([sys.executable, "-m", "imaging_assist", "info", str(p)], capture_output=True,
+                       text=True, timeout=100, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "bad_rle.dcm" in lines[0], lines[:20]
+
+
+def _die_in_worker(rec, photometric):  # stands in for a decoder that crashes its process
+    os._exit(3)
+
+
+@pytest.mark.timeout(120)
+def test_decoder_process_death_is_a_load_error_and_pool_recovers(tmp_path, monkeypatch):
+    from imaging_assist.dicom import loader as L
+    src = need(RLE_FILE)
+    for k in range(6):  # a compressed series of 6 slices: decoded in the worker processes
+        ds = pydicom.dcmread(src)
+        ds.SOPInstanceUID = f"{ds.SOPInstanceUID}.{k + 1}"
+        ds.ImagePositionPatient = [0, 0, float(k)]
+        ds.InstanceNumber = k + 1
+        ds.save_as(tmp_path / f"s{k}.dcm")
+    series = scan(str(tmp_path)).image_series()[0]
+    monkeypatch.setattr(L, "_decode_in_worker", _die_in_worker)
+    vol = L.SeriesLoader(series, workers=2).run()  # the middle slice is decoded here, the rest die
+    assert vol.loaded.sum() == 1
+    assert any("decoder process" in w and "\n" not in w for w in vol.warnings), vol.warnings
+    monkeypatch.undo()
+    vol = L.SeriesLoader(series, workers=2).run()  # a fresh pool
+    assert vol.loaded.all() and not any("could not be read" in w for w in vol.warnings)

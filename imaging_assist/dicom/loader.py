@@ -18,10 +18,14 @@ pydicom with the pylibjpeg plugins, on a thread pool.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,6 +44,60 @@ TILT_TOL_DEG = 0.1
 
 class LoadError(UserError):
     """The series cannot be shown; the message says why in one line."""
+
+
+# Exceptions that must keep their meaning (Ctrl-C, exit); everything else a decoder raises -
+# including pyo3's PanicException, which derives from BaseException - becomes a LoadError.
+_FATAL = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip()
+    first = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first[:200]}" if first else type(e).__name__
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextmanager
+def _decoder_stderr_muted():
+    """Hold back what native decoders write to file descriptor 2 while they run.
+
+    Hand-written because no library offers it: a Rust decoder (pylibjpeg-rle) that panics
+    prints the panic and a full backtrace straight to fd 2 before Python sees the
+    exception, so the user would get pages of text around our one-line error.  The
+    output is captured in a temporary file; it is replayed unless the decoder failed
+    (the failure is then reported as one line by the caller).  The lock serialises the
+    fd swap; the decoders hold the GIL anyway, so no parallelism is lost.
+    """
+    state = {"failed": False}
+    with _STDERR_LOCK:
+        try:
+            saved = os.dup(2)
+            tmp = tempfile.TemporaryFile()
+        except OSError:
+            yield state
+            return
+        try:
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - a closed stderr must not stop decoding
+            pass
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield state
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not state["failed"]:
+                tmp.seek(0)
+                data = tmp.read()
+                if data:
+                    try:
+                        os.write(2, data)
+                    except OSError:
+                        pass
+            tmp.close()
 
 
 @dataclass
@@ -398,26 +456,59 @@ def _read_native(rec: InstanceRecord, frames: list[int]) -> dict[int, np.ndarray
 
 
 def _read_pydicom(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray]:
+    """Decode every frame of one file with pydicom; any decoder failure is a LoadError."""
+    try:
+        return _read_pydicom_unguarded(rec, photometric)
+    except LoadError:
+        raise
+    except _FATAL:
+        raise
+    except BaseException as e:  # noqa: BLE001 - PanicException and friends become one line
+        raise LoadError(f"{rec.display_path}: cannot read pixel data ({_one_line(e)})") from None
+
+
+def _decode_frames(ds, rec: InstanceRecord) -> np.ndarray:
+    """ds.pixel_array, with the failing frame named and the decoders' stderr held back."""
+    ts = getattr(ds.file_meta.get("TransferSyntaxUID"), "name", "?")
+    with _decoder_stderr_muted() as state:
+        try:
+            return ds.pixel_array
+        except _FATAL:
+            raise
+        except BaseException as e:  # noqa: BLE001 - PanicException is a BaseException
+            state["failed"] = True
+            err = e
+    frame = 1
+    if rec.frames > 1:  # find the first frame that does not decode, to name it
+        from pydicom.pixels.utils import get_decoder
+        frame = None
+        for i in range(rec.frames):
+            with _decoder_stderr_muted() as state:
+                try:
+                    next(get_decoder(ds.file_meta.TransferSyntaxUID).iter_array(ds, indices=[i]))
+                except _FATAL:
+                    raise
+                except BaseException:  # noqa: BLE001
+                    state["failed"] = True
+                    frame = i + 1
+                    break
+    where = f"frame {frame}" if frame else "pixel data"
+    raise LoadError(f"{rec.display_path}: cannot decode {where} ({ts}): {_one_line(err)}")
+
+
+def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray]:
     from pydicom.pixels import apply_color_lut, apply_modality_lut
     try:
         ds = read_dataset(rec)
     except Exception as e:
-        raise LoadError(f"{rec.display_path}: unreadable file: {e}") from None
+        raise LoadError(f"{rec.display_path}: unreadable file: {_one_line(e)}") from None
     if "PixelData" not in ds:
         raise LoadError(f"{rec.display_path}: no pixel data")
     if not ds.get("PixelData") and ds.get("PixelData") is not None and len(ds.PixelData) == 0:
         raise LoadError(f"{rec.display_path}: empty pixel data")
     if rec.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE, "1.2.840.10008.1.2.2"):
-        need = rec.expected_pixel_bytes()
-        have = len(ds.PixelData)
-        if have < need:
-            raise LoadError(f"{rec.display_path}: truncated pixel data: {have} bytes present, {need} expected")
-    try:
-        arr = ds.pixel_array
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LoadError(f"{rec.display_path}: cannot decode pixel data "
-                        f"({getattr(ds.file_meta.get('TransferSyntaxUID'), 'name', '?')}): {msg}") from None
+        _check_native_length(rec, len(ds.PixelData))
+    arr = _decode_frames(ds, rec)
     if rec.frames == 1 and arr.ndim == (3 if rec.samples > 1 else 2):
         arr = arr[None]
     if photometric == "PALETTE COLOR":
@@ -432,14 +523,31 @@ def _read_pydicom(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray
     return {i: arr[i] for i in range(arr.shape[0])}
 
 
+def _check_native_length(rec: InstanceRecord, have: int) -> None:
+    """Native pixel data must hold exactly Rows x Columns x frames x samples values
+    (plus one pad byte): anything else means the size attributes are wrong."""
+    need = rec.expected_pixel_bytes()
+    if have < need:
+        raise LoadError(f"{rec.display_path}: truncated pixel data: {have} bytes present, {need} expected")
+    if have > need + 1:
+        raise LoadError(f"{rec.display_path}: pixel data length {have} bytes does not match Rows x Columns "
+                        f"x NumberOfFrames x SamplesPerPixel ({rec.rows} x {rec.columns} x {rec.frames} x "
+                        f"{rec.samples}, BitsAllocated {rec.bits_allocated}: {need} bytes)")
+
+
 _POOL = None
 _POOL_LOCK = threading.Lock()
 
 
 def decode_pool(workers: int):
-    """A process pool for decoding, started once and reused (forkserver: safe in a threaded GUI)."""
+    """A process pool for decoding, started once and reused (forkserver: safe in a threaded GUI).
+
+    A pool whose worker died (BrokenProcessPool) is replaced by a fresh one."""
     global _POOL
     with _POOL_LOCK:
+        if _POOL is not None and getattr(_POOL, "_broken", False):
+            _POOL.shutdown(wait=False, cancel_futures=True)
+            _POOL = None
         if _POOL is None:
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
@@ -447,6 +555,18 @@ def decode_pool(workers: int):
             ctx.set_forkserver_preload(["numpy", "pydicom", "imaging_assist.dicom.loader"])
             _POOL = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=ctx)
         return _POOL
+
+
+def _discard_pool(pool) -> None:
+    """Forget a broken pool so that the next load starts a fresh one."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is pool:
+            _POOL = None
+    try:
+        pool.shutdown(wait=False, cancel_futures=True)
+    except Exception:  # noqa: BLE001 - already broken
+        pass
 
 
 def _decode_in_worker(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray]:
@@ -591,8 +711,11 @@ class SeriesLoader:
             try:
                 self._run_unit(u)
                 finish(u, None)
-            except Exception as e:  # noqa: BLE001 - reported per slice
-                finish(u, e)
+            except _FATAL:
+                raise
+            except BaseException as e:  # noqa: BLE001 - reported per slice
+                finish(u, e if isinstance(e, LoadError) else
+                       LoadError(f"{self.plan.records[u[0]].display_path}: {_one_line(e)}"))
         self.first_slice_s = time.perf_counter() - t0
         self._first.set()
         if self.on_first and self.volume.loaded.any():
@@ -612,18 +735,35 @@ class SeriesLoader:
                 # Compressed: the decoders (openjpeg, libjpeg) hold the GIL, so threads do
                 # not help; decode in worker processes and place the frames here.
                 ex = decode_pool(self.workers)
-                futs = [(u, ex.submit(_decode_in_worker, self.plan.records[u[0]], self.plan.photometric))
-                        for u in rest]
+                try:
+                    futs = [(u, ex.submit(_decode_in_worker, self.plan.records[u[0]], self.plan.photometric))
+                            for u in rest]
+                except BrokenProcessPool:  # broke between creation and use: one fresh try
+                    _discard_pool(ex)
+                    ex = decode_pool(self.workers)
+                    futs = [(u, ex.submit(_decode_in_worker, self.plan.records[u[0]], self.plan.photometric))
+                            for u in rest]
                 for u, fut in futs:
                     if self._cancel.is_set():
                         fut.cancel()
                         continue
+                    path = self.plan.records[u[0]].display_path
                     try:
                         self._run_unit(u, fut.result())
                         finish(u, None)
-                    except Exception as e:  # noqa: BLE001 - reported per slice
-                        finish(u, e)
+                    except BrokenProcessPool:
+                        # A decoder crashed its worker process (e.g. a native fault on a corrupt
+                        # frame): every pending job of that pool is lost; the next load gets a
+                        # fresh pool.
+                        _discard_pool(ex)
+                        finish(u, LoadError(f"{path}: a decoder process stopped unexpectedly "
+                                            "(corrupt compressed data?)"))
+                    except _FATAL:
+                        raise
+                    except BaseException as e:  # noqa: BLE001 - reported per slice
+                        finish(u, e if isinstance(e, LoadError) else LoadError(f"{path}: {_one_line(e)}"))
         if errors:
+            errors = list(dict.fromkeys(errors))
             shown = "; ".join(errors[:3]) + (f" (+{len(errors) - 3} more)" if len(errors) > 3 else "")
             self.volume.warnings.append(f"{len(errors)} part(s) could not be read: {shown}")
         if not self.volume.loaded.any():
@@ -638,8 +778,11 @@ class SeriesLoader:
         try:
             self._run_unit(unit)
             return None
-        except Exception as e:  # noqa: BLE001
-            return e
+        except _FATAL:
+            raise
+        except BaseException as e:  # noqa: BLE001 - PanicException included
+            return e if isinstance(e, LoadError) else \
+                LoadError(f"{self.plan.records[unit[0]].display_path}: {_one_line(e)}")
 
     def start(self) -> Volume:
         """Load on a worker thread; returns the (still filling) volume at once."""
@@ -648,11 +791,16 @@ class SeriesLoader:
                 vol = self.run()
                 if self.on_done:
                     self.on_done(vol)
-            except Exception as e:  # noqa: BLE001 - reported through on_error
-                self.error = str(e)
-                self._first.set()
+            except BaseException as e:  # noqa: BLE001 - reported through on_error, never a hang
+                self.error = str(e) if isinstance(e, UserError) else _one_line(e)
+                self.error = self.error.splitlines()[0] if self.error.strip() else type(e).__name__
                 if self.on_error:
-                    self.on_error(self.error)
+                    try:
+                        self.on_error(self.error)
+                    except Exception:  # noqa: BLE001 - a failing callback must not hide the error
+                        pass
+            finally:
+                self._first.set()  # waiters are always released
         self._thread = threading.Thread(target=target, name="series-loader", daemon=True)
         self._thread.start()
         return self.volume
