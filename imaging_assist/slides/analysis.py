@@ -106,7 +106,7 @@ class TileModel:
         self.steps = list(self.card.input.intensity)
         self._monai = None
         if any(s["type"] not in _LINEAR for s in self.steps):
-            from ..inference.pipelines import _card_transforms
+            from ..inference.preprocess import card_transforms as _card_transforms
 
             inp = dataclasses.replace(self.card.input, size=None, spacing=None)
             shim = dataclasses.replace(self.card, input=inp, spatial_dims=2)

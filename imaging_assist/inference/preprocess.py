@@ -1,0 +1,182 @@
+"""Preprocessing: the card's transforms and the tensor a model sees.
+
+* A :class:`Volume` array is ``[k, j, i]`` with an LPS affine.  For 3D models it becomes a
+  MONAI ``MetaTensor`` ``(C, i, j, k)`` with the RAS affine (what ``LoadImage`` makes of a
+  NIfTI), so ``Orientationd``/``Spacingd`` from the card behave exactly as in training.
+* 2D models see a slice ``[j, i]`` as ``(C, H, W)`` (``axis_order: row_col``, the
+  PIL/torchvision convention) or ``(C, W, H)`` (``col_row``, MONAI ``LoadImage`` on a PNG).
+* :func:`card_transforms` is the card's preprocessing as a MONAI ``Compose`` (spatial steps
+  first, then intensity); :mod:`.placement` inverts its spatial steps.
+* :func:`model_input` is the one function training scripts, the image path and the slide
+  path (:class:`imaging_assist.slides.analysis.TileModel`) use, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..volume import Volume
+from .options import InputError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, as PIL's convert("L")
+
+
+def _m1_range(vol: Volume) -> tuple[float, float] | None:
+    """Value range used to invert MONOCHROME1, the same for every slice of a series."""
+    if vol.photometric.upper() != "MONOCHROME1":
+        return None
+    return vol.value_range()
+
+
+def _to_channels(a: np.ndarray, color: bool, channels: int, photometric: str, invert_m1: bool,
+                 warns: list[str], m1_range: tuple[float, float] | None = None) -> np.ndarray:
+    """[..., 3] colour or greyscale array -> channel-first (C, ...) float32."""
+    a = np.asarray(a)
+    if color:
+        if channels == 3:
+            return np.moveaxis(a.astype(np.float32), -1, 0)
+        if channels == 1:
+            warns.append("colour image converted to greyscale (BT.601 luma) for a 1-channel model")
+            return (a.astype(np.float32) @ LUMA)[None]
+        raise InputError(f"the model needs {channels} input channels; a colour image has 3")
+    g = a.astype(np.float32)
+    if photometric.upper() == "MONOCHROME1" and invert_m1:
+        lo, hi = m1_range if m1_range is not None else (float(g.min()), float(g.max()))
+        g = hi + lo - g
+        warns.append("MONOCHROME1 image inverted (bright = dense) as the model expects")
+    if channels == 1:
+        return g[None]
+    if channels == 3:
+        return np.repeat(g[None], 3, 0)
+    raise InputError(f"the model needs {channels} input channels (a multi-sequence input); "
+                     "a single greyscale series cannot be used")
+
+
+def _units_for(card, vol: Volume) -> list[int | None]:
+    """None = the whole volume (3D models); otherwise slice indices for 2D models."""
+    if card.spatial_dims == 3:
+        return [None]
+    return list(range(vol.n_slices))
+
+
+def meta_input(card, vol: Volume, unit: int | None, warns: list[str], m1=None):
+    """Card models: channel-first MetaTensor in the model's axis order (see module doc)."""
+    from monai.data import MetaTensor
+
+    ch = card.input.channels
+    if unit is None:  # 3D
+        data = _to_channels(vol.array, vol.is_color, ch, vol.photometric,
+                            card.input.invert_monochrome1, warns, m1)
+        data = np.ascontiguousarray(np.transpose(data, (0, 3, 2, 1)))  # (C, i, j, k)
+        aff = LPS_TO_RAS @ vol.affine
+    else:
+        sl = vol.array[unit]
+        data = _to_channels(sl, vol.is_color, ch, vol.photometric, card.input.invert_monochrome1,
+                            warns, m1)  # (C, H, W) = (C, j, i)
+        sx, sy = float(vol.spacing[0]), float(vol.spacing[1])
+        if card.input.axis_order == "col_row":
+            data = np.ascontiguousarray(np.transpose(data, (0, 2, 1)))
+            aff = np.diag([sx, sy, 1.0, 1.0])
+        else:
+            aff = np.diag([sy, sx, 1.0, 1.0])
+    return MetaTensor(torch.from_numpy(data), affine=torch.as_tensor(aff, dtype=torch.float64),
+                      meta={"space": "RAS", "original_channel_dim": 0,
+                            "filename_or_obj": vol.source_paths[0] if vol.source_paths else ""})
+
+
+def model_input(card, vol: Volume, unit: int = 0) -> torch.Tensor:
+    """The tensor a 2D card model sees for slice ``unit`` of ``vol``: (C, *card size).
+
+    Training scripts call this on every training image so that a shipped model is trained on
+    exactly the preprocessing ``run_model`` applies (one code path, no drift).
+    """
+    warns: list[str] = []
+    pre = card_transforms(card, False, _model_in_shape(card, vol))
+    d = pre({"image": meta_input(card, vol, unit, warns, _m1_range(vol))})
+    return d["image"].as_tensor()
+
+
+def _model_in_shape(card, vol: Volume) -> tuple[int, ...]:
+    """Spatial shape of the input in the model's axis order (before any resampling)."""
+    k, j, i = vol.array.shape[:3]
+    if card.spatial_dims == 3:
+        return (i, j, k)
+    return (i, j) if card.input.axis_order == "col_row" else (j, i)
+
+
+def _region_input(card, region: np.ndarray, unit: int | None):
+    from monai.data import MetaTensor
+
+    r = np.asarray(region, np.float32)
+    if unit is None:
+        r = np.transpose(r, (2, 1, 0))[None]
+    else:
+        r = r[unit][None]
+        if card.input.axis_order == "col_row":
+            r = np.transpose(r, (0, 2, 1))
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(r)))
+
+
+def _resize_mode(card, in_shape) -> str:
+    """MONAI's Resize anti-aliasing blurs with zero padding, which darkens the borders, so
+    shrinking uses "area" (box averaging, no border bias) and enlarging (bi/tri)linear."""
+    lin = "trilinear" if card.spatial_dims == 3 else "bilinear"
+    m = card.input.resize_mode
+    if m == "auto":
+        shrink = in_shape is not None and all(int(o) <= int(i) for o, i in zip(card.input.size, in_shape))
+        return "area" if shrink else lin
+    return lin if m == "linear" else m
+
+
+def card_transforms(card, with_region: bool, in_shape=None):
+    """Card preprocessing as a MONAI Compose (spatial first, then intensity).
+
+    ``in_shape``: spatial shape of the input in model axis order (picks the resize mode).
+    """
+    import monai.transforms as mt
+
+    keys = ["image", "region"] if with_region else ["image"]
+    ts = []
+    if card.spatial_dims == 3 and card.input.orientation:
+        ts.append(mt.Orientationd(keys=keys, axcodes=card.input.orientation, labels=None))
+    if card.input.spacing:
+        ts.append(mt.Spacingd(keys=keys, pixdim=card.input.spacing,
+                              mode=["bilinear", "nearest"][:len(keys)], dtype=np.float32))
+    if card.input.size:
+        if card.input.spacing and card.input.size:
+            in_shape = None  # after resampling the shape is not known here: use linear
+        ts.append(mt.Resized(keys=keys, spatial_size=card.input.size,
+                             mode=[_resize_mode(card, in_shape), "nearest"][:len(keys)]))
+    for s in card.input.intensity:
+        t = s["type"]
+        if t == "window":
+            c, w = float(s["center"]), float(s["width"])
+            ts.append(mt.ScaleIntensityRanged("image", a_min=c - w / 2, a_max=c + w / 2,
+                                              b_min=0.0, b_max=1.0, clip=True))
+        elif t == "scale_range":
+            ts.append(mt.ScaleIntensityRanged("image", a_min=float(s["a_min"]), a_max=float(s["a_max"]),
+                                              b_min=float(s.get("b_min", 0.0)),
+                                              b_max=float(s.get("b_max", 1.0)),
+                                              clip=bool(s.get("clip", True))))
+        elif t == "zscore":
+            ts.append(mt.NormalizeIntensityd("image", nonzero=bool(s.get("nonzero", False)),
+                                             channel_wise=bool(s.get("channel_wise", True))))
+        elif t == "minmax":
+            ts.append(mt.ScaleIntensityd("image", minv=float(s.get("min", 0.0)),
+                                         maxv=float(s.get("max", 1.0))))
+        elif t == "percentile":
+            ts.append(mt.ScaleIntensityRangePercentilesd(
+                "image", lower=float(s.get("lower", 0.5)), upper=float(s.get("upper", 99.5)),
+                b_min=float(s.get("b_min", 0.0)), b_max=float(s.get("b_max", 1.0)),
+                clip=bool(s.get("clip", True)), channel_wise=bool(s.get("channel_wise", False))))
+        elif t == "normalize":
+            ts.append(mt.NormalizeIntensityd("image", subtrahend=np.asarray(s["mean"], np.float32),
+                                             divisor=np.asarray(s["std"], np.float32),
+                                             channel_wise=True))
+    ts.append(mt.EnsureTyped(keys=keys, dtype=torch.float32))
+    return mt.Compose(ts)
+
