@@ -55,6 +55,19 @@ def write_key_image(vol, path: str) -> None:
     Image.fromarray(img).save(path)
 
 
+def series_source(vol, fallback: str) -> str:
+    """Where a loaded volume came from: its file, or the folder common to its files."""
+    paths = [p for p in (vol.source_paths or []) if p]
+    if not paths:
+        return fallback
+    if len(paths) == 1:
+        return paths[0]
+    try:
+        return os.path.commonpath(paths)
+    except ValueError:
+        return fallback
+
+
 def _one_line(e) -> str:
     s = str(e).strip()
     first = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
@@ -86,17 +99,26 @@ class _Models:
         for e in self.registry.entries():
             if e.card is None:
                 self.notes.append(f"model folder {e.folder} skipped: {_one_line(e.error or 'invalid card')}")
-            elif not e.shadowed_by:
+            elif e.shadowed_by:
+                pass
+            elif not getattr(e, "runnable_without_prompt", not getattr(e, "contains_code", False)):
+                # a bundle with code runs only after `models trust`: never on its own
+                self.notes.append(f"model {e.id} skipped: it contains code and is not trusted "
+                                  f"(`imaging-assist models show {e.id}`, then `models trust {e.id}`)")
+            else:
                 self.entries.append(e)
         self._loaded: dict[str, object] = {}
         self._failed: dict[str, str] = {}
         self._regions: dict[str, object] = {}
 
-    def matching(self, series) -> list:
-        """Entries whose card fits the series (the ``analyze`` test): segmenters first, by id."""
-        from .models.cli import _series_mismatch
+    def matching(self, series, vol=None) -> list:
+        """Entries whose card fits the series (:func:`imaging_assist.models.matching.match_card`,
+        the rules of ``analyze`` and the viewer; on the loaded volume when given): segmenters
+        first, by id."""
+        from .models.matching import SeriesFacts, match_card, series_facts
 
-        fits = [e for e in self.entries if _series_mismatch(e.card, series) is None]
+        facts = series_facts(vol, series) if vol is not None else SeriesFacts.from_series(series)
+        fits = [e for e in self.entries if match_card(e.card, facts).ok]
         return sorted(fits, key=lambda e: (e.card.task != "segmentation", e.card.id))
 
     def load(self, card):
@@ -144,7 +166,6 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     from .explain.methods import ExplainConfig
     from .inference.pipelines import RunOptions, run_model
     from .inference.results import save_label_png, write_item_files
-    from .models.cli import _common_source
 
     card = entry.card
     notes: list[str] = []
@@ -166,7 +187,7 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
             er = explainer.apply(res, vol)
             if er and er.get("error"):
                 notes.append(f"{card.id}: heat map inside the {spec.name} not measured: {er['error']}")
-    res.source = _common_source(vol, f"{demo_root()} (series {series.uid})")
+    res.source = series_source(vol, f"{demo_root()} (series {series.uid})")
     d = write_item_files(res, vol, out, stem)
     d["source"] = res.source
     if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
@@ -209,7 +230,7 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
                  "instances": s.n_instances, "key_image": str(png), "analyses": [], "notes": []}
         entry.update(vol.geometry_dict())
         if models is not None:
-            fits = models.matching(s)
+            fits = models.matching(s, vol)
             if not fits and models.entries:
                 entry["notes"].append(f"no registered model fits this series ({s.modality or '?'}"
                                       f"{' ' + s.body_part if s.body_part else ''}, "

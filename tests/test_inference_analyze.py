@@ -3,7 +3,6 @@ heat maps) and DICOM series (NIfTI on the same patient voxels), results.json sch
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 from pathlib import Path
@@ -14,8 +13,8 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from imaging_assist.cli import build_parser
 from imaging_assist.models.build import save_model_folder
-from imaging_assist.models.cli import register
 
 COMMON = {"version": "2.1", "license": "MIT", "intended_use": "tests", "not_for_clinical_use": True,
           "data": {"training": "none", "validation": "none"}}
@@ -23,9 +22,8 @@ from conftest import CT_PHANTOM as CT_DIR  # noqa: E402
 
 
 def cli(argv) -> int:
-    p = argparse.ArgumentParser()
-    register(p.add_subparsers())
-    args = p.parse_args(argv)
+    """The handler itself (UserError propagates; `main` would print it as one line)."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -132,13 +130,13 @@ def test_analyze_png_folder_with_classifier_and_errors(tmp_path, png_folder):
     assert rc == 1 and "TorchScript" in it["error"] and "\n" not in it["error"]
 
 
-@pytest.mark.skipif(not CT_DIR.is_dir(), reason="shared CT phantom not present")
 def test_analyze_dicom_ct_writes_nifti_on_the_same_voxels(tmp_path):
+    from conftest import need
     from imaging_assist.dicom import load_series, scan
 
     src = tmp_path / "ct"
     src.mkdir()
-    files = sorted(CT_DIR.glob("*.dcm"), key=lambda f: int(f.stem[1:]))[60:72]  # contiguous slices
+    files = sorted(need(CT_DIR).glob("*.dcm"), key=lambda f: int(f.stem[1:]))[60:72]  # contiguous slices
     for f in files:
         shutil.copy(f, src / f.name)
     card = dict(COMMON, id="bone3d", name="bone", task="segmentation", modality=["CT"],

@@ -32,7 +32,7 @@ KERMANY = SHARED / "cxr" / "pneumonia_kermany"
 
 
 def cli(argv) -> int:
-    from imaging_assist.models.cli import register
+    from imaging_assist.cli.analyze import register
 
     p = argparse.ArgumentParser()
     register(p.add_subparsers())

@@ -1,12 +1,14 @@
-"""``imaging-assist models ...`` and ``imaging-assist analyze ...``.
+"""``imaging-assist analyze PATH --model ID``: run a model on DICOM series, plain images or
+whole-slide images and write ``DIR/results.json``.
 
-``register(subparsers)`` is called by :mod:`imaging_assist.cli`.  Handlers return an exit
-code (0 ok, 1 when some items or models failed) and raise ``UserError`` for one-line errors.
+Which series a model runs on is decided by :func:`imaging_assist.models.matching.match_card`
+(the same rules as the demo and the viewer): first on the index (headers), then again on the
+loaded volume (3D geometry and units are only known then).  Handlers return an exit code
+(0 ok, 1 when some items failed) and raise ``UserError`` for one-line errors.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -18,24 +20,6 @@ _NOT_IMAGES = {".csv", ".txt", ".json", ".md", ".xml", ".yml", ".yaml", ".npy", 
 
 
 def register(subparsers) -> None:
-    m = subparsers.add_parser("models", help="list, add and verify AI models")
-    msub = m.add_subparsers(dest="models_command", metavar="ACTION")
-    m.set_defaults(func=lambda args: (m.print_help(), 2)[1])
-
-    s = msub.add_parser("list", help="show id, task, modality, version, source and verification")
-    s.add_argument("--json", action="store_true", help="print JSON")
-    s.add_argument("--no-verify", action="store_true", help="do not hash the weights")
-    s.set_defaults(func=cmd_models_list)
-
-    s = msub.add_parser("add", help="add a folder of models (or one model folder / MONAI bundle)")
-    s.add_argument("path", metavar="PATH")
-    s.set_defaults(func=cmd_models_add)
-
-    s = msub.add_parser("verify", help="check the sha256 of every weights file")
-    s.add_argument("ids", nargs="*", metavar="ID", help="models to check (default: all)")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_models_verify)
-
     a = subparsers.add_parser(
         "analyze", help="run a model on DICOM series or plain images and write DIR/results.json")
     a.add_argument("path", metavar="PATH", help="DICOM file/folder, image file or folder of "
@@ -62,96 +46,13 @@ def register(subparsers) -> None:
     a.set_defaults(func=cmd_analyze)
 
 
-# =========================================================================== models
-def _registry():
-    from .registry import Registry
-
-    return Registry()
-
-
-def _fmt_table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(header)] + [line(r) for r in rows])
-
-
-def cmd_models_list(args) -> int:
-    reg = _registry()
-    entries = reg.entries()
-    if not args.no_verify:
-        for e in entries:
-            if e.card is not None:
-                reg.verify_entry(e)
-    if args.json:
-        json.dump({"models": [e.to_dict() for e in entries],
-                   "sources": [{"folder": str(f), "source": s} for f, s in reg.sources()]},
-                  sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return 0
-    if not entries:
-        print("no models found; add one with `imaging-assist models add PATH` (searched: "
-              + ", ".join(str(f) for f, _ in reg.sources()) + ")")
-        return 0
-    rows = []
-    for e in entries:
-        c = e.card
-        ver = {True: "yes", False: "NO", None: "-"}[e.verified]
-        if e.error:
-            rows.append([e.id, "-", "-", "-", e.source, "invalid"])
-            continue
-        rows.append([e.id + (" (shadowed)" if e.shadowed_by else ""), f"{c.task} {c.spatial_dims}D",
-                     "/".join(c.modality) + (f" {c.body_part}" if c.body_part else ""), c.version,
-                     e.source, ver])
-    print(_fmt_table(rows, ["ID", "TASK", "MODALITY", "VERSION", "SOURCE", "VERIFIED"]))
-    for e in entries:
-        if e.error:
-            print(f"warning: {e.error}", file=sys.stderr)
-        elif e.verified is False:
-            bad = next(v for v in e.verify if not v.ok)
-            print(f"warning: {bad.message}", file=sys.stderr)
-    return 0
-
-
-def cmd_models_add(args) -> int:
-    reg = _registry()
-    entries = reg.add_folder(args.path)
-    for e in entries:
-        if e.error:
-            print(f"warning: {e.error}", file=sys.stderr)
-        else:
-            print(f"added {e.card.id} {e.card.version} ({e.card.task}, {'/'.join(e.card.modality)}) "
-                  f"from {e.folder}")
-    return 0
-
-
-def cmd_models_verify(args) -> int:
-    reg = _registry()
-    entries = [reg.get(i) for i in args.ids] if args.ids else [e for e in reg.entries() if e.card]
-    failed = 0
-    out = []
-    for e in entries:
-        reg.verify_entry(e)
-        out.append(e.to_dict())
-        if not e.verified:
-            failed += 1
-    if args.json:
-        json.dump({"models": out}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        for e in entries:
-            for v in e.verify:
-                print(f"{e.id}: {v.file}: {'ok (' + v.algorithm + ')' if v.ok else 'FAILED: ' + v.message}")
-        if not entries:
-            print("no models to verify")
-    return 1 if failed else 0
-
-
 # =========================================================================== analyze
 def _collect_inputs(path: Path, card, exclude=()):
     """([(kind, payload, stem)], notes): kind "image" (payload Path) or "series" (SeriesInfo).
 
     ``exclude``: slide files/folders analysed as slides (left out here)."""
     from ..inference.images import find_images, is_plain_image
+    from ..models.matching import SeriesFacts, match_card
 
     items: list[tuple[str, object, str]] = []
     notes: list[str] = []
@@ -188,43 +89,15 @@ def _collect_inputs(path: Path, card, exclude=()):
             if not is_plain_image(pr.path) and Path(pr.path).suffix.lower() not in _NOT_IMAGES:
                 notes.append(f"{pr.path}: {pr.reason}")
         for n, s in enumerate(index.all_series()):
-            why = _series_mismatch(card, s)
-            if why:
-                notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {why}")
+            m = match_card(card, SeriesFacts.from_series(s))
+            if not m.ok:
+                notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {m.reason}")
                 continue
             num = s.number if getattr(s, "number", None) is not None else n + 1
             # The key (not the UID) names the output: a split series has several parts per UID.
             tag = s.key.split(".")[-1][-8:].replace(":", "-part")
             items.append(("series", s, f"series_{num}_{tag}"))
     return items, notes
-
-
-def _series_mismatch(card, s) -> str | None:
-    if hasattr(s, "is_image") and not s.is_image:
-        return "no images"
-    mods = [m.upper() for m in card.modality]
-    mod = (s.modality or "").upper()
-    if mod and mod not in mods and "OT" not in mods:
-        return f"model {card.id} is for {'/'.join(mods)}"
-    bp = (getattr(s, "body_part", "") or "").upper()
-    if card.body_part and bp and card.body_part not in bp and bp not in card.body_part:
-        return f"body part {bp}, model is for {card.body_part}"
-    n = (getattr(s, "n_instances", 1) or 1) * max(1, getattr(s, "n_frames", 1) or 1)
-    if card.spatial_dims == 3 and n < 2:
-        return f"model {card.id} is 3D and the series has a single image"
-    return None
-
-
-def _common_source(vol, fallback: str) -> str:
-    paths = [p for p in (vol.source_paths or []) if p]
-    if not paths:
-        return fallback
-    if len(paths) == 1:
-        return paths[0]
-    try:
-        return os.path.commonpath(paths)
-    except ValueError:
-        return fallback
 
 
 def cmd_analyze(args) -> int:
@@ -235,10 +108,14 @@ def cmd_analyze(args) -> int:
     from ..explain.methods import ExplainConfig, canonical_method
     from ..inference.jobs import Cancelled
     from ..inference.pipelines import RunOptions, run_model
+    from ..demo import series_source
     from ..inference.results import write_item_files, write_results_json
-    from .loaders import load_model
+    from ..models.loaders import load_model
+    from ..models.matching import match_card, series_facts
 
-    entry = _registry().get(args.model)
+    from ..models.registry import Registry
+
+    entry = Registry().get(args.model)
     card = entry.card
     explain = None
     if args.explain is not None:
@@ -253,11 +130,15 @@ def cmd_analyze(args) -> int:
         spec = slide_spec(card)
         slides = find_slide_inputs(path, spec["tile_px"]) if spec else []
     items, notes = _collect_inputs(path, card, exclude=slides)
+
+    def nothing_matches(why: list[str]) -> UserError:
+        return UserError(f"nothing in {path} matches model {card.id} ({card.spatial_dims}D "
+                         f"{'/'.join(card.modality)}{' ' + card.body_part if card.body_part else ''})"
+                         + (f": {'; '.join(why[:3])}" if why else ""))
+
     if not items and not slides:
-        why = "; ".join(notes[:3])
-        raise UserError(f"nothing in {path} matches model {card.id} ({card.spatial_dims}D "
-                        f"{'/'.join(card.modality)}{' ' + card.body_part if card.body_part else ''})"
-                        + (f": {why}" if why else ""))
+        raise nothing_matches(notes)
+    _check_trust(entry)
     model = load_model(card, "cpu")
     opts = RunOptions(device=args.device, precision=args.precision, explain=explain,
                       explain_labels=args.label)
@@ -269,6 +150,7 @@ def cmd_analyze(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
+    skipped: list[str] = []  # items that the loaded volume showed not to fit the card
     failed = 0
     bar = tqdm(total=len(items), desc=f"{card.id}", unit="item", file=sys.stderr,
                disable=not sys.stderr.isatty() or not items, dynamic_ncols=True)
@@ -296,6 +178,13 @@ def cmd_analyze(args) -> int:
                     _bar.set_postfix_str(f"{msg[:40]} {int(100 * f)}%", refresh=False)
                     _bar.update(0)
 
+                # the same rules as before loading, now with 3D geometry and units known
+                m = match_card(card, series_facts(vol, payload if kind == "series" else None))
+                if not m.ok:
+                    skipped.append(f"{src} skipped: {m.reason}")
+                    bar.update(1)
+                    continue
+
                 with _w.catch_warnings(record=True) as caught:
                     _w.simplefilter("always")
                     res = run_model(model, vol, opts, progress=on_progress)
@@ -304,9 +193,11 @@ def cmd_analyze(args) -> int:
                 for c in caught:
                     if issubclass(c.category, RuntimeWarning) and "out of memory" in str(c.message):
                         print(f"warning: {c.message}", file=sys.stderr)
-                res.source = str(payload) if kind == "image" else _common_source(vol, src)
+                res.source = str(payload) if kind == "image" else series_source(vol, src)
                 d = write_item_files(res, vol, out_dir, stem)
                 d["source"] = res.source
+                if m.warnings:  # fits, but something the card asks for could not be checked
+                    d["warnings"] = list(d.get("warnings") or []) + m.warnings
                 results.append(d)
                 if bar.disable:
                     print(_summary(d), file=sys.stderr)
@@ -326,6 +217,9 @@ def cmd_analyze(args) -> int:
         failed += 1
     finally:
         bar.close()
+    notes += skipped
+    if not results and skipped:
+        raise nothing_matches(skipped)
     summary = card.summary()
     summary["sha256"] = dict(model.hashes)
     summary["intended_use"] = card.intended_use
@@ -337,6 +231,18 @@ def cmd_analyze(args) -> int:
     else:
         print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
     return 1 if failed else 0
+
+
+def _check_trust(entry) -> None:
+    """A model whose folder holds code (MONAI bundle expressions) runs only once trusted."""
+    if getattr(entry, "contains_code", False) and not getattr(entry, "trusted", False):
+        try:
+            from ..models.errors import ModelTrustError
+        except ImportError:  # older models package
+            ModelTrustError = UserError
+        raise ModelTrustError(
+            f"model {entry.id} contains code and is not trusted: nothing was run (see "
+            f"`imaging-assist models show {entry.id}`, then `imaging-assist models trust {entry.id}`)")
 
 
 def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: list,

@@ -1,0 +1,103 @@
+"""``imaging-assist info SERIES_PATH_OR_UID``: load one series (or open a slide) and print its
+geometry, values and warnings."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UserError
+from .common import print_json
+
+
+def register(sub) -> None:
+    s = sub.add_parser("info", help="load one series (or open a slide) and print its geometry, values and warnings")
+    s.add_argument("target", metavar="SERIES_PATH_OR_UID")
+    s.add_argument("--series", help="series UID or key when the path holds several")
+    s.add_argument("--root", help="where to look for a series UID (default: current folder)")
+    s.add_argument("--stack", type=int, default=1, help="stack number for series with several (default 1)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+
+
+def resolve_series(target: str, root: str | None = None, series: str | None = None):
+    """(index, SeriesInfo) for a path (file or folder) or a series UID / key under root."""
+    from ..dicom import scan
+
+    if os.path.exists(target):
+        index = scan(target)
+        chosen = None
+        if series:
+            chosen = index.find_series(series)
+            if chosen is None:
+                raise UserError(f"no series {series!r} in {target}")
+        elif os.path.isfile(target):
+            chosen = index.find_series(target)
+        if chosen is None:
+            images = index.image_series()
+            if len(images) == 1:
+                chosen = images[0]
+            elif not images:
+                why = f" ({index.problems[0].reason})" if index.problems else ""
+                raise UserError(f"no readable image series in {target}{why}")
+            else:
+                keys = ", ".join(f"{s.key} ({s.modality} {s.description})".strip() for s in images[:6])
+                raise UserError(f"{target} holds {len(images)} image series; choose one with --series: {keys}")
+        return index, chosen
+    if not all(c.isdigit() or c in ".:" for c in target):
+        raise UserError(f"{target}: no such file or folder")
+    index = scan(root or ".")
+    chosen = index.find_series(target)
+    if chosen is None:
+        raise UserError(f"{target!r} is neither a path nor a series UID found under {root or '.'}")
+    return index, chosen
+
+
+def cmd_info(args) -> int:
+    from ..dicom import load_series, plan_series
+    from ..slides.cli import format_info, info_dict, is_slide_path
+
+    if os.path.exists(args.target) and not args.series and is_slide_path(args.target):
+        if args.json:
+            print_json(info_dict(args.target))
+        else:
+            print(format_info(args.target))
+        return 0
+
+    index, series = resolve_series(args.target, args.root, args.series)
+    n_stacks = len(plan_series(series))
+    vol = load_series(series, stack=args.stack - 1)
+    geo = vol.geometry_dict()
+    geo.update({"series_uid": series.uid, "key": series.key, "description": series.description,
+                "stack": args.stack, "stacks": n_stacks, "instances": series.n_instances,
+                "orientation": vol.orientation_labels() if vol.has_geometry else None})
+    if args.json:
+        print_json(geo)
+        return 0
+    print(f"Series      {series.description or '(no description)'}  [{vol.modality}]  uid={series.uid}")
+    if n_stacks > 1:
+        print(f"Stack       {args.stack} of {n_stacks}")
+    print(f"Shape       {' x '.join(map(str, vol.shape))}  (slices x rows x columns{' x RGB' if vol.is_color else ''})")
+    print(f"Spacing     {', '.join(f'{s:.4g}' for s in vol.spacing)} mm  (column, row, slice)")
+    print(f"Origin      {', '.join(f'{s:.4f}' for s in vol.origin)} mm  (LPS)")
+    d = geo["direction"]
+    print(f"Direction   i=({', '.join(f'{r[0]:.4f}' for r in d)})  j=({', '.join(f'{r[1]:.4f}' for r in d)})  "
+          f"k=({', '.join(f'{r[2]:.4f}' for r in d)})")
+    print(f"Dtype       {vol.array.dtype}")
+    lo, hi = geo["value_range"]
+    print(f"Values      {lo:g} .. {hi:g} {vol.units}".rstrip())
+    print(f"Photometric {vol.photometric}{'  (displayed inverted)' if vol.photometric == 'MONOCHROME1' else ''}")
+    if vol.is_cine:
+        print(f"Cine        {vol.n_slices} frames, frame time {vol.frame_time_ms or '?'} ms")
+    if vol.has_geometry:
+        o = vol.orientation_labels()
+        print(f"Orientation left={o['left']} right={o['right']} top={o['top']} bottom={o['bottom']}")
+    else:
+        print("Geometry    none (no patient position): 2D image(s)")
+    for p in vol.window_presets:
+        if p.source == "voilut":
+            print(f"Window      {p.name}  (VOI LUT from the file)")
+        else:
+            print(f"Window      {p.name:<14} C={p.center:g} W={p.width:g}  ({p.source})")
+    for w in vol.warnings:
+        print(f"warning: {w}")
+    return 0

@@ -1,0 +1,75 @@
+"""The ``imaging-assist`` command line: the parser and the one place errors become one line.
+
+One module per command (``scan``, ``info``, ``view``, ``demo``, ``models``, ``analyze``), each
+with ``register(subparsers)`` and its handler.  The command modules import the engine only
+inside their handlers, so building the parser stays fast (no torch).  Every user-facing
+failure is one line (``error: ...``, exit code 2); tracebacks only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+
+from .. import __version__
+from ..errors import UserError
+from . import analyze, demo, info, models, scan, view
+
+COMMANDS = (scan, info, view, demo, models, analyze)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand (``argv`` is accepted for compatibility; unused)."""
+    p = argparse.ArgumentParser(
+        prog="imaging-assist",
+        description="Imaging Assist: DICOM viewer and local AI analysis. NOT FOR CLINICAL USE.")
+    p.add_argument("--version", action="version", version=f"imaging-assist {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for command in COMMANDS:
+        command.register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None, run_gui=None) -> int:
+    """Run the CLI.  ``run_gui(path, screenshot=, series=, layout=) -> int`` opens the viewer;
+    the GUI launcher passes it, the engine alone has none."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    args.run_gui = run_gui
+    if not args.debug:
+        # Our own checks report what matters; pydicom's parse warnings would only repeat them.
+        warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    if args.command is None:
+        args.path = None
+        func = view.cmd_view
+    else:
+        func = args.func
+    try:
+        return int(func(args) or 0)
+    except UserError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as e:  # noqa: BLE001 - the user sees one line, never a traceback
+        if args.debug:
+            raise
+        print(f"error: internal error ({type(e).__name__}: {one_line(e)}); run with --debug for details",
+              file=sys.stderr)
+        return 1
+
+
+def one_line(e) -> str:
+    """An error message on one line (its lines joined): the user never sees a multi-line error."""
+    s = str(e).strip()
+    return " ".join(ln.strip() for ln in s.splitlines() if ln.strip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""``imaging-assist scan PATH... [--json]``: index DICOM files and whole-slide images."""
+
+from __future__ import annotations
+
+import os
+
+from .common import print_json
+
+
+def register(sub) -> None:
+    s = sub.add_parser("scan", help="index DICOM files (folder, zip, DICOMDIR, files) by patient/study/series")
+    s.add_argument("paths", nargs="+", metavar="PATH")
+    s.add_argument("--json", action="store_true", help="print the whole index as JSON")
+    s.set_defaults(func=cmd_scan)
+
+
+def cmd_scan(args) -> int:
+    from ..dicom import scan
+    from ..progress import progress_bar
+
+    from ..slides.cli import scan_slides
+
+    with progress_bar("Reading headers", unit="file", enabled=not args.json) as bar:
+        index = scan(args.paths, progress=bar)
+    slides, slide_problems = scan_slides(args.paths)
+    # A slide file is not "unreadable DICOM": list it once, as a slide (or a slide problem).
+    slide_paths = {os.path.realpath(x.path) for x in slides} | {os.path.realpath(p) for p, _ in slide_problems}
+    index.problems = [p for p in index.problems if os.path.realpath(p.path) not in slide_paths]
+    from ..dicom.index import Problem
+    index.problems += [Problem(p, r) for p, r in slide_problems]
+    index.problems.sort(key=lambda p: p.path)
+    # DICOM WSI instances are shown as slides, not as image series.
+    if slides:
+        wsi = {os.path.realpath(x.path) for x in slides}
+        for pat in index.patients:
+            for st in pat.studies:
+                st.series = [se for se in st.series if not any(
+                    os.path.realpath(r.path) in wsi or os.path.realpath(os.path.dirname(r.path)) in wsi
+                    for r in se.instances)]
+    if args.json:
+        out = index.to_dict()
+        out["slides"] = [x.to_dict() for x in slides]
+        print_json(out)
+        return 0
+    print(f"{index.n_files} files, {len(index.all_series())} series, {len(slides)} slides, "
+          f"{len(index.problems)} problems")
+    for p in index.patients:
+        print(f"Patient {p.name or '(no name)'}  id={p.id or '-'}  sex={p.sex or '-'}  born={p.birth_date or '-'}")
+        for st in p.studies:
+            print(f"  Study {st.date or '-'} {st.description or '(no description)'}  uid={st.uid}")
+            for s in st.series:
+                size = f"{s.rows}x{s.cols}" if s.is_image else "no images"
+                print(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
+                      f"{s.description or '(no description)':<34} {s.n_instances:>5} inst "
+                      f"{s.n_frames:>5} frames  {size:<9} body={s.body_part or '-'}  key={s.key}")
+                for w in s.warnings:
+                    print(f"      warning: {w}")
+    if slides:
+        print("Slides:")
+        for x in slides:
+            print(f"  {x.path}: {x.one_line()}")
+    if index.problems:
+        print("Problems:")
+        for pr in index.problems:
+            print(f"  {pr.path}: {pr.reason}")
+    return 0

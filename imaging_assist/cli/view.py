@@ -1,0 +1,25 @@
+"""``imaging-assist view PATH``: the desktop viewer, through the runner the GUI launcher hands in."""
+
+from __future__ import annotations
+
+from ..errors import UserError
+
+
+def register(sub) -> None:
+    s = sub.add_parser("view", help="open the desktop viewer on PATH")
+    s.add_argument("path", nargs="?")
+    s.add_argument("--screenshot", metavar="OUT.png", help="save a screenshot of the window and exit")
+    s.add_argument("--series", help="series UID or key to show first")
+    s.add_argument("--layout", choices=["single", "mpr"], help="view layout")
+    s.set_defaults(func=cmd_view)
+
+
+def cmd_view(args) -> int:
+    # The engine never imports the GUI: the `imaging-assist` launcher (imaging_assist_ui.launcher)
+    # hands its runner in.  `python -m imaging_assist` alone is the headless CLI.
+    run_gui = getattr(args, "run_gui", None)
+    if run_gui is None:
+        raise UserError("the desktop viewer is not available here: use the `imaging-assist` command "
+                        "(or `python -m imaging_assist_ui`)")
+    return run_gui(getattr(args, "path", None), screenshot=getattr(args, "screenshot", None),
+                   series=getattr(args, "series", None), layout=getattr(args, "layout", None))
