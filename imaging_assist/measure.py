@@ -141,13 +141,33 @@ class Measurement:
     def complete(self) -> bool:
         return len(self.points) >= N_POINTS[self.kind]
 
+    def compute_on(self, vol, image: np.ndarray | None = None,
+                   spacing: Sequence[float] | None = None) -> dict:
+        """:meth:`compute` with the units, spacing and spacing source of a Volume.
+
+        ``image``/``spacing`` default to the native slice ``self.index`` and
+        ``vol.spacing[:2]``; pass them for a reformatted plane.  Without a known spacing
+        (``vol.spacing_known`` False) every length and area is in pixels."""
+        known = bool(getattr(vol, "spacing_known", True))
+        if image is None and self.kind in ("ellipse", "rectangle"):
+            image = vol.array[self.index]
+        sp = (spacing if spacing is not None else vol.spacing[:2]) if known else (1.0, 1.0)
+        return self.compute(image, sp, getattr(vol, "units", ""), "mm" if known else "px",
+                            spacing_source=getattr(vol, "spacing_source", "none") if known else "none")
+
     def compute(self, image: np.ndarray | None, spacing: Sequence[float], units: str = "",
-                length_unit: str = "mm") -> dict:
+                length_unit: str = "mm", spacing_source: str | None = None) -> dict:
         """Fill and return ``result`` (numbers plus a ``text`` list of display lines).
 
         ``units`` are the image's value units ("HU"); ``length_unit`` is "mm", or "px"
         when the file gives no pixel spacing (pass spacing (1, 1) then).
+        ``spacing_source`` is the volume's :attr:`~imaging_assist.volume.Volume.spacing_source`
+        ("none" forces pixels); it is kept in the result and named in :meth:`summary`.
         """
+        if spacing_source == "none":
+            length_unit, spacing = "px", (1.0, 1.0)
+        elif spacing_source is None and length_unit == "px":
+            spacing_source = "none"
         p = self.points
         res: dict = {"kind": self.kind}
         if self.kind == "ruler" and len(p) >= 2:
@@ -167,20 +187,30 @@ class Measurement:
             res["text"] = []
         res["units"] = units
         res["length_unit"] = length_unit
+        if spacing_source is not None:
+            res["spacing_source"] = spacing_source
         self.result = res
         return res
 
+    def _source_note(self) -> str:
+        src = self.result.get("spacing_source")
+        if src is None:
+            return ""
+        return " (no spacing)" if src == "none" else f" ({src})"
+
     def summary(self) -> str:
-        """One line for a list: the main numbers only."""
+        """One line for a list: the main numbers, and where the pixel size came from
+        (e.g. "42.1 mm (ImagerPixelSpacing/ERMF)", "310.0 px (no spacing)")."""
         r = self.result
         if self.kind == "ruler" and "length" in r:
-            return r["text"][0]
+            return r["text"][0] + self._source_note()
         if self.kind == "angle" and "angle" in r:
             return r["text"][0]
         if "mean" in r:
             u = r.get("units", "")
             au = "mm²" if r.get("length_unit", "mm") == "mm" else "px²"
-            return f"{_fmt(r['mean'], '')} ± {_fmt(r['sd'], '')} {u}, {r['area_mm2']:.0f} {au}".replace("  ", " ")
+            return (f"{_fmt(r['mean'], '')} ± {_fmt(r['sd'], '')} {u}, {r['area_mm2']:.0f} {au}".replace("  ", " ")
+                    + self._source_note())
         return ""
 
     def to_dict(self) -> dict:

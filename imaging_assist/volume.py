@@ -36,6 +36,17 @@ class WindowPreset:
                 "source": self.source, "function": self.function}
 
 
+# Where ``Volume.spacing[:2]`` comes from (PS3.3 10.7.1.3 for projection radiography):
+SPACING_SOURCES = (
+    "PixelSpacing",             # Pixel Spacing (0028,0030) of a cross-sectional image, or of a
+                                # projection image that gives no Imager Pixel Spacing
+    "ImagerPixelSpacing/ERMF",  # Imager Pixel Spacing / Estimated Radiographic Magnification Factor
+    "ImagerPixelSpacing",       # at the detector, uncorrected: lengths ~10-15 % long on chest films
+    "calibrated",               # PixelSpacingCalibrationType / calibrated Pixel Spacing, US regions
+    "none",                     # unknown: lengths and areas are in pixels
+)
+
+
 @dataclass
 class Volume:
     array: np.ndarray
@@ -62,7 +73,20 @@ class Volume:
     frames: list[int] = field(default_factory=list, repr=False)  # frame of each slice in its file
     # Progressive loading: which slices hold real data yet.
     loaded: np.ndarray | None = None
+    # One of SPACING_SOURCES; "" picks "PixelSpacing" for a volume with geometry, else "none".
+    spacing_source: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        if not self.spacing_source:
+            self.spacing_source = "PixelSpacing" if self.has_geometry else "none"
+        if self.spacing_source not in SPACING_SOURCES:
+            raise ValueError(f"spacing_source is one of {SPACING_SOURCES}, not {self.spacing_source!r}")
+
+    @property
+    def spacing_known(self) -> bool:
+        """True when ``spacing[:2]`` is a physical pixel size (mm); else lengths are in pixels."""
+        return self.spacing_source != "none"
 
     # ------------------------------------------------------------------ geometry
     @property
@@ -124,6 +148,8 @@ class Volume:
             "units": self.units,
             "modality": self.modality,
             "photometric": self.photometric,
+            "spacing_source": self.spacing_source,
+            "spacing_known": self.spacing_known,
             "has_geometry": self.has_geometry,
             "is_cine": self.is_cine,
             "frame_time_ms": self.frame_time_ms,

@@ -35,9 +35,15 @@ from ..errors import UserError
 from ..volume import Volume
 from .. import display
 from .header import EXPLICIT_LE, IMPLICIT_LE, InstanceRecord, read_dataset
-from .index import SeriesInfo, check_record
+from .index import MAX_SERIES_BYTES, SeriesInfo, check_record
 
 POSITION_TOL_MM = 0.01  # positions closer than this are "the same position"
+PIXEL_SPACING_RANGE_MM = (1e-4, 100.0)  # a pixel size outside this is not believed
+MAX_POSITION_MM = 1e6  # |ImagePositionPatient| beyond a kilometre is not a patient position
+IOP_QUIET_TOL = 1e-3  # rounding in files: re-orthonormalised without a word
+IOP_MAX_TOL = 1e-2  # beyond this the orientation is not two orthogonal unit vectors
+MAX_ERMF = 5.0  # EstimatedRadiographicMagnificationFactor is >= 1 and a few at most
+PROJECTION_MODALITIES = {"CR", "DX", "MG", "IO", "RF", "XA", "PX", "RG", "DF"}
 UNEVEN_REL_TOL = 0.01  # gaps differing by more than 1 % (and > 0.01 mm) are uneven
 TILT_TOL_DEG = 0.1
 
@@ -129,6 +135,7 @@ class StackPlan:
     is_cine: bool = False
     frame_time_ms: float | None = None
     warnings: list[str] = field(default_factory=list)
+    spacing_source: str = "none"  # see imaging_assist.volume.SPACING_SOURCES
     label: str = ""
     datasets: dict = field(default_factory=dict)  # rec index -> pydicom header, when read
 
@@ -148,6 +155,87 @@ def _vec(v, n):
         except (TypeError, ValueError):
             return None
     return None
+
+
+def _pair(v) -> tuple[float, float] | None:
+    if v is None:
+        return None
+    vals = _vec(list(v) if not isinstance(v, (str, bytes, float, int)) else [v], 2)
+    return (float(vals[0]), float(vals[1])) if vals is not None else (float("nan"), float("nan"))
+
+
+def _spacing_ok(ps) -> bool:
+    lo, hi = PIXEL_SPACING_RANGE_MM
+    return ps is not None and all(np.isfinite(v) and lo <= v <= hi for v in ps)
+
+
+def _fmt_vals(v) -> str:
+    return "\\".join(f"{float(x):g}" for x in v)
+
+
+def _pos_float(v, hi: float = 1e4) -> float | None:
+    """A finite, positive value (slice gaps, thickness), or None."""
+    x = _f(v)
+    return x if x is not None and np.isfinite(x) and 0 < x <= hi else None
+
+
+def _check_iop(iop: np.ndarray) -> tuple[np.ndarray | None, str | None, bool]:
+    """(orthonormal iop or None, reason it was refused, whether it had to be corrected visibly)."""
+    vals = _fmt_vals(iop)
+    if not np.all(np.isfinite(iop)):
+        return None, f"ImageOrientationPatient ({vals}) has non-finite values", False
+    r, c = iop[:3], iop[3:]
+    nr, nc = float(np.linalg.norm(r)), float(np.linalg.norm(c))
+    if nr < 1e-6 or nc < 1e-6:
+        return None, f"ImageOrientationPatient ({vals}) is degenerate (a zero vector)", False
+    err = max(abs(nr - 1), abs(nc - 1), abs(float(r @ c)))
+    if err > IOP_MAX_TOL:
+        return None, (f"ImageOrientationPatient ({vals}) is not two orthogonal unit vectors "
+                      f"(off by {err:.3g})"), False
+    # Gram-Schmidt: files store the cosines rounded to a few digits.
+    r = r / nr
+    c = c - (c @ r) * r
+    c = c / np.linalg.norm(c)
+    return np.concatenate([r, c]), None, err > IOP_QUIET_TOL
+
+
+def _validate_slots(keyed, recs) -> list[str]:
+    """Refuse values that would load silently wrong; drop broken geometry with a warning.
+
+    Non-finite or zero rescale -> LoadError (the values would be meaningless);
+    non-finite / absurd ImagePositionPatient or unusable ImageOrientationPatient -> that
+    slot loses its geometry (the stack is then shown without 3D geometry)."""
+    warns: list[str] = []
+    for s, _ in keyed:
+        rec = recs[s.rec]
+        for attr, v in (("RescaleSlope", s.slope), ("RescaleIntercept", s.intercept)):
+            if v is None or not np.isfinite(v):
+                raise LoadError(f"{rec.display_path}: {attr} {v} is not a finite number: "
+                                "pixel values cannot be computed")
+        if s.slope == 0:
+            raise LoadError(f"{rec.display_path}: RescaleSlope is 0: every pixel would have the same value")
+        lo, hi = _stored_range(rec) if rec.samples == 1 else (0, 255)
+        big = max(abs(lo), abs(hi)) * abs(s.slope) + abs(s.intercept)
+        if big > 3e38:
+            raise LoadError(f"{rec.display_path}: RescaleSlope {s.slope:g} / RescaleIntercept {s.intercept:g} "
+                            "give values beyond the float32 range")
+        if s.ipp is not None and not (np.all(np.isfinite(s.ipp)) and np.abs(s.ipp).max() <= MAX_POSITION_MM):
+            warns.append(f"ImagePositionPatient ({_fmt_vals(s.ipp)}) of {rec.display_path} is not a usable "
+                         "position: images are shown without 3D geometry")
+            s.ipp = None
+        if s.iop is not None:
+            fixed, reason, loud = _check_iop(s.iop)
+            if reason:
+                warns.append(f"{reason} in {rec.display_path}: images are shown without 3D geometry "
+                             "(no MPR, no orientation labels)")
+            elif loud:
+                warns.append(f"ImageOrientationPatient ({_fmt_vals(s.iop)}) of {rec.display_path} was not "
+                             "orthonormal; corrected")
+            s.iop = fixed
+    out = list(dict.fromkeys(warns))
+    if len(out) > 3:
+        out = out[:3] + [f"... and {len(out) - 3} more geometry warnings"]
+    return out
 
 
 def _as_list(v):
@@ -202,11 +290,11 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
                 div = list(div) if not isinstance(div, int) else [div]
                 dims = tuple(v for d, v in enumerate(div) if d not in drop)
         slot = Slot(rec=ri, frame=i,
-                    ipp=np.asarray([float(x) for x in ipp], float) if ipp is not None else None,
-                    iop=np.asarray([float(x) for x in iop], float) if iop is not None else None,
-                    pixel_spacing=(float(ps[0]), float(ps[1])) if ps is not None else None,
-                    slope=float(slope) if slope is not None else 1.0,
-                    intercept=float(icpt) if icpt is not None else 0.0,
+                    ipp=_vec(list(ipp), 3) if ipp is not None else None,
+                    iop=_vec(list(iop), 6) if iop is not None else None,
+                    pixel_spacing=_pair(ps),
+                    slope=_f(slope, 1.0) if slope is not None else 1.0,
+                    intercept=_f(icpt, 0.0) if icpt is not None else 0.0,
                     window=(_as_list(wc), _as_list(ww), _as_list(we)) if wc is not None else None)
         out.append((slot, dims))
     return out
@@ -221,6 +309,8 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
         reason = check_record(r)
         if reason:
             raise LoadError(f"{r.display_path}: {reason}")
+        if not r.encapsulated and r.pixel_length is not None and r.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE):
+            _check_native_length(r, r.pixel_length)
     datasets = {}
     keyed: list[tuple[Slot, tuple]] = []
     for ri, r in enumerate(recs):
@@ -246,6 +336,8 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
                                slope=_f(r.get("RescaleSlope"), 1.0),
                                intercept=_f(r.get("RescaleIntercept"), 0.0), window=window), ()))
 
+    geo_warnings = _validate_slots(keyed, recs)
+
     # Group into stacks: frames of an enhanced object by their non-position dimensions.
     by_key: dict[tuple, list[Slot]] = defaultdict(list)
     for s, k in keyed:
@@ -256,7 +348,7 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
             by_key = {(): merged}
     plans = []
     for n, (k, slots) in enumerate(sorted(by_key.items())):
-        plan = _plan_stack(series, recs, slots, datasets)
+        plan = _plan_stack(series, recs, slots, datasets, geo_warnings)
         if len(by_key) > 1:
             plan.label = f"stack {n + 1} of {len(by_key)}"
             plan.warnings.insert(0, f"series holds {len(by_key)} stacks (repeated positions: "
@@ -278,25 +370,18 @@ def _normal(iop: np.ndarray) -> np.ndarray:
     return n / (np.linalg.norm(n) or 1.0)
 
 
-def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets) -> StackPlan:
+def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
+                geo_warnings: list[str] = ()) -> StackPlan:
     r0 = recs[slots[0].rec]
     photometric = str(r0.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     plan = StackPlan(records=recs, slots=list(slots), rows=r0.rows, cols=r0.columns,
                      samples=r0.samples, photometric=photometric, datasets=datasets)
+    plan.warnings.extend(geo_warnings)
     modality = series.modality.upper()
     geometric = all(s.ipp is not None and s.iop is not None for s in slots)
     multi_frame_no_pos = r0.frames > 1 and not geometric
 
-    ps = slots[0].pixel_spacing
-    if ps is None:
-        ips = _vec(r0.get("ImagerPixelSpacing"), 2)
-        if ips is not None:
-            ps = (float(ips[0]), float(ips[1]))
-            plan.warnings.append("pixel spacing is ImagerPixelSpacing (at the detector, not corrected "
-                                 "for geometric magnification): distances are approximate")
-        else:
-            plan.warnings.append("no pixel spacing in the file: distances and areas are in pixels")
-    row_sp, col_sp = (ps if ps else (1.0, 1.0))  # PixelSpacing = (row spacing, column spacing)
+    row_sp, col_sp = _plan_spacing(plan, modality, r0, slots[0])
 
     if geometric and not multi_frame_no_pos:
         iop = slots[0].iop
@@ -304,6 +389,9 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets) -> StackP
             plan.warnings.append("image orientation differs between slices: shown in file order, "
                                  "no 3D geometry")
             geometric = False
+    if geometric and len(slots) > 1 and plan.spacing_source == "none":
+        plan.warnings.append("without a pixel size the slices have no 3D geometry (no MPR)")
+        geometric = False
     if geometric and len(slots) >= 1 and not multi_frame_no_pos:
         _plan_geometry(plan, col_sp, row_sp, r0)
     else:
@@ -311,11 +399,11 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets) -> StackP
         plan.has_geometry = False
         if r0.frames > 1 and len(recs) == 1:
             plan.is_cine = True
-            ft = _f(r0.get("FrameTime"))
+            ft = _pos_float(r0.get("FrameTime"), 1e6)
             plan.frame_time_ms = ft
             if ft is None:
-                plan.warnings.append("multi-frame image without FrameTime: cine speed unknown")
-        elif len(slots) > 1:
+                plan.warnings.append("multi-frame image without a usable FrameTime: cine speed unknown")
+        elif len(slots) > 1 and not geo_warnings:
             plan.warnings.append("no patient-position information (ImagePositionPatient): images are "
                                  "shown in InstanceNumber order and have no 3D geometry")
         if slots[0].iop is not None:
@@ -325,6 +413,84 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets) -> StackP
             plan.origin = tuple(float(x) for x in slots[0].ipp)
     _plan_dtype(plan, modality)
     return plan
+
+
+def _header(plan: StackPlan, ri: int):
+    """The pydicom header (no pixels) of record ri, read once; None when unreadable."""
+    if ri not in plan.datasets:
+        try:
+            plan.datasets[ri] = read_dataset(plan.records[ri], stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - the pixel read reports an unreadable file
+            plan.datasets[ri] = None
+    return plan.datasets[ri]
+
+
+def _plan_spacing(plan: StackPlan, modality: str, r0: InstanceRecord, slot0: Slot) -> tuple[float, float]:
+    """(row spacing, column spacing) in mm and ``plan.spacing_source``; (1, 1) when unknown.
+
+    PS3.3 10.7.1.3: on projection radiographs Imager Pixel Spacing is at the detector;
+    divided by the Estimated Radiographic Magnification Factor it is at the patient.  A
+    Pixel Spacing that differs from Imager Pixel Spacing (or comes with Pixel Spacing
+    Calibration Type) has been calibrated.  Ultrasound: the physical deltas of the
+    Sequence of Ultrasound Regions."""
+    w = plan.warnings
+    ps = slot0.pixel_spacing
+    if ps is not None and not _spacing_ok(ps):
+        w.append(f"PixelSpacing ({_fmt_vals(ps)}) is not a usable pixel size (must be "
+                 f"{PIXEL_SPACING_RANGE_MM[0]:g}-{PIXEL_SPACING_RANGE_MM[1]:g} mm): ignored")
+        ps = None
+    ips = _vec(r0.get("ImagerPixelSpacing"), 2)
+    if ips is not None and not _spacing_ok(ips):
+        w.append(f"ImagerPixelSpacing ({_fmt_vals(ips)}) is not a usable pixel size: ignored")
+        ips = None
+    had = ps is not None or ips is not None
+
+    def done(source, sp):
+        plan.spacing_source = source
+        return float(sp[0]), float(sp[1])
+
+    if modality == "US":
+        ds = _header(plan, slot0.rec)
+        regions = list(ds.get("SequenceOfUltrasoundRegions") or []) if ds is not None else []
+        deltas = set()
+        for reg in regions:
+            try:
+                if int(reg.get("PhysicalUnitsXDirection", 0)) == 3 and int(reg.get("PhysicalUnitsYDirection", 0)) == 3:
+                    deltas.add((round(float(reg.PhysicalDeltaY) * 10, 9), round(float(reg.PhysicalDeltaX) * 10, 9)))
+            except (TypeError, ValueError, AttributeError):
+                continue
+        if len(deltas) == 1 and _spacing_ok(next(iter(deltas))):
+            return done("calibrated", next(iter(deltas)))
+        if len(deltas) > 1:
+            w.append("the ultrasound regions (SequenceOfUltrasoundRegions) have different pixel sizes: "
+                     "distances and areas are in pixels")
+            return done("none", (1.0, 1.0))
+        if regions and not deltas:
+            w.append("SequenceOfUltrasoundRegions gives no pixel size in cm: distances and areas are in pixels")
+            return done("none", (1.0, 1.0))
+    elif modality in PROJECTION_MODALITIES or (ps is None and ips is not None):
+        ds = _header(plan, slot0.rec) if (ips is not None or ps is not None) else None
+        cal = str(ds.get("PixelSpacingCalibrationType", "") or "").strip() if ds is not None else ""
+        if ps is not None and (cal or (ips is not None and not np.allclose(ps, ips, rtol=1e-4))):
+            return done("calibrated", ps)
+        if ips is not None:
+            ermf = _f(ds.get("EstimatedRadiographicMagnificationFactor")) if ds is not None else None
+            if ermf is not None and np.isfinite(ermf) and 1.0 <= ermf <= MAX_ERMF:
+                return done("ImagerPixelSpacing/ERMF", (ips[0] / ermf, ips[1] / ermf))
+            if ermf is not None:
+                w.append(f"EstimatedRadiographicMagnificationFactor {ermf:g} is not plausible "
+                         f"(1-{MAX_ERMF:g}): ignored")
+            w.append("pixel spacing is ImagerPixelSpacing, at the detector (no usable "
+                     "EstimatedRadiographicMagnificationFactor): lengths are at the detector plane, "
+                     "about 10-15 % too long for chest films")
+            return done("ImagerPixelSpacing", ips)
+    if ps is not None:
+        return done("PixelSpacing", ps)
+    if not had:
+        w.append("no pixel spacing in the file: distances and areas are in pixels")
+    else:
+        w.append("no usable pixel spacing (PixelSpacing): distances and areas are in pixels")
+    return done("none", (1.0, 1.0))
 
 
 def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRecord) -> None:
@@ -358,7 +524,7 @@ def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRe
         cosang = float(np.clip(abs(step @ n) / (z_sp or 1.0), -1, 1))
         tilt = float(np.degrees(np.arccos(cosang))) if z_sp > POSITION_TOL_MM else 0.0
         if z_sp <= POSITION_TOL_MM:
-            z_sp = _f(r0.get("SpacingBetweenSlices")) or _f(r0.get("SliceThickness")) or 1.0
+            z_sp = _pos_float(r0.get("SpacingBetweenSlices")) or _pos_float(r0.get("SliceThickness")) or 1.0
         if tilt > TILT_TOL_DEG:
             gt = r0.get("GantryDetectorTilt")
             plan.warnings.append(
@@ -367,12 +533,12 @@ def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRe
                 + "; the affine keeps the true slice positions, slice views are exact, "
                   "reformatted (MPR) views are shown in the sheared voxel grid")
             slice_dir = step / z_sp
-        thickness = _f(r0.get("SliceThickness"))
+        thickness = _pos_float(r0.get("SliceThickness"))
         if thickness and thickness < 0.95 * abs(med):
             plan.warnings.append(f"slices are {thickness:g} mm thick but {abs(med):.2f} mm apart: "
                                  "there are gaps between slices")
     else:
-        z_sp = _f(r0.get("SpacingBetweenSlices")) or _f(r0.get("SliceThickness")) or 1.0
+        z_sp = _pos_float(r0.get("SpacingBetweenSlices")) or _pos_float(r0.get("SliceThickness")) or 1.0
     plan.spacing = (float(col_sp), float(row_sp), float(z_sp))
     plan.direction = np.column_stack([iop[:3], iop[3:], slice_dir])
 
@@ -610,6 +776,10 @@ class SeriesLoader:
         n = len(p.slots)
         colour = p.photometric in ("RGB", "PALETTE COLOR") or p.photometric.startswith("YBR") or p.samples == 3
         shape = (n, p.rows, p.cols, 3) if colour else (n, p.rows, p.cols)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * p.dtype.itemsize
+        if nbytes > MAX_SERIES_BYTES:  # the index bounds each file; this bounds the whole stack
+            raise LoadError(f"series {self.series.uid}: {n} slices of {p.rows}x{p.cols} would need "
+                            f"{nbytes / 1024**3:.1f} GiB (limit {MAX_SERIES_BYTES / 1024**3:.0f} GiB)")
         # np.zeros maps fresh pages lazily: unloaded slices cost nothing and show black.
         arr = np.zeros(shape, dtype=p.dtype)
         r0 = p.records[p.slots[0].rec]
@@ -622,6 +792,7 @@ class SeriesLoader:
                      has_geometry=p.has_geometry, is_cine=p.is_cine, frame_time_ms=p.frame_time_ms,
                      slice_positions=p.positions, warnings=list(self.series.warnings) + list(p.warnings),
                      series_uid=self.series.uid, description=self.series.description,
+                     spacing_source=p.spacing_source,
                      headers=[p.records[s.rec] for s in p.slots],
                      source_paths=sorted({r.display_path for r in p.records}))
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
