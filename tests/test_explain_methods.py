@@ -196,3 +196,53 @@ def test_gradcam_heat_map_lands_on_the_object_through_the_pipeline(classifier, t
     inside = h[24:33, 15:30].mean()
     assert inside > 3 * h[:, 45:].mean()  # far right half: no object
     assert hm.faithfulness["faithfulness"] > 0
+
+
+def test_explanation_region_areas_carry_their_spacing_source(tmp_path):
+    """The structures' areas in ``explanation_region`` say which pixel spacing they rest on."""
+    import torch.nn as nn
+
+    from imaging_assist.explain.regions import RegionExplainer
+    from imaging_assist.inference.results import ClassificationResult, HeatMap
+    from imaging_assist.models.build import save_model_folder
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.volume import Volume
+
+    conv = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([-20.0, 20.0]).reshape(2, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([10.0, -10.0]))
+    card = {"id": "bright-seg", "name": "b", "version": "1", "task": "segmentation", "modality": ["CR"],
+            "spatial_dims": 2, "labels": ["background", "bright"], "input": {"channels": 1},
+            "inference": {"roi_multiple": 8}, "license": "MIT", "intended_use": "tests",
+            "not_for_clinical_use": True, "data": {"training": "none", "validation": "none"}}
+    save_model_folder(tmp_path / "seg", card, conv.eval(), fmt="torchscript",
+                      example_input=torch.zeros(1, 1, 8, 8))
+    seg = load_model(load_card(tmp_path / "seg"))
+
+    class Entry:
+        card, shadowed_by = seg.card, None
+
+    class Reg:
+        def entries(self):
+            return [Entry()]
+
+    class Cls:
+        explanation_region = type("S", (), {"model": "bright-seg", "labels": ["bright"], "name": "bright"})()
+
+    arr = np.zeros((1, 16, 16), np.float32)
+    arr[0, 4:12, 4:8] = 1.0
+    heat = np.zeros_like(arr)
+    heat[0, 5:7, 5:7] = 1.0
+    for source, unit, area in (("ImagerPixelSpacing/ERMF", "mm2", 32 * 0.5 * 0.25), ("none", "px", 32)):
+        vol = Volume(arr, spacing=(0.5, 0.25, 1.0), modality="CR", has_geometry=False)
+        vol.spacing_source = source
+        if not isinstance(getattr(Volume, "spacing_known", None), property):
+            vol.spacing_known = source != "none"
+        res = ClassificationResult("c", "1", "classification", ["n", "p"],
+                                   heatmaps=[HeatMap("p", "saliency", heat)])
+        er = RegionExplainer(Cls(), registry=Reg(), load=lambda c: seg, device="cpu").apply(res, vol)
+        assert "error" not in er, er
+        assert er["area_unit"] == unit and er["areas"]["bright"] == pytest.approx(area)
+        assert er["spacing_source"] == source and er["fraction_inside"] == 1.0

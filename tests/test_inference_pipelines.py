@@ -351,3 +351,41 @@ def test_auto_precision_on_cuda_follows_the_card(monkeypatch):
     assert dev.fast_path(gpu, "segmentation", 3, "auto", card_precision="fp32").precision == "fp32"
     with pytest.raises(dev.DeviceError):
         dev.fast_path(gpu, "segmentation", 3, "fp8")
+
+
+def _set_spacing_source(vol, source):
+    """Volume.spacing_source / spacing_known (H2's) — or plain attributes before they exist."""
+    vol.spacing_source = source
+    if not isinstance(getattr(type(vol), "spacing_known", None), property):
+        vol.spacing_known = source != "none"
+    return vol
+
+
+@pytest.mark.parametrize("n_slices", [1, 3])
+def test_sizes_follow_the_volumes_spacing_source_not_its_warnings(tmp_path, n_slices):
+    """Whether sizes are in mm²/mL or pixels comes from ``Volume.spacing_known`` (never from
+    warning texts or ``has_geometry`` alone), and ``spacing_source`` stands next to them."""
+    card = {"task": "segmentation", "modality": ["CR"], "spatial_dims": 2,
+            "labels": ["background", "bright"], "input": {"channels": 1}, "inference": {"roi_multiple": 8}}
+    m = _ts_model(tmp_path, "src2d", card, Threshold(2), torch.zeros(1, 1, 8, 8))
+    arr = np.zeros((n_slices, 16, 16), np.float32)
+    arr[:, 4:12, 4:8] = 1.0  # 32 px per slice
+    geo = dict(spacing=(0.5, 0.25, 2.0), modality="CR", slice_positions=np.arange(n_slices) * 2.0)
+    # geometry, but the pixel spacing is unknown (e.g. an absurd PixelSpacing was refused)
+    vol = _set_spacing_source(Volume(arr.copy(), **geo), "none")
+    res = run_model(m, vol, RunOptions(device="cpu"))
+    d = res.to_dict()
+    assert res.area_mm2 is None and res.volume_ml is None and d["spacing_mm"] is None
+    assert res.area_px == {"bright": 32 * n_slices} and d["spacing_source"] == "none"
+    # a radiograph with ImagerPixelSpacing/ERMF: mm², and the source says which spacing
+    vol = _set_spacing_source(Volume(arr.copy(), **geo), "ImagerPixelSpacing/ERMF")
+    d = run_model(m, vol, RunOptions(device="cpu")).to_dict()
+    assert d["spacing_source"] == "ImagerPixelSpacing/ERMF"
+    if n_slices == 1:
+        assert d["area_mm2"] == {"bright": pytest.approx(32 * 0.5 * 0.25)}
+    else:
+        assert d["volume_ml"] == {"bright": pytest.approx(32 * n_slices * 0.5 * 0.25 * 2.0 / 1000)}
+    # no geometry and no DICOM: pixels, whatever the warnings say
+    vol = _set_spacing_source(Volume(arr[:1].copy(), has_geometry=False, warnings=["x"]), "none")
+    d = run_model(m, vol, RunOptions(device="cpu")).to_dict()
+    assert d["area_px"] == {"bright": 32} and d["area_mm2"] is None and d["spacing_source"] == "none"

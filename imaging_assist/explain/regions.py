@@ -11,7 +11,8 @@ same volume and records on the result (``res.explanation_region``, docs/results_
   ``fraction_inside_by_heatmap``);
 * ``region_fraction_of_image``: the share of the pixels that the region covers, i.e. what a
   heat map spread evenly over the image would score (the chance level);
-* ``areas`` of each structure (mm² with a known pixel spacing, else pixels);
+* ``areas`` of each structure (mm² with a known pixel spacing, else pixels) and the
+  ``spacing_source`` they rest on (``Volume.spacing_source``; "none" for pixels);
 * ``largest_piece_share`` per structure: a warning when a structure falls apart into pieces
   (the segmenter failed on this image, e.g. a lung model on an infant's opaque film).
 
@@ -191,6 +192,7 @@ class RegionExplainer:
              "fraction_inside_by_heatmap": {k: None if v is None else round(v, 6) for k, v in fractions.items()},
              "region_fraction_of_image": round(float(mask.mean()), 6),
              "areas": areas, "area_unit": unit,
+             "spacing_source": getattr(seg, "spacing_source", "none") if unit != "px" else "none",
              # the segmenter's own notes (those the classifier did not already give)
              "warnings": [w for w in seg.warnings if w not in own and "is assumed" not in w]}
         if fractions[first] is None:

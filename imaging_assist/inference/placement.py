@@ -73,7 +73,8 @@ def _labels_from_probs(card, probs: np.ndarray) -> np.ndarray:
     return np.where(above.any(0), lab, 0)
 
 
-def spacing_known(vol: Volume) -> bool:
+def _spacing_known_from_headers(vol: Volume) -> bool:
+    # Only for Volume objects without ``spacing_known`` (before the loader recorded it).
     if vol.has_geometry:
         return True
     if vol.headers:
@@ -85,19 +86,39 @@ def spacing_known(vol: Volume) -> bool:
     return bool(vol.modality) and not any("no pixel spacing" in w for w in vol.warnings)
 
 
+def spacing_known(vol: Volume) -> bool:
+    """Is ``vol.spacing[:2]`` a physical pixel size?  The loader's ``Volume.spacing_known``."""
+    known = getattr(vol, "spacing_known", None)
+    return bool(known) if known is not None else _spacing_known_from_headers(vol)
+
+
+def spacing_source(vol: Volume) -> str:
+    """Where the pixel spacing comes from (``Volume.spacing_source``: "PixelSpacing",
+    "ImagerPixelSpacing/ERMF", "ImagerPixelSpacing", "calibrated" or "none")."""
+    src = getattr(vol, "spacing_source", None)
+    if src:
+        return str(src) if spacing_known(vol) else "none"
+    return "PixelSpacing" if spacing_known(vol) else "none"
+
+
 def _measure(res: SegmentationResult, vol: Volume, label_map: np.ndarray, labels: list[str],
              warns: list[str]) -> None:
+    """Voxel counts, and mL (series with 3D geometry), mm² (one image) or pixels — physical
+    sizes only when the pixel spacing is known; ``res.spacing_source`` says which spacing."""
     counts = np.bincount(label_map.ravel().astype(np.int64), minlength=len(labels))
     res.voxel_counts = {lab: int(counts[i]) for i, lab in enumerate(labels) if i > 0}
-    if vol.n_slices > 1 and vol.has_geometry:
+    known = spacing_known(vol)
+    res.spacing_source = spacing_source(vol)
+    if vol.n_slices > 1 and vol.has_geometry and known:
         vox_ml = abs(float(np.linalg.det(vol.affine[:3, :3]))) / 1000.0
         res.volume_ml = {lab: round(c * vox_ml, 4) for lab, c in res.voxel_counts.items()}
-    elif vol.n_slices == 1 and spacing_known(vol):
+    elif vol.n_slices == 1 and known:
         d = np.asarray(vol.direction, float)
         px = abs(float(np.linalg.norm(np.cross(d[:, 0] * vol.spacing[0], d[:, 1] * vol.spacing[1]))))
         res.area_mm2 = {lab: round(c * px, 4) for lab, c in res.voxel_counts.items()}
     else:
         res.area_px = dict(res.voxel_counts)
         if vol.n_slices > 1:
-            warns.append("no 3D geometry: sizes are pixel counts summed over slices, not mL")
-
+            warns.append("no 3D geometry: sizes are pixel counts summed over slices, not mL"
+                         if known or not vol.has_geometry else
+                         "the pixel spacing is unknown: sizes are pixel counts summed over slices, not mL")

@@ -108,12 +108,15 @@ class SegmentationResult(InferenceResult):
     area_px: dict[str, int] | None = None
     probabilities: np.ndarray | None = None  # optional [C, k, j, i] float32 (memory!)
     sliding_window: dict | None = None  # roi, overlap, blend, sw_batch_size actually used
+    # where the spacing behind volume_ml/area_mm2 comes from (Volume.spacing_source); "none": px
+    spacing_source: str = "none"
 
     def to_dict(self) -> dict:
         d = self.base_dict()
         d.update({"labels": {str(i): n for i, n in enumerate(self.labels)},
                   "voxel_counts": self.voxel_counts, "volume_ml": self.volume_ml,
                   "area_mm2": self.area_mm2, "area_px": self.area_px,
+                  "spacing_source": self.spacing_source,
                   "sliding_window": self.sliding_window})
         return d
 
