@@ -196,8 +196,12 @@ def cmd_analyze(args) -> int:
                 res.source = str(payload) if kind == "image" else series_source(vol, src)
                 d = write_item_files(res, vol, out_dir, stem)
                 d["source"] = res.source
-                if m.warnings:  # fits, but something the card asks for could not be checked
-                    d["warnings"] = list(d.get("warnings") or []) + m.warnings
+                # fits, but something the card asks for could not be checked: say so (the
+                # pipeline already says that a plain image has no modality)
+                said = " ".join(d.get("warnings") or [])
+                extra = [w for w in m.warnings if not (w.startswith("plain image") and "modality" in said)]
+                if extra:
+                    d["warnings"] = list(d.get("warnings") or []) + extra
                 results.append(d)
                 if bar.disable:
                     print(_summary(d), file=sys.stderr)

@@ -158,7 +158,7 @@ def match_card(card, facts: SeriesFacts | None) -> Match:
             warnings.append(f"the series does not say the body part (BodyPartExamined): "
                             f"the model is for {want_bp}, not checked")
         else:
-            warnings.append(f"plain image: the model is for {want_bp}, not checked")
+            warnings.append(f"the model is for {want_bp} (body part), not checked on a plain image")
     # dimensions
     if card.spatial_dims == 3:
         if facts.is_volume:
