@@ -21,22 +21,36 @@ CT_PRESETS: dict[str, tuple[float, float]] = {
 }
 
 
-def presets_for(vol: Volume, dicom_window: tuple[list, list, list] | None) -> list[WindowPreset]:
-    """DICOM-tag presets first (they are the scanner's choice), then the built-ins."""
+VOI_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")  # PS3.3 C.11.2.1.3
+
+
+def presets_for(vol: Volume, dicom_window: tuple | None) -> list[WindowPreset]:
+    """DICOM-tag presets first (they are the scanner's choice), then the built-ins.
+
+    ``dicom_window`` is (centers, widths, explanations[, VOILUTFunction]).  Windows that
+    are not finite numbers (or not positive) are left out with a warning naming the
+    attribute; an unknown VOI LUT Function is read as LINEAR with a warning."""
     out: list[WindowPreset] = []
     if dicom_window:
-        centers, widths, expl = dicom_window
+        centers, widths, expl = dicom_window[:3]
+        function = str(dicom_window[3] if len(dicom_window) > 3 and dicom_window[3] else "LINEAR").strip().upper()
+        if function not in VOI_FUNCTIONS:
+            vol.warnings.append(f"VOILUTFunction {function!r} is not one of {', '.join(VOI_FUNCTIONS)}: "
+                                "windows are applied as LINEAR")
+            function = "LINEAR"
         for i, (c, w) in enumerate(zip(centers, widths)):
             try:
                 c, w = float(c), float(w)
             except (TypeError, ValueError):
-                continue
-            if w <= 0:
+                c, w = float("nan"), float("nan")
+            if not (np.isfinite(c) and np.isfinite(w) and w > 0):
+                vol.warnings.append(f"WindowCenter/WindowWidth {c:g}/{w:g} of the file is not a usable "
+                                    "window: left out")
                 continue
             if any(p.center == c and p.width == w for p in out):
                 continue  # the same window repeated (common): list it once
             name = str(expl[i]).strip() if i < len(expl) and str(expl[i]).strip() else f"DICOM {len(out) + 1}"
-            out.append(WindowPreset(name, c, w, source="dicom"))
+            out.append(WindowPreset(name, c, w, source="dicom", function=function))
     if vol.modality == "CT" and vol.units == "HU":
         out.extend(WindowPreset(n, c, w) for n, (c, w) in CT_PRESETS.items())
     return out
@@ -47,6 +61,8 @@ def auto_window(arr: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> W
     flat = np.asarray(arr).ravel()
     if flat.size > 262144:
         flat = flat[:: flat.size // 262144]
+    if flat.dtype.kind == "f":
+        flat = flat[np.isfinite(flat)]
     lo, hi = np.percentile(flat, [lo_pct, hi_pct]) if flat.size else (0.0, 1.0)
     if hi <= lo:
         hi = lo + 1
@@ -54,6 +70,11 @@ def auto_window(arr: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> W
 
 
 def default_window(vol: Volume) -> WindowPreset:
+    """The file's own choice first: its VOI LUT (as pydicom's ``apply_voi_lut`` prefers it),
+    else its first window; otherwise a window from the middle slice's values."""
+    for p in vol.window_presets:
+        if p.source == "voilut" and vol.voi_lut is not None:
+            return p
     for p in vol.window_presets:
         if p.source == "dicom":
             return p
@@ -62,49 +83,105 @@ def default_window(vol: Volume) -> WindowPreset:
 
 
 def attach_voi_lut(vol: Volume, ds) -> None:
-    """Keep the first VOI LUT of the file (PS3.3 C.11.2) for display."""
+    """Keep the first VOI LUT of the file (PS3.3 C.11.2) for display.
+
+    The entries are read by pydicom (``apply_voi`` over the LUT's whole input range, which
+    handles US/OW data, byte order and 8-bit entries in 16-bit words); display looks them
+    up and scales by the LUT's bit depth (2^bits - 1), never by its largest entry."""
+    from pydicom.pixels import apply_voi
     try:
         item = ds.VOILUTSequence[0]
         desc = [int(x) for x in item.LUTDescriptor]
-        data = item.LUTData
-        lut = np.asarray(data if not isinstance(data, (bytes, bytearray)) else
-                         np.frombuffer(data, dtype="<u2" if desc[2] > 8 else "u1"), dtype=np.float64)
-        first = desc[1]
-        if desc[1] >= 32768 and int(ds.get("PixelRepresentation", 0)) == 1:
-            first = desc[1] - 65536
+        n, first, bits = (desc[0] or 65536), desc[1], desc[2]
+        if first >= 32768 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
+            first -= 65536  # the descriptor's second value is SS for signed data
+        if not (1 <= bits <= 16):
+            raise ValueError(f"LUTDescriptor bits per entry {bits}")
+        raw = item.get("LUTData")
+        if isinstance(raw, (bytes, bytearray)) and bits <= 8 and len(raw) in (n, n + 1):
+            # Hand-written: 8-bit entries packed two to a word (older files); pydicom
+            # reads OW data only as one entry per 16-bit word.
+            lut = np.frombuffer(bytes(raw[:n]), np.uint8).astype(np.float64)
+        else:
+            lut = apply_voi(np.arange(first, first + n, dtype=np.int64), ds).astype(np.float64)
         vol.voi_lut = lut
         vol.voi_lut_first = first
+        vol.voi_lut_bits = bits
         vol.window_presets.insert(0, WindowPreset(
             str(item.get("LUTExplanation", "") or "DICOM VOI LUT"), float("nan"), float("nan"),
             source="voilut"))
     except Exception as e:  # noqa: BLE001 - a broken LUT must not stop viewing
-        vol.warnings.append(f"VOI LUT present but unreadable ({e}); using window values")
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        vol.warnings.append(f"VOILUTSequence present but unreadable ({msg}); using window values")
+
+
+def _window_header(center: float, width: float, function: str):
+    """A stand-in header for pydicom's ``apply_windowing`` whose output range is 0..255."""
+    from pydicom.dataset import Dataset
+    ds = Dataset()
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsStored, ds.PixelRepresentation = 8, 0  # output range y_min..y_max = 0..255
+    f = function.upper() if function and function.upper() in VOI_FUNCTIONS else "LINEAR"
+    if f == "LINEAR":
+        width = max(float(width), 1.0)  # pydicom (and PS3.3) require >= 1 for LINEAR
+    else:
+        width = max(float(width), 1e-6)
+    ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = float(center), width, f
+    return ds
 
 
 def window_to_uint8(a: np.ndarray, center: float, width: float, function: str = "LINEAR",
                     out: np.ndarray | None = None) -> np.ndarray:
-    """PS3.3 C.11.2.1.2 windowing to 0..255."""
-    a = np.asarray(a, dtype=np.float32)
-    if function.upper() == "SIGMOID":
-        y = 255.0 / (1.0 + np.exp(-4.0 * (a - center) / max(width, 1e-6)))
-    elif function.upper() == "LINEAR_EXACT":
-        y = (a - (center - width / 2.0)) / max(width, 1e-6) * 255.0
-    else:  # LINEAR: the DICOM formula with its 0.5 / 1 offsets
-        w = max(width - 1.0, 1e-6)
-        y = ((a - (center - 0.5)) / w + 0.5) * 255.0
+    """PS3.3 C.11.2.1.2 windowing to 0..255, computed by pydicom's ``apply_windowing``."""
+    from pydicom.pixels import apply_windowing
+    a = np.asarray(a)
+    if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+        a = np.nan_to_num(a, nan=float(center), posinf=np.finfo(np.float64).max / 4,
+                          neginf=-np.finfo(np.float64).max / 4)
+    # pydicom evaluates the PS3.3 formulas (~6 ms for a 512x512 float slice; integer
+    # slices go through a lookup table built with this function in the viewer).
+    with np.errstate(over="ignore"):  # SIGMOID far from the centre: exp overflows to the right limit
+        y = apply_windowing(a.astype(np.float64, copy=False), _window_header(center, width, function))
     y = np.clip(y, 0, 255)
-    if out is None:
-        return (y + 0.5).astype(np.uint8)
     np.add(y, 0.5, out=y)
+    if out is None:
+        return y.astype(np.uint8)
     out[...] = y
     return out
 
 
-def apply_voi_lut(a: np.ndarray, lut: np.ndarray, first: int) -> np.ndarray:
-    idx = np.clip(np.asarray(a).astype(np.int64) - first, 0, len(lut) - 1)
-    vals = lut[idx]
-    top = max(1.0, float(lut.max()))
-    return (vals / top * 255.0 + 0.5).astype(np.uint8)
+def apply_voi_lut(a: np.ndarray, lut: np.ndarray, first: int, bits: int = 16) -> np.ndarray:
+    """VOI LUT lookup (values below the first input map to the first entry, above the last
+    to the last, as PS3.3 C.11.2.1.1 says) scaled to 0..255 by the LUT's bit depth."""
+    a = np.asarray(a)
+    if a.dtype.kind == "f":
+        a = np.nan_to_num(a, nan=first)
+        a = np.clip(np.rint(a), first - 1, first + len(lut))
+    idx = np.clip(a.astype(np.int64) - first, 0, len(lut) - 1)
+    vals = np.asarray(lut, np.float64)[idx]
+    top = float((1 << int(bits)) - 1)
+    return np.clip(vals / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def shows_inverted(vol: Volume, invert: bool = False) -> bool:
+    """Whether grey values are shown inverted: MONOCHROME1, or Presentation LUT Shape
+    INVERSE (for MONOCHROME1 files INVERSE is the same single inversion), flipped by the
+    user's ``invert``."""
+    inverse = vol.photometric == "MONOCHROME1" or \
+        str(getattr(vol, "presentation_lut_shape", "") or "").upper() == "INVERSE"
+    return inverse != bool(invert)
+
+
+def values_to_uint8(vol: Volume, a: np.ndarray, preset: WindowPreset, invert: bool = False) -> np.ndarray:
+    """Grey modality values -> display bytes: VOI LUT or window, then the presentation
+    inversion.  The one path for the viewer, its lookup tables and key images."""
+    if preset.source == "voilut" and vol.voi_lut is not None:
+        img = apply_voi_lut(a, vol.voi_lut, vol.voi_lut_first, getattr(vol, "voi_lut_bits", 16))
+    else:
+        img = window_to_uint8(a, preset.center, preset.width, preset.function)
+    if shows_inverted(vol, invert):
+        img = 255 - img
+    return img
 
 
 def render_slice(vol: Volume, k: int, preset: WindowPreset | None = None, invert: bool = False,
@@ -115,10 +192,4 @@ def render_slice(vol: Volume, k: int, preset: WindowPreset | None = None, invert
         img = a if a.dtype == np.uint8 else (a.astype(np.float32) / max(1.0, float(a.max())) * 255).astype(np.uint8)
         return 255 - img if invert else img
     preset = preset or default_window(vol)
-    if preset.source == "voilut" and vol.voi_lut is not None:
-        img = apply_voi_lut(a, vol.voi_lut, vol.voi_lut_first)
-    else:
-        img = window_to_uint8(a, preset.center, preset.width, preset.function)
-    if (vol.photometric == "MONOCHROME1") != bool(invert):
-        img = 255 - img
-    return img
+    return values_to_uint8(vol, a, preset, invert)

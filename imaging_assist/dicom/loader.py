@@ -283,6 +283,7 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
         wc = _fg(f, shared, "FrameVOILUTSequence", "WindowCenter")
         ww = _fg(f, shared, "FrameVOILUTSequence", "WindowWidth")
         we = _fg(f, shared, "FrameVOILUTSequence", "WindowCenterWidthExplanation")
+        wf = _fg(f, shared, "FrameVOILUTSequence", "VOILUTFunction")
         dims = ()
         if f is not None and f.get("FrameContentSequence"):
             div = f.FrameContentSequence[0].get("DimensionIndexValues")
@@ -295,7 +296,7 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
                     pixel_spacing=_pair(ps),
                     slope=_f(slope, 1.0) if slope is not None else 1.0,
                     intercept=_f(icpt, 0.0) if icpt is not None else 0.0,
-                    window=(_as_list(wc), _as_list(ww), _as_list(we)) if wc is not None else None)
+                    window=(_as_list(wc), _as_list(ww), _as_list(we), wf) if wc is not None else None)
         out.append((slot, dims))
     return out
 
@@ -327,7 +328,7 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
         window = None
         if r.get("WindowCenter") is not None and r.get("WindowWidth") is not None:
             window = (_as_list(r.get("WindowCenter")), _as_list(r.get("WindowWidth")),
-                      _as_list(r.get("WindowCenterWidthExplanation")))
+                      _as_list(r.get("WindowCenterWidthExplanation")), r.get("VOILUTFunction"))
         ps = _vec(r.get("PixelSpacing"), 2)
         for fr in range(r.frames):
             keyed.append((Slot(rec=ri, frame=fr, ipp=_vec(r.get("ImagePositionPatient"), 3),
@@ -798,9 +799,13 @@ class SeriesLoader:
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
         vol.loaded = np.zeros(n, dtype=bool)
         vol.window_presets = display.presets_for(vol, p.slots[len(p.slots) // 2].window)
-        ds0 = p.datasets.get(p.slots[0].rec)
-        if ds0 is not None and "VOILUTSequence" in ds0:
-            display.attach_voi_lut(vol, ds0)
+        ds0 = _header(p, p.slots[0].rec)  # one header per stack: VOI LUT, Presentation LUT Shape
+        if ds0 is not None:
+            shape = str(ds0.get("PresentationLUTShape", "") or "").strip().upper()
+            if shape in ("INVERSE", "IDENTITY"):
+                vol.presentation_lut_shape = shape
+            if "VOILUTSequence" in ds0 and not colour:
+                display.attach_voi_lut(vol, ds0)
         return vol
 
     def _units(self) -> list[tuple[int, list[int]]]:
