@@ -34,38 +34,9 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 # --------------------------------------------------------------------------- colours
-# Qualitative palette for labels (distinct on a grey image); label 1 gets the first.
-LABEL_PALETTE: list[tuple[int, int, int]] = [
-    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
-]
-
-# Colormap control points (position 0..1, r, g, b).  Values between are linear.
-_CMAP_POINTS: dict[str, list[tuple[float, int, int, int]]] = {
-    "jet": [(0.0, 0, 0, 131), (0.125, 0, 0, 255), (0.375, 0, 255, 255), (0.625, 255, 255, 0),
-            (0.875, 255, 0, 0), (1.0, 128, 0, 0)],
-    "hot": [(0.0, 10, 0, 0), (0.375, 255, 0, 0), (0.75, 255, 255, 0), (1.0, 255, 255, 255)],
-    "inferno": [(0.0, 0, 0, 4), (0.25, 87, 16, 110), (0.5, 188, 55, 84), (0.75, 249, 142, 9),
-                (1.0, 252, 255, 164)],
-    "viridis": [(0.0, 68, 1, 84), (0.25, 59, 82, 139), (0.5, 33, 145, 140), (0.75, 94, 201, 98),
-                (1.0, 253, 231, 37)],
-    "coolwarm": [(0.0, 59, 76, 192), (0.5, 221, 221, 221), (1.0, 180, 4, 38)],
-    "gray": [(0.0, 0, 0, 0), (1.0, 255, 255, 255)],
-}
-COLORMAPS = tuple(_CMAP_POINTS)
-
-
-def colormap_rgb(name: str, n: int = 256) -> np.ndarray:
-    """(n, 3) uint8 table of a named colormap (see :data:`COLORMAPS`)."""
-    pts = _CMAP_POINTS.get(name)
-    if pts is None:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
-    x = np.linspace(0.0, 1.0, n)
-    pos = np.array([p[0] for p in pts])
-    out = np.stack([np.interp(x, pos, [p[c] for p in pts]) for c in (1, 2, 3)], axis=1)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+# The colours live in imaging_assist.colormaps (one set for the viewer and the key images);
+# re-exported here because the UI imports them from this module.
+from .colormaps import COLORMAPS, LABEL_PALETTE, colormap_rgb, label_color  # noqa: E402,F401
 
 
 def argb32(r, g, b, a) -> np.ndarray:
@@ -240,7 +211,7 @@ class LabelInfo(_Notifying):
                  visible: bool = True):
         self.value = int(value)
         self.name = name or f"label {int(value)}"
-        self.color = tuple(int(c) for c in (color or LABEL_PALETTE[(int(value) - 1) % len(LABEL_PALETTE)]))[:3]
+        self.color = tuple(int(c) for c in (color or label_color(value)))[:3]
         self.visible = bool(visible)
 
     def __repr__(self):

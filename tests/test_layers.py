@@ -168,3 +168,46 @@ def test_load_overlay_npy_and_nifti(tmp_path):
     with pytest.raises(ValueError):
         np.save(tmp_path / "bad.npy", np.zeros((2, 2, 2)))
         load_overlay(str(tmp_path / "bad.npy"), vol)
+
+
+# --------------------------------------------------------------------------- one palette (issue 12)
+def test_key_image_colours_equal_the_viewer_layers(tmp_path):
+    from PIL import Image
+
+    from imaging_assist import colormaps, display
+    from imaging_assist.inference.results import overlay_png
+    from imaging_assist.layers import HeatmapLayer, LabelLayer
+    from imaging_assist.volume import Volume
+
+    base = np.tile(np.linspace(0, 1000, 64, dtype=np.float32), (48, 1))[None]
+    vol = Volume(array=base, has_geometry=False)
+    heat = np.tile(np.linspace(0, 2.0, 64, dtype=np.float32), (48, 1))
+    overlay_png(base[0], tmp_path / "h.png", heat_slice=heat, volume=vol, k=0)
+    key = np.asarray(Image.open(tmp_path / "h.png").convert("RGB")).astype(np.float32)
+    layer = HeatmapLayer("heat", heat[None], vmin=0.0, vmax=float(heat.max()))
+    assert layer.colormap == colormaps.DEFAULT_HEAT_COLORMAP == "jet"
+    layer_rgb = colormap_rgb(layer.colormap)[np.minimum(layer.indices(heat), 255)].astype(np.float32)
+    grey = display.render_slice(vol, 0).astype(np.float32)[..., None]
+    a = 0.45 * (heat / heat.max() > 0.05)[..., None]
+    want = np.clip(grey * (1 - a) + layer_rgb * a, 0, 255).astype(np.uint8)
+    assert np.abs(key - want).max() <= 1
+
+    labels = (np.arange(64)[None, :] // 2 % 25).repeat(48, 0).astype(np.uint8)  # 0..24: wraps the palette
+    overlay_png(base[0], tmp_path / "l.png", label_slice=labels, volume=vol, k=0)
+    key = np.asarray(Image.open(tmp_path / "l.png").convert("RGB")).astype(np.float32)
+    ll = LabelLayer("labels", labels[None])
+    for v in (int(x) for x in np.unique(labels) if x > 0):
+        r, c = 0, int(np.argmax(labels[0] == v))
+        want = grey[r, c, 0] * 0.55 + np.array(ll.label(v).color, np.float32) * 0.45
+        assert np.abs(key[r, c] - want).max() <= 1, v
+
+
+def test_one_palette_module_is_re_exported():
+    from imaging_assist import colormaps, layers
+    assert layers.colormap_rgb is colormaps.colormap_rgb and layers.COLORMAPS is colormaps.COLORMAPS
+    assert layers.LABEL_PALETTE is colormaps.LABEL_PALETTE
+    assert colormaps.label_color(1) == colormaps.LABEL_PALETTE[0]
+    assert colormaps.label_color(21) == colormaps.LABEL_PALETTE[0] and colormaps.label_color(0) == (0, 0, 0)
+    from imaging_assist.inference.results import heat_colormap
+    v = np.linspace(0, 1, 11)
+    assert np.array_equal(heat_colormap(v), colormaps.colormap_rgb("jet")[(v * 255 + 0.5).astype(int)])

@@ -160,25 +160,24 @@ def save_label_png(label_map_kji: np.ndarray, path: Path) -> None:
     Image.fromarray(lm.astype(np.uint8), mode="L").save(path)
 
 
-_PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200],
-                     [245, 130, 48], [145, 30, 180], [70, 240, 240], [240, 50, 230],
-                     [210, 245, 60], [250, 190, 212]], np.uint8)
-
-
 def heat_colormap(v: np.ndarray) -> np.ndarray:
-    """[0, 1] -> RGB uint8, a blue-cyan-yellow-red ramp.
-
-    Written by hand because matplotlib is not a dependency of imaging-assist.
-    """
-    v = np.clip(np.nan_to_num(v, nan=0.0), 0, 1)
-    stops = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
-    cols = np.array([[0, 0, 130], [0, 120, 255], [40, 230, 200], [255, 220, 0], [230, 20, 20]], float)
-    rgb = np.stack([np.interp(v, stops, cols[:, c]) for c in range(3)], -1)
-    return rgb.astype(np.uint8)
+    """[0, 1] -> RGB uint8 with the viewer's default heat-map colormap (imaging_assist.colormaps)."""
+    from ..colormaps import DEFAULT_HEAT_COLORMAP, apply_colormap
+    return apply_colormap(v, DEFAULT_HEAT_COLORMAP)
 
 
-def display_gray(img: np.ndarray) -> np.ndarray:
-    """2D slice -> uint8 for key images (0.5-99.5 percentile window; RGB passed through)."""
+def display_gray(img: np.ndarray | None, volume=None, k: int | None = None) -> np.ndarray:
+    """A slice as RGB uint8 for key images.
+
+    With the ``volume`` (and slice ``k``) the slice is rendered exactly as the viewer
+    shows it (:func:`imaging_assist.display.render_slice`: the file's window or VOI LUT,
+    MONOCHROME1 / Presentation LUT inversion).  A bare array (slide tiles, plain images
+    without a volume) gets a 0.5-99.5 percentile window; RGB uint8 passes through."""
+    if volume is not None:
+        from .. import display
+        kk = int(k or 0)
+        g = display.render_slice(volume, kk, slice_array=img if img is not None else None)
+        return g if g.ndim == 3 else np.stack([g] * 3, -1)
     if img.ndim == 3:
         if img.dtype == np.uint8:
             return img
@@ -190,11 +189,16 @@ def display_gray(img: np.ndarray) -> np.ndarray:
     return np.stack([g] * 3, -1)
 
 
-def overlay_png(base: np.ndarray, path: Path, label_slice: np.ndarray | None = None,
-                heat_slice: np.ndarray | None = None, alpha: float = 0.45) -> None:
+def overlay_png(base: np.ndarray | None, path: Path, label_slice: np.ndarray | None = None,
+                heat_slice: np.ndarray | None = None, alpha: float = 0.45, volume=None,
+                k: int | None = None) -> None:
+    """Key image: the slice as the viewer shows it (pass ``volume`` and ``k``), with the
+    heat map in the viewer's colormap and the labels in the viewer's label colours."""
     from PIL import Image
 
-    rgb = display_gray(base).astype(np.float32)
+    from ..colormaps import label_lut
+
+    rgb = display_gray(base, volume, k).astype(np.float32)
     if heat_slice is not None:
         h = np.nan_to_num(heat_slice.astype(np.float32), nan=0.0)
         h = np.clip(h, 0, None)
@@ -205,7 +209,7 @@ def overlay_png(base: np.ndarray, path: Path, label_slice: np.ndarray | None = N
         rgb = rgb * (1 - a) + col * a
     if label_slice is not None:
         lab = label_slice.astype(np.int64)
-        col = _PALETTE[np.where(lab > 0, (lab - 1) % (len(_PALETTE) - 1) + 1, 0)].astype(np.float32)
+        col = label_lut(int(lab.max(initial=0)) + 1)[np.clip(lab, 0, None)].astype(np.float32)
         a = (alpha * (lab > 0))[..., None]
         rgb = rgb * (1 - a) + col * a
     Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
@@ -250,7 +254,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
         if arr is not None:
             k = _key_slice(res)
             kf = f"{stem}_key_labels.png"
-            overlay_png(arr[k], out_dir / kf, label_slice=res.label_map[k])
+            overlay_png(arr[k], out_dir / kf, label_slice=res.label_map[k], volume=volume, k=k)
             key_images.append(kf)
     hms = []
     for n, hm in enumerate(res.heatmaps):
@@ -268,7 +272,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
         if arr is not None:
             k = _key_slice(res, hm)
             kf = base + "_key.png"
-            overlay_png(arr[k], out_dir / kf, heat_slice=hm.array[k])
+            overlay_png(arr[k], out_dir / kf, heat_slice=hm.array[k], volume=volume, k=k)
             hd["key_image"] = kf
             hd["key_slice"] = k
             key_images.append(kf)
@@ -287,7 +291,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
     if isinstance(res, ClassificationResult) and arr is not None and not res.heatmaps:
         k = _key_slice(res)
         kf = f"{stem}_key.png"
-        overlay_png(arr[k], out_dir / kf)
+        overlay_png(arr[k], out_dir / kf, volume=volume, k=k)
         key_images.append(kf)
     d["key_images"] = key_images
     return d

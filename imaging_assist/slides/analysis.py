@@ -220,12 +220,12 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
         Image.fromarray((tissue.mask > 0).astype(np.uint8) * 255).save(out_dir / tm)
         files["tissue_mask_png"] = tm
         # Per-class probability maps as PNG (one heat-map pixel per tile).
-        from ..inference.results import heat_colormap
+        from ..colormaps import DEFAULT_HEAT_COLORMAP, apply_colormap
 
         per_class_png = {}
         for i, lab in enumerate(res.class_names):
             h = res.heatmaps[i]
-            rgb = heat_colormap(np.nan_to_num(h, nan=0.0))
+            rgb = apply_colormap(np.nan_to_num(h, nan=0.0), DEFAULT_HEAT_COLORMAP)
             rgb[~np.isfinite(h)] = 255
             f = f"{stem}_heat_{_safe(lab)}.png"
             Image.fromarray(rgb).save(out_dir / f)

@@ -125,7 +125,7 @@ def write_overview_png(result, path: str | os.PathLike, *, slide=None, max_size:
     """PNG: thumbnail (if ``slide``) with the argmax class colour, alpha by its probability."""
     from PIL import Image
 
-    from ..layers import LABEL_PALETTE
+    from ..colormaps import label_color
 
     path = os.fspath(path)
     heat = result.heatmaps
@@ -141,7 +141,7 @@ def write_overview_png(result, path: str | os.PathLike, *, slide=None, max_size:
     filled = np.where(np.isfinite(heat), heat, -np.inf)
     arg = filled.argmax(axis=0)
     best = np.where(finite, filled.max(axis=0), 0.0)
-    palette = np.array([LABEL_PALETTE[i % len(LABEL_PALETTE)] for i in range(c)], np.uint8)
+    palette = np.array([label_color(i + 1) for i in range(c)], np.uint8)
     rgba = np.zeros((rows, cols, 4), np.uint8)
     rgba[..., :3] = palette[arg]
     rgba[..., 3] = np.where(finite, np.clip(best, 0, 1) * 255 * opacity, 0).astype(np.uint8)
