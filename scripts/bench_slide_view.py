@@ -5,7 +5,7 @@
    <= 512 px, MPP 0.25) in a temporary folder with ``bench_wsi.build_pyramid`` (the same
    slide the tiling benchmark uses: H&E texture on a grid of tissue cells, white glass
    elsewhere; identical tiles are encoded once, so the build takes seconds).
-2. ``first_view_s``: :class:`imaging_assist_ui.slide_view.SlideView` (1600 x 1000, offscreen),
+2. ``first_view_s``: :class:`imaging_assist_ui.slides.slide_view.SlideView` (1600 x 1000, offscreen),
    from ``open_slide()`` to the first paint in which every tile in view is drawn at the
    level that matches the fit-to-window zoom (no lower-resolution stand-ins).  The file was
    just written, so the OS page cache is warm.
@@ -116,7 +116,7 @@ def main() -> int:
         import imaging_assist_ui  # noqa: F401
         from imaging_assist.slides import open_slide
         from imaging_assist_ui.app import make_app
-        from imaging_assist_ui.slide_view import SlideView
+        from imaging_assist_ui.slides.slide_view import SlideView
 
         app = make_app()
         view = SlideView(cache_mb=256)

@@ -190,7 +190,7 @@ def engine_result(folder, volume, **opts):
 
 # =========================================================================== tests
 def test_lists_models_marks_matches_and_verification(win, panel, models):
-    from imaging_assist_ui.model_panel import FOLDER_ROLE
+    from imaging_assist_ui.ai.model_panel import FOLDER_ROLE
 
     rows = {panel._entry(panel.tree.topLevelItem(n).data(0, FOLDER_ROLE)).id: panel.tree.topLevelItem(n)
             for n in range(panel.tree.topLevelItemCount())}
@@ -225,7 +225,7 @@ def test_classifier_scores_match_engine_and_heatmap_layer(win, panel, models):
     # the panel's result is the engine's, and the text shows exactly those numbers
     for lab in ref.probabilities:
         assert res.probabilities[lab] == pytest.approx(ref.probabilities[lab], abs=1e-6)
-    from imaging_assist_ui.model_support import decision_text
+    from imaging_assist_ui.ai.model_support import decision_text
     shown = panel.shown_lines()
     for lab in ref.labels:
         line = decision_text(lab, ref.probabilities[lab], ref.decisions[lab])
@@ -263,7 +263,7 @@ def test_classifier_scores_match_engine_and_heatmap_layer(win, panel, models):
     hot = layer.array[k] >= np.nanpercentile(layer.array[k], 99)
     assert np.median(vol.array[k][hot]) > 80
     # the layer shows in the Overlays panel
-    from imaging_assist_ui.layers_panel import LAYER_ROLE
+    from imaging_assist_ui.radiology.layers_panel import LAYER_ROLE
 
     assert any(layer is win.layers_panel.tree.topLevelItem(i).data(0, LAYER_ROLE)
                for i in range(win.layers_panel.tree.topLevelItemCount()))
@@ -352,7 +352,7 @@ def test_model_card_dialog(win, panel):
 @pytest.fixture
 def slow_runs(monkeypatch):
     """Slow every progress report of a run down to 0.2 s; yields the fractions seen."""
-    import imaging_assist_ui.model_panel as mp
+    import imaging_assist_ui.ai.model_panel as mp
     from imaging_assist.inference.jobs import Progress
 
     real = mp.run_inference
@@ -414,7 +414,7 @@ def test_series_change_cancels_the_run(win, panel, slow_runs):
 
 
 def test_matching_rules(win, panel):
-    from imaging_assist_ui.model_support import SeriesFacts, match_card
+    from imaging_assist_ui.ai.model_support import SeriesFacts, match_card
 
     card = panel._entry(str(next(e.folder for e in panel.entries if e.id == "demo-dense-cls"))).card
     assert match_card(card, SeriesFacts("CT", "BRAIN", 1, False, "HU")).ok

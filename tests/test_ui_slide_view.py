@@ -52,7 +52,7 @@ def nompp_slide(tmp_path_factory):
 @pytest.fixture
 def view(qapp):
     from imaging_assist_ui.app import make_app
-    from imaging_assist_ui.slide_view import SlideView
+    from imaging_assist_ui.slides.slide_view import SlideView
     make_app()
     v = SlideView(LayerStack(), cache_mb=128)
     v.resize(W, H)
@@ -66,7 +66,7 @@ def view(qapp):
 
 
 def grab(view) -> np.ndarray:
-    from imaging_assist_ui.slide_tiles import qimage_to_rgb
+    from imaging_assist_ui.slides.slide_tiles import qimage_to_rgb
     return qimage_to_rgb(view.grab().toImage())
 
 
@@ -292,7 +292,7 @@ def _over(bg, rgb, alpha):
 
 def test_heatmap_layer_aligned_and_toggled(view, pattern_slide):
     from imaging_assist.layers import colormap_rgb
-    from imaging_assist_ui.slide_layers import slide_layer
+    from imaging_assist_ui.slides.slide_layers import slide_layer
     path, levels = pattern_slide
     open_in(view, path)
     view.set_level_zoom(0)
@@ -349,7 +349,7 @@ def test_heatmap_layer_aligned_and_toggled(view, pattern_slide):
 def test_tissue_mask_layer_from_engine(view, tmp_path):
     """detect_tissue -> TissueMask.to_layer (outline) placed with mask.downsample."""
     from imaging_assist.slides import detect_tissue
-    from imaging_assist_ui.slide_layers import layer_geometry, slide_layer
+    from imaging_assist_ui.slides.slide_layers import layer_geometry, slide_layer
     rgb, truth, _ = synth.tissue_phantom(1200, 1600, seed=1)
     path = synth.write_pyramid_tiff(tmp_path / "tissue.tif", synth.make_levels(rgb, 256), tile=256,
                                     compression="zlib", mpp=2.0)
@@ -379,7 +379,7 @@ def test_tissue_mask_layer_from_engine(view, tmp_path):
 
 
 def test_markers_drawn_at_their_cells(view, pattern_slide):
-    from imaging_assist_ui.slide_layers import slide_layer
+    from imaging_assist_ui.slides.slide_layers import slide_layer
     open_in(view, pattern_slide[0])
     view.set_level_zoom(0)
     view.center_on(1000, 1000)
@@ -411,7 +411,7 @@ def _white_run(img, y, x0):
 
 @pytest.mark.parametrize("scale", [0.3, 1.7])
 def test_scale_bar_length_matches_its_label(view, pattern_slide, scale):
-    from imaging_assist_ui.slide_view import format_um
+    from imaging_assist_ui.slides.slide_view import format_um
     open_in(view, pattern_slide[0])
     view.set_scale(scale)
     settle(view)
@@ -430,7 +430,7 @@ def test_scale_bar_length_matches_its_label(view, pattern_slide, scale):
 
 
 def test_no_mpp_shows_notice_and_pixels(view, nompp_slide):
-    from imaging_assist_ui.slide_view import NO_MPP_NOTICE
+    from imaging_assist_ui.slides.slide_view import NO_MPP_NOTICE
     from imaging_assist.slides.reader import MISSING_MPP_MESSAGE
     s = open_in(view, nompp_slide)
     assert s.mpp is None and MISSING_MPP_MESSAGE in s.warnings
@@ -441,7 +441,7 @@ def test_no_mpp_shows_notice_and_pixels(view, nompp_slide):
     img = grab(view)
     r = view.no_mpp_rect
     assert r is not None
-    from imaging_assist_ui.theme import WARN_BG
+    from imaging_assist_ui.shared.theme import WARN_BG
     bg = QColor(WARN_BG)
     px = img[int(r.top()) + 2, int(r.left()) + 3].tolist()
     assert px == [bg.red(), bg.green(), bg.blue()]
@@ -477,8 +477,8 @@ def test_overview_shows_view_and_navigates(view, pattern_slide):
     QTest.mouseRelease(ov, Qt.LeftButton, Qt.NoModifier, p.toPoint())
     assert view.center() == pytest.approx((2048, 1536), abs=4096 / ir.width() + 1)
     # the rectangle is drawn in the accent colour
-    from imaging_assist_ui.theme import ACCENT
-    from imaging_assist_ui.slide_tiles import qimage_to_rgb
+    from imaging_assist_ui.shared.theme import ACCENT
+    from imaging_assist_ui.slides.slide_tiles import qimage_to_rgb
     oimg = qimage_to_rgb(ov.grab().toImage())
     acc = QColor(ACCENT)
     assert (np.abs(oimg.reshape(-1, 3).astype(int) - [acc.red(), acc.green(), acc.blue()]).sum(1) < 10).any()
@@ -486,7 +486,7 @@ def test_overview_shows_view_and_navigates(view, pattern_slide):
 
 # --------------------------------------------------------------------------- cache
 def test_tile_cache_is_bounded_lru():
-    from imaging_assist_ui.slide_tiles import TileCache, rgb_to_qimage
+    from imaging_assist_ui.slides.slide_tiles import TileCache, rgb_to_qimage
     c = TileCache(max_mb=1.0)  # four 256x256 RGB32 tiles
     tiles = [rgb_to_qimage(np.full((256, 256, 3), i, np.uint8)) for i in range(6)]
     for i in range(4):
@@ -501,7 +501,7 @@ def test_tile_cache_is_bounded_lru():
 
 def test_view_cache_respects_its_budget(qapp, pattern_slide):
     """Panning over all of level 0 (192 tiles, 48 MB decoded) with a 16 MB budget."""
-    from imaging_assist_ui.slide_view import SlideView
+    from imaging_assist_ui.slides.slide_view import SlideView
     v = SlideView(LayerStack(), cache_mb=16.0)
     v.resize(800, 500)
     v.show()

@@ -28,7 +28,7 @@ DEMO = ROOT / "imaging_assist" / "data" / "demo" / "ct_head_phantom"
 
 
 def grab(view):
-    from imaging_assist_ui.slide_tiles import qimage_to_rgb
+    from imaging_assist_ui.slides.slide_tiles import qimage_to_rgb
     return qimage_to_rgb(view.grab().toImage())
 
 
@@ -124,7 +124,7 @@ def test_detect_tissue_layer_toggled_from_the_panel(win, page):
     changed = np.any(with_layer != plain, axis=2)
     assert changed.sum() > 1000
     # the outline is drawn in the tissue colour
-    from imaging_assist_ui.slide_page import TISSUE_COLOR
+    from imaging_assist_ui.slides.slide_page import TISSUE_COLOR
     assert (np.abs(with_layer[changed].astype(int) - TISSUE_COLOR).sum(1) < 60).mean() > 0.5
     # untick it in the Overlays panel: the pixels go back
     item = win.layers_panel.tree.topLevelItem(0)

@@ -59,7 +59,7 @@ def make_app(argv: list[str] | None = None) -> QApplication:
         app = QApplication(list(argv) if argv else [sys.argv[0] if sys.argv else "imaging-assist"])
         app.setApplicationName("Imaging Assist")
         app.setOrganizationName("ImagingAssist")
-    from .theme import apply_dark_theme
+    from .shared.theme import apply_dark_theme
     if not getattr(app, "_ia_themed", False):
         apply_dark_theme(app)
         app._ia_themed = True
@@ -158,7 +158,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
             preload.join()
         win.open_path(path, series=series, layout=layout)
     if run_models:
-        from .demo_autorun import AutoRun
+        from .ai.demo_autorun import AutoRun
         win.autorun = AutoRun(win)
         win.show_model_panel()
     app.exec()

@@ -1,5 +1,5 @@
 """Tiles for the slide view: grid arithmetic, a memory-bounded LRU cache and a background
-loader.  No widgets here (the view is :mod:`imaging_assist_ui.slide_view`).
+loader.  No widgets here (the view is :mod:`imaging_assist_ui.slides.slide_view`).
 
 * Tiles are ``TILE`` x ``TILE`` pixels **of their pyramid level**, keyed ``(level, col, row)``;
   edge tiles are smaller.  They are read with :meth:`Slide.read_level` (level pixels) on

@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QDialog, QDialogButtonBox, QTextBrowser, QVBoxLayout
 
 from .model_support import esc
-from .theme import ERROR_BG, ERROR_FG, MUTED, TEXT
+from ..shared.theme import ERROR_BG, ERROR_FG, MUTED, TEXT
 
 
 def _num(v, digits=4) -> str:

@@ -2,13 +2,13 @@
 
 * Tiles come from the pyramid level that matches the zoom (OpenSlide's rule: the coarsest
   level with at least the screen's resolution), only those in view, read on worker threads
-  (:class:`~imaging_assist_ui.slide_tiles.TileLoader`) into a memory-bounded LRU.  A tile
+  (:class:`~imaging_assist_ui.slides.slide_tiles.TileLoader`) into a memory-bounded LRU.  A tile
   that is not there yet is drawn from the best coarser tile already cached (or the
   thumbnail), scaled up; the GUI thread never reads the file.
 * Tiles are laid on an integer screen grid per zoom (tile edges at ``round(x0 * scale)``),
   so panning moves whole pixels and the per-zoom resized tiles are plain blits.
 * Overlay layers (:mod:`imaging_assist.layers`) are placed with their level-0 geometry
-  (:mod:`imaging_assist_ui.slide_layers`), coloured per screen tile and cached per zoom.
+  (:mod:`imaging_assist_ui.slides.slide_layers`), coloured per screen tile and cached per zoom.
 * HUD: name / size / MPP, a scale bar in µm (only with MPP; without it a "no MPP" notice
   and a bar in pixels), zoom / level, heat-map legend, and an overview (thumbnail) with the
   view rectangle that can be clicked or dragged to navigate.
@@ -33,7 +33,7 @@ from imaging_assist.layers import HeatmapLayer, LabelLayer, LayerStack, Plane
 from .slide_layers import layer_geometry, marker_positions, render_layer_tile
 from .slide_tiles import (MAX_VISIBLE_TILES, TILE, TileCache, TileLoader, best_level, rgb_to_qimage,
                           tile_grid)
-from .theme import ACCENT, WARN_BG, WARN_FG
+from ..shared.theme import ACCENT, WARN_BG, WARN_FG
 
 BG = QColor("#101113")          # outside the slide
 PLACEHOLDER = QColor("#3a3c41")  # inside the slide, nothing decoded yet

@@ -10,7 +10,7 @@ from imaging_assist.layers import Layer, LayerStack, Plane, standard_planes
 from imaging_assist.measure import Measurement
 from imaging_assist.volume import Volume, WindowPreset
 
-from .render import SliceRenderer
+from ..shared.render import SliceRenderer
 
 
 def spacing_known(vol: Volume) -> bool:

@@ -11,7 +11,7 @@ from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QImage, QPainter, QPixma
 from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
-from .theme import MUTED, TEXT, WARN_FG
+from ..shared.theme import MUTED, TEXT, WARN_FG
 
 ICON = 64
 SERIES_ROLE = Qt.UserRole + 1

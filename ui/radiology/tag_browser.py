@@ -7,7 +7,7 @@ from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (QHeaderView, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
-from .theme import MUTED
+from ..shared.theme import MUTED
 
 MAX_VALUE_CHARS = 160
 MAX_ITEMS_PER_SEQ = 50

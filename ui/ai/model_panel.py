@@ -40,7 +40,7 @@ from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer
 from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, Match, decision_text, esc,
                             heat_display, heat_text, key_slice, match_card, one_line,
                             operating_point_text, series_facts, size_lines, timings_text)
-from .theme import ACCENT, ERROR_FG, MUTED, WARN_FG
+from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
 
 from .document import ViewerDocument
-from .theme import PLANE_COLORS
+from ..shared.theme import PLANE_COLORS
 
 TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle")
 MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle")

@@ -18,13 +18,13 @@ from imaging_assist import display
 from imaging_assist.layers import LabelLayer, Layer
 from imaging_assist.volume import WindowPreset
 
-from .browser import StudyBrowser
-from .document import ViewerDocument
-from .layers_panel import LayersPanel
-from .loading import LoadJob, ScanJob, ThumbnailJob
-from .measure_tools import MeasurementsPanel
-from .mpr import ViewArea
-from .tag_browser import TagBrowser
+from ..radiology.browser import StudyBrowser
+from ..radiology.document import ViewerDocument
+from ..radiology.layers_panel import LayersPanel
+from ..radiology.loading import LoadJob, ScanJob, ThumbnailJob
+from ..radiology.measure_tools import MeasurementsPanel
+from ..radiology.mpr import ViewArea
+from ..radiology.tag_browser import TagBrowser
 
 MAX_RECENT = 10
 CACHE_BYTES = 1536 * 1024**2  # keep recently viewed volumes up to this size
@@ -459,7 +459,7 @@ class MainWindow(QMainWindow):
     def open_path(self, path, series: str | None = None, layout: str | None = None):
         """Scan a folder / zip / DICOMDIR / file (or a list) and show a series."""
         paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
-        from .slide_detect import is_slide_target
+        from ..slides.slide_detect import is_slide_target
         if len(paths) == 1 and is_slide_target(paths[0]):
             self.open_slide(paths[0])
             return
@@ -488,7 +488,7 @@ class MainWindow(QMainWindow):
         """Show a whole-slide image (SVS, NDPI, tiled TIFF, DICOM WSI, ...) in the slide view
         instead of the radiology view (ui/slide_page.py; it reports through loadFinished)."""
         if self.slide_page is None:
-            from .slide_page import SlidePage
+            from ..slides.slide_page import SlidePage
             self.slide_page = SlidePage(self)
             self.pages.addWidget(self.slide_page)
         self.close_study()
@@ -1070,7 +1070,7 @@ class MainWindow(QMainWindow):
     def _init_model_panel(self):
         """The AI model dock (ui/model_panel.py), tabbed with Studies; its results arrive as
         layers through add_layer.  It lists the models the first time it is shown."""
-        from .model_panel import ModelPanel
+        from ..ai.model_panel import ModelPanel
         self.model_panel = ModelPanel(self.doc, add_layer=self.add_layer)
         self.model_dock = QDockWidget("AI models", self)
         self.model_dock.setObjectName("ModelsDock")

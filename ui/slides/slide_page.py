@@ -1,8 +1,8 @@
 """The slide page of the main window: toolbar, slide information (label and macro images,
-levels, MPP) and the :class:`~imaging_assist_ui.slide_view.SlideView`.
+levels, MPP) and the :class:`~imaging_assist_ui.slides.slide_view.SlideView`.
 
 The main window shows it instead of the radiology view when the path it opens is a slide
-(:func:`~imaging_assist_ui.slide_detect.is_slide_target`); see ``MainWindow.open_slide``.  Overlay layers live in the main
+(:func:`~imaging_assist_ui.slides.slide_detect.is_slide_target`); see ``MainWindow.open_slide``.  Overlay layers live in the main
 window's layer stack, so the Overlays panel lists and toggles them.  Everything that reads
 the file (opening, label/macro, thumbnail, tiles, tissue detection) runs off the GUI thread.
 
@@ -31,7 +31,7 @@ from imaging_assist.layers import HeatmapLayer, LayerStack, Marker, MarkerLayer
 from .slide_layers import slide_layer
 from .slide_tiles import rgb_to_qimage
 from .slide_view import SlideView
-from .theme import MUTED, WARN_FG
+from ..shared.theme import MUTED, WARN_FG
 
 INFO_WIDTH = 270
 TISSUE_COLOR = (0, 215, 120)

@@ -1,0 +1,2 @@
+"""Radiology workspace: slice viewer, MPR, study browser, measurements, DICOM tags, overlays panel,
+the viewer document and background loading."""

@@ -1,0 +1,1 @@
+"""Shared by every workspace: the theme and the slice renderer."""

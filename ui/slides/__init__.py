@@ -1,0 +1,1 @@
+"""Whole-slide workspace: slide view, slide page, tile loading, slide layers, slide detection."""
