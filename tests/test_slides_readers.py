@@ -84,7 +84,11 @@ def test_reader_exact_on_known_pyramid(pyramid, name, backend, fmt):
         assert s.level_downsamples[:3] == pytest.approx((1.0, 2.0, 4.0))
         assert s.level_mpp(1) == pytest.approx((1.0, 1.0))
         check_exact(s, pyramid["levels"])
-        assert not s.warnings
+        if fmt == "generic-tiff":  # MPP from X/YResolution in px/cm: used, with a warning
+            assert s.mpp_source == "tiff-resolution-tags"
+            assert len(s.warnings) == 1 and "generic resolution tags" in s.warnings[0]
+        else:
+            assert s.mpp_source in ("ome-xml", "dicom-pixel-spacing") and not s.warnings
 
 
 def test_openslide_backend_on_generic_tiff(pyramid):
@@ -231,7 +235,7 @@ def test_writer_default_dpi_is_not_taken_as_mpp(tmp_path):
     Image.fromarray(pattern_rgb(64, 64)).save(p, dpi=(72, 72))
     with open_slide(p) as s:
         assert s.mpp is None
-        assert any(w.startswith("ignored resolution 72") for w in s.warnings)
+        assert any(w.startswith("ignored resolution tags (72") for w in s.warnings)
     p2 = tmp_path / "calibrated.png"
     Image.fromarray(pattern_rgb(64, 64)).save(p2, dpi=(25400 / 0.25, 25400 / 0.25))  # 0.25 µm/px
     with open_slide(p2) as s:
@@ -302,3 +306,107 @@ def test_is_slide_path(pyramid, tmp_path):
     assert not is_slide_path(tmp_path)            # empty folder
     assert not is_slide_path(tmp_path / "nope.svs")
     assert not is_slide_path(need(CT_PHANTOM))    # a DICOM CT folder is a series, not a slide
+
+
+# --------------------------------------------------------------------------- package structure
+
+SLIDES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "imaging_assist", "slides")
+BACKEND_MODULES = ("openslide_backend", "tiff_backend", "dicom_backend", "image_backend", "dicom_writer", "base")
+
+
+def _slides_imports(module: str) -> set[str]:
+    """Modules of the slides package that ``module`` imports anywhere (also inside functions)."""
+    import ast
+    with open(os.path.join(SLIDES_DIR, module + ".py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level == 1:            # from .x import ...   /  from . import x
+                out |= {mod.split(".")[0]} if mod else {a.name for a in node.names}
+            elif mod.startswith("imaging_assist.slides."):
+                out.add(mod.split(".")[2])
+            elif mod == "imaging_assist.slides":
+                out |= {a.name for a in node.names}
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("imaging_assist.slides."):
+                    out.add(a.name.split(".")[2])
+    return out
+
+
+def test_backends_import_only_base_and_the_package_has_no_import_cycle():
+    mods = [f[:-3] for f in os.listdir(SLIDES_DIR) if f.endswith(".py") and f != "__init__.py"]
+    graph = {m: _slides_imports(m) & set(mods) for m in mods}
+    for m in BACKEND_MODULES:
+        assert "reader" not in graph[m], f"slides/{m}.py imports reader (import cycle)"
+    assert graph["base"] == set(), "slides/base.py must not import other slides modules"
+    # no cycle anywhere in the package (depth-first search)
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for n in graph[m]:
+            assert state.get(n) != 1, "import cycle: " + " -> ".join(stack + [m, n])
+            if n not in state:
+                visit(n, stack + [m])
+        state[m] = 2
+
+    for m in mods:
+        if m not in state:
+            visit(m, [])
+
+
+def test_registry_uses_a_backend_registered_by_a_test(tmp_path, pyramid):
+    from imaging_assist.slides import reader
+    from imaging_assist.slides.base import BackendDeclined, Slide as BaseSlide
+
+    class FakeSlide(BaseSlide):
+        backend = "fake"
+
+        def __init__(self, path):
+            super().__init__(path)
+            self.format = "fake"
+            self._finish_levels([(40, 30)])
+            self._finish_mpp()
+
+        def _read_level(self, level, x, y, w, h):
+            return np.full((h, w, 3), 7, np.uint8)
+
+    fake = tmp_path / "x.fake"
+    fake.write_bytes(b"FAKESLIDE" + b"\0" * 200)
+    calls = []
+
+    def declining_open(path):
+        calls.append(path)
+        raise BackendDeclined("not my kind after all")
+
+    reader.register_backend("fake", lambda path, head: head.startswith(b"FAKESLIDE"), FakeSlide, priority=1000)
+    reader.register_backend("decliner", lambda path, head: True, declining_open, priority=2000)
+    try:
+        names = [b.name for b in reader.registered_backends()]
+        assert names[:2] == ["decliner", "fake"] and {"wsidicom", "openslide", "tifffile", "pillow"} <= set(names)
+        with open_slide(fake) as s:
+            assert isinstance(s, FakeSlide) and s.dimensions == (40, 30)
+            assert (s.read_region((0, 0), 0, (5, 5)) == 7).all()
+        assert calls == [str(fake)]                     # asked first, declined, next one used
+        with open_slide(pyramid["files"]["chain"]) as s:  # the built-in ones still work after it
+            assert s.backend == "tifffile"
+        with pytest.raises(ValueError, match="already registered"):
+            reader.register_backend("fake", lambda p, h: False, FakeSlide)
+    finally:
+        reader.unregister_backend("fake")
+        reader.unregister_backend("decliner")
+    with pytest.raises(UnsupportedSlideError, match="not a slide or image"):
+        open_slide(fake)
+    assert "fake" not in [b.name for b in reader.registered_backends()]
+
+
+def test_public_names_still_importable_from_reader():
+    from imaging_assist.slides import base, reader
+    for name in ("MISSING_MPP_MESSAGE", "MissingMPPWarning", "Slide", "SlideError", "SlideReadError",
+                 "UnsupportedSlideError", "open_slide", "to_rgb", "plausible_mpp", "canonical_associated_name",
+                 "IMAGE_EXTENSIONS", "OPENSLIDE_EXTENSIONS", "WSM_SOP_CLASS_UID", "_TIFF_MAGIC", "is_dicom_file"):
+        assert hasattr(reader, name), name
+    assert reader.Slide is base.Slide and reader.SlideError is base.SlideError

@@ -11,8 +11,8 @@ import os
 
 import numpy as np
 
-from .reader import (WSM_SOP_CLASS_UID, Slide, SlideReadError, UnsupportedSlideError,
-                     plausible_mpp, to_rgb)
+from .base import (WSM_SOP_CLASS_UID, BackendDeclined, Slide, SlideBackend, SlideReadError,
+                   UnsupportedSlideError, is_dicom_head, to_rgb)
 
 
 def wsi_sop_class(path: str) -> str | None:
@@ -35,25 +35,44 @@ def is_wsi_dicom(path: str) -> bool:
 
 def find_wsi_dicom_files(folder: str) -> list[str]:
     """WSM instances directly inside ``folder`` (not recursive), sorted by name."""
-    out = []
+    return find_wsi_dicom_files_and_others(folder)[0]
+
+
+def find_wsi_dicom_files_and_others(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(WSM instances, [(other file, what it is)]) directly inside ``folder``, sorted by name.
+
+    The other files matter: a damaged level-0 instance is not recognised as WSM, and without
+    it the slide would silently open at a lower resolution.  Listed as others: files that look
+    like DICOM (preamble, or a .dcm/.dicom/no extension) but are not WSM instances; hidden
+    files and other kinds (notes, images) are not listed.
+    """
+    out: list[str] = []
+    others: list[tuple[str, str]] = []
     try:
         names = sorted(os.listdir(folder))
     except OSError:
-        return out
+        return out, others
     for n in names:
         p = os.path.join(folder, n)
-        if os.path.isfile(p) and is_wsi_dicom(p):
+        if n.startswith(".") or not os.path.isfile(p):
+            continue
+        sop = wsi_sop_class(p)
+        if sop == WSM_SOP_CLASS_UID:
             out.append(p)
-    return out
+        elif sop or os.path.splitext(n)[1].lower() in ("", ".dcm", ".dicom"):
+            others.append((p, f"DICOM of another kind (SOP class {sop})" if sop else "not readable DICOM"))
+    return out, others
 
 
 class DicomSlide(Slide):
     backend = "wsidicom"
 
     def __init__(self, path: str, files: list[str] | None = None):
+        """``path``: a WSM file (its folder's other instances are opened with it) or a folder;
+        ``files``: the instances, when the caller has already listed them."""
         super().__init__(path)
         self.format = "dicom-wsi"
-        if files is None:
+        if files is None and not os.path.isdir(self.path):
             sop = wsi_sop_class(self.path)
             if sop != WSM_SOP_CLASS_UID:
                 raise UnsupportedSlideError(
@@ -61,7 +80,20 @@ class DicomSlide(Slide):
                     "open it as a DICOM series instead")
             # The other instances of the same slide (levels, label, overview) sit beside it.
             folder = os.path.dirname(os.path.abspath(self.path))
-            files = find_wsi_dicom_files(folder) or [self.path]
+            files, others = find_wsi_dicom_files_and_others(folder)
+            files = files or [self.path]
+        elif os.path.isdir(self.path):
+            files, others = find_wsi_dicom_files_and_others(self.path)
+            if not files:
+                raise BackendDeclined(f"{self.path}: folder holds no DICOM whole-slide images "
+                                      "(VL Whole Slide Microscopy)")
+        else:
+            others = []
+        if others:
+            names = ", ".join(f"{os.path.basename(p)} ({why})" for p, why in others[:3])
+            more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+            self.warnings.append(f"left out {len(others)} file(s) beside the slide that are not whole-slide "
+                                 f"DICOM: {names}{more}; if one was a level of this slide, it is missing")
         from wsidicom import WsiDicom
         try:
             self._wsi = WsiDicom.open(files)
@@ -70,9 +102,13 @@ class DicomSlide(Slide):
                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         try:
             self._setup()
-        except Exception:
+        except SlideReadError:
             self._wsi.close()
             raise
+        except Exception as e:
+            self._wsi.close()
+            raise SlideReadError(f"{self.path}: unreadable DICOM WSI ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 
     def _setup(self) -> None:
         wsi = self._wsi
@@ -81,12 +117,10 @@ class DicomSlide(Slide):
         try:
             sp = self._levels[0].pixel_spacing  # mm
             mx, my = float(sp.width) * 1000.0, float(sp.height) * 1000.0
-            if plausible_mpp(mx) and plausible_mpp(my):
-                self.mpp = (mx, my)
-            else:
-                self.warnings.append(f"ignored implausible pixel spacing {mx:g} µm in the DICOM file")
-        except Exception:
-            pass
+        except Exception as e:
+            self.warnings.append(f"no usable Pixel Spacing in the DICOM file ({type(e).__name__})")
+        else:
+            self._set_mpp(mx, my, "dicom-pixel-spacing")
         def present(series) -> bool:
             try:
                 return series is not None and len(series) > 0
@@ -132,6 +166,13 @@ class DicomSlide(Slide):
         return to_rgb(np.asarray(arr), self.background)
 
     def _read_associated(self, name):
+        try:
+            return self._read_associated_unchecked(name)
+        except Exception as e:
+            raise SlideReadError(f"{self.path}: {name} image unreadable ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+    def _read_associated_unchecked(self, name):
         if name == "label":
             return self._wsi.read_label(as_array=True)
         if name == "macro":
@@ -142,3 +183,7 @@ class DicomSlide(Slide):
 
     def _close(self):
         self._wsi.close()
+
+
+BACKEND = SlideBackend("wsidicom", lambda path, head: os.path.isdir(path) or is_dicom_head(head), DicomSlide,
+                       priority=100)

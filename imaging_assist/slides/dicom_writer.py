@@ -139,7 +139,7 @@ def save_dicom_wsi(out_dir: str | os.PathLike, level_sizes: Sequence[tuple[int, 
 
 def slide_to_dicom(slide, out_dir: str | os.PathLike, **kw) -> list[str]:
     """Export a :class:`Slide` (its dyadic levels, label and macro) as DICOM WSI."""
-    from .reader import SlideError
+    from .base import SlideError
     if slide.mpp is None:
         raise SlideError(f"{slide.path}: DICOM WSI needs a pixel spacing and the slide has no MPP")
     sizes, idx = [], []

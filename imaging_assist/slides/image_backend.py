@@ -4,27 +4,45 @@ The image is decoded once and held in memory; lower levels are built with Pillow
 ``reduce(2)`` (a box average) until the smallest fits in 1024 px, so thumbnails, tissue
 detection and zoomed-out views do not resample the full image each time.  Striped or
 tiled TIFFs go to the tifffile backend instead (it reads them piecewise).
+
+Size limits, checked from the header before anything is decoded: Pillow's own
+decompression-bomb limit (about 179 Mpx; above it the image is refused), and the pixels a
+file of its size can hold at all (:data:`MAX_COMPRESSION_RATIO`), so a damaged header that
+claims 30,000² px in a 40 kB file is an error, not a 2.7 GB allocation.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 
-from .reader import Slide, SlideReadError, plausible_mpp, to_rgb
+from .base import Slide, SlideBackend, SlideReadError, is_tiff_head, to_rgb
 
-#: Above this many pixels a plain image is refused (it would need > ~3 GiB in memory).
-MAX_PIXELS = 1_000_000_000
 MIN_LEVEL_SIZE = 1024
+#: Decoded bytes per file byte no PNG (deflate: at most 1032:1) or JPEG (at least ~1 bit per
+#: 8x8 block and component, about 1024:1) can exceed; headers claiming more are damaged.
+MAX_COMPRESSION_RATIO = 1100
 
 
 def is_plain_image(path: str) -> bool:
     from PIL import Image
     try:
-        with Image.open(path) as im:
-            im.size  # noqa: B018 - header only
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.size  # noqa: B018 - header only
         return True
+    except Image.DecompressionBombError:
+        return True  # an image, too large: ImageSlide says so
     except Exception:
         return False
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 class ImageSlide(Slide):
@@ -34,27 +52,35 @@ class ImageSlide(Slide):
         super().__init__(path)
         from PIL import Image
         try:
-            with Image.open(self.path) as im:
+            with warnings.catch_warnings():
+                # Pillow warns between 89 and 179 Mpx; the checks below decide.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(self.path)
+        except Image.DecompressionBombError as e:
+            raise SlideReadError(f"{self.path}: plain image too large to hold in memory ({_one_line(e)}); "
+                                 "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)") from None
+        except Exception as e:
+            raise SlideReadError(f"{self.path}: cannot decode image ({_one_line(e)})") from None
+        try:
+            with im:
                 w, h = im.size
-                if w * h > MAX_PIXELS:
-                    raise SlideReadError(
-                        f"{self.path}: plain {im.format} image of {w}x{h} px is too large to hold in memory; "
-                        "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)")
+                if w <= 0 or h <= 0:
+                    raise SlideReadError(f"{self.path}: image of {w}x{h} px (damaged header)")
+                decoded = w * h * max(1, len(im.getbands()))
+                size = os.path.getsize(self.path)
+                if decoded > size * MAX_COMPRESSION_RATIO:
+                    raise SlideReadError(f"{self.path}: header claims {w}x{h} px, more than a {size}-byte "
+                                         f"{im.format} file can hold (damaged or truncated)")
                 self.format = (im.format or "image").lower()
                 info = dict(im.info)
-                old = Image.MAX_IMAGE_PIXELS
-                Image.MAX_IMAGE_PIXELS = None  # size checked above; lift Pillow's bomb guard
-                try:
-                    im.load()
-                finally:
-                    Image.MAX_IMAGE_PIXELS = old
+                im.load()
                 if im.mode not in ("RGB", "RGBA", "L", "LA"):
                     im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in info else "RGB")
                 base = im.copy()
         except SlideReadError:
             raise
         except Exception as e:
-            raise SlideReadError(f"{self.path}: cannot decode image ({e})") from None
+            raise SlideReadError(f"{self.path}: cannot decode image ({_one_line(e)})") from None
         levels = [base]
         while max(levels[-1].size) > MIN_LEVEL_SIZE and min(levels[-1].size) >= 2:
             levels.append(levels[-1].reduce(2))
@@ -67,6 +93,8 @@ class ImageSlide(Slide):
         self._finish_mpp()
 
     def _mpp_from_info(self, info: dict) -> None:
+        # Pillow reports PNG pHYs (per metre) and JPEG JFIF density (per inch or cm) as dpi, and
+        # only when they carry a physical unit: the resolution-tag rule applies (inch = unit 2).
         dpi = info.get("dpi")
         if not dpi:
             return
@@ -74,17 +102,18 @@ class ImageSlide(Slide):
             dx, dy = float(dpi[0]), float(dpi[1])
         except (TypeError, ValueError, IndexError):
             return
-        if dx <= 0 or dy <= 0:
-            return
-        mx, my = 25400.0 / dx, 25400.0 / dy
-        if plausible_mpp(mx) and plausible_mpp(my):
-            self.mpp = (mx, my)
-        else:
-            self.warnings.append(f"ignored resolution {dx:.4g} dpi ({mx:.4g} µm/px is not a microscope "
-                                 "pixel size; probably a writer's default)")
+        self._set_mpp_from_resolution(dx, dy, 2, "image-resolution-tags")
 
     def _read_level(self, level, x, y, w, h):
         return self._levels[level][y:y + h, x:x + w].copy()
 
     def _close(self):
         self._levels = []
+
+
+def _wants(path: str, head: bytes) -> bool:
+    # TIFFs are read piecewise by the tifffile/OpenSlide backends, never whole by Pillow.
+    return bool(head) and not is_tiff_head(head) and is_plain_image(path)
+
+
+BACKEND = SlideBackend("pillow", _wants, ImageSlide, priority=10)

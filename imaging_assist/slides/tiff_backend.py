@@ -21,11 +21,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .reader import (Slide, SlideReadError, canonical_associated_name, plausible_mpp, to_rgb)
+from .base import (BackendDeclined, Slide, SlideBackend, SlideReadError, canonical_associated_name,
+                   is_tiff_head, to_rgb)
 
 
-class TiffUnsupported(Exception):
+class TiffUnsupported(BackendDeclined):
     """The TIFF's layout or codec is not handled by this backend (another may read it)."""
+
+
+#: Largest decoded strip/tile this backend will decode (a region read decodes whole segments).
+#: Real slides use tiles of 256-1024 px; a one-strip 100,000 px image or a damaged TileWidth
+#: would need gigabytes for a 10 px read, so such pages are refused when the slide is opened.
+MAX_SEGMENT_BYTES = 256 << 20
+#: Associated images (label, macro, thumbnail) are decoded whole; real ones are a few Mpx.
+MAX_ASSOCIATED_PIXELS = 64 << 20
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -84,10 +93,14 @@ class _Level:
             raise TiffUnsupported("volumetric (3-D) TIFF pages are not slides")
         self.spp = int(page.samplesperpixel)
         self.separate = page.planarconfig == 2 and self.spp > 1
+        if self.width <= 0 or self.height <= 0:
+            raise SlideReadError(f"page of {self.width}x{self.height} px has an empty side (damaged file?)")
         if page.is_tiled:
             self.seg_h, self.seg_w = int(page.tilelength), int(page.tilewidth)
+            if self.seg_h <= 0 or self.seg_w <= 0:
+                raise SlideReadError(f"tiles of {self.seg_w}x{self.seg_h} px (damaged file?)")
         else:
-            rps = int(page.rowsperstrip or self.height)
+            rps = int(page.rowsperstrip or self.height) or self.height
             self.seg_h, self.seg_w = min(rps, self.height), self.width
         self.nsx = math.ceil(self.width / self.seg_w)
         self.nsy = math.ceil(self.height / self.seg_h)
@@ -102,6 +115,12 @@ class _Level:
         self.dtype = page.dtype
         if self.dtype is None:
             raise TiffUnsupported("unsupported sample format")
+        seg_bytes = self.seg_h * self.seg_w * (1 if self.separate else self.spp) * self.dtype.itemsize
+        if seg_bytes > MAX_SEGMENT_BYTES:
+            kind = "tile" if page.is_tiled else "strip"
+            raise SlideReadError(f"one {kind} of {self.seg_w}x{self.seg_h} px would need "
+                                 f"{seg_bytes / 2**20:.0f} MiB to decode (limit {MAX_SEGMENT_BYTES >> 20} MiB); "
+                                 "convert it to a tiled TIFF (e.g. vips tiffsave --tile --pyramid)")
 
 
 class TiffSlide(Slide):
@@ -114,15 +133,20 @@ class TiffSlide(Slide):
         try:
             self._tif = tifffile.TiffFile(self.path)
         except Exception as e:
-            raise TiffUnsupported(f"not a readable TIFF ({e})") from None
+            raise TiffUnsupported(f"{self.path}: not a readable TIFF ({_one_line(e)})") from None
         try:
             self._setup()
-        except TiffUnsupported:
+        except TiffUnsupported as e:
             self._tif.close()
-            raise
+            msg = str(e)
+            raise TiffUnsupported(msg if msg.startswith(self.path) else f"{self.path}: {msg}") from None
+        except SlideReadError as e:
+            self._tif.close()
+            msg = str(e)
+            raise SlideReadError(msg if msg.startswith(self.path) else f"{self.path}: {msg}") from None
         except Exception as e:
             self._tif.close()
-            raise SlideReadError(f"{self.path}: unreadable TIFF ({e})") from None
+            raise SlideReadError(f"{self.path}: unreadable TIFF ({_one_line(e)})") from None
 
     # ------------------------------------------------------------------ structure
     def _setup(self) -> None:
@@ -130,6 +154,7 @@ class TiffSlide(Slide):
         self._lock = threading.RLock()
         self._cache = _SegmentCache(self.CACHE_BYTES)
         self._cache_id = id(self)
+        self._mpp_stated = False
         series = list(tif.series)
         if not series:
             raise TiffUnsupported("no image series")
@@ -142,6 +167,9 @@ class TiffSlide(Slide):
                 first_line = desc.splitlines()[0] if desc else ""
                 cname = canonical_associated_name(first_line) if len(first_line) < 80 else None
             if cname is not None and s is not series[0]:
+                if _yx_area(s) > MAX_ASSOCIATED_PIXELS:  # read whole: keep it within reason
+                    self.warnings.append(f"{cname} image of {_yx_area(s)} px left out (too large; damaged?)")
+                    continue
                 assoc.setdefault(cname, s)
             else:
                 main.append(s)
@@ -192,7 +220,9 @@ class TiffSlide(Slide):
             self.format = "generic-tiff" if self._levels[0].page.is_tiled else "tiff"
             if desc and len(desc) < 2000:
                 props["tiff.ImageDescription"] = desc
-        if self.mpp is None and self.format != "ome-tiff":
+        # Generic resolution tags only when the file states no MPP of its own (an implausible
+        # Aperio MPP is not replaced by a writer's dpi).
+        if self.mpp is None and not self._mpp_stated and self.format != "ome-tiff":
             self._resolution_mpp(page0)
         self.properties = {k: v for k, v in props.items() if v not in ("", "None")}
 
@@ -201,21 +231,7 @@ class TiffSlide(Slide):
         xr, yr, unit = tags.get("XResolution"), tags.get("YResolution"), tags.get("ResolutionUnit")
         if xr is None or yr is None:
             return
-        unit_um = {2: 25400.0, 3: 10000.0, 4: 1000.0, 5: 1.0}.get(int(unit.value) if unit else 2)
-        if unit_um is None:  # RESUNIT.NONE: no physical unit
-            return
-
-        def per_px(v):
-            v = v.value
-            num, den = (v if isinstance(v, tuple) else (v, 1))
-            return unit_um * den / num if num else None
-
-        mx, my = per_px(xr), per_px(yr)
-        if plausible_mpp(mx) and plausible_mpp(my):
-            self.mpp = (mx, my)
-        elif mx is not None:
-            self.warnings.append(f"ignored resolution tags ({mx:.4g} µm/px is not a microscope "
-                                 "pixel size; probably a writer's default dpi)")
+        self._set_mpp_from_resolution(xr.value, yr.value, unit.value if unit is not None else None)
 
     def _svs_metadata(self, desc: str, props: dict) -> None:
         # Aperio's "key = value|key = value" description; tifffile's parser for it is not
@@ -227,12 +243,9 @@ class TiffSlide(Slide):
                 meta[k.strip()] = v.strip()
         for k, v in meta.items():
             props[f"aperio.{k}"] = v
-        try:
-            mpp = float(meta["MPP"])
-            if plausible_mpp(mpp):
-                self.mpp = (mpp, mpp)
-        except (KeyError, ValueError):
-            pass
+        if "MPP" in meta:
+            self._mpp_stated = True
+            self._set_mpp(meta["MPP"], meta["MPP"], "aperio-description")
         try:
             self.objective_power = float(meta["AppMag"])
         except (KeyError, ValueError):
@@ -269,20 +282,24 @@ class TiffSlide(Slide):
             v = pix.get(f"PhysicalSize{axis}")
             if v is None:
                 return None
+            self._mpp_stated = True
             f = factors.get(pix.get(f"PhysicalSize{axis}Unit", "µm"))
             if f is None:
                 self.warnings.append(f"OME PhysicalSize{axis}Unit "
                                      f"{pix.get(f'PhysicalSize{axis}Unit')!r} not understood; ignored")
                 return None
-            return float(v) * f
+            try:
+                return float(v) * f
+            except ValueError:
+                self.warnings.append(f"ignored OME PhysicalSize{axis} {v[:40]!r}: not a number")
+                return None
 
         mx, my = size("X"), size("Y")
         if mx is not None and my is None:
             my = mx
-        if plausible_mpp(mx) and plausible_mpp(my):
-            self.mpp = (mx, my)
-        elif mx is not None:
-            self.warnings.append(f"ignored OME PhysicalSizeX {mx:g} µm (not a microscope pixel size)")
+        if mx is not None and my is not None and not self._set_mpp(mx, my, "ome-xml"):
+            self.warnings[-1] = (f"ignored OME PhysicalSizeX/Y {mx:g} x {my:g} µm: not a microscope pixel size "
+                                 "(accepted: 0.01-100 µm/px)")
         inst = root.find(f"{ns}Instrument/{ns}Objective")
         if inst is not None and inst.get("NominalMagnification"):
             try:
@@ -312,8 +329,11 @@ class TiffSlide(Slide):
 
         def dec(item):
             data, k = item
-            if not data:
+            if not L.counts[k]:       # sparse TIFF: a segment that was never written
                 return k, None
+            if data is None or len(data) < L.counts[k]:
+                raise SlideReadError(f"{self.path}: level {level} tile/strip {k} is cut off "
+                                     f"({0 if data is None else len(data)} of {L.counts[k]} bytes; truncated file?)")
             arr, _, shape = L.decode(data, k, jpegtables=L.jpegtables)
             a = np.asarray(arr).reshape(shape[-3], shape[-2], shape[-1])
             return k, a
@@ -341,7 +361,7 @@ class TiffSlide(Slide):
                 for iy in range(iy0, iy1 + 1) for ix in range(ix0, ix1 + 1)]
         try:
             segs = self._segments(L, level, keys)
-        except TiffUnsupported:
+        except SlideReadError:
             raise
         except Exception as e:
             raise SlideReadError(f"{self.path}: cannot decode level {level} "
@@ -368,7 +388,10 @@ class TiffSlide(Slide):
         self._cache.clear()
 
     def _read_associated(self, name):
-        return np.squeeze(self._assoc[name].asarray())
+        try:
+            return np.squeeze(self._assoc[name].asarray(maxworkers=1))
+        except Exception as e:
+            raise SlideReadError(f"{self.path}: {name} image unreadable ({_one_line(e)})") from None
 
     def _close(self):
         self._cache.clear()
@@ -381,3 +404,11 @@ def _yx_area(series) -> int:
         return int(page.imagewidth) * int(page.imagelength)
     except Exception:
         return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+BACKEND = SlideBackend("tifffile", lambda path, head: is_tiff_head(head), TiffSlide, priority=60)
