@@ -139,21 +139,65 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 # --------------------------------------------------------------------------- bootstrap
-def bootstrap_ci(stat: Callable[..., float], *arrays, n_boot: int = 2000, seed: int = 0,
-                 alpha: float = 0.05, strata=None) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``stat(*arrays)`` resampling rows with replacement.
+def _cluster_index(clusters, n: int) -> np.ndarray:
+    """Cluster number per row, numbered by first appearance (0, 1, ...); each row its own
+    cluster when ``clusters`` is None."""
+    if clusters is None:
+        return np.arange(n)
+    clusters = np.asarray(clusters)
+    if len(clusters) != n:
+        raise ValueError(f"clusters has {len(clusters)} entries for {n} rows")
+    _, first, inv = np.unique(clusters, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.ravel()]
 
-    ``strata`` (e.g. the labels) resamples within each stratum, so every resample keeps the
-    class counts and AUC is always defined.  Resamples where ``stat`` is nan are dropped.
+
+def one_row_per_cluster(clusters) -> bool:
+    """True when no cluster (patient, near-duplicate group) holds more than one row."""
+    return clusters is None or len(np.unique(np.asarray(clusters))) == len(clusters)
+
+
+def bootstrap_ci(stat: Callable[..., float], *arrays, clusters=None, strata=None,
+                 n_boot: int = 2000, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``stat(*arrays)``: the one interval of every card.
+
+    ``clusters`` (patient ids, near-duplicate groups): whole clusters are resampled with
+    replacement, so images of one patient stay together and the interval reflects the number
+    of independent patients, not of images (Field & Welsh 2007, "cluster bootstrap").  Without
+    ``clusters`` each row is its own cluster; with one row per cluster both give the same
+    resamples for the same seed (clusters are numbered by first appearance).
+
+    ``strata`` (e.g. the labels): clusters are resampled within each stratum, so every
+    resample keeps the number of clusters per class and AUC is always defined.  A cluster's
+    stratum is the set of strata of its rows (a cluster with mixed labels is a stratum of its
+    own kind).  Resamples where ``stat`` is nan are dropped.
+
+    The interval is reported as computed: the point estimate can lie outside it (for skewed
+    statistics near 0 or 1) and that is information, not something to hide.
     """
     rng = np.random.default_rng(seed)
     arrays = [np.asarray(a) for a in arrays]
     n = len(arrays[0])
-    groups = [np.arange(n)] if strata is None else \
-        [np.nonzero(np.asarray(strata) == v)[0] for v in np.unique(strata)]
+    cid = _cluster_index(clusters, n)
+    n_cl = int(cid.max()) + 1 if n else 0
+    order = np.argsort(cid, kind="stable")  # rows grouped by cluster
+    sizes = np.bincount(cid, minlength=n_cl)
+    starts = np.cumsum(sizes) - sizes
+    if strata is None:
+        pools = [np.arange(n_cl)]
+    else:
+        st = np.asarray(strata)
+        keys = [tuple(sorted(set(st[order[a:a + b]].tolist()))) for a, b in zip(starts, sizes)]
+        kinds = sorted(set(keys))
+        pools = [np.array([c for c in range(n_cl) if keys[c] == k]) for k in kinds]
     vals = []
     for _ in range(n_boot):
-        idx = np.concatenate([rng.choice(g, len(g), replace=True) for g in groups])
+        pick = np.concatenate([rng.choice(g, len(g), replace=True) for g in pools])
+        sz = sizes[pick]
+        # rows of the picked clusters: start of each picked cluster + 0..size-1
+        offs = np.repeat(starts[pick] - (np.cumsum(sz) - sz), sz) + np.arange(int(sz.sum()))
+        idx = order[offs]
         v = stat(*[a[idx] for a in arrays])
         if np.isfinite(v):
             vals.append(v)
@@ -161,15 +205,38 @@ def bootstrap_ci(stat: Callable[..., float], *arrays, n_boot: int = 2000, seed: 
     return float(lo), float(hi)
 
 
+def sens_spec_ci(y, score, threshold: float, clusters=None, seed: int = 0,
+                 n_boot: int = 2000) -> tuple[tuple[float, float], tuple[float, float], str]:
+    """95% intervals of sensitivity and specificity at ``threshold`` and how they were made.
+
+    Wilson score interval when every cluster is one image (independent rows); otherwise a
+    cluster bootstrap (:func:`bootstrap_ci`, stratified by label): the Wilson interval
+    assumes independent images and is too narrow when a patient has several.  (A percentile
+    bootstrap of a proportion collapses at 0/n and n/n, e.g. [1, 1]: read it as "no errors
+    among these clusters", not as certainty.)"""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(score, np.float64)
+    if one_row_per_cluster(clusters):
+        se, sp = sens_spec(y, s, threshold)
+        npos, nneg = int(y.sum()), int((~y).sum())
+        return (wilson_ci(round(se * npos), npos), wilson_ci(round(sp * nneg), nneg),
+                "Wilson score interval (one image per patient/group)")
+    se_ci = bootstrap_ci(lambda a, b: sens_spec(a, b, threshold)[0], y, s, clusters=clusters,
+                         strata=y, seed=seed, n_boot=n_boot)
+    sp_ci = bootstrap_ci(lambda a, b: sens_spec(a, b, threshold)[1], y, s, clusters=clusters,
+                         strata=y, seed=seed + 1, n_boot=n_boot)
+    return se_ci, sp_ci, f"cluster bootstrap ({n_boot:,} resamples of whole clusters, stratified by label)"
+
+
 def metric(name: str, value: float, ci: tuple[float, float] | None, n: int, data: str,
            label: str | None = None, digits: int = 4) -> dict:
-    """One entry of a card's ``metrics`` list (the interval is widened by rounding only)."""
+    """One entry of a card's ``metrics`` list.  The interval is written as computed (rounded
+    to ``digits``), even when the value lies outside it (see :func:`bootstrap_ci`)."""
     d = {"name": name, "value": round(float(value), digits)}
     if label is not None:
         d["label"] = label
     if ci is not None:
-        lo, hi = float(ci[0]), float(ci[1])
-        d["ci95"] = [min(round(lo, digits), d["value"]), max(round(hi, digits), d["value"])]
+        d["ci95"] = [round(float(ci[0]), digits), round(float(ci[1]), digits)]
     d["n"] = int(n)
     d["data"] = data
     return d

@@ -92,9 +92,12 @@ def _dlogr(side: float) -> float:
     return float(np.log(R_MAX / R_MIN) / (N_RADII - 1))
 
 
-def candidate_scores(maps: np.ndarray, max_log_zoom: float = 0.6, block: int = 32):
+def candidate_scores(maps: np.ndarray, max_log_zoom: float = 0.6, block: int = 32,
+                     max_angle_deg: float = 180.0, allow_flip: bool = True):
     """Peak log-polar NCC of every pair (upper triangle filled, both halves returned) and
-    its (radius shift, angle shift, flip).  ``maps``: (N, N_RADII, N_ANGLES)."""
+    its (radius shift, angle shift, flip).  ``maps``: (N, N_RADII, N_ANGLES).
+    ``max_angle_deg`` / ``allow_flip`` limit the transforms searched (e.g. ultrasound frames
+    are never turned or mirrored, so only near-identity transforms are allowed there)."""
     import torch
 
     x = torch.from_numpy(np.ascontiguousarray(maps, np.float32))
@@ -106,7 +109,11 @@ def candidate_scores(maps: np.ndarray, max_log_zoom: float = 0.6, block: int = 3
     shift = np.where(k < nr, k, k - 2 * nr)
     overlap = nr - np.abs(shift)
     w = np.where(np.abs(shift) <= max_shift, 1.0 / (np.maximum(overlap, 1) * na), 0.0)
+    m = np.arange(na)
+    ang_ok = np.minimum(m, na - m) * 360.0 / na <= max_angle_deg + 1e-9
     w = torch.from_numpy(w.astype(np.float32))[:, None]
+    # a forbidden angle shift gets a large negative score so it never wins the max
+    pen = torch.from_numpy(np.where(ang_ok, 0.0, -1e3).astype(np.float32))[None, :]
     pad = torch.zeros(n, 2 * nr, na)
     pad[:, :nr] = x
     f = torch.fft.rfft2(pad)
@@ -119,11 +126,14 @@ def candidate_scores(maps: np.ndarray, max_log_zoom: float = 0.6, block: int = 3
     with torch.no_grad():
         for s in range(0, n, block):
             rows = slice(s, min(n, s + block))
-            c0 = torch.fft.irfft2(f[rows].conj()[:, None] * f[None], s=(2 * nr, na)) * w
+            c0 = torch.fft.irfft2(f[rows].conj()[:, None] * f[None], s=(2 * nr, na)) * w + pen
             v0, i0 = c0.flatten(2).max(2)
-            c1 = torch.fft.irfft2(ff[rows].conj()[:, None] * f[None], s=(2 * nr, na)) * w
-            v1, i1 = c1.flatten(2).max(2)
-            fl = v1 > v0
+            if allow_flip:
+                c1 = torch.fft.irfft2(ff[rows].conj()[:, None] * f[None], s=(2 * nr, na)) * w + pen
+                v1, i1 = c1.flatten(2).max(2)
+                fl = v1 > v0
+            else:
+                v1, i1, fl = v0, i0, torch.zeros_like(v0, dtype=torch.bool)
             v, idx = torch.where(fl, v1, v0), torch.where(fl, i1, i0)
             score[rows] = v.numpy()
             ki = (idx // na).numpy()
@@ -216,12 +226,16 @@ class _UnionFind:
 
 def group_near_duplicates(images, strata=None, *, candidate_threshold: float = 0.35,
                           max_candidates: int = 12, ncc_threshold: float = 0.2,
-                          max_log_zoom: float = 0.6, progress=None) -> Grouping:
+                          max_log_zoom: float = 0.6, max_angle_deg: float = 180.0,
+                          allow_flip: bool = True, progress=None) -> Grouping:
     """Group index per image (copies of one original share it).
 
     ``images``: sequence of (H, W[, 3]) arrays (square-ish, same content framing).
     ``strata``: optional labels; only images of one stratum are compared (copies of one
     original carry one label, and it saves time).
+    ``max_log_zoom``, ``max_angle_deg``, ``allow_flip``: the transforms searched (defaults: any
+    rotation, flips, zoom up to e^0.6, as in LC25000; ultrasound frames are neither turned nor
+    mirrored, see ``scripts/train_us_breast.py``).
     """
     n = len(images)
     strata = np.zeros(n, int) if strata is None else np.asarray(strata)
@@ -233,7 +247,8 @@ def group_near_duplicates(images, strata=None, *, candidate_threshold: float = 0
         idx = np.nonzero(strata == s)[0]
         if len(idx) < 2:
             continue
-        score, arg = candidate_scores(maps[idx], max_log_zoom)
+        score, arg = candidate_scores(maps[idx], max_log_zoom, max_angle_deg=max_angle_deg,
+                                      allow_flip=allow_flip)
         for a in range(len(idx)):
             order = np.argsort(-score[a])[:max_candidates]
             for b in order:
