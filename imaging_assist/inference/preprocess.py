@@ -63,19 +63,98 @@ def _units_for(card, vol: Volume) -> list[int | None]:
     return list(range(vol.n_slices))
 
 
+def is_dicom(vol: Volume) -> bool:
+    """A DICOM image (plain PNG/JPEG/TIFF have neither modality nor headers)."""
+    return bool(vol.modality) or bool(vol.headers)
+
+
+def uses_display_values(card, vol: Volume) -> bool:
+    """Card ``input.dicom_values: "display"`` on a greyscale DICOM input."""
+    return (getattr(card.input, "dicom_values", "modality") == "display" and is_dicom(vol)
+            and not vol.is_color)
+
+
+def _is_8bit(a: np.ndarray) -> bool:
+    lo, hi = float(np.min(a)), float(np.max(a))
+    return lo >= 0 and hi <= 255 and (np.issubdtype(a.dtype, np.integer) or np.array_equal(a, np.round(a)))
+
+
+def _identity_window_on_8bit(preset) -> bool:
+    """Does the file's window map 8-bit values 0..255 onto themselves (within half a level)?
+
+    Common for 8-bit CR/DX made from exports (C 127.5 / W 256 gives x + 0.5, C 128 / W 256
+    gives x): the stored values are then what the export held, and rounding the half-level
+    offset would shift every pixel by one grey level.  Computed with pydicom's
+    ``apply_windowing`` (the DICOM formulas, VOILUTFunction included).
+    """
+    if preset.source != "dicom":
+        return False
+    from pydicom import Dataset
+    from pydicom.pixels import apply_windowing
+
+    ds = Dataset()
+    ds.WindowCenter, ds.WindowWidth = float(preset.center), float(preset.width)
+    ds.VOILUTFunction = str(preset.function or "LINEAR").upper()
+    ds.BitsStored, ds.PixelRepresentation, ds.PhotometricInterpretation = 8, 0, "MONOCHROME2"
+    x = np.arange(256, dtype=np.float64)
+    try:
+        return bool(np.abs(apply_windowing(x, ds) - x).max() <= 0.5 + 1e-9)
+    except Exception:  # noqa: BLE001 - an odd window is simply not the identity
+        return False
+
+
+def display_values(vol: Volume, unit: int | None, warns: list[str]) -> np.ndarray:
+    """uint8 display values of slice ``unit`` ([j, i]) or of every slice ([k, j, i]), as the
+    viewer shows the image and a display export (JPEG/PNG) stores it: the file's VOI LUT, else
+    its first window (with VOILUTFunction), MONOCHROME1 inverted (``display.render_slice``).
+
+    8-bit values (0..255) without a window, or with a window that maps them onto themselves,
+    are used as stored.  Other values without a window go through the viewer's automatic
+    window, with a warning (that is a guess).
+    """
+    from .. import display
+
+    ks = range(vol.n_slices) if unit is None else [unit]
+    a = vol.array if unit is None else vol.array[unit]
+    preset = next((p for p in vol.window_presets if p.source in ("voilut", "dicom")), None)
+    m1 = vol.photometric.upper() == "MONOCHROME1"
+    if m1:
+        warns.append("MONOCHROME1 image inverted (bright = dense) as the model expects")
+    if (preset is None or _identity_window_on_8bit(preset)) and _is_8bit(a):
+        img = np.asarray(a).astype(np.uint8)
+        why = "the file gives no window" if preset is None else "the file's window leaves them unchanged"
+        warns.append(f"DICOM values used as 8-bit display values as stored ({why}), as the model "
+                     "was trained on exported images")
+        return 255 - img if m1 else img
+    if preset is None:
+        preset = display.default_window(vol)
+        warns.append(f"the file gives no display window: the model sees the values through an automatic "
+                     f"window (C {preset.center:g} / W {preset.width:g}), as a viewer would show "
+                     "them; the model was trained on exported images")
+    else:
+        what = ("VOI LUT" if preset.source == "voilut" else
+                f"window C {preset.center:g} / W {preset.width:g} ({preset.function})")
+        warns.append(f"DICOM values mapped to 8-bit display values through the file's {what}, "
+                     "as the model was trained on exported images")
+    out = np.stack([np.asarray(display.render_slice(vol, k, preset), np.uint8) for k in ks])
+    return out if unit is None else out[0]
+
+
 def meta_input(card, vol: Volume, unit: int | None, warns: list[str], m1=None):
     """Card models: channel-first MetaTensor in the model's axis order (see module doc)."""
     from monai.data import MetaTensor
 
     ch = card.input.channels
+    disp = uses_display_values(card, vol)
+    photometric = "MONOCHROME2" if disp else vol.photometric  # the display path inverted M1
     if unit is None:  # 3D
-        data = _to_channels(vol.array, vol.is_color, ch, vol.photometric,
-                            card.input.invert_monochrome1, warns, m1)
+        a = display_values(vol, None, warns) if disp else vol.array
+        data = _to_channels(a, vol.is_color, ch, photometric, card.input.invert_monochrome1, warns, m1)
         data = np.ascontiguousarray(np.transpose(data, (0, 3, 2, 1)))  # (C, i, j, k)
         aff = LPS_TO_RAS @ vol.affine
     else:
-        sl = vol.array[unit]
-        data = _to_channels(sl, vol.is_color, ch, vol.photometric, card.input.invert_monochrome1,
+        sl = display_values(vol, unit, warns) if disp else vol.array[unit]
+        data = _to_channels(sl, vol.is_color, ch, photometric, card.input.invert_monochrome1,
                             warns, m1)  # (C, H, W) = (C, j, i)
         sx, sy = float(vol.spacing[0]), float(vol.spacing[1])
         if card.input.axis_order == "col_row":

@@ -82,6 +82,9 @@ class InputSpec:
     units: str | None = None  # e.g. "HU": refuse inputs in other units
     invert_monochrome1: bool = True
     resize_mode: str = "auto"  # auto: "area" when shrinking every axis, else (bi/tri)linear
+    # DICOM input: "modality" = stored values after rescale (default); "display" = first through
+    # the file's window / VOI LUT / MONOCHROME1 to 8 bits, as JPEG/PNG exports are (radiographs)
+    dicom_values: str = "modality"
 
 
 @dataclass
@@ -384,6 +387,10 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         if rm not in RESIZE_MODES:
             c.add("input.resize_mode", f"must be one of {', '.join(RESIZE_MODES)} (got {rm!r})")
         spec.resize_mode = rm
+        dv = inp.get("dicom_values", "modality")
+        if dv not in ("modality", "display"):
+            c.add("input.dicom_values", f"must be \"modality\" or \"display\" (got {dv!r})")
+        spec.dicom_values = dv if dv in ("modality", "display") else "modality"
         if task == "classification" and fmt != "monai_bundle" and spec.size is None:
             c.add("input.size", "is required for classifiers (the image is resized to it)")
 
