@@ -15,11 +15,16 @@ kept.
 Test metrics (JSRT test split, through the engine's ``run_model``, i.e. exactly what a user
 gets): Dice per lung and their mean, 95% Hausdorff distance in pixels (and in mm derived from
 JSRT's 2048² originals at 0.175 mm, i.e. 1.6 mm per pixel at 224²), all with bootstrap 95% CIs
-over images.  External tests (never trained on, evaluated on each mask's own grid):
+over patients (``evaluation.bootstrap_ci`` with the patient ids as clusters: JSRT and the NLM
+sets have one image per patient, so that is the per-image bootstrap; the COVID-19 set has
+100 images of 73 patients, resampled by patient).  External tests (never trained on, evaluated on each mask's own grid):
 ``lung_masks_covid_generalblockchain`` (labels 1 right, 2 left) and
 ``lung_masks_nlm_tb_subset`` (one union mask: Dice of the union).
 
-    python scripts/train_cxr_lung_seg.py [--epochs N] [--device cuda] [--time-limit S]
+    python scripts/train_cxr_lung_seg.py [--epochs N] [--device cuda] [--time-limit S] [--evaluate-only]
+
+``--evaluate-only`` re-measures the shipped weights (no training; the card's training block is
+kept as it was).
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ ARCH = {"library": "monai", "name": "UNet",
 INPUT = {"channels": 1, "size": [224, 224], "axis_order": "row_col",
          "intensity": [{"type": "percentile", "lower": 0.5, "upper": 99.5},
                        {"type": "normalize", "mean": [0.5], "std": [0.25]}],
-         "invert_monochrome1": True}
+         "invert_monochrome1": True, "dicom_values": "display"}
 
 
 def base_card() -> dict:
@@ -116,9 +121,13 @@ def read_label_png(p, mapping: dict[int, int]) -> np.ndarray:
     return lab
 
 
-def mean_ci(vals, seed):
-    vals = np.asarray([v for v in vals if np.isfinite(v)], float)
-    return float(vals.mean()), E.bootstrap_ci(lambda a: float(np.mean(a)), vals, seed=seed), len(vals)
+def mean_ci(vals, seed, clusters=None):
+    """Mean of the finite values and its cluster-bootstrap 95% CI (clusters: patient ids)."""
+    vals = np.asarray(vals, float)
+    ok = np.isfinite(vals)
+    cl = None if clusters is None else np.asarray(clusters)[ok]
+    v = vals[ok]
+    return float(v.mean()), E.bootstrap_ci(lambda a: float(np.mean(a)), v, clusters=cl, seed=seed), len(v)
 
 
 def paediatric_check(model, n_per_class: int = 40, seed: int = 0) -> dict:
@@ -146,6 +155,8 @@ def paediatric_check(model, n_per_class: int = 40, seed: int = 0) -> dict:
 
 def main(argv=None) -> int:
     ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 40, 8, 3e-3)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="re-measure the weights already in the model folder (no training)")
     args = ap.parse_args(argv)
     dev, out = T.start(args, MODEL_ID)
     t_all = time.perf_counter()
@@ -196,14 +207,25 @@ def main(argv=None) -> int:
         return {"val_loss": float(loss_fn(lo, y[iva])), "val_dice_right": float(np.mean(d[0])),
                 "val_dice_left": float(np.mean(d[1])), "val_dice": md, "score": md}
 
-    log = T.Log(out / "training_log.csv")
-    t0 = time.perf_counter()
-    info = T.fit(net, x[itr], y[itr], loss_fn=loss_fn, augment=augment, evaluate=evaluate,
-                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
-                 device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
-    train_s = time.perf_counter() - t0
-    T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training",
-               ["val_dice", "val_dice_right", "val_dice_left"])
+    old_training = None
+    if args.evaluate_only:
+        # Re-measure the shipped weights: same splits, same code; the training record is kept.
+        import json
+
+        from safetensors.torch import load_file
+
+        old_training = json.loads((out / "model.json").read_text())["training"]
+        net.load_state_dict(load_file(str(out / "model.safetensors")))
+        info, train_s = {"epochs_run": None, "best_epoch": None}, 0.0
+    else:
+        log = T.Log(out / "training_log.csv")
+        t0 = time.perf_counter()
+        info = T.fit(net, x[itr], y[itr], loss_fn=loss_fn, augment=augment, evaluate=evaluate,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                     device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
+        train_s = time.perf_counter() - t0
+        T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training",
+                   ["val_dice", "val_dice_right", "val_dice_left"])
     net.cpu().eval()
 
     # ---------------------------------------------------------------- test (engine path)
@@ -230,7 +252,7 @@ def main(argv=None) -> int:
                                   ("Dice", d_r, "right_lung", 2), ("Dice", d_l, "left_lung", 3),
                                   ("HD95_px", h_mean, "mean of right and left lung", 4),
                                   ("HD95_px", h_r, "right_lung", 5), ("HD95_px", h_l, "left_lung", 6)):
-        v, ci, n = mean_ci(vals, seed)
+        v, ci, n = mean_ci(vals, seed, clusters=groups[ite])  # one image per patient (asserted above)
         metrics.append(E.metric(name, v, ci, n, what, lab))
         jsrt[f"{name}:{lab}"] = {"value": v, "ci95": ci, "n": n}
         if name == "HD95_px":
@@ -254,18 +276,21 @@ def main(argv=None) -> int:
     labs = run_on_files(model, [csrc / r["image"] for r in crow])
     truth = [read_label_png(csrc / r["label_mask"], {1: 1, 2: 2}) for r in crow]
     cov = {}
+    cpid = np.array([r["patient_id"] for r in crow])  # 100 images of 73 patients: resampled by patient
     for k, lname in ((1, "right_lung"), (2, "left_lung")):
-        have = [(a, b) for a, b in zip(labs, truth) if (b == k).any()]
-        v, ci, n = mean_ci([E.dice(a == k, b == k) for a, b in have], 10 + k)
+        has = np.array([(b == k).any() for b in truth])
+        have = [(a, b) for a, b, h in zip(labs, truth, has) if h]
+        v, ci, n = mean_ci([E.dice(a == k, b == k) for a, b in have], 10 + k, clusters=cpid[has])
         cov[f"Dice:{lname}"] = {"value": v, "ci95": ci, "n": n}
         metrics.append(E.metric("Dice", v, ci, n, "external: lung_masks_covid_generalblockchain (COVID-19 image "
                                 "data collection, PA/AP, mostly COVID-19; images where this lung is annotated), "
                                 "each image's own grid", lname))
     union = [E.dice(a > 0, b > 0) for a, b in zip(labs, truth)]
-    v, ci, n = mean_ci(union, 13)
+    v, ci, n = mean_ci(union, 13, clusters=cpid)
     cov["Dice:union"] = {"value": v, "ci95": ci, "n": n}
-    metrics.append(E.metric("Dice", v, ci, n, "external: lung_masks_covid_generalblockchain, both lungs as one "
-                            "mask", "lungs (union)"))
+    metrics.append(E.metric("Dice", v, ci, n, f"external: lung_masks_covid_generalblockchain, both lungs as one "
+                            f"mask; {len(crow)} images of {len(set(cpid))} patients, CI resampled by patient",
+                            "lungs (union)"))
     for r, a, b in zip(crow, labs, truth):
         pred_rows.append([r["image"], "covid_generalblockchain",
                           f"{E.dice(a == 1, b == 1):.5f}" if (b == 1).any() else "",
@@ -281,12 +306,14 @@ def main(argv=None) -> int:
     # External 2: NLM TB (Shenzhen + Montgomery), union mask only.
     nsrc = T.DATA / "cxr" / "lung_masks_nlm_tb_subset"
     nrow = list(csv.DictReader((nsrc / "labels.csv").open()))
+    npid = np.array([r["patient_id"] for r in nrow])
+    assert len(set(npid)) == len(npid), "NLM TB: one image per case expected"
     labs = run_on_files(model, [nsrc / r["file"] for r in nrow])
     truth = [read_label_png(nsrc / r["mask"], {255: 1}) for r in nrow]
     union = np.array([E.dice(a > 0, b > 0) for a, b in zip(labs, truth)])
     hd = np.array([E.hausdorff95(a > 0, b > 0) for a, b in zip(labs, truth)])
     nlm = {}
-    v, ci, n = mean_ci(union, 20)
+    v, ci, n = mean_ci(union, 20, clusters=npid)
     nlm["Dice:union"] = {"value": v, "ci95": ci, "n": n}
     metrics.append(E.metric("Dice", v, ci, n, "external: lung_masks_nlm_tb_subset (Shenzhen + Montgomery, all "
                             "TB-abnormal; one union mask per image), each image's own grid (shorter side 256)",
@@ -294,11 +321,11 @@ def main(argv=None) -> int:
     for src_name in ("Shenzhen", "Montgomery"):
         m = np.array([r["source"] == src_name for r in nrow])
         if m.sum() >= 3:
-            v2, ci2, n2 = mean_ci(union[m], 21 if src_name == "Shenzhen" else 22)
+            v2, ci2, n2 = mean_ci(union[m], 21 if src_name == "Shenzhen" else 22, clusters=npid[m])
             nlm[f"Dice:union:{src_name}"] = {"value": v2, "ci95": ci2, "n": n2}
             metrics.append(E.metric("Dice", v2, ci2, n2, f"external: lung_masks_nlm_tb_subset, {src_name} only",
                                     "lungs (union)"))
-    vh, cih, nh = mean_ci(hd, 23)
+    vh, cih, nh = mean_ci(hd, 23, clusters=npid)
     nlm["HD95_px:union"] = {"value": vh, "ci95": cih, "n": nh}
     metrics.append(E.metric("HD95_px", vh, cih, nh, "external: lung_masks_nlm_tb_subset, union mask, pixels of the "
                             "256-short-side images (no spacing known)", "lungs (union)", digits=3))
@@ -320,6 +347,10 @@ def main(argv=None) -> int:
     jd = details["jsrt_test"]["metrics"]
     card.update({
         "metrics": metrics,
+        "metrics_ci": "95% CIs: percentile bootstrap of the mean over patients (imaging_assist.evaluation."
+                      "bootstrap_ci, 2,000 resamples, patient ids as clusters). JSRT and the NLM TB set have one "
+                      "image per patient, so this is the per-image bootstrap; the COVID-19 set (100 images of 73 "
+                      "patients) is resampled by patient.",
         "data": {
             "training": f"JSRT (Shiraishi et al., AJR 2000), 224x224 grey PNG copy with right/left lung and heart "
                         f"label maps in shared/data/cxr/lung_masks_jsrt (the largest clean lung-mask set there; "
@@ -375,6 +406,8 @@ def main(argv=None) -> int:
         "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
                   "predictions": "predictions.csv"},
     })
+    if old_training is not None:
+        card["training"] = old_training
     from imaging_assist.models.build import save_model_folder
 
     save_model_folder(out, card, net)

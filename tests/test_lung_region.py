@@ -216,7 +216,7 @@ def test_model_panel_worker_adds_region_layer_and_line(toy, qapp):
     from imaging_assist.inference.images import read_image
     from imaging_assist.inference.jobs import Progress
     from imaging_assist.models.card import load_card
-    from imaging_assist_ui.model_panel import _Bridge, _ModelCache, _run_job
+    from imaging_assist_ui.ai.model_panel import _Bridge, _ModelCache, _run_job
 
     tmp, img = toy
     card = load_card(tmp / "cls")
@@ -232,9 +232,22 @@ def test_model_panel_worker_adds_region_layer_and_line(toy, qapp):
 
 
 # =========================================================================== shipped models
+# Stored predictions vs today's run.  Floating point differs between CPUs, kernels and
+# precisions, so a stored Dice is compared with a tolerance that holds on any machine:
+# measured on the 32 JSRT test images, fp32 on this CPU reproduces the stored per-image Dice
+# to 5e-6 (the 5-decimal rounding of predictions.csv), bf16 autocast (what other CPUs /
+# GPUs may run) moves it by at most 3.9e-4 (a few boundary pixels of ~10,000 per lung flip).
+# DICE_TOL = 2e-3 per image is 5x that worst case.  A mean of per-image Dice moves by at most
+# the largest per-image change (the changes may all go one way), so the same 2e-3 bounds the
+# aggregated numbers.  Numbers recomputed from predictions.csv itself are exact up to the
+# card's 4-decimal rounding (CARD_TOL).
+DICE_TOL = 2e-3
+CARD_TOL = 6e-5  # half a unit of the card's 4th decimal + the 5-decimal rounding of predictions.csv
+
+
 def _need_weights(folder: Path):
-    if not (folder / "model.json").is_file():
-        pytest.skip(f"{folder.name} is not in weights/ yet")
+    """Shipped weights are in the repository: a missing model is a failure, not a skip."""
+    assert (folder / "model.json").is_file(), f"{folder} is missing: shipped weights belong to the repository"
 
 
 def test_shipped_lung_model_on_jsrt_test_images():
@@ -260,15 +273,72 @@ def test_shipped_lung_model_on_jsrt_test_images():
         assert lab.shape == truth.shape == (224, 224)
         d_r, d_l = dice(lab == 1, truth == 150), dice(lab == 2, truth == 200)
         dices.append((d_r, d_l))
-        # the script's numbers (predictions.csv) are what the engine gives today
-        assert d_r == pytest.approx(float(r["dice_right_lung"]), abs=1e-4)
-        assert d_l == pytest.approx(float(r["dice_left_lung"]), abs=1e-4)
+        # the script's numbers (predictions.csv) are what the engine gives today (DICE_TOL: why)
+        assert d_r == pytest.approx(float(r["dice_right_lung"]), abs=DICE_TOL)
+        assert d_l == pytest.approx(float(r["dice_left_lung"]), abs=DICE_TOL)
         assert res.area_px == {"right_lung": int((lab == 1).sum()), "left_lung": int((lab == 2).sum())}
     d = np.array(dices)
     assert d.mean(0).min() >= 0.9 and d.min() >= 0.8, d  # JPCLN016 (left lung 0.82) is the worst test image
-    m = {(x["name"], x.get("label")): x for x in card.metrics if "JSRT" in x["data"]}
-    mean = m[("Dice", "mean of right and left lung")]
-    assert mean["ci95"][0] <= mean["value"] <= mean["ci95"][1] and mean["n"] >= 30
+    # today's mean Dice of these images equals the stored one within the per-image tolerance
+    stored = np.array([[float(r["dice_right_lung"]), float(r["dice_left_lung"])] for r in rows])
+    assert abs(d.mean() - stored.mean()) <= DICE_TOL
+
+
+def test_shipped_lung_card_metrics_recomputed_from_predictions():
+    """Every Dice / HD95 of the card (JSRT test and the two external sets) is the mean of the
+    per-image numbers in predictions.csv, and its 95% CI is the patient-cluster bootstrap of
+    those numbers with the script's seed (scripts/train_cxr_lung_seg.py); metrics.json says
+    the same as the card."""
+    from imaging_assist import evaluation as E
+
+    _need_weights(LUNG)
+    card = json.loads((LUNG / "model.json").read_text())
+    assert json.loads((LUNG / "metrics.json").read_text())["metrics"] == card["metrics"]
+    preds = list(csv.DictReader((LUNG / "predictions.csv").open()))
+
+    def col(rows, c):
+        return np.array([float(r[c]) if r[c] != "" else np.nan for r in rows])
+
+    jsrt = [r for r in preds if r["set"] == "jsrt_test"]
+    cov = [r for r in preds if r["set"] == "covid_generalblockchain"]
+    nlm = [r for r in preds if r["set"] == "nlm_tb_subset"]
+    jl = {r["file"]: r for r in csv.DictReader(need(JSRT / "labels.csv").open())}
+    jpid = np.array([jl[r["file"]]["patient_id"] for r in jsrt])
+    assert len(set(jpid)) == len(jpid) == 32  # JSRT: one image per patient
+    cl = {r["image"]: r["patient_id"] for r in csv.DictReader(
+        need(SHARED / "cxr" / "lung_masks_covid_generalblockchain" / "labels.csv").open())}
+    cpid = np.array([cl[r["file"]] for r in cov])
+    assert len(set(cpid)) < len(cpid)  # several images per patient there: the CI resamples patients
+    nl = {r["file"]: r for r in csv.DictReader(need(SHARED / "cxr" / "lung_masks_nlm_tb_subset" / "labels.csv").open())}
+    npid = np.array([nl[r["file"]]["patient_id"] for r in nlm])
+    d_r, d_l = col(jsrt, "dice_right_lung"), col(jsrt, "dice_left_lung")
+    h_r, h_l = col(jsrt, "hd95_px_right_lung"), col(jsrt, "hd95_px_left_lung")
+    nlm_src = np.array([nl[r["file"]]["source"] for r in nlm])
+    expected = [  # (name, label, data prefix, values, clusters, seed) as in the script
+        ("Dice", "mean of right and left lung", "JSRT", (d_r + d_l) / 2, jpid, 1),
+        ("Dice", "right_lung", "JSRT", d_r, jpid, 2), ("Dice", "left_lung", "JSRT", d_l, jpid, 3),
+        ("HD95_px", "mean of right and left lung", "JSRT", (h_r + h_l) / 2, jpid, 4),
+        ("HD95_px", "right_lung", "JSRT", h_r, jpid, 5), ("HD95_px", "left_lung", "JSRT", h_l, jpid, 6),
+        ("Dice", "right_lung", "external: lung_masks_covid", col(cov, "dice_right_lung"), cpid, 11),
+        ("Dice", "left_lung", "external: lung_masks_covid", col(cov, "dice_left_lung"), cpid, 12),
+        ("Dice", "lungs (union)", "external: lung_masks_covid", col(cov, "dice_union"), cpid, 13),
+        ("Dice", "lungs (union)", "external: lung_masks_nlm_tb_subset (", col(nlm, "dice_union"), npid, 20),
+        ("Dice", "lungs (union)", "external: lung_masks_nlm_tb_subset, Shenzhen",
+         col(nlm, "dice_union")[nlm_src == "Shenzhen"], npid[nlm_src == "Shenzhen"], 21),
+        ("Dice", "lungs (union)", "external: lung_masks_nlm_tb_subset, Montgomery",
+         col(nlm, "dice_union")[nlm_src == "Montgomery"], npid[nlm_src == "Montgomery"], 22),
+    ]
+    for name, lab, prefix, vals, clusters, seed in expected:
+        (m,) = [x for x in card["metrics"] if x["name"] == name and x.get("label") == lab
+                and x["data"].startswith(prefix)]
+        ok = np.isfinite(vals)
+        v = vals[ok]
+        # HD95 is stored with 3 decimals in predictions.csv: its mean is exact to 5e-4
+        tol = CARD_TOL if name == "Dice" else 5e-4
+        assert m["n"] == ok.sum()
+        assert v.mean() == pytest.approx(m["value"], abs=tol), (name, lab, prefix)
+        ci = E.bootstrap_ci(lambda a: float(np.mean(a)), v, clusters=clusters[ok], seed=seed)
+        assert ci == pytest.approx(tuple(m["ci95"]), abs=tol), (name, lab, prefix, ci, m["ci95"])
 
 
 def test_shipped_pneumonia_heat_map_inside_the_lungs(tmp_path, monkeypatch):
@@ -276,8 +346,7 @@ def test_shipped_pneumonia_heat_map_inside_the_lungs(tmp_path, monkeypatch):
     segmenter, both lungs are found on real paediatric films and the fraction matches the files."""
     _need_weights(LUNG)
     _need_weights(PNEU)
-    if "explanation_region" not in json.loads((PNEU / "model.json").read_text()):
-        pytest.skip("the cxr-pneumonia card has no explanation_region yet")
+    assert "explanation_region" in json.loads((PNEU / "model.json").read_text())
     monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))  # only weights/
     rows = list(csv.DictReader(need(KERMANY / "labels.csv").open()))
     pick = [next(r for r in rows if r["label"].lower() == lab) for lab in ("pneumonia", "normal")]
