@@ -451,5 +451,55 @@ def test_fuzz_every_reader_with_mutated_real_files(tmp_path):
     print(f"{len(results)} cases, {outcomes.count('error')} refused, {time.perf_counter() - t0:.1f} s")
 
 
+def _sparse_huge_tiff(path, side=10**6, rows_per_strip=16) -> str:
+    """A ~1 MB TIFF that validly claims side x side RGB pixels: every strip is sparse (offset and
+    byte count 0, i.e. never written), so the claim costs nothing on disk."""
+    import tifffile
+    tifffile.imwrite(path, shape=(side, side, 3), dtype=np.uint8, rowsperstrip=rows_per_strip,
+                     photometric="rgb", metadata=None)   # a sparse (hole-filled) file on disk
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        first = int(min(page.dataoffsets))
+        spans = [(t.valueoffset, t.count * {4: 4, 16: 8}[int(t.dtype)])
+                 for t in (page.tags["StripOffsets"], page.tags["StripByteCounts"])]
+    with open(path, "r+b") as f:
+        f.truncate(first)
+        for off, n in spans:
+            f.seek(off)
+            f.write(b"\0" * n)
+    return str(path)
+
+
+def test_huge_declared_tiff_reads_are_bounded(tmp_path):
+    """A TIFF claiming 10^6 x 10^6 px: small reads are cheap (no whole segment is materialised
+    for never-written strips), a 10^6 x 10^6 read and an overview are refused with one line."""
+    import tracemalloc
+
+    from imaging_assist.slides import SlideError, open_slide
+    path = _sparse_huge_tiff(tmp_path / "huge.tif")
+    assert os.path.getsize(path) < 2_000_000
+    t0 = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with open_slide(path) as s:
+            assert s.dimensions == (10**6, 10**6)
+            a = s.read_region((500_000, 500_000), 0, (256, 256))
+            assert a.shape == (256, 256, 3) and (a == 255).all()
+            _, peak = tracemalloc.get_traced_memory()
+            assert peak < 64 << 20, f"{peak / 2**20:.0f} MiB for a 256x256 read"
+            with pytest.raises(SlideError, match="too large to read at once"):
+                s.read_region((0, 0), 0, (10**6, 10**6))
+            with pytest.raises(SlideError, match="no overview"):
+                s.get_thumbnail(64)
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5
+    # one strip for the whole claimed image: refused when opened, nothing decoded
+    one = _sparse_huge_tiff(tmp_path / "one_strip.tif", side=200_000, rows_per_strip=200_000)
+    with pytest.raises(SlideError, match="one strip of 200000x200000 px would need") as e:
+        open_slide(one)
+    assert "\n" not in str(e.value)
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
     _child(sys.argv[2])

@@ -136,6 +136,10 @@ MAX_REGION_PIXELS = 1 << 27
 #: Longest side a level may have.  The largest slides are ~250,000 px a side; a TIFF/DICOM
 #: header claiming more is damaged (2^24 also keeps level-0 coordinates exact in float32).
 MAX_SIDE = 1 << 24
+#: :meth:`Slide.get_thumbnail` reads the smallest level that is large enough; a level above
+#: this many pixels (1 Gpx, ~3 GB to decode) has no place in an overview and is refused
+#: (a huge single-level file needs a pyramid), so a thumbnail never turns into a hang.
+MAX_THUMBNAIL_SOURCE_PIXELS = 1 << 30
 
 # Names of the associated images we expose (OpenSlide's names).
 ASSOCIATED_NAMES = ("label", "macro", "thumbnail")
@@ -345,8 +349,11 @@ class Slide(ABC):
         self._check_level(level)
         ds = self.level_downsamples[level]
         # Same mapping as OpenSlide: level coordinate = level-0 coordinate / downsample.
-        lx = math.floor(location[0] / ds + 1e-9)
-        ly = math.floor(location[1] / ds + 1e-9)
+        try:
+            lx = math.floor(location[0] / ds + 1e-9)
+            ly = math.floor(location[1] / ds + 1e-9)
+        except (ValueError, OverflowError, TypeError):
+            raise SlideError(f"{self.path}: region location {location!r} is not a pixel position") from None
         return self.read_level(level, lx, ly, size[0], size[1])
 
     # -- associated images --------------------------------------------------------------
@@ -377,6 +384,10 @@ class Slide(ABC):
         tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
         level = self.get_best_level_for_downsample(max(w0 / tw, h0 / th))
         lw, lh = self.level_dimensions[level]
+        if lw * lh > MAX_THUMBNAIL_SOURCE_PIXELS:
+            raise SlideError(f"{self.path}: no overview: the smallest level that fits is {lw}x{lh} px "
+                             f"(limit {MAX_THUMBNAIL_SOURCE_PIXELS >> 20} Mpx); the file needs a pyramid "
+                             "(e.g. vips tiffsave --tile --pyramid)")
         if (lw, lh) == (tw, th):
             return self.read_level(level, 0, 0, lw, lh)
         # Row blocks sized to about 64 MiB of RGB, each resized with the box it maps to.

@@ -50,6 +50,9 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+_SPARSE = object()  # marker of a segment the file never wrote (offset and byte count 0)
+
+
 class _SegmentCache:
     """Thread-safe LRU of decoded segments, bounded in bytes."""
 
@@ -343,10 +346,9 @@ class TiffSlide(Slide):
         else:
             results = [dec(r) for r in raw]
         for k, a in results:
-            if a is None:  # sparse file: missing segment is background
-                seg_h = min(L.seg_h, L.height - (k % L.nseg) // L.nsx * L.seg_h)
-                a = np.zeros((seg_h, L.seg_w, 1 if L.separate else L.spp), L.dtype)
-                a[...] = np.iinfo(L.dtype).max if L.dtype.kind in "ui" else 1
+            if a is None:  # sparse file: never-written segment = background, not materialised
+                got[k] = _SPARSE
+                continue
             self._cache.put((level, k), a)
             got[k] = a
         return got
@@ -367,11 +369,17 @@ class TiffSlide(Slide):
             raise SlideReadError(f"{self.path}: cannot decode level {level} "
                                  f"({type(e).__name__}: {e})") from None
         out = np.empty((h, w, spp), L.dtype)
+        white = np.iinfo(L.dtype).max if L.dtype.kind in "ui" else 1
         for s in planes:
             for iy in range(iy0, iy1 + 1):
                 for ix in range(ix0, ix1 + 1):
                     a = segs[s * L.nseg + iy * L.nsx + ix]
                     sx0, sy0 = ix * L.seg_w, iy * L.seg_h
+                    if a is _SPARSE:
+                        ax0, ay0 = max(x, sx0), max(y, sy0)
+                        ax1, ay1 = min(x + w, sx0 + L.seg_w), min(y + h, sy0 + L.seg_h)
+                        out[ay0 - y:ay1 - y, ax0 - x:ax1 - x, (s if L.separate else slice(None))] = white
+                        continue
                     ax0, ay0 = max(x, sx0), max(y, sy0)
                     ax1 = min(x + w, sx0 + L.seg_w, sx0 + a.shape[1])
                     ay1 = min(y + h, sy0 + L.seg_h, sy0 + a.shape[0])
