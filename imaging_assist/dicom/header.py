@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from ..errors import UserError
 
 # pydicom is imported where it is used: the fast walk of plain files never needs it, and
 # leaving it out of the import chain takes ~0.3 s off the viewer's start.
@@ -113,7 +116,7 @@ _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _PIXEL_DATA = 0x7FE00010
 
 
-class HeaderError(Exception):
+class HeaderError(UserError):
     """The file is not readable DICOM; the message is one line for the user."""
 
 
@@ -133,6 +136,16 @@ class InstanceRecord:
     file_size: int = 0
     fast: bool = False  # read by the fast walk
     notes: list[str] = field(default_factory=list)
+    # Bytes from the start of the Pixel Data value to the end of the file (or zip member);
+    # None when unknown.  index.check_record bounds every allocation by it.
+    pixel_available: int | None = None
+    # Encapsulated pixel data, from walking the item headers (values are not read):
+    # fragments after the Basic Offset Table, BOT entries, fragment bytes, and a one-line
+    # reason when the items are malformed or run past the end.  None when not walked.
+    fragments: int | None = None
+    offset_table_entries: int | None = None
+    fragment_bytes: int | None = None
+    fragment_error: str | None = None
 
     # convenience accessors ---------------------------------------------------
     def get(self, keyword: str, default=None):
@@ -178,18 +191,24 @@ class _GiveUp(Exception):
     pass
 
 
+class _Truncated(_GiveUp):
+    """The walk ran off the end of the buffer (for a zip member prefix: read more)."""
+
+
 def _decode_value(raw: bytes, vr: str, charsets: Callable[[], list[str] | None]) -> Any:
     if vr in ("US", "SS", "UL", "SL", "FL", "FD"):
         fmt = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d"}[vr]
         size = struct.calcsize(fmt)
         n = len(raw) // size
+        if n == 0 or n * size != len(raw):
+            raise _GiveUp(f"{vr} value of {len(raw)} bytes")
         vals = struct.unpack_from("<" + fmt * n, raw)
         return vals[0] if n == 1 else list(vals)
-    if vr in _TEXT_VRS and any(b > 127 for b in raw):
-        from pydicom.charset import decode_bytes
-        text = decode_bytes(raw, charsets() or ["iso8859"], {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C})
-    else:
-        text = raw.decode("latin-1")
+    if vr in _TEXT_VRS and (0x1B in raw or any(b > 127 for b in raw)):
+        # Escape sequences (ISO 2022) or 8-bit bytes: pydicom's own converters decode them,
+        # so the record holds exactly what pydicom would show (no hand-written charset code).
+        return _decode_text(raw, vr, charsets() or ["iso8859"])
+    text = raw.decode("latin-1")
     text = text.rstrip(" \x00")
     if vr in ("DS", "IS"):
         parts = [p.strip() for p in text.split("\\")]
@@ -197,12 +216,28 @@ def _decode_value(raw: bytes, vr: str, charsets: Callable[[], list[str] | None])
             vals = [float(p) if vr == "DS" else int(float(p)) for p in parts if p]
         except ValueError:
             raise _GiveUp(f"bad {vr} value {text!r}")
+        if vr == "IS" and any(p and not p.lstrip("+-").isdigit() for p in parts):
+            raise _GiveUp(f"bad IS value {text!r}")  # "1.5", "1e3": let pydicom say what it is
         if not vals:
             return None
         return vals[0] if len(vals) == 1 else vals
     if vr not in ("LT", "ST", "UT") and "\\" in text:
         return [p.strip(" \x00") for p in text.split("\\")]
     return text.strip(" \x00")
+
+
+def _decode_text(raw: bytes, vr: str, encodings: list[str]) -> Any:
+    from pydicom import values as V
+    if vr == "PN":
+        v = V.convert_PN(raw, encodings)
+    elif vr in ("LT", "ST", "UT"):
+        v = V.convert_single_string(raw, encodings, vr)
+    else:
+        v = V.convert_text(raw, encodings, vr)
+    if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+        vals = [str(x).strip(" \x00") for x in v]
+        return vals if len(vals) != 1 else vals[0]
+    return str(v).strip(" \x00")
 
 
 def _walk(buf, pos: int, end: int, explicit: bool, rec: InstanceRecord | None,
@@ -215,7 +250,7 @@ def _walk(buf, pos: int, end: int, explicit: bool, rec: InstanceRecord | None,
     n = len(buf)
     while pos < end:
         if pos + 8 > n:
-            raise _GiveUp("truncated element header")
+            raise _Truncated("truncated element header")
         group, elem = unpack("<HH", buf, pos)
         tag = (group << 16) | elem
         if tag == _ITEM_END or tag == _SEQ_END:
@@ -253,7 +288,7 @@ def _walk(buf, pos: int, end: int, explicit: bool, rec: InstanceRecord | None,
             pos = _walk_sequence(buf, vpos, item_explicit)
             continue
         if vpos + length > n:
-            raise _GiveUp("element runs past the end of the file")
+            raise _Truncated("element runs past the end of the file")
         if top:
             if tag in WANTED and raw_out is not None:
                 kw, ivr = WANTED[tag]
@@ -271,7 +306,7 @@ def _walk_sequence(buf, pos: int, explicit: bool) -> int:
     n = len(buf)
     while True:
         if pos + 8 > n:
-            raise _GiveUp("truncated sequence")
+            raise _Truncated("truncated sequence")
         group, elem = unpack("<HH", buf, pos)
         tag = (group << 16) | elem
         (length,) = unpack("<L", buf, pos + 4)
@@ -290,29 +325,82 @@ def _walk_sequence(buf, pos: int, explicit: bool) -> int:
             pos += length
 
 
-def _fast_scan(buf, rec: InstanceRecord) -> bool:
+# Walking more fragment items than this is refused (a valid file has one per frame or a few).
+MAX_FRAGMENTS = 1 << 20
+
+
+def _walk_fragments(buf, pos: int, rec: InstanceRecord) -> None:
+    """Count the items of encapsulated pixel data from pos (only their 8-byte headers)."""
+    unpack = struct.unpack_from
+    n = len(buf)
+    items, data, bot = 0, 0, None
+    rec.fragment_error = None
+    while True:
+        if pos + 8 > n:
+            break  # no sequence delimiter before the end: judged by the item count
+        group, elem, length = unpack("<HHL", buf, pos)
+        tag = (group << 16) | elem
+        if tag == _SEQ_END:
+            break
+        if tag != _ITEM or length == _UNDEFINED:
+            rec.fragment_error = (f"malformed encapsulated pixel data: (%04X,%04X) where an item "
+                                  f"was expected at byte {pos}" % (group, elem))
+            break
+        pos += 8
+        if pos + length > n:
+            rec.fragment_error = (f"truncated file: a pixel data fragment of {length} bytes runs "
+                                  f"past the end ({n - pos} bytes left)")
+            break
+        if bot is None:
+            bot = length
+        else:
+            items += 1
+            data += length
+            if items > MAX_FRAGMENTS:
+                rec.fragment_error = f"more than {MAX_FRAGMENTS} pixel data fragments"
+                break
+        pos += length
+    rec.fragments = items
+    rec.fragment_bytes = data
+    rec.offset_table_entries = None if bot is None else bot // 4
+    if bot is not None and bot % 4 and rec.fragment_error is None:
+        rec.fragment_error = f"malformed Basic Offset Table of {bot} bytes (not a multiple of 4)"
+
+
+OK, NO, MORE = "ok", "no", "more"
+
+
+def _fast_scan(buf, rec: InstanceRecord, partial: bool = False) -> str:
+    """Walk buf; OK when the record was filled, NO when pydicom must read the file, MORE
+    when buf is only a prefix of the file (partial) and the walk needs more of it."""
     if len(buf) < 144 or bytes(buf[128:132]) != b"DICM":
-        return False
+        return MORE if partial and len(buf) < 144 else NO
     raw: dict[str, tuple[bytes, str]] = {}
     try:
         # File meta group: always explicit VR little endian; its length is in (0002,0000).
         g, e = struct.unpack_from("<HH", buf, 132)
         if (g, e) != (0x0002, 0x0000) or bytes(buf[136:138]) != b"UL":
-            return False
+            return NO
         (meta_len,) = struct.unpack_from("<L", buf, 140)
         meta_end = 144 + meta_len
         pos = _walk(buf, 144, meta_end, True, rec, raw, top=True)
         if pos != meta_end:
-            return False
+            return NO
         ts = raw.get("TransferSyntaxUID", (b"", ""))[0].decode("latin-1").strip(" \x00")
         if not ts or ts in (EXPLICIT_BE, DEFLATED):
-            return False
+            return NO
         explicit = ts != IMPLICIT_LE
         _walk(buf, meta_end, len(buf), explicit, rec, raw, top=True)
-    except (_GiveUp, struct.error):
-        rec.has_pixels = False
-        rec.flags.clear()
-        return False
+    except (_Truncated, struct.error):
+        _reset(rec)
+        return MORE if partial else NO
+    except _GiveUp:
+        _reset(rec)
+        return NO
+    if partial and (not rec.has_pixels or rec.pixel_offset + 8 > len(buf)):
+        _reset(rec)
+        return MORE  # the prefix ended before the pixel data (or its first item header)
+
     def charsets():  # only needed (and pydicom only imported) for non-ASCII text
         if "SpecificCharacterSet" not in raw:
             return None
@@ -322,10 +410,27 @@ def _fast_scan(buf, rec: InstanceRecord) -> bool:
     try:
         rec.tags = {kw: _decode_value(v, vr, charsets) for kw, (v, vr) in raw.items()}
     except _GiveUp:
-        return False
+        _reset(rec)
+        return NO
     rec.transfer_syntax = rec.tags.get("TransferSyntaxUID", "")
     rec.fast = True
-    return True
+    return OK
+
+
+def _reset(rec: InstanceRecord) -> None:
+    rec.tags, rec.flags = {}, set()
+    rec.has_pixels = rec.encapsulated = False
+    rec.pixel_offset = rec.pixel_length = rec.pixel_available = None
+    rec.fragments = rec.offset_table_entries = rec.fragment_bytes = rec.fragment_error = None
+
+
+def _note_pixels(buf, rec: InstanceRecord, size: int, complete: bool) -> None:
+    """pixel_available and (encapsulated, buf holding the whole file) the fragment items."""
+    if not rec.has_pixels or rec.pixel_offset is None:
+        return
+    rec.pixel_available = max(0, size - rec.pixel_offset)
+    if rec.encapsulated and complete:
+        _walk_fragments(buf, rec.pixel_offset, rec)
 
 
 # --------------------------------------------------------------------------- pydicom path
@@ -354,15 +459,23 @@ def record_from_dataset(ds, rec: InstanceRecord) -> None:
         else:
             try:
                 v = ds.get(kw)
-            except Exception:  # a malformed value: keep the record, drop the value
+            except Exception as e:
+                # A malformed value: keep it visible as text, so that index.check_record
+                # refuses the file where the value matters (a guessed default would not show).
                 rec.notes.append(f"unreadable {kw}")
-                v = None
+                rec.tags[kw] = f"<unreadable: {_one_line(e)[:80]}>"
+                continue
         if v is not None and v != "":
-            rec.tags[kw] = _to_plain(v)
+            try:
+                rec.tags[kw] = _to_plain(v)
+            except Exception as e:
+                rec.tags[kw] = f"<unreadable: {_one_line(e)[:80]}>"
     for tag, name in FLAG_TAGS.items():
         if tag in ds:
             rec.flags.add(name)
     rec.transfer_syntax = rec.tags.get("TransferSyntaxUID", "") or _guess_syntax(ds, rec)
+    if not isinstance(rec.transfer_syntax, str):
+        rec.transfer_syntax = str(rec.transfer_syntax)
 
 
 def _guess_syntax(ds, rec: InstanceRecord) -> str:
@@ -376,17 +489,22 @@ def _guess_syntax(ds, rec: InstanceRecord) -> str:
     return EXPLICIT_LE if little else EXPLICIT_BE
 
 
-def _pydicom_scan(fp, rec: InstanceRecord) -> None:
+def _pydicom_scan(fp, rec: InstanceRecord, buf=None, size: int | None = None) -> None:
+    """General reader.  buf (the whole file, mmap or bytes) lets the fragments be walked."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=False, force=True, defer_size=256)
     except InvalidDicomError as e:
-        raise HeaderError(f"not DICOM: {e}") from None
+        raise HeaderError(f"not DICOM: {_one_line(e)}") from None
     except Exception as e:  # pydicom raises many types on garbage
         raise HeaderError(f"unreadable DICOM header: {type(e).__name__}: {_one_line(e)}") from None
-    if len(ds) == 0 or (not any(t.group > 0x0002 for t in ds.keys())):
+    try:
+        keys = list(ds.keys())
+    except Exception as e:
+        raise HeaderError(f"unreadable DICOM header: {type(e).__name__}: {_one_line(e)}") from None
+    if not keys or not any(t.group > 0x0002 for t in keys):
         raise HeaderError("not DICOM: no data elements")
     # force=True parses anything; require at least one identifying attribute.
     preamble = getattr(ds, "preamble", None) is not None
@@ -395,14 +513,19 @@ def _pydicom_scan(fp, rec: InstanceRecord) -> None:
     if not preamble and not any(k in ds for k in identifying):
         raise HeaderError("not DICOM: no identifying attributes (SOP, patient, study, series or image)")
     record_from_dataset(ds, rec)
-    if "PixelData" in ds:
+    if 0x7FE00010 in ds:
         rec.has_pixels = True
-        # The value stays deferred (not read); its size is checked when it is decoded.
+        # The value stays deferred (not read); its size is checked before it is decoded.
         elem = ds._dict.get(0x7FE00010)  # raw element: reading .value would load all pixels
         length = getattr(elem, "length", None)
+        tell = getattr(elem, "value_tell", None)
+        if size is not None and tell is not None:
+            rec.pixel_available = max(0, size - tell)
         if length is None or length == _UNDEFINED:
             rec.encapsulated = rec.transfer_syntax not in NATIVE_SYNTAXES
             rec.pixel_length = None
+            if rec.encapsulated and buf is not None and tell is not None:
+                _walk_fragments(buf, tell, rec)
         else:
             rec.encapsulated = False
             rec.pixel_length = length
@@ -418,41 +541,59 @@ def _one_line(e: BaseException) -> str:
 
 # --------------------------------------------------------------------------- public
 def read_record(path: str, member: str | None = None, zf: zipfile.ZipFile | None = None) -> InstanceRecord:
-    """Read one file's header.  Raises :class:`HeaderError` with a one-line reason."""
-    rec = InstanceRecord(path=path, member=member)
+    """Read one file's header.  Raises :class:`HeaderError` with a one-line reason.
+
+    Only regular files are opened: the file is opened non-blocking and checked with
+    fstat before anything is read, so a named pipe, socket or device never blocks the
+    scan (and a file swapped for one after the folder walk is caught too).
+    """
     if member is not None:
         if zf is None:
             raise HeaderError("zip member without its archive")
-        try:
-            data = zf.read(member)
-        except Exception as e:
-            raise HeaderError(f"cannot read zip member: {_one_line(e)}") from None
-        rec.file_size = len(data)
-        if not _fast_scan(data, rec):
-            import io
-            _pydicom_scan(io.BytesIO(data), rec)
-        rec.pixel_offset = None  # not addressable on disk
-        return rec
-    try:
-        fh = open(path, "rb")
-    except OSError as e:
-        raise HeaderError(f"cannot open: {e.strerror or e}") from None
+        from .archive import read_member_record
+        return read_member_record(zf, zf.getinfo(member), path)
+    rec = InstanceRecord(path=path, member=member)
+    fh = open_regular(path)
     with fh:
         size = os.fstat(fh.fileno()).st_size
         rec.file_size = size
         if size == 0:
             raise HeaderError("empty file")
-        if size >= 144:
-            with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                ok = _fast_scan(mm, rec)
-        else:
-            ok = False
-        if not ok:
-            rec.tags, rec.flags = {}, set()
-            _pydicom_scan(fh, rec)
-            if rec.has_pixels and not rec.encapsulated and rec.transfer_syntax in NATIVE_SYNTAXES:
-                rec.pixel_offset = None  # pydicom path: pixels are decoded by pydicom
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            ok = _fast_scan(mm, rec) == OK
+            if ok:
+                _note_pixels(mm, rec, size, complete=True)
+            else:
+                _reset(rec)
+                _pydicom_scan(fh, rec, buf=mm, size=size)
+        if not ok and rec.has_pixels and not rec.encapsulated and rec.transfer_syntax in NATIVE_SYNTAXES:
+            rec.pixel_offset = None  # pydicom path: pixels are decoded by pydicom
     return rec
+
+
+def open_regular(path: str):
+    """Open a regular file for reading ("rb"), without blocking on a pipe or device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise HeaderError(f"cannot open: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise HeaderError(f"not a regular file ({file_kind(st.st_mode)}): skipped")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "named pipe"), (stat.S_ISSOCK, "socket"),
+                       (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+                       (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symbolic link")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
@@ -460,12 +601,13 @@ def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
     import pydicom
     import io
     if rec.member is not None:
-        with zipfile.ZipFile(rec.path) as zf:
-            data = zf.read(rec.member)
+        from .archive import read_member_bytes
+        data = read_member_bytes(rec.path, rec.member)
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
     else:
-        with open(rec.path, "rb") as fh:
+        with open_regular(rec.path) as fh:
             ds = pydicom.dcmread(fh, force=True, stop_before_pixels=stop_before_pixels)
+            ds.filename = rec.path  # the handle has no name (opened by descriptor); FileSet needs it
             if not stop_before_pixels and "PixelData" in ds:
                 _ = ds.PixelData  # make sure deferred values are read while the file is open
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:

@@ -7,8 +7,10 @@ raises out of :func:`scan` for a bad file.
 
 from __future__ import annotations
 
+import errno
+import math
 import os
-import zipfile
+import stat
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .header import (DICOMDIR_SOP_CLASS, NATIVE_SYNTAXES, HeaderError, InstanceRecord,
+from .archive import list_members, read_members
+from .header import (DICOMDIR_SOP_CLASS, NATIVE_SYNTAXES, HeaderError, InstanceRecord, file_kind,
                      read_record)
 
 # Refuse to allocate more than this for one series before decoding a single byte.
@@ -181,34 +184,58 @@ class StudyIndex:
 
 
 # --------------------------------------------------------------------------- discovery
-def _iter_sources(path: str, problems: list[Problem]) -> Iterable[tuple[str, str | None]]:
-    """Yield (file, zip-member-or-None) for everything below path."""
-    if os.path.isdir(path):
-        for dirpath, dirnames, filenames in os.walk(path):
+ZIP_BATCH = 256  # members per task: one archive open per batch, batches run in parallel
+
+
+def _iter_sources(path: str, problems: list[Problem]) -> Iterable[tuple]:
+    """Yield tasks for everything below path: ("file", path) or ("zip", path, [members]).
+
+    Only regular files are read: named pipes, sockets and devices are problems (opening a
+    pipe would block the scan), and so are broken links and symbolic link loops.  Linked
+    folders are not followed (os.walk's default), so a folder linked into itself ends.
+    """
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        problems.append(Problem(path, "no such file or folder" if e.errno == errno.ENOENT
+                                else f"cannot read: {e.strerror or e}"))
+        return
+    if stat.S_ISDIR(st.st_mode):
+        def onerror(e: OSError):
+            problems.append(Problem(getattr(e, "filename", None) or path,
+                                    f"cannot read folder: {e.strerror or e}"))
+        for dirpath, dirnames, filenames in os.walk(path, onerror=onerror):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for name in sorted(filenames):
                 if name.startswith("."):
                     continue
-                full = os.path.join(dirpath, name)
-                yield from _iter_file(full, problems)
-    elif os.path.isfile(path):
-        yield from _iter_file(path, problems)
+                yield from _iter_file(os.path.join(dirpath, name), problems)
     else:
-        problems.append(Problem(path, "no such file or folder"))
+        yield from _iter_file(path, problems)
 
 
 def _iter_file(full: str, problems: list[Problem]):
-    if full.lower().endswith(".zip"):
-        try:
-            with zipfile.ZipFile(full) as zf:
-                for info in zf.infolist():
-                    if info.is_dir() or os.path.basename(info.filename).startswith("."):
-                        continue
-                    yield (full, info.filename)
-        except (zipfile.BadZipFile, OSError) as e:
-            problems.append(Problem(full, f"unreadable zip: {e}"))
+    try:
+        st = os.stat(full)  # follows links: a loop or a dangling link raises here
+    except OSError as e:
+        problems.append(Problem(full, f"cannot read: {e.strerror or e}"))
         return
-    yield (full, None)
+    if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISDIR(st.st_mode):  # a linked folder: not followed, not a problem
+            problems.append(Problem(full, f"not a regular file ({file_kind(st.st_mode)}): skipped"))
+        return
+    if full.lower().endswith(".zip"):
+        names, reason = list_members(full)
+        if reason:
+            problems.append(Problem(full, reason))
+        for i in range(0, len(names), ZIP_BATCH):
+            yield ("zip", full, names[i:i + ZIP_BATCH])
+        return
+    yield ("file", full)
+
+
+def _task_size(task) -> int:
+    return len(task[2]) if task[0] == "zip" else 1
 
 
 def _dicomdir_files(rec: InstanceRecord, problems: list[Problem]) -> list[str]:
@@ -219,7 +246,7 @@ def _dicomdir_files(rec: InstanceRecord, problems: list[Problem]) -> list[str]:
         fs = FileSet(read_dataset(rec))
         return [str(inst.path) for inst in fs]
     except Exception as e:
-        problems.append(Problem(rec.path, f"unreadable DICOMDIR: {e}"))
+        problems.append(Problem(rec.path, f"unreadable DICOMDIR: {_one_line(e)}"))
         return []
 
 
@@ -235,48 +262,260 @@ def _decoder_available(ts: str) -> bool:
         return False
 
 
+# Decoding is refused beyond this many bytes per compressed byte (for outputs over
+# RATIO_FLOOR_BYTES): lossless codecs give 2-4:1, lossy ones 10-50:1, and even blank frames
+# in RLE stay below ~64:1; a header that promises more describes a different image.
+MAX_DECODE_RATIO = 1000
+RATIO_FLOOR_BYTES = 64 << 20
+
+# Attributes with exactly one value; (keyword, kind) where kind says what the value must be.
+# uid: a UID string (grouping keys); us: an unsigned 16-bit integer; frames: an integer >= 1;
+# DS ones: finite numbers (NaN or Inf would become silently wrong geometry or values).
+_SINGLE = {"SOPInstanceUID": "uid", "SeriesInstanceUID": "uid", "StudyInstanceUID": "uid",
+           "SOPClassUID": "uid", "TransferSyntaxUID": "uid",
+           "Rows": "us", "Columns": "us", "SamplesPerPixel": "us", "BitsAllocated": "us",
+           "BitsStored": "us", "HighBit": "us", "PixelRepresentation": "us",
+           "PlanarConfiguration": "us", "NumberOfFrames": "frames",
+           "SliceThickness": "ds", "SpacingBetweenSlices": "ds", "FrameTime": "ds",
+           "GantryDetectorTilt": "ds", "SliceLocation": "ds", "RescaleIntercept": "ds",
+           "RescaleSlope": "ds"}
+_VECTORS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2,
+            "ImagerPixelSpacing": 2, "NominalScannedPixelSpacing": 2}
+_NUMBER_LISTS = ("WindowCenter", "WindowWidth")
+# Text with one value: a backslash in it is kept as it is in the file (joined back).
+_TEXT_SINGLE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                "StudyTime", "AccessionNumber", "Modality", "Manufacturer", "StudyDescription",
+                "SeriesDescription", "BodyPartExamined", "PhotometricInterpretation",
+                "RescaleType", "VOILUTFunction", "MediaStorageSOPClassUID")
+_TRANSFER_SYNTAX_DIGITS = set("0123456789.")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _show(v) -> str:
+    s = repr(v)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _check_values(rec: InstanceRecord) -> str | None:
+    """Normalise text values and say why a value makes the record unusable (or None)."""
+    tags = rec.tags
+    for kw in _TEXT_SINGLE:
+        v = tags.get(kw)
+        if isinstance(v, list):
+            tags[kw] = "\\".join(str(x) for x in v)
+        elif v is not None and not isinstance(v, str):
+            tags[kw] = str(v)
+    for kw, kind in _SINGLE.items():
+        v = tags.get(kw)
+        if v is None or v == "":
+            continue
+        if isinstance(v, list):
+            return f"{kw} has {len(v)} values where one is expected ({_show(v)})"
+        if kind == "uid":
+            if not isinstance(v, str):
+                return f"{kw} is not a UID ({type(v).__name__} {_show(v)}; wrong VR?)"
+            if len(v) > 64 * 4:
+                return f"{kw} is not a UID (a {len(v)}-character value)"
+        elif kind in ("us", "frames"):
+            if not _is_int(v) and not (isinstance(v, float) and v.is_integer()):
+                return f"{kw} is not an integer ({_show(v)})"
+            v = int(v)
+            tags[kw] = v
+            if kind == "us" and not 0 <= v <= 65535:
+                return f"{kw} {v} is outside the range of an unsigned 16-bit value (wrong VR?)"
+            if kind == "frames" and v < 1:
+                return f"NumberOfFrames {v} (at least 1 expected)"
+        elif kind == "ds" and not _is_number(v):
+            return f"{kw} is not a finite number ({_show(v)})"
+    for kw, n in _VECTORS.items():
+        v = tags.get(kw)
+        if v is None or v == "":
+            continue
+        vals = v if isinstance(v, list) else [v]
+        if len(vals) != n or not all(_is_number(x) for x in vals):
+            return f"{kw} must be {n} finite numbers, not {_show(v)}"
+        if kw.endswith("PixelSpacing") and not all(x > 0 for x in vals):
+            return f"{kw} {_show(v)} is not positive"
+    for kw in _NUMBER_LISTS:
+        v = tags.get(kw)
+        if v is None or v == "":
+            continue
+        vals = v if isinstance(v, list) else [v]
+        if not all(_is_number(x) for x in vals):
+            return f"{kw} is not a list of finite numbers ({_show(v)})"
+    if tags.get("RescaleSlope") == 0:
+        return "RescaleSlope is 0 (every pixel would get the same value)"
+    ts = rec.transfer_syntax
+    if not isinstance(ts, str) or (ts and not set(ts) <= _TRANSFER_SYNTAX_DIGITS):
+        return f"invalid transfer syntax UID {_show(ts)}"
+    return None
+
+
+def _claims_image(rec: InstanceRecord) -> str | None:
+    """What makes a record without pixel data look like an image (or None)."""
+    for kw in ("Rows", "Columns"):
+        if rec.tags.get(kw) not in (None, ""):
+            return f"it has {kw}"
+    sop = rec.tags.get("SOPClassUID") or rec.tags.get("MediaStorageSOPClassUID")
+    if isinstance(sop, str) and sop:
+        try:
+            from pydicom.uid import UID
+            name = UID(sop).name
+        except Exception:
+            return None
+        if name.endswith("Image Storage") and "Presentation State" not in name:
+            return f"its SOP Class is {name}"
+    return None
+
+
+def _frame_bytes(rec: InstanceRecord, native: bool) -> int:
+    """Bytes of one frame as stored (native) or decoded; Part 5 8.1.1 and C.7.6.3."""
+    n = rec.rows * rec.columns * rec.samples
+    if rec.bits_allocated == 1:
+        return n / 8  # packed across frames: may be fractional per frame
+    b = n * (rec.bits_allocated // 8)
+    if native and str(rec.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        b = b // 3 * 2  # two samples per pixel stored for 4:2:2 native data
+    return b
+
+
 def check_record(rec: InstanceRecord) -> str | None:
-    """A one-line reason why this instance's pixels cannot be shown, or None."""
+    """A one-line reason why this instance cannot be indexed or shown, or None.
+
+    The single gate before anything is allocated or decoded: scan() puts every record
+    through it (a reason makes the file a Problem), and the loader checks again.  It
+    normalises text values (a multi-valued Modality is joined back as in the file).
+    """
+    reason = _check_values(rec)
+    if reason:
+        return reason
+    for kw in ("SOPInstanceUID", "SeriesInstanceUID"):
+        if not rec.tags.get(kw):
+            return f"no {kw}: not a usable DICOM instance"
     if not rec.has_pixels:
+        why = _claims_image(rec)
+        if why:
+            return f"claims to be an image ({why}) but has no Pixel Data"
         return None
+    if "FloatPixelData" in rec.flags:
+        return "float pixel data is not supported"
     if rec.rows <= 0 or rec.columns <= 0:
         return f"invalid image size {rec.rows}x{rec.columns}"
     if rec.bits_allocated not in (1, 8, 16, 32, 64):
         return f"unsupported BitsAllocated {rec.bits_allocated}"
+    bits_stored = rec.get("BitsStored")
+    if bits_stored is not None and not 1 <= bits_stored <= rec.bits_allocated:
+        return f"BitsStored {bits_stored} does not fit BitsAllocated {rec.bits_allocated}"
+    if rec.samples not in (1, 3):
+        return f"unsupported SamplesPerPixel {rec.samples}"
+    if rec.get("PixelRepresentation", 0) not in (0, 1):
+        return f"invalid PixelRepresentation {rec.get('PixelRepresentation')}"
+    frames = rec.frames
     need = rec.expected_pixel_bytes()
     if need > MAX_SERIES_BYTES:
-        return (f"implausible size: {rec.rows}x{rec.columns}x{rec.frames} frames would need "
+        return (f"implausible size: {rec.rows}x{rec.columns}x{frames} frames would need "
                 f"{need / 1024**3:.1f} GiB")
     ts = rec.transfer_syntax
     if ts and not _decoder_available(ts):
         from pydicom.uid import UID
         return f"no decoder installed for transfer syntax {UID(ts).name} ({ts})"
-    if not rec.encapsulated and rec.pixel_length is not None:
-        # Native pixels: the bytes must be there before anything is allocated or decoded.
-        if rec.pixel_length < need:
-            return f"truncated pixel data: {rec.pixel_length} bytes present, {need} expected"
-        if rec.pixel_offset is not None and rec.member is None \
-                and rec.pixel_offset + need > rec.file_size:
-            return (f"truncated file: pixel data needs {need} bytes but only "
-                    f"{max(0, rec.file_size - rec.pixel_offset)} are present")
-    if rec.encapsulated and rec.pixel_offset is not None and rec.pixel_offset >= rec.file_size:
+    attrs = "Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8"
+    if not rec.encapsulated:
+        fb = _frame_bytes(rec, native=True)
+        stored = math.ceil(fb * frames)
+        if rec.pixel_length is None:
+            return "native pixel data of undefined length"
+        if rec.pixel_length < stored:
+            return f"truncated pixel data: {rec.pixel_length} bytes present, {stored} expected ({attrs})"
+        excess = rec.pixel_length - stored
+        if excess > 1 and excess >= max(fb, 2):
+            return (f"Pixel Data holds {rec.pixel_length} bytes but {attrs} = {stored}: "
+                    f"the attributes do not describe the data")
+        if excess > 1:
+            note = f"{excess} bytes after the pixel data ignored (padding)"
+            if note not in rec.notes:
+                rec.notes.append(note)
+        if rec.pixel_available is not None and rec.pixel_available < stored:
+            return (f"truncated file: pixel data needs {stored} bytes but only "
+                    f"{rec.pixel_available} are present")
+        return None
+    # Encapsulated: the frames must be in the fragments, and the decoded size must be
+    # plausible for the bytes present.
+    if rec.pixel_available is not None and rec.pixel_available < 8:
         return "truncated file: no compressed pixel data present"
+    if rec.fragment_error:
+        return rec.fragment_error
+    if rec.fragments is not None:
+        if rec.fragments == 0:
+            return "truncated file: no compressed pixel data present"
+        if rec.offset_table_entries and rec.offset_table_entries != frames:
+            return (f"the Basic Offset Table lists {rec.offset_table_entries} frames but "
+                    f"NumberOfFrames is {frames}")
+        if rec.fragments < frames:
+            return (f"NumberOfFrames is {frames} but the pixel data has only "
+                    f"{rec.fragments} fragment{'s' if rec.fragments != 1 else ''}")
+    compressed = rec.fragment_bytes if rec.fragment_bytes is not None else rec.pixel_available
+    if compressed is not None and need > RATIO_FLOOR_BYTES and need > MAX_DECODE_RATIO * max(1, compressed):
+        return (f"implausible compression ratio: {rec.rows}x{rec.columns}x{frames} frames "
+                f"({need / 1024**2:.0f} MiB) from {compressed} compressed bytes "
+                f"(limit {MAX_DECODE_RATIO}:1)")
     return None
 
 
 # --------------------------------------------------------------------------- scan
-def _read_one(item):
-    path, member = item
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else type(e).__name__
+
+
+def _read_one(path: str) -> InstanceRecord | Problem:
     try:
-        if member is None:
-            return read_record(path)
-        with zipfile.ZipFile(path) as zf:
-            return read_record(path, member, zf)
+        return read_record(path)
     except HeaderError as e:
-        return Problem(f"{path}!{member}" if member else path, str(e))
+        return Problem(path, str(e))
     except Exception as e:  # never let one file stop the scan
-        return Problem(f"{path}!{member}" if member else path,
-                       f"unreadable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        return Problem(path, f"unreadable: {type(e).__name__}: {_one_line(e)}")
+
+
+def _run_task(task) -> list[InstanceRecord | Problem]:
+    if task[0] == "zip":
+        return [Problem(*r) if isinstance(r, tuple) else r for r in read_members(task[1], task[2])]
+    return [_read_one(task[1])]
+
+
+_PRELOADED = False
+
+
+def preload_pydicom() -> None:
+    """Import the pydicom modules the readers use, before any thread pool starts.
+
+    Two threads importing pydicom for the first time (one ``import pydicom``, one
+    ``from pydicom.charset import ...``) can each hold a module lock the other needs;
+    Python breaks that deadlock by handing one of them a partially initialised module,
+    and a valid file then fails with an ImportError.  Importing up front avoids it.
+    """
+    global _PRELOADED
+    if _PRELOADED:
+        return
+    import pydicom  # noqa: F401
+    import pydicom.charset  # noqa: F401
+    import pydicom.encaps  # noqa: F401
+    import pydicom.errors  # noqa: F401
+    import pydicom.filereader  # noqa: F401
+    import pydicom.fileset  # noqa: F401
+    import pydicom.multival  # noqa: F401
+    import pydicom.pixels  # noqa: F401
+    import pydicom.uid  # noqa: F401
+    import pydicom.valuerep  # noqa: F401
+    import pydicom.values  # noqa: F401
+    _PRELOADED = True
 
 
 def scan(paths: str | list[str], workers: int | None = None,
@@ -286,35 +525,40 @@ def scan(paths: str | list[str], workers: int | None = None,
 
     A thread pool reads the headers: on a cold disk or a network share the time is
     spent waiting for I/O, which threads overlap; the parsing itself is small.
+    Every per-file failure becomes one :class:`Problem`; nothing raises for a bad file.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [str(paths)]
     problems: list[Problem] = []
-    items: list[tuple[str, str | None]] = []
+    tasks: list[tuple] = []
     for p in paths:
-        items.extend(_iter_sources(str(p), problems))
+        tasks.extend(_iter_sources(str(p), problems))
     records: list[InstanceRecord] = []
-    total = len(items)
+    total = sum(_task_size(t) for t in tasks)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
 
     def consume(results):
         done = 0
-        for res in results:
-            done += 1
-            if isinstance(res, Problem):
-                problems.append(res)
-            else:
-                records.append(res)
-            if progress and (done % 16 == 0 or done == total):
+        last = 0
+        for batch in results:
+            for res in batch:
+                done += 1
+                if isinstance(res, Problem):
+                    problems.append(res)
+                else:
+                    records.append(res)
+            if progress and (done - last >= 16 or done == total):
+                last = done
                 progress(done, total)
             if cancel and cancel():
                 break
 
-    if total <= 8 or workers <= 1:
-        consume(map(_read_one, items))
+    if len(tasks) <= 1 or total <= 8 or workers <= 1:
+        consume(map(_run_task, tasks))
     else:
+        preload_pydicom()
         with ThreadPoolExecutor(workers) as ex:
-            consume(ex.map(_read_one, items, chunksize=8))
+            consume(ex.map(_run_task, tasks, chunksize=8 if len(tasks) > 64 else 1))
 
     # DICOMDIR: follow its references (files not already found by the walk).
     seen = {os.path.realpath(r.path) for r in records if r.member is None}
@@ -324,7 +568,7 @@ def scan(paths: str | list[str], workers: int | None = None,
         for f in _dicomdir_files(rec, problems):
             if os.path.realpath(f) not in seen:
                 seen.add(os.path.realpath(f))
-                res = _read_one((f, None))
+                res = _read_one(f)
                 (problems.append(res) if isinstance(res, Problem) else extra.append(res))
     records = [r for r in records if not _is_dicomdir(r)] + extra
 
@@ -332,12 +576,15 @@ def scan(paths: str | list[str], workers: int | None = None,
                        dicomdirs=[r.display_path for r in dicomdirs])
     good: list[InstanceRecord] = []
     for rec in records:
-        reason = check_record(rec)
+        try:
+            reason = check_record(rec)
+        except Exception as e:  # a value no check foresaw: still only this file's problem
+            reason = f"invalid header value: {type(e).__name__}: {_one_line(e)}"
         if reason:
             problems.append(Problem(rec.display_path, reason))
         else:
             good.append(rec)
-    _build_tree(index, good)
+    _build_tree(index, good, problems)
     index.problems = sorted(problems, key=lambda p: p.path)
     return index
 
@@ -347,15 +594,21 @@ def _is_dicomdir(rec: InstanceRecord) -> bool:
         "DirectoryRecordSequence" in rec.flags
 
 
-def _build_tree(index: StudyIndex, records: list[InstanceRecord]) -> None:
+def _build_tree(index: StudyIndex, records: list[InstanceRecord],
+                problems: list[Problem] | None = None) -> None:
+    problems = problems if problems is not None else index.problems
     patients: dict[tuple, PatientInfo] = {}
     studies: dict[str, StudyInfo] = {}
     series_groups: dict[str, list[InstanceRecord]] = defaultdict(list)
     study_of_series: dict[str, str] = {}
     for rec in records:
-        # Missing UIDs: fall back to a per-file key so nothing is merged by accident.
-        suid = rec.get("SeriesInstanceUID") or f"no-series-uid:{rec.display_path}"
-        stuid = rec.get("StudyInstanceUID") or f"no-study-uid:{suid}"
+        try:
+            suid = str(rec.get("SeriesInstanceUID"))
+            stuid = str(rec.get("StudyInstanceUID") or f"no-study-uid:{suid}")
+            pkey = (str(rec.get("PatientID", "")), str(rec.get("PatientName", "")))
+        except Exception as e:  # check_record makes this unreachable; one file, one problem
+            problems.append(Problem(rec.display_path, f"invalid header value: {_one_line(e)}"))
+            continue
         series_groups[suid].append(rec)
         study_of_series.setdefault(suid, stuid)
         if stuid not in studies:
@@ -363,7 +616,6 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord]) -> None:
                                        time=str(rec.get("StudyTime", "")),
                                        description=str(rec.get("StudyDescription", "")),
                                        accession=str(rec.get("AccessionNumber", "")))
-            pkey = (str(rec.get("PatientID", "")), str(rec.get("PatientName", "")))
             if pkey not in patients:
                 patients[pkey] = PatientInfo(id=pkey[0], name=pkey[1],
                                              birth_date=str(rec.get("PatientBirthDate", "")),
@@ -425,6 +677,12 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
             s.split_reason = "; ".join(all_reasons) or "several stacks"
             s.warnings.append(f"series split into {len(parts)} parts ({s.split_reason}); "
                               f"this is part {i + 1} with {len(members)} instances")
+        notes: dict[str, int] = defaultdict(int)
+        for r in members:
+            for n in r.notes:
+                notes[n] += 1
+        for n, k in notes.items():  # what the readers noticed (inferred syntax, padding, ...)
+            s.warnings.append(n if len(members) == 1 else f"{k} of {len(members)} files: {n}")
         out.append(s)
     return out
 
