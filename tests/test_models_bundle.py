@@ -119,14 +119,21 @@ def test_bundle_without_any_hash_is_refused(tmp_path):
         load_model(card)
 
 
-def test_endoscopic_2d_bundle_matches_monai_on_png(tmp_path):
+def test_endoscopic_2d_bundle_matches_monai_on_png(tmp_path, monkeypatch):
+    """Its postprocessing has code (a Lambdad with ``$lambda``): refused until trusted."""
     from PIL import Image
 
     from imaging_assist.inference.images import read_image
+    from imaging_assist.models.errors import ModelTrustError
+    from imaging_assist.models.trust import trust
 
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
     b = _copy_bundle("endoscopic_tool_segmentation", tmp_path)
     card = derive_card(b)
     assert card.spatial_dims == 2 and card.input.channels == 3
+    with pytest.raises(ModelTrustError, match="Lambdad"):
+        load_model(card)
+    trust(b)
     model = load_model(card)
     rng = np.random.default_rng(1)
     img = rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)  # H=60, W=90: not square

@@ -10,19 +10,65 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 import torch.nn as nn
 
-from ..errors import UserError
+from .errors import ArchitectureError
 
-
-class ArchitectureError(UserError):
-    """The card names an architecture that cannot be built."""
-
+__all__ = ["ArchitectureError", "build_network", "check_network_size", "network_size",
+           "last_conv_layer", "get_layer", "MAX_PARAMETERS", "MAX_PARAMETER_BYTES"]
 
 _DOWNLOAD_FLAGS = ("pretrained", "pretrained_backbone", "weights", "weights_backbone")
 
+# A network is built for real only when its estimate (built on the meta device, where no
+# memory is allocated) stays under these limits (docs/model_card.md, "Limits").
+MAX_PARAMETERS = 500_000_000
+MAX_PARAMETER_BYTES = 2 << 30  # parameters + buffers
+
+
+def network_size(net: nn.Module) -> tuple[int, int]:
+    """(number of parameters, bytes of parameters and buffers)."""
+    n = sum(p.numel() for p in net.parameters())
+    b = sum(t.numel() * t.element_size() for t in list(net.parameters()) + list(net.buffers()))
+    return n, b
+
+
+def check_network_size(make, what: str, field: str = "architecture") -> tuple[int, int]:
+    """Call ``make()`` under ``torch.device("meta")`` (nothing is allocated), count its
+    parameters and refuse (:class:`ArchitectureError`, a ModelCardError naming ``field``)
+    above :data:`MAX_PARAMETERS` / :data:`MAX_PARAMETER_BYTES`."""
+    try:
+        with torch.device("meta"):
+            net = make()
+    except ArchitectureError:
+        raise
+    except (TypeError, ValueError, AssertionError, IndexError, KeyError, AttributeError,
+            NotImplementedError, RuntimeError, OverflowError, MemoryError, RecursionError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ArchitectureError(f"{what}: {field}: cannot build the network: {first}") from None
+    if not isinstance(net, nn.Module):
+        raise ArchitectureError(f"{what}: {field} does not build a torch network "
+                                f"(got {type(net).__name__})")
+    n, b = network_size(net)
+    del net
+    if n > MAX_PARAMETERS or b > MAX_PARAMETER_BYTES:
+        raise ArchitectureError(
+            f"{what}: {field} builds a network of {n:,} parameters ({b / 2**30:.2f} GiB), more "
+            f"than the limit of {MAX_PARAMETERS:,} parameters / {MAX_PARAMETER_BYTES / 2**30:.0f} "
+            "GiB; it was not built")
+    return n, b
+
 
 def build_network(arch: dict, model_id: str = "") -> nn.Module:
+    """Build the card's network: its size is estimated on the meta device first."""
+    make = _maker(arch, model_id)
+    check_network_size(make, f"model {model_id}" if model_id else "model",
+                       "architecture.kwargs")
+    return make()
+
+
+def _maker(arch: dict, model_id: str = ""):
+    """A function that builds the network (checked names and flags; nothing built yet)."""
     lib = arch.get("library")
     name = arch.get("name", "")
     kwargs = dict(arch.get("kwargs") or {})
@@ -35,23 +81,38 @@ def build_network(arch: dict, model_id: str = "") -> nn.Module:
     if lib == "torchvision":
         import torchvision.models as tvm
 
-        if name not in tvm.list_models():
-            raise ArchitectureError(f"{who}torchvision has no model named {name!r}")
-        try:
-            return tvm.get_model(name, weights=None, **kwargs)
-        except TypeError as e:
-            raise ArchitectureError(f"{who}cannot build torchvision {name}: {e}") from None
+        if not isinstance(name, str) or name not in tvm.list_models():
+            raise ArchitectureError(f"{who}architecture.name: torchvision has no model named "
+                                    f"{str(name)[:80]!r}")
+
+        def make():
+            try:
+                return tvm.get_model(name, weights=None, **kwargs)
+            except (TypeError, ValueError, AssertionError) as e:
+                raise ArchitectureError(f"{who}architecture.kwargs: cannot build torchvision "
+                                        f"{name}: {_first_line(e)}") from None
+        return make
     if lib == "monai":
         import monai.networks.nets as mnets
 
-        cls = getattr(mnets, name, None)
+        cls = getattr(mnets, name, None) if isinstance(name, str) and name.isidentifier() else None
         if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
-            raise ArchitectureError(f"{who}monai.networks.nets has no network named {name!r}")
-        try:
-            return cls(**kwargs)
-        except (TypeError, ValueError, AssertionError) as e:
-            raise ArchitectureError(f"{who}cannot build MONAI {name}({kwargs}): {e}") from None
-    raise ArchitectureError(f"{who}architecture.library must be torchvision or monai (got {lib!r})")
+            raise ArchitectureError(f"{who}architecture.name: monai.networks.nets has no network "
+                                    f"named {str(name)[:80]!r}")
+
+        def make():
+            try:
+                return cls(**kwargs)
+            except (TypeError, ValueError, AssertionError) as e:
+                raise ArchitectureError(f"{who}architecture.kwargs: cannot build MONAI "
+                                        f"{name}({str(kwargs)[:200]}): {_first_line(e)}") from None
+        return make
+    raise ArchitectureError(f"{who}architecture.library must be torchvision or monai "
+                            f"(got {str(lib)[:80]!r})")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def last_conv_layer(net: nn.Module) -> str | None:

@@ -6,22 +6,25 @@ transforms (LoadImage/SaveImage) are left out because the image is already in me
 results are written by imaging-assist.  Nothing is downloaded: ``pretrained`` flags in the
 network definition are switched off because the bundle's own weights replace them.
 
-Note: a bundle config may contain Python expressions (``$...``) that ConfigParser runs;
-only add bundles you trust (documented in docs/model_card.md).
+Code: a bundle config may contain Python (``$`` expressions, any ``_target_`` callable...).
+:mod:`.bundle_code` finds it without running it; a bundle whose evaluated parts contain
+code is parsed only when the user trusted that exact bundle (:mod:`.trust`, checked by
+:func:`.loaders.load_model`); otherwise ConfigParser gets the pruned, code-free config.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .card import CARD_FILE, ModelCard, ModelCardError, validate_card
+from .bundle_code import (CONFIG_NAMES as _CONFIG_NAMES, IO_TRANSFORMS, RunPlan,
+                          inference_config, read_config_file)
+from .card import CARD_FILE, ModelCard, read_json_limited, validate_card
+from .errors import ModelCardError, ModelLoadError
 
-IO_TRANSFORMS = {"LoadImage", "LoadImaged", "SaveImage", "SaveImaged", "SaveClassificationd",
-                 "ClassificationSaver", "WriteFileMapping", "WriteFileMappingd"}
-_CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+__all__ = ["is_bundle", "inference_config", "weights_file", "derive_card", "parse_bundle",
+           "BundleRuntime", "IO_TRANSFORMS"]
 _MODALITY = {"ct": "CT", "mr": "MR", "mri": "MR", "mammogram": "MG", "mammography": "MG",
              "mg": "MG", "us": "US", "ultrasound": "US", "xr": "DX", "x-ray": "DX", "cxr": "DX",
              "pet": "PT", "pt": "PT", "endoscopy": "ES", "regular": "OT", "rgb": "OT",
@@ -33,14 +36,6 @@ def is_bundle(folder: Path) -> bool:
     return (c / "metadata.json").is_file() and any((c / n).is_file() for n in _CONFIG_NAMES)
 
 
-def inference_config(folder: Path) -> Path:
-    for n in _CONFIG_NAMES:
-        p = folder / "configs" / n
-        if p.is_file():
-            return p
-    raise ModelCardError(f"MONAI bundle {folder} has no configs/inference.json or .yaml")
-
-
 def weights_file(folder: Path) -> str | None:
     for n in ("models/model.pt", "models/model.ts"):
         if (folder / n).is_file():
@@ -49,37 +44,20 @@ def weights_file(folder: Path) -> str | None:
 
 
 def _large_files(folder: Path) -> dict[str, tuple[str, str]]:
-    """{path: (hash_type, hash_val)} from large_files.yml/.json.
-
-    Hand-written reader for the simple YAML list the MONAI Model Zoo uses, because PyYAML is
-    not a dependency of imaging-assist (the JSON variant is read with json).
-    """
+    """{path: (hash_type, hash_val)} from large_files.yml/.yaml/.json (PyYAML ``safe_load``:
+    no Python tags are constructed; a file that cannot be read is a one-line error)."""
+    p = next((folder / n for n in ("large_files.json", "large_files.yml", "large_files.yaml")
+              if (folder / n).is_file()), None)
+    if p is None:
+        return {}
+    d = read_config_file(p)
+    items = d.get("large_files", []) if isinstance(d, dict) else []
     out: dict[str, tuple[str, str]] = {}
-    pj = folder / "large_files.json"
-    if pj.is_file():
-        try:
-            items = json.loads(pj.read_text()).get("large_files", [])
-        except (OSError, ValueError, AttributeError):
-            items = []
-    else:
-        items = []
-        py = next((folder / n for n in ("large_files.yml", "large_files.yaml")
-                   if (folder / n).is_file()), None)
-        if py is not None:
-            cur: dict | None = None
-            for line in py.read_text(errors="replace").splitlines():
-                m = re.match(r"^\s*(-\s+)?([A-Za-z_]+)\s*:\s*(.*?)\s*$", line)
-                if not m:
-                    continue
-                if m.group(1):
-                    cur = {}
-                    items.append(cur)
-                if cur is not None:
-                    cur[m.group(2)] = m.group(3).strip("\"'")
-    for it in items:
+    for it in items if isinstance(items, list) else []:
         if isinstance(it, dict) and it.get("path") and it.get("hash_val"):
-            out[str(it["path"]).lstrip("./")] = (str(it.get("hash_type", "md5")).lower(),
-                                                 str(it["hash_val"]).lower())
+            path = str(it["path"])
+            path = path[2:] if path.startswith("./") else path
+            out[path] = (str(it.get("hash_type", "md5")).lower(), str(it["hash_val"]).lower())
     return out
 
 
@@ -88,8 +66,12 @@ def _slug(s: str) -> str:
     return (s or "bundle")[:64]
 
 
+def _dict(v) -> dict:
+    return v if isinstance(v, dict) else {}
+
+
 def _channel_names(spec: dict) -> list[str]:
-    cd = spec.get("channel_def") or {}
+    cd = _dict(spec.get("channel_def"))
     try:
         return [str(cd[k]) for k in sorted(cd, key=lambda k: int(k))]
     except (TypeError, ValueError):
@@ -109,23 +91,28 @@ def derive_card(folder: Path) -> ModelCard:
                                  "bundle, so format must be \"monai_bundle\"")
         return card
     mp = folder / "configs" / "metadata.json"
-    try:
-        meta = json.loads(mp.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelCardError(f"cannot read bundle metadata {mp}: {e}") from None
-    ndf = meta.get("network_data_format") or {}
-    inp = (ndf.get("inputs") or {}).get("image") or next(iter((ndf.get("inputs") or {}).values()), {})
-    outp = (ndf.get("outputs") or {}).get("pred") or next(iter((ndf.get("outputs") or {}).values()), {})
+    meta = read_json_limited(mp, "bundle metadata")
+    if not isinstance(meta, dict):
+        raise ModelCardError(f"invalid bundle metadata {mp}: the top level must be an object")
+    ndf = _dict(meta.get("network_data_format"))
+    inp = _dict(_dict(ndf.get("inputs")).get("image")
+                or next(iter(_dict(ndf.get("inputs")).values()), {}))
+    outp = _dict(_dict(ndf.get("outputs")).get("pred")
+                 or next(iter(_dict(ndf.get("outputs")).values()), {}))
     fmt = str(outp.get("format", "")).lower()
     task = "segmentation" if fmt == "segmentation" else "classification"
     shape = inp.get("spatial_shape") or []
-    sd = len(shape) if len(shape) in (2, 3) else None
-    if sd is None:
-        try:
-            sd = int(json.loads(inference_config(folder).read_text())["network_def"]["spatial_dims"])
-        except Exception:  # noqa: BLE001 - yaml or no spatial_dims: fall through to the error
-            sd = None
-    labels = _channel_names(outp) or [f"class_{i}" for i in range(int(outp.get("num_channels", 1)))]
+    sd = len(shape) if isinstance(shape, list) and len(shape) in (2, 3) else None
+    if sd is None:  # from the network definition (JSON or YAML, read as data only)
+        cfg = read_config_file(inference_config(folder))
+        nd = cfg.get("network_def") if isinstance(cfg, dict) else None
+        v = nd.get("spatial_dims") if isinstance(nd, dict) else None
+        sd = v if isinstance(v, int) and not isinstance(v, bool) and v in (2, 3) else None
+    n_out = outp.get("num_channels", 1)
+    if not (isinstance(n_out, int) and not isinstance(n_out, bool) and 1 <= n_out <= 1000):
+        raise ModelCardError(f"invalid bundle metadata {mp}: network_data_format outputs "
+                             f"num_channels must be an integer from 1 to 1000 (got {str(n_out)[:40]})")
+    labels = _channel_names(outp) or [f"class_{i}" for i in range(n_out)]
     raw_mod = str(inp.get("modality", "")).strip()
     modality = _MODALITY.get(raw_mod.lower(), raw_mod.upper() or "OT")
     wf = weights_file(folder)
@@ -150,9 +137,9 @@ def derive_card(folder: Path) -> ModelCard:
         "body_part": None, "spatial_dims": sd, "format": "monai_bundle",
         "weights": weights or [{"file": "models/model.pt", "hash_source": "missing"}],
         "labels": labels,
-        "input": {"channels": int(inp.get("num_channels", 1) or 1), "axis_order": "col_row"},
+        "input": {"channels": inp.get("num_channels", 1) or 1, "axis_order": "col_row"},
         "output": {"activation": "softmax"},
-        "metrics": [{"name": k, "value": v} for k, v in (meta.get("eval_metrics") or {}).items()
+        "metrics": [{"name": k, "value": v} for k, v in _dict(meta.get("eval_metrics")).items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)],
         "license": lic,
         "intended_use": meta.get("intended_use") or meta.get("description") or "not stated",
@@ -177,56 +164,68 @@ class BundleRuntime:
     notes: list[str] = field(default_factory=list)
 
 
-def parse_bundle(folder: Path, device: str = "cpu"):
-    """(network_def module, BundleRuntime) from the bundle's inference config."""
+def parse_bundle(folder: Path, plan: RunPlan, trusted: bool, device: str = "cpu"):
+    """(network_def module, BundleRuntime) from the bundle's inference config.
+
+    ``plan`` comes from :func:`.bundle_code.run_plan` (from the bytes that were hashed).
+    Without code in what runs, ConfigParser gets ``plan.pruned`` (nothing else of the bundle
+    can run); with code, only when ``trusted`` (checked by the caller against the trust
+    store), and then the config as written.  The network's size is estimated on the meta
+    device before it is built."""
     from monai.bundle import ConfigParser
     import monai.transforms as mt
 
-    from .loaders import ModelLoadError
+    from .architectures import check_network_size
 
-    cfg = inference_config(folder)
-    if cfg.suffix in (".yaml", ".yml"):
-        import importlib.util
+    if plan.code and not trusted:  # the caller checks trust; this guards against misuse
+        raise ModelLoadError(f"bundle {folder.name}: refusing to run untrusted bundle code")
+    cfg_name = inference_config(folder).name
+    config = plan.pruned if not plan.code else plan.config
+    notes: list[str] = list(plan.notes)
 
-        if importlib.util.find_spec("yaml") is None:
-            raise ModelLoadError(f"bundle {folder.name}: {cfg.name} needs the PyYAML package, "
-                                 "which is not installed")
-    parser = ConfigParser()
-    try:
-        parser.read_config(str(cfg))
-        parser.read_meta(str(folder / "configs" / "metadata.json"))
-    except Exception as e:  # noqa: BLE001 - any parse error is the bundle's, reported in one line
-        raise ModelLoadError(f"bundle {folder.name}: cannot read {cfg.name}: {e}") from None
-    notes: list[str] = []
-    parser["bundle_root"] = str(folder)
-    parser["device"] = f"$torch.device('{device}')"
-    try:
-        net_def = parser["network_def"]
-    except KeyError:
-        raise ModelLoadError(f"bundle {folder.name}: {cfg.name} has no network_def") from None
-    if isinstance(net_def, dict):
-        for k in ("pretrained", "pretrained_backbone"):
-            if net_def.get(k) is True:
-                parser[f"network_def#{k}"] = False
-                notes.append(f"network_def.{k} switched off: the bundle's own weights are loaded "
-                             "and nothing is downloaded")
-    key = parser.get("image_key", "image") if isinstance(parser.get("image_key", "image"), str) else "image"
+    def new_parser():
+        import copy
+
+        p = ConfigParser()
+        try:
+            p.read_config(copy.deepcopy(config))
+            if plan.code:  # trusted: as written, with its metadata
+                p.read_meta(str(folder / "configs" / "metadata.json"))
+        except Exception as e:  # noqa: BLE001 - any parse error is the bundle's, in one line
+            raise ModelLoadError(f"bundle {folder.name}: cannot read {cfg_name}: "
+                                 f"{_first_line(e)}") from None
+        p["bundle_root"] = str(folder)
+        import torch
+
+        p["device"] = torch.device(device)
+        for fid in plan.download_flags:
+            p[fid] = False
+        return p
+
+    if plan.download_flags:
+        notes.append(", ".join(plan.download_flags).replace("::", ".") + " switched off: the "
+                     "bundle's own weights are loaded and nothing is downloaded")
+    parser = new_parser()
+    if "network_def" not in parser:
+        raise ModelLoadError(f"bundle {folder.name}: {cfg_name} has no network_def")
+    raw_key = parser.get("image_key", "image")
+    key = raw_key if isinstance(raw_key, str) and not raw_key.startswith(("$", "@", "%")) else "image"
+
+    if not plan.code:  # size estimate (meta device, nothing allocated) before the real build
+        check_network_size(lambda: new_parser().get_parsed_content("network_def"),
+                           f"bundle {folder.name}", "network_def")
 
     def comp(name, required):
         if name not in parser:
             if required:
-                raise ModelLoadError(f"bundle {folder.name}: {cfg.name} has no {name}")
+                raise ModelLoadError(f"bundle {folder.name}: {cfg_name} has no {name}")
             return None
         try:
-            c = parser.get_parsed_content(name)
+            return parser.get_parsed_content(name)
         except Exception as e:  # noqa: BLE001
-            raise ModelLoadError(f"bundle {folder.name}: cannot build {name}: {e}") from None
-        return c
+            raise ModelLoadError(f"bundle {folder.name}: cannot build {name}: {_first_line(e)}") from None
 
-    try:
-        net = parser.get_parsed_content("network_def")
-    except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"bundle {folder.name}: cannot build network_def: {e}") from None
+    net = comp("network_def", True)
     pre = comp("preprocessing", True)
     post = comp("postprocessing", False)
     inferer = comp("inferer", False)
@@ -237,8 +236,8 @@ def parse_bundle(folder: Path, device: str = "cpu"):
 
     def strip(c):
         ts = list(c.transforms) if isinstance(c, mt.Compose) else [c]
-        kept = [t for t in ts if type(t).__name__ not in IO_TRANSFORMS]
-        dropped = [type(t).__name__ for t in ts if type(t).__name__ in IO_TRANSFORMS]
+        kept = [t for t in ts if t is not None and type(t).__name__ not in IO_TRANSFORMS]
+        dropped = [type(t).__name__ for t in ts if t is not None and type(t).__name__ in IO_TRANSFORMS]
         return mt.Compose(kept), dropped
 
     pre_c, d1 = strip(pre)
@@ -246,3 +245,7 @@ def parse_bundle(folder: Path, device: str = "cpu"):
     if d1 or d2:
         notes.append("left out file transforms: " + ", ".join(d1 + d2))
     return net, BundleRuntime(parser, pre_c, post_c, inferer, key, "pred", notes)
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
+from .errors import ModelCardError
+
+__all__ = ["ModelCard", "ModelCardError", "load_card", "validate_card", "CARD_FILE"]
 
 SCHEMA_VERSION = 1
 CARD_FILE = "model.json"
@@ -30,9 +32,26 @@ _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _MD5_RE = re.compile(r"^[0-9a-f]{32}$")
 _AXCODES_RE = re.compile(r"^(?=.*[LR])(?=.*[AP])(?=.*[SI])[LRAPSI]{3}$")
 
-
-class ModelCardError(UserError):
-    """A model card that is missing, unreadable or does not follow the schema."""
+# Size limits, checked before anything is built or allocated (docs/model_card.md, "Limits").
+# They are far above what the shipped models use (224x224, 1-3 channels, <= 3 labels) and
+# keep a hostile or mistyped card from asking for gigabytes.
+MAX_CARD_BYTES = 1 << 20  # model.json is read only when smaller than this
+MAX_SIDE = {2: 4096, 3: 512}  # input.size / roi_size per spatial dimension
+MAX_INPUT_VOXELS = 1 << 24  # product of input.size (or roi_size): 4096x4096 or 256^3
+MAX_CHANNELS = 16
+MAX_LABELS = 1000
+MAX_LABEL_CHARS = 128
+MAX_TEXT_CHARS = 20_000  # any other string of the card
+MAX_LIST_ITEMS = 1000  # metrics, thresholds
+MAX_INTENSITY_STEPS = 16
+SPACING_RANGE = (1e-4, 1e4)  # mm
+# architecture.kwargs: JSON values with these bounds (the parameter count is estimated
+# afterwards on the meta device, see architectures.check_network_size)
+MAX_KWARG_INT = 1 << 16
+MAX_KWARG_FLOAT = 1e6
+MAX_KWARG_STR = 256
+MAX_KWARG_ITEMS = 64
+MAX_KWARG_DEPTH = 4
 
 
 @dataclass
@@ -134,6 +153,46 @@ class ModelCard:
 
 
 # --------------------------------------------------------------------------- validation
+def _short(v, n: int = 60) -> str:
+    """repr of a value for an error message, cut so that a huge value stays one short line."""
+    r = repr(v)
+    return r if len(r) <= n else r[:n] + f"... ({len(r)} characters)"
+
+
+def _check_kwargs(c: "_Checker", v, where: str, depth: int = 0) -> None:
+    """architecture.kwargs: plain JSON values within bounds (no huge ints, strings, lists)."""
+    if depth > MAX_KWARG_DEPTH:
+        c.add(where, f"is nested deeper than {MAX_KWARG_DEPTH} levels")
+    elif v is None or isinstance(v, bool):
+        return
+    elif isinstance(v, int):
+        if abs(v) > MAX_KWARG_INT:
+            c.add(where, f"must be at most {MAX_KWARG_INT} in size (got {_short(v)})")
+    elif isinstance(v, float):
+        if not math.isfinite(v) or abs(v) > MAX_KWARG_FLOAT:
+            c.add(where, f"must be a finite number of at most {MAX_KWARG_FLOAT:g} (got {_short(v)})")
+    elif isinstance(v, str):
+        if len(v) > MAX_KWARG_STR:
+            c.add(where, f"is longer than {MAX_KWARG_STR} characters")
+    elif isinstance(v, list):
+        if len(v) > MAX_KWARG_ITEMS:
+            c.add(where, f"has more than {MAX_KWARG_ITEMS} items ({len(v)})")
+            return
+        for i, x in enumerate(v):
+            _check_kwargs(c, x, f"{where}[{i}]", depth + 1)
+    elif isinstance(v, dict):
+        if len(v) > MAX_KWARG_ITEMS:
+            c.add(where, f"has more than {MAX_KWARG_ITEMS} keys ({len(v)})")
+            return
+        for k, x in v.items():
+            if len(k) > MAX_KWARG_STR:
+                c.add(where, f"has a key longer than {MAX_KWARG_STR} characters")
+                continue
+            _check_kwargs(c, x, f"{where}.{k}", depth + 1)
+    else:
+        c.add(where, f"must be a JSON value (got {type(v).__name__})")
+
+
 class _Checker:
     """Collects field-named problems so that one error lists all of them."""
 
@@ -149,11 +208,14 @@ class _Checker:
             return None
         return d[key]
 
-    def string(self, v, where, allow_empty=False):
+    def string(self, v, where, allow_empty=False, max_len=MAX_TEXT_CHARS):
         if v is None:
             return None
         if not isinstance(v, str) or (not allow_empty and not v.strip()):
-            self.add(where, f"must be a non-empty string (got {v!r})")
+            self.add(where, f"must be a non-empty string (got {_short(v)})")
+            return None
+        if len(v) > max_len:
+            self.add(where, f"is longer than {max_len} characters ({len(v)})")
             return None
         return v
 
@@ -161,33 +223,42 @@ class _Checker:
         if v is None:
             return None
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            self.add(where, f"must be a number (got {v!r})")
+            self.add(where, f"must be a number (got {_short(v)})")
             return None
         if not lo <= v <= hi:
             self.add(where, f"must be between {lo} and {hi} (got {v})")
             return None
         return float(v)
 
-    def int_list(self, v, where, n=None, lo=1):
+    def int_list(self, v, where, n=None, lo=1, hi=None, max_product=None):
         if v is None:
             return None
-        if (not isinstance(v, list) or not v
+        if (not isinstance(v, list) or not v or len(v) > 3
                 or not all(isinstance(x, int) and not isinstance(x, bool) and x >= lo for x in v)):
-            self.add(where, f"must be a list of integers >= {lo} (got {v!r})")
+            self.add(where, f"must be a list of integers >= {lo} (got {_short(v)})")
             return None
         if n is not None and len(v) != n:
             self.add(where, f"must have {n} values, one per spatial dimension (got {len(v)})")
             return None
+        if hi is not None and max(v) > hi:
+            self.add(where, f"must be at most {hi} per dimension (got {_short(v)})")
+            return None
+        if max_product is not None and math.prod(v) > max_product:
+            self.add(where, f"asks for {math.prod(v)} pixels/voxels, more than the limit "
+                            f"{max_product}")
+            return None
         return list(v)
 
-    def float_list(self, v, where, n=None, positive=True):
+    def float_list(self, v, where, n=None, positive=True, lo=-math.inf, hi=math.inf):
         if v is None:
             return None
-        ok = isinstance(v, list) and v and all(
+        ok = isinstance(v, list) and v and len(v) <= 16 and all(
             isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-            and (x > 0 or not positive) for x in v)
+            and (x > 0 or not positive) and lo <= x <= hi for x in v)
         if not ok:
-            self.add(where, f"must be a list of {'positive ' if positive else ''}numbers (got {v!r})")
+            rng = f" between {lo} and {hi}" if math.isfinite(lo) or math.isfinite(hi) else ""
+            self.add(where, f"must be a list of {'positive ' if positive else ''}numbers{rng} "
+                            f"(got {_short(v)})")
             return None
         if n is not None and len(v) != n:
             self.add(where, f"must have {n} values (got {len(v)})")
@@ -203,12 +274,15 @@ def _check_intensity(c: _Checker, steps, channels: int) -> list[dict]:
     if not isinstance(steps, list):
         c.add("input.intensity", "must be an object or a list of objects")
         return []
+    if len(steps) > MAX_INTENSITY_STEPS:
+        c.add("input.intensity", f"has more than {MAX_INTENSITY_STEPS} steps ({len(steps)})")
+        return []
     out = []
     for n, s in enumerate(steps):
         w = f"input.intensity[{n}]"
         if not isinstance(s, dict) or s.get("type") not in INTENSITY_TYPES:
             c.add(w + ".type", f"must be one of {', '.join(INTENSITY_TYPES)} "
-                               f"(got {s.get('type') if isinstance(s, dict) else s!r})")
+                               f"(got {_short(s.get('type') if isinstance(s, dict) else s)})")
             continue
         t = s["type"]
         if t == "window":
@@ -243,7 +317,7 @@ def _check_explanation_region(c: _Checker, er, task, mid) -> ExplanationRegion |
         c.add(w, "is only used by classifiers (their heat maps are measured against the region)")
     model = c.string(c.req(er, "model", w + "."), w + ".model")
     if model is not None and not _ID_RE.match(model):
-        c.add(w + ".model", f"must be a model id (got {model!r})")
+        c.add(w + ".model", f"must be a model id (got {_short(model)})")
         model = None
     if model is not None and model == mid:
         c.add(w + ".model", "must name another model (a segmenter), not this one")
@@ -252,7 +326,7 @@ def _check_explanation_region(c: _Checker, er, task, mid) -> ExplanationRegion |
     if labels is not None and (not isinstance(labels, list) or not labels
                                or not all(isinstance(x, str) and x for x in labels)
                                or len(set(labels)) != len(labels)):
-        c.add(w + ".labels", f"must be a non-empty list of distinct label names of the segmenter (got {labels!r})")
+        c.add(w + ".labels", f"must be a non-empty list of distinct label names of the segmenter (got {_short(labels)})")
         labels = None
     elif labels is not None and "background" in labels:
         c.add(w + ".labels", "must name structures, not the background")
@@ -275,26 +349,26 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
     c = _Checker()
     sv = d.get("schema_version", SCHEMA_VERSION)
     if sv != SCHEMA_VERSION:
-        c.add("schema_version", f"must be {SCHEMA_VERSION} (got {sv!r}); this version of "
+        c.add("schema_version", f"must be {SCHEMA_VERSION} (got {_short(sv)}); this version of "
                                 "imaging-assist cannot read it")
     mid = c.string(c.req(d, "id"), "id")
     if mid is not None and not _ID_RE.match(mid):
-        c.add("id", f"must be 1-64 characters of a-z, 0-9, '.', '_' or '-' (got {mid!r})")
+        c.add("id", f"must be 1-64 characters of a-z, 0-9, '.', '_' or '-' (got {_short(mid)})")
     name = c.string(c.req(d, "name"), "name")
     version = c.string(c.req(d, "version"), "version")
     task = c.req(d, "task")
     if task is not None and task not in TASKS:
-        c.add("task", f"must be one of {', '.join(TASKS)} (got {task!r})")
+        c.add("task", f"must be one of {', '.join(TASKS)} (got {_short(task)})")
     fmt = c.req(d, "format")
     if fmt is not None and fmt not in FORMATS:
-        c.add("format", f"must be one of {', '.join(FORMATS)} (got {fmt!r})")
+        c.add("format", f"must be one of {', '.join(FORMATS)} (got {_short(fmt)})")
 
     modality = c.req(d, "modality")
     if isinstance(modality, str):
         modality = [modality]
-    if modality is not None and (not isinstance(modality, list) or not modality
-                                 or not all(isinstance(m, str) and m for m in modality)):
-        c.add("modality", f"must be a DICOM modality or a list of them, e.g. \"CT\" (got {modality!r})")
+    if modality is not None and (not isinstance(modality, list) or not modality or len(modality) > 32
+                                 or not all(isinstance(m, str) and 0 < len(m) <= 16 for m in modality)):
+        c.add("modality", f"must be a DICOM modality or a list of them, e.g. \"CT\" (got {_short(modality)})")
         modality = None
     body_part = d.get("body_part")
     if body_part is not None:
@@ -302,14 +376,14 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
 
     sd = c.req(d, "spatial_dims")
     if sd is not None and sd not in (2, 3):
-        c.add("spatial_dims", f"must be 2 or 3 (got {sd!r})")
+        c.add("spatial_dims", f"must be 2 or 3 (got {_short(sd)})")
         sd = None
 
     # weights
     weights: list[WeightsFile] = []
     wl = c.req(d, "weights")
     if wl is not None:
-        if not isinstance(wl, list) or not wl:
+        if not isinstance(wl, list) or not wl or len(wl) > 64:
             c.add("weights", "must be a non-empty list of {\"file\": ..., \"sha256\": ...}")
         else:
             for n, w in enumerate(wl):
@@ -319,7 +393,7 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
                     continue
                 f = c.string(c.req(w, "file", wh + "."), wh + ".file")
                 if f is not None and (Path(f).is_absolute() or ".." in Path(f).parts):
-                    c.add(wh + ".file", f"must be a path inside the model folder (got {f!r})")
+                    c.add(wh + ".file", f"must be a path inside the model folder (got {_short(f)})")
                     f = None
                 sha = w.get("sha256")
                 md5 = w.get("md5") if source != CARD_FILE else None
@@ -342,6 +416,12 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
                 or not all(isinstance(x, str) and x for x in labels)):
             c.add("labels", "must be a non-empty list of label names")
             labels = None
+        elif len(labels) > MAX_LABELS:
+            c.add("labels", f"has more than {MAX_LABELS} names ({len(labels)})")
+            labels = None
+        elif max(len(x) for x in labels) > MAX_LABEL_CHARS:
+            c.add("labels", f"has a name longer than {MAX_LABEL_CHARS} characters")
+            labels = None
         elif len(set(labels)) != len(labels):
             c.add("labels", "must not repeat a name")
         elif task == "segmentation" and len(labels) < 2:
@@ -357,47 +437,56 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         c.add("input", "must be an object")
     else:
         ch = inp.get("channels", 1)
-        if ch not in (1, 3) and not (fmt != "safetensors" and isinstance(ch, int) and ch >= 1):
-            c.add("input.channels", f"must be 1 or 3 (got {ch!r})")
+        ok_int = isinstance(ch, int) and not isinstance(ch, bool)
+        if not ok_int or (ch not in (1, 3) and not (fmt != "safetensors" and 1 <= ch <= MAX_CHANNELS)):
+            c.add("input.channels", f"must be 1 or 3 (or up to {MAX_CHANNELS} for TorchScript "
+                                    f"and bundles) (got {_short(ch)})")
             ch = 1
         spec.channels = int(ch)
-        spec.size = c.int_list(inp.get("size"), "input.size", n=sd)
-        spec.roi_size = c.int_list(inp.get("roi_size"), "input.roi_size", n=sd)
-        spec.spacing = c.float_list(inp.get("spacing"), "input.spacing", n=sd)
+        side = MAX_SIDE.get(sd, MAX_SIDE[2])
+        spec.size = c.int_list(inp.get("size"), "input.size", n=sd, hi=side,
+                               max_product=MAX_INPUT_VOXELS)
+        spec.roi_size = c.int_list(inp.get("roi_size"), "input.roi_size", n=sd, hi=side,
+                                   max_product=MAX_INPUT_VOXELS)
+        spec.spacing = c.float_list(inp.get("spacing"), "input.spacing", n=sd,
+                                    lo=SPACING_RANGE[0], hi=SPACING_RANGE[1])
         o = inp.get("orientation")
         if o is not None:
             if sd != 3:
                 c.add("input.orientation", "is only used by 3D models (spatial_dims 3)")
             elif not isinstance(o, str) or not _AXCODES_RE.match(o.upper()):
-                c.add("input.orientation", f"must be 3 axis codes such as \"RAS\" or \"LPS\" (got {o!r})")
+                c.add("input.orientation", f"must be 3 axis codes such as \"RAS\" or \"LPS\" (got {_short(o)})")
             else:
                 spec.orientation = o.upper()
         ao = inp.get("axis_order", "row_col")
         if ao not in AXIS_ORDERS_2D:
-            c.add("input.axis_order", f"must be one of {', '.join(AXIS_ORDERS_2D)} (got {ao!r})")
+            c.add("input.axis_order", f"must be one of {', '.join(AXIS_ORDERS_2D)} (got {_short(ao)})")
         spec.axis_order = ao
         spec.intensity = _check_intensity(c, inp.get("intensity"), spec.channels)
         u = inp.get("units")
-        spec.units = c.string(u, "input.units") if u is not None else None
+        spec.units = c.string(u, "input.units", max_len=32) if u is not None else None
         im = inp.get("invert_monochrome1", True)
         if not isinstance(im, bool):
             c.add("input.invert_monochrome1", "must be true or false")
         spec.invert_monochrome1 = bool(im)
         rm = inp.get("resize_mode", "auto")
         if rm not in RESIZE_MODES:
-            c.add("input.resize_mode", f"must be one of {', '.join(RESIZE_MODES)} (got {rm!r})")
+            c.add("input.resize_mode", f"must be one of {', '.join(RESIZE_MODES)} (got {_short(rm)})")
         spec.resize_mode = rm
         dv = inp.get("dicom_values", "modality")
         if dv not in ("modality", "display"):
-            c.add("input.dicom_values", f"must be \"modality\" or \"display\" (got {dv!r})")
+            c.add("input.dicom_values", f"must be \"modality\" or \"display\" (got {_short(dv)})")
         spec.dicom_values = dv if dv in ("modality", "display") else "modality"
         if task == "classification" and fmt != "monai_bundle" and spec.size is None:
             c.add("input.size", "is required for classifiers (the image is resized to it)")
 
     out = d.get("output", {}) or {}
-    act = out.get("activation", "softmax" if task == "classification" else "softmax")
+    if not isinstance(out, dict):
+        c.add("output", "must be an object")
+        out = {}
+    act = out.get("activation", "softmax")
     if act not in ACTIVATIONS:
-        c.add("output.activation", f"must be one of {', '.join(ACTIVATIONS)} (got {act!r})")
+        c.add("output.activation", f"must be one of {', '.join(ACTIVATIONS)} (got {_short(act)})")
 
     arch = d.get("architecture")
     if fmt == "safetensors":
@@ -406,14 +495,22 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
                                   "{\"library\": \"torchvision\"|\"monai\", \"name\": ..., \"kwargs\": {...}}")
         else:
             if arch.get("library") not in ("torchvision", "monai"):
-                c.add("architecture.library", f"must be torchvision or monai (got {arch.get('library')!r})")
-            c.string(c.req(arch, "name", "architecture."), "architecture.name")
-            if not isinstance(arch.get("kwargs", {}), dict):
+                c.add("architecture.library",
+                      f"must be torchvision or monai (got {_short(arch.get('library'))})")
+            c.string(c.req(arch, "name", "architecture."), "architecture.name", max_len=128)
+            kw = arch.get("kwargs", {})
+            if not isinstance(kw, dict):
                 c.add("architecture.kwargs", "must be an object")
+            else:
+                _check_kwargs(c, kw, "architecture.kwargs")
+            unknown = sorted(set(arch) - {"library", "name", "kwargs"})
+            if unknown:
+                c.add("architecture", f"unknown key(s) {_short(', '.join(unknown))} "
+                                      "(allowed: library, name, kwargs)")
 
     thresholds: dict[str, Threshold] = {}
     th = d.get("thresholds") or {}
-    if not isinstance(th, dict):
+    if not isinstance(th, dict) or len(th) > MAX_LIST_ITEMS:
         c.add("thresholds", "must be an object {label: {threshold, sensitivity, specificity}}")
     else:
         for lab, t in th.items():
@@ -433,8 +530,9 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
                 thresholds[lab] = Threshold(v, se, sp, str(t.get("data", "")))
 
     metrics = d.get("metrics") or []
-    if not isinstance(metrics, list):
-        c.add("metrics", "must be a list of {name, value, ci95: [low, high]}")
+    if not isinstance(metrics, list) or len(metrics) > MAX_LIST_ITEMS:
+        c.add("metrics", f"must be a list of at most {MAX_LIST_ITEMS} "
+                         "{name, value, ci95: [low, high]}")
         metrics = []
     for n, m in enumerate(metrics):
         w = f"metrics[{n}]"
@@ -475,20 +573,24 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         inf = {}
     if "overlap" in inf:
         c.number(inf["overlap"], "inference.overlap", 0, 0.95)
-    if "sw_batch_size" in inf and not (isinstance(inf["sw_batch_size"], int) and inf["sw_batch_size"] >= 1):
-        c.add("inference.sw_batch_size", "must be an integer >= 1")
+    if "sw_batch_size" in inf and not (_is_int(inf["sw_batch_size"]) and 1 <= inf["sw_batch_size"] <= 256):
+        c.add("inference.sw_batch_size", "must be an integer from 1 to 256")
     if inf.get("blend", "gaussian") not in ("gaussian", "constant"):
         c.add("inference.blend", "must be gaussian or constant")
     if inf.get("precision", "auto") not in ("auto", "fp32", "bf16"):
         c.add("inference.precision", "must be auto, fp32 or bf16")
-    if "roi_multiple" in inf and not (isinstance(inf["roi_multiple"], int) and inf["roi_multiple"] >= 1):
-        c.add("inference.roi_multiple", "must be an integer >= 1 (the network's size divisor)")
-    if "max_roi_voxels" in inf and not (isinstance(inf["max_roi_voxels"], int) and inf["max_roi_voxels"] >= 1):
-        c.add("inference.max_roi_voxels", "must be a positive integer")
+    if "roi_multiple" in inf and not (_is_int(inf["roi_multiple"]) and 1 <= inf["roi_multiple"] <= 1024):
+        c.add("inference.roi_multiple", "must be an integer from 1 to 1024 (the network's size divisor)")
+    if "max_roi_voxels" in inf and not (_is_int(inf["max_roi_voxels"])
+                                        and 1 <= inf["max_roi_voxels"] <= MAX_INPUT_VOXELS):
+        c.add("inference.max_roi_voxels", f"must be a positive integer of at most {MAX_INPUT_VOXELS}")
     if inf.get("slice_aggregation", "max") not in ("max", "mean"):
         c.add("inference.slice_aggregation", "must be max or mean")
 
     er = _check_explanation_region(c, d.get("explanation_region"), task, mid)
+    desc = d.get("description", "")
+    if desc is not None:
+        c.string(desc, "description", allow_empty=True)
 
     if c.problems:
         raise ModelCardError(f"invalid model card {where_file}: " + "; ".join(c.problems))
@@ -501,22 +603,39 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         validation_data=validation, architecture=arch if isinstance(arch, dict) else None,
         thresholds=thresholds, metrics=list(metrics), gradcam_layer=gl, inference=dict(inf),
         explanation_region=er,
-        description=str(d.get("description", "")), folder=folder, derived_from=source, raw=d)
+        description=str(desc or ""), folder=folder, derived_from=source, raw=d)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_json_limited(p: Path, what: str, limit: int = MAX_CARD_BYTES):
+    """Parse a small JSON file (a card, bundle metadata): refused before reading when it is
+    larger than ``limit``; any problem is one :class:`ModelCardError` line."""
+    try:
+        with open(p, "rb") as f:
+            data = f.read(limit + 1)
+    except FileNotFoundError:
+        raise ModelCardError(f"no {what}: {p} does not exist") from None
+    except OSError as e:
+        raise ModelCardError(f"cannot read {what} {p}: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise ModelCardError(f"{what} {p} is too big (more than {limit // 1024} KiB)")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ModelCardError(f"invalid {what} {p}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise ModelCardError(f"invalid {what} {p}: not valid JSON (line {e.lineno}, "
+                             f"column {e.colno}: {e.msg})") from None
+    except RecursionError:
+        raise ModelCardError(f"invalid {what} {p}: nested too deeply") from None
 
 
 def load_card(folder: str | Path) -> ModelCard:
     """Read and validate ``folder/model.json``."""
     folder = Path(folder)
     p = folder / CARD_FILE
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ModelCardError(f"no model card: {p} does not exist") from None
-    except OSError as e:
-        raise ModelCardError(f"cannot read model card {p}: {e.strerror or e}") from None
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ModelCardError(f"invalid model card {p}: not valid JSON (line {e.lineno}, "
-                             f"column {e.colno}: {e.msg})") from None
+    d = read_json_limited(p, "model card")
     return validate_card(d, folder)

@@ -5,6 +5,10 @@ Safety rules (see docs/model_card.md):
 * the bytes of every weights file are read once, hashed, compared with the model card and
   only then deserialised *from those same bytes* (no time-of-check/time-of-use gap);
 * ``torch.load`` is only ever called with ``weights_only=True`` (:func:`_torch_load`);
+* hashes are checked before anything is built: before the card's network is built (its
+  size is first estimated on the meta device) and before a bundle config is parsed;
+* a MONAI bundle whose evaluated parts contain code runs only when the user trusted that
+  exact bundle (:mod:`.trust`), else :class:`ModelTrustError`;
 * every failure is a :class:`ModelLoadError` (a ``UserError``) with a one-line message.
 """
 
@@ -19,18 +23,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
 from .card import ModelCard, WeightsFile
+from .errors import ModelLoadError, ModelTrustError, WeightsMismatchError
+
+__all__ = ["LoadedModel", "ModelLoadError", "ModelTrustError", "WeightsMismatchError",
+           "VerifyResult", "load_model", "read_verified", "sha256_file", "verify"]
 
 _CHUNK = 1 << 20
-
-
-class ModelLoadError(UserError):
-    """Weights or a bundle that cannot be loaded."""
-
-
-class WeightsMismatchError(ModelLoadError):
-    """A weights file whose hash differs from the model card (corrupt or replaced)."""
 
 
 @dataclass
@@ -169,10 +168,11 @@ def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedMod
         from .bundle import parse_bundle
 
         wf = card.weights[0]
-        data = read_verified(card, wf)  # verify before anything from the bundle is built
+        data = read_verified(card, wf)  # verify before anything from the bundle is parsed
         hashes[wf.file] = hashlib.sha256(data).hexdigest()
+        plan, trusted = _bundle_plan(card, hashes)
         # Pre/post-processing run on the CPU; only the network moves to the chosen device.
-        net_def, bundle_rt = parse_bundle(card.folder, "cpu")
+        net_def, bundle_rt = parse_bundle(card.folder, plan, trusted, "cpu")
         notes.extend(bundle_rt.notes)
         if wf.file.endswith(".ts"):
             net = _load_torchscript(data, f"{card.id}: {wf.file}")
@@ -190,9 +190,8 @@ def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedMod
 
         from .architectures import build_network
 
-        net = build_network(card.architecture, card.id)
         sd: dict = {}
-        for wf in card.weights:
+        for wf in card.weights:  # every hash first, then the network is built
             data = read_verified(card, wf)
             hashes[wf.file] = hashlib.sha256(data).hexdigest()
             try:
@@ -205,6 +204,7 @@ def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedMod
                 raise ModelLoadError(f"{card.id}: tensor {sorted(dup)[0]} is in more than one "
                                      "weights file")
             sd.update(part)
+        net = build_network(card.architecture, card.id)
         _load_state_dict(net, sd, f"{card.id}: weights")
         kind = "state_dict"
     elif card.format == "torchscript":
@@ -220,6 +220,41 @@ def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedMod
         p.requires_grad_(False)
     lm = LoadedModel(card, net, kind, bundle_rt, hashes, notes)
     return lm.to(torch.device(device))
+
+
+def _bundle_plan(card: ModelCard, hashes: dict[str, str]):
+    """(RunPlan, trusted) for a bundle whose weights were verified: its code is found
+    without running it; code that would run needs the user's trust in this exact bundle
+    (configs hashed from the bytes that are parsed, weights from the verified bytes)."""
+    from .bundle_code import inference_config, run_plan
+    from .card import read_json_limited
+    from .trust import config_hash, is_trusted
+
+    folder = card.folder
+    inf = inference_config(folder)
+    try:
+        cfg_bytes = inf.read_bytes()
+    except OSError as e:
+        raise ModelLoadError(f"cannot read {inf}: {e.strerror or e}") from None
+    meta = read_json_limited(folder / "configs" / "metadata.json", "bundle metadata")
+    plan = run_plan(folder, cfg_bytes, meta if isinstance(meta, dict) else None)
+    if not plan.code:
+        return plan, False
+    weights = dict(hashes)
+    for wf in card.weights:
+        if wf.file not in weights:
+            weights[wf.file] = sha256_file(folder / wf.file) if (folder / wf.file).is_file() else "missing"
+    ch = config_hash(folder, {inf.relative_to(folder).as_posix(): cfg_bytes})
+    if is_trusted(folder, weights, ch):
+        return plan, True
+    shown = "; ".join(str(i) for i in plan.code[:3])
+    more = f" and {len(plan.code) - 3} more" if len(plan.code) > 3 else ""
+    raise ModelTrustError(
+        f"model {card.id}: the MONAI bundle {folder} contains code that would run when it is "
+        f"loaded ({len(plan.code)} item{'s' if len(plan.code) != 1 else ''}: {shown}{more}); "
+        f"nothing of it was run. If you trust it, look at it with `imaging-assist models show "
+        f"{card.id}` and mark this exact bundle as trusted with `imaging-assist models trust "
+        f"{card.id}`")
 
 
 def _load_torchscript(data: bytes, what: str) -> nn.Module:

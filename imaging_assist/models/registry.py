@@ -19,27 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from .card import CARD_FILE, ModelCard, ModelCardError, load_card
+from .card import CARD_FILE, ModelCard, load_card
+from .errors import ModelCardError
+from .paths import APP_NAME, config_dir, project_weights_dir, user_models_dir
 
-APP_NAME = "imaging-assist"
+__all__ = ["APP_NAME", "FOLDERS_FILE", "ModelEntry", "Registry", "config_dir", "user_models_dir",
+           "project_weights_dir", "is_model_folder", "read_card", "bundle_contains_code"]
+
 FOLDERS_FILE = "model_folders.json"
-
-
-def config_dir() -> Path:
-    env = os.environ.get("IMAGING_ASSIST_CONFIG_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
-
-
-def user_models_dir() -> Path:
-    return config_dir() / "models"
-
-
-def project_weights_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "weights"
 
 
 def is_model_folder(p: Path) -> bool:
@@ -56,14 +43,56 @@ def read_card(folder: Path) -> ModelCard:
     return load_card(folder)
 
 
+def bundle_contains_code(folder: Path) -> bool:
+    """True when loading the bundle would run code (see :mod:`.bundle_code`); a bundle
+    whose config cannot be read counts as containing code (it cannot be checked)."""
+    from .bundle_code import run_plan
+    from .card import read_json_limited
+
+    try:
+        meta = read_json_limited(Path(folder) / "configs" / "metadata.json", "bundle metadata")
+        return bool(run_plan(folder, meta=meta if isinstance(meta, dict) else None).code)
+    except UserError:
+        return True
+
+
 @dataclass
 class ModelEntry:
+    """A model found by the registry.
+
+    ``contains_code``: a MONAI bundle whose evaluated parts contain code (expressions,
+    callables that are not plain MONAI/torch building blocks...); ``trusted``: the user
+    trusted this exact bundle (configs + weights, by hash; computed on first use);
+    :attr:`runnable_without_prompt`: verified and (no code or trusted) -- what the demo and
+    the viewer's auto-run check before running a model."""
+
     folder: Path
-    source: str  # "added", "user" or "project"
+    source: str  # "added", "user", "project" or "path"
     card: ModelCard | None = None
     error: str | None = None  # the card could not be read or validated
     shadowed_by: str | None = None  # folder of the model with the same id that wins
     verify: list = field(default_factory=list)  # loaders.VerifyResult, after verify()
+    contains_code: bool = False
+    _trusted: bool | None = field(default=None, repr=False)
+
+    @property
+    def trusted(self) -> bool:
+        if self._trusted is None:
+            from .trust import is_trusted
+
+            self._trusted = bool(self.card is not None and self.card.is_bundle
+                                 and is_trusted(self.folder))
+        return self._trusted
+
+    @trusted.setter
+    def trusted(self, v: bool) -> None:
+        self._trusted = bool(v)
+
+    @property
+    def runnable_without_prompt(self) -> bool:
+        """Verified weights and no code to run, or code the user trusted."""
+        return (self.card is not None and self.verified is True
+                and (not self.contains_code or self.trusted))
 
     @property
     def id(self) -> str:
@@ -81,7 +110,9 @@ class ModelEntry:
              "task": c.task if c else None, "modality": c.modality if c else None,
              "body_part": c.body_part if c else None, "version": c.version if c else None,
              "format": c.format if c else None, "spatial_dims": c.spatial_dims if c else None,
-             "verified": self.verified, "error": self.error, "shadowed_by": self.shadowed_by}
+             "verified": self.verified, "error": self.error, "shadowed_by": self.shadowed_by,
+             "contains_code": self.contains_code, "trusted": self.trusted,
+             "runnable_without_prompt": self.runnable_without_prompt}
         if self.verify:
             d["verify"] = [v.to_dict() for v in self.verify]
         return d
@@ -140,13 +171,7 @@ class Registry:
                 folders = sorted(d for d in root.iterdir() if d.is_dir() and is_model_folder(d))
             except OSError:
                 folders = []
-        out = []
-        for f in folders:
-            try:
-                out.append(ModelEntry(f, source, card=read_card(f)))
-            except UserError as e:
-                out.append(ModelEntry(f, source, error=str(e)))
-        return out
+        return [_entry(f, source) for f in folders]
 
     def entries(self) -> list[ModelEntry]:
         seen: dict[str, ModelEntry] = {}
@@ -166,7 +191,9 @@ class Registry:
         if os.sep in id_or_path or p.is_dir():
             if not p.is_dir() or not is_model_folder(p):
                 raise UserError(f"{id_or_path} is not a model folder (no {CARD_FILE} or MONAI bundle)")
-            return ModelEntry(p.resolve(), "path", card=read_card(p))
+            card = read_card(p)
+            return ModelEntry(p.resolve(), "path", card=card,
+                              contains_code=bundle_contains_code(p) if card.is_bundle else False)
         all_e = self.entries()
         for e in all_e:
             if e.card is not None and e.card.id == id_or_path and e.shadowed_by is None:
@@ -179,13 +206,24 @@ class Registry:
                         "(see `imaging-assist models list`)")
 
     def verify_entry(self, e: ModelEntry) -> ModelEntry:
+        """Hash the weights (``e.verify``) and recheck trust (a bundle may have changed)."""
         from .loaders import verify
 
         if e.card is not None:
             e.verify = verify(e.card)
+            e._trusted = None
         return e
 
     def load(self, id_or_path: str, device="cpu"):
         from .loaders import load_model
 
         return load_model(self.get(id_or_path).card, device)
+
+
+def _entry(folder: Path, source: str) -> ModelEntry:
+    try:
+        card = read_card(folder)
+    except UserError as e:
+        return ModelEntry(folder, source, error=str(e))
+    code = bundle_contains_code(folder) if card.is_bundle else False
+    return ModelEntry(folder, source, card=card, contains_code=code)

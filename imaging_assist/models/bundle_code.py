@@ -1,0 +1,496 @@
+"""What code a MONAI bundle contains, found WITHOUT running any of it.
+
+A bundle config is data for :class:`monai.bundle.ConfigParser`, which runs Python: every
+``$`` expression is ``eval``-ed (``$import x`` imports a module, and ConfigParser runs all
+the ``$import`` lines of a file as soon as it resolves anything), ``_target_`` may name any
+callable (``os.system``), ``_requires_`` runs other items first, ``_mode_: debug`` starts
+pdb, ``%file::id`` pastes another file.  This module parses the configs with ``json`` /
+``yaml.safe_load`` only and walks the tree; it never imports anything the bundle names.
+
+What counts as *not* code: literal values, ``@id`` references, and ``_target_`` names of plain
+building blocks -- MONAI networks (``monai.networks``), MONAI transforms (except those that
+read/write files or call a named function: LoadImage, SaveImage, Lambda, ...), MONAI
+inferers and ``torch.nn`` modules -- without arguments that name files, folders or URLs.
+
+imaging-assist evaluates only ``network_def``, ``preprocessing``, ``postprocessing`` and
+``inferer`` of the inference config and what they reference (``bundle_root`` and ``device``
+are its own).  An item there is marked ``runs``; a bundle with such items needs the user's
+trust (:mod:`.trust`).  A bundle without them is handed to ConfigParser as a *pruned* config
+(:func:`run_plan`): only those parts, file transforms disabled, every ``_target_`` pinned to
+the class that was checked -- so nothing else of the bundle can run.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import re
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ModelCardError
+
+__all__ = ["CodeItem", "bundle_code", "code_that_runs", "run_plan", "RunPlan", "inference_config",
+           "read_config_file", "IO_TRANSFORMS", "RUN_ROOTS"]
+
+CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+RUN_ROOTS = ("network_def", "preprocessing", "postprocessing", "inferer")
+PROVIDED = ("bundle_root", "device")  # set by imaging-assist, never taken from the bundle
+IO_TRANSFORMS = {"LoadImage", "LoadImaged", "SaveImage", "SaveImaged", "SaveClassificationd",
+                 "ClassificationSaver", "WriteFileMapping", "WriteFileMappingd"}
+# transforms that call a function named or given in their arguments
+_CALLING_TRANSFORMS = {"Lambda", "Lambdad", "RandLambda", "RandLambdad", "CuCIM", "CuCIMd",
+                       "RandCuCIM", "RandCuCIMd", "TorchVision", "TorchVisiond",
+                       "RandTorchVision", "RandTorchVisiond", "TorchIO", "TorchIOd",
+                       "RandTorchIO", "RandTorchIOd"}
+# argument names that point a plain building block at files, folders or downloads
+_FILE_ARG = re.compile(r"(path|url|file|ckpt|checkpoint|(^|_)dir$|^dir|weights|load_from|download"
+                       r"|cache)", re.IGNORECASE)
+_DOWNLOAD_FLAGS = ("pretrained", "pretrained_backbone")
+_SPECIAL_KEYS = {"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"}
+MAX_CONFIG_BYTES = 16 << 20
+MAX_NODES = 500_000
+MAX_FILES = 2000
+# MONAI's reference syntax (monai.bundle.reference_resolver.ReferenceResolver.id_matcher),
+# repeated here so that listing a bundle does not import MONAI for the references.
+_REF = re.compile(r"@(?:\w*)(?:::\w*)*")
+_REL_PREFIX = re.compile(r"(?:@|%)(?:::)+")
+
+
+@dataclass(frozen=True)
+class CodeItem:
+    """One piece of code in a bundle.
+
+    ``file``: path inside the bundle; ``key``: MONAI id of the item (``a::b::0``);
+    ``text``: the expression, target or file; ``kind``: ``expression``, ``import``,
+    ``target``, ``requires``, ``mode``, ``macro``, ``file argument`` or ``python file``;
+    ``runs``: evaluated when imaging-assist loads the bundle (so it needs trust)."""
+
+    file: str
+    key: str
+    text: str
+    kind: str
+    runs: bool
+
+    def __str__(self) -> str:
+        t = " ".join(self.text.split())
+        t = t if len(t) <= 160 else t[:157] + "..."
+        return f"{self.file} {self.key}: {t}" if self.key else f"{self.file}: {t}"
+
+    def to_dict(self) -> dict:
+        return {"file": self.file, "key": self.key, "text": self.text, "kind": self.kind,
+                "runs": self.runs}
+
+
+# --------------------------------------------------------------------------- reading
+def inference_config(folder: Path) -> Path:
+    for n in CONFIG_NAMES:
+        p = Path(folder) / "configs" / n
+        if p.is_file():
+            return p
+    raise ModelCardError(f"MONAI bundle {folder} has no configs/inference.json or .yaml")
+
+
+def _no_duplicates(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise ValueError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def read_config_file(path: Path, data: bytes | None = None):
+    """Parse a bundle config (JSON, or YAML with ``yaml.safe_load``: no Python tags).
+
+    Duplicate keys are refused (MONAI and a plain reader could disagree on which wins).
+    Every problem is one :class:`ModelCardError` line naming the file."""
+    path = Path(path)
+    try:
+        if data is None:
+            if not path.is_file():
+                raise ModelCardError(f"bundle config {path} is not a regular file")
+            with open(path, "rb") as f:
+                data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ModelCardError(f"bundle config {path} is too big (more than "
+                                 f"{MAX_CONFIG_BYTES >> 20} MiB)")
+        text = data.decode("utf-8")
+        if path.suffix.lower() == ".json":
+            return json.loads(text, object_pairs_hook=_no_duplicates)
+        import yaml
+
+        return yaml.safe_load(text)
+    except ModelCardError:
+        raise
+    except OSError as e:
+        raise ModelCardError(f"cannot read bundle config {path}: {e.strerror or e}") from None
+    except RecursionError:
+        raise ModelCardError(f"cannot read bundle config {path}: nested too deeply") from None
+    except Exception as e:  # noqa: BLE001 - json/yaml/unicode errors have many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelCardError(f"cannot read bundle config {path}: {first}") from None
+
+
+def config_files(folder: Path) -> list[Path]:
+    """Every JSON/YAML file under ``configs/`` (recursively), sorted."""
+    root = Path(folder) / "configs"
+    out = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in CONFIG_SUFFIXES and p.is_file():
+            out.append(p)
+            if len(out) > MAX_FILES:
+                raise ModelCardError(f"bundle {folder}: more than {MAX_FILES} config files")
+    return out
+
+
+# --------------------------------------------------------------------------- targets
+def _monai_class(target: str):
+    """The class a plain ``_target_`` names, or None when it is not an allowed building block."""
+    if not isinstance(target, str) or not re.fullmatch(r"[A-Za-z_][\w.]{0,200}", target):
+        return None
+    return _resolve_target(target)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolve_target(target: str):
+    import importlib
+    import inspect
+
+    try:
+        import monai.inferers as minf
+        import monai.networks as mnw  # noqa: F401 - blocks, layers, nets
+        import monai.networks.nets as mnets
+        import monai.transforms as mt
+        import torch.nn as tnn
+    except Exception:  # noqa: BLE001 - without MONAI nothing is a known building block
+        return None
+    name = target.rsplit(".", 1)[-1]
+    obj = None
+    if "." not in target:
+        for mod in (mnets, mt, minf):
+            obj = getattr(mod, target, None)
+            if obj is not None:
+                break
+    else:
+        modname, _, attr = target.rpartition(".")
+        if not modname.startswith(("monai.networks.", "monai.transforms", "monai.inferers",
+                                   "torch.nn")) and modname not in ("monai.networks", "torch.nn"):
+            return None
+        try:
+            mod = importlib.import_module(modname)
+        except Exception:  # noqa: BLE001
+            return None
+        obj = getattr(mod, attr, None)
+    if not inspect.isclass(obj):
+        return None
+    mod = obj.__module__ or ""
+    if name in IO_TRANSFORMS or name in _CALLING_TRANSFORMS or mod.startswith("monai.transforms.io"):
+        return None
+    if mod.startswith("monai.networks.") and issubclass(obj, tnn.Module):
+        return obj
+    if mod.startswith("torch.nn.") and issubclass(obj, tnn.Module):
+        return obj
+    if mod.startswith("monai.transforms.") and issubclass(obj, mt.Transform):
+        return obj
+    if mod.startswith("monai.inferers.") and issubclass(obj, minf.Inferer):
+        return obj
+    return None
+
+
+def _full_name(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _target_name(d: dict) -> str:
+    t = d.get("_target_")
+    return t.rsplit(".", 1)[-1] if isinstance(t, str) else ""
+
+
+def _is_io(d) -> bool:
+    return isinstance(d, dict) and _target_name(d) in IO_TRANSFORMS
+
+
+# --------------------------------------------------------------------------- walking
+class _Walk:
+    def __init__(self, file: str):
+        self.file = file
+        self.items: list[CodeItem] = []
+        self.nodes = 0
+
+    def add(self, key, text, kind, runs):
+        self.items.append(CodeItem(self.file, key, str(text), kind, runs))
+
+    def tick(self):
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise ModelCardError(f"bundle config {self.file} is too large to check "
+                                 f"(more than {MAX_NODES} values)")
+
+    def scan(self, node, key: str, runs) -> None:
+        """runs(key) -> bool tells whether the item at ``key`` is evaluated."""
+        self.tick()
+        if isinstance(node, str):
+            if node.startswith("$"):
+                self.add(key, node, "import" if _is_import(node) else "expression", runs(key))
+            elif node.startswith("%"):
+                self.add(key, node, "macro", runs(key))
+            return
+        if isinstance(node, dict):
+            if "_target_" in node:
+                t = node["_target_"]
+                disabled = node.get("_disabled_") is True
+                if not disabled and (not isinstance(t, str) or t.startswith(("$", "@", "%"))
+                                     or _monai_class(t) is None):
+                    self.add(_join(key, "_target_"), t if isinstance(t, str) else repr(t)[:200],
+                             "target", runs(key))
+                if "_requires_" in node:
+                    self.add(_join(key, "_requires_"), json.dumps(node["_requires_"])[:400]
+                             if not isinstance(node["_requires_"], str) else node["_requires_"],
+                             "requires", runs(key))
+                if node.get("_mode_", "default") != "default":
+                    self.add(_join(key, "_mode_"), str(node["_mode_"]), "mode", runs(key))
+                if "_debug_" in node:
+                    self.add(_join(key, "_debug_"), str(node["_debug_"]), "mode", runs(key))
+                if not disabled:
+                    for k, v in node.items():
+                        if (isinstance(k, str) and k not in _SPECIAL_KEYS and _FILE_ARG.search(k)
+                                and v not in (None, False, "", [], {})
+                                and k not in _DOWNLOAD_FLAGS):
+                            self.add(_join(key, k), f"{k}={json.dumps(v, default=str)[:200]}",
+                                     "file argument", runs(key))
+            for k, v in node.items():
+                if k == "_target_":
+                    continue
+                if k == "_requires_":  # listed above as one item
+                    continue
+                self.scan(v, _join(key, str(k)), runs)
+            return
+        if isinstance(node, list):
+            for i, v in enumerate(node):
+                self.scan(v, _join(key, str(i)), runs)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}::{b}" if a else b
+
+
+def _is_import(expr: str) -> bool:
+    if "import" not in expr:
+        return False
+    try:
+        n = ast.parse(expr[1:].strip())
+    except SyntaxError:
+        return False
+    return bool(n.body) and isinstance(n.body[0], (ast.Import, ast.ImportFrom))
+
+
+def _resolve_relative(id_: str, value: str) -> str:
+    """``@##A`` -> absolute id, as ConfigParser.resolve_relative_ids does."""
+    value = value.replace("#", "::")
+    cur = id_.split("::")
+    for p in sorted(set(_REL_PREFIX.findall(value)), reverse=True):
+        sym = p[0]
+        n = p[1:].count("::")
+        if n > len(cur):
+            continue  # ConfigParser refuses it; nothing to follow
+        new = "" if n == len(cur) else "::".join(cur[:-n]) + "::"
+        value = value.replace(p, sym + new)
+    return value
+
+
+def _refs(node, key: str, out: set[str], counter: _Walk) -> None:
+    """Top-level keys that ``node`` (at id ``key``) refers to (``@`` and ``%`` without a
+    file); file transforms are skipped (they are disabled before parsing)."""
+    counter.tick()
+    if isinstance(node, str):
+        if "@" in node or node.startswith("%") or "#" in node:
+            v = _resolve_relative(key, node)
+            if v.startswith("$"):
+                ids = [m[1:] for m in _REF.findall(v)]
+            else:
+                ids = [v[1:]] if _REF.fullmatch(v) else []
+            if v.startswith("%") and not re.search(r"\.(json|ya?ml)", v, re.IGNORECASE):
+                ids.append(v[1:])
+            for i in ids:
+                out.add(i.split("::")[0])
+        return
+    if _is_io(node):
+        return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _refs(v, _join(key, str(k)), out, counter)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _refs(v, _join(key, str(i)), out, counter)
+
+
+def _closure(tree: dict, file: str) -> set[str]:
+    """Top-level keys of the inference config that imaging-assist evaluates."""
+    counter = _Walk(file)
+    seen: set[str] = set()
+    todo = [k for k in RUN_ROOTS if k in tree]
+    while todo:
+        k = todo.pop()
+        if k in seen or k in PROVIDED:
+            continue
+        seen.add(k)
+        found: set[str] = set()
+        _refs(tree.get(k), k, found, counter)
+        todo.extend(x for x in found if x in tree or x == "_meta_")
+    return seen
+
+
+def _io_paths(node, key: str, out: list[str]) -> None:
+    if _is_io(node):
+        out.append(key)
+        return
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _io_paths(v, _join(key, str(k)), out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _io_paths(v, _join(key, str(i)), out)
+
+
+def _runs_fn(keys: set[str], skipped: list[str]):
+    def runs(key: str) -> bool:
+        top = key.split("::")[0]
+        if top not in keys:
+            return False
+        return not any(key == s or key.startswith(s + "::") for s in skipped)
+    return runs
+
+
+# --------------------------------------------------------------------------- public
+def bundle_code(folder: str | Path) -> list[CodeItem]:
+    """Every piece of code in the bundle's config files (and its Python files), nothing run.
+
+    ``runs`` is True for the items imaging-assist would evaluate: those need the user's
+    trust (``imaging-assist models trust ID``).  Raises :class:`ModelCardError` for a config
+    that cannot be read."""
+    folder = Path(folder)
+    inf = inference_config(folder)
+    meta_runs = False
+    items: list[CodeItem] = []
+    metadata_items: list[CodeItem] = []
+    for p in config_files(folder):
+        rel = p.relative_to(folder).as_posix()
+        tree = read_config_file(p)
+        w = _Walk(rel)
+        if p == inf and isinstance(tree, dict):
+            keys = _closure(tree, rel)
+            meta_runs = "_meta_" in keys
+            skipped: list[str] = []
+            for k in keys:
+                _io_paths(tree.get(k), k, skipped)
+            w.scan(tree, "", _runs_fn(keys, skipped))
+            items.extend(w.items)
+        else:
+            w.scan(tree, "", lambda key: False)
+            (metadata_items if p.name == "metadata.json" else items).extend(w.items)
+    if meta_runs:  # the inference config refers to @_meta_::...: metadata items run too
+        metadata_items = [CodeItem(i.file, i.key, i.text, i.kind, True) for i in metadata_items]
+    items.extend(metadata_items)
+    for sub in ("configs", "scripts"):
+        root = folder / sub
+        if root.is_dir():
+            for p in sorted(root.rglob("*.py"))[:MAX_FILES]:
+                rel = p.relative_to(folder).as_posix()
+                items.append(CodeItem(rel, "", f"Python file ({rel}); runs only when a config "
+                                               "item imports it", "python file", False))
+    return items
+
+
+def code_that_runs(folder: str | Path) -> list[CodeItem]:
+    """The items of :func:`bundle_code` that loading the bundle would evaluate."""
+    return [i for i in bundle_code(folder) if i.runs]
+
+
+@dataclass
+class RunPlan:
+    """How a bundle is handed to ConfigParser.
+
+    ``code``: items that would run (non-empty: the bundle needs trust); ``config``: the
+    inference config as read (from the same bytes that were hashed); ``pruned``: the
+    config reduced to what runs, file transforms disabled and targets pinned (only when
+    ``code`` is empty); ``notes``: what was changed."""
+
+    code: list[CodeItem]
+    config: dict
+    pruned: dict | None
+    download_flags: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def run_plan(folder: str | Path, config_bytes: bytes | None = None,
+             meta: dict | None = None) -> RunPlan:
+    """Check the inference config and build the pruned config for a run without trust."""
+    folder = Path(folder)
+    inf = inference_config(folder)
+    rel = inf.relative_to(folder).as_posix()
+    tree = read_config_file(inf, config_bytes)
+    if not isinstance(tree, dict):
+        raise ModelCardError(f"bundle config {inf} must be a mapping at the top level")
+    keys = _closure(tree, rel)
+    skipped: list[str] = []
+    for k in keys:
+        _io_paths(tree.get(k), k, skipped)
+    w = _Walk(rel)
+    w.scan(tree, "", _runs_fn(keys, skipped))
+    code = [i for i in w.items if i.runs]
+    if "_meta_" in keys and meta is not None:
+        mw = _Walk("configs/metadata.json")
+        mw.scan(meta, "", lambda key: True)
+        code += mw.items
+    flags: list[str] = []
+    for k in keys:
+        _download_flags(tree.get(k), k, flags)
+    plan = RunPlan(code, tree, None, flags)
+    if code:
+        return plan
+    pruned: dict = {k: deepcopy(tree[k]) for k in keys if k in tree}
+    if "_meta_" in keys and meta is not None:
+        pruned["_meta_"] = deepcopy(meta)
+    dropped: list[str] = []
+    for k in list(pruned):
+        pruned[k] = _prepare(pruned[k], dropped)
+    if dropped:
+        plan.notes.append("left out file transforms: " + ", ".join(dropped))
+    plan.pruned = pruned
+    return plan
+
+
+def _prepare(node, dropped: list[str]):
+    """Disable file transforms and pin every target to the class that was checked."""
+    if isinstance(node, dict):
+        if _is_io(node):
+            dropped.append(_target_name(node))
+            return {"_target_": node["_target_"], "_disabled_": True}
+        out = {k: _prepare(v, dropped) for k, v in node.items()}
+        if "_target_" in out and not out.get("_disabled_") is True:
+            cls = _monai_class(out["_target_"])
+            if cls is None:  # run_plan only prepares configs without code items
+                raise ModelCardError(f"internal check: target {out['_target_']!r} is not allowed")
+            out["_target_"] = _full_name(cls)
+        return out
+    if isinstance(node, list):
+        return [_prepare(v, dropped) for v in node]
+    return node
+
+
+def _download_flags(node, key: str, out: list[str]) -> None:
+    """Ids of ``pretrained``/``pretrained_backbone`` set to true (switched off: the bundle's
+    own weights replace them and nothing is downloaded)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _DOWNLOAD_FLAGS and v is True:
+                out.append(_join(key, k))
+            else:
+                _download_flags(v, _join(key, str(k)), out)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _download_flags(v, _join(key, str(i)), out)

@@ -1,0 +1,693 @@
+"""Model security (issue #12): MONAI bundle code is listed without running it and runs only
+when the user trusted that exact bundle (configs + weights, by hash); card size limits are
+checked before anything is built; hashes come before building; the models package has its
+own errors module and no import cycle; YAML is read with PyYAML ``safe_load``."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import os
+import pickle
+import random
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from imaging_assist.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = Path("/work/shared/data/monai_bundles")
+MODELS_PKG = ROOT / "imaging_assist" / "models"
+need_bundles = pytest.mark.skipif(not BUNDLES.is_dir(), reason="shared MONAI bundle configs not present")
+
+
+@pytest.fixture(autouse=True)
+def _own_config_dir(tmp_path, monkeypatch):
+    """Every test gets its own (empty) user config folder: no trust leaks between tests."""
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+
+
+def _write_md5(bundle: Path, rel: str = "models/model.pt") -> None:
+    md5 = hashlib.md5((bundle / rel).read_bytes()).hexdigest()
+    (bundle / "large_files.yml").write_text(
+        f'large_files:\n- path: "{rel}"\n  url: "https://example.invalid/model.pt"\n'
+        f'  hash_val: "{md5}"\n  hash_type: "md5"\n')
+
+
+def _spleen(tmp_path: Path, name: str = "spleen") -> Path:
+    """The real spleen bundle configs with small random weights written by the test (the
+    network is built here directly with MONAI, not from the config)."""
+    from monai.networks.nets import UNet
+
+    dst = tmp_path / name
+    shutil.copytree(BUNDLES / "spleen_ct_segmentation", dst)
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm="batch")
+    (dst / "models").mkdir()
+    torch.save(net.state_dict(), dst / "models" / "model.pt")
+    _write_md5(dst)
+    return dst
+
+
+def _edit_config(bundle: Path, fn) -> None:
+    p = bundle / "configs" / "inference.json"
+    d = json.loads(p.read_text())
+    fn(d)
+    p.write_text(json.dumps(d, indent=1))
+
+
+# =========================================================================== bundle code
+def test_bundle_code_lists_every_kind_of_code_without_running_it(tmp_path):
+    from imaging_assist.models.bundle_code import bundle_code
+
+    marker = tmp_path / "ran"
+    b = tmp_path / "b"
+    (b / "configs").mkdir(parents=True)
+    (b / "configs" / "metadata.json").write_text(json.dumps({"name": "x", "version": "1"}))
+    cfg = {
+        "imports": ["$import os"],
+        "network_def": {"_target_": "UNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 2,
+                        "channels": [4, 8], "strides": [2],
+                        "_requires_": f"$__import__('pathlib').Path({str(marker)!r}).touch()"},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "os.system", "command": f"touch {marker}"},
+            {"_target_": "ScaleIntensityd", "keys": "image", "_mode_": "debug"},
+            {"_target_": "monai.transforms.Lambdad", "keys": "image", "func": "@fn"},
+        ]},
+        "fn": "%other.json::fn",
+        "unused": "$print('never')",
+    }
+    (b / "configs" / "inference.json").write_text(json.dumps(cfg))
+    (b / "configs" / "evaluate.yaml").write_text("run: $os.remove('x')\n")
+    items = bundle_code(b)
+    assert not marker.exists()
+    by = {(i.file, i.key): i for i in items}
+    assert by[("configs/inference.json", "imports::0")].kind == "import"
+    assert by[("configs/inference.json", "network_def::_requires_")].runs is True
+    assert by[("configs/inference.json", "preprocessing::transforms::0::_target_")].text == "os.system"
+    assert by[("configs/inference.json", "preprocessing::transforms::1::_mode_")].runs is True
+    assert by[("configs/inference.json", "preprocessing::transforms::2::_target_")].runs is True
+    assert by[("configs/inference.json", "fn")].kind == "macro"
+    assert by[("configs/inference.json", "fn")].runs is True  # referenced by the Lambdad
+    assert by[("configs/inference.json", "unused")].runs is False
+    assert by[("configs/evaluate.yaml", "run")].runs is False
+    # the plain MONAI building blocks are not code
+    assert ("configs/inference.json", "network_def::_target_") not in by
+    assert ("configs/inference.json", "preprocessing::_target_") not in by
+    for i in items:
+        assert "\n" not in str(i) and i.text
+
+
+@need_bundles
+def test_real_zoo_bundles_run_without_code(tmp_path):
+    """The Model Zoo bundles have expressions (datalists, evaluators, handlers) and
+    breast_density a target in its scripts/ module, but none in what imaging-assist runs --
+    except endoscopic_tool_segmentation's postprocessing, a Lambdad with a lambda."""
+    from imaging_assist.models.bundle_code import bundle_code
+
+    for name in ("spleen_ct_segmentation", "breast_density_classification"):
+        items = bundle_code(BUNDLES / name)
+        assert items, name
+        assert not [i for i in items if i.runs], (name, [str(i) for i in items if i.runs])
+    bd = bundle_code(BUNDLES / "breast_density_classification")
+    assert any(i.text == "scripts.createList.CreateImageLabelList" and not i.runs for i in bd)
+    endo = [i for i in bundle_code(BUNDLES / "endoscopic_tool_segmentation") if i.runs]
+    assert sorted((i.key, i.kind) for i in endo) == [
+        ("postprocessing::transforms::2::_target_", "target"),
+        ("postprocessing::transforms::2::func", "expression")], [str(i) for i in endo]
+    assert endo[1].text == "$lambda x : x[1:]"
+
+
+@need_bundles
+def test_code_outside_what_runs_is_never_run_even_top_level_imports(tmp_path, monkeypatch):
+    """ConfigParser runs every ``$import`` of the whole file as soon as it resolves anything;
+    an untrusted bundle is handed over without the parts imaging-assist does not use."""
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.loaders import load_model
+
+    marker = tmp_path / "imported"
+    mod = tmp_path / "pymods"
+    mod.mkdir()
+    (mod / "evil_bundle_mod_x1.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    monkeypatch.syspath_prepend(str(mod))
+    b = _spleen(tmp_path)
+    _edit_config(b, lambda d: d["imports"].append("$import evil_bundle_mod_x1"))
+    m = load_model(derive_card(b))
+    assert not marker.exists()
+    assert m.kind == "bundle"
+
+
+@need_bundles
+def test_untrusted_bundle_code_is_refused_until_trusted_and_again_after_a_change(tmp_path):
+    from imaging_assist.models import trust as tr
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.errors import ModelTrustError
+    from imaging_assist.models.loaders import load_model
+
+    marker = tmp_path / "ran"
+    b = _spleen(tmp_path)
+    _edit_config(b, lambda d: d["network_def"].__setitem__(
+        "_requires_", f"$__import__('pathlib').Path({str(marker)!r}).touch()"))
+    card = derive_card(b)
+    with pytest.raises(ModelTrustError) as ei:
+        load_model(card)
+    msg = str(ei.value)
+    assert "\n" not in msg and "_requires_" in msg and f"imaging-assist models trust {card.id}" in msg
+    assert not marker.exists()
+    assert isinstance(ei.value, UserError)
+    assert tr.is_trusted(b) is False
+
+    h = tr.trust(b)
+    assert len(h) == 64 and tr.is_trusted(b)
+    store = tr.trust_file()
+    assert store.parent == Path(os.environ["IMAGING_ASSIST_CONFIG_DIR"])
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    load_model(card)
+    assert marker.exists()  # trusted: the bundle runs as written
+    marker.unlink()
+
+    # any config file changed after trust (even one imaging-assist does not read) -> refused
+    ev = b / "configs" / "evaluate.json"
+    ev.write_text(ev.read_text() + " ")
+    assert tr.is_trusted(b) is False
+    with pytest.raises(ModelTrustError):
+        load_model(derive_card(b))
+    assert not marker.exists()
+    tr.trust(b)
+    assert tr.is_trusted(b)
+    # new weights with a matching hash in the bundle's own large_files.yml -> refused
+    sd = torch.load(b / "models" / "model.pt", weights_only=True)
+    next(iter(sd.values())).add_(1)
+    torch.save(sd, b / "models" / "model.pt")
+    _write_md5(b)
+    assert tr.is_trusted(b) is False
+    with pytest.raises(ModelTrustError):
+        load_model(derive_card(b))
+    assert not marker.exists()
+    tr.trust(b)
+    assert tr.untrust(b) is True and tr.is_trusted(b) is False
+
+
+@need_bundles
+def test_config_hash_covers_configs_metadata_and_scripts(tmp_path):
+    from imaging_assist.models.trust import config_hash
+
+    b = _spleen(tmp_path)
+    h0 = config_hash(b)
+    assert len(h0) == 64 and config_hash(b) == h0
+    for rel in ("configs/metadata.json", "configs/logging.conf"):
+        p = b / rel
+        old = p.read_bytes()
+        p.write_bytes(old + b"\n")
+        assert config_hash(b) != h0, rel
+        p.write_bytes(old)
+    assert config_hash(b) == h0
+    (b / "scripts").mkdir()
+    (b / "scripts" / "x.py").write_text("print(1)\n")
+    assert config_hash(b) != h0
+    (b / "configs" / "extra.json").write_text("{}")
+    h1 = config_hash(b)
+    (b / "configs" / "extra.json").unlink()
+    assert config_hash(b) != h1
+
+
+@need_bundles
+def test_registry_reports_code_and_trust_and_load_refuses(tmp_path):
+    from imaging_assist.models import trust as tr
+    from imaging_assist.models.errors import ModelTrustError
+    from imaging_assist.models.registry import Registry
+
+    lib = tmp_path / "lib"
+    plain = _spleen(lib, "plain")
+    coded = _spleen(lib, "coded")
+    _edit_config(coded, lambda d: d.__setitem__("network", "$@network_def.to(@device)") or
+                 d["inferer"].__setitem__("roi_size", "$[96, 96, 96]"))
+    meta = coded / "configs" / "metadata.json"
+    m = json.loads(meta.read_text())
+    m["name"] = "Spleen with code"
+    meta.write_text(json.dumps(m))
+    reg = Registry([(lib, "added")])
+    entries = {e.folder.name: reg.verify_entry(e) for e in reg.entries()}
+    p, c = entries["plain"], entries["coded"]
+    assert p.verified is True and p.contains_code is False and p.runnable_without_prompt is True
+    assert c.verified is True and c.contains_code is True and c.trusted is False
+    assert c.runnable_without_prompt is False
+    d = c.to_dict()
+    assert d["contains_code"] is True and d["trusted"] is False
+    with pytest.raises(ModelTrustError):
+        reg.load(str(coded))
+    tr.trust(coded)
+    c2 = reg.verify_entry(next(e for e in reg.entries() if e.folder.name == "coded"))
+    assert c2.trusted is True and c2.runnable_without_prompt is True
+    assert reg.load(str(coded)).kind == "bundle"
+
+
+def test_non_bundle_models_have_no_code(tmp_path):
+    from imaging_assist.models.registry import Registry
+
+    reg = Registry()
+    from imaging_assist.models.registry import project_weights_dir
+
+    if not (project_weights_dir() / "cxr-pneumonia" / "model.json").is_file():
+        pytest.skip("shipped weights not present")
+    e = reg.verify_entry(reg.get("cxr-pneumonia"))
+    assert e.contains_code is False and e.runnable_without_prompt is True
+    assert e.to_dict()["contains_code"] is False
+
+
+@need_bundles
+def test_bundle_weights_hash_checked_before_any_config_is_parsed(tmp_path, monkeypatch):
+    import monai.bundle
+
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.errors import WeightsMismatchError
+    from imaging_assist.models.loaders import load_model
+
+    b = _spleen(tmp_path)
+    card = derive_card(b)
+    w = b / "models" / "model.pt"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    made = []
+    real_init = monai.bundle.ConfigParser.__init__
+
+    def spy(self, *a, **k):
+        made.append(1)
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(monai.bundle.ConfigParser, "__init__", spy)
+    with pytest.raises(WeightsMismatchError):
+        load_model(card)
+    assert not made
+
+
+# =========================================================================== weights files
+@need_bundles
+def test_pickle_with_os_system_reduce_never_runs(tmp_path):
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.errors import ModelLoadError
+    from imaging_assist.models.loaders import load_model
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    b = _spleen(tmp_path)
+    with open(b / "models" / "model.pt", "wb") as f:
+        pickle.dump({"model": Evil()}, f)
+    _write_md5(b)
+    with pytest.raises(ModelLoadError, match="weights_only=True") as ei:
+        load_model(derive_card(b))
+    assert "\n" not in str(ei.value)
+    assert not marker.exists()
+
+
+@need_bundles
+def test_torchscript_file_as_state_dict_weights_is_a_one_line_error(tmp_path):
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.errors import ModelLoadError
+    from imaging_assist.models.loaders import load_model
+
+    b = _spleen(tmp_path)
+    ts = torch.jit.script(torch.nn.Linear(2, 2))
+    ts.save(str(b / "models" / "model.pt"))
+    _write_md5(b)
+    with pytest.raises(ModelLoadError) as ei:
+        load_model(derive_card(b))
+    assert "\n" not in str(ei.value)
+
+
+def test_torchscript_file_as_safetensors_weights_is_a_one_line_error(tmp_path):
+    from imaging_assist.models.build import save_model_folder
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelLoadError
+    from imaging_assist.models.loaders import load_model, sha256_file
+
+    from test_models_card_loaders import base_card, tiny_unet
+
+    f = save_model_folder(tmp_path / "m", base_card(), tiny_unet())
+    w = f / "model.safetensors"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(w))
+    d = json.loads((f / "model.json").read_text())
+    d["weights"][0]["sha256"] = sha256_file(w)
+    (f / "model.json").write_text(json.dumps(d))
+    with pytest.raises(ModelLoadError, match="safetensors") as ei:
+        load_model(load_card(f))
+    assert "\n" not in str(ei.value)
+
+
+# =========================================================================== card limits
+def _tiny_folder(tmp_path):
+    from imaging_assist.models.build import save_model_folder
+
+    from test_models_card_loaders import base_card, tiny_unet
+
+    return save_model_folder(tmp_path / "m", base_card(), tiny_unet())
+
+
+def test_card_weights_hash_checked_before_the_network_is_built(tmp_path, monkeypatch):
+    from imaging_assist.models import architectures
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import WeightsMismatchError
+    from imaging_assist.models.loaders import load_model
+
+    f = _tiny_folder(tmp_path)
+    w = f / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF
+    w.write_bytes(bytes(data))
+    built = []
+    real = architectures.build_network
+    monkeypatch.setattr(architectures, "build_network", lambda *a, **k: built.append(1) or real(*a, **k))
+    with pytest.raises(WeightsMismatchError):
+        load_model(load_card(f))
+    assert not built
+
+
+@pytest.mark.parametrize("path,value,field", [
+    ("input.size", [100000, 100000], "input.size"),
+    ("input.size", [4097, 16], "input.size"),
+    ("input.roi_size", [5000, 5000], "input.roi_size"),
+    ("input.channels", True, "input.channels"),
+    ("input.spacing", [1e300, 1.0], "input.spacing"),
+    ("labels", [f"l{i}" for i in range(5000)], "labels"),
+    ("labels", ["background", "x" * 100000], "labels"),
+    ("name", "n" * 1_000_000, "name"),
+    ("architecture.kwargs.channels", [4, 2 ** 40], "architecture.kwargs.channels"),
+    ("architecture.kwargs.channels", [4, float("nan")], "architecture.kwargs.channels"),
+    ("architecture.kwargs.strides", list(range(10000)), "architecture.kwargs.strides"),
+    ("architecture.name", "U" * 5000, "architecture.name"),
+    ("inference.sw_batch_size", 10 ** 9, "inference.sw_batch_size"),
+    ("input.intensity", [{"type": "minmax"}] * 1000, "input.intensity"),
+])
+def test_absurd_card_fields_are_one_line_card_errors(tmp_path, path, value, field):
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelCardError
+
+    f = _tiny_folder(tmp_path)
+    d = json.loads((f / "model.json").read_text())
+    cur = d
+    parts = path.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    (f / "model.json").write_text(json.dumps(d))
+    with pytest.raises(ModelCardError) as ei:
+        load_card(f)
+    msg = str(ei.value)
+    assert "\n" not in msg and field in msg and len(msg) < 2000
+
+
+def test_network_over_the_size_limit_is_refused_before_allocation(tmp_path, monkeypatch):
+    """The parameter count is estimated on the meta device; nothing real is allocated."""
+    from imaging_assist.models import architectures
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelCardError
+    from imaging_assist.models.loaders import load_model
+
+    f = _tiny_folder(tmp_path)
+    monkeypatch.setattr(architectures, "MAX_PARAMETERS", 100)
+    with pytest.raises(ModelCardError, match="architecture") as ei:
+        load_model(load_card(f))
+    assert "\n" not in str(ei.value) and "parameters" in str(ei.value)
+
+
+def test_huge_network_in_a_card_is_refused_fast_without_allocating(tmp_path):
+    """~40 G parameters (160 GB) in a ResNet that passes every per-value check: the estimate
+    on the meta device refuses it.  Run in a child process to measure its peak memory."""
+    code = r"""
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[2])
+from test_models_card_loaders import base_card, tiny_unet
+from imaging_assist.models.build import save_model_folder
+from imaging_assist.models.card import load_card
+from imaging_assist.models.errors import ModelCardError
+from imaging_assist.models.loaders import load_model
+from pathlib import Path
+f = save_model_folder(Path(sys.argv[1]) / "m", base_card(), tiny_unet())
+d = json.loads((f / "model.json").read_text())
+d["architecture"] = {"library": "monai", "name": "ResNet", "kwargs": {
+    "block": "basic", "layers": [8, 8, 8, 8], "block_inplanes": [16384, 16384, 16384, 16384],
+    "spatial_dims": 2, "n_input_channels": 1, "num_classes": 2}}
+d["task"] = "classification"; d["labels"] = ["a", "b"]; d["thresholds"] = {}
+d["input"] = {"channels": 1, "size": [32, 32]}
+(f / "model.json").write_text(json.dumps(d))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.time()
+try:
+    load_model(load_card(f))
+    print("LOADED")
+except ModelCardError as e:
+    print("CARDERR", str(e).count("\n"), "parameters" in str(e))
+print("MB", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, "S", time.time() - t)
+"""
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(ROOT / "tests")],
+                       capture_output=True, text=True, timeout=300)
+    out = r.stdout.split()
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out[:3] == ["CARDERR", "0", "True"], r.stdout
+    mb, secs = float(out[out.index("MB") + 1]), float(out[out.index("S") + 1])
+    assert mb < 300 and secs < 60, (mb, secs)
+
+
+SHIPPED = sorted((ROOT / "weights").glob("*/model.json"))
+
+
+def _mutations(card: dict, rng: random.Random):
+    """(description, mutated card) pairs: absurd numbers, wrong types, NaN, huge strings,
+    missing keys, on every top-level field and the size-bearing nested ones."""
+    bad_values = [None, True, -1, 0, 2 ** 31, 2 ** 63, 1e308, float("nan"), float("inf"), "x" * 200_000,
+                  [], {}, [float("nan")], [2 ** 40, 2 ** 40], ["a"] * 10_000, {"a": {"b": {"c": [1e300]}}}]
+    for k in list(card):
+        c = dict(card)
+        del c[k]
+        yield f"missing {k}", c
+        for v in rng.sample(bad_values, 5):
+            c = json.loads(json.dumps(card))
+            c[k] = v
+            yield f"{k}={str(v)[:30]}", c
+    nested = [("input", "size"), ("input", "channels"), ("input", "spacing"), ("input", "intensity"),
+              ("input", "roi_size")]
+    kw = card.get("architecture", {}).get("kwargs", {})
+    nested += [("architecture", "kwargs", k) for k in kw] + [("architecture", "name"),
+                                                            ("architecture", "library")]
+    for path in nested:
+        for v in rng.sample(bad_values, 7):
+            c = json.loads(json.dumps(card))
+            cur = c
+            for p in path[:-1]:
+                cur = cur[p]
+            cur[path[-1]] = v
+            yield f"{'.'.join(path)}={str(v)[:30]}", c
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped cards")
+def test_fuzzed_shipped_cards_fail_with_one_line_errors_only(tmp_path):
+    """Mutated shipped cards: load_card + load_model end in a one-line UserError (a card
+    problem) or a model that loaded; never another exception, fast, bounded memory.
+    (A failure to fit the weights is a ModelLoadError; size and type problems ModelCardError.)"""
+    import resource
+    import time
+
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelCardError, ModelLoadError
+    from imaging_assist.models.loaders import load_model
+
+    rng = random.Random(12)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = 0
+    for cj in SHIPPED:
+        card = json.loads(cj.read_text())
+        f = tmp_path / cj.parent.name
+        f.mkdir()
+        for w in card["weights"]:
+            os.symlink(cj.parent / w["file"], f / w["file"])
+        for what, c in _mutations(card, rng):
+            (f / "model.json").write_text(json.dumps(c))
+            t = time.time()
+            try:
+                load_model(load_card(f))
+            except (ModelCardError, ModelLoadError) as e:
+                assert "\n" not in str(e) and len(str(e)) < 3000, (cj.parent.name, what, str(e)[:300])
+            except Exception as e:  # noqa: BLE001
+                pytest.fail(f"{cj.parent.name} {what}: {type(e).__name__}: {str(e)[:300]}")
+            assert time.time() - t < 20, (cj.parent.name, what)
+            n += 1
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert n > 200 and grown < 500, (n, grown)
+
+
+def test_size_fields_of_shipped_cards_are_card_errors(tmp_path):
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelCardError
+
+    if not SHIPPED:
+        pytest.skip("no shipped cards")
+    cj = SHIPPED[0]
+    f = tmp_path / "m"
+    f.mkdir()
+    for field, v in [("size", [10 ** 6, 10 ** 6]), ("size", [float("nan"), 1]), ("channels", 10 ** 9)]:
+        c = json.loads(cj.read_text())
+        c["input"][field] = v
+        (f / "model.json").write_text(json.dumps(c))
+        with pytest.raises(ModelCardError, match=f"input.{field}"):
+            load_card(f)
+
+
+def test_model_json_that_is_too_big_is_refused_before_parsing(tmp_path):
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelCardError
+
+    f = tmp_path / "m"
+    f.mkdir()
+    (f / "model.json").write_text('{"description": "' + "x" * (5 << 20) + '"}')
+    with pytest.raises(ModelCardError, match="too big"):
+        load_card(f)
+
+
+# =========================================================================== YAML
+@need_bundles
+def test_large_files_yaml_is_read_with_pyyaml(tmp_path):
+    from imaging_assist.models.bundle import derive_card
+
+    b = _spleen(tmp_path)
+    md5 = hashlib.md5((b / "models" / "model.pt").read_bytes()).hexdigest()
+    # a trailing comment and flow style: valid YAML the old line reader got wrong
+    (b / "large_files.yml").write_text(
+        "# published hashes\nlarge_files: [{path: models/model.pt, hash_type: md5, "
+        f"hash_val: '{md5}'}}]  # end\n")
+    assert derive_card(b).weights[0].md5 == md5
+    (b / "large_files.yml").write_text(
+        f'large_files:\n- path: "models/model.pt"  # the weights\n  hash_val: "{md5}"  # md5\n'
+        '  hash_type: md5\n')
+    assert derive_card(b).weights[0].md5 == md5
+
+
+@need_bundles
+def test_yaml_with_python_tags_is_never_constructed(tmp_path):
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.bundle_code import bundle_code
+    from imaging_assist.models.errors import ModelCardError
+
+    marker = tmp_path / "ran"
+    b = _spleen(tmp_path)
+    (b / "large_files.yml").write_text(
+        f"large_files: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ModelCardError) as ei:
+        derive_card(b)
+    assert "\n" not in str(ei.value) and "large_files.yml" in str(ei.value)
+    _write_md5(b)
+    (b / "configs" / "evaluate.yaml").write_text(
+        f"x: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ModelCardError, match="evaluate.yaml"):
+        bundle_code(b)
+    assert not marker.exists()
+
+
+@need_bundles
+def test_yaml_inference_config_gives_spatial_dims(tmp_path):
+    import yaml
+
+    from imaging_assist.models.bundle import derive_card
+
+    b = _spleen(tmp_path)
+    cfg = json.loads((b / "configs" / "inference.json").read_text())
+    (b / "configs" / "inference.json").unlink()
+    (b / "configs" / "inference.yaml").write_text(yaml.safe_dump(cfg))
+    meta = json.loads((b / "configs" / "metadata.json").read_text())
+    meta["network_data_format"]["inputs"]["image"].pop("spatial_shape", None)
+    (b / "configs" / "metadata.json").write_text(json.dumps(meta))
+    assert derive_card(b).spatial_dims == 3
+
+
+# =========================================================================== package structure
+def _imports(path: Path, module_level_only: bool) -> set[str]:
+    """Sibling modules of imaging_assist.models that ``path`` imports."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    out = set()
+    for n in nodes:
+        if isinstance(n, ast.ImportFrom) and n.level == 1:
+            if n.module:
+                out.add(n.module.split(".")[0])
+            else:
+                out.update(a.name for a in n.names)
+        elif isinstance(n, ast.ImportFrom) and (n.module or "").startswith("imaging_assist.models."):
+            out.add(n.module.split(".")[2])
+    return out
+
+
+@pytest.mark.parametrize("module_level_only", [True, False])
+def test_models_package_has_no_import_cycle(module_level_only):
+    mods = {p.stem: p for p in MODELS_PKG.glob("*.py") if p.stem != "__init__"}
+    graph = {m: _imports(p, module_level_only) & set(mods) for m, p in mods.items()}
+    state: dict[str, int] = {}
+
+    def visit(m, stack):
+        state[m] = 1
+        for d in graph[m]:
+            if state.get(d) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack + [m, d]))
+            if not state.get(d):
+                visit(d, stack + [m])
+        state[m] = 2
+
+    for m in graph:
+        if not state.get(m):
+            visit(m, [])
+
+
+def test_each_models_module_imports_alone_in_a_fresh_interpreter():
+    mods = sorted(p.stem for p in MODELS_PKG.glob("*.py") if p.stem != "__init__")
+    assert {"errors", "trust", "bundle_code"} <= set(mods)
+    code = ("import importlib, sys\n"
+            f"for m in {mods!r}:\n"
+            "    for k in [k for k in sys.modules if k.startswith('imaging_assist')]:\n"
+            "        del sys.modules[k]\n"
+            "    importlib.import_module('imaging_assist.models.' + m)\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=300)
+    assert r.returncode == 0 and "ok" in r.stdout, r.stderr[-3000:]
+
+
+def test_errors_live_in_models_errors_and_are_user_errors():
+    from imaging_assist.models import architectures, card, errors, loaders
+
+    assert card.ModelCardError is errors.ModelCardError
+    assert loaders.ModelLoadError is errors.ModelLoadError
+    assert loaders.WeightsMismatchError is errors.WeightsMismatchError
+    assert architectures.ArchitectureError is errors.ArchitectureError
+    for name in ("ModelCardError", "ModelLoadError", "WeightsMismatchError", "ModelTrustError",
+                 "ArchitectureError"):
+        assert issubclass(getattr(errors, name), UserError)
+    assert issubclass(errors.ModelTrustError, errors.ModelLoadError)  # existing catchers see it
+
+
+def test_models_package_imports_no_inference_explain_slides_or_ui():
+    for p in MODELS_PKG.glob("*.py"):
+        for n in ast.walk(ast.parse(p.read_text())):
+            names = []
+            if isinstance(n, ast.ImportFrom):
+                names = [("." * n.level) + (n.module or "")]
+            elif isinstance(n, ast.Import):
+                names = [a.name for a in n.names]
+            for name in names:
+                bad = any(name.startswith(x) for x in (
+                    "..inference", "..explain", "..slides", "..cli", "imaging_assist.inference",
+                    "imaging_assist.explain", "imaging_assist.slides", "imaging_assist.cli",
+                    "PySide6", "imaging_assist_ui"))
+                assert not bad, f"{p.name}:{n.lineno} imports {name}"
+    assert math.isfinite(1.0)
