@@ -99,7 +99,7 @@ def test_cr_monochrome1_inverted_and_measured_in_pixels(win):
     from imaging_assist.measure import Measurement
     m = Measurement("ruler", [(0, 0), (30, 40)], 0, 0)
     win.doc.compute_measurement(m)
-    assert m.result["text"] == ["50.0 px"]
+    assert m.result["display_text"] == ["50.0 px (no pixel spacing)"]
 
 
 def test_multi_stack_series_offers_a_stack_selector(win):
@@ -124,7 +124,7 @@ def test_tag_browser_search(win):
     _load(win, _series(win, "CR").key)
     assert win.doc.measurements == []
     _load(win, s.key)
-    assert win.doc.measurements == [m] and win.measure_panel.rows()[0][1] == "4.5 mm"
+    assert win.doc.measurements == [m] and win.measure_panel.rows()[0][1] == "4.5 mm (PixelSpacing)"
     win.show_tags()
     tb = win.tag_browser
     assert _wait(lambda: tb.tree.topLevelItemCount() > 20)

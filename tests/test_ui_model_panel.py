@@ -285,7 +285,7 @@ def test_segmenter_volumes_labels_and_rerun_replaces_overlays(win, panel, models
     assert res.volume_ml == ref.volume_ml and ref.volume_ml["bone"] > 1
     shown = panel.shown_lines()
     for lab in ("soft tissue", "bone"):
-        want = f"{lab}: {ref.volume_ml[lab]:.2f} mL ({ref.voxel_counts[lab]:,} voxels)"
+        want = f"{lab}: {ref.volume_ml[lab]:.2f} mL ({ref.voxel_counts[lab]:,} voxels; {ref.spacing_source})"
         assert any(want in s for s in shown), (want, shown)
     seg = panel.result_layers[0]
     assert seg.kind == "label" and seg.array.shape == vol.array.shape[:3]

@@ -172,7 +172,7 @@ def test_ruler_measures_known_distance(win, view):
     assert m.result["length"] == pytest.approx(expected, abs=1e-6)
     assert abs(m.result["length"] - 100 * PS) < 0.3  # 100 pixels = 45.1 mm
     rows = win.measure_panel.rows()
-    assert rows == [("1. Ruler", f"{expected:.1f} mm", "Im 71")]
+    assert rows == [("1. Ruler", f"{expected:.1f} mm (PixelSpacing)", "Im 71")]
     # the ruler is drawn: the pixel under its middle has the (selected: amber) colour, not grey
     view.repaint()
     mid = grab(view)[p0.y(), (p0.x() + p1.x()) // 2].astype(int)
@@ -210,7 +210,7 @@ def test_ellipse_roi_statistics_in_hu(win, view):
     assert m.result["area_mm2"] == pytest.approx(math.pi * (15 * PS) ** 2, rel=0.1)
     assert m.result["text"][0].startswith(f"Mean {st.mean:.1f} HU")
     assert win.measure_panel.rows()[-1][0].endswith("Ellipse")
-    assert win.measure_panel.rows()[-1][1] == f"{st.mean:.1f} ± {st.sd:.1f} HU, {st.area_mm2:.0f} mm²"
+    assert win.measure_panel.rows()[-1][1] == f"{st.mean:.1f} ± {st.sd:.1f} HU, {st.area_mm2:.0f} mm² (PixelSpacing)"
 
 
 def test_angle_tool(win, view):

@@ -41,6 +41,7 @@ from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, Match, decision_text
                             heat_display, heat_text, key_slice, match_card, one_line,
                             operating_point_text, series_facts, size_lines, timings_text)
 from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
+from ..shared.units import spacing_note
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,10 @@ def result_html(res, card, load_s) -> str:
             from imaging_assist.explain.regions import region_text
 
             col = WARN_FG if er.get("error") else ACCENT
-            out.append(f"{p}<span style='color:{col}'>◧</span> {esc(region_text(er))}</p>")
+            text = region_text(er)
+            if er.get("areas") and not er.get("error"):  # the areas name their pixel size's source
+                text += " " + spacing_note(er.get("spacing_source") or "none")
+            out.append(f"{p}<span style='color:{col}'>◧</span> {esc(text)}</p>")
     section("Run")
     out.append(f"<p style='margin:2px 0; {mut}'>{esc(timings_text(res, load_s))}</p>")
     return "".join(out)

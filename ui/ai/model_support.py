@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..shared.text import one_line  # noqa: F401 - re-exported for the panel
+
 # (shown text, engine method name); None = no explanation.  Grad-CAM first: the default.
 EXPLAIN_CHOICES: list[tuple[str, str | None]] = [
     ("Grad-CAM", "gradcam"),
@@ -109,15 +111,6 @@ def match_card(card, facts: SeriesFacts | None) -> Match:
 
 
 # =========================================================================== formatting
-def one_line(exc_or_text) -> str:
-    """The first non-empty line of an error (no tracebacks in the panel)."""
-    s = str(exc_or_text).strip()
-    first = next((ln.strip() for ln in s.splitlines() if ln.strip()), "")
-    if not first and isinstance(exc_or_text, BaseException):
-        first = type(exc_or_text).__name__
-    return first[:400]
-
-
 def _fmt_prob(p: float, thr: float | None = None) -> str:
     """3 decimals, more when that would print the probability equal to its threshold."""
     for d in (3, 4, 5, 6):
@@ -154,15 +147,17 @@ def finding_lines(res) -> list[str]:
 
 
 def size_lines(res) -> list[str]:
-    """Segmentation: one line per structure with its volume (mL), area (mm²) or pixels."""
+    """Segmentation: one line per structure with its volume (mL), area (mm²) or pixels, and
+    where the pixel size comes from (``res.spacing_source``)."""
     out = []
+    src = getattr(res, "spacing_source", "none") or "none"
     for lab, n in res.voxel_counts.items():
-        if res.volume_ml is not None:
-            out.append(f"{lab}: {res.volume_ml[lab]:.2f} mL ({n:,} voxels)")
-        elif res.area_mm2 is not None:
-            out.append(f"{lab}: {res.area_mm2[lab]:.1f} mm² ({n:,} pixels)")
+        if res.volume_ml is not None and src != "none":
+            out.append(f"{lab}: {res.volume_ml[lab]:.2f} mL ({n:,} voxels; {src})")
+        elif res.area_mm2 is not None and src != "none":
+            out.append(f"{lab}: {res.area_mm2[lab]:.1f} mm² ({n:,} pixels; {src})")
         else:
-            out.append(f"{lab}: {n:,} pixels (no pixel spacing)")
+            out.append(f"{lab}: {n:,} px (no pixel spacing)")
     return out
 
 

@@ -652,6 +652,9 @@ class MainWindow(QMainWindow):
         self.load_state = "error"
         self.last_error = msg
         self.show_banner(f"This series cannot be shown: {msg}", error=True)
+        if self.current_key:
+            self.browser.set_unviewable(self.current_key, msg)
+            self._thumbs_done.add(self.current_key)
         self._start_thumbs()
         self.loadFinished.emit(False)
 
@@ -701,6 +704,7 @@ class MainWindow(QMainWindow):
             return
         job = ThumbnailJob(todo, self)
         job.ready.connect(self._thumb_ready)
+        job.failed.connect(self._thumb_failed)
         job.finished.connect(lambda j=job: self._thumbs_finished(j))
         self._thumb_job = job
         job.start()
@@ -717,6 +721,11 @@ class MainWindow(QMainWindow):
 
     def _thumb_ready(self, key, img, aspect):
         self.browser.set_thumbnail(key, img, aspect)
+        self._thumbs_done.add(key)
+
+    def _thumb_failed(self, key, reason):
+        """A series whose thumbnail cannot be made is marked (tile + problems line), not retried."""
+        self.browser.set_unviewable(key, reason)
         self._thumbs_done.add(key)
 
     def _thumb_from_volume(self, vol):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import os
+from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
@@ -15,6 +16,15 @@ from ..shared.theme import MUTED, TEXT, WARN_FG
 
 ICON = 64
 SERIES_ROLE = Qt.UserRole + 1
+
+
+@dataclass
+class SeriesProblem:
+    """A problems-list line for a series the scan accepted but that cannot be displayed."""
+
+    path: str
+    reason: str
+    series_key: str
 
 
 def _date(d: str) -> str:
@@ -40,6 +50,28 @@ def placeholder_icon(modality: str) -> QIcon:
     f.setBold(True)
     p.setFont(f)
     p.drawText(pm.rect(), Qt.AlignCenter, modality or "?")
+    p.end()
+    return QIcon(pm)
+
+
+CANNOT_DISPLAY = "cannot display"
+
+
+def cannot_display_icon() -> QIcon:
+    """The tile of a series that cannot be displayed (its tooltip says why)."""
+    pm = QPixmap(ICON, ICON)
+    pm.fill(QColor("#2a1414"))
+    p = QPainter(pm)
+    p.setPen(QColor(WARN_FG))
+    f = QFont()
+    f.setPointSize(20)
+    f.setBold(True)
+    p.setFont(f)
+    p.drawText(pm.rect().adjusted(0, 0, 0, -ICON // 4), Qt.AlignCenter, "⊘")
+    f.setPointSize(7)
+    f.setBold(False)
+    p.setFont(f)
+    p.drawText(pm.rect().adjusted(2, ICON // 2, -2, 0), Qt.AlignCenter | Qt.TextWordWrap, CANNOT_DISPLAY)
     p.end()
     return QIcon(pm)
 
@@ -70,6 +102,9 @@ class StudyBrowser(QWidget):
         super().__init__(parent)
         self.index = None
         self._items: dict[str, QTreeWidgetItem] = {}
+        self._tiles: dict[str, str] = {}  # key -> "placeholder" / "thumbnail" / "cannot display"
+        self.unviewable: dict[str, str] = {}  # key -> one-line reason the series cannot be displayed
+        self.index = None
         self.tree = QTreeWidget()
         self.tree.setColumnCount(1)
         self.tree.setHeaderHidden(True)
@@ -121,6 +156,8 @@ class StudyBrowser(QWidget):
         self.index = index
         self.tree.clear()
         self._items.clear()
+        self._tiles = {}
+        self.unviewable = {}
         bold = QFont(self.tree.font())
         bold.setBold(True)
         n_series = 0
@@ -155,6 +192,7 @@ class StudyBrowser(QWidget):
                     it = QTreeWidgetItem([text])
                     it.setData(0, SERIES_ROLE, s.key)
                     it.setIcon(0, placeholder_icon(s.modality))
+                    self._tiles[s.key] = "placeholder"
                     tip = [f"Series {s.number}: {s.description}", f"UID {s.uid}",
                            f"{s.modality}  {s.body_part}".strip(), frames, size]
                     tip += [f"⚠ {w}" for w in s.warnings]
@@ -194,8 +232,31 @@ class StudyBrowser(QWidget):
 
     def set_thumbnail(self, key: str, img: np.ndarray, aspect=(1.0, 1.0)) -> None:
         it = self._items.get(key)
-        if it is not None:
+        if it is not None and key not in self.unviewable:
             it.setIcon(0, icon_from_array(img, aspect))
+            self._tiles[key] = "thumbnail"
+
+    def set_unviewable(self, key: str, reason: str) -> None:
+        """The series cannot be displayed: a "cannot display" tile whose tooltip gives the
+        one-line reason, and a line in the problems list (its first file and the reason)."""
+        it = self._items.get(key)
+        if it is None or self.unviewable.get(key) == reason:
+            return
+        self.unviewable[key] = reason
+        it.setIcon(0, cannot_display_icon())
+        self._tiles[key] = CANNOT_DISPLAY
+        tip = it.toolTip(0).split("\n⛔ ")[0]
+        it.setToolTip(0, f"{tip}\n⛔ {CANNOT_DISPLAY}: {reason}")
+        it.setForeground(0, QBrush(QColor(WARN_FG)))
+        s = self.index.find_series(key) if self.index is not None else None
+        path = s.instances[0].path if s is not None and s.instances else key
+        probs = [p for p in self.problem_items if getattr(p, "series_key", None) != key]
+        probs.append(SeriesProblem(path, f"{CANNOT_DISPLAY}: {reason}", key))
+        self.set_problems(probs)
+
+    def tile_kind(self, key: str) -> str | None:
+        """What the series' tile shows: "placeholder", "thumbnail" or "cannot display"."""
+        return self._tiles.get(key) if key in self._items else None
 
     def set_current(self, key: str) -> None:
         it = self._items.get(key)

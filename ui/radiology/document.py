@@ -11,10 +11,12 @@ from imaging_assist.measure import Measurement
 from imaging_assist.volume import Volume, WindowPreset
 
 from ..shared.render import SliceRenderer
+from ..shared.units import spacing_note
 
 
 def spacing_known(vol: Volume) -> bool:
-    return not any("no pixel spacing" in w for w in vol.warnings)
+    """The loader's verdict (``Volume.spacing_known``), never a guess from warning texts."""
+    return bool(vol.spacing_known)
 
 
 class ViewerDocument(QObject):
@@ -202,4 +204,15 @@ class ViewerDocument(QObject):
         spacing = plane.spacing2d(vol.spacing) if known else (1.0, 1.0)
         image = plane.extract(vol.array, m.index) if m.kind in ("ellipse", "rectangle") else None
         units = vol.units or ""
-        return m.compute(image, spacing, units, "mm" if known else "px")
+        source = vol.spacing_source if known else "none"
+        res = m.compute(image, spacing, units, "mm" if known else "px", spacing_source=source)
+        # the label drawn on the image ("display_text") names the pixel size's source on its
+        # length/area line; the engine's "text" stays as it is (its summary() adds the source)
+        note = spacing_note(source)
+        text = list(res.get("text") or [])
+        if m.kind == "ruler" and text:
+            text[0] = f"{text[0]} {note}"
+        elif m.kind in ("ellipse", "rectangle") and text:
+            text[-1] = f"{text[-1]} {note}"
+        res["display_text"] = text
+        return res

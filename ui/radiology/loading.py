@@ -11,6 +11,8 @@ import threading
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
+from ..shared.text import reason_of
+
 
 class ScanJob(QObject):
     progress = Signal(int, int)
@@ -90,7 +92,7 @@ class LoadJob(QObject):
             self.planned.emit(self.loader.volume, self.loader.plans)
             vol = self.loader.run()
         except Exception as e:  # noqa: BLE001 - shown to the user
-            self.failed.emit(str(e))
+            self.failed.emit(reason_of(e))
             return
         self.done.emit(vol)
 
@@ -120,6 +122,7 @@ def thumbnail_array(series, max_side: int = 96) -> tuple[np.ndarray, tuple[float
 
 class ThumbnailJob(QObject):
     ready = Signal(str, object, object)  # series key, uint8 array, (sx, sy)
+    failed = Signal(str, str)            # series key, one-line reason it cannot be displayed
     finished = Signal()
 
     def __init__(self, series_list, parent=None):
@@ -140,7 +143,8 @@ class ThumbnailJob(QObject):
                 break
             try:
                 img, aspect = thumbnail_array(s)
-            except Exception:  # noqa: BLE001 - a missing thumbnail is not an error
+            except Exception as e:  # noqa: BLE001 - shown: a "cannot display" tile and a problem line
+                self.failed.emit(s.key, reason_of(e))
                 continue
             self.ready.emit(s.key, img, aspect)
         self.finished.emit()

@@ -16,6 +16,7 @@ from imaging_assist.measure import N_POINTS, Measurement
 
 from .document import ViewerDocument
 from ..shared.theme import PLANE_COLORS
+from ..shared.units import corner_note
 
 TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle")
 MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle")
@@ -401,7 +402,7 @@ class SliceView(QWidget):
                 res = self._preview_result(m)
             else:
                 res = m.result
-            lines = res.get("text", []) if res else []
+            lines = (res.get("display_text") or res.get("text", [])) if res else []
             if not lines:
                 continue
             if m.kind in ("ellipse", "rectangle"):
@@ -521,6 +522,9 @@ class SliceView(QWidget):
                 bl.append(f"Pos {self.index * sp:.1f} mm  (step {sp:.2f} mm)")
         elif vol.is_cine and vol.frame_time_ms:
             bl.append(f"{1000.0 / vol.frame_time_ms:.0f} fps (FrameTime {vol.frame_time_ms:g} ms)")
+        note = corner_note(vol.spacing_source)
+        if note:  # lengths that are not patient mm say so where the image is
+            bl.append(note)
         if self._cursor_text:
             bl.append(self._cursor_text)
         br = []

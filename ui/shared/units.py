@@ -1,0 +1,29 @@
+"""How the viewer names the pixel size behind a length or area (``Volume.spacing_source``).
+
+No Qt here.  Every length/area the viewer shows carries :func:`spacing_note`; the corner
+annotation carries :func:`corner_note` when lengths are not plain patient mm."""
+
+from __future__ import annotations
+
+# sources whose mm are patient mm as measured (no corner note needed)
+PATIENT_MM = ("PixelSpacing", "calibrated")
+
+
+def spacing_note(source: str | None) -> str:
+    """``(ImagerPixelSpacing/ERMF)``, ``(no pixel spacing)``; "" when the source is unknown."""
+    if not source:
+        return ""
+    return "(no pixel spacing)" if source == "none" else f"({source})"
+
+
+def corner_note(source: str | None) -> str | None:
+    """One annotation line when lengths are not patient mm, else None."""
+    if source in (None, "", *PATIENT_MM):
+        return None
+    if source == "none":
+        return "Lengths in px (no pixel spacing)"
+    if source == "ImagerPixelSpacing":
+        return "Lengths in mm at the detector, not the patient (ImagerPixelSpacing)"
+    if source == "ImagerPixelSpacing/ERMF":
+        return "Lengths in mm estimated at the patient (ImagerPixelSpacing/ERMF)"
+    return f"Lengths in mm ({source})"
