@@ -393,3 +393,13 @@ def test_one_patient_in_two_encodings_is_one_patient(tmp_path):
     assert len(index.patients) == 1, [(p.id, p.name) for p in index.patients]
     assert index.patients[0].name == name
     assert len(index.patients[0].studies) == 2
+
+
+def test_uid_with_control_bytes_is_a_problem(tmp_path):
+    paths = _three(tmp_path)
+    ds = pydicom.dcmread(paths[1])
+    ds.add_new(0x0020000E, "UI", "\x07")
+    ds.save_as(paths[1])
+    index = scan(str(tmp_path))
+    assert "SeriesInstanceUID" in _problems(index)["img001.dcm"]
+    assert _series_sizes(index) == [2]

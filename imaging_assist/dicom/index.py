@@ -321,8 +321,8 @@ def _check_values(rec: InstanceRecord) -> str | None:
         if kind == "uid":
             if not isinstance(v, str):
                 return f"{kw} is not a UID ({type(v).__name__} {_show(v)}; wrong VR?)"
-            if len(v) > 64 * 4:
-                return f"{kw} is not a UID (a {len(v)}-character value)"
+            if len(v) > 64 * 4 or not v.isprintable() or not v.isascii():
+                return f"{kw} is not a UID ({_show(v)})"
         elif kind in ("us", "frames"):
             if not _is_int(v) and not (isinstance(v, float) and v.is_integer()):
                 return f"{kw} is not an integer ({_show(v)})"
