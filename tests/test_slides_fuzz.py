@@ -501,5 +501,40 @@ def test_huge_declared_tiff_reads_are_bounded(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_damaged_byte_count_is_refused_not_read(tmp_path):
+    """A tile byte count of 2 GiB in a 100 kB TIFF: one-line error, no 2 GiB read buffer
+    (tifffile backend), and no 2 GiB allocation inside OpenSlide (which aborted the process)."""
+    import tracemalloc
+
+    from imaging_assist.slides import SlideError, open_slide
+    from imaging_assist.slides.openslide_backend import OpenSlideSlide
+    from imaging_assist.slides.synth import make_levels, pattern_rgb, write_pyramid_tiff
+
+    src = write_pyramid_tiff(tmp_path / "ok.tif", make_levels(pattern_rgb(300, 420), 100), tile=64)
+    (name, data), = _tiff_tag_edits(src, "x", {"TileByteCounts": [2**31 - 1]})
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SlideError, match="beyond the end of the") as e:
+            with open_slide(bad) as s:
+                s.read_region((0, 0), 0, (64, 64))
+        assert "\n" not in str(e.value)
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()
+    # OpenSlide is asked in a child: before the check, this aborted the whole process.
+    code = ("import sys, resource; from imaging_assist.slides.openslide_backend import OpenSlideSlide as O\n"
+            "from imaging_assist.slides import SlideError\n"
+            "vm = int([l for l in open('/proc/self/status') if l.startswith('VmSize:')][0].split()[1]) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (vm + (1 << 30), vm + (1 << 30)))\n"
+            "try:\n  s = O(sys.argv[1]); s.read_region((0, 0), 0, (64, 64))\n"
+            "except SlideError as e:\n  print('SlideError:', e)")
+    r = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0 and "SlideError:" in r.stdout and "beyond the end" in r.stdout, r.stderr[-500:]
+    assert OpenSlideSlide  # imported above: the backend exists
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
     _child(sys.argv[2])

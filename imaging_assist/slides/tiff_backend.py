@@ -88,7 +88,7 @@ class _SegmentCache:
 class _Level:
     """One pyramid level backed by one TIFF page (tiles or strips)."""
 
-    def __init__(self, page):
+    def __init__(self, page, file_size: int):
         self.page = page
         self.width = int(page.imagewidth)
         self.height = int(page.imagelength)
@@ -113,6 +113,15 @@ class _Level:
         expected = self.nseg * (self.spp if self.separate else 1)
         if len(self.offsets) != expected:
             raise TiffUnsupported(f"unexpected segment count {len(self.offsets)} (expected {expected})")
+        # Every written segment must lie inside the file: a cut-off file is an error when it is
+        # opened, and a damaged byte count never becomes a huge read buffer.
+        offs = np.asarray(self.offsets, np.float64)
+        cnts = np.asarray(self.counts, np.float64)
+        bad = np.flatnonzero((cnts > 0) & (offs + cnts > file_size))
+        if bad.size:
+            k = int(bad[0])
+            raise SlideReadError(f"{len(bad)} strip(s)/tile(s) lie beyond the end of the {file_size}-byte file "
+                                 f"(first: {int(cnts[k])} bytes at offset {int(offs[k])}; truncated or damaged)")
         self.decode = page.decode  # raises on call for unsupported codecs
         self.jpegtables = page.jpegtables
         self.dtype = page.dtype
@@ -177,6 +186,7 @@ class TiffSlide(Slide):
             else:
                 main.append(s)
         base = max(main, key=lambda s: _yx_area(s)) if main else series[0]
+        file_size = os.path.getsize(self.path)
         levels = []
         for lv in base.levels:
             pages = [p for p in lv.pages if p is not None]
@@ -186,7 +196,7 @@ class TiffSlide(Slide):
             page = pages[0]
             if not hasattr(page, "dataoffsets"):
                 page = page.keyframe if hasattr(page, "keyframe") else page
-            levels.append(_Level(page))
+            levels.append(_Level(page, file_size))
         levels.sort(key=lambda L: -L.width * L.height)
         # tifffile's levels can include non-dyadic leftovers; keep strictly shrinking ones.
         kept = [levels[0]]
