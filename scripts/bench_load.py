@@ -13,6 +13,13 @@ Prints a few human lines, then one JSON object as the last line:
   volume_mb           the volume's bytes
   compressed          the same series re-encoded to JPEG 2000 lossless (made in a temp folder):
                       our load with 1 worker and with the pool, and SimpleITK
+  header_walk_s       the hand-written header walk (dicom/header.py read_record) over every file
+                      of the series, one thread (median)
+  pydicom_header_s    pydicom.dcmread(stop_before_pixels=True, specific_tags=<the index's tags>)
+                      over the same files (median)
+  header_walk_variety_s / pydicom_header_variety_s   the same for the 9-syntax variety folder
+  header_walk_gain    (pydicom_header_s - header_walk_s) / index_s: the share of the scan time
+                      the hand walk saves; it is kept while this is >= 0.25 (issue 12)
 Files are in the page cache for every contender (a warm-up read precedes the timings).
 Usage: scripts/bench_load.py [SERIES_DIR] [--repeat N]
 """
@@ -42,6 +49,44 @@ def time_ours(path: str, workers: int | None = None):
     vol = loader.run()
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1, loader.first_slice_s, vol
+
+
+VARIETY = os.path.join(ROOT, "..", "shared", "data", "variety", "dcm_qa_ts_same_image_9_syntaxes")
+
+
+def time_headers(folder: str, repeat: int) -> tuple[float, float, int]:
+    """Median seconds for the hand walk and for pydicom over every file below folder."""
+    import pydicom
+
+    from imaging_assist.dicom.header import KEYWORDS, HeaderError, read_record
+    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs
+                   if not f.startswith(".") and not f.upper().startswith("LICENSE"))
+    tags = [k for k in KEYWORDS if k not in ("MediaStorageSOPClassUID", "TransferSyntaxUID")]
+
+    def walk():
+        for f in files:
+            try:
+                read_record(f)
+            except HeaderError:
+                pass
+
+    def pyd():
+        for f in files:
+            try:
+                pydicom.dcmread(f, stop_before_pixels=True, specific_tags=tags, force=True)
+            except Exception:
+                pass
+
+    out = []
+    for fn in (walk, pyd):
+        fn()  # warm-up
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out.append(statistics.median(ts))
+    return out[0], out[1], len(files)
 
 
 def time_sitk(path: str):
@@ -123,6 +168,17 @@ def main() -> None:
         "repeat": args.repeat,
         "cpu_count": os.cpu_count(),
     }
+    walk_s, pyd_s, n = time_headers(path, args.repeat)
+    result["header_walk_s"] = round(walk_s, 4)
+    result["pydicom_header_s"] = round(pyd_s, 4)
+    result["header_walk_gain"] = round((pyd_s - walk_s) / med(idx_t), 2)
+    if os.path.isdir(VARIETY):
+        walk_v, pyd_v, nv = time_headers(VARIETY, args.repeat)
+        result["header_walk_variety_s"] = round(walk_v, 4)
+        result["pydicom_header_variety_s"] = round(pyd_v, 4)
+        result["variety_files"] = nv
+    print(f"headers of {n} files: hand walk {walk_s * 1000:.1f} ms, pydicom {pyd_s * 1000:.1f} ms "
+          f"(the walk saves {result['header_walk_gain']:.0%} of the scan time {med(idx_t) * 1000:.1f} ms)")
     if not args.no_compressed:
         with tempfile.TemporaryDirectory() as tmp:
             make_j2k_copy(path, tmp)
