@@ -1,6 +1,7 @@
 """Issue 12, scanning: one bad file is one problem line, never an abort, a hang, a runaway
 allocation or a silently wrong record."""
 
+import io
 import json
 import os
 import socket
@@ -403,3 +404,53 @@ def test_uid_with_control_bytes_is_a_problem(tmp_path):
     index = scan(str(tmp_path))
     assert "SeriesInstanceUID" in _problems(index)["img001.dcm"]
     assert _series_sizes(index) == [2]
+
+
+def _deflated_bomb(path: Path, pixel_bytes: int) -> None:
+    """A Deflated Explicit VR Little Endian file whose pixels inflate to pixel_bytes of zeros."""
+    import struct
+    import zlib
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import DeflatedExplicitVRLittleEndian, CTImageStorage, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    buf.write(bytes(128) + b"DICM")
+    write_file_meta_info(pydicom.filebase.DicomFileLike(buf), meta, enforce_standard=True)
+
+    def el(tag, vr, value: bytes) -> bytes:
+        return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr, len(value)) + value
+    body = (el(0x00080016, b"UI", CTImageStorage.encode()) + el(0x00080018, b"UI", b"1.2.3.4\0")
+            + el(0x0020000E, b"UI", b"1.2.3.5\0") + el(0x00280010, b"US", struct.pack("<H", 8))
+            + el(0x00280011, b"US", struct.pack("<H", 8)) + el(0x00280100, b"US", struct.pack("<H", 16))
+            + struct.pack("<HH2sHL", 0x7FE0, 0x0010, b"OW", 0, pixel_bytes))
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    with open(path, "wb") as fh:
+        fh.write(buf.getvalue())
+        fh.write(c.compress(body))
+        zeros = bytes(1 << 20)
+        for _ in range(pixel_bytes >> 20):
+            fh.write(c.compress(zeros))
+        fh.write(c.flush())
+
+
+def test_deflated_file_bomb_is_refused_in_bounded_memory(tmp_path):
+    _deflated_bomb(tmp_path / "bomb.dcm", 300 << 20)
+    assert (tmp_path / "bomb.dcm").stat().st_size < 1 << 20
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    index = scan(str(tmp_path))
+    dt = time.perf_counter() - t0
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert "expand" in _problems(index)["bomb.dcm"], _problems(index)
+    assert dt < 10 and peak < 64 << 20, (dt, peak)
+
+
+def test_deflated_file_still_reads():
+    f = pydicom.data.get_testdata_file("image_dfl.dcm")
+    index = scan(f)
+    assert not index.problems and _series_sizes(index) == [1]

@@ -489,10 +489,57 @@ def _guess_syntax(ds, rec: InstanceRecord) -> str:
     return EXPLICIT_LE if little else EXPLICIT_BE
 
 
+# A deflated data set is refused when it inflates to more than this many times its size
+# (and more than DEFLATE_MIN_BYTES), or to more than DEFLATE_MAX_BYTES: pydicom inflates the
+# whole data set into memory in one call, so the bound is checked first, streaming.
+DEFLATE_MAX_RATIO = 200
+DEFLATE_MIN_BYTES = 8 << 20
+DEFLATE_MAX_BYTES = 4 << 30
+
+
+def _check_deflated(buf) -> int | None:
+    """For a Part 10 file in the Deflated transfer syntax: the inflated size of the data set,
+    after checking how far it inflates (HeaderError when too far); None for other files.
+    Nothing inflated is kept."""
+    import zlib
+    if len(buf) < 144 or bytes(buf[128:132]) != b"DICM":
+        return None
+    try:
+        g, e = struct.unpack_from("<HH", buf, 132)
+        (meta_len,) = struct.unpack_from("<L", buf, 140)
+    except struct.error:
+        return None
+    meta_end = 144 + meta_len
+    if (g, e) != (0x0002, 0x0000) or meta_end > len(buf) \
+            or DEFLATED.encode() not in bytes(buf[132:meta_end]):
+        return None
+    compressed = len(buf) - meta_end
+    limit = min(DEFLATE_MAX_BYTES, max(DEFLATE_MIN_BYTES, DEFLATE_MAX_RATIO * compressed))
+    d = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, pos, step = 0, meta_end, 1 << 16
+    try:
+        while pos < len(buf) and not d.eof:
+            data = d.decompress(bytes(buf[pos:pos + step]), 1 << 20)
+            pos += step
+            total += len(data)
+            while d.unconsumed_tail and total <= limit:
+                data = d.decompress(d.unconsumed_tail, 1 << 20)
+                total += len(data)
+            if total > limit:
+                raise HeaderError(f"deflated data set refused: it would expand more than "
+                                  f"{limit // max(1, compressed)}x ({compressed} bytes -> over "
+                                  f"{limit} bytes), a possible deflate bomb")
+    except zlib.error as e:
+        raise HeaderError(f"corrupt deflated data set: {e}") from None
+    return total  # pydicom reports offsets within the inflated data set
+
+
 def _pydicom_scan(fp, rec: InstanceRecord, buf=None, size: int | None = None) -> None:
     """General reader.  buf (the whole file, mmap or bytes) lets the fragments be walked."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+    inflated = _check_deflated(buf) if buf is not None else None
+    deflated = inflated is not None
     fp.seek(0)
     try:
         ds = pydicom.dcmread(fp, stop_before_pixels=False, force=True, defer_size=256)
@@ -519,12 +566,15 @@ def _pydicom_scan(fp, rec: InstanceRecord, buf=None, size: int | None = None) ->
         elem = ds._dict.get(0x7FE00010)  # raw element: reading .value would load all pixels
         length = getattr(elem, "length", None)
         tell = getattr(elem, "value_tell", None)
-        if size is not None and tell is not None:
+        if deflated and tell is not None:
+            # in a deflated file the offset is in the inflated stream
+            rec.pixel_available = max(0, inflated - tell)
+        elif size is not None and tell is not None:
             rec.pixel_available = max(0, size - tell)
         if length is None or length == _UNDEFINED:
             rec.encapsulated = rec.transfer_syntax not in NATIVE_SYNTAXES
             rec.pixel_length = None
-            if rec.encapsulated and buf is not None and tell is not None:
+            if rec.encapsulated and buf is not None and tell is not None and not deflated:
                 _walk_fragments(buf, tell, rec)
         else:
             rec.encapsulated = False
