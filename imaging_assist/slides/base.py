@@ -18,6 +18,7 @@ Conventions (the same as OpenSlide):
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from abc import ABC, abstractmethod
@@ -27,6 +28,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import UserError
+
+# tifffile logs every oddity of a damaged file as a WARNING on the "tifffile" logger; with no
+# handler configured, Python's last-resort handler would print them to stderr beside our one-line
+# error.  A NullHandler stops that; records still reach handlers the application configures.
+logging.getLogger("tifffile").addHandler(logging.NullHandler())
 
 # --------------------------------------------------------------------------- errors
 

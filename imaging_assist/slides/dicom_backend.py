@@ -8,6 +8,7 @@ Pixel Measures sequence, so MPP is exact when the file carries it.
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -23,7 +24,9 @@ def wsi_sop_class(path: str) -> str | None:
         if len(head) < 132 or head[128:132] != b"DICM":
             return None
         import pydicom
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged header is reported by the caller, once
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
         return str(ds.get("SOPClassUID", "")) or None
     except Exception:
         return None
@@ -96,10 +99,18 @@ class DicomSlide(Slide):
                                  f"DICOM: {names}{more}; if one was a level of this slide, it is missing")
         from wsidicom import WsiDicom
         try:
-            self._wsi = WsiDicom.open(files)
+            # pydicom/wsidicom warn about invalid values of a damaged file: collected into one
+            # line of slide.warnings instead of printed.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self._wsi = WsiDicom.open(files)
         except Exception as e:
             raise SlideReadError(f"{self.path}: wsidicom could not open it "
                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        msgs = list(dict.fromkeys(str(w.message).splitlines()[0][:160] for w in caught if str(w.message)))
+        if msgs:
+            more = f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else ""
+            self.warnings.append(f"the DICOM files have invalid values: {msgs[0]}{more}")
         try:
             self._setup()
         except SlideReadError:
