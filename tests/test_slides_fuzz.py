@@ -549,5 +549,29 @@ def test_damaged_byte_count_is_refused_not_read(tmp_path):
     assert OpenSlideSlide  # imported above: the backend exists
 
 
+def test_plain_image_size_claims_are_checked_against_the_file(tmp_path):
+    """A PNG header claiming 10,000 x 10,000 px in a 40 kB file is refused before decoding (below
+    Pillow's bomb limit it would allocate 300 MB first); genuine highly compressible images
+    (uniform 1-bit / palette / grey / RGB) still open."""
+    from PIL import Image
+
+    from imaging_assist.slides import SlideError, open_slide
+    png = tmp_path / "tile.png"
+    Image.open(need(KATHER_TILE)).save(png)
+    data = png.read_bytes()
+    ihdr = struct.pack(">II", 10_000, 10_000) + data[24:29]
+    bad = tmp_path / "claims.png"
+    bad.write_bytes(data[:8] + _png_chunk(b"IHDR", ihdr) + data[33:])
+    t0 = time.perf_counter()
+    with pytest.raises(SlideError, match="more than a .*-byte PNG file can hold") as e:
+        open_slide(bad)
+    assert "\n" not in str(e.value) and time.perf_counter() - t0 < 1
+    for mode, value in (("1", 1), ("P", 0), ("L", 255), ("RGB", (255, 255, 255))):
+        p = tmp_path / f"uniform_{mode}.png"
+        Image.new(mode, (3000, 3000), value).save(p)
+        with open_slide(p) as s:
+            assert s.dimensions == (3000, 3000)
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--child":
     _child(sys.argv[2])

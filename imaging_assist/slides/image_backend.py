@@ -21,8 +21,9 @@ import numpy as np
 from .base import Slide, SlideBackend, SlideReadError, is_tiff_head, to_rgb
 
 MIN_LEVEL_SIZE = 1024
-#: Decoded bytes per file byte no PNG (deflate: at most 1032:1) or JPEG (at least ~1 bit per
+#: Stored bytes per file byte no PNG (deflate: at most 1032:1) or JPEG (at least ~1 bit per
 #: 8x8 block and component, about 1024:1) can exceed; headers claiming more are damaged.
+#: "Stored" counts the fewest bits per pixel the format allows (1 for PNG grey/palette).
 MAX_COMPRESSION_RATIO = 1100
 
 
@@ -38,6 +39,14 @@ def is_plain_image(path: str) -> bool:
         return True  # an image, too large: ImageSlide says so
     except Exception:
         return False
+
+
+def _min_stored_bits(im) -> int:
+    """Fewest bits per pixel the file format may store this image's pixels in: PNG, GIF and BMP
+    allow 1-bit grey and palette images, JPEG stores at least 8 bits per sample."""
+    if im.mode in ("1", "P", "L", "PA", "LA") and im.format != "JPEG":
+        return 1
+    return 8 * max(1, len(im.getbands()))
 
 
 def _one_line(e: BaseException) -> str:
@@ -66,9 +75,8 @@ class ImageSlide(Slide):
                 w, h = im.size
                 if w <= 0 or h <= 0:
                     raise SlideReadError(f"{self.path}: image of {w}x{h} px (damaged header)")
-                decoded = w * h * max(1, len(im.getbands()))
                 size = os.path.getsize(self.path)
-                if decoded > size * MAX_COMPRESSION_RATIO:
+                if w * h * _min_stored_bits(im) / 8 > size * MAX_COMPRESSION_RATIO:
                     raise SlideReadError(f"{self.path}: header claims {w}x{h} px, more than a {size}-byte "
                                          f"{im.format} file can hold (damaged or truncated)")
                 self.format = (im.format or "image").lower()
