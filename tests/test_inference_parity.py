@@ -132,3 +132,58 @@ def test_invalid_dicom_values_is_a_card_error():
     d["input"]["dicom_values"] = "raw"
     with pytest.raises(ModelCardError, match="dicom_values"):
         validate_card(d)
+
+
+# --------------------------------------------------------------------------- slide tiles
+TILE_CARDS = {
+    "linear": ({"size": [64, 64], "intensity": [
+        {"type": "scale_range", "a_min": 0, "a_max": 255},
+        {"type": "normalize", "mean": [0.73, 0.545, 0.915], "std": [0.17, 0.195, 0.13]}]}, 64),
+    "window_shrink_area": ({"size": [64, 64], "intensity": [{"type": "window", "center": 120, "width": 200}]}, 96),
+    "percentile_enlarge": ({"size": [64, 64], "intensity": [
+        {"type": "percentile", "lower": 1, "upper": 99},
+        {"type": "normalize", "mean": [0.5] * 3, "std": [0.25] * 3}]}, 48),
+    "zscore_minmax": ({"size": [64, 64], "intensity": [{"type": "minmax"}, {"type": "zscore"}]}, 64),
+    "resize_nearest": ({"size": [64, 64], "resize_mode": "nearest",
+                        "intensity": [{"type": "scale_range", "a_min": 0, "a_max": 255}]}, 80),
+    "resize_bicubic": ({"size": [64, 64], "resize_mode": "bicubic",
+                        "intensity": [{"type": "scale_range", "a_min": 0, "a_max": 255}]}, 40),
+}
+
+
+class _TileNet(torch.nn.Module):
+    def forward(self, x):
+        return torch.stack([x.mean((1, 2, 3)), x.std((1, 2, 3))], 1)
+
+
+@pytest.mark.parametrize("name", sorted(TILE_CARDS))
+def test_slide_tile_and_image_path_give_the_same_model_input(name, tmp_path):
+    """``TileModel`` (batched slide tiles) uses the card's transforms: the model input of a
+    tile equals the image path's (``model_input`` on the same RGB pixels) to 1e-5, for
+    linear and per-image intensity steps and every resize mode."""
+    from imaging_assist.inference.pipelines import model_input
+    from imaging_assist.models.build import save_model_folder
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.slides.analysis import TileModel
+    from imaging_assist.volume import Volume
+
+    inp, tile_px = TILE_CARDS[name]
+    card = {"id": "tile-" + name.replace("_", "-"), "name": "t", "version": "1", "task": "classification",
+            "modality": ["SM"], "spatial_dims": 2, "labels": ["mean", "std"],
+            "input": dict(channels=3, **inp), "data": {"training": "-", "validation": "-"},
+            "license": "-", "intended_use": "-", "not_for_clinical_use": True,
+            "slide": {"tile_px": tile_px, "mpp": 1.0}}
+    save_model_folder(tmp_path / "m", card, _TileNet(), fmt="torchscript",
+                      example_input=torch.zeros(1, 3, 64, 64))
+    model = load_model(load_card(tmp_path / "m"))
+    rng = np.random.default_rng(7)
+    tiles = rng.integers(0, 256, (3, tile_px, tile_px, 3)).astype(np.uint8)
+    tiles[1] = np.clip(tiles[1] // 3 + 100, 0, 255)  # a second intensity distribution
+    x = tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # what run_tiles hands over
+    fn = TileModel(model, "cpu")
+    got = fn.preprocess(x).cpu().numpy()
+    ref = np.stack([model_input(model.card, Volume(t[None], photometric="RGB", has_geometry=False)).numpy()
+                    for t in tiles])
+    assert got.shape == ref.shape == (3, 3, 64, 64)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)

@@ -211,6 +211,46 @@ def _resize_mode(card, in_shape) -> str:
     return lin if m == "linear" else m
 
 
+def intensity_steps(card) -> list[tuple[str, dict, bool]]:
+    """The card's intensity steps as MONAI transforms: ``(name, kwargs, batchable)``.
+
+    ``name`` is a ``monai.transforms`` array transform (its dictionary form is ``name + "d"``
+    with the same arguments).  ``batchable``: the step is the same for every image (element-
+    wise, or a fixed per-channel mean/std), so it may run on a whole batch laid out channel
+    first; the others (percentiles, z-score, min-max) depend on the image and run per image.
+    """
+    out = []
+    for s in card.input.intensity:
+        t = s["type"]
+        if t == "window":
+            c, w = float(s["center"]), float(s["width"])
+            out.append(("ScaleIntensityRange", dict(a_min=c - w / 2, a_max=c + w / 2, b_min=0.0,
+                                                    b_max=1.0, clip=True), True))
+        elif t == "scale_range":
+            out.append(("ScaleIntensityRange", dict(a_min=float(s["a_min"]), a_max=float(s["a_max"]),
+                                                    b_min=float(s.get("b_min", 0.0)),
+                                                    b_max=float(s.get("b_max", 1.0)),
+                                                    clip=bool(s.get("clip", True))), True))
+        elif t == "zscore":
+            out.append(("NormalizeIntensity", dict(nonzero=bool(s.get("nonzero", False)),
+                                                   channel_wise=bool(s.get("channel_wise", True))), False))
+        elif t == "minmax":
+            out.append(("ScaleIntensity", dict(minv=float(s.get("min", 0.0)), maxv=float(s.get("max", 1.0))),
+                        False))
+        elif t == "percentile":
+            out.append(("ScaleIntensityRangePercentiles", dict(
+                lower=float(s.get("lower", 0.5)), upper=float(s.get("upper", 99.5)),
+                b_min=float(s.get("b_min", 0.0)), b_max=float(s.get("b_max", 1.0)),
+                clip=bool(s.get("clip", True)), channel_wise=bool(s.get("channel_wise", False))), False))
+        elif t == "normalize":
+            out.append(("NormalizeIntensity", dict(subtrahend=np.asarray(s["mean"], np.float32),
+                                                   divisor=np.asarray(s["std"], np.float32),
+                                                   channel_wise=True), True))
+        else:  # the card validator allows only the types above
+            raise InputError(f"model {card.id}: unknown intensity step {t!r}")
+    return out
+
+
 def card_transforms(card, with_region: bool, in_shape=None):
     """Card preprocessing as a MONAI Compose (spatial first, then intensity).
 
@@ -230,32 +270,36 @@ def card_transforms(card, with_region: bool, in_shape=None):
             in_shape = None  # after resampling the shape is not known here: use linear
         ts.append(mt.Resized(keys=keys, spatial_size=card.input.size,
                              mode=[_resize_mode(card, in_shape), "nearest"][:len(keys)]))
-    for s in card.input.intensity:
-        t = s["type"]
-        if t == "window":
-            c, w = float(s["center"]), float(s["width"])
-            ts.append(mt.ScaleIntensityRanged("image", a_min=c - w / 2, a_max=c + w / 2,
-                                              b_min=0.0, b_max=1.0, clip=True))
-        elif t == "scale_range":
-            ts.append(mt.ScaleIntensityRanged("image", a_min=float(s["a_min"]), a_max=float(s["a_max"]),
-                                              b_min=float(s.get("b_min", 0.0)),
-                                              b_max=float(s.get("b_max", 1.0)),
-                                              clip=bool(s.get("clip", True))))
-        elif t == "zscore":
-            ts.append(mt.NormalizeIntensityd("image", nonzero=bool(s.get("nonzero", False)),
-                                             channel_wise=bool(s.get("channel_wise", True))))
-        elif t == "minmax":
-            ts.append(mt.ScaleIntensityd("image", minv=float(s.get("min", 0.0)),
-                                         maxv=float(s.get("max", 1.0))))
-        elif t == "percentile":
-            ts.append(mt.ScaleIntensityRangePercentilesd(
-                "image", lower=float(s.get("lower", 0.5)), upper=float(s.get("upper", 99.5)),
-                b_min=float(s.get("b_min", 0.0)), b_max=float(s.get("b_max", 1.0)),
-                clip=bool(s.get("clip", True)), channel_wise=bool(s.get("channel_wise", False))))
-        elif t == "normalize":
-            ts.append(mt.NormalizeIntensityd("image", subtrahend=np.asarray(s["mean"], np.float32),
-                                             divisor=np.asarray(s["std"], np.float32),
-                                             channel_wise=True))
+    for name, kw, _ in intensity_steps(card):
+        ts.append(getattr(mt, name + "d")("image", **kw))
     ts.append(mt.EnsureTyped(keys=keys, dtype=torch.float32))
     return mt.Compose(ts)
 
+
+def batch_model_input(card, x: torch.Tensor) -> torch.Tensor:
+    """``model_input`` for a batch of 2D images already in the model's axis order:
+    ``(N, C, H, W)`` float values as stored (e.g. 0..255 RGB) -> ``(N, C, *card size)``, on
+    ``x``'s device (slide tiles, :class:`imaging_assist.slides.analysis.TileModel`).
+
+    The same MONAI transforms as :func:`card_transforms` (no spacing step: slide tiles are
+    scaled by µm/px before): ``Resize`` with the card's mode on the N*C planes at once
+    (interpolation is per plane), the batchable intensity steps on the batch laid out
+    ``(C, N, H, W)`` (so per-channel constants meet their channel), the others per image.
+    Equal to ``model_input`` per image to float rounding (tests/test_inference_parity.py).
+    """
+    import monai.transforms as mt
+
+    x = torch.as_tensor(x).float()
+    n, c = int(x.shape[0]), int(x.shape[1])
+    size = card.input.size
+    if size and tuple(x.shape[2:]) != tuple(int(v) for v in size):
+        mode = _resize_mode(card, tuple(x.shape[2:]))
+        planes = mt.Resize(spatial_size=size, mode=mode)(x.reshape((n * c,) + tuple(x.shape[2:])))
+        x = torch.as_tensor(planes).reshape((n, c) + tuple(int(v) for v in size))
+    for name, kw, batchable in intensity_steps(card):
+        t = getattr(mt, name)(**kw)
+        if batchable:
+            x = torch.as_tensor(t(x.transpose(0, 1))).transpose(0, 1)
+        else:
+            x = torch.stack([torch.as_tensor(t(img)) for img in x])
+    return x.float().contiguous()

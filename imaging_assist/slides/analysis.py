@@ -4,11 +4,11 @@ Used by ``imaging-assist analyze SLIDE --model ID --out DIR``.  Engine only (no 
 
 * **Same preprocessing as the image path.**  :func:`run_tiles` hands RGB in 0..1; the card's
   intensity steps are written for the stored pixel values (0..255 for 8-bit RGB), so tiles are
-  mapped back to 0..255 and the card's steps are applied exactly as
-  :func:`imaging_assist.inference.pipelines.model_input` applies them (linear steps vectorised
-  on the batch; per-image steps through the same MONAI transforms, tile by tile).  A JPEG tile
-  given to ``analyze`` as an image and the same pixels met on a slide get the same
-  probabilities (tested).
+  mapped back to 0..255 and go through the card's own MONAI transforms
+  (:func:`imaging_assist.inference.preprocess.batch_model_input`: the card's resize mode, steps
+  that are the same for every tile on the whole batch, per-image steps tile by tile).  A JPEG
+  tile given to ``analyze`` as an image and the same pixels met on a slide get the same model
+  input (1e-5) and probabilities (tested).
 * **Scale.**  Tiles are ``slide.tile_px`` square at ``slide.mpp`` µm/px from the card, read
   from the nearest pyramid level and resampled (:func:`run_tiles`).  Without slide MPP the
   tiles are read at the native resolution with a warning; when the card says its MPP is an
@@ -21,7 +21,6 @@ Used by ``imaging-assist analyze SLIDE --model ID --out DIR``.  Engine only (no 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 import warnings as _warnings
@@ -30,8 +29,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-
-_LINEAR = ("window", "scale_range", "normalize")
 
 
 def slide_spec(card) -> dict | None:
@@ -91,7 +88,8 @@ def find_slide_inputs(path: str | os.PathLike, tile_px: int = 224) -> list[str]:
 # --------------------------------------------------------------------------- model function
 class TileModel:
     """``(N, 3, H, W)`` RGB 0..1 tiles -> ``(N, C)`` probabilities through the card's
-    intensity steps, on ``device``.  ``preprocess`` alone gives the model-space tensor."""
+    transforms (:func:`imaging_assist.inference.preprocess.batch_model_input`, batched on
+    ``device``), on ``device``.  ``preprocess`` alone gives the model-space tensor."""
 
     def __init__(self, model, device="cpu"):
         import torch
@@ -103,48 +101,18 @@ class TileModel:
         if c != 3:
             raise UserError(f"model {self.card.id} takes {c}-channel input; slide tiles are RGB "
                             "(3 channels)")
-        self.steps = list(self.card.input.intensity)
-        self._monai = None
-        if any(s["type"] not in _LINEAR for s in self.steps):
-            from ..inference.preprocess import card_transforms as _card_transforms
-
-            inp = dataclasses.replace(self.card.input, size=None, spacing=None)
-            shim = dataclasses.replace(self.card, input=inp, spatial_dims=2)
-            self._monai = _card_transforms(shim, False)
         model.to(self.device)
         model.network.eval()
 
     def preprocess(self, x):
-        """0..1 RGB batch -> model input (the card's steps on 0..255 values)."""
+        """0..1 RGB batch -> model input: the card's transforms on the 0..255 values, exactly
+        as the image path applies them to the same pixels."""
         import torch
 
-        x = torch.as_tensor(x).float().to(self.device) * 255.0
-        size = self.card.input.size
-        if size and tuple(x.shape[2:]) != tuple(size):
-            mode = "area" if all(int(o) <= int(i) for o, i in zip(size, x.shape[2:])) else "bilinear"
-            x = torch.nn.functional.interpolate(x, size=tuple(size), mode=mode,
-                                                **({} if mode == "area" else {"align_corners": False}))
-        if self._monai is not None:
-            from monai.data import MetaTensor
+        from ..inference.preprocess import batch_model_input
 
-            outs = [self._monai({"image": MetaTensor(t.cpu())})["image"].as_tensor() for t in x]
-            return torch.stack(outs).float().to(self.device)
-        for s in self.steps:
-            t = s["type"]
-            if t == "window":
-                c, w = float(s["center"]), float(s["width"])
-                x = ((x - (c - w / 2)) / w).clamp(0, 1)
-            elif t == "scale_range":
-                a0, a1 = float(s["a_min"]), float(s["a_max"])
-                b0, b1 = float(s.get("b_min", 0.0)), float(s.get("b_max", 1.0))
-                x = (x - a0) / (a1 - a0) * (b1 - b0) + b0
-                if bool(s.get("clip", True)):
-                    x = x.clamp(min(b0, b1), max(b0, b1))
-            elif t == "normalize":
-                m = torch.as_tensor(s["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-                sd = torch.as_tensor(s["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-                x = (x - m) / sd
-        return x
+        x = torch.as_tensor(x).float().to(self.device) * 255.0
+        return batch_model_input(self.card, x)
 
     def __call__(self, x):
         import torch
