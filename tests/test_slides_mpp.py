@@ -158,3 +158,28 @@ def test_slide_model_does_not_run_on_a_300_dpi_scan(tmp_path):
             plan = plan_tiles(s, 32, 0.5, tissue_mask=None)
         assert plan.mpp is None and plan.downsample == (1.0, 1.0)
         assert plan.n_grid_tiles == 4 * 3
+
+
+@pytest.mark.parametrize("value", ["nan", "0", "-0.00025", "1e9"])
+def test_dicom_implausible_pixel_spacing(tmp_path, value):
+    import warnings
+
+    import pydicom
+    levels = make_levels(pattern_rgb(256, 256), min_size=100)
+    files = save_dicom_wsi(tmp_path / "d", [(a.shape[1], a.shape[0]) for a in levels],
+                           lambda lv, x, y, t: levels[lv][y:y + t, x:x + t], (0.25, 0.25), tile_size=128)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom: 'nan' is not a valid DS
+            ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].PixelSpacing = [value, value]
+        ds.save_as(f, enforce_file_format=True)
+    try:
+        s = open_slide(tmp_path / "d")
+    except Exception as e:  # refusing the file is honest too, if it is one line
+        from imaging_assist.slides import SlideError
+        assert isinstance(e, SlideError) and "\n" not in str(e)
+        return
+    with s:
+        assert s.mpp is None and s.mpp_source == "none"
+        assert any("Pixel Spacing" in w or "implausible MPP" in w for w in s.warnings), s.warnings

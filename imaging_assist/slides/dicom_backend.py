@@ -105,8 +105,8 @@ class DicomSlide(Slide):
                 warnings.simplefilter("always")
                 self._wsi = WsiDicom.open(files)
         except Exception as e:
-            raise SlideReadError(f"{self.path}: wsidicom could not open it "
-                                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+            hint = " (no usable Pixel Spacing?)" if type(e).__name__ == "WsiDicomNoResolutionError" else ""
+            raise SlideReadError(f"{self.path}: wsidicom could not open it ({_one_line(e)}){hint}") from None
         msgs = list(dict.fromkeys(str(w.message).splitlines()[0][:160] for w in caught if str(w.message)))
         if msgs:
             more = f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else ""
@@ -198,3 +198,8 @@ class DicomSlide(Slide):
 
 BACKEND = SlideBackend("wsidicom", lambda path, head: os.path.isdir(path) or is_dicom_head(head), DicomSlide,
                        priority=100)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
