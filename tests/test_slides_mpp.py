@@ -2,7 +2,6 @@
 accepted only in a microscope range and always with a warning, scanner/print dpi never taken as a
 calibration, implausible values (NaN, 0, negative, 1e9) refused with a warning saying why."""
 
-import numpy as np
 import pytest
 import tifffile
 from PIL import Image
