@@ -691,3 +691,100 @@ def test_models_package_imports_no_inference_explain_slides_or_ui():
                     "PySide6", "imaging_assist_ui"))
                 assert not bad, f"{p.name}:{n.lineno} imports {name}"
     assert math.isfinite(1.0)
+
+
+@need_bundles
+def test_fuzzed_real_bundle_fails_with_one_line_errors_only(tmp_path):
+    """The real spleen bundle with mutated metadata and inference config (absurd numbers,
+    wrong types, expressions, garbage transforms, flipped bytes, truncation): derive_card +
+    load_model end in a one-line UserError or a loaded model; no other exception, nothing
+    of the bundle's code runs, fast."""
+    import time
+
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.loaders import load_model
+
+    marker = tmp_path / "ran"
+    expr = f"$__import__('pathlib').Path({str(marker)!r}).touch()"
+    b = _spleen(tmp_path)
+    cfg_p, meta_p = b / "configs" / "inference.json", b / "configs" / "metadata.json"
+    cfg0, meta0 = cfg_p.read_bytes(), meta_p.read_bytes()
+    rng = random.Random(7)
+    bad = [None, True, -1, 0, 2 ** 31, 1e308, float("nan"), "x" * 100_000, [], {}, [2 ** 16] * 5,
+           {"_target_": "os.system", "command": f"touch {marker}"}, expr, "@nowhere", "%x.json::a",
+           {"_target_": 5}, [{"_target_": "Compose"}]]
+
+    def json_mut(data: bytes, paths):
+        d = json.loads(data)
+        for path in paths:
+            cur = d
+            for p in path[:-1]:
+                cur = cur[p] if isinstance(cur, dict) else cur[int(p)]
+            last = int(path[-1]) if isinstance(cur, list) else path[-1]
+            if rng.random() < 0.15:
+                del cur[last]
+            else:
+                cur[last] = rng.choice(bad)
+        return json.dumps(d).encode()
+
+    cfg = json.loads(cfg0)
+    meta = json.loads(meta0)
+    cfg_paths = [("network_def", k) for k in cfg["network_def"]] + [
+        ("preprocessing", "transforms", str(i)) for i in range(len(cfg["preprocessing"]["transforms"]))] + [
+        ("postprocessing", "transforms", str(i)) for i in range(len(cfg["postprocessing"]["transforms"]))] + [
+        ("inferer", k) for k in cfg["inferer"]] + [(k,) for k in cfg]
+    img = meta["network_data_format"]["inputs"]["image"]
+    meta_paths = [(k,) for k in meta] + [("network_data_format", "inputs", "image", k) for k in img] + [
+        ("network_data_format", "outputs", "pred", k) for k in meta["network_data_format"]["outputs"]["pred"]]
+    cases = []
+    for p in cfg_paths:
+        cases += [(json_mut(cfg0, [p]), meta0) for _ in range(3)]
+    for p in meta_paths:
+        cases += [(cfg0, json_mut(meta0, [p])) for _ in range(3)]
+    for _ in range(30):
+        for src, is_cfg in ((cfg0, True), (meta0, False)):
+            data = bytearray(src)
+            if rng.random() < 0.5:
+                for _ in range(rng.randint(1, 5)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            else:
+                data = data[:rng.randrange(len(data))]
+            cases.append((bytes(data), meta0) if is_cfg else (cfg0, bytes(data)))
+    rng.shuffle(cases)
+    outcomes = []
+    for c, m in cases[:60]:
+        cfg_p.write_bytes(c)
+        meta_p.write_bytes(m)
+        t = time.time()
+        try:
+            load_model(derive_card(b))
+            outcomes.append("loaded")
+        except UserError as e:
+            assert "\n" not in str(e) and len(str(e)) < 3000, str(e)[:500]
+            outcomes.append(type(e).__name__)
+        except Exception as e:  # noqa: BLE001
+            pytest.fail(f"{type(e).__name__}: {str(e)[:300]}\nconfig: {c[:300]!r}\nmeta: {m[:200]!r}")
+        assert time.time() - t < 30
+        assert not marker.exists(), c[:500]
+    assert {"loaded", "ModelTrustError", "ModelCardError", "ModelLoadError"} <= set(outcomes), outcomes
+
+
+def test_plain_targets_with_file_arguments_are_code(tmp_path):
+    """A building block pointed at files/URLs (``pretrained_path``, ``output_dir``) can read
+    or write outside the bundle: listed as code; plain arguments are not."""
+    from imaging_assist.models.bundle_code import bundle_code
+
+    b = tmp_path / "b"
+    (b / "configs").mkdir(parents=True)
+    (b / "configs" / "metadata.json").write_text("{}")
+    (b / "configs" / "inference.json").write_text(json.dumps({
+        "network_def": {"_target_": "SwinUNETR", "in_channels": 1, "out_channels": 2,
+                        "pretrained_path": "/etc/passwd"},
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS"},
+            {"_target_": "DataStatsd", "keys": "image", "output_dir": "/tmp/x"}]},
+        "inferer": {"_target_": "SlidingWindowInferer", "roi_size": [8, 8, 8],
+                    "cache_roi_weight_map": True}}))
+    runs = sorted((i.key, i.kind) for i in bundle_code(b) if i.runs)
+    assert runs == [("network_def::pretrained_path", "file argument"),
+                    ("preprocessing::transforms::1::output_dir", "file argument")]

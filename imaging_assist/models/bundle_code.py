@@ -47,8 +47,17 @@ _CALLING_TRANSFORMS = {"Lambda", "Lambdad", "RandLambda", "RandLambdad", "CuCIM"
                        "RandTorchVision", "RandTorchVisiond", "TorchIO", "TorchIOd",
                        "RandTorchIO", "RandTorchIOd"}
 # argument names that point a plain building block at files, folders or downloads
-_FILE_ARG = re.compile(r"(path|url|file|ckpt|checkpoint|(^|_)dir$|^dir|weights|load_from|download"
-                       r"|cache)", re.IGNORECASE)
+_FILE_WORDS = {"path", "paths", "filepath", "url", "urls", "uri", "file", "files", "filename",
+               "ckpt", "checkpoint", "dir", "dirname", "folder", "weights", "download", "load",
+               "hub", "repo"}
+
+
+def _file_arg(k: str) -> bool:
+    """An argument name that points at files, folders, URLs or weights (``output_dir``,
+    ``pretrained_path``, ``weights``...), by its ``_``-separated words."""
+    return bool(_FILE_WORDS & set(k.lower().split("_")))
+
+
 _DOWNLOAD_FLAGS = ("pretrained", "pretrained_backbone")
 _SPECIAL_KEYS = {"_target_", "_disabled_", "_requires_", "_desc_", "_mode_"}
 MAX_CONFIG_BYTES = 16 << 20
@@ -257,7 +266,7 @@ class _Walk:
                     self.add(_join(key, "_debug_"), str(node["_debug_"]), "mode", runs(key))
                 if not disabled:
                     for k, v in node.items():
-                        if (isinstance(k, str) and k not in _SPECIAL_KEYS and _FILE_ARG.search(k)
+                        if (isinstance(k, str) and k not in _SPECIAL_KEYS and _file_arg(k)
                                 and v not in (None, False, "", [], {})
                                 and k not in _DOWNLOAD_FLAGS):
                             self.add(_join(key, k), f"{k}={json.dumps(v, default=str)[:200]}",
