@@ -3,8 +3,10 @@ whose card fits the shown series is run on it from the AI model panel, one after
 (segmenters first), as soon as the series is loaded and the model list is read.
 
 Classifiers get a Grad-CAM heat map; segmenters run without one (faster).  Each model's
-outcome - overlays, scores, or a one-line error such as a failed sha256 check - is what the
-panel shows for a run started by hand.
+outcome - overlays, scores, or a one-line error - is what the panel shows for a run started by
+hand.  Only models that are ``ModelEntry.runnable_without_prompt`` run on their own: the
+auto-run waits for each model's sha256 check, and a model whose check failed ("error") or a
+bundle with code the user has not trusted ("skipped") is never run; a note says why.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class AutoRun(QObject):
         self.queue: list | None = None  # None: not planned for the shown series yet
         self.started: list[str] = []  # model ids started on the shown series
         self.finished: list[tuple[str, str]] = []  # (model id, status)
+        self.notes: list[str] = []  # one line per model not run, and why
         self._current: str | None = None
         self.panel.catalogReady.connect(self._kick)
         self.panel.runFinished.connect(self._on_finished)
@@ -35,6 +38,7 @@ class AutoRun(QObject):
         self.queue = None
         self.started = []
         self.finished = []
+        self.notes = []
         self._current = None
 
     def _plan(self) -> list:
@@ -55,6 +59,8 @@ class AutoRun(QObject):
             p._rematch(select_best=True)  # the matches of the series now shown
             self.queue = self._plan()
             self._next()
+        elif self.queue and self._current is None:
+            self._next()  # e.g. the next model's sha256 check has come in
 
     def _on_finished(self, status):
         if self._current is not None:
@@ -64,9 +70,20 @@ class AutoRun(QObject):
 
     def _next(self):
         p = self.panel
-        if not self.queue or p.running:
+        if not self.queue or p.running or self._current is not None:
             return
-        e = self.queue.pop(0)
+        e = self.queue[0]
+        checked = p.verify_state.get(str(e.folder), (None, ""))[0]
+        if checked is None:
+            return  # its sha256 check is still running: the timer comes back
+        self.queue.pop(0)
+        why = self._not_runnable(e, checked)
+        if why:
+            self.finished.append((e.card.id, "error" if checked is False else "skipped"))
+            self.notes.append(f"{e.card.id}: not run automatically: {why}")
+            self._say(self.notes[-1])
+            QTimer.singleShot(0, self._next)
+            return
         if not p.select_model(e.card.id):
             QTimer.singleShot(0, self._next)
             return
@@ -78,6 +95,24 @@ class AutoRun(QObject):
             self.finished.append((e.card.id, "error"))
             self._current = None
             QTimer.singleShot(0, self._next)
+
+    @staticmethod
+    def _not_runnable(e, checked) -> str:
+        """Why the entry must not run without asking ("" when it may)."""
+        if checked is False or getattr(e, "verified", None) is False:
+            return "its weights failed the sha256 check"
+        if getattr(e, "contains_code", False) and not getattr(e, "trusted", False):
+            return (f"it contains code and is not trusted (`imaging-assist models trust {e.card.id}` "
+                    "after reading it)")
+        if not getattr(e, "runnable_without_prompt", False):
+            return "it is not verified"
+        return ""
+
+    def _say(self, text: str) -> None:
+        try:
+            self.window.statusBar().showMessage(text, 8000)
+        except Exception:  # noqa: BLE001 - a status line is a courtesy; the note is kept
+            pass
 
     @property
     def idle(self) -> bool:

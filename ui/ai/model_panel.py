@@ -5,7 +5,7 @@ the label maps and heat maps as overlay layers.
 * The model list comes from :class:`imaging_assist.models.registry.Registry` (added
   folders, the user models folder, ``weights/``).  Every weights file is hashed in the
   background and shown as ✓ / ✗ with the reason.  Models whose card fits the series
-  (modality, body part, 2D/3D, units - :func:`model_support.match_card`) are marked ★ and
+  (modality, body part, 2D/3D, units - :func:`imaging_assist.models.matching.match_card`) are marked ★ and
   the best one is selected; otherwise the choice is manual.
 * Runs go through the engine's jobs API (:func:`imaging_assist.inference.jobs.submit`) on a
   worker thread; its progress callbacks and the outcome reach the GUI thread through Qt
@@ -37,9 +37,10 @@ from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QFormLayout
 from imaging_assist.errors import UserError
 from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer
 
-from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, Match, decision_text, esc,
-                            heat_display, heat_text, key_slice, match_card, one_line,
-                            operating_point_text, series_facts, size_lines, timings_text)
+from imaging_assist.models.matching import Match, match_card, series_facts
+
+from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, decision_text, esc, heat_display, heat_text,
+                            key_slice, one_line, operating_point_text, size_lines, timings_text)
 from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
 from ..shared.units import spacing_note
 
@@ -725,6 +726,8 @@ class ModelPanel(QWidget):
         if m is not None:
             if m.ok:
                 lines.append(f"<span style='color:{OK_COLOR}'>★ Fits this series</span>")
+                for w in getattr(m, "warnings", []):  # fits, but this was not checked
+                    lines.append(f"<span style='color:{WARN_FG}'>⚠ {esc(w)}</span>")
             elif self.facts is not None:
                 lines.append(f"<span style='color:{WARN_FG}'>⚠ Not made for this series: "
                              f"{esc(m.reason)}</span>")

@@ -1,5 +1,4 @@
-"""Model panel helpers without Qt: which model cards fit the shown series, and how run
-results read as text (findings with their operating point, sizes, timings, heat maps).
+"""Model panel helpers without Qt: how run results read as text (findings with their operating point, sizes, timings, heat maps).
 
 Kept free of Qt and torch so that it is cheap to import and easy to test.
 """
@@ -8,7 +7,6 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -26,88 +24,9 @@ METHOD_TITLES = {m: t for t, m in EXPLAIN_CHOICES if m}
 
 
 # =========================================================================== matching
-@dataclass
-class SeriesFacts:
-    """What the model matching needs to know about the shown series."""
-
-    modality: str = ""
-    body_part: str = ""
-    n_slices: int = 1
-    is_volume: bool = False  # several parallel slices with 3D geometry (3D models can run)
-    units: str = ""
-    is_color: bool = False
-
-    def describe(self) -> str:
-        parts = [self.modality or "plain image"]
-        if self.body_part:
-            parts.append(self.body_part)
-        if self.is_volume:
-            parts.append(f"3D, {self.n_slices} slices")
-        elif self.n_slices > 1:
-            parts.append(f"{self.n_slices} images")
-        else:
-            parts.append("2D")
-        return " · ".join(parts)
-
-
-def series_facts(volume, series=None) -> SeriesFacts | None:
-    if volume is None:
-        return None
-    mod = (volume.modality or (getattr(series, "modality", "") if series is not None else "") or "").upper()
-    bp = (getattr(series, "body_part", "") or "") if series is not None else ""
-    n = int(volume.n_slices)
-    is_vol = bool(n > 1 and volume.has_geometry and not volume.is_cine and not volume.is_color)
-    return SeriesFacts(mod, str(bp).upper().strip(), n, is_vol, volume.units or "", bool(volume.is_color))
-
-
-@dataclass
-class Match:
-    ok: bool
-    score: int = 0
-    reasons: list[str] = field(default_factory=list)  # why it does not fit
-
-    @property
-    def reason(self) -> str:
-        return "; ".join(self.reasons)
-
-
-def match_card(card, facts: SeriesFacts | None) -> Match:
-    """Does a model card fit the series (modality, body part, 2D/3D, units)?
-
-    The score ranks the matches: an exact modality beats ``OT`` (any), a known body part
-    that agrees and a model of the series' own dimensionality add one point each.
-    """
-    if card is None:
-        return Match(False, reasons=["the model card is invalid"])
-    if facts is None:
-        return Match(False, reasons=["no series is open"])
-    reasons: list[str] = []
-    score = 0
-    mods = [m.upper() for m in card.modality]
-    if facts.modality and facts.modality in mods:
-        score += 2
-    elif "OT" in mods:
-        pass  # a model for any modality
-    else:
-        have = facts.modality or "a plain image without modality"
-        reasons.append(f"model is for {'/'.join(mods)}, the series is {have}")
-    if card.body_part and facts.body_part:
-        bp, want = facts.body_part, card.body_part.upper()
-        if want in bp or bp in want:
-            score += 1
-        else:
-            reasons.append(f"model is for {want}, the series shows {bp}")
-    if card.spatial_dims == 3:
-        if not facts.is_volume:
-            reasons.append("3D model, the series is not a volume")
-        else:
-            score += 1
-    elif facts.n_slices == 1:
-        score += 1
-    units = (card.input.units or "") if getattr(card, "input", None) is not None else ""
-    if units and facts.units.upper() != units.upper():
-        reasons.append(f"model needs values in {units}")
-    return Match(not reasons, score if not reasons else 0, reasons)
+# One rule set for analyze, the headless demo and this panel: the engine's (re-exported here
+# for older imports; the UI keeps no copy of the rules).
+from imaging_assist.models.matching import Match, SeriesFacts, match_card, series_facts  # noqa: E402,F401
 
 
 # =========================================================================== formatting
