@@ -1,0 +1,231 @@
+"""Menus, actions, toolbar and status bar of the main window, and the help dialogs.
+
+The builders take the window and set its ``a_*`` actions and widgets; the slots they connect
+are the window's (it composes the components that do the work)."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QSize, Qt
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton, QToolBar
+
+CT_PRESET_KEYS = ["Brain", "Subdural", "Stroke", "Lung", "Mediastinum", "Abdomen", "Bone"]
+
+SHORTCUTS = [
+    ("Open folder / file", "Ctrl+O / Ctrl+Shift+O"),
+    ("Next / previous slice", "Wheel, ↓ / ↑, → / ←"),
+    ("10 slices, first / last", "PgDn / PgUp, Home / End"),
+    ("Fast scroll", "Shift+Wheel"),
+    ("Zoom", "Ctrl+Wheel, + / -"),
+    ("Fit / 1:1", "F / Ctrl+0"),
+    ("Window / level", "right-drag (or W tool)"),
+    ("Pan", "middle-drag (or P tool)"),
+    ("CT presets Brain … Bone", "1 … 7"),
+    ("File (DICOM) window / auto window", "0 / 9"),
+    ("Invert / reset view", "I / R"),
+    ("Navigate tool (MPR: crosshair)", "Esc or V"),
+    ("Ruler / ellipse / rectangle / angle", "M / E / B / A"),
+    ("Delete selected measurement", "Del"),
+    ("Single view / MPR", "Ctrl+1 / Ctrl+3  (toggle: L)"),
+    ("Crosshair on/off", "X"),
+    ("Overlays on/off", "O"),
+    ("Annotations on/off", "T"),
+    ("Smooth (interpolated) display on/off", "S"),
+    ("Cine play / pause", "Space"),
+    ("DICOM tags", "Ctrl+D"),
+    ("Full screen", "F11"),
+]
+
+
+def make_action(self, text, slot=None, shortcut=None, checkable=False, tip=None) -> QAction:
+    a = QAction(text, self)
+    if shortcut:
+        if isinstance(shortcut, (list, tuple)):
+            a.setShortcuts([QKeySequence(s) for s in shortcut])
+        else:
+            a.setShortcut(QKeySequence(shortcut))
+        a.setShortcutContext(Qt.WindowShortcut)
+    a.setCheckable(checkable)
+    if tip or shortcut:
+        sc = shortcut if isinstance(shortcut, str) else (shortcut[0] if shortcut else "")
+        a.setToolTip(f"{tip or text.replace('&', '').rstrip('…')}" + (f"  ({sc})" if sc else ""))
+    if slot is not None:
+        (a.toggled if checkable else a.triggered).connect(slot)
+    self.addAction(a)
+    return a
+
+
+def build_actions(self):
+    """Every QAction of the window (``self.a_*``, tools, presets)."""
+    A = self._act
+    self.a_open = A("Open &folder…", self.open_folder_dialog, "Ctrl+O")
+    self.a_open_file = A("Open f&ile(s)…", self.open_file_dialog, "Ctrl+Shift+O")
+    self.a_close = A("&Close study", self.close_study, "Ctrl+W")
+    self.a_save = A("&Save view as PNG…", self.save_view_dialog, "Ctrl+S")
+    self.a_quit = A("&Quit", self.close, "Ctrl+Q")
+    # tools
+    self.tool_group = QActionGroup(self)
+    self.tool_actions = {}
+    for tool, text, key in (("navigate", "Navigate", ("Esc", "V")), ("window", "W/L", "W"),
+                            ("pan", "Pan", "P"), ("zoom", "Zoom", "Z"), ("ruler", "Ruler", "M"),
+                            ("ellipse", "Ellipse", "E"), ("rectangle", "Rectangle", "B"),
+                            ("angle", "Angle", "A")):
+        tips = {"navigate": "Navigate: left-drag pans; in MPR, click sets the crosshair",
+                "window": "Window/level with the left button (right-drag works in every tool)",
+                "pan": "Pan", "zoom": "Zoom by dragging up/down", "ruler": "Ruler: distance in mm",
+                "ellipse": "Ellipse ROI: mean/SD/min/max/area", "rectangle": "Rectangle ROI",
+                "angle": "Angle: drag the first arm, click the end of the second"}
+        a = A(text, None, key, checkable=True, tip=tips[tool])
+        a.triggered.connect(lambda checked=False, t=tool: self.set_tool(t))
+        self.tool_group.addAction(a)
+        self.tool_actions[tool] = a
+    self.tool_actions["navigate"].setChecked(True)
+    self.a_delete = A("Delete measurement", self.measure_panel.delete_selected, ("Del", "Backspace"))
+    self.a_clear_meas = A("Clear all measurements", self.doc.clear_measurements)
+    # view
+    self.a_fit = A("&Fit to window", self.fit_views, "F")
+    self.a_one = A("&1:1 pixels", lambda: self.active_view().actual_size(), "Ctrl+0")
+    self.a_zoom_in = A("Zoom &in", lambda: self._zoom_step(1.25), ("+", "="))
+    self.a_zoom_out = A("Zoom &out", lambda: self._zoom_step(0.8), "-")
+    self.a_invert = A("&Invert", self.doc.set_invert, "I", checkable=True)
+    self.a_reset = A("&Reset view", self.reset_view, "R", tip="Reset window, zoom, pan and invert")
+    self.a_single = A("Single view", None, "Ctrl+1", checkable=True)
+    self.a_single.triggered.connect(lambda: self.set_layout("single"))
+    self.a_mpr = A("MPR (axial / coronal / sagittal)", None, "Ctrl+3", checkable=True)
+    self.a_mpr.triggered.connect(lambda: self.set_layout("mpr"))
+    self.a_toggle_layout = A("Toggle layout", self.toggle_layout, "L")
+    lg = QActionGroup(self)
+    lg.addAction(self.a_single)
+    lg.addAction(self.a_mpr)
+    self.a_single.setChecked(True)
+    self.a_crosshair = A("Cross&hair", self._set_crosshair, "X", checkable=True)
+    self.a_crosshair.setChecked(True)
+    self.a_overlays = A("Show &overlays", self._set_overlays, "O", checkable=True)
+    self.a_overlays.setChecked(True)
+    self.a_annot = A("Show &annotations", self._set_annotations, "T", checkable=True)
+    self.a_annot.setChecked(True)
+    self.a_smooth = A("&Smooth display (interpolate)", self._set_smooth, "S", checkable=True)
+    self.a_smooth.setChecked(True)
+    self.a_play = A("Cine play / pause", self.toggle_cine, "Space")
+    self.a_full = A("Full screen", self._toggle_full, "F11")
+    self.a_tags = A("DICOM &tags", self.show_tags, "Ctrl+D")
+    # window presets
+    self.preset_actions = []
+    for n, name in enumerate(CT_PRESET_KEYS, 1):
+        a = A(f"{name}", None, str(n))
+        a.triggered.connect(lambda checked=False, nm=name: self.apply_preset_name(nm))
+        self.preset_actions.append(a)
+    self.a_default_window = A("File (DICOM) window", self.reset_window, "0")
+    self.a_auto_window = A("Auto window (from the data)", lambda: self.apply_preset_name("auto"), "9")
+    # overlays
+    self.a_threshold = A("Threshold segmentation…", self.threshold_dialog)
+    self.a_load_overlay = A("Load overlay from file…", self.load_overlay_dialog)
+    self.a_clear_overlays = A("Remove all overlays", lambda: self.doc.layers.clear())
+    self.a_help = A("Keyboard shortcuts", self.show_shortcuts, "F1")
+    self.a_about = A("About", self.show_about)
+
+
+def build_menus(self):
+    mb = self.menuBar()
+    m = mb.addMenu("&File")
+    m.addActions([self.a_open, self.a_open_file])
+    self.recent_menu = m.addMenu("Open &recent")
+    m.addSeparator()
+    m.addActions([self.a_save, self.a_close])
+    m.addSeparator()
+    m.addAction(self.a_quit)
+    m = mb.addMenu("&View")
+    m.addActions([self.a_single, self.a_mpr])
+    m.addSeparator()
+    m.addActions([self.a_fit, self.a_one, self.a_zoom_in, self.a_zoom_out, self.a_invert, self.a_reset])
+    m.addSeparator()
+    m.addActions([self.a_crosshair, self.a_overlays, self.a_annot, self.a_smooth, self.a_full])
+    m.addSeparator()
+    for d in (self.browser_dock, self.layers_dock, self.measure_dock, self.tags_dock):
+        m.addAction(d.toggleViewAction())
+    m = mb.addMenu("&Image")
+    self.window_menu = m.addMenu("&Window presets")
+    self.presets.menu = self.window_menu
+    m.addAction(self.a_default_window)
+    m.addAction(self.a_auto_window)
+    m.addSeparator()
+    m.addAction(self.a_play)
+    m.addAction(self.a_tags)
+    m = mb.addMenu("&Tools")
+    m.addActions(list(self.tool_actions.values()))
+    m.addSeparator()
+    m.addActions([self.a_delete, self.a_clear_meas])
+    m = mb.addMenu("&Overlays")
+    m.addActions([self.a_overlays, self.a_threshold, self.a_load_overlay, self.a_clear_overlays])
+    m = mb.addMenu("&Help")
+    m.addActions([self.a_help, self.a_about])
+    self.recent.set_menu(self.recent_menu)
+
+
+def build_toolbar(self):
+    tb = QToolBar("Tools")
+    tb.setObjectName("ToolsBar")
+    tb.setMovable(False)
+    tb.setIconSize(QSize(16, 16))
+    tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
+    self.addToolBar(Qt.TopToolBarArea, tb)
+    tb.addAction(self.a_open)
+    tb.addSeparator()
+    for a in self.tool_actions.values():
+        tb.addAction(a)
+    tb.addSeparator()
+    tb.addWidget(QLabel(" Window "))
+    tb.addWidget(self.preset_combo)
+    tb.addSeparator()
+    for a in (self.a_invert, self.a_fit, self.a_one, self.a_reset):
+        tb.addAction(a)
+    tb.addSeparator()
+    for a in (self.a_single, self.a_mpr):
+        tb.addAction(a)
+    self.a_fit.setIconText("Fit")
+    self.a_one.setIconText("1:1")
+    self.a_reset.setIconText("Reset")
+    self.a_single.setIconText("1×1")
+    self.a_mpr.setIconText("MPR")
+    self.stack_label = QLabel(" Stack ")
+    self.stack_combo = QComboBox()
+    self.stack_combo.setToolTip("This series holds several stacks (echoes, phases, time points)")
+    self.stack_combo.activated.connect(self.loading._stack_chosen)
+    self._stack_actions = [tb.addSeparator(), tb.addWidget(self.stack_label), tb.addWidget(self.stack_combo)]
+    for a in self._stack_actions:
+        a.setVisible(False)
+    self.toolbar = tb
+
+
+def build_statusbar(self):
+    sb = self.statusBar()
+    self.cursor_label = QLabel("")
+    self.cursor_label.setMinimumWidth(420)
+    sb.addWidget(self.cursor_label, 1)
+    self.progress = QProgressBar()
+    self.progress.setMaximumWidth(240)
+    self.progress.setMinimumWidth(200)
+    self.progress.hide()
+    self.progress_label = QLabel("")
+    self.cancel_btn = QPushButton("Cancel")
+    self.cancel_btn.setToolTip("Stop loading (slices already read stay visible)")
+    self.cancel_btn.clicked.connect(self.cancel_loading)
+    self.cancel_btn.hide()
+    sb.addPermanentWidget(self.progress_label)
+    sb.addPermanentWidget(self.progress)
+    sb.addPermanentWidget(self.cancel_btn)
+    note = QLabel("Not for clinical use")
+    note.setStyleSheet("color: #8b9099;")
+    sb.addPermanentWidget(note)
+
+
+def show_shortcuts(self):
+    text = "<table cellspacing=6>" + "".join(
+        f"<tr><td>{what}</td><td><b>{keys}</b></td></tr>" for what, keys in SHORTCUTS) + "</table>"
+    QMessageBox.information(self, "Keyboard shortcuts", text)
+
+
+def show_about(self):
+    QMessageBox.about(self, "About Imaging Assist",
+                      "Imaging Assist — DICOM viewer with local model overlays.\n"
+                      "Research software. NOT FOR CLINICAL USE.")

@@ -1,0 +1,61 @@
+"""Overlay dialogs of the main window: threshold segmentation and loading an overlay file."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLineEdit,
+                               QMessageBox)
+
+from imaging_assist.layers import LabelLayer
+
+
+def threshold_dialog(self):
+    """Overlays ▸ Threshold segmentation: a label layer from a value range (HU for CT)."""
+    vol = self.doc.volume
+    if vol is None or vol.is_color:
+        return
+    dlg = QDialog(self)
+    dlg.setWindowTitle("Threshold segmentation")
+    form = QFormLayout(dlg)
+    lo_v, hi_v = vol.value_range()
+    lo = QDoubleSpinBox()
+    hi = QDoubleSpinBox()
+    for sb in (lo, hi):
+        sb.setRange(lo_v - 1, hi_v + 1)
+        sb.setDecimals(0 if vol.array.dtype.kind in "iu" else 2)
+    is_ct = vol.units == "HU"
+    lo.setValue(300 if is_ct else (lo_v + hi_v) / 2)
+    hi.setValue(hi_v)
+    name = QLineEdit("Bone (> 300 HU)" if is_ct else "Threshold")
+    units = f" ({vol.units})" if vol.units else ""
+    form.addRow(f"From{units}", lo)
+    form.addRow(f"To{units}", hi)
+    form.addRow("Label name", name)
+    bb = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
+    bb.accepted.connect(dlg.accept)
+    bb.rejected.connect(dlg.reject)
+    form.addRow(bb)
+    if dlg.exec() != QDialog.Accepted:
+        return
+    mask = ((vol.array >= lo.value()) & (vol.array <= hi.value())).astype(np.uint8)
+    self.add_layer(LabelLayer(name.text() or "Threshold", mask, names={1: name.text() or "Threshold"},
+                              opacity=0.45))
+
+
+def load_overlay_dialog(self):
+    """Overlays ▸ Load overlay from file (.npy / NIfTI on the volume's grid)."""
+    vol = self.doc.volume
+    if vol is None:
+        return
+    path, _ = QFileDialog.getOpenFileName(self, "Load overlay (label map or heat map)", "",
+                                          "Arrays (*.npy *.nii *.nii.gz);;All files (*)")
+    if not path:
+        return
+    try:
+        from imaging_assist.layers import load_overlay
+        layer = load_overlay(path, vol)
+        self.add_layer(layer)
+    except Exception as e:  # noqa: BLE001
+        QMessageBox.warning(self, "Overlay", f"Could not load {os.path.basename(path)}:\n{e}")

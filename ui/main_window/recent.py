@@ -1,0 +1,126 @@
+"""The welcome page and the recent-studies list (File ▸ Open recent and the welcome page),
+kept in the window's QSettings."""
+
+from __future__ import annotations
+
+import os
+
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
+
+MAX_RECENT = 10
+
+
+class WelcomePage(QWidget):
+    openFolder = Signal()
+    openFile = Signal()
+    openPath = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("Welcome")
+        lay = QVBoxLayout(self)
+        lay.addStretch(2)
+        title = QLabel("Imaging Assist")
+        title.setObjectName("WelcomeTitle")
+        title.setAlignment(Qt.AlignCenter)
+        hint = QLabel("Open a DICOM folder, zip, DICOMDIR or file — or drop it anywhere in this window.\n"
+                      "Research software, not for clinical use.")
+        hint.setObjectName("WelcomeHint")
+        hint.setAlignment(Qt.AlignCenter)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        b1 = QPushButton("Open folder…")
+        b1.clicked.connect(self.openFolder)
+        b2 = QPushButton("Open file…")
+        b2.clicked.connect(self.openFile)
+        for b in (b1, b2):
+            b.setMinimumWidth(150)
+            b.setMinimumHeight(34)
+            row.addWidget(b)
+        row.addStretch(1)
+        self.recent_list = QListWidget()
+        self.recent_list.setMaximumWidth(720)
+        self.recent_list.setMinimumWidth(520)
+        self.recent_list.setMaximumHeight(260)
+        self.recent_list.setTextElideMode(Qt.ElideMiddle)
+        self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.recent_list.itemActivated.connect(lambda it: self.openPath.emit(it.data(Qt.UserRole)))
+        self.recent_list.itemClicked.connect(lambda it: self.openPath.emit(it.data(Qt.UserRole)))
+        self.recent_title = QLabel("Recent studies")
+        self.recent_title.setObjectName("SectionTitle")
+        rl = QVBoxLayout()
+        rl.addWidget(self.recent_title)
+        rl.addWidget(self.recent_list)
+        rrow = QHBoxLayout()
+        rrow.addStretch(1)
+        rrow.addLayout(rl)
+        rrow.addStretch(1)
+        lay.addWidget(title)
+        lay.addSpacing(8)
+        lay.addWidget(hint)
+        lay.addSpacing(20)
+        lay.addLayout(row)
+        lay.addSpacing(24)
+        lay.addLayout(rrow)
+        lay.addStretch(3)
+
+
+class RecentStudies(QObject):
+    """The recent list in ``settings`` ("recent"), shown in ``menu`` and on ``welcome``."""
+
+    openPath = Signal(str)
+
+    def __init__(self, settings, welcome: WelcomePage, parent=None):
+        super().__init__(parent)
+        self.settings = settings
+        self.welcome = welcome
+        self.menu = None
+
+    def paths(self) -> list[str]:
+        v = self.settings.value("recent", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(x) for x in (v or [])]
+
+    def add(self, path: str):
+        path = os.path.abspath(path)
+        lst = [p for p in self.paths() if p != path]
+        lst.insert(0, path)
+        self.settings.setValue("recent", lst[:MAX_RECENT])  # written by Qt later, off the critical path
+        self.rebuild_menu()
+
+    def set_menu(self, menu):
+        self.menu = menu
+        self.rebuild_menu()
+
+    def rebuild_menu(self):
+        if self.menu is not None:
+            self.menu.clear()
+            rec = self.paths()
+            for p in rec:
+                a = self.menu.addAction(p)
+                a.triggered.connect(lambda checked=False, pp=p: self.openPath.emit(pp))
+            self.menu.setEnabled(bool(rec))
+            if rec:
+                self.menu.addSeparator()
+                self.menu.addAction("Clear list", self.clear)
+        self.refresh_list()
+
+    def clear(self):
+        self.settings.setValue("recent", [])
+        self.rebuild_menu()
+
+    def refresh_list(self):
+        lst = self.welcome.recent_list
+        lst.clear()
+        rec = self.paths()
+        for p in rec:
+            name = os.path.basename(p.rstrip("/")) or p
+            text = f"{name}    —    {os.path.dirname(p.rstrip('/'))}"
+            it = QListWidgetItem(text if os.path.exists(p) else f"{text}  (missing)")
+            it.setToolTip(p)
+            it.setData(Qt.UserRole, p)
+            lst.addItem(it)
+        lst.setVisible(bool(rec))
+        self.welcome.recent_title.setVisible(bool(rec))
