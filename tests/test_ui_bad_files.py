@@ -103,3 +103,53 @@ def test_opening_a_bad_series_says_why(win):
     win.browser.seriesChosen.emit(_key(win, "good"))
     assert _wait(lambda: win.load_state == "done" and win.current_key == _key(win, "good"))
     assert np.isfinite(win.doc.volume.array).all()
+
+
+def test_thumbnail_path_fuzz_gives_a_thumbnail_or_a_one_line_reason(tmp_path):
+    """Mutated real files (flipped bytes, truncations, absurd Rows/Columns/spacing, NaN): the
+    browser's thumbnail path either makes a finite thumbnail of the right size or gives a
+    one-line reason; nothing escapes as a traceback and nothing hangs."""
+    from imaging_assist.dicom import scan
+    from imaging_assist_ui.radiology.loading import thumbnail_array
+    from imaging_assist_ui.shared.text import reason_of
+
+    rng = np.random.default_rng(12)
+    raw = need(CR).read_bytes()
+    cases = []
+    for n in range(12):  # flipped bytes anywhere (header and pixels)
+        b = bytearray(raw)
+        for pos in rng.integers(0, len(b), 8):
+            b[pos] ^= 0xFF
+        cases.append((f"flip{n}", bytes(b)))
+    for frac in (0.1, 0.5, 0.9, 0.999):  # truncations
+        cases.append((f"trunc{frac}", raw[: int(len(raw) * frac)]))
+    for kw, v in (("Rows", 65535), ("Columns", 1), ("Rows", 0), ("PixelSpacing", ["nan", "nan"]),
+                  ("PixelSpacing", ["0", "1e9"]), ("RescaleSlope", "inf"), ("BitsStored", 40)):
+        ds = pydicom.dcmread(need(CR), force=True)
+        setattr(ds, kw, v)
+        p = tmp_path / "tmp.dcm"
+        _save(ds, p, kw)
+        cases.append((f"{kw}{len(cases)}", p.read_bytes()))
+    shown = refused = 0
+    for name, data in cases:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "a.dcm").write_bytes(data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idx = scan(str(d))
+            for pr in idx.problems:
+                assert pr.reason and "\n" not in pr.reason, (name, pr.reason)
+            for s in idx.image_series():
+                try:
+                    img, aspect = thumbnail_array(s)
+                except Exception as e:  # noqa: BLE001 - what the browser shows
+                    reason = reason_of(e)
+                    assert reason and "\n" not in reason and len(reason) <= 400, (name, reason)
+                    refused += 1
+                    continue
+                assert img.dtype == np.uint8 and img.size > 0 and all(np.isfinite(aspect)) and min(aspect) > 0, name
+                shown += 1
+            # every mutated file is accounted for: a problem line, a thumbnail or a reason
+            assert idx.problems or idx.image_series(), name
+    assert shown > 0, (shown, refused)
