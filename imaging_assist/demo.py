@@ -101,8 +101,10 @@ class _Models:
                 self.notes.append(f"model folder {e.folder} skipped: {_one_line(e.error or 'invalid card')}")
             elif e.shadowed_by:
                 pass
-            elif not getattr(e, "runnable_without_prompt", not getattr(e, "contains_code", False)):
-                # a bundle with code runs only after `models trust`: never on its own
+            elif getattr(e, "contains_code", False) and not getattr(e, "trusted", False):
+                # a bundle with code runs only after `models trust`, never on its own (the other
+                # half of ModelEntry.runnable_without_prompt, the sha256 check, is done by
+                # load_model before anything is built: a mismatch is a note on each series)
                 self.notes.append(f"model {e.id} skipped: it contains code and is not trusted "
                                   f"(`imaging-assist models show {e.id}`, then `models trust {e.id}`)")
             else:
@@ -203,7 +205,12 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
     from .dicom import load_series, scan
 
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out} exists and is not a folder: choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from None
     index = scan(demo_root())
     report = {"not_for_clinical_use": True, "results_schema_version": 1, "source": demo_root(),
               "attribution": attribution_path(),

@@ -73,3 +73,149 @@ def test_scan_lists_slides_beside_studies():
     assert len([s for p in data["patients"] for st in p["studies"] for s in st["series"]]) == 1
     r = run("info", str(svs_dir / "CMU-1-Small-Region.svs"))
     assert r.returncode == 0 and "0.499" in r.stdout and "label" in r.stdout
+
+
+# =========================================================================== bad arguments
+DEMO_CXR = "imaging_assist/data/demo/chest_xray"
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.startswith("error:") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    for n in needles:
+        assert n in r.stderr, r.stderr
+
+
+def test_bad_option_values_are_one_line_errors(tmp_path):
+    """Numbers out of range, an output path that is a file, an unknown label: a one-line
+    `error:` and exit 2 before anything runs (not an internal error, not a usage dump)."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cxr = os.path.join(here, DEMO_CXR)
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    out = str(tmp_path / "o")
+    base = ["analyze", cxr, "--model", "cxr-pneumonia"]
+    _one_line_error(run(*base, "--out", str(afile)), "a_file", "not a folder")
+    _one_line_error(run("demo", "--headless", "--models", str(tmp_path), "--out", str(afile)), "not a folder")
+    _one_line_error(run(*base, "--out", out, "--explain", "ig", "--ig-steps", "0"), "--ig-steps")
+    _one_line_error(run(*base, "--out", out, "--batch-size", "0"), "--batch-size")
+    _one_line_error(run(*base, "--out", out, "--top-tiles", "-1"), "--top-tiles")
+    _one_line_error(run(*base, "--out", out, "--label", "nope", "--explain"), "nope", "pneumonia")
+    assert not os.path.exists(out)  # refused before any output was written
+    _one_line_error(run("info"), "SERIES_PATH_OR_UID")  # argparse's own errors: one line too
+    _one_line_error(run("analyze", cxr, "--out", out), "--model")
+    _one_line_error(run("no-such-command"), "no-such-command")
+
+
+def test_help_of_every_command():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("scan", "info", "view", "demo", "models", "analyze"):
+        assert cmd in r.stdout
+        h = run(cmd, "--help")
+        assert h.returncode == 0 and h.stdout.startswith(f"usage: imaging-assist {cmd}"), (cmd, h.stderr)
+    for action in ("list", "add", "show", "trust", "untrust", "verify"):
+        h = run("models", action, "--help")
+        assert h.returncode == 0 and f"models {action}" in h.stdout, (action, h.stderr)
+
+
+# =========================================================================== bundle code and trust
+def _code_bundle(dst, marker):
+    """A MONAI bundle (the zoo's endoscopic config, a tiny UNet) whose network_def holds a
+    `$` expression that creates ``marker`` when it is evaluated."""
+    import hashlib
+    import shutil
+
+    import torch
+    from conftest import SHARED
+    from monai.networks.nets import UNet
+
+    shutil.copytree(need(SHARED / "monai_bundles" / "endoscopic_tool_segmentation"), dst)
+    cfg = dst / "configs" / "inference.json"
+    d = json.loads(cfg.read_text())
+    d["network_def"] = {"_target_": "UNet", "spatial_dims": 2, "in_channels": 3, "out_channels": 2,
+                        "channels": [4, 8], "strides": [2], "num_res_units": 0,
+                        "_requires_": f"$__import__('pathlib').Path({str(marker)!r}).touch()"}
+    cfg.write_text(json.dumps(d, indent=1))
+    torch.manual_seed(0)
+    (dst / "models").mkdir(exist_ok=True)
+    torch.save(UNet(2, 3, 2, (4, 8), (2,), num_res_units=0).state_dict(), dst / "models" / "model.pt")
+    md5 = hashlib.md5((dst / "models" / "model.pt").read_bytes()).hexdigest()
+    (dst / "large_files.yml").write_text(
+        f'large_files:\n- path: "models/model.pt"\n  url: "https://example.invalid/model.pt"\n'
+        f'  hash_val: "{md5}"\n  hash_type: "md5"\n')
+    return dst
+
+
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _in_process(capsys):
+    """Like run() but calls imaging_assist.cli.main in this process (stdin is not a terminal)."""
+    from imaging_assist.cli import main
+
+    def call(*args):
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return _Result(rc, out.out, out.err)
+
+    return call
+
+
+def test_bundle_code_never_runs_until_trusted(tmp_path, monkeypatch, capsys):
+    """models add / show / list say what code a bundle holds; analyze and the headless demo
+    never run it; after `models trust --yes` analyze runs it; untrust stops it again."""
+    import numpy as np
+    from PIL import Image
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    run = _in_process(capsys)  # one interpreter: MONAI is imported once
+    marker = tmp_path / "code_ran"
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    _code_bundle(lib / "code-bundle", marker)
+    png = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(png)
+
+    r = run("models", "add", str(lib / "code-bundle"))
+    assert r.returncode == 0, r.stderr
+    assert "contains code:" in r.stdout and "network_def::_requires_" in r.stdout and str(marker) in r.stdout
+    assert "will not run until trusted" in r.stdout and "models trust code-bundle" in r.stdout
+    r = run("models", "show", "code-bundle")
+    assert r.returncode == 0 and "Endoscopic" in r.stdout and "segmentation" in r.stdout
+    assert "_requires_" in r.stdout and "will not run until trusted" in r.stdout
+    r = run("models", "list", "--no-verify")
+    assert r.returncode == 0 and "CODE" in r.stdout
+    assert next(ln for ln in r.stdout.splitlines() if ln.startswith("code-bundle")).count("NOT TRUSTED") == 1
+
+    r = run("analyze", str(png), "--model", "code-bundle", "--out", str(tmp_path / "o1"))
+    _one_line_error(r, "contains code", "nothing of it was run", "models trust code-bundle")
+    r = run("demo", "--headless", "--models", str(lib), "--out", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr
+    notes = json.loads((tmp_path / "demo" / "report.json").read_text())["notes"]
+    assert any("code-bundle skipped" in n and "not trusted" in n for n in notes), notes
+    assert "code-bundle skipped" in r.stdout
+    r = run("models", "trust", "code-bundle")  # stdin is not a terminal: no silent yes
+    _one_line_error(r, "--yes")
+    assert not marker.exists()
+
+    r = run("models", "trust", "code-bundle", "--yes")
+    assert r.returncode == 0, r.stderr
+    digest = r.stdout.strip().splitlines()[-1].split()[-1]
+    assert "trusted code-bundle" in r.stdout and len(digest) == 64
+    r = run("models", "list", "--no-verify")
+    assert "code, trusted" in next(ln for ln in r.stdout.splitlines() if ln.startswith("code-bundle"))
+    r = run("analyze", str(png), "--model", "code-bundle", "--out", str(tmp_path / "o2"))
+    assert r.returncode == 0, r.stderr
+    assert marker.exists()  # trusted: it runs as written
+
+    marker.unlink()
+    r = run("models", "untrust", "code-bundle")
+    assert r.returncode == 0 and "trust withdrawn" in r.stdout
+    _one_line_error(run("analyze", str(png), "--model", "code-bundle", "--out", str(tmp_path / "o3")),
+                    "contains code")
+    assert not marker.exists()

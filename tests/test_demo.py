@@ -370,7 +370,7 @@ def test_gui_demo_opens_first_series_and_runs_its_models(qapp, tmp_path_factory,
     from _qt import wait_until
     from imaging_assist.demo import demo_root, first_series_key
     from imaging_assist.models.registry import Registry
-    from imaging_assist_ui.demo_autorun import AutoRun
+    from imaging_assist_ui.ai.demo_autorun import AutoRun
 
     mp = pytest.MonkeyPatch()
     mp.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path_factory.mktemp("cfg")))

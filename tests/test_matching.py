@@ -14,7 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-import torch.nn as nn
 from PIL import Image
 
 from conftest import DICOM, ROOT, need
@@ -110,42 +109,38 @@ def test_age_from_birth_and_study_date_when_patient_age_is_absent(tmp_path):
 
 
 # =========================================================================== the three paths
-def _ts_classifier():
-    class Mean(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(1, 2, 1)
-            self.pool = nn.AdaptiveAvgPool2d(1)
-
-        def forward(self, x):
-            return self.pool(self.conv(x)).flatten(1)
-
-    return Mean()
+def _arch_cls():
+    return {"library": "monai", "name": "Classifier",
+            "kwargs": {"in_shape": [1, 16, 16], "classes": 2, "channels": [4], "strides": [2],
+                       "kernel_size": 3, "num_res_units": 0, "act": "relu", "norm": None, "dropout": None}}
 
 
-def _ts_seg3d():
-    return nn.Conv3d(1, 2, 1)
+def _arch_unet3d():
+    return {"library": "monai", "name": "UNet",
+            "kwargs": {"spatial_dims": 3, "in_channels": 1, "out_channels": 2, "channels": [4, 8],
+                       "strides": [2], "num_res_units": 0}}
 
 
 @pytest.fixture(scope="module")
 def lib(tmp_path_factory):
     """Three model folders: a CR/DX chest classifier, a 3D XA segmenter, an OT classifier in HU."""
+    from imaging_assist.models.architectures import build_network
     from imaging_assist.models.build import save_model_folder
 
+    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("match_models")
-    base = dict(COMMON, task="classification", spatial_dims=2, labels=["a", "b"],
+    base = dict(COMMON, task="classification", spatial_dims=2, labels=["a", "b"], architecture=_arch_cls(),
                 input={"channels": 1, "size": [16, 16], "intensity": [{"type": "minmax"}]})
     save_model_folder(root / "cxr", dict(base, id="toy-cxr", name="cxr", modality=["CR", "DX"],
-                                         body_part="CHEST"),
-                      _ts_classifier(), fmt="torchscript", example_input=torch.zeros(1, 1, 16, 16))
+                                         body_part="CHEST"), build_network(_arch_cls()))
     save_model_folder(root / "hu", dict(base, id="toy-hu", name="hu", modality=["OT"],
-                                        input=dict(base["input"], units="HU")),
-                      _ts_classifier(), fmt="torchscript", example_input=torch.zeros(1, 1, 16, 16))
+                                        input=dict(base["input"], units="HU")), build_network(_arch_cls()))
     save_model_folder(root / "xa3d", dict(COMMON, id="toy-xa3d", name="xa", task="segmentation",
                                           modality=["XA"], spatial_dims=3, labels=["bg", "fg"],
+                                          architecture=_arch_unet3d(),
                                           input={"channels": 1, "roi_size": [16, 16, 16],
                                                  "intensity": [{"type": "minmax"}]}),
-                      _ts_seg3d(), fmt="torchscript", example_input=torch.zeros(1, 1, 8, 8, 8))
+                      build_network(_arch_unet3d()))
     return root
 
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from .common import int_at_least, out_folder
 
 _NOT_IMAGES = {".csv", ".txt", ".json", ".md", ".xml", ".yml", ".yaml", ".npy", ".nii", ".gz",
                ".html", ".pdf", ".py", ".zip"}
@@ -33,13 +34,13 @@ def register(subparsers) -> None:
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     a.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     a.add_argument("--out", required=True, metavar="DIR")
-    a.add_argument("--ig-steps", type=int, default=32, help="integrated-gradients steps (32)")
+    a.add_argument("--ig-steps", type=int_at_least(1), default=32, help="integrated-gradients steps (32)")
     a.add_argument("--no-faithfulness", action="store_true",
                    help="skip the deletion-AUC faithfulness score")
     a.add_argument("--json", action="store_true", help="print results.json to stdout")
     g = a.add_argument_group("whole-slide images (models whose card has a \"slide\" block)")
-    g.add_argument("--batch-size", type=int, default=32, help="tiles per forward pass (32)")
-    g.add_argument("--top-tiles", type=int, default=3,
+    g.add_argument("--batch-size", type=int_at_least(1), default=32, help="tiles per forward pass (32)")
+    g.add_argument("--top-tiles", type=int_at_least(0), default=3,
                    help="top tiles per class written with a Grad-CAM each (3)")
     g.add_argument("--heatmap-format", choices=["tif", "npz"], default="tif",
                    help="per-class heat maps as a pyramidal float32 TIFF (default) or NumPy .npz")
@@ -138,7 +139,11 @@ def cmd_analyze(args) -> int:
 
     if not items and not slides:
         raise nothing_matches(notes)
-    _check_trust(entry)
+    unknown = [lab for lab in (args.label or []) if lab not in card.labels]
+    if unknown:
+        raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))} for model {card.id} "
+                        f"(labels: {', '.join(card.labels)})")
+    out_dir = out_folder(args.out)
     model = load_model(card, "cpu")
     opts = RunOptions(device=args.device, precision=args.precision, explain=explain,
                       explain_labels=args.label)
@@ -147,8 +152,6 @@ def cmd_analyze(args) -> int:
         from ..explain.regions import RegionExplainer
 
         region = RegionExplainer(card, device=args.device)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     skipped: list[str] = []  # items that the loaded volume showed not to fit the card
     failed = 0
@@ -235,18 +238,6 @@ def cmd_analyze(args) -> int:
     else:
         print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
     return 1 if failed else 0
-
-
-def _check_trust(entry) -> None:
-    """A model whose folder holds code (MONAI bundle expressions) runs only once trusted."""
-    if getattr(entry, "contains_code", False) and not getattr(entry, "trusted", False):
-        try:
-            from ..models.errors import ModelTrustError
-        except ImportError:  # older models package
-            ModelTrustError = UserError
-        raise ModelTrustError(
-            f"model {entry.id} contains code and is not trusted: nothing was run (see "
-            f"`imaging-assist models show {entry.id}`, then `imaging-assist models trust {entry.id}`)")
 
 
 def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: list,

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import sys
+from pathlib import Path
+
+from ..errors import UserError
 
 
 def print_json(obj) -> None:
@@ -18,3 +23,41 @@ def fmt_table(rows: list[list[str]], header: list[str]) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
 
     return "\n".join([line(header)] + [line(r) for r in rows])
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (``error: ...``, exit 2) like every other
+    error, instead of the usage text plus the message."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def int_at_least(low: int):
+    """argparse type: an integer >= low (``--ig-steps 0`` is refused here, not deep in Captum)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low} (got {v})")
+        return v
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def out_folder(path) -> Path:
+    """The output folder, created if needed; a one-line UserError when it cannot be one."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{path} exists and is not a folder: choose another --out")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {path}: {e.strerror or e}") from None
+    if not os.access(p, os.W_OK):
+        raise UserError(f"cannot write to the output folder {path}")
+    return p

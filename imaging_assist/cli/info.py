@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UserError
-from .common import print_json
+from .common import int_at_least, print_json
 
 
 def register(sub) -> None:
@@ -14,7 +14,7 @@ def register(sub) -> None:
     s.add_argument("target", metavar="SERIES_PATH_OR_UID")
     s.add_argument("--series", help="series UID or key when the path holds several")
     s.add_argument("--root", help="where to look for a series UID (default: current folder)")
-    s.add_argument("--stack", type=int, default=1, help="stack number for series with several (default 1)")
+    s.add_argument("--stack", type=int_at_least(1), default=1, help="stack number for series with several (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 

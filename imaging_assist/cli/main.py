@@ -8,20 +8,20 @@ failure is one line (``error: ...``, exit code 2); tracebacks only with ``--debu
 
 from __future__ import annotations
 
-import argparse
 import sys
 import warnings
 
 from .. import __version__
 from ..errors import UserError
 from . import analyze, demo, info, models, scan, view
+from .common import OneLineParser
 
 COMMANDS = (scan, info, view, demo, models, analyze)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser with every subcommand (``argv`` is accepted for compatibility; unused)."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="imaging-assist",
         description="Imaging Assist: DICOM viewer and local AI analysis. NOT FOR CLINICAL USE.")
     p.add_argument("--version", action="version", version=f"imaging-assist {__version__}")

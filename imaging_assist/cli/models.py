@@ -1,5 +1,10 @@
 """``imaging-assist models list|add|show|trust|untrust|verify``: the model registry.
 
+A model folder whose configs hold code (MONAI bundle ``$`` expressions, ``_target_`` outside
+the allowlist...: :func:`imaging_assist.models.trust.bundle_code`, read without running
+anything) runs only after ``models trust ID``, which records the hash of its weights and
+configs; a changed config is not trusted any more.  ``add`` and ``show`` print that code.
+
 Handlers return an exit code (0 ok, 1 when a check failed) and raise ``UserError`` for
 one-line errors.
 """
@@ -14,18 +19,35 @@ from .common import fmt_table
 
 
 def register(subparsers) -> None:
-    m = subparsers.add_parser("models", help="list, add and verify AI models")
+    m = subparsers.add_parser("models", help="list, add, show, trust and verify AI models")
     msub = m.add_subparsers(dest="models_command", metavar="ACTION")
     m.set_defaults(func=lambda args: (m.print_help(), 2)[1])
 
-    s = msub.add_parser("list", help="show id, task, modality, version, source and verification")
+    s = msub.add_parser("list", help="show id, task, modality, version, source, code/trust and verification")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.add_argument("--no-verify", action="store_true", help="do not hash the weights")
     s.set_defaults(func=cmd_models_list)
 
-    s = msub.add_parser("add", help="add a folder of models (or one model folder / MONAI bundle)")
+    s = msub.add_parser("add", help="add a folder of models (or one model folder / MONAI bundle); "
+                                    "prints the code a bundle contains")
     s.add_argument("path", metavar="PATH")
     s.set_defaults(func=cmd_models_add)
+
+    s = msub.add_parser("show", help="the card summary of a model and the code its configs contain")
+    s.add_argument("id", metavar="ID", help="model id or model folder")
+    s.add_argument("--all", action="store_true",
+                   help="also list code in parts imaging-assist never runs (training configs...)")
+    s.set_defaults(func=cmd_models_show)
+
+    s = msub.add_parser("trust", help="allow a model's code to run (records the hash of its weights "
+                                      "and configs; asks first)")
+    s.add_argument("id", metavar="ID", help="model id or model folder")
+    s.add_argument("--yes", action="store_true", help="do not ask (needed when not on a terminal)")
+    s.set_defaults(func=cmd_models_trust)
+
+    s = msub.add_parser("untrust", help="withdraw the trust given with `models trust`")
+    s.add_argument("id", metavar="ID", help="model id or model folder")
+    s.set_defaults(func=cmd_models_untrust)
 
     s = msub.add_parser("verify", help="check the sha256 of every weights file")
     s.add_argument("ids", nargs="*", metavar="ID", help="models to check (default: all)")
@@ -39,6 +61,49 @@ def _registry():
     return Registry()
 
 
+# =========================================================================== code and trust
+def _code_items(e) -> list:
+    """The code a model folder contains (file, key, text), found without running anything."""
+    if e.card is None or not getattr(e, "contains_code", False):
+        return []
+    from ..models.bundle_code import bundle_code
+
+    return list(bundle_code(e.folder))
+
+
+def _code_lines(items, mid: str, indent: str = "  ", everything: bool = False) -> list[str]:
+    """``contains code:`` and one line per item that runs when imaging-assist loads the model
+    (file, key, text); code in parts it never evaluates (training configs...) is counted, or
+    listed too with ``everything``."""
+    runs = [it for it in items if getattr(it, "runs", True)]
+    rest = [it for it in items if not getattr(it, "runs", True)]
+    out = [f"{indent}contains code:"]
+    for it in runs + (rest if everything else []):
+        text = " ".join(str(it.text).split())
+        if len(text) > 160:
+            text = text[:157] + "..."
+        where = f"{it.file}: {it.key}" if it.key else str(it.file)
+        note = "" if getattr(it, "runs", True) else "  (never run by imaging-assist)"
+        out.append(f"{indent}  {where}: {text}{note}")
+    if rest and not everything:
+        out.append(f"{indent}  (and {len(rest)} item(s) in parts imaging-assist never runs, e.g. "
+                   f"training configs: `imaging-assist models show {mid} --all` lists them)")
+    return out
+
+
+def _trust_state(e) -> str:
+    if e.card is None:
+        return "-"
+    if not getattr(e, "contains_code", False):
+        return "no code"
+    return "code, trusted" if getattr(e, "trusted", False) else "code, NOT TRUSTED"
+
+
+def _not_until_trusted(e) -> str:
+    return f"it will not run until trusted: `imaging-assist models trust {e.id}`"
+
+
+# =========================================================================== commands
 def cmd_models_list(args) -> int:
     reg = _registry()
     entries = reg.entries()
@@ -61,12 +126,12 @@ def cmd_models_list(args) -> int:
         c = e.card
         ver = {True: "yes", False: "NO", None: "-"}[e.verified]
         if e.error:
-            rows.append([e.id, "-", "-", "-", e.source, "invalid"])
+            rows.append([e.id, "-", "-", "-", e.source, "-", "invalid"])
             continue
         rows.append([e.id + (" (shadowed)" if e.shadowed_by else ""), f"{c.task} {c.spatial_dims}D",
                      "/".join(c.modality) + (f" {c.body_part}" if c.body_part else ""), c.version,
-                     e.source, ver])
-    print(fmt_table(rows, ["ID", "TASK", "MODALITY", "VERSION", "SOURCE", "VERIFIED"]))
+                     e.source, _trust_state(e), ver])
+    print(fmt_table(rows, ["ID", "TASK", "MODALITY", "VERSION", "SOURCE", "CODE", "VERIFIED"]))
     for e in entries:
         if e.error:
             print(f"warning: {e.error}", file=sys.stderr)
@@ -82,9 +147,75 @@ def cmd_models_add(args) -> int:
     for e in entries:
         if e.error:
             print(f"warning: {e.error}", file=sys.stderr)
+            continue
+        print(f"added {e.card.id} {e.card.version} ({e.card.task}, {'/'.join(e.card.modality)}) "
+              f"from {e.folder}")
+        items = _code_items(e)
+        if items or getattr(e, "contains_code", False):
+            print("\n".join(_code_lines(items, e.id)))
+            if not getattr(e, "trusted", False):
+                print(f"  {_not_until_trusted(e)}")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    e = _registry().get(args.id)
+    c = e.card
+    print(f"{c.id} {c.version}: {c.name}")
+    print(f"  task        {c.task}, {c.spatial_dims}D, labels {', '.join(c.labels)}")
+    print(f"  for         {'/'.join(c.modality)}{' ' + c.body_part if c.body_part else ''}")
+    print(f"  format      {c.format}")
+    print(f"  folder      {e.folder} ({e.source})")
+    print(f"  intended    {' '.join(str(c.intended_use).split())}")
+    for w in c.weights:
+        print(f"  weights     {w.file}  sha256 {getattr(w, 'sha256', None) or '-'}")
+    print("  NOT FOR CLINICAL USE")
+    if getattr(e, "contains_code", False):
+        print("\n".join(_code_lines(_code_items(e), e.id, everything=args.all)))
+        if getattr(e, "trusted", False):
+            print("  trusted: its code may run")
         else:
-            print(f"added {e.card.id} {e.card.version} ({e.card.task}, {'/'.join(e.card.modality)}) "
-                  f"from {e.folder}")
+            print(f"  {_not_until_trusted(e)}")
+    else:
+        print("  code        none (no expressions or code objects in its configs)")
+    return 0
+
+
+def _confirm(question: str) -> bool:
+    sys.stdout.write(question + " [y/N] ")
+    sys.stdout.flush()
+    answer = sys.stdin.readline()
+    return answer.strip().lower() in ("y", "yes")
+
+
+def cmd_models_trust(args) -> int:
+    from ..models import trust as _trust
+
+    e = _registry().get(args.id)
+    if not getattr(e, "contains_code", False):
+        print(f"{e.id} contains no code: nothing to trust (it runs as it is)")
+        return 0
+    print(f"{e.id} ({e.folder})")
+    print("\n".join(_code_lines(_code_items(e), e.id)))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"trusting {e.id} lets its code run as you: confirm with --yes "
+                            "(not asking: this is not a terminal)")
+        if not _confirm(f"Run this code whenever {e.id} is used?"):
+            print("not trusted")
+            return 1
+    digest = _trust.trust(e.folder)
+    print(f"trusted {e.id}: weights and configs sha256 {digest}")
+    return 0
+
+
+def cmd_models_untrust(args) -> int:
+    from ..models import trust as _trust
+
+    e = _registry().get(args.id)
+    was = bool(getattr(e, "trusted", False))
+    _trust.untrust(e.folder)
+    print(f"{e.id}: {'trust withdrawn' if was else 'was not trusted'}; its code will not run")
     return 0
 
 
