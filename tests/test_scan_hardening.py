@@ -454,3 +454,22 @@ def test_deflated_file_still_reads():
     f = pydicom.data.get_testdata_file("image_dfl.dcm")
     index = scan(f)
     assert not index.problems and _series_sizes(index) == [1]
+
+
+@pytest.mark.parametrize("name,kw,value", [
+    ("SC_rgb_jpeg_dcmtk.dcm", "Rows", 50),  # JPEG baseline (SOF)
+    ("MR_small_jp2klossless.dcm", "Columns", 32),  # JPEG 2000 (SIZ)
+    ("JPEGLSNearLossless_08.dcm", "Rows", 1),  # JPEG-LS (SOF55)
+    ("MR_small_RLE.dcm", "BitsAllocated", 32),  # RLE: 2 segments per frame, not 4
+    ("SC_rgb_rle.dcm", "SamplesPerPixel", 1),
+])
+def test_compressed_frame_header_must_match_attributes(tmp_path, name, kw, value):
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file(name))
+    ds.SeriesInstanceUID = ds.get("SeriesInstanceUID") or "1.2.3.4"
+    p = tmp_path / name
+    ds.save_as(p)
+    assert not scan(str(p)).problems  # as it is: fine
+    setattr(ds, kw, value)
+    ds.save_as(p)
+    probs = _problems(scan(str(p)))
+    assert "compressed frame" in probs[name] or "RLE data" in probs[name], probs

@@ -146,6 +146,9 @@ class InstanceRecord:
     offset_table_entries: int | None = None
     fragment_bytes: int | None = None
     fragment_error: str | None = None
+    # What the first compressed frame says about itself (rows, columns, samples; segments
+    # for RLE), for index.check_record to compare with the attributes.  None when unknown.
+    codestream: dict | None = None
 
     # convenience accessors ---------------------------------------------------
     def get(self, keyword: str, default=None):
@@ -334,6 +337,7 @@ def _walk_fragments(buf, pos: int, rec: InstanceRecord) -> None:
     unpack = struct.unpack_from
     n = len(buf)
     items, data, bot = 0, 0, None
+    first = None
     rec.fragment_error = None
     while True:
         if pos + 8 > n:
@@ -354,6 +358,8 @@ def _walk_fragments(buf, pos: int, rec: InstanceRecord) -> None:
         if bot is None:
             bot = length
         else:
+            if first is None:
+                first = (pos, length)
             items += 1
             data += length
             if items > MAX_FRAGMENTS:
@@ -365,6 +371,36 @@ def _walk_fragments(buf, pos: int, rec: InstanceRecord) -> None:
     rec.offset_table_entries = None if bot is None else bot // 4
     if bot is not None and bot % 4 and rec.fragment_error is None:
         rec.fragment_error = f"malformed Basic Offset Table of {bot} bytes (not a multiple of 4)"
+    if first is not None and rec.fragment_error is None:
+        try:
+            rec.codestream = _codestream_info(bytes(buf[first[0]:first[0] + min(first[1], 1 << 16)]),
+                                              rec.transfer_syntax)
+        except Exception:  # an unparsable start is the decoder's to report
+            rec.codestream = None
+
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+
+
+def _codestream_info(head: bytes, ts: str) -> dict | None:
+    """Size of the first compressed frame from its own header, where the format says it:
+    RLE (segment count, Part 5 G.5), JPEG / JPEG-LS (SOF, parsed by pydicom) and
+    JPEG 2000 (SIZ marker: hand-read, pydicom gives no image size for it)."""
+    if ts == RLE_LOSSLESS:
+        if len(head) < 64:
+            return None
+        return {"segments": struct.unpack_from("<L", head, 0)[0]}
+    if head[:4] == b"\xff\x4f\xff\x51" and len(head) >= 42:  # J2K codestream: SOC, SIZ
+        xsiz, ysiz, xo, yo = struct.unpack_from(">LLLL", head, 8)
+        (csiz,) = struct.unpack_from(">H", head, 40)
+        return {"rows": ysiz - yo, "columns": xsiz - xo, "samples": csiz}
+    if head[:2] == b"\xff\xd8":
+        from pydicom.pixels.utils import _get_jpg_parameters
+        info = _get_jpg_parameters(head)
+        if info.get("height") and info.get("width"):  # height 0: given later (DNL)
+            return {"rows": info["height"], "columns": info["width"],
+                    "samples": info.get("components")}
+    return None
 
 
 OK, NO, MORE = "ok", "no", "more"

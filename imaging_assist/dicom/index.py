@@ -461,6 +461,17 @@ def check_record(rec: InstanceRecord) -> str | None:
         if rec.fragments < frames:
             return (f"NumberOfFrames is {frames} but the pixel data has only "
                     f"{rec.fragments} fragment{'s' if rec.fragments != 1 else ''}")
+    cs = rec.codestream or {}
+    if "segments" in cs:
+        want = rec.samples * max(1, rec.bits_allocated // 8)
+        if cs["segments"] != want:
+            return (f"the RLE data has {cs['segments']} segments per frame but SamplesPerPixel "
+                    f"x BitsAllocated/8 = {want}")
+    elif cs.get("rows") and cs.get("columns"):
+        got = (cs["rows"], cs["columns"], cs.get("samples") or rec.samples)
+        if got != (rec.rows, rec.columns, rec.samples):
+            return (f"the compressed frame is {got[0]}x{got[1]} with {got[2]} samples but Rows x "
+                    f"Columns x SamplesPerPixel say {rec.rows}x{rec.columns}x{rec.samples}")
     compressed = rec.fragment_bytes if rec.fragment_bytes is not None else rec.pixel_available
     if compressed is not None and need > RATIO_FLOOR_BYTES and need > MAX_DECODE_RATIO * max(1, compressed):
         return (f"implausible compression ratio: {rec.rows}x{rec.columns}x{frames} frames "
