@@ -153,3 +153,21 @@ def test_thumbnail_path_fuzz_gives_a_thumbnail_or_a_one_line_reason(tmp_path):
             # every mutated file is accounted for: a problem line, a thumbnail or a reason
             assert idx.problems or idx.image_series(), name
     assert shown > 0, (shown, refused)
+
+
+def test_thumbnail_of_the_shown_series_failing_is_said_not_swallowed(qapp, monkeypatch):
+    from types import SimpleNamespace
+
+    import imaging_assist_ui.main_window.thumbnails as T
+
+    said = []
+    browser = SimpleNamespace(set_thumbnail=lambda *a: None)
+    th = T.Thumbnails(browser, say=lambda text: said.append(text))
+
+    def boom(*a, **k):
+        raise ValueError("window width is not finite")
+    monkeypatch.setattr(T.display, "render_slice", boom)
+    vol = SimpleNamespace(n_slices=1, loaded=None, spacing=(1.0, 1.0, 1.0))
+    th.from_volume("k", vol, None)
+    assert said and "window width is not finite" in said[0] and "\n" not in said[0]
+    assert "k" not in th.shown

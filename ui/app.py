@@ -81,7 +81,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     (exit code 0 on success, 1 when nothing could be shown, 2 on timeout).
     series: a SeriesInstanceUID (or series key, or a file of the series) to show.
     layout: 'single' or 'mpr'.
-    run_models: run every registered model that fits the shown series (the demo; ui/demo_autorun.py).
+    run_models: run every registered model that fits the shown series (the demo; ui/ai/demo_autorun.py).
     """
     if layout not in (None, "single", "mpr"):
         print(f"imaging-assist: unknown layout {layout!r} (use 'single' or 'mpr')", file=sys.stderr)

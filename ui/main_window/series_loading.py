@@ -65,7 +65,7 @@ class SeriesLoading(QObject):
 
     def open_slide(self, path: str):
         """Show a whole-slide image (SVS, NDPI, tiled TIFF, DICOM WSI, ...) in the slide view
-        instead of the radiology view (ui/slide_page.py; it reports through loadFinished)."""
+        instead of the radiology view (ui/slides/slide_page.py; it reports through loadFinished)."""
         if self.w.slide_page is None:
             from ..slides.slide_page import SlidePage
             self.w.slide_page = SlidePage(self.w)

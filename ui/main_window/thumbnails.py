@@ -9,14 +9,16 @@ from PySide6.QtCore import QObject, Signal
 from imaging_assist import display
 
 from ..radiology.loading import ThumbnailJob
+from ..shared.text import reason_of
 
 
 class Thumbnails(QObject):
     done = Signal()  # every series of the index has its tile (the window re-emits thumbnailsDone)
 
-    def __init__(self, browser, parent=None):
+    def __init__(self, browser, parent=None, say=None):
         super().__init__(parent)
         self.browser = browser
+        self.say = say  # callable(text): one line for the status bar
         self.job: ThumbnailJob | None = None
         self.shown: set[str] = set()  # series keys whose tile is final (thumbnail or "cannot display")
 
@@ -67,5 +69,6 @@ class Thumbnails(QObject):
             step = max(1, max(img.shape[:2]) // 192)
             self.browser.set_thumbnail(key, np.ascontiguousarray(img[::step, ::step]), (vol.spacing[0], vol.spacing[1]))
             self.shown.add(key)
-        except Exception:  # noqa: BLE001 - the loaded series is on screen; its tile is optional
-            pass
+        except Exception as e:  # noqa: BLE001 - the series is on screen; its tile keeps the placeholder
+            if self.say is not None:
+                self.say(f"No thumbnail for this series: {reason_of(e)}")

@@ -79,7 +79,7 @@ class MainWindow(QMainWindow):
 
         self._build_central()
         self._build_docks()
-        self.thumbs = Thumbnails(self.browser, self)
+        self.thumbs = Thumbnails(self.browser, self, say=lambda text: self.statusBar().showMessage(text, 8000))
         self.thumbs.done.connect(self.thumbnailsDone)
         actions.build_actions(self)
         actions.build_menus(self)

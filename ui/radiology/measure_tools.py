@@ -33,6 +33,9 @@ class MeasurementsPanel(QWidget):
         hdr.setSectionResizeMode(2, QHeaderView.ResizeToContents)
         hdr.setMinimumSectionSize(40)
         self.tree.setWordWrap(True)
+        # a narrow dock elides in the middle: the number and the end of its spacing source stay
+        # visible (the tooltip has the whole line)
+        self.tree.setTextElideMode(Qt.ElideMiddle)
         self.tree.currentItemChanged.connect(self._current_changed)
         self.tree.itemDoubleClicked.connect(lambda it, c: self.jumpTo.emit(it.data(0, ROLE)))
         self.empty = QLabel("No measurements. Tools: ruler M, ellipse E, rectangle B, angle A. "
@@ -72,7 +75,7 @@ class MeasurementsPanel(QWidget):
         for n, m in enumerate(self.doc.measurements, 1):
             it = QTreeWidgetItem([f"{n}. {KIND_NAMES[m.kind]}", m.summary(), self._where(m)])
             it.setData(0, ROLE, m)
-            it.setToolTip(1, "\n".join(m.result.get("text", [])))
+            it.setToolTip(1, "\n".join(m.result.get("display_text") or m.result.get("text", [])))
             self.tree.addTopLevelItem(it)
             if m is self.doc.selected:
                 self.tree.setCurrentItem(it)

@@ -22,8 +22,9 @@ def corner_note(source: str | None) -> str | None:
         return None
     if source == "none":
         return "Lengths in px (no pixel spacing)"
+    # kept short: the corner has half the view's width
     if source == "ImagerPixelSpacing":
-        return "Lengths in mm at the detector, not the patient (ImagerPixelSpacing)"
+        return "mm at the detector (ImagerPixelSpacing)"
     if source == "ImagerPixelSpacing/ERMF":
-        return "Lengths in mm estimated at the patient (ImagerPixelSpacing/ERMF)"
+        return "mm est. at patient (ImagerPixelSpacing/ERMF)"
     return f"Lengths in mm ({source})"
