@@ -389,3 +389,132 @@ def test_sizes_follow_the_volumes_spacing_source_not_its_warnings(tmp_path, n_sl
     vol = _set_spacing_source(Volume(arr[:1].copy(), has_geometry=False, warnings=["x"]), "none")
     d = run_model(m, vol, RunOptions(device="cpu")).to_dict()
     assert d["area_px"] == {"bright": 32} and d["area_mm2"] is None and d["spacing_source"] == "none"
+
+
+# =========================================================================== fuzzed inputs
+def _cr_volume():
+    from conftest import DICOM, need
+
+    from imaging_assist.dicom import load_series, scan
+
+    (series,) = scan(str(need(DICOM / "cr_chest_monochrome1_fuji"))).image_series()
+    return load_series(series)
+
+
+@pytest.fixture(scope="module")
+def cls2d(tmp_path_factory):
+    card = {"task": "classification", "modality": ["CR"], "spatial_dims": 2,
+            "labels": ["normal", "abnormal"], "thresholds": {"abnormal": {"threshold": 0.5}},
+            "input": {"channels": 1, "size": [8, 8],
+                      "intensity": [{"type": "percentile", "lower": 0.5, "upper": 99.5}]}}
+    return _ts_model(tmp_path_factory.mktemp("c"), "fuzzcls", card, MeanClassifier(), torch.zeros(1, 1, 8, 8))
+
+
+@pytest.fixture(scope="module")
+def seg2d(tmp_path_factory):
+    card = {"task": "segmentation", "modality": ["CR"], "spatial_dims": 2,
+            "labels": ["background", "bright"], "inference": {"roi_multiple": 8},
+            "input": {"channels": 1, "intensity": [{"type": "percentile", "lower": 0.5, "upper": 99.5}]}}
+    return _ts_model(tmp_path_factory.mktemp("s"), "fuzzseg", card, Threshold(2), torch.zeros(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused_not_scored(cls2d, seg2d, bad):
+    """A real CR with a few NaN/inf pixels: percentile scaling would turn the whole image into
+    NaN and the threshold decision into a silent "negative".  One-line InputError instead."""
+    vol = _cr_volume()
+    vol.array = vol.array.astype(np.float32)
+    vol.array[0, 100:103, 200] = bad
+    for m in (cls2d, seg2d):
+        with pytest.raises(InputError, match="NaN or infinite") as e:
+            run_model(m, vol, RunOptions(device="cpu"))
+        assert "\n" not in str(e.value)
+
+
+class NaNNet(nn.Module):
+    def forward(self, x):
+        return torch.full((x.shape[0], 2), float("nan")) + x.mean() * 0
+
+
+def test_non_finite_model_outputs_give_no_result(tmp_path):
+    from imaging_assist.inference.pipelines import ModelOutputError
+
+    card = {"task": "classification", "modality": ["CR"], "spatial_dims": 2,
+            "labels": ["normal", "abnormal"], "thresholds": {"abnormal": {"threshold": 0.5}},
+            "input": {"channels": 1, "size": [8, 8]}}
+    m = _ts_model(tmp_path, "nan", card, NaNNet(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ModelOutputError, match="NaN"):
+        run_model(m, Volume(np.ones((1, 8, 8), np.float32), has_geometry=False), RunOptions(device="cpu"))
+    seg = {"task": "segmentation", "modality": ["CR"], "spatial_dims": 2, "labels": ["background", "x"],
+           "inference": {"roi_multiple": 8}, "input": {"channels": 1}}
+
+    class NaNSeg(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x], 1) * float("nan")
+
+    m = _ts_model(tmp_path, "nanseg", seg, NaNSeg(), torch.zeros(1, 1, 8, 8))
+    with pytest.raises(ModelOutputError, match="NaN"):
+        run_model(m, Volume(np.ones((1, 16, 16), np.float32), has_geometry=False), RunOptions(device="cpu"))
+
+
+@pytest.mark.parametrize("spacing", [(np.nan, 0.2, 1.0), (0.0, 0.2, 1.0), (-0.2, 0.2, 1.0), (np.inf, 0.2, 1.0)])
+def test_absurd_spacing_never_gives_nan_or_negative_sizes(seg2d, spacing):
+    """A real CR whose pixel spacing is NaN/0/negative/inf (whatever the loader let through):
+    sizes fall back to pixels with a warning, never NaN, 0 or negative mm²."""
+    vol = _cr_volume()
+    vol.spacing = spacing
+    vol.has_geometry = True
+    _set_spacing_source(vol, "PixelSpacing")
+    res = run_model(seg2d, vol, RunOptions(device="cpu"))
+    d = res.to_dict()
+    assert d["area_mm2"] is None and d["spacing_mm"] is None and d["spacing_source"] == "none"
+    assert sum(d["area_px"].values()) > 0
+    assert any("pixel spacing" in w and "pixels" in w for w in res.warnings), res.warnings
+
+
+def test_3d_models_refuse_a_degenerate_affine(seg3d, ct_box):
+    vol, _ = ct_box
+    bad = Volume(vol.array, spacing=(0.7, np.nan, 2.5), origin=vol.origin, direction=vol.direction,
+                 modality="CT", units="HU", slice_positions=vol.slice_positions)
+    with pytest.raises(InputError, match="geometry"):
+        run_model(seg3d, bad, RunOptions(device="cpu"))
+    flat = Volume(vol.array, spacing=vol.spacing, origin=vol.origin, direction=np.zeros((3, 3)),
+                  modality="CT", units="HU", slice_positions=vol.slice_positions)
+    with pytest.raises(InputError, match="geometry"):
+        run_model(seg3d, flat, RunOptions(device="cpu"))
+
+
+def test_mutated_real_cr_bytes_load_and_score_finitely_or_fail_in_one_line(cls2d, tmp_path):
+    """Flipped bytes and truncations of the real CR file: every run either gives finite
+    probabilities or a one-line UserError; nothing else escapes."""
+    from conftest import DICOM
+
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.errors import UserError
+
+    raw = (DICOM / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm").read_bytes()
+    rng = np.random.default_rng(12)
+    outcomes = {"ok": 0, "error": 0}
+    for n in range(8):
+        b = bytearray(raw)
+        if n % 2:
+            b = b[:int(len(b) * rng.uniform(0.5, 0.999))]
+        else:
+            for pos in rng.integers(0, len(b), 40):
+                b[pos] ^= 0xFF
+        f = tmp_path / f"m{n}" / "x.dcm"
+        f.parent.mkdir()
+        f.write_bytes(bytes(b))
+        try:
+            series = scan(str(f.parent)).image_series()
+            if not series:
+                outcomes["error"] += 1
+                continue
+            res = run_model(cls2d, load_series(series[0]), RunOptions(device="cpu"))
+        except UserError as e:
+            assert "\n" not in str(e)
+            outcomes["error"] += 1
+            continue
+        assert all(np.isfinite(v) and 0 <= v <= 1 for v in res.probabilities.values())
+        outcomes["ok"] += 1
+    assert sum(outcomes.values()) == 8

@@ -13,6 +13,23 @@ class InputError(UserError):
     """The input does not fit the model (dimensions, units, channels, geometry)."""
 
 
+class ModelOutputError(UserError):
+    """The model gave NaN/infinite outputs: no result (a decision on NaN would be a silent
+    "negative")."""
+
+
+def check_finite(t, card, what: str = "outputs") -> None:
+    """Raise :class:`ModelOutputError` when tensor/array ``t`` holds NaN or inf."""
+    import torch
+
+    t = torch.as_tensor(t)
+    if t.is_floating_point():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ModelOutputError(f"model {card.id} gave NaN or infinite {what} on this input "
+                                   f"({bad} of {t.numel()} values): no result is reported")
+
+
 @dataclass
 class RunOptions:
     device: str | None = None  # None/"auto", "cpu", "cuda", "mps"

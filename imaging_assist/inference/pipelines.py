@@ -31,11 +31,11 @@ from .device import GpuFallbackWarning, fast_path, free_gpu_memory, is_oom, reso
 from .inferers import run_bundle, run_classifier, run_segmenter
 from .inferers.common import count_windows, sliding_params
 from .jobs import Progress
-from .options import InputError, RunOptions
+from .options import InputError, ModelOutputError, RunOptions
 from .placement import spacing_known
 from .preprocess import card_transforms, model_input
 
-__all__ = ["run_model", "RunOptions", "InputError", "model_input", "card_transforms", "count_windows",
+__all__ = ["run_model", "RunOptions", "InputError", "ModelOutputError", "model_input", "card_transforms", "count_windows",
            "sliding_params"]
 
 
@@ -117,6 +117,11 @@ def _check_input(card, vol: Volume, warns: list[str], opts: RunOptions) -> None:
         raise InputError("the image is empty")
     if vol.loaded is not None and not np.all(vol.loaded):
         raise InputError("the series is still loading: wait until all slices are read")
+    if np.issubdtype(vol.array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(vol.array)))
+        if bad:  # percentile/z-score scaling would spread NaN over the whole image
+            raise InputError(f"the image holds NaN or infinite pixel values ({bad} of "
+                             f"{vol.array.size}): it cannot be analysed")
     u = card.input.units
     if u and (vol.units or "").upper() != u.upper():
         raise InputError(f"model {card.id} expects pixel values in {u} (e.g. a DICOM "
@@ -133,6 +138,11 @@ def _check_input(card, vol: Volume, warns: list[str], opts: RunOptions) -> None:
         if not vol.has_geometry:
             raise InputError(f"model {card.id} is 3D and needs a series with 3D geometry "
                              "(ImagePositionPatient/Orientation); this one has none")
+        aff = np.asarray(vol.affine, np.float64)
+        if not np.all(np.isfinite(aff)) or abs(float(np.linalg.det(aff[:3, :3]))) < 1e-9:
+            raise InputError(f"model {card.id} is 3D but this series' geometry is unusable (spacing "
+                             f"{tuple(float(v) for v in vol.spacing)}, a NaN/infinite or degenerate "
+                             "orientation): resampling it would put results on the wrong voxels")
         pos = None if vol.slice_positions is None else np.asarray(vol.slice_positions, float)
         if pos is not None and pos.size > 2:
             gaps = np.abs(np.diff(pos))

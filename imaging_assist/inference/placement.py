@@ -86,10 +86,26 @@ def _spacing_known_from_headers(vol: Volume) -> bool:
     return bool(vol.modality) and not any("no pixel spacing" in w for w in vol.warnings)
 
 
+def spacing_problem(vol: Volume) -> str | None:
+    """Why a spacing the volume claims to know cannot be used for sizes (NaN, inf, 0 or
+    negative), or None."""
+    try:
+        sp = np.asarray(vol.spacing, np.float64).reshape(-1)[:3]
+    except (TypeError, ValueError):
+        return "the pixel spacing is not a number: sizes are in pixels"
+    n = 3 if vol.n_slices > 1 and vol.has_geometry else 2
+    if sp.size < n or not np.all(np.isfinite(sp[:n])) or not np.all(sp[:n] > 0):
+        shown = ", ".join(f"{v:g}" for v in sp[:n])
+        return f"the pixel spacing ({shown}) is not a positive finite number: sizes are in pixels"
+    return None
+
+
 def spacing_known(vol: Volume) -> bool:
-    """Is ``vol.spacing[:2]`` a physical pixel size?  The loader's ``Volume.spacing_known``."""
+    """Is ``vol.spacing[:2]`` a physical pixel size?  The loader's ``Volume.spacing_known``
+    (before the loader recorded it: the headers), and only when it is a usable number."""
     known = getattr(vol, "spacing_known", None)
-    return bool(known) if known is not None else _spacing_known_from_headers(vol)
+    known = bool(known) if known is not None else _spacing_known_from_headers(vol)
+    return known and spacing_problem(vol) is None
 
 
 def spacing_source(vol: Volume) -> str:
@@ -109,6 +125,9 @@ def _measure(res: SegmentationResult, vol: Volume, label_map: np.ndarray, labels
     res.voxel_counts = {lab: int(counts[i]) for i, lab in enumerate(labels) if i > 0}
     known = spacing_known(vol)
     res.spacing_source = spacing_source(vol)
+    raw_known = getattr(vol, "spacing_known", None)
+    if (raw_known if raw_known is not None else _spacing_known_from_headers(vol)) and not known:
+        warns.append(spacing_problem(vol))
     if vol.n_slices > 1 and vol.has_geometry and known:
         vox_ml = abs(float(np.linalg.det(vol.affine[:3, :3]))) / 1000.0
         res.volume_ml = {lab: round(c * vox_ml, 4) for lab, c in res.voxel_counts.items()}

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from ...volume import Volume
-from ..options import InputError
+from ..options import InputError, check_finite
 from ..placement import _bundle_back, _invert, _measure
 from ..preprocess import LPS_TO_RAS, _m1_range, _to_channels, _units_for
 from ..results import ClassificationResult, HeatMap, SegmentationResult, decide
@@ -122,6 +122,7 @@ def _run_bundle(model, vol, opts, device, fp, prog, warns):
             pred = inferer(xin.to(device) if not isinstance(inferer, SlidingWindowInferer) else xin,
                            watched)
         pred = _net_out(pred).float().cpu()
+        check_finite(pred, card)
         timings["infer_s"] += time.perf_counter() - t
         t = time.perf_counter()
         # As in MONAI's evaluator the prediction is a MetaTensor carrying the input's meta,

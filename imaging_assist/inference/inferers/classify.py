@@ -8,7 +8,7 @@ import time
 import numpy as np
 import torch
 
-from ..options import InputError
+from ..options import InputError, check_finite
 from ..placement import _from_model_order, _invert
 from ..preprocess import _m1_range, _model_in_shape, _units_for, card_transforms, meta_input
 from ..results import ClassificationResult, HeatMap, decide
@@ -44,6 +44,7 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
         if logits.shape[1] != len(labels):
             raise InputError(f"model {card.id} outputs {logits.shape[1]} values but its card "
                              f"lists {len(labels)} labels")
+        check_finite(logits, card)
         probs.append(_activation(logits, card.activation))
         inf_prog((s + len(x)) / len(xs), f"image {min(s + bs, len(xs))}/{len(xs)}")
     p = torch.cat(probs).numpy()  # (n_units, n_labels)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import torch
 
-from ..options import InputError
+from ..options import InputError, check_finite
 from ..placement import _from_model_order, _invert, _labels_from_probs, _measure
 from ..preprocess import _m1_range, _model_in_shape, _region_input, _units_for, card_transforms, meta_input
 from ..results import HeatMap, SegmentationResult
@@ -58,6 +58,7 @@ def _run_segmenter(model, vol, opts, device, fp, prog, warns) -> SegmentationRes
             raise InputError(f"model {card.id} outputs {logits.shape[1]} channels but its card "
                              f"lists {len(card.labels)} labels ({card.activation}: expected "
                              f"{_expected_channels(card)})")
+        check_finite(logits, card)
         probs_ms = _activation(logits, card.activation)[0]
         del logits
         timings["infer_s"] += time.perf_counter() - t
