@@ -266,7 +266,7 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
             "files": files,
             "key_images": [files["overview_png"]],
             "heatmaps": [],
-            "device": str(fn.device), "cancelled": bool(res.cancelled),
+            "device": str(fn.device), "precision": "fp32", "cancelled": bool(res.cancelled),
             "timings_s": {"tissue_s": round(tissue_s, 3), "tiles_s": round(res.elapsed_s, 3),
                           "read_s": round(res.read_s, 3), "model_s": round(res.model_s, 3),
                           "explain_s": round(explain_s, 3), "total_s": round(time.perf_counter() - t_start, 3)},
