@@ -127,3 +127,22 @@ def test_explanation_region_areas_name_their_spacing_source():
                               explanation_region=er, device="cpu", precision="fp32", timings={})
         html = result_html(res, card, None)
         assert "right lung 1,200" in html and note in html, html
+
+
+def test_built_ct_without_pixel_spacing_reads_pixels(win, tmp_path):
+    d = tmp_path / "ct_nospacing"
+    d.mkdir()
+    for i, f in enumerate(sorted(need(CT_PHANTOM).iterdir())[:3]):
+        ds = pydicom.dcmread(f)
+        del ds.PixelSpacing
+        ds.save_as(d / f"{i}.dcm")
+    _open(win, d)
+    win.doc.clear_measurements()
+    vol = win.doc.volume
+    assert vol.spacing_source == "none" and vol.units == "HU"
+    ruler, roi = _measure(win)
+    assert ruler.result["display_text"] == ["50.0 px (no pixel spacing)"]
+    assert "px²" in roi.result["display_text"][-1] and "mm" not in " ".join(roi.result["display_text"])
+    assert "HU" in roi.result["display_text"][0]
+    assert any("px (no pixel spacing)" in s for s in _corner(win)), _corner(win)
+    assert not any(" mm" in r[1] for r in win.measure_panel.rows())
