@@ -121,34 +121,27 @@ def stain_jitter(x: torch.Tensor, g: torch.Generator, alpha=0.3, beta=0.08, brig
 
 
 # --------------------------------------------------------------------------- metrics
-def cluster_ci(stat, y, p, groups, seed, n_boot=1000):
-    """Percentile 95 % interval resampling whole groups (within each class)."""
-    rng = np.random.default_rng(seed)
-    y, groups = np.asarray(y), np.asarray(groups)
-    ug = np.unique(groups)
-    members = {gg: np.nonzero(groups == gg)[0] for gg in ug}
-    by_class = [[gg for gg in ug if y[members[gg][0]] == c] for c in np.unique(y)]
-    vals = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[gg] for cls in by_class
-                              for gg in rng.choice(cls, len(cls), replace=True)])
-        v = stat(y[idx], p[idx])
-        if np.isfinite(v):
-            vals.append(v)
-    lo, hi = np.percentile(vals, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 def main(argv=None) -> int:
     ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 30, 32, 3e-3)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="re-measure the weights already in the model folder (no training; the near-duplicate "
+                         "groups are read from its predictions.csv, which lists every tile with its group)")
     args = ap.parse_args(argv)
     dev, out = T.start(args, MODEL_ID)
     src = T.DATA / "pathology" / "lc25000_lung_subset"
     rows, paths = T.read_rows(src)
     y = np.array([LABELS.index(r["label"]) for r in rows])
     t0 = time.perf_counter()
-    gidx, gstats = near_duplicate_groups(rows, src, y)
-    groups = np.array([f"g{v}" for v in gidx])
+    if args.evaluate_only:
+        # the groups the shipped split was made from (regrouping takes ~8 min on 2 cores)
+        old = {r["file"]: r["group"] for r in csv.DictReader((out / "predictions.csv").open())}
+        groups = np.array([old[r["file"]] for r in rows])
+        gidx = np.unique(groups, return_inverse=True)[1]
+        gstats = {k: v for k, v in json.loads((out / "model.json").read_text())["data"]["near_duplicates"].items()
+                  if k not in ("groups_per_class", "largest_group")}
+    else:
+        gidx, gstats = near_duplicate_groups(rows, src, y)
+        groups = np.array([f"g{v}" for v in gidx])
     per_class = {LABELS[c]: int(len(set(groups[y == c]))) for c in range(3)}
     gstats["groups_per_class"] = per_class
     gstats["largest_group"] = int(np.bincount(gidx).max())
@@ -185,17 +178,21 @@ def main(argv=None) -> int:
         return {"val_loss": loss, "val_macro_auc": mauc, "val_acc": float((p.argmax(1) == y[iva]).mean()),
                 "score": mauc + float((p.argmax(1) == y[iva]).mean()) - 0.05 * loss}
 
-    log = T.Log(out / "training_log.csv")
-    t0 = time.perf_counter()
-    info = T.fit(net, x[itr], yt[itr], loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
-                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
-                 device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
-    train_s = time.perf_counter() - t0
-    T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training", ["val_macro_auc", "val_acc"])
+    if args.evaluate_only:
+        info, train_s, temp, train_device = T.load_shipped(net, out)
+    else:
+        log = T.Log(out / "training_log.csv")
+        t0 = time.perf_counter()
+        info = T.fit(net, x[itr], yt[itr], loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                     device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
+        train_s = time.perf_counter() - t0
+        train_device = T.device_text(dev)
+        T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training", ["val_macro_auc", "val_acc"])
 
-    net.cpu()
-    temp = T.fit_temperature(T.predict(net, x[iva], torch.device("cpu")), yt[iva])
-    T.fold_temperature(net.fc, temp)
+        net.cpu()
+        temp = T.fit_temperature(T.predict(net, x[iva], torch.device("cpu")), yt[iva])
+        T.fold_temperature(net.fc, temp)
     prob = torch.softmax(T.predict(net, x, torch.device("cpu")), 1).numpy()
 
     metrics, details, curves = [], {}, {}
@@ -210,12 +207,16 @@ def main(argv=None) -> int:
         mauc, aucs = E.macro_auc(yy, pp)
         acc = float((pp.argmax(1) == yy).mean())
         rel = E.top_label_ece(yy, pp)
-        mauc_ci = cluster_ci(lambda a, b: E.macro_auc(a, b)[0], yy, pp, gg, seed=1)
-        acc_ci = cluster_ci(lambda a, b: float((b.argmax(1) == a).mean()), yy, pp, gg, seed=2)
-        ece_ci = cluster_ci(lambda a, b: E.top_label_ece(a, b).ece, yy, pp, gg, seed=3, n_boot=500)
+        # cluster bootstrap over near-duplicate groups, stratified by class (E.bootstrap_ci)
+        mauc_ci = E.bootstrap_ci(lambda a, b: E.macro_auc(a, b)[0], yy, pp, clusters=gg, strata=yy, seed=1)
+        acc_ci = E.bootstrap_ci(lambda a, b: float((b.argmax(1) == a).mean()), yy, pp, clusters=gg, strata=yy,
+                                seed=2)
+        ece_ci = E.bootstrap_ci(lambda a, b: E.top_label_ece(a, b).ece, yy, pp, clusters=gg, strata=yy, seed=3,
+                                n_boot=500)
         metrics.append(E.metric("macro AUC", mauc, mauc_ci, m.sum(), what_ci))
         for c, lab in enumerate(LABELS):
-            ci = cluster_ci(lambda a, b, _c=c: E.roc_auc(a == _c, b[:, _c]), yy, pp, gg, seed=10 + c)
+            ci = E.bootstrap_ci(lambda a, b, _c=c: E.roc_auc(a == _c, b[:, _c]), yy, pp, clusters=gg, strata=yy,
+                                seed=10 + c)
             metrics.append(E.metric("AUC", aucs[c], ci, m.sum(), what_ci + ", one vs rest", lab))
         metrics += [E.metric("accuracy", acc, acc_ci, m.sum(), what_ci + ", argmax"),
                     E.metric("ECE", rel.ece, ece_ci, m.sum(), what_ci + ", top label, 10 bins")]
@@ -261,6 +262,9 @@ def main(argv=None) -> int:
     t = details["test"]
     card.update({
         "metrics": metrics,
+        "metrics_ci": "every interval: percentile cluster bootstrap resampling whole near-duplicate groups "
+                      "(imaging_assist.evaluation.bootstrap_ci), stratified by class, 2,000 resamples (ECE 500): "
+                      "copies of one original are not independent samples",
         "data": {
             "training": f"LC25000 lung subset (Borkowski et al. 2019, arXiv:1912.12142; one US centre), 224x224 "
                         f"H&E JPEG tiles in shared/data/pathology/lc25000_lung_subset: {counts['train']['tiles']} "
@@ -297,7 +301,7 @@ def main(argv=None) -> int:
             "folds, blur, pen marks, mixed tissue) are out of distribution.",
             ood_text,
         ],
-        "training": {"script": "scripts/train_path_lung_tissue.py", "seed": args.seed, "device": T.device_text(dev),
+        "training": {"script": "scripts/train_path_lung_tissue.py", "seed": args.seed, "device": train_device,
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"],
                      "batch_size": args.batch_size, "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
                      "augmentation": "90° turns, flips, rotation ±15°, scale 0.9-1.15, shift ±5%; HED stain "

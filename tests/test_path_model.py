@@ -47,6 +47,50 @@ def _rotate_crop(a: np.ndarray, deg: float) -> np.ndarray:
     return np.asarray(Image.fromarray(c).resize(a.shape[:2][::-1], Image.BILINEAR))
 
 
+def test_card_metrics_and_group_clustered_cis_recomputed_from_predictions():
+    """Every test-split number of the card and its 95% CI, recomputed from predictions.csv:
+    the intervals are the cluster bootstrap over near-duplicate groups (E.bootstrap_ci, the
+    script's seeds); no group is in two splits; metrics.json says the same as the card."""
+    import csv
+
+    from imaging_assist import evaluation as E
+
+    card = json.loads(need(WEIGHTS / "model.json").read_text())
+    assert json.loads((WEIGHTS / "metrics.json").read_text())["metrics"] == card["metrics"]
+    labels = card["labels"]
+    rows = list(csv.DictReader((WEIGHTS / "predictions.csv").open()))
+    splits: dict[str, set] = {}
+    for r in rows:
+        splits.setdefault(r["group"], set()).add(r["split"])
+    assert all(len(v) == 1 for v in splits.values())
+    test = [r for r in rows if r["split"] == "test"]
+    y = np.array([labels.index(r["label"]) for r in test])
+    p = np.array([[float(r[f"p_{lab}"]) for lab in labels] for r in test])
+    g = np.array([r["group"] for r in test])
+    assert len(set(g)) < len(g)
+
+    def acc(a, b):
+        return float((b.argmax(1) == a).mean())
+
+    mauc, aucs = E.macro_auc(y, p)
+    expect = {("macro AUC", None): (mauc, E.bootstrap_ci(lambda a, b: E.macro_auc(a, b)[0], y, p, clusters=g,
+                                                         strata=y, seed=1)),
+              ("accuracy", None): (acc(y, p), E.bootstrap_ci(acc, y, p, clusters=g, strata=y, seed=2)),
+              ("ECE", None): (E.top_label_ece(y, p).ece,
+                              E.bootstrap_ci(lambda a, b: E.top_label_ece(a, b).ece, y, p, clusters=g, strata=y,
+                                             seed=3, n_boot=500))}
+    for c, lab in enumerate(labels):
+        expect[("AUC", lab)] = (aucs[c], E.bootstrap_ci(lambda a, b, _c=c: E.roc_auc(a == _c, b[:, _c]), y, p,
+                                                        clusters=g, strata=y, seed=10 + c))
+    for (name, lab), (v, ci) in expect.items():
+        (m,) = [m for m in card["metrics"] if m["name"] == name and m.get("label") == lab
+                and m["data"].startswith("grouped test split")]
+        assert m["n"] == len(test)
+        assert v == pytest.approx(m["value"], abs=6e-5), (name, lab)
+        # 2e-4: probabilities are stored to 6 decimals, the script bootstrapped unrounded ones
+        assert ci == pytest.approx(tuple(m["ci95"]), abs=2e-4), (name, lab, ci, m["ci95"])
+
+
 def _load():
     from imaging_assist.models.card import load_card
     from imaging_assist.models.loaders import load_model
@@ -85,6 +129,21 @@ def test_dihedral_and_rotated_copies_group_together_unrelated_image_apart():
         assert abs(((ang + 180) % 360) - 180 - (-20.0)) < 4.0 or abs(((ang + 180) % 360) - 180 - 20.0) < 4.0
     assert min(x.ncc for x in g.matches) > 0.5
     assert all(x.ncc < 0.2 for x in g.rejected)
+
+
+def test_transform_limits_for_frames_that_are_never_turned_or_mirrored():
+    """Ultrasound (us-breast): only near-identity transforms are searched, so a 90° turn or a
+    mirror image of a frame is not a copy there, while a re-encoded, 5 % zoomed copy is."""
+    from imaging_assist.near_duplicates import group_near_duplicates
+
+    base = _texture(4)
+    zoomed = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(base[5:-6, 5:-6]).resize((224, 224)))
+    ims = [_jpeg(base), _jpeg(zoomed), _jpeg(np.rot90(base).copy()), _jpeg(base[:, ::-1].copy())]
+    free = group_near_duplicates(ims)
+    assert free.n_groups == 1
+    near_identity = group_near_duplicates(ims, max_angle_deg=10, allow_flip=False, max_log_zoom=0.25)
+    assert near_identity.groups[0] == near_identity.groups[1]
+    assert len({near_identity.groups[0], near_identity.groups[2], near_identity.groups[3]}) == 3
 
 
 def test_strata_keep_classes_apart():
