@@ -313,6 +313,11 @@ def run_demo(args) -> int:
     if has_display() and not getattr(args, "headless", False) and run_gui:
         return run_gui(demo_root(), screenshot=None, series=first_series_key(), layout=None, run_models=True)
     out = os.path.abspath(getattr(args, "out", None) or "imaging-assist-demo")
+    device = getattr(args, "device", None) or "auto"
+    if device != "auto":  # an unavailable --device: one error now, not a note per model and series
+        from .inference.device import resolve_device
+
+        resolve_device(device)
     registry = None
     if getattr(args, "models", None):
         from .models.registry import Registry
@@ -321,7 +326,7 @@ def run_demo(args) -> int:
         if not folder.is_dir():
             raise UserError(f"{args.models} is not a folder")
         registry = Registry(sources=[(folder, "added")])
-    report = run_headless(out, registry=registry, device=getattr(args, "device", None) or "auto")
+    report = run_headless(out, registry=registry, device=device)
     print(f"{'No display: ran' if not getattr(args, 'headless', False) else 'Ran'} the headless demo on "
           f"{len(report['series'])} series. Not for clinical use.")
     for s in report["series"]:

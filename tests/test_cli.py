@@ -102,6 +102,11 @@ def test_bad_option_values_are_one_line_errors(tmp_path):
     _one_line_error(run(*base, "--out", out, "--batch-size", "0"), "--batch-size")
     _one_line_error(run(*base, "--out", out, "--top-tiles", "-1"), "--top-tiles")
     _one_line_error(run(*base, "--out", out, "--label", "nope", "--explain"), "nope", "pneumonia")
+    _one_line_error(run(*base, "--out", ""), "--out is empty")
+    # a device this machine does not have (MPS never exists on Linux): once, before anything runs
+    _one_line_error(run(*base, "--out", out, "--device", "mps"), "--device mps")
+    _one_line_error(run("demo", "--headless", "--models", str(tmp_path), "--device", "mps", "--out", out),
+                    "--device mps")
     assert not os.path.exists(out)  # refused before any output was written
     _one_line_error(run("info"), "SERIES_PATH_OR_UID")  # argparse's own errors: one line too
     _one_line_error(run("analyze", cxr, "--out", out), "--model")

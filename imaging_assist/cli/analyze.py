@@ -143,6 +143,9 @@ def cmd_analyze(args) -> int:
     if unknown:
         raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))} for model {card.id} "
                         f"(labels: {', '.join(card.labels)})")
+    from ..inference.device import resolve_device
+
+    resolve_device(args.device)  # an unavailable --device: one error now, not one per item
     out_dir = out_folder(args.out)
     model = load_model(card, "cpu")
     opts = RunOptions(device=args.device, precision=args.precision, explain=explain,

@@ -51,6 +51,8 @@ def int_at_least(low: int):
 
 def out_folder(path) -> Path:
     """The output folder, created if needed; a one-line UserError when it cannot be one."""
+    if not str(path).strip():
+        raise UserError("--out is empty: name an output folder")
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise UserError(f"{path} exists and is not a folder: choose another --out")
