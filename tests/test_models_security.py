@@ -788,3 +788,42 @@ def test_plain_targets_with_file_arguments_are_code(tmp_path):
     runs = sorted((i.key, i.kind) for i in bundle_code(b) if i.runs)
     assert runs == [("network_def::pretrained_path", "file argument"),
                     ("preprocessing::transforms::1::output_dir", "file argument")]
+
+
+@need_bundles
+def test_absurd_sizes_in_a_bundle_without_code_are_refused_before_running(tmp_path):
+    """A code-free bundle can still ask for a 10^10-voxel resize or window: refused at load
+    (one line naming the item) instead of a runaway allocation on the first image."""
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.errors import ModelCardError
+    from imaging_assist.models.loaders import load_model
+
+    cases = [
+        lambda d: d["inferer"].__setitem__("roi_size", [4000, 4000, 4000]),
+        lambda d: d["preprocessing"]["transforms"][3].__setitem__("pixdim", [1e-6, 1e-6, 1e-6]),
+        lambda d: d["inferer"].__setitem__("sw_batch_size", 10 ** 6),
+        lambda d: d["preprocessing"]["transforms"].insert(
+            3, {"_target_": "Resized", "keys": "image", "spatial_size": 100000}),
+    ]
+    for n, fn in enumerate(cases):
+        b = _spleen(tmp_path, f"s{n}")
+        _edit_config(b, fn)
+        with pytest.raises(ModelCardError) as ei:
+            load_model(derive_card(b))
+        assert "\n" not in str(ei.value), str(ei.value)
+
+
+def test_trust_store_writable_by_others_is_not_believed(tmp_path):
+    from imaging_assist.models import trust as tr
+
+    if not BUNDLES.is_dir():
+        pytest.skip("shared MONAI bundle configs not present")
+    b = _spleen(tmp_path)
+    tr.trust(b)
+    assert tr.is_trusted(b)
+    os.chmod(tr.trust_file(), 0o666)
+    assert tr.is_trusted(b) is False
+    from imaging_assist.models.errors import ModelTrustError
+
+    with pytest.raises(ModelTrustError, match="writable"):
+        tr.trust(b)

@@ -455,6 +455,9 @@ def run_plan(folder: str | Path, config_bytes: bytes | None = None,
         mw = _Walk("configs/metadata.json")
         mw.scan(meta, "", lambda key: True)
         code += mw.items
+    runs = _runs_fn(keys, skipped)
+    for k in keys:
+        _check_sizes(tree.get(k), k, rel, runs)
     flags: list[str] = []
     for k in keys:
         _download_flags(tree.get(k), k, flags)
@@ -471,6 +474,54 @@ def run_plan(folder: str | Path, config_bytes: bytes | None = None,
         plan.notes.append("left out file transforms: " + ", ".join(dropped))
     plan.pruned = pruned
     return plan
+
+
+# Literal sizes in what runs, bounded like a card's (card.MAX_SIDE / MAX_INPUT_VOXELS, with
+# room for 3D bundles: 512^3): a code-free bundle must not ask for a runaway allocation.
+_SIZE_ARGS = ("spatial_size", "roi_size", "patch_size", "img_size")
+_MAX_SIDE = 4096
+_MAX_VOXELS = 1 << 27
+_MIN_PIXDIM = 1e-3  # mm
+_BATCH_ARGS = ("sw_batch_size", "batch_size", "num_samples")
+_MAX_BATCH = 256
+
+
+def _check_sizes(node, key: str, file: str, runs) -> None:
+    import math
+
+    if isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_sizes(v, _join(key, str(i)), file, runs)
+        return
+    if not isinstance(node, dict):
+        return
+    if "_target_" in node and runs(key):
+        def bad(arg, msg):
+            raise ModelCardError(f"bundle config {file} {_join(key, arg)}: {msg}; "
+                                 "the bundle was not run")
+        for arg in _SIZE_ARGS:
+            v = node.get(arg)
+            vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            if isinstance(vals, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                              for x in vals) and vals:
+                pos = [x for x in vals if x > 0]
+                if any(not math.isfinite(x) for x in vals) or any(x > _MAX_SIDE for x in pos):
+                    bad(arg, f"{str(v)[:60]} exceeds the limit of {_MAX_SIDE} per dimension")
+                if math.prod(pos) > _MAX_VOXELS:
+                    bad(arg, f"{str(v)[:60]} asks for more than {_MAX_VOXELS} voxels")
+        v = node.get("pixdim")
+        vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+        if isinstance(vals, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                          for x in vals):
+            if any(not math.isfinite(x) or 0 < x < _MIN_PIXDIM for x in vals):
+                bad("pixdim", f"{str(v)[:60]}: spacings must be finite and at least {_MIN_PIXDIM} mm")
+        for arg in _BATCH_ARGS:
+            v = node.get(arg)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and not (
+                    math.isfinite(v) and v <= _MAX_BATCH):
+                bad(arg, f"{str(v)[:30]} exceeds the limit of {_MAX_BATCH}")
+    for k, v in node.items():
+        _check_sizes(v, _join(key, str(k)), file, runs)
 
 
 def _prepare(node, dropped: list[str]):

@@ -122,6 +122,14 @@ def _read_store(strict: bool) -> dict:
     p = trust_file()
     if not p.is_file():
         return {"version": 1, "bundles": []}
+    st = p.stat()
+    foreign = hasattr(os, "getuid") and st.st_uid != os.getuid()
+    if st.st_mode & 0o022 or foreign:  # someone else could have added hashes
+        if strict:
+            raise ModelTrustError(f"the trust store {p} is writable by other users (mode "
+                                  f"{stat.S_IMODE(st.st_mode):o}{', another owner' if foreign else ''}): "
+                                  "it is not believed; check it, then `chmod 600` it")
+        return {"version": 1, "bundles": []}
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
         if not isinstance(d, dict) or not isinstance(d.get("bundles"), list):
