@@ -32,7 +32,8 @@ class WarningsBanner(QWidget):
         lab.setStyleSheet("")  # re-polish with the new object name
         lab.style().unpolish(lab)
         lab.style().polish(lab)
-        lab.setText(("⛔ " if error else "⚠ ") + text)
+        # ⊘ is in DejaVu Sans; ⛔ needs an emoji font (an empty box without one)
+        lab.setText(("⊘ " if error else "⚠ ") + text)
         lab.show()
         self.close_btn.show()
 

@@ -90,6 +90,7 @@ class MainWindow(QMainWindow):
         self.presets.rebuild()
         self.resize(1600, 1000)
         self._update_enabled()
+        self._sync_slider()  # no series yet: no slider or cine controls
 
     # ================================================================== building
     def _build_central(self):

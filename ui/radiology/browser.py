@@ -245,8 +245,8 @@ class StudyBrowser(QWidget):
         self.unviewable[key] = reason
         it.setIcon(0, cannot_display_icon())
         self._tiles[key] = CANNOT_DISPLAY
-        tip = it.toolTip(0).split("\n⛔ ")[0]
-        it.setToolTip(0, f"{tip}\n⛔ {CANNOT_DISPLAY}: {reason}")
+        tip = it.toolTip(0).split("\n⊘ ")[0]
+        it.setToolTip(0, f"{tip}\n⊘ {CANNOT_DISPLAY}: {reason}")
         it.setForeground(0, QBrush(QColor(WARN_FG)))
         s = self.index.find_series(key) if self.index is not None else None
         path = s.instances[0].path if s is not None and s.instances else key

@@ -389,7 +389,8 @@ class SlidePage(QWidget):
         self.banner.setObjectName("BannerError" if error else "Banner")
         self.banner.style().unpolish(self.banner)
         self.banner.style().polish(self.banner)
-        self.banner.setText(("⛔ " if error else "⚠ ") + text)
+        # ⊘ is in DejaVu Sans; ⛔ needs an emoji font (an empty box without one)
+        self.banner.setText(("⊘ " if error else "⚠ ") + text)
         self.banner.show()
 
     def _tile_failed(self, msg):
