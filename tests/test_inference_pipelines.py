@@ -472,6 +472,23 @@ def test_absurd_spacing_never_gives_nan_or_negative_sizes(seg2d, spacing):
     assert any("pixel spacing" in w and "pixels" in w for w in res.warnings), res.warnings
 
 
+@pytest.mark.parametrize("spacing", [(np.nan, 0.2, 1.0), (0.0, 0.2, 1.0)])
+def test_label_map_files_never_get_a_nan_or_singular_affine(seg2d, spacing, tmp_path):
+    import nibabel as nib
+
+    from imaging_assist.inference.results import write_item_files
+
+    vol = _cr_volume()
+    vol.spacing = spacing
+    vol.has_geometry = True
+    _set_spacing_source(vol, "PixelSpacing")
+    res = run_model(seg2d, vol, RunOptions(device="cpu"))
+    item = write_item_files(res, vol, tmp_path, "x")
+    aff = nib.load(tmp_path / item["label_map"]).affine
+    assert np.all(np.isfinite(aff)) and abs(np.linalg.det(aff[:3, :3])) > 0
+    assert any("geometry" in w and "pixel grid" in w for w in item["warnings"]), item["warnings"]
+
+
 def test_3d_models_refuse_a_degenerate_affine(seg3d, ct_box):
     vol, _ = ct_box
     bad = Volume(vol.array, spacing=(0.7, np.nan, 2.5), origin=vol.origin, direction=vol.direction,

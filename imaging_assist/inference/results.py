@@ -240,6 +240,13 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
     d = res.to_dict()
     plain = res.is_plain_image
     affine = res.affine if res.affine is not None else (volume.affine if volume is not None else np.eye(4))
+    affine = np.asarray(affine, np.float64)
+    if not plain and (not np.all(np.isfinite(affine)) or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12):
+        # NaN/zero spacing or orientation: NIfTI needs an invertible affine; never write a wrong one
+        affine = np.eye(4)
+        d["warnings"].append("the series geometry is unusable (NaN, zero or degenerate spacing or "
+                             "orientation): label and heat-map files are on the pixel grid "
+                             "(1 mm per pixel), not in patient space")
     arr = volume.array if volume is not None else None
     key_images: list[str] = []
     if isinstance(res, SegmentationResult) and res.label_map is not None:
