@@ -473,3 +473,18 @@ def test_compressed_frame_header_must_match_attributes(tmp_path, name, kw, value
     ds.save_as(p)
     probs = _problems(scan(str(p)))
     assert "compressed frame" in probs[name] or "RLE data" in probs[name], probs
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
+def test_cli_scan_with_a_fifo_never_blocks(tmp_path):
+    """The command also looks for slides in the folder: that walk must not open the pipe."""
+    _three(tmp_path)
+    os.mkfifo(tmp_path / "s" / "pipe.svs")
+    os.mkfifo(tmp_path / "s" / "pipe.dcm")
+    try:
+        out = subprocess.run([PY, "-m", "imaging_assist", "scan", str(tmp_path)], capture_output=True,
+                             text=True, timeout=60, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("imaging-assist scan blocked on a named pipe")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert "pipe.dcm: not a regular file (named pipe)" in out.stdout

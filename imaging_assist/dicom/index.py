@@ -185,6 +185,7 @@ class StudyIndex:
 
 # --------------------------------------------------------------------------- discovery
 ZIP_BATCH = 256  # members per task: one archive open per batch, batches run in parallel
+ZIP_TASKS = 16
 
 
 def _iter_sources(path: str, problems: list[Problem]) -> Iterable[tuple]:
@@ -228,8 +229,11 @@ def _iter_file(full: str, problems: list[Problem]):
         names, reason = list_members(full)
         if reason:
             problems.append(Problem(full, reason))
-        for i in range(0, len(names), ZIP_BATCH):
-            yield ("zip", full, names[i:i + ZIP_BATCH])
+        # At most ZIP_TASKS batches per archive: each batch parses the central directory
+        # once, so the cost stays linear in the number of members.
+        size = max(ZIP_BATCH, -(-len(names) // ZIP_TASKS))
+        for i in range(0, len(names), size):
+            yield ("zip", full, names[i:i + size])
         return
     yield ("file", full)
 

@@ -217,6 +217,8 @@ def _candidates(paths: Iterable[str], problems: list[tuple[str, str]]):
                 full = os.path.join(dirpath, n)
                 if n.lower().endswith(".mrxs"):
                     mrxs_dirs.add(os.path.splitext(n)[0])
+                if not os.path.isfile(full):  # a pipe or device blocks open(); the DICOM scan lists it
+                    continue
                 head = _head(full)
                 if len(head) >= 132 and head[128:132] == b"DICM":
                     if _is_wsi_dicom_file(full):
