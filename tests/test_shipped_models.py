@@ -199,7 +199,7 @@ def test_a_method_that_failed_the_sanity_check_is_flagged_in_the_result():
 def test_model_card_dialog_shows_limitations_sanity_and_precise_metrics(shipped):
     """What a reader sees of a shipped card: its failure modes, the sanity-check result of
     each method, and metrics to 4 significant digits (an AUC of 0.9995 never reads as 1)."""
-    from imaging_assist_ui.model_card_dialog import _num, card_html
+    from imaging_assist_ui.ai.model_card_dialog import _num, card_html
 
     mid, entry, model = shipped
     html = card_html(model.card, entry)
