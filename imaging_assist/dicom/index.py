@@ -527,6 +527,7 @@ def preload_pydicom() -> None:
     import pydicom.fileset  # noqa: F401
     import pydicom.multival  # noqa: F401
     import pydicom.pixels  # noqa: F401
+    import pydicom.pixels.utils  # noqa: F401
     import pydicom.uid  # noqa: F401
     import pydicom.valuerep  # noqa: F401
     import pydicom.values  # noqa: F401
