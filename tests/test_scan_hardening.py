@@ -488,3 +488,19 @@ def test_cli_scan_with_a_fifo_never_blocks(tmp_path):
         pytest.fail("imaging-assist scan blocked on a named pipe")
     assert out.returncode == 0 and "Traceback" not in out.stderr
     assert "pipe.dcm: not a regular file (named pipe)" in out.stdout
+
+
+@pytest.mark.parametrize("edit", [{"Rows": 4096, "Columns": 4096}, {"NumberOfFrames": 2000},
+                                  {"Rows": 65535, "Columns": 65535}])
+def test_real_cine_cannot_ask_for_gigabytes(tmp_path, edit):
+    from conftest import DICOM
+    src = need(DICOM / "xa_multiframe_cine_jpeg_baseline" / "HasFragmentSequence.dcm")
+    ds = pydicom.dcmread(src)
+    p = tmp_path / "xa.dcm"
+    ds.save_as(p)
+    assert check_record(H.read_record(str(p))) is None
+    for kw, v in edit.items():
+        setattr(ds, kw, v)
+    ds.save_as(p)
+    reason = check_record(H.read_record(str(p)))
+    assert reason and "\n" not in reason
