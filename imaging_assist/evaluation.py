@@ -1,6 +1,10 @@
 """Metrics for model cards: ROC AUC, operating points, calibration, confusion matrices,
 Dice / Hausdorff, and percentile-bootstrap confidence intervals.
 
+Every interval of every card comes from :func:`bootstrap_ci`, which resamples whole clusters
+(patients, or near-duplicate groups where a data set has no patient ids): images of one
+patient are not independent, and a per-image interval is too narrow.
+
 Used by the training scripts (``scripts/train_*.py``) to write each shipped model's
 ``metrics.json`` and by the tests, which recompute the card's numbers from the stored
 predictions.  numpy/scipy only (no torch), so a metrics file can be checked anywhere.
@@ -8,6 +12,7 @@ predictions.  numpy/scipy only (no torch), so a metrics file can be checked anyw
 Hand-written rather than taken from a library: scikit-learn is not a dependency, and MONAI's
 ``compute_roc_auc`` is a Python loop per call, too slow for 2,000 bootstrap resamples; the
 rank (Mann-Whitney) formula below is the same statistic (a test compares the two).
+scipy.stats.bootstrap does not resample clusters, hence the short loop in bootstrap_ci.
 Hausdorff distance uses MONAI's ``compute_hausdorff_distance``.
 """
 
@@ -211,21 +216,32 @@ def sens_spec_ci(y, score, threshold: float, clusters=None, seed: int = 0,
 
     Wilson score interval when every cluster is one image (independent rows); otherwise a
     cluster bootstrap (:func:`bootstrap_ci`, stratified by label): the Wilson interval
-    assumes independent images and is too narrow when a patient has several.  (A percentile
-    bootstrap of a proportion collapses at 0/n and n/n, e.g. [1, 1]: read it as "no errors
-    among these clusters", not as certainty.)"""
+    assumes independent images and is too narrow when a patient has several.  Where the
+    proportion is 0/n or n/n a percentile bootstrap collapses to [0, 0] / [1, 1], which would
+    claim certainty; there the Wilson interval on the number of clusters of that class is
+    used instead (each patient counted once: conservative)."""
     y = np.asarray(y).astype(bool)
     s = np.asarray(score, np.float64)
+    se, sp = sens_spec(y, s, threshold)
     if one_row_per_cluster(clusters):
-        se, sp = sens_spec(y, s, threshold)
         npos, nneg = int(y.sum()), int((~y).sum())
         return (wilson_ci(round(se * npos), npos), wilson_ci(round(sp * nneg), nneg),
                 "Wilson score interval (one image per patient/group)")
-    se_ci = bootstrap_ci(lambda a, b: sens_spec(a, b, threshold)[0], y, s, clusters=clusters,
-                         strata=y, seed=seed, n_boot=n_boot)
-    sp_ci = bootstrap_ci(lambda a, b: sens_spec(a, b, threshold)[1], y, s, clusters=clusters,
-                         strata=y, seed=seed + 1, n_boot=n_boot)
-    return se_ci, sp_ci, f"cluster bootstrap ({n_boot:,} resamples of whole clusters, stratified by label)"
+    cl = np.asarray(clusters)
+    out, notes = [], []
+    for which, cls, value, sd in ((0, y, se, seed), (1, ~y, sp, seed + 1)):
+        if value in (0.0, 1.0):
+            n_cl = len(np.unique(cl[cls]))
+            out.append(wilson_ci(n_cl if value == 1.0 else 0, n_cl))
+            notes.append(("sensitivity", "specificity")[which])
+        else:
+            out.append(bootstrap_ci(lambda a, b, _w=which: sens_spec(a, b, threshold)[_w], y, s,
+                                    clusters=clusters, strata=y, seed=sd, n_boot=n_boot))
+    how = f"cluster bootstrap ({n_boot:,} resamples of whole clusters, stratified by label)"
+    if notes:
+        how += (f"; {' and '.join(notes)} of 0 or 1: Wilson score interval on the number of clusters "
+                f"(the bootstrap would collapse to a point)")
+    return out[0], out[1], how
 
 
 def metric(name: str, value: float, ci: tuple[float, float] | None, n: int, data: str,

@@ -38,7 +38,7 @@ ARCH = {"library": "monai", "name": "ResNet",
 INPUT = {"channels": 1, "size": [224, 224], "axis_order": "row_col",
          "intensity": [{"type": "percentile", "lower": 0.5, "upper": 99.5},
                        {"type": "normalize", "mean": [0.5], "std": [0.25]}],
-         "invert_monochrome1": True}
+         "invert_monochrome1": True, "dicom_values": "display"}
 
 
 def base_card() -> dict:
@@ -118,28 +118,29 @@ def main(argv=None) -> int:
     # value: the app decides with the card's threshold, so sensitivity can only go up
     thr = float(np.floor(E.threshold_for_sensitivity(y[iva], prob[iva], 0.95) * 1e4) / 1e4)
     vs, vsp = E.sens_spec(y[iva], prob[iva], thr)
-    metrics, details, curves = [], {}, {}
+    metrics, details, curves, ss_hows = [], {}, {}, {}
     for k, label in ((2, "test"), (3, "original_test"), (1, "validation")):
         m = split == k
-        yy, pp = y[m], prob[m]
+        yy, pp, gg = y[m], prob[m], groups[m]
         what = {2: f"patient-split test ({counts['test']['patients']} patients of the original train split)",
                 3: "original Kermany test split (other patients, never trained on)",
                 1: "validation split (threshold and temperature were fitted here)"}[k]
         auc = E.roc_auc(yy, pp)
-        auc_ci = E.bootstrap_ci(E.roc_auc, yy, pp, strata=yy, seed=1)
+        # Patients have several images (1,047 of them here): every interval resamples patients
+        auc_ci = E.bootstrap_ci(E.roc_auc, yy, pp, clusters=gg, strata=yy, seed=1)
         se, sp = E.sens_spec(yy, pp, thr)
-        npos, nneg = int(yy.sum()), int((yy == 0).sum())
-        se_ci = E.wilson_ci(round(se * npos), npos)  # Wilson score interval (proportion)
-        sp_ci = E.wilson_ci(round(sp * nneg), nneg)
+        se_ci, sp_ci, ss_how = E.sens_spec_ci(yy, pp, thr, clusters=gg, seed=2)
+        ss_hows.setdefault(ss_how, []).append(label.replace("_", " "))
         rel = E.reliability(yy, pp)
-        ece_ci = E.bootstrap_ci(lambda a, b: E.reliability(a, b).ece, yy, pp, seed=4, n_boot=500)
+        ece_ci = E.bootstrap_ci(lambda a, b: E.reliability(a, b).ece, yy, pp, clusters=gg, seed=4, n_boot=500)
         acc = float(((pp >= thr) == yy).mean())
         metrics += [E.metric("AUC", auc, auc_ci, m.sum(), what, "pneumonia"),
                     E.metric("sensitivity", se, se_ci, m.sum(), what + f", threshold {thr:.4f}", "pneumonia"),
                     E.metric("specificity", sp, sp_ci, m.sum(), what + f", threshold {thr:.4f}", "pneumonia"),
                     E.metric("ECE", rel.ece, ece_ci, m.sum(), what + ", 10 bins", "pneumonia")]
-        details[label] = {"n": int(m.sum()), "auc": auc, "auc_ci95": auc_ci, "sensitivity": se,
-                          "specificity": sp, "accuracy": acc, "ece": rel.ece,
+        details[label] = {"n": int(m.sum()), "patients": int(len(set(gg))), "auc": auc, "auc_ci95": auc_ci,
+                          "sensitivity": se, "sensitivity_ci95": se_ci, "specificity": sp,
+                          "specificity_ci95": sp_ci, "ece_ci95": ece_ci, "accuracy": acc, "ece": rel.ece,
                           "reliability": rel.__dict__,
                           "confusion_matrix": {"labels": LABELS, "rows_true_cols_predicted":
                                                E.confusion_matrix(yy, (pp >= thr).astype(int), 2)}}
@@ -162,8 +163,10 @@ def main(argv=None) -> int:
             "threshold": thr, "sensitivity": round(vs, 4), "specificity": round(vsp, 4),
             "data": f"validation split, {counts['validation']['images']} images; chosen for sensitivity >= 0.95"}},
         "metrics": metrics,
-        "metrics_ci": "AUC and ECE: percentile bootstrap (AUC stratified by label, 2,000 resamples; ECE 500); "
-                      "sensitivity and specificity: Wilson score interval",
+        "metrics_ci": "every interval: percentile cluster bootstrap resampling whole patients "
+                      "(imaging_assist.evaluation.bootstrap_ci; many patients have several images), AUC "
+                      "stratified by label, 2,000 resamples; ECE 500 unstratified; sensitivity and specificity: "
+                      + "; ".join(f"{h} ({', '.join(v)})" for h, v in ss_hows.items()),
         "data": {
             "training": f"Kermany et al. 2018 paediatric chest X-rays (Guangzhou Women and Children's Medical Center, "
                         f"patients aged 1-5), 224x224 grey JPEG mirror in shared/data/cxr/pneumonia_kermany: "
