@@ -160,6 +160,17 @@ def test_sens_spec_ci_wilson_for_one_image_per_patient_else_cluster_bootstrap():
     assert se_d[0] <= se <= se_d[1] and sp_d[0] <= sp <= sp_d[1]
 
 
+def test_sens_spec_ci_never_collapses_to_a_point_at_zero_or_one():
+    """Specificity 1.0 on 191 normals of 150 patients: a percentile bootstrap gives [1, 1]
+    (certainty); the interval is the Wilson one on the 150 patients instead."""
+    y = np.array([1] * 60 + [0] * 191)
+    s = np.r_[np.linspace(0.4, 1, 60), np.full(191, 0.1)]
+    pid = np.r_[np.repeat(np.arange(30), 2), 100 + np.arange(191) % 150]
+    se_ci, sp_ci, how = E.sens_spec_ci(y, s, 0.5, clusters=pid, n_boot=300)
+    assert sp_ci == E.wilson_ci(150, 150) and sp_ci[0] < 0.98
+    assert se_ci[0] < se_ci[1] and "Wilson score interval on the number of clusters" in how
+
+
 def test_dice_and_hausdorff95():
     a = np.zeros((20, 20), bool)
     a[5:15, 5:15] = True
