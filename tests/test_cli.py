@@ -224,3 +224,19 @@ def test_bundle_code_never_runs_until_trusted(tmp_path, monkeypatch, capsys):
     _one_line_error(run("analyze", str(png), "--model", "code-bundle", "--out", str(tmp_path / "o3")),
                     "contains code")
     assert not marker.exists()
+
+
+def test_info_never_prints_millimetres_for_an_unknown_spacing():
+    """The demo X-ray has no pixel spacing: info must not print `1, 1, 1 mm` as if it were
+    measured, and says where a known spacing comes from."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = run("info", os.path.join(here, DEMO_CXR, "cxr_01_ap.dcm"))
+    assert r.returncode == 0, r.stderr
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Spacing"))
+    assert "mm" not in line and "unknown" in line and "px" in line, line
+    assert not any(ln.startswith(("Origin", "Direction")) for ln in r.stdout.splitlines()), r.stdout
+    assert "Geometry    none" in r.stdout
+    r = run("info", str(need(CT_PHANTOM)))
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Spacing"))
+    assert "0.4512, 0.4512, 1 mm" in line and "PixelSpacing" in line, line
+    assert any(ln.startswith("Origin") for ln in r.stdout.splitlines())

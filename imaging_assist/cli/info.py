@@ -77,11 +77,21 @@ def cmd_info(args) -> int:
     if n_stacks > 1:
         print(f"Stack       {args.stack} of {n_stacks}")
     print(f"Shape       {' x '.join(map(str, vol.shape))}  (slices x rows x columns{' x RGB' if vol.is_color else ''})")
-    print(f"Spacing     {', '.join(f'{s:.4g}' for s in vol.spacing)} mm  (column, row, slice)")
-    print(f"Origin      {', '.join(f'{s:.4f}' for s in vol.origin)} mm  (LPS)")
-    d = geo["direction"]
-    print(f"Direction   i=({', '.join(f'{r[0]:.4f}' for r in d)})  j=({', '.join(f'{r[1]:.4f}' for r in d)})  "
-          f"k=({', '.join(f'{r[2]:.4f}' for r in d)})")
+    # Placeholders (1 mm pixels, origin 0, identity direction) are never printed as if measured.
+    src = getattr(vol, "spacing_source", "")
+    volume3d = vol.has_geometry and vol.n_slices > 1
+    if getattr(vol, "spacing_known", True):
+        sp = vol.spacing if volume3d else vol.spacing[:2]
+        print(f"Spacing     {', '.join(f'{s:.4g}' for s in sp)} mm  (column, row{', slice' if volume3d else ''}; "
+              f"from {src or 'the file'})")
+    else:
+        slice_mm = f"; slices {vol.spacing[2]:.4g} mm apart" if volume3d else ""
+        print(f"Spacing     unknown: lengths and areas in px (no usable pixel spacing){slice_mm}")
+    if vol.has_geometry:
+        print(f"Origin      {', '.join(f'{s:.4f}' for s in vol.origin)} mm  (LPS)")
+        d = geo["direction"]
+        print(f"Direction   i=({', '.join(f'{r[0]:.4f}' for r in d)})  j=({', '.join(f'{r[1]:.4f}' for r in d)})  "
+              f"k=({', '.join(f'{r[2]:.4f}' for r in d)})")
     print(f"Dtype       {vol.array.dtype}")
     lo, hi = geo["value_range"]
     print(f"Values      {lo:g} .. {hi:g} {vol.units}".rstrip())
