@@ -18,6 +18,7 @@ pydicom with the pylibjpeg plugins, on a thread pool.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -43,6 +44,9 @@ MAX_POSITION_MM = 1e6  # |ImagePositionPatient| beyond a kilometre is not a pati
 IOP_QUIET_TOL = 1e-3  # rounding in files: re-orthonormalised without a word
 IOP_MAX_TOL = 1e-2  # beyond this the orientation is not two orthogonal unit vectors
 MAX_ERMF = 5.0  # EstimatedRadiographicMagnificationFactor is >= 1 and a few at most
+CINE_MODALITIES = {"US", "XA", "RF", "ES", "XC", "OP", "IVUS", "IVOCT", "GM", "SM", "OT", "DX", "CR", "MG", "IO", "PX", ""}
+PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422",
+                "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT"}
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "IO", "RF", "XA", "PX", "RG", "DF"}
 UNEVEN_REL_TOL = 0.01  # gaps differing by more than 1 % (and > 0.01 mm) are uneven
 TILT_TOL_DEG = 0.1
@@ -136,6 +140,7 @@ class StackPlan:
     frame_time_ms: float | None = None
     warnings: list[str] = field(default_factory=list)
     spacing_source: str = "none"  # see imaging_assist.volume.SPACING_SOURCES
+    units_hu: bool = True  # False: a CT without rescale attributes (values not known to be HU)
     label: str = ""
     datasets: dict = field(default_factory=dict)  # rec index -> pydicom header, when read
 
@@ -232,6 +237,12 @@ def _validate_slots(keyed, recs) -> list[str]:
                 warns.append(f"ImageOrientationPatient ({_fmt_vals(s.iop)}) of {rec.display_path} was not "
                              "orthonormal; corrected")
             s.iop = fixed
+    for kw, vals in (("ImagePositionPatient", [s.ipp for s, _ in keyed]),
+                     ("ImageOrientationPatient", [s.iop for s, _ in keyed])):
+        missing = sum(v is None for v in vals)
+        if 0 < missing < len(vals):
+            warns.append(f"{kw} missing (or unusable) in {missing} of {len(vals)} images/frames: "
+                         "those are shown without 3D geometry")
     out = list(dict.fromkeys(warns))
     if len(out) > 3:
         out = out[:3] + [f"... and {len(out) - 3} more geometry warnings"]
@@ -321,9 +332,15 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
             except Exception as e:
                 raise LoadError(f"{r.display_path}: unreadable header: {e}") from None
             datasets[ri] = ds
-            if ds.get("PerFrameFunctionalGroupsSequence") or ds.get("SharedFunctionalGroupsSequence"):
-                keyed.extend(((s, (ri,) + k) if len(recs) > 1 else (s, k))
-                             for s, k in _enhanced_slots(ri, ds))
+            try:
+                enhanced = bool(ds.get("PerFrameFunctionalGroupsSequence") or ds.get("SharedFunctionalGroupsSequence"))
+                if enhanced:
+                    slots = _enhanced_slots(ri, ds)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError, NotImplementedError,
+                    OverflowError) as e:  # pydicom converts raw values lazily, here
+                raise LoadError(f"{r.display_path}: unreadable functional groups ({_one_line(e)})") from None
+            if enhanced:
+                keyed.extend(((s, (ri,) + k) if len(recs) > 1 else (s, k)) for s, k in slots)
                 continue
         window = None
         if r.get("WindowCenter") is not None and r.get("WindowWidth") is not None:
@@ -352,8 +369,9 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
         plan = _plan_stack(series, recs, slots, datasets, geo_warnings)
         if len(by_key) > 1:
             plan.label = f"stack {n + 1} of {len(by_key)}"
-            plan.warnings.insert(0, f"series holds {len(by_key)} stacks (repeated positions: "
-                                    f"time points, echoes or image types); this is {plan.label}")
+            plan.warnings.insert(0, f"series holds {len(by_key)} stacks (repeated positions, "
+                                    "ImagePositionPatient: time points, echoes or image types); "
+                                    f"this is {plan.label}")
         plans.append(plan)
     return plans
 
@@ -374,10 +392,27 @@ def _normal(iop: np.ndarray) -> np.ndarray:
 def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
                 geo_warnings: list[str] = ()) -> StackPlan:
     r0 = recs[slots[0].rec]
-    photometric = str(r0.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = str(r0.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     plan = StackPlan(records=recs, slots=list(slots), rows=r0.rows, cols=r0.columns,
                      samples=r0.samples, photometric=photometric, datasets=datasets)
+    if photometric not in PHOTOMETRICS:
+        raise LoadError(f"{r0.display_path}: PhotometricInterpretation {photometric[:40]!r} is not a known "
+                        "value: the colours cannot be interpreted")
     plan.warnings.extend(geo_warnings)
+    # Type 1 attributes whose absence changes what is shown: said, never assumed silently.
+    if r0.get("PhotometricInterpretation") is None:
+        plan.warnings.append("PhotometricInterpretation missing: shown as MONOCHROME2 (black = lowest value)")
+    if not series.modality:
+        plan.warnings.append("Modality missing: values are shown without units")
+    elif not re.fullmatch(r"[A-Z0-9_ ]{1,16}", series.modality):
+        plan.warnings.append(f"Modality {series.modality[:20]!r} is not a valid code: modality-specific "
+                             "handling (units, pixel spacing rules) may not apply")
+    elif series.modality.upper() == "CT" \
+            and not (r0.flags & {"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"}) \
+            and (r0.get("RescaleIntercept") is None or r0.get("RescaleSlope") is None):
+        plan.warnings.append("CT image without RescaleIntercept/RescaleSlope: values are shown as stored, "
+                             "not as Hounsfield units")
+        plan.units_hu = False
     modality = series.modality.upper()
     geometric = all(s.ipp is not None and s.iop is not None for s in slots)
     multi_frame_no_pos = r0.frames > 1 and not geometric
@@ -404,9 +439,21 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
             plan.frame_time_ms = ft
             if ft is None:
                 plan.warnings.append("multi-frame image without a usable FrameTime: cine speed unknown")
+            if modality not in CINE_MODALITIES:
+                plan.warnings.append(f"{modality or 'image'} frames without ImagePositionPatient: shown in file "
+                                     "order as a cine, without 3D geometry")
         elif len(slots) > 1 and not geo_warnings:
             plan.warnings.append("no patient-position information (ImagePositionPatient): images are "
                                  "shown in InstanceNumber order and have no 3D geometry")
+        has_ipp = any(s.ipp is not None for s in slots)
+        has_iop = any(s.iop is not None for s in slots)
+        if (has_ipp or has_iop) and not geo_warnings:
+            missing = [kw for kw, have in (("ImagePositionPatient", all(s.ipp is not None for s in slots)),
+                                           ("ImageOrientationPatient", all(s.iop is not None for s in slots)))
+                       if not have]
+            if missing:
+                plan.warnings.append(f"{' and '.join(missing)} missing in some or all images: "
+                                     "shown without 3D geometry")
         if slots[0].iop is not None:
             iop = slots[0].iop
             plan.direction = np.column_stack([iop[:3], iop[3:], _normal(iop)])
@@ -488,7 +535,8 @@ def _plan_spacing(plan: StackPlan, modality: str, r0: InstanceRecord, slot0: Slo
     if ps is not None:
         return done("PixelSpacing", ps)
     if not had:
-        w.append("no pixel spacing in the file: distances and areas are in pixels")
+        w.append("no pixel spacing in the file (no PixelSpacing or ImagerPixelSpacing): distances and areas "
+                 "are in pixels")
     else:
         w.append("no usable pixel spacing (PixelSpacing): distances and areas are in pixels")
     return done("none", (1.0, 1.0))
@@ -516,7 +564,7 @@ def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRe
         med = float(np.median(gaps))
         if float(gaps.max() - gaps.min()) > max(POSITION_TOL_MM, UNEVEN_REL_TOL * abs(med)):
             plan.warnings.append(
-                f"uneven slice spacing: gaps from {gaps.min():.2f} to {gaps.max():.2f} mm "
+                f"uneven slice spacing (ImagePositionPatient): gaps from {gaps.min():.2f} to {gaps.max():.2f} mm "
                 f"(median {med:.2f} mm); 3D views and volumes use the mean spacing "
                 f"{(d[-1] - d[0]) / (len(d) - 1):.3f} mm and are approximate"
                 + ("; slices may be missing" if gaps.max() > 1.5 * med else ""))
@@ -786,7 +834,8 @@ class SeriesLoader:
         r0 = p.records[p.slots[0].rec]
         modality = str(r0.get("Modality", "")).upper()
         rescale_type = str(r0.get("RescaleType", "") or "")
-        units = "HU" if modality == "CT" and rescale_type in ("", "HU") else rescale_type if rescale_type not in ("US",) else ""
+        units = "HU" if modality == "CT" and rescale_type in ("", "HU") and p.units_hu \
+            else rescale_type if rescale_type not in ("US", "HU") else ""
         vol = Volume(array=arr, spacing=p.spacing, origin=p.origin, direction=p.direction,
                      modality=modality, units=units,
                      photometric="RGB" if colour else p.photometric,
@@ -801,7 +850,11 @@ class SeriesLoader:
         vol.window_presets = display.presets_for(vol, p.slots[len(p.slots) // 2].window)
         ds0 = _header(p, p.slots[0].rec)  # one header per stack: VOI LUT, Presentation LUT Shape
         if ds0 is not None:
-            shape = str(ds0.get("PresentationLUTShape", "") or "").strip().upper()
+            try:
+                shape = str(ds0.get("PresentationLUTShape", "") or "").strip().upper()
+            except Exception:  # noqa: BLE001 - a malformed value: say so, show the identity
+                shape = ""
+                vol.warnings.append("PresentationLUTShape unreadable: not applied")
             if shape in ("INVERSE", "IDENTITY"):
                 vol.presentation_lut_shape = shape
             if "VOILUTSequence" in ds0 and not colour:
