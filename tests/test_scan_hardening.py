@@ -504,3 +504,21 @@ def test_real_cine_cannot_ask_for_gigabytes(tmp_path, edit):
     ds.save_as(p)
     reason = check_record(H.read_record(str(p)))
     assert reason and "\n" not in reason
+
+
+def test_zip_member_frame_header_is_checked_without_inflating_the_pixels(tmp_path):
+    from conftest import DICOM
+    ds = pydicom.dcmread(need(DICOM / "xa_multiframe_cine_jpeg_baseline" / "HasFragmentSequence.dcm"))
+    good = tmp_path / "good.dcm"
+    ds.save_as(good)
+    ds.Rows, ds.Columns = 4096, 4096
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    zpath = tmp_path / "xa.zip"
+    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(good, "good.dcm")
+        zf.write(bad, "bad.dcm")
+    index = scan(str(zpath))
+    probs = _problems(index)
+    assert list(probs) == ["bad.dcm"] and "compressed frame is 512x512" in probs["bad.dcm"], probs
+    assert _series_sizes(index) == [1]

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import zipfile
 import zlib
 
 from .header import (MORE, OK, HeaderError, InstanceRecord, _fast_scan, _note_pixels,
-                     _one_line, _pydicom_scan, _reset)
+                     _one_line, _pydicom_scan, _reset, first_codestream)
 
 MAX_RATIO = 200  # uncompressed / compressed; deflate's own limit is ~1030
 RATIO_MIN_BYTES = 8 << 20  # smaller members are never refused for their ratio (blank images)
@@ -80,6 +81,15 @@ def read_member_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) ->
                 status = _fast_scan(buf, rec, partial=not complete)
                 if status == OK:
                     _note_pixels(buf, rec, info.file_size, complete=complete)
+                    if rec.encapsulated and not complete:
+                        # The first frame's own header (not the rest of the pixels) is read
+                        # so its size can be compared with the attributes.
+                        (bot,) = struct.unpack_from("<L", buf, rec.pixel_offset + 4)
+                        end = min(info.file_size, rec.pixel_offset + 16 + bot + (1 << 16),
+                                  len(buf) + (16 << 20))
+                        if end > len(buf):
+                            buf += fh.read(end - len(buf))
+                        first_codestream(buf, rec.pixel_offset, rec)
                     break
                 if status == MORE and not complete:
                     want = min(want * 4, info.file_size)

@@ -383,6 +383,24 @@ def _walk_fragments(buf, pos: int, rec: InstanceRecord) -> None:
             rec.codestream = None
 
 
+def first_codestream(buf, pos: int, rec: InstanceRecord) -> None:
+    """rec.codestream from the first fragment after the Basic Offset Table at pos, when buf
+    (a prefix of a zip member) holds its start; the fragments are not counted."""
+    try:
+        tag_g, tag_e, bot = struct.unpack_from("<HHL", buf, pos)
+        fpos = pos + 8 + bot
+        g, e, length = struct.unpack_from("<HHL", buf, fpos)
+    except struct.error:
+        return
+    if ((tag_g << 16) | tag_e) != _ITEM or ((g << 16) | e) != _ITEM or bot == _UNDEFINED:
+        return
+    head = bytes(buf[fpos + 8:fpos + 8 + min(length, 1 << 16)])
+    try:
+        rec.codestream = _codestream_info(head, rec.transfer_syntax)
+    except Exception:
+        rec.codestream = None
+
+
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 
