@@ -163,3 +163,12 @@ def test_decoder_process_death_is_a_load_error_and_pool_recovers(tmp_path, monke
     monkeypatch.undo()
     vol = L.SeriesLoader(series, workers=2).run()  # a fresh pool
     assert vol.loaded.all() and not any("could not be read" in w for w in vol.warnings)
+
+
+def test_loader_never_allocates_past_the_series_limit(tmp_path, monkeypatch):
+    from imaging_assist.dicom import loader as L
+    write_ct_series(tmp_path, [(0, 0, z) for z in range(4)], rows=64, cols=64)
+    series = scan(str(tmp_path)).image_series()[0]  # each file passes the index's own limit
+    monkeypatch.setattr(L, "MAX_SERIES_BYTES", 3 * 64 * 64 * 2)  # the stack needs 4 slices' worth
+    with pytest.raises(LoadError, match="would need"):
+        L.load_series(series)
