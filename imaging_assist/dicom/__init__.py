@@ -6,5 +6,5 @@ from .index import (PatientInfo, Problem, SeriesInfo, StudyIndex, StudyInfo, che
 from .loader import LoadError, SeriesLoader, load_series, plan_series
 
 __all__ = ["HeaderError", "InstanceRecord", "read_dataset", "read_record", "PatientInfo", "Problem",
-           "SeriesInfo", "StudyIndex", "StudyInfo", "scan", "check_record", "preload_pydicom", "LoadError", "SeriesLoader", "load_series",
-           "plan_series"]
+           "SeriesInfo", "StudyIndex", "StudyInfo", "scan", "check_record", "preload_pydicom",
+           "LoadError", "SeriesLoader", "load_series", "plan_series"]
