@@ -207,6 +207,12 @@ def test_units_and_missing_modality_are_refused_before_running(tmp_path, lib):
     assert _demo_fits(lib, s, vol) == {"toy-cxr"}
     ui = _ui_match()
     assert {c for c in ("hu", "cxr") if ui.match_card(load_card(lib / c), ui.series_facts(vol, s)).ok} == {"cxr"}
+    # plain images have no physical units either: refused before any is read (old CLI: one
+    # item error per image)
+    png = tmp_path / "p.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png)
+    rc, got = _analyze(lib / "hu", png, tmp_path / "o3")
+    assert rc is None and "plain image(s) skipped: model needs values in HU" in got, got
     # DICOM without Modality (old CLI: ran the chest model on it, taking it for a plain image)
     ds = pydicom.dcmread(DEMO_CR)
     del ds.Modality

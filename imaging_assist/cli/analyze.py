@@ -74,9 +74,11 @@ def _collect_inputs(path: Path, card, exclude=()):
         others = [p for p in path.rglob("*") if p.is_file() and not is_plain_image(p)
                   and p.suffix.lower() not in _NOT_IMAGES and not p.name.startswith(".") and keep(p)]
         root = path
-    if images and card.spatial_dims == 3:
-        notes.append(f"{len(images)} plain image(s) skipped: model {card.id} is 3D")
-        images = []
+    if images:  # one plain 2D image each, no modality, no physical units: the same rules
+        m = match_card(card, SeriesFacts(is_dicom=False, units="", loaded=False))
+        if not m.ok:
+            notes.append(f"{len(images)} plain image(s) skipped: {m.reason}")
+            images = []
     for p in images:
         rel = p.relative_to(root) if p != root else Path(p.name)
         items.append(("image", p, str(rel.with_suffix("")).replace(os.sep, "_")))
