@@ -827,3 +827,44 @@ def test_trust_store_writable_by_others_is_not_believed(tmp_path):
 
     with pytest.raises(ModelTrustError, match="writable"):
         tr.trust(b)
+
+
+def test_weights_file_that_is_not_a_regular_file_or_too_big_is_refused_before_reading(
+        tmp_path, monkeypatch):
+    """A weights 'file' that is /dev/zero or larger than any loadable network is refused
+    from its stat, before a byte is read (no endless read, no huge allocation)."""
+    from imaging_assist.models import loaders
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.errors import ModelLoadError
+
+    f = _tiny_folder(tmp_path)
+    w = f / "model.safetensors"
+    monkeypatch.setattr(loaders, "MAX_WEIGHTS_BYTES", 100)
+    for fn in (lambda: loaders.load_model(load_card(f)), lambda: loaders.verify(load_card(f))):
+        try:
+            r = fn()
+            assert not r[0].ok and "larger" in r[0].message
+        except ModelLoadError as e:
+            assert "larger" in str(e) and "\n" not in str(e)
+    monkeypatch.undo()
+    if os.path.exists("/dev/zero"):
+        w.unlink()
+        os.symlink("/dev/zero", w)
+        with pytest.raises(ModelLoadError, match="not a regular file") as ei:
+            loaders.load_model(load_card(f))
+        assert "\n" not in str(ei.value)
+        assert loaders.verify(load_card(f))[0].ok is False
+
+
+@need_bundles
+def test_bundle_license_that_is_endless_is_read_only_in_part(tmp_path):
+    from imaging_assist.models.bundle import derive_card
+
+    import resource
+
+    b = _spleen(tmp_path)
+    with open(b / "LICENSE", "r+b") as f:  # 1 GiB, sparse: costs no disk
+        f.truncate(1 << 30)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert derive_card(b).license
+    assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200

@@ -128,8 +128,12 @@ def derive_card(folder: Path) -> ModelCard:
         weights.append(w)
     lic = "see LICENSE"
     if (folder / "LICENSE").is_file():
-        first = [ln.strip() for ln in (folder / "LICENSE").read_text(errors="replace").splitlines()
-                 if ln.strip()]
+        try:  # the first line is enough: read 64 KiB at most (the file could be endless)
+            with open(folder / "LICENSE", "rb") as f:
+                head = f.read(65536).decode("utf-8", errors="replace")
+        except OSError:
+            head = ""
+        first = [ln.strip()[:200] for ln in head.splitlines() if ln.strip()]
         lic = first[0] if first else lic
     d = {
         "id": _slug(folder.name), "name": meta.get("name") or folder.name,

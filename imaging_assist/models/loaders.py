@@ -30,6 +30,9 @@ __all__ = ["LoadedModel", "ModelLoadError", "ModelTrustError", "WeightsMismatchE
            "VerifyResult", "load_model", "read_verified", "sha256_file", "verify"]
 
 _CHUNK = 1 << 20
+# A weights file is read into memory once (hashed, then deserialised from the same bytes):
+# refused above this size, which is more than architectures.MAX_PARAMETER_BYTES allows anyway.
+MAX_WEIGHTS_BYTES = 3 << 30
 
 
 @dataclass
@@ -78,8 +81,23 @@ def _check_bytes(card: ModelCard, wf: WeightsFile, data: bytes | None, path: Pat
 
 
 def _read(path: Path) -> bytes | None:
+    """The bytes of a weights file; refused from its stat (before reading) when it is not a
+    regular file (/dev/zero, a pipe) or larger than any network that may be loaded."""
+    import stat
+
     try:
-        return path.read_bytes()
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelLoadError(f"weights {path} is not a regular file")
+        if st.st_size > MAX_WEIGHTS_BYTES:
+            raise ModelLoadError(f"weights {path} is larger ({st.st_size / 2**30:.1f} GiB) than the "
+                                 f"limit of {MAX_WEIGHTS_BYTES / 2**30:.1f} GiB for a model")
+        with open(path, "rb") as f:
+            data = f.read(MAX_WEIGHTS_BYTES + 1)
+        if len(data) > MAX_WEIGHTS_BYTES:  # grew while being read
+            raise ModelLoadError(f"weights {path} is larger than the limit of "
+                                 f"{MAX_WEIGHTS_BYTES / 2**30:.1f} GiB for a model")
+        return data
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -91,7 +109,11 @@ def verify(card: ModelCard) -> list[VerifyResult]:
     out = []
     for wf in card.weights:
         p = card.folder / wf.file
-        data = _read(p)
+        try:
+            data = _read(p)
+        except ModelLoadError as e:  # not a regular file, too big, unreadable
+            out.append(VerifyResult(wf.file, False, "sha256", wf.sha256, None, str(e)))
+            continue
         out.append(_check_bytes(card, wf, data, p))
     return out
 
@@ -232,8 +254,13 @@ def _bundle_plan(card: ModelCard, hashes: dict[str, str]):
 
     folder = card.folder
     inf = inference_config(folder)
+    from .bundle_code import MAX_CONFIG_BYTES
+
     try:
-        cfg_bytes = inf.read_bytes()
+        if not inf.is_file():
+            raise ModelLoadError(f"bundle config {inf} is not a regular file")
+        with open(inf, "rb") as f:
+            cfg_bytes = f.read(MAX_CONFIG_BYTES + 1)  # run_plan refuses a longer one
     except OSError as e:
         raise ModelLoadError(f"cannot read {inf}: {e.strerror or e}") from None
     meta = read_json_limited(folder / "configs" / "metadata.json", "bundle metadata")
