@@ -1,5 +1,6 @@
 """The command line: JSON output, one-line errors, no tracebacks."""
 
+import io
 import json
 import os
 import subprocess
@@ -207,6 +208,16 @@ def test_bundle_code_never_runs_until_trusted(tmp_path, monkeypatch, capsys):
     r = run("models", "trust", "code-bundle")  # stdin is not a terminal: no silent yes
     _one_line_error(r, "--yes")
     assert not marker.exists()
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stdin", Tty("n\n"))  # on a terminal it asks; "n" trusts nothing
+    r = run("models", "trust", "code-bundle")
+    assert r.returncode == 1 and "[y/N]" in r.stdout and "not trusted" in r.stdout
+    assert "NOT TRUSTED" in run("models", "list", "--no-verify").stdout
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
 
     r = run("models", "trust", "code-bundle", "--yes")
     assert r.returncode == 0, r.stderr
