@@ -26,12 +26,12 @@ SHIPPED = sorted(p.parent.name for p in WEIGHTS.glob("*/model.json"))
 METHODS = ("gradcam", "integrated_gradients", "saliency", "occlusion")
 EXPECTED = ["cxr-lung-seg", "cxr-pneumonia", "path-lung-tissue", "us-breast"]
 # Stored probabilities vs today's run.  Re-running the pneumonia network in fp32 on this CPU
-# reproduced all 2,067 stored probabilities to 1e-6 (their 6-decimal rounding); other CPUs,
-# kernels or bf16 differ more (bf16 moved a JSRT Dice by up to 3.9e-4, see test_lung_region).
-# A probability moves by p(1-p) x (logit change) <= 0.25 x (logit change), so PROB_TOL = 2e-3
-# allows a logit change of 8e-3 - far above fp32 differences, about bf16's rounding of a
-# logit of 2 (8 mantissa bits: 2 x 2^-8 = 8e-3).
-PROB_TOL = 2e-3
+# reproduced all 2,067 stored probabilities to 1e-6 (their 6-decimal rounding).  Other CPUs
+# and kernels differ, and bf16 (CPUs with native bf16, GPUs) much more: measured on 73
+# original-test images, bf16 moved the pneumonia probability by up to 0.0129 (95th percentile
+# 0.0070).  PROB_TOL = 0.03 holds on any machine (2.3x the worst bf16 change) and still
+# catches a wrong preprocessing step, which moves probabilities by tenths.
+PROB_TOL = 0.03
 CARD_TOL = 6e-5  # card values have 4 decimals; predictions.csv 6
 
 
