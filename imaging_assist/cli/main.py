@@ -8,6 +8,7 @@ failure is one line (``error: ...``, exit code 2); tracebacks only with ``--debu
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
 
@@ -40,8 +41,11 @@ def main(argv: list[str] | None = None, run_gui=None) -> int:
     args = parser.parse_args(argv)
     args.run_gui = run_gui
     if not args.debug:
-        # Our own checks report what matters; pydicom's parse warnings would only repeat them.
-        warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+        # Our own checks report what matters (one line each, in the results' warnings); the
+        # libraries' warnings and log records would only repeat them or speak of their internals
+        # (MONAI bundle-config deprecations, optional decoders).  --debug shows everything.
+        warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
+        logging.getLogger("monai").setLevel(logging.ERROR)
     if args.command is None:
         args.path = None
         func = view.cmd_view
