@@ -186,8 +186,9 @@ def _resolve_target(target: str):
                 break
     else:
         modname, _, attr = target.rpartition(".")
-        if not modname.startswith(("monai.networks.", "monai.transforms", "monai.inferers",
-                                   "torch.nn")) and modname not in ("monai.networks", "torch.nn"):
+        if not (modname.startswith(("monai.networks.", "monai.transforms.", "monai.inferers.",
+                                    "torch.nn."))
+                or modname in ("monai.networks", "monai.transforms", "monai.inferers", "torch.nn")):
             return None
         try:
             mod = importlib.import_module(modname)
