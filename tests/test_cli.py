@@ -111,6 +111,7 @@ def test_bad_option_values_are_one_line_errors(tmp_path):
     _one_line_error(run("demo", "--headless", "--models", str(tmp_path), "--device", "mps", "--out", out),
                     "--device mps")
     assert not os.path.exists(out)  # refused before any output was written
+    _one_line_error(run("scan", str(tmp_path / "nothing_here")), "nothing_here", "no such file or folder")
     _one_line_error(run("info"), "SERIES_PATH_OR_UID")  # argparse's own errors: one line too
     _one_line_error(run("analyze", cxr, "--out", out), "--model")
     _one_line_error(run("no-such-command"), "no-such-command")

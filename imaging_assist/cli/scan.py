@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..errors import UserError
 from .common import print_json
 
 
@@ -20,6 +21,9 @@ def cmd_scan(args) -> int:
 
     from ..slides.cli import scan_slides
 
+    missing = [p for p in args.paths if not os.path.exists(p)]
+    if len(missing) == len(args.paths):  # some missing among others: listed under problems
+        raise UserError(f"{missing[0]}: no such file or folder")
     with progress_bar("Reading headers", unit="file", enabled=not args.json) as bar:
         index = scan(args.paths, progress=bar)
     slides, slide_problems = scan_slides(args.paths)
