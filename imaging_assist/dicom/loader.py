@@ -317,12 +317,15 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
     recs = [r for r in series.instances if r.has_pixels]
     if not recs:
         raise LoadError(f"series {series.uid} has no images (modality {series.modality or '?'})")
+    size_notes: list[str] = []
     for r in recs:
         reason = check_record(r)
         if reason:
             raise LoadError(f"{r.display_path}: {reason}")
         if not r.encapsulated and r.pixel_length is not None and r.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE):
-            _check_native_length(r, r.pixel_length)
+            note = _check_native_length(r, r.pixel_length)
+            if note:
+                size_notes.append(note)
     datasets = {}
     keyed: list[tuple[Slot, tuple]] = []
     for ri, r in enumerate(recs):
@@ -367,6 +370,7 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
     plans = []
     for n, (k, slots) in enumerate(sorted(by_key.items())):
         plan = _plan_stack(series, recs, slots, datasets, geo_warnings)
+        plan.warnings.extend(size_notes[:3])
         if len(by_key) > 1:
             plan.label = f"stack {n + 1} of {len(by_key)}"
             plan.warnings.insert(0, f"series holds {len(by_key)} stacks (repeated positions, "
@@ -738,16 +742,31 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
     return {i: arr[i] for i in range(arr.shape[0])}
 
 
-def _check_native_length(rec: InstanceRecord, have: int) -> None:
-    """Native pixel data must hold exactly Rows x Columns x frames x samples values
-    (plus one pad byte): anything else means the size attributes are wrong."""
-    need = rec.expected_pixel_bytes()
+def _check_native_length(rec: InstanceRecord, have: int) -> str | None:
+    """Native pixel data must hold Rows x Columns x NumberOfFrames x SamplesPerPixel values
+    (PS3.5 8.1.1; two samples per pixel for YBR_FULL_422, C.7.6.3).  Too few bytes, or a
+    whole frame or more in excess, means the size attributes are wrong: LoadError.  A few
+    bytes of excess (padding) are ignored; the returned warning says so."""
+    n = rec.rows * rec.columns * rec.samples
+    if rec.bits_allocated == 1:
+        frame = n / 8
+    else:
+        frame = n * (rec.bits_allocated // 8)
+        if str(rec.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+            frame = frame // 3 * 2
+    need = int(np.ceil(frame * rec.frames))
+    attrs = (f"Rows x Columns x NumberOfFrames x SamplesPerPixel ({rec.rows} x {rec.columns} x "
+             f"{rec.frames} x {rec.samples}, BitsAllocated {rec.bits_allocated}: {need} bytes)")
     if have < need:
-        raise LoadError(f"{rec.display_path}: truncated pixel data: {have} bytes present, {need} expected")
-    if have > need + 1:
-        raise LoadError(f"{rec.display_path}: pixel data length {have} bytes does not match Rows x Columns "
-                        f"x NumberOfFrames x SamplesPerPixel ({rec.rows} x {rec.columns} x {rec.frames} x "
-                        f"{rec.samples}, BitsAllocated {rec.bits_allocated}: {need} bytes)")
+        raise LoadError(f"{rec.display_path}: truncated pixel data: {have} bytes present, {need} expected "
+                        f"from {attrs}")
+    excess = have - need
+    if excess > 1 and excess >= max(frame, 2):
+        raise LoadError(f"{rec.display_path}: pixel data length {have} bytes does not match {attrs}")
+    if excess > 1:
+        return (f"{rec.display_path}: {excess} bytes after the pixel data described by Rows x Columns "
+                "were ignored")
+    return None
 
 
 _POOL = None
