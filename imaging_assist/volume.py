@@ -85,6 +85,18 @@ class Volume:
         if self.spacing_source not in SPACING_SOURCES:
             raise ValueError(f"spacing_source is one of {SPACING_SOURCES}, not {self.spacing_source!r}")
 
+    def calibrate(self, row_mm: float, col_mm: float | None = None, how: str = "by the user") -> None:
+        """Set the in-plane pixel size from a calibration (e.g. a ruler drawn over an object
+        of known length): ``spacing_source`` becomes "calibrated" and a warning says so."""
+        col_mm = row_mm if col_mm is None else col_mm
+        for v in (row_mm, col_mm):
+            if not (np.isfinite(v) and 1e-4 <= float(v) <= 100.0):
+                raise ValueError(f"calibrated pixel size {v} mm is not plausible (1e-4 to 100 mm)")
+        self.spacing = (float(col_mm), float(row_mm), float(self.spacing[2]))
+        self.spacing_source = "calibrated"
+        self.warnings.append(f"pixel size calibrated {how}: {float(row_mm):g} x {float(col_mm):g} mm "
+                             "(row x column); lengths depend on that calibration")
+
     @property
     def spacing_known(self) -> bool:
         """True when ``spacing[:2]`` is a physical pixel size (mm); else lengths are in pixels."""

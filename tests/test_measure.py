@@ -65,3 +65,19 @@ def test_measurement_text_and_dict():
     assert px.compute(None, (1.0, 1.0), "", "px")["text"] == ["10.0 px"]
     with pytest.raises(ValueError):
         Measurement("circle", [(0, 0)])
+
+
+def test_user_calibration_sets_the_spacing_source():
+    from imaging_assist.volume import Volume
+    vol = Volume(array=np.zeros((1, 20, 30), np.int16), has_geometry=False)
+    assert vol.spacing_source == "none" and not vol.spacing_known
+    m = Measurement("ruler", [(0, 0), (10, 0)])
+    m.compute_on(vol)
+    assert m.summary() == "10.0 px (no spacing)"
+    vol.calibrate(0.2)
+    assert vol.spacing_source == "calibrated" and vol.spacing_known and vol.spacing[:2] == (0.2, 0.2)
+    assert any("calibrated" in w for w in vol.warnings)
+    m.compute_on(vol)
+    assert m.summary() == "2.0 mm (calibrated)" and m.to_dict()["spacing_source"] == "calibrated"
+    with pytest.raises(ValueError):
+        vol.calibrate(float("nan"))

@@ -83,10 +83,13 @@ def _decoder_stderr_muted():
     """
     state = {"failed": False}
     with _STDERR_LOCK:
+        saved = tmp = None
         try:
             saved = os.dup(2)
             tmp = tempfile.TemporaryFile()
-        except OSError:
+        except OSError:  # no stderr (or no temp dir): decode without holding anything back
+            if saved is not None:
+                os.close(saved)
             yield state
             return
         try:
