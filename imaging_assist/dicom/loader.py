@@ -325,6 +325,9 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
         reason = check_record(r)
         if reason:
             raise LoadError(f"{r.display_path}: {reason}")
+        bs = r.get("BitsStored")
+        if bs is not None and not (isinstance(bs, (int, float)) and 1 <= bs <= r.bits_allocated):
+            raise LoadError(f"{r.display_path}: BitsStored {bs} does not fit BitsAllocated {r.bits_allocated}")
         if not r.encapsulated and r.pixel_length is not None and r.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE):
             note = _check_native_length(r, r.pixel_length)
             if note:
@@ -601,6 +604,7 @@ def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRe
 
 def _stored_range(rec: InstanceRecord) -> tuple[int, int]:
     bs = int(rec.get("BitsStored", rec.bits_allocated) or rec.bits_allocated)
+    bs = min(max(bs, 1), max(rec.bits_allocated, 1), 64)  # the index refuses others; never a bad shift
     if int(rec.get("PixelRepresentation", 0) or 0) == 1:
         return -(1 << (bs - 1)), (1 << (bs - 1)) - 1
     return 0, (1 << bs) - 1
