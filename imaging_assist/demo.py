@@ -3,8 +3,8 @@
 With a display the viewer opens on the demo folder and runs the registered models that fit
 the series shown (the GUI side lives in ``imaging_assist_ui``).  Without one (or with
 ``--headless``) every series is loaded and analysed by every registered model whose card
-fits it (modality, body part, 2D/3D: the same test as ``analyze``), and ``report.json`` is
-written with
+fits it (:func:`imaging_assist.models.matching.match_card`, the rules of ``analyze`` and the
+viewer), and ``report.json`` is written with
 
 * per series: geometry, value range and warnings as ``info`` prints them, and a key image;
 * per series and model (``analyses``): the item of ``results.json`` (docs/results_schema.md):
@@ -14,7 +14,8 @@ written with
   ``explanation_region`` (e.g. the lungs from ``cxr-lung-seg``) get a Grad-CAM heat map; with a
   region, also the share of the heat map's positive mass inside it (explain/regions.py).
 
-Models that are missing, fail their sha256 check or fail on a series are one-line notes.
+Models that are missing, fail their sha256 check or fail on a series are one-line notes; a
+MONAI bundle whose configs hold code is skipped (a note) until ``models trust`` marked it.
 """
 
 from __future__ import annotations
