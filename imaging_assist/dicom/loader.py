@@ -10,6 +10,15 @@ Geometry rules (the same as dcm2niix / ITK's GDCM reader, plus the warnings they
 * rescale slope/intercept (per frame for enhanced objects) and the Modality LUT are
   applied, so values are in modality units (HU for CT).
 
+Nothing loads silently wrong (issue 12): non-finite or zero rescale, Rows/Columns that do
+not match the pixel data, an unknown PhotometricInterpretation -> LoadError; an unusable
+PixelSpacing -> ``spacing_source`` "none" (lengths in pixels); unusable or missing
+ImageOrientationPatient / ImagePositionPatient -> no 3D geometry; each with a warning
+naming the attribute.  Where the pixel size comes from follows PS3.3 10.7.1.3
+(``Volume.spacing_source``).  Every decoder call is guarded: a decoder exception, a Rust
+panic (a BaseException) or a crashed worker process becomes a one-line LoadError naming
+the file and frame.
+
 Uncompressed little-endian slices are read straight from disk into the volume with
 ``numpy.fromfile`` at the offset the header walk found; everything else is decoded by
 pydicom with the pylibjpeg plugins, on a thread pool.
