@@ -257,3 +257,60 @@ def test_info_never_prints_millimetres_for_an_unknown_spacing():
     line = next(ln for ln in r.stdout.splitlines() if ln.startswith("Spacing"))
     assert "0.4512, 0.4512, 1 mm" in line and "PixelSpacing" in line, line
     assert any(ln.startswith("Origin") for ln in r.stdout.splitlines())
+
+
+# =========================================================================== fuzz
+def _tag_edit(b: bytes, group: int, elem: int, vr: bytes, value: bytes):
+    import struct
+
+    key = struct.pack("<HH", group, elem) + vr
+    i = b.find(key)
+    if i < 0:
+        return None
+    n = struct.unpack("<H", b[i + 6:i + 8])[0]
+    return b[:i + 6] + struct.pack("<H", len(value)) + value + b[i + 8 + n:]
+
+
+def test_mutated_real_files_give_results_or_one_line_errors(tmp_path, capsys):
+    """info and analyze on a real CR with flipped bytes, truncations and absurd header values:
+    exit 0/1/2, every error one line, never an internal error or a traceback."""
+    import random
+    import struct
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    b = open(os.path.join(here, DEMO_CXR, "cxr_03_pa.dcm"), "rb").read()
+    rng = random.Random(12)
+    mutants = {}
+    for k in range(4):
+        m = bytearray(b)
+        for _ in range(rng.randint(1, 30)):
+            j = rng.randrange(len(m))
+            m[j] ^= 1 << rng.randrange(8)
+        mutants[f"flip{k}"] = bytes(m)
+    for frac in (0.05, 0.5, 0.999):
+        mutants[f"trunc{frac}"] = b[:int(len(b) * frac)]
+    edits = {"rows0": (0x28, 0x10, b"US", struct.pack("<H", 0)),
+             "rows_max": (0x28, 0x10, b"US", struct.pack("<H", 65535)),
+             "cols_max": (0x28, 0x11, b"US", struct.pack("<H", 65535)),
+             "bits7": (0x28, 0x100, b"US", struct.pack("<H", 7)),
+             "rgb_claim": (0x28, 0x02, b"US", struct.pack("<H", 3)),
+             "no_modality": (0x08, 0x60, b"CS", b""),
+             "age_garbage": (0x10, 0x1010, b"AS", b"X9Y "),
+             "body_part_knee": (0x18, 0x15, b"CS", b"KNEE")}
+    for name, e in edits.items():
+        m = _tag_edit(b, *e)
+        assert m is not None, name
+        mutants[name] = m
+    run = _in_process(capsys)
+    for name, data in mutants.items():
+        d = tmp_path / name
+        d.mkdir()
+        (d / "x.dcm").write_bytes(data)
+        for argv in (["info", d / "x.dcm"], ["analyze", d, "--model", "cxr-pneumonia", "--out", d / "o"]):
+            r = run(*argv)
+            assert r.returncode in (0, 1, 2), (name, argv[0], r.returncode)
+            assert "internal error" not in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)
+            for ln in r.stderr.splitlines():
+                assert ln.startswith(("error:", "warning:", "note:", "/")), (name, ln)
+            if name == "body_part_knee" and argv[0] == "analyze":
+                assert r.returncode == 2 and "the series shows KNEE" in r.stderr, r.stderr
