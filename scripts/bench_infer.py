@@ -2,6 +2,7 @@
 """Inference benchmark: our pipeline vs plain MONAI, per model and device.
 
     .venv/bin/python scripts/bench_infer.py [--device cpu|cuda|auto] [--threads N] [--quick]
+        [--precision auto|fp32|bf16]
 
 Models (weights are random or briefly trained here, never downloaded):
 
@@ -95,10 +96,10 @@ def worker_cls2d(args) -> dict:
         vol = Volume((rng.random((1, 1024, 1024)) * 255).astype(np.uint8), has_geometry=False)
         src = "synthetic 1024x1024"
     dev = args.device
-    o_inf = RunOptions(device=dev)
+    o_inf = RunOptions(device=dev, precision=args.precision)
     best_inf, med_inf, res = timed(lambda: run_model(model, vol, o_inf), args.reps)
     rss_infer = rss_mb()
-    o_gc = RunOptions(device=dev, explain=ExplainConfig("gradcam", faithfulness=False))
+    o_gc = RunOptions(device=dev, precision=args.precision, explain=ExplainConfig("gradcam", faithfulness=False))
     best_tot, med_tot, res_gc = timed(lambda: run_model(model, vol, o_gc), args.reps)
     gc_times = []
     for _ in range(args.reps):
@@ -193,7 +194,7 @@ def worker_seg3d(args) -> dict:
     vol = Volume(np.ascontiguousarray(np.transpose(v_ijk, (2, 1, 0))), spacing=(1.0, 1.0, 1.0),
                  modality="CT", slice_positions=np.arange(128, dtype=float))
     dev = args.device
-    opts = RunOptions(device=dev, keep_probabilities=True)
+    opts = RunOptions(device=dev, keep_probabilities=True, precision=args.precision)
     best, med, ours = timed(lambda: run_model(model, vol, opts), args.reps)
     rss_ours = rss_mb()
     out: dict = {"device": ours.device, "volume": "256x256x128 (x, y, z), 1 mm",
@@ -221,7 +222,8 @@ def worker_seg3d(args) -> dict:
     dice = dsc(rlab == 1, olab == 1)
     # Same network, our pipeline with the card's own 96^3 ROI (Gaussian blending, no
     # enlargement): separates the effect of the larger ROI from everything else.
-    c_best, _, card_roi = timed(lambda: run_model(model, vol, RunOptions(device=dev, enlarge_roi=False)), 1)
+    c_best, _, card_roi = timed(lambda: run_model(model, vol, RunOptions(device=dev, enlarge_roi=False,
+                                                                      precision=args.precision)), 1)
     clab = np.transpose(card_roi.label_map, (2, 1, 0))
     out["accuracy_vs_synthetic_truth"] = {
         "dice_ours": dsc(olab == 1, truth == 1), "dice_monai_reference": dsc(rlab == 1, truth == 1),
@@ -280,6 +282,7 @@ def worker_seg3d(args) -> dict:
 # =========================================================================== driver
 def run_worker(name: str, args, extra: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--device", args.device, "--reps", str(args.reps),
+           "--precision", args.precision,
            "--ref-reps", str(args.ref_reps), "--threads", str(args.threads),
            "--train-steps", str(args.train_steps)] + extra
     if args.quick:
@@ -300,6 +303,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="RunOptions.precision of our runs (auto: fp32 on CPU; the MONAI reference is fp32)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ref-reps", type=int, default=2, help="repetitions of the slow MONAI reference")
     ap.add_argument("--train-steps", type=int, default=40)
