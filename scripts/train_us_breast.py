@@ -4,10 +4,17 @@
 Data: ``ultrasound/breast_busi`` (687 grey JPEGs, shorter side 256, various aspect ratios;
 labels.csv; one merged tumour mask per image, empty for normal images).
 
-Splits: BUSI has no patient ids, so the images are split one by one, stratified by label,
-70 / 15 / 15 into train / validation / test (seed 0).  Images of one patient (BUSI has
-several per patient, and some near-duplicates) may therefore sit in two splits: the test
-metrics may be optimistic.
+Splits: BUSI has no patient ids but several images per patient and known near-duplicates
+(the same frame, with or without calliper marks, sometimes under two labels).  The images
+are first grouped with :mod:`imaging_assist.near_duplicates` (log-polar registration limited
+to near-identity transforms: rotation <= 10 deg, zoom <= e^0.25, no flip, since ultrasound
+frames are not turned or mirrored; verified by high-pass pixel NCC >= 0.2; union-find over
+all 687 images, across labels).  The grouping is cached in
+``weights/us-breast/near_duplicate_groups.csv`` (re-used when the file list matches).  Whole
+groups are split 70 / 15 / 15 into train / validation / test, stratified by the group's first
+label (seed 0).  Frames of one patient that differ by a shift or another probe position are
+not found, so the test metrics may still be optimistic.  Confidence intervals resample whole
+groups (cluster bootstrap).
 
 Network: a small MONAI ResNet on the whole image resized to 224x224 (the card's input block,
 run through the engine's own preprocessing).  During training only, a 1x1-convolution
@@ -94,6 +101,52 @@ class AuxSeg(nn.Module):
         return logits
 
 
+GROUPS_CSV = "near_duplicate_groups.csv"
+GROUPING = {"max_angle_deg": 10.0, "allow_flip": False, "max_log_zoom": 0.25, "ncc_threshold": 0.2}
+
+
+def near_duplicate_groups(rows, src, out) -> tuple[np.ndarray, dict]:
+    """Group name per image (``u<k>``), cached in ``out/near_duplicate_groups.csv`` (+ .json
+    with how it was made and how long it took); recomputed when the file list changed."""
+    from PIL import Image
+
+    from imaging_assist.near_duplicates import group_near_duplicates
+
+    files = [r["file"] for r in rows]
+    f, fj = out / GROUPS_CSV, out / GROUPS_CSV.replace(".csv", ".json")
+    if f.is_file() and fj.is_file():
+        cached = list(csv.DictReader(f.open()))
+        stats = json.loads(fj.read_text())
+        if [r["file"] for r in cached] == files and stats.get("params") == GROUPING:
+            return np.array([r["group"] for r in cached]), stats
+    t = time.perf_counter()
+    # squashed to 224x224 grey: near-duplicates share the frame geometry, so this is the same
+    # resampling for both copies, and log_polar needs a centred, square-ish image
+    ims = [np.asarray(Image.open(src / r["file"]).convert("L").resize((224, 224), Image.BILINEAR), np.float32)
+           for r in rows]
+    g = group_near_duplicates(ims, None, **GROUPING)
+    secs = time.perf_counter() - t
+    names = np.array([f"u{k}" for k in g.groups])
+    sizes = np.bincount(g.groups)
+    labels = np.array([r["label"] for r in rows])
+    mixed = sum(1 for k in range(g.n_groups) if len(set(labels[g.groups == k])) > 1)
+    stats = {"method": "imaging_assist.near_duplicates.group_near_duplicates on 224x224 grey copies, all labels "
+                       "compared; log-polar NCC candidates (>= 0.35, 12 per image) limited to near-identity "
+                       "transforms, high-pass pixel NCC >= 0.2 after registration, union-find",
+             "params": GROUPING, "images": len(rows), "groups": int(g.n_groups),
+             "groups_with_more_than_one_image": int((sizes > 1).sum()),
+             "images_in_such_groups": int(sizes[sizes > 1].sum()), "largest_group": int(sizes.max()),
+             "groups_with_two_labels": int(mixed), "verified_pairs": len(g.matches),
+             "rejected_candidates": len(g.rejected), "seconds": round(secs, 1)}
+    with f.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "group"])
+        w.writerows(zip(files, labels, names))
+    fj.write_text(json.dumps(stats, indent=2) + "\n")
+    print("near-duplicate groups:", stats, flush=True)
+    return names, stats
+
+
 def augment_us(x, masks, g, *, rot=12.0, scale=(0.85, 1.2), shift=0.08):
     """Affine (+ horizontal flip) on image and mask together, then gamma, contrast /
     brightness and multiplicative, spatially correlated ("speckle-like") noise."""
@@ -122,10 +175,12 @@ def main(argv=None) -> int:
     src = T.DATA / "ultrasound" / "breast_busi"
     rows, paths = T.read_rows(src)
     y = np.array([LABELS.index(r["label"].lower()) for r in rows])
-    groups = np.array([r["file"] for r in rows])  # no patient ids: each image is its own group
+    groups, gstats = near_duplicate_groups(rows, src, out)  # no patient ids: near-duplicate groups
     split = T.grouped_split(groups, y, (0.70, 0.15, 0.15), seed=args.seed)
+    for k in range(3):
+        assert not (set(groups[split == k]) & set(groups[split != k])), "group in two splits"
     names = {0: "train", 1: "validation", 2: "test"}
-    counts = {names[k]: {"images": int((split == k).sum()),
+    counts = {names[k]: {"images": int((split == k).sum()), "groups": int(len(set(groups[split == k]))),
                          **{lab: int(((split == k) & (y == i)).sum()) for i, lab in enumerate(LABELS)}}
               for k in range(3)}
     print("splits:", counts, flush=True)
@@ -203,24 +258,28 @@ def main(argv=None) -> int:
     def acc_fn(a, b):
         return float((b.argmax(1) == a).mean())
 
-    metrics, details, curves = [], {}, {}
+    metrics, details, curves, ss_hows = [], {}, {}, {}
     for k, label in ((2, "test"), (1, "validation")):
         m = split == k
-        yy, pp = y[m], prob[m]
+        yy, pp, gg = y[m], prob[m], groups[m]
         n = int(m.sum())
-        what = {2: f"test split ({n} images, stratified by label; no patient ids, see limitations)",
-                1: f"validation split ({n} images; epoch, temperature and threshold were chosen here)"}[k]
+        ng = len(set(gg))
+        what = {2: f"test split ({n} images / {ng} near-duplicate groups, split by group; no patient ids, "
+                   f"see limitations)",
+                1: f"validation split ({n} images / {ng} groups; epoch, temperature and threshold were chosen "
+                   f"here)"}[k]
         mauc, per = E.macro_auc(yy, pp)
-        mauc_ci = E.bootstrap_ci(macro, yy, pp, strata=yy, seed=1)
-        per_ci = [E.bootstrap_ci(E.roc_auc, yy == c, pp[:, c], strata=yy, seed=10 + c) for c in range(3)]
+        # every interval: cluster bootstrap over near-duplicate groups (E.bootstrap_ci)
+        mauc_ci = E.bootstrap_ci(macro, yy, pp, clusters=gg, strata=yy, seed=1)
+        per_ci = [E.bootstrap_ci(E.roc_auc, yy == c, pp[:, c], clusters=gg, strata=yy, seed=10 + c)
+                  for c in range(3)]
         acc = acc_fn(yy, pp)
-        acc_ci = E.wilson_ci(int((pp.argmax(1) == yy).sum()), n)  # Wilson score interval (proportion)
+        acc_ci = E.bootstrap_ci(acc_fn, yy, pp, clusters=gg, strata=yy, seed=2)
         rel = E.top_label_ece(yy, pp)
-        ece_ci = E.bootstrap_ci(lambda a, b: E.top_label_ece(a, b).ece, yy, pp, seed=3, n_boot=500)
+        ece_ci = E.bootstrap_ci(lambda a, b: E.top_label_ece(a, b).ece, yy, pp, clusters=gg, seed=3, n_boot=500)
         se, sp = E.sens_spec(yy == mal, pp[:, mal], thr)
-        npos, nneg = int((yy == mal).sum()), int((yy != mal).sum())
-        se_ci = E.wilson_ci(round(se * npos), npos)
-        sp_ci = E.wilson_ci(round(sp * nneg), nneg)
+        se_ci, sp_ci, ss_how = E.sens_spec_ci(yy == mal, pp[:, mal], thr, clusters=gg, seed=4)
+        ss_hows.setdefault(ss_how, []).append(label)
         metrics.append(E.metric("macro AUC", mauc, mauc_ci, n, what + ", one-vs-rest AUC averaged over the 3 classes"))
         metrics += [E.metric("AUC", per[c], per_ci[c], n, what + ", one-vs-rest", LABELS[c]) for c in range(3)]
         metrics += [E.metric("accuracy", acc, acc_ci, n, what + ", top label (argmax)"),
@@ -248,9 +307,10 @@ def main(argv=None) -> int:
 
     with (out / "predictions.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["file", "split", "label"] + [f"p_{lab}" for lab in LABELS])
+        w.writerow(["file", "split", "group", "label"] + [f"p_{lab}" for lab in LABELS])
         for i in np.nonzero(split > 0)[0]:
-            w.writerow([rows[i]["file"], names[int(split[i])], LABELS[y[i]]] + [f"{p:.6f}" for p in prob[i]])
+            w.writerow([rows[i]["file"], names[int(split[i])], groups[i], LABELS[y[i]]]
+                       + [f"{p:.6f}" for p in prob[i]])
 
     t = details["test"]
     cm = t["confusion_matrix"]["rows_true_cols_predicted_argmax"]
@@ -261,8 +321,10 @@ def main(argv=None) -> int:
                     f"({counts['validation']['malignant']} malignant); malignant vs benign+normal, "
                     f"chosen for sensitivity >= 0.90"}},
         "metrics": metrics,
-        "metrics_ci": "AUCs and ECE: percentile bootstrap (AUCs stratified by label, 2,000 resamples; ECE 500); "
-                      "accuracy, sensitivity and specificity: Wilson score interval",
+        "metrics_ci": "every interval: percentile cluster bootstrap resampling whole near-duplicate groups "
+                      "(imaging_assist.evaluation.bootstrap_ci; stratified by label, 2,000 resamples; ECE 500 "
+                      "unstratified); sensitivity/specificity: "
+                      + "; ".join(f"{h} ({', '.join(v)})" for h, v in ss_hows.items()),
         "data": {
             "training": f"BUSI breast ultrasound (Al-Dhabyani et al. 2020, Baheya Hospital, Cairo; women aged "
                         f"25-75; LOGIQ E9 scanners), grey JPEG copy in shared/data/ultrasound/breast_busi "
@@ -274,9 +336,16 @@ def main(argv=None) -> int:
             "test": f"{counts['test']['images']} images ({counts['test']['benign']} benign, "
                     f"{counts['test']['malignant']} malignant, {counts['test']['normal']} normal)",
             "splits": counts,
-            "split_rule": "BUSI has no patient ids: images were split one by one, stratified by label, "
-                          "70/15/15, seed 0. Images of the same patient (and BUSI's known near-duplicate "
-                          "images) can be in more than one split, so the test metrics may be optimistic.",
+            "split_rule": f"BUSI has no patient ids: the {gstats['images']} images were grouped into "
+                          f"{gstats['groups']} near-duplicate groups ({gstats['groups_with_more_than_one_image']} "
+                          f"with more than one image, largest {gstats['largest_group']}; "
+                          f"{gstats['groups_with_two_labels']} hold images under two labels) by image registration "
+                          f"(imaging_assist/near_duplicates.py, cached in {GROUPS_CSV}); whole groups were split "
+                          "70/15/15, stratified by the group's first label, seed 0, so no group is in two splits. "
+                          "Other images of the same patient (another probe position, a shifted crop) are not "
+                          "found that way and can be in more than one split, so the test metrics may still be "
+                          "optimistic.",
+            "near_duplicates": gstats,
         },
         "license": "Weights: BSD-2-Clause (this project). Training data licence: unknown (none stated in the "
                    "mirror used; BUSI, doi:10.1016/j.dib.2019.104863, is distributed for research use)",
@@ -284,8 +353,9 @@ def main(argv=None) -> int:
                         "into benign lesion / malignant lesion / no lesion and shows where the network looked. "
                         "NOT FOR CLINICAL USE: not a diagnosis, not validated on any population or scanner.",
         "limitations": [
-            "No patient ids exist in BUSI, so the split is by image: images of one patient, and BUSI's known "
-            "near-duplicates, may be in both training and test. The test metrics are likely optimistic.",
+            "No patient ids exist in BUSI: the split is by near-duplicate group (copies of one frame, found by "
+            "registration), but other images of one patient may still be in both training and test. The test "
+            "metrics are possibly optimistic.",
             f"Small data: {counts['test']['images']} test images ({counts['test']['malignant']} malignant, "
             f"{counts['test']['normal']} normal), hence the wide confidence intervals.",
             "One hospital, one scanner family (GE LOGIQ E9), one population (Egyptian women 25-75). Other "
@@ -312,7 +382,8 @@ def main(argv=None) -> int:
                      "selection": "epoch with the best validation macro AUC - 0.01 x validation loss",
                      "temperature": round(temp, 4), "train_seconds": round(train_s, 1)},
         "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
-                  "predictions": "predictions.csv", "roc": "roc.png", "reliability": ["reliability_test.png"]},
+                  "predictions": "predictions.csv", "roc": "roc.png", "reliability": ["reliability_test.png"],
+                  "near_duplicate_groups": [GROUPS_CSV, GROUPS_CSV.replace(".csv", ".json")]},
     })
     sanity = out / "sanity.json"  # written by scripts/check_explanations.py (run after training)
     if sanity.is_file():
@@ -322,7 +393,9 @@ def main(argv=None) -> int:
             "Explanations: weight-randomisation sanity check (scripts/check_explanations.py, 3 images): "
             + ("all methods passed." if not bad else
                "failed for " + ", ".join(f"{k} (worst Spearman {v:.2f})" for k, v in bad.items())
-               + "; these maps may not depend on what the network learned, prefer Grad-CAM."))
+               + "; these maps may not depend on what the network learned"
+               + (", prefer " + ", ".join(k for k, v in sm.items() if v["passed"]) + "."
+                  if any(v["passed"] for v in sm.values()) else ".")))
     from imaging_assist.models.build import save_model_folder
 
     save_model_folder(out, card, net)
