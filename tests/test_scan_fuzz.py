@@ -109,6 +109,11 @@ def _plain(v):
         return "<unreadable>"
 
 
+def _same_number(a: float, b: float) -> bool:
+    """Equal, NaN included (a NaN geometry value is indexed as read; the loader warns)."""
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b)
+
+
 def _agrees_with_pydicom(rec) -> str | None:
     """The record's essential attributes are what pydicom reads from the same bytes."""
     try:
@@ -123,10 +128,10 @@ def _agrees_with_pydicom(rec) -> str | None:
         mine = rec.tags.get(kw)
         if ref in (None, "") and mine in (None, ""):
             continue
-        if isinstance(ref, float) and isinstance(mine, (int, float)) and math.isclose(ref, mine):
+        if isinstance(ref, float) and isinstance(mine, (int, float)) and _same_number(ref, mine):
             continue
         if isinstance(ref, list) and isinstance(mine, list) and len(ref) == len(mine) and all(
-                math.isclose(float(a), float(b)) for a, b in zip(ref, mine)):
+                _same_number(float(a), float(b)) for a, b in zip(ref, mine)):
             continue
         if ref != mine:
             return f"{kw}: record {mine!r} != pydicom {ref!r}"

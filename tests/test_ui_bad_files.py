@@ -67,9 +67,8 @@ def test_every_bad_file_has_a_visible_reason(win):
     problems = win.browser.problems.toPlainText()
     # files the header walk refuses are listed with their reason
     assert "nan_intercept.dcm" in problems and "RescaleIntercept" in problems
-    # (what the reason says for the palette file is the engine's: today pydicom's broadcast
-    # error, shown as an "unexpected error"; the UI's part is that it is shown at all)
-    for desc, fname, words in (("palette no LUT", "palette_nolut.dcm", ()),
+    # the reason is the engine's one line, naming what is wrong
+    for desc, fname, words in (("palette no LUT", "palette_nolut.dcm", ("palette",)),
                                ("rows mismatch", "rows_mismatch.dcm", ("rows",))):
         key = _key(win, desc)
         if key is None:  # refused while scanning: then the problems list names it

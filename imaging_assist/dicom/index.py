@@ -280,12 +280,12 @@ _SINGLE = {"SOPInstanceUID": "uid", "SeriesInstanceUID": "uid", "StudyInstanceUI
            "Rows": "us", "Columns": "us", "SamplesPerPixel": "us", "BitsAllocated": "us",
            "BitsStored": "us", "HighBit": "us", "PixelRepresentation": "us",
            "PlanarConfiguration": "us", "NumberOfFrames": "frames",
-           "SliceThickness": "ds", "SpacingBetweenSlices": "ds", "FrameTime": "ds",
-           "GantryDetectorTilt": "ds", "SliceLocation": "ds", "RescaleIntercept": "ds",
-           "RescaleSlope": "ds"}
-_VECTORS = {"ImagePositionPatient": 3, "ImageOrientationPatient": 6, "PixelSpacing": 2,
-            "ImagerPixelSpacing": 2, "NominalScannedPixelSpacing": 2}
-_NUMBER_LISTS = ("WindowCenter", "WindowWidth")
+           "RescaleIntercept": "ds", "RescaleSlope": "ds"}
+# Geometry and display values (PixelSpacing, ImageOrientationPatient, ImagePositionPatient,
+# SliceThickness, WindowCenter/Width, ...) are NOT checked here: a bad one does not make the
+# pixels unreadable, so the file is indexed and the loader opens it without what the value
+# would have given (spacing unknown, no 3D geometry, no file window), with a warning naming
+# the attribute (loader._plan_geometry, display.presets_for) - what a reader expects.
 # Text with one value: a backslash in it is kept as it is in the file (joined back).
 _TEXT_SINGLE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                 "StudyTime", "AccessionNumber", "Modality", "Manufacturer", "StudyDescription",
@@ -338,22 +338,6 @@ def _check_values(rec: InstanceRecord) -> str | None:
                 return f"NumberOfFrames {v} (at least 1 expected)"
         elif kind == "ds" and not _is_number(v):
             return f"{kw} is not a finite number ({_show(v)})"
-    for kw, n in _VECTORS.items():
-        v = tags.get(kw)
-        if v is None or v == "":
-            continue
-        vals = v if isinstance(v, list) else [v]
-        if len(vals) != n or not all(_is_number(x) for x in vals):
-            return f"{kw} must be {n} finite numbers, not {_show(v)}"
-        if kw.endswith("PixelSpacing") and not all(x > 0 for x in vals):
-            return f"{kw} {_show(v)} is not positive"
-    for kw in _NUMBER_LISTS:
-        v = tags.get(kw)
-        if v is None or v == "":
-            continue
-        vals = v if isinstance(v, list) else [v]
-        if not all(_is_number(x) for x in vals):
-            return f"{kw} is not a list of finite numbers ({_show(v)})"
     if tags.get("RescaleSlope") == 0:
         return "RescaleSlope is 0 (every pixel would get the same value)"
     ts = rec.transfer_syntax
@@ -439,7 +423,11 @@ def check_record(rec: InstanceRecord) -> str | None:
         if rec.pixel_length < stored:
             return f"truncated pixel data: {rec.pixel_length} bytes present, {stored} expected ({attrs})"
         excess = rec.pixel_length - stored
-        if excess > 1 and excess >= max(fb, 2):
+        # Padding is a byte or a few (even length, vendor blocks); a whole image row or more
+        # in excess means Rows/Columns do not describe the data (a smaller Rows would crop
+        # the image silently, a wrong Columns would shear it).
+        row = max(fb / max(rec.rows, 1), 2)
+        if excess > 1 and excess >= row:
             return (f"Pixel Data holds {rec.pixel_length} bytes but {attrs} = {stored}: "
                     f"the attributes do not describe the data")
         if excess > 1:
@@ -652,10 +640,14 @@ def _num(v) -> float:
         return float("inf")
 
 
+def _finite_vector(v, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(_is_number(x) for x in v)
+
+
 def _orientation_key(rec: InstanceRecord):
     iop = rec.get("ImageOrientationPatient")
-    if not isinstance(iop, list) or len(iop) != 6:
-        return None
+    if not _finite_vector(iop, 6):
+        return None  # unusable orientation: the loader warns and opens without geometry
     return tuple(np.round(np.asarray(iop, float), 3))
 
 
@@ -705,7 +697,7 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
 
 def _split_duplicates(members: list[InstanceRecord]) -> list[tuple[list[InstanceRecord], str]]:
     """Split single-frame images that share a position by the attribute that tells them apart."""
-    single = [r for r in members if r.frames == 1 and isinstance(r.get("ImagePositionPatient"), list)]
+    single = [r for r in members if r.frames == 1 and _finite_vector(r.get("ImagePositionPatient"), 3)]
     if len(single) != len(members) or len(members) < 2:
         return [(members, "")]
     pos = [tuple(np.round(np.asarray(r.get("ImagePositionPatient"), float), 3)) for r in members]

@@ -747,9 +747,22 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
     if rec.frames == 1 and arr.ndim == (3 if rec.samples > 1 else 2):
         arr = arr[None]
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
-        if rgb.dtype != np.uint8:  # 16-bit palette entries -> 8-bit display RGB
-            rgb = (rgb.astype(np.float32) / max(1.0, float(rgb.max())) * 255 + 0.5).astype(np.uint8)
+        missing = [f"{c}PaletteColorLookupTable{part}" for c in ("Red", "Green", "Blue")
+                   for part in ("Descriptor", "Data") if f"{c}PaletteColorLookupTable{part}" not in ds]
+        if missing and "SegmentedRedPaletteColorLookupTableData" not in ds:
+            raise LoadError(f"{rec.display_path}: PALETTE COLOR image without its palette "
+                            f"({', '.join(missing[:2])}{' …' if len(missing) > 2 else ''} missing)")
+        try:
+            rgb = apply_color_lut(arr, ds)
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            raise LoadError(f"{rec.display_path}: unusable palette colour lookup table ({e})") from None
+        if rgb.shape != arr.shape + (3,):
+            raise LoadError(f"{rec.display_path}: palette colour lookup table did not give RGB "
+                            f"for every pixel")
+        if rgb.dtype != np.uint8:
+            # 16-bit entries span 0..65535 (PS3.3 C.7.6.3.1.5): scale by the bit depth, not by
+            # the largest entry (that would brighten a dark palette).
+            rgb = (rgb.astype(np.float32) / 257.0 + 0.5).clip(0, 255).astype(np.uint8)
         return {i: rgb[i] for i in range(rgb.shape[0])}
     if rec.samples == 1:
         arr = _normalize_stored(arr, rec)
@@ -761,7 +774,7 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
 def _check_native_length(rec: InstanceRecord, have: int) -> str | None:
     """Native pixel data must hold Rows x Columns x NumberOfFrames x SamplesPerPixel values
     (PS3.5 8.1.1; two samples per pixel for YBR_FULL_422, C.7.6.3).  Too few bytes, or a
-    whole frame or more in excess, means the size attributes are wrong: LoadError.  A few
+    whole image row or more in excess, means the size attributes are wrong: LoadError.  A few
     bytes of excess (padding) are ignored; the returned warning says so."""
     n = rec.rows * rec.columns * rec.samples
     if rec.bits_allocated == 1:
@@ -777,7 +790,7 @@ def _check_native_length(rec: InstanceRecord, have: int) -> str | None:
         raise LoadError(f"{rec.display_path}: truncated pixel data: {have} bytes present, {need} expected "
                         f"from {attrs}")
     excess = have - need
-    if excess > 1 and excess >= max(frame, 2):
+    if excess > 1 and excess >= max(frame / max(rec.rows, 1), 2):  # a whole row or more: see index.check_record
         raise LoadError(f"{rec.display_path}: pixel data length {have} bytes does not match {attrs}")
     if excess > 1:
         return (f"{rec.display_path}: {excess} bytes after the pixel data described by Rows x Columns "

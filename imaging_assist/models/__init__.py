@@ -4,7 +4,7 @@ A model is a folder with a model card (``model.json``, schema in docs/model_card
 weights, or a MONAI bundle folder. See :mod:`.registry` for where models are found,
 :mod:`.loaders` for how weights are verified (sha256) and loaded, :mod:`.bundle_code` and
 :mod:`.trust` for the code in MONAI bundles and the user's trust in them, :mod:`.errors`
-for the exceptions (all one-line ``UserError``\ s).
+for the exceptions (all one-line ``UserError`` subclasses).
 
 Importing this package does not import torch (the CLI registers its subcommands from
 :mod:`.cli` on every start); the loaders are imported on first use.
