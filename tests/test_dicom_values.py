@@ -298,12 +298,16 @@ def test_bad_display_or_thickness_value_still_opens(tmp_path, attr, tag, bad):
 PALETTE = DICOM / "palette_color_testpattern" / "TestPattern_Palette.dcm"
 
 
-def test_palette_without_its_lookup_table_is_a_named_error(tmp_path):
+@pytest.mark.parametrize("removed", [("Green",), ("Red", "Green", "Blue")])
+def test_palette_without_its_lookup_table_is_a_named_error(tmp_path, removed):
     ds = pydicom.dcmread(need(PALETTE))
-    del ds.GreenPaletteColorLookupTableData
+    for c in removed:
+        delattr(ds, f"{c}PaletteColorLookupTableData")
+        if len(removed) > 1:
+            delattr(ds, f"{c}PaletteColorLookupTableDescriptor")
     ds.save_as(tmp_path / "p.dcm")
     index = scan(str(tmp_path))
-    with pytest.raises(LoadError, match="GreenPaletteColorLookupTableData") as e:
+    with pytest.raises(LoadError, match=f"PALETTE COLOR image without its palette.*{removed[0]}") as e:
         load_series(index.image_series()[0])
     assert "\n" not in str(e.value)
 

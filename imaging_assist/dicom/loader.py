@@ -671,6 +671,7 @@ def _fast_native(rec: InstanceRecord) -> bool:
     return (rec.fast and rec.member is None and not rec.encapsulated and rec.pixel_offset is not None
             and rec.transfer_syntax in (EXPLICIT_LE, IMPLICIT_LE) and rec.samples == 1
             and _native_dtype(rec) is not None and "ModalityLUTSequence" not in rec.flags
+            and str(rec.get("PhotometricInterpretation", "")).strip().upper() != "PALETTE COLOR"
             and "RedPaletteColorLookupTableData" not in rec.flags
             and "SegmentedRedPaletteColorLookupTableData" not in rec.flags)
 
