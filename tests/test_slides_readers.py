@@ -189,6 +189,7 @@ def test_svs_info_text_and_dict():
     assert d["associated_image_sizes"] == {"label": [387, 463], "macro": [1280, 431], "thumbnail": [574, 768]}
     text = format_info(str(path))
     assert "0.499" in text and "label 387x463" in text and "warning" not in text
+    assert d["mpp_source"].startswith("openslide-property") and f"(source {d['mpp_source']})" in text
     assert all(len(line) < 200 for line in text.splitlines())
 
 

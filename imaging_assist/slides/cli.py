@@ -33,6 +33,7 @@ class SlideSummary:
     objective_power: float | None
     associated_images: list[str]
     warnings: list[str] = field(default_factory=list)
+    mpp_source: str = "none"  # where the MPP came from (base.MPP_SOURCES)
 
     @classmethod
     def from_slide(cls, slide: Slide) -> "SlideSummary":
@@ -41,7 +42,8 @@ class SlideSummary:
                    level_dimensions=[tuple(d) for d in slide.level_dimensions],
                    level_downsamples=[float(d) for d in slide.level_downsamples],
                    mpp=tuple(slide.mpp) if slide.mpp else None, objective_power=slide.objective_power,
-                   associated_images=list(slide.associated_image_names), warnings=list(slide.warnings))
+                   associated_images=list(slide.associated_image_names), warnings=list(slide.warnings),
+                   mpp_source=getattr(slide, "mpp_source", "none"))
 
     @property
     def size_mm(self) -> tuple[float, float] | None:
@@ -54,7 +56,7 @@ class SlideSummary:
                 "dimensions": list(self.dimensions), "level_count": self.level_count,
                 "level_dimensions": [list(d) for d in self.level_dimensions],
                 "level_downsamples": [round(d, 6) for d in self.level_downsamples],
-                "mpp": list(self.mpp) if self.mpp else None,
+                "mpp": list(self.mpp) if self.mpp else None, "mpp_source": self.mpp_source,
                 "size_mm": [round(v, 4) for v in self.size_mm] if self.size_mm else None,
                 "objective_power": self.objective_power, "associated_images": list(self.associated_images),
                 "warnings": list(self.warnings)}
@@ -107,7 +109,7 @@ def format_info(slide) -> str:
              f"Size        {w} x {h} px" + (f"  ({d['size_mm'][0]:.2f} x {d['size_mm'][1]:.2f} mm)"
                                            if d["size_mm"] else "")]
     if d["mpp"]:
-        lines.append(f"MPP         {d['mpp'][0]:.4g} x {d['mpp'][1]:.4g} µm/px")
+        lines.append(f"MPP         {d['mpp'][0]:.4g} x {d['mpp'][1]:.4g} µm/px (source {d['mpp_source']})")
     else:
         lines.append("MPP         unknown (WARNING: not in the file; physical sizes unavailable)")
     if d["objective_power"]:
