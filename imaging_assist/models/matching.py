@@ -202,27 +202,9 @@ def _int(v, default: int) -> int:
 
 
 def _extra_header(recs, kws: tuple[str, ...]) -> dict:
-    """Attributes the index may not keep (PatientAge, ViewPosition): from the records when
-    they have them, else read from the first file's header with pydicom (no pixels)."""
-    out = {k: _first(recs, k) for k in kws}
-    missing = [k for k, v in out.items() if v is None]
-    if not missing or not recs:
-        return out
-    r = recs[0]
-    path = getattr(r, "path", None)
-    if not path or getattr(r, "member", None):  # zip members: only what the index kept
-        return out
-    try:
-        import pydicom
-
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True, specific_tags=missing)
-        for k in missing:
-            v = ds.get(k)
-            if v not in (None, ""):
-                out[k] = str(v)
-    except Exception:  # noqa: BLE001 - an unreadable optional attribute is simply unknown
-        pass
-    return out
+    """Population attributes (PatientAge, ViewPosition) as the index read them
+    (``dicom.header.WANTED`` keeps both); None when the file does not have them."""
+    return {k: _first(recs, k) for k in kws}
 
 
 _AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.I)
