@@ -220,6 +220,24 @@ def test_config_hash_covers_configs_metadata_and_scripts(tmp_path):
     assert config_hash(b) != h1
 
 
+@pytest.mark.parametrize("where", ["configs/linked", "scripts", "configs/linked.json"])
+def test_linked_files_or_folders_in_a_bundle_are_refused_not_skipped(tmp_path, where):
+    """A link would let the verified hash stay the same while the code it points at changes."""
+    from imaging_assist.models.errors import ModelLoadError
+    from imaging_assist.models.trust import config_hash
+
+    b = _spleen(tmp_path / "lib")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "evil.py").write_text("import os\n")
+    (outside / "evil.json").write_text("{}")
+    link = b / where
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(outside / "evil.json" if where.endswith(".json") else outside)
+    with pytest.raises(ModelLoadError, match="symbolic link"):
+        config_hash(b)
+
+
 @need_bundles
 def test_registry_reports_code_and_trust_and_load_refuses(tmp_path):
     from imaging_assist.models import trust as tr

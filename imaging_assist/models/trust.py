@@ -55,11 +55,18 @@ def _sha256(p: Path, limit: int | None = None) -> str:
 
 
 def _hashed_files(folder: Path) -> list[Path]:
-    out = [folder / n for n in _HASHED_TOP if (folder / n).exists()]
+    out = [folder / n for n in _HASHED_TOP if (folder / n).exists() or (folder / n).is_symlink()]
     for d in _HASHED_DIRS:
         root = folder / d
-        if root.is_dir():
-            out.extend(p for p in root.rglob("*") if not p.is_dir())
+        if root.is_symlink():
+            out.append(root)  # refused below: a linked folder's files are not the bundle's
+        elif root.is_dir():
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+                out.extend(Path(dirpath) / n for n in filenames)
+                # a link to a folder is listed (and refused) instead of walked
+                out.extend(Path(dirpath) / n for n in dirnames if (Path(dirpath) / n).is_symlink())
+                if len(out) > MAX_HASHED_FILES:
+                    break
             if len(out) > MAX_HASHED_FILES:
                 raise ModelLoadError(f"bundle {folder}: more than {MAX_HASHED_FILES} files "
                                      f"under {', '.join(_HASHED_DIRS)}")
@@ -75,6 +82,9 @@ def config_hash(folder: str | Path, overrides: dict[str, bytes] | None = None) -
     h = hashlib.sha256(b"imaging-assist bundle configs v1\n")
     for p in _hashed_files(folder):
         rel = p.relative_to(folder).as_posix()
+        if p.is_symlink():
+            raise ModelLoadError(f"bundle {folder}: {rel} is a symbolic link; a bundle's configs "
+                                 f"and scripts must be its own files to be verified")
         try:
             st = p.stat()
         except OSError as e:
