@@ -196,6 +196,13 @@ def overlay_png(base: np.ndarray | None, path: Path, label_slice: np.ndarray | N
     heat map in the viewer's colormap and the labels in the viewer's label colours."""
     from PIL import Image
 
+    Image.fromarray(overlay_rgb(base, label_slice, heat_slice, alpha, volume, k)).save(path)
+
+
+def overlay_rgb(base: np.ndarray | None, label_slice: np.ndarray | None = None,
+                heat_slice: np.ndarray | None = None, alpha: float = 0.45, volume=None,
+                k: int | None = None) -> np.ndarray:
+    """The key image of :func:`overlay_png` as an RGB uint8 array (the PDF report uses it)."""
     from ..colormaps import label_lut
 
     rgb = display_gray(base, volume, k).astype(np.float32)
@@ -212,7 +219,7 @@ def overlay_png(base: np.ndarray | None, path: Path, label_slice: np.ndarray | N
         col = label_lut(int(lab.max(initial=0)) + 1)[np.clip(lab, 0, None)].astype(np.float32)
         a = (alpha * (lab > 0))[..., None]
         rgb = rgb * (1 - a) + col * a
-    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(path)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
 def _key_slice(res: InferenceResult, hm: HeatMap | None = None) -> int:
