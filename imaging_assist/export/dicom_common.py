@@ -1,0 +1,250 @@
+"""What every DICOM result object shares: the source datasets, per-slice geometry from the
+engine's :class:`~imaging_assist.volume.Volume`, equipment and algorithm identification,
+coded concepts for labels, and the one error type (no Qt; highdicom builds the objects).
+
+Geometry rule: positions and orientation come from the Volume (``affine`` in LPS and its
+``slice_positions`` along the normal), never re-derived from the headers, so an exported
+object sits exactly where the viewer showed the result.  For a gantry-tilted stack the
+Volume's slice axis is the sheared step, so each frame lands on its source slice; with
+uneven spacing the per-slice position along the normal is used, not the mean spacing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import UserError
+
+MANUFACTURER = "Imaging Assist (research software)"
+MODEL_NAME = "imaging-assist"
+SERIAL = "none"
+NOT_CLINICAL = "NOT FOR CLINICAL USE"
+
+
+class DicomExportError(UserError):
+    """A DICOM result object cannot be written (one line, says why)."""
+
+
+def software_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("imaging-assist")
+    except Exception:  # noqa: BLE001 - not installed as a distribution
+        return "unknown"
+
+
+def equipment_kwargs() -> dict:
+    return {"manufacturer": MANUFACTURER, "manufacturer_model_name": MODEL_NAME,
+            "software_versions": software_version(), "device_serial_number": SERIAL}
+
+
+_TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+                 "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+
+
+def source_datasets(volume) -> list:
+    """Header-only pydicom datasets of the Volume's source instances, one per slice, in
+    slice order.  A multi-frame source gives one dataset (its frames are the slices)."""
+    from ..dicom import read_dataset
+
+    headers = list(getattr(volume, "headers", None) or [])
+    if not headers:
+        raise DicomExportError("the image has no DICOM source (plain PNG/JPEG/TIFF): DICOM result "
+                               "objects cannot reference a source; only the PDF report is written")
+    seen: dict = {}
+    out = []
+    for rec in headers:
+        key = (rec.path, rec.member)
+        if key in seen:
+            continue
+        try:
+            ds = read_dataset(rec, stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 - unreadable source: one line
+            raise DicomExportError(f"cannot re-read the source header {rec.path}: {e}") from None
+        seen[key] = ds
+        out.append(ds)
+    for ds in out:
+        for kw in ("StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+            if not str(getattr(ds, kw, "") or "").strip():
+                raise DicomExportError(f"the source {getattr(ds, 'filename', '')} has no {kw}: a result "
+                                       "object cannot reference it")
+    for ds in out:  # Type 2 patient/study attributes a result copies: empty when the source lacks them
+        for kw in _TYPE2_COPIED:
+            if kw not in ds:
+                setattr(ds, kw, "")
+    if len({str(ds.StudyInstanceUID) for ds in out}) > 1:
+        raise DicomExportError("the source slices belong to more than one study")
+    return out
+
+
+def is_multiframe_source(volume, datasets) -> bool:
+    return len(datasets) == 1 and volume.n_slices > 1
+
+
+def check_geometry(volume) -> None:
+    """Refuse a Volume whose geometry cannot place an object in patient space."""
+    aff = np.asarray(volume.affine, float)
+    if not np.all(np.isfinite(aff)) or abs(float(np.linalg.det(aff[:3, :3]))) < 1e-12:
+        raise DicomExportError("the series geometry is unusable (NaN, zero or degenerate spacing or "
+                               "orientation): no DICOM object with patient positions is written")
+
+
+def slice_positions_lps(volume) -> np.ndarray:  # noqa: D401
+    """(n, 3) LPS position of the first voxel of every slice, from the Volume.
+
+    Even spacing: ``affine @ (0, 0, k)``.  With ``slice_positions`` (distance of each slice
+    along the normal) the step direction ``direction[:, 2]`` is scaled so that its component
+    along the normal equals the true distance: exact for uneven and for tilted stacks."""
+    check_geometry(volume)
+    aff = np.asarray(volume.affine, float)
+    n = volume.n_slices
+    k = np.arange(n, dtype=float)
+    pos = aff[:3, 3][None, :] + k[:, None] * aff[:3, 2][None, :]
+    sp = getattr(volume, "slice_positions", None)
+    if sp is not None and len(sp) == n and n > 1 and np.all(np.isfinite(sp)):
+        step = np.asarray(volume.direction, float)[:, 2]
+        along = float(step @ volume.normal)
+        if abs(along) > 1e-6:
+            d = np.asarray(sp, float) - float(sp[0])
+            pos = aff[:3, 3][None, :] + (d / along)[:, None] * step[None, :]
+    return pos
+
+
+def with_nominal_geometry(ds, volume):
+    """A copy of a source header without patient geometry, given a NEW Frame of Reference
+    UID and the Volume's nominal plane (identity orientation, origin 0), for the IODs that
+    require one (Parametric Map).  Never used for an image that has geometry."""
+    import copy
+
+    out = copy.deepcopy(ds)
+    out.FrameOfReferenceUID = new_uid()
+    out.PositionReferenceIndicator = ""
+    out.ImageOrientationPatient = orientation(volume)
+    out.ImagePositionPatient = [float(v) for v in volume.origin]
+    out.PixelSpacing = pixel_spacing(volume)
+    if "SliceThickness" not in out:
+        out.SliceThickness = float(abs(volume.spacing[2])) or 1.0
+    return out
+
+
+def orientation(volume) -> list[float]:
+    d = np.asarray(volume.direction, float)
+    return [float(v) for v in (*d[:, 0], *d[:, 1])]
+
+
+def pixel_spacing(volume) -> list[float]:
+    """DICOM order (row spacing, column spacing) = (spacing[1], spacing[0])."""
+    return [float(volume.spacing[1]), float(volume.spacing[0])]
+
+
+def slice_thickness(volume, datasets) -> float:
+    t = getattr(datasets[0], "SliceThickness", None)
+    try:
+        v = float(t)
+        if np.isfinite(v) and v > 0:
+            return v
+    except (TypeError, ValueError):
+        pass
+    return float(abs(volume.spacing[2])) or 1.0
+
+
+def has_patient_geometry(volume, datasets) -> bool:
+    """True when frames can carry Plane Position/Orientation: the Volume has geometry and
+    every source has a frame of reference."""
+    if not getattr(volume, "has_geometry", False):
+        return False
+    return all(str(getattr(ds, "FrameOfReferenceUID", "") or "").strip() for ds in datasets)
+
+
+def algorithm_identification(model_id: str, model_version: str):
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    return hd.AlgorithmIdentificationSequence(
+        name=str(model_id)[:64] or "unknown", family=codes.cid7162.ArtificialIntelligence,
+        version=str(model_version or "unknown")[:64], source=MODEL_NAME)
+
+
+# ----------------------------------------------------------------- coded label concepts
+# (category, type) per label name; SNOMED CT.  Codes pydicom does not name are written here
+# with their SNOMED CT ids (right/left lung).
+_SCT = "SCT"
+_ANAT = ("91723000", "Anatomical Structure")
+_ABN = ("49755003", "Morphologically Abnormal Structure")
+_LABEL_CODES = {
+    "right lung": (_ANAT, ("3341006", "Right lung")),
+    "left lung": (_ANAT, ("44029006", "Left lung")),
+    "lung": (_ANAT, ("39607008", "Lung")),
+    "lungs": (_ANAT, ("39607008", "Lung")),
+    "heart": (_ANAT, ("80891009", "Heart")),
+    "spleen": (_ANAT, ("78961009", "Spleen")),
+    "liver": (_ANAT, ("10200004", "Liver")),
+    "kidney": (_ANAT, ("64033007", "Kidney")),
+    "brain": (_ANAT, ("12738006", "Brain")),
+    "breast": (_ANAT, ("76752008", "Breast")),
+    "nodule": (_ABN, ("27925004", "Nodule")),
+    "mass": (_ABN, ("4147007", "Mass")),
+    "lesion": (_ABN, ("52988006", "Lesion")),
+    "tumor": (_ABN, ("108369006", "Neoplasm")),
+    "tumour": (_ABN, ("108369006", "Neoplasm")),
+    "neoplasm": (_ABN, ("108369006", "Neoplasm")),
+}
+LOCAL_SCHEME = "99IMGAST"  # private coding scheme for labels SNOMED CT has no code for here
+
+
+def label_codes(label: str):
+    """(category, type, is_standard) CodedConcepts for a label name.  A label without a
+    known SNOMED CT code gets a local code (scheme 99IMGAST) and ``is_standard`` False, so
+    the caller warns instead of pretending a standard meaning."""
+    from highdicom.sr import CodedConcept
+
+    key = " ".join(str(label).lower().replace("_", " ").split())
+    if key in _LABEL_CODES:
+        (cv, cm), (tv, tm) = _LABEL_CODES[key]
+        return CodedConcept(cv, _SCT, cm), CodedConcept(tv, _SCT, tm), True
+    value = ("L-" + "".join(c if c.isalnum() else "-" for c in key.upper()))[:16] or "L-UNKNOWN"
+    return (CodedConcept("85756007", _SCT, "Tissue"),
+            CodedConcept(value, LOCAL_SCHEME, str(label)[:64] or "unknown"), False)
+
+
+def new_uid() -> str:
+    from highdicom import UID
+
+    return str(UID())
+
+
+def series_number_after(datasets, offset: int) -> int:
+    try:
+        base = int(getattr(datasets[0], "SeriesNumber", 0) or 0)
+    except (TypeError, ValueError):
+        base = 0
+    return max(1, min(2_147_483_647, base * 100 + 90 + offset if base < 20_000_000 else 9000 + offset))
+
+
+def finalize(ds, datasets) -> None:
+    """Repairs that keep a result valid when the source header is not (dciodvfy 0 errors):
+    an empty Type 1C De-identification Method copied from the source, and Patient
+    Orientation (Type 2C) on an object whose frames carry no plane orientation."""
+    if "PatientIdentityRemoved" in ds and not str(getattr(ds, "DeidentificationMethod", "") or "").strip() \
+            and "DeidentificationMethodCodeSequence" not in ds:
+        ds.DeidentificationMethod = "source de-identified; method not stated in the source"
+    has_plane = False
+    sfg = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    if sfg and "PlaneOrientationSequence" in sfg[0]:
+        has_plane = True
+    pfg = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    if pfg and "PlaneOrientationSequence" in pfg[0]:
+        has_plane = True
+    if "PixelData" in ds or "FloatPixelData" in ds:
+        if not has_plane and "PatientOrientation" not in ds and "ImageOrientationPatient" not in ds:
+            po = getattr(datasets[0], "PatientOrientation", None) if datasets else None
+            ds.PatientOrientation = list(po) if po and len(po) == 2 else ""
+
+
+def add_laterality(ds, datasets) -> None:
+    """Laterality (Type 2C) for IODs where dciodvfy requires it (Parametric Map): the
+    source's R/L, else empty (unknown)."""
+    if "Laterality" not in ds and "ImageLaterality" not in ds:
+        lat = getattr(datasets[0], "Laterality", None) if datasets else None
+        ds.Laterality = lat if lat in ("R", "L") else ""

@@ -1,0 +1,107 @@
+"""DICOM Parametric Map of a heat map (float32, real-world value mapping), with highdicom.
+
+Values are written as computed (float32, NaN where nothing was computed), so a reader gets
+the same numbers as ``results.json``'s heat-map file.  The quantity is coded: Grad-CAM as
+DCM 130403 "Gradient-weighted class activation", saliency DCM 130404, other attribution
+methods (integrated gradients, occlusion) with a local code, as DICOM has none for them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import dicom_common as dc
+
+_METHOD_CODES = {
+    "gradcam": ("130403", "DCM", "Gradient-weighted class activation"),
+    "saliency": ("130404", "DCM", "Saliency"),
+    "integrated_gradients": ("IG", dc.LOCAL_SCHEME, "Integrated gradients attribution"),
+    "occlusion": ("OCCL", dc.LOCAL_SCHEME, "Occlusion attribution"),
+}
+
+
+def quantity_code(method: str):
+    from highdicom.sr import CodedConcept
+
+    v, s, m = _METHOD_CODES.get(method, ("ATTR", dc.LOCAL_SCHEME, f"{method} attribution"[:64]))
+    return CodedConcept(v, s, m)
+
+
+_NOMINAL_NOTE = ("Parametric Map of an image without patient geometry: written on its own new frame "
+                 "of reference with a nominal plane over the source pixel grid ({sp}); it matches the "
+                 "source pixel for pixel, not a position in the patient")
+
+
+def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, model_id: str,
+                         model_version: str, series_number: int = 9902, datasets=None,
+                         series_uid: str | None = None, warnings: list | None = None):
+    """A ``highdicom.pm.ParametricMap`` of ``heat`` ([k, j, i] float on the Volume's grid)."""
+    import highdicom as hd
+
+    datasets = datasets if datasets is not None else dc.source_datasets(volume)
+    h = np.asarray(heat)
+    if h.ndim == 2:
+        h = h[None]
+    if h.shape != tuple(volume.shape[:3]):
+        raise dc.DicomExportError(f"heat map shape {h.shape} is not the image's {tuple(volume.shape[:3])}")
+    h = h.astype(np.float32, copy=False)
+    if np.isinf(h).any():
+        raise dc.DicomExportError(f"heat map {label}/{method} holds infinite values")
+    finite = h[np.isfinite(h)]
+    if finite.size == 0:
+        raise dc.DicomExportError(f"heat map {label}/{method} has no computed value (all NaN)")
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi <= lo:
+        hi = lo + 1.0
+    rwvm = hd.pm.RealWorldValueMapping(
+        lut_label=method[:16], lut_explanation=f"{method} for {label}"[:64],
+        unit=hd.sr.CodedConcept("1", "UCUM", "no units"), value_range=(lo, hi),
+        slope=1.0, intercept=0.0, quantity_definition=quantity_code(method))
+    kw = dict(source_images=datasets, series_instance_uid=series_uid or dc.new_uid(),
+              series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
+              contains_recognizable_visual_features=False, real_world_value_mappings=[rwvm],
+              content_label="AI_HEATMAP",
+              content_description=f"{model_id} {model_version} {method} {label}"[:64],
+              series_description=f"AI {model_id} heat map {label}"[:64], **dc.equipment_kwargs())
+    # LINEAR_EXACT: a LINEAR window narrower than 1 is not allowed (PS3.3 C.11.2.1.2), and
+    # heat maps usually span [0, 1]
+    kw["voi_lut_transformations"] = [hd.VOILUTTransformation(
+        window_center=(lo + hi) / 2.0, window_width=hi - lo, voi_lut_function="LINEAR_EXACT")]
+    nominal = not dc.has_patient_geometry(volume, datasets)
+    if nominal:
+        # The Parametric Map IOD requires a Frame of Reference and plane position/orientation,
+        # which a CR/DX/US image without patient geometry does not have.  The map then gets a
+        # NEW frame of reference of its own (shared with nothing, so it cannot be mistaken for
+        # the patient's) on a nominal plane over the source's pixel grid, and says so; pixel
+        # correspondence with the source is carried by the derivation reference.
+        if warnings is not None:
+            warnings.append(_NOMINAL_NOTE.format(sp="the image's pixel spacing" if volume.spacing_known
+                                                else "1 mm per pixel, nominal: the pixel size is unknown"))
+    pos = dc.slice_positions_lps(volume)
+    kw["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, p) for p in pos]
+    kw["plane_orientation"] = hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,
+                                                          dc.orientation(volume))
+    kw["pixel_measures"] = hd.PixelMeasuresSequence(dc.pixel_spacing(volume),
+                                                    dc.slice_thickness(volume, datasets))
+    try:
+        if nominal:
+            srcs = [dc.with_nominal_geometry(ds, volume) for ds in datasets]
+            pm = hd.pm.ParametricMap(pixel_array=h, **dict(kw, source_images=srcs))
+            pm.ImageComments = _NOMINAL_NOTE.format(sp="nominal plane")[:10240]
+        else:
+            pm = hd.pm.ParametricMap(pixel_array=h, **kw)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise dc.DicomExportError(f"Parametric Map not written: {e}".splitlines()[0]) from None
+    dc.finalize(pm, datasets)
+    dc.add_laterality(pm, datasets)
+    return pm
+
+
+def write_parametric_map(volume, heat, out_path, **kw) -> Path:
+    pm = build_parametric_map(volume, heat, **kw)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    pm.save_as(out_path)
+    return out_path
