@@ -13,9 +13,9 @@ native bf16, 2 cores, torch 2.14.1, see the bench JSON in the report):
 
 "auto" is fp32 on every CPU: bf16 moves probabilities (max |Δp| 0.007 on a bench UNet window),
 enough to flip voxels and threshold decisions near the cut-off, so the same input would give
-different results on CPUs with and without native bf16.  bf16 runs only when asked for (``--precision bf16``), or on
-CUDA when the card allows it (``inference.precision: "bf16"``).  The result records the
-precision used.
+different results on CPUs with and without native bf16.  bf16 runs only when asked for
+(``--precision bf16``), or on CUDA when the card allows it (``inference.precision: "bf16"``).
+The result records the precision used.
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ from .options import InputError, ModelOutputError, RunOptions
 from .placement import spacing_known
 from .preprocess import card_transforms, model_input
 
-__all__ = ["run_model", "RunOptions", "InputError", "ModelOutputError", "model_input", "card_transforms", "count_windows",
-           "sliding_params"]
+__all__ = ["run_model", "RunOptions", "InputError", "ModelOutputError", "model_input", "card_transforms",
+           "count_windows", "sliding_params", "GpuFallbackWarning"]
 
 
 UNEVEN_SPACING_TOL = 0.1  # relative spread of slice gaps above which 3D models refuse

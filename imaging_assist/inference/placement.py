@@ -17,6 +17,7 @@ import torch
 from ..volume import Volume
 from .results import SegmentationResult
 
+
 def _invert(pre, d: dict, arr: torch.Tensor, key: str = "image", nearest: bool = False) -> np.ndarray:
     """Map ``arr`` (C, *model spatial) from model space back to the input grid."""
     from monai.data import MetaTensor

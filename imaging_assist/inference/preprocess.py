@@ -19,6 +19,7 @@ import torch
 from ..volume import Volume
 from .options import InputError
 
+
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 

@@ -17,6 +17,7 @@ from ..results import ClassificationResult, HeatMap, SegmentationResult, decide
 from .common import _activation, _explain_labels, _gradcam_layer, _net_out, count_windows
 from .segment import _explain_seg_unit
 
+
 def _bundle_input(card, vol: Volume, unit: int | None, warns: list[str], m1=None):
     """What MONAI ``LoadImage`` would return for the file: (i, j, k) with a RAS affine for
     volumes (NibabelReader/ITKReader), (W, H[, 3]) with an identity affine for 2D images

@@ -14,6 +14,7 @@ from ..preprocess import _m1_range, _model_in_shape, _units_for, card_transforms
 from ..results import ClassificationResult, HeatMap, decide
 from .common import _activation, _explain_labels, _forward, _gradcam_layer, _net_out
 
+
 def _run_classifier(model, vol, opts, device, fp, prog, warns) -> ClassificationResult:
     card = model.card
     labels = card.labels

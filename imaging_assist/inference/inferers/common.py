@@ -11,6 +11,7 @@ from ..device import FastPath
 from ..jobs import Progress
 from ..options import InputError, RunOptions
 
+
 def _net_out(out):
     if isinstance(out, (list, tuple)):
         out = out[0]

@@ -17,6 +17,7 @@ from ..results import HeatMap, SegmentationResult
 from .common import (_activation, _explain_labels, _gradcam_layer, _net_out, _sliding, count_windows,
                      sliding_params)
 
+
 def _expected_channels(card) -> int:
     return len(card.labels) if card.activation == "softmax" else len(card.labels) - 1
 
