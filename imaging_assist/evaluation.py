@@ -9,7 +9,7 @@ Used by the training scripts (``scripts/train_*.py``) to write each shipped mode
 ``metrics.json`` and by the tests, which recompute the card's numbers from the stored
 predictions.  numpy/scipy only (no torch), so a metrics file can be checked anywhere.
 
-Hand-written rather than taken from a library: scikit-learn is not a dependency, and MONAI's
+Precision-recall curves come from scikit-learn.  AUC is hand-written: MONAI's
 ``compute_roc_auc`` is a Python loop per call, too slow for 2,000 bootstrap resamples; the
 rank (Mann-Whitney) formula below is the same statistic (a test compares the two).
 scipy.stats.bootstrap does not resample clusters, hence the short loop in bootstrap_ci.
@@ -61,11 +61,43 @@ def roc_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def sens_spec(y, score, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity of ``score >= threshold``; nan (undefined, never 0) for a
+    class with no cases."""
     y = np.asarray(y).astype(bool)
     pred = np.asarray(score) >= threshold
-    sens = float((pred & y).sum() / max(1, y.sum()))
-    spec = float((~pred & ~y).sum() / max(1, (~y).sum()))
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    sens = float((pred & y).sum() / n_pos) if n_pos else float("nan")
+    spec = float((~pred & ~y).sum() / n_neg) if n_neg else float("nan")
     return sens, spec
+
+
+def predictive_values(y, score, threshold: float) -> tuple[float, float]:
+    """PPV and NPV of ``score >= threshold`` at the prevalence of ``y``; nan (undefined) when
+    nothing is called positive / negative."""
+    y = np.asarray(y).astype(bool)
+    pred = np.asarray(score) >= threshold
+    n_pp, n_pn = int(pred.sum()), int((~pred).sum())
+    ppv = float((pred & y).sum() / n_pp) if n_pp else float("nan")
+    npv = float((~pred & ~y).sum() / n_pn) if n_pn else float("nan")
+    return ppv, npv
+
+
+def pr_curve(y, score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, thresholds) of scikit-learn's ``precision_recall_curve``."""
+    from sklearn.metrics import precision_recall_curve
+
+    return precision_recall_curve(np.asarray(y).astype(int), np.asarray(score, np.float64))
+
+
+def average_precision(y, score) -> float:
+    """Area under the precision-recall curve (scikit-learn's average precision); nan without
+    positives."""
+    from sklearn.metrics import average_precision_score
+
+    y = np.asarray(y).astype(int)
+    if y.sum() == 0:
+        return float("nan")
+    return float(average_precision_score(y, np.asarray(score, np.float64)))
 
 
 def threshold_for_sensitivity(y, score, target: float = 0.95) -> float:
@@ -130,8 +162,9 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if s == 0 else float(2 * (pred & truth).sum() / s)
 
 
-def hausdorff95(pred: np.ndarray, truth: np.ndarray) -> float:
-    """95th-percentile symmetric Hausdorff distance in pixels (MONAI); nan if either is empty."""
+def hausdorff95(pred: np.ndarray, truth: np.ndarray, spacing=None) -> float:
+    """95th-percentile symmetric Hausdorff distance (MONAI); nan if either is empty.  In pixels,
+    or in mm with ``spacing`` given per array axis (e.g. (row, column) mm)."""
     import torch
     from monai.metrics import compute_hausdorff_distance
 
@@ -140,7 +173,8 @@ def hausdorff95(pred: np.ndarray, truth: np.ndarray) -> float:
         return float("nan")
     p = torch.from_numpy(pred)[None, None].float()
     t = torch.from_numpy(truth)[None, None].float()
-    return float(compute_hausdorff_distance(p, t, percentile=95.0)[0, 0])
+    sp = None if spacing is None else [float(v) for v in spacing]
+    return float(compute_hausdorff_distance(p, t, percentile=95.0, spacing=sp)[0, 0])
 
 
 # --------------------------------------------------------------------------- bootstrap
@@ -225,12 +259,16 @@ def sens_spec_ci(y, score, threshold: float, clusters=None, seed: int = 0,
     se, sp = sens_spec(y, s, threshold)
     if one_row_per_cluster(clusters):
         npos, nneg = int(y.sum()), int((~y).sum())
-        return (wilson_ci(round(se * npos), npos), wilson_ci(round(sp * nneg), nneg),
+        k_pos = int((y & (s >= threshold)).sum())
+        k_neg = int((~y & (s < threshold)).sum())
+        return (wilson_ci(k_pos, npos), wilson_ci(k_neg, nneg),
                 "Wilson score interval (one image per patient/group)")
     cl = np.asarray(clusters)
     out, notes = [], []
     for which, cls, value, sd in ((0, y, se, seed), (1, ~y, sp, seed + 1)):
-        if value in (0.0, 1.0):
+        if not np.isfinite(value):  # no case of this class: undefined
+            out.append((float("nan"), float("nan")))
+        elif value in (0.0, 1.0):
             n_cl = len(np.unique(cl[cls]))
             out.append(wilson_ci(n_cl if value == 1.0 else 0, n_cl))
             notes.append(("sensitivity", "specificity")[which])
