@@ -1,0 +1,198 @@
+"""``write_dicom_results``: every DICOM result object of one analysed image or series.
+
+One new series per object in the source's study: a SEG per label map (a segmenter's map,
+and the structures behind a classifier's ``explanation_region``), a Parametric Map per heat
+map, a Comprehensive 3D SR (TID 1500) per model, and the Encapsulated PDF of the report.
+Objects are written into ``out_dir`` (the caller's ``DIR/dicom``), never into the source's
+folder.  Inputs without a DICOM source (PNG/JPEG) raise :class:`DicomExportError` with the
+one-line reason (the caller then writes the PDF only).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import dicom_common as dc
+from .dicom_common import DicomExportError
+
+__all__ = ["write_dicom_results", "plan_dicom_results", "DicomExportError", "WrittenObject",
+           "NO_SOURCE_NOTE"]
+
+NO_SOURCE_NOTE = ("DICOM result objects were not written: the input has no DICOM source "
+                  "(plain PNG/JPEG/TIFF) for them to reference; the PDF report only")
+
+SOP_NAMES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation Storage",
+    "1.2.840.10008.5.1.4.1.1.30": "Parametric Map Storage",
+    "1.2.840.10008.5.1.4.1.1.88.34": "Comprehensive 3D SR Storage",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF Storage",
+}
+
+
+@dataclass
+class WrittenObject:
+    path: Path
+    kind: str  # "SEG", "PM", "SR", "PDF"
+    sop_class_uid: str
+    description: str
+
+    @property
+    def sop_class_name(self) -> str:
+        return SOP_NAMES.get(self.sop_class_uid, self.sop_class_uid)
+
+    def to_dict(self) -> dict:
+        return {"file": str(self.path), "kind": self.kind, "sop_class_uid": self.sop_class_uid,
+                "sop_class": self.sop_class_name, "description": self.description}
+
+
+@dataclass
+class _Plan:
+    kind: str
+    description: str
+    item: int  # index into results
+    extra: dict = field(default_factory=dict)
+
+
+def _name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(s)).strip("._")[:60] or "x"
+
+
+def _item_dict(res) -> dict:
+    return res if isinstance(res, dict) else res.to_dict()
+
+
+def has_dicom_source(volume) -> bool:
+    return bool(volume is not None and getattr(volume, "headers", None))
+
+
+def plan_dicom_results(volume, results, *, report_pdf=None, measurements=None) -> list[str]:
+    """One line per object that :func:`write_dicom_results` would write (for the GUI's
+    confirmation), or the one-line reason when none can be written."""
+    if not has_dicom_source(volume):
+        return [NO_SOURCE_NOTE]
+    return [f"{p.kind}: {p.description}" for p in _plan(results, report_pdf, measurements)]
+
+
+def _plan(results, report_pdf, measurements) -> list[_Plan]:
+    plans: list[_Plan] = []
+    models: dict[str, list[int]] = {}
+    for n, res in enumerate(results):
+        d = _item_dict(res)
+        if d.get("error"):
+            continue
+        models.setdefault(str(d.get("model")), []).append(n)
+        if getattr(res, "label_map", None) is not None:
+            plans.append(_Plan("SEG", f"{d.get('model')} label map ({', '.join(list(d.get('labels', {}).values())[1:])})", n))
+        er = d.get("explanation_region") or {}
+        if getattr(res, "region_map", None) is not None and er.get("labels"):
+            plans.append(_Plan("SEG", f"{er.get('model')} {er.get('name', 'region')} for {d.get('model')} "
+                                      f"({', '.join(er['labels'])})", n, {"region": True}))
+        for h, hm in enumerate(getattr(res, "heatmaps", None) or []):
+            plans.append(_Plan("PM", f"{d.get('model')} heat map {hm.label} ({hm.method})", n, {"heat": h}))
+    for model, idx in models.items():
+        plans.append(_Plan("SR", f"{model} measurement report (TID 1500)", idx[0], {"items": idx}))
+    if measurements and not models:
+        plans.append(_Plan("SR", "viewer measurements (TID 1500)", -1, {"items": []}))
+    if report_pdf is not None:
+        plans.append(_Plan("PDF", f"report {Path(report_pdf).name}", -1))
+    return plans
+
+
+def _check_out_dir(out_dir: Path, datasets) -> None:
+    out = os.path.realpath(out_dir)
+    for ds in datasets:
+        f = getattr(ds, "filename", None)
+        if isinstance(f, (str, os.PathLike)) and f:
+            src = os.path.realpath(os.path.dirname(os.fspath(f)))
+            if out == src or out.startswith(src + os.sep):
+                raise DicomExportError(f"{out_dir} is inside the source folder {src}: DICOM results are "
+                                       "never written beside the source; choose another output folder")
+
+
+def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measurements=None,
+                        warnings: list | None = None, prefix: str = "") -> list[WrittenObject]:
+    """Write the DICOM result objects of ``results`` (InferenceResult objects of one
+    ``volume``) into ``out_dir``; returns what was written.
+
+    ``report_pdf``: the report to encapsulate; ``measurements``: the viewer's
+    :class:`imaging_assist.measure.Measurement` list (GUI export); ``warnings`` collects
+    what was assumed (e.g. a local code for a label SNOMED CT has no code for here)."""
+    from .encapsulated_pdf import build_encapsulated_pdf
+    from .parametric_map import build_parametric_map
+    from .seg import build_seg
+    from .sr import build_sr
+
+    warnings = warnings if warnings is not None else []
+    if not has_dicom_source(volume):
+        raise DicomExportError(NO_SOURCE_NOTE)
+    datasets = dc.source_datasets(volume)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, datasets)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = list(results)
+    items = [_item_dict(r) for r in results]
+    plans = _plan(results, report_pdf, measurements)
+    written: list[WrittenObject] = []
+    segs: dict[int, object] = {}
+    pms: dict[int, list] = {}
+    stem = _name(prefix) + "_" if prefix else ""
+
+    def save(ds, kind, desc, name):
+        p = out_dir / f"{stem}{name}.dcm"
+        k = 2
+        while p.exists():
+            p = out_dir / f"{stem}{name}_{k}.dcm"
+            k += 1
+        ds.save_as(p, enforce_file_format=True) if kind == "PDF" else ds.save_as(p)
+        written.append(WrittenObject(p, kind, str(ds.SOPClassUID), desc))
+
+    number = 0
+    for plan in plans:
+        number += 1
+        sn = dc.series_number_after(datasets, number)
+        if plan.kind == "SEG":
+            res, d = results[plan.item], items[plan.item]
+            if plan.extra.get("region"):
+                er = d["explanation_region"]
+                seg = build_seg(volume, res.region_map, ["background"] + list(er["labels"]),
+                                model_id=er.get("model", "region"), model_version=er.get("model_version", ""),
+                                series_number=sn, datasets=datasets, warnings=warnings)
+                save(seg, "SEG", plan.description, f"{_name(er.get('model', 'region'))}_region_SEG")
+            else:
+                seg = build_seg(volume, res.label_map, d["labels"], model_id=d["model"],
+                                model_version=d["model_version"], series_number=sn, datasets=datasets,
+                                warnings=warnings)
+                segs[plan.item] = seg
+                save(seg, "SEG", plan.description, f"{_name(d['model'])}_SEG")
+        elif plan.kind == "PM":
+            res, d = results[plan.item], items[plan.item]
+            hm = res.heatmaps[plan.extra["heat"]]
+            pm = build_parametric_map(volume, hm.array, label=hm.label, method=hm.method,
+                                      model_id=d["model"], model_version=d["model_version"],
+                                      series_number=sn, datasets=datasets, warnings=warnings)
+            pms.setdefault(plan.item, []).append(pm)
+            save(pm, "PM", plan.description, f"{_name(d['model'])}_PM_{_name(hm.label)}_{_name(hm.method)}")
+        elif plan.kind == "SR":
+            idx = plan.extra["items"]
+            model_items = [items[i] for i in idx]
+            sr = build_sr(volume, model_items, segs={j: segs[i] for j, i in enumerate(idx) if i in segs},
+                          pms=[p for i in idx for p in pms.get(i, [])],
+                          measurements=measurements if plan is _first_sr(plans) else None,
+                          datasets=datasets, series_number=sn, warnings=warnings)
+            save(sr, "SR", plan.description, f"{_name(model_items[0]['model']) if model_items else 'viewer'}_SR")
+        elif plan.kind == "PDF":
+            ds = build_encapsulated_pdf(report_pdf, datasets, series_number=sn)
+            save(ds, "PDF", plan.description, "report_PDF")
+    return written
+
+
+def _first_sr(plans):
+    for p in plans:
+        if p.kind == "SR":
+            return p
+    return None

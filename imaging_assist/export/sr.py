@@ -1,0 +1,284 @@
+"""Comprehensive 3D SR, TID 1500 Measurement Report, with highdicom: one per model.
+
+Content (per model): device observer context (this software, the model), algorithm
+identification on every group; for a classifier one group per label with the probability,
+the operating threshold and the decision (present/absent) — or, when the input was flagged
+as outside the model's training data (``ood.flagged``), that statement and no decision; for
+a segmenter one ROI group per structure referencing its SEG segment, with its volume (mL) or
+area (mm², or pixels when the spacing is unknown); the viewer's measurements (length in mm,
+ROI mean/SD with the region) when exported from the GUI.  The image library lists the
+source images and the Parametric Maps; SEGs are referenced from their segments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import dicom_common as dc
+
+_UNITS = {"ml": ("ml", "milliliter"), "mm2": ("mm2", "square millimeter"),
+          "mm": ("mm", "millimeter"), "1": ("1", "no units"), "px": ("{pixels}", "pixels"),
+          "px2": ("{pixels}", "pixels"), "hu": ("[hnsf'U]", "Hounsfield unit"), "deg": ("deg", "degree")}
+
+_FINDING_CODES = {
+    "pneumonia": ("233604007", "SCT", "Pneumonia"),
+    "normal": ("17621005", "SCT", "Normal"),
+    "malignant": ("363346000", "SCT", "Malignant neoplastic disease"),
+    "benign": ("20376005", "SCT", "Benign neoplastic disease"),
+}
+
+
+def _cc(value, scheme, meaning):
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(str(value), scheme, str(meaning)[:64])
+
+
+def _unit(key: str):
+    v, m = _UNITS[key]
+    return _cc(v, "UCUM", m)
+
+
+def _local(value: str, meaning: str):
+    v = ("".join(c if c.isalnum() else "-" for c in value.upper()))[:16] or "X"
+    return _cc(v, dc.LOCAL_SCHEME, meaning)
+
+
+def finding_code(label: str):
+    key = " ".join(str(label).lower().replace("_", " ").split())
+    if key in _FINDING_CODES:
+        return _cc(*_FINDING_CODES[key])
+    _, typ, standard = dc.label_codes(label)
+    return typ if standard else _local("F-" + key, str(label))
+
+
+def _algo(model_id, version):
+    import highdicom as hd
+
+    return hd.sr.AlgorithmIdentification(name=str(model_id)[:64], version=str(version or "unknown")[:64])
+
+
+def _frames_of_segment(seg, segment_number: int) -> list[int]:
+    out = []
+    for n, item in enumerate(getattr(seg, "PerFrameFunctionalGroupsSequence", []) or [], 1):
+        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment_number:
+            out.append(n)
+    return out
+
+
+def _classifier_groups(res: dict, datasets, warnings: list) -> list:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algo = _algo(res.get("model"), res.get("model_version"))
+    ood = res.get("ood") or {}
+    flagged = bool(ood.get("flagged"))
+    groups = []
+    decisions = res.get("decisions") or {}
+    for label, p in (res.get("probabilities") or {}).items():
+        if p is None or not np.isfinite(float(p)):
+            continue
+        meas = [hd.sr.Measurement(name=codes.DCM.Probability, value=float(p), unit=_unit("1"),
+                                  algorithm_id=algo)]
+        qual = []
+        dec = decisions.get(label)
+        if flagged:
+            qual.append(hd.sr.QualitativeEvaluation(
+                _local("IN-TRAIN-DOMAIN", "Input within the model's training data"),
+                _cc("373067005", "SCT", "No")))
+        elif dec:
+            meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
+                                          value=float(dec["threshold"]), unit=_unit("1"),
+                                          algorithm_id=algo))
+            qual.append(hd.sr.QualitativeEvaluation(
+                codes.DCM.Finding,
+                codes.DCM.Present if dec.get("positive") else codes.DCM.Absent))
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"{res.get('model')} {label}"[:64]),
+            finding_type=finding_code(label), algorithm_id=algo, measurements=meas,
+            qualitative_evaluations=qual or None,
+            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(datasets[0])]))
+    if flagged:
+        warnings.append(f"SR {res.get('model')}: input outside the model's training data: no decision written")
+    return groups
+
+
+def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
+    import highdicom as hd
+
+    algo = _algo(res.get("model"), res.get("model_version"))
+    labels = res.get("labels") or {}
+    names = [labels[k] for k in sorted(labels, key=int)] if isinstance(labels, dict) else list(labels)
+    if res.get("volume_ml"):
+        sizes, unit, name = res["volume_ml"], "ml", _cc("118565006", "SCT", "Volume")
+    elif res.get("area_mm2"):
+        sizes, unit, name = res["area_mm2"], "mm2", _cc("42798000", "SCT", "Area")
+    else:
+        sizes, unit, name = (res.get("area_px") or {}), "px", _cc("42798000", "SCT", "Area")
+    volumetric = seg is not None and dc.has_patient_geometry(volume, datasets) and volume.n_slices > 1
+    groups = []
+    for s, label in enumerate(names[1:], 1):
+        v = sizes.get(label)
+        meas = ([hd.sr.Measurement(name=name, value=float(v), unit=_unit(unit), algorithm_id=algo)]
+                if v is not None and np.isfinite(float(v)) else None)
+        tid = hd.sr.TrackingIdentifier(identifier=f"{res.get('model')} {label}"[:64])
+        _, typ, _std = dc.label_codes(label)
+        frames = _frames_of_segment(seg, s) if seg is not None else []
+        if frames and volumetric:
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid,
+                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, s),
+                finding_type=typ, algorithm_id=algo, measurements=meas))
+        elif frames:
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid,
+                referenced_segment=hd.sr.ReferencedSegmentationFrame.from_segmentation(
+                    seg, frame_number=frames[0], segment_number=s),
+                finding_type=typ, algorithm_id=algo, measurements=meas))
+        else:  # nothing segmented: the size (0) without a region
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid, finding_type=typ, algorithm_id=algo, measurements=meas))
+    return groups
+
+
+def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
+    """The viewer's measurements (imaging_assist.measure.Measurement on native slices)."""
+    import highdicom as hd
+
+    groups = []
+    multiframe = dc.is_multiframe_source(volume, datasets)
+    for m in measurements or []:
+        r = m.result or {}
+        if getattr(m, "axis", 0) != 0:
+            warnings.append(f"SR: measurement {m.id} on a reformatted plane is not exported "
+                            "(DICOM references native slices)")
+            continue
+        k = int(m.index)
+        src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
+        frames = [k + 1] if multiframe else None
+        img = hd.sr.SourceImageForMeasurement.from_source_image(src, referenced_frame_numbers=frames) \
+            if frames else hd.sr.SourceImageForMeasurement.from_source_image(src)
+        mm = r.get("length_unit", "mm") == "mm"
+        tid = hd.sr.TrackingIdentifier(identifier=f"viewer {m.kind} {m.id}"[:64])
+        pts = np.asarray(m.points, float)
+        if m.kind == "ruler" and "length" in r:
+            meas = [hd.sr.Measurement(name=_cc("410668003", "SCT", "Length"), value=float(r["length"]),
+                                      unit=_unit("mm" if mm else "px"), referenced_images=[img])]
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid, measurements=meas,
+                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, frames)
+                               if frames else hd.sr.SourceImageForMeasurementGroup.from_source_image(src)]))
+        elif m.kind in ("ellipse", "rectangle") and "mean" in r:
+            unit = _unit("hu") if (r.get("units") or getattr(volume, "units", "")) == "HU" else _unit("1")
+            meas = [hd.sr.Measurement(name=_cc("373098007", "SCT", "Mean"), value=float(r["mean"]), unit=unit),
+                    hd.sr.Measurement(name=_cc("386136009", "SCT", "Standard Deviation"),
+                                      value=float(r["sd"]), unit=unit)]
+            if r.get("area_mm2") is not None:
+                meas.append(hd.sr.Measurement(name=_cc("42798000", "SCT", "Area"), value=float(r["area_mm2"]),
+                                              unit=_unit("mm2" if mm else "px")))
+            # viewer points are (column, row) with pixel centres at integers; DICOM SCOORD puts
+            # the first pixel's centre at (0.5, 0.5)
+            (u0, v0), (u1, v1) = pts[0] + 0.5, pts[1] + 0.5
+            if m.kind == "rectangle":
+                gt = hd.sr.GraphicTypeValues.POLYLINE
+                data = np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1], [u0, v0]])
+            else:
+                cu, cv, ru, rv = (u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2, abs(v1 - v0) / 2
+                gt = hd.sr.GraphicTypeValues.ELLIPSE
+                data = np.array([[cu - ru, cv], [cu + ru, cv], [cu, cv - rv], [cu, cv + rv]])
+            rsrc = (hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=frames)
+                    if frames else hd.sr.SourceImageForRegion.from_source_image(src))
+            region = hd.sr.ImageRegion(graphic_type=gt, graphic_data=data.astype(float), source_image=rsrc)
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid, referenced_region=region, measurements=meas))
+        else:
+            warnings.append(f"SR: viewer measurement {m.id} ({m.kind}) has no exportable value")
+    return groups
+
+
+def _fix_references(ds, single_frame_uids: set) -> None:
+    """highdicom 0.28.2 writes a segmentation-frame reference with both Referenced Frame
+    Number and Referenced Segment Number, and a frame number on single-frame source images;
+    the Image SOP Instance Reference Macro (PS3.3 Table 10-3) allows neither.  A segment number
+    identifies the frames of that segment, so the frame number is dropped there."""
+    for item in getattr(ds, "ContentSequence", None) or []:
+        for ref in getattr(item, "ReferencedSOPSequence", None) or []:
+            if "ReferencedFrameNumber" in ref and (
+                    "ReferencedSegmentNumber" in ref
+                    or str(ref.ReferencedSOPInstanceUID) in single_frame_uids):
+                del ref.ReferencedFrameNumber
+        _fix_references(item, single_frame_uids)
+
+
+def _library(datasets) -> list:
+    """The images highdicom can describe in the TID 1500 image library (it needs e.g.
+    Imager Pixel Spacing for projection images); the others are still in the evidence."""
+    import highdicom as hd
+
+    out = []
+    for ds in datasets:
+        try:
+            hd.sr.ImageLibraryEntryDescriptors(ds)
+        except (AttributeError, ValueError, TypeError, KeyError):
+            continue
+        out.append(ds)
+    return out
+
+
+def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, pms: list | None = None,
+             measurements=None, datasets=None, series_number: int = 9903,
+             series_uid: str | None = None, warnings: list | None = None):
+    """A ``highdicom.sr.Comprehensive3DSR`` for one model's results.json items on ``volume``.
+
+    ``segs`` maps an item's index in ``model_items`` to its written SEG dataset; ``pms`` are
+    the Parametric Map datasets (listed in the image library and the evidence)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    warnings = warnings if warnings is not None else []
+    datasets = datasets if datasets is not None else dc.source_datasets(volume)
+    segs = segs or {}
+    pms = list(pms or [])
+    model = model_items[0].get("model") if model_items else "viewer"
+    version = model_items[0].get("model_version") if model_items else dc.software_version()
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=dc.new_uid(), name=f"{model} {version}"[:64], manufacturer_name=dc.MANUFACTURER,
+        model_name=dc.MODEL_NAME, serial_number=dc.SERIAL)
+    ctx = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device, observer_identifying_attributes=device))
+    groups = []
+    for n, res in enumerate(model_items):
+        if res.get("error"):
+            continue
+        if "probabilities" in res and isinstance(res.get("probabilities"), dict):
+            groups += _classifier_groups(res, datasets, warnings)
+        elif "voxel_counts" in res:
+            groups += _segmentation_groups(res, segs.get(n), volume, datasets)
+    groups += _viewer_groups(measurements, volume, datasets, warnings)
+    if not groups:
+        raise dc.DicomExportError(f"SR for {model}: no finding or measurement to report")
+    report = hd.sr.MeasurementReport(
+        observation_context=ctx, procedure_reported=_cc("363679005", "SCT", "Imaging procedure"),
+        imaging_measurements=groups, referenced_images=_library(list(datasets) + pms) or None)
+    evidence = list(datasets) + list(segs.values()) + pms
+    try:
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=evidence, content=report, series_instance_uid=series_uid or dc.new_uid(),
+            series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
+            institution_name=None, series_description=f"AI {model} report"[:64],
+            manufacturer=dc.MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
+    except (ValueError, TypeError, AttributeError, KeyError) as e:
+        raise dc.DicomExportError(f"SR not written: {e}".splitlines()[0]) from None
+    _fix_references(sr, {str(ds.SOPInstanceUID) for ds in datasets if "NumberOfFrames" not in ds})
+    dc.finalize(sr, datasets)
+    return sr
+
+
+def write_sr(volume, model_items, out_path, **kw) -> Path:
+    sr = build_sr(volume, model_items, **kw)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(out_path)
+    return out_path
