@@ -158,6 +158,7 @@ def cmd_analyze(args) -> int:
 
         region = RegionExplainer(card, device=args.device)
     results: list[dict] = []
+    captured: dict[int, dict] = {}  # per item: what the PDF report needs from the loaded volume
     skipped: list[str] = []  # items that the loaded volume showed not to fit the card
     failed = 0
     bar = tqdm(total=len(items), desc=f"{card.id}", unit="item", file=sys.stderr,
@@ -210,6 +211,9 @@ def cmd_analyze(args) -> int:
                 extra = [w for w in m.warnings if not (w.startswith("plain image") and "modality" in said)]
                 if extra:
                     d["warnings"] = list(d.get("warnings") or []) + extra
+                from ..export.report_pdf import capture
+
+                captured[len(results)] = capture(d, vol, out_dir, res)
                 results.append(d)
                 if bar.disable:
                     print(_summary(d), file=sys.stderr)
@@ -242,6 +246,17 @@ def cmd_analyze(args) -> int:
         sys.stdout.write(p.read_text())
     else:
         print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
+    try:  # the PDF report, always (issue 13); results.json above stays whatever happens here
+        import json
+
+        from ..export.report_pdf import build_report, write_report_pdf
+
+        rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out_dir,
+                                           captured=captured, load_missing=False), out_dir / "report.pdf")
+        print(f"wrote {rp}", file=sys.stderr if args.json else sys.stdout)
+    except UserError as e:
+        print(f"error: report.pdf not written: {e}", file=sys.stderr)
+        failed += 1
     return 1 if failed else 0
 
 
