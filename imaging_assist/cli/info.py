@@ -64,6 +64,9 @@ def cmd_info(args) -> int:
         return 0
 
     index, series = resolve_series(args.target, args.root, args.series)
+    if series.result_kind:
+        from .result_info import print_result_info
+        return print_result_info(index, series, as_json=args.json)
     n_stacks = len(plan_series(series))
     vol = load_series(series, stack=args.stack - 1)
     geo = vol.geometry_dict()

@@ -53,6 +53,15 @@ def cmd_scan(args) -> int:
         for st in p.studies:
             print(f"  Study {st.date or '-'} {st.description or '(no description)'}  uid={st.uid}")
             for s in st.series:
+                if s.result_kind:  # SEG / Parametric Map / SR / PDF: a result of another series
+                    from ..dicom.result_objects import KIND_NAMES
+                    refs = f"refers to series {', '.join(s.references)}" if s.references else "no series referenced"
+                    print(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
+                          f"{s.description or '(no description)':<34} {KIND_NAMES[s.result_kind]} (result), "
+                          f"{refs}  key={s.key}")
+                    for w in s.warnings:
+                        print(f"      warning: {w}")
+                    continue
                 size = f"{s.rows}x{s.cols}" if s.is_image else "no images"
                 print(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
                       f"{s.description or '(no description)':<34} {s.n_instances:>5} inst "

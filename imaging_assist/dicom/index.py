@@ -21,6 +21,7 @@ import numpy as np
 from .archive import list_members, read_members
 from .header import (DICOMDIR_SOP_CLASS, NATIVE_SYNTAXES, HeaderError, InstanceRecord, file_kind,
                      read_record)
+from .result_objects import KIND_NAMES, PARAMETRIC_MAP, referenced_series, result_kind
 
 # Refuse to allocate more than this for one series before decoding a single byte.
 MAX_SERIES_BYTES = 16 * 1024**3
@@ -42,6 +43,8 @@ class SeriesInfo:
     instances: list[InstanceRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     split_reason: str = ""
+    # Series UIDs a result object (SEG, Parametric Map, SR) refers to (dicom.result_objects).
+    references: list[str] = field(default_factory=list)
 
     def _first(self, kw, default=""):
         for r in self.instances:
@@ -83,8 +86,18 @@ class SeriesInfo:
         return int(self._first("Columns", 0))
 
     @property
+    def result_kind(self) -> str | None:
+        """"SEG", "PM", "SR" or "PDF" for a result object series (by SOP Class UID), else None."""
+        for r in self.instances:
+            kind = result_kind(r.get("SOPClassUID") or r.get("MediaStorageSOPClassUID"))
+            if kind:
+                return kind
+        return None
+
+    @property
     def is_image(self) -> bool:
-        return any(r.has_pixels for r in self.instances)
+        """Pixel data to load as a series; result objects are shown over their source instead."""
+        return any(r.has_pixels for r in self.instances) and not self.result_kind
 
     @property
     def study_uid(self) -> str:
@@ -103,6 +116,8 @@ class SeriesInfo:
             "rows": self.rows,
             "cols": self.cols,
             "is_image": self.is_image,
+            "result_kind": self.result_kind,
+            "references": list(self.references),
             "transfer_syntaxes": sorted({r.transfer_syntax for r in self.instances}),
             "warnings": list(self.warnings),
             "files": [r.display_path for r in self.instances],
@@ -117,6 +132,10 @@ class StudyInfo:
     description: str = ""
     accession: str = ""
     series: list[SeriesInfo] = field(default_factory=list)
+
+    def result_series(self) -> list[SeriesInfo]:
+        """SEG, Parametric Map, SR and Encapsulated PDF series of this study."""
+        return [s for s in self.series if s.result_kind]
 
     def to_dict(self) -> dict:
         return {"study_uid": self.uid, "date": self.date, "time": self.time,
@@ -150,6 +169,10 @@ class StudyIndex:
 
     def image_series(self) -> list[SeriesInfo]:
         return [s for s in self.all_series() if s.is_image]
+
+    def results_for(self, series: SeriesInfo) -> list[SeriesInfo]:
+        """Result series (SEG, Parametric Map, SR) that refer to ``series``."""
+        return [s for s in self.all_series() if s.result_kind and series.uid in s.references]
 
     def find_series(self, key: str) -> SeriesInfo | None:
         """By key, series UID, or the path of one of its files."""
@@ -393,6 +416,8 @@ def check_record(rec: InstanceRecord) -> str | None:
             return f"claims to be an image ({why}) but has no Pixel Data"
         return None
     if "FloatPixelData" in rec.flags:
+        if result_kind(rec.get("SOPClassUID")) == PARAMETRIC_MAP:
+            return None  # read by dicom.result_objects, which bounds the size before decoding
         return "float pixel data is not supported"
     if rec.rows <= 0 or rec.columns <= 0:
         return f"invalid image size {rec.rows}x{rec.columns}"
@@ -631,6 +656,31 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord],
     for st in studies.values():
         st.series.sort(key=lambda s: (_num(s.number), s.description, s.key))
     index.patients = sorted(patients.values(), key=lambda p: (p.name, p.id))
+    _link_results(index)
+
+
+def _link_results(index: StudyIndex) -> None:
+    """Fill ``references`` of result series (headers read by pydicom: few, small files)."""
+    from .header import read_dataset
+    known = {s.uid for s in index.all_series()}
+    for s in index.all_series():
+        kind = s.result_kind
+        if not kind or not s.instances:
+            continue
+        refs: list[str] = []
+        for rec in s.instances[:16]:  # a result series holds one or a few objects
+            try:
+                ds = read_dataset(rec, stop_before_pixels=True)
+            except Exception as e:
+                s.warnings.append(f"references of {rec.display_path} unreadable: {_one_line(e)}")
+                continue
+            refs += [u for u in referenced_series(ds) if u not in refs]
+        s.references = refs
+        missing = [u for u in refs if u not in known]
+        if missing:
+            s.warnings.append(f"this {KIND_NAMES[kind]} refers to series {missing[0]}"
+                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}, "
+                              "which is not in this index")
 
 
 def _num(v) -> float:

@@ -1,0 +1,83 @@
+"""``info`` for result objects (SEG, Parametric Map, SR, Encapsulated PDF): what they hold and
+where they land on the series they refer to (imaging_assist.dicom.result_objects)."""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import UserError
+from .common import print_json
+
+
+def _source_volume(index, series):
+    from ..dicom import load_series
+    from ..dicom.result_objects import KIND_NAMES
+    for uid in series.references:
+        src = index.find_series(uid)
+        if src is not None and src.is_image:
+            return load_series(src)
+    # Given the object's own file: look for the referenced series in the folder that holds it.
+    rec = series.instances[0]
+    folder = os.path.dirname(os.path.abspath(rec.path))
+    if series.references and rec.member is None and os.path.realpath(index.root) != folder:
+        from ..dicom import scan
+        near = scan(folder)
+        for uid in series.references:
+            src = near.find_series(uid)
+            if src is not None and src.is_image:
+                return load_series(src)
+    what = KIND_NAMES[series.result_kind]
+    if series.references:
+        raise UserError(f"this {what} refers to series {series.references[0]}, which is not found "
+                        "beside it (scan the folder that holds both)")
+    raise UserError(f"this {what} names no series it refers to: cannot place it")
+
+
+def result_dict(index, series) -> dict:
+    from ..dicom.result_objects import KIND_NAMES, PDF, SR, read_result
+    kind = series.result_kind
+    rec = series.instances[0]
+    out = {"series_uid": series.uid, "key": series.key, "description": series.description,
+           "result_kind": kind, "kind_name": KIND_NAMES[kind], "references": list(series.references),
+           "instances": series.n_instances, "warnings": list(series.warnings)}
+    if kind == PDF:
+        return out
+    if kind == SR:
+        out.update(read_result(rec).to_dict())
+    else:
+        vol = _source_volume(index, series)
+        obj = read_result(rec, vol)
+        out.update(obj.to_dict())
+        out["source_shape"] = list(vol.shape)
+    out["kind"] = kind
+    return out
+
+
+def print_result_info(index, series, as_json: bool = False) -> int:
+    d = result_dict(index, series)
+    if as_json:
+        print_json(d)
+        return 0
+    print(f"Series      {series.description or '(no description)'}  [{series.modality}]  uid={series.uid}")
+    print(f"Result      {d['kind_name']}; refers to series "
+          f"{', '.join(d['references']) or '(none named)'}")
+    if d["result_kind"] == "SEG":
+        print(f"Type        {d['segmentation_type']} on a {' x '.join(map(str, d['source_shape']))} grid")
+        for s in d["segments"]:
+            extra = f"  ({s['type']})" if s["type"] and s["type"] != s["label"] else ""
+            print(f"Segment {s['number']:>3} {s['label']}{extra}: {s['voxels']} voxels"
+                  f"{'  ' + s['algorithm'] if s['algorithm'] else ''}")
+    elif d["result_kind"] == "PM":
+        rng = d["value_range"]
+        rng_s = f"{rng[0]:g} .. {rng[1]:g}" if rng else "no values"
+        print(f"Values      {rng_s} {d['units']}".rstrip() + f"  ({d['label'] or 'no label'})")
+    elif d["result_kind"] == "SR":
+        print(f"Title       {d['title']}")
+        for it in d["items"]:
+            v = f"{it['value']} {it['unit']}".strip()
+            g = f"{it['group']}: " if it["group"] else ""
+            refs = f"  [image {it['references'][0][0]}]" if it["references"] else ""
+            print(f"  {it['kind']:<11} {g}{it['name']} = {v}{refs}")
+    for w in d["warnings"]:
+        print(f"warning: {w}")
+    return 0

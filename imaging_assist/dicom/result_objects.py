@@ -1,0 +1,786 @@
+"""Read result objects back: Segmentation (SEG), Parametric Map and Structured Reports.
+
+Result objects are not images to show on their own: they belong to the series they
+reference.  :func:`result_kind` tells them apart by SOP Class UID (the index lists them as
+result series of their study); :func:`read_segmentation` puts a SEG on the exact voxel grid
+of its referenced series, :func:`read_parametric_map` does the same for a Parametric Map
+(a heat map), and :func:`read_sr` lists the findings and measurements of an SR with the
+images they refer to.
+
+Frames are placed on the source grid by hand rather than with highdicom's
+``get_pixels_by_source_instance``/``get_volume``: a SEG written by another tool may carry
+only plane positions or only source references, and we must check both against the
+Volume that is shown (its own, possibly sheared, affine), refusing - never guessing -
+when they disagree.  Decoding the pixels is pydicom's (``pixel_array``: 1-bit unpacking,
+compressed syntaxes, float pixel data).  Every problem is a :class:`ResultObjectError`
+with a one-line reason.
+
+Overlapping segments: a SEG may give one voxel to several segments.  A single label map
+would hide all but one of them, so :meth:`Segmentation.layers` then gives one layer per
+segment and :attr:`Segmentation.warnings` says which segments overlap and by how much.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+
+SEG = "SEG"
+PARAMETRIC_MAP = "PM"
+SR = "SR"
+PDF = "PDF"
+
+# SOP Class UID -> kind (PS3.4 B.5).
+RESULT_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.66.4": SEG,  # Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.66.7": SEG,  # Label Map Segmentation Storage
+    "1.2.840.10008.5.1.4.1.1.30": PARAMETRIC_MAP,  # Parametric Map Storage
+    "1.2.840.10008.5.1.4.1.1.88.11": SR,  # Basic Text SR
+    "1.2.840.10008.5.1.4.1.1.88.22": SR,  # Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33": SR,  # Comprehensive SR
+    "1.2.840.10008.5.1.4.1.1.88.34": SR,  # Comprehensive 3D SR
+    "1.2.840.10008.5.1.4.1.1.88.35": SR,  # Extensible SR
+    "1.2.840.10008.5.1.4.1.1.88.40": SR,  # Procedure Log
+    "1.2.840.10008.5.1.4.1.1.88.50": SR,  # Mammography CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.65": SR,  # Chest CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.67": SR,  # X-Ray Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.68": SR,  # Radiopharmaceutical Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.88.69": SR,  # Colon CAD SR
+    "1.2.840.10008.5.1.4.1.1.88.70": SR,  # Implantation Plan SR
+    "1.2.840.10008.5.1.4.1.1.88.71": SR,  # Acquisition Context SR
+    "1.2.840.10008.5.1.4.1.1.88.72": SR,  # Simplified Adult Echo SR
+    "1.2.840.10008.5.1.4.1.1.88.73": SR,  # Patient Radiation Dose SR
+    "1.2.840.10008.5.1.4.1.1.104.1": PDF,  # Encapsulated PDF Storage
+}
+KIND_NAMES = {SEG: "Segmentation", PARAMETRIC_MAP: "Parametric Map", SR: "Structured Report",
+              PDF: "Encapsulated PDF"}
+
+# Limits against hostile objects (checked before anything is allocated).
+MAX_SEGMENTS = 1024
+MAX_RESULT_BYTES = 2 * 1024**3  # decoded frames of one object
+MAX_SR_ITEMS = 100_000
+MAX_SR_DEPTH = 64
+# Plane positions are DS strings; other writers round them. A frame more than this away
+# from a source slice (in plane or along the normal) does not belong to it.
+POSITION_TOLERANCE_MM = 0.01
+ORIENTATION_TOLERANCE = 1e-4
+SPACING_TOLERANCE_MM = 1e-4
+
+
+class ResultObjectError(UserError):
+    """A result object (SEG, Parametric Map, SR) cannot be read or placed; one line."""
+
+
+def result_kind(sop_class_uid) -> str | None:
+    """"SEG", "PM", "SR", "PDF" for a result object's SOP Class UID, else None."""
+    return RESULT_SOP_CLASSES.get(str(sop_class_uid or "").strip())
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip().splitlines()
+    return s[0][:200] if s else type(e).__name__
+
+
+def _dataset(source):
+    """A pydicom Dataset from a Dataset, an InstanceRecord or a path."""
+    import pydicom
+    from .header import InstanceRecord, read_dataset
+    if isinstance(source, pydicom.Dataset):
+        return source
+    try:
+        if isinstance(source, InstanceRecord):
+            return read_dataset(source)
+        with open(str(source), "rb") as fh:
+            return pydicom.dcmread(fh, force=True)
+    except Exception as e:
+        raise ResultObjectError(f"cannot read the result object: {_one_line(e)}") from None
+
+
+def referenced_series(ds) -> list[str]:
+    """Series UIDs a result object refers to (ReferencedSeriesSequence, SR evidence)."""
+    out: list[str] = []
+
+    def add(uid):
+        uid = str(uid or "").strip()
+        if uid and uid not in out:
+            out.append(uid)
+
+    try:
+        for item in ds.get("ReferencedSeriesSequence") or []:
+            add(item.get("SeriesInstanceUID"))
+        for kw in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
+            for study in ds.get(kw) or []:
+                for item in study.get("ReferencedSeriesSequence") or []:
+                    add(item.get("SeriesInstanceUID"))
+    except Exception:
+        pass  # a malformed reference list: the object is listed without links
+    return out
+
+
+# --------------------------------------------------------------------------- placement
+def _fg(frame_item, shared_item, seq: str, attr: str):
+    for item in (frame_item, shared_item):
+        if item is None:
+            continue
+        s = item.get(seq)
+        if s:
+            v = s[0].get(attr)
+            if v is not None:
+                return v
+    return None
+
+
+def _frame_source_refs(frame_item) -> list[tuple[str, int | None]]:
+    """(SOP Instance UID, frame number or None) from a frame's DerivationImageSequence."""
+    out = []
+    if frame_item is None:
+        return out
+    for der in frame_item.get("DerivationImageSequence") or []:
+        for src in der.get("SourceImageSequence") or []:
+            uid = str(src.get("ReferencedSOPInstanceUID") or "")
+            fr = src.get("ReferencedFrameNumber")
+            if isinstance(fr, (list, tuple)) or (fr is not None and hasattr(fr, "__len__")
+                                                  and not isinstance(fr, str)):
+                fr = list(fr)[0] if len(fr) else None
+            out.append((uid, int(fr) if fr not in (None, "") else None))
+    return out
+
+
+class _Grid:
+    """The shown volume's grid: SOP/frame -> slice, and LPS position -> slice."""
+
+    def __init__(self, volume):
+        self.volume = volume
+        shape = volume.array.shape
+        self.n, self.rows, self.cols = int(shape[0]), int(shape[1]), int(shape[2])
+        self.by_ref: dict[tuple[str, int], int] = {}
+        for k, rec in enumerate(getattr(volume, "headers", []) or []):
+            uid = str(rec.get("SOPInstanceUID") or "")
+            frames = getattr(volume, "frames", None) or []
+            fr = (frames[k] + 1) if k < len(frames) else 1
+            self.by_ref[(uid, fr)] = k
+        self.sop_uids = {u for u, _ in self.by_ref}
+        self.geometric = bool(volume.has_geometry)
+        if self.geometric:
+            a = np.asarray(volume.affine, float)
+            self.affine = a
+            try:
+                self.inv = np.linalg.inv(a)
+            except np.linalg.LinAlgError:
+                self.geometric = False
+
+    def slice_of_ref(self, uid: str, frame: int | None) -> int | None:
+        if (uid, frame or 1) in self.by_ref:
+            return self.by_ref[(uid, frame or 1)]
+        if frame is None:  # a multi-frame source referenced without a frame number
+            hits = [k for (u, _), k in self.by_ref.items() if u == uid]
+            return hits[0] if len(hits) == 1 else None
+        return None
+
+    def slice_of_position(self, ipp) -> tuple[int | None, float]:
+        """Slice whose plane holds ipp as its first voxel, and the distance in mm."""
+        p = np.asarray(ipp, float)
+        ijk = (self.inv @ np.append(p, 1.0))[:3]
+        k = int(round(ijk[2]))
+        if not 0 <= k < self.n:
+            return None, math.inf
+        expect = (self.affine @ np.array([0.0, 0.0, k, 1.0]))[:3]
+        return k, float(np.linalg.norm(expect - p))
+
+    def check_orientation(self, iop, what: str) -> None:
+        if iop is None or not self.geometric:
+            return
+        iop = np.asarray([float(v) for v in iop], float)
+        if iop.shape != (6,) or not np.all(np.isfinite(iop)):
+            raise ResultObjectError(f"{what}: unusable ImageOrientationPatient {list(iop)}")
+        d = np.asarray(self.volume.direction, float)
+        if (np.max(np.abs(iop[:3] - d[:, 0])) > ORIENTATION_TOLERANCE
+                or np.max(np.abs(iop[3:] - d[:, 1])) > ORIENTATION_TOLERANCE):
+            raise ResultObjectError(f"{what}: orientation {np.round(iop, 5).tolist()} differs from the "
+                                    f"series' {np.round(np.r_[d[:, 0], d[:, 1]], 5).tolist()}")
+
+    def check_spacing(self, ps, what: str) -> None:
+        if ps is None or not self.volume.spacing_known:
+            return
+        try:
+            row, col = (float(v) for v in ps)
+        except Exception:
+            raise ResultObjectError(f"{what}: unusable PixelSpacing {ps!r}") from None
+        sx, sy = float(self.volume.spacing[0]), float(self.volume.spacing[1])
+        if abs(row - sy) > SPACING_TOLERANCE_MM or abs(col - sx) > SPACING_TOLERANCE_MM:
+            raise ResultObjectError(f"{what}: pixel spacing {row:g} x {col:g} mm differs from the "
+                                    f"series' {sy:g} x {sx:g} mm")
+
+
+def _place_frames(ds, volume, what: str) -> list[int]:
+    """The source slice of every frame of ds; refuses what does not fit exactly."""
+    grid = _Grid(volume)
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if (rows, cols) != (grid.rows, grid.cols):
+        raise ResultObjectError(f"{what} is {rows}x{cols} but the series' images are "
+                                f"{grid.rows}x{grid.cols}")
+    n = int(ds.get("NumberOfFrames") or 1)
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per) not in (0, n):
+        raise ResultObjectError(f"{what} has {n} frames but {len(per)} per-frame functional groups")
+    grid.check_orientation(_fg(None, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), what)
+    grid.check_spacing(_fg(None, shared, "PixelMeasuresSequence", "PixelSpacing"), what)
+    out = []
+    for f in range(n):
+        item = per[f] if per else None
+        if item is not None:
+            grid.check_orientation(_fg(item, None, "PlaneOrientationSequence", "ImageOrientationPatient"), what)
+            grid.check_spacing(_fg(item, None, "PixelMeasuresSequence", "PixelSpacing"), what)
+        k_ref = None
+        refs = _frame_source_refs(item)
+        for uid, fr in refs:
+            k_ref = grid.slice_of_ref(uid, fr)
+            if k_ref is not None:
+                break
+        ipp = _fg(item, shared, "PlanePositionSequence", "ImagePositionPatient")
+        k_pos, dist = (None, math.inf)
+        if ipp is not None and grid.geometric:
+            try:
+                k_pos, dist = grid.slice_of_position([float(v) for v in ipp])
+            except (TypeError, ValueError):
+                raise ResultObjectError(f"{what} frame {f + 1}: unusable ImagePositionPatient") from None
+        if k_ref is not None:
+            if ipp is not None and grid.geometric:
+                if k_pos != k_ref or dist > POSITION_TOLERANCE_MM:
+                    p = grid.affine @ np.array([0.0, 0.0, k_ref, 1.0])
+                    off = float(np.linalg.norm(p[:3] - np.asarray([float(v) for v in ipp])))
+                    raise ResultObjectError(
+                        f"{what} frame {f + 1} references slice {k_ref + 1} but its position is "
+                        f"{off:.3g} mm from that slice")
+            out.append(k_ref)
+        elif ipp is not None and grid.geometric:
+            if k_pos is None or dist > POSITION_TOLERANCE_MM:
+                raise ResultObjectError(f"{what} frame {f + 1} at {[round(float(v), 3) for v in ipp]} "
+                                        "lies on no slice of the series")
+            if refs and any(u for u, _ in refs):
+                raise ResultObjectError(f"{what} frame {f + 1} references an image that is not in "
+                                        "the series")
+            out.append(k_pos)
+        elif refs:
+            raise ResultObjectError(f"{what} frame {f + 1} references an image that is not in the series")
+        elif grid.n == 1 and n == 1:
+            out.append(0)  # one frame on one image without references or geometry
+        else:
+            raise ResultObjectError(f"{what} frame {f + 1} has neither a source image reference "
+                                    "nor a plane position: cannot place it")
+    return out
+
+
+def _check_series(ds, volume, what: str) -> None:
+    refs = referenced_series(ds)
+    uid = str(getattr(volume, "series_uid", "") or "")
+    if refs and uid and uid not in refs:
+        raise ResultObjectError(f"{what} references series {refs[0]}, not the series shown ({uid})")
+
+
+def _decoded_pixels(ds, what: str, itemsize: int) -> np.ndarray:
+    n = int(ds.get("NumberOfFrames") or 1)
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    if rows < 1 or cols < 1 or n < 1:
+        raise ResultObjectError(f"{what} has no frames ({n} frames of {rows}x{cols})")
+    need = n * rows * cols * itemsize
+    if need > MAX_RESULT_BYTES:
+        raise ResultObjectError(f"{what} would need {need / 1024**3:.1f} GiB for {n} frames of "
+                                f"{rows}x{cols} (limit {MAX_RESULT_BYTES / 1024**3:.0f} GiB)")
+    try:
+        from pydicom.pixels import pixel_array
+        arr = pixel_array(ds)
+    except Exception as e:
+        raise ResultObjectError(f"{what}: pixel data unreadable: {_one_line(e)}") from None
+    arr = np.asarray(arr)
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.shape != (n, rows, cols):
+        raise ResultObjectError(f"{what}: pixel data is {arr.shape}, expected {n} frames of {rows}x{cols}")
+    return arr
+
+
+# --------------------------------------------------------------------------- SEG
+@dataclass
+class SegmentInfo:
+    number: int
+    label: str
+    category: str = ""
+    type: str = ""
+    algorithm: str = ""  # "AUTOMATIC/SEMIAUTOMATIC/MANUAL[: name version]"
+    color: tuple[int, int, int] | None = None
+    voxels: int = 0
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "label": self.label, "category": self.category,
+                "type": self.type, "algorithm": self.algorithm, "voxels": self.voxels}
+
+
+@dataclass
+class Segmentation:
+    """A SEG on its source series' grid (``[k, j, i]`` like ``Volume.array``)."""
+
+    description: str
+    series_uid: str
+    segmentation_type: str  # BINARY, FRACTIONAL, LABELMAP
+    segments: list[SegmentInfo]
+    shape: tuple[int, int, int]
+    # per segment: {slice k: 2-D float32 fraction in [0, 1]} (1.0 for binary)
+    _frames: dict[int, dict[int, np.ndarray]] = field(repr=False, default_factory=dict)
+    overlaps: dict[tuple[int, int], int] = field(default_factory=dict)  # (a, b) -> voxels
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def fractional(self) -> bool:
+        return self.segmentation_type == "FRACTIONAL"
+
+    def fraction(self, number: int) -> np.ndarray:
+        """Segment ``number``'s stored value on the grid (0..1 float32; 1 for binary)."""
+        out = np.zeros(self.shape, np.float32)
+        for k, f in self._frames.get(number, {}).items():
+            out[k] = np.maximum(out[k], f)
+        return out
+
+    def mask(self, number: int) -> np.ndarray:
+        """Segment ``number`` on the grid: fractional values >= 0.5 (binary as stored)."""
+        out = np.zeros(self.shape, bool)
+        for k, f in self._frames.get(number, {}).items():
+            out[k] |= f >= 0.5
+        return out
+
+    def label_map(self) -> np.ndarray:
+        """Segment numbers on the grid (uint16, 0 = none); refused when segments overlap."""
+        if self.overlaps:
+            raise ResultObjectError("segments overlap: one label map would hide some of them "
+                                    "(use one mask per segment)")
+        out = np.zeros(self.shape, np.uint16)
+        for s in self.segments:
+            for k, f in self._frames.get(s.number, {}).items():
+                out[k][f >= 0.5] = s.number
+        return out
+
+    def layers(self) -> list:
+        """imaging_assist.layers layers: one label map, or one per segment when they overlap."""
+        from ..layers import LabelLayer
+        name = self.description or "Segmentation"
+        if not self.overlaps:
+            layer = LabelLayer(name, self.label_map(), names={s.number: s.label for s in self.segments})
+            return [layer]
+        out = []
+        for s in self.segments:
+            arr = self.mask(s.number).astype(np.uint16) * np.uint16(s.number)
+            out.append(LabelLayer(f"{name}: {s.label}", arr, names={s.number: s.label}))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": SEG, "description": self.description, "series_uid": self.series_uid,
+                "segmentation_type": self.segmentation_type,
+                "segments": [s.to_dict() for s in self.segments],
+                "overlaps": [{"segments": list(k), "voxels": v} for k, v in self.overlaps.items()],
+                "warnings": list(self.warnings)}
+
+
+def _code_meaning(item, seq: str) -> str:
+    try:
+        s = item.get(seq)
+        return str(s[0].get("CodeMeaning") or s[0].get("CodeValue") or "") if s else ""
+    except Exception:
+        return ""
+
+
+def _segment_infos(ds, what: str) -> list[SegmentInfo]:
+    seq = ds.get("SegmentSequence") or []
+    if len(seq) == 0:
+        raise ResultObjectError(f"{what} has no segments (empty SegmentSequence)")
+    if len(seq) > MAX_SEGMENTS:
+        raise ResultObjectError(f"{what} declares {len(seq)} segments (limit {MAX_SEGMENTS})")
+    out, seen = [], set()
+    for item in seq:
+        try:
+            num = int(item.SegmentNumber)
+        except Exception:
+            raise ResultObjectError(f"{what}: a segment has no usable SegmentNumber") from None
+        if num < 1 or num > 65535 or num in seen:
+            raise ResultObjectError(f"{what}: segment number {num} is invalid or repeated")
+        seen.add(num)
+        alg = str(item.get("SegmentAlgorithmType") or "")
+        if item.get("SegmentAlgorithmName"):
+            alg += f": {item.SegmentAlgorithmName}"
+        label = str(item.get("SegmentLabel") or "") or _code_meaning(item, "SegmentedPropertyTypeCodeSequence") \
+            or f"segment {num}"
+        out.append(SegmentInfo(number=num, label=label,
+                               category=_code_meaning(item, "SegmentedPropertyCategoryCodeSequence"),
+                               type=_code_meaning(item, "SegmentedPropertyTypeCodeSequence"),
+                               algorithm=alg))
+    return out
+
+
+def read_segmentation(source, volume) -> Segmentation:
+    """Read a SEG (path, InstanceRecord or Dataset) onto ``volume``'s grid.
+
+    Frames are matched to the volume's slices by referenced SOP Instance UID (and frame)
+    and by plane position; both, where present, must agree within
+    POSITION_TOLERANCE_MM, and orientation/pixel spacing/size must match the volume.
+    Fractional values are divided by MaximumFractionalValue and kept; masks threshold
+    them at 0.5.  Raises ResultObjectError with a one-line reason.
+    """
+    ds = _dataset(source)
+    what = "the segmentation"
+    try:
+        return _read_segmentation(ds, volume, what)
+    except ResultObjectError:
+        raise
+    except Exception as e:  # a malformed attribute no check foresaw: still one line
+        raise ResultObjectError(f"{what} is malformed: {type(e).__name__}: {_one_line(e)}") from None
+
+
+def _read_segmentation(ds, volume, what) -> Segmentation:
+    if result_kind(ds.get("SOPClassUID")) != SEG:
+        raise ResultObjectError(f"not a segmentation (SOP Class {ds.get('SOPClassUID', 'missing')})")
+    if volume.array.ndim != 3:
+        raise ResultObjectError(f"{what} cannot be laid on a colour image")
+    _check_series(ds, volume, what)
+    segments = _segment_infos(ds, what)
+    by_number = {s.number: s for s in segments}
+    seg_type = str(ds.get("SegmentationType") or "").upper()
+    if seg_type not in ("BINARY", "FRACTIONAL"):
+        raise ResultObjectError(f"{what}: SegmentationType {seg_type or 'missing'} is not supported "
+                                "(BINARY or FRACTIONAL)")
+    n_frames = int(ds.get("NumberOfFrames") or 1)
+    grid_shape = tuple(int(v) for v in volume.array.shape)
+    if n_frames > grid_shape[0] * len(segments):
+        raise ResultObjectError(f"{what} has {n_frames} frames, more than {grid_shape[0]} slices x "
+                                f"{len(segments)} segments")
+    slices = _place_frames(ds, volume, what)
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    seg_of_frame = []
+    for f in range(n_frames):
+        v = _fg(per[f] if per else None, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
+        try:
+            num = int(v)
+        except Exception:
+            raise ResultObjectError(f"{what} frame {f + 1} names no segment") from None
+        if num not in by_number:
+            raise ResultObjectError(f"{what} frame {f + 1} refers to segment {num}, which is not described")
+        seg_of_frame.append(num)
+    if int(ds.get("BitsAllocated") or 0) not in ((1,) if seg_type == "BINARY" else (8,)):
+        raise ResultObjectError(f"{what}: BitsAllocated {ds.get('BitsAllocated')} for a {seg_type} "
+                                "segmentation")
+    arr = _decoded_pixels(ds, what, 1)
+    maxv = 1.0
+    if seg_type == "FRACTIONAL":
+        maxv = float(ds.get("MaximumFractionalValue") or 0)
+        if not (math.isfinite(maxv) and 1 <= maxv <= 255):
+            raise ResultObjectError(f"{what}: MaximumFractionalValue {ds.get('MaximumFractionalValue')} "
+                                    "(1..255 expected)")
+    frames: dict[int, dict[int, np.ndarray]] = {s.number: {} for s in segments}
+    for f, (k, num) in enumerate(zip(slices, seg_of_frame)):
+        if k in frames[num]:
+            raise ResultObjectError(f"{what}: segment {num} has two frames on slice {k + 1}")
+        v = arr[f].astype(np.float32)
+        if seg_type == "FRACTIONAL":
+            v = np.minimum(v / np.float32(maxv), np.float32(1.0))
+        if v.any():
+            frames[num][k] = v
+    result = Segmentation(description=str(ds.get("SeriesDescription") or ds.get("ContentLabel") or ""),
+                          series_uid=str(ds.get("SeriesInstanceUID") or ""),
+                          segmentation_type=seg_type, segments=segments,
+                          shape=grid_shape, _frames=frames)
+    # Voxel counts and overlaps, slice by slice (no full-volume copy per segment).
+    nums = [s.number for s in segments]
+    for s in segments:
+        s.voxels = int(sum(int(np.count_nonzero(f >= 0.5)) for f in frames[s.number].values()))
+    ks = sorted({k for d in frames.values() for k in d})
+    for k in ks:
+        present = [(n, frames[n][k] >= 0.5) for n in nums if k in frames[n]]
+        if len(present) < 2:
+            continue
+        for i in range(len(present)):
+            for j in range(i + 1, len(present)):
+                c = int(np.count_nonzero(present[i][1] & present[j][1]))
+                if c:
+                    key = (present[i][0], present[j][0])
+                    result.overlaps[key] = result.overlaps.get(key, 0) + c
+    if result.overlaps:
+        pairs = ", ".join(f"{by_number[a].label} / {by_number[b].label} ({v} voxels)"
+                          for (a, b), v in sorted(result.overlaps.items())[:5])
+        more = len(result.overlaps) - 5
+        result.warnings.append(f"segments overlap: {pairs}{f' and {more} more pairs' if more > 0 else ''}; "
+                               "shown as one layer per segment")
+    return result
+
+
+# --------------------------------------------------------------------------- Parametric Map
+@dataclass
+class ParametricMap:
+    description: str
+    series_uid: str
+    array: np.ndarray  # float32 on the source grid; NaN where the map has no frame
+    units: str = ""
+    label: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+    def layer(self):
+        from ..layers import HeatmapLayer
+        arr = np.nan_to_num(self.array, nan=0.0)
+        return HeatmapLayer(self.description or self.label or "Parametric map", arr)
+
+    def to_dict(self) -> dict:
+        finite = self.array[np.isfinite(self.array)]
+        rng = [float(finite.min()), float(finite.max())] if finite.size else None
+        return {"kind": PARAMETRIC_MAP, "description": self.description, "series_uid": self.series_uid,
+                "label": self.label, "units": self.units, "value_range": rng,
+                "warnings": list(self.warnings)}
+
+
+def read_parametric_map(source, volume) -> ParametricMap:
+    """Read a Parametric Map onto ``volume``'s grid, in real-world values (float32)."""
+    ds = _dataset(source)
+    what = "the parametric map"
+    try:
+        return _read_parametric_map(ds, volume, what)
+    except ResultObjectError:
+        raise
+    except Exception as e:
+        raise ResultObjectError(f"{what} is malformed: {type(e).__name__}: {_one_line(e)}") from None
+
+
+def _read_parametric_map(ds, volume, what) -> ParametricMap:
+    if result_kind(ds.get("SOPClassUID")) != PARAMETRIC_MAP:
+        raise ResultObjectError(f"not a parametric map (SOP Class {ds.get('SOPClassUID', 'missing')})")
+    if volume.array.ndim != 3:
+        raise ResultObjectError(f"{what} cannot be laid on a colour image")
+    _check_series(ds, volume, what)
+    n = int(ds.get("NumberOfFrames") or 1)
+    grid_shape = tuple(int(v) for v in volume.array.shape)
+    if n > grid_shape[0]:
+        raise ResultObjectError(f"{what} has {n} frames for {grid_shape[0]} slices")
+    slices = _place_frames(ds, volume, what)
+    itemsize = 8 if "DoubleFloatPixelData" in ds else 4 if "FloatPixelData" in ds else \
+        max(1, int(ds.get("BitsAllocated") or 8) // 8)
+    arr = _decoded_pixels(ds, what, itemsize)
+    shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
+    per = ds.get("PerFrameFunctionalGroupsSequence") or []
+    out = np.full(grid_shape, np.nan, np.float32)
+    units = label = ""
+    for f, k in enumerate(slices):
+        item = per[f] if per else None
+        rwvm = None
+        for it in (item, shared):
+            if it is not None and it.get("RealWorldValueMappingSequence"):
+                rwvm = it.RealWorldValueMappingSequence[0]
+                break
+        vals = arr[f].astype(np.float64)
+        if rwvm is not None:
+            if "RealWorldValueLUTData" in rwvm and "RealWorldValueSlope" not in rwvm:
+                raise ResultObjectError(f"{what}: a real-world value LUT is not supported "
+                                        "(slope/intercept only)")
+            slope = float(rwvm.get("RealWorldValueSlope", 1.0))
+            icpt = float(rwvm.get("RealWorldValueIntercept", 0.0))
+            if not (math.isfinite(slope) and math.isfinite(icpt)) or slope == 0:
+                raise ResultObjectError(f"{what}: real-world value slope {slope} / intercept {icpt}")
+            vals = vals * slope + icpt
+            units = units or _code_meaning(rwvm, "MeasurementUnitsCodeSequence")
+            label = label or str(rwvm.get("LUTExplanation") or rwvm.get("LUTLabel") or "")
+        elif not ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds):
+            raise ResultObjectError(f"{what} frame {f + 1} has no real-world value mapping")
+        if not np.isnan(out[k]).all():
+            raise ResultObjectError(f"{what}: two frames on slice {k + 1}")
+        out[k] = vals.astype(np.float32)
+    pm = ParametricMap(description=str(ds.get("SeriesDescription") or ds.get("ContentLabel") or ""),
+                       series_uid=str(ds.get("SeriesInstanceUID") or ""), array=out,
+                       units=units, label=label)
+    bad = int(np.count_nonzero(np.isinf(out)))
+    if bad:
+        pm.warnings.append(f"{bad} infinite values in the parametric map")
+    return pm
+
+
+# --------------------------------------------------------------------------- SR
+@dataclass
+class SRItem:
+    """One finding or measurement of an SR, with the images it refers to."""
+
+    kind: str  # "measurement", "finding", "text"
+    name: str
+    value: str  # number as text, coded meaning, or text
+    unit: str = ""
+    group: str = ""  # the measurement group / container it is in (tracking id when given)
+    number: float | None = None
+    references: list[tuple[str, int | None]] = field(default_factory=list)  # (SOP UID, frame)
+    point_lps: tuple[float, float, float] | None = None  # first SCOORD3D point
+
+    def text(self) -> str:
+        v = f"{self.value} {self.unit}".strip()
+        g = f"{self.group}: " if self.group else ""
+        return f"{g}{self.name} = {v}" if self.name else f"{g}{v}"
+
+    def slice_in(self, volume) -> int | None:
+        """The slice of ``volume`` this item refers to, or None."""
+        grid = _Grid(volume)
+        for uid, fr in self.references:
+            k = grid.slice_of_ref(uid, fr)
+            if k is not None:
+                return k
+        if self.point_lps is not None and grid.geometric:
+            ijk = (grid.inv @ np.append(np.asarray(self.point_lps, float), 1.0))[:3]
+            k = int(round(ijk[2]))
+            if 0 <= k < grid.n:
+                return k
+        return None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "name": self.name, "value": self.value, "unit": self.unit,
+                "group": self.group, "references": [list(r) for r in self.references],
+                "point_lps": list(self.point_lps) if self.point_lps else None}
+
+
+@dataclass
+class StructuredReport:
+    title: str
+    series_uid: str
+    items: list[SRItem]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"kind": SR, "title": self.title, "series_uid": self.series_uid,
+                "items": [i.to_dict() for i in self.items], "warnings": list(self.warnings)}
+
+
+_SKIP_CONTAINERS = {"image library", "image library group"}
+
+
+def read_sr(source) -> StructuredReport:
+    """Findings and measurements of any SR (TID 1500 and others), with their image references.
+
+    A generic walk of the content tree (pydicom), not highdicom's TID 1500 parser: it must
+    also list SRs of other templates.  NUM items are measurements, CODE items findings,
+    TEXT items text; the IMAGE and SCOORD/SCOORD3D items of an item and of its enclosing
+    group are its references.  Observer context and concept modifiers are not listed.
+    """
+    ds = _dataset(source)
+    try:
+        return _read_sr(ds)
+    except ResultObjectError:
+        raise
+    except RecursionError:
+        raise ResultObjectError("the structured report is nested too deeply") from None
+    except Exception as e:
+        raise ResultObjectError(f"the structured report is malformed: {type(e).__name__}: "
+                                f"{_one_line(e)}") from None
+
+
+def _read_sr(ds) -> StructuredReport:
+    if result_kind(ds.get("SOPClassUID")) != SR:
+        raise ResultObjectError(f"not a structured report (SOP Class {ds.get('SOPClassUID', 'missing')})")
+    items: list[SRItem] = []
+    count = [0]
+    report = StructuredReport(title=_code_meaning(ds, "ConceptNameCodeSequence") or "Structured report",
+                              series_uid=str(ds.get("SeriesInstanceUID") or ""), items=items)
+
+    def refs_of(item) -> tuple[list[tuple[str, int | None]], tuple | None]:
+        """Image references and a 3D point held by item itself or its direct children."""
+        refs, point = [], None
+        stack = [(item, 0)]
+        while stack:
+            it, d = stack.pop()
+            vt = str(it.get("ValueType") or "")
+            if vt == "IMAGE":
+                for r in it.get("ReferencedSOPSequence") or []:
+                    fr = r.get("ReferencedFrameNumber")
+                    if fr is not None and not isinstance(fr, (int, str)):
+                        fr = list(fr)[0] if len(fr) else None
+                    refs.append((str(r.get("ReferencedSOPInstanceUID") or ""),
+                                 int(fr) if fr not in (None, "") else None))
+            elif vt == "SCOORD3D" and point is None:
+                data = it.get("GraphicData")
+                if data is not None and len(data) >= 3:
+                    p = tuple(float(v) for v in list(data)[:3])
+                    if all(math.isfinite(v) for v in p):
+                        point = p
+            if d < 2 and (vt in ("SCOORD", "SCOORD3D") or d == 0):
+                for c in it.get("ContentSequence") or []:
+                    cvt = str(c.get("ValueType") or "")
+                    if cvt in ("IMAGE", "SCOORD", "SCOORD3D"):
+                        stack.append((c, d + 1))
+        return refs, point
+
+    def visit(seq, depth: int, group: str, inherited, inh_point):
+        if depth > MAX_SR_DEPTH:
+            raise ResultObjectError(f"the structured report is nested deeper than {MAX_SR_DEPTH} levels")
+        for it in seq or []:
+            count[0] += 1
+            if count[0] > MAX_SR_ITEMS:
+                raise ResultObjectError(f"the structured report has more than {MAX_SR_ITEMS} content items")
+            rel = str(it.get("RelationshipType") or "")
+            if rel in ("HAS OBS CONTEXT", "HAS CONCEPT MOD", "HAS ACQ CONTEXT"):
+                continue
+            vt = str(it.get("ValueType") or "")
+            name = _code_meaning(it, "ConceptNameCodeSequence")
+            if vt == "CONTAINER":
+                if name.lower() in _SKIP_CONTAINERS:
+                    continue
+                refs, point = refs_of(it)
+                g = group
+                for c in it.get("ContentSequence") or []:
+                    if _code_meaning(c, "ConceptNameCodeSequence").lower() == "tracking identifier":
+                        g = str(c.get("TextValue") or "") or g
+                if depth > 0 and g == group and name and name.lower() not in ("imaging measurements",):
+                    g = name
+                visit(it.get("ContentSequence"), depth + 1, g, refs or inherited, point or inh_point)
+                continue
+            refs, point = refs_of(it)
+            refs = refs or list(inherited)
+            point = point or inh_point
+            if vt == "NUM":
+                mv = (it.get("MeasuredValueSequence") or [None])[0]
+                if mv is None:
+                    continue
+                num = float(mv.get("NumericValue"))
+                unit = _code_meaning(mv, "MeasurementUnitsCodeSequence")
+                unit_code = ""
+                try:
+                    unit_code = str(mv.MeasurementUnitsCodeSequence[0].CodeValue)
+                except Exception:
+                    pass
+                items.append(SRItem("measurement", name, f"{num:g}", unit_code if unit_code not in ("1", "{ratio}") and len(unit_code) <= 8 else unit,
+                                    group, num, refs, point))
+            elif vt == "CODE":
+                if name.lower() in ("finding category", "finding site"):
+                    continue  # qualifiers of a group, not findings
+                items.append(SRItem("finding", name, _code_meaning(it, "ConceptCodeSequence"), "",
+                                    group, None, refs, point))
+            elif vt == "TEXT":
+                if name.lower() in ("tracking identifier",):
+                    continue
+                items.append(SRItem("text", name, str(it.get("TextValue") or ""), "", group, None,
+                                    refs, point))
+            if vt not in ("CONTAINER",) and it.get("ContentSequence"):
+                visit([c for c in it.ContentSequence if str(c.get("ValueType") or "") in
+                       ("NUM", "CODE", "TEXT", "CONTAINER")], depth + 1, group, refs, point)
+
+    visit(ds.get("ContentSequence"), 0, "", [], None)
+    if not items:
+        report.warnings.append("the structured report holds no findings or measurements")
+    return report
+
+
+def read_result(source, volume=None):
+    """Segmentation, ParametricMap or StructuredReport for any supported result object."""
+    ds = _dataset(source)
+    kind = result_kind(ds.get("SOPClassUID"))
+    if kind == SR:
+        return read_sr(ds)
+    if kind in (SEG, PARAMETRIC_MAP):
+        if volume is None:
+            raise ResultObjectError(f"a {KIND_NAMES[kind]} needs the series it refers to")
+        return read_segmentation(ds, volume) if kind == SEG else read_parametric_map(ds, volume)
+    if kind == PDF:
+        raise ResultObjectError("an encapsulated PDF is a document, not an overlay")
+    raise ResultObjectError(f"not a result object (SOP Class {ds.get('SOPClassUID', 'missing')})")
