@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     a.add_argument("--no-faithfulness", action="store_true",
                    help="skip the deletion-AUC faithfulness score")
     a.add_argument("--json", action="store_true", help="print results.json to stdout")
+    a.add_argument("--research-override", action="store_true",
+                   help="run on series the model card does not fit (wrong modality, body part, "
+                        "image kind, age or view): decisions withheld, the override recorded")
     g = a.add_argument_group("whole-slide images (models whose card has a \"slide\" block)")
     g.add_argument("--batch-size", type=int_at_least(1), default=32, help="tiles per forward pass (32)")
     g.add_argument("--top-tiles", type=int_at_least(0), default=3,
@@ -48,7 +51,7 @@ def register(subparsers) -> None:
 
 
 # =========================================================================== analyze
-def _collect_inputs(path: Path, card, exclude=()):
+def _collect_inputs(path: Path, card, exclude=(), override: bool = False):
     """([(kind, payload, stem)], notes): kind "image" (payload Path) or "series" (SeriesInfo).
 
     ``exclude``: slide files/folders analysed as slides (left out here)."""
@@ -76,7 +79,9 @@ def _collect_inputs(path: Path, card, exclude=()):
         root = path
     if images:  # one plain 2D image each, no modality, no physical units: the same rules
         m = match_card(card, SeriesFacts(is_dicom=False, units="", loaded=False))
-        if not m.ok:
+        if not m.ok and override:
+            notes.append(f"{len(images)} plain image(s) run under --research-override: {m.reason}")
+        elif not m.ok:
             notes.append(f"{len(images)} plain image(s) skipped: {m.reason}")
             images = []
     for p in images:
@@ -93,7 +98,9 @@ def _collect_inputs(path: Path, card, exclude=()):
                 notes.append(f"{pr.path}: {pr.reason}")
         for n, s in enumerate(index.all_series()):
             m = match_card(card, SeriesFacts.from_series(s))
-            if not m.ok:
+            if not m.ok and override:
+                notes.append(f"series {s.key} run under --research-override: {m.reason}")
+            elif not m.ok:
                 notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {m.reason}")
                 continue
             num = s.number if getattr(s, "number", None) is not None else n + 1
@@ -132,7 +139,8 @@ def cmd_analyze(args) -> int:
 
         spec = slide_spec(card)
         slides = find_slide_inputs(path, spec["tile_px"]) if spec else []
-    items, notes = _collect_inputs(path, card, exclude=slides)
+    override = bool(getattr(args, "research_override", False))
+    items, notes = _collect_inputs(path, card, exclude=slides, override=override)
 
     def nothing_matches(why: list[str]) -> UserError:
         return UserError(f"nothing in {path} matches model {card.id} ({card.spatial_dims}D "
@@ -189,7 +197,8 @@ def cmd_analyze(args) -> int:
 
                 # the same rules as before loading, now with 3D geometry and units known
                 m = match_card(card, series_facts(vol, payload if kind == "series" else None))
-                if not m.ok:
+                overridden = list(m.reasons) if (not m.ok and override) else []
+                if not m.ok and not overridden:
                     skipped.append(f"{src} skipped: {m.reason}")
                     bar.update(1)
                     continue
@@ -205,6 +214,7 @@ def cmd_analyze(args) -> int:
                 res.source = str(payload) if kind == "image" else series_source(vol, src)
                 d = write_item_files(res, vol, out_dir, stem)
                 d["source"] = res.source
+                _trust_checks(d, res, card, overridden)
                 # fits, but something the card asks for could not be checked: say so (the
                 # pipeline already says that a plain image has no modality)
                 said = " ".join(d.get("warnings") or [])
@@ -332,6 +342,27 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
     return failed
 
 
+def _trust_checks(d: dict, res, card, overridden: list[str]) -> None:
+    """Issue 14: a research override is recorded and withholds decisions; classifications get
+    the ``decision`` with the card's independent test-split figures; segmentations the
+    card's ``quality`` checks (imaging_assist.inference.quality)."""
+    from ..inference.quality import attach_quality
+    from ..models.operating_point import apply_decision
+
+    withheld = ""
+    if overridden:
+        d["research_override"] = {"reasons": overridden,
+                                  "note": "run with --research-override although the model card "
+                                          "does not fit: research only, decisions withheld"}
+        d["warnings"] = list(d.get("warnings") or []) + [
+            "research override: the model card does not fit (" + "; ".join(overridden) + ")"]
+        withheld = "research override: the model card does not fit this series"
+    if "probabilities" in d:
+        apply_decision(d, card, withheld)
+    if getattr(res, "label_map", None) is not None:
+        attach_quality(d, res.label_map, card)
+
+
 def _summary(d: dict) -> str:
     if d.get("kind") == "slide":
         unit = "mm²" if d["area_unit"] == "mm2" else "px²"
@@ -340,6 +371,15 @@ def _summary(d: dict) -> str:
     if "probabilities" in d:
         top = max(d["probabilities"], key=d["probabilities"].get)
         er = d.get("explanation_region")
+        dec = (d.get("decision") or {}).get("text")
+        if dec:  # most likely class first, then each decision with its test-split figures
+            ranked = ", ".join(f"{k} {d['probabilities'][k]:.3f}" for k in d["decision"]["ranking"])
+            tail = ""
+            if er:
+                from ..explain.regions import region_text
+
+                tail = f"; {region_text(er)}"
+            return f"{d['source']}: {ranked}; {dec}{tail}"
         if er:
             from ..explain.regions import region_text
 
@@ -347,4 +387,6 @@ def _summary(d: dict) -> str:
         return f"{d['source']}: {top} {d['probabilities'][top]:.3f}"
     sizes = d.get("volume_ml") or d.get("area_mm2") or d.get("area_px") or {}
     unit = "mL" if d.get("volume_ml") else ("mm²" if d.get("area_mm2") else "px")
-    return f"{d['source']}: " + ", ".join(f"{k} {v:g} {unit}" for k, v in sizes.items())
+    q = (d.get("quality") or {}).get("text")
+    return (f"{d['source']}: " + ", ".join(f"{k} {v:g} {unit}" for k, v in sizes.items())
+            + (f"; {q}" if q else ""))

@@ -131,6 +131,9 @@ class ModelCard:
     gradcam_layer: str | None = None
     inference: dict = field(default_factory=dict)
     explanation_region: "ExplanationRegion | None" = None
+    population: "Population | None" = None  # models/population.py: who/what it was trained on
+    quality_checks: "QualityChecks | None" = None  # segmenters: plausible-result checks
+    ood: dict | None = None  # validation/ood.py: OOD statistics file, sha256, threshold, AUROCs
     description: str = ""
     folder: Path | None = None
     derived_from: str = CARD_FILE  # "model.json" or "configs/metadata.json" (bundle)
@@ -588,9 +591,19 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         c.add("inference.slice_aggregation", "must be max or mean")
 
     er = _check_explanation_region(c, d.get("explanation_region"), task, mid)
+    from .population import check_population, check_quality_checks
+
+    population = check_population(c, d.get("population"))
+    quality = check_quality_checks(c, d.get("quality_checks"), task, labels if isinstance(labels, list) else [])
     desc = d.get("description", "")
     if desc is not None:
         c.string(desc, "description", allow_empty=True)
+    ood = d.get("ood")
+    if ood is not None:
+        from ..validation.ood import check_spec
+
+        for prob in check_spec(ood):
+            c.problems.append(prob)
 
     if c.problems:
         raise ModelCardError(f"invalid model card {where_file}: " + "; ".join(c.problems))
@@ -602,7 +615,8 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         intended_use=use, not_for_clinical_use=True, training_data=training,
         validation_data=validation, architecture=arch if isinstance(arch, dict) else None,
         thresholds=thresholds, metrics=list(metrics), gradcam_layer=gl, inference=dict(inf),
-        explanation_region=er,
+        explanation_region=er, population=population, quality_checks=quality,
+        ood=dict(ood) if isinstance(ood, dict) else None,
         description=str(desc or ""), folder=folder, derived_from=source, raw=d)
 
 

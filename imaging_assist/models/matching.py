@@ -26,8 +26,11 @@ lets it run and says what was not checked):
 
 The score ranks the models that fit: an exact modality 2, a body part that agrees 1, the
 model's dimensionality equal to the series' 1 (2D model on one image, 3D on a volume).
-``patient_age_years``, ``view_position`` and ``photometric`` are collected for population
-checks (not used by the rules yet).
+* population -- the card's optional ``population`` block (``models/population.py``): the
+  image kind given by the modality (projection radiograph, cross-sectional, ultrasound,
+  microscopy...), the patient's age (``PatientAge``, else study date - birth date) in
+  completed years, and ``ViewPosition``.  A known value outside the population refuses the
+  model; an unknown one (a plain image, no PatientAge) fits with a warning naming it.
 
 No Qt, no torch: cheap to import (the viewer uses it on every series it shows).
 """
@@ -180,8 +183,49 @@ def match_card(card, facts: SeriesFacts | None) -> Match:
         elif facts.units.upper() != units.upper():
             have = f"values in {facts.units}" if facts.units else "no physical units"
             reasons.append(f"model needs values in {units}, the series has {have}")
+    # population (card "population": image kind, age, view position)
+    _match_population(getattr(card, "population", None), facts, reasons, warnings)
     ok = not reasons
     return Match(ok, score if ok else 0, reasons, warnings if ok else [], unchecked if ok else [])
+
+
+def _match_population(pop, facts: SeriesFacts, reasons: list[str], warnings: list[str]) -> None:
+    """The card's population: a known value outside it refuses, an unknown one is a warning
+    (never a silent pass: the user is told what was not checked)."""
+    if pop is None:
+        return
+    from .population import image_kind_of
+
+    if pop.image_kind:
+        kind = image_kind_of(facts.modality)
+        if kind and kind != pop.image_kind:
+            reasons.append(f"model is for a {pop.image_kind}, the series is a {kind} ({facts.modality})")
+        elif not kind:
+            warnings.append(f"the model is for a {pop.image_kind}: the image kind of "
+                            f"{facts.modality or 'a plain image'} is not known, not checked")
+    if pop.age_years is not None:
+        age = facts.patient_age_years
+        if age is not None and not pop.age_fits(age):
+            reasons.append(f"model was trained on patients aged {pop.age_text()}, "
+                           f"the patient is {_age_text(age)}")
+        elif age is None:
+            warnings.append(f"patient age not given (PatientAge / birth date): the model was "
+                            f"trained on patients aged {pop.age_text()}, not checked")
+    if pop.view_positions:
+        want = "/".join(pop.view_positions)
+        vp = (facts.view_position or "").upper().strip()
+        if vp and vp not in pop.view_positions:
+            reasons.append(f"model was trained on {want} views, the series is {vp}")
+        elif not vp:
+            warnings.append(f"view position not given (ViewPosition): the model was trained on "
+                            f"{want} views, not checked")
+
+
+def _age_text(age: float) -> str:
+    if age >= 2:
+        return f"{int(age)} years"
+    months = int(round(age * 12, 6))
+    return f"{months} months" if months >= 1 else f"{int(round(age * 365.25))} days"
 
 
 # =========================================================================== header values
