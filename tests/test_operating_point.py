@@ -1,0 +1,110 @@
+"""Issue 14, honest operating points: beside a decision the card's INDEPENDENT test-split
+sensitivity/specificity with CIs (cxr-pneumonia: the original Kermany test split, specificity
+0.76 -- not the validation split's 0.98), PPV/NPV at a stated prevalence, the most likely
+class first, and a low rule-out threshold reads "review", never "positive"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from conftest import ROOT
+from imaging_assist.models.card import load_card
+from imaging_assist.models.operating_point import (apply_decision, decide_item, operating_point,
+                                                   ppv_npv)
+
+W = ROOT / "weights"
+CHILD = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_01_ap.dcm"
+
+
+def test_ppv_npv_known_answers():
+    ppv, npv = ppv_npv(0.9, 0.8, 0.1)
+    assert ppv == pytest.approx(0.09 / 0.27) and npv == pytest.approx(0.72 / 0.73)
+    assert ppv_npv(1.0, 1.0, 0.5) == (1.0, 1.0)
+    assert ppv_npv(0.5, 0.5, 0.0) == (None, 1.0) or ppv_npv(0.5, 0.5, 0.0)[0] in (None, 0.0)
+    # 2x2 table check: 90 TP, 10 FN, 180 FP, 720 TN
+    ppv, npv = ppv_npv(90 / 100, 720 / 900, 100 / 1000)
+    assert ppv == pytest.approx(90 / 270) and npv == pytest.approx(720 / 730)
+
+
+def test_pneumonia_quotes_the_original_test_split_not_validation():
+    card = load_card(W / "cxr-pneumonia")
+    op = operating_point(card, "pneumonia")
+    t = op["test"]
+    assert "original Kermany test split" in t["data"] and t["n"] == 578
+    assert t["specificity"]["value"] == pytest.approx(0.7639)
+    assert t["specificity"]["ci95"] == pytest.approx([0.7059, 0.8186])
+    assert t["sensitivity"]["value"] == pytest.approx(0.9807)
+    pv = op["predictive_values"]
+    assert pv["prevalence"] == pytest.approx(362 / 578, abs=1e-4)
+    assert "original test split" in pv["prevalence_source"] and "not your population" in pv["prevalence_source"]
+    ppv, npv = ppv_npv(0.9807, 0.7639, 362 / 578)
+    assert pv["ppv"] == pytest.approx(ppv, abs=1e-4) and pv["npv"] == pytest.approx(npv, abs=1e-4)
+    assert pv["ppv_ci95"][0] <= pv["ppv"] <= pv["ppv_ci95"][1]
+    # a prevalence given by the caller is used and named
+    op = operating_point(card, "pneumonia", prevalence=0.05, prevalence_source="site estimate")
+    assert op["predictive_values"]["prevalence_source"] == "site estimate"
+    assert op["predictive_values"]["ppv"] == pytest.approx(ppv_npv(0.9807, 0.7639, 0.05)[0], abs=1e-4)
+    text = decide_item(card, {"normal": 0.1, "pneumonia": 0.9})["text"]
+    assert "specificity 0.76 (0.71-0.82)" in text and "0.98" in text and "PPV" in text
+    assert "0.9833" not in text and "specificity 0.98" not in text
+
+
+def test_low_rule_out_threshold_reads_review_under_a_more_probable_class():
+    card = load_card(W / "us-breast")
+    t = card.thresholds["malignant"].threshold
+    d = decide_item(card, {"benign": 0.7, "malignant": t + 0.05, "normal": 0.3 - t - 0.05})
+    assert d["ranking"][0] == "benign" and d["most_likely"] == "benign"
+    (x,) = d["labels"]
+    assert x["state"] == "review" and "above rule-out threshold" in d["text"] and "review" in d["text"]
+    assert "positive" not in d["text"]
+    # the most likely class above its threshold is a positive; below it a negative
+    assert decide_item(card, {"benign": 0.1, "malignant": 0.8, "normal": 0.1})["labels"][0]["state"] == "positive"
+    assert decide_item(card, {"benign": 0.9, "malignant": t / 2, "normal": 0.1})["labels"][0]["state"] == "negative"
+
+
+def test_card_without_test_figures_quotes_nothing_from_validation():
+    card = load_card(W / "cxr-pneumonia")
+    card.metrics = [m for m in card.metrics if "validation" in m.get("data", "")]
+    op = operating_point(card, "pneumonia")
+    assert op["test"] is None and "validation figures are not quoted" in op["note"]
+    assert "0.98" not in decide_item(card, {"normal": 0.1, "pneumonia": 0.9})["text"]
+
+
+def test_ood_flag_withholds_the_decision_and_keeps_the_probabilities():
+    card = load_card(W / "cxr-pneumonia")
+    d = {"probabilities": {"normal": 0.1, "pneumonia": 0.9},
+         "decisions": {"normal": None, "pneumonia": {"threshold": 0.7477, "positive": True,
+                                                     "sensitivity": 0.9506, "specificity": 0.9833}},
+         "ood": {"score": 9.0, "threshold": 3.0, "flagged": True, "reasons": ["far"]}}
+    dec = apply_decision(d, card)
+    assert dec["withheld"] and "outside what this model was trained on" in dec["withheld_reason"]
+    assert d["decisions"]["pneumonia"]["positive"] is None
+    assert d["probabilities"]["pneumonia"] == 0.9
+
+
+def test_analyze_results_and_summary_quote_the_test_split(tmp_path, monkeypatch, capsys):
+    from imaging_assist.cli.main import main
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(CHILD, src / CHILD.name)
+    assert main(["analyze", str(src), "--model", "cxr-pneumonia", "--out", str(tmp_path / "o")]) == 0
+    err = capsys.readouterr().err
+    assert "specificity 0.76 (0.71-0.82)" in err and "PPV" in err and "prevalence 63%" in err
+    (it,) = json.loads((tmp_path / "o" / "results.json").read_text())["items"]
+    dec = it["decisions"]["pneumonia"]
+    assert dec["specificity"] == pytest.approx(0.7639) and dec["specificity_ci95"] == pytest.approx([0.7059, 0.8186])
+    assert "original Kermany test split" in dec["figures_from"]
+    d = it["decision"]
+    assert d["ranking"][0] == max(it["probabilities"], key=it["probabilities"].get)
+    op = d["labels"][0]["operating_point"]
+    assert op["test"]["specificity"]["value"] == pytest.approx(0.7639)
+    assert op["predictive_values"]["npv"] is not None
+    # the summary line names the most likely class first
+    line = next(x for x in err.splitlines() if CHILD.name in x)
+    top = d["ranking"][0]
+    assert line.split(": ", 1)[1].startswith(top)
