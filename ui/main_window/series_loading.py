@@ -122,6 +122,9 @@ class SeriesLoading(QObject):
         if key == self.current_key and self.w.doc.volume is not None:
             return
         s = self.index.find_series(key) if self.index else None
+        if s is not None and s.result_kind:  # a SEG/PM/SR: show the series it refers to
+            self.w.results.open_result(s)
+            return
         if s is None or not s.is_image:
             self.w.statusBar().showMessage("This series has no images to show", 4000)
             return

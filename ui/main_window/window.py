@@ -87,6 +87,8 @@ class MainWindow(QMainWindow):
         actions.build_statusbar(self)
         self._connect_doc()
         ai_dock.add_ai_dock(self)
+        from ..radiology.result_layers import ResultLayers
+        self.results = ResultLayers(self)  # SEG / Parametric Map / SR of the shown series
         self.presets.rebuild()
         self.resize(1600, 1000)
         self._update_enabled()

@@ -187,7 +187,10 @@ class StudyBrowser(QWidget):
                     text = f"{line1}\n{line2}"
                     if s.warnings:
                         text += "\n⚠ " + _short(s.warnings[0])
-                    if not s.is_image:
+                    if s.result_kind:
+                        from imaging_assist.dicom.result_objects import KIND_NAMES
+                        text += f"\n{KIND_NAMES[s.result_kind]} (result; shown over its series)"
+                    elif not s.is_image:
                         text += "\n(no images)"
                     it = QTreeWidgetItem([text])
                     it.setData(0, SERIES_ROLE, s.key)

@@ -1,0 +1,139 @@
+"""Result objects of a study shown with the series they refer to.
+
+When a series has finished loading, every SEG that refers to it becomes a label-map layer
+(one layer per segment when segments overlap, with a warning), every Parametric Map a
+heat-map layer, and the findings and measurements of every SR an entry of the "Results"
+list; activating an entry shows its image.  Reading and placing is the engine's
+(:mod:`imaging_assist.dicom.result_objects`); a result that does not fit the series is one
+line in the list and the status bar, never a traceback.  Choosing a result series in the
+study browser shows the series it refers to with the result over it.
+"""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QObject, Qt
+from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
+
+from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, SEG, SR, ResultObjectError,
+                                                 read_parametric_map, read_segmentation, read_sr)
+
+SLICE_ROLE = Qt.UserRole + 1
+
+
+class ResultLayers(QObject):
+    """The main window's result-object component (``win.results``)."""
+
+    def __init__(self, win):
+        super().__init__(win)
+        self.w = win
+        self.list = QListWidget()
+        self.list.setObjectName("ResultsList")
+        self.list.setWordWrap(True)
+        self.list.itemActivated.connect(self._jump)
+        self.list.itemClicked.connect(self._jump)
+        self.dock = QDockWidget("Results", win)
+        self.dock.setObjectName("ResultsDock")
+        self.dock.setWidget(self.list)
+        win.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.dock.hide()
+        self.messages: list[str] = []  # one-line problems and warnings, newest last
+        win.loadFinished.connect(self._loaded)
+
+    # ------------------------------------------------------------------ applying
+    def _loaded(self, ok: bool) -> None:
+        if ok:
+            self.show_results_of_current()
+
+    def show_results_of_current(self) -> None:
+        index, vol = self.w.loading.index, self.w.doc.volume
+        if index is None or vol is None:
+            return
+        series = index.find_series(self.w.current_key) if self.w.current_key else None
+        if series is None:
+            return
+        results = index.results_for(series)
+        done = vol.__dict__.setdefault("_results_applied", set())
+        todo = [r for r in results if r.key not in done]
+        if not todo and results:
+            return
+        self.list.clear() if not done else None
+        for r in todo:
+            done.add(r.key)
+            self._apply(r, vol)
+
+    def _say(self, text: str, problem: bool) -> None:
+        self.messages.append(text)
+        item = QListWidgetItem(("⊘ " if problem else "⚠ ") + text)
+        item.setToolTip(text)
+        item.setFlags(Qt.ItemIsEnabled)
+        self.list.addItem(item)
+        self.dock.show()
+        self.w.statusBar().showMessage(text, 10000)
+
+    def _apply(self, result_series, vol) -> None:
+        kind = result_series.result_kind
+        name = result_series.description or KIND_NAMES.get(kind, kind or "")
+        for rec in result_series.instances:
+            try:
+                if kind == SEG:
+                    seg = read_segmentation(rec, vol)
+                    for layer in seg.layers():
+                        self.w.add_layer(layer)
+                    for warning in seg.warnings:
+                        self._say(f"{name}: {warning}", problem=False)
+                elif kind == PARAMETRIC_MAP:
+                    pm = read_parametric_map(rec, vol)
+                    self.w.add_layer(pm.layer())
+                    for warning in pm.warnings:
+                        self._say(f"{name}: {warning}", problem=False)
+                elif kind == SR:
+                    self._add_report(read_sr(rec), vol, name)
+            except ResultObjectError as e:
+                self._say(f"{KIND_NAMES.get(kind, kind)} {name!r} not shown: {e}", problem=True)
+            except Exception as e:  # noqa: BLE001 - a reader bug must not take the viewer down
+                self._say(f"{KIND_NAMES.get(kind, kind)} {name!r} not shown: {type(e).__name__}: {e}",
+                          problem=True)
+
+    def _add_report(self, report, vol, name: str) -> None:
+        head = QListWidgetItem(f"{report.title} ({name})")
+        head.setFlags(Qt.ItemIsEnabled)
+        f = head.font()
+        f.setBold(True)
+        head.setFont(f)
+        self.list.addItem(head)
+        for it in report.items:
+            k = it.slice_in(vol)
+            item = QListWidgetItem(("" if k is None else f"[{k + 1}] ") + it.text())
+            if k is None:
+                item.setToolTip("refers to no image of this series")
+                item.setFlags(Qt.ItemIsEnabled)
+            else:
+                item.setData(SLICE_ROLE, k)
+                item.setToolTip(f"image {k + 1} of {vol.n_slices}: click to show it")
+            self.list.addItem(item)
+        for warning in report.warnings:
+            self._say(f"{name}: {warning}", problem=False)
+        self.dock.show()
+
+    def _jump(self, item: QListWidgetItem) -> None:
+        k = item.data(SLICE_ROLE)
+        if k is not None and self.w.doc.volume is not None:
+            self.w.doc.set_index(0, int(k))
+
+    # ------------------------------------------------------------------ choosing a result series
+    def open_result(self, result_series) -> None:
+        """The browser chose a result series: show the series it refers to, with it."""
+        index = self.w.loading.index
+        for uid in result_series.references:
+            target = index.find_series(uid) if index else None
+            if target is not None and target.is_image:
+                if target.key == self.w.current_key and self.w.doc.volume is not None:
+                    self.show_results_of_current()
+                else:
+                    self.w.load_series(target.key)
+                return
+        what = KIND_NAMES.get(result_series.result_kind, "result")
+        ref = result_series.references[0] if result_series.references else None
+        self._say(f"{what} {result_series.description!r} refers to "
+                  + (f"series {ref}, which is not in this study" if ref else "no series")
+                  + ": nothing to show it on", problem=True)
