@@ -115,6 +115,11 @@ def verify(card: ModelCard) -> list[VerifyResult]:
             out.append(VerifyResult(wf.file, False, "sha256", wf.sha256, None, str(e)))
             continue
         out.append(_check_bytes(card, wf, data, p))
+    from ..validation.ood import verify_stats  # the OOD statistics are hashed in the card too
+
+    o = verify_stats(card)
+    if o is not None:
+        out.append(VerifyResult(str((card.ood or {}).get("file", "ood")), o[0], "sha256", o[1], o[2], o[3]))
     return out
 
 

@@ -1,0 +1,1 @@
+"""Validation of a model at the site: out-of-distribution scores (:mod:`.ood`)."""

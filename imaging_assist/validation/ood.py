@@ -1,0 +1,395 @@
+"""Out-of-distribution (OOD) score of a model's own features: is this image like the ones the
+model was trained on?
+
+Method (``docs/ood.md``; chosen on the measurements written into each card's ``ood`` block):
+
+* features: the model's activations at the card's ``ood.layers`` (e.g. ``layer3`` and
+  ``layer4`` of a ResNet, the deepest encoder blocks of a UNet), each summarised per channel
+  by its spatial mean and standard deviation, concatenated;
+* ``mahalanobis``: class-conditional Mahalanobis distance with one shared covariance
+  (Lee et al. 2018), the covariance shrunk by Ledoit-Wolf (scikit-learn), the score is the
+  squared distance to the nearest class mean, divided by the feature dimension;
+* ``knn``: distance of the L2-normalised features to the k-th nearest training feature
+  (Sun et al. 2022), measured as the alternative;
+* threshold: the 95th percentile of the in-distribution VALIDATION scores, so about 95% of
+  images like the training data pass.
+
+The statistics live in ``ood.safetensors`` beside the weights; the card holds its sha256 and
+the file is refused (one-line :class:`OODStatsError`) when the bytes differ.
+The engine only scores here; :func:`check` turns a score into the result's ``ood`` block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+__all__ = ["OODStatsError", "OODStats", "OODResult", "extract_features", "fit_mahalanobis",
+           "fit_knn", "load_stats", "ood_spec", "check", "summarise_tiles", "METHODS",
+           "OUTSIDE_TEXT", "STATS_FILE"]
+
+METHODS = ("mahalanobis", "knn")
+STATS_FILE = "ood.safetensors"
+MAX_STATS_BYTES = 64 << 20  # the shipped files are < 1 MB; a bigger one is refused unread
+OUTSIDE_TEXT = "outside what this model was trained on"
+
+
+class OODStatsError(UserError):
+    """The OOD statistics of a model are missing, tampered with or malformed (one line)."""
+
+
+@dataclass
+class OODResult:
+    """The ``ood`` block of a result: ``{score, threshold, flagged, reasons}``."""
+
+    score: float | None
+    threshold: float | None
+    flagged: bool
+    reasons: list[str] = field(default_factory=list)
+    method: str | None = None
+
+    def to_dict(self) -> dict:
+        d = {"score": None if self.score is None else round(float(self.score), 4),
+             "threshold": None if self.threshold is None else round(float(self.threshold), 4),
+             "flagged": bool(self.flagged), "reasons": list(self.reasons)}
+        if self.method:
+            d["method"] = self.method
+        return d
+
+
+# --------------------------------------------------------------------------- features
+def _named(net: torch.nn.Module, layers: list[str]) -> list[torch.nn.Module]:
+    mods = dict(net.named_modules())
+    missing = [n for n in layers if n not in mods]
+    if missing:
+        raise OODStatsError(f"OOD layer(s) {', '.join(missing)} not in the network")
+    return [mods[n] for n in layers]
+
+
+def forward_with_features(net: torch.nn.Module, x: torch.Tensor, layers: list[str]):
+    """One forward pass of ``x`` returning (network output, (N, D) float64 features): per layer
+    and channel the spatial mean and standard deviation of the activations, in layer order."""
+    mods = _named(net, layers)
+    grabbed: list = [None] * len(mods)
+
+    def hook(i):
+        def f(_m, _inp, out):
+            o = out.float().flatten(2)  # (B, C, HW)
+            grabbed[i] = torch.cat([o.mean(2), o.std(2, unbiased=False)], 1)
+        return f
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(mods)]
+    try:
+        out = net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, torch.cat(grabbed, 1).double().cpu().numpy()
+
+
+@torch.no_grad()
+def extract_features(net: torch.nn.Module, x: torch.Tensor, layers: list[str],
+                     batch_size: int = 64) -> np.ndarray:
+    """(N, D) float64 features (:func:`forward_with_features`) of model inputs ``x`` (N, C, H, W)."""
+    _named(net, layers)  # a missing layer is a one-line error before anything runs
+    dev = next(net.parameters()).device
+    out = []
+    was_training = net.training
+    net.eval()
+    try:
+        for s in range(0, len(x), batch_size):
+            out.append(forward_with_features(net, x[s:s + batch_size].to(dev, torch.float32), layers)[1])
+    finally:
+        net.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+# --------------------------------------------------------------------------- fitting
+def fit_mahalanobis(feats: np.ndarray, classes: np.ndarray | None = None) -> dict[str, torch.Tensor]:
+    """Class means and the shared Ledoit-Wolf precision of training features.
+
+    ``classes`` None (segmenters): one class.  Features are first standardised per dimension
+    (``center``/``scale``) so that the shrinkage target (a multiple of the identity) suits
+    dimensions of very different size (means and standard deviations of several layers)."""
+    from sklearn.covariance import LedoitWolf
+
+    f = np.asarray(feats, np.float64)
+    center = f.mean(0)
+    scale = f.std(0) + 1e-6
+    z = (f - center) / scale
+    cl = np.zeros(len(z), int) if classes is None else np.asarray(classes)
+    ks = np.unique(cl)
+    means = np.stack([z[cl == k].mean(0) for k in ks])
+    resid = z - means[np.searchsorted(ks, cl)]
+    lw = LedoitWolf(assume_centered=True).fit(resid)
+    return {"center": torch.from_numpy(center), "scale": torch.from_numpy(scale),
+            "means": torch.from_numpy(means), "precision": torch.from_numpy(lw.precision_)}
+
+
+def fit_knn(feats: np.ndarray, max_bank: int = 4000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Memory bank of L2-normalised (standardised) training features for the kNN score."""
+    f = np.asarray(feats, np.float64)
+    center, scale = f.mean(0), f.std(0) + 1e-6
+    z = (f - center) / scale
+    if len(z) > max_bank:
+        z = z[np.random.default_rng(seed).choice(len(z), max_bank, replace=False)]
+    z /= np.linalg.norm(z, axis=1, keepdims=True) + 1e-12
+    return {"center": torch.from_numpy(center), "scale": torch.from_numpy(scale),
+            "bank": torch.from_numpy(z.astype(np.float32))}
+
+
+def score(stats: dict[str, torch.Tensor], feats: np.ndarray, method: str, k: int = 10) -> np.ndarray:
+    """OOD scores (higher = less like the training data) of (N, D) features."""
+    f = np.asarray(feats, np.float64)
+    z = (f - stats["center"].numpy()) / stats["scale"].numpy()
+    if method == "mahalanobis":
+        means, prec = stats["means"].numpy(), stats["precision"].numpy()
+        d = np.stack([np.einsum("nd,de,ne->n", z - m, prec, z - m) for m in means], 1)
+        return d.min(1) / z.shape[1]
+    if method == "knn":
+        bank = stats["bank"].numpy().astype(np.float64)
+        zn = z / (np.linalg.norm(z, axis=1, keepdims=True) + 1e-12)
+        dist = np.sqrt(np.maximum(2.0 - 2.0 * zn @ bank.T, 0.0))
+        kk = min(k, bank.shape[0])
+        return np.sort(dist, 1)[:, kk - 1]
+    raise OODStatsError(f"unknown OOD method {method!r} (known: {', '.join(METHODS)})")
+
+
+# --------------------------------------------------------------------------- card + file
+def ood_spec(card) -> dict | None:
+    """The card's ``ood`` block (raw dict) or None when the card has none."""
+    spec = getattr(card, "ood", None)
+    if spec is None:
+        spec = (getattr(card, "raw", None) or {}).get("ood")
+    return spec if isinstance(spec, dict) else None
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_spec(spec: dict, where: str = "ood") -> list[str]:
+    """Problems of a card's ``ood`` block, as short field-named phrases (empty: fine)."""
+    p = []
+    if not isinstance(spec, dict):
+        return [f"{where}: must be an object"]
+    if spec.get("method") not in METHODS:
+        p.append(f"{where}.method: must be one of {', '.join(METHODS)}")
+    f = spec.get("file")
+    if not isinstance(f, str) or not f or "/" in f or "\\" in f or f.startswith("."):
+        p.append(f"{where}.file: must be a plain file name beside the card")
+    sha = spec.get("sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        p.append(f"{where}.sha256: must be 64 lowercase hex digits")
+    if not _finite(spec.get("threshold")):
+        p.append(f"{where}.threshold: must be a finite number")
+    layers = spec.get("layers")
+    if not (isinstance(layers, list) and 0 < len(layers) <= 8
+            and all(isinstance(x, str) and 0 < len(x) <= 200 for x in layers)):
+        p.append(f"{where}.layers: must list 1-8 layer names")
+    if "k" in spec and not (isinstance(spec["k"], int) and 1 <= spec["k"] <= 1000):
+        p.append(f"{where}.k: must be an integer 1-1000")
+    return p
+
+
+@dataclass
+class OODStats:
+    method: str
+    threshold: float
+    layers: list[str]
+    tensors: dict[str, torch.Tensor]
+    k: int = 10
+
+    def scores(self, net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+        """OOD scores of model inputs ``x`` (N, C, H, W) through ``net``."""
+        feats = extract_features(net, x, self.layers)
+        return score(self.tensors, feats, self.method, self.k)
+
+    def result(self, s: float, reasons: list[str] | None = None) -> OODResult:
+        return check(s, self.threshold, self.method, reasons)
+
+
+def load_stats(card) -> OODStats | None:
+    """The card's OOD statistics, hash-checked; None when the card has no ``ood`` block.
+
+    Raises :class:`OODStatsError` (one line) when the file is missing, not a regular file,
+    too big, differs from the card's sha256 or does not hold the tensors the method needs."""
+    spec = ood_spec(card)
+    if spec is None:
+        return None
+    probs = check_spec(spec)
+    if probs:
+        raise OODStatsError(f"model {card.id}: {'; '.join(probs)}")
+    folder = Path(card.folder) if getattr(card, "folder", None) else None
+    if folder is None:
+        raise OODStatsError(f"model {card.id}: no folder for {spec['file']}")
+    path = folder / spec["file"]
+    try:
+        st = path.stat()
+    except OSError:
+        raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']} missing") from None
+    import stat as _stat
+
+    if not _stat.S_ISREG(st.st_mode) or st.st_size > MAX_STATS_BYTES:
+        raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']} is not a regular file "
+                            f"under {MAX_STATS_BYTES >> 20} MiB")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != spec["sha256"]:
+        raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']} do not match the card's "
+                            "sha256 (changed or damaged); not used")
+    from safetensors.torch import load as st_load
+
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # noqa: BLE001 - a hash-matching but malformed file: one line
+        raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']} unreadable ({e})") from None
+    need = {"mahalanobis": ("center", "scale", "means", "precision"),
+            "knn": ("center", "scale", "bank")}[spec["method"]]
+    missing = [n for n in need if n not in tensors]
+    if missing:
+        raise OODStatsError(f"model {card.id}: OOD statistics lack {', '.join(missing)}")
+    d = tensors["center"].shape[0]
+    bad = [n for n in need if tensors[n].shape[-1] != d or not torch.isfinite(tensors[n]).all()]
+    if bad:
+        raise OODStatsError(f"model {card.id}: OOD statistics {', '.join(bad)} malformed "
+                            f"(size or non-finite values)")
+    return OODStats(spec["method"], float(spec["threshold"]), list(spec["layers"]), tensors,
+                    int(spec.get("k", 10)))
+
+
+def check(s: float | None, threshold: float | None, method: str | None = None,
+          reasons: list[str] | None = None) -> OODResult:
+    """The ``ood`` block of one image: flagged when the score is above the threshold (or not
+    finite), or when ``reasons`` (e.g. the card's population checks) name anything."""
+    reasons = list(reasons or [])
+    if s is not None and threshold is not None:
+        if not math.isfinite(s):
+            reasons.insert(0, "the OOD score is not finite")
+        elif s > threshold:
+            reasons.insert(0, f"image features unlike the training images (OOD score {s:.3g} "
+                              f"> threshold {threshold:.3g})")
+    return OODResult(None if s is None or not math.isfinite(s) else float(s), threshold,
+                     bool(reasons), reasons, method)
+
+
+def summarise_tiles(scores: np.ndarray, threshold: float, method: str | None = None,
+                    max_share: float = 0.5) -> dict:
+    """Per-slide summary of per-tile scores: the share of tiles flagged; the slide is flagged
+    when more than ``max_share`` of its tiles are (a few unusual tiles are expected)."""
+    s = np.asarray(scores, np.float64)
+    n = int(s.size)
+    if n == 0:
+        return {"score": None, "threshold": threshold, "flagged": False, "reasons": [],
+                "tiles": 0, "tiles_flagged": 0, "share_flagged": None}
+    flagged = ~np.isfinite(s) | (s > threshold)
+    share = float(flagged.mean())
+    reasons = []
+    if share > max_share:
+        reasons.append(f"{share:.0%} of {n} tiles unlike the training tiles (OOD score above "
+                       f"threshold {threshold:.3g})")
+    d = {"score": round(float(np.median(s[np.isfinite(s)])), 4) if np.isfinite(s).any() else None,
+         "threshold": round(float(threshold), 4), "flagged": bool(reasons), "reasons": reasons,
+         "tiles": n, "tiles_flagged": int(flagged.sum()), "share_flagged": round(share, 4)}
+    if method:
+        d["method"] = method
+    return d
+
+
+def verify_stats(card) -> tuple[bool, str | None, str | None, str] | None:
+    """``models verify``: (ok, expected sha256, actual sha256, message) of the card's OOD
+    statistics file, None when the card has no ``ood`` block.  Reads nothing but the file."""
+    spec = ood_spec(card)
+    if spec is None:
+        return None
+    try:
+        load_stats(card)
+    except OODStatsError as e:
+        actual = None
+        p = Path(card.folder) / str(spec.get("file", "")) if getattr(card, "folder", None) else None
+        try:
+            if p is not None and p.is_file() and p.stat().st_size <= MAX_STATS_BYTES:
+                actual = hashlib.sha256(p.read_bytes()).hexdigest()
+        except OSError:
+            pass
+        return False, spec.get("sha256"), actual, str(e)
+    return True, spec["sha256"], spec["sha256"], "ok"
+
+
+# --------------------------------------------------------------------------- inference hook
+_CACHE: dict[tuple, OODStats | None] = {}
+NO_STATS = "no OOD statistics in this model's card: images unlike its training data are not detected"
+
+
+def stats_for(card) -> OODStats | None:
+    """:func:`load_stats`, cached per card folder and sha256 (the file is read and hashed once)."""
+    spec = ood_spec(card)
+    if spec is None:
+        return None
+    key = (str(getattr(card, "folder", "")), card.id, spec.get("sha256"), spec.get("file"))
+    try:
+        st = (Path(card.folder) / str(spec.get("file"))).stat()
+        key += (st.st_mtime_ns, st.st_size)
+    except (OSError, TypeError):
+        pass
+    if key not in _CACHE:
+        _CACHE[key] = load_stats(card)  # raises OODStatsError; nothing cached then
+    return _CACHE[key]
+
+
+def withhold(decisions: dict | None, reason: str) -> None:
+    """Threshold decisions lose ``positive`` (None) and say why: nothing acts on them."""
+    for v in (decisions or {}).values():
+        if isinstance(v, dict):
+            v["positive"] = None
+            v["withheld"] = reason
+
+
+def ood_block(card, network, xs, unit_name: str = "slice") -> dict:
+    """The ``ood`` block for the model inputs ``xs`` (list of (C, H, W) tensors, one per image,
+    slice or tile) of one result.  One input: its score.  Several: the median score, flagged
+    when more than half are (``per_unit`` lists each).  A card without statistics gives an
+    unflagged block that says so; a bad statistics file flags the result with the reason
+    (its decision is then withheld: an unverified detector is not trusted to pass images)."""
+    try:
+        stats = stats_for(card)
+    except OODStatsError as e:
+        return {"score": None, "threshold": None, "flagged": True, "reasons": [str(e)]}
+    if stats is None:
+        return {"score": None, "threshold": None, "flagged": False, "reasons": [], "note": NO_STATS}
+    if not hasattr(network, "named_modules") or isinstance(network, torch.jit.ScriptModule):
+        return {"score": None, "threshold": stats.threshold, "flagged": False, "reasons": [],
+                "note": "OOD score needs layer hooks, which this network does not support"}
+    x = torch.stack([torch.as_tensor(v) for v in xs]) if isinstance(xs, (list, tuple)) else xs
+    try:
+        s = stats.scores(network, x)
+    except OODStatsError as e:
+        return {"score": None, "threshold": stats.threshold, "flagged": True, "reasons": [str(e)]}
+    if len(s) == 1:
+        return stats.result(float(s[0])).to_dict()
+    d = summarise_tiles(s, stats.threshold, stats.method)
+    d["reasons"] = [r.replace("training tiles", "training images").replace("tiles", f"{unit_name}s")
+                    for r in d["reasons"]]
+    d[f"{unit_name}s"] = d.pop("tiles")
+    d[f"{unit_name}s_flagged"] = d.pop("tiles_flagged")
+    d["per_unit"] = [None if not np.isfinite(v) else round(float(v), 4) for v in s]
+    return d
+
+
+def attach(model, res, xs, unit_name: str = "slice") -> dict:
+    """Set ``res.ood`` (the results.json block) for a classification or segmentation result;
+    a flagged classification's threshold decisions are withheld here already."""
+    d = ood_block(model.card, model.network, xs, unit_name)
+    res.ood = d
+    if d.get("flagged"):
+        withhold(getattr(res, "decisions", None), OUTSIDE_TEXT)
+        warns = getattr(res, "warnings", None)
+        if isinstance(warns, list):
+            warns.append(f"{OUTSIDE_TEXT}: " + "; ".join(d.get("reasons") or []) + " (decision withheld)")
+    return d
