@@ -123,6 +123,22 @@ def test_seg_with_plane_positions_only_is_placed_by_position(ct, ct_masks):
     assert np.array_equal(seg.mask(1), ct_masks == 2)
 
 
+@pytest.mark.parametrize("refs", [True, False])
+def test_seg_on_the_gantry_tilt_series_with_uneven_spacing_lands_on_its_slices(refs):
+    """Sheared affine and uneven gaps: frames are placed at each slice's own position."""
+    vol = load_series(scan(str(need(DICOM / "ct_gantry_tilt_uneven_spacing_ge_subset"))).image_series()[0])
+    assert any("gantry tilt" in w for w in vol.warnings) and any("uneven" in w for w in vol.warnings)
+    m = np.zeros(vol.array.shape, np.uint8)
+    m[1:7, 100:200, 150:300] = 1
+    m[3, 300:400, 100:200] = 2
+    d = ds_of(write_seg(_sources(vol), np.stack([m == 1, m == 2], -1), ["a", "b"], omit_empty_frames=False))
+    if not refs:
+        for item in d.PerFrameFunctionalGroupsSequence:
+            del item.DerivationImageSequence
+    seg = read_segmentation(d, vol)
+    assert np.array_equal(seg.label_map(), m)
+
+
 def test_fractional_seg_is_thresholded_at_half_and_keeps_its_values(ct):
     vol, src = ct
     prob = np.zeros(vol.array.shape, np.float32)

@@ -172,6 +172,22 @@ class _Grid:
                 self.inv = np.linalg.inv(a)
             except np.linalg.LinAlgError:
                 self.geometric = False
+        if self.geometric:
+            # Each slice's own first-voxel position: the file's ImagePositionPatient for
+            # single-frame slices (exact with uneven gaps, where the affine's mean spacing
+            # is not), the affine for frames of a multi-frame file.
+            self.ipp = np.array([self.affine @ np.array([0.0, 0.0, k, 1.0]) for k in range(self.n)])[:, :3]
+            headers = getattr(volume, "headers", []) or []
+            if len(headers) == self.n:
+                for k, rec in enumerate(headers):
+                    v = rec.get("ImagePositionPatient")
+                    if rec.frames == 1 and isinstance(v, list) and len(v) == 3:
+                        try:
+                            p = np.array([float(x) for x in v])
+                        except (TypeError, ValueError):
+                            continue
+                        if np.all(np.isfinite(p)):
+                            self.ipp[k] = p
 
     def slice_of_ref(self, uid: str, frame: int | None) -> int | None:
         if (uid, frame or 1) in self.by_ref:
@@ -182,14 +198,16 @@ class _Grid:
         return None
 
     def slice_of_position(self, ipp) -> tuple[int | None, float]:
-        """Slice whose plane holds ipp as its first voxel, and the distance in mm."""
+        """Slice whose first voxel is nearest to ipp, and the distance in mm."""
         p = np.asarray(ipp, float)
-        ijk = (self.inv @ np.append(p, 1.0))[:3]
-        k = int(round(ijk[2]))
-        if not 0 <= k < self.n:
+        if p.shape != (3,) or not np.all(np.isfinite(p)):
             return None, math.inf
-        expect = (self.affine @ np.array([0.0, 0.0, k, 1.0]))[:3]
-        return k, float(np.linalg.norm(expect - p))
+        dist = np.linalg.norm(self.ipp - p[None, :], axis=1)
+        k = int(np.argmin(dist))
+        return k, float(dist[k])
+
+    def slice_ipp(self, k: int) -> np.ndarray:
+        return self.ipp[k]
 
     def check_orientation(self, iop, what: str) -> None:
         if iop is None or not self.geometric:
@@ -252,8 +270,7 @@ def _place_frames(ds, volume, what: str) -> list[int]:
         if k_ref is not None:
             if ipp is not None and grid.geometric:
                 if k_pos != k_ref or dist > POSITION_TOLERANCE_MM:
-                    p = grid.affine @ np.array([0.0, 0.0, k_ref, 1.0])
-                    off = float(np.linalg.norm(p[:3] - np.asarray([float(v) for v in ipp])))
+                    off = float(np.linalg.norm(grid.slice_ipp(k_ref) - np.asarray([float(v) for v in ipp])))
                     raise ResultObjectError(
                         f"{what} frame {f + 1} references slice {k_ref + 1} but its position is "
                         f"{off:.3g} mm from that slice")
@@ -629,9 +646,13 @@ class SRItem:
             if k is not None:
                 return k
         if self.point_lps is not None and grid.geometric:
-            ijk = (grid.inv @ np.append(np.asarray(self.point_lps, float), 1.0))[:3]
-            k = int(round(ijk[2]))
-            if 0 <= k < grid.n:
+            # the slice whose plane is nearest (each slice's own position: uneven gaps)
+            n = np.asarray(volume.normal, float)
+            d = np.abs((np.asarray(self.point_lps, float)[None, :] - grid.ipp) @ n)
+            k = int(np.argmin(d))
+            gaps = np.abs(np.diff(grid.ipp @ n))
+            half = (float(np.max(gaps)) if gaps.size else float(volume.spacing[2])) / 2
+            if d[k] <= max(half, POSITION_TOLERANCE_MM):
                 return k
         return None
 
