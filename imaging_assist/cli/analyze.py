@@ -364,6 +364,14 @@ def _trust_checks(d: dict, res, card, overridden: list[str]) -> None:
 
 
 def _summary(d: dict) -> str:
+    """One line per item; a flagged ``ood`` says "outside what this model was trained on"."""
+    from ..validation.ood import summary_note
+
+    line = _summary_line(d)
+    return line + summary_note(d, line)
+
+
+def _summary_line(d: dict) -> str:
     if d.get("kind") == "slide":
         unit = "mm²" if d["area_unit"] == "mm2" else "px²"
         return (f"{d['source']}: {d['tiling']['n_tiles_run']} tissue tiles; "

@@ -393,3 +393,14 @@ def attach(model, res, xs, unit_name: str = "slice") -> dict:
         if isinstance(warns, list):
             warns.append(f"{OUTSIDE_TEXT}: " + "; ".join(d.get("reasons") or []) + " (decision withheld)")
     return d
+
+
+def summary_note(d: dict, line: str = "") -> str:
+    """CLI/report suffix for a results.json item whose ``ood`` is flagged ("" otherwise, or
+    when ``line`` says it already)."""
+    o = d.get("ood") if isinstance(d, dict) else None
+    if not isinstance(o, dict) or not o.get("flagged") or OUTSIDE_TEXT in line:
+        return ""
+    why = "; ".join(o.get("reasons") or [])
+    tail = "; decision withheld" if "probabilities" in d and d.get("kind") != "slide" else ""
+    return f"; {OUTSIDE_TEXT}" + (f" ({why})" if why else "") + tail
