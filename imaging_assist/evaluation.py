@@ -249,8 +249,11 @@ def sens_spec_ci(y, score, threshold: float, clusters=None, seed: int = 0,
     """95% intervals of sensitivity and specificity at ``threshold`` and how they were made.
 
     Wilson score interval when every cluster is one image (independent rows); otherwise a
-    cluster bootstrap (:func:`bootstrap_ci`, stratified by label): the Wilson interval
-    assumes independent images and is too narrow when a patient has several.  Where the
+    cluster bootstrap (:func:`bootstrap_ci`) of the positive images' clusters for the
+    sensitivity (the negative images' clusters for the specificity): the Wilson interval
+    assumes independent images and is too narrow when a patient has several.  (Not stratified
+    by label: a cluster holding both labels would form a stratum of its own that every
+    resample keeps, pinning its errors and shrinking the interval.)  Where the
     proportion is 0/n or n/n a percentile bootstrap collapses to [0, 0] / [1, 1], which would
     claim certainty; there the Wilson interval on the number of clusters of that class is
     used instead (each patient counted once: conservative)."""
@@ -273,9 +276,10 @@ def sens_spec_ci(y, score, threshold: float, clusters=None, seed: int = 0,
             out.append(wilson_ci(n_cl if value == 1.0 else 0, n_cl))
             notes.append(("sensitivity", "specificity")[which])
         else:
-            out.append(bootstrap_ci(lambda a, b, _w=which: sens_spec(a, b, threshold)[_w], y, s,
-                                    clusters=clusters, strata=y, seed=sd, n_boot=n_boot))
-    how = f"cluster bootstrap ({n_boot:,} resamples of whole clusters, stratified by label)"
+            idx = np.nonzero(cls)[0]
+            out.append(bootstrap_ci(lambda a, b, _w=which: sens_spec(a, b, threshold)[_w], y[idx], s[idx],
+                                    clusters=cl[idx], seed=sd, n_boot=n_boot))
+    how = f"cluster bootstrap ({n_boot:,} resamples of the clusters of the positive / negative images)"
     if notes:
         how += (f"; {' and '.join(notes)} of 0 or 1: Wilson score interval on the number of clusters "
                 f"(the bootstrap would collapse to a point)")

@@ -155,9 +155,21 @@ def test_sens_spec_ci_wilson_for_one_image_per_patient_else_cluster_bootstrap():
     yd, sd, pid = np.repeat(y, 3), np.repeat(s, 3), np.repeat(np.arange(100), 3)
     se_d, sp_d, how_d = E.sens_spec_ci(yd, sd, thr, clusters=pid, seed=3, n_boot=400)
     assert "cluster bootstrap" in how_d
-    direct = E.bootstrap_ci(lambda a, b: E.sens_spec(a, b, thr)[0], y, s, strata=y, seed=3, n_boot=400)
+    pos = y == 1
+    direct = E.bootstrap_ci(lambda a, b: E.sens_spec(a, b, thr)[0], y[pos], s[pos], seed=3, n_boot=400)
     assert se_d == pytest.approx(direct, abs=1e-12)
     assert se_d[0] <= se <= se_d[1] and sp_d[0] <= sp <= sp_d[1]
+
+
+def test_sens_ci_not_pinned_by_a_cluster_with_two_labels():
+    """25 of 26 positives found; the missed one shares its cluster with a negative image.
+    Its miss must be resampled like any other (a label-stratified bootstrap would keep that
+    mixed cluster in every resample and give about [0.96, 0.96])."""
+    y = np.array([1] * 26 + [0] * 40)
+    s = np.r_[0.1, np.full(25, 0.9), np.full(40, 0.1)]
+    pid = np.r_[0, np.arange(1, 26), 0, np.arange(26, 65)]  # image 0 (missed) and image 26 share cluster 0
+    se_ci, _, _ = E.sens_spec_ci(y, s, 0.5, clusters=pid, n_boot=1000)
+    assert se_ci[0] < 0.89 and se_ci[1] == 1.0
 
 
 def test_sens_spec_ci_never_collapses_to_a_point_at_zero_or_one():
