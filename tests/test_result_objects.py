@@ -441,3 +441,37 @@ def test_result_kinds_and_wrong_kinds():
     assert result_kind("1.2.840.10008.5.1.4.1.1.2") is None
     with pytest.raises(ResultObjectError):
         read_result(pydicom.Dataset())
+
+
+# ---------------------------------------------------------------- round trip through the app's exporters
+@pytest.mark.parametrize("which", ["ct", "tilt", "cr"])
+def test_round_trip_through_the_app_exporters(which, ct, cr, ct_masks, tmp_path):
+    """imaging_assist.export (SEG, Parametric Map) -> file -> read back: voxel for voxel."""
+    from imaging_assist.export.parametric_map import write_parametric_map
+    from imaging_assist.export.seg import write_seg as app_write_seg
+    if which == "ct":
+        vol, lab = ct[0], ct_masks
+    elif which == "tilt":
+        vol = load_series(scan(str(need(DICOM / "ct_gantry_tilt_uneven_spacing_ge_subset"))).image_series()[0])
+        lab = np.zeros(vol.array.shape, np.uint8)
+        lab[2:6, 100:200, 150:300] = 1
+        lab[4, 300:400, 100:200] = 2
+    else:
+        vol = cr[0]
+        lab = np.zeros(vol.array.shape, np.uint8)
+        lab[0, 100:400, 100:300] = 1
+        lab[0, 100:400, 400:600] = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = app_write_seg(vol, lab, ["background", "right lung", "left lung"], tmp_path / "seg.dcm",
+                          model_id="test-model", model_version="1")
+    seg = read_segmentation(str(p), vol)
+    assert np.array_equal(seg.label_map(), lab)
+    assert [s.label for s in seg.segments][:2] == ["right lung", "left lung"]
+    heat = np.random.default_rng(1).random(vol.array.shape, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = write_parametric_map(vol, heat, tmp_path / "pm.dcm", label="pneumonia", method="gradcam",
+                                 model_id="test-model", model_version="1")
+    pm = read_parametric_map(str(p), vol)
+    assert np.abs(pm.array - heat).max() <= np.finfo(np.float32).eps * 4
