@@ -128,6 +128,23 @@ def with_nominal_geometry(ds, volume):
     return out
 
 
+def projection_sources(volume, datasets) -> list:
+    """Copies of the headers of an image without patient geometry whose Pixel Spacing is
+    the engine's: the Volume's when it is known, removed when the loader found it unusable
+    (absurd, NaN) - highdicom would otherwise copy the file's value into the result."""
+    import copy
+
+    out = []
+    for ds in datasets:
+        c = copy.copy(ds)
+        if "PixelSpacing" in c:
+            del c.PixelSpacing
+        if getattr(volume, "spacing_known", False) and getattr(volume, "spacing_source", "") == "PixelSpacing":
+            c.PixelSpacing = pixel_spacing(volume)
+        out.append(c)
+    return out
+
+
 def orientation(volume) -> list[float]:
     d = np.asarray(volume.direction, float)
     return [float(v) for v in (*d[:, 0], *d[:, 1])]

@@ -466,6 +466,94 @@ def _explanations(item: dict, card_sum: dict | None) -> list[str]:
     return lines
 
 
+def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, sums, header_cache,
+                 deidentify, load_missing):
+    """(study key, header, report entry) of one results.json item."""
+    it["_index"] = n
+    mid = it.get("model") or "?"
+    if mid not in card_objs:
+        card_objs[mid] = _card_for(mid, cards)
+        if card_objs[mid] is not None:
+            card_sums[mid] = card_summary(card_objs[mid], sums.get(mid))
+    card = card_objs[mid]
+    cap = captured.get(n) or {}
+    vol = _volume_for(it, volumes)
+    notes: list[str] = []
+    if vol is None and not cap and load_missing and not it.get("error") and it.get("kind") != "slide":
+        try:
+            vol = _load_volume(it)
+        except Exception as e:  # noqa: BLE001 - said in the report
+            notes.append(f"key images from the written files only: the input could not be "
+                         f"loaded again ({_one_line(e)})")
+    header = cap.get("header")
+    if header is None and vol is not None:
+        header = study_header(vol)
+    src = str(it.get("source") or "")
+    if header is None and it.get("kind") != "image" and src:
+        if src not in header_cache:
+            f = src if os.path.isfile(src) else None
+            if f is None and vol is not None and getattr(vol, "source_paths", None):
+                f = vol.source_paths[0]
+            header_cache[src] = _header_from_file(f) if f else None
+        header = header_cache[src]
+    if header is None:
+        header = header_from_tags({})
+        header["no_dicom"] = True
+    if deidentify:
+        header = deidentify_header(header)
+    key = header.get("study_uid") or (f"{header.get('patient_id')}|{header.get('study_date')}"
+                                      if not header.get("no_dicom") else "plain")
+    views = cap.get("views")
+    if cap.get("views_error"):
+        notes.append(f"key images not rendered: {cap['views_error']}")
+    if views is None and vol is not None:
+        try:
+            views = item_views(it, vol, base)
+        except Exception as e:  # noqa: BLE001 - said in the report
+            notes.append(f"key images not rendered: {_one_line(e)}")
+            views = None
+    if views is None:
+        views = [{"kind": "file", "title": Path(k).name, "file": str(base / k) if base else k,
+                  "plain": None, "overlay": None}
+                 for k in it.get("key_images") or [] if base is not None and (base / k).is_file()]
+    ood = it.get("ood") if isinstance(it.get("ood"), dict) else None
+    warnings = list(dict.fromkeys([str(w) for w in (it.get("warnings") or [])]
+                                  + [str(w) for w in (it.get("explanation_region") or {}).get("warnings", [])]
+                                  + [str(w) for h in it.get("heatmaps") or [] for w in h.get("warnings") or []]))
+    entry = {
+        "model": str(mid), "model_version": _s(it.get("model_version")), "task": _s(it.get("task")),
+        "model_name": getattr(card, "name", "") if card is not None else "",
+        "series": _s(it.get("description")), "series_uid": "" if deidentify else _s(it.get("series_uid")),
+        "source": "" if deidentify else src, "kind": _s(it.get("kind")),
+        "shape": list(it.get("shape") or []), "error": it.get("error"),
+        "ood": ood, "ood_flagged": bool(ood and ood.get("flagged")),
+        "findings": _findings(it, card), "aggregation": _s(it.get("aggregation")) or None,
+        "sizes": _sizes(it), "views": views,
+        "explanation": _explanations(it, card_sums.get(mid)),
+        "warnings": warnings, "notes": notes,
+        "card_found": card is not None,
+        "withheld_reason": _withheld_reason(it),
+        "quality": str((it.get("quality") or {}).get("text") or "") if isinstance(it.get("quality"), dict) else "",
+        "research_override": it.get("research_override"),
+    }
+    return key, header, entry
+
+
+def _s(v) -> str:
+    """A text field of results.json: str, or "" for anything else (None, numbers, lists)."""
+    return v if isinstance(v, str) else ""
+
+
+def _broken_entry(it, reason: str) -> dict:
+    g = it.get if isinstance(it, dict) else (lambda k, d=None: d)
+    return {"model": str(g("model") or "?"), "model_version": str(g("model_version") or ""),
+            "task": "", "model_name": "", "series": "", "series_uid": "", "source": "",
+            "kind": "", "shape": [], "error": reason, "ood": None, "ood_flagged": False,
+            "findings": [], "aggregation": None, "sizes": None, "views": [], "explanation": [],
+            "warnings": [], "notes": [], "card_found": False, "withheld_reason": "",
+            "quality": "", "research_override": None}
+
+
 def build_report(results_json: dict, *, volumes: dict | None = None,
                  measurements: list | None = None, deidentify: bool = False,
                  base_dir=None, captured: dict | None = None, cards: dict | None = None,
@@ -494,76 +582,15 @@ def build_report(results_json: dict, *, volumes: dict | None = None,
     study_order: list = []
     header_cache: dict = {}
     for n, it in enumerate(items):
-        it["_index"] = n
-        mid = it.get("model") or "?"
-        if mid not in card_objs:
-            card_objs[mid] = _card_for(mid, cards)
-            if card_objs[mid] is not None:
-                card_sums[mid] = card_summary(card_objs[mid], sums.get(mid))
-        card = card_objs[mid]
-        cap = captured.get(n) or {}
-        vol = _volume_for(it, volumes)
-        notes: list[str] = []
-        if vol is None and not cap and load_missing and not it.get("error") and it.get("kind") != "slide":
-            try:
-                vol = _load_volume(it)
-            except Exception as e:  # noqa: BLE001 - said in the report
-                notes.append(f"key images from the written files only: the input could not be "
-                             f"loaded again ({_one_line(e)})")
-        header = cap.get("header")
-        if header is None and vol is not None:
-            header = study_header(vol)
-        src = str(it.get("source") or "")
-        if header is None and it.get("kind") != "image" and src:
-            if src not in header_cache:
-                f = src if os.path.isfile(src) else None
-                if f is None and vol is not None and getattr(vol, "source_paths", None):
-                    f = vol.source_paths[0]
-                header_cache[src] = _header_from_file(f) if f else None
-            header = header_cache[src]
-        if header is None:
-            header = header_from_tags({})
-            header["no_dicom"] = True
-        if deidentify:
-            header = deidentify_header(header)
-        key = header.get("study_uid") or (f"{header.get('patient_id')}|{header.get('study_date')}"
-                                          if not header.get("no_dicom") else "plain")
+        try:
+            key, header, entry = _report_item(n, it, volumes, captured, base, cards, card_objs,
+                                              card_sums, sums, header_cache, deidentify, load_missing)
+        except Exception as e:  # noqa: BLE001 - a malformed item: said in the report, never a traceback
+            key, header = "unreadable", {**header_from_tags({}), "no_dicom": True}
+            entry = _broken_entry(it, f"this result could not be read ({type(e).__name__}: {_one_line(e)})")
         if key not in studies:
             studies[key] = {"header": header, "items": []}
             study_order.append(key)
-        views = cap.get("views")
-        if cap.get("views_error"):
-            notes.append(f"key images not rendered: {cap['views_error']}")
-        if views is None and vol is not None:
-            try:
-                views = item_views(it, vol, base)
-            except Exception as e:  # noqa: BLE001 - said in the report
-                notes.append(f"key images not rendered: {_one_line(e)}")
-                views = None
-        if views is None:
-            views = [{"kind": "file", "title": Path(k).name, "file": str(base / k) if base else k,
-                      "plain": None, "overlay": None}
-                     for k in it.get("key_images") or [] if base is not None and (base / k).is_file()]
-        ood = it.get("ood") if isinstance(it.get("ood"), dict) else None
-        warnings = list(dict.fromkeys([str(w) for w in (it.get("warnings") or [])]
-                                      + [str(w) for w in (it.get("explanation_region") or {}).get("warnings", [])]
-                                      + [str(w) for h in it.get("heatmaps") or [] for w in h.get("warnings") or []]))
-        entry = {
-            "model": mid, "model_version": it.get("model_version", ""), "task": it.get("task", ""),
-            "model_name": getattr(card, "name", "") if card is not None else "",
-            "series": it.get("description") or "", "series_uid": "" if deidentify else (it.get("series_uid") or ""),
-            "source": "" if deidentify else src, "kind": it.get("kind", ""),
-            "shape": list(it.get("shape") or []), "error": it.get("error"),
-            "ood": ood, "ood_flagged": bool(ood and ood.get("flagged")),
-            "findings": _findings(it, card), "aggregation": it.get("aggregation"),
-            "sizes": _sizes(it), "views": views,
-            "explanation": _explanations(it, card_sums.get(mid)),
-            "warnings": warnings, "notes": notes,
-            "card_found": card is not None,
-            "withheld_reason": _withheld_reason(it),
-            "quality": str((it.get("quality") or {}).get("text") or "") if isinstance(it.get("quality"), dict) else "",
-            "research_override": it.get("research_override"),
-        }
         studies[key]["items"].append(entry)
     meas = [_measurement_row(m) for m in measurements or []]
     created = results_json.get("created")
@@ -666,6 +693,10 @@ class _Doc:
             self.pdf.add_font("body", "", fonts[0])
             self.pdf.add_font("body", "B", fonts[1])
             self.family, self.unicode = "body", True
+            # characters the font has no glyph for (CJK names in DejaVu) are printed as "?"
+            # and said at the end, never dropped silently
+            self.cmap = set(self.pdf.fonts["body"].cmap) & set(self.pdf.fonts["bodyB"].cmap) \
+                if "bodyB" in self.pdf.fonts else set(self.pdf.fonts["body"].cmap)
         else:
             self.family, self.unicode = "helvetica", False
         self.pdf.set_title("Imaging Assist report - NOT FOR CLINICAL USE")
@@ -675,7 +706,16 @@ class _Doc:
     def t(self, s) -> str:
         s = str(s)
         if self.unicode:
-            return s
+            if all(ord(ch) in self.cmap for ch in s):
+                return s
+            out = []
+            for ch in s:
+                if ord(ch) in self.cmap or ch in "\n\r\t":
+                    out.append(ch)
+                else:
+                    self.unsupported.add(ch)
+                    out.append("?")
+            return "".join(out)
         rep = {"≥": ">=", "≤": "<=", "→": "->", "±": "+/-", "–": "-", "—": "-", "…": "..."}
         out = []
         for ch in s:
@@ -770,7 +810,7 @@ class _Doc:
 
 
 def _fmt_p(p: float) -> str:
-    return f"{p:.3f}"
+    return f"{p:.3f}" if math.isfinite(p) else "not a number"
 
 
 def _colorbar(name: str, n: int = 256) -> np.ndarray:
@@ -983,7 +1023,11 @@ def write_report_pdf(report: dict, out_path, *, page_size: str = "A4") -> Path:
         doc.heading("Patient and study" if not st["header"].get("no_dicom") else "Images", 12)
         _header_block(doc, st["header"], report.get("deidentified", False))
         for e in st["items"]:
-            _item_block(doc, e)
+            try:
+                _item_block(doc, e)
+            except Exception as ex:  # noqa: BLE001 - a malformed item: said, never a traceback
+                doc.box(f"{e.get('model', '?')}: this result could not be laid out "
+                        f"({type(ex).__name__}: {_one_line(ex)})")
     if not studies:
         doc.para("Nothing was analysed.", 10, True)
     if report.get("measurements"):
@@ -1011,8 +1055,9 @@ def write_report_pdf(report: dict, out_path, *, page_size: str = "A4") -> Path:
         for mid in report.get("missing_cards") or []:
             doc.para(f"{mid}: model card not found in the registry (no summary).", 8.5)
     if doc.unsupported:
-        doc.box(f"{len(doc.unsupported)} character(s) could not be shown (no Unicode font found) "
-                "and are printed as '?'.", size=8)
+        doc.box(f"{len(doc.unsupported)} character(s) could not be shown by the report's font "
+                f"(U+{', U+'.join(f'{ord(c):04X}' for c in sorted(doc.unsupported)[:12])}) and are "
+                "printed as '?': compare names and texts with the source.", size=8)
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,9 +64,14 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
                                                               dc.orientation(volume))
         kw["pixel_measures"] = hd.PixelMeasuresSequence(dc.pixel_spacing(volume),
                                                         dc.slice_thickness(volume, datasets))
-    elif len(datasets) != lm.shape[0] and not dc.is_multiframe_source(volume, datasets):
-        raise dc.DicomExportError("the image has no patient geometry and its frames do not match "
-                                  "its source files one to one")
+    else:
+        if len(datasets) != lm.shape[0] and not dc.is_multiframe_source(volume, datasets):
+            raise dc.DicomExportError("the image has no patient geometry and its frames do not match "
+                                      "its source files one to one")
+        kw["source_images"] = dc.projection_sources(volume, datasets)
+        if "PixelSpacing" in kw["source_images"][0]:
+            kw["pixel_measures"] = hd.PixelMeasuresSequence(dc.pixel_spacing(volume),
+                                                            dc.slice_thickness(volume, datasets))
     try:
         seg = hd.seg.Segmentation(pixel_array=lm, **kw)
     except (ValueError, TypeError, AttributeError, KeyError) as e:

@@ -92,9 +92,9 @@ def _classifier_groups(res: dict, datasets, warnings: list) -> list:
             meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
                                           value=float(dec["threshold"]), unit=_unit("1"),
                                           algorithm_id=algo))
+            # TID 1501 qualitative evaluation: the finding, present/absent at the card's threshold
             qual.append(hd.sr.QualitativeEvaluation(
-                codes.DCM.Finding,
-                codes.DCM.Present if dec.get("positive") else codes.DCM.Absent))
+                finding_code(label), codes.DCM.Present if dec.get("positive") else codes.DCM.Absent))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"{res.get('model')} {label}"[:64]),
             finding_type=finding_code(label), algorithm_id=algo, measurements=meas,

@@ -1,0 +1,396 @@
+"""DICOM result objects (issue 13): SEG, Parametric Map, TID 1500 SR, Encapsulated PDF.
+
+Round trips on real data (the 140-slice CT, the gantry-tilt series, a CR, an ultrasound
+image) and an oblique volume built here: write -> read (highdicom, pydicom) -> label maps
+equal voxel for voxel, geometry within 1e-4 mm, heat maps equal to float32 precision; every
+object passes dciodvfy with 0 errors (the test fails when dciodvfy is missing)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from conftest import CT_PHANTOM, DICOM, ROOT, need
+
+highdicom = pytest.importorskip("highdicom")
+
+from imaging_assist.dicom import load_series, scan  # noqa: E402
+from imaging_assist.export.dicom import NO_SOURCE_NOTE, DicomExportError, write_dicom_results  # noqa: E402
+from imaging_assist.inference.results import ClassificationResult, HeatMap, SegmentationResult  # noqa: E402
+from imaging_assist.measure import Measurement  # noqa: E402
+
+TILT = DICOM / "ct_gantry_tilt_uneven_spacing_ge_subset"
+CR = DICOM / "cr_chest_monochrome1_fuji"
+US = ROOT / "imaging_assist" / "data" / "demo" / "breast_us" / "us_01_breast.dcm"
+CXR = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_01_ap.dcm"
+MINI_PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]"
+            b"/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
+
+
+def _dciodvfy() -> str:
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        pytest.fail("dciodvfy (Debian package dicom3tools) is missing: scripts/test installs it")
+    return exe
+
+
+def dciodvfy_errors(path) -> list[str]:
+    r = subprocess.run([_dciodvfy(), "-new", str(path)], capture_output=True, text=True, timeout=120)
+    return [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("Error")]
+
+
+def _load(path) -> object:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_series(scan(str(need(Path(path)))).image_series()[0])
+
+
+def _oblique(folder: Path):
+    from _synth import write_ct_series
+
+    a, b = np.radians(25), np.radians(-12)
+    r = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ \
+        np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    iop = (*r[:, 0], *r[:, 1])
+    n = np.cross(r[:, 0], r[:, 1])
+    pos = [tuple(np.array([-20.5, 13.25, 40.0]) + 1.5 * k * n) for k in range(7)]
+    write_ct_series(folder, pos, iop=iop, rows=20, cols=18,
+                    extra={"FrameOfReferenceUID": "1.2.826.0.1.3680043.8.498.4242"})
+    return _load(folder)
+
+
+def _results(vol, *, ood=None, labels=("background", "right lung", "left lung")):
+    n, r, c = vol.shape[:3]
+    lm = np.zeros((n, r, c), np.uint8)
+    lm[n // 4: 3 * n // 4 + 1, r // 4: r // 2, c // 4: c // 2] = 1
+    lm[n // 4: 3 * n // 4 + 1, r // 2: 3 * r // 4, c // 2: 3 * c // 4] = 2
+    lm[n // 2, 1, 1] = 2  # a lone voxel: never lost
+    counts = {lab: int((lm == i).sum()) for i, lab in enumerate(labels) if i}
+    geo = vol.has_geometry and vol.n_slices > 1
+    seg = SegmentationResult("cxr-lung-seg", "1.0.0", "segmentation", list(labels), label_map=lm,
+                             voxel_counts=counts,
+                             volume_ml={k: v * 1e-3 for k, v in counts.items()} if geo else None,
+                             area_px=None if geo else counts, spacing_source=vol.spacing_source)
+    heat = np.random.default_rng(3).random((n, r, c), dtype=np.float32) * 1.7 - 0.3
+    heat[0, 0, :5] = np.nan  # not computed there
+    cl = ClassificationResult("cxr-pneumonia", "2.1.0", "classification", ["normal", "pneumonia"],
+                              probabilities={"normal": 0.19, "pneumonia": 0.81},
+                              decisions={"normal": None, "pneumonia": {
+                                  "threshold": 0.7477, "positive": True, "sensitivity": 0.98,
+                                  "specificity": 0.76}},
+                              heatmaps=[HeatMap("pneumonia", "gradcam", heat)])
+    if ood is not None:
+        cl.ood = ood
+        cl.to_dict = (lambda f=cl.to_dict: dict(f(), ood=ood))
+    return seg, cl
+
+
+CASES = {"ct140": lambda tmp: _load(CT_PHANTOM), "gantry_tilt": lambda tmp: _load(TILT),
+         "oblique": lambda tmp: _oblique(tmp / "oblique_src"), "cr": lambda tmp: _load(CR),
+         "us": lambda tmp: _load(US)}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def written(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp(request.param)
+    vol = CASES[request.param](tmp)
+    seg, cl = _results(vol)
+    k = vol.n_slices // 2
+    ms = [Measurement("ruler", [(2, 3), (9, 7)], index=k), Measurement("ellipse", [(3, 3), (10, 9)], index=k)]
+    for m in ms:
+        m.compute_on(vol)
+    pdf = tmp / "report.pdf"
+    pdf.write_bytes(MINI_PDF)
+    notes: list[str] = []
+    objs = write_dicom_results(vol, [seg, cl], tmp / "dicom", report_pdf=pdf, measurements=ms, warnings=notes)
+    return request.param, vol, seg, cl, objs, notes, ms
+
+
+def _by_kind(objs, kind):
+    return [o for o in objs if o.kind == kind]
+
+
+def test_one_new_series_per_object_in_the_source_study(written):
+    _, vol, _, _, objs, _, _ = written
+    assert sorted(o.kind for o in objs) == ["PDF", "PM", "SEG", "SR", "SR"]
+    src = pydicom.dcmread(vol.headers[0].path, stop_before_pixels=True, force=True)
+    series = set()
+    for o in objs:
+        ds = pydicom.dcmread(o.path)
+        assert ds.StudyInstanceUID == src.StudyInstanceUID
+        assert ds.PatientID == src.get("PatientID", "")
+        assert ds.SeriesInstanceUID != src.SeriesInstanceUID
+        series.add(ds.SeriesInstanceUID)
+        assert str(o.path).startswith(str(Path(objs[0].path).parent))
+    assert len(series) == len(objs)
+    assert {o.sop_class_name for o in objs} == {"Segmentation Storage", "Parametric Map Storage",
+                                                "Comprehensive 3D SR Storage", "Encapsulated PDF Storage"}
+
+
+def test_every_object_passes_dciodvfy_with_no_error(written):
+    for o in written[4]:
+        assert dciodvfy_errors(o.path) == [], o.path.name
+
+
+def _source_uids(vol):
+    return [str(pydicom.dcmread(h.path, stop_before_pixels=True, force=True).SOPInstanceUID)
+            for h in vol.headers]
+
+
+def test_seg_round_trip_voxel_for_voxel_and_geometry(written):
+    case, vol, seg_res, _, objs, _, _ = written
+    seg = highdicom.seg.segread(_by_kind(objs, "SEG")[0].path)
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["right lung", "left lung"]
+    rl = seg.SegmentSequence[0]
+    assert (rl.SegmentedPropertyTypeCodeSequence[0].CodeValue, rl.SegmentedPropertyTypeCodeSequence[0]
+            .CodingSchemeDesignator) == ("3341006", "SCT")
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "44029006"
+    assert rl.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "91723000"
+    algo = rl.SegmentationAlgorithmIdentificationSequence[0]
+    assert (algo.AlgorithmName, algo.AlgorithmVersion) == ("cxr-lung-seg", "1.0.0")
+    uids = _source_uids(vol)
+    back = seg.get_pixels_by_source_instance(uids, combine_segments=True, skip_overlap_checks=True)
+    assert back.shape == seg_res.label_map.shape
+    assert np.array_equal(back, seg_res.label_map)
+    if case in ("cr", "us"):
+        assert "PlanePositionSequence" not in seg.PerFrameFunctionalGroupsSequence[0]
+        return
+    # every frame lies on the source slice it references, within 1e-4 mm
+    by_uid = {u: pydicom.dcmread(h.path, stop_before_pixels=True, force=True) for u, h in zip(uids, vol.headers)}
+    sfg = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.array(sfg.PlaneOrientationSequence[0].ImageOrientationPatient, float)
+    ps = np.array(sfg.PixelMeasuresSequence[0].PixelSpacing, float)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+        src = by_uid[str(ref)]
+        ipp = np.array(item.PlanePositionSequence[0].ImagePositionPatient, float)
+        assert np.abs(ipp - np.array(src.ImagePositionPatient, float)).max() < 1e-4
+        assert np.abs(iop - np.array(src.ImageOrientationPatient, float)).max() < 1e-4
+        assert np.abs(ps - np.array(src.PixelSpacing, float)).max() < 1e-4
+
+
+def test_parametric_map_round_trip_float32(written):
+    case, vol, _, cl, objs, notes, _ = written
+    path = _by_kind(objs, "PM")[0].path
+    ds = pydicom.dcmread(path)
+    pm = highdicom.imread(path)
+    assert ds.BitsAllocated == 32 and "FloatPixelData" in ds
+    rwv = ds.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    q = rwv.QuantityDefinitionSequence[0].ConceptCodeSequence[0]
+    assert (q.CodeValue, q.CodingSchemeDesignator) == ("130403", "DCM")  # Grad-CAM
+    assert rwv.MeasurementUnitsCodeSequence[0].CodeValue == "1"
+    frames = pm.pixel_array if ds.NumberOfFrames > 1 else pm.pixel_array[None]
+    uids = _source_uids(vol)
+    heat = cl.heatmaps[0].array
+    got = np.full_like(heat, -999.0)
+    for f, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        ref = str(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        got[uids.index(ref)] = frames[f]
+    assert np.array_equal(np.isnan(got), np.isnan(heat))
+    assert np.array_equal(got[~np.isnan(got)], heat[~np.isnan(heat)])  # float32 exactly
+    if case in ("cr", "us"):
+        # no patient geometry: its own frame of reference, said in the object and to the caller
+        assert ds.FrameOfReferenceUID != pydicom.dcmread(vol.headers[0].path, force=True).get("FrameOfReferenceUID")
+        assert "without patient geometry" in ds.ImageComments
+        assert any("without patient geometry" in n for n in notes)
+
+
+def _sr_items(ds):
+    for it in getattr(ds, "ContentSequence", None) or []:
+        yield it
+        yield from _sr_items(it)
+
+
+def _named(ds, meaning):
+    return [it for it in _sr_items(ds) if "ConceptNameCodeSequence" in it
+            and it.ConceptNameCodeSequence[0].CodeMeaning == meaning]
+
+
+def _decisions(ds):
+    return [(it.ConceptNameCodeSequence[0].CodeMeaning, it.ConceptCodeSequence[0].CodeMeaning)
+            for it in _sr_items(ds) if "ConceptCodeSequence" in it
+            and it.ConceptCodeSequence[0].CodeMeaning in ("Present", "Absent")]
+
+
+def test_sr_findings_sizes_measurements_and_references(written):
+    case, vol, seg_res, cl, objs, _, ms = written
+    srs = {o.path.name: pydicom.dcmread(o.path) for o in _by_kind(objs, "SR")}
+    seg_sr = srs["cxr-lung-seg_SR.dcm"]
+    cls_sr = srs["cxr-pneumonia_SR.dcm"]
+    for ds in srs.values():
+        hsr = highdicom.sr.srread(ds.filename)  # highdicom reads it back
+        assert hsr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+        assert ds.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+        dev = _named(ds, "Device Observer Name")
+        assert dev and dev[0].TextValue.startswith(("cxr-lung-seg", "cxr-pneumonia"))
+    # classifier: probability, threshold, decision, algorithm
+    probs = [float(it.MeasuredValueSequence[0].NumericValue) for it in _named(cls_sr, "Probability")]
+    assert sorted(probs) == pytest.approx([0.19, 0.81])
+    assert [float(it.MeasuredValueSequence[0].NumericValue) for it in _named(cls_sr, "Operating threshold")] \
+        == pytest.approx([0.7477])
+    assert _decisions(cls_sr) == [("Pneumonia", "Present")]
+    assert {it.TextValue for it in _named(cls_sr, "Algorithm Name")} == {"cxr-pneumonia"}
+    # the Parametric Map is referenced (evidence), the SEG from its segments
+    pm_uid = pydicom.dcmread(_by_kind(objs, "PM")[0].path).SOPInstanceUID
+    seg_uid = pydicom.dcmread(_by_kind(objs, "SEG")[0].path).SOPInstanceUID
+    ev = [r.ReferencedSOPInstanceUID for s in cls_sr.CurrentRequestedProcedureEvidenceSequence
+          for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence]
+    assert pm_uid in ev
+    seg_refs = [r for it in _sr_items(seg_sr) for r in (getattr(it, "ReferencedSOPSequence", None) or [])
+                if r.ReferencedSOPInstanceUID == seg_uid]
+    assert sorted(int(r.ReferencedSegmentNumber) for r in seg_refs) == [1, 2]
+    unit = "ml" if seg_res.volume_ml else "{pixels}"
+    sizes = [float(it.MeasuredValueSequence[0].NumericValue)
+             for it in _named(seg_sr, "Volume" if seg_res.volume_ml else "Area")
+             if it.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == unit]
+    expect = seg_res.volume_ml or seg_res.area_px
+    assert sizes[:2] == pytest.approx([expect["right lung"], expect["left lung"]])  # then the viewer ROI
+    # the viewer's measurements: length and ROI mean/SD (HU on CT) with the region
+    lengths = _named(seg_sr, "Length")
+    assert [float(it.MeasuredValueSequence[0].NumericValue) for it in lengths] == pytest.approx(
+        [ms[0].result["length"]], rel=1e-6)
+    means = _named(seg_sr, "Mean")
+    assert [float(it.MeasuredValueSequence[0].NumericValue) for it in means] == pytest.approx([ms[1].result["mean"]])
+    if vol.units == "HU":
+        assert means[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "[hnsf'U]"
+    assert [it.GraphicType for it in _sr_items(seg_sr) if "GraphicType" in it] == ["ELLIPSE"]
+
+
+def test_out_of_distribution_input_gets_no_decision(tmp_path):
+    vol = _load(CXR)
+    seg, cl = _results(vol, ood={"flagged": True, "score": 9.1, "threshold": 3.0, "reasons": ["x"]})
+    notes: list[str] = []
+    objs = write_dicom_results(vol, [cl], tmp_path / "dicom", warnings=notes)
+    sr = pydicom.dcmread(_by_kind(objs, "SR")[0].path)
+    assert _decisions(sr) == []  # no present/absent
+    assert _named(sr, "Operating threshold") == []
+    ood = _named(sr, "Input within the model's training data")
+    assert ood and all(it.ConceptCodeSequence[0].CodeMeaning == "No" for it in ood)
+    assert _named(sr, "Probability")  # the numbers are still reported
+    assert any("outside the model's training data" in n for n in notes)
+    assert dciodvfy_errors(_by_kind(objs, "SR")[0].path) == []
+
+
+def test_plain_image_cannot_be_referenced_one_line(tmp_path):
+    from imaging_assist.inference.images import read_image
+
+    png = need(DICOM.parent / "cxr")
+    img = next(p for p in sorted(png.rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    vol = read_image(img)
+    seg, cl = _results(vol)
+    with pytest.raises(DicomExportError) as e:
+        write_dicom_results(vol, [seg, cl], tmp_path / "dicom")
+    assert str(e.value) == NO_SOURCE_NOTE and "\n" not in str(e.value)
+    assert not (tmp_path / "dicom").exists()
+
+
+def test_never_written_into_the_source_folder(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(need(CXR), src / "a.dcm")
+    vol = _load(src)
+    seg, cl = _results(vol)
+    for bad in (src, src / "dicom"):
+        with pytest.raises(DicomExportError, match="source folder"):
+            write_dicom_results(vol, [seg], bad)
+    assert sorted(p.name for p in src.iterdir()) == ["a.dcm"]
+
+
+def test_bad_arrays_and_geometry_are_one_line_errors(tmp_path):
+    from imaging_assist.export.parametric_map import build_parametric_map
+    from imaging_assist.export.seg import build_seg
+
+    vol = _load(CXR)
+    lm = np.zeros(vol.shape[:3], np.uint8)
+    lm[0, 5:9, 5:9] = 1
+    kw = dict(model_id="m", model_version="1")
+    bad_calls = [
+        lambda: build_seg(vol, lm[:, :-1], ["bg", "lung"], **kw),  # wrong shape
+        lambda: build_seg(vol, lm.astype(np.int16) - 1, ["bg", "lung"], **kw),  # negative
+        lambda: build_seg(vol, lm * 3, ["bg", "lung"], **kw),  # value without a name
+        lambda: build_seg(vol, lm, ["bg"], **kw),  # nothing but background
+        lambda: build_parametric_map(vol, np.full(vol.shape[:3], np.nan, np.float32), label="x",
+                                     method="gradcam", **kw),
+        lambda: build_parametric_map(vol, np.full(vol.shape[:3], np.inf, np.float32), label="x",
+                                     method="gradcam", **kw),
+    ]
+    for call in bad_calls:
+        with pytest.raises(DicomExportError) as e:
+            call()
+        assert "\n" not in str(e.value)
+    ct = _oblique(tmp_path / "o")
+    ct.direction = np.full((3, 3), np.nan)
+    with pytest.raises(DicomExportError, match="geometry is unusable"):
+        build_seg(ct, np.ones(ct.shape[:3], np.uint8), ["bg", "x"], **kw)
+
+
+@pytest.mark.parametrize("mutation", ["no_study_uid", "no_sop_uid", "empty_patient_module", "nan_spacing",
+                                      "absurd_spacing", "truncated"])
+def test_mutated_real_sources_are_written_validly_or_refused(tmp_path, mutation):
+    """Mutated copies of the real CR: each loads and then gives either valid objects
+    (dciodvfy 0 errors, label map round trip) or a one-line DicomExportError - never a
+    traceback or an object that references nothing."""
+    from imaging_assist.errors import UserError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    ds = pydicom.dcmread(need(CXR))
+    if mutation == "no_study_uid":
+        del ds.StudyInstanceUID
+    elif mutation == "no_sop_uid":
+        ds.SOPInstanceUID = ""
+    elif mutation == "empty_patient_module":
+        for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
+            if kw in ds:
+                delattr(ds, kw)
+    elif mutation == "nan_spacing":
+        ds.PixelSpacing = ["NaN", "NaN"]
+    elif mutation == "absurd_spacing":
+        ds.PixelSpacing = ["1e9", "1e-9"]
+    ds.save_as(src / "m.dcm")
+    if mutation == "truncated":
+        data = (src / "m.dcm").read_bytes()
+        (src / "m.dcm").write_bytes(data[: len(data) - 100])
+    index = scan(str(src))
+    if not index.image_series():  # the index refused it, with a reason
+        assert index.problems
+        return
+    try:
+        vol = load_series(index.image_series()[0])
+    except UserError as e:  # the loader refusing (one line) is fine; it has its own tests
+        assert "\n" not in str(e)
+        return
+    seg, cl = _results(vol)
+    try:
+        objs = write_dicom_results(vol, [seg, cl], tmp_path / "out")
+    except DicomExportError as e:
+        assert "\n" not in str(e)
+        return
+    for o in objs:
+        assert dciodvfy_errors(o.path) == [], (mutation, o.path.name)
+    back = highdicom.seg.segread(_by_kind(objs, "SEG")[0].path)
+    sfg = back.SharedFunctionalGroupsSequence[0]
+    if "PixelMeasuresSequence" in sfg:  # only the spacing the engine accepted, never the file's absurd one
+        assert vol.spacing_known
+        assert list(map(float, sfg.PixelMeasuresSequence[0].PixelSpacing)) == [vol.spacing[1], vol.spacing[0]]
+    uid = str(pydicom.dcmread(src / "m.dcm", force=True, stop_before_pixels=True).SOPInstanceUID)
+    assert np.array_equal(back.get_pixels_by_source_instance([uid], combine_segments=True), seg.label_map)
+
+
+def test_unknown_label_gets_a_local_code_and_a_warning(tmp_path):
+    vol = _load(US)
+    seg, _ = _results(vol, labels=("background", "lesion core", "halo"))
+    notes: list[str] = []
+    objs = write_dicom_results(vol, [seg], tmp_path / "d", warnings=notes)
+    s = pydicom.dcmread(_by_kind(objs, "SEG")[0].path)
+    typ = s.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0]
+    assert typ.CodingSchemeDesignator == "99IMGAST" and typ.CodeMeaning == "lesion core"
+    assert any("no SNOMED CT code" in n and "lesion core" in n for n in notes)
+    assert re.fullmatch(r"[A-Z0-9-]{1,16}", typ.CodeValue)
