@@ -105,3 +105,238 @@ def test_one_class_group_is_undefined_never_0_and_small_groups_flagged():
     assert m["sensitivity"]["value"] is None and "undefined" in m["sensitivity"]["note"]
     assert m["specificity"]["value"] == pytest.approx(0.5)
     assert m["too_small"] is True
+
+
+# --------------------------------------------------------------------------- real data
+def _run_cli(args, monkeypatch, tmp_path):
+    from imaging_assist.cli.main import main
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))
+    return main(args)
+
+
+@pytest.fixture(scope="module")
+def jsrt_eval(tmp_path_factory):
+    """cxr-lung-seg on 40 JSRT images (the CSV of the data set itself: age, gender, masks)."""
+    import os
+
+    from imaging_assist.validation.evaluate import evaluate
+    from imaging_assist.validation.evaluate_report import write_json, write_pdf
+
+    rows = list(csv.DictReader(open(need(JSRT / "labels.csv"))))[:40]
+    tmp = tmp_path_factory.mktemp("jsrt")
+    data = tmp / "images"
+    data.mkdir()
+    for r in rows:
+        os.symlink(JSRT / r["file"], data / Path(r["file"]).name)
+    lab = tmp / "labels.csv"
+    with open(lab, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["file", "mask", "patient_id", "age", "gender"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"file": r["file"], "mask": str(JSRT / r["mask"]), "patient_id": r["patient_id"],
+                        "age": r["age"], "gender": r["gender"]})
+    rep = evaluate(data, "cxr-lung-seg", lab, group_by=["gender", "age_band"], n_boot=200)
+    out = tmp / "out"
+    out.mkdir()
+    return rep, write_json(rep, out), write_pdf(rep, out), rows
+
+
+def test_segmenter_subgroups_on_jsrt_sex_and_age(jsrt_eval):
+    rep, jp, pp, rows = jsrt_eval
+    assert rep["data"]["n_analysed"] == 40
+    ov = rep["overall"]
+    assert 0.85 < ov["Dice"]["value"] <= 1 and ov["Dice"]["ci95"][0] <= ov["Dice"]["value"] <= ov["Dice"]["ci95"][1]
+    assert rep["hd95_unit"] == "px" and "not mm" in rep["hd95_note"]  # plain PNG: no spacing known
+    sexes = rep["subgroups"]["gender"]["groups"]
+    want = {r["gender"] for r in rows}
+    assert set(sexes) == want
+    assert sum(g["n"] for g in sexes.values()) == 40
+    for g in sexes.values():
+        assert g["too_small"] == (g["n"] < 30)
+    bands = rep["subgroups"]["age_band"]["groups"]
+    from imaging_assist.validation.evaluate import age_band
+
+    assert set(bands) == {age_band(r["age"]) for r in rows}
+    doc = json.loads(jp.read_text())
+    assert "_arrays" not in doc and doc["overall"]["n"] == 40
+
+
+def test_evaluation_pdf_has_the_numbers(jsrt_eval):
+    import shutil
+    import subprocess
+
+    rep, jp, pp, rows = jsrt_eval
+    assert shutil.which("pdftotext"), "pdftotext (poppler-utils) is needed: scripts/test installs it"
+    text = subprocess.run(["pdftotext", str(pp), "-"], capture_output=True, text=True, check=True).stdout
+    assert "NOT FOR CLINICAL USE" in text and "Dice" in text
+    assert f"{rep['overall']['Dice']['value']:.3f}" in text
+    assert "Subgroups by gender" in text and "too small" in text
+
+
+def _kermany_set(tmp_path, n_each=20):
+    import os
+
+    data = tmp_path / "data"
+    data.mkdir()
+    lab = tmp_path / "labels.csv"
+    with open(lab, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "patient_id", "ward"])
+        for cls in ("NORMAL", "PNEUMONIA"):
+            for i, p in enumerate(sorted((need(KERMANY) / cls).glob("*.jpeg"))[:n_each]):
+                os.symlink(p, data / p.name)
+                # ward "X" holds only normal films: its AUC/sensitivity must be undefined
+                ward = "X" if cls == "NORMAL" and i < 8 else ("Y" if i % 2 else "Z")
+                w.writerow([p.name, cls.lower(), p.name.split("-")[0] + p.name.split("_")[0], ward])
+    return data, lab
+
+
+@pytest.fixture(scope="module")
+def kermany_cli(tmp_path_factory):
+    from imaging_assist.cli.main import main
+
+    tmp = tmp_path_factory.mktemp("kermany")
+    data, lab = _kermany_set(tmp)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp / "config"))
+    try:
+        rc = main(["evaluate", str(data), "--model", "cxr-pneumonia", "--labels", str(lab), "--out",
+                   str(tmp / "out"), "--group-by", "ward", "--target-sensitivity", "0.9",
+                   "--bootstrap", "200", "--save-site-threshold"])
+    finally:
+        mp.undo()
+    return rc, tmp
+
+
+def test_classifier_evaluation_writes_json_pdf_and_site_threshold(kermany_cli):
+    rc, tmp = kermany_cli
+    assert rc == 0
+    d = json.loads((tmp / "out" / "evaluation.json").read_text())
+    ops = d["operating_points"]
+    assert ops["card"]["threshold"] == 0.7477 and ops["target_sensitivity"]["target"] == 0.9
+    ov = ops["card"]["overall"]
+    for k in ("AUC", "sensitivity", "specificity", "PPV", "NPV", "ECE"):
+        assert ov[k]["value"] is not None and len(ov[k]["ci95"]) == 2, k
+    assert ov["roc_curve"]["fpr"][0] == 0 and ov["pr_curve"]["recall"][-1] == 1.0
+    assert sum(map(sum, ov["confusion_matrix"]["counts"])) == 40
+    assert ops["target_sensitivity"]["overall"]["sensitivity"]["value"] >= 0.9
+    x = ops["card"]["subgroups"]["ward"]["groups"]["X"]
+    assert x["n_positive"] == 0 and x["AUC"]["value"] is None and x["sensitivity"]["value"] is None
+    assert "undefined" in x["AUC"]["note"] and x["too_small"]
+    gap = ops["card"]["subgroups"]["ward"]["largest_sensitivity_gap"]
+    assert set(gap["groups"]) == {"Y", "Z"}  # X has no positives: not in the gap
+    assert d["ood"]["available"] in (True, False)
+    st = d["site_threshold"]
+    saved = json.loads((tmp / "config" / "site_thresholds" / "cxr-pneumonia.json").read_text())
+    assert saved["versions"][-1]["threshold"] == pytest.approx(ops["target_sensitivity"]["threshold"])
+    assert st["text"].startswith("site threshold ") and "local studies" in st["text"]
+
+
+def test_bad_labels_files_are_one_line_errors(tmp_path, monkeypatch, capsys):
+    data, lab = _kermany_set(tmp_path, n_each=2)
+    text = lab.read_text()
+    cases = {
+        "nolabel.csv": text.replace("label", "diagnosis"),
+        "badvalue.csv": text.replace("pneumonia", "maybe"),
+        "nokey.csv": text.replace("file", "whatever"),
+        "binary.csv": bytes(range(256)) * 4,
+        "empty.csv": "",
+        "nomatch.csv": "file,label\nnothing.png,normal\n",
+        "dupe.csv": text + text.splitlines()[1] + "\n",
+    }
+    for name, body in cases.items():
+        p = tmp_path / name
+        p.write_bytes(body if isinstance(body, bytes) else body.encode())
+        rc = _run_cli(["evaluate", str(data), "--model", "cxr-pneumonia", "--labels", str(p),
+                       "--out", str(tmp_path / "o")], monkeypatch, tmp_path)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, (name, err)
+    rc = _run_cli(["evaluate", str(data), "--model", "cxr-pneumonia", "--labels", str(lab), "--out",
+                   str(tmp_path / "o"), "--group-by", "nonsense"], monkeypatch, tmp_path)
+    assert rc == 2 and "nonsense" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse: one line, exit 2
+        _run_cli(["evaluate", str(data), "--model", "cxr-pneumonia", "--labels", str(lab), "--out",
+                  str(tmp_path / "o"), "--target-sensitivity", "1.5"], monkeypatch, tmp_path)
+    assert e.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+
+
+def test_mutated_real_images_are_left_out_with_a_reason_never_scored(tmp_path):
+    """Flipped bytes, truncation and a zero-byte file among real films: each is analysed or
+    named in the notes, none crashes the run or is scored silently from garbage."""
+    import random
+
+    from imaging_assist.validation.evaluate import evaluate
+
+    data, lab = _kermany_set(tmp_path, n_each=4)
+    files = sorted(data.iterdir())
+    raw = files[0].resolve().read_bytes()
+    files[0].unlink()
+    files[0].write_bytes(raw[: len(raw) // 3])  # truncated JPEG
+    raw = bytearray(files[1].resolve().read_bytes())
+    files[1].unlink()
+    rnd = random.Random(3)
+    for _ in range(200):
+        raw[rnd.randrange(200, len(raw))] ^= 0xFF
+    files[1].write_bytes(bytes(raw))  # flipped bytes in the entropy-coded data
+    files[2].unlink()
+    files[2].write_bytes(b"")  # empty
+    rep = evaluate(data, "cxr-pneumonia", lab, n_boot=50)
+    assert rep["data"]["n_matched"] == 8
+    assert rep["data"]["n_analysed"] + rep["data"]["n_failed"] == 8
+    assert files[2].name in " ".join(rep["notes"])  # the empty file is named
+    p = rep["_arrays"]["p"]
+    assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
+
+
+def test_dicom_keyed_by_sop_uid_with_subgroups_from_the_headers(tmp_path, monkeypatch):
+    """Demo CR files keyed by SOP Instance UID: age band and view position from DICOM; the
+    adult films do not fit the paediatric card and are left out with the reason."""
+    import pydicom
+
+    from imaging_assist.validation.evaluate import evaluate
+
+    demo = Path(__file__).resolve().parents[1] / "imaging_assist" / "data" / "demo" / "chest_xray"
+    lab = tmp_path / "labels.csv"
+    with open(lab, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sop_instance_uid", "label"])
+        for i, p in enumerate(sorted(demo.glob("*.dcm"))):
+            w.writerow([pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID, ["normal", "pneumonia"][i % 2]])
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    rep = evaluate(demo, "cxr-pneumonia", lab, group_by=["age_band", "view_position", "sex"], n_boot=50)
+    assert rep["data"]["n_matched"] == 4 and rep["data"]["matched_by"] == "sop_instance_uid"
+    assert rep["data"]["cluster_unit"] == "patients"  # PatientID from the headers
+    groups = rep["operating_points"]["card"]["subgroups"]
+    assert set(groups["view_position"]["groups"]) <= {"AP", "PA"}
+    assert "2-5" in groups["age_band"]["groups"]
+    assert set(groups["sex"]["groups"]) == {"unknown"}  # the demo files have no PatientSex
+    for g in groups["age_band"]["groups"].values():
+        assert g["too_small"]
+
+
+def test_ood_flagged_results_are_counted_and_metrics_given_without_them(tmp_path, monkeypatch):
+    import imaging_assist.validation.evaluate as EV
+
+    data, lab = _kermany_set(tmp_path, n_each=6)
+    real = EV._predict
+
+    def with_ood(model, cases, progress=None):
+        real(model, cases, progress)
+        for i, c in enumerate(cases):
+            if c.result is not None:
+                c.result["ood"] = {"score": float(i), "threshold": 3.5, "flagged": i >= 9, "reasons": []}
+
+    monkeypatch.setattr(EV, "_predict", with_ood)
+    rep = EV.evaluate(data, "cxr-pneumonia", lab, n_boot=50)
+    assert rep["ood"] == {"available": True, "n_flagged": 3, "n": 12}
+    w = rep["operating_points"]["card"]["without_ood_flagged"]
+    assert w["n"] == 9 and rep["operating_points"]["card"]["overall"]["n"] == 12
+
+
+def test_age_bands_from_dicom_age_strings():
+    from imaging_assist.validation.evaluate import age_band, age_years
+
+    assert age_years("047Y") == 47 and age_years("018M") == 1.5 and age_years("") is None
+    assert age_band("004Y") == "2-5" and age_band("047Y") == "40-64" and age_band("070Y") == ">=65"
+    assert age_band("abc") is None and age_band("999Y") is None and age_band("-5") is None

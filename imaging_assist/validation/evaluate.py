@@ -159,7 +159,8 @@ def age_years(text: str) -> float | None:
             return None
         return v if 0 <= v < 150 else None
     n, unit = int(m.group(1)), m.group(2) or "Y"
-    return {"D": n / 365.25, "W": n * 7 / 365.25, "M": n / 12, "Y": float(n)}[unit]
+    a = {"D": n / 365.25, "W": n * 7 / 365.25, "M": n / 12, "Y": float(n)}[unit]
+    return a if a < 150 else None  # an impossible age is unknown, never the oldest band
 
 
 def age_band(text: str) -> str | None:
@@ -402,8 +403,8 @@ def sensitivity_gap(y, p, groups, threshold: float, clusters=None, n_boot: int =
             sens[k] = E.sens_spec(y[m], p[m], threshold)[0]
     if len(sens) < 2:
         return None
-    hi = max(sens, key=sens.get)
-    lo = min(sens, key=sens.get)
+    order = sorted(sens, key=lambda k: (sens[k], k))
+    lo, hi = order[0], order[-1]  # two different groups even when all sensitivities are equal
 
     def stat(a, b, c):
         s1 = E.sens_spec(a[c == hi], b[c == hi], threshold)[0]
@@ -442,18 +443,29 @@ def _predict(model, cases: list[Case], progress=None) -> None:
     from ..inference.images import read_image
     from ..inference.pipelines import RunOptions, run_model
 
+    from ..models.matching import match_card, series_facts
+
     def load(c: Case):
+        """(volume, None) or (None, reason): the same fit rules as analyze and the viewer
+        (an image the app would refuse is not silently scored here)."""
         try:
+            series = None
             if c.dicom:
                 from ..dicom import load_series, scan
 
                 idx = scan(str(c.path))
-                series = idx.all_series()
-                if not series:
+                found = idx.all_series()
+                if not found:
                     raise EvaluateError(f"{c.path}: no loadable image "
                                         f"({idx.problems[0].reason if idx.problems else 'unknown'})")
-                return load_series(series[0]), None
-            return read_image(c.path), None
+                series = found[0]
+                vol = load_series(series)
+            else:
+                vol = read_image(c.path)
+            m = match_card(model.card, series_facts(vol, series))
+            if not m.ok:
+                return None, f"{c.path.name}: {m.reason}"
+            return vol, None
         except UserError as e:
             return None, str(e)
 
