@@ -228,6 +228,7 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
         except Exception as e:  # noqa: BLE001 - the demo still shows the series
             report["notes"].append(f"models not available: {_one_line(e)}")
             models = None
+    captured: dict[int, dict] = {}  # per analysis: what the PDF report needs from the volume
     for n, s in enumerate(index.image_series()):
         vol = load_series(s)
         tag = f"series_{n + 1:02d}_{(s.modality or 'img').lower()}"
@@ -247,6 +248,9 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
                 stem = f"{tag}_{e.card.id}"
                 try:
                     d, notes = _analyse(models, e, s, vol, out_dir, stem)
+                    from .export.report_pdf import capture
+
+                    captured[len(captured)] = capture(d, vol, out_dir)
                     entry["analyses"].append(d)
                     entry["notes"] += notes
                 except UserError as ex:
@@ -261,6 +265,14 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
     tmp.write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
     tmp.replace(path)
     report["report_path"] = str(path)
+    # the PDF report beside report.json (issue 13); a failure is a note, report.json stays
+    from .export.report_pdf import build_report, write_report_pdf
+    try:
+        report["report_pdf"] = str(write_report_pdf(
+            build_report(report, base_dir=out_dir, captured=captured, load_missing=False),
+            out_dir / "report.pdf"))
+    except UserError as e:
+        report["notes"].append(f"report.pdf not written: {_one_line(e)}")
     return report
 
 
@@ -347,4 +359,6 @@ def run_demo(args) -> int:
         print(f"note: {note}")
     print(f"Demo images: sources and licences in {report['attribution']}")
     print(f"Report written to {report['report_path']}")
+    if report.get("report_pdf"):
+        print(f"PDF report written to {report['report_pdf']}")
     return 0
