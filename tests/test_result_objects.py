@@ -156,17 +156,21 @@ def test_overlapping_segments_are_never_merged_silently(ct):
     vol, src = ct
     a = np.zeros(vol.array.shape, bool)
     b = np.zeros(vol.array.shape, bool)
+    c = np.zeros(vol.array.shape, bool)
     a[50:55, 100:200, 100:200] = True
     b[52:60, 150:250, 150:250] = True
-    seg = read_segmentation(ds_of(write_seg(src, np.stack([a, b], -1), ["a", "b"])), vol)
-    assert seg.overlaps == {(1, 2): int((a & b).sum())}
-    assert any("overlap" in w and "one layer per segment" in w for w in seg.warnings)
+    c[10:20, 10:50, 10:50] = True
+    seg = read_segmentation(ds_of(write_seg(src, np.stack([c, a, b], -1), ["c", "a", "b"])), vol)
+    assert seg.overlaps == {(2, 3): int((a & b).sum())}
+    assert any("overlap" in w and "a / b" in w and "layer of its own" in w for w in seg.warnings)
     with pytest.raises(ResultObjectError):
         seg.label_map()
     layers = seg.layers()
-    assert len(layers) == 2
-    assert np.array_equal(np.asarray(layers[0].array) > 0, a)
-    assert np.array_equal(np.asarray(layers[1].array) > 0, b)
+    assert [layer.name for layer in layers] == ["test seg", "test seg: a", "test seg: b"]
+    assert np.array_equal(np.asarray(layers[0].array), c.astype(np.uint8))
+    assert np.array_equal(np.asarray(layers[1].array) > 0, a)
+    assert np.array_equal(np.asarray(layers[2].array) > 0, b)
+    assert int(np.asarray(layers[2].array).max()) == 3  # its own colour
 
 
 # ---------------------------------------------------------------- SEG on a CR (no geometry)
@@ -475,3 +479,55 @@ def test_round_trip_through_the_app_exporters(which, ct, cr, ct_masks, tmp_path)
                                  model_id="test-model", model_version="1")
     pm = read_parametric_map(str(p), vol)
     assert np.abs(pm.array - heat).max() <= np.finfo(np.float32).eps * 4
+
+
+def test_more_hostile_values_are_one_line(ct, seg_bytes):
+    vol, src = ct
+    d = ds_of(seg_bytes)
+    d.PerFrameFunctionalGroupsSequence[2].PlanePositionSequence[0].ImagePositionPatient = ["nan", "0", "0"]
+    _expect_one_line(read_segmentation, d, vol, match="frame 3")
+    d = ds_of(seg_bytes)  # two frames of one segment on one slice
+    per = d.PerFrameFunctionalGroupsSequence
+    per[1].DerivationImageSequence = per[0].DerivationImageSequence
+    per[1].PlanePositionSequence = per[0].PlanePositionSequence
+    per[1].SegmentIdentificationSequence = per[0].SegmentIdentificationSequence
+    _expect_one_line(read_segmentation, d, vol, match="two frames")
+    d = ds_of(seg_bytes)
+    d.BitsAllocated = 8
+    _expect_one_line(read_segmentation, d, vol, match="BitsAllocated")
+    d = ds_of(write_seg(src, np.zeros(vol.array.shape, np.float32) + 0.6, ["f"], seg_type="FRACTIONAL"))
+    d.MaximumFractionalValue = 0
+    _expect_one_line(read_segmentation, d, vol, match="MaximumFractionalValue")
+    d = ds_of(seg_bytes)
+    d.SegmentationType = "LABELMAP"
+    _expect_one_line(read_segmentation, d, vol, match="LABELMAP")
+    d = ds_of(seg_bytes)
+    del d.PerFrameFunctionalGroupsSequence[5]
+    _expect_one_line(read_segmentation, d, vol, match="per-frame")
+    _expect_one_line(read_segmentation, pydicom.Dataset(), vol, match="not a segmentation")
+
+
+def test_hostile_structured_reports_are_one_line(ct):
+    vol, src = ct
+
+    def plain_sr():
+        buf = io.BytesIO()
+        _sr(vol, src, 30).save_as(buf)
+        return ds_of(buf.getvalue())
+
+    sr = plain_sr()
+    deep = pydicom.Dataset()
+    deep.ValueType, deep.RelationshipType = "CONTAINER", "CONTAINS"
+    node = deep
+    for _ in range(200):
+        child = pydicom.Dataset()
+        child.ValueType, child.RelationshipType = "CONTAINER", "CONTAINS"
+        node.ContentSequence = [child]
+        node = child
+    sr.ContentSequence.append(deep)
+    _expect_one_line(read_sr, sr, match="nested")
+    sr = plain_sr()
+    item = pydicom.Dataset()
+    item.ValueType, item.RelationshipType, item.TextValue = "TEXT", "CONTAINS", "x"
+    sr.ContentSequence = [item] * 100_001
+    _expect_one_line(read_sr, sr, match="content items")

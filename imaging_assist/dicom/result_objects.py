@@ -61,6 +61,7 @@ KIND_NAMES = {SEG: "Segmentation", PARAMETRIC_MAP: "Parametric Map", SR: "Struct
 
 # Limits against hostile objects (checked before anything is allocated).
 MAX_SEGMENTS = 1024
+MAX_OVERLAP_LAYERS = 32  # segments shown as layers of their own (each a full grid)
 MAX_RESULT_BYTES = 2 * 1024**3  # decoded frames of one object
 MAX_SR_ITEMS = 100_000
 MAX_SR_DEPTH = 64
@@ -382,16 +383,27 @@ class Segmentation:
         return out
 
     def layers(self) -> list:
-        """imaging_assist.layers layers: one label map, or one per segment when they overlap."""
+        """imaging_assist.layers layers: one label map of the segments that do not overlap,
+        and one layer of its own for each segment that overlaps another."""
         from ..layers import LabelLayer
         name = self.description or "Segmentation"
-        if not self.overlaps:
-            layer = LabelLayer(name, self.label_map(), names={s.number: s.label for s in self.segments})
-            return [layer]
+        overlapping = {n for pair in self.overlaps for n in pair}
+        if len(overlapping) > MAX_OVERLAP_LAYERS:
+            raise ResultObjectError(f"{len(overlapping)} segments overlap each other: more than "
+                                    f"{MAX_OVERLAP_LAYERS} layers would be needed to show them apart")
+        dtype = np.uint8 if max((s.number for s in self.segments), default=0) < 256 else np.uint16
         out = []
+        rest = [s for s in self.segments if s.number not in overlapping]
+        if rest:
+            lm = np.zeros(self.shape, dtype)
+            for s in rest:
+                for k, f in self._frames.get(s.number, {}).items():
+                    lm[k][f >= 0.5] = s.number
+            out.append(LabelLayer(name, lm, names={s.number: s.label for s in rest}))
         for s in self.segments:
-            arr = self.mask(s.number).astype(np.uint16) * np.uint16(s.number)
-            out.append(LabelLayer(f"{name}: {s.label}", arr, names={s.number: s.label}))
+            if s.number in overlapping:
+                arr = self.mask(s.number).astype(dtype) * dtype(s.number)
+                out.append(LabelLayer(f"{name}: {s.label}", arr, names={s.number: s.label}))
         return out
 
     def to_dict(self) -> dict:
@@ -529,7 +541,7 @@ def _read_segmentation(ds, volume, what) -> Segmentation:
                           for (a, b), v in sorted(result.overlaps.items())[:5])
         more = len(result.overlaps) - 5
         result.warnings.append(f"segments overlap: {pairs}{f' and {more} more pairs' if more > 0 else ''}; "
-                               "shown as one layer per segment")
+                               "each overlapping segment is shown as a layer of its own")
     return result
 
 
