@@ -121,8 +121,15 @@ class SegmentationResult(InferenceResult):
         return d
 
 
-def decide(probabilities: dict[str, float], thresholds: dict) -> dict[str, dict | None]:
-    """Apply the card's operating thresholds; labels without one get ``None`` (no decision)."""
+def decide(probabilities: dict[str, float], thresholds: dict, card=None) -> dict[str, dict | None]:
+    """Apply the operating thresholds; labels without one get ``None`` (no decision).  With
+    ``card``, a site threshold saved by ``evaluate --save-site-threshold`` replaces the card's
+    (models.site) and the decision says so in ``threshold_source`` and ``note``."""
+    notes: dict[str, str] = {}
+    if card is not None:
+        from ..models.site import effective_thresholds
+
+        thresholds, notes = effective_thresholds(card)
     out: dict[str, dict | None] = {}
     for lab, p in probabilities.items():
         t = thresholds.get(lab)
@@ -131,6 +138,10 @@ def decide(probabilities: dict[str, float], thresholds: dict) -> dict[str, dict 
             continue
         out[lab] = {"threshold": t.threshold, "positive": bool(p >= t.threshold),
                     "sensitivity": t.sensitivity, "specificity": t.specificity}
+        if card is not None:
+            out[lab]["threshold_source"] = "site" if getattr(t, "n_studies", None) else "card"
+            if notes.get(lab):
+                out[lab]["note"] = notes[lab]
     return out
 
 

@@ -52,6 +52,8 @@ def operating_point_text(decision: dict | None) -> str:
     if not decision:
         return ""
     bits = []
+    if decision.get("note"):  # "site threshold 0.62, from 412 local studies, 2026-12-04" (models.site)
+        bits.append(str(decision["note"]))
     if decision.get("sensitivity") is not None:
         bits.append(f"sensitivity {decision['sensitivity']:.2f}")
     if decision.get("specificity") is not None:

@@ -190,7 +190,7 @@ def _run_bundle(model, vol, opts, device, fp, prog, warns):
         else:
             pv = p[0]
         res.probabilities = {lab: float(v) for lab, v in zip(card.labels, pv)}
-        res.decisions = decide(res.probabilities, card.thresholds)
+        res.decisions = decide(res.probabilities, card.thresholds, card)
     if opts.explain is not None:
         from ...explain.methods import canonical_method
 

@@ -60,7 +60,7 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
     else:
         pv = p[0]
     probabilities = {lab: float(v) for lab, v in zip(labels, pv)}
-    decisions = decide(probabilities, card.thresholds)
+    decisions = decide(probabilities, card.thresholds, card)
     res = ClassificationResult(card.id, card.version, card.task, list(labels),
                                probabilities=probabilities, decisions=decisions,
                                per_slice=per_slice, aggregation=aggregation, timings=timings)
