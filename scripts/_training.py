@@ -356,6 +356,14 @@ def read_rows(src: Path, column: str = "file") -> tuple[list[dict], list[Path]]:
     return rows, [Path(src) / r[column] for r in rows]
 
 
+def fit_ood(model_id: str, out: Path) -> None:
+    """Issue 14: fit the OOD statistics of the weights just written to ``out`` on their training
+    split and write ``ood.safetensors`` + the card's ``ood`` block (scripts/fit_ood.py)."""
+    import fit_ood as F
+
+    F.fit_model(model_id, Path(out))
+
+
 def load_shipped(net, out: Path) -> tuple[dict, float, float, str]:
     """``--evaluate-only``: the shipped weights of ``out`` into ``net`` (temperature already
     folded in) and what the card recorded of their training:

@@ -165,24 +165,24 @@ NEAR = {"cxr-pneumonia": {"adult_cxr": ["cxr_adult_jsrt", "cxr_adult_nlm", "cxr_
 
 
 # --------------------------------------------------------------------------- in-distribution splits
-def id_splits(model_id: str, card) -> dict:
+def id_splits(model_id: str, card, folder: Path) -> dict:
     """Model inputs (float16) and class indices of the model's own train/validation/test."""
     if model_id == "cxr-pneumonia":
         src = T.DATA / "cxr" / "pneumonia_kermany"
         rows, paths = T.read_rows(src)
-        pred = {r["file"]: r["split"] for r in csv.DictReader((T.ROOT / "weights" / model_id / "predictions.csv").open())}
+        pred = {r["file"]: r["split"] for r in csv.DictReader((folder / "predictions.csv").open())}
         split = np.array([pred.get(r["file"], "train" if r["source_split"] == "train" else "?") for r in rows])
         y = np.array([card.labels.index(r["label"].lower()) for r in rows])
     elif model_id == "us-breast":
         src = T.DATA / "ultrasound" / "breast_busi"
         rows, paths = T.read_rows(src)
-        pred = {r["file"]: r["split"] for r in csv.DictReader((T.ROOT / "weights" / model_id / "predictions.csv").open())}
+        pred = {r["file"]: r["split"] for r in csv.DictReader((folder / "predictions.csv").open())}
         split = np.array([pred.get(r["file"], "train") for r in rows])
         y = np.array([card.labels.index(r["label"]) for r in rows])
     elif model_id == "path-lung-tissue":
         src = T.DATA / "pathology" / "lc25000_lung_subset"
         rows, paths = T.read_rows(src)
-        pred = {r["file"]: r["split"] for r in csv.DictReader((T.ROOT / "weights" / model_id / "predictions.csv").open())}
+        pred = {r["file"]: r["split"] for r in csv.DictReader((folder / "predictions.csv").open())}
         split = np.array([pred[r["file"]] for r in rows])
         y = np.array([card.labels.index(r["label"]) for r in rows])
     elif model_id == "cxr-lung-seg":
@@ -192,7 +192,7 @@ def id_splits(model_id: str, card) -> dict:
         nodule = np.array([r["nodule_state"] not in ("", "non-nodule") for r in rows]).astype(int)
         k = T.grouped_split(groups, nodule, (0.70, 0.15, 0.15), seed=0)  # as train_cxr_lung_seg.py
         split = np.array(["train", "validation", "test"])[k]
-        test_pred = {r["file"] for r in csv.DictReader((T.ROOT / "weights" / model_id / "predictions.csv").open())
+        test_pred = {r["file"] for r in csv.DictReader((folder / "predictions.csv").open())
                      if r["set"] == "jsrt_test"}
         assert test_pred == {rows[i]["file"] for i in np.nonzero(split == "test")[0]}, "JSRT split differs"
         y = None
@@ -220,15 +220,15 @@ def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return float(roc_auc_score(lab, s))
 
 
-def measure(model_id: str, write: bool = True, only_choice: bool = False) -> dict:
+def measure(model_id: str, write: bool = True, only_choice: bool = False, folder: Path | None = None) -> dict:
     from imaging_assist.models.card import load_card
     from imaging_assist.models.loaders import load_model
 
-    folder = T.ROOT / "weights" / model_id
+    folder = Path(folder or T.ROOT / "weights" / model_id)
     card = load_card(folder)
     net = load_model(card).network.eval()
     t0 = time.perf_counter()
-    ids = id_splits(model_id, card)
+    ids = id_splits(model_id, card, folder)
     sets = image_sets()
     needed = sorted(set(OTHER[model_id]) | {s for v in NEAR[model_id].values() for s in v})
     xs = {n: set_inputs(card, model_id, n, sets[n]) for n in needed}
@@ -304,9 +304,9 @@ def write_stats(folder: Path, card, r: dict, stats: dict, rows: list[dict]) -> N
     print(f"wrote {f} (sha256 {sha[:12]}…) and the ood block of {cardp}", flush=True)
 
 
-def fit_model(model_id: str) -> dict:
+def fit_model(model_id: str, folder: Path | None = None) -> dict:
     """Called at the end of each training script: fit and write the chosen statistics."""
-    return measure(model_id, write=True, only_choice=True)
+    return measure(model_id, write=True, only_choice=True, folder=folder)
 
 
 def main(argv=None) -> int:

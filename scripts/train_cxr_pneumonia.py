@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     from imaging_assist.models.build import save_model_folder
 
     save_model_folder(out, card, net)
+    T.fit_ood(MODEL_ID, out)  # issue 14: OOD statistics of these weights (scripts/fit_ood.py)
     T.write_json(out / "metrics.json", {"model": MODEL_ID, "positive_label": "pneumonia",
                                         "threshold": card["thresholds"]["pneumonia"], "metrics": metrics,
                                         "details": details, "splits": counts, "training": card["training"]})
