@@ -56,6 +56,12 @@ def study(tmp_path_factory):
     bad.SeriesInstanceUID = generate_uid()
     bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     bad.save_as(d / "seg_bad.dcm")
+    orphan = pydicom.dcmread(str(d / "seg_labels.dcm"))
+    orphan.ReferencedSeriesSequence[0].SeriesInstanceUID = "1.2.3.999"
+    orphan.SeriesDescription = "orphan"
+    orphan.SeriesInstanceUID = generate_uid()
+    orphan.SOPInstanceUID = orphan.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    orphan.save_as(d / "seg_orphan.dcm")
     heat = np.linspace(0, 1, int(np.prod(shape)), dtype=np.float32).reshape(shape)
     rwvm = hd.pm.RealWorldValueMapping(lut_label="CAM", lut_explanation="cam", unit=codes.UCUM.NoUnits,
                                        value_range=(0.0, 1.0), slope=1.0, intercept=0.0)
@@ -120,3 +126,15 @@ def test_choosing_a_result_series_shows_it_over_its_series(win, study):
     assert win.current_key == idx.image_series()[0].key
     assert len(win.doc.layers.layers) == n_layers  # already shown: not added twice
     assert "no images to show" not in win.statusBar().currentMessage()
+
+
+def test_choosing_a_result_whose_series_is_missing_says_so_in_one_line(win):
+    idx = win.loading.index
+    orphan = next(s for s in idx.all_series() if s.description == "orphan")
+    assert orphan.result_kind == "SEG" and any("not in this index" in w for w in orphan.warnings)
+    shown = win.current_key
+    win.browser.seriesChosen.emit(orphan.key)
+    msg = win.results.messages[-1]
+    assert "1.2.3.999" in msg and "not in this study" in msg and "\n" not in msg
+    assert win.current_key == shown and win.load_state == "done"
+    assert not any("orphan" in layer.name for layer in win.doc.layers.layers)

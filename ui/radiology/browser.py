@@ -189,7 +189,8 @@ class StudyBrowser(QWidget):
                         text += "\n⚠ " + _short(s.warnings[0])
                     if s.result_kind:
                         from imaging_assist.dicom.result_objects import KIND_NAMES
-                        text += f"\n{KIND_NAMES[s.result_kind]} (result; shown over its series)"
+                        text += (f"\n{KIND_NAMES[s.result_kind]} (document)" if s.result_kind == "PDF"
+                                 else f"\n{KIND_NAMES[s.result_kind]} (result; shown over its series)")
                     elif not s.is_image:
                         text += "\n(no images)"
                     it = QTreeWidgetItem([text])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 
-from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, SEG, SR, ResultObjectError,
+from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, SEG, SR, ResultObjectError,
                                                  read_parametric_map, read_segmentation, read_sr)
 
 SLICE_ROLE = Qt.UserRole + 1
@@ -124,6 +124,10 @@ class ResultLayers(QObject):
     def open_result(self, result_series) -> None:
         """The browser chose a result series: show the series it refers to, with it."""
         index = self.w.loading.index
+        if result_series.result_kind == PDF:
+            self.w.statusBar().showMessage(f"{result_series.description or 'Encapsulated PDF'}: a PDF "
+                                           "document stored in DICOM, not an image to show", 8000)
+            return
         for uid in result_series.references:
             target = index.find_series(uid) if index else None
             if target is not None and target.is_image:
