@@ -338,3 +338,53 @@ def test_headless_demo_writes_report_pdf_beside_report_json(tmp_path, capsys):
     assert all("NOT FOR CLINICAL USE" in t for t in pages)
     text = flat(pages)
     assert "DEMO" in text and "cxr-pneumonia" in text and "Grad-CAM heat map of" in text
+
+
+# =========================================================================== GUI
+@pytest.mark.gui
+def test_gui_file_export_report_writes_and_opens_the_pdf(qapp, tmp_path_factory, tmp_path, monkeypatch):
+    """File → Export report…: the shown series, the model run from the AI panel and the
+    measurement on screen go into the PDF, which then opens in the system viewer."""
+    from PySide6.QtGui import QDesktopServices
+    from PySide6.QtWidgets import QFileDialog
+
+    from _qt import open_window, pump_until
+    from conftest import ROOT
+    from imaging_assist.inference.pipelines import RunOptions, run_model
+    from imaging_assist.measure import Measurement
+    from imaging_assist.models.card import load_card
+    from imaging_assist.models.loaders import load_model
+
+    win = open_window(tmp_path_factory, str(ROOT / "imaging_assist" / "data" / "demo" / "chest_xray"))
+    try:
+        assert pump_until(lambda: win.doc.volume is not None, 60)
+        vol = win.doc.volume
+        assert vol.modality == "CR"
+        card = load_card(ROOT / "weights" / "cxr-pneumonia")
+        res = run_model(load_model(card, "cpu"), vol, RunOptions(device="cpu"))
+        # the AI panel finishing a run (what _on_finished leaves behind)
+        panel = win.model_panel
+        panel.last_result = res
+        panel._run_ctx = {"card": card, "volume": vol, "settings": {}}
+        pump_until(lambda: False, 0.2)  # the exporter hooks the panel after the window is built
+        panel.runFinished.emit("done")
+        m = Measurement("ruler", [(50, 60), (150, 60)], index=0)
+        m.compute_on(vol)
+        win.doc.add_measurement(m)
+        out = tmp_path / "gui report"
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", staticmethod(lambda *a, **k: (str(out), "PDF")))
+        opened = []
+        monkeypatch.setattr(QDesktopServices, "openUrl", staticmethod(lambda url: opened.append(url) or True))
+        assert "Export report…" in [a.text().replace("&", "") for a in win.menuBar().actions()[0].menu().actions()]
+        win.a_export_report.trigger()
+        pdf = tmp_path / "gui report.pdf"
+        assert pdf.is_file()
+        assert opened and opened[0].toLocalFile() == str(pdf)
+        pages = pdf_pages_text(pdf)
+        assert all("NOT FOR CLINICAL USE" in t for t in pages)
+        text = flat(pages)
+        assert "DEMO" in text and "cxr-pneumonia" in text and "0.7477" in text
+        assert f"{res.probabilities['pneumonia']:.3f}" in text
+        assert "Measurements in the viewer" in text and "100.0 px" in text
+    finally:
+        win.close()

@@ -132,6 +132,8 @@ def build_menus(self):
     self.recent_menu = m.addMenu("Open &recent")
     m.addSeparator()
     m.addActions([self.a_save, self.a_close])
+    from ..ai.export_report import export_report_action
+    m.addAction(export_report_action(self))  # File → Export report… (PDF, issue 13)
     m.addSeparator()
     m.addAction(self.a_quit)
     m = mb.addMenu("&View")

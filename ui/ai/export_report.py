@@ -1,0 +1,135 @@
+"""File → Export report…: the PDF report of the current study, from the GUI (issue 13).
+
+What goes in: the shown series' header, every model run on it in this session (the latest
+run of each model, as the AI panel showed it: probabilities, decisions, label maps, heat maps,
+explanation region), and the measurements on screen.  The engine lays it out
+(:mod:`imaging_assist.export.report_pdf`); the finished PDF opens in the system viewer
+(``QDesktopServices.openUrl``)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+from PySide6.QtCore import QStandardPaths, Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from imaging_assist.errors import UserError
+
+
+def result_item(res, card, settings: dict | None = None) -> dict:
+    """A results.json item of an in-memory result, as analyze would write it (without files)."""
+    d = res.to_dict()
+    d["heatmaps"] = [h.to_dict() for h in res.heatmaps]
+    override = list((settings or {}).get("override_reasons") or [])
+    if override:
+        d["research_override"] = {"reasons": override}
+    if "probabilities" in d:
+        try:
+            from imaging_assist.models.operating_point import apply_decision
+            apply_decision(d, card, "research override: the model card does not fit this series"
+                           if override else "")
+        except ImportError:  # engine without issue 14's decisions: the thresholds stay
+            pass
+    return d
+
+
+class ReportExporter:
+    """Keeps the runs of the shown series (latest per model) and writes the report."""
+
+    def __init__(self, win):
+        self.win = win
+        self.runs: dict[str, tuple] = {}  # model id -> (result, card, settings)
+        self._volume = None
+        QTimer.singleShot(0, self._hook)
+
+    def _hook(self):
+        panel = getattr(self.win, "model_panel", None)
+        if panel is not None:
+            panel.runFinished.connect(self._on_run)
+
+    def _on_run(self, status: str):
+        panel = self.win.model_panel
+        ctx = panel._run_ctx or {}
+        res = panel.last_result
+        if status != "done" or res is None or ctx.get("volume") is not self.win.doc.volume:
+            return
+        self._track_volume()
+        card = ctx["card"]
+        self.runs[card.id] = (res, card, dict(ctx.get("settings") or {}))
+
+    def _track_volume(self):
+        if self.win.doc.volume is not self._volume:
+            self._volume = self.win.doc.volume
+            self.runs = {}
+
+    def build(self, deidentify: bool = False) -> dict:
+        """The report data of the shown series (the engine's build_report)."""
+        from imaging_assist.export.report_pdf import build_report, item_views, study_header
+
+        vol = self.win.doc.volume
+        if vol is None:
+            raise UserError("open a series first: the report is of the shown series")
+        self._track_volume()
+        items, captured, cards = [], {}, {}
+        header = study_header(vol)
+        for res, card, settings in self.runs.values():
+            d = result_item(res, card, settings)
+            captured[len(items)] = {"header": header, "views": item_views(d, vol, result=res)}
+            cards[card.id] = card
+            items.append(d)
+        meas = []
+        for m in self.win.doc.measurements:
+            if not m.result:
+                continue
+            row = m.to_dict()
+            row["description"] = vol.description
+            meas.append(row)
+        doc = {"tool": "imaging-assist",
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+               "items": items,
+               "notes": [] if items else ["no model was run on this series in this session"]}
+        rep = build_report(doc, captured=captured, cards=cards, measurements=meas,
+                           deidentify=deidentify, load_missing=False)
+        if not items:  # the header of the shown series, even without a model run
+            rep["studies"] = [{"header": header or {"no_dicom": True}, "items": []}]
+        return rep
+
+    def export(self, path: str | None = None, open_after: bool = True) -> Path | None:
+        from imaging_assist.export.report_pdf import write_report_pdf
+
+        win = self.win
+        if win.doc.volume is None:
+            QMessageBox.information(win, "Export report", "Open a series first: the report is of "
+                                                          "the shown series.")
+            return None
+        if path is None:
+            docs = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
+            path, _ = QFileDialog.getSaveFileName(win, "Export report", str(Path(docs) / "report.pdf"),
+                                                  "PDF (*.pdf)")
+            if not path:
+                return None
+        if not path.lower().endswith(".pdf"):
+            path += ".pdf"
+        QGuiApplication.setOverrideCursor(Qt.WaitCursor)
+        try:
+            out = write_report_pdf(self.build(), path)
+        except UserError as e:
+            QMessageBox.warning(win, "Export report", f"The report was not written: {e}")
+            return None
+        finally:
+            QGuiApplication.restoreOverrideCursor()
+        win.statusBar().showMessage(f"Report written to {out}", 8000)
+        if open_after:
+            QDesktopServices.openUrl(QUrl.fromLocalFile(str(out)))
+        return out
+
+
+def export_report_action(win) -> QAction:
+    """File → Export report…; sets ``win.report_exporter`` and ``win.a_export_report``."""
+    win.report_exporter = ReportExporter(win)
+    a = win._act("Export &report…", lambda: win.report_exporter.export(),
+                 tip="Write the PDF report of the shown series (models run, measurements) and open it")
+    win.a_export_report = a
+    return a
