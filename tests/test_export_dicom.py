@@ -29,7 +29,7 @@ from imaging_assist.measure import Measurement  # noqa: E402
 TILT = DICOM / "ct_gantry_tilt_uneven_spacing_ge_subset"
 CR = DICOM / "cr_chest_monochrome1_fuji"
 US = ROOT / "imaging_assist" / "data" / "demo" / "breast_us" / "us_01_breast.dcm"
-CXR = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_01_ap.dcm"
+CXR = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_03_pa.dcm"  # adult PA: fits cxr-lung-seg
 MINI_PDF = (b"%PDF-1.4\n1 0 obj<</Type/Catalog/Pages 2 0 R>>endobj\n2 0 obj<</Type/Pages/Kids[]"
             b"/Count 0>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n")
 
@@ -394,3 +394,35 @@ def test_unknown_label_gets_a_local_code_and_a_warning(tmp_path):
     assert typ.CodingSchemeDesignator == "99IMGAST" and typ.CodeMeaning == "lesion core"
     assert any("no SNOMED CT code" in n and "lesion core" in n for n in notes)
     assert re.fullmatch(r"[A-Z0-9-]{1,16}", typ.CodeValue)
+
+
+def _cli(*argv):
+    r = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "imaging_assist", *map(str, argv)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    return r.returncode, r.stdout, r.stderr
+
+
+def test_cli_analyze_dicom_writes_valid_objects_into_dir_dicom(tmp_path):
+    out = tmp_path / "out"
+    rc, so, se = _cli("analyze", need(CXR), "--model", "cxr-lung-seg", "--out", out, "--dicom")
+    assert rc in (0, 1), se  # 1: an item may fail the card's quality check; objects are still written
+    assert "Traceback" not in se
+    names = sorted(p.name for p in (out / "dicom").iterdir())
+    assert any(n.endswith("_SEG.dcm") for n in names) and any(n.endswith("_SR.dcm") for n in names)
+    assert "report_PDF.dcm" in names
+    for n in names:
+        assert dciodvfy_errors(out / "dicom" / n) == [], n
+    pdf = pydicom.dcmread(out / "dicom" / "report_PDF.dcm")
+    assert pdf.SOPClassUID == "1.2.840.10008.5.1.4.1.1.104.1"
+    assert pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength] == (out / "report.pdf").read_bytes()
+    assert pdf.StudyInstanceUID == pydicom.dcmread(CXR, stop_before_pixels=True).StudyInstanceUID
+    assert re.search(r"wrote \d+ DICOM object\(s\) in .*dicom", se)
+
+
+def test_cli_dicom_for_a_plain_image_says_so_in_one_line_and_writes_the_pdf(tmp_path):
+    img = next(p for p in sorted((need(DICOM.parent / "cxr") / "lung_masks_jsrt").rglob("*.png")))
+    out = tmp_path / "out"
+    rc, so, se = _cli("analyze", img, "--model", "cxr-lung-seg", "--out", out, "--dicom")
+    assert "Traceback" not in se
+    assert [ln for ln in se.splitlines() if "DICOM" in ln] == [f"note: {NO_SOURCE_NOTE}"]
+    assert (out / "report.pdf").is_file() and not (out / "dicom").exists()

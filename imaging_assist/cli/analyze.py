@@ -38,6 +38,8 @@ def register(subparsers) -> None:
     a.add_argument("--no-faithfulness", action="store_true",
                    help="skip the deletion-AUC faithfulness score")
     a.add_argument("--json", action="store_true", help="print results.json to stdout")
+    a.add_argument("--dicom", action="store_true",
+                   help="also write DICOM SEG, Parametric Map, SR and Encapsulated PDF into DIR/dicom/")
     a.add_argument("--research-override", action="store_true",
                    help="run on series the model card does not fit (wrong modality, body part, "
                         "image kind, age or view): decisions withheld, the override recorded")
@@ -167,6 +169,11 @@ def cmd_analyze(args) -> int:
         region = RegionExplainer(card, device=args.device)
     results: list[dict] = []
     captured: dict[int, dict] = {}  # per item: what the PDF report needs from the loaded volume
+    dicom_run = None
+    if getattr(args, "dicom", False):
+        from ..export.dicom import DicomRun
+
+        dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
     skipped: list[str] = []  # items that the loaded volume showed not to fit the card
     failed = 0
     bar = tqdm(total=len(items), desc=f"{card.id}", unit="item", file=sys.stderr,
@@ -225,6 +232,8 @@ def cmd_analyze(args) -> int:
 
                 captured[len(results)] = capture(d, vol, out_dir, res)
                 results.append(d)
+                if dicom_run is not None:  # DICOM SEG/PM/SR while the volume is in memory
+                    dicom_run.add(kind, vol, res, d, stem)
                 if bar.disable:
                     print(_summary(d), file=sys.stderr)
             except Cancelled:
@@ -267,6 +276,9 @@ def cmd_analyze(args) -> int:
     except UserError as e:
         print(f"error: report.pdf not written: {e}", file=sys.stderr)
         failed += 1
+    if dicom_run is not None:
+        dicom_run.finish(out_dir / "report.pdf")
+        failed += dicom_run.failed
     return 1 if failed else 0
 
 

@@ -78,11 +78,11 @@ def plan_dicom_results(volume, results, *, report_pdf=None, measurements=None) -
     return [f"{p.kind}: {p.description}" for p in _plan(results, report_pdf, measurements)]
 
 
-def _plan(results, report_pdf, measurements) -> list[_Plan]:
+def _plan(results, report_pdf, measurements, items=None) -> list[_Plan]:
     plans: list[_Plan] = []
     models: dict[str, list[int]] = {}
     for n, res in enumerate(results):
-        d = _item_dict(res)
+        d = items[n] if items is not None else _item_dict(res)
         if d.get("error"):
             continue
         models.setdefault(str(d.get("model")), []).append(n)
@@ -115,7 +115,8 @@ def _check_out_dir(out_dir: Path, datasets) -> None:
 
 
 def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measurements=None,
-                        warnings: list | None = None, prefix: str = "") -> list[WrittenObject]:
+                        warnings: list | None = None, prefix: str = "",
+                        items: list[dict] | None = None) -> list[WrittenObject]:
     """Write the DICOM result objects of ``results`` (InferenceResult objects of one
     ``volume``) into ``out_dir``; returns what was written.
 
@@ -135,8 +136,12 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     _check_out_dir(out_dir, datasets)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = list(results)
-    items = [_item_dict(r) for r in results]
-    plans = _plan(results, report_pdf, measurements)
+    # the results.json items when the caller has them (they carry what was added after the
+    # run: ood, withheld decisions, warnings); else the results' own dicts
+    items = list(items) if items is not None else [_item_dict(r) for r in results]
+    if len(items) != len(results):
+        raise ValueError("items and results differ in length")
+    plans = _plan(results, report_pdf, measurements, items)
     written: list[WrittenObject] = []
     segs: dict[int, object] = {}
     pms: dict[int, list] = {}
@@ -196,3 +201,63 @@ def _first_sr(plans):
         if p.kind == "SR":
             return p
     return None
+
+
+class DicomRun:
+    """``analyze --dicom``: the objects of each analysed item as it is done (while its
+    Volume is in memory), the Encapsulated PDF of the report at the end; prints what it
+    wrote, and one line for what it could not write."""
+
+    def __init__(self, out_dir, echo=print):
+        self.dir = Path(out_dir) / "dicom"
+        self.echo = echo
+        self.sources: dict[str, object] = {}  # study UID -> a header-only stand-in volume
+        self.written: list[WrittenObject] = []
+        self.failed = 0
+        self._said_plain = False
+
+    def add(self, kind: str, volume, res, item: dict, stem: str) -> None:
+        if kind != "series" or not has_dicom_source(volume):
+            if not self._said_plain:
+                self.echo(f"note: {NO_SOURCE_NOTE}")
+                self._said_plain = True
+            return
+        notes: list[str] = []
+        try:
+            objs = write_dicom_results(volume, [res], self.dir, prefix=stem, items=[item], warnings=notes)
+        except DicomExportError as e:
+            self.failed += 1
+            self.echo(f"error: DICOM objects for {stem} not written: {e}")
+            return
+        self.written += objs
+        for n in dict.fromkeys(notes):
+            self.echo(f"note: {stem}: {n}")
+        try:
+            uid = str(dc.source_datasets(volume)[0].StudyInstanceUID)
+        except DicomExportError:
+            return
+        if uid not in self.sources:
+            from types import SimpleNamespace
+
+            self.sources[uid] = SimpleNamespace(headers=list(volume.headers))
+
+    def finish(self, report_pdf) -> None:
+        from .encapsulated_pdf import build_encapsulated_pdf
+
+        if report_pdf is not None and Path(report_pdf).is_file():
+            for n, stand_in in enumerate(self.sources.values(), 1):
+                try:
+                    datasets = dc.source_datasets(stand_in)
+                    ds = build_encapsulated_pdf(report_pdf, datasets,
+                                                series_number=dc.series_number_after(datasets, 99))
+                except DicomExportError as e:
+                    self.failed += 1
+                    self.echo(f"error: Encapsulated PDF not written: {e}")
+                    continue
+                p = self.dir / ("report_PDF.dcm" if n == 1 else f"report_PDF_{n}.dcm")
+                ds.save_as(p, enforce_file_format=True)
+                self.written.append(WrittenObject(p, "PDF", str(ds.SOPClassUID), "report"))
+        if self.written:
+            kinds = ", ".join(f"{sum(o.kind == k for o in self.written)} {k}"
+                              for k in ("SEG", "PM", "SR", "PDF") if any(o.kind == k for o in self.written))
+            self.echo(f"wrote {len(self.written)} DICOM object(s) in {self.dir} ({kinds})")
