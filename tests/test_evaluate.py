@@ -340,3 +340,14 @@ def test_age_bands_from_dicom_age_strings():
     assert age_years("047Y") == 47 and age_years("018M") == 1.5 and age_years("") is None
     assert age_band("004Y") == "2-5" and age_band("047Y") == "40-64" and age_band("070Y") == ">=65"
     assert age_band("abc") is None and age_band("999Y") is None and age_band("-5") is None
+
+
+def test_a_class_from_one_patient_gets_no_interval_not_a_point():
+    from imaging_assist.validation.evaluate import classification_metrics
+
+    y = np.array([0] * 10 + [1] * 10)
+    p = np.r_[np.linspace(0, 0.9, 10), np.linspace(0.3, 1, 10)]
+    clusters = np.array(["one"] * 10 + [f"p{i}" for i in range(10)])  # all negatives: one patient
+    m = classification_metrics(y, p, 0.5, clusters, n_boot=200)
+    assert m["specificity"]["value"] == pytest.approx(0.5) and "ci95" not in m["specificity"]
+    assert "one patient" in " ".join(m["ci_notes"]) and "ci95" in m["sensitivity"]

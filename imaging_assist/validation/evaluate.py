@@ -350,6 +350,17 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
     else:
         se_ci = sp_ci = None
         how = ""
+    if clusters is not None:  # resampling a single patient gives a point, not an interval
+        c = np.asarray(clusters)
+        for cls, name in ((1, "positive"), (0, "negative")):
+            if 0 < (y == cls).sum() and len(set(c[y == cls].tolist())) < 2:
+                if cls:
+                    se_ci = None
+                else:
+                    sp_ci = None
+                out.setdefault("ci_notes", []).append(
+                    f"no interval for {'sensitivity' if cls else 'specificity'}: every {name} case "
+                    "is from one patient")
     out["sensitivity"] = _val(se, no_pos, se_ci)
     out["specificity"] = _val(sp, no_neg, sp_ci)
     out["sens_spec_ci_method"] = how
