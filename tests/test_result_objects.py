@@ -113,6 +113,15 @@ def test_binary_seg_on_the_ct_lands_on_the_source_voxels(ct, ct_masks, omit):
         assert np.abs(vol.index_to_lps(0, 0, k) - ipp).max() < 1e-4
 
 
+def test_labelmap_seg_on_the_ct_lands_on_the_source_voxels(ct, ct_masks):
+    vol, src = ct
+    data = write_seg(src, ct_masks, ["one", "two"], seg_type="LABELMAP")
+    d = ds_of(data)
+    assert d.SegmentationType == "LABELMAP"
+    seg = read_segmentation(d, vol)
+    assert np.array_equal(seg.label_map(), ct_masks) and not seg.overlaps
+
+
 def test_seg_with_plane_positions_only_is_placed_by_position(ct, ct_masks):
     """Another tool may leave out the source references: the plane position places the frame."""
     vol, src = ct
@@ -499,8 +508,8 @@ def test_more_hostile_values_are_one_line(ct, seg_bytes):
     d.MaximumFractionalValue = 0
     _expect_one_line(read_segmentation, d, vol, match="MaximumFractionalValue")
     d = ds_of(seg_bytes)
-    d.SegmentationType = "LABELMAP"
-    _expect_one_line(read_segmentation, d, vol, match="LABELMAP")
+    d.SegmentationType = "OTHER"
+    _expect_one_line(read_segmentation, d, vol, match="OTHER")
     d = ds_of(seg_bytes)
     del d.PerFrameFunctionalGroupsSequence[5]
     _expect_one_line(read_segmentation, d, vol, match="per-frame")

@@ -348,7 +348,7 @@ class Segmentation:
     segmentation_type: str  # BINARY, FRACTIONAL, LABELMAP
     segments: list[SegmentInfo]
     shape: tuple[int, int, int]
-    # per segment: {slice k: 2-D float32 fraction in [0, 1]} (1.0 for binary)
+    # per segment: {slice k: 2-D float32 fraction in [0, 1]} (bool for binary and label maps)
     _frames: dict[int, dict[int, np.ndarray]] = field(repr=False, default_factory=dict)
     overlaps: dict[tuple[int, int], int] = field(default_factory=dict)  # (a, b) -> voxels
     warnings: list[str] = field(default_factory=list)
@@ -361,7 +361,7 @@ class Segmentation:
         """Segment ``number``'s stored value on the grid (0..1 float32; 1 for binary)."""
         out = np.zeros(self.shape, np.float32)
         for k, f in self._frames.get(number, {}).items():
-            out[k] = np.maximum(out[k], f)
+            out[k] = np.maximum(out[k], f.astype(np.float32, copy=False))
         return out
 
     def mask(self, number: int) -> np.ndarray:
@@ -422,7 +422,7 @@ def _code_meaning(item, seq: str) -> str:
         return ""
 
 
-def _segment_infos(ds, what: str) -> list[SegmentInfo]:
+def _segment_infos(ds, what: str, labelmap: bool = False) -> list[SegmentInfo]:
     seq = ds.get("SegmentSequence") or []
     if len(seq) == 0:
         raise ResultObjectError(f"{what} has no segments (empty SegmentSequence)")
@@ -434,6 +434,9 @@ def _segment_infos(ds, what: str) -> list[SegmentInfo]:
             num = int(item.SegmentNumber)
         except Exception:
             raise ResultObjectError(f"{what}: a segment has no usable SegmentNumber") from None
+        if num == 0 and labelmap and 0 not in seen:
+            seen.add(0)  # a label map's background, described by some writers
+            continue
         if num < 1 or num > 65535 or num in seen:
             raise ResultObjectError(f"{what}: segment number {num} is invalid or repeated")
         seen.add(num)
@@ -474,22 +477,25 @@ def _read_segmentation(ds, volume, what) -> Segmentation:
     if volume.array.ndim != 3:
         raise ResultObjectError(f"{what} cannot be laid on a colour image")
     _check_series(ds, volume, what)
-    segments = _segment_infos(ds, what)
-    by_number = {s.number: s for s in segments}
     seg_type = str(ds.get("SegmentationType") or "").upper()
-    if seg_type not in ("BINARY", "FRACTIONAL"):
+    segments = _segment_infos(ds, what, labelmap=seg_type == "LABELMAP")
+    if not segments:
+        raise ResultObjectError(f"{what} describes only a background")
+    by_number = {s.number: s for s in segments}
+    if seg_type not in ("BINARY", "FRACTIONAL", "LABELMAP"):
         raise ResultObjectError(f"{what}: SegmentationType {seg_type or 'missing'} is not supported "
-                                "(BINARY or FRACTIONAL)")
+                                "(BINARY, FRACTIONAL or LABELMAP)")
+    labelmap = seg_type == "LABELMAP"  # one frame per slice, pixel value = segment number
     n_frames = int(ds.get("NumberOfFrames") or 1)
     grid_shape = tuple(int(v) for v in volume.array.shape)
-    if n_frames > grid_shape[0] * len(segments):
+    if n_frames > grid_shape[0] * (1 if labelmap else len(segments)):
         raise ResultObjectError(f"{what} has {n_frames} frames, more than {grid_shape[0]} slices x "
                                 f"{len(segments)} segments")
     slices = _place_frames(ds, volume, what)
     shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
     per = ds.get("PerFrameFunctionalGroupsSequence") or []
     seg_of_frame = []
-    for f in range(n_frames):
+    for f in range(0 if labelmap else n_frames):
         v = _fg(per[f] if per else None, shared, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
         try:
             num = int(v)
@@ -498,10 +504,11 @@ def _read_segmentation(ds, volume, what) -> Segmentation:
         if num not in by_number:
             raise ResultObjectError(f"{what} frame {f + 1} refers to segment {num}, which is not described")
         seg_of_frame.append(num)
-    if int(ds.get("BitsAllocated") or 0) not in ((1,) if seg_type == "BINARY" else (8,)):
+    bits = {"BINARY": (1,), "FRACTIONAL": (8,), "LABELMAP": (8, 16)}[seg_type]
+    if int(ds.get("BitsAllocated") or 0) not in bits:
         raise ResultObjectError(f"{what}: BitsAllocated {ds.get('BitsAllocated')} for a {seg_type} "
                                 "segmentation")
-    arr = _decoded_pixels(ds, what, 1)
+    arr = _decoded_pixels(ds, what, int(ds.BitsAllocated) // 8 or 1)
     maxv = 1.0
     if seg_type == "FRACTIONAL":
         maxv = float(ds.get("MaximumFractionalValue") or 0)
@@ -509,12 +516,23 @@ def _read_segmentation(ds, volume, what) -> Segmentation:
             raise ResultObjectError(f"{what}: MaximumFractionalValue {ds.get('MaximumFractionalValue')} "
                                     "(1..255 expected)")
     frames: dict[int, dict[int, np.ndarray]] = {s.number: {} for s in segments}
+    if labelmap:
+        if len(set(slices)) != len(slices):
+            raise ResultObjectError(f"{what}: two frames on one slice")
+        unknown = sorted(set(np.unique(arr).tolist()) - set(by_number) - {0})
+        if unknown:
+            raise ResultObjectError(f"{what}: pixel values {unknown[:5]} name no described segment")
+        for f, k in enumerate(slices):
+            for num in np.unique(arr[f]).tolist():
+                if num:
+                    frames[num][k] = arr[f] == num
     for f, (k, num) in enumerate(zip(slices, seg_of_frame)):
         if k in frames[num]:
             raise ResultObjectError(f"{what}: segment {num} has two frames on slice {k + 1}")
-        v = arr[f].astype(np.float32)
         if seg_type == "FRACTIONAL":
-            v = np.minimum(v / np.float32(maxv), np.float32(1.0))
+            v = np.minimum(arr[f].astype(np.float32) / np.float32(maxv), np.float32(1.0))
+        else:
+            v = arr[f] != 0  # binary: kept as bool (a quarter of float32's memory)
         if v.any():
             frames[num][k] = v
     result = Segmentation(description=str(ds.get("SeriesDescription") or ds.get("ContentLabel") or ""),
