@@ -107,7 +107,8 @@ def _identity_window_on_8bit(preset) -> bool:
 def display_values(vol: Volume, unit: int | None, warns: list[str]) -> np.ndarray:
     """uint8 display values of slice ``unit`` ([j, i]) or of every slice ([k, j, i]), as the
     viewer shows the image and a display export (JPEG/PNG) stores it: the file's VOI LUT, else
-    its first window (with VOILUTFunction), MONOCHROME1 inverted (``display.render_slice``).
+    its first window (with VOILUTFunction), then MONOCHROME1 / INVERSE inverted
+    (``display.render_slice``).
 
     8-bit values (0..255) without a window, or with a window that maps them onto themselves,
     are used as stored.  Other values without a window go through the viewer's automatic
@@ -118,15 +119,18 @@ def display_values(vol: Volume, unit: int | None, warns: list[str]) -> np.ndarra
     ks = range(vol.n_slices) if unit is None else [unit]
     a = vol.array if unit is None else vol.array[unit]
     preset = next((p for p in vol.window_presets if p.source in ("voilut", "dicom")), None)
-    m1 = vol.photometric.upper() == "MONOCHROME1"
-    if m1:
+    # the display's inversion: MONOCHROME1 or Presentation LUT Shape INVERSE
+    inverted = display.shows_inverted(vol)
+    if vol.photometric.upper() == "MONOCHROME1":
         warns.append("MONOCHROME1 image inverted (bright = dense) as the model expects")
+    elif inverted:
+        warns.append("image inverted for display (Presentation LUT Shape INVERSE) as the model expects")
     if (preset is None or _identity_window_on_8bit(preset)) and _is_8bit(a):
         img = np.asarray(a).astype(np.uint8)
         why = "the file gives no window" if preset is None else "the file's window leaves them unchanged"
         warns.append(f"DICOM values used as 8-bit display values as stored ({why}), as the model "
                      "was trained on exported images")
-        return 255 - img if m1 else img
+        return 255 - img if inverted else img
     if preset is None:
         preset = display.default_window(vol)
         warns.append(f"the file gives no display window: the model sees the values through an automatic "
