@@ -351,3 +351,22 @@ def test_a_class_from_one_patient_gets_no_interval_not_a_point():
     m = classification_metrics(y, p, 0.5, clusters, n_boot=200)
     assert m["specificity"]["value"] == pytest.approx(0.5) and "ci95" not in m["specificity"]
     assert "one patient" in " ".join(m["ci_notes"]) and "ci95" in m["sensitivity"]
+
+
+def test_segmenter_hd95_in_mm_uses_column_spacing_for_columns(tmp_path):
+    """Spacing (x, y) = (0.5, 2.0) mm: a 3-column shift is 1.5 mm, not 6 mm."""
+    from PIL import Image
+
+    from imaging_assist.validation.evaluate import Case, LabelTable, _segmentation_part
+
+    lm = np.zeros((1, 20, 20), np.uint8)
+    lm[0, 5:10, 5:10] = 1
+    ref = np.zeros((20, 20), np.uint8)
+    ref[5:10, 8:13] = 255
+    Image.fromarray(ref).save(tmp_path / "m.png")
+    table = LabelTable([], "file", "file", None, None, "mask", ["file", "mask"], tmp_path)
+    c = Case(path=tmp_path / "x.dcm", key="x", row={"mask": "m.png"},
+             result={"_label_map": lm, "_spacing": (0.5, 2.0, 1.0), "has_geometry": True})
+    out = _segmentation_part(None, [c], table, [], None, 50, 0, np.array([False]), False)
+    assert out["hd95_unit"] == "mm" and out["overall"]["HD95_mm"]["value"] == pytest.approx(1.5)
+    assert out["overall"]["Dice"]["value"] == pytest.approx(0.4)
