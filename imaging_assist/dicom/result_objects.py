@@ -705,6 +705,9 @@ class StructuredReport:
 
 
 _SKIP_CONTAINERS = {"image library", "image library group"}
+# UCUM codes shown as a reader expects them (others: the code when short, else its meaning).
+_UCUM_SHOWN = {"[hnsf'U]": "HU", "1": "", "{ratio}": "", "%": "%", "mm2": "mm²", "cm2": "cm²",
+               "mm3": "mm³", "cm3": "cm³", "ml": "mL", "mL": "mL"}
 
 
 def read_sr(source) -> StructuredReport:
@@ -800,8 +803,8 @@ def _read_sr(ds) -> StructuredReport:
                     unit_code = str(mv.MeasurementUnitsCodeSequence[0].CodeValue)
                 except Exception:
                     pass
-                items.append(SRItem("measurement", name, f"{num:g}", unit_code if unit_code not in ("1", "{ratio}") and len(unit_code) <= 8 else unit,
-                                    group, num, refs, point))
+                shown_unit = _UCUM_SHOWN.get(unit_code, unit_code if 0 < len(unit_code) <= 6 else unit)
+                items.append(SRItem("measurement", name, f"{num:g}", shown_unit, group, num, refs, point))
             elif vt == "CODE":
                 if name.lower() in ("finding category", "finding site"):
                     continue  # qualifiers of a group, not findings
