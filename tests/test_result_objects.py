@@ -336,6 +336,9 @@ def test_scan_and_info_show_result_objects(study_dir, capsys):
     assert main(["info", "--json", str(study_dir / "sr.dcm")]) == 0
     js = json.loads(capsys.readouterr().out)
     assert any(i["name"] == "Area" for i in js["items"])
+    assert main(["info", str(study_dir / "sr.dcm")]) == 0
+    out = capsys.readouterr().out
+    assert "Length = 42 mm  [series 202 image" in out and "Area = 123.5 mm²  [at " in out
     assert main(["info", str(study_dir / "pm.dcm")]) == 0
     assert "Parametric Map" in capsys.readouterr().out
 

@@ -9,23 +9,27 @@ from ..errors import UserError
 from .common import print_json
 
 
-def _source_volume(index, series):
-    from ..dicom import load_series
-    from ..dicom.result_objects import KIND_NAMES
-    for uid in series.references:
-        src = index.find_series(uid)
-        if src is not None and src.is_image:
-            return load_series(src)
-    # Given the object's own file: look for the referenced series in the folder that holds it.
+def _with_sources(index, series):
+    """An index holding the series ``series`` refers to: ``index``, or (given the object's own
+    file) the index of the folder that holds it."""
+    if any(index.find_series(uid) is not None for uid in series.references):
+        return index
     rec = series.instances[0]
     folder = os.path.dirname(os.path.abspath(rec.path))
     if series.references and rec.member is None and os.path.realpath(index.root) != folder:
         from ..dicom import scan
-        near = scan(folder)
-        for uid in series.references:
-            src = near.find_series(uid)
-            if src is not None and src.is_image:
-                return load_series(src)
+        return scan(folder)
+    return index
+
+
+def _source_volume(index, series):
+    from ..dicom import load_series
+    from ..dicom.result_objects import KIND_NAMES
+    index = _with_sources(index, series)
+    for uid in series.references:
+        src = index.find_series(uid)
+        if src is not None and src.is_image:
+            return load_series(src)
     what = KIND_NAMES[series.result_kind]
     if series.references:
         raise UserError(f"this {what} refers to series {series.references[0]}, which is not found "
@@ -44,6 +48,14 @@ def result_dict(index, series) -> dict:
         return out
     if kind == SR:
         out.update(read_result(rec).to_dict())
+        # name each referenced image by its series number and instance number (headers only)
+        where = {}
+        for s in _with_sources(index, series).all_series():
+            for r in s.instances:
+                where[str(r.get("SOPInstanceUID"))] = (f"series {s.number if s.number is not None else '-'} "
+                                                      f"image {r.get('InstanceNumber', '?')}")
+        for it in out["items"]:
+            it["where"] = next((where[u] for u, _ in it["references"] if u in where), None)
     else:
         vol = _source_volume(index, series)
         obj = read_result(rec, vol)
@@ -76,7 +88,14 @@ def print_result_info(index, series, as_json: bool = False) -> int:
         for it in d["items"]:
             v = f"{it['value']} {it['unit']}".strip()
             g = f"{it['group']}: " if it["group"] else ""
-            refs = f"  [image {it['references'][0][0]}]" if it["references"] else ""
+            if it.get("where"):
+                refs = f"  [{it['where']}]"
+            elif it["references"]:
+                refs = f"  [image {it['references'][0][0]}, not found here]"
+            elif it["point_lps"]:
+                refs = "  [at " + ", ".join(f"{v:.1f}" for v in it["point_lps"]) + " mm LPS]"
+            else:
+                refs = ""
             print(f"  {it['kind']:<11} {g}{it['name']} = {v}{refs}")
     for w in d["warnings"]:
         print(f"warning: {w}")
