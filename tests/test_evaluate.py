@@ -370,3 +370,22 @@ def test_segmenter_hd95_in_mm_uses_column_spacing_for_columns(tmp_path):
     out = _segmentation_part(None, [c], table, [], None, 50, 0, np.array([False]), False)
     assert out["hd95_unit"] == "mm" and out["overall"]["HD95_mm"]["value"] == pytest.approx(1.5)
     assert out["overall"]["Dice"]["value"] == pytest.approx(0.4)
+
+
+def test_a_saved_site_threshold_is_rechecked_by_the_next_evaluation(tmp_path, monkeypatch):
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.models.site import save_site_threshold
+    from imaging_assist.validation.evaluate import evaluate
+    from imaging_assist.validation.evaluate_report import write_pdf
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    data, lab = _kermany_set(tmp_path, n_each=4)
+    rep = evaluate(data, "cxr-pneumonia", lab, n_boot=50)
+    assert "site" not in rep["operating_points"]
+    save_site_threshold(Registry().get("cxr-pneumonia").card, "pneumonia", 0.62, 412, date="2026-12-04")
+    rep = evaluate(data, "cxr-pneumonia", lab, n_boot=50)
+    site = rep["operating_points"]["site"]
+    assert site["threshold"] == 0.62 and site["source"] == "site threshold 0.62, from 412 local studies, 2026-12-04"
+    assert site["overall"]["threshold"] == 0.62
+    (tmp_path / "o").mkdir()
+    write_pdf(rep, tmp_path / "o")

@@ -591,6 +591,11 @@ def _classification_part(card, ok, pos, group_by, cl, n_boot, seed, flagged, has
     card_src = "card" if pos in card.thresholds else "0.5 (the card has no threshold for this label)"
     out: dict = {"positive_label": pos}
     ops = {"card": {"threshold": card_thr, "source": card_src}}
+    from ..models.site import site_thresholds
+
+    saved = site_thresholds(card)[0].get(pos)
+    if saved is not None:  # re-check the site's saved operating point on this data
+        ops["site"] = {"threshold": saved.threshold, "source": saved.note}
     if y.sum() > 0:
         t = E.threshold_for_sensitivity(y, p, target)
         ops["target_sensitivity"] = {"threshold": round(t, 6), "target": target,

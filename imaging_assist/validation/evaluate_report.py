@@ -217,14 +217,17 @@ def _classification_pdf(doc, report):
     doc.heading(f"'{pos}' at two operating points")
     hdr, rows = ["metric"], {}
     names = ("AUC", "sensitivity", "specificity", "PPV", "NPV", "ECE")
-    for key, title in (("card", "card threshold"), ("target_sensitivity", "target-sensitivity threshold")):
+    for key, title in (("card", "card threshold"), ("site", "site threshold"),
+                       ("target_sensitivity", "target-sensitivity threshold")):
         op = ops.get(key) or {}
         if op.get("threshold") is None:
             continue
         hdr.append(f"{title} {op['threshold']:.4g}")
         for name in names:
             rows.setdefault(name, [name]).append(fmt(op["overall"][name]))
-    doc.table(hdr, list(rows.values()), [30, 70, 70])
+    doc.table(hdr, list(rows.values()), [30] + [150 / (len(hdr) - 1)] * (len(hdr) - 1))
+    if ops.get("site"):
+        doc.para(f"Saved {ops['site']['source']}.", 8, color=(90, 90, 90))
     t = ops.get("target_sensitivity") or {}
     if t.get("threshold") is not None:
         doc.para(f"The target-sensitivity threshold ({t['target']:.2f}) was chosen on this same data: "
