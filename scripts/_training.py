@@ -315,8 +315,22 @@ def plot_roc(curves: dict, png: Path, title: str) -> None:
     plt.close(fig)
 
 
+# card blocks written by hand or by other scripts (population/quality_checks: issue 14); a
+# retrain or --evaluate-only that rebuilds model.json keeps them instead of dropping them
+_KEPT_CARD_BLOCKS = ("population", "quality_checks", "ood")
+
+
 def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    path = Path(path)
+    if path.name == "model.json" and isinstance(obj, dict) and path.exists():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            old = {}
+        for k in _KEPT_CARD_BLOCKS:
+            if k not in obj and isinstance(old, dict) and k in old:
+                obj[k] = old[k]
+    path.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
 
 
 def card_for_training(card: dict):
@@ -375,3 +389,18 @@ def load_shipped(net, out: Path) -> tuple[dict, float, float, str]:
     net.eval()
     info = {"epochs_run": old["epochs"], "best_epoch": old["best_epoch"]}
     return info, old["train_seconds"], old["temperature"], old["device"]
+
+
+def keep_card_fields(card: dict, out: Path) -> dict:
+    """``--evaluate-only``: the new card with every top-level field of the shipped card that
+    the script does not write (e.g. ``population``, ``quality_checks`` added by hand or by
+    other tools) kept, in the shipped card's order, so the card changes only where the
+    measurement changed."""
+    f = Path(out) / "model.json"
+    if not f.is_file():
+        return card
+    old = json.loads(f.read_text())
+    skip = {"format", "weights"}  # written by save_model_folder
+    new = {k: (card[k] if k in card else old[k]) for k in old if k not in skip and (k in card or k in old)}
+    new.update({k: v for k, v in card.items() if k not in new})
+    return new
