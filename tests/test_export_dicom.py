@@ -426,3 +426,31 @@ def test_cli_dicom_for_a_plain_image_says_so_in_one_line_and_writes_the_pdf(tmp_
     assert "Traceback" not in se
     assert [ln for ln in se.splitlines() if "DICOM" in ln] == [f"note: {NO_SOURCE_NOTE}"]
     assert (out / "report.pdf").is_file() and not (out / "dicom").exists()
+
+
+def test_gui_export_results_dicom_lists_then_writes_the_same_objects(tmp_path_factory, tmp_path):
+    from _qt import open_window
+
+    from imaging_assist.models.registry import Registry
+
+    w = open_window(tmp_path_factory, str(need(CXR)))
+    try:
+        assert w.a_export_dicom.text().startswith("Export results (&DICOM)")
+        vol = w.doc.volume
+        seg, _ = _results(vol)
+        w.report_exporter._track_volume()
+        w.report_exporter.runs["cxr-lung-seg"] = (seg, Registry().get("cxr-lung-seg").card, {})
+        m = Measurement("ruler", [(20, 30), (120, 90)], index=0)
+        m.compute_on(vol)
+        w.doc.add_measurement(m)
+        plan = w.dicom_exporter.plan()
+        assert [ln.split(":")[0] for ln in plan] == ["SEG", "SR", "PDF"]
+        written = w.dicom_exporter.export(folder=str(tmp_path / "dicom"), confirm=False)
+        assert sorted(o.kind for o in written) == ["PDF", "SEG", "SR"]
+        for o in written:
+            assert dciodvfy_errors(o.path) == [], o.path.name
+        sr = pydicom.dcmread(next(o.path for o in written if o.kind == "SR"))
+        assert [float(it.MeasuredValueSequence[0].NumericValue) for it in _named(sr, "Length")] == \
+            pytest.approx([m.result["length"]])
+    finally:
+        w.close()

@@ -99,7 +99,9 @@ def _classifier_groups(res: dict, datasets, warnings: list) -> list:
             tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"{res.get('model')} {label}"[:64]),
             finding_type=finding_code(label), algorithm_id=algo, measurements=meas,
             qualitative_evaluations=qual or None,
-            source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(datasets[0])]))
+            # a single image is the source; for a series the evidence lists every slice
+            source_images=([hd.sr.SourceImageForMeasurementGroup.from_source_image(datasets[0])]
+                           if len(datasets) == 1 and "NumberOfFrames" not in datasets[0] else None)))
     if flagged:
         warnings.append(f"SR {res.get('model')}: input outside the model's training data: no decision written")
     return groups
@@ -212,6 +214,17 @@ def _fix_references(ds, single_frame_uids: set) -> None:
         _fix_references(item, single_frame_uids)
 
 
+def _in_content(datasets, measurements) -> list:
+    """The source images the content references directly (a single image; the slices of
+    the viewer's measurements).  The image library lists those, not every slice of a
+    series: a 140-slice library took ~10 s to build and adds nothing the evidence (all
+    source instances) and the SEG references do not already say."""
+    if len(datasets) == 1:
+        return list(datasets)
+    ks = sorted({int(m.index) for m in measurements or [] if getattr(m, "axis", 0) == 0})
+    return [datasets[k] for k in ks if 0 <= k < len(datasets)]
+
+
 def _library(datasets) -> list:
     """The images highdicom can describe in the TID 1500 image library (it needs e.g.
     Imager Pixel Spacing for projection images); the others are still in the evidence."""
@@ -261,7 +274,7 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, pms: 
         raise dc.DicomExportError(f"SR for {model}: no finding or measurement to report")
     report = hd.sr.MeasurementReport(
         observation_context=ctx, procedure_reported=_cc("363679005", "SCT", "Imaging procedure"),
-        imaging_measurements=groups, referenced_images=_library(list(datasets) + pms) or None)
+        imaging_measurements=groups, referenced_images=_library(_in_content(datasets, measurements) + pms) or None)
     evidence = list(datasets) + list(segs.values()) + pms
     try:
         sr = hd.sr.Comprehensive3DSR(

@@ -134,6 +134,8 @@ def build_menus(self):
     m.addActions([self.a_save, self.a_close])
     from ..ai.export_report import export_report_action
     m.addAction(export_report_action(self))  # File → Export report… (PDF, issue 13)
+    from ..ai.export_dicom import export_dicom_action
+    m.addAction(export_dicom_action(self))  # File → Export results (DICOM)… (issue 13)
     m.addSeparator()
     m.addAction(self.a_quit)
     m = mb.addMenu("&View")

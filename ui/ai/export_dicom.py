@@ -1,0 +1,101 @@
+"""File → Export results (DICOM)…: the shown series' results as DICOM objects (issue 13).
+
+The same objects as ``imaging-assist analyze --dicom`` (the engine's
+:func:`imaging_assist.export.dicom.write_dicom_results`): a SEG per label map, a Parametric
+Map per heat map, a TID 1500 SR per model with the measurements on screen, and the PDF report
+(E1's :class:`~imaging_assist_ui.ai.export_report.ReportExporter` builds it) encapsulated.
+What will be written is listed first and must be confirmed; a plain image (no DICOM source)
+gets the one-line reason instead.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from PySide6.QtCore import QStandardPaths, Qt
+from PySide6.QtGui import QAction, QGuiApplication
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from imaging_assist.errors import UserError
+
+
+class DicomExporter:
+    def __init__(self, win):
+        self.win = win
+
+    def _runs(self):
+        rep = getattr(self.win, "report_exporter", None)
+        if rep is None:
+            return [], []
+        rep._track_volume()
+        from .export_report import result_item
+
+        results, items = [], []
+        for res, card, settings in rep.runs.values():
+            results.append(res)
+            items.append(result_item(res, card, settings))
+        return results, items
+
+    def plan(self) -> list[str]:
+        """The lines listed before writing (one per object, or why none can be written)."""
+        from imaging_assist.export.dicom import plan_dicom_results
+
+        vol = self.win.doc.volume
+        if vol is None:
+            return ["open a series first: the results are of the shown series"]
+        results, _ = self._runs()
+        meas = [m for m in self.win.doc.measurements if m.result]
+        return plan_dicom_results(vol, results, report_pdf="report.pdf", measurements=meas)
+
+    def export(self, folder: str | None = None, confirm: bool = True) -> list:
+        """Write into ``folder`` (asked when None); returns the WrittenObjects ([] if none)."""
+        from imaging_assist.export.dicom import has_dicom_source, write_dicom_results
+        from imaging_assist.export.report_pdf import write_report_pdf
+
+        win = self.win
+        vol = win.doc.volume
+        title = "Export results (DICOM)"
+        if vol is None or not has_dicom_source(vol):
+            QMessageBox.information(win, title, self.plan()[0]) if confirm else None
+            return []
+        lines = self.plan()
+        if confirm:
+            box = QMessageBox(QMessageBox.Question, title, "These DICOM objects will be written, each as "
+                              "a new series in the study:", QMessageBox.Ok | QMessageBox.Cancel, win)
+            box.setInformativeText("\n".join(f"• {ln}" for ln in lines))
+            if box.exec() != QMessageBox.Ok:
+                return []
+        if folder is None:
+            docs = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
+            folder = QFileDialog.getExistingDirectory(win, title, docs)
+            if not folder:
+                return []
+        results, items = self._runs()
+        meas = [m for m in win.doc.measurements if m.result]
+        QGuiApplication.setOverrideCursor(Qt.WaitCursor)
+        notes: list[str] = []
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                pdf = write_report_pdf(win.report_exporter.build(), Path(tmp) / "report.pdf")
+                written = write_dicom_results(vol, results, folder, report_pdf=pdf, measurements=meas,
+                                              warnings=notes, items=items)
+        except UserError as e:
+            if confirm:
+                QMessageBox.warning(win, title, f"Nothing more was written: {e}")
+            self.last_error = str(e)
+            return []
+        finally:
+            QGuiApplication.restoreOverrideCursor()
+        self.last_notes = notes
+        win.statusBar().showMessage(f"{len(written)} DICOM object(s) written to {folder}", 8000)
+        return written
+
+
+def export_dicom_action(win) -> QAction:
+    """File → Export results (DICOM)…; sets ``win.dicom_exporter`` and ``win.a_export_dicom``."""
+    win.dicom_exporter = DicomExporter(win)
+    a = win._act("Export results (&DICOM)…", lambda: win.dicom_exporter.export(),
+                 tip="Write SEG, Parametric Map, SR and the PDF report of the shown series as DICOM objects")
+    win.a_export_dicom = a
+    return a
