@@ -11,9 +11,13 @@ Two steps, both without Qt:
 * :func:`write_report_pdf` lays that data out (vector, selectable text; images embedded
   losslessly at their own pixel size; A4 or Letter; "NOT FOR CLINICAL USE" on every page).
 
-Library: fpdf2, measured against reportlab on the same report (docs/report.md): fpdf2
-wrote it in about half the time with a file of the same size (both Flate-compress images,
-both embed a subset of the TrueType font), its API is smaller, and it is pure Python.
+Library: fpdf2 2.8.9, measured against reportlab 5.1.0 on the same content (the CT report of
+``scripts/bench_export.py --compare``; docs/report.md): reportlab laid it out in 0.30 s, fpdf2
+in 0.36 s (both far under the 1 s target), but reportlab's file was 30 % larger (172 vs 132 kB,
+both with Flate-compressed images and a subset of the same TrueType font).  fpdf2 is kept: the
+smaller file, a smaller API (tables, multi-cell text) that is easier to carry on, its font's
+glyph table at hand (characters it cannot show are said, never dropped), and it is the one PDF
+library of the project (``imaging-assist evaluate`` uses it too).
 """
 
 from __future__ import annotations
@@ -653,18 +657,20 @@ def _measurement_row(m) -> dict:
 
 # =========================================================================== PDF
 def _font_files() -> tuple[str, str] | None:
-    """DejaVu Sans (regular, bold) for text beyond Latin-1 (patient names, ≥, ²)."""
-    cands = [Path("/usr/share/fonts/truetype/dejavu")]
-    try:
-        import matplotlib  # optional (train extra): ships the same font
-        cands.append(Path(matplotlib.get_data_path()) / "fonts" / "ttf")
-    except Exception:  # noqa: BLE001
-        pass
-    for d in cands:
+    """DejaVu Sans (regular, bold) for text beyond Latin-1 (patient names, ≥, ²): the system's,
+    else matplotlib's copy (optional ``train`` extra; imported only when needed)."""
+    def pair(d: Path):
         r, b = d / "DejaVuSans.ttf", d / "DejaVuSans-Bold.ttf"
-        if r.is_file() and b.is_file():
-            return str(r), str(b)
-    return None
+        return (str(r), str(b)) if r.is_file() and b.is_file() else None
+
+    got = pair(Path("/usr/share/fonts/truetype/dejavu"))
+    if got is None:
+        try:
+            import matplotlib
+            got = pair(Path(matplotlib.get_data_path()) / "fonts" / "ttf")
+        except Exception:  # noqa: BLE001 - no font: Latin-1 core font, missing characters said
+            got = None
+    return got
 
 
 class _Doc:
