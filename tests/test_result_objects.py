@@ -19,6 +19,7 @@ hd = pytest.importorskip("highdicom")  # pinned in pyproject: never missing in t
 from pydicom.sr.codedict import codes  # noqa: E402
 
 from imaging_assist.dicom import load_series, scan  # noqa: E402
+from imaging_assist.layers import Plane  # noqa: E402
 from imaging_assist.dicom.result_objects import (ResultObjectError, read_parametric_map,  # noqa: E402
                                                  read_result, read_segmentation, read_sr, result_kind)
 
@@ -217,6 +218,9 @@ def test_parametric_map_on_the_ct_is_a_heat_map_in_float32_precision(ct):
     assert out.label == "class activation"
     layer = out.layer()
     assert np.asarray(layer.array).shape == vol.array.shape
+    # slices without a frame are transparent, not drawn as the colour of 0 (inside -1..2.5)
+    assert (layer.render_argb32(Plane.native(), 10) >> 24 == 0).all()
+    assert (layer.render_argb32(Plane.native(), 70) >> 24 > 0).any()
 
 
 # ---------------------------------------------------------------- SR (TID 1500)

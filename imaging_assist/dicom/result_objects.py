@@ -575,8 +575,9 @@ class ParametricMap:
 
     def layer(self):
         from ..layers import HeatmapLayer
-        arr = np.nan_to_num(self.array, nan=0.0)
-        return HeatmapLayer(self.description or self.label or "Parametric map", arr)
+        # NaN (slices the map does not cover) stays NaN: transparent, never a colour for 0
+        return HeatmapLayer(self.description or self.label or "Parametric map", self.array,
+                            units=self.units if self.units not in ("no units", "1") else "")
 
     def to_dict(self) -> dict:
         finite = self.array[np.isfinite(self.array)]
