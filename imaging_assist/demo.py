@@ -193,6 +193,13 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     res.source = series_source(vol, f"{demo_root()} (series {series.uid})")
     d = write_item_files(res, vol, out, stem)
     d["source"] = res.source
+    # issue 14: decisions quote the card's test-split figures; segmentations get its quality checks
+    from .inference.quality import attach_quality
+    from .models.operating_point import apply_decision
+
+    if "probabilities" in d:
+        apply_decision(d, card)
+    attach_quality(d, getattr(res, "label_map", None), card)
     if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
             and res.label_map.shape[0] == 1:  # a single image: the label map also as an 8-bit PNG
         f = f"{stem}_labels.png"
@@ -288,7 +295,12 @@ def _json_default(o):
 def analysis_lines(d: dict) -> list[str]:
     """One line per finding / structure / heat map of a results.json item."""
     lines = []
-    for lab, p in (d.get("probabilities") or {}).items():
+    decision = d.get("decision") or {}
+    if decision.get("text"):  # most likely class first, decisions with their test-split figures
+        probs = d.get("probabilities") or {}
+        lines.append(", ".join(f"{k} {probs[k]:.3f}" for k in decision.get("ranking") or probs))
+        lines += [x["text"] for x in decision.get("labels") or [] if x.get("text")]
+    for lab, p in (() if decision.get("text") else (d.get("probabilities") or {}).items()):
         dec = (d.get("decisions") or {}).get(lab)
         if dec:
             lines.append(f"{lab} {p:.3f} {'≥' if dec['positive'] else '<'} {dec['threshold']:g} → "
@@ -299,6 +311,8 @@ def analysis_lines(d: dict) -> list[str]:
     if d.get("task") == "segmentation" and sizes:
         unit = "mm²" if d.get("area_mm2") else "px"
         lines.append(", ".join(f"{k} {v:,.0f} {unit}" for k, v in sizes.items() if k != "background"))
+    if (d.get("quality") or {}).get("text"):
+        lines.append(d["quality"]["text"])
     for h in d.get("heatmaps") or []:
         lines.append(f"{h['method']} heat map of {h['label']}")
     er = d.get("explanation_region")

@@ -234,7 +234,8 @@ def test_classifier_scores_match_engine_and_heatmap_layer(win, panel, models):
     m = re.match(r"hyperdense (\d\.\d+) (≥|<) 0\.5 → (positive|negative)", hyper)
     assert m and float(m.group(1)) == pytest.approx(ref.probabilities["hyperdense"], abs=5e-4)
     assert (m.group(3) == "positive") == ref.decisions["hyperdense"]["positive"]
-    assert "sensitivity 0.90, specificity 0.80" in hyper
+    # issue 14: the card's threshold figures come from validation (where it was chosen): not quoted
+    assert "sensitivity 0.90" not in hyper and "validation figures are not quoted" in hyper
     assert any("over 28 slices" in s for s in shown)
     # device, timings and the faithfulness of the heat map are shown
     assert any(s.startswith("cpu · fp32") and "total" in s for s in shown)
@@ -330,12 +331,23 @@ def test_sha_mismatch_and_invalid_card_are_one_line_errors(win, panel, models):
 
 
 def test_wrong_modality_runs_manually_with_a_visible_warning(win, panel, models):
+    """Issue 14: a model the card does not fit is refused with the reason; only the explicit
+    research override runs it, with the override shown and the decisions withheld."""
     assert panel.select_model("cxr-toy")
     assert "Not made for this series" in panel.details.text()
     panel.set_method(None)
-    assert run_and_wait(panel) == "done", panel.error_text()
+    assert not panel.run()
+    assert "not made for this series" in panel.error_text() and "the series is CT" in panel.error_text()
+    panel.override.setChecked(True)
+    try:
+        assert run_and_wait(panel) == "done", panel.error_text()
+    finally:
+        panel.override.setChecked(False)
     assert panel.warnings.isVisible()
     assert any("modality CT is not one model cxr-toy was made for" in w for w in panel.warning_texts())
+    shown = " ".join(panel.shown_lines())
+    assert "Research override" in shown and "Decisions withheld" in shown
+    assert "positive" not in shown.replace("Research override", "")
 
 
 def test_model_card_dialog(win, panel):

@@ -30,7 +30,7 @@ import numpy as np
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (QApplication, QComboBox, QFileDialog, QFormLayout, QHBoxLayout,
-                               QHeaderView, QLabel, QProgressBar, QPushButton, QSizePolicy,
+                               QCheckBox, QHeaderView, QLabel, QProgressBar, QPushButton, QSizePolicy,
                                QTextBrowser, QToolButton, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
@@ -196,7 +196,8 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
                 .apply(res, volume, progress.stage(0.9, 0.98))
         progress(0.98, "preparing the overlays…")
         layers, notes = build_layers(res, card)  # numpy work stays off the GUI thread
-        payload = (res, {"layers": layers, "notes": notes, "html": result_html(res, card, load_s)})
+        html = result_html(res, card, load_s, override=settings.get("override_reasons") or [])
+        payload = (res, {"layers": layers, "notes": notes, "html": html})
         status = "done"
     except Cancelled as e:
         status, err = "cancelled", e
@@ -239,8 +240,45 @@ def build_layers(res, card):
     return layers, notes
 
 
-def result_html(res, card, load_s) -> str:
-    """The results as HTML: findings against the thresholds, sizes, heat maps, timings."""
+def _findings_html(out: list, res, card, withheld: str, p: str, mut: str) -> None:
+    """Most likely class first; decisions as models.operating_point words them ("" or why
+    the decisions are withheld)."""
+    from imaging_assist.models.operating_point import decide_item, operating_point_text
+
+    probs = {k: float(v) for k, v in res.probabilities.items()}
+    dec = decide_item(card, probs, withheld)
+    by_label = {x["label"]: x for x in dec["labels"]}
+    for lab in dec["ranking"]:
+        x = by_label.get(lab)
+        d = (res.decisions or {}).get(lab)
+        if x is None or d is None:
+            head, _, rest = decision_text(lab, probs[lab], None).partition(" ")
+            out.append(f"{p}<b>{esc(head)}</b> <span style='{mut}'>{esc(rest)}</span></p>")
+        elif x["state"] == "withheld":
+            out.append(f"{p}<span style='{mut}'>{esc(lab)} {probs[lab]:.3f} · decision withheld "
+                       f"({esc(withheld)})</span></p>")
+        else:
+            text = decision_text(lab, probs[lab], d)  # "label p ≥ t → positive"
+            head, _, rest = text.partition(" ")
+            verdict = rest.rsplit(" ", 1)[-1]
+            body = rest[: -len(verdict)]
+            if x["state"] == "review":  # a rule-out threshold under a more probable class
+                verdict, col = "above rule-out threshold: review", WARN_FG
+            else:
+                col = POSITIVE_COLOR if x["state"] == "positive" else NEGATIVE_COLOR
+            op = operating_point_text(x["operating_point"])
+            out.append(f"{p}<b>{esc(head)}</b> {esc(body)}<b style='color:{col}'>{esc(verdict)}</b>"
+                       + (f" <span style='{mut}'>({'test: ' if x['operating_point'].get('test') else ''}"
+                          f"{esc(op)})</span>" if op else "") + "</p>")
+
+
+def result_html(res, card, load_s, override: list[str] | None = None) -> str:
+    """The results as HTML: findings against the thresholds, sizes, heat maps, timings.
+
+    Issue 14: findings most likely class first, each decision with the card's independent
+    test-split figures (models/operating_point.py); a low rule-out threshold reads "review";
+    a research override withholds every decision (probabilities greyed); a segmentation
+    is checked against the card's quality_checks (inference/quality.py)."""
     mut = f"color:{MUTED}"
     p = "<p style='margin:2px 0'>"
     out = [f"<p style='margin:0 0 2px 0'><b>{esc(card.name)}</b></p>",
@@ -250,9 +288,22 @@ def result_html(res, card, load_s) -> str:
     def section(title):
         out.append(f"<p style='margin:8px 0 2px 0; {mut}; font-weight:600'>{esc(title)}</p>")
 
+    if override:
+        out.append(f"{p}<b style='color:{WARN_FG}'>Research override: the model card does not fit this "
+                   f"series ({esc('; '.join(override))}). Decisions withheld.</b></p>")
+    ood = getattr(res, "ood", None) or {}  # issue 14: image unlike the training data (validation.ood)
+    if ood.get("flagged"):
+        why = "; ".join(ood.get("reasons") or [])
+        out.append(f"{p}<b style='color:{WARN_FG}'>⚠ Outside what this model was trained on</b>"
+                   + (f" <span style='color:{WARN_FG}'>({esc(why)})</span>" if why else "")
+                   + (" · decisions withheld" if card.task == "classification" else "") + "</p>")
     if card.task == "classification":
         section("Findings")
-        for lab in res.labels:
+        withheld = ("research override" if override else
+                    "outside what this model was trained on" if ood.get("flagged") else "")
+        if res.probabilities:
+            _findings_html(out, res, card, withheld, p, mut)
+        for lab in ([] if res.probabilities else res.labels):
             if lab not in res.probabilities:
                 continue
             pr = float(res.probabilities[lab])
@@ -293,6 +344,12 @@ def result_html(res, card, load_s) -> str:
             out.append(f"{p}<span style='color:rgb({r},{g},{b})'>■</span> {esc(line)}{link}</p>")
         if not lines:
             out.append(f"{p}<span style='{mut}'>no structures</span></p>")
+        if lm is not None and getattr(card, "quality_checks", None) is not None:
+            from imaging_assist.inference.quality import check_segmentation
+
+            q = check_segmentation(lm, card.labels, card.quality_checks)
+            col = OK_COLOR if q["passed"] else ERROR_FG
+            out.append(f"{p}<b style='color:{col}'>{esc(q['text'])}</b></p>")
     if res.heatmaps:
         section("Heat maps")
         for hm in res.heatmaps:
@@ -419,6 +476,11 @@ class ModelPanel(QWidget):
         form.addRow("Device", self.device)
         form.addRow("Explanation", self.method)
         form.addRow("Target", self.target)
+        self.override = QCheckBox("Research override")
+        self.override.setToolTip("Run the selected model on a series its card does not fit "
+                                 "(modality, body part, image kind, age, view): research only, "
+                                 "decisions withheld, the override is shown with the result")
+        form.addRow("", self.override)
 
         self.run_btn = QPushButton("▶  Run")
         self.run_btn.setToolTip("Run the selected model on the shown series")
@@ -855,8 +917,14 @@ class ModelPanel(QWidget):
             return False
         from imaging_assist.inference.jobs import submit
 
+        m = match_card(e.card, series_facts(vol, getattr(self.doc, "series", None)))
+        if not m.ok and not self.override.isChecked():
+            self._show_error(f"{e.card.id} is not made for this series: {m.reason}. Tick "
+                             "'Research override' to run it anyway (decisions withheld).")
+            return False
         settings = {"device": self.device.currentData(), "method": self.method.currentData(),
-                    "labels": self.target.currentData() if self.method.currentData() else None}
+                    "labels": self.target.currentData() if self.method.currentData() else None,
+                    "override_reasons": list(m.reasons) if not m.ok else []}
         self._run_token += 1
         token = self._run_token
         self._run_ctx = {"entry": e, "card": e.card, "volume": vol, "settings": settings,
