@@ -547,3 +547,37 @@ def test_hostile_structured_reports_are_one_line(ct):
     item.ValueType, item.RelationshipType, item.TextValue = "TEXT", "CONTAINS", "x"
     sr.ContentSequence = [item] * 100_001
     _expect_one_line(read_sr, sr, match="content items")
+
+
+def test_a_result_object_sharing_its_source_series_uid_never_hides_the_images(tmp_path, ct, seg_bytes):
+    """A writer that reuses the source's SeriesInstanceUID: the images stay one loadable stack
+    and the SEG becomes a result part of its own (a series is never both)."""
+    vol, _ = ct
+    for f in sorted(need(CT_PHANTOM).glob("*.dcm")):
+        os.symlink(f, tmp_path / f.name)
+    d = ds_of(seg_bytes)
+    d.SeriesInstanceUID = vol.series_uid
+    d.save_as(tmp_path / "seg.dcm")
+    idx = scan(str(tmp_path))
+    images = idx.image_series()
+    assert len(images) == 1 and images[0].n_instances == 140
+    (res,) = [s for s in idx.all_series() if s.result_kind]
+    assert res.result_kind == "SEG" and res.n_instances == 1 and res.key != images[0].key
+
+
+def test_a_single_frame_seg_sharing_a_projection_series_uid_is_its_own_part(tmp_path, cr):
+    vol, src = cr
+    ds = pydicom.dcmread(str(vol.headers[0].path), force=True)
+    ds.PhotometricInterpretation = "MONOCHROME2"  # same size and colour model as the SEG
+    ds.file_meta = src[0].file_meta
+    ds.save_as(tmp_path / "cr.dcm")
+    m = np.zeros(vol.array.shape, bool)
+    m[0, 100:200, 100:200] = True
+    d = ds_of(write_seg(src, m, ["x"]))
+    d.SeriesInstanceUID = vol.series_uid
+    d.save_as(tmp_path / "seg.dcm")
+    idx = scan(str(tmp_path))
+    assert [s.n_instances for s in idx.image_series()] == [1]
+    assert [s.result_kind for s in idx.all_series() if s.result_kind] == ["SEG"]
+    img = idx.image_series()[0]
+    assert img.instances[0].path.endswith("cr.dcm")

@@ -711,7 +711,8 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
     groups: dict[tuple, list[InstanceRecord]] = defaultdict(list)
     for r in recs:
         k = (r.rows, r.columns, r.samples, str(r.get("PhotometricInterpretation", "")),
-             _orientation_key(r) if r.frames == 1 else None, r.has_pixels)
+             _orientation_key(r) if r.frames == 1 else None, r.has_pixels,
+             result_kind(r.get("SOPClassUID")))  # a SEG/PM/SR never joins its images
         groups[k].append(r)
     reasons = []
     if len(groups) > 1:
@@ -722,6 +723,8 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
             reasons.append("mixed orientations")
         if len({(k[2], k[3]) for k in groups}) > 1:
             reasons.append("mixed colour models")
+        if len({k[6] for k in groups}) > 1:
+            reasons.append("result objects (SEG, Parametric Map, SR) share the images' series UID")
     parts: list[tuple[list[InstanceRecord], str]] = []
     for _, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         for sub, why in _split_duplicates(members):
