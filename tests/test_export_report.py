@@ -150,6 +150,7 @@ def test_report_text_on_every_page_and_renders(two_studies_pdf, ct_volume, tmp_p
     assert "mL" in text and "Pixel Spacing of the file" in text
     assert "bone" in text and "brain" in text and "Grad-CAM heat map of brain" in text
     assert "of 140" in text  # key slice of the 140-slice series
+    assert "image left R, right L, top A, bottom P" in text  # the viewer's orientation letters
     # CR: findings with the card's threshold and validation sensitivity/specificity with CIs
     assert "pneumonia" in text and "0.800" in text and "0.7477" in text and "positive" in text
     assert "0.95 (0.93-0.97)" in text and "0.98 (0.96-1.00)" in text

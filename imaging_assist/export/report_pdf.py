@@ -231,6 +231,10 @@ def item_views(item: dict, volume, base_dir=None, result=None) -> list[dict]:
     views: list[dict] = []
     n = volume.n_slices
     window = _window_text(volume)
+    if getattr(volume, "has_geometry", False):  # the viewer's edge letters, said in words
+        o = volume.orientation_labels()
+        if all(o.get(k) for k in ("left", "right", "top", "bottom")):
+            window += f"; image left {o['left']}, right {o['right']}, top {o['top']}, bottom {o['bottom']}"
     aspect = _aspect(volume)
     lm = getattr(result, "label_map", None) if result is not None else None
     if lm is None and item.get("task") == "segmentation":
