@@ -581,3 +581,19 @@ def test_a_single_frame_seg_sharing_a_projection_series_uid_is_its_own_part(tmp_
     assert [s.result_kind for s in idx.all_series() if s.result_kind] == ["SEG"]
     img = idx.image_series()[0]
     assert img.instances[0].path.endswith("cr.dcm")
+
+
+def test_analyze_never_takes_a_result_object_as_model_input(tmp_path, cr):
+    """Even under --research-override, a SEG beside the image is skipped with its reason."""
+    from imaging_assist.cli.analyze import _collect_inputs
+    from imaging_assist.models.card import load_card
+    from conftest import ROOT
+    vol, src = cr
+    os.symlink(vol.headers[0].path, tmp_path / "cr.dcm")
+    m = np.zeros(vol.array.shape, bool)
+    m[0, 100:200, 100:200] = True
+    (tmp_path / "seg.dcm").write_bytes(write_seg(src, m, ["x"]))
+    card = load_card(ROOT / "weights" / "cxr-pneumonia")
+    items, notes = _collect_inputs(tmp_path, card, override=True)
+    assert [p.result_kind for kind, p, _ in items if kind == "series"] == [None]
+    assert any("skipped: a result object" in n for n in notes)

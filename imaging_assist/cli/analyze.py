@@ -99,6 +99,10 @@ def _collect_inputs(path: Path, card, exclude=(), override: bool = False):
             if not is_plain_image(pr.path) and Path(pr.path).suffix.lower() not in _NOT_IMAGES:
                 notes.append(f"{pr.path}: {pr.reason}")
         for n, s in enumerate(index.all_series()):
+            if getattr(s, "result_kind", None):  # SEG / Parametric Map / SR / PDF: never model input
+                notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: a result object, "
+                             "not an image")
+                continue
             m = match_card(card, SeriesFacts.from_series(s))
             if not m.ok and override:
                 notes.append(f"series {s.key} run under --research-override: {m.reason}")
