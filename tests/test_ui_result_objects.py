@@ -138,3 +138,22 @@ def test_choosing_a_result_whose_series_is_missing_says_so_in_one_line(win):
     assert "1.2.3.999" in msg and "not in this study" in msg and "\n" not in msg
     assert win.current_key == shown and win.load_state == "done"
     assert not any("orphan" in layer.name for layer in win.doc.layers.layers)
+
+
+def test_opening_with_a_result_series_chosen_shows_its_source_with_it(tmp_path_factory, study):
+    """`view PATH --series SEG_UID`: the series it refers to is loaded, the SEG over it."""
+    from imaging_assist_ui.app import make_app
+    from imaging_assist_ui.main_window import MainWindow
+    from PySide6.QtCore import QSettings
+    seg_uid = pydicom.dcmread(str(study["dir"] / "seg_labels.dcm"), stop_before_pixels=True).SeriesInstanceUID
+    make_app()
+    w = MainWindow(settings=QSettings(str(tmp_path_factory.mktemp("cfg2") / "s.ini"), QSettings.IniFormat))
+    try:
+        w.show()
+        w.open_path(str(study["dir"]), series=seg_uid)
+        assert wait_until(lambda: w.load_state == "done"), w.last_error
+        assert w.doc.volume is not None and w.doc.volume.array.shape == study["vol"].array.shape
+        assert w.current_key == w.loading.index.image_series()[0].key
+        assert wait_until(lambda: any(layer.name == "test seg" for layer in w.doc.layers.layers), 10)
+    finally:
+        w.close()

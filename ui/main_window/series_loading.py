@@ -112,6 +112,9 @@ class SeriesLoading(QObject):
         chosen = None
         if self._pending_series:
             chosen = index.find_series(self._pending_series)
+            if chosen is not None and chosen.result_kind:  # a SEG/PM/SR: its source, with it
+                chosen = next((t for t in map(index.find_series, chosen.references)
+                               if t is not None and t.is_image), None)
             if chosen is None:
                 self.w.show_banner(f"Series {self._pending_series} not found; showing the largest series instead.")
         if chosen is None:
