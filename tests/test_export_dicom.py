@@ -454,3 +454,23 @@ def test_gui_export_results_dicom_lists_then_writes_the_same_objects(tmp_path_fa
             pytest.approx([m.result["length"]])
     finally:
         w.close()
+
+
+def test_explanation_region_structures_get_a_seg_the_sr_references(tmp_path):
+    vol = _load(CXR)
+    seg, cl = _results(vol)
+    cl.region_map = seg.label_map.copy()
+    cl.explanation_region = {"name": "lungs", "model": "cxr-lung-seg", "model_version": "1.0.0",
+                             "labels": ["right_lung", "left_lung"], "area_unit": "px",
+                             "areas": {"right_lung": 111.0, "left_lung": 222.0}, "fraction_inside": 0.4}
+    objs = write_dicom_results(vol, [cl], tmp_path / "d")
+    assert sorted(o.kind for o in objs) == ["PM", "SEG", "SR"]
+    s = pydicom.dcmread(_by_kind(objs, "SEG")[0].path)
+    assert [x.SegmentedPropertyTypeCodeSequence[0].CodeMeaning for x in s.SegmentSequence] == ["Right lung", "Left lung"]
+    sr = pydicom.dcmread(_by_kind(objs, "SR")[0].path)
+    refs = [r for it in _sr_items(sr) for r in (getattr(it, "ReferencedSOPSequence", None) or [])
+            if r.ReferencedSOPInstanceUID == s.SOPInstanceUID]
+    assert sorted(int(r.ReferencedSegmentNumber) for r in refs) == [1, 2]
+    assert [float(it.MeasuredValueSequence[0].NumericValue) for it in _named(sr, "Area")] == [111.0, 222.0]
+    for o in objs:
+        assert dciodvfy_errors(o.path) == [], o.path.name

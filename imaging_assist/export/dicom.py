@@ -144,6 +144,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     plans = _plan(results, report_pdf, measurements, items)
     written: list[WrittenObject] = []
     segs: dict[int, object] = {}
+    region_segs: dict[int, object] = {}  # the explanation region's structures, per classifier item
     pms: dict[int, list] = {}
     stem = _name(prefix) + "_" if prefix else ""
 
@@ -167,6 +168,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
                 seg = build_seg(volume, res.region_map, ["background"] + list(er["labels"]),
                                 model_id=er.get("model", "region"), model_version=er.get("model_version", ""),
                                 series_number=sn, datasets=datasets, warnings=warnings)
+                region_segs[plan.item] = seg
                 save(seg, "SEG", plan.description, f"{_name(er.get('model', 'region'))}_region_SEG")
             else:
                 seg = build_seg(volume, res.label_map, d["labels"], model_id=d["model"],
@@ -186,6 +188,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
             idx = plan.extra["items"]
             model_items = [items[i] for i in idx]
             sr = build_sr(volume, model_items, segs={j: segs[i] for j, i in enumerate(idx) if i in segs},
+                          region_segs={j: region_segs[i] for j, i in enumerate(idx) if i in region_segs},
                           pms=[p for i in idx for p in pms.get(i, [])],
                           measurements=measurements if plan is _first_sr(plans) else None,
                           datasets=datasets, series_number=sn, warnings=warnings)

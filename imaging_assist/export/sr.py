@@ -113,6 +113,8 @@ def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
     algo = _algo(res.get("model"), res.get("model_version"))
     labels = res.get("labels") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if isinstance(labels, dict) else list(labels)
+    if res.get("volume_ml") is not None and not res.get("volume_ml"):
+        res = dict(res, volume_ml=None)
     if res.get("volume_ml"):
         sizes, unit, name = res["volume_ml"], "ml", _cc("118565006", "SCT", "Volume")
     elif res.get("area_mm2"):
@@ -240,7 +242,8 @@ def _library(datasets) -> list:
     return out
 
 
-def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, pms: list | None = None,
+def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, region_segs: dict | None = None,
+             pms: list | None = None,
              measurements=None, datasets=None, series_number: int = 9903,
              series_uid: str | None = None, warnings: list | None = None):
     """A ``highdicom.sr.Comprehensive3DSR`` for one model's results.json items on ``volume``.
@@ -253,6 +256,7 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, pms: 
     warnings = warnings if warnings is not None else []
     datasets = datasets if datasets is not None else dc.source_datasets(volume)
     segs = segs or {}
+    region_segs = region_segs or {}
     pms = list(pms or [])
     model = model_items[0].get("model") if model_items else "viewer"
     version = model_items[0].get("model_version") if model_items else dc.software_version()
@@ -267,6 +271,14 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, pms: 
             continue
         if "probabilities" in res and isinstance(res.get("probabilities"), dict):
             groups += _classifier_groups(res, datasets, warnings)
+            er = res.get("explanation_region") or {}
+            if n in region_segs and er.get("labels"):
+                # the structures the heat map was measured against, with their sizes
+                unit = {"mm2": "area_mm2", "mL": "volume_ml", "px": "area_px"}.get(er.get("area_unit"))
+                region_item = {"model": er.get("model"), "model_version": er.get("model_version"),
+                               "labels": ["background"] + list(er["labels"]), "voxel_counts": {},
+                               unit or "area_px": er.get("areas") if unit else None}
+                groups += _segmentation_groups(region_item, region_segs[n], volume, datasets)
         elif "voxel_counts" in res:
             groups += _segmentation_groups(res, segs.get(n), volume, datasets)
     groups += _viewer_groups(measurements, volume, datasets, warnings)
@@ -275,7 +287,7 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, pms: 
     report = hd.sr.MeasurementReport(
         observation_context=ctx, procedure_reported=_cc("363679005", "SCT", "Imaging procedure"),
         imaging_measurements=groups, referenced_images=_library(_in_content(datasets, measurements) + pms) or None)
-    evidence = list(datasets) + list(segs.values()) + pms
+    evidence = list(datasets) + list(segs.values()) + list(region_segs.values()) + pms
     try:
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence, content=report, series_instance_uid=series_uid or dc.new_uid(),
