@@ -437,6 +437,9 @@ def test_fuzzed_segs_load_exactly_or_fail_in_one_line(ct, seg_bytes, ct_masks, t
             data[pos] = rnd.randrange(256)
         p = tmp_path / f"f{n}.dcm"
         p.write_bytes(bytes(data))
+        idx = scan(str(p))  # the index never raises: a series or a problem with its reason
+        assert len(idx.all_series()) + len(idx.problems) == 1
+        assert all(s.result_kind == "SEG" for s in idx.all_series() if s.is_image is False and s.instances)
         try:
             seg = read_segmentation(str(p), vol)
         except ResultObjectError as e:
