@@ -389,3 +389,20 @@ def test_gui_file_export_report_writes_and_opens_the_pdf(qapp, tmp_path_factory,
         assert "Measurements in the viewer" in text and "100.0 px" in text
     finally:
         win.close()
+
+
+def test_whole_slide_item_shows_areas_summary_and_overview(tmp_path):
+    from PIL import Image
+
+    from imaging_assist.export.report_pdf import build_report, write_report_pdf
+
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / "ov.png")
+    item = {"kind": "slide", "model": "path-lung-tissue", "model_version": "1.0.0", "source": "/x/s.svs",
+            "areas": {"adenocarcinoma": 1.25, "benign": 3.5}, "area_unit": "mm2",
+            "mean_probabilities": {"adenocarcinoma": 0.2, "benign": 0.7, "squamous": 0.1},
+            "files": {"overview_png": "ov.png"}, "warnings": ["the model's MPP is an assumption"]}
+    rep = build_report({"items": [item]}, base_dir=tmp_path)
+    text = flat(pdf_pages_text(write_report_pdf(rep, tmp_path / "s.pdf")))
+    assert "adenocarcinoma" in text and "1.2" in text and "tissue area of the analysed tiles by their most probable class" in text
+    assert "not a slide diagnosis" in text and "benign 0.700" in text
+    assert "the model's MPP is an assumption" in text and "ov.png" in text

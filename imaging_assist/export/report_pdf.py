@@ -439,6 +439,13 @@ def _withheld_reason(item: dict) -> str:
 
 
 def _sizes(item: dict) -> dict | None:
+    if item.get("kind") == "slide" and isinstance(item.get("areas"), dict):
+        unit = {"mm2": "mm²", "px": "px²"}.get(str(item.get("area_unit")), str(item.get("area_unit") or ""))
+        src = "slide MPP" if item.get("area_unit") == "mm2" else "none"
+        return {"unit": unit, "values": {str(k): float(v) for k, v in item["areas"].items()},
+                "spacing_source": src,
+                "spacing_text": "tissue area of the analysed tiles by their most probable class; "
+                                + ("the slide's microns per pixel" if src != "none" else SPACING_WORDS["none"])}
     if item.get("task") != "segmentation":
         return None
     src = item.get("spacing_source") or "none"
@@ -521,9 +528,15 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
             notes.append(f"key images not rendered: {_one_line(e)}")
             views = None
     if views is None:
+        keys = list(it.get("key_images") or [])
+        if it.get("kind") == "slide":  # whole-slide: the overview coloured by the most probable class
+            keys = [(it.get("files") or {}).get("overview_png")] if isinstance(it.get("files"), dict) else []
         views = [{"kind": "file", "title": Path(k).name, "file": str(base / k) if base else k,
                   "plain": None, "overlay": None}
-                 for k in it.get("key_images") or [] if base is not None and (base / k).is_file()]
+                 for k in keys if isinstance(k, str) and base is not None and (base / k).is_file()]
+    if it.get("kind") == "slide" and isinstance(it.get("mean_probabilities"), dict):
+        notes.append("whole slide: tissue-weighted mean tile probabilities (a summary, not a slide "
+                     "diagnosis): " + ", ".join(f"{k} {float(v):.3f}" for k, v in it["mean_probabilities"].items()))
     ood = it.get("ood") if isinstance(it.get("ood"), dict) else None
     warnings = list(dict.fromkeys([str(w) for w in (it.get("warnings") or [])]
                                   + [str(w) for w in (it.get("explanation_region") or {}).get("warnings", [])]
