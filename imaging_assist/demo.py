@@ -200,6 +200,12 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     if "probabilities" in d:
         apply_decision(d, card)
     attach_quality(d, getattr(res, "label_map", None), card)
+    if isinstance(d.get("explanation_region"), dict) and getattr(res, "region_map", None) is not None:
+        from .inference.quality import attach_region_quality
+
+        seg = next((e.card for e in models.entries if e.card is not None
+                    and e.card.id == d["explanation_region"].get("model")), None)
+        attach_region_quality(d, res.region_map, seg)
     if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
             and res.label_map.shape[0] == 1:  # a single image: the label map also as an 8-bit PNG
         f = f"{stem}_labels.png"

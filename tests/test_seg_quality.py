@@ -136,3 +136,20 @@ def test_slivers_on_a_childs_film_are_flagged_in_results_and_cli(films, tmp_path
     assert not any("QUALITY" in w for w in adult["warnings"])
     line = next(x for x in err.splitlines() if "JPCLN001" in x)
     assert "quality checks passed" in line
+
+
+def test_pneumonia_heat_map_region_on_slivers_is_said_to_be_meaningless(films, tmp_path, monkeypatch, capsys):
+    """The lungs behind the pneumonia heat map's 'share inside the lungs' are cxr-lung-seg's:
+    on the child's film they are slivers, so the share is flagged, not reported as normal."""
+    from imaging_assist.cli.main import main
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(films / "person100_bacteria_475.jpeg", src)
+    assert main(["analyze", str(src), "--model", "cxr-pneumonia", "--explain", "gradcam",
+                 "--no-faithfulness", "--out", str(tmp_path / "o")]) == 0
+    (it,) = json.loads((tmp_path / "o" / "results.json").read_text())["items"]
+    er = it["explanation_region"]
+    assert er["quality"]["checked"] and not er["quality"]["passed"]
+    assert any("fail its quality checks" in w and "not meaningful" in w for w in it["warnings"])

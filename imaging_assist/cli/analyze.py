@@ -377,6 +377,16 @@ def _trust_checks(d: dict, res, card, overridden: list[str]) -> None:
         apply_decision(d, card, withheld)
     if getattr(res, "label_map", None) is not None:
         attach_quality(d, res.label_map, card)
+    er = d.get("explanation_region")
+    if isinstance(er, dict) and getattr(res, "region_map", None) is not None:
+        from ..inference.quality import attach_region_quality
+        from ..models.registry import Registry
+
+        try:
+            seg = Registry().get(er.get("model")).card
+        except Exception:  # noqa: BLE001 - the region already ran; no checks without its card
+            seg = None
+        attach_region_quality(d, res.region_map, seg)
 
 
 def _summary(d: dict) -> str:
