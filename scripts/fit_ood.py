@@ -237,13 +237,25 @@ def measure(model_id: str, write: bool = True, only_choice: bool = False, folder
           + ", ".join(f"{k} {len(v)}" for k, v in xs.items()), flush=True)
     cands = UNET if card.task == "segmentation" else RESNET
     chosen = CHOICE[model_id]
+    if only_choice:
+        cands = {chosen[0]: [chosen[1]]}
+    # one forward pass per image for every candidate: features of all layers, split by layer
+    all_layers = list(dict.fromkeys(n for ls in cands.values() for l in ls for n in l))
+    widths = [O.extract_features(net, ids["train"][0][:1], [n]).shape[1] for n in all_layers]
+    starts = dict(zip(all_layers, np.cumsum([0] + widths[:-1])))
+    fa = {k: O.extract_features(net, v[0], all_layers) for k, v in ids.items()}
+    foa = {k: O.extract_features(net, v, all_layers) for k, v in xs.items()}
+    print(f"{model_id}: features ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    def cols(layers):
+        return np.concatenate([np.arange(starts[n], starts[n] + widths[all_layers.index(n)]) for n in layers])
+
     rows, best = [], None
     for method, layer_sets in cands.items():
         for layers in layer_sets:
-            if only_choice and (method, layers) != chosen:
-                continue
-            f = {k: O.extract_features(net, v[0], layers) for k, v in ids.items()}
-            fo = {k: O.extract_features(net, v, layers) for k, v in xs.items()}
+            c = cols(layers)
+            f = {k: v[:, c] for k, v in fa.items()}
+            fo = {k: v[:, c] for k, v in foa.items()}
             ytr = ids["train"][1]
             stats = O.fit_mahalanobis(f["train"], ytr) if method == "mahalanobis" else O.fit_knn(f["train"])
             sc = {k: O.score(stats, v, method) for k, v in {**f, **fo}.items()}
@@ -278,6 +290,7 @@ def write_stats(folder: Path, card, r: dict, stats: dict, rows: list[dict]) -> N
     f = folder / O.STATS_FILE
     save_file({k: v.contiguous() for k, v in stats.items()}, str(f),
               metadata={"method": r["method"], "layers": json.dumps(r["layers"])})
+    f.chmod(0o644)  # shipped beside the weights (safetensors writes 0600)
     sha = hashlib.sha256(f.read_bytes()).hexdigest()
     cardp = folder / "model.json"
     d = json.loads(cardp.read_text())

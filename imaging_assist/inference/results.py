@@ -61,6 +61,7 @@ class InferenceResult:
     timings: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     heatmaps: list[HeatMap] = field(default_factory=list)
+    ood: dict | None = None  # issue 14: {score, threshold, flagged, reasons} (validation.ood)
 
     def base_dict(self) -> dict:
         return {"model": self.model_id, "model_version": self.model_version, "task": self.task,
@@ -70,7 +71,14 @@ class InferenceResult:
                 "has_geometry": self.has_geometry, "shape": list(self.shape),
                 "spacing_mm": [float(s) for s in self.spacing] if self.spacing else None,
                 "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},
-                "warnings": list(dict.fromkeys(self.warnings))}
+                "warnings": list(dict.fromkeys(self.warnings)),
+                "ood": dict(self.ood) if self.ood is not None else _not_scored()}
+
+
+def _not_scored() -> dict:
+    from ..validation.ood import not_scored
+
+    return not_scored()
 
 
 @dataclass

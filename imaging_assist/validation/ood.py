@@ -366,6 +366,8 @@ def ood_block(card, network, xs, unit_name: str = "slice") -> dict:
     if not hasattr(network, "named_modules") or isinstance(network, torch.jit.ScriptModule):
         return {"score": None, "threshold": stats.threshold, "flagged": False, "reasons": [],
                 "note": "OOD score needs layer hooks, which this network does not support"}
+    if xs is None or len(xs) == 0:
+        return not_scored()
     x = torch.stack([torch.as_tensor(v) for v in xs]) if isinstance(xs, (list, tuple)) else xs
     try:
         s = stats.scores(network, x)
@@ -404,3 +406,8 @@ def summary_note(d: dict, line: str = "") -> str:
     why = "; ".join(o.get("reasons") or [])
     tail = "; decision withheld" if "probabilities" in d and d.get("kind") != "slide" else ""
     return f"; {OUTSIDE_TEXT}" + (f" ({why})" if why else "") + tail
+
+
+def not_scored(note: str = "not scored: no model inputs were kept for the OOD score") -> dict:
+    """The ``ood`` block of a result that could not be scored (never flagged by a score)."""
+    return {"score": None, "threshold": None, "flagged": False, "reasons": [], "note": note}

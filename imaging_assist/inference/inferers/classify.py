@@ -64,6 +64,9 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
     res = ClassificationResult(card.id, card.version, card.task, list(labels),
                                probabilities=probabilities, decisions=decisions,
                                per_slice=per_slice, aggregation=aggregation, timings=timings)
+    from ...validation.ood import attach as attach_ood  # issue 14: flagged -> decisions withheld
+
+    attach_ood(model, res, xs)
     if opts.explain is not None:
         positive = [lab for lab, dd in decisions.items() if dd and dd["positive"]]
         default = positive or [max(probabilities, key=probabilities.get)]

@@ -41,6 +41,7 @@ def _run_segmenter(model, vol, opts, device, fp, prog, warns) -> SegmentationRes
     span = 0.6 if explain else 1.0
     sw_info = None
     kept_units = []  # (unit, d, x, model-space labels) for the explanation pass
+    ood_inputs = []  # model inputs of each unit for the OOD score (validation.ood)
     # ---- pass 1: inference on every unit (the volume, or each slice for 2D models)
     for n, u in enumerate(units):
         uprog = prog.stage(span * n / len(units), span * (n + 1) / len(units))
@@ -50,6 +51,8 @@ def _run_segmenter(model, vol, opts, device, fp, prog, warns) -> SegmentationRes
             data["region"] = _region_input(card, opts.region, u)
         d = pre(data)
         x = d["image"].as_tensor()[None]
+        if card.spatial_dims == 2:
+            ood_inputs.append(x[0])
         timings["preprocess_s"] += time.perf_counter() - t
         t = time.perf_counter()
         roi, overlap, mode, sw, base_roi, base_ov = sliding_params(card, tuple(x.shape[2:]), device, opts)
@@ -82,6 +85,9 @@ def _run_segmenter(model, vol, opts, device, fp, prog, warns) -> SegmentationRes
     res.probabilities = keep
     res.sliding_window = sw_info
     _measure(res, vol, label_map, card.labels, warns)
+    from ...validation.ood import attach as attach_ood  # issue 14: per image OOD score
+
+    attach_ood(model, res, ood_inputs)
     if not explain:
         return res
     # ---- pass 2: explanations (default: every structure that was found)
