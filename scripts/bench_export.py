@@ -157,6 +157,9 @@ def reportlab_same(rep: dict, path: Path) -> None:
 
 # E2 extends this: name -> function(ctx, repeat) -> {key: value}
 BENCHES: dict = {}
+from _bench_export_dicom import bench as _bench_dicom  # noqa: E402  (E2: seg_s, pm_s, sr_s, cxr_all_s)
+
+BENCHES["DICOM objects"] = _bench_dicom
 
 
 def main() -> int:
