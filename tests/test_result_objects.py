@@ -550,6 +550,14 @@ def test_hostile_structured_reports_are_one_line(ct):
     item.ValueType, item.RelationshipType, item.TextValue = "TEXT", "CONTAINS", "x"
     sr.ContentSequence = [item] * 100_001
     _expect_one_line(read_sr, sr, match="content items")
+    sr = plain_sr()  # one measurement without a value: left out and said, the rest listed
+    group = next(i for i in sr.ContentSequence if i.ValueType == "CONTAINER"
+                 and i.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements")
+    num = next(i for g in group.ContentSequence for i in g.get("ContentSequence", []) if i.ValueType == "NUM")
+    del num.MeasuredValueSequence[0].NumericValue
+    out = read_sr(sr)
+    assert any("no numeric value" in w for w in out.warnings)
+    assert any(i.name == "Length" for i in out.items) and not any(i.name == "Area" for i in out.items)
 
 
 def test_a_result_object_sharing_its_source_series_uid_never_hides_the_images(tmp_path, ct, seg_bytes):

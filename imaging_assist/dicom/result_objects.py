@@ -797,7 +797,11 @@ def _read_sr(ds) -> StructuredReport:
                 mv = (it.get("MeasuredValueSequence") or [None])[0]
                 if mv is None:
                     continue
-                num = float(mv.get("NumericValue"))
+                try:
+                    num = float(mv.get("NumericValue"))
+                except (TypeError, ValueError):
+                    report.warnings.append(f"measurement {name or '(unnamed)'} has no numeric value: left out")
+                    continue
                 unit = _code_meaning(mv, "MeasurementUnitsCodeSequence")
                 unit_code = ""
                 try:
