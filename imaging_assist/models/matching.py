@@ -209,7 +209,7 @@ def _match_population(pop, facts: SeriesFacts, reasons: list[str], warnings: lis
             reasons.append(f"model was trained on patients aged {pop.age_text()}, "
                            f"the patient is {_age_text(age)}")
         elif age is None:
-            warnings.append(f"patient age not given (PatientAge / birth date): the model was "
+            warnings.append(f"patient age not given or not readable (PatientAge / birth date): the model was "
                             f"trained on patients aged {pop.age_text()}, not checked")
     if pop.view_positions:
         want = "/".join(pop.view_positions)
@@ -271,7 +271,8 @@ def _age_years(recs, v) -> float | None:
     if v is not None:
         m = _AGE.match(str(v))
         if m:
-            return round(int(m.group(1)) * _AGE_UNIT[m.group(2).upper()], 3)
+            years = int(m.group(1)) * _AGE_UNIT[m.group(2).upper()]
+            return round(years, 3) if years <= 130 else None  # "999Y": unknown, never a guess
     born, when = _date(_first(recs, "PatientBirthDate")), _date(_first(recs, "StudyDate"))
     if born and when and when >= born:
         years = (when - born).days / 365.25
