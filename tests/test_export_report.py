@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -406,3 +407,55 @@ def test_whole_slide_item_shows_areas_summary_and_overview(tmp_path):
     assert "adenocarcinoma" in text and "1.2" in text and "tissue area of the analysed tiles by their most probable class" in text
     assert "not a slide diagnosis" in text and "benign 0.700" in text
     assert "the model's MPP is an assumption" in text and "ov.png" in text
+
+
+def test_mutated_real_sources_and_damaged_result_files_never_escape(two_studies, tmp_path):
+    """The report loads an item's input again when no volume is given: mutated real CR files
+    (flipped header/pixel bytes, truncations, absurd Rows/Columns, NaN spacing) and damaged
+    label/heat-map files give a report that says what it could not show, never a traceback or
+    a header read from the wrong place."""
+    from imaging_assist.export.report_pdf import build_report, write_report_pdf
+
+    doc, out = two_studies
+    raw = need(CR_MONO1).read_bytes()
+    rng = np.random.default_rng(1)
+    muts = {"trunc_half": raw[: len(raw) // 2], "trunc_header": raw[:300], "empty": b""}
+    for n in range(6):
+        b = bytearray(raw)
+        for pos in rng.integers(0, min(len(b), 2000), size=8):
+            b[int(pos)] ^= 0xFF
+        muts[f"flip_header_{n}"] = bytes(b)
+    b = bytearray(raw)
+    i = raw.find(b"\x28\x00\x10\x00")  # Rows
+    if i > 0:
+        b[i + 8:i + 10] = (60000).to_bytes(2, "little")
+        muts["rows_absurd"] = bytes(b)
+    i = raw.find(b"\x28\x00\x30\x00")  # PixelSpacing
+    if i > 0:
+        b = bytearray(raw)
+        n = int.from_bytes(raw[i + 6:i + 8], "little")
+        b[i + 8:i + 8 + n] = b"NaN\\NaN".ljust(n, b" ")[:n]
+        muts["spacing_nan"] = bytes(b)
+    for name, data in muts.items():
+        src = tmp_path / f"{name}.dcm"
+        src.write_bytes(data)
+        item = json.loads(json.dumps(doc["items"][1]))
+        item["source"] = str(src)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rep = build_report(dict(doc, items=[item]), base_dir=out)
+        noise = [str(w.message) for w in caught if "pydicom" in str(w.filename)]
+        assert not noise, (name, noise[:2])  # library noise stays out of the user's output
+        pdf = write_report_pdf(rep, tmp_path / f"{name}.pdf")
+        text = flat(pdf_pages_text(pdf))
+        assert "NOT FOR CLINICAL USE" in text and "pneumonia" in text, name
+    # damaged label-map / heat-map files of the CT item: the report says the images are missing
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    ct = json.loads(json.dumps(doc["items"][0]))
+    (bad / ct["label_map"]).write_bytes(b"not a nifti")
+    (bad / ct["heatmaps"][0]["file"]).write_bytes((bad / ct["heatmaps"][0]["file"]).read_bytes()[:100])
+    ct["source"] = "/no/such/folder"
+    text = flat(pdf_pages_text(write_report_pdf(build_report(dict(doc, items=[ct]), base_dir=bad),
+                                                tmp_path / "bad.pdf")))
+    assert "could not be loaded again" in text and "mL" in text

@@ -114,13 +114,17 @@ def study_header(volume) -> dict | None:
 
 def _header_from_file(path: str) -> dict | None:
     """Header read from one DICOM file (attributes only, never the pixels)."""
+    import warnings
+
     import pydicom
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                             specific_tags=list(HEADER_TAGS))
+        with warnings.catch_warnings():  # invalid values are pydicom's noise, not the user's
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
+                                 specific_tags=list(HEADER_TAGS))
+            tags = {k: ds.get(k) for k in HEADER_TAGS if ds.get(k) is not None}
     except Exception:  # noqa: BLE001 - not DICOM / unreadable: the caller says so
         return None
-    tags = {k: ds.get(k) for k in HEADER_TAGS if ds.get(k) is not None}
     if not tags.get("Modality") and not tags.get("PatientID") and not tags.get("StudyInstanceUID"):
         return None
     return header_from_tags(tags)
@@ -496,7 +500,10 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
     notes: list[str] = []
     if vol is None and not cap and load_missing and not it.get("error") and it.get("kind") != "slide":
         try:
-            vol = _load_volume(it)
+            import warnings
+            with warnings.catch_warnings():  # library noise of damaged inputs: the note says why
+                warnings.simplefilter("ignore")
+                vol = _load_volume(it)
         except Exception as e:  # noqa: BLE001 - said in the report
             notes.append(f"key images from the written files only: the input could not be "
                          f"loaded again ({_one_line(e)})")
