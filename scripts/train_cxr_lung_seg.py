@@ -408,6 +408,8 @@ def main(argv=None) -> int:
     })
     if old_training is not None:
         card["training"] = old_training
+    if args.evaluate_only:  # keep the card fields this script does not write
+        card = T.keep_card_fields(card, out)
     from imaging_assist.models.build import save_model_folder
 
     save_model_folder(out, card, net)

@@ -310,6 +310,8 @@ def main(argv=None) -> int:
         "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
                   "predictions": "predictions.csv", "roc": "roc.png", "reliability": ["reliability_test.png"]},
     })
+    if args.evaluate_only:  # keep the card fields this script does not write
+        card = T.keep_card_fields(card, out)
     from imaging_assist.models.build import save_model_folder
 
     save_model_folder(out, card, net)

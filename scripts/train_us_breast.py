@@ -396,6 +396,8 @@ def main(argv=None) -> int:
                + "; these maps may not depend on what the network learned"
                + (", prefer " + ", ".join(k for k, v in sm.items() if v["passed"]) + "."
                   if any(v["passed"] for v in sm.values()) else ".")))
+    if args.evaluate_only:  # keep the card fields this script does not write
+        card = T.keep_card_fields(card, out)
     from imaging_assist.models.build import save_model_folder
 
     save_model_folder(out, card, net)
