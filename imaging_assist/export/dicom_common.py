@@ -145,6 +145,45 @@ def projection_sources(volume, datasets) -> list:
     return out
 
 
+def _ds(v: float) -> str:
+    """A float as a valid DS string (at most 16 characters)."""
+    from pydicom.valuerep import format_number_as_ds
+
+    return format_number_as_ds(float(v))
+
+
+def shared_geometry_source(volume, datasets) -> list:
+    """highdicom 0.28.2 reads a multi-frame source's orientation and pixel measures from its
+    Shared Functional Groups only; an enhanced MR that gives them per frame (allowed by the
+    standard) then fails.  A copy of the header gets shared items holding the Volume's
+    orientation and spacing (what the object is written with anyway); single-frame sources
+    pass through."""
+    import copy
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    if not is_multiframe_source(volume, datasets):
+        return datasets
+    ds = datasets[0]
+    sfg = (getattr(ds, "SharedFunctionalGroupsSequence", None) or [Dataset()])[0]
+    if "PixelMeasuresSequence" in sfg and "PlaneOrientationSequence" in sfg:
+        return datasets
+    out = copy.copy(ds)
+    item = copy.deepcopy(sfg)
+    if "PixelMeasuresSequence" not in item:
+        pm = Dataset()
+        pm.PixelSpacing = [_ds(v) for v in pixel_spacing(volume)]
+        pm.SliceThickness = _ds(float(abs(volume.spacing[2])) or 1.0)
+        item.PixelMeasuresSequence = Sequence([pm])
+    if "PlaneOrientationSequence" not in item:
+        po = Dataset()
+        po.ImageOrientationPatient = [_ds(v) for v in orientation(volume)]
+        item.PlaneOrientationSequence = Sequence([po])
+    out.SharedFunctionalGroupsSequence = Sequence([item])
+    return [out]
+
+
 def orientation(volume) -> list[float]:
     d = np.asarray(volume.direction, float)
     return [float(v) for v in (*d[:, 0], *d[:, 1])]
@@ -157,6 +196,12 @@ def pixel_spacing(volume) -> list[float]:
 
 def slice_thickness(volume, datasets) -> float:
     t = getattr(datasets[0], "SliceThickness", None)
+    if t is None and is_multiframe_source(volume, datasets):
+        for grp in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+            item = (getattr(datasets[0], grp, None) or [None])[0]
+            if item is not None and "PixelMeasuresSequence" in item:
+                t = item.PixelMeasuresSequence[0].get("SliceThickness")
+                break
     try:
         v = float(t)
         if np.isfinite(v) and v > 0:
@@ -246,6 +291,9 @@ def finalize(ds, datasets) -> None:
     if "PatientIdentityRemoved" in ds and not str(getattr(ds, "DeidentificationMethod", "") or "").strip() \
             and "DeidentificationMethodCodeSequence" not in ds:
         ds.DeidentificationMethod = "source de-identified; method not stated in the source"
+    for kw in ("ReferencedStudySequence", "ReferencedPatientSequence"):  # Type 3, 1-n items
+        if kw in ds and len(ds[kw].value) == 0:
+            delattr(ds, kw)
     has_plane = False
     sfg = getattr(ds, "SharedFunctionalGroupsSequence", None)
     if sfg and "PlaneOrientationSequence" in sfg[0]:

@@ -79,6 +79,8 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
         if warnings is not None:
             warnings.append(_NOMINAL_NOTE.format(sp="the image's pixel spacing" if volume.spacing_known
                                                 else "1 mm per pixel, nominal: the pixel size is unknown"))
+    if not nominal:
+        kw["source_images"] = dc.shared_geometry_source(volume, datasets)
     pos = dc.slice_positions_lps(volume)
     kw["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, p) for p in pos]
     kw["plane_orientation"] = hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,

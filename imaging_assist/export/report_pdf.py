@@ -950,7 +950,7 @@ def _header_block(doc: _Doc, h: dict, deid: bool):
                  "(DICOM PS3.15 basic profile subset); source paths not printed.", 7.5, False, (90, 90, 90))
 
 
-def _item_block(doc: _Doc, e: dict):
+def _item_block(doc: _Doc, e: dict, seen: set | None = None):
     title = f"{e['model']} {e['model_version']}".strip()
     doc.heading(title + (f" — {e['series']}" if e.get("series") else ""), 11)
     if e.get("model_name"):
@@ -1016,6 +1016,13 @@ def _item_block(doc: _Doc, e: dict):
         doc.para("Explanation", 9.5, True)
         doc.bullets(e["explanation"], 8.5)
     warn = e["warnings"] + e["notes"]
+    key = e.get("series_uid") or e.get("source") or e.get("series")
+    if seen is not None and key:  # a series' own warnings once, under its first model (less clutter)
+        shown = [w for w in warn if (key, w) not in seen]
+        if len(shown) < len(warn):
+            shown.append(f"{len(warn) - len(shown)} more warning(s): the same as above for this series")
+        seen.update((key, w) for w in warn)
+        warn = shown
     if warn:
         doc.need(12)
         doc.para("Warnings", 9.5, True, (150, 70, 0))
@@ -1052,9 +1059,10 @@ def write_report_pdf(report: dict, out_path, *, page_size: str = "A4") -> Path:
             p.add_page()
         doc.heading("Patient and study" if not st["header"].get("no_dicom") else "Images", 12)
         _header_block(doc, st["header"], report.get("deidentified", False))
+        seen: set = set()
         for e in st["items"]:
             try:
-                _item_block(doc, e)
+                _item_block(doc, e, seen)
             except Exception as ex:  # noqa: BLE001 - a malformed item: said, never a traceback
                 doc.box(f"{e.get('model', '?')}: this result could not be laid out "
                         f"({type(ex).__name__}: {_one_line(ex)})")

@@ -57,6 +57,7 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
               content_label="AI_LABELS", series_description=f"AI {model_id} SEG"[:64],
               omit_empty_frames=bool(lm.any()), **dc.equipment_kwargs())
     if dc.has_patient_geometry(volume, datasets):
+        kw["source_images"] = dc.shared_geometry_source(volume, datasets)
         pos = dc.slice_positions_lps(volume)
         kw["plane_positions"] = [hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT, p)
                                  for p in pos]

@@ -61,9 +61,16 @@ def _algo(model_id, version):
 
 
 def _frames_of_segment(seg, segment_number: int) -> list[int]:
+    """SEG frame numbers of a segment (the segment identification is per frame, or shared
+    when the SEG has a single segment)."""
+    shared = (getattr(seg, "SharedFunctionalGroupsSequence", None) or [None])[0]
+    if shared is not None and "SegmentIdentificationSequence" in shared:
+        same = int(shared.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment_number
+        return list(range(1, int(getattr(seg, "NumberOfFrames", 1)) + 1)) if same else []
     out = []
     for n, item in enumerate(getattr(seg, "PerFrameFunctionalGroupsSequence", []) or [], 1):
-        if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment_number:
+        sid = item.get("SegmentIdentificationSequence")
+        if sid and int(sid[0].ReferencedSegmentNumber) == segment_number:
             out.append(n)
     return out
 
@@ -130,16 +137,22 @@ def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
         tid = hd.sr.TrackingIdentifier(identifier=f"{res.get('model')} {label}"[:64])
         _, typ, _std = dc.label_codes(label)
         frames = _frames_of_segment(seg, s) if seg is not None else []
+        # references built here, not with highdicom's from_segmentation, which expects the
+        # segment identification per frame (a one-segment SEG shares it)
         if frames and volumetric:
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tid,
-                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, s),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    str(seg.SOPClassUID), str(seg.SOPInstanceUID), s,
+                    source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID))),
                 finding_type=typ, algorithm_id=algo, measurements=meas))
         elif frames:
+            src = datasets[0]
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tid,
-                referenced_segment=hd.sr.ReferencedSegmentationFrame.from_segmentation(
-                    seg, frame_number=frames[0], segment_number=s),
+                referenced_segment=hd.sr.ReferencedSegmentationFrame(
+                    str(seg.SOPClassUID), str(seg.SOPInstanceUID), frame_number=frames[0], segment_number=s,
+                    source_image=hd.sr.SourceImageForSegmentation(str(src.SOPClassUID), str(src.SOPInstanceUID))),
                 finding_type=typ, algorithm_id=algo, measurements=meas))
         else:  # nothing segmented: the size (0) without a region
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
