@@ -192,6 +192,7 @@ def decision_text(d: dict) -> str:
         line = operating_point_text(x["operating_point"])
         if line and x["state"] != "withheld":
             parts[-1] += f" [{line}]"
+        x["text"] = parts[-1]
     return "; ".join(parts)
 
 
