@@ -370,6 +370,25 @@ def test_gui_file_export_report_writes_and_opens_the_pdf(qapp, tmp_path_factory,
         panel._run_ctx = {"card": card, "volume": vol, "settings": {}}
         pump_until(lambda: False, 0.2)  # the exporter hooks the panel after the window is built
         panel.runFinished.emit("done")
+        # a run on another series of the same study is in the report (its views were taken
+        # when it finished); a run on another study is not
+        import copy
+
+        from imaging_assist.dicom import load_series, scan
+        other_series = copy.copy(vol)
+        other_series.series_uid = vol.series_uid + ".9"
+        other_series.description = "SAME STUDY OTHER SERIES"
+        panel.last_result = copy.copy(res)
+        panel._run_ctx = {"card": card, "volume": other_series, "settings": {}}
+        panel.runFinished.emit("done")
+        demo = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray"
+        others = [s for s in scan(str(demo)).image_series() if s.uid != vol.series_uid]
+        other_study = load_series(others[0])
+        assert other_study.headers[0].get("StudyInstanceUID") != vol.headers[0].get("StudyInstanceUID")
+        other_study.description = "ANOTHER STUDY"
+        panel.last_result = copy.copy(res)
+        panel._run_ctx = {"card": card, "volume": other_study, "settings": {}}
+        panel.runFinished.emit("done")
         m = Measurement("ruler", [(50, 60), (150, 60)], index=0)
         m.compute_on(vol)
         win.doc.add_measurement(m)
@@ -388,6 +407,8 @@ def test_gui_file_export_report_writes_and_opens_the_pdf(qapp, tmp_path_factory,
         assert "DEMO" in text and "cxr-pneumonia" in text and "0.7477" in text
         assert f"{res.probabilities['pneumonia']:.3f}" in text
         assert "Measurements in the viewer" in text and "100.0 px" in text
+        assert text.count("Findings") == 2  # the shown series and the other series of its study
+        assert "DEMO-CXR-0001" in text and other_study.headers[0].get("PatientID") not in text
     finally:
         win.close()
 

@@ -1,8 +1,9 @@
 """File → Export report…: the PDF report of the current study, from the GUI (issue 13).
 
-What goes in: the shown series' header, every model run on it in this session (the latest
-run of each model, as the AI panel showed it: probabilities, decisions, label maps, heat maps,
-explanation region), and the measurements on screen.  The engine lays it out
+What goes in: the study of the shown series, with every model run in this session on its
+series (the latest run of each model on each series, as the AI panel showed it:
+probabilities, decisions, label maps, heat maps, explanation region; key views are taken when
+the run finishes, so series no longer loaded still have them), and the measurements on screen.  The engine lays it out
 (:mod:`imaging_assist.export.report_pdf`); the finished PDF opens in the system viewer
 (``QDesktopServices.openUrl``)."""
 
@@ -36,12 +37,14 @@ def result_item(res, card, settings: dict | None = None) -> dict:
 
 
 class ReportExporter:
-    """Keeps the runs of the shown series (latest per model) and writes the report."""
+    """Keeps what was run in this session (the latest run of each model on each series, with
+    its key views taken while the series was loaded) and writes the report of the shown
+    series' study."""
 
     def __init__(self, win):
         self.win = win
-        self.runs: dict[str, tuple] = {}  # model id -> (result, card, settings)
-        self._volume = None
+        # (series key, model id) -> (results.json item, card, {"header", "views"})
+        self.runs: dict[tuple, tuple] = {}
         QTimer.singleShot(0, self._hook)
 
     def _hook(self):
@@ -50,33 +53,34 @@ class ReportExporter:
             panel.runFinished.connect(self._on_run)
 
     def _on_run(self, status: str):
+        from imaging_assist.export.report_pdf import capture
+
         panel = self.win.model_panel
         ctx = panel._run_ctx or {}
-        res = panel.last_result
-        if status != "done" or res is None or ctx.get("volume") is not self.win.doc.volume:
+        res, vol = panel.last_result, ctx.get("volume")
+        if status != "done" or res is None or vol is None:
             return
-        self._track_volume()
         card = ctx["card"]
-        self.runs[card.id] = (res, card, dict(ctx.get("settings") or {}))
-
-    def _track_volume(self):
-        if self.win.doc.volume is not self._volume:
-            self._volume = self.win.doc.volume
-            self.runs = {}
+        d = result_item(res, card, ctx.get("settings"))
+        self.runs[(_series_key(vol), card.id)] = (d, card, capture(d, vol, result=res))
 
     def build(self, deidentify: bool = False) -> dict:
-        """The report data of the shown series (the engine's build_report)."""
-        from imaging_assist.export.report_pdf import build_report, item_views, study_header
+        """The report data of the shown series' study (the engine's build_report)."""
+        from imaging_assist.export.report_pdf import build_report, study_header
 
         vol = self.win.doc.volume
         if vol is None:
-            raise UserError("open a series first: the report is of the shown series")
-        self._track_volume()
-        items, captured, cards = [], {}, {}
+            raise UserError("open a series first: the report is of the shown series' study")
         header = study_header(vol)
-        for res, card, settings in self.runs.values():
-            d = result_item(res, card, settings)
-            captured[len(items)] = {"header": header, "views": item_views(d, vol, result=res)}
+        study = (header or {}).get("study_uid") or ""
+        shown = _series_key(vol)
+        items, captured, cards = [], {}, {}
+        # the shown series first, then the other series of its study that were analysed
+        for (series, _mid), (d, card, cap) in sorted(self.runs.items(), key=lambda kv: kv[0][0] != shown):
+            same = series == shown or (study and ((cap.get("header") or {}).get("study_uid") == study))
+            if not same:
+                continue
+            captured[len(items)] = cap
             cards[card.id] = card
             items.append(d)
         meas = []
@@ -89,7 +93,7 @@ class ReportExporter:
         doc = {"tool": "imaging-assist",
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "items": items,
-               "notes": [] if items else ["no model was run on this series in this session"]}
+               "notes": [] if items else ["no model was run on this study in this session"]}
         rep = build_report(doc, captured=captured, cards=cards, measurements=meas,
                            deidentify=deidentify, load_missing=False)
         if not items:  # the header of the shown series, even without a model run
@@ -124,6 +128,10 @@ class ReportExporter:
         if open_after:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(out)))
         return out
+
+
+def _series_key(vol) -> str:
+    return vol.series_uid or (vol.source_paths[0] if vol.source_paths else str(id(vol)))
 
 
 def export_report_action(win) -> QAction:
