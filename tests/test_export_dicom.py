@@ -333,7 +333,8 @@ def test_bad_arrays_and_geometry_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.parametrize("mutation", ["no_study_uid", "no_sop_uid", "empty_patient_module", "nan_spacing",
-                                      "absurd_spacing", "truncated"])
+                                      "absurd_spacing", "truncated", "flipped_1", "flipped_2", "flipped_8",
+                                      "flipped_23", "flipped_25"])
 def test_mutated_real_sources_are_written_validly_or_refused(tmp_path, mutation):
     """Mutated copies of the real CR: each loads and then gives either valid objects
     (dciodvfy 0 errors, label map round trip) or a one-line DicomExportError - never a
@@ -359,6 +360,13 @@ def test_mutated_real_sources_are_written_validly_or_refused(tmp_path, mutation)
     if mutation == "truncated":
         data = (src / "m.dcm").read_bytes()
         (src / "m.dcm").write_bytes(data[: len(data) - 100])
+    if mutation.startswith("flipped_"):  # 2 random bytes of the header flipped (seeds: some load, some not)
+        data = bytearray((src / "m.dcm").read_bytes())
+        end = data.find(b"\xe0\x7f\x10\x00") if b"\xe0\x7f\x10\x00" in data else len(data) // 10
+        rng = np.random.default_rng(int(mutation.split("_")[1]))
+        for pos in rng.integers(132, end, 2):
+            data[pos] ^= 0xFF
+        (src / "m.dcm").write_bytes(bytes(data))
     index = scan(str(src))
     if not index.image_series():  # the index refused it, with a reason
         assert index.problems
