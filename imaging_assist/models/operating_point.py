@@ -85,10 +85,16 @@ def operating_point(card, label: str, prevalence: float | None = None,
     """The figures to quote beside a decision on ``label``: test-set sensitivity/specificity
     with CIs, PPV/NPV at a stated prevalence.  None when the card has no threshold for
     ``label``; ``{"threshold": t, "test": None, "note": ...}`` when it has no test figures."""
-    t = (card.thresholds or {}).get(label)
+    t = _effective_thresholds(card).get(label)
     if t is None:
         return None
-    out: dict = {"label": label, "threshold": float(t.threshold), "threshold_chosen_on": t.data}
+    out: dict = {"label": label, "threshold": float(t.threshold), "threshold_chosen_on": t.data,
+                 "threshold_source": "card"}
+    if getattr(t, "n_studies", 0):  # a site threshold (models.site) replaces the card's
+        out.update(threshold_source="site", note=getattr(t, "note", ""), test=None, predictive_values=None,
+                   site={"sensitivity": t.sensitivity, "specificity": t.specificity,
+                         "n_studies": t.n_studies, "date": getattr(t, "date", "")})
+        return out
     sets = _test_metrics(card, label, t.threshold)
     if not sets:
         out.update(test=None, note="the card gives no independent test figures at this threshold; "
@@ -124,6 +130,16 @@ def operating_point(card, label: str, prevalence: float | None = None,
     return out
 
 
+def _effective_thresholds(card) -> dict:
+    """The card's thresholds with this site's saved ones in their place (models.site)."""
+    try:
+        from .site import effective_thresholds
+
+        return effective_thresholds(card)[0]
+    except Exception:  # noqa: BLE001 - an unreadable site file: models.site reports it; use the card's
+        return dict(card.thresholds or {})
+
+
 def _r(v):
     return None if v is None else round(float(v), 4)
 
@@ -138,6 +154,13 @@ def operating_point_text(op: dict | None) -> str:
     prevalence 63% (...)"."""
     if not op:
         return ""
+    if op.get("threshold_source") == "site":
+        st = op.get("site") or {}
+        bits = [op.get("note") or "site threshold"]
+        if st.get("sensitivity") is not None and st.get("specificity") is not None:
+            bits.append(f"sensitivity {st['sensitivity']:.2f}, specificity {st['specificity']:.2f} on the "
+                        f"{st.get('n_studies')} local studies where it was chosen")
+        return "; ".join(bits)
     if not op.get("test"):
         return op.get("note", "")
     t = op["test"]
@@ -218,6 +241,9 @@ def apply_decision(d: dict, card, withheld: str = "") -> dict | None:
         v["sensitivity_ci95"] = test["sensitivity"].get("ci95") if test else None
         v["specificity_ci95"] = test["specificity"].get("ci95") if test else None
         v["figures_from"] = test["data"] if test else ops[lab]["operating_point"].get("note")
+        if ops[lab]["operating_point"].get("threshold_source") == "site":  # the site's own figures
+            st = ops[lab]["operating_point"]["site"]
+            v["sensitivity"], v["specificity"] = st["sensitivity"], st["specificity"]
         v["state"] = ops[lab]["state"]
         if withheld:
             v["positive"] = None
