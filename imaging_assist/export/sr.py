@@ -211,7 +211,8 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tid, referenced_region=region, measurements=meas))
         else:
-            warnings.append(f"SR: viewer measurement {m.id} ({m.kind}) has no exportable value")
+            warnings.append(f"SR: viewer measurement {m.id} ({m.kind}) is not exported (the SR carries "
+                            "lengths and ROI statistics) or has no value yet")
     return groups
 
 
