@@ -41,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CXR = Path("/work/shared/data/cxr/lung_masks_covid_generalblockchain/images")
+CXR = ROOT.parent / "shared" / "data" / "cxr" / "lung_masks_covid_generalblockchain" / "images"
 COMMON = {"version": "bench", "license": "none (benchmark weights)", "intended_use": "benchmark only",
           "not_for_clinical_use": True, "data": {"training": "random / synthetic", "validation": "none"}}
 

@@ -1,4 +1,4 @@
-"""MONAI bundles: real Model Zoo configs (without weights) from /work/shared/data, random
+"""MONAI bundles: real Model Zoo configs (without weights) from ../shared/data, random
 weights written by the test, run through imaging-assist and through MONAI's own pipeline
 (LoadImaged from a file, the bundle's transforms, inferer and postprocessing); the results
 must be identical."""
@@ -13,14 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import SHARED, need
+
 from imaging_assist.inference.pipelines import RunOptions, run_model
 from imaging_assist.inference.results import save_nifti
 from imaging_assist.models.bundle import derive_card
 from imaging_assist.models.loaders import ModelLoadError, WeightsMismatchError, load_model
 from imaging_assist.volume import Volume
 
-BUNDLES = Path("/work/shared/data/monai_bundles")
-pytestmark = pytest.mark.skipif(not BUNDLES.is_dir(), reason="shared MONAI bundle configs not present")
+BUNDLES = SHARED / "monai_bundles"
+@pytest.fixture(autouse=True)
+def _bundles_present():
+    need(BUNDLES)  # shared test data: missing fails, never skips
 
 
 def _copy_bundle(name: str, tmp_path: Path, md5_matches: bool = True) -> Path:

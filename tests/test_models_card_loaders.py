@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SHARED, need
+
 from imaging_assist.errors import UserError
 from imaging_assist.models.architectures import ArchitectureError
 from imaging_assist.models.build import save_model_folder
@@ -179,9 +181,7 @@ def test_pickled_code_in_bundle_weights_never_runs(tmp_path, monkeypatch):
     import hashlib
     import shutil
 
-    src = Path("/work/shared/data/monai_bundles/spleen_ct_segmentation")
-    if not src.is_dir():
-        pytest.skip("shared bundle configs not present")
+    src = need(SHARED / "monai_bundles" / "spleen_ct_segmentation")
     b = tmp_path / "spleen"
     shutil.copytree(src, b)
     (b / "models").mkdir()

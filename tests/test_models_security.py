@@ -21,12 +21,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import SHARED, need
+
 from imaging_assist.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLES = Path("/work/shared/data/monai_bundles")
+BUNDLES = SHARED / "monai_bundles"
 MODELS_PKG = ROOT / "imaging_assist" / "models"
-need_bundles = pytest.mark.skipif(not BUNDLES.is_dir(), reason="shared MONAI bundle configs not present")
+# Shared test data must be there: a missing folder fails (never a silent skip).
+need_bundles = pytest.mark.usefixtures("_bundles_present")
+
+
+@pytest.fixture
+def _bundles_present():
+    need(BUNDLES)
 
 
 @pytest.fixture(autouse=True)
@@ -275,8 +283,7 @@ def test_non_bundle_models_have_no_code(tmp_path):
     reg = Registry()
     from imaging_assist.models.registry import project_weights_dir
 
-    if not (project_weights_dir() / "cxr-pneumonia" / "model.json").is_file():
-        pytest.skip("shipped weights not present")
+    need(project_weights_dir() / "cxr-pneumonia" / "model.json")  # shipped: missing fails
     e = reg.verify_entry(reg.get("cxr-pneumonia"))
     assert e.contains_code is False and e.runnable_without_prompt is True
     assert e.to_dict()["contains_code"] is False
@@ -511,7 +518,6 @@ def _mutations(card: dict, rng: random.Random):
             yield f"{'.'.join(path)}={str(v)[:30]}", c
 
 
-@pytest.mark.skipif(not SHIPPED, reason="no shipped cards")
 def test_fuzzed_shipped_cards_fail_with_one_line_errors_only(tmp_path):
     """Mutated shipped cards: load_card + load_model end in a one-line UserError (a card
     problem) or a model that loaded; never another exception, fast, bounded memory.
@@ -551,8 +557,7 @@ def test_size_fields_of_shipped_cards_are_card_errors(tmp_path):
     from imaging_assist.models.card import load_card
     from imaging_assist.models.errors import ModelCardError
 
-    if not SHIPPED:
-        pytest.skip("no shipped cards")
+    assert SHIPPED, "shipped cards missing from weights/"
     cj = SHIPPED[0]
     f = tmp_path / "m"
     f.mkdir()
@@ -834,8 +839,7 @@ def test_absurd_sizes_in_a_bundle_without_code_are_refused_before_running(tmp_pa
 def test_trust_store_writable_by_others_is_not_believed(tmp_path):
     from imaging_assist.models import trust as tr
 
-    if not BUNDLES.is_dir():
-        pytest.skip("shared MONAI bundle configs not present")
+    need(BUNDLES)
     b = _spleen(tmp_path)
     tr.trust(b)
     assert tr.is_trusted(b)
