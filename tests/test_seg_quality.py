@@ -153,3 +153,37 @@ def test_pneumonia_heat_map_region_on_slivers_is_said_to_be_meaningless(films, t
     er = it["explanation_region"]
     assert er["quality"]["checked"] and not er["quality"]["passed"]
     assert any("fail its quality checks" in w and "not meaningful" in w for w in it["warnings"])
+
+
+def test_viewer_result_text_flags_a_failing_segmentation_and_words_a_rule_out_review():
+    """The model panel's result text (ui/ai/model_panel.result_html): the lung card's quality
+    checks on slivers; us-breast's low malignant threshold under a more probable benign class."""
+    from imaging_assist.inference.results import ClassificationResult, SegmentationResult
+    from imaging_assist_ui.ai.model_panel import result_html
+
+    def plain(html):
+        import re
+
+        return re.sub(r"<[^>]+>", "", html).replace("&gt;", ">").replace("&lt;", "<")
+
+    lung = load_card(W / "cxr-lung-seg")
+    lm = np.zeros((1, 224, 224), np.uint8)
+    lm[0, 100:120, 60:100] = 1
+    lm[0, 100:115, 130:160] = 2
+    res = SegmentationResult(lung.id, lung.version, "segmentation", list(lung.labels), label_map=lm,
+                             voxel_counts={"background": int((lm == 0).sum()), "right_lung": int((lm == 1).sum()),
+                                           "left_lung": int((lm == 2).sum())},
+                             area_px={"right_lung": int((lm == 1).sum()), "left_lung": int((lm == 2).sum())})
+    assert "QUALITY CHECK FAILED" in plain(result_html(res, lung, 0.0))
+    us = load_card(W / "us-breast")
+    t = us.thresholds["malignant"].threshold
+    probs = {"benign": 0.7, "malignant": t + 0.05, "normal": 0.3 - t - 0.05}
+    from imaging_assist.inference.results import decide
+
+    res = ClassificationResult(us.id, us.version, "classification", list(us.labels), probabilities=probs,
+                               decisions=decide(probs, us.thresholds))
+    text = plain(result_html(res, us, 0.0))
+    assert "above rule-out threshold: review" in text and "positive" not in text
+    findings = text[text.index("Findings"):]
+    assert findings.index("benign") < findings.index("malignant")  # most likely first
+    assert "test:" in text and "specificity" in text
