@@ -103,6 +103,28 @@ class TileModel:
                             "(3 channels)")
         model.to(self.device)
         model.network.eval()
+        # Issue 14: OOD score of every tile from the same forward pass (validation.ood)
+        from ..validation.ood import OODStatsError, stats_for
+
+        self.ood_scores: list = []
+        self.ood_error = ""
+        try:
+            self.ood = stats_for(self.card)
+        except OODStatsError as e:
+            self.ood, self.ood_error = None, str(e)
+
+    def ood_summary(self) -> dict:
+        """The slide's ``ood`` block: per-tile scores summarised (share of tiles flagged)."""
+        import numpy as np
+
+        from ..validation.ood import NO_STATS, summarise_tiles
+
+        if self.ood_error:
+            return {"score": None, "threshold": None, "flagged": True, "reasons": [self.ood_error]}
+        if self.ood is None:
+            return {"score": None, "threshold": None, "flagged": False, "reasons": [], "note": NO_STATS}
+        s = np.concatenate(self.ood_scores) if self.ood_scores else np.zeros(0)
+        return summarise_tiles(s, self.ood.threshold, self.ood.method)
 
     def preprocess(self, x):
         """0..1 RGB batch -> model input: the card's transforms on the 0..255 values, exactly
@@ -118,7 +140,13 @@ class TileModel:
         import torch
 
         with torch.inference_mode():
-            logits = self.model.network(self.preprocess(x))
+            if self.ood is not None:
+                from ..validation.ood import forward_with_features, score
+
+                logits, f = forward_with_features(self.model.network, self.preprocess(x), self.ood.layers)
+                self.ood_scores.append(score(self.ood.tensors, f, self.ood.method, self.ood.k))
+            else:
+                logits = self.model.network(self.preprocess(x))
             if isinstance(logits, (list, tuple)):
                 logits = logits[0]
             logits = logits.float()
@@ -271,7 +299,11 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
                           "read_s": round(res.read_s, 3), "model_s": round(res.model_s, 3),
                           "explain_s": round(explain_s, 3), "total_s": round(time.perf_counter() - t_start, 3)},
             "warnings": list(dict.fromkeys(warns)),
+            "ood": fn.ood_summary(),
         }
+        if item["ood"]["flagged"]:
+            item["warnings"].append("outside what this model was trained on: "
+                                    + "; ".join(item["ood"]["reasons"]))
     return item
 
 
