@@ -495,3 +495,22 @@ def test_a_series_warnings_are_listed_once_not_under_every_model(two_studies, cr
     text = flat(pdf_pages_text(write_report_pdf(rep, tmp_path / "w.pdf")))
     assert text.count("a warning of the run") == 1
     assert "only the second model's note" in text and "the same as above for this series" in text
+
+
+def test_captured_key_views_are_bounded_in_memory(two_studies, cr_volume, monkeypatch, tmp_path):
+    """analyze keeps only the key views of each item for the report, and only up to a bound:
+    past it the report shows the written key PNG and says why (no runaway allocation on a
+    folder of hundreds of radiographs)."""
+    from imaging_assist.export import report_pdf as rp
+
+    doc, out = two_studies
+    item = doc["items"][1]
+    ok = rp.capture(item, cr_volume, out)
+    assert ok["views"] and ok["views"][0]["plain"].shape[:2] == cr_volume.shape[1:3]
+    monkeypatch.setattr(rp, "_capture_left", [1000])
+    cap = rp.capture(item, cr_volume, out)
+    assert "views" not in cap and "MB of key images" in cap["views_error"]
+    rep = rp.build_report(dict(doc, items=[item]), captured={0: cap}, base_dir=out, load_missing=False)
+    assert rp._capture_left[0] == rp.CAPTURE_LIMIT_BYTES  # consumed: the bound starts again
+    text = flat(pdf_pages_text(rp.write_report_pdf(rep, tmp_path / "b.pdf")))
+    assert "written key images are shown instead" in text and "(written key image)" in text

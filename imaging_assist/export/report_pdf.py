@@ -302,15 +302,29 @@ def _method_name(m) -> str:
             "saliency": "Saliency", "occlusion": "Occlusion"}.get(str(m), str(m))
 
 
+# Key views kept in memory between capture() and build_report(): a run over hundreds of large
+# radiographs must not hold gigabytes; past this the report shows the written key PNGs instead.
+CAPTURE_LIMIT_BYTES = 768 << 20
+_capture_left = [CAPTURE_LIMIT_BYTES]
+
+
 def capture(item: dict, volume, base_dir=None, result=None) -> dict:
     """What the report needs from a loaded volume, taken while it is in memory (``analyze``
-    runs many series; keeping only these small images avoids holding every volume)."""
+    runs many series; keeping only these small images avoids holding every volume).  Within
+    :data:`CAPTURE_LIMIT_BYTES` of views per report (reset by :func:`build_report`)."""
     out: dict = {"header": study_header(volume)}
     try:
-        out["views"] = item_views(item, volume, base_dir, result)
+        views = item_views(item, volume, base_dir, result)
     except Exception as e:  # noqa: BLE001 - the report says why the images are missing
-        out["views"] = []
         out["views_error"] = _one_line(e)
+        return out
+    size = sum(a.nbytes for v in views for a in (v.get("plain"), v.get("overlay")) if a is not None)
+    if size > _capture_left[0]:
+        out["views_error"] = (f"the report keeps at most {CAPTURE_LIMIT_BYTES >> 20} MB of key images in "
+                              "memory; the written key images are shown instead")
+        return out
+    _capture_left[0] -= size
+    out["views"] = views
     return out
 
 
@@ -527,7 +541,7 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
                                       if not header.get("no_dicom") else "plain")
     views = cap.get("views")
     if cap.get("views_error"):
-        notes.append(f"key images not rendered: {cap['views_error']}")
+        notes.append(f"key images not rendered from the image: {cap['views_error']}")
     if views is None and vol is not None:
         try:
             views = item_views(it, vol, base)
@@ -620,6 +634,7 @@ def build_report(results_json: dict, *, volumes: dict | None = None,
             studies[key] = {"header": header, "items": []}
             study_order.append(key)
         studies[key]["items"].append(entry)
+    _capture_left[0] = CAPTURE_LIMIT_BYTES  # the captured views are consumed by this report
     meas = [_measurement_row(m) for m in measurements or []]
     created = results_json.get("created")
     report = {
