@@ -336,3 +336,23 @@ def test_slide_ood_is_the_share_of_tiles_flagged(tmp_path):
         assert o["tiles"] == item["tiling"]["n_tiles_run"] > 0
         assert o["flagged"] is flagged, o
         assert 0 <= o["share_flagged"] <= 1 and o["tiles_flagged"] == round(o["share_flagged"] * o["tiles"])
+
+
+def test_viewer_results_show_the_warning_and_grey_the_withheld_decision():
+    """The AI panel's results (model_panel.result_html): a flagged result says "outside what
+    this model was trained on", every decision reads "withheld", the probabilities stay."""
+    from imaging_assist.inference.results import ClassificationResult, decide
+    from imaging_assist_ui.ai.model_panel import result_html
+
+    card = load_card(W / "cxr-pneumonia")
+    probs = {"normal": 0.02, "pneumonia": 0.98}
+    res = ClassificationResult(card.id, card.version, card.task, list(card.labels), probabilities=probs,
+                               decisions=decide(probs, card.thresholds, card))
+    O.attach_block(res, O.check(9.0, card.ood["threshold"], "mahalanobis").to_dict())
+    html = result_html(res, card, 0.1)
+    assert "Outside what this model was trained on" in html and "withheld" in html
+    assert "0.980" in html and ">positive<" not in html
+    res.ood = O.check(0.5, card.ood["threshold"]).to_dict()
+    res.decisions = decide(probs, card.thresholds, card)
+    html = result_html(res, card, 0.1)
+    assert "Outside what this model" not in html and "positive" in html

@@ -387,7 +387,11 @@ def ood_block(card, network, xs, unit_name: str = "slice") -> dict:
 def attach(model, res, xs, unit_name: str = "slice") -> dict:
     """Set ``res.ood`` (the results.json block) for a classification or segmentation result;
     a flagged classification's threshold decisions are withheld here already."""
-    d = ood_block(model.card, model.network, xs, unit_name)
+    return attach_block(res, ood_block(model.card, model.network, xs, unit_name))
+
+
+def attach_block(res, d: dict) -> dict:
+    """Put an ``ood`` block on a result; when flagged, withhold its decisions and warn."""
     res.ood = d
     if d.get("flagged"):
         withhold(getattr(res, "decisions", None), OUTSIDE_TEXT)
