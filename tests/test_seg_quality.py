@@ -187,3 +187,20 @@ def test_viewer_result_text_flags_a_failing_segmentation_and_words_a_rule_out_re
     findings = text[text.index("Findings"):]
     assert findings.index("benign") < findings.index("malignant")  # most likely first
     assert "test:" in text and "specificity" in text
+
+
+def test_quality_is_checked_at_segmentation_time_on_the_result(films):
+    """run_model itself (used by analyze, demo, viewer, report writers) attaches `quality`
+    to the segmentation result and its results.json dict, with one warning when it fails."""
+    from imaging_assist.inference.images import read_image
+    from imaging_assist.inference.pipelines import RunOptions, run_model
+    from imaging_assist.models.registry import Registry
+
+    model = Registry().load("cxr-lung-seg")
+    res = run_model(model, read_image(films / "person100_bacteria_475.jpeg"), RunOptions(device="cpu"))
+    assert res.quality is not None and not res.quality["passed"]
+    assert sum(w.startswith("QUALITY CHECK FAILED") for w in res.warnings) == 1
+    d = res.to_dict()
+    assert d["quality"]["passed"] is False
+    res = run_model(model, read_image(films / "JPCLN001.png"), RunOptions(device="cpu"))
+    assert res.quality["passed"] and res.to_dict()["quality"]["passed"]

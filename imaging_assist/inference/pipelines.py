@@ -108,6 +108,12 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
         res.series_uid = volume.series_uid
         res.description = volume.description
         res.warnings = list(dict.fromkeys(warns + res.warnings))
+        if getattr(res, "label_map", None) is not None and getattr(card, "quality_checks", None) is not None:
+            from .quality import check_segmentation  # the card's plausibility checks (issue 14)
+
+            res.quality = check_segmentation(res.label_map, card.labels, card.quality_checks)
+            if res.quality is not None and not res.quality["passed"]:
+                res.warnings.append(res.quality["text"])
         res.timings["total_s"] = time.perf_counter() - t0
         return res
 

@@ -99,6 +99,8 @@ def attach_quality(d: dict, label_map, card) -> dict | None:
     checks = getattr(card, "quality_checks", None)
     if checks is None or label_map is None:
         return None
+    if isinstance(d.get("quality"), dict):  # already run at segmentation time (pipelines)
+        return d["quality"]
     q = check_segmentation(label_map, card.labels, checks)
     d["quality"] = q
     if q is not None and not q["passed"]:

@@ -118,6 +118,7 @@ class SegmentationResult(InferenceResult):
     sliding_window: dict | None = None  # roi, overlap, blend, sw_batch_size actually used
     # where the spacing behind volume_ml/area_mm2 comes from (Volume.spacing_source); "none": px
     spacing_source: str = "none"
+    quality: dict | None = None  # the card's quality_checks on label_map (inference/quality.py)
 
     def to_dict(self) -> dict:
         d = self.base_dict()
@@ -126,6 +127,8 @@ class SegmentationResult(InferenceResult):
                   "area_mm2": self.area_mm2, "area_px": self.area_px,
                   "spacing_source": self.spacing_source,
                   "sliding_window": self.sliding_window})
+        if self.quality is not None:
+            d["quality"] = self.quality
         return d
 
 
