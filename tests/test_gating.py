@@ -204,3 +204,20 @@ def test_fit_star_in_the_viewer_uses_the_loaded_series_age():
 
         for facts in (series_facts(vol, s), series_facts(vol, None)):
             assert match_card(card, facts).ok is ok, (p, facts)
+
+
+@pytest.mark.parametrize("vp, want", [("ap", "fits"), (" PA ", "fits"), ("AP\x00", "fits"), ("", "unknown"),
+                                      ("LATERAL", "refused"), ("\xff\xfe", "refused")])
+def test_mutated_view_positions_of_a_real_film(tmp_path, vp, want):
+    card = load_card(W / "cxr-pneumonia")
+    ds = pydicom.dcmread(CHILD)
+    ds.ViewPosition = vp
+    f = tmp_path / "x.dcm"
+    ds.save_as(f)
+    m = match_card(card, _facts(f))
+    if want == "fits":
+        assert m.ok and not any("view" in w for w in m.warnings), m
+    elif want == "unknown":
+        assert m.ok and any("view position not given" in w for w in m.warnings), m
+    else:
+        assert not m.ok and "AP/PA views" in m.reason, m

@@ -262,7 +262,7 @@ def _population(recs) -> dict:
     extra = _extra_header(recs, ("PatientAge", "ViewPosition"))
     vp = extra["ViewPosition"]
     return {"patient_age_years": _age_years(recs, extra["PatientAge"]),
-            "view_position": str(vp).upper().strip() if vp is not None else ""}
+            "view_position": str(vp).upper().strip(" \x00") if vp is not None else ""}
 
 
 def _age_years(recs, v) -> float | None:
