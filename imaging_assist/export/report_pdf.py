@@ -12,9 +12,9 @@ Two steps, both without Qt:
   losslessly at their own pixel size; A4 or Letter; "NOT FOR CLINICAL USE" on every page).
 
 Library: fpdf2 2.8.9, measured against reportlab 5.1.0 on the same content (the CT report of
-``scripts/bench_export.py --compare``; docs/report.md): reportlab laid it out in 0.30 s, fpdf2
-in 0.36 s (both far under the 1 s target), but reportlab's file was 30 % larger (172 vs 132 kB,
-both with Flate-compressed images and a subset of the same TrueType font).  fpdf2 is kept: the
+``scripts/bench_export.py --compare``; docs/report.md): reportlab laid it out faster (0.15-0.30 s
+against 0.26-0.36 s over two runs, both far under the 1 s target), but its file was 30 % larger
+(172 vs 132 kB, both with Flate-compressed images and a subset of the same TrueType font).  fpdf2 is kept: the
 smaller file, a smaller API (tables, multi-cell text) that is easier to carry on, its font's
 glyph table at hand (characters it cannot show are said, never dropped), and it is the one PDF
 library of the project (``imaging-assist evaluate`` uses it too).
