@@ -514,3 +514,22 @@ def test_captured_key_views_are_bounded_in_memory(two_studies, cr_volume, monkey
     assert rp._capture_left[0] == rp.CAPTURE_LIMIT_BYTES  # consumed: the bound starts again
     text = flat(pdf_pages_text(rp.write_report_pdf(rep, tmp_path / "b.pdf")))
     assert "written key images are shown instead" in text and "(written key image)" in text
+
+
+def test_confidence_intervals_belong_to_the_exact_threshold(two_studies, cr_volume, pneumonia_card, tmp_path):
+    """A decision at another threshold (e.g. a site threshold 0.74) never borrows the CIs the
+    card measured at 0.7477: the report says the card has none for it."""
+    from imaging_assist.export.report_pdf import build_report
+
+    doc, out = two_studies
+    item = json.loads(json.dumps(doc["items"][1]))
+    item["decisions"]["pneumonia"]["threshold"] = 0.74
+    rep = build_report(dict(doc, items=[item]), volumes={cr_volume.series_uid: cr_volume}, base_dir=out,
+                       cards={"cxr-pneumonia": pneumonia_card})
+    row = next(f for f in rep["studies"][0]["items"][0]["findings"] if f["label"] == "pneumonia")
+    assert "(0.93-0.97)" not in row["sensitivity"] and "no CI in the card" in row["sensitivity"]
+    item["decisions"]["pneumonia"]["threshold"] = 0.7477
+    rep = build_report(dict(doc, items=[item]), volumes={cr_volume.series_uid: cr_volume}, base_dir=out,
+                       cards={"cxr-pneumonia": pneumonia_card})
+    row = next(f for f in rep["studies"][0]["items"][0]["findings"] if f["label"] == "pneumonia")
+    assert row["sensitivity"] == "0.95 (0.93-0.97)"

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -355,8 +356,9 @@ def _threshold_metric(card, label: str, name: str, threshold: float, split: str)
         return None
     for m in card.metrics or []:
         data = str(m.get("data", ""))
+        # the threshold's number whole: "threshold 0.74" must not match "threshold 0.7477"
         if m.get("name") == name and m.get("label") == label and data.lower().startswith(split) \
-                and f"threshold {threshold:g}" in data:
+                and re.search(rf"threshold {re.escape(f'{threshold:g}')}(?![\d])", data):
             return m
     return None
 
