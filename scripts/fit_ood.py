@@ -294,6 +294,10 @@ def write_stats(folder: Path, card, r: dict, stats: dict, rows: list[dict]) -> N
     sha = hashlib.sha256(f.read_bytes()).hexdigest()
     cardp = folder / "model.json"
     d = json.loads(cardp.read_text())
+    alts = [{k: c[k] for k in ("method", "layers", "auroc_other_modalities", "near", "flagged_id_test")}
+            for c in rows if c is not r]
+    if not alts:  # fit_model (end of training) measures only the choice: keep the last comparison
+        alts = (d.get("ood") or {}).get("alternatives") or []
     d["ood"] = {
         "method": r["method"], "layers": r["layers"], "file": O.STATS_FILE, "sha256": sha,
         "threshold": round(r["threshold"], 6),
@@ -310,8 +314,7 @@ def write_stats(folder: Path, card, r: dict, stats: dict, rows: list[dict]) -> N
         "n": r["n"],
         "measured_by": "scripts/fit_ood.py (in-distribution = the model's test split(s); photographs are "
                        "skimage.data sample images and crops, none exist in the shared data)",
-        "alternatives": [{k: c[k] for k in ("method", "layers", "auroc_other_modalities", "near",
-                                             "flagged_id_test")} for c in rows if c is not r],
+        "alternatives": alts,
     }
     cardp.write_text(json.dumps(d, indent=2) + "\n")
     print(f"wrote {f} (sha256 {sha[:12]}…) and the ood block of {cardp}", flush=True)
