@@ -533,3 +533,17 @@ def test_confidence_intervals_belong_to_the_exact_threshold(two_studies, cr_volu
                        cards={"cxr-pneumonia": pneumonia_card})
     row = next(f for f in rep["studies"][0]["items"][0]["findings"] if f["label"] == "pneumonia")
     assert row["sensitivity"] == "0.95 (0.93-0.97)"
+
+
+def test_a_site_threshold_is_named_with_its_note(two_studies, cr_volume, pneumonia_card, tmp_path):
+    from imaging_assist.export.report_pdf import build_report, write_report_pdf
+
+    doc, out = two_studies
+    item = json.loads(json.dumps(doc["items"][1]))
+    item["decisions"]["pneumonia"].update(threshold=0.62, threshold_source="site",
+                                          note="site threshold 0.62, from 412 local studies, 2026-12-04")
+    rep = build_report(dict(doc, items=[item]), volumes={cr_volume.series_uid: cr_volume}, base_dir=out,
+                       cards={"cxr-pneumonia": pneumonia_card})
+    text = flat(pdf_pages_text(write_report_pdf(rep, tmp_path / "site.pdf")))
+    assert "0.62 (site)" in text and "from 412 local studies" in text
+    assert "0.95 (0.93-0.97)" not in text  # the card's CIs at 0.7477 are not quoted for 0.62

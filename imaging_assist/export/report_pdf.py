@@ -439,6 +439,12 @@ def _findings(item: dict, card) -> list[dict]:
             th = getattr(card, "thresholds", {}).get(lab) if card is not None else None
             row["operating_point_data"] = getattr(th, "data", "") or ""
             row["test"] = tests.get(lab, "")
+            if dec.get("threshold_source") == "site":  # a saved site operating point: say so
+                row["site"] = str(dec.get("note") or "site threshold")
+                row["sensitivity"] = row["sensitivity"] if "(" in row["sensitivity"] and "no CI" not in \
+                    row["sensitivity"] else "site threshold: see note"
+                row["specificity"] = row["specificity"] if "(" in row["specificity"] and "no CI" not in \
+                    row["specificity"] else "site threshold: see note"
         elif withhold or (isinstance(dec, dict) and dec.get("withheld")):
             row["decision"] = "withheld"
         rows.append(row)
@@ -995,7 +1001,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
         doc.need(8 + 6 * (1 + len(e["findings"])))
         doc.para("Findings", 9.5, True)
         rows = [[f["label"].replace("_", " "), _fmt_p(f["probability"]),
-                 "-" if f["threshold"] is None else f"{f['threshold']:g}",
+                 "-" if f["threshold"] is None else f"{f['threshold']:g}" + (" (site)" if f.get("site") else ""),
                  f["decision"], f["sensitivity"] or "-", f["specificity"] or "-"] for f in e["findings"]]
         doc.table(["Label", "Probability", "Threshold", "Decision", "Sensitivity (95% CI)",
                    "Specificity (95% CI)"], rows, [27, 22, 19, 22, 46, 46])
@@ -1005,6 +1011,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
         if ops:
             foot.append("Sensitivity and specificity are those the threshold gave on the card's "
                         f"validation data ({'; '.join(ops)}).")
+        foot += [f"{f['label']}: {f['site']}." for f in e["findings"] if f.get("site")]
         tests = [f"{f['label']}: {f['test']}" for f in e["findings"] if f.get("test")]
         if tests:
             foot.append("Independent test data at the same threshold: " + "; ".join(tests) + ".")
