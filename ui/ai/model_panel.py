@@ -347,7 +347,7 @@ def result_html(res, card, load_s, override: list[str] | None = None) -> str:
         if lm is not None and getattr(card, "quality_checks", None) is not None:
             from imaging_assist.inference.quality import check_segmentation
 
-            q = check_segmentation(lm, card.labels, card.quality_checks)
+            q = getattr(res, "quality", None) or check_segmentation(lm, card.labels, card.quality_checks)
             col = OK_COLOR if q["passed"] else ERROR_FG
             out.append(f"{p}<b style='color:{col}'>{esc(q['text'])}</b></p>")
     if res.heatmaps:
