@@ -533,3 +533,14 @@ def test_one_structure_model_seg_is_referenced_by_the_sr(tmp_path, path):
     assert [int(r.ReferencedSegmentNumber) for r in refs] == [1]
     for o in objs:
         assert dciodvfy_errors(o.path) == [], o.path.name
+
+
+def test_unwritable_output_is_a_one_line_error(tmp_path):
+    vol = _load(US)
+    seg, _ = _results(vol)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for bad in (blocker, blocker / "dicom"):
+        with pytest.raises(DicomExportError) as e:
+            write_dicom_results(vol, [seg], bad)
+        assert "\n" not in str(e.value) and str(bad) in str(e.value)

@@ -134,7 +134,10 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     datasets = dc.source_datasets(volume)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, datasets)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DicomExportError(f"cannot create the output folder {out_dir}: {e.strerror or e}") from None
     results = list(results)
     # the results.json items when the caller has them (they carry what was added after the
     # run: ood, withheld decisions, warnings); else the results' own dicts
@@ -154,7 +157,10 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         while p.exists():
             p = out_dir / f"{stem}{name}_{k}.dcm"
             k += 1
-        ds.save_as(p, enforce_file_format=True) if kind == "PDF" else ds.save_as(p)
+        try:
+            ds.save_as(p, enforce_file_format=True) if kind == "PDF" else ds.save_as(p)
+        except OSError as e:
+            raise DicomExportError(f"cannot write {p}: {e.strerror or e}") from None
         written.append(WrittenObject(p, kind, str(ds.SOPClassUID), desc))
 
     number = 0
@@ -228,7 +234,7 @@ class DicomRun:
         notes: list[str] = []
         try:
             objs = write_dicom_results(volume, [res], self.dir, prefix=stem, items=[item], warnings=notes)
-        except DicomExportError as e:
+        except (DicomExportError, OSError) as e:  # one line; results.json and the PDF stay
             self.failed += 1
             self.echo(f"error: DICOM objects for {stem} not written: {e}")
             return
@@ -258,7 +264,12 @@ class DicomRun:
                     self.echo(f"error: Encapsulated PDF not written: {e}")
                     continue
                 p = self.dir / ("report_PDF.dcm" if n == 1 else f"report_PDF_{n}.dcm")
-                ds.save_as(p, enforce_file_format=True)
+                try:
+                    ds.save_as(p, enforce_file_format=True)
+                except OSError as e:
+                    self.failed += 1
+                    self.echo(f"error: Encapsulated PDF not written: {p}: {e.strerror or e}")
+                    continue
                 self.written.append(WrittenObject(p, "PDF", str(ds.SOPClassUID), "report"))
         if self.written:
             kinds = ", ".join(f"{sum(o.kind == k for o in self.written)} {k}"

@@ -94,7 +94,7 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
             pm.ImageComments = _NOMINAL_NOTE.format(sp="nominal plane")[:10240]
         else:
             pm = hd.pm.ParametricMap(pixel_array=h, **kw)
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"Parametric Map not written: {e}".splitlines()[0]) from None
     dc.finalize(pm, datasets)
     dc.add_laterality(pm, datasets)

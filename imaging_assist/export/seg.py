@@ -75,7 +75,7 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
                                                             dc.slice_thickness(volume, datasets))
     try:
         seg = hd.seg.Segmentation(pixel_array=lm, **kw)
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"SEG not written: {e}".splitlines()[0]) from None
     dc.finalize(seg, datasets)
     return seg

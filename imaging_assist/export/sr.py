@@ -308,7 +308,7 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, regio
             series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
             institution_name=None, series_description=f"AI {model} report"[:64],
             manufacturer=dc.MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
-    except (ValueError, TypeError, AttributeError, KeyError) as e:
+    except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"SR not written: {e}".splitlines()[0]) from None
     _fix_references(sr, {str(ds.SOPInstanceUID) for ds in datasets if "NumberOfFrames" not in ds})
     dc.finalize(sr, datasets)
