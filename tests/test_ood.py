@@ -356,3 +356,35 @@ def test_viewer_results_show_the_warning_and_grey_the_withheld_decision():
     res.decisions = decide(probs, card.thresholds, card)
     html = result_html(res, card, 0.1)
     assert "Outside what this model" not in html and "positive" in html
+
+
+@pytest.mark.parametrize("model_id", ["cxr-pneumonia", "us-breast"])
+def test_degenerate_and_mutated_real_images_are_flagged_never_passed_silently(model_id, loaded, tmp_path):
+    """Fuzz: blank, constant, noise, 1x2 and 4x2000 images are all flagged; real test images
+    with flipped bytes or cut short give a one-line read error or a finite score (never NaN)."""
+    from PIL import Image
+
+    card, net, stats = loaded[model_id]
+    g = np.random.default_rng(0)
+    arrays = {"zeros": np.zeros((300, 300), np.uint8), "const": np.full((300, 300), 128, np.uint8),
+              "noise": g.integers(0, 255, (300, 300)).astype(np.uint8), "tiny": np.array([[5, 200]], np.uint8),
+              "strip": g.integers(0, 255, (4, 2000)).astype(np.uint8)}
+    paths = []
+    for k, a in arrays.items():
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(a).save(paths[-1])
+    for p in paths:
+        d = O.ood_block(card, net, [model_input(card, read_image(p))])
+        assert d["flagged"] is True and np.isfinite(d["score"]), (p.name, d)
+    real = _own_test_images(model_id)[0].read_bytes()
+    for i, data in enumerate([real[: len(real) // 3], real[:600] + bytes(b ^ 0x5A for b in real[600:2600]) + real[2600:]]):
+        f = tmp_path / f"mut{i}{_own_test_images(model_id)[0].suffix}"
+        f.write_bytes(data)
+        try:
+            x = model_input(card, read_image(f))
+        except UserError as e:
+            _one_line(e)
+            continue
+        d = O.ood_block(card, net, [x])
+        assert d["score"] is None or np.isfinite(d["score"])
+        assert set(d) >= {"score", "threshold", "flagged", "reasons"}
