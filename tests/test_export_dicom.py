@@ -447,8 +447,7 @@ def test_gui_export_results_dicom_lists_then_writes_the_same_objects(tmp_path_fa
         assert w.a_export_dicom.text().startswith("Export results (&DICOM)")
         vol = w.doc.volume
         seg, _ = _results(vol)
-        w.report_exporter._track_volume()
-        w.report_exporter.runs["cxr-lung-seg"] = (seg, Registry().get("cxr-lung-seg").card, {})
+        w.dicom_exporter.add_run(vol, seg, Registry().get("cxr-lung-seg").card)  # as a finished run does
         m = Measurement("ruler", [(20, 30), (120, 90)], index=0)
         m.compute_on(vol)
         w.doc.add_measurement(m)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths, Qt
+from PySide6.QtCore import QStandardPaths, Qt, QTimer
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
@@ -21,21 +21,44 @@ from imaging_assist.errors import UserError
 
 
 class DicomExporter:
+    """Keeps the latest run of each model on each series in this session, with its arrays
+    (label maps, heat maps: the report exporter keeps only the results.json items), and
+    writes the objects of the runs on the shown series."""
+
     def __init__(self, win):
         self.win = win
+        self.runs: dict[tuple, tuple] = {}  # (series key, model id) -> (result, item)
+        self.last_notes: list[str] = []
+        self.last_error = ""
+        QTimer.singleShot(0, self._hook)
+
+    def _hook(self):
+        panel = getattr(self.win, "model_panel", None)
+        if panel is not None:
+            panel.runFinished.connect(self._on_run)
+
+    def _on_run(self, status: str):
+        panel = self.win.model_panel
+        ctx = panel._run_ctx or {}
+        res, vol = panel.last_result, ctx.get("volume")
+        if status != "done" or res is None or vol is None:
+            return
+        self.add_run(vol, res, ctx["card"], ctx.get("settings"))
+
+    def add_run(self, vol, res, card, settings=None) -> None:
+        from .export_report import _series_key, result_item
+
+        self.runs[(_series_key(vol), card.id)] = (res, result_item(res, card, settings))
 
     def _runs(self):
-        rep = getattr(self.win, "report_exporter", None)
-        if rep is None:
-            return [], []
-        rep._track_volume()
-        from .export_report import result_item
+        from .export_report import _series_key
 
-        results, items = [], []
-        for res, card, settings in rep.runs.values():
-            results.append(res)
-            items.append(result_item(res, card, settings))
-        return results, items
+        vol = self.win.doc.volume
+        if vol is None:
+            return [], []
+        key = _series_key(vol)
+        pairs = [v for (series, _mid), v in self.runs.items() if series == key]
+        return [r for r, _ in pairs], [d for _, d in pairs]
 
     def plan(self) -> list[str]:
         """The lines listed before writing (one per object, or why none can be written)."""
