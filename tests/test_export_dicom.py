@@ -447,7 +447,11 @@ def test_gui_export_results_dicom_lists_then_writes_the_same_objects(tmp_path_fa
         assert w.a_export_dicom.text().startswith("Export results (&DICOM)")
         vol = w.doc.volume
         seg, _ = _results(vol)
-        w.dicom_exporter.add_run(vol, seg, Registry().get("cxr-lung-seg").card)  # as a finished run does
+        panel = w.model_panel  # as a finished run leaves it, then its signal
+        panel._run_ctx = {"card": Registry().get("cxr-lung-seg").card, "volume": vol, "settings": {},
+                          "live_warnings": []}
+        panel.last_result = seg
+        panel.runFinished.emit("done")
         m = Measurement("ruler", [(20, 30), (120, 90)], index=0)
         m.compute_on(vol)
         w.doc.add_measurement(m)
