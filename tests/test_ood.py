@@ -388,3 +388,35 @@ def test_degenerate_and_mutated_real_images_are_flagged_never_passed_silently(mo
         d = O.ood_block(card, net, [x])
         assert d["score"] is None or np.isfinite(d["score"])
         assert set(d) >= {"score", "threshold", "flagged", "reasons"}
+
+
+def test_viewer_screenshot_shows_the_ood_warning(qapp, tmp_path):
+    """Screenshot of the AI panel's results view for lung histology run through the paediatric
+    pneumonia model (the engine's real result): the warning is drawn in the warning colour and
+    the probabilities are greyed; the PNG is kept as tmp_path/ood_panel.png."""
+    from PySide6.QtGui import QColor, QImage
+    from PySide6.QtWidgets import QTextBrowser
+
+    from imaging_assist.inference.pipelines import run_model
+    from imaging_assist_ui.ai.model_panel import result_html
+    from imaging_assist_ui.shared.theme import WARN_FG
+
+    card = load_card(W / "cxr-pneumonia")
+    tile = _sample((SHARED / "pathology" / "lc25000_lung_subset" / "tiles").rglob("*.jpeg"), 1)[0]
+    res = run_model(load_model(card), read_image(tile))
+    assert res.ood["flagged"] and all(v is None or v["positive"] is None for v in res.decisions.values())
+    view = QTextBrowser()
+    view.resize(520, 260)
+    view.setHtml(result_html(res, card, 0.1))
+    view.show()
+    qapp.processEvents()
+    text = view.toPlainText()
+    assert "Outside what this model was trained on" in text and "decision withheld" in text
+    assert " positive" not in text.replace("pneumonia", "")
+    img = view.grab().toImage().convertToFormat(QImage.Format_RGB888)
+    img.save(str(tmp_path / "ood_panel.png"))
+    a = np.frombuffer(img.constBits(), np.uint8).reshape(img.height(), img.bytesPerLine())[:, : img.width() * 3]
+    a = a.reshape(img.height(), img.width(), 3).astype(int)
+    w = QColor(WARN_FG)
+    near = np.abs(a - np.array([w.red(), w.green(), w.blue()])).sum(2) < 60
+    assert near.sum() > 30, "the warning is not drawn in the warning colour"
