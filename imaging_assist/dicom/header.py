@@ -726,3 +726,16 @@ def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
         if rec.transfer_syntax:
             ds.file_meta.TransferSyntaxUID = rec.transfer_syntax
     return ds
+
+
+def functional_group_value(frame_item, shared_item, seq: str, attr: str):
+    """Value of attr from a functional group, per-frame first, then shared."""
+    for item in (frame_item, shared_item):
+        if item is None:
+            continue
+        s = item.get(seq)
+        if s:
+            v = s[0].get(attr)
+            if v is not None:
+                return v
+    return None

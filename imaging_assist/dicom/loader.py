@@ -45,6 +45,7 @@ from ..errors import UserError
 from ..volume import Volume
 from .. import display
 from .header import EXPLICIT_LE, IMPLICIT_LE, InstanceRecord, read_dataset
+from .header import functional_group_value as _fg
 from .index import MAX_SERIES_BYTES, SeriesInfo, check_record
 
 POSITION_TOL_MM = 0.01  # positions closer than this are "the same position"
@@ -272,17 +273,6 @@ def _needs_pydicom_header(rec: InstanceRecord) -> bool:
                              "VOILUTSequence", "ModalityLUTSequence"}) or not rec.fast
 
 
-def _fg(frame_item, shared_item, seq: str, attr: str):
-    """Value of attr from a functional group, per-frame first, then shared."""
-    for item in (frame_item, shared_item):
-        if item is None:
-            continue
-        s = item.get(seq)
-        if s:
-            v = s[0].get(attr)
-            if v is not None:
-                return v
-    return None
 
 
 def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from .header import functional_group_value as _fg
 
 SEG = "SEG"
 PARAMETRIC_MAP = "PM"
@@ -123,16 +124,6 @@ def referenced_series(ds) -> list[str]:
 
 
 # --------------------------------------------------------------------------- placement
-def _fg(frame_item, shared_item, seq: str, attr: str):
-    for item in (frame_item, shared_item):
-        if item is None:
-            continue
-        s = item.get(seq)
-        if s:
-            v = s[0].get(attr)
-            if v is not None:
-                return v
-    return None
 
 
 def _frame_source_refs(frame_item) -> list[tuple[str, int | None]]:

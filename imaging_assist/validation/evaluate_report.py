@@ -1,7 +1,7 @@
 """``evaluation.json`` and ``evaluation.pdf`` of ``imaging-assist evaluate``.
 
 The PDF uses the report look of :mod:`imaging_assist.export.report_pdf` (its page furniture,
-headings and tables) where that module is present; otherwise a plain fpdf2 page.  Curves (ROC,
+headings and tables).  Curves (ROC,
 precision-recall, reliability) are drawn straight into the PDF as vector lines: matplotlib is
 only an optional extra (``train``), and a vector line is exact at any zoom.
 """
@@ -44,66 +44,12 @@ def write_json(report: dict, out_dir: Path) -> Path:
 
 
 # =========================================================================== PDF
-class _PlainDoc:
-    """The few layout helpers used here, for when export.report_pdf is not available."""
-
-    def __init__(self, header_line: str):
-        from fpdf import FPDF
-
-        self.pdf = FPDF(format="A4", unit="mm")
-        self.pdf.set_auto_page_break(True, margin=16)
-        self.pdf.set_margins(14, 14, 14)
-        self.family = "helvetica"
-
-    def t(self, s) -> str:
-        rep = {"≥": ">=", "≤": "<=", "→": "->", "±": "+/-", "–": "-", "—": "-", "…": "...", "•": "-"}
-        return "".join(rep.get(c, c) if rep.get(c, c).isascii() or ord(c) < 256 else "?" for c in str(s))
-
-    def font(self, size=9.0, bold=False, color=(0, 0, 0)):
-        self.pdf.set_font(self.family, "B" if bold else "", size)
-        self.pdf.set_text_color(*color)
-
-    @property
-    def width(self) -> float:
-        return self.pdf.w - self.pdf.l_margin - self.pdf.r_margin
-
-    def para(self, s, size=9.0, bold=False, color=(0, 0, 0), h=None):
-        self.font(size, bold, color)
-        self.pdf.multi_cell(self.width, h or size * 0.5, self.t(s), new_x="LMARGIN", new_y="NEXT")
-
-    def heading(self, s, size=12.0):
-        self.need(16)
-        self.pdf.ln(2)
-        self.para(s, size, True, (20, 40, 90))
-        self.pdf.ln(1.5)
-
-    def need(self, h: float):
-        if self.pdf.get_y() + h > self.pdf.h - self.pdf.b_margin:
-            self.pdf.add_page()
-
-    def box(self, s, **kw):
-        self.para(s, 9.5, True, (150, 0, 0))
-
-    def table(self, header, rows, widths, size=8.5):
-        self.font(size)
-        with self.pdf.table(col_widths=widths, width=min(self.width, sum(widths)), text_align="LEFT",
-                            align="LEFT", line_height=size * 0.55, padding=1) as tbl:
-            for row in [header] + rows:
-                r = tbl.row()
-                for c in row:
-                    r.cell(self.t(c))
-        self.pdf.ln(1.5)
-
-
 def _doc(header_line: str):
-    try:
-        from ..export.report_pdf import _Doc  # the shared report look (issue 13)
+    from ..export.report_pdf import _Doc  # the shared report look (issue 13)
 
-        d = _Doc("A4", header_line)
-        d.pdf.set_title("Imaging Assist local evaluation - NOT FOR CLINICAL USE")
-        return d
-    except Exception:  # noqa: BLE001 - module absent or changed: a plain page still reports it all
-        return _PlainDoc(header_line)
+    d = _Doc("A4", header_line)
+    d.pdf.set_title("Imaging Assist local evaluation - NOT FOR CLINICAL USE")
+    return d
 
 
 def _plot(doc, x0, y0, w, h, title, xlabel, ylabel, series, diagonal=False):
