@@ -160,6 +160,11 @@ def test_region_text():
     assert region_text(er) == ("87% of the pneumonia heat map lies inside the lungs (they cover 31% of the "
                                "image); right lung 12,345 mm², left lung 11,002 mm²")
     assert "not measured (gone)" in region_text({"name": "lungs", "error": "gone"})
+    # a region that fails its segmenter's quality checks is never quoted without saying so
+    er["quality"] = {"checked": True, "passed": False, "failures": ["right_lung is in 3 pieces"]}
+    assert "NOT MEANINGFUL" in region_text(er) and "right_lung is in 3 pieces" in region_text(er)
+    er["quality"]["passed"] = True
+    assert "NOT MEANINGFUL" not in region_text(er)
 
 
 # =========================================================================== CLI analyze

@@ -235,4 +235,8 @@ def region_text(er: dict | None) -> str | None:
     else:
         head = (f"{100 * f:.0f}% of the {er.get('heatmap', '')} heat map lies inside the {er['name']}"
                 + (f" (they cover {100 * chance:.0f}% of the image)" if chance is not None else ""))
+    q = er.get("quality") or {}
+    if q.get("checked") and not q.get("passed"):
+        head += (f" - NOT MEANINGFUL: the {er['name']} found by {er.get('model', 'the segmenter')} fail "
+                 f"its quality checks ({'; '.join(q.get('failures') or [])})")
     return head + (f"; {areas}" if areas else "")
