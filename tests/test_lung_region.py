@@ -366,6 +366,8 @@ def test_shipped_pneumonia_heat_map_inside_the_lungs(tmp_path, monkeypatch):
         er = it["explanation_region"]
         assert er["model"] == "cxr-lung-seg" and er["name"] == "lungs" and "error" not in er
         assert er["area_unit"] == "px" and min(er["areas"].values()) > 500
+        # the segmenter's notes (e.g. its own out-of-distribution flag) are named as its own
+        assert all("cxr-lung-seg" in w for w in er["warnings"]), er["warnings"]
         region = np.asarray(Image.open(out / er["label_map"]))
         assert region.shape == tuple(it["shape"][1:])
         assert er["areas"] == {"right_lung": int((region == 1).sum()), "left_lung": int((region == 2).sum())}

@@ -193,8 +193,11 @@ class RegionExplainer:
              "region_fraction_of_image": round(float(mask.mean()), 6),
              "areas": areas, "area_unit": unit,
              "spacing_source": getattr(seg, "spacing_source", "none") if unit != "px" else "none",
-             # the segmenter's own notes (those the classifier did not already give)
-             "warnings": [w for w in seg.warnings if w not in own and "is assumed" not in w]}
+             # the segmenter's own notes (those the classifier did not already give), named as
+             # the segmenter's: "outside what this model was trained on" must not read as if it
+             # were said of the classifier
+             "warnings": [f"{model.card.id} (region): {w}" for w in seg.warnings
+                          if w not in own and "is assumed" not in w]}
         if fractions[first] is None:
             res.warnings.append(f"the {first} heat map has no positive attribution: its share inside "
                                 f"the {spec.name} is undefined")
