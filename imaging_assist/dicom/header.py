@@ -28,11 +28,43 @@ import mmap
 import os
 import stat
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import UserError
+
+
+# pydicom is imported only when a file needs it (a folder of plain native files never does:
+# that saves ~25 MB and its import time).  The first import runs under a lock: two scan
+# threads importing pydicom at once can be handed a partially initialised module
+# ("ImportError ... partially initialized module 'pydicom.charset'").
+_PYDICOM_LOCK = threading.Lock()
+_PYDICOM_READY = False
+
+
+def ensure_pydicom() -> None:
+    """Import the pydicom modules the readers use, once, under a lock (thread-safe)."""
+    global _PYDICOM_READY
+    if _PYDICOM_READY:
+        return
+    with _PYDICOM_LOCK:
+        if _PYDICOM_READY:
+            return
+        import pydicom  # noqa: F401
+        import pydicom.charset  # noqa: F401
+        import pydicom.encaps  # noqa: F401
+        import pydicom.errors  # noqa: F401
+        import pydicom.filereader  # noqa: F401
+        import pydicom.fileset  # noqa: F401
+        import pydicom.multival  # noqa: F401
+        import pydicom.pixels  # noqa: F401
+        import pydicom.pixels.utils  # noqa: F401
+        import pydicom.uid  # noqa: F401
+        import pydicom.valuerep  # noqa: F401
+        import pydicom.values  # noqa: F401
+        _PYDICOM_READY = True
 
 # pydicom is imported where it is used: the fast walk of plain files never needs it, and
 # leaving it out of the import chain takes ~0.3 s off the viewer's start.
@@ -100,6 +132,7 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00281054: ("RescaleType", "LO"),
     0x00281055: ("WindowCenterWidthExplanation", "LO"),
     0x00281056: ("VOILUTFunction", "CS"),
+    0x20500020: ("PresentationLUTShape", "CS"),
 }
 KEYWORDS = [kw for kw, _ in WANTED.values()]
 
@@ -236,6 +269,7 @@ def _decode_value(raw: bytes, vr: str, charsets: Callable[[], list[str] | None])
 
 
 def _decode_text(raw: bytes, vr: str, encodings: list[str]) -> Any:
+    ensure_pydicom()
     from pydicom import values as V
     if vr == "PN":
         v = V.convert_PN(raw, encodings)
@@ -419,6 +453,7 @@ def _codestream_info(head: bytes, ts: str) -> dict | None:
         (csiz,) = struct.unpack_from(">H", head, 40)
         return {"rows": ysiz - yo, "columns": xsiz - xo, "samples": csiz}
     if head[:2] == b"\xff\xd8":
+        ensure_pydicom()
         from pydicom.pixels.utils import _get_jpg_parameters
         info = _get_jpg_parameters(head)
         if info.get("height") and info.get("width"):  # height 0: given later (DNL)
@@ -464,6 +499,7 @@ def _fast_scan(buf, rec: InstanceRecord, partial: bool = False) -> str:
     def charsets():  # only needed (and pydicom only imported) for non-ASCII text
         if "SpecificCharacterSet" not in raw:
             return None
+        ensure_pydicom()
         from pydicom.charset import convert_encodings
         cs = raw["SpecificCharacterSet"][0].decode("latin-1").rstrip(" \x00")
         return convert_encodings([c.strip() for c in cs.split("\\")] if cs else None)
@@ -496,6 +532,7 @@ def _note_pixels(buf, rec: InstanceRecord, size: int, complete: bool) -> None:
 # --------------------------------------------------------------------------- pydicom path
 def _to_plain(value):
     """pydicom value -> JSON-able Python value (the same types the fast walk gives)."""
+    ensure_pydicom()
     import pydicom
     if value is None:
         return None
@@ -596,6 +633,7 @@ def _check_deflated(buf) -> int | None:
 
 def _pydicom_scan(fp, rec: InstanceRecord, buf=None, size: int | None = None) -> None:
     """General reader.  buf (the whole file, mmap or bytes) lets the fragments be walked."""
+    ensure_pydicom()
     import pydicom
     from pydicom.errors import InvalidDicomError
     inflated = _check_deflated(buf) if buf is not None else None
@@ -708,6 +746,7 @@ def file_kind(mode: int) -> str:
 
 def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
     """Full pydicom Dataset for a record (read-only; used by the slow paths and the tag browser)."""
+    ensure_pydicom()
     import pydicom
     import io
     if rec.member is not None:

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .archive import list_members, read_members
-from .header import (DICOMDIR_SOP_CLASS, NATIVE_SYNTAXES, HeaderError, InstanceRecord, file_kind,
-                     read_record)
+from .header import (DICOMDIR_SOP_CLASS, NATIVE_SYNTAXES, HeaderError, InstanceRecord, ensure_pydicom,
+                     file_kind, read_record)
 from .result_objects import KIND_NAMES, PARAMETRIC_MAP, referenced_series, result_kind
 
 # Refuse to allocate more than this for one series before decoding a single byte.
@@ -267,6 +267,7 @@ def _task_size(task) -> int:
 
 def _dicomdir_files(rec: InstanceRecord, problems: list[Problem]) -> list[str]:
     """Files a DICOMDIR refers to (pydicom's FileSet does the record walking)."""
+    ensure_pydicom()
     from pydicom.fileset import FileSet
     from .header import read_dataset
     try:
@@ -282,6 +283,7 @@ def _decoder_available(ts: str) -> bool:
     if ts in NATIVE_SYNTAXES or ts == "1.2.840.10008.1.2.1.99":
         return True
     try:
+        ensure_pydicom()
         from pydicom.pixels import get_decoder
         from pydicom.uid import UID
         return get_decoder(UID(ts)).is_available
@@ -377,6 +379,7 @@ def _claims_image(rec: InstanceRecord) -> str | None:
     sop = rec.tags.get("SOPClassUID") or rec.tags.get("MediaStorageSOPClassUID")
     if isinstance(sop, str) and sop:
         try:
+            ensure_pydicom()
             from pydicom.uid import UID
             name = UID(sop).name
         except Exception:
@@ -437,6 +440,7 @@ def check_record(rec: InstanceRecord) -> str | None:
                 f"{need / 1024**3:.1f} GiB")
     ts = rec.transfer_syntax
     if ts and not _decoder_available(ts):
+        ensure_pydicom()
         from pydicom.uid import UID
         return f"no decoder installed for transfer syntax {UID(ts).name} ({ts})"
     attrs = "Rows x Columns x NumberOfFrames x SamplesPerPixel x BitsAllocated/8"
@@ -518,33 +522,9 @@ def _run_task(task) -> list[InstanceRecord | Problem]:
     return [_read_one(task[1])]
 
 
-_PRELOADED = False
-
-
 def preload_pydicom() -> None:
-    """Import the pydicom modules the readers use, before any thread pool starts.
-
-    Two threads importing pydicom for the first time (one ``import pydicom``, one
-    ``from pydicom.charset import ...``) can each hold a module lock the other needs;
-    Python breaks that deadlock by handing one of them a partially initialised module,
-    and a valid file then fails with an ImportError.  Importing up front avoids it.
-    """
-    global _PRELOADED
-    if _PRELOADED:
-        return
-    import pydicom  # noqa: F401
-    import pydicom.charset  # noqa: F401
-    import pydicom.encaps  # noqa: F401
-    import pydicom.errors  # noqa: F401
-    import pydicom.filereader  # noqa: F401
-    import pydicom.fileset  # noqa: F401
-    import pydicom.multival  # noqa: F401
-    import pydicom.pixels  # noqa: F401
-    import pydicom.pixels.utils  # noqa: F401
-    import pydicom.uid  # noqa: F401
-    import pydicom.valuerep  # noqa: F401
-    import pydicom.values  # noqa: F401
-    _PRELOADED = True
+    """Import pydicom now (thread-safe); the scan itself imports it only when a file needs it."""
+    ensure_pydicom()
 
 
 def scan(paths: str | list[str], workers: int | None = None,
@@ -585,7 +565,6 @@ def scan(paths: str | list[str], workers: int | None = None,
     if len(tasks) <= 1 or total <= 8 or workers <= 1:
         consume(map(_run_task, tasks))
     else:
-        preload_pydicom()
         with ThreadPoolExecutor(workers) as ex:
             consume(ex.map(_run_task, tasks, chunksize=8 if len(tasks) > 64 else 1))
 

@@ -887,17 +887,25 @@ class SeriesLoader:
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
         vol.loaded = np.zeros(n, dtype=bool)
         vol.window_presets = display.presets_for(vol, p.slots[len(p.slots) // 2].window)
-        ds0 = _header(p, p.slots[0].rec)  # one header per stack: VOI LUT, Presentation LUT Shape
-        if ds0 is not None:
-            try:
-                shape = str(ds0.get("PresentationLUTShape", "") or "").strip().upper()
-            except Exception:  # noqa: BLE001 - a malformed value: say so, show the identity
-                shape = ""
-                vol.warnings.append("PresentationLUTShape unreadable: not applied")
-            if shape in ("INVERSE", "IDENTITY"):
-                vol.presentation_lut_shape = shape
-            if "VOILUTSequence" in ds0 and not colour:
-                display.attach_voi_lut(vol, ds0)
+        rec0 = p.records[p.slots[0].rec]
+        if rec0.fast and "VOILUTSequence" not in rec0.flags:
+            # the header walk kept PresentationLUTShape: no pydicom header needed (native CT
+            # folders never import pydicom)
+            ds0, raw_shape = None, rec0.get("PresentationLUTShape", "")
+        else:
+            ds0 = _header(p, p.slots[0].rec)  # one header per stack: VOI LUT, Presentation LUT Shape
+            raw_shape = None
+        try:
+            if ds0 is not None:
+                raw_shape = ds0.get("PresentationLUTShape", "")
+            shape = str(raw_shape or "").strip().upper()
+        except Exception:  # noqa: BLE001 - a malformed value: say so, show the identity
+            shape = ""
+            vol.warnings.append("PresentationLUTShape unreadable: not applied")
+        if shape in ("INVERSE", "IDENTITY"):
+            vol.presentation_lut_shape = shape
+        if ds0 is not None and "VOILUTSequence" in ds0 and not colour:
+            display.attach_voi_lut(vol, ds0)
         return vol
 
     def _units(self) -> list[tuple[int, list[int]]]:
