@@ -19,7 +19,7 @@ import pytest
 
 from conftest import CT_PHANTOM, DICOM, ROOT, need
 
-highdicom = pytest.importorskip("highdicom")
+import highdicom  # noqa: E402 - pinned in pyproject: missing must fail, never skip
 
 from imaging_assist.dicom import load_series, scan  # noqa: E402
 from imaging_assist.export.dicom import NO_SOURCE_NOTE, DicomExportError, write_dicom_results  # noqa: E402

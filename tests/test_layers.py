@@ -145,7 +145,7 @@ def test_markers_near_plane():
 
 
 def test_load_overlay_npy_and_nifti(tmp_path):
-    nib = pytest.importorskip("nibabel")
+    import nibabel as nib
     vol = Volume(array=np.zeros((3, 4, 5), np.int16), spacing=(0.5, 0.6, 2.0), origin=(10.0, 20.0, 30.0),
                  direction=np.eye(3))
     lab = np.zeros((3, 4, 5), np.uint8)

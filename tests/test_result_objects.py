@@ -15,7 +15,7 @@ import pytest
 
 from conftest import CT_PHANTOM, DICOM, need
 
-hd = pytest.importorskip("highdicom")  # pinned in pyproject: never missing in the venv
+import highdicom as hd  # noqa: E402 - pinned in pyproject: missing must fail, never skip
 from pydicom.sr.codedict import codes  # noqa: E402
 
 from imaging_assist.dicom import load_series, scan  # noqa: E402

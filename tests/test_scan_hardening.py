@@ -159,7 +159,6 @@ def _scan_in_child(*paths, timeout=60):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
 def test_special_files_never_block(tmp_path):
     _three(tmp_path)
     d = tmp_path / "s"
@@ -475,7 +474,6 @@ def test_compressed_frame_header_must_match_attributes(tmp_path, name, kw, value
     assert "compressed frame" in probs[name] or "RLE data" in probs[name], probs
 
 
-@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX only")
 def test_cli_scan_with_a_fifo_never_blocks(tmp_path):
     """The command also looks for slides in the folder: that walk must not open the pipe."""
     _three(tmp_path)
