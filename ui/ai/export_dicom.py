@@ -13,52 +13,34 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths, Qt, QTimer
+from PySide6.QtCore import QStandardPaths, Qt
 from PySide6.QtGui import QAction, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from imaging_assist.errors import UserError
 
+from .session_runs import series_key, session_runs
+
 
 class DicomExporter:
-    """Keeps the latest run of each model on each series in this session, with its arrays
-    (label maps, heat maps: the report exporter keeps only the results.json items), and
-    writes the objects of the runs on the shown series."""
+    """Writes the DICOM objects of the runs on the shown series, from the session's run log
+    (:mod:`.session_runs`, shared with the report)."""
 
     def __init__(self, win):
         self.win = win
-        self.runs: dict[tuple, tuple] = {}  # (series key, model id) -> (result, item)
+        self.log = session_runs(win)
         self.last_notes: list[str] = []
         self.last_error = ""
-        QTimer.singleShot(0, self._hook)
-
-    def _hook(self):
-        panel = getattr(self.win, "model_panel", None)
-        if panel is not None:
-            panel.runFinished.connect(self._on_run)
-
-    def _on_run(self, status: str):
-        panel = self.win.model_panel
-        ctx = panel._run_ctx or {}
-        res, vol = panel.last_result, ctx.get("volume")
-        if status != "done" or res is None or vol is None:
-            return
-        self.add_run(vol, res, ctx["card"], ctx.get("settings"))
 
     def add_run(self, vol, res, card, settings=None) -> None:
-        from .export_report import _series_key, result_item
-
-        self.runs[(_series_key(vol), card.id)] = (res, result_item(res, card, settings))
+        self.log.add(vol, res, card, settings)
 
     def _runs(self):
-        from .export_report import _series_key
-
         vol = self.win.doc.volume
         if vol is None:
             return [], []
-        key = _series_key(vol)
-        pairs = [v for (series, _mid), v in self.runs.items() if series == key]
-        return [r for r, _ in pairs], [d for _, d in pairs]
+        runs = self.log.of_series(series_key(vol))
+        return [r.result for r in runs], [r.item for r in runs]
 
     def plan(self) -> list[str]:
         """The lines listed before writing (one per object, or why none can be written)."""

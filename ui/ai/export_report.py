@@ -12,57 +12,23 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
-from PySide6.QtCore import QStandardPaths, Qt, QTimer, QUrl
+from PySide6.QtCore import QStandardPaths, Qt, QUrl
 from PySide6.QtGui import QAction, QDesktopServices, QGuiApplication
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from imaging_assist.errors import UserError
 
-
-def result_item(res, card, settings: dict | None = None) -> dict:
-    """A results.json item of an in-memory result, as analyze would write it (without files)."""
-    d = res.to_dict()
-    d["heatmaps"] = [h.to_dict() for h in res.heatmaps]
-    override = list((settings or {}).get("override_reasons") or [])
-    if override:
-        d["research_override"] = {"reasons": override}
-    if "probabilities" in d:
-        try:
-            from imaging_assist.models.operating_point import apply_decision
-            apply_decision(d, card, "research override: the model card does not fit this series"
-                           if override else "")
-        except ImportError:  # engine without issue 14's decisions: the thresholds stay
-            pass
-    return d
+from .session_runs import series_key as _series_key
+from .session_runs import session_runs
 
 
 class ReportExporter:
-    """Keeps what was run in this session (the latest run of each model on each series, with
-    its key views taken while the series was loaded) and writes the report of the shown
-    series' study."""
+    """Writes the report of the shown series' study from the session's run log
+    (:mod:`.session_runs`: the latest run of each model on each series, with its key views)."""
 
     def __init__(self, win):
         self.win = win
-        # (series key, model id) -> (results.json item, card, {"header", "views"})
-        self.runs: dict[tuple, tuple] = {}
-        QTimer.singleShot(0, self._hook)
-
-    def _hook(self):
-        panel = getattr(self.win, "model_panel", None)
-        if panel is not None:
-            panel.runFinished.connect(self._on_run)
-
-    def _on_run(self, status: str):
-        from imaging_assist.export.report_pdf import capture
-
-        panel = self.win.model_panel
-        ctx = panel._run_ctx or {}
-        res, vol = panel.last_result, ctx.get("volume")
-        if status != "done" or res is None or vol is None:
-            return
-        card = ctx["card"]
-        d = result_item(res, card, ctx.get("settings"))
-        self.runs[(_series_key(vol), card.id)] = (d, card, capture(d, vol, result=res))
+        self.log = session_runs(win)
 
     def build(self, deidentify: bool = False) -> dict:
         """The report data of the shown series' study (the engine's build_report)."""
@@ -76,7 +42,8 @@ class ReportExporter:
         shown = _series_key(vol)
         items, captured, cards = [], {}, {}
         # the shown series first, then the other series of its study that were analysed
-        for (series, _mid), (d, card, cap) in sorted(self.runs.items(), key=lambda kv: kv[0][0] != shown):
+        for (series, _mid), run in sorted(self.log.runs.items(), key=lambda kv: kv[0][0] != shown):
+            d, card, cap = run.item, run.card, run.views
             same = series == shown or (study and ((cap.get("header") or {}).get("study_uid") == study))
             if not same:
                 continue
@@ -128,10 +95,6 @@ class ReportExporter:
         if open_after:
             QDesktopServices.openUrl(QUrl.fromLocalFile(str(out)))
         return out
-
-
-def _series_key(vol) -> str:
-    return vol.series_uid or (vol.source_paths[0] if vol.source_paths else str(id(vol)))
 
 
 def export_report_action(win) -> QAction:
