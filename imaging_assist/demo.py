@@ -218,13 +218,9 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
     """Load every demo series, run the matching models, write report.json and key images."""
     from .dicom import load_series, scan
 
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out} exists and is not a folder: choose another --out")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {out}: {e.strerror or e}") from None
+    from .outputs import out_folder
+
+    out_dir = out_folder(out)
     index = scan(demo_root())
     report = {"not_for_clinical_use": True, "results_schema_version": 1, "source": demo_root(),
               "attribution": attribution_path(),

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from pathlib import Path
 
-from ..errors import UserError
+from ..outputs import out_folder  # noqa: F401 - re-exported for the commands
 
 
 def print_json(obj) -> None:
@@ -47,19 +45,3 @@ def int_at_least(low: int):
 
     parse.__name__ = f"integer >= {low}"
     return parse
-
-
-def out_folder(path) -> Path:
-    """The output folder, created if needed; a one-line UserError when it cannot be one."""
-    if not str(path).strip():
-        raise UserError("--out is empty: name an output folder")
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{path} exists and is not a folder: choose another --out")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the output folder {path}: {e.strerror or e}") from None
-    if not os.access(p, os.W_OK):
-        raise UserError(f"cannot write to the output folder {path}")
-    return p

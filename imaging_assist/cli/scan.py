@@ -56,16 +56,13 @@ def cmd_scan(args) -> int:
                 if s.result_kind:  # SEG / Parametric Map / SR / PDF: a result of another series
                     from ..dicom.result_objects import KIND_NAMES
                     refs = f"refers to series {', '.join(s.references)}" if s.references else "no series referenced"
-                    print(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
-                          f"{s.description or '(no description)':<34} {KIND_NAMES[s.result_kind]} (result), "
-                          f"{refs}  key={s.key}")
-                    for w in s.warnings:
-                        print(f"      warning: {w}")
-                    continue
-                size = f"{s.rows}x{s.cols}" if s.is_image else "no images"
+                    what = f"{KIND_NAMES[s.result_kind]} (result), {refs}"
+                else:
+                    size = f"{s.rows}x{s.cols}" if s.is_image else "no images"
+                    what = (f"{s.n_instances:>5} inst {s.n_frames:>5} frames  {size:<9} "
+                            f"body={s.body_part or '-'}")
                 print(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
-                      f"{s.description or '(no description)':<34} {s.n_instances:>5} inst "
-                      f"{s.n_frames:>5} frames  {size:<9} body={s.body_part or '-'}  key={s.key}")
+                      f"{s.description or '(no description)':<34} {what}  key={s.key}")
                 for w in s.warnings:
                     print(f"      warning: {w}")
     if slides:

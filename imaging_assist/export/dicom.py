@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from . import dicom_common as dc
 from .dicom_common import DicomExportError
