@@ -420,3 +420,24 @@ def test_viewer_screenshot_shows_the_ood_warning(qapp, tmp_path):
     w = QColor(WARN_FG)
     near = np.abs(a - np.array([w.red(), w.green(), w.blue()])).sum(2) < 60
     assert near.sum() > 30, "the warning is not drawn in the warning colour"
+
+
+def test_score_from_the_apps_own_forward_pass_equals_the_separate_pass(monkeypatch):
+    """The classifier's fp32 forward pass carries the OOD feature hooks (no second pass); its
+    score equals the separate extraction the statistics were fitted with."""
+    from imaging_assist.inference.pipelines import run_model
+
+    card = load_card(W / "cxr-pneumonia")
+    model = load_model(card)
+    tile = _sample((SHARED / "pathology" / "lc25000_lung_subset" / "tiles").rglob("*.jpeg"), 1)[0]
+    images = [read_image(p) for p in _own_test_images("cxr-pneumonia")[:2]] + [read_image(tile)]
+    calls = []
+    real = O.FeatureHooks.__enter__
+    monkeypatch.setattr(O.FeatureHooks, "__enter__", lambda self: calls.append(1) or real(self))
+    fused = [run_model(model, v).ood for v in images]
+    assert len(calls) == 3  # the hooks rode on the app's forward pass
+    monkeypatch.setattr(O, "fused_hooks", lambda card, net: None)
+    separate = [run_model(model, v).ood for v in images]
+    for a, b in zip(fused, separate):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-4) and a["flagged"] == b["flagged"]
+    assert fused[-1]["flagged"]  # the histology tile

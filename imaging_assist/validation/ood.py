@@ -73,25 +73,45 @@ def _named(net: torch.nn.Module, layers: list[str]) -> list[torch.nn.Module]:
     return [mods[n] for n in layers]
 
 
-def forward_with_features(net: torch.nn.Module, x: torch.Tensor, layers: list[str]):
-    """One forward pass of ``x`` returning (network output, (N, D) float64 features): per layer
-    and channel the spatial mean and standard deviation of the activations, in layer order."""
-    mods = _named(net, layers)
-    grabbed: list = [None] * len(mods)
+class FeatureHooks:
+    """Forward hooks on ``layers`` that keep, for every forward pass while active, the (B, D)
+    float64 features: per layer and channel the spatial mean and standard deviation of the
+    activations, in layer order.  Used around the app's own forward pass, so the score costs
+    no second pass (``with FeatureHooks(net, layers) as fh: net(x); fh.features()``)."""
 
-    def hook(i):
+    def __init__(self, net: torch.nn.Module, layers: list[str]):
+        self.mods = _named(net, layers)
+        self._grabbed: list = [None] * len(self.mods)
+        self._batches: list[np.ndarray] = []
+        self._handles: list = []
+
+    def _hook(self, i):
         def f(_m, _inp, out):
             o = out.float().flatten(2)  # (B, C, HW)
-            grabbed[i] = torch.cat([o.mean(2), o.std(2, unbiased=False)], 1)
+            self._grabbed[i] = torch.cat([o.mean(2), o.std(2, unbiased=False)], 1)
+            if i == len(self.mods) - 1:  # the deepest layer ends this pass's features
+                self._batches.append(torch.cat(self._grabbed, 1).double().cpu().numpy())
         return f
 
-    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(mods)]
-    try:
-        out = net(x)
-    finally:
-        for h in handles:
+    def __enter__(self):
+        self._handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.mods)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles:
             h.remove()
-    return out, torch.cat(grabbed, 1).double().cpu().numpy()
+        self._handles = []
+        return False
+
+    def features(self) -> np.ndarray:
+        return np.concatenate(self._batches) if self._batches else np.zeros((0, 0))
+
+
+def forward_with_features(net: torch.nn.Module, x: torch.Tensor, layers: list[str]):
+    """One forward pass of ``x`` returning (network output, (N, D) float64 features)."""
+    with FeatureHooks(net, layers) as fh:
+        out = net(x)
+    return out, fh.features()
 
 
 @torch.no_grad()
@@ -373,6 +393,31 @@ def ood_block(card, network, xs, unit_name: str = "slice") -> dict:
         s = stats.scores(network, x)
     except OODStatsError as e:
         return {"score": None, "threshold": stats.threshold, "flagged": True, "reasons": [str(e)]}
+    return block_from_scores(stats, s, unit_name)
+
+
+def fused_hooks(card, network) -> FeatureHooks | None:
+    """Hooks for scoring during the app's own fp32 forward pass, or None when the separate
+    pass of :func:`ood_block` must run (no statistics, a bad file, no hook support)."""
+    try:
+        stats = stats_for(card)
+    except OODStatsError:
+        return None  # ood_block reports it
+    if stats is None or not hasattr(network, "named_modules") or isinstance(network, torch.jit.ScriptModule):
+        return None
+    try:
+        return FeatureHooks(network, stats.layers)
+    except OODStatsError:
+        return None
+
+
+def block_from_features(card, feats: np.ndarray, unit_name: str = "slice") -> dict:
+    """The ``ood`` block from features taken by :func:`fused_hooks` (same as :func:`ood_block`)."""
+    stats = stats_for(card)
+    return block_from_scores(stats, score(stats.tensors, feats, stats.method, stats.k), unit_name)
+
+
+def block_from_scores(stats, s, unit_name: str = "slice") -> dict:
     if len(s) == 1:
         return stats.result(float(s[0])).to_dict()
     d = summarise_tiles(s, stats.threshold, stats.method)

@@ -3,6 +3,8 @@ through MONAI's ``SimpleInferer``; explanations mapped back to the study grid.""
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 
 import numpy as np
@@ -35,19 +37,18 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
     bs = max(1, int(opts.slice_batch))
     from monai.inferers import SimpleInferer
 
+    from ...validation import ood
+
     inferer = SimpleInferer()
-    for s in range(0, len(xs), bs):
-        x = torch.stack(xs[s:s + bs])
-        logits = inferer(x, lambda b: _forward(model, b, device, fp)).cpu()
-        if logits.ndim != 2:
-            raise InputError(f"model {card.id} is a classifier but its output has shape "
-                             f"{tuple(logits.shape)}")
-        if logits.shape[1] != len(labels):
-            raise InputError(f"model {card.id} outputs {logits.shape[1]} values but its card "
-                             f"lists {len(labels)} labels")
-        check_finite(logits, card)
-        probs.append(_activation(logits, card.activation))
-        inf_prog((s + len(x)) / len(xs), f"image {min(s + bs, len(xs))}/{len(xs)}")
+    # The OOD score's features come from this same forward pass when it runs in fp32, as the
+    # statistics were fitted; otherwise (bf16, TorchScript, no statistics) ood.attach runs its own.
+    hooks = ood.fused_hooks(card, model.network) if fp.autocast_dtype is None else None
+    with hooks if hooks is not None else contextlib.nullcontext():
+        for s in range(0, len(xs), bs):
+            x = torch.stack(xs[s:s + bs])
+            logits = inferer(x, lambda b: _forward(model, b, device, fp)).cpu()
+            probs.append(_checked_probs(logits, card, labels))
+            inf_prog((s + len(x)) / len(xs), f"image {min(s + bs, len(xs))}/{len(xs)}")
     p = torch.cat(probs).numpy()  # (n_units, n_labels)
     timings["infer_s"] = time.perf_counter() - t
     per_slice = None
@@ -64,9 +65,12 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
     res = ClassificationResult(card.id, card.version, card.task, list(labels),
                                probabilities=probabilities, decisions=decisions,
                                per_slice=per_slice, aggregation=aggregation, timings=timings)
-    from ...validation.ood import attach as attach_ood  # issue 14: flagged -> decisions withheld
-
-    attach_ood(model, res, xs)
+    # issue 14: a flagged result has its decisions withheld
+    feats = hooks.features() if hooks is not None else None
+    if feats is not None and len(feats) == len(xs):
+        ood.attach_block(res, ood.block_from_features(card, feats))
+    else:
+        ood.attach(model, res, xs)
     if opts.explain is not None:
         positive = [lab for lab, dd in decisions.items() if dd and dd["positive"]]
         default = positive or [max(probabilities, key=probabilities.get)]
@@ -74,6 +78,17 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
                             _explain_labels(card, opts.explain_labels, default), prog.stage(0.6, 1.0),
                             warns)
     return res
+
+
+def _checked_probs(logits: torch.Tensor, card, labels) -> torch.Tensor:
+    if logits.ndim != 2:
+        raise InputError(f"model {card.id} is a classifier but its output has shape "
+                         f"{tuple(logits.shape)}")
+    if logits.shape[1] != len(labels):
+        raise InputError(f"model {card.id} outputs {logits.shape[1]} values but its card "
+                         f"lists {len(labels)} labels")
+    check_finite(logits, card)
+    return _activation(logits, card.activation)
 
 
 def _explain_classifier(model, vol, opts, device, pre, dicts, xs, p, res, targets, prog, warns):
