@@ -13,8 +13,9 @@ libglib2.0-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-r
 libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxrender1 libxi6 fonts-dejavu-core xvfb xauth"
 
 # What the test suite itself runs (real components, never mocked): dciodvfy validates every
-# DICOM object we write, pdftotext/pdftoppm read back the PDF reports.
-TEST_DEB_PACKAGES="dicom3tools poppler-utils"
+# DICOM object we write, pdftotext/pdftoppm read back the PDF reports, Orthanc (+ its DICOMweb
+# plugin) and DCMTK are the PACS peers, tesseract reads burned-in text for de-identification.
+TEST_DEB_PACKAGES="dicom3tools poppler-utils orthanc orthanc-dicomweb dcmtk tesseract-ocr tesseract-ocr-eng"
 
 install_debs() {
   local wanted="$DEB_PACKAGES ${1:-}"

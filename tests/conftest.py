@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,13 @@ CT_PHANTOM = DICOM / "ct_head_phantom_philips" / "series202_STD_BRAIN_1MM_iDose"
 NINE_SYNTAXES = SHARED / "variety" / "dcm_qa_ts_same_image_9_syntaxes"
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# The suite never writes into the user's own folders (audit trail, prediction log, PACS nodes,
+# site key): XDG config and data homes point into one temporary folder for the whole run,
+# inherited by every subprocess the tests start.  Tests that need their own set IMAGING_ASSIST_*.
+_USER_HOME = Path(tempfile.mkdtemp(prefix="imaging-assist-tests-"))
+os.environ["XDG_CONFIG_HOME"] = str(_USER_HOME / "config")
+os.environ["XDG_DATA_HOME"] = str(_USER_HOME / "data")
 
 
 def need(path: Path) -> Path:

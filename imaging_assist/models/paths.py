@@ -4,20 +4,9 @@ that the registry and the trust store can both use it."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-APP_NAME = "imaging-assist"
-
-
-def config_dir() -> Path:
-    """``IMAGING_ASSIST_CONFIG_DIR`` (tests use it) or the platformdirs user config folder."""
-    env = os.environ.get("IMAGING_ASSIST_CONFIG_DIR")
-    if env:
-        return Path(env)
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+from ..userdirs import APP_NAME, config_dir  # noqa: F401 - re-exported for the models package
 
 
 def user_models_dir() -> Path:

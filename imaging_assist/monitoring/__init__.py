@@ -1,0 +1,1 @@
+"""Learning from the readers (no Qt): prediction log, reader feedback, drift monitor, model versions."""

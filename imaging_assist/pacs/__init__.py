@@ -1,0 +1,1 @@
+"""PACS connectivity (no Qt): nodes, DIMSE (pynetdicom) and DICOMweb (dicomweb-client)."""

@@ -1,0 +1,1 @@
+"""The Monitor panel and reader-feedback controls (over imaging_assist.monitoring)."""

@@ -1,0 +1,1 @@
+"""The Query/Retrieve window and "Send to PACS…" (over imaging_assist.pacs)."""
