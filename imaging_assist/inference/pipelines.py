@@ -26,6 +26,7 @@ import warnings as _warnings
 import numpy as np
 import torch
 
+from ..monitoring.log import record_safely as _log_prediction
 from ..volume import Volume
 from .device import GpuFallbackWarning, fast_path, free_gpu_memory, is_oom, resolve_device
 from .inferers import run_bundle, run_classifier, run_segmenter
@@ -115,6 +116,7 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
             if res.quality is not None and not res.quality["passed"]:
                 res.warnings.append(res.quality["text"])
         res.timings["total_s"] = time.perf_counter() - t0
+        _log_prediction(model, volume, res)  # issue 18: the prediction log (never raises)
         return res
 
 

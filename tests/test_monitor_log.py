@@ -1,0 +1,123 @@
+"""Prediction log (issue 18): the engine hook records every run, schema migrations, CSV export,
+a logging failure never breaks a run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sqlite3
+
+import pytest
+
+from conftest import SHARED, need
+from imaging_assist.cli.main import main
+from imaging_assist.monitoring import log as plog
+
+KERMANY = SHARED / "cxr" / "pneumonia_kermany"
+
+
+@pytest.fixture()
+def logdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.delenv(plog.ENV_SWITCH, raising=False)
+    yield tmp_path
+    plog.close_all()
+
+
+@pytest.fixture(scope="module")
+def pneumonia():
+    from imaging_assist.models.registry import Registry
+
+    return Registry().load("cxr-pneumonia")
+
+
+def _image(name="test/NORMAL"):
+    d = need(KERMANY / name)
+    return sorted(d.iterdir())[0]
+
+
+def test_every_run_is_logged_with_its_inputs_and_outputs(logdir, pneumonia):
+    from imaging_assist.inference import RunOptions, read_image, run_model
+
+    p = _image()
+    res = run_model(pneumonia, read_image(p), RunOptions(device="cpu"))
+    row = plog.open_log().run(res.prediction_log_id)
+    assert plog.db_path() == logdir / "data" / "predictions.sqlite"
+    assert row["model_id"] == "cxr-pneumonia" and row["model_version"] == pneumonia.card.version
+    assert row["weights_sha256"] == pneumonia.card.weights[0].sha256
+    assert (row["rows"], row["cols"], row["slices"]) == (224, 224, 1)
+    assert row["score"] == pytest.approx(res.probabilities["pneumonia"])
+    assert row["ood_score"] == pytest.approx(res.ood["score"])
+    assert row["device"] == "cpu" and row["run_s"] > 0
+    assert 0 <= row["int_p1"] <= row["int_p50"] <= row["int_p99"] <= 255
+    # a keyed pseudonym, never the path or name
+    assert row["input_key"] and len(row["input_key"]) == 32
+    assert p.name not in str(row.values()) and str(p.parent) not in str(row.values())
+    # the same input gives the same pseudonym (so repeated reads of one study can be grouped)
+    res2 = run_model(pneumonia, read_image(p), RunOptions(device="cpu"))
+    assert plog.open_log().run(res2.prediction_log_id)["input_key"] == row["input_key"]
+
+
+def test_a_broken_log_never_breaks_a_run(logdir, pneumonia, monkeypatch):
+    from imaging_assist.inference import RunOptions, read_image, run_model
+
+    # the data folder is a file: the database cannot be created
+    (logdir / "data").write_text("not a folder")
+    monkeypatch.setattr(plog, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="prediction log could not record"):
+        res = run_model(pneumonia, read_image(_image()), RunOptions(device="cpu"))
+    assert res.probabilities and getattr(res, "prediction_log_id", None) is None
+
+
+def test_switched_off_and_paused(logdir, pneumonia, monkeypatch):
+    from imaging_assist.inference import RunOptions, read_image, run_model
+
+    with plog.paused():
+        res = run_model(pneumonia, read_image(_image()), RunOptions(device="cpu"))
+    assert getattr(res, "prediction_log_id", None) is None
+    monkeypatch.setenv(plog.ENV_SWITCH, "off")
+    res = run_model(pneumonia, read_image(_image()), RunOptions(device="cpu"))
+    assert getattr(res, "prediction_log_id", None) is None
+    assert not plog.db_path().exists()
+
+
+def test_migrations_upgrade_an_old_file_and_refuse_a_newer_one(tmp_path):
+    p = tmp_path / "old.sqlite"
+    c = sqlite3.connect(p)
+    for sql in plog.MIGRATIONS[0]:
+        c.execute(sql)
+    c.execute("PRAGMA user_version=1")
+    c.execute("INSERT INTO runs (time_utc, time_unix, model_id) VALUES ('2026-01-01', 1.0, 'm')")
+    c.commit()
+    c.close()
+    lg = plog.PredictionLog(p)
+    assert lg.schema_version == plog.SCHEMA_VERSION >= 2
+    assert lg.query("SELECT model_id FROM runs") == [("m",)]  # kept
+    lg.add_event("test", "m")  # table from migration 2
+    assert lg.query("PRAGMA journal_mode")[0][0] == "wal"
+    lg.close()
+    c = sqlite3.connect(p)
+    c.execute(f"PRAGMA user_version={plog.SCHEMA_VERSION + 1}")
+    c.commit()
+    c.close()
+    with pytest.raises(plog.LogError, match="newer than this program"):
+        plog.PredictionLog(p)
+
+
+def test_log_export_csv(logdir, pneumonia, capsys):
+    from imaging_assist.inference import RunOptions, read_image, run_model
+
+    assert main(["log", "export", "--csv"]) == 2  # no log yet: one line
+    assert "no prediction log yet" in capsys.readouterr().err
+    for name in ("test/NORMAL", "test/PNEUMONIA"):
+        run_model(pneumonia, read_image(_image(name)), RunOptions(device="cpu"))
+    out = logdir / "runs.csv"
+    assert main(["log", "export", "--csv", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 2 and rows[0]["model_id"] == "cxr-pneumonia"
+    assert {"input_key", "ood_score", "score", "int_p50", "weights_sha256"} <= set(rows[0])
+    capsys.readouterr()
+    assert main(["log", "export", "--csv"]) == 0
+    assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 2
+    assert main(["log", "export", "--csv", str(logdir)]) == 2
