@@ -89,6 +89,8 @@ class MainWindow(QMainWindow):
         ai_dock.add_ai_dock(self)
         from ..radiology.result_layers import ResultLayers
         self.results = ResultLayers(self)  # SEG / Parametric Map / SR of the shown series
+        from ..radiology.nodules import NoduleTool
+        self.nodules = NoduleTool(self)  # CT nodules: Shift+click or N in any plane (issue 21)
         self.presets.rebuild()
         self.resize(1600, 1000)
         self._update_enabled()

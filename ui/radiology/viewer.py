@@ -47,6 +47,7 @@ class SliceView(QWidget):
     cursorInfo = Signal(str)     # status-bar text for the pixel under the mouse
     activated = Signal(object)   # this view got the focus / a click
     firstImagePainted = Signal(float)  # perf_counter() of the first paint with real pixels
+    pointPicked = Signal(object, object)  # (view, (k, j, i)): Shift+click / N over the image (nodules)
 
     def __init__(self, doc: ViewerDocument, plane: Plane | None = None, parent=None, title: str = ""):
         super().__init__(parent)
@@ -659,6 +660,8 @@ class SliceView(QWidget):
             return
         if btn != Qt.LeftButton:
             return
+        if ev.modifiers() & Qt.ShiftModifier and self._pending is None and self._pick(pos):
+            return
         uv = self.screen_to_uv(pos)
         if self._pending is None:
             hit = self._hit_handle(pos)
@@ -695,6 +698,28 @@ class SliceView(QWidget):
             self._drag = ("pan", pos)
         elif tool == "zoom":
             self._drag = ("zoom", pos, self.zoom, pos)
+
+    def point_kji(self, pos: QPointF | None = None) -> tuple[float, float, float] | None:
+        """A widget point (default: the last mouse position over the view) as continuous array
+        coordinates (k, j, i) on this view's plane and slice, exactly through the view's
+        geometry; None outside the image."""
+        if self.vol is None:
+            return None
+        uv = self.screen_to_uv(pos) if pos is not None else self._cursor_uv
+        if uv is None:
+            return None
+        shape3 = self.doc.shape3()
+        kji = self.plane.to_voxel(uv[0], uv[1], self.index, shape3)
+        if not all(-0.5 <= x <= n - 0.5 for x, n in zip(kji, shape3)):
+            return None
+        return kji
+
+    def _pick(self, pos: QPointF | None = None) -> bool:
+        kji = self.point_kji(pos)
+        if kji is None:
+            return False
+        self.pointPicked.emit(self, kji)
+        return True
 
     def _set_crosshair(self, uv):
         kji = self.plane.to_voxel(uv[0], uv[1], self.index, self.doc.shape3())
@@ -855,6 +880,8 @@ class SliceView(QWidget):
             return
         if k == Qt.Key_End:
             self.doc.set_index(self.plane.axis, self.n_slices - 1)
+            return
+        if k == Qt.Key_N and not (ev.modifiers() & (Qt.ControlModifier | Qt.AltModifier)) and self._pick():
             return
         if k == Qt.Key_Escape and self._pending is not None:
             self.cancel_pending()

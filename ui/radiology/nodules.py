@@ -1,0 +1,600 @@
+"""CT lung nodules in the viewer (issue 21): Shift+click (or ``N`` over) a nodule in any plane.
+
+The click becomes a patient (LPS) point through the view's own geometry
+(:meth:`SliceView.point_kji` -> :meth:`Volume.index_to_lps`), the engine's
+:func:`imaging_assist.nodules.analysis.analyze_at` runs on a worker thread (the engine's jobs
+API, as the AI panel does; results come back through queued Qt signals), and the outcome is
+
+* the 3-D mask as one label layer ("Nodules", one label per nodule) on all three planes,
+* the 3-D heat map as one heat-map layer (hidden and flagged when the explanation failed its
+  sanity check, or when the engine says the heat map is not meaningful),
+* an entry in the Nodules dock: id, volume, long/short axis, mean HU, density impression,
+  malignancy likelihood against its threshold (decision withheld when out of distribution),
+  "Not for clinical use".  Clicking an entry moves every plane to its centre; Del removes it.
+
+Nodules belong to their series (kept per series key while the session lasts, shown again when
+the reader comes back to it), and every analysed nodule is handed to the session run log
+(:mod:`imaging_assist_ui.ai.session_runs`) for the report and DICOM exports when the engine
+offers that.
+
+The heavy numpy work (cropping the full-grid mask and heat map to their bounding box) is done
+on the worker; the GUI thread only pastes crops into the layer arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PySide6.QtCore import QObject, Qt, Signal
+from PySide6.QtGui import QColor, QKeySequence, QShortcut
+from PySide6.QtWidgets import (QDockWidget, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
+                               QPushButton, QVBoxLayout, QWidget)
+
+from imaging_assist.errors import UserError
+from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer
+
+from ..shared.text import one_line
+from ..shared.theme import ERROR_FG, MUTED, WARN_FG
+
+log = logging.getLogger(__name__)
+
+ENTRY_ROLE = Qt.UserRole + 1
+NOT_CLINICAL = "Research models — not for clinical use"
+OOD_TEXT = "outside what this model was trained on"
+HELP_TEXT = "Shift+click a nodule (or press N over it) in any plane of a CT series to analyse it."
+MASK_LAYER = "Nodules"
+
+
+def analyze(volume, point_lps, nodule_id=None, explain=True):
+    """The engine call, at module level so that tests can wrap it (never replace it)."""
+    from imaging_assist.nodules.analysis import analyze_at
+
+    return analyze_at(volume, point_lps, nodule_id=nodule_id, explain=explain)
+
+
+def series_key(vol) -> str:
+    from ..ai.session_runs import series_key as key
+
+    return key(vol)
+
+
+def _fmt(v, spec: str = ".1f", unit: str = "") -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(f):
+        return "—"
+    return f"{f:{spec}}{unit}"
+
+
+def _bbox(*arrays) -> tuple[slice, slice, slice] | None:
+    """The bounding box of the non-zero voxels of any of the arrays (None: all zero)."""
+    any_ = None
+    for a in arrays:
+        if a is None:
+            continue
+        nz = np.asarray(a) != 0
+        any_ = nz if any_ is None else (any_ | nz)
+    if any_ is None or not any_.any():
+        return None
+    box = []
+    for ax in range(3):
+        other = tuple(x for x in range(3) if x != ax)
+        idx = np.flatnonzero(any_.any(axis=other))
+        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
+    return tuple(box)
+
+
+def heat_flag(result) -> str:
+    """Why the nodule's heat map must not be shown as an explanation ("" when it may): the
+    engine's own sanity verdict (a warning naming the sanity check, or an explicit field)."""
+    for name in ("heatmap_sanity", "explanation_sanity"):  # explicit verdicts, when the engine gives one
+        v = getattr(result, name, None)
+        if isinstance(v, dict) and v.get("passed") is False:
+            return "the heat map failed the weight-randomisation sanity check: hidden"
+        if v is False:
+            return "the heat map failed the weight-randomisation sanity check: hidden"
+    for w in getattr(result, "warnings", None) or []:
+        s = str(w).lower()
+        if "sanity check" in s and ("fail" in s or "not passed" in s):
+            return "the heat map failed the weight-randomisation sanity check: hidden"
+        if "heat map" in s and "not meaningful" in s:
+            return "the heat map is not meaningful here (" + one_line(w) + "): hidden"
+    return ""
+
+
+@dataclass
+class Nodule:
+    """One analysed nodule of one series: the engine's result and its crops on the volume grid."""
+
+    number: int                    # its value in the label layer
+    result: object                 # imaging_assist.nodules.analysis.NoduleResult
+    series: str
+    box: tuple                     # slices on the volume grid (k, j, i) holding mask and heat map
+    mask: np.ndarray               # bool, the box's shape
+    heat: np.ndarray | None        # float32, the box's shape (None: no heat map)
+    center_kji: tuple[float, float, float]
+    heat_flag: str = ""
+    shape: tuple = ()              # the volume grid it was made on
+    added_at: float = field(default_factory=time.time)
+
+    @property
+    def id(self) -> str:
+        rid = getattr(self.result, "id", None)
+        return str(rid) if rid not in (None, "") else f"N{self.number}"
+
+    def lines(self) -> list[str]:
+        """What the list shows, one string per line (what a reader reads)."""
+        r = self.result
+        out = [f"{self.id}   {_fmt(r.volume_mm3, ',.0f', ' mm³')}   "
+               f"{_fmt(r.long_axis_mm)} × {_fmt(r.short_axis_mm, '.1f', ' mm')}",
+               f"mean {_fmt(r.mean_hu, '.0f', ' HU')} · {getattr(r, 'density', None) or 'density —'}"]
+        out.append(malignancy_text(r))
+        return out
+
+
+def malignancy_text(r) -> str:
+    """``malignant 0.87 ≥ 0.42 → above threshold`` or the withheld decision with its reason."""
+    p = getattr(r, "p_malignant", None)
+    thr = getattr(r, "threshold", None)
+    ood = getattr(r, "ood", None) or {}
+    flagged = bool(ood.get("flagged")) if isinstance(ood, dict) else bool(ood)
+    if p is None:
+        return "malignancy: not computed"
+    ps = _fmt(p, ".2f")
+    if thr is None:
+        return f"malignancy likelihood {ps} (no threshold in the card)"
+    if flagged:
+        return f"malignancy likelihood {ps} (threshold {float(thr):.2f}) · decision withheld: {OOD_TEXT}"
+    dec = getattr(r, "decision", None)
+    if isinstance(dec, dict):
+        dec = dec.get("label") or dec.get("decision")
+    if dec in (None, ""):
+        dec = "malignant" if float(p) >= float(thr) else "benign"
+    op = "≥" if float(p) >= float(thr) else "<"
+    return f"malignancy likelihood {ps} {op} {float(thr):.2f} → {dec}"
+
+
+class _Bridge(QObject):
+    """The worker emits these; Qt delivers them on the GUI thread (queued)."""
+
+    finished = Signal(int, str, object)   # token, status ("done", "none", "error"), payload
+
+
+def _analyze_job(volume, point_lps, nodule_id, token, bridge, progress=None):
+    """Worker: run the engine, then cut the full-grid arrays down to their bounding box."""
+    status, payload = "error", None
+    try:
+        r = analyze(volume, tuple(float(x) for x in point_lps), nodule_id=nodule_id, explain=True)
+        if not getattr(r, "found", False):
+            status, payload = "none", r
+        else:
+            mask = np.asarray(r.mask, bool)
+            heat = None if getattr(r, "heatmap", None) is None else np.asarray(r.heatmap, np.float32)
+            shape = tuple(volume.array.shape[:3])
+            if mask.shape != shape or (heat is not None and heat.shape != shape):
+                raise UserError(f"the engine's mask {mask.shape} is not on the volume grid {shape}")
+            box = _bbox(mask, heat)
+            if box is None or not mask.any():
+                status, payload = "none", r
+            else:
+                hm = None if heat is None else np.ascontiguousarray(heat[box])
+                if hm is not None:
+                    hm[~np.isfinite(hm)] = 0.0
+                status, payload = "done", (r, box, np.ascontiguousarray(mask[box]), hm)
+    except UserError as e:
+        payload = one_line(e)
+    except Exception as e:  # noqa: BLE001 - one line in the panel, details in the log
+        log.debug("nodule analysis failed", exc_info=True)
+        payload = f"{type(e).__name__}: {one_line(e)}"
+    try:
+        bridge.finished.emit(token, status, payload)
+    except RuntimeError:  # the window was closed meanwhile
+        pass
+    return status
+
+
+class NodulePanel(QWidget):
+    """The dock's widget: help line, busy bar, one-line status, the list, Delete, the disclaimer."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.help = QLabel(HELP_TEXT)
+        self.help.setWordWrap(True)
+        self.help.setStyleSheet(f"color: {MUTED};")
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)  # indeterminate: a busy indicator
+        self.busy.setTextVisible(False)
+        self.busy.hide()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.list = QListWidget()
+        self.list.setObjectName("NodulesList")
+        self.list.setWordWrap(True)
+        self.list.setAlternatingRowColors(True)
+        self.list.setSpacing(2)
+        self.delete_btn = QPushButton("Delete")
+        self.delete_btn.setToolTip("Remove the selected nodule (Del)")
+        self.delete_btn.setEnabled(False)
+        row = QHBoxLayout()
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addStretch(1)
+        row.addWidget(self.delete_btn)
+        self.disclaimer = QLabel(NOT_CLINICAL)
+        self.disclaimer.setStyleSheet(f"color: {ERROR_FG}; font-weight: 600;")
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 4, 6, 6)
+        lay.setSpacing(4)
+        lay.addWidget(self.help)
+        lay.addWidget(self.busy)
+        lay.addWidget(self.status)
+        lay.addWidget(self.list, 1)
+        lay.addLayout(row)
+        lay.addWidget(self.disclaimer)
+
+
+class NoduleTool(QObject):
+    """The main window's nodule component (``win.nodules``)."""
+
+    analysed = Signal(object)   # the Nodule added or updated
+    noneFound = Signal(str)     # the one line shown
+    failed = Signal(str)        # the one line shown
+    busyChanged = Signal(bool)
+
+    def __init__(self, win):
+        super().__init__(win)
+        self.w = win
+        self.doc = win.doc
+        self.by_series: dict[str, list[Nodule]] = {}
+        self._numbers: dict[str, int] = {}  # last nodule number given per series
+        self._queue: list[tuple] = []
+        self._token = 0
+        self._ctx: dict | None = None
+        self.job = None
+        self.last_line = ""
+        self.history: list[Nodule] = []   # every analysis in order (tests and the log read it)
+        self._bridge = _Bridge(self)
+        self._bridge.finished.connect(self._on_finished)
+        self.panel = NodulePanel()
+        self.list = self.panel.list
+        self.list.itemClicked.connect(self._jump_item)
+        self.list.itemActivated.connect(self._jump_item)
+        self.list.currentItemChanged.connect(lambda *_: self.panel.delete_btn.setEnabled(
+            self.list.currentItem() is not None))
+        self.panel.delete_btn.clicked.connect(self.delete_selected)
+        sc = QShortcut(QKeySequence(Qt.Key_Delete), self.list)
+        sc.setContext(Qt.WidgetShortcut)
+        sc.activated.connect(self.delete_selected)
+        self.dock = QDockWidget("Nodules", win)
+        self.dock.setObjectName("NodulesDock")
+        self.dock.setWidget(self.panel)
+        self.dock.setMinimumWidth(340)
+        win.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        md = getattr(win, "measure_dock", None)
+        if md is not None:
+            win.tabifyDockWidget(md, self.dock)
+        self.dock.hide()
+        for a in win.menuBar().actions():
+            if a.menu() is not None and a.text() == "&View":
+                a.menu().addAction(self.dock.toggleViewAction())
+        for v in win.view_area.all_views():
+            v.pointPicked.connect(self._picked)
+        self.doc.volumeChanged.connect(self._on_volume)
+        win.loadFinished.connect(self._on_loaded)
+
+    # ================================================================== state
+    @property
+    def busy(self) -> bool:
+        return self.job is not None
+
+    def nodules(self) -> list[Nodule]:
+        """The nodules of the shown series."""
+        vol = self.doc.volume
+        return list(self.by_series.get(series_key(vol), [])) if vol is not None else []
+
+    def mask_layer(self):
+        return next((l for l in self.doc.layers if getattr(l, "nodule_layer", "") == "mask"), None)
+
+    def heat_layer(self):
+        return next((l for l in self.doc.layers if getattr(l, "nodule_layer", "") == "heat"), None)
+
+    def _say(self, text: str, kind: str = "info") -> None:
+        self.last_line = text
+        col = {"problem": ERROR_FG, "warn": WARN_FG}.get(kind, "")
+        self.panel.status.setStyleSheet(f"color: {col};" if col else "")
+        self.panel.status.setText(text)
+        self.panel.status.setToolTip(text)
+        try:
+            self.w.statusBar().showMessage(text, 10000)
+        except RuntimeError:
+            pass
+
+    def _show_dock(self):
+        self.dock.show()
+        self.dock.raise_()
+
+    # ================================================================== clicking
+    def why_not(self) -> str:
+        """Why the shown series cannot be analysed ("" when it can)."""
+        vol = self.doc.volume
+        if vol is None:
+            return "open a CT series first"
+        if (vol.modality or "").upper() != "CT":
+            return (f"nodule analysis is for CT series; this one is {vol.modality or 'not DICOM'}"
+                    if vol.modality else "nodule analysis is for CT series; this image has no modality")
+        if not vol.has_geometry or vol.array.ndim != 3 or vol.array.shape[0] < 2:
+            return "nodule analysis needs a CT volume with 3-D geometry (several parallel slices)"
+        if vol.loaded is not None and not bool(vol.loaded.all()):
+            return "the series is still loading: wait until every slice is read"
+        return ""
+
+    def _picked(self, view, kji):
+        """A view's Shift+click / N: the point in array coordinates on that view's plane."""
+        vol = self.doc.volume
+        why = self.why_not()
+        if why:
+            self._show_dock()
+            self._say(f"Nodule: {why}.", "warn")
+            return
+        k, j, i = (float(x) for x in kji)
+        lps = tuple(float(x) for x in vol.index_to_lps(i, j, k))
+        self.doc.set_position((k, j, i))  # every plane shows the clicked point
+        self.analyse_at(lps)
+
+    def lps_to_kji(self, lps, vol=None) -> tuple[float, float, float]:
+        vol = vol or self.doc.volume
+        ijk = np.linalg.solve(vol.affine[:3, :3], np.asarray(lps, float) - np.asarray(vol.origin, float))
+        return float(ijk[2]), float(ijk[1]), float(ijk[0])
+
+    def analyse_at(self, lps) -> bool:
+        """Analyse the nodule at a patient point (LPS, mm) of the shown series; queued while
+        another analysis runs.  False (with one line) when the series cannot be analysed."""
+        why = self.why_not()
+        if why:
+            self._say(f"Nodule: {why}.", "warn")
+            return False
+        vol = self.doc.volume
+        self._show_dock()
+        if self.busy:
+            self._queue.append((vol, tuple(lps)))
+            self._say(f"Queued: the nodule at {self._lps_text(lps)} (one analysis at a time).")
+            return True
+        self._start(vol, tuple(lps))
+        return True
+
+    @staticmethod
+    def _lps_text(lps) -> str:
+        return "(" + ", ".join(f"{x:.1f}" for x in lps) + ") mm"
+
+    def _existing_at(self, vol, lps) -> Nodule | None:
+        """The nodule of this series whose mask holds the point (a second click on it)."""
+        k, j, i = (int(round(x)) for x in self.lps_to_kji(lps, vol))
+        for n in self.by_series.get(series_key(vol), []):
+            b = n.box
+            if all(s.start <= x < s.stop for s, x in zip(b, (k, j, i))):
+                if n.mask[k - b[0].start, j - b[1].start, i - b[2].start]:
+                    return n
+        return None
+
+    def _start(self, vol, lps):
+        from imaging_assist.inference.jobs import submit
+
+        key = series_key(vol)
+        again = self._existing_at(vol, lps)
+        if again is not None:
+            nid, number = again.id, again.number
+        else:
+            number = self._numbers.get(key, 0) + 1
+            nid = f"N{number}"
+        self._token += 1
+        self._ctx = {"volume": vol, "lps": lps, "key": key, "number": number, "id": nid,
+                     "again": again, "t0": time.perf_counter()}
+        self.panel.busy.show()
+        self._say(f"Analysing {nid} at {self._lps_text(lps)}…")
+        self.busyChanged.emit(True)
+        self.job = submit(_analyze_job, vol, lps, nid, self._token, self._bridge)
+
+    # ================================================================== results
+    def _on_finished(self, token, status, payload):
+        if token != self._token or self._ctx is None:
+            return
+        ctx, self._ctx, self.job = self._ctx, None, None
+        vol, key = ctx["volume"], ctx["key"]
+        dt = time.perf_counter() - ctx["t0"]
+        if status == "done":
+            r, box, mask, heat = payload
+            again = ctx["again"] or self._existing_after(key, r, vol)
+            number = again.number if again is not None else ctx["number"]
+            if again is None:
+                self._numbers[key] = max(self._numbers.get(key, 0), number)
+            c = getattr(r, "center_lps", None)
+            center = self.lps_to_kji(c, vol) if c is not None else tuple(
+                float(s.start + x) for s, x in zip(box, np.argwhere(mask).mean(axis=0)))
+            n = Nodule(number, r, key, box, mask, heat, center, heat_flag(r), tuple(vol.array.shape[:3]))
+            lst = self.by_series.setdefault(key, [])
+            if again is not None and again in lst:
+                lst[lst.index(again)] = n
+            else:
+                lst.append(n)
+            self.history.append(n)
+            self._log_run(vol, n)
+            if self.doc.volume is vol:
+                self._refresh()
+                self._select(n)
+            what = "updated" if again is not None else "added"
+            self._say(f"{n.id} {what} in {dt:.1f} s." + (f" ⚠ {n.heat_flag}." if n.heat_flag else ""),
+                      "warn" if n.heat_flag else "info")
+            self._finish_busy()
+            self.analysed.emit(n)
+        elif status == "none":
+            reason = one_line(getattr(payload, "reason", "") or "")
+            text = f"No nodule found at {self._lps_text(ctx['lps'])}" + (f": {reason}" if reason else ".")
+            self._say(text, "warn")
+            self._finish_busy()
+            self.noneFound.emit(text)
+        else:
+            text = f"Nodule analysis failed: {payload or 'unknown error'}"
+            self._say(text, "problem")
+            self._finish_busy()
+            self.failed.emit(text)
+
+    def _finish_busy(self):
+        if self._queue:
+            vol, lps = self._queue.pop(0)
+            if vol is self.doc.volume:
+                self._start(vol, lps)
+                return
+            self._queue.clear()
+        self.panel.busy.hide()
+        self.busyChanged.emit(False)
+
+    def _existing_after(self, key, r, vol) -> Nodule | None:
+        """A click beside a listed nodule that found the same one: its centre in that mask."""
+        c = getattr(r, "center_lps", None)
+        return None if c is None else self._existing_at(vol, c)
+
+    def _log_run(self, vol, n: Nodule) -> None:
+        """Hand the nodule to the session's run log for the report and DICOM exports."""
+        try:
+            from ..ai.session_runs import session_runs
+
+            log_ = session_runs(self.w)
+            add = getattr(log_, "add_nodules", None)
+            if add is not None:
+                add(vol, [x.result for x in self.by_series.get(n.series, [])])
+        except Exception as e:  # noqa: BLE001 - exports are secondary: say it, keep the nodule
+            log.debug("the run log did not take the nodule", exc_info=True)
+            self._say(f"{n.id}: not added to the report/DICOM exports ({type(e).__name__}: {one_line(e)})",
+                      "warn")
+
+    # ================================================================== layers and list
+    def _refresh(self) -> None:
+        """Rebuild the two layers and the list of the shown series from its nodules."""
+        vol = self.doc.volume
+        for layer in list(self.doc.layers):
+            if getattr(layer, "nodule_layer", ""):
+                self.doc.layers.remove(layer)
+        self.list.clear()
+        if vol is None:
+            return
+        shape = tuple(vol.array.shape[:3])
+        nods = [n for n in self.by_series.get(series_key(vol), []) if n.shape == shape]
+        if not nods:
+            return
+        labels = np.zeros(shape, np.uint8 if max(n.number for n in nods) < 256 else np.uint16)
+        heat = None
+        flags = []
+        for n in nods:
+            sub = labels[n.box]
+            sub[n.mask] = n.number
+            if n.heat is not None:
+                if heat is None:
+                    heat = np.zeros(shape, np.float32)
+                np.maximum(heat[n.box], n.heat, out=heat[n.box])
+            if n.heat_flag:
+                flags.append(n.heat_flag)
+        colors = {n.number: LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)] for n in nods}
+        mask_layer = LabelLayer(MASK_LAYER, labels, names={n.number: n.id for n in nods}, colors=colors,
+                                opacity=0.5, mode="outline")
+        mask_layer.nodule_layer = "mask"
+        self.w.add_layer(mask_layer)
+        if heat is not None and float(heat.max()) > 0:
+            from ..ai.model_support import heat_display
+
+            vmin, vmax, thr, _ = heat_display(heat, "gradcam")
+            flag = flags[0] if flags else ""
+            name = "Nodules: Grad-CAM (malignant)" + (" ⚠ sanity check failed" if flag else "")
+            hl = HeatmapLayer(name, heat, colormap="jet", opacity=0.45, vmin=vmin, vmax=vmax, threshold=thr,
+                              visible=not flag)
+            hl.nodule_layer = "heat"
+            hl.flag = flag
+            self.w.add_layer(hl)
+        for n in nods:
+            self._add_item(n)
+
+    def _add_item(self, n: Nodule) -> None:
+        lines = n.lines()
+        if n.heat_flag:
+            lines.append("⚠ " + n.heat_flag)
+        for w in getattr(n.result, "warnings", None) or []:
+            if "sanity" not in str(w).lower():
+                lines.append("⚠ " + one_line(w))
+        item = QListWidgetItem("\n".join(lines))
+        item.setData(ENTRY_ROLE, n)
+        r, g, b = LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)]
+        from .layers_panel import swatch
+
+        item.setIcon(swatch((r, g, b)))
+        item.setToolTip(f"{n.id}: click to show its centre in every plane. {NOT_CLINICAL}.")
+        ood = getattr(n.result, "ood", None) or {}
+        if isinstance(ood, dict) and ood.get("flagged"):
+            item.setForeground(QColor(WARN_FG))
+        self.list.addItem(item)
+
+    def _select(self, n: Nodule) -> None:
+        for row in range(self.list.count()):
+            if self.list.item(row).data(ENTRY_ROLE) is n:
+                self.list.setCurrentRow(row)
+                return
+
+    def entry_lines(self) -> list[str]:
+        """The list as shown, one string per line."""
+        out = []
+        for row in range(self.list.count()):
+            out += self.list.item(row).text().splitlines()
+        return out
+
+    def _jump_item(self, item) -> None:
+        n = item.data(ENTRY_ROLE) if item is not None else None
+        if n is not None:
+            self.jump_to(n)
+
+    def jump_to(self, n: Nodule) -> None:
+        """Every plane to the nodule's centre."""
+        if self.doc.volume is None:
+            return
+        self.doc.set_position(n.center_kji)
+
+    def delete(self, n: Nodule) -> None:
+        lst = self.by_series.get(n.series, [])
+        if n in lst:
+            lst.remove(n)
+        vol = self.doc.volume
+        if vol is not None:
+            self._log_run(vol, n) if lst else self._forget_in_log(vol)
+        self._refresh()
+        self._say(f"{n.id} deleted.")
+
+    def _forget_in_log(self, vol) -> None:
+        try:
+            from ..ai.session_runs import session_runs
+
+            add = getattr(session_runs(self.w), "add_nodules", None)
+            if add is not None:
+                add(vol, [])
+        except Exception:  # noqa: BLE001
+            log.debug("the run log did not forget the nodules", exc_info=True)
+
+    def delete_selected(self) -> None:
+        item = self.list.currentItem()
+        n = item.data(ENTRY_ROLE) if item is not None else None
+        if n is not None:
+            self.delete(n)
+
+    # ================================================================== series
+    def _on_volume(self):
+        """A new series: the layers went with the old one; its nodules come back once loaded."""
+        self._queue.clear()
+        self.list.clear()
+        if self.busy:
+            self._say("The series changed: the running analysis is kept for its own series.")
+
+    def _on_loaded(self, ok: bool):
+        if ok and self.doc.volume is not None and not self.mask_layer():
+            self._refresh()
