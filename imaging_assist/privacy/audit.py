@@ -1,0 +1,597 @@
+"""The audit trail: who opened, ran, exported, de-identified or sent what, in a log nobody
+can edit silently (no Qt).
+
+Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
+
+    {"seq": 7, "time": "2026-12-04T23:41:07.123456+00:00", "user": "alice", "host": "ws12",
+     "pid": 4242, "app": "0.1.0", "event": "model.run", "fields": {...}, "key": "d853a01c826db203",
+     "prev": "<sha256 of line 6>", "mac": "<HMAC-SHA256 of this line without its mac>"}
+
+* **Hash chain**: ``prev`` is the sha256 of the previous line's bytes (line 1: :data:`GENESIS`),
+  ``seq`` its line number.  An edited, deleted, inserted or reordered line breaks the chain
+  at the first line that no longer follows its predecessor.
+* **Seal**: ``mac`` is an HMAC-SHA256 of the line (without the mac) under a key derived from the
+  site key (:mod:`.sitekey`), so a line forged or re-chained by someone without the key is
+  found; ``key`` is the site key's fingerprint, to tell "sealed with another key" from "altered".
+* **Tail truncation**: a chain alone cannot tell a log cut after line n from one that only had
+  n lines.  After each append a small sealed head record ``audit.head.json`` keeps the line
+  count and the last line's sha256; ``verify`` reports a log shorter than the head says, or a
+  last sealed line that differs.  Limits (said honestly in docs/privacy.md): whoever holds the
+  site key (the same OS account, since the key lives in its config folder) can rewrite the
+  whole log and head consistently, and replacing log *and* head with an older copy of both is
+  not detectable locally; only an anchor kept elsewhere helps there (``audit verify`` prints the
+  head ``n:sha256`` to note down; ``--anchor`` checks such a note).
+* **Identifiers**: patient IDs and names, UIDs and paths never go in clear: fields named like
+  them are keyed pseudonyms (HMAC with the site key, role ``audit:<kind>``, so they cannot be
+  linked to the pseudonyms a de-identified export carries).
+* **Concurrency and crashes**: appends hold an exclusive ``fcntl.flock`` on ``audit.lock``
+  (processes and threads), write the whole line with one ``write`` on an ``O_APPEND`` file and
+  ``fsync`` it; a short write is cut back.  A line left incomplete by a power loss is cut off
+  by the next append, which records an ``audit.recovered`` event with the fragment's sha256.
+* **Never raises into the caller**: :func:`record` returns False and logs one warning line
+  (``imaging_assist.audit`` logger; stderr when nothing else is configured).  Why: the trail
+  must never stop a reader from seeing a study or finishing a run (a viewer that refuses to
+  show images because the log disk is full harms patients more than a gap in a log); the gap
+  is not silent, the warning says why it happened.  Sites that need fail-closed behaviour
+  can check ``record``'s return value or ``audit verify`` from their monitoring.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import getpass
+import hashlib
+import hmac
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ..userdirs import data_dir
+
+LOG_NAME = "audit.jsonl"
+HEAD_NAME = "audit.head.json"
+LOCK_NAME = "audit.lock"
+GENESIS = hashlib.sha256(b"imaging-assist audit trail v1 genesis").hexdigest()
+LOCK_TIMEOUT_S = 5.0
+MAX_LIST = 16  # longer identifier lists are recorded as one keyed digest of the set, plus a count
+TAIL_CHUNK = 65536
+
+log = logging.getLogger("imaging_assist.audit")
+_MAC_RE = re.compile(rb',"mac":"([0-9a-f]{64})"\}$')
+_thread_lock = threading.Lock()
+_warned: set[str] = set()
+
+# Field names whose values identify a patient, a study/instance or a place on disk: recorded
+# as keyed pseudonyms only.  Names ending in _uid/_uids, _path/_paths, _dir are covered too.
+_KINDS = {"patient_id": "patient-id", "patient_name": "patient-name", "patient_ids": "patient-id",
+          "accession_number": "accession", "other_patient_ids": "patient-id",
+          "patient_birth_date": "birth-date", "uid": "uid", "uids": "uid",
+          "path": "path", "paths": "path", "source": "path", "sources": "path",
+          "output": "path", "outputs": "path", "dest": "path", "destination": "path"}
+
+
+def audit_dir() -> Path:
+    return data_dir() / "audit"
+
+
+def log_path() -> Path:
+    """The audit log (``data_dir()/audit/audit.jsonl``)."""
+    return audit_dir() / LOG_NAME
+
+
+def head_path() -> Path:
+    return audit_dir() / HEAD_NAME
+
+
+# --------------------------------------------------------------------------- identifiers
+def _kind_of(name: str) -> str | None:
+    if name in _KINDS:
+        return _KINDS[name]
+    if name.endswith(("_uid", "_uids")):
+        return "uid"
+    if name.endswith(("_path", "_paths", "_dir")):
+        return "path"
+    return None
+
+
+def pseudonym(value: Any, kind: str) -> str | None:
+    """The audit pseudonym of ``value`` in role ``kind`` (None for an empty value).  Auditors
+    recompute it with the same key to find a patient's or study's events (``audit show --find``)."""
+    from .sitekey import pseudonym as _p
+
+    if value is None:
+        return None
+    s = os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+    if not s.strip():
+        return None
+    return _p(s, "audit:" + kind)
+
+
+def _pseudonymise(name: str, value: Any) -> Any:
+    kind = _kind_of(name)
+    if isinstance(value, dict):
+        return {str(k): _pseudonymise(str(k), v) for k, v in value.items()}
+    if kind is None:
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return [_plain(v) for v in value]
+        return _plain(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        vals = [v for v in value if v is not None and str(v).strip()]
+        if len(vals) > MAX_LIST:  # keep lines short: the set as one keyed digest and its size
+            joined = "\n".join(sorted({str(v).strip() for v in vals}))
+            return {"count": len(vals), "set": pseudonym(joined, kind + "-set")}
+        return [pseudonym(v, kind) for v in vals]
+    return pseudonym(value, kind)
+
+
+def _plain(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, dict):
+        return {str(k): _pseudonymise(str(k), x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    try:
+        import numpy as np
+
+        if isinstance(v, np.generic):
+            return v.item()
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    return str(v)
+
+
+# --------------------------------------------------------------------------- writing
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (container without passwd entry)
+        return f"uid{os.getuid()}"
+
+
+def _mac_key(site_key: bytes) -> bytes:
+    return hmac.new(site_key, b"imaging-assist audit seal v1", hashlib.sha256).digest()
+
+
+def _seal(body: bytes, mkey: bytes) -> bytes:
+    """The line: ``body`` (a JSON object) with its mac as the last member."""
+    mac = hmac.new(mkey, body, hashlib.sha256).hexdigest()
+    return body[:-1] + b',"mac":"' + mac.encode() + b'"}'
+
+
+def _warn(reason: str) -> None:
+    if reason not in _warned:  # one line per distinct reason and process, not one per event
+        _warned.add(reason)
+        log.warning("audit trail: %s", reason)
+
+
+def record(event: str, **fields) -> bool:
+    """Append one event to the audit trail; True when it was written.
+
+    Fields named like identifiers (``patient_id``, ``*_uid``, ``path``...) are pseudonymised.
+    Never raises: a failed write is one warning line and False (see the module docstring)."""
+    try:
+        _append([(str(event), fields)])
+        return True
+    except Exception as e:  # noqa: BLE001 - the caller's work goes on; the gap is logged
+        why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        _warn(f"event {event!r} not recorded ({why})")
+        return False
+
+
+class _Locked:
+    """An exclusive flock on ``audit.lock``, waiting at most LOCK_TIMEOUT_S (never a hang)."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / LOCK_NAME
+        self.fd = -1
+
+    def __enter__(self):
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        end = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() > end:
+                    os.close(self.fd)
+                    raise OSError(e.errno, f"audit lock {self.path} busy for {LOCK_TIMEOUT_S:.0f} s") from None
+                time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+
+
+def _last_line(fd: int, size: int) -> tuple[bytes | None, int]:
+    """(the last complete line without its newline, or None; offset just past it).  A final
+    fragment without a newline (an interrupted write) is not a line: the offset excludes it."""
+    if size == 0:
+        return None, 0
+    pos = size
+    buf = b""
+    while pos > 0:
+        step = min(TAIL_CHUNK, pos)
+        pos -= step
+        buf = os.pread(fd, step, pos) + buf
+        nl_end = buf.rfind(b"\n")
+        if nl_end < 0:
+            continue
+        end = pos + nl_end + 1  # just past the last newline
+        start_nl = buf.rfind(b"\n", 0, nl_end)
+        if start_nl >= 0:
+            return buf[start_nl + 1:nl_end], end
+        if pos == 0:
+            return buf[:nl_end], end
+        # the last line is longer than what was read: read further back
+    return None, 0
+
+
+def _count_lines(fd: int, upto: int) -> int:
+    n, off = 0, 0
+    while off < upto:
+        chunk = os.pread(fd, min(1 << 20, upto - off), off)
+        if not chunk:
+            break
+        n += chunk.count(b"\n")
+        off += len(chunk)
+    return n
+
+
+def _append(events: list[tuple[str, dict]]) -> None:
+    from .. import __version__
+    from .sitekey import key_fingerprint, site_key
+
+    folder = audit_dir()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = site_key()
+    mkey = _mac_key(key)
+    fp = key_fingerprint()
+    prepared = [(ev, {str(k): _pseudonymise(str(k), v) for k, v in f.items()}) for ev, f in events]
+    user, host, pid = _user(), socket.gethostname(), os.getpid()
+    path = folder / LOG_NAME
+    with _thread_lock, _Locked(folder):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            size = os.fstat(fd).st_size
+            last, end = _last_line(fd, size)
+            if end < size:  # an incomplete final line (interrupted write): cut off, and say so
+                frag = os.pread(fd, size - end, end)
+                os.ftruncate(fd, end)
+                prepared.insert(0, ("audit.recovered", {
+                    "reason": "an incomplete last line (interrupted write) was cut off",
+                    "fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest()}))
+                size = end
+            if last is None:
+                seq, prev = 0, GENESIS
+            else:
+                prev = hashlib.sha256(last).hexdigest()
+                try:
+                    seq = int(json.loads(last)["seq"])
+                except Exception:  # noqa: BLE001 - an edited last line: count instead
+                    seq = _count_lines(fd, size)
+            out = []
+            for ev, f in prepared:
+                seq += 1
+                obj = {"seq": seq,
+                       "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+                       "user": user, "host": host, "pid": pid, "app": __version__, "event": ev,
+                       "fields": f, "key": fp, "prev": prev}
+                body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                                  default=str).encode("ascii")
+                line = _seal(body, mkey)
+                prev = hashlib.sha256(line).hexdigest()
+                out.append(line + b"\n")
+            data = b"".join(out)
+            try:
+                n = os.write(fd, data)  # one write on O_APPEND: whole lines or (below) nothing
+                if n != len(data):
+                    raise OSError(errno.ENOSPC, f"short write ({n} of {len(data)} bytes)")
+                os.fsync(fd)
+            except BaseException:
+                try:
+                    os.ftruncate(fd, size)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(fd)
+        _write_head(folder, seq, prev, mkey)
+
+
+def _head_body(lines: int, sha: str) -> bytes:
+    return json.dumps({"lines": lines, "sha256": sha}, separators=(",", ":")).encode("ascii")
+
+
+def _write_head(folder: Path, lines: int, sha: str, mkey: bytes) -> None:
+    """The sealed head record (line count, last line's sha256), replaced atomically (rename).
+    Not fsynced: after a power loss it may lag the log by the last lines, which verify accepts
+    (they still chain and carry seals); the log line itself was fsynced before."""
+    tmp = folder / (HEAD_NAME + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(_seal(_head_body(lines, sha), mkey) + b"\n")
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, folder / HEAD_NAME)
+
+
+# --------------------------------------------------------------------------- reading
+def read_entries(path: Path | None = None) -> list[dict | None]:
+    """Every line of the log parsed (None for a line that is not a JSON object)."""
+    p = Path(path) if path else log_path()
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return []
+    out: list[dict | None] = []
+    for raw in data.split(b"\n"):
+        if not raw:
+            continue
+        try:
+            obj = json.loads(raw)
+            out.append(obj if isinstance(obj, dict) else None)
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, int | None, str]:
+    """Check the chain, the seals and the head record: ``(ok, first_bad_line, reason)``.
+
+    ``first_bad_line`` is the 1-based line where the trail stops holding (None when it holds);
+    ``reason`` is one line.  ``anchor`` ``"N:SHA256"`` (from an earlier ``verify``, kept
+    elsewhere) must match line N: this also catches a consistent rewrite by a key holder."""
+    from .sitekey import key_fingerprint, key_path, site_key
+
+    p = Path(path) if path else log_path()
+    head_p = p.with_name(HEAD_NAME)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        if head_p.exists():
+            return False, 1, f"the log {p} is missing but its head record exists: the log was deleted"
+        return True, None, "no audit trail yet (nothing recorded)"
+    except OSError as e:
+        return False, 1, f"cannot read {p}: {e.strerror or e}"
+    mkey = fp = None
+    if key_path().exists():
+        try:
+            mkey, fp = _mac_key(site_key()), key_fingerprint()
+        except Exception as e:  # noqa: BLE001 - a damaged key: chain only, and say so
+            return False, None, f"the site key cannot be read ({e}): the seals cannot be checked"
+    lines = data.split(b"\n")
+    incomplete = lines.pop() if lines else b""  # after the last newline: b"" when complete
+    prev = GENESIS
+    hashes: list[str] = []
+    for i, raw in enumerate(lines, 1):
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            obj = None
+        if not isinstance(obj, dict):
+            return False, i, f"line {i} is not an audit record (not a JSON object): the log was edited"
+        m = _MAC_RE.search(raw)
+        if m is None:
+            return False, i, f"line {i} carries no seal: it was not written by the audit trail (forged or edited)"
+        if mkey is not None:
+            if obj.get("key") != fp:
+                return False, i, (f"line {i} was sealed with another site key ({obj.get('key')}, this "
+                                  f"installation has {fp}): it cannot be checked here")
+            body = raw[:m.start()] + b"}"
+            want = hmac.new(mkey, body, hashlib.sha256).hexdigest().encode()
+            if not hmac.compare_digest(want, m.group(1)):
+                return False, i, f"line {i} was altered after it was written (its seal does not match its content)"
+        seq = obj.get("seq")
+        if seq != i:
+            if isinstance(seq, int) and seq > i:
+                why = (f"line {i} is record {seq}: record{'s' if seq - i > 1 else ''} "
+                       f"{i}{'-' + str(seq - 1) if seq - i > 1 else ''} before it "
+                       f"{'were' if seq - i > 1 else 'was'} deleted (or lines were reordered)")
+            else:
+                why = f"line {i} is record {seq}: lines were reordered or repeated"
+            return False, i, why
+        if obj.get("prev") != prev:
+            return False, i, (f"line {i} does not follow line {i - 1} (chain broken: a line was edited, "
+                              f"inserted, deleted or reordered)" if i > 1 else
+                              "line 1 does not start the chain: lines before it were deleted")
+        prev = hashlib.sha256(raw).hexdigest()
+        hashes.append(prev)
+    n = len(hashes)
+    if incomplete:
+        return False, n + 1, (f"line {n + 1} is incomplete ({len(incomplete)} bytes without an end of line): "
+                              "a write was interrupted (crash, full disk) or the tail was cut; the next "
+                              "event cuts it off and records that")
+    # the head record: detects a log cut after its last sealed line
+    try:
+        head_raw = head_p.read_bytes().strip()
+    except FileNotFoundError:
+        if n:
+            return False, n + 1, (f"the head record {HEAD_NAME} is missing: whether lines after line {n} "
+                                  "were cut off cannot be checked")
+        head_raw = None
+    except OSError as e:
+        return False, n + 1, f"cannot read the head record: {e.strerror or e}"
+    note = ""
+    if head_raw is not None:
+        m = _MAC_RE.search(head_raw)
+        try:
+            head = json.loads(head_raw)
+        except ValueError:
+            head = None
+        if m is None or not isinstance(head, dict) or not isinstance(head.get("lines"), int):
+            return False, n + 1, (f"the head record {HEAD_NAME} is damaged (unreadable: edited, or "
+                                  "lost in a power failure): tail truncation cannot be checked")
+        if mkey is not None:
+            want = hmac.new(mkey, head_raw[:m.start()] + b"}", hashlib.sha256).hexdigest().encode()
+            if not hmac.compare_digest(want, m.group(1)):
+                return False, n + 1, f"the head record {HEAD_NAME} was altered (its seal does not match)"
+        hl, hs = head["lines"], head.get("sha256")
+        if hl > n:
+            return False, n + 1, (f"the log ends at line {n} but {hl} lines were written: the tail was "
+                                  f"cut off (line{'s' if hl - n > 1 else ''} {n + 1}"
+                                  f"{'-' + str(hl) if hl - n > 1 else ''} missing)")
+        if hl > 0 and hashes[hl - 1] != hs:
+            return False, hl, (f"line {hl} is not the line the head record sealed: the tail was "
+                               "replaced")
+        if hl < n:  # lines after the head: a crash between the append and the head update
+            note = f"; lines {hl + 1}-{n} were written after the last head update (a crash?)"
+    if anchor:
+        try:
+            an, ah = anchor.split(":", 1)
+            an = int(an)
+        except ValueError:
+            return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
+        if not 1 <= an <= n:
+            return False, min(max(an, 1), n + 1), f"the anchor names line {an}, the log has {n} lines: lines were removed"
+        if not ah or not hashes[an - 1].startswith(ah.lower()):
+            return False, an, f"line {an} differs from the anchor noted earlier: the log was rewritten"
+    keynote = "" if mkey is not None else " (seals not checked: no site key on this machine)"
+    head_s = f"{n}:{hashes[-1]}" if n else "0:" + GENESIS
+    return True, None, f"{n} lines, chain holds{keynote}{note}; head {head_s}"
+
+
+# --------------------------------------------------------------------------- event helpers
+def _header(rec, keyword: str):
+    try:
+        v = rec.get(keyword)
+    except Exception:  # noqa: BLE001
+        return None
+    return None if v in (None, "") else str(v)
+
+
+def _ids_of(volume) -> dict:
+    """Patient / study / series / instance identifiers of a volume, for pseudonymisation."""
+    headers = list(getattr(volume, "headers", None) or [])
+    h0 = headers[0] if headers else None
+    f: dict[str, Any] = {}
+    if h0 is not None:
+        f["patient_id"] = _header(h0, "PatientID")
+        f["study_uid"] = _header(h0, "StudyInstanceUID")
+    f["series_uid"] = getattr(volume, "series_uid", "") or None
+    sops = [_header(h, "SOPInstanceUID") for h in headers]
+    sops = list(dict.fromkeys(s for s in sops if s))
+    if sops:
+        f["instance_uids"] = sops
+    paths = list(getattr(volume, "source_paths", None) or [])
+    if paths and not headers:  # a plain image or slide: the file is what identifies it
+        f["source_paths"] = paths[:MAX_LIST + 1] if len(paths) > MAX_LIST else paths
+    return {k: v for k, v in f.items() if v not in (None, "", [])}
+
+
+def record_open(series, volume, stack: int = 0) -> bool:
+    """A series loaded for display or analysis (``dicom.loader.SeriesLoader.run``)."""
+    try:
+        f = _ids_of(volume)
+        f.update({"modality": getattr(volume, "modality", "") or None,
+                  "instances": len(getattr(series, "instances", []) or []),
+                  "slices": int(volume.array.shape[0]), "stack": stack + 1})
+    except Exception as e:  # noqa: BLE001
+        _warn(f"study open not recorded ({type(e).__name__}: {e})")
+        return False
+    return record("study.open", **f)
+
+
+def outputs_sha256(res) -> str:
+    """sha256 over what a run produced: its results dict without timings/device (canonical
+    JSON) and the raw bytes of its label map, region map and heat maps."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    try:
+        d = res.to_dict()
+    except Exception:  # noqa: BLE001 - a result type without to_dict
+        d = {}
+    for k in ("timings_s", "device", "precision", "source"):
+        d.pop(k, None)
+    h.update(json.dumps(d, sort_keys=True, default=str, separators=(",", ":")).encode())
+    arrays = [getattr(res, "label_map", None), getattr(res, "region_map", None)]
+    arrays += [hm.array for hm in getattr(res, "heatmaps", []) or []]
+    for a in arrays:
+        if a is None:
+            h.update(b"\x00none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"\x00{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def _decision(res) -> dict:
+    dec = getattr(res, "decisions", None)
+    out: dict[str, Any] = {}
+    if isinstance(dec, dict):
+        out["decisions"] = {k: (None if v is None else ("positive" if v.get("positive") else "negative"))
+                            for k, v in dec.items()}
+        probs = getattr(res, "probabilities", None)
+        if isinstance(probs, dict) and probs:
+            out["top_label"] = max(probs, key=probs.get)
+            out["probabilities"] = {k: round(float(v), 4) for k, v in probs.items()}
+    counts = getattr(res, "voxel_counts", None)
+    if isinstance(counts, dict):
+        out["labels_found"] = [k for k, v in counts.items() if v]
+        q = getattr(res, "quality", None)
+        if isinstance(q, dict) and "passed" in q:
+            out["quality_passed"] = bool(q["passed"])
+    ood = getattr(res, "ood", None)
+    if isinstance(ood, dict) and "flagged" in ood:
+        out["ood_flagged"] = ood.get("flagged")
+    return out
+
+
+def record_model_run(model, volume, res) -> bool:
+    """One model run (``inference.pipelines._run_on``): model id, version, weights sha256, the
+    inputs' identifiers (pseudonymised), a hash of the outputs and the decision."""
+    try:
+        card = model.card
+        f: dict[str, Any] = {"model": card.id, "model_version": getattr(card, "version", ""),
+                             "weights_sha256": dict(getattr(model, "hashes", {}) or {}),
+                             "task": getattr(card, "task", ""), "device": getattr(res, "device", ""),
+                             "explain": [f"{hm.method}:{hm.label}" for hm in getattr(res, "heatmaps", [])]}
+        f.update(_ids_of(volume))
+        f["outputs_sha256"] = outputs_sha256(res)
+        f.update(_decision(res))
+        f["warnings"] = len(getattr(res, "warnings", []) or [])
+    except Exception as e:  # noqa: BLE001
+        _warn(f"model run not recorded ({type(e).__name__}: {e})")
+        return False
+    return record("model.run", **f)
+
+
+def file_sha256(path) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def record_export(kind: str, out_path, volume=None, datasets=None, **extra) -> bool:
+    """A result written to disk (SEG, SR, PM, PDF, report, results.json...): its kind, the
+    output (pseudonymised path, sha256 of the bytes written) and the source's identifiers."""
+    try:
+        f: dict[str, Any] = {"kind": kind, "output": os.fspath(out_path), "sha256": file_sha256(out_path)}
+        if volume is not None:
+            f.update(_ids_of(volume))
+        elif datasets:
+            ds = datasets[0]
+            f["patient_id"] = getattr(ds, "PatientID", None)
+            f["study_uid"] = getattr(ds, "StudyInstanceUID", None)
+            f["series_uid"] = getattr(ds, "SeriesInstanceUID", None)
+        f.update(extra)
+    except Exception as e:  # noqa: BLE001
+        _warn(f"export not recorded ({type(e).__name__}: {e})")
+        return False
+    return record("export", **f)
