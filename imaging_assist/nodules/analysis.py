@@ -1,0 +1,247 @@
+"""Click to result: one nodule at a point in patient coordinates (no Qt).
+
+:func:`analyze_at` is what the viewer (Shift+click in any MPR plane), ``imaging-assist analyze
+--at/--points``, the demo and ``scripts/bench_nodule.py`` call.  Steps:
+
+1. **Gating** (the rules of every other model, :func:`imaging_assist.models.matching.match_card`
+   on the loaded volume): the nodule models' cards ask for a 3D CT in Hounsfield units; anything
+   else is refused with the card's reason (``found=False``, ``reason`` says why).
+2. The point must lie inside the series (within its voxels' footprint).
+3. The models' window (:func:`imaging_assist.nodules.window.cut_window`: a 32 mm cube at 1 mm,
+   the same code path as training) is cut around the point; ``segment`` gives the nodule
+   probability on it.
+4. **Is there a nodule at this point?**  Rule (tested in tests/test_nodule_workflow.py):
+   voxels with probability >= :data:`SEG_THRESHOLD` form 26-connected components; the nodule is
+   the component that holds a voxel within :data:`SNAP_MM` of the point (the nearest such
+   component).  ``found=False`` with the reason when there is none, when it is smaller than a
+   3 mm sphere (:data:`MIN_VOLUME_MM3`; the models cover nodules >= 3 mm) or when its mean
+   density is that of aerated lung or air (< :data:`MIN_MEAN_HU`).  A mask is never made up:
+   without a component there is no mask, no measurement and no malignancy likelihood.
+5. The component goes back onto the series' own grid (nearest neighbour) and is measured there
+   (:mod:`imaging_assist.nodules.measure`: volume, Fleischner long/short axis, mean HU, density).
+6. ``malignancy`` (with 3D Grad-CAM when ``explain``) and ``ood`` on the same window.  The
+   likelihood is compared with the card's threshold (:func:`imaging_assist.models.operating_point.decide_item`,
+   the independent test split's figures quoted); the decision is withheld when the window is
+   flagged out of distribution.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import UserError
+
+SEG_MODEL = "ct-nodule-seg"
+MALIGNANCY_MODEL = "ct-nodule-malignancy"
+SEG_THRESHOLD = 0.5
+SNAP_MM = 3.0  # a click this close to the nodule's edge still selects it
+MIN_VOLUME_MM3 = math.pi / 6 * 3.0 ** 3  # a 3 mm sphere (14.1 mm³)
+MIN_MEAN_HU = -850.0  # a "nodule" this dark is aerated lung or air
+NOT_FOUND = "no nodule found at this point"
+
+
+@dataclass
+class NoduleResult:
+    """One nodule (or one click that found none).  Arrays are on the volume's [k, j, i] grid."""
+    id: str
+    point_lps: list
+    center_lps: list | None = None
+    found: bool = False
+    reason: str = ""
+    mask: np.ndarray | None = None  # bool
+    heatmap: np.ndarray | None = None  # float32 0..1 (Grad-CAM of the malignancy model)
+    volume_mm3: float | None = None
+    long_axis_mm: float | None = None
+    short_axis_mm: float | None = None
+    mean_hu: float | None = None
+    density: str = ""
+    p_malignant: float | None = None
+    threshold: float | None = None
+    decision: dict | None = None
+    ood: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+    measurements: dict = field(default_factory=dict)  # measure.Measurements.to_dict()
+    models: dict = field(default_factory=dict)  # id -> version of the models that ran
+
+    def to_dict(self) -> dict:
+        """The ``nodules[]`` entry of results.json (docs/results_schema.md); no arrays."""
+        r = lambda v: None if v is None else round(float(v), 4)  # noqa: E731
+        d = {"id": self.id, "point_lps": [r(v) for v in self.point_lps],
+             "center_lps": None if self.center_lps is None else [r(v) for v in self.center_lps],
+             "found": bool(self.found), "reason": self.reason,
+             "volume_mm3": r(self.volume_mm3), "long_axis_mm": r(self.long_axis_mm),
+             "short_axis_mm": r(self.short_axis_mm), "mean_hu": r(self.mean_hu),
+             "density": self.density, "p_malignant": r(self.p_malignant), "threshold": r(self.threshold),
+             "decision": self.decision, "ood": self.ood, "warnings": list(self.warnings),
+             "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
+             "models": dict(self.models)}
+        if self.measurements:
+            m = self.measurements
+            d["measurements"] = {k: m[k] for k in ("n_voxels", "largest_slice", "largest_area_mm2",
+                                                   "solid_share", "long_axis_ends_lps",
+                                                   "short_axis_ends_lps") if k in m}
+        return d
+
+    @property
+    def text(self) -> str:
+        """One line for the CLI and the panel."""
+        if not self.found:
+            return f"{self.id}: {self.reason}"
+        s = (f"{self.id}: {self.volume_mm3:.0f} mm³, {self.long_axis_mm:.1f} x {self.short_axis_mm:.1f} mm"
+             f"{', mean ' + format(self.mean_hu, '.0f') + ' HU' if self.mean_hu is not None else ''}"
+             f"{', ' + self.density if self.density else ''}")
+        if self.p_malignant is not None:
+            s += f"; malignant {self.p_malignant:.2f}"
+            if self.threshold is not None:
+                s += f" (threshold {self.threshold:g})"
+            if self.decision and self.decision.get("withheld"):
+                s += f", decision withheld: {self.decision.get('withheld_reason')}"
+        return s
+
+
+def _cards():
+    from ..models.registry import Registry
+
+    reg = Registry()
+    out = []
+    for mid in (SEG_MODEL, MALIGNANCY_MODEL):
+        e = reg.get(mid)
+        if e.card is None:
+            raise UserError(f"model {mid} is not usable: {e.error or 'invalid card'}")
+        out.append(e.card)
+    return out
+
+
+def _inside(volume, point) -> bool:
+    ijk = np.linalg.solve(np.asarray(volume.affine, float), np.r_[np.asarray(point, float), 1.0])[:3]
+    n = np.array([volume.shape[2], volume.shape[1], volume.shape[0]], float)
+    return bool(np.all(ijk >= -0.5) and np.all(ijk <= n - 0.5))
+
+
+def pick_component(prob: np.ndarray, window_affine: np.ndarray, point_lps, valid=None,
+                   threshold: float = SEG_THRESHOLD, snap_mm: float = SNAP_MM):
+    """(bool component on the window grid, distance mm) of the segmented component nearest to
+    the point within ``snap_mm``; (None, distance) when there is none."""
+    from scipy import ndimage
+
+    fg = np.asarray(prob) >= threshold
+    if valid is not None:
+        fg &= np.asarray(valid, bool)
+    if not fg.any():
+        return None, float("inf")
+    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
+    idx = np.argwhere(fg)  # (k, j, i)
+    lps = idx[:, ::-1] @ np.asarray(window_affine, float)[:3, :3].T + np.asarray(window_affine, float)[:3, 3]
+    d = np.linalg.norm(lps - np.asarray(point_lps, float)[None, :], axis=1)
+    a = int(np.argmin(d))
+    if d[a] > snap_mm:
+        return None, float(d[a])
+    return lab == lab[tuple(idx[a])], float(d[a])
+
+
+def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = True) -> NoduleResult:
+    """Segment, measure and characterise the nodule at ``point_lps`` (patient LPS mm) of a CT
+    ``volume``.  Never raises for a click that finds nothing: ``found=False`` with ``reason``.
+    Raises ``UserError`` (one line) when the nodule models are missing or fail their checks."""
+    from ..models.matching import match_card, series_facts
+    from . import models as nm
+    from .measure import measure
+    from .window import WINDOW_SIZE, WindowError, cut_window, to_source_grid
+
+    t0 = time.perf_counter()
+    pt = [float(v) for v in np.asarray(point_lps, float).reshape(-1)]
+    res = NoduleResult(id=nodule_id or "N1", point_lps=pt)
+    if len(pt) != 3 or not all(math.isfinite(v) for v in pt):
+        res.reason = f"the point must be three finite LPS coordinates in mm (got {point_lps!r})"
+        return res
+    seg_card, mal_card = _cards()
+    res.models = {seg_card.id: seg_card.version, mal_card.id: mal_card.version}
+    for card in (seg_card, mal_card):
+        m = match_card(card, series_facts(volume))
+        if not m.ok:
+            res.reason = f"refused by {card.id}: {m.reason}"
+            return res
+        res.warnings += [w for w in m.warnings if w not in res.warnings]
+    if not _inside(volume, pt):
+        res.reason = "the point lies outside the series"
+        return res
+    try:
+        win = cut_window(volume, pt)
+    except WindowError as e:
+        res.reason = f"refused: {e}"
+        return res
+    t1 = time.perf_counter()
+    prob = np.asarray(nm.segment(win), np.float32)
+    t2 = time.perf_counter()
+    res.timings.update(cut_s=t1 - t0, segment_s=t2 - t1)
+    comp, dist = pick_component(prob, win.affine, pt, win.valid)
+    if comp is None:
+        far = "" if not math.isfinite(dist) else f" (the nearest segmented voxel is {dist:.1f} mm away)"
+        res.reason = f"{NOT_FOUND}: the segmenter marks no nodule within {SNAP_MM:g} mm{far}"
+        res.timings["total_s"] = time.perf_counter() - t0
+        return res
+    vol_w = float(comp.sum()) * float(np.prod(win.spacing))
+    if vol_w < MIN_VOLUME_MM3:
+        res.reason = (f"{NOT_FOUND}: the segmented region is {vol_w:.1f} mm³, smaller than a 3 mm nodule "
+                      f"({MIN_VOLUME_MM3:.1f} mm³); the models cover nodules >= 3 mm")
+        res.timings["total_s"] = time.perf_counter() - t0
+        return res
+    hu_w = float(win.image[comp].mean())
+    if hu_w < MIN_MEAN_HU:
+        res.reason = (f"{NOT_FOUND}: the segmented region's mean density is {hu_w:.0f} HU "
+                      f"(aerated lung or air, below {MIN_MEAN_HU:.0f} HU)")
+        res.timings["total_s"] = time.perf_counter() - t0
+        return res
+    edge = np.zeros(comp.shape, bool)
+    edge[[0, -1], :, :] = edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
+    if (comp & edge).any():
+        res.warnings.append(f"the nodule reaches the edge of the models' {WINDOW_SIZE} mm window: the part "
+                            "beyond it is not segmented, so volume and diameters are lower bounds")
+    mask = to_source_grid(win, comp.astype(np.uint8), volume, order=0) > 0
+    t3 = time.perf_counter()
+    if not mask.any():
+        res.reason = (f"{NOT_FOUND}: the segmented nodule ({vol_w:.0f} mm³) falls between the series' "
+                      "voxel centres (slices too thick for it)")
+        res.timings["total_s"] = t3 - t0
+        return res
+    mm = measure(mask, volume)
+    t4 = time.perf_counter()
+    p, cam = nm.malignancy(win, explain=explain)
+    t5 = time.perf_counter()
+    ood = nm.ood(win)
+    t6 = time.perf_counter()
+    res.found, res.reason, res.mask = True, "", mask
+    res.center_lps = mm.center_lps
+    res.volume_mm3, res.long_axis_mm, res.short_axis_mm = mm.volume_mm3, mm.long_axis_mm, mm.short_axis_mm
+    res.mean_hu = mm.mean_hu if math.isfinite(mm.mean_hu) else None
+    res.density = mm.density
+    res.measurements = mm.to_dict()
+    res.warnings += mm.warnings
+    res.ood = dict(ood or {})
+    if res.ood.get("flagged"):
+        res.warnings.append(f"{mal_card.id}: this window is outside what the model was trained on "
+                            "(decision withheld)")
+    res.p_malignant = float(p)
+    from ..models.operating_point import decide_item
+
+    labels = list(mal_card.labels)
+    pos = labels[-1] if labels else "malignant"
+    probs = {lab: (res.p_malignant if lab == pos else 1.0 - res.p_malignant) for lab in labels} \
+        if len(labels) == 2 else {pos: res.p_malignant}
+    withheld = "outside what this model was trained on" if res.ood.get("flagged") else ""
+    res.decision = decide_item(mal_card, probs, withheld)
+    thr = next((x["threshold"] for x in res.decision.get("labels") or [] if x["label"] == pos), None)
+    res.threshold = None if thr is None else float(thr)
+    if cam is not None:
+        heat = to_source_grid(win, np.asarray(cam, np.float32), volume, order=1)
+        top = float(heat.max()) if heat.size else 0.0
+        res.heatmap = (np.clip(heat / top, 0.0, 1.0) if top > 0 else heat).astype(np.float32)
+    t7 = time.perf_counter()
+    res.timings.update(map_back_s=t3 - t2, measure_s=t4 - t3, malignancy_s=t5 - t4, ood_s=t6 - t5,
+                       heatmap_s=t7 - t6, total_s=t7 - t0)
+    return res
