@@ -1046,6 +1046,8 @@ class SeriesLoader:
             raise LoadError(errors[0] if errors else "nothing could be loaded")
         if self._cancel.is_set():
             self.volume.warnings.append(f"loading cancelled: {int(self.volume.loaded.sum())} of {total} slices read")
+        from ..privacy.audit import record_open  # the audit trail: who opened which study (never raises)
+        record_open(self.series, self.volume, self.plans.index(self.plan))
         return self.volume
 
     def _guarded(self, unit):

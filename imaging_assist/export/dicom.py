@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from ..privacy.audit import record_export
 from . import dicom_common as dc
 from .dicom_common import DicomExportError
 
@@ -85,7 +86,10 @@ def _plan(results, report_pdf, measurements, items=None) -> list[_Plan]:
         if d.get("error"):
             continue
         models.setdefault(str(d.get("model")), []).append(n)
-        if getattr(res, "label_map", None) is not None:
+        if getattr(res, "label_map", None) is not None and d.get("nodules") is not None:
+            plans.append(_Plan("SEG", f"{d.get('model')} nodules ({', '.join(list(d.get('labels', {}).values())[1:])})",
+                               n, {"nodules": True}))
+        elif getattr(res, "label_map", None) is not None:
             plans.append(_Plan("SEG", f"{d.get('model')} label map ({', '.join(list(d.get('labels', {}).values())[1:])})", n))
         er = d.get("explanation_region") or {}
         if getattr(res, "region_map", None) is not None and er.get("labels"):
@@ -161,6 +165,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         except OSError as e:
             raise DicomExportError(f"cannot write {p}: {e.strerror or e}") from None
         written.append(WrittenObject(p, kind, str(ds.SOPClassUID), desc))
+        record_export(kind, p, volume)  # the audit trail (never raises)
 
     number = 0
     for plan in plans:
@@ -175,6 +180,14 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
                                 series_number=sn, datasets=datasets, warnings=warnings)
                 region_segs[plan.item] = seg
                 save(seg, "SEG", plan.description, f"{_name(er.get('model', 'region'))}_region_SEG")
+            elif plan.extra.get("nodules"):  # CT nodules: one segment per nodule, tracked in the SR
+                found = sorted((x for x in d["nodules"] if x.get("found")), key=lambda x: x["label_value"])
+                seg = build_seg(volume, res.label_map, d["labels"], model_id=d["model"],
+                                model_version=d["model_version"], series_number=sn, datasets=datasets,
+                                warnings=warnings, code_labels=["background"] + ["nodule"] * len(found),
+                                tracking=[(f"nodule {x['id']}", x["tracking_uid"]) for x in found])
+                segs[plan.item] = seg
+                save(seg, "SEG", plan.description, f"{_name(d['model'])}_nodules_SEG")
             else:
                 seg = build_seg(volume, res.label_map, d["labels"], model_id=d["model"],
                                 model_version=d["model_version"], series_number=sn, datasets=datasets,
@@ -270,6 +283,7 @@ class DicomRun:
                     self.echo(f"error: Encapsulated PDF not written: {p}: {e.strerror or e}")
                     continue
                 self.written.append(WrittenObject(p, "PDF", str(ds.SOPClassUID), "report"))
+                record_export("PDF", p, datasets=datasets)  # the audit trail (never raises)
         if self.written:
             kinds = ", ".join(f"{sum(o.kind == k for o in self.written)} {k}"
                               for k in ("SEG", "PM", "SR", "PDF") if any(o.kind == k for o in self.written))

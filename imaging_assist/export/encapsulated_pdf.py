@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+from ..privacy.audit import record_export
 from . import dicom_common as dc
 
 ENCAPSULATED_PDF_STORAGE = "1.2.840.10008.5.1.4.1.1.104.1"
@@ -84,4 +85,5 @@ def write_encapsulated_pdf(pdf_path, datasets, out_path, **kw) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(out_path, enforce_file_format=True)
+    record_export("PDF", out_path, datasets=datasets)  # the audit trail (never raises)
     return out_path

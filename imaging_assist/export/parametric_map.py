@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..privacy.audit import record_export
 from . import dicom_common as dc
 
 _METHOD_CODES = {
@@ -106,4 +107,5 @@ def write_parametric_map(volume, heat, out_path, **kw) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     pm.save_as(out_path)
+    record_export("PM", out_path, volume)  # the audit trail (never raises)
     return out_path

@@ -1131,4 +1131,7 @@ def write_report_pdf(report: dict, out_path, *, page_size: str = "A4") -> Path:
         except OSError:
             pass
         raise ReportError(f"cannot write the report {out}: {e.strerror or e}") from None
+    from ..privacy.audit import record_export  # the audit trail (never raises)
+    record_export("report-pdf", out, patient_ids=[(s.get("header") or {}).get("patient_id") for s in studies],
+                  deidentified=bool(report.get("deidentified")))
     return out

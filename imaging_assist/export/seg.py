@@ -12,14 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..privacy.audit import record_export
 from . import dicom_common as dc
 
 
 def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_version: str,
               series_number: int = 9901, datasets=None, series_uid: str | None = None,
-              warnings: list | None = None):
+              warnings: list | None = None, code_labels=None, tracking=None):
     """A ``highdicom.seg.Segmentation`` of ``label_map`` ([k, j, i] on the Volume's grid;
-    value = index into ``labels``, 0 background).  ``warnings`` collects what was assumed."""
+    value = index into ``labels``, 0 background).  ``warnings`` collects what was assumed.
+
+    ``code_labels`` (parallel to ``labels``): the names whose codes describe each segment when
+    the segment labels are instance names (CT nodules: "nodule N1" coded as "nodule");
+    ``tracking``: per segment (1..n) a (Tracking ID, Tracking UID) pair, shared with the SR."""
     import highdicom as hd
 
     datasets = datasets if datasets is not None else dc.source_datasets(volume)
@@ -40,8 +45,10 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
     lm = lm.astype(np.uint8 if n_seg < 256 else np.uint16, copy=False)
     algo = dc.algorithm_identification(model_id, model_version)
     descs = []
+    coded = [str(x) for x in code_labels] if code_labels is not None else names
     for s in range(1, n_seg + 1):
-        cat, typ, standard = dc.label_codes(names[s])
+        cat, typ, standard = dc.label_codes(coded[s])
+        tid, tuid = (tracking[s - 1] if tracking is not None else (None, None))
         if not standard and warnings is not None:
             warnings.append(f"SEG: label {names[s]!r} has no SNOMED CT code here; written with a "
                             f"local code ({dc.LOCAL_SCHEME})")
@@ -49,7 +56,7 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
             segment_number=s, segment_label=names[s][:64],
             segmented_property_category=cat, segmented_property_type=typ,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algo))
+            algorithm_identification=algo, tracking_id=tid, tracking_uid=tuid))
     kw = dict(source_images=datasets, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
               segment_descriptions=descs, series_instance_uid=series_uid or dc.new_uid(),
               series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
@@ -86,4 +93,5 @@ def write_seg(volume, label_map, labels, out_path, **kw) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(out_path)
+    record_export("SEG", out_path, volume)  # the audit trail (never raises)
     return out_path

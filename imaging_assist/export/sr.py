@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..privacy.audit import record_export
 from . import dicom_common as dc
 
 _UNITS = {"ml": ("ml", "milliliter"), "mm2": ("mm2", "square millimeter"),
@@ -320,4 +321,5 @@ def write_sr(volume, model_items, out_path, **kw) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(out_path)
+    record_export("SR", out_path, volume)  # the audit trail (never raises)
     return out_path

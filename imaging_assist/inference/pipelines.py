@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..monitoring.log import record_safely as _log_prediction
+from ..privacy.audit import record_model_run as _audit_run
 from ..volume import Volume
 from .device import GpuFallbackWarning, fast_path, free_gpu_memory, is_oom, resolve_device
 from .inferers import run_bundle, run_classifier, run_segmenter
@@ -117,6 +118,7 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
                 res.warnings.append(res.quality["text"])
         res.timings["total_s"] = time.perf_counter() - t0
         _log_prediction(model, volume, res)  # issue 18: the prediction log (never raises)
+        _audit_run(model, volume, res)  # issue 16: the audit trail (never raises)
         return res
 
 

@@ -352,6 +352,8 @@ def write_results_json(items: list[dict], out_dir: Path, model_summary: dict | N
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
     tmp.replace(out)
+    from ..privacy.audit import record_export  # the audit trail (never raises)
+    record_export("results.json", out, series_uids=[it.get("series_uid") for it in items if isinstance(it, dict)])
     return out
 
 

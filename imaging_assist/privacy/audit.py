@@ -526,23 +526,37 @@ def outputs_sha256(res) -> str:
     return h.hexdigest()
 
 
-def _decision(res) -> dict:
-    dec = getattr(res, "decisions", None)
+def _decision(res, card=None) -> dict:
+    """What the run decided, as the app shows it: per thresholded label its state (positive /
+    review / negative / withheld, models.operating_point.decide_item, withheld when the input
+    is out of distribution), the top label and the probabilities; for segmenters the labels
+    found and whether the card's quality checks passed."""
     out: dict[str, Any] = {}
-    if isinstance(dec, dict):
-        out["decisions"] = {k: (None if v is None else ("positive" if v.get("positive") else "negative"))
-                            for k, v in dec.items()}
-        probs = getattr(res, "probabilities", None)
-        if isinstance(probs, dict) and probs:
-            out["top_label"] = max(probs, key=probs.get)
-            out["probabilities"] = {k: round(float(v), 4) for k, v in probs.items()}
+    probs = getattr(res, "probabilities", None)
+    ood = getattr(res, "ood", None)
+    flagged = bool(isinstance(ood, dict) and ood.get("flagged"))
+    if isinstance(probs, dict) and probs:
+        out["probabilities"] = {k: round(float(v), 4) for k, v in probs.items()}
+        out["top_label"] = max(probs, key=probs.get)
+        dec = getattr(res, "decisions", None)
+        if isinstance(dec, dict):
+            out["thresholded"] = {k: (None if not isinstance(v, dict) or v.get("positive") is None
+                                      else ("positive" if v["positive"] else "negative"))
+                                  for k, v in dec.items()}
+        if card is not None:
+            try:
+                from ..models.operating_point import decide_item
+
+                d = decide_item(card, probs, "outside what this model was trained on" if flagged else "")
+                out["decision"] = {x["label"]: x["state"] for x in d["labels"]}
+            except Exception as e:  # noqa: BLE001 - the rest of the record still holds
+                out["decision"] = f"not computed ({type(e).__name__})"
     counts = getattr(res, "voxel_counts", None)
-    if isinstance(counts, dict):
+    if isinstance(counts, dict) and counts:
         out["labels_found"] = [k for k, v in counts.items() if v]
         q = getattr(res, "quality", None)
         if isinstance(q, dict) and "passed" in q:
             out["quality_passed"] = bool(q["passed"])
-    ood = getattr(res, "ood", None)
     if isinstance(ood, dict) and "flagged" in ood:
         out["ood_flagged"] = ood.get("flagged")
     return out
@@ -559,7 +573,7 @@ def record_model_run(model, volume, res) -> bool:
                              "explain": [f"{hm.method}:{hm.label}" for hm in getattr(res, "heatmaps", [])]}
         f.update(_ids_of(volume))
         f["outputs_sha256"] = outputs_sha256(res)
-        f.update(_decision(res))
+        f.update(_decision(res, card))
         f["warnings"] = len(getattr(res, "warnings", []) or [])
     except Exception as e:  # noqa: BLE001
         _warn(f"model run not recorded ({type(e).__name__}: {e})")
