@@ -1,0 +1,278 @@
+"""The two ways a batch runs: ``local`` (one process) and ``ray`` (Ray tasks and actors).
+
+Both run the same :class:`Pipeline` on decoded items: the model part
+(:meth:`~.item.ModelRunner.infer`, one at a time: the model's lock) in the calling thread,
+the writing part (key-image PNGs, NIfTI, results.json, report, DICOM:
+:meth:`~.item.ModelRunner.write`) in a small thread pool, so that item *n* is written while
+the model runs on item *n+1* (PNG/zlib encoding and file I/O release the GIL).  Queues are
+bounded (``depth``): memory stays flat however large the archive.
+
+* ``local``: decoding (``read_image`` / ``load_series``) in a thread pool ``depth`` items
+  ahead of the model; no extra process.
+* ``ray``: decoding as Ray CPU tasks (chunks of ``chunk`` items, in the object store), the
+  model in actors that load it once (``num_gpus=1`` per actor when the cluster has GPUs,
+  otherwise one actor per node, spread); each actor runs the :class:`Pipeline` on its chunk.
+  ``ray.init()`` runs in-process (usage statistics and dashboard off, loopback only) unless
+  ``--address`` / ``RAY_ADDRESS`` names a cluster.  On a cluster, SOURCE and OUT must be on
+  a file system every node sees under the same path (the actors read and write there).
+
+A whole slide is one item (one actor runs ``analyze_slide`` on it, tile batches of
+``--batch-size`` on that actor); the tiles of one slide are not spread over several
+workers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import UserError
+from .item import ModelRunner, Settings, decode_timed
+
+RAY_MISSING = ("--engine ray needs Ray: pip install 'ray==2.60.0' into this environment "
+               "(or use --engine local)")
+
+
+class Pipeline:
+    """Models loaded once; :meth:`process` yields rows for decoded units in order."""
+
+    def __init__(self, model_ids, settings: Settings, writers: int = 2, depth: int = 4):
+        self.runners = {m: ModelRunner(m, settings) for m in model_ids}
+        self.pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="batch-write")
+        self.depth = max(1, depth)
+
+    def versions(self) -> dict:
+        return {m: r.version for m, r in self.runners.items()}
+
+    def process(self, decoded):
+        """``decoded``: iterable of (unit, (volume, error, seconds)); a unit is (candidate,
+        [model ids]).  Yields rows (dicts) as they are finished."""
+        pending: deque = deque()
+        try:
+            for (c, models), (vol, err, ds) in decoded:
+                for mid in models:
+                    row, job = self.runners[mid].infer(c, vol, err, ds)
+                    if job is None:
+                        pending.append(row)
+                    else:
+                        pending.append(self.pool.submit(self.runners[mid].write, row, job))
+                while pending and (isinstance(pending[0], dict) or pending[0].done()
+                                   or len(pending) > self.depth):
+                    p = pending.popleft()
+                    yield p if isinstance(p, dict) else p.result()
+            while pending:
+                p = pending.popleft()
+                yield p if isinstance(p, dict) else p.result()
+        finally:
+            for p in pending:
+                if not isinstance(p, dict):
+                    p.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+# =========================================================================== local
+def run_local(units, model_ids, settings: Settings, decoders: int = 2, depth: int = 4):
+    """Yield rows for ``units`` in one process (decoding ``depth`` items ahead)."""
+    pipe = Pipeline(model_ids, settings, depth=depth)
+    dec = ThreadPoolExecutor(max(1, decoders), thread_name_prefix="batch-decode")
+
+    def decoded():
+        ahead: deque = deque()
+        it = iter(units)
+        for u in it:
+            ahead.append((u, dec.submit(decode_timed, u[0])))
+            if len(ahead) >= depth:
+                break
+        while ahead:
+            u, f = ahead.popleft()
+            nxt = next(it, None)
+            if nxt is not None:
+                ahead.append((nxt, dec.submit(decode_timed, nxt[0])))
+            yield u, f.result()
+
+    try:
+        yield from pipe.process(decoded())
+    finally:
+        dec.shutdown(wait=True, cancel_futures=True)
+        pipe.close()
+
+
+# =========================================================================== ray
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def init_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: int | None = None):
+    """Join ``address`` (or ``RAY_ADDRESS``) or start Ray in this process: usage statistics
+    off, no dashboard, bound to 127.0.0.1.  Returns True when this call started Ray."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(RAY_MISSING) from None
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address:
+        try:
+            ray.init(address=address, **kw)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise UserError(f"cannot join the Ray cluster at {address}: {_one_line(e)}") from None
+        return True
+    import tempfile
+
+    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp")
+    # Loopback only: ray.init turns _node_ip_address="127.0.0.1" into the machine's reachable
+    # address (services.resolve_ip_for_localhost) unless "cluster mode" is off, which is what
+    # Ray itself does on macOS/Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read into
+    # ray_constants at import).  With the node address 127.0.0.1 Ray's gRPC servers bind
+    # to 127.0.0.1 (ray-project/ray#55484).  Checked by tests/test_batch.py (listening sockets).
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+             object_store_memory=None, **kw)
+    return True
+
+
+def run_ray(units, model_ids, settings: Settings, address: str | None = None, chunk: int = 16,
+            actors: int | None = None, depth: int = 4, on_start=None):
+    """Yield rows for ``units`` from Ray tasks (decoding) and actors (models)."""
+    import ray
+
+    started = init_ray(address)
+    try:
+        res = ray.cluster_resources()
+        gpus = int(res.get("GPU", 0))
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        n_act = actors or (gpus if gpus else max(1, len(nodes)))
+        opts = {"num_gpus": 1, "num_cpus": 0.5} if gpus else {"num_cpus": 0.5}
+        if n_act > 1:
+            opts["scheduling_strategy"] = "SPREAD"
+        # One remote pipeline per actor: the models load once there, then every chunk runs
+        # through it (decoded chunks arrive as object refs, resolved by Ray).
+        Worker = ray.remote(max_restarts=0)(_RayWorker)
+        workers = [Worker.options(**opts).remote(list(model_ids), settings, depth) for _ in range(n_act)]
+        decode = ray.remote(num_cpus=0.5, max_retries=0)(_decode_chunk)
+        ray.get([w.ready.remote() for w in workers])
+        if on_start:
+            on_start(f"ray: {len(nodes)} node(s), {int(res.get('CPU', 0))} CPU(s), {gpus} GPU(s); "
+                     f"{n_act} model actor(s)")
+        chunks = _chunks(units, chunk)
+        inflight: dict = {}
+        load = {i: 0 for i in range(n_act)}
+        try:
+            for ch in chunks:
+                while len(inflight) >= 2 * n_act + 1:
+                    yield from _collect(ray, inflight, load)
+                i = min(load, key=load.get)
+                ref = workers[i].process.remote(ch, decode.remote([u[0] for u in ch]))
+                inflight[ref] = i
+                load[i] += 1
+            while inflight:
+                yield from _collect(ray, inflight, load)
+        finally:
+            for ref in list(inflight):
+                ray.cancel(ref, force=True)
+            for w in workers:
+                ray.kill(w)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _collect(ray, inflight: dict, load: dict):
+    done, _ = ray.wait(list(inflight), num_returns=1)
+    for ref in done:
+        i = inflight.pop(ref)
+        load[i] -= 1
+        try:
+            rows = ray.get(ref)
+        except Exception as e:  # noqa: BLE001 - a lost worker or task: the chunk is not done
+            raise UserError(f"a Ray worker failed: {_one_line(e)}") from None
+        yield from rows
+
+
+def _chunks(units, n: int):
+    ch: list = []
+    for u in units:
+        if u[0].kind == "slide":  # a slide alone: it is a long task by itself
+            if ch:
+                yield ch
+                ch = []
+            yield [u]
+            continue
+        ch.append(u)
+        if len(ch) >= n:
+            yield ch
+            ch = []
+    if ch:
+        yield ch
+
+
+def _decode_chunk(cands):
+    return [_pack(decode_timed(c)) for c in cands]
+
+
+# A Volume holds a threading.Lock (progressive loading), which cannot be pickled: it crosses
+# the object store as its attributes and gets a fresh lock on the other side.
+def _pack(t):
+    vol, err, s = t
+    if vol is None:
+        return t
+    d = dict(vol.__dict__)
+    d.pop("_lock", None)
+    return ("volume", d), err, s
+
+
+def _unpack(t):
+    vol, err, s = t
+    if isinstance(vol, tuple) and vol and vol[0] == "volume":
+        import threading
+
+        from ..volume import Volume
+
+        v = Volume.__new__(Volume)
+        v.__dict__.update(vol[1])
+        v._lock = threading.Lock()
+        vol = v
+    return vol, err, s
+
+
+class _RayWorker:
+    """The model actor (wrapped with ``ray.remote`` in :func:`run_ray`)."""
+
+    def __init__(self, model_ids, settings: Settings, depth: int):
+        import logging
+        import warnings
+
+        warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
+        logging.getLogger("monai").setLevel(logging.ERROR)
+        if not settings.torch_threads:  # Ray sets OMP_NUM_THREADS=1 in workers; use the node
+            import torch
+
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        self.pipe = Pipeline(model_ids, settings, depth=depth)
+
+    def ready(self) -> bool:
+        return True
+
+    def process(self, units, decoded):
+        return list(self.pipe.process(zip(units, map(_unpack, decoded))))
+
+
+def _one_line(e) -> str:
+    s = str(e).strip()
+    return " ".join(ln.strip() for ln in s.splitlines() if ln.strip())[:500]
+
+
+__all__ = ["Pipeline", "run_local", "run_ray", "init_ray", "ray_available", "RAY_MISSING"]

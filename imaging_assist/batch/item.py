@@ -1,0 +1,321 @@
+"""One batch item through ``analyze``'s own functions: decode, run, write.
+
+:func:`decode` is ``analyze``'s loading step (``read_image`` / ``load_series``); it is the CPU
+part the engines run ahead of the model.  :class:`ModelRunner` holds one loaded model (and
+the card's region segmenter) and does, per item, exactly what ``analyze`` does in its loop
+(:func:`imaging_assist.cli.analyze.cmd_analyze`): ``match_card`` on the loaded volume,
+``run_model`` (+ ``RegionExplainer.apply``), ``write_item_files``, analyze's
+``_trust_checks`` (research override, decision, segmentation quality), the match
+warnings, and then writes the item's own ``results.json`` with the same model summary.  So
+a batch result equals an interactive one (tested: tests/test_batch.py).  Slides go through
+:func:`imaging_assist.slides.analysis.analyze_slide` as in ``analyze``.
+
+Every item gets its own folder ``OUT/<model id>/<stem>-<hash[:12]>/`` (analyze's file names
+inside); the row for the results table is returned by :meth:`ModelRunner.run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import warnings as _w
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from .sources import Candidate
+
+
+@dataclass
+class Settings:
+    """What every worker needs (plain values: it crosses process boundaries under Ray)."""
+
+    out_dir: str
+    explain: str | None = None
+    explain_labels: list[str] | None = None
+    ig_steps: int = 32
+    faithfulness: bool = True
+    dicom: bool = False
+    report: bool = False
+    override: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    slide_batch_size: int = 32
+    top_tiles: int = 3
+    heatmap_format: str = "tif"
+    torch_threads: int = 0  # 0: torch's default
+    extra: dict = field(default_factory=dict)
+
+
+def decode(c: Candidate):
+    """The loaded Volume of an image or series (analyze's loading step); ``UserError`` (one
+    line) when the file is bad.  Slides are not decoded here (their tiles are read while the
+    model runs)."""
+    if c.kind == "image":
+        from ..inference.images import read_image
+
+        return read_image(c.payload)
+    if c.kind == "series":
+        from ..dicom import load_series
+
+        try:
+            return load_series(c.payload)
+        except UserError:
+            raise
+        except (OSError, ValueError, RuntimeError, MemoryError) as e:  # one line, never a traceback
+            raise UserError(f"{c.source}: cannot be loaded ({type(e).__name__}: {e})") from None
+    return None
+
+
+def decode_timed(c: Candidate):
+    """(volume or None, error string or "", seconds): never raises for a bad file."""
+    t0 = time.perf_counter()
+    try:
+        return decode(c), "", time.perf_counter() - t0
+    except UserError as e:
+        return None, _one_line(e), time.perf_counter() - t0
+    except Exception as e:  # noqa: BLE001 - a bad file is one failed row, the batch goes on
+        return None, f"{type(e).__name__}: {_one_line(e)}", time.perf_counter() - t0
+
+
+def item_dir(out_dir, model_id: str, c: Candidate) -> Path:
+    from ..inference.results import _stem
+
+    return Path(out_dir) / _stem(model_id) / f"{_stem(c.stem)[:60]}-{c.content_hash[:12]}"
+
+
+class ModelRunner:
+    """One model loaded once; :meth:`run` does analyze's per-item work and returns the row."""
+
+    def __init__(self, model_id: str, settings: Settings):
+        from ..explain.methods import ExplainConfig, canonical_method
+        from ..inference.pipelines import RunOptions
+        from ..models.loaders import load_model
+        from ..models.registry import Registry
+
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        self.settings = settings
+        entry = Registry().get(model_id)
+        self.card = entry.card
+        self.model = load_model(self.card, "cpu")
+        explain = None
+        if settings.explain is not None:
+            explain = ExplainConfig(canonical_method(settings.explain), ig_steps=settings.ig_steps,
+                                    faithfulness=settings.faithfulness)
+        self.opts = RunOptions(device=settings.device, precision=settings.precision, explain=explain,
+                               explain_labels=settings.explain_labels)
+        self.region = None
+        if explain is not None and self.card.explanation_region is not None:
+            from ..explain.regions import RegionExplainer
+
+            self.region = RegionExplainer(self.card, device=settings.device)
+        summary = self.card.summary()
+        summary["sha256"] = dict(self.model.hashes)
+        summary["intended_use"] = self.card.intended_use
+        self.summary = summary
+
+    @property
+    def version(self) -> str:
+        return str(self.card.version)
+
+    # ------------------------------------------------------------------ per item
+    def run(self, c: Candidate, vol, decode_error: str = "", decode_s: float = 0.0) -> dict:
+        """The results-table row of ``c`` (status ok / failed / skipped); never raises for a
+        bad item (``Cancelled`` and ``KeyboardInterrupt`` pass)."""
+        row, job = self.infer(c, vol, decode_error, decode_s)
+        return row if job is None else self.write(row, job)
+
+    def infer(self, c: Candidate, vol, decode_error: str = "", decode_s: float = 0.0):
+        """First half of :meth:`run`: the model (holds the model's lock).  Returns (row, job):
+        ``job`` None when the row is final, else what :meth:`write` needs (the engines run
+        :meth:`write` of one item while the model runs on the next)."""
+        t0 = time.perf_counter()
+        row = {"content_hash": c.content_hash, "model": self.card.id, "model_version": self.version,
+               "kind": c.kind, "source": c.source, "stem": c.stem, "decode_s": round(decode_s, 4),
+               "worker": f"{os.uname().nodename}:{os.getpid()}"}
+        if decode_error:
+            row.update(status="failed", error=decode_error)
+            return row, None
+        try:
+            if c.kind == "slide":
+                d, out = self._run_slide(c, row)
+                row["run_s"] = round(time.perf_counter() - t0, 4)
+                row.update(_row_from_item(d, out))
+                row["status"] = "ok"
+                return row, None
+            return self._infer_volume(c, vol, row, t0)
+        except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
+            return _failed(row, e, t0), None
+
+    def write(self, row: dict, job) -> dict:
+        """Second half of :meth:`run`: files, analyze's checks, results.json, report, DICOM."""
+        c, vol, res, m, overridden, t0 = job
+        t = time.perf_counter()
+        try:
+            d, out = self._write_volume(c, vol, res, m, overridden, row)
+        except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
+            return _failed(row, e, t0)
+        row["write_s"] = round(time.perf_counter() - t, 4)
+        row["run_s"] = round(row.get("infer_s", 0.0) + row["write_s"], 4)
+        row.update(_row_from_item(d, out))
+        row["status"] = "ok"
+        return row
+
+    def _infer_volume(self, c: Candidate, vol, row: dict, t0: float):
+        from ..inference.pipelines import run_model
+        from ..models.matching import match_card, series_facts
+
+        override = self.settings.override
+        m = match_card(self.card, series_facts(vol, c.payload if c.kind == "series" else None))
+        overridden = list(m.reasons) if (not m.ok and override) else []
+        if not m.ok and not overridden:
+            row.update(status="skipped", error=f"skipped: {m.reason}")
+            return row, None
+        t = time.perf_counter()
+        with _w.catch_warnings(record=True) as caught:
+            _w.simplefilter("always")
+            res = run_model(self.model, vol, self.opts)
+            if self.region is not None:
+                self.region.apply(res, vol)
+        row["infer_s"] = round(time.perf_counter() - t, 4)
+        for w in caught:
+            if issubclass(w.category, RuntimeWarning) and "out of memory" in str(w.message):
+                print(f"warning: {w.message}", file=sys.stderr)
+        return row, (c, vol, res, m, overridden, t0)
+
+    def _write_volume(self, c: Candidate, vol, res, m, overridden, row: dict):
+        from ..demo import series_source
+        from ..inference.results import write_item_files
+
+        res.source = str(c.payload) if c.kind == "image" else series_source(vol, c.source)
+        out = item_dir(self.settings.out_dir, self.card.id, c)
+        _fresh(out)
+        d = write_item_files(res, vol, out, c.stem)
+        d["source"] = res.source
+        from ..cli.analyze import _trust_checks  # analyze's own checks, not a copy
+
+        _trust_checks(d, res, self.card, overridden)
+        said = " ".join(d.get("warnings") or [])
+        extra = [w for w in m.warnings if not (w.startswith("plain image") and "modality" in said)]
+        if extra:
+            d["warnings"] = list(d.get("warnings") or []) + extra
+        self._finish(c, d, out, vol, res, row)
+        return d, out
+
+    def _run_slide(self, c: Candidate, row: dict):
+        from ..inference.device import resolve_device
+        from ..slides.analysis import analyze_slide
+        from ..slides.reader import SlideError
+
+        out = item_dir(self.settings.out_dir, self.card.id, c)
+        _fresh(out)
+        t = time.perf_counter()
+        try:
+            d = analyze_slide(c.payload, self.model, out, c.stem, device=str(resolve_device(self.settings.device)),
+                              batch_size=self.settings.slide_batch_size, top_k=self.settings.top_tiles,
+                              heatmap_format=self.settings.heatmap_format)
+        except SlideError as e:
+            raise UserError(str(e)) from None
+        row["infer_s"] = round(time.perf_counter() - t, 4)
+        self._finish(c, d, out, None, None, row)
+        return d, out
+
+    def _finish(self, c: Candidate, d: dict, out: Path, vol, res, row: dict) -> None:
+        """results.json of the item (as analyze writes it), then --report / --dicom."""
+        from ..inference.results import write_results_json
+
+        d["content_hash"] = c.content_hash
+        captured = {}
+        if self.settings.report and vol is not None:
+            from ..export.report_pdf import capture
+
+            captured[0] = capture(d, vol, out, res)
+        p = write_results_json([d], out, self.summary, {"notes": [], "input": c.source})
+        row["results_json"] = str(p)
+        if self.settings.report:
+            from ..export.report_pdf import build_report, write_report_pdf
+
+            try:
+                rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out,
+                                                   captured=captured, load_missing=vol is not None),
+                                      out / "report.pdf")
+                row["report"] = str(rp)
+            except UserError as e:
+                row["report_error"] = _one_line(e)
+        if self.settings.dicom and vol is not None:
+            from ..export.dicom import DicomRun
+
+            msgs: list[str] = []
+            run = DicomRun(out, echo=msgs.append)
+            run.add(c.kind, vol, res, d, c.stem)
+            run.finish(out / "report.pdf")
+            row["dicom"] = [str(Path(w.path)) if hasattr(w, "path") else str(w) for w in run.written]
+            if run.failed:
+                row["dicom_error"] = "; ".join(m for m in msgs if m.startswith("error"))[:2000]
+            elif msgs:
+                row["dicom_notes"] = "; ".join(msgs)[:2000]
+
+
+def _failed(row: dict, e: BaseException, t0: float) -> dict:
+    from ..inference.jobs import Cancelled
+
+    if isinstance(e, (Cancelled, KeyboardInterrupt)):
+        raise e
+    msg = _one_line(e) if isinstance(e, UserError) else f"internal error ({type(e).__name__}: {_one_line(e)})"
+    row.update(status="failed", error=msg, run_s=round(time.perf_counter() - t0, 4))
+    return row
+
+
+def _fresh(out: Path) -> None:
+    """An item's folder starts empty: a run interrupted half-way left files but no row."""
+    import shutil
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+
+
+def _row_from_item(d: dict, out: Path) -> dict:
+    """The table's columns from a results.json item (paths absolute)."""
+    def p(f):
+        return str(out / f) if f else None
+
+    r: dict = {"task": d.get("task"), "series_uid": d.get("series_uid"),
+               "warnings": list(d.get("warnings") or []),
+               "timings": d.get("timings_s")}
+    if "probabilities" in d:
+        r["probabilities"] = d["probabilities"]
+        dec = d.get("decision") or {}
+        r["decision"] = dec.get("text")
+        r["most_likely"] = dec.get("most_likely") or (max(d["probabilities"], key=d["probabilities"].get)
+                                                      if d["probabilities"] else None)
+        r["decision_states"] = {x.get("label"): x.get("state") for x in dec.get("labels", []) if isinstance(x, dict)}
+    ood = d.get("ood") or {}
+    r["ood_score"] = ood.get("score")
+    r["ood_flagged"] = ood.get("flagged")
+    if d.get("kind") == "slide":
+        r["areas"] = {"unit": d.get("area_unit"), "values": d.get("areas")}
+    else:
+        for k, unit in (("volume_ml", "mL"), ("area_mm2", "mm2"), ("area_px", "px")):
+            if d.get(k):
+                r["areas"] = {"unit": unit, "values": d[k]}
+                break
+    if d.get("quality"):
+        r["quality"] = (d["quality"] or {}).get("text")
+    r["label_map"] = p(d.get("label_map"))
+    r["heatmaps"] = [p(h.get("file")) for h in d.get("heatmaps") or [] if isinstance(h, dict)]
+    if isinstance(d.get("heatmaps"), dict):  # slides: {class: file}
+        r["heatmaps"] = [p(v) for v in d["heatmaps"].values() if isinstance(v, str)]
+    r["key_images"] = [p(k) for k in d.get("key_images") or [] if isinstance(k, str)]
+    r["item_dir"] = str(out)
+    return r
+
+
+def _one_line(e) -> str:
+    s = str(e).strip()
+    return " ".join(ln.strip() for ln in s.splitlines() if ln.strip())

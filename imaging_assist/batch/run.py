@@ -1,0 +1,172 @@
+"""The batch driver: sources -> items -> engine -> results table (``imaging-assist batch``).
+
+:func:`run_batch` expands the SOURCEs (:mod:`.sources`), hashes each item, leaves out what
+the table already holds for the same content hash and model version (resume), runs the rest
+through the chosen engine (:mod:`.engines`) and commits each row as it arrives
+(:mod:`.table`).  Files the scanner cannot read and items that fail are failed rows with
+their reason; the batch goes on.  Ctrl-C stops after the rows already finished: the table
+stays consistent (each row is one transaction), the run is marked ``interrupted``, and the
+same command resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .item import Settings
+from .sources import collect, hash_all
+from .table import ResultsTable
+
+
+def _echo(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engine: str = "local",
+              address: str | None = None, command: str = "", echo=_echo, progress: bool = True,
+              decoders: int = 2, depth: int = 4, chunk: int = 16, actors: int | None = None) -> dict:
+    """Run the batch; returns counts {ok, failed, skipped, resumed, total, seconds, state,
+    items_per_s, table}.  Raises ``UserError`` for a bad command line (unknown model, no
+    such SOURCE, OUT inside a SOURCE)."""
+    from ..models.registry import Registry
+    from ..outputs import out_folder
+
+    if engine not in ("local", "ray"):
+        raise UserError(f"unknown engine {engine!r} (local or ray)")
+    if engine == "ray":
+        from .engines import RAY_MISSING, ray_available
+
+        if not ray_available():
+            raise UserError(RAY_MISSING)
+    model_ids = list(dict.fromkeys(model_ids))
+    cards = []
+    for m in model_ids:
+        cards.append(Registry().get(m).card)
+    ids = [c.id for c in cards]
+    versions = {c.id: str(c.version) for c in cards}
+    if settings.explain_labels:
+        for c in cards:
+            unknown = [lab for lab in settings.explain_labels if lab not in c.labels]
+            if unknown:
+                raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))} for model {c.id} "
+                                f"(labels: {', '.join(c.labels)})")
+    out = out_folder(settings.out_dir)
+    for s in sources:
+        sp = Path(s).expanduser().resolve()
+        if sp.is_dir() and (out.resolve() == sp or sp in out.resolve().parents):
+            raise UserError(f"--out {settings.out_dir} is inside SOURCE {s}: the batch would read its own "
+                            "outputs; choose an output folder outside the sources")
+    settings.out_dir = str(out)
+    if settings.device != "auto":
+        from ..inference.device import resolve_device
+
+        resolve_device(settings.device)
+
+    t_start = time.perf_counter()
+    cands, notes, problems = collect(sources, cards, override=settings.override)
+    unreadable = hash_all(cands)
+    t_scan = time.perf_counter() - t_start
+    table = ResultsTable(out)
+    run_id = table.start_run(engine, command)
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
+    for n in notes:
+        echo(f"note: {n}")
+
+    def put(row: dict) -> None:
+        row["engine"] = engine
+        row["run_id"] = run_id
+        table.put(row)
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+        if row["status"] == "failed":
+            err, src = str(row.get("error")), str(row.get("source"))
+            echo(f"error: {err}" if err.startswith(src) else f"error: {src}: {err}")
+
+    for path, reason in problems:  # files the scanner could not read: no model can take them
+        put({"content_hash": _file_hash(path), "model": "", "model_version": "", "status": "failed",
+             "error": reason, "kind": "file", "source": path})
+    bad = {id(c) for c, _ in unreadable}
+    for c, reason in unreadable:
+        for m in c.models:
+            put({"content_hash": "unreadable:" + hashlib.sha256(c.key.encode()).hexdigest(), "model": m,
+                 "model_version": versions[m], "status": "failed", "error": reason, "kind": c.kind,
+                 "source": c.source, "stem": c.stem})
+    units = []
+    for c in cands:
+        if id(c) in bad:
+            continue
+        todo = [m for m in ids if m in c.models and not table.done(c.content_hash, m, versions[m])]
+        counts["resumed"] += sum(1 for m in c.models if m not in todo)
+        if todo:
+            units.append((c, todo))
+    total = sum(len(u[1]) for u in units)
+    if not cands and not problems:
+        table.end_run(run_id, "nothing to do", counts, 0.0)
+        table.close()
+        raise UserError(f"nothing in {', '.join(sources)} matches model(s) {', '.join(ids)}"
+                        + (f": {'; '.join(notes[:3])}" if notes else ""))
+    echo(f"{len(cands)} item(s) found in {t_scan:.1f} s; {counts['resumed']} already done "
+         f"(same content and model version), {total} to run with --engine {engine}")
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="batch", unit="item", file=sys.stderr, dynamic_ncols=True,
+               disable=not progress or not sys.stderr.isatty() or not total)
+    t0 = time.perf_counter()
+    state = "finished"
+    gen = None
+    last_line = t0
+    try:
+        if units:
+            if engine == "local":
+                from .engines import run_local
+
+                gen = run_local(units, ids, settings, decoders=decoders, depth=depth)
+            else:
+                from .engines import run_ray
+
+                gen = run_ray(units, ids, settings, address=address, chunk=chunk, actors=actors,
+                              depth=depth, on_start=echo)
+            done = 0
+            for row in gen:
+                put(row)
+                done += 1
+                bar.update(1)
+                now = time.perf_counter()
+                if bar.disable and progress and now - last_line > 30:  # no terminal: a line now and then
+                    rate = done / (now - t0)
+                    echo(f"{done}/{total} items, {rate:.1f} items/s, ETA {(total - done) / rate:.0f} s")
+                    last_line = now
+    except KeyboardInterrupt:
+        state = "interrupted"
+    finally:
+        if gen is not None:
+            try:
+                gen.close()
+            except KeyboardInterrupt:  # a second Ctrl-C during cleanup: the rows are committed
+                state = "interrupted"
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if state != "interrupted" and sys.exc_info()[0] is not None:
+            state = "failed"
+        table.end_run(run_id, state, counts, seconds)
+        table.close()
+    ran = counts["ok"] + counts["failed"] + counts["skipped"]
+    result = dict(counts, total=total, seconds=round(seconds, 3), state=state, run_id=run_id,
+                  items_per_s=round(ran / seconds, 3) if seconds > 0 else None,
+                  table=str(out / "batch.sqlite"), scan_s=round(t_scan, 3))
+    return result
+
+
+def _file_hash(path: str) -> str:
+    h = hashlib.sha256(b"file")
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        h.update(os.path.abspath(path).encode())
+    return h.hexdigest()

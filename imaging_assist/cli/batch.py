@@ -1,0 +1,84 @@
+"""``imaging-assist batch SOURCE... --model ID [--model ID2 ...] --out DIR``: analyse a whole
+archive (folders, zips, DICOMDIRs, slides) into ``DIR/batch.sqlite`` plus analyze's files and
+``results.json`` per item (``DIR/<model>/<item>-<hash>/``).  Resumable: the same command
+again skips what is done for the same content and model version.  Engine:
+:mod:`imaging_assist.batch` (docs/scaling.md).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .common import int_at_least
+
+
+def register(subparsers) -> None:
+    b = subparsers.add_parser(
+        "batch", help="run models over whole archives into DIR/batch.sqlite (resumable; local or Ray)")
+    b.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folders, zips, DICOMDIRs, DICOM/image files, whole-slide images")
+    b.add_argument("--model", action="append", required=True, metavar="ID",
+                   help="model id or model folder (repeat for several models)")
+    b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--explain", nargs="?", const="gradcam", default=None, metavar="METHOD",
+                   help="explain with gradcam (default), ig, saliency or occlusion")
+    b.add_argument("--label", action="append", metavar="LABEL", help="label to explain (repeatable)")
+    b.add_argument("--dicom", action="store_true",
+                   help="also write DICOM SEG, Parametric Map and SR per item (DIR/<model>/<item>/dicom/)")
+    b.add_argument("--report", action="store_true", help="also write report.pdf per item")
+    b.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: one process, decoding overlapped with the model (default); "
+                        "ray: Ray tasks and model actors, in-process or on a cluster")
+    b.add_argument("--address", metavar="HOST:PORT",
+                   help="join this Ray cluster (default: RAY_ADDRESS, else Ray in this process)")
+    b.add_argument("--actors", type=int_at_least(1), default=None,
+                   help="Ray model actors (default: one per GPU, else one per node)")
+    b.add_argument("--chunk", type=int_at_least(1), default=16, help="items per Ray task (16)")
+    b.add_argument("--decoders", type=int_at_least(1), default=2,
+                   help="local: decoding threads (2)")
+    b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    b.add_argument("--ig-steps", type=int_at_least(1), default=32)
+    b.add_argument("--no-faithfulness", action="store_true")
+    b.add_argument("--research-override", action="store_true",
+                   help="run on items the model card does not fit: decisions withheld, recorded")
+    b.add_argument("--batch-size", type=int_at_least(1), default=32, help="slide tiles per forward pass (32)")
+    b.add_argument("--top-tiles", type=int_at_least(0), default=3)
+    b.add_argument("--heatmap-format", choices=["tif", "npz"], default="tif")
+    b.add_argument("--json", action="store_true", help="print the run's counts as JSON on stdout")
+    b.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args) -> int:
+    import json
+
+    from ..batch.item import Settings
+    from ..batch.run import run_batch
+    from ..explain.methods import canonical_method
+
+    explain = canonical_method(args.explain) if args.explain is not None else None
+    if args.label and explain is None:
+        explain = "gradcam"
+    settings = Settings(out_dir=args.out, explain=explain, explain_labels=args.label,
+                        ig_steps=args.ig_steps, faithfulness=not args.no_faithfulness,
+                        dicom=args.dicom, report=args.report, override=args.research_override,
+                        device=args.device, precision=args.precision, slide_batch_size=args.batch_size,
+                        top_tiles=args.top_tiles, heatmap_format=args.heatmap_format)
+    command = " ".join(["imaging-assist", "batch"] + sys.argv[2:]) if len(sys.argv) > 2 else "batch"
+    r = run_batch([os.fspath(s) for s in args.sources], args.model, settings, engine=args.engine,
+                  address=args.address, command=command, decoders=args.decoders, chunk=args.chunk,
+                  actors=args.actors)
+    line = (f"{r['ok']} ok, {r['failed']} failed, {r['skipped']} skipped, {r['resumed']} already done; "
+            f"{r['seconds']:.1f} s" + (f" ({r['items_per_s']:.2f} items/s)" if r["items_per_s"] else "")
+            + f"; table {r['table']}")
+    if args.json:
+        print(json.dumps(r))
+        print(line, file=sys.stderr)
+    else:
+        print(line)
+    if r["state"] == "interrupted":
+        print("interrupted: the finished rows are in the table; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 1 if r["failed"] else 0
