@@ -1,0 +1,618 @@
+"""PS3.15 Annex E de-identification of DICOM files and folders (no Qt).
+
+The Basic Application Level Confidentiality Profile is applied from the whole of Table E.1-1
+(``imaging_assist/data/deid/ps3_15_table_e1_1.json``, made by ``scripts/gen_deid_table.py``; the
+sources and editions are in its header and in docs/privacy.md), recursively into every sequence,
+with the options (PS3.15 names):
+
+- Retain Longitudinal Temporal Information with Modified Dates (:attr:`Options.modified_dates`):
+  every date of one patient moves by that patient's keyed offset (whole days; intervals and times
+  of day kept).
+- Retain Patient Characteristics (:attr:`Options.patient_characteristics`).
+- Retain Device Identity (:attr:`Options.device_identity`).
+- Clean Descriptors (:attr:`Options.clean_descriptors`): descriptions and comments are kept with
+  every identifying value of the same file (names, IDs, dates, institution, ...) and every long
+  digit run cut out, instead of being removed.
+
+Why hand-written and not dicognito or deid (measured, see docs/privacy.md): dicognito 0.19.0
+works by VR (names, IDs, dates, UIDs, addresses) plus a short list of removed attributes; it does
+not carry Table E.1-1's actions (it keeps e.g. free-text comments and descriptions the table
+removes) and has none of the PS3.15 options.  deid 0.4.13 is a recipe engine whose default recipe
+is a partial list.  The table itself comes from maintained packages, not typed by hand.
+
+Private attributes are all removed (no safe-list: none of the private data our formats need is
+required to read the image).  UIDs are replaced by keyed HMAC UIDs (:mod:`.uids`), so references
+(SR, SEG, presentation states, frames of reference, Referenced SOP Instance UID anywhere) follow.
+Burned-in text is handled by :mod:`.ocr`.  Sources are only ever read; every output is written
+to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from ..errors import UserError
+
+TABLE_RESOURCE = ("imaging_assist", "data/deid/ps3_15_table_e1_1.json")
+
+# DeidentificationMethodCodeSequence: CID 7050 codes (DCM), from pydicom's concept dictionary.
+CID7050 = {
+    "basic": ("113100", "Basic Application Confidentiality Profile"),
+    "clean_pixels": ("113101", "Clean Pixel Data Option"),
+    "clean_descriptors": ("113105", "Clean Descriptors Option"),
+    "modified_dates": ("113107", "Retain Longitudinal Temporal Information Modified Dates Option"),
+    "patient_characteristics": ("113108", "Retain Patient Characteristics Option"),
+    "device_identity": ("113109", "Retain Device Identity Option"),
+}
+OPTION_NAMES = {
+    "modified_dates": "Retain Longitudinal Temporal Information with Modified Dates",
+    "patient_characteristics": "Retain Patient Characteristics",
+    "device_identity": "Retain Device Identity",
+    "clean_descriptors": "Clean Descriptors",
+}
+
+# Dummy values for the D action (PS3.15: "a non-zero length value that may be a dummy value and
+# consistent with the VR").
+_DUMMY = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000D", "IS": "0",
+          "DS": "0", "CS": "ANONYMIZED", "AE": "ANONYMIZED", "SH": "ANONYMIZED", "LO": "ANONYMIZED",
+          "ST": "ANONYMIZED", "LT": "ANONYMIZED", "UT": "ANONYMIZED", "UC": "ANONYMIZED",
+          "PN": "ANONYMIZED", "UR": "", "US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0,
+          "UV": 0, "SV": 0, "AT": None}
+_BINARY = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+_TEXT = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR",
+         "UT"}
+# UI attributes outside the table that name a class or syntax, never an instance: kept.
+_CLASS_UID_KEYWORDS = re.compile(r"(ClassUID|SyntaxUID|CodingSchemeUID|ContextUID|"
+                                 r"ImplementationClassUID|PrivateInformationCreatorUID)s?$")
+
+
+@dataclass(frozen=True)
+class Options:
+    modified_dates: bool = False
+    patient_characteristics: bool = False
+    device_identity: bool = False
+    clean_descriptors: bool = False
+    clean_pixels: bool = True  # OCR and black out burned-in text where PS3.15 says it may be
+
+    def names(self) -> list[str]:
+        return [OPTION_NAMES[k] for k in OPTION_NAMES if getattr(self, k)]
+
+
+@dataclass
+class FileResult:
+    source: str
+    relative: str = ""  # path inside the input (the summary file holds only this)
+    output: str | None = None
+    reason: str | None = None  # set when left out
+    boxes: int = 0  # text boxes blacked out
+    ocr: str | None = None  # what the pixel check did ("cleaned", "checked, no text", ...)
+    # the original identifiers, in memory only (for the audit trail, which pseudonymises them);
+    # never written to the summary file
+    patient_id: str | None = None
+    study_uid: str | None = None
+    not_dicom: bool = False  # left out because it is not DICOM at all (a text file, ...)
+
+
+@dataclass
+class Summary:
+    input: str
+    output: str
+    options: list[str]
+    key_fingerprint: str
+    written: list[FileResult] = field(default_factory=list)
+    left_out: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
+            "options": self.options, "key_fingerprint": self.key_fingerprint,
+            "files_written": len(self.written), "files_left_out": len(self.left_out),
+            "written": [{"file": r.relative, "pixels": r.ocr,
+                         "text_boxes_blacked_out": r.boxes} for r in self.written],
+            "left_out": [{"file": r.relative, "reason": r.reason} for r in self.left_out],
+            "seconds": round(self.seconds, 3),
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"de-identified {len(self.written)} file(s) into {self.output}; "
+               f"left out {len(self.left_out)}",
+               "profile: PS3.15 Basic Application Level Confidentiality Profile"
+               + (" + " + ", ".join(self.options) if self.options else " (dates removed)"),
+               f"site key fingerprint: {self.key_fingerprint}"]
+        cleaned = [r for r in self.written if r.boxes]
+        if cleaned:
+            out.append(f"burned-in text blacked out in {len(cleaned)} file(s) "
+                       f"({sum(r.boxes for r in cleaned)} boxes), checked again by OCR")
+        for r in self.left_out:
+            out.append(f"left out: {r.source}: {r.reason}")
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# The table
+
+
+@dataclass(frozen=True)
+class Row:
+    tag: str
+    name: str
+    basic: str
+    options: dict
+
+
+@lru_cache(maxsize=1)
+def table() -> tuple[dict[int, Row], list[tuple[int, int, Row]], dict]:
+    """(exact tag -> row, [(value, mask, row)] for the masked 50xx/60xx rows, header)."""
+    text = resources.files(TABLE_RESOURCE[0]).joinpath(TABLE_RESOURCE[1]).read_text("utf-8")
+    doc = json.loads(text)
+    exact: dict[int, Row] = {}
+    masked: list[tuple[int, int, Row]] = []
+    for r in doc["rows"]:
+        row = Row(r["tag"], r["name"], r["basic"], r["options"])
+        if r["mask"]:
+            masked.append((int(r["tag"].replace("x", "0"), 16), int(r["mask"], 16), row))
+        else:
+            exact[int(r["tag"], 16)] = row
+    header = {k: v for k, v in doc.items() if k != "rows"}
+    header["attributes"] = len(doc["rows"])
+    return exact, masked, header
+
+
+def _row(tag: int) -> Row | None:
+    exact, masked, _ = table()
+    row = exact.get(tag)
+    if row is None and (tag >> 16) & 0xFF00 in (0x5000, 0x6000):
+        for value, mask, r in masked:
+            if tag & mask == value and not (tag >> 16) & 1:
+                return r
+    return row
+
+
+def action_for(row: Row, opts: Options, vr: str) -> str:
+    """The one action applied: X, Z, D, U, K, C (clean), S (shift dates) or R (recurse: keep the
+    sequence, apply the table inside; U*)."""
+    o = row.options
+    if opts.modified_dates and o.get("rtnLongModifDatesOpt") == "C":
+        if vr in ("DA", "DT"):
+            return "S"
+        if vr == "TM":
+            return "K"  # whole-day shifts leave the time of day as it was
+    if opts.patient_characteristics and o.get("rtnPatCharsOpt") in ("K", "C"):
+        return "K" if o["rtnPatCharsOpt"] == "K" else "C"
+    if opts.device_identity and o.get("rtnDevIdOpt") == "K":
+        return "K"
+    if opts.clean_descriptors and o.get("cleanDescOpt") == "C":
+        return "C"
+    basic = row.basic
+    if basic == "X/Z/U*":
+        return "R"
+    if "D" in basic.split("/"):
+        return "D"  # Z/D, X/D, X/Z/D: a dummy keeps Type 1 attributes valid
+    if basic == "X/Z":
+        return "Z"
+    return basic
+
+
+# --------------------------------------------------------------------------------------------
+# One data set
+
+
+class _Context:
+    def __init__(self, keyed, opts: Options):
+        self.keyed = keyed
+        self.opts = opts
+        self.offset_days = 0
+        self.phi: list[str] = []  # identifying strings of this file, for Clean Descriptors
+        self._phi_re = None
+
+    def phi_re(self):
+        if self._phi_re is None:
+            words = sorted({w for w in self.phi if len(w) >= 3}, key=len, reverse=True)
+            pats = [re.escape(w) for w in words]
+            pats.append(r"\d{5,}")  # record numbers, phone numbers, dates without separators
+            pats.append(r"\d{1,4}[-./]\d{1,2}[-./]\d{1,4}")  # dates with separators
+            self._phi_re = re.compile("|".join(pats), re.IGNORECASE)
+        return self._phi_re
+
+
+def _collect_phi(ds, ctx: _Context) -> None:
+    """Every text value the profile removes or replaces (and its words): Clean Descriptors cuts
+    these out of the descriptions it keeps."""
+    for elem in ds:
+        if elem.tag.is_private:
+            if elem.VR in _TEXT and elem.value:
+                ctx.phi.extend(_words(elem.value))
+            continue
+        if elem.VR == "SQ":
+            for item in elem.value or ():
+                _collect_phi(item, ctx)
+            continue
+        row = _row(int(elem.tag))
+        if row is None or elem.VR not in _TEXT or not elem.value:
+            continue
+        if row.basic != "K" and row.options.get("cleanDescOpt") != "C":
+            ctx.phi.extend(_words(elem.value))
+
+
+def _words(value) -> list[str]:
+    vals = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
+        else [value]
+    out = []
+    for v in vals:
+        s = str(v).strip()
+        if not s:
+            continue
+        out.append(s)
+        out.extend(w for w in re.split(r"[\s^=,;:/\\]+", s) if w)
+        if re.fullmatch(r"\d{8}", s):  # a DA value: also its usual written forms
+            out += [f"{s[:4]}-{s[4:6]}-{s[6:]}", f"{s[6:]}.{s[4:6]}.{s[:4]}",
+                    f"{s[4:6]}/{s[6:]}/{s[:4]}", f"{s[6:]}/{s[4:6]}/{s[:4]}"]
+    return out
+
+
+def _clean_text(value, ctx: _Context):
+    rx = ctx.phi_re()
+
+    def one(s):
+        s = rx.sub("", str(s))
+        return re.sub(r"\s{2,}", " ", s).strip()
+
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [one(v) for v in value]
+    return one(value)
+
+
+def _shift(value: str, vr: str, days: int) -> str:
+    def one(s: str) -> str:
+        s = s.strip()
+        if not s:
+            return s
+        if len(s) < 8 or not s[:8].isdigit():
+            return ""  # a partial date cannot be moved exactly: removed
+        try:
+            d = date(int(s[:4]), int(s[4:6]), int(s[6:8])) + timedelta(days=days)
+        except ValueError:
+            return ""
+        return d.strftime("%Y%m%d") + (s[8:] if vr == "DT" else "")
+
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [one(str(v)) for v in value]
+    return one(str(value))
+
+
+def _dummy(elem, ctx: _Context):
+    vr = elem.VR
+    if vr == "UI":
+        return _uids(elem.value, ctx)
+    if vr in _BINARY:
+        return b""
+    v = _DUMMY.get(vr, "")
+    if vr in ("CS", "SH", "AE") and isinstance(v, str):
+        v = v[:16]
+    return v
+
+
+def _uids(value, ctx: _Context):
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [ctx.keyed.uid(str(v)) for v in value]
+    return ctx.keyed.uid(str(value)) if value else value
+
+
+def _vr_of(ds, tag) -> str:
+    """The VR without converting the value (raw elements of implicit-VR files carry none)."""
+    raw = ds.get_item(tag)
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _walk(ds, ctx: _Context) -> None:
+    """Apply the table to every element of ``ds`` and, recursively, of its sequences.  Values
+    are converted only where the action needs them: elements kept as they are stay raw, so they
+    (the pixel data above all) are written back byte for byte."""
+    from pydicom.sequence import Sequence
+
+    for tag in list(ds.keys()):
+        if tag.is_private or tag.element == 0:  # private data and group lengths
+            del ds[tag]
+            continue
+        row = _row(int(tag))
+        vr = _vr_of(ds, tag)
+        if row is None:
+            if vr == "SQ":
+                for item in ds[tag].value or ():
+                    _walk(item, ctx)
+            elif vr == "UI":
+                elem = ds[tag]
+                if elem.value and not _CLASS_UID_KEYWORDS.search(elem.keyword or ""):
+                    # An instance UID the table does not list (a newer attribute): replaced
+                    # too, so no original UID survives and references still match.
+                    elem.value = _uids(elem.value, ctx)
+            continue
+        act = action_for(row, ctx.opts, vr)
+        if act == "X":
+            del ds[tag]
+            continue
+        if act in ("K", "R") and vr != "SQ":
+            continue
+        elem = ds[tag]
+        if act == "Z":
+            elem.value = Sequence() if vr == "SQ" else (b"" if vr in _BINARY else
+                                                        (None if vr not in _TEXT else ""))
+        elif act in ("D", "R", "K", "C") and vr == "SQ":
+            for item in elem.value or ():
+                _walk(item, ctx)
+        elif act == "D":
+            elem.value = _dummy(elem, ctx)
+        elif act == "U":
+            if vr == "UI":
+                elem.value = _uids(elem.value, ctx)
+            else:
+                del ds[tag]
+        elif act == "C":
+            if vr in _TEXT and elem.value:
+                elem.value = _clean_text(elem.value, ctx)
+            elif vr not in _TEXT:
+                del ds[tag]  # nothing to clean in binary or numeric values: removed
+        elif act == "S":
+            if elem.value:
+                elem.value = _shift(elem.value, vr, ctx.offset_days)
+        else:  # an action this code does not know: never keep silently
+            del ds[tag]
+
+
+def patient_key(ds) -> str:
+    """What identifies the patient of a file for the pseudonym and the date offset: Patient ID
+    with its issuer; when it is empty, name + birth date; when those are empty too, the study."""
+    pid = str(ds.get("PatientID", "") or "").strip()
+    if pid:
+        return "id\0" + pid + "\0" + str(ds.get("IssuerOfPatientID", "") or "").strip()
+    name = str(ds.get("PatientName", "") or "").strip()
+    birth = str(ds.get("PatientBirthDate", "") or "").strip()
+    if name or birth:
+        return "name\0" + name + "\0" + birth
+    return "study\0" + str(ds.get("StudyInstanceUID", "") or "")
+
+
+def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -> None:
+    """De-identify one pydicom Dataset in place (header only; pixels by :mod:`.ocr`)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    pkey = patient_key(ds)
+    ctx = _Context(keyed, opts)
+    ctx.offset_days = keyed.day_offset(pkey)
+    if opts.clean_descriptors or opts.patient_characteristics:
+        _collect_phi(ds, ctx)
+    pseudonym = keyed.patient_id(pkey)
+    _walk(ds, ctx)
+    ds.PatientID = pseudonym
+    ds.PatientName = pseudonym
+    ds.PatientIdentityRemoved = "YES"
+    ds.LongitudinalTemporalInformationModified = "MODIFIED" if opts.modified_dates else "REMOVED"
+    names = ["PS3.15 Basic Application Level Confidentiality Profile"] + opts.names()
+    if pixels_cleaned:
+        names.append("Clean Pixel Data")
+    ds.DeidentificationMethod = [n[:64] for n in names]
+    keys = ["basic"] + [k for k in OPTION_NAMES if getattr(opts, k)]
+    if pixels_cleaned:
+        keys.append("clean_pixels")
+    seq = []
+    for k in keys:
+        value, meaning = CID7050[k]
+        item = Dataset()
+        item.CodeValue = value
+        item.CodingSchemeDesignator = "DCM"
+        item.CodeMeaning = meaning
+        seq.append(item)
+    ds.DeidentificationMethodCodeSequence = Sequence(seq)
+
+
+# --------------------------------------------------------------------------------------------
+# Files and folders
+
+
+def _read(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        # A file without the preamble and File Meta (old CR/ACR-NEMA style) is read with force,
+        # and accepted only if it really is an image object (SOP class and instance present).
+        ds = pydicom.dcmread(path, force=True)
+        if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
+            raise ValueError("not a DICOM file") from None
+        if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
+            from pydicom.uid import ImplicitVRLittleEndian
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    if "SOPInstanceUID" not in ds:
+        raise ValueError("no SOP Instance UID (not a composite object)")
+    return ds
+
+
+def _new_meta(ds, old_meta):
+    from pydicom.dataset import FileMetaDataset
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = old_meta.TransferSyntaxUID
+    return meta
+
+
+def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
+                    rel: str = "") -> FileResult:
+    """De-identify one file to ``dst``.  Never raises for bad input: a file that cannot be read,
+    de-identified or cleaned comes back with ``reason`` set and nothing written."""
+    from . import ocr as ocr_mod
+
+    res = FileResult(str(src), relative=rel)
+    try:
+        ds = _read(src)
+    except Exception as e:  # noqa: BLE001 - any unreadable input is one reason, never a crash
+        res.reason = f"cannot be read as DICOM ({_short(e)})"
+        res.not_dicom = True
+        return res
+    if ds.get("SOPClassUID", "") == "1.2.840.10008.1.3.10" or src.name.upper() == "DICOMDIR":
+        res.reason = "DICOMDIR (a directory index naming the original files) is not copied"
+        return res
+    res.patient_id = str(ds.get("PatientID", "") or "") or None
+    res.study_uid = str(ds.get("StudyInstanceUID", "") or "") or None
+    cleaned = False
+    try:
+        kind = ocr_mod.needs_check(ds) if opts.clean_pixels else None
+        if kind is None and not opts.clean_pixels and ocr_mod.needs_check(ds):
+            res.reason = ("may carry burned-in text (" + ocr_mod.needs_check(ds) +
+                          ") and pixel cleaning is off")
+            return res
+        if kind is not None:
+            outcome = (ocr_check or ocr_mod.clean_burned_in_text)(ds)
+            if outcome.reason:
+                res.reason = f"burned-in text ({kind}): {outcome.reason}"
+                return res
+            res.boxes = outcome.boxes
+            res.ocr = outcome.summary
+            cleaned = outcome.boxes > 0
+        else:
+            res.ocr = "unchanged (no burned-in text expected)"
+        deidentify_dataset(ds, keyed, opts, pixels_cleaned=cleaned)
+        if cleaned:
+            ds.BurnedInAnnotation = "NO"
+        ds.file_meta = _new_meta(ds, ds.file_meta)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(dst.name + ".part")
+        try:
+            ds.save_as(tmp, enforce_file_format=True)
+            os.replace(tmp, dst)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    except Exception as e:  # noqa: BLE001 - one bad file never stops the run
+        res.reason = f"cannot be de-identified ({_short(e)})"
+        return res
+    res.output = str(dst)
+    return res
+
+
+def _short(e: Exception) -> str:
+    s = " ".join(str(e).split())
+    return f"{type(e).__name__}: {s[:160]}" if s else type(e).__name__
+
+
+def _check_folders(src: Path, out: Path) -> None:
+    if not src.exists():
+        raise UserError(f"{src} does not exist")
+    s = src.resolve()
+    o = out.resolve()
+    base = s if s.is_dir() else s.parent
+    if o == base or base in o.parents:
+        raise UserError(f"the output {out} lies inside the input {src}: choose a folder outside it")
+    if o in s.parents or o == s:
+        raise UserError(f"the output {out} contains the input {src}: choose another folder")
+    if o.exists() and not o.is_dir():
+        raise UserError(f"{out} exists and is not a folder")
+    if o.exists() and any(o.iterdir()):
+        raise UserError(f"the output folder {out} is not empty: choose a new or empty folder "
+                        f"(files of an earlier export are never overwritten)")
+
+
+def _inputs(src: Path) -> list[tuple[Path, Path]]:
+    if src.is_file():
+        return [(src, Path(src.name))]
+    out = []
+    for root, dirs, files in os.walk(src):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            if p.is_symlink():
+                continue
+            out.append((p, p.relative_to(src)))
+    return out
+
+
+def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = None,
+                    progress=None, workers: int = 1, ocr_check=None, audit: bool = True) -> Summary:
+    """De-identify a file or folder ``src`` into ``out`` (mirroring the tree).  Every file is
+    written or listed as left out with its reason.  ``workers`` > 1 uses processes."""
+    from .uids import Keyed, fingerprint, site_key
+
+    src = Path(src).expanduser()
+    out = Path(out).expanduser()
+    _check_folders(src, out)
+    key = key if key is not None else site_key()
+    t0 = time.perf_counter()
+    summary = Summary(str(src), str(out), opts.names(), fingerprint(key))
+    jobs = _inputs(src)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {out}: {e.strerror or e}") from None
+    results: list[FileResult] = []
+    if workers > 1 and len(jobs) > 8 and ocr_check is None:
+        from concurrent.futures import ProcessPoolExecutor
+
+        chunks = [jobs[i::workers] for i in range(workers)]
+        with ProcessPoolExecutor(workers) as pool:
+            futs = [pool.submit(_run_chunk, c, str(out), key, opts) for c in chunks]
+            for f in futs:
+                results.extend(f.result())
+        if progress:
+            progress(len(jobs), len(jobs))
+    else:
+        keyed = Keyed(key)
+        for i, (path, rel) in enumerate(jobs):
+            results.append(deidentify_file(path, out / rel, keyed, opts, ocr_check=ocr_check,
+                                           rel=str(rel)))
+            if progress:
+                progress(i + 1, len(jobs))
+    order = {str(p): i for i, (p, _) in enumerate(jobs)}
+    results.sort(key=lambda r: order.get(r.source, 0))
+    for r in results:
+        (summary.written if r.output else summary.left_out).append(r)
+    summary.seconds = time.perf_counter() - t0
+    (out / "deidentification_summary.json").write_text(
+        json.dumps(summary.to_dict(), indent=1) + "\n", encoding="utf-8")
+    if audit:
+        _audit(summary)
+    return summary
+
+
+def _run_chunk(chunk, out, key, opts):
+    from .uids import Keyed
+
+    keyed = Keyed(key)
+    return [deidentify_file(p, Path(out) / rel, keyed, opts, rel=str(rel)) for p, rel in chunk]
+
+
+def _audit(summary: Summary) -> None:
+    """One audit record per de-identification run (the audit trail of issue 16)."""
+    try:
+        from . import audit
+    except ImportError:
+        return  # the audit module has not landed in this tree
+    record = getattr(audit, "record", None)
+    if record is None:
+        return
+    # source/output/patient_ids/study_uids are pseudonymised by the audit module itself
+    record("deidentify", source=summary.input, output=summary.output, options=summary.options,
+           key_fingerprint=summary.key_fingerprint, files_written=len(summary.written),
+           files_left_out=len(summary.left_out),
+           patient_ids=sorted({r.patient_id for r in summary.written if r.patient_id}),
+           study_uids=sorted({r.study_uid for r in summary.written if r.study_uid}))

@@ -1,0 +1,229 @@
+"""Burned-in text: find it with OCR (Debian ``tesseract-ocr`` through pytesseract), black out each
+box in every frame, and check by OCR again that nothing readable is left (no Qt).
+
+Which files are checked (:func:`needs_check`): BurnedInAnnotation YES; when the attribute is
+absent, the kinds that often carry text in the pixels: ultrasound, X-ray angiography / RF,
+secondary capture (screen captures included), and any image whose ImageType says SCREEN or
+CAPTURE.  BurnedInAnnotation NO is trusted (the modality asserted it).
+
+How (:func:`clean_burned_in_text`): every frame (up to 8; longer cines: the per-pixel minimum
+and maximum over all frames plus 8 frames evenly spaced, see :func:`_views`) is turned into an
+8-bit grey picture (colour by luminance, palette through its lookup table, grey stretched
+min..max), enlarged 2x when small (tesseract reads small overlay fonts far better), read twice
+(bright pixels only, and inverted), and every word box with a letter or digit becomes a black
+rectangle (+ a margin) in *all* frames.  Then the same pictures are read again; a file where any
+word of two or more letters or digits is still found is not cleaned: the caller leaves it out
+and says why.  Only pixels inside the boxes change; the array is written back uncompressed (lossless).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+
+US_CLASSES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
+SC_CLASSES = ("1.2.840.10008.5.1.4.1.1.7",)
+XA_CLASSES = ("1.2.840.10008.5.1.4.1.1.12.",)
+MARGIN = 3
+DETECT_CONF = 30  # a box this sure is blacked out (erring towards removing)
+VERIFY_CONF = 50  # a word this sure after cleaning means the file is not clean
+MAX_PASSES = 3
+MAX_FRAMES = 8
+LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
+                  "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203"}
+
+
+@dataclass
+class Outcome:
+    boxes: int = 0
+    reason: str | None = None  # set: cannot be cleaned, leave the file out
+    summary: str = ""
+
+
+def needs_check(ds) -> str | None:
+    """Why this file's pixels must be checked for text, or None."""
+    if "PixelData" not in ds:
+        return None
+    bia = str(ds.get("BurnedInAnnotation", "") or "").strip().upper()
+    if bia == "YES":
+        return "BurnedInAnnotation YES"
+    if bia == "NO":
+        return None
+    sop = str(ds.get("SOPClassUID", ""))
+    modality = str(ds.get("Modality", "")).upper()
+    image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+    if modality == "US" or sop.startswith(US_CLASSES):
+        return "ultrasound without BurnedInAnnotation"
+    if modality in ("XA", "RF") or sop.startswith(XA_CLASSES):
+        return f"{modality or 'XA'} without BurnedInAnnotation"
+    if sop.startswith(SC_CLASSES):
+        return "secondary capture without BurnedInAnnotation"
+    if "SCREEN" in image_type or "CAPTURE" in image_type:
+        return "screen capture without BurnedInAnnotation"
+    return None
+
+
+def _tesseract():
+    import pytesseract
+
+    if shutil.which(pytesseract.pytesseract.tesseract_cmd) is None:
+        raise RuntimeError("tesseract is not installed (Debian package tesseract-ocr)")
+    return pytesseract
+
+
+def _frames(ds) -> np.ndarray:
+    """(frames, rows, cols[, 3]) as stored after decoding (YBR converted to RGB)."""
+    arr = ds.pixel_array
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if n == 1:
+        arr = arr[None]
+    if arr.ndim != (4 if spp == 3 else 3):
+        raise ValueError(f"unexpected pixel array shape {arr.shape}")
+    return arr
+
+
+def _grey8(frame: np.ndarray, ds) -> np.ndarray:
+    pi = str(ds.get("PhotometricInterpretation", "")).upper()
+    if pi == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+        frame = apply_color_lut(frame, ds)
+    f = frame.astype(np.float32)
+    if f.ndim == 3:
+        mx = float(f.max()) or 1.0
+        f = (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]) * (255.0 / mx)
+    else:
+        lo, hi = float(f.min()), float(f.max())
+        f = (f - lo) * (255.0 / (hi - lo if hi > lo else 1.0))
+        if pi == "MONOCHROME1":
+            f = 255.0 - f
+    return np.clip(f, 0, 255).astype(np.uint8)
+
+
+def _words(img8: np.ndarray, min_conf: int):
+    """Word boxes (x0, y0, x1, y1, text, conf) in img8's coordinates.  Read twice: the bright
+    pixels alone (threshold 180 of 255, black on white: overlay text is drawn saturated, and
+    speckle or anatomy below the threshold no longer confuses tesseract) and the whole picture
+    inverted (dark text on a light ground, anti-aliased text)."""
+    from PIL import Image
+
+    pt = _tesseract()
+    h, w = img8.shape
+    scale = 2 if max(h, w) < 1200 else 1
+    out = []
+    for img in (np.where(img8 >= 180, 0, 255).astype(np.uint8), 255 - img8):
+        pil = Image.fromarray(img)
+        if scale != 1:
+            pil = pil.resize((w * scale, h * scale), Image.LANCZOS)
+        d = pt.image_to_data(pil, config="--psm 11", output_type=pt.Output.DICT)
+        for i, text in enumerate(d["text"]):
+            text = (text or "").strip()
+            try:
+                conf = float(d["conf"][i])
+            except (TypeError, ValueError):
+                conf = -1
+            if not text or conf < min_conf or not any(c.isalnum() for c in text):
+                continue
+            x, y, bw, bh = (d[k][i] // scale for k in ("left", "top", "width", "height"))
+            out.append((x, y, x + max(bw, 1), y + max(bh, 1), text, conf))
+    return out
+
+
+def _black_value(ds, arr: np.ndarray):
+    pi = str(ds.get("PhotometricInterpretation", "")).upper()
+    if pi == "MONOCHROME1":
+        return arr.max()
+    if pi == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+        idx = np.arange(int(arr.max()) + 1)
+        rgb = apply_color_lut(idx, ds).astype(np.float64)
+        return arr.dtype.type(int(np.argmin(rgb.sum(axis=-1))))
+    if arr.ndim == 4:
+        return 0
+    return arr.min()
+
+
+def _views(arr: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The pictures OCR reads: every frame when there are at most MAX_FRAMES, otherwise the
+    per-pixel minimum and maximum over all frames (text that stays put survives the minimum;
+    the maximum holds every bright mark of any frame) and MAX_FRAMES frames evenly spaced,
+    first and last included (tesseract takes about half a second a picture: reading every frame
+    of a long cine twice would take minutes)."""
+    n = arr.shape[0]
+    if n <= MAX_FRAMES:
+        return [(f"frame {i + 1}", arr[i]) for i in range(n)]
+    idx = np.unique(np.linspace(0, n - 1, MAX_FRAMES).round().astype(int))
+    return ([("minimum over frames", arr.min(axis=0)), ("maximum over frames", arr.max(axis=0))]
+            + [(f"frame {i + 1}", arr[i]) for i in idx])
+
+
+def find_text(ds, arr: np.ndarray | None = None, min_conf: int = DETECT_CONF):
+    """Word boxes found: [(view, x0, y0, x1, y1, text, conf)]."""
+    arr = _frames(ds) if arr is None else arr
+    found = []
+    seen = {}
+    for name, view in _views(arr):
+        key = hash(view.tobytes())  # identical frames (a still cine) are read once
+        if key not in seen:
+            seen[key] = _words(_grey8(view, ds), min_conf)
+        found += [(name, *b) for b in seen[key]]
+    return found
+
+
+def clean_burned_in_text(ds) -> Outcome:
+    """Black out the text in ``ds``'s pixels in place (the data set then holds uncompressed
+    Explicit VR Little Endian pixel data), or say why it cannot be cleaned."""
+    try:
+        _tesseract()
+    except Exception as e:  # noqa: BLE001 - no OCR: the file cannot be checked
+        return Outcome(reason=f"cannot be checked: {e}")
+    try:
+        arr = _frames(ds).copy()
+    except Exception as e:  # noqa: BLE001
+        return Outcome(reason=f"pixels cannot be decoded ({type(e).__name__}: {e})")
+    rows, cols = arr.shape[1], arr.shape[2]
+    black = _black_value(ds, arr)
+    total = 0
+    for _ in range(MAX_PASSES):
+        words = find_text(ds, arr)
+        if not words:
+            break
+        for _f, x0, y0, x1, y1, _t, _c in words:
+            # the box goes black in every frame: overlays usually stay put while a cine plays
+            arr[:, max(0, y0 - MARGIN):min(rows, y1 + MARGIN),
+                max(0, x0 - MARGIN):min(cols, x1 + MARGIN)] = black
+        total += len(words)
+    left = [w for w in find_text(ds, arr, VERIFY_CONF)
+            if sum(c.isalnum() for c in w[5]) >= 2]
+    if left:
+        sample = ", ".join(repr(w[5]) for w in left[:3])
+        return Outcome(boxes=total, reason=f"text still readable after blacking out "
+                                           f"{total} box(es): {sample}")
+    if total == 0:
+        return Outcome(0, None, "checked by OCR: no text found")
+    _write_back(ds, arr)
+    return Outcome(total, None, f"{total} text box(es) blacked out; OCR finds no text after")
+
+
+def _write_back(ds, arr: np.ndarray) -> None:
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    pi = str(ds.get("PhotometricInterpretation", "")).upper()
+    n_frames_attr = "NumberOfFrames" in ds
+    if arr.ndim == 4:
+        pi = "RGB"  # pydicom decodes YBR to RGB
+    old_ts = ds.file_meta.get("TransferSyntaxUID")
+    lossy = str(old_ts) in LOSSY_SYNTAXES
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    bits_stored = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
+    out = arr if arr.shape[0] > 1 else arr[0]
+    if pi == "PALETTE COLOR":
+        ds.PixelData = np.ascontiguousarray(out).tobytes()
+    else:
+        ds.set_pixel_data(np.ascontiguousarray(out), pi, bits_stored, generate_instance_uid=False)
+    if n_frames_attr:
+        ds.NumberOfFrames = arr.shape[0]
+    if lossy:
+        ds.LossyImageCompression = "01"  # the pixels were lossy-compressed once; said so
