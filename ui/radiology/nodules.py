@@ -2,8 +2,8 @@
 
 The click becomes a patient (LPS) point through the view's own geometry
 (:meth:`SliceView.point_kji` -> :meth:`Volume.index_to_lps`), the engine's
-:func:`imaging_assist.nodules.analysis.analyze_at` runs on a worker thread (the engine's jobs
-API, as the AI panel does; results come back through queued Qt signals), and the outcome is
+:func:`imaging_assist.nodules.analysis.analyze_at` runs on a worker thread (its outcome comes
+back through a queued Qt signal, so the window never waits), and the outcome is
 
 * the 3-D mask as one label layer ("Nodules", one label per nodule) on all three planes,
 * the 3-D heat map as one heat-map layer (hidden and flagged when the explanation failed its
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -138,26 +139,64 @@ class Nodule:
         return out
 
 
-def malignancy_text(r) -> str:
-    """``malignant 0.87 ≥ 0.42 → above threshold`` or the withheld decision with its reason."""
-    p = getattr(r, "p_malignant", None)
-    thr = getattr(r, "threshold", None)
-    ood = getattr(r, "ood", None) or {}
-    flagged = bool(ood.get("flagged")) if isinstance(ood, dict) else bool(ood)
-    if p is None:
-        return "malignancy: not computed"
-    ps = _fmt(p, ".2f")
-    if thr is None:
-        return f"malignancy likelihood {ps} (no threshold in the card)"
-    if flagged:
-        return f"malignancy likelihood {ps} (threshold {float(thr):.2f}) · decision withheld: {OOD_TEXT}"
+def _malignant_entry(r) -> dict | None:
+    """The thresholded label of the engine's decision (models.operating_point.decide_item)."""
     dec = getattr(r, "decision", None)
-    if isinstance(dec, dict):
-        dec = dec.get("label") or dec.get("decision")
-    if dec in (None, ""):
-        dec = "malignant" if float(p) >= float(thr) else "benign"
-    op = "≥" if float(p) >= float(thr) else "<"
-    return f"malignancy likelihood {ps} {op} {float(thr):.2f} → {dec}"
+    if not isinstance(dec, dict):
+        return None
+    labs = dec.get("labels") or []
+    return next((x for x in labs if x.get("label") == "malignant"), labs[-1] if labs else None)
+
+
+def malignancy_text(r) -> str:
+    """``malignancy likelihood 0.87 ≥ 0.42 → positive`` or the withheld decision with its reason."""
+    p = getattr(r, "p_malignant", None)
+    if p is None:
+        return "malignancy likelihood: not computed"
+    ps = _fmt(p, ".2f")
+    thr = getattr(r, "threshold", None)
+    dec = getattr(r, "decision", None)
+    dec = dec if isinstance(dec, dict) else {}
+    ood = getattr(r, "ood", None) or {}
+    withheld = (dec.get("withheld_reason") or OOD_TEXT) if dec.get("withheld") else (
+        OOD_TEXT if isinstance(ood, dict) and ood.get("flagged") else "")
+    if thr is None:
+        return f"malignancy likelihood {ps} (no threshold in the model card)"
+    t = float(thr)
+    if withheld:
+        return f"malignancy likelihood {ps} (threshold {t:.2f}) · decision withheld: {withheld}"
+    x = _malignant_entry(r) or {}
+    state = x.get("state") or ("positive" if float(p) >= t else "negative")
+    if state == "review":
+        state = "above the rule-out threshold: review"
+    return f"malignancy likelihood {ps} {'≥' if float(p) >= t else '<'} {t:.2f} → {state}"
+
+
+def operating_point_line(r) -> str:
+    """The threshold's measured figures, as the AI panel quotes them (test split when so)."""
+    from ..ai.model_support import operating_point_text
+
+    x = _malignant_entry(r) or {}
+    op = x.get("operating_point") or {}
+    text = operating_point_text(op)
+    return (("test split: " if op.get("test") else "") + text) if text else ""
+
+
+def sanity_flag() -> str:
+    """The malignancy model's recorded Grad-CAM sanity check, as the model runs quote it
+    (:func:`imaging_assist.explain.sanity.sanity_warning`): a warning when it failed, a note when
+    none was recorded, "" when it passed."""
+    from imaging_assist.explain.sanity import recorded_sanity, sanity_warning
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
+
+    card = Registry().get(MALIGNANCY_MODEL).card
+    if card is None:
+        return ""
+    w = sanity_warning(card, "gradcam")
+    if w:
+        return w
+    return "" if "gradcam" in recorded_sanity(card) else "note: no Grad-CAM sanity check recorded for " + card.id
 
 
 class _Bridge(QObject):
@@ -166,7 +205,7 @@ class _Bridge(QObject):
     finished = Signal(int, str, object)   # token, status ("done", "none", "error"), payload
 
 
-def _analyze_job(volume, point_lps, nodule_id, token, bridge, progress=None):
+def _analyze_job(volume, point_lps, nodule_id, token, bridge):
     """Worker: run the engine, then cut the full-grid arrays down to their bounding box."""
     status, payload = "error", None
     try:
@@ -186,6 +225,13 @@ def _analyze_job(volume, point_lps, nodule_id, token, bridge, progress=None):
                 hm = None if heat is None else np.ascontiguousarray(heat[box])
                 if hm is not None:
                     hm[~np.isfinite(hm)] = 0.0
+                if hm is not None:
+                    try:
+                        flag = sanity_flag()
+                    except Exception as e:  # noqa: BLE001 - unknown is said, never taken as passed
+                        flag = f"note: the Grad-CAM sanity check could not be read ({type(e).__name__})"
+                    if flag and flag not in r.warnings:
+                        r.warnings.append(flag)
                 status, payload = "done", (r, box, np.ascontiguousarray(mask[box]), hm)
     except UserError as e:
         payload = one_line(e)
@@ -253,6 +299,7 @@ class NoduleTool(QObject):
         self.doc = win.doc
         self.by_series: dict[str, list[Nodule]] = {}
         self._numbers: dict[str, int] = {}  # last nodule number given per series
+        self._layers: dict[str, tuple] = {}  # series key -> (label layer, heat-map layer or None)
         self._queue: list[tuple] = []
         self._token = 0
         self._ctx: dict | None = None
@@ -383,8 +430,6 @@ class NoduleTool(QObject):
         return None
 
     def _start(self, vol, lps):
-        from imaging_assist.inference.jobs import submit
-
         key = series_key(vol)
         again = self._existing_at(vol, lps)
         if again is not None:
@@ -398,7 +443,12 @@ class NoduleTool(QObject):
         self.panel.busy.show()
         self._say(f"Analysing {nid} at {self._lps_text(lps)}…")
         self.busyChanged.emit(True)
-        self.job = submit(_analyze_job, vol, lps, nid, self._token, self._bridge)
+        # A plain thread, not imaging_assist.inference.jobs.submit: importing that package pulls
+        # torch in on the GUI thread (seconds on the first click); the worker imports it instead.
+        # No cancel: one analysis takes about a second.
+        self.job = threading.Thread(target=_analyze_job, args=(vol, lps, nid, self._token, self._bridge),
+                                    name=f"nodule {nid}", daemon=True)
+        self.job.start()
 
     # ================================================================== results
     def _on_finished(self, token, status, payload):
@@ -425,7 +475,7 @@ class NoduleTool(QObject):
             self.history.append(n)
             self._log_run(vol, n)
             if self.doc.volume is vol:
-                self._refresh()
+                self._place(vol, n, again)
                 self._select(n)
             what = "updated" if again is not None else "added"
             self._say(f"{n.id} {what} in {dt:.1f} s." + (f" ⚠ {n.heat_flag}." if n.heat_flag else ""),
@@ -474,64 +524,170 @@ class NoduleTool(QObject):
                       "warn")
 
     # ================================================================== layers and list
+    # One label layer and one heat-map layer per series, whose arrays are edited inside each
+    # nodule's bounding box only: a whole-volume rebuild on the GUI thread would take seconds
+    # on a 300-slice CT.  The label layer is re-made over the same array (cheap) when the set
+    # of names changes; the heat map is edited in place.
+    def _series_nodules(self, vol) -> list[Nodule]:
+        shape = tuple(vol.array.shape[:3])
+        return [n for n in self.by_series.get(series_key(vol), []) if n.shape == shape]
+
     def _refresh(self) -> None:
-        """Rebuild the two layers and the list of the shown series from its nodules."""
+        """Layers and list of the shown series, reusing its layer arrays when they are there."""
         vol = self.doc.volume
-        for layer in list(self.doc.layers):
-            if getattr(layer, "nodule_layer", ""):
-                self.doc.layers.remove(layer)
         self.list.clear()
         if vol is None:
             return
+        nods = self._series_nodules(vol)
+        key = series_key(vol)
+        mask, heat = self._layers.get(key, (None, None))
         shape = tuple(vol.array.shape[:3])
-        nods = [n for n in self.by_series.get(series_key(vol), []) if n.shape == shape]
+        if mask is not None and mask.shape != shape:
+            mask = heat = None
         if not nods:
-            return
-        labels = np.zeros(shape, np.uint8 if max(n.number for n in nods) < 256 else np.uint16)
-        heat = None
-        flags = []
-        for n in nods:
-            sub = labels[n.box]
-            sub[n.mask] = n.number
-            if n.heat is not None:
-                if heat is None:
-                    heat = np.zeros(shape, np.float32)
-                np.maximum(heat[n.box], n.heat, out=heat[n.box])
-            if n.heat_flag:
-                flags.append(n.heat_flag)
-        colors = {n.number: LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)] for n in nods}
-        mask_layer = LabelLayer(MASK_LAYER, labels, names={n.number: n.id for n in nods}, colors=colors,
-                                opacity=0.5, mode="outline")
-        mask_layer.nodule_layer = "mask"
-        self.w.add_layer(mask_layer)
-        if heat is not None and float(heat.max()) > 0:
-            from ..ai.model_support import heat_display
-
-            vmin, vmax, thr, _ = heat_display(heat, "gradcam")
-            flag = flags[0] if flags else ""
-            name = "Nodules: Grad-CAM (malignant)" + (" ⚠ sanity check failed" if flag else "")
-            hl = HeatmapLayer(name, heat, colormap="jet", opacity=0.45, vmin=vmin, vmax=vmax, threshold=thr,
-                              visible=not flag)
-            hl.nodule_layer = "heat"
-            hl.flag = flag
-            self.w.add_layer(hl)
+            self._drop_layers(key)
+        else:
+            if mask is None:  # first nodule of the series, or its volume was read again
+                labels = np.zeros(shape, np.uint8 if max(n.number for n in nods) < 256 else np.uint16)
+                for n in nods:
+                    labels[n.box][n.mask] = n.number
+                mask = self._label_layer(labels, nods, None)
+                heat = None
+                for n in nods:
+                    heat = self._paint_heat(heat, n, shape)
+                self._layers[key] = (mask, heat)
+            for layer in (mask, heat):
+                if layer is not None and layer not in self.doc.layers:
+                    self.w.add_layer(layer)
         for n in nods:
             self._add_item(n)
+
+    def _label_layer(self, labels, nods, old) -> LabelLayer:
+        colors = {n.number: LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)] for n in nods}
+        layer = LabelLayer(MASK_LAYER, labels, names={n.number: n.id for n in nods}, colors=colors,
+                           opacity=0.5 if old is None else old.opacity,
+                           mode="outline" if old is None else old.mode,
+                           visible=True if old is None else old.visible)
+        layer.nodule_layer = "mask"
+        return layer
+
+    def _paint_heat(self, heat, n: Nodule, shape):
+        """Paste a nodule's heat map into the series' heat layer (made on first use)."""
+        if n.heat is None or not float(n.heat.max(initial=0.0)) > 0:
+            return heat
+        if heat is None:
+            arr = np.zeros(shape, np.float32)
+            arr[n.box] = n.heat
+            # Grad-CAM display as the AI panel shows it (ui/ai/model_support.heat_display): 0..max,
+            # under 20 % hidden; the engine's nodule maps are scaled to 0..1
+            hi = max(1e-6, float(n.heat.max()))
+            heat = HeatmapLayer("Nodules: Grad-CAM (malignant)", arr, colormap="jet", opacity=0.45,
+                                vmin=0.0, vmax=hi, threshold=0.2 * hi)
+            heat.nodule_layer = "heat"
+            heat.flag = ""
+        else:
+            np.maximum(heat.array[n.box], n.heat, out=heat.array[n.box])
+            hi = max(heat.vmax, float(n.heat.max()))
+            heat.vmax, heat.threshold = hi, 0.2 * hi
+            heat._changed()  # the array was edited in place: redraw (Layer's own notification)
+        if n.heat_flag and not heat.flag:  # the explanation failed its check: hidden, and said so
+            heat.flag = n.heat_flag
+            heat.name = heat.name + " ⚠ sanity check failed"
+            heat.visible = False
+        return heat
+
+    def _place(self, vol, n: Nodule, old: Nodule | None) -> None:
+        """Show a new (or re-analysed) nodule of the shown series: box-local edits."""
+        key = series_key(vol)
+        mask, heat = self._layers.get(key, (None, None))
+        if mask is None or mask.shape != tuple(vol.array.shape[:3]):
+            self._layers.pop(key, None)
+            self._refresh()
+            return
+        if old is not None:
+            self._erase(vol, old)
+            mask, heat = self._layers.get(key, (None, None))
+            if mask is None:
+                self._refresh()
+                return
+        labels = mask.array
+        if n.number > np.iinfo(labels.dtype).max:
+            self._layers.pop(key, None)
+            self._refresh()
+            return
+        labels[n.box][n.mask] = n.number
+        nods = self._series_nodules(vol)
+        new_mask = self._label_layer(labels, nods, mask)
+        new_heat = self._paint_heat(heat, n, labels.shape)
+        self._swap(key, mask, new_mask, heat, new_heat)
+        self.list.clear()
+        for x in nods:
+            self._add_item(x)
+
+    def _erase(self, vol, n: Nodule) -> None:
+        """Take a nodule out of the layers (its box only; other nodules' heat put back)."""
+        key = series_key(vol)
+        mask, heat = self._layers.get(key, (None, None))
+        if mask is None:
+            return
+        sub = mask.array[n.box]
+        sub[sub == n.number] = 0
+        others = [m for m in self._series_nodules(vol) if m is not n and m.number != n.number]
+        if not others:
+            self._drop_layers(key)
+            return
+        if heat is not None:
+            heat.array[n.box] = 0.0
+            for m in others:  # overlapping boxes: put their maps back inside the cleared box
+                inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(n.box, m.box))
+                if m.heat is not None and all(s.start < s.stop for s in inter):
+                    local = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inter, m.box))
+                    np.maximum(heat.array[inter], m.heat[local], out=heat.array[inter])
+            heat._changed()
+        self._swap(key, mask, self._label_layer(mask.array, others, mask), heat, heat)
+
+    def _swap(self, key, mask, new_mask, heat, new_heat) -> None:
+        stack = self.doc.layers
+        if mask is not new_mask:
+            if mask in stack:
+                i = stack.index_of(mask)
+                stack.remove(mask)
+                stack.add(new_mask, i)
+            else:
+                self.w.add_layer(new_mask)
+        if new_heat is not None and new_heat not in stack:
+            self.w.add_layer(new_heat)
+        self._layers[key] = (new_mask, new_heat)
+
+    def _drop_layers(self, key) -> None:
+        for layer in self._layers.pop(key, (None, None)):
+            if layer is not None and layer in self.doc.layers:
+                self.doc.layers.remove(layer)
 
     def _add_item(self, n: Nodule) -> None:
         lines = n.lines()
         if n.heat_flag:
             lines.append("⚠ " + n.heat_flag)
         for w in getattr(n.result, "warnings", None) or []:
-            if "sanity" not in str(w).lower():
-                lines.append("⚠ " + one_line(w))
+            low = str(w).lower()
+            if ("sanity check" in low and "fail" in low) or "outside what the model was trained on" in low:
+                continue  # said once above (hidden heat map / withheld decision)
+            lines.append(("" if low.startswith("note:") else "⚠ ") + one_line(w))
         item = QListWidgetItem("\n".join(lines))
         item.setData(ENTRY_ROLE, n)
         r, g, b = LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)]
         from .layers_panel import swatch
 
         item.setIcon(swatch((r, g, b)))
-        item.setToolTip(f"{n.id}: click to show its centre in every plane. {NOT_CLINICAL}.")
+        tip = [f"{n.id}: click to show its centre in every plane.", n.result.text if hasattr(n.result, "text") else ""]
+        op = operating_point_line(n.result)
+        if op:
+            tip.append(f"Threshold: {op}")
+        ood = getattr(n.result, "ood", None) or {}
+        if isinstance(ood, dict) and ood.get("flagged") and ood.get("reasons"):
+            tip.append("Outside the training data: " + "; ".join(map(str, ood["reasons"])))
+        tip.append(NOT_CLINICAL + ".")
+        item.setToolTip("\n".join(t for t in tip if t))
         ood = getattr(n.result, "ood", None) or {}
         if isinstance(ood, dict) and ood.get("flagged"):
             item.setForeground(QColor(WARN_FG))
@@ -568,7 +724,10 @@ class NoduleTool(QObject):
         vol = self.doc.volume
         if vol is not None:
             self._log_run(vol, n) if lst else self._forget_in_log(vol)
-        self._refresh()
+            self._erase(vol, n)
+            self.list.clear()
+            for x in self._series_nodules(vol):
+                self._add_item(x)
         self._say(f"{n.id} deleted.")
 
     def _forget_in_log(self, vol) -> None:
@@ -596,5 +755,6 @@ class NoduleTool(QObject):
             self._say("The series changed: the running analysis is kept for its own series.")
 
     def _on_loaded(self, ok: bool):
-        if ok and self.doc.volume is not None and not self.mask_layer():
+        # the window may have put the series' layers back itself: rebuild them and the list
+        if ok and self.doc.volume is not None:
             self._refresh()
