@@ -21,7 +21,8 @@ from . import dicom_common as dc
 
 _UNITS = {"ml": ("ml", "milliliter"), "mm2": ("mm2", "square millimeter"),
           "mm": ("mm", "millimeter"), "1": ("1", "no units"), "px": ("{pixels}", "pixels"),
-          "px2": ("{pixels}", "pixels"), "hu": ("[hnsf'U]", "Hounsfield unit"), "deg": ("deg", "degree")}
+          "px2": ("{pixels}", "pixels"), "hu": ("[hnsf'U]", "Hounsfield unit"), "deg": ("deg", "degree"),
+          "mm3": ("mm3", "cubic millimeter")}
 
 _FINDING_CODES = {
     "pneumonia": ("233604007", "SCT", "Pneumonia"),
@@ -161,6 +162,67 @@ def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
     return groups
 
 
+def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
+    """CT nodules (imaging_assist/nodules): one volumetric ROI group per nodule found, with its
+    Tracking ID/UID (the same as its SEG segment), volume (mm3), long and short axis (mm, on
+    the axial slice of largest area), mean HU, the density impression, and the malignancy
+    likelihood with the operating threshold and decision (none when withheld)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    volumetric = seg is not None and dc.has_patient_geometry(volume, datasets) and volume.n_slices > 1
+    groups = []
+    for nd in res.get("nodules") or []:
+        if not nd.get("found"):
+            continue
+        models = nd.get("models") or {}
+        seg_id = next((k for k in models if "seg" in k), res.get("model"))
+        mal_id = next((k for k in models if "malignan" in k), res.get("model"))
+        seg_algo, mal_algo = _algo(seg_id, models.get(seg_id)), _algo(mal_id, models.get(mal_id))
+        meas = []
+        for key, name, unit in (("volume_mm3", codes.SCT.Volume, "mm3"), ("long_axis_mm", codes.SCT.LongAxis, "mm"),
+                                ("short_axis_mm", codes.SCT.ShortAxis, "mm"), ("mean_hu", codes.SCT.Mean, "hu")):
+            v = nd.get(key)
+            if v is not None and np.isfinite(float(v)):
+                meas.append(hd.sr.Measurement(name=name, value=float(v), unit=_unit(unit), algorithm_id=seg_algo))
+        qual = []
+        if nd.get("density"):
+            qual.append(hd.sr.QualitativeEvaluation(
+                _local("DENSITY", "Nodule density impression"),
+                _local("D-" + nd["density"], f"{nd['density']} (from HU, not a reader's call)")))
+        dec = nd.get("decision") or {}
+        if nd.get("p_malignant") is not None:
+            meas.append(hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=float(nd["p_malignant"]),
+                                          unit=_unit("1"), algorithm_id=mal_algo))
+            if dec.get("withheld"):
+                qual.append(hd.sr.QualitativeEvaluation(
+                    _local("IN-TRAIN-DOMAIN", "Input within the model's training data"),
+                    _cc("373067005", "SCT", "No")))
+                warnings.append(f"SR nodule {nd.get('id')}: decision withheld ({dec.get('withheld_reason')})")
+            elif nd.get("threshold") is not None:
+                meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
+                                              value=float(nd["threshold"]), unit=_unit("1"), algorithm_id=mal_algo))
+                qual.append(hd.sr.QualitativeEvaluation(
+                    finding_code("malignant"),
+                    codes.DCM.Present if float(nd["p_malignant"]) >= float(nd["threshold"]) else codes.DCM.Absent))
+        tid = hd.sr.TrackingIdentifier(uid=nd.get("tracking_uid") or dc.new_uid(),
+                                       identifier=f"nodule {nd.get('id')}"[:64])
+        s = int(nd.get("label_value") or 0)
+        if volumetric and s and _frames_of_segment(seg, s):
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid,
+                referenced_segment=hd.sr.ReferencedSegment(
+                    str(seg.SOPClassUID), str(seg.SOPInstanceUID), s,
+                    source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID))),
+                finding_type=codes.SCT.Nodule, algorithm_id=seg_algo, measurements=meas or None,
+                qualitative_evaluations=qual or None))
+        else:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid, finding_type=codes.SCT.Nodule, algorithm_id=seg_algo,
+                measurements=meas or None, qualitative_evaluations=qual or None))
+    return groups
+
+
 def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
     """The viewer's measurements (imaging_assist.measure.Measurement on native slices)."""
     import highdicom as hd
@@ -296,6 +358,8 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, regio
                 groups += _segmentation_groups(region_item, region_segs[n], volume, datasets)
         elif "voxel_counts" in res:
             groups += _segmentation_groups(res, segs.get(n), volume, datasets)
+        elif res.get("nodules") is not None:
+            groups += _nodule_groups(res, segs.get(n), volume, datasets, warnings)
     groups += _viewer_groups(measurements, volume, datasets, warnings)
     if not groups:
         raise dc.DicomExportError(f"SR for {model}: no finding or measurement to report")
