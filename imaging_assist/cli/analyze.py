@@ -43,6 +43,12 @@ def register(subparsers) -> None:
     a.add_argument("--research-override", action="store_true",
                    help="run on series the model card does not fit (wrong modality, body part, "
                         "image kind, age or view): decisions withheld, the override recorded")
+    n = a.add_argument_group("CT nodules (ct-nodule-malignancy, ct-nodule-seg; PATH a DICOM CT series "
+                             "or NIfTI volumes)")
+    n.add_argument("--at", action="append", metavar="X,Y,Z",
+                   help="a nodule at this point, patient coordinates in mm (LPS; repeatable); a NIfTI "
+                        "volume with no point is taken as a crop centred on its nodule")
+    n.add_argument("--points", metavar="CSV", help="nodule points: a CSV with columns x,y,z[,id] (mm, LPS)")
     g = a.add_argument_group("whole-slide images (models whose card has a \"slide\" block)")
     g.add_argument("--batch-size", type=int_at_least(1), default=32, help="tiles per forward pass (32)")
     g.add_argument("--top-tiles", type=int_at_least(0), default=3,
@@ -133,6 +139,12 @@ def cmd_analyze(args) -> int:
 
     entry = Registry().get(args.model)
     card = entry.card
+    from ..nodules.run import cmd_analyze_nodules, is_nodule_model
+
+    if card is not None and is_nodule_model(card):  # a point in a CT: imaging_assist/nodules/run.py
+        return cmd_analyze_nodules(args, card, Path(args.path).expanduser())
+    if getattr(args, "at", None) or getattr(args, "points", None):
+        raise UserError(f"--at/--points are for the CT nodule models, not {args.model}")
     explain = None
     if args.explain is not None:
         explain = ExplainConfig(canonical_method(args.explain), ig_steps=args.ig_steps,

@@ -11,9 +11,10 @@
    the same code path as training) is cut around the point; ``segment`` gives the nodule
    probability on it.
 4. **Is there a nodule at this point?**  Rule (tested in tests/test_nodule_workflow.py):
-   voxels with probability >= :data:`SEG_THRESHOLD` form 26-connected components; the nodule is
-   the component that holds a voxel within :data:`SNAP_MM` of the point (the nearest such
-   component).  ``found=False`` with the reason when there is none, when it is smaller than a
+   voxels with probability >= 0.5 form 26-connected components; the nodule is the component that
+   comes within 5 mm of the point, the one with the most probability mass when several do
+   (:func:`imaging_assist.nodules.models.nodule_mask`, the rule the models' own tests use).
+   ``found=False`` with the reason when there is none, when it is smaller than a
    3 mm sphere (:data:`MIN_VOLUME_MM3`; the models cover nodules >= 3 mm) or when its mean
    density is that of aerated lung or air (< :data:`MIN_MEAN_HU`).  A mask is never made up:
    without a component there is no mask, no measurement and no malignancy likelihood.
@@ -37,8 +38,7 @@ from ..errors import UserError
 
 SEG_MODEL = "ct-nodule-seg"
 MALIGNANCY_MODEL = "ct-nodule-malignancy"
-SEG_THRESHOLD = 0.5
-SNAP_MM = 3.0  # a click this close to the nodule's edge still selects it
+SEG_THRESHOLD = 0.5  # as models.PROB_THRESHOLD
 MIN_VOLUME_MM3 = math.pi / 6 * 3.0 ** 3  # a 3 mm sphere (14.1 mm³)
 MIN_MEAN_HU = -850.0  # a "nodule" this dark is aerated lung or air
 NOT_FOUND = "no nodule found at this point"
@@ -123,25 +123,15 @@ def _inside(volume, point) -> bool:
     return bool(np.all(ijk >= -0.5) and np.all(ijk <= n - 0.5))
 
 
-def pick_component(prob: np.ndarray, window_affine: np.ndarray, point_lps, valid=None,
-                   threshold: float = SEG_THRESHOLD, snap_mm: float = SNAP_MM):
-    """(bool component on the window grid, distance mm) of the segmented component nearest to
-    the point within ``snap_mm``; (None, distance) when there is none."""
-    from scipy import ndimage
-
-    fg = np.asarray(prob) >= threshold
-    if valid is not None:
-        fg &= np.asarray(valid, bool)
-    if not fg.any():
-        return None, float("inf")
-    lab, n = ndimage.label(fg, structure=np.ones((3, 3, 3), bool))
-    idx = np.argwhere(fg)  # (k, j, i)
-    lps = idx[:, ::-1] @ np.asarray(window_affine, float)[:3, :3].T + np.asarray(window_affine, float)[:3, 3]
-    d = np.linalg.norm(lps - np.asarray(point_lps, float)[None, :], axis=1)
-    a = int(np.argmin(d))
-    if d[a] > snap_mm:
-        return None, float(d[a])
-    return lab == lab[tuple(idx[a])], float(d[a])
+def nearest_mm(prob: np.ndarray, window_affine: np.ndarray, point_lps,
+               threshold: float = SEG_THRESHOLD) -> float:
+    """Distance (mm) from the point to the nearest voxel the segmenter marks (inf: none)."""
+    idx = np.argwhere(np.asarray(prob) >= threshold)
+    if not len(idx):
+        return float("inf")
+    a = np.asarray(window_affine, float)
+    lps = idx[:, ::-1] @ a[:3, :3].T + a[:3, 3]
+    return float(np.min(np.linalg.norm(lps - np.asarray(point_lps, float)[None, :], axis=1)))
 
 
 def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = True) -> NoduleResult:
@@ -179,10 +169,11 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     prob = np.asarray(nm.segment(win), np.float32)
     t2 = time.perf_counter()
     res.timings.update(cut_s=t1 - t0, segment_s=t2 - t1)
-    comp, dist = pick_component(prob, win.affine, pt, win.valid)
-    if comp is None:
+    comp = np.asarray(nm.nodule_mask(prob, win), bool)
+    if not comp.any():
+        dist = nearest_mm(prob, win.affine, pt)
         far = "" if not math.isfinite(dist) else f" (the nearest segmented voxel is {dist:.1f} mm away)"
-        res.reason = f"{NOT_FOUND}: the segmenter marks no nodule within {SNAP_MM:g} mm{far}"
+        res.reason = f"{NOT_FOUND}: the segmenter marks no nodule within {nm.SEED_RADIUS_MM:g} mm{far}"
         res.timings["total_s"] = time.perf_counter() - t0
         return res
     vol_w = float(comp.sum()) * float(np.prod(win.spacing))
