@@ -1,0 +1,122 @@
+"""The two shipped CT nodule models on a :class:`~imaging_assist.nodules.window.Window`.
+
+* ``ct-nodule-seg`` -> :func:`segment` (nodule probability on the window grid) and
+  :func:`nodule_mask` (the connected nodule at the clicked point, or an empty mask);
+* ``ct-nodule-malignancy`` -> :func:`malignancy` (P(malignant) as the LIDC readers' majority
+  would call it, and a 3D Grad-CAM of the malignant class) and :func:`ood`.
+
+Both load once through the model registry (card ``weights/<id>/model.json``, sha256 of the
+safetensors weights checked before loading), run in fp32 on the CPU and are deterministic.
+The network input is :func:`imaging_assist.nodules.window.model_channels` with the input
+design written in the card (``input.window.design``), the same function the training
+scripts use.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from . import window as W
+
+SEG_ID = "ct-nodule-seg"
+MALIGNANCY_ID = "ct-nodule-malignancy"
+SEED_RADIUS_MM = 5.0  # a component counts as "the clicked nodule" when it comes this close to the point
+PROB_THRESHOLD = 0.5
+
+_lock = threading.Lock()
+_models: dict[str, object] = {}
+
+
+def load(model_id: str):
+    """The registry's loaded model (hash-verified), loaded once per process."""
+    with _lock:
+        m = _models.get(model_id)
+        if m is None:
+            from ..models.registry import Registry
+
+            m = Registry().load(model_id, device="cpu")
+            m.network.eval()
+            _models[model_id] = m
+        return m
+
+
+def design(model) -> str:
+    return str(((model.card.raw.get("input") or {}).get("window") or {}).get("design", W.DEFAULT_DESIGN))
+
+
+def _input(model, window: W.Window) -> torch.Tensor:
+    if window.image.shape != W.WINDOW_SHAPE:
+        raise ValueError(f"window shape {window.image.shape}, the models take {W.WINDOW_SHAPE}")
+    return torch.from_numpy(W.model_channels(window, design(model)))[None]
+
+
+def segment(window: W.Window) -> np.ndarray:
+    """float32 [z, y, x] nodule probability on the window grid (0 where the window has no data)."""
+    m = load(SEG_ID)
+    with m.lock, torch.no_grad():
+        p = torch.softmax(m.network(_input(m, window)).float(), 1)[0, 1].numpy()
+    return (p * W.design_valid(window, design(m))).astype(np.float32)
+
+
+def nodule_mask(prob: np.ndarray, window: W.Window, threshold: float = PROB_THRESHOLD) -> np.ndarray:
+    """bool [z, y, x]: the connected component (26-connectivity) of ``prob >= threshold`` that
+    comes within ``SEED_RADIUS_MM`` of the window centre (the clicked point), the one with
+    the most probability mass when several do; all False when none does ("no nodule here")."""
+    m = (np.asarray(prob) >= threshold) & window.valid
+    lab, n = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
+    if n == 0:
+        return np.zeros(m.shape, bool)
+    off = (np.arange(W.WINDOW_SIZE) - (W.WINDOW_SIZE - 1) / 2.0) * W.MODEL_SPACING_MM
+    d2 = off[:, None, None] ** 2 + off[None, :, None] ** 2 + off[None, None, :] ** 2
+    near = np.unique(lab[(d2 <= SEED_RADIUS_MM ** 2) & (lab > 0)])
+    if near.size == 0:
+        return np.zeros(m.shape, bool)
+    mass = ndimage.sum(prob, lab, near)
+    return lab == int(near[int(np.argmax(mass))])
+
+
+def malignancy(window: W.Window, explain: bool = True) -> tuple[float, np.ndarray | None]:
+    """(P(malignant), 3D Grad-CAM of the malignant class on the window grid scaled to 0..1,
+    zero where the model saw no data; None when ``explain`` is False).
+
+    "Malignant" is the LIDC readers' majority opinion, not pathology (see the card)."""
+    m = load(MALIGNANCY_ID)
+    x = _input(m, window)
+    with m.lock:
+        with torch.no_grad():
+            p = float(torch.softmax(m.network(x).float(), 1)[0, 1])
+        if not explain:
+            return p, None
+        from ..explain.methods import ExplainConfig, attribute
+        from ..models.architectures import get_layer
+
+        a = attribute(m.network, x, ExplainConfig("gradcam"), target=1,
+                      layer=get_layer(m.network, m.card.gradcam_layer))[0].numpy()
+    a = np.maximum(a, 0) * W.design_valid(window, design(m))
+    top = float(a.max())
+    return p, (a / top if top > 0 else a).astype(np.float32)
+
+
+def ood(window: W.Window) -> dict:
+    """``{score, threshold, flagged, reasons, method}`` of the malignancy model's features
+    (imaging_assist.validation.ood: Mahalanobis on the card's layers, hash-checked statistics)."""
+    from ..validation.ood import forward_with_features, load_stats, score
+
+    m = load(MALIGNANCY_ID)
+    stats = load_stats(m.card)
+    if stats is None:
+        return {"score": None, "threshold": None, "flagged": False,
+                "reasons": ["not scored: the model has no OOD statistics"]}
+    x = _input(m, window)
+    reasons = []
+    valid = float(window.valid.mean())
+    if valid < 0.5:
+        reasons.append(f"only {valid:.0%} of the window lies inside the series (the point is near its edge)")
+    with m.lock, torch.no_grad():
+        _, feats = forward_with_features(m.network, x, stats.layers)
+    s = float(score(stats.tensors, feats, stats.method, stats.k)[0])
+    return stats.result(s, reasons).to_dict()

@@ -1,0 +1,267 @@
+"""The nodule models' input: a fixed cube around a point, identical at training and at a click.
+
+Both CT nodule models (``weights/ct-nodule-seg``, ``weights/ct-nodule-malignancy``) see a
+:class:`Window`: a ``WINDOW_SIZE``-voxel cube at :data:`MODEL_SPACING_MM`, its axes along
+patient L, P, S, cut around a point in patient coordinates (LPS mm) from *any* volume by
+trilinear resampling (:func:`cut_window`).  The training script cuts its windows from the
+LIDC crops with this very function (through :func:`volume_from_nifti`), so a crop and a
+whole scan go through one code path.
+
+Why 1.0 mm isotropic and 32 voxels: LIDC in-plane spacing is 0.5-0.98 mm and slice spacing
+0.45-2.5 mm, so 1 mm keeps in-plane detail (no up-sampling beyond 2x anywhere in-plane) while
+the z axis of thick-slice scans is interpolated, never extrapolated; a 32 mm cube holds every
+nodule the card covers (3-30 mm) with a margin and stays small enough for a < 1 s click on
+two CPU cores.
+
+Why a validity mask: the crops are tight (in-plane 20-109 mm, along z as thin as 2 slices =
+2.5 mm), so part of any 32 mm window lies outside the crop.  ``Window.valid`` says which
+voxels came from inside the source volume; the model input (:func:`model_channels`) is two
+HU windows scaled to 0..1 times ``valid`` plus ``valid`` itself, computed by the same code at training
+and at a click.  Which region the model may use is the *input design*
+(``INPUT_DESIGNS``; measured in docs/ct_nodules_models.md):
+
+* ``"common"``: validity is further cut to the box every training crop holds (in-plane
+  +-``COMMON_HALF_MM[1:]``, along z +-``COMMON_HALF_MM[0]``), so what the model sees at a click
+  in a whole scan equals what it saw in training (except where a crop is thinner);
+* ``"full"``: the whole cube, validity = the crop's extent (at a click: all True).
+
+Coordinates: NIfTI affines are RAS; this module converts them to LPS (x and y negated) so
+everything here, like DICOM and :class:`imaging_assist.volume.Volume`, is LPS.  The LIDC
+``labels.csv`` ``coordX/Y/Z`` are LPS too (LUNA16 world coordinates, from ITK): the mask
+centroid of each crop, taken through :func:`volume_from_nifti`, lies within 0.7 mm of them
+(95th percentile; checked in tests/test_nodule_models.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import UserError
+from ..volume import Volume
+
+MODEL_SPACING_MM: float = 1.0
+WINDOW_SIZE: int = 32
+WINDOW_SHAPE: tuple[int, int, int] = (WINDOW_SIZE,) * 3  # [z, y, x]
+
+# Half extents (z, y, x) in mm of the box that (nearly) every training crop holds around its
+# nodule centre: in-plane the smallest crop is 19.8 mm wide (5th percentile 24 mm); along z
+# crops are 2.5-62 mm (5th percentile 3.9 mm, median 8 mm).
+COMMON_HALF_MM = (4.0, 10.0, 10.0)
+INPUT_DESIGNS = ("common", "full")
+DEFAULT_DESIGN = "common"
+UNEVEN_SPACING_TOL = 0.1  # like run_model: relative spread of slice gaps refused
+
+
+class WindowError(UserError):
+    pass
+
+
+@dataclass
+class Window:
+    image: np.ndarray   # float32 [z, y, x] HU (not normalised), fixed shape, at MODEL_SPACING_MM, LPS axes
+    valid: np.ndarray   # bool, same shape: True where the voxel came from inside the source volume
+    affine: np.ndarray  # 4x4: window index (i=x col, j=y row, k=z slice) -> patient LPS mm
+    center_lps: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return (MODEL_SPACING_MM,) * 3
+
+
+def window_affine(center_lps, size: int = WINDOW_SIZE, spacing: float = MODEL_SPACING_MM) -> np.ndarray:
+    """Index (i, j, k) -> LPS: axes along +L, +P, +S; the cube's centre (voxel (n-1)/2) is the point."""
+    c = np.asarray(center_lps, float).reshape(3)
+    a = np.eye(4)
+    a[:3, :3] *= spacing
+    a[:3, 3] = c - spacing * (size - 1) / 2.0
+    return a
+
+
+def _check_volume(volume: Volume) -> None:
+    if volume.array.ndim != 3:
+        raise WindowError("a nodule window needs a greyscale 3D volume "
+                          f"(this one has shape {tuple(volume.array.shape)})")
+    if not volume.has_geometry:
+        raise WindowError("a nodule window needs a series with patient geometry "
+                          "(ImagePositionPatient/Orientation); this one has none")
+    aff = np.asarray(volume.affine, float)
+    if not np.all(np.isfinite(aff)) or abs(float(np.linalg.det(aff[:3, :3]))) < 1e-9:
+        raise WindowError("the volume's geometry is unusable (NaN or degenerate orientation/spacing)")
+    pos = None if volume.slice_positions is None else np.asarray(volume.slice_positions, float)
+    if pos is not None and pos.size > 2:
+        gaps = np.abs(np.diff(pos))
+        med = float(np.median(gaps))
+        if med > 0 and float(gaps.max() - gaps.min()) > UNEVEN_SPACING_TOL * med:
+            raise WindowError(f"the slices are unevenly spaced ({gaps.min():.2f}-{gaps.max():.2f} mm): "
+                              "a nodule window would be distorted; resample the series to even spacing first")
+
+
+def _window_points(affine: np.ndarray, shape=WINDOW_SHAPE) -> np.ndarray:
+    """(4, N) homogeneous (i, j, k, 1) of every window voxel, in [z, y, x] C order."""
+    k, j, i = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    return np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+
+
+def cut_window(volume: Volume, center_lps) -> Window:
+    """The model window (``WINDOW_SIZE`` cube) of ``volume`` around ``center_lps``: :func:`cut_cube`."""
+    return cut_cube(volume, center_lps, WINDOW_SIZE)
+
+
+def cut_cube(volume: Volume, center_lps, size: int = WINDOW_SIZE) -> Window:
+    """Resample ``volume`` (HU) around ``center_lps`` onto the model grid.
+
+    Trilinear for the image; a window voxel is valid when its source position lies inside
+    the volume's voxel footprint (continuous index in [-0.5, n-0.5] on every axis; between
+    the outermost voxel centre and the edge the nearest voxel value is used).  The training
+    scripts cut a larger cube once and take ``WINDOW_SIZE`` sub-cubes of it: a sub-cube shifted
+    by whole voxels equals :func:`cut_window` at the shifted point (same sample positions).  Works for any
+    direction matrix (tilted, flipped, sheared gantry-tilt stacks) and anisotropic spacing.
+    """
+    _check_volume(volume)
+    c = np.asarray(center_lps, float).reshape(-1)
+    if c.size != 3 or not np.all(np.isfinite(c)):
+        raise WindowError(f"the point must be three finite LPS coordinates in mm (got {center_lps!r})")
+    shape = (int(size),) * 3
+    waff = window_affine(c, int(size))
+    to_src = np.linalg.inv(np.asarray(volume.affine, float)) @ waff
+    src = (to_src @ _window_points(waff, shape))[:3]  # (i, j, k) in the source
+    nk, nj, ni = volume.array.shape
+    inside = ((src[0] >= -0.5) & (src[0] <= ni - 0.5) & (src[1] >= -0.5) & (src[1] <= nj - 0.5)
+              & (src[2] >= -0.5) & (src[2] <= nk - 0.5))
+    coords = np.stack([src[2], src[1], src[0]])  # array axes [k, j, i]
+    img = np.zeros(src.shape[1], np.float32)
+    if inside.any():
+        arr = volume.array
+        if arr.dtype != np.float32:
+            # only the bounding box of the samples is converted (a whole scan is large)
+            lo = np.maximum(np.floor(coords[:, inside].min(1)).astype(int) - 1, 0)
+            hi = np.minimum(np.ceil(coords[:, inside].max(1)).astype(int) + 2, arr.shape)
+            sub = np.asarray(arr[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], np.float32)
+            cc = coords[:, inside] - lo[:, None]
+        else:
+            sub, cc = arr, coords[:, inside]
+        img[inside] = ndimage.map_coordinates(sub, cc, order=1, mode="nearest")
+    return Window(image=img.reshape(shape), valid=inside.reshape(shape),
+                  affine=waff, center_lps=c.copy())
+
+
+def design_box(design: str = DEFAULT_DESIGN) -> np.ndarray | None:
+    """Bool [z, y, x] box the model may look at under ``design`` (None: the whole cube)."""
+    if design == "full":
+        return None
+    if design != "common":
+        raise ValueError(f"input design is one of {INPUT_DESIGNS}, not {design!r}")
+    off = (np.arange(WINDOW_SIZE) - (WINDOW_SIZE - 1) / 2.0) * MODEL_SPACING_MM
+    hz, hy, hx = COMMON_HALF_MM
+    return ((np.abs(off) <= hz)[:, None, None] & (np.abs(off) <= hy)[None, :, None]
+            & (np.abs(off) <= hx)[None, None, :])
+
+
+def design_valid(window: Window, design: str = DEFAULT_DESIGN) -> np.ndarray:
+    """The validity the model is given under ``design`` (see the module docstring)."""
+    box = design_box(design)
+    return window.valid if box is None else window.valid & box
+
+
+# Two HU windows (lung and mediastinum, the two a reader uses on a nodule) and the validity:
+# three channels, the card format's colour-image layout (safetensors cards take 1 or 3).
+HU_WINDOWS = ((-1000.0, 400.0), (-160.0, 240.0))
+N_CHANNELS = 3
+
+
+def channels_from_arrays(image: np.ndarray, valid: np.ndarray, design: str = DEFAULT_DESIGN) -> np.ndarray:
+    """(..., 3, z, y, x) float32 network input from HU ``image`` and bool ``valid``
+    (..., z, y, x), any leading batch axes: each HU window scaled to 0..1 times the
+    validity, then the validity.  Used by the engine and the training scripts alike."""
+    box = design_box(design)
+    v = valid if box is None else (valid & box)
+    v = v.astype(np.float32)
+    chans = [((np.clip(image, lo, hi) - lo) / (hi - lo)).astype(np.float32) * v for lo, hi in HU_WINDOWS]
+    return np.stack(chans + [v], axis=-4)
+
+
+def model_channels(window: Window, design: str = DEFAULT_DESIGN) -> np.ndarray:
+    """(3, z, y, x) float32 network input of one window (:func:`channels_from_arrays`)."""
+    return channels_from_arrays(window.image, window.valid, design)
+
+
+def volume_from_nifti(path) -> Volume:
+    """A NIfTI file (RAS affine, data [i, j, k]) as a :class:`Volume` in LPS, indexed [k, j, i].
+
+    LPS = diag(-1, -1, 1) @ RAS.  The values are taken as CT Hounsfield units (NIfTI stores
+    no modality): a warning on the volume says so.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except FileNotFoundError:
+        raise WindowError(f"{path}: no such file") from None
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for a broken file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise WindowError(f"{path}: not a readable NIfTI file ({first})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3 or min(data.shape) < 1:
+        raise WindowError(f"{path}: a 3D NIfTI volume is needed (shape {tuple(data.shape)})")
+    ras = np.asarray(img.affine, float)
+    if not np.all(np.isfinite(ras)) or abs(float(np.linalg.det(ras[:3, :3]))) < 1e-9:
+        raise WindowError(f"{path}: the NIfTI affine is unusable (NaN or degenerate)")
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
+    m = lps[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    direction = m / spacing[None, :]
+    arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+    if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+        raise WindowError(f"{path}: unsupported NIfTI data type {arr.dtype}")
+    n = direction[:, 2]
+    origin = lps[:3, 3]
+    positions = np.array([float(np.dot(origin + n * spacing[2] * k, np.cross(direction[:, 0], direction[:, 1])))
+                          for k in range(arr.shape[0])])
+    return Volume(array=arr, spacing=tuple(float(s) for s in spacing), origin=tuple(float(v) for v in origin),
+                  direction=direction, modality="CT", units="HU", slice_positions=positions,
+                  warnings=["NIfTI stores no modality: the values are taken as CT Hounsfield units"],
+                  description=path.name, source_paths=[str(path)])
+
+
+def to_source_grid(window: Window, values: np.ndarray, volume: Volume, order: int) -> np.ndarray:
+    """Map a window-grid array back onto ``volume``'s voxel grid ([k, j, i]).
+
+    ``order=0`` (masks: nearest, keeps the dtype) or ``order=1`` (heat maps: trilinear,
+    float32).  Voxels the window does not cover are 0.
+    """
+    values = np.asarray(values)
+    if values.shape != WINDOW_SHAPE:
+        raise ValueError(f"values must have the window shape {WINDOW_SHAPE}, not {values.shape}")
+    if order not in (0, 1):
+        raise ValueError("order is 0 (masks) or 1 (heat maps)")
+    shape = tuple(volume.array.shape[:3])
+    out = np.zeros(shape, values.dtype if order == 0 else np.float32)
+    vaff = np.asarray(volume.affine, float)
+    to_win = np.linalg.inv(window.affine) @ vaff
+    # source voxels the window can touch: the window corners mapped into the source index space
+    n = WINDOW_SIZE
+    corners = np.array([[a, b, c, 1.0] for a in (-0.5, n - 0.5) for b in (-0.5, n - 0.5) for c in (-0.5, n - 0.5)]).T
+    src = (np.linalg.inv(vaff) @ window.affine @ corners)[:3]  # (i, j, k)
+    lo = np.maximum(np.floor(src.min(1)).astype(int), 0)
+    hi = np.minimum(np.ceil(src.max(1)).astype(int) + 1, [shape[2], shape[1], shape[0]])
+    if np.any(hi <= lo):
+        return out
+    k, j, i = np.meshgrid(np.arange(lo[2], hi[2]), np.arange(lo[1], hi[1]), np.arange(lo[0], hi[0]), indexing="ij")
+    pts = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)]).astype(np.float64)
+    w = (to_win @ pts)[:3]  # window (i, j, k)
+    inside = np.all((w >= -0.5) & (w <= n - 0.5), axis=0)
+    vals = np.zeros(w.shape[1], out.dtype)
+    if inside.any():
+        coords = np.stack([w[2], w[1], w[0]])[:, inside]
+        src_vals = values.astype(np.uint8) if values.dtype == bool else values
+        src_vals = src_vals if order == 0 else values.astype(np.float32)
+        vals[inside] = ndimage.map_coordinates(src_vals, coords, order=order, mode="nearest").astype(out.dtype)
+    out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = vals.reshape(k.shape)
+    return out

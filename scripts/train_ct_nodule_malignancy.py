@@ -1,0 +1,256 @@
+#!/usr/bin/env python
+"""Train ``weights/ct-nodule-malignancy``: benign vs malignant (LIDC readers' majority) of the
+nodule in a 32 mm window around a clicked point.
+
+Data and split: ``_ct_nodule_data.py`` (869 LIDC crops, 485 patients; 70/15/15 by patient,
+stratified by ``malignant``, seed 0; the same split as ``train_ct_nodule_seg.py``).  The
+reference is ``malignant`` (readers' majority), a reader opinion and not pathology.
+
+Input: :mod:`imaging_assist.nodules.window` with ``--design`` ``common`` (only the box every
+training crop holds: what a click in a whole scan shows equals what training showed) or
+``full`` (the whole cube with the crop's validity).  A MONAI 3D ResNet (one basic block per
+stage), cross-entropy, augmentation = click jitter +-4 mm, flips, in-plane transposition,
+random narrowing of the validity.  The best validation AUC is kept; temperature scaling is
+fitted on validation and folded into the last layer; the operating threshold is chosen on
+validation for sensitivity >= 0.90.
+
+Test metrics (patient-split test, never trained on): AUC, sensitivity / specificity at that
+threshold, ECE, Spearman with the readers' ``malignancy`` rating (1-5), 95% CIs by cluster
+bootstrap over patients.  Also measured for the input-design comparison: the validation AUC
+and the "extent sensitivity" (mean |change of P(malignant)| when the crop's validity is cut to
+the thinnest crop of the data, z +-1.25 mm).  The OOD statistics (Mahalanobis on layer3 +
+layer4, imaging_assist.validation.ood) are fitted on the training windows.
+
+    python scripts/train_ct_nodule_malignancy.py [--design common|full] [--epochs N] [--time-limit S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import _ct_nodule_data as D
+import _training as T
+from imaging_assist import evaluation as E
+from imaging_assist.nodules import window as W
+
+MODEL_ID = "ct-nodule-malignancy"
+LABELS = ["benign", "malignant"]
+ARCH = {"library": "monai", "name": "ResNet",
+        "kwargs": {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128],
+                   "spatial_dims": 3, "n_input_channels": 3, "num_classes": 2,
+                   "conv1_t_size": 3, "conv1_t_stride": 1}}
+GRADCAM_LAYER = "layer3"
+OOD_LAYERS = ["layer3", "layer4"]
+SENS_TARGET = 0.90
+
+
+def input_block(design: str) -> dict:
+    """The card's input block: the generic pipeline does not feed this model (the engine cuts
+    the window: imaging_assist.nodules.models); ``window`` documents that input."""
+    return {"channels": 3, "size": [W.WINDOW_SIZE] * 3, "spacing": [W.MODEL_SPACING_MM] * 3,
+            "orientation": "LPS", "units": "HU",
+            "window": {"design": design, "size_voxels": W.WINDOW_SIZE, "spacing_mm": W.MODEL_SPACING_MM,
+                       "axes": "[z, y, x] along +S, +P, +L", "hu_windows": [list(h) for h in W.HU_WINDOWS],
+                       "channels": ["lung window x valid", "mediastinal window x valid", "valid"],
+                       "common_half_mm_zyx": list(W.COMMON_HALF_MM),
+                       "code": "imaging_assist.nodules.window.cut_window + model_channels"}}
+
+
+def thin(valid: np.ndarray) -> np.ndarray:
+    """The validity cut to the thinnest crop of the data (2 slices of 2.5 mm: z +-1.25 mm)."""
+    off = (np.arange(W.WINDOW_SIZE) - (W.WINDOW_SIZE - 1) / 2.0) * W.MODEL_SPACING_MM
+    return valid & (np.abs(off) <= 1.25)[None, :, None, None]
+
+
+def spearman(a, b) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def main(argv=None) -> int:
+    ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 30, 32, 2e-3)
+    ap.add_argument("--design", choices=W.INPUT_DESIGNS, default="common")
+    ap.add_argument("--compare-with", type=Path, default=None,
+                    help="model folder of the other input design (its metrics.json goes into the card)")
+    args = ap.parse_args(argv)
+    dev, out = T.start(args, MODEL_ID)
+    rows = D.read_rows()
+    split = D.split_rows(rows, args.seed)
+    groups = np.array([r["patient_id"] for r in rows])
+    y = np.array([int(r["malignant"]) for r in rows])
+    rating = np.array([float(r["malignancy"]) for r in rows])
+    img, val, _ = D.load_cubes(rows)
+    cimg, cval = D.central(img).astype(np.float32), D.central(val)
+    itr, iva = np.nonzero(split == 0)[0], np.nonzero(split == 1)[0]
+    counts = {D.SPLIT_NAMES[k]: {"nodules": int((split == k).sum()), "patients": int(len(set(groups[split == k]))),
+                                 "malignant": int(((split == k) & (y == 1)).sum()),
+                                 "benign": int(((split == k) & (y == 0)).sum())} for k in range(3)}
+    print("splits:", counts, flush=True)
+    x_all = torch.from_numpy(W.channels_from_arrays(cimg, cval, args.design))
+    yt = torch.from_numpy(y)
+
+    from imaging_assist.models.architectures import build_network
+
+    net = build_network(ARCH, MODEL_ID)
+
+    def augment(xb, yb, g):
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        ids = yb.numpy()
+        bi, bv, _ = D.augment_batch(img[ids], val[ids], None, rng)
+        return torch.from_numpy(W.channels_from_arrays(bi, bv, args.design)), yt[ids]
+
+    def evaluate(n):
+        lo = T.predict(n, x_all[iva], dev, 64)
+        p = torch.softmax(lo, 1)[:, 1].numpy()
+        auc = E.roc_auc(y[iva], p)
+        vl = float(F.cross_entropy(lo, yt[iva]))
+        return {"val_loss": vl, "val_auc": auc, "score": auc - 0.01 * vl}
+
+    log = T.Log(out / "training_log.csv")
+    t0 = time.perf_counter()
+    ids = torch.from_numpy(itr)
+    info = T.fit(net, ids, ids, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
+                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                 device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
+    train_s = time.perf_counter() - t0
+    T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_auc"])
+    net.cpu().eval()
+    temp = T.fit_temperature(T.predict(net, x_all[iva], torch.device("cpu"), 64), yt[iva])
+    T.fold_temperature(net.fc, temp)
+    prob = torch.softmax(T.predict(net, x_all, torch.device("cpu"), 64), 1)[:, 1].numpy()
+    # extent sensitivity: the same windows with the validity cut to the thinnest crop
+    x_thin = torch.from_numpy(W.channels_from_arrays(cimg[iva], thin(cval[iva]), args.design))
+    p_thin = torch.softmax(T.predict(net, x_thin, torch.device("cpu"), 64), 1)[:, 1].numpy()
+    extent_sens = float(np.mean(np.abs(p_thin - prob[iva])))
+    box = W.design_box(args.design)
+    cover = cval[iva] if box is None else (cval[iva] & box)
+    frac_valid = float(np.median(cover.reshape(len(iva), -1).sum(1) / (box.sum() if box is not None else cover[0].size)))
+
+    thr = float(np.floor(E.threshold_for_sensitivity(y[iva], prob[iva], SENS_TARGET) * 1e4) / 1e4)
+    vs, vsp = E.sens_spec(y[iva], prob[iva], thr)
+    metrics, details, ss_hows = [], {}, {}
+    for k, label in ((2, "test"), (1, "validation")):
+        m = split == k
+        yy, pp, gg, rr = y[m], prob[m], groups[m], rating[m]
+        what = {2: f"patient-split test ({counts['test']['patients']} patients never seen in training)",
+                1: "validation split (best epoch, threshold and temperature chosen here)"}[k]
+        auc = E.roc_auc(yy, pp)
+        auc_ci = E.bootstrap_ci(E.roc_auc, yy, pp, clusters=gg, strata=yy, seed=1)
+        se, sp = E.sens_spec(yy, pp, thr)
+        se_ci, sp_ci, ss_how = E.sens_spec_ci(yy, pp, thr, clusters=gg, seed=2)
+        ss_hows.setdefault(ss_how, []).append(label)
+        rel = E.reliability(yy, pp)
+        ece_ci = E.bootstrap_ci(lambda a, b: E.reliability(a, b).ece, yy, pp, clusters=gg, seed=4, n_boot=500)
+        rho = spearman(pp, rr)
+        rho_ci = E.bootstrap_ci(spearman, pp, rr, clusters=gg, seed=5, n_boot=1000)
+        metrics += [E.metric("AUC", auc, auc_ci, m.sum(), what, "malignant"),
+                    E.metric("sensitivity", se, se_ci, m.sum(), what + f", threshold {thr:.4f}", "malignant"),
+                    E.metric("specificity", sp, sp_ci, m.sum(), what + f", threshold {thr:.4f}", "malignant"),
+                    E.metric("ECE", rel.ece, ece_ci, m.sum(), what + ", 10 bins", "malignant"),
+                    E.metric("Spearman_malignancy_rating", rho, rho_ci, m.sum(),
+                             what + ", P(malignant) vs the readers' malignancy rating 1-5", "malignant")]
+        details[label] = {"n": int(m.sum()), "patients": int(len(set(gg))), "auc": auc, "auc_ci95": auc_ci,
+                          "sensitivity": se, "sensitivity_ci95": se_ci, "specificity": sp, "specificity_ci95": sp_ci,
+                          "ece": rel.ece, "ece_ci95": ece_ci, "spearman_rating": rho, "spearman_rating_ci95": rho_ci,
+                          "reliability": rel.__dict__,
+                          "confusion_matrix": {"labels": LABELS, "rows_true_cols_predicted":
+                                               E.confusion_matrix(yy, (pp >= thr).astype(int), 2)}}
+        if k == 2:
+            T.plot_reliability(rel, out / "reliability_test.png", f"{MODEL_ID} - test")
+            fpr, tpr, _ = E.roc_curve(yy, pp)
+            T.plot_roc({"test": (fpr, tpr, auc)}, out / "roc.png", f"{MODEL_ID}: ROC (threshold from validation)")
+    design_row = {"design": args.design, "val_auc": details["validation"]["auc"],
+                  "val_auc_ci95": details["validation"]["auc_ci95"], "test_auc": details["test"]["auc"],
+                  "extent_sensitivity_val": round(extent_sens, 4),
+                  "median_valid_fraction_of_model_region_val": round(frac_valid, 4)}
+    comparison = [design_row]
+    if args.compare_with is not None:
+        other = json.loads((Path(args.compare_with) / "metrics.json").read_text())["design"]
+        comparison.append(other)
+    print("design:", design_row, flush=True)
+
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "split", "patient", "label", "malignancy_rating", "p_malignant"])
+        for i in np.nonzero(split > 0)[0]:
+            w.writerow([rows[i]["file"], D.SPLIT_NAMES[int(split[i])], groups[i], LABELS[y[i]],
+                        int(rating[i]), f"{prob[i]:.6f}"])
+    t = details["test"]
+    card = {
+        "schema_version": 1, "id": MODEL_ID,
+        "name": "Lung nodule malignancy as LIDC readers judge it (3D ResNet, 32 mm window at 1 mm)",
+        "version": "1.0.0", "task": "classification", "modality": ["CT"], "body_part": "CHEST",
+        "spatial_dims": 3, "architecture": ARCH, "input": input_block(args.design),
+        "output": {"activation": "softmax"}, "labels": LABELS, "gradcam_layer": GRADCAM_LAYER,
+        "not_for_clinical_use": True,
+        "thresholds": {"malignant": {"threshold": thr, "sensitivity": round(vs, 4), "specificity": round(vsp, 4),
+                                     "data": f"validation split, {counts['validation']['nodules']} nodules; chosen for "
+                                             f"sensitivity >= {SENS_TARGET:.2f}"}},
+        "metrics": metrics,
+        "metrics_ci": "every interval: percentile cluster bootstrap resampling whole patients "
+                      "(imaging_assist.evaluation.bootstrap_ci; patients have several nodules), AUC stratified by "
+                      "label, 2,000 resamples; ECE 500, Spearman 1,000 unstratified; sensitivity and specificity: "
+                      + "; ".join(f"{h} ({', '.join(v)})" for h, v in ss_hows.items()),
+        "data": {"training": f"LIDC-IDRI nodule crops (shared/data/ct/lidc_nodule_vois): {counts['train']['nodules']} "
+                             f"nodules of {counts['train']['patients']} patients; reference = readers' majority malignant",
+                 "validation": f"{counts['validation']['nodules']} nodules / {counts['validation']['patients']} patients "
+                               "(best epoch, temperature, threshold, OOD threshold)",
+                 "test": f"{counts['test']['nodules']} nodules / {counts['test']['patients']} patients never seen in training",
+                 "splits": counts,
+                 "split_rule": "70/15/15 by patient_id, stratified by the readers' majority malignant, seed 0"},
+        "license": "Weights: BSD-2-Clause (this project). Training data: LIDC-IDRI (TCIA), CC BY 3.0 "
+                   "(Armato et al., Med Phys 38(2), 2011; doi:10.7937/K9/TCIA.2015.LO9QL9SX)",
+        "intended_use": "Research, teaching and software demonstration: how LIDC radiologists would likely rate a "
+                        "lung nodule that a reader points at on CT. NOT FOR CLINICAL USE: not a diagnosis, not "
+                        "validated on any population.",
+        "must_not_be_used_for": [
+            "a diagnosis of cancer: the reference is the opinion of the LIDC readers (majority of up to four), "
+            "not pathology or follow-up",
+            "nodules smaller than 3 mm (LIDC readers rated only nodules >= 3 mm)",
+            "detection or screening: it scores only the nodule at a point a reader gives; it never searches a scan",
+            "management decisions (Fleischner, Lung-RADS) in place of the reader"],
+        "population": {"image_kind": "chest CT", "data": "LIDC-IDRI: thoracic CT of 1,010 patients from seven "
+                       "US academic centres (diagnostic and screening, several vendors, 0.45-2.5 mm slices); "
+                       "ages and sexes not in the crops"},
+        "limitations": [
+            "The reference is a reader opinion: LIDC 'malignant' is the readers' majority, and size drives much of it "
+            "(the card's Spearman with the malignancy rating shows the agreement, not truth).",
+            f"Test AUC {t['auc']:.3f} (95% CI {t['auc_ci95'][0]:.3f}-{t['auc_ci95'][1]:.3f}) on "
+            f"{t['n']} nodules of {t['patients']} patients: small, so the interval is wide.",
+            "The window is 32 mm at 1 mm voxels; nodules above about 30 mm are cut at its edge.",
+            "Trained on crops, not whole scans: the input design (docs/ct_nodules_models.md) keeps what the model "
+            "sees at a click equal to training, but structures outside the training crops were never seen.",
+            "No detection; a click away from a nodule still gets a number: use the segmentation's 'no nodule found'."],
+        "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "device": T.device_text(dev),
+                     "design": args.design, "design_comparison": comparison,
+                     "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "batch_size": args.batch_size,
+                     "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
+                     "augmentation": "click jitter +-4 mm, flips of each axis, in-plane transposition, random "
+                                     "narrowing of the validity", "temperature": round(temp, 4),
+                     "train_seconds": round(train_s, 1)},
+        "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
+                  "predictions": "predictions.csv", "roc": "roc.png", "reliability": ["reliability_test.png"]},
+    }
+    from imaging_assist.models.build import save_model_folder
+
+    save_model_folder(out, card, net)
+    T.write_json(out / "metrics.json", {"model": MODEL_ID, "positive_label": "malignant",
+                                        "threshold": card["thresholds"]["malignant"], "metrics": metrics,
+                                        "details": details, "splits": counts, "design": design_row,
+                                        "training": card["training"]})
+    print(f"test AUC {t['auc']:.4f} {t['auc_ci95']}; validation AUC {details['validation']['auc']:.4f}; "
+          f"threshold {thr:.4f}; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

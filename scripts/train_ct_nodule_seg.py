@@ -1,0 +1,228 @@
+#!/usr/bin/env python
+"""Train ``weights/ct-nodule-seg``: the nodule in a 32 mm window around a clicked point (LIDC).
+
+Data: ``ct/lidc_nodule_vois`` (869 crops of 485 patients in HU, nodule masks; see
+``_ct_nodule_data.py``).  Split 70/15/15 by patient (stratified by the readers' majority
+``malignant``, seed 0), the same split as ``train_ct_nodule_malignancy.py``.
+
+Input: :mod:`imaging_assist.nodules.window` (1 mm isotropic, 32³, LPS axes, two HU windows
+times the validity + the validity).  ``--design full`` (shipped): the whole cube, validity =
+inside the crop; ``--design common``: only the box every crop holds (measured for the
+comparison in docs/ct_nodules_models.md; it truncates nodules larger than the box).
+A MONAI 3D UNet, softmax background / nodule, loss = CE + soft Dice on the valid voxels only
+(outside a crop the truth is unknown), augmentation = click jitter +-4 mm, flips, in-plane
+transposition, random narrowing of the validity.
+
+Test metrics are measured on each crop's own voxel grid (the engine's path: window ->
+:func:`imaging_assist.nodules.models.nodule_mask` -> ``to_source_grid``) against the crop's
+mask: Dice, relative volume error, HD95 in mm, 95% CIs by cluster bootstrap over patients.
+
+    python scripts/train_ct_nodule_seg.py [--epochs N] [--time-limit S] [--design full|common]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import _ct_nodule_data as D
+import _training as T
+from imaging_assist import evaluation as E
+from imaging_assist.nodules import window as W
+
+MODEL_ID = "ct-nodule-seg"
+LABELS = ["background", "nodule"]
+ARCH = {"library": "monai", "name": "UNet",
+        "kwargs": {"spatial_dims": 3, "in_channels": 3, "out_channels": 2,
+                   "channels": [12, 24, 48, 96], "strides": [2, 2, 2],
+                   "num_res_units": 1, "norm": "batch"}}
+
+
+def input_block(design: str) -> dict:
+    """The card's input block: the generic pipeline does not feed this model (the engine cuts
+    the window: imaging_assist.nodules.models); ``window`` documents that input."""
+    return {"channels": 3, "size": [W.WINDOW_SIZE] * 3, "spacing": [W.MODEL_SPACING_MM] * 3,
+            "orientation": "LPS", "units": "HU",
+            "window": {"design": design, "size_voxels": W.WINDOW_SIZE, "spacing_mm": W.MODEL_SPACING_MM,
+                       "axes": "[z, y, x] along +S, +P, +L", "hu_windows": [list(h) for h in W.HU_WINDOWS],
+                       "channels": ["lung window x valid", "mediastinal window x valid", "valid"],
+                       "common_half_mm_zyx": list(W.COMMON_HALF_MM),
+                       "code": "imaging_assist.nodules.window.cut_window + model_channels"}}
+
+
+def seg_loss(logits, target, w):
+    ce = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
+    p = torch.softmax(logits, 1)[:, 1]
+    t = target.float()
+    dims = (1, 2, 3)
+    inter = (p * t * w).sum(dims)
+    den = (p * w).sum(dims) + (t * w).sum(dims)
+    dice = 1 - (2 * inter + 1) / (den + 1)
+    return ce + dice.mean()
+
+
+def main(argv=None) -> int:
+    ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 30, 16, 3e-3)
+    ap.add_argument("--design", choices=W.INPUT_DESIGNS, default="full")
+    ap.add_argument("--evaluate-only", action="store_true")
+    args = ap.parse_args(argv)
+    dev, out = T.start(args, MODEL_ID)
+    rows = D.read_rows()
+    split = D.split_rows(rows, args.seed)
+    groups = np.array([r["patient_id"] for r in rows])
+    img, val, msk = D.load_cubes(rows)
+    cimg, cval, cmsk = (D.central(a) for a in (img, val, msk))
+    itr, iva = np.nonzero(split == 0)[0], np.nonzero(split == 1)[0]
+    counts = {D.SPLIT_NAMES[k]: {"nodules": int((split == k).sum()), "patients": int(len(set(groups[split == k])))}
+              for k in range(3)}
+    print("splits:", counts, flush=True)
+
+    from imaging_assist.models.architectures import build_network
+
+    net = build_network(ARCH, MODEL_ID)
+    xva = torch.from_numpy(W.channels_from_arrays(cimg[iva].astype(np.float32), cval[iva], args.design))
+
+    def augment(xb, yb, g):
+        rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        ids = yb.numpy()
+        bi, bv, bm = D.augment_batch(img[ids], val[ids], msk[ids], rng)
+        x = torch.from_numpy(W.channels_from_arrays(bi, bv, args.design))
+        vt = torch.from_numpy(x[:, 2].numpy() > 0.5)
+        return x, torch.stack([torch.from_numpy(bm >= 0.5).long(), vt.long()], 1)
+
+    def loss_fn(logits, y):
+        return seg_loss(logits, y[:, 0], y[:, 1].float())
+
+    def evaluate(n):
+        lo = T.predict(n, xva, dev, 32)
+        pm = (torch.softmax(lo, 1)[:, 1].numpy() >= 0.5)
+        v = xva[:, 2].numpy() > 0.5
+        d = [E.dice(p & vv, (t >= 0.5) & vv) for p, t, vv in zip(pm, cmsk[iva], v)]
+        return {"val_dice": float(np.mean(d)), "score": float(np.mean(d))}
+
+    if args.evaluate_only:
+        from safetensors.torch import load_file
+
+        net.load_state_dict(load_file(str(out / "model.safetensors")))
+        old = json.loads((out / "model.json").read_text())["training"]
+        info = {"epochs_run": old["epochs"], "best_epoch": old["best_epoch"]}
+        train_s, train_device = old["train_seconds"], old["device"]
+    else:
+        log = T.Log(out / "training_log.csv")
+        t0 = time.perf_counter()
+        ids = torch.from_numpy(itr)
+        info = T.fit(net, ids, ids, loss_fn=loss_fn, augment=augment, evaluate=evaluate,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                     device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
+        train_s = time.perf_counter() - t0
+        train_device = T.device_text(dev)
+        T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_dice"])
+    net.cpu().eval()
+
+    # ---- evaluation on each crop's own grid (validation + test)
+    from imaging_assist.nodules.models import nodule_mask
+
+    keep = np.nonzero(split > 0)[0]
+    xk = torch.from_numpy(W.channels_from_arrays(cimg[keep].astype(np.float32), cval[keep], args.design))
+    prob = torch.softmax(T.predict(net, xk, torch.device("cpu"), 32), 1)[:, 1].numpy()
+    recs = []
+    for n, i in enumerate(keep):
+        r = rows[i]
+        vol = W.volume_from_nifti(D.SRC / r["file"])
+        truth = W.volume_from_nifti(D.SRC / r["mask"]).array > 0
+        win = W.cut_window(vol, D.centre(r))
+        m = nodule_mask(prob[n], win)
+        pred = W.to_source_grid(win, m, vol, order=0).astype(bool)
+        vox = float(np.prod(vol.spacing))
+        sp = (vol.spacing[2], vol.spacing[1], vol.spacing[0])
+        vt, vp = truth.sum() * vox, pred.sum() * vox
+        recs.append({"file": r["file"], "split": D.SPLIT_NAMES[int(split[i])], "patient": r["patient_id"],
+                     "dice": E.dice(pred, truth), "volume_true_mm3": vt, "volume_pred_mm3": vp,
+                     "volume_error_pct": 100.0 * (vp - vt) / vt if vt > 0 else float("nan"),
+                     "hd95_mm": E.hausdorff95(pred, truth, sp), "diameter_mm": float(r["diameter_mm"])})
+    with (out / "predictions.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(recs[0]))
+        w.writeheader()
+        for rec in recs:
+            w.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in rec.items()})
+    metrics, details = [], {}
+    for sname in ("test", "validation"):
+        rs = [x for x in recs if x["split"] == sname]
+        cl = np.array([x["patient"] for x in rs])
+        what = ("patient-split test" if sname == "test" else "validation split (best epoch chosen here)") + \
+            f" ({len(set(cl))} patients), on each crop's own grid"
+        det = {"n": len(rs), "patients": int(len(set(cl)))}
+        for key, name, absval in (("dice", "Dice", False), ("volume_error_pct", "volume_error_pct", False),
+                                  ("volume_error_pct", "abs_volume_error_pct", True), ("hd95_mm", "HD95_mm", False)):
+            v = np.array([x[key] for x in rs], float)
+            v = np.abs(v) if absval else v
+            ok = np.isfinite(v)
+            fn = np.median if key != "dice" else np.mean
+            val_ = float(fn(v[ok]))
+            ci = E.bootstrap_ci(lambda a: float(fn(a)), v[ok], clusters=cl[ok], seed=len(metrics) + 1)
+            label = {"dice": "mean", "volume_error_pct": "median", "hd95_mm": "median"}[key]
+            metrics.append(E.metric(name, val_, ci, int(ok.sum()), what + f", {label} per nodule"
+                                    + ("" if ok.all() else f"; {int((~ok).sum())} undefined (empty mask) left out"),
+                                    "nodule"))
+            det[name] = {"value": val_, "ci95": ci, "undefined": int((~ok).sum())}
+        details[sname] = det
+    card = {
+        "schema_version": 1, "id": MODEL_ID,
+        "name": "Lung nodule segmentation around a clicked point (3D UNet, 32 mm window at 1 mm)",
+        "version": "1.0.0", "task": "segmentation", "modality": ["CT"], "body_part": "CHEST",
+        "spatial_dims": 3, "architecture": ARCH, "input": input_block(args.design),
+        "output": {"activation": "softmax"}, "labels": LABELS, "gradcam_layer": None,
+        "not_for_clinical_use": True, "metrics": metrics,
+        "metrics_ci": "percentile cluster bootstrap resampling whole patients (imaging_assist.evaluation."
+                      "bootstrap_ci; 2,000 resamples); Dice mean per nodule, volume error and HD95 median per nodule",
+        "data": {"training": f"LIDC-IDRI nodule crops (shared/data/ct/lidc_nodule_vois, readers' consensus masks): "
+                             f"{counts['train']['nodules']} nodules of {counts['train']['patients']} patients",
+                 "validation": f"{counts['validation']['nodules']} nodules / {counts['validation']['patients']} patients (best epoch)",
+                 "test": f"{counts['test']['nodules']} nodules / {counts['test']['patients']} patients never seen in training",
+                 "splits": counts,
+                 "split_rule": "70/15/15 by patient_id, stratified by the readers' majority malignant, seed 0 "
+                               "(the same split as ct-nodule-malignancy)"},
+        "license": "Weights: BSD-2-Clause (this project). Training data: LIDC-IDRI (TCIA), CC BY 3.0 "
+                   "(Armato et al., Med Phys 38(2), 2011; doi:10.7937/K9/TCIA.2015.LO9QL9SX)",
+        "intended_use": "Research, teaching and software demonstration: outlines a lung nodule that a reader "
+                        "points at on CT, for volume and diameters. NOT FOR CLINICAL USE: not a diagnosis, not "
+                        "validated on any population; no detection (it segments only around a given point).",
+        "limitations": [
+            "Trained on LIDC-IDRI nodules >= 3 mm marked by readers; the masks are the crops' consensus masks, not "
+            "a pathology outline; other scanners, contrast, slice thickness and reconstruction kernels shift results.",
+            "The window is 32 mm: nodules larger than about 30 mm are cut off at its edge and their volume is underestimated.",
+            "The training crops are tight (as thin as 2 slices along z); the truth outside a crop is unknown, so the loss "
+            "and the validation use only voxels inside the crop.",
+            "No detection: a click away from a nodule should give an empty mask, but this was not trained with "
+            "nodule-free windows (none exist in the data)."],
+        "training": {"script": "scripts/train_ct_nodule_seg.py", "seed": args.seed, "device": train_device,
+                     "design": args.design, "epochs": info["epochs_run"], "best_epoch": info["best_epoch"],
+                     "batch_size": args.batch_size, "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
+                     "loss": "cross-entropy + soft Dice on the valid voxels",
+                     "augmentation": "click jitter +-4 mm, flips of each axis, in-plane transposition, random narrowing "
+                                     "of the validity", "train_seconds": round(train_s, 1)},
+        "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
+                  "predictions": "predictions.csv"},
+    }
+    card = {k: v for k, v in card.items() if v is not None}
+    if args.evaluate_only:
+        card = T.keep_card_fields(card, out)
+    from imaging_assist.models.build import save_model_folder
+
+    save_model_folder(out, card, net)
+    T.write_json(out / "metrics.json", {"model": MODEL_ID, "metrics": metrics, "details": details,
+                                        "splits": counts, "training": card["training"]})
+    t = details["test"]
+    print(f"test Dice {t['Dice']['value']:.4f} {t['Dice']['ci95']}; median |volume error| "
+          f"{t['abs_volume_error_pct']['value']:.1f}%; HD95 {t['HD95_mm']['value']:.2f} mm; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
