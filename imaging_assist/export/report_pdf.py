@@ -242,13 +242,19 @@ def item_views(item: dict, volume, base_dir=None, result=None) -> list[dict]:
             window += f"; image left {o['left']}, right {o['right']}, top {o['top']}, bottom {o['bottom']}"
     aspect = _aspect(volume)
     lm = getattr(result, "label_map", None) if result is not None else None
-    if lm is None and item.get("task") == "segmentation":
+    if lm is None and item.get("task") in ("segmentation", "nodule"):
         lm = _read_array(base, item.get("label_map"), "labels")
+    # CT nodules: one key view per nodule, on its slice of largest area; else the label map's
+    key_slices = [(int(x["key_slice"]), f"Nodule {x.get('id')}") for x in item.get("nodules") or []
+                  if x.get("found") and x.get("key_slice") is not None] if item.get("task") == "nodule" else []
     if lm is not None and lm.shape[0] == n:
         counts = (lm > 0).reshape(n, -1).sum(1)
         k = int(np.argmax(counts)) if counts.max(initial=0) > 0 else n // 2
         labels = item.get("labels") or {}
         names = labels if isinstance(labels, dict) else {str(i): x for i, x in enumerate(labels)}
+    for k, title in ((key_slices or [(k, "")]) if lm is not None and lm.shape[0] == n else []):
+        if not 0 <= k < n:
+            continue
         present = sorted(int(v) for v in np.unique(lm[k]) if v > 0)
         views.append({
             "kind": "labels", "slice": k, "n_slices": n, "window": window, "aspect": aspect,
@@ -256,7 +262,7 @@ def item_views(item: dict, volume, base_dir=None, result=None) -> list[dict]:
             "overlay": overlay_rgb(volume.array[k], label_slice=lm[k], volume=volume, k=k),
             "legend": [{"value": v, "name": names.get(str(v), f"label {v}"), "color": label_color(v)}
                        for v in present],
-            "title": f"Label map, slice {k + 1} of {n}" if n > 1 else "Label map"})
+            "title": (f"{title}, " if title else "Label map, ") + f"slice {k + 1} of {n}" if n > 1 else "Label map"})
     hms = list(item.get("heatmaps") or [])
     res_hms = list(getattr(result, "heatmaps", None) or []) if result is not None else []
     for i, h in enumerate(hms):
@@ -585,8 +591,36 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
         "withheld_reason": _withheld_reason(it),
         "quality": str((it.get("quality") or {}).get("text") or "") if isinstance(it.get("quality"), dict) else "",
         "research_override": it.get("research_override"),
+        "nodules": _nodule_rows(it),
     }
     return key, header, entry
+
+
+def _nodule_rows(item: dict) -> list[dict]:
+    """CT nodules (imaging_assist/nodules): one row per point analysed."""
+    rows = []
+    for x in item.get("nodules") or []:
+        if not isinstance(x, dict):
+            continue
+        f = lambda v, fmt: "-" if v is None else format(float(v), fmt)  # noqa: E731
+        dec = x.get("decision") if isinstance(x.get("decision"), dict) else {}
+        if x.get("p_malignant") is None:
+            mal = "-"
+        elif dec.get("withheld"):
+            mal = f"{float(x['p_malignant']):.2f} (decision withheld)"
+        else:
+            t = x.get("threshold")
+            mal = f"{float(x['p_malignant']):.2f}" + (
+                "" if t is None else f" {'>=' if float(x['p_malignant']) >= float(t) else '<'} {float(t):g}")
+        c = x.get("center_lps") or x.get("point_lps") or []
+        rows.append({"id": str(x.get("id")), "found": bool(x.get("found")), "reason": str(x.get("reason") or ""),
+                     "where": ", ".join(f"{float(v):.1f}" for v in c),
+                     "volume": f(x.get("volume_mm3"), ",.0f"),
+                     "axes": "-" if x.get("long_axis_mm") is None else
+                     f"{float(x['long_axis_mm']):.1f} x {float(x['short_axis_mm']):.1f}",
+                     "hu": f(x.get("mean_hu"), ".0f"), "density": str(x.get("density") or "-"),
+                     "malignancy": mal})
+    return rows
 
 
 def _s(v) -> str:
@@ -1024,6 +1058,18 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
                                                  "the input is outside what this model was trained on") + ".")
         if foot:
             doc.para(" ".join(foot), 7.5, False, (70, 70, 70))
+    if e.get("nodules"):
+        doc.need(8 + 6 * (1 + len(e["nodules"])))
+        doc.para("Nodules", 9.5, True)
+        doc.table(["Nodule", "Centre (LPS mm)", "Volume (mm³)", "Long x short (mm)", "Mean HU", "Density",
+                   "Malignant (threshold)"],
+                  [[r["id"], r["where"], r["volume"], r["axes"], r["hu"], r["density"], r["malignancy"]]
+                   if r["found"] else [r["id"], r["where"], "not found", "", "", "", r["reason"]]
+                   for r in e["nodules"]], [16, 34, 20, 26, 16, 20, 50])
+        doc.para("Diameters: longest in-plane diameter on the axial slice of largest area and the longest "
+                 "perpendicular to it (Fleischner / Lung-RADS). Density: an impression from HU, not a "
+                 "reader's call. Malignant: the model's likelihood that the LIDC readers' majority would "
+                 "call it malignant, not pathology.", 7.5, False, (70, 70, 70))
     if e.get("sizes"):
         s = e["sizes"]
         doc.need(8 + 6 * (1 + len(s["values"])))
