@@ -120,8 +120,11 @@ class _Models:
         first, by id."""
         from .models.matching import SeriesFacts, match_card, series_facts
 
+        from .nodules.run import is_nodule_model
+
         facts = series_facts(vol, series) if vol is not None else SeriesFacts.from_series(series)
-        fits = [e for e in self.entries if match_card(e.card, facts).ok]
+        # the CT nodule models run at a point (nodules.analysis.analyze_at), not on a whole series
+        fits = [e for e in self.entries if match_card(e.card, facts).ok and not is_nodule_model(e.card)]
         return sorted(fits, key=lambda e: (e.card.task != "segmentation", e.card.id))
 
     def load(self, card):
@@ -214,6 +217,50 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     return d, notes
 
 
+def nodule_points() -> dict:
+    """{series UID: [{"id", "point_lps", ...}]}: the demo's nodules, from the LIDC readers' XML
+    (written by scripts/make_demo_data.py beside the demo folder)."""
+    p = Path(demo_root()).parent / "nodule_points.json"
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _nodules(models: _Models, series, vol, out: Path, tag: str, entry: dict, captured: dict) -> None:
+    """The CT nodule models at the demo series' nodules (nodule_points.json), when registered."""
+    from .models.matching import match_card, series_facts
+    from .nodules.analysis import MALIGNANCY_MODEL
+    from .nodules.run import analyze_points, item_dict
+
+    pts = nodule_points().get(series.uid) or []
+    card = next((e.card for e in models.entries if e.card.id == MALIGNANCY_MODEL), None)
+    if not pts:
+        return
+    if card is None:
+        entry["notes"].append(f"{MALIGNANCY_MODEL} is not registered: the nodule of this series is not analysed")
+        return
+    m = match_card(card, series_facts(vol, series))
+    if not m.ok:
+        entry["notes"].append(f"{card.id}: {m.reason}")
+        return
+    try:
+        run = analyze_points(vol, [(p.get("id"), p["point_lps"]) for p in pts], explain=True)
+        d = item_dict(run, vol, out, f"{tag}_{card.id}", card,
+                      series_source(vol, f"{demo_root()} (series {series.uid})"), "series")
+        d["points_from"] = "the LIDC readers' nodule (centre of their >=2-of-4 consensus), nodule_points.json"
+    except UserError as ex:
+        entry["notes"].append(f"{card.id}: {_one_line(ex)}")
+        return
+    except Exception as ex:  # noqa: BLE001 - one line, never a traceback
+        entry["notes"].append(f"{card.id} failed: {type(ex).__name__}: {_one_line(ex)}")
+        return
+    from .export.report_pdf import capture
+
+    captured[len(captured)] = capture(d, vol, out, run)
+    entry["analyses"].append(d)
+
+
 def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = True) -> dict:
     """Load every demo series, run the matching models, write report.json and key images."""
     from .dicom import load_series, scan
@@ -266,6 +313,7 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
                     entry["notes"].append(f"{e.card.id}: {_one_line(ex)}")
                 except Exception as ex:  # noqa: BLE001 - one line, never a traceback
                     entry["notes"].append(f"{e.card.id} failed: {type(ex).__name__}: {_one_line(ex)}")
+            _nodules(models, s, vol, out_dir, tag, entry, captured)
         report["series"].append(entry)
     if models is not None:
         report["models"] = models.summary()
@@ -296,6 +344,10 @@ def _json_default(o):
 # =========================================================================== printing
 def analysis_lines(d: dict) -> list[str]:
     """One line per finding / structure / heat map of a results.json item."""
+    if d.get("nodules") is not None:
+        from .nodules.run import summary_lines
+
+        return summary_lines(d)
     lines = []
     decision = d.get("decision") or {}
     if decision.get("text"):  # most likely class first, decisions with their test-split figures

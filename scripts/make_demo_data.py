@@ -4,6 +4,8 @@
 * CT: a decimated copy of the Philips head phantom (BSD-2, Chris Rorden's dcm_qa_ct):
   every 5th slice, 256x256 (2x2 mean), RLE Lossless; geometry attributes are rewritten to
   match, UIDs are derived deterministically, the pixel values keep their HU meaning.
+* CT chest: LIDC-IDRI-0001's 16-slice slab (TCIA, CC BY 3.0) cropped in-plane to 256x256
+  around the left lung and its nodule, RLE Lossless, geometry kept (``ct_chest_nodule``).
 * Chest X-rays (CR Image Storage, 8-bit MONOCHROME2, the source JPEG's pixels unchanged):
   two paediatric images of the ORIGINAL TEST split of Kermany et al. (CC BY 4.0; never trained
   on by cxr-pneumonia) and two adult PA images of the ieee8023 COVID-19 collection whose
@@ -18,7 +20,7 @@ source, so a re-run gives the same files.  No pixel spacing is written for the X
 the ultrasound: it is not known (areas are then in pixels).  Attribution:
 imaging_assist/data/licenses/DEMO_ATTRIBUTION.md.
 
-Usage: scripts/make_demo_data.py [SHARED_DATA] [--parts ct,cxr,us] [--busi-out DIR]
+Usage: scripts/make_demo_data.py [SHARED_DATA] [--parts ct,nodule,cxr,us] [--busi-out DIR]
 """
 
 import argparse
@@ -81,6 +83,65 @@ def ct_phantom():
     shutil.copy(os.path.join(SHARED, "dicom", "ct_head_phantom_philips", "LICENSE_dcm_qa_ct.txt"),
                 os.path.join(lic, "demo_ct_head_phantom_LICENSE_dcm_qa_ct.txt"))
     print(f"CT demo: {len(dss[::5])} slices in {dst}")
+
+
+# =========================================================================== CT chest, nodule
+NODULE_CROP = (180, 200, 256)  # first row, first column, size: the left lung with the nodule
+
+
+def ct_chest_nodule():
+    """LIDC-IDRI-0001's 16-slice slab (../shared/data/ct/lidc_idri_0001_slab), cropped in-plane
+    to 256x256 around the left lung and its nodule, RLE Lossless.  ImagePositionPatient moves
+    to the crop's first pixel, so every voxel keeps its patient (LPS) position and HU value.
+    The readers' nodule (centre of the >=2-of-4 consensus of annotations_69.xml, computed on
+    the original slab) goes to imaging_assist/data/nodule_points.json for the demo."""
+    import json
+
+    sys.path.insert(0, ROOT)
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.nodules import lidc_xml
+
+    src = os.path.join(SHARED, "ct", "lidc_idri_0001_slab")
+    dss = [pydicom.dcmread(f) for f in glob.glob(os.path.join(src, "*.dcm"))]
+    dss.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    dst = os.path.join(OUT, "ct_chest_nodule")
+    os.makedirs(dst, exist_ok=True)
+    r0, c0, n = NODULE_CROP
+    series_uid = _uid("lidc-0001-series")
+    study_uid = _uid("lidc-0001-study")
+    for k, ds in enumerate(dss):
+        ps = [float(x) for x in ds.PixelSpacing]  # row spacing, column spacing
+        iop = np.array([float(x) for x in ds.ImageOrientationPatient])
+        ipp = np.array([float(x) for x in ds.ImagePositionPatient])
+        ipp = ipp + c0 * ps[1] * iop[:3] + r0 * ps[0] * iop[3:]
+        ds.PixelData = np.ascontiguousarray(ds.pixel_array[r0:r0 + n, c0:c0 + n]).tobytes()
+        ds.Rows, ds.Columns = n, n
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in ipp]
+        ds.PatientName, ds.PatientID = "DEMO^LIDC^0001", "DEMO-LIDC-IDRI-0001"
+        ds.PatientIdentityRemoved = "YES"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.SOPInstanceUID = _uid("lidc-0001", k)
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesDescription = "DEMO chest CT with a lung nodule (LIDC-IDRI-0001, cropped)"
+        ds.InstanceNumber = k + 1
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.DerivationDescription = (f"LIDC-IDRI-0001 (TCIA, CC BY 3.0): rows {r0}-{r0 + n - 1}, columns "
+                                    f"{c0}-{c0 + n - 1} of the original 512x512, RLE lossless (Imaging Assist demo)")
+        for kw in ("LargestImagePixelValue", "SmallestImagePixelValue"):
+            if kw in ds:
+                del ds[kw]
+        ds.compress(RLELossless, generate_instance_uid=False)
+        ds.save_as(os.path.join(dst, f"ct_chest_{k + 1:02d}.dcm"), enforce_file_format=True)
+    vol = load_series(scan(src).all_series()[0])
+    nods = lidc_xml.load_for_volume(os.path.join(src, "annotations_69.xml"), vol)
+    points = [{"id": f"LIDC-IDRI-0001 {nd.id}",
+               "point_lps": [round(float(v), 3) for v in lidc_xml.centre_lps(lidc_xml.consensus_mask(nd), vol)],
+               "readers": nd.n_readers, "malignancy_ratings": nd.ratings("malignancy"),
+               "source": "centre of the >=2-of-4 reader consensus of LIDC annotations_69.xml"}
+              for nd in nods]
+    with open(os.path.join(ROOT, "imaging_assist", "data", "nodule_points.json"), "w") as f:
+        json.dump({series_uid: points}, f, indent=2)
+    print(f"CT chest nodule demo: {len(dss)} slices in {dst}, {len(points)} nodule point(s)")
 
 
 # =========================================================================== 2D images
@@ -314,7 +375,7 @@ def licences() -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Build the bundled demo study")
     ap.add_argument("shared", nargs="?", default=SHARED, help="the shared data folder (../shared/data)")
-    ap.add_argument("--parts", default="ct,cxr,us", help="comma list of ct, cxr, us (default: all)")
+    ap.add_argument("--parts", default="ct,nodule,cxr,us", help="comma list of ct, nodule, cxr, us (default: all)")
     ap.add_argument("--busi-out", metavar="DIR", help="also write BUSI images as DICOM US to DIR "
                     "(local use only: not redistributable as far as we know)")
     a = ap.parse_args()
@@ -322,6 +383,8 @@ if __name__ == "__main__":
     parts = set(a.parts.split(","))
     if "ct" in parts:
         ct_phantom()
+    if "nodule" in parts:
+        ct_chest_nodule()
     if "cxr" in parts:
         chest_xrays()
     if "us" in parts:

@@ -128,11 +128,39 @@ def test_ct_uids_are_deterministic():
 def test_attribution_and_size():
     text = (LICENSES / "DEMO_ATTRIBUTION.md").read_text()
     for must in ("10.17632/rscbjbr9sj.2", "CC BY 4.0", "arXiv:2003.11597", "GeneralBlockchain",
-                 "could not be confirmed", "synthetic", "cxr_04_pa.dcm", "us_02_breast.dcm"):
+                 "could not be confirmed", "synthetic", "cxr_04_pa.dcm", "us_02_breast.dcm",
+                 "LIDC-IDRI", "CC BY 3.0", "10.7937/K9/TCIA.2015.LO9QL9SX", "ct_chest_01..16.dcm"):
         assert must in text, must
     assert (LICENSES / "demo_ct_head_phantom_LICENSE_dcm_qa_ct.txt").is_file()
     size = sum(p.stat().st_size for p in (ROOT / "imaging_assist" / "data").rglob("*") if p.is_file())
-    assert size < 4 * 1024**2  # "a few MB"
+    assert size < 5 * 1024**2  # "a few MB" (head phantom 2.4 MB, LIDC nodule CT 1.4 MB, X-rays, US)
+
+
+def test_ct_chest_nodule_copy_keeps_geometry_and_hu():
+    """The demo's LIDC crop: same HU at the same patient position as the real slab, and the
+    demo's nodule point is the readers' consensus centre on the original slab."""
+    from imaging_assist.demo import nodule_points
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.nodules import lidc_xml
+
+    slab_dir = need(SHARED / "ct" / "lidc_idri_0001_slab")
+    src = load_series(scan(str(slab_dir)).all_series()[0])
+    (s,) = scan(str(DEMO / "ct_chest_nodule")).image_series()
+    demo = load_series(s)
+    mk = make_demo_module()
+    r0, c0, n = mk.NODULE_CROP
+    assert demo.shape == (16, n, n)
+    np.testing.assert_array_equal(demo.array, src.array[:, r0:r0 + n, c0:c0 + n])
+    assert np.allclose(demo.index_to_lps(0, 0, 0), src.index_to_lps(c0, r0, 0), atol=1e-3)
+    assert np.allclose(demo.affine[:3, :3], src.affine[:3, :3])
+    for f in demo_files("ct_chest_nodule"):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+        assert str(ds.PatientName).startswith("DEMO^") and "LIDC-IDRI" in ds.DerivationDescription
+    (pt,) = nodule_points()[s.uid]
+    (nod,) = lidc_xml.load_for_volume(slab_dir / "annotations_69.xml", src)
+    want = lidc_xml.centre_lps(lidc_xml.consensus_mask(nod), src)
+    assert np.allclose(pt["point_lps"], want, atol=1e-2)
 
 
 def test_scanner_indexes_the_demo_series():
@@ -142,14 +170,15 @@ def test_scanner_indexes_the_demo_series():
     index = scan(demo_root())
     assert index.problems == []
     series = index.image_series()
-    assert collections.Counter(s.modality for s in series) == {"CR": 4, "US": 2, "CT": 1}
+    assert collections.Counter(s.modality for s in series) == {"CR": 4, "US": 2, "CT": 2}
     by_desc = {s.description: s for s in series}
     assert by_desc["DEMO head phantom (decimated)"].n_instances == 28
+    assert by_desc["DEMO chest CT with a lung nodule (LIDC-IDRI-0001, cropped)"].n_instances == 16
     for s in series:
         if s.modality in ("CR", "US"):
             assert s.n_instances == 1 and s.body_part == {"CR": "CHEST", "US": "BREAST"}[s.modality]
     names = [p.name for p in index.patients]
-    assert names[0] == "DEMO^CHEST-1^PAEDIATRIC" and len(names) == 7
+    assert names[0] == "DEMO^CHEST-1^PAEDIATRIC" and len(names) == 8
     assert (series[0].rows, series[0].cols) == (224, 224)
 
 
@@ -246,7 +275,7 @@ def test_headless_demo_runs_the_matching_models(tmp_path, toy_models, capsys):
     assert "Traceback" not in r.out + r.err
     assert f"Report written to {out / 'report.json'}" in r.out
     rep = json.loads((out / "report.json").read_text())
-    assert rep["not_for_clinical_use"] is True and len(rep["series"]) == 7
+    assert rep["not_for_clinical_use"] is True and len(rep["series"]) == 8
     assert Path(rep["attribution"]).is_file() and "sources and licences" in r.out
     models = {m["id"]: m for m in rep["models"]}
     assert models["toy-pneumonia"]["sha256_verified"] and "sha256" in models["toy-corrupt"]["error"]
@@ -254,9 +283,10 @@ def test_headless_demo_runs_the_matching_models(tmp_path, toy_models, capsys):
     for s in rep["series"]:
         by_mod[s["modality"]].append(s)
         assert Path(s["key_image"]).is_file()
-    # CT: no test model fits -> one note, no analysis
-    (ct,) = by_mod["CT"]
-    assert ct["analyses"] == [] and any("no registered model fits" in n for n in ct["notes"])
+    # CT: no test model fits -> one note, no analysis (the nodule models are not in this registry)
+    assert len(by_mod["CT"]) == 2
+    for ct in by_mod["CT"]:
+        assert ct["analyses"] == [] and any("no registered model fits" in n for n in ct["notes"])
     for s in by_mod["CR"]:
         rows, cols = s["shape"][1:]
         got = {d["model"]: d for d in s["analyses"]}
@@ -310,10 +340,10 @@ def test_headless_demo_without_models_still_shows_the_series(tmp_path):
     empty = tmp_path / "none"
     empty.mkdir()
     rep = run_headless(str(tmp_path / "out"), registry=Registry(sources=[(empty, "added")]))
-    assert len(rep["series"]) == 7 and all(s["analyses"] == [] for s in rep["series"])
+    assert len(rep["series"]) == 8 and all(s["analyses"] == [] for s in rep["series"])
     assert any("no models are registered" in n for n in rep["notes"])
-    ct = next(s for s in rep["series"] if s["modality"] == "CT")
-    assert ct["shape"] == [28, 256, 256]
+    shapes = sorted(s["shape"] for s in rep["series"] if s["modality"] == "CT")
+    assert shapes == [[16, 256, 256], [28, 256, 256]]
     cr = next(s for s in rep["series"] if s["modality"] == "CR")
     assert any("no pixel spacing" in w for w in cr["warnings"])
 
@@ -339,8 +369,11 @@ def test_real_models_headless(tmp_path):
     for s in index.image_series():
         facts = series_facts(load_series(s), s)
         want[s.key] = {e.card.id for e in shipped if match_card(e.card, facts).ok}
-    # weights/ ships with the project: the chest X-rays and the breast US must be analysed
-    assert sum(bool(v) for v in want.values()) == 6, want
+        if want[s.key] & {"ct-nodule-seg", "ct-nodule-malignancy"}:
+            # the nodule workflow runs both at the readers' nodule: one item, under the classifier
+            want[s.key] = (want[s.key] - {"ct-nodule-seg"}) | {"ct-nodule-malignancy"}
+    # weights/ ships with the project: the chest X-rays, the breast US and the nodule CT
+    assert sum(bool(v) for v in want.values()) == 7, want
     out = tmp_path / "out"
     rep = run_headless(str(out), registry=reg, device="cpu")
     for s in rep["series"]:
@@ -351,7 +384,11 @@ def test_real_models_headless(tmp_path):
             assert "error" not in d
             for k in d["key_images"]:
                 assert Image.open(out / k).size == (cols, rows)
-            if d["task"] == "classification":
+            if d["task"] == "nodule":  # the readers' nodule is found and measured
+                (nd,) = d["nodules"]
+                assert nd["found"], nd["reason"]
+                assert 0.0 <= nd["p_malignant"] <= 1.0 and (out / d["label_map"]).is_file()
+            elif d["task"] == "classification":
                 assert abs(sum(d["probabilities"].values()) - 1) < 1e-4
             else:
                 assert np.array(Image.open(out / d["label_map_png"])).shape == (rows, cols)
