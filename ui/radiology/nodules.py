@@ -122,6 +122,7 @@ class Nodule:
     center_kji: tuple[float, float, float]
     heat_flag: str = ""
     shape: tuple = ()              # the volume grid it was made on
+    card: object = None            # the malignancy model's card (exports)
     added_at: float = field(default_factory=time.time)
 
     @property
@@ -182,21 +183,84 @@ def operating_point_line(r) -> str:
     return (("test split: " if op.get("test") else "") + text) if text else ""
 
 
-def sanity_flag() -> str:
+_CARD: list = []  # the malignancy model's card, read once (by the worker)
+
+
+def malignancy_card():
+    """The ``ct-nodule-malignancy`` card (threshold, sanity record, export metadata)."""
+    if not _CARD:
+        from imaging_assist.models.registry import Registry
+        from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
+
+        card = Registry().get(MALIGNANCY_MODEL).card
+        if card is None:
+            return None
+        _CARD.append(card)
+    return _CARD[0]
+
+
+def sanity_flag(card) -> str:
     """The malignancy model's recorded Grad-CAM sanity check, as the model runs quote it
     (:func:`imaging_assist.explain.sanity.sanity_warning`): a warning when it failed, a note when
     none was recorded, "" when it passed."""
     from imaging_assist.explain.sanity import recorded_sanity, sanity_warning
-    from imaging_assist.models.registry import Registry
-    from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
 
-    card = Registry().get(MALIGNANCY_MODEL).card
     if card is None:
         return ""
     w = sanity_warning(card, "gradcam")
     if w:
         return w
     return "" if "gradcam" in recorded_sanity(card) else "note: no Grad-CAM sanity check recorded for " + card.id
+
+
+class GuiNoduleRun:
+    """The nodules of one series as the exporters take a run (``imaging_assist.nodules.run.
+    NoduleRun``'s fields, plus ``to_dict`` for the DICOM plan, which reads items from results)."""
+
+    def __init__(self, nodules, label_map, heatmaps, item):
+        self.nodules, self.label_map, self.heatmaps, self.region_map = nodules, label_map, heatmaps, None
+        self.item = item
+
+    def to_dict(self) -> dict:
+        return dict(self.item)
+
+
+def nodule_run(vol, nods: list, card) -> GuiNoduleRun:
+    """The series' nodules as a run and its results.json item, as ``analyze --at`` writes them
+    (:func:`imaging_assist.nodules.run.item_dict`) but without files: the GUI exports take the
+    arrays from memory.  Label value n = the n-th nodule of the list."""
+    from imaging_assist.inference.results import HeatMap
+    from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
+    from imaging_assist.nodules.run import tracking_uid
+
+    shape = tuple(vol.array.shape[:3])
+    lm = np.zeros(shape, np.uint8)
+    hms = []
+    d = {"source": vol.source_paths[0] if vol.source_paths else "", "kind": "series",
+         "model": card.id, "model_version": card.version, "task": "nodule",
+         "series_uid": vol.series_uid or None, "description": vol.description,
+         "has_geometry": bool(vol.has_geometry), "shape": list(vol.shape),
+         "spacing_mm": [float(x) for x in vol.spacing], "labels": {"0": "background"},
+         "nodules": [], "heatmaps": [], "key_images": [], "warnings": list(dict.fromkeys(vol.warnings))}
+    for v, n in enumerate(nods[:255], 1):
+        r = n.result
+        lm[n.box][n.mask] = v
+        d["labels"][str(v)] = f"nodule {r.id}"
+        nd = r.to_dict()
+        nd.update(label_value=v, tracking_uid=tracking_uid(vol.series_uid, r.id, r.center_lps),
+                  key_slice=int((r.measurements or {}).get("largest_slice", round(n.center_kji[0]))))
+        d["nodules"].append(nd)
+        if getattr(r, "heatmap", None) is not None:
+            hm = HeatMap(label=f"malignant {r.id}", method="gradcam", array=r.heatmap,
+                         params={"model": MALIGNANCY_MODEL, "nodule": r.id},
+                         warnings=[w for w in r.warnings if "sanity check" in str(w).lower()])
+            hms.append(hm)
+            h = hm.to_dict()
+            k = n.box[0].start + int(np.argmax(n.heat.reshape(n.heat.shape[0], -1).max(1))) \
+                if n.heat is not None else int(round(n.center_kji[0]))
+            h.update(key_slice=k, nodule=r.id)
+            d["heatmaps"].append(h)
+    return GuiNoduleRun([n.result for n in nods], lm, hms, d)
 
 
 class _Bridge(QObject):
@@ -225,14 +289,15 @@ def _analyze_job(volume, point_lps, nodule_id, token, bridge):
                 hm = None if heat is None else np.ascontiguousarray(heat[box])
                 if hm is not None:
                     hm[~np.isfinite(hm)] = 0.0
-                if hm is not None:
-                    try:
-                        flag = sanity_flag()
-                    except Exception as e:  # noqa: BLE001 - unknown is said, never taken as passed
-                        flag = f"note: the Grad-CAM sanity check could not be read ({type(e).__name__})"
-                    if flag and flag not in r.warnings:
-                        r.warnings.append(flag)
-                status, payload = "done", (r, box, np.ascontiguousarray(mask[box]), hm)
+                card = None
+                try:
+                    card = malignancy_card()
+                    flag = sanity_flag(card) if hm is not None else ""
+                except Exception as e:  # noqa: BLE001 - unknown is said, never taken as passed
+                    flag = f"note: the Grad-CAM sanity check could not be read ({type(e).__name__})"
+                if flag and flag not in r.warnings:
+                    r.warnings.append(flag)
+                status, payload = "done", (r, box, np.ascontiguousarray(mask[box]), hm, card)
     except UserError as e:
         payload = one_line(e)
     except Exception as e:  # noqa: BLE001 - one line in the panel, details in the log
@@ -458,7 +523,7 @@ class NoduleTool(QObject):
         vol, key = ctx["volume"], ctx["key"]
         dt = time.perf_counter() - ctx["t0"]
         if status == "done":
-            r, box, mask, heat = payload
+            r, box, mask, heat, card = payload
             again = ctx["again"] or self._existing_after(key, r, vol)
             number = again.number if again is not None else ctx["number"]
             if again is None:
@@ -466,7 +531,7 @@ class NoduleTool(QObject):
             c = getattr(r, "center_lps", None)
             center = self.lps_to_kji(c, vol) if c is not None else tuple(
                 float(s.start + x) for s, x in zip(box, np.argwhere(mask).mean(axis=0)))
-            n = Nodule(number, r, key, box, mask, heat, center, heat_flag(r), tuple(vol.array.shape[:3]))
+            n = Nodule(number, r, key, box, mask, heat, center, heat_flag(r), tuple(vol.array.shape[:3]), card)
             lst = self.by_series.setdefault(key, [])
             if again is not None and again in lst:
                 lst[lst.index(again)] = n
@@ -484,7 +549,12 @@ class NoduleTool(QObject):
             self.analysed.emit(n)
         elif status == "none":
             reason = one_line(getattr(payload, "reason", "") or "")
-            text = f"No nodule found at {self._lps_text(ctx['lps'])}" + (f": {reason}" if reason else ".")
+            where = self._lps_text(ctx["lps"])
+            if not reason or reason.lower().startswith("no nodule found"):
+                rest = reason.split(":", 1)[1].strip() if ":" in reason else ""
+                text = f"No nodule found at {where}" + (f": {rest}" if rest else ".")
+            else:  # refused (not a CT in HU, point outside the series...): not "no nodule"
+                text = f"Not analysed at {where}: {reason}"
             self._say(text, "warn")
             self._finish_busy()
             self.noneFound.emit(text)
@@ -509,19 +579,28 @@ class NoduleTool(QObject):
         c = getattr(r, "center_lps", None)
         return None if c is None else self._existing_at(vol, c)
 
-    def _log_run(self, vol, n: Nodule) -> None:
-        """Hand the nodule to the session's run log for the report and DICOM exports."""
+    def _log_run(self, vol, n: Nodule | None = None) -> None:
+        """The series' nodules into the session's run log (the report and the DICOM export read
+        it): one run of the malignancy model per series, its key views taken now."""
         try:
-            from ..ai.session_runs import session_runs
+            from imaging_assist.export.report_pdf import capture
+            from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
+
+            from ..ai.session_runs import Run, session_runs
 
             log_ = session_runs(self.w)
-            add = getattr(log_, "add_nodules", None)
-            if add is not None:
-                add(vol, [x.result for x in self.by_series.get(n.series, [])])
+            key = (series_key(vol), MALIGNANCY_MODEL)
+            nods = [x for x in self._series_nodules(vol) if x.card is not None]
+            if not nods:
+                log_.runs.pop(key, None)
+                return
+            card = nods[-1].card
+            run = nodule_run(vol, nods, card)
+            log_.runs[key] = Run(run, run.item, card, capture(run.item, vol, result=run))
         except Exception as e:  # noqa: BLE001 - exports are secondary: say it, keep the nodule
-            log.debug("the run log did not take the nodule", exc_info=True)
-            self._say(f"{n.id}: not added to the report/DICOM exports ({type(e).__name__}: {one_line(e)})",
-                      "warn")
+            log.debug("the run log did not take the nodules", exc_info=True)
+            self._say(f"{n.id if n else 'Nodules'}: not added to the report/DICOM exports "
+                      f"({type(e).__name__}: {one_line(e)})", "warn")
 
     # ================================================================== layers and list
     # One label layer and one heat-map layer per series, whose arrays are edited inside each
@@ -581,7 +660,7 @@ class NoduleTool(QObject):
             # Grad-CAM display as the AI panel shows it (ui/ai/model_support.heat_display): 0..max,
             # under 20 % hidden; the engine's nodule maps are scaled to 0..1
             hi = max(1e-6, float(n.heat.max()))
-            heat = HeatmapLayer("Nodules: Grad-CAM (malignant)", arr, colormap="jet", opacity=0.45,
+            heat = HeatmapLayer("Nodule Grad-CAM", arr, colormap="jet", opacity=0.45,
                                 vmin=0.0, vmax=hi, threshold=0.2 * hi)
             heat.nodule_layer = "heat"
             heat.flag = ""
@@ -723,22 +802,12 @@ class NoduleTool(QObject):
             lst.remove(n)
         vol = self.doc.volume
         if vol is not None:
-            self._log_run(vol, n) if lst else self._forget_in_log(vol)
             self._erase(vol, n)
+            self._log_run(vol)
             self.list.clear()
             for x in self._series_nodules(vol):
                 self._add_item(x)
         self._say(f"{n.id} deleted.")
-
-    def _forget_in_log(self, vol) -> None:
-        try:
-            from ..ai.session_runs import session_runs
-
-            add = getattr(session_runs(self.w), "add_nodules", None)
-            if add is not None:
-                add(vol, [])
-        except Exception:  # noqa: BLE001
-            log.debug("the run log did not forget the nodules", exc_info=True)
 
     def delete_selected(self) -> None:
         item = self.list.currentItem()
