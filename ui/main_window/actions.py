@@ -26,6 +26,7 @@ SHORTCUTS = [
     ("Navigate tool (MPR: crosshair)", "Esc or V"),
     ("Ruler / ellipse / rectangle / angle", "M / E / B / A"),
     ("Delete selected measurement", "Del"),
+    ("Analyse the nodule under the mouse (CT)", "Shift+click / N"),
     ("Single view / MPR", "Ctrl+1 / Ctrl+3  (toggle: L)"),
     ("Crosshair on/off", "X"),
     ("Overlays on/off", "O"),

@@ -526,6 +526,8 @@ class NoduleTool(QObject):
             r, box, mask, heat, card = payload
             again = ctx["again"] or self._existing_after(key, r, vol)
             number = again.number if again is not None else ctx["number"]
+            if again is not None and getattr(r, "id", None) != again.id:
+                r.id = again.id  # a click beside a listed nodule found that one: keep its id
             if again is None:
                 self._numbers[key] = max(self._numbers.get(key, 0), number)
             c = getattr(r, "center_lps", None)
