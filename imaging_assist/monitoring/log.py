@@ -332,8 +332,9 @@ def _json(v) -> str | None:
                       separators=(",", ":"))
 
 
-def row_from_result(model, volume, res) -> dict:
-    """The ``runs`` row of one finished run."""
+def row_from_result(model, volume, res, pseudonymise: bool = True) -> dict:
+    """The ``runs`` row of one finished run (``pseudonymise=False``: no input keys, for the
+    monitor's reference statistics, which need no site key)."""
     from .. import __version__
 
     card = model.card
@@ -344,7 +345,7 @@ def row_from_result(model, volume, res) -> dict:
     if len(spatial) == 2:
         spatial = (1,) + tuple(spatial)
     sp = getattr(res, "spacing", None)
-    key, pkey = _pseudonyms(volume, res)
+    key, pkey = _pseudonyms(volume, res) if pseudonymise else (None, None)
     ood = getattr(res, "ood", None) or {}
     score, pos, top = _score_and_decision(res)
     areas = None

@@ -1,0 +1,443 @@
+"""Drift monitor: the logged runs of a model, per window, against its training reference.
+
+Per window (``N`` consecutive runs, or ``D`` days):
+
+* input drift: the OOD score and the intensity summary (KS test + PSI against the
+  reference distributions of :mod:`.reference`), the OOD-flag rate (exact binomial test
+  against the rate the reference gives at the card's current threshold), metadata
+  (manufacturer, modality: PSI over categories);
+* output drift: the score distribution (KS + PSI) and the positive rate (binomial test);
+* readers: agreement (agree / (agree + disagree), Wilson 95% interval) and, on the
+  reader-confirmed cases, AUC with a cluster-bootstrap 95% interval by patient
+  (:func:`imaging_assist.evaluation.bootstrap_ci`) and sensitivity/specificity at the
+  card's threshold (:func:`imaging_assist.evaluation.sens_spec_ci`).
+
+An alert is raised when a statistic crosses the thresholds stated in the reference file
+(or the site's ``config_dir()/monitor.json``); windows with fewer than ``min_n`` runs are
+shown, never alerted on.  :func:`monitor` returns the JSON the CLI prints and the GUI plots.
+
+Statistics come from scipy (``ks_2samp``, ``binomtest``); PSI is three lines of numpy
+(no maintained package computes it without pulling a framework in).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import re
+
+import numpy as np
+
+from ..errors import UserError
+from .reference import INPUT_STATS, OUTPUT_STATS, load_reference, thresholds
+
+EPS = 1e-4  # PSI floor for empty bins (the usual convention)
+_COLS = ("id", "time_unix", "model_version", "patient_key", "ood_score", "ood_flagged", "int_mean",
+         "int_std", "int_p50", "score", "positive", "manufacturer", "modality")
+
+
+# --------------------------------------------------------------------------- statistics
+def psi(ref: np.ndarray, cur: np.ndarray, bins: int = 10) -> float:
+    """Population stability index with the reference's quantile bins (open-ended outer bins)."""
+    ref = np.asarray(ref, float)
+    cur = np.asarray(cur, float)
+    if ref.size == 0 or cur.size == 0:
+        return float("nan")
+    edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)[1:-1]))
+    r = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1) / ref.size
+    c = np.bincount(np.searchsorted(edges, cur, side="right"), minlength=len(edges) + 1) / cur.size
+    r, c = np.maximum(r, EPS), np.maximum(c, EPS)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def psi_categories(ref: dict[str, int], cur: dict[str, int]) -> float:
+    keys = sorted(set(ref) | set(cur))
+    nr, nc = sum(ref.values()) or 1, sum(cur.values()) or 1
+    r = np.maximum(np.array([ref.get(k, 0) / nr for k in keys]), EPS)
+    c = np.maximum(np.array([cur.get(k, 0) / nc for k in keys]), EPS)
+    return float(np.sum((c - r) * np.log(c / r)))
+
+
+def _r(v, d=4):
+    return None if v is None or not np.isfinite(v) else round(float(v), d)
+
+
+# --------------------------------------------------------------------------- windows
+def parse_window(text: str | None) -> tuple[str, float]:
+    """``"7d"``/``"7days"`` -> ("days", 7); ``"100"`` -> ("runs", 100); None -> 7 days."""
+    if text is None:
+        return "days", 7.0
+    t = str(text).strip().lower()
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(d|day|days)", t)
+    if m:
+        v = float(m.group(1))
+        if v <= 0:
+            raise UserError("--window: the number of days must be positive")
+        return "days", v
+    if t.isdigit() and int(t) >= 1:
+        return "runs", float(int(t))
+    raise UserError(f"--window {text!r}: give days as e.g. 7d, or a number of runs as e.g. 200")
+
+
+def parse_since(text: str | None) -> float | None:
+    if not text:
+        return None
+    try:
+        d = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise UserError(f"--since {text!r}: give a date as YYYY-MM-DD (or an ISO date-time)") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=_dt.timezone.utc)
+    return d.timestamp()
+
+
+def load_runs(lg, model_id: str, since: float | None = None) -> dict[str, np.ndarray]:
+    sql = f"SELECT {', '.join(_COLS)} FROM runs WHERE model_id = ?"
+    p: list = [model_id]
+    if since is not None:
+        sql += " AND time_unix >= ?"
+        p.append(since)
+    rows = lg.query(sql + " ORDER BY time_unix, id", p)
+    cols = list(zip(*rows)) if rows else [()] * len(_COLS)
+    out = {}
+    for name, col in zip(_COLS, cols):
+        if name in ("model_version", "patient_key", "manufacturer", "modality"):
+            out[name] = np.array(["(none)" if v is None else v for v in col], dtype=object)
+        else:
+            out[name] = np.array([np.nan if v is None else v for v in col], dtype=float)
+    return out
+
+
+def load_feedback(lg, model_id: str, since: float | None = None) -> dict[str, np.ndarray]:
+    """The latest verdict per (run, finding) of this model's runs."""
+    sql = ("SELECT f.run_id, f.finding, f.verdict, f.correct_label, r.time_unix, r.score, r.patient_key, "
+           "r.probabilities FROM feedback f JOIN runs r ON r.id = f.run_id "
+           "WHERE r.model_id = ? AND f.id IN (SELECT MAX(id) FROM feedback GROUP BY run_id, finding)")
+    p: list = [model_id]
+    if since is not None:
+        sql += " AND r.time_unix >= ?"
+        p.append(since)
+    rows = lg.query(sql, p)
+    return {"run_id": np.array([r[0] for r in rows], dtype=float),
+            "finding": np.array([r[1] for r in rows], dtype=object),
+            "verdict": np.array([r[2] for r in rows], dtype=object),
+            "correct_label": np.array([r[3] for r in rows], dtype=object),
+            "time_unix": np.array([r[4] for r in rows], dtype=float),
+            "probabilities": [r[7] for r in rows],
+            "patient_key": np.array([r[6] or f"run{r[0]}" for r in rows], dtype=object)}
+
+
+def _windows(t: np.ndarray, kind: str, size: float) -> list[tuple[int, int]]:
+    """(start, end) index ranges of consecutive windows over time-sorted runs."""
+    n = len(t)
+    if n == 0:
+        return []
+    if kind == "runs":
+        k = int(size)
+        return [(a, min(n, a + k)) for a in range(0, n, k)]
+    span = size * 86400.0
+    w = np.floor((t - t[0]) / span).astype(np.int64)
+    cuts = np.flatnonzero(np.diff(w)) + 1
+    starts = np.r_[0, cuts]
+    ends = np.r_[cuts, n]
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+# --------------------------------------------------------------------------- one window
+def _dist(name, ref_vals, cur, th, kind):
+    from scipy.stats import ks_2samp
+
+    cur = cur[np.isfinite(cur)]
+    d = {"n": int(cur.size), "median": _r(np.median(cur)) if cur.size else None}
+    if ref_vals is None or len(ref_vals) == 0 or cur.size == 0:
+        d.update({"ks_p": None, "psi": None, "alert": False, "note": "no reference" if cur.size else "no values"})
+        return d
+    ref = np.asarray(ref_vals, float)
+    ks = ks_2samp(ref, cur)
+    d["ks_stat"], d["ks_p"] = _r(ks.statistic), float(f"{ks.pvalue:.3g}")
+    d["psi"] = _r(psi(ref, cur, int(th["psi_bins"])))
+    d["reference_median"] = _r(np.median(ref))
+    d["alert"] = bool(cur.size >= th["min_n"] and ks.pvalue < th["ks_p"] and d["psi"] is not None
+                      and d["psi"] >= th["psi"])
+    if d["alert"]:
+        d["text"] = (f"{kind} drift in {name}: median {d['median']} vs reference {d['reference_median']} "
+                     f"(KS p={d['ks_p']:.2g} < {th['ks_p']}, PSI {d['psi']:.2f} >= {th['psi']})")
+    return d
+
+
+def _rate(name, ref_rate, vals, th, kind):
+    from scipy.stats import binomtest
+
+    v = vals[np.isfinite(vals)]
+    n, k = int(v.size), int(np.sum(v))
+    d = {"n": n, "rate": _r(k / n) if n else None, "reference_rate": _r(ref_rate)}
+    if n:
+        lo, hi = _wilson(k, n)
+        d["ci95"] = [_r(lo), _r(hi)]
+    if not n or ref_rate is None:
+        d.update({"p": None, "alert": False})
+        return d
+    p = binomtest(k, n, min(max(ref_rate, 1e-9), 1 - 1e-9)).pvalue
+    d["p"] = float(f"{p:.3g}")
+    d["alert"] = bool(n >= th["min_n"] and p < th["rate_p"] and abs(k / n - ref_rate) >= th["rate_diff"])
+    if d["alert"]:
+        d["text"] = (f"{kind} drift in {name}: {k}/{n} = {k / n:.1%} vs reference {ref_rate:.1%} "
+                     f"(binomial p={p:.2g} < {th['rate_p']}, difference >= {th['rate_diff']:.0%})")
+    return d
+
+
+def _wilson(k, n):
+    from ..evaluation import wilson_ci
+
+    return wilson_ci(k, n)
+
+
+def _categories(name, ref_counts, cur_vals, th):
+    cur: dict[str, int] = {}
+    for v in cur_vals:
+        cur[v] = cur.get(v, 0) + 1
+    d = {"n": int(len(cur_vals)), "counts": cur}
+    if not ref_counts or not cur:
+        d.update({"psi": None, "alert": False})
+        return d
+    d["psi"] = _r(psi_categories(ref_counts, cur))
+    new = sorted(set(cur) - set(ref_counts))
+    if new:
+        d["not_in_reference"] = new
+    d["alert"] = bool(len(cur_vals) >= th["min_n"] and d["psi"] >= th["psi"])
+    if d["alert"]:
+        d["text"] = (f"input drift in {name}: {', '.join(f'{k} {v}' for k, v in sorted(cur.items()))} vs "
+                     f"reference {', '.join(f'{k} {v}' for k, v in sorted(ref_counts.items()))} "
+                     f"(PSI {d['psi']:.2f} >= {th['psi']})")
+    return d
+
+
+def _readers(fb, card, ref, th, ref_auc):
+    """Agreement and reader-confirmed performance of one window's feedback."""
+    from ..evaluation import bootstrap_ci, roc_auc, sens_spec_ci
+
+    v = fb["verdict"]
+    agree, disagree = int(np.sum(v == "agree")), int(np.sum(v == "disagree"))
+    n = agree + disagree
+    d = {"n_feedback": int(len(v)), "agree": agree, "disagree": disagree,
+         "unsure": int(np.sum(v == "unsure")), "alert": False}
+    if n:
+        lo, hi = _wilson(agree, n)
+        d["agreement"] = {"value": _r(agree / n), "ci95": [_r(lo), _r(hi)], "n": n,
+                          "method": "Wilson score interval"}
+        if n >= th["min_n"] and hi < th["agreement_min"]:
+            d["alert"] = True
+            d["text"] = (f"readers disagree: agreement {agree}/{n} = {agree / n:.0%} (95% CI {lo:.0%}-{hi:.0%}) "
+                         f"below {th['agreement_min']:.0%}")
+    # reader-confirmed labels for the card's decision label (binary): y = correct label is it
+    pos_label = next((lab for lab in card.thresholds), None)
+    if pos_label is None:
+        return d
+    ys, ss, cl = [], [], []
+    for i in range(len(v)):
+        cl_lab = fb["correct_label"][i]
+        if not cl_lab or fb["verdict"][i] == "unsure":
+            continue
+        try:
+            probs = json.loads(fb["probabilities"][i] or "{}")
+        except ValueError:
+            continue
+        if pos_label not in probs:
+            continue
+        ys.append(int(cl_lab == pos_label))
+        ss.append(float(probs[pos_label]))
+        cl.append(fb["patient_key"][i])
+    if not ys:
+        return d
+    y, s, cl = np.array(ys), np.array(ss), np.array(cl, dtype=object)
+    perf: dict = {"n": int(len(y)), "n_positive": int(y.sum()), "n_patients": int(len(set(cl.tolist()))),
+                  "label": pos_label}
+    if 0 < y.sum() < len(y):
+        auc = roc_auc(y, s)
+        lo, hi = bootstrap_ci(roc_auc, y, s, clusters=cl, strata=y, n_boot=1000)
+        perf["auc"] = {"value": _r(auc), "ci95": [_r(lo), _r(hi)],
+                       "method": "cluster bootstrap by patient, 1,000 resamples"}
+        if ref_auc is not None:
+            perf["auc"]["reference"] = ref_auc
+            if len(y) >= th["min_n"] and hi < ref_auc - th["auc_margin"]:
+                d["alert"] = True
+                d["text"] = (f"performance on reader-confirmed cases fell: AUC {auc:.3f} "
+                             f"(95% CI {lo:.3f}-{hi:.3f}) below the reference {ref_auc:.3f} "
+                             f"minus {th['auc_margin']}")
+    t = card.thresholds[pos_label].threshold
+    from ..models.site import effective_thresholds
+
+    with_site, _ = effective_thresholds(card)
+    if pos_label in with_site:
+        t = with_site[pos_label].threshold
+    if 0 < y.sum() < len(y):
+        (se_lo, se_hi), (sp_lo, sp_hi), how = sens_spec_ci(y, s, t, clusters=cl, n_boot=1000)
+        se = float(np.mean(s[y == 1] >= t))
+        sp = float(np.mean(s[y == 0] < t))
+        perf["threshold"] = t
+        perf["sensitivity"] = {"value": _r(se), "ci95": [_r(se_lo), _r(se_hi)]}
+        perf["specificity"] = {"value": _r(sp), "ci95": [_r(sp_lo), _r(sp_hi)], "method": how}
+    d["reader_confirmed"] = perf
+    return d
+
+
+# --------------------------------------------------------------------------- the monitor
+def monitor(model_id: str | None = None, since: str | None = None, window: str | None = None,
+            log=None, registry=None, record_alerts: bool = True) -> dict:
+    """Windows and alerts of one model (or of every model in the log)."""
+    from ..models.registry import Registry
+    from .log import db_path, open_log
+
+    if log is None:
+        if not db_path().exists():
+            raise UserError(f"no prediction log yet at {db_path()}: nothing to monitor")
+        log = open_log()
+    kind, size = parse_window(window)
+    t_since = parse_since(since)
+    ids = [model_id] if model_id else [r[0] for r in log.query("SELECT DISTINCT model_id FROM runs ORDER BY 1")]
+    reg = registry or Registry()
+    out = {"window": {"kind": kind, "size": size}, "since": since, "models": [], "alerts": [],
+           "not_for_clinical_use": True}
+    for mid in ids:
+        try:
+            card = reg.get(mid).card
+        except Exception as e:  # noqa: BLE001 - a model no longer installed: say so, go on
+            if model_id:
+                raise UserError(f"model {mid!r}: {e}") from None
+            out["models"].append({"model_id": mid, "note": f"not installed ({e}): not monitored"})
+            continue
+        m = monitor_model(log, card, t_since, kind, size)
+        out["models"].append(m)
+        out["alerts"].extend(m["alerts"])
+    if record_alerts and out["alerts"]:
+        _record_alerts(log, out["alerts"])
+    return out
+
+
+def monitor_model(log, card, t_since, kind, size) -> dict:
+    ref = load_reference(card)
+    th = thresholds(ref)
+    runs = load_runs(log, card.id, t_since)
+    fb = load_feedback(log, card.id, t_since)
+    res = {"model_id": card.id, "card_version": card.version, "n_runs": int(len(runs["id"])),
+           "thresholds": th, "windows": [], "alerts": []}
+    notes = []
+    if ref is None:
+        notes.append(f"no training reference ({card.folder}/monitor_reference.json): input/output "
+                     "distributions are not compared; fit it with python -m imaging_assist.monitoring.reference")
+    else:
+        res["reference"] = {"data": ref.get("data"), "n": ref.get("n"), "model_version": ref.get("model_version")}
+        ood_sha = (card.ood or {}).get("sha256") if isinstance(getattr(card, "ood", None), dict) else None
+        if ref.get("ood_sha256") and ood_sha and ref["ood_sha256"] != ood_sha:
+            notes.append("the OOD statistics changed since the reference was fitted: OOD-score drift is "
+                         "not compared (refit the reference)")
+            ref = dict(ref, values={k: v for k, v in ref["values"].items() if k != "ood_score"})
+    res["notes"] = notes
+    rv = (ref or {}).get("values", {})
+    # expected OOD-flag rate: the reference's scores at the card's CURRENT threshold
+    ood_thr = (card.ood or {}).get("threshold") if isinstance(getattr(card, "ood", None), dict) else None
+    ref_flag = (float(np.mean(np.asarray(rv["ood_score"]) > ood_thr))
+                if rv.get("ood_score") and ood_thr is not None else None)
+    ref_pos = ((ref or {}).get("rates") or {}).get("positive")
+    t = runs["time_unix"]
+    for wi, (a, b) in enumerate(_windows(t, kind, size)):
+        sl = slice(a, b)
+        w = {"index": wi, "n": b - a,
+             "start": _iso(t[a]), "end": _iso(t[b - 1]),
+             "model_versions": sorted(set(runs["model_version"][sl].tolist())),
+             "input": {}, "output": {}}
+        for k in INPUT_STATS:
+            w["input"][k] = _dist(k, rv.get(k), runs[k][sl], th, "input")
+        w["input"]["ood_flag_rate"] = _rate("OOD-flag rate", ref_flag, runs["ood_flagged"][sl], th, "input")
+        cats = (ref or {}).get("categories") or {}
+        for k in ("manufacturer", "modality"):
+            w["input"][k] = _categories(k, cats.get(k), runs[k][sl].tolist(), th)
+        for k in OUTPUT_STATS:
+            w["output"][k] = _dist(k, rv.get(k), runs[k][sl], th, "output")
+        w["output"]["positive_rate"] = _rate("positive rate", ref_pos, runs["positive"][sl], th, "output")
+        fsel = (fb["time_unix"] >= t[a]) & (fb["time_unix"] <= t[b - 1])
+        w["readers"] = _readers({k: (np.asarray(v, dtype=object)[fsel] if isinstance(v, list) else v[fsel])
+                                 for k, v in fb.items()}, card, ref, th, (ref or {}).get("auc"))
+        for group in ("input", "output"):
+            for stat, d in w[group].items():
+                if d.get("alert"):
+                    res["alerts"].append(_alert(card, w, f"{group}.{stat}", d["text"]))
+        if w["readers"].get("alert"):
+            res["alerts"].append(_alert(card, w, "readers", w["readers"]["text"]))
+        w["alert"] = any(al["window"] == wi for al in res["alerts"])
+        res["windows"].append(w)
+    return res
+
+
+def _iso(t: float) -> str:
+    return _dt.datetime.fromtimestamp(float(t), _dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _alert(card, w, stat, text) -> dict:
+    return {"model_id": card.id, "window": w["index"], "start": w["start"], "end": w["end"],
+            "statistic": stat, "text": f"{card.id}: {text} (window {w['start'][:10]} - {w['end'][:10]}, "
+                                                 f"{w['n']} runs)"}
+
+
+def _record_alerts(log, alerts: list[dict]) -> None:
+    """Each alert once in the log's events and in the audit trail (when the audit room has one)."""
+    seen = {(e["detail"].get("statistic"), e["detail"].get("start"), e["model_id"])
+            for e in log.events(kind="drift_alert")}
+    for al in alerts:
+        key = (al["statistic"], al["start"], al["model_id"])
+        if key in seen:
+            continue
+        seen.add(key)
+        log.add_event("drift_alert", al["model_id"], None, al)
+        audit_record("drift_alert", al)
+
+
+def audit_record(action: str, detail: dict) -> None:
+    """``imaging_assist.privacy.audit.record`` (never raises: a failed write is its own warning)."""
+    from ..privacy import audit
+
+    audit.record(action, **{k: v for k, v in detail.items() if k != "text"}, text=detail.get("text"))
+
+
+def summary_lines(rep: dict) -> list[str]:
+    """Plain-text summary for the CLI."""
+    lines = []
+    w = rep["window"]
+    for m in rep["models"]:
+        if "windows" not in m:
+            lines.append(f"{m['model_id']}: {m.get('note')}")
+            continue
+        lines.append(f"{m['model_id']} ({m['n_runs']} runs; windows of "
+                     f"{int(w['size']) if w['kind'] == 'runs' else w['size']:g} {w['kind']})")
+        for note in m["notes"]:
+            lines.append(f"  note: {note}")
+        for win in m["windows"]:
+            i = win["input"]
+            o = win["output"]
+            parts = [f"n={win['n']}"]
+            if i["ood_score"].get("median") is not None:
+                parts.append(f"OOD median {i['ood_score']['median']} (PSI {i['ood_score'].get('psi')})")
+            if i["ood_flag_rate"].get("rate") is not None:
+                parts.append(f"flagged {i['ood_flag_rate']['rate']:.0%}")
+            if o["positive_rate"].get("rate") is not None:
+                parts.append(f"positive {o['positive_rate']['rate']:.0%}")
+            ag = win["readers"].get("agreement")
+            if ag:
+                parts.append(f"agreement {ag['value']:.0%} [{ag['ci95'][0]:.0%}-{ag['ci95'][1]:.0%}]")
+            rc = win["readers"].get("reader_confirmed", {}).get("auc")
+            if rc:
+                parts.append(f"AUC {rc['value']:.3f} [{rc['ci95'][0]:.3f}-{rc['ci95'][1]:.3f}]")
+            flag = "ALERT " if win["alert"] else ""
+            lines.append(f"  {flag}{win['start'][:16]} - {win['end'][:16]}: " + ", ".join(parts))
+    if rep["alerts"]:
+        lines.append(f"{len(rep['alerts'])} alert(s):")
+        lines += [f"  ! {a['text']}" for a in rep["alerts"]]
+    else:
+        lines.append("no alerts")
+    lines.append("Not for clinical use.")
+    return lines
+
+
+def _finite(x):
+    return x is not None and not (isinstance(x, float) and math.isnan(x))

@@ -1,0 +1,181 @@
+"""Reader feedback on a logged run (no Qt): a verdict per finding and label-map corrections.
+
+* :func:`add_feedback` — agree / disagree / unsure on one finding (a label of the run) with
+  the correct label (implied for a binary decision, required for a disagreement among more
+  than two labels).  The latest verdict per finding counts; earlier ones stay in the log.
+* :func:`save_correction` — a reader's corrected label map, linked to the run: saved as a
+  compressed ``.npz`` in ``data_dir()/corrections/`` and, when the input was a DICOM image,
+  as a DICOM SEG through :mod:`imaging_assist.export.seg` (segment algorithm type
+  SEMIAUTOMATIC: a person edited a model's output).  Nothing leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .log import now_utc, open_log
+
+VERDICTS = ("agree", "disagree", "unsure")
+
+
+def _run(lg, run_id: int) -> dict:
+    r = lg.run(int(run_id))
+    if r is None:
+        raise UserError(f"run {run_id} is not in the prediction log")
+    return r
+
+
+def run_labels(run: dict) -> list[str]:
+    probs = json.loads(run.get("probabilities") or "null") or {}
+    if probs:
+        return list(probs)
+    areas = json.loads(run.get("areas") or "null") or {}
+    return list((areas.get("voxel_counts") or {}).keys())
+
+
+def implied_label(run: dict, finding: str, verdict: str) -> str | None:
+    """The correct label a verdict implies for a classifier's finding, or None.
+
+    The finding is the label the card decides on (its decision positive or negative); with
+    two labels agreeing with "positive" means the finding is right, disagreeing means the
+    other label is.  Without a decision the finding is the top label."""
+    labels = run_labels(run)
+    if not run.get("probabilities") or finding not in labels or verdict == "unsure":
+        return None
+    decs = json.loads(run.get("decisions") or "null") or {}
+    d = decs.get(finding)
+    if isinstance(d, dict) and d.get("positive") is not None:
+        said_present = bool(d["positive"])
+    else:
+        said_present = finding == run.get("top_label")
+    present = said_present if verdict == "agree" else not said_present
+    if present:
+        return finding
+    others = [lab for lab in labels if lab != finding]
+    return others[0] if len(others) == 1 else None
+
+
+def add_feedback(run_id: int, finding: str, verdict: str, correct_label: str | None = None,
+                 reader: str | None = None, note: str | None = None, log=None) -> int:
+    lg = log or open_log()
+    if verdict not in VERDICTS:
+        raise UserError(f"verdict must be one of {', '.join(VERDICTS)} (got {verdict!r})")
+    run = _run(lg, run_id)
+    labels = run_labels(run)
+    if labels and finding not in labels:
+        raise UserError(f"finding {finding!r} is not a label of run {run_id} ({', '.join(labels)})")
+    if correct_label is not None and labels and correct_label not in labels:
+        raise UserError(f"correct label {correct_label!r} is not one of {', '.join(labels)}")
+    implied = implied_label(run, finding, verdict)
+    if correct_label is None:
+        correct_label = implied
+        if verdict == "disagree" and correct_label is None and run.get("probabilities"):
+            raise UserError("with more than two labels, a disagreement needs the correct label")
+    elif implied is not None and correct_label != implied and len(labels) == 2:
+        raise UserError(f"{verdict} with {finding!r} means the image shows {implied!r}, not {correct_label!r}")
+    t, tu = now_utc()
+    with lg.lock:
+        cur = lg.conn.execute(
+            "INSERT INTO feedback (run_id, time_utc, time_unix, finding, verdict, correct_label, reader, note) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (int(run_id), t, tu, finding, verdict, correct_label, reader, note))
+        return int(cur.lastrowid)
+
+
+def latest_feedback(run_id: int, log=None) -> dict[str, dict]:
+    """finding -> {verdict, correct_label, time_utc} (the latest per finding)."""
+    lg = log or open_log()
+    rows = lg.query("SELECT finding, verdict, correct_label, time_utc FROM feedback WHERE run_id = ? "
+                    "ORDER BY id", (int(run_id),))
+    return {r[0]: {"verdict": r[1], "correct_label": r[2], "time_utc": r[3]} for r in rows}
+
+
+def corrections_dir() -> Path:
+    from ..userdirs import data_dir
+
+    return data_dir() / "corrections"
+
+
+def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.ndarray | None = None,
+                    volume=None, reader: str | None = None, log=None, write_dicom: bool = True) -> dict:
+    """Save a corrected label map ([k, j, i] on the input grid) linked to run ``run_id``.
+
+    Returns ``{"id", "label_map_file", "seg_file", "dice_vs_prediction", "changed_voxels", "warnings"}``.
+    The SEG is written only for a DICOM input (its source headers are needed); a plain image
+    keeps the ``.npz`` and says why there is no SEG."""
+    from ..evaluation import dice
+
+    lg = log or open_log()
+    run = _run(lg, run_id)
+    lm = np.asarray(label_map)
+    if lm.ndim == 2:
+        lm = lm[None]
+    names = [str(x) for x in (labels.values() if isinstance(labels, dict) else labels)]
+    if lm.size == 0 or lm.min() < 0 or int(lm.max()) >= len(names):
+        raise UserError(f"the corrected label map holds values outside 0..{len(names) - 1}")
+    if (run.get("slices"), run.get("rows"), run.get("cols")) != tuple(lm.shape):
+        raise UserError(f"the corrected label map has shape {lm.shape}, the run's image "
+                        f"{(run.get('slices'), run.get('rows'), run.get('cols'))}")
+    lm = lm.astype(np.uint8 if len(names) < 256 else np.uint16)
+    d = None
+    changed = None
+    if predicted is not None:
+        pr = np.asarray(predicted).reshape(lm.shape)
+        changed = int(np.count_nonzero(pr != lm))
+        d = float(dice(pr > 0, lm > 0)) if (pr > 0).any() or (lm > 0).any() else 1.0
+    out = corrections_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    t, tu = now_utc()
+    n = len(lg.query("SELECT id FROM corrections WHERE run_id = ?", (int(run_id),))) + 1
+    f = out / f"run{int(run_id)}_correction{n}.npz"
+    np.savez_compressed(f, label_map=lm, labels=np.array(names), run_id=np.array(int(run_id)),
+                        predicted=(np.asarray(predicted).reshape(lm.shape).astype(lm.dtype)
+                                   if predicted is not None else np.zeros((0,), lm.dtype)))
+    seg_file, warns = None, []
+    if write_dicom and volume is not None and getattr(volume, "headers", None):
+        seg_file = str(_write_correction_seg(volume, lm, names, run, f.with_suffix(".seg.dcm"), warns))
+    elif write_dicom:
+        warns.append("no DICOM SEG: the input was not a DICOM image (the correction is kept as .npz)")
+    with lg.lock:
+        cur = lg.conn.execute(
+            "INSERT INTO corrections (run_id, time_utc, time_unix, label_map_file, seg_file, labels, "
+            "dice_vs_prediction, changed_voxels, reader) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (int(run_id), t, tu, str(f), seg_file, json.dumps(names), d, changed, reader))
+        cid = int(cur.lastrowid)
+    return {"id": cid, "label_map_file": str(f), "seg_file": seg_file, "dice_vs_prediction": d,
+            "changed_voxels": changed, "warnings": warns}
+
+
+def _write_correction_seg(volume, lm, names, run, path: Path, warns: list) -> Path:
+    """The export layer's SEG, marked as a reader's correction of the model's output."""
+    from ..export.seg import build_seg
+    from ..privacy.audit import record_export
+
+    seg = build_seg(volume, lm, names, model_id=run["model_id"], model_version=run["model_version"] or "",
+                    series_number=9902, warnings=warns)
+    for item in seg.SegmentSequence:
+        item.SegmentAlgorithmType = "SEMIAUTOMATIC"  # the model's labels, edited by a reader
+    seg.ContentLabel = "READER_CORRECTION"
+    seg.SeriesDescription = f"AI {run['model_id']} SEG corrected by reader"[:64]
+    seg.save_as(path)
+    record_export("SEG", path, volume)
+    return path
+
+
+def corrections(run_id: int | None = None, model_id: str | None = None, log=None) -> list[dict]:
+    lg = log or open_log()
+    sql = ("SELECT c.id, c.run_id, c.time_utc, c.label_map_file, c.seg_file, c.labels, c.dice_vs_prediction, "
+           "c.changed_voxels, r.model_id FROM corrections c JOIN runs r ON r.id = c.run_id WHERE 1=1")
+    p: list = []
+    if run_id is not None:
+        sql += " AND c.run_id = ?"
+        p.append(int(run_id))
+    if model_id is not None:
+        sql += " AND r.model_id = ?"
+        p.append(model_id)
+    keys = ("id", "run_id", "time_utc", "label_map_file", "seg_file", "labels", "dice_vs_prediction",
+            "changed_voxels", "model_id")
+    return [dict(zip(keys, r)) for r in lg.query(sql + " ORDER BY c.id", p)]

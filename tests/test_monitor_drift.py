@@ -1,0 +1,115 @@
+"""Drift monitor (issue 18): a replayed stream of real runs through the engine.  In-distribution
+films (Kermany test split) -> no alert; a shifted stream made from real films (gamma, inversion,
+adult films) -> alerts on that window only, in the JSON, the log's events and the audit trail.
+Readers' feedback gives agreement and reader-confirmed AUC with CIs per window."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from _monitor_stream import in_distribution, shifted
+from imaging_assist.cli.main import main
+from imaging_assist.monitoring import drift, feedback
+from imaging_assist.monitoring import log as plog
+
+N = 60
+
+
+@pytest.fixture(scope="module")
+def stream(tmp_path_factory):
+    from imaging_assist.inference import RunOptions, read_image, run_model
+    from imaging_assist.models.registry import Registry
+
+    home = tmp_path_factory.mktemp("monitor_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("IMAGING_ASSIST_DATA_DIR", str(home / "data"))
+    mp.setenv("IMAGING_ASSIST_CONFIG_DIR", str(home / "config"))
+    mp.delenv(plog.ENV_SWITCH, raising=False)
+    model = Registry().load("cxr-pneumonia")
+    ids, shift_ids = [], []
+    for p, label in in_distribution(N):
+        res = run_model(model, read_image(p), RunOptions(device="cpu"))
+        ids.append((res.prediction_log_id, label))
+    for p in shifted(N, home / "shifted"):
+        res = run_model(model, read_image(p), RunOptions(device="cpu"))
+        shift_ids.append(res.prediction_log_id)
+    yield {"home": home, "ids": ids, "shift_ids": shift_ids}
+    plog.close_all()
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_alert_on_the_shifted_window_only(stream):
+    rep = drift.monitor("cxr-pneumonia", window=str(N))
+    m = rep["models"][0]
+    assert m["n_runs"] == 2 * N and len(m["windows"]) == 2
+    w0, w1 = m["windows"]
+    assert not w0["alert"], [a["text"] for a in rep["alerts"] if a["window"] == 0]
+    assert w1["alert"]
+    stats = {a["statistic"] for a in rep["alerts"]}
+    assert all(a["window"] == 1 for a in rep["alerts"])
+    assert "input.ood_score" in stats and "input.ood_flag_rate" in stats
+    # the numbers behind it
+    assert w1["input"]["ood_score"]["ks_p"] < 0.001 and w1["input"]["ood_score"]["psi"] >= 0.2
+    assert w0["input"]["ood_score"]["ks_p"] > 0.001
+    assert w1["input"]["ood_flag_rate"]["rate"] > 0.3 > w0["input"]["ood_flag_rate"]["rate"]
+
+
+@pytest.mark.slow
+def test_cli_json_events_and_audit_trail(stream, capsys):
+    from imaging_assist.privacy import audit
+
+    capsys.readouterr()
+    assert main(["monitor", "--model", "cxr-pneumonia", "--window", str(N), "--json"]) == 3
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["alerts"] and {a["window"] for a in rep["alerts"]} == {1}
+    ev = plog.open_log().events(kind="drift_alert")
+    assert len(ev) == len(rep["alerts"])
+    # a second run does not record the same alerts again
+    assert main(["monitor", "--model", "cxr-pneumonia", "--window", str(N)]) == 3
+    out = capsys.readouterr().out
+    assert "ALERT" in out and "Not for clinical use" in out
+    assert len(plog.open_log().events(kind="drift_alert")) == len(ev)
+    entries = [e for e in audit.read_entries() if e and e.get("event") == "drift_alert"]
+    assert len(entries) == len(ev)
+    # bad arguments are one line
+    assert main(["monitor", "--window", "0d"]) == 2
+    assert main(["monitor", "--since", "yesterday"]) == 2
+    assert main(["monitor", "--model", "no-such-model"]) == 2
+
+
+@pytest.mark.slow
+def test_reader_agreement_and_confirmed_performance_per_window(stream):
+    lg = plog.open_log()
+    # readers give the truth on the in-distribution window ...
+    for rid, label in stream["ids"]:
+        run = lg.run(rid)
+        said = feedback.implied_label(run, "pneumonia", "agree")
+        feedback.add_feedback(rid, "pneumonia", "agree" if said == label else "disagree", reader="r1")
+    # ... and disagree with every decision of the shifted window
+    for rid in stream["shift_ids"]:
+        feedback.add_feedback(rid, "pneumonia", "disagree", reader="r1")
+    rep = drift.monitor("cxr-pneumonia", window=str(N), record_alerts=False)
+    w0, w1 = rep["models"][0]["windows"]
+    ag0 = w0["readers"]["agreement"]
+    assert ag0["n"] == N and ag0["ci95"][0] <= ag0["value"] <= ag0["ci95"][1] and ag0["value"] > 0.85
+    rc = w0["readers"]["reader_confirmed"]
+    assert rc["n"] == N and rc["auc"]["value"] > 0.9 and rc["auc"]["ci95"][0] < rc["auc"]["value"]
+    assert "patient" in rc["auc"]["method"] and "sensitivity" in rc and "specificity" in rc
+    assert not w0["readers"]["alert"]
+    assert w1["readers"]["agreement"]["value"] == 0.0 and w1["readers"]["alert"]
+    assert not any(a["window"] == 0 for a in rep["alerts"])
+
+
+def test_psi_and_windows():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=2000)
+    assert drift.psi(ref, rng.normal(size=2000)) < 0.05
+    assert drift.psi(ref, rng.normal(1.0, 1.0, size=2000)) > 0.5
+    assert drift.parse_window("7d") == ("days", 7.0) and drift.parse_window("200") == ("runs", 200.0)
+    t = np.array([0.0, 1.0, 86400 * 2.5, 86400 * 9.0])
+    assert drift._windows(t, "days", 7) == [(0, 3), (3, 4)]
+    assert drift._windows(t, "runs", 3) == [(0, 3), (3, 4)]
