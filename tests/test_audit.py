@@ -353,3 +353,29 @@ def test_info_and_view_screenshot_record_the_study_open(trail, planted_cr):
         assert e["fields"]["modality"] == "CR"
     assert audit.verify()[0]
     _assert_no_phi(audit.log_path().read_bytes(), str(trail))
+
+
+def test_pacs_transfers_are_recorded_without_identifiers(trail):
+    from imaging_assist.pacs.send import SendResult
+    from imaging_assist.pacs.transfer import Failure, TransferResult
+
+    got = TransferResult(out_dir=str(trail / "SECRETNAME"), study_uid=PLANTED_STUDY, method="C-GET",
+                         expected=4, written=3, failures=[Failure(PLANTED_SOP, "timeout")],
+                         notes=[f"{PLANTED_SOP} retried"])
+    assert audit.record_transfer("retrieve", got)
+    sent = SendResult("ORTHANC@127.0.0.1:4242", sent=2, confirmed=2,
+                      failures=[(f"/data/SECRETNAME/{PLANTED_SOP}.dcm", "refused")])
+    assert audit.record_transfer("send", sent, study_uids=[PLANTED_STUDY])
+    _assert_no_phi(audit.log_path().read_bytes(), str(trail))
+    r, s = audit.read_entries()
+    assert r["event"] == "pacs.retrieve" and s["event"] == "pacs.send"
+    assert r["fields"]["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid")
+    assert (r["fields"]["written"], r["fields"]["failures"], r["fields"]["method"]) == (3, 1, "C-GET")
+    assert s["fields"]["node"] == "ORTHANC@127.0.0.1:4242" and s["fields"]["failures"] == 1
+    assert s["fields"]["study_uids"] == [audit.pseudonym(PLANTED_STUDY, "uid")]
+    assert audit.verify()[0]
+
+
+def test_a_field_named_event_does_not_break_the_call(trail):
+    assert audit.record("drift_alert", event="x", model_id="cxr-pneumonia")
+    assert audit.read_entries()[0]["fields"] == {"event": "x", "model_id": "cxr-pneumonia"}

@@ -173,7 +173,7 @@ def _warn(reason: str) -> None:
         log.warning("audit trail: %s", reason)
 
 
-def record(event: str, **fields) -> bool:
+def record(event: str, /, **fields) -> bool:
     """Append one event to the audit trail; True when it was written.
 
     Fields named like identifiers (``patient_id``, ``*_uid``, ``path``...) are pseudonymised.
@@ -609,3 +609,22 @@ def record_export(kind: str, out_path, volume=None, datasets=None, **extra) -> b
         _warn(f"export not recorded ({type(e).__name__}: {e})")
         return False
     return record("export", **f)
+
+
+def record_transfer(direction: str, result, **extra) -> bool:
+    """A PACS transfer: ``direction`` "retrieve" (a ``pacs.transfer.TransferResult``) or "send"
+    (a ``pacs.send.SendResult``), with the peer, method and counts; UIDs and folders are
+    pseudonymised, lists of failures/skipped files become counts (their texts name paths)."""
+    try:
+        d = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+        f: dict[str, Any] = {"direction": direction}
+        for k, v in d.items():
+            if k in ("failures", "skipped", "notes") and isinstance(v, list):
+                f[k] = len(v)
+            elif not isinstance(v, (dict, list)):
+                f[k] = v
+        f.update(extra)
+    except Exception as e:  # noqa: BLE001
+        _warn(f"PACS transfer not recorded ({type(e).__name__}: {e})")
+        return False
+    return record(f"pacs.{direction}", **f)
