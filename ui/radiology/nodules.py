@@ -637,7 +637,7 @@ class NoduleTool(QObject):
                 for n in nods:
                     heat = self._paint_heat(heat, n, shape)
                 self._layers[key] = (mask, heat)
-            for layer in (mask, heat):
+            for layer in (heat, mask):  # the outline drawn over the heat map
                 if layer is not None and layer not in self.doc.layers:
                     self.w.add_layer(layer)
         for n in nods:
@@ -736,8 +736,9 @@ class NoduleTool(QObject):
                 stack.add(new_mask, i)
             else:
                 self.w.add_layer(new_mask)
-        if new_heat is not None and new_heat not in stack:
+        if new_heat is not None and new_heat not in stack:  # under the outline
             self.w.add_layer(new_heat)
+            stack.move(new_heat, stack.index_of(new_mask))
         self._layers[key] = (new_mask, new_heat)
 
     def _drop_layers(self, key) -> None:
