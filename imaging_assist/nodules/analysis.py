@@ -18,6 +18,9 @@
    3 mm sphere (:data:`MIN_VOLUME_MM3`; the models cover nodules >= 3 mm) or when its mean
    density is that of aerated lung or air (< :data:`MIN_MEAN_HU`).  A mask is never made up:
    without a component there is no mask, no measurement and no malignancy likelihood.
+   When the nodule's centre lies more than :data:`RECENTRE_MM` from the click, the window is
+   cut again around that centre and segmented again (the same rule); both models then work on
+   that window, so a click anywhere inside the nodule, from any plane, gives the same result.
 5. The component goes back onto the series' own grid (nearest neighbour) and is measured there
    (:mod:`imaging_assist.nodules.measure`: volume, Fleischner long/short axis, mean HU, density).
 6. ``malignancy`` (with 3D Grad-CAM when ``explain``) and ``ood`` on the same window.  The
@@ -39,6 +42,7 @@ from ..errors import UserError
 SEG_MODEL = "ct-nodule-seg"
 MALIGNANCY_MODEL = "ct-nodule-malignancy"
 SEG_THRESHOLD = 0.5  # as models.PROB_THRESHOLD
+RECENTRE_MM = 1.0  # the second window is cut when the nodule's centre is this far from the click
 MIN_VOLUME_MM3 = math.pi / 6 * 3.0 ** 3  # a 3 mm sphere (14.1 mm³)
 MIN_MEAN_HU = -850.0  # a "nodule" this dark is aerated lung or air
 NOT_FOUND = "no nodule found at this point"
@@ -67,6 +71,7 @@ class NoduleResult:
     timings: dict = field(default_factory=dict)
     measurements: dict = field(default_factory=dict)  # measure.Measurements.to_dict()
     models: dict = field(default_factory=dict)  # id -> version of the models that ran
+    window_center_lps: list | None = None  # centre of the models' window (the click, or the nodule's centre)
 
     def to_dict(self) -> dict:
         """The ``nodules[]`` entry of results.json (docs/results_schema.md); no arrays."""
@@ -79,7 +84,8 @@ class NoduleResult:
              "density": self.density, "p_malignant": r(self.p_malignant), "threshold": r(self.threshold),
              "decision": self.decision, "ood": self.ood, "warnings": list(self.warnings),
              "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
-             "models": dict(self.models)}
+             "models": dict(self.models),
+             "window_center_lps": None if self.window_center_lps is None else [r(v) for v in self.window_center_lps]}
         if self.measurements:
             m = self.measurements
             d["measurements"] = {k: m[k] for k in ("n_voxels", "largest_slice", "largest_area_mm2",
@@ -167,9 +173,22 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
         return res
     t1 = time.perf_counter()
     prob = np.asarray(nm.segment(win), np.float32)
+    comp = np.asarray(nm.nodule_mask(prob, win), bool)
+    if comp.any():
+        # Second pass centred on the nodule found: the result no longer depends on where inside
+        # the nodule the reader clicked, and the malignancy model sees the nodule centred as in
+        # training (crops centred on the nodule, +-4 mm jitter).
+        c = np.argwhere(comp).mean(axis=0)  # [z, y, x] window index
+        centre = (win.affine @ np.array([c[2], c[1], c[0], 1.0]))[:3]
+        if float(np.linalg.norm(centre - np.asarray(pt))) > RECENTRE_MM:
+            win2 = cut_window(volume, centre)
+            prob2 = np.asarray(nm.segment(win2), np.float32)
+            comp2 = np.asarray(nm.nodule_mask(prob2, win2), bool)
+            if comp2.any():
+                win, prob, comp = win2, prob2, comp2
     t2 = time.perf_counter()
     res.timings.update(cut_s=t1 - t0, segment_s=t2 - t1)
-    comp = np.asarray(nm.nodule_mask(prob, win), bool)
+    res.window_center_lps = [float(v) for v in win.center_lps]
     if not comp.any():
         dist = nearest_mm(prob, win.affine, pt)
         far = "" if not math.isfinite(dist) else f" (the nearest segmented voxel is {dist:.1f} mm away)"
