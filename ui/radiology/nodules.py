@@ -365,6 +365,7 @@ class NoduleTool(QObject):
         self.by_series: dict[str, list[Nodule]] = {}
         self._numbers: dict[str, int] = {}  # last nodule number given per series
         self._layers: dict[str, tuple] = {}  # series key -> (label layer, heat-map layer or None)
+        self._demo_done: set[str] = set()  # series whose demo nodules were analysed (GUI demo)
         self._queue: list[tuple] = []
         self._token = 0
         self._ctx: dict | None = None
@@ -830,3 +831,19 @@ class NoduleTool(QObject):
         # the window may have put the series' layers back itself: rebuild them and the list
         if ok and self.doc.volume is not None:
             self._refresh()
+            self._demo_points()
+
+    def _demo_points(self) -> None:
+        """The GUI demo (``win.autorun``): the demo CT's nodule, from the LIDC readers' XML
+        (``imaging_assist.demo.nodule_points``), is analysed once per series, as a click would."""
+        vol = self.doc.volume
+        if getattr(self.w, "autorun", None) is None or vol is None or self.why_not():
+            return
+        key = series_key(vol)
+        if key in self._demo_done:
+            return
+        self._demo_done.add(key)
+        from imaging_assist.demo import nodule_points
+
+        for p in nodule_points().get(vol.series_uid) or []:
+            self.analyse_at([float(x) for x in p["point_lps"]])
