@@ -379,3 +379,22 @@ def test_pacs_transfers_are_recorded_without_identifiers(trail):
 def test_a_field_named_event_does_not_break_the_call(trail):
     assert audit.record("drift_alert", event="x", model_id="cxr-pneumonia")
     assert audit.read_entries()[0]["fields"] == {"event": "x", "model_id": "cxr-pneumonia"}
+
+
+def test_opening_a_slide_or_a_plain_image_is_recorded(trail):
+    from PIL import Image
+
+    from imaging_assist.inference.images import read_image
+    from imaging_assist.slides.reader import open_slide
+
+    svs = need(DICOM.parent / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs")
+    with open_slide(svs):
+        pass
+    png = trail / "SECRETNAME.png"
+    Image.fromarray(__import__("numpy").zeros((8, 8), "uint8")).save(png)
+    read_image(png)
+    opens = [e["fields"] for e in audit.read_entries() if e["event"] == "study.open"]
+    assert [(f["kind"], f["path"]) for f in opens] == [("slide", audit.pseudonym(str(svs), "path")),
+                                                      ("image", audit.pseudonym(str(png), "path"))]
+    assert opens[0]["backend"]
+    _assert_no_phi(audit.log_path().read_bytes(), str(trail), "CMU-1")

@@ -74,6 +74,8 @@ def read_image(path: str | Path) -> Volume:
     if arr.size == 0:
         raise ImageReadError(f"{path}: empty image")
     color = arr.ndim == 3
+    from ..privacy.audit import record_open_file  # the audit trail (never raises)
+    record_open_file(path, "image")
     return Volume(array=arr[None], spacing=(1.0, 1.0, 1.0), modality="", units="",
                   photometric="RGB" if color else "MONOCHROME2", has_geometry=False,
                   warnings=warnings, description=path.name, source_paths=[str(path)])

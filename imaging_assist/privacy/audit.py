@@ -628,3 +628,9 @@ def record_transfer(direction: str, result, **extra) -> bool:
         _warn(f"PACS transfer not recorded ({type(e).__name__}: {e})")
         return False
     return record(f"pacs.{direction}", **f)
+
+
+def record_open_file(path, kind: str, **extra) -> bool:
+    """A slide or plain image opened (``slides.reader.open_slide``, ``inference.images.read_image``):
+    the same ``study.open`` event as a DICOM series, named by its pseudonymised path."""
+    return record("study.open", kind=kind, path=os.fspath(path), **extra)

@@ -104,9 +104,13 @@ def open_slide(path: str | os.PathLike) -> Slide:
         if not wanted:
             continue
         try:
-            return backend.open(path)
+            slide = backend.open(path)
         except BackendDeclined as e:
             declined.append(str(e).removeprefix(f"{path}: "))
+            continue
+        from ..privacy.audit import record_open_file  # the audit trail (never raises)
+        record_open_file(path, "slide", backend=backend.name)
+        return slide
     if os.path.isdir(path):
         raise UnsupportedSlideError(f"{path}: folder holds no DICOM whole-slide images "
                                     "(VL Whole Slide Microscopy)")
