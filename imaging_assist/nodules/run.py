@@ -243,7 +243,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
         from ..export.dicom import DicomRun
 
         dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
-    results, captured, failed, used = [], {}, 0, set()
+    results, captured, failed, used, said_nifti = [], {}, 0, set(), False
     for kind, load, src, stem in items:
         base, k = stem, 2
         while stem in used:
@@ -263,8 +263,12 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
             d["warnings"] = extra + d["warnings"]
             captured[len(results)] = capture(d, vol, out_dir, run)
             results.append(d)
-            if dicom_run is not None:
+            if dicom_run is not None and kind == "series":
                 dicom_run.add(kind, vol, run, d, stem)
+            elif dicom_run is not None and not said_nifti:
+                print("note: DICOM result objects are not written for NIfTI input (no DICOM source to "
+                      "reference): the NIfTI label map and the PDF report only", file=sys.stderr)
+                said_nifti = True
             for line in summary_lines(d):
                 print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
         except UserError as e:
