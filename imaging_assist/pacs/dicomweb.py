@@ -6,11 +6,14 @@ Every HTTP or transport failure becomes one :class:`PacsError` line.
 
 from __future__ import annotations
 
+import fnmatch
 import io
+import re
 import threading
 from typing import Callable
 
 import requests
+from requests.adapters import HTTPAdapter
 from dicomweb_client.api import DICOMwebClient
 
 from .nodes import Node, PacsError
@@ -20,15 +23,36 @@ from .transfer import InstanceSink
 WADO_ANY_SYNTAX = (("application/dicom", "*"),)  # the instance as stored, no transcoding
 
 
+class _WildcardAdapter(HTTPAdapter):
+    """Sends ``*`` in a query string as ``*``, not ``%2A``.
+
+    Worked around: Orthanc 1.10 with its DICOMweb plugin 1.7 does not percent-decode QIDO
+    values (``PatientName=DOE%2A`` matches nothing, ``PatientName=DOE*`` matches), while
+    dicomweb-client percent-encodes every ``*``.  ``*`` is a legal query character (RFC 3986
+    sub-delim), so sending it bare is correct for every server."""
+
+    def send(self, request, *a, **kw):
+        if "?" in request.url:
+            base, query = request.url.split("?", 1)
+            request.url = base + "?" + query.replace("%2A", "*").replace("%2a", "*")
+        return super().send(request, *a, **kw)
+
+
 def client(node: Node) -> DICOMwebClient:
     session = requests.Session()
+    session.mount("http://", _WildcardAdapter())
+    session.mount("https://", _WildcardAdapter())
     headers = {}
     if node.auth == "basic":
         session.auth = (node.username, node.password)
     elif node.auth == "bearer":
         headers["Authorization"] = f"Bearer {node.token}"
-    return DICOMwebClient(url=node.url, session=session, headers=headers or None,
-                          timeout=node.timeout)
+    c = DICOMwebClient(url=node.url, session=session, headers=headers or None,
+                       timeout=node.timeout)
+    # dicomweb-client retries every exception 5 times with exponential waits by default (a
+    # refused connection took 30 s to report): one attempt, one clear line.
+    c.set_http_retry_params(retry=False)
+    return c
 
 
 def _fail(node: Node, what: str, e: Exception) -> PacsError:
@@ -79,18 +103,50 @@ def _datasets(node: Node, what: str, answers) -> list:
         raise PacsError(f"{node.label()}: {what}: malformed response ({type(e).__name__})") from None
 
 
+_PLAIN = re.compile(r"[^A-Za-z0-9*._-]")
+_RANGE_KEYS = {"StudyDate", "PatientBirthDate"}
+
+
+def _broadened(filters: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Values with spaces, ``^`` and other characters Orthanc's QIDO fails to match once
+    percent-encoded are sent with ``*`` in their place; the exact filter is then applied here
+    to the answers (``_matches``), so the result is the same as the exact query's."""
+    sent, exact = {}, {}
+    for k, v in filters.items():
+        if k not in _RANGE_KEYS and k != "StudyInstanceUID" and _PLAIN.search(v):
+            sent[k] = re.sub(r"\*+", "*", _PLAIN.sub("*", v))
+            exact[k] = v
+        else:
+            sent[k] = v
+    return sent, exact
+
+
+def _matches(ds, exact: dict[str, str]) -> bool:
+    """DICOM wildcard matching (``*``, ``?``); person names case-insensitive (as Orthanc)."""
+    for k, pattern in exact.items():
+        value = ds.get(k, "")
+        value = "\\".join(map(str, value)) if isinstance(value, (list, tuple)) or \
+            type(value).__name__ == "MultiValue" else str(value or "")
+        pat = fnmatch.translate(pattern.replace("[", "[[]"))
+        flags = re.IGNORECASE if k == "PatientName" else 0
+        if not any(re.match(pat, v, flags) for v in value.split("\\")):
+            return False
+    return True
+
+
 def find(node: Node, query: Query) -> list[dict]:
     q = query.checked()
     c = client(node)
-    filters = q.filters()
-    fields = q.return_keys()
+    filters, exact = _broadened(q.filters())
+    fields = q.return_keys() + list(exact)
     if q.level == "study":
         ans = _call(node, "QIDO-RS", c.search_for_studies, search_filters=filters, fields=fields)
     else:
         study = filters.pop("StudyInstanceUID", None)
         ans = _call(node, "QIDO-RS", c.search_for_series, study_instance_uid=study,
                     search_filters=filters, fields=fields)
-    return [row_from_dataset(ds, q.level) for ds in _datasets(node, "QIDO-RS", ans)]
+    return [row_from_dataset(ds, q.level) for ds in _datasets(node, "QIDO-RS", ans)
+            if _matches(ds, exact)]
 
 
 def list_instances(node: Node, study_uid: str, series_uids=()) -> list[tuple[str, str, str]]:

@@ -10,6 +10,7 @@ import logging
 import socket
 import ssl
 import threading
+import time
 from typing import Callable, Iterable
 
 from pydicom.dataset import Dataset
@@ -28,6 +29,7 @@ FIND = StudyRootQueryRetrieveInformationModelFind
 GET = StudyRootQueryRetrieveInformationModelGet
 MOVE = StudyRootQueryRetrieveInformationModelMove
 MAX_CONTEXTS = 128
+UID_LIST_CHUNK = 200  # SOP Instance UIDs per IMAGE-level retrieve (resume)
 
 # pynetdicom logs each rejected association and failed connection as ERROR with details we
 # already turn into one line; the user sees ours, not its.
@@ -146,8 +148,12 @@ def _find(assoc, node: Node, ds: Dataset, what: str) -> list[Dataset]:
     if not _supports(assoc, FIND):
         raise PacsError(f"{node.label()}: the node does not offer C-FIND (Study Root)")
     out = []
+    t0 = time.monotonic()
     for status, ident in assoc.send_c_find(ds, FIND):
         if not status or "Status" not in status:
+            if time.monotonic() - t0 < 0.9 * node.timeout:
+                raise PacsError(f"{node.label()}: {what} refused: the node aborted the association "
+                                f"(does it know our AE title {assoc.ae.ae_title}?)")
             raise PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s "
                             f"(association aborted)")
         code = status.Status
@@ -206,7 +212,7 @@ def _store_handler(sink: InstanceSink, expected: dict[str, str], study_uid: str)
 
     def handle(event):
         if sink.cancel.is_set():
-            return 0xFE00
+            return 0xA700  # refused: the user cancelled (the C-CANCEL is on its way)
         sop = str(event.request.AffectedSOPInstanceUID or "")
         series = expected.get(sop)
         if series is None:
@@ -238,23 +244,32 @@ def _retrieve_requests(missing: dict[str, list[str]], all_counts: dict[str, int]
         if len(sops) == all_counts.get(series, -1):
             ds.QueryRetrieveLevel = "SERIES"
             yield series, ds
-        else:
-            for sop in sops:
+        else:  # UID list matching (PS3.4 C.2.2.2.2), in chunks that keep the request small
+            for i in range(0, len(sops), UID_LIST_CHUNK):
                 d = Dataset()
                 d.QueryRetrieveLevel = "IMAGE"
                 d.StudyInstanceUID = study_uid
                 d.SeriesInstanceUID = series
-                d.SOPInstanceUID = sop
+                d.SOPInstanceUID = sops[i:i + UID_LIST_CHUNK]
                 yield series, d
 
 
-def _watch_cancel(cancel: threading.Event, assoc) -> threading.Event:
-    """Abort the association as soon as ``cancel`` is set (Ctrl-C, the GUI's Cancel)."""
+def _watch_cancel(cancel: threading.Event, assoc, on_cancel: Callable[[], None] | None = None,
+                  grace: float = 3.0) -> threading.Event:
+    """On ``cancel`` (Ctrl-C, the GUI's Cancel): ``on_cancel()`` (a C-CANCEL), then abort the
+    association if the operation has not ended within ``grace`` seconds."""
     done = threading.Event()
 
     def run():
         while not done.wait(0.05):
             if cancel.is_set():
+                if on_cancel is not None:
+                    try:
+                        on_cancel()
+                    except Exception:  # noqa: BLE001 - the abort below ends it anyway
+                        pass
+                    if done.wait(grace):
+                        return
                 if assoc.is_established:
                     assoc.abort()
                 return
@@ -263,17 +278,31 @@ def _watch_cancel(cancel: threading.Event, assoc) -> threading.Event:
     return done
 
 
-def _run_retrieve(assoc, node, send, requests, sink, what):
-    finished = _watch_cancel(sink.cancel, assoc)
+def _run_retrieve(assoc, node, model, send, requests, sink, what):
+    """Send each retrieve request; C-CANCEL on cancel.  Raises NoGet when the node aborts the
+    association on a C-GET before sending anything (Orthanc's answer to a refused C-GET)."""
+    cx_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == model)
+    msg = {"id": 0}
+    finished = _watch_cancel(sink.cancel, assoc,
+                             lambda: assoc.send_c_cancel(msg["id"], cx_id))
     try:
         for _series, ds in requests:
             if sink.cancel.is_set():
                 break
+            msg["id"] += 1
+            before = sink.result.written + len(sink.result.failures)
+            t0 = time.monotonic()
             final = None
-            for status, ident in send(ds):
+            for status, ident in send(ds, msg["id"]):
                 if not status or "Status" not in status:
                     if sink.cancel.is_set():
                         break
+                    quick = time.monotonic() - t0 < 0.9 * node.timeout
+                    if quick and what == "C-GET" and sink.result.written + len(sink.result.failures) == before:
+                        raise NoGet(f"{node.label()}: the node does not accept C-GET from us "
+                                    f"(it aborted the association on the request)")
+                    if quick:
+                        raise PacsError(f"{node.label()}: {what}: the node aborted the association")
                     raise PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s "
                                     f"(association aborted)")
                 final = (status, ident)
@@ -281,6 +310,8 @@ def _run_retrieve(assoc, node, send, requests, sink, what):
                 break
             status, ident = final
             code = status.Status
+            if code == 0xFE00:
+                break
             if code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
                 if code == 0xA801:
                     raise PacsError(f"{node.label()}: {what} refused: the node does not know our "
@@ -291,17 +322,44 @@ def _run_retrieve(assoc, node, send, requests, sink, what):
         finished.set()
 
 
+# For C-GET the PACS must find an accepted context in the transfer syntax it holds: a context
+# that lists many syntaxes is accepted with only one of them (the PACS's pick, often Explicit VR
+# Little Endian), and Orthanc then has to transcode, which it cannot do for JPEG 2000 without a
+# plugin (0xC000).  So each stored syntax gets its own context, as DCMTK's getscu does, as many
+# as the 128-context limit allows for the number of SOP classes.
+_GET_SYNTAXES = [
+    ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"],   # explicit / implicit VR little endian
+    ["1.2.840.10008.1.2.4.90"], ["1.2.840.10008.1.2.4.91"],  # JPEG 2000 lossless / lossy
+    ["1.2.840.10008.1.2.4.70"], ["1.2.840.10008.1.2.4.57"],  # JPEG lossless SV1 / lossless
+    ["1.2.840.10008.1.2.4.50"], ["1.2.840.10008.1.2.4.51"],  # JPEG baseline / extended
+    ["1.2.840.10008.1.2.5"],                                  # RLE
+    ["1.2.840.10008.1.2.4.80"], ["1.2.840.10008.1.2.4.81"],  # JPEG-LS lossless / near
+    ["1.2.840.10008.1.2.1.99"], ["1.2.840.10008.1.2.2"],     # deflated, big endian
+    ["1.2.840.10008.1.2.4.201"], ["1.2.840.10008.1.2.4.202"], ["1.2.840.10008.1.2.4.203"],  # HTJ2K
+    ["1.2.840.10008.1.2.4.100"], ["1.2.840.10008.1.2.4.101"], ["1.2.840.10008.1.2.4.102"],
+    ["1.2.840.10008.1.2.4.103"], ["1.2.840.10008.1.2.4.104"], ["1.2.840.10008.1.2.4.105"],
+    ["1.2.840.10008.1.2.4.106"],                              # MPEG-2 / MPEG-4 / HEVC video
+]
+
+
+def _get_contexts(classes: list[str]) -> list:
+    per_class = max(1, min(len(_GET_SYNTAXES), (MAX_CONTEXTS - 1) // max(1, len(classes))))
+    out = []
+    for c in classes[:MAX_CONTEXTS - 1]:
+        for ts in _GET_SYNTAXES[:per_class]:
+            out.append(build_context(c, ts))
+    return out[:MAX_CONTEXTS - 1]
+
+
 def retrieve_get(node: Node, settings: Settings, sink: InstanceSink,
                  listing: list[tuple[str, str, str]], missing: dict[str, list[str]]) -> None:
     """C-GET: the node sends the instances back on our association (SCP role for storage)."""
     expected = {sop: series for series, sop, _c in listing}
     classes = sorted({c for _s, _i, c in listing if valid_uid(c)})
-    if classes:
-        storage = [build_context(c, ALL_TRANSFER_SYNTAXES) for c in classes]
-    else:  # the node did not list SOP classes: offer the common storage classes
-        storage = [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-                   for cx in StoragePresentationContexts[:MAX_CONTEXTS - 1]]
-    roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in storage]
+    if not classes:  # the node did not list SOP classes: offer the common storage classes
+        classes = [cx.abstract_syntax for cx in StoragePresentationContexts[:MAX_CONTEXTS - 1]]
+    storage = _get_contexts(classes)
+    roles = [build_role(c, scp_role=True) for c in classes]
     counts: dict[str, int] = {}
     for series, _sop, _c in listing:
         counts[series] = counts.get(series, 0) + 1
@@ -309,7 +367,7 @@ def retrieve_get(node: Node, settings: Settings, sink: InstanceSink,
     with _Assoc(node, settings, [build_context(GET)] + storage, roles, [handler]) as assoc:
         if not _supports(assoc, GET):
             raise NoGet(f"{node.label()}: the node does not accept C-GET")
-        _run_retrieve(assoc, node, lambda ds: assoc.send_c_get(ds, GET),
+        _run_retrieve(assoc, node, GET, lambda ds, m: assoc.send_c_get(ds, GET, msg_id=m),
                       _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-GET")
 
 
@@ -342,7 +400,8 @@ def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
         with _Assoc(node, settings, [build_context(MOVE)]) as assoc:
             if not _supports(assoc, MOVE):
                 raise PacsError(f"{node.label()}: the node accepts neither C-GET nor C-MOVE from us")
-            _run_retrieve(assoc, node, lambda ds: assoc.send_c_move(ds, settings.ae_title, MOVE),
+            _run_retrieve(assoc, node, MOVE,
+                          lambda ds, m: assoc.send_c_move(ds, settings.ae_title, MOVE, msg_id=m),
                           _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-MOVE")
     finally:
         server.shutdown()

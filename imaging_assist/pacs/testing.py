@@ -55,6 +55,7 @@ class Orthanc:
         self.allow_get = allow_get
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="ia-orthanc-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.proc: subprocess.Popen | None = None

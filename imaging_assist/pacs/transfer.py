@@ -144,7 +144,9 @@ class InstanceSink:
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
             n = 0
-            with open(tmp, "wb") as f:
+            # O_EXCL|O_NOFOLLOW: never write through a link someone placed in the folder
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "wb") as f:
                 for c in ([chunks] if isinstance(chunks, (bytes, bytearray, memoryview)) else chunks):
                     f.write(c)
                     n += len(c)

@@ -1,0 +1,88 @@
+"""Real Orthanc peers for the PACS tests (session-scoped; started once, stopped at the end).
+
+The start-up itself is :class:`imaging_assist.pacs.testing.Orthanc`, shared with
+``scripts/bench_pacs.py``.  ``orthanc`` holds the 140-slice CT phantom, a 4-file JPEG 2000 MR
+study and a 1-file RGB secondary capture (three patients, so every query filter can be shown to
+select one study and leave out the others).  ``orthanc_noget`` is a second Orthanc whose modality
+entry for our AE has ``AllowGet: false`` (a node without C-GET) and holds 3 CT slices.
+
+Test modules use them with ``from _orthanc import orthanc, orthanc_noget, pacs_home  # noqa``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import CT_PHANTOM, DICOM, need
+
+MR_J2K = DICOM / "mr_enhanced_siemens_series_jpeg2000_lossless_derived"
+SC_RGB = DICOM / "rgb_jpeg_lossless_secondary_capture"
+
+
+def ct_files() -> list[Path]:
+    files = sorted(need(CT_PHANTOM).glob("*.dcm"))
+    assert len(files) == 140, f"expected the 140-slice CT phantom in {CT_PHANTOM}"
+    return files
+
+
+def mr_files() -> list[Path]:
+    return sorted(need(MR_J2K).glob("*.dcm"))
+
+
+def sc_files() -> list[Path]:
+    return sorted(need(SC_RGB).glob("*.dcm"))
+
+
+def _start(tmp_path_factory, name: str, **kw):
+    from imaging_assist.pacs.testing import Orthanc
+    try:
+        o = Orthanc(workdir=str(tmp_path_factory.mktemp(name)), **kw).start()
+    except RuntimeError as e:
+        pytest.fail(f"could not start Orthanc: {e}")
+    return o
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory):
+    o = _start(tmp_path_factory, "orthanc")
+    try:
+        o.upload(ct_files() + mr_files() + sc_files())
+        yield o
+    finally:
+        o.stop()
+
+
+@pytest.fixture(scope="session")
+def orthanc_noget(tmp_path_factory):
+    o = _start(tmp_path_factory, "orthanc-noget", allow_get=False, aet="NOGET")
+    try:
+        o.upload(ct_files()[:3])
+        yield o
+    finally:
+        o.stop()
+
+
+def write_pacs_json(folder: Path, o, extra_nodes: dict | None = None) -> Path:
+    """A pacs.json naming the session Orthanc as ``orthanc`` (DIMSE) and ``orthanc-web``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    s = o.settings()
+    s.nodes = {"orthanc": o.dimse_node("orthanc"), "orthanc-web": o.web_node("orthanc-web")}
+    data = s.to_dict()
+    data["nodes"].update(extra_nodes or {})
+    p = folder / "pacs.json"
+    p.write_text(json.dumps(data))
+    os.chmod(p, 0o600)
+    return p
+
+
+@pytest.fixture
+def pacs_home(orthanc, tmp_path, monkeypatch):
+    """IMAGING_ASSIST_CONFIG_DIR with a pacs.json for the session Orthanc."""
+    cfg = tmp_path / "cfg"
+    write_pacs_json(cfg, orthanc)
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(cfg))
+    return cfg
