@@ -164,6 +164,8 @@ def build_menus(self):
     m.addActions([self.a_overlays, self.a_threshold, self.a_load_overlay, self.a_clear_overlays])
     m = mb.addMenu("&Help")
     m.addActions([self.a_help, self.a_about])
+    from ..shared.audit_window import audit_action
+    m.addAction(audit_action(self))  # Help → Audit trail… (issue 16, read-only)
     self.recent.set_menu(self.recent_menu)
 
 
