@@ -216,6 +216,19 @@ def test_an_interrupted_line_is_cut_off_and_recorded(trail):
     entries = audit.read_entries()
     assert [e["event"] for e in entries[-2:]] == ["audit.recovered", "after.crash"]
     assert entries[-2]["fields"]["fragment_bytes"] == len(b'{"seq":4,"half a li')
+    kept = audit.audit_dir() / entries[-2]["fields"]["kept_as"]
+    assert kept.read_bytes() == b'{"seq":4,"half a li'  # set aside, never deleted
+
+
+def test_odd_values_and_huge_fields_are_still_recorded(trail):
+    import numpy as np
+
+    assert audit.record("x", p=float("nan"), q=np.float32("inf"), n=np.int64(3))
+    assert audit.record("big", text="x" * 200_000)
+    a, b = audit.read_entries()
+    assert a["fields"] == {"p": "nan", "q": "inf", "n": 3}
+    assert b["fields"]["too_large"] and b["fields"]["bytes"] > 200_000 and len(b["fields"]["sha256"]) == 64
+    assert audit.verify()[0]
 
 
 def test_a_failing_write_never_raises_into_the_caller(trail, caplog):

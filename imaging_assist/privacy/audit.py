@@ -46,6 +46,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import socket
@@ -62,6 +63,8 @@ LOCK_NAME = "audit.lock"
 GENESIS = hashlib.sha256(b"imaging-assist audit trail v1 genesis").hexdigest()
 LOCK_TIMEOUT_S = 5.0
 MAX_LIST = 16  # longer identifier lists are recorded as one keyed digest of the set, plus a count
+MAX_FIELDS_BYTES = 64 * 1024  # larger fields are recorded as their sha256 and size (lines stay small)
+MAX_FRAGMENT = 16 * 1024 * 1024  # an interrupted tail up to this size is set aside by the next append
 TAIL_CHUNK = 65536
 
 log = logging.getLogger("imaging_assist.audit")
@@ -133,6 +136,8 @@ def _pseudonymise(name: str, value: Any) -> Any:
 
 
 def _plain(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf; the record keeps what it was
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     if isinstance(v, dict):
@@ -143,7 +148,7 @@ def _plain(v: Any) -> Any:
         import numpy as np
 
         if isinstance(v, np.generic):
-            return v.item()
+            return _plain(v.item())
     except ImportError:  # pragma: no cover - numpy is a dependency
         pass
     return str(v)
@@ -266,12 +271,17 @@ def _append(events: list[tuple[str, dict]]) -> None:
         try:
             size = os.fstat(fd).st_size
             last, end = _last_line(fd, size)
-            if end < size:  # an incomplete final line (interrupted write): cut off, and say so
+            if end < size:  # an incomplete final line (interrupted write): set aside, and say so
+                if size - end > MAX_FRAGMENT:  # not a torn line of ours: never cut, never append
+                    raise OSError(errno.EINVAL, f"the log ends with {size - end} bytes that are not a "
+                                                "complete line; left untouched (run `audit verify`)")
                 frag = os.pread(fd, size - end, end)
+                kept = _set_aside(folder, frag)
                 os.ftruncate(fd, end)
                 prepared.insert(0, ("audit.recovered", {
-                    "reason": "an incomplete last line (interrupted write) was cut off",
-                    "fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest()}))
+                    "reason": "an incomplete last line (interrupted write) was moved out of the log",
+                    "fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest(),
+                    "kept_as": kept}))
                 size = end
             if last is None:
                 seq, prev = 0, GENESIS
@@ -290,6 +300,12 @@ def _append(events: list[tuple[str, dict]]) -> None:
                        "fields": f, "key": fp, "prev": prev}
                 body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
                                   default=str).encode("ascii")
+                if len(body) > MAX_FIELDS_BYTES:
+                    fj = json.dumps(f, ensure_ascii=True, sort_keys=True, default=str).encode()
+                    obj["fields"] = {"too_large": True, "bytes": len(fj),
+                                     "sha256": hashlib.sha256(fj).hexdigest()}
+                    body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"),
+                                      default=str).encode("ascii")
                 line = _seal(body, mkey)
                 prev = hashlib.sha256(line).hexdigest()
                 out.append(line + b"\n")
@@ -310,6 +326,18 @@ def _append(events: list[tuple[str, dict]]) -> None:
         _write_head(folder, seq, prev, mkey)
 
 
+def _set_aside(folder: Path, frag: bytes) -> str:
+    """Keep a torn tail beside the log (nothing is deleted); returns its file name."""
+    name = f"audit.fragment.{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}.bin"
+    fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, frag)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return name
+
+
 def _head_body(lines: int, sha: str) -> bytes:
     return json.dumps({"lines": lines, "sha256": sha}, separators=(",", ":")).encode("ascii")
 
@@ -319,30 +347,96 @@ def _write_head(folder: Path, lines: int, sha: str, mkey: bytes) -> None:
     Not fsynced: after a power loss it may lag the log by the last lines, which verify accepts
     (they still chain and carry seals); the log line itself was fsynced before."""
     tmp = folder / (HEAD_NAME + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(_seal(_head_body(lines, sha), mkey) + b"\n")
-    os.chmod(tmp, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, _seal(_head_body(lines, sha), mkey) + b"\n")
+    finally:
+        os.close(fd)
     os.replace(tmp, folder / HEAD_NAME)
 
 
 # --------------------------------------------------------------------------- reading
+def _lines(path: Path):
+    """(complete lines without their newline, streamed; then the trailing fragment or b"")."""
+    with open(path, "rb") as fh:
+        for chunk in fh:
+            if not chunk.endswith(b"\n"):
+                yield chunk, True
+                return
+            yield chunk[:-1], False
+
+
 def read_entries(path: Path | None = None) -> list[dict | None]:
-    """Every line of the log parsed (None for a line that is not a JSON object)."""
+    """Every complete line of the log parsed (None for a line that is not a JSON object)."""
     p = Path(path) if path else log_path()
+    out: list[dict | None] = []
     try:
-        data = p.read_bytes()
+        for raw, partial in _lines(p):
+            if partial or not raw:
+                continue
+            try:
+                obj = json.loads(raw)
+                out.append(obj if isinstance(obj, dict) else None)
+            except ValueError:
+                out.append(None)
     except FileNotFoundError:
         return []
-    out: list[dict | None] = []
-    for raw in data.split(b"\n"):
-        if not raw:
-            continue
-        try:
-            obj = json.loads(raw)
-            out.append(obj if isinstance(obj, dict) else None)
-        except ValueError:
-            out.append(None)
     return out
+
+
+def _read_head(head_p: Path, mkey: bytes | None) -> tuple[dict | None, str | None]:
+    """(the head record, None) or (None, why it cannot be used); (None, None) when absent."""
+    try:
+        head_raw = head_p.read_bytes().strip()
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        return None, f"cannot read the head record: {e.strerror or e}"
+    m = _MAC_RE.search(head_raw)
+    try:
+        head = json.loads(head_raw)
+    except ValueError:
+        head = None
+    if m is None or not isinstance(head, dict) or not isinstance(head.get("lines"), int):
+        return None, (f"the head record {HEAD_NAME} is damaged (unreadable: edited, or lost in a "
+                      "power failure): tail truncation cannot be checked")
+    if mkey is not None:
+        want = hmac.new(mkey, head_raw[:m.start()] + b"}", hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(want, m.group(1)):
+            return None, f"the head record {HEAD_NAME} was altered (its seal does not match)"
+    return head, None
+
+
+def _check_line(i: int, raw: bytes, prev: str, mkey: bytes | None, fp: str | None) -> str | None:
+    """Why line ``i`` breaks the trail, or None."""
+    try:
+        obj = json.loads(raw)
+    except ValueError:
+        obj = None
+    if not isinstance(obj, dict):
+        return f"line {i} is not an audit record (not a JSON object): the log was edited"
+    m = _MAC_RE.search(raw)
+    if m is None:
+        return f"line {i} carries no seal: it was not written by the audit trail (forged or edited)"
+    if mkey is not None:
+        if obj.get("key") != fp:
+            return (f"line {i} was sealed with another site key ({obj.get('key')}, this "
+                    f"installation has {fp}): it cannot be checked here")
+        want = hmac.new(mkey, raw[:m.start()] + b"}", hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(want, m.group(1)):
+            return f"line {i} was altered after it was written (its seal does not match its content)"
+    seq = obj.get("seq")
+    if seq != i:
+        if isinstance(seq, int) and seq > i:
+            gone = f"record {i} before it was" if seq - i == 1 else f"records {i}-{seq - 1} before it were"
+            return f"line {i} is record {seq}: {gone} deleted (or lines were reordered)"
+        return f"line {i} is record {seq}: lines were reordered or repeated"
+    if obj.get("prev") != prev:
+        if i == 1:
+            return "line 1 does not start the chain: lines before it were deleted"
+        return (f"line {i} does not follow line {i - 1} (chain broken: a line was edited, inserted, "
+                "deleted or reordered)")
+    return None
 
 
 def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, int | None, str]:
@@ -350,114 +444,81 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
 
     ``first_bad_line`` is the 1-based line where the trail stops holding (None when it holds);
     ``reason`` is one line.  ``anchor`` ``"N:SHA256"`` (from an earlier ``verify``, kept
-    elsewhere) must match line N: this also catches a consistent rewrite by a key holder."""
+    elsewhere) must match line N: this also catches a consistent rewrite by a key holder.
+    The log is streamed (memory does not grow with its length)."""
     from .sitekey import key_fingerprint, key_path, site_key
 
     p = Path(path) if path else log_path()
     head_p = p.with_name(HEAD_NAME)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
+    an = ah = None
+    if anchor:
+        try:
+            n_s, ah = anchor.strip().split(":", 1)
+            an, ah = int(n_s), ah.strip().lower()
+        except ValueError:
+            return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
+        if an < 1 or not ah or any(c not in "0123456789abcdef" for c in ah):
+            return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
+    if not p.exists():
         if head_p.exists():
             return False, 1, f"the log {p} is missing but its head record exists: the log was deleted"
+        if an is not None:
+            return False, 1, f"the log {p} is missing, the anchor names line {an}: the log was deleted"
         return True, None, "no audit trail yet (nothing recorded)"
-    except OSError as e:
-        return False, 1, f"cannot read {p}: {e.strerror or e}"
     mkey = fp = None
     if key_path().exists():
         try:
             mkey, fp = _mac_key(site_key()), key_fingerprint()
-        except Exception as e:  # noqa: BLE001 - a damaged key: chain only, and say so
+        except Exception as e:  # noqa: BLE001 - a damaged key: said, nothing is claimed
             return False, None, f"the site key cannot be read ({e}): the seals cannot be checked"
-    lines = data.split(b"\n")
-    incomplete = lines.pop() if lines else b""  # after the last newline: b"" when complete
-    prev = GENESIS
-    hashes: list[str] = []
-    for i, raw in enumerate(lines, 1):
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            obj = None
-        if not isinstance(obj, dict):
-            return False, i, f"line {i} is not an audit record (not a JSON object): the log was edited"
-        m = _MAC_RE.search(raw)
-        if m is None:
-            return False, i, f"line {i} carries no seal: it was not written by the audit trail (forged or edited)"
-        if mkey is not None:
-            if obj.get("key") != fp:
-                return False, i, (f"line {i} was sealed with another site key ({obj.get('key')}, this "
-                                  f"installation has {fp}): it cannot be checked here")
-            body = raw[:m.start()] + b"}"
-            want = hmac.new(mkey, body, hashlib.sha256).hexdigest().encode()
-            if not hmac.compare_digest(want, m.group(1)):
-                return False, i, f"line {i} was altered after it was written (its seal does not match its content)"
-        seq = obj.get("seq")
-        if seq != i:
-            if isinstance(seq, int) and seq > i:
-                why = (f"line {i} is record {seq}: record{'s' if seq - i > 1 else ''} "
-                       f"{i}{'-' + str(seq - 1) if seq - i > 1 else ''} before it "
-                       f"{'were' if seq - i > 1 else 'was'} deleted (or lines were reordered)")
-            else:
-                why = f"line {i} is record {seq}: lines were reordered or repeated"
-            return False, i, why
-        if obj.get("prev") != prev:
-            return False, i, (f"line {i} does not follow line {i - 1} (chain broken: a line was edited, "
-                              f"inserted, deleted or reordered)" if i > 1 else
-                              "line 1 does not start the chain: lines before it were deleted")
-        prev = hashlib.sha256(raw).hexdigest()
-        hashes.append(prev)
-    n = len(hashes)
-    if incomplete:
-        return False, n + 1, (f"line {n + 1} is incomplete ({len(incomplete)} bytes without an end of line): "
-                              "a write was interrupted (crash, full disk) or the tail was cut; the next "
-                              "event cuts it off and records that")
-    # the head record: detects a log cut after its last sealed line
+    head, head_err = _read_head(head_p, mkey)
+    hl = head["lines"] if head else None
+    prev, n, incomplete = GENESIS, 0, b""
+    at_head = at_anchor = None
     try:
-        head_raw = head_p.read_bytes().strip()
-    except FileNotFoundError:
+        for raw, partial in _lines(p):
+            if partial:
+                incomplete = raw
+                break
+            n += 1
+            why = _check_line(n, raw, prev, mkey, fp)
+            if why:
+                return False, n, why
+            prev = hashlib.sha256(raw).hexdigest()
+            if n == hl:
+                at_head = prev
+            if n == an:
+                at_anchor = prev
+    except OSError as e:
+        return False, n + 1, f"cannot read {p}: {e.strerror or e}"
+    if incomplete:
+        return False, n + 1, (f"line {n + 1} is incomplete ({len(incomplete)} bytes without an end of "
+                              "line): a write was interrupted (crash, full disk) or the tail was cut; the "
+                              "next event sets it aside and records that")
+    # the head record: detects a log cut after its last sealed line
+    note = ""
+    if head_err:
+        return False, n + 1, head_err
+    if head is None:
         if n:
             return False, n + 1, (f"the head record {HEAD_NAME} is missing: whether lines after line {n} "
                                   "were cut off cannot be checked")
-        head_raw = None
-    except OSError as e:
-        return False, n + 1, f"cannot read the head record: {e.strerror or e}"
-    note = ""
-    if head_raw is not None:
-        m = _MAC_RE.search(head_raw)
-        try:
-            head = json.loads(head_raw)
-        except ValueError:
-            head = None
-        if m is None or not isinstance(head, dict) or not isinstance(head.get("lines"), int):
-            return False, n + 1, (f"the head record {HEAD_NAME} is damaged (unreadable: edited, or "
-                                  "lost in a power failure): tail truncation cannot be checked")
-        if mkey is not None:
-            want = hmac.new(mkey, head_raw[:m.start()] + b"}", hashlib.sha256).hexdigest().encode()
-            if not hmac.compare_digest(want, m.group(1)):
-                return False, n + 1, f"the head record {HEAD_NAME} was altered (its seal does not match)"
-        hl, hs = head["lines"], head.get("sha256")
+    else:
         if hl > n:
+            missing = f"line {n + 1}" if hl - n == 1 else f"lines {n + 1}-{hl}"
             return False, n + 1, (f"the log ends at line {n} but {hl} lines were written: the tail was "
-                                  f"cut off (line{'s' if hl - n > 1 else ''} {n + 1}"
-                                  f"{'-' + str(hl) if hl - n > 1 else ''} missing)")
-        if hl > 0 and hashes[hl - 1] != hs:
-            return False, hl, (f"line {hl} is not the line the head record sealed: the tail was "
-                               "replaced")
+                                  f"cut off ({missing} missing)")
+        if hl > 0 and at_head != head.get("sha256"):
+            return False, hl, f"line {hl} is not the line the head record sealed: the tail was replaced"
         if hl < n:  # lines after the head: a crash between the append and the head update
             note = f"; lines {hl + 1}-{n} were written after the last head update (a crash?)"
-    if anchor:
-        try:
-            an, ah = anchor.split(":", 1)
-            an = int(an)
-        except ValueError:
-            return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
-        if not 1 <= an <= n:
-            return False, min(max(an, 1), n + 1), f"the anchor names line {an}, the log has {n} lines: lines were removed"
-        if not ah or not hashes[an - 1].startswith(ah.lower()):
+    if an is not None:
+        if an > n:
+            return False, n + 1, f"the anchor names line {an}, the log has {n} lines: lines were removed"
+        if not at_anchor.startswith(ah):
             return False, an, f"line {an} differs from the anchor noted earlier: the log was rewritten"
     keynote = "" if mkey is not None else " (seals not checked: no site key on this machine)"
-    head_s = f"{n}:{hashes[-1]}" if n else "0:" + GENESIS
-    return True, None, f"{n} lines, chain holds{keynote}{note}; head {head_s}"
+    return True, None, f"{n} lines, chain holds{keynote}{note}; head {n}:{prev if n else GENESIS}"
 
 
 # --------------------------------------------------------------------------- event helpers
