@@ -92,8 +92,13 @@ def parse_since(text: str | None) -> float | None:
     return d.timestamp()
 
 
+_TEXT_COLS = ("model_version", "patient_key", "manufacturer", "modality")
+_NULL = 1e308  # NULL of a numeric column, read as this and turned into NaN in numpy (no Python loop)
+
+
 def load_runs(lg, model_id: str, since: float | None = None) -> dict[str, np.ndarray]:
-    sql = f"SELECT {', '.join(_COLS)} FROM runs WHERE model_id = ?"
+    sel = ", ".join(c if c in _TEXT_COLS else f"COALESCE({c}, {_NULL})" for c in _COLS)
+    sql = f"SELECT {sel} FROM runs WHERE model_id = ?"
     p: list = [model_id]
     if since is not None:
         sql += " AND time_unix >= ?"
@@ -102,18 +107,23 @@ def load_runs(lg, model_id: str, since: float | None = None) -> dict[str, np.nda
     cols = list(zip(*rows)) if rows else [()] * len(_COLS)
     out = {}
     for name, col in zip(_COLS, cols):
-        if name in ("model_version", "patient_key", "manufacturer", "modality"):
+        if name in _TEXT_COLS:
             out[name] = np.array(["(none)" if v is None else v for v in col], dtype=object)
         else:
-            out[name] = np.array([np.nan if v is None else v for v in col], dtype=float)
+            a = np.array(col, dtype=float)
+            a[a >= _NULL] = np.nan
+            out[name] = a
     return out
 
 
 def load_feedback(lg, model_id: str, since: float | None = None) -> dict[str, np.ndarray]:
     """The latest verdict per (run, finding) of this model's runs."""
-    sql = ("SELECT f.run_id, f.finding, f.verdict, f.correct_label, r.time_unix, r.score, r.patient_key, "
-           "r.probabilities FROM feedback f JOIN runs r ON r.id = f.run_id "
-           "WHERE r.model_id = ? AND f.id IN (SELECT MAX(id) FROM feedback GROUP BY run_id, finding)")
+    # latest verdict per (run, finding) first, then its run by primary key (CROSS JOIN keeps
+    # SQLite from scanning every run of the model: 60 s -> 10 ms on 100k runs)
+    sql = ("WITH latest AS (SELECT MAX(id) AS id FROM feedback GROUP BY run_id, finding) "
+           "SELECT f.run_id, f.finding, f.verdict, f.correct_label, r.time_unix, r.score, r.patient_key, "
+           "r.probabilities FROM latest CROSS JOIN feedback f ON f.id = latest.id "
+           "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ?")
     p: list = [model_id]
     if since is not None:
         sql += " AND r.time_unix >= ?"
@@ -213,6 +223,23 @@ def _categories(name, ref_counts, cur_vals, th):
     return d
 
 
+N_BOOT = 1000  # resamples of the reader-confirmed AUC interval per window
+
+
+def fast_auc(y, s) -> float:
+    """Mann-Whitney AUC with average ranks for ties, in numpy (the bootstrap calls it 1,000
+    times per window; equal to evaluation.roc_auc, checked in tests/test_monitor_drift.py)."""
+    y = np.asarray(y).astype(bool)
+    npos = int(y.sum())
+    nneg = y.size - npos
+    if npos == 0 or nneg == 0:
+        return float("nan")
+    u, inv, cnt = np.unique(np.asarray(s, float), return_inverse=True, return_counts=True)
+    avg = np.cumsum(cnt) - (cnt - 1) / 2.0  # average 1-based rank of each distinct value
+    r = avg[inv]
+    return float((r[y].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))
+
+
 def _readers(fb, card, ref, th, ref_auc):
     """Agreement and reader-confirmed performance of one window's feedback."""
     from ..evaluation import bootstrap_ci, roc_auc, sens_spec_ci
@@ -255,9 +282,9 @@ def _readers(fb, card, ref, th, ref_auc):
                   "label": pos_label}
     if 0 < y.sum() < len(y):
         auc = roc_auc(y, s)
-        lo, hi = bootstrap_ci(roc_auc, y, s, clusters=cl, strata=y, n_boot=1000)
+        lo, hi = bootstrap_ci(fast_auc, y, s, clusters=cl, strata=y, n_boot=N_BOOT)
         perf["auc"] = {"value": _r(auc), "ci95": [_r(lo), _r(hi)],
-                       "method": "cluster bootstrap by patient, 1,000 resamples"}
+                       "method": f"cluster bootstrap by patient, {N_BOOT:,} resamples"}
         if ref_auc is not None:
             perf["auc"]["reference"] = ref_auc
             if len(y) >= th["min_n"] and hi < ref_auc - th["auc_margin"]:
@@ -272,7 +299,7 @@ def _readers(fb, card, ref, th, ref_auc):
     if pos_label in with_site:
         t = with_site[pos_label].threshold
     if 0 < y.sum() < len(y):
-        (se_lo, se_hi), (sp_lo, sp_hi), how = sens_spec_ci(y, s, t, clusters=cl, n_boot=1000)
+        (se_lo, se_hi), (sp_lo, sp_hi), how = sens_spec_ci(y, s, t, clusters=cl, n_boot=N_BOOT)
         se = float(np.mean(s[y == 1] >= t))
         sp = float(np.mean(s[y == 0] < t))
         perf["threshold"] = t
