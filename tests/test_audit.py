@@ -127,6 +127,19 @@ def test_tampering_is_found_at_the_first_broken_line(trail, tamper, bad_line, wo
     assert cli_main(["audit", "verify"]) == 2
 
 
+def test_deleting_or_restarting_the_whole_trail_is_found(trail):
+    p = _fill(3)
+    for f in audit.audit_dir().iterdir():  # the whole audit folder, head included
+        f.unlink()
+    ok, line, reason = audit.verify()
+    assert not ok and line == 1 and "deleted" in reason
+    _fill(2)  # a fresh trail in its place
+    ok, line, reason = audit.verify()
+    assert not ok and line == 1 and "started again" in reason
+    first = audit.read_entries()[0]
+    assert first["event"] == "audit.restarted" and first["fields"]["previous_start"]
+
+
 def test_cli_verify_one_line_naming_the_broken_line(trail):
     p = _fill(4)
     lines = _lines(p)
@@ -158,6 +171,7 @@ def test_cli_show_path_and_anchor(trail, capsys):
     # a consistent rewrite by a key holder (here: a brand-new trail) is caught by an anchor kept elsewhere
     for f in audit.audit_dir().iterdir():
         f.unlink()
+    audit._starts_path().unlink()  # the start note in the config folder too
     _fill(3)
     assert audit.verify()[0]
     ok, line, reason = audit.verify(anchor=anchor)

@@ -292,6 +292,14 @@ def _append(events: list[tuple[str, dict]]) -> None:
                 except Exception:  # noqa: BLE001 - an edited last line: count instead
                     seq = _count_lines(fd, size)
             out = []
+            first = seq == 0
+            if first:  # a trail started here before: say so in the new one (verify fails at line 1)
+                old = (_read_starts(mkey) or {}).get(str(path))
+                if isinstance(old, dict):
+                    prepared.insert(0, ("audit.restarted", {
+                        "reason": "a trail was started in this place before and is gone",
+                        "previous_start": old.get("started"),
+                        "previous_first_line_sha256": old.get("first_line_sha256")}))
             for ev, f in prepared:
                 seq += 1
                 obj = {"seq": seq,
@@ -324,6 +332,61 @@ def _append(events: list[tuple[str, dict]]) -> None:
         finally:
             os.close(fd)
         _write_head(folder, seq, prev, mkey)
+        if first:
+            _mark_started(path, hashlib.sha256(out[0][:-1]).hexdigest(), mkey)
+
+
+STARTS_NAME = "audit-started.json"
+
+
+def _starts_path() -> Path:
+    from ..userdirs import config_dir
+
+    return config_dir() / STARTS_NAME
+
+
+def _mark_started(log: Path, first_sha: str, mkey: bytes) -> None:
+    """Note in the *config* folder that this log was started, and with which first line: a
+    trail deleted or replaced wholesale in the data folder is then found by ``verify``
+    (best effort: a failure here only weakens that check)."""
+    try:
+        p = _starts_path()
+        starts = _read_starts(mkey) or {}
+        if str(log) in starts:  # never overwritten: a restarted trail stays visible to verify
+            return
+        starts[str(log)] = {"first_line_sha256": first_sha,
+                            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        body = json.dumps({"logs": starts}, sort_keys=True, separators=(",", ":")).encode("ascii")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, _seal(body, mkey) + b"\n")
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+    except Exception as e:  # noqa: BLE001
+        _warn(f"the start of the trail could not be noted in the config folder ({e})")
+
+
+def _read_starts(mkey: bytes | None) -> dict | None:
+    """{log path: {first_line_sha256, started}} when the note exists and its seal holds."""
+    try:
+        raw = _starts_path().read_bytes().strip()
+    except OSError:
+        return None
+    m = _MAC_RE.search(raw)
+    if m is None:
+        return None
+    if mkey is not None:
+        want = hmac.new(mkey, raw[:m.start()] + b"}", hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(want, m.group(1)):
+            return None
+    try:
+        d = json.loads(raw).get("logs")
+    except (ValueError, AttributeError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def _set_aside(folder: Path, frag: bytes) -> str:
@@ -459,18 +522,23 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
             return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
         if an < 1 or not ah or any(c not in "0123456789abcdef" for c in ah):
             return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
-    if not p.exists():
-        if head_p.exists():
-            return False, 1, f"the log {p} is missing but its head record exists: the log was deleted"
-        if an is not None:
-            return False, 1, f"the log {p} is missing, the anchor names line {an}: the log was deleted"
-        return True, None, "no audit trail yet (nothing recorded)"
     mkey = fp = None
     if key_path().exists():
         try:
             mkey, fp = _mac_key(site_key()), key_fingerprint()
         except Exception as e:  # noqa: BLE001 - a damaged key: said, nothing is claimed
             return False, None, f"the site key cannot be read ({e}): the seals cannot be checked"
+    start = (_read_starts(mkey) or {}).get(str(p))
+    start = start if isinstance(start, dict) else None
+    if not p.exists():
+        if head_p.exists():
+            return False, 1, f"the log {p} is missing but its head record exists: the log was deleted"
+        if start is not None:
+            return False, 1, (f"the log {p} is missing, but a trail was started there on "
+                              f"{start.get('started')}: the log was deleted")
+        if an is not None:
+            return False, 1, f"the log {p} is missing, the anchor names line {an}: the log was deleted"
+        return True, None, "no audit trail yet (nothing recorded)"
     head, head_err = _read_head(head_p, mkey)
     hl = head["lines"] if head else None
     prev, n, incomplete = GENESIS, 0, b""
@@ -485,6 +553,9 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
             if why:
                 return False, n, why
             prev = hashlib.sha256(raw).hexdigest()
+            if n == 1 and start is not None and start.get("first_line_sha256") != prev:
+                return False, 1, (f"line 1 is not the line this trail started with on {start.get('started')}: "
+                                  "the log was deleted and started again, or replaced")
             if n == hl:
                 at_head = prev
             if n == an:
