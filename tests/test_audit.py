@@ -425,3 +425,20 @@ def test_opening_a_slide_or_a_plain_image_is_recorded(trail):
                                                       ("image", audit.pseudonym(str(png), "path"))]
     assert opens[0]["backend"]
     _assert_no_phi(audit.log_path().read_bytes(), str(trail), "CMU-1")
+
+
+def test_a_pacs_retrieve_sink_records_its_transfer(trail):
+    from imaging_assist.pacs.transfer import InstanceSink
+
+    series = "1.2.826.0.1.3680043.8.498.77001122334477"
+    sink = InstanceSink(trail / "SECRETNAME_inbox", PLANTED_STUDY, "C-GET")
+    missing = sink.plan([(series, PLANTED_SOP)])
+    assert missing == {series: [PLANTED_SOP]}
+    assert sink.write(series, PLANTED_SOP, need(CR).read_bytes())
+    res = sink.finish()
+    assert res.written == 1
+    (e,) = [e for e in audit.read_entries() if e["event"] == "pacs.retrieve"]
+    f = e["fields"]
+    assert (f["method"], f["expected"], f["written"], f["failures"]) == ("C-GET", 1, 1, 0)
+    assert f["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid") and f["bytes"] == CR.stat().st_size
+    _assert_no_phi(audit.log_path().read_bytes(), str(trail))
