@@ -111,16 +111,10 @@ class NoduleResult:
 
 
 def _cards():
-    from ..models.registry import Registry
+    """The two models' cards, from the models as loaded (once per process, sha256 checked)."""
+    from . import models as nm
 
-    reg = Registry()
-    out = []
-    for mid in (SEG_MODEL, MALIGNANCY_MODEL):
-        e = reg.get(mid)
-        if e.card is None:
-            raise UserError(f"model {mid} is not usable: {e.error or 'invalid card'}")
-        out.append(e.card)
-    return out
+    return [nm.load(SEG_MODEL).card, nm.load(MALIGNANCY_MODEL).card]
 
 
 def _inside(volume, point) -> bool:
