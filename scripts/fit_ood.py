@@ -4,7 +4,8 @@
 For each model (``--model ID``, default all four): the SHIPPED weights (no retraining), the
 engine's own preprocessing (``inference.preprocess.model_input`` through ``_training.preprocess_all``,
 whose cache the training scripts filled), the model's training split for the fit, its
-validation split for the threshold (95th percentile), its test split(s) for the in-distribution
+validation split for the threshold (``ood.conformal_threshold``: at most 5% of future
+in-distribution images flagged, with 90% confidence), its test split(s) for the in-distribution
 flag rate, and other modalities from ``../shared/data`` (ultrasound, histology incl. Kather
 tiles, CT/MR/XA slices rendered to 8-bit images, chest X-rays for the non-CXR models) plus
 non-medical photographs from ``skimage.data`` (no photographs exist in the shared data) for the
@@ -259,10 +260,10 @@ def measure(model_id: str, write: bool = True, only_choice: bool = False, folder
             ytr = ids["train"][1]
             stats = O.fit_mahalanobis(f["train"], ytr) if method == "mahalanobis" else O.fit_knn(f["train"])
             sc = {k: O.score(stats, v, method) for k, v in {**f, **fo}.items()}
-            thr = float(np.percentile(sc["validation"], 95))
+            thr, rule = O.conformal_threshold(sc["validation"])
             id_test = np.concatenate([sc[k] for k in ("test", "original_test") if k in sc])
             other = np.concatenate([sc[k] for k in OTHER[model_id]])
-            r = {"method": method, "layers": layers, "threshold": thr,
+            r = {"method": method, "layers": layers, "threshold": thr, "threshold_info": rule,
                  "auroc_other_modalities": round(auroc(id_test, other), 4),
                  "auroc_per_set": {k: round(auroc(id_test, sc[k]), 4) for k in OTHER[model_id]},
                  "near": {nm: round(auroc(id_test, np.concatenate([sc[s] for s in ss])), 4)
@@ -301,7 +302,8 @@ def write_stats(folder: Path, card, r: dict, stats: dict, rows: list[dict]) -> N
     d["ood"] = {
         "method": r["method"], "layers": r["layers"], "file": O.STATS_FILE, "sha256": sha,
         "threshold": round(r["threshold"], 6),
-        "threshold_rule": f"95th percentile of the {r['n']['validation']} validation images' scores",
+        "threshold_rule": O.threshold_rule_text(r["threshold_info"]),
+        "threshold_info": r["threshold_info"],
         "features": "per channel spatial mean and standard deviation of each layer's activations",
         "fitted_on": f"training split, {r['n']['train']} images, shipped weights, engine preprocessing",
         "auroc_other_modalities": r["auroc_other_modalities"],

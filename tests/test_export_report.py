@@ -321,6 +321,10 @@ def test_analyze_writes_report_pdf(tmp_path, capsys):
     assert "cxr-pneumonia" in text and "pneumonia" in text and "0.7477" in text
     assert "FUJI95714" in text  # accession of the file
     assert "NOT FOR CLINICAL USE" in text
+    # the decision is quoted with the card's INDEPENDENT test split (original Kermany test:
+    # specificity 0.76), never the validation split's 0.98 it was tuned on (issue 14)
+    assert "0.98 (0.96-0.99)" in text and "0.76 (0.71-0.82)" in text, text
+    assert "independent test data" in text and "0.98 (0.97-1.00)" not in text
 
 
 def test_headless_demo_writes_report_pdf_beside_report_json(tmp_path, capsys):

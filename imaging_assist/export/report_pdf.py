@@ -409,13 +409,17 @@ def _findings(item: dict, card) -> list[dict]:
     withhold = bool(ood and ood.get("flagged"))
     # issue 14's decision block (models.operating_point), when the run made one: its state
     # (positive / review / negative / withheld) and the independent test-split figures
-    states, tests = {}, {}
+    states, tests, test_ops = {}, {}, {}
     dblock = item.get("decision") if isinstance(item.get("decision"), dict) else {}
     if dblock.get("withheld"):
         withhold = True
     for x in dblock.get("labels") or []:
         if isinstance(x, dict) and x.get("label") is not None:
             states[x["label"]] = x.get("state")
+            op = x.get("operating_point") if isinstance(x.get("operating_point"), dict) else {}
+            t = op.get("test") if isinstance(op.get("test"), dict) else None
+            if t and isinstance(t.get("sensitivity"), dict) and isinstance(t.get("specificity"), dict):
+                test_ops[x["label"]] = t
             try:
                 from ..models.operating_point import operating_point_text
                 tests[x["label"]] = operating_point_text(x.get("operating_point"))
@@ -434,9 +438,14 @@ def _findings(item: dict, card) -> list[dict]:
                 row["decision"] = states[lab]
             else:
                 row["decision"] = "positive" if dec.get("positive") else "negative"
+            # the card's INDEPENDENT test split at this threshold (issue 14), else its validation
+            row["figures_from"] = "validation"
             for name in ("sensitivity", "specificity"):
                 m = _threshold_metric(card, lab, name, t, "validation")
-                if m is not None:
+                if lab in test_ops:
+                    row[name] = _ci(test_ops[lab][name])
+                    row["figures_from"] = str(test_ops[lab].get("data") or "independent test data")
+                elif m is not None:
                     row[name] = _ci(m)
                 elif dec.get(name) is not None:
                     row[name] = f"{float(dec[name]):.2f} (no CI in the card)"
@@ -1042,7 +1051,13 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
         ops = sorted({f["operating_point_data"] for f in e["findings"] if f["operating_point_data"]})
         agg = e.get("aggregation")
         foot = []
-        if ops:
+        srcs = sorted({f["figures_from"] for f in e["findings"] if f.get("figures_from")
+                       and f["figures_from"] != "validation" and not f.get("site")})
+        if srcs:
+            foot.append("Sensitivity and specificity are those this threshold gave on the card's "
+                        f"independent test data ({'; '.join(srcs)}); the threshold was chosen on "
+                        f"validation data ({'; '.join(ops) or 'see the card'}).")
+        elif ops:
             foot.append("Sensitivity and specificity are those the threshold gave on the card's "
                         f"validation data ({'; '.join(ops)}).")
         foot += [f"{f['label']}: {f['site']}." for f in e["findings"] if f.get("site")]
