@@ -217,19 +217,22 @@ def _run_cancellable(fn, cancel: threading.Event):
     """Run ``fn`` in a worker thread so that Ctrl-C sets ``cancel`` (a clean C-CANCEL /
     abort, temporary files removed) instead of tearing the transfer down mid-write."""
     box: dict = {}
+    finished = threading.Event()  # not Thread.join: a join interrupted by Ctrl-C can leave
+    # is_alive() False while the thread still runs (CPython bpo-21822)
 
     def work():
         try:
             box["result"] = fn()
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             box["error"] = e
+        finally:
+            finished.set()
 
-    t = threading.Thread(target=work, name="pacs-transfer", daemon=True)
-    t.start()
+    threading.Thread(target=work, name="pacs-transfer", daemon=True).start()
     interrupted = False
-    while t.is_alive():
+    while not finished.is_set():
         try:
-            t.join(0.2)
+            finished.wait(0.2)
         except KeyboardInterrupt:
             interrupted = True
             cancel.set()

@@ -101,14 +101,25 @@ class _Assoc:
                            evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
                            tls_args=_tls_args(node))
 
-    def __enter__(self):
+    def _associate(self):
         node = self.node
         try:
-            assoc = self.ae.associate(node.host, node.port, **self.kwargs)
+            return self.ae.associate(node.host, node.port, **self.kwargs)
         except (OSError, ssl.SSLError) as e:
             raise PacsError(f"{node.label()}: cannot connect ({e})") from None
+
+    def __enter__(self):
+        node = self.node
+        t0 = time.monotonic()
+        assoc = self._associate()
+        if (not assoc.is_established and not assoc.is_rejected and self.rejection is None
+                and time.monotonic() - t0 < 0.5 * node.timeout):
+            # pynetdicom can see the peer close the socket right after its A-ASSOCIATE-RJ before
+            # it reads the RJ (a race seen under load): ask once more to learn the real reason.
+            time.sleep(0.2)
+            assoc = self._associate()
         if not assoc.is_established:
-            if assoc.is_rejected:
+            if assoc.is_rejected or self.rejection:
                 raise PacsError(f"{node.label()}: association rejected: "
                                 f"{self.rejection or 'no reason given'} (check the node's AE title, "
                                 f"and that the PACS knows our AE title {self.ae.ae_title})")
