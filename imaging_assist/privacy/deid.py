@@ -93,6 +93,7 @@ class FileResult:
     output: str | None = None
     reason: str | None = None  # set when left out
     boxes: int = 0  # text boxes blacked out
+    rects: list = field(default_factory=list)  # their (x0, y0, x1, y1), in every frame
     ocr: str | None = None  # what the pixel check did ("cleaned", "checked, no text", ...)
     # the original identifiers, in memory only (for the audit trail, which pseudonymises them);
     # never written to the summary file
@@ -117,7 +118,8 @@ class Summary:
             "options": self.options, "key_fingerprint": self.key_fingerprint,
             "files_written": len(self.written), "files_left_out": len(self.left_out),
             "written": [{"file": r.relative, "pixels": r.ocr,
-                         "text_boxes_blacked_out": r.boxes} for r in self.written],
+                         "text_boxes_blacked_out": [list(b) for b in r.rects]}
+                        for r in self.written],
             "left_out": [{"file": r.relative, "reason": r.reason} for r in self.left_out],
             "seconds": round(self.seconds, 3),
         }
@@ -427,6 +429,10 @@ def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -
 # Files and folders
 
 
+class NotDicom(ValueError):
+    pass
+
+
 def _read(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -438,12 +444,24 @@ def _read(path: Path):
         # and accepted only if it really is an image object (SOP class and instance present).
         ds = pydicom.dcmread(path, force=True)
         if "SOPClassUID" not in ds or "SOPInstanceUID" not in ds:
-            raise ValueError("not a DICOM file") from None
+            raise NotDicom("not a DICOM file") from None
         if "TransferSyntaxUID" not in getattr(ds, "file_meta", {}):
             from pydicom.uid import ImplicitVRLittleEndian
             ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
     if "SOPInstanceUID" not in ds:
         raise ValueError("no SOP Instance UID (not a composite object)")
+    # pydicom reads a file cut short without complaint: an element whose value is shorter than
+    # its declared length, or an image without its pixel data, means the file is truncated.
+    for tag in ds.keys():
+        raw = ds.get_item(tag)
+        length = getattr(raw, "length", None)
+        value = getattr(raw, "value", None)
+        if (length is not None and length != 0xFFFFFFFF and isinstance(value, bytes)
+                and len(value) < length):
+            raise ValueError(f"truncated file: {tag} holds {len(value)} of {length} bytes")
+    if "Rows" in ds and "PixelData" not in ds and "FloatPixelData" not in ds \
+            and "DoubleFloatPixelData" not in ds:
+        raise ValueError("truncated file: an image without pixel data")
     return ds
 
 
@@ -468,7 +486,7 @@ def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
         ds = _read(src)
     except Exception as e:  # noqa: BLE001 - any unreadable input is one reason, never a crash
         res.reason = f"cannot be read as DICOM ({_short(e)})"
-        res.not_dicom = True
+        res.not_dicom = isinstance(e, NotDicom)
         return res
     if ds.get("SOPClassUID", "") == "1.2.840.10008.1.3.10" or src.name.upper() == "DICOMDIR":
         res.reason = "DICOMDIR (a directory index naming the original files) is not copied"
@@ -488,6 +506,7 @@ def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
                 res.reason = f"burned-in text ({kind}): {outcome.reason}"
                 return res
             res.boxes = outcome.boxes
+            res.rects = list(outcome.rects)
             res.ocr = outcome.summary
             cleaned = outcome.boxes > 0
         else:

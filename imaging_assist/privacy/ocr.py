@@ -19,7 +19,7 @@ and says why.  Only pixels inside the boxes change; the array is written back un
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,8 +27,10 @@ US_CLASSES = ("1.2.840.10008.5.1.4.1.1.6.", "1.2.840.10008.5.1.4.1.1.3.")
 SC_CLASSES = ("1.2.840.10008.5.1.4.1.1.7",)
 XA_CLASSES = ("1.2.840.10008.5.1.4.1.1.12.",)
 MARGIN = 3
-DETECT_CONF = 30  # a box this sure is blacked out (erring towards removing)
-VERIFY_CONF = 50  # a word this sure after cleaning means the file is not clean
+BRIGHT = 240  # overlay text is drawn near full brightness
+DETECT_CONF = 30  # a word this sure in the bright pixels is blacked out (erring towards removing)
+DETECT_CONF_INVERTED = 60  # ... in the whole inverted picture (texture reads as letters there)
+VERIFY_CONF = 70  # a word of 2+ letters/digits this sure after cleaning: the file is not clean
 MAX_PASSES = 3
 MAX_FRAMES = 8
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
@@ -40,6 +42,7 @@ class Outcome:
     boxes: int = 0
     reason: str | None = None  # set: cannot be cleaned, leave the file out
     summary: str = ""
+    rects: list = field(default_factory=list)  # (x0, y0, x1, y1) blacked out, margin included
 
 
 def needs_check(ds) -> str | None:
@@ -85,7 +88,10 @@ def _frames(ds) -> np.ndarray:
     return arr
 
 
-def _grey8(frame: np.ndarray, ds) -> np.ndarray:
+def _grey8(frame: np.ndarray, ds) -> tuple[np.ndarray, np.ndarray]:
+    """(luminance, brightness) as 8-bit pictures stretched to 0..255.  Brightness is the largest
+    channel of a colour pixel (yellow or cyan overlay text is as bright as white there, while
+    grey tissue is not); for grey pictures both are the same."""
     pi = str(ds.get("PhotometricInterpretation", "")).upper()
     if pi == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
@@ -93,27 +99,34 @@ def _grey8(frame: np.ndarray, ds) -> np.ndarray:
     f = frame.astype(np.float32)
     if f.ndim == 3:
         mx = float(f.max()) or 1.0
-        f = (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]) * (255.0 / mx)
+        lum = (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]) * (255.0 / mx)
+        bright = f.max(axis=-1) * (255.0 / mx)
     else:
         lo, hi = float(f.min()), float(f.max())
-        f = (f - lo) * (255.0 / (hi - lo if hi > lo else 1.0))
+        lum = (f - lo) * (255.0 / (hi - lo if hi > lo else 1.0))
         if pi == "MONOCHROME1":
-            f = 255.0 - f
-    return np.clip(f, 0, 255).astype(np.uint8)
+            lum = 255.0 - lum
+        bright = lum
+    return (np.clip(lum, 0, 255).astype(np.uint8), np.clip(bright, 0, 255).astype(np.uint8))
 
 
-def _words(img8: np.ndarray, min_conf: int):
-    """Word boxes (x0, y0, x1, y1, text, conf) in img8's coordinates.  Read twice: the bright
-    pixels alone (threshold 180 of 255, black on white: overlay text is drawn saturated, and
-    speckle or anatomy below the threshold no longer confuses tesseract) and the whole picture
-    inverted (dark text on a light ground, anti-aliased text)."""
+def _words(pics: tuple[np.ndarray, np.ndarray], min_conf: int, min_conf_inverted: int | None):
+    """Word boxes (x0, y0, x1, y1, text, conf) in the picture's coordinates.  Read twice: the
+    brightest pixels alone (>= BRIGHT of 255, black on white: overlay text is drawn saturated,
+    and tissue below the threshold no longer confuses tesseract), and the whole luminance
+    inverted (dark text on a light ground, anti-aliased text), where texture makes tesseract
+    see letters, so a higher confidence is asked there."""
     from PIL import Image
 
+    lum, bright = pics
     pt = _tesseract()
-    h, w = img8.shape
+    h, w = lum.shape
     scale = 2 if max(h, w) < 1200 else 1
     out = []
-    for img in (np.where(img8 >= 180, 0, 255).astype(np.uint8), 255 - img8):
+    reads = [(np.where(bright >= BRIGHT, 0, 255).astype(np.uint8), min_conf)]
+    if min_conf_inverted is not None:
+        reads.append((255 - lum, min_conf_inverted))
+    for img, floor in reads:
         pil = Image.fromarray(img)
         if scale != 1:
             pil = pil.resize((w * scale, h * scale), Image.LANCZOS)
@@ -124,7 +137,7 @@ def _words(img8: np.ndarray, min_conf: int):
                 conf = float(d["conf"][i])
             except (TypeError, ValueError):
                 conf = -1
-            if not text or conf < min_conf or not any(c.isalnum() for c in text):
+            if not text or conf < floor or not any(c.isalnum() for c in text):
                 continue
             x, y, bw, bh = (d[k][i] // scale for k in ("left", "top", "width", "height"))
             out.append((x, y, x + max(bw, 1), y + max(bh, 1), text, conf))
@@ -159,7 +172,8 @@ def _views(arr: np.ndarray) -> list[tuple[str, np.ndarray]]:
             + [(f"frame {i + 1}", arr[i]) for i in idx])
 
 
-def find_text(ds, arr: np.ndarray | None = None, min_conf: int = DETECT_CONF):
+def find_text(ds, arr: np.ndarray | None = None, min_conf: int = DETECT_CONF,
+              min_conf_inverted: int | None = DETECT_CONF_INVERTED):
     """Word boxes found: [(view, x0, y0, x1, y1, text, conf)]."""
     arr = _frames(ds) if arr is None else arr
     found = []
@@ -167,9 +181,48 @@ def find_text(ds, arr: np.ndarray | None = None, min_conf: int = DETECT_CONF):
     for name, view in _views(arr):
         key = hash(view.tobytes())  # identical frames (a still cine) are read once
         if key not in seen:
-            seen[key] = _words(_grey8(view, ds), min_conf)
+            seen[key] = _words(_grey8(view, ds), min_conf, min_conf_inverted)
         found += [(name, *b) for b in seen[key]]
     return found
+
+
+def _extend_line(pics, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int]:
+    """Widen a word box over the rest of its text line.  Sparse-text OCR of the whole picture
+    often reads one word of a line drawn over bright tissue and misses its neighbour (measured:
+    "DOE^JOHN" read as "DOE", "JOHN" left); the strip of that line, read again as one line of
+    text (``--psm 7``) on both pictures, finds the neighbours, and their boxes join.  Repeated
+    until the box stops growing (at most 4 times)."""
+    from PIL import Image
+
+    pt = _tesseract()
+    lum, bright = pics
+    rows, cols = lum.shape
+    h = max(1, y1 - y0)
+    b0, b1 = max(0, y0 - MARGIN), min(rows, y1 + MARGIN)
+    for _ in range(4):
+        s0, s1 = max(0, x0 - 4 * h), min(cols, x1 + 4 * h)
+        nx0, nx1 = x0, x1
+        for img in (np.where(bright[b0:b1, s0:s1] >= BRIGHT, 0, 255).astype(np.uint8),
+                    255 - lum[b0:b1, s0:s1]):
+            pil = Image.fromarray(img)
+            pil = pil.resize((pil.width * 2, pil.height * 2), Image.LANCZOS)
+            d = pt.image_to_data(pil, config="--psm 7", output_type=pt.Output.DICT)
+            for i, text in enumerate(d["text"]):
+                try:
+                    conf = float(d["conf"][i])
+                except (TypeError, ValueError):
+                    conf = -1
+                if not (text or "").strip() or conf < DETECT_CONF \
+                        or not any(c.isalnum() for c in text):
+                    continue
+                wx0 = s0 + d["left"][i] // 2
+                wx1 = s0 + (d["left"][i] + d["width"][i]) // 2
+                if wx1 >= nx0 - 2 * h and wx0 <= nx1 + 2 * h:  # next to the box, same line
+                    nx0, nx1 = min(nx0, wx0), max(nx1, wx1)
+        if (nx0, nx1) == (x0, x1):
+            break
+        x0, x1 = nx0, nx1
+    return max(0, x0), min(cols, x1)
 
 
 def clean_burned_in_text(ds) -> Outcome:
@@ -185,18 +238,35 @@ def clean_burned_in_text(ds) -> Outcome:
         return Outcome(reason=f"pixels cannot be decoded ({type(e).__name__}: {e})")
     rows, cols = arr.shape[1], arr.shape[2]
     black = _black_value(ds, arr)
+    done = np.zeros((rows, cols), bool)  # already blacked out
+    max_h = max(24, rows // 10)  # taller "words" are texture or edges, not overlay text
     total = 0
-    for _ in range(MAX_PASSES):
-        words = find_text(ds, arr)
-        if not words:
+    rects = []
+    for n_pass in range(MAX_PASSES):
+        new = []
+        # later passes read the bright pixels only: in the inverted picture the edges of the
+        # boxes just blacked out read as letters
+        for w in find_text(ds, arr, DETECT_CONF, DETECT_CONF_INVERTED if n_pass == 0 else None):
+            _v, x0, y0, x1, y1 = w[:5]
+            if y1 - y0 > max_h or x1 - x0 > 0.8 * cols:
+                continue
+            if done[y0:y1, x0:x1].mean() > 0.5:
+                continue  # read off the edge of a box already black
+            new.append(w)
+        if not new:
             break
-        for _f, x0, y0, x1, y1, _t, _c in words:
+        pics = {name: view for name, view in _views(arr)}
+        for v, x0, y0, x1, y1, _t, _c in new:
+            x0, x1 = _extend_line(_grey8(pics[v], ds), x0, y0, x1, y1)
             # the box goes black in every frame: overlays usually stay put while a cine plays
-            arr[:, max(0, y0 - MARGIN):min(rows, y1 + MARGIN),
-                max(0, x0 - MARGIN):min(cols, x1 + MARGIN)] = black
-        total += len(words)
-    left = [w for w in find_text(ds, arr, VERIFY_CONF)
-            if sum(c.isalnum() for c in w[5]) >= 2]
+            ys = slice(max(0, y0 - MARGIN), min(rows, y1 + MARGIN))
+            xs = slice(max(0, x0 - MARGIN), min(cols, x1 + MARGIN))
+            arr[:, ys, xs] = black
+            done[ys, xs] = True
+            rects.append((xs.start, ys.start, xs.stop, ys.stop))
+        total += len(new)
+    left = [w for w in find_text(ds, arr, VERIFY_CONF, VERIFY_CONF)
+            if sum(c.isalnum() for c in w[5]) >= 2 and done[w[2]:w[4], w[1]:w[3]].mean() <= 0.5]
     if left:
         sample = ", ".join(repr(w[5]) for w in left[:3])
         return Outcome(boxes=total, reason=f"text still readable after blacking out "
@@ -204,7 +274,8 @@ def clean_burned_in_text(ds) -> Outcome:
     if total == 0:
         return Outcome(0, None, "checked by OCR: no text found")
     _write_back(ds, arr)
-    return Outcome(total, None, f"{total} text box(es) blacked out; OCR finds no text after")
+    return Outcome(total, None, f"{total} text box(es) blacked out; OCR finds no text after",
+                   rects)
 
 
 def _write_back(ds, arr: np.ndarray) -> None:
