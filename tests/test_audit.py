@@ -442,3 +442,17 @@ def test_a_pacs_retrieve_sink_records_its_transfer(trail):
     assert (f["method"], f["expected"], f["written"], f["failures"]) == ("C-GET", 1, 1, 0)
     assert f["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid") and f["bytes"] == CR.stat().st_size
     _assert_no_phi(audit.log_path().read_bytes(), str(trail))
+
+
+def test_an_overlong_line_is_reported_with_bounded_memory(trail):
+    p = _fill(2)
+    with open(p, "ab") as f:
+        f.write(b"x" * (3 * audit.MAX_LINE) + b"\n")
+    ok, line, reason = audit.verify()
+    assert not ok and line == 3 and "longer than" in reason
+    assert audit.read_entries()[2] is None
+    with open(p, "ab") as f:  # a tail with no line end at all, larger than any torn line of ours
+        f.write(b"y" * (audit.MAX_FRAGMENT + 2 * audit.MAX_LINE))
+    size = p.stat().st_size
+    assert audit.record("after") is False  # refused, the file is left as it is
+    assert p.stat().st_size == size

@@ -65,6 +65,7 @@ LOCK_TIMEOUT_S = 5.0
 MAX_LIST = 16  # longer identifier lists are recorded as one keyed digest of the set, plus a count
 MAX_FIELDS_BYTES = 64 * 1024  # larger fields are recorded as their sha256 and size (lines stay small)
 MAX_FRAGMENT = 16 * 1024 * 1024  # an interrupted tail up to this size is set aside by the next append
+MAX_LINE = 1024 * 1024  # our lines stay under ~70 KiB; longer ones are not ours (bounded reads)
 TAIL_CHUNK = 65536
 
 log = logging.getLogger("imaging_assist.audit")
@@ -227,6 +228,9 @@ def _last_line(fd: int, size: int) -> tuple[bytes | None, int]:
     pos = size
     buf = b""
     while pos > 0:
+        if size - pos > MAX_FRAGMENT + MAX_LINE:  # bounded: never read a whole odd file into memory
+            raise OSError(errno.EINVAL, "the end of the log is not made of audit lines (no complete "
+                                        "line in its last 17 MiB); left untouched (run `audit verify`)")
         step = min(TAIL_CHUNK, pos)
         pos -= step
         buf = os.pread(fd, step, pos) + buf
@@ -420,13 +424,26 @@ def _write_head(folder: Path, lines: int, sha: str, mkey: bytes) -> None:
 
 # --------------------------------------------------------------------------- reading
 def _lines(path: Path):
-    """(complete lines without their newline, streamed; then the trailing fragment or b"")."""
+    """(line without its newline, state) streamed, state "ok", "long" (over MAX_LINE: its start
+    only, the rest skipped unread into memory) or "partial" (the last bytes, without a newline)."""
     with open(path, "rb") as fh:
-        for chunk in fh:
-            if not chunk.endswith(b"\n"):
-                yield chunk, True
+        while True:
+            chunk = fh.readline(MAX_LINE + 1)
+            if not chunk:
                 return
-            yield chunk[:-1], False
+            if chunk.endswith(b"\n"):
+                yield chunk[:-1], "ok"
+                continue
+            if len(chunk) <= MAX_LINE:
+                yield chunk, "partial"
+                return
+            while True:  # skip the rest of an overlong line
+                more = fh.readline(MAX_LINE)
+                if not more or more.endswith(b"\n"):
+                    break
+            yield chunk[:200], "long"
+            if not more:
+                return
 
 
 def read_entries(path: Path | None = None) -> list[dict | None]:
@@ -434,8 +451,11 @@ def read_entries(path: Path | None = None) -> list[dict | None]:
     p = Path(path) if path else log_path()
     out: list[dict | None] = []
     try:
-        for raw, partial in _lines(p):
-            if partial or not raw:
+        for raw, state in _lines(p):
+            if state == "partial" or not raw:
+                continue
+            if state == "long":
+                out.append(None)
                 continue
             try:
                 obj = json.loads(raw)
@@ -544,11 +564,13 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
     prev, n, incomplete = GENESIS, 0, b""
     at_head = at_anchor = None
     try:
-        for raw, partial in _lines(p):
-            if partial:
+        for raw, state in _lines(p):
+            if state == "partial":
                 incomplete = raw
                 break
             n += 1
+            if state == "long":
+                return False, n, f"line {n} is longer than {MAX_LINE // 1024} KiB: not an audit record"
             why = _check_line(n, raw, prev, mkey, fp)
             if why:
                 return False, n, why
