@@ -158,7 +158,7 @@ def _write_correction_seg(volume, lm, names, run, path: Path, warns: list) -> Pa
                     series_number=9902, warnings=warns)
     for item in seg.SegmentSequence:
         item.SegmentAlgorithmType = "SEMIAUTOMATIC"  # the model's labels, edited by a reader
-    seg.ContentLabel = "READER_CORRECTION"
+    seg.ContentLabel = "READER_EDIT"  # CS: at most 16 characters
     seg.SeriesDescription = f"AI {run['model_id']} SEG corrected by reader"[:64]
     seg.save_as(path)
     record_export("SEG", path, volume)

@@ -42,6 +42,7 @@ from imaging_assist.models.matching import Match, match_card, series_facts
 from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, decision_text, esc, heat_display, heat_text,
                             key_slice, one_line, operating_point_text, size_lines, timings_text)
 from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
+from ..monitor.feedback_box import attach_monitoring
 from ..shared.units import spacing_note
 
 log = logging.getLogger(__name__)
@@ -408,6 +409,7 @@ class ModelPanel(QWidget):
         self._bridge.finished.connect(self._on_finished)
         self.card_dialog = None
         self._build()
+        attach_monitoring(self)  # issue 18: reader feedback under the results, Monitor, alert at start
         doc.volumeChanged.connect(self._on_volume)
         doc.loadFinished.connect(self._update_enabled)
         app = QApplication.instance()
