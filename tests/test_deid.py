@@ -279,7 +279,7 @@ def test_no_planted_value_survives_the_basic_profile(basic_run, planted):
         assert ds.LongitudinalTemporalInformationModified == "REMOVED"
         codes = [c.CodeValue for c in ds.DeidentificationMethodCodeSequence]
         assert codes[0] == "113100"
-        assert ds.PatientID.startswith("IA-") and ds.PatientName == ds.PatientID
+        assert ds.PatientID.startswith("IA-") and str(ds.PatientName) == ds.PatientID + "^"
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
 
 

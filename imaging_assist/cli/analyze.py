@@ -40,6 +40,9 @@ def register(subparsers) -> None:
     a.add_argument("--json", action="store_true", help="print results.json to stdout")
     a.add_argument("--dicom", action="store_true",
                    help="also write DICOM SEG, Parametric Map, SR and Encapsulated PDF into DIR/dicom/")
+    a.add_argument("--deidentify", action="store_true",
+                   help="analyse a de-identified copy of PATH (PS3.15 basic profile, burned-in text "
+                        "blacked out; as `anonymize`): results, report and DICOM objects carry no PHI")
     a.add_argument("--research-override", action="store_true",
                    help="run on series the model card does not fit (wrong modality, body part, "
                         "image kind, age or view): decisions withheld, the override recorded")
@@ -137,6 +140,10 @@ def cmd_analyze(args) -> int:
 
     from ..models.registry import Registry
 
+    if getattr(args, "deidentify", False):  # issue 16: every output made from a de-identified copy
+        from ..privacy.deid import deidentified_input
+
+        args.path = deidentified_input(args.path, echo=lambda m: print(m, file=sys.stderr))
     entry = Registry().get(args.model)
     card = entry.card
     from ..nodules.run import cmd_analyze_nodules, is_nodule_model

@@ -404,7 +404,7 @@ def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -
     pseudonym = keyed.patient_id(pkey)
     _walk(ds, ctx)
     ds.PatientID = pseudonym
-    ds.PatientName = pseudonym
+    ds.PatientName = pseudonym + "^"  # family name = the pseudonym (one component, said so)
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED" if opts.modified_dates else "REMOVED"
     names = ["PS3.15 Basic Application Level Confidentiality Profile"] + opts.names()
@@ -635,3 +635,32 @@ def _audit(summary: Summary) -> None:
            files_left_out=len(summary.left_out),
            patient_ids=sorted({r.patient_id for r in summary.written if r.patient_id}),
            study_uids=sorted({r.study_uid for r in summary.written if r.study_uid}))
+
+
+_COPIES: list = []  # temporary de-identified copies made for this process, removed at exit
+
+
+def deidentified_input(path, opts: Options = Options(), echo=None) -> str:
+    """A de-identified copy of ``path`` for the export paths (``analyze --deidentify``): every
+    result, report, key image and DICOM object is then made from de-identified data only
+    (headers by the profile, burned-in text blacked out), and its UIDs are the ones an
+    ``anonymize`` export of the same input with the same site key carries, so the two can be
+    paired.  Files that are not DICOM are left out (listed).  The copy lives in a temporary
+    folder removed when the process ends."""
+    import atexit
+    import tempfile
+
+    tmp = tempfile.TemporaryDirectory(prefix="imaging-assist-deid-")
+    _COPIES.append(tmp)
+    if len(_COPIES) == 1:
+        atexit.register(lambda: [t.cleanup() for t in _COPIES])
+    src = Path(path).expanduser()
+    dst = Path(tmp.name) / (src.stem if src.is_file() else "input")
+    summary = deidentify_tree(src, dst, opts)
+    for line in summary.lines():
+        (echo or (lambda m: None))(line)
+    if not summary.written:
+        raise UserError(f"--deidentify: no DICOM file of {path} could be de-identified"
+                        + (f" ({summary.left_out[0].reason})" if summary.left_out else ""))
+    out = dst / src.name if src.is_file() else dst
+    return str(out)
