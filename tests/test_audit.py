@@ -265,9 +265,11 @@ def test_identifiers_are_keyed_pseudonyms(trail):
         assert s.encode() not in raw, s
     f = audit.read_entries()[0]["fields"]
     assert f["modality"] == "CT"
-    assert f["patient_id"] == audit.pseudonym(PLANTED_ID, "patient-id") == sitekey.pseudonym(PLANTED_ID, "audit:patient-id")
+    pid = audit.pseudonym(PLANTED_ID, "patient-id")
+    assert f["patient_id"] == pid == sitekey.pseudonym(PLANTED_ID, "audit:patient-id")
     assert f["patient_id"] != sitekey.pseudonym(PLANTED_ID, "patient-id")  # unlinkable to de-id exports
-    assert f["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid") and f["instance_uids"] == [audit.pseudonym(PLANTED_SOP, "uid")]
+    assert f["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid")
+    assert f["instance_uids"] == [audit.pseudonym(PLANTED_SOP, "uid")]
     assert f["many_uids"]["count"] == 40 and len(f["many_uids"]["set"]) == 32
 
 
@@ -367,7 +369,8 @@ def test_analyze_records_open_run_and_exports_without_phi(trail, planted_cr):
 def test_info_and_view_screenshot_record_the_study_open(trail, planted_cr):
     assert cli_main(["info", str(planted_cr)]) == 0
     shot = trail / "shot.png"
-    r = subprocess.run([sys.executable, "-m", "imaging_assist_ui", "view", str(planted_cr), "--screenshot", str(shot)],
+    r = subprocess.run([sys.executable, "-m", "imaging_assist_ui", "view", str(planted_cr),
+                        "--screenshot", str(shot)],
                        capture_output=True, text=True, env=dict(os.environ, QT_QPA_PLATFORM="offscreen"),
                        timeout=180)
     assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]

@@ -108,7 +108,8 @@ def _kind_of(name: str) -> str | None:
 
 def pseudonym(value: Any, kind: str) -> str | None:
     """The audit pseudonym of ``value`` in role ``kind`` (None for an empty value).  Auditors
-    recompute it with the same key to find a patient's or study's events (``audit show --find``)."""
+    recompute it with the same key to find a patient's or study's events
+    (``audit show --patient ID`` / ``--uid UID``)."""
     from .sitekey import pseudonym as _p
 
     if value is None:
