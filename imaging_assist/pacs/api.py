@@ -108,6 +108,8 @@ def get(node: Node, study_uid: str, out_dir: str | os.PathLike, series_uids=(),
             for sop in sops:
                 if sop not in got and not sink.present(series, sop):
                     res.failures.append(_failure(sop, "not received from the node"))
+    from ..privacy.audit import record_transfer
+    record_transfer("retrieve", res, node=node.label())  # the audit trail (never raises)
     return res
 
 

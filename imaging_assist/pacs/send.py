@@ -136,4 +136,6 @@ def send(node: Node, paths: list[str], settings: Settings | None = None,
                 res.failures.append((it.path, "the node answered success but does not list the "
                                               "instance afterwards (not stored)"))
     res.seconds = time.perf_counter() - t0
+    from ..privacy.audit import record_transfer
+    record_transfer("send", res)  # the audit trail: patient data left this machine (never raises)
     return res
