@@ -139,6 +139,8 @@ def build_menus(self):
     m.addAction(export_dicom_action(self))  # File → Export results (DICOM)… (issue 13)
     from ..shared.deid_dialog import deid_action
     m.addAction(deid_action(self))  # File → Export de-identified… (issue 16)
+    from ..pacs.window import pacs_action
+    m.addAction(pacs_action(self))  # File → PACS (query / retrieve / send)… (issue 15)
     m.addSeparator()
     m.addAction(self.a_quit)
     m = mb.addMenu("&View")
