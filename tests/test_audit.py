@@ -430,23 +430,6 @@ def test_opening_a_slide_or_a_plain_image_is_recorded(trail):
     _assert_no_phi(audit.log_path().read_bytes(), str(trail), "CMU-1")
 
 
-def test_a_pacs_retrieve_sink_records_its_transfer(trail):
-    from imaging_assist.pacs.transfer import InstanceSink
-
-    series = "1.2.826.0.1.3680043.8.498.77001122334477"
-    sink = InstanceSink(trail / "SECRETNAME_inbox", PLANTED_STUDY, "C-GET")
-    missing = sink.plan([(series, PLANTED_SOP)])
-    assert missing == {series: [PLANTED_SOP]}
-    assert sink.write(series, PLANTED_SOP, need(CR).read_bytes())
-    res = sink.finish()
-    assert res.written == 1
-    (e,) = [e for e in audit.read_entries() if e["event"] == "pacs.retrieve"]
-    f = e["fields"]
-    assert (f["method"], f["expected"], f["written"], f["failures"]) == ("C-GET", 1, 1, 0)
-    assert f["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid") and f["bytes"] == CR.stat().st_size
-    _assert_no_phi(audit.log_path().read_bytes(), str(trail))
-
-
 def test_an_overlong_line_is_reported_with_bounded_memory(trail):
     p = _fill(2)
     with open(p, "ab") as f:

@@ -192,6 +192,4 @@ class InstanceSink:
         self._clean_partials()
         self.result.seconds = time.perf_counter() - self._t0
         self.result.cancelled = self.cancel.is_set()
-        from ..privacy.audit import record_transfer  # the audit trail (issue 16; never raises)
-        record_transfer("retrieve", self.result)
         return self.result
