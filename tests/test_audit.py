@@ -442,3 +442,31 @@ def test_an_overlong_line_is_reported_with_bounded_memory(trail):
     size = p.stat().st_size
     assert audit.record("after") is False  # refused, the file is left as it is
     assert p.stat().st_size == size
+
+
+def test_a_real_pacs_send_and_retrieve_are_recorded_without_identifiers(trail, planted_cr, tmp_path_factory):
+    """A real Orthanc (its own, so the PACS tests' peer keeps its studies): C-STORE the planted
+    image, C-GET it back; both transfers are in the trail with the peer, never with the IDs."""
+    from _orthanc import _start
+
+    from imaging_assist.pacs import api
+    from imaging_assist.pacs.send import send
+
+    o = _start(tmp_path_factory, "orthanc-audit")
+    try:
+        node = o.dimse_node()
+        sent = send(node, [str(planted_cr)], o.settings())
+        assert sent.confirmed == 1, sent.to_dict()
+        inbox = trail / "SECRETNAME_inbox"
+        got = api.get(node, PLANTED_STUDY, inbox, method="get", settings=o.settings())
+        assert got.written == 1 and not got.failures
+    finally:
+        o.stop()
+    ev = {e["event"]: e["fields"] for e in audit.read_entries() if e["event"].startswith("pacs.")}
+    assert set(ev) == {"pacs.send", "pacs.retrieve"}
+    assert ev["pacs.send"]["confirmed"] == 1 and ev["pacs.send"]["node"] == node.label()
+    r = ev["pacs.retrieve"]
+    assert (r["written"], r["failures"], r["method"], r["node"]) == (1, 0, "get", node.label())
+    assert r["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid")
+    assert audit.verify()[0]
+    _assert_no_phi(audit.log_path().read_bytes(), str(trail))
