@@ -470,3 +470,15 @@ def test_a_real_pacs_send_and_retrieve_are_recorded_without_identifiers(trail, p
     assert r["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid")
     assert audit.verify()[0]
     _assert_no_phi(audit.log_path().read_bytes(), str(trail))
+
+
+def test_de_identification_is_recorded_without_identifiers(trail, planted_cr):
+    out = trail / "deid_out"
+    assert cli_main(["anonymize", str(planted_cr.parent), str(out)]) == 0
+    (e,) = [e["fields"] for e in audit.read_entries() if e["event"] == "deidentify"]
+    assert e["files_written"] == 1 and e["files_left_out"] == 0
+    assert e["patient_ids"] == [audit.pseudonym(PLANTED_ID, "patient-id")]
+    assert e["study_uids"] == [audit.pseudonym(PLANTED_STUDY, "uid")]
+    assert e["key_fingerprint"] == sitekey.key_fingerprint()
+    assert audit.verify()[0]
+    _assert_no_phi(audit.log_path().read_bytes(), str(trail))
