@@ -454,3 +454,59 @@ def test_cli_anonymize(planted, tmp_path):
     (tmp_path / "in2").mkdir()
     shutil.copy(src / "A" / "truncated.dcm", tmp_path / "in2" / "t.dcm")
     assert main(["anonymize", str(tmp_path / "in2"), str(tmp_path / "o2")]) == 1
+
+
+def test_every_transfer_syntax_keeps_its_pixel_bytes(tmp_path):
+    from conftest import NINE_SYNTAXES
+
+    s = deidentify_tree(need(NINE_SYNTAXES), tmp_path / "o", Options(), key=KEY, audit=False)
+    dicom = [r for r in s.written]
+    assert len(dicom) == 9, [r.reason for r in s.left_out]
+    for r in dicom:
+        a, b = pydicom.dcmread(r.source), pydicom.dcmread(r.output)
+        assert b.file_meta.TransferSyntaxUID == a.file_meta.TransferSyntaxUID, r.relative
+        assert b.PixelData == a.PixelData, r.relative
+    # the three text files and the NIfTI are listed, never copied
+    assert {Path(r.source).suffix for r in s.left_out} == {".txt", ".json", ".nii"}
+    assert all(r.not_dicom for r in s.left_out)
+
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    import subprocess
+
+    exe = shutil.which("dciodvfy")
+    assert exe, "dciodvfy (Debian dicom3tools) is not installed"
+    p = subprocess.run([exe, str(path)], capture_output=True, text=True, timeout=60)
+    return {ln.strip() for ln in (p.stdout + p.stderr).splitlines() if ln.startswith("Error")}
+
+
+def test_outputs_add_no_iod_error(tmp_path):
+    """dciodvfy: a de-identified file has no error its source did not have (dummy values keep
+    Type 1 attributes, Type 2 stay present and empty)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(sorted(need(CT_PHANTOM).glob("*.dcm"))[0], src / "ct.dcm")
+    shutil.copy(need(DICOM / "mr_enhanced_multiframe_philips" / "IM_0027_fMAP.dcm"), src / "mr.dcm")
+    deidentify_tree(src, tmp_path / "out", Options(), key=KEY, audit=False)
+    for name in ("ct.dcm", "mr.dcm"):
+        new = _dciodvfy_errors(tmp_path / "out" / name) - _dciodvfy_errors(src / name)
+        assert not new, f"{name}: {sorted(new)[:5]}"
+
+
+def test_overlay_planes_go_whole_and_registry_uids_stay(tmp_path):
+    ds = pydicom.dcmread(sorted(need(CT_PHANTOM).glob("*.dcm"))[0])
+    ds.add_new(0x60000010, "US", 512)
+    ds.add_new(0x60000011, "US", 512)
+    ds.add_new(0x60000040, "CS", "G")
+    ds.add_new(0x60000100, "US", 1)
+    ds.add_new(0x60003000, "OW", b"\xff" * (512 * 512 // 8))
+    ds.add_new(0x00081150, "UI", "1.2.840.10008.5.1.4.1.1.2")  # a class UID at the top level
+    ds.add_new(0x00080062, "UI", ["1.2.840.10008.5.1.4.1.1.2"])  # SOP Classes in Study
+    (tmp_path / "in").mkdir()
+    ds.save_as(tmp_path / "in" / "ov.dcm")
+    deidentify_tree(tmp_path / "in", tmp_path / "out", Options(), key=KEY, audit=False)
+    out = pydicom.dcmread(tmp_path / "out" / "ov.dcm")
+    assert not [e for e in out if e.tag.group == 0x6000]
+    assert out[0x00081150].value == "1.2.840.10008.5.1.4.1.1.2"
+    assert out[0x00080062].value == "1.2.840.10008.5.1.4.1.1.2"
+    assert out.SOPClassUID == ds.SOPClassUID

@@ -303,6 +303,15 @@ def _dummy(elem, ctx: _Context):
     return v
 
 
+def _well_known(value) -> bool:
+    """A UID of the standard's registry (a class, syntax, coding scheme...): names no instance."""
+    from pydicom.uid import UID_dictionary
+
+    vals = value if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" \
+        else [value]
+    return all(str(v) in UID_dictionary for v in vals)
+
+
 def _uids(value, ctx: _Context):
     if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
         return [ctx.keyed.uid(str(v)) for v in value]
@@ -329,8 +338,15 @@ def _walk(ds, ctx: _Context) -> None:
     (the pixel data above all) are written back byte for byte."""
     from pydicom.sequence import Sequence
 
+    overlays = {t.group for t in ds.keys() if 0x6000 <= t.group <= 0x601E and t.element == 0x3000}
     for tag in list(ds.keys()):
         if tag.is_private or tag.element == 0:  # private data and group lengths
+            del ds[tag]
+            continue
+        if tag.group in overlays:
+            # Overlay Data is X (Clean Graphics, which would keep it, is not offered): the rest of
+            # its overlay plane (rows, origin, type...) would describe data that is gone and make
+            # the plane invalid, so the group goes with it
             del ds[tag]
             continue
         row = _row(int(tag))
@@ -341,7 +357,8 @@ def _walk(ds, ctx: _Context) -> None:
                     _walk(item, ctx)
             elif vr == "UI":
                 elem = ds[tag]
-                if elem.value and not _CLASS_UID_KEYWORDS.search(elem.keyword or ""):
+                if elem.value and not _CLASS_UID_KEYWORDS.search(elem.keyword or "") \
+                        and not _well_known(elem.value):
                     # An instance UID the table does not list (a newer attribute): replaced
                     # too, so no original UID survives and references still match.
                     elem.value = _uids(elem.value, ctx)
