@@ -212,3 +212,64 @@ def test_values_with_spaces_and_carets_match_exactly(orthanc, proto):
     # Broadening for Orthanc's QIDO never lets a near miss through.
     for q in (Query(patient="Zzz_Test-Vumc-QC-MRI^VIDA1"), Query(description="Wekelijkse  QC*")):
         assert api.find(node, q, s) == [], q
+
+
+def test_dicomweb_bearer_token_is_sent_and_never_logged(caplog):
+    import logging
+    token = "tok-SECRET-0123456789"
+    seen = []
+
+    class Api(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            ok = self.headers.get("Authorization") == f"Bearer {token}"
+            self.send_response(200 if ok else 401)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            if ok:
+                self.wfile.write(b"[]")
+
+        def log_message(self, *a):
+            pass
+
+    httpd = HTTPServer(("127.0.0.1", free_port()), Api)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_port}/dicom-web"
+        caplog.set_level(logging.DEBUG)
+        logging.getLogger("dicomweb_client").setLevel(logging.DEBUG)  # even when someone asks
+        api.echo(Node("b", "dicomweb", url=url, auth="bearer", token=token).validate())
+        with pytest.raises(PacsError, match="HTTP 401") as e:
+            api.echo(Node("b", "dicomweb", url=url, auth="bearer", token="other-token").validate())
+        assert seen[0] == f"Bearer {token}"
+        assert token not in caplog.text and "other-token" not in caplog.text + str(e.value)
+    finally:
+        httpd.shutdown()
+
+
+def test_dimse_over_tls(tmp_path):
+    """Orthanc with DICOM TLS (a self-signed certificate made by openssl): echo and find over
+    TLS with the CA configured; without it the node is refused in one line."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed for the TLS test")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    o = Orthanc(workdir=str(tmp_path / "o"),
+                tls={"cert": str(cert), "key": str(key), "trusted": str(cert)}).start()
+    try:
+        node = o.dimse_node()
+        node.tls_ca = str(cert)
+        node.validate()
+        assert "TLS" in node.display()
+        api.echo(node, o.settings())
+        assert api.find(node, Query(), o.settings()) == []
+        plain = o.dimse_node()
+        plain.timeout = 3
+        with pytest.raises(PacsError, match=r"orthanc \[ORTHANC@127.0.0.1:\d+\]: association"):
+            api.echo(plain, o.settings())
+    finally:
+        o.cleanup()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import io
+import logging
 import re
 import threading
 from typing import Callable
@@ -20,6 +21,7 @@ from .nodes import Node, PacsError
 from .query import Query, row_from_dataset
 from .transfer import InstanceSink
 
+logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its DEBUG lines echo URLs
 WADO_ANY_SYNTAX = (("application/dicom", "*"),)  # the instance as stored, no transcoding
 
 
@@ -42,13 +44,13 @@ def client(node: Node) -> DICOMwebClient:
     session = requests.Session()
     session.mount("http://", _WildcardAdapter())
     session.mount("https://", _WildcardAdapter())
-    headers = {}
+    # Credentials live on the requests session only: dicomweb-client logs the headers it is
+    # given (DEBUG), the session's own headers and auth it never sees or logs.
     if node.auth == "basic":
         session.auth = (node.username, node.password)
     elif node.auth == "bearer":
-        headers["Authorization"] = f"Bearer {node.token}"
-    c = DICOMwebClient(url=node.url, session=session, headers=headers or None,
-                       timeout=node.timeout)
+        session.headers["Authorization"] = f"Bearer {node.token}"
+    c = DICOMwebClient(url=node.url, session=session, timeout=node.timeout)
     # dicomweb-client retries every exception 5 times with exponential waits by default (a
     # refused connection took 30 s to report): one attempt, one clear line.
     c.set_http_retry_params(retry=False)

@@ -44,7 +44,7 @@ class Orthanc:
 
     def __init__(self, our_ae: str = "IA_TEST", our_port: int | None = None, allow_get: bool = True,
                  aet: str = "ORTHANC", user: str = "ia", password: str = "ia-test-secret",
-                 workdir: str | None = None):
+                 workdir: str | None = None, tls: dict | None = None):
         for f in (ORTHANC, DICOMWEB_PLUGIN):
             if not os.path.exists(f):
                 raise RuntimeError(f"{f} missing: install the Debian packages orthanc and "
@@ -53,6 +53,7 @@ class Orthanc:
         self.our_port = our_port or free_port()
         self.user, self.password = user, password
         self.allow_get = allow_get
+        self.tls = tls  # {"cert": PEM, "key": PEM, "trusted": PEM}: DICOM TLS on the DICOM port
         self._own_dir = workdir is None
         self.dir = Path(workdir or tempfile.mkdtemp(prefix="ia-orthanc-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,10 @@ class Orthanc:
             "LimitFindResults": 0,
             "LimitFindInstances": 0,
             "StorageAccessOnFind": "Always",
+            **({"DicomTlsEnabled": True, "DicomTlsCertificate": self.tls["cert"],
+                "DicomTlsPrivateKey": self.tls["key"],
+                "DicomTlsTrustedCertificates": self.tls["trusted"],
+                "DicomTlsRemoteCertificateRequired": False} if self.tls else {}),
         }
 
     # ------------------------------------------------------------------ life cycle

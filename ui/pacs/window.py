@@ -115,6 +115,8 @@ class PacsWindow(QDialog):
         self.progress_tree.setHeaderLabels(["Series", "Progress", "State"])
         self.progress_tree.setRootIsDecorated(False)
         self.progress_tree.setMaximumHeight(170)
+        self.progress_tree.setColumnWidth(0, 360)
+        self.progress_tree.setColumnWidth(1, 280)
         outer.addWidget(self.progress_tree, 1)
         self.bars: dict[str, tuple[QTreeWidgetItem, QProgressBar]] = {}
 
@@ -206,7 +208,7 @@ class PacsWindow(QDialog):
     def _show_studies(self, rows: list[dict]) -> None:
         self.tree.clear()
         for r in rows:
-            it = QTreeWidgetItem([r["patient_name"], r["patient_id"], _date(r["study_date"]),
+            it = QTreeWidgetItem([_person(r["patient_name"]), r["patient_id"], _date(r["study_date"]),
                                   r["study_description"], r["modalities"], _n(r["n_series"]),
                                   _n(r["n_instances"])])
             it.setData(0, UID_ROLE, r["study_uid"])
@@ -232,7 +234,8 @@ class PacsWindow(QDialog):
         def show(rows):
             rows.sort(key=lambda r: (r["series_number"] is None, r["series_number"] or 0))
             for r in rows:
-                c = QTreeWidgetItem(["", "", "", f"{_n(r['series_number'])}  {r['series_description']}",
+                desc = r["series_description"] or "(no description)"
+                c = QTreeWidgetItem(["", "", "", f"{_n(r['series_number'])}  {desc}",
                                      r["modality"], "", _n(r["n_instances"])])
                 c.setData(0, UID_ROLE, r["series_uid"])
                 c.setData(0, KIND_ROLE, "series")
@@ -343,7 +346,6 @@ class PacsWindow(QDialog):
             bar.setFormat("%v / %m")
             self.progress_tree.setItemWidget(it, 1, bar)
             self.bars[uid] = (it, bar)
-            self.progress_tree.resizeColumnToContents(0)
         bar = self.bars[uid][1]
         bar.setMaximum(max(total, 1))
         return bar
@@ -398,6 +400,13 @@ class PacsWindow(QDialog):
         if self.transfer is not None:
             self.transfer.cancel.set()
         super().closeEvent(e)
+
+
+def _person(pn: str) -> str:
+    """DICOM PN ``Family^Given^Middle^Prefix^Suffix`` as "Family, Given Middle" (as OHIF)."""
+    parts = [p.strip() for p in (pn or "").split("=")[0].split("^")]
+    family, rest = parts[0], " ".join(p for p in parts[1:] if p)
+    return f"{family}, {rest}" if family and rest else (family or rest)
 
 
 def _n(v) -> str:
