@@ -342,7 +342,9 @@ def test_analyze_records_open_run_and_exports_without_phi(trail, planted_cr):
     assert ok, reason
     entries = audit.read_entries()
     events = [e["event"] for e in entries]
-    assert events[0] == "study.open" and "model.run" in events
+    assert events[:2] == ["study.index", "study.open"] and "model.run" in events
+    idx = entries[0]["fields"]
+    assert idx["patient_ids"] == [audit.pseudonym(PLANTED_ID, "patient-id")] and idx["files"] == 1
     run = next(e["fields"] for e in entries if e["event"] == "model.run")
     card = Registry().get("cxr-pneumonia").card
     assert run["model"] == "cxr-pneumonia" and run["model_version"] == card.version

@@ -594,6 +594,8 @@ def scan(paths: str | list[str], workers: int | None = None,
             good.append(rec)
     _build_tree(index, good, problems)
     index.problems = sorted(problems, key=lambda p: p.path)
+    from ..privacy.audit import record_index  # the audit trail: whose headers were listed (never raises)
+    record_index(index)
     return index
 
 

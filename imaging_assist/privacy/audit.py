@@ -789,3 +789,21 @@ def record_open_file(path, kind: str, **extra) -> bool:
     """A slide or plain image opened (``slides.reader.open_slide``, ``inference.images.read_image``):
     the same ``study.open`` event as a DICOM series, named by its pseudonymised path."""
     return record("study.open", kind=kind, path=os.fspath(path), **extra)
+
+
+def record_index(index) -> bool:
+    """A folder indexed (``dicom.index.scan``: the study browser, ``scan``, and every command
+    before it loads a series): the patients and studies whose headers were read and listed."""
+    try:
+        patients = list(getattr(index, "patients", []) or [])
+        if not patients:
+            return True  # nothing identifying was read: no event
+        studies = [st.uid for p in patients for st in p.studies]
+        f = {"path": getattr(index, "root", ""), "patient_ids": [p.id for p in patients],
+             "study_uids": studies, "patients": len(patients), "studies": len(studies),
+             "series": sum(len(st.series) for p in patients for st in p.studies),
+             "files": getattr(index, "n_files", 0)}
+    except Exception as e:  # noqa: BLE001
+        _warn(f"study index not recorded ({type(e).__name__}: {e})")
+        return False
+    return record("study.index", **f)
