@@ -183,9 +183,16 @@ def measure(mask: np.ndarray, volume) -> Measurements:
     area_px = pixel_area(volume)
     vol_mm3 = float(np.sum(per_slice * thick) * area_px)
     k = int(np.argmax(per_slice))
+    # everything below works on the mask's bounding box (a nodule in a whole scan is tiny)
+    rows, cols = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    ks = np.flatnonzero(per_slice)
+    box = (slice(ks[0], ks[-1] + 1), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    sub = mask[box]
+    off = np.array([box[0].start, box[1].start, box[2].start], float)
     sx, sy = float(volume.spacing[0]), float(volume.spacing[1])
-    long_mm, short_mm, le, se = axes_on_slice(mask[k], sx, sy)
-    ends = lambda e: [] if e is None else [volume.index_to_lps(c, r, k).tolist() for c, r in e]  # noqa: E731
+    long_mm, short_mm, le, se = axes_on_slice(sub[k - box[0].start], sx, sy)
+    ends = lambda e: [] if e is None else [volume.index_to_lps(c + off[2], r + off[1], k).tolist()  # noqa: E731
+                                           for c, r in e]
     n = volume.normal
     if abs(float(n[2])) < 0.9:  # more than ~25 degrees from axial
         warnings.append("diameters measured on the series' own (not axial) slices: Fleischner and "
@@ -193,15 +200,14 @@ def measure(mask: np.ndarray, volume) -> Measurements:
     if per_slice[0] or per_slice[-1]:
         warnings.append("the nodule reaches the first or last slice of the series: it may extend "
                         "beyond it, so its volume may be underestimated")
-    idx = np.argwhere(mask)
-    c = idx.mean(axis=0)
+    c = np.argwhere(sub).mean(axis=0) + off
     center = volume.index_to_lps(c[2], c[1], c[0]).tolist()
     mean_hu, share, density = float("nan"), float("nan"), ""
     if str(getattr(volume, "units", "")).upper() == "HU" and volume.array.ndim == 3:
-        vals = np.asarray(volume.array)[mask].astype(np.float64)
+        arr = np.asarray(volume.array[box])
+        vals = arr[sub].astype(np.float64)
         mean_hu = float(vals.mean())
-        core_vals = np.asarray(volume.array)[core_mask(mask)]
-        share, density = density_impression(core_vals)
+        share, density = density_impression(arr[core_mask(sub)])
     else:
         warnings.append("no Hounsfield units: mean HU and density impression not given")
     return Measurements(vol_mm3, n_vox, long_mm, short_mm, ends(le), ends(se), k,
