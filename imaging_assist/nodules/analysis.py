@@ -204,8 +204,10 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     edge = np.zeros(comp.shape, bool)
     edge[[0, -1], :, :] = edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
     if (comp & edge).any():
-        res.warnings.append(f"the nodule reaches the edge of the models' {WINDOW_SIZE} mm window: the part "
-                            "beyond it is not segmented, so volume and diameters are lower bounds")
+        res.warnings.append(f"the segmented nodule reaches the edge of the models' {WINDOW_SIZE} mm window "
+                            f"({int((comp & edge).sum())} voxels on its faces): the nodule may extend beyond "
+                            "it (volume and diameters are then lower bounds), or the segmentation runs into "
+                            "neighbouring tissue; check the mask")
     mask = to_source_grid(win, comp.astype(np.uint8), volume, order=0) > 0
     t3 = time.perf_counter()
     if not mask.any():
