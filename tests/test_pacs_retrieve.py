@@ -273,3 +273,20 @@ def test_dimse_over_tls(tmp_path):
             api.echo(plain, o.settings())
     finally:
         o.cleanup()
+
+
+def test_busy_storage_port_and_unknown_host_are_one_line(orthanc, tmp_path):
+    s = orthanc.settings()
+    busy = socket.socket()
+    busy.bind(("", 0))
+    busy.listen(1)
+    s.storage_port = busy.getsockname()[1]
+    try:
+        with pytest.raises(PacsError, match=f"our storage port {s.storage_port} is in use"):
+            api.get(orthanc.dimse_node(), MR_STUDY, tmp_path, method="move", settings=s)
+    finally:
+        busy.close()
+    assert not list(tmp_path.rglob("*.dcm"))
+    node = Node("x", "dimse", ae_title="X", host="no-such-host.invalid", port=104, timeout=5).validate()
+    with pytest.raises(PacsError, match="unknown host 'no-such-host.invalid'"):
+        api.echo(node)

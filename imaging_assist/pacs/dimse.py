@@ -105,6 +105,8 @@ class _Assoc:
         node = self.node
         try:
             return self.ae.associate(node.host, node.port, **self.kwargs)
+        except socket.gaierror:
+            raise PacsError(f"{node.label()}: unknown host {node.host!r}") from None
         except (OSError, ssl.SSLError) as e:
             raise PacsError(f"{node.label()}: cannot connect ({e})") from None
 
