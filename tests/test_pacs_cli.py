@@ -69,6 +69,9 @@ def test_find_json_and_table(orthanc, pacs_home):
     assert row["study_uid"] == MR_STUDY and row["n_instances"] == 4
     r = run("find", "--node", "orthanc-web", "--level", "series", "--patient", "HEAD")
     assert r.returncode == 0 and "STD BRAIN 1MM" in r.stdout and "1 series" in r.stdout, r.stdout
+    r = run("find", "--node", "orthanc", "--limit", "1", "--json")
+    assert r.returncode == 0 and len(json.loads(r.stdout)) == 1
+    assert "note: more than 1 matches; showing the first 1" in r.stderr
     r = run("find", "--node", "orthanc", "--date", "2020-13-01")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "invalid date" in r.stderr
 

@@ -290,3 +290,13 @@ def test_busy_storage_port_and_unknown_host_are_one_line(orthanc, tmp_path):
     node = Node("x", "dimse", ae_title="X", host="no-such-host.invalid", port=104, timeout=5).validate()
     with pytest.raises(PacsError, match="unknown host 'no-such-host.invalid'"):
         api.echo(node)
+
+
+@pytest.mark.parametrize("proto", ["dimse", "dicomweb"])
+def test_find_limit_cancels_and_says_so(orthanc, proto):
+    node, s = _node(orthanc, proto), orthanc.settings()
+    rows = api.find(node, Query(), s, limit=2)
+    assert len(rows) == 2 and rows.truncated
+    full = api.find(node, Query(), s, limit=3)
+    assert len(full) == 3 and not full.truncated
+    api.echo(node, s)  # the node is fine after the cancelled query

@@ -142,6 +142,20 @@ def test_main_window_menu_opens_the_pacs_window(qtbot, pacs_home, tmp_path_facto
     qtbot.addWidget(mw)
     file_menu = mw.menuBar().actions()[0].menu()
     assert mw.a_pacs in file_menu.actions()
+    mw.show()
     mw.a_pacs.trigger()
-    assert mw._pacs_window.isVisible()
-    mw._pacs_window.close()
+    pw = mw._pacs_window
+    assert pw.isVisible()
+    # Retrieve from the window: the study opens in the main window's browser.
+    pw.out_dir = str(tmp_path_factory.mktemp("retrieved"))
+    pw.node_box.setCurrentIndex(pw.node_box.findData("orthanc"))
+    _search(pw, modality="MR")
+    pw.tree.topLevelItem(0).setSelected(True)
+    pw.b_retrieve.click()
+    assert pump_until(lambda: pw.transfer is None, 60), pw.status.text()
+    assert pump_until(lambda: mw.load_state == "done" and mw.loading.index is not None
+                      and mw.loading.index.root == os.path.join(pw.out_dir, MR_STUDY), 60), \
+        (mw.load_state, mw.last_error)
+    (series,) = mw.loading.index.image_series()
+    assert series.modality == "MR" and len(series.instances) == 4
+    pw.close()

@@ -13,7 +13,7 @@ import sys
 import threading
 
 from ..errors import UserError
-from .common import fmt_table, print_json
+from .common import fmt_table, int_at_least, print_json
 
 
 def register(subparsers) -> None:
@@ -65,6 +65,8 @@ def register(subparsers) -> None:
     f.add_argument("--description", default="", metavar="TEXT")
     f.add_argument("--study", default="", metavar="UID", help="only this study (series level)")
     f.add_argument("--level", choices=("study", "series"), default="study")
+    f.add_argument("--limit", type=int_at_least(1), default=1000, metavar="N",
+                   help="at most N matches (1000); more are cancelled and a note says so")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_find)
 
@@ -186,7 +188,10 @@ def cmd_find(args) -> int:
     q = Query(patient=args.patient, patient_id=args.patient_id, birth_date=args.birth_date,
               date=args.date, modality=args.modality, accession=args.accession,
               description=args.description, study_uid=args.study, level=args.level)
-    rows = api.find(node, q, s)
+    rows = api.find(node, q, s, limit=args.limit)
+    if getattr(rows, "truncated", False):
+        print(f"note: more than {args.limit} matches; showing the first {args.limit} "
+              f"(narrow the filters or raise --limit)", file=sys.stderr)
     if args.json:
         print_json(rows)
         return 0

@@ -8,7 +8,7 @@ import time
 from typing import Callable
 
 from .nodes import Node, PacsError, Settings, load_settings
-from .query import Query
+from .query import DEFAULT_LIMIT, Query
 from .transfer import InstanceSink, TransferResult, valid_uid
 
 
@@ -24,12 +24,14 @@ def echo(node: Node, settings: Settings | None = None) -> float:
     return time.perf_counter() - t0
 
 
-def find(node: Node, query: Query, settings: Settings | None = None) -> list[dict]:
+def find(node: Node, query: Query, settings: Settings | None = None,
+         limit: int = DEFAULT_LIMIT) -> list[dict]:
+    """Rows (a list; ``.truncated`` when the node had more than ``limit`` matches)."""
     if node.is_dimse:
         from . import dimse
-        return dimse.find(node, settings or load_settings(), query)
+        return dimse.find(node, settings or load_settings(), query, limit)
     from . import dicomweb
-    return dicomweb.find(node, query)
+    return dicomweb.find(node, query, limit)
 
 
 def list_instances(node: Node, study_uid: str, series_uids=(), settings: Settings | None = None):

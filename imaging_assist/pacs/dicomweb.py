@@ -18,7 +18,7 @@ from requests.adapters import HTTPAdapter
 from dicomweb_client.api import DICOMwebClient
 
 from .nodes import Node, PacsError
-from .query import Query, row_from_dataset
+from .query import DEFAULT_LIMIT, Query, Rows, row_from_dataset
 from .transfer import InstanceSink
 
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its DEBUG lines echo URLs
@@ -136,19 +136,27 @@ def _matches(ds, exact: dict[str, str]) -> bool:
     return True
 
 
-def find(node: Node, query: Query) -> list[dict]:
+def find(node: Node, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
     q = query.checked()
     c = client(node)
     filters, exact = _broadened(q.filters())
     fields = q.return_keys() + list(exact)
+    # Broadened values are filtered here afterwards, so the server's limit cannot apply to them.
+    server_limit = None if exact else limit + 1
     if q.level == "study":
-        ans = _call(node, "QIDO-RS", c.search_for_studies, search_filters=filters, fields=fields)
+        ans = _call(node, "QIDO-RS", c.search_for_studies, search_filters=filters, fields=fields,
+                    limit=server_limit)
     else:
         study = filters.pop("StudyInstanceUID", None)
         ans = _call(node, "QIDO-RS", c.search_for_series, study_instance_uid=study,
-                    search_filters=filters, fields=fields)
-    return [row_from_dataset(ds, q.level) for ds in _datasets(node, "QIDO-RS", ans)
-            if _matches(ds, exact)]
+                    search_filters=filters, fields=fields, limit=server_limit)
+    rows = Rows(row_from_dataset(ds, q.level) for ds in _datasets(node, "QIDO-RS", ans)
+                if _matches(ds, exact))
+    rows.limit = limit
+    if len(rows) > limit:
+        rows.truncated = True
+        del rows[limit:]
+    return rows
 
 
 def list_instances(node: Node, study_uid: str, series_uids=()) -> list[tuple[str, str, str]]:

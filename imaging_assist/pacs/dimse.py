@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 
 from .nodes import Node, PacsError, Settings
-from .query import Query, row_from_dataset
+from .query import DEFAULT_LIMIT, Query, Rows, row_from_dataset
 from .transfer import InstanceSink, valid_uid
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -157,12 +157,15 @@ def echo(node: Node, settings: Settings) -> None:
             raise PacsError(f"{node.label()}: C-ECHO failed, {status_text(st.Status)}")
 
 
-def _find(assoc, node: Node, ds: Dataset, what: str) -> list[Dataset]:
+def _find(assoc, node: Node, ds: Dataset, what: str, limit: int | None = None) -> list[Dataset]:
+    """The identifiers of one C-FIND.  Past ``limit`` matches a C-CANCEL is sent and the rest
+    is read and dropped (memory stays bounded); ``out.truncated`` says so."""
     if not _supports(assoc, FIND):
         raise PacsError(f"{node.label()}: the node does not offer C-FIND (Study Root)")
-    out = []
+    out = Rows()
     t0 = time.monotonic()
-    for status, ident in assoc.send_c_find(ds, FIND):
+    cx_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == FIND)
+    for status, ident in assoc.send_c_find(ds, FIND, msg_id=1):
         if not status or "Status" not in status:
             if time.monotonic() - t0 < 0.9 * node.timeout:
                 raise PacsError(f"{node.label()}: {what} refused: the node aborted the association "
@@ -174,23 +177,29 @@ def _find(assoc, node: Node, ds: Dataset, what: str) -> list[Dataset]:
             if ident is None:
                 raise PacsError(f"{node.label()}: {what}: malformed response (identifier could "
                                 f"not be decoded)")
+            if limit is not None and len(out) >= limit:
+                if not out.truncated:
+                    out.truncated = True
+                    assoc.send_c_cancel(1, cx_id)
+                continue
             out.append(ident)
-        elif code == 0:
+        elif code == 0 or (code == 0xFE00 and out.truncated):
             return out
         else:
             raise PacsError(f"{node.label()}: {what} refused, {status_text(code)}")
     raise PacsError(f"{node.label()}: {what}: association ended before the final answer")
 
 
-def find(node: Node, settings: Settings, query: Query) -> list[dict]:
+def find(node: Node, settings: Settings, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
     q = query.checked()
     ds = Dataset()
     ds.QueryRetrieveLevel = "STUDY" if q.level == "study" else "SERIES"
     for k, v in q.identifier().items():
         setattr(ds, k, v)
     with _Assoc(node, settings, [build_context(FIND)]) as assoc:
-        found = _find(assoc, node, ds, "C-FIND")
-    rows = []
+        found = _find(assoc, node, ds, "C-FIND", limit)
+    rows = Rows()
+    rows.truncated, rows.limit = found.truncated, limit
     for ident in found:
         try:
             rows.append(row_from_dataset(ident, q.level))

@@ -14,6 +14,13 @@ from dataclasses import dataclass
 from .nodes import PacsError
 
 _DATE = r"(\d{8})"
+DEFAULT_LIMIT = 1000  # rows kept from one query; more are cancelled and the caller is told
+
+
+class Rows(list):
+    """Query answers; ``truncated`` when the node had more than ``limit`` matches."""
+    truncated: bool = False
+    limit: int = DEFAULT_LIMIT
 
 
 def normalise_date(text: str, what: str = "date") -> str:

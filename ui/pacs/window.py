@@ -217,7 +217,10 @@ class PacsWindow(QDialog):
             self.tree.addTopLevelItem(it)
         for c in range(len(STUDY_COLS)):
             self.tree.resizeColumnToContents(c)
-        self.say(f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}")
+        more = (f" (the first {len(rows)}: the node has more matches; narrow the filters)"
+                if getattr(rows, "truncated", False) else "")
+        self.say(f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}{more}",
+                 error=bool(more))
 
     def _expand(self, item: QTreeWidgetItem) -> None:
         """Expanding a study asks for its series (once)."""
