@@ -48,7 +48,13 @@ class _Reader(QObject):
     done = Signal(object)
 
     def start(self) -> None:
-        threading.Thread(target=lambda: self.done.emit(read_trail()), name="audit-read", daemon=True).start()
+        def run():
+            r = read_trail()
+            try:
+                self.done.emit(r)
+            except RuntimeError:  # the window was closed and deleted meanwhile
+                pass
+        threading.Thread(target=run, name="audit-read", daemon=True).start()
 
 
 class AuditWindow(QDialog):
