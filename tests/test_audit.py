@@ -138,6 +138,11 @@ def test_deleting_or_restarting_the_whole_trail_is_found(trail):
     assert not ok and line == 1 and "started again" in reason
     first = audit.read_entries()[0]
     assert first["event"] == "audit.restarted" and first["fields"]["previous_start"]
+    # the start note itself edited (to hide the restart): said, and never overwritten
+    note = audit._starts_path()
+    note.write_bytes(note.read_bytes().replace(b'"first_line_sha256":"', b'"first_line_sha256":"0'))
+    ok, line, reason = audit.verify()
+    assert not ok and "start note" in reason and "altered" in reason
 
 
 def test_cli_verify_one_line_naming_the_broken_line(trail):

@@ -299,7 +299,7 @@ def _append(events: list[tuple[str, dict]]) -> None:
             out = []
             first = seq == 0
             if first:  # a trail started here before: say so in the new one (verify fails at line 1)
-                old = (_read_starts(mkey) or {}).get(str(path))
+                old = _load_starts(mkey)[0].get(str(path))
                 if isinstance(old, dict):
                     prepared.insert(0, ("audit.restarted", {
                         "reason": "a trail was started in this place before and is gone",
@@ -356,7 +356,9 @@ def _mark_started(log: Path, first_sha: str, mkey: bytes) -> None:
     (best effort: a failure here only weakens that check)."""
     try:
         p = _starts_path()
-        starts = _read_starts(mkey) or {}
+        starts, problem = _load_starts(mkey)
+        if problem:  # never overwrite a damaged note: it is evidence
+            raise OSError(errno.EINVAL, problem)
         if str(log) in starts:  # never overwritten: a restarted trail stays visible to verify
             return
         starts[str(log)] = {"first_line_sha256": first_sha,
@@ -374,24 +376,29 @@ def _mark_started(log: Path, first_sha: str, mkey: bytes) -> None:
         _warn(f"the start of the trail could not be noted in the config folder ({e})")
 
 
-def _read_starts(mkey: bytes | None) -> dict | None:
-    """{log path: {first_line_sha256, started}} when the note exists and its seal holds."""
+def _load_starts(mkey: bytes | None) -> tuple[dict, str | None]:
+    """({log path: {first_line_sha256, started}}, None); ({}, None) when there is no note;
+    ({}, why) when the note exists but is damaged or its seal does not hold."""
     try:
         raw = _starts_path().read_bytes().strip()
-    except OSError:
-        return None
+    except FileNotFoundError:
+        return {}, None
+    except OSError as e:
+        return {}, f"cannot read {STARTS_NAME}: {e.strerror or e}"
+    bad = (f"the start note {STARTS_NAME} in the config folder was altered (or sealed with "
+           "another site key): whether the trail was deleted and restarted cannot be checked")
     m = _MAC_RE.search(raw)
     if m is None:
-        return None
+        return {}, bad
     if mkey is not None:
         want = hmac.new(mkey, raw[:m.start()] + b"}", hashlib.sha256).hexdigest().encode()
         if not hmac.compare_digest(want, m.group(1)):
-            return None
+            return {}, bad
     try:
         d = json.loads(raw).get("logs")
     except (ValueError, AttributeError):
-        return None
-    return d if isinstance(d, dict) else None
+        return {}, bad
+    return (d, None) if isinstance(d, dict) else ({}, bad)
 
 
 def _set_aside(folder: Path, frag: bytes) -> str:
@@ -557,7 +564,8 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
             mkey, fp = _mac_key(site_key()), key_fingerprint()
         except Exception as e:  # noqa: BLE001 - a damaged key: said, nothing is claimed
             return False, None, f"the site key cannot be read ({e}): the seals cannot be checked"
-    start = (_read_starts(mkey) or {}).get(str(p))
+    starts, start_problem = _load_starts(mkey)
+    start = starts.get(str(p))
     start = start if isinstance(start, dict) else None
     if not p.exists():
         if head_p.exists():
@@ -619,6 +627,8 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
             return False, n + 1, f"the anchor names line {an}, the log has {n} lines: lines were removed"
         if not at_anchor.startswith(ah):
             return False, an, f"line {an} differs from the anchor noted earlier: the log was rewritten"
+    if start_problem and mkey is not None:
+        return False, None, start_problem
     keynote = "" if mkey is not None else " (seals not checked: no site key on this machine)"
     return True, None, f"{n} lines, chain holds{keynote}{note}; head {n}:{prev if n else GENESIS}"
 
