@@ -468,9 +468,9 @@ def read_entries(path: Path | None = None) -> list[dict | None]:
     out: list[dict | None] = []
     try:
         for raw, state in _lines(p):
-            if state == "partial" or not raw:
+            if state == "partial":
                 continue
-            if state == "long":
+            if state == "long" or not raw:  # kept as None: numbering stays that of verify
                 out.append(None)
                 continue
             try:
