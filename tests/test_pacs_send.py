@@ -137,3 +137,45 @@ def test_nothing_to_send_is_one_line(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(PacsError, match="nothing to send"):
         sendmod.send(Node("x", "dimse", ae_title="X", host="127.0.0.1", port=1), [str(tmp_path)])
+
+
+def test_dcmtk_storescp_receives_identical_data_and_unconfirmed_is_said(tmp_path):
+    """DCMTK's storescp as an independent C-STORE peer: what it writes equals what we sent.
+    It answers no C-FIND, so the instances are 'sent but not confirmed', never 'confirmed'."""
+    import shutil
+    import subprocess
+    import time
+
+    from imaging_assist.pacs.nodes import Settings
+    exe = shutil.which("storescp")
+    if exe is None:
+        pytest.fail("storescp (Debian dcmtk) is missing: scripts/test installs it")
+    files = _series(tmp_path / "s", n=3)
+    got = tmp_path / "got"
+    got.mkdir()
+    port = free_port()
+    p = subprocess.Popen([exe, "-aet", "STORESCP", "-od", str(got), "+B", str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        import socket
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        node = Node("dcmtk", "dimse", ae_title="STORESCP", host="127.0.0.1", port=port,
+                    timeout=10).validate()
+        res = sendmod.send(node, [str(tmp_path / "s")], settings=Settings(ae_title="IA_TEST"))
+        assert (res.sent, res.confirmed, res.unconfirmed, res.failures) == (3, 0, 3, [])
+        assert "C-FIND" in res.readback_error
+        received = sorted(got.iterdir())
+        assert len(received) == 3
+        for f in files:
+            a = pydicom.dcmread(f)
+            (b,) = [pydicom.dcmread(r) for r in received if a.SOPInstanceUID in r.name]
+            assert a == b and a.PixelData == b.PixelData
+    finally:
+        p.terminate()
+        p.wait(10)

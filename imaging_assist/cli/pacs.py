@@ -299,12 +299,16 @@ def cmd_send(args) -> int:
         print(f"skipped: {p}: {r}", file=sys.stderr)
     for p, r in res.failures:
         print(f"failed: {p}: {r}", file=sys.stderr)
+    if res.unconfirmed:
+        print(f"warning: {res.unconfirmed} instances accepted by the node but not confirmed: the "
+              f"read-back query failed ({res.readback_error})", file=sys.stderr)
     if args.json:
         print_json(res.to_dict())
     else:
         print(f"{res.confirmed} instances sent to {node.label()} and confirmed by a query, "
-              f"{len(res.failures)} failed, {len(res.skipped)} skipped ({res.seconds:.1f} s)")
+              f"{res.unconfirmed} sent but not confirmed, {len(res.failures)} failed, "
+              f"{len(res.skipped)} skipped ({res.seconds:.1f} s)")
     if res.cancelled or interrupted:
         print("cancelled", file=sys.stderr)
         return 130
-    return 1 if res.failures else 0
+    return 1 if res.failures or res.unconfirmed else 0

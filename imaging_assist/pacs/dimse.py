@@ -29,6 +29,7 @@ FIND = StudyRootQueryRetrieveInformationModelFind
 GET = StudyRootQueryRetrieveInformationModelGet
 MOVE = StudyRootQueryRetrieveInformationModelMove
 MAX_CONTEXTS = 128
+_SERVICE = {FIND: "C-FIND", GET: "C-GET", MOVE: "C-MOVE", Verification: "C-ECHO"}
 UID_LIST_CHUNK = 200  # SOP Instance UIDs per IMAGE-level retrieve (resume)
 
 # pynetdicom logs each rejected association and failed connection as ERROR with details we
@@ -127,7 +128,10 @@ class _Assoc:
                                 f"and that the PACS knows our AE title {self.ae.ae_title})")
             _diagnose(node)
             if assoc.is_aborted and not assoc.accepted_contexts and assoc.rejected_contexts:
-                raise PacsError(f"{node.label()}: the node accepted none of the requested services")
+                names = sorted({_SERVICE.get(cx.abstract_syntax, "C-STORE")
+                                for cx in assoc.rejected_contexts})
+                raise PacsError(f"{node.label()}: the node does not offer {', '.join(names)} "
+                                f"to us (all presentation contexts rejected)")
             raise PacsError(f"{node.label()}: association failed (aborted by the node, or no "
                             f"answer within {node.timeout:g} s)")
         self.assoc = assoc

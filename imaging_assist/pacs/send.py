@@ -34,9 +34,12 @@ class SendResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)   # not DICOM / unreadable
     cancelled: bool = False
     seconds: float = 0.0
+    unconfirmed: int = 0       # the node said success but could not be asked afterwards
+    readback_error: str = ""   # why not (one line)
 
     def to_dict(self) -> dict:
         return {"node": self.node, "sent": self.sent, "confirmed": self.confirmed,
+                "unconfirmed": self.unconfirmed, "readback_error": self.readback_error,
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
                 "cancelled": self.cancelled, "seconds": round(self.seconds, 3)}
@@ -128,7 +131,13 @@ def send(node: Node, paths: list[str], settings: Settings | None = None,
         by_study.setdefault(it.study_uid, []).append(it)
     for study, group in by_study.items():
         series = sorted({it.series_uid for it in group})
-        listed = {sop for _s, sop, _c in list_instances(node, study, series, settings)}
+        try:
+            listed = {sop for _s, sop, _c in list_instances(node, study, series, settings)}
+        except PacsError as e:
+            # A store-only node (no C-FIND / QIDO for us): never counted as confirmed.
+            res.unconfirmed += len(group)
+            res.readback_error = str(e)
+            continue
         for it in group:
             if it.sop_uid in listed:
                 res.confirmed += 1

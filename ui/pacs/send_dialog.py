@@ -123,6 +123,9 @@ class SendDialog(QDialog):
             self.failures.addItem(f"failed: {p}: {r}")
         for p, r in res.skipped:
             self.failures.addItem(f"skipped: {p}: {r}")
-        self.say(f"{res.confirmed} instances sent and confirmed by a query, {len(res.failures)} "
-                 f"failed, {len(res.skipped)} skipped" + (" — cancelled" if res.cancelled else ""),
-                 error=bool(res.failures))
+        unconfirmed = (f", {res.unconfirmed} sent but NOT confirmed ({res.readback_error})"
+                       if res.unconfirmed else "")
+        self.say(f"{res.confirmed} instances sent and confirmed by a query{unconfirmed}, "
+                 f"{len(res.failures)} failed, {len(res.skipped)} skipped"
+                 + (" — cancelled" if res.cancelled else ""),
+                 error=bool(res.failures or res.unconfirmed))
