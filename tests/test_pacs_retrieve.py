@@ -155,12 +155,16 @@ def test_unknown_calling_ae_may_echo_but_not_find(orthanc):
 def test_silent_peer_is_a_timeout():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
-    srv.listen(1)  # accepts the TCP connection, never speaks DICOM
+    srv.listen(4)  # accepts the TCP connection, never speaks DICOM (or HTTP)
     try:
         node = Node("mute", "dimse", ae_title="MUTE", host="127.0.0.1", port=srv.getsockname()[1],
                     timeout=1.0).validate()
         with pytest.raises(PacsError, match=r"mute \[MUTE@127.0.0.1:\d+\]: association failed .*1 s"):
             api.echo(node)
+        web = Node("mute-web", "dicomweb", url=f"http://127.0.0.1:{srv.getsockname()[1]}/dicom-web",
+                   timeout=1.0).validate()
+        with pytest.raises(PacsError, match=r"mute-web \[.*\]: QIDO-RS: no answer within 1 s"):
+            api.echo(web)
     finally:
         srv.close()
 

@@ -68,9 +68,17 @@ def test_cancel_keeps_whole_files_and_says_so(window, tmp_path):
     w = window
     _search(w, patient="HEAD")
     w.tree.topLevelItem(0).setSelected(True)
+    from PySide6.QtCore import QTimer
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
     w.b_retrieve.click()
     study = tmp_path / "retrieved" / CT_STUDY
     assert pump_until(lambda: len(list(study.rglob("*.dcm"))) >= 5, 60)
+    timer.stop()
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert gaps and max(gaps) < 1.0, max(gaps)  # the event loop kept running: no freeze
     t0 = time.perf_counter()
     w.b_cancel.click()
     assert pump_until(lambda: w.transfer is None, 30)
