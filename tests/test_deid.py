@@ -510,3 +510,18 @@ def test_overlay_planes_go_whole_and_registry_uids_stay(tmp_path):
     assert out[0x00081150].value == "1.2.840.10008.5.1.4.1.1.2"
     assert out[0x00080062].value == "1.2.840.10008.5.1.4.1.1.2"
     assert out.SOPClassUID == ds.SOPClassUID
+
+
+def test_links_are_listed_not_followed_and_a_single_file_may_go_beside_it(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    ct = sorted(need(CT_PHANTOM).glob("*.dcm"))[0]
+    shutil.copy(ct, src / "a.dcm")
+    (src / "link.dcm").symlink_to(ct)
+    (src / "dirlink").symlink_to(ct.parent)
+    s = deidentify_tree(src, tmp_path / "out", Options(), key=KEY, audit=False)
+    assert [Path(r.source).name for r in s.written] == ["a.dcm"]
+    assert sorted(Path(r.source).name for r in s.left_out) == ["dirlink", "link.dcm"]
+    assert all("symbolic link" in r.reason for r in s.left_out)
+    one = deidentify_tree(src / "a.dcm", src.parent / "beside", Options(), key=KEY, audit=False)
+    assert len(one.written) == 1 and (src.parent / "beside" / "a.dcm").exists()

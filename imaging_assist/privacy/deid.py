@@ -499,6 +499,9 @@ def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
     from . import ocr as ocr_mod
 
     res = FileResult(str(src), relative=rel)
+    if src.is_symlink():
+        res.reason = "a symbolic link (not followed: it may point outside the input)"
+        return res
     try:
         ds = _read(src)
     except Exception as e:  # noqa: BLE001 - any unreadable input is one reason, never a crash
@@ -557,8 +560,7 @@ def _check_folders(src: Path, out: Path) -> None:
         raise UserError(f"{src} does not exist")
     s = src.resolve()
     o = out.resolve()
-    base = s if s.is_dir() else s.parent
-    if o == base or base in o.parents:
+    if s.is_dir() and (o == s or s in o.parents):
         raise UserError(f"the output {out} lies inside the input {src}: choose a folder outside it")
     if o in s.parents or o == s:
         raise UserError(f"the output {out} contains the input {src}: choose another folder")
@@ -575,11 +577,12 @@ def _inputs(src: Path) -> list[tuple[Path, Path]]:
     out = []
     for root, dirs, files in os.walk(src):
         dirs.sort()
+        for d in dirs:
+            if (Path(root) / d).is_symlink():  # os.walk does not enter it: listed, not silent
+                out.append((Path(root) / d, (Path(root) / d).relative_to(src)))
         for f in sorted(files):
             p = Path(root) / f
-            if p.is_symlink():
-                continue
-            out.append((p, p.relative_to(src)))
+            out.append((p, p.relative_to(src)))  # links are listed as left out, not followed
     return out
 
 
@@ -604,6 +607,8 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
     if workers > 1 and len(jobs) > 8 and ocr_check is None:
         from concurrent.futures import ProcessPoolExecutor
 
+        import pydicom.filewriter  # noqa: F401 - imported once here: forked workers inherit it
+        table()  # ... and the parsed table
         chunks = [jobs[i::workers] for i in range(workers)]
         with ProcessPoolExecutor(workers) as pool:
             futs = [pool.submit(_run_chunk, c, str(out), key, opts) for c in chunks]
