@@ -9,11 +9,10 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from _orthanc import ct_files, mr_files, orthanc, pacs_home  # noqa: F401 - fixtures
+from _orthanc import ct_files, orthanc, pacs_home  # noqa: F401 - fixtures
 from conftest import ROOT
 
 CT_STUDY = "1.3.46.670589.33.1.27492712521914879309.27169771283235650014"
@@ -98,7 +97,8 @@ def test_errors_are_one_line(orthanc, pacs_home, tmp_path):
     for args, msg in cases:
         r = run(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr, orthanc.log_tail())
-        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and msg in r.stderr, (r.stderr, orthanc.log_tail())
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert msg in r.stderr, (r.stderr, orthanc.log_tail())
         _no_traceback(r)
 
 

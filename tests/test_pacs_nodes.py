@@ -67,7 +67,8 @@ def test_broken_config_is_one_line(home):
     (home / "pacs.json").write_text("{not json")
     with pytest.raises(PacsError, match="cannot read PACS settings"):
         load_settings()
-    (home / "pacs.json").write_text('{"nodes": {"x": {"kind": "dimse", "ae_title": "A", "host": "h", "port": 0}}}')
+    (home / "pacs.json").write_text(
+        '{"nodes": {"x": {"kind": "dimse", "ae_title": "A", "host": "h", "port": 0}}}')
     with pytest.raises(PacsError, match="invalid port 0"):
         load_settings()
 

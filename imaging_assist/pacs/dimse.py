@@ -324,7 +324,8 @@ def _run_retrieve(assoc, node, model, send, requests, sink, what):
                     if sink.cancel.is_set():
                         break
                     quick = time.monotonic() - t0 < 0.9 * node.timeout
-                    if quick and what == "C-GET" and sink.result.written + len(sink.result.failures) == before:
+                    nothing_yet = sink.result.written + len(sink.result.failures) == before
+                    if quick and what == "C-GET" and nothing_yet:
                         raise NoGet(f"{node.label()}: the node does not accept C-GET from us "
                                     f"(it aborted the association on the request)")
                     if quick:
