@@ -93,7 +93,9 @@ def test_errors_are_one_line(orthanc, pacs_home, tmp_path):
              (["get", "1.2.3", "--node", "orthanc", "--out", str(tmp_path)], "not found"),
              (["get", MR_STUDY, "--node", "orthanc", "--method", "wado", "--out", str(tmp_path)],
               "WADO-RS needs a DICOMweb node"),
-             (["send", str(tmp_path), "--node", "orthanc"], "nothing to send")]
+             (["send", str(tmp_path), "--node", "orthanc"], "nothing to send"),
+             (["get", MR_STUDY, "--node", "orthanc", "--out", str(ROOT / "pyproject.toml")],
+              "exists and is not a folder")]
     for args, msg in cases:
         r = run(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr, orthanc.log_tail())

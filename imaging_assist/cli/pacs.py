@@ -250,11 +250,13 @@ def _run_cancellable(fn, cancel: threading.Event):
 def cmd_get(args) -> int:
     from ..pacs import api
     from ..progress import progress_bar
+    from ..outputs import out_folder
     node, s = _node_and_settings(args.node)
+    out = out_folder(args.out)
     cancel = threading.Event()
     with progress_bar("Retrieving", unit="inst", enabled=not args.json) as bar:
         res, interrupted = _run_cancellable(
-            lambda: api.get(node, args.study, args.out, series_uids=args.series,
+            lambda: api.get(node, args.study, out, series_uids=args.series,
                             method=args.method, settings=s,
                             progress=lambda d, t, _s: bar(d, t), cancel=cancel), cancel)
     for note in res.notes:
