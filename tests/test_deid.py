@@ -443,6 +443,9 @@ def test_cli_anonymize(planted, tmp_path):
     src, _, _ = planted
     rc = main(["anonymize", str(src / "A" / "ct"), str(tmp_path / "o"), "--workers", "1"])
     assert rc == 0
+    from imaging_assist.privacy.sitekey import key_path
+
+    assert key_path().exists() and (key_path().stat().st_mode & 0o777) == 0o600
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
         "deidentification_summary.json", "ref.dcm", "slice0.dcm", "slice1.dcm", "slice2.dcm"]
     # a run into a folder that is not empty, or inside the input, is refused (exit 2)
@@ -525,3 +528,32 @@ def test_links_are_listed_not_followed_and_a_single_file_may_go_beside_it(tmp_pa
     assert all("symbolic link" in r.reason for r in s.left_out)
     one = deidentify_tree(src / "a.dcm", src.parent / "beside", Options(), key=KEY, audit=False)
     assert len(one.written) == 1 and (src.parent / "beside" / "a.dcm").exists()
+
+
+def test_fuzz_mutated_files_are_written_or_left_out_with_a_reason(tmp_path):
+    """Real files with bytes flipped, cut or duplicated: each is written or listed with a reason,
+    the run never stops, and whatever is written still carries no original patient ID."""
+    import random
+
+    rng = random.Random(16)
+    src = tmp_path / "in"
+    src.mkdir()
+    bases = [sorted(need(CT_PHANTOM).glob("*.dcm"))[0],
+             need(DICOM / "mr_enhanced_multiframe_philips" / "IM_0027_fMAP.dcm")]
+    ids = set()
+    for i in range(24):
+        base = bases[i % 2]
+        ids.add(str(pydicom.dcmread(base, stop_before_pixels=True).PatientID))
+        b = bytearray(base.read_bytes())
+        for _ in range(rng.randint(1, 40)):
+            pos = rng.randrange(132, min(len(b), 6000))  # the header, where parsing can break
+            b[pos] = rng.randrange(256)
+        if i % 5 == 0:
+            b = b[:rng.randrange(200, len(b))]
+        (src / f"m{i:02d}.dcm").write_bytes(bytes(b))
+    s = deidentify_tree(src, tmp_path / "out", Options(), key=KEY, audit=False)
+    assert len(s.written) + len(s.left_out) == 24
+    assert all(r.reason for r in s.left_out)
+    for r in s.written:
+        b = Path(r.output).read_bytes()
+        assert not any(i.encode() in b for i in ids if len(i) >= 3), r.relative
