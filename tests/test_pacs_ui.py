@@ -93,7 +93,12 @@ def test_errors_are_one_line_in_the_window(window, orthanc):
     w.f_date.setText("2020-99-99")
     w.b_search.click()
     assert "invalid date" in w.status.text()
-    w.f_date.clear()
+    w.date_preset.setCurrentIndex(2)  # last 7 days
+    import datetime
+    today = datetime.date.today()
+    assert w.f_date.text() == f"{today - datetime.timedelta(days=6):%Y%m%d}-{today:%Y%m%d}"
+    w.date_preset.setCurrentIndex(0)
+    assert w.f_date.text() == ""
     w.settings.nodes["orthanc"].port = orthanc.http_port + 0  # HTTP port: not DICOM
     w.settings.nodes["orthanc"].timeout = 2
     w.b_test.click()

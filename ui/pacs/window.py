@@ -82,6 +82,11 @@ class PacsWindow(QDialog):
             grid.addWidget(QLabel(label), i // 4, (i % 4) * 2)
             grid.addWidget(w, i // 4, (i % 4) * 2 + 1)
             w.returnPressed.connect(self.search)
+        self.date_preset = QComboBox()
+        self.date_preset.addItems(["Any date", "Today", "Last 7 days", "Last 30 days", "Last year"])
+        self.date_preset.setToolTip("Fill the study date range")
+        self.date_preset.currentIndexChanged.connect(self._date_preset)
+        grid.addWidget(self.date_preset, 1, 6)
         self.b_search = QPushButton("Search")
         self.b_search.setDefault(True)
         self.b_search.clicked.connect(self.search)
@@ -94,6 +99,8 @@ class PacsWindow(QDialog):
         self.tree.setSelectionMode(QAbstractItemView.ExtendedSelection)
         self.tree.header().setSectionResizeMode(QHeaderView.Interactive)
         self.tree.itemExpanded.connect(self._expand)
+        self.tree.itemDoubleClicked.connect(lambda it, col: (self.tree.clearSelection(),
+                                                             it.setSelected(True), self.retrieve()))
         self.tree.itemSelectionChanged.connect(self._selection_changed)
         outer.addWidget(self.tree, 3)
 
@@ -153,6 +160,16 @@ class PacsWindow(QDialog):
         if self.settings is None or self.node_box.currentData() is None:
             raise PacsError("no PACS node chosen: add one in Settings…")
         return self.settings.nodes[self.node_box.currentData()]
+
+    def _date_preset(self, i: int) -> None:
+        import datetime
+        days = {0: None, 1: 0, 2: 6, 3: 29, 4: 364}[i]
+        if days is None:
+            self.f_date.clear()
+            return
+        today = datetime.date.today()
+        start = today - datetime.timedelta(days=days)
+        self.f_date.setText(f"{start:%Y%m%d}-{today:%Y%m%d}")
 
     def query(self, level: str = "study", study_uid: str = "") -> Query:
         return Query(patient=self.f_patient.text(), patient_id=self.f_id.text(),
@@ -267,6 +284,8 @@ class PacsWindow(QDialog):
 
     def retrieve(self) -> None:
         from imaging_assist.pacs import api
+        if self.transfer is not None:  # one transfer at a time (Cancel stops it)
+            return
         try:
             node, s = self.node(), self.settings
         except PacsError as e:
