@@ -42,3 +42,29 @@ def shifted(n: int, out: Path, seed: int = 1) -> list[Path]:
         Image.fromarray((a * 255).round().astype(np.uint8)).save(q)
         files.append(q)
     return files + adults
+
+
+def shifted_local_set(out: Path, n: int = 120, seed: int = 7, flip_labels: bool = False,
+                      invert: bool = True) -> tuple[Path, Path]:
+    """A deliberately shifted local set for fine-tuning: ``n`` films of the ORIGINAL Kermany test
+    split (patients the model never saw in any split) shown inverted (another site's
+    MONOCHROME1 look), half normal and half pneumonia; ``labels.csv`` with file, label,
+    patient_id.  ``flip_labels``: every label swapped (a candidate that must come out worse);
+    ``invert=False``: the films as they are."""
+    rows = [r for r in csv.DictReader((ROOT / "weights" / "cxr-pneumonia" / "predictions.csv").open())
+            if r["split"] == "original_test"]
+    random.Random(seed).shuffle(rows)
+    pick = [r for r in rows if r["label"] == "normal"][: n // 2] + [r for r in rows if r["label"] == "pneumonia"][: n - n // 2]
+    img = out / "images"
+    img.mkdir(parents=True, exist_ok=True)
+    lines = ["file,label,patient_id"]
+    for r in pick:
+        a = np.asarray(Image.open(need(KERMANY / r["file"])).convert("L"))
+        name = Path(r["file"]).name.replace(".jpeg", ".png")
+        Image.fromarray(255 - a if invert else a).save(img / name)
+        lab = r["label"]
+        if flip_labels:
+            lab = "normal" if lab == "pneumonia" else "pneumonia"
+        lines.append(f"images/{name},{lab},{r['patient']}")
+    (out / "labels.csv").write_text("\n".join(lines) + "\n")
+    return out, out / "labels.csv"

@@ -14,10 +14,10 @@ import warnings
 
 from .. import __version__
 from ..errors import UserError
-from . import analyze, anonymize, audit, batch, demo, evaluate, info, log, models, monitor, pacs, scan, view
+from . import analyze, anonymize, audit, batch, demo, evaluate, finetune, info, log, models, monitor, pacs, scan, view
 from .common import OneLineParser
 
-COMMANDS = (scan, info, view, demo, models, analyze, evaluate, log, audit, batch, anonymize, monitor, pacs)
+COMMANDS = (scan, info, view, demo, models, analyze, evaluate, log, audit, batch, anonymize, monitor, pacs, finetune)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

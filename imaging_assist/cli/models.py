@@ -54,6 +54,10 @@ def register(subparsers) -> None:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models_verify)
 
+    from .finetune import register_versions  # issue 18: compare / promote / rollback
+
+    register_versions(msub)
+
 
 def _registry():
     from ..models.registry import Registry

@@ -136,7 +136,10 @@ class Registry:
     def sources(self) -> list[tuple[Path, str]]:
         if self._explicit is not None:
             return list(self._explicit)
-        out = [(f, "added") for f in reversed(self.added_folders())]
+        from ..monitoring.versions import promoted_folders  # issue 18: a promoted site version first
+
+        out = [(f, "promoted") for f in promoted_folders()]
+        out += [(f, "added") for f in reversed(self.added_folders())]
         out.append((user_models_dir(), "user"))
         out.append((project_weights_dir(), "project"))
         return out

@@ -1,0 +1,449 @@
+"""Fine-tune a classifier on a site's reader-confirmed cases -> a candidate version.
+
+One code path with the training scripts: the inputs, the training loop, augmentation,
+temperature scaling and the grouped split are ``scripts/_training.py``'s own functions
+(``preprocess_all`` through the engine's ``model_input``, ``fit``, ``random_affine`` /
+``random_intensity``, ``fit_temperature`` / ``fold_temperature``, ``grouped_split``), imported
+from the source checkout; the candidate folder is written by the engine's
+``models.build.save_model_folder`` like a shipped model.
+
+Steps: local cases (``--data DIR --labels CSV`` and/or the log's reader-confirmed labels,
+matched to files in DIR by their keyed pseudonym) -> patient-disjoint split 60/20/20 (train /
+validation for the epoch and the temperature / local hold-out) -> fine-tune from the current
+weights (default: every layer, max learning rate 2e-3, one-cycle; ``train="head"``: the
+classification head only, backbone frozen including its batch-norm statistics, which could
+not undo an inverted-film shift in tests/test_monitor_finetune.py's set: hold-out AUC 0.63 ->
+0.62), optionally with a replay sample of the model's own validation images so the
+original task is not forgotten -> metrics with 95% cluster-bootstrap intervals by patient of
+the base and the candidate on the local hold-out and on the model's original test split, and
+the paired AUC difference (non-inferiority, margin stated) -> OOD statistics refitted on the
+candidate's features (Mahalanobis, same layers; conformal threshold) -> candidate folder with
+its own card (``X+site.N``), ``metrics.json``, ``holdout.csv`` -> registered as a candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+# Where each shipped classifier's training data live under the shared data folder (the
+# training scripts' DATA); predictions.csv files are relative to it.
+DATASETS = {"cxr-pneumonia": "cxr/pneumonia_kermany", "us-breast": "ultrasound/breast_busi",
+            "path-lung-tissue": "pathology/lc25000_lung_subset"}
+
+
+def training_module():
+    """``scripts/_training.py`` of the source checkout (the one training code path)."""
+    root = Path(__file__).resolve().parents[2]
+    scripts = root / "scripts"
+    if not (scripts / "_training.py").is_file():
+        raise UserError(f"finetune needs the training code of the source checkout ({scripts}/_training.py), "
+                        "which this installation does not have")
+    if str(scripts) not in sys.path:
+        sys.path.insert(0, str(scripts))
+    import _training  # noqa: PLC0415
+
+    return _training
+
+
+# --------------------------------------------------------------------------- local cases
+def cases_from_csv(data: Path, labels_csv: Path, labels: list[str]) -> list[dict]:
+    if not Path(labels_csv).is_file():
+        raise UserError(f"labels CSV {labels_csv} not found")
+    out = []
+    with open(labels_csv, newline="", encoding="utf-8") as f:
+        r = csv.DictReader(f)
+        if not r.fieldnames or "file" not in r.fieldnames or "label" not in r.fieldnames:
+            raise UserError(f"{labels_csv} needs the columns file and label (and patient_id)")
+        for i, row in enumerate(r, start=2):
+            lab = (row.get("label") or "").strip().lower()
+            if lab not in labels:
+                raise UserError(f"{labels_csv} line {i}: label {row.get('label')!r} is not one of {', '.join(labels)}")
+            p = Path(data) / row["file"]
+            if not p.is_file():
+                raise UserError(f"{labels_csv} line {i}: {p} not found")
+            out.append({"path": p, "label": lab, "patient": (row.get("patient_id") or "").strip() or f"file:{row['file']}"})
+    return out
+
+
+def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[dict]:
+    """Reader-confirmed labels of logged runs, matched to the files of ``data`` by the keyed
+    pseudonym the log stores (the log holds no paths or pixels)."""
+    from ..privacy.sitekey import pseudonym
+    from .log import open_log
+
+    rows = open_log().query(
+        "WITH latest AS (SELECT MAX(id) AS id FROM feedback GROUP BY run_id, finding) "
+        "SELECT r.input_key, r.patient_key, f.correct_label FROM latest CROSS JOIN feedback f ON f.id = latest.id "
+        "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ? AND f.verdict != 'unsure' "
+        "AND f.correct_label IS NOT NULL", (model_id,))
+    want = {r[0]: (r[1], r[2]) for r in rows if r[0]}
+    if not want:
+        return []
+    out = []
+    for p in sorted(Path(data).rglob("*")):
+        if not p.is_file():
+            continue
+        k = pseudonym(str(p.resolve()), "file")
+        if k not in want:
+            uid = _series_uid(p)
+            k = pseudonym(uid, "uid") if uid else None
+        if k in want and want[k][1] in labels:
+            out.append({"path": p, "label": want[k][1], "patient": want[k][0] or k})
+    return out
+
+
+def _series_uid(p: Path) -> str | None:
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+        return str(ds.get("SeriesInstanceUID", "") or "") or None
+    except Exception:  # noqa: BLE001 - not DICOM
+        return None
+
+
+# --------------------------------------------------------------------------- network parts
+def _head(net):
+    import torch
+
+    lin = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    if not lin:
+        raise UserError("this network has no linear classification head to fine-tune")
+    return lin[-1]
+
+
+def _head_only(net):
+    """A wrapper whose backbone stays frozen and in eval mode (batch-norm statistics too)
+    while ``fit`` switches the model to training mode."""
+    import torch
+
+    head = _head(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+
+    class HeadOnly(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def train(self, mode: bool = True):
+            super().train(mode)
+            self.inner.eval()
+            head.train(mode)
+            return self
+
+        def forward(self, x):
+            return self.inner(x)
+
+    return HeadOnly(net)
+
+
+def _probs(T, net, x, pos: int):
+    import torch
+
+    return torch.softmax(T.predict(net, x, torch.device("cpu")), 1)[:, pos].numpy()
+
+
+def _compare(y, p_base, p_cand, groups, thr, what: str) -> dict:
+    from .. import evaluation as E
+    from .drift import fast_auc
+
+    def one(p):
+        auc = E.roc_auc(y, p)
+        ci = E.bootstrap_ci(fast_auc, y, p, clusters=groups, strata=y, seed=1)
+        se, sp = E.sens_spec(y, p, thr)
+        se_ci, sp_ci, how = E.sens_spec_ci(y, p, thr, clusters=groups, seed=2)
+        return {"auc": round(auc, 4), "auc_ci95": [round(ci[0], 4), round(ci[1], 4)],
+                "sensitivity": round(se, 4), "sensitivity_ci95": [round(v, 4) for v in se_ci],
+                "specificity": round(sp, 4), "specificity_ci95": [round(v, 4) for v in sp_ci],
+                "sens_spec_ci": how}
+
+    d = E.roc_auc(y, p_cand) - E.roc_auc(y, p_base)
+    dci = E.bootstrap_ci(lambda yy, a, b: fast_auc(yy, a) - fast_auc(yy, b), y, p_cand, p_base,
+                         clusters=groups, strata=y, seed=3)
+    return {"data": what, "n": int(len(y)), "patients": int(len(set(groups.tolist()))), "threshold": thr,
+            "base": one(p_base), "candidate": one(p_cand), "diff": round(d, 4),
+            "diff_ci95": [round(dci[0], 4), round(dci[1], 4)],
+            "ci_method": "percentile cluster bootstrap by patient, stratified by label, 2,000 resamples "
+                         "(paired: the same resample for both models)"}
+
+
+# --------------------------------------------------------------------------- the run
+def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Path | None = None,
+             from_feedback: bool = False, epochs: int = 6, train: str = "all", replay: int = 200,
+             original_test_max: int | None = None, original_data: Path | None = None, lr: float | None = None,
+             batch_size: int = 32, seed: int = 0, margin: float | None = None, log=print) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from .. import evaluation as E
+    from ..models.build import save_model_folder
+    from ..models.loaders import load_model
+    from ..models.registry import Registry
+    from ..validation import ood as O
+    from . import versions
+
+    T = training_module()
+    margin = versions.DEFAULT_MARGIN if margin is None else float(margin)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty: give a new folder for the candidate")
+    entry = Registry().get(model_id)
+    card = entry.card
+    if card.task != "classification" or card.is_bundle:
+        raise UserError(f"finetune handles the project's classifiers; {model_id} is a {card.task}"
+                        f"{' bundle' if card.is_bundle else ''} (segmentation fine-tuning is not built yet)")
+    labels = [lab.lower() for lab in card.labels]
+    pos_label = next(iter(card.thresholds), None) or labels[-1]
+    pos = labels.index(pos_label)
+    thr = float(card.thresholds[pos_label].threshold) if pos_label in card.thresholds else 0.5
+
+    cases = []
+    if labels_csv is not None:
+        if data is None:
+            raise UserError("--labels needs --data (the folder the CSV's files are relative to)")
+        cases += cases_from_csv(Path(data), Path(labels_csv), labels)
+    if from_feedback:
+        if data is None:
+            raise UserError("--from-feedback needs --data: the log keeps no paths, the images are found "
+                            "in DIR by their keyed pseudonym")
+        fb = cases_from_feedback(card.id, Path(data), labels)
+        log(f"{len(fb)} reader-confirmed cases found in {data}")
+        cases += fb
+    if not cases:
+        raise UserError("no local cases: give --data DIR --labels CSV and/or --from-feedback")
+    seen, uniq = set(), []
+    for c in cases:  # a file given twice counts once (CSV wins)
+        k = str(Path(c["path"]).resolve())
+        if k not in seen:
+            seen.add(k)
+            uniq.append(c)
+    cases = uniq
+    y = np.array([labels.index(c["label"]) for c in cases])
+    groups = np.array([str(c["patient"]) for c in cases], dtype=object)
+    split = T.grouped_split(groups, y, (0.6, 0.2, 0.2), seed=seed)
+    for k, name in ((0, "training"), (1, "validation"), (2, "hold-out")):
+        ys = set(y[split == k].tolist())
+        if len(ys) < 2:
+            raise UserError(f"too few local cases: the patient-disjoint {name} part has "
+                            f"{int((split == k).sum())} images and not every label ({len(cases)} cases, "
+                            f"{len(set(groups.tolist()))} patients)")
+    for k in range(3):
+        assert not (set(groups[split == k]) & set(groups[split != k])), "patient in two parts"
+    log(f"local cases: {len(cases)} ({len(set(groups.tolist()))} patients): train {int((split == 0).sum())}, "
+        f"validation {int((split == 1).sum())}, hold-out {int((split == 2).sum())}")
+
+    paths = [Path(c["path"]) for c in cases]
+    x = T.preprocess_all(card, paths, f"finetune_{card.id}")
+    yt = torch.from_numpy(y)
+
+    # the model's own data: replay (validation rows) and the original test split
+    odata = Path(original_data) if original_data else (T.DATA / DATASETS.get(card.id, "")) if card.id in DATASETS else None
+    rep_x = rep_y = None
+    orig = None
+    pred_csv = Path(card.folder) / "predictions.csv"
+    if odata is not None and odata.is_dir() and pred_csv.is_file():
+        rows = list(csv.DictReader(pred_csv.open()))
+        rng = np.random.default_rng(seed)
+        val = [r for r in rows if r.get("split") == "validation" and (r.get("label") or "").lower() in labels]
+        test = [r for r in rows if r.get("split") == "test" and (r.get("label") or "").lower() in labels]
+        if replay and val:
+            pick = sorted(rng.choice(len(val), min(replay, len(val)), replace=False).tolist())
+            rep_x = T.preprocess_all(card, [odata / val[i]["file"] for i in pick], f"replay_{card.id}")
+            rep_y = torch.tensor([labels.index(val[i]["label"].lower()) for i in pick])
+        if test:
+            if original_test_max and len(test) > original_test_max:
+                test = [test[i] for i in sorted(rng.choice(len(test), original_test_max, replace=False).tolist())]
+            orig = {"x": T.preprocess_all(card, [odata / r["file"] for r in test], f"origtest_{card.id}"),
+                    "y": np.array([labels.index(r["label"].lower()) for r in test]),
+                    "g": np.array([r.get("patient") or r.get("group") or r["file"] for r in test], dtype=object)}
+    else:
+        log(f"original data not found ({odata}): no replay and no original-test comparison")
+
+    base = load_model(card).network.eval()
+    net = copy.deepcopy(base)
+    itr, iva, iho = (np.nonzero(split == k)[0] for k in range(3))
+    x_tr, y_tr = x[itr], yt[itr]
+    if rep_x is not None:
+        x_tr, y_tr = torch.cat([x_tr, rep_x]), torch.cat([y_tr, rep_y])
+    if train != "head":
+        for p in net.parameters():  # the loaded network is frozen for inference
+            p.requires_grad_(True)
+    model = _head_only(net) if train == "head" else net
+    lr = lr if lr is not None else (1e-2 if train == "head" else 2e-3)
+
+    def augment(xb, yb, g):
+        xb = T.random_affine(xb, g, rot_deg=10, scale=(0.9, 1.12), shift=0.06)
+        return T.random_intensity(xb, g, contrast=0.2, brightness=0.2), yb
+
+    def evaluate(n):
+        lo = T.predict(n, x[iva], torch.device("cpu"))
+        p = torch.softmax(lo, 1)[:, pos].numpy()
+        loss = float(F.cross_entropy(lo, yt[iva]))
+        auc = E.roc_auc((y[iva] == pos).astype(int), p)
+        return {"val_loss": loss, "val_auc": auc, "score": auc - 0.01 * loss}
+
+    out.mkdir(parents=True, exist_ok=True)
+    tlog = T.Log(out / "training_log.csv")
+    T.set_seed(seed)
+    info = T.fit(model, x_tr, y_tr, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate, epochs=epochs,
+                 batch_size=batch_size, lr=lr, weight_decay=1e-4, device=torch.device("cpu"), log=tlog, seed=seed)
+    net.eval()
+    temp = T.fit_temperature(T.predict(net, x[iva], torch.device("cpu")), yt[iva])
+    T.fold_temperature(_head(net), temp)
+    log(f"trained {info['epochs_run']} epochs (best {info['best_epoch']}), temperature {temp:.3f}")
+
+    yb = (y == pos).astype(int)
+    comps = {"local_holdout": _compare(yb[iho], _probs(T, base, x[iho], pos), _probs(T, net, x[iho], pos),
+                                       groups[iho], thr, f"local hold-out: {len(iho)} images, patient-disjoint "
+                                                          "from the fine-tuning data")}
+    if orig is not None:
+        yo = (orig["y"] == pos).astype(int)
+        comps["original_test"] = _compare(yo, _probs(T, base, orig["x"], pos), _probs(T, net, orig["x"], pos),
+                                          orig["g"], thr, f"the model's original test split "
+                                                          f"({len(yo)} images of {pred_csv.name} split 'test')")
+
+    # OOD statistics refitted on the candidate's own features (same method and layers)
+    spec = O.ood_spec(card) or {}
+    ood_block = None
+    if spec.get("layers"):
+        from safetensors.torch import save_file
+
+        fit_x = x_tr.float()
+        fit_y = y_tr.numpy()
+        feats = O.extract_features(net, fit_x, spec["layers"])
+        stats = O.fit_mahalanobis(feats, fit_y)
+        val_x = x[iva].float() if rep_x is None else torch.cat([x[iva].float(), rep_x[: max(1, len(rep_x) // 4)].float()])
+        vs = O.score(stats, O.extract_features(net, val_x, spec["layers"]), "mahalanobis")
+        othr, oinfo = O.conformal_threshold(vs)
+        f = out / O.STATS_FILE
+        save_file({k: v.contiguous() for k, v in stats.items()}, str(f),
+                  metadata={"method": "mahalanobis", "layers": json.dumps(spec["layers"])})
+        from ..models.loaders import sha256_file
+
+        ood_block = {"method": "mahalanobis", "layers": spec["layers"], "file": O.STATS_FILE, "sha256": sha256_file(f),
+                     "threshold": round(othr, 6), "threshold_rule": O.threshold_rule_text(oinfo),
+                     "threshold_info": oinfo,
+                     "features": spec.get("features", "per channel spatial mean and standard deviation of each layer's activations"),
+                     "fitted_on": f"the candidate's fine-tuning data ({len(fit_x)} images: local training part"
+                                  f"{' + replay of the original validation images' if rep_x is not None else ''}), "
+                                  "candidate weights, engine preprocessing; AUROCs against other modalities "
+                                  "NOT re-measured for this candidate"}
+
+    version = versions.next_version(card.id, card.version)
+    raw = copy.deepcopy(card.raw)
+    for k in ("format", "weights", "ood", "files", "population"):
+        raw.pop(k, None)
+    h = comps["local_holdout"]["candidate"]
+    metrics = [E.metric("AUC", h["auc"], h["auc_ci95"], comps["local_holdout"]["n"], comps["local_holdout"]["data"], pos_label)]
+    if "original_test" in comps:
+        o = comps["original_test"]["candidate"]
+        metrics.append(E.metric("AUC", o["auc"], o["auc_ci95"], comps["original_test"]["n"],
+                                comps["original_test"]["data"], pos_label))
+    raw.update({
+        "version": version, "name": f"{card.name} — site fine-tune {version}",
+        "metrics": metrics,
+        "metrics_ci": "percentile cluster bootstrap by patient, stratified by label, 2,000 resamples",
+        "data": {**(raw.get("data") or {}),
+                 "fine_tuning": f"{len(cases)} local reader-confirmed/labelled images of {len(set(groups.tolist()))} "
+                                f"patients, split by patient 60/20/20 (train / validation / hold-out), seed {seed}"},
+        "limitations": list(raw.get("limitations") or []) + [
+            f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the operating threshold "
+            f"{thr} is the base model's, not re-chosen (too few local cases); the OOD statistics were refitted "
+            "but their AUROC against other modalities was not re-measured."],
+        "training": {"code": "imaging-assist finetune -> scripts/_training.py fit / fit_temperature (the training "
+                             "scripts' code)", "base_version": card.version, "trained": train,
+                     "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "max_lr": lr,
+                     "batch_size": batch_size, "replay_images": 0 if rep_x is None else int(len(rep_x)),
+                     "temperature": round(temp, 4), "train_seconds": info["train_seconds"], "seed": seed},
+        "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "holdout": "holdout.csv"},
+        "not_for_clinical_use": True,
+    })
+    if ood_block:
+        raw["ood"] = ood_block
+    save_model_folder(out, raw, net)
+    with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "label", "patient_id"])
+        for i in iho:
+            w.writerow([str(Path(cases[i]["path"]).resolve()), cases[i]["label"], groups[i]])
+    ni = {"metric": "AUC", "margin": margin,
+          "rule": f"promote only when the lower 95% bound of AUC(candidate) - AUC(base) is above -{margin} "
+                  "on every comparison (local hold-out and original test split)",
+          "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
+    res = {"model_id": card.id, "version": version, "base_version": card.version, "folder": str(out.resolve()),
+           "comparisons": comps, "non_inferiority": ni, "training": raw["training"],
+           "ood": {k: ood_block[k] for k in ("threshold", "threshold_rule", "fitted_on")} if ood_block else None,
+           "not_for_clinical_use": True}
+    ok, why = versions.non_inferiority(res)
+    res["non_inferiority"]["passes"] = ok
+    res["non_inferiority"]["reasons"] = why
+    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    versions.register_candidate(card.id, version, out, card.version,
+                                {"folder": str(out.resolve()), "n_cases": len(cases), "non_inferior": ok,
+                                 **{f"{k}_auc_diff": v["diff"] for k, v in comps.items()}})
+    return res
+
+
+# --------------------------------------------------------------------------- compare
+def version_card(model_id: str, version: str):
+    """The card of one version: a registered candidate, or the installed (not promoted) model."""
+    from ..models.registry import Registry, read_card
+    from . import versions
+
+    st = versions.status(model_id)
+    if version in (st.get("candidates") or {}):
+        return read_card(versions.candidate_folder(model_id, version))
+    reg = Registry()
+    srcs = [s for s in reg.sources() if s[1] != "promoted"]
+    e = Registry(srcs).get(model_id)
+    if e.card.version != version:
+        known = [e.card.version] + sorted(st.get("candidates") or {})
+        raise UserError(f"{model_id} has no version {version!r}; known: {', '.join(known)}")
+    return e.card
+
+
+def compare(model_id: str, a: str, b: str, holdout: Path | None = None) -> dict:
+    """Both versions through the engine (``run_model``, not logged) on the same local hold-out:
+    ``holdout`` or the ``holdout.csv`` of the newer candidate among A and B."""
+    from ..inference import RunOptions, read_image, run_model
+    from ..models.loaders import load_model
+    from .log import paused
+
+    ca, cb = version_card(model_id, a), version_card(model_id, b)
+    if holdout is None:
+        for c in (cb, ca):
+            f = Path(c.folder) / "holdout.csv"
+            if f.is_file():
+                holdout = f
+                break
+    if holdout is None or not Path(holdout).is_file():
+        raise UserError("no local hold-out to compare on: neither version is a fine-tuned candidate; give --holdout CSV")
+    rows = list(csv.DictReader(Path(holdout).open(newline="", encoding="utf-8")))
+    labels = [lab.lower() for lab in ca.labels]
+    pos_label = next(iter(ca.thresholds), None) or labels[-1]
+    y = np.array([int(r["label"].lower() == pos_label) for r in rows])
+    g = np.array([r.get("patient_id") or r["file"] for r in rows], dtype=object)
+    ps = []
+    with paused():
+        for c in (ca, cb):
+            m = load_model(c)
+            p = []
+            for r in rows:
+                res = run_model(m, read_image(r["file"]), RunOptions(device="cpu"))
+                p.append(float(res.probabilities[pos_label]))
+            ps.append(np.array(p))
+    thr = float(ca.thresholds[pos_label].threshold) if pos_label in ca.thresholds else 0.5
+    c = _compare(y, ps[0], ps[1], g, thr, f"local hold-out {holdout} ({len(rows)} images)")
+    c["base"]["version"], c["candidate"]["version"] = a, b
+    return {"model_id": model_id, "a": a, "b": b, "comparison": c, "not_for_clinical_use": True}
