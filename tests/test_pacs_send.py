@@ -133,6 +133,33 @@ def test_server_that_says_success_and_stores_nothing_is_caught(tmp_path):
         srv.shutdown()
 
 
+def test_store_warning_status_is_reported_not_hidden(tmp_path):
+    """A peer that stores with warning 0xB000 (coercion): counted as sent, and the user is told."""
+    from pynetdicom import AE, evt
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from imaging_assist.pacs import dimse
+
+    ae = AE(ae_title="COERCE")
+    ae.supported_contexts = StoragePresentationContexts
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    srv = ae.start_server(("127.0.0.1", port), block=False,
+                          evt_handlers=[(evt.EVT_C_STORE, lambda e: 0xB000)])
+    try:
+        _series(tmp_path / "s", n=2)
+        items, _ = sendmod.collect([str(tmp_path / "s")])
+        got = []
+        node = Node("c", "dimse", ae_title="COERCE", host="127.0.0.1", port=port, timeout=10).validate()
+        import threading
+        dimse.store(node, sendmod.Settings(), items, lambda it, err, warn=None: got.append((err, warn)),
+                    threading.Event())
+        assert got == [(None, "stored with warning 0xB000 (coercion of data elements)")] * 2
+    finally:
+        srv.shutdown()
+
+
 def test_nothing_to_send_is_one_line(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(PacsError, match="nothing to send"):

@@ -301,6 +301,8 @@ def cmd_send(args) -> int:
         print(f"skipped: {p}: {r}", file=sys.stderr)
     for p, r in res.failures:
         print(f"failed: {p}: {r}", file=sys.stderr)
+    for p, r in res.warnings:
+        print(f"warning: {p}: {r}", file=sys.stderr)
     if res.unconfirmed:
         print(f"warning: {res.unconfirmed} instances accepted by the node but not confirmed: the "
               f"read-back query failed ({res.readback_error})", file=sys.stderr)

@@ -435,38 +435,57 @@ def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
 
 
 # --------------------------------------------------------------------------- store
+_STORE_WARNINGS = {0xB000: "coercion of data elements", 0xB006: "elements discarded",
+                   0xB007: "data set does not match SOP class"}
+
+
 def store(node: Node, settings: Settings, items: list, on_result: Callable,
           cancel: threading.Event) -> None:
-    """C-STORE each item (``.path``, ``.sop_class``, ``.transfer_syntax``, ``.sop_uid``) on one
-    association; ``on_result(item, error_or_None)`` after each."""
-    pairs = sorted({(it.sop_class, it.transfer_syntax) for it in items})
-    contexts = [build_context(c, [ts]) for c, ts in pairs]  # one per pair: each file as it is
-    with _Assoc(node, settings, contexts) as assoc:
-        finished = _watch_cancel(cancel, assoc)
-        try:
-            accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
-            for it in items:
-                if cancel.is_set():
-                    break
-                if (it.sop_class, it.transfer_syntax) not in accepted:
-                    on_result(it, "the node does not accept this kind of object "
-                                  f"(SOP class {it.sop_class}, transfer syntax {it.transfer_syntax})")
-                    continue
-                try:
-                    st = assoc.send_c_store(it.path)
-                except (OSError, ValueError, AttributeError) as e:
-                    on_result(it, f"cannot send: {e}")
-                    continue
-                if not st or "Status" not in st:
-                    if cancel.is_set():
-                        break
-                    raise PacsError(f"{node.label()}: C-STORE: no answer within {node.timeout:g} s "
-                                    f"(association aborted)")
-                code = st.Status
-                if code == 0 or code in (0xB000, 0xB006, 0xB007):
-                    on_result(it, None)
-                else:
-                    on_result(it, f"refused by the node, {status_text(code)}")
-        finally:
-            finished.set()
+    """C-STORE each item (``.path``, ``.sop_class``, ``.transfer_syntax``, ``.sop_uid``);
+    ``on_result(item, error_or_None)`` after each.  One presentation context per (SOP class,
+    transfer syntax) pair, so each file goes as it is; more than 127 pairs take several
+    associations.  Cancel is checked between files (one C-STORE is short) and the association
+    is then released normally, never aborted mid-instance."""
+    by_pair: dict[tuple[str, str], list] = {}
+    for it in items:
+        by_pair.setdefault((it.sop_class, it.transfer_syntax), []).append(it)
+    pairs = sorted(by_pair)
+    for i in range(0, len(pairs), MAX_CONTEXTS - 1):
+        chunk = pairs[i:i + MAX_CONTEXTS - 1]
+        batch = [it for p in chunk for it in by_pair[p]]
+        if cancel.is_set():
+            return
+        _store_batch(node, settings, [build_context(c, [ts]) for c, ts in chunk], batch,
+                     on_result, cancel)
 
+
+def _store_batch(node, settings, contexts, items, on_result, cancel) -> None:
+    with _Assoc(node, settings, contexts) as assoc:
+        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+        for n, it in enumerate(items):
+            if cancel.is_set():
+                return
+            if (it.sop_class, it.transfer_syntax) not in accepted:
+                on_result(it, "the node does not accept this kind of object "
+                              f"(SOP class {it.sop_class}, transfer syntax {it.transfer_syntax})")
+                continue
+            try:
+                st = assoc.send_c_store(it.path)
+            except (OSError, ValueError, AttributeError) as e:
+                on_result(it, f"cannot send: {e}")
+                continue
+            if not st or "Status" not in st:
+                if cancel.is_set():
+                    return
+                lost = (f"no answer within {node.timeout:g} s (association aborted); "
+                        f"not sent")
+                for rest in items[n:]:  # the association is gone: the rest are not sent
+                    on_result(rest, lost)
+                return
+            code = st.Status
+            if code == 0:
+                on_result(it, None)
+            elif code in _STORE_WARNINGS:  # stored, but not quite as sent: the user is told
+                on_result(it, None, f"stored with warning 0x{code:04X} ({_STORE_WARNINGS[code]})")
+            else:
+                on_result(it, f"refused by the node, {status_text(code)}")

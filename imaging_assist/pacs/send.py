@@ -34,6 +34,7 @@ class SendResult:
     skipped: list[tuple[str, str]] = field(default_factory=list)   # not DICOM / unreadable
     cancelled: bool = False
     seconds: float = 0.0
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # stored, with a warning
     unconfirmed: int = 0       # the node said success but could not be asked afterwards
     readback_error: str = ""   # why not (one line)
 
@@ -42,6 +43,7 @@ class SendResult:
                 "unconfirmed": self.unconfirmed, "readback_error": self.readback_error,
                 "failures": [{"path": p, "reason": r} for p, r in self.failures],
                 "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+                "warnings": [{"path": p, "reason": r} for p, r in self.warnings],
                 "cancelled": self.cancelled, "seconds": round(self.seconds, 3)}
 
 
@@ -107,12 +109,14 @@ def send(node: Node, paths: list[str], settings: Settings | None = None,
     ok: list[Item] = []
     done = [0]
 
-    def on_result(it: Item, err: str | None):
+    def on_result(it: Item, err: str | None, warning: str | None = None):
         done[0] += 1
         if err:
             res.failures.append((it.path, err))
         else:
             ok.append(it)
+            if warning:
+                res.warnings.append((it.path, warning))
         if progress:
             progress(done[0], len(items))
 

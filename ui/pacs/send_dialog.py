@@ -123,6 +123,8 @@ class SendDialog(QDialog):
             self.failures.addItem(f"failed: {p}: {r}")
         for p, r in res.skipped:
             self.failures.addItem(f"skipped: {p}: {r}")
+        for p, r in res.warnings:
+            self.failures.addItem(f"warning: {p}: {r}")
         unconfirmed = (f", {res.unconfirmed} sent but NOT confirmed ({res.readback_error})"
                        if res.unconfirmed else "")
         self.say(f"{res.confirmed} instances sent and confirmed by a query{unconfirmed}, "
