@@ -304,3 +304,26 @@ def test_find_limit_cancels_and_says_so(orthanc, proto):
     full = api.find(node, Query(), s, limit=3)
     assert len(full) == 3 and not full.truncated
     api.echo(node, s)  # the node is fine after the cancelled query
+
+
+def test_node_dying_mid_transfer_keeps_whole_files_and_says_so(tmp_path):
+    """Orthanc killed (SIGKILL) during a C-GET: one line that says how many instances are kept;
+    only whole files remain; the same retrieval from a live node completes the study."""
+    import signal
+    o = Orthanc(workdir=str(tmp_path / "o")).start()
+    try:
+        o.upload(ct_files()[:60])
+        out = tmp_path / "out"
+
+        def progress(done, total, series):
+            if done == 15 and o.proc is not None:
+                o.proc.send_signal(signal.SIGKILL)
+
+        with pytest.raises(PacsError, match=r"instances kept in .*retrieving again fetches the rest"):
+            api.get(o.dimse_node(), CT_STUDY, out, settings=o.settings(), progress=progress)
+        have = list(out.rglob("*.dcm"))
+        assert 15 <= len(have) < 60 and not list(out.rglob("*.partial"))
+        for p in have:
+            assert pydicom.dcmread(p).PixelData
+    finally:
+        o.cleanup()

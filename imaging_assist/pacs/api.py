@@ -85,6 +85,30 @@ def get(node: Node, study_uid: str, out_dir: str | os.PathLike, series_uids=(),
         on_plan(sink)
     if progress:
         progress(sink._done, sink.result.expected, "")
+    try:
+        _transfer(node, settings, sink, listing, missing, method, chosen)
+    except PacsError as e:
+        part = sink.finish()  # no temporary file stays behind, whatever ended the transfer
+        if part.written:
+            raise PacsError(f"{e} ({part.written} instances kept in {part.study_dir}; "
+                            f"retrieving again fetches the rest)") from None
+        raise
+    except BaseException:
+        sink.finish()
+        raise
+    res = sink.finish()
+    if not res.cancelled:
+        got = {f.sop_instance_uid for f in res.failures}
+        for series, sops in missing.items():
+            for sop in sops:
+                if sop not in got and not sink.present(series, sop):
+                    res.failures.append(_failure(sop, "not received from the node"))
+    from ..privacy.audit import record_transfer
+    record_transfer("retrieve", res, node=node.label())  # the audit trail (never raises)
+    return res
+
+
+def _transfer(node, settings, sink, listing, missing, method, chosen) -> None:
     if missing:
         if not node.is_dimse:
             from . import dicomweb
@@ -103,16 +127,6 @@ def get(node: Node, study_uid: str, out_dir: str | os.PathLike, series_uids=(),
                                              f"{settings.storage_port}")
             if chosen == "move":
                 dimse.retrieve_move(node, settings, sink, listing, missing)
-    res = sink.finish()
-    if not res.cancelled:
-        got = {f.sop_instance_uid for f in res.failures}
-        for series, sops in missing.items():
-            for sop in sops:
-                if sop not in got and not sink.present(series, sop):
-                    res.failures.append(_failure(sop, "not received from the node"))
-    from ..privacy.audit import record_transfer
-    record_transfer("retrieve", res, node=node.label())  # the audit trail (never raises)
-    return res
 
 
 def _failure(sop, reason):
