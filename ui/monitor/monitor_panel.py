@@ -116,6 +116,10 @@ class MonitorDialog(QDialog):
             ax.set_title(title, fontsize=10)
             xs = [i for i, v in zip(x, vals) if v is not None]
             vs = [v for v in vals if v is not None]
+            if not vs:  # say why the plot is empty instead of showing blank axes
+                ax.text(0.5, 0.5, "no data in these windows" if "readers" not in title else
+                        "no reader feedback in these windows", ha="center", va="center",
+                        transform=ax.transAxes, color=REF_COLOR)
             ax.plot(xs, vs, "-", color=OK_COLOR, lw=1, alpha=0.6)
             ax.scatter(xs, vs, c=[colors[i] for i in xs], zorder=3, s=28)
             if lo is not None:
@@ -135,7 +139,6 @@ class MonitorDialog(QDialog):
                 d = (d or {}).get(p) if isinstance(d, dict) else None
             return d
 
-        refv = (m.get("reference") or {})
         series(axes[0][0], "OOD score (median per window)", [g(w, "input", "ood_score", "median") for w in ws],
                ref=g(ws[0], "input", "ood_score", "reference_median") if ws else None)
         series(axes[0][1], "Image intensity (median of per-image means)",
@@ -152,7 +155,6 @@ class MonitorDialog(QDialog):
         for ax in axes[1]:
             ax.set_xticks(x, ticks, rotation=45, fontsize=8)
             ax.set_xlabel("window (start date)" if rep_kind_days(self) else "window (runs)")
-        del refv
         self.canvas.draw_idle()
 
 
