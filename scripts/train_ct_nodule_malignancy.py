@@ -46,7 +46,7 @@ LABELS = ["benign", "malignant"]
 ARCH = {"library": "monai", "name": "ResNet",
         "kwargs": {"block": "basic", "layers": [1, 1, 1, 1], "block_inplanes": [16, 32, 64, 128],
                    "spatial_dims": 3, "n_input_channels": 3, "num_classes": 2,
-                   "conv1_t_size": 3, "conv1_t_stride": 1}}
+                   "conv1_t_size": 3, "conv1_t_stride": 2, "no_max_pool": True}}
 GRADCAM_LAYER = "layer3"
 OOD_LAYERS = ["layer3", "layer4"]
 SENS_TARGET = 0.90
@@ -173,9 +173,13 @@ def main(argv=None) -> int:
                   "extent_sensitivity_val": round(extent_sens, 4),
                   "median_valid_fraction_of_model_region_val": round(frac_valid, 4)}
     comparison = [design_row]
-    if args.compare_with is not None:
-        other = json.loads((Path(args.compare_with) / "metrics.json").read_text())["design"]
-        comparison.append(other)
+    if args.compare_with is not None:  # the other design's run (may still be training: wait)
+        f = Path(args.compare_with) / "metrics.json"
+        for _ in range(180):
+            if f.is_file():
+                break
+            time.sleep(10)
+        comparison.append(json.loads(f.read_text())["design"])
     print("design:", design_row, flush=True)
 
     with (out / "predictions.csv").open("w", newline="") as f:
@@ -218,7 +222,7 @@ def main(argv=None) -> int:
             "nodules smaller than 3 mm (LIDC readers rated only nodules >= 3 mm)",
             "detection or screening: it scores only the nodule at a point a reader gives; it never searches a scan",
             "management decisions (Fleischner, Lung-RADS) in place of the reader"],
-        "population": {"image_kind": "chest CT", "data": "LIDC-IDRI: thoracic CT of 1,010 patients from seven "
+        "population": {"image_kind": "cross-sectional", "data": "LIDC-IDRI: thoracic (chest, lung) CT of 1,010 patients from seven "
                        "US academic centres (diagnostic and screening, several vendors, 0.45-2.5 mm slices); "
                        "ages and sexes not in the crops"},
         "limitations": [
