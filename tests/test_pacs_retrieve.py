@@ -327,3 +327,29 @@ def test_node_dying_mid_transfer_keeps_whole_files_and_says_so(tmp_path):
             assert pydicom.dcmread(p).PixelData
     finally:
         o.cleanup()
+
+
+@pytest.mark.parametrize("level", ["STUDY", "SERIES"])
+def test_find_agrees_with_dcmtk_findscu(orthanc, level):
+    """DCMTK's findscu, an independent client, finds the same studies/series as our C-FIND."""
+    import re
+    import shutil
+    import subprocess
+    exe = shutil.which("findscu")
+    if exe is None:
+        pytest.fail("findscu (Debian dcmtk) is missing: scripts/test installs it")
+    for modality in ("MR", "CT", ""):
+        key = "ModalitiesInStudy" if level == "STUDY" else "Modality"
+        r = subprocess.run([exe, "-S", "-aet", "DCMTK", "-aec", orthanc.aet,
+                            "-k", f"QueryRetrieveLevel={level}", "-k", f"{key}={modality}",
+                            "-k", "StudyInstanceUID", "-k", "SeriesInstanceUID",
+                            "127.0.0.1", str(orthanc.dicom_port)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        tag = "0020,000d" if level == "STUDY" else "0020,000e"
+        # findscu prints each UID as sent, with its padding (NUL or space)
+        theirs = set(re.findall(rf"\({tag}\) UI \[([0-9.]+)[\x00 ]?\]", r.stdout + r.stderr))
+        rows = api.find(orthanc.dimse_node(), Query(level=level.lower(), modality=modality),
+                        orthanc.settings())
+        ours = {row["study_uid"] if level == "STUDY" else row["series_uid"] for row in rows}
+        assert ours == theirs and ours, (modality, ours, theirs, r.stderr[-800:])
