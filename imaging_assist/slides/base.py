@@ -176,6 +176,10 @@ class Slide(ABC):
 
     #: short machine name of the backend ("openslide", "tifffile", "wsidicom", "pillow")
     backend: str = ""
+    #: May :meth:`read_level` be called from several threads at once (and does the decoder
+    #: release the GIL, so that it pays)?  Tiled inference then reads the row runs of a batch
+    #: in parallel (:mod:`.tiling`).  Off unless a backend says it is safe.
+    concurrent_reads: bool = False
 
     def __init__(self, path: str):
         self.path = os.fspath(path)
@@ -211,6 +215,11 @@ class Slide(ABC):
 
     def clear_cache(self) -> None:
         """Drop decoded-tile caches (benchmarks; memory pressure)."""
+
+    def prefetch_level(self, level: int, rects) -> None:
+        """Hint: the level-pixel rectangles ``rects`` ``[(x, y, w, h), ...]`` are about to be
+        read.  A backend with a decoded-tile cache decodes every stored tile they touch once,
+        in parallel; the default does nothing.  Never changes what a read returns."""
 
     # -- finishing touches used by backends ---------------------------------------------
     def _finish_levels(self, dims: Sequence[tuple[int, int]]) -> None:

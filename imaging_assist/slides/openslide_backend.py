@@ -73,6 +73,8 @@ def detect_format(path: str) -> str | None:
 
 class OpenSlideSlide(Slide):
     backend = "openslide"
+    # OpenSlide handles are thread-safe and ctypes drops the GIL during read_region.
+    concurrent_reads = True
 
     def __init__(self, path: str, vendor: str | None = None):
         super().__init__(path)

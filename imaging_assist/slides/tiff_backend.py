@@ -138,6 +138,9 @@ class _Level:
 class TiffSlide(Slide):
     backend = "tifffile"
     CACHE_BYTES = 192 << 20
+    # The file handle is read under a lock, the segment cache is thread-safe and imagecodecs
+    # releases the GIL while decoding.
+    concurrent_reads = True
 
     def __init__(self, path: str):
         super().__init__(path)
@@ -363,21 +366,48 @@ class TiffSlide(Slide):
             got[k] = a
         return got
 
+    @staticmethod
+    def _keys(L: _Level, x: int, y: int, w: int, h: int) -> list[int]:
+        """Segment indices covering the level rectangle (clipped to the level)."""
+        x0, y0 = max(0, x), max(0, y)
+        x1, y1 = min(L.width, x + w), min(L.height, y + h)
+        if x1 <= x0 or y1 <= y0:
+            return []
+        ix0, ix1 = x0 // L.seg_w, (x1 - 1) // L.seg_w
+        iy0, iy1 = y0 // L.seg_h, (y1 - 1) // L.seg_h
+        planes = range(L.spp) if L.separate else range(1)
+        return [s * L.nseg + iy * L.nsx + ix for s in planes
+                for iy in range(iy0, iy1 + 1) for ix in range(ix0, ix1 + 1)]
+
+    def _decoded(self, L: _Level, level: int, keys: list[int]) -> dict[int, np.ndarray]:
+        try:
+            return self._segments(L, level, keys)
+        except SlideReadError:
+            raise
+        except Exception as e:
+            raise SlideReadError(f"{self.path}: cannot decode level {level} "
+                                 f"({type(e).__name__}: {e})") from None
+
+    def prefetch_level(self, level, rects) -> None:
+        """Decode every stored tile the rectangles touch, each once, in one parallel pass
+        (tiled inference calls this per batch; the row runs then copy from the cache)."""
+        self._check_level(level)
+        L = self._levels[level]
+        keys = sorted({k for r in rects for k in self._keys(L, *(int(v) for v in r))})
+        seg_bytes = L.seg_h * L.seg_w * L.spp * L.dtype.itemsize
+        # Only what fits the cache with room to spare: more would evict tiles decoded here
+        # before they are used (correct, but decoded twice).
+        if keys and len(keys) * seg_bytes <= self.CACHE_BYTES // 2:
+            self._decoded(L, level, keys)
+
     def _read_level(self, level, x, y, w, h):
         L = self._levels[level]
         ix0, ix1 = x // L.seg_w, (x + w - 1) // L.seg_w
         iy0, iy1 = y // L.seg_h, (y + h - 1) // L.seg_h
         spp = L.spp
         planes = range(spp) if L.separate else range(1)
-        keys = [s * L.nseg + iy * L.nsx + ix for s in planes
-                for iy in range(iy0, iy1 + 1) for ix in range(ix0, ix1 + 1)]
-        try:
-            segs = self._segments(L, level, keys)
-        except SlideReadError:
-            raise
-        except Exception as e:
-            raise SlideReadError(f"{self.path}: cannot decode level {level} "
-                                 f"({type(e).__name__}: {e})") from None
+        keys = self._keys(L, x, y, w, h)
+        segs = self._decoded(L, level, keys)
         out = np.empty((h, w, spp), L.dtype)
         white = np.iinfo(L.dtype).max if L.dtype.kind in "ui" else 1
         for s in planes:

@@ -17,6 +17,7 @@ stitch per-class heat maps.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import sys
 import threading
@@ -187,18 +188,24 @@ def _runs(cells: np.ndarray) -> list[tuple[int, int, int, int]]:
     return out
 
 
-def read_tiles(slide: Slide, plan: TilePlan, idx: Sequence[int] | slice | None = None) -> np.ndarray:
-    """(n, tile_px, tile_px, 3) uint8 tiles for plan indices ``idx`` (default: all).
+@dataclass
+class _Run:
+    """A run of ``n`` adjacent tiles of one grid row, read as one level region."""
 
-    Adjacent tiles of a grid row are read as one region and resampled together.
-    """
-    from PIL import Image
+    first: int                      # position of its first tile in the sorted cells
+    n: int
+    ix: int                         # level-pixel region read (may overhang the level)
+    iy: int
+    iw: int
+    ih: int
+    k: tuple[int, int] | None       # integer, aligned: box-average factors (1, 1 = as stored)
+    box: tuple[float, float, float, float] | None  # otherwise: Pillow resize box in the region
 
-    cells = plan.cells if idx is None else plan.cells[idx]
-    order = np.lexsort((cells[:, 1], cells[:, 0]))
-    cells_sorted = cells[order]
+
+def _plan_runs(plan: TilePlan, cells_sorted: np.ndarray) -> list[_Run]:
+    """The level regions to read for row-major ``cells_sorted`` (one per run of adjacent tiles
+    in a grid row, split so a region stays under :data:`MAX_RUN_BYTES`)."""
     t = plan.tile_px
-    out = np.empty((len(cells), t, t, 3), np.uint8)
     sx0, sy0 = plan.stride0
     lsx, lsy = plan.level_scale
     fx, fy = plan.downsample[0] / lsx, plan.downsample[1] / lsy   # level px per tile px
@@ -206,42 +213,135 @@ def read_tiles(slide: Slide, plan: TilePlan, idx: Sequence[int] | slice | None =
     integer = abs(fx - kx) < 1e-6 and abs(fy - ky) < 1e-6 and kx >= 1 and ky >= 1
     # Cap a run's source region so coarse tiles from a fine level keep memory bounded.
     max_run = max(1, int(MAX_RUN_BYTES // (t * t * max(fx, 1.0) * max(fy, 1.0) * 3)))
-    runs = []
+    out = []
     for r, c0, n, first in _runs(cells_sorted):
-        for k in range(0, n, max_run):
-            runs.append((r, c0 + k, min(max_run, n - k), first + k))
-    for r, c0, n, first in runs:
-        # level-pixel box of the run (continuous coordinates)
-        bx0 = (plan.origin[0] + c0 * sx0) / lsx
-        by0 = (plan.origin[1] + r * sy0) / lsy
-        bx1 = bx0 + n * t * fx
-        by1 = by0 + t * fy
-        aligned = abs(bx0 - round(bx0)) < 1e-6 and abs(by0 - round(by0)) < 1e-6
-        if integer and aligned:
-            ix, iy = int(round(bx0)), int(round(by0))
-            region = slide.read_level(plan.level, ix, iy, n * t * kx, t * ky)
-            if kx == 1 and ky == 1:
-                strip = region
-            else:  # exact box average (sizes are multiples of the factors)
-                strip = np.asarray(Image.fromarray(region).reduce((kx, ky)))
-        else:
-            margin = int(math.ceil(max(fx, fy))) + 1   # filter support for the resampler
-            ix, iy = int(math.floor(bx0)) - margin, int(math.floor(by0)) - margin
-            iw = int(math.ceil(bx1)) + margin - ix
-            ih = int(math.ceil(by1)) + margin - iy
-            region = slide.read_level(plan.level, ix, iy, iw, ih)
-            img = Image.fromarray(region)
-            strip = np.asarray(img.resize((n * t, t), Image.Resampling.BILINEAR,
-                                          box=(bx0 - ix, by0 - iy, bx1 - ix, by1 - iy)))
-        tiles = strip.reshape(t, n, t, 3).transpose(1, 0, 2, 3)
-        out[order[first:first + n]] = tiles
+        for j in range(0, n, max_run):
+            c, m = c0 + j, min(max_run, n - j)
+            # level-pixel box of the run (continuous coordinates)
+            bx0 = (plan.origin[0] + c * sx0) / lsx
+            by0 = (plan.origin[1] + r * sy0) / lsy
+            bx1 = bx0 + m * t * fx
+            by1 = by0 + t * fy
+            aligned = abs(bx0 - round(bx0)) < 1e-6 and abs(by0 - round(by0)) < 1e-6
+            if integer and aligned:
+                out.append(_Run(first + j, m, int(round(bx0)), int(round(by0)), m * t * kx, t * ky,
+                                (kx, ky), None))
+            else:
+                margin = int(math.ceil(max(fx, fy))) + 1   # filter support for the resampler
+                ix, iy = int(math.floor(bx0)) - margin, int(math.floor(by0)) - margin
+                iw = int(math.ceil(bx1)) + margin - ix
+                ih = int(math.ceil(by1)) + margin - iy
+                out.append(_Run(first + j, m, ix, iy, iw, ih, None,
+                                (bx0 - ix, by0 - iy, bx1 - ix, by1 - iy)))
     return out
+
+
+def _read_run(slide: Slide, plan: TilePlan, run: _Run) -> np.ndarray:
+    """(n, t, t, 3) uint8 tiles of one run (a view of the resampled strip)."""
+    from PIL import Image
+
+    t, n = plan.tile_px, run.n
+    region = slide.read_level(plan.level, run.ix, run.iy, run.iw, run.ih)
+    if run.k is not None:
+        if run.k == (1, 1):
+            strip = region
+        else:  # exact box average (sizes are multiples of the factors)
+            strip = np.asarray(Image.fromarray(region).reduce(run.k))
+    else:  # Pillow's antialiased bilinear, one call for the whole run
+        strip = np.asarray(Image.fromarray(region).resize((n * t, t), Image.Resampling.BILINEAR, box=run.box))
+    return strip.reshape(t, n, t, 3).transpose(1, 0, 2, 3)
+
+
+_TILE_POOL = None
+_TILE_POOL_LOCK = threading.Lock()
+
+
+def _tile_pool():
+    """Threads that read, resample and convert row runs in parallel.  The decoders (imagecodecs,
+    OpenSlide's libjpeg), Pillow's resampling and numpy's conversion release the GIL.  A pool
+    of its own: the tifffile backend's decode pool is used from inside these threads."""
+    global _TILE_POOL
+    from concurrent.futures import ThreadPoolExecutor
+
+    with _TILE_POOL_LOCK:
+        if _TILE_POOL is None:
+            _TILE_POOL = ThreadPoolExecutor(max_workers=max(2, min(8, os.cpu_count() or 2)),
+                                            thread_name_prefix="tile-read")
+        return _TILE_POOL
+
+
+def _read_sorted(slide: Slide, plan: TilePlan, cells: np.ndarray, sink: Callable) -> None:
+    """Read the tiles of ``cells`` (any order); ``sink(positions, tiles)`` receives each run's
+    (n, t, t, 3) uint8 tiles and their positions in ``cells`` (a slice or an index array).
+
+    Per batch: one prefetch hint (the tifffile backend decodes every stored tile of the batch
+    once, in parallel), then the runs read/resampled/handed to ``sink`` in parallel when the
+    backend allows concurrent reads.  Each run is computed the same way whatever thread does
+    it, so the result does not depend on the parallelism.
+    """
+    order = np.lexsort((cells[:, 1], cells[:, 0]))
+    identity = bool(np.all(order == np.arange(len(order))))
+    runs = _plan_runs(plan, cells[order])
+    if not runs:
+        return
+    slide.prefetch_level(plan.level, [(r.ix, r.iy, r.iw, r.ih) for r in runs])
+
+    def work(run: _Run) -> None:
+        tiles = _read_run(slide, plan, run)
+        pos = slice(run.first, run.first + run.n) if identity else order[run.first:run.first + run.n]
+        sink(pos, tiles)
+
+    if slide.concurrent_reads and len(runs) > 1:
+        for _ in _tile_pool().map(work, runs):  # re-raises the first error
+            pass
+    else:
+        for run in runs:
+            work(run)
+
+
+def read_tiles(slide: Slide, plan: TilePlan, idx: Sequence[int] | slice | None = None) -> np.ndarray:
+    """(n, tile_px, tile_px, 3) uint8 tiles for plan indices ``idx`` (default: all).
+
+    Adjacent tiles of a grid row are read as one region and resampled together; the stored
+    tiles of the whole request are decoded once, in parallel where the backend allows.
+    """
+    cells = plan.cells if idx is None else plan.cells[idx]
+    t = plan.tile_px
+    out = np.empty((len(cells), t, t, 3), np.uint8)
+
+    def sink(pos, tiles):
+        out[pos] = tiles
+
+    _read_sorted(slide, plan, cells, sink)
+    return out
+
+
+_SCALE = np.float32(1.0 / 255.0)
+
+
+def read_batch_into(slide: Slide, plan: TilePlan, idx, out: np.ndarray) -> np.ndarray:
+    """Read tiles ``idx`` straight into ``out[:n]``, a preallocated ``(>= n, t, t, 3)`` float32
+    channels-last buffer, as RGB in 0..1 (the same values as :func:`tiles_to_batch`).  Returns
+    the ``(n, 3, t, t)`` view of it (channels-last strides: no transposing copy)."""
+    cells = plan.cells[idx]
+    n = len(cells)
+    dst = out[:n]
+
+    def sink(pos, tiles):
+        if isinstance(pos, slice):
+            np.multiply(tiles, _SCALE, out=dst[pos])
+        else:
+            for j, p in enumerate(pos):
+                np.multiply(tiles[j], _SCALE, out=dst[p])
+
+    _read_sorted(slide, plan, cells, sink)
+    return dst.transpose(0, 3, 1, 2)
 
 
 def tiles_to_batch(tiles: np.ndarray) -> np.ndarray:
     """(n, h, w, 3) uint8 -> (n, 3, h, w) float32 in 0..1 (C-contiguous)."""
     x = np.empty((tiles.shape[0], 3, tiles.shape[1], tiles.shape[2]), np.float32)
-    np.multiply(tiles.transpose(0, 3, 1, 2), np.float32(1.0 / 255.0), out=x)
+    np.multiply(tiles.transpose(0, 3, 1, 2), _SCALE, out=x)
     return x
 
 
@@ -354,9 +454,74 @@ def _cancel_checker(cancel) -> Callable[[], bool]:
 
 
 def _to_numpy(y) -> np.ndarray:
+    """A copy: the model may return a view of its input, whose buffer is reused."""
     if hasattr(y, "detach"):
         y = y.detach().cpu().float().numpy()
-    return np.asarray(y, dtype=np.float32)
+    return np.array(y, dtype=np.float32, copy=True)
+
+
+def _model_device(torch, model_fn, device):
+    """Where batches go: ``device`` if given, else the device of a torch module's parameters."""
+    if device is not None:
+        return torch.device(device)
+    if isinstance(model_fn, torch.nn.Module):
+        for p in model_fn.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+class _Feeder:
+    """Fills batches into a ring of preallocated channels-last float32 buffers.
+
+    One code path for CPU and CUDA: on CUDA the buffers are pinned and each batch is copied to
+    the device on a side stream right after it is read (in the reading thread), so the copy
+    overlaps the model's work on the previous batch; the consumer's stream waits for the copy's
+    event.  A buffer is reused ``count`` batches later: by then the model has returned on it
+    (the reading thread is at most ``prefetch`` batches ahead of the bounded queue, plus one
+    being filled and one with the model).
+    """
+
+    def __init__(self, slide: Slide, plan: TilePlan, batch_size: int, count: int, torch, device):
+        self.slide, self.plan, self.torch = slide, plan, torch
+        t = plan.tile_px
+        shape = (min(batch_size, max(1, len(plan))), t, t, 3)
+        self.cuda = device is not None and device.type == "cuda"
+        self.device = device
+        if self.cuda:
+            self.host = [torch.empty(shape, dtype=torch.float32, pin_memory=True) for _ in range(count)]
+            self.bufs = [h.numpy() for h in self.host]
+            self.stream = torch.cuda.Stream(device)
+            self.events: list = [None] * count
+        else:
+            self.bufs = [np.empty(shape, np.float32) for _ in range(count)]
+        self.count = count
+        self.i = 0
+
+    def fill(self, b: np.ndarray):
+        """(indices, batch, event or None) for plan indices ``b``."""
+        slot = self.i % self.count
+        self.i += 1
+        if self.cuda and self.events[slot] is not None:
+            self.events[slot].synchronize()   # the last copy out of this pinned buffer is done
+        x = read_batch_into(self.slide, self.plan, b, self.bufs[slot])
+        if not self.cuda:
+            return b, x, None
+        torch = self.torch
+        with torch.cuda.stream(self.stream):
+            xd = self.host[slot][:len(b)].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            ev = torch.cuda.Event()
+            ev.record(self.stream)
+        self.events[slot] = ev
+        return b, xd, ev
+
+    def ready(self, x, ev):
+        """The batch as the model gets it (after its copy, on CUDA)."""
+        if ev is None:
+            return x
+        cur = self.torch.cuda.current_stream(self.device)
+        cur.wait_event(ev)
+        x.record_stream(cur)  # allocated on the side stream, used on this one
+        return x
 
 
 _END = object()
@@ -368,16 +533,21 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
               downsample: float | tuple[float, float] | None = None, tissue_threshold: float = 0.5,
               region: Sequence[float] | None = None, class_names: Sequence[str] | None = None,
               top_k: int = 10, prefetch: int = 2, as_tensor: bool | None = None,
-              plan: TilePlan | None = None) -> TileResult:
+              plan: TilePlan | None = None, device=None) -> TileResult:
     """Run ``model_fn`` over the tissue tiles of ``slide``; stitch heat maps.
 
     ``model_fn(batch) -> (N, C)`` probabilities; ``batch`` is (N, 3, tile_px, tile_px) float32
     RGB in 0..1 (no normalisation: that is the model's job), a numpy array, or a torch tensor
     when ``as_tensor`` (default: when ``model_fn`` is a ``torch.nn.Module``).  It runs under
-    ``torch.inference_mode()`` when torch is loaded.
+    ``torch.inference_mode()`` when torch is loaded.  The batch lives in a reused buffer with
+    channels-last strides (not C-contiguous): it is valid during the call only, so a
+    ``model_fn`` that keeps it must copy it.
+    ``device`` (torch tensors only): where batches are handed over; default the device of a
+    torch module's parameters, else the CPU.  On CUDA the buffers are pinned and copied ahead.
     ``progress(done, total)`` is called after each batch; ``cancel`` (a ``threading.Event`` or
     a callable) stops the run between batches and returns what was done with
-    ``cancelled=True``.  ``prefetch``: batches read ahead on a background thread (0 = none).
+    ``cancelled=True``.  ``prefetch``: batches read ahead on a background thread (0 = none),
+    through a bounded queue.
     Other arguments as in :func:`plan_tiles`.
     """
     t_start = time.perf_counter()
@@ -399,6 +569,7 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
         as_tensor = torch is not None and isinstance(model_fn, torch.nn.Module)
     if as_tensor and torch is None:
         raise SlideError("as_tensor needs torch, which is not installed")
+    dev = _model_device(torch, model_fn, device) if as_tensor else None
 
     n = len(plan)
     batches = [np.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
@@ -406,20 +577,21 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
     n_classes: int | None = None
     done = 0
     timing = {"read": 0.0, "model": 0.0}
+    feeder = _Feeder(slide, plan, batch_size, prefetch + 2 if prefetch > 0 else 1, torch, dev)
 
     def read_batch(b):
         t0 = time.perf_counter()
-        x = tiles_to_batch(read_tiles(slide, plan, b))
+        item = feeder.fill(b)
         timing["read"] += time.perf_counter() - t0
-        return x
+        return item
 
     def batch_source():
-        """Yields (indices, array); reads ahead on a thread when prefetch > 0."""
+        """Yields (indices, batch, event); reads ahead on a thread when prefetch > 0."""
         if prefetch <= 0:
             for b in batches:
                 if is_cancelled():
                     return
-                yield b, read_batch(b)
+                yield read_batch(b)
             return
         q: queue.Queue = queue.Queue(maxsize=prefetch)
         stop = threading.Event()
@@ -438,7 +610,7 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
                 for b in batches:
                     if stop.is_set() or is_cancelled():
                         break
-                    if not put((b, read_batch(b))):
+                    if not put(read_batch(b)):
                         return
                 put(_END)
             except BaseException as e:  # handed to the consumer
@@ -464,11 +636,13 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
     source = batch_source()
     try:
         with ctx:
-            for b, x in source:
+            for b, x, ev in source:
                 if is_cancelled():
                     break
                 t0 = time.perf_counter()
-                y = _to_numpy(model_fn(torch.from_numpy(x) if as_tensor else x))
+                if as_tensor:
+                    x = feeder.ready(x, ev) if ev is not None else torch.from_numpy(x).to(dev)
+                y = _to_numpy(model_fn(x))
                 timing["model"] += time.perf_counter() - t0
                 if y.ndim == 1 and len(b) == 1:
                     y = y[None]
