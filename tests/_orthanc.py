@@ -37,33 +37,42 @@ def sc_files() -> list[Path]:
     return sorted(need(SC_RGB).glob("*.dcm"))
 
 
-def _start(tmp_path_factory, name: str, **kw):
-    from imaging_assist.pacs.testing import Orthanc
-    try:
-        o = Orthanc(workdir=str(tmp_path_factory.mktemp(name)), **kw).start()
-    except RuntimeError as e:
-        pytest.fail(f"could not start Orthanc: {e}")
-    return o
+# One Orthanc of each kind per test session.  The fixtures are imported into several test
+# modules, and pytest makes one fixture instance per module that defines (imports) it; the
+# instances share the server through this cache, so the CT is stored once per session.  Every
+# instance stops it at the end of the session (stop() is idempotent).
+_SHARED: dict = {}
+
+
+def _shared(name: str, tmp_path_factory, upload, **kw):
+    if name not in _SHARED:
+        from imaging_assist.pacs.testing import Orthanc
+        try:
+            o = Orthanc(workdir=str(tmp_path_factory.mktemp(name)), **kw).start()
+        except RuntimeError as e:
+            pytest.fail(f"could not start Orthanc: {e}")
+        try:
+            o.upload(upload())
+        except Exception:
+            o.stop()
+            raise
+        _SHARED[name] = o
+    return _SHARED[name]
 
 
 @pytest.fixture(scope="session")
 def orthanc(tmp_path_factory):
-    o = _start(tmp_path_factory, "orthanc")
-    try:
-        o.upload(ct_files() + mr_files() + sc_files())
-        yield o
-    finally:
-        o.stop()
+    o = _shared("orthanc", tmp_path_factory, lambda: ct_files() + mr_files() + sc_files())
+    yield o
+    o.stop()
 
 
 @pytest.fixture(scope="session")
 def orthanc_noget(tmp_path_factory):
-    o = _start(tmp_path_factory, "orthanc-noget", allow_get=False, aet="NOGET")
-    try:
-        o.upload(ct_files()[:3])
-        yield o
-    finally:
-        o.stop()
+    o = _shared("orthanc-noget", tmp_path_factory, lambda: ct_files()[:3], allow_get=False,
+                aet="NOGET")
+    yield o
+    o.stop()
 
 
 def write_pacs_json(folder: Path, o, extra_nodes: dict | None = None) -> Path:
