@@ -48,10 +48,14 @@ def _small_png(img, path: Path) -> int:
 def main(argv=None) -> int:
     out = Path((argv or sys.argv[1:] or ["docs/screenshots"])[0])
     out.mkdir(parents=True, exist_ok=True)
+    import os
+    import tempfile
+
+    home = Path(tempfile.mkdtemp(prefix="ia-shot-"))  # a fresh session: no user settings, logs, monitors
+    os.environ["IMAGING_ASSIST_CONFIG_DIR"] = str(home / "config")
+    os.environ["IMAGING_ASSIST_DATA_DIR"] = str(home / "data")
     from PySide6.QtCore import QSettings, Qt
     from PySide6.QtTest import QTest
-
-    import tempfile
 
     from imaging_assist.nodules import lidc_xml
     from imaging_assist_ui.app import make_app
@@ -82,6 +86,13 @@ def main(argv=None) -> int:
         print(json.dumps({"error": w.nodules.last_line}))
         return 1
     click_s = time.perf_counter() - t0
+    # a second click on it (models loaded, libraries imported): what a reader waits after the first
+    t0 = time.perf_counter()
+    QTest.mouseClick(ax, Qt.LeftButton, Qt.ShiftModifier, ax.uv_to_screen(u, v).toPoint())
+    if not _wait(app, lambda: not w.nodules.busy, 120):
+        print(json.dumps({"error": w.nodules.last_line}))
+        return 1
+    warm_s = time.perf_counter() - t0
     n = w.nodules.nodules()[0]
     w.nodules.jump_to(n)
     for view in w.view_area.mpr_views:  # zoom on the nodule, as a reader would
@@ -96,7 +107,8 @@ def main(argv=None) -> int:
     sizes = {"ct_nodule_mpr.png": _small_png(w.grab().toImage(), out / "ct_nodule_mpr.png"),
              "ct_nodule_list.png": _small_png(w.nodules.dock.grab().toImage(), out / "ct_nodule_list.png")}
     print("\n".join(w.nodules.entry_lines()))
-    print(json.dumps({"click_to_result_s": round(click_s, 3), "nodule": n.result.to_dict() if hasattr(
+    print(json.dumps({"first_click_to_result_s": round(click_s, 3), "click_to_result_s": round(warm_s, 3),
+                      "nodule": n.result.to_dict() if hasattr(
         n.result, "to_dict") else None, "files": sizes}))
     w.close()
     return 0

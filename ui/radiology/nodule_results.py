@@ -96,6 +96,10 @@ class Nodule:
                f"{_fmt(r.long_axis_mm)} × {_fmt(r.short_axis_mm, '.1f', ' mm')}",
                f"mean {_fmt(r.mean_hu, '.0f', ' HU')} · {getattr(r, 'density', None) or 'density —'}"]
         out.append(malignancy_text(r))
+        ood = getattr(r, "ood", None)
+        if isinstance(ood, dict) and not ood.get("flagged") and ood.get("score") is None:
+            why = "; ".join(str(x) for x in ood.get("reasons") or []) or "no score"
+            out.append(f"note: out-of-distribution check {why}")
         return out
 
 
