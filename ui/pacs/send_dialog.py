@@ -50,6 +50,8 @@ class SendDialog(QDialog):
         self.bar.setFormat("%v / %m")
         lay.addWidget(self.bar)
         self.failures = QListWidget()
+        self.failures.setWordWrap(True)  # each line whole: the reason is at its end
+        self.failures.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         lay.addWidget(self.failures, 1)
         self.status = QLabel("")
         self.status.setWordWrap(True)
