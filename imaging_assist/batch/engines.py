@@ -111,37 +111,45 @@ def ray_available() -> bool:
 
 def init_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: int | None = None):
     """Join ``address`` (or ``RAY_ADDRESS``) or start Ray in this process: usage statistics
-    off, no dashboard, bound to 127.0.0.1.  Returns True when this call started Ray."""
+    off, no dashboard, bound to 127.0.0.1.  Returns (connected by this call, Ray's temporary
+    folder when this call started Ray in-process, to remove after ``ray.shutdown()``)."""
     try:
         import ray
     except ImportError:
         raise UserError(RAY_MISSING) from None
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if ray.is_initialized():
-        return False
+        return False, None
     address = address or os.environ.get("RAY_ADDRESS") or None
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
+        host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+        if host in ("127.0.0.1", "localhost", "::1"):
+            _loopback_only()  # a cluster on this machine's loopback: do not rewrite its address
         try:
             ray.init(address=address, **kw)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UserError(f"cannot join the Ray cluster at {address}: {_one_line(e)}") from None
-        return True
+        return True, None
     import tempfile
 
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp")
-    # Loopback only: ray.init turns _node_ip_address="127.0.0.1" into the machine's reachable
-    # address (services.resolve_ip_for_localhost) unless "cluster mode" is off, which is what
-    # Ray itself does on macOS/Windows (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read into
-    # ray_constants at import).  With the node address 127.0.0.1 Ray's gRPC servers bind
-    # to 127.0.0.1 (ray-project/ray#55484).  Checked by tests/test_batch.py (listening sockets).
+    _loopback_only()
+    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir, **kw)
+    return True, temp_dir
+
+
+def _loopback_only() -> None:
+    """Keep Ray on 127.0.0.1.  ray.init turns "127.0.0.1" (a node address, or the host of a
+    cluster address) into the machine's reachable address (services.resolve_ip_for_localhost)
+    unless "cluster mode" is off, which is what Ray itself does on macOS/Windows
+    (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, read into ray_constants at import).  With the node
+    address 127.0.0.1, Ray's gRPC servers bind to 127.0.0.1 (ray-project/ray#55484).
+    Checked by tests/test_batch.py (listening sockets)."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     from ray._private import ray_constants
 
     ray_constants.ENABLE_RAY_CLUSTER = False
-    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-             object_store_memory=None, **kw)
-    return True
 
 
 def run_ray(units, model_ids, settings: Settings, address: str | None = None, chunk: int = 16,
@@ -149,7 +157,7 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
     """Yield rows for ``units`` from Ray tasks (decoding) and actors (models)."""
     import ray
 
-    started = init_ray(address)
+    started, temp_dir = init_ray(address)
     try:
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
@@ -188,6 +196,10 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
     finally:
         if started:
             ray.shutdown()
+        if temp_dir:
+            import shutil
+
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _collect(ray, inflight: dict, load: dict):

@@ -65,7 +65,11 @@ def cmd_batch(args) -> int:
                         dicom=args.dicom, report=args.report, override=args.research_override,
                         device=args.device, precision=args.precision, slide_batch_size=args.batch_size,
                         top_tiles=args.top_tiles, heatmap_format=args.heatmap_format)
-    command = " ".join(["imaging-assist", "batch"] + sys.argv[2:]) if len(sys.argv) > 2 else "batch"
+    import shlex
+
+    command = shlex.join(["imaging-assist", "batch", *map(str, args.sources)]
+                         + [f"--model={m}" for m in args.model] + [f"--out={args.out}", f"--engine={args.engine}"]
+                         + (["--explain=" + explain] if explain else []))
     r = run_batch([os.fspath(s) for s in args.sources], args.model, settings, engine=args.engine,
                   address=args.address, command=command, decoders=args.decoders, chunk=args.chunk,
                   actors=args.actors)

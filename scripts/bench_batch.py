@@ -1,0 +1,151 @@
+"""Batch throughput: a plain single-process loop over ``analyze``'s functions, ``batch --engine
+local`` and ``batch --engine ray`` (Ray in this process), in the same run, on the same inputs.
+
+Inputs: N pneumonia chest films (default 1000, shared/data/cxr/pneumonia_kermany, linked into a
+temporary folder: the sources are only read) through ``cxr-pneumonia``, and the SVS slide
+(shared/data/pathology/wsi_aperio_cmu1_small_region) through ``path-lung-tissue``.
+
+Every figure is end to end for one call, the way a user meets it: model loading, the folder
+walk, (for the engines) hashing every input, the results table, and for Ray its start.  The
+loop does what ``analyze`` does per item (read_image, match_card on the loaded image,
+run_model, write_item_files, analyze's trust checks) and one results.json at the end.
+Per-item costs (decode, model, writing; medians over the local run's rows) are printed too.
+
+Last stdout line: one JSON object with loop_images_per_s, local_images_per_s,
+ray_images_per_s, ray_vs_loop, local_vs_loop, ray_vs_local, the slide seconds and the
+per-item costs.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = Path(os.environ.get("IMAGING_ASSIST_SHARED", ROOT.parent / "shared" / "data"))
+PNEUMONIA = SHARED / "cxr" / "pneumonia_kermany"
+SLIDE = SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+
+
+def films(n: int) -> list[Path]:
+    rows = (PNEUMONIA / "labels.csv").read_text().splitlines()[1:]
+    files = [PNEUMONIA / r.split(",")[0] for r in rows]
+    if len(files) < n:
+        sys.exit(f"only {len(files)} films in {PNEUMONIA}")
+    return files[:n]
+
+
+def plain_loop(folder: Path, model_id: str, out: Path) -> float:
+    """analyze's per-item steps in one plain loop (cli/analyze.py cmd_analyze); seconds."""
+    from imaging_assist.cli.analyze import _trust_checks
+    from imaging_assist.inference.images import find_images, read_image
+    from imaging_assist.inference.pipelines import RunOptions, run_model
+    from imaging_assist.inference.results import write_item_files, write_results_json
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.models.matching import match_card, series_facts
+    from imaging_assist.models.registry import Registry
+
+    t0 = time.perf_counter()
+    card = Registry().get(model_id).card
+    model = load_model(card, "cpu")
+    opts = RunOptions()
+    items = []
+    for p in find_images(folder):
+        vol = read_image(p)
+        m = match_card(card, series_facts(vol, None))
+        res = run_model(model, vol, opts)
+        res.source = str(p)
+        d = write_item_files(res, vol, out, p.stem)
+        d["source"] = res.source
+        _trust_checks(d, res, card, [] if m.ok else list(m.reasons))
+        items.append(d)
+    summary = card.summary()
+    summary["sha256"] = dict(model.hashes)
+    write_results_json(items, out, summary, {"notes": [], "input": str(folder)})
+    return time.perf_counter() - t0
+
+
+def plain_slide(model_id: str, out: Path) -> float:
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.slides.analysis import analyze_slide
+
+    t0 = time.perf_counter()
+    card = Registry().get(model_id).card
+    model = load_model(card, "cpu")
+    analyze_slide(str(SLIDE), model, out, SLIDE.stem, device="cpu", batch_size=32, top_k=3)
+    return time.perf_counter() - t0
+
+
+def engine(sources: list[str], model_id: str, out: Path, name: str) -> tuple[float, dict]:
+    from imaging_assist.batch.item import Settings
+    from imaging_assist.batch.run import run_batch
+
+    t0 = time.perf_counter()
+    r = run_batch(sources, [model_id], Settings(out_dir=str(out)), engine=name, progress=False,
+                  echo=lambda m: print(m, file=sys.stderr))
+    dt = time.perf_counter() - t0
+    if r["failed"] or r["state"] != "finished":
+        sys.exit(f"{name}: {r}")
+    return dt, r
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--skip-slide", action="store_true")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
+    try:
+        src = work / "films"
+        src.mkdir()
+        for f in films(a.n):
+            (src / f"{f.parent.name}_{f.name}").symlink_to(f)
+        load = os.getloadavg()
+        res: dict = {"n_images": a.n, "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load]}
+        t = plain_loop(src, "cxr-pneumonia", work / "loop")
+        print(f"loop: {a.n} images in {t:.1f} s", file=sys.stderr)
+        res["loop_s"] = round(t, 2)
+        t, r = engine([str(src)], "cxr-pneumonia", work / "local", "local")
+        print(f"local: {t:.1f} s {r}", file=sys.stderr)
+        res["local_s"] = round(t, 2)
+        res["local_scan_hash_s"] = r["scan_s"]
+        from imaging_assist.batch.table import ResultsTable
+
+        tab = ResultsTable(work / "local")
+        rows = tab.rows("WHERE status='ok'")
+        tab.close()
+        for k in ("decode_s", "infer_s", "write_s"):
+            res[f"item_{k}_median"] = round(statistics.median(x[k] for x in rows if x.get(k) is not None), 5)
+        t, r = engine([str(src)], "cxr-pneumonia", work / "ray", "ray")
+        print(f"ray: {t:.1f} s {r}", file=sys.stderr)
+        res["ray_s"] = round(t, 2)
+        if not a.skip_slide:
+            res["loop_slide_s"] = round(plain_slide("path-lung-tissue", work / "loop_slide"), 2)
+            res["local_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "local_slide", "local")[0], 2)
+            res["ray_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "ray_slide", "ray")[0], 2)
+        res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        for k in ("loop", "local", "ray"):
+            res[f"{k}_images_per_s"] = round(a.n / res[f"{k}_s"], 2)
+        res["local_vs_loop"] = round(res["local_images_per_s"] / res["loop_images_per_s"], 3)
+        res["ray_vs_loop"] = round(res["ray_images_per_s"] / res["loop_images_per_s"], 3)
+        res["ray_vs_local"] = round(res["ray_images_per_s"] / res["local_images_per_s"], 3)
+        print(json.dumps(res))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

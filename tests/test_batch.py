@@ -1,0 +1,382 @@
+"""``imaging-assist batch`` (issue 19): the same results as ``analyze``, a corrupt file is one
+failed row, resume after Ctrl-C, and Ray (in-process on loopback, and a two-node cluster
+started here on 127.0.0.1, joined through ``--address`` and ``RAY_ADDRESS``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import DICOM, SHARED, need
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+CLI = [sys.executable, "-m", "imaging_assist"]
+PNEUMONIA = SHARED / "cxr" / "pneumonia_kermany"
+
+
+def _films(n: int) -> list[Path]:
+    rows = (need(PNEUMONIA / "labels.csv")).read_text().splitlines()[1:]
+    files = [PNEUMONIA / r.split(",")[0] for r in rows if r.split(",")[3] == "test"]
+    # both classes: every 7th film of the test split, in a fixed order
+    return files[::7][:n]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    """8 chest films, the CR DICOM chest film, a truncated JPEG and a file that is not DICOM."""
+    d = tmp_path_factory.mktemp("batch_in")
+    for f in _films(8):
+        shutil.copy(f, d / f.name)
+    cr = d / "cr"
+    shutil.copytree(need(DICOM / "cr_chest_monochrome1_fuji"), cr)
+    good = _films(1)[0].read_bytes()
+    (d / "truncated.jpeg").write_bytes(good[: len(good) // 3])
+    (d / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00garbage" * 5)
+    return d
+
+
+class _Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def _run(args, env=None, check_rc=None):
+    """The CLI in this process (no interpreter + torch start per call: the suite stays lean)."""
+    import contextlib
+    import io
+
+    from imaging_assist.cli.main import main
+
+    saved = dict(os.environ)
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ.update(env or {})
+    so, se = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(so), contextlib.redirect_stderr(se):
+            rc = main(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    p = _Result(rc, so.getvalue(), se.getvalue())
+    if check_rc is not None:
+        assert p.returncode == check_rc, f"rc {p.returncode}\n{p.stdout}\n{p.stderr}"
+    return p
+
+
+def _run_sub(args, env, check_rc=None, timeout=900):
+    """The CLI in its own process (a Ray driver keeps Ray's state out of this one)."""
+    e = dict(os.environ)
+    e.pop("RAY_ADDRESS", None)
+    e.update(env)
+    p = subprocess.run(CLI + list(args), capture_output=True, text=True, env=e, timeout=timeout, cwd=ROOT)
+    if check_rc is not None:
+        assert p.returncode == check_rc, f"rc {p.returncode}\n{p.stdout}\n{p.stderr[-3000:]}"
+    return p
+
+
+def _rows(out: Path) -> list[dict]:
+    db = sqlite3.connect(str(out / "batch.sqlite"))
+    db.row_factory = sqlite3.Row
+    rows = [dict(r) for r in db.execute("SELECT * FROM results")]
+    db.close()
+    return rows
+
+
+def _analyze(inputs: Path, model: str, out: Path) -> dict:
+    p = _run(["analyze", str(inputs), "--model", model, "--out", str(out)])
+    assert p.returncode in (0, 1), p.stderr
+    doc = json.loads((out / "results.json").read_text())
+    return {Path(it["source"]).resolve(): it for it in doc["items"] if "error" not in it}
+
+
+def _check_equal(rows: list[dict], ref: dict, model: str, analyze_out: Path) -> int:
+    """Every ok row of ``model`` equals analyze's item: probabilities within 1e-5, label maps
+    identical, and the item's own results.json is analyze's item (same keys)."""
+    from PIL import Image
+
+    n = 0
+    for r in rows:
+        if r["model"] != model or r["status"] != "ok":
+            continue
+        item = json.loads(Path(r["results_json"]).read_text())["items"][0]
+        a = ref[Path(item["source"]).resolve()]
+        assert set(a) - {"content_hash"} <= set(item), set(a) ^ set(item)
+        if "probabilities" in a:
+            got = json.loads(r["probabilities"])
+            assert got.keys() == a["probabilities"].keys()
+            for k in got:
+                assert abs(got[k] - a["probabilities"][k]) <= 1e-5, (r["source"], k)
+            assert item["decision"]["text"] == a["decision"]["text"]
+        if a.get("label_map"):
+            mine = Path(r["label_map"])
+            if mine.suffix == ".png":
+                assert np.array_equal(np.asarray(Image.open(mine)),
+                                      np.asarray(Image.open(analyze_out / a["label_map"]))), r["source"]
+            else:
+                import nibabel as nib
+
+                x, y = nib.load(str(mine)), nib.load(str(analyze_out / a["label_map"]))
+                assert np.array_equal(np.asarray(x.dataobj), np.asarray(y.dataobj))
+                assert np.allclose(x.affine, y.affine)
+            assert json.loads(r["areas"])["values"] == (a.get("area_px") or a.get("area_mm2")
+                                                         or a.get("volume_ml"))
+        assert (r["ood_score"] is None) == (a["ood"]["score"] is None)
+        if r["ood_score"] is not None:
+            assert abs(r["ood_score"] - a["ood"]["score"]) <= 1e-3
+        n += 1
+    assert n == len(ref), f"{model}: {n} ok rows, analyze has {len(ref)} items"
+    return n
+
+
+@pytest.fixture(scope="module")
+def analyzed(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze")
+    return {m: (_analyze(inputs, m, out / m), out / m) for m in ("cxr-pneumonia", "cxr-lung-seg")}
+
+
+def _check_failures(rows: list[dict]) -> None:
+    bad = {Path(r["source"]).name: r for r in rows if r["status"] == "failed"}
+    assert "truncated.jpeg" in bad and "not a readable" in bad["truncated.jpeg"]["error"], bad
+    assert "broken.dcm" in bad and bad["broken.dcm"]["error"], bad
+    for r in bad.values():
+        assert "\n" not in r["error"] and "Traceback" not in r["error"]
+
+
+# =========================================================================== local
+def test_local_batch_equals_analyze_and_a_corrupt_file_is_one_failed_row(inputs, analyzed, tmp_path):
+    out = tmp_path / "out"
+    p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--model", "cxr-lung-seg", "--out", str(out)],
+             check_rc=1)  # 1: some items failed
+    assert "Traceback" not in p.stderr
+    rows = _rows(out)
+    for m, (ref, aout) in analyzed.items():
+        assert len(ref) >= 8
+        _check_equal(rows, ref, m, aout)
+    _check_failures(rows)
+    # one row per item and model, keyed by content hash + model version; the per-item
+    # results.json is analyze's format (not for clinical use, model summary with sha256)
+    keys = [(r["content_hash"], r["model"], r["model_version"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    ok = [r for r in rows if r["status"] == "ok"]
+    doc = json.loads(Path(ok[0]["results_json"]).read_text())
+    assert doc["not_for_clinical_use"] is True and doc["model"]["sha256"]
+    assert all(r["decode_s"] is not None and r["run_s"] > 0 for r in ok)
+    # a second run does nothing new: every ok row is resumed by content hash + model version
+    p2 = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--model", "cxr-lung-seg", "--out", str(out),
+               "--json"], check_rc=1)
+    r2 = json.loads(p2.stdout.strip().splitlines()[-1])
+    assert r2["ok"] == 0 and r2["resumed"] == len(ok), r2
+
+
+def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_path):
+    p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--out", str(inputs / "o")], check_rc=2)
+    assert p.stderr.startswith("error: --out") and len(p.stderr.strip().splitlines()) == 1
+    p = _run(["batch", str(inputs), "--model", "no-such-model", "--out", str(tmp_path / "o")], check_rc=2)
+    assert p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path):
+    src = tmp_path / "films"
+    src.mkdir()
+    films = _films(16)
+    for f in films:
+        shutil.copy(f, src / f.name)
+    out = tmp_path / "out"
+    args = ["batch", str(src), "--model", "cxr-pneumonia", "--explain", "gradcam", "--no-faithfulness",
+            "--out", str(out)]
+    e = dict(os.environ)
+    e.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                            cwd=ROOT)
+    db_path = out / "batch.sqlite"
+    deadline = time.time() + 300
+    n = 0
+    while time.time() < deadline and proc.poll() is None:
+        if db_path.exists():
+            try:
+                db = sqlite3.connect(str(db_path), timeout=5)
+                n = db.execute("SELECT count(*) FROM results").fetchone()[0]
+                db.close()
+            except sqlite3.OperationalError:
+                n = 0
+            if n >= 3:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the batch ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    so, se = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, se)
+    assert "Traceback" not in se and "resume" in se
+    db = sqlite3.connect(str(db_path))
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    state = db.execute("SELECT state FROM runs").fetchall()
+    db.close()
+    assert state == [("interrupted",)]
+    rows = _rows(out)
+    assert 3 <= len(rows) < len(films)
+    for r in rows:  # every committed row is complete: its files exist
+        assert r["status"] == "ok" and Path(r["results_json"]).is_file()
+        assert json.loads(r["heatmaps"]) and all(Path(h).is_file() for h in json.loads(r["heatmaps"]))
+    p = _run(args + ["--json"], check_rc=0)
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    assert res["resumed"] == len(rows) and res["ok"] == len(films) - len(rows), res
+    final = _rows(out)
+    assert len(final) == len(films) and {r["status"] for r in final} == {"ok"}
+
+
+def test_engine_ray_without_ray_is_one_line(monkeypatch, inputs, tmp_path, capsys):
+    from imaging_assist.cli.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    rc = main(["batch", str(inputs), "--model", "cxr-pneumonia", "--engine", "ray", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "pip install" in err[0] and "--engine local" in err[0]
+
+
+# =========================================================================== Ray
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _our_pids(tag: str) -> set[int]:
+    """Processes of this test's Ray cluster: their command line names our temp folder, and
+    their descendants (workers rename themselves "ray::...")."""
+    import psutil
+
+    pids = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if any(tag in a for a in (p.info["cmdline"] or [])):
+                pids.add(p.pid)
+                pids.update(c.pid for c in p.children(recursive=True))
+        except psutil.Error:
+            pass
+    return pids
+
+
+def _stop(tag: str) -> None:
+    """Stop only our cluster (never `ray stop`: it would stop every Ray on this machine)."""
+    import psutil
+
+    procs = []
+    for pid in _our_pids(tag):
+        try:
+            procs.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=10)
+
+
+# The second node on the same machine keeps to 127.0.0.1 too: `ray start` turns
+# --node-ip-address 127.0.0.1 into the machine's address (resolve_ip_for_localhost) on a
+# worker node; the test keeps the whole cluster on loopback by not resolving it.
+_WORKER_START = ("import sys, ray._private.services as s; s.resolve_ip_for_localhost = lambda h: h; "
+                 "from ray.scripts.scripts import main; sys.argv = ['ray'] + sys.argv[1:]; main()")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A two-node Ray cluster on 127.0.0.1 (1 CPU, 1 GB memory, 100 MB object store each)."""
+    tmp = tempfile.mkdtemp(prefix="iab-", dir="/tmp")  # short: Ray's socket paths must fit
+    port = _free_port()
+    token = Path(tmp) / "auth_token"  # token authentication with a token of its own
+    token.write_text(os.urandom(32).hex())
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **auth)
+    env.pop("RAY_ADDRESS", None)
+    common = ["--num-cpus", "1", "--memory", str(1 << 30), "--object-store-memory", str(100 << 20),
+              "--node-ip-address", "127.0.0.1", "--temp-dir", tmp, "--disable-usage-stats"]
+    try:
+        head = subprocess.run([str(VENV_BIN / "ray"), "start", "--head", "--port", str(port),
+                               "--include-dashboard=false"] + common,
+                              env=dict(env, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"), capture_output=True,
+                              text=True, timeout=180)
+        assert head.returncode == 0, head.stderr[-2000:]
+        node = subprocess.run([sys.executable, "-c", _WORKER_START, "start", "--address", f"127.0.0.1:{port}"]
+                              + common, env=env, capture_output=True, text=True, timeout=180)
+        assert node.returncode == 0, node.stderr[-2000:]
+        yield f"127.0.0.1:{port}", tmp, auth
+    finally:
+        _stop(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _listening(pids: set[int]) -> list[str]:
+    import psutil
+
+    out = []
+    for c in psutil.net_connections(kind="inet"):
+        if c.status == psutil.CONN_LISTEN and c.pid in pids:
+            out.append(c.laddr.ip)
+    return out
+
+
+def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_cluster, inputs, analyzed,
+                                                                        tmp_path):
+    address, tag, auth = ray_cluster
+    ips = _listening(_our_pids(tag))
+    assert ips and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in ips), ips
+    out = tmp_path / "by_address"
+    p = _run_sub(["batch", str(inputs), "--model", "cxr-pneumonia", "--model", "cxr-lung-seg", "--out", str(out),
+                  "--engine", "ray", "--address", address, "--chunk", "2"], auth, check_rc=1)
+    assert "ray: 2 node(s), 2 CPU(s)" in p.stderr, p.stderr  # the cluster, not a Ray of its own
+    rows = _rows(out)
+    for m, (ref, aout) in analyzed.items():
+        _check_equal(rows, ref, m, aout)
+    _check_failures(rows)
+    workers = {r["worker"] for r in rows if r["status"] == "ok"}
+    assert len(workers) == 2, workers  # one model actor on each node
+    # RAY_ADDRESS names the cluster just as well
+    out2 = tmp_path / "by_env"
+    p = _run_sub(["batch", str(inputs), "--model", "cxr-pneumonia", "--out", str(out2), "--engine", "ray",
+                  "--chunk", "4"], dict(auth, RAY_ADDRESS=address), check_rc=1)
+    assert "ray: 2 node(s), 2 CPU(s)" in p.stderr, p.stderr
+    ref, aout = analyzed["cxr-pneumonia"]
+    _check_equal(_rows(out2), ref, "cxr-pneumonia", aout)
+
+
+def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
+    code = ("import json, os, psutil\n"
+            "from imaging_assist.batch.engines import init_ray\n"
+            "init_ray(None)\n"
+            "import ray\n"
+            "me = psutil.Process()\n"
+            "pids = {me.pid} | {c.pid for c in me.children(recursive=True)}\n"
+            "ips = sorted({c.laddr.ip for c in psutil.net_connections('inet') "
+            "if c.status == psutil.CONN_LISTEN and c.pid in pids})\n"
+            "print(json.dumps({'ips': ips, 'node': ray.nodes()[0]['NodeManagerAddress'], "
+            "'usage': os.environ.get('RAY_USAGE_STATS_ENABLED')}))\n"
+            "ray.shutdown()\n")
+    e = dict(os.environ)
+    e.pop("RAY_ADDRESS", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["node"] == "127.0.0.1" and r["usage"] == "0"
+    assert r["ips"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in r["ips"]), r
