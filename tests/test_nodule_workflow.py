@@ -256,6 +256,15 @@ def test_click_without_a_nodule_finds_none(slab, where, ijk):
     assert r.mask is None and r.heatmap is None and r.p_malignant is None and r.volume_mm3 is None
 
 
+def test_click_beside_a_vessel_is_not_made_a_nodule(slab):
+    """4 mm from a vessel in the right lung the segmenter (trained on nodule crops only) outlines
+    the vessel; the elongation rule (beyond 99.5 % of LIDC nodules) refuses it."""
+    from imaging_assist.nodules.analysis import analyze_at
+
+    r = analyze_at(slab, [-60.0, 40.0, -115.0], "V")
+    assert not r.found and "elongated" in r.reason and r.mask is None, r.reason
+
+
 def test_non_ct_and_outside_points_are_refused_with_the_reason(slab, consensus):
     import copy
 
@@ -293,7 +302,7 @@ def test_cli_analyze_at_on_the_dicom_slab_writes_seg_and_sr(tmp_path, consensus,
     cons, centre, _ = consensus
     pts = tmp_path / "points.csv"
     pts.write_text("x,y,z,id\n" + ",".join(f"{v:.3f}" for v in centre) + ",big\n"
-                   + ",".join(f"{v:.3f}" for v in (-60.0, 40.0, -115.0)) + ",lung\n")
+                   + ",".join(f"{v:.3f}" for v in (-60.531, 4.081, -115.0)) + ",lung\n")  # voxel (150, 250, 7)
     out = tmp_path / "out"
     rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--points", str(pts),
                   "--out", str(out), "--dicom"], capsys)
