@@ -175,3 +175,25 @@ def test_monitor_panel_plots_the_log(win):
         _shot(dlg, "monitor_panel.png")
     finally:
         dlg.close()
+
+
+def test_drift_alert_shown_in_the_banner_at_start(win):
+    """The start-up check (run again here, as at app start) on a log holding a shifted stream
+    (rows drawn from the model's own reference, the second half shifted as another scanner)."""
+    import sys
+
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.monitoring.log import open_log
+    from imaging_assist.monitoring.reference import load_reference
+    from imaging_assist_ui.monitor.feedback_box import _start_alert_check
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_log import synthetic_rows
+
+    card = Registry().get("cxr-pneumonia").card
+    open_log().add_runs(synthetic_rows(load_reference(card), card, 400, 3.0))
+    win.model_panel.monitor_alerts = None
+    _start_alert_check(win.model_panel)
+    assert wait_until(lambda: win.model_panel.monitor_alerts is not None, 60)
+    assert isinstance(win.model_panel.monitor_alerts, list) and win.model_panel.monitor_alerts
+    assert "Drift monitor: cxr-pneumonia" in win.banner_text()
