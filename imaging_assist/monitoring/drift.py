@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import re
 
 import numpy as np
@@ -466,7 +465,3 @@ def summary_lines(rep: dict) -> list[str]:
         lines.append("no alerts")
     lines.append("Not for clinical use.")
     return lines
-
-
-def _finite(x):
-    return x is not None and not (isinstance(x, float) and math.isnan(x))
