@@ -37,6 +37,16 @@ def sc_files() -> list[Path]:
     return sorted(need(SC_RGB).glob("*.dcm"))
 
 
+def _start(tmp_path_factory, name: str, **kw):
+    """A fresh Orthanc of its own (not shared; empty), started; the caller stops it
+    (used by tests/test_audit.py)."""
+    from imaging_assist.pacs.testing import Orthanc
+    try:
+        return Orthanc(workdir=str(tmp_path_factory.mktemp(name)), **kw).start()
+    except RuntimeError as e:
+        pytest.fail(f"could not start Orthanc: {e}")
+
+
 # One Orthanc of each kind per test session.  The fixtures are imported into several test
 # modules, and pytest makes one fixture instance per module that defines (imports) it; the
 # instances share the server through this cache, so the CT is stored once per session.  Every
@@ -46,11 +56,7 @@ _SHARED: dict = {}
 
 def _shared(name: str, tmp_path_factory, upload, **kw):
     if name not in _SHARED:
-        from imaging_assist.pacs.testing import Orthanc
-        try:
-            o = Orthanc(workdir=str(tmp_path_factory.mktemp(name)), **kw).start()
-        except RuntimeError as e:
-            pytest.fail(f"could not start Orthanc: {e}")
+        o = _start(tmp_path_factory, name, **kw)
         try:
             o.upload(upload())
         except Exception:
