@@ -263,7 +263,7 @@ def attach_monitoring(panel) -> FeedbackBox:
     box.shortcuts = []
     for key, fn in win_keys:
         sc = QShortcut(QKeySequence(key), panel)
-        sc.setContext(Qt.ApplicationShortcut)  # while reading the image, not only in the dock
+        sc.setContext(Qt.WindowShortcut)  # anywhere in the main window (image view included), not only the dock
         sc.activated.connect(fn)
         box.shortcuts.append(sc)
     QTimer.singleShot(0, lambda: _start_alert_check(panel))
