@@ -4,6 +4,7 @@ and "no nodule found" for a click outside the body.  Real data, real engine, rea
 
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,3 +268,28 @@ def test_shift_click_on_a_non_ct_series_is_one_line_and_starts_nothing(win, read
     assert not win.nodules.busy
     assert win.nodules.last_line == "Nodule: nodule analysis is for CT series; this one is MR."
     assert len(win.nodules.history) == n0 and [id(l) for l in win.doc.layers] == layers
+
+
+def test_gui_demo_analyses_the_demo_ct_nodule(tmp_path_factory):
+    """``imaging-assist demo`` with a display (win.autorun set): the demo CT's nodule, from the
+    readers' XML (imaging_assist.demo.nodule_points), is analysed once its series is shown."""
+    from PySide6.QtCore import QSettings
+
+    from imaging_assist.demo import demo_root, nodule_points
+    from imaging_assist_ui.app import make_app
+    from imaging_assist_ui.main_window import MainWindow
+
+    make_app()
+    w = MainWindow(settings=QSettings(str(tmp_path_factory.mktemp("cfg") / "s.ini"), QSettings.IniFormat))
+    w.autorun = object()  # what app.run sets in demo mode (the AI panel's auto-run is not needed here)
+    w.show()
+    try:
+        w.open_path(str(need(Path(demo_root()) / "ct_chest_nodule")))
+        assert wait_until(lambda: w.load_state == "done"), w.last_error
+        (pt,) = nodule_points()[w.doc.volume.series_uid]
+        assert wait_until(lambda: not w.nodules.busy and w.nodules.history, 120), w.nodules.last_line
+        n = w.nodules.nodules()[0]
+        assert np.allclose(n.result.point_lps, pt["point_lps"], atol=1e-3)
+        assert w.nodules.mask_layer() is not None and n.result.found
+    finally:
+        w.close()
