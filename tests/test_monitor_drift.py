@@ -113,3 +113,45 @@ def test_psi_and_windows():
     t = np.array([0.0, 1.0, 86400 * 2.5, 86400 * 9.0])
     assert drift._windows(t, "days", 7) == [(0, 3), (3, 4)]
     assert drift._windows(t, "runs", 3) == [(0, 3), (3, 4)]
+
+
+def test_metadata_drift_and_since_on_logged_rows(tmp_path, monkeypatch):
+    """Rows with the reference's own values but another manufacturer in the second window:
+    an alert on the manufacturer only there (against a reference made from GE films; the shipped
+    reference has plain JPEGs without a manufacturer and is never compared); --since keeps the
+    later window only."""
+    import sys
+
+    from conftest import ROOT
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.monitoring.reference import load_reference
+
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_log import synthetic_rows
+
+    card = Registry().get("cxr-pneumonia").card
+    ref = load_reference(card)
+    rows = synthetic_rows(ref, card, 200, 2.0)[:100] * 2  # unshifted values, twice
+    for i, r in enumerate(rows):
+        r = rows[i] = dict(r)
+        r["time_unix"] = 1_800_000_000 + i * 60.0
+        r["manufacturer"] = "SIEMENS" if i >= 100 else "GE"
+    lg = plog.open_log()
+    lg.add_runs(rows)
+    rep0 = drift.monitor("cxr-pneumonia", window="100", log=lg, record_alerts=False)
+    assert not rep0["alerts"]  # shipped reference: no manufacturer known, so not compared
+    assert "not compared" in rep0["models"][0]["windows"][1]["input"]["manufacturer"]["note"]
+    ge = dict(ref, categories={"manufacturer": {"GE": 706}, "modality": ref["categories"]["modality"]})
+    monkeypatch.setattr(drift, "load_reference", lambda c: ge)
+    rep = drift.monitor("cxr-pneumonia", window="100", log=lg, record_alerts=False)
+    stats = {(a["window"], a["statistic"]) for a in rep["alerts"]}
+    assert stats == {(1, "input.manufacturer")}, stats
+    w1 = rep["models"][0]["windows"][1]["input"]["manufacturer"]
+    assert w1["not_in_reference"] == ["SIEMENS"] and w1["psi"] >= 0.2
+    since = drift._dt.datetime.fromtimestamp(1_800_000_000 + 100 * 60, drift._dt.timezone.utc).isoformat()
+    rep2 = drift.monitor("cxr-pneumonia", since=since, window="100", log=lg, record_alerts=False)
+    assert rep2["models"][0]["n_runs"] == 100
+    assert rep2["models"][0]["windows"][0]["readers"]["corrections"] == {"n": 0, "median_dice_vs_prediction": None}
+    plog.close_all()

@@ -212,6 +212,12 @@ def _categories(name, ref_counts, cur_vals, th):
     if not ref_counts or not cur:
         d.update({"psi": None, "alert": False})
         return d
+    if set(ref_counts) == {"(none)"}:
+        # the training images carried no such metadata (plain JPEG/PNG): every DICOM would
+        # differ, so an alert would only ever say that; noted instead of alerting for ever
+        d.update({"psi": None, "alert": False,
+                  "note": f"the training reference has no {name} (plain images): not compared"})
+        return d
     d["psi"] = _r(psi_categories(ref_counts, cur))
     new = sorted(set(cur) - set(ref_counts))
     if new:
@@ -387,6 +393,7 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
         fsel = (fb["time_unix"] >= t[a]) & (fb["time_unix"] <= t[b - 1])
         w["readers"] = _readers({k: (np.asarray(v, dtype=object)[fsel] if isinstance(v, list) else v[fsel])
                                  for k, v in fb.items()}, card, ref, th, (ref or {}).get("auc"))
+        w["readers"]["corrections"] = _corrections(log, card.id, t[a], t[b - 1])
         for group in ("input", "output"):
             for stat, d in w[group].items():
                 if d.get("alert"):
@@ -396,6 +403,15 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
         w["alert"] = any(al["window"] == wi for al in res["alerts"])
         res["windows"].append(w)
     return res
+
+
+def _corrections(log, model_id: str, t0: float, t1: float) -> dict:
+    """Segmentation corrections of the window's runs: how many, and how much readers changed
+    (Dice between the model's and the corrected label map; 1 = untouched)."""
+    rows = log.query("SELECT c.dice_vs_prediction FROM corrections c JOIN runs r ON r.id = c.run_id "
+                     "WHERE r.model_id = ? AND r.time_unix BETWEEN ? AND ?", (model_id, float(t0), float(t1)))
+    d = np.array([r[0] for r in rows if r[0] is not None], float)
+    return {"n": len(rows), "median_dice_vs_prediction": _r(np.median(d)) if d.size else None}
 
 
 def _iso(t: float) -> str:
