@@ -14,8 +14,9 @@ libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxrender1 libxi6 fonts-dejavu-core 
 
 # What the test suite itself runs (real components, never mocked): dciodvfy validates every
 # DICOM object we write, pdftotext/pdftoppm read back the PDF reports, Orthanc (+ its DICOMweb
-# plugin) and DCMTK are the PACS peers, tesseract reads burned-in text for de-identification.
-TEST_DEB_PACKAGES="dicom3tools poppler-utils orthanc orthanc-dicomweb dcmtk tesseract-ocr tesseract-ocr-eng"
+# plugin) and DCMTK are the PACS peers (openssl makes the DICOM TLS test certificates; util-linux's
+# unshare mounts the small tmpfs of the full-disk test), tesseract reads burned-in text.
+TEST_DEB_PACKAGES="dicom3tools poppler-utils orthanc orthanc-dicomweb dcmtk tesseract-ocr tesseract-ocr-eng openssl util-linux"
 
 install_debs() {
   local wanted="$DEB_PACKAGES ${1:-}"
