@@ -472,6 +472,7 @@ def test_a_real_pacs_send_and_retrieve_are_recorded_without_identifiers(trail, p
     ev = {e["event"]: e["fields"] for e in audit.read_entries() if e["event"].startswith("pacs.")}
     assert set(ev) == {"pacs.send", "pacs.retrieve"}
     assert ev["pacs.send"]["confirmed"] == 1 and ev["pacs.send"]["node"] == node.label()
+    assert ev["pacs.send"]["study_uids"] == [audit.pseudonym(PLANTED_STUDY, "uid")]  # which study left
     r = ev["pacs.retrieve"]
     assert (r["written"], r["failures"], r["method"], r["node"]) == (1, 0, "get", node.label())
     assert r["study_uid"] == audit.pseudonym(PLANTED_STUDY, "uid")

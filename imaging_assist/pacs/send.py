@@ -150,5 +150,6 @@ def send(node: Node, paths: list[str], settings: Settings | None = None,
                                               "instance afterwards (not stored)"))
     res.seconds = time.perf_counter() - t0
     from ..privacy.audit import record_transfer
-    record_transfer("send", res)  # the audit trail: patient data left this machine (never raises)
+    # the audit trail: patient data left this machine (never raises); study UIDs pseudonymised
+    record_transfer("send", res, study_uids=sorted({it.study_uid for it in items}))
     return res
