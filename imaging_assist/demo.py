@@ -259,6 +259,7 @@ def _nodules(models: _Models, series, vol, out: Path, tag: str, entry: dict, cap
 
     captured[len(captured)] = capture(d, vol, out, run)
     entry["analyses"].append(d)
+    entry["notes"] = [n for n in entry["notes"] if not n.startswith("no registered model fits")]
 
 
 def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = True) -> dict:

@@ -111,11 +111,13 @@ class NoduleResult:
              f"{', mean ' + format(self.mean_hu, '.0f') + ' HU' if self.mean_hu is not None else ''}"
              f"{', ' + self.density if self.density else ''}")
         if self.p_malignant is not None:
-            s += f"; malignant {self.p_malignant:.2f}"
-            if self.threshold is not None:
-                s += f" (threshold {self.threshold:g})"
+            s += f"; malignant {self.p_malignant:.3f}"
             if self.decision and self.decision.get("withheld"):
                 s += f", decision withheld: {self.decision.get('withheld_reason')}"
+            elif self.threshold is not None:
+                s += (f" {'>=' if self.p_malignant >= self.threshold else '<'} threshold {self.threshold:g}: "
+                      f"{'positive' if self.p_malignant >= self.threshold else 'negative'}")
+                s += " (the LIDC readers' majority opinion, not pathology)"
         return s
 
 
