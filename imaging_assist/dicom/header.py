@@ -112,6 +112,7 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00200013: ("InstanceNumber", "IS"),
     0x00200032: ("ImagePositionPatient", "DS"),
     0x00200037: ("ImageOrientationPatient", "DS"),
+    0x00200052: ("FrameOfReferenceUID", "UI"),  # linked scrolling between series (viewing.py)
     0x00200100: ("TemporalPositionIdentifier", "IS"),
     0x00201041: ("SliceLocation", "DS"),
     0x00280002: ("SamplesPerPixel", "US"),

@@ -856,6 +856,7 @@ class SeriesLoader:
         self._thread: threading.Thread | None = None
         self.error: str | None = None
         self.first_slice_s: float | None = None
+        self.start_k: int | None = None  # read this slice first (viewing.start_index); None: the middle
         self.volume = self._allocate()
 
     # ------------------------------------------------------------ set-up
@@ -921,7 +922,7 @@ class SeriesLoader:
                 units.extend((ri, [k]) for k in ks)
             else:
                 units.append((ri, ks))
-        mid = n // 2
+        mid = n // 2 if self.start_k is None else int(self.start_k)  # start_k: the slice shown first
         units.sort(key=lambda u: (0 if mid in u[1] else 1, min(abs(k - mid) for k in u[1]), min(u[1])))
         return units
 

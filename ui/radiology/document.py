@@ -71,7 +71,8 @@ class ViewerDocument(QObject):
         self.window = self.default_window
         n = vol.array.shape[:3]
         loaded = vol.loaded
-        k = n[0] // 2
+        from imaging_assist.viewing import start_index
+        k = start_index(vol)  # where a reader starts: the first image of the series (not the middle)
         if loaded is not None and loaded.any() and not loaded[k]:
             import numpy as np
             k = int(np.argmax(loaded))

@@ -50,7 +50,7 @@ class ScanJob(QObject):
 
 
 class LoadJob(QObject):
-    """Load one stack of a series progressively (middle slice first)."""
+    """Load one stack of a series progressively (the slice it opens on first: viewing.start_index)."""
 
     planned = Signal(object, object)  # volume (still empty), list of stack plans
     first = Signal(object, int)       # volume, k of the first slice in
@@ -87,6 +87,8 @@ class LoadJob(QObject):
                 on_first=lambda vol, k: self.first.emit(vol, k),
                 on_slice=lambda k: self.sliceLoaded.emit(k),
                 on_progress=lambda d, t: self.progress.emit(d, t))
+            from imaging_assist.viewing import start_index
+            self.loader.start_k = start_index(self.loader.volume)  # the slice a reader starts on, read first
             if self._cancel:
                 self.loader.cancel()
             self.planned.emit(self.loader.volume, self.loader.plans)

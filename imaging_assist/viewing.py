@@ -1,0 +1,184 @@
+"""Geometry for reading several series side by side (no Qt): where a slice lies in patient
+space, which slice of another series lies at the same position (linked scrolling by mm,
+never by index), where the plane of one view cuts another (reference lines), and on which
+image a series opens.
+
+All positions are LPS millimetres, through ``Volume.affine`` (see :mod:`imaging_assist.volume`).
+For the acquired (native) plane the distance along the slice normal comes from
+``Volume.slice_positions`` (ImagePositionPatient · normal), so uneven spacing is exact.
+Hand-written because it is a few lines of linear algebra on our own ``Volume`` and
+``Plane`` conventions; ITK/SimpleITK would need the volume copied into an image first.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .layers import Plane
+from .volume import Volume
+
+# Normals closer than this angle count as parallel (linked scrolling, no reference line).
+PARALLEL_DEG = 10.0
+# Reference lines are not drawn between planes this close to parallel.
+REFERENCE_MIN_DEG = 1.0
+
+
+@dataclass
+class SliceGeometry:
+    """One displayed slice: display pixel (u, v) is at ``origin + u * right + v * down`` (LPS mm)."""
+
+    origin: np.ndarray
+    right: np.ndarray  # LPS mm per display pixel to the right
+    down: np.ndarray   # LPS mm per display pixel down
+    rows: int
+    cols: int
+
+    @property
+    def normal(self) -> np.ndarray:
+        n = np.cross(self.right, self.down)
+        return n / (np.linalg.norm(n) or 1.0)
+
+    @property
+    def center(self) -> np.ndarray:
+        return self.origin + self.right * (self.cols - 1) / 2.0 + self.down * (self.rows - 1) / 2.0
+
+    def point(self, u: float, v: float) -> np.ndarray:
+        return self.origin + u * self.right + v * self.down
+
+
+def frame_of_reference(vol: Volume) -> str:
+    """FrameOfReferenceUID of the volume's first header ('' when unknown)."""
+    for rec in (vol.headers or [])[:1]:
+        get = getattr(rec, "get", None)
+        if get is not None:
+            return str(get("FrameOfReferenceUID") or "").strip()
+    return ""
+
+
+def _lps(vol: Volume, kji) -> np.ndarray:
+    k, j, i = (float(x) for x in kji)
+    return (vol.affine @ np.array([i, j, k, 1.0]))[:3]
+
+
+def slice_geometry(vol: Volume, plane: Plane, index: int) -> SliceGeometry:
+    """Where slice ``index`` of ``plane`` lies in patient space."""
+    shape3 = tuple(vol.array.shape[:3])
+    p0 = _lps(vol, plane.to_voxel(0.0, 0.0, index, shape3))
+    right = _lps(vol, plane.to_voxel(1.0, 0.0, index, shape3)) - p0
+    down = _lps(vol, plane.to_voxel(0.0, 1.0, index, shape3)) - p0
+    if plane.axis == 0 and vol.slice_positions is not None and 0 <= index < len(vol.slice_positions):
+        # the affine uses the mean slice step: put the slice where its own IPP says
+        n = vol.normal
+        p0 = p0 + n * (float(vol.slice_positions[index]) - float(p0 @ n))
+    rows, cols = plane.shape2d(shape3)
+    return SliceGeometry(p0, right, down, rows, cols)
+
+
+def native_positions(vol: Volume) -> np.ndarray:
+    """Position of every acquired slice along ``vol.normal`` (mm)."""
+    if vol.slice_positions is not None and len(vol.slice_positions) == vol.n_slices:
+        return np.asarray(vol.slice_positions, float)
+    n = vol.normal
+    return np.array([float(_lps(vol, (k, 0, 0)) @ n) for k in range(vol.n_slices)])
+
+
+def index_at(vol: Volume, point_lps) -> tuple[int, float]:
+    """The acquired slice nearest to a patient point, and the point's distance from that
+    slice's plane in mm (large when the point lies outside the series)."""
+    d = float(np.asarray(point_lps, float) @ vol.normal)
+    pos = native_positions(vol)
+    k = int(np.argmin(np.abs(pos - d)))
+    return k, abs(float(pos[k]) - d)
+
+
+def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle between two plane normals, 0-90 degrees."""
+    c = abs(float(np.dot(a, b)) / ((np.linalg.norm(a) * np.linalg.norm(b)) or 1.0))
+    return math.degrees(math.acos(min(1.0, c)))
+
+
+def link_check(a: Volume, b: Volume, manual: bool = False) -> tuple[bool, str]:
+    """Can slices of ``b`` follow ``a`` by position?  (ok, reason/warning in one line).
+
+    Linked automatically only with the same FrameOfReferenceUID (same patient coordinate
+    system); with different or unknown frames only when the user links by hand, and then
+    with a warning, since equal mm do not mean the same anatomy."""
+    if not (a.has_geometry and b.has_geometry) or a.is_cine or b.is_cine:
+        return False, "no patient geometry (projection, cine or plain image): not linked"
+    ang = angle_deg(a.normal, b.normal)
+    if ang > PARALLEL_DEG:
+        return False, f"slice planes differ by {ang:.0f} degrees: not linked"
+    fa, fb = frame_of_reference(a), frame_of_reference(b)
+    if fa and fa == fb:
+        return True, ""
+    why = "different frames of reference" if (fa and fb) else "frame of reference unknown"
+    if manual:
+        return True, f"linked by hand across {why}: the same mm need not be the same anatomy"
+    return False, f"{why}: not linked (link by hand if the patient did not move)"
+
+
+def linked_index(src: Volume, src_index: int, dst: Volume, offset_mm: float = 0.0) -> tuple[int, float]:
+    """The slice of ``dst`` at the position of ``src``'s acquired slice ``src_index`` (its centre),
+    plus ``offset_mm`` along ``dst``'s normal; and the distance in mm from that slice."""
+    c = slice_geometry(src, Plane.native(), src_index).center
+    return index_at(dst, c + dst.normal * offset_mm)
+
+
+def reference_line(src: Volume, src_plane: Plane, src_index: int,
+                   dst: Volume, dst_plane: Plane, dst_index: int):
+    """Where the plane of the source slice cuts the shown destination slice, as a segment
+    ((u0, v0), (u1, v1)) in destination display pixels clipped to the image; None when the
+    planes are (nearly) parallel or do not meet inside the image."""
+    s = slice_geometry(src, src_plane, src_index)
+    d = slice_geometry(dst, dst_plane, dst_index)
+    m = s.normal
+    if angle_deg(m, d.normal) < REFERENCE_MIN_DEG:
+        return None
+    # points X(u, v) = O + u R + v D on the destination with (X - S) . m = 0
+    a, b, c = float(d.right @ m), float(d.down @ m), float((d.origin - s.center) @ m)
+    u_lo, u_hi, v_lo, v_hi = -0.5, d.cols - 0.5, -0.5, d.rows - 0.5
+    pts = []
+    if abs(b) > 1e-12:
+        for u in (u_lo, u_hi):
+            v = -(a * u + c) / b
+            if v_lo - 1e-9 <= v <= v_hi + 1e-9:
+                pts.append((u, v))
+    if abs(a) > 1e-12:
+        for v in (v_lo, v_hi):
+            u = -(b * v + c) / a
+            if u_lo - 1e-9 <= u <= u_hi + 1e-9:
+                pts.append((u, v))
+    if len(pts) < 2:
+        return None
+    # the two farthest apart (corners can repeat)
+    best, bd = None, -1.0
+    for i in range(len(pts)):
+        for j in range(i + 1, len(pts)):
+            dd = math.dist(pts[i], pts[j])
+            if dd > bd:
+                best, bd = (pts[i], pts[j]), dd
+    return best if bd > 1e-6 else None
+
+
+def start_index(vol: Volume) -> int:
+    """The image a series opens on, as a reader starts: the first image of the series.
+
+    Convention (the same as Weasis and OHIF): the first image in the series order, i.e. the
+    lowest InstanceNumber; for a CT that is where the scan began (often the most superior
+    slice of a chest CT, the most inferior of a head CT scanned upwards).  Cine and
+    multi-frame: frame 1.  Without InstanceNumbers: the first stored slice."""
+    n = vol.n_slices
+    if n <= 1 or vol.is_cine or not vol.headers:
+        return 0
+    nums = []
+    for rec in vol.headers[:n]:
+        try:
+            nums.append(int(rec.get("InstanceNumber")))
+        except (TypeError, ValueError, AttributeError):
+            return 0
+    if len(nums) != n or len(set(nums)) == 1:  # one multi-frame file: frame order
+        return 0
+    return int(np.argmin(nums))

@@ -1,0 +1,116 @@
+"""Engine maths for reading series side by side (imaging_assist.viewing): linked scrolling by
+mm, reference lines as plane intersections, the image a series opens on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import SHARED
+from imaging_assist import viewing
+from imaging_assist.layers import Plane, standard_planes
+from imaging_assist.volume import Volume
+
+CT = SHARED / "dicom" / "ct_head_phantom_philips" / "series202_STD_BRAIN_1MM_iDose"
+
+
+def _axial(n=20, dz=1.0, z0=0.0, for_uid="1.2.3", positions=None, shape=(32, 40)):
+    vol = Volume(np.zeros((n,) + shape, np.int16), spacing=(0.5, 0.5, dz), origin=(-10.0, -8.0, z0),
+                 direction=np.eye(3), modality="CT")
+    vol.slice_positions = np.asarray(positions, float) if positions is not None else z0 + dz * np.arange(n)
+    vol.headers = [{"FrameOfReferenceUID": for_uid, "InstanceNumber": k + 1} for k in range(n)]
+    return vol
+
+
+def test_linked_index_lands_on_the_same_mm_not_the_same_index():
+    a = _axial(n=40, dz=1.0, z0=0.0)
+    b = _axial(n=12, dz=2.5, z0=0.7)  # other spacing and offset, same frame of reference
+    for ka in (0, 5, 13, 27):
+        kb, dist = viewing.linked_index(a, ka, b)
+        want = int(np.argmin(np.abs(b.slice_positions - a.slice_positions[ka])))
+        assert kb == want and dist == pytest.approx(abs(b.slice_positions[kb] - ka), abs=1e-9)
+        assert dist <= 1.25 + 1e-9
+    # beyond the end of b: the last slice, and the distance tells how far
+    kb, dist = viewing.linked_index(a, 39, b)
+    assert kb == 11 and dist == pytest.approx(39 - (0.7 + 27.5))
+
+
+def test_uneven_spacing_uses_each_slice_position():
+    pos = [0.0, 4.22, 8.44, 12.66, 13.8, 21.18, 28.56]
+    b = _axial(n=7, dz=float(np.mean(np.diff(pos))), positions=pos)
+    a = _axial(n=30, dz=1.0)
+    assert viewing.linked_index(a, 14, b)[0] == 4   # 14 mm: 13.8 is nearest, the mean step says 5
+    geo = viewing.slice_geometry(b, Plane.native(), 4)
+    assert geo.origin @ b.normal == pytest.approx(13.8)
+
+
+def test_reference_line_is_the_plane_intersection():
+    vol = _axial(n=30, dz=1.0, shape=(32, 40))
+    ax, cor, sag = standard_planes(vol.direction)
+    # the sagittal slice at column i=12 cuts the axial image along the column u = 12
+    seg = viewing.reference_line(vol, sag, 12, vol, ax, 7)
+    (u0, v0), (u1, v1) = seg
+    assert u0 == pytest.approx(12) and u1 == pytest.approx(12)
+    assert sorted((v0, v1)) == pytest.approx([-0.5, 31.5])
+    # the axial slice k=7 cuts the coronal image along one row; which row depends on the flip
+    seg = viewing.reference_line(vol, ax, 7, vol, cor, 16)
+    (u0, v0), (u1, v1) = seg
+    k_at = cor.to_voxel(u0, v0, 16, vol.array.shape)[0]
+    assert v0 == pytest.approx(v1) and k_at == pytest.approx(7)
+    # across two series: the prior's axial plane at z = 10 mm on the current's sagittal
+    prior = _axial(n=8, dz=2.5, z0=0.0)
+    seg = viewing.reference_line(prior, Plane.native(), 4, vol, sag, 3)
+    (u0, v0), (u1, v1) = seg
+    kji = sag.to_voxel(u0, v0, 3, vol.array.shape)
+    assert viewing._lps(vol, kji)[2] == pytest.approx(10.0)
+    # parallel planes: no line
+    assert viewing.reference_line(prior, Plane.native(), 4, vol, ax, 3) is None
+
+
+def test_reference_line_outside_the_image_is_none():
+    vol = _axial(n=30, dz=1.0)
+    other = _axial(n=5, dz=1.0)
+    other.direction = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float)  # sagittal slices
+    other.origin = (500.0, 0.0, 0.0)  # x = 500 mm: far outside vol
+    other.slice_positions = 500.0 + np.arange(5)
+    assert viewing.reference_line(other, Plane.native(), 0, vol, Plane.native(), 3) is None
+
+
+def test_link_check_needs_the_same_frame_of_reference():
+    a, b = _axial(for_uid="1.2.3"), _axial(for_uid="1.2.3")
+    assert viewing.link_check(a, b) == (True, "")
+    c = _axial(for_uid="9.9.9")
+    ok, why = viewing.link_check(a, c)
+    assert not ok and "different frames of reference" in why
+    ok, why = viewing.link_check(a, c, manual=True)
+    assert ok and "need not be the same anatomy" in why
+    d = _axial(for_uid="1.2.3")
+    d.direction = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float)
+    ok, why = viewing.link_check(a, d, manual=True)
+    assert not ok and "degrees" in why
+
+
+def test_start_index_is_the_first_image_in_series_order():
+    vol = _axial(n=10)
+    assert viewing.start_index(vol) == 0
+    for k, h in enumerate(vol.headers):  # scanned the other way: instance 1 is the top slice
+        h["InstanceNumber"] = 10 - k
+    assert viewing.start_index(vol) == 9
+    vol.is_cine = True
+    assert viewing.start_index(vol) == 0
+
+
+def test_real_ct_frame_of_reference_and_start():
+    assert CT.is_dir(), f"missing test data {CT}"
+    from imaging_assist.dicom import SeriesLoader, scan
+    series = scan([str(CT)]).image_series()[0]
+    loader = SeriesLoader(series)
+    vol = loader.volume
+    assert viewing.frame_of_reference(vol) == "1.3.46.670589.33.1.28113183791790987842.26931358731677349446"
+    k = viewing.start_index(vol)
+    assert int(vol.headers[k].get("InstanceNumber")) == 1
+    loader.start_k = k
+    assert k in loader._units()[0][1]  # the loader reads the start slice first
+    # the slice geometry agrees with the file's ImagePositionPatient
+    ipp = np.array([float(x) for x in vol.headers[37].get("ImagePositionPatient")])
+    assert viewing.slice_geometry(vol, Plane.native(), 37).origin == pytest.approx(ipp, abs=1e-3)
