@@ -110,6 +110,11 @@ def test_click_in_axial_and_coronal_gives_the_same_nodule_without_blocking(win, 
     assert b is not None, win.nodules.last_line
     assert b.id == a.id and len(win.nodules.nodules()) == 1, "a second click on it must not add a nodule"
     sp = np.asarray(win.doc.volume.spacing, float)[::-1]  # (k, j, i) voxel size in mm
+    # each click reached the engine as the patient point under the mouse, whichever plane
+    # (screen-pixel rounding in plane and the shown slice through it stay within a voxel)
+    for r in (a, b):
+        err = np.abs(np.asarray(r.result.point_lps, float) - c)
+        assert np.all(err <= np.asarray(win.doc.volume.spacing, float)), (r.result.point_lps, c)
     d = np.abs(np.subtract(a.center_kji, b.center_kji)) * sp
     assert np.all(d <= sp + 1e-6), f"centres differ by {d} mm (voxel {sp})"
     # the centre is the readers' nodule
