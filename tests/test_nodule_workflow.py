@@ -301,33 +301,33 @@ def test_cli_analyze_at_on_the_dicom_slab_writes_seg_and_sr(tmp_path, consensus,
 
     cons, centre, _ = consensus
     pts = tmp_path / "points.csv"
-    pts.write_text("x,y,z,id\n" + ",".join(f"{v:.3f}" for v in centre) + ",big\n"
-                   + ",".join(f"{v:.3f}" for v in (-60.531, 4.081, -115.0)) + ",lung\n")  # voxel (150, 250, 7)
+    pts.write_text("x,y,z,id\n" + ",".join(f"{v:.3f}" for v in (-60.531, 4.081, -115.0))
+                   + ",lung\n")  # voxel (150, 250, 7): lung parenchyma
     out = tmp_path / "out"
-    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--points", str(pts),
-                  "--out", str(out), "--dicom"], capsys)
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", ",".join(f"{v:.3f}" for v in centre),
+                  "--points", str(pts), "--out", str(out), "--dicom"], capsys)
     assert rc == 0, o.err
     doc = json.loads((out / "results.json").read_text())
     (item,) = doc["items"]
-    assert item["task"] == "nodule" and [n["id"] for n in item["nodules"]] == ["big", "lung"]
+    assert item["task"] == "nodule" and [n["id"] for n in item["nodules"]] == ["N1", "lung"]
     big, lung = item["nodules"]
     assert big["found"] and not lung["found"] and "no nodule found" in lung["reason"]
     lm = np.transpose(np.asarray(nib.load(out / item["label_map"]).dataobj), (2, 1, 0))
     assert lm.shape == (16, 512, 512) and _dice(lm == 1, cons) >= 0.7
-    assert item["labels"] == {"0": "background", "1": "nodule big"}
+    assert item["labels"] == {"0": "background", "1": "nodule N1"}
     assert (out / "report.pdf").is_file()
     segs = sorted((out / "dicom").glob("*nodules_SEG.dcm"))
     srs = sorted((out / "dicom").glob("*_SR.dcm"))
     assert len(segs) == 1 and len(srs) == 1
     seg = hd.seg.segread(segs[0])
     (desc,) = seg.SegmentSequence
-    assert desc.TrackingID == "nodule big" and desc.TrackingUID == big["tracking_uid"]
+    assert desc.TrackingID == "nodule N1" and desc.TrackingUID == big["tracking_uid"]
     assert desc.SegmentedPropertyTypeCodeSequence[0].CodeValue == "27925004"
     m = seg.get_volume(combine_segments=True) if hasattr(seg, "get_volume") else None
     assert m is None or int(np.asarray(m.array).astype(bool).sum()) == int((lm == 1).sum())
     sr = pydicom.dcmread(srs[0])
     text = str(sr)
-    assert big["tracking_uid"] in text and "nodule big" in text and "Long axis" in text
+    assert big["tracking_uid"] in text and "nodule N1" in text and "Long axis" in text
     assert "Probability of cancer" in text and "cubic millimeter" in text
     for f in segs + srs:
         assert dciodvfy_errors(f) == [], f
