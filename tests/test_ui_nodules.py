@@ -275,6 +275,28 @@ def test_shift_click_on_a_non_ct_series_is_one_line_and_starts_nothing(win, read
     assert len(win.nodules.history) == n0 and [id(l) for l in win.doc.layers] == layers
 
 
+def test_ai_panel_does_not_run_a_nodule_model_on_the_whole_series(win):
+    """ct-nodule-* fit any CT by their cards, but run on a whole series (instead of the window
+    around a nodule) they would answer nonsense: the panel refuses with the way to use them."""
+    p = win.model_panel
+    win.show_model_panel()
+    assert wait_until(lambda: p._catalog_loaded, 60)
+    started = []
+    p.runFinished.connect(started.append)
+    for mid in ("ct-nodule-malignancy", "ct-nodule-seg"):
+        assert p.select_model(mid), [e.id for e in p.entries]
+        assert p.run() is False and not p.running
+        assert "Shift+click" in p.error_text(), p.error_text()
+    QTest.qWait(50)
+    assert started == []
+    from imaging_assist_ui.ai.demo_autorun import AutoRun
+
+    auto = AutoRun.__new__(AutoRun)  # the demo's plan, on this panel
+    auto.panel = p
+    p._rematch(select_best=False)
+    assert not any(e.id.startswith("ct-nodule") for e in auto._plan())
+
+
 def test_gui_demo_analyses_the_demo_ct_nodule(tmp_path_factory):
     """``imaging-assist demo`` with a display (win.autorun set): the demo CT's nodule, from the
     readers' XML (imaging_assist.demo.nodule_points), is analysed once its series is shown."""

@@ -43,8 +43,11 @@ class AutoRun(QObject):
 
     def _plan(self) -> list:
         p = self.panel
+        from imaging_assist.nodules.run import is_nodule_model
+
+        # the CT nodule models run at the demo's nodule through the viewer (ui/radiology/nodules.py)
         fits = [e for e in p.entries if p._usable(e) and p.matches.get(str(e.folder)) is not None
-                and p.matches[str(e.folder)].ok]
+                and p.matches[str(e.folder)].ok and not is_nodule_model(e.card)]
         return sorted(fits, key=lambda e: (e.card.task != "segmentation", e.card.id))
 
     def _kick(self, *_):

@@ -910,6 +910,12 @@ class ModelPanel(QWidget):
         if e.shadowed_by:
             self._show_error(f"{e.id} in {e.folder} is shadowed by {e.shadowed_by}; select that one.")
             return False
+        from imaging_assist.nodules.run import is_nodule_model
+
+        if is_nodule_model(e.card):  # a window model: run on a whole series it would answer nonsense
+            self._show_error(f"{e.card.id} characterises a nodule you point at, not a whole series: "
+                             "Shift+click the nodule (or press N over it) in the viewer.")
+            return False
         vol = self.doc.volume
         if vol is None:
             self._show_error("Open a series first.")
