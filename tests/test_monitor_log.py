@@ -44,6 +44,7 @@ def test_every_run_is_logged_with_its_inputs_and_outputs(logdir, pneumonia):
     res = run_model(pneumonia, read_image(p), RunOptions(device="cpu"))
     row = plog.open_log().run(res.prediction_log_id)
     assert plog.db_path() == logdir / "data" / "predictions.sqlite"
+    assert plog.db_path().stat().st_mode & 0o077 == 0  # readable by this account only
     assert row["model_id"] == "cxr-pneumonia" and row["model_version"] == pneumonia.card.version
     assert row["weights_sha256"] == pneumonia.card.weights[0].sha256
     assert (row["rows"], row["cols"], row["slices"]) == (224, 224, 1)

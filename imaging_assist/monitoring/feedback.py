@@ -127,7 +127,7 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
         changed = int(np.count_nonzero(pr != lm))
         d = float(dice(pr > 0, lm > 0)) if (pr > 0).any() or (lm > 0).any() else 1.0
     out = corrections_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)  # the user's own record
     t, tu = now_utc()
     n = len(lg.query("SELECT id FROM corrections WHERE run_id = ?", (int(run_id),))) + 1
     f = out / f"run{int(run_id)}_correction{n}.npz"

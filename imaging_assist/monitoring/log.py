@@ -121,6 +121,8 @@ class PredictionLog:
         self.lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # the user's own record: not readable by other accounts
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self.conn = sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False,
                                         isolation_level=None)
             self.conn.execute("PRAGMA journal_mode=WAL")
