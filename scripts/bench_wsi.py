@@ -8,18 +8,28 @@
    box average of the one below, so levels agree.  Identical tiles (same texture phase and
    cell pattern) are JPEG-encoded once and their bytes reused, which keeps the build under a
    minute without holding any level in memory.
-2. Tiled inference at 0.5 µm/px, 224 px tiles, batch 32, torch.inference_mode, on the first
-   ``--tiles`` tissue tiles, with a small CNN stand-in (random weights): ours
-   (:func:`imaging_assist.slides.run_tiles`: row-block reads, prefetch thread, batched
-   forward) against a naive loop (``read_region`` per tile, one tile per forward pass) on the
-   same tiles, same reader, caches cleared before each.  Outputs are compared.
-3. Time to first view: open + overview thumbnail + the first screen (1600 x 1000 viewport at
+2. Tiled inference at 0.5 µm/px (``--mpp``), 224 px tiles, batch 32, torch.inference_mode, on
+   the first ``--tiles`` tissue tiles, with a small CNN stand-in (random weights) or the shipped
+   ``path-lung-tissue`` model (``--model``): ours (:func:`imaging_assist.slides.run_tiles`:
+   per-batch parallel decode of the stored tiles, row-run reads, reused float buffers, a
+   bounded read-ahead queue, batched forward) against a naive loop (``read_region`` per tile,
+   resized when the level is not at the tile's µm/px, one tile per forward pass) on the same
+   tiles, same reader, caches cleared before each.  Outputs are compared.  ``--repeat``
+   alternates the two loops; figures are medians and ``*_runs`` lists every run.
+3. Reading alone: ``read_tiles_per_s`` (ours with a no-op model: reading, resampling,
+   conversion to float batches, hand-off) and ``naive_reads_only_tiles_per_s`` (the naive
+   loop's reads, uint8, no model).  ``--profile`` splits both into CPU ms per tile (all
+   threads): JPEG decoding, resampling, the rest.
+4. Time to first view: open + overview thumbnail + the first screen (1600 x 1000 viewport at
    fit-to-window zoom, read as 256 px viewer tiles from the best level and scaled), in this
    process (after imports) and again in a fresh interpreter (wall time incl. start-up and
    imports).  The file was just written, so the OS page cache is warm in both.
 
-The last line printed is a JSON object (``tiles_per_s``, ``speedup_vs_naive``,
-``first_view_s``, ``pan_fps`` = null: panning is measured by the viewer's benchmark).
+The machine's 1-minute load average is recorded at the start and the end.  The last line
+printed is a JSON object (``tiles_per_s``, ``speedup_vs_naive``, ``read_tiles_per_s``,
+``naive_reads_only_tiles_per_s``, ``first_view_s``, ``pan_fps`` = null: panning is measured by
+the viewer's benchmark).  To compare with another version of the code, copy this script into
+that checkout's ``scripts/`` and run it there (it imports the package beside it).
 """
 
 from __future__ import annotations
@@ -195,16 +205,30 @@ def run_ours(slide, plan, model, batch: int) -> tuple[float, np.ndarray, dict]:
     return dt, res.probs, {"read_s": round(res.read_s, 3), "model_s": round(res.model_s, 3)}
 
 
+def naive_tile(slide, plan, x: float, y: float) -> np.ndarray:
+    """What a user would write with OpenSlide's API: ``read_region`` of the tile's field of view
+    at the pipeline's level, resized to the tile size when the level is not exactly at the
+    tile's µm/px (Pillow bilinear, as the pipeline)."""
+    from PIL import Image
+
+    t = plan.tile_px
+    f = plan.downsample[0] / plan.level_scale[0]        # level px per tile px
+    side = int(round(t * f))
+    tile = slide.read_region((int(round(x)), int(round(y))), plan.level, (side, side))
+    if side != t:
+        tile = np.asarray(Image.fromarray(tile).resize((t, t), Image.Resampling.BILINEAR))
+    return tile
+
+
 def run_naive(slide, plan, model) -> tuple[float, np.ndarray]:
     import torch
     slide.clear_cache()
     rects = plan.rects0()
-    t = plan.tile_px
     out = np.empty((len(rects), 3), np.float32)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i, (x, y, _, _) in enumerate(rects):
-            tile = slide.read_region((int(round(x)), int(round(y))), plan.level, (t, t))
+            tile = naive_tile(slide, plan, x, y)
             xb = torch.from_numpy(np.ascontiguousarray(tile.transpose(2, 0, 1), np.float32) / 255.0)[None]
             out[i] = model(xb).numpy()[0]
     return time.perf_counter() - t0, out
@@ -258,9 +282,65 @@ def run_reads(slide, plan, batch: int) -> tuple[float, float]:
     slide.clear_cache()
     t1 = time.perf_counter()
     for x, y, _, _ in plan.rects0():
-        slide.read_region((int(round(x)), int(round(y))), plan.level, (plan.tile_px, plan.tile_px))
+        naive_tile(slide, plan, x, y)
     t_naive = time.perf_counter() - t1
     return n / t_ours, n / t_naive
+
+
+def profile_reads(slide, plan, batch: int) -> dict:
+    """Where reading time goes, per tile: process CPU (all threads) split into JPEG decoding
+    (tifffile backend's decoder), resampling (Pillow) and the rest (assembly copies, float
+    conversion, Python, hand-off), and wall time; ours (no-op model) and the naive loop."""
+    import threading
+
+    from PIL import Image
+
+    from imaging_assist.slides import run_tiles
+
+    n = len(plan)
+    acc = {"decode": 0.0, "resample": 0.0, "decodes": 0}
+    lock = threading.Lock()
+
+    def wrap(fn, key):
+        def timed(*a, **k):
+            t = time.thread_time()
+            r = fn(*a, **k)
+            d = time.thread_time() - t
+            with lock:
+                acc[key] += d
+                if key == "decode":
+                    acc["decodes"] += 1
+            return r
+        return timed
+
+    L = slide._levels[plan.level]  # tifffile backend (the bench pyramid)
+    dec, resize, reduce = L.decode, Image.Image.resize, Image.Image.reduce
+    L.decode = wrap(dec, "decode")
+    Image.Image.resize, Image.Image.reduce = wrap(resize, "resample"), wrap(reduce, "resample")
+    noop = lambda x: np.zeros((len(x), 3), np.float32)  # noqa: E731
+
+    def naive():
+        for x, y, _, _ in plan.rects0():
+            naive_tile(slide, plan, x, y)
+
+    out = {}
+    try:
+        for name, fn in (("ours", lambda: run_tiles(slide, noop, batch_size=batch, plan=plan, prefetch=2)),
+                         ("naive", naive)):
+            slide.clear_cache()
+            acc.update(decode=0.0, resample=0.0, decodes=0)
+            c0, w0 = time.process_time(), time.perf_counter()
+            fn()
+            cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+            ms = lambda v: round(v / n * 1e3, 3)  # noqa: E731
+            out[name] = {"wall_ms_per_tile": ms(wall), "cpu_ms_per_tile": ms(cpu),
+                         "decode_cpu_ms_per_tile": ms(acc["decode"]),
+                         "resample_cpu_ms_per_tile": ms(acc["resample"]),
+                         "other_cpu_ms_per_tile": ms(cpu - acc["decode"] - acc["resample"]),
+                         "stored_tiles_decoded": acc["decodes"]}
+    finally:
+        L.decode, Image.Image.resize, Image.Image.reduce = dec, resize, reduce
+    return out
 
 
 def main() -> int:
@@ -276,6 +356,11 @@ def main() -> int:
                     help="with --workdir: use the pyramid this script built there before (no rebuild)")
     ap.add_argument("--repeat", type=int, default=2,
                     help="alternate ours/naive this many times; figures are medians, *_runs lists each")
+    ap.add_argument("--mpp", type=float, default=0.5,
+                    help="tile µm/px (0.5: level 1 as stored; 0.7, the shipped model's card: resampled)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also split reading time per tile into decode / resample / rest (CPU, all threads)")
+    ap.add_argument("--no-model", action="store_true", help="reading figures only (no model runs)")
     ap.add_argument("--first-view-only", metavar="SLIDE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.first_view_only:  # child process of the cold-start measurement
@@ -289,7 +374,7 @@ def main() -> int:
     work = args.workdir or tempfile.mkdtemp(prefix="bench_wsi_")
     os.makedirs(work, exist_ok=True)
     path = os.path.join(work, f"bench_{args.size}.tif")
-    result: dict = {"size": args.size, "tile_px": 224, "tile_mpp": 0.5, "batch": args.batch,
+    result: dict = {"size": args.size, "tile_px": 224, "tile_mpp": args.mpp, "batch": args.batch,
                     "model": args.model, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "code": str(ROOT), "loadavg_1m_start": _load()}
     try:
@@ -316,25 +401,34 @@ def main() -> int:
         mask = detect_tissue(slide)
         result["tissue_s"] = round(time.perf_counter() - t0, 3)
         result["tissue_fraction"] = round(mask.fraction, 3)
-        plan = plan_tiles(slide, 224, 0.5, tissue_mask=mask)
+        plan = plan_tiles(slide, 224, args.mpp, tissue_mask=mask)
         result["tissue_tiles_total"] = len(plan)
         n = min(args.tiles, len(plan))
         sub = dataclasses.replace(plan, cells=plan.cells[:n], tissue_fraction=plan.tissue_fraction[:n])
         result["tiles"] = n
         result["read_level"] = plan.level
-        model = make_model(args.model)
-        with torch.inference_mode():  # warm-up (first-call allocations), not timed
-            model(torch.zeros(args.batch, 3, 224, 224))
-            model(torch.zeros(1, 3, 224, 224))
+        if args.profile:
+            for rep in range(max(1, args.repeat)):
+                result.setdefault("profile_runs", []).append(profile_reads(slide, sub, args.batch))
+                log(f"  profile: {result['profile_runs'][-1]} (load {_load()})")
+        model = None if args.no_model else make_model(args.model)
+        if model is not None:
+            with torch.inference_mode():  # warm-up (first-call allocations), not timed
+                model(torch.zeros(args.batch, 3, 224, 224))
+                model(torch.zeros(1, 3, 224, 224))
         runs: dict[str, list] = {k: [] for k in ("ours_s", "naive_s", "read_tiles_per_s",
                                                   "naive_reads_only_tiles_per_s", "ours_detail")}
         diffs = []
         for rep in range(max(1, args.repeat)):
-            log(f"[{rep + 1}/{args.repeat}] ours on {n} tiles ...")
-            t_ours, p_ours, detail = run_ours(slide, sub, model, args.batch)
-            log(f"[{rep + 1}/{args.repeat}] naive on {n} tiles ...")
-            t_naive, p_naive = run_naive(slide, sub, model)
-            diffs.append(float(np.abs(p_ours - p_naive).max()))
+            if model is not None:
+                log(f"[{rep + 1}/{args.repeat}] ours on {n} tiles ...")
+                t_ours, p_ours, detail = run_ours(slide, sub, model, args.batch)
+                log(f"[{rep + 1}/{args.repeat}] naive on {n} tiles ...")
+                t_naive, p_naive = run_naive(slide, sub, model)
+                diffs.append(float(np.abs(p_ours - p_naive).max()))
+            else:
+                t_ours = t_naive = math.nan
+                detail = None
             # Where the time goes: reading alone (ours with a no-op model; naive reads only).
             r_ours, r_naive = run_reads(slide, sub, args.batch)
             runs["ours_s"].append(round(t_ours, 3))
@@ -353,7 +447,12 @@ def main() -> int:
         result["naive_tiles_per_s"] = round(n / t_naive, 1)
         result["speedup_vs_naive"] = round(t_naive / t_ours, 2)
         result["speedup_vs_naive_runs"] = [round(b / a, 2) for a, b in zip(runs["ours_s"], runs["naive_s"])]
-        result["max_abs_prob_diff_vs_naive"] = max(diffs)
+        if model is None:
+            for k in ("ours_s", "ours_detail", "naive_s", "tiles_per_s", "naive_tiles_per_s", "speedup_vs_naive",
+                      "speedup_vs_naive_runs"):
+                result[k] = None
+            runs.pop("ours_s"), runs.pop("naive_s"), runs.pop("ours_detail")
+        result["max_abs_prob_diff_vs_naive"] = max(diffs) if diffs else None
         result["read_tiles_per_s"] = round(med(runs["read_tiles_per_s"]), 1)
         result["naive_reads_only_tiles_per_s"] = round(med(runs["naive_reads_only_tiles_per_s"]), 1)
         result["read_speedup_vs_naive_reads"] = round(result["read_tiles_per_s"] / result["naive_reads_only_tiles_per_s"], 2)

@@ -205,7 +205,7 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
                               tissue_threshold=spec["tissue_threshold"])
             res = run_tiles(slide, fn, batch_size=batch_size, progress=progress, cancel=cancel,
                             class_names=list(card.labels), top_k=max(top_k, 1), plan=plan,
-                            as_tensor=True)
+                            as_tensor=True, device=fn.device)
         warns += [w for w in res.warnings if w not in warns]
         files = {}
         ext = ".npz" if heatmap_format == "npz" else ".tif"
