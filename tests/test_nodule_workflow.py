@@ -165,8 +165,15 @@ def test_reader_xml_falls_back_to_z_when_the_sop_uids_differ(slab, readers):
         assert np.array_equal(again[0].masks[r], m)
 
 
-def test_reader_xml_errors_are_one_line(tmp_path):
+def test_reader_xml_errors_are_one_line(tmp_path, slab):
+    import copy
+
     from imaging_assist.errors import UserError
+
+    other = copy.copy(slab)
+    other.series_uid = "1.2.3.4"  # e.g. the demo's cropped copy: the pixel contours do not apply
+    with pytest.raises(UserError, match="not 1.2.3.4"):
+        lidc_xml.load_for_volume(XML, other)
 
     bad = tmp_path / "bad.xml"
     bad.write_text("<notlidc/>")

@@ -222,7 +222,13 @@ def _mark_points_lps(mark: ReaderMark, volume) -> np.ndarray:
 
 def group_nodules(msg: ReadMessage, volume, kinds=("nodule", "small")) -> list[Nodule]:
     """The readers' marks of ``kinds`` grouped into nodules on ``volume`` (module doc rule).
-    Marks with nothing on the loaded slices are left out."""
+    Marks with nothing on the loaded slices are left out.  The contours are pixel positions of
+    the series the XML names: another series (a different SeriesInstanceUID) is refused with a
+    one-line ``UserError`` rather than mapped by guesswork."""
+    vs = str(getattr(volume, "series_uid", "") or "")
+    if msg.series_uid and vs and msg.series_uid != vs:
+        raise UserError(f"{msg.path}: the reader XML is for series {msg.series_uid}, not {vs}: its pixel "
+                        "contours do not apply to this series")
     items = []
     for m in msg.marks:
         if m.kind not in kinds:
@@ -289,7 +295,6 @@ def centre_lps(mask: np.ndarray, volume) -> np.ndarray:
 
 
 def load_for_volume(xml_path: str | Path, volume) -> list[Nodule]:
-    """Parse ``xml_path`` and group its >= 3 mm nodules on ``volume``; warns (one line, in the
-    returned nodules' absence) when the XML names another series."""
+    """Parse ``xml_path`` and group its >= 3 mm nodules on ``volume`` (:func:`group_nodules`)."""
     msg = parse(xml_path)
     return group_nodules(msg, volume, kinds=("nodule",))
