@@ -41,8 +41,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import UserError
-
 SEG_MODEL = "ct-nodule-seg"
 MALIGNANCY_MODEL = "ct-nodule-malignancy"
 SEG_THRESHOLD = 0.5  # as models.PROB_THRESHOLD

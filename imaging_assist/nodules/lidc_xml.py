@@ -43,6 +43,7 @@ from ..errors import UserError
 NS = "{http://www.nih.gov}"
 MAJORITY = 2  # of 4 readers: "at least half" (see the module doc)
 SAME_NODULE_MM = 5.0  # point marks within this distance are one nodule
+MAX_XML_BYTES = 64 << 20  # LIDC reader XMLs are ~0.1-2 MB
 
 
 @dataclass
@@ -106,6 +107,11 @@ def parse(path: str | Path) -> ReadMessage:
     """Read a LIDC ``LidcReadMessage`` XML; one-line ``UserError`` when it is not one."""
     p = Path(path)
     try:
+        if p.stat().st_size > MAX_XML_BYTES:
+            raise UserError(f"{p}: {p.stat().st_size >> 20} MB is too large for a LIDC reader XML "
+                            f"(at most {MAX_XML_BYTES >> 20} MB)")
+        # xml.etree with expat >= 2.4 (Python 3.11 bundles 2.5) refuses entity-expansion bombs and
+        # never fetches external entities, so a hostile file cannot run away (no defusedxml needed)
         root = ET.parse(p).getroot()
     except (OSError, ET.ParseError) as e:
         raise UserError(f"{p}: not a readable LIDC reader XML ({e})") from None
