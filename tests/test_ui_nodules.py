@@ -275,6 +275,26 @@ def test_shift_click_on_a_non_ct_series_is_one_line_and_starts_nothing(win, read
     assert len(win.nodules.history) == n0 and [id(l) for l in win.doc.layers] == layers
 
 
+def test_heat_map_is_hidden_and_flagged_when_its_sanity_check_failed(win, reader_centre, monkeypatch):
+    """The card's recorded Grad-CAM randomisation check says failed: the heat-map layer comes
+    hidden and named so, the entry says why (the record is replaced, the engine runs for real)."""
+    import imaging_assist.explain.sanity as sanity
+
+    for n in win.nodules.nodules():
+        win.nodules.delete(n)
+    monkeypatch.setattr(sanity, "recorded_sanity",
+                        lambda card: {"gradcam": {"passed": False, "final_spearman": 0.93, "threshold": 0.5}})
+    ax = _views(win)["axial"]
+    r = _analyse(win, ax, _screen_point(win, ax, reader_centre[0]))
+    assert r is not None and r.heat_flag, win.nodules.last_line
+    heat = win.nodules.heat_layer()
+    assert heat is not None and not heat.visible and "sanity check failed" in heat.name
+    assert any("sanity check" in ln and "hidden" in ln for ln in win.nodules.entry_lines()), \
+        win.nodules.entry_lines()
+    win.nodules.delete(r)
+    assert win.nodules.heat_layer() is None
+
+
 def test_ai_panel_does_not_run_a_nodule_model_on_the_whole_series(win):
     """ct-nodule-* fit any CT by their cards, but run on a whole series (instead of the window
     around a nodule) they would answer nonsense: the panel refuses with the way to use them."""
