@@ -200,6 +200,7 @@ def kermany_cli(tmp_path_factory):
     data, lab = _kermany_set(tmp)
     mp = pytest.MonkeyPatch()
     mp.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp / "config"))
+    mp.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp / "data"))
     try:
         rc = main(["evaluate", str(data), "--model", "cxr-pneumonia", "--labels", str(lab), "--out",
                    str(tmp / "out"), "--group-by", "ward", "--target-sensitivity", "0.9",
@@ -231,6 +232,10 @@ def test_classifier_evaluation_writes_json_pdf_and_site_threshold(kermany_cli):
     saved = json.loads((tmp / "config" / "site_thresholds" / "cxr-pneumonia.json").read_text())
     assert saved["versions"][-1]["threshold"] == pytest.approx(ops["target_sensitivity"]["threshold"])
     assert st["text"].startswith("site threshold ") and "local studies" in st["text"]
+    # a measurement, not reading: the 40 re-runs are kept out of the prediction log
+    import sqlite3
+    db = tmp / "data" / "predictions.sqlite"
+    assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
 
 
 def test_bad_labels_files_are_one_line_errors(tmp_path, monkeypatch, capsys):

@@ -480,8 +480,12 @@ def _predict(model, cases: list[Case], progress=None) -> None:
         except UserError as e:
             return None, str(e)
 
+    from ..monitoring.log import paused
+
     opts = RunOptions(device="cpu")
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # Re-running labelled local data is a measurement, not reading: kept out of the prediction
+    # log so the drift monitor's windows hold each real run once (run_model runs on this thread).
+    with ThreadPoolExecutor(max_workers=2) as pool, paused():
         for i, (c, (vol, err)) in enumerate(zip(cases, pool.map(load, cases))):
             if err is None:
                 try:
