@@ -243,6 +243,11 @@ class NoduleTool(QObject):
     def _picked(self, view, kji):
         """A view's Shift+click / N: the point in array coordinates on that view's plane."""
         vol = self.doc.volume
+        if getattr(view, "doc", self.doc) is not self.doc:  # a view of another series (a grid viewport)
+            self._show_dock()
+            self._say("Nodule: analyse it in the single or MPR view of its series (this view shows "
+                      "another series than the window's).", "warn")
+            return
         why = self.why_not()
         if why:
             self._show_dock()
