@@ -277,6 +277,12 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
             print(f"error: {src}: {e}", file=sys.stderr)
     summary = card.summary()
     summary["intended_use"] = card.intended_use
+    from . import models as nm
+
+    if any(n.get("models") for it in results for n in it.get("nodules") or []):  # they ran: checked hashes
+        summary["sha256"] = dict(nm.load(card.id).hashes)
+        summary["workflow_models"] = {mid: {"version": nm.load(mid).card.version, "sha256": dict(nm.load(mid).hashes)}
+                                      for mid in NODULE_MODELS}
     p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)})
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
