@@ -232,3 +232,21 @@ def test_damaged_tile_in_a_parallel_read_is_one_error(jpeg_pyramid, tmp_path):
         with pytest.raises(SlideReadError) as e:
             run_tiles(s, _probe_model, tile_px=64, mpp=0.5, tissue_mask=None, batch_size=8, as_tensor=True)
     assert "\n" not in str(e.value)
+
+
+def test_cuda_path_gives_the_cpu_results_or_one_line_without_cuda(jpeg_pyramid):
+    """On a CUDA machine: pinned buffers + side-stream copies give the CPU path's probabilities.
+    Without CUDA: asking for it is one SlideError line (no traceback from pin_memory)."""
+    import torch
+
+    from imaging_assist.slides import SlideError
+
+    with open_slide(jpeg_pyramid) as s:
+        plan = plan_tiles(s, 64, 0.5, tissue_mask=None)
+        cpu = run_tiles(s, _probe_model, plan=plan, batch_size=6, as_tensor=True, device="cpu")
+        if torch.cuda.is_available():
+            gpu = run_tiles(s, _probe_model, plan=plan, batch_size=6, as_tensor=True, device="cuda")
+            np.testing.assert_allclose(gpu.probs, cpu.probs, atol=1e-5)
+        else:
+            with pytest.raises(SlideError, match="no CUDA device"):
+                run_tiles(s, _probe_model, plan=plan, batch_size=6, as_tensor=True, device="cuda")

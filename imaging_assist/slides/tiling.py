@@ -570,6 +570,8 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
     if as_tensor and torch is None:
         raise SlideError("as_tensor needs torch, which is not installed")
     dev = _model_device(torch, model_fn, device) if as_tensor else None
+    if dev is not None and dev.type == "cuda" and not torch.cuda.is_available():
+        raise SlideError(f"device {dev} was asked for, but torch sees no CUDA device here")
 
     n = len(plan)
     batches = [np.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
