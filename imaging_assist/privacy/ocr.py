@@ -9,7 +9,7 @@ CAPTURE.  BurnedInAnnotation NO is trusted (the modality asserted it).
 How (:func:`clean_burned_in_text`): every frame (up to 8; longer cines: the per-pixel minimum
 and maximum over all frames plus 8 frames evenly spaced, see :func:`_views`) is turned into an
 8-bit grey picture (colour by luminance, palette through its lookup table, grey stretched
-min..max), enlarged 2x when small (tesseract reads small overlay fonts far better), read twice
+min..max), enlarged (3x below 700 px) with a white margin (tesseract misses small fonts and text at the edge), read twice
 (bright pixels only, and inverted), and every word box with a letter or digit becomes a black
 rectangle (+ a margin) in *all* frames.  Then the same pictures are read again; a file where any
 word of two or more letters or digits is still found is not cleaned: the caller leaves it out
@@ -33,6 +33,10 @@ DETECT_CONF_INVERTED = 60  # ... in the whole inverted picture (texture reads as
 VERIFY_CONF = 70  # a word of 2+ letters/digits this sure after cleaning: the file is not clean
 MAX_PASSES = 3
 MAX_FRAMES = 8
+PAD = 24  # white margin around every picture given to tesseract
+NEIGHBOUR_CONF = 40  # a word this sure on the line above/below a text line is text too
+MAX_NEIGHBOUR_PROBES = 12  # per pass: bounds the time on a picture full of false words
+PROBE_CONF = 60  # lines next to a word read this surely are probed
 LOSSY_SYNTAXES = {"1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
                   "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203"}
 
@@ -110,6 +114,23 @@ def _grey8(frame: np.ndarray, ds) -> tuple[np.ndarray, np.ndarray]:
     return (np.clip(lum, 0, 255).astype(np.uint8), np.clip(bright, 0, 255).astype(np.uint8))
 
 
+def _scale(h: int, w: int) -> int:
+    """Enlargement for tesseract, which reads overlay fonts of 10-13 px far better at 3x."""
+    m = max(h, w)
+    return 3 if m < 700 else 2 if m < 1400 else 1
+
+
+def _prepare(pil, scale: int):
+    """Enlarged, with a white margin of PAD pixels: tesseract misses text that touches the
+    picture's edge (measured: a name 4 px from the top of a black band was not read at all
+    without the margin, and read at confidence 80 with it)."""
+    from PIL import Image, ImageOps
+
+    if scale != 1:
+        pil = pil.resize((pil.width * scale, pil.height * scale), Image.LANCZOS)
+    return ImageOps.expand(pil, border=PAD, fill=255)
+
+
 def _words(pics: tuple[np.ndarray, np.ndarray], min_conf: int, min_conf_inverted: int | None):
     """Word boxes (x0, y0, x1, y1, text, conf) in the picture's coordinates.  Read twice: the
     brightest pixels alone (>= BRIGHT of 255, black on white: overlay text is drawn saturated,
@@ -121,15 +142,14 @@ def _words(pics: tuple[np.ndarray, np.ndarray], min_conf: int, min_conf_inverted
     lum, bright = pics
     pt = _tesseract()
     h, w = lum.shape
-    scale = 2 if max(h, w) < 1200 else 1
+    scale = _scale(h, w)
     out = []
     reads = [(np.where(bright >= BRIGHT, 0, 255).astype(np.uint8), min_conf)]
     if min_conf_inverted is not None:
         reads.append((255 - lum, min_conf_inverted))
     for img, floor in reads:
         pil = Image.fromarray(img)
-        if scale != 1:
-            pil = pil.resize((w * scale, h * scale), Image.LANCZOS)
+        pil = _prepare(pil, scale)
         d = pt.image_to_data(pil, config="--psm 11", output_type=pt.Output.DICT)
         for i, text in enumerate(d["text"]):
             text = (text or "").strip()
@@ -139,7 +159,9 @@ def _words(pics: tuple[np.ndarray, np.ndarray], min_conf: int, min_conf_inverted
                 conf = -1
             if not text or conf < floor or not any(c.isalnum() for c in text):
                 continue
-            x, y, bw, bh = (d[k][i] // scale for k in ("left", "top", "width", "height"))
+            x, y = (d["left"][i] - PAD) // scale, (d["top"][i] - PAD) // scale
+            bw, bh = -(-d["width"][i] // scale), -(-d["height"][i] // scale)
+            x, y = max(0, x), max(0, y)
             out.append((x, y, x + max(bw, 1), y + max(bh, 1), text, conf))
     return out
 
@@ -186,43 +208,67 @@ def find_text(ds, arr: np.ndarray | None = None, min_conf: int = DETECT_CONF,
     return found
 
 
-def _extend_line(pics, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int]:
-    """Widen a word box over the rest of its text line.  Sparse-text OCR of the whole picture
-    often reads one word of a line drawn over bright tissue and misses its neighbour (measured:
-    "DOE^JOHN" read as "DOE", "JOHN" left); the strip of that line, read again as one line of
-    text (``--psm 7``) on both pictures, finds the neighbours, and their boxes join.  Repeated
-    until the box stops growing (at most 4 times)."""
+def _strip_words(pics, b0: int, b1: int, s0: int, s1: int):
+    """Words read in one horizontal strip as a single line of text (``--psm 7``), both pictures:
+    [(x0, x1, text, conf)] in picture coordinates."""
     from PIL import Image
 
     pt = _tesseract()
     lum, bright = pics
-    rows, cols = lum.shape
+    out = []
+    if b1 - b0 < 4 or s1 - s0 < 4:
+        return out
+    for img in (np.where(bright[b0:b1, s0:s1] >= BRIGHT, 0, 255).astype(np.uint8),
+                255 - lum[b0:b1, s0:s1]):
+        d = pt.image_to_data(_prepare(Image.fromarray(img), 3), config="--psm 7",
+                             output_type=pt.Output.DICT)
+        for i, text in enumerate(d["text"]):
+            try:
+                conf = float(d["conf"][i])
+            except (TypeError, ValueError):
+                conf = -1
+            if (text or "").strip() and any(c.isalnum() for c in text):
+                out.append((s0 + max(0, d["left"][i] - PAD) // 3,
+                            s0 + -(-(d["left"][i] + d["width"][i] - PAD) // 3), text.strip(), conf))
+    return out
+
+
+def _extend_line(pics, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int]:
+    """Widen a word box over the rest of its text line.  Sparse-text OCR of the whole picture
+    often reads one word of a line drawn over bright tissue and misses its neighbour (measured:
+    "DOE^JOHN" read as "DOE", "JOHN" left); the strip of that line, read again as one line of
+    text on both pictures, finds the neighbours, and their boxes join.  Repeated until the box
+    stops growing (at most 4 times)."""
+    rows, cols = pics[0].shape
     h = max(1, y1 - y0)
     b0, b1 = max(0, y0 - MARGIN), min(rows, y1 + MARGIN)
     for _ in range(4):
-        s0, s1 = max(0, x0 - 4 * h), min(cols, x1 + 4 * h)
         nx0, nx1 = x0, x1
-        for img in (np.where(bright[b0:b1, s0:s1] >= BRIGHT, 0, 255).astype(np.uint8),
-                    255 - lum[b0:b1, s0:s1]):
-            pil = Image.fromarray(img)
-            pil = pil.resize((pil.width * 2, pil.height * 2), Image.LANCZOS)
-            d = pt.image_to_data(pil, config="--psm 7", output_type=pt.Output.DICT)
-            for i, text in enumerate(d["text"]):
-                try:
-                    conf = float(d["conf"][i])
-                except (TypeError, ValueError):
-                    conf = -1
-                if not (text or "").strip() or conf < DETECT_CONF \
-                        or not any(c.isalnum() for c in text):
-                    continue
-                wx0 = s0 + d["left"][i] // 2
-                wx1 = s0 + (d["left"][i] + d["width"][i]) // 2
-                if wx1 >= nx0 - 2 * h and wx0 <= nx1 + 2 * h:  # next to the box, same line
-                    nx0, nx1 = min(nx0, wx0), max(nx1, wx1)
+        for wx0, wx1, _t, conf in _strip_words(pics, b0, b1, max(0, x0 - 4 * h),
+                                               min(cols, x1 + 4 * h)):
+            if conf >= DETECT_CONF and wx1 >= nx0 - 2 * h and wx0 <= nx1 + 2 * h:
+                nx0, nx1 = min(nx0, wx0), max(nx1, wx1)
         if (nx0, nx1) == (x0, x1):
             break
         x0, x1 = nx0, nx1
     return max(0, x0), min(cols, x1)
+
+
+def _neighbour_lines(pics, x0: int, y0: int, x1: int, y1: int):
+    """Word boxes on the lines just above and below a text line: overlays come in blocks (name
+    over ID over date), and sparse OCR of the whole picture can miss one line of the block
+    (measured: "DOE^JOHN" above "4711-0815" read at confidence 1 and 55).  Each neighbour strip
+    is read as one line; a word of 2+ letters/digits at confidence >= NEIGHBOUR_CONF counts."""
+    rows, cols = pics[0].shape
+    h = max(4, y1 - y0)
+    found = []
+    for b0, b1 in ((y0 - 2 * h, y0 - 1), (y1 + 1, y1 + 2 * h)):
+        b0, b1 = max(0, b0), min(rows, b1)
+        for wx0, wx1, text, conf in _strip_words(pics, b0, b1, max(0, x0 - 2 * h),
+                                                 min(cols, x1 + 2 * h)):
+            if conf >= NEIGHBOUR_CONF and sum(c.isalnum() for c in text) >= 2:
+                found.append((wx0, b0, wx1, b1, text, conf))
+    return found
 
 
 def clean_burned_in_text(ds) -> Outcome:
@@ -256,15 +302,26 @@ def clean_burned_in_text(ds) -> Outcome:
         if not new:
             break
         pics = {name: view for name, view in _views(arr)}
-        for v, x0, y0, x1, y1, _t, _c in new:
-            x0, x1 = _extend_line(_grey8(pics[v], ds), x0, y0, x1, y1)
+        # only a confidently read word anchors a block worth probing above and below
+        queue = [(w[0], *w[1:5], w[6] >= PROBE_CONF) for w in new]
+        probes = 0
+        while queue:
+            v, x0, y0, x1, y1, probe = queue.pop(0)
+            if done[y0:y1, x0:x1].mean() > 0.5:
+                continue
+            grey = _grey8(pics[v], ds)
+            x0, x1 = _extend_line(grey, x0, y0, x1, y1)
+            if probe and probes < MAX_NEIGHBOUR_PROBES:
+                probes += 1
+                queue += [(v, *b[:4], b[5] >= PROBE_CONF)
+                          for b in _neighbour_lines(grey, x0, y0, x1, y1)]
             # the box goes black in every frame: overlays usually stay put while a cine plays
             ys = slice(max(0, y0 - MARGIN), min(rows, y1 + MARGIN))
             xs = slice(max(0, x0 - MARGIN), min(cols, x1 + MARGIN))
             arr[:, ys, xs] = black
             done[ys, xs] = True
             rects.append((xs.start, ys.start, xs.stop, ys.stop))
-        total += len(new)
+            total += 1
     left = [w for w in find_text(ds, arr, VERIFY_CONF, VERIFY_CONF)
             if sum(c.isalnum() for c in w[5]) >= 2 and done[w[2]:w[4], w[1]:w[3]].mean() <= 0.5]
     if left:
