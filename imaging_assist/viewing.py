@@ -120,6 +120,15 @@ def link_check(a: Volume, b: Volume, manual: bool = False) -> tuple[bool, str]:
     return False, f"{why}: not linked (link by hand if the patient did not move)"
 
 
+def same_space(a: Volume, b: Volume, manual: bool = False) -> bool:
+    """Positions of ``a`` may be drawn on ``b`` (reference lines): both have patient geometry
+    and share a FrameOfReferenceUID, or the user linked them by hand."""
+    if not (a.has_geometry and b.has_geometry) or a.is_cine or b.is_cine:
+        return False
+    fa, fb = frame_of_reference(a), frame_of_reference(b)
+    return bool(fa and fa == fb) or manual
+
+
 def linked_index(src: Volume, src_index: int, dst: Volume, offset_mm: float = 0.0) -> tuple[int, float]:
     """The slice of ``dst`` at the position of ``src``'s acquired slice ``src_index`` (its centre),
     plus ``offset_mm`` along ``dst``'s normal; and the distance in mm from that slice."""
@@ -182,3 +191,30 @@ def start_index(vol: Volume) -> int:
     if len(nums) != n or len(set(nums)) == 1:  # one multi-frame file: frame order
         return 0
     return int(np.argmin(nums))
+
+
+def prior_studies(index, series) -> list:
+    """The other studies of ``series``' patient in a StudyIndex (same PatientID; studies
+    holding images only), most recent first.  Patients without an ID are never matched."""
+    if index is None or series is None:
+        return []
+    pat = index.patient_of(series)
+    here = index.study_of(series)
+    if pat is None or not str(pat.id or "").strip():
+        return []
+    pid = str(pat.id).strip()
+    out = [st for p in index.patients if str(p.id or "").strip() == pid for st in p.studies
+           if st is not here and any(s.is_image for s in st.series)]
+    return sorted(out, key=lambda st: (st.date or "", st.time or ""), reverse=True)
+
+
+def matching_series(study, like=None):
+    """The series of ``study`` to compare with ``like``: same modality first, then the same
+    series description, then the most images; None when the study has no images."""
+    cands = [s for s in study.series if s.is_image]
+    if not cands:
+        return None
+    mod = like.modality if like is not None else ""
+    desc = (like.description or "").strip().lower() if like is not None else ""
+    return max(cands, key=lambda s: (s.modality == mod, bool(desc) and s.description.strip().lower() == desc,
+                                     s.n_frames))

@@ -74,7 +74,7 @@ def test_xa_cine_plays(win):
     assert not win.doc.mpr_available and not win.a_mpr.isEnabled()
     assert win.set_layout("mpr") == "single"
     ann = win.view_area.single.annotation_text()
-    assert "Fr 49 / 96" in ann["tr"] and any("fps" in s for s in ann["bl"])
+    assert "Fr 1 / 96" in ann["tr"] and any("fps" in s for s in ann["bl"])  # a cine opens on frame 1
     assert "no pixel spacing" in win.banner_text()  # warnings are shown, not hidden
     start = win.doc.position[0]
     win.play_btn.setChecked(True)

@@ -114,3 +114,40 @@ def test_real_ct_frame_of_reference_and_start():
     # the slice geometry agrees with the file's ImagePositionPatient
     ipp = np.array([float(x) for x in vol.headers[37].get("ImagePositionPatient")])
     assert viewing.slice_geometry(vol, Plane.native(), 37).origin == pytest.approx(ipp, abs=1e-3)
+
+
+def test_same_space_for_reference_lines_ignores_orientation():
+    a = _axial(for_uid="1.2.3")
+    sag = _axial(for_uid="1.2.3")
+    sag.direction = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float)
+    assert viewing.same_space(a, sag) and not viewing.link_check(a, sag)[0]
+    assert not viewing.same_space(a, _axial(for_uid="7.7"))
+    assert viewing.same_space(a, _axial(for_uid="7.7"), manual=True)
+    a.has_geometry = False
+    assert not viewing.same_space(a, sag, manual=True)
+
+
+def test_priors_are_other_studies_of_the_same_patient_id():
+    from types import SimpleNamespace as NS
+    from imaging_assist.dicom.index import PatientInfo, SeriesInfo, StudyIndex, StudyInfo
+
+    def ser(uid, mod, desc, n):
+        s = SeriesInfo(uid, uid)
+        s.instances = [NS(get=lambda kw, d=None, m=mod, de=desc: {"Modality": m, "SeriesDescription": de}.get(kw, d),
+                          has_pixels=True, frames=1) for _ in range(n)]
+        return s
+    cur = ser("c", "CT", "AX 1MM", 100)
+    st_now = StudyInfo("s1", date="20240301", series=[cur])
+    old = StudyInfo("s0", date="20220115", series=[ser("p1", "CT", "AX 5MM", 30), ser("p2", "CT", "ax 1mm", 90),
+                                                   ser("p3", "CR", "CHEST", 1)])
+    older = StudyInfo("s-1", date="20190101", series=[ser("q", "MR", "T1", 20)])
+    other_patient = StudyInfo("x", date="20230101", series=[ser("z", "CT", "AX 1MM", 100)])
+    # the same PatientID may come as two patient entries (e.g. another name spelling): still a prior
+    idx = StudyIndex("/", patients=[PatientInfo("P1", "A^B", studies=[st_now, older]),
+                                    PatientInfo("P1", "A B", studies=[old]),
+                                    PatientInfo("P2", "C^D", studies=[other_patient])])
+    pri = viewing.prior_studies(idx, cur)
+    assert [st.uid for st in pri] == ["s0", "s-1"]  # most recent first, never another patient's
+    assert viewing.matching_series(old, cur).uid == "p2"  # same modality and description
+    idx.patients[0].id = ""
+    assert viewing.prior_studies(idx, cur) == []  # no ID: no matching by guess

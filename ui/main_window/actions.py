@@ -28,13 +28,15 @@ SHORTCUTS = [
     ("Delete selected measurement", "Del"),
     ("Analyse the nodule under the mouse (CT)", "Shift+click / N"),
     ("Single view / MPR", "Ctrl+1 / Ctrl+3  (toggle: L)"),
+    ("Layouts 1×2 / 2×2 (drag a series into a viewport)", "Ctrl+2 / Ctrl+4"),
+    ("Link the active viewport by hand (other frame of reference)", "Ctrl+L"),
     ("Crosshair on/off", "X"),
     ("Overlays on/off", "O"),
     ("Annotations on/off", "T"),
     ("Smooth (interpolated) display on/off", "S"),
     ("Cine play / pause", "Space"),
     ("DICOM tags", "Ctrl+D"),
-    ("Full screen", "F11"),
+    ("Reading mode: only images and corner text", "F11"),
 ]
 
 

@@ -45,7 +45,7 @@ class SliceBar(QWidget):
         self.slider.blockSignals(False)
         for w in (self.slider, self.play_btn, self.fps):
             w.setVisible(n > 1)
-        vol = self.doc.volume
+        vol = v.doc.volume  # the active viewport's series (grid layouts: each has its own)
         if vol is None or not n:
             self.slice_label.setText("")
         else:
@@ -54,7 +54,7 @@ class SliceBar(QWidget):
 
     def _slider_moved(self, value):
         v = self.view_area.active
-        self.doc.set_index(v.plane.axis, value)
+        v.doc.set_index(v.plane.axis, value)
 
     def toggle_cine(self):
         self.play_btn.toggle()
@@ -76,7 +76,7 @@ class SliceBar(QWidget):
         if n <= 1:
             self.play_btn.setChecked(False)
             return
-        self.doc.set_index(v.plane.axis, (v.index + 1) % n)
+        v.doc.set_index(v.plane.axis, (v.index + 1) % n)
 
     def stop(self):
         self.cine_timer.stop()

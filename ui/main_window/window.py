@@ -91,6 +91,8 @@ class MainWindow(QMainWindow):
         self.results = ResultLayers(self)  # SEG / Parametric Map / SR of the shown series
         from ..radiology.nodules import NoduleTool
         self.nodules = NoduleTool(self)  # CT nodules: Shift+click or N in any plane (issue 21)
+        from .reading import Reading
+        self.reading = Reading(self)  # 1×2 / 2×2 layouts, priors, reading mode F11 (issue 17)
         self.presets.rebuild()
         self.resize(1600, 1000)
         self._update_enabled()

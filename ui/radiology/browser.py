@@ -105,7 +105,8 @@ class StudyBrowser(QWidget):
         self._tiles: dict[str, str] = {}  # key -> "placeholder" / "thumbnail" / "cannot display"
         self.unviewable: dict[str, str] = {}  # key -> one-line reason the series cannot be displayed
         self.index = None
-        self.tree = QTreeWidget()
+        from .layouts import SeriesTree
+        self.tree = SeriesTree()  # a QTreeWidget whose series can be dragged into a viewport
         self.tree.setColumnCount(1)
         self.tree.setHeaderHidden(True)
         self.tree.setIconSize(QSize(ICON, ICON))

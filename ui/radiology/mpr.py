@@ -1,4 +1,5 @@
-"""The central view area: one slice view, or three linked MPR views with a crosshair."""
+"""The central view area: one slice view, three linked MPR views with a crosshair, or a
+1×2 / 2×2 grid of series (layouts.GridArea)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from .viewer import SliceView
 
 
 class ViewArea(QWidget):
-    """Holds the single view and the MPR views; ``layout_mode`` is 'single' or 'mpr'."""
+    """Holds the single view, the MPR views and the grid; ``layout_mode`` is 'single', 'mpr',
+    '1x2' or '2x2'."""
 
     activeViewChanged = Signal(object)
     layoutChanged = Signal(str)
@@ -44,6 +46,10 @@ class ViewArea(QWidget):
         self._stack.setContentsMargins(0, 0, 0, 0)
         self._stack.addWidget(self.single)
         self._stack.addWidget(self.mpr_split)
+        from .layouts import GridArea
+        self.grid = GridArea(doc, self)  # 1x2 / 2x2: one series per viewport
+        self._stack.addWidget(self.grid)
+        self.grid.activated.connect(self._on_activated)
         self.active = self.single
         for v in [self.single] + self.mpr_views:
             v.activated.connect(self._on_activated)
@@ -74,19 +80,27 @@ class ViewArea(QWidget):
             self._size_mpr()
 
     def views(self) -> list[SliceView]:
+        if self.layout_mode in ("1x2", "2x2"):
+            return self.grid.views()
         return [self.single] if self.layout_mode == "single" else list(self.mpr_views)
 
     def all_views(self) -> list[SliceView]:
-        return [self.single] + self.mpr_views
+        return [self.single] + self.mpr_views + self.grid.all_views()
 
     def set_layout(self, mode: str) -> str:
         if mode == "mpr" and not self.doc.mpr_available:
             mode = "single"
+        from .layouts import GRIDS
+        if mode in GRIDS:
+            self.grid.set_shape(*GRIDS[mode])
+        elif mode not in ("single", "mpr"):
+            raise ValueError(f"layout {mode!r}: single, mpr, 1x2 or 2x2")
         self.layout_mode = mode
-        self._stack.setCurrentIndex(0 if mode == "single" else 1)
+        self._stack.setCurrentIndex({"single": 0, "mpr": 1}.get(mode, 2))
         if mode == "mpr":
             self._size_mpr()
-        self._on_activated(self.single if mode == "single" else self.mpr_views[0])
+        self._on_activated(self.single if mode == "single" else
+                           self.grid.cells[0].view if mode in GRIDS else self.mpr_views[0])
         for v in self.views():
             v.fit()
         self.layoutChanged.emit(mode)

@@ -68,6 +68,7 @@ class SliceView(QWidget):
         self._comp_cache = None
         self._wheel_accum = 0
         self._first_painted = False
+        self.extra_painters: list = []  # fn(view, painter) after the measurements (grid: reference lines)
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.StrongFocus)
         self.setMinimumSize(160, 160)
@@ -305,6 +306,8 @@ class SliceView(QWidget):
         if self.doc.show_overlays:
             self._paint_markers(p)
         self._paint_measurements(p)
+        for fn in self.extra_painters:
+            fn(self, p)
         if self.mpr_mode and self.doc.show_crosshair:
             self._paint_crosshair(p)
         if self.doc.show_annotations:
@@ -478,7 +481,10 @@ class SliceView(QWidget):
                 br.append(f"W {_fmt_num(w.width)} L {_fmt_num(w.center)}")
             br.append(f"{self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
             bl = [self._cursor_text] if self._cursor_text else []
-            return {"tl": [], "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br}
+            # the study date stays: it tells a prior from the current study in a grid
+            sdate = _fmt_date(doc.study.date if doc.study else g("StudyDate"))
+            tl = [sdate] if (sdate and not (self.mpr_mode and self.plane.axis != 0)) else []
+            return {"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br}
         tl = []
         pat = doc.patient
         name = _fmt_name(pat.name if pat else g("PatientName"))

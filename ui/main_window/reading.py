@@ -1,0 +1,242 @@
+"""Reading-day parts of the main window (issue 17): grid layouts (1×2, 2×2) with a series per
+viewport, the patient's priors opened beside the current study, reading mode (F11: only the
+images and their corner text) and docks that hide themselves when empty."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QDockWidget, QMenu, QToolButton
+
+from imaging_assist import viewing
+
+from ..radiology.loading import LoadJob
+from ..radiology.priors import PriorsPanel
+
+
+class Reading:
+    def __init__(self, w):
+        self.w = w
+        self.grid = w.view_area.grid
+        self._jobs: dict[int, LoadJob] = {}
+        self._saved: dict | None = None  # what reading mode hid, to show it again
+        self.grid.say = lambda text: w.statusBar().showMessage(text, 8000)
+        self.grid.seriesDropped.connect(self.load_into)
+        for c in self.grid.cells[1:]:
+            c.doc.positionChanged.connect(lambda axis: w._sync_slider())
+        # actions: layouts on the toolbar and in View, keys Ctrl+1 / Ctrl+2 / Ctrl+4 / Ctrl+3
+        A = w._act
+        w.a_1x2 = A("1×2 (current beside another series)", None, "Ctrl+2", checkable=True)
+        w.a_2x2 = A("2×2 (four series)", None, "Ctrl+4", checkable=True)
+        w.a_1x2.triggered.connect(lambda: w.set_layout("1x2"))  # triggered, not toggled: no loop on setChecked
+        w.a_2x2.triggered.connect(lambda: w.set_layout("2x2"))
+        w.a_single.actionGroup().addAction(w.a_1x2)
+        w.a_single.actionGroup().addAction(w.a_2x2)
+        w.a_1x2.setIconText("1×2")
+        w.a_2x2.setIconText("2×2")
+        # one "Layout" button on the toolbar (1×1 / 1×2 / 2×2 / MPR) instead of four: the
+        # toolbar keeps room for the stack selector at 1600 px
+        tb = w.toolbar
+        self.layout_menu = QMenu("Layout", w)
+        self.layout_menu.addActions([w.a_single, w.a_1x2, w.a_2x2, w.a_mpr])
+        self.layout_button = QToolButton()
+        self.layout_button.setMenu(self.layout_menu)
+        self.layout_button.setPopupMode(QToolButton.InstantPopup)
+        self.layout_button.setToolTip("Layout: 1×1 (Ctrl+1), 1×2 (Ctrl+2), 2×2 (Ctrl+4), MPR (Ctrl+3)")
+        self.layout_button.setText("Layout 1×1")
+        tb.insertWidget(w.a_single, self.layout_button)
+        tb.removeAction(w.a_single)
+        tb.removeAction(w.a_mpr)
+        w.a_link = A("Link the active viewport by hand", None, "Ctrl+L", checkable=True,
+                     tip="Scroll the active viewport with the others although the frames of reference differ")
+        w.a_link.triggered.connect(self.toggle_manual_link)
+        w.a_reading = w.a_full  # F11
+        w.a_full.setText("Reading mode (images only)")
+        w.a_full.triggered.disconnect()
+        w.a_full.triggered.connect(self.toggle_reading_mode)
+        w.a_full.setToolTip("Reading mode: only the images and their corner text  (F11)")
+        for m in w.menuBar().actions():
+            if m.text().replace("&", "") == "View":
+                menu = m.menu()
+                menu.insertActions(w.a_mpr, [w.a_1x2, w.a_2x2])
+                menu.insertAction(w.a_mpr, w.a_link)
+        w.view_area.layoutChanged.connect(self._layout_changed)
+        # priors dock, under the studies; hidden while there is no prior
+        self.priors = PriorsPanel()
+        self.priors.openBeside.connect(self.open_prior)
+        self.priors_dock = QDockWidget("Priors (same patient)", w)
+        self.priors_dock.setObjectName("PriorsDock")
+        self.priors_dock.setWidget(self.priors)
+        w.addDockWidget(Qt.LeftDockWidgetArea, self.priors_dock)
+        w.splitDockWidget(w.browser_dock, self.priors_dock, Qt.Vertical)
+        self.priors_dock.hide()
+        w.doc.volumeChanged.connect(self._main_volume)
+
+    # ------------------------------------------------------------------ layouts
+    def _layout_changed(self, mode):
+        self.w.a_1x2.setChecked(mode == "1x2")
+        self.w.a_2x2.setChecked(mode == "2x2")
+        self.layout_button.setText("Layout " + {"single": "1×1", "mpr": "MPR"}.get(mode, mode.replace("x", "×")))
+        if mode in ("1x2", "2x2"):
+            self.fill_empty()
+
+    def fill_empty(self):
+        """Empty viewports get the next series: first the priors' matching series, then the
+        other series of the current study (browser order)."""
+        index = self.w.loading.index
+        cur = index.find_series(self.w.current_key) if (index and self.w.current_key) else None
+        if cur is None:
+            return
+        shown = {c.doc.series.key for c in self.grid.visible_cells() if c.doc.series is not None}
+        shown |= {job.series.key for n, job in self._jobs.items()}
+        shown.add(cur.key)
+        cands = [viewing.matching_series(st, cur) for st in viewing.prior_studies(index, cur)]
+        here = index.study_of(cur)
+        cands += [s for s in (here.series if here else []) if s.is_image]
+        for cell in self.grid.empty_cells():
+            if cell.number in self._jobs:
+                continue
+            s = next((s for s in cands if s is not None and s.key not in shown), None)
+            if s is None:
+                return
+            shown.add(s.key)
+            self.load_into(cell.number, s.key)
+
+    def load_into(self, number: int, key: str):
+        """Show series ``key`` in viewport ``number`` (0: the window's current series)."""
+        w = self.w
+        index = w.loading.index
+        s = index.find_series(key) if index else None
+        if s is None or not s.is_image:
+            w.statusBar().showMessage("This series has no images to show", 5000)
+            return
+        if number == 0:
+            w.loading._series_chosen(key)
+            return
+        cell = self.grid.cells[number]
+        old = self._jobs.pop(number, None)
+        if old is not None:
+            old.cancel()
+        pat, st = index.patient_of(s), index.study_of(s)
+        cached = w.loading._cache.get((key, 0))
+        if cached is not None:
+            cell.doc.set_volume(cached[0], s, pat, st)
+            return
+        job = LoadJob(s, 0, w)
+
+        def live(fn):
+            return lambda *a: (self._jobs.get(number) is job) and fn(*a)
+
+        def first(vol, k):
+            cell.doc.set_volume(vol, s, pat, st)
+
+        def done(vol):
+            self._jobs.pop(number, None)
+            if cell.doc.volume is not vol:
+                cell.doc.set_volume(vol, s, pat, st)
+            cell.doc.loadFinished.emit()
+            cell.view._img_cache = None
+            cell.view.update()
+            if not job.cancelled:
+                w.loading._cache[(key, 0)] = (vol, job.loader.plans if job.loader else [])
+                w.loading._trim_cache()
+
+        def failed(msg):
+            self._jobs.pop(number, None)
+            w.statusBar().showMessage(f"Viewport {number + 1}: this series cannot be shown: {msg}", 10000)
+
+        job.first.connect(live(first))
+        job.sliceLoaded.connect(live(lambda k: cell.doc.volume is not None and cell.doc.sliceLoaded.emit(k)))
+        job.done.connect(live(done))
+        job.failed.connect(live(failed))
+        self._jobs[number] = job
+        job.start()
+
+    def loading_done(self) -> bool:
+        return not self._jobs
+
+    # ------------------------------------------------------------------ priors
+    def _main_volume(self):
+        w = self.w
+        QTimer.singleShot(0, self._hide_empty_docks)
+        index = w.loading.index
+        cur = index.find_series(w.current_key) if (index and w.current_key and w.doc.volume is not None) else None
+        studies = self.priors.set_current(index, cur) if cur is not None else []
+        if cur is None:
+            self.priors.set_current(None, None)
+        self.priors_dock.setVisible(bool(studies) and self._saved is None)
+
+    def open_prior(self, study_uid: str):
+        """The prior's series that matches the current one, in a 1×2 layout beside it."""
+        w = self.w
+        index = w.loading.index
+        cur = index.find_series(w.current_key) if (index and w.current_key) else None
+        st = next((st for st in viewing.prior_studies(index, cur) if st.uid == study_uid), None)
+        s = viewing.matching_series(st, cur) if st is not None else None
+        if s is None:
+            w.statusBar().showMessage("That study has no images to show", 5000)
+            return
+        if w.view_area.layout_mode not in ("1x2", "2x2"):
+            w.set_layout("1x2")
+        target = next((c for c in self.grid.visible_cells()[1:] if c.doc.series is not None
+                       and c.doc.series.key == s.key), None)
+        if target is None:
+            target = next((c for c in self.grid.empty_cells() if c.number not in self._jobs), None) \
+                or self.grid.visible_cells()[1]
+            self.load_into(target.number, s.key)
+
+    def toggle_manual_link(self, on: bool):
+        av = self.grid.active
+        if av is None or av.grid_cell == 0 or self.w.view_area.layout_mode not in ("1x2", "2x2"):
+            self.w.a_link.setChecked(False)
+            self.w.statusBar().showMessage("Click a viewport other than the first, then link it", 5000)
+            return
+        note = self.grid.set_manual_link(av.grid_cell, on)
+        if note:
+            self.w.statusBar().showMessage(note, 10000)
+
+    # ------------------------------------------------------------------ screen space
+    def _docks(self):
+        w = self.w
+        return [d for d in w.findChildren(QDockWidget) if d.parent() is w]
+
+    def _hide_empty_docks(self):
+        """Overlays / Measurements docks show themselves when something is added; when a
+        series without any comes up they go, so the image gets the room."""
+        w = self.w
+        if w.pages.currentIndex() != 1 or w.doc.volume is None:
+            return
+        if not len(w.doc.layers):
+            w.layers_dock.hide()
+        if not w.doc.measurements:
+            w.measure_dock.hide()
+
+    @property
+    def reading_mode(self) -> bool:
+        return self._saved is not None
+
+    def toggle_reading_mode(self):
+        """F11: full screen with only the images and their corner text (warnings banner too:
+        a data warning is never hidden); F11 again brings everything back as it was."""
+        w = self.w
+        if self._saved is None:
+            self._saved = {"docks": [d for d in self._docks() if d.isVisible()],
+                           "toolbar": w.toolbar.isVisible(), "menu": w.menuBar().isVisible(),
+                           "status": w.statusBar().isVisible(), "bar": w.slider_bar.isVisible(),
+                           "full": w.isFullScreen()}
+            for d in self._docks():
+                d.hide()
+            for x in (w.toolbar, w.menuBar(), w.statusBar(), w.slider_bar):
+                x.hide()
+            w.showFullScreen()
+        else:
+            s, self._saved = self._saved, None
+            for d in s["docks"]:
+                d.show()
+            w.toolbar.setVisible(s["toolbar"])
+            w.menuBar().setVisible(s["menu"])
+            w.statusBar().setVisible(s["status"])
+            w.slider_bar.setVisible(s["bar"])
+            if not s["full"]:
+                w.showNormal()
+        for v in w.view_area.views():
+            v.fit()

@@ -1,0 +1,66 @@
+"""The patient's other studies (priors) from the loaded index, to open beside the current one."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
+
+from imaging_assist import viewing
+
+UID_ROLE = Qt.UserRole + 7
+
+
+def _date(d: str) -> str:
+    d = str(d or "")
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else (d or "no date")
+
+
+class PriorsPanel(QWidget):
+    """Lists the other studies of the shown series' patient (same PatientID), most recent
+    first; ``openBeside(study_uid)`` on double-click or the button."""
+
+    openBeside = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.title = QLabel("")
+        self.title.setWordWrap(True)
+        self.list = QListWidget()
+        self.list.itemActivated.connect(self._activated)
+        self.list.itemDoubleClicked.connect(self._activated)
+        self.button = QPushButton("Open beside the current study")
+        self.button.setToolTip("Show the selected prior in a 1×2 layout next to the current series")
+        self.button.clicked.connect(lambda: self._activated(self.list.currentItem()))
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(6, 4, 6, 6)
+        lay.addWidget(self.title)
+        lay.addWidget(self.list, 1)
+        lay.addWidget(self.button)
+        self.studies = []
+
+    def set_current(self, index, series) -> list:
+        """Fill the list for the series shown; returns the prior studies."""
+        self.studies = viewing.prior_studies(index, series)
+        self.list.clear()
+        here = index.study_of(series) if (index is not None and series is not None) else None
+        for st in self.studies:
+            mods = sorted({s.modality for s in st.series if s.is_image and s.modality})
+            n = sum(1 for s in st.series if s.is_image)
+            it = QListWidgetItem(f"{_date(st.date)}  {st.description or '(no description)'}\n"
+                                 f"{'/'.join(mods) or '?'}  ·  {n} series")
+            it.setData(UID_ROLE, st.uid)
+            it.setToolTip(f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
+                          f"Accession {st.accession or '-'}\nUID {st.uid}")
+            self.list.addItem(it)
+        if self.studies:
+            self.list.setCurrentRow(0)
+            self.title.setText(f"{len(self.studies)} other stud{'y' if len(self.studies) == 1 else 'ies'} "
+                               f"of this patient" + (f" (current: {_date(here.date)})" if here else ""))
+        else:
+            self.title.setText("No other study of this patient is loaded")
+        self.button.setEnabled(bool(self.studies))
+        return self.studies
+
+    def _activated(self, item):
+        if item is not None:
+            self.openBeside.emit(item.data(UID_ROLE))
