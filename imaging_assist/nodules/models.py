@@ -54,11 +54,38 @@ def _input(model, window: W.Window) -> torch.Tensor:
     return torch.from_numpy(W.model_channels(window, design(model)))[None]
 
 
+def _key(x: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.blake2b(x.numpy().tobytes(), digest_size=16).hexdigest()
+
+
+# OOD features of the last input of each model, taken by hooks on the model's own forward pass
+# (as run_model does: imaging_assist.validation.ood.fused_hooks), so ood() after segment() /
+# malignancy() on the same window costs no second pass
+_feats: dict[str, tuple[str, np.ndarray]] = {}
+_stats: dict[str, object] = {}
+
+
+def _forward(m, x: torch.Tensor) -> torch.Tensor:
+    """The network's output for ``x``; its OOD features are kept for :func:`ood`."""
+    from ..validation.ood import forward_with_features, ood_spec
+
+    spec = ood_spec(m.card)
+    with torch.no_grad():
+        if spec and isinstance(spec.get("layers"), list):
+            out, f = forward_with_features(m.network, x, list(spec["layers"]))
+            _feats[m.card.id] = (_key(x), f)
+            return out
+        return m.network(x)
+
+
 def segment(window: W.Window) -> np.ndarray:
     """float32 [z, y, x] nodule probability on the window grid (0 where the window has no data)."""
     m = load(SEG_ID)
-    with m.lock, torch.no_grad():
-        p = torch.softmax(m.network(_input(m, window)).float(), 1)[0, 1].numpy()
+    x = _input(m, window)
+    with m.lock:
+        p = torch.softmax(_forward(m, x).float(), 1)[0, 1].numpy()
     return (p * W.design_valid(window, design(m))).astype(np.float32)
 
 
@@ -87,8 +114,7 @@ def malignancy(window: W.Window, explain: bool = True) -> tuple[float, np.ndarra
     m = load(MALIGNANCY_ID)
     x = _input(m, window)
     with m.lock:
-        with torch.no_grad():
-            p = float(torch.softmax(m.network(x).float(), 1)[0, 1])
+        p = float(torch.softmax(_forward(m, x).float(), 1)[0, 1])
         if not explain:
             return p, None
         from ..explain.methods import ExplainConfig, attribute
@@ -101,22 +127,49 @@ def malignancy(window: W.Window, explain: bool = True) -> tuple[float, np.ndarra
     return p, (a / top if top > 0 else a).astype(np.float32)
 
 
-def ood(window: W.Window) -> dict:
-    """``{score, threshold, flagged, reasons, method}`` of the malignancy model's features
-    (imaging_assist.validation.ood: Mahalanobis on the card's layers, hash-checked statistics)."""
+def _ood_of(model_id: str, window: W.Window):
     from ..validation.ood import forward_with_features, load_stats, score
 
-    m = load(MALIGNANCY_ID)
-    stats = load_stats(m.card)
+    m = load(model_id)
+    with _lock:  # hash-checked once per process, like the weights
+        if model_id not in _stats:
+            _stats[model_id] = load_stats(m.card)
+        stats = _stats[model_id]
     if stats is None:
-        return {"score": None, "threshold": None, "flagged": False,
-                "reasons": ["not scored: the model has no OOD statistics"]}
+        return None
     x = _input(m, window)
+    with m.lock:
+        k, feats = _feats.get(model_id, ("", None))
+        if k != _key(x) or stats.layers != list((m.card.raw.get("ood") or {}).get("layers", [])):
+            with torch.no_grad():
+                _, feats = forward_with_features(m.network, x, stats.layers)
+    return stats, float(score(stats.tensors, feats, stats.method, stats.k)[0])
+
+
+def ood(window: W.Window) -> dict:
+    """``{score, threshold, flagged, reasons, method, segmentation}``: the malignancy model's
+    OOD score (imaging_assist.validation.ood: Mahalanobis on the card's layers, hash-checked
+    statistics) decides ``score``/``threshold``; the segmenter's own score is reported under
+    ``segmentation`` and flags the window too when above its threshold (it separates windows
+    without a nodule best: docs/ct_nodules_models.md)."""
     reasons = []
     valid = float(window.valid.mean())
     if valid < 0.5:
         reasons.append(f"only {valid:.0%} of the window lies inside the series (the point is near its edge)")
-    with m.lock, torch.no_grad():
-        _, feats = forward_with_features(m.network, x, stats.layers)
-    s = float(score(stats.tensors, feats, stats.method, stats.k)[0])
-    return stats.result(s, reasons).to_dict()
+    seg = _ood_of(SEG_ID, window)
+    seg_block = None
+    if seg is not None:
+        st, s = seg
+        seg_block = st.result(s).to_dict()
+        if seg_block["flagged"]:
+            reasons.append(f"the segmentation model's features are unlike its training nodules (OOD score "
+                           f"{s:.3g} > threshold {st.threshold:.3g})")
+    mal = _ood_of(MALIGNANCY_ID, window)
+    if mal is None:
+        d = {"score": None, "threshold": None, "flagged": bool(reasons),
+             "reasons": reasons + ["not scored: the malignancy model has no OOD statistics"]}
+    else:
+        st, s = mal
+        d = st.result(s, reasons).to_dict()
+    d["segmentation"] = seg_block
+    return d
