@@ -66,8 +66,7 @@ class Reading:
         self.priors_dock = QDockWidget("Priors (same patient)", w)
         self.priors_dock.setObjectName("PriorsDock")
         self.priors_dock.setWidget(self.priors)
-        w.addDockWidget(Qt.LeftDockWidgetArea, self.priors_dock)
-        w.splitDockWidget(w.browser_dock, self.priors_dock, Qt.Vertical)
+        w.addDockWidget(Qt.LeftDockWidgetArea, self.priors_dock, Qt.Vertical)  # below the studies, not a tab
         self.priors_dock.hide()
         w.doc.volumeChanged.connect(self._main_volume)
 

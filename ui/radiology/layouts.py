@@ -183,23 +183,17 @@ class GridArea(QWidget):
         return src
 
     def _relink(self):
-        """Recompute every viewport's link note (shown in the viewport) and repaint."""
+        """Recompute each viewport's link note (shown in the viewport) and repaint: why it does
+        not scroll with the first viewport (the current series), or that it does by hand."""
         cells = self.visible_cells()
+        first = cells[0].doc
         for c in cells:
             c.link_note = ""
-            if c.doc.volume is None:
-                continue
-            others = [o for o in cells if o is not c and o.doc.volume is not None]
-            if not others:
-                continue
-            notes = []
-            for o in others:
-                ok, why = viewing.link_check(o.doc.volume, c.doc.volume, manual=c.manual_link or o.manual_link)
-                if why:
-                    notes.append(why)
-                elif ok:
-                    notes.append("")
-            c.link_note = next((n for n in notes if n), "") if notes else ""
+            if c is not cells[0] and c.doc.volume is not None and first.volume is not None:
+                ok, why = viewing.link_check(first.volume, c.doc.volume, manual=c.manual_link)
+                if why and not ok and viewing.same_space(first.volume, c.doc.volume):
+                    why += " (reference lines shown)"
+                c.link_note = why
             c.view.update()
 
     def linked(self, a: ViewerDocument, b: ViewerDocument) -> bool:
