@@ -6,7 +6,7 @@ A temp folder holds two studies of the phantom's patient built from its files (t
 one, 60 slices 1 mm apart; an older "prior", every third slice from the fifth), plus a
 second series of the current study.  Writes (256-colour PNGs):
 
-* ``reading_before_single.png`` - the window as a series opens (1×1), docks as they come
+* ``reading_single.png`` - 1×1 as the series opens (Priors dock under Studies, empty Overlays/Measurements docks hidden)
 * ``reading_1x2_prior.png`` - the prior opened beside the current study (Priors dock), linked
 * ``reading_2x2.png`` - 2×2: current, prior, another series and a sagittal reformat of the
   current CT (resampled here) with the reference line of the current axial slice
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         img = (widget or win).grab().toImage()
         sizes[name] = _small_png(img, out / name)
 
-    shot("reading_before_single.png")
+    shot("reading_single.png")
     win.reading.priors.button.click()  # the prior beside the current study
     g = win.view_area.grid
     assert _wait(app, lambda: win.reading.loading_done() and g.cells[1].doc.volume is not None
