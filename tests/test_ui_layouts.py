@@ -170,7 +170,12 @@ def _items(tree):
 
 def test_2x2_shows_four_series_and_other_frames_are_not_linked(win, studies):
     root, keys = studies
-    win.set_layout("2x2")
+    assert [a.shortcut().toString() for a in (win.a_single, win.a_1x2, win.a_2x2, win.a_mpr)] == \
+        ["Ctrl+1", "Ctrl+2", "Ctrl+4", "Ctrl+3"]
+    assert win.reading.layout_button.menu().actions() == [win.a_single, win.a_1x2, win.a_2x2, win.a_mpr]
+    win.a_2x2.trigger()
+    assert win.view_area.layout_mode == "2x2" and win.a_2x2.isChecked()
+    assert win.reading.layout_button.text() == "Layout 2×2"
     _wait_cells(win, 4)
     g = win.view_area.grid
     uids = [c.doc.series.uid for c in g.visible_cells()]
@@ -260,7 +265,7 @@ def test_reference_line_where_the_planes_intersect(win, studies):
 def test_reading_mode_leaves_only_images(win):
     win.set_layout("1x2")
     win.reading.priors_dock.show()
-    assert not win.toolbar.isHidden()
+    assert not win.toolbar.isHidden() and win.a_full.shortcut().toString() == "F11"
     win.a_full.trigger()  # F11
     assert win.reading.reading_mode
     for d in (win.browser_dock, win.layers_dock, win.measure_dock, win.tags_dock, win.reading.priors_dock):
