@@ -286,3 +286,16 @@ def test_empty_docks_hide_themselves(win, studies):
     win.load_series(keys["thick"])
     assert pump_until(lambda: win.load_state == "done" and win.doc.series.uid == keys["thick"], 30)
     assert pump_until(lambda: win.layers_dock.isHidden() and win.measure_dock.isHidden(), 5)
+
+
+def test_other_folder_empties_the_other_viewports(win, studies):
+    root, keys = studies
+    win.set_layout("1x2")
+    g = win.view_area.grid
+    assert g.cells[1].doc.volume is not None
+    win.open_path(str(need(CT_PHANTOM)))  # another index: nothing of the old one may stay beside it
+    assert pump_until(lambda: win.load_state == "done" and win.doc.volume is not None
+                      and win.doc.series.uid not in keys.values(), 30)
+    pump_until(lambda: win.reading.loading_done(), 30)
+    for c in g.cells[1:]:
+        assert c.doc.series is None or win.loading.index.find_series(c.doc.series.key) is c.doc.series

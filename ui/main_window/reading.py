@@ -154,9 +154,25 @@ class Reading:
         return not self._jobs
 
     # ------------------------------------------------------------------ priors
+    def _drop_stale_cells(self):
+        """Viewports showing a series of another index (a folder opened since, or the study
+        closed) are emptied: a series of another patient must never stay beside the new one."""
+        index = self.w.loading.index
+        for c in self.grid.cells[1:]:
+            s = c.doc.series
+            stale = self.w.doc.volume is None or index is None or (
+                c.doc.volume is not None and (s is None or index.find_series(s.key) is not s))
+            if stale:
+                job = self._jobs.pop(c.number, None)
+                if job is not None:
+                    job.cancel()
+                if c.doc.volume is not None:
+                    c.doc.set_volume(None)
+
     def _main_volume(self):
         w = self.w
         QTimer.singleShot(0, self._hide_empty_docks)
+        self._drop_stale_cells()
         index = w.loading.index
         cur = index.find_series(w.current_key) if (index and w.current_key and w.doc.volume is not None) else None
         studies = self.priors.set_current(index, cur) if cur is not None else []
