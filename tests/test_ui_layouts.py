@@ -262,6 +262,21 @@ def test_reference_line_where_the_planes_intersect(win, studies):
     g._on_activated(g.cells[0].view)
 
 
+def test_another_patient_beside_is_flagged(win):
+    from types import SimpleNamespace
+    win.set_layout("1x2")
+    g = win.view_area.grid
+    c = g.cells[1]
+    assert c.doc.volume is not None and "another patient" not in c.link_note
+    keep = c.doc.patient
+    c.doc.patient = SimpleNamespace(id="SOMEONE-ELSE", name="X^Y", sex="", birth_date="")
+    g._relink()
+    assert c.link_note.startswith("another patient (ID SOMEONE-ELSE)")
+    c.doc.patient = keep
+    g._relink()
+    assert "another patient" not in c.link_note
+
+
 def test_reading_mode_leaves_only_images(win):
     win.set_layout("1x2")
     win.reading.priors_dock.show()

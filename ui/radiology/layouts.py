@@ -193,6 +193,9 @@ class GridArea(QWidget):
                 ok, why = viewing.link_check(first.volume, c.doc.volume, manual=c.manual_link)
                 if why and not ok and viewing.same_space(first.volume, c.doc.volume):
                     why += " (reference lines shown)"
+                pa, pb = first.patient, c.doc.patient
+                if pa is not None and pb is not None and str(pa.id or "") != str(pb.id or ""):
+                    why = f"another patient (ID {pb.id or 'none'}), not the current one" + (f"; {why}" if why else "")
                 c.link_note = why
             c.view.update()
 
