@@ -275,6 +275,11 @@ def test_another_patient_beside_is_flagged(win):
     c.doc.patient = keep
     g._relink()
     assert "another patient" not in c.link_note
+    # T (annotations off) holds for every viewport
+    win.a_annot.setChecked(False)
+    assert not c.doc.show_annotations and not win.doc.show_annotations
+    win.a_annot.setChecked(True)
+    assert c.doc.show_annotations
 
 
 def test_reading_mode_leaves_only_images(win):

@@ -60,6 +60,10 @@ class Reading:
                 menu.insertActions(w.a_mpr, [w.a_1x2, w.a_2x2])
                 menu.insertAction(w.a_mpr, w.a_link)
         w.view_area.layoutChanged.connect(self._layout_changed)
+        # display switches (T annotations, O overlays, S smooth) hold for every viewport
+        for action, attr in ((w.a_annot, "show_annotations"), (w.a_overlays, "show_overlays"),
+                             (w.a_smooth, "smooth")):
+            action.toggled.connect(lambda on, attr=attr: self._set_display(attr, on))
         # priors dock, under the studies; hidden while there is no prior
         self.priors = PriorsPanel()
         self.priors.openBeside.connect(self.open_prior)
@@ -149,6 +153,11 @@ class Reading:
         job.failed.connect(live(failed))
         self._jobs[number] = job
         job.start()
+
+    def _set_display(self, attr: str, on: bool):
+        for c in self.grid.cells[1:]:
+            setattr(c.doc, attr, bool(on))
+            c.doc.displayChanged.emit()
 
     def loading_done(self) -> bool:
         return not self._jobs
