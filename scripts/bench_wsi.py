@@ -361,6 +361,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true",
                     help="also split reading time per tile into decode / resample / rest (CPU, all threads)")
     ap.add_argument("--no-model", action="store_true", help="reading figures only (no model runs)")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch intra-op threads for both loops (default: torch's own choice)")
     ap.add_argument("--first-view-only", metavar="SLIDE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.first_view_only:  # child process of the cold-start measurement
@@ -370,6 +372,9 @@ def main() -> int:
     import torch
 
     from imaging_assist.slides import detect_tissue, open_slide, plan_tiles
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     work = args.workdir or tempfile.mkdtemp(prefix="bench_wsi_")
     os.makedirs(work, exist_ok=True)
