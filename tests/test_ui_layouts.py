@@ -275,6 +275,14 @@ def test_another_patient_beside_is_flagged(win):
     c.doc.patient = keep
     g._relink()
     assert "another patient" not in c.link_note
+    # window presets act on the active viewport's series only
+    g._on_activated(c.view)
+    w_main = win.doc.window
+    assert win.apply_preset_name("Bone")
+    assert c.doc.window.name == "Bone" and win.doc.window is w_main
+    assert win.preset_combo.currentText().startswith("Custom") or "Bone" in win.preset_combo.currentText()
+    g._on_activated(g.cells[0].view)
+    assert win.view_area.active is g.cells[0].view and win.presets.doc is win.doc
     # T (annotations off) holds for every viewport
     win.a_annot.setChecked(False)
     assert not c.doc.show_annotations and not win.doc.show_annotations

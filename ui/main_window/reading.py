@@ -60,6 +60,10 @@ class Reading:
                 menu.insertActions(w.a_mpr, [w.a_1x2, w.a_2x2])
                 menu.insertAction(w.a_mpr, w.a_link)
         w.view_area.layoutChanged.connect(self._layout_changed)
+        # window presets (combo, menu, keys 1-7 / 9) act on the active viewport's series
+        w.view_area.activeViewChanged.connect(self._active_view)
+        for c in self.grid.cells[1:]:
+            c.doc.windowChanged.connect(lambda d=c.doc: w.presets.doc is d and w.presets.window_changed())
         # display switches (T annotations, O overlays, S smooth) hold for every viewport
         for action, attr in ((w.a_annot, "show_annotations"), (w.a_overlays, "show_overlays"),
                              (w.a_smooth, "smooth")):
@@ -153,6 +157,12 @@ class Reading:
         job.failed.connect(live(failed))
         self._jobs[number] = job
         job.start()
+
+    def _active_view(self, view):
+        p = self.w.presets
+        if view is not None and p.doc is not view.doc:
+            p.doc = view.doc
+            p.rebuild()
 
     def _set_display(self, attr: str, on: bool):
         for c in self.grid.cells[1:]:
