@@ -36,14 +36,10 @@ class SliceGeometry:
     rows: int
     cols: int
 
-    @property
-    def normal(self) -> np.ndarray:
+    def __post_init__(self):
         n = np.cross(self.right, self.down)
-        return n / (np.linalg.norm(n) or 1.0)
-
-    @property
-    def center(self) -> np.ndarray:
-        return self.origin + self.right * (self.cols - 1) / 2.0 + self.down * (self.rows - 1) / 2.0
+        self.normal = n / (np.linalg.norm(n) or 1.0)
+        self.center = self.origin + self.right * (self.cols - 1) / 2.0 + self.down * (self.rows - 1) / 2.0
 
     def point(self, u: float, v: float) -> np.ndarray:
         return self.origin + u * self.right + v * self.down
@@ -64,7 +60,22 @@ def _lps(vol: Volume, kji) -> np.ndarray:
 
 
 def slice_geometry(vol: Volume, plane: Plane, index: int) -> SliceGeometry:
-    """Where slice ``index`` of ``plane`` lies in patient space."""
+    """Where slice ``index`` of ``plane`` lies in patient space (memoised on the volume, keyed
+    by everything the result depends on: linked scrolling and reference lines ask for the same
+    slices on every repaint)."""
+    sp = vol.slice_positions
+    key = (tuple(vol.array.shape[:3]), tuple(map(float, vol.spacing)), tuple(map(float, vol.origin)),
+           np.asarray(vol.direction, float).tobytes(), None if sp is None else (id(sp), len(sp)), plane, int(index))
+    cache = vol.__dict__.setdefault("_slice_geometry_cache", {})
+    hit = cache.get(key)
+    if hit is None:
+        if len(cache) > 4096:
+            cache.clear()
+        hit = cache[key] = _slice_geometry(vol, plane, index)
+    return hit
+
+
+def _slice_geometry(vol: Volume, plane: Plane, index: int) -> SliceGeometry:
     shape3 = tuple(vol.array.shape[:3])
     p0 = _lps(vol, plane.to_voxel(0.0, 0.0, index, shape3))
     right = _lps(vol, plane.to_voxel(1.0, 0.0, index, shape3)) - p0
