@@ -65,7 +65,7 @@ def slice_geometry(vol: Volume, plane: Plane, index: int) -> SliceGeometry:
     slices on every repaint)."""
     sp = vol.slice_positions
     key = (tuple(vol.array.shape[:3]), tuple(map(float, vol.spacing)), tuple(map(float, vol.origin)),
-           np.asarray(vol.direction, float).tobytes(), None if sp is None else (id(sp), len(sp)), plane, int(index))
+           np.asarray(vol.direction, float).tobytes(), None if sp is None or not len(sp) else (id(sp), len(sp), float(sp[0]), float(sp[-1])), plane, int(index))
     cache = vol.__dict__.setdefault("_slice_geometry_cache", {})
     hit = cache.get(key)
     if hit is None:
