@@ -52,7 +52,8 @@ def test_export_deidentified_from_the_file_menu(tmp_path, tmp_path_factory, monk
     for p in files:
         b = p.read_bytes()
         assert b"PHIGUI" not in b and b"PHI-GUI-77" not in b
-    if os.environ.get("DEID_UI_SHOT"):
+    if os.environ.get("DEID_UI_SHOT"):  # for a look at the dialog before and after the run
         shutil.copy(tmp_path / "dialog.png", os.environ["DEID_UI_SHOT"])
+        dlg.grab().save(os.environ["DEID_UI_SHOT"].replace(".png", "_after.png"))
     dlg.close()
     w.close()
