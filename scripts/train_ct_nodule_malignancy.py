@@ -233,7 +233,12 @@ def main(argv=None) -> int:
             "The window is 32 mm at 1 mm voxels; nodules above about 30 mm are cut at its edge.",
             "Trained on crops, not whole scans: the input design (docs/ct_nodules_models.md) keeps what the model "
             "sees at a click equal to training, but structures outside the training crops were never seen.",
-            "No detection; a click away from a nodule still gets a number: use the segmentation's 'no nodule found'."],
+            "A click that is not on a nodule still gets a number: on soft tissue of the LIDC-IDRI-0001 slab "
+            "(mediastinum, chest wall) P(malignant) was 0.80-0.98, because no training window lacked a nodule. The OOD "
+            "check flagged every such window (scripts/fit_nodule_ood.py); never read the likelihood when the window is "
+            "flagged.",
+            "Must not be used for: a diagnosis of cancer (reader opinion, not pathology); nodules < 3 mm; detection or "
+            "screening; management decisions in place of the reader."],
         "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "device": T.device_text(dev),
                      "design": args.design, "design_comparison": comparison,
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "batch_size": args.batch_size,

@@ -328,24 +328,36 @@ def test_click_is_deterministic_and_fast(r1_windows):
     M.malignancy(ws), M.segment(ws)  # loaded once
     times = []
     for _ in range(3):
-        t = time.perf_counter()
+        t = time.process_time()  # CPU seconds: the wall time depends on the other jobs sharing the cores
         p1, h1 = M.malignancy(ws)
         s1 = M.segment(ws)
         o1 = M.ood(ws)
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     p2, h2 = M.malignancy(ws)
     assert p1 == p2 and np.array_equal(h1, h2) and np.array_equal(s1, M.segment(ws))
     assert M.ood(ws) == o1
-    # target < 1 s on 2 idle cores (scripts/bench_nodule.py measures it; measured 0.5-1.9 s
-    # here with 8 helpers loading the 2 cores); 5 s catches a runaway (e.g. a per-click reload)
-    assert min(times) < 5.0, times
+    # target < 1 s wall on 2 idle cores (scripts/bench_nodule.py measures it): measured 0.36 s CPU
+    # (0.5-0.6 s wall at load 7) for both models + Grad-CAM + OOD; 2 s CPU catches a runaway
+    # (a per-click reload or hash check) without depending on the machine's load
+    assert min(times) < 2.0, times
 
 
-def test_a_click_away_from_any_nodule_gives_no_mask():
+def test_a_click_away_from_any_nodule_gives_no_mask_or_is_flagged():
+    """Air and lung parenchyma: no mask.  Soft tissue (mediastinum, chest wall): the models were
+    never trained on windows without a nodule (the data has none) and DO outline something
+    there, so the OOD check must flag it (measured: every no-nodule slab window flagged by
+    the segmenter's statistics); the nodule itself is not flagged."""
     from imaging_assist.nodules import models as M
 
     slab = _slab_volume()
-    # outside the body (air in front of the chest) and in the far lung, 60 mm from the nodule
-    for p in (slab.index_to_lps(256, 20, 8), R1_LPS + [-60.0, 0, 0]):
+    for p in (slab.index_to_lps(256, 20, 8), R1_LPS + [0, -40.0, 0]):  # air in front; lung
         w = W.cut_window(slab, p)
-        assert not M.nodule_mask(M.segment(w), w).any()
+        assert not M.nodule_mask(M.segment(w), w).any(), p
+    for p in (R1_LPS + [-60.0, 0, 0], R1_LPS + [0, 30.0, 0]):  # mediastinum; posterior chest wall
+        w = W.cut_window(slab, p)
+        M.segment(w)
+        o = M.ood(w)
+        assert o["flagged"] and o["segmentation"]["flagged"], (p, o)
+    w = W.cut_window(slab, R1_LPS)
+    M.segment(w)
+    assert not M.ood(w)["flagged"]
