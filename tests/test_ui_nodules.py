@@ -169,6 +169,9 @@ def test_mask_is_drawn_on_all_three_planes(win, reader_centre):
         assert ys.min() >= scr[:, 1].min() - pad and ys.max() <= scr[:, 1].max() + pad, name
     if heat is not None and not getattr(heat, "flag", ""):
         heat.visible = True
+    # only the nodule's bounding box is kept (no full-grid mask or heat map per nodule)
+    assert n.result.mask is None and n.result.heatmap is None
+    assert n.mask.shape == tuple(s.stop - s.start for s in n.box) and n.mask.size < np.prod(shape3) / 100
 
 
 def test_list_entry_jumps_every_plane_to_the_centre(win, reader_centre):

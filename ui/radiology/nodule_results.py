@@ -213,8 +213,10 @@ def nodule_run(vol, nods: list, card) -> GuiNoduleRun:
         nd.update(label_value=v, tracking_uid=tracking_uid(vol.series_uid, r.id, r.center_lps),
                   key_slice=int((r.measurements or {}).get("largest_slice", round(n.center_kji[0]))))
         d["nodules"].append(nd)
-        if getattr(r, "heatmap", None) is not None:
-            hm = HeatMap(label=f"malignant {r.id}", method="gradcam", array=r.heatmap,
+        if n.heat is not None:
+            full = np.zeros(shape, np.float32)  # the engine's grid, rebuilt from the kept box
+            full[n.box] = n.heat
+            hm = HeatMap(label=f"malignant {r.id}", method="gradcam", array=full,
                          params={"model": MALIGNANCY_MODEL, "nodule": r.id},
                          warnings=[w for w in r.warnings if "sanity check" in str(w).lower()])
             hms.append(hm)

@@ -90,7 +90,11 @@ def _analyze_job(volume, point_lps, nodule_id, token, bridge):
                     flag = f"note: the Grad-CAM sanity check could not be read ({type(e).__name__})"
                 if flag and flag not in r.warnings:
                     r.warnings.append(flag)
-                status, payload = "done", (r, box, np.ascontiguousarray(mask[box]), hm, card)
+                local = np.ascontiguousarray(mask[box])
+                # Only the bounding box is kept: full-grid copies held per nodule would cost
+                # ~0.4 GB each on a 300-slice CT.  Exports rebuild the grid from the box.
+                r.mask, r.heatmap = None, None
+                status, payload = "done", (r, box, local, hm, card)
     except UserError as e:
         payload = one_line(e)
     except Exception as e:  # noqa: BLE001 - one line in the panel, details in the log
