@@ -24,7 +24,11 @@ WEIGHTS = project_weights_dir()
 SHIPPED = sorted(p.parent.name for p in WEIGHTS.glob("*/model.json"))
 
 METHODS = ("gradcam", "integrated_gradients", "saliency", "occlusion")
-EXPECTED = ["cxr-lung-seg", "cxr-pneumonia", "path-lung-tissue", "us-breast"]
+EXPECTED = ["ct-nodule-malignancy", "ct-nodule-seg", "cxr-lung-seg", "cxr-pneumonia", "path-lung-tissue",
+            "us-breast"]
+# CT nodule models take a window cut around a point (imaging_assist.nodules), not a whole image:
+# their sanity.json names the crop and the point (scripts/check_nodule_explanations.py)
+NODULE_MODELS = ("ct-nodule-malignancy", "ct-nodule-seg")
 # Stored probabilities vs today's run.  Re-running the pneumonia network in fp32 on this CPU
 # reproduced all 2,067 stored probabilities to 1e-6 (their 6-decimal rounding).  Other CPUs
 # and kernels differ, and bf16 (CPUs with native bf16, GPUs) much more: measured on 73
@@ -46,6 +50,13 @@ def _sanity(folder) -> dict:
 def _sample(folder):
     """The first real image the sanity check used (scripts/check_explanations.py)."""
     return need(SHARED / _sanity(folder)["images"][0])
+
+
+def _nodule_window(folder):
+    """The first window the nodule sanity check used (crop + point)."""
+    from imaging_assist.nodules.window import cut_window, volume_from_nifti
+
+    return cut_window(volume_from_nifti(_sample(folder)), _sanity(folder)["points_lps"][0])
 
 
 @pytest.fixture(scope="module", params=SHIPPED or [None])
@@ -103,6 +114,16 @@ def test_runs_on_a_real_image(shipped):
     from imaging_assist.inference.pipelines import RunOptions, run_model
 
     mid, entry, model = shipped
+    if mid in NODULE_MODELS:
+        from imaging_assist.nodules import models as M
+
+        win = _nodule_window(entry.folder)
+        if mid == "ct-nodule-seg":
+            assert (M.segment(win) >= 0.5).sum() > 100  # the nodule at the point is found
+        else:
+            p, heat = M.malignancy(win)
+            assert 0 <= p <= 1 and heat.shape == win.image.shape
+        return
     path = _sample(entry.folder)
     vol = read_image(path)
     res = run_model(model, vol, RunOptions(device="cpu"))
@@ -131,7 +152,13 @@ def test_sanity_check_recorded_and_reproduced(shipped):
     rec = _sanity(entry.folder)
     assert rec["model"] == mid and set(rec["methods"]) == set(METHODS)
     assert rec["methods"]["gradcam"]["passed"], rec["methods"]["gradcam"]["final_spearman"]
-    x = model_input(model.card, read_image(_sample(entry.folder)))[None].float()
+    if mid in NODULE_MODELS:
+        from imaging_assist.nodules.models import design
+        from imaging_assist.nodules.window import model_channels
+
+        x = torch.from_numpy(model_channels(_nodule_window(entry.folder), design(model)))[None]
+    else:
+        x = model_input(model.card, read_image(_sample(entry.folder)))[None].float()
     # recomputed: the default (gradcam) and the cheap saliency; IG and occlusion cost minutes
     # per model on 2 cores (occlusion on the lung UNet: 15 min), their results stay recorded
     again = ("gradcam", "saliency")
