@@ -13,7 +13,8 @@ Per-item costs (decode, model, writing; medians over the local run's rows) are p
 
 Last stdout line: one JSON object with loop_images_per_s, local_images_per_s,
 ray_images_per_s, ray_vs_loop, local_vs_loop, ray_vs_local, the slide seconds and the
-per-item costs.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
+per-item costs.  ``loop_1thread_*``: the same loop with one torch thread (the engines' default
+on 2 CPUs is CPUs - 1 threads), to show how much of the gain is that setting alone.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
 """
 
 from __future__ import annotations
@@ -98,15 +99,79 @@ def engine(sources: list[str], model_id: str, out: Path, name: str) -> tuple[flo
     return dt, r
 
 
+def costs() -> dict:
+    """CPU seconds per item and stage (time.process_time, torch on 1 thread): robust to a busy
+    machine, unlike wall time.  The figures docs/scaling.md calculates with."""
+    import torch
+
+    from imaging_assist.batch.item import ModelRunner, Settings
+    from imaging_assist.batch.sources import Candidate, content_hash
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.inference.images import read_image
+
+    torch.set_num_threads(1)
+    out: dict = {}
+    pt = time.process_time
+    fs = films(60)
+    t = pt()
+    for f in fs:
+        content_hash(Candidate("image", f, f.stem, str(f)))
+    mb = sum(f.stat().st_size for f in fs) / 1e6
+    out["hash_cpu_s_per_mb"] = round((pt() - t) / mb, 5)
+    t = pt()
+    vols = [read_image(f) for f in fs]
+    out["decode_jpeg224_cpu_s"] = round((pt() - t) / len(fs), 5)
+    ct = scan(str(SHARED / "dicom" / "ct_head_phantom_philips" / "series202_STD_BRAIN_1MM_iDose")).image_series()[0]
+    t = pt()
+    v = load_series(ct)
+    out["decode_ct512_slice_cpu_s"] = round((pt() - t) / v.array.shape[0], 5)
+    cr = scan(str(SHARED / "dicom" / "cr_chest_monochrome1_fuji")).image_series()[0]
+    t = pt()
+    for _ in range(5):
+        load_series(cr)
+    out["decode_cr440_cpu_s"] = round((pt() - t) / 5, 5)
+    work = Path(tempfile.mkdtemp(prefix="bench_costs_"))
+    try:
+        for mid in ("cxr-pneumonia", "cxr-lung-seg"):
+            r = ModelRunner(mid, Settings(out_dir=str(work)))
+            cands = [Candidate("image", f, f.stem, str(f), content_hash="%064d" % i) for i, f in enumerate(fs)]
+            r.run(cands[0], vols[0])  # warm-up
+            ti = tw = 0.0
+            for c, vol in zip(cands[1:], vols[1:]):
+                a = pt()
+                row, job = r.infer(c, vol)
+                b = pt()
+                r.write(row, job)
+                ti += b - a
+                tw += pt() - b
+            n = len(cands) - 1
+            out[f"{mid}_infer_cpu_s"] = round(ti / n, 5)
+            x = torch.zeros((1, r.card.input.channels, *r.card.input.size))
+            with torch.no_grad():
+                r.model.network(x)
+                a = pt()
+                for _ in range(20):
+                    r.model.network(x)
+            out[f"{mid}_forward_only_cpu_s"] = round((pt() - a) / 20, 5)  # the part a GPU takes over
+            out[f"{mid}_write_cpu_s"] = round(tw / n, 5)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--skip-slide", action="store_true")
+    ap.add_argument("--costs-only", action="store_true", help="only the CPU seconds per item and stage")
     a = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import warnings
 
     warnings.filterwarnings("ignore")
+    if a.costs_only:
+        print(json.dumps(costs()))
+        return
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     try:
         src = work / "films"
@@ -115,13 +180,24 @@ def main() -> None:
             (src / f"{f.parent.name}_{f.name}").symlink_to(f)
         load = os.getloadavg()
         res: dict = {"n_images": a.n, "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load]}
+        import torch
+
         t = plain_loop(src, "cxr-pneumonia", work / "loop")
-        print(f"loop: {a.n} images in {t:.1f} s", file=sys.stderr)
+        print(f"loop: {a.n} images in {t:.1f} s (torch threads {torch.get_num_threads()})", file=sys.stderr)
         res["loop_s"] = round(t, 2)
+        # the same loop with one torch thread: how much of the engines' gain is the thread setting
+        n_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        t = plain_loop(src, "cxr-pneumonia", work / "loop1")
+        torch.set_num_threads(n_threads)
+        print(f"loop, 1 torch thread: {t:.1f} s", file=sys.stderr)
+        res["loop_1thread_s"] = round(t, 2)
         t, r = engine([str(src)], "cxr-pneumonia", work / "local", "local")
         print(f"local: {t:.1f} s {r}", file=sys.stderr)
         res["local_s"] = round(t, 2)
         res["local_scan_hash_s"] = r["scan_s"]
+        res["local_first_row_s"] = r.get("first_row_s")
+        res["local_steady_images_per_s"] = r.get("steady_items_per_s")
         from imaging_assist.batch.table import ResultsTable
 
         tab = ResultsTable(work / "local")
@@ -132,15 +208,18 @@ def main() -> None:
         t, r = engine([str(src)], "cxr-pneumonia", work / "ray", "ray")
         print(f"ray: {t:.1f} s {r}", file=sys.stderr)
         res["ray_s"] = round(t, 2)
+        res["ray_first_row_s"] = r.get("first_row_s")  # Ray start, actors, models
+        res["ray_steady_images_per_s"] = r.get("steady_items_per_s")
         if not a.skip_slide:
             res["loop_slide_s"] = round(plain_slide("path-lung-tissue", work / "loop_slide"), 2)
             res["local_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "local_slide", "local")[0], 2)
             res["ray_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "ray_slide", "ray")[0], 2)
         res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-        for k in ("loop", "local", "ray"):
+        for k in ("loop", "loop_1thread", "local", "ray"):
             res[f"{k}_images_per_s"] = round(a.n / res[f"{k}_s"], 2)
         res["local_vs_loop"] = round(res["local_images_per_s"] / res["loop_images_per_s"], 3)
         res["ray_vs_loop"] = round(res["ray_images_per_s"] / res["loop_images_per_s"], 3)
+        res["local_vs_loop_1thread"] = round(res["local_images_per_s"] / res["loop_1thread_images_per_s"], 3)
         res["ray_vs_local"] = round(res["ray_images_per_s"] / res["local_images_per_s"], 3)
         print(json.dumps(res))
     finally:

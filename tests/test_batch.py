@@ -191,7 +191,7 @@ def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_p
 def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path):
     src = tmp_path / "films"
     src.mkdir()
-    films = _films(16)
+    films = _films(30)
     for f in films:
         shutil.copy(f, src / f.name)
     out = tmp_path / "out"
@@ -364,7 +364,7 @@ def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_clu
 def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     code = ("import json, os, psutil\n"
             "from imaging_assist.batch.engines import init_ray\n"
-            "init_ray(None)\n"
+            "_, tmp = init_ray(None)\n"
             "import ray\n"
             "me = psutil.Process()\n"
             "pids = {me.pid} | {c.pid for c in me.children(recursive=True)}\n"
@@ -372,7 +372,8 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
             "if c.status == psutil.CONN_LISTEN and c.pid in pids})\n"
             "print(json.dumps({'ips': ips, 'node': ray.nodes()[0]['NodeManagerAddress'], "
             "'usage': os.environ.get('RAY_USAGE_STATS_ENABLED')}))\n"
-            "ray.shutdown()\n")
+            "ray.shutdown()\n"
+            "import shutil; shutil.rmtree(tmp)\n")
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
@@ -380,3 +381,17 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["node"] == "127.0.0.1" and r["usage"] == "0"
     assert r["ips"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in r["ips"]), r
+
+
+def test_dicom_and_report_per_item(tmp_path):
+    """--dicom and --report: each item folder gets analyze's report.pdf and DICOM objects,
+    and the row lists them."""
+    out = tmp_path / "out"
+    _run(["batch", str(need(DICOM / "cr_chest_monochrome1_fuji")), "--model", "cxr-lung-seg", "--out", str(out),
+          "--dicom", "--report"], check_rc=0)
+    (r,) = _rows(out)
+    assert r["status"] == "ok" and Path(r["report"]).is_file()
+    assert Path(r["report"]).read_bytes()[:5] == b"%PDF-"
+    dcm = json.loads(r["dicom"])
+    assert any(p.endswith("_SEG.dcm") for p in dcm) and any(p.endswith("_SR.dcm") for p in dcm)
+    assert all(Path(p).is_file() for p in dcm)

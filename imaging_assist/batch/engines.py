@@ -10,8 +10,10 @@ bounded (``depth``): memory stays flat however large the archive.
 * ``local``: decoding (``read_image`` / ``load_series``) in a thread pool ``depth`` items
   ahead of the model; no extra process.
 * ``ray``: decoding as Ray CPU tasks (chunks of ``chunk`` items, in the object store), the
-  model in actors that load it once (``num_gpus=1`` per actor when the cluster has GPUs,
-  otherwise one actor per node, spread); each actor runs the :class:`Pipeline` on its chunk.
+  model in actors that load it once (one actor per GPU with ``num_gpus=1``, or a share of a
+  GPU with ``--actors`` above the GPU count; without GPUs one actor per two CPUs of each node,
+  one torch thread each, spread); each
+  actor runs the :class:`Pipeline` on its chunks.
   ``ray.init()`` runs in-process (usage statistics and dashboard off, loopback only) unless
   ``--address`` / ``RAY_ADDRESS`` names a cluster.  On a cluster, SOURCE and OUT must be on
   a file system every node sees under the same path (the actors read and write there).
@@ -38,6 +40,10 @@ class Pipeline:
     """Models loaded once; :meth:`process` yields rows for decoded units in order."""
 
     def __init__(self, model_ids, settings: Settings, writers: int = 2, depth: int = 4):
+        import torch
+
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(model_threads(settings))
         self.runners = {m: ModelRunner(m, settings) for m in model_ids}
         self.pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="batch-write")
         self.depth = max(1, depth)
@@ -70,7 +76,20 @@ class Pipeline:
                     p.cancel()
 
     def close(self) -> None:
+        import torch
+
         self.pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(self._threads)
+
+
+def model_threads(settings: Settings) -> int:
+    """Torch threads for the model: ``--torch-threads``, else all CPUs but one (the one left
+    decodes and writes).  Measured here: with torch's default (one thread per core) on a
+    busy machine, OpenMP's waiting threads burned 346-376 ms of CPU per chest film against
+    12 ms with one thread; the pipeline gets its parallelism from overlapping the stages."""
+    if settings.torch_threads:
+        return settings.torch_threads
+    return max(1, (os.cpu_count() or 1) - 1)
 
 
 # =========================================================================== local
@@ -162,8 +181,13 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        n_act = actors or (gpus if gpus else max(1, len(nodes)))
-        opts = {"num_gpus": 1, "num_cpus": 0.5} if gpus else {"num_cpus": 0.5}
+        # default: one actor per GPU; without GPUs one per two CPUs of each node (an actor is
+        # one model thread plus writer threads: Python, so one process per core pair)
+        n_act = actors or (gpus if gpus else
+                           sum(max(1, int(n.get("Resources", {}).get("CPU", 1)) // 2) for n in nodes))
+        # --actors above the GPU count shares each GPU between actors (fractional GPUs): a
+        # small model leaves a GPU idle while one actor preprocesses and writes on the CPU
+        opts = {"num_gpus": min(1.0, gpus / n_act), "num_cpus": 0.5} if gpus else {"num_cpus": 0.5}
         if n_act > 1:
             opts["scheduling_strategy"] = "SPREAD"
         # One remote pipeline per actor: the models load once there, then every chunk runs
@@ -269,10 +293,10 @@ class _RayWorker:
 
         warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
         logging.getLogger("monai").setLevel(logging.ERROR)
-        if not settings.torch_threads:  # Ray sets OMP_NUM_THREADS=1 in workers; use the node
-            import torch
+        if not settings.torch_threads:  # several actors per node: one torch thread each
+            import dataclasses
 
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            settings = dataclasses.replace(settings, torch_threads=1)
         self.pipe = Pipeline(model_ids, settings, depth=depth)
 
     def ready(self) -> bool:

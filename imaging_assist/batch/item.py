@@ -45,7 +45,7 @@ class Settings:
     slide_batch_size: int = 32
     top_tiles: int = 3
     heatmap_format: str = "tif"
-    torch_threads: int = 0  # 0: torch's default
+    torch_threads: int = 0  # 0: all CPUs but one (engines.model_threads)
     extra: dict = field(default_factory=dict)
 
 
@@ -95,10 +95,6 @@ class ModelRunner:
         from ..models.loaders import load_model
         from ..models.registry import Registry
 
-        if settings.torch_threads:
-            import torch
-
-            torch.set_num_threads(settings.torch_threads)
         self.settings = settings
         entry = Registry().get(model_id)
         self.card = entry.card

@@ -116,6 +116,7 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     bar = tqdm(total=total, desc="batch", unit="item", file=sys.stderr, dynamic_ncols=True,
                disable=not progress or not sys.stderr.isatty() or not total)
     t0 = time.perf_counter()
+    t_first = None
     state = "finished"
     gen = None
     last_line = t0
@@ -134,6 +135,8 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
             for row in gen:
                 put(row)
                 done += 1
+                if done == 1:
+                    t_first = time.perf_counter()
                 bar.update(1)
                 now = time.perf_counter()
                 if bar.disable and progress and now - last_line > 30:  # no terminal: a line now and then
@@ -158,6 +161,11 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     result = dict(counts, total=total, seconds=round(seconds, 3), state=state, run_id=run_id,
                   items_per_s=round(ran / seconds, 3) if seconds > 0 else None,
                   table=str(out / "batch.sqlite"), scan_s=round(t_scan, 3))
+    # start-up (models, Ray) until the first row, and the rate after it
+    if t_first is not None:
+        result["first_row_s"] = round(t_first - t0, 3)
+        if ran > 1 and t0 + seconds > t_first:
+            result["steady_items_per_s"] = round((ran - 1) / (t0 + seconds - t_first), 3)
     return result
 
 

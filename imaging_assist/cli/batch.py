@@ -37,6 +37,8 @@ def register(subparsers) -> None:
     b.add_argument("--chunk", type=int_at_least(1), default=16, help="items per Ray task (16)")
     b.add_argument("--decoders", type=int_at_least(1), default=2,
                    help="local: decoding threads (2)")
+    b.add_argument("--torch-threads", type=int_at_least(1), default=None,
+                   help="torch threads per model worker (default: CPUs minus one)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     b.add_argument("--ig-steps", type=int_at_least(1), default=32)
@@ -64,7 +66,8 @@ def cmd_batch(args) -> int:
                         ig_steps=args.ig_steps, faithfulness=not args.no_faithfulness,
                         dicom=args.dicom, report=args.report, override=args.research_override,
                         device=args.device, precision=args.precision, slide_batch_size=args.batch_size,
-                        top_tiles=args.top_tiles, heatmap_format=args.heatmap_format)
+                        top_tiles=args.top_tiles, heatmap_format=args.heatmap_format,
+                        torch_threads=args.torch_threads or 0)
     import shlex
 
     command = shlex.join(["imaging-assist", "batch", *map(str, args.sources)]
