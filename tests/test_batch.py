@@ -395,3 +395,24 @@ def test_dicom_and_report_per_item(tmp_path):
     dcm = json.loads(r["dicom"])
     assert any(p.endswith("_SEG.dcm") for p in dcm) and any(p.endswith("_SR.dcm") for p in dcm)
     assert all(Path(p).is_file() for p in dcm)
+
+
+def test_zip_source_and_svs_slide(tmp_path):
+    """A zip of a DICOM study is read through the scanner (hash over the zip member), and a
+    whole-slide image goes through analyze_slide: one row each."""
+    import zipfile
+
+    z = tmp_path / "study.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in need(DICOM / "cr_chest_monochrome1_fuji").iterdir():
+            zf.write(f, f"study/{f.name}")
+    slide = need(SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs")
+    out = tmp_path / "out"
+    _run(["batch", str(z), str(slide), "--model", "cxr-lung-seg", "--model", "path-lung-tissue", "--out", str(out)],
+         check_rc=0)
+    rows = {r["kind"]: r for r in _rows(out)}
+    assert rows["series"]["status"] == "ok" and rows["series"]["model"] == "cxr-lung-seg"
+    assert np.asarray(json.loads(rows["series"]["areas"])["values"]["right_lung"]) > 0
+    s = rows["slide"]
+    assert s["status"] == "ok" and s["model"] == "path-lung-tissue"
+    assert json.loads(s["areas"])["values"] and all(Path(h).is_file() for h in json.loads(s["heatmaps"]))

@@ -305,8 +305,8 @@ def _row_from_item(d: dict, out: Path) -> dict:
         r["quality"] = (d["quality"] or {}).get("text")
     r["label_map"] = p(d.get("label_map"))
     r["heatmaps"] = [p(h.get("file")) for h in d.get("heatmaps") or [] if isinstance(h, dict)]
-    if isinstance(d.get("heatmaps"), dict):  # slides: {class: file}
-        r["heatmaps"] = [p(v) for v in d["heatmaps"].values() if isinstance(v, str)]
+    if d.get("kind") == "slide" and (d.get("files") or {}).get("heatmaps"):  # the per-class heat-map file
+        r["heatmaps"] = [p(d["files"]["heatmaps"])]
     r["key_images"] = [p(k) for k in d.get("key_images") or [] if isinstance(k, str)]
     r["item_dir"] = str(out)
     return r
