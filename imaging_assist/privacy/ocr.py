@@ -28,7 +28,8 @@ SC_CLASSES = ("1.2.840.10008.5.1.4.1.1.7",)
 XA_CLASSES = ("1.2.840.10008.5.1.4.1.1.12.",)
 MARGIN = 3
 BRIGHT = 240  # overlay text is drawn near full brightness
-DETECT_CONF = 30  # a word this sure in the bright pixels is blacked out (erring towards removing)
+DETECT_CONF = 40  # a word this sure in the bright pixels is blacked out (erring towards removing)
+SINGLE_CONF = 70  # ... when it is one letter or digit alone
 DETECT_CONF_INVERTED = 60  # ... in the whole inverted picture (texture reads as letters there)
 VERIFY_CONF = 70  # a word of 2+ letters/digits this sure after cleaning: the file is not clean
 MAX_PASSES = 3
@@ -131,6 +132,21 @@ def _prepare(pil, scale: int):
     return ImageOps.expand(pil, border=PAD, fill=255)
 
 
+def _texty(text: str, conf: float) -> bool:
+    """Whether a word tesseract reports could be overlay text.  Texture (speckle, vessels,
+    edges) reads as short lower-case syllables ("a", "ae", "at", "ees") and lone characters;
+    overlay text is upper case, digits or longer words.  Measured on the real XA cine (no text
+    in it): every word read was of that kind, and each would have put a black box over the
+    vessels."""
+    alnum = sum(c.isalnum() for c in text)
+    if alnum == 0 or (alnum == 1 and conf < SINGLE_CONF):
+        return False
+    letters = "".join(c for c in text if c.isalpha())
+    if letters and letters.islower() and not any(c.isdigit() for c in text) and len(letters) <= 3:
+        return False
+    return True
+
+
 def _words(pics: tuple[np.ndarray, np.ndarray], min_conf: int, min_conf_inverted: int | None):
     """Word boxes (x0, y0, x1, y1, text, conf) in the picture's coordinates.  Read twice: the
     brightest pixels alone (>= BRIGHT of 255, black on white: overlay text is drawn saturated,
@@ -157,7 +173,7 @@ def _words(pics: tuple[np.ndarray, np.ndarray], min_conf: int, min_conf_inverted
                 conf = float(d["conf"][i])
             except (TypeError, ValueError):
                 conf = -1
-            if not text or conf < floor or not any(c.isalnum() for c in text):
+            if not text or conf < floor or not _texty(text, conf):
                 continue
             x, y = (d["left"][i] - PAD) // scale, (d["top"][i] - PAD) // scale
             bw, bh = -(-d["width"][i] // scale), -(-d["height"][i] // scale)
@@ -210,7 +226,7 @@ def find_text(ds, arr: np.ndarray | None = None, min_conf: int = DETECT_CONF,
 
 def _strip_words(pics, b0: int, b1: int, s0: int, s1: int):
     """Words read in one horizontal strip as a single line of text (``--psm 7``), both pictures:
-    [(x0, x1, text, conf)] in picture coordinates."""
+    [(x0, x1, text, conf, y0, y1)] in picture coordinates."""
     from PIL import Image
 
     pt = _tesseract()
@@ -229,7 +245,9 @@ def _strip_words(pics, b0: int, b1: int, s0: int, s1: int):
                 conf = -1
             if (text or "").strip() and any(c.isalnum() for c in text):
                 out.append((s0 + max(0, d["left"][i] - PAD) // 3,
-                            s0 + -(-(d["left"][i] + d["width"][i] - PAD) // 3), text.strip(), conf))
+                            s0 + -(-(d["left"][i] + d["width"][i] - PAD) // 3), text.strip(), conf,
+                            b0 + max(0, d["top"][i] - PAD) // 3,
+                            b0 + -(-(d["top"][i] + d["height"][i] - PAD) // 3)))
     return out
 
 
@@ -244,8 +262,8 @@ def _extend_line(pics, x0: int, y0: int, x1: int, y1: int) -> tuple[int, int]:
     b0, b1 = max(0, y0 - MARGIN), min(rows, y1 + MARGIN)
     for _ in range(4):
         nx0, nx1 = x0, x1
-        for wx0, wx1, _t, conf in _strip_words(pics, b0, b1, max(0, x0 - 4 * h),
-                                               min(cols, x1 + 4 * h)):
+        for wx0, wx1, _t, conf, _y0, _y1 in _strip_words(pics, b0, b1, max(0, x0 - 4 * h),
+                                                         min(cols, x1 + 4 * h)):
             if conf >= DETECT_CONF and wx1 >= nx0 - 2 * h and wx0 <= nx1 + 2 * h:
                 nx0, nx1 = min(nx0, wx0), max(nx1, wx1)
         if (nx0, nx1) == (x0, x1):
@@ -264,10 +282,11 @@ def _neighbour_lines(pics, x0: int, y0: int, x1: int, y1: int):
     found = []
     for b0, b1 in ((y0 - 2 * h, y0 - 1), (y1 + 1, y1 + 2 * h)):
         b0, b1 = max(0, b0), min(rows, b1)
-        for wx0, wx1, text, conf in _strip_words(pics, b0, b1, max(0, x0 - 2 * h),
-                                                 min(cols, x1 + 2 * h)):
-            if conf >= NEIGHBOUR_CONF and sum(c.isalnum() for c in text) >= 2:
-                found.append((wx0, b0, wx1, b1, text, conf))
+        for wx0, wx1, text, conf, wy0, wy1 in _strip_words(pics, b0, b1, max(0, x0 - 2 * h),
+                                                           min(cols, x1 + 2 * h)):
+            if conf >= NEIGHBOUR_CONF and sum(c.isalnum() for c in text) >= 2 \
+                    and _texty(text, conf) and wy1 - wy0 <= 1.5 * h:
+                found.append((wx0, wy0, wx1, max(wy1, wy0 + 1), text, conf))
     return found
 
 
@@ -307,7 +326,7 @@ def clean_burned_in_text(ds) -> Outcome:
         probes = 0
         while queue:
             v, x0, y0, x1, y1, probe = queue.pop(0)
-            if done[y0:y1, x0:x1].mean() > 0.5:
+            if y1 - y0 > max_h or done[y0:y1, x0:x1].mean() > 0.5:
                 continue
             grey = _grey8(pics[v], ds)
             x0, x1 = _extend_line(grey, x0, y0, x1, y1)
