@@ -195,7 +195,12 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
         Worker = ray.remote(max_restarts=0)(_RayWorker)
         workers = [Worker.options(**opts).remote(list(model_ids), settings, depth) for _ in range(n_act)]
         decode = ray.remote(num_cpus=0.5, max_retries=0)(_decode_chunk)
-        ray.get([w.ready.remote() for w in workers])
+        try:
+            ray.get([w.ready.remote() for w in workers])
+        except Exception as e:  # noqa: BLE001 - e.g. a model id not known on a node: one line
+            for w in workers:
+                ray.kill(w)
+            raise UserError(f"the Ray model actors did not start: {_one_line(e)}") from None
         if on_start:
             on_start(f"ray: {len(nodes)} node(s), {int(res.get('CPU', 0))} CPU(s), {gpus} GPU(s); "
                      f"{n_act} model actor(s)")
@@ -212,9 +217,7 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
                 load[i] += 1
             while inflight:
                 yield from _collect(ray, inflight, load)
-        finally:
-            for ref in list(inflight):
-                ray.cancel(ref, force=True)
+        finally:  # stopped (Ctrl-C) or done: unfinished chunks have no rows, a re-run does them
             for w in workers:
                 ray.kill(w)
     finally:
