@@ -20,14 +20,18 @@ Prints a few human lines, then one JSON object as the last line:
   load_1min              the machine's load average when the run ended (other work slows us)
 With ``--ocr N`` it also measures the burned-in text cleaning on N real breast ultrasound images
 (BUSI, shared/data) with one line of text drawn in (a name, an ID or a date; font size 10, 13,
-16 or 20 px; white, yellow or light grey; top, bottom or middle; seeded), each a US DICOM file:
+16 or 20 px; white, yellow or light grey 200; every other image on a black band added above and
+below the image, as scanners lay out their text, the others over the tissue; seeded), each a US
+DICOM file:
   ocr_texts              lines drawn
   ocr_caught             lines whose drawn pixels are >= 98% inside the boxes blacked out
   ocr_caught_by_size     the same per font size
+  ocr_caught_on_black_border / ocr_caught_over_tissue   the same per placement
   ocr_left_out           files the cleaning declined (text still read after blacking out)
   ocr_false_area         share of the pixels away from the text (> 8 px) that were blacked out
   ocr_clean_images_touched   of the same N images without text, how many got any box
   ocr_s_per_image        seconds per image
+  ocr_missed             each line not caught: font size, colour, placement, share covered
 Usage: scripts/bench_anonymize.py [SERIES_DIR] [--repeat N] [--workers N] [--ocr N]
 """
 
@@ -173,29 +177,45 @@ def ocr_measure(n: int) -> dict:
             m[y0:y1, x0:x1] = True
         return m
 
+    by_place = {"border": [0, 0], "tissue": [0, 0]}
+    missed = []
     for i in range(n):
         base = np.asarray(Image.open(imgs[i]).convert("RGB"))
-        sz = sizes[i % len(sizes)]
+        sz = sizes[(i // 2) % len(sizes)]  # every size in both placements
         text = NAMES[i % len(NAMES)]
         colour = [(255, 255, 255), (255, 255, 0), (200, 200, 200)][i % 3]
+        place = "border" if i % 2 == 0 else "tissue"
+        if place == "border":
+            # the usual scanner layout: the image with a black band above and below, text in it
+            band = np.zeros((2 * sz + 8, base.shape[1], 3), np.uint8)
+            base = np.concatenate([band, base, band])
         im = Image.fromarray(base.copy())
         d = ImageDraw.Draw(im)
         font = ImageFont.truetype(font_file, sz)
         w = int(d.textlength(text, font=font))
         h, wd = base.shape[:2]
-        y = [4, h - sz - 6, h // 2][rng.randrange(3)]
+        if place == "border":
+            y = [4, h - sz - 6][rng.randrange(2)]
+        else:
+            y = [4 + 20, h - sz - 26, h // 2][rng.randrange(3)]
         x = rng.randrange(2, max(3, wd - w - 2))
         d.text((x, y), text, fill=colour, font=font)
         arr = np.asarray(im)
         drawn = (arr != base).any(axis=-1)
         out = ocr.clean_burned_in_text(as_ds(arr))
         caught[sz][1] += 1
+        by_place[place][1] += 1
         if out.reason:
             left_out += 1
+            missed.append(f"{sz}px {'white yellow grey'.split()[i % 3]} {place}: left out")
             continue
         m = boxes_of(out, drawn.shape)
         if drawn.any() and m[drawn].mean() >= 0.98:
             caught[sz][0] += 1
+            by_place[place][0] += 1
+        else:
+            missed.append(f"{sz}px {'white yellow grey'.split()[i % 3]} {place}: "
+                          f"{m[drawn].mean():.0%} covered")
         away = ~ndimage.binary_dilation(drawn, iterations=8)
         false_px += int((m & away).sum())
         total_px += int(away.sum())
@@ -206,10 +226,13 @@ def ocr_measure(n: int) -> dict:
         "ocr_texts": n,
         "ocr_caught": sum(c[0] for c in caught.values()),
         "ocr_caught_by_size": {f"{k}px": f"{v[0]}/{v[1]}" for k, v in caught.items()},
+        "ocr_caught_on_black_border": f"{by_place['border'][0]}/{by_place['border'][1]}",
+        "ocr_caught_over_tissue": f"{by_place['tissue'][0]}/{by_place['tissue'][1]}",
         "ocr_left_out": left_out,
         "ocr_false_area": round(false_px / max(total_px, 1), 4),
         "ocr_clean_images_touched": touched,
         "ocr_s_per_image": round((time.perf_counter() - t0) / max(2 * n, 1), 2),
+        "ocr_missed": missed,
     }
 
 
@@ -259,7 +282,8 @@ def main() -> int:
     if args.ocr:
         res.update(ocr_measure(args.ocr))
         print(f"OCR: {res['ocr_caught']} of {res['ocr_texts']} drawn lines blacked out "
-              f"({res['ocr_caught_by_size']}), {res['ocr_left_out']} files declined, "
+              f"({res['ocr_caught_by_size']}; on a black border {res['ocr_caught_on_black_border']}, "
+              f"over tissue {res['ocr_caught_over_tissue']}), {res['ocr_left_out']} files declined, "
               f"{res['ocr_false_area']:.2%} of the other pixels blacked out, "
               f"{res['ocr_clean_images_touched']} of {res['ocr_texts']} text-free images touched")
     from pydicom.datadict import keyword_for_tag
