@@ -191,7 +191,7 @@ def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_p
 def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path):
     src = tmp_path / "films"
     src.mkdir()
-    films = _films(30)
+    films = _films(40)
     for f in films:
         shutil.copy(f, src / f.name)
     out = tmp_path / "out"
@@ -207,12 +207,13 @@ def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path)
     while time.time() < deadline and proc.poll() is None:
         if db_path.exists():
             try:
-                db = sqlite3.connect(str(db_path), timeout=5)
+                # read-only, never waiting on a lock: the poll must not sleep through the run
+                db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=0.05)
                 n = db.execute("SELECT count(*) FROM results").fetchone()[0]
                 db.close()
             except sqlite3.OperationalError:
                 n = 0
-            if n >= 3:
+            if n >= 2:
                 break
         time.sleep(0.05)
     assert proc.poll() is None, "the batch ended before it could be interrupted"
@@ -226,7 +227,7 @@ def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path)
     db.close()
     assert state == [("interrupted",)]
     rows = _rows(out)
-    assert 3 <= len(rows) < len(films)
+    assert 2 <= len(rows) < len(films)
     for r in rows:  # every committed row is complete: its files exist
         assert r["status"] == "ok" and Path(r["results_json"]).is_file()
         assert json.loads(r["heatmaps"]) and all(Path(h).is_file() for h in json.loads(r["heatmaps"]))
