@@ -196,19 +196,14 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     res.source = series_source(vol, f"{demo_root()} (series {series.uid})")
     d = write_item_files(res, vol, out, stem)
     d["source"] = res.source
-    # issue 14: decisions quote the card's test-split figures; segmentations get its quality checks
-    from .inference.quality import attach_quality
-    from .models.operating_point import apply_decision
+    # issue 14: the same trust checks as analyze and batch (decision with the card's test-split
+    # figures, segmentation quality, explanation-region checks)
+    from .inference.checks import apply_trust_checks
 
-    if "probabilities" in d:
-        apply_decision(d, card)
-    attach_quality(d, getattr(res, "label_map", None), card)
-    if isinstance(d.get("explanation_region"), dict) and getattr(res, "region_map", None) is not None:
-        from .inference.quality import attach_region_quality
-
-        seg = next((e.card for e in models.entries if e.card is not None
-                    and e.card.id == d["explanation_region"].get("model")), None)
-        attach_region_quality(d, res.region_map, seg)
+    region = d.get("explanation_region") if isinstance(d.get("explanation_region"), dict) else {}
+    seg = next((e.card for e in models.entries if e.card is not None
+                and e.card.id == region.get("model")), None)
+    apply_trust_checks(d, res, card, [], region_card=seg)
     if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
             and res.label_map.shape[0] == 1:  # a single image: the label map also as an 8-bit PNG
         f = f"{stem}_labels.png"

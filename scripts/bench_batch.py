@@ -46,7 +46,7 @@ def films(n: int) -> list[Path]:
 
 def plain_loop(folder: Path, model_id: str, out: Path) -> float:
     """analyze's per-item steps in one plain loop (cli/analyze.py cmd_analyze); seconds."""
-    from imaging_assist.cli.analyze import _trust_checks
+    from imaging_assist.inference.checks import apply_trust_checks
     from imaging_assist.inference.images import find_images, read_image
     from imaging_assist.inference.pipelines import RunOptions, run_model
     from imaging_assist.inference.results import write_item_files, write_results_json
@@ -66,7 +66,7 @@ def plain_loop(folder: Path, model_id: str, out: Path) -> float:
         res.source = str(p)
         d = write_item_files(res, vol, out, p.stem)
         d["source"] = res.source
-        _trust_checks(d, res, card, [] if m.ok else list(m.reasons))
+        apply_trust_checks(d, res, card, [] if m.ok else list(m.reasons))
         items.append(d)
     summary = card.summary()
     summary["sha256"] = dict(model.hashes)

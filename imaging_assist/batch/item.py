@@ -5,7 +5,7 @@ part the engines run ahead of the model.  :class:`ModelRunner` holds one loaded 
 the card's region segmenter) and does, per item, exactly what ``analyze`` does in its loop
 (:func:`imaging_assist.cli.analyze.cmd_analyze`): ``match_card`` on the loaded volume,
 ``run_model`` (+ ``RegionExplainer.apply``), ``write_item_files``, analyze's
-``_trust_checks`` (research override, decision, segmentation quality), the match
+``inference.checks.apply_trust_checks`` (research override, decision, segmentation quality), the match
 warnings, and then writes the item's own ``results.json`` with the same model summary.  So
 a batch result equals an interactive one (tested: tests/test_batch.py).  Slides go through
 :func:`imaging_assist.slides.analysis.analyze_slide` as in ``analyze``.
@@ -193,9 +193,9 @@ class ModelRunner:
         _fresh(out)
         d = write_item_files(res, vol, out, c.stem)
         d["source"] = res.source
-        from ..cli.analyze import _trust_checks  # analyze's own checks, not a copy
+        from ..inference.checks import apply_trust_checks  # analyze's own checks, not a copy
 
-        _trust_checks(d, res, self.card, overridden)
+        apply_trust_checks(d, res, self.card, overridden)
         said = " ".join(d.get("warnings") or [])
         extra = [w for w in m.warnings if not (w.startswith("plain image") and "modality" in said)]
         if extra:

@@ -244,7 +244,9 @@ def cmd_analyze(args) -> int:
                 res.source = str(payload) if kind == "image" else series_source(vol, src)
                 d = write_item_files(res, vol, out_dir, stem)
                 d["source"] = res.source
-                _trust_checks(d, res, card, overridden)
+                from ..inference.checks import apply_trust_checks
+
+                apply_trust_checks(d, res, card, overridden)
                 # fits, but something the card asks for could not be checked: say so (the
                 # pipeline already says that a plain image has no modality)
                 said = " ".join(d.get("warnings") or [])
@@ -375,37 +377,6 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
         if old is not None:
             signal.signal(signal.SIGINT, old)
     return failed
-
-
-def _trust_checks(d: dict, res, card, overridden: list[str]) -> None:
-    """Issue 14: a research override is recorded and withholds decisions; classifications get
-    the ``decision`` with the card's independent test-split figures; segmentations the
-    card's ``quality`` checks (imaging_assist.inference.quality)."""
-    from ..inference.quality import attach_quality
-    from ..models.operating_point import apply_decision
-
-    withheld = ""
-    if overridden:
-        d["research_override"] = {"reasons": overridden,
-                                  "note": "run with --research-override although the model card "
-                                          "does not fit: research only, decisions withheld"}
-        d["warnings"] = list(d.get("warnings") or []) + [
-            "research override: the model card does not fit (" + "; ".join(overridden) + ")"]
-        withheld = "research override: the model card does not fit this series"
-    if "probabilities" in d:
-        apply_decision(d, card, withheld)
-    if getattr(res, "label_map", None) is not None:
-        attach_quality(d, res.label_map, card)
-    er = d.get("explanation_region")
-    if isinstance(er, dict) and getattr(res, "region_map", None) is not None:
-        from ..inference.quality import attach_region_quality
-        from ..models.registry import Registry
-
-        try:
-            seg = Registry().get(er.get("model")).card
-        except Exception:  # noqa: BLE001 - the region already ran; no checks without its card
-            seg = None
-        attach_region_quality(d, res.region_map, seg)
 
 
 def _summary(d: dict) -> str:
