@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..errors import UserError
 from .common import int_at_least
 
 
@@ -21,6 +22,10 @@ def register(subparsers) -> None:
     b.add_argument("--model", action="append", required=True, metavar="ID",
                    help="model id or model folder (repeat for several models)")
     b.add_argument("--out", required=True, metavar="DIR")
+    b.add_argument("--deidentify", action="store_true",
+                   help="run on de-identified copies of the DICOM sources (PS3.15 basic profile, "
+                        "burned-in text blacked out; as `anonymize`): results, reports and DICOM "
+                        "objects carry no PHI; non-DICOM files are left out")
     b.add_argument("--explain", nargs="?", const="gradcam", default=None, metavar="METHOD",
                    help="explain with gradcam (default), ig, saliency or occlusion")
     b.add_argument("--label", action="append", metavar="LABEL", help="label to explain (repeatable)")
@@ -59,6 +64,15 @@ def cmd_batch(args) -> int:
     from ..batch.run import run_batch
     from ..explain.methods import canonical_method
 
+    if args.deidentify:  # issue 16: every output made from de-identified data, as analyze does
+        if args.engine == "ray" and (args.address or os.environ.get("RAY_ADDRESS")):
+            raise UserError("--deidentify with a Ray cluster: the copies would exist on this machine "
+                            "only; run `imaging-assist anonymize` onto a folder every node mounts, "
+                            "then batch that folder")
+        from ..privacy.deid import deidentified_input
+
+        args.sources = [deidentified_input(s, echo=lambda m: print(m, file=sys.stderr))
+                        for s in args.sources]
     explain = canonical_method(args.explain) if args.explain is not None else None
     if args.label and explain is None:
         explain = "gradcam"
