@@ -368,3 +368,16 @@ def test_cli_dicom_without_a_point_is_a_one_line_error(tmp_path, capsys):
     rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-seg", "--at", "1,2", "--out",
                   str(tmp_path / "o2")], capsys)
     assert rc == 2 and "three numbers" in o.err
+
+
+@pytest.mark.parametrize("model_id", ["ct-nodule-seg", "ct-nodule-malignancy"])
+def test_the_whole_series_pipeline_refuses_a_window_model(slab, model_id):
+    """run_model would shrink a whole CT to the 32 mm window: refused with what to do instead."""
+    from imaging_assist.errors import UserError
+    from imaging_assist.inference.pipelines import RunOptions, run_model
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.models.registry import Registry
+
+    model = load_model(Registry().get(model_id).card)
+    with pytest.raises(UserError, match="window around a point"):
+        run_model(model, slab, RunOptions(device="cpu"))

@@ -123,6 +123,11 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
 
 
 def _check_input(card, vol: Volume, warns: list[str], opts: RunOptions) -> None:
+    inp = (getattr(card, "raw", None) or {}).get("input")
+    if isinstance(inp, dict) and inp.get("window"):  # e.g. the CT nodule models (nodules/window.py)
+        raise InputError(f"model {card.id} analyses a window around a point the reader gives (a CT "
+                         "nodule), not a whole series: use `analyze --at X,Y,Z` or Shift+click the "
+                         "nodule in the viewer")
     if vol.array.size == 0:
         raise InputError("the image is empty")
     if vol.loaded is not None and not np.all(vol.loaded):
