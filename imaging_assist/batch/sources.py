@@ -24,10 +24,6 @@ from pathlib import Path
 
 from ..errors import UserError
 
-# analyze's list of extensions that are never model input (cli/analyze.py _NOT_IMAGES), less
-# ".zip": a batch SOURCE folder may hold zipped studies, which the scanner reads.
-NOT_IMAGES = {".csv", ".txt", ".json", ".md", ".xml", ".yml", ".yaml", ".npy", ".nii", ".gz",
-              ".html", ".pdf", ".py"}
 HASH_CHUNK = 1 << 20
 
 
@@ -113,7 +109,7 @@ def collect(sources: list[str], cards: list, override: bool = False
     ``problems``: (path, reason) for files the scanner could not read: each becomes one
     failed row in the table (a corrupt file is a failed row with its reason, the batch
     goes on).  ``notes``: what was skipped and why (no model fits it)."""
-    from ..inference.images import find_images, is_plain_image
+    from ..inference.inputs import collect_inputs
     from ..models.matching import SeriesFacts, match_card
 
     out: dict[str, Candidate] = {}
@@ -144,60 +140,35 @@ def collect(sources: list[str], cards: list, override: bool = False
         for card, spec in slide_cards:
             from ..slides.analysis import find_slide_inputs
 
-            found = find_slide_inputs(path, spec["tile_px"])
-            slides.update(os.path.abspath(p) for p in found)
-            for sp in found:
+            slide_paths = find_slide_inputs(path, spec["tile_px"])
+            slides.update(os.path.abspath(p) for p in slide_paths)
+            for sp in slide_paths:
                 base = Path(sp).stem if Path(sp).is_file() else Path(sp).name
                 c = Candidate("slide", sp, base, str(sp))
                 c = out.setdefault(c.key, c)
                 if card.id not in c.models:
                     c.models.append(card.id)
 
-        def keep(p) -> bool:
-            a = os.path.abspath(p)
-            return a not in slides and os.path.dirname(a) not in slides
-
-        if path.is_file():
-            images = [path] if is_plain_image(path) and keep(path) else []
-            others = [] if images or not keep(path) else [path]
-            root = path.parent
-        else:
-            images = [p for p in find_images(path) if keep(p)]
-            others = [p for p in path.rglob("*") if p.is_file() and not is_plain_image(p)
-                      and p.suffix.lower() not in NOT_IMAGES and not p.name.startswith(".")
-                      and keep(p)]
-            root = path
-        if images:
+        found = collect_inputs(path, slides)
+        problems += found.problems
+        if found.images:
             facts = SeriesFacts(is_dicom=False, units="", loaded=False)
             for card in cards:
                 m = match_card(card, facts)
                 if not m.ok and not override:
-                    notes.append(f"{path}: {len(images)} plain image(s) skipped for {card.id}: {m.reason}")
+                    notes.append(f"{path}: {len(found.images)} plain image(s) skipped for {card.id}: {m.reason}")
                     continue
-                for p in images:
-                    rel = p.relative_to(root) if p != root else Path(p.name)
-                    c = Candidate("image", p, str(rel.with_suffix("")).replace(os.sep, "_"), str(p))
-                    add(c, card, m)
-        if others:
-            from ..dicom import scan
-
-            index = scan(str(path))
-            for pr in index.problems:
-                if not is_plain_image(pr.path) and Path(pr.path).suffix.lower() not in NOT_IMAGES:
-                    problems.append((str(pr.path), str(pr.reason)))
-            for n, se in enumerate(index.all_series()):
-                if getattr(se, "result_kind", None):
-                    notes.append(f"series {se.key} ({se.modality} {se.description}) skipped: a result "
-                                 "object, not an image")
+                for p, stem in found.images:
+                    add(Candidate("image", p, stem, str(p)), card, m)
+        for se in found.results:
+            notes.append(f"series {se.key} ({se.modality} {se.description}) skipped: a result "
+                         "object, not an image")
+        for se, stem in found.series:
+            for card in cards:
+                m = match_card(card, SeriesFacts.from_series(se))
+                if not m.ok and not override:
+                    notes.append(f"series {se.key} ({se.modality} {se.description}) skipped for "
+                                 f"{card.id}: {m.reason}")
                     continue
-                num = se.number if getattr(se, "number", None) is not None else n + 1
-                tag = se.key.split(".")[-1][-8:].replace(":", "-part")
-                for card in cards:
-                    m = match_card(card, SeriesFacts.from_series(se))
-                    if not m.ok and not override:
-                        notes.append(f"series {se.key} ({se.modality} {se.description}) skipped for "
-                                     f"{card.id}: {m.reason}")
-                        continue
-                    add(Candidate("series", se, f"series_{num}_{tag}", f"{path} (series {se.uid})"),
-                        card, m)
+                add(Candidate("series", se, stem, f"{path} (series {se.uid})"), card, m)
     return list(out.values()), notes, problems

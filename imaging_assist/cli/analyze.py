@@ -9,15 +9,11 @@ loaded volume (3D geometry and units are only known then).  Handlers return an e
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from ..errors import UserError
 from .common import int_at_least, out_folder
-
-_NOT_IMAGES = {".csv", ".txt", ".json", ".md", ".xml", ".yml", ".yaml", ".npy", ".nii", ".gz",
-               ".html", ".pdf", ".py", ".zip"}
 
 
 def register(subparsers) -> None:
@@ -66,62 +62,31 @@ def _collect_inputs(path: Path, card, exclude=(), override: bool = False):
     """([(kind, payload, stem)], notes): kind "image" (payload Path) or "series" (SeriesInfo).
 
     ``exclude``: slide files/folders analysed as slides (left out here)."""
-    from ..inference.images import find_images, is_plain_image
+    from ..inference.inputs import collect_inputs
     from ..models.matching import SeriesFacts, match_card
 
+    found = collect_inputs(path, exclude)
     items: list[tuple[str, object, str]] = []
-    notes: list[str] = []
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    ex = {os.path.abspath(p) for p in exclude}
-
-    def keep(p) -> bool:
-        a = os.path.abspath(p)
-        return a not in ex and os.path.dirname(a) not in ex
-
-    if path.is_file():
-        images = [path] if is_plain_image(path) and keep(path) else []
-        others = [] if images or not keep(path) else [path]
-        root = path.parent
-    else:
-        images = [p for p in find_images(path) if keep(p)]
-        others = [p for p in path.rglob("*") if p.is_file() and not is_plain_image(p)
-                  and p.suffix.lower() not in _NOT_IMAGES and not p.name.startswith(".") and keep(p)]
-        root = path
-    if images:  # one plain 2D image each, no modality, no physical units: the same rules
+    notes = [f"{p}: {reason}" for p, reason in found.problems]
+    if found.images:  # one plain 2D image each, no modality, no physical units: the same rules
         m = match_card(card, SeriesFacts(is_dicom=False, units="", loaded=False))
         if not m.ok and override:
-            notes.append(f"{len(images)} plain image(s) run under --research-override: {m.reason}")
+            notes.append(f"{len(found.images)} plain image(s) run under --research-override: {m.reason}")
+        if m.ok or override:
+            items += [("image", p, stem) for p, stem in found.images]
+        else:
+            notes.append(f"{len(found.images)} plain image(s) skipped: {m.reason}")
+    for s in found.results:
+        notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: a result object, "
+                     "not an image")
+    for s, stem in found.series:
+        m = match_card(card, SeriesFacts.from_series(s))
+        if not m.ok and override:
+            notes.append(f"series {s.key} run under --research-override: {m.reason}")
         elif not m.ok:
-            notes.append(f"{len(images)} plain image(s) skipped: {m.reason}")
-            images = []
-    for p in images:
-        rel = p.relative_to(root) if p != root else Path(p.name)
-        items.append(("image", p, str(rel.with_suffix("")).replace(os.sep, "_")))
-    if others:
-        try:
-            from ..dicom import scan
-        except ImportError:
-            raise UserError("DICOM input needs imaging_assist.dicom, which is not available") from None
-        index = scan(str(path))
-        for pr in index.problems:
-            if not is_plain_image(pr.path) and Path(pr.path).suffix.lower() not in _NOT_IMAGES:
-                notes.append(f"{pr.path}: {pr.reason}")
-        for n, s in enumerate(index.all_series()):
-            if getattr(s, "result_kind", None):  # SEG / Parametric Map / SR / PDF: never model input
-                notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: a result object, "
-                             "not an image")
-                continue
-            m = match_card(card, SeriesFacts.from_series(s))
-            if not m.ok and override:
-                notes.append(f"series {s.key} run under --research-override: {m.reason}")
-            elif not m.ok:
-                notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {m.reason}")
-                continue
-            num = s.number if getattr(s, "number", None) is not None else n + 1
-            # The key (not the UID) names the output: a split series has several parts per UID.
-            tag = s.key.split(".")[-1][-8:].replace(":", "-part")
-            items.append(("series", s, f"series_{num}_{tag}"))
+            notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {m.reason}")
+            continue
+        items.append(("series", s, stem))
     return items, notes
 
 
