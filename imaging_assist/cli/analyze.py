@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import int_at_least, out_folder
+from .common import finish_run, int_at_least, out_folder
 
 
 def register(subparsers) -> None:
@@ -99,7 +99,7 @@ def cmd_analyze(args) -> int:
     from ..inference.jobs import Cancelled
     from ..inference.pipelines import RunOptions, run_model
     from ..demo import series_source
-    from ..inference.results import write_item_files, write_results_json
+    from ..inference.results import write_item_files
     from ..models.loaders import load_model
     from ..models.matching import match_card, series_facts
 
@@ -111,7 +111,8 @@ def cmd_analyze(args) -> int:
         args.path = deidentified_input(args.path, echo=lambda m: print(m, file=sys.stderr))
     entry = Registry().get(args.model)
     card = entry.card
-    from ..nodules.run import cmd_analyze_nodules, is_nodule_model
+    from ..nodules.run import is_nodule_model
+    from .analyze_nodules import cmd_analyze_nodules
 
     if card is not None and is_nodule_model(card):  # a point in a CT: imaging_assist/nodules/run.py
         return cmd_analyze_nodules(args, card, Path(args.path).expanduser())
@@ -248,28 +249,7 @@ def cmd_analyze(args) -> int:
     summary = card.summary()
     summary["sha256"] = dict(model.hashes)
     summary["intended_use"] = card.intended_use
-    p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)})
-    for n in notes:
-        print(f"note: {n}", file=sys.stderr)
-    if args.json:
-        sys.stdout.write(p.read_text())
-    else:
-        print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
-    try:  # the PDF report, always (issue 13); results.json above stays whatever happens here
-        import json
-
-        from ..export.report_pdf import build_report, write_report_pdf
-
-        rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out_dir,
-                                           captured=captured, load_missing=False), out_dir / "report.pdf")
-        print(f"wrote {rp}", file=sys.stderr if args.json else sys.stdout)
-    except UserError as e:
-        print(f"error: report.pdf not written: {e}", file=sys.stderr)
-        failed += 1
-    if dicom_run is not None:
-        dicom_run.finish(out_dir / "report.pdf")
-        failed += dicom_run.failed
-    return 1 if failed else 0
+    return finish_run(args, path, out_dir, results, summary, notes, captured, dicom_run, failed)
 
 
 def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: list,

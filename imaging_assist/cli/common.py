@@ -45,3 +45,32 @@ def int_at_least(low: int):
 
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, captured: dict,
+               dicom_run, failed: int) -> int:
+    """The end of every ``analyze`` run (images, series, slides, CT nodules): ``results.json``,
+    the notes, the PDF report (always, issue 13; results.json stays whatever happens to it) and
+    the DICOM objects when asked.  Exit code 1 when anything failed."""
+    from ..errors import UserError
+    from ..export.report_pdf import build_report, write_report_pdf
+    from ..inference.results import write_results_json
+
+    p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)})
+    for n in notes:
+        print(f"note: {n}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(p.read_text())
+    else:
+        print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
+    try:
+        rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out_dir,
+                                           captured=captured, load_missing=False), out_dir / "report.pdf")
+        print(f"wrote {rp}", file=sys.stderr if args.json else sys.stdout)
+    except UserError as e:
+        print(f"error: report.pdf not written: {e}", file=sys.stderr)
+        failed += 1
+    if dicom_run is not None:
+        dicom_run.finish(out_dir / "report.pdf")
+        failed += dicom_run.failed
+    return 1 if failed else 0

@@ -1,5 +1,6 @@
-"""``imaging-assist analyze PATH --model ct-nodule-malignancy|ct-nodule-seg [--at X,Y,Z |
---points CSV] --out DIR``: the nodule workflow on DICOM CT series or NIfTI volumes.
+"""The nodule workflow on DICOM CT series or NIfTI volumes, for ``imaging-assist analyze PATH
+--model ct-nodule-malignancy|ct-nodule-seg [--at X,Y,Z | --points CSV] --out DIR`` (the command
+itself: :mod:`imaging_assist.cli.analyze_nodules`) and the viewer.
 
 Points are patient coordinates in mm, LPS (DICOM's frame: x to the patient's left, y to the
 back, z to the head).  A NIfTI volume with no point is taken as a crop centred on its nodule
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -183,127 +183,5 @@ def summary_lines(d: dict) -> list[str]:
             for nd in d.get("nodules") or []]
 
 
-# ------------------------------------------------------------------ the command
-def _inputs(path: Path, card):
-    """[(kind, loader, source, stem)]: NIfTI files and DICOM CT series under ``path``."""
-    from ..models.matching import SeriesFacts, match_card
-
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    nifti = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES)]
-    others = [p for p in files if p not in nifti and not p.name.startswith(".")
-              and p.suffix.lower() not in (".csv", ".txt", ".json", ".md", ".xml", ".png", ".jpg")]
-    items, notes = [], []
-    for p in nifti:
-        from .window import volume_from_nifti
-
-        stem = p.name[:-7] if p.name.lower().endswith(".nii.gz") else p.stem
-        items.append(("nifti", (lambda p=p: volume_from_nifti(p)), str(p), stem))
-    if others:
-        from ..dicom import load_series, scan
-
-        index = scan(str(path))
-        for n, s in enumerate(index.all_series()):
-            if getattr(s, "result_kind", None):
-                notes.append(f"series {s.key} skipped: a result object, not an image")
-                continue
-            m = match_card(card, SeriesFacts.from_series(s))
-            if not m.ok:
-                notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {m.reason}")
-                continue
-            num = s.number if getattr(s, "number", None) is not None else n + 1
-            tag = s.key.split(".")[-1][-8:].replace(":", "-part")
-            items.append(("series", (lambda s=s: load_series(s)), f"{path} (series {s.uid})",
-                          f"series_{num}_{tag}"))
-    return items, notes
-
-
-def cmd_analyze_nodules(args, card, path: Path) -> int:
-    """The nodule branch of ``imaging-assist analyze`` (see the module doc)."""
-    from ..demo import series_source
-    from ..export.report_pdf import build_report, capture, write_report_pdf
-    from ..inference.results import write_results_json
-    from ..outputs import out_folder
-
-    points: list[tuple[str | None, list[float]]] = [(None, parse_point(a)) for a in (args.at or [])]
-    if getattr(args, "points", None):
-        points += read_points_csv(args.points)
-    items, notes = _inputs(path, card)
-    if not items:
-        raise UserError(f"nothing in {path} matches model {card.id} (3D CT in HU, DICOM or NIfTI)"
-                        + (f": {'; '.join(notes[:3])}" if notes else ""))
-    if not points and any(k == "series" for k, *_ in items):
-        raise UserError(f"{card.id} characterises a nodule you point at (it does not detect): give "
-                        "--at X,Y,Z (mm, patient LPS) or --points CSV for a DICOM series")
-    out_dir = out_folder(args.out)
-    explain = card.id == MALIGNANCY_MODEL or args.explain is not None
-    dicom_run = None
-    if getattr(args, "dicom", False):
-        from ..export.dicom import DicomRun
-
-        dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
-    results, captured, failed, used, said_nifti = [], {}, 0, set(), False
-    for kind, load, src, stem in items:
-        base, k = stem, 2
-        while stem in used:
-            stem, k = f"{base}_{k}", k + 1
-        used.add(stem)
-        try:
-            vol = load()
-            pts = points
-            extra = []
-            if not pts:
-                pts = [(None, volume_centre(vol))]
-                extra.append("no point given: the NIfTI volume is taken as a crop centred on its nodule "
-                             "(its centre is used)")
-            run = analyze_points(vol, pts, explain=explain)
-            d = item_dict(run, vol, out_dir, stem, card,
-                          series_source(vol, src) if kind == "series" else src, kind)
-            d["warnings"] = extra + d["warnings"]
-            captured[len(results)] = capture(d, vol, out_dir, run)
-            results.append(d)
-            if dicom_run is not None and kind == "series":
-                dicom_run.add(kind, vol, run, d, stem)
-            elif dicom_run is not None and not said_nifti:
-                print("note: DICOM result objects are not written for NIfTI input (no DICOM source to "
-                      "reference): the NIfTI label map and the PDF report only", file=sys.stderr)
-                said_nifti = True
-            for line in summary_lines(d):
-                print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
-        except UserError as e:
-            failed += 1
-            results.append({"source": src, "model": card.id, "model_version": card.version, "error": str(e)})
-            print(f"error: {src}: {e}", file=sys.stderr)
-    summary = card.summary()
-    summary["intended_use"] = card.intended_use
-    from . import models as nm
-
-    if any(n.get("models") for it in results for n in it.get("nodules") or []):  # they ran: checked hashes
-        summary["sha256"] = dict(nm.load(card.id).hashes)
-        summary["workflow_models"] = {mid: {"version": nm.load(mid).card.version, "sha256": dict(nm.load(mid).hashes)}
-                                      for mid in NODULE_MODELS}
-    p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)})
-    for n in notes:
-        print(f"note: {n}", file=sys.stderr)
-    if args.json:
-        sys.stdout.write(p.read_text())
-    else:
-        print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
-    try:
-        import json
-
-        rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out_dir,
-                                           captured=captured, load_missing=False), out_dir / "report.pdf")
-        print(f"wrote {rp}", file=sys.stderr if args.json else sys.stdout)
-    except UserError as e:
-        print(f"error: report.pdf not written: {e}", file=sys.stderr)
-        failed += 1
-    if dicom_run is not None:
-        dicom_run.finish(out_dir / "report.pdf")
-        failed += dicom_run.failed
-    return 1 if failed else 0
-
-
-__all__ = ["NoduleRun", "analyze_points", "item_dict", "cmd_analyze_nodules", "is_nodule_model",
+__all__ = ["NoduleRun", "analyze_points", "item_dict", "is_nodule_model",
            "parse_point", "read_points_csv", "volume_centre", "NIFTI_SUFFIXES", "tracking_uid"]

@@ -1,0 +1,104 @@
+"""The CT nodule branch of ``imaging-assist analyze PATH --model ct-nodule-malignancy|ct-nodule-seg
+[--at X,Y,Z | --points CSV] --out DIR`` (the engine is :mod:`imaging_assist.nodules.run`: points,
+analysis, the results.json item)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..nodules.analysis import MALIGNANCY_MODEL
+from ..nodules.run import (NIFTI_SUFFIXES, NODULE_MODELS, analyze_points, item_dict, parse_point,
+                           read_points_csv, summary_lines, volume_centre)
+from .common import finish_run, out_folder
+
+
+def _inputs(path: Path, card):
+    """[(kind, loader, source, stem)]: NIfTI files and DICOM CT series under ``path``."""
+    from ..dicom import load_series
+    from ..inference.inputs import collect_inputs
+    from ..models.matching import SeriesFacts, match_card
+    from ..nodules.window import volume_from_nifti
+
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    nifti = [p for p in files if p.name.lower().endswith(NIFTI_SUFFIXES)]
+    items, notes = [], []
+    for p in nifti:
+        stem = p.name[:-7] if p.name.lower().endswith(".nii.gz") else p.stem
+        items.append(("nifti", (lambda p=p: volume_from_nifti(p)), str(p), stem))
+    found = collect_inputs(path, exclude=nifti)  # the DICOM series, as analyze finds them
+    notes += [f"series {s.key} skipped: a result object, not an image" for s in found.results]
+    for s, stem in found.series:
+        m = match_card(card, SeriesFacts.from_series(s))
+        if not m.ok:
+            notes.append(f"series {s.key} ({s.modality} {s.description}) skipped: {m.reason}")
+            continue
+        items.append(("series", (lambda s=s: load_series(s)), f"{path} (series {s.uid})", stem))
+    return items, notes
+
+
+def cmd_analyze_nodules(args, card, path: Path) -> int:
+    """The nodule branch of ``imaging-assist analyze`` (see the module doc)."""
+    from ..demo import series_source
+    from ..export.report_pdf import capture
+    from ..nodules import models as nm
+
+    points: list[tuple[str | None, list[float]]] = [(None, parse_point(a)) for a in (args.at or [])]
+    if getattr(args, "points", None):
+        points += read_points_csv(args.points)
+    items, notes = _inputs(path, card)
+    if not items:
+        raise UserError(f"nothing in {path} matches model {card.id} (3D CT in HU, DICOM or NIfTI)"
+                        + (f": {'; '.join(notes[:3])}" if notes else ""))
+    if not points and any(k == "series" for k, *_ in items):
+        raise UserError(f"{card.id} characterises a nodule you point at (it does not detect): give "
+                        "--at X,Y,Z (mm, patient LPS) or --points CSV for a DICOM series")
+    out_dir = out_folder(args.out)
+    explain = card.id == MALIGNANCY_MODEL or args.explain is not None
+    dicom_run = None
+    if getattr(args, "dicom", False):
+        from ..export.dicom import DicomRun
+
+        dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
+    results, captured, failed, used, said_nifti = [], {}, 0, set(), False
+    for kind, load, src, stem in items:
+        base, k = stem, 2
+        while stem in used:
+            stem, k = f"{base}_{k}", k + 1
+        used.add(stem)
+        try:
+            vol = load()
+            pts = points
+            extra = []
+            if not pts:
+                pts = [(None, volume_centre(vol))]
+                extra.append("no point given: the NIfTI volume is taken as a crop centred on its nodule "
+                             "(its centre is used)")
+            run = analyze_points(vol, pts, explain=explain)
+            d = item_dict(run, vol, out_dir, stem, card,
+                          series_source(vol, src) if kind == "series" else src, kind)
+            d["warnings"] = extra + d["warnings"]
+            captured[len(results)] = capture(d, vol, out_dir, run)
+            results.append(d)
+            if dicom_run is not None and kind == "series":
+                dicom_run.add(kind, vol, run, d, stem)
+            elif dicom_run is not None and not said_nifti:
+                print("note: DICOM result objects are not written for NIfTI input (no DICOM source to "
+                      "reference): the NIfTI label map and the PDF report only", file=sys.stderr)
+                said_nifti = True
+            for line in summary_lines(d):
+                print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
+        except UserError as e:
+            failed += 1
+            results.append({"source": src, "model": card.id, "model_version": card.version, "error": str(e)})
+            print(f"error: {src}: {e}", file=sys.stderr)
+    summary = card.summary()
+    summary["intended_use"] = card.intended_use
+    if any(n.get("models") for it in results for n in it.get("nodules") or []):  # they ran: checked hashes
+        summary["sha256"] = dict(nm.load(card.id).hashes)
+        summary["workflow_models"] = {mid: {"version": nm.load(mid).card.version, "sha256": dict(nm.load(mid).hashes)}
+                                      for mid in NODULE_MODELS}
+    return finish_run(args, path, out_dir, results, summary, notes, captured, dicom_run, failed)
