@@ -52,18 +52,6 @@ OOD_LAYERS = ["layer3", "layer4"]
 SENS_TARGET = 0.90
 
 
-def input_block(design: str) -> dict:
-    """The card's input block: the generic pipeline does not feed this model (the engine cuts
-    the window: imaging_assist.nodules.models); ``window`` documents that input."""
-    return {"channels": 3, "size": [W.WINDOW_SIZE] * 3, "spacing": [W.MODEL_SPACING_MM] * 3,
-            "orientation": "LPS", "units": "HU",
-            "window": {"design": design, "size_voxels": W.WINDOW_SIZE, "spacing_mm": W.MODEL_SPACING_MM,
-                       "axes": "[z, y, x] along +S, +P, +L", "hu_windows": [list(h) for h in W.HU_WINDOWS],
-                       "channels": ["lung window x valid", "mediastinal window x valid", "valid"],
-                       "common_half_mm_zyx": list(W.COMMON_HALF_MM),
-                       "code": "imaging_assist.nodules.window.cut_window + model_channels"}}
-
-
 def thin(valid: np.ndarray) -> np.ndarray:
     """The validity cut to the thinnest crop of the data (2 slices of 2.5 mm: z +-1.25 mm)."""
     off = (np.arange(W.WINDOW_SIZE) - (W.WINDOW_SIZE - 1) / 2.0) * W.MODEL_SPACING_MM
@@ -193,7 +181,7 @@ def main(argv=None) -> int:
         "schema_version": 1, "id": MODEL_ID,
         "name": "Lung nodule malignancy as LIDC readers judge it (3D ResNet, 32 mm window at 1 mm)",
         "version": "1.0.0", "task": "classification", "modality": ["CT"], "body_part": "CHEST",
-        "spatial_dims": 3, "architecture": ARCH, "input": input_block(args.design),
+        "spatial_dims": 3, "architecture": ARCH, "input": D.input_block(args.design),
         "output": {"activation": "softmax"}, "labels": LABELS, "gradcam_layer": GRADCAM_LAYER,
         "not_for_clinical_use": True,
         "thresholds": {"malignant": {"threshold": thr, "sensitivity": round(vs, 4), "specificity": round(vsp, 4),

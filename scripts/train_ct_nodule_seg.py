@@ -44,18 +44,6 @@ ARCH = {"library": "monai", "name": "UNet",
                    "num_res_units": 1, "norm": "batch"}}
 
 
-def input_block(design: str) -> dict:
-    """The card's input block: the generic pipeline does not feed this model (the engine cuts
-    the window: imaging_assist.nodules.models); ``window`` documents that input."""
-    return {"channels": 3, "size": [W.WINDOW_SIZE] * 3, "spacing": [W.MODEL_SPACING_MM] * 3,
-            "orientation": "LPS", "units": "HU",
-            "window": {"design": design, "size_voxels": W.WINDOW_SIZE, "spacing_mm": W.MODEL_SPACING_MM,
-                       "axes": "[z, y, x] along +S, +P, +L", "hu_windows": [list(h) for h in W.HU_WINDOWS],
-                       "channels": ["lung window x valid", "mediastinal window x valid", "valid"],
-                       "common_half_mm_zyx": list(W.COMMON_HALF_MM),
-                       "code": "imaging_assist.nodules.window.cut_window + model_channels"}}
-
-
 def seg_loss(logits, target, w):
     ce = (F.cross_entropy(logits, target, reduction="none") * w).sum() / w.sum().clamp(min=1)
     p = torch.softmax(logits, 1)[:, 1]
@@ -176,7 +164,7 @@ def main(argv=None) -> int:
         "schema_version": 1, "id": MODEL_ID,
         "name": "Lung nodule segmentation around a clicked point (3D UNet, 32 mm window at 1 mm)",
         "version": "1.0.0", "task": "segmentation", "modality": ["CT"], "body_part": "CHEST",
-        "spatial_dims": 3, "architecture": ARCH, "input": input_block(args.design),
+        "spatial_dims": 3, "architecture": ARCH, "input": D.input_block(args.design),
         "output": {"activation": "softmax"}, "labels": LABELS, "gradcam_layer": None,
         "not_for_clinical_use": True, "metrics": metrics,
         "metrics_ci": "percentile cluster bootstrap resampling whole patients (imaging_assist.evaluation."
