@@ -34,11 +34,13 @@ import csv
 import time
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 import _training as T
 from imaging_assist import evaluation as E
+# augmentation, loss, validation and measuring: the package's training code (one code path
+# with ``imaging-assist finetune --model cxr-lung-seg``)
+from imaging_assist.training.segmentation import (augment_2d, dice_ce_loss, mean_ci, per_lung, read_label_png,
+                                                  run_on_files, validation_by_dice)
 
 MODEL_ID = "cxr-lung-seg"
 LABELS = ["background", "right_lung", "left_lung"]
@@ -64,70 +66,6 @@ def base_card() -> dict:
         "inference": {"blend": "constant", "overlap": 0.0},
         "not_for_clinical_use": True,
     }
-
-
-# --------------------------------------------------------------------------- augmentation
-def random_aspect(x, m, g, amount=0.12):
-    """Stretch rows and columns by independent factors (1 ± amount): external films are
-    resized to 224² whatever their aspect ratio, so the lungs arrive squashed or stretched."""
-    n = x.shape[0]
-    sx = 1 + (torch.rand(n, generator=g) * 2 - 1) * amount
-    sy = 1 + (torch.rand(n, generator=g) * 2 - 1) * amount
-    z = torch.zeros(n)
-    theta = torch.stack([torch.stack([1 / sx, z, z], 1), torch.stack([z, 1 / sy, z], 1)], 1)
-    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
-    xo = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
-    mo = F.grid_sample(m[:, None].float(), grid, mode="nearest", padding_mode="zeros",
-                       align_corners=False)[:, 0].long()
-    return xo, mo
-
-
-def random_gamma(x, g, amount=0.3):
-    """Gamma on the [0, 1] image behind the normalisation (x = (v - 0.5) / 0.25)."""
-    n = x.shape[0]
-    gam = torch.exp((torch.rand(n, 1, 1, 1, generator=g) * 2 - 1) * amount).to(x.device)
-    v = (x * 0.25 + 0.5).clamp(0, 1)
-    return (v ** gam - 0.5) / 0.25
-
-
-# --------------------------------------------------------------------------- evaluation
-def per_lung(lab: np.ndarray, truth: np.ndarray, idx: int, mm_per_px: float | None = None):
-    d = E.dice(lab == idx, truth == idx)
-    h = E.hausdorff95(lab == idx, truth == idx)
-    return d, h
-
-
-def run_on_files(model, paths):
-    """Label maps from the engine (``run_model``: card preprocessing, inversion to the file's
-    own grid, argmax), one per file."""
-    from imaging_assist.inference.images import read_image
-    from imaging_assist.inference.pipelines import RunOptions, run_model
-
-    out = []
-    for p in paths:
-        res = run_model(model, read_image(p), RunOptions(device="cpu"))
-        out.append(res.label_map[0])
-    return out
-
-
-def read_label_png(p, mapping: dict[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(p) as im:
-        a = np.asarray(im.convert("L"))
-    lab = np.zeros(a.shape, np.int64)
-    for v, k in mapping.items():
-        lab[a == v] = k
-    return lab
-
-
-def mean_ci(vals, seed, clusters=None):
-    """Mean of the finite values and its cluster-bootstrap 95% CI (clusters: patient ids)."""
-    vals = np.asarray(vals, float)
-    ok = np.isfinite(vals)
-    cl = None if clusters is None else np.asarray(clusters)[ok]
-    v = vals[ok]
-    return float(v.mean()), E.bootstrap_ci(lambda a: float(np.mean(a)), v, clusters=cl, seed=seed), len(v)
 
 
 def paediatric_check(model, n_per_class: int = 40, seed: int = 0) -> dict:
@@ -181,31 +119,12 @@ def main(argv=None) -> int:
     y = T.read_masks(mpaths, tuple(INPUT["size"]), JSRT_VALUES)
     itr, iva, ite = (np.nonzero(split == k)[0] for k in range(3))
 
-    from monai.losses import DiceCELoss
-
     from imaging_assist.models.architectures import build_network
 
     net = build_network(ARCH, MODEL_ID)
-    dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
-
-    def loss_fn(logits, yb):
-        return dice_ce(logits, yb[:, None])
-
-    def augment(xb, yb, g):
-        xb, yb = T.random_affine(xb, g, rot_deg=10, scale=(0.85, 1.15), shift=0.08, masks=yb)
-        xb, yb = random_aspect(xb, yb, g, 0.12)
-        xb = random_gamma(xb, g, 0.3)
-        return T.random_intensity(xb, g, contrast=0.2, brightness=0.2), yb
-
-    yva = y[iva].numpy()
-
-    def evaluate(n):
-        lo = T.predict(n, x[iva], dev, batch_size=16)
-        lab = lo.argmax(1).numpy()
-        d = [[E.dice(a == k, b == k) for a, b in zip(lab, yva)] for k in (1, 2)]
-        md = float(np.mean(d))
-        return {"val_loss": float(loss_fn(lo, y[iva])), "val_dice_right": float(np.mean(d[0])),
-                "val_dice_left": float(np.mean(d[1])), "val_dice": md, "score": md}
+    loss_fn = dice_ce_loss()
+    augment = augment_2d  # rotation, scale, shift, aspect, gamma, contrast/brightness; no flips
+    evaluate = validation_by_dice(x[iva], y[iva], loss_fn, dev, {1: "right", 2: "left"})
 
     old_training = None
     if args.evaluate_only:

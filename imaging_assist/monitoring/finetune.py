@@ -1,10 +1,10 @@
 """Fine-tune a classifier on a site's reader-confirmed cases -> a candidate version.
 
 One code path with the training scripts: the inputs, the training loop, augmentation,
-temperature scaling and the grouped split are ``scripts/_training.py``'s own functions
-(``preprocess_all`` through the engine's ``model_input``, ``fit``, ``random_affine`` /
-``random_intensity``, ``fit_temperature`` / ``fold_temperature``, ``grouped_split``), imported
-from the source checkout; the candidate folder is written by the engine's
+temperature scaling and the grouped split are :mod:`imaging_assist.training`'s functions, the
+same ones ``scripts/train_*.py`` call through ``scripts/_training.py`` (``preprocess_all``
+through the engine's ``model_input``, ``fit``, ``random_affine`` / ``random_intensity``,
+``fit_temperature`` / ``fold_temperature``, ``grouped_split``); the candidate folder is written by the engine's
 ``models.build.save_model_folder`` like a shipped model.
 
 Steps: local cases (``--data DIR --labels CSV`` and/or the log's reader-confirmed labels,
@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +39,11 @@ DATASETS = {"cxr-pneumonia": "cxr/pneumonia_kermany", "us-breast": "ultrasound/b
 
 
 def training_module():
-    """``scripts/_training.py`` of the source checkout (the one training code path)."""
-    root = Path(__file__).resolve().parents[2]
-    scripts = root / "scripts"
-    if not (scripts / "_training.py").is_file():
-        raise UserError(f"finetune needs the training code of the source checkout ({scripts}/_training.py), "
-                        "which this installation does not have")
-    if str(scripts) not in sys.path:
-        sys.path.insert(0, str(scripts))
-    import _training  # noqa: PLC0415
+    """The one training code path: :mod:`imaging_assist.training` (what the training scripts
+    import through ``scripts/_training.py``)."""
+    from .. import training
 
-    return _training
+    return training
 
 
 # --------------------------------------------------------------------------- local cases
@@ -248,7 +241,7 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     yt = torch.from_numpy(y)
 
     # the model's own data: replay (validation rows) and the original test split
-    odata = Path(original_data) if original_data else (T.DATA / DATASETS.get(card.id, "")) if card.id in DATASETS else None
+    odata = Path(original_data) if original_data else (T.data_root() / DATASETS.get(card.id, "")) if card.id in DATASETS else None
     rep_x = rep_y = None
     orig = None
     pred_csv = Path(card.folder) / "predictions.csv"
@@ -361,8 +354,8 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the operating threshold "
             f"{thr} is the base model's, not re-chosen (too few local cases); the OOD statistics were refitted "
             "but their AUROC against other modalities was not re-measured."],
-        "training": {"code": "imaging-assist finetune -> scripts/_training.py fit / fit_temperature (the training "
-                             "scripts' code)", "base_version": card.version, "trained": train,
+        "training": {"code": "imaging-assist finetune -> imaging_assist.training fit / fit_temperature (the "
+                             "training scripts' code)", "base_version": card.version, "trained": train,
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "max_lr": lr,
                      "batch_size": batch_size, "replay_images": 0 if rep_x is None else int(len(rep_x)),
                      "temperature": round(temp, 4), "train_seconds": info["train_seconds"], "seed": seed},
