@@ -1,0 +1,329 @@
+"""Slide annotations (rulers, polygons, rectangles, counted points) as GeoJSON, the way
+QuPath exports them, kept in the user data folder per slide.  No Qt.
+
+* Geometry is in **level-0 pixel coordinates** (x right, y down), as QuPath writes it.
+* Each feature: ``{"type": "Feature", "id": <uuid>, "geometry": ..., "properties":
+  {"objectType": "annotation", "classification": {"name": ..., "color": [r, g, b]},
+  "measurements": {...}, "kind": "ruler" | "polygon" | "rectangle" | "points"}}``.
+  Lines are ``LineString``, polygons and rectangles ``Polygon`` (closed ring), counted points
+  ``MultiPoint`` (one feature per class, as QuPath's point annotations).
+* Measurements: ruler length in µm, polygon area in mm² and perimeter in µm (from the
+  slide's MPP, anisotropic x/y allowed); without MPP the same in level-0 pixels, named so
+  (``"Length px"``), never as micrometres.
+* **Slide identity** (:func:`slide_key`): a content hash, sha256 over the file size and its
+  first and last 4 MiB (a multi-gigabyte slide is not read whole; the head holds the TIFF/DICOM
+  header and the tail the last tiles or associated images).  The same file moved or renamed
+  keeps its annotations; a different file with the same name does not get them.  A folder (DICOM
+  WSI) hashes the sorted names and sizes and the same head/tail of each file.
+* Reading: QuPath's variants are accepted (a FeatureCollection, a list of features, one
+  Feature; measurements as a dict or a list of ``{name, value}``; ``MultiPolygon``; colour as
+  ``[r, g, b]`` or a packed integer).  A bad file is one :class:`UserError` line; size,
+  feature and vertex counts are bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+from .regions import polygon_area
+
+KINDS = ("ruler", "polygon", "rectangle", "points")
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_FEATURES = 100_000
+MAX_VERTICES = 2_000_000
+HASH_CHUNK = 4 * 1024 * 1024
+DEFAULT_CLASS = "Region"
+DEFAULT_COLORS = {"Region": (0, 180, 255), "Tumor": (200, 0, 0), "Stroma": (150, 200, 150),
+                  "Immune cells": (160, 90, 160), "Necrosis": (50, 50, 50), "Other": (255, 200, 0)}
+
+
+def class_color(name: str) -> tuple[int, int, int]:
+    """QuPath's colours for its default classes; others from a hash of the name."""
+    if name in DEFAULT_COLORS:
+        return DEFAULT_COLORS[name]
+    h = hashlib.sha256(name.encode()).digest()
+    return (64 + h[0] % 192, 64 + h[1] % 192, 64 + h[2] % 192)
+
+
+@dataclass
+class Annotation:
+    """One annotation: ``points`` are level-0 ``(x, y)``; a polygon's ring is not closed."""
+
+    kind: str
+    points: list[tuple[float, float]]
+    name: str = DEFAULT_CLASS           # the classification (QuPath's class)
+    color: tuple[int, int, int] = field(default=None)  # type: ignore[assignment]
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    label: str = ""                     # optional free text (QuPath "name")
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise UserError(f"unknown annotation kind {self.kind!r}")
+        self.points = [(float(x), float(y)) for x, y in self.points]
+        if self.color is None:
+            self.color = class_color(self.name)
+        self.color = tuple(int(c) for c in self.color)[:3]
+
+    # ------------------------------------------------------------------ measurements
+    def measurements(self, mpp) -> dict:
+        """QuPath-style measurement names and values (µm / mm² with ``mpp``, else px)."""
+        pts = np.asarray(self.points, np.float64).reshape(-1, 2)
+        mx, my = (float(mpp[0]), float(mpp[1])) if mpp else (1.0, 1.0)
+        if self.kind == "points":
+            return {"Num points": len(pts)}
+        if self.kind == "ruler":
+            d = np.diff(pts, axis=0) * [mx, my]
+            length = float(np.hypot(d[:, 0], d[:, 1]).sum())
+            return {"Length µm": length} if mpp else {"Length px": length}
+        ring = np.vstack([pts, pts[:1]])
+        d = np.diff(ring, axis=0) * [mx, my]
+        perim = float(np.hypot(d[:, 0], d[:, 1]).sum())
+        area_px = polygon_area(pts)
+        if mpp:
+            return {"Area µm^2": area_px * mx * my, "Area mm^2": area_px * mx * my / 1e6, "Perimeter µm": perim}
+        return {"Area px^2": area_px, "Perimeter px": perim}
+
+    def describe(self, mpp) -> str:
+        """One line for the list: class, kind and its measurement in the right unit."""
+        m = self.measurements(mpp)
+        if self.kind == "points":
+            return f"{self.name}: {m['Num points']} point{'s' if m['Num points'] != 1 else ''}"
+        if self.kind == "ruler":
+            return (f"{self.name}: ruler {m['Length µm']:.1f} µm" if mpp
+                    else f"{self.name}: ruler {m['Length px']:.0f} px (no MPP)")
+        if mpp:
+            return f"{self.name}: {self.kind} {m['Area mm^2']:.4f} mm², perimeter {m['Perimeter µm']:.0f} µm"
+        return f"{self.name}: {self.kind} {m['Area px^2']:.0f} px² (no MPP)"
+
+    # ------------------------------------------------------------------ GeoJSON
+    def to_feature(self, mpp) -> dict:
+        pts = [[x, y] for x, y in self.points]
+        if self.kind == "ruler":
+            geom = {"type": "LineString", "coordinates": pts}
+        elif self.kind == "points":
+            geom = {"type": "MultiPoint", "coordinates": pts}
+        else:
+            geom = {"type": "Polygon", "coordinates": [pts + pts[:1]]}
+        props = {"objectType": "annotation", "kind": self.kind,
+                 "classification": {"name": self.name, "color": list(self.color)},
+                 "measurements": {k: (round(v, 6) if isinstance(v, float) else v)
+                                  for k, v in self.measurements(mpp).items()},
+                 "isLocked": False}
+        if self.label:
+            props["name"] = self.label
+        return {"type": "Feature", "id": self.id, "geometry": geom, "properties": props}
+
+
+def point_counts(annotations) -> dict[str, int]:
+    """Counted points per class."""
+    out: dict[str, int] = {}
+    for a in annotations:
+        if a.kind == "points":
+            out[a.name] = out.get(a.name, 0) + len(a.points)
+    return out
+
+
+# --------------------------------------------------------------------------- files
+def to_geojson(annotations, mpp=None, slide: dict | None = None) -> dict:
+    fc = {"type": "FeatureCollection", "features": [a.to_feature(mpp) for a in annotations]}
+    if slide:
+        fc["imaging_assist"] = {"slide": slide, "coordinates": "level-0 pixels",
+                                "mpp": list(mpp) if mpp else None}
+    return fc
+
+
+def write_geojson(path, annotations, mpp=None, slide: dict | None = None) -> Path:
+    """Write atomically (temp file + rename): a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(to_geojson(annotations, mpp, slide), f, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
+    return path
+
+
+def _color(c, name: str) -> tuple[int, int, int]:
+    if isinstance(c, (list, tuple)) and len(c) >= 3:
+        return tuple(int(max(0, min(255, float(v)))) for v in c[:3])
+    if isinstance(c, (int, float)) and not isinstance(c, bool):  # QuPath <0.2 packed ARGB
+        v = int(c) & 0xFFFFFF
+        return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
+    return class_color(name)
+
+
+def _coords(seq, what: str) -> list[tuple[float, float]]:
+    if not isinstance(seq, list):
+        raise UserError(f"{what}: coordinates are not a list")
+    out = []
+    for p in seq:
+        if not isinstance(p, (list, tuple)) or len(p) < 2:
+            raise UserError(f"{what}: a position is not [x, y]")
+        try:
+            x, y = float(p[0]), float(p[1])
+        except (TypeError, ValueError):
+            raise UserError(f"{what}: a coordinate is not a number") from None
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise UserError(f"{what}: a coordinate is not finite")
+        out.append((x, y))
+    return out
+
+
+def _features(doc) -> list:
+    if isinstance(doc, list):
+        return doc
+    if isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
+        f = doc.get("features")
+        if not isinstance(f, list):
+            raise UserError("the FeatureCollection has no feature list")
+        return f
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        return [doc]
+    raise UserError("not GeoJSON annotations (expected a FeatureCollection, a Feature or a list of features)")
+
+
+def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
+    """Annotations of a GeoJSON document; also the notes on what was skipped and why."""
+    feats = _features(doc)
+    if len(feats) > MAX_FEATURES:
+        raise UserError(f"{len(feats):,} features (at most {MAX_FEATURES:,})")
+    out: list[Annotation] = []
+    notes: list[str] = []
+    n_vert = 0
+    for i, f in enumerate(feats):
+        what = f"feature {i + 1}"
+        if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
+            notes.append(f"{what}: no geometry, skipped")
+            continue
+        props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
+        cls = props.get("classification") if isinstance(props.get("classification"), dict) else {}
+        name = str(cls.get("name") or DEFAULT_CLASS)
+        color = _color(cls.get("color", props.get("color")), name)
+        label = str(props.get("name") or "")
+        fid = str(f.get("id") or props.get("id") or uuid.uuid4())
+        g = f["geometry"]
+        gt = g.get("type")
+        c = g.get("coordinates")
+        rings: list[tuple[str, list]] = []
+        if gt == "LineString":
+            rings.append(("ruler", _coords(c, what)))
+        elif gt == "Point":
+            rings.append(("points", _coords([c], what)))
+        elif gt == "MultiPoint":
+            rings.append(("points", _coords(c, what)))
+        elif gt == "Polygon":
+            if not isinstance(c, list) or not c:
+                raise UserError(f"{what}: a Polygon without rings")
+            if len(c) > 1:
+                notes.append(f"{what}: holes of the polygon left out")
+            rings.append((str(props.get("kind")) if props.get("kind") == "rectangle" else "polygon",
+                          _coords(c[0], what)))
+        elif gt == "MultiPolygon":
+            if not isinstance(c, list):
+                raise UserError(f"{what}: a MultiPolygon without polygons")
+            for poly in c:
+                if isinstance(poly, list) and poly:
+                    rings.append(("polygon", _coords(poly[0], what)))
+        else:
+            notes.append(f"{what}: geometry {gt!r} not supported, skipped")
+            continue
+        for k, (kind, pts) in enumerate(rings):
+            if kind in ("polygon", "rectangle"):
+                if len(pts) > 1 and pts[0] == pts[-1]:
+                    pts = pts[:-1]
+                if len(set(pts)) < 3:
+                    notes.append(f"{what}: a polygon with fewer than 3 vertices, skipped")
+                    continue
+            elif kind == "ruler" and len(pts) < 2:
+                notes.append(f"{what}: a line with fewer than 2 points, skipped")
+                continue
+            n_vert += len(pts)
+            if n_vert > MAX_VERTICES:
+                raise UserError(f"more than {MAX_VERTICES:,} vertices in the file")
+            out.append(Annotation(kind, pts, name, color, fid if k == 0 else str(uuid.uuid4()), label))
+    return out, notes
+
+
+def read_geojson(path) -> tuple[list[Annotation], list[str]]:
+    """Read a GeoJSON file (QuPath export or ours); one-line UserError when it cannot be used."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UserError(f"cannot read {path.name}: {e.strerror or e}") from None
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"{path.name} is {size / 1e6:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MiB of GeoJSON)")
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{path.name} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
+    return from_geojson(doc)
+
+
+# --------------------------------------------------------------------------- per slide
+def _head_tail(h, path: str, size: int) -> None:
+    with open(path, "rb") as f:
+        h.update(f.read(HASH_CHUNK))
+        if size > HASH_CHUNK:
+            f.seek(max(HASH_CHUNK, size - HASH_CHUNK))
+            h.update(f.read(HASH_CHUNK))
+
+
+def slide_key(path) -> str:
+    """Content identity of a slide file or WSI folder (see the module docstring)."""
+    p = os.fspath(path)
+    h = hashlib.sha256(b"imaging-assist slide v1\0")
+    try:
+        if os.path.isdir(p):
+            names = sorted(n for n in os.listdir(p) if os.path.isfile(os.path.join(p, n)) and not n.startswith("."))
+            for n in names[:2000]:
+                full = os.path.join(p, n)
+                size = os.path.getsize(full)
+                h.update(f"{n}\0{size}\0".encode())
+                _head_tail(h, full, size)
+        else:
+            size = os.path.getsize(p)
+            h.update(f"{size}\0".encode())
+            _head_tail(h, p, size)
+    except OSError as e:
+        raise UserError(f"cannot read {os.path.basename(p)} to identify it: {e.strerror or e}") from None
+    return h.hexdigest()[:32]
+
+
+def store_dir() -> Path:
+    from ..userdirs import data_dir
+
+    return data_dir() / "slide_annotations"
+
+
+def store_path(key: str) -> Path:
+    return store_dir() / f"{key}.geojson"
+
+
+def save_for_slide(key: str, annotations, mpp=None, slide: dict | None = None) -> Path:
+    """Save (or, with no annotations, remove) the slide's annotation file."""
+    path = store_path(key)
+    if not annotations:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return path
+    return write_geojson(path, annotations, mpp, slide)
+
+
+def load_for_slide(key: str) -> tuple[list[Annotation], list[str]]:
+    path = store_path(key)
+    if not path.exists():
+        return [], []
+    return read_geojson(path)
