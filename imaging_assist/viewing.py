@@ -183,14 +183,23 @@ def reference_line(src: Volume, src_plane: Plane, src_index: int,
     return best if bd > 1e-6 else None
 
 
-def start_index(vol: Volume) -> int:
-    """The image a series opens on, as a reader starts: the first image of the series.
+def start_index(vol: Volume, remembered: bool = True) -> int:
+    """The image a series opens on: where the reader left it (the viewer's active
+    :class:`positions.PositionStore`, same number of images), else the first image.
+
+    ``remembered=False`` gives the first image only:
 
     Convention (the same as Weasis and OHIF): the first image in the series order, i.e. the
     lowest InstanceNumber; for a CT that is where the scan began (often the most superior
     slice of a chest CT, the most inferior of a head CT scanned upwards).  Cine and
     multi-frame: frame 1.  Without InstanceNumbers: the first stored slice."""
     n = vol.n_slices
+    if remembered:
+        from . import positions
+        store = positions.active()
+        k = store.recall(vol) if store is not None else None
+        if k is not None:
+            return k
     if n <= 1 or vol.is_cine or not vol.headers:
         return 0
     nums = []
@@ -229,3 +238,37 @@ def matching_series(study, like=None):
     desc = (like.description or "").strip().lower() if like is not None else ""
     return max(cands, key=lambda s: (s.modality == mod, bool(desc) and s.description.strip().lower() == desc,
                                      s.n_frames))
+
+
+DEFAULT_CINE_FPS = 15.0
+
+
+def cine_rate(vol: Volume) -> tuple[float, str]:
+    """Frames per second a cine plays at, and where that came from: FrameTime (kept by the
+    header walk), else RecommendedDisplayFrameRate or CineRate read from the first file's
+    header (pydicom, header only), else ``DEFAULT_CINE_FPS``.  Clamped to 1-120 fps."""
+    def ok(v):
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return None
+        return f if math.isfinite(f) and f > 0 else None
+
+    if vol.frame_time_ms and ok(vol.frame_time_ms):
+        return min(120.0, max(1.0, 1000.0 / float(vol.frame_time_ms))), "FrameTime"
+    rec = (vol.headers or [None])[0]
+    if rec is not None and getattr(rec, "path", None):
+        for kw in ("RecommendedDisplayFrameRate", "CineRate"):
+            v = ok(rec.get(kw)) if hasattr(rec, "get") else None
+            if v:
+                return min(120.0, max(1.0, v)), kw
+        try:
+            from .dicom.header import read_dataset
+            ds = read_dataset(rec, stop_before_pixels=True)
+            for kw in ("RecommendedDisplayFrameRate", "CineRate"):
+                v = ok(ds.get(kw))
+                if v:
+                    return min(120.0, max(1.0, v)), kw
+        except Exception:  # noqa: BLE001 - an unreadable header means: no rate in the file
+            pass
+    return DEFAULT_CINE_FPS, "default"

@@ -1,0 +1,247 @@
+"""Hanging protocols (no Qt): which layout a study opens in and which series goes into which
+viewport, by modality and body part.
+
+Built-in rules (used when the user has saved none that fits):
+
+* CR / DX chest: 1×2, the current image beside the most recent prior (same patient);
+* CT: axial + MPR (the MPR layout of the current series);
+* MR: 2×2 of the study's series;
+* anything else: 1×1.
+
+The user saves the current layout as the protocol for a modality / body part; protocols are
+stored as JSON in ``userdirs.config_dir() / "hanging_protocols.json"`` (written atomically).
+A malformed file gives one warning line and the built-in rules, never a traceback.
+
+A viewport's source is one of ``current`` (the series that opened), ``prior`` (the series of
+the patient's most recent other study that matches the current one, see
+:func:`viewing.matching_series`) or ``next`` (the next image series of the current study not
+shown yet).  A viewport whose source is missing is filled with the next series of the study;
+when nothing is left the layout shrinks (a 1×2 with no prior is a 1×1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import viewing
+from .userdirs import config_dir
+
+FILE_NAME = "hanging_protocols.json"
+LAYOUTS = {"single": 1, "mpr": 1, "1x2": 2, "2x2": 4}
+SOURCES = ("current", "prior", "next")
+MAX_PROTOCOLS = 500  # a larger file is not a protocol list someone saved by hand
+MAX_FILE_BYTES = 1 << 20
+
+
+@dataclass
+class Protocol:
+    """One rule: applies to series of ``modality`` (e.g. "CR" or "CR/DX") and ``body_part``
+    ("" for any body part); opens ``layout`` with ``viewports`` sources."""
+
+    name: str
+    modality: str
+    body_part: str = ""
+    layout: str = "single"
+    viewports: list[str] = field(default_factory=lambda: ["current"])
+    builtin: bool = False
+
+    @property
+    def modalities(self) -> set[str]:
+        return {m.strip().upper() for m in self.modality.replace(",", "/").split("/") if m.strip()}
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return ("/".join(sorted(self.modalities)), self.body_part.strip().upper())
+
+    def matches(self, modality: str, body_part: str) -> bool:
+        mods = self.modalities
+        if mods and "*" not in mods and (modality or "").strip().upper() not in mods:
+            return False
+        bp = self.body_part.strip().upper()
+        return not bp or bp == (body_part or "").strip().upper()
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "modality": self.modality, "body_part": self.body_part,
+                "layout": self.layout, "viewports": list(self.viewports)}
+
+    def describe(self) -> str:
+        where = f"{self.modality or 'any'}" + (f" / {self.body_part}" if self.body_part else " / any body part")
+        lay = {"single": "1×1", "mpr": "axial + MPR"}.get(self.layout, self.layout.replace("x", "×"))
+        return f"{where}: {lay} ({', '.join(self.viewports)})" + ("  [built-in]" if self.builtin else "")
+
+
+BUILTIN = [
+    Protocol("Chest radiograph: current beside the most recent prior", "CR/DX", "CHEST", "1x2",
+             ["current", "prior"], builtin=True),
+    Protocol("CT: axial + MPR", "CT", "", "mpr", ["current"], builtin=True),
+    Protocol("MR: 2×2 of the study's series", "MR", "", "2x2", ["current", "next", "next", "next"], builtin=True),
+]
+FALLBACK = Protocol("1×1", "*", "", "single", ["current"], builtin=True)
+
+
+def _protocol_from(d) -> Protocol:
+    """A Protocol from one JSON entry; ValueError with the reason when it is not one."""
+    if not isinstance(d, dict):
+        raise ValueError("an entry is not an object")
+    mod, bp, lay = d.get("modality"), d.get("body_part", ""), d.get("layout")
+    vps = d.get("viewports")
+    if not isinstance(mod, str) or not mod.strip() or len(mod) > 64:
+        raise ValueError("an entry has no modality")
+    if not isinstance(bp, str) or len(bp) > 64:
+        raise ValueError(f"{mod}: body_part is not text")
+    if lay not in LAYOUTS:
+        raise ValueError(f"{mod}: layout {str(lay)[:20]!r} is not one of {', '.join(LAYOUTS)}")
+    if not isinstance(vps, list) or not vps or any(v not in SOURCES for v in vps):
+        raise ValueError(f"{mod}: viewports must be a list of {', '.join(SOURCES)}")
+    if len(vps) != LAYOUTS[lay] or vps[0] != "current":
+        raise ValueError(f"{mod}: layout {lay} needs {LAYOUTS[lay]} viewport(s), the first 'current'")
+    name = d.get("name")
+    name = name if isinstance(name, str) and name.strip() else f"{mod}" + (f" / {bp}" if bp else "")
+    return Protocol(name[:120], mod.strip(), bp.strip(), lay, list(vps))
+
+
+class ProtocolStore:
+    """The user's protocols (JSON in the config folder) in front of the built-in rules.
+
+    ``warning`` holds one line when the file could not be used (then only the built-in rules
+    apply and the file is left untouched until the user saves a protocol)."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else config_dir() / FILE_NAME
+        self.user: list[Protocol] = []
+        self.warning = ""
+        self.load()
+
+    def load(self) -> list[Protocol]:
+        self.user, self.warning = [], ""
+        try:
+            if not self.path.is_file():
+                return self.user
+            if self.path.stat().st_size > MAX_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_FILE_BYTES // 1024} KB")
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            items = data.get("protocols") if isinstance(data, dict) else None
+            if not isinstance(items, list):
+                raise ValueError('no "protocols" list')
+            if len(items) > MAX_PROTOCOLS:
+                raise ValueError(f"more than {MAX_PROTOCOLS} protocols")
+            self.user = [_protocol_from(d) for d in items]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
+            self.user = []
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            self.warning = f"hanging protocols file {self.path} is not usable ({reason}): built-in rules used"
+        return self.user
+
+    def all(self) -> list[Protocol]:
+        """User protocols first, then the built-in rules and the 1×1 fallback."""
+        return list(self.user) + BUILTIN + [FALLBACK]
+
+    def match(self, modality: str, body_part: str = "") -> Protocol:
+        """The protocol for a series: a user protocol for this modality and body part, then one
+        for the modality and any body part, then the built-in rules in the same order, then 1×1."""
+        for group in (self.user, BUILTIN):
+            for specific in (True, False):
+                for p in group:
+                    if bool(p.body_part.strip()) == specific and p.matches(modality, body_part):
+                        return p
+        return FALLBACK
+
+    def save(self, protocol: Protocol) -> Path:
+        """Add ``protocol`` (replacing the user's one with the same modality and body part)."""
+        _protocol_from(protocol.to_dict())  # the same checks as on reading
+        if self.warning:  # never overwrite a file we could not read: keep it beside
+            bad = self.path.with_name(self.path.name + ".unreadable")
+            try:
+                os.replace(self.path, bad)
+            except OSError:
+                pass
+            self.warning = ""
+        self.user = [p for p in self.user if p.key != protocol.key] + [protocol]
+        self._write()
+        return self.path
+
+    def remove(self, key: tuple[str, str]) -> bool:
+        """Remove the user's protocol with ``key`` (modality set, body part); False if none."""
+        n = len(self.user)
+        self.user = [p for p in self.user if p.key != tuple(key)]
+        if len(self.user) == n:
+            return False
+        self._write()
+        return True
+
+    def _write(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"version": 1, "protocols": [p.to_dict() for p in self.user]}
+        fd, tmp = tempfile.mkstemp(prefix=".hanging-", suffix=".json", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(data, fh, indent=1)
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+
+@dataclass
+class Hanging:
+    """What to show: the layout and the series key of each viewport (first: the current)."""
+
+    protocol: Protocol
+    layout: str
+    keys: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def plan(protocol: Protocol, index, series) -> Hanging:
+    """Resolve ``protocol`` for ``series`` of a StudyIndex: the series key per viewport.
+
+    Missing sources are replaced by the next series of the study (with a note); when there
+    are fewer series than viewports the layout shrinks (2×2 → 1×2 → 1×1)."""
+    keys, notes = [series.key], []
+    here = index.study_of(series) if index is not None else None
+    others = [s for s in (here.series if here else []) if s.is_image and s.key != series.key]
+    priors = viewing.prior_studies(index, series)
+    prior = viewing.matching_series(priors[0], series) if priors else None
+    if protocol.layout in ("single", "mpr"):
+        return Hanging(protocol, protocol.layout, keys, notes)
+    for src in protocol.viewports[1:]:
+        s = None
+        if src == "prior":
+            s = prior if prior is not None and prior.key not in keys else None
+            if s is None:
+                notes.append("no prior study of this patient is loaded")
+        if s is None:
+            s = next((o for o in others if o.key not in keys), None)
+        if s is not None:
+            keys.append(s.key)
+    layout = "2x2" if len(keys) > 2 and protocol.layout == "2x2" else ("1x2" if len(keys) >= 2 else "single")
+    if layout != protocol.layout:
+        notes.append(f"only {len(keys)} series to show: {layout.replace('x', '×') if layout != 'single' else '1×1'}")
+    return Hanging(protocol, layout, keys[:LAYOUTS[layout]], notes)
+
+
+def protocol_from_layout(layout: str, sources: list[str], modality: str, body_part: str = "") -> Protocol:
+    """A protocol that reproduces the current layout (``sources`` per viewport, see
+    :func:`source_of`) for ``modality`` / ``body_part``."""
+    n = LAYOUTS.get(layout)
+    if n is None:
+        raise ValueError(f"layout {layout!r}")
+    vps = (["current"] + [s if s in SOURCES else "next" for s in sources[1:n]] + ["next"] * n)[:n]
+    name = f"{modality}" + (f" / {body_part}" if body_part else "") + f": {layout}"
+    return Protocol(name, modality, body_part, layout, vps)
+
+
+def source_of(index, current, shown) -> str:
+    """How a viewport showing series ``shown`` relates to ``current``: 'prior' when it belongs
+    to another study of the same patient, else 'next'."""
+    if shown is None or index is None:
+        return "next"
+    st = index.study_of(shown)
+    return "prior" if st is not None and st in viewing.prior_studies(index, current) else "next"
