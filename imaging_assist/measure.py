@@ -1,4 +1,5 @@
-"""Measurements on one 2-D slice: distance, angle and ROI statistics.
+"""Measurements and annotations on one 2-D slice: distance, angle, ROI statistics
+(ellipse, rectangle, polygon, freehand), arrows and text notes.
 
 No Qt here.  Points are continuous pixel coordinates ``(u, v)`` of the shown slice
 (u = column, v = row) with pixel centres on whole numbers, so a ruler from the centre
@@ -21,8 +22,13 @@ from typing import Sequence
 import numpy as np
 
 Point = tuple[float, float]
-KINDS = ("ruler", "ellipse", "rectangle", "angle")
-N_POINTS = {"ruler": 2, "ellipse": 2, "rectangle": 2, "angle": 3}
+KINDS = ("ruler", "ellipse", "rectangle", "angle", "polygon", "freehand", "arrow", "text")
+# points a finished item needs (polygon and freehand: at least 3, closed by the user)
+N_POINTS = {"ruler": 2, "ellipse": 2, "rectangle": 2, "angle": 3, "polygon": 3, "freehand": 3,
+            "arrow": 2, "text": 1}
+ROI_KINDS = ("ellipse", "rectangle", "polygon", "freehand")  # measured on the pixel values
+OPEN_KINDS = ("polygon", "freehand")  # any number of vertices; finished when closed
+ANNOTATION_KINDS = ("arrow", "text")  # marks with a note, no number
 
 
 def distance_mm(p0: Sequence[float], p1: Sequence[float], spacing: Sequence[float]) -> float:
@@ -71,6 +77,34 @@ def roi_mask(shape: Sequence[int], kind: str, p0: Sequence[float], p1: Sequence[
     return (vv[:, None] ** 2 + uu[None, :] ** 2) <= 1.0 + 1e-9, (r0, r1, c0, c1)
 
 
+def polygon_mask(shape: Sequence[int], points: Sequence[Sequence[float]]
+                 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Boolean mask of the pixels whose centres lie inside a closed polygon (u, v) vertices,
+    over the polygon's bounding box as :func:`roi_mask` returns it.  Inside-ness is
+    matplotlib's ``Path.contains_points`` (even-odd fill, a well-kept point-in-polygon)."""
+    from matplotlib.path import Path
+
+    rows, cols = int(shape[0]), int(shape[1])
+    pts = np.asarray(points, float).reshape(-1, 2)
+    c0, c1 = max(0, math.ceil(pts[:, 0].min())), min(cols, math.floor(pts[:, 0].max()) + 1)
+    r0, r1 = max(0, math.ceil(pts[:, 1].min())), min(rows, math.floor(pts[:, 1].max()) + 1)
+    if c1 <= c0 or r1 <= r0 or len(pts) < 3:
+        return np.zeros((0, 0), bool), (r0, r0, c0, c0)
+    vv, uu = np.mgrid[r0:r1, c0:c1]
+    inside = Path(pts, closed=False).contains_points(np.column_stack([uu.ravel(), vv.ravel()]))
+    return inside.reshape(r1 - r0, c1 - c0), (r0, r1, c0, c1)
+
+
+def polygon_area_mm2(points: Sequence[Sequence[float]], spacing: Sequence[float] = (1.0, 1.0)) -> float:
+    """Area of the closed polygon in mm² (shoelace formula on mm coordinates; a
+    self-intersecting outline counts its lobes with opposite signs, as the formula does)."""
+    pts = np.asarray(points, float).reshape(-1, 2) * np.asarray(spacing[:2], float)
+    if len(pts) < 3:
+        return 0.0
+    x, y = pts[:, 0], pts[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+
+
 @dataclass
 class RoiStats:
     mean: float
@@ -92,13 +126,37 @@ def roi_stats(image: np.ndarray, kind: str, p0: Sequence[float], p1: Sequence[fl
 
     Colour images are measured on their luma (0.299 R + 0.587 G + 0.114 B).
     """
-    img = np.asarray(image)
-    if img.ndim == 3:
-        img = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
+    if kind in OPEN_KINDS:
+        raise ValueError("polygon/freehand statistics come from polygon_stats (all vertices)")
+    img = _gray(image)
     mask, (r0, r1, c0, c1) = roi_mask(img.shape, kind, p0, p1)
     w = abs(float(p1[0]) - float(p0[0])) * float(spacing[0])
     h = abs(float(p1[1]) - float(p0[1])) * float(spacing[1])
     area = w * h if kind == "rectangle" else math.pi * w * h / 4.0
+    return _stats(img, mask, (r0, r1, c0, c1), area, w, h)
+
+
+def polygon_stats(image: np.ndarray, points: Sequence[Sequence[float]],
+                  spacing: Sequence[float] = (1.0, 1.0)) -> RoiStats:
+    """Statistics of the modality values inside a closed polygon / freehand outline; area is
+    the outline's area in mm² (not n × pixel area), width/height its bounding box in mm."""
+    img = _gray(image)
+    pts = np.asarray(points, float).reshape(-1, 2)
+    mask, box = polygon_mask(img.shape, pts)
+    w = float(np.ptp(pts[:, 0])) * float(spacing[0]) if len(pts) else 0.0
+    h = float(np.ptp(pts[:, 1])) * float(spacing[1]) if len(pts) else 0.0
+    return _stats(img, mask, box, polygon_area_mm2(pts, spacing), w, h)
+
+
+def _gray(image) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim == 3:
+        img = img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114
+    return img
+
+
+def _stats(img, mask, box, area, w, h) -> RoiStats:
+    r0, r1, c0, c1 = box
     vals = img[r0:r1, c0:c1][mask].astype(np.float64) if mask.size else np.zeros(0)
     if vals.size == 0:
         nan = float("nan")
@@ -131,14 +189,21 @@ class Measurement:
     index: int = 0
     id: int = field(default_factory=lambda: next(_ids))
     result: dict = field(default_factory=dict)
+    text: str = ""  # the note of an arrow / text annotation
+    closed: bool = True  # polygon / freehand: False while it is being drawn
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"measurement kind is one of {KINDS}, not {self.kind!r}")
         self.points = [(float(p[0]), float(p[1])) for p in self.points]
+        if not all(math.isfinite(c) for p in self.points for c in p):
+            raise ValueError("measurement points must be finite numbers")
+        self.text = str(self.text or "")
 
     @property
     def complete(self) -> bool:
+        if self.kind in OPEN_KINDS:
+            return self.closed and len(self.points) >= N_POINTS[self.kind]
         return len(self.points) >= N_POINTS[self.kind]
 
     def compute_on(self, vol, image: np.ndarray | None = None,
@@ -149,7 +214,7 @@ class Measurement:
         ``vol.spacing[:2]``; pass them for a reformatted plane.  Without a known spacing
         (``vol.spacing_known`` False) every length and area is in pixels."""
         known = bool(getattr(vol, "spacing_known", True))
-        if image is None and self.kind in ("ellipse", "rectangle"):
+        if image is None and self.kind in ROI_KINDS:
             image = vol.array[self.index]
         sp = (spacing if spacing is not None else vol.spacing[:2]) if known else (1.0, 1.0)
         return self.compute(image, sp, getattr(vol, "units", ""), "mm" if known else "px",
@@ -176,13 +241,16 @@ class Measurement:
         elif self.kind == "angle" and len(p) >= 3:
             a = angle_deg(p[0], p[1], p[2], spacing)
             res.update(angle=a, text=[f"{a:.1f}°"])
-        elif self.kind in ("ellipse", "rectangle") and len(p) >= 2 and image is not None:
-            st = roi_stats(image, self.kind, p[0], p[1], spacing)
+        elif self.kind in ROI_KINDS and len(p) >= N_POINTS[self.kind] and image is not None:
+            st = (polygon_stats(image, p, spacing) if self.kind in OPEN_KINDS
+                  else roi_stats(image, self.kind, p[0], p[1], spacing))
             area_unit = "mm²" if length_unit == "mm" else "px²"
             res.update(st.to_dict())
             res["text"] = [f"Mean {_fmt(st.mean, units)}  SD {_fmt(st.sd, '')}",
                            f"Min {_fmt(st.min, '')}  Max {_fmt(st.max, '')}",
                            f"Area {st.area_mm2:.1f} {area_unit}  (n={st.n})"]
+        elif self.kind in ANNOTATION_KINDS:
+            res["text"] = [self.text] if self.text else []
         else:
             res["text"] = []
         res["units"] = units
@@ -206,6 +274,8 @@ class Measurement:
             return r["text"][0] + self._source_note()
         if self.kind == "angle" and "angle" in r:
             return r["text"][0]
+        if self.kind in ANNOTATION_KINDS:
+            return f"“{self.text}”" if self.text else ""
         if "mean" in r:
             u = r.get("units", "")
             au = "mm²" if r.get("length_unit", "mm") == "mm" else "px²"
@@ -216,5 +286,34 @@ class Measurement:
     def to_dict(self) -> dict:
         out = {"id": self.id, "kind": self.kind, "axis": self.axis, "index": self.index,
                "points": [list(p) for p in self.points]}
-        out.update({k: v for k, v in self.result.items() if k != "text"})
+        if self.text:
+            out["text"] = self.text
+        out.update({k: v for k, v in self.result.items() if k not in ("text", "display_text")})
         return out
+
+    def state(self) -> dict:
+        """What an edit can change (for undo): the points and the note."""
+        return {"points": list(self.points), "text": self.text}
+
+    def set_state(self, state: dict) -> None:
+        self.points = [(float(p[0]), float(p[1])) for p in state["points"]]
+        self.text = str(state.get("text", ""))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Measurement":
+        """The inverse of :meth:`to_dict` (numbers are recomputed, never trusted from the file).
+        Raises ValueError / TypeError / KeyError on a malformed item."""
+        kind = d["kind"]
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind {kind!r}")
+        pts = d["points"]
+        if not isinstance(pts, list) or not (N_POINTS[kind] <= len(pts) <= 100_000):
+            raise ValueError(f"{kind}: {len(pts) if isinstance(pts, list) else 'no'} points")
+        text = d.get("text", "")
+        if not isinstance(text, str):
+            raise TypeError("text must be a string")
+        m = cls(kind, [(float(p[0]), float(p[1])) for p in pts], int(d.get("axis", 0)), int(d.get("index", 0)),
+                text=text[:10_000])
+        if m.axis not in (0, 1, 2) or m.index < 0:
+            raise ValueError(f"slice {m.axis}/{m.index} does not exist")
+        return m

@@ -1,0 +1,308 @@
+"""Measurements and annotations of a series: undo/redo history and the per-study store.
+
+No Qt here.  :class:`AnnotationSet` is the ordered list of
+:class:`~imaging_assist.measure.Measurement` items of one series with a command history
+(add, delete, edit/move, clear), so every change can be undone and redone the same way in
+the viewer and in tests.  It is engine-side rather than a ``QUndoStack`` so that the model,
+its history and the store are tested without a display and the GUI only forwards keys.
+
+:class:`AnnotationStore` keeps them in the user data folder, one JSON file per study
+(keyed by StudyInstanceUID, one section per series and stack), written atomically
+(temporary file + ``os.replace``) with a schema version.  A malformed file is one warning:
+it is kept aside (``*.malformed-<time>.json``) and never overwritten; a file written by a
+newer version is left untouched and not written over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from .measure import Measurement
+
+SCHEMA = "imaging-assist-annotations"
+VERSION = 1
+MAX_FILE_BYTES = 64 * 1024 * 1024  # a bigger file is not read (no runaway allocation)
+MAX_HISTORY = 500
+
+
+# ---------------------------------------------------------------------------- history
+@dataclass
+class _Command:
+    kind: str  # "add", "remove", "edit", "clear"
+    label: str
+    items: list = field(default_factory=list)       # [(position, Measurement)]
+    before: dict | None = None
+    after: dict | None = None
+
+
+class AnnotationSet:
+    """The items of one series and their undo/redo history.
+
+    ``items`` may be a list owned by someone else (the viewer document): every change is
+    made in place on it.  ``on_change(measurement_or_None)`` is called after each change,
+    undo and redo with the item it touched (None: several)."""
+
+    def __init__(self, items: list | None = None, on_change: Callable | None = None):
+        self.items: list[Measurement] = items if items is not None else []
+        self.on_change = on_change
+        self._undo: list[_Command] = []
+        self._redo: list[_Command] = []
+
+    # -- changes (each one undoable) --------------------------------------------------
+    def add(self, m: Measurement) -> Measurement:
+        self.items.append(m)
+        self._push(_Command("add", f"add {m.kind}", [(len(self.items) - 1, m)]))
+        self._changed(m)
+        return m
+
+    def remove(self, m: Measurement) -> bool:
+        if m not in self.items:
+            return False
+        pos = self.items.index(m)
+        del self.items[pos]
+        self._push(_Command("remove", f"delete {m.kind}", [(pos, m)]))
+        self._changed(None)
+        return True
+
+    def clear(self) -> None:
+        if not self.items:
+            return
+        cmd = _Command("clear", "clear all", list(enumerate(self.items)))
+        del self.items[:]
+        self._push(cmd)
+        self._changed(None)
+
+    def edit(self, m: Measurement, before: dict, label: str = "") -> bool:
+        """Record an edit already made on ``m`` (points moved, text changed): ``before`` is
+        ``m.state()`` taken before it.  Nothing is recorded when nothing changed."""
+        after = m.state()
+        if after == before or m not in self.items:
+            return False
+        self._push(_Command("edit", label or f"edit {m.kind}", [(self.items.index(m), m)], before, after))
+        self._changed(m)
+        return True
+
+    def set_text(self, m: Measurement, text: str) -> bool:
+        before = m.state()
+        m.text = str(text)
+        return self.edit(m, before, f"edit {m.kind} text")
+
+    # -- history ----------------------------------------------------------------------
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def undo_label(self) -> str:
+        return self._undo[-1].label if self._undo else ""
+
+    def redo_label(self) -> str:
+        return self._redo[-1].label if self._redo else ""
+
+    def undo(self) -> Measurement | None:
+        if not self._undo:
+            return None
+        cmd = self._undo.pop()
+        touched = self._apply(cmd, reverse=True)
+        self._redo.append(cmd)
+        self._changed(touched)
+        return touched
+
+    def redo(self) -> Measurement | None:
+        if not self._redo:
+            return None
+        cmd = self._redo.pop()
+        touched = self._apply(cmd, reverse=False)
+        self._undo.append(cmd)
+        self._changed(touched)
+        return touched
+
+    def reset(self, items: list | None = None) -> None:
+        """Forget the history (another series); ``items`` becomes the list worked on."""
+        if items is not None:
+            self.items = items
+        self._undo.clear()
+        self._redo.clear()
+
+    # -- internals --------------------------------------------------------------------
+    def _push(self, cmd: _Command) -> None:
+        self._undo.append(cmd)
+        del self._undo[:-MAX_HISTORY]
+        self._redo.clear()
+
+    def _changed(self, m) -> None:
+        if self.on_change is not None:
+            self.on_change(m)
+
+    def _apply(self, cmd: _Command, reverse: bool) -> Measurement | None:
+        insert = (cmd.kind == "add") == (not reverse) if cmd.kind in ("add", "remove") else None
+        if cmd.kind == "clear":
+            insert = reverse
+        if cmd.kind == "edit":
+            (_, m), = cmd.items
+            m.set_state(cmd.before if reverse else cmd.after)
+            return m
+        if insert:
+            for pos, m in sorted(cmd.items, key=lambda t: t[0]):
+                self.items.insert(min(pos, len(self.items)), m)
+        else:
+            for _, m in cmd.items:
+                if m in self.items:
+                    self.items.remove(m)
+        return cmd.items[0][1] if len(cmd.items) == 1 and insert else None
+
+
+# ---------------------------------------------------------------------------- store
+def series_key(series_uid: str, stack: str = "") -> str:
+    return f"{series_uid}|{stack}" if stack else str(series_uid)
+
+
+class AnnotationStore:
+    """One JSON file per study under ``root`` (default: ``data_dir()/annotations``)."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        if root is None:
+            from .userdirs import data_dir
+            root = Path(data_dir()) / "annotations"
+        self.root = Path(root)
+        self._readonly: dict[str, str] = {}  # study uid -> why it is not written
+
+    def path_for(self, study_uid: str) -> Path:
+        # a hash, not the UID itself: a file name from a header could hold "../"
+        h = hashlib.sha256(str(study_uid).encode("utf-8")).hexdigest()[:32]
+        return self.root / f"study-{h}.json"
+
+    def _read(self, study_uid: str) -> tuple[dict, list[str]]:
+        """The study's document and warnings; a malformed file is moved aside (kept)."""
+        path = self.path_for(study_uid)
+        empty = {"schema": SCHEMA, "version": VERSION, "study_instance_uid": str(study_uid), "series": {}}
+        if not path.exists():
+            return empty, []
+        try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_FILE_BYTES // 2**20} MB")
+            doc = json.loads(path.read_text("utf-8"))
+            if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+                raise ValueError("not an annotations file")
+            version = doc.get("version")
+            if not isinstance(version, int):
+                raise ValueError("no schema version")
+            if version > VERSION:
+                why = (f"annotations file {path} was written by a newer version (schema {version} > {VERSION}); "
+                       "not loaded and not overwritten")
+                self._readonly[str(study_uid)] = why
+                return empty, [why]
+            if doc.get("study_instance_uid") != str(study_uid) or not isinstance(doc.get("series"), dict):
+                raise ValueError("study UID or series table missing")
+            return doc, []
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+            kept = path.with_name(f"{path.stem}.malformed-{time.strftime('%Y%m%d-%H%M%S')}.json")
+            try:
+                os.replace(path, kept)
+                where = f"kept as {kept.name}"
+            except OSError as e2:
+                self._readonly[str(study_uid)] = f"malformed annotations file {path} could not be moved aside ({e2})"
+                where = "left in place and not overwritten"
+            return empty, [f"annotations file {path.name} is malformed ({str(e).splitlines()[0][:120]}); "
+                           f"{where}, starting with none"]
+
+    def load(self, study_uid: str, series_uid: str, stack: str = "",
+             shape: tuple | None = None) -> tuple[list[Measurement], list[str]]:
+        """The saved items of one series (numbers not yet computed) and warnings.  Items
+        that do not fit the series (``shape`` given: a slice or point outside it) or are
+        malformed are left in the file and named in one warning."""
+        if not study_uid or not series_uid:
+            return [], []
+        doc, warnings = self._read(study_uid)
+        sec = doc["series"].get(series_key(series_uid, stack))
+        if not isinstance(sec, dict):
+            return [], warnings
+        out, bad = [], 0
+        for d in sec.get("items") or []:
+            try:
+                m = Measurement.from_dict(d)
+                if shape is not None and not _fits(m, shape):
+                    raise ValueError("outside the series")
+            except (KeyError, ValueError, TypeError, IndexError):
+                bad += 1
+                continue
+            out.append(m)
+        if bad:
+            warnings.append(f"{bad} saved annotation(s) of this series could not be shown "
+                            "(malformed or outside the images); they stay in the file")
+        return out, warnings
+
+    def save(self, study_uid: str, series_uid: str, items: list[Measurement], stack: str = "",
+             extra: dict | None = None) -> tuple[Path | None, list[str]]:
+        """Write the items of one series (the other series of the study are kept)."""
+        if not study_uid or not series_uid:
+            return None, ["annotations not saved: the series has no Study/Series Instance UID"]
+        doc, warnings = self._read(study_uid)
+        if str(study_uid) in self._readonly:
+            return None, warnings + [self._readonly[str(study_uid)]]
+        key = series_key(series_uid, stack)
+        if items:
+            sec = {"series_instance_uid": str(series_uid), "stack": stack,
+                   "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   "items": [_item(m) for m in items]}
+            sec.update(extra or {})
+            doc["series"][key] = sec
+        else:
+            doc["series"].pop(key, None)
+        path = self.path_for(study_uid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1, allow_nan=False, default=_jsonable)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return path, warnings
+
+
+def _item(m: Measurement) -> dict:
+    """What is stored: geometry and note; the numbers are a record, recomputed on load."""
+    d = {"id": m.id, "kind": m.kind, "axis": m.axis, "index": m.index,
+         "points": [[round(u, 3), round(v, 3)] for u, v in m.points]}
+    if m.text:
+        d["text"] = m.text
+    r = m.result or {}
+    vals = {k: r[k] for k in ("length", "angle", "mean", "sd", "min", "max", "n", "area_mm2", "units",
+                              "length_unit", "spacing_source") if k in r}
+    if vals:
+        d["values"] = {k: (v if not isinstance(v, float) or v == v else None) for k, v in vals.items()}
+    return d
+
+
+def _jsonable(o):
+    try:
+        return float(o)
+    except (TypeError, ValueError):
+        return str(o)
+
+
+def _fits(m: Measurement, shape) -> bool:
+    """Is the item's slice in the series and are its points near the image?  ``shape`` is
+    the volume's (k, j, i); the plane of axis a shows the other two axes."""
+    if len(shape) < 3 or not (0 <= m.index < int(shape[m.axis])):
+        return False
+    dims = [int(n) for a, n in enumerate(shape[:3]) if a != m.axis]
+    lim = max(dims) * 2 + 10  # a point may sit a little outside (a label); not far away
+    return all(-lim <= c <= lim for p in m.points for c in p)
