@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 
 from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
+from imaging_assist.overlay_text import age_text, dob_text, orientation
 
 from .document import ViewerDocument
 from ..shared.theme import PLANE_COLORS
@@ -21,6 +22,7 @@ from ..shared.units import corner_note
 TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle")
 MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle")
 HANDLE_PX = 7
+TEXT_BACKING_ALPHA = 170  # corner text backing: light text keeps >= 4.5:1 contrast over white
 
 
 def _fmt_name(pn: str) -> str:
@@ -492,11 +494,12 @@ class SliceView(QWidget):
             tl.append(name)
         pid = pat.id if pat else g("PatientID")
         sex = pat.sex if pat else g("PatientSex")
-        birth = _fmt_date(pat.birth_date if pat else g("PatientBirthDate"))
-        line = "  ".join(x for x in (f"ID {pid}" if pid else "", sex, birth) if x)
+        birth = pat.birth_date if pat else g("PatientBirthDate")
+        st = doc.study
+        age = age_text(g("PatientAge"), birth, st.date if st else g("StudyDate"))  # labelled, never guessed
+        line = "  ".join(x for x in (f"ID {pid}" if pid else "", sex, age, dob_text(birth)) if x)
         if line:
             tl.append(line)
-        st = doc.study
         sdate = _fmt_date(st.date if st else g("StudyDate"))
         sdesc = st.description if st else g("StudyDescription")
         if sdate or sdesc:
@@ -546,7 +549,12 @@ class SliceView(QWidget):
         return {"tl": tl, "tr": tr, "bl": bl, "br": br}
 
     def _draw_text(self, p: QPainter, x: float, y: float, text: str, color=QColor("#e8e8e8")):
-        p.setPen(QColor(0, 0, 0, 230))  # drop shadow: readable over bright pixels too
+        # a dark backing tight to the line, then a drop shadow: a shadow alone leaves light
+        # text on white pixels unreadable (tests/test_ui_corner_text.py checks the contrast)
+        fm = QFontMetricsF(p.font())
+        p.fillRect(QRectF(x - 2, y - fm.ascent() - 1, fm.horizontalAdvance(text) + 4, fm.height() + 2),
+                   QColor(0, 0, 0, TEXT_BACKING_ALPHA))
+        p.setPen(QColor(0, 0, 0, 230))
         p.drawText(QPointF(x + 1, y + 1), text)
         p.setPen(color)
         p.drawText(QPointF(x, y), text)
@@ -580,9 +588,12 @@ class SliceView(QWidget):
         for i, s in enumerate(reversed(t["br"])):
             s = fm.elidedText(s, Qt.ElideRight, maxw)
             self._draw_text(p, W - m - fm.horizontalAdvance(s), H - m - fm.descent() - i * lh, s)
-        # orientation letters from the direction cosines
-        if self.vol.has_geometry:
-            lab = self.plane.orientation_labels(self.vol.direction)
+        # orientation letters: direction cosines, else PatientOrientation (projection images)
+        hdrs = self.vol.headers
+        rec = hdrs[min(self.index, len(hdrs) - 1)] if (hdrs and self.plane.axis == 0) else None
+        lab = orientation(self.vol, self.plane, rec).labels
+        self._orientation_labels = lab  # what was painted (tests read it)
+        if lab:
             p.setFont(self._font_orient)
             fo = QFontMetricsF(self._font_orient)
             col = QColor("#f0c060")
