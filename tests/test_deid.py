@@ -247,13 +247,17 @@ def basic_run(planted, tmp_path_factory):
     return src, out, summary
 
 
-def _outputs(out: Path) -> dict[str, Path]:
-    return {str(p.relative_to(out)): p for p in out.rglob("*.dcm")}
+def _outputs(summary) -> dict[str, Path]:
+    """Output file of each written input, by its path inside the input (the output names are
+    keyed pseudonyms)."""
+    return {r.relative: Path(r.output) for r in summary.written}
 
 
 def _leaks(out: Path, strings) -> list[str]:
-    blobs = {k: p.read_bytes() for k, p in _outputs(out).items()}
-    blobs["summary"] = (out / "deidentification_summary.json").read_bytes()
+    # every file written (the summary included) and every file and folder name
+    blobs = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert "deidentification_summary.json" in blobs
+    blobs["names"] = "\n".join(str(p.relative_to(out)) for p in out.rglob("*")).encode()
     found = []
     for s in strings:
         forms = {s.encode("utf-8"), s.encode("utf-16-le"), s.upper().encode(), s.lower().encode()}
@@ -267,12 +271,12 @@ def test_no_planted_value_survives_the_basic_profile(basic_run, planted):
     src, out, summary = basic_run
     _, pl, _ = planted
     assert len(pl.planted) > 300, "too few attributes were planted to mean anything"
-    assert sorted(_outputs(out)) == ["A/ct/ref.dcm", "A/ct/slice0.dcm", "A/ct/slice1.dcm",
+    assert sorted(_outputs(summary)) == ["A/ct/ref.dcm", "A/ct/slice0.dcm", "A/ct/slice1.dcm",
                                      "A/ct/slice2.dcm", "A/mr/enhanced.dcm", "B/sc.dcm",
                                      "B/us_cine.dcm"]
     leaks = _leaks(out, {v for _t, _vr, v in pl.planted})
     assert not leaks, f"{len(leaks)} planted values survive, e.g. {leaks[:8]}"
-    for p in _outputs(out).values():
+    for p in _outputs(summary).values():
         ds = pydicom.dcmread(p)
         assert not any(e.tag.is_private for e in ds.iterall()), p
         assert ds.PatientIdentityRemoved == "YES"
@@ -284,9 +288,9 @@ def test_no_planted_value_survives_the_basic_profile(basic_run, planted):
 
 
 def test_uids_consistent_within_a_study_references_follow(basic_run, planted):
-    src, out, _ = basic_run
+    src, out, summary = basic_run
     _, _, facts = planted
-    o = {k: pydicom.dcmread(p) for k, p in _outputs(out).items()}
+    o = {k: pydicom.dcmread(p) for k, p in _outputs(summary).items()}
     cts = [o[f"A/ct/slice{i}.dcm"] for i in range(3)]
     assert len({d.StudyInstanceUID for d in cts + [o["A/ct/ref.dcm"]]}) == 1
     assert len({d.SeriesInstanceUID for d in cts}) == 1
@@ -316,13 +320,13 @@ def test_uids_consistent_within_a_study_references_follow(basic_run, planted):
 
 
 def test_mapping_is_deterministic_per_key(planted, basic_run, tmp_path):
-    src, out, _ = basic_run
+    src, out, summary = basic_run
     again = deidentify_tree(src / "A" / "ct", tmp_path / "again", Options(), key=KEY, audit=False)
     other = deidentify_tree(src / "A" / "ct", tmp_path / "other", Options(), key=b"\1" * 32,
                             audit=False)
-    a = pydicom.dcmread(out / "A" / "ct" / "slice1.dcm")
-    b = pydicom.dcmread(tmp_path / "again" / "slice1.dcm")
-    c = pydicom.dcmread(tmp_path / "other" / "slice1.dcm")
+    a = pydicom.dcmread(_outputs(summary)["A/ct/slice1.dcm"])
+    b = pydicom.dcmread(_outputs(again)["slice1.dcm"])
+    c = pydicom.dcmread(_outputs(other)["slice1.dcm"])
     assert (a.SOPInstanceUID, a.StudyInstanceUID, a.PatientID) == \
         (b.SOPInstanceUID, b.StudyInstanceUID, b.PatientID)
     assert a.SOPInstanceUID != c.SOPInstanceUID and a.PatientID != c.PatientID
@@ -333,7 +337,7 @@ def test_pixels_of_other_files_are_bit_identical(basic_run):
     src, out, summary = basic_run
     for rel in ("A/ct/slice0.dcm", "A/mr/enhanced.dcm"):
         a = pydicom.dcmread(src / rel)
-        b = pydicom.dcmread(out / rel)
+        b = pydicom.dcmread(_outputs(summary)[rel])
         assert a.PixelData == b.PixelData, rel
         assert b.file_meta.TransferSyntaxUID == a.file_meta.TransferSyntaxUID
 
@@ -345,7 +349,7 @@ def test_burned_in_text_blacked_out_only_inside_boxes(basic_run, planted):
     assert by["us_cine.dcm"].boxes >= 2 and by["sc.dcm"].boxes >= 2
     for rel in ("B/us_cine.dcm", "B/sc.dcm"):
         a = pydicom.dcmread(src / rel).pixel_array
-        ds = pydicom.dcmread(out / rel)
+        ds = pydicom.dcmread(_outputs(summary)[rel])
         b = ds.pixel_array
         assert a.shape == b.shape, rel
         changed = (a != b).any(axis=-1)
@@ -369,7 +373,7 @@ def test_burned_in_text_blacked_out_only_inside_boxes(basic_run, planted):
         us_boxes[y0:y1, x0:x1] = True
     assert us_boxes[text].mean() > 0.98
     assert (us_boxes & ~_dilate(text, 8)).mean() < 0.15
-    us = pydicom.dcmread(out / "B" / "us_cine.dcm").pixel_array
+    us = pydicom.dcmread(_outputs(summary)["B/us_cine.dcm"]).pixel_array
     # the drawn text region (top left) is black now, the middle of the image is unchanged
     assert (us[:, 8:24, 10:60] == 0).mean() > 0.5
     # (OCR also reads some texture as letters: those boxes are bounded above, not forbidden)
@@ -382,7 +386,8 @@ def test_corrupt_files_left_out_with_reason_and_the_run_goes_on(basic_run):
     assert set(left) == {"truncated.dcm", "noise.dcm"}, left
     assert all(left.values())
     assert len(summary.written) == 7
-    assert not (out / "A" / "truncated.dcm").exists() and not list(out.rglob("*.part"))
+    files = sorted(p for p in out.rglob("*") if p.is_file())
+    assert len(files) == 7 + 1 and not list(out.rglob("*.part"))  # 7 + the summary
 
 
 def test_options_keep_what_they_promise(planted, tmp_path):
@@ -402,9 +407,9 @@ def test_options_keep_what_they_promise(planted, tmp_path):
             must_go.add(value)
     leaks = _leaks(tmp_path / "OUT", must_go)
     assert not leaks, leaks[:8]
-    ct0 = pydicom.dcmread(tmp_path / "OUT" / "ct" / "slice0.dcm")
+    ct0 = pydicom.dcmread(_outputs(s)["ct/slice0.dcm"])
     ct0_in = pydicom.dcmread(src / "A" / "ct" / "slice0.dcm")
-    mr = pydicom.dcmread(tmp_path / "OUT" / "mr" / "enhanced.dcm")
+    mr = pydicom.dcmread(_outputs(s)["mr/enhanced.dcm"])
     mr_in = pydicom.dcmread(src / "A" / "mr" / "enhanced.dcm")
     # dates moved by one offset for the patient: the interval between two studies is kept
     from datetime import date
@@ -447,7 +452,13 @@ def test_cli_anonymize(planted, tmp_path):
     from imaging_assist.privacy.sitekey import key_path
 
     assert key_path().exists() and (key_path().stat().st_mode & 0o777) == 0o600
-    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == [
+    names = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert "deidentification_summary.json" in names and len(names) == 5
+    names.remove("deidentification_summary.json")
+    assert all(len(n) == 16 and n.endswith(".dcm") for n in names), names  # pseudonyms
+    # --keep-names keeps them
+    assert main(["anonymize", str(src / "A" / "ct"), str(tmp_path / "k"), "--keep-names"]) == 0
+    assert sorted(p.name for p in (tmp_path / "k").iterdir()) == [
         "deidentification_summary.json", "ref.dcm", "slice0.dcm", "slice1.dcm", "slice2.dcm"]
     # a run into a folder that is not empty, or inside the input, is refused (exit 2)
     assert main(["anonymize", str(src / "A" / "ct"), str(tmp_path / "o")]) == 2
@@ -491,7 +502,7 @@ def test_outputs_add_no_iod_error(tmp_path):
     src.mkdir()
     shutil.copy(sorted(need(CT_PHANTOM).glob("*.dcm"))[0], src / "ct.dcm")
     shutil.copy(need(DICOM / "mr_enhanced_multiframe_philips" / "IM_0027_fMAP.dcm"), src / "mr.dcm")
-    deidentify_tree(src, tmp_path / "out", Options(), key=KEY, audit=False)
+    deidentify_tree(src, tmp_path / "out", Options(), key=KEY, audit=False, keep_names=True)
     for name in ("ct.dcm", "mr.dcm"):
         new = _dciodvfy_errors(tmp_path / "out" / name) - _dciodvfy_errors(src / name)
         assert not new, f"{name}: {sorted(new)[:5]}"
@@ -508,7 +519,8 @@ def test_overlay_planes_go_whole_and_registry_uids_stay(tmp_path):
     ds.add_new(0x00080062, "UI", ["1.2.840.10008.5.1.4.1.1.2"])  # SOP Classes in Study
     (tmp_path / "in").mkdir()
     ds.save_as(tmp_path / "in" / "ov.dcm")
-    deidentify_tree(tmp_path / "in", tmp_path / "out", Options(), key=KEY, audit=False)
+    deidentify_tree(tmp_path / "in", tmp_path / "out", Options(), key=KEY, audit=False,
+                    keep_names=True)
     out = pydicom.dcmread(tmp_path / "out" / "ov.dcm")
     assert not [e for e in out if e.tag.group == 0x6000]
     assert out[0x00081150].value == "1.2.840.10008.5.1.4.1.1.2"
@@ -528,7 +540,8 @@ def test_links_are_listed_not_followed_and_a_single_file_may_go_beside_it(tmp_pa
     assert sorted(Path(r.source).name for r in s.left_out) == ["dirlink", "link.dcm"]
     assert all("symbolic link" in r.reason for r in s.left_out)
     one = deidentify_tree(src / "a.dcm", src.parent / "beside", Options(), key=KEY, audit=False)
-    assert len(one.written) == 1 and (src.parent / "beside" / "a.dcm").exists()
+    assert len(one.written) == 1 and Path(one.written[0].output).parent == src.parent / "beside"
+
 
 
 def test_fuzz_mutated_files_are_written_or_left_out_with_a_reason(tmp_path):
@@ -558,3 +571,38 @@ def test_fuzz_mutated_files_are_written_or_left_out_with_a_reason(tmp_path):
     for r in s.written:
         b = Path(r.output).read_bytes()
         assert not any(i.encode() in b for i in ids if len(i) >= 3), r.relative
+
+
+def test_file_and_folder_names_become_keyed_pseudonyms(tmp_path):
+    """Names often carry identifiers (a folder per patient, a file per accession): the output keeps
+    the tree's shape with every name replaced by a keyed pseudonym, the same on a second export,
+    different under another key; neither the names nor the summary carry the originals."""
+    import json
+
+    ct = sorted(need(CT_PHANTOM).glob("*.dcm"))[:2]
+    src = tmp_path / "in"
+    study = src / "SMITH^JOHN_1957-03-04" / "CT ACC4711"
+    study.mkdir(parents=True)
+    for i, f in enumerate(ct):
+        shutil.copy(f, study / f"SMITH_JOHN_{i}.dcm")
+    (study / "SMITH_JOHN_bad.dcm").write_bytes(ct[0].read_bytes()[:900])  # left out
+    a = deidentify_tree(src, tmp_path / "a", Options(), key=KEY, audit=False)
+    b = deidentify_tree(src, tmp_path / "b", Options(), key=KEY, audit=False)
+    c = deidentify_tree(src, tmp_path / "c", Options(), key=b"\2" * 32, audit=False)
+    assert len(a.written) == 2 and len(a.left_out) == 1
+    rels = sorted(str(Path(r.output).relative_to(tmp_path / "a")) for r in a.written)
+    assert rels == sorted(str(Path(r.output).relative_to(tmp_path / "b")) for r in b.written)
+    assert rels != sorted(str(Path(r.output).relative_to(tmp_path / "c")) for r in c.written)
+    # the shape is kept: two levels of folders, both files in one folder
+    assert all(len(Path(r).parts) == 3 for r in rels) and len({Path(r).parent for r in rels}) == 1
+    everything = "\n".join(str(p.relative_to(tmp_path / "a")) for p in (tmp_path / "a").rglob("*"))
+    everything += (tmp_path / "a" / "deidentification_summary.json").read_text()
+    for word in ("SMITH", "JOHN", "1957", "4711"):
+        assert word not in everything.upper(), word
+    summary = json.loads((tmp_path / "a" / "deidentification_summary.json").read_text())
+    assert summary["file_names"] == "keyed pseudonyms"
+    assert summary["left_out"][0]["file"].endswith(".dcm") and summary["left_out"][0]["reason"]
+    # on this machine the console lines still name the source, so the user can find it
+    assert any("SMITH_JOHN_bad.dcm" in ln for ln in a.lines())
+    k = deidentify_tree(src, tmp_path / "k", Options(), key=KEY, audit=False, keep_names=True)
+    assert sorted(Path(r.output).name for r in k.written) == ["SMITH_JOHN_0.dcm", "SMITH_JOHN_1.dcm"]

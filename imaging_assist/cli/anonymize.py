@@ -1,6 +1,6 @@
 """``imaging-assist anonymize IN OUT``: de-identify DICOM files (PS3.15 Annex E Basic Application
 Level Confidentiality Profile and options; burned-in text found by OCR and blacked out) into a
-new folder mirroring IN (:mod:`imaging_assist.privacy.deid`).  Prints the summary; writes
+new folder mirroring IN's tree (names pseudonymised unless --keep-names; :mod:`imaging_assist.privacy.deid`).  Prints the summary; writes
 ``OUT/deidentification_summary.json``.  Exit 0 when every DICOM file was written (files that are
 not DICOM are listed and never copied), 1 when a DICOM file was left out (listed with its
 reason), 2 on a user error."""
@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     a = subparsers.add_parser(
         "anonymize", help="de-identify DICOM files (PS3.15 basic profile + options) into a new folder")
     a.add_argument("input", metavar="IN", help="DICOM file or folder (only read, never written)")
-    a.add_argument("output", metavar="OUT", help="new or empty folder (mirrors IN's tree)")
+    a.add_argument("output", metavar="OUT", help="new or empty folder (mirrors IN's tree, names pseudonymised)")
     a.add_argument("--retain-modified-dates", action="store_true",
                    help="Retain Longitudinal Temporal Information with Modified Dates: every date "
                         "moved by one keyed offset per patient (intervals kept); default: removed")
@@ -30,6 +30,9 @@ def register(subparsers) -> None:
                         "out (default: removed)")
     a.add_argument("--no-pixel-cleaning", action="store_true",
                    help="do not OCR burned-in text: files that may carry it are then left out")
+    a.add_argument("--keep-names", action="store_true",
+                   help="keep the input's file and folder names (default: keyed pseudonyms, "
+                        "since names often carry patient names or dates)")
     a.add_argument("--workers", type=int_at_least(1), default=min(2, os.cpu_count() or 1),
                    help="processes for the header work (default: 2)")
     a.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -56,7 +59,7 @@ def cmd_anonymize(args) -> int:
 
     try:
         summary = deidentify_tree(args.input, args.output, opts, progress=prog,
-                                  workers=args.workers)
+                                  workers=args.workers, keep_names=args.keep_names)
     finally:
         bar.close()
     if args.json:

@@ -89,7 +89,8 @@ class Options:
 @dataclass
 class FileResult:
     source: str
-    relative: str = ""  # path inside the input (the summary file holds only this)
+    relative: str = ""  # path inside the input (printed on this machine, never written out)
+    output_relative: str = ""  # path inside the output (the summary file holds only this)
     output: str | None = None
     reason: str | None = None  # set when left out
     boxes: int = 0  # text boxes blacked out
@@ -111,16 +112,21 @@ class Summary:
     written: list[FileResult] = field(default_factory=list)
     left_out: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
+    names_kept: bool = False  # file/folder names copied from the input (``keep_names``)
 
     def to_dict(self) -> dict:
         return {
             "profile": "DICOM PS3.15 Annex E Basic Application Level Confidentiality Profile",
             "options": self.options, "key_fingerprint": self.key_fingerprint,
             "files_written": len(self.written), "files_left_out": len(self.left_out),
-            "written": [{"file": r.relative, "pixels": r.ocr,
+            "file_names": "kept from the input" if self.names_kept else "keyed pseudonyms",
+            "written": [{"file": r.output_relative, "pixels": r.ocr,
                          "text_boxes_blacked_out": [list(b) for b in r.rects]}
                         for r in self.written],
-            "left_out": [{"file": r.relative, "reason": r.reason} for r in self.left_out],
+            # a left-out file is named by the pseudonym it would have had (its source name is
+            # printed on this machine only: the summary travels with the output)
+            "left_out": [{"file": r.output_relative, "reason": _reason_without_path(r)}
+                         for r in self.left_out],
             "seconds": round(self.seconds, 3),
         }
 
@@ -129,7 +135,10 @@ class Summary:
                f"left out {len(self.left_out)}",
                "profile: PS3.15 Basic Application Level Confidentiality Profile"
                + (" + " + ", ".join(self.options) if self.options else " (dates removed)"),
-               f"site key fingerprint: {self.key_fingerprint}"]
+               f"site key fingerprint: {self.key_fingerprint}",
+               "file and folder names: " + ("kept from the input (check they name no one)"
+                                            if self.names_kept else
+                                            "replaced by keyed pseudonyms (the tree's shape is kept)")]
         cleaned = [r for r in self.written if r.boxes]
         if cleaned:
             out.append(f"burned-in text blacked out in {len(cleaned)} file(s) "
@@ -137,6 +146,35 @@ class Summary:
         for r in self.left_out:
             out.append(f"left out: {r.source}: {r.reason}")
         return out
+
+
+def _reason_without_path(r: FileResult) -> str | None:
+    """The reason a file was left out, with its source path and name cut out (exception texts
+    may quote them)."""
+    reason = r.reason
+    if not reason:
+        return reason
+    for s in sorted({r.source, Path(r.source).name, r.relative}, key=len, reverse=True):
+        if s:
+            reason = reason.replace(s, r.output_relative or "<file>")
+    return reason
+
+
+def output_path(rel: Path, keyed, keep_names: bool = False) -> Path:
+    """Where a file at ``rel`` (inside the input) is written inside the output.
+
+    File and folder names often carry identifiers (``SMITH_JOHN/CT 2024-03-01/...``), and a
+    de-identified export must not keep them: each component is replaced by a keyed pseudonym of
+    its path (HMAC under the site key, 60 bits in base32, so the same input tree gets the same
+    names on every export and the names cannot be reversed without the key), and every file ends
+    in ``.dcm`` (only DICOM files are written).  The tree's shape is kept: files of one folder stay
+    together.  ``keep_names`` copies the names unchanged (for trees the user knows are safe)."""
+    if keep_names:
+        return rel
+    parts = rel.parts
+    names = [keyed.path_name("/".join(parts[:i + 1])) for i in range(len(parts))]
+    names[-1] += ".dcm"
+    return Path(*names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -493,12 +531,12 @@ def _new_meta(ds, old_meta):
 
 
 def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
-                    rel: str = "") -> FileResult:
+                    rel: str = "", out_rel: str = "") -> FileResult:
     """De-identify one file to ``dst``.  Never raises for bad input: a file that cannot be read,
     de-identified or cleaned comes back with ``reason`` set and nothing written."""
     from . import ocr as ocr_mod
 
-    res = FileResult(str(src), relative=rel)
+    res = FileResult(str(src), relative=rel, output_relative=out_rel or rel)
     if src.is_symlink():
         res.reason = "a symbolic link (not followed: it may point outside the input)"
         return res
@@ -587,9 +625,12 @@ def _inputs(src: Path) -> list[tuple[Path, Path]]:
 
 
 def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = None,
-                    progress=None, workers: int = 1, ocr_check=None, audit: bool = True) -> Summary:
-    """De-identify a file or folder ``src`` into ``out`` (mirroring the tree).  Every file is
-    written or listed as left out with its reason.  ``workers`` > 1 uses processes."""
+                    progress=None, workers: int = 1, ocr_check=None, audit: bool = True,
+                    keep_names: bool = False) -> Summary:
+    """De-identify a file or folder ``src`` into ``out`` (mirroring the tree's shape, with file
+    and folder names replaced by keyed pseudonyms unless ``keep_names``: :func:`output_path`).
+    Every file is written or listed as left out with its reason.  ``workers`` > 1 uses
+    processes."""
     from .uids import Keyed, fingerprint, site_key
 
     src = Path(src).expanduser()
@@ -597,8 +638,9 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
     _check_folders(src, out)
     key = key if key is not None else site_key()
     t0 = time.perf_counter()
-    summary = Summary(str(src), str(out), opts.names(), fingerprint(key))
-    jobs = _inputs(src)
+    summary = Summary(str(src), str(out), opts.names(), fingerprint(key), names_kept=keep_names)
+    namer = Keyed(key)
+    jobs = [(p, rel, output_path(rel, namer, keep_names)) for p, rel in _inputs(src)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -617,13 +659,12 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
         if progress:
             progress(len(jobs), len(jobs))
     else:
-        keyed = Keyed(key)
-        for i, (path, rel) in enumerate(jobs):
-            results.append(deidentify_file(path, out / rel, keyed, opts, ocr_check=ocr_check,
-                                           rel=str(rel)))
+        for i, (path, rel, orel) in enumerate(jobs):
+            results.append(deidentify_file(path, out / orel, namer, opts, ocr_check=ocr_check,
+                                           rel=str(rel), out_rel=str(orel)))
             if progress:
                 progress(i + 1, len(jobs))
-    order = {str(p): i for i, (p, _) in enumerate(jobs)}
+    order = {str(p): i for i, (p, _, _) in enumerate(jobs)}
     results.sort(key=lambda r: order.get(r.source, 0))
     for r in results:
         (summary.written if r.output else summary.left_out).append(r)
@@ -639,7 +680,8 @@ def _run_chunk(chunk, out, key, opts):
     from .uids import Keyed
 
     keyed = Keyed(key)
-    return [deidentify_file(p, Path(out) / rel, keyed, opts, rel=str(rel)) for p, rel in chunk]
+    return [deidentify_file(p, Path(out) / orel, keyed, opts, rel=str(rel), out_rel=str(orel))
+            for p, rel, orel in chunk]
 
 
 def _audit(summary: Summary) -> None:
@@ -677,12 +719,11 @@ def deidentified_input(path, opts: Options = Options(), echo=None) -> str:
     if len(_COPIES) == 1:
         atexit.register(lambda: [t.cleanup() for t in _COPIES])
     src = Path(path).expanduser()
-    dst = Path(tmp.name) / (src.stem if src.is_file() else "input")
+    dst = Path(tmp.name) / "input"  # no source name in the copy's path either
     summary = deidentify_tree(src, dst, opts)
     for line in summary.lines():
         (echo or (lambda m: None))(line)
     if not summary.written:
         raise UserError(f"--deidentify: no DICOM file of {path} could be de-identified"
                         + (f" ({summary.left_out[0].reason})" if summary.left_out else ""))
-    out = dst / src.name if src.is_file() else dst
-    return str(out)
+    return summary.written[0].output if src.is_file() else str(dst)

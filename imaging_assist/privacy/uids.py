@@ -56,6 +56,11 @@ class Keyed:
         mac = self._mac("patient", f"{issuer}\0{old_id.strip()}")
         return "IA-" + base64.b32encode(mac[:15]).decode("ascii")[:20]
 
+    def path_name(self, path: str) -> str:
+        """The keyed pseudonym of a file or folder path: 12 lower-case base32 characters (60
+        bits; unique within any real folder), the same for the same path under the same key."""
+        return base64.b32encode(self._mac("path", path)[:10]).decode("ascii").lower()[:12]
+
     def day_offset(self, patient: str) -> int:
         """Days added to every date of one patient under Retain Longitudinal Temporal Information
         with Modified Dates: -3650 .. -366 (one to ten years back, never 0), the same for all of

@@ -33,13 +33,14 @@ class _Runner(QObject):
     progress = Signal(int, int)
     done = Signal(object, str)  # (Summary or None, error line)
 
-    def start(self, src: str, out: str, opts) -> None:
+    def start(self, src: str, out: str, opts, keep_names: bool = False) -> None:
         def work():
             from imaging_assist.errors import UserError
             from imaging_assist.privacy.deid import deidentify_tree
 
             try:
-                s = deidentify_tree(src, out, opts, progress=lambda d, t: self.progress.emit(d, t))
+                s = deidentify_tree(src, out, opts, progress=lambda d, t: self.progress.emit(d, t),
+                                    keep_names=keep_names)
                 self.done.emit(s, "")
             except UserError as e:
                 self.done.emit(None, str(e))
@@ -62,8 +63,8 @@ class DeidDialog(QDialog):
                              "(whole of Table E.1-1). Sources are only read."))
         grid = QGridLayout()
         self.src = QLineEdit(source)
-        self.out = QLineEdit(str(Path(source).parent / (Path(source).name + "_deidentified"))
-                             if source else "")
+        # the default output name does not repeat the source's (it may be a patient's name)
+        self.out = QLineEdit(str(Path(source).parent / "deidentified") if source else "")
         for row, (label, edit, pick) in enumerate((("Input", self.src, self._pick_src),
                                                   ("Output (new or empty)", self.out, self._pick_out))):
             grid.addWidget(QLabel(label), row, 0)
@@ -83,6 +84,10 @@ class DeidDialog(QDialog):
         self.ocr.setChecked(True)
         self.ocr.setToolTip("off: files that may carry text in their pixels are left out")
         lay.addWidget(self.ocr)
+        self.keep_names = QCheckBox("Keep file and folder names (only when they name no patient)")
+        self.keep_names.setToolTip("off: every file and folder gets a keyed pseudonym; the tree's "
+                                   "shape is kept")
+        lay.addWidget(self.keep_names)
         self.bar = QProgressBar()
         self.bar.setVisible(False)
         lay.addWidget(self.bar)
@@ -130,7 +135,7 @@ class DeidDialog(QDialog):
         self.bar.setVisible(True)
         self.bar.setRange(0, 0)
         self.report.setPlainText("De-identifying…")
-        self._runner.start(src, out, self.options())
+        self._runner.start(src, out, self.options(), keep_names=self.keep_names.isChecked())
 
     def _progress(self, done: int, total: int) -> None:
         self.bar.setRange(0, max(total, 1))
