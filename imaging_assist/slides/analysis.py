@@ -89,7 +89,10 @@ def find_slide_inputs(path: str | os.PathLike, tile_px: int = 224) -> list[str]:
 class TileModel:
     """``(N, 3, H, W)`` RGB 0..1 tiles -> ``(N, C)`` probabilities through the card's
     transforms (:func:`imaging_assist.inference.preprocess.batch_model_input`, batched on
-    ``device``), on ``device``.  ``preprocess`` alone gives the model-space tensor."""
+    ``device``), on ``device``.  ``preprocess`` alone gives the model-space tensor.  Also
+    takes uint8 0..255 tiles (``accepts_uint8``: run_tiles then skips its float pass)."""
+
+    accepts_uint8 = True
 
     def __init__(self, model, device="cpu"):
         import torch
@@ -146,7 +149,9 @@ class TileModel:
 
         from ..inference.preprocess import batch_model_input
 
-        x = torch.as_tensor(x).float().to(self.device) * 255.0
+        x = torch.as_tensor(x).to(self.device)
+        # uint8 tiles (run_tiles hands them over as read: accepts_uint8) are the 0..255 values
+        x = x.float() if x.dtype == torch.uint8 else x.float() * 255.0
         return batch_model_input(self.card, x)
 
     def __call__(self, x):

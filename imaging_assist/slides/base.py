@@ -359,6 +359,24 @@ class Slide(ABC):
             out[y0 - y:y1 - y, x0 - x:x1 - x] = self._read_level(level, x0, y0, x1 - x0, y1 - y0)
         return out
 
+    def read_level_into(self, level: int, x: int, y: int, out: np.ndarray) -> None:
+        """Write the level rectangle at ``(x, y)`` of ``out``'s size into ``out``, a
+        preallocated ``(h, w, 3)`` uint8 array (e.g. a slot of a batch buffer): the pixels
+        :meth:`read_level` returns.  Backends that can copy their decoded tiles straight into
+        ``out`` override :meth:`_read_level_into` (no intermediate region)."""
+        h, w = out.shape[:2]
+        self._check_level(level)
+        x, y = int(x), int(y)
+        lw, lh = self.level_dimensions[level]
+        if x >= 0 and y >= 0 and x + w <= lw and y + h <= lh and self._read_level_into(level, x, y, out):
+            return
+        out[...] = self.read_level(level, x, y, w, h)
+
+    def _read_level_into(self, level: int, x: int, y: int, out: np.ndarray) -> bool:
+        """Hook: fill ``out`` from a rectangle fully inside ``level``; False = not supported
+        here (the caller then copies :meth:`read_level`'s result)."""
+        return False
+
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """(h, w, 3) uint8 RGB; ``location`` in level-0 pixels, ``size`` in ``level`` pixels."""
         self._check_level(level)

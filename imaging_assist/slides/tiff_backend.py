@@ -400,6 +400,32 @@ class TiffSlide(Slide):
         if keys and len(keys) * seg_bytes <= self.CACHE_BYTES // 2:
             self._decoded(L, level, keys)
 
+    def _read_level_into(self, level, x, y, out) -> bool:
+        """Copy the decoded stored tiles straight into ``out`` (a batch slot): plain
+        interleaved uint8 RGB only; anything else goes through :meth:`_read_level`."""
+        L = self._levels[level]
+        if L.separate or L.spp != 3 or L.dtype != np.uint8:
+            return False
+        h, w = out.shape[:2]
+        keys = self._keys(L, x, y, w, h)
+        segs = self._decoded(L, level, keys)
+        for k in keys:
+            a = segs[k]
+            iy, ix = divmod(k, L.nsx)
+            sx0, sy0 = ix * L.seg_w, iy * L.seg_h
+            ax0, ay0 = max(x, sx0), max(y, sy0)
+            if a is _SPARSE:
+                ax1, ay1 = min(x + w, sx0 + L.seg_w), min(y + h, sy0 + L.seg_h)
+                out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = 255
+                continue
+            if a.ndim != 3 or a.shape[2] != 3:
+                return False
+            ax1 = min(x + w, sx0 + L.seg_w, sx0 + a.shape[1])
+            ay1 = min(y + h, sy0 + L.seg_h, sy0 + a.shape[0])
+            if ax1 > ax0 and ay1 > ay0:
+                out[ay0 - y:ay1 - y, ax0 - x:ax1 - x] = a[ay0 - sy0:ay1 - sy0, ax0 - sx0:ax1 - sx0]
+        return True
+
     def _read_level(self, level, x, y, w, h):
         L = self._levels[level]
         ix0, ix1 = x // L.seg_w, (x + w - 1) // L.seg_w
