@@ -887,6 +887,8 @@ class SliceView(QWidget):
         k = ev.key()
         if self.vol is None:
             return super().keyPressEvent(ev)
+        if getattr(self, "cine_keys", None) is not None and self.cine_keys(ev):  # cine keys (radiology/cine.py)
+            return
         n = {Qt.Key_Up: -1, Qt.Key_Down: 1, Qt.Key_PageUp: -10, Qt.Key_PageDown: 10,
              Qt.Key_Left: -1, Qt.Key_Right: 1}.get(k)
         if n is not None:
