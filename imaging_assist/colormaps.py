@@ -3,10 +3,13 @@
 The viewer's layers (:mod:`imaging_assist.layers`), the key images of analyses
 (:mod:`imaging_assist.inference.results`) and the slide heat maps all take their colours
 from here, so a heat map or a label looks the same in the viewer and in a written PNG.
-Written by hand (a few control points each) because matplotlib is not a dependency.
+Heat-map colours are matplotlib's colormap tables; heat maps fade to transparent at low values
+(:func:`fade_alpha`) in the viewer and in the written key images alike.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -18,31 +21,72 @@ LABEL_PALETTE: list[tuple[int, int, int]] = [
     (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
 ]
 
-# Colormap control points (position 0..1, r, g, b).  Values between are linear.
-_CMAP_POINTS: dict[str, list[tuple[float, int, int, int]]] = {
-    "jet": [(0.0, 0, 0, 131), (0.125, 0, 0, 255), (0.375, 0, 255, 255), (0.625, 255, 255, 0),
-            (0.875, 255, 0, 0), (1.0, 128, 0, 0)],
-    "hot": [(0.0, 10, 0, 0), (0.375, 255, 0, 0), (0.75, 255, 255, 0), (1.0, 255, 255, 255)],
-    "inferno": [(0.0, 0, 0, 4), (0.25, 87, 16, 110), (0.5, 188, 55, 84), (0.75, 249, 142, 9),
-                (1.0, 252, 255, 164)],
-    "viridis": [(0.0, 68, 1, 84), (0.25, 59, 82, 139), (0.5, 33, 145, 140), (0.75, 94, 201, 98),
-                (1.0, 253, 231, 37)],
-    "coolwarm": [(0.0, 59, 76, 192), (0.5, 221, 221, 221), (1.0, 180, 4, 38)],
-    "gray": [(0.0, 0, 0, 0), (1.0, 255, 255, 255)],
-}
-COLORMAPS = tuple(_CMAP_POINTS)
-DEFAULT_HEAT_COLORMAP = "jet"  # the viewer's heat-map layers and the key images
+# Heat-map colormaps: matplotlib's tables (a dependency; its colormaps are the reference
+# every reader of a matplotlib/MONAI figure knows).  The perceptually uniform ones come first;
+# "jet" stays selectable for people who compare with older figures, but is not the default
+# (its bright cyan/yellow bands make flat attribution look like structure).
+COLORMAPS = ("inferno", "magma", "viridis", "hot", "jet", "coolwarm", "gray")
+DEFAULT_HEAT_COLORMAP = "inferno"  # the viewer's heat-map layers, the key images and the reports
+# What a heat map shows by default: values below DEFAULT_HEAT_THRESHOLD of the colour range are
+# not drawn, and the opacity ramps from 0 there up to DEFAULT_HEAT_OPACITY at the top of the range.
+DEFAULT_HEAT_THRESHOLD = 0.2
+DEFAULT_HEAT_OPACITY = 0.7
+# Contour mode: iso-lines at these fractions of the colour range (50 / 75 / 90 % of the maximum).
+CONTOUR_LEVELS = (0.5, 0.75, 0.9)
+
+
+@lru_cache(maxsize=64)
+def _table(name: str, n: int) -> np.ndarray:
+    if name not in COLORMAPS:
+        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
+    from matplotlib import colormaps as mpl_colormaps  # imported on first use (0.5 s)
+
+    rgba = mpl_colormaps[name](np.linspace(0.0, 1.0, int(n)))
+    out = np.clip(rgba[:, :3] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out.setflags(write=False)
+    return out
 
 
 def colormap_rgb(name: str, n: int = 256) -> np.ndarray:
-    """(n, 3) uint8 table of a named colormap (see :data:`COLORMAPS`)."""
-    pts = _CMAP_POINTS.get(name)
-    if pts is None:
-        raise ValueError(f"unknown colormap {name!r}; choose one of {', '.join(COLORMAPS)}")
-    x = np.linspace(0.0, 1.0, n)
-    pos = np.array([p[0] for p in pts])
-    out = np.stack([np.interp(x, pos, [p[c] for p in pts]) for c in (1, 2, 3)], axis=1)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    """(n, 3) uint8 table of a named colormap (see :data:`COLORMAPS`), from matplotlib."""
+    return _table(str(name), int(n))
+
+
+def fade_alpha(v: np.ndarray, threshold: float = DEFAULT_HEAT_THRESHOLD,
+               opacity: float = DEFAULT_HEAT_OPACITY) -> np.ndarray:
+    """Opacity of a heat map at values ``v`` in [0, 1] of its colour range: 0 below ``threshold``
+    (and for NaN), then rising linearly to ``opacity`` at 1, so that weak attribution fades into
+    the image instead of tinting all of it.  Float32 in [0, opacity]."""
+    v = np.nan_to_num(np.asarray(v, np.float32), nan=-1.0)
+    thr = float(np.clip(threshold, 0.0, 1.0))
+    span = 1.0 - thr
+    ramp = np.clip((v - thr) / span, 0.0, 1.0) if span > 0 else (v >= thr).astype(np.float32)
+    ramp[v < thr] = 0.0
+    return (ramp * float(np.clip(opacity, 0.0, 1.0))).astype(np.float32)
+
+
+def heat_rgba(v: np.ndarray, name: str = DEFAULT_HEAT_COLORMAP, threshold: float = DEFAULT_HEAT_THRESHOLD,
+              opacity: float = DEFAULT_HEAT_OPACITY) -> tuple[np.ndarray, np.ndarray]:
+    """Values in [0, 1] -> (RGB uint8 (..., 3), alpha float32 (...)) as the viewer draws a heat
+    map (:func:`fade_alpha`); the key images and reports blend with these."""
+    return apply_colormap(v, name), fade_alpha(v, threshold, opacity)
+
+
+def iso_lines(values: np.ndarray, levels) -> np.ndarray:
+    """Contour pixels of a 2-D map: 1 + the index of the highest level reached, on the pixels of
+    each level's region that touch a pixel below that level (4-neighbourhood); 0 elsewhere.
+
+    Hand-written on the pixel grid (like :func:`imaging_assist.layers.outline` for label maps)
+    rather than with skimage's sub-pixel ``find_contours``: the lines then go through the same
+    cached numpy -> QImage path as every other layer, in every plane, with no polygon drawing."""
+    s = np.nan_to_num(np.asarray(values, np.float32), nan=-np.inf)
+    band = np.searchsorted(np.asarray(sorted(levels), np.float32), s, side="right").astype(np.uint8)
+    lower = np.zeros(band.shape, bool)
+    lower[1:] |= band[:-1] < band[1:]
+    lower[:-1] |= band[1:] < band[:-1]
+    lower[:, 1:] |= band[:, :-1] < band[:, 1:]
+    lower[:, :-1] |= band[:, 1:] < band[:, :-1]
+    return np.where(lower & (band > 0), band, 0).astype(np.uint8)
 
 
 def colormap_index(v: np.ndarray, n: int = 256) -> np.ndarray:

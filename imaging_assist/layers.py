@@ -13,7 +13,7 @@ Typical use::
                                        Marker, Plane)
     stack = LayerStack()
     stack.add(LabelLayer("Lungs", mask, names={1: "right lung", 2: "left lung"}))
-    stack.add(HeatmapLayer("Grad-CAM", cam, colormap="jet", opacity=0.4, threshold=0.2))
+    stack.add(HeatmapLayer("Grad-CAM", cam, threshold=0.2, method="Grad-CAM"))  # inferno, fading
     stack.add(MarkerLayer("Findings", [Marker((k, j, i), "nodule", score=0.91)]))
     stack.subscribe(lambda event, layer: print(event, layer.name))   # redraw hook
     stack.get("Lungs").mode = "outline"        # any attribute change notifies
@@ -36,7 +36,10 @@ import numpy as np
 # --------------------------------------------------------------------------- colours
 # The colours live in imaging_assist.colormaps (one set for the viewer and the key images);
 # re-exported here because the UI imports them from this module.
-from .colormaps import COLORMAPS, LABEL_PALETTE, colormap_rgb, label_color  # noqa: E402,F401
+from .colormaps import (CONTOUR_LEVELS, COLORMAPS, DEFAULT_HEAT_COLORMAP, DEFAULT_HEAT_OPACITY,  # noqa: E402,F401
+                        LABEL_PALETTE, colormap_rgb, fade_alpha, iso_lines, label_color)
+
+HEAT_MODES = ("fill", "contour")
 
 
 def argb32(r, g, b, a) -> np.ndarray:
@@ -361,19 +364,31 @@ def outline(labels2d: np.ndarray) -> np.ndarray:
 class HeatmapLayer(_RasterLayer):
     """A float map (saliency, probability, attribution) shown through a colormap.
 
-    Values below ``threshold`` (and NaN) are transparent; ``vmin``/``vmax`` set the
-    colour range and the legend (default: the data's range).
+    ``vmin``/``vmax`` set the colour range and the legend (default: the data's range).
+    Values below ``threshold`` (and NaN) are transparent; with ``fade`` (the default) the
+    opacity then rises linearly from 0 at the threshold to ``opacity`` at ``vmax``
+    (:func:`imaging_assist.colormaps.fade_alpha`), so weak attribution fades into the image
+    rather than tinting it.  ``mode`` is ``"fill"`` or ``"contour"`` (iso-lines at
+    :data:`~imaging_assist.colormaps.CONTOUR_LEVELS` of the colour range, in their colours).
+
+    ``method`` names how the map was made (e.g. "Grad-CAM"; the legend then reads "relative
+    attribution"); ``units`` the values' units for maps that have them (parametric maps).
+    ``flags`` are the reasons not to trust the map (:func:`imaging_assist.explain.flags.
+    heatmap_flags`): a flagged layer starts hidden and the reason is shown with it.
     """
 
     kind = "heatmap"
 
-    def __init__(self, name: str, array, colormap: str = "jet", opacity: float = 0.4,
-                 threshold: float | None = None, vmin: float | None = None,
-                 vmax: float | None = None, visible: bool = True, units: str = ""):
+    def __init__(self, name: str, array, colormap: str = DEFAULT_HEAT_COLORMAP,
+                 opacity: float = DEFAULT_HEAT_OPACITY, threshold: float | None = None,
+                 vmin: float | None = None, vmax: float | None = None, visible: bool = True,
+                 units: str = "", method: str = "", fade: bool = True, mode: str = "fill"):
         a = _as3d(array)
         if a.dtype != np.float32:
             a = a.astype(np.float32)
         colormap_rgb(colormap)  # validates the name
+        if mode not in HEAT_MODES:
+            raise ValueError(f"heat-map mode is one of {', '.join(HEAT_MODES)}, not {mode!r}")
         super().__init__(name, visible, opacity)
         self._lut_cache = None
         self.array = a
@@ -390,13 +405,41 @@ class HeatmapLayer(_RasterLayer):
         self.threshold = self.vmin if threshold is None else float(threshold)
         self.colormap = colormap
         self.units = units
+        self.method = method
+        self.fade = bool(fade)
+        self.mode = mode
+        self.flags: list[str] = []
+
+    # -- trust -------------------------------------------------------------------
+    def flag(self, reasons) -> None:
+        """Mark the map as not to be trusted (one reason per string) and hide it; the reader
+        can still show it deliberately (``visible = True``)."""
+        reasons = [str(r) for r in reasons if r]
+        if reasons:
+            self.flags = reasons
+            self.visible = False
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags)
+
+    # -- colours -----------------------------------------------------------------
+    def _fraction(self, values: np.ndarray) -> np.ndarray:
+        span = self.vmax - self.vmin
+        return (np.asarray(values, np.float32) - self.vmin) / (span if span > 0 else 1.0)
 
     def lut(self) -> np.ndarray:
+        """257 premultiplied ARGB32 words: colour index 0..255, and 256 = transparent."""
         if self._lut_cache is not None and self._lut_cache[0] == self._version:
             return self._lut_cache[1]
         rgb = colormap_rgb(self.colormap).astype(np.uint32)
-        a = int(round(np.clip(self.opacity, 0, 1) * 255))
-        lut = argb32(rgb[:, 0], rgb[:, 1], rgb[:, 2], np.full(256, a, np.uint32)).astype(np.uint32)
+        op = float(np.clip(self.opacity, 0, 1))
+        if self.fade and self.mode == "fill":
+            thr = float(self._fraction(self.threshold)) if np.isfinite(self.threshold) else 1.0
+            a = np.round(fade_alpha(np.linspace(0.0, 1.0, 256), max(thr, 0.0), op) * 255).astype(np.uint32)
+        else:
+            a = np.full(256, int(round(op * 255)), np.uint32)
+        lut = argb32(rgb[:, 0], rgb[:, 1], rgb[:, 2], a).astype(np.uint32)
         lut = np.concatenate([lut, np.zeros(1, np.uint32)])  # index 256: transparent
         self._lut_cache = (self._version, lut)
         return lut
@@ -415,14 +458,34 @@ class HeatmapLayer(_RasterLayer):
         idx[hide] = 256
         return idx
 
+    def contour_levels(self) -> list[float]:
+        """The values of the iso-lines drawn in contour mode."""
+        return [self.vmin + f * (self.vmax - self.vmin) for f in CONTOUR_LEVELS]
+
     def render_argb32(self, plane: Plane, index: int) -> np.ndarray | None:
         if not self.visible or self.opacity <= 0 or not 0 <= index < plane.n_slices(self.array.shape):
             return None
-        return self.lut()[self.indices(plane.extract(self.array, index))]
+        s = plane.extract(self.array, index)
+        if self.mode == "contour":
+            band = iso_lines(s, self.contour_levels())
+            idx = np.full(band.shape, 256, np.uint16)
+            for b, f in enumerate(CONTOUR_LEVELS, start=1):
+                idx[band == b] = int(round(f * 255))
+            return self.lut()[idx]
+        return self.lut()[self.indices(s)]
 
     def legend(self, n: int = 256) -> tuple[np.ndarray, float, float]:
         """(n, 3) colours from vmin to vmax, and the two end values, for a colour bar."""
         return colormap_rgb(self.colormap, n), self.vmin, self.vmax
+
+    def legend_title(self) -> str:
+        """What the legend's values mean: "relative attribution, Grad-CAM" for an explanation,
+        the units for a parametric map."""
+        if self.units:
+            return self.units + (f", {self.method}" if self.method else "")
+        if self.method:
+            return f"relative attribution, {self.method}"
+        return "value"
 
 
 class Marker(_Notifying):
@@ -535,6 +598,11 @@ class LayerStack:
                 n += 1
             object.__setattr__(layer, "name", f"{base} ({n})")
         layer._owner = self
+        if index is None and isinstance(layer, HeatmapLayer):
+            # a heat map goes under the label maps (image, heat map, outlines, then markers and
+            # measurements drawn on top by the viewer): an outline must stay readable over it
+            labels = [n for n, l in enumerate(self._layers) if isinstance(l, LabelLayer)]
+            index = labels[0] if labels else None
         if index is None:
             self._layers.append(layer)
         else:

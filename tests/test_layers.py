@@ -91,7 +91,7 @@ def test_label_layer_from_bool_and_wide_values():
 
 def test_heatmap_threshold_colormap_and_nan():
     h = np.array([[[0.0, 0.1, 0.5, 1.0, np.nan]]], np.float32)
-    layer = HeatmapLayer("cam", h, colormap="hot", opacity=1.0, threshold=0.3)
+    layer = HeatmapLayer("cam", h, colormap="hot", opacity=1.0, threshold=0.3, fade=False)  # fade: test_colormaps.py
     assert (layer.vmin, layer.vmax) == (0.0, 1.0)
     rgba = argb32_to_rgba(layer.render_argb32(Plane.native(), 0))
     assert list(rgba[0, :, 3]) == [0, 0, 255, 255, 0]  # below threshold and NaN hidden
@@ -185,10 +185,10 @@ def test_key_image_colours_equal_the_viewer_layers(tmp_path):
     overlay_png(base[0], tmp_path / "h.png", heat_slice=heat, volume=vol, k=0)
     key = np.asarray(Image.open(tmp_path / "h.png").convert("RGB")).astype(np.float32)
     layer = HeatmapLayer("heat", heat[None], vmin=0.0, vmax=float(heat.max()))
-    assert layer.colormap == colormaps.DEFAULT_HEAT_COLORMAP == "jet"
+    assert layer.colormap == colormaps.DEFAULT_HEAT_COLORMAP == "inferno"
     layer_rgb = colormap_rgb(layer.colormap)[np.minimum(layer.indices(heat), 255)].astype(np.float32)
     grey = display.render_slice(vol, 0).astype(np.float32)[..., None]
-    a = 0.45 * (heat / heat.max() > 0.05)[..., None]
+    a = colormaps.fade_alpha(heat / heat.max())[..., None]  # the viewer's fade, not a flat tint
     want = np.clip(grey * (1 - a) + layer_rgb * a, 0, 255).astype(np.uint8)
     assert np.abs(key - want).max() <= 1
 
@@ -210,4 +210,4 @@ def test_one_palette_module_is_re_exported():
     assert colormaps.label_color(21) == colormaps.LABEL_PALETTE[0] and colormaps.label_color(0) == (0, 0, 0)
     from imaging_assist.inference.results import heat_colormap
     v = np.linspace(0, 1, 11)
-    assert np.array_equal(heat_colormap(v), colormaps.colormap_rgb("jet")[(v * 255 + 0.5).astype(int)])
+    assert np.array_equal(heat_colormap(v), colormaps.colormap_rgb("inferno")[(v * 255 + 0.5).astype(int)])

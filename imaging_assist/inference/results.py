@@ -225,7 +225,7 @@ def overlay_rgb(base: np.ndarray | None, label_slice: np.ndarray | None = None,
                 heat_slice: np.ndarray | None = None, alpha: float = 0.45, volume=None,
                 k: int | None = None) -> np.ndarray:
     """The key image of :func:`overlay_png` as an RGB uint8 array (the PDF report uses it)."""
-    from ..colormaps import label_lut
+    from ..colormaps import heat_rgba, label_lut
 
     rgb = display_gray(base, volume, k).astype(np.float32)
     if heat_slice is not None:
@@ -233,9 +233,11 @@ def overlay_rgb(base: np.ndarray | None, label_slice: np.ndarray | None = None,
         h = np.clip(h, 0, None)
         m = float(h.max())
         hn = h / m if m > 0 else h
-        col = heat_colormap(hn).astype(np.float32)
-        a = (alpha * (hn > 0.05))[..., None]
-        rgb = rgb * (1 - a) + col * a
+        # the viewer's colormap and fade (colormaps.heat_rgba): transparent below 20 % of the
+        # maximum, opacity rising with the value above it; the labels' ``alpha`` is not used here
+        col, a = heat_rgba(hn)
+        a = a[..., None]
+        rgb = rgb * (1 - a) + col.astype(np.float32) * a
     if label_slice is not None:
         lab = label_slice.astype(np.int64)
         col = label_lut(int(lab.max(initial=0)) + 1)[np.clip(lab, 0, None)].astype(np.float32)

@@ -225,9 +225,12 @@ def build_layers(res, card):
     for hm in res.heatmaps:
         vmin, vmax, thr, note = heat_display(hm.array, hm.method)
         title = METHOD_TITLES.get(hm.method, hm.method)
-        layer = HeatmapLayer(f"{title}: {hm.label}", hm.array, colormap="jet", opacity=0.5,
-                             vmin=vmin, vmax=vmax, threshold=thr)
+        layer = HeatmapLayer(f"{title}: {hm.label}", hm.array, vmin=vmin, vmax=vmax, threshold=thr,
+                             method=title)  # inferno, fading (imaging_assist.colormaps)
         layer.model_id = card.id
+        from imaging_assist.explain.flags import heatmap_flags  # explain/ imports torch: not at start-up
+
+        layer.flag(heatmap_flags(hm, res, card))  # issue 17: hidden with the reason (explain/flags.py)
         layers.append(layer)
         if note == "nothing positive to show":
             notes.append(f"the {title} map of {hm.label} has no positive values: nothing is drawn")
@@ -359,6 +362,11 @@ def result_html(res, card, load_s, override: list[str] | None = None) -> str:
             signed = (f" <span style='{mut}'>(positive evidence shown)</span>"
                       if hm.method in ("integrated_gradients", "occlusion") else "")
             out.append(f"{p}{esc(heat_text(hm))}{signed}{link}</p>")
+            from imaging_assist.explain.flags import heatmap_flags
+
+            for why in heatmap_flags(hm, res, card):  # issue 17: why the map is hidden
+                out.append(f"{p}<b style='color:{WARN_FG}'>⚑ Map hidden: {esc(why)}.</b> <span style='{mut}'>"
+                           "Tick it in Overlays to show it anyway.</span></p>")
         er = getattr(res, "explanation_region", None)
         if er:
             from imaging_assist.explain.regions import region_text
