@@ -411,7 +411,7 @@ class HeatmapLayer(_RasterLayer):
         self.flags: list[str] = []
 
     # -- trust -------------------------------------------------------------------
-    def flag(self, reasons) -> None:
+    def set_flags(self, reasons) -> None:
         """Mark the map as not to be trusted (one reason per string) and hide it; the reader
         can still show it deliberately (``visible = True``)."""
         reasons = [str(r) for r in reasons if r]

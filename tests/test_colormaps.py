@@ -125,7 +125,7 @@ def test_shipped_sanity_record_flags_failed_methods():
 
 def test_flagged_layer_starts_hidden_and_can_be_shown():
     layer = HeatmapLayer("cam", np.ones((1, 2, 2), np.float32))
-    layer.flag(["negative faithfulness (-0.10)"])
+    layer.set_flags(["negative faithfulness (-0.10)"])
     assert layer.flagged and not layer.visible and layer.render_argb32(Plane.native(), 0) is None
     layer.visible = True  # deliberately shown
     assert layer.render_argb32(Plane.native(), 0) is not None and layer.flagged

@@ -230,7 +230,7 @@ def build_layers(res, card):
         layer.model_id = card.id
         from imaging_assist.explain.flags import heatmap_flags  # explain/ imports torch: not at start-up
 
-        layer.flag(heatmap_flags(hm, res, card))  # issue 17: hidden with the reason (explain/flags.py)
+        layer.set_flags(heatmap_flags(hm, res, card))  # issue 17: hidden with the reason (explain/flags.py)
         layers.append(layer)
         if note == "nothing positive to show":
             notes.append(f"the {title} map of {hm.label} has no positive values: nothing is drawn")
@@ -416,6 +416,7 @@ class ModelPanel(QWidget):
         self._bridge.progress.connect(self._on_progress)
         self._bridge.finished.connect(self._on_finished)
         self.card_dialog = None
+        self.slide_runs = None  # ui/slides/slide_ai.SlideRuns: the slide branch while a slide is shown
         self._build()
         attach_monitoring(self)  # issue 18: reader feedback under the results, Monitor, alert at start
         doc.volumeChanged.connect(self._on_volume)
@@ -642,6 +643,8 @@ class ModelPanel(QWidget):
         return e is not None and e.card is not None and not e.shadowed_by
 
     def _rematch(self, select_best: bool):
+        if self.slide_runs is not None and self.slide_runs.active():
+            return self.slide_runs.rematch(select_best)
         self.facts = series_facts(self.doc.volume, self.doc.series)
         self.matches = {str(e.folder): match_card(e.card, self.facts) for e in self.entries
                         if self._usable(e)}
@@ -884,6 +887,8 @@ class ModelPanel(QWidget):
         return self.state in ("running", "cancelling")
 
     def _update_enabled(self, *_):
+        if self.slide_runs is not None and self.slide_runs.active():
+            return self.slide_runs.update_enabled()
         e = self.current_entry()
         can = self._usable(e) and self._volume_ready() and not self.running
         self.run_btn.setEnabled(bool(can))
@@ -908,6 +913,8 @@ class ModelPanel(QWidget):
         it cannot start."""
         if self.running:
             return False
+        if self.slide_runs is not None and self.slide_runs.active():
+            return self.slide_runs.run()
         e = self.current_entry()
         if e is None:
             self._show_error("Select a model first.")

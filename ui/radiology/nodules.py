@@ -465,7 +465,7 @@ class NoduleTool(QObject):
             # Grad-CAM display as the AI panel shows it (ui/ai/model_support.heat_display): 0..max,
             # under 20 % hidden; the engine's nodule maps are scaled to 0..1
             hi = max(1e-6, float(n.heat.max()))
-            heat = HeatmapLayer("Nodule Grad-CAM", arr, colormap="jet", opacity=0.45,
+            heat = HeatmapLayer("Nodule Grad-CAM", arr, method="Grad-CAM",  # default colormap, fading
                                 vmin=0.0, vmax=hi, threshold=0.2 * hi)
             heat.nodule_layer = "heat"
             heat.flag = ""
