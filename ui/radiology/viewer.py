@@ -606,34 +606,9 @@ class SliceView(QWidget):
         self._annotation_lines = t
 
     def _paint_legend(self, p: QPainter):
-        heat = self.doc.layers.heatmaps()
-        if not heat or self.width() < 420 or self.height() < 300 or (self.mpr_mode and self.plane.axis != 0):
-            return
-        layer = heat[-1]
-        rgb, lo, hi = layer.legend(128)
-        fm = QFontMetricsF(self._font)
-        bar_h = min(180.0, self.height() * 0.35)
-        x = self.width() - 52  # left of the orientation letter
-        y = (self.height() - bar_h) / 2
-        bar = np.ascontiguousarray(rgb[::-1])  # top = vmax
-        words = (bar[:, 0].astype(np.uint32) << 16) | (bar[:, 1].astype(np.uint32) << 8) | bar[:, 2] | np.uint32(0xFF000000)
-        words = np.ascontiguousarray(words.reshape(-1, 1))
-        p.drawImage(QRectF(x, y, 12, bar_h), QImage(words.data, 1, words.shape[0], 4, QImage.Format_RGB32))
-        p.setPen(QPen(QColor(0, 0, 0, 200), 1))
-        p.setBrush(Qt.NoBrush)
-        p.drawRect(QRectF(x, y, 12, bar_h))
-        p.setFont(self._font)
-        f = lambda v: f"{v:.3g}"
-        for val, yy in ((hi, y + fm.ascent() / 2), (lo, y + bar_h + fm.ascent() / 2 - 2)):
-            s = f(val)
-            self._draw_text(p, x - 6 - fm.horizontalAdvance(s), yy, s)
-        if layer.vmax > layer.vmin and layer.threshold > layer.vmin:
-            ty = y + bar_h * (1 - (layer.threshold - layer.vmin) / (layer.vmax - layer.vmin))
-            ty = min(max(ty, y), y + bar_h)
-            p.setPen(QPen(QColor("white"), 2))
-            p.drawLine(QPointF(x - 3, ty), QPointF(x + 15, ty))
-        name = fm.elidedText(layer.name, Qt.ElideRight, 160)
-        self._draw_text(p, x + 12 - fm.horizontalAdvance(name), y - 8, name)
+        # issue 17: the heat-map legend sits in the margin beside the image (ui/radiology/heat_legend.py)
+        from .heat_legend import paint_legend
+        paint_legend(self, p)
 
     # ------------------------------------------------------------------ interaction
     def _hit_handle(self, pos: QPointF):
