@@ -250,3 +250,85 @@ def test_cuda_path_gives_the_cpu_results_or_one_line_without_cuda(jpeg_pyramid):
         else:
             with pytest.raises(SlideError, match="no CUDA device"):
                 run_tiles(s, _probe_model, plan=plan, batch_size=6, as_tensor=True, device="cuda")
+
+
+# --------------------------------------------------------------------------- uint8 until the model
+def test_tiles_read_as_stored_go_straight_into_their_slots_edges_included(jpeg_pyramid):
+    """Level 0 as stored, every grid tile (edge tiles overhang the slide): the direct copy from
+    the decoded stored tiles (Slide.read_level_into) gives the old path's pixels."""
+    with open_slide(jpeg_pyramid) as s:
+        plan = plan_tiles(s, 112, 0.25, tissue_mask=None)
+        assert plan.level == 0 and plan.downsample == (1.0, 1.0)
+        w, h = s.dimensions
+        assert w % 112 and h % 112                    # the last column and row overhang
+        old = _old_read_tiles(s, plan)
+        s.clear_cache()
+        calls = []
+        orig = s._read_level_into
+        s._read_level_into = lambda *a: calls.append(a[:3]) or orig(*a)
+        try:
+            np.testing.assert_array_equal(read_tiles(s, plan), old)
+        finally:
+            del s._read_level_into
+        inside = int(((plan.rects0()[:, 0] + 112 <= w) & (plan.rects0()[:, 1] + 112 <= h)).sum())
+        assert len(calls) == inside < len(plan)       # every inside tile took the direct path
+        buf = np.zeros((len(plan), 112, 112, 3), np.uint8)
+        tile = buf[3]
+        s.read_level_into(0, w - 50, h - 40, tile)    # overhang: background outside
+        np.testing.assert_array_equal(tile, s.read_level(0, w - 50, h - 40, 112, 112))
+
+
+class _Uint8Probe:
+    """A model that takes uint8 tiles (run_tiles hands them over without a float pass)."""
+
+    accepts_uint8 = True
+
+    def __init__(self):
+        self.dtypes = set()
+        self.sizes = []
+
+    def __call__(self, x):
+        x = np.asarray(x)
+        self.dtypes.add(x.dtype)
+        self.sizes.append(len(x))
+        return _probe_model(x.astype(np.float32) / np.float32(255)).numpy()
+
+
+@pytest.mark.parametrize("mpp", [0.5, 0.7])
+def test_uint8_model_gets_the_tiles_as_read_and_the_same_probabilities(jpeg_pyramid, mpp):
+    with open_slide(jpeg_pyramid) as s:
+        plan = plan_tiles(s, 64, mpp, tissue_mask="auto")
+        tiles = _old_read_tiles(s, plan)
+        ref = _probe_model(tiles_to_batch(tiles)).numpy()
+        s.clear_cache()
+        seen = []
+        probe = _Uint8Probe()
+        res = run_tiles(s, lambda x: seen.append(np.array(x)) or _probe_model(x).numpy(), plan=plan,
+                        batch_size=7)
+        assert all(b.dtype == np.float32 for b in seen)   # no attribute: float 0..1 as before
+        s.clear_cache()
+        res8 = run_tiles(s, probe, plan=plan, batch_size=7, model_batch=3)
+        assert probe.dtypes == {np.dtype(np.uint8)} and max(probe.sizes) == 3
+        np.testing.assert_allclose(res8.probs, res.probs, rtol=0, atol=1e-6)
+        if mpp == 0.5:   # level 1 as stored: the old tiles exactly; at 0.7 a resampled tile may
+            # differ by one grey level with other row-run company (see the first test)
+            np.testing.assert_allclose(res.probs, ref, rtol=0, atol=1e-6)
+            np.testing.assert_array_equal(np.concatenate(seen), tiles_to_batch(tiles))
+
+
+def test_shipped_model_uint8_and_float_inputs_agree(svs):
+    """TileModel's uint8 input (what run_tiles gives it) and the 0..1 float input agree."""
+    import torch
+
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.slides.analysis import TileModel, slide_spec
+
+    model = Registry().load("path-lung-tissue")
+    fn = TileModel(model, "cpu")
+    assert fn.accepts_uint8
+    with open_slide(svs) as s:
+        plan = plan_tiles(s, slide_spec(model.card)["tile_px"], 0.7, tissue_mask="auto")
+        tiles = read_tiles(s, plan, np.arange(6))
+    p8 = fn(torch.from_numpy(tiles).permute(0, 3, 1, 2)).numpy()
+    pf = fn(tiles_to_batch(tiles)).numpy()
+    np.testing.assert_allclose(p8, pf, rtol=0, atol=1e-5)
