@@ -41,7 +41,7 @@ def test_everything_loads_or_is_reported(root):
     for p in index.problems:
         assert p.reason and "\n" not in p.reason
     seen = {os.path.realpath(r.path) for s in index.all_series() for r in s.instances}
-    seen |= {os.path.realpath(p.path.split("!")[0]) for p in index.problems}
+    seen |= {os.path.realpath(p.path.split("!")[0]) for p in index.problems + index.other_files}
     seen |= {os.path.realpath(p) for p in index.dicomdirs}
     files = {os.path.realpath(p) for p in before}
     assert files <= seen, sorted(files - seen)[:5]  # nothing silently dropped
@@ -61,7 +61,8 @@ def test_truncated_and_absurd_files_are_problems(tmp_path):
     reasons = {Path(p.path).name: p.reason for p in index.problems}
     assert "truncated" in reasons["img001.dcm"]
     assert "implausible size" in reasons["img002.dcm"]
-    assert "not DICOM" in reasons["notes.txt"]
+    assert "notes.txt" not in reasons  # plainly text: an other file, not a problem
+    assert {Path(p.path).name: p.reason for p in index.other_files} == {"notes.txt": "text"}
     assert [s.n_instances for s in index.image_series()] == [1]
 
 

@@ -163,6 +163,9 @@ class StudyIndex:
     problems: list[Problem] = field(default_factory=list)
     n_files: int = 0
     dicomdirs: list[str] = field(default_factory=list)  # DICOMDIR files followed (not images)
+    # Files that are plainly not DICOM (text, XML, JSON, PDF, PNG...): counted and listed
+    # apart from the problems, quietly (``reason`` holds what kind of file it is).
+    other_files: list[Problem] = field(default_factory=list)
 
     def all_series(self) -> list[SeriesInfo]:
         return [s for p in self.patients for st in p.studies for s in st.series]
@@ -203,7 +206,97 @@ class StudyIndex:
     def to_dict(self) -> dict:
         return {"root": self.root, "files": self.n_files, "dicomdirs": self.dicomdirs,
                 "patients": [p.to_dict() for p in self.patients],
-                "problems": [p.to_dict() for p in self.problems]}
+                "problems": [p.to_dict() for p in self.problems],
+                "other_files": [{"path": p.path, "kind": p.reason} for p in self.other_files]}
+
+
+# --------------------------------------------------------------------------- other files
+# Files the header reader refused that are plainly something else.  Hand-written: a few
+# magic numbers and a text test; python-magic/libmagic is not a dependency and would say
+# "data" for the cases that matter (a damaged DICOM without its preamble), which stay problems.
+DICOM_EXTENSIONS = {".dcm", ".dicom", ".dic", ".ima"}
+_MAGIC = ((b"\x89PNG\r\n\x1a\n", "PNG image"), (b"\xff\xd8\xff", "JPEG image"), (b"GIF8", "GIF image"),
+          (b"II*\x00", "TIFF image"), (b"MM\x00*", "TIFF image"), (b"%PDF", "PDF document"),
+          (b"PK\x03\x04", "zip archive"), (b"\x1f\x8b", "gzip file"), (b"\x93NUMPY", "NumPy array"),
+          (b"\x89HDF", "HDF5 file"), (b"SQLite format 3\x00", "SQLite database"))
+_EXT_KIND = {".bmp": "BMP image", ".nii": "NIfTI volume", ".nrrd": "NRRD volume", ".mha": "MetaImage volume",
+             ".mhd": "MetaImage header", ".npy": "NumPy array", ".npz": "NumPy arrays", ".gz": "gzip file",
+             ".pdf": "PDF document", ".exe": "program", ".dll": "library", ".so": "library",
+             ".pyc": "Python bytecode", ".DS_Store": "folder settings"}
+_TEXT_KIND = {".xml": "XML", ".json": "JSON", ".csv": "CSV table", ".tsv": "TSV table", ".md": "Markdown",
+              ".html": "HTML", ".htm": "HTML", ".py": "Python source", ".yml": "YAML", ".yaml": "YAML",
+              ".ini": "settings", ".cfg": "settings", ".log": "log"}
+OTHER_REASONS = ("not DICOM", "unreadable DICOM header")
+
+
+def _head(path: str, n: int = 8192) -> bytes | None:
+    """The first n bytes of a file or zip member ("archive.zip!member"); None when unreadable."""
+    import zipfile
+    try:
+        if "!" in path and not os.path.exists(path):
+            zpath, member = path.split("!", 1)
+            with zipfile.ZipFile(zpath) as zf:
+                from .archive import member_problem
+                info = zf.getinfo(member)
+                if member_problem(info):
+                    return None
+                with zf.open(info) as fh:
+                    return fh.read(n)
+        from .header import open_regular
+        with open_regular(path) as fh:
+            return fh.read(n)
+    except Exception:  # noqa: BLE001 - unreadable: it stays a problem
+        return None
+
+
+def _is_text(head: bytes) -> bool:
+    if not head or b"\x00" in head:
+        return False
+    try:
+        head.decode("utf-8")
+        return True
+    except UnicodeDecodeError as e:
+        if e.start >= len(head) - 3:  # a character cut by the 8 KB window
+            return True
+    printable = sum(1 for b in head if b >= 32 or b in (9, 10, 13))
+    return printable >= 0.97 * len(head)
+
+
+def other_file_kind(path: str) -> str | None:
+    """What a file the header reader refused plainly is ("XML text", "PNG image"...), or None
+    when it may be a damaged DICOM: it has the DICM preamble or a DICOM extension, or its
+    content is nothing recognisable (those stay problems with their reason)."""
+    name = path.split("!", 1)[-1]
+    base = os.path.basename(name)
+    ext = os.path.splitext(base)[1].lower()
+    if ext in DICOM_EXTENSIONS:
+        return None
+    head = _head(path)
+    if head is None or not head:
+        return None
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    if head[:2] == b"BM" and ext == ".bmp":
+        return "BMP image"
+    if _is_text(head):
+        lead = head.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+        kind = _TEXT_KIND.get(ext) or ("XML" if lead == b"<" else "JSON" if lead in (b"{", b"[") else "")
+        if not kind and base.upper().startswith(("LICEN", "README", "COPYING", "NOTICE", "CHANGELOG")):
+            kind = "licence/readme"
+        return f"{kind} text" if kind else "text"
+    return _EXT_KIND.get(ext) or _EXT_KIND.get(base)
+
+
+def split_other_files(problems: list[Problem]) -> tuple[list[Problem], list[Problem]]:
+    """(problems, other files): problems whose file is plainly not DICOM become other files."""
+    keep, other = [], []
+    for pr in problems:
+        kind = other_file_kind(pr.path) if str(pr.reason).startswith(OTHER_REASONS) else None
+        (other.append(Problem(pr.path, kind)) if kind else keep.append(pr))
+    return keep, other
 
 
 # --------------------------------------------------------------------------- discovery
@@ -593,7 +686,9 @@ def scan(paths: str | list[str], workers: int | None = None,
         else:
             good.append(rec)
     _build_tree(index, good, problems)
+    problems, other = split_other_files(problems)
     index.problems = sorted(problems, key=lambda p: p.path)
+    index.other_files = sorted(other, key=lambda p: p.path)
     from ..privacy.audit import record_index  # the audit trail: whose headers were listed (never raises)
     record_index(index)
     return index
