@@ -273,10 +273,18 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
             region = hd.sr.ImageRegion(graphic_type=gt, graphic_data=data.astype(float), source_image=rsrc)
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tid, referenced_region=region, measurements=meas))
+        elif (g := _annotation_group(m, r, volume, src, frames, tid)) is not None:
+            groups.append(g)  # polygon, freehand, angle, arrow, text (sr_measurements)
         else:
             warnings.append(f"SR: viewer measurement {m.id} ({m.kind}) is not exported (the SR carries "
                             "lengths and ROI statistics) or has no value yet")
     return groups
+
+
+def _annotation_group(*args):
+    from .sr_measurements import annotation_group  # imports this module: not at the top
+
+    return annotation_group(*args)
 
 
 def _fix_references(ds, single_frame_uids: set) -> None:

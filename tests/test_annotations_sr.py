@@ -1,0 +1,65 @@
+"""Measurements and annotations as a TID 1500 SR: written, dciodvfy 0 errors, read back with
+the same kinds, coordinates, values and notes, referencing the slice they were drawn on."""
+
+import numpy as np
+import pytest
+
+from imaging_assist.export.sr_measurements import read_measurement_sr, write_measurement_sr
+from imaging_assist.measure import Measurement
+from test_export_dicom import dciodvfy_errors
+
+
+def _items(vol):
+    k = vol.array.shape[0] // 2
+    items = [Measurement("polygon", [(100, 120), (160, 120), (160, 140), (100, 140)], index=k),
+             Measurement("freehand", [(200 + 10 * np.cos(t), 200 + 10 * np.sin(t))
+                                      for t in np.linspace(0, 2 * np.pi, 30, endpoint=False)], index=k + 1),
+             Measurement("angle", [(10, 10), (50, 10), (50, 60)], index=k),
+             Measurement("arrow", [(80, 80), (120, 40)], index=k, text="calcification"),
+             Measurement("text", [(30, 200)], index=k, text="see prior ✓"),
+             Measurement("ruler", [(100, 256), (200, 256)], index=k),
+             Measurement("ellipse", [(270, 180), (300, 210)], index=k),
+             Measurement("polygon", [(0, 0), (10, 0), (10, 10)], axis=1, index=5)]
+    for m in items:
+        m.compute_on(vol) if m.axis == 0 else m.compute(np.zeros((20, 20)), (1, 1))
+    return k, items
+
+
+def test_sr_round_trip_and_dciodvfy(ct_volume, tmp_path):
+    vol = ct_volume
+    k, items = _items(vol)
+    warnings = []
+    path = write_measurement_sr(vol, items, tmp_path / "m.dcm", warnings=warnings)
+    assert dciodvfy_errors(path) == []
+    assert len(warnings) == 1 and "reformatted plane" in warnings[0]  # the axis-1 polygon, named
+    back = {g["tracking_id"]: g for g in read_measurement_sr(path)}
+    assert len(back) == 7
+    from imaging_assist.export.dicom_common import source_datasets
+    uid_k = str(source_datasets(vol)[k].SOPInstanceUID)
+    poly = back[f"viewer polygon {items[0].id}"]
+    assert poly["graphic_type"] == "POLYLINE"
+    assert np.allclose(poly["graphic_data"], np.array(items[0].points + items[0].points[:1]) + 0.5)
+    r = items[0].result
+    assert poly["values"]["Mean"] == (pytest.approx(r["mean"]), "[hnsf'U]")
+    assert poly["values"]["Area"][0] == pytest.approx(r["area_mm2"]) and poly["values"]["Area"][1] == "mm2"
+    assert poly["values"]["Minimum"][0] == r["min"] and poly["values"]["Maximum"][0] == r["max"]
+    free = back[f"viewer freehand {items[1].id}"]
+    assert free["values"]["Area"][0] == pytest.approx(items[1].result["area_mm2"])
+    assert free["sop_instance_uid"] != poly["sop_instance_uid"]  # drawn on the next slice
+    assert poly["sop_instance_uid"] == uid_k
+    ang = back[f"viewer angle {items[2].id}"]
+    assert ang["values"]["Angle"] == (pytest.approx(90.0), "deg")
+    arrow = back[f"viewer arrow {items[3].id}"]
+    assert arrow["text"] == "calcification" and np.allclose(arrow["graphic_data"][-1], np.add(items[3].points[0], 0.5))
+    note = back[f"viewer text {items[4].id}"]
+    assert note["graphic_type"] == "POINT" and note["text"] == "see prior ✓"
+    assert back[f"viewer ruler {items[5].id}"]["values"]["Length"][0] == pytest.approx(items[5].result["length"])
+    assert back[f"viewer ellipse {items[6].id}"]["graphic_type"] == "ELLIPSE"
+
+
+def test_nothing_to_export_is_one_line(ct_volume, tmp_path):
+    from imaging_assist.export.dicom_common import DicomExportError
+
+    with pytest.raises(DicomExportError) as e:
+        write_measurement_sr(ct_volume, [Measurement("text", [(1, 1)], text="")], tmp_path / "x.dcm")
+    assert "\n" not in str(e.value)
