@@ -53,11 +53,10 @@ def test_browser_tree_thumbnails_and_problems(win):
                 texts.append(st.child(k).text(0))
     assert any(t.startswith("#202  CT  STD BRAIN 1MM, iDose\n140 images") for t in texts)
     assert any("XA" in t and "96 frames" in t for t in texts)
-    # every licence text file is listed as a problem, visibly, with its reason
-    assert len(win.browser.problem_items) == 8
-    assert win.browser.problems.isVisible()
-    assert "8 file(s) could not be read" in win.browser.problems_title.text()
-    assert "not DICOM" in win.browser.problems.toPlainText()
+    # the licence text files are other files: counted in one quiet line, not problems
+    assert len(win.browser.problem_items) == 0 and not win.browser.problems.isVisible()
+    assert len(win.browser.other_files) == 8
+    assert win.browser.other_label.text().startswith("8 other files (not images): 8 licence/readme text")
     # thumbnails arrive in the background and replace the placeholders
     assert _wait(lambda: win._thumb_job is None, 30)
     item = win.browser._items[_series(win, "XA").key]
@@ -163,8 +162,9 @@ def test_folder_without_images_shows_error_and_problems(win, tmp_path):
     (tmp_path / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
     win.open_path(str(tmp_path))
     assert _wait(lambda: win.load_state == "error")
-    assert "No viewable images" in win.banner_text()
-    assert len(win.browser.problem_items) == 2
+    assert "No viewable images" in win.banner_text() and "1 other file(s) are not images" in win.banner_text()
+    assert len(win.browser.problem_items) == 1  # broken.dcm; notes.txt is an other file
+    assert [o.reason for o in win.browser.other_files] == ["text"]
     assert win.doc.volume is None
 
 

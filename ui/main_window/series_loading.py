@@ -11,7 +11,8 @@ from collections import OrderedDict
 
 from PySide6.QtCore import QObject, QTimer
 
-from ..radiology.loading import LoadJob, ScanJob
+from ..radiology.browser import IMAGE_KEY
+from ..radiology.loading import ImageJob, LoadJob, ScanJob, viewable_images
 
 CACHE_BYTES = 1536 * 1024**2  # keep recently viewed volumes up to this size
 
@@ -98,14 +99,20 @@ class SeriesLoading(QObject):
         self.w.thumbs.shown = set()
         self.w.browser.set_index(index)
         series = index.image_series()
+        images = viewable_images(index)
+        if not series and images and not self._pending_series:  # a folder of plain images
+            self.load_series(IMAGE_KEY + images[0][0])
+            return
         if not series:
             self._hide_progress()
             self.load_state = "error"
             n = len(index.problems)
+            n_other = len(getattr(index, "other_files", []))
             self.last_error = "no images"
             self.w.show_banner(f"No viewable images in {', '.join(self.root_paths)}"
                                + (f" — {n} file(s) could not be read; the reasons are listed under Studies."
-                                  if n else "."), error=True)
+                                  if n else ".")
+                               + (f" {n_other} other file(s) are not images." if n_other else ""), error=True)
             self.w.doc.set_volume(None)
             self.w.loadFinished.emit(False)
             return
@@ -124,6 +131,9 @@ class SeriesLoading(QObject):
     def _series_chosen(self, key):
         if key == self.current_key and self.w.doc.volume is not None:
             return
+        if key.startswith(IMAGE_KEY):
+            self.load_series(key)
+            return
         s = self.index.find_series(key) if self.index else None
         if s is not None and s.result_kind:  # a SEG/PM/SR: show the series it refers to
             self.w.results.open_result(s)
@@ -134,6 +144,9 @@ class SeriesLoading(QObject):
         self.load_series(key)
 
     def load_series(self, key: str, stack: int = 0):
+        if key.startswith(IMAGE_KEY):
+            self._load_image(key)
+            return
         s = self.index.find_series(key)
         if s is None:
             return
@@ -165,6 +178,41 @@ class SeriesLoading(QObject):
         job.failed.connect(self._guard(job, "_load_job", self._load_failed))
         self._load_job = job
         job.start()
+
+    def _load_image(self, key: str):
+        """A plain image (PNG/JPEG/TIFF/BMP) of the scanned folder, read as ``analyze`` reads it."""
+        if self._load_job is not None:
+            self._load_job.cancel()
+            self._load_job = None
+        self.w.play_btn.setChecked(False)
+        self.current_key, self.current_stack, self.plans = key, 0, []
+        self.w.browser.set_current(key)
+        self._update_stacks()
+        cached = self._cache.get((key, 0))
+        if cached is not None:
+            self._cache.move_to_end((key, 0))
+            self._image_loaded(cached[0])
+            return
+        self.load_state = "loading"
+        self._show_progress("Loading…", 0, 0)
+        job = ImageJob(key[len(IMAGE_KEY):], self)
+        job.done.connect(self._guard(job, "_load_job", self._image_loaded))
+        job.failed.connect(self._guard(job, "_load_job", self._load_failed))
+        self._load_job = job
+        job.start()
+
+    def _image_loaded(self, vol):
+        self._load_job = None
+        self._hide_progress()
+        self._set_volume(vol, None)
+        self.load_state = "done"
+        self.w.doc.loadFinished.emit()
+        self._cache[(self.current_key, 0)] = (vol, [])
+        self._trim_cache()
+        self.w.thumbs.from_volume(self.current_key, vol, self.w.doc.default_window)
+        self.w.thumbs.start(self.index, self.current_key)
+        self.w.tags.update_later()
+        self.w.loadFinished.emit(True)
 
     def _planned(self, plans):
         self.plans = plans
@@ -198,7 +246,8 @@ class SeriesLoading(QObject):
         else:
             self.w._hide_banner()
         who = (pat.name.replace("^", " ") if pat else "") or "Imaging Assist"
-        self.w.setWindowTitle(f"{who} — {series.description or series.modality} — Imaging Assist")
+        what = (series.description or series.modality) if series is not None else vol.description
+        self.w.setWindowTitle(f"{who} — {what} — Imaging Assist")
         if vol.is_cine and vol.frame_time_ms:
             self.w.fps.setValue(int(round(min(120, max(1, 1000.0 / vol.frame_time_ms)))))
 

@@ -16,6 +16,7 @@ from ..shared.theme import MUTED, TEXT, WARN_FG
 
 ICON = 64
 SERIES_ROLE = Qt.UserRole + 1
+IMAGE_KEY = "image:"  # browser key of a plain image (PNG/JPEG/TIFF/BMP): IMAGE_KEY + its path
 
 
 @dataclass
@@ -134,6 +135,13 @@ class StudyBrowser(QWidget):
         self.summary = QLabel("No study open")
         self.summary.setObjectName("SectionTitle")
         self.summary.setWordWrap(True)
+        # files that are plainly not images (licences, readme, reader XML): counted, quiet
+        self.other_label = QLabel("")
+        self.other_label.setObjectName("OtherFiles")
+        self.other_label.setWordWrap(True)
+        self.other_label.setStyleSheet(f"color: {MUTED}")
+        self.other_label.hide()
+        self.other_files: list = []
         split = QSplitter(Qt.Vertical)
         top = QWidget()
         tl = QVBoxLayout(top)
@@ -141,6 +149,7 @@ class StudyBrowser(QWidget):
         tl.setSpacing(2)
         tl.addWidget(self.summary)
         tl.addWidget(self.tree)
+        tl.addWidget(self.other_label)
         split.addWidget(top)
         split.addWidget(pbox)
         split.setStretchFactor(0, 3)
@@ -208,14 +217,50 @@ class StudyBrowser(QWidget):
                         it.setForeground(0, QBrush(QColor(WARN_FG)))
                     si.addChild(it)
                     self._items[s.key] = it
+        from .loading import viewable_images
+        images = viewable_images(index)
+        if images:  # plain images open as they do in `analyze` (no patient, no geometry)
+            gi = QTreeWidgetItem([f"Plain images ({len(images)})"])
+            gi.setFont(0, bold)
+            gi.setToolTip(0, "PNG / JPEG / TIFF / BMP files without a DICOM header: no patient data, "
+                             "no geometry (lengths in pixels)")
+            self.tree.addTopLevelItem(gi)
+            for path, kind in images:
+                key = IMAGE_KEY + path
+                it = QTreeWidgetItem([f"{os.path.basename(path)}\n{kind}"])
+                it.setData(0, SERIES_ROLE, key)
+                it.setIcon(0, placeholder_icon("IMG"))
+                it.setToolTip(0, path)
+                self._tiles[key] = "placeholder"
+                gi.addChild(it)
+                self._items[key] = it
         self.tree.expandAll()
         n_pat = len(index.patients)
         root = index.root
         short = os.path.basename(root.rstrip("/")) or root
+        n_img = f"{len(images)} image{'s' if len(images) != 1 else ''}  ·  " if images else ""
         self.summary.setText(f"{n_pat} patient{'s' if n_pat != 1 else ''}  ·  {n_series} series  ·  "
-                             f"{index.n_files} files\n{short}")
+                             f"{n_img}{index.n_files} files\n{short}")
         self.summary.setToolTip(root)
+        shown = {p for p, _ in images}
+        self.set_other_files([o for o in getattr(index, "other_files", []) if o.path not in shown])
         self.set_problems(index.problems)
+
+    def set_other_files(self, others) -> None:
+        """One quiet line: how many files are not images, and of what kind (names in the tooltip)."""
+        self.other_files = list(others)
+        if not others:
+            self.other_label.hide()
+            return
+        kinds: dict[str, int] = {}
+        for o in others:
+            kinds[o.reason] = kinds.get(o.reason, 0) + 1
+        what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+        n = len(others)
+        self.other_label.setText(f"{n} other file{'s' if n != 1 else ''} (not images): {what}")
+        names = [f"{os.path.basename(o.path.split('!')[-1])}  ({o.reason})" for o in others[:40]]
+        self.other_label.setToolTip("\n".join(names + ([f"… and {n - 40} more"] if n > 40 else [])))
+        self.other_label.show()
 
     def set_problems(self, problems) -> None:
         self.problem_items = list(problems)
@@ -254,7 +299,7 @@ class StudyBrowser(QWidget):
         it.setToolTip(0, f"{tip}\n⊘ {CANNOT_DISPLAY}: {reason}")
         it.setForeground(0, QBrush(QColor(WARN_FG)))
         s = self.index.find_series(key) if self.index is not None else None
-        path = s.instances[0].path if s is not None and s.instances else key
+        path = s.instances[0].path if s is not None and s.instances else key.removeprefix(IMAGE_KEY)
         probs = [p for p in self.problem_items if getattr(p, "series_key", None) != key]
         probs.append(SeriesProblem(path, f"{CANNOT_DISPLAY}: {reason}", key))
         self.set_problems(probs)
@@ -276,7 +321,10 @@ class StudyBrowser(QWidget):
         self.tree.blockSignals(False)
 
     def series_keys(self) -> list[str]:
-        return list(self._items)
+        return [k for k in self._items if not k.startswith(IMAGE_KEY)]
+
+    def image_keys(self) -> list[str]:
+        return [k for k in self._items if k.startswith(IMAGE_KEY)]
 
     def _clicked(self, item, col=0):
         key = item.data(0, SERIES_ROLE)

@@ -99,6 +99,52 @@ class LoadJob(QObject):
         self.done.emit(vol)
 
 
+PLAIN_IMAGE_KINDS = ("PNG image", "JPEG image", "TIFF image", "BMP image")
+
+
+def viewable_images(index) -> list[tuple[str, str]]:
+    """(path, kind) of the plain images among a scan's other files that the viewer opens with
+    ``analyze``'s reader (inference.images.read_image); BMP too (Pillow reads it).  Zip
+    members are left out: the reader takes files."""
+    from imaging_assist.inference.images import is_plain_image
+    return [(o.path, o.reason) for o in getattr(index, "other_files", [])
+            if o.reason in PLAIN_IMAGE_KINDS and "!" not in o.path
+            and (is_plain_image(o.path) or o.path.lower().endswith(".bmp"))]
+
+
+class ImageJob(QObject):
+    """Read one plain image (PNG/JPEG/TIFF/BMP) off the GUI thread, as ``analyze`` reads it."""
+
+    done = Signal(object)  # Volume
+    failed = Signal(str)
+
+    def __init__(self, path: str, parent=None):
+        super().__init__(parent)
+        self.path = path
+        self._cancel = False
+        self._thread = threading.Thread(target=self._run, name="image", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def cancel(self):
+        self._cancel = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel
+
+    def _run(self):
+        from imaging_assist.inference.images import read_image
+        try:
+            vol = read_image(self.path)
+        except Exception as e:  # noqa: BLE001 - shown to the user
+            self.failed.emit(reason_of(e))
+            return
+        if not self._cancel:
+            self.done.emit(vol)
+
+
 def thumbnail_array(series, max_side: int = 96) -> tuple[np.ndarray, tuple[float, float]]:
     """A small display image (uint8, grey or RGB) of a series' middle slice, and its
     pixel aspect (sx, sy).  Reads only the unit of work holding the middle slice."""
