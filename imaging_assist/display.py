@@ -49,8 +49,13 @@ def presets_for(vol: Volume, dicom_window: tuple | None) -> list[WindowPreset]:
                 continue
             if any(p.center == c and p.width == w for p in out):
                 continue  # the same window repeated (common): list it once
-            name = str(expl[i]).strip() if i < len(expl) and str(expl[i]).strip() else f"DICOM {len(out) + 1}"
+            # the file's own words (WindowCenterWidthExplanation), else "File window" (numbered
+            # below when the file has several): never a made-up name such as "DICOM 1"
+            name = str(expl[i]).strip() if i < len(expl) and str(expl[i]).strip() else ""
             out.append(WindowPreset(name, c, w, source="dicom", function=function))
+        unnamed = [p for p in out if not p.name]
+        for n, p in enumerate(unnamed):
+            p.name = "File window" + (f" {n + 1}" if len(unnamed) > 1 else "")
     if vol.modality == "CT" and vol.units == "HU":
         out.extend(WindowPreset(n, c, w) for n, (c, w) in CT_PRESETS.items())
     return out

@@ -33,7 +33,8 @@ class WindowPresets(QObject):
             if p.source == "voilut":
                 label = f"{p.name} (VOI LUT)"
             else:
-                label = f"{p.name}  W {p.width:g} L {p.center:g}" + ("  · file" if p.source == "dicom" else "")
+                from_file = p.source == "dicom" and not p.name.startswith("File window")
+                label = f"{p.name}  W {p.width:g} L {p.center:g}" + ("  · file" if from_file else "")
             a = self.menu.addAction(label)
             a.triggered.connect(lambda checked=False, pr=p: self.doc.apply_preset(pr))
             self.combo.addItem(label)
