@@ -1,6 +1,8 @@
 """Reading-day parts of the main window (issue 17): grid layouts (1×2, 2×2) with a series per
 viewport, the patient's priors opened beside the current study, reading mode (F11: only the
-images and their corner text) and docks that hide themselves when empty."""
+images and their corner text), docks that hide themselves when empty; it installs the cine bar
+(radiology/cine.py) and the hanging protocols / remembered positions
+(radiology/hanging_protocols.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ class Reading:
     def __init__(self, w):
         self.w = w
         self.grid = w.view_area.grid
+        self.fill_suppressed = False  # a hanging protocol fills the viewports itself
         self._jobs: dict[int, LoadJob] = {}
         self._saved: dict | None = None  # what reading mode hid, to show it again
         self.grid.say = lambda text: w.statusBar().showMessage(text, 8000)
@@ -77,13 +80,19 @@ class Reading:
         w.addDockWidget(Qt.LeftDockWidgetArea, self.priors_dock, Qt.Vertical)  # below the studies, not a tab
         self.priors_dock.hide()
         w.doc.volumeChanged.connect(self._main_volume)
+        # cine bar (step, loop / bounce, the file's frame rate, keys), hanging protocols and
+        # remembered positions
+        from ..radiology.cine import install as install_cine
+        self.cine = install_cine(w)
+        from ..radiology.hanging_protocols import HangingProtocols
+        self.hanging = w.hanging = HangingProtocols(w, self)
 
     # ------------------------------------------------------------------ layouts
     def _layout_changed(self, mode):
         self.w.a_1x2.setChecked(mode == "1x2")
         self.w.a_2x2.setChecked(mode == "2x2")
         self.layout_button.setText("Layout " + {"single": "1×1", "mpr": "MPR"}.get(mode, mode.replace("x", "×")))
-        if mode in ("1x2", "2x2"):
+        if mode in ("1x2", "2x2") and not self.fill_suppressed:
             self.fill_empty()
 
     def fill_empty(self):
