@@ -43,6 +43,7 @@ from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, decision_text, esc, 
                             key_slice, one_line, operating_point_text, size_lines, timings_text)
 from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
 from ..monitor.feedback_box import attach_monitoring
+from ..radiology.series_results import keep_outcome, restore_outcome
 from ..shared.units import spacing_note
 
 log = logging.getLogger(__name__)
@@ -1037,6 +1038,7 @@ class ModelPanel(QWidget):
         self.state = "done"
         self.status.setText(f"Done in {elapsed:.1f} s — {len(added)} overlay"
                             f"{'s' if len(added) != 1 else ''} added.")
+        keep_outcome(self, card, view["html"], warns)  # issue 17: back with the series (series_results.py)
 
     def shown_lines(self) -> list[str]:
         """The results as shown, one string per line (what a reader sees)."""
@@ -1075,6 +1077,13 @@ class ModelPanel(QWidget):
 
     def _show_warnings(self, warns: list[str]):
         warns = list(dict.fromkeys(w for w in warns if w))
+        # the series' own warnings are in the banner above the image: said once, pointed to here
+        in_banner = set(getattr(self.doc.volume, "warnings", None) or [])
+        n_dup = sum(w in in_banner for w in warns)
+        warns = [w for w in warns if w not in in_banner]
+        if n_dup:
+            warns.append(f"{n_dup} warning{'s' if n_dup > 1 else ''} about the series itself: "
+                         "see the banner above the image")
         if not warns:
             self.warnings.hide()
             return
@@ -1106,6 +1115,8 @@ class ModelPanel(QWidget):
             self.progress.setValue(0)
             self.state = "idle"
         self.result_layers = []
+        if not self.running:
+            restore_outcome(self)  # the results of this series' earlier runs (issue 17)
         if self._catalog_loaded:
             self._rematch(select_best=True)
         else:

@@ -11,6 +11,7 @@ from imaging_assist.measure import Measurement
 from imaging_assist.volume import Volume, WindowPreset
 
 from ..shared.render import SliceRenderer
+from .series_results import SeriesResults, merge_structure
 from ..shared.units import spacing_note
 
 
@@ -52,9 +53,15 @@ class ViewerDocument(QObject):
         self.position = [0, 0, 0]  # crosshair / current slice per array axis (k, j, i)
         self.planes: list[Plane] = [Plane.native()]
         self.loading = False
+        # results per series, shared by the viewports of one window: a grid viewport's document
+        # is made with the grid (which holds the main document) as its parent
+        main = getattr(parent, "main_doc", None)
+        self.results_store: SeriesResults = getattr(main, "results_store", None) or SeriesResults()
 
     # ------------------------------------------------------------------ volume
     def set_volume(self, vol: Volume | None, series=None, patient=None, study=None, stack_label=""):
+        if self.volume is not None:
+            self.results_store.keep_layers(self)  # they come back with the series
         self.volume = vol
         self.series, self.patient, self.study, self.stack_label = series, patient, study, stack_label
         self.measurements = []
@@ -79,6 +86,7 @@ class ViewerDocument(QObject):
         self.position = [k, n[1] // 2, n[2] // 2]
         self.planes = standard_planes(vol.direction) if vol.has_geometry and n[0] > 1 and not vol.is_cine \
             else [Plane.native()]
+        self.results_store.restore_layers(self)
         self.volumeChanged.emit()
 
     def _initial_window(self, vol: Volume) -> WindowPreset:
@@ -164,7 +172,8 @@ class ViewerDocument(QObject):
             if tuple(layer.array.shape) != shape:
                 raise ValueError(f"layer '{layer.name}' has shape {tuple(layer.array.shape)}, "
                                  f"the image volume {shape}")
-        return self.layers.add(layer)
+        same = merge_structure(self.layers, layer)  # one layer per structure (series_results.py)
+        return same if same is not None else self.layers.add(layer)
 
     # ------------------------------------------------------------------ measurements
     def add_measurement(self, m: Measurement):

@@ -50,73 +50,119 @@ def _labels(layer) -> tuple[str, str, str]:
 
 
 def paint_legend(view, p) -> QRectF | None:
-    """Draw the topmost visible heat map's legend in the widest side margin of ``view``; returns
-    the rectangle it covers (None when it was not drawn) and keeps it as ``view.legend_rect``."""
+    """Draw the topmost visible heat map's legend in a margin of ``view`` beside the image: a
+    vertical bar in the wider side margin, else a horizontal bar in the bottom margin (above the
+    corner text).  Returns the rectangle it covers (None when there was no room) and keeps it
+    as ``view.legend_rect``."""
     view.legend_rect = None
     heat = view.doc.layers.heatmaps()
-    if not heat or view.height() < 260:
+    if not heat or view.height() < 200:
         return None
     layer = heat[-1]
     fm = QFontMetricsF(view._font)
-    top_s, bot_s, thr_s = _labels(layer)
-    text_w = max(fm.horizontalAdvance(s) for s in (top_s, bot_s, thr_s))
-    need = GAP + BAR_W + 6 + text_w + LETTER_ROOM
     img = view.image_rect().intersected(QRectF(view.rect()))
     W, H = float(view.width()), float(view.height())
+    top_s, bot_s, thr_s = _labels(layer)
+    text_w = max(fm.horizontalAdvance(s) for s in (top_s, bot_s, thr_s))
     right, left = W - img.right(), img.left()
-    if max(right, left) < need:
-        return None  # no margin: the legend would cover the image
-    room = max(right, left) - GAP - LETTER_ROOM
-    bar_h = min(200.0, H * 0.4)
-    y = (H - bar_h) / 2
-    if right >= left:
-        x = img.right() + GAP
-        text_x = x + BAR_W + 6
-    else:  # the left margin: the text sits left of the bar, against the image
-        x = img.left() - GAP - BAR_W
-        text_x = x - 6 - text_w
-    x0 = min(x, text_x)
     p.save()
     p.setRenderHint(p.RenderHint.SmoothPixmapTransform, True)
+    p.setFont(view._font)
+    if max(right, left) >= GAP + BAR_W + 6 + text_w + LETTER_ROOM:
+        rect = _vertical(view, p, layer, fm, img, right >= left, (top_s, bot_s, thr_s), text_w)
+    else:
+        corner_lines = max(len(view.annotation_text().get(c, [])) for c in ("bl", "br")) \
+            if view.doc.show_annotations else 0
+        need = 8 + BAR_W + 2 * fm.height() + 8 + corner_lines * fm.height()
+        rect = _horizontal(view, p, layer, fm, img, (top_s, bot_s, thr_s)) if H - img.bottom() >= need else None
+    p.restore()
+    view.legend_rect = rect
+    return rect
+
+
+def _ticks(layer) -> list[float]:
+    lo, hi = layer.vmin, layer.vmax
+    if layer.mode == "contour":
+        return [lo + f * (hi - lo) for f in CONTOUR_LEVELS]
+    return [layer.threshold] if np.isfinite(layer.threshold) and lo < layer.threshold < hi else []
+
+
+def _frac(layer, value) -> float:
+    lo, hi = layer.vmin, layer.vmax
+    return min(max((value - lo) / (hi - lo), 0.0), 1.0) if hi > lo else 0.0
+
+
+def _title_lines(layer) -> list[str]:
+    return [layer.name, layer.legend_title()]
+
+
+def _vertical(view, p, layer, fm, img, on_right, labels, text_w) -> QRectF:
+    top_s, bot_s, thr_s = labels
+    H = float(view.height())
+    bar_h = min(200.0, H * 0.4)
+    y = (H - bar_h) / 2
+    x = img.right() + GAP if on_right else img.left() - GAP - BAR_W
+    text_x = x + BAR_W + 6 if on_right else x - 6 - text_w
     p.drawImage(QRectF(x, y, BAR_W, bar_h), legend_image(layer))
     p.setPen(QPen(QColor(200, 200, 200, 160), 1))
     p.setBrush(Qt.NoBrush)
     p.drawRect(QRectF(x, y, BAR_W, bar_h))
-    p.setFont(view._font)
-    lo, hi = layer.vmin, layer.vmax
-
-    def ypos(value):
-        f = (value - lo) / (hi - lo) if hi > lo else 0.0
-        return y + bar_h * (1 - min(max(f, 0.0), 1.0))
 
     def text(s, yy):
-        tx = text_x if right >= left else text_x + text_w - fm.horizontalAdvance(s)
+        tx = text_x if on_right else text_x + text_w - fm.horizontalAdvance(s)
         view._draw_text(p, tx, yy + fm.ascent() / 2 - 1, s)
 
     text(top_s, y)
     text(bot_s, y + bar_h)
-    ticks = ([lo + f * (hi - lo) for f in CONTOUR_LEVELS] if layer.mode == "contour"
-             else [layer.threshold] if np.isfinite(layer.threshold) and lo < layer.threshold < hi else [])
     p.setPen(QPen(QColor("white"), 2))
+    ticks = _ticks(layer)
     for t in ticks:
-        ty = ypos(t)
+        ty = y + bar_h * (1 - _frac(layer, t))
         p.drawLine(QPointF(x - 3, ty), QPointF(x + BAR_W + 3, ty))
-    if layer.mode != "contour" and ticks and abs(ypos(ticks[0]) - (y + bar_h)) > fm.height() \
-            and abs(ypos(ticks[0]) - y) > fm.height():
-        text(thr_s, ypos(ticks[0]))
-    # title: the map's name and what its values mean, above the bar, within the margin
-    title_w = room
-    lines = [fm.elidedText(layer.name, Qt.ElideRight, title_w),
-             fm.elidedText(layer.legend_title(), Qt.ElideRight, title_w)]
+    if layer.mode != "contour" and ticks:
+        ty = y + bar_h * (1 - _frac(layer, ticks[0]))
+        if fm.height() < ty - y and fm.height() < y + bar_h - ty:
+            text(thr_s, ty)
+    room = (view.width() - img.right() if on_right else img.left()) - GAP - LETTER_ROOM
+    lines = [fm.elidedText(s, Qt.ElideRight, room) for s in _title_lines(layer)]
     widest = max(fm.horizontalAdvance(s) for s in lines)
-    tx = x if right >= left else x + BAR_W - widest
-    tx = max(img.right() + 4, tx) if right >= left else min(tx, img.left() - 4 - widest)
+    tx = img.right() + GAP if on_right else img.left() - GAP - widest
     for n, s in enumerate(lines):
         view._draw_text(p, tx, y - 8 - (len(lines) - 1 - n) * fm.height() - fm.descent(), s,
                         QColor("#e8e8e8") if n == 0 else QColor("#b8bcc4"))
-    p.restore()
     top = y - 8 - len(lines) * fm.height()
+    x0 = min(x - 3, text_x, tx)
     x1 = max(x + BAR_W + 3, text_x + text_w, tx + widest)
-    x0 = min(x0, tx, x - 3)
-    view.legend_rect = QRectF(x0, top, x1 - x0, y + bar_h + fm.height() - top)
-    return view.legend_rect
+    return QRectF(x0, top, x1 - x0, y + bar_h + fm.height() - top)
+
+
+def _horizontal(view, p, layer, fm, img, labels) -> QRectF:
+    """Low on the left, high on the right, just under the image; the title under the bar."""
+    top_s, bot_s, thr_s = labels
+    W = float(view.width())
+    bar_w = min(240.0, W * 0.3)
+    x = (W - bar_w) / 2
+    y = img.bottom() + 8
+    bar = legend_image(layer).transformed(_rot())  # the vertical bar turned: low on the left
+    p.drawImage(QRectF(x, y, bar_w, BAR_W), bar)
+    p.setPen(QPen(QColor(200, 200, 200, 160), 1))
+    p.setBrush(Qt.NoBrush)
+    p.drawRect(QRectF(x, y, bar_w, BAR_W))
+    base = y + BAR_W / 2 + fm.ascent() / 2 - 1
+    view._draw_text(p, x - 6 - fm.horizontalAdvance(bot_s), base, bot_s)
+    view._draw_text(p, x + bar_w + 6, base, top_s)
+    p.setPen(QPen(QColor("white"), 2))
+    for t in _ticks(layer):
+        tx = x + bar_w * _frac(layer, t)
+        p.drawLine(QPointF(tx, y - 3), QPointF(tx, y + BAR_W + 3))
+    title = fm.elidedText(" · ".join(_title_lines(layer)), Qt.ElideRight, W * 0.6)
+    tw = fm.horizontalAdvance(title)
+    view._draw_text(p, (W - tw) / 2, y + BAR_W + 4 + fm.ascent(), title, QColor("#d0d3d8"))
+    x0 = min(x - 6 - fm.horizontalAdvance(bot_s), (W - tw) / 2)
+    x1 = max(x + bar_w + 6 + fm.horizontalAdvance(top_s), (W + tw) / 2)
+    return QRectF(x0, y - 3, x1 - x0, BAR_W + 7 + fm.height())
+
+
+def _rot():
+    from PySide6.QtGui import QTransform
+    return QTransform().rotate(90)

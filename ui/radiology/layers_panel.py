@@ -8,7 +8,9 @@ from PySide6.QtWidgets import (QColorDialog, QComboBox, QDoubleSpinBox, QFormLay
                                QLabel, QPushButton, QSlider, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
-from imaging_assist.layers import COLORMAPS, HeatmapLayer, LabelLayer, LayerStack, MarkerLayer
+from imaging_assist.layers import COLORMAPS, HEAT_MODES, HeatmapLayer, LabelLayer, LayerStack, MarkerLayer
+
+from ..shared.theme import WARN_FG
 
 LAYER_ROLE = Qt.UserRole + 1
 CHILD_ROLE = Qt.UserRole + 2
@@ -19,6 +21,16 @@ def swatch(rgb) -> QIcon:
     pm = QPixmap(14, 14)
     pm.fill(QColor(*rgb))
     return QIcon(pm)
+
+
+def flag_reasons(layer) -> list[str]:
+    """Why a heat map is flagged: the engine's reasons (``HeatmapLayer.flags``), or the nodule
+    dock's one-line ``flag``."""
+    reasons = list(getattr(layer, "flags", None) or [])
+    extra = getattr(layer, "flag", None)
+    if isinstance(extra, str) and extra and extra not in reasons:
+        reasons.append(extra)
+    return reasons
 
 
 class LayersPanel(QWidget):
@@ -113,7 +125,7 @@ class LayersPanel(QWidget):
         cur = self.current_layer()
         self.tree.clear()
         for layer in reversed(self.stack.layers):  # top layer first, as in image editors
-            it = QTreeWidgetItem([f"{layer.name}   ({KIND_TEXT.get(layer.kind, layer.kind)})"])
+            it = QTreeWidgetItem([self._item_text(layer)])
             it.setData(0, LAYER_ROLE, layer)
             it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
             it.setCheckState(0, Qt.Checked if layer.visible else Qt.Unchecked)
@@ -127,7 +139,14 @@ class LayersPanel(QWidget):
                     ch.setToolTip(0, f"{info.name} (value {v}). Double-click to change the colour")
                     it.addChild(ch)
             elif isinstance(layer, HeatmapLayer):
-                it.setToolTip(0, f"range {layer.vmin:.3g} … {layer.vmax:.3g} {layer.units}".strip())
+                tip = f"range {layer.vmin:.3g} … {layer.vmax:.3g} {layer.units}".strip()
+                for why in flag_reasons(layer):  # issue 17: why the map is hidden
+                    ch = QTreeWidgetItem([f"⚑ {why}"])
+                    ch.setForeground(0, QColor(WARN_FG))
+                    ch.setToolTip(0, f"{why}. Tick the map to show it anyway.")
+                    it.addChild(ch)
+                    tip += f"\n⚑ {why}"
+                it.setToolTip(0, tip)
             elif isinstance(layer, MarkerLayer):
                 for m in layer.markers:
                     ch = QTreeWidgetItem([f"{m.text() or 'marker'}   (image {int(round(m.position[0])) + 1})"])
@@ -135,6 +154,12 @@ class LayersPanel(QWidget):
                     ch.setIcon(0, swatch(m.color))
                     ch.setToolTip(0, "Double-click to go to this finding")
                     it.addChild(ch)
+            sources = getattr(layer, "sources", None)
+            if sources and len(sources) > 1:  # one layer per structure (ui/radiology/series_results.py)
+                it.setToolTip(0, "from " + ", ".join(sources))
+                ch = QTreeWidgetItem(["from " + ", ".join(sources)])
+                ch.setForeground(0, QColor("#8b9099"))
+                it.addChild(ch)
             self.tree.addTopLevelItem(it)
             it.setExpanded(True)
             if layer is cur:
@@ -147,13 +172,17 @@ class LayersPanel(QWidget):
         self._updating = False
         self._show_props()
 
+    def _item_text(self, layer) -> str:
+        text = f"{layer.name}   ({KIND_TEXT.get(layer.kind, layer.kind)})"
+        return text + ("   ⚑ flagged" if flag_reasons(layer) else "")
+
     def _refresh_states(self):
         self._updating = True
         for i in range(self.tree.topLevelItemCount()):
             it = self.tree.topLevelItem(i)
             layer = it.data(0, LAYER_ROLE)
             it.setCheckState(0, Qt.Checked if layer.visible else Qt.Unchecked)
-            it.setText(0, f"{layer.name}   ({KIND_TEXT.get(layer.kind, layer.kind)})")
+            it.setText(0, self._item_text(layer))
             for c in range(it.childCount()):
                 ch = it.child(c)
                 obj = ch.data(0, CHILD_ROLE)
@@ -184,9 +213,13 @@ class LayersPanel(QWidget):
         self.opacity.setValue(int(round(layer.opacity * 100)))
         self.opacity_label.setText(f"{int(round(layer.opacity * 100))} %")
         is_label, is_heat, is_mark = (isinstance(layer, c) for c in (LabelLayer, HeatmapLayer, MarkerLayer))
-        for row, show in enumerate((not is_mark, is_label, is_heat, is_heat, is_mark)):
+        for row, show in enumerate((not is_mark, is_label or is_heat, is_heat, is_heat, is_mark)):
             self._form.setRowVisible(row, show)
-        if is_label:
+        modes = ["fill", "outline"] if is_label else list(HEAT_MODES) if is_heat else []
+        if [self.mode.itemText(i) for i in range(self.mode.count())] != modes:
+            self.mode.clear()
+            self.mode.addItems(modes)
+        if is_label or is_heat:
             self.mode.setCurrentText(layer.mode)
         if is_heat:
             self.cmap.setCurrentText(layer.colormap)
@@ -236,7 +269,11 @@ class LayersPanel(QWidget):
 
     def _set_mode(self, mode):
         layer = self.current_layer()
-        if isinstance(layer, LabelLayer) and not self._updating:
+        if self._updating or not mode:
+            return
+        if isinstance(layer, LabelLayer) and mode in ("fill", "outline"):
+            layer.mode = mode
+        elif isinstance(layer, HeatmapLayer) and mode in HEAT_MODES:
             layer.mode = mode
 
     def _set_cmap(self, name):

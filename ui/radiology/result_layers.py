@@ -53,6 +53,8 @@ class ResultLayers(QObject):
             return
         results = index.results_for(series)
         done = vol.__dict__.setdefault("_results_applied", set())
+        # layers kept with the series (series_results.py) and shown again: not read twice
+        done.update(getattr(l, "result_key", None) for l in self.w.doc.layers if getattr(l, "result_key", None))
         todo = [r for r in results if r.key not in done]
         if not todo and results:
             return
@@ -78,12 +80,15 @@ class ResultLayers(QObject):
                 if kind == SEG:
                     seg = read_segmentation(rec, vol)
                     for layer in seg.layers():
+                        layer.result_key = result_series.key
                         self.w.add_layer(layer)
                     for warning in seg.warnings:
                         self._say(f"{name}: {warning}", problem=False)
                 elif kind == PARAMETRIC_MAP:
                     pm = read_parametric_map(rec, vol)
-                    self.w.add_layer(pm.layer())
+                    layer = pm.layer()
+                    layer.result_key = result_series.key
+                    self.w.add_layer(layer)
                     for warning in pm.warnings:
                         self._say(f"{name}: {warning}", problem=False)
                 elif kind == SR:

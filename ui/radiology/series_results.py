@@ -1,0 +1,154 @@
+"""Results belong to a series (issue 17): the overlay layers and the AI panel's outcome of every
+series the reader has looked at in this window, keyed by SeriesInstanceUID (and stack), so that
+they come back when the reader returns to the series - after another series, or after a layout
+change - instead of living in a panel's widgets.
+
+One store per main window, shared by the documents of its viewports (``ViewerDocument``).
+The most recent :data:`KEEP_SERIES` series are kept (label maps of a CT are large).
+
+One layer per structure: a label layer whose structures (label names) and masks equal those
+of a layer already shown - e.g. the lungs that ``cxr-pneumonia``'s explanation region gets
+from ``cxr-lung-seg``, after ``cxr-lung-seg`` itself ran - is not added again; the existing
+layer lists both sources (``layer.sources``) and is drawn as an outline when the newcomer was
+one (the heat map under it stays readable).  When two models outline the same structures
+differently, both layers stay, each named by its model: choosing one silently would hide a
+disagreement the reader should see.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from imaging_assist.layers import LabelLayer, Layer
+
+KEEP_SERIES = 16
+
+
+def series_key(doc) -> str | None:
+    vol = doc.volume
+    if vol is None:
+        return None
+    uid = getattr(vol, "series_uid", "") or (vol.source_paths[0] if vol.source_paths else "")
+    if not uid:
+        return None
+    return f"{uid}|{doc.stack_label or ''}"
+
+
+class SeriesResults:
+    def __init__(self):
+        self._d: OrderedDict[str, dict] = OrderedDict()
+
+    def _entry(self, key: str) -> dict:
+        e = self._d.setdefault(key, {"layers": [], "shape": None, "panel": None})
+        self._d.move_to_end(key)
+        while len(self._d) > KEEP_SERIES:
+            self._d.popitem(last=False)
+        return e
+
+    # ------------------------------------------------------------------ layers
+    def keep_layers(self, doc) -> None:
+        """Remember the layers shown on ``doc``'s series (called before it changes series)."""
+        key = series_key(doc)
+        if key is None:
+            return
+        e = self._entry(key)
+        e["layers"] = list(doc.layers.layers)
+        e["shape"] = tuple(doc.volume.array.shape[:3])
+
+    def restore_layers(self, doc) -> list[Layer]:
+        """The layers kept for ``doc``'s (new) series, on the same voxel grid; added to it."""
+        key = series_key(doc)
+        e = self._d.get(key) if key else None
+        if not e or e["shape"] != tuple(doc.volume.array.shape[:3]):
+            return []
+        self._d.move_to_end(key)
+        out = []
+        for layer in e["layers"]:
+            if layer not in doc.layers.layers:
+                out.append(doc.layers.add(layer, index=len(doc.layers)))  # kept order, not re-sorted
+        return out
+
+    # ------------------------------------------------------------------ AI panel
+    def keep_panel(self, doc, state: dict) -> None:
+        """The AI panel's outcome of a run on ``doc``'s series (html, warnings, status, result)."""
+        key = series_key(doc)
+        if key is not None:
+            self._entry(key)["panel"] = dict(state)
+
+    def panel(self, doc) -> dict | None:
+        key = series_key(doc)
+        e = self._d.get(key) if key else None
+        return None if not e else e["panel"]
+
+
+# ---------------------------------------------------------------------- one layer per structure
+def _norm(name: str) -> str:
+    return str(name).replace("_", " ").strip().lower()
+
+
+def _source(layer) -> str:
+    model = layer.name.split(":", 1)[0].strip() if ":" in layer.name else layer.name
+    owner = getattr(layer, "model_id", None)
+    return model if not owner or owner == model else f"{model} (for {owner})"
+
+
+def _structures(layer: LabelLayer) -> dict[str, int]:
+    return {_norm(info.name): v for v, info in layer.labels.items()}
+
+
+def same_structures(a: LabelLayer, b: LabelLayer) -> bool:
+    """Same label names with the same voxels (whatever values the two maps use for them)."""
+    sa, sb = _structures(a), _structures(b)
+    if set(sa) != set(sb) or a.array.shape != b.array.shape:
+        return False
+    return all(np.array_equal(a.array == sa[n], b.array == sb[n]) for n in sa)
+
+
+def merge_structure(stack, layer: Layer) -> Layer | None:
+    """The layer of ``stack`` that already shows ``layer``'s structures (now listing its source),
+    or None when ``layer`` is new."""
+    if not isinstance(layer, LabelLayer):
+        return None
+    for old in stack.layers:
+        if isinstance(old, LabelLayer) and old is not layer and same_structures(old, layer):
+            sources = list(getattr(old, "sources", None) or [_source(old)])
+            if _source(layer) not in sources:
+                sources.append(_source(layer))
+            old.sources = sources
+            if ":" in layer.name and ":" in old.name:  # "cxr-lung-seg: lungs": name it by the structure
+                old.name = layer.name.split(":", 1)[1].strip().capitalize()
+            if layer.mode == "outline":
+                old.mode = "outline"
+            stack._emit("moved", old)  # listeners rebuild (the Overlays panel shows the sources)
+            return old
+    return None
+
+
+# ---------------------------------------------------------------------- the AI panel's outcome
+def keep_outcome(panel, card, html: str, warnings: list[str]) -> None:
+    """After a run on the shown series: its findings (the panel's HTML) and warnings, per model."""
+    doc = panel.doc
+    store = doc.results_store
+    state = store.panel(doc) or {"runs": OrderedDict()}
+    runs = state["runs"]
+    runs.pop(card.id, None)  # a re-run replaces the model's earlier outcome, as its overlays
+    runs[card.id] = {"html": html, "warnings": list(warnings), "result": panel.last_result}
+    store.keep_panel(doc, state)
+
+
+def restore_outcome(panel) -> bool:
+    """On returning to a series: the outcome of every model run on it, newest first."""
+    state = panel.doc.results_store.panel(panel.doc)
+    runs = list((state or {}).get("runs", {}).items())
+    if not runs:
+        return False
+    panel.results.setHtml("<hr>".join(r["html"] for _, r in reversed(runs)))
+    panel._show_warnings([w for _, r in runs for w in r["warnings"]])
+    panel.last_result = runs[-1][1]["result"]
+    panel.state = "done"
+    ids = ", ".join(mid for mid, _ in reversed(runs))
+    panel.status.setText(f"Earlier results on this series: {ids}")
+    panel.status.setToolTip("kept with the series since the run (issue 17): its overlays are back too")
+    return True
