@@ -1,11 +1,13 @@
 """Screenshot of the viewer with a chest film, the lung outline and a Grad-CAM heat map
 (docs/screenshots/heatmap_after.png, docs/overlays.md).
 
-    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/shot_heatmap.py OUT.png [DICOM]
+    xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/shot_heatmap.py OUT.png [DICOM] [FLAGGED.png]
 
 Opens the demo's adult PA film (Pneumocystis pneumonia; or DICOM), runs cxr-lung-seg and then
 cxr-pneumonia with Grad-CAM from the AI panel (with the research override where the card does
-not fit: cxr-pneumonia was trained on children), exactly as a reader would, and saves the whole window.
+not fit: cxr-pneumonia was trained on children), exactly as a reader would, and saves the whole
+window with the heat map shown; FLAGGED.png first, as the window opens when the engine flagged the
+map (hidden, with the reason).
 """
 
 from __future__ import annotations
@@ -17,8 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def main(out: str, path: str | None = None) -> int:
+def main(out: str, path: str | None = None, flagged_out: str | None = None) -> int:
+    import os
     import tempfile
+
+    # own config and data folders: no prediction log, drift alert or added models of the user's
+    for var in ("IMAGING_ASSIST_CONFIG_DIR", "IMAGING_ASSIST_DATA_DIR"):
+        os.environ[var] = tempfile.mkdtemp()
 
     from PySide6.QtCore import QSettings
 
@@ -47,6 +54,13 @@ def main(out: str, path: str | None = None) -> int:
         assert wait_until(lambda: not panel.running, 300), model
         print(model, panel.state, panel.status.text())
     wait_until(lambda: False, 0.5)
+    heat = [l for l in w.doc.layers if l.kind == "heatmap"]
+    if flagged_out and any(getattr(l, "flags", None) for l in heat):
+        w.save_screenshot(flagged_out)  # as the reader first sees it: the flagged map hidden, and why
+        print("flagged:", [l.flags for l in heat], "saved", flagged_out)
+    for layer in heat:  # the reader ticks the map to look at it anyway
+        layer.visible = True
+    wait_until(lambda: False, 0.3)
     ok = w.save_screenshot(out)
     print("saved" if ok else "not saved", out)
     return 0 if ok else 1

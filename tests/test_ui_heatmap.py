@@ -197,7 +197,7 @@ def test_flagged_map_is_hidden_with_its_reason(win, view):
                if panel.tree.topLevelItem(i).data(0, LAYER_ROLE) is heat)
     texts = [panel.tree.topLevelItem(i).text(0) for i in range(panel.tree.topLevelItemCount())]
     kids = [top.child(c).text(0) for c in range(top.childCount())]
-    assert any("flagged" in t for t in texts) and any("negative faithfulness" in t for t in kids)
+    assert any("flagged, hidden" in t for t in texts) and any("negative faithfulness" in t for t in kids)
     from PySide6.QtCore import Qt
     assert top.checkState(0) == Qt.Unchecked
     top.setCheckState(0, Qt.Checked)  # the reader shows it deliberately
@@ -218,7 +218,7 @@ def test_flagged_map_is_hidden_with_its_reason(win, view):
         html = result_html(R(_HM(ramp_heat(vol.array.shape[:3]), -0.35)), C(), 0.1)
     except Exception as e:  # noqa: BLE001 - the panel's HTML needs more of a real result: say what
         pytest.fail(f"result_html on a minimal result: {type(e).__name__}: {e}")
-    assert "Map hidden: negative faithfulness (-0.35)" in html
+    assert "Map flagged: negative faithfulness (-0.35)" in html and "Hidden until you tick it" in html
 
 
 def test_results_come_back_after_switching_series_and_layout(win, view):
@@ -261,7 +261,7 @@ def test_one_layer_per_structure(win, view):
     got = win.add_layer(region)
     assert got is seg and len([l for l in win.doc.layers if isinstance(l, LabelLayer)]) == 1
     assert seg.name == "Lungs" and seg.mode == "outline"
-    assert seg.sources == ["cxr-lung-seg", "cxr-lung-seg (for cxr-pneumonia)"]
+    assert seg.sources == ["cxr-lung-seg", "cxr-pneumonia's region"]
     # a different outline of the same structures is another model's opinion: kept beside it
     other = m.copy()
     other[:, 50:60] = 0

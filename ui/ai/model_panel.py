@@ -366,8 +366,8 @@ def result_html(res, card, load_s, override: list[str] | None = None) -> str:
             from imaging_assist.explain.flags import heatmap_flags
 
             for why in heatmap_flags(hm, res, card):  # issue 17: why the map is hidden
-                out.append(f"{p}<b style='color:{WARN_FG}'>⚑ Map hidden: {esc(why)}.</b> <span style='{mut}'>"
-                           "Tick it in Overlays to show it anyway.</span></p>")
+                out.append(f"{p}<b style='color:{WARN_FG}'>⚑ Map flagged: {esc(why)}.</b> <span style='{mut}'>"
+                           "Hidden until you tick it in Overlays.</span></p>")
         er = getattr(res, "explanation_region", None)
         if er:
             from imaging_assist.explain.regions import region_text

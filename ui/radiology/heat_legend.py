@@ -51,8 +51,8 @@ def _labels(layer) -> tuple[str, str, str]:
 
 def paint_legend(view, p) -> QRectF | None:
     """Draw the topmost visible heat map's legend in a margin of ``view`` beside the image: a
-    vertical bar in the wider side margin, else a horizontal bar in the bottom margin (above the
-    corner text).  Returns the rectangle it covers (None when there was no room) and keeps it
+    vertical bar in the wider side margin, else a horizontal bar in the bottom margin (between
+    the corner texts, above the orientation letter).  Returns the rectangle it covers (None when there was no room) and keeps it
     as ``view.legend_rect``."""
     view.legend_rect = None
     heat = view.doc.layers.heatmaps()
@@ -71,10 +71,15 @@ def paint_legend(view, p) -> QRectF | None:
     if max(right, left) >= GAP + BAR_W + 6 + text_w + LETTER_ROOM:
         rect = _vertical(view, p, layer, fm, img, right >= left, (top_s, bot_s, thr_s), text_w)
     else:
-        corner_lines = max(len(view.annotation_text().get(c, [])) for c in ("bl", "br")) \
-            if view.doc.show_annotations else 0
-        need = 8 + BAR_W + 2 * fm.height() + 8 + corner_lines * fm.height()
-        rect = _horizontal(view, p, layer, fm, img, (top_s, bot_s, thr_s)) if H - img.bottom() >= need else None
+        # under the image, centred between the bottom corner texts and above the orientation letter
+        corner = 0.0
+        if view.doc.show_annotations:
+            t = view.annotation_text()
+            corner = max([fm.horizontalAdvance(x) for c in ("bl", "br") for x in t.get(c, [])] or [0.0])
+        room = W - 2 * (corner + 8 + 16)
+        need = 8 + BAR_W + 4 + fm.height() + fm.height() + 10  # bar, title, the orientation letter
+        rect = _horizontal(view, p, layer, fm, img, (top_s, bot_s, thr_s), room) \
+            if H - img.bottom() >= need and room >= 160 else None
     p.restore()
     view.legend_rect = rect
     return rect
@@ -136,11 +141,11 @@ def _vertical(view, p, layer, fm, img, on_right, labels, text_w) -> QRectF:
     return QRectF(x0, top, x1 - x0, y + bar_h + fm.height() - top)
 
 
-def _horizontal(view, p, layer, fm, img, labels) -> QRectF:
+def _horizontal(view, p, layer, fm, img, labels, room: float) -> QRectF:
     """Low on the left, high on the right, just under the image; the title under the bar."""
     top_s, bot_s, thr_s = labels
     W = float(view.width())
-    bar_w = min(240.0, W * 0.3)
+    bar_w = min(240.0, room - 2 * (fm.horizontalAdvance("max") + 8))
     x = (W - bar_w) / 2
     y = img.bottom() + 8
     bar = legend_image(layer).transformed(_rot())  # the vertical bar turned: low on the left
@@ -155,7 +160,7 @@ def _horizontal(view, p, layer, fm, img, labels) -> QRectF:
     for t in _ticks(layer):
         tx = x + bar_w * _frac(layer, t)
         p.drawLine(QPointF(tx, y - 3), QPointF(tx, y + BAR_W + 3))
-    title = fm.elidedText(" · ".join(_title_lines(layer)), Qt.ElideRight, W * 0.6)
+    title = fm.elidedText(" · ".join(_title_lines(layer)), Qt.ElideRight, room)
     tw = fm.horizontalAdvance(title)
     view._draw_text(p, (W - tw) / 2, y + BAR_W + 4 + fm.ascent(), title, QColor("#d0d3d8"))
     x0 = min(x - 6 - fm.horizontalAdvance(bot_s), (W - tw) / 2)

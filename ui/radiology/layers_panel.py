@@ -174,7 +174,9 @@ class LayersPanel(QWidget):
 
     def _item_text(self, layer) -> str:
         text = f"{layer.name}   ({KIND_TEXT.get(layer.kind, layer.kind)})"
-        return text + ("   ⚑ flagged" if flag_reasons(layer) else "")
+        if flag_reasons(layer):
+            text += "   ⚑ flagged" + ("" if layer.visible else ", hidden")
+        return text
 
     def _refresh_states(self):
         self._updating = True

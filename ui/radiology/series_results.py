@@ -91,7 +91,7 @@ def _norm(name: str) -> str:
 def _source(layer) -> str:
     model = layer.name.split(":", 1)[0].strip() if ":" in layer.name else layer.name
     owner = getattr(layer, "model_id", None)
-    return model if not owner or owner == model else f"{model} (for {owner})"
+    return model if not owner or owner == model else f"{owner}'s region"
 
 
 def _structures(layer: LabelLayer) -> dict[str, int]:
