@@ -111,13 +111,15 @@ def augment_batch(img, val, msk, rng: np.random.Generator, shift: int = 4, shrin
     return oi, ov, om
 
 
-def input_block(design: str) -> dict:
+def input_block(design: str, **readout) -> dict:
     """The card's input block: the generic pipeline does not feed this model (the engine cuts
-    the window: imaging_assist.nodules.models); ``window`` documents that input."""
+    the window: imaging_assist.nodules.models); ``window`` documents that input and ``readout``
+    (``tta``, ``mask_threshold``, ``source_grid``, chosen on validation) how
+    imaging_assist.nodules.models reads the output."""
     return {"channels": 3, "size": [W.WINDOW_SIZE] * 3, "spacing": [W.MODEL_SPACING_MM] * 3,
             "orientation": "LPS", "units": "HU",
             "window": {"design": design, "size_voxels": W.WINDOW_SIZE, "spacing_mm": W.MODEL_SPACING_MM,
                        "axes": "[z, y, x] along +S, +P, +L", "hu_windows": [list(h) for h in W.HU_WINDOWS],
                        "channels": ["lung window x valid", "mediastinal window x valid", "valid"],
                        "common_half_mm_zyx": list(W.COMMON_HALF_MM),
-                       "code": "imaging_assist.nodules.window.cut_window + model_channels"}}
+                       "code": "imaging_assist.nodules.window.cut_window + model_channels", **readout}}

@@ -69,6 +69,8 @@ def main(argv=None) -> int:
     ap.add_argument("--design", choices=W.INPUT_DESIGNS, default="common")
     ap.add_argument("--compare-with", type=Path, default=None,
                     help="model folder of the other input design (its metrics.json goes into the card)")
+    ap.add_argument("--init-seed", type=int, default=None,
+                    help="seed of the weights and batches (default --seed); the split always uses --seed")
     args = ap.parse_args(argv)
     dev, out = T.start(args, MODEL_ID)
     rows = D.read_rows()
@@ -88,6 +90,8 @@ def main(argv=None) -> int:
 
     from imaging_assist.models.architectures import build_network
 
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    T.set_seed(init_seed)  # == the state T.start left when init_seed == seed
     net = build_network(ARCH, MODEL_ID)
 
     def augment(xb, yb, g):
@@ -108,13 +112,22 @@ def main(argv=None) -> int:
     ids = torch.from_numpy(itr)
     info = T.fit(net, ids, ids, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
-                 device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
+                 device=dev, log=log, seed=init_seed, time_limit_s=args.time_limit)
     train_s = time.perf_counter() - t0
     T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_auc"])
     net.cpu().eval()
     temp = T.fit_temperature(T.predict(net, x_all[iva], torch.device("cpu"), 64), yt[iva])
     T.fold_temperature(net.fc, temp)
-    prob = torch.softmax(T.predict(net, x_all, torch.device("cpu"), 64), 1)[:, 1].numpy()
+    # test-time augmentation (the 8 flips, imaging_assist.nodules.models.flip_average) is kept only
+    # when it raises the VALIDATION AUC; the test split plays no part in the choice
+    from imaging_assist.nodules.models import TTA_MODES, flip_average
+
+    probs = {mode: torch.cat([flip_average(net, x_all[s:s + 16], mode)[:, 1] for s in range(0, len(x_all), 16)]).numpy()
+             for mode in TTA_MODES}
+    tta_selection = [{"tta": mode, "val_auc": round(E.roc_auc(y[iva], probs[mode][iva]), 5)} for mode in TTA_MODES]
+    tta = max(tta_selection, key=lambda r: r["val_auc"])["tta"]  # first of equals: "none"
+    print("TTA on validation:", tta_selection, "->", tta, flush=True)
+    prob = probs[tta]
     # extent sensitivity: the same windows with the validity cut to the thinnest crop
     x_thin = torch.from_numpy(W.channels_from_arrays(cimg[iva], thin(cval[iva]), args.design))
     p_thin = torch.softmax(T.predict(net, x_thin, torch.device("cpu"), 64), 1)[:, 1].numpy()
@@ -181,7 +194,7 @@ def main(argv=None) -> int:
         "schema_version": 1, "id": MODEL_ID,
         "name": "Lung nodule malignancy as LIDC readers judge it (3D ResNet, 32 mm window at 1 mm)",
         "version": "1.0.0", "task": "classification", "modality": ["CT"], "body_part": "CHEST",
-        "spatial_dims": 3, "architecture": ARCH, "input": D.input_block(args.design),
+        "spatial_dims": 3, "architecture": ARCH, "input": D.input_block(args.design, tta=tta),
         "output": {"activation": "softmax"}, "labels": LABELS, "gradcam_layer": GRADCAM_LAYER,
         "not_for_clinical_use": True,
         "thresholds": {"malignant": {"threshold": thr, "sensitivity": round(vs, 4), "specificity": round(vsp, 4),
@@ -227,12 +240,14 @@ def main(argv=None) -> int:
             "flagged.",
             "Must not be used for: a diagnosis of cancer (reader opinion, not pathology); nodules < 3 mm; detection or "
             "screening; management decisions in place of the reader."],
-        "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "device": T.device_text(dev),
+        "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "init_seed": init_seed, "device": T.device_text(dev),
                      "design": args.design, "design_comparison": comparison,
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "batch_size": args.batch_size,
                      "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
                      "augmentation": "click jitter +-4 mm, flips of each axis, in-plane transposition, random "
                                      "narrowing of the validity", "temperature": round(temp, 4),
+                     "readout": {"tta": tta}, "readout_selection": {
+                         "data": "validation split AUC (after the temperature); the best kept", "candidates": tta_selection},
                      "train_seconds": round(train_s, 1)},
         "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
                   "predictions": "predictions.csv", "roc": "roc.png", "reliability": ["reliability_test.png"]},

@@ -38,6 +38,7 @@ from imaging_assist.nodules import window as W
 
 MODEL_ID = "ct-nodule-seg"
 LABELS = ["background", "nodule"]
+READOUT_THRESHOLDS = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 ARCH = {"library": "monai", "name": "UNet",
         "kwargs": {"spatial_dims": 3, "in_channels": 3, "out_channels": 2,
                    "channels": [12, 24, 48, 96], "strides": [2, 2, 2],
@@ -59,6 +60,8 @@ def main(argv=None) -> int:
     ap = T.common_args(argparse.ArgumentParser(description=__doc__.split("\n")[1]), 30, 16, 3e-3)
     ap.add_argument("--design", choices=W.INPUT_DESIGNS, default="full")
     ap.add_argument("--evaluate-only", action="store_true")
+    ap.add_argument("--init-seed", type=int, default=None,
+                    help="seed of the weights and batches (default --seed); the split always uses --seed")
     args = ap.parse_args(argv)
     dev, out = T.start(args, MODEL_ID)
     rows = D.read_rows()
@@ -73,6 +76,8 @@ def main(argv=None) -> int:
 
     from imaging_assist.models.architectures import build_network
 
+    init_seed = args.seed if args.init_seed is None else args.init_seed
+    T.set_seed(init_seed)  # == the state T.start left when init_seed == seed
     net = build_network(ARCH, MODEL_ID)
     xva = torch.from_numpy(W.channels_from_arrays(cimg[iva].astype(np.float32), cval[iva], args.design))
 
@@ -107,26 +112,51 @@ def main(argv=None) -> int:
         ids = torch.from_numpy(itr)
         info = T.fit(net, ids, ids, loss_fn=loss_fn, augment=augment, evaluate=evaluate,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
-                     device=dev, log=log, seed=args.seed, time_limit_s=args.time_limit)
+                     device=dev, log=log, seed=init_seed, time_limit_s=args.time_limit)
         train_s = time.perf_counter() - t0
         train_device = T.device_text(dev)
         T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_dice"])
     net.cpu().eval()
 
-    # ---- evaluation on each crop's own grid (validation + test)
-    from imaging_assist.nodules.models import nodule_mask
+    # ---- how the output is read (TTA, threshold, mask or probability onto the crop's grid): every
+    # combination measured on the VALIDATION crops' own grids, the best one kept; the test split is
+    # then measured once with it (never used to choose)
+    from imaging_assist.nodules.models import TTA_MODES, flip_average, nodule_mask, source_mask
 
     keep = np.nonzero(split > 0)[0]
     xk = torch.from_numpy(W.channels_from_arrays(cimg[keep].astype(np.float32), cval[keep], args.design))
-    prob = torch.softmax(T.predict(net, xk, torch.device("cpu"), 32), 1)[:, 1].numpy()
+    prob = {mode: torch.cat([flip_average(net, xk[s:s + 8], mode)[:, 1] for s in range(0, len(xk), 8)]).numpy()
+            for mode in TTA_MODES}
+    crops = {}
+
+    def crop(i):
+        if i not in crops:
+            r = rows[i]
+            vol = W.volume_from_nifti(D.SRC / r["file"])
+            crops[i] = (vol, W.volume_from_nifti(D.SRC / r["mask"]).array > 0, W.cut_window(vol, D.centre(r)))
+        return crops[i]
+
+    def predicted(n, i, ro):
+        vol, truth, win = crop(i)
+        p = prob[ro["tta"]][n] * W.design_valid(win, args.design)
+        m = nodule_mask(p, win, ro["mask_threshold"])
+        return source_mask(p, m, win, vol, ro["mask_threshold"], ro["source_grid"]), truth, vol
+
+    selection = []
+    for mode in TTA_MODES:
+        for thr in READOUT_THRESHOLDS:
+            for grid in ("mask", "probability"):
+                ro = {"tta": mode, "mask_threshold": thr, "source_grid": grid}
+                d = [E.dice(*predicted(n, i, ro)[:2]) for n, i in enumerate(keep) if split[i] == 1]
+                selection.append({**ro, "val_dice": round(float(np.mean(d)), 5)})
+                print(f"  validation read-out {ro}: Dice {np.mean(d):.4f}", flush=True)
+    best = max(selection, key=lambda r: r["val_dice"])  # first of equals: the simpler read-out
+    readout = {k: best[k] for k in ("tta", "mask_threshold", "source_grid")}
+    print("chosen on validation:", best, flush=True)
     recs = []
     for n, i in enumerate(keep):
         r = rows[i]
-        vol = W.volume_from_nifti(D.SRC / r["file"])
-        truth = W.volume_from_nifti(D.SRC / r["mask"]).array > 0
-        win = W.cut_window(vol, D.centre(r))
-        m = nodule_mask(prob[n], win)
-        pred = W.to_source_grid(win, m, vol, order=0).astype(bool)
+        pred, truth, vol = predicted(n, i, readout)
         vox = float(np.prod(vol.spacing))
         sp = (vol.spacing[2], vol.spacing[1], vol.spacing[0])
         vt, vp = truth.sum() * vox, pred.sum() * vox
@@ -164,7 +194,7 @@ def main(argv=None) -> int:
         "schema_version": 1, "id": MODEL_ID,
         "name": "Lung nodule segmentation around a clicked point (3D UNet, 32 mm window at 1 mm)",
         "version": "1.0.0", "task": "segmentation", "modality": ["CT"], "body_part": "CHEST",
-        "spatial_dims": 3, "architecture": ARCH, "input": D.input_block(args.design),
+        "spatial_dims": 3, "architecture": ARCH, "input": D.input_block(args.design, **readout),
         "output": {"activation": "softmax"}, "labels": LABELS, "gradcam_layer": None,
         "not_for_clinical_use": True, "metrics": metrics,
         "metrics_ci": "percentile cluster bootstrap resampling whole patients (imaging_assist.evaluation."
@@ -193,12 +223,15 @@ def main(argv=None) -> int:
         "population": {"image_kind": "cross-sectional", "data": "LIDC-IDRI: thoracic (chest, lung) CT of 1,010 "
                        "patients from seven US academic centres (diagnostic and screening, several vendors, 0.45-2.5 mm "
                        "slices); ages and sexes not in the crops"},
-        "training": {"script": "scripts/train_ct_nodule_seg.py", "seed": args.seed, "device": train_device,
+        "training": {"script": "scripts/train_ct_nodule_seg.py", "seed": args.seed, "init_seed": init_seed, "device": train_device,
                      "design": args.design, "epochs": info["epochs_run"], "best_epoch": info["best_epoch"],
                      "batch_size": args.batch_size, "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
                      "loss": "cross-entropy + soft Dice on the valid voxels",
                      "augmentation": "click jitter +-4 mm, flips of each axis, in-plane transposition, random narrowing "
-                                     "of the validity", "train_seconds": round(train_s, 1)},
+                                     "of the validity", "train_seconds": round(train_s, 1),
+                     "readout": readout, "readout_selection": {
+                         "data": "validation split, mean Dice per nodule on each crop's own grid; the best kept",
+                         "candidates": selection}},
         "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
                   "predictions": "predictions.csv"},
     }

@@ -242,7 +242,7 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
                             f"({int((comp & edge).sum())} voxels on its faces): the nodule may extend beyond "
                             "it (volume and diameters are then lower bounds), or the segmentation runs into "
                             "neighbouring tissue; check the mask")
-    mask = to_source_grid(win, comp.astype(np.uint8), volume, order=0) > 0
+    mask = nm.source_mask(prob, comp, win, volume)  # the card's source_grid (models.source_mask)
     t3 = time.perf_counter()
     if not mask.any():
         res.reason = (f"{NOT_FOUND}: the segmented nodule ({vol_w:.0f} mm³) falls between the series' "

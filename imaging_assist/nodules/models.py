@@ -9,11 +9,17 @@ Both load once through the model registry (card ``weights/<id>/model.json``, sha
 safetensors weights checked before loading), run in fp32 on the CPU and are deterministic.
 The network input is :func:`imaging_assist.nodules.window.model_channels` with the input
 design written in the card (``input.window.design``), the same function the training
-scripts use.
+scripts use.  The card's ``input.window`` also says how the output is read, as the training
+script chose it on the validation split: ``tta`` ("flips8": the probability averaged over the
+8 flips of the window's axes, :func:`flip_average`) and, for the segmenter,
+``mask_threshold`` (:func:`nodule_mask`) and ``source_grid`` ("probability": the nodule's
+probability is mapped trilinearly onto the series' grid and thresholded there,
+:func:`source_mask`, rather than a 1 mm mask copied to the nearest voxel).
 """
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
@@ -44,8 +50,47 @@ def load(model_id: str):
         return m
 
 
+def _window_card(model) -> dict:
+    return (model.card.raw.get("input") or {}).get("window") or {}
+
+
 def design(model) -> str:
-    return str(((model.card.raw.get("input") or {}).get("window") or {}).get("design", W.DEFAULT_DESIGN))
+    return str(_window_card(model).get("design", W.DEFAULT_DESIGN))
+
+
+# the 8 flips of the window's three axes (dims 2, 3, 4 of a batch), the identity first
+FLIPS = tuple(tuple(d for d, b in zip((2, 3, 4), bits) if b) for bits in itertools.product((0, 1), repeat=3))
+TTA_MODES = ("none", "flips8")
+
+
+def tta(model) -> str:
+    t = str(_window_card(model).get("tta", "none"))
+    if t not in TTA_MODES:
+        raise ValueError(f"model {model.card.id}: input.window.tta is one of {TTA_MODES}, not {t!r}")
+    return t
+
+
+def mask_threshold(model=None) -> float:
+    """The segmenter's probability threshold (card ``input.window.mask_threshold``)."""
+    m = model if model is not None else load(SEG_ID)
+    return float(_window_card(m).get("mask_threshold", PROB_THRESHOLD))
+
+
+def flip_average(net, x: torch.Tensor, mode: str, forward=None) -> torch.Tensor:
+    """Softmax of ``net`` on the windows ``x`` (N, C, z, y, x), averaged over the flips of
+    ``mode`` ("none" or "flips8": each flipped copy's output flipped back) -- the same
+    function at training time (scripts/train_ct_nodule_*.py) and at a click.  ``forward``
+    (default ``net``) runs the stacked batch [flip 0 of every window, flip 1, ...]."""
+    flips = FLIPS if mode == "flips8" else FLIPS[:1]
+    xb = torch.cat([torch.flip(x, f) if f else x for f in flips])
+    with torch.no_grad():
+        out = torch.softmax((forward or net)(xb).float(), 1)
+    n = len(x)
+    parts = []
+    for k, f in enumerate(flips):
+        o = out[k * n:(k + 1) * n]
+        parts.append(torch.flip(o, f) if (f and o.ndim == 5) else o)  # classifier outputs need no flip back
+    return torch.stack(parts).mean(0)
 
 
 def _input(model, window: W.Window) -> torch.Tensor:
@@ -68,14 +113,15 @@ _stats: dict[str, object] = {}
 
 
 def _forward(m, x: torch.Tensor) -> torch.Tensor:
-    """The network's output for ``x``; its OOD features are kept for :func:`ood`."""
+    """The network's output for the batch ``x`` (the window first, then its flipped copies);
+    the OOD features of the first item (the window as it is) are kept for :func:`ood`."""
     from ..validation.ood import forward_with_features, ood_spec
 
     spec = ood_spec(m.card)
     with torch.no_grad():
         if spec and isinstance(spec.get("layers"), list):
             out, f = forward_with_features(m.network, x, list(spec["layers"]))
-            _feats[m.card.id] = (_key(x), f)
+            _feats[m.card.id] = (_key(x[:1]), f[:1])
             return out
         return m.network(x)
 
@@ -85,14 +131,16 @@ def segment(window: W.Window) -> np.ndarray:
     m = load(SEG_ID)
     x = _input(m, window)
     with m.lock:
-        p = torch.softmax(_forward(m, x).float(), 1)[0, 1].numpy()
+        p = flip_average(m.network, x, tta(m), forward=lambda xb: _forward(m, xb))[0, 1].numpy()
     return (p * W.design_valid(window, design(m))).astype(np.float32)
 
 
-def nodule_mask(prob: np.ndarray, window: W.Window, threshold: float = PROB_THRESHOLD) -> np.ndarray:
-    """bool [z, y, x]: the connected component (26-connectivity) of ``prob >= threshold`` that
-    comes within ``SEED_RADIUS_MM`` of the window centre (the clicked point), the one with
-    the most probability mass when several do; all False when none does ("no nodule here")."""
+def nodule_mask(prob: np.ndarray, window: W.Window, threshold: float | None = None) -> np.ndarray:
+    """bool [z, y, x]: the connected component (26-connectivity) of ``prob >= threshold`` (default:
+    the card's ``mask_threshold``) that comes within ``SEED_RADIUS_MM`` of the window centre (the
+    clicked point), the one with the most probability mass when several do; all False when none
+    does ("no nodule here")."""
+    threshold = mask_threshold() if threshold is None else float(threshold)
     m = (np.asarray(prob) >= threshold) & window.valid
     lab, n = ndimage.label(m, structure=np.ones((3, 3, 3), bool))
     if n == 0:
@@ -106,6 +154,29 @@ def nodule_mask(prob: np.ndarray, window: W.Window, threshold: float = PROB_THRE
     return lab == int(near[int(np.argmax(mass))])
 
 
+def source_mask(prob: np.ndarray, comp: np.ndarray, window: W.Window, volume, threshold: float | None = None,
+                mode: str | None = None) -> np.ndarray:
+    """bool mask of the nodule ``comp`` (from :func:`nodule_mask`) on ``volume``'s voxel grid.
+
+    ``mode`` "probability" (the card's ``source_grid``; default "mask"): the probability inside
+    ``comp`` and one voxel around it (the neighbours the interpolation reads; any of them at or
+    above the threshold would belong to ``comp``) is mapped trilinearly and thresholded on the
+    series' grid, so a nodule's edge is placed between 1 mm voxels, not at the nearest one;
+    "mask": ``comp`` copied to the nearest window voxel."""
+    if mode is None or threshold is None:
+        m = load(SEG_ID)
+        mode = str(_window_card(m).get("source_grid", "mask")) if mode is None else mode
+        threshold = mask_threshold(m) if threshold is None else threshold
+    comp = np.asarray(comp, bool)
+    if mode == "mask":
+        return W.to_source_grid(window, comp.astype(np.uint8), volume, order=0) > 0
+    if mode != "probability":
+        raise ValueError(f"source_grid is 'mask' or 'probability', not {mode!r}")
+    region = ndimage.binary_dilation(comp, np.ones((3, 3, 3), bool))
+    vals = np.where(region, np.asarray(prob, np.float32), np.float32(0))
+    return W.to_source_grid(window, vals, volume, order=1) >= float(threshold)
+
+
 def malignancy(window: W.Window, explain: bool = True) -> tuple[float, np.ndarray | None]:
     """(P(malignant), 3D Grad-CAM of the malignant class on the window grid scaled to 0..1,
     zero where the model saw no data; None when ``explain`` is False).
@@ -114,7 +185,7 @@ def malignancy(window: W.Window, explain: bool = True) -> tuple[float, np.ndarra
     m = load(MALIGNANCY_ID)
     x = _input(m, window)
     with m.lock:
-        p = float(torch.softmax(_forward(m, x).float(), 1)[0, 1])
+        p = float(flip_average(m.network, x, tta(m), forward=lambda xb: _forward(m, xb))[0, 1])
         if not explain:
             return p, None
         from ..explain.methods import ExplainConfig, attribute
