@@ -238,9 +238,11 @@ class StudyBrowser(QWidget):
         n_pat = len(index.patients)
         root = index.root
         short = os.path.basename(root.rstrip("/")) or root
-        n_img = f"{len(images)} image{'s' if len(images) != 1 else ''}  ·  " if images else ""
-        self.summary.setText(f"{n_pat} patient{'s' if n_pat != 1 else ''}  ·  {n_series} series  ·  "
-                             f"{n_img}{index.n_files} files\n{short}")
+        parts = [f"{n_pat} patient{'s' if n_pat != 1 else ''}", f"{n_series} series"] if (n_series or not images) else []
+        if images:
+            parts.append(f"{len(images)} image{'s' if len(images) != 1 else ''}")
+        parts.append(f"{index.n_files} files")
+        self.summary.setText("  ·  ".join(parts) + f"\n{short}")
         self.summary.setToolTip(root)
         shown = {p for p, _ in images}
         self.set_other_files([o for o in getattr(index, "other_files", []) if o.path not in shown])
