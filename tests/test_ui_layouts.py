@@ -172,7 +172,8 @@ def test_2x2_shows_four_series_and_other_frames_are_not_linked(win, studies):
     root, keys = studies
     assert [a.shortcut().toString() for a in (win.a_single, win.a_1x2, win.a_2x2, win.a_mpr)] == \
         ["Ctrl+1", "Ctrl+2", "Ctrl+4", "Ctrl+3"]
-    assert win.reading.layout_button.menu().actions() == [win.a_single, win.a_1x2, win.a_2x2, win.a_mpr]
+    assert win.reading.layout_button.menu().actions()[:4] == [win.a_single, win.a_1x2, win.a_2x2, win.a_mpr]
+    assert win.a_hang_save in win.reading.layout_button.menu().actions()  # save as hanging protocol
     win.a_2x2.trigger()
     assert win.view_area.layout_mode == "2x2" and win.a_2x2.isChecked()
     assert win.reading.layout_button.text() == "Layout 2×2"

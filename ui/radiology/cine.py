@@ -260,7 +260,7 @@ def install(w) -> Cine:
         d.volumeChanged.connect(lambda d=d: (cine.series_changed(d), cine.rate_for(d.volume) if (
             d.volume is not None and d.volume.is_cine and area.active.doc is d) else None))
     area.activeViewChanged.connect(cine.view_changed)
-    area.layoutChanged.connect(lambda mode: cine.pause())
+    area.layoutChanged.connect(lambda mode: cine._view is not None and cine._view not in area.views() and cine.pause())
     for v in area.all_views():
         v.cine_keys = lambda ev, v=v: cine.handle_key(v, ev)
     # + / - change the rate while a cine plays (they zoom otherwise)

@@ -95,6 +95,8 @@ class HangingProtocols(QObject):
     def eventFilter(self, obj, ev):
         if obj is self.w and ev.type() == QEvent.Close:
             self.positions.flush()
+            if positions.active() is self.positions:  # a closed window remembers nothing more
+                positions.activate(None)
         return False
 
     # ------------------------------------------------------------------ applying
@@ -133,7 +135,7 @@ class HangingProtocols(QObject):
         h = hanging.plan(p, index, s)
         self.reading.fill_suppressed = True
         try:
-            got = w.set_layout(h.layout)
+            got = w.view_area.layout_mode if w.view_area.layout_mode == h.layout else w.set_layout(h.layout)
             for n, k in enumerate(h.keys[1:], 1):
                 cell = w.view_area.grid.cells[n]
                 if cell.doc.series is None or cell.doc.series.key != k:
