@@ -295,6 +295,7 @@ def test_heatmap_layer_aligned_and_toggled(view, pattern_slide):
     from imaging_assist_ui.slides.slide_layers import slide_layer
     path, levels = pattern_slide
     open_in(view, path)
+    view.smooth_heat = False  # tile blocks: the cell edges exactly (smoothing: test_ui_slide_tools.py)
     view.set_level_zoom(0)
     view.center_on(1000, 1000)
     settle(view)

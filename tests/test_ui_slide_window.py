@@ -69,7 +69,10 @@ def test_svs_opens_in_the_slide_view(win, page):
     assert not win.layers_dock.isHidden() and not page.toolbar.isHidden()
     # label and macro images in the info panel; MPP and levels in its text
     assert wait(lambda: set(page.associated) == {"label", "macro"})
+    assert not page.info_scroll.isVisible()  # hidden at first: the view takes the width
+    page.a_info.setChecked(True)  # "Slide info" shows it
     assert page.label_img.isVisible() and page.macro_img.isVisible()
+    page.a_info.setChecked(False)
     assert page.associated["label"].width() == 387 and page.associated["macro"].width() == 1280
     txt = page.info_text.text()
     assert "0.499" in txt and "2,220 × 2,967" in txt and "20×" in txt
@@ -156,22 +159,26 @@ def test_tile_result_heatmaps_and_file(win, page, tmp_path):
     assert heat[0].downsample == pytest.approx(res.downsample) and heat[0].origin == pytest.approx(res.origin)
     assert any(isinstance(l, MarkerLayer) for l in added)
     v = page.view
+    v.smooth_heat = False  # tile blocks: one colour per cell (smoothing: test_ui_slide_tools.py)
     v.set_show_overlays(False)
     settle(v)
     plain = grab(v)
     v.set_show_overlays(True)
     settle(v)
     img = grab(v)
-    # the cell with the highest score is coloured (jet top = dark red) at its level-0 place
+    # the cell with the highest score is coloured (the app's heat colours and fade) at its level-0 place
     r, c = np.unravel_index(np.nanargmax(res.heatmaps[0]), res.heatmaps[0].shape)
     x0 = res.origin[0] + (c + 0.5) * res.downsample[0]
     y0 = res.origin[1] + (r + 0.5) * res.downsample[1]
     p = v.slide_to_screen(x0 + res.downsample[0] * 0.25, y0 + res.downsample[1] * 0.25)
     got, before = img[int(p.y()), int(p.x())].astype(int), plain[int(p.y()), int(p.x())].astype(int)
-    from imaging_assist.layers import colormap_rgb
-    idx = int(round((res.heatmaps[0][r, c] - 0.0) * 255))
-    want = colormap_rgb("jet")[idx] * 0.45 + before * 0.55
-    assert np.abs(got - want).max() <= 3
+    from imaging_assist.colormaps import DEFAULT_HEAT_COLORMAP
+    assert heat[0].colormap == DEFAULT_HEAT_COLORMAP
+    word = int(heat[0].lut()[heat[0].indices(np.array([res.heatmaps[0][r, c]], np.float32))][0])
+    a = (word >> 24) / 255.0
+    premul = np.array([(word >> 16) & 255, (word >> 8) & 255, word & 255], float)
+    want = premul + before * (1 - a)
+    assert a > 0.3 and np.abs(got - want).max() <= 3
     assert np.any(img != plain)
     # a heat map of another slide is refused
     res.slide_dimensions = (100, 100)

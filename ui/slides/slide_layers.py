@@ -19,6 +19,7 @@ level-0 pixels.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -120,3 +121,51 @@ def marker_positions(layer: MarkerLayer, slide_dims: tuple[int, int]):
         _, j, i = m.position
         out.append((m, ox + (i + 0.5) * dx, oy + (j + 0.5) * dy, dx, dy))
     return out
+
+
+#: most pixels of one smoothed heat-map image (the grid is upsampled by up to SMOOTH_FACTOR)
+SMOOTH_MAX_PIXELS = 4_000_000
+SMOOTH_FACTOR = 8
+
+
+def smooth_factor(rows: int, cols: int) -> int:
+    """Upsampling factor of a heat-map grid for smooth display (1 = none)."""
+    n = max(1, rows * cols)
+    return int(max(1, min(SMOOTH_FACTOR, math.floor(math.sqrt(SMOOTH_MAX_PIXELS / n)))))
+
+
+def smooth_heat_values(arr: np.ndarray, factor: int) -> np.ndarray:
+    """(rows*f, cols*f) values of a tile grid, bilinear between tile centres.
+
+    Cells without a tile (NaN: background, outside the region) neither pull their
+    neighbours down nor spread into the background: values are interpolated from the
+    tiles that ran only (normalised convolution: interpolated value*weight / interpolated
+    weight), and a pixel shows only where its own cell ran, so a tile at the tissue edge
+    keeps its whole square.  Hand-written with scipy's ``map_coordinates`` because Qt's
+    smooth scaling would blend NaN cells (transparent) into their neighbours."""
+    from scipy.ndimage import map_coordinates
+
+    a = np.asarray(arr, np.float32)
+    rows, cols = a.shape
+    f = max(1, int(factor))
+    valid = np.isfinite(a)
+    if f == 1:
+        return a.copy()
+    yy = (np.arange(rows * f, dtype=np.float32) + 0.5) / f - 0.5
+    xx = (np.arange(cols * f, dtype=np.float32) + 0.5) / f - 0.5
+    gy, gx = np.meshgrid(yy, xx, indexing="ij")
+    coords = np.stack([gy, gx])
+    v = map_coordinates(np.where(valid, a, 0.0).astype(np.float32), coords, order=1, mode="nearest")
+    w = map_coordinates(valid.astype(np.float32), coords, order=1, mode="nearest")
+    own = np.repeat(np.repeat(valid, f, axis=0), f, axis=1)
+    out = np.full((rows * f, cols * f), np.nan, np.float32)
+    ok = own & (w > 1e-6)
+    out[ok] = v[ok] / w[ok]
+    return out
+
+
+def smooth_heat_words(layer: HeatmapLayer, factor: int) -> np.ndarray:
+    """Premultiplied ARGB32 words of a smoothed heat map (the layer's LUT, threshold,
+    opacity: values below the threshold stay transparent)."""
+    vals = smooth_heat_values(layer.array[0], factor)
+    return np.ascontiguousarray(layer.lut()[layer.indices(vals)], np.uint32)

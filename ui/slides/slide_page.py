@@ -22,14 +22,15 @@ import time
 
 import numpy as np
 from PySide6.QtCore import QObject, QSize, Qt, Signal
-from PySide6.QtGui import QAction, QImage, QKeySequence, QPixmap
-from PySide6.QtWidgets import (QFileDialog, QFrame, QLabel, QMessageBox, QScrollArea, QSplitter,
-                               QToolBar, QVBoxLayout, QWidget)
+from PySide6.QtGui import QAction, QActionGroup, QImage, QKeySequence, QPixmap
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QFrame, QLabel, QMessageBox, QScrollArea, QSizePolicy,
+                               QSplitter, QToolBar, QVBoxLayout, QWidget)
 
 from imaging_assist.layers import HeatmapLayer, LayerStack, Marker, MarkerLayer
 
 from .slide_layers import slide_layer
 from .slide_tiles import rgb_to_qimage
+from .slide_tools import AnnotationsPanel, SlideTools
 from .slide_view import SlideView
 from ..shared.theme import MUTED, WARN_FG
 
@@ -113,6 +114,15 @@ class SlidePage(QWidget):
         self.view.firstViewComplete.connect(self._first_view)
         self.view.thumbnailReady.connect(self._check_ready)
         self.view.tileFailed.connect(self._tile_failed)
+        self.tools = SlideTools(self.view, self)
+        self.tools.message.connect(self._tool_message)
+        self.annotations_panel = AnnotationsPanel(self.tools)
+        self.annotations_panel.importRequested.connect(self.import_annotations_dialog)
+        self.annotations_panel.exportRequested.connect(self.export_annotations_dialog)
+        self.runs = None            # the AI panel's slide branch (slide_ai.SlideRuns), with a window
+        self.annotations_dock = None
+        self._saved_state = None    # the window's dock layout before the slide page was shown
+        self._empty_hint = None
         self.info = self._build_info()
         self.toolbar = self._build_toolbar()
         split = QSplitter(Qt.Horizontal)
@@ -169,9 +179,27 @@ class SlidePage(QWidget):
         self.a_overview.setChecked(True)
         self.a_info = self._action("Slide info", self._set_info_visible, checkable=True,
                                    tip="Show the slide information panel (label, macro, levels)")
-        self.a_info.setChecked(True)
-        self.view.show_info_text = False
+        # hidden at first: the view takes the free width (name, size and MPP are in its corner)
+        self.a_info.setChecked(False)
+        self.info_scroll.setVisible(False)
+        self.view.show_info_text = True
+        self.tool_actions = {}
+        group = QActionGroup(self)
+        for tool, text, tip in (("navigate", "Navigate", "Drag pans, wheel zooms (Esc)"),
+                                ("ruler", "Ruler", "Distance in µm (press, drag, release)"),
+                                ("rectangle", "Rectangle", "Rectangle with its area in mm²; also an analysis region"),
+                                ("polygon", "Polygon", "Click the vertices, double-click or Enter closes: area in mm²; "
+                                                       "also an analysis region"),
+                                ("points", "Points", "Count points of the chosen class (Annotations panel)")):
+            a = self._action(text, lambda on, t=tool: on and self.tools.set_tool(t), checkable=True, tip=tip)
+            group.addAction(a)
+            self.tool_actions[tool] = a
+        self.tool_actions["navigate"].setChecked(True)
+        self.tools.toolChanged.connect(lambda t: self.tool_actions[t].setChecked(True))
         for a in (self.a_fit, self.a_one, self.a_in, self.a_out):
+            tb.addAction(a)
+        tb.addSeparator()
+        for a in self.tool_actions.values():
             tb.addAction(a)
         tb.addSeparator()
         tb.addAction(self.a_tissue)
@@ -181,7 +209,8 @@ class SlidePage(QWidget):
         tb.addAction(self.a_info)
         self.tissue_status = QLabel("")
         self.tissue_status.setStyleSheet(f"color: {MUTED}; padding-left: 8px;")
-        self.tissue_status.setMinimumWidth(460)
+        self.tissue_status.setMinimumWidth(120)  # never widens the toolbar (the view keeps its size)
+        self.tissue_status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         tb.addWidget(self.tissue_status)
         return tb
 
@@ -238,6 +267,15 @@ class SlidePage(QWidget):
     # ------------------------------------------------------------------ main window
     def _attach(self, win):
         win.pages.currentChanged.connect(self._page_changed)
+        dock = QDockWidget("Annotations", win)
+        dock.setObjectName("SlideAnnotationsDock")
+        dock.setWidget(self.annotations_panel)
+        win.addDockWidget(Qt.LeftDockWidgetArea, dock)
+        dock.hide()
+        self.annotations_dock = dock
+        if getattr(win, "model_panel", None) is not None:
+            from .slide_ai import SlideRuns
+            self.runs = SlideRuns(win.model_panel, self)
         win.doc.displayChanged.connect(lambda: self.view.set_show_overlays(win.doc.show_overlays))
         win.layers_panel.jumpTo.connect(self._jump_to)
         self.view.cursorInfo.connect(win.cursor_label.setText)
@@ -254,14 +292,56 @@ class SlidePage(QWidget):
         if win.pages.currentWidget() is not self:
             if self.slide is not None or self._open_job is not None:
                 self.close_slide()
+            self._leave_layout()
             for x in self._hidden:
                 x.show()
             self._hidden = []
         elif not self._hidden:
+            if self._saved_state is None:  # before anything is hidden or moved
+                self._saved_state = win.saveState()
             self._hidden = [x for x in self._radiology_chrome() if not x.isHidden()]
             for x in self._hidden:
                 x.hide()
-            win.layers_dock.show()
+            self._slide_layout()
+        if self.runs is not None:
+            self.runs.page_changed()
+
+    def _slide_layout(self):
+        """One column of docks on the left (AI models, Overlays, Annotations as tabs, like
+        QuPath's panel) so the slide view takes the rest of the width; the radiology layout
+        comes back when the page is left.  The Overlays hint names slide overlays, not HU."""
+        win = self.win
+        if self._saved_state is None:
+            self._saved_state = win.saveState()
+        md = getattr(win, "model_dock", None)
+        win.layers_dock.show()
+        if md is not None:
+            win.tabifyDockWidget(md, win.layers_dock)
+            if self.annotations_dock is not None:
+                win.tabifyDockWidget(md, self.annotations_dock)
+        if self.annotations_dock is not None:
+            self.annotations_dock.show()
+        (md or win.layers_dock).raise_()
+        empty = getattr(win.layers_panel, "empty", None)
+        if empty is not None:
+            if self._empty_hint is None:
+                self._empty_hint = empty.text()
+            empty.setText("No overlays. Run a slide model from AI models (heat maps per class), "
+                          "Detect tissue, or Load heat map; they appear here.")
+
+    def _leave_layout(self):
+        win = self.win
+        if self.annotations_dock is not None:
+            self.annotations_dock.hide()
+        if self._saved_state is not None:
+            state, self._saved_state = self._saved_state, None
+            win.restoreState(state)
+            if self.annotations_dock is not None:
+                self.annotations_dock.hide()
+        empty = getattr(win.layers_panel, "empty", None)
+        if empty is not None and self._empty_hint is not None:
+            empty.setText(self._empty_hint)
+            self._empty_hint = None
 
     def _jump_to(self, kji):
         if self.slide is None or (self.win is not None and self.win.pages.currentWidget() is not self):
@@ -313,6 +393,11 @@ class SlidePage(QWidget):
             slide = open_slide(self.path)
             job.step.emit(("slide", slide))
             first_view.wait(2.0)  # label / macro after the first screen: they would slow it down
+            from imaging_assist.slides.annotations import slide_key
+            try:
+                job.step.emit(("key", slide_key(self.path)))
+            except Exception as e:  # noqa: BLE001 - annotations then are not kept
+                job.step.emit(("key", f"error: {e}"))
             with lock:
                 for name in ("label", "macro"):
                     if job.cancelled or slide._closed:
@@ -344,6 +429,16 @@ class SlidePage(QWidget):
             self.view.setFocus()
             self._show_info()
             self.opened.emit(value)
+            if self.runs is not None:
+                self.runs.page_changed()
+            return
+        if kind == "key":
+            if value.startswith("error: "):
+                self.tools.set_slide(None)
+                self.tools.store_error = "annotations are not kept: " + value[len("error: "):]
+                self.annotations_panel.refresh()
+            else:
+                self.tools.set_slide(value)
             return
         if isinstance(value, QImage):
             self.associated[kind] = value
@@ -408,6 +503,7 @@ class SlidePage(QWidget):
             self._tissue_job = None
             self.a_tissue.setEnabled(True)
         busy = self.view.close_slide()
+        self.tools.clear_slide()
         if self.slide is not None:
             slide, self.slide = self.slide, None
             if busy:  # a tile read still running (slow disk): close the file when it ends
@@ -472,8 +568,8 @@ class SlidePage(QWidget):
         if downsample is not None:
             slide_layer(layer, downsample, origin)
         out = self.layers.add(layer)
-        if self.win is not None:
-            self.win.layers_dock.show()
+        if self.win is not None and not self.win.tabifiedDockWidgets(self.win.layers_dock):
+            self.win.layers_dock.show()  # (a tab of the slide's dock column stays as it is)
         return out
 
     def add_tissue_mask(self, mask, name: str = "Tissue"):
@@ -483,18 +579,27 @@ class SlidePage(QWidget):
 
     def add_heatmaps(self, heatmaps: np.ndarray, class_names, downsample, origin, top_tiles=None,
                      units: str = "probability"):
-        """Per-class heat maps on the tile grid (first class visible), plus top-tile markers."""
+        """Per-class heat maps on the tile grid (first class visible), plus top-tile markers.
+
+        The app's heat colours (:data:`~imaging_assist.colormaps.DEFAULT_HEAT_COLORMAP`, fading
+        to transparent at the threshold): probabilities from 0 to 1, nothing drawn below
+        chance (1 / number of classes, at least the app's default threshold), so H&E below
+        stays H&E.  Markers are named by class and tile position."""
+        from imaging_assist.colormaps import DEFAULT_HEAT_COLORMAP, DEFAULT_HEAT_THRESHOLD
+
         added = []
+        n = len(class_names)
+        thr = max(DEFAULT_HEAT_THRESHOLD, 1.0 / n) if n > 1 else DEFAULT_HEAT_THRESHOLD
         for i, name in enumerate(class_names):
-            layer = HeatmapLayer(str(name), heatmaps[i], colormap="jet", opacity=0.45, vmin=0.0, vmax=1.0,
-                                 units=units, visible=(i == 0))
+            layer = HeatmapLayer(str(name), heatmaps[i], colormap=DEFAULT_HEAT_COLORMAP, vmin=0.0, vmax=1.0,
+                                 threshold=thr, units=units, visible=(i == 0))
             added.append(self.add_layer(layer, downsample, origin))
         for i, (cls, tiles) in enumerate((top_tiles or {}).items()):
             ms = []
-            for t in list(tiles)[:5]:
+            for rank, t in enumerate(list(tiles)[:5]):
                 row, col = (t.row, t.col) if hasattr(t, "row") else (t["row"], t["col"])
                 score = t.score if hasattr(t, "score") else t["score"]
-                ms.append(Marker((0, row, col), str(cls), score=score))
+                ms.append(Marker((0, row, col), f"{cls} #{rank + 1} · tile r{int(row)} c{int(col)}", score=score))
             if ms:
                 added.append(self.add_layer(MarkerLayer(f"Top tiles: {cls}", ms, visible=(i == 0)),
                                             downsample, origin))
@@ -525,6 +630,45 @@ class SlidePage(QWidget):
         names = meta.get("class_names") or [f"class {i}" for i in range(len(heat))]
         return self.add_heatmaps(heat, names, meta["downsample"], meta.get("origin", (0, 0)),
                                  meta.get("top_tiles"))
+
+    # ------------------------------------------------------------------ annotations
+    def _tool_message(self, text: str):
+        self.tissue_status.setText(text)
+        if self.win is not None:
+            self.win.statusBar().showMessage(text, 8000)
+
+    def import_annotations(self, path: str) -> int:
+        """Add the annotations of a GeoJSON file (a QuPath export or ours); UserError on a bad file."""
+        n = self.tools.import_geojson(path)
+        self._tool_message(f"{n} annotation{'s' if n != 1 else ''} imported from {os.path.basename(path)}"
+                           + (f" ({len(self.tools.notes)} note{'s' if len(self.tools.notes) != 1 else ''} in "
+                              "the Annotations panel)" if self.tools.notes else ""))
+        return n
+
+    def import_annotations_dialog(self):
+        if self.slide is None:
+            return
+        path, _ = QFileDialog.getOpenFileName(self, "Import annotations", os.path.dirname(self.path or ""),
+                                              "GeoJSON (*.geojson *.json);;All files (*)")
+        if path:
+            from imaging_assist.errors import UserError
+            try:
+                self.import_annotations(path)
+            except UserError as e:
+                QMessageBox.warning(self, "Import annotations", str(e))
+
+    def export_annotations_dialog(self):
+        if self.slide is None:
+            return
+        stem = os.path.splitext(os.path.basename(os.path.normpath(self.path or "slide")))[0]
+        path, _ = QFileDialog.getSaveFileName(self, "Export annotations", f"{stem}.geojson",
+                                              "GeoJSON (*.geojson)")
+        if path:
+            try:
+                self.tools.export_geojson(path)
+                self._tool_message(f"{len(self.tools.annotations)} annotations written to {os.path.basename(path)}")
+            except OSError as e:
+                QMessageBox.warning(self, "Export annotations", f"Could not write {path}: {e.strerror or e}")
 
     # ------------------------------------------------------------------ tissue
     def detect_tissue(self):

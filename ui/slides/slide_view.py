@@ -30,7 +30,8 @@ from PySide6.QtWidgets import QWidget
 
 from imaging_assist.layers import HeatmapLayer, LabelLayer, LayerStack, Plane
 
-from .slide_layers import layer_geometry, marker_positions, render_layer_tile
+from .slide_layers import (layer_geometry, marker_positions, render_layer_tile, smooth_factor,
+                           smooth_heat_words)
 from .slide_tiles import (MAX_VISIBLE_TILES, TILE, TileCache, TileLoader, best_level, rgb_to_qimage,
                           tile_grid)
 from ..shared.theme import ACCENT, WARN_BG, WARN_FG
@@ -114,6 +115,8 @@ class SlideView(QWidget):
         self._drag = None
         self._cursor = None
         self._wheel_accum = 0.0
+        self.smooth_heat = True  # heat maps interpolated between tile centres (False: tile blocks)
+        self.tools = None  # drawing tools (ui/slides/slide_tools.SlideTools) get the mouse first
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.StrongFocus)
         self.setAttribute(Qt.WA_OpaquePaintEvent, True)
@@ -127,6 +130,7 @@ class SlideView(QWidget):
         self.overview.navigate.connect(self.center_on)
         self.overview.hide()
         self.legend_rect = None
+        self.legend_box = None
         self.no_mpp_rect = None
         self._scale_bar_rect = None
         self._again = QTimer(self)  # repaint soon (overlay tiles left for the next frame)
@@ -499,26 +503,37 @@ class SlideView(QWidget):
                      for l in self.layers if l.is_raster)
 
     def _layer_image(self, layer) -> QImage | None:
-        """The whole layer as one premultiplied ARGB32 image at its own resolution, made once
-        per layer version (the engine's colouring: LUT, opacity, threshold, outline)."""
-        key = (layer._version, layer.visible)
+        """The whole layer as one premultiplied ARGB32 image, made once per layer version (the
+        engine's colouring: LUT, opacity, threshold, outline).  Heat maps are upsampled
+        between tile centres (:func:`smooth_heat_words`, ``self.smooth_heat``) so they read as
+        a smooth field at high zoom, not as blocks; other layers stay at their own resolution."""
+        smooth = self.smooth_heat and isinstance(layer, HeatmapLayer)
+        key = (layer._version, layer.visible, smooth)
         hit = self._layer_images.get(id(layer))
         if hit is not None and hit[0] is layer and hit[1] == key:
             return hit[2]
-        words = layer.render_argb32(Plane.native(), 0)
+        if smooth and layer.visible and layer.opacity > 0:
+            f = smooth_factor(*layer.array.shape[1:3])
+            words = smooth_heat_words(layer, f)
+        else:
+            f = 1
+            words = layer.render_argb32(Plane.native(), 0)
         img = None
         if words is not None and words.any():
             words = np.ascontiguousarray(words, np.uint32)
             img = QImage(words.data, words.shape[1], words.shape[0], words.strides[0],
                          QImage.Format_ARGB32_Premultiplied).copy()
+            img.setText("factor", str(f))
         self._layer_images[id(layer)] = (layer, key, img)
         return img
 
     def _draw_layer_image(self, p: QPainter, layer, img: QImage, rect0) -> None:
         """Draw the part of a layer image over the level-0 rectangle ``rect0``: each layer pixel
         becomes the screen rectangle its level-0 geometry says (nearest when magnified, smooth
-        when a layer pixel is smaller than a screen pixel)."""
+        when a layer pixel is smaller than a screen pixel, and always for smoothed heat maps)."""
         dx, dy, ox, oy = layer_geometry(layer, self.dimensions)
+        f = int(img.text("factor") or 1)
+        dx, dy = dx / f, dy / f
         cols, rows = img.width(), img.height()
         x, y, w, h = rect0
         c0, c1 = max(0, math.floor((x - ox) / dx)), min(cols, math.ceil((x + w - ox) / dx))
@@ -527,7 +542,7 @@ class SlideView(QWidget):
             return
         a = self.slide_to_screen(ox + c0 * dx, oy + r0 * dy)
         b = self.slide_to_screen(ox + c1 * dx, oy + r1 * dy)
-        p.setRenderHint(QPainter.SmoothPixmapTransform, dx * self.scale < 1.0)
+        p.setRenderHint(QPainter.SmoothPixmapTransform, f > 1 or dx * self.scale < 1.0)
         p.drawImage(QRectF(a, b), img, QRectF(c0, r0, c1 - c0, r1 - r0))
 
     def _outline_tile(self, layer, key, rect: QRect):
@@ -579,6 +594,8 @@ class SlideView(QWidget):
         overlays_done = self._paint_overlays(p, rects, tag, t0)
         if self.show_overlays:
             self._paint_markers(p)
+        if self.tools is not None:
+            self.tools.paint(p)
         if self.show_hud:
             self._paint_hud(p, level, len(missing), n_err)
         p.end()
@@ -855,22 +872,31 @@ class SlideView(QWidget):
 
     def _paint_legend(self, p: QPainter) -> None:
         """Colour bar of the top visible heat map: horizontal, under the overview."""
-        heat = self.layers.heatmaps()
-        if not heat or self.width() < 420 or self.height() < 300:
+        heat = [l for l in self.layers.heatmaps() if l.visible]
+        self.legend_rect = self.legend_box = None
+        if not heat:
             return
         layer: HeatmapLayer = heat[-1]
         rgb, lo, hi = layer.legend(128)
         fm = QFontMetricsF(self._font)
         pad = 6.0
+        h = fm.height() + 4 + 12 + 4 + fm.height() + pad
+        W, H = float(self.width()), float(self.height())
+        # under the overview when it fits there, else at the top right; always inside the
+        # view (never clipped) and at least wide enough for the end values and the title
+        w = max(170.0, min(240.0, W - 20))
+        x, top = W - 10 - w, 10.0
         if self.overview.isVisible():
             g = self.overview.geometry()
-            x, w, top = float(g.left()), float(g.width()), float(g.bottom()) + 8
-        else:
-            w = 200.0
-            x, top = self.width() - 10 - w, 10.0
+            w = max(w, float(g.width()))
+            x = min(float(g.left()), W - 10 - w)
+            top = float(g.bottom()) + 8
+            if top + h > H - 60:  # a short view: beside the overview instead
+                x, top = max(4.0, float(g.left()) - 8 - w), 10.0
+        x = max(4.0, x)
+        top = max(4.0, min(top, H - h - 4))
         bar_x, bar_w = x + pad, w - 2 * pad
         title = fm.elidedText(layer.name + (f" ({layer.units})" if layer.units else ""), Qt.ElideRight, bar_w)
-        h = fm.height() + 4 + 12 + 4 + fm.height() + pad
         self._panel(p, QRectF(x, top, w, h))
         self._text(p, bar_x, top + pad / 2 + fm.ascent(), title)
         by = top + pad / 2 + fm.height() + 4
@@ -891,6 +917,7 @@ class SlideView(QWidget):
         self._text(p, bar_x, ty, lo_s)
         self._text(p, bar_x + bar_w - fm.horizontalAdvance(hi_s), ty, hi_s)
         self.legend_rect = QRectF(bar_x, by, bar_w, 12)
+        self.legend_box = QRectF(x, top, w, h)  # the whole legend panel (tests: inside the view)
 
     # ================================================================== overview
     def _place_overview(self) -> None:
@@ -930,6 +957,8 @@ class SlideView(QWidget):
     def mousePressEvent(self, ev):
         if self.slide is None:
             return
+        if self.tools is not None and self.tools.mouse("press", ev):
+            return
         if ev.button() in (Qt.LeftButton, Qt.MiddleButton):
             self._drag = ev.position()
             self.setCursor(Qt.ClosedHandCursor)
@@ -937,16 +966,22 @@ class SlideView(QWidget):
     def mouseMoveEvent(self, ev):
         pos = ev.position()
         self._update_cursor(pos)
+        if self.tools is not None and self._drag is None and self.tools.mouse("move", ev):
+            return
         if self._drag is not None:
             d = pos - self._drag
             self._drag = pos
             self.pan_by(d.x(), d.y())
 
     def mouseReleaseEvent(self, ev):
+        if self.tools is not None and self._drag is None and self.tools.mouse("release", ev):
+            return
         self._drag = None
         self.unsetCursor()
 
     def mouseDoubleClickEvent(self, ev):
+        if self.slide is not None and self.tools is not None and self.tools.mouse("double", ev):
+            return
         if self.slide is not None and ev.button() == Qt.LeftButton:
             self.zoom_by(2.0, ev.position())
 
@@ -961,6 +996,8 @@ class SlideView(QWidget):
     def keyPressEvent(self, ev):
         if self.slide is None:
             return super().keyPressEvent(ev)
+        if self.tools is not None and self.tools.key_event(ev):
+            return
         k = ev.key()
         step = 400 if ev.modifiers() & Qt.ShiftModifier else 100
         if k in (Qt.Key_Plus, Qt.Key_Equal):
