@@ -65,3 +65,103 @@ def test_batch_deidentify_leaves_no_phi_in_any_output(tmp_path):
     # a cluster cannot see this machine's temporary copies: refused in one line
     assert main(["batch", str(tmp_path / "in"), "--model", "cxr-pneumonia", "--out", str(tmp_path / "o2"),
                  "--deidentify", "--engine", "ray", "--address", "127.0.0.1:1"]) == 2
+
+
+def _planted(tmp_path, src=None):
+    from test_export_dicom import CXR
+
+    ds = pydicom.dcmread(src or need(CXR), force=True)
+    for k, v in PHI.items():
+        setattr(ds, k, v)
+    ds.SeriesDescription = "PHI SERIES OF JANE"
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ds.save_as(folder / "cxr.dcm")
+    return folder
+
+
+def _assert_no_phi(paths, extra_text: str = ""):
+    for v in list(PHI.values()) + ["PHI SERIES OF JANE"]:
+        for form in {v, v.split("^")[0], v.replace("^", " ")}:
+            assert form not in extra_text, f"{form!r} printed"
+            for p in paths:
+                assert form.encode() not in p.read_bytes(), f"{form!r} in {p.name}"
+
+
+def test_dicom_results_from_deidentified_headers_pair_with_the_anonymize_copy(tmp_path):
+    """write_dicom_results(..., deidentify=Options()): no planted identifier in any object, the
+    objects marked de-identified, and their references are the UIDs and pseudonym that an
+    anonymize export of the source gets under the same site key (so the two pair)."""
+    from test_export_dicom import _load, _results, dciodvfy_errors
+
+    from imaging_assist.export.dicom import write_dicom_results
+    from imaging_assist.privacy.deid import Options, deidentify_tree
+
+    key = bytes(range(32))
+    folder = _planted(tmp_path)
+    vol = _load(folder)
+    seg, cl = _results(vol)
+    objs = write_dicom_results(vol, [seg, cl], tmp_path / "d", deidentify=Options(), deid_key=key)
+    assert {o.kind for o in objs} == {"PM", "SEG", "SR"}
+    _assert_no_phi([o.path for o in objs])
+    copy = deidentify_tree(folder, tmp_path / "anon", Options(), key=key, audit=False)
+    src = pydicom.dcmread(copy.written[0].output, stop_before_pixels=True)
+    for o in objs:
+        d = pydicom.dcmread(o.path)
+        assert d.PatientIdentityRemoved == "YES" and d.DeidentificationMethodCodeSequence[0].CodeValue == "113100"
+        assert (d.PatientID, d.StudyInstanceUID) == (src.PatientID, src.StudyInstanceUID), o.kind
+        assert dciodvfy_errors(o.path) == [], o.path.name
+    s = pydicom.dcmread(next(o.path for o in objs if o.kind == "SEG"))
+    ref = s.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == src.SeriesInstanceUID
+    assert ref.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    if "FrameOfReferenceUID" in src:
+        assert s.FrameOfReferenceUID == src.FrameOfReferenceUID
+
+
+def test_gui_export_results_dicom_offers_deidentify_and_leaves_no_phi(tmp_path_factory, tmp_path, monkeypatch):
+    from PySide6.QtWidgets import QMessageBox
+    from _qt import open_window
+    from test_export_dicom import _results
+
+    from imaging_assist.measure import Measurement
+    from imaging_assist.models.registry import Registry
+
+    folder = _planted(tmp_path)
+    w = open_window(tmp_path_factory, str(folder / "cxr.dcm"))
+    try:
+        vol = w.doc.volume
+        seg, _ = _results(vol)
+        panel = w.model_panel
+        panel._run_ctx = {"card": Registry().get("cxr-lung-seg").card, "volume": vol, "settings": {},
+                          "live_warnings": []}
+        panel.last_result = seg
+        panel.runFinished.emit("done")
+        m = Measurement("ruler", [(20, 30), (120, 90)], index=0)
+        m.compute_on(vol)
+        w.doc.add_measurement(m)
+        seen = {}
+
+        def tick_and_ok(box):  # the confirmation lists the objects and offers the check box
+            seen["text"] = box.informativeText()
+            seen["box"] = box.checkBox().text()
+            box.checkBox().setChecked(True)
+            return QMessageBox.Ok
+
+        monkeypatch.setattr(QMessageBox, "exec", tick_and_ok)
+        written = w.dicom_exporter.export(folder=str(tmp_path / "dicom"), confirm=True)
+        assert "De-identify" in seen["box"] and "SEG" in seen["text"]
+        assert sorted(o.kind for o in written) == ["PDF", "SEG", "SR"]
+        pdf = pydicom.dcmread(next(o.path for o in written if o.kind == "PDF"))
+        (tmp_path / "r.pdf").write_bytes(pdf.EncapsulatedDocument[: pdf.EncapsulatedDocumentLength])
+        text = subprocess.run(["pdftotext", str(tmp_path / "r.pdf"), "-"], capture_output=True,
+                              text=True, check=True).stdout
+        assert "Patient" in text
+        _assert_no_phi([o.path for o in written] + [tmp_path / "r.pdf"], text)
+        for o in written:
+            assert pydicom.dcmread(o.path).PatientID.startswith("IA-"), o.kind
+        # unticked (the default), the same export keeps the identifiers: the box is what did it
+        plain = w.dicom_exporter.export(folder=str(tmp_path / "plain"), confirm=False)
+        assert any(PHI["PatientID"].encode() in o.path.read_bytes() for o in plain)
+    finally:
+        w.close()

@@ -244,7 +244,9 @@ def test_deidentified_report_prints_no_identifiers(two_studies, ct_volume, tmp_p
     for secret in ("Doe", "Jane", "PID-12345", "1970-01-01", "ACC999", "2024-01-02", item["source"],
                    ct_volume.series_uid):
         assert secret.replace(" ", "") not in text.replace(" ", ""), secret
-    assert "54 years" in text and "mL" in text  # age, sex and the findings stay
+    # PS3.15 basic profile: age (X) and sex (Z) go too (Retain Patient Characteristics is an
+    # option of the file export, not of the printed report); the findings stay
+    assert "54 years" not in text and "mL" in text
     # the same header without de-identification is printed in full
     rep2 = build_report(dict(doc, items=[item]), captured=cap, base_dir=out)
     t2 = flat(pdf_pages_text(write_report_pdf(rep2, tmp_path / "id.pdf")))

@@ -119,13 +119,18 @@ def _check_out_dir(out_dir: Path, datasets) -> None:
 
 def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measurements=None,
                         warnings: list | None = None, prefix: str = "",
-                        items: list[dict] | None = None) -> list[WrittenObject]:
+                        items: list[dict] | None = None, deidentify=None,
+                        deid_key: bytes | None = None) -> list[WrittenObject]:
     """Write the DICOM result objects of ``results`` (InferenceResult objects of one
     ``volume``) into ``out_dir``; returns what was written.
 
     ``report_pdf``: the report to encapsulate; ``measurements``: the viewer's
     :class:`imaging_assist.measure.Measurement` list (GUI export); ``warnings`` collects
-    what was assumed (e.g. a local code for a label SNOMED CT has no code for here)."""
+    what was assumed (e.g. a local code for a label SNOMED CT has no code for here).
+    ``deidentify``: a :class:`imaging_assist.privacy.deid.Options`: every object is made from
+    de-identified source headers (PS3.15 basic profile + those options, the site key's UIDs and
+    patient pseudonym, as ``anonymize`` gives the source files) and marked de-identified; the
+    ``report_pdf`` must then be a de-identified report too (the caller builds it)."""
     from .encapsulated_pdf import build_encapsulated_pdf
     from .parametric_map import build_parametric_map
     from .seg import build_seg
@@ -135,6 +140,10 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     if not has_dicom_source(volume):
         raise DicomExportError(NO_SOURCE_NOTE)
     datasets = dc.source_datasets(volume)
+    if deidentify is not None:
+        from ..privacy.deid import deidentify_headers, mark_deidentified
+
+        deidentify_headers(datasets, deidentify, key=deid_key)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, datasets)
     try:
@@ -160,6 +169,8 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         while p.exists():
             p = out_dir / f"{stem}{name}_{k}.dcm"
             k += 1
+        if deidentify is not None:
+            mark_deidentified(ds, deidentify)
         try:
             ds.save_as(p, enforce_file_format=True) if kind == "PDF" else ds.save_as(p)
         except OSError as e:

@@ -132,15 +132,14 @@ def _header_from_file(path: str) -> dict | None:
 
 
 def deidentify_header(h: dict) -> dict:
-    """A subset of the DICOM PS3.15 Basic Application Level Confidentiality Profile for the
-    printed header: name, ID, birth date, accession and study date removed; sex, age (90 and
-    over as "90+"), modality and study description kept."""
+    """The printed header under the DICOM PS3.15 Basic Application Level Confidentiality Profile
+    (as :mod:`imaging_assist.privacy.deid` applies it to the files): name, ID, birth date,
+    accession, study date and UID, study description (X), sex (Z) and age (X) removed; the
+    modality kept."""
     out = dict(h)
-    for k in ("patient_name", "patient_id", "birth_date", "accession", "study_date", "study_uid"):
+    for k in ("patient_name", "patient_id", "birth_date", "accession", "study_date", "study_uid",
+              "study_description", "sex", "age"):
         out[k] = "removed" if h.get(k) else ""
-    age = str(h.get("age", ""))
-    if age.endswith("years") and age.split()[0].isdigit() and int(age.split()[0]) >= 90:
-        out["age"] = "90+ years"
     out["deidentified"] = True
     return out
 
@@ -706,7 +705,13 @@ def build_report(results_json: dict, *, volumes: dict | None = None,
 
 
 def _scrub(report: dict, doc: dict, items: list[dict]) -> None:
-    """De-identified report: no source path or input folder in any printed note."""
+    """De-identified report: no series description (PS3.15: X) and no source path or input
+    folder in any printed note."""
+    for study in report.get("studies") or []:
+        for entry in study.get("items") or []:
+            entry["series"] = ""
+    for m in report.get("measurements") or []:
+        m["series"] = ""
     paths = {str(doc.get("input") or ""), str(doc.get("source") or "")}
     paths |= {str(it.get("source") or "") for it in items}
     paths = sorted((p for p in paths if len(p) > 1), key=len, reverse=True)

@@ -29,6 +29,7 @@ to a temporary name and renamed.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -448,9 +449,6 @@ def patient_key(ds) -> str:
 
 def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -> None:
     """De-identify one pydicom Dataset in place (header only; pixels by :mod:`.ocr`)."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
     pkey = patient_key(ds)
     ctx = _Context(keyed, opts)
     ctx.offset_days = keyed.day_offset(pkey)
@@ -460,6 +458,15 @@ def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -
     _walk(ds, ctx)
     ds.PatientID = pseudonym
     ds.PatientName = pseudonym + "^"  # family name = the pseudonym (one component, said so)
+    mark_deidentified(ds, opts, pixels_cleaned)
+
+
+def mark_deidentified(ds, opts: Options, pixels_cleaned: bool = False) -> None:
+    """Write PatientIdentityRemoved, LongitudinalTemporalInformationModified,
+    DeidentificationMethod and its code sequence (CID 7050) for ``opts`` into ``ds``."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     ds.PatientIdentityRemoved = "YES"
     ds.LongitudinalTemporalInformationModified = "MODIFIED" if opts.modified_dates else "REMOVED"
     names = ["PS3.15 Basic Application Level Confidentiality Profile"] + opts.names()
@@ -478,6 +485,30 @@ def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -
         item.CodeMeaning = meaning
         seq.append(item)
     ds.DeidentificationMethodCodeSequence = Sequence(seq)
+
+
+def deidentify_headers(datasets, opts: Options = Options(), key: bytes | None = None) -> None:
+    """De-identify the header-only source datasets a result object copies and references
+    (``write_dicom_results(..., deidentify=opts)``), in memory: the same profile, options, keyed
+    UIDs and patient pseudonym as an ``anonymize`` export of the source files under the same site
+    key, so the results reference the de-identified copy's instances and pair with it."""
+    from .uids import Keyed, site_key
+
+    keyed = Keyed(key if key is not None else site_key())
+    for ds in datasets:
+        deidentify_dataset(ds, keyed, opts)
+
+
+def may_carry_burned_in_text(ds) -> str | None:
+    """Why a source's pixels may carry burned-in text (as :func:`.ocr.needs_check` decides for a
+    file being de-identified), also for a header read without its pixels; None when they do not."""
+    from . import ocr as ocr_mod
+
+    if "PixelData" in ds:
+        return ocr_mod.needs_check(ds)
+    probe = copy.copy(ds)
+    probe.PixelData = b""
+    return ocr_mod.needs_check(probe)
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ Map per heat map, a TID 1500 SR per model with the measurements on screen, and t
 (E1's :class:`~imaging_assist_ui.ai.export_report.ReportExporter` builds it) encapsulated.
 What will be written is listed first and must be confirmed; a plain image (no DICOM source)
 gets the one-line reason instead.
+
+"De-identify" (a check box under the list, issue 16) makes every object from de-identified
+source headers (PS3.15 basic profile, the site key's UIDs and patient pseudonym: the objects pair
+with an Export de-identified… copy of the study) and the report de-identified.  Key images of a
+source that may carry burned-in text (US, secondary capture, XA...) are left out of that report:
+the viewer's pixels were not cleaned, and the report says so.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QStandardPaths, Qt
 from PySide6.QtGui import QAction, QGuiApplication
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import QCheckBox, QFileDialog, QMessageBox
 
 from imaging_assist.errors import UserError
 
@@ -53,8 +59,11 @@ class DicomExporter:
         meas = [m for m in self.win.doc.measurements if m.result]
         return plan_dicom_results(vol, results, report_pdf="report.pdf", measurements=meas)
 
-    def export(self, folder: str | None = None, confirm: bool = True) -> list:
-        """Write into ``folder`` (asked when None); returns the WrittenObjects ([] if none)."""
+    def export(self, folder: str | None = None, confirm: bool = True,
+               deidentify: bool = False) -> list:
+        """Write into ``folder`` (asked when None); returns the WrittenObjects ([] if none).
+        ``deidentify``: the default of the dialog's check box (the value used when not
+        confirming)."""
         from imaging_assist.export.dicom import has_dicom_source, write_dicom_results
         from imaging_assist.export.report_pdf import write_report_pdf
 
@@ -69,8 +78,13 @@ class DicomExporter:
             box = QMessageBox(QMessageBox.Question, title, "These DICOM objects will be written, each as "
                               "a new series in the study:", QMessageBox.Ok | QMessageBox.Cancel, win)
             box.setInformativeText("\n".join(f"• {ln}" for ln in lines))
+            deid_box = QCheckBox("De-identify (PS3.15 basic profile; pairs with Export de-identified…)")
+            deid_box.setChecked(deidentify)
+            box.setCheckBox(deid_box)
+            self._confirm_box = box  # for tests
             if box.exec() != QMessageBox.Ok:
                 return []
+            deidentify = deid_box.isChecked()
         if folder is None:
             docs = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
             folder = QFileDialog.getExistingDirectory(win, title, docs)
@@ -81,10 +95,17 @@ class DicomExporter:
         QGuiApplication.setOverrideCursor(Qt.WaitCursor)
         notes: list[str] = []
         try:
+            opts = None
+            report = win.report_exporter.build(deidentify=deidentify)
+            if deidentify:
+                from imaging_assist.privacy.deid import Options
+
+                opts = Options()
+                _drop_key_images_that_may_show_text(vol, report, notes)
             with tempfile.TemporaryDirectory() as tmp:
-                pdf = write_report_pdf(win.report_exporter.build(), Path(tmp) / "report.pdf")
+                pdf = write_report_pdf(report, Path(tmp) / "report.pdf")
                 written = write_dicom_results(vol, results, folder, report_pdf=pdf, measurements=meas,
-                                              warnings=notes, items=items)
+                                              warnings=notes, items=items, deidentify=opts)
         except UserError as e:
             if confirm:
                 QMessageBox.warning(win, title, f"Nothing more was written: {e}")
@@ -95,6 +116,25 @@ class DicomExporter:
         self.last_notes = notes
         win.statusBar().showMessage(f"{len(written)} DICOM object(s) written to {folder}", 8000)
         return written
+
+
+def _drop_key_images_that_may_show_text(vol, report: dict, notes: list) -> None:
+    """A de-identified report must not show burned-in text: the viewer's pixels were never
+    cleaned, so key images of a source that may carry text are left out (said in the report)."""
+    from imaging_assist.export.dicom_common import source_datasets
+    from imaging_assist.privacy.deid import may_carry_burned_in_text
+
+    why = next((w for w in map(may_carry_burned_in_text, source_datasets(vol)) if w), None)
+    if why is None:
+        return
+    note = (f"key images left out of this de-identified report: the source may carry burned-in "
+            f"text ({why}); use File → Export de-identified… (OCR clean-up) and analyse that copy")
+    for study in report.get("studies") or []:
+        for item in study.get("items") or []:
+            if item.get("views"):
+                item["views"] = []
+                item.setdefault("notes", []).append(note)
+    notes.append(note)
 
 
 def export_dicom_action(win) -> QAction:
