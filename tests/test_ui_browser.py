@@ -56,7 +56,7 @@ def test_browser_tree_thumbnails_and_problems(win):
     # the licence text files are other files: counted in one quiet line, not problems
     assert len(win.browser.problem_items) == 0 and not win.browser.problems.isVisible()
     assert len(win.browser.other_files) == 8
-    assert win.browser.other_label.text().startswith("8 other files (not images): 8 licence/readme text")
+    assert win.browser.other_label.text().startswith("8 other files, not images: 8 licence/readme text")
     # thumbnails arrive in the background and replace the placeholders
     assert _wait(lambda: win._thumb_job is None, 30)
     item = win.browser._items[_series(win, "XA").key]

@@ -41,6 +41,7 @@ def test_folder_of_plain_images_opens_in_the_viewer(tmp_path_factory):
     assert b.series_keys() == [] and len(b.image_keys()) == 4
     assert [o.path.split("/")[-1] for o in b.other_files] == ["README.txt"]
     assert not b.problem_items and b.other_label.isVisible()
+    assert b.other_label.text() == "1 other file, not an image: README.txt (licence/readme text)"
     # the first image is shown with analyze's reader: same pixels, no geometry
     first = sorted(os.listdir(d))[0]
     assert w.doc.volume.source_paths == [str(d / first)]

@@ -259,7 +259,11 @@ class StudyBrowser(QWidget):
             kinds[o.reason] = kinds.get(o.reason, 0) + 1
         what = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
         n = len(others)
-        self.other_label.setText(f"{n} other file{'s' if n != 1 else ''} (not images): {what}")
+        if n == 1:
+            o = others[0]
+            self.other_label.setText(f"1 other file, not an image: {os.path.basename(o.path.split('!')[-1])} ({o.reason})")
+        else:
+            self.other_label.setText(f"{n} other files, not images: {what}")
         names = [f"{os.path.basename(o.path.split('!')[-1])}  ({o.reason})" for o in others[:40]]
         self.other_label.setToolTip("\n".join(names + ([f"… and {n - 40} more"] if n > 40 else [])))
         self.other_label.show()
