@@ -16,8 +16,10 @@
    resized when the level is not at the tile's µm/px, one tile per forward pass) on the same
    tiles, same reader, caches cleared before each.  Outputs are compared.  ``--repeat``
    alternates the two loops; figures are medians and ``*_runs`` lists every run.
-3. Reading alone: ``read_tiles_per_s`` (ours with a no-op model: reading, resampling,
-   conversion to float batches, hand-off) and ``naive_reads_only_tiles_per_s`` (the naive
+3. Reading alone: ``read_tiles_per_s`` (ours with a no-op model that takes uint8 tiles, as
+   the shipped model and the tiny stand-in do: reading, resampling, copy into the batch
+   buffer, hand-off), ``read_float_tiles_per_s`` (the same for a model that wants float 0..1:
+   plus one vectorised conversion per batch) and ``naive_reads_only_tiles_per_s`` (the naive
    loop's reads, uint8, no model).  ``--profile`` splits both into CPU ms per tile (all
    threads): JPEG decoding, resampling, the rest.
 4. Time to first view: open + overview thumbnail + the first screen (1600 x 1000 viewport at
@@ -173,6 +175,7 @@ def make_model(kind: str):
     import torch
     from torch import nn
 
+    _ToUnit = _to_unit
     torch.manual_seed(0)
     if kind == "path-lung-tissue":  # the shipped model, with its card's preprocessing
         from imaging_assist.models.registry import Registry
@@ -189,18 +192,31 @@ def make_model(kind: str):
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 3))
-    net = nn.Sequential(net, nn.Softmax(dim=1)).eval()
+    net = nn.Sequential(_ToUnit(), net, nn.Softmax(dim=1)).eval()
+    net.accepts_uint8 = True   # run_tiles hands it the uint8 tiles; its first layer converts
     return net
+
+
+def _to_unit():
+    from torch import nn
+
+    class ToUnit(nn.Module):
+        """First layer: uint8 0..255 tiles -> float 0..1 (float input passes unchanged)."""
+
+        def forward(self, x):
+            return x.float().mul_(1.0 / 255.0) if not x.is_floating_point() else x
+
+    return ToUnit()
 
 
 # --------------------------------------------------------------------------- runs
 
 
-def run_ours(slide, plan, model, batch: int) -> tuple[float, np.ndarray, dict]:
+def run_ours(slide, plan, model, batch: int, model_batch: int | None = None) -> tuple[float, np.ndarray, dict]:
     from imaging_assist.slides import run_tiles
     slide.clear_cache()
     t0 = time.perf_counter()
-    res = run_tiles(slide, model, batch_size=batch, plan=plan, prefetch=2)
+    res = run_tiles(slide, model, batch_size=batch, plan=plan, prefetch=2, model_batch=model_batch)
     dt = time.perf_counter() - t0
     return dt, res.probs, {"read_s": round(res.read_s, 3), "model_s": round(res.model_s, 3)}
 
@@ -268,23 +284,39 @@ def _load() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-def run_reads(slide, plan, batch: int) -> tuple[float, float]:
-    """(ours, naive) reading alone, tiles/s: our pipeline with a no-op model (reading,
-    resampling, conversion to the model's float batches, thread hand-off) and the naive
+class NoopUint8:
+    """A no-op model that takes uint8 tiles (as the shipped TileModel and the tiny stand-in do)."""
+
+    accepts_uint8 = True
+
+    def __call__(self, x):
+        return np.zeros((len(x), 3), np.float32)
+
+
+def noop_float(x):
+    return np.zeros((len(x), 3), np.float32)
+
+
+def run_reads(slide, plan, batch: int) -> tuple[float, float, float]:
+    """(ours, ours to float, naive) reading alone, tiles/s: our pipeline with a no-op model
+    taking uint8 tiles (reading, resampling, copy into the batch buffer, thread hand-off:
+    what the shipped model and the tiny stand-in get), the same with a no-op model taking
+    float 0..1 batches (plus one vectorised conversion per batch), and the naive
     ``read_region`` loop without a model (uint8 tiles, no conversion)."""
     from imaging_assist.slides import run_tiles
     n = len(plan)
-    noop = lambda x: np.zeros((len(x), 3), np.float32)  # noqa: E731
-    slide.clear_cache()
-    t0 = time.perf_counter()
-    run_tiles(slide, noop, batch_size=batch, plan=plan, prefetch=2)
-    t_ours = time.perf_counter() - t0
+    times = []
+    for model in (NoopUint8(), noop_float):
+        slide.clear_cache()
+        t0 = time.perf_counter()
+        run_tiles(slide, model, batch_size=batch, plan=plan, prefetch=2)
+        times.append(time.perf_counter() - t0)
     slide.clear_cache()
     t1 = time.perf_counter()
     for x, y, _, _ in plan.rects0():
         naive_tile(slide, plan, x, y)
     t_naive = time.perf_counter() - t1
-    return n / t_ours, n / t_naive
+    return n / times[0], n / times[1], n / t_naive
 
 
 def profile_reads(slide, plan, batch: int) -> dict:
@@ -317,15 +349,15 @@ def profile_reads(slide, plan, batch: int) -> dict:
     dec, resize, reduce = L.decode, Image.Image.resize, Image.Image.reduce
     L.decode = wrap(dec, "decode")
     Image.Image.resize, Image.Image.reduce = wrap(resize, "resample"), wrap(reduce, "resample")
-    noop = lambda x: np.zeros((len(x), 3), np.float32)  # noqa: E731
-
     def naive():
         for x, y, _, _ in plan.rects0():
             naive_tile(slide, plan, x, y)
 
     out = {}
     try:
-        for name, fn in (("ours", lambda: run_tiles(slide, noop, batch_size=batch, plan=plan, prefetch=2)),
+        for name, fn in (("ours", lambda: run_tiles(slide, NoopUint8(), batch_size=batch, plan=plan, prefetch=2)),
+                         ("ours_float", lambda: run_tiles(slide, noop_float, batch_size=batch, plan=plan,
+                                                          prefetch=2)),
                          ("naive", naive)):
             slide.clear_cache()
             acc.update(decode=0.0, resample=0.0, decodes=0)
@@ -363,6 +395,8 @@ def main() -> int:
     ap.add_argument("--no-model", action="store_true", help="reading figures only (no model runs)")
     ap.add_argument("--torch-threads", type=int, default=None,
                     help="torch intra-op threads for both loops (default: torch's own choice)")
+    ap.add_argument("--model-batch", type=int, default=None,
+                    help="tiles per forward call in our loop (run_tiles model_batch; default --batch)")
     ap.add_argument("--first-view-only", metavar="SLIDE", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.first_view_only:  # child process of the cold-start measurement
@@ -380,6 +414,7 @@ def main() -> int:
     os.makedirs(work, exist_ok=True)
     path = os.path.join(work, f"bench_{args.size}.tif")
     result: dict = {"size": args.size, "tile_px": 224, "tile_mpp": args.mpp, "batch": args.batch,
+                    "model_batch": args.model_batch or args.batch,
                     "model": args.model, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "code": str(ROOT), "loadavg_1m_start": _load()}
     try:
@@ -421,13 +456,13 @@ def main() -> int:
             with torch.inference_mode():  # warm-up (first-call allocations), not timed
                 model(torch.zeros(args.batch, 3, 224, 224))
                 model(torch.zeros(1, 3, 224, 224))
-        runs: dict[str, list] = {k: [] for k in ("ours_s", "naive_s", "read_tiles_per_s",
+        runs: dict[str, list] = {k: [] for k in ("ours_s", "naive_s", "read_tiles_per_s", "read_float_tiles_per_s",
                                                   "naive_reads_only_tiles_per_s", "ours_detail")}
         diffs = []
         for rep in range(max(1, args.repeat)):
             if model is not None:
                 log(f"[{rep + 1}/{args.repeat}] ours on {n} tiles ...")
-                t_ours, p_ours, detail = run_ours(slide, sub, model, args.batch)
+                t_ours, p_ours, detail = run_ours(slide, sub, model, args.batch, args.model_batch)
                 log(f"[{rep + 1}/{args.repeat}] naive on {n} tiles ...")
                 t_naive, p_naive = run_naive(slide, sub, model)
                 diffs.append(float(np.abs(p_ours - p_naive).max()))
@@ -435,11 +470,12 @@ def main() -> int:
                 t_ours = t_naive = math.nan
                 detail = None
             # Where the time goes: reading alone (ours with a no-op model; naive reads only).
-            r_ours, r_naive = run_reads(slide, sub, args.batch)
+            r_ours, r_float, r_naive = run_reads(slide, sub, args.batch)
             runs["ours_s"].append(round(t_ours, 3))
             runs["naive_s"].append(round(t_naive, 3))
             runs["ours_detail"].append(detail)
             runs["read_tiles_per_s"].append(round(r_ours, 1))
+            runs["read_float_tiles_per_s"].append(round(r_float, 1))
             runs["naive_reads_only_tiles_per_s"].append(round(r_naive, 1))
             log(f"  ours {n / t_ours:.1f} tiles/s, naive {n / t_naive:.1f}; reading {r_ours:.1f} vs naive reads "
                 f"{r_naive:.1f} tiles/s (load {_load()})")
@@ -459,6 +495,7 @@ def main() -> int:
             runs.pop("ours_s"), runs.pop("naive_s"), runs.pop("ours_detail")
         result["max_abs_prob_diff_vs_naive"] = max(diffs) if diffs else None
         result["read_tiles_per_s"] = round(med(runs["read_tiles_per_s"]), 1)
+        result["read_float_tiles_per_s"] = round(med(runs["read_float_tiles_per_s"]), 1)
         result["naive_reads_only_tiles_per_s"] = round(med(runs["naive_reads_only_tiles_per_s"]), 1)
         result["read_speedup_vs_naive_reads"] = round(result["read_tiles_per_s"] / result["naive_reads_only_tiles_per_s"], 2)
         result["read_speedup_vs_naive_reads_runs"] = [

@@ -180,6 +180,10 @@ class Slide(ABC):
     #: release the GIL, so that it pays)?  Tiled inference then reads the row runs of a batch
     #: in parallel (:mod:`.tiling`).  Off unless a backend says it is safe.
     concurrent_reads: bool = False
+    #: Does :meth:`_read_level_into` copy decoded stored tiles straight into a caller's
+    #: buffer?  Tiled inference then reads tiles taken as stored one by one into their batch
+    #: slots instead of one region per row run (which is better for the other backends).
+    direct_reads: bool = False
 
     def __init__(self, path: str):
         self.path = os.fspath(path)

@@ -400,6 +400,8 @@ class TiffSlide(Slide):
         if keys and len(keys) * seg_bytes <= self.CACHE_BYTES // 2:
             self._decoded(L, level, keys)
 
+    direct_reads = True
+
     def _read_level_into(self, level, x, y, out) -> bool:
         """Copy the decoded stored tiles straight into ``out`` (a batch slot): plain
         interleaved uint8 RGB only; anything else goes through :meth:`_read_level`."""

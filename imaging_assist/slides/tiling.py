@@ -36,6 +36,13 @@ ProgressFn = Callable[[int, int], None]
 #: Largest source region (bytes of RGB) read at once for a run of adjacent tiles.
 MAX_RUN_BYTES = 96_000_000
 
+#: Tiles per model call on the CPU when ``model_batch`` is not given.  Measured (CPU time per
+#: tile, one torch thread, 224 px tiles, channels-last uint8 input; docs/slide_speed.md): the
+#: bench's tiny CNN 1.21 ms at 16 tiles a call, 1.66 at 32, 2.72 at 64 (its first layer's
+#: output is 0.8 MB a tile: a 32-tile call no longer fits the 2 MB L2 / shared L3); the
+#: shipped path-lung-tissue 3.7-4.4 ms at 4-32, 6.1 at 64.  On a GPU the whole batch goes.
+CPU_MODEL_BATCH = 16
+
 
 class TilingCancelled(Exception):
     """Internal: raised inside the reader thread when the run was cancelled."""
@@ -274,8 +281,8 @@ def _read_sorted(slide: Slide, plan: TilePlan, cells: np.ndarray, sink: Callable
                  into: np.ndarray | None = None) -> None:
     """Read the tiles of ``cells`` (any order); ``sink(positions, tiles)`` receives each run's
     (n, t, t, 3) uint8 tiles and their positions in ``cells`` (a slice or an index array).
-    With ``into`` (an ``(>= len(cells), t, t, 3)`` uint8 array), runs read as stored (no
-    resampling) are copied tile by tile from the backend's decoded tiles straight into
+    With ``into`` (an ``(>= len(cells), t, t, 3)`` uint8 array) and a backend with
+    ``direct_reads``, runs read as stored (no resampling) are copied tile by tile from the backend's decoded tiles straight into
     ``into[position]`` (:meth:`Slide.read_level_into`: no run region, no second copy) and do
     not reach ``sink``.
 
@@ -295,7 +302,7 @@ def _read_sorted(slide: Slide, plan: TilePlan, cells: np.ndarray, sink: Callable
 
     def work(run: _Run) -> None:
         pos = slice(run.first, run.first + run.n) if identity else order[run.first:run.first + run.n]
-        if into is not None and run.k == (1, 1):
+        if into is not None and run.k == (1, 1) and slide.direct_reads:
             first = run.first if identity else None
             for j in range(run.n):
                 p = first + j if identity else int(pos[j])
@@ -324,7 +331,7 @@ def read_tiles(slide: Slide, plan: TilePlan, idx: Sequence[int] | slice | None =
     def sink(pos, tiles):
         out[pos] = tiles
 
-    _read_sorted(slide, plan, cells, sink, into=out)
+    _read_sorted(slide, plan, cells, sink)
     return out
 
 
@@ -583,9 +590,10 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
     ``model_fn`` that keeps it must copy it.  A ``model_fn`` with a true ``accepts_uint8``
     attribute gets the tiles as uint8 0..255 instead (same layout) and converts them itself
     (saves a float pass when its first step rescales anyway, and 4x on a GPU copy).
-    ``model_batch``: tiles per ``model_fn`` call (default ``batch_size``): reading stays in
-    batches of ``batch_size`` (parallel decoding per batch) while a small convolutional model
-    may run faster on smaller slices whose activations stay in the CPU cache.
+    ``model_batch``: tiles per ``model_fn`` call (default: ``batch_size`` on CUDA, at most
+    :data:`CPU_MODEL_BATCH` on the CPU): reading stays in batches of ``batch_size`` (parallel
+    decoding per batch) while a convolutional model runs faster on the CPU on slices whose
+    activations stay in the cache.
     ``device`` (torch tensors only): where batches are handed over; default the device of a
     torch module's parameters, else the CPU.  On CUDA the buffers are pinned and copied ahead.
     ``progress(done, total)`` is called after each batch; ``cancel`` (a ``threading.Event`` or
@@ -625,7 +633,10 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
     timing = {"read": 0.0, "model": 0.0}
     uint8 = bool(getattr(model_fn, "accepts_uint8", False))
     feeder = _Feeder(slide, plan, batch_size, prefetch + 2 if prefetch > 0 else 1, torch, dev, uint8)
-    mb = batch_size if not model_batch or model_batch < 1 else int(model_batch)
+    if model_batch and model_batch >= 1:
+        mb = int(model_batch)
+    else:
+        mb = batch_size if dev is not None and dev.type == "cuda" else min(batch_size, CPU_MODEL_BATCH)
 
     def forward(x):
         if mb >= len(x):
