@@ -280,7 +280,7 @@ class AnnotationStore:
 def _item(m: Measurement) -> dict:
     """What is stored: geometry and note; the numbers are a record, recomputed on load."""
     d = {"id": m.id, "kind": m.kind, "axis": m.axis, "index": m.index,
-         "points": [[round(u, 3), round(v, 3)] for u, v in m.points]}
+         "points": [[u, v] for u, v in m.points]}  # full floats: reloaded exactly
     if m.text:
         d["text"] = m.text
     r = m.result or {}

@@ -25,7 +25,10 @@ SHORTCUTS = [
     ("Invert / reset view", "I / R"),
     ("Navigate tool (MPR: crosshair)", "Esc or V"),
     ("Ruler / ellipse / rectangle / angle", "M / E / B / A"),
+    ("Polygon / freehand ROI, arrow, text note", "G / D / Shift+A / Shift+T"),
+    ("Close a polygon", "double-click, Enter or click its first point"),
     ("Delete selected measurement", "Del"),
+    ("Undo / redo (measurements and annotations)", "Ctrl+Z / Ctrl+Y, Ctrl+Shift+Z"),
     ("Analyse the nodule under the mouse (CT)", "Shift+click / N"),
     ("Single view / MPR", "Ctrl+1 / Ctrl+3  (toggle: L)"),
     ("Layouts 1×2 / 2×2 (drag a series into a viewport)", "Ctrl+2 / Ctrl+4"),
@@ -72,19 +75,24 @@ def build_actions(self):
     for tool, text, key in (("navigate", "Navigate", ("Esc", "V")), ("window", "W/L", "W"),
                             ("pan", "Pan", "P"), ("zoom", "Zoom", "Z"), ("ruler", "Ruler", "M"),
                             ("ellipse", "Ellipse", "E"), ("rectangle", "Rectangle", "B"),
-                            ("angle", "Angle", "A")):
+                            ("angle", "Angle", "A"), ("polygon", "Polygon", "G"), ("freehand", "Freehand", "D"),
+                            ("arrow", "Arrow", "Shift+A"), ("text", "Text", "Shift+T")):
         tips = {"navigate": "Navigate: left-drag pans; in MPR, click sets the crosshair",
                 "window": "Window/level with the left button (right-drag works in every tool)",
                 "pan": "Pan", "zoom": "Zoom by dragging up/down", "ruler": "Ruler: distance in mm",
                 "ellipse": "Ellipse ROI: mean/SD/min/max/area", "rectangle": "Rectangle ROI",
-                "angle": "Angle: drag the first arm, click the end of the second"}
+                "angle": "Angle: drag the first arm, click the end of the second",
+                "polygon": "Polygon ROI: click the corners; double-click, Enter or the first point closes it",
+                "freehand": "Freehand ROI: drag around the region", "arrow": "Arrow: press on the finding, drag",
+                "text": "Text note: click, type, Enter (double-click a note to edit it)"}
         a = A(text, None, key, checkable=True, tip=tips[tool])
         a.triggered.connect(lambda checked=False, t=tool: self.set_tool(t))
         self.tool_group.addAction(a)
         self.tool_actions[tool] = a
     self.tool_actions["navigate"].setChecked(True)
     self.a_delete = A("Delete measurement", self.measure_panel.delete_selected, ("Del", "Backspace"))
-    self.a_clear_meas = A("Clear all measurements", self.doc.clear_measurements)
+    from ..radiology.annotation_tools import window_actions
+    window_actions(self)  # Undo / Redo (Ctrl+Z, Ctrl+Y), Clear all and Export measurements (DICOM SR)
     # view
     self.a_fit = A("&Fit to window", self.fit_views, "F")
     self.a_one = A("&1:1 pixels", lambda: self.active_view().actual_size(), "Ctrl+0")
@@ -139,12 +147,15 @@ def build_menus(self):
     m.addAction(export_report_action(self))  # File → Export report… (PDF, issue 13)
     from ..ai.export_dicom import export_dicom_action
     m.addAction(export_dicom_action(self))  # File → Export results (DICOM)… (issue 13)
+    m.addAction(self.a_export_sr)  # File → Export measurements (DICOM SR)… (issue 17)
     from ..shared.deid_dialog import deid_action
     m.addAction(deid_action(self))  # File → Export de-identified… (issue 16)
     from ..pacs.window import pacs_action
     m.addAction(pacs_action(self))  # File → PACS (query / retrieve / send)… (issue 15)
     m.addSeparator()
     m.addAction(self.a_quit)
+    m = mb.addMenu("&Edit")
+    m.addActions([self.a_undo, self.a_redo])  # measurements and annotations (issue 17)
     m = mb.addMenu("&View")
     m.addActions([self.a_single, self.a_mpr])
     m.addSeparator()

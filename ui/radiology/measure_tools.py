@@ -1,4 +1,5 @@
-"""Measurement list: every ruler, ROI and angle of the open series; select, jump, delete."""
+"""Measurement list: every ruler, ROI, angle, arrow and note of the open series; select, jump,
+delete, undo/redo (through the document's AnnotationController: every change is undoable and saved)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from PySide6.QtWidgets import (QApplication, QHBoxLayout, QHeaderView, QLabel, Q
 
 from imaging_assist.measure import Measurement
 
+from .annotation_tools import annotations_for
 from .document import ViewerDocument
 
-KIND_NAMES = {"ruler": "Ruler", "ellipse": "Ellipse", "rectangle": "Rectangle", "angle": "Angle"}
+KIND_NAMES = {"ruler": "Ruler", "ellipse": "Ellipse", "rectangle": "Rectangle", "angle": "Angle",
+              "polygon": "Polygon", "freehand": "Freehand", "arrow": "Arrow", "text": "Text"}
 ROLE = Qt.UserRole + 1
 
 
@@ -40,12 +43,16 @@ class MeasurementsPanel(QWidget):
         self.tree.itemDoubleClicked.connect(lambda it, c: self.jumpTo.emit(it.data(0, ROLE)))
         self.empty = QLabel("No measurements. Tools: ruler M, ellipse E, rectangle B, angle A. "
                             "Esc returns to navigation; Del deletes the selected measurement.")
+        # the other tools in a tooltip: a longer label changes the dock's size when it hides
+        self.empty.setToolTip("Also: polygon G (double-click, Enter or its first point closes it), freehand D, "
+                              "arrow Shift+A, text Shift+T (double-click a note to edit it). Ctrl+Z / Ctrl+Y undo "
+                              "and redo. Measurements are saved with the study.")
         self.empty.setObjectName("SectionTitle")
         self.empty.setWordWrap(True)
         self.delete_btn = QPushButton("Delete")
         self.delete_btn.clicked.connect(self.delete_selected)
         self.clear_btn = QPushButton("Clear all")
-        self.clear_btn.clicked.connect(doc.clear_measurements)
+        self.clear_btn.clicked.connect(lambda: annotations_for(doc).clear())
         self.copy_btn = QPushButton("Copy")
         self.copy_btn.setToolTip("Copy all measurements as tab-separated text")
         self.copy_btn.clicked.connect(self.copy_all)
@@ -106,7 +113,7 @@ class MeasurementsPanel(QWidget):
 
     def delete_selected(self):
         if self.doc.selected is not None:
-            self.doc.remove_measurement(self.doc.selected)
+            annotations_for(self.doc).remove(self.doc.selected)
 
     def rows(self) -> list[tuple[str, str, str]]:
         out = []

@@ -15,12 +15,13 @@ from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
 from imaging_assist.overlay_text import age_text, dob_text, orientation
 
+from . import annotation_tools as ann
 from .document import ViewerDocument
 from ..shared.theme import PLANE_COLORS
 from ..shared.units import corner_note
 
-TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle")
-MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle")
+TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle", *ann.NEW_TOOLS)
+MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle", *ann.NEW_TOOLS)
 HANDLE_PX = 7
 TEXT_BACKING_ALPHA = 170  # corner text backing: light text keeps >= 4.5:1 contrast over white
 
@@ -91,6 +92,7 @@ class SliceView(QWidget):
         doc.selectionChanged.connect(self.update)
         doc.positionChanged.connect(self._on_position)
         doc.sliceLoaded.connect(self._on_slice_loaded)
+        ann.annotations_for(doc)  # undo/redo, saved annotations (annotation_tools)
 
     # ------------------------------------------------------------------ state
     @property
@@ -370,6 +372,9 @@ class SliceView(QWidget):
         for m in self.visible_measurements():
             sel = m is self.doc.selected or m is self._pending
             col = QColor("#ffb000") if sel else QColor("#4fd1ff")
+            if m.kind in ann.OWN_KINDS:  # arrow, text, polygon, freehand
+                ann.paint_item(self, p, m, col, sel)
+                continue
             pts = [self.uv_to_screen(u, v) for u, v in m.points]
             if self._pending is m and self._cursor_uv is not None and not m.complete:
                 pts.append(self.uv_to_screen(*self._cursor_uv))
@@ -624,7 +629,12 @@ class SliceView(QWidget):
     def _hit_measurement(self, pos: QPointF):
         best, bd = None, 8.0
         for m in self.visible_measurements():
-            if m is self._pending or len(m.points) < 2:
+            if m is self._pending or len(m.points) < min(2, N_POINTS[m.kind]):
+                continue
+            if m.kind in ann.OWN_KINDS:
+                d = ann.hit_distance(self, m, pos)
+                if d < bd:
+                    best, bd = m, d
                 continue
             pts = [self.uv_to_screen(u, v) for u, v in m.points]
             if m.kind in ("ruler", "angle"):
@@ -659,9 +669,12 @@ class SliceView(QWidget):
             hit = self._hit_handle(pos)
             if hit is not None:
                 self.doc.select(hit[0])
+                ann.annotations_for(self.doc).begin_edit(hit[0])  # undoable
                 self._drag = ("handle", hit[0], hit[1])
                 return
         tool = self.tool
+        if ann.press(self, ev, uv, tool):  # polygon, freehand, text; move in navigate
+            return
         if tool in MEASURE_TOOLS:
             if self._pending is None:
                 self._pending = Measurement(tool, [uv], self.plane.axis, self.index)
@@ -744,15 +757,19 @@ class SliceView(QWidget):
         elif kind == "handle":
             _, m, i = d
             m.points[i] = self.screen_to_uv(pos)
-            self.doc.compute_measurement(m)
+            ann.compute(self.doc, m)
             self.doc.measurementsChanged.emit()
         elif kind == "measure":
             self.update()
+        elif kind in ("move", "freehand"):
+            ann.drag(self, d, pos)
 
     def mouseReleaseEvent(self, ev):
         d = self._drag
         self._drag = None
         if d is None:
+            return
+        if ann.release(self, d, ev.position()):
             return
         if d[0] == "measure" and self._pending is not None:
             pos = ev.position()
@@ -772,14 +789,15 @@ class SliceView(QWidget):
         if m.kind != "angle" and (pts[0] - pts[1]).manhattanLength() < 3:
             self.update()
             return  # a click, not a measurement
-        self.doc.compute_measurement(m)
-        self.doc.add_measurement(m)
+        ann.annotations_for(self.doc).add(m)  # computed, undoable, saved
 
     def cancel_pending(self):
         self._pending = None
         self.update()
 
     def mouseDoubleClickEvent(self, ev):
+        if ev.button() == Qt.LeftButton and self.vol is not None and ann.double_click(self, ev):
+            return
         self.mousePressEvent(ev)
 
     def leaveEvent(self, ev):
@@ -879,6 +897,8 @@ class SliceView(QWidget):
             return
         if k == Qt.Key_Escape and self._pending is not None:
             self.cancel_pending()
+            return
+        if ann.key(self, ev):  # Ctrl+Z / Ctrl+Y, Enter closes a polygon
             return
         super().keyPressEvent(ev)
 
