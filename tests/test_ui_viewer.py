@@ -248,7 +248,8 @@ def test_overlay_toggle_changes_pixels(win, view):
     # heat map with legend and a marker
     heat = np.zeros(vol.shape, np.float32)
     heat[70, 100:150, 100:150] = 1.0
-    win.add_layer(HeatmapLayer("cam", heat, colormap="hot", opacity=1.0, threshold=0.5, vmin=0.0, vmax=2.0))
+    win.add_layer(HeatmapLayer("cam", heat, colormap="hot", opacity=1.0, threshold=0.5, vmin=0.0, vmax=2.0,
+                               fade=False))  # a flat tint (the fade: test_ui_heatmap.py)
     win.add_layer(MarkerLayer("findings", [Marker((70, 125, 125), "nodule", score=0.9)]))
     view.repaint()
     hot = pixel(view, 140, 140)

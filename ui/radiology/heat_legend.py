@@ -98,7 +98,11 @@ def _frac(layer, value) -> float:
 
 
 def _title_lines(layer) -> list[str]:
-    return [layer.name, layer.legend_title()]
+    """The map's name and what its values mean, without naming the method twice."""
+    what = layer.legend_title()
+    if layer.method and not layer.units and layer.method in layer.name:
+        what = "relative attribution"
+    return [layer.name, what]
 
 
 def _vertical(view, p, layer, fm, img, on_right, labels, text_w) -> QRectF:
