@@ -74,6 +74,7 @@ def _planted(tmp_path, src=None):
     for k, v in PHI.items():
         setattr(ds, k, v)
     ds.SeriesDescription = "PHI SERIES OF JANE"
+    ds.BurnedInAnnotation = "NO"  # (the demo film says YES: its key images would be left out)
     folder = tmp_path / "in"
     folder.mkdir()
     ds.save_as(folder / "cxr.dcm")
@@ -163,5 +164,40 @@ def test_gui_export_results_dicom_offers_deidentify_and_leaves_no_phi(tmp_path_f
         # unticked (the default), the same export keeps the identifiers: the box is what did it
         plain = w.dicom_exporter.export(folder=str(tmp_path / "plain"), confirm=False)
         assert any(PHI["PatientID"].encode() in o.path.read_bytes() for o in plain)
+        # File → Export report, de-identified…: the PDF alone, the same rules
+        assert w.a_export_report_deid.text().startswith("Export report, de-")
+        rep = w.report_exporter.export(str(tmp_path / "deid.pdf"), open_after=False, deidentify=True)
+        text = subprocess.run(["pdftotext", str(rep), "-"], capture_output=True, text=True,
+                              check=True).stdout
+        assert "De-identified" in text and "left out" not in text  # BurnedInAnnotation NO: kept
+        _assert_no_phi([rep], text)
+    finally:
+        w.close()
+
+
+def test_deidentified_gui_report_leaves_out_key_images_that_may_show_burned_in_text(tmp_path_factory, tmp_path):
+    """An XA cine without BurnedInAnnotation may carry text in its pixels, which the viewer never
+    cleaned: the de-identified report leaves its key images out and says why."""
+    from _qt import open_window
+
+    from imaging_assist.models.registry import Registry
+
+    src = next(p for p in sorted(need(DICOM / "xa_multiframe_cine_jpeg_baseline").iterdir()) if p.is_file())
+    w = open_window(tmp_path_factory, str(src))
+    try:
+        vol = w.doc.volume
+        from test_export_dicom import _results
+
+        seg, _ = _results(vol, labels=("background", "vessel"))
+        panel = w.model_panel
+        panel._run_ctx = {"card": Registry().get("cxr-lung-seg").card, "volume": vol, "settings": {},
+                          "live_warnings": []}
+        panel.last_result = seg
+        panel.runFinished.emit("done")
+        full = w.report_exporter.build()
+        assert any(it.get("views") for st in full["studies"] for it in st["items"]), "no key image to drop"
+        rep = w.report_exporter.build(deidentify=True)
+        assert not any(it.get("views") for st in rep["studies"] for it in st["items"])
+        assert any("burned-in" in n for n in rep["warnings"])
     finally:
         w.close()

@@ -101,7 +101,7 @@ class DicomExporter:
                 from imaging_assist.privacy.deid import Options
 
                 opts = Options()
-                _drop_key_images_that_may_show_text(vol, report, notes)
+                notes.extend(w for w in report.get("warnings") or [] if "burned-in" in str(w))
             with tempfile.TemporaryDirectory() as tmp:
                 pdf = write_report_pdf(report, Path(tmp) / "report.pdf")
                 written = write_dicom_results(vol, results, folder, report_pdf=pdf, measurements=meas,
@@ -116,25 +116,6 @@ class DicomExporter:
         self.last_notes = notes
         win.statusBar().showMessage(f"{len(written)} DICOM object(s) written to {folder}", 8000)
         return written
-
-
-def _drop_key_images_that_may_show_text(vol, report: dict, notes: list) -> None:
-    """A de-identified report must not show burned-in text: the viewer's pixels were never
-    cleaned, so key images of a source that may carry text are left out (said in the report)."""
-    from imaging_assist.export.dicom_common import source_datasets
-    from imaging_assist.privacy.deid import may_carry_burned_in_text
-
-    why = next((w for w in map(may_carry_burned_in_text, source_datasets(vol)) if w), None)
-    if why is None:
-        return
-    note = (f"key images left out of this de-identified report: the source may carry burned-in "
-            f"text ({why}); use File → Export de-identified… (OCR clean-up) and analyse that copy")
-    for study in report.get("studies") or []:
-        for item in study.get("items") or []:
-            if item.get("views"):
-                item["views"] = []
-                item.setdefault("notes", []).append(note)
-    notes.append(note)
 
 
 def export_dicom_action(win) -> QAction:

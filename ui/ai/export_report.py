@@ -64,10 +64,17 @@ class ReportExporter:
         rep = build_report(doc, captured=captured, cards=cards, measurements=meas,
                            deidentify=deidentify, load_missing=False)
         if not items:  # the header of the shown series, even without a model run
-            rep["studies"] = [{"header": header or {"no_dicom": True}, "items": []}]
+            from imaging_assist.export.report_pdf import deidentify_header
+
+            h = header or {"no_dicom": True}
+            rep["studies"] = [{"header": deidentify_header(h) if deidentify and header else h,
+                               "items": []}]
+        if deidentify:
+            _drop_key_images_that_may_show_text(vol, rep)
         return rep
 
-    def export(self, path: str | None = None, open_after: bool = True) -> Path | None:
+    def export(self, path: str | None = None, open_after: bool = True,
+               deidentify: bool = False) -> Path | None:
         from imaging_assist.export.report_pdf import write_report_pdf
 
         win = self.win
@@ -85,7 +92,7 @@ class ReportExporter:
             path += ".pdf"
         QGuiApplication.setOverrideCursor(Qt.WaitCursor)
         try:
-            out = write_report_pdf(self.build(), path)
+            out = write_report_pdf(self.build(deidentify=deidentify), path)
         except UserError as e:
             QMessageBox.warning(win, "Export report", f"The report was not written: {e}")
             return None
@@ -97,10 +104,45 @@ class ReportExporter:
         return out
 
 
+def _drop_key_images_that_may_show_text(vol, report: dict) -> None:
+    """A de-identified report must not show burned-in text: the viewer's pixels were never
+    cleaned, so key images of a source that may carry text are left out (said in the report)."""
+    from imaging_assist.export.dicom_common import source_datasets
+    from imaging_assist.privacy.deid import may_carry_burned_in_text
+
+    try:
+        why = next((w for w in map(may_carry_burned_in_text, source_datasets(vol)) if w), None)
+    except UserError:  # no DICOM source (a plain image): nothing in a header to say so
+        why = "a plain image has no BurnedInAnnotation to say it carries no text"
+    if why is None:
+        return
+    note = (f"key images left out of this de-identified report: the source may carry burned-in "
+            f"text ({why}); use File → Export de-identified… (OCR clean-up) and analyse that copy")
+    dropped = False
+    for study in report.get("studies") or []:
+        for item in study.get("items") or []:
+            if item.get("views"):
+                item["views"] = []
+                item.setdefault("notes", []).append(note)
+                dropped = True
+    if dropped:
+        report.setdefault("warnings", []).append(note)
+
+
 def export_report_action(win) -> QAction:
     """File → Export report…; sets ``win.report_exporter`` and ``win.a_export_report``."""
     win.report_exporter = ReportExporter(win)
     a = win._act("Export &report…", lambda: win.report_exporter.export(),
                  tip="Write the PDF report of the shown series (models run, measurements) and open it")
     win.a_export_report = a
+    return a
+
+
+def export_report_deid_action(win) -> QAction:
+    """File → Export report, de-identified… (issue 16): the same report under the PS3.15 basic
+    profile (no name, ID, dates, descriptions, UIDs or paths); sets ``win.a_export_report_deid``."""
+    a = win._act("Export report, de-&identified…",
+                 lambda: win.report_exporter.export(deidentify=True),
+                 tip="The PDF report without identifiers (PS3.15 basic profile)")
+    win.a_export_report_deid = a
     return a

@@ -143,8 +143,9 @@ def build_menus(self):
     self.recent_menu = m.addMenu("Open &recent")
     m.addSeparator()
     m.addActions([self.a_save, self.a_close])
-    from ..ai.export_report import export_report_action
+    from ..ai.export_report import export_report_action, export_report_deid_action
     m.addAction(export_report_action(self))  # File → Export report… (PDF, issue 13)
+    m.addAction(export_report_deid_action(self))  # ... de-identified (issue 16)
     from ..ai.export_dicom import export_dicom_action
     m.addAction(export_dicom_action(self))  # File → Export results (DICOM)… (issue 13)
     m.addAction(self.a_export_sr)  # File → Export measurements (DICOM SR)… (issue 17)
