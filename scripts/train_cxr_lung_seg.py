@@ -39,8 +39,8 @@ import _training as T
 from imaging_assist import evaluation as E
 # augmentation, loss, validation and measuring: the package's training code (one code path
 # with ``imaging-assist finetune --model cxr-lung-seg``)
-from imaging_assist.training.segmentation import (augment_2d, dice_ce_loss, mean_ci, per_lung, read_label_png,
-                                                  run_on_files, validation_by_dice)
+from imaging_assist.training.segmentation import (augment_2d, dice_ce_loss, jsrt_split, mean_ci, per_lung,
+                                                  read_label_png, run_on_files, validation_by_dice)
 
 MODEL_ID = "cxr-lung-seg"
 LABELS = ["background", "right_lung", "left_lung"]
@@ -102,10 +102,9 @@ def main(argv=None) -> int:
     src = T.DATA / "cxr" / "lung_masks_jsrt"
     rows, paths = T.read_rows(src)
     mpaths = [src / r["label_mask"] for r in rows]
-    groups = np.array([r["patient_id"] for r in rows])
+    split, groups = jsrt_split(rows, seed=args.seed)
     assert len(set(groups)) == len(groups), "JSRT: one image per patient expected"
     nodule = np.array([r["nodule_state"] not in ("", "non-nodule") for r in rows]).astype(int)
-    split = T.grouped_split(groups, nodule, (0.70, 0.15, 0.15), seed=args.seed)
     for k in range(3):
         assert not (set(groups[split == k]) & set(groups[split != k])), "patient in two splits"
     names = {0: "train", 1: "validation", 2: "test"}

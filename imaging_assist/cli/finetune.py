@@ -16,14 +16,20 @@ def register(subparsers) -> None:
     a.add_argument("--from-feedback", action="store_true",
                    help="use the readers' confirmed labels from the prediction log (images found in --data)")
     a.add_argument("--data", type=Path, metavar="DIR", help="folder of the local images")
-    a.add_argument("--labels", type=Path, metavar="CSV", help="CSV with file, label (and patient_id) relative to DIR")
+    a.add_argument("--labels", type=Path, metavar="CSV",
+                   help="CSV relative to DIR: file, label (and patient_id); for a segmenter file, mask (and patient_id), "
+                        "the mask's pixel value being the label index")
     a.add_argument("--out", required=True, type=Path, metavar="DIR", help="new folder for the candidate model")
     a.add_argument("--epochs", type=int_at_least(1), default=6)
     a.add_argument("--train", choices=("head", "all"), default="all",
-                   help="train every layer (default) or the classification head only")
-    a.add_argument("--lr", type=float, default=None, help="max learning rate (default 2e-3; head only 1e-2)")
+                   help="train every layer (default) or the classification head only (classifiers)")
+    a.add_argument("--lr", type=float, default=None,
+                   help="max learning rate (default 2e-3; head only 1e-2; segmenters 1e-3)")
+    a.add_argument("--margin", type=float, default=None,
+                   help="non-inferiority margin (default AUC 0.05, Dice 0.02; site: monitor.json)")
     a.add_argument("--replay", type=int_at_least(0), default=200, metavar="N",
-                   help="images of the model's own validation split mixed in (0: none)")
+                   help="images of the model's own validation split (segmenters: its training images) mixed in "
+                        "(0: none)")
     a.add_argument("--original-test-max", type=int_at_least(10), default=None, metavar="N",
                    help="measure on at most N images of the original test split (default: all)")
     a.add_argument("--original-data", type=Path, metavar="DIR", help="the model's training data folder")
@@ -38,7 +44,8 @@ def register_versions(msub) -> None:
     s.add_argument("id", metavar="ID")
     s.add_argument("a", metavar="VERSION_A")
     s.add_argument("b", metavar="VERSION_B")
-    s.add_argument("--holdout", type=Path, metavar="CSV", help="file,label,patient_id (default: the candidate's)")
+    s.add_argument("--holdout", type=Path, metavar="CSV",
+                   help="file,label,patient_id (segmenters: file,mask,patient_id; default: the candidate's)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_models_compare)
     s = msub.add_parser("promote", help="make a candidate version active (only when not worse, unless --force)")
@@ -52,6 +59,8 @@ def register_versions(msub) -> None:
 
 
 def _fmt(d: dict) -> str:
+    if "dice" in d:
+        return f"Dice {d['dice']:.3f} [{d['dice_ci95'][0]:.3f}-{d['dice_ci95'][1]:.3f}]"
     return (f"AUC {d['auc']:.3f} [{d['auc_ci95'][0]:.3f}-{d['auc_ci95'][1]:.3f}], sens {d['sensitivity']:.2f}, "
             f"spec {d['specificity']:.2f}")
 
@@ -60,7 +69,8 @@ def _print_comparison(name: str, c: dict) -> None:
     print(f"{name}: {c['data']} ({c['patients']} patients)")
     print(f"  base      {_fmt(c['base'])}")
     print(f"  candidate {_fmt(c['candidate'])}")
-    print(f"  AUC difference {c['diff']:+.3f} (95% CI {c['diff_ci95'][0]:+.3f} to {c['diff_ci95'][1]:+.3f})")
+    print(f"  {c.get('metric', 'AUC')} difference {c['diff']:+.3f} "
+          f"(95% CI {c['diff_ci95'][0]:+.3f} to {c['diff_ci95'][1]:+.3f})")
 
 
 def cmd_finetune(args) -> int:
@@ -70,6 +80,7 @@ def cmd_finetune(args) -> int:
     res = finetune(args.model, args.out, data=args.data, labels_csv=args.labels, from_feedback=args.from_feedback,
                    epochs=args.epochs, train=args.train, replay=args.replay,
                    original_test_max=args.original_test_max, original_data=args.original_data, seed=args.seed, lr=args.lr,
+                   margin=args.margin,
                    log=(lambda s: None) if args.json else print)
     if args.json:
         print_json(res)

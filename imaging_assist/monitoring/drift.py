@@ -95,10 +95,17 @@ _TEXT_COLS = ("model_version", "manufacturer", "modality")
 _NULL = 1e308  # NULL of a numeric column, read as this and turned into NaN in numpy (no Python loop)
 
 
-def load_runs(lg, model_id: str, since: float | None = None) -> dict[str, np.ndarray]:
+SLIDE_KINDS = ("slide", "slide_region")  # whole-slide runs (monitoring/slide_log.py)
+
+
+def load_runs(lg, model_id: str, since: float | None = None, slides: bool | None = None) -> dict[str, np.ndarray]:
+    """The model's logged runs (``slides``: None all, False per-image runs only, True whole-slide runs only)."""
     sel = ", ".join(c if c in _TEXT_COLS else f"COALESCE({c}, {_NULL})" for c in _COLS)
     sql = f"SELECT {sel} FROM runs WHERE model_id = ?"
     p: list = [model_id]
+    if slides is not None:
+        sql += f" AND COALESCE(kind, '') {'IN' if slides else 'NOT IN'} ({', '.join('?' * len(SLIDE_KINDS))})"
+        p += list(SLIDE_KINDS)
     if since is not None:
         sql += " AND time_unix >= ?"
         p.append(since)
@@ -352,7 +359,12 @@ def monitor(model_id: str | None = None, since: str | None = None, window: str |
 def monitor_model(log, card, t_since, kind, size) -> dict:
     ref = load_reference(card)
     th = thresholds(ref)
-    runs = load_runs(log, card.id, t_since)
+    # A whole-slide run's row summarises many tiles; a reference (and every other run) describes
+    # one image or tile: the two are never pooled in one window (the slide runs are counted).
+    runs = load_runs(log, card.id, t_since, slides=False)
+    n_slide = len(log.query("SELECT 1 FROM runs WHERE model_id = ? AND kind IN (?, ?)"
+                            + (" AND time_unix >= ?" if t_since is not None else ""),
+                            [card.id, *SLIDE_KINDS] + ([t_since] if t_since is not None else [])))
     fb = load_feedback(log, card.id, t_since)
     res = {"model_id": card.id, "card_version": card.version, "n_runs": int(len(runs["id"])),
            "thresholds": th, "windows": [], "alerts": []}
@@ -367,6 +379,11 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
             notes.append("the OOD statistics changed since the reference was fitted: OOD-score drift is "
                          "not compared (refit the reference)")
             ref = dict(ref, values={k: v for k, v in ref["values"].items() if k != "ood_score"})
+    if n_slide:
+        notes.append(f"{n_slide} whole-slide run(s) logged: not pooled with the per-{(ref or {}).get('unit', 'image')} "
+                      "runs and not compared with the reference, whose values describe single "
+                      f"{(ref or {}).get('unit', 'image')}s (see imaging-assist log export)")
+    res["n_slide_runs"] = n_slide
     res["notes"] = notes
     rv = (ref or {}).get("values", {})
     # expected OOD-flag rate: the reference's scores at the card's CURRENT threshold

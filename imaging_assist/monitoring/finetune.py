@@ -69,7 +69,6 @@ def cases_from_csv(data: Path, labels_csv: Path, labels: list[str]) -> list[dict
 def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[dict]:
     """Reader-confirmed labels of logged runs, matched to the files of ``data`` by the keyed
     pseudonym the log stores (the log holds no paths or pixels)."""
-    from ..privacy.sitekey import pseudonym
     from .log import open_log
 
     rows = open_log().query(
@@ -78,18 +77,30 @@ def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[di
         "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ? AND f.verdict != 'unsure' "
         "AND f.correct_label IS NOT NULL", (model_id,))
     want = {r[0]: (r[1], r[2]) for r in rows if r[0]}
-    if not want:
-        return []
     out = []
+    for k, p in files_by_key(data, set(want)).items():
+        if want[k][1] in labels:
+            out.append({"path": p, "label": want[k][1], "patient": want[k][0] or k})
+    return out
+
+
+def files_by_key(data: Path, keys: set) -> dict:
+    """{keyed pseudonym: file} for the files of ``data`` whose pseudonym (of the resolved path,
+    else of the DICOM series UID, as the log computes it) is one of ``keys``."""
+    from ..privacy.sitekey import pseudonym
+
+    out: dict = {}
+    if not keys:
+        return out
     for p in sorted(Path(data).rglob("*")):
         if not p.is_file():
             continue
         k = pseudonym(str(p.resolve()), "file")
-        if k not in want:
+        if k not in keys:
             uid = _series_uid(p)
             k = pseudonym(uid, "uid") if uid else None
-        if k in want and want[k][1] in labels:
-            out.append({"path": p, "label": want[k][1], "patient": want[k][0] or k})
+        if k in keys and k not in out:
+            out[k] = p
     return out
 
 
@@ -171,11 +182,36 @@ def _compare(y, p_base, p_cand, groups, thr, what: str) -> dict:
                          "(paired: the same resample for both models)"}
 
 
+def refit_ood(net, card, fit_x, fit_y, val_x, out: Path, fitted_on: str) -> dict | None:
+    """OOD statistics of the candidate's own features (the card's method and layers), fitted on
+    ``fit_x`` (``fit_y``: classes, None for segmenters), conformal threshold on ``val_x``;
+    written to ``out``; the card's ``ood`` block (None when the card has no OOD layers)."""
+    from safetensors.torch import save_file
+
+    from ..models.loaders import sha256_file
+    from ..validation import ood as O
+
+    spec = O.ood_spec(card) or {}
+    if not spec.get("layers"):
+        return None
+    stats = O.fit_mahalanobis(O.extract_features(net, fit_x, spec["layers"]), fit_y)
+    vs = O.score(stats, O.extract_features(net, val_x, spec["layers"]), "mahalanobis")
+    othr, oinfo = O.conformal_threshold(vs)
+    f = Path(out) / O.STATS_FILE
+    save_file({k: v.contiguous() for k, v in stats.items()}, str(f),
+              metadata={"method": "mahalanobis", "layers": json.dumps(spec["layers"])})
+    return {"method": "mahalanobis", "layers": spec["layers"], "file": O.STATS_FILE, "sha256": sha256_file(f),
+            "threshold": round(othr, 6), "threshold_rule": O.threshold_rule_text(oinfo), "threshold_info": oinfo,
+            "features": spec.get("features", "per channel spatial mean and standard deviation of each layer's activations"),
+            "fitted_on": f"{fitted_on}, candidate weights, engine preprocessing; AUROCs against other modalities "
+                         "NOT re-measured for this candidate"}
+
+
 # --------------------------------------------------------------------------- the run
 def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Path | None = None,
              from_feedback: bool = False, epochs: int = 6, train: str = "all", replay: int = 200,
              original_test_max: int | None = None, original_data: Path | None = None, lr: float | None = None,
-             batch_size: int = 32, seed: int = 0, margin: float | None = None, log=print) -> dict:
+             batch_size: int | None = None, seed: int = 0, margin: float | None = None, log=print) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -183,19 +219,26 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     from ..models.build import save_model_folder
     from ..models.loaders import load_model
     from ..models.registry import Registry
-    from ..validation import ood as O
     from . import versions
 
     T = training_module()
-    margin = versions.DEFAULT_MARGIN if margin is None else float(margin)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: give a new folder for the candidate")
     entry = Registry().get(model_id)
     card = entry.card
+    if card.task == "segmentation" and not card.is_bundle and card.spatial_dims == 2:
+        from .finetune_seg import finetune_segmenter
+
+        return finetune_segmenter(card, out, data=data, labels_csv=labels_csv, from_feedback=from_feedback,
+                                  epochs=epochs, replay=replay, original_test_max=original_test_max,
+                                  original_data=original_data, lr=lr, batch_size=batch_size or 8, seed=seed,
+                                  margin=margin, log=log)
     if card.task != "classification" or card.is_bundle:
-        raise UserError(f"finetune handles the project's classifiers; {model_id} is a {card.task}"
-                        f"{' bundle' if card.is_bundle else ''} (segmentation fine-tuning is not built yet)")
+        raise UserError(f"finetune handles the project's 2D classifiers and 2D segmenters; {model_id} is a "
+                        f"{card.spatial_dims}D {card.task}{' bundle' if card.is_bundle else ''}")
+    margin = versions.margin_for("AUC") if margin is None else float(margin)
+    batch_size = batch_size or 32
     labels = [lab.lower() for lab in card.labels]
     pos_label = next(iter(card.thresholds), None) or labels[-1]
     pos = labels.index(pos_label)
@@ -307,31 +350,10 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                                                           f"({len(yo)} images of {pred_csv.name} split 'test')")
 
     # OOD statistics refitted on the candidate's own features (same method and layers)
-    spec = O.ood_spec(card) or {}
-    ood_block = None
-    if spec.get("layers"):
-        from safetensors.torch import save_file
-
-        fit_x = x_tr.float()
-        fit_y = y_tr.numpy()
-        feats = O.extract_features(net, fit_x, spec["layers"])
-        stats = O.fit_mahalanobis(feats, fit_y)
-        val_x = x[iva].float() if rep_x is None else torch.cat([x[iva].float(), rep_x[: max(1, len(rep_x) // 4)].float()])
-        vs = O.score(stats, O.extract_features(net, val_x, spec["layers"]), "mahalanobis")
-        othr, oinfo = O.conformal_threshold(vs)
-        f = out / O.STATS_FILE
-        save_file({k: v.contiguous() for k, v in stats.items()}, str(f),
-                  metadata={"method": "mahalanobis", "layers": json.dumps(spec["layers"])})
-        from ..models.loaders import sha256_file
-
-        ood_block = {"method": "mahalanobis", "layers": spec["layers"], "file": O.STATS_FILE, "sha256": sha256_file(f),
-                     "threshold": round(othr, 6), "threshold_rule": O.threshold_rule_text(oinfo),
-                     "threshold_info": oinfo,
-                     "features": spec.get("features", "per channel spatial mean and standard deviation of each layer's activations"),
-                     "fitted_on": f"the candidate's fine-tuning data ({len(fit_x)} images: local training part"
-                                  f"{' + replay of the original validation images' if rep_x is not None else ''}), "
-                                  "candidate weights, engine preprocessing; AUROCs against other modalities "
-                                  "NOT re-measured for this candidate"}
+    val_x = x[iva].float() if rep_x is None else torch.cat([x[iva].float(), rep_x[: max(1, len(rep_x) // 4)].float()])
+    ood_block = refit_ood(net, card, x_tr.float(), y_tr.numpy(), val_x, out,
+                          f"the candidate's fine-tuning data ({len(x_tr)} images: local training part"
+                          f"{' + replay of the original validation images' if rep_x is not None else ''})")
 
     version = versions.next_version(card.id, card.version)
     raw = copy.deepcopy(card.raw)
@@ -422,6 +444,11 @@ def compare(model_id: str, a: str, b: str, holdout: Path | None = None) -> dict:
                 break
     if holdout is None or not Path(holdout).is_file():
         raise UserError("no local hold-out to compare on: neither version is a fine-tuned candidate; give --holdout CSV")
+    if ca.task == "segmentation":
+        from .finetune_seg import compare_segmenters
+
+        with paused():
+            return compare_segmenters(model_id, ca, cb, Path(holdout), a, b)
     rows = list(csv.DictReader(Path(holdout).open(newline="", encoding="utf-8")))
     labels = [lab.lower() for lab in ca.labels]
     pos_label = next(iter(ca.thresholds), None) or labels[-1]

@@ -394,18 +394,27 @@ def record_run(model, volume, res, path: str | Path | None = None) -> int:
 _warned = False
 
 
+def warn_once(msg: str) -> None:
+    """One warning per process when the log cannot record a run (the run goes on)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        _log.warning(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
 def record_safely(model, volume, res) -> int | None:
     """The engine's hook: log the run unless switched off; never raises (warns once)."""
-    global _warned
     if not enabled():
         return None
     try:
         return record_run(model, volume, res)
     except Exception as e:  # noqa: BLE001 - a logging failure must never break a run
-        if not _warned:
-            _warned = True
-            msg = (f"the prediction log could not record this run ({type(e).__name__}: "
-                   f"{str(e).splitlines()[0] if str(e) else ''}); runs go on without it")
-            _log.warning(msg)
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        warn_once(f"the prediction log could not record this run ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''}); runs go on without it")
         return None
+
+
+# public names for the slide hook (monitoring/slide_log.py): the same pseudonyms and JSON
+pseudonyms_of = _pseudonyms
+to_json = _json

@@ -11,6 +11,12 @@ Fit (writes the file; reads images only):
 
     python -m imaging_assist.monitoring.reference --model cxr-pneumonia \\
         --data ../shared/data/cxr/pneumonia_kermany --split validation
+    python -m imaging_assist.monitoring.reference --model us-breast \\
+        --data ../shared/data/ultrasound/breast_busi --split validation
+    python -m imaging_assist.monitoring.reference --model path-lung-tissue \\
+        --data ../shared/data/pathology/lc25000_lung_subset --split validation
+    python -m imaging_assist.monitoring.reference --model cxr-lung-seg \\
+        --data ../shared/data/cxr/lung_masks_jsrt --split validation
 """
 
 from __future__ import annotations
@@ -85,6 +91,17 @@ def thresholds(reference: dict | None) -> dict:
     return t
 
 
+def reference_unit(card) -> dict:
+    """What one reference value describes.  A slide model's reference is fitted on its tile
+    images (one row = one tile-sized image); a whole-slide run's row summarises many tiles, so
+    the monitor does not compare slide rows with it (drift.monitor_model says so)."""
+    if isinstance(card.raw.get("slide"), dict):
+        return {"unit": "tile", "unit_note": "one value per tile image run through run_model (the data set's "
+                "tile-sized images, not whole slides); whole-slide runs (log kind 'slide') are not compared "
+                "with it"}
+    return {"unit": "image", "unit_note": "one value per image run through run_model"}
+
+
 def reference_from_rows(rows: list[dict], card, data: str, auc: float | None = None) -> dict:
     """The reference block from per-image rows (:func:`.log.row_from_result`)."""
     def vals(k):
@@ -105,7 +122,7 @@ def reference_from_rows(rows: list[dict], card, data: str, auc: float | None = N
         "weights_sha256": getattr(w, "sha256", None),
         # the OOD statistics the reference scores were computed with (a refit makes them stale)
         "ood_sha256": (card.ood or {}).get("sha256") if isinstance(getattr(card, "ood", None), dict) else None,
-        "data": data, "n": len(rows),
+        "data": data, "n": len(rows), **reference_unit(card),
         "fitted": _dt.date.today().isoformat(),
         "fitted_by": "python -m imaging_assist.monitoring.reference (run_model + log.row_from_result)",
         "values": {k: vals(k) for k in INPUT_STATS + OUTPUT_STATS},
@@ -140,7 +157,11 @@ def fit(model, images: list[Path], data_text: str, labels: list[int] | None = No
 
 
 def _split_files(card, data: Path, split: str) -> tuple[list[Path], list[int] | None]:
-    """Files of one split of the card folder's ``predictions.csv`` (the training scripts' split)."""
+    """Files of one split of the card folder's ``predictions.csv`` (the training scripts' split);
+    cxr-lung-seg's predictions.csv lists only its test images, so its split is recomputed by the
+    training code's own ``jsrt_split`` (same seed, same rows)."""
+    if card.id == "cxr-lung-seg":
+        return _jsrt_files(data, split), None
     pc = Path(card.folder) / "predictions.csv"
     if not pc.is_file():
         raise UserError(f"{pc} is missing: no split to fit the reference on")
@@ -158,6 +179,20 @@ def _split_files(card, data: Path, split: str) -> tuple[list[Path], list[int] | 
     return files, (labels if len(labels) == len(files) and len(set(labels)) == 2 else None)
 
 
+def _jsrt_files(data: Path, split: str) -> list[Path]:
+    from ..training import jsrt_split
+
+    names = {"train": 0, "validation": 1, "test": 2}
+    if split not in names:
+        raise UserError(f"split {split!r} is not one of {', '.join(names)}")
+    lc = Path(data) / "labels.csv"
+    if not lc.is_file():
+        raise UserError(f"{lc} is missing: give --data the JSRT folder (cxr/lung_masks_jsrt)")
+    rows = list(csv.DictReader(lc.open(newline="", encoding="utf-8")))
+    sp, _ = jsrt_split(rows, seed=0)
+    return [Path(data) / r["file"] for r, k in zip(rows, sp) if k == names[split]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True)
@@ -168,8 +203,15 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Registry().load(a.model)
     files, labels = _split_files(model.card, a.data, a.split)
-    ref = fit(model, files, f"{a.split} split of {model.card.folder.name}/predictions.csv "
-                            f"({len(files)} images)", labels,
+    if model.card.id == "cxr-lung-seg":
+        text = (f"{a.split} split of JSRT (training.jsrt_split, seed 0, the training script's split; one image per "
+                f"patient) ({len(files)} images)")
+    else:
+        text = f"{a.split} split of {model.card.folder.name}/predictions.csv ({len(files)} images)"
+    if reference_unit(model.card)["unit"] == "tile":
+        text += ("; tile images, no patient ids (the split is by near-duplicate group of the training script), "
+                 "so the reference describes tiles, not patients or slides")
+    ref = fit(model, files, text, labels,
               progress=lambda i, n: print(f"\r{i}/{n}", end="", file=sys.stderr))
     out = reference_path(model.card)
     out.write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")

@@ -23,6 +23,25 @@ from ..errors import UserError
 
 STATE_FILE = "model_versions.json"
 DEFAULT_MARGIN = 0.05  # AUC non-inferiority margin (stated in the candidate's metrics.json and card)
+# Non-inferiority margins per metric (absolute differences).  Dice 0.02: the shipped lung
+# segmenter's test Dice is 0.974 with a CI 0.01 wide, so a loss of 0.02 is about twice the
+# uncertainty of the shipped figure and already visible as a border shifted by ~1-2 pixels.
+# A site overrides them in ``config_dir()/monitor.json`` as {"non_inferiority_margins": {"Dice": 0.03}}.
+MARGINS = {"AUC": DEFAULT_MARGIN, "Dice": 0.02}
+
+
+def margin_for(metric: str) -> float:
+    from ..userdirs import config_dir
+
+    m = MARGINS.get(metric, DEFAULT_MARGIN)
+    site = config_dir() / "monitor.json"
+    if site.is_file():
+        try:
+            d = json.loads(site.read_text(encoding="utf-8")) or {}
+            m = float((d.get("non_inferiority_margins") or {}).get(metric, m))
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            raise UserError(f"{site} cannot be read ({e})") from None
+    return m
 
 
 def state_path() -> Path:
@@ -109,9 +128,11 @@ def candidate_folder(model_id: str, version: str) -> Path:
 
 def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
     """Whether the candidate's metrics.json passes (every comparison's lower 95% bound of
-    AUC(candidate) - AUC(base) above -margin) and the reasons when not."""
+    metric(candidate) - metric(base), AUC for classifiers, Dice for segmenters, above -margin)
+    and the reasons when not."""
     ni = metrics.get("non_inferiority") or {}
-    margin = ni.get("margin", DEFAULT_MARGIN)
+    what = ni.get("metric", "AUC")
+    margin = ni.get("margin", MARGINS.get(what, DEFAULT_MARGIN))
     why = []
     comps = ni.get("comparisons") or {}
     if not comps:
@@ -121,7 +142,7 @@ def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
         if lo is None:
             why.append(f"{name}: no interval")
         elif lo <= -margin:
-            why.append(f"{name}: AUC difference {c['diff']:+.3f} (95% CI {lo:+.3f} to {c['diff_ci95'][1]:+.3f}) "
+            why.append(f"{name}: {what} difference {c['diff']:+.3f} (95% CI {lo:+.3f} to {c['diff_ci95'][1]:+.3f}) "
                        f"does not exclude a loss of {margin}")
     return not why, why
 
@@ -135,8 +156,9 @@ def promote(model_id: str, version: str, force_reason: str | None = None) -> dic
     ok, why = non_inferiority(metrics)
     if not ok and not force_reason:
         _event("promote_refused", model_id, version, {"reasons": why})
-        raise UserError(f"{model_id} {version} not promoted (non-inferiority on AUC, margin "
-                        f"{(metrics.get('non_inferiority') or {}).get('margin', DEFAULT_MARGIN)}): "
+        ni = metrics.get("non_inferiority") or {}
+        raise UserError(f"{model_id} {version} not promoted (non-inferiority on {ni.get('metric', 'AUC')}, margin "
+                        f"{ni.get('margin', DEFAULT_MARGIN)}): "
                         + "; ".join(why) + " (use --force REASON to override)")
     st = load_state()
     m = st[model_id]

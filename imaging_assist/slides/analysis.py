@@ -325,6 +325,12 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
         if item["ood"]["flagged"]:
             item["warnings"].append("outside what this model was trained on: "
                                     + "; ".join(item["ood"]["reasons"]))
+        if not res.cancelled:  # issue 18: one prediction-log row + the audit's model.run event
+            from ..monitoring.slide_log import record_slide_run
+
+            record_slide_run(
+                model, path, res, ood=item["ood"], run_s=item["timings_s"]["total_s"], device=item["device"],
+                n_warnings=len(item["warnings"]), vendor=slide.vendor)
     return item
 
 

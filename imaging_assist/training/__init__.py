@@ -14,14 +14,14 @@ fine-tune is trained exactly like the shipped model.  Engine code, no Qt.
 from .cards import card_for_training, keep_card_fields, load_shipped, write_json
 from .core import (IN_CHECKOUT, Log, cache_dir, data_root, device_text, fit, fit_temperature, fold_temperature,
                    grouped_split, pick_device, predict, preprocess_all, random_affine, random_intensity, read_masks,
-                   read_rows, set_seed, source_root)
+                   read_rows, resize_labels, set_seed, source_root)
 from .plots import plot_log, plot_reliability, plot_roc
-from .segmentation import (augment_2d, dice_ce_loss, mean_ci, per_lung, random_aspect, random_gamma, read_label_png,
+from .segmentation import (augment_2d, dice_ce_loss, jsrt_split, mean_ci, per_lung, random_aspect, random_gamma, read_label_png,
                            run_on_files, validation_by_dice)
 
 __all__ = ["IN_CHECKOUT", "Log", "augment_2d", "cache_dir", "card_for_training", "data_root", "device_text",
-           "dice_ce_loss", "fit", "fit_temperature", "fold_temperature", "grouped_split", "keep_card_fields",
+           "dice_ce_loss", "fit", "jsrt_split", "fit_temperature", "fold_temperature", "grouped_split", "keep_card_fields",
            "load_shipped", "mean_ci", "per_lung", "pick_device", "plot_log", "plot_reliability", "plot_roc",
            "predict", "preprocess_all", "random_affine", "random_aspect", "random_gamma", "random_intensity",
-           "read_label_png", "read_masks", "read_rows", "run_on_files", "set_seed", "source_root",
+           "read_label_png", "read_masks", "read_rows", "resize_labels", "run_on_files", "set_seed", "source_root",
            "validation_by_dice", "write_json"]

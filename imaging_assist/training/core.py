@@ -127,8 +127,17 @@ def read_masks(paths: list[Path], size: tuple[int, int], mapping: dict[int, int]
         lab = np.zeros(a.shape, np.int64)
         for v, k in mapping.items():
             lab[a == v] = k
-        t = torch.from_numpy(lab)[None, None].float()
-        out.append(F.interpolate(t, size=size, mode="nearest")[0, 0].long())
+        out.append(lab)
+    return resize_labels(out, size)
+
+
+def resize_labels(label_maps, size: tuple[int, int]) -> torch.Tensor:
+    """(N, H, W) int64: 2D label maps (each on its own grid) resized with nearest neighbour
+    to the model's ``size`` (rows, cols), the way the whole image is resized by the card."""
+    out = []
+    for lab in label_maps:
+        t = torch.from_numpy(np.asarray(lab, np.int64))[None, None].float()
+        out.append(F.interpolate(t, size=tuple(size), mode="nearest")[0, 0].long())
     return torch.stack(out)
 
 

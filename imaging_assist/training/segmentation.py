@@ -37,12 +37,13 @@ def random_gamma(x, g, amount=0.3, mean=0.5, std=0.25):
     return (v ** gam - mean) / std
 
 
-def augment_2d(xb, yb, g):
+def augment_2d(xb, yb, g, mean=0.5, std=0.25):
     """The 2D segmenters' augmentation: rotation ±10°, scale 0.85-1.15, shift ±8%, aspect
-    ±12%, gamma e^±0.3, contrast/brightness ±20%; no flips (left and right matter)."""
+    ±12%, gamma e^±0.3 (on the image behind the card's normalisation ``mean``/``std``),
+    contrast/brightness ±20%; no flips (left and right matter)."""
     xb, yb = random_affine(xb, g, rot_deg=10, scale=(0.85, 1.15), shift=0.08, masks=yb)
     xb, yb = random_aspect(xb, yb, g, 0.12)
-    xb = random_gamma(xb, g, 0.3)
+    xb = random_gamma(xb, g, 0.3, mean, std)
     return random_intensity(xb, g, contrast=0.2, brightness=0.2), yb
 
 
@@ -73,6 +74,19 @@ def validation_by_dice(x_val, y_val, loss_fn, device, label_names: dict[int, str
                 **{f"val_dice_{name}": d[k] for k, name in label_names.items()}, "val_dice": md, "score": md}
 
     return evaluate
+
+
+# --------------------------------------------------------------------------- data
+def jsrt_split(rows: list[dict], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """cxr-lung-seg's split of the JSRT ``labels.csv`` rows: (split index per row: 0 train,
+    1 validation, 2 test; patient ids).  One radiograph per patient, so each image is its own
+    group; 70/15/15 stratified by nodule / no nodule (``scripts/train_cxr_lung_seg.py`` and the
+    drift monitor's reference use this one function)."""
+    from .core import grouped_split
+
+    groups = np.array([r["patient_id"] for r in rows])
+    nodule = np.array([r["nodule_state"] not in ("", "non-nodule") for r in rows]).astype(int)
+    return grouped_split(groups, nodule, (0.70, 0.15, 0.15), seed=seed), groups
 
 
 # --------------------------------------------------------------------------- measuring

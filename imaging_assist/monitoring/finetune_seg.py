@@ -1,0 +1,334 @@
+"""Fine-tune a 2D segmenter (``cxr-lung-seg``) on a site's cases -> a candidate version.
+
+The same training code as ``scripts/train_cxr_lung_seg.py`` (:mod:`imaging_assist.training`:
+``preprocess_all`` through the engine's ``model_input``, ``resize_labels``, ``fit``, ``augment_2d``,
+``dice_ce_loss``, ``validation_by_dice``, ``run_on_files``, ``mean_ci``).
+
+Local cases: a CSV ``file,mask,patient_id`` relative to ``--data`` (mask: an image on the
+file's own grid whose pixel value is the label index, 0 = background) and/or the readers'
+corrections from the log (``--from-feedback``: the label editor's ``.npz`` of each run, the
+latest per run, matched to the files of ``--data`` by their keyed pseudonym).  Patient-disjoint
+60/20/20 split (train / validation for the epoch / local hold-out).  Dice (mean over the
+foreground labels per image) of base and candidate through the engine (``run_model`` at the
+image's own grid) on the local hold-out and on the model's original test split, with 95%
+cluster-bootstrap intervals by patient and the paired difference; non-inferiority on Dice with
+the margin stated; OOD statistics refitted as for classifiers (:func:`.finetune.refit_ood`).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+# The model's own data under the shared data folder: replay images (non-test rows) and the
+# original test split (rows of predictions.csv with this ``set``); mask value -> label index.
+DATASETS = {"cxr-lung-seg": {"folder": "cxr/lung_masks_jsrt", "file": "file", "mask": "label_mask",
+                             "mask_values": {150: 1, 200: 2}, "test_set": "jsrt_test"}}
+
+
+# --------------------------------------------------------------------------- local cases
+def read_mask(path: Path, n_labels: int, mapping: dict[int, int] | None = None) -> np.ndarray:
+    """A 2D label map on the image's own grid: a reader correction (``.npz`` of the label
+    editor) or a mask image (pixel value = label index unless ``mapping``)."""
+    from ..training import read_label_png
+
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            a = np.asarray(z["label_map"])
+        if a.ndim == 3 and a.shape[0] == 1:
+            a = a[0]
+        if a.ndim != 2:
+            raise UserError(f"{path}: a correction of shape {a.shape} is not a 2D label map")
+        a = a.astype(np.int64)
+    else:
+        a = read_label_png(path, mapping or {k: k for k in range(1, n_labels)})
+        if mapping is None:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                raw = np.asarray(im.convert("L"))
+            if int(raw.max()) >= n_labels:
+                raise UserError(f"{path}: mask value {int(raw.max())} is not a label index 0..{n_labels - 1}")
+    return a
+
+
+def cases_from_csv(data: Path, labels_csv: Path) -> list[dict]:
+    if not Path(labels_csv).is_file():
+        raise UserError(f"labels CSV {labels_csv} not found")
+    out = []
+    with open(labels_csv, newline="", encoding="utf-8") as f:
+        r = csv.DictReader(f)
+        if not r.fieldnames or "file" not in r.fieldnames or "mask" not in r.fieldnames:
+            raise UserError(f"{labels_csv} needs the columns file and mask (and patient_id) for a segmenter")
+        for i, row in enumerate(r, start=2):
+            p, m = Path(data) / row["file"], Path(data) / row["mask"]
+            for q in (p, m):
+                if not q.is_file():
+                    raise UserError(f"{labels_csv} line {i}: {q} not found")
+            out.append({"path": p, "mask": m, "patient": (row.get("patient_id") or "").strip() or f"file:{row['file']}"})
+    return out
+
+
+def cases_from_corrections(model_id: str, data: Path) -> list[dict]:
+    """The readers' corrected label maps of logged runs of ``model_id`` (latest per run),
+    matched to the files of ``data`` by the keyed pseudonym the log stores."""
+    from .finetune import files_by_key
+    from .log import open_log
+
+    rows = open_log().query(
+        "WITH latest AS (SELECT MAX(id) AS id FROM corrections GROUP BY run_id) "
+        "SELECT r.input_key, r.patient_key, c.label_map_file FROM latest CROSS JOIN corrections c ON c.id = latest.id "
+        "CROSS JOIN runs r ON r.id = c.run_id WHERE r.model_id = ?", (model_id,))
+    want = {r[0]: (r[1], r[2]) for r in rows if r[0] and r[2] and Path(r[2]).is_file()}
+    return [{"path": p, "mask": Path(want[k][1]), "patient": want[k][0] or k}
+            for k, p in files_by_key(data, set(want)).items()]
+
+
+# --------------------------------------------------------------------------- measuring
+def dice_per_image(labs, truths, n_labels: int) -> np.ndarray:
+    """Mean over the foreground labels of each image's Dice (a label absent from both: 1)."""
+    from ..evaluation import dice
+
+    return np.array([np.mean([dice(a == k, b == k) for k in range(1, n_labels)]) for a, b in zip(labs, truths)])
+
+
+def compare_dice(d_base: np.ndarray, d_cand: np.ndarray, groups, what: str) -> dict:
+    """Both models' mean Dice with 95% cluster-bootstrap CIs by patient and the paired difference."""
+    from .. import evaluation as E
+    from ..training import mean_ci
+
+    groups = np.asarray(groups, dtype=object)
+
+    def one(d, seed):
+        v, ci, n = mean_ci(d, seed, clusters=groups)
+        return {"dice": round(v, 4), "dice_ci95": [round(ci[0], 4), round(ci[1], 4)], "n": n}
+
+    diff = d_cand - d_base
+    dci = E.bootstrap_ci(lambda a: float(np.mean(a)), diff, clusters=groups, seed=3)
+    return {"data": what, "metric": "Dice", "n": int(len(diff)), "patients": int(len(set(groups.tolist()))),
+            "base": one(d_base, 1), "candidate": one(d_cand, 2), "diff": round(float(np.mean(diff)), 4),
+            "diff_ci95": [round(dci[0], 4), round(dci[1], 4)],
+            "ci_method": "percentile cluster bootstrap by patient of the mean per-image Dice, 2,000 resamples "
+                         "(paired: the same resample of the per-image differences)"}
+
+
+def _original_split(card, odata: Path | None, original_test_max: int | None, seed: int):
+    """(replay rows, test rows) of the model's own data: each row (image path, mask path)."""
+    spec = DATASETS.get(card.id)
+    pred_csv = Path(card.folder) / "predictions.csv"
+    if spec is None or odata is None or not odata.is_dir() or not pred_csv.is_file():
+        return None, None
+    rows = list(csv.DictReader((odata / "labels.csv").open(newline="", encoding="utf-8")))
+    test_files = {r["file"] for r in csv.DictReader(pred_csv.open(newline="")) if r.get("set") == spec["test_set"]}
+    pairs = [(odata / r[spec["file"]], odata / r[spec["mask"]], r.get("patient_id") or r[spec["file"]]) for r in rows]
+    test = [p for p, r in zip(pairs, rows) if r[spec["file"]] in test_files]
+    rest = [p for p, r in zip(pairs, rows) if r[spec["file"]] not in test_files]
+    if original_test_max and len(test) > original_test_max:
+        rng = np.random.default_rng(seed)
+        test = [test[i] for i in sorted(rng.choice(len(test), original_test_max, replace=False).tolist())]
+    return rest, test
+
+
+# --------------------------------------------------------------------------- the run
+def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Path | None = None,
+                       from_feedback: bool = False, epochs: int = 6, replay: int = 200,
+                       original_test_max: int | None = None, original_data: Path | None = None,
+                       lr: float | None = None, batch_size: int = 8, seed: int = 0, margin: float | None = None,
+                       log=print) -> dict:
+    import functools
+
+    import torch
+
+    from .. import evaluation as E
+    from .. import training as T
+    from ..models.build import save_model_folder
+    from ..models.loaders import LoadedModel, load_model
+    from . import versions
+    from .finetune import refit_ood
+
+    margin = versions.margin_for("Dice") if margin is None else float(margin)
+    n_labels = len(card.labels)
+    cases = []
+    if labels_csv is not None:
+        if data is None:
+            raise UserError("--labels needs --data (the folder the CSV's files are relative to)")
+        cases += cases_from_csv(Path(data), Path(labels_csv))
+    if from_feedback:
+        if data is None:
+            raise UserError("--from-feedback needs --data: the log keeps no paths, the images are found "
+                            "in DIR by their keyed pseudonym")
+        fb = cases_from_corrections(card.id, Path(data))
+        log(f"{len(fb)} reader-corrected label maps matched to images in {data}")
+        cases += fb
+    if not cases:
+        raise UserError("no local cases: give --data DIR --labels CSV (file,mask,patient_id) and/or --from-feedback")
+    seen, uniq = set(), []
+    for c in cases:  # a file given twice counts once (CSV wins)
+        k = str(Path(c["path"]).resolve())
+        if k not in seen:
+            seen.add(k)
+            uniq.append(c)
+    cases = uniq
+    from ..inference.images import read_image
+
+    paths = [Path(c["path"]) for c in cases]
+    truths = [read_mask(c["mask"], n_labels) for c in cases]
+    for c, t in zip(cases, truths):  # the mask must lie on the image's own grid
+        shp = tuple(read_image(c["path"]).array.shape[1:3])  # (1, H, W[, 3])
+        if t.shape != shp:
+            raise UserError(f"{c['mask']}: mask {t.shape[1]}x{t.shape[0]} does not match image "
+                            f"{c['path']} {shp[1]}x{shp[0]}")
+    groups = np.array([str(c["patient"]) for c in cases], dtype=object)
+    split = T.grouped_split(groups, np.zeros(len(cases), int), (0.6, 0.2, 0.2), seed=seed)
+    for k, name in ((0, "training"), (1, "validation"), (2, "hold-out")):
+        if not (split == k).any():
+            raise UserError(f"too few local cases: the patient-disjoint {name} part is empty "
+                            f"({len(cases)} cases, {len(set(groups.tolist()))} patients; at least 5 patients needed)")
+    for k in range(3):
+        assert not (set(groups[split == k]) & set(groups[split != k])), "patient in two parts"
+    log(f"local cases: {len(cases)} ({len(set(groups.tolist()))} patients): train {int((split == 0).sum())}, "
+        f"validation {int((split == 1).sum())}, hold-out {int((split == 2).sum())}")
+
+    size = tuple(card.raw["input"]["size"])
+    x = T.preprocess_all(card, paths, f"finetune_{card.id}")
+    y = T.resize_labels(truths, size)
+
+    odata = Path(original_data) if original_data else (T.data_root() / DATASETS[card.id]["folder"]
+                                                       if card.id in DATASETS else None)
+    rest, test = _original_split(card, odata, original_test_max, seed)
+    rep_x = rep_y = None
+    if rest is None:
+        log(f"original data not found ({odata}): no replay and no original-test comparison")
+    elif replay and rest:
+        rng = np.random.default_rng(seed)
+        pick = [rest[i] for i in sorted(rng.choice(len(rest), min(replay, len(rest)), replace=False).tolist())]
+        mv = DATASETS[card.id]["mask_values"]
+        rep_x = T.preprocess_all(card, [p for p, _, _ in pick], f"replay_{card.id}")
+        rep_y = T.read_masks([m for _, m, _ in pick], size, mv)
+
+    base = load_model(card)
+    net = copy.deepcopy(base.network)
+    for p in net.parameters():  # the loaded network is frozen for inference
+        p.requires_grad_(True)
+    itr, iva, iho = (np.nonzero(split == k)[0] for k in range(3))
+    x_tr, y_tr = x[itr], y[itr]
+    if rep_x is not None:
+        x_tr, y_tr = torch.cat([x_tr, rep_x]), torch.cat([y_tr, rep_y])
+    lr = 1e-3 if lr is None else float(lr)
+    norm = next((s for s in card.raw["input"].get("intensity") or [] if s.get("type") == "normalize"), None)
+    augment = functools.partial(T.augment_2d, mean=float(norm["mean"][0]), std=float(norm["std"][0])) \
+        if norm else T.augment_2d
+    loss_fn = T.dice_ce_loss()
+    names = {k: card.labels[k] for k in range(1, n_labels)}
+    dev = torch.device("cpu")
+    evaluate = T.validation_by_dice(x[iva], y[iva], loss_fn, dev, names)
+
+    out.mkdir(parents=True, exist_ok=True)
+    tlog = T.Log(out / "training_log.csv")
+    T.set_seed(seed)
+    info = T.fit(net, x_tr, y_tr, loss_fn=loss_fn, augment=augment, evaluate=evaluate, epochs=epochs,
+                 batch_size=batch_size, lr=lr, weight_decay=1e-4, device=dev, log=tlog, seed=seed)
+    net.eval()
+    log(f"trained {info['epochs_run']} epochs (best {info['best_epoch']}, validation Dice {info['best_val_score']:.3f})")
+
+    # Dice through the engine (run_model at each image's own grid), base and candidate
+    cand_model = LoadedModel(card, net, "state_dict")
+
+    def dices(model, ps, ts):
+        return dice_per_image(T.run_on_files(model, ps), ts, n_labels)
+
+    ho_p, ho_t = [paths[i] for i in iho], [truths[i] for i in iho]
+    comps = {"local_holdout": compare_dice(dices(base, ho_p, ho_t), dices(cand_model, ho_p, ho_t), groups[iho],
+                                           f"local hold-out: {len(iho)} images, patient-disjoint from the "
+                                           "fine-tuning data")}
+    if test:
+        mv = DATASETS[card.id]["mask_values"]
+        tp = [p for p, _, _ in test]
+        tt = [T.read_label_png(m, mv) for _, m, _ in test]
+        comps["original_test"] = compare_dice(dices(base, tp, tt), dices(cand_model, tp, tt),
+                                              [g for _, _, g in test],
+                                              f"the model's original test split ({len(test)} images of "
+                                              f"predictions.csv set '{DATASETS[card.id]['test_set']}')")
+
+    val_x = x[iva].float() if rep_x is None else torch.cat([x[iva].float(), rep_x[: max(1, len(rep_x) // 4)].float()])
+    ood_block = refit_ood(net, card, x_tr.float(), None, val_x, out,
+                          f"the candidate's fine-tuning data ({len(x_tr)} images: local training part"
+                          f"{' + replay of the original training images' if rep_x is not None else ''})")
+
+    version = versions.next_version(card.id, card.version)
+    raw = copy.deepcopy(card.raw)
+    for k in ("format", "weights", "ood", "files"):
+        raw.pop(k, None)
+    fg = " and ".join(card.labels[1:])
+    metrics = []
+    for key, c in comps.items():
+        h = c["candidate"]
+        metrics.append(E.metric("Dice", h["dice"], h["dice_ci95"], c["n"], c["data"], f"mean of {fg}"))
+    raw.update({
+        "version": version, "name": f"{card.name} — site fine-tune {version}",
+        "metrics": metrics,
+        "metrics_ci": "percentile cluster bootstrap by patient of the mean per-image Dice, 2,000 resamples",
+        "data": {**(raw.get("data") or {}),
+                 "fine_tuning": f"{len(cases)} local images with reader-made or corrected label maps of "
+                                f"{len(set(groups.tolist()))} patients, split by patient 60/20/20 (train / validation "
+                                f"/ hold-out), seed {seed}"},
+        "limitations": list(raw.get("limitations") or []) + [
+            f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the segmentation quality "
+            "checks are the base model's; the OOD statistics were refitted but their AUROC against other "
+            "modalities was not re-measured."],
+        "training": {"code": "imaging-assist finetune -> imaging_assist.training fit / augment_2d / dice_ce_loss "
+                             "(the code of scripts/train_cxr_lung_seg.py)", "base_version": card.version,
+                     "trained": "all", "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "max_lr": lr,
+                     "batch_size": batch_size, "replay_images": 0 if rep_x is None else int(len(rep_x)),
+                     "train_seconds": info["train_seconds"], "seed": seed},
+        "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "holdout": "holdout.csv"},
+        "not_for_clinical_use": True,
+    })
+    if ood_block:
+        raw["ood"] = ood_block
+    save_model_folder(out, raw, net)
+    with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "mask", "patient_id"])
+        for i in iho:
+            w.writerow([str(Path(cases[i]["path"]).resolve()), str(Path(cases[i]["mask"]).resolve()), groups[i]])
+    ni = {"metric": "Dice", "margin": margin,
+          "rule": f"promote only when the lower 95% bound of Dice(candidate) - Dice(base) (mean per-image Dice, "
+                  f"paired) is above -{margin} on every comparison (local hold-out and original test split)",
+          "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
+    res = {"model_id": card.id, "version": version, "base_version": card.version, "folder": str(out.resolve()),
+           "task": "segmentation", "comparisons": comps, "non_inferiority": ni, "training": raw["training"],
+           "ood": {k: ood_block[k] for k in ("threshold", "threshold_rule", "fitted_on")} if ood_block else None,
+           "not_for_clinical_use": True}
+    ok, why = versions.non_inferiority(res)
+    res["non_inferiority"]["passes"] = ok
+    res["non_inferiority"]["reasons"] = why
+    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    versions.register_candidate(card.id, version, out, card.version,
+                                {"folder": str(out.resolve()), "n_cases": len(cases), "non_inferior": ok,
+                                 **{f"{k}_dice_diff": v["diff"] for k, v in comps.items()}})
+    return res
+
+
+def compare_segmenters(model_id: str, ca, cb, holdout: Path, a: str, b: str) -> dict:
+    """Two versions' Dice through the engine on the same hold-out CSV (file, mask, patient_id)."""
+    from ..models.loaders import load_model
+    from ..training import run_on_files
+
+    rows = list(csv.DictReader(Path(holdout).open(newline="", encoding="utf-8")))
+    if not rows or "mask" not in rows[0]:
+        raise UserError(f"{holdout} needs the columns file, mask (and patient_id) for a segmenter")
+    n = len(ca.labels)
+    truths = [read_mask(r["mask"], n) for r in rows]
+    g = [r.get("patient_id") or r["file"] for r in rows]
+    ds = [dice_per_image(run_on_files(load_model(c), [r["file"] for r in rows]), truths, n) for c in (ca, cb)]
+    c = compare_dice(ds[0], ds[1], g, f"local hold-out {holdout} ({len(rows)} images)")
+    c["base"]["version"], c["candidate"]["version"] = a, b
+    return {"model_id": model_id, "a": a, "b": b, "comparison": c, "not_for_clinical_use": True}
