@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+import threading
 from dataclasses import dataclass
 
 # biped letters and their opposites (PS3.3 C.7.6.1.1.1)
@@ -87,20 +88,57 @@ class Orientation:
 
 
 _PO_CACHE: dict[tuple, object] = {}
+_PENDING: set = set()
+NOT_READ_YET = "PatientOrientation not read yet"
 
 
-def patient_orientation_of(rec):
+def _po_key(rec):
+    return (getattr(rec, "path", None), getattr(rec, "member", None))
+
+
+def needs_file_read(rec) -> bool:
+    """True when rec's PatientOrientation must still be read from its file."""
+    if rec is None or not hasattr(rec, "get") or rec.get("PatientOrientation") not in (None, ""):
+        return False
+    key = _po_key(rec)
+    return key[0] is not None and key not in _PO_CACHE
+
+
+def read_later(rec, done) -> None:
+    """Read rec's PatientOrientation on a daemon thread, then call ``done()`` (from that
+    thread): a viewer never waits on a header read (the first pydicom import is ~0.5 s)."""
+    key = _po_key(rec)
+    if not needs_file_read(rec) or key in _PENDING:
+        return
+    _PENDING.add(key)
+
+    def work():
+        try:
+            patient_orientation_of(rec)
+        finally:
+            _PENDING.discard(key)
+            try:
+                done()
+            except Exception:  # noqa: BLE001 - e.g. the view was closed meanwhile
+                pass
+    threading.Thread(target=work, name="patient-orientation", daemon=True).start()
+
+
+def patient_orientation_of(rec, read_file: bool = True):
     """PatientOrientation of one instance record: from the record when the index kept it,
-    else read once from the file's header (pydicom, no pixels) and cached per file."""
+    else read once from the file's header (pydicom, no pixels) and cached per file
+    (``read_file=False``: only what is known without reading)."""
     if rec is None:
         return None
     v = rec.get("PatientOrientation") if hasattr(rec, "get") else None
     if v not in (None, ""):
         return v
-    key = (getattr(rec, "path", None), getattr(rec, "member", None))
+    key = _po_key(rec)
     if key[0] is None:
         return None
     if key not in _PO_CACHE:
+        if not read_file:
+            return None
         try:
             from .dicom.header import read_dataset
             ds = read_dataset(rec, stop_before_pixels=True)
@@ -113,9 +151,10 @@ def patient_orientation_of(rec):
     return _PO_CACHE[key]
 
 
-def orientation(vol, plane, rec=None, rotate: int = 0) -> Orientation:
+def orientation(vol, plane, rec=None, rotate: int = 0, read_file: bool = True) -> Orientation:
     """Edge letters of ``plane`` of ``vol`` (flips of the plane included), from the direction
-    cosines when the volume has 3D geometry, else from ``rec``'s PatientOrientation."""
+    cosines when the volume has 3D geometry, else from ``rec``'s PatientOrientation
+    (``read_file=False``: no header read; ``why_none`` is NOT_READ_YET when one is needed)."""
     if vol is None:
         return Orientation(None, "", "no image")
     if vol.has_geometry:
@@ -123,6 +162,8 @@ def orientation(vol, plane, rec=None, rotate: int = 0) -> Orientation:
                            "direction cosines")
     if plane.axis != 0:
         return Orientation(None, "", "no 3D geometry")
+    if not read_file and needs_file_read(rec):
+        return Orientation(None, "", NOT_READ_YET)
     po = patient_orientation_of(rec)
     lab = projection_labels(po, plane.flip_h, plane.flip_v, rotate)
     if lab is not None:

@@ -7,7 +7,7 @@ import numpy as np
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from _qt import open_window  # noqa: E402
+from _qt import open_window, wait_until  # noqa: E402
 from conftest import ROOT  # noqa: E402
 
 CXR = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_03_pa.dcm"
@@ -27,7 +27,8 @@ def test_projection_letters_age_and_flip(tmp_path_factory):
     from imaging_assist.layers import Plane
     w = open_window(tmp_path_factory, str(CXR))
     view = w.view_area.single
-    view.repaint()
+    # the header is read off the GUI thread, then the view paints the letters
+    assert wait_until(lambda: view.repaint() or view._orientation_labels, 20)
     # PatientOrientation L\F of a PA film: patient left on the right, feet down
     assert view._orientation_labels == {"right": "L", "left": "R", "bottom": "F", "top": "H"}
     tl = view.annotation_text()["tl"]

@@ -7,13 +7,13 @@ import math
 import time
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QMetaObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen
 from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 
 from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
-from imaging_assist.overlay_text import age_text, dob_text, orientation
+from imaging_assist.overlay_text import NOT_READ_YET, age_text, dob_text, orientation, read_later
 
 from . import annotation_tools as ann
 from .document import ViewerDocument
@@ -596,7 +596,10 @@ class SliceView(QWidget):
         # orientation letters: direction cosines, else PatientOrientation (projection images)
         hdrs = self.vol.headers
         rec = hdrs[min(self.index, len(hdrs) - 1)] if (hdrs and self.plane.axis == 0) else None
-        lab = orientation(self.vol, self.plane, rec).labels
+        o = orientation(self.vol, self.plane, rec, read_file=False)  # never a file read while painting
+        if o.why_none == NOT_READ_YET:  # read on a thread, then paint again
+            read_later(rec, lambda: QMetaObject.invokeMethod(self, "update", Qt.QueuedConnection))
+        lab = o.labels
         self._orientation_labels = lab  # what was painted (tests read it)
         if lab:
             p.setFont(self._font_orient)
