@@ -173,10 +173,10 @@ class LayersPanel(QWidget):
         self._show_props()
 
     def _item_text(self, layer) -> str:
-        text = f"{layer.name}   ({KIND_TEXT.get(layer.kind, layer.kind)})"
-        if flag_reasons(layer):
-            text += "   ⚑ flagged" + ("" if layer.visible else ", hidden")
-        return text
+        kind = KIND_TEXT.get(layer.kind, layer.kind)
+        if flag_reasons(layer):  # the mark first: the dock is narrow and long names are cut
+            return f"⚑ {layer.name}   ({kind}, flagged" + ("" if layer.visible else ", hidden") + ")"
+        return f"{layer.name}   ({kind})"
 
     def _refresh_states(self):
         self._updating = True
