@@ -101,7 +101,7 @@ def test_synthetic_pyramid_tiles_equal_the_old_path(jpeg_pyramid, mpp):
         assert np.abs(got.astype(int) - old[pick]).max() <= (0 if mpp != 0.7 else 1)
 
 
-@pytest.mark.parametrize("mpp", [0.5, 0.7])         # SVS at 0.499 µm/px: both resampled (1.002x, 1.4x)
+@pytest.mark.parametrize("mpp", [0.5, 0.7])         # SVS at 0.499 µm/px: as stored (within 0.5%), 1.4x
 def test_real_svs_tiles_equal_the_old_path(svs, mpp):
     with open_slide(svs) as s:
         assert s.backend == "openslide" and s.concurrent_reads
@@ -332,3 +332,17 @@ def test_shipped_model_uint8_and_float_inputs_agree(svs):
     p8 = fn(torch.from_numpy(tiles).permute(0, 3, 1, 2)).numpy()
     pf = fn(tiles_to_batch(tiles)).numpy()
     np.testing.assert_allclose(p8, pf, rtol=0, atol=1e-5)
+
+
+def test_a_level_within_half_a_percent_is_read_as_stored_and_says_so(svs):
+    """0.5 µm/px asked of the 0.499 µm/px scan: level 0 as stored (no resampling), the plan's
+    µm/px and tile footprint are the scan's own, and the plan says so."""
+    with open_slide(svs) as s:
+        plan = plan_tiles(s, 224, 0.5, tissue_mask=None)
+        assert plan.level == 0 and plan.downsample == (1.0, 1.0)
+        assert plan.mpp == pytest.approx(s.mpp[0]) and plan.mpp != 0.5
+        assert any("not resampled" in w for w in plan.warnings)
+        runs = tiling._plan_runs(plan, plan.cells)
+        assert runs and all(r.k == (1, 1) for r in runs)
+        far = plan_tiles(s, 224, 0.51, tissue_mask=None)       # 2% away: resampled
+        assert far.downsample[0] == pytest.approx(0.51 / s.mpp[0]) and not far.warnings

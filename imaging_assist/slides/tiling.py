@@ -43,6 +43,11 @@ MAX_RUN_BYTES = 96_000_000
 #: shipped path-lung-tissue 3.7-4.4 ms at 4-32, 6.1 at 64.  On a GPU the whole batch goes.
 CPU_MODEL_BATCH = 16
 
+#: A requested tile scale within this relative distance of a pyramid level's own scale is
+#: read from that level as stored, without resampling (e.g. 0.5 µm/px asked of a 0.499 µm/px
+#: scan): the tile then covers the level's pixels and the plan records the true µm/px.
+MPP_SNAP = 0.005
+
 
 class TilingCancelled(Exception):
     """Internal: raised inside the reader thread when the run was cancelled."""
@@ -144,6 +149,15 @@ def plan_tiles(slide: Slide, tile_px: int = 224, mpp: float | None = 0.5, *,
     warn: list[str] = []
     ds, tile_mpp = _resolve_downsample(slide, mpp, downsample, warn)
     level = _level_for(slide, min(ds))
+    lsc = slide.level_scale(level)
+    if ds != lsc and all(abs(d / s - 1) <= MPP_SNAP for d, s in zip(ds, lsc)):
+        asked = tile_mpp
+        ds = (float(lsc[0]), float(lsc[1]))
+        if slide.mpp is not None:
+            tile_mpp = slide.mpp[0] * ds[0]
+            if asked is not None:
+                warn.append(f"tiles read at {tile_mpp:.4g} µm/px as stored in level {level} (asked "
+                            f"{asked:.4g}; within {MPP_SNAP:.1%}: not resampled)")
     w0, h0 = slide.dimensions
     if region is None:
         rx, ry, rw, rh = 0.0, 0.0, float(w0), float(h0)
