@@ -122,6 +122,7 @@ def test_cr_chest_opens_beside_the_most_recent_prior(env, tmp_path_factory):
         assert w.hanging.applied.protocol.builtin and "prior" in w.hanging.applied.protocol.name
         assert "Hanging protocol: Chest radiograph" in w.statusBar().currentMessage()
         assert w.reading.layout_button.text() == "Layout 1×2"
+        assert g.cells[1].link_note == ""  # two radiographs: no "not linked" note over the prior
         w.a_annot.setChecked(False)  # pixels of the images only
         crops = []
         for c in g.visible_cells()[:2]:

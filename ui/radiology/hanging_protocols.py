@@ -147,6 +147,8 @@ class HangingProtocols(QObject):
         msg = f"Hanging protocol: {p.name}" + (f" ({'; '.join(notes)})" if notes else "")
         if self.store.warning:
             msg = self.store.warning
+        elif p is hanging.FALLBACK and not notes:
+            return h  # plain 1×1: nothing to say
         w.statusBar().showMessage(msg, 10000)
         return h
 

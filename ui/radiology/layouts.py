@@ -193,6 +193,8 @@ class GridArea(QWidget):
                 ok, why = viewing.link_check(first.volume, c.doc.volume, manual=c.manual_link)
                 if why and not ok and viewing.same_space(first.volume, c.doc.volume):
                     why += " (reference lines shown)"
+                if first.volume.n_slices <= 1 and c.doc.volume.n_slices <= 1:
+                    why = ""  # two single images (e.g. radiographs side by side): nothing to scroll or link
                 pa, pb = first.patient, c.doc.patient
                 if pa is not None and pb is not None and str(pa.id or "") != str(pb.id or ""):
                     why = f"another patient (ID {pb.id or 'none'}), not the current one" + (f"; {why}" if why else "")
