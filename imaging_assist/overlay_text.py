@@ -168,8 +168,10 @@ def orientation(vol, plane, rec=None, rotate: int = 0, read_file: bool = True) -
     lab = projection_labels(po, plane.flip_h, plane.flip_v, rotate)
     if lab is not None:
         return Orientation(lab, "PatientOrientation")
+    if rec is None:
+        return Orientation(None, "", "plain image, no DICOM header")
     if po in (None, "", []):
-        return Orientation(None, "", "no ImageOrientationPatient or PatientOrientation in the file")
+        return Orientation(None, "", "no PatientOrientation in the file")
     return Orientation(None, "", f"PatientOrientation {po!r} not understood")
 
 

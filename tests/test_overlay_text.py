@@ -33,7 +33,7 @@ def test_unknown_orientation_is_never_guessed():
         assert projection_labels(bad) is None
     vol = Volume(array=np.zeros((1, 4, 4), np.uint8), spacing=(1, 1, 1), has_geometry=False)
     o = orientation(vol, Plane.native(), None)
-    assert o.labels is None and "PatientOrientation" in o.why_none
+    assert o.labels is None and o.why_none == "plain image, no DICOM header"
 
 
 def test_projection_file_letters_come_from_the_header(tmp_path):

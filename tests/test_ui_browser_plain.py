@@ -36,11 +36,19 @@ def test_folder_of_plain_images_opens_in_the_viewer(tmp_path_factory):
     bmp[10:30, 20:40] = 255
     Image.fromarray(bmp).save(d / "square.bmp")
     (d / "README.txt").write_text("Kermany et al. 2018, CC BY 4.0")
+    data = films[1].read_bytes()
+    (d / "truncated.jpeg").write_bytes(data[: len(data) // 3])
     w = open_window(tmp_path_factory, str(d))
     b = w.browser
-    assert b.series_keys() == [] and len(b.image_keys()) == 4
+    assert b.series_keys() == [] and len(b.image_keys()) == 5
+    # tiles: a thumbnail for each readable image, "cannot display" (and a problem line) for the cut one
+    cut = next(k for k in b.image_keys() if k.endswith("truncated.jpeg"))
+    assert wait_until(lambda: all(b.tile_kind(k) != "placeholder" for k in b.image_keys()), 30)
+    assert b.tile_kind(cut) == "cannot display"
+    assert all(b.tile_kind(k) == "thumbnail" for k in b.image_keys() if k != cut)
+    assert [p.path for p in b.problem_items] == [str(d / "truncated.jpeg")]
     assert [o.path.split("/")[-1] for o in b.other_files] == ["README.txt"]
-    assert not b.problem_items and b.other_label.isVisible()
+    assert b.other_label.isVisible()
     assert b.other_label.text() == "1 other file, not an image: README.txt (licence/readme text)"
     # the first image is shown with analyze's reader: same pixels, no geometry
     first = sorted(os.listdir(d))[0]

@@ -33,6 +33,7 @@ def test_projection_letters_age_and_flip(tmp_path_factory):
     assert view._orientation_labels == {"right": "L", "left": "R", "bottom": "F", "top": "H"}
     tl = view.annotation_text()["tl"]
     assert any("Age 47 y" in s for s in tl), tl
+    assert not any("orientation" in s for s in view.annotation_text()["bl"])
     # the letter is painted in the letter colour near the middle of the right edge
     lum = _lum(view.grab().toImage())
     h, wd = lum.shape
@@ -66,6 +67,9 @@ def test_corner_text_is_readable_over_white_pixels(qtbot):
     assert np.median(lum[300:500, 300:500]) > 0.95  # the image really is white under the text
     tr = view.annotation_text()["tr"]
     assert tr, "no corner text"
+    # no letters, and the corner says why (never a guess)
+    assert view._orientation_labels is None
+    assert "No orientation letters: plain image, no DICOM header" in view.annotation_text()["bl"]
     fm = QFontMetricsF(view._font)
     # the first top-right line: its box, from the same metrics the view paints with
     s = tr[0]

@@ -12,7 +12,9 @@ from collections import OrderedDict
 from PySide6.QtCore import QObject, QTimer
 
 from ..radiology.browser import IMAGE_KEY
-from ..radiology.loading import ImageJob, LoadJob, ScanJob, viewable_images
+from ..radiology.loading import ImageJob, LoadJob, PlainImage, ScanJob, ThumbnailJob, viewable_images
+
+MAX_PLAIN_THUMBS = 200  # tiles made for at most this many plain images of a folder (each is a full read)
 
 CACHE_BYTES = 1536 * 1024**2  # keep recently viewed volumes up to this size
 
@@ -35,6 +37,7 @@ class SeriesLoading(QObject):
         self._shown_key = None
         self.load_state = "idle"  # idle, scanning, loading, done, error
         self.last_error = ""
+        self._plain_thumbs: ThumbnailJob | None = None
 
     def open_path(self, path, series: str | None = None, layout: str | None = None):
         """Scan a folder / zip / DICOMDIR / file (or a list) and show a series."""
@@ -45,6 +48,7 @@ class SeriesLoading(QObject):
             return
         self.cancel_loading(quiet=True)
         self.w.thumbs.stop()
+        self._stop_plain_thumbs()
         self.root_paths = paths
         self._pending_series = series
         self._pending_layout = layout
@@ -100,6 +104,7 @@ class SeriesLoading(QObject):
         self.w.browser.set_index(index)
         series = index.image_series()
         images = viewable_images(index)
+        self._start_plain_thumbs(images)
         if not series and images and not self._pending_series:  # a folder of plain images
             self.load_series(IMAGE_KEY + images[0][0])
             return
@@ -200,6 +205,22 @@ class SeriesLoading(QObject):
         job.failed.connect(self._guard(job, "_load_job", self._load_failed))
         self._load_job = job
         job.start()
+
+    def _start_plain_thumbs(self, images):
+        """Tiles for the plain images, on their own thread (the DICOM tiles have theirs)."""
+        todo = [PlainImage(IMAGE_KEY + p, p) for p, _ in images[:MAX_PLAIN_THUMBS]]
+        if not todo:
+            return
+        job = ThumbnailJob(todo, self)
+        job.ready.connect(self._guard(job, "_plain_thumbs", self.w.thumbs._ready))
+        job.failed.connect(self._guard(job, "_plain_thumbs", self.w.thumbs.mark_unviewable))
+        self._plain_thumbs = job
+        job.start()
+
+    def _stop_plain_thumbs(self):
+        if self._plain_thumbs is not None:
+            self._plain_thumbs.cancel()
+            self._plain_thumbs = None
 
     def _image_loaded(self, vol):
         self._load_job = None
@@ -311,6 +332,7 @@ class SeriesLoading(QObject):
     def close_study(self):
         self.cancel_loading(quiet=True)
         self.w.thumbs.stop()
+        self._stop_plain_thumbs()
         self.index = None
         self.current_key = None
         self.w.doc.set_volume(None)

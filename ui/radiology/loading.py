@@ -145,14 +145,27 @@ class ImageJob(QObject):
             self.done.emit(vol)
 
 
+class PlainImage:
+    """A plain image as the thumbnail job takes it (``key`` and ``path``)."""
+
+    def __init__(self, key: str, path: str):
+        self.key, self.path = key, path
+
+
 def thumbnail_array(series, max_side: int = 96) -> tuple[np.ndarray, tuple[float, float]]:
-    """A small display image (uint8, grey or RGB) of a series' middle slice, and its
-    pixel aspect (sx, sy).  Reads only the unit of work holding the middle slice."""
+    """A small display image (uint8, grey or RGB) of a series' middle slice (or of a
+    :class:`PlainImage`), and its pixel aspect (sx, sy).  Reads only the unit of work
+    holding the middle slice."""
     from imaging_assist import display
-    from imaging_assist.dicom import SeriesLoader
-    loader = SeriesLoader(series)
-    k = loader.load_middle()
-    vol = loader.volume
+    if isinstance(series, PlainImage):
+        from imaging_assist.inference.images import read_image
+        vol = read_image(series.path)
+        k = 0
+    else:
+        from imaging_assist.dicom import SeriesLoader
+        loader = SeriesLoader(series)
+        k = loader.load_middle()
+        vol = loader.volume
     a = vol.array[k]
     if vol.is_color:
         img = display.render_slice(vol, k, None, slice_array=a)

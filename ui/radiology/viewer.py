@@ -540,6 +540,9 @@ class SliceView(QWidget):
         note = corner_note(vol.spacing_source)
         if note:  # lengths that are not patient mm say so where the image is
             bl.append(note)
+        o = orientation(vol, self.plane, rec if self.plane.axis == 0 else None, read_file=False)
+        if o.labels is None and o.why_none != NOT_READ_YET:  # no letters: say why, never guess
+            bl.append(f"No orientation letters: {o.why_none}")
         if self._cursor_text:
             bl.append(self._cursor_text)
         br = []
