@@ -137,7 +137,8 @@ def test_heat_map_transparent_where_low_and_smooth_when_zoomed(win, page):
     v = page.view
     heat = np.full((6, 6), 0.05, np.float32)  # low everywhere ...
     heat[2:4, 2:4] = 0.95                     # ... but a block of 4 tiles
-    heat[0, 0] = np.nan                       # and one tile that never ran
+    heat[0, 0] = np.nan                       # and one tile that never ran (outside the tissue)
+    heat[0, 1] = 0.95                         # beside a high tile at that edge
     page.add_heatmaps(heat[None], ["tumour"], downsample=(300.0, 300.0), origin=(200.0, 400.0))
     layer = [l for l in win.doc.layers if isinstance(l, HeatmapLayer)][0]
     assert layer.threshold > 0.05
@@ -155,6 +156,12 @@ def test_heat_map_transparent_where_low_and_smooth_when_zoomed(win, page):
     assert np.abs(img[y, x] - plain[y, x]).max() <= 1
     y, x = at(200 + 3 * 300, 400 + 3 * 300)  # the centre of the high block: coloured
     assert np.abs(img[y, x] - plain[y, x]).max() > 30
+    # the tile at the tissue edge keeps its whole square (the missing tile does not pull it down)
+    y, x = at(200 + 1.05 * 300, 400 + 0.5 * 300)
+    y1, x1 = at(200 + 1.5 * 300, 400 + 0.5 * 300)
+    assert np.abs(img[y, x] - plain[y, x]).max() > 30 and np.abs(img[y1, x1] - plain[y1, x1]).max() > 30
+    y, x = at(200 + 0.5 * 300, 400 + 0.5 * 300)  # the tile that never ran: untouched
+    assert np.abs(img[y, x] - plain[y, x]).max() <= 1
     # the legend lies inside the view
     box = v.legend_box
     assert box is not None and box.left() >= 0 and box.top() >= 0

@@ -578,8 +578,8 @@ class SlidePage(QWidget):
         return self.add_layer(layer, downsample=mask.downsample, origin=(0.0, 0.0))
 
     def add_heatmaps(self, heatmaps: np.ndarray, class_names, downsample, origin, top_tiles=None,
-                     units: str = "probability"):
-        """Per-class heat maps on the tile grid (first class visible), plus top-tile markers.
+                     units: str = "probability", visible: int = 0):
+        """Per-class heat maps on the tile grid (class ``visible`` shown), plus top-tile markers.
 
         The app's heat colours (:data:`~imaging_assist.colormaps.DEFAULT_HEAT_COLORMAP`, fading
         to transparent at the threshold): probabilities from 0 to 1, nothing drawn below
@@ -592,7 +592,7 @@ class SlidePage(QWidget):
         thr = max(DEFAULT_HEAT_THRESHOLD, 1.0 / n) if n > 1 else DEFAULT_HEAT_THRESHOLD
         for i, name in enumerate(class_names):
             layer = HeatmapLayer(str(name), heatmaps[i], colormap=DEFAULT_HEAT_COLORMAP, vmin=0.0, vmax=1.0,
-                                 threshold=thr, units=units, visible=(i == 0))
+                                 threshold=thr, units=units, visible=(i == visible))
             added.append(self.add_layer(layer, downsample, origin))
         for i, (cls, tiles) in enumerate((top_tiles or {}).items()):
             ms = []
@@ -601,13 +601,18 @@ class SlidePage(QWidget):
                 score = t.score if hasattr(t, "score") else t["score"]
                 ms.append(Marker((0, row, col), f"{cls} #{rank + 1} · tile r{int(row)} c{int(col)}", score=score))
             if ms:
-                added.append(self.add_layer(MarkerLayer(f"Top tiles: {cls}", ms, visible=(i == 0)),
+                shown = str(cls) == str(class_names[visible]) if len(class_names) > visible else i == 0
+                added.append(self.add_layer(MarkerLayer(f"Top tiles: {cls}", ms, visible=shown),
                                             downsample, origin))
         return added
 
     def add_tile_result(self, res):
-        """A :class:`~imaging_assist.slides.TileResult`: its heat maps and top tiles."""
-        return self.add_heatmaps(res.heatmaps, res.class_names, res.downsample, res.origin, res.top_tiles)
+        """A :class:`~imaging_assist.slides.TileResult`: its heat maps and top tiles; the class
+        covering the most tissue is the one shown (the others are a tick away in Overlays)."""
+        areas = res.areas
+        vis = max(range(len(res.class_names)), key=lambda i: areas.get(res.class_names[i], 0.0)) if areas else 0
+        return self.add_heatmaps(res.heatmaps, res.class_names, res.downsample, res.origin, res.top_tiles,
+                                 visible=vis)
 
     def load_heatmap_dialog(self):
         if self.slide is None:

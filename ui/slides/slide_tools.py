@@ -265,10 +265,13 @@ class SlideTools(QObject):
             width = 3 if a is self.selected else 2
             poly = self._screen(a.points)
             if a.kind == "points":
-                for q in poly:
-                    p.setPen(QPen(QColor(0, 0, 0, 200), 1))
+                for q in poly:  # a white ring: visible on purple haematoxylin and pink eosin alike
+                    p.setPen(QPen(QColor(0, 0, 0, 220), 4))
+                    p.setBrush(Qt.NoBrush)
+                    p.drawEllipse(q, 6, 6)
+                    p.setPen(QPen(QColor("white"), 2))
                     p.setBrush(col)
-                    p.drawEllipse(q, 5, 5)
+                    p.drawEllipse(q, 6, 6)
                 continue
             p.setBrush(Qt.NoBrush)
             for pen in (QPen(QColor(0, 0, 0, 170), width + 2), QPen(col, width)):
