@@ -252,3 +252,28 @@ def test_series_opens_where_the_reader_left_it(env, tmp_path_factory, tmp_path, 
         w.a_remember.setChecked(True)
         w.a_hang_on.setChecked(True)
         w.close()
+
+
+def test_studies_and_ai_models_side_by_side_and_side_bars_collapse(env, tmp_path_factory):
+    from PySide6.QtCore import Qt
+    root, data, uids = env
+    w = _window(tmp_path_factory)
+    try:
+        _open(w, data, uids["ct0"])
+        w.show_model_panel()
+        pump_until(lambda: False, 0.1)
+        # not two tabs of one dock: both visible at once, on opposite sides
+        assert w.browser_dock.isVisible() and w.model_dock.isVisible()
+        assert w.model_dock not in w.tabifiedDockWidgets(w.browser_dock)
+        assert w.dockWidgetArea(w.browser_dock) == Qt.LeftDockWidgetArea
+        assert w.dockWidgetArea(w.model_dock) == Qt.RightDockWidgetArea
+        before = w.view_area.width()
+        w.a_side_bars.trigger()  # Ctrl+B
+        pump_until(lambda: False, 0.1)
+        assert not w.browser_dock.isVisible() and not w.model_dock.isVisible()
+        assert w.toolbar.isVisible() and w.view_area.width() > before + 500  # the images take the width
+        w.a_side_bars.trigger()
+        pump_until(lambda: False, 0.1)
+        assert w.browser_dock.isVisible() and w.model_dock.isVisible()
+    finally:
+        w.close()

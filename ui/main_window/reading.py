@@ -86,6 +86,20 @@ class Reading:
         self.cine = install_cine(w)
         from ..radiology.hanging_protocols import HangingProtocols
         self.hanging = w.hanging = HangingProtocols(w, self)
+        # studies and AI results side by side, not two tabs of one dock: the AI models dock
+        # goes to the right, above Overlays (where its results arrive as layers)
+        md = getattr(w, "model_dock", None)
+        if md is not None:
+            w.addDockWidget(Qt.RightDockWidgetArea, md)
+            w.splitDockWidget(md, w.layers_dock, Qt.Vertical)
+        # side bars collapse (Ctrl+B): every dock goes, the toolbar and corner text stay
+        self._collapsed: list | None = None
+        w.a_side_bars = A("Collapse side bars", None, "Ctrl+B", checkable=True,
+                          tip="Hide the docks on both sides (again: bring them back)")
+        w.a_side_bars.toggled.connect(self.collapse_side_bars)
+        for m in w.menuBar().actions():
+            if m.text().replace("&", "") == "View":
+                m.menu().insertAction(w.a_full, w.a_side_bars)
 
     # ------------------------------------------------------------------ layouts
     def _layout_changed(self, mode):
@@ -252,6 +266,20 @@ class Reading:
             w.layers_dock.hide()
         if not w.doc.measurements:
             w.measure_dock.hide()
+
+    def collapse_side_bars(self, on: bool):
+        """Hide every visible dock (left and right) so the images take the width; off: show
+        the same docks again.  A dock opened meanwhile stays open."""
+        if on and self._collapsed is None:
+            self._collapsed = [d for d in self._docks() if d.isVisible()]
+            for d in self._collapsed:
+                d.hide()
+        elif not on and self._collapsed is not None:
+            for d in self._collapsed:
+                d.show()
+            self._collapsed = None
+        for v in self.w.view_area.views():
+            v.fit()
 
     @property
     def reading_mode(self) -> bool:
