@@ -38,6 +38,8 @@ SHORTCUTS = [
     ("Annotations on/off", "T"),
     ("Smooth (interpolated) display on/off", "S"),
     ("Cine play / pause", "Space"),
+    ("Cine: step one frame (pauses while playing) / slower, faster", "← / →,  [ / ]  (+ / - while playing)"),
+    ("Collapse side bars", "Ctrl+B"),
     ("DICOM tags", "Ctrl+D"),
     ("Reading mode: only images and corner text", "F11"),
 ]
