@@ -1115,7 +1115,7 @@ class ModelPanel(QWidget):
             self.progress.setValue(0)
             self.state = "idle"
         self.result_layers = []
-        if not self.running:
+        if self.state == "idle":  # not when a run was just cancelled by the change
             restore_outcome(self)  # the results of this series' earlier runs (issue 17)
         if self._catalog_loaded:
             self._rematch(select_best=True)
