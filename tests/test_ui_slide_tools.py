@@ -220,6 +220,15 @@ def test_ruler_and_polygon_with_the_mouse(win, page):
         QTest.mouseClick(v, Qt.LeftButton, Qt.NoModifier, v.slide_to_screen(*p).toPoint())
     assert tools.counts() == {"Tumor": 2}
     assert "Tumor 2" in page.annotations_panel.counts.text()
+    # Del removes the selected annotation, Esc leaves the tool (the window's shortcuts of those keys
+    # do not take them from the view)
+    v.setFocus()
+    tools.selected = poly
+    n = len(tools.annotations)
+    QTest.keyClick(v, Qt.Key_Delete)
+    assert len(tools.annotations) == n - 1 and poly not in tools.annotations
+    QTest.keyClick(v, Qt.Key_Escape)
+    assert tools.tool == "navigate" and page.tool_actions["navigate"].isChecked()
     page.tool_actions["navigate"].trigger()
     page.annotations_panel.cls.setCurrentText("Region")
 

@@ -226,6 +226,19 @@ class SlideTools(QObject):
             return None
         return self.add(Annotation("polygon", pts, self.current_class))
 
+    def wants_key(self, ev) -> bool:
+        """Would :meth:`key_event` use this key now (so window shortcuts must not take it)?"""
+        k = ev.key()
+        if k == Qt.Key_Escape:
+            return bool(self._draft) or self.tool != "navigate"
+        if k in (Qt.Key_Return, Qt.Key_Enter):
+            return self.tool == "polygon" and bool(self._draft)
+        if k == Qt.Key_Backspace:
+            return bool(self._draft)
+        if k == Qt.Key_Delete:
+            return self.selected is not None
+        return False
+
     def key_event(self, ev) -> bool:
         k = ev.key()
         if k == Qt.Key_Escape and (self._draft or self.tool != "navigate"):

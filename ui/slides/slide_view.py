@@ -24,7 +24,7 @@ import os
 import time
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
+from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
 from PySide6.QtWidgets import QWidget
 
@@ -1016,6 +1016,15 @@ class SlideView(QWidget):
             self.pan_by(0, -step)
         else:
             return super().keyPressEvent(ev)
+
+    def event(self, ev):
+        # Keys a drawing tool needs (Esc, Enter, Backspace, Del) would otherwise be taken by the
+        # main window's shortcuts of the same keys: accepting the override delivers them here.
+        if (ev.type() == QEvent.ShortcutOverride and self.tools is not None
+                and self.tools.wants_key(ev)):
+            ev.accept()
+            return True
+        return super().event(ev)
 
     def leaveEvent(self, ev):
         self.cursorInfo.emit("")
