@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .item import Settings
+from .pacs_source import is_pacs_source, retrieve
 from .sources import collect, hash_all
 from .table import ResultsTable
 
@@ -56,6 +57,17 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
                 raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))} for model {c.id} "
                                 f"(labels: {', '.join(c.labels)})")
     out = out_folder(settings.out_dir)
+    pacs_notes: list[str] = []
+    if any(is_pacs_source(s) for s in sources):  # retrieved first, then an ordinary folder
+        local = []
+        for s in sources:
+            if is_pacs_source(s):
+                folder, got = retrieve(s, str(out / "pacs-cache"), echo=echo)
+                local.append(folder)
+                pacs_notes += got
+            else:
+                local.append(s)
+        sources = list(dict.fromkeys(local))
     for s in sources:
         sp = Path(s).expanduser().resolve()
         if sp.is_dir() and (out.resolve() == sp or sp in out.resolve().parents):
@@ -74,7 +86,7 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     table = ResultsTable(out)
     run_id = table.start_run(engine, command)
     counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
-    for n in notes:
+    for n in pacs_notes + notes:
         echo(f"note: {n}")
 
     def put(row: dict) -> None:

@@ -18,7 +18,9 @@ def register(subparsers) -> None:
     b = subparsers.add_parser(
         "batch", help="run models over whole archives into DIR/batch.sqlite (resumable; local or Ray)")
     b.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folders, zips, DICOMDIRs, DICOM/image files, whole-slide images")
+                   help="folders, zips, DICOMDIRs, DICOM/image files, whole-slide images, or a PACS "
+                        "query pacs://NODE?PatientID=...&Modality=CR&StudyDate=YYYYMMDD-YYYYMMDD "
+                        "(a configured node; retrieved into DIR/pacs-cache first)")
     b.add_argument("--model", action="append", required=True, metavar="ID",
                    help="model id or model folder (repeat for several models)")
     b.add_argument("--out", required=True, metavar="DIR")
@@ -69,10 +71,29 @@ def cmd_batch(args) -> int:
             raise UserError("--deidentify with a Ray cluster: the copies would exist on this machine "
                             "only; run `imaging-assist anonymize` onto a folder every node mounts, "
                             "then batch that folder")
+        from ..batch.pacs_source import is_pacs_source, retrieve
         from ..privacy.deid import deidentified_input
 
-        args.sources = [deidentified_input(s, echo=lambda m: print(m, file=sys.stderr))
-                        for s in args.sources]
+        def err(m):
+            print(m, file=sys.stderr)
+
+        local = []
+        tmp = None
+        for s in args.sources:  # a PACS query is retrieved first, then de-identified like a folder
+            if is_pacs_source(s):
+                if tmp is None:  # the identified originals stay out of OUT; removed at exit
+                    import atexit
+                    import shutil
+                    import tempfile
+
+                    tmp = tempfile.mkdtemp(prefix="ia-pacs-")
+                    atexit.register(shutil.rmtree, tmp, True)
+                folder, notes = retrieve(s, tmp, echo=err)
+                for n in notes:
+                    err(f"note: {n}")
+                s = folder
+            local.append(s)
+        args.sources = [deidentified_input(s, echo=err) for s in local]
     explain = canonical_method(args.explain) if args.explain is not None else None
     if args.label and explain is None:
         explain = "gradcam"
