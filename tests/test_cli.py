@@ -21,7 +21,9 @@ def test_scan_json():
     series = [s for p in data["patients"] for st in p["studies"] for s in st["series"]]
     ct = [s for s in series if s["description"] == "STD BRAIN 1MM, iDose"][0]
     assert ct["instances"] == 140 and ct["modality"] == "CT" and ct["rows"] == 512
-    assert {"path", "reason"} <= set(data["problems"][0])
+    # the licence texts beside the series are other files (path, kind), not problems
+    assert data["problems"] == [] and len(data["other_files"]) == 8
+    assert {"path", "kind"} <= set(data["other_files"][0])
 
 
 def test_info_json_geometry():
