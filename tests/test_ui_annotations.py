@@ -202,3 +202,22 @@ def test_reopened_study_has_its_annotations_and_sr_export(win, view, store, tmp_
     out, warnings = export_sr(win.doc, tmp_path / "sr.dcm")
     kinds = sorted(g["kind"] for g in read_measurement_sr(out))
     assert kinds == sorted(k for k, _, _ in saved) and warnings == []
+
+
+def test_malformed_saved_file_is_one_warning_and_kept(win, view, store):
+    uid = win.doc.study.uid
+    path = store.path_for(uid)
+    win.close_study()
+    path.write_text('{"schema": "imaging-assist-annotations", "version": 1, "series": ')  # cut short
+    win.open_path(str(need(CT_PHANTOM)))
+    assert pump_until(lambda: win.load_state == "done" and "malformed" in win.banner_text(), 60), win.banner_text()
+    assert win.doc.measurements == []
+    kept = list(path.parent.glob(path.stem + ".malformed-*.json"))
+    assert len(kept) == 1 and kept[0].read_text().endswith('"series": ')  # nothing lost
+    # drawing again writes a fresh file beside the kept one
+    win.set_tool("text")
+    v = win.view_area.single
+    QTest.mouseClick(v, Qt.LeftButton, Qt.NoModifier, sp(v, 50, 50))
+    v._annotation_editor.setText("again")
+    v._annotation_editor.returnPressed.emit()
+    assert store.load(uid, win.doc.series.key)[0][0].text == "again"

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import dicom_common as dc
-
 COMMENT = ("121106", "DCM", "Comment")
 
 
@@ -123,5 +121,4 @@ def read_measurement_sr(path) -> list[dict]:
     return out
 
 
-__all__ = ["annotation_group", "build_measurement_sr", "write_measurement_sr", "read_measurement_sr",
-           "dc"]
+__all__ = ["annotation_group", "build_measurement_sr", "write_measurement_sr", "read_measurement_sr"]

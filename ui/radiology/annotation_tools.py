@@ -18,7 +18,7 @@ from PySide6.QtGui import QColor, QFontMetricsF, QKeySequence, QPainter, QPainte
 from PySide6.QtWidgets import QLineEdit
 
 from imaging_assist.annotations import AnnotationSet, AnnotationStore
-from imaging_assist.measure import N_POINTS, OPEN_KINDS, ROI_KINDS, Measurement
+from imaging_assist.measure import OPEN_KINDS, ROI_KINDS, Measurement
 
 from ..shared.units import spacing_note
 
@@ -90,7 +90,6 @@ class AnnotationController(QObject):
         key = self.study_key()
         if key is None or key != self._key or self.doc.measurements:
             return
-        vol = self.doc.volume
         try:
             items, warnings = self.the_store().load(*key[:2], stack=key[2], shape=self.doc.shape3())
         except OSError as e:
@@ -102,7 +101,6 @@ class AnnotationController(QObject):
         if items:
             self.doc.measurementsChanged.emit()
         self._warn(warnings)
-        del vol
 
     def _on_slice(self, k):
         if any(m.axis == 0 and m.index == k and m.kind in ROI_KINDS for m in self.doc.measurements):
@@ -538,6 +536,8 @@ def _arrow_head(p: QPainter, tail: QPointF, tip: QPointF, col: QColor) -> None:
 
 def _label(view, p: QPainter, anchor: QPointF, lines: list[str], col: QColor, boxed: bool = True,
            right_of: bool = True) -> QRectF:
+    """The view's label box (dark backing, kept inside the view), with a border when selected
+    and anchored left or right of a point; the view draws its own ruler/ROI labels inline."""
     fm = QFontMetricsF(view._font)
     p.setFont(view._font)
     tw = max(fm.horizontalAdvance(t) for t in lines) + 10
@@ -576,4 +576,5 @@ def hit_distance(view, m: Measurement, pos: QPointF) -> float:
 
 
 __all__ = ["AnnotationController", "annotations_for", "compute", "press", "drag", "release", "finish",
-           "double_click", "key", "paint_item", "hit_distance", "NEW_TOOLS", "OWN_KINDS", "N_POINTS"]
+           "double_click", "key", "paint_item", "hit_distance", "NEW_TOOLS", "OWN_KINDS", "window_actions",
+           "export_sr"]
