@@ -17,9 +17,11 @@ exposes it (pydicom reads the value, it does not interpret it).
 from __future__ import annotations
 
 import datetime as _dt
-import re
 import threading
 from dataclasses import dataclass
+
+# the PatientAge pattern and DA parsing of the model population check (one definition)
+from .models.matching import _AGE, _date
 
 # biped letters and their opposites (PS3.3 C.7.6.1.1.1)
 _OPPOSITE = {"A": "P", "P": "A", "R": "L", "L": "R", "H": "F", "F": "H"}
@@ -176,15 +178,7 @@ def orientation(vol, plane, rec=None, rotate: int = 0, read_file: bool = True) -
 
 
 # ------------------------------------------------------------------ age and birth date
-_AGE = re.compile(r"^\s*(\d{1,3})\s*([DWMY])\s*$", re.I)
 _UNIT = {"D": "d", "W": "w", "M": "mo", "Y": "y"}
-
-
-def _date(v) -> _dt.date | None:
-    try:
-        return _dt.datetime.strptime(str(v).strip()[:8], "%Y%m%d").date()
-    except (TypeError, ValueError):
-        return None
 
 
 def format_date(d) -> str:
