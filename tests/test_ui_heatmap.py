@@ -267,3 +267,47 @@ def test_one_layer_per_structure(win, view):
     other[:, 50:60] = 0
     got = win.add_layer(LabelLayer("bundle: lungs", other, names={1: "right lung", 2: "left lung"}))
     assert got is not seg and len([l for l in win.doc.layers if isinstance(l, LabelLayer)]) == 2
+
+
+def test_sr_findings_and_seg_layers_come_back_with_their_series(tmp_path_factory):
+    """A study with two CT series and a SEG + SR on the first: after the second series and back,
+    the first one's SEG layer and SR findings are shown again, once."""
+    from pydicom.uid import generate_uid
+
+    from _synth import write_ct_series
+    from test_result_objects import _sources, _sr, write_seg
+    from imaging_assist.dicom import load_series, scan
+
+    d = tmp_path_factory.mktemp("two_series")
+    study = generate_uid()
+    for name in ("a", "b"):
+        write_ct_series(d / name, [(0.0, 0.0, 2.0 * k) for k in range(10)], rows=24, cols=20,
+                        extra={"StudyInstanceUID": study, "FrameOfReferenceUID": generate_uid(),
+                               "SeriesDescription": name})
+    vol = load_series(scan(str(d / "a")).image_series()[0])
+    src = _sources(vol)
+    m = np.zeros(vol.array.shape, bool)
+    m[1:4, 5:15, 5:12] = True
+    (d / "seg.dcm").write_bytes(write_seg(src, m[..., None], ["liver"]))
+    _sr(vol, src, 2).save_as(d / "sr.dcm")
+    w = open_window(tmp_path_factory, str(d))
+    try:
+        idx = w.loading.index
+        series = {s.description: s.key for s in idx.image_series()}
+        if w.current_key != series["a"]:
+            w.load_series(series["a"])
+        assert wait_until(lambda: w.current_key == series["a"] and w.load_state == "done"
+                          and w.results.list.count() > 1, 20)
+        shown = [w.results.list.item(i).text() for i in range(w.results.list.count())]
+        layers = list(w.doc.layers.layers)
+        assert len(layers) == 1 and any("[" in t for t in shown)  # the SEG layer, SR items with their image
+        w.load_series(series["b"])
+        assert wait_until(lambda: w.current_key == series["b"] and w.load_state == "done", 20)
+        assert w.doc.layers.layers == [] and w.results.list.count() == 0
+        w.load_series(series["a"])
+        assert wait_until(lambda: w.current_key == series["a"] and w.load_state == "done"
+                          and w.results.list.count() > 0, 20)
+        assert w.doc.layers.layers == layers  # the same layer, not read a second time
+        assert [w.results.list.item(i).text() for i in range(w.results.list.count())] == shown
+    finally:
+        w.close()

@@ -17,6 +17,8 @@ from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, SEG, SR, ResultObjectError,
                                                  read_parametric_map, read_segmentation, read_sr)
 
+from .series_results import series_key
+
 SLICE_ROLE = Qt.UserRole + 1
 
 
@@ -37,6 +39,7 @@ class ResultLayers(QObject):
         win.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.messages: list[str] = []  # one-line problems and warnings, newest last
+        self._shown_key = None  # the series whose entries the list shows
         win.loadFinished.connect(self._loaded)
 
     # ------------------------------------------------------------------ applying
@@ -53,22 +56,44 @@ class ResultLayers(QObject):
             return
         results = index.results_for(series)
         done = vol.__dict__.setdefault("_results_applied", set())
-        # layers kept with the series (series_results.py) and shown again: not read twice
+        # issue 17: what this series showed before comes back (series_results.py) - its layers
+        # with the document, its list entries from the store - and is not read a second time
         done.update(getattr(l, "result_key", None) for l in self.w.doc.layers if getattr(l, "result_key", None))
-        todo = [r for r in results if r.key not in done]
-        if not todo and results:
-            return
-        self.list.clear() if not done else None
-        for r in todo:
+        kept = self.w.doc.results_store.results_list(self.w.doc)
+        key = series_key(self.w.doc)
+        if key != self._shown_key:  # another series: its own list
+            self._shown_key = key
+            self.list.clear()
+            for spec in kept["items"]:
+                self._add(spec, keep=False)
+            if kept["items"]:
+                self.dock.show()
+        done.update(kept["keys"])
+        for r in [r for r in results if r.key not in done]:
             done.add(r.key)
+            kept["keys"].add(r.key)
             self._apply(r, vol)
+
+    def _add(self, spec: dict, keep: bool = True) -> None:
+        """One list entry from its spec (text, tooltip, slice, bold, enabled); kept with the series."""
+        item = QListWidgetItem(spec["text"])
+        if spec.get("tooltip"):
+            item.setToolTip(spec["tooltip"])
+        if spec.get("slice") is not None:
+            item.setData(SLICE_ROLE, spec["slice"])
+        else:
+            item.setFlags(Qt.ItemIsEnabled)
+        if spec.get("bold"):
+            f = item.font()
+            f.setBold(True)
+            item.setFont(f)
+        self.list.addItem(item)
+        if keep:
+            self.w.doc.results_store.results_list(self.w.doc)["items"].append(spec)
 
     def _say(self, text: str, problem: bool) -> None:
         self.messages.append(text)
-        item = QListWidgetItem(("⊘ " if problem else "⚠ ") + text)
-        item.setToolTip(text)
-        item.setFlags(Qt.ItemIsEnabled)
-        self.list.addItem(item)
+        self._add({"text": ("⊘ " if problem else "⚠ ") + text, "tooltip": text})
         self.dock.show()
         self.w.statusBar().showMessage(text, 10000)
 
@@ -100,22 +125,12 @@ class ResultLayers(QObject):
                           problem=True)
 
     def _add_report(self, report, vol, name: str) -> None:
-        head = QListWidgetItem(f"{report.title} ({name})")
-        head.setFlags(Qt.ItemIsEnabled)
-        f = head.font()
-        f.setBold(True)
-        head.setFont(f)
-        self.list.addItem(head)
+        self._add({"text": f"{report.title} ({name})", "bold": True})
         for it in report.items:
             k = it.slice_in(vol)
-            item = QListWidgetItem(("" if k is None else f"[{k + 1}] ") + it.text())
-            if k is None:
-                item.setToolTip("refers to no image of this series")
-                item.setFlags(Qt.ItemIsEnabled)
-            else:
-                item.setData(SLICE_ROLE, k)
-                item.setToolTip(f"image {k + 1} of {vol.n_slices}: click to show it")
-            self.list.addItem(item)
+            self._add({"text": ("" if k is None else f"[{k + 1}] ") + it.text(), "slice": k,
+                       "tooltip": "refers to no image of this series" if k is None
+                       else f"image {k + 1} of {vol.n_slices}: click to show it"})
         for warning in report.warnings:
             self._say(f"{name}: {warning}", problem=False)
         self.dock.show()

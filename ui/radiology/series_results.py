@@ -41,7 +41,8 @@ class SeriesResults:
         self._d: OrderedDict[str, dict] = OrderedDict()
 
     def _entry(self, key: str) -> dict:
-        e = self._d.setdefault(key, {"layers": [], "shape": None, "panel": None})
+        e = self._d.setdefault(key, {"layers": [], "shape": None, "panel": None,
+                                     "results_list": {"items": [], "keys": set()}})
         self._d.move_to_end(key)
         while len(self._d) > KEEP_SERIES:
             self._d.popitem(last=False)
@@ -69,6 +70,13 @@ class SeriesResults:
             if layer not in doc.layers.layers:
                 out.append(doc.layers.add(layer, index=len(doc.layers)))  # kept order, not re-sorted
         return out
+
+    # ------------------------------------------------------------------ Results list
+    def results_list(self, doc) -> dict:
+        """The Results dock's entries of ``doc``'s series (``items``: specs of list entries, ``keys``:
+        result series already read); a scratch dict when the series has no key."""
+        key = series_key(doc)
+        return self._entry(key)["results_list"] if key else {"items": [], "keys": set()}
 
     # ------------------------------------------------------------------ AI panel
     def keep_panel(self, doc, state: dict) -> None:
