@@ -180,6 +180,11 @@ def test_heat_map_transparent_where_low_and_smooth_when_zoomed(win, page):
     diff = np.abs(img[yc, xc - 200:xc + 200] - plain[yc, xc - 200:xc + 200]).sum(axis=1)
     levels = len(np.unique(diff // 8))
     assert levels > 6, levels  # blocky would be 2-3 levels (tinted / not)
+    # an opacity change re-colours the interpolated values, it does not interpolate again
+    vals = v._smooth_values[id(layer)][2]
+    layer.opacity = 0.3
+    settle(v)
+    assert v._smooth_values[id(layer)][2] is vals and np.any(grab(v) != img)
     page.a_overview.setChecked(True)
     win.doc.layers.clear()
 

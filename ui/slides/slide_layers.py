@@ -163,9 +163,3 @@ def smooth_heat_values(arr: np.ndarray, factor: int) -> np.ndarray:
     out[ok] = v[ok] / w[ok]
     return out
 
-
-def smooth_heat_words(layer: HeatmapLayer, factor: int) -> np.ndarray:
-    """Premultiplied ARGB32 words of a smoothed heat map (the layer's LUT, threshold,
-    opacity: values below the threshold stay transparent)."""
-    vals = smooth_heat_values(layer.array[0], factor)
-    return np.ascontiguousarray(layer.lut()[layer.indices(vals)], np.uint32)

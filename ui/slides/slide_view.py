@@ -31,7 +31,7 @@ from PySide6.QtWidgets import QWidget
 from imaging_assist.layers import HeatmapLayer, LabelLayer, LayerStack, Plane
 
 from .slide_layers import (layer_geometry, marker_positions, render_layer_tile, smooth_factor,
-                           smooth_heat_words)
+                           smooth_heat_values)
 from .slide_tiles import (MAX_VISIBLE_TILES, TILE, TileCache, TileLoader, best_level, rgb_to_qimage,
                           tile_grid)
 from ..shared.theme import ACCENT, WARN_BG, WARN_FG
@@ -95,6 +95,7 @@ class SlideView(QWidget):
         self._overlay = TileCache(max(32.0, cache_mb / 4))    # overlay tiles at the current zoom
         self._overlay_tag = None
         self._layer_images: dict = {}  # id(layer) -> (layer, version key, QImage | None)
+        self._smooth_values: dict = {}  # id(layer) -> (array, factor, interpolated values)
         self.loader: TileLoader | None = None
         self.thumb: QImage | None = None
         self.scale = 1.0      # screen px per level-0 px
@@ -505,7 +506,7 @@ class SlideView(QWidget):
     def _layer_image(self, layer) -> QImage | None:
         """The whole layer as one premultiplied ARGB32 image, made once per layer version (the
         engine's colouring: LUT, opacity, threshold, outline).  Heat maps are upsampled
-        between tile centres (:func:`smooth_heat_words`, ``self.smooth_heat``) so they read as
+        between tile centres (:func:`smooth_heat_values`, ``self.smooth_heat``) so they read as
         a smooth field at high zoom, not as blocks; other layers stay at their own resolution."""
         smooth = self.smooth_heat and isinstance(layer, HeatmapLayer)
         key = (layer._version, layer.visible, smooth)
@@ -513,8 +514,14 @@ class SlideView(QWidget):
         if hit is not None and hit[0] is layer and hit[1] == key:
             return hit[2]
         if smooth and layer.visible and layer.opacity > 0:
+            # the interpolated values are kept per array: opacity / threshold changes only
+            # re-colour them (a slider drag must not redo the interpolation every step)
             f = smooth_factor(*layer.array.shape[1:3])
-            words = smooth_heat_words(layer, f)
+            sv = self._smooth_values.get(id(layer))
+            if sv is None or sv[0] is not layer.array or sv[1] != f:
+                sv = (layer.array, f, smooth_heat_values(layer.array[0], f))
+                self._smooth_values[id(layer)] = sv
+            words = np.ascontiguousarray(layer.lut()[layer.indices(sv[2])], np.uint32)
         else:
             f = 1
             words = layer.render_argb32(Plane.native(), 0)
@@ -699,6 +706,8 @@ class SlideView(QWidget):
         live = {id(l) for l in layers}
         for k in [k for k in self._layer_images if k not in live]:
             del self._layer_images[k]
+        for k in [k for k in self._smooth_values if k not in live]:
+            del self._smooth_values[k]
         if not layers:
             return True
         otag = (tag, self._overlay_key())
