@@ -15,6 +15,11 @@ Last stdout line: one JSON object with loop_images_per_s, local_images_per_s,
 ray_images_per_s, ray_vs_loop, local_vs_loop, ray_vs_local, the slide seconds and the
 per-item costs.  ``loop_1thread_*``: the same loop with one torch thread (the engines' default
 on 2 CPUs is CPUs - 1 threads), to show how much of the gain is that setting alone.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
+
+``--ray-start``: only Ray's start-up, per ``ray.init`` variant (defaults; the engine's options:
+no dashboard, no log_to_driver, no logging configuration; plus num_cpus=1; plus no worker
+prestart), each in a fresh interpreter, twice, interleaved: import, init, first task, an actor
+importing torch, shutdown (seconds).
 """
 
 from __future__ import annotations
@@ -159,12 +164,83 @@ def costs() -> dict:
     return out
 
 
+#: ray.init variants timed by --ray-start (each in a fresh interpreter)
+RAY_VARIANTS = {
+    "defaults": ("dict()", {}),
+    "engine (no dashboard, no log_to_driver, no logging config)":
+        ("dict(include_dashboard=False, log_to_driver=False, configure_logging=False)", {}),
+    "engine + num_cpus=1": ("dict(include_dashboard=False, log_to_driver=False, configure_logging=False, "
+                            "num_cpus=1)", {}),
+    "engine + no worker prestart": ("dict(include_dashboard=False, log_to_driver=False, "
+                                    "configure_logging=False)", {"RAY_enable_worker_prestart": "0"}),
+}
+
+RAY_CHILD = r"""
+import json, os, sys, tempfile, time
+t0 = time.perf_counter()
+import ray
+t_import = time.perf_counter() - t0
+sys.path.insert(0, {root!r})
+from imaging_assist.batch.engines import _loopback_only
+_loopback_only()
+t1 = time.perf_counter()
+ray.init(_node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp"), **{kw})
+t_init = time.perf_counter() - t1
+
+@ray.remote(num_cpus=0.5)
+class A:
+    def __init__(self):
+        import torch  # what a model actor imports first
+    def ready(self):
+        return True
+
+t2 = time.perf_counter()
+ray.get(ray.remote(num_cpus=0.5)(lambda: 1).remote())
+t_task = time.perf_counter() - t2
+t3 = time.perf_counter()
+ray.get(A.remote().ready.remote())
+t_actor = time.perf_counter() - t3
+t4 = time.perf_counter()
+ray.shutdown()
+t_down = time.perf_counter() - t4
+print(json.dumps(dict(import_s=t_import, init_s=t_init, first_task_s=t_task, actor_with_torch_s=t_actor,
+                      shutdown_s=t_down, total_s=time.perf_counter() - t0)))
+"""
+
+
+def ray_start(repeat: int = 2) -> dict:
+    """Seconds of each ray.init variant (import, init, first task, an actor importing torch,
+    shutdown), each in a fresh interpreter, ``repeat`` times, variants interleaved."""
+    import subprocess
+
+    out: dict = {k: [] for k in RAY_VARIANTS}
+    for _ in range(repeat):
+        for name, (kw, env) in RAY_VARIANTS.items():
+            e = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **env)
+            e.pop("RAY_ADDRESS", None)
+            p = subprocess.run([sys.executable, "-c", RAY_CHILD.format(root=str(ROOT), kw=kw)],
+                               capture_output=True, text=True, env=e, timeout=300)
+            if p.returncode:
+                out[name].append({"error": p.stderr.strip().splitlines()[-1:]})
+                continue
+            d = json.loads(p.stdout.strip().splitlines()[-1])
+            d["loadavg_1m"] = round(os.getloadavg()[0], 2)
+            out[name].append({k: round(v, 3) for k, v in d.items()})
+            print(f"{name}: {out[name][-1]}", file=sys.stderr)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--skip-slide", action="store_true")
     ap.add_argument("--costs-only", action="store_true", help="only the CPU seconds per item and stage")
+    ap.add_argument("--ray-start", action="store_true",
+                    help="only the start-up seconds of ray.init variants (fresh interpreter each)")
     a = ap.parse_args()
+    if a.ray_start:
+        print(json.dumps({"ray_start": ray_start(), "cpus": os.cpu_count()}))
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import warnings
 
