@@ -114,7 +114,6 @@ def filter_plan(plan, points, min_inside: float = 0.5):
         keep = frac >= min_inside
         plan.cells = plan.cells[keep]
         plan.tissue_fraction = plan.tissue_fraction[keep]
-    plan.warnings.append(f"region: {len(plan)} tile{'s' if len(plan) != 1 else ''} inside the drawn region")
     return plan
 
 

@@ -80,6 +80,7 @@ class SlideRuns(QObject):
         lay = panel.layout()
         lay.insertWidget(max(0, lay.indexOf(panel.status)), self.region_box)
         panel.slide_runs = self
+        self._tips = {w: w.toolTip() for w in (panel.method, panel.target)}
 
     # ------------------------------------------------------------------ state
     def active(self) -> bool:
@@ -92,6 +93,9 @@ class SlideRuns(QObject):
         """The slide page was shown or left: the panel lists what fits again."""
         p = self.panel
         self.region_box.setVisible(self.active())
+        if not self.active():
+            for w, tip in self._tips.items():
+                w.setToolTip(tip)
         if p.running and not self.active() and self.job is not None:
             self.job.cancel()
         if p._catalog_loaded:
@@ -156,6 +160,8 @@ class SlideRuns(QObject):
             w.setEnabled(not p.running)
         p.method.setEnabled(False)  # heat maps are the tile probabilities, no Captum method
         p.target.setEnabled(False)
+        for w in (p.method, p.target):
+            w.setToolTip("Not used for slides: the heat maps are the tiles' class probabilities")
         p.override.setEnabled(False)
 
     # ------------------------------------------------------------------ running
