@@ -120,7 +120,7 @@ class HangingProtocols(QObject):
             return
         self.last = key
         self._explicit = w.loading._pending_layout  # `view --layout X`: the reader asked for X
-        QTimer.singleShot(0, lambda k=s.key: self.apply(k))
+        self.apply(s.key)  # at once (not deferred): code that sets a layout after loading wins
 
     def apply(self, key: str | None = None):
         """Hang the study of the shown series by its protocol; returns the Hanging or None."""
