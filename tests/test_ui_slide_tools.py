@@ -122,7 +122,9 @@ def test_cancel_stops_within_a_second_and_adds_nothing(win, page):
         t = time.perf_counter()
         panel.cancel()
         assert wait(lambda: got, 5)
-        assert time.perf_counter() - t < 1.5
+        dt = time.perf_counter() - t
+        print(f"cancel answered in {dt:.3f} s")
+        assert dt < 1.0
         assert got[-1] == "cancelled"
         assert len(win.doc.layers) == n_before
         assert "nothing was added" in panel.status.text()

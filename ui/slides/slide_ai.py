@@ -53,6 +53,23 @@ class _SlideJob:
         return self.event.is_set()
 
 
+class _CancelGuard:
+    """The model function with a cancel check before each forward: once Cancel is pressed the
+    batches still in the reader's queue are not computed (zeros, discarded with the run), so
+    the run ends after the one forward already under way."""
+
+    def __init__(self, fn, job: _SlideJob, n_classes: int):
+        self.fn, self.job, self.n = fn, job, n_classes
+        self.accepts_uint8 = bool(getattr(fn, "accepts_uint8", False))
+
+    def __call__(self, x):
+        if self.job.cancelled():
+            import torch
+
+            return torch.zeros((len(x), self.n))
+        return self.fn(x)
+
+
 class _Signals(QObject):
     progress = Signal(int, int, int, float)   # token, done, total, elapsed s
     finished = Signal(int, str, object)       # token, "done" | "cancelled" | "error", payload
@@ -231,7 +248,8 @@ class SlideRuns(QObject):
                 if not len(plan):
                     raise UserError("no tissue tile to analyse " + ("inside the drawn region" if region_pts
                                                                     else "on this slide"))
-                res = run_tiles(slide, fn, plan=plan, batch_size=BATCH, cancel=job.event,
+                res = run_tiles(slide, _CancelGuard(fn, job, len(card.labels)), plan=plan, batch_size=BATCH,
+                                cancel=job.event,
                                 progress=lambda d, n: self._emit(self._sig.progress, token, d, n,
                                                                  time.perf_counter() - t0),
                                 class_names=list(card.labels), top_k=3, as_tensor=True, device=fn.device)
