@@ -221,3 +221,13 @@ def test_malformed_saved_file_is_one_warning_and_kept(win, view, store):
     v._annotation_editor.setText("again")
     v._annotation_editor.returnPressed.emit()
     assert store.load(uid, win.doc.series.key)[0][0].text == "again"
+
+
+def test_annotation_tools_share_one_toolbar_button(win, view):
+    from PySide6.QtWidgets import QToolButton
+    btn = win.findChild(QToolButton, "AnnotateToolButton")
+    assert [a.text() for a in btn.menu().actions()] == ["Polygon", "Freehand", "Arrow", "Text"]
+    win.tool_actions["freehand"].trigger()  # D
+    assert btn.defaultAction() is win.tool_actions["freehand"] and view.tool == "freehand"
+    assert btn.isVisibleTo(win) and win.stack_combo is not None
+    win.set_tool("navigate")

@@ -198,8 +198,11 @@ def build_toolbar(self):
     self.addToolBar(Qt.TopToolBarArea, tb)
     tb.addAction(self.a_open)
     tb.addSeparator()
-    for a in self.tool_actions.values():
-        tb.addAction(a)
+    from ..radiology.annotation_tools import NEW_TOOLS, annotate_button
+    for t, a in self.tool_actions.items():
+        if t not in NEW_TOOLS:
+            tb.addAction(a)
+    tb.addWidget(annotate_button(self))  # polygon, freehand, arrow, text in one drop-down (issue 17)
     tb.addSeparator()
     tb.addWidget(QLabel(" Window "))
     tb.addWidget(self.preset_combo)

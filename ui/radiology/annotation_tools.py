@@ -257,6 +257,30 @@ def window_actions(win) -> None:
     refresh()
 
 
+def annotate_button(win):
+    """One toolbar button for the polygon / freehand / arrow / text tools (a drop-down: the
+    toolbar keeps its width, so nothing else is pushed into its overflow menu); it shows and
+    checks the last one chosen."""
+    from PySide6.QtWidgets import QMenu, QToolButton
+
+    btn = QToolButton(win)
+    btn.setObjectName("AnnotateToolButton")
+    btn.setPopupMode(QToolButton.MenuButtonPopup)
+    btn.setToolButtonStyle(Qt.ToolButtonTextOnly)
+    menu = QMenu(btn)
+    acts = [win.tool_actions[t] for t in ("polygon", "freehand", "arrow", "text")]
+    menu.addActions(acts)
+    btn.setMenu(menu)
+    btn.setDefaultAction(win.tool_actions["polygon"])
+
+    def chosen(a):
+        if a in acts:
+            btn.setDefaultAction(a)
+
+    win.tool_group.triggered.connect(chosen)
+    return btn
+
+
 def export_sr(doc, path) -> tuple:
     """Write the document's measurements as a TID 1500 SR: (path, warnings); raises
     UserError in one line when nothing can be written."""
