@@ -37,7 +37,7 @@ def test_unknown_orientation_is_never_guessed():
 
 
 def test_projection_file_letters_come_from_the_header(tmp_path):
-    """The record does not carry PatientOrientation: it is read from the file (no pixels)."""
+    """The index's fast header read keeps PatientOrientation: the letters need no file read."""
     from imaging_assist.dicom import scan
     from conftest import ROOT
     src = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_03_pa.dcm"
@@ -46,13 +46,7 @@ def test_projection_file_letters_come_from_the_header(tmp_path):
     ds.save_as(tmp_path / "lat.dcm")
     rec = scan(str(tmp_path)).image_series()[0].instances[0]
     vol = Volume(array=np.zeros((1, 4, 4), np.uint8), spacing=(1, 1, 1), has_geometry=False)
-    from imaging_assist.overlay_text import NOT_READ_YET, read_later
-    assert orientation(vol, Plane.native(), rec, read_file=False).why_none == NOT_READ_YET
-    import threading
-    done = threading.Event()
-    read_later(rec, done.set)  # off the caller's thread, then done()
-    assert done.wait(20)
-    o = orientation(vol, Plane.native(), rec, read_file=False)  # now known without a read
+    o = orientation(vol, Plane.native(), rec, read_file=False)  # known without a read
     assert o.source == "PatientOrientation"
     assert o.labels == {"right": "A", "left": "P", "bottom": "F", "top": "H"}
     assert orientation(vol, Plane(flip_h=True), rec).labels["right"] == "P"
