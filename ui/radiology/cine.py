@@ -256,9 +256,19 @@ def install(w) -> Cine:
     _Follow(bar.play_btn, [bar.prev_btn, bar.next_btn, bar.mode])
     bar.play_btn.setVisible(old_play.isVisibleTo(sb))
     docs = [w.doc] + [c.doc for c in area.grid.cells[1:]]
+    def new_volume(d):
+        cine.series_changed(d)
+        if d.volume is None or area.active.doc is not d:
+            return
+        if d.volume.is_cine:
+            cine.rate_for(d.volume)  # a cine shows its file's rate at once
+        elif cine.rate_source not in ("user", "default"):
+            # another file's rate does not carry over; this series' own is read when it plays
+            cine.set_fps(viewing.DEFAULT_CINE_FPS, "default")
+            cine._rate_vol = None
+
     for d in docs:
-        d.volumeChanged.connect(lambda d=d: (cine.series_changed(d), cine.rate_for(d.volume) if (
-            d.volume is not None and d.volume.is_cine and area.active.doc is d) else None))
+        d.volumeChanged.connect(lambda d=d: new_volume(d))
     area.activeViewChanged.connect(cine.view_changed)
     area.layoutChanged.connect(lambda mode: cine._view is not None and cine._view not in area.views() and cine.pause())
     for v in area.all_views():
