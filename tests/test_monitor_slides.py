@@ -121,7 +121,18 @@ def test_cxr_lung_seg_reference_is_shipped_and_monitored(home, capsys):
     assert ref["ood_sha256"] == card.ood["sha256"]
     # the labelled fraction of the validation films (the segmenter's output statistic) is plausible
     assert 0.15 < sorted(ref["values"]["score"])[16] < 0.5
+    # three JSRT test films (patients never in the reference) through the engine, logged
+    from imaging_assist.inference import RunOptions, read_image, run_model
+
+    model = Registry().load("cxr-lung-seg")
+    test = [r["file"] for r in csv.DictReader((card.folder / "predictions.csv").open()) if r["set"] == "jsrt_test"]
+    for f in test[:3]:
+        run_model(model, read_image(need(SHARED / "cxr" / "lung_masks_jsrt" / f)), RunOptions(device="cpu"))
     capsys.readouterr()
     assert main(["monitor", "--model", "cxr-lung-seg", "--json"]) == 0
     (m,) = json.loads(capsys.readouterr().out)["models"]
-    assert not any("no training reference" in n for n in m["notes"])
+    assert not any("no training reference" in n for n in m["notes"]) and m["n_runs"] == 3
+    (w,) = m["windows"]
+    sc = w["output"]["score"]
+    assert sc["reference_median"] == pytest.approx(sorted(ref["values"]["score"])[16], abs=1e-3)
+    assert sc["ks_p"] is not None and not w["alert"]  # < 30 runs: shown, never alerts

@@ -1,4 +1,5 @@
-"""Fine-tune a classifier on a site's reader-confirmed cases -> a candidate version.
+"""Fine-tune a classifier on a site's reader-confirmed cases -> a candidate version (2D segmenters:
+:mod:`.finetune_seg`, dispatched from :func:`finetune`).
 
 One code path with the training scripts: the inputs, the training loop, augmentation,
 temperature scaling and the grouped split are :mod:`imaging_assist.training`'s functions, the
@@ -229,6 +230,9 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     card = entry.card
     if card.task == "segmentation" and not card.is_bundle and card.spatial_dims == 2:
         from .finetune_seg import finetune_segmenter
+
+        if train == "head":
+            raise UserError("--train head is for classifiers: a segmenter is fine-tuned in every layer")
 
         return finetune_segmenter(card, out, data=data, labels_csv=labels_csv, from_feedback=from_feedback,
                                   epochs=epochs, replay=replay, original_test_max=original_test_max,
