@@ -231,3 +231,26 @@ def test_annotation_tools_share_one_toolbar_button(win, view):
     assert btn.defaultAction() is win.tool_actions["freehand"] and view.tool == "freehand"
     assert btn.isVisibleTo(win) and win.stack_combo is not None
     win.set_tool("navigate")
+
+
+def test_polygon_on_the_coronal_plane_uses_its_spacing(win, view):
+    from imaging_assist.measure import polygon_area_mm2
+    assert win.set_layout("mpr") == "mpr"
+    ax, co, sa = win.view_area.views()
+    co.repaint()
+    win.set_tool("polygon")
+    uv = [(200, 60), (300, 60), (300, 90), (200, 90)]  # (column, slice) on the coronal plane
+    pts = [sp(co, u, v) for u, v in uv]
+    drawn = [co.screen_to_uv(QPointF(p)) for p in pts]
+    for p in pts:
+        QTest.mouseClick(co, Qt.LeftButton, Qt.NoModifier, p)
+    QTest.keyClick(co, Qt.Key_Return)  # Enter closes it
+    m = win.doc.measurements[-1]
+    assert m.kind == "polygon" and m.axis == co.plane.axis == 1 and np.allclose(m.points, drawn)
+    sx, sz = co.plane.spacing2d(win.doc.volume.spacing)
+    assert sx == pytest.approx(PS) and sz == pytest.approx(1.0)  # not square: the plane's own spacing
+    assert m.result["area_mm2"] == pytest.approx(polygon_area_mm2(drawn, (sx, sz)))
+    img = co.plane.extract(win.doc.volume.array, m.index)
+    assert m.result["mean"] == pytest.approx(polygon_stats(img, drawn, (sx, sz)).mean)
+    win.set_layout("single")
+    win.set_tool("navigate")

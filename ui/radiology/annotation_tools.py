@@ -37,7 +37,7 @@ class AnnotationController(QObject):
     historyChanged = Signal()
     warned = Signal(str)
 
-    store: AnnotationStore | None = None  # shared by every document (tests may replace it)
+    store: AnnotationStore | None = None  # None: the user data folder as it is now (tests may set one)
 
     def __init__(self, doc):
         super().__init__(doc)
@@ -56,9 +56,8 @@ class AnnotationController(QObject):
     # -- where the items go --------------------------------------------------------------
     @classmethod
     def the_store(cls) -> AnnotationStore:
-        if cls.store is None:
-            cls.store = AnnotationStore()
-        return cls.store
+        # made per use: data_dir() follows IMAGING_ASSIST_DATA_DIR / XDG_DATA_HOME if they change
+        return cls.store if cls.store is not None else AnnotationStore()
 
     def study_key(self):
         """(StudyInstanceUID, series key, stack label) of the shown series, or None."""
