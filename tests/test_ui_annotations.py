@@ -254,3 +254,26 @@ def test_polygon_on_the_coronal_plane_uses_its_spacing(win, view):
     assert m.result["mean"] == pytest.approx(polygon_stats(img, drawn, (sx, sz)).mean)
     win.set_layout("single")
     win.set_tool("navigate")
+
+
+@pytest.mark.parametrize("source,spacing,unit,note", [
+    ("none", (0.2, 0.2, 1.0), "px²", "(no pixel spacing)"),
+    ("ImagerPixelSpacing", (0.2, 0.2, 1.0), "mm²", "(ImagerPixelSpacing)"),
+    ("ImagerPixelSpacing/ERMF", (0.16, 0.16, 1.0), "mm²", "(ImagerPixelSpacing/ERMF)"),
+])
+def test_polygon_names_where_its_pixel_size_comes_from(qapp, source, spacing, unit, note):
+    from imaging_assist.measure import Measurement
+    from imaging_assist.volume import Volume
+    from imaging_assist_ui.radiology.annotation_tools import compute
+    from imaging_assist_ui.radiology.document import ViewerDocument
+    doc = ViewerDocument()
+    vol = Volume(array=np.full((1, 50, 60), 7, np.int16), spacing=spacing, has_geometry=False,
+                 spacing_source=source)
+    doc.set_volume(vol)
+    m = Measurement("polygon", [(10, 10), (30, 10), (30, 20), (10, 20)])
+    r = compute(doc, m)
+    area_line = r["display_text"][-1]
+    assert unit in area_line and area_line.endswith(note)
+    px = 20 * 10
+    assert r["area_mm2"] == pytest.approx(px if source == "none" else px * spacing[0] * spacing[1])
+    assert r["mean"] == 7
