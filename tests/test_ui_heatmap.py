@@ -245,6 +245,8 @@ def test_results_come_back_after_switching_series_and_layout(win, view):
     assert "outside what this model was trained on" in " ".join(panel.warning_texts())
     assert "cxr-pneumonia" in panel.status.text()
     win.set_layout("1x2")
+    grid = win.view_area.grid
+    assert all(c.doc.results_store is win.doc.results_store for c in grid.cells)  # one store per window
     win.set_layout("single")
     assert win.doc.layers.layers == [heat, lungs]
 
@@ -311,3 +313,24 @@ def test_sr_findings_and_seg_layers_come_back_with_their_series(tmp_path_factory
         assert [w.results.list.item(i).text() for i in range(w.results.list.count())] == shown
     finally:
         w.close()
+
+
+def test_a_series_results_follow_it_into_another_viewport(win, view):
+    """A layer is drawn by one viewport at a time: series A's heat map shows in viewport 2 once the
+    main viewport has moved to B, and is still kept for A after viewport 2 moves on."""
+    keys = series_keys(win)
+    vol = win.doc.volume
+    heat = win.add_layer(HeatmapLayer("Grad-CAM: pneumonia", ramp_heat(vol.array.shape[:3]), vmin=0.0,
+                                      vmax=1.0, threshold=0.2, method="Grad-CAM"))
+    win.load_series(keys[1])
+    assert wait_until(lambda: win.load_state == "done" and win.current_key == keys[1])
+    win.set_layout("1x2")
+    cell = win.view_area.grid.cells[1]
+    win.reading.load_into(1, keys[0])
+    assert wait_until(lambda: cell.doc.volume is not None and heat in cell.doc.layers.layers, 20)
+    win.reading.load_into(1, keys[2])
+    assert wait_until(lambda: cell.doc.volume is not None and heat not in cell.doc.layers.layers, 20)
+    win.set_layout("single")
+    win.load_series(keys[0])
+    assert wait_until(lambda: win.load_state == "done" and win.current_key == keys[0])
+    assert heat in win.doc.layers.layers

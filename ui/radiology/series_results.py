@@ -55,7 +55,12 @@ class SeriesResults:
         if key is None:
             return
         e = self._entry(key)
-        e["layers"] = list(doc.layers.layers)
+        mine = list(doc.layers.layers)
+        # a layer is drawn by one viewport at a time: those of this series that another viewport
+        # shows now stay kept (a layer the reader removed here has no owner and goes)
+        elsewhere = [l for l in e["layers"] if l._owner is not None and l._owner is not doc.layers
+                     and l not in mine]
+        e["layers"] = mine + elsewhere
         e["shape"] = tuple(doc.volume.array.shape[:3])
 
     def restore_layers(self, doc) -> list[Layer]:
@@ -67,7 +72,7 @@ class SeriesResults:
         self._d.move_to_end(key)
         out = []
         for layer in e["layers"]:
-            if layer not in doc.layers.layers:
+            if layer._owner is None:  # not shown by another viewport right now
                 out.append(doc.layers.add(layer, index=len(doc.layers)))  # kept order, not re-sorted
         return out
 
