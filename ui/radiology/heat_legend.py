@@ -22,8 +22,22 @@ LETTER_ROOM = 26.0  # the orientation letter at the view's edge
 GREY = 96.0
 
 
+_BAR_CACHE: dict = {}
+
+
 def legend_image(layer, n: int = 128) -> QImage:
-    """The bar (1 x n pixels, top = vmax) as the map looks over mid-grey tissue."""
+    """The bar (1 x n pixels, top = vmax) as the map looks over mid-grey tissue; cached per layer
+    version (the views repaint on every scroll step)."""
+    key = (id(layer), layer._version, n)
+    img = _BAR_CACHE.get(key)
+    if img is None:
+        if len(_BAR_CACHE) > 32:
+            _BAR_CACHE.clear()
+        img = _BAR_CACHE[key] = _legend_image(layer, n)
+    return img
+
+
+def _legend_image(layer, n: int) -> QImage:
     rgb, lo, hi = layer.legend(n)
     v = np.linspace(0.0, 1.0, n, dtype=np.float32)
     if layer.mode == "contour" or not layer.fade:
