@@ -28,7 +28,8 @@ _BAR_CACHE: dict = {}
 def legend_image(layer, n: int = 128) -> QImage:
     """The bar (1 x n pixels, top = vmax) as the map looks over mid-grey tissue; cached per layer
     version (the views repaint on every scroll step)."""
-    key = (id(layer), layer._version, n)
+    key = (id(layer), layer._version, layer.colormap, layer.vmin, layer.vmax, layer.threshold, layer.mode,
+           layer.fade, n)  # the settings too: an id can be reused by a new layer
     img = _BAR_CACHE.get(key)
     if img is None:
         if len(_BAR_CACHE) > 32:
