@@ -107,6 +107,10 @@ def test_ai_panel_lists_slide_models_and_runs_inside_a_region(win, page):
     assert "tiles" in panel.status.text() and "Done" in panel.status.text()
     text = "\n".join(panel.shown_lines())
     assert "inside the drawn rectangle" in text and "not for clinical use" in text
+    # the OOD check is said once, first in the results (not repeated in the warnings box)
+    flagged = bool(page.runs.last_ood.get("flagged"))
+    assert ("Outside what this model was trained on" in text) == flagged
+    assert not any("outside what this model" in w.lower() for w in panel.warning_texts())
 
 
 def test_cancel_stops_within_a_second_and_adds_nothing(win, page):

@@ -28,6 +28,8 @@ from PySide6.QtWidgets import QCheckBox
 from imaging_assist.errors import UserError
 from imaging_assist.models.matching import Match
 
+from ..shared.theme import WARN_FG
+
 BATCH = 8  # tiles per model call: small enough that Cancel answers within a second on a CPU
 
 
@@ -85,6 +87,7 @@ class SlideRuns(QObject):
         self.token = 0
         self.job: _SlideJob | None = None
         self.last = None            # the last TileResult
+        self.last_ood: dict = {}    # its out-of-distribution summary
         self.last_tiles: list = []  # level-0 (x, y, w, h) of the tiles that ran (tests)
         self._sig = _Signals(self)
         self._sig.progress.connect(self._on_progress)
@@ -308,6 +311,7 @@ class SlideRuns(QObject):
         region = self._ctx["region"]
         elapsed = time.perf_counter() - self._ctx["t0"]
         self.last = res
+        self.last_ood = ood
         self.last_tiles = [tuple(float(v) for v in r) for r in res.plan.rects0()]
         for layer in list(self.page.layers.layers):  # a new run of the same model replaces its layers
             if getattr(layer, "model_id", None) == card.id:
@@ -316,8 +320,7 @@ class SlideRuns(QObject):
         for layer in added:
             object.__setattr__(layer, "model_id", card.id)
         p.result_layers = added
-        if ood.get("flagged"):
-            warns.append("outside what this model was trained on: " + "; ".join(ood.get("reasons", [])))
+        # an out-of-distribution flag is said once, at the top of the results (not again here)
         p.results.setHtml(result_html(res, card, region, ood))
         p._show_warnings(warns)
         p.state = "done"
@@ -335,15 +338,19 @@ def result_html(res, card, region, ood) -> str:
         f"<tr><td>{esc(k)}</td><td align=right>{v:.4g} {unit}</td>"
         f"<td align=right>{(100 * v / total if total > 0 else 0):.1f} %</td></tr>"
         for k, v in sorted(res.areas.items(), key=lambda kv: -kv[1]))
-    out = [f"<p><b>{esc(card.name)}</b> v{esc(card.version)} — {where}</p>",
-           f"<p>{res.n_tiles:,} tissue tiles of {res.plan.tile_px} px"
-           + (f" at {res.mpp:.3g} µm/px" if res.mpp else "") + "</p>",
-           "<p>Tissue area by most likely class:</p>",
-           f"<table cellspacing=0 cellpadding=2>{rows}</table>",
-           "<p>Heat maps: one layer per class (probability per tile, interpolated between tile centres; "
-           "transparent below the layer's threshold, set in Overlays). Top tiles: markers named by class "
-           "and tile position.</p>"]
-    if ood.get("score") is not None:
-        out.append(f"<p>Out-of-distribution check: {'flagged' if ood.get('flagged') else 'passed'}.</p>")
+    out = [f"<p><b>{esc(card.name)}</b> v{esc(card.version)} — {where}</p>"]
+    if ood.get("flagged"):  # said first: the areas below are then not to be relied on
+        out.append(f"<p style='color:{WARN_FG}'><b>Outside what this model was trained on</b> ("
+                   + esc("; ".join(ood.get("reasons", []))) + "): the maps and areas below are shown for "
+                   "research only and should not be relied on.</p>")
+    out += [f"<p>{res.n_tiles:,} tissue tiles of {res.plan.tile_px} px"
+            + (f" at {res.mpp:.3g} µm/px" if res.mpp else "") + "</p>",
+            "<p>Tissue area by most likely class:</p>",
+            f"<table cellspacing=0 cellpadding=2>{rows}</table>",
+            "<p>Heat maps: one layer per class (probability per tile, interpolated between tile centres; "
+            "transparent below the layer's threshold, set in Overlays). Top tiles: markers named by class "
+            "and tile position.</p>"]
+    if ood.get("score") is not None and not ood.get("flagged"):
+        out.append("<p>Out-of-distribution check: passed.</p>")
     out.append("<p><i>Research model, not for clinical use.</i></p>")
     return "".join(out)
