@@ -307,9 +307,9 @@ class SlidePage(QWidget):
             self.runs.page_changed()
 
     def _slide_layout(self):
-        """One column of docks on the left (AI models, Overlays, Annotations as tabs, like
-        QuPath's panel) so the slide view takes the rest of the width; the radiology layout
-        comes back when the page is left.  The Overlays hint names slide overlays, not HU."""
+        """One column of docks (AI models, Overlays, Annotations as tabs of the AI models dock,
+        like QuPath's panel) so the slide view takes the rest of the width; the radiology
+        layout comes back when the page is left.  The Overlays hint names slide overlays, not HU."""
         win = self.win
         if self._saved_state is None:
             self._saved_state = win.saveState()
