@@ -274,3 +274,33 @@ def test_annotations_saved_reloaded_and_qupath_import(win, page, tmp_path):
     out = tmp_path / "export.geojson"
     tools.export_geojson(out)
     assert json.loads(out.read_text())["features"][2]["geometry"]["coordinates"][0][0] == [1000.0, 1000.0]
+
+
+def test_tools_on_a_slide_without_mpp_say_pixels(qapp, tmp_path, monkeypatch):
+    """No MPP in the file: choosing the ruler says so, lengths and areas are in pixels (never µm)."""
+    from imaging_assist.layers import LayerStack
+    from imaging_assist.slides import synth
+    from imaging_assist_ui.slides.slide_page import SlidePage
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    levels = synth.make_levels(synth.pattern_rgb(768, 1024, smooth=True), 256)
+    path = synth.write_pyramid_tiff(tmp_path / "nompp.tif", levels, tile=256, compression="zlib", mpp=None)
+    page = SlidePage(layers=LayerStack())
+    page.resize(1200, 800)
+    page.show()
+    try:
+        page.open(str(path))
+        assert wait(lambda: page.slide is not None and page.tools.key, 30)
+        assert page.slide.mpp is None
+        said = []
+        page.tools.message.connect(said.append)
+        page.tool_actions["ruler"].trigger()
+        assert said and "no MPP" in said[-1] and "pixels" in said[-1]
+        settle(page.view)
+        _drag(page.view, (100, 100), (400, 500))
+        r = page.tools.annotations[-1]
+        assert "ruler" in page.annotations_panel.list.item(0).text()
+        assert page.annotations_panel.list.item(0).text().endswith("px (no MPP)")
+        assert set(r.measurements(page.slide.mpp)) == {"Length px"}
+    finally:
+        page.close_slide()
+        page.close()
