@@ -304,3 +304,28 @@ def test_tools_on_a_slide_without_mpp_say_pixels(qapp, tmp_path, monkeypatch):
     finally:
         page.close_slide()
         page.close()
+
+
+def test_a_damaged_annotation_file_is_reported_and_never_overwritten(qapp, tmp_path, monkeypatch):
+    from imaging_assist.layers import LayerStack
+    from imaging_assist.slides import synth
+    from imaging_assist.slides.annotations import Annotation, slide_key, store_path
+    from imaging_assist_ui.slides.slide_page import SlidePage
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    levels = synth.make_levels(synth.pattern_rgb(512, 512, smooth=True), 256)
+    path = synth.write_pyramid_tiff(tmp_path / "s.tif", levels, tile=256, compression="zlib", mpp=0.5)
+    bad = store_path(slide_key(path))
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"type": "FeatureCollection", "features": [')
+    page = SlidePage(layers=LayerStack())
+    page.show()
+    try:
+        page.open(str(path))
+        assert wait(lambda: page.slide is not None and page.tools.store_error, 30)
+        assert "not loaded" in page.tools.store_error and "not readable JSON" in page.tools.store_error
+        assert "not loaded" in page.annotations_panel.note.text()
+        page.tools.add(Annotation("ruler", [(0, 0), (10, 0)]))
+        assert bad.read_text() == '{"type": "FeatureCollection", "features": ['
+    finally:
+        page.close_slide()
+        page.close()
