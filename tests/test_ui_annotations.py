@@ -277,3 +277,17 @@ def test_polygon_names_where_its_pixel_size_comes_from(qapp, source, spacing, un
     px = 20 * 10
     assert r["area_mm2"] == pytest.approx(px if source == "none" else px * spacing[0] * spacing[1])
     assert r["mean"] == 7
+
+
+def test_clicking_the_first_corner_closes_a_polygon(win, view):
+    n = len(win.doc.measurements)
+    win.set_tool("polygon")
+    pts = [sp(view, u, v) for u, v in ((60, 300), (120, 300), (90, 350))]
+    for p in pts + [QPoint(pts[0].x() + 2, pts[0].y() - 1)]:  # back on the first corner
+        move(view, p, Qt.NoButton)
+        view.repaint()  # the closing ring is drawn without error
+        QTest.mouseClick(view, Qt.LeftButton, Qt.NoModifier, p)
+    m = win.doc.measurements[-1]
+    assert len(win.doc.measurements) == n + 1 and m.kind == "polygon" and len(m.points) == 3 and m.closed
+    assert view._pending is None
+    win.set_tool("navigate")

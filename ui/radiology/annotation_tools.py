@@ -538,6 +538,9 @@ def paint_item(view, p: QPainter, m: Measurement, col: QColor, sel: bool) -> Non
         p.setBrush(QColor(0, 0, 0, 200))
         for q in pts[:len(m.points)]:
             p.drawRect(QRectF(q.x() - 3, q.y() - 3, 6, 6))
+        if pending and len(m.points) >= 3 and len(pts) > len(m.points) and _near(pts[-1], pts[0]):
+            p.setBrush(Qt.NoBrush)  # a click here closes the outline: say so with a ring
+            p.drawEllipse(pts[0], HANDLE_PX + 2, HANDLE_PX + 2)
     if m.kind in OPEN_KINDS and not pending and len(pts) >= 3:
         lines = m.result.get("display_text") or m.result.get("text") or []
         if lines:
