@@ -79,15 +79,16 @@ def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[di
         "AND f.correct_label IS NOT NULL", (model_id,))
     want = {r[0]: (r[1], r[2]) for r in rows if r[0]}
     out = []
-    for k, p in files_by_key(data, set(want)).items():
+    for k, ps in files_by_key(data, set(want)).items():
         if want[k][1] in labels:
-            out.append({"path": p, "label": want[k][1], "patient": want[k][0] or k})
+            out += [{"path": p, "label": want[k][1], "patient": want[k][0] or k} for p in ps]
     return out
 
 
 def files_by_key(data: Path, keys: set) -> dict:
-    """{keyed pseudonym: file} for the files of ``data`` whose pseudonym (of the resolved path,
-    else of the DICOM series UID, as the log computes it) is one of ``keys``."""
+    """{keyed pseudonym: [files]} for the files of ``data`` whose pseudonym (of the resolved path,
+    else of the DICOM series UID, as the log computes it) is one of ``keys`` (a DICOM series'
+    files share one key)."""
     from ..privacy.sitekey import pseudonym
 
     out: dict = {}
@@ -100,8 +101,8 @@ def files_by_key(data: Path, keys: set) -> dict:
         if k not in keys:
             uid = _series_uid(p)
             k = pseudonym(uid, "uid") if uid else None
-        if k in keys and k not in out:
-            out[k] = p
+        if k in keys:
+            out.setdefault(k, []).append(p)
     return out
 
 

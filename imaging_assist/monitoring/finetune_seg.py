@@ -47,6 +47,8 @@ def read_mask(path: Path, n_labels: int, mapping: dict[int, int] | None = None) 
         if a.ndim != 2:
             raise UserError(f"{path}: a correction of shape {a.shape} is not a 2D label map")
         a = a.astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() >= n_labels):
+            raise UserError(f"{path}: label value {int(a.max())} is not a label index 0..{n_labels - 1}")
     else:
         a = read_label_png(path, mapping or {k: k for k in range(1, n_labels)})
         if mapping is None:
@@ -85,10 +87,16 @@ def cases_from_corrections(model_id: str, data: Path) -> list[dict]:
     rows = open_log().query(
         "WITH latest AS (SELECT MAX(id) AS id FROM corrections GROUP BY run_id) "
         "SELECT r.input_key, r.patient_key, c.label_map_file FROM latest CROSS JOIN corrections c ON c.id = latest.id "
-        "CROSS JOIN runs r ON r.id = c.run_id WHERE r.model_id = ?", (model_id,))
+        "CROSS JOIN runs r ON r.id = c.run_id WHERE r.model_id = ? ORDER BY c.id", (model_id,))
+    # the newest correction of an image wins (rows in correction order)
     want = {r[0]: (r[1], r[2]) for r in rows if r[0] and r[2] and Path(r[2]).is_file()}
-    return [{"path": p, "mask": Path(want[k][1]), "patient": want[k][0] or k}
-            for k, p in files_by_key(data, set(want)).items()]
+    out = []
+    for k, ps in files_by_key(data, set(want)).items():
+        if len(ps) > 1:  # a multi-file series: a 2D correction cannot say which file it belongs to
+            raise UserError(f"a reader correction matches {len(ps)} files of one series in {data}: "
+                            "a 2D segmenter is fine-tuned on single images")
+        out.append({"path": ps[0], "mask": Path(want[k][1]), "patient": want[k][0] or k})
+    return out
 
 
 # --------------------------------------------------------------------------- measuring
