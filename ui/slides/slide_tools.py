@@ -53,6 +53,7 @@ class SlideTools(QObject):
         self._draft: list[tuple[float, float]] = []
         self._hover: tuple[float, float] | None = None
         self._pressed = False
+        self._bboxes: dict = {}  # id(annotation) -> (vertex count, level-0 bbox, annotation)
 
     # ------------------------------------------------------------------ slide
     @property
@@ -273,7 +274,12 @@ class SlideTools(QObject):
         p.setFont(v._font)
         fm = QFontMetricsF(v._font)
         mpp = self.mpp
+        vx, vy, vw, vh = v.visible_rect0()
+        pad = 40 / max(v.scale, 1e-9)  # labels and point discs reach past the shape
         for a in self.annotations if v.show_overlays else []:
+            x0, y0, x1, y1 = self._bbox(a)
+            if x1 < vx - pad or y1 < vy - pad or x0 > vx + vw + pad or y0 > vy + vh + pad:
+                continue  # off screen (an imported project can hold thousands)
             col = QColor(*a.color)
             width = 3 if a is self.selected else 2
             poly = self._screen(a.points)
@@ -318,6 +324,17 @@ class SlideTools(QObject):
                     text = Annotation(kind, pts, self.current_class).describe(mpp).split(": ", 1)[1]
                     self._label(p, fm, poly[len(poly) - 1] + QPointF(10, 14), text)
         p.restore()
+
+    def _bbox(self, a: Annotation) -> tuple[float, float, float, float]:
+        """Level-0 bounding box, cached per annotation and vertex count."""
+        hit = self._bboxes.get(id(a))
+        if hit is not None and hit[2] is a and hit[0] == len(a.points):
+            return hit[1]
+        xs = [x for x, _ in a.points]
+        ys = [y for _, y in a.points]
+        box = (min(xs), min(ys), max(xs), max(ys))
+        self._bboxes[id(a)] = (len(a.points), box, a)
+        return box
 
     @staticmethod
     def _label(p: QPainter, fm: QFontMetricsF, at: QPointF, text: str) -> None:
