@@ -65,6 +65,7 @@ class SlideTools(QObject):
         """A slide was opened (``key`` from :func:`slide_key`): its saved annotations come back."""
         self.key = key
         self.annotations, self.notes, self.selected = [], [], None
+        self._bboxes = {}
         self._draft = []
         self.store_error = ""
         if key is not None:
@@ -79,6 +80,7 @@ class SlideTools(QObject):
     def clear_slide(self) -> None:
         self.key = None
         self.annotations, self.selected, self._draft = [], None, []
+        self._bboxes = {}
         self.changed.emit()
 
     def _save(self) -> None:
