@@ -1036,8 +1036,10 @@ class ModelPanel(QWidget):
         self.results.setHtml(view["html"])
         self._show_warnings(warns)
         self.state = "done"
-        self.status.setText(f"Done in {elapsed:.1f} s — {len(added)} overlay"
-                            f"{'s' if len(added) != 1 else ''} added.")
+        n = sum(1 for mine, got in zip(view["layers"], added) if got is mine)  # merged ones are not new
+        same = len(added) - n
+        self.status.setText(f"Done in {elapsed:.1f} s — {n} overlay{'s' if n != 1 else ''} added"
+                            + (f", {same} already shown (its source added)" if same else "") + ".")
         keep_outcome(self, card, view["html"], warns)  # issue 17: back with the series (series_results.py)
 
     def shown_lines(self) -> list[str]:
