@@ -184,8 +184,9 @@ def test_flagged_map_is_hidden_with_its_reason(win, view):
     from imaging_assist_ui.ai.model_panel import build_layers
 
     vol = win.doc.volume
-    layers, _ = build_layers(_Res(_HM(ramp_heat(vol.array.shape[:3]), -0.35)), _Card())
+    layers, notes = build_layers(_Res(_HM(ramp_heat(vol.array.shape[:3]), -0.35)), _Card())
     (heat,) = layers
+    assert any("Grad-CAM map of pneumonia is hidden: negative faithfulness" in n for n in notes)  # panel warnings
     assert heat.flagged and not heat.visible
     assert "negative faithfulness (-0.35)" in heat.flags[0]
     base = image_words(view.base_image()[0]).copy()

@@ -232,6 +232,10 @@ def build_layers(res, card):
         from imaging_assist.explain.flags import heatmap_flags  # explain/ imports torch: not at start-up
 
         layer.set_flags(heatmap_flags(hm, res, card))  # issue 17: hidden with the reason (explain/flags.py)
+        if layer.flags:  # said where the reader looks first (the panel's warnings), not only in Overlays
+            notes.append(f"the {title} map of {hm.label} is hidden: {layer.flags[0]}"
+                         + (f" (+{len(layer.flags) - 1} more)" if len(layer.flags) > 1 else "")
+                         + "; tick it in Overlays to show it")
         layers.append(layer)
         if note == "nothing positive to show":
             notes.append(f"the {title} map of {hm.label} has no positive values: nothing is drawn")
