@@ -1,10 +1,27 @@
-"""Inference engine (no Qt): device choice, pipelines, result objects, threaded jobs."""
+"""Inference engine (no Qt): device choice, pipelines, result objects, threaded jobs.
 
-from .device import resolve_device
-from .images import read_image
-from .jobs import Cancelled, Job, Progress, submit
-from .pipelines import InputError, RunOptions, run_model
-from .results import ClassificationResult, HeatMap, SegmentationResult
+The names below are loaded on first use (PEP 562): importing a light submodule such as
+:mod:`.images` (the viewer reads plain images with it) must not import torch, which the
+pipelines need; a torch import in a GUI process that never runs a model costs a second and
+leaves threads behind at exit.
+"""
 
-__all__ = ["resolve_device", "read_image", "Cancelled", "Job", "Progress", "submit", "InputError",
-           "RunOptions", "run_model", "ClassificationResult", "HeatMap", "SegmentationResult"]
+from importlib import import_module
+
+_WHERE = {
+    "resolve_device": ".device", "read_image": ".images",
+    "Cancelled": ".jobs", "Job": ".jobs", "Progress": ".jobs", "submit": ".jobs",
+    "InputError": ".pipelines", "RunOptions": ".pipelines", "run_model": ".pipelines",
+    "ClassificationResult": ".results", "HeatMap": ".results", "SegmentationResult": ".results",
+}
+
+__all__ = list(_WHERE)
+
+
+def __getattr__(name):
+    mod = _WHERE.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(mod, __name__), name)
+    globals()[name] = value
+    return value
