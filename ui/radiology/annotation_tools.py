@@ -20,7 +20,6 @@ from PySide6.QtWidgets import QLineEdit
 from imaging_assist.annotations import AnnotationSet, AnnotationStore
 from imaging_assist.measure import OPEN_KINDS, ROI_KINDS, Measurement
 
-from ..shared.units import spacing_note
 
 log = logging.getLogger(__name__)
 
@@ -208,24 +207,10 @@ def annotations_for(doc) -> AnnotationController:
 
 
 def compute(doc, m: Measurement) -> dict:
-    """``doc.compute_measurement`` for every kind: polygon and freehand outlines are measured
-    on the plane's pixel values here (the document extracts images for ellipse/rectangle only)."""
+    """``doc.compute_measurement`` (every kind, polygon and freehand outlines included)."""
     if doc.volume is None:
         return {}
-    if m.kind not in OPEN_KINDS:
-        return doc.compute_measurement(m)
-    vol = doc.volume
-    plane = doc.plane_for_axis(m.axis)
-    known = bool(vol.spacing_known)
-    image = plane.extract(vol.array, m.index)
-    source = vol.spacing_source if known else "none"
-    res = m.compute(image, plane.spacing2d(vol.spacing) if known else (1.0, 1.0), vol.units or "",
-                    "mm" if known else "px", spacing_source=source)
-    text = list(res.get("text") or [])
-    if text:
-        text[-1] = f"{text[-1]} {spacing_note(source)}"
-    res["display_text"] = text
-    return res
+    return doc.compute_measurement(m)
 
 
 # ============================================================================ window

@@ -7,7 +7,7 @@ from PySide6.QtCore import QObject, Signal
 
 from imaging_assist import display
 from imaging_assist.layers import Layer, LayerStack, Plane, standard_planes
-from imaging_assist.measure import Measurement
+from imaging_assist.measure import ROI_KINDS, Measurement
 from imaging_assist.volume import Volume, WindowPreset
 
 from ..shared.render import SliceRenderer
@@ -212,7 +212,7 @@ class ViewerDocument(QObject):
         plane = self.plane_for_axis(m.axis)
         known = spacing_known(vol)
         spacing = plane.spacing2d(vol.spacing) if known else (1.0, 1.0)
-        image = plane.extract(vol.array, m.index) if m.kind in ("ellipse", "rectangle") else None
+        image = plane.extract(vol.array, m.index) if m.kind in ROI_KINDS else None
         units = vol.units or ""
         source = vol.spacing_source if known else "none"
         res = m.compute(image, spacing, units, "mm" if known else "px", spacing_source=source)
@@ -222,7 +222,7 @@ class ViewerDocument(QObject):
         text = list(res.get("text") or [])
         if m.kind == "ruler" and text:
             text[0] = f"{text[0]} {note}"
-        elif m.kind in ("ellipse", "rectangle") and text:
+        elif m.kind in ROI_KINDS and text:
             text[-1] = f"{text[-1]} {note}"
         res["display_text"] = text
         return res

@@ -149,7 +149,11 @@ class LayersPanel(QWidget):
                 it.setToolTip(0, tip)
             elif isinstance(layer, MarkerLayer):
                 for m in layer.markers:
-                    ch = QTreeWidgetItem([f"{m.text() or 'marker'}   (image {int(round(m.position[0])) + 1})"])
+                    # slide markers are named by class and tile already; an image number only
+                    # means something on a stack of images
+                    where = ("" if getattr(layer, "origin", None) is not None
+                             else f"   (image {int(round(m.position[0])) + 1})")
+                    ch = QTreeWidgetItem([f"{m.text() or 'marker'}{where}"])
                     ch.setData(0, CHILD_ROLE, m)
                     ch.setIcon(0, swatch(m.color))
                     ch.setToolTip(0, "Double-click to go to this finding")
