@@ -265,7 +265,7 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp())
+    return float(log_t.detach().exp())
 
 
 def fold_temperature(linear: torch.nn.Linear, t: float) -> None:
