@@ -71,6 +71,9 @@ def main(argv=None) -> int:
                     help="model folder of the other input design (its metrics.json goes into the card)")
     ap.add_argument("--init-seed", type=int, default=None,
                     help="seed of the weights and batches (default --seed); the split always uses --seed")
+    ap.add_argument("--evaluate-only", action="store_true", help="measure the weights in --out again (no training)")
+    ap.add_argument("--ensemble-with", type=Path, nargs="*", default=[],
+                    help="model folders of other runs: the validation AUC of the average is recorded (not shipped)")
     args = ap.parse_args(argv)
     dev, out = T.start(args, MODEL_ID)
     rows = D.read_rows()
@@ -107,17 +110,22 @@ def main(argv=None) -> int:
         vl = float(F.cross_entropy(lo, yt[iva]))
         return {"val_loss": vl, "val_auc": auc, "score": auc - 0.01 * vl}
 
-    log = T.Log(out / "training_log.csv")
-    t0 = time.perf_counter()
-    ids = torch.from_numpy(itr)
-    info = T.fit(net, ids, ids, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
-                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
-                 device=dev, log=log, seed=init_seed, time_limit_s=args.time_limit)
-    train_s = time.perf_counter() - t0
-    T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_auc"])
-    net.cpu().eval()
-    temp = T.fit_temperature(T.predict(net, x_all[iva], torch.device("cpu"), 64), yt[iva])
-    T.fold_temperature(net.fc, temp)
+    if args.evaluate_only:  # the weights in --out (temperature already folded in), measured again
+        info, train_s, temp, train_device = T.load_shipped(net, out)
+        old_training = json.loads((out / "model.json").read_text())["training"]
+    else:
+        log = T.Log(out / "training_log.csv")
+        t0 = time.perf_counter()
+        ids = torch.from_numpy(itr)
+        info = T.fit(net, ids, ids, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
+                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
+                     device=dev, log=log, seed=init_seed, time_limit_s=args.time_limit)
+        train_s = time.perf_counter() - t0
+        train_device, old_training = T.device_text(dev), {}
+        T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_auc"])
+        net.cpu().eval()
+        temp = T.fit_temperature(T.predict(net, x_all[iva], torch.device("cpu"), 64), yt[iva])
+        T.fold_temperature(net.fc, temp)
     # test-time augmentation (the 8 flips, imaging_assist.nodules.models.flip_average) is kept only
     # when it raises the VALIDATION AUC; the test split plays no part in the choice
     from imaging_assist.nodules.models import TTA_MODES, flip_average
@@ -127,6 +135,16 @@ def main(argv=None) -> int:
     tta_selection = [{"tta": mode, "val_auc": round(E.roc_auc(y[iva], probs[mode][iva]), 5)} for mode in TTA_MODES]
     tta = max(tta_selection, key=lambda r: r["val_auc"])["tta"]  # first of equals: "none"
     print("TTA on validation:", tta_selection, "->", tta, flush=True)
+    for other in args.ensemble_with:  # measured on validation for the record; a card loads one network
+        net2 = build_network(ARCH, MODEL_ID)
+        T.load_shipped(net2, other)
+        p2 = torch.softmax(T.predict(net2, x_all[iva], torch.device("cpu"), 64), 1)[:, 1].numpy()
+        meta = json.loads((Path(other) / "model.json").read_text())["training"]
+        tta_selection.append({"tta": "none", "ensemble_with": f"{meta['script']} --init-seed {meta.get('init_seed')}",
+                              "member_val_auc": round(E.roc_auc(y[iva], p2), 5),
+                              "val_auc": round(E.roc_auc(y[iva], (probs["none"][iva] + p2) / 2), 5),
+                              "eligible": False})
+        print("ensemble on validation:", tta_selection[-1], flush=True)
     prob = probs[tta]
     # extent sensitivity: the same windows with the validity cut to the thinnest crop
     x_thin = torch.from_numpy(W.channels_from_arrays(cimg[iva], thin(cval[iva]), args.design))
@@ -173,7 +191,7 @@ def main(argv=None) -> int:
                   "val_auc_ci95": details["validation"]["auc_ci95"], "test_auc": details["test"]["auc"],
                   "extent_sensitivity_val": round(extent_sens, 4),
                   "median_valid_fraction_of_model_region_val": round(frac_valid, 4)}
-    comparison = [design_row]
+    comparison = [design_row] + [c for c in old_training.get("design_comparison", []) if c["design"] != args.design]
     if args.compare_with is not None:  # the other design's run (may still be training: wait)
         f = Path(args.compare_with) / "metrics.json"
         for _ in range(180):
@@ -190,6 +208,12 @@ def main(argv=None) -> int:
             w.writerow([rows[i]["file"], D.SPLIT_NAMES[int(split[i])], groups[i], LABELS[y[i]],
                         int(rating[i]), f"{prob[i]:.6f}"])
     t = details["test"]
+    card_must_not = [
+        "a diagnosis of cancer: the reference is the opinion of the LIDC readers (majority of up to four), "
+        "not pathology or follow-up",
+        "nodules smaller than 3 mm (LIDC readers rated only nodules >= 3 mm)",
+        "detection or screening: it scores only the nodule at a point a reader gives; it never searches a scan",
+        "management decisions (Fleischner, Lung-RADS) in place of the reader"]
     card = {
         "schema_version": 1, "id": MODEL_ID,
         "name": "Lung nodule malignancy as LIDC readers judge it (3D ResNet, 32 mm window at 1 mm)",
@@ -217,12 +241,7 @@ def main(argv=None) -> int:
         "intended_use": "Research, teaching and software demonstration: how LIDC radiologists would likely rate a "
                         "lung nodule that a reader points at on CT. NOT FOR CLINICAL USE: not a diagnosis, not "
                         "validated on any population.",
-        "must_not_be_used_for": [
-            "a diagnosis of cancer: the reference is the opinion of the LIDC readers (majority of up to four), "
-            "not pathology or follow-up",
-            "nodules smaller than 3 mm (LIDC readers rated only nodules >= 3 mm)",
-            "detection or screening: it scores only the nodule at a point a reader gives; it never searches a scan",
-            "management decisions (Fleischner, Lung-RADS) in place of the reader"],
+        "must_not_be_used_for": card_must_not,
         "population": {"image_kind": "cross-sectional", "data": "LIDC-IDRI: thoracic (chest, lung) CT of 1,010 patients from seven "
                        "US academic centres (diagnostic and screening, several vendors, 0.45-2.5 mm slices); "
                        "ages and sexes not in the crops"},
@@ -238,22 +257,23 @@ def main(argv=None) -> int:
             "(mediastinum, chest wall) P(malignant) was 0.80-0.98, because no training window lacked a nodule. The OOD "
             "check flagged every such window (scripts/fit_nodule_ood.py); never read the likelihood when the window is "
             "flagged.",
-            "Must not be used for: a diagnosis of cancer (reader opinion, not pathology); nodules < 3 mm; detection or "
-            "screening; management decisions in place of the reader."],
-        "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "init_seed": init_seed, "device": T.device_text(dev),
+            "Must not be used for: " + "; ".join(card_must_not) + "."],
+        "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "init_seed": init_seed, "device": train_device,
                      "design": args.design, "design_comparison": comparison,
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "batch_size": args.batch_size,
                      "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
                      "augmentation": "click jitter +-4 mm, flips of each axis, in-plane transposition, random "
                                      "narrowing of the validity", "temperature": round(temp, 4),
                      "readout": {"tta": tta}, "readout_selection": {
-                         "data": "validation split AUC (after the temperature); the best kept", "candidates": tta_selection},
-                     "train_seconds": round(train_s, 1)},
+                         "data": "validation split AUC (after the temperature); the best eligible one kept", "candidates": tta_selection},
+                     "train_seconds": round(float(train_s), 1)},
         "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "training_plot": "training_log.png",
                   "predictions": "predictions.csv", "roc": "roc.png", "reliability": ["reliability_test.png"]},
     }
     from imaging_assist.models.build import save_model_folder
 
+    if args.evaluate_only:
+        card = T.keep_card_fields(card, out)
     save_model_folder(out, card, net)
     T.write_json(out / "metrics.json", {"model": MODEL_ID, "positive_label": "malignant",
                                         "threshold": card["thresholds"]["malignant"], "metrics": metrics,

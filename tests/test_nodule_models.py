@@ -362,3 +362,70 @@ def test_a_click_away_from_any_nodule_gives_no_mask_or_is_flagged():
     w = W.cut_window(slab, R1_LPS)
     M.segment(w)
     assert not M.ood(w)["flagged"]
+
+
+# --------------------------------------------------------------------------- read-out (TTA, threshold, source grid)
+def test_flip_average_is_flip_equivariant_and_plain_when_off():
+    import torch
+
+    from imaging_assist.nodules import models as M
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv3d(4, 2, 3, padding=1)).eval()  # random kernels: not flip-symmetric
+    x = torch.rand(2, 3, 8, 8, 8)
+    none = M.flip_average(net, x, "none")
+    with torch.no_grad():
+        assert torch.allclose(none, torch.softmax(net(x), 1))
+    avg = M.flip_average(net, x, "flips8")
+    assert not torch.allclose(avg, none, atol=1e-3)
+    for f in ((2,), (3, 4), (2, 3, 4)):  # each flipped copy's output is flipped back
+        assert torch.allclose(M.flip_average(net, torch.flip(x, f), "flips8"), torch.flip(avg, f), atol=1e-6)
+    cls = torch.nn.Sequential(torch.nn.Conv3d(3, 2, 3), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten()).eval()
+    assert M.flip_average(cls, x, "flips8").shape == (2, 2)
+
+
+def test_probability_on_the_source_grid_beats_the_nearest_1mm_mask():
+    """A 3 mm-radius ball off the voxel centres of a 0.7 x 0.7 x 2.5 mm series, its window
+    probability a 1 mm soft edge at the true radius: thresholding the trilinear probability on
+    the series' grid ("probability") gives the ball back better than the 1 mm mask copied to the
+    nearest voxel ("mask")."""
+    from imaging_assist.evaluation import dice
+    from imaging_assist.nodules import models as M
+
+    centre = np.array([20.3, 21.1, 13.4])
+    vol = _ball_volume((12, 60, 60), (0.7, 0.7, 2.5), np.eye(3), (0.0, 0.0, 0.0), centre, radius=3.0)
+    win = W.cut_window(vol, centre)
+
+    def dist(aff, shape):
+        k, j, i = np.meshgrid(*[np.arange(n, dtype=float) for n in shape], indexing="ij")
+        pts = (aff @ np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)]))[:3].T
+        return np.linalg.norm(pts - centre, axis=1).reshape(shape)
+
+    p = np.clip(0.5 + (3.0 - dist(win.affine, W.WINDOW_SHAPE)), 0, 1).astype(np.float32) * win.valid
+    comp = M.nodule_mask(p, win, 0.5)
+    truth = dist(np.asarray(vol.affine, float), vol.array.shape) <= 3.0
+    d_mask = dice(M.source_mask(p, comp, win, vol, 0.5, "mask"), truth)
+    d_prob = dice(M.source_mask(p, comp, win, vol, 0.5, "probability"), truth)
+    assert d_prob > d_mask and d_prob >= 0.9, (d_prob, d_mask)
+    # only the clicked component goes onto the grid: a second ball in the window is left out
+    p2 = np.maximum(p, np.roll(p, 12, axis=2))
+    assert np.array_equal(M.source_mask(p2, M.nodule_mask(p2, win, 0.5), win, vol, 0.5, "probability"),
+                          M.source_mask(p, comp, win, vol, 0.5, "probability"))
+
+
+@pytest.mark.parametrize("mid", IDS)
+def test_readout_is_the_validation_best_and_the_engine_reads_it_from_the_card(mid):
+    from imaging_assist.nodules import models as M
+
+    card = json.loads((WEIGHTS / mid / "model.json").read_text())
+    tr = card["training"]
+    score = "val_dice" if mid == "ct-nodule-seg" else "val_auc"
+    eligible = [c for c in tr["readout_selection"]["candidates"] if c.get("eligible", True)]
+    best = max(eligible, key=lambda c: c[score])
+    assert {k: best[k] for k in tr["readout"]} == tr["readout"]
+    assert all(card["input"]["window"][k] == v for k, v in tr["readout"].items())
+    m = M.load(mid)
+    assert M.tta(m) == tr["readout"]["tta"]
+    if mid == "ct-nodule-seg":
+        assert M.mask_threshold(m) == tr["readout"]["mask_threshold"]
