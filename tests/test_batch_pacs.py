@@ -75,3 +75,25 @@ def test_bad_pacs_sources_are_one_line_errors(pacs_cfg, tmp_path):
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], (src, p.stderr)
         assert "Traceback" not in p.stderr
+
+
+def test_deidentified_pacs_batch_keeps_the_retrieved_originals_out_of_out(pacs_cfg, tmp_path):
+    """--deidentify with a PACS SOURCE: the study is retrieved into a temporary folder (not OUT),
+    de-identified, and no output under OUT carries the patient's id or name."""
+    import pydicom
+
+    ds = pydicom.dcmread(DEMO_CXR / "cxr_03_pa.dcm", stop_before_pixels=True)
+    out = tmp_path / "out"
+    p = _run(["batch", "pacs://orthanc?PatientID=DEMO-CXR-0003", "--model", "cxr-pneumonia", "--out", str(out),
+              "--deidentify", "--no-faithfulness"], check_rc=0)
+    assert "Traceback" not in p.stderr
+    (row,) = _rows(out)
+    assert row["status"] == "ok"
+    assert not (out / "pacs-cache").exists()
+    name = str(ds.PatientName)
+    files = [f for f in out.rglob("*") if f.is_file()]
+    assert any(f.name == "results.json" for f in files)
+    for f in files:
+        data = f.read_bytes()
+        for form in {"DEMO-CXR-0003", name, name.replace("^", " ")}:
+            assert form.encode() not in data, f"{form!r} in {f.relative_to(out)}"
