@@ -1,10 +1,43 @@
-"""The AI models dock (ui/ai/model_panel.py), tabbed with Studies; its results arrive as layers
-through the window's add_layer.  It lists the models the first time it is shown."""
+"""The AI models dock (ui/ai/model_panel.py): on the right, above Overlays (``reading.py`` moves
+it there, so studies and AI results are seen together); its results arrive as layers through the
+window's add_layer.  It lists the models the first time it is shown.  The panel sits in a scroll
+area, so a long result never makes the window taller than the screen."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QDockWidget, QTabWidget
+from PySide6.QtCore import QEvent, QSize, Qt
+from PySide6.QtWidgets import QDockWidget, QFrame, QScrollArea, QTabWidget
+
+
+class _PanelScroll(QScrollArea):
+    """The panel's width (never squeezed: its table and results need it), any height (a
+    vertical scroll bar when the screen is short)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setWidgetResizable(True)
+        self.setFrameShape(QFrame.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+
+    def setWidget(self, w):
+        super().setWidget(w)
+        w.installEventFilter(self)
+
+    def eventFilter(self, obj, ev):
+        if ev.type() == QEvent.LayoutRequest:  # the panel's content changed: ask the dock again
+            self.updateGeometry()
+        return False
+
+    def _width(self) -> int:
+        w = self.widget()
+        need = max(w.sizeHint().width(), w.minimumSizeHint().width()) if w is not None else 0
+        return max(420, need + self.verticalScrollBar().sizeHint().width())
+
+    def sizeHint(self):
+        return QSize(self._width(), super().sizeHint().height())
+
+    def minimumSizeHint(self):
+        return QSize(self._width(), 160)
 
 
 def add_ai_dock(win):
@@ -13,8 +46,9 @@ def add_ai_dock(win):
     win.model_panel = ModelPanel(win.doc, add_layer=win.add_layer)
     win.model_dock = QDockWidget("AI models", win)
     win.model_dock.setObjectName("ModelsDock")
-    win.model_dock.setWidget(win.model_panel)
-    win.model_dock.setMinimumWidth(420)
+    scroll = _PanelScroll()
+    scroll.setWidget(win.model_panel)
+    win.model_dock.setWidget(scroll)
     win.addDockWidget(Qt.LeftDockWidgetArea, win.model_dock)
     win.tabifyDockWidget(win.browser_dock, win.model_dock)
     win.setTabPosition(Qt.LeftDockWidgetArea, QTabWidget.North)
