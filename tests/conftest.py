@@ -20,6 +20,21 @@ os.environ["XDG_CONFIG_HOME"] = str(_USER_HOME / "config")
 os.environ["XDG_DATA_HOME"] = str(_USER_HOME / "data")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_user_folders(request):
+    """Each test module gets its own XDG config and data homes (under the run's temporary
+    folder): what one module saves (annotations per study, remembered slice positions, hanging
+    protocols, the prediction log) never changes what another module sees, in any order."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=_USER_HOME))
+    old = {k: os.environ.get(k) for k in ("XDG_CONFIG_HOME", "XDG_DATA_HOME")}
+    os.environ["XDG_CONFIG_HOME"] = str(home / "config")
+    os.environ["XDG_DATA_HOME"] = str(home / "data")
+    yield
+    for k, v in old.items():
+        os.environ[k] = v
+
+
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"test data missing: {path} (../shared/data must sit beside the repo)")
