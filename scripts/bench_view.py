@@ -95,7 +95,7 @@ def scroll_bench(path: str, passes: int = 2) -> dict:
     win.add_layer(LabelLayer("labels", labels, names={1: "soft", 2: "dense"}, opacity=0.4))
     k, j, i = np.ogrid[:a.shape[0], :a.shape[1], :a.shape[2]]
     heat = np.exp(-(((j - 256) / 90.0) ** 2 + ((i - 256) / 90.0) ** 2 + ((k - 70) / 50.0) ** 2)).astype(np.float32)
-    win.add_layer(HeatmapLayer("heat", heat, colormap="jet", opacity=0.4, threshold=0.1))
+    win.add_layer(HeatmapLayer("heat", heat, opacity=0.4, threshold=0.1))
     win.set_layout("single")
     view = win.view_area.single
     for _ in range(3):

@@ -460,10 +460,13 @@ class TileResult:
             return None
         return self.slide_mpp[0] * self.downsample[0], self.slide_mpp[1] * self.downsample[1]
 
-    def to_layers(self, colormap: str = "jet", opacity: float = 0.4) -> list:
+    def to_layers(self, colormap: str | None = None, opacity: float = 0.4) -> list:
         """One :class:`imaging_assist.layers.HeatmapLayer` per class, on the heat-map grid
-        (each pixel = ``downsample`` level-0 pixels, starting at ``origin``)."""
+        (each pixel = ``downsample`` level-0 pixels, starting at ``origin``); the app's heat
+        colour map unless one is named."""
+        from ..colormaps import DEFAULT_HEAT_COLORMAP
         from ..layers import HeatmapLayer
+        colormap = colormap or DEFAULT_HEAT_COLORMAP
         layers = [HeatmapLayer(name, self.heatmaps[i], colormap=colormap, opacity=opacity,
                                vmin=0.0, vmax=1.0, units="probability")
                   for i, name in enumerate(self.class_names)]
