@@ -209,6 +209,72 @@ def refit_ood(net, card, fit_x, fit_y, val_x, out: Path, fitted_on: str) -> dict
                          "NOT re-measured for this candidate"}
 
 
+def gather_cases(data, labels_csv, from_feedback: bool, from_csv, from_log, what: str, log) -> list[dict]:
+    """Local cases of a fine-tune: ``from_csv(data, csv)`` and/or ``from_log(data)`` (the log's
+    reader feedback), a file given twice counted once (the CSV wins)."""
+    cases = []
+    if labels_csv is not None:
+        if data is None:
+            raise UserError("--labels needs --data (the folder the CSV's files are relative to)")
+        cases += from_csv(Path(data), Path(labels_csv))
+    if from_feedback:
+        if data is None:
+            raise UserError("--from-feedback needs --data: the log keeps no paths, the images are found "
+                            "in DIR by their keyed pseudonym")
+        fb = from_log(Path(data))
+        log(f"{len(fb)} {what} found in {data}")
+        cases += fb
+    if not cases:
+        raise UserError("no local cases: give --data DIR --labels CSV and/or --from-feedback")
+    seen, uniq = set(), []
+    for c in cases:
+        k = str(Path(c["path"]).resolve())
+        if k not in seen:
+            seen.add(k)
+            uniq.append(c)
+    return uniq
+
+
+def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: dict, ood_block: dict | None,
+                     n_cases: int, holdout_header: list[str], holdout_rows: list[list], extra: dict | None = None,
+                     drop: tuple = ()) -> dict:
+    """Write the candidate folder (its card: the base card + ``card_update`` with its own version,
+    weights, ``holdout.csv``, ``metrics.json`` with the non-inferiority verdict) and register
+    it; the fine-tune's result."""
+    from ..models.build import save_model_folder
+    from . import versions
+
+    version = versions.next_version(card.id, card.version)
+    raw = copy.deepcopy(card.raw)
+    for k in ("format", "weights", "ood", "files", *drop):
+        raw.pop(k, None)
+    raw.update({"version": version, "name": f"{card.name} — site fine-tune {version}", **card_update,
+                "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "holdout": "holdout.csv"},
+                "not_for_clinical_use": True})
+    if ood_block:
+        raw["ood"] = ood_block
+    save_model_folder(out, raw, net)
+    with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(holdout_header)
+        w.writerows(holdout_rows)
+    ni = {**ni, "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
+    res = {"model_id": card.id, "version": raw["version"], "base_version": card.version,
+           "folder": str(out.resolve()), **(extra or {}), "comparisons": comps, "non_inferiority": ni,
+           "training": raw["training"],
+           "ood": {k: ood_block[k] for k in ("threshold", "threshold_rule", "fitted_on")} if ood_block else None,
+           "not_for_clinical_use": True}
+    ok, why = versions.non_inferiority(res)
+    res["non_inferiority"]["passes"] = ok
+    res["non_inferiority"]["reasons"] = why
+    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
+    metric = ni["metric"].lower()
+    versions.register_candidate(card.id, raw["version"], out, card.version,
+                                {"folder": str(out.resolve()), "n_cases": n_cases, "non_inferior": ok,
+                                 **{f"{k}_{metric}_diff": v["diff"] for k, v in comps.items()}})
+    return res
+
+
 # --------------------------------------------------------------------------- the run
 def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Path | None = None,
              from_feedback: bool = False, epochs: int = 6, train: str = "all", replay: int = 200,
@@ -218,7 +284,6 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     import torch.nn.functional as F
 
     from .. import evaluation as E
-    from ..models.build import save_model_folder
     from ..models.loaders import load_model
     from ..models.registry import Registry
     from . import versions
@@ -249,27 +314,9 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     pos = labels.index(pos_label)
     thr = float(card.thresholds[pos_label].threshold) if pos_label in card.thresholds else 0.5
 
-    cases = []
-    if labels_csv is not None:
-        if data is None:
-            raise UserError("--labels needs --data (the folder the CSV's files are relative to)")
-        cases += cases_from_csv(Path(data), Path(labels_csv), labels)
-    if from_feedback:
-        if data is None:
-            raise UserError("--from-feedback needs --data: the log keeps no paths, the images are found "
-                            "in DIR by their keyed pseudonym")
-        fb = cases_from_feedback(card.id, Path(data), labels)
-        log(f"{len(fb)} reader-confirmed cases found in {data}")
-        cases += fb
-    if not cases:
-        raise UserError("no local cases: give --data DIR --labels CSV and/or --from-feedback")
-    seen, uniq = set(), []
-    for c in cases:  # a file given twice counts once (CSV wins)
-        k = str(Path(c["path"]).resolve())
-        if k not in seen:
-            seen.add(k)
-            uniq.append(c)
-    cases = uniq
+    cases = gather_cases(data, labels_csv, from_feedback,
+                         lambda d, f: cases_from_csv(d, f, labels),
+                         lambda d: cases_from_feedback(card.id, d, labels), "reader-confirmed cases", log)
     y = np.array([labels.index(c["label"]) for c in cases])
     groups = np.array([str(c["patient"]) for c in cases], dtype=object)
     split = T.grouped_split(groups, y, (0.6, 0.2, 0.2), seed=seed)
@@ -360,24 +407,19 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                           f"the candidate's fine-tuning data ({len(x_tr)} images: local training part"
                           f"{' + replay of the original validation images' if rep_x is not None else ''})")
 
-    version = versions.next_version(card.id, card.version)
-    raw = copy.deepcopy(card.raw)
-    for k in ("format", "weights", "ood", "files", "population"):
-        raw.pop(k, None)
     h = comps["local_holdout"]["candidate"]
     metrics = [E.metric("AUC", h["auc"], h["auc_ci95"], comps["local_holdout"]["n"], comps["local_holdout"]["data"], pos_label)]
     if "original_test" in comps:
         o = comps["original_test"]["candidate"]
         metrics.append(E.metric("AUC", o["auc"], o["auc_ci95"], comps["original_test"]["n"],
                                 comps["original_test"]["data"], pos_label))
-    raw.update({
-        "version": version, "name": f"{card.name} — site fine-tune {version}",
+    card_update = {
         "metrics": metrics,
         "metrics_ci": "percentile cluster bootstrap by patient, stratified by label, 2,000 resamples",
-        "data": {**(raw.get("data") or {}),
+        "data": {**(card.raw.get("data") or {}),
                  "fine_tuning": f"{len(cases)} local reader-confirmed/labelled images of {len(set(groups.tolist()))} "
                                 f"patients, split by patient 60/20/20 (train / validation / hold-out), seed {seed}"},
-        "limitations": list(raw.get("limitations") or []) + [
+        "limitations": list(card.raw.get("limitations") or []) + [
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the operating threshold "
             f"{thr} is the base model's, not re-chosen (too few local cases); the OOD statistics were refitted "
             "but their AUROC against other modalities was not re-measured."],
@@ -386,33 +428,14 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "max_lr": lr,
                      "batch_size": batch_size, "replay_images": 0 if rep_x is None else int(len(rep_x)),
                      "temperature": round(temp, 4), "train_seconds": info["train_seconds"], "seed": seed},
-        "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "holdout": "holdout.csv"},
-        "not_for_clinical_use": True,
-    })
-    if ood_block:
-        raw["ood"] = ood_block
-    save_model_folder(out, raw, net)
-    with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["file", "label", "patient_id"])
-        for i in iho:
-            w.writerow([str(Path(cases[i]["path"]).resolve()), cases[i]["label"], groups[i]])
+    }
     ni = {"metric": "AUC", "margin": margin,
           "rule": f"promote only when the lower 95% bound of AUC(candidate) - AUC(base) is above -{margin} "
-                  "on every comparison (local hold-out and original test split)",
-          "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
-    res = {"model_id": card.id, "version": version, "base_version": card.version, "folder": str(out.resolve()),
-           "comparisons": comps, "non_inferiority": ni, "training": raw["training"],
-           "ood": {k: ood_block[k] for k in ("threshold", "threshold_rule", "fitted_on")} if ood_block else None,
-           "not_for_clinical_use": True}
-    ok, why = versions.non_inferiority(res)
-    res["non_inferiority"]["passes"] = ok
-    res["non_inferiority"]["reasons"] = why
-    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    versions.register_candidate(card.id, version, out, card.version,
-                                {"folder": str(out.resolve()), "n_cases": len(cases), "non_inferior": ok,
-                                 **{f"{k}_auc_diff": v["diff"] for k, v in comps.items()}})
-    return res
+                  "on every comparison (local hold-out and original test split)"}
+    return finish_candidate(card, out, card_update, net, comps, ni, ood_block, len(cases),
+                            ["file", "label", "patient_id"],
+                            [[str(Path(cases[i]["path"]).resolve()), cases[i]["label"], groups[i]] for i in iho],
+                            drop=("population",))
 
 
 # --------------------------------------------------------------------------- compare

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -156,34 +155,14 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
 
     from .. import evaluation as E
     from .. import training as T
-    from ..models.build import save_model_folder
     from ..models.loaders import LoadedModel, load_model
     from . import versions
-    from .finetune import refit_ood
+    from .finetune import finish_candidate, gather_cases, refit_ood
 
     margin = versions.margin_for("Dice") if margin is None else float(margin)
     n_labels = len(card.labels)
-    cases = []
-    if labels_csv is not None:
-        if data is None:
-            raise UserError("--labels needs --data (the folder the CSV's files are relative to)")
-        cases += cases_from_csv(Path(data), Path(labels_csv))
-    if from_feedback:
-        if data is None:
-            raise UserError("--from-feedback needs --data: the log keeps no paths, the images are found "
-                            "in DIR by their keyed pseudonym")
-        fb = cases_from_corrections(card.id, Path(data))
-        log(f"{len(fb)} reader-corrected label maps matched to images in {data}")
-        cases += fb
-    if not cases:
-        raise UserError("no local cases: give --data DIR --labels CSV (file,mask,patient_id) and/or --from-feedback")
-    seen, uniq = set(), []
-    for c in cases:  # a file given twice counts once (CSV wins)
-        k = str(Path(c["path"]).resolve())
-        if k not in seen:
-            seen.add(k)
-            uniq.append(c)
-    cases = uniq
+    cases = gather_cases(data, labels_csv, from_feedback, cases_from_csv,
+                         lambda d: cases_from_corrections(card.id, d), "reader-corrected label maps", log)
     from ..inference.images import read_image
 
     paths = [Path(c["path"]) for c in cases]
@@ -270,24 +249,17 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
                           f"the candidate's fine-tuning data ({len(x_tr)} images: local training part"
                           f"{' + replay of the original training images' if rep_x is not None else ''})")
 
-    version = versions.next_version(card.id, card.version)
-    raw = copy.deepcopy(card.raw)
-    for k in ("format", "weights", "ood", "files"):
-        raw.pop(k, None)
     fg = " and ".join(card.labels[1:])
-    metrics = []
-    for key, c in comps.items():
-        h = c["candidate"]
-        metrics.append(E.metric("Dice", h["dice"], h["dice_ci95"], c["n"], c["data"], f"mean of {fg}"))
-    raw.update({
-        "version": version, "name": f"{card.name} — site fine-tune {version}",
+    metrics = [E.metric("Dice", c["candidate"]["dice"], c["candidate"]["dice_ci95"], c["n"], c["data"], f"mean of {fg}")
+               for c in comps.values()]
+    card_update = {
         "metrics": metrics,
         "metrics_ci": "percentile cluster bootstrap by patient of the mean per-image Dice, 2,000 resamples",
-        "data": {**(raw.get("data") or {}),
+        "data": {**(card.raw.get("data") or {}),
                  "fine_tuning": f"{len(cases)} local images with reader-made or corrected label maps of "
                                 f"{len(set(groups.tolist()))} patients, split by patient 60/20/20 (train / validation "
                                 f"/ hold-out), seed {seed}"},
-        "limitations": list(raw.get("limitations") or []) + [
+        "limitations": list(card.raw.get("limitations") or []) + [
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the segmentation quality "
             "checks are the base model's; the OOD statistics were refitted but their AUROC against other "
             "modalities was not re-measured."],
@@ -296,33 +268,14 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
                      "trained": "all", "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "max_lr": lr,
                      "batch_size": batch_size, "replay_images": 0 if rep_x is None else int(len(rep_x)),
                      "train_seconds": info["train_seconds"], "seed": seed},
-        "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "holdout": "holdout.csv"},
-        "not_for_clinical_use": True,
-    })
-    if ood_block:
-        raw["ood"] = ood_block
-    save_model_folder(out, raw, net)
-    with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["file", "mask", "patient_id"])
-        for i in iho:
-            w.writerow([str(Path(cases[i]["path"]).resolve()), str(Path(cases[i]["mask"]).resolve()), groups[i]])
+    }
     ni = {"metric": "Dice", "margin": margin,
           "rule": f"promote only when the lower 95% bound of Dice(candidate) - Dice(base) (mean per-image Dice, "
-                  f"paired) is above -{margin} on every comparison (local hold-out and original test split)",
-          "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
-    res = {"model_id": card.id, "version": version, "base_version": card.version, "folder": str(out.resolve()),
-           "task": "segmentation", "comparisons": comps, "non_inferiority": ni, "training": raw["training"],
-           "ood": {k: ood_block[k] for k in ("threshold", "threshold_rule", "fitted_on")} if ood_block else None,
-           "not_for_clinical_use": True}
-    ok, why = versions.non_inferiority(res)
-    res["non_inferiority"]["passes"] = ok
-    res["non_inferiority"]["reasons"] = why
-    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
-    versions.register_candidate(card.id, version, out, card.version,
-                                {"folder": str(out.resolve()), "n_cases": len(cases), "non_inferior": ok,
-                                 **{f"{k}_dice_diff": v["diff"] for k, v in comps.items()}})
-    return res
+                  f"paired) is above -{margin} on every comparison (local hold-out and original test split)"}
+    return finish_candidate(card, out, card_update, net, comps, ni, ood_block, len(cases),
+                            ["file", "mask", "patient_id"],
+                            [[str(Path(cases[i]["path"]).resolve()), str(Path(cases[i]["mask"]).resolve()), groups[i]]
+                             for i in iho], extra={"task": "segmentation"})
 
 
 def compare_segmenters(model_id: str, ca, cb, holdout: Path, a: str, b: str) -> dict:
