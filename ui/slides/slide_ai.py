@@ -260,7 +260,12 @@ class SlideRuns(QObject):
                 self._emit(self._sig.finished, token, "cancelled", None)
                 return
             warns += [w for w in res.warnings if w not in warns]
-            self._emit(self._sig.finished, token, "done", (res, warns, fn.ood_summary(), load_s))
+            ood = fn.ood_summary()
+            from imaging_assist.monitoring.slide_log import record_slide_run  # issue 18: log row + audit event
+
+            record_slide_run(model, path, res, ood=ood, run_s=time.perf_counter() - t0, device=str(fn.device),
+                             n_warnings=len(warns), vendor=getattr(slide, "vendor", None), region=region_pts is not None)
+            self._emit(self._sig.finished, token, "done", (res, warns, ood, load_s))
         except UserError as e:
             self._emit(self._sig.finished, token, "error", str(e))
         except Exception as e:  # noqa: BLE001 - one line in the panel
