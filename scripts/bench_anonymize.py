@@ -119,7 +119,7 @@ def table_coverage(slice_path: Path, tmp: Path) -> dict:
     src = tmp / "planted"
     src.mkdir()
     ds.save_as(src / "p.dcm")
-    deidentify_tree(src, tmp / "ours_cov", Options(), key=b"\x07" * 32, audit=False)
+    cov = deidentify_tree(src, tmp / "ours_cov", Options(), key=b"\x07" * 32, audit=False)
     import warnings
 
     d2 = pydicom.dcmread(src / "p.dcm")
@@ -128,7 +128,7 @@ def table_coverage(slice_path: Path, tmp: Path) -> dict:
         Anonymizer().anonymize(d2)
     (tmp / "dcg_cov").mkdir()
     d2.save_as(tmp / "dcg_cov" / "p.dcm")
-    ob = (tmp / "ours_cov" / "p.dcm").read_bytes()
+    ob = Path(cov.written[0].output).read_bytes()  # (output names are keyed pseudonyms)
     db = (tmp / "dcg_cov" / "p.dcm").read_bytes()
     left_ours = [t for t, v in planted.items() if v.encode() in ob]
     left_dcg = [t for t, v in planted.items() if v.encode() in db]
