@@ -2,16 +2,14 @@
 
 import hashlib
 import os
-import shutil
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
 from _synth import write_ct_series
-from conftest import CT_PHANTOM, SHARED, need
+from conftest import SHARED, need
 from imaging_assist.dicom import LoadError, load_series, scan
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

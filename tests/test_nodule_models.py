@@ -322,6 +322,7 @@ def test_crop_and_slab_give_the_same_model_output(r1_windows):
     oc, os_ = M.ood(wc), M.ood(ws)
     assert set(oc) >= {"score", "threshold", "flagged", "reasons"}
     assert not oc["flagged"], oc
+    assert os_["flagged"] == oc["flagged"], os_  # the slab's window is as familiar as the crop's
 
 
 def test_click_is_deterministic_and_fast(r1_windows):

@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED, need
 
 from imaging_assist.errors import UserError
-from imaging_assist.slides.annotations import (Annotation, from_geojson, load_for_slide, point_counts,
+from imaging_assist.slides.annotations import (Annotation, load_for_slide, point_counts,
                                                read_geojson, save_for_slide, slide_key, store_path,
                                                write_geojson)
 from imaging_assist.slides.regions import filter_plan, inside_fraction, polygon_area, rect_polygon

@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import imaging_assist_ui  # noqa: E402,F401
-from PySide6.QtCore import QPointF, QSettings, Qt  # noqa: E402
+from PySide6.QtCore import QSettings, Qt  # noqa: E402
 from PySide6.QtTest import QTest  # noqa: E402
 
 from _qt import pump_until as wait, settle  # noqa: E402
@@ -117,7 +117,7 @@ def test_cancel_stops_within_a_second_and_adds_nothing(win, page):
     panel = _panel_ready(win)
     page.runs.region_box.setChecked(False)  # the whole slide: long enough to cancel
     try:
-        got, progress = [], []
+        got = []
         panel.runFinished.connect(got.append)
         n_before = len(win.doc.layers)
         assert panel.run()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QImage, QPainter, QPixmap, QTextCursor
-from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidget, QTreeWidgetItem,
+from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
 from ..shared.theme import MUTED, TEXT, WARN_FG
