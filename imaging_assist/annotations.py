@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .measure import Measurement
+from .userdirs import write_json_atomic
 
 SCHEMA = "imaging-assist-annotations"
 VERSION = 1
@@ -260,20 +260,7 @@ class AnnotationStore:
         else:
             doc["series"].pop(key, None)
         path = self.path_for(study_uid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(doc, f, indent=1, allow_nan=False, default=_jsonable)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json_atomic(path, doc, fsync=True, indent=1, allow_nan=False, default=_jsonable)
         return path, warnings
 
 

@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import viewing
-from .userdirs import config_dir
+from .userdirs import config_dir, write_json_atomic
 
 FILE_NAME = "hanging_protocols.json"
 LAYOUTS = {"single": 1, "mpr": 1, "1x2": 2, "2x2": 4}
@@ -174,19 +173,8 @@ class ProtocolStore:
         return True
 
     def _write(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"version": 1, "protocols": [p.to_dict() for p in self.user]}
-        fd, tmp = tempfile.mkstemp(prefix=".hanging-", suffix=".json", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1)
-            os.replace(tmp, self.path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_json_atomic(self.path, data, indent=1)
 
 
 @dataclass

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
-from .userdirs import data_dir
+from .userdirs import data_dir, write_json_atomic
 
 FILE_NAME = "positions.json"
 MAX_SERIES = 2000
@@ -91,18 +90,7 @@ class PositionStore:
         items = sorted(self._items.items(), key=lambda kv: kv[1]["t"], reverse=True)[:MAX_SERIES]
         self._items = dict(items)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".positions-", suffix=".json", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump({"version": 1, "series": self._items}, fh)
-                os.replace(tmp, self.path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            write_json_atomic(self.path, {"version": 1, "series": self._items})
         except OSError as e:
             self.warning = f"could not save reading positions to {self.path}: {e.strerror or e}"
             return False

@@ -34,3 +34,28 @@ def data_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def write_json_atomic(path, data, *, fsync: bool = False, **dump_kwargs) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file in the same folder and
+    ``os.replace``: a reader (or a crash) sees the old file or the new one, never half of one.
+    The folder is created.  ``fsync`` flushes the bytes to disk before the rename."""
+    import json
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, **dump_kwargs)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
