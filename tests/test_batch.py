@@ -181,6 +181,21 @@ def test_local_batch_equals_analyze_and_a_corrupt_file_is_one_failed_row(inputs,
     assert r2["ok"] == 0 and r2["resumed"] == len(ok), r2
 
 
+def test_local_worker_processes_equal_analyze(inputs, analyzed, tmp_path):
+    """--processes 2 (what a large batch gets by default): the same rows as analyze, the bad
+    files one failed row each, the rows made in two other processes."""
+    out = tmp_path / "out"
+    p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--model", "cxr-lung-seg", "--out", str(out),
+              "--processes", "2"], check_rc=1)
+    assert "Traceback" not in p.stderr and "2 worker processes" in p.stderr, p.stderr
+    rows = _rows(out)
+    for m, (ref, aout) in analyzed.items():
+        _check_equal(rows, ref, m, aout)
+    _check_failures(rows)
+    pids = {r["worker"].rsplit(":", 1)[1] for r in rows if r.get("worker")}
+    assert len(pids) == 2 and str(os.getpid()) not in pids, pids
+
+
 def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_path):
     p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--out", str(inputs / "o")], check_rc=2)
     assert p.stderr.startswith("error: --out") and len(p.stderr.strip().splitlines()) == 1
@@ -188,7 +203,8 @@ def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_p
     assert p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path):
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path, processes):
     src = tmp_path / "films"
     src.mkdir()
     films = _films(40)
@@ -196,7 +212,7 @@ def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path)
         shutil.copy(f, src / f.name)
     out = tmp_path / "out"
     args = ["batch", str(src), "--model", "cxr-pneumonia", "--explain", "gradcam", "--no-faithfulness",
-            "--out", str(out)]
+            "--out", str(out), "--processes", processes]
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
     proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,

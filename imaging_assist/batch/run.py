@@ -30,7 +30,8 @@ def _echo(msg: str) -> None:
 
 def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engine: str = "local",
               address: str | None = None, command: str = "", echo=_echo, progress: bool = True,
-              decoders: int = 2, depth: int = 4, chunk: int = 16, actors: int | None = None) -> dict:
+              decoders: int = 2, depth: int = 4, chunk: int = 16, actors: int | None = None,
+              processes: int = 0) -> dict:
     """Run the batch; returns counts {ok, failed, skipped, resumed, total, seconds, state,
     items_per_s, table}.  Raises ``UserError`` for a bad command line (unknown model, no
     such SOURCE, OUT inside a SOURCE)."""
@@ -135,9 +136,14 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     try:
         if units:
             if engine == "local":
-                from .engines import run_local
+                from .engines import processes_for, run_local, run_local_processes
 
-                gen = run_local(units, ids, settings, decoders=decoders, depth=depth)
+                n_proc = processes_for(len(units), processes)
+                if n_proc > 1:
+                    echo(f"{n_proc} worker processes (one model each)")
+                    gen = run_local_processes(units, ids, settings, n_proc)
+                else:
+                    gen = run_local(units, ids, settings, decoders=decoders, depth=depth)
             else:
                 from .engines import run_ray
 

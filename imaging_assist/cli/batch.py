@@ -44,6 +44,9 @@ def register(subparsers) -> None:
     b.add_argument("--chunk", type=int_at_least(1), default=16, help="items per Ray task (16)")
     b.add_argument("--decoders", type=int_at_least(1), default=2,
                    help="local: decoding threads (2)")
+    b.add_argument("--processes", type=int_at_least(0), default=0,
+                   help="--engine local: worker processes (0, the default: one per CPU from 200 "
+                        "items up, else 1)")
     b.add_argument("--torch-threads", type=int_at_least(1), default=None,
                    help="torch threads per model worker (default: CPUs minus one)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -110,7 +113,7 @@ def cmd_batch(args) -> int:
                          + (["--explain=" + explain] if explain else []))
     r = run_batch([os.fspath(s) for s in args.sources], args.model, settings, engine=args.engine,
                   address=args.address, command=command, decoders=args.decoders, chunk=args.chunk,
-                  actors=args.actors)
+                  actors=args.actors, processes=args.processes)
     line = (f"{r['ok']} ok, {r['failed']} failed, {r['skipped']} skipped, {r['resumed']} already done; "
             f"{r['seconds']:.1f} s" + (f" ({r['items_per_s']:.2f} items/s)" if r["items_per_s"] else "")
             + f"; table {r['table']}")
