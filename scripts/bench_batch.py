@@ -91,13 +91,13 @@ def plain_slide(model_id: str, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def engine(sources: list[str], model_id: str, out: Path, name: str) -> tuple[float, dict]:
+def engine(sources: list[str], model_id: str, out: Path, name: str, processes: int = 0) -> tuple[float, dict]:
     from imaging_assist.batch.item import Settings
     from imaging_assist.batch.run import run_batch
 
     t0 = time.perf_counter()
     r = run_batch(sources, [model_id], Settings(out_dir=str(out)), engine=name, progress=False,
-                  echo=lambda m: print(m, file=sys.stderr))
+                  echo=lambda m: print(m, file=sys.stderr), processes=processes)
     dt = time.perf_counter() - t0
     if r["failed"] or r["state"] != "finished":
         sys.exit(f"{name}: {r}")
@@ -281,6 +281,10 @@ def main() -> None:
         tab.close()
         for k in ("decode_s", "infer_s", "write_s"):
             res[f"item_{k}_median"] = round(statistics.median(x[k] for x in rows if x.get(k) is not None), 5)
+        # the local engine in this one process (what batches under 200 items get)
+        t, r = engine([str(src)], "cxr-pneumonia", work / "local1", "local", processes=1)
+        print(f"local, one process: {t:.1f} s", file=sys.stderr)
+        res["local_1process_s"] = round(t, 2)
         t, r = engine([str(src)], "cxr-pneumonia", work / "ray", "ray")
         print(f"ray: {t:.1f} s {r}", file=sys.stderr)
         res["ray_s"] = round(t, 2)
@@ -291,7 +295,7 @@ def main() -> None:
             res["local_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "local_slide", "local")[0], 2)
             res["ray_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "ray_slide", "ray")[0], 2)
         res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-        for k in ("loop", "loop_1thread", "local", "ray"):
+        for k in ("loop", "loop_1thread", "local", "local_1process", "ray"):
             res[f"{k}_images_per_s"] = round(a.n / res[f"{k}_s"], 2)
         res["local_vs_loop"] = round(res["local_images_per_s"] / res["loop_images_per_s"], 3)
         res["ray_vs_loop"] = round(res["ray_images_per_s"] / res["loop_images_per_s"], 3)
