@@ -120,11 +120,12 @@ def run_local(units, model_ids, settings: Settings, decoders: int = 2, depth: in
 
 
 # ------------------------------------------------------------------ local, several processes
-# Measured (scripts/bench_batch.py, 1,000 chest films, 2 CPUs): in one process the stages
-# overlap only where they release the GIL (the model, PNG encoding), 65 films/s against a
-# plain loop's 51; the same Pipeline in one process per CPU (one torch thread each) does
-# every stage in parallel.  Spawned processes cost a model load each (about 2 s), so they
-# are used for large batches only (``processes_for``).
+# Measured (scripts/bench_batch.py, 1,000 chest films, 2 CPUs, quiet): in one process the
+# stages overlap only where they release the GIL (the model, PNG encoding): about 60 films/s
+# once running; the same Pipeline in one process per CPU (one torch thread each) runs every
+# stage in parallel: 92 films/s once running.  Each spawned worker first imports torch and
+# MONAI and loads its model (4.6 s, MONAI's import alone 3.3 s), so workers are used for large
+# batches only (``processes_for``).
 PROCESS_MIN_ITEMS = 200
 
 
