@@ -1120,6 +1120,11 @@ class ModelPanel(QWidget):
             self.status.setText("")
             self.progress.setValue(0)
             self.state = "idle"
+        else:  # idle: no run of its own, but findings restored for the old series may be shown
+            self.results.clear()
+            self.warnings.hide()
+            self.warnings.setText("")
+            self.last_result = None
         self.result_layers = []
         if self.state == "idle":  # not when a run was just cancelled by the change
             restore_outcome(self)  # the results of this series' earlier runs (issue 17)
