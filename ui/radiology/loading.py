@@ -14,16 +14,13 @@ from PySide6.QtCore import QObject, Signal
 from ..shared.text import reason_of
 
 
-class ScanJob(QObject):
-    progress = Signal(int, int)
-    finished = Signal(object)  # StudyIndex
-    failed = Signal(str)
+class _ThreadJob(QObject):
+    """One daemon thread running ``_run``; ``cancel()`` sets a flag the work checks."""
 
-    def __init__(self, paths: list[str], parent=None):
+    def __init__(self, name: str, parent=None):
         super().__init__(parent)
-        self.paths = paths
         self._cancel = False
-        self._thread = threading.Thread(target=self._run, name="scan", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self):
         self._thread.start()
@@ -34,6 +31,19 @@ class ScanJob(QObject):
     @property
     def cancelled(self) -> bool:
         return self._cancel
+
+    def _run(self):
+        raise NotImplementedError
+
+
+class ScanJob(_ThreadJob):
+    progress = Signal(int, int)
+    finished = Signal(object)  # StudyIndex
+    failed = Signal(str)
+
+    def __init__(self, paths: list[str], parent=None):
+        super().__init__("scan", parent)
+        self.paths = paths
 
     def _run(self):
         try:
@@ -49,7 +59,7 @@ class ScanJob(QObject):
             self.failed.emit("cancelled")
 
 
-class LoadJob(QObject):
+class LoadJob(_ThreadJob):
     """Load one stack of a series progressively (the slice it opens on first: viewing.start_index)."""
 
     planned = Signal(object, object)  # volume (still empty), list of stack plans
@@ -60,24 +70,15 @@ class LoadJob(QObject):
     failed = Signal(str)
 
     def __init__(self, series, stack: int = 0, parent=None):
-        super().__init__(parent)
+        super().__init__("load", parent)
         self.series = series
         self.stack = stack
         self.loader = None
-        self._cancel = False
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
-
-    def start(self):
-        self._thread.start()
 
     def cancel(self):
-        self._cancel = True
+        super().cancel()
         if self.loader is not None:
             self.loader.cancel()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel
 
     def _run(self):
         from imaging_assist.dicom import SeriesLoader
@@ -112,27 +113,15 @@ def viewable_images(index) -> list[tuple[str, str]]:
             and (is_plain_image(o.path) or o.path.lower().endswith(".bmp"))]
 
 
-class ImageJob(QObject):
+class ImageJob(_ThreadJob):
     """Read one plain image (PNG/JPEG/TIFF/BMP) off the GUI thread, as ``analyze`` reads it."""
 
     done = Signal(object)  # Volume
     failed = Signal(str)
 
     def __init__(self, path: str, parent=None):
-        super().__init__(parent)
+        super().__init__("image", parent)
         self.path = path
-        self._cancel = False
-        self._thread = threading.Thread(target=self._run, name="image", daemon=True)
-
-    def start(self):
-        self._thread.start()
-
-    def cancel(self):
-        self._cancel = True
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancel
 
     def _run(self):
         from imaging_assist.inference.images import read_image
@@ -181,22 +170,14 @@ def thumbnail_array(series, max_side: int = 96) -> tuple[np.ndarray, tuple[float
     return img, (float(vol.spacing[0]), float(vol.spacing[1]))
 
 
-class ThumbnailJob(QObject):
+class ThumbnailJob(_ThreadJob):
     ready = Signal(str, object, object)  # series key, uint8 array, (sx, sy)
     failed = Signal(str, str)            # series key, one-line reason it cannot be displayed
     finished = Signal()
 
     def __init__(self, series_list, parent=None):
-        super().__init__(parent)
+        super().__init__("thumbs", parent)
         self.series_list = list(series_list)
-        self._cancel = False
-        self._thread = threading.Thread(target=self._run, name="thumbs", daemon=True)
-
-    def start(self):
-        self._thread.start()
-
-    def cancel(self):
-        self._cancel = True
 
     def _run(self):
         for s in self.series_list:
