@@ -1000,17 +1000,21 @@ class ModelPanel(QWidget):
             self.progress.setValue(1000)
             res, view = payload
             self._show_result(res, view, ctx, elapsed)
-        elif status == "cancelled":
-            self.state = "cancelled"
-            self.progress.setValue(0)
-            self.status.setText("Cancelled — nothing was added.")
         else:
-            self.state = "error"
-            self.progress.setValue(0)
-            self.status.setText("")
-            self._show_error(payload or "the model run failed")
+            self.end_without_result(status, payload or "the model run failed")
         self._update_enabled()
         self.runFinished.emit(status)
+
+    def end_without_result(self, status: str, error: str = "") -> None:
+        """A run that ended "cancelled" (nothing added) or failed (its one-line ``error``); also
+        the slide runs' (ui/slides/slide_ai.py)."""
+        self.state = "cancelled" if status == "cancelled" else "error"
+        self.progress.setValue(0)
+        if status == "cancelled":
+            self.status.setText("Cancelled — nothing was added.")
+        else:
+            self.status.setText("")
+            self._show_error(error)
 
     # ================================================================== results
     def _show_result(self, res, view, ctx, elapsed):

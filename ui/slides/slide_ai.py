@@ -298,15 +298,8 @@ class SlideRuns(QObject):
         elif status == "done":
             p.state = "done"
             p.status.setText("Finished, but the slide changed meanwhile: nothing was added.")
-        elif status == "cancelled":
-            p.state = "cancelled"
-            p.progress.setValue(0)
-            p.status.setText("Cancelled — nothing was added.")
         else:
-            p.state = "error"
-            p.progress.setValue(0)
-            p.status.setText("")
-            p._show_error(payload or "the slide model failed")
+            p.end_without_result(status, payload or "the slide model failed")
         p._update_enabled()
         p.runFinished.emit(status)
 
