@@ -51,7 +51,7 @@ def resolve(rel: str) -> Path:
 
 
 def check(model_id: str, n_images: int = 3) -> dict:
-    from imaging_assist.explain.sanity import THRESHOLD, check_model
+    from imaging_assist.explain.sanity import THRESHOLD
     from imaging_assist.inference.images import read_image
     from imaging_assist.inference.pipelines import model_input
     from imaging_assist.models.registry import Registry
@@ -62,20 +62,31 @@ def check(model_id: str, n_images: int = 3) -> dict:
            "Spearman rank correlation of |attribution| trained vs fully randomised < threshold",
            "images": [str(p.relative_to(DATA)) for p in images], "methods": {}}
     xs = [model_input(model.card, read_image(p))[None].float() for p in images]
-    for m in METHODS:
+    out["methods"] = method_results(model_id, model, xs, {m: None for m in METHODS})
+    return out
+
+
+def method_results(model_id: str, model, xs, configs: dict) -> dict:
+    """{method: passed, worst final Spearman, per input} of the cascading randomisation test over
+    the preprocessed inputs ``xs``; ``configs``: method -> its ExplainConfig (None: the default).
+    Shared with scripts/check_nodule_explanations.py."""
+    from imaging_assist.explain.sanity import THRESHOLD, check_model
+
+    methods = {}
+    for m, cfg in configs.items():
         t = time.perf_counter()
         per = []
         for x in xs:
-            for rep in check_model(model, x, m):
+            for rep in check_model(model, x, m, cfg=cfg):
                 per.append({"final_spearman": rep.final_spearman, "passed": rep.passed,
                             "note": rep.note, "steps": rep.steps})
-        worst = max(r["final_spearman"] for r in per)
-        out["methods"][m] = {"passed": all(r["passed"] for r in per), "final_spearman": worst,
-                             "threshold": THRESHOLD, "per_image": per,
-                             "seconds": round(time.perf_counter() - t, 1)}
-        print(f"{model_id} {m}: worst Spearman {worst:.3f} -> "
-              f"{'passed' if out['methods'][m]['passed'] else 'FAILED'}", flush=True)
-    return out
+        finite = [r["final_spearman"] for r in per if r["final_spearman"] is not None]
+        worst = max(finite) if finite else None
+        methods[m] = {"passed": bool(per) and all(r["passed"] for r in per), "final_spearman": worst,
+                      "threshold": THRESHOLD, "per_image": per, "seconds": round(time.perf_counter() - t, 1)}
+        print(f"{model_id} {m}: worst Spearman {worst if worst is None else round(worst, 3)} -> "
+              f"{'passed' if methods[m]['passed'] else 'FAILED'}", flush=True)
+    return methods
 
 
 def main(argv=None) -> int:

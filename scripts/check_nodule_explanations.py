@@ -18,15 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _ct_nodule_data as D  # noqa: E402
 import _training as T  # noqa: E402
+from check_explanations import method_results  # noqa: E402
 
 from imaging_assist.nodules import window as W  # noqa: E402
 
@@ -62,7 +61,7 @@ def model_x(model, r) -> torch.Tensor:
 
 
 def check(model_id: str) -> dict:
-    from imaging_assist.explain.sanity import THRESHOLD, check_model
+    from imaging_assist.explain.sanity import THRESHOLD
     from imaging_assist.models.registry import Registry
 
     model = Registry().load(model_id)
@@ -73,20 +72,7 @@ def check(model_id: str) -> dict:
            "points_lps": [D.centre(r).round(4).tolist() for r in rows],
            "configs": {m: c.params() for m, c in configs().items()}, "methods": {}}
     xs = [model_x(model, r) for r in rows]
-    for m, cfg in configs().items():
-        t = time.perf_counter()
-        per = []
-        for x in xs:
-            for rep in check_model(model, x, m, cfg=cfg):
-                per.append({"final_spearman": rep.final_spearman, "passed": rep.passed,
-                            "note": rep.note, "steps": rep.steps})
-        finite = [r["final_spearman"] for r in per if r["final_spearman"] is not None]
-        worst = max(finite) if finite else None
-        out["methods"][m] = {"passed": bool(per) and all(r["passed"] for r in per), "final_spearman": worst,
-                             "threshold": THRESHOLD, "per_image": per,
-                             "seconds": round(time.perf_counter() - t, 1)}
-        print(f"{model_id} {m}: worst Spearman {worst} -> "
-              f"{'passed' if out['methods'][m]['passed'] else 'FAILED'}", flush=True)
+    out["methods"] = method_results(model_id, model, xs, configs())
     return out
 
 
