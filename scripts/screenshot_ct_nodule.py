@@ -20,54 +20,20 @@ SLAB = Path(__import__("os").environ.get("IMAGING_ASSIST_SHARED", ROOT.parent / 
     / "ct" / "lidc_idri_0001_slab"
 
 
-def _wait(app, cond, timeout):
-    end = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > end:
-            return False
-        app.processEvents()
-        time.sleep(0.005)
-    return True
-
-
-def _small_png(img, path: Path) -> int:
-    """Save a QImage as an optimised 256-colour PNG (Pillow)."""
-    import io
-
-    from PIL import Image
-    from PySide6.QtCore import QBuffer, QIODevice
-
-    buf = QBuffer()
-    buf.open(QIODevice.WriteOnly)
-    img.save(buf, "PNG")
-    im = Image.open(io.BytesIO(bytes(buf.data()))).convert("RGB")
-    im.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(path, optimize=True)
-    return path.stat().st_size
+from _screens import fresh_window, small_png, wait  # noqa: E402
 
 
 def main(argv=None) -> int:
     out = Path((argv or sys.argv[1:] or ["docs/screenshots"])[0])
     out.mkdir(parents=True, exist_ok=True)
-    import os
-    import tempfile
-
-    home = Path(tempfile.mkdtemp(prefix="ia-shot-"))  # a fresh session: no user settings, logs, monitors
-    os.environ["IMAGING_ASSIST_CONFIG_DIR"] = str(home / "config")
-    os.environ["IMAGING_ASSIST_DATA_DIR"] = str(home / "data")
-    from PySide6.QtCore import QSettings, Qt
+    from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
     from imaging_assist.nodules import lidc_xml
-    from imaging_assist_ui.app import make_app
-    from imaging_assist_ui.main_window import MainWindow
 
-    app = make_app()
-    settings = QSettings(str(Path(tempfile.mkdtemp()) / "s.ini"), QSettings.IniFormat)
-    w = MainWindow(settings=settings)
-    w.resize(1920, 1080)
-    w.show()
+    app, w, _home = fresh_window()  # a fresh session: no user settings, logs, monitors
     w.open_path(str(SLAB))
-    if not _wait(app, lambda: w.load_state == "done", 60):
+    if not wait(app, lambda: w.load_state == "done", 60):
         print(json.dumps({"error": f"the slab did not load: {w.last_error}"}))
         return 1
     w.set_layout("mpr")
@@ -82,14 +48,14 @@ def main(argv=None) -> int:
     u, v, _ = ax.plane.from_voxel(kji, w.doc.shape3())
     t0 = time.perf_counter()
     QTest.mouseClick(ax, Qt.LeftButton, Qt.ShiftModifier, ax.uv_to_screen(u, v).toPoint())
-    if not _wait(app, lambda: not w.nodules.busy, 120) or not w.nodules.nodules():
+    if not wait(app, lambda: not w.nodules.busy, 120) or not w.nodules.nodules():
         print(json.dumps({"error": w.nodules.last_line}))
         return 1
     click_s = time.perf_counter() - t0
     # a second click on it (models loaded, libraries imported): what a reader waits after the first
     t0 = time.perf_counter()
     QTest.mouseClick(ax, Qt.LeftButton, Qt.ShiftModifier, ax.uv_to_screen(u, v).toPoint())
-    if not _wait(app, lambda: not w.nodules.busy, 120):
+    if not wait(app, lambda: not w.nodules.busy, 120):
         print(json.dumps({"error": w.nodules.last_line}))
         return 1
     warm_s = time.perf_counter() - t0
@@ -104,8 +70,8 @@ def main(argv=None) -> int:
     for _ in range(30):
         app.processEvents()
         time.sleep(0.01)
-    sizes = {"ct_nodule_mpr.png": _small_png(w.grab().toImage(), out / "ct_nodule_mpr.png"),
-             "ct_nodule_list.png": _small_png(w.nodules.dock.grab().toImage(), out / "ct_nodule_list.png")}
+    sizes = {"ct_nodule_mpr.png": small_png(w.grab().toImage(), out / "ct_nodule_mpr.png"),
+             "ct_nodule_list.png": small_png(w.nodules.dock.grab().toImage(), out / "ct_nodule_list.png")}
     print("\n".join(w.nodules.entry_lines()))
     print(json.dumps({"first_click_to_result_s": round(click_s, 3), "click_to_result_s": round(warm_s, 3),
                       "nodule": n.result.to_dict() if hasattr(

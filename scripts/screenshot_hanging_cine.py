@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +26,7 @@ SHARED = Path(os.environ.get("IMAGING_ASSIST_SHARED", ROOT.parent / "shared" / "
 XA = SHARED / "dicom" / "xa_multiframe_cine_jpeg_baseline"
 DEMO = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray"
 sys.path.insert(0, str(ROOT / "scripts"))
-
-
-def _wait(app, cond, timeout):
-    end = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > end:
-            return False
-        app.processEvents()
-        time.sleep(0.005)
-    return True
+from _screens import fresh_window, small_png, wait  # noqa: E402
 
 
 def write_pair(root: Path) -> dict:
@@ -65,31 +54,20 @@ def write_pair(root: Path) -> dict:
 def main(argv=None) -> int:
     out = Path((argv or sys.argv[1:] or ["docs/screenshots"])[0])
     out.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="ia-hang-shot-"))
-    os.environ["IMAGING_ASSIST_CONFIG_DIR"] = str(home / "config")
-    os.environ["IMAGING_ASSIST_DATA_DIR"] = str(home / "data")
-    from PySide6.QtCore import QSettings
 
-    from imaging_assist_ui.app import make_app
-    from imaging_assist_ui.main_window import MainWindow
-    from screenshot_ct_nodule import _small_png
-
+    app, win, home = fresh_window("ia-hang-shot-")
     data = home / "studies"
     data.mkdir()
     uids = write_pair(data)
-    app = make_app()
-    win = MainWindow(settings=QSettings(str(home / "s.ini"), QSettings.IniFormat))
-    win.resize(1920, 1080)
-    win.show()
     sizes = {}
 
     def shot(name):
-        _wait(app, lambda: False, 0.5)
-        sizes[name] = _small_png(win.grab().toImage(), out / name)
+        wait(app, lambda: False, 0.5)
+        sizes[name] = small_png(win.grab().toImage(), out / name)
 
     win.open_path(str(data), series=uids["now"])
     g = win.view_area.grid
-    assert _wait(app, lambda: win.load_state == "done" and win.view_area.layout_mode == "1x2"
+    assert wait(app, lambda: win.load_state == "done" and win.view_area.layout_mode == "1x2"
                  and win.reading.loading_done() and g.cells[1].doc.volume is not None, 60), win.last_error
     shown = [c.doc.series.uid for c in g.visible_cells()]
     assert shown == [uids["now"], uids["prior"]], shown
@@ -97,14 +75,14 @@ def main(argv=None) -> int:
     shot("reading_hanging.png")
 
     win.open_path(str(XA))
-    assert _wait(app, lambda: win.load_state == "done" and win.doc.volume is not None
+    assert wait(app, lambda: win.load_state == "done" and win.doc.volume is not None
                  and win.doc.volume.loaded.all() and win.view_area.layout_mode == "single", 60), win.last_error
-    _wait(app, lambda: False, 0.3)
+    wait(app, lambda: False, 0.3)
     win.cine_bar.mode.setCurrentIndex(1)
     win.cine_bar.mode.activated.emit(1)
     win.play_btn.setChecked(True)
     assert win.cine.playing
-    _wait(app, lambda: False, 1.5)
+    wait(app, lambda: False, 1.5)
     assert win.cine.playing
     frame = win.doc.position[0]
     shot("reading_cine.png")

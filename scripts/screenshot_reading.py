@@ -20,24 +20,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = Path(os.environ.get("IMAGING_ASSIST_SHARED", ROOT.parent / "shared" / "data")) \
     / "dicom" / "ct_head_phantom_philips" / "series202_STD_BRAIN_1MM_iDose"
 sys.path.insert(0, str(ROOT / "scripts"))
-
-
-def _wait(app, cond, timeout):
-    end = time.perf_counter() + timeout
-    while not cond():
-        if time.perf_counter() > end:
-            return False
-        app.processEvents()
-        time.sleep(0.005)
-    return True
+from _screens import fresh_window, small_png, wait  # noqa: E402
 
 
 def write_studies(root: Path, n_cur: int = 60) -> dict:
@@ -71,44 +60,33 @@ def write_studies(root: Path, n_cur: int = 60) -> dict:
 def main(argv=None) -> int:
     out = Path((argv or sys.argv[1:] or ["docs/screenshots"])[0])
     out.mkdir(parents=True, exist_ok=True)
-    home = Path(tempfile.mkdtemp(prefix="ia-shot-"))
-    os.environ["IMAGING_ASSIST_CONFIG_DIR"] = str(home / "config")
-    os.environ["IMAGING_ASSIST_DATA_DIR"] = str(home / "data")
-    from PySide6.QtCore import QSettings
-
     from bench_view import _sagittal
-    from imaging_assist_ui.app import make_app
-    from imaging_assist_ui.main_window import MainWindow
-    from screenshot_ct_nodule import _small_png
 
+    app, win, home = fresh_window("ia-shot-")
     data = home / "studies"
     data.mkdir()
     keys = write_studies(data)
-    app = make_app()
-    win = MainWindow(settings=QSettings(str(home / "s.ini"), QSettings.IniFormat))
-    win.resize(1920, 1080)
-    win.show()
     win.open_path(str(data), series=keys["cur"])
-    assert _wait(app, lambda: win.load_state == "done" and win.doc.volume is not None
+    assert wait(app, lambda: win.load_state == "done" and win.doc.volume is not None
                  and win.doc.volume.loaded.all(), 60), win.last_error
     win.doc.set_index(0, 30)
-    _wait(app, lambda: False, 0.5)
+    wait(app, lambda: False, 0.5)
     sizes = {}
 
     def shot(name, widget=None):
-        _wait(app, lambda: False, 0.4)
+        wait(app, lambda: False, 0.4)
         img = (widget or win).grab().toImage()
-        sizes[name] = _small_png(img, out / name)
+        sizes[name] = small_png(img, out / name)
 
     shot("reading_single.png")
     win.reading.priors.button.click()  # the prior beside the current study
     g = win.view_area.grid
-    assert _wait(app, lambda: win.reading.loading_done() and g.cells[1].doc.volume is not None
+    assert wait(app, lambda: win.reading.loading_done() and g.cells[1].doc.volume is not None
                  and g.cells[1].doc.volume.loaded.all(), 60)
     win.doc.set_index(0, 31)
     shot("reading_1x2_prior.png")
     win.set_layout("2x2")
-    assert _wait(app, lambda: win.reading.loading_done() and all(
+    assert wait(app, lambda: win.reading.loading_done() and all(
         c.doc.volume is not None for c in g.visible_cells()[:3]), 60)
     sag = _sagittal(win.doc.volume)
     g.cells[3].doc.set_volume(sag)
@@ -118,7 +96,7 @@ def main(argv=None) -> int:
     win.doc.set_index(0, 20)
     shot("reading_2x2.png")
     win.a_full.trigger()
-    _wait(app, lambda: False, 0.8)
+    wait(app, lambda: False, 0.8)
     shot("reading_mode.png")
     info = {"files": sizes, "layout": win.view_area.layout_mode,
             "positions_mm": [float(c.doc.volume.slice_positions[c.doc.position[0]]) for c in g.visible_cells()[:3]]}
