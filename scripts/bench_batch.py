@@ -1,20 +1,27 @@
 """Batch throughput: a plain single-process loop over ``analyze``'s functions, ``batch --engine
-local`` and ``batch --engine ray`` (Ray in this process), in the same run, on the same inputs.
+local`` and ``batch --engine ray`` (started by the command, and joining a running Ray), in the
+same run, on the same inputs.
 
 Inputs: N pneumonia chest films (default 1000, shared/data/cxr/pneumonia_kermany, linked into a
 temporary folder: the sources are only read) through ``cxr-pneumonia``, and the SVS slide
 (shared/data/pathology/wsi_aperio_cmu1_small_region) through ``path-lung-tissue``.
 
-Every figure is end to end for one call, the way a user meets it: model loading, the folder
-walk, (for the engines) hashing every input, the results table, and for Ray its start.  The
-loop does what ``analyze`` does per item (read_image, match_card on the loaded image,
-run_model, write_item_files, analyze's trust checks) and one results.json at the end.
-Per-item costs (decode, model, writing; medians over the local run's rows) are printed too.
+Every figure is end to end for one call, the way a user meets it, each in a fresh interpreter
+timed from before ``import imaging_assist`` (torch and MONAI imports, model loading, the folder
+walk, for the engines hashing every input and the results table, for Ray its start and shutdown).
+The loop does what ``analyze`` does per item (read_image, match_card on the loaded image,
+run_model, write_item_files, analyze's trust checks) and one results.json at the end.  Ray runs
+twice: started by the command itself (``ray_*``), and joining a Ray head already running on
+this machine through ``RAY_ADDRESS`` (``ray_joined_*``; the head is started before and stopped
+after that run, untimed), as a workstation that keeps Ray running would use it.  The slide runs
+(one item) are timed in this process.  Per-item costs (decode, model, writing; medians over the
+local run's rows) are printed too.
 
 Last stdout line: one JSON object with loop_images_per_s, local_images_per_s,
-ray_images_per_s, ray_vs_loop, local_vs_loop, ray_vs_local, the slide seconds and the
-per-item costs.  ``loop_1thread_*``: the same loop with one torch thread (the engines' default
-on 2 CPUs is CPUs - 1 threads), to show how much of the gain is that setting alone.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
+ray_images_per_s, ray_joined_images_per_s, ray_vs_loop, local_vs_loop, ray_vs_local,
+ray_joined_vs_local, the slide seconds and the per-item costs.  ``loop_1thread_*``: the same
+loop with one torch thread (the engines' workers use one each), to show how much of the gain is
+that setting alone.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
 
 ``--ray-start``: only Ray's start-up, per ``ray.init`` variant (defaults; the engine's options:
 no dashboard, no log_to_driver, no logging configuration; plus num_cpus=1; plus no worker
@@ -24,6 +31,10 @@ importing torch, shutdown (seconds).
 
 from __future__ import annotations
 
+import time
+
+T0 = time.perf_counter()  # a --child run is timed from here: before torch and imaging_assist
+
 import argparse
 import json
 import os
@@ -31,7 +42,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,26 +114,105 @@ def engine(sources: list[str], model_id: str, out: Path, name: str, processes: i
     return dt, r
 
 
-def engine_fresh(sources: list[str], model_id: str, out: Path, processes: int = 0) -> tuple[float, dict]:
-    """``--engine local`` as the command line runs it: in a fresh interpreter (its worker
-    processes, like this one, pay their own torch and MONAI imports); the time is measured
-    inside, from before ``import imaging_assist`` (torch included) to the last row."""
+def fresh(kind: str, **kw) -> tuple[float, dict]:
+    """One timed run in a fresh interpreter, the way a user meets it (it pays its own torch and
+    MONAI imports, as do the local engine's worker processes and Ray's actors): ``kind`` is
+    ``loop`` (:func:`plain_loop`; ``threads``: torch threads, 0 = torch's default) or ``engine``
+    (:func:`run_batch`; ``engine``, ``processes``, ``address``).  Timed inside the child from
+    before ``import imaging_assist`` (``T0``) to its last row.  Returns (seconds, details)."""
     import subprocess
 
-    code = ("import json, sys, time; t0 = time.perf_counter(); "
-            f"sys.path.insert(0, {str(ROOT)!r}); "
-            "from imaging_assist.batch.item import Settings; from imaging_assist.batch.run import run_batch; "
-            f"r = run_batch({sources!r}, [{model_id!r}], Settings(out_dir={str(out)!r}), engine='local', "
-            f"progress=False, echo=lambda m: print(m, file=sys.stderr), processes={processes}); "
-            "print(json.dumps({'s': time.perf_counter() - t0, 'r': r}))")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    env = dict(os.environ)
+    if kw.get("address"):
+        env["RAY_ADDRESS"] = kw.pop("address")
+        env.update(kw.pop("auth", {}))
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(dict(kw, kind=kind))],
+                       capture_output=True, text=True, env=env)
     sys.stderr.write(p.stderr)
     if p.returncode != 0:
-        sys.exit(f"local engine run failed: {p.stderr.strip().splitlines()[-1:]}")
+        sys.exit(f"{kind} {kw} failed: {p.stderr.strip().splitlines()[-1:]}")
     d = json.loads(p.stdout.strip().splitlines()[-1])
-    if d["r"]["failed"] or d["r"]["state"] != "finished":
-        sys.exit(f"local: {d['r']}")
-    return d["s"], d["r"]
+    return d["s"], d.get("r", {})
+
+
+def child(spec: dict) -> None:
+    """The body of a :func:`fresh` run; prints {"s": seconds since T0, "r": details}."""
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    if spec["kind"] == "loop":
+        if spec.get("threads"):
+            import torch
+
+            torch.set_num_threads(spec["threads"])
+        plain_loop(Path(spec["src"]), spec["model"], Path(spec["out"]))
+        r: dict = {}
+    else:
+        from imaging_assist.batch.item import Settings
+        from imaging_assist.batch.run import run_batch
+
+        r = run_batch(spec["sources"], [spec["model"]], Settings(out_dir=spec["out"]), engine=spec["engine"],
+                      progress=False, echo=lambda m: print(m, file=sys.stderr),
+                      processes=spec.get("processes", 0))
+        if r["failed"] or r["state"] != "finished":
+            sys.exit(f"{spec['engine']}: {r}")
+    print(json.dumps({"s": time.perf_counter() - T0, "r": r}))
+
+
+class RayHead:
+    """``ray start --head`` on 127.0.0.1 (free port, token authentication, no dashboard, its own
+    temporary folder) for the "joined" runs: a workstation that keeps Ray running and passes
+    ``--address`` / ``RAY_ADDRESS`` to each batch.  Started before, and stopped after, the timed
+    run (not timed)."""
+
+    def __enter__(self):
+        import socket
+        import subprocess
+
+        self.tmp = tempfile.mkdtemp(prefix="iab-", dir="/tmp")  # short: Ray's socket paths must fit
+        with socket.socket() as so:
+            so.bind(("127.0.0.1", 0))
+            port = so.getsockname()[1]
+        tok = Path(self.tmp) / "auth_token"
+        tok.write_text(os.urandom(32).hex())
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tok)}
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+                        **self.auth)
+        self.env.pop("RAY_ADDRESS", None)
+        ray = str(Path(sys.executable).with_name("ray"))
+        p = subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard=false",
+                            "--num-cpus", str(os.cpu_count()), "--node-ip-address", "127.0.0.1",
+                            "--temp-dir", self.tmp, "--disable-usage-stats"],
+                           env=self.env, capture_output=True, text=True, timeout=180)
+        if p.returncode:
+            sys.exit(f"ray start --head failed: {p.stderr.strip().splitlines()[-1:]}")
+        self.address = f"127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        """Stop this head only (``ray stop`` would stop every Ray on the machine): the processes
+        whose command line names its temporary folder, and their children."""
+        import psutil
+
+        procs = []
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if any(self.tmp in a for a in (p.info["cmdline"] or [])):
+                    procs += [p] + p.children(recursive=True)
+            except psutil.Error:
+                pass
+        for p in procs:
+            try:
+                p.terminate()
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=10)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def costs() -> dict:
@@ -259,7 +348,11 @@ def main() -> None:
     ap.add_argument("--costs-only", action="store_true", help="only the CPU seconds per item and stage")
     ap.add_argument("--ray-start", action="store_true",
                     help="only the start-up seconds of ray.init variants (fresh interpreter each)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # one fresh() run (JSON spec)
     a = ap.parse_args()
+    if a.child:
+        child(json.loads(a.child))
+        return
     if a.ray_start:
         print(json.dumps({"ray_start": ray_start(), "cpus": os.cpu_count()}))
         return
@@ -278,19 +371,14 @@ def main() -> None:
             (src / f"{f.parent.name}_{f.name}").symlink_to(f)
         load = os.getloadavg()
         res: dict = {"n_images": a.n, "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load]}
-        import torch
-
-        t = plain_loop(src, "cxr-pneumonia", work / "loop")
-        print(f"loop: {a.n} images in {t:.1f} s (torch threads {torch.get_num_threads()})", file=sys.stderr)
-        res["loop_s"] = round(t, 2)
+        m = "cxr-pneumonia"
+        # every run in a fresh interpreter, timed from before its imports (see fresh())
+        res["loop_s"] = round(fresh("loop", src=str(src), model=m, out=str(work / "loop"))[0], 2)
+        print(f"loop: {a.n} images in {res['loop_s']} s (torch's default threads)", file=sys.stderr)
         # the same loop with one torch thread: how much of the engines' gain is the thread setting
-        n_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        t = plain_loop(src, "cxr-pneumonia", work / "loop1")
-        torch.set_num_threads(n_threads)
-        print(f"loop, 1 torch thread: {t:.1f} s", file=sys.stderr)
-        res["loop_1thread_s"] = round(t, 2)
-        t, r = engine_fresh([str(src)], "cxr-pneumonia", work / "local")
+        res["loop_1thread_s"] = round(fresh("loop", src=str(src), model=m, out=str(work / "loop1"), threads=1)[0], 2)
+        print(f"loop, 1 torch thread: {res['loop_1thread_s']} s", file=sys.stderr)
+        t, r = fresh("engine", engine="local", sources=[str(src)], model=m, out=str(work / "local"))
         print(f"local: {t:.1f} s {r}", file=sys.stderr)
         res["local_s"] = round(t, 2)
         res["local_scan_hash_s"] = r["scan_s"]
@@ -303,26 +391,36 @@ def main() -> None:
         tab.close()
         for k in ("decode_s", "infer_s", "write_s"):
             res[f"item_{k}_median"] = round(statistics.median(x[k] for x in rows if x.get(k) is not None), 5)
-        # the local engine in this one process (what batches under 200 items get)
-        t, r = engine_fresh([str(src)], "cxr-pneumonia", work / "local1", processes=1)
+        # the local engine in one process (what batches under 200 items get)
+        t, r = fresh("engine", engine="local", sources=[str(src)], model=m, out=str(work / "local1"), processes=1)
         print(f"local, one process: {t:.1f} s", file=sys.stderr)
         res["local_1process_s"] = round(t, 2)
-        t, r = engine([str(src)], "cxr-pneumonia", work / "ray", "ray")
+        # Ray as the command starts it alone (ray.init in-process, its shutdown included) ...
+        t, r = fresh("engine", engine="ray", sources=[str(src)], model=m, out=str(work / "ray"))
         print(f"ray: {t:.1f} s {r}", file=sys.stderr)
         res["ray_s"] = round(t, 2)
         res["ray_first_row_s"] = r.get("first_row_s")  # Ray start, actors, models
         res["ray_steady_images_per_s"] = r.get("steady_items_per_s")
+        # ... and joining a Ray already running on this machine (--address / RAY_ADDRESS)
+        with RayHead() as head:
+            t, r = fresh("engine", engine="ray", sources=[str(src)], model=m, out=str(work / "ray_joined"),
+                         address=head.address, auth=head.auth)
+        print(f"ray, joined: {t:.1f} s {r}", file=sys.stderr)
+        res["ray_joined_s"] = round(t, 2)
+        res["ray_joined_first_row_s"] = r.get("first_row_s")
+        res["ray_joined_steady_images_per_s"] = r.get("steady_items_per_s")
         if not a.skip_slide:
             res["loop_slide_s"] = round(plain_slide("path-lung-tissue", work / "loop_slide"), 2)
             res["local_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "local_slide", "local")[0], 2)
             res["ray_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "ray_slide", "ray")[0], 2)
         res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-        for k in ("loop", "loop_1thread", "local", "local_1process", "ray"):
+        for k in ("loop", "loop_1thread", "local", "local_1process", "ray", "ray_joined"):
             res[f"{k}_images_per_s"] = round(a.n / res[f"{k}_s"], 2)
         res["local_vs_loop"] = round(res["local_images_per_s"] / res["loop_images_per_s"], 3)
         res["ray_vs_loop"] = round(res["ray_images_per_s"] / res["loop_images_per_s"], 3)
         res["local_vs_loop_1thread"] = round(res["local_images_per_s"] / res["loop_1thread_images_per_s"], 3)
         res["ray_vs_local"] = round(res["ray_images_per_s"] / res["local_images_per_s"], 3)
+        res["ray_joined_vs_local"] = round(res["ray_joined_images_per_s"] / res["local_images_per_s"], 3)
         print(json.dumps(res))
     finally:
         shutil.rmtree(work, ignore_errors=True)

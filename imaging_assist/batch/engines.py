@@ -8,12 +8,13 @@ the model runs on item *n+1* (PNG/zlib encoding and file I/O release the GIL).  
 bounded (``depth``): memory stays flat however large the archive.
 
 * ``local``: decoding (``read_image`` / ``load_series``) in a thread pool ``depth`` items
-  ahead of the model; no extra process.
-* ``ray``: decoding as Ray CPU tasks (chunks of ``chunk`` items, in the object store), the
-  model in actors that load it once (one actor per GPU with ``num_gpus=1``, or a share of a
-  GPU with ``--actors`` above the GPU count; without GPUs one actor per two CPUs of each node,
-  one torch thread each, spread); each
-  actor runs the :class:`Pipeline` on its chunks.
+  ahead of the model, in this process; from :data:`PROCESS_MIN_ITEMS` items on, the same in
+  one worker process per CPU (:func:`run_local_processes`).
+* ``ray``: the models in actors that load them once (one actor per GPU with ``num_gpus=1``,
+  or a share of a GPU with ``--actors`` above the GPU count; without GPUs one actor per CPU
+  of each node, one torch thread each, spread), each running the :class:`Pipeline` on chunks
+  of ``chunk`` items.  For GPU actors decoding runs as Ray CPU tasks (through the object
+  store); a CPU actor decodes its own chunk.
   ``ray.init()`` runs in-process (usage statistics and dashboard off, loopback only) unless
   ``--address`` / ``RAY_ADDRESS`` names a cluster.  On a cluster, SOURCE and OUT must be on
   a file system every node sees under the same path (the actors read and write there).
@@ -141,12 +142,46 @@ def processes_for(n_units: int, requested: int = 0) -> int:
 _WORKER_PIPE = None
 
 
+def lean_imports(model_ids, settings: Settings) -> bool:
+    """In a fresh worker process, mark torchvision as absent when no network of the batch needs
+    it; returns whether it did.
+
+    MONAI's package import (every ``monai.networks.nets`` or ``monai.transforms`` import runs
+    it) loads torchvision through its optional imports, and torchvision loads torch._dynamo:
+    1.3 s of MONAI's 3.0 s, measured with ``python -X importtime`` here, paid by every worker
+    before its first item.  A ``None`` entry in ``sys.modules`` is Python's documented way to
+    make an import fail (ModuleNotFoundError); MONAI's ``optional_import`` then leaves the
+    torchvision-backed parts unusable, none of which a MONAI network or the card transforms use.
+    Done only when every model, and the lung-region model of an explanation, is a MONAI
+    network (not a torchvision one, not a bundle), and only before anything imported
+    torchvision; tests/test_batch.py checks the outputs equal ``analyze``'s."""
+    import sys
+
+    if "torchvision" in sys.modules or "monai" in sys.modules:
+        return False
+    from ..models.registry import Registry
+
+    reg = Registry()
+    ids = list(model_ids)
+    for m in list(ids):
+        er = reg.get(m).card.explanation_region
+        if settings.explain is not None and er is not None:
+            ids.append(er.model)
+    for m in ids:
+        card = reg.get(m).card
+        if card.format != "safetensors" or (card.architecture or {}).get("library") != "monai":
+            return False
+    sys.modules["torchvision"] = None
+    return True
+
+
 def _worker_init(model_ids, settings: Settings) -> None:
     import dataclasses
     import signal
 
     global _WORKER_PIPE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
+    lean_imports(model_ids, settings)
     _WORKER_PIPE = Pipeline(model_ids, dataclasses.replace(settings, torch_threads=1), writers=1, depth=2)
 
 
@@ -260,10 +295,11 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
         res = ray.cluster_resources()
         gpus = int(res.get("GPU", 0))
         nodes = [n for n in ray.nodes() if n.get("Alive")]
-        # default: one actor per GPU; without GPUs one per two CPUs of each node (an actor is
-        # one model thread plus writer threads: Python, so one process per core pair)
+        # default: one actor per GPU; without GPUs one per CPU of each node, one torch thread
+        # each, like the local engine's worker processes (measured on 2 CPUs, 1,000 films: one
+        # actor per two CPUs ran 64 films/s once started, one per CPU about 90)
         n_act = actors or (gpus if gpus else
-                           sum(max(1, int(n.get("Resources", {}).get("CPU", 1)) // 2) for n in nodes))
+                           sum(max(1, int(n.get("Resources", {}).get("CPU", 1))) for n in nodes))
         # --actors above the GPU count shares each GPU between actors (fractional GPUs): a
         # small model leaves a GPU idle while one actor preprocesses and writes on the CPU
         opts = {"num_gpus": min(1.0, gpus / n_act), "num_cpus": 0.5} if gpus else {"num_cpus": 0.5}
@@ -291,7 +327,11 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
                 while len(inflight) >= 2 * n_act + 1:
                     yield from _collect(ray, inflight, load)
                 i = min(load, key=load.get)
-                ref = workers[i].process.remote(ch, decode.remote([u[0] for u in ch]))
+                # GPU actors get their chunks decoded by CPU tasks, so the GPU never waits on a
+                # decoder; CPU actors (one per CPU) decode their own chunk: a task there only
+                # moves the pixels through the object store (measured on 2 CPUs, 1,000 films:
+                # 66-69 films/s with decode tasks, 75-77 without)
+                ref = workers[i].process.remote(ch, decode.remote([u[0] for u in ch]) if gpus else None)
                 inflight[ref] = i
                 load[i] += 1
             while inflight:
@@ -375,6 +415,7 @@ class _RayWorker:
 
         warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
         logging.getLogger("monai").setLevel(logging.ERROR)
+        lean_imports(model_ids, settings)
         if not settings.torch_threads:  # several actors per node: one torch thread each
             import dataclasses
 
@@ -384,7 +425,11 @@ class _RayWorker:
     def ready(self) -> bool:
         return True
 
-    def process(self, units, decoded):
+    def process(self, units, decoded=None):
+        """Rows of ``units``; ``decoded``: their decoded volumes (a decode task's result), or
+        None to decode them here."""
+        if decoded is None:
+            return list(self.pipe.process((u, decode_timed(u[0])) for u in units))
         return list(self.pipe.process(zip(units, map(_unpack, decoded))))
 
 

@@ -12,6 +12,7 @@ import inspect
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from .errors import ArchitectureError
 
@@ -33,12 +34,32 @@ def network_size(net: nn.Module) -> tuple[int, int]:
     return n, b
 
 
+# In-place random initialisers, which a network's constructor calls on every weight
+_RANDOM_INIT = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.bernoulli_,
+                          torch.Tensor.exponential_, torch.Tensor.log_normal_, torch.Tensor.cauchy_,
+                          torch.Tensor.geometric_, torch.Tensor.random_})
+
+
+class _NoRandomInit(TorchFunctionMode):
+    """Skip the random initialisers while a network is built on the meta device.
+
+    A meta tensor holds no values, so initialising it only costs time: its ``normal_`` runs
+    PyTorch's Python reference (torch._refs), whose first call imports torch._dynamo (about
+    1.1 s, measured with cProfile here), paid by every process that loads a model.  The shapes,
+    and so the size check, are the same either way."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _RANDOM_INIT and args and getattr(args[0], "is_meta", False):
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
 def check_network_size(make, what: str, field: str = "architecture") -> tuple[int, int]:
     """Call ``make()`` under ``torch.device("meta")`` (nothing is allocated), count its
     parameters and refuse (:class:`ArchitectureError`, a ModelCardError naming ``field``)
     above :data:`MAX_PARAMETERS` / :data:`MAX_PARAMETER_BYTES`."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _NoRandomInit():
             net = make()
     except ArchitectureError:
         raise

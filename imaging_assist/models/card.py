@@ -600,7 +600,7 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         c.string(desc, "description", allow_empty=True)
     ood = d.get("ood")
     if ood is not None:
-        from ..validation.ood import check_spec
+        from ..validation.ood_spec import check_spec
 
         for prob in check_spec(ood):
             c.problems.append(prob)

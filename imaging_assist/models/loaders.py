@@ -164,6 +164,8 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    # the memory format run_model last put the weights in (None: as loaded)
+    memory_format: torch.memory_format | None = field(default=None, repr=False)
 
     @property
     def id(self) -> str:

@@ -204,6 +204,9 @@ class _Locked:
     def __enter__(self):
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         end = time.monotonic() + LOCK_TIMEOUT_S
+        # a holder keeps the lock for one append (about 0.5 ms with its fsync): wait 0.1 ms
+        # first, doubling to 2 ms (a flat 2 ms left two batch workers idle 7% of the time)
+        delay = 0.0001
         while True:
             try:
                 fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -212,7 +215,8 @@ class _Locked:
                 if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() > end:
                     os.close(self.fd)
                     raise OSError(e.errno, f"audit lock {self.path} busy for {LOCK_TIMEOUT_S:.0f} s") from None
-                time.sleep(0.002)
+                time.sleep(delay)
+                delay = min(2 * delay, 0.002)
 
     def __exit__(self, *exc):
         try:

@@ -1,0 +1,163 @@
+"""What a process pays before its first image (issue 19: batch worker start-up).
+
+Measured with ``python -X importtime`` and cProfile (docs/scaling.md): torch's import 1.1 s,
+MONAI's 3.0 s of which torchvision 1.3 s, and 1.1 s of torch._dynamo imported by the random
+initialisers of a network built on the meta device.  These tests fail if any of that creeps
+back, and check that the shortcuts change no result.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _py(code: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_reading_model_cards_does_not_import_torch():
+    """The batch driver and `imaging-assist models` read cards (with their OOD block) only."""
+    d = _py("import json, sys\n"
+            "from imaging_assist.models.registry import Registry\n"
+            "cards = [e.card for e in Registry().entries()]\n"
+            "print(json.dumps({'n': len(cards), 'ood': sum(c.ood is not None for c in cards),\n"
+            "                  'torch': 'torch' in sys.modules}))")
+    assert d["n"] >= 6 and d["ood"] >= 5
+    assert d["torch"] is False
+
+
+def test_a_network_is_sized_on_meta_without_torch_dynamo_and_sized_the_same():
+    from imaging_assist.models.architectures import _maker, check_network_size, network_size
+    from imaging_assist.models.registry import Registry
+
+    d = _py("import json, sys\n"
+            "sys.modules['torchvision'] = None  # as in a batch worker (lean_imports)\n"
+            "from imaging_assist.models.registry import Registry\n"
+            "from imaging_assist.models.loaders import load_model\n"
+            "for m in ('cxr-pneumonia', 'cxr-lung-seg', 'ct-nodule-seg', 'ct-nodule-malignancy'):\n"
+            "    load_model(Registry().get(m).card)\n"
+            "print(json.dumps({'dynamo': 'torch._dynamo' in sys.modules}))")
+    assert d["dynamo"] is False
+    for m in ("cxr-pneumonia", "ct-nodule-seg"):
+        card = Registry().get(m).card
+        make = _maker(card.architecture, m)
+        assert check_network_size(make, m) == network_size(make())  # meta size == real size
+
+
+def test_meta_build_skips_only_initialisers_of_meta_tensors():
+    from imaging_assist.models.architectures import _NoRandomInit
+
+    with _NoRandomInit():
+        t = torch.zeros(1000)
+        t.normal_()  # a real tensor is still initialised
+    assert float(t.abs().sum()) > 0
+
+
+def test_batch_workers_leave_torchvision_out_only_when_no_network_needs_it(tmp_path):
+    """lean_imports in a fresh process: MONAI models -> torchvision marked absent, the model
+    still loads and gives analyze's probability; a torchvision model or a torchvision import
+    already done -> nothing changed."""
+    code = ("import json, sys\n"
+            "from imaging_assist.batch.engines import lean_imports\n"
+            "from imaging_assist.batch.item import Settings\n"
+            f"s = Settings(out_dir={str(tmp_path)!r})\n"
+            "lean = lean_imports(['cxr-pneumonia', 'ct-nodule-seg'], s)\n"
+            "from imaging_assist.models.registry import Registry\n"
+            "from imaging_assist.models.loaders import load_model\n"
+            "from imaging_assist.inference.images import read_image\n"
+            "from imaging_assist.inference.pipelines import run_model\n"
+            f"v = read_image({str(_film())!r})\n"
+            "r = run_model(load_model(Registry().get('cxr-pneumonia').card), v)\n"
+            "print(json.dumps({'lean': lean, 'tv': sys.modules.get('torchvision', 'absent') is None,\n"
+            "                  'p': r.probabilities}))")
+    d = _py(code)
+    assert d["lean"] is True and d["tv"] is True
+    from imaging_assist.inference.images import read_image
+    from imaging_assist.inference.pipelines import run_model
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.models.registry import Registry
+
+    ref = run_model(load_model(Registry().get("cxr-pneumonia").card), read_image(_film()))
+    assert d["p"].keys() == ref.probabilities.keys()
+    np.testing.assert_allclose([d["p"][k] for k in ref.probabilities], list(ref.probabilities.values()), atol=1e-6)
+    # torchvision already imported (this test process): left alone
+    import torchvision  # noqa: F401
+
+    from imaging_assist.batch.engines import lean_imports
+    from imaging_assist.batch.item import Settings
+
+    assert lean_imports(["cxr-pneumonia"], Settings(out_dir=str(tmp_path))) is False
+    assert sys.modules["torchvision"] is not None
+
+
+def test_lean_imports_refuses_a_torchvision_network(tmp_path, monkeypatch):
+    from imaging_assist.batch import engines
+    from imaging_assist.batch.item import Settings
+    from imaging_assist.models.registry import Registry
+
+    real = Registry().get("cxr-pneumonia")
+
+    class _Card:
+        format = "safetensors"
+        architecture = {"library": "torchvision", "name": "resnet18"}
+        explanation_region = None
+
+    class _Reg:
+        def get(self, m):
+            return type("E", (), {"card": _Card() if m == "tv" else real.card})()
+
+    monkeypatch.setattr("imaging_assist.models.registry.Registry", _Reg)
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    monkeypatch.delitem(sys.modules, "monai", raising=False)
+    assert engines.lean_imports(["cxr-pneumonia", "tv"], Settings(out_dir=str(tmp_path))) is False
+    assert "torchvision" not in sys.modules
+    # the explanation's lung-region model counts too
+    monkeypatch.setattr(_Card, "architecture", {"library": "monai", "name": "UNet"})
+    monkeypatch.setattr(_Card, "format", "monai_bundle")
+    assert engines.lean_imports(["tv"], Settings(out_dir=str(tmp_path))) is False
+
+
+def test_weights_are_put_in_the_inputs_memory_format_once(monkeypatch):
+    from imaging_assist.inference.images import read_image
+    from imaging_assist.inference.pipelines import run_model
+    from imaging_assist.models.loaders import load_model
+    from imaging_assist.models.registry import Registry
+
+    model = load_model(Registry().get("cxr-pneumonia").card)
+    v = read_image(_film())
+    first = run_model(model, v)
+    assert model.memory_format is not None
+    calls = []
+    real_to = model.network.to
+
+    def spy(*a, **k):
+        calls.append(k.get("memory_format"))
+        return real_to(*a, **k)
+
+    monkeypatch.setattr(model.network, "to", spy)
+    second = run_model(model, v)
+    assert calls == []  # same format: not converted again
+    assert first.probabilities == second.probabilities
+    model.memory_format = torch.channels_last if model.memory_format is torch.contiguous_format \
+        else torch.contiguous_format  # as if something else had converted it
+    third = run_model(model, v)
+    assert len(calls) == 1
+    np.testing.assert_allclose(list(first.probabilities.values()), list(third.probabilities.values()), atol=1e-6)
+
+
+def _film() -> Path:
+    from conftest import SHARED, need
+
+    d = need(SHARED / "cxr" / "pneumonia_kermany")
+    first = (d / "labels.csv").read_text().splitlines()[1].split(",")[0]
+    return d / first
