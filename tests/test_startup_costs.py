@@ -78,10 +78,11 @@ def test_batch_workers_leave_torchvision_out_only_when_no_network_needs_it(tmp_p
             "from imaging_assist.inference.pipelines import run_model\n"
             f"v = read_image({str(_film())!r})\n"
             "r = run_model(load_model(Registry().get('cxr-pneumonia').card), v)\n"
-            "print(json.dumps({'lean': lean, 'tv': sys.modules.get('torchvision', 'absent') is None,\n"
+            "print(json.dumps({'lean': lean, 'absent': [sys.modules.get(m, 'x') is None for m in\n"
+            "                  ('torchvision', 'matplotlib.pyplot', 'scipy.signal')],\n"
             "                  'p': r.probabilities}))")
     d = _py(code)
-    assert d["lean"] is True and d["tv"] is True
+    assert d["lean"] is True and d["absent"] == [True, True, True]
     from imaging_assist.inference.images import read_image
     from imaging_assist.inference.pipelines import run_model
     from imaging_assist.models.loaders import load_model
@@ -100,7 +101,7 @@ def test_batch_workers_leave_torchvision_out_only_when_no_network_needs_it(tmp_p
     assert sys.modules["torchvision"] is not None
 
 
-def test_lean_imports_refuses_a_torchvision_network(tmp_path, monkeypatch):
+def test_lean_imports_refuses_a_torchvision_network_or_a_bundle(tmp_path, monkeypatch):
     from imaging_assist.batch import engines
     from imaging_assist.batch.item import Settings
     from imaging_assist.models.registry import Registry
@@ -114,17 +115,25 @@ def test_lean_imports_refuses_a_torchvision_network(tmp_path, monkeypatch):
 
     class _Reg:
         def get(self, m):
-            return type("E", (), {"card": _Card() if m == "tv" else real.card})()
+            return type("E", (), {"card": _Card() if m == "other" else real.card})()
 
     monkeypatch.setattr("imaging_assist.models.registry.Registry", _Reg)
-    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
-    monkeypatch.delitem(sys.modules, "monai", raising=False)
-    assert engines.lean_imports(["cxr-pneumonia", "tv"], Settings(out_dir=str(tmp_path))) is False
-    assert "torchvision" not in sys.modules
-    # the explanation's lung-region model counts too
-    monkeypatch.setattr(_Card, "architecture", {"library": "monai", "name": "UNet"})
-    monkeypatch.setattr(_Card, "format", "monai_bundle")
-    assert engines.lean_imports(["tv"], Settings(out_dir=str(tmp_path))) is False
+    names = ("monai",) + engines.LEAN_ABSENT
+    saved = {m: sys.modules.pop(m) for m in names if m in sys.modules}  # as in a fresh worker
+    try:
+        s = Settings(out_dir=str(tmp_path))
+        assert engines.lean_imports(["cxr-pneumonia", "other"], s) is False  # a torchvision network
+        monkeypatch.setattr(_Card, "architecture", {"library": "monai", "name": "UNet"})
+        monkeypatch.setattr(_Card, "format", "monai_bundle")
+        assert engines.lean_imports(["other"], s) is False  # a bundle
+        assert not any(m in sys.modules for m in names)  # nothing marked
+        monkeypatch.setattr(_Card, "format", "safetensors")
+        assert engines.lean_imports(["cxr-pneumonia", "other"], s) is True  # all MONAI networks
+        assert all(sys.modules[m] is None for m in engines.LEAN_ABSENT)
+    finally:
+        for m in names:
+            sys.modules.pop(m, None)
+        sys.modules.update(saved)
 
 
 def test_weights_are_put_in_the_inputs_memory_format_once(monkeypatch):

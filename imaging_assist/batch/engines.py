@@ -142,22 +142,26 @@ def processes_for(n_units: int, requested: int = 0) -> int:
 _WORKER_PIPE = None
 
 
-def lean_imports(model_ids, settings: Settings) -> bool:
-    """In a fresh worker process, mark torchvision as absent when no network of the batch needs
-    it; returns whether it did.
+#: What MONAI's package import loads through its optional imports but no batch worker here
+#: uses (nothing in imaging_assist outside training imports them; the networks are MONAI's):
+#: torchvision (with torch._dynamo) 1.3 s, matplotlib.pyplot and scipy.signal 0.3 s of MONAI's
+#: 3.0 s, measured with ``python -X importtime`` here, paid by every worker before its first item.
+LEAN_ABSENT = ("torchvision", "matplotlib.pyplot", "scipy.signal")
 
-    MONAI's package import (every ``monai.networks.nets`` or ``monai.transforms`` import runs
-    it) loads torchvision through its optional imports, and torchvision loads torch._dynamo:
-    1.3 s of MONAI's 3.0 s, measured with ``python -X importtime`` here, paid by every worker
-    before its first item.  A ``None`` entry in ``sys.modules`` is Python's documented way to
-    make an import fail (ModuleNotFoundError); MONAI's ``optional_import`` then leaves the
-    torchvision-backed parts unusable, none of which a MONAI network or the card transforms use.
-    Done only when every model, and the lung-region model of an explanation, is a MONAI
-    network (not a torchvision one, not a bundle), and only before anything imported
-    torchvision; tests/test_batch.py checks the outputs equal ``analyze``'s."""
+
+def lean_imports(model_ids, settings: Settings) -> bool:
+    """In a fresh worker process, mark :data:`LEAN_ABSENT` as absent when no network of the
+    batch needs them; returns whether it did.
+
+    A ``None`` entry in ``sys.modules`` is Python's documented way to make an import fail
+    (ModuleNotFoundError); MONAI's ``optional_import`` then leaves the parts built on them
+    unusable, none of which a MONAI network or the card transforms use.  Done only when every
+    model, and the lung-region model of an explanation, is a MONAI network in safetensors (not
+    a torchvision one, not a bundle), and only in a process that has not imported MONAI or any
+    of them yet; tests/test_batch.py checks the outputs equal ``analyze``'s."""
     import sys
 
-    if "torchvision" in sys.modules or "monai" in sys.modules:
+    if "monai" in sys.modules or any(m in sys.modules for m in LEAN_ABSENT):
         return False
     from ..models.registry import Registry
 
@@ -171,7 +175,8 @@ def lean_imports(model_ids, settings: Settings) -> bool:
         card = reg.get(m).card
         if card.format != "safetensors" or (card.architecture or {}).get("library") != "monai":
             return False
-    sys.modules["torchvision"] = None
+    for m in LEAN_ABSENT:
+        sys.modules[m] = None
     return True
 
 
