@@ -346,3 +346,35 @@ def test_a_level_within_half_a_percent_is_read_as_stored_and_says_so(svs):
         assert runs and all(r.k == (1, 1) for r in runs)
         far = plan_tiles(s, 224, 0.51, tissue_mask=None)       # 2% away: resampled
         assert far.downsample[0] == pytest.approx(0.51 / s.mpp[0]) and not far.warnings
+
+
+def test_map_grouped_keeps_order_and_raises_the_first_error_after_every_group():
+    """slides.threads.map_grouped (tile decodes and copies): results in item order for any
+    length and group count; an error in any group is raised only once all groups are done."""
+    import threading
+    import time as _time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from imaging_assist.slides.threads import map_grouped
+
+    pool = ThreadPoolExecutor(3)
+    for n in range(0, 12):
+        for g in (1, 2, 3, 4):
+            assert map_grouped(lambda x: 2 * x, range(n), pool, g) == [2 * x for x in range(n)]
+    done = []
+    caller = threading.get_ident()
+    threads = set()
+
+    def job(x):
+        threads.add(threading.get_ident())
+        if x == 0:
+            raise ValueError("bad tile 0")
+        _time.sleep(0.01)
+        done.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="bad tile 0"):
+        map_grouped(job, range(9), pool, 3)
+    assert sorted(done) == [1, 2, 4, 5, 7, 8]  # the other groups ran to the end first
+    assert caller in threads and len(threads) == 3  # the caller took a share
+    pool.shutdown()

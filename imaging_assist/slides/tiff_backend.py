@@ -23,6 +23,7 @@ import numpy as np
 
 from .base import (BackendDeclined, Slide, SlideBackend, SlideReadError, canonical_associated_name,
                    is_tiff_head, to_rgb)
+from .threads import map_grouped
 
 
 class TiffUnsupported(BackendDeclined):
@@ -354,10 +355,7 @@ class TiffSlide(Slide):
             a = np.asarray(arr).reshape(shape[-3], shape[-2], shape[-1])
             return k, a
 
-        if len(raw) >= 3:
-            results = list(_pool().map(dec, raw))
-        else:
-            results = [dec(r) for r in raw]
+        results = map_grouped(dec, raw, _pool())  # this thread decodes a share too
         for k, a in results:
             if a is None:  # sparse file: never-written segment = background, not materialised
                 got[k] = _SPARSE

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .reader import MISSING_MPP_MESSAGE, MissingMPPWarning, Slide, SlideError
+from .threads import map_grouped
 from .tissue import TissueMask, detect_tissue
 
 ProgressFn = Callable[[int, int], None]
@@ -325,8 +326,7 @@ def _read_sorted(slide: Slide, plan: TilePlan, cells: np.ndarray, sink: Callable
         sink(pos, _read_run(slide, plan, run))
 
     if slide.concurrent_reads and len(runs) > 1:
-        for _ in _tile_pool().map(work, runs):  # re-raises the first error
-            pass
+        map_grouped(work, runs, _tile_pool())  # this thread takes a share; first error raised
     else:
         for run in runs:
             work(run)
