@@ -378,3 +378,41 @@ def test_map_grouped_keeps_order_and_raises_the_first_error_after_every_group():
     assert sorted(done) == [1, 2, 4, 5, 7, 8]  # the other groups ran to the end first
     assert caller in threads and len(threads) == 3  # the caller took a share
     pool.shutdown()
+
+
+def test_batch_rings_serve_the_next_call_and_never_two_calls_at_once(jpeg_pyramid):
+    """CPU batch buffers go back to a bounded pool after a call (no page faults on a fresh
+    ring next time); a call running while another holds the ring gets a ring of its own;
+    results are the same either way."""
+    from imaging_assist.slides import tiling
+
+    class Spy:
+        accepts_uint8 = True
+
+        def __init__(self, inner=None):
+            self.bases, self.inner = set(), inner
+
+        def __call__(self, x):
+            a = np.asarray(x)
+            self.bases.add(id(a.base if a.base is not None else a))
+            if self.inner is not None:  # a second run inside this one: the ring is taken
+                self.inner_res = run_tiles(s, self.inner, plan=plan, batch_size=5, prefetch=2)
+                self.inner = None
+            return a[:, :, 10, 10].astype(np.float32)
+
+    with open_slide(jpeg_pyramid) as s:
+        plan = plan_tiles(s, 64, 0.5, tissue_mask=None)
+        tiling._RINGS.clear()
+        a, b = Spy(), Spy()
+        ra = run_tiles(s, a, plan=plan, batch_size=5, prefetch=2)
+        rb = run_tiles(s, b, plan=plan, batch_size=5, prefetch=2)
+        assert a.bases == b.bases  # the second call used the first call's buffers
+        np.testing.assert_array_equal(ra.probs, rb.probs)
+        inner = Spy()
+        outer = Spy(inner)
+        ro = run_tiles(s, outer, plan=plan, batch_size=5, prefetch=2)
+        assert not (outer.bases & inner.bases)  # never the same buffers at once
+        np.testing.assert_array_equal(ro.probs, ra.probs)
+        np.testing.assert_array_equal(outer.inner_res.probs, ra.probs)
+        idle = sum(x.nbytes for _, ring in tiling._RINGS for x in ring)
+        assert 0 < idle <= tiling._RING_KEEP_BYTES

@@ -549,10 +549,19 @@ class _Feeder:
             self.stream = torch.cuda.Stream(device)
             self.events: list = [None] * count
         else:
-            self.bufs = [np.empty(shape, np.uint8) for _ in range(count)]
-            self.fbufs = None if uint8 else [np.empty(shape, np.float32) for _ in range(count)]
+            self.bufs = _take_ring(shape, count, np.uint8)
+            self.fbufs = None if uint8 else _take_ring(shape, count, np.float32)
         self.count = count
         self.i = 0
+
+    def close(self) -> None:
+        """Hand the CPU buffers back for the next call (the reading thread has stopped and the
+        model has returned on them)."""
+        if not self.cuda:
+            _give_ring(self.bufs)
+            if self.fbufs is not None:
+                _give_ring(self.fbufs)
+            self.bufs = self.fbufs = None
 
     def fill(self, b: np.ndarray):
         """(indices, batch, event or None) for plan indices ``b``."""
@@ -588,6 +597,38 @@ class _Feeder:
 
 
 _END = object()
+
+# Batch rings (CPU) are kept for the next run_tiles call instead of being allocated again:
+# the first writes into a fresh 4 x 32-tile uint8 ring page-faulted 12,800 times, about 30 ms,
+# a quarter of reading 512 tiles (bench_wsi's reading alone: 1.40x -> 1.84x the naive reads,
+# docs/slide_speed.md round 3).  Bounded: at most _RING_KEEP_BYTES of idle rings.  Each call
+# takes a ring of its own (two runs at once never share one).  CUDA rings (pinned, with
+# their events) are made per call.
+_RINGS: list = []
+_RINGS_LOCK = threading.Lock()
+_RING_KEEP_BYTES = 128 << 20
+
+
+def _take_ring(shape, count: int, dtype) -> list[np.ndarray]:
+    key = (tuple(shape), count, np.dtype(dtype).str)
+    with _RINGS_LOCK:
+        for i, (k, bufs) in enumerate(_RINGS):
+            if k == key:
+                del _RINGS[i]
+                return bufs
+    return [np.empty(shape, dtype) for _ in range(count)]
+
+
+def _give_ring(bufs: list[np.ndarray]) -> None:
+    key = (tuple(bufs[0].shape), len(bufs), bufs[0].dtype.str)
+    with _RINGS_LOCK:
+        _RINGS.insert(0, (key, bufs))
+        total = 0
+        for i, (_, b) in enumerate(_RINGS):
+            total += sum(a.nbytes for a in b)
+            if total > _RING_KEEP_BYTES:
+                del _RINGS[i:]
+                break
 
 
 def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float | None = 0.5,
@@ -711,7 +752,10 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
         finally:
             stop.set()
             th.join(timeout=30)
+            if th.is_alive():  # still reading (a stuck file?): its buffers are not handed back
+                reader_alive.append(th)
 
+    reader_alive: list = []
     if progress:
         progress(0, n)
     ctx = torch.inference_mode() if torch is not None else _nullcontext()
@@ -741,6 +785,8 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
                     progress(done, n)
     finally:
         source.close()  # stops and joins the prefetch thread, also on errors
+        if not reader_alive:
+            feeder.close()  # its buffers serve the next call
     cancelled = done < n
     if n_classes is None:
         n_classes = len(class_names) if class_names else 1
