@@ -46,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 SHARED = Path(os.environ.get("IMAGING_ASSIST_SHARED", ROOT.parent / "shared" / "data"))
 PNEUMONIA = SHARED / "cxr" / "pneumonia_kermany"
 SLIDE = SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
@@ -190,28 +191,9 @@ class RayHead:
         return self
 
     def __exit__(self, *exc):
-        """Stop this head only (``ray stop`` would stop every Ray on the machine): the processes
-        whose command line names its temporary folder, and their children."""
-        import psutil
+        from _ray_local import stop  # this head only: `ray stop` would stop every Ray here
 
-        procs = []
-        for p in psutil.process_iter(["cmdline"]):
-            try:
-                if any(self.tmp in a for a in (p.info["cmdline"] or [])):
-                    procs += [p] + p.children(recursive=True)
-            except psutil.Error:
-                pass
-        for p in procs:
-            try:
-                p.terminate()
-            except psutil.Error:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=10)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.Error:
-                pass
+        stop(self.tmp)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 

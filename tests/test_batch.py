@@ -271,43 +271,22 @@ def _free_port() -> int:
 
 
 def _our_pids(tag: str) -> set[int]:
-    """Processes of this test's Ray cluster: their command line names our temp folder, and
-    their descendants (workers rename themselves "ray::...")."""
-    import psutil
-
-    pids = set()
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if any(tag in a for a in (p.info["cmdline"] or [])):
-                pids.add(p.pid)
-                pids.update(c.pid for c in p.children(recursive=True))
-        except psutil.Error:
-            pass
-    return pids
+    """Processes of this test's Ray cluster (scripts/_ray_local.py)."""
+    return _ray_local().pids_of(tag)
 
 
 def _stop(tag: str) -> None:
     """Stop only our cluster (never `ray stop`: it would stop every Ray on this machine)."""
-    import psutil
+    _ray_local().stop(tag)
 
-    procs = []
-    for pid in _our_pids(tag):
-        try:
-            procs.append(psutil.Process(pid))
-        except psutil.Error:
-            pass
-    for p in procs:
-        try:
-            p.terminate()
-        except psutil.Error:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=10)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(alive, timeout=10)
+
+def _ray_local():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_ray_local", ROOT / "scripts" / "_ray_local.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 # The second node on the same machine keeps to 127.0.0.1 too: `ray start` turns
