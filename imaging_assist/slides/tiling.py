@@ -598,12 +598,11 @@ class _Feeder:
 
 _END = object()
 
-# Batch rings (CPU) are kept for the next run_tiles call instead of being allocated again:
-# the first writes into a fresh 4 x 32-tile uint8 ring page-faulted 12,800 times, about 30 ms,
-# a quarter of reading 512 tiles (bench_wsi's reading alone: 1.40x -> 1.84x the naive reads,
-# docs/slide_speed.md round 3).  Bounded: at most _RING_KEEP_BYTES of idle rings.  Each call
-# takes a ring of its own (two runs at once never share one).  CUDA rings (pinned, with
-# their events) are made per call.
+# Batch rings (CPU) are kept for the next run_tiles call instead of being allocated again: a
+# fresh 4 x 32-tile uint8 ring (19 MB) page-faults on its first writes, every call (measured:
+# 12,100 -> 10,700 page faults per 512-tile read, docs/slide_speed.md round 3).  Bounded: at
+# most _RING_KEEP_BYTES of idle rings.  Each call takes a ring of its own (two runs at once
+# never share one).  CUDA rings (pinned, with their events) are made per call.
 _RINGS: list = []
 _RINGS_LOCK = threading.Lock()
 _RING_KEEP_BYTES = 128 << 20
@@ -621,6 +620,8 @@ def _take_ring(shape, count: int, dtype) -> list[np.ndarray]:
 
 def _give_ring(bufs: list[np.ndarray]) -> None:
     key = (tuple(bufs[0].shape), len(bufs), bufs[0].dtype.str)
+    if sum(a.nbytes for a in bufs) > _RING_KEEP_BYTES:
+        return  # too big to keep idle
     with _RINGS_LOCK:
         _RINGS.insert(0, (key, bufs))
         total = 0
