@@ -198,3 +198,29 @@ def test_what_a_batch_worker_may_import_works_without_the_lean_modules():
             "print(json.dumps({'n': len(names), 'bad': bad}))")
     assert d["n"] > 100
     assert d["bad"] == []
+
+
+def test_the_tool_version_is_looked_up_once_and_recorded(tmp_path, monkeypatch):
+    """results.json (one per item in a batch), reports and DICOM objects record the installed
+    version; importlib.metadata parses the package metadata on each call (1 ms), so once."""
+    import importlib.metadata
+
+    import imaging_assist
+    from imaging_assist.export.dicom_common import software_version
+    from imaging_assist.inference.results import write_results_json
+
+    calls = []
+    real = importlib.metadata.version
+
+    def spy(name):
+        calls.append(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", spy)
+    monkeypatch.setattr(imaging_assist, "_TOOL_VERSION", None)
+    want = real("imaging-assist")
+    for i in range(3):
+        p = write_results_json([], tmp_path / str(i), {"id": "m"})
+        assert json.loads(p.read_text())["tool_version"] == want
+    assert software_version() == want and imaging_assist.tool_version() == want
+    assert calls == ["imaging-assist"]

@@ -26,12 +26,9 @@ class DicomExportError(UserError):
 
 
 def software_version() -> str:
-    try:
-        from importlib.metadata import version
+    from .. import tool_version
 
-        return version("imaging-assist")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "unknown"
+    return tool_version()
 
 
 def equipment_kwargs() -> dict:

@@ -58,11 +58,9 @@ def _one_line(e) -> str:
 
 
 def _tool_version() -> str:
-    try:
-        from importlib.metadata import version
-        return version("imaging-assist")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        return "unknown"
+    from .. import tool_version
+
+    return tool_version()
 
 
 # =========================================================================== header

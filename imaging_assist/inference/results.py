@@ -344,14 +344,10 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
 
 def write_results_json(items: list[dict], out_dir: Path, model_summary: dict | None = None,
                        extra: dict | None = None) -> Path:
-    try:
-        from importlib.metadata import version
+    from .. import tool_version
 
-        tool_version = version("imaging-assist")
-    except Exception:  # noqa: BLE001 - not installed as a distribution
-        tool_version = "unknown"
     doc = {"schema_version": RESULTS_SCHEMA_VERSION, "tool": "imaging-assist",
-           "tool_version": tool_version,
+           "tool_version": tool_version(),
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "not_for_clinical_use": True, "model": model_summary, "items": items}
     if extra:
