@@ -167,27 +167,13 @@ class RayHead:
     run (not timed)."""
 
     def __enter__(self):
-        import socket
-        import subprocess
+        from _ray_local import start_head
 
         self.tmp = tempfile.mkdtemp(prefix="iab-", dir="/tmp")  # short: Ray's socket paths must fit
-        with socket.socket() as so:
-            so.bind(("127.0.0.1", 0))
-            port = so.getsockname()[1]
-        tok = Path(self.tmp) / "auth_token"
-        tok.write_text(os.urandom(32).hex())
-        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(tok)}
-        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
-                        **self.auth)
-        self.env.pop("RAY_ADDRESS", None)
-        ray = str(Path(sys.executable).with_name("ray"))
-        p = subprocess.run([ray, "start", "--head", "--port", str(port), "--include-dashboard=false",
-                            "--num-cpus", str(os.cpu_count()), "--node-ip-address", "127.0.0.1",
-                            "--temp-dir", self.tmp, "--disable-usage-stats"],
-                           env=self.env, capture_output=True, text=True, timeout=180)
-        if p.returncode:
-            sys.exit(f"ray start --head failed: {p.stderr.strip().splitlines()[-1:]}")
-        self.address = f"127.0.0.1:{port}"
+        try:
+            self.address, self.auth, _ = start_head(self.tmp, ["--num-cpus", str(os.cpu_count())])
+        except RuntimeError as e:
+            sys.exit(str(e).strip().splitlines()[-1])
         return self
 
     def __exit__(self, *exc):

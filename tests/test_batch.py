@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,7 +21,6 @@ import pytest
 from conftest import DICOM, SHARED, need
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
 CLI = [sys.executable, "-m", "imaging_assist"]
 PNEUMONIA = SHARED / "cxr" / "pneumonia_kermany"
 
@@ -264,29 +262,26 @@ def test_engine_ray_without_ray_is_one_line(monkeypatch, inputs, tmp_path, capsy
 
 
 # =========================================================================== Ray
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _our_pids(tag: str) -> set[int]:
-    """Processes of this test's Ray cluster (scripts/_ray_local.py)."""
-    return _ray_local().pids_of(tag)
-
-
-def _stop(tag: str) -> None:
-    """Stop only our cluster (never `ray stop`: it would stop every Ray on this machine)."""
-    _ray_local().stop(tag)
-
-
-def _ray_local():
+def _load_ray_local():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_ray_local", ROOT / "scripts" / "_ray_local.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+_ray_local = _load_ray_local()  # start and stop only our own Ray (scripts/_ray_local.py)
+
+
+def _our_pids(tag: str) -> set[int]:
+    """Processes of this test's Ray cluster."""
+    return _ray_local.pids_of(tag)
+
+
+def _stop(tag: str) -> None:
+    """Stop only our cluster (never `ray stop`: it would stop every Ray on this machine)."""
+    _ray_local.stop(tag)
 
 
 # The second node on the same machine keeps to 127.0.0.1 too: `ray start` turns
@@ -300,24 +295,14 @@ _WORKER_START = ("import sys, ray._private.services as s; s.resolve_ip_for_local
 def ray_cluster():
     """A two-node Ray cluster on 127.0.0.1 (1 CPU, 1 GB memory, 100 MB object store each)."""
     tmp = tempfile.mkdtemp(prefix="iab-", dir="/tmp")  # short: Ray's socket paths must fit
-    port = _free_port()
-    token = Path(tmp) / "auth_token"  # token authentication with a token of its own
-    token.write_text(os.urandom(32).hex())
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", **auth)
-    env.pop("RAY_ADDRESS", None)
-    common = ["--num-cpus", "1", "--memory", str(1 << 30), "--object-store-memory", str(100 << 20),
-              "--node-ip-address", "127.0.0.1", "--temp-dir", tmp, "--disable-usage-stats"]
+    common = ["--num-cpus", "1", "--memory", str(1 << 30), "--object-store-memory", str(100 << 20)]
     try:
-        head = subprocess.run([str(VENV_BIN / "ray"), "start", "--head", "--port", str(port),
-                               "--include-dashboard=false"] + common,
-                              env=dict(env, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0"), capture_output=True,
-                              text=True, timeout=180)
-        assert head.returncode == 0, head.stderr[-2000:]
-        node = subprocess.run([sys.executable, "-c", _WORKER_START, "start", "--address", f"127.0.0.1:{port}"]
+        address, auth, env = _ray_local.start_head(tmp, common)
+        node = subprocess.run([sys.executable, "-c", _WORKER_START, "start", "--address", address,
+                               "--node-ip-address", "127.0.0.1", "--temp-dir", tmp, "--disable-usage-stats"]
                               + common, env=env, capture_output=True, text=True, timeout=180)
         assert node.returncode == 0, node.stderr[-2000:]
-        yield f"127.0.0.1:{port}", tmp, auth
+        yield address, tmp, auth
     finally:
         _stop(tmp)
         shutil.rmtree(tmp, ignore_errors=True)

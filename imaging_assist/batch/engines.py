@@ -76,6 +76,10 @@ class Pipeline:
                 if not isinstance(p, dict):
                     p.cancel()
 
+    def run_units(self, units) -> list[dict]:
+        """Rows of ``units``, decoded here one by one (a local worker process, a CPU actor)."""
+        return list(self.process((u, decode_timed(u[0])) for u in units))
+
     def close(self) -> None:
         import torch
 
@@ -192,7 +196,7 @@ def _worker_init(model_ids, settings: Settings) -> None:
 
 
 def _worker_chunk(chunk) -> list[dict]:
-    return list(_WORKER_PIPE.process((u, decode_timed(u[0])) for u in chunk))
+    return _WORKER_PIPE.run_units(chunk)
 
 
 def run_local_processes(units, model_ids, settings: Settings, processes: int, chunk: int = 8):
@@ -435,7 +439,7 @@ class _RayWorker:
         """Rows of ``units``; ``decoded``: their decoded volumes (a decode task's result), or
         None to decode them here."""
         if decoded is None:
-            return list(self.pipe.process((u, decode_timed(u[0])) for u in units))
+            return self.pipe.run_units(units)
         return list(self.pipe.process(zip(units, map(_unpack, decoded))))
 
 
