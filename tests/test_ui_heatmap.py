@@ -252,6 +252,26 @@ def test_results_come_back_after_switching_series_and_layout(win, view):
     assert win.doc.layers.layers == [heat, lungs]
 
 
+def test_results_come_back_while_the_model_folders_are_being_read(win, view):
+    """The catalogue is read on a thread a moment after the panel first shows ("listing"): a
+    series opened meanwhile still gets its earlier results back (CI once lost them that way)."""
+    from imaging_assist_ui.radiology.series_results import keep_outcome
+
+    keys = series_keys(win)
+    panel = win.model_panel
+    panel.results.setHtml("<p>pneumonia 0.731 · decision withheld</p>")
+    keep_outcome(panel, _Card(), panel.results.toHtml(), [])
+    panel.state = "done"
+    win.load_series(keys[1])
+    assert wait_until(lambda: win.load_state == "done" and win.current_key == keys[1])
+    panel.state = "listing"  # as refresh() leaves it until the catalogue thread answers
+    win.load_series(keys[0])
+    assert wait_until(lambda: win.load_state == "done" and win.current_key == keys[0])
+    assert "pneumonia 0.731" in panel.results.toPlainText()
+    assert panel.state == "listing"  # the catalogue's answer still ends the listing
+    panel.state = "idle"
+
+
 def test_one_layer_per_structure(win, view):
     vol = win.doc.volume
     m = np.zeros(vol.array.shape[:3], np.uint8)

@@ -1124,13 +1124,15 @@ class ModelPanel(QWidget):
             self.status.setText("")
             self.progress.setValue(0)
             self.state = "idle"
-        else:  # idle: no run of its own, but findings restored for the old series may be shown
-            self.results.clear()
+        else:  # idle or listing the models: no run of its own, but findings restored for the old
+            self.results.clear()  # series may be shown
             self.warnings.hide()
             self.warnings.setText("")
             self.last_result = None
         self.result_layers = []
-        if self.state == "idle":  # not when a run was just cancelled by the change
+        # not when a run was just cancelled by the change; but while the model folders are being
+        # read (a few seconds after the panel first shows) the series' results do come back
+        if self.state in ("idle", "listing"):
             restore_outcome(self)  # the results of this series' earlier runs (issue 17)
         if self._catalog_loaded:
             self._rematch(select_best=True)

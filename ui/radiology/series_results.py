@@ -160,7 +160,8 @@ def restore_outcome(panel) -> bool:
     panel.results.setHtml("<hr>".join(r["html"] for _, r in reversed(runs)))
     panel._show_warnings([w for _, r in runs for w in r["warnings"]])
     panel.last_result = runs[-1][1]["result"]
-    panel.state = "done"
+    if panel.state != "listing":  # the catalogue thread's answer turns "listing" into "idle"
+        panel.state = "done"
     ids = ", ".join(mid for mid, _ in reversed(runs))
     panel.status.setText(f"Earlier results on this series: {ids}")
     panel.status.setToolTip("kept with the series since the run (issue 17): its overlays are back too")
