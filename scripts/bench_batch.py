@@ -14,7 +14,8 @@ run_model, write_item_files, analyze's trust checks) and one results.json at the
 twice: started by the command itself (``ray_*``), and joining a Ray head already running on
 this machine through ``RAY_ADDRESS`` (``ray_joined_*``; the head is started before and stopped
 after that run, untimed), as a workstation that keeps Ray running would use it.  The slide runs
-(one item) are timed in this process.  Per-item costs (decode, model, writing; medians over the
+(one item) are timed in this process.  A large synthetic slide (``--big-slide-px``) runs in
+one process and spread over the workers (:func:`big_slide`).  Per-item costs (decode, model, writing; medians over the
 local run's rows) are printed too.
 
 Last stdout line: one JSON object with loop_images_per_s, local_images_per_s,
@@ -100,6 +101,34 @@ def plain_slide(model_id: str, out: Path) -> float:
     model = load_model(card, "cpu")
     analyze_slide(str(SLIDE), model, out, SLIDE.stem, device="cpu", batch_size=32, top_k=3)
     return time.perf_counter() - t0
+
+
+def big_slide(work: Path, px: int) -> dict:
+    """One large slide through ``path-lung-tissue``, each run in a fresh interpreter: ``batch
+    --engine local`` in one process (``analyze_slide``: tiles read on threads while one torch
+    thread runs the model), ``--processes 2`` (the slide's tiles spread over two worker
+    processes) and ``--engine ray`` (spread over one actor per CPU).  The slide is the
+    synthetic pyramid of scripts/bench_wsi.py (CMU-1 texture, JPEG q80, 0.5 µm/px)."""
+    from bench_wsi import build_pyramid
+
+    path = work / f"big_{px}.tif"
+    build_pyramid(str(path), px, 0.5, 80)
+    out: dict = {"big_slide_px": px, "big_slide_mb": round(path.stat().st_size / 2**20, 1)}
+    for name, kw in (("local_1process", dict(engine="local", processes=1)),
+                     ("local_spread", dict(engine="local", processes=2)),
+                     ("ray_spread", dict(engine="ray"))):
+        t, _ = fresh("engine", sources=[str(path)], model="path-lung-tissue", out=str(work / f"big_{name}"), **kw)
+        (rj,) = (work / f"big_{name}" / "path-lung-tissue").glob("*/results.json")
+        it = json.loads(rj.read_text())["items"][0]
+        out["big_slide_tiles"] = it["tiling"]["n_tiles_run"]
+        out[f"big_slide_{name}_s"] = round(t, 2)
+        out[f"big_slide_{name}_tiles_s"] = it["timings_s"]["tiles_s"]
+        out[f"big_slide_{name}_workers"] = it["tiling"]["workers"]
+        print(f"big slide, {name}: {t:.1f} s, tiles {it['timings_s']['tiles_s']} s on "
+              f"{it['tiling']['workers']} worker(s)", file=sys.stderr)
+    for name in ("local_spread", "ray_spread"):
+        out[f"big_slide_{name}_vs_1process"] = round(out["big_slide_local_1process_s"] / out[f"big_slide_{name}_s"], 3)
+    return out
 
 
 def engine(sources: list[str], model_id: str, out: Path, name: str, processes: int = 0) -> tuple[float, dict]:
@@ -313,6 +342,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--skip-slide", action="store_true")
+    ap.add_argument("--big-slide-px", type=int, default=20_000,
+                    help="side of the synthetic pyramid for the spread-slide runs (20000: ~1,150 tiles)")
     ap.add_argument("--costs-only", action="store_true", help="only the CPU seconds per item and stage")
     ap.add_argument("--ray-start", action="store_true",
                     help="only the start-up seconds of ray.init variants (fresh interpreter each)")
@@ -378,6 +409,7 @@ def main() -> None:
         res["ray_joined_first_row_s"] = r.get("first_row_s")
         res["ray_joined_steady_images_per_s"] = r.get("steady_items_per_s")
         if not a.skip_slide:
+            res.update(big_slide(work, a.big_slide_px))
             res["loop_slide_s"] = round(plain_slide("path-lung-tissue", work / "loop_slide"), 2)
             res["local_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "local_slide", "local")[0], 2)
             res["ray_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "ray_slide", "ray")[0], 2)

@@ -194,6 +194,100 @@ def test_local_worker_processes_equal_analyze(inputs, analyzed, tmp_path):
     assert len(pids) == 2 and str(os.getpid()) not in pids, pids
 
 
+SVS = SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+
+
+def _check_slide_equal(row: dict, ref: dict, ref_out: Path, parts: int, workers: int | None = None) -> None:
+    """A slide row made in parts on several workers equals analyze's item of the same slide:
+    heat maps within 1e-5, the same areas, top tiles and warnings."""
+    from imaging_assist.slides.heatmap_io import read_heatmaps
+
+    assert row["status"] == "ok", row
+    it = json.loads(Path(row["results_json"]).read_text())["items"][0]
+    assert it["tiling"]["parts"] == parts and it["tiling"]["n_tiles_run"] == ref["tiling"]["n_tissue_tiles"]
+    if workers is not None:
+        assert it["tiling"]["workers"] == workers, it["tiling"]
+    for k in ("areas", "area_fraction", "warnings", "cancelled"):
+        assert it[k] == ref[k], k
+    for lab, tops in ref["top_tiles"].items():
+        assert [(t["x"], t["y"]) for t in it["top_tiles"][lab]] == [(t["x"], t["y"]) for t in tops]
+    a, _ = read_heatmaps(ref_out / ref["files"]["heatmaps"])
+    b, _ = read_heatmaps(Path(json.loads(row["heatmaps"])[0]))
+    np.testing.assert_allclose(np.nan_to_num(b, nan=-1), np.nan_to_num(a, nan=-1), atol=1e-5)
+    assert abs(row["ood_score"] - ref["ood"]["score"]) <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def analyzed_slide(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analyze_slide")
+    p = _run(["analyze", str(need(SVS)), "--model", "path-lung-tissue", "--out", str(out),
+              "--heatmap-format", "npz"], check_rc=0)
+    return json.loads((out / "results.json").read_text())["items"][0], out
+
+
+def test_one_slide_in_parts_on_worker_processes_equals_analyze(analyzed_slide, tmp_path):
+    """Worker processes spread one slide's tiles (--tiles-per-task 8: 23 tissue tiles in 4
+    parts, a multiple of the 2 workers); the row equals analyze's item of the slide, and both
+    workers ran parts of it."""
+    out = tmp_path / "out"
+    p = _run(["batch", str(SVS), "--model", "path-lung-tissue", "--out", str(out), "--processes", "2",
+              "--tiles-per-task", "8", "--heatmap-format", "npz"], check_rc=0)
+    assert "2 worker processes" in p.stderr, p.stderr
+    (row,) = _rows(out)
+    ref, ref_out = analyzed_slide
+    _check_slide_equal(row, ref, ref_out, parts=4, workers=2)
+    assert row["worker"].rsplit(":", 1)[1] != str(os.getpid())
+
+
+def test_schedule_spreads_a_slide_and_a_failed_part_fails_its_row():
+    """The driver side of a spread slide: items in chunks, the slide's parts ahead of further
+    items, finish once every part is back; a part that failed makes the slide one failed row."""
+    from types import SimpleNamespace as NS
+
+    from imaging_assist.batch.engines import Schedule
+    from imaging_assist.slides.tiling import TilePlan
+
+    def plan(n):
+        return TilePlan((100, 100), 10, (1.0, 1.0), 0, (1.0, 1.0), (0.0, 0.0), (1, n),
+                        np.stack([np.zeros(n, np.int32), np.arange(n, dtype=np.int32)], 1),
+                        np.ones(n, np.float32), None)
+
+    img = [(NS(kind="image", n=i), ["m"]) for i in range(3)]
+    slide = (NS(kind="slide"), ["m"])
+    for fail in (False, True):
+        sched = Schedule(img[:2] + [slide] + img[2:], chunk=4, tiles_per_task=4)
+        t = sched.next_task()
+        assert t[0] == "units" and [u[0].n for u in t[1][0]] == [0, 1]  # a slide ends a chunk
+        t_plan = sched.next_task()
+        assert t_plan[0] == "plan"
+        assert sched.done(t_plan, ({"status": None}, NS(plan=plan(10)), 0.5)) == []
+        parts = [sched.next_task() for _ in range(3)]  # ahead of the last image, in plan order
+        assert [(p[0], p[1][3], len(p[1][2])) for p in parts] == [("tiles", 0, 3), ("tiles", 3, 3), ("tiles", 6, 4)]
+        assert parts[1][1][2].cells[:, 1].tolist() == [3, 4, 5]
+        t = sched.next_task()
+        assert t[0] == "units" and [u[0].n for u in t[1][0]] == [2] and sched.next_task() is None
+        assert sched.done(parts[2], "cannot read a tile" if fail else NS(start=6)) == []
+        assert sched.done(parts[0], NS(start=0)) == []
+        rows = sched.done(parts[1], NS(start=3))
+        if fail:
+            assert rows == [{"status": "failed", "error": "cannot read a tile", "run_s": rows[0]["run_s"]}]
+            assert sched.next_task() is None
+        else:
+            assert rows == []
+            fin = sched.next_task()
+            assert fin[0] == "finish" and [p.start for p in fin[1][3]] == [6, 0, 3]
+            assert sched.done(fin, {"status": "ok"}) == [{"status": "ok"}]
+    # parts: at most tiles_per_task, a multiple of the workers, even sizes
+    assert Schedule([], 1, 256, workers=2).parts(740) == [(0, 185), (185, 370), (370, 555), (555, 740)]
+    assert Schedule([], 1, 8, workers=2).parts(23) == [(0, 5), (5, 11), (11, 17), (17, 23)]
+    assert Schedule([], 1, 256, workers=4).parts(3) == [(0, 1), (1, 2), (2, 3)]
+    assert Schedule([], 1, 256, workers=3).parts(0) == [(0, 0)]
+    # a slide that cannot be read is its failed row at once
+    sched = Schedule([slide], chunk=4, tiles_per_task=4)
+    t = sched.next_task()
+    assert sched.done(t, ({"status": "failed"}, None, 0.1)) == [{"status": "failed"}] and sched.next_task() is None
+
+
 def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_path):
     p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--out", str(inputs / "o")], check_rc=2)
     assert p.stderr.startswith("error: --out") and len(p.stderr.strip().splitlines()) == 1
@@ -319,7 +413,7 @@ def _listening(pids: set[int]) -> list[str]:
 
 
 def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_cluster, inputs, analyzed,
-                                                                        tmp_path):
+                                                                        analyzed_slide, tmp_path):
     address, tag, auth = ray_cluster
     ips = _listening(_our_pids(tag))
     assert ips and all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip in ips), ips
@@ -340,6 +434,13 @@ def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_clu
     assert "ray: 2 node(s), 2 CPU(s)" in p.stderr, p.stderr
     ref, aout = analyzed["cxr-pneumonia"]
     _check_equal(_rows(out2), ref, "cxr-pneumonia", aout)
+    # one slide's tiles in four parts on the actors of both nodes
+    out3 = tmp_path / "slide"
+    _run_sub(["batch", str(SVS), "--model", "path-lung-tissue", "--out", str(out3), "--engine", "ray",
+              "--address", address, "--tiles-per-task", "8", "--heatmap-format", "npz"], auth, check_rc=0)
+    (row,) = _rows(out3)
+    ref, ref_out = analyzed_slide
+    _check_slide_equal(row, ref, ref_out, parts=4, workers=2)
 
 
 def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):

@@ -362,3 +362,43 @@ def test_cancel_returns_partial_heat_map(model, tmp_path):
                        progress=prog, cancel=ev)
     assert it["cancelled"] is True
     assert 8 <= it["tiling"]["n_tiles_run"] < it["tiling"]["n_tissue_tiles"]
+
+
+def test_tiles_in_parts_in_any_order_equal_one_run(model, tmp_path):
+    """What batch's workers do with one slide (plan, tiles in parts on several processes,
+    finish) gives analyze_slide's item; a missing part ends the run there (as a cancel)."""
+    import random
+
+    from imaging_assist.slides.analysis import TileModel, analyze_slide, finish_slide, plan_slide, score_tiles
+    from imaging_assist.slides.heatmap_io import read_heatmaps
+    from imaging_assist.slides.tiling import plan_part
+
+    need(CMU1)
+    ref = analyze_slide(CMU1, model, tmp_path / "one", "c", batch_size=8, top_k=2, explain=False,
+                        heatmap_format="npz")
+    sp = plan_slide(CMU1, model.card)
+    fn = TileModel(model, "cpu")
+    n = len(sp.plan)
+    assert n == ref["tiling"]["n_tissue_tiles"] and n > 16
+    parts = [score_tiles(CMU1, plan_part(sp.plan, s, s + 8), fn, start=s, batch_size=8) for s in range(0, n, 8)]
+    random.Random(0).shuffle(parts)
+    it = finish_slide(sp, fn, tmp_path / "parts", "c", parts, top_k=2, explain=False, heatmap_format="npz",
+                      batch_size=8)
+    assert it["tiling"]["parts"] == len(parts) == -(-n // 8) and it["tiling"]["workers"] == 1
+    assert it["cancelled"] is False and it["tiling"]["n_tiles_run"] == n
+    for k in ("areas", "area_fraction", "warnings"):
+        assert it[k] == ref[k], k
+    for lab, p in ref["mean_probabilities"].items():
+        assert abs(it["mean_probabilities"][lab] - p) <= 1e-5
+    for lab, tops in ref["top_tiles"].items():
+        assert [(t["x"], t["y"]) for t in it["top_tiles"][lab]] == [(t["x"], t["y"]) for t in tops]
+    a, _ = read_heatmaps(tmp_path / "one" / ref["files"]["heatmaps"])
+    b, _ = read_heatmaps(tmp_path / "parts" / it["files"]["heatmaps"])
+    assert np.isfinite(a).sum() == n * a.shape[0]
+    np.testing.assert_allclose(np.nan_to_num(b, nan=-1), np.nan_to_num(a, nan=-1), atol=1e-5)
+    assert abs(it["ood"]["score"] - ref["ood"]["score"]) <= 1e-6
+    # the middle part never came back: the heat map stops after the first part, said so
+    gap = [p for p in parts if p.start != 8]
+    it = finish_slide(sp, fn, tmp_path / "gap", "c", gap, top_k=1, explain=False, heatmap_format="npz")
+    assert it["cancelled"] is True and it["tiling"]["n_tiles_run"] == 8
+    assert f"cancelled after 8 of {n} tiles" in it["warnings"]

@@ -19,9 +19,10 @@ bounded (``depth``): memory stays flat however large the archive.
   ``--address`` / ``RAY_ADDRESS`` names a cluster.  On a cluster, SOURCE and OUT must be on
   a file system every node sees under the same path (the actors read and write there).
 
-A whole slide is one item (one actor runs ``analyze_slide`` on it, tile batches of
-``--batch-size`` on that actor); the tiles of one slide are not spread over several
-workers.
+A whole slide is one item whose tiles are spread over the workers (worker processes or
+actors, :class:`Schedule`): one task plans it, its tiles run in parts of
+``--tiles-per-task`` on all workers, one task writes it (``analyze_slide``'s three steps).
+The in-process ``local`` engine runs ``analyze_slide`` itself.
 """
 
 from __future__ import annotations
@@ -80,6 +81,14 @@ class Pipeline:
         """Rows of ``units``, decoded here one by one (a local worker process, a CPU actor)."""
         return list(self.process((u, decode_timed(u[0])) for u in units))
 
+    def task(self, kind: str, args: tuple):
+        """One task of a :class:`Schedule` in a worker: ``units`` (a chunk of items, decoded
+        here) or a step of a slide spread over the workers (ModelRunner.slide_*)."""
+        if kind == "units":
+            return self.run_units(args[0])
+        c, mid, *rest = args
+        return getattr(self.runners[mid], "slide_" + kind)(c, *rest)
+
     def close(self) -> None:
         import torch
 
@@ -95,6 +104,107 @@ def model_threads(settings: Settings) -> int:
     if settings.torch_threads:
         return settings.torch_threads
     return max(1, (os.cpu_count() or 1) - 1)
+
+
+# =========================================================================== worker tasks
+class _SlideJob:
+    """One slide and one model spread over the workers: plan, then parts of its tiles, then
+    finish (driver-side state; the tasks carry only plain values)."""
+
+    def __init__(self, c, mid: str):
+        self.c, self.mid = c, mid
+        self.sp = self.row = None
+        self.plan_s = 0.0
+        self.parts: list = []
+        self.errors: list[str] = []
+        self.waiting = 0
+        self.t_tiles = 0.0
+
+
+class Schedule:
+    """The tasks of a batch for a pool of workers (local worker processes, Ray actors).
+
+    Items go in chunks of ``chunk`` (``("units", (chunk,))``, one row each).  A slide is
+    spread over the workers: one task plans it (``plan``: tissue and tile grid), its tiles go
+    out in parts of ``tiles_per_task`` (``tiles``: probabilities and OOD scores of that part)
+    and, once all are back, one task writes it (``finish``: heat maps, top tiles with Grad-CAM,
+    results.json, report), the three steps of ``analyze_slide``.  A slide's tasks go ahead of
+    further items, so its parts run on all workers at once.  :meth:`next_task` gives the next
+    task to send, :meth:`done` takes a task's result and returns the rows it finished.
+    Tasks are ``(kind, args, job)``: ``kind`` and ``args`` go to :meth:`Pipeline.task`.
+    """
+
+    def __init__(self, units, chunk: int, tiles_per_task: int, workers: int = 1):
+        self._units = iter(units)
+        self.chunk = max(1, chunk)
+        self.tiles_per_task = max(1, tiles_per_task)
+        self.workers = max(1, workers)
+        self._ready: deque = deque()
+
+    def parts(self, n: int) -> list[tuple[int, int]]:
+        """(start, stop) of the parts of a slide's ``n`` tiles: at most ``tiles_per_task``
+        each, as many as a multiple of the workers (none idle while others finish), even sizes."""
+        k = -(-n // self.tiles_per_task)
+        k = max(1, -(-k // self.workers) * self.workers)
+        k = min(k, max(1, n))
+        starts = [i * n // k for i in range(k)] + [n]
+        return list(zip(starts[:-1], starts[1:]))
+
+    def next_task(self):
+        if self._ready:
+            return self._ready.popleft()
+        ch: list = []
+        for u in self._units:
+            c, models = u
+            if c.kind == "slide":
+                for mid in models:
+                    job = _SlideJob(c, mid)
+                    self._ready.append(("plan", (c, mid), job))
+                if ch:
+                    return ("units", (ch,), None)
+                return self._ready.popleft()
+            ch.append(u)
+            if len(ch) >= self.chunk:
+                break
+        return ("units", (ch,), None) if ch else None
+
+    def done(self, task, result) -> list[dict]:
+        import time
+
+        from ..slides.tiling import plan_part
+
+        kind, _, job = task
+        if kind == "units":
+            return list(result)
+        if kind == "finish":
+            return [result]
+        if kind == "plan":
+            job.row, job.sp, job.plan_s = result
+            if job.sp is None:  # the slide cannot be read: its failed row
+                return [job.row]
+            parts = self.parts(len(job.sp.plan))
+            job.waiting = len(parts)
+            job.t_tiles = time.perf_counter()
+            for start, stop in reversed(parts):  # ahead of everything else, in plan order
+                part = plan_part(job.sp.plan, start, stop)
+                self._ready.appendleft(("tiles", (job.c, job.mid, part, start), job))
+            return []
+        # a part of the tiles
+        if isinstance(result, str):
+            job.errors.append(result)
+        else:
+            job.parts.append(result)
+        job.waiting -= 1
+        if job.waiting:
+            return []
+        if job.errors:
+            job.row.update(status="failed", error=job.errors[0],
+                           run_s=round(job.plan_s + time.perf_counter() - job.t_tiles, 4))
+            return [job.row]
+        wall = time.perf_counter() - job.t_tiles  # the time spent on it: planning, then the parts
+        self._ready.appendleft(("finish", (job.c, job.mid, job.sp, job.parts, job.row,
+                                           job.plan_s + wall, wall), job))
+        return []
 
 
 # =========================================================================== local
@@ -134,9 +244,37 @@ def run_local(units, model_ids, settings: Settings, decoders: int = 2, depth: in
 PROCESS_MIN_ITEMS = 200
 
 
+#: A slide file at least this large counts as :data:`PROCESS_MIN_ITEMS` items of work, which
+#: the worker processes share (:class:`Schedule`); smaller slides (a cut-out region) run in this
+#: process.  Measured (scripts/bench_batch.py, 2 CPUs): the 64 MB synthetic pyramid (JPEG q80,
+#: 34% tissue) holds 1,167 ``path-lung-tissue`` tiles; in one process 11.0 s end to end (tiles
+#: 5.9 s), over two worker processes 8.7 s (tiles 4.0 s).  Below that size the workers'
+#: start-up eats the gain.
+SPREAD_MIN_SLIDE_BYTES = 64 << 20
+
+
+def work_items(units) -> int:
+    """Items for :func:`processes_for`: a large slide counts as :data:`PROCESS_MIN_ITEMS`."""
+    n = 0
+    for c, _ in units:
+        n += PROCESS_MIN_ITEMS if c.kind == "slide" and _bytes(c.payload) >= SPREAD_MIN_SLIDE_BYTES else 1
+    return n
+
+
+def _bytes(path) -> int:
+    """Size of a slide file, or of the files of a WSI DICOM folder."""
+    try:
+        if os.path.isdir(path):
+            return sum(e.stat().st_size for e in os.scandir(path) if e.is_file())
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
 def processes_for(n_units: int, requested: int = 0) -> int:
     """Worker processes for ``--engine local``: ``requested`` when given, else one per CPU for
-    batches of at least :data:`PROCESS_MIN_ITEMS` items (1 below: start-up would dominate)."""
+    batches of at least :data:`PROCESS_MIN_ITEMS` items (:func:`work_items`; 1 below:
+    start-up would dominate)."""
     if requested:
         return max(1, requested)
     cpus = os.cpu_count() or 1
@@ -195,35 +333,50 @@ def _worker_init(model_ids, settings: Settings) -> None:
     _WORKER_PIPE = Pipeline(model_ids, dataclasses.replace(settings, torch_threads=1), writers=1, depth=2)
 
 
-def _worker_chunk(chunk) -> list[dict]:
-    return _WORKER_PIPE.run_units(chunk)
+def _worker_ready() -> bool:
+    return True
+
+
+def _worker_task(kind: str, args: tuple):
+    return _WORKER_PIPE.task(kind, args)
 
 
 def run_local_processes(units, model_ids, settings: Settings, processes: int, chunk: int = 8):
     """Yield rows for ``units`` from ``processes`` spawned worker processes, each running the
-    same :class:`Pipeline` (models loaded once per process, one torch thread each) on chunks of
-    ``chunk`` items; at most two chunks per process in flight.  A worker that dies ends the
-    batch with one line (never a hang; the rows so far are committed and the same command
-    resumes); closing the generator (Ctrl-C) stops the workers at once."""
+    same :class:`Pipeline` (models loaded once per process, one torch thread each) on the
+    tasks of a :class:`Schedule` (chunks of ``chunk`` items; a slide's tiles in parts over all
+    workers); at most two tasks per process in flight.  A worker that dies ends the batch with
+    one line (never a hang; the rows so far are committed and the same command resumes);
+    closing the generator (Ctrl-C) stops the workers at once."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
     ex = ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"),
                              initializer=_worker_init, initargs=(list(model_ids), settings))
-    chunks = iter([units[i:i + chunk] for i in range(0, len(units), chunk)])
+    sched = Schedule(units, chunk, settings.slide_tiles_per_task, processes)
     inflight: dict = {}
+    # Start every worker now: the pool spawns a process only when no worker is idle at a
+    # submit, so a lone slide (one planning task) would get one worker, and the second would
+    # start only when the tiles go out and join after its imports, when most were done.
+    for f in [ex.submit(_worker_ready) for _ in range(processes)]:
+        f.add_done_callback(lambda f: f.exception())
+
+    def fill():
+        while len(inflight) < 2 * processes:
+            t = sched.next_task()
+            if t is None:
+                return
+            inflight[ex.submit(_worker_task, t[0], t[1])] = t
+
     try:
-        for c in chunks:
-            inflight[ex.submit(_worker_chunk, c)] = c
-            if len(inflight) >= 2 * processes:
-                break
+        fill()
         while inflight:
             done, _ = wait(inflight, return_when=FIRST_COMPLETED)
             for f in done:
-                c = inflight.pop(f)
+                t = inflight.pop(f)
                 try:
-                    rows = f.result()  # a bad item is a failed row inside the worker already
+                    result = f.result()  # a bad item is a failed row inside the worker already
                 except BrokenProcessPool as e:
                     raise UserError(f"a batch worker process died ({e}); the rows written so far "
                                     "are kept: run the same command again to resume") from None
@@ -231,10 +384,8 @@ def run_local_processes(units, model_ids, settings: Settings, processes: int, ch
                     raise UserError(f"a batch worker process failed ({type(e).__name__}: {e}); the "
                                     "rows written so far are kept: run the same command again "
                                     "to resume") from None
-                yield from rows
-                nxt = next(chunks, None)
-                if nxt is not None:
-                    inflight[ex.submit(_worker_chunk, nxt)] = nxt
+                yield from sched.done(t, result)
+            fill()
     finally:
         # concurrent.futures has no public way to stop running workers before Python 3.14
         # (terminate_workers); without it a Ctrl-C would wait for every chunk in flight
@@ -329,23 +480,41 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
         if on_start:
             on_start(f"ray: {len(nodes)} node(s), {int(res.get('CPU', 0))} CPU(s), {gpus} GPU(s); "
                      f"{n_act} model actor(s)")
-        chunks = _chunks(units, chunk)
+        sched = Schedule(units, chunk, settings.slide_tiles_per_task, n_act)
         inflight: dict = {}
         load = {i: 0 for i in range(n_act)}
-        try:
-            for ch in chunks:
-                while len(inflight) >= 2 * n_act + 1:
-                    yield from _collect(ray, inflight, load)
+
+        def fill():
+            while len(inflight) < 2 * n_act + 1:
+                t = sched.next_task()
+                if t is None:
+                    return
                 i = min(load, key=load.get)
-                # GPU actors get their chunks decoded by CPU tasks, so the GPU never waits on a
-                # decoder; CPU actors (one per CPU) decode their own chunk: a task there only
-                # moves the pixels through the object store (measured on 2 CPUs, 1,000 films:
-                # 66-69 films/s with decode tasks, 75-77 without)
-                ref = workers[i].process.remote(ch, decode.remote([u[0] for u in ch]) if gpus else None)
-                inflight[ref] = i
+                kind, args, _ = t
+                if kind == "units" and gpus:
+                    # GPU actors get their chunks decoded by CPU tasks, so the GPU never waits on
+                    # a decoder; CPU actors (one per CPU) decode their own chunk: a task there
+                    # only moves the pixels through the object store (measured on 2 CPUs, 1,000
+                    # films: 66-69 films/s with decode tasks, 75-77 without)
+                    ref = workers[i].process.remote(args[0], decode.remote([u[0] for u in args[0]]))
+                else:
+                    ref = workers[i].task.remote(kind, args)
+                inflight[ref] = (i, t)
                 load[i] += 1
+
+        try:
+            fill()
             while inflight:
-                yield from _collect(ray, inflight, load)
+                done, _ = ray.wait(list(inflight), num_returns=1)
+                for ref in done:
+                    i, t = inflight.pop(ref)
+                    load[i] -= 1
+                    try:
+                        result = ray.get(ref)
+                    except Exception as e:  # noqa: BLE001 - a lost worker or task: not done
+                        raise UserError(f"a Ray worker failed: {_one_line(e)}") from None
+                    yield from sched.done(t, result)
+                fill()
         finally:  # stopped (Ctrl-C) or done: unfinished chunks have no rows, a re-run does them
             for w in workers:
                 ray.kill(w)
@@ -356,35 +525,6 @@ def run_ray(units, model_ids, settings: Settings, address: str | None = None, ch
             import shutil
 
             shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _collect(ray, inflight: dict, load: dict):
-    done, _ = ray.wait(list(inflight), num_returns=1)
-    for ref in done:
-        i = inflight.pop(ref)
-        load[i] -= 1
-        try:
-            rows = ray.get(ref)
-        except Exception as e:  # noqa: BLE001 - a lost worker or task: the chunk is not done
-            raise UserError(f"a Ray worker failed: {_one_line(e)}") from None
-        yield from rows
-
-
-def _chunks(units, n: int):
-    ch: list = []
-    for u in units:
-        if u[0].kind == "slide":  # a slide alone: it is a long task by itself
-            if ch:
-                yield ch
-                ch = []
-            yield [u]
-            continue
-        ch.append(u)
-        if len(ch) >= n:
-            yield ch
-            ch = []
-    if ch:
-        yield ch
 
 
 def _decode_chunk(cands):
@@ -435,12 +575,13 @@ class _RayWorker:
     def ready(self) -> bool:
         return True
 
-    def process(self, units, decoded=None):
-        """Rows of ``units``; ``decoded``: their decoded volumes (a decode task's result), or
-        None to decode them here."""
-        if decoded is None:
-            return self.pipe.run_units(units)
+    def process(self, units, decoded):
+        """Rows of ``units`` from their decoded volumes (a decode task's result: GPU actors)."""
         return list(self.pipe.process(zip(units, map(_unpack, decoded))))
+
+    def task(self, kind: str, args: tuple):
+        """A :class:`Schedule` task (items decoded here, or a step of a spread slide)."""
+        return self.pipe.task(kind, args)
 
 
 def _one_line(e) -> str:

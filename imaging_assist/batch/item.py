@@ -45,6 +45,7 @@ class Settings:
     slide_batch_size: int = 32
     top_tiles: int = 3
     heatmap_format: str = "tif"
+    slide_tiles_per_task: int = 256  # worker engines: one slide's tiles in tasks of this many
     torch_threads: int = 0  # 0: all CPUs but one (engines.model_threads)
     extra: dict = field(default_factory=dict)
 
@@ -131,9 +132,7 @@ class ModelRunner:
         ``job`` None when the row is final, else what :meth:`write` needs (the engines run
         :meth:`write` of one item while the model runs on the next)."""
         t0 = time.perf_counter()
-        row = {"content_hash": c.content_hash, "model": self.card.id, "model_version": self.version,
-               "kind": c.kind, "source": c.source, "stem": c.stem, "decode_s": round(decode_s, 4),
-               "worker": f"{os.uname().nodename}:{os.getpid()}"}
+        row = self._row(c, decode_s)
         if decode_error:
             row.update(status="failed", error=decode_error)
             return row, None
@@ -147,6 +146,11 @@ class ModelRunner:
             return self._infer_volume(c, vol, row, t0)
         except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
             return _failed(row, e, t0), None
+
+    def _row(self, c: Candidate, decode_s: float = 0.0) -> dict:
+        return {"content_hash": c.content_hash, "model": self.card.id, "model_version": self.version,
+                "kind": c.kind, "source": c.source, "stem": c.stem, "decode_s": round(decode_s, 4),
+                "worker": f"{os.uname().nodename}:{os.getpid()}"}
 
     def write(self, row: dict, job) -> dict:
         """Second half of :meth:`run`: files, analyze's checks, results.json, report, DICOM."""
@@ -206,20 +210,70 @@ class ModelRunner:
     def _run_slide(self, c: Candidate, row: dict):
         from ..inference.device import resolve_device
         from ..slides.analysis import analyze_slide
-        from ..slides.reader import SlideError
 
         out = item_dir(self.settings.out_dir, self.card.id, c)
         _fresh(out)
         t = time.perf_counter()
-        try:
-            d = analyze_slide(c.payload, self.model, out, c.stem, device=str(resolve_device(self.settings.device)),
-                              batch_size=self.settings.slide_batch_size, top_k=self.settings.top_tiles,
-                              heatmap_format=self.settings.heatmap_format)
-        except SlideError as e:
-            raise UserError(str(e)) from None
+        d = analyze_slide(c.payload, self.model, out, c.stem, device=str(resolve_device(self.settings.device)),
+                          batch_size=self.settings.slide_batch_size, top_k=self.settings.top_tiles,
+                          heatmap_format=self.settings.heatmap_format)  # a SlideError is a UserError
         row["infer_s"] = round(time.perf_counter() - t, 4)
         self._finish(c, d, out, None, None, row)
         return d, out
+
+    # ------------------------------------------------------------------ one slide in parts
+    # The worker engines spread one slide's tiles over their workers (engines.Schedule): one
+    # worker plans it, several run parts of its tiles, one writes it: analyze_slide's three
+    # steps (slides.analysis), so the item equals analyze's.
+    def _tile_model(self):
+        if getattr(self, "_tile_fn", None) is None:
+            from ..inference.device import resolve_device
+            from ..slides.analysis import TileModel
+
+            self._tile_fn = TileModel(self.model, str(resolve_device(self.settings.device)))
+        return self._tile_fn
+
+    def slide_plan(self, c: Candidate):
+        """(row, SlidePlan, seconds), or (failed row, None, seconds) when the slide cannot be read."""
+        from ..slides.analysis import plan_slide
+
+        row, t0 = self._row(c), time.perf_counter()
+        try:
+            sp = plan_slide(c.payload, self.card)
+        except Exception as e:  # noqa: BLE001 - a bad slide is one failed row, the batch goes on
+            return _failed(row, e, t0), None, time.perf_counter() - t0
+        return row, sp, time.perf_counter() - t0
+
+    def slide_tiles(self, c: Candidate, plan, start: int):
+        """TileScores of a part of the plan (see slides.tiling.plan_part), or the error (one line)."""
+        from ..slides.analysis import score_tiles
+
+        try:
+            return score_tiles(c.payload, plan, self._tile_model(), start=start,
+                               batch_size=self.settings.slide_batch_size)
+        except Exception as e:  # noqa: BLE001 - the slide's row says why
+            return _failed({}, e, time.perf_counter())["error"]
+
+    def slide_finish(self, c: Candidate, sp, parts, row: dict, before_s: float, tiles_wall_s: float) -> dict:
+        """The slide's files, results.json, report (analyze's), and its row."""
+        from ..slides.analysis import finish_slide
+
+        t0 = time.perf_counter()
+        try:
+            out = item_dir(self.settings.out_dir, self.card.id, c)
+            _fresh(out)
+            d = finish_slide(sp, self._tile_model(), out, c.stem, parts, top_k=self.settings.top_tiles,
+                             heatmap_format=self.settings.heatmap_format,
+                             batch_size=self.settings.slide_batch_size, before_s=before_s,
+                             tiles_wall_s=tiles_wall_s)
+            row["infer_s"] = round(before_s + time.perf_counter() - t0, 4)
+            self._finish(c, d, out, None, None, row)
+            row["run_s"] = round(before_s + time.perf_counter() - t0, 4)
+            row.update(_row_from_item(d, out))
+            row["status"] = "ok"
+            return row
+        except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
+            return _failed(row, e, t0)
 
     def _finish(self, c: Candidate, d: dict, out: Path, vol, res, row: dict) -> None:
         """results.json of the item (as analyze writes it), then --report / --dicom."""

@@ -136,9 +136,9 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     try:
         if units:
             if engine == "local":
-                from .engines import processes_for, run_local, run_local_processes
+                from .engines import processes_for, run_local, run_local_processes, work_items
 
-                n_proc = processes_for(len(units), processes)
+                n_proc = processes_for(work_items(units), processes)
                 if n_proc > 1:
                     echo(f"{n_proc} worker processes (one model each)")
                     gen = run_local_processes(units, ids, settings, n_proc)

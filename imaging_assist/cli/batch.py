@@ -40,13 +40,13 @@ def register(subparsers) -> None:
     b.add_argument("--address", metavar="HOST:PORT",
                    help="join this Ray cluster (default: RAY_ADDRESS, else Ray in this process)")
     b.add_argument("--actors", type=int_at_least(1), default=None,
-                   help="Ray model actors (default: one per GPU, else one per node)")
+                   help="Ray model actors (default: one per GPU, else one per CPU)")
     b.add_argument("--chunk", type=int_at_least(1), default=16, help="items per Ray task (16)")
     b.add_argument("--decoders", type=int_at_least(1), default=2,
                    help="local: decoding threads (2)")
     b.add_argument("--processes", type=int_at_least(0), default=0,
                    help="--engine local: worker processes (0, the default: one per CPU from 200 "
-                        "items up, else 1)")
+                        "items up, a slide file of 64 MB or more counting as 200; else 1)")
     b.add_argument("--torch-threads", type=int_at_least(1), default=None,
                    help="torch threads per model worker (default: CPUs minus one)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     b.add_argument("--research-override", action="store_true",
                    help="run on items the model card does not fit: decisions withheld, recorded")
     b.add_argument("--batch-size", type=int_at_least(1), default=32, help="slide tiles per forward pass (32)")
+    b.add_argument("--tiles-per-task", type=int_at_least(1), default=256,
+                   help="worker processes / Ray: one slide's tiles go to the workers in tasks of "
+                        "this many (256)")
     b.add_argument("--top-tiles", type=int_at_least(0), default=3)
     b.add_argument("--heatmap-format", choices=["tif", "npz"], default="tif")
     b.add_argument("--json", action="store_true", help="print the run's counts as JSON on stdout")
@@ -105,7 +108,7 @@ def cmd_batch(args) -> int:
                         dicom=args.dicom, report=args.report, override=args.research_override,
                         device=args.device, precision=args.precision, slide_batch_size=args.batch_size,
                         top_tiles=args.top_tiles, heatmap_format=args.heatmap_format,
-                        torch_threads=args.torch_threads or 0)
+                        torch_threads=args.torch_threads or 0, slide_tiles_per_task=args.tiles_per_task)
     import shlex
 
     command = shlex.join(["imaging-assist", "batch", *map(str, args.sources)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 import warnings as _warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -186,35 +187,48 @@ def _safe(s: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)
 
 
-def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch_size: int = 32,
-                  top_k: int = 3, explain: bool = True, heatmap_format: str = "tif",
-                  progress=None, cancel=None) -> dict:
-    """Analyse one slide; write its files into ``out_dir``; return its results.json item.
+@dataclass
+class SlidePlan:
+    """Where one slide's tiles are, before the model runs (:func:`plan_slide`): plain values,
+    so that the tiles can run in parts on other processes (``batch``: worker processes, Ray
+    actors) and the results come together in :func:`finish_slide`."""
 
-    ``progress(done, total)`` per batch of tiles; ``cancel`` (``threading.Event`` or callable)
-    stops between batches (the item then says ``cancelled: true`` and is partial).
-    """
-    from PIL import Image
+    path: str
+    spec: dict                 # the card's slide block (:func:`slide_spec`)
+    plan: object               # tiling.TilePlan
+    tissue: object             # tissue.TissueMask
+    tissue_s: float
+    warnings: list[str]
 
-    from .heatmap_io import write_heatmaps
+
+@dataclass
+class TileScores:
+    """What :func:`score_tiles` gives for tiles ``start : start + len(probs)`` of a plan."""
+
+    start: int
+    probs: np.ndarray          # (n, C) float32, plan order
+    ood: np.ndarray | None     # (n,) OOD scores of the same forward passes (None without statistics)
+    read_s: float
+    model_s: float
+    elapsed_s: float
+    n_planned: int             # tiles asked for (more than len(probs): cancelled)
+    worker: str = ""           # host:pid that ran them
+
+
+def plan_slide(path, card) -> SlidePlan:
+    """Open the slide, find its tissue and plan the card's tiles (no model needed)."""
     from .reader import open_slide
-    from .tiling import plan_tiles, read_tiles, run_tiles
+    from .tiling import plan_tiles
     from .tissue import detect_tissue
 
-    card = model.card
     spec = slide_spec(card)
     if spec is None:
         raise UserError(f"model {card.id} is not a slide model (its card has no \"slide\" block with "
                         "the tile size and microns per pixel)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = _safe(stem)
-    t_start = time.perf_counter()
     warns: list[str] = []
     if spec["mpp_is_assumption"]:
         warns.append(f"the model's tile pixel size ({spec['mpp']:g} µm/px) is an assumption, not a "
                      f"published value: {spec['mpp_note']}".rstrip(": "))
-    fn = TileModel(model, device)
     with open_slide(path) as slide:
         warns += list(slide.warnings)
         t = time.perf_counter()
@@ -224,9 +238,88 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
             _warnings.simplefilter("ignore")  # recorded in plan.warnings / result.warnings
             plan = plan_tiles(slide, spec["tile_px"], spec["mpp"], tissue_mask=tissue,
                               tissue_threshold=spec["tissue_threshold"])
-            res = run_tiles(slide, fn, batch_size=batch_size, progress=progress, cancel=cancel,
-                            class_names=list(card.labels), top_k=max(top_k, 1), plan=plan,
-                            as_tensor=True, device=fn.device)
+    return SlidePlan(str(path), spec, plan, tissue, tissue_s, warns)
+
+
+def score_tiles(path, plan, fn: TileModel, *, start: int = 0, batch_size: int = 32, progress=None,
+                cancel=None) -> TileScores:
+    """Probabilities (and OOD scores) of the tiles of ``plan`` (a whole slide's plan, or a part
+    of it from :func:`imaging_assist.slides.tiling.plan_part` starting at tile ``start``)."""
+    from .reader import open_slide
+    from .tiling import run_tiles
+
+    fn.ood_scores = []
+    with open_slide(path) as slide, _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # the whole slide's warnings come from finish_slide
+        res = run_tiles(slide, fn, batch_size=batch_size, progress=progress, cancel=cancel,
+                        class_names=list(fn.card.labels), top_k=0, plan=plan, as_tensor=True,
+                        device=fn.device)
+    ood = np.concatenate(fn.ood_scores).astype(np.float64) if fn.ood_scores else None
+    return TileScores(start, res.probs, ood, res.read_s, res.model_s, res.elapsed_s, len(plan),
+                      f"{os.uname().nodename}:{os.getpid()}")
+
+
+def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch_size: int = 32,
+                  top_k: int = 3, explain: bool = True, heatmap_format: str = "tif",
+                  progress=None, cancel=None) -> dict:
+    """Analyse one slide; write its files into ``out_dir``; return its results.json item.
+
+    :func:`plan_slide`, :func:`score_tiles` over all tiles, :func:`finish_slide` (``batch``
+    runs the same three steps with the tiles in parts on several workers).
+    ``progress(done, total)`` per batch of tiles; ``cancel`` (``threading.Event`` or callable)
+    stops between batches (the item then says ``cancelled: true`` and is partial).
+    """
+    t_start = time.perf_counter()
+    sp = plan_slide(path, model.card)
+    fn = TileModel(model, device)
+    scores = score_tiles(path, sp.plan, fn, batch_size=batch_size, progress=progress, cancel=cancel)
+    return finish_slide(sp, fn, out_dir, stem, [scores], top_k=top_k, explain=explain,
+                        heatmap_format=heatmap_format, batch_size=batch_size,
+                        before_s=time.perf_counter() - t_start)
+
+
+def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[TileScores], *,
+                 top_k: int = 3, explain: bool = True, heatmap_format: str = "tif", batch_size: int = 32,
+                 before_s: float = 0.0, tiles_wall_s: float | None = None) -> dict:
+    """The slide's heat maps, top tiles (with Grad-CAM) and results.json item from the scores
+    of its tiles (one part, or several run on other workers: in any order, covering the plan
+    from tile 0; a gap ends it there as a cancelled run would).  ``before_s``: seconds spent
+    on it before this call (planning, tiles); ``tiles_wall_s``: the tiles' wall-clock time
+    when they ran in parallel parts (default: the parts' own times added)."""
+    from PIL import Image
+
+    from .heatmap_io import write_heatmaps
+    from .reader import open_slide
+    from .tiling import read_tiles, stitch_tiles
+
+    t_start = time.perf_counter()
+    model, card, device = fn.model, fn.card, str(fn.device)
+    spec, plan, tissue = sp.spec, sp.plan, sp.tissue
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = _safe(stem)
+    warns = list(sp.warnings)
+    parts = sorted(parts, key=lambda p: p.start)
+    got, ood, at = [], [], 0
+    for p in parts:  # contiguous from tile 0; a part cancelled half-way ends the run there
+        if p.start != at:
+            break
+        got.append(p.probs)
+        if p.ood is not None:
+            ood.append(p.ood)
+        at += len(p.probs)
+        if len(p.probs) < p.n_planned:
+            break
+    n_classes = len(card.labels)
+    probs = np.concatenate(got).astype(np.float32) if got else np.zeros((0, n_classes), np.float32)
+    fn.ood_scores = ood
+    with open_slide(sp.path) as slide:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore")  # recorded in result.warnings
+            res = stitch_tiles(slide, plan, probs, list(card.labels), max(top_k, 1), list(plan.warnings))
+        res.read_s = sum(p.read_s for p in parts)
+        res.model_s = sum(p.model_s for p in parts)
+        res.elapsed_s = tiles_wall_s if tiles_wall_s is not None else sum(p.elapsed_s for p in parts)
         warns += [w for w in res.warnings if w not in warns]
         files = {}
         ext = ".npz" if heatmap_format == "npz" else ".tif"
@@ -284,7 +377,7 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
                    for i, lab in enumerate(res.class_names)} if len(probs) and frac.sum() > 0 else {})
         total = sum(res.areas.values())
         item = {
-            "kind": "slide", "source": str(path), "model": card.id, "model_version": card.version,
+            "kind": "slide", "source": str(sp.path), "model": card.id, "model_version": card.version,
             "task": card.task, "labels": list(card.labels),
             "slide": {"format": slide.format, "backend": slide.backend, "vendor": slide.vendor,
                       "dimensions": list(slide.dimensions), "level_count": slide.level_count,
@@ -296,7 +389,8 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
                        "level": res.plan.level, "downsample": [float(v) for v in res.plan.downsample],
                        "tissue_threshold": spec["tissue_threshold"], "n_grid_tiles": res.plan.n_grid_tiles,
                        "n_tissue_tiles": len(res.plan), "n_tiles_run": res.n_tiles,
-                       "batch_size": batch_size, "tiles_per_s": round(res.tiles_per_s, 2)},
+                       "batch_size": batch_size, "tiles_per_s": round(res.tiles_per_s, 2),
+                       "parts": len(parts), "workers": len({p.worker for p in parts})},
             "heatmap_grid": {"shape": [int(v) for v in res.heatmaps.shape],
                              "downsample": [float(v) for v in res.downsample],
                              "origin": [float(v) for v in res.origin],
@@ -315,10 +409,11 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
             "files": files,
             "key_images": [files["overview_png"]],
             "heatmaps": [],
-            "device": str(fn.device), "precision": "fp32", "cancelled": bool(res.cancelled),
-            "timings_s": {"tissue_s": round(tissue_s, 3), "tiles_s": round(res.elapsed_s, 3),
+            "device": device, "precision": "fp32", "cancelled": bool(res.cancelled),
+            "timings_s": {"tissue_s": round(sp.tissue_s, 3), "tiles_s": round(res.elapsed_s, 3),
                           "read_s": round(res.read_s, 3), "model_s": round(res.model_s, 3),
-                          "explain_s": round(explain_s, 3), "total_s": round(time.perf_counter() - t_start, 3)},
+                          "explain_s": round(explain_s, 3),
+                          "total_s": round(before_s + time.perf_counter() - t_start, 3)},
             "warnings": list(dict.fromkeys(warns)),
             "ood": fn.ood_summary(),
         }
@@ -329,7 +424,7 @@ def analyze_slide(path, model, out_dir, stem: str, *, device: str = "cpu", batch
             from ..monitoring.slide_log import record_slide_run
 
             record_slide_run(
-                model, path, res, ood=item["ood"], run_s=item["timings_s"]["total_s"], device=item["device"],
+                model, sp.path, res, ood=item["ood"], run_s=item["timings_s"]["total_s"], device=item["device"],
                 n_warnings=len(item["warnings"]), vendor=slide.vendor)
     return item
 

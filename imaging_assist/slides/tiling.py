@@ -788,22 +788,42 @@ def run_tiles(slide: Slide, model_fn: Callable, tile_px: int = 224, mpp: float |
         source.close()  # stops and joins the prefetch thread, also on errors
         if not reader_alive:
             feeder.close()  # its buffers serve the next call
-    cancelled = done < n
     if n_classes is None:
         n_classes = len(class_names) if class_names else 1
     names = list(class_names) if class_names else [f"class {i}" for i in range(n_classes)]
     if len(names) != n_classes:
         raise SlideError(f"{len(names)} class names for a model with {n_classes} outputs")
     probs = np.concatenate(probs_parts) if probs_parts else np.zeros((0, n_classes), np.float32)
-    if not np.all(np.isfinite(probs)):
-        warn.append("model produced non-finite outputs for some tiles (NaN in the heat map)")
-    result = _assemble(slide, plan, probs, names, top_k, warn)
-    result.cancelled = cancelled
-    if cancelled:
-        result.warnings.append(f"cancelled after {done} of {n} tiles")
+    result = stitch_tiles(slide, plan, probs, names, top_k, warn)
     result.elapsed_s = time.perf_counter() - t_start
     result.read_s, result.model_s = timing["read"], timing["model"]
     return result
+
+
+def stitch_tiles(slide: Slide, plan: TilePlan, probs: np.ndarray, names: list[str], top_k: int,
+                 warn: list[str]) -> TileResult:
+    """The :class:`TileResult` of ``plan`` from the probabilities of its first ``len(probs)``
+    tiles (in plan order; fewer than ``len(plan)``: the run was cancelled).  :func:`run_tiles`
+    ends here, and so does a slide whose tiles ran in parts on several workers
+    (:func:`imaging_assist.slides.analysis.finish_slide`)."""
+    n_done, n = len(probs), len(plan)
+    if not np.all(np.isfinite(probs)):
+        warn.append("model produced non-finite outputs for some tiles (NaN in the heat map)")
+    result = _assemble(slide, plan, probs, names, top_k, warn)
+    result.cancelled = n_done < n
+    if result.cancelled:
+        result.warnings.append(f"cancelled after {n_done} of {n} tiles")
+    return result
+
+
+def plan_part(plan: TilePlan, start: int, stop: int) -> TilePlan:
+    """Tiles ``start:stop`` of ``plan`` as a plan of their own (same grid): what one worker
+    runs when a slide's tiles are spread over several."""
+    import dataclasses
+
+    return dataclasses.replace(plan, cells=plan.cells[start:stop].copy(),
+                               tissue_fraction=plan.tissue_fraction[start:stop].copy(),
+                               warnings=list(plan.warnings))
 
 
 class _nullcontext:
