@@ -220,8 +220,8 @@ def _check_slide_equal(row: dict, ref: dict, ref_out: Path, parts: int, workers:
 @pytest.fixture(scope="module")
 def analyzed_slide(tmp_path_factory):
     out = tmp_path_factory.mktemp("analyze_slide")
-    p = _run(["analyze", str(need(SVS)), "--model", "path-lung-tissue", "--out", str(out),
-              "--heatmap-format", "npz"], check_rc=0)
+    _run(["analyze", str(need(SVS)), "--model", "path-lung-tissue", "--out", str(out), "--heatmap-format", "npz"],
+         check_rc=0)
     return json.loads((out / "results.json").read_text())["items"][0], out
 
 
