@@ -239,17 +239,19 @@ def test_cli_screenshot_of_a_slide(tmp_path):
 def test_no_worker_thread_outlives_the_app(tmp_path):
     """After the event loop, run_gui lets the worker threads end (model catalogue importing
     torch, drift monitor, slide tile readers) before Python shuts down: one of them inside a C
-    extension during finalisation crashed a slide screenshot at exit (SIGSEGV) once in CI."""
+    extension during finalisation crashed a slide screenshot at exit (SIGSEGV) once in a test run."""
     code = ("import threading, sys\n"
             "from imaging_assist_ui.app import run_gui\n"
             f"rc = run_gui({str(need(SVS))!r}, {str(tmp_path / 'x.png')!r})\n"
-            "print('left', sorted(t.name for t in threading.enumerate() if t.daemon and t.is_alive()))\n"
+            "from imaging_assist_ui.shared.workers import running\n"
+            "print('left', sorted(t.name for t in running()))\n"
+            "print('tiles', [t.name for t in threading.enumerate() if t.name.startswith('slide-tiles')])\n"
             "print('catalogue', 'torch' in sys.modules)\n"
             "sys.exit(rc)\n")
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen", IMAGING_ASSIST_SETTINGS=str(tmp_path / "s.ini"),
                PYTHONFAULTHANDLER="1")
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "left []" in p.stdout, p.stdout
+    assert "left []" in p.stdout and "tiles []" in p.stdout, p.stdout
     assert "catalogue True" in p.stdout  # the catalogue thread did run (and was waited for)
 

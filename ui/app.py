@@ -46,8 +46,8 @@ def preload_engine(background: bool = True):
     if not background:
         work()
         return None
-    import threading
-    t = threading.Thread(target=work, name="preload", daemon=True)
+    from .shared.workers import worker_thread
+    t = worker_thread(work, "preload")
     t.start()
     return t
 
@@ -168,23 +168,25 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
 
 
 def wait_for_workers(timeout: float = 10.0) -> list[str]:
-    """After the event loop: stop the slide tile readers and let the app's other worker
-    threads end (at most ``timeout`` s in all) before Python shuts down.  They are daemon
-    threads doing bounded jobs (the model catalogue imports torch and hashes weights, the drift
+    """After the event loop: stop the slide tile readers and let the app's worker threads
+    (:mod:`.shared.workers`) end (at most ``timeout`` s in all) before Python shuts down.  They
+    are daemon threads doing bounded jobs (the model catalogue imports torch and hashes weights, the drift
     monitor reads its database, a loader finishes a file); one still inside a C extension
     while the interpreter finalises can crash the process at exit (``view --screenshot`` of
-    a slide exited with SIGSEGV once in CI, with both of those threads still running).
+    a slide exited with SIGSEGV once in a test run here, with the catalogue and drift
+    threads still running).
     Returns the names of the threads still running after the wait."""
     import threading
 
+    from .shared.workers import running
     from .slides.slide_tiles import _stop_all_loaders
 
     _stop_all_loaders()
     deadline = time.monotonic() + timeout
-    for t in threading.enumerate():
-        if t.daemon and t is not threading.current_thread():
+    for t in running():
+        if t is not threading.current_thread():
             t.join(max(0.0, deadline - time.monotonic()))
-    return [t.name for t in threading.enumerate() if t.daemon and t.is_alive()]
+    return [t.name for t in running()]
 
 
 def main(argv: list[str] | None = None) -> int:

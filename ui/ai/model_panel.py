@@ -45,6 +45,7 @@ from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
 from ..monitor.feedback_box import attach_monitoring
 from ..radiology.series_results import keep_outcome, restore_outcome
 from ..shared.units import spacing_note
+from ..shared.workers import worker_thread
 
 log = logging.getLogger(__name__)
 
@@ -585,8 +586,7 @@ class ModelPanel(QWidget):
         if self.state not in ("running", "cancelling"):
             self.state = "listing"
         self.series_label.setText("Reading the model folders…")
-        t = threading.Thread(target=_catalog_worker, name="models-catalog", daemon=True,
-                             args=(self._cat_token, self._bridge, self._verify_cache))
+        t = worker_thread(_catalog_worker, "models-catalog", (self._cat_token, self._bridge, self._verify_cache))
         t.start()
 
     def _on_catalog(self, token, entries, devices, err):

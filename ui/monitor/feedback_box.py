@@ -14,12 +14,11 @@ window's banner.  Everything is written to the local prediction log; nothing lea
 
 from __future__ import annotations
 
-import threading
-
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QVBoxLayout)
+from ..shared.workers import worker_thread
 
 VERDICT_TEXT = {"agree": "✓ agreed", "disagree": "✗ disagreed", "unsure": "? unsure"}
 
@@ -237,7 +236,7 @@ def _start_alert_check(panel) -> None:
             win.show_banner("Drift monitor: " + alerts[-1]["text"] + more)
 
     bridge.done.connect(show, Qt.QueuedConnection)
-    threading.Thread(target=work, name="drift-monitor", daemon=True).start()
+    worker_thread(work, "drift-monitor").start()
 
 
 def attach_monitoring(panel) -> FeedbackBox:

@@ -7,6 +7,7 @@ import threading
 from PySide6.QtCore import QObject, Signal
 
 from ..shared.text import reason_of
+from ..shared.workers import worker_thread
 
 
 class Job(QObject):
@@ -25,7 +26,7 @@ class Job(QObject):
         self.thread: threading.Thread | None = None
 
     def start(self) -> Job:
-        self.thread = threading.Thread(target=self._run, daemon=True, name="pacs-gui-job")
+        self.thread = worker_thread(self._run, "pacs-gui-job")
         self.thread.start()
         return self
 

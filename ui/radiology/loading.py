@@ -6,12 +6,11 @@ Qt queues to the GUI thread, so the window never waits on disk or a decoder.
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 from PySide6.QtCore import QObject, Signal
 
 from ..shared.text import reason_of
+from ..shared.workers import worker_thread
 
 
 class _ThreadJob(QObject):
@@ -20,7 +19,7 @@ class _ThreadJob(QObject):
     def __init__(self, name: str, parent=None):
         super().__init__(parent)
         self._cancel = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread = worker_thread(self._run, name)
 
     def start(self):
         self._thread.start()

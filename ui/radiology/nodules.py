@@ -24,7 +24,6 @@ on the worker; the GUI thread only pastes crops into the layer arrays.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import numpy as np
@@ -40,6 +39,7 @@ from ..shared.text import one_line
 from ..shared.theme import ERROR_FG, MUTED, WARN_FG
 from .nodule_results import (Nodule, bbox, heat_flag, malignancy_card, nodule_run, operating_point_line,
                              sanity_flag, series_key)
+from ..shared.workers import worker_thread
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,7 @@ class NoduleTool(QObject):
         # A plain thread, not imaging_assist.inference.jobs.submit: importing that package pulls
         # torch in on the GUI thread (seconds on the first click); the worker imports it instead.
         # No cancel: one analysis takes about a second.
-        self.job = threading.Thread(target=_analyze_job, args=(vol, lps, nid, self._token, self._bridge),
-                                    name=f"nodule {nid}", daemon=True)
+        self.job = worker_thread(_analyze_job, f"nodule {nid}", (vol, lps, nid, self._token, self._bridge))
         self.job.start()
 
     # ================================================================== results

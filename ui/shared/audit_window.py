@@ -10,7 +10,6 @@ pseudonym (with this site's key) to filter its events, the ID itself is never st
 from __future__ import annotations
 
 import json
-import threading
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QGuiApplication
@@ -18,6 +17,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QHBoxLayout, QHeaderV
                                QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from .theme import ERROR_BG, ERROR_FG, MUTED, PANEL, TEXT
+from .workers import worker_thread
 
 MAX_ROWS = 2000  # the newest events shown; `imaging-assist audit show` lists them all
 OK_BG, OK_FG = "#1f3d26", "#b6f0c2"
@@ -54,7 +54,7 @@ class _Reader(QObject):
                 self.done.emit(r)
             except RuntimeError:  # the window was closed and deleted meanwhile
                 pass
-        threading.Thread(target=run, name="audit-read", daemon=True).start()
+        worker_thread(run, "audit-read").start()
 
 
 class AuditWindow(QDialog):

@@ -10,13 +10,13 @@ Nothing is written into the source folder; the output folder must be new or empt
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (QCheckBox, QDialog, QFileDialog, QGridLayout, QHBoxLayout, QLabel,
                                QLineEdit, QPlainTextEdit, QProgressBar, QPushButton, QVBoxLayout)
+from .workers import worker_thread
 
 OPTION_BOXES = (
     ("modified_dates", "Retain Longitudinal Temporal Information with Modified Dates",
@@ -47,7 +47,7 @@ class _Runner(QObject):
             except Exception as e:  # noqa: BLE001 - shown as one line in the dialog
                 self.done.emit(None, f"{type(e).__name__}: {e}")
 
-        threading.Thread(target=work, name="deidentify", daemon=True).start()
+        worker_thread(work, "deidentify").start()
 
 
 class DeidDialog(QDialog):

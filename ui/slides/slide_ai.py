@@ -29,6 +29,7 @@ from imaging_assist.errors import UserError
 from imaging_assist.models.matching import Match
 
 from ..shared.theme import WARN_FG
+from ..shared.workers import worker_thread
 
 BATCH = 8  # tiles per model call: small enough that Cancel answers within a second on a CPU
 
@@ -214,7 +215,7 @@ class SlideRuns(QObject):
         args = (token, e.card, spec, self.page.slide.path, region.points if region is not None else None,
                 p.device.currentData(), job)
         self._ctx = {"card": e.card, "region": region, "t0": time.perf_counter(), "path": self.page.slide.path}
-        job.thread = threading.Thread(target=self._work, args=args, name="slide-model", daemon=True)
+        job.thread = worker_thread(self._work, "slide-model", args)
         job.thread.start()
         return True
 

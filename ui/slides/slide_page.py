@@ -33,6 +33,7 @@ from .slide_tiles import rgb_to_qimage
 from .slide_tools import AnnotationsPanel, SlideTools
 from .slide_view import SlideView
 from ..shared.theme import MUTED, WARN_FG
+from ..shared.workers import worker_thread
 
 INFO_WIDTH = 270
 TISSUE_COLOR = (0, 215, 120)
@@ -50,7 +51,7 @@ class _Job(QObject):
         super().__init__(parent)
         self._fn = fn
         self.cancelled = False
-        self._thread = threading.Thread(target=self._run, name="slide-job", daemon=True)
+        self._thread = worker_thread(self._run, "slide-job")
 
     def start(self):
         self._thread.start()
@@ -514,7 +515,7 @@ class SlidePage(QWidget):
                         t.join()
                     with lock:
                         slide.close()
-                threading.Thread(target=later, name="slide-close", daemon=True).start()
+                worker_thread(later, "slide-close").start()
             else:
                 with self._io_lock:
                     slide.close()
