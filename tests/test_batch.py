@@ -239,6 +239,38 @@ def test_one_slide_in_parts_on_worker_processes_equals_analyze(analyzed_slide, t
     assert row["worker"].rsplit(":", 1)[1] != str(os.getpid())
 
 
+def test_a_slide_whose_tiles_cannot_be_decoded_is_one_failed_row_when_spread(tmp_path):
+    """A slide whose tissue is found (a lower level) but whose tile level is damaged half-way:
+    the parts that meet the damage fail, and the slide is one failed row with the reason."""
+    import tifffile
+
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.slides.analysis import plan_slide
+    from imaging_assist.slides.synth import make_levels, tissue_phantom, write_pyramid_tiff
+
+    rgb, _, _ = tissue_phantom(2400, 3200, seed=1)
+    good = write_pyramid_tiff(tmp_path / "phantom.tif", make_levels(rgb, 256), tile=256, mpp=0.35,
+                              compression="jpeg")
+    with tifffile.TiffFile(good) as t:  # level 1: 0.7 µm/px, the model's tiles
+        tiles = list(zip(t.pages[1].dataoffsets, t.pages[1].databytecounts))
+    b = bytearray(Path(good).read_bytes())
+    for o, c in tiles[len(tiles) // 2:]:
+        b[o + c // 3:o + c // 3 + 64] = b"\xff\x0e" * 32
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "damaged.tif").write_bytes(bytes(b))
+    sp = plan_slide(src / "damaged.tif", Registry().get("path-lung-tissue").card)
+    assert sp.plan.level == 1 and len(sp.plan) > 4  # planning works: the damage is in the tiles
+    out = tmp_path / "out"
+    p = _run(["batch", str(src), "--model", "path-lung-tissue", "--out", str(out), "--processes", "2",
+              "--tiles-per-task", "2"], check_rc=1)
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert "Traceback" not in p.stderr and len(errors) == 1, p.stderr
+    assert "damaged.tif: cannot decode level 1" in errors[0]
+    (row,) = _rows(out)
+    assert row["status"] == "failed" and "cannot decode level 1" in row["error"]
+
+
 def test_schedule_spreads_a_slide_and_a_failed_part_fails_its_row():
     """The driver side of a spread slide: items in chunks, the slide's parts ahead of further
     items, finish once every part is back; a part that failed makes the slide one failed row."""
