@@ -402,3 +402,27 @@ def test_tiles_in_parts_in_any_order_equal_one_run(model, tmp_path):
     it = finish_slide(sp, fn, tmp_path / "gap", "c", gap, top_k=1, explain=False, heatmap_format="npz")
     assert it["cancelled"] is True and it["tiling"]["n_tiles_run"] == 8
     assert f"cancelled after 8 of {n} tiles" in it["warnings"]
+
+
+def test_a_slide_without_tissue_is_an_error_not_zero_areas(model, tmp_path):
+    """Glass only: analyze says there was nothing to analyse (as the viewer does), instead of an
+    item whose areas are all 0 (which would read as "no tumour")."""
+    from imaging_assist.errors import UserError
+    from imaging_assist.slides.analysis import analyze_slide
+    from imaging_assist.slides.synth import make_levels, write_pyramid_tiff
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(240, 3, (1200, 1200, 3)), 0, 255).astype(np.uint8)
+    path = write_pyramid_tiff(tmp_path / "glass.tif", make_levels(glass, 256), tile=256, mpp=0.35)
+    with pytest.raises(UserError, match="no tissue tile to analyse on this slide"):
+        analyze_slide(path, model, tmp_path / "out", "glass", explain=False)
+    out = tmp_path / "cli"
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert _analyze([str(path), "--model", "path-lung-tissue", "--out", str(out)]) == 1
+    lines = [ln for ln in err.getvalue().splitlines() if ln.startswith("error:")]
+    assert lines == [f"error: {path}: no tissue tile to analyse on this slide (the tissue detection found "
+                     "no tile at least 50% tissue: a blank or badly focused scan?)"], err.getvalue()

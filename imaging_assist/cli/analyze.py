@@ -306,7 +306,8 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
                 failed += 1
                 results.append({"source": str(sp), "kind": "slide", "model": card.id,
                                 "model_version": card.version, "error": str(e)})
-                print(f"error: {sp}: {e}", file=sys.stderr)
+                msg = str(e)  # the slide readers' messages start with the path already
+                print(f"error: {msg}" if msg.startswith(str(sp)) else f"error: {sp}: {msg}", file=sys.stderr)
                 continue
             finally:
                 bar.close()

@@ -238,6 +238,10 @@ def plan_slide(path, card) -> SlidePlan:
             _warnings.simplefilter("ignore")  # recorded in plan.warnings / result.warnings
             plan = plan_tiles(slide, spec["tile_px"], spec["mpp"], tissue_mask=tissue,
                               tissue_threshold=spec["tissue_threshold"])
+    if not len(plan):  # an empty result would read as "no tumour" (all areas 0): say why instead
+        raise UserError(f"{path}: no tissue tile to analyse on this slide (the tissue detection found "
+                        f"no tile at least {spec['tissue_threshold']:.0%} tissue: a blank or "
+                        "badly focused scan?)")
     return SlidePlan(str(path), spec, plan, tissue, tissue_s, warns)
 
 
