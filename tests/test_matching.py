@@ -239,3 +239,39 @@ def test_plain_image_runs_with_a_warning_in_analyze_and_viewer(tmp_path, lib):
     ui = _ui_match()
     m = ui.match_card(load_card(lib / "cxr"), ui.series_facts(read_image(png)))
     assert m.ok  # old viewer: refused ("the series is a plain image without modality")
+
+
+def test_a_colour_microscopy_model_refuses_grayscale_images(tmp_path):
+    """The shipped H&E model on a chest film: refused by the rules (a reason), before running,
+    instead of running and being caught only by the OOD score.  A colour picture fits; a
+    plain image not loaded yet is unchecked (analyze checks it again once loaded)."""
+    from imaging_assist.batch.item import Settings
+    from imaging_assist.batch.run import run_batch
+    from imaging_assist.models.registry import Registry
+
+    h_e = Registry().get("path-lung-tissue").card
+    gray = SeriesFacts(is_dicom=False, units="", n_slices=1, is_color=False, loaded=True)
+    m = match_card(h_e, gray)
+    assert not m.ok and "model is for colour microscopy (stained tissue, 3 channels), the image is grayscale" \
+        in m.reasons
+    assert match_card(h_e, SeriesFacts(is_dicom=False, units="", n_slices=1, is_color=True, loaded=True)).ok
+    before = match_card(h_e, SeriesFacts(is_dicom=False, units="", loaded=False))
+    assert before.ok and "colour image" in before.unchecked
+    assert match_card(Registry().get("cxr-pneumonia").card, gray).ok  # a 1-channel model: no colour rule
+    # batch (analyze's own rules on the loaded image): a skipped row saying why
+    src = tmp_path / "src"
+    src.mkdir()
+    film = pydicom.dcmread(need(DEMO_CR)).pixel_array  # a chest film, saved as a grayscale PNG
+    Image.fromarray((film / film.max() * 255).astype(np.uint8)).save(src / "film.png")
+    rgb = np.zeros((224, 224, 3), np.uint8)
+    rgb[..., 0], rgb[..., 2] = 200, 160
+    Image.fromarray(rgb).save(src / "pink.png")
+    r = run_batch([str(src)], ["path-lung-tissue"], Settings(out_dir=str(tmp_path / "out")), progress=False,
+                  echo=lambda m: None)
+    assert (r["skipped"], r["ok"]) == (1, 1), r
+    import sqlite3
+
+    db = sqlite3.connect(str(tmp_path / "out" / "batch.sqlite"))
+    rows = dict(db.execute("SELECT stem, error FROM results").fetchall())
+    db.close()
+    assert "the image is grayscale" in rows["film"] and rows["pink"] is None

@@ -23,6 +23,9 @@ lets it run and says what was not checked):
   cine loop and not colour (``is_volume``); before loading only a single image is refused.
   A 2D card runs on every image (volumes slice by slice).
 * ``units`` -- a card with ``input.units`` (e.g. ``HU``) needs values in those units.
+* colour -- a 3-channel microscopy model (``population.image_kind`` ``microscopy``: stained
+  tissue, e.g. H&E, whose colour is the signal) refuses a grayscale image; a plain image not
+  loaded yet is unchecked.
 
 The score ranks the models that fit: an exact modality 2, a body part that agrees 1, the
 model's dimensionality equal to the series' 1 (2D model on one image, 3D on a volume).
@@ -183,8 +186,18 @@ def match_card(card, facts: SeriesFacts | None) -> Match:
         elif facts.units.upper() != units.upper():
             have = f"values in {facts.units}" if facts.units else "no physical units"
             reasons.append(f"model needs values in {units}, the series has {have}")
+    # colour: stained tissue is read by its colour; a grayscale picture is not what such a
+    # model saw (a chest film through the H&E model only got as far as its OOD flag before)
+    pop = getattr(card, "population", None)
+    if (getattr(inp, "channels", None) == 3 and pop is not None and pop.image_kind == "microscopy"
+            and facts.is_image):
+        if not facts.loaded and not facts.is_dicom:
+            unchecked.append("colour image")
+        elif not facts.is_color:
+            reasons.append("model is for colour microscopy (stained tissue, 3 channels), "
+                           "the image is grayscale")
     # population (card "population": image kind, age, view position)
-    _match_population(getattr(card, "population", None), facts, reasons, warnings)
+    _match_population(pop, facts, reasons, warnings)
     ok = not reasons
     return Match(ok, score if ok else 0, reasons, warnings if ok else [], unchecked if ok else [])
 
