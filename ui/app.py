@@ -169,13 +169,14 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
 
 def wait_for_workers(timeout: float = 10.0) -> list[str]:
     """After the event loop: stop the slide tile readers and let the app's worker threads
-    (:mod:`.shared.workers`) end (at most ``timeout`` s in all) before Python shuts down.  They
-    are daemon threads doing bounded jobs (the model catalogue imports torch and hashes weights, the drift
-    monitor reads its database, a loader finishes a file); one still inside a C extension
-    while the interpreter finalises can crash the process at exit (``view --screenshot`` of
-    a slide exited with SIGSEGV once in a test run here, with the catalogue and drift
-    threads still running).
-    Returns the names of the threads still running after the wait."""
+    (:mod:`.shared.workers`) end (at most ``timeout`` s in all) before Python shuts down.
+
+    They are daemon threads doing bounded jobs (the model catalogue imports torch and hashes
+    weights, the drift monitor reads its database, a loader finishes a file).  One still inside
+    a C extension while the interpreter finalises can crash the process at exit: ``view
+    --screenshot`` of a slide exited with SIGSEGV once in a test run here, with the catalogue
+    and drift threads still running.  Returns the names of the threads still running after
+    the wait."""
     import threading
 
     from .shared.workers import running

@@ -18,6 +18,7 @@ from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (QButtonGroup, QComboBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel,
                                QPushButton, QVBoxLayout)
+
 from ..shared.workers import worker_thread
 
 VERDICT_TEXT = {"agree": "✓ agreed", "disagree": "✗ disagreed", "unsure": "? unsure"}
