@@ -46,17 +46,6 @@ def pytest_sessionfinish(session, exitstatus):
         app.wait_for_workers(timeout=30.0)
 
 
-def pytest_sessionfinish(session, exitstatus):
-    """The GUI tests leave worker threads of their windows (model catalogue, drift monitor):
-    let them end before Python shuts down, as the app does at exit
-    (``imaging_assist_ui.app.wait_for_workers``)."""
-    import sys
-
-    app = sys.modules.get("imaging_assist_ui.app")
-    if app is not None:
-        app.wait_for_workers(timeout=30.0)
-
-
 def need(path: Path) -> Path:
     if not path.exists():
         pytest.fail(f"test data missing: {path} (../shared/data must sit beside the repo)")
