@@ -172,6 +172,7 @@ def test_local_batch_equals_analyze_and_a_corrupt_file_is_one_failed_row(inputs,
     doc = json.loads(Path(ok[0]["results_json"]).read_text())
     assert doc["not_for_clinical_use"] is True and doc["model"]["sha256"]
     assert all(r["decode_s"] is not None and r["run_s"] > 0 for r in ok)
+    _check_batched(ok)
     # a second run does nothing new: every ok row is resumed by content hash + model version
     p2 = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--model", "cxr-lung-seg", "--out", str(out),
                "--json"], check_rc=1)
@@ -192,6 +193,15 @@ def test_local_worker_processes_equal_analyze(inputs, analyzed, tmp_path):
     _check_failures(rows)
     pids = {r["worker"].rsplit(":", 1)[1] for r in rows if r.get("worker")}
     assert len(pids) == 2 and str(os.getpid()) not in pids, pids
+    _check_batched([r for r in rows if r["status"] == "ok"])
+
+
+def _check_batched(ok: list[dict]) -> None:
+    """The films went through the classifier several at a time (its card's
+    inference.batch_size), and still equal analyze's one-by-one results (_check_equal)."""
+    b = [json.loads(Path(r["results_json"]).read_text())["items"][0].get("batched") or 1
+         for r in ok if r["model"] == "cxr-pneumonia"]
+    assert max(b) >= 2, b
 
 
 SVS = SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"

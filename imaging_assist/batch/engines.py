@@ -49,26 +49,35 @@ class Pipeline:
         self.runners = {m: ModelRunner(m, settings) for m in model_ids}
         self.pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="batch-write")
         self.depth = max(1, depth)
+        self.group = max([1] + [int(settings.batch_size or r.card.inference.get("batch_size", 1) or 1)
+                                for r in self.runners.values()])
 
     def versions(self) -> dict:
         return {m: r.version for m, r in self.runners.items()}
 
     def process(self, decoded):
         """``decoded``: iterable of (unit, (volume, error, seconds)); a unit is (candidate,
-        [model ids]).  Yields rows (dicts) as they are finished."""
+        [model ids]).  Yields rows (dicts) as they are finished, in order.  Items are taken
+        ``group`` images at a time (the largest card ``inference.batch_size`` / ``--batch-size``
+        among the models), so a classifier's forward pass covers several items
+        (``ModelRunner.infer_many``)."""
         pending: deque = deque()
+        group: list = []
+        n_images = 0
         try:
-            for (c, models), (vol, err, ds) in decoded:
-                for mid in models:
-                    row, job = self.runners[mid].infer(c, vol, err, ds)
-                    if job is None:
-                        pending.append(row)
-                    else:
-                        pending.append(self.pool.submit(self.runners[mid].write, row, job))
+            for item in decoded:
+                group.append(item)
+                n_images += _images(item[1][0])
+                if n_images < self.group and len(group) < self.group:
+                    continue
+                self._infer(group, pending)
+                group, n_images = [], 0
                 while pending and (isinstance(pending[0], dict) or pending[0].done()
                                    or len(pending) > self.depth):
                     p = pending.popleft()
                     yield p if isinstance(p, dict) else p.result()
+            if group:
+                self._infer(group, pending)
             while pending:
                 p = pending.popleft()
                 yield p if isinstance(p, dict) else p.result()
@@ -77,9 +86,34 @@ class Pipeline:
                 if not isinstance(p, dict):
                     p.cancel()
 
+    def _infer(self, group: list, pending: deque) -> None:
+        """Run every model on the decoded items of ``group``; rows or write jobs go to
+        ``pending`` in item order (each item's models in the order given)."""
+        per_item: list[list] = [[] for _ in group]
+        for mid, runner in self.runners.items():
+            idx = [k for k, ((c, models), _) in enumerate(group) if mid in models]
+            if not idx:
+                continue
+            items = [(group[k][0][0], *group[k][1]) for k in idx]
+            done = runner.infer_many(items) if len(items) > 1 else [runner.infer(*items[0])]
+            for k, rj in zip(idx, done):
+                per_item[k].append((group[k][0][1].index(mid), runner, rj))
+        for k in range(len(group)):
+            for _, runner, (row, job) in sorted(per_item[k], key=lambda t: t[0]):
+                pending.append(row if job is None else self.pool.submit(runner.write, row, job))
+
+    def rows(self, decoded) -> list[dict]:
+        """All rows of a chunk (worker processes, actors), its audit events appended together
+        when the chunk is done (``audit.grouped``: one fsync per chunk, not two per item),
+        before the rows go back to the driver's table."""
+        from ..privacy.audit import grouped
+
+        with grouped():
+            return list(self.process(decoded))
+
     def run_units(self, units) -> list[dict]:
         """Rows of ``units``, decoded here one by one (a local worker process, a CPU actor)."""
-        return list(self.process((u, decode_timed(u[0])) for u in units))
+        return self.rows((u, decode_timed(u[0])) for u in units)
 
     def task(self, kind: str, args: tuple):
         """One task of a :class:`Schedule` in a worker: ``units`` (a chunk of items, decoded
@@ -94,6 +128,12 @@ class Pipeline:
 
         self.pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(self._threads)
+
+
+def _images(vol) -> int:
+    """Images an item brings to a forward pass (a series: its slices; a failed decode: 0)."""
+    shape = getattr(getattr(vol, "array", None), "shape", None)
+    return int(shape[0]) if shape else 0
 
 
 def model_threads(settings: Settings) -> int:
@@ -577,7 +617,7 @@ class _RayWorker:
 
     def process(self, units, decoded):
         """Rows of ``units`` from their decoded volumes (a decode task's result: GPU actors)."""
-        return list(self.pipe.process(zip(units, map(_unpack, decoded))))
+        return self.pipe.rows(zip(units, map(_unpack, decoded)))
 
     def task(self, kind: str, args: tuple):
         """A :class:`Schedule` task (items decoded here, or a step of a spread slide)."""

@@ -46,6 +46,7 @@ class Settings:
     top_tiles: int = 3
     heatmap_format: str = "tif"
     slide_tiles_per_task: int = 256  # worker engines: one slide's tiles in tasks of this many
+    batch_size: int = 0  # images per forward pass across items; 0: the card's inference.batch_size
     torch_threads: int = 0  # 0: all CPUs but one (engines.model_threads)
     extra: dict = field(default_factory=dict)
 
@@ -166,16 +167,71 @@ class ModelRunner:
         row["status"] = "ok"
         return row
 
-    def _infer_volume(self, c: Candidate, vol, row: dict, t0: float):
-        from ..inference.pipelines import run_model
+    def infer_many(self, items: list) -> list:
+        """:meth:`infer` for several decoded items ``(candidate, volume, decode error, decode
+        seconds)``, the model's forward passes shared (``run_model_many``: the card's
+        ``inference.batch_size`` or ``--batch-size`` images at a time).  Returns (row, job) per
+        item, in order; each equals what :meth:`infer` gives for it."""
+        from ..inference.pipelines import run_model_many
+
+        out: list = [None] * len(items)
+        todo = []
+        for i, (c, vol, err, ds) in enumerate(items):
+            if err or c.kind == "slide":
+                out[i] = self.infer(c, vol, err, ds)
+                continue
+            t0 = time.perf_counter()
+            row = self._row(c, ds)
+            try:
+                fit = self._fit(c, vol, row)
+            except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
+                out[i] = (_failed(row, e, t0), None)
+                continue
+            if fit is None:
+                out[i] = (row, None)
+            else:
+                todo.append((i, c, vol, row, fit, t0))
+        if not todo:
+            return out
+        t = time.perf_counter()
+        with _w.catch_warnings(record=True) as caught:
+            _w.simplefilter("always")
+            results = run_model_many(self.model, [x[2] for x in todo], self.opts,
+                                     self.settings.batch_size or None)
+            share = (time.perf_counter() - t) / len(todo)
+            for (i, c, vol, row, (m, overridden), t0), res in zip(todo, results):
+                try:
+                    if isinstance(res, BaseException):
+                        raise res
+                    if self.region is not None:
+                        self.region.apply(res, vol)
+                except Exception as e:  # noqa: BLE001 - a bad item is one failed row
+                    out[i] = (_failed(row, e, t0), None)
+                    continue
+                row["infer_s"] = round(share, 4)
+                out[i] = (row, (c, vol, res, m, overridden, t0))
+        _print_oom(caught)
+        return out
+
+    def _fit(self, c: Candidate, vol, row: dict):
+        """analyze's card matching on the loaded item: (match, overridden reasons), or None with
+        the row marked skipped."""
         from ..models.matching import match_card, series_facts
 
-        override = self.settings.override
         m = match_card(self.card, series_facts(vol, c.payload if c.kind == "series" else None))
-        overridden = list(m.reasons) if (not m.ok and override) else []
+        overridden = list(m.reasons) if (not m.ok and self.settings.override) else []
         if not m.ok and not overridden:
             row.update(status="skipped", error=f"skipped: {m.reason}")
+            return None
+        return m, overridden
+
+    def _infer_volume(self, c: Candidate, vol, row: dict, t0: float):
+        from ..inference.pipelines import run_model
+
+        fit = self._fit(c, vol, row)
+        if fit is None:
             return row, None
+        m, overridden = fit
         t = time.perf_counter()
         with _w.catch_warnings(record=True) as caught:
             _w.simplefilter("always")
@@ -183,9 +239,7 @@ class ModelRunner:
             if self.region is not None:
                 self.region.apply(res, vol)
         row["infer_s"] = round(time.perf_counter() - t, 4)
-        for w in caught:
-            if issubclass(w.category, RuntimeWarning) and "out of memory" in str(w.message):
-                print(f"warning: {w.message}", file=sys.stderr)
+        _print_oom(caught)
         return row, (c, vol, res, m, overridden, t0)
 
     def _write_volume(self, c: Candidate, vol, res, m, overridden, row: dict):
@@ -309,6 +363,13 @@ class ModelRunner:
                 row["dicom_error"] = "; ".join(m for m in msgs if m.startswith("error"))[:2000]
             elif msgs:
                 row["dicom_notes"] = "; ".join(msgs)[:2000]
+
+
+def _print_oom(caught) -> None:
+    """The GPU fell back to the CPU: say so on stderr (the row's warnings say it too)."""
+    for w in caught:
+        if issubclass(w.category, RuntimeWarning) and "out of memory" in str(w.message):
+            print(f"warning: {w.message}", file=sys.stderr)
 
 
 def _failed(row: dict, e: BaseException, t0: float) -> dict:

@@ -55,7 +55,9 @@ def register(subparsers) -> None:
     b.add_argument("--no-faithfulness", action="store_true")
     b.add_argument("--research-override", action="store_true",
                    help="run on items the model card does not fit: decisions withheld, recorded")
-    b.add_argument("--batch-size", type=int_at_least(1), default=32, help="slide tiles per forward pass (32)")
+    b.add_argument("--batch-size", type=int_at_least(1), default=None,
+                   help="images per forward pass: slide tiles (default 32), and images of several "
+                        "items together for a classifier (default: its card's inference.batch_size)")
     b.add_argument("--tiles-per-task", type=int_at_least(1), default=256,
                    help="worker processes / Ray: one slide's tiles go to the workers in tasks of "
                         "this many (256)")
@@ -106,7 +108,8 @@ def cmd_batch(args) -> int:
     settings = Settings(out_dir=args.out, explain=explain, explain_labels=args.label,
                         ig_steps=args.ig_steps, faithfulness=not args.no_faithfulness,
                         dicom=args.dicom, report=args.report, override=args.research_override,
-                        device=args.device, precision=args.precision, slide_batch_size=args.batch_size,
+                        device=args.device, precision=args.precision, slide_batch_size=args.batch_size or 32,
+                        batch_size=args.batch_size or 0,
                         top_tiles=args.top_tiles, heatmap_format=args.heatmap_format,
                         torch_threads=args.torch_threads or 0, slide_tiles_per_task=args.tiles_per_task)
     import shlex

@@ -37,7 +37,7 @@ from .options import InputError, ModelOutputError, RunOptions
 from .placement import spacing_known
 from .preprocess import card_transforms, model_input
 
-__all__ = ["run_model", "RunOptions", "InputError", "ModelOutputError", "model_input", "card_transforms",
+__all__ = ["run_model", "run_model_many", "RunOptions", "InputError", "ModelOutputError", "model_input", "card_transforms",
            "count_windows", "sliding_params", "GpuFallbackWarning"]
 
 
@@ -71,29 +71,97 @@ def run_model(model, volume: Volume, options: RunOptions | None = None, progress
         return res
 
 
+def run_model_many(model, volumes: list[Volume], options: RunOptions | None = None,
+                   batch: int | None = None) -> list:
+    """:func:`run_model` on each of ``volumes``, a classifier's images going through the network
+    together, ``batch`` at a time (default: the card's ``inference.batch_size``; the batch
+    engines use this).  Returns one entry per volume: its result, or the exception
+    ``run_model`` would have raised for it (``Cancelled``/``KeyboardInterrupt`` propagate).
+
+    Each result equals ``run_model``'s (the same preprocessing, OOD score, decisions,
+    explanation, checks, prediction log and audit event per volume); only the forward pass is
+    shared, so probabilities agree to float rounding (tests/test_batched_inference.py).  A
+    result's ``batched`` gives the images in its pass (``results.json``), its ``timings`` its
+    share of the pass as ``infer_s``.  Segmenters and bundles (already batched over windows) and a single volume run
+    ``run_model`` one by one; so does everything after a GPU running out of memory."""
+    from .jobs import Cancelled
+
+    opts = options or RunOptions()
+    card = model.card
+    bs = int(batch or card.inference.get("batch_size", 1) or 1)
+    if len(volumes) < 2 or bs < 2 or card.is_bundle or card.task != "classification":
+        return [_one(model, v, opts) for v in volumes]
+    from .inferers.classify import finish, forward, prepare
+
+    device = resolve_device(opts.device)
+    out: list = [None] * len(volumes)
+    try:
+        with model.lock:
+            started = []
+            for i, v in enumerate(volumes):
+                t0 = time.perf_counter()
+                try:
+                    warns, fp = _begin(model, v, opts, device)
+                    started.append((i, warns, prepare(model, v, warns), t0))
+                except (Cancelled, KeyboardInterrupt):
+                    raise
+                except Exception as e:  # noqa: BLE001 - this volume's error, as run_model raises it
+                    out[i] = _error_or_retry(e, device)
+            # one pass per group of equal tensor shapes (a card without a fixed size keeps each
+            # image's own), in order
+            groups: dict = {}
+            for item in started:
+                groups.setdefault(tuple(item[2].xs[0].shape) if item[2].xs else (), []).append(item)
+            for items in groups.values():
+                xs = [x for it in items for x in it[2].xs]
+                t = time.perf_counter()
+                p, feats = forward(model, xs, device, fp, bs)
+                per_image = (time.perf_counter() - t) / max(1, len(xs))
+                k = 0
+                for i, warns, prep, t0 in items:
+                    n = len(prep.xs)
+                    prep.timings["infer_s"] = per_image * n
+                    res_batched = min(bs, len(xs) - k // bs * bs)  # its (first) image's pass
+                    try:
+                        res = finish(model, volumes[i], opts, device, prep, p[k:k + n],
+                                     None if feats is None else feats[k:k + n], Progress(), warns)
+                        res.batched = res_batched
+                        out[i] = _complete(model, volumes[i], res, device, fp, warns, t0)
+                    except (Cancelled, KeyboardInterrupt):
+                        raise
+                    except Exception as e:  # noqa: BLE001 - this volume's error
+                        out[i] = _error_or_retry(e, device)
+                    k += n
+    except Exception as e:  # noqa: BLE001 - only OOM is handled, everything else re-raised
+        if device.type == "cpu" or not is_oom(e):
+            raise
+    if any(o is None for o in out):  # the GPU ran out of memory: those volumes alone, through
+        free_gpu_memory()             # run_model (which falls back to the CPU and says so)
+        out = [_one(model, v, opts) if o is None else o for o, v in zip(out, volumes)]
+    return out
+
+
+def _error_or_retry(e: Exception, device: torch.device):
+    """A volume's error, or None (run it alone) when it is the GPU running out of memory."""
+    return None if device.type != "cpu" and is_oom(e) else e
+
+
+def _one(model, volume: Volume, opts: RunOptions):
+    from .jobs import Cancelled
+
+    try:
+        return run_model(model, volume, opts)
+    except (Cancelled, KeyboardInterrupt):
+        raise
+    except Exception as e:  # noqa: BLE001 - the caller gets each volume's own error
+        return e
+
+
 def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog: Progress):
     card = model.card
     with model.lock:
         t0 = time.perf_counter()
-        model.to(device)
-        warns: list[str] = list(volume.warnings)
-        _check_input(card, volume, warns, opts)
-        if opts.explain is not None:
-            from ..explain.methods import canonical_method
-            from ..explain.sanity import sanity_warning
-
-            w = sanity_warning(card, canonical_method(opts.explain.method))
-            if w:
-                warns.append(w)
-        fp = fast_path(device, card.task, card.spatial_dims, opts.precision,
-                       card_precision=card.inference.get("precision"))
-        mf = fp.memory_format(card.spatial_dims + 2)
-        if not isinstance(model.network, torch.jit.ScriptModule) and model.memory_format != mf:
-            # weights in the memory format of the inputs (channels_last), converted when the
-            # format changes, not on every run (walking the weights cost 1.3 ms a chest film)
-            with torch.no_grad():
-                model.network.to(memory_format=mf)
-            model.memory_format = mf
+        warns, fp = _begin(model, volume, opts, device)
         prog(0.0, f"{card.id}: {device.type}, {fp.precision}")
         if card.is_bundle:
             res = run_bundle(model, volume, opts, device, fp, prog, warns)
@@ -101,29 +169,62 @@ def _run_on(model, volume: Volume, opts: RunOptions, device: torch.device, prog:
             res = run_classifier(model, volume, opts, device, fp, prog, warns)
         else:
             res = run_segmenter(model, volume, opts, device, fp, prog, warns)
-        src = volume.source_paths[0] if volume.source_paths else ""
-        res.source = src
-        res.device = str(device)
-        res.precision = fp.precision
-        res.shape = tuple(volume.array.shape[:3])
-        res.has_geometry = bool(volume.has_geometry)
-        # No modality and no geometry: a plain PNG/JPEG/TIFF (read_image), not DICOM.
-        res.is_plain_image = not volume.modality and not volume.has_geometry
-        res.spacing = tuple(float(s) for s in volume.spacing) if spacing_known(volume) else None
-        res.affine = volume.affine if volume.has_geometry else None
-        res.series_uid = volume.series_uid
-        res.description = volume.description
-        res.warnings = list(dict.fromkeys(warns + res.warnings))
-        if getattr(res, "label_map", None) is not None and getattr(card, "quality_checks", None) is not None:
-            from .quality import check_segmentation  # the card's plausibility checks (issue 14)
+        return _complete(model, volume, res, device, fp, warns, t0)
 
-            res.quality = check_segmentation(res.label_map, card.labels, card.quality_checks)
-            if res.quality is not None and not res.quality["passed"]:
-                res.warnings.append(res.quality["text"])
-        res.timings["total_s"] = time.perf_counter() - t0
-        _log_prediction(model, volume, res)  # issue 18: the prediction log (never raises)
-        _audit_run(model, volume, res)  # issue 16: the audit trail (never raises)
-        return res
+
+def _begin(model, volume: Volume, opts: RunOptions, device: torch.device):
+    """Before the inferer (the model's lock held): the model on ``device``, the input checked,
+    the explanation's sanity warning; returns (warnings, fast path)."""
+    card = model.card
+    model.to(device)
+    warns: list[str] = list(volume.warnings)
+    _check_input(card, volume, warns, opts)
+    if opts.explain is not None:
+        from ..explain.methods import canonical_method
+        from ..explain.sanity import sanity_warning
+
+        w = sanity_warning(card, canonical_method(opts.explain.method))
+        if w:
+            warns.append(w)
+    fp = fast_path(device, card.task, card.spatial_dims, opts.precision,
+                   card_precision=card.inference.get("precision"))
+    mf = fp.memory_format(card.spatial_dims + 2)
+    if not isinstance(model.network, torch.jit.ScriptModule) and model.memory_format != mf:
+        # weights in the memory format of the inputs (channels_last), converted when the
+        # format changes, not on every run (walking the weights cost 1.3 ms a chest film)
+        with torch.no_grad():
+            model.network.to(memory_format=mf)
+        model.memory_format = mf
+    return warns, fp
+
+
+def _complete(model, volume: Volume, res, device: torch.device, fp, warns: list[str], t0: float):
+    """After the inferer: the result's facts about its input, the card's quality checks, the
+    prediction log and the audit trail."""
+    card = model.card
+    src = volume.source_paths[0] if volume.source_paths else ""
+    res.source = src
+    res.device = str(device)
+    res.precision = fp.precision
+    res.shape = tuple(volume.array.shape[:3])
+    res.has_geometry = bool(volume.has_geometry)
+    # No modality and no geometry: a plain PNG/JPEG/TIFF (read_image), not DICOM.
+    res.is_plain_image = not volume.modality and not volume.has_geometry
+    res.spacing = tuple(float(s) for s in volume.spacing) if spacing_known(volume) else None
+    res.affine = volume.affine if volume.has_geometry else None
+    res.series_uid = volume.series_uid
+    res.description = volume.description
+    res.warnings = list(dict.fromkeys(warns + res.warnings))
+    if getattr(res, "label_map", None) is not None and getattr(card, "quality_checks", None) is not None:
+        from .quality import check_segmentation  # the card's plausibility checks (issue 14)
+
+        res.quality = check_segmentation(res.label_map, card.labels, card.quality_checks)
+        if res.quality is not None and not res.quality["passed"]:
+            res.warnings.append(res.quality["text"])
+    res.timings["total_s"] = time.perf_counter() - t0
+    _log_prediction(model, volume, res)  # issue 18: the prediction log (never raises)
+    _audit_run(model, volume, res)  # issue 16: the audit trail (never raises)
+    return res
 
 
 def _check_input(card, vol: Volume, warns: list[str], opts: RunOptions) -> None:

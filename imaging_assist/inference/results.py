@@ -62,12 +62,14 @@ class InferenceResult:
     warnings: list[str] = field(default_factory=list)
     heatmaps: list[HeatMap] = field(default_factory=list)
     ood: dict | None = None  # issue 14: {score, threshold, flagged, reasons} (validation.ood)
+    batched: int = 0  # images in the forward pass this input shared with others (run_model_many)
 
     def base_dict(self) -> dict:
         return {"model": self.model_id, "model_version": self.model_version, "task": self.task,
                 "source": self.source, "kind": "image" if self.is_plain_image else "series",
                 "series_uid": self.series_uid or None, "description": self.description,
                 "device": self.device, "precision": self.precision,
+                **({"batched": self.batched} if self.batched else {}),
                 "has_geometry": self.has_geometry, "shape": list(self.shape),
                 "spacing_mm": [float(s) for s in self.spacing] if self.spacing else None,
                 "timings_s": {k: round(float(v), 4) for k, v in self.timings.items()},

@@ -578,6 +578,8 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         c.number(inf["overlap"], "inference.overlap", 0, 0.95)
     if "sw_batch_size" in inf and not (_is_int(inf["sw_batch_size"]) and 1 <= inf["sw_batch_size"] <= 256):
         c.add("inference.sw_batch_size", "must be an integer from 1 to 256")
+    if "batch_size" in inf and not (_is_int(inf["batch_size"]) and 1 <= inf["batch_size"] <= 256):
+        c.add("inference.batch_size", "must be an integer from 1 to 256")
     if inf.get("blend", "gaussian") not in ("gaussian", "constant"):
         c.add("inference.blend", "must be gaussian or constant")
     if inf.get("precision", "auto") not in ("auto", "fp32", "bf16"):

@@ -28,6 +28,10 @@ Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
   (processes and threads), write the whole line with one ``write`` on an ``O_APPEND`` file and
   ``fsync`` it; a short write is cut back.  A line left incomplete by a power loss is cut off
   by the next append, which records an ``audit.recovered`` event with the fragment's sha256.
+* **Grouped appends** (:func:`grouped`): the batch engines hold a chunk's events in memory and
+  append them with one lock and one ``fsync`` when the chunk ends (each event keeps the time it
+  happened); the chunk's rows reach the results table only after that, so a row in the table
+  always has its lines in the trail.
 * **Never raises into the caller**: :func:`record` returns False and logs one warning line
   (``imaging_assist.audit`` logger; stderr when nothing else is configured).  Why: the trail
   must never stop a reader from seeing a study or finishing a run (a viewer that refuses to
@@ -38,6 +42,7 @@ Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import fcntl
@@ -180,18 +185,64 @@ def _warn(reason: str) -> None:
         log.warning("audit trail: %s", reason)
 
 
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+_held: list | None = None  # events waiting for the end of a grouped() block in this process
+_held_lock = threading.Lock()
+
+
 def record(event: str, /, **fields) -> bool:
-    """Append one event to the audit trail; True when it was written.
+    """Append one event to the audit trail; True when it was written (or, inside
+    :func:`grouped`, taken to be written when the block ends).
 
     Fields named like identifiers (``patient_id``, ``*_uid``, ``path``...) are pseudonymised.
     Never raises: a failed write is one warning line and False (see the module docstring)."""
+    ev = (str(event), dict(fields), _now())
+    with _held_lock:
+        if _held is not None:
+            _held.append(ev)
+            return True
+    return _write([ev])
+
+
+def _write(events: list) -> bool:
     try:
-        _append([(str(event), fields)])
+        _append(events)
         return True
     except Exception as e:  # noqa: BLE001 - the caller's work goes on; the gap is logged
         why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
-        _warn(f"event {event!r} not recorded ({why})")
+        names = sorted({ev[0] for ev in events})
+        _warn(f"event{'s' if len(events) > 1 else ''} {', '.join(map(repr, names))} not recorded ({why})")
         return False
+
+
+@contextlib.contextmanager
+def grouped():
+    """Hold every event this process records inside the block and append them together when it
+    ends: one lock, one write, one ``fsync``.  The batch engines wrap each chunk of items in it
+    (two events per item, each append ~1.6 ms of which the ``fsync`` ~0.8 ms, measured with
+    cProfile on this machine; a chunk of 8 films then costs one append instead of 16).  Events
+    keep the time they happened and their order.  A block inside another adds to the outer one.
+    A process killed inside the block loses its held events: the engines return a chunk's rows
+    to the results table only after the block ended, so such items are not marked done and a
+    re-run does (and records) them again."""
+    global _held
+    with _held_lock:
+        outer = _held is not None
+        if not outer:
+            _held = []
+    if outer:
+        yield
+        return
+    try:
+        yield
+    finally:
+        with _held_lock:
+            events, _held = _held, None
+        if events:
+            _write(events)
 
 
 class _Locked:
@@ -263,7 +314,8 @@ def _count_lines(fd: int, upto: int) -> int:
     return n
 
 
-def _append(events: list[tuple[str, dict]]) -> None:
+def _append(events: list[tuple[str, dict, str]]) -> None:
+    """Append (event, fields, time) tuples as lines, in one locked, fsynced write."""
     from .. import __version__
     from .sitekey import key_fingerprint, site_key
 
@@ -272,7 +324,7 @@ def _append(events: list[tuple[str, dict]]) -> None:
     key = site_key()
     mkey = _mac_key(key)
     fp = key_fingerprint()
-    prepared = [(ev, {str(k): _pseudonymise(str(k), v) for k, v in f.items()}) for ev, f in events]
+    prepared = [(ev, {str(k): _pseudonymise(str(k), v) for k, v in f.items()}, t) for ev, f, t in events]
     user, host, pid = _user(), socket.gethostname(), os.getpid()
     path = folder / LOG_NAME
     with _thread_lock, _Locked(folder):
@@ -290,7 +342,7 @@ def _append(events: list[tuple[str, dict]]) -> None:
                 prepared.insert(0, ("audit.recovered", {
                     "reason": "an incomplete last line (interrupted write) was moved out of the log",
                     "fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest(),
-                    "kept_as": kept}))
+                    "kept_as": kept}, _now()))
                 size = end
             if last is None:
                 seq, prev = 0, GENESIS
@@ -308,11 +360,10 @@ def _append(events: list[tuple[str, dict]]) -> None:
                     prepared.insert(0, ("audit.restarted", {
                         "reason": "a trail was started in this place before and is gone",
                         "previous_start": old.get("started"),
-                        "previous_first_line_sha256": old.get("first_line_sha256")}))
-            for ev, f in prepared:
+                        "previous_first_line_sha256": old.get("first_line_sha256")}, _now()))
+            for ev, f, when in prepared:
                 seq += 1
-                obj = {"seq": seq,
-                       "time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds"),
+                obj = {"seq": seq, "time": when,
                        "user": user, "host": host, "pid": pid, "app": __version__, "event": ev,
                        "fields": f, "key": fp, "prev": prev}
                 body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
@@ -688,7 +739,7 @@ def outputs_sha256(res) -> str:
         d = res.to_dict()
     except Exception:  # noqa: BLE001 - a result type without to_dict
         d = {}
-    for k in ("timings_s", "device", "precision", "source"):
+    for k in ("timings_s", "device", "precision", "batched", "source"):
         d.pop(k, None)
     h.update(json.dumps(d, sort_keys=True, default=str, separators=(",", ":")).encode())
     arrays = [getattr(res, "label_map", None), getattr(res, "region_map", None)]

@@ -4,8 +4,8 @@ through MONAI's ``SimpleInferer``; explanations mapped back to the study grid.""
 from __future__ import annotations
 
 import contextlib
-
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,42 +18,78 @@ from .common import _activation, _explain_labels, _forward, _gradcam_layer, _net
 
 
 def _run_classifier(model, vol, opts, device, fp, prog, warns) -> ClassificationResult:
+    prep = prepare(model, vol, warns)
+    bs = max(1, int(opts.slice_batch))
+    inf_prog = prog.stage(0.05, 0.6 if opts.explain else 0.95)
+    t = time.perf_counter()
+    p, feats = forward(model, prep.xs, device, fp, bs, inf_prog)
+    prep.timings["infer_s"] = time.perf_counter() - t
+    return finish(model, vol, opts, device, prep, p, feats, prog, warns)
+
+
+@dataclass
+class Prepared:
+    """One input's model tensors (one per unit: the image, or each slice for a 2D model on a
+    series) with what :func:`finish` needs to map results back."""
+
+    pre: object
+    dicts: list
+    xs: list
+    timings: dict
+
+
+def prepare(model, vol, warns) -> Prepared:
+    """The card's transforms on every unit of ``vol``."""
     card = model.card
-    labels = card.labels
     units = _units_for(card, vol)
     m1 = _m1_range(vol)
     pre = card_transforms(card, False, _model_in_shape(card, vol))
-    timings: dict = {}
     t = time.perf_counter()
     dicts, xs = [], []
     for u in units:
         d = pre({"image": meta_input(card, vol, u, warns, m1)})
         dicts.append(d)
         xs.append(d["image"].as_tensor())
-    timings["preprocess_s"] = time.perf_counter() - t
-    inf_prog = prog.stage(0.05, 0.6 if opts.explain else 0.95)
-    t = time.perf_counter()
-    probs = []
-    bs = max(1, int(opts.slice_batch))
+    return Prepared(pre, dicts, xs, {"preprocess_s": time.perf_counter() - t})
+
+
+def forward(model, xs, device, fp, batch: int, prog=None):
+    """Probabilities (n, n_labels) of the model tensors ``xs`` in forward passes of ``batch``,
+    and the OOD features of the same passes ((n, D), or None when they must be taken apart:
+    no statistics, bf16, TorchScript)."""
     from monai.inferers import SimpleInferer
 
     from ...validation import ood
 
+    card = model.card
     inferer = SimpleInferer()
+    probs = []
     # The OOD score's features come from this same forward pass when it runs in fp32, as the
     # statistics were fitted; otherwise (bf16, TorchScript, no statistics) ood.attach runs its own.
     hooks = ood.fused_hooks(card, model.network) if fp.autocast_dtype is None else None
     with hooks if hooks is not None else contextlib.nullcontext():
-        for s in range(0, len(xs), bs):
-            x = torch.stack(xs[s:s + bs])
+        for s in range(0, len(xs), batch):
+            x = torch.stack(xs[s:s + batch])
             logits = inferer(x, lambda b: _forward(model, b, device, fp)).cpu()
-            probs.append(_checked_probs(logits, card, labels))
-            inf_prog((s + len(x)) / len(xs), f"image {min(s + bs, len(xs))}/{len(xs)}")
-    p = torch.cat(probs).numpy()  # (n_units, n_labels)
-    timings["infer_s"] = time.perf_counter() - t
+            probs.append(_checked_probs(logits, card, card.labels))
+            if prog is not None:
+                prog((s + len(x)) / len(xs), f"image {min(s + batch, len(xs))}/{len(xs)}")
+    feats = hooks.features() if hooks is not None else None
+    if feats is not None and len(feats) != len(xs):
+        feats = None
+    return torch.cat(probs).numpy(), feats
+
+
+def finish(model, vol, opts, device, prep: Prepared, p, feats, prog, warns) -> ClassificationResult:
+    """The result of one input from its units' probabilities ``p`` and OOD features."""
+    from ...validation import ood
+
+    card = model.card
+    labels = card.labels
+    xs = prep.xs
     per_slice = None
     aggregation = "whole_image"
-    if len(units) > 1:
+    if len(xs) > 1:
         agg = card.inference.get("slice_aggregation", "max")
         pv = p.mean(0) if agg == "mean" else p.max(0)
         aggregation = f"{'mean' if agg == 'mean' else 'max'}_over_slices"
@@ -64,17 +100,16 @@ def _run_classifier(model, vol, opts, device, fp, prog, warns) -> Classification
     decisions = decide(probabilities, card.thresholds, card)
     res = ClassificationResult(card.id, card.version, card.task, list(labels),
                                probabilities=probabilities, decisions=decisions,
-                               per_slice=per_slice, aggregation=aggregation, timings=timings)
+                               per_slice=per_slice, aggregation=aggregation, timings=prep.timings)
     # issue 14: a flagged result has its decisions withheld
-    feats = hooks.features() if hooks is not None else None
-    if feats is not None and len(feats) == len(xs):
+    if feats is not None:
         ood.attach_block(res, ood.block_from_features(card, feats))
     else:
         ood.attach(model, res, xs)
     if opts.explain is not None:
         positive = [lab for lab, dd in decisions.items() if dd and dd["positive"]]
         default = positive or [max(probabilities, key=probabilities.get)]
-        _explain_classifier(model, vol, opts, device, pre, dicts, xs, p, res,
+        _explain_classifier(model, vol, opts, device, prep.pre, prep.dicts, xs, p, res,
                             _explain_labels(card, opts.explain_labels, default), prog.stage(0.6, 1.0),
                             warns)
     return res
