@@ -22,7 +22,9 @@ Last stdout line: one JSON object with loop_images_per_s, local_images_per_s,
 ray_images_per_s, ray_joined_images_per_s, ray_vs_loop, local_vs_loop, ray_vs_local,
 ray_joined_vs_local, the slide seconds and the per-item costs.  ``loop_1thread_*``: the same
 loop with one torch thread (the engines' workers use one each), to show how much of the gain is
-that setting alone.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
+that setting alone.  ``local_unbatched_*``: the local engine with ``--batch-size 1`` (one film
+per forward pass, as before the card's ``inference.batch_size``), and
+``local_batched_vs_unbatched``.  ``python scripts/bench_batch.py [--n 1000] [--skip-slide]``
 
 ``--ray-start``: only Ray's start-up, per ``ray.init`` variant (defaults; the engine's options:
 no dashboard, no log_to_driver, no logging configuration; plus num_cpus=1; plus no worker
@@ -181,7 +183,8 @@ def child(spec: dict) -> None:
         from imaging_assist.batch.item import Settings
         from imaging_assist.batch.run import run_batch
 
-        r = run_batch(spec["sources"], [spec["model"]], Settings(out_dir=spec["out"]), engine=spec["engine"],
+        r = run_batch(spec["sources"], [spec["model"]],
+                      Settings(out_dir=spec["out"], batch_size=spec.get("batch_size", 0)), engine=spec["engine"],
                       progress=False, echo=lambda m: print(m, file=sys.stderr),
                       processes=spec.get("processes", 0))
         if r["failed"] or r["state"] != "finished":
@@ -400,6 +403,11 @@ def main() -> None:
         tab.close()
         for k in ("decode_s", "infer_s", "write_s"):
             res[f"item_{k}_median"] = round(statistics.median(x[k] for x in rows if x.get(k) is not None), 5)
+        # the same with one film per forward pass (--batch-size 1): what sharing passes gives
+        t, r = fresh("engine", engine="local", sources=[str(src)], model=m, out=str(work / "local_b1"),
+                     batch_size=1)
+        print(f"local, --batch-size 1: {t:.1f} s", file=sys.stderr)
+        res["local_unbatched_s"] = round(t, 2)
         # the local engine in one process (what batches under 200 items get)
         t, r = fresh("engine", engine="local", sources=[str(src)], model=m, out=str(work / "local1"), processes=1)
         print(f"local, one process: {t:.1f} s", file=sys.stderr)
@@ -424,11 +432,12 @@ def main() -> None:
             res["local_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "local_slide", "local")[0], 2)
             res["ray_slide_s"] = round(engine([str(SLIDE)], "path-lung-tissue", work / "ray_slide", "ray")[0], 2)
         res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-        for k in ("loop", "loop_1thread", "local", "local_1process", "ray", "ray_joined"):
+        for k in ("loop", "loop_1thread", "local", "local_unbatched", "local_1process", "ray", "ray_joined"):
             res[f"{k}_images_per_s"] = round(a.n / res[f"{k}_s"], 2)
         res["local_vs_loop"] = round(res["local_images_per_s"] / res["loop_images_per_s"], 3)
         res["ray_vs_loop"] = round(res["ray_images_per_s"] / res["loop_images_per_s"], 3)
         res["local_vs_loop_1thread"] = round(res["local_images_per_s"] / res["loop_1thread_images_per_s"], 3)
+        res["local_batched_vs_unbatched"] = round(res["local_images_per_s"] / res["local_unbatched_images_per_s"], 3)
         res["ray_vs_local"] = round(res["ray_images_per_s"] / res["local_images_per_s"], 3)
         res["ray_joined_vs_local"] = round(res["ray_joined_images_per_s"] / res["local_images_per_s"], 3)
         print(json.dumps(res))
