@@ -37,8 +37,8 @@ from .options import InputError, ModelOutputError, RunOptions
 from .placement import spacing_known
 from .preprocess import card_transforms, model_input
 
-__all__ = ["run_model", "run_model_many", "RunOptions", "InputError", "ModelOutputError", "model_input", "card_transforms",
-           "count_windows", "sliding_params", "GpuFallbackWarning"]
+__all__ = ["run_model", "run_model_many", "RunOptions", "InputError", "ModelOutputError", "model_input",
+           "card_transforms", "count_windows", "sliding_params", "GpuFallbackWarning"]
 
 
 UNEVEN_SPACING_TOL = 0.1  # relative spread of slice gaps above which 3D models refuse
@@ -82,8 +82,9 @@ def run_model_many(model, volumes: list[Volume], options: RunOptions | None = No
     explanation, checks, prediction log and audit event per volume); only the forward pass is
     shared, so probabilities agree to float rounding (tests/test_batched_inference.py).  A
     result's ``batched`` gives the images in its pass (``results.json``), its ``timings`` its
-    share of the pass as ``infer_s``.  Segmenters and bundles (already batched over windows) and a single volume run
-    ``run_model`` one by one; so does everything after a GPU running out of memory."""
+    share of the pass as ``infer_s``.  Segmenters and bundles (already batched over windows) and
+    a single volume go through ``run_model`` one by one; so does every volume not yet finished
+    when a GPU runs out of memory."""
     from .jobs import Cancelled
 
     opts = options or RunOptions()
