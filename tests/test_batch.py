@@ -349,6 +349,9 @@ def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path,
             "--out", str(out), "--processes", processes]
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
+    from imaging_assist.privacy import audit
+
+    trail_before = len(audit.read_entries()) if audit.log_path().exists() else 0
     proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
                             cwd=ROOT)
     db_path = out / "batch.sqlite"
@@ -381,6 +384,13 @@ def test_ctrl_c_leaves_a_consistent_table_and_the_same_command_resumes(tmp_path,
     for r in rows:  # every committed row is complete: its files exist
         assert r["status"] == "ok" and Path(r["results_json"]).is_file()
         assert json.loads(r["heatmaps"]) and all(Path(h).is_file() for h in json.loads(r["heatmaps"]))
+    # every model run that wrote its results before the stop is in the audit trail, also those
+    # of a worker's chunk cut short (held for one grouped append, flushed on SIGTERM)
+    runs = [x for x in audit.read_entries()[trail_before:]
+            if x and x["event"] == "model.run" and x["fields"].get("model") == "cxr-pneumonia"]
+    written = list((out / "cxr-pneumonia").glob("*/results.json"))
+    assert len(runs) >= len(written) >= len(rows), (len(runs), len(written), len(rows))
+    assert audit.verify()[0]
     p = _run(args + ["--json"], check_rc=0)
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert res["resumed"] == len(rows) and res["ok"] == len(films) - len(rows), res

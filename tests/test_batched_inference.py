@@ -157,6 +157,48 @@ def test_a_group_that_cannot_be_written_is_one_warning_line(tmp_path, monkeypatc
     assert "No space left" in msgs[0] and "\n" not in msgs[0]
 
 
+def _hold_events_then_wait(home: str, ready) -> None:
+    """A batch worker inside a chunk: events held by audit.grouped, then stopped."""
+    import os
+    import time
+
+    os.environ["IMAGING_ASSIST_DATA_DIR"] = home + "/data"
+    os.environ["IMAGING_ASSIST_CONFIG_DIR"] = home + "/config"
+    from imaging_assist.batch.engines import flush_audit_on_sigterm
+
+    flush_audit_on_sigterm()
+    with audit.grouped():
+        for i in range(3):
+            audit.record("model.run", i=i)
+        ready.set()
+        time.sleep(120)
+
+
+def test_a_worker_stopped_inside_a_chunk_still_appends_its_held_events(tmp_path, monkeypatch):
+    """The local engine stops its workers with SIGTERM on Ctrl-C: the chunk's held events are
+    appended first, and the worker exits as SIGTERM would have (143)."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))  # the site key
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_hold_events_then_wait, args=(str(tmp_path), ready))
+    p.start()
+    try:
+        assert ready.wait(120)
+        assert not audit.log_path().exists()  # held, not written yet
+        p.terminate()
+        p.join(30)
+    finally:
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode == 143, p.exitcode
+    entries = audit.read_entries()
+    assert [e["fields"]["i"] for e in entries] == [0, 1, 2]
+    assert audit.verify()[0], audit.verify()
+
+
 def test_a_batch_chunk_is_batched_and_its_rows_follow_its_audit_lines(tmp_path, monkeypatch):
     """The engines' chunk (Pipeline.run_units, what a worker process or actor runs): the
     films share forward passes, and the audit lines are written before the rows return."""

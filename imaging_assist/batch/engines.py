@@ -369,8 +369,33 @@ def _worker_init(model_ids, settings: Settings) -> None:
 
     global _WORKER_PIPE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
+    flush_audit_on_sigterm()
     lean_imports(model_ids, settings)
     _WORKER_PIPE = Pipeline(model_ids, dataclasses.replace(settings, torch_threads=1), writers=1, depth=2)
+
+
+def flush_audit_on_sigterm() -> None:
+    """A worker stopped with SIGTERM (the local engine's Ctrl-C; Ray stopping its workers)
+    first appends the audit events its chunk holds (``audit.flush_held_now``), then does what
+    SIGTERM did before: the handler that was there (Ray's), else exits as SIGTERM would have
+    (status 128 + 15)."""
+    import signal
+
+    prev = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum, frame):
+        from ..privacy.audit import flush_held_now
+
+        flush_held_now()
+        if callable(prev):
+            prev(signum, frame)
+        elif prev != signal.SIG_IGN:
+            os._exit(128 + signum)
+
+    try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread of the process: leave SIGTERM as it is
+        pass
 
 
 def _worker_ready() -> bool:
@@ -606,6 +631,7 @@ class _RayWorker:
         warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
         logging.getLogger("monai").setLevel(logging.ERROR)
         lean_imports(model_ids, settings)
+        flush_audit_on_sigterm()
         if not settings.torch_threads:  # several actors per node: one torch thread each
             import dataclasses
 

@@ -245,6 +245,33 @@ def grouped():
             _write(events)
 
 
+def flush_held_now() -> None:
+    """Append the events a :func:`grouped` block holds, at once: for a worker's SIGTERM handler
+    (the batch engines stop worker processes with SIGTERM on Ctrl-C), so a chunk cut short
+    still leaves its model runs in the trail.  Never waits on this process's own locks (the
+    handler may have interrupted an append in progress: then the held events are lost, and
+    said in one warning line); the file lock is waited for as always (at most LOCK_TIMEOUT_S)."""
+    global _held
+    if not _held_lock.acquire(blocking=False):
+        _warn("events held for a grouped append were lost (stopped while recording)")
+        return
+    try:
+        events, _held = _held, None
+    finally:
+        _held_lock.release()
+    if not events:
+        return
+    if not _thread_lock.acquire(blocking=False):
+        _warn(f"{len(events)} events held for a grouped append were lost (stopped while appending)")
+        return
+    try:
+        _append(events, thread_locked=True)
+    except Exception as e:  # noqa: BLE001 - same as record(): one warning line
+        _warn(f"{len(events)} events not recorded at stop ({type(e).__name__}: {e})")
+    finally:
+        _thread_lock.release()
+
+
 class _Locked:
     """An exclusive flock on ``audit.lock``, waiting at most LOCK_TIMEOUT_S (never a hang)."""
 
@@ -314,8 +341,9 @@ def _count_lines(fd: int, upto: int) -> int:
     return n
 
 
-def _append(events: list[tuple[str, dict, str]]) -> None:
-    """Append (event, fields, time) tuples as lines, in one locked, fsynced write."""
+def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) -> None:
+    """Append (event, fields, time) tuples as lines, in one locked, fsynced write
+    (``thread_locked``: the caller holds this process's ``_thread_lock`` already)."""
     from .. import __version__
     from .sitekey import key_fingerprint, site_key
 
@@ -327,7 +355,7 @@ def _append(events: list[tuple[str, dict, str]]) -> None:
     prepared = [(ev, {str(k): _pseudonymise(str(k), v) for k, v in f.items()}, t) for ev, f, t in events]
     user, host, pid = _user(), socket.gethostname(), os.getpid()
     path = folder / LOG_NAME
-    with _thread_lock, _Locked(folder):
+    with contextlib.nullcontext() if thread_locked else _thread_lock, _Locked(folder):
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             size = os.fstat(fd).st_size
