@@ -225,9 +225,10 @@ def grouped():
     (two events per item, each append ~1.6 ms of which the ``fsync`` ~0.8 ms, measured with
     cProfile on this machine; a chunk of 8 films then costs one append instead of 16).  Events
     keep the time they happened and their order.  A block inside another adds to the outer one.
-    A process killed inside the block loses its held events: the engines return a chunk's rows
-    to the results table only after the block ended, so such items are not marked done and a
-    re-run does (and records) them again."""
+    A batch worker stopped with SIGTERM appends them first (:func:`flush_held_now`, installed by
+    ``batch.engines.flush_audit_on_sigterm``); one killed outright (SIGKILL, power loss) loses
+    them.  The engines return a chunk's rows to the results table only after the block ended,
+    so such items are not marked done, and a re-run does (and records) them again."""
     global _held
     with _held_lock:
         outer = _held is not None
