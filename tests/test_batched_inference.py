@@ -233,3 +233,29 @@ def test_a_batch_chunk_is_batched_and_its_rows_follow_its_audit_lines(tmp_path, 
     # 4 films in one pass; the fifth and the broken file make the last group: the film alone
     assert [r["stem"] for r in rows][-1] == "zz_broken" and batched == [4, 4, 4, 4, None], batched
     assert len(appended) == 1 and appended[0].count("model.run") == 5, appended
+
+
+def test_a_group_of_items_is_cut_short_by_the_bytes_of_its_pixels(tmp_path, monkeypatch):
+    """Full-size radiographs must not multiply a worker's memory by the batch size: the group
+    waiting for a shared pass stops at GROUP_MAX_BYTES of decoded pixels."""
+    import shutil
+
+    from imaging_assist.batch import engines
+    from imaging_assist.batch.engines import Pipeline
+    from imaging_assist.batch.item import Settings
+    from imaging_assist.batch.sources import collect
+
+    src = tmp_path / "films"
+    src.mkdir()
+    for f in _films(7):
+        shutil.copy(f, src / f.name)
+    one = read_image(_films(1)[0]).array.nbytes
+    monkeypatch.setattr(engines, "GROUP_MAX_BYTES", 3 * one)  # 224-px films: 3 to a group
+    cands = collect([str(src)], [Registry().get("cxr-pneumonia").card])[0]
+    pipe = Pipeline(["cxr-pneumonia"], Settings(out_dir=str(tmp_path / "out"), torch_threads=1))
+    try:
+        rows = pipe.run_units([(c, ["cxr-pneumonia"]) for c in cands])
+    finally:
+        pipe.close()
+    batched = [json.loads(Path(r["results_json"]).read_text())["items"][0].get("batched") for r in rows]
+    assert pipe.group == 16 and batched == [3, 3, 3, 3, 3, 3, None], batched

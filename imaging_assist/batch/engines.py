@@ -59,19 +59,20 @@ class Pipeline:
         """``decoded``: iterable of (unit, (volume, error, seconds)); a unit is (candidate,
         [model ids]).  Yields rows (dicts) as they are finished, in order.  Items are taken
         ``group`` images at a time (the largest card ``inference.batch_size`` / ``--batch-size``
-        among the models), so a classifier's forward pass covers several items
-        (``ModelRunner.infer_many``)."""
+        among the models; fewer when their pixels reach :data:`GROUP_MAX_BYTES`), so a
+        classifier's forward pass covers several items (``ModelRunner.infer_many``)."""
         pending: deque = deque()
         group: list = []
-        n_images = 0
+        n_images = n_bytes = 0
         try:
             for item in decoded:
                 group.append(item)
                 n_images += _images(item[1][0])
-                if n_images < self.group and len(group) < self.group:
+                n_bytes += _nbytes(item[1][0])
+                if n_images < self.group and len(group) < self.group and n_bytes < GROUP_MAX_BYTES:
                     continue
                 self._infer(group, pending)
-                group, n_images = [], 0
+                group, n_images, n_bytes = [], 0, 0
                 while pending and (isinstance(pending[0], dict) or pending[0].done()
                                    or len(pending) > self.depth):
                     p = pending.popleft()
@@ -128,6 +129,16 @@ class Pipeline:
 
         self.pool.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(self._threads)
+
+
+#: A group of items waiting for a shared forward pass holds their decoded volumes; it is cut
+#: short at this many bytes of pixels, so full-size radiographs (2-3k px, ~18 MB each as uint16)
+#: do not multiply a worker's memory by the batch size (16 224-px films take ~1 MB).
+GROUP_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _nbytes(vol) -> int:
+    return int(getattr(getattr(vol, "array", None), "nbytes", 0) or 0)
 
 
 def _images(vol) -> int:
