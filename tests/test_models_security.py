@@ -415,6 +415,9 @@ def test_card_weights_hash_checked_before_the_network_is_built(tmp_path, monkeyp
     ("architecture.kwargs.strides", list(range(10000)), "architecture.kwargs.strides"),
     ("architecture.name", "U" * 5000, "architecture.name"),
     ("inference.sw_batch_size", 10 ** 9, "inference.sw_batch_size"),
+    ("inference.batch_size", 10 ** 9, "inference.batch_size"),
+    ("inference.batch_size", 0, "inference.batch_size"),
+    ("inference.batch_size", 2.5, "inference.batch_size"),
     ("input.intensity", [{"type": "minmax"}] * 1000, "input.intensity"),
 ])
 def test_absurd_card_fields_are_one_line_card_errors(tmp_path, path, value, field):
