@@ -49,8 +49,7 @@ class Pipeline:
         self.runners = {m: ModelRunner(m, settings) for m in model_ids}
         self.pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="batch-write")
         self.depth = max(1, depth)
-        self.group = max([1] + [int(settings.batch_size or r.card.inference.get("batch_size", 1) or 1)
-                                for r in self.runners.values()])
+        self.group = max([1] + [r.batch_size for r in self.runners.values()])
 
     def versions(self) -> dict:
         return {m: r.version for m, r in self.runners.items()}
@@ -96,8 +95,7 @@ class Pipeline:
             if not idx:
                 continue
             items = [(group[k][0][0], *group[k][1]) for k in idx]
-            done = runner.infer_many(items) if len(items) > 1 else [runner.infer(*items[0])]
-            for k, rj in zip(idx, done):
+            for k, rj in zip(idx, runner.infer_many(items)):
                 per_item[k].append((group[k][0][1].index(mid), runner, rj))
         for k in range(len(group)):
             for _, runner, (row, job) in sorted(per_item[k], key=lambda t: t[0]):

@@ -121,6 +121,12 @@ class ModelRunner:
     def version(self) -> str:
         return str(self.card.version)
 
+    @property
+    def batch_size(self) -> int:
+        """Images per shared forward pass: ``--batch-size``, else the card's
+        ``inference.batch_size`` (1: each item alone)."""
+        return int(self.settings.batch_size or self.card.inference.get("batch_size", 1) or 1)
+
     # ------------------------------------------------------------------ per item
     def run(self, c: Candidate, vol, decode_error: str = "", decode_s: float = 0.0) -> dict:
         """The results-table row of ``c`` (status ok / failed / skipped); never raises for a
@@ -132,21 +138,7 @@ class ModelRunner:
         """First half of :meth:`run`: the model (holds the model's lock).  Returns (row, job):
         ``job`` None when the row is final, else what :meth:`write` needs (the engines run
         :meth:`write` of one item while the model runs on the next)."""
-        t0 = time.perf_counter()
-        row = self._row(c, decode_s)
-        if decode_error:
-            row.update(status="failed", error=decode_error)
-            return row, None
-        try:
-            if c.kind == "slide":
-                d, out = self._run_slide(c, row)
-                row["run_s"] = round(time.perf_counter() - t0, 4)
-                row.update(_row_from_item(d, out))
-                row["status"] = "ok"
-                return row, None
-            return self._infer_volume(c, vol, row, t0)
-        except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
-            return _failed(row, e, t0), None
+        return self.infer_many([(c, vol, decode_error, decode_s)])[0]
 
     def _row(self, c: Candidate, decode_s: float = 0.0) -> dict:
         return {"content_hash": c.content_hash, "model": self.card.id, "model_version": self.version,
@@ -168,21 +160,25 @@ class ModelRunner:
         return row
 
     def infer_many(self, items: list) -> list:
-        """:meth:`infer` for several decoded items ``(candidate, volume, decode error, decode
-        seconds)``, the model's forward passes shared (``run_model_many``: the card's
+        """:meth:`infer` for decoded items ``(candidate, volume, decode error, decode seconds)``,
+        the model's forward passes shared by several (``run_model_many``: the card's
         ``inference.batch_size`` or ``--batch-size`` images at a time).  Returns (row, job) per
-        item, in order; each equals what :meth:`infer` gives for it."""
+        item, in order."""
         from ..inference.pipelines import run_model_many
 
         out: list = [None] * len(items)
         todo = []
         for i, (c, vol, err, ds) in enumerate(items):
-            if err or c.kind == "slide":
-                out[i] = self.infer(c, vol, err, ds)
-                continue
             t0 = time.perf_counter()
             row = self._row(c, ds)
+            if err:
+                row.update(status="failed", error=err)
+                out[i] = (row, None)
+                continue
             try:
+                if c.kind == "slide":
+                    out[i] = (self._run_slide(c, row, t0), None)
+                    continue
                 fit = self._fit(c, vol, row)
             except Exception as e:  # noqa: BLE001 - a bad item is one failed row, the batch goes on
                 out[i] = (_failed(row, e, t0), None)
@@ -196,10 +192,10 @@ class ModelRunner:
         t = time.perf_counter()
         with _w.catch_warnings(record=True) as caught:
             _w.simplefilter("always")
-            results = run_model_many(self.model, [x[2] for x in todo], self.opts,
-                                     self.settings.batch_size or None)
+            results = run_model_many(self.model, [x[2] for x in todo], self.opts, self.batch_size)
             share = (time.perf_counter() - t) / len(todo)
             for (i, c, vol, row, (m, overridden), t0), res in zip(todo, results):
+                tr = time.perf_counter()
                 try:
                     if isinstance(res, BaseException):
                         raise res
@@ -208,7 +204,7 @@ class ModelRunner:
                 except Exception as e:  # noqa: BLE001 - a bad item is one failed row
                     out[i] = (_failed(row, e, t0), None)
                     continue
-                row["infer_s"] = round(share, 4)
+                row["infer_s"] = round(share + time.perf_counter() - tr, 4)
                 out[i] = (row, (c, vol, res, m, overridden, t0))
         _print_oom(caught)
         return out
@@ -224,23 +220,6 @@ class ModelRunner:
             row.update(status="skipped", error=f"skipped: {m.reason}")
             return None
         return m, overridden
-
-    def _infer_volume(self, c: Candidate, vol, row: dict, t0: float):
-        from ..inference.pipelines import run_model
-
-        fit = self._fit(c, vol, row)
-        if fit is None:
-            return row, None
-        m, overridden = fit
-        t = time.perf_counter()
-        with _w.catch_warnings(record=True) as caught:
-            _w.simplefilter("always")
-            res = run_model(self.model, vol, self.opts)
-            if self.region is not None:
-                self.region.apply(res, vol)
-        row["infer_s"] = round(time.perf_counter() - t, 4)
-        _print_oom(caught)
-        return row, (c, vol, res, m, overridden, t0)
 
     def _write_volume(self, c: Candidate, vol, res, m, overridden, row: dict):
         from ..demo import series_source
@@ -261,7 +240,8 @@ class ModelRunner:
         self._finish(c, d, out, vol, res, row)
         return d, out
 
-    def _run_slide(self, c: Candidate, row: dict):
+    def _run_slide(self, c: Candidate, row: dict, t0: float) -> dict:
+        """A whole slide in this process (analyze_slide): its finished row."""
         from ..inference.device import resolve_device
         from ..slides.analysis import analyze_slide
 
@@ -273,7 +253,10 @@ class ModelRunner:
                           heatmap_format=self.settings.heatmap_format)  # a SlideError is a UserError
         row["infer_s"] = round(time.perf_counter() - t, 4)
         self._finish(c, d, out, None, None, row)
-        return d, out
+        row["run_s"] = round(time.perf_counter() - t0, 4)
+        row.update(_row_from_item(d, out))
+        row["status"] = "ok"
+        return row
 
     # ------------------------------------------------------------------ one slide in parts
     # The worker engines spread one slide's tiles over their workers (engines.Schedule): one
