@@ -28,8 +28,9 @@ per forward pass, as before the card's ``inference.batch_size``), and
 
 ``--ray-start``: only Ray's start-up, per ``ray.init`` variant (defaults; the engine's options:
 no dashboard, no log_to_driver, no logging configuration; plus num_cpus=1; plus no worker
-prestart), each in a fresh interpreter, twice, interleaved: import, init, first task, an actor
-importing torch, shutdown (seconds).
+prestart; the engine's stopped by ``engines.stop_ray``, as ``batch`` stops it), each in a fresh
+interpreter, twice, interleaved: import, init, first task, an actor importing torch, shutdown
+(seconds).
 """
 
 from __future__ import annotations
@@ -294,6 +295,10 @@ RAY_VARIANTS = {
                             "num_cpus=1)", {}),
     "engine + no worker prestart": ("dict(include_dashboard=False, log_to_driver=False, "
                                     "configure_logging=False)", {"RAY_enable_worker_prestart": "0"}),
+    # the engine as it runs: its options, stopped by engines.stop_ray (the autoscaler monitor
+    # killed before ray.shutdown instead of waiting out its grace second)
+    "engine + stop_ray": ("dict(include_dashboard=False, log_to_driver=False, configure_logging=False)",
+                          {"IA_BENCH_STOP_RAY": "1"}),
 }
 
 RAY_CHILD = r"""
@@ -322,7 +327,11 @@ t3 = time.perf_counter()
 ray.get(A.remote().ready.remote())
 t_actor = time.perf_counter() - t3
 t4 = time.perf_counter()
-ray.shutdown()
+if os.environ.get("IA_BENCH_STOP_RAY"):
+    from imaging_assist.batch.engines import stop_ray
+    stop_ray()
+else:
+    ray.shutdown()
 t_down = time.perf_counter() - t4
 print(json.dumps(dict(import_s=t_import, init_s=t_init, first_task_s=t_task, actor_with_torch_s=t_actor,
                       shutdown_s=t_down, total_s=time.perf_counter() - t0)))

@@ -496,18 +496,27 @@ def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_clu
 
 
 def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
+    """Ray started by the command: loopback only, usage statistics off; stop_ray kills the
+    autoscaler monitor before ray.shutdown (which would otherwise wait a second for it: see
+    engines.stop_ray), and leaves no process and no temporary folder behind."""
     code = ("import json, os, psutil\n"
-            "from imaging_assist.batch.engines import init_ray\n"
+            "from imaging_assist.batch.engines import init_ray, stop_ray\n"
             "_, tmp = init_ray(None)\n"
             "import ray\n"
             "me = psutil.Process()\n"
             "pids = {me.pid} | {c.pid for c in me.children(recursive=True)}\n"
             "ips = sorted({c.laddr.ip for c in psutil.net_connections('inet') "
             "if c.status == psutil.CONN_LISTEN and c.pid in pids})\n"
-            "print(json.dumps({'ips': ips, 'node': ray.nodes()[0]['NodeManagerAddress'], "
-            "'usage': os.environ.get('RAY_USAGE_STATS_ENABLED')}))\n"
-            "ray.shutdown()\n"
-            "import shutil; shutil.rmtree(tmp)\n")
+            "node = ray.nodes()[0]['NodeManagerAddress']\n"
+            "from ray._private import worker\n"
+            "monitor = worker._global_node.all_processes['monitor'][0].process\n"
+            "seen = []\n"
+            "down = ray.shutdown\n"
+            "ray.shutdown = lambda: (seen.append(monitor.poll()), down())\n"
+            "stop_ray(tmp)\n"
+            "left = [c.pid for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]\n"
+            "print(json.dumps({'ips': ips, 'node': node, 'usage': os.environ.get('RAY_USAGE_STATS_ENABLED'), "
+            "'monitor_at_shutdown': seen, 'left': left, 'tmp_left': os.path.exists(tmp)}))\n")
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
@@ -515,6 +524,9 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["node"] == "127.0.0.1" and r["usage"] == "0"
     assert r["ips"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in r["ips"]), r
+    assert r["monitor_at_shutdown"] == [-9], r  # killed before ray.shutdown began
+    assert not r["left"] and not r["tmp_left"], r
+    assert "Terminated with signal" not in p.stderr  # the monitor's SIGTERM report never ran
 
 
 def test_dicom_and_report_per_item(tmp_path):
