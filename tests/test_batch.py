@@ -496,9 +496,10 @@ def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_clu
 
 
 def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
-    """Ray started by the command: loopback only, usage statistics off; stop_ray kills the
-    autoscaler monitor before ray.shutdown (which would otherwise wait a second for it: see
-    engines.stop_ray), and leaves no process and no temporary folder behind."""
+    """Ray started by the command: loopback only, usage statistics off, engines.START_CONFIG in
+    its system config; stop_ray kills the autoscaler monitor before ray.shutdown (which would
+    otherwise wait a second for it: see engines.stop_ray), and leaves no process and no
+    temporary folder behind."""
     code = ("import json, os, psutil\n"
             "from imaging_assist.batch.engines import init_ray, stop_ray\n"
             "_, tmp = init_ray(None)\n"
@@ -508,6 +509,9 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
             "ips = sorted({c.laddr.ip for c in psutil.net_connections('inet') "
             "if c.status == psutil.CONN_LISTEN and c.pid in pids})\n"
             "node = ray.nodes()[0]['NodeManagerAddress']\n"
+            "cfg = ray._private.state.state.get_system_config()\n"
+            "from imaging_assist.batch.engines import START_CONFIG\n"
+            "cfg_ok = all(cfg.get(k) == v for k, v in START_CONFIG.items())\n"
             "from ray._private import worker\n"
             "monitor = worker._global_node.all_processes['monitor'][0].process\n"
             "seen = []\n"
@@ -516,7 +520,7 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
             "stop_ray(tmp)\n"
             "left = [c.pid for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]\n"
             "print(json.dumps({'ips': ips, 'node': node, 'usage': os.environ.get('RAY_USAGE_STATS_ENABLED'), "
-            "'monitor_at_shutdown': seen, 'left': left, 'tmp_left': os.path.exists(tmp)}))\n")
+            "'monitor_at_shutdown': seen, 'left': left, 'tmp_left': os.path.exists(tmp), 'cfg_ok': cfg_ok}))\n")
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
@@ -524,6 +528,7 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["node"] == "127.0.0.1" and r["usage"] == "0"
     assert r["ips"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in r["ips"]), r
+    assert r["cfg_ok"], r  # engines.START_CONFIG reached the cluster's system config
     assert r["monitor_at_shutdown"] == [-9], r  # killed before ray.shutdown began
     assert not r["left"] and not r["tmp_left"], r
     assert "Terminated with signal" not in p.stderr  # the monitor's SIGTERM report never ran
