@@ -157,3 +157,24 @@ def test_key_image_uses_the_file_window(tmp_path):
     vol = _load(tmp_path / "s")
     key = _key_image(vol, tmp_path)
     assert np.array_equal(key[..., 0], display.render_slice(vol, 0))
+
+
+def test_a_grey_key_image_is_one_channel_and_an_overlay_keeps_its_colours(tmp_path):
+    """A key image with nothing coloured on it is written as a grey PNG (the same pixels, a
+    third of the data: results.overlay_png); one with a heat map stays RGB."""
+    from PIL import Image
+
+    from imaging_assist.inference.results import overlay_png, overlay_rgb
+
+    vol = _load(need(CR).parent)
+    img = vol.array[0]
+    overlay_png(img, tmp_path / "grey.png", volume=vol, k=0)
+    with Image.open(tmp_path / "grey.png") as im:
+        assert im.mode == "L"
+        assert np.array_equal(np.asarray(im), display.render_slice(vol, 0))
+    heat = np.zeros(img.shape[:2], np.float32)
+    heat[: img.shape[0] // 2] = 1.0
+    overlay_png(img, tmp_path / "heat.png", heat_slice=heat, volume=vol, k=0)
+    with Image.open(tmp_path / "heat.png") as im:
+        assert im.mode == "RGB"
+        assert np.array_equal(np.asarray(im), overlay_rgb(img, heat_slice=heat, volume=vol, k=0))

@@ -223,11 +223,20 @@ def overlay_png(base: np.ndarray | None, path: Path, label_slice: np.ndarray | N
                 heat_slice: np.ndarray | None = None, alpha: float = 0.45, volume=None,
                 k: int | None = None) -> None:
     """Key image: the slice as the viewer shows it (pass ``volume`` and ``k``), with the
-    heat map in the viewer's colormap and the labels in the viewer's label colours."""
+    heat map in the viewer's colormap and the labels in the viewer's label colours.
+
+    A key image with nothing coloured on it (a grey slice and no overlay drawn) is written as a
+    one-channel grey PNG: the same pixels, a third of the data to compress (2.1 against 4.4 ms
+    and 28 against 38 kB for a 224² film at ``PNG_LEVEL``; a quarter of a batch item's CPU
+    was writing this file).  Readers that want RGB convert (the PDF report does)."""
     from PIL import Image
 
-    Image.fromarray(overlay_rgb(base, label_slice, heat_slice, alpha, volume, k)).save(
-        path, compress_level=PNG_LEVEL)
+    rgb = overlay_rgb(base, label_slice, heat_slice, alpha, volume, k)
+    g = rgb[..., 0]
+    if np.array_equal(g, rgb[..., 1]) and np.array_equal(g, rgb[..., 2]):
+        Image.fromarray(np.ascontiguousarray(g)).save(path, compress_level=PNG_LEVEL)  # uint8 2-D: "L"
+    else:
+        Image.fromarray(rgb).save(path, compress_level=PNG_LEVEL)
 
 
 def overlay_rgb(base: np.ndarray | None, label_slice: np.ndarray | None = None,
