@@ -29,9 +29,8 @@ per forward pass, as before the card's ``inference.batch_size``), and
 ``--ray-start``: only Ray's start-up, per ``ray.init`` variant (defaults; the engine's options:
 no dashboard, no log_to_driver, no logging configuration; plus num_cpus=1; plus no worker
 prestart; the engine as ``batch`` runs it: with ``engines.START_CONFIG``, stopped by
-``engines.stop_ray``), each in a fresh
-interpreter, twice, interleaved: import, init, first task, an actor importing torch, shutdown
-(seconds).
+``engines.stop_ray``), each in a fresh interpreter, twice, interleaved: import, init, first task,
+an actor importing torch, shutdown (seconds).
 """
 
 from __future__ import annotations
