@@ -28,7 +28,8 @@ per forward pass, as before the card's ``inference.batch_size``), and
 
 ``--ray-start``: only Ray's start-up, per ``ray.init`` variant (defaults; the engine's options:
 no dashboard, no log_to_driver, no logging configuration; plus num_cpus=1; plus no worker
-prestart; the engine as ``batch`` runs it: with ``engines.START_CONFIG``, stopped by
+prestart; with ``engines.START_CONFIG``, stopped by ``engines.stop_ray`` (session 9); the engine
+as ``batch`` runs it: ``engines.init_ray``, which also leaves out the dashboard head process, and
 ``engines.stop_ray``), each in a fresh interpreter, twice, interleaved: import, init, first task,
 an actor importing torch, shutdown (seconds).
 """
@@ -295,11 +296,14 @@ RAY_VARIANTS = {
                             "num_cpus=1)", {}),
     "engine + no worker prestart": ("dict(include_dashboard=False, log_to_driver=False, "
                                     "configure_logging=False)", {"RAY_enable_worker_prestart": "0"}),
-    # the engine as batch runs it: its options and engines.START_CONFIG (the raylet's 50-ms
-    # connect retries), stopped by engines.stop_ray (the autoscaler monitor killed first)
-    "engine as batch runs it (START_CONFIG, stop_ray)": (
+    # session 9's engine: its options and engines.START_CONFIG (the raylet's 50-ms connect
+    # retries), stopped by engines.stop_ray (the autoscaler monitor killed first)
+    "engine + START_CONFIG, stop_ray (with the dashboard head)": (
         "dict(include_dashboard=False, log_to_driver=False, configure_logging=False, "
         "_system_config=dict(START_CONFIG))", {"IA_BENCH_STOP_RAY": "1"}),
+    # the engine as batch runs it: engines.init_ray (the above without the dashboard head
+    # process) and engines.stop_ray
+    "engine as batch runs it (init_ray, stop_ray)": ("None", {"IA_BENCH_STOP_RAY": "1", "IA_BENCH_INIT_RAY": "1"}),
 }
 
 RAY_CHILD = r"""
@@ -308,10 +312,14 @@ t0 = time.perf_counter()
 import ray
 t_import = time.perf_counter() - t0
 sys.path.insert(0, {root!r})
-from imaging_assist.batch.engines import START_CONFIG, _loopback_only
+from imaging_assist.batch.engines import START_CONFIG, _loopback_only, init_ray
 _loopback_only()
 t1 = time.perf_counter()
-ray.init(_node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp"), **{kw})
+if os.environ.get("IA_BENCH_INIT_RAY"):
+    tmp = init_ray(None)[1]
+else:
+    tmp = tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp")
+    ray.init(_node_ip_address="127.0.0.1", _temp_dir=tmp, **{kw})
 t_init = time.perf_counter() - t1
 
 @ray.remote(num_cpus=0.5)
@@ -330,9 +338,11 @@ t_actor = time.perf_counter() - t3
 t4 = time.perf_counter()
 if os.environ.get("IA_BENCH_STOP_RAY"):
     from imaging_assist.batch.engines import stop_ray
-    stop_ray()
+    stop_ray(tmp)
 else:
     ray.shutdown()
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
 t_down = time.perf_counter() - t4
 print(json.dumps(dict(import_s=t_import, init_s=t_init, first_task_s=t_task, actor_with_torch_s=t_actor,
                       shutdown_s=t_down, total_s=time.perf_counter() - t0)))

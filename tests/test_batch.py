@@ -497,7 +497,7 @@ def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_clu
 
 def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     """Ray started by the command: loopback only, usage statistics off, engines.START_CONFIG in
-    its system config; stop_ray kills the autoscaler monitor before ray.shutdown (which would
+    its system config; no dashboard head process (engines._without_dashboard_head); stop_ray kills the autoscaler monitor before ray.shutdown (which would
     otherwise wait a second for it: see engines.stop_ray), and leaves no process and no
     temporary folder behind."""
     code = ("import json, os, psutil\n"
@@ -514,13 +514,18 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
             "cfg_ok = all(cfg.get(k) == v for k, v in START_CONFIG.items())\n"
             "from ray._private import worker\n"
             "monitor = worker._global_node.all_processes['monitor'][0].process\n"
+            "dash = ['dashboard' in worker._global_node.all_processes] + [' '.join(c.cmdline()) for c in "
+            "me.children(recursive=True) if 'dashboard.py' in ' '.join(c.cmdline())]\n"
+            "from ray._private.node import Node\n"
+            "restored = Node.start_api_server.__name__ == 'start_api_server'\n"
             "seen = []\n"
             "down = ray.shutdown\n"
             "ray.shutdown = lambda: (seen.append(monitor.poll()), down())\n"
             "stop_ray(tmp)\n"
             "left = [c.pid for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]\n"
             "print(json.dumps({'ips': ips, 'node': node, 'usage': os.environ.get('RAY_USAGE_STATS_ENABLED'), "
-            "'monitor_at_shutdown': seen, 'left': left, 'tmp_left': os.path.exists(tmp), 'cfg_ok': cfg_ok}))\n")
+            "'monitor_at_shutdown': seen, 'left': left, 'tmp_left': os.path.exists(tmp), 'cfg_ok': cfg_ok, "
+            "'dash': dash, 'restored': restored}))\n")
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
@@ -529,6 +534,7 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     assert r["node"] == "127.0.0.1" and r["usage"] == "0"
     assert r["ips"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in r["ips"]), r
     assert r["cfg_ok"], r  # engines.START_CONFIG reached the cluster's system config
+    assert r["dash"] == [False] and r["restored"], r  # no dashboard head; Ray's class as it was
     assert r["monitor_at_shutdown"] == [-9], r  # killed before ray.shutdown began
     assert not r["left"] and not r["tmp_left"], r
     assert "Terminated with signal" not in p.stderr  # the monitor's SIGTERM report never ran

@@ -15,7 +15,8 @@ bounded (``depth``): memory stays flat however large the archive.
   of each node, one torch thread each, spread), each running the :class:`Pipeline` on chunks
   of ``chunk`` items.  For GPU actors decoding runs as Ray CPU tasks (through the object
   store); a CPU actor decodes its own chunk.
-  ``ray.init()`` runs in-process (usage statistics and dashboard off, loopback only) unless
+  ``ray.init()`` runs in-process (usage statistics and dashboard off, no dashboard process,
+  loopback only) unless
   ``--address`` / ``RAY_ADDRESS`` names a cluster.  On a cluster, SOURCE and OUT must be on
   a file system every node sees under the same path (the actors read and write there).
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import UserError
@@ -503,9 +505,38 @@ def init_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: 
 
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp")
     _loopback_only()
-    ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-             _system_config=dict(START_CONFIG), **kw)
+    with _without_dashboard_head():
+        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+                 _system_config=dict(START_CONFIG), **kw)
     return True, temp_dir
+
+
+@contextmanager
+def _without_dashboard_head():
+    """Let ``ray.init`` skip the dashboard head process.
+
+    With ``include_dashboard=False`` Ray 2.60 still starts a dashboard head (a Python process
+    loading only its usage-statistics module, without web server) and polls the GCS every 0.1 s
+    until that process has published its address: 0.5 s of every ``ray.init`` here, 2.27 ->
+    1.77 s (``bench_batch.py --ray-start``).  Usage statistics are off
+    (``RAY_USAGE_STATS_ENABLED=0``), so the process does nothing else than watch the GCS; Ray
+    has no setting to leave it out (``Node.start_head_processes`` calls ``start_api_server``
+    unconditionally), hence the patch, for the duration of this ``ray.init`` only, of the
+    Ray version pinned in pyproject.toml.  If Ray's private class moves, ``ray.init`` runs
+    unchanged.  Checked by ``test_ray_in_process_listens_on_loopback_only_and_stops`` (no
+    dashboard process, the batch runs)."""
+    try:
+        from ray._private.node import Node
+
+        original = Node.__dict__["start_api_server"]
+    except (ImportError, KeyError):  # another Ray version: start it as Ray does
+        yield
+        return
+    Node.start_api_server = lambda self, **kw: None
+    try:
+        yield
+    finally:
+        Node.start_api_server = original
 
 
 #: Ray settings for the Ray this command starts (``ray.init``'s ``_system_config``).  The raylet
