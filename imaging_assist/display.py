@@ -141,7 +141,8 @@ def window_to_uint8(a: np.ndarray, center: float, width: float, function: str = 
     from pydicom.pixels import apply_windowing
     a = np.asarray(a)
     if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-        a = np.nan_to_num(a, nan=float(center), posinf=np.finfo(np.float64).max / 4,
+        # in float64 first: a float32 slice cannot hold float64's max / 4 (overflow warning, inf)
+        a = np.nan_to_num(a.astype(np.float64), nan=float(center), posinf=np.finfo(np.float64).max / 4,
                           neginf=-np.finfo(np.float64).max / 4)
     # pydicom evaluates the PS3.3 formulas (~6 ms for a 512x512 float slice; integer
     # slices go through a lookup table built with this function in the viewer).

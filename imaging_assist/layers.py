@@ -711,13 +711,15 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
     else:
         import nibabel as nib
         img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-        while data.ndim > 3 and data.shape[-1] == 1:
-            data = data[..., 0]
-        if data.ndim == 2:
-            data = data[..., None]
-        if data.ndim != 3:
-            raise ValueError(f"{base}: expected a 3-D image, got shape {data.shape}")
+        # the grid is checked on the header's shape; the voxels are read only once it matches
+        # the image (a header cannot make this allocate more than the image's own size)
+        dshape = tuple(int(n) for n in img.shape)
+        while len(dshape) > 3 and dshape[-1] == 1:
+            dshape = dshape[:-1]
+        if len(dshape) == 2:
+            dshape = dshape + (1,)
+        if len(dshape) != 3:
+            raise ValueError(f"{base}: expected a 3-D image, got shape {dshape}")
         ras_from_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
         m = np.linalg.inv(img.affine) @ ras_from_lps @ volume.affine  # volume (i,j,k) -> nifti index
         r = m[:3, :3]
@@ -730,10 +732,13 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
                 raise ValueError(f"{base}: its voxel grid differs from the image grid "
                                  "(different spacing or orientation; resampling is not supported)")
             want = 0.0 if s > 0 else vol_ijk[a] - 1
-            if abs(m[b, 3] - want) > 0.5 or data.shape[b] != vol_ijk[a]:
-                raise ValueError(f"{base}: shape {data.shape} / origin do not match the image grid")
+            if abs(m[b, 3] - want) > 0.5 or dshape[b] != vol_ijk[a]:
+                raise ValueError(f"{base}: shape {dshape} / origin do not match the image grid")
             perm.append(b)
             flips.append(s < 0)
+        if sorted(perm) != [0, 1, 2]:
+            raise ValueError(f"{base}: its voxel grid differs from the image grid (axes do not match)")
+        data = np.asanyarray(img.dataobj).reshape(dshape)
         arr = np.transpose(data, perm)
         for a, f in enumerate(flips):
             if f:

@@ -168,6 +168,14 @@ def test_load_overlay_npy_and_nifti(tmp_path):
     with pytest.raises(ValueError):
         np.save(tmp_path / "bad.npy", np.zeros((2, 2, 2)))
         load_overlay(str(tmp_path / "bad.npy"), vol)
+    # a header that declares another (huge) grid is refused before a voxel is read: the file
+    # holds only the header, so reading would fail differently (or allocate 16 GiB)
+    big = nib.Nifti1Image(np.zeros((1, 1, 1), np.uint8), aff)
+    big.header.set_data_shape((2048, 2048, 4096))
+    raw = big.header.binaryblock + b"\0" * 4
+    (tmp_path / "big.nii").write_bytes(raw)
+    with pytest.raises(ValueError, match="do not match the image grid"):
+        load_overlay(str(tmp_path / "big.nii"), vol)
 
 
 # --------------------------------------------------------------------------- one palette (issue 12)

@@ -94,7 +94,8 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
         except UserError as e:
             failed += 1
             results.append({"source": src, "model": card.id, "model_version": card.version, "error": str(e)})
-            print(f"error: {src}: {e}", file=sys.stderr)
+            msg = str(e)
+            print(f"error: {msg if msg.startswith(src) else src + ': ' + msg}", file=sys.stderr)
     summary = card.summary()
     summary["intended_use"] = card.intended_use
     if any(n.get("models") for it in results for n in it.get("nodules") or []):  # they ran: checked hashes

@@ -98,6 +98,17 @@ def _outline(sl: np.ndarray) -> list[np.ndarray]:
     return [c - 1.0 for c in find_contours(pad, 0.5)]
 
 
+MAX_CHORDS = 2000
+
+
+def chord_positions(lo: float, hi: float) -> np.ndarray:
+    """Where the short-axis chords cross the long axis (mm from its start): every 0.05 mm (at
+    least 50 chords), and at most :data:`MAX_CHORDS` (a 100-mm long axis at 0.05 mm): an absurd
+    pixel size (a 1e6-mm pixel once meant 400 million chords, minutes) cannot stall a click."""
+    step = max(min(0.05, (hi - lo) / 50), (hi - lo) / MAX_CHORDS) or 0.05
+    return np.arange(lo + step / 2, hi, step)
+
+
 def axes_on_slice(sl: np.ndarray, sx: float, sy: float):
     """(long mm, short mm, long ends, short ends) on one binary slice; ends in (col, row) pixels.
 
@@ -132,8 +143,7 @@ def axes_on_slice(sl: np.ndarray, sx: float, sy: float):
     tw = E @ w
     lo, hi = float((mm @ u).min()), float((mm @ u).max())
     best, best_t, best_w = 0.0, None, None
-    step = min(0.05, (hi - lo) / 50) or 0.05
-    for t in np.arange(lo + step / 2, hi, step):
+    for t in chord_positions(lo, hi):
         a0, a1 = tu[:, 0] - t, tu[:, 1] - t
         cross = (a0 * a1) < 0
         if cross.sum() < 2:
@@ -206,8 +216,11 @@ def measure(mask: np.ndarray, volume) -> Measurements:
     if str(getattr(volume, "units", "")).upper() == "HU" and volume.array.ndim == 3:
         arr = np.asarray(volume.array[box])
         vals = arr[sub].astype(np.float64)
-        mean_hu = float(vals.mean())
-        share, density = density_impression(arr[core_mask(sub)])
+        vals = vals[np.isfinite(vals)]  # NaN voxels of a NIfTI volume (said when it was read)
+        if vals.size:
+            mean_hu = float(vals.mean())
+            core = arr[core_mask(sub)].astype(np.float64)
+            share, density = density_impression(core[np.isfinite(core)] if np.isfinite(core).any() else vals)
     else:
         warnings.append("no Hounsfield units: mean HU and density impression not given")
     return Measurements(vol_mm3, n_vox, long_mm, short_mm, ends(le), ends(se), k,

@@ -36,6 +36,7 @@ share one LPS frame: the crop is a sub-grid of the slab's voxels.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ class WindowError(UserError):
 @dataclass
 class Window:
     image: np.ndarray   # float32 [z, y, x] HU (not normalised), fixed shape, at MODEL_SPACING_MM, LPS axes
-    valid: np.ndarray   # bool, same shape: True where the voxel came from inside the source volume
+    valid: np.ndarray   # bool, same shape: True where the voxel came from inside the source volume (finite)
     affine: np.ndarray  # 4x4: window index (i=x col, j=y row, k=z slice) -> patient LPS mm
     center_lps: np.ndarray
 
@@ -118,7 +119,8 @@ def cut_cube(volume: Volume, center_lps, size: int = WINDOW_SIZE) -> Window:
 
     Trilinear for the image; a window voxel is valid when its source position lies inside
     the volume's voxel footprint (continuous index in [-0.5, n-0.5] on every axis; between
-    the outermost voxel centre and the edge the nearest voxel value is used).  The training
+    the outermost voxel centre and the edge the nearest voxel value is used) and its value is
+    finite (a sample that touches a NaN or infinite voxel is not valid, and 0).  The training
     scripts cut a larger cube once and take ``WINDOW_SIZE`` sub-cubes of it: a sub-cube shifted
     by whole voxels equals :func:`cut_window` at the shifted point (same sample positions).  Works for any
     direction matrix (tilted, flipped, sheared gantry-tilt stacks) and anisotropic spacing.
@@ -147,6 +149,10 @@ def cut_cube(volume: Volume, center_lps, size: int = WINDOW_SIZE) -> Window:
         else:
             sub, cc = arr, coords[:, inside]
         img[inside] = ndimage.map_coordinates(sub, cc, order=1, mode="nearest")
+        bad = ~np.isfinite(img)  # a NaN/inf voxel, or a sample next to one: no data there
+        if bad.any():
+            img[bad] = 0.0
+            inside &= ~bad
     return Window(image=img.reshape(shape), valid=inside.reshape(shape),
                   affine=waff, center_lps=c.copy())
 
@@ -191,45 +197,121 @@ def model_channels(window: Window, design: str = DEFAULT_DESIGN) -> np.ndarray:
     return channels_from_arrays(window.image, window.valid, design)
 
 
+#: Values a CT in Hounsfield units can hold (DICOM CT: 16-bit stored values, rescaled to HU;
+#: padding down to -32768, metal in extended-range CT up to 32767).  A NIfTI volume with values
+#: beyond this range is not in HU (e.g. scaled, or a corrupt scl_slope) and is refused.
+HU_RANGE = (-32768.0, 32767.0)
+
+
+def _check_declared_size(path: Path, img) -> None:
+    """Refuse, before a byte is decoded, a NIfTI whose header asks for more memory than the DICOM
+    loader would give a series (``MAX_SERIES_BYTES``), or (gzip) more bytes per stored byte than
+    it would decode (``MAX_DECODE_RATIO``): nibabel allocates the declared size up front."""
+    from ..dicom.index import MAX_DECODE_RATIO, MAX_SERIES_BYTES, RATIO_FLOOR_BYTES
+
+    need = int(np.prod([int(n) for n in img.shape], dtype=object)) * int(img.get_data_dtype().itemsize)
+    size = path.stat().st_size
+    shape = "x".join(str(int(n)) for n in img.shape)
+    if need > MAX_SERIES_BYTES:
+        raise WindowError(f"{path}: implausible size: {shape} voxels would need {need / 1024**3:.1f} GiB")
+    if path.name.lower().endswith(".gz") and need > RATIO_FLOOR_BYTES and need > MAX_DECODE_RATIO * size:
+        raise WindowError(f"{path}: implausible size: {shape} voxels ({need >> 20} MiB) from a "
+                          f"{size >> 10} KiB file")
+
+
 def volume_from_nifti(path) -> Volume:
     """A NIfTI file (RAS affine, data [i, j, k]) as a :class:`Volume` in LPS, indexed [k, j, i].
 
     LPS = diag(-1, -1, 1) @ RAS.  The values are taken as CT Hounsfield units (NIfTI stores
-    no modality): a warning on the volume says so.
+    no modality): a warning on the volume says so.  Refused with one line rather than guessed
+    (nibabel repairs some of these silently): no orientation (qform_code and sform_code 0), a
+    zero or non-finite voxel size, a voxel size outside what the DICOM loader believes
+    (``PIXEL_SPACING_RANGE_MM``), a declared size it would not allocate
+    (:func:`_check_declared_size`), no finite voxel, values outside :data:`HU_RANGE`.  NaN or
+    infinite voxels are kept as they are and said in a warning: :func:`cut_window` takes them as
+    outside the scan (not valid), like the space beyond a crop.
     """
     import nibabel as nib
 
+    from ..dicom.loader import PIXEL_SPACING_RANGE_MM
+
     path = Path(path)
     try:
-        img = nib.load(str(path))
+        # nibabel repairs some header fields on loading (zero pixdim -> 1, negative -> abs, an
+        # unknown sform_code -> 0) and logs it; the header as stored is read to decide here
+        log = nib.imageglobals.logger
+        level, log.level = log.level, logging.CRITICAL + 1  # its lines would reach the terminal raw
+        try:
+            img = nib.load(str(path))
+        finally:
+            log.level = level
+        with nib.openers.ImageOpener(str(path)) as f:
+            stored = type(img.header).from_fileobj(f, check=False)
+        hdr = img.header
+        codes = (int(hdr["qform_code"]), int(hdr["sform_code"]))
+        stored_codes = (int(stored["qform_code"]), int(stored["sform_code"]))
+        pixdim = np.asarray(stored["pixdim"][1:4], float)
+        _check_declared_size(path, img)
         data = np.asanyarray(img.dataobj)
+    except WindowError:
+        raise
     except FileNotFoundError:
         raise WindowError(f"{path}: no such file") from None
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for a broken file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise WindowError(f"{path}: not a readable NIfTI file ({first})") from None
+    warnings = ["NIfTI stores no modality: the values are taken as CT Hounsfield units"]
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3 or min(data.shape) < 1:
         raise WindowError(f"{path}: a 3D NIfTI volume is needed (shape {tuple(data.shape)})")
+    for name, was, now in zip(("qform_code", "sform_code"), stored_codes, codes):
+        if was != now:
+            warnings.append(f"the NIfTI {name} {was} is not a valid code: ignored")
+    if codes == (0, 0):
+        raise WindowError(f"{path}: the NIfTI file has no orientation (qform_code and sform_code are 0): "
+                          "which way is head-foot is unknown")
+    if codes[1] <= 0:  # the qform is used: its voxel size is pixdim (nibabel turns 0 into 1)
+        if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+            raise WindowError(f"{path}: the NIfTI voxel size (pixdim {', '.join(f'{v:g}' for v in pixdim)}) "
+                              "is zero or not a number")
+        if np.any(pixdim < 0):
+            warnings.append(f"negative NIfTI voxel size (pixdim {', '.join(f'{v:g}' for v in pixdim)}): "
+                            "its absolute value is used, as nibabel and ITK do")
     ras = np.asarray(img.affine, float)
     if not np.all(np.isfinite(ras)) or abs(float(np.linalg.det(ras[:3, :3]))) < 1e-9:
         raise WindowError(f"{path}: the NIfTI affine is unusable (NaN or degenerate)")
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
     m = lps[:3, :3]
     spacing = np.linalg.norm(m, axis=0)
+    lo, hi = PIXEL_SPACING_RANGE_MM
+    if np.any(spacing < lo) or np.any(spacing > hi):
+        raise WindowError(f"{path}: implausible voxel size {' x '.join(f'{v:g}' for v in spacing)} mm "
+                          f"(believed: {lo:g} to {hi:g} mm)")
     direction = m / spacing[None, :]
     arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise WindowError(f"{path}: unsupported NIfTI data type {arr.dtype}")
+    if np.issubdtype(arr.dtype, np.floating):
+        finite = np.isfinite(arr)
+        n_bad = int(arr.size - np.count_nonzero(finite))
+        if n_bad == arr.size:
+            raise WindowError(f"{path}: no voxel has a value (all NaN or infinite)")
+        if n_bad:
+            warnings.append(f"{n_bad} voxel(s) are NaN or infinite: taken as outside the scan")
+        vmin, vmax = float(arr[finite].min()), float(arr[finite].max())
+    else:
+        vmin, vmax = float(arr.min()), float(arr.max())
+    if vmin < HU_RANGE[0] or vmax > HU_RANGE[1]:
+        raise WindowError(f"{path}: values {vmin:.6g} to {vmax:.6g} are not Hounsfield units (a CT holds "
+                          f"{HU_RANGE[0]:g} to {HU_RANGE[1]:g}); check the file's scaling (scl_slope, scl_inter)")
     n = direction[:, 2]
     origin = lps[:3, 3]
     positions = np.array([float(np.dot(origin + n * spacing[2] * k, np.cross(direction[:, 0], direction[:, 1])))
                           for k in range(arr.shape[0])])
     return Volume(array=arr, spacing=tuple(float(s) for s in spacing), origin=tuple(float(v) for v in origin),
                   direction=direction, modality="CT", units="HU", slice_positions=positions,
-                  warnings=["NIfTI stores no modality: the values are taken as CT Hounsfield units"],
-                  description=path.name, source_paths=[str(path)])
+                  warnings=warnings, description=path.name, source_paths=[str(path)])
 
 
 def to_source_grid(window: Window, values: np.ndarray, volume: Volume, order: int) -> np.ndarray:
