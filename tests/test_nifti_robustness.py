@@ -1,7 +1,7 @@
 """The nodule models' NIfTI reader (``nodules.window.volume_from_nifti``) attacked with mutated
 copies of a real LIDC crop: every file either loads with correct geometry or is refused in one
 line; nothing nibabel repairs silently (zero pixdim -> 1, an invalid sform_code) is taken as
-true; NaN voxels never reach a model as numbers; absurd sizes are refused before allocation."""
+true; NaN voxels never reach a model as numbers; absurd sizes are refused before allocation.  Also the nodule CLI's --points CSV (one-line errors)."""
 
 from __future__ import annotations
 
@@ -214,3 +214,23 @@ def test_cli_names_the_file_once(raw, tmp_path, capsys):
     err = capsys.readouterr().err
     line = next(ln for ln in err.splitlines() if ln.startswith("error:"))
     assert rc != 0 and line.count(str(p)) == 1 and "voxel size" in line, err
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "no rows"),
+    ("a,b,c\n1,2,3\n", "must name columns x, y and z"),
+    ("x,y,z\n1,2\n", "must be numbers"),
+    ("x,y,z\n1,nan,3\n", "must be finite"),
+    ("x,y,z\n1,2,3e999\n", "must be finite"),
+    ('x,y,z\n"' + "1" * 200_000 + '",2,3\n', "not a readable CSV"),
+    ("x,y,z\n\udcff", "cannot read it"),
+])
+def test_points_csv_errors_are_one_line(tmp_path, text, words):
+    from imaging_assist.errors import UserError
+    from imaging_assist.nodules.run import read_points_csv
+
+    p = tmp_path / "points.csv"
+    p.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(UserError) as e:
+        read_points_csv(p)
+    assert words in str(e.value) and "\n" not in str(e.value)

@@ -63,7 +63,10 @@ def read_points_csv(path: str | Path) -> list[tuple[str | None, list[float]]]:
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--points {p}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
-    rows = list(csv.DictReader(text.splitlines()))
+    try:
+        rows = list(csv.DictReader(text.splitlines()))
+    except csv.Error as e:  # e.g. a field over the csv module's limit (128 kB): not a points file
+        raise UserError(f"--points {p}: not a readable CSV ({e})") from None
     if not rows:
         raise UserError(f"--points {p}: no rows (a header x,y,z[,id] and one row per point)")
     keys = {k.strip().lower(): k for k in rows[0] if k}
