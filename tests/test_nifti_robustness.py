@@ -1,7 +1,8 @@
 """The nodule models' NIfTI reader (``nodules.window.volume_from_nifti``) attacked with mutated
 copies of a real LIDC crop: every file either loads with correct geometry or is refused in one
 line; nothing nibabel repairs silently (zero pixdim -> 1, an invalid sform_code) is taken as
-true; NaN voxels never reach a model as numbers; absurd sizes are refused before allocation.  Also the nodule CLI's --points CSV (one-line errors)."""
+true; NaN voxels never reach a model as numbers; absurd sizes are refused before allocation.
+Also the nodule CLI's --points CSV (one-line errors)."""
 
 from __future__ import annotations
 
