@@ -721,7 +721,11 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
         if len(dshape) != 3:
             raise ValueError(f"{base}: expected a 3-D image, got shape {dshape}")
         ras_from_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
-        m = np.linalg.inv(img.affine) @ ras_from_lps @ volume.affine  # volume (i,j,k) -> nifti index
+        aff = np.asarray(img.affine, float)
+        if not np.all(np.isfinite(aff)) or abs(float(np.linalg.det(aff[:3, :3]))) < 1e-12:
+            # NaN would pass every comparison below: the grid could not be checked at all
+            raise ValueError(f"{base}: its affine is unusable (NaN or degenerate): cannot check its grid")
+        m = np.linalg.inv(aff) @ ras_from_lps @ volume.affine  # volume (i,j,k) -> nifti index
         r = m[:3, :3]
         perm, flips = [], []
         vol_ijk = (shape[2], shape[1], shape[0])

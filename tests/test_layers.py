@@ -145,6 +145,8 @@ def test_markers_near_plane():
 
 
 def test_load_overlay_npy_and_nifti(tmp_path):
+    import struct
+
     import nibabel as nib
     vol = Volume(array=np.zeros((3, 4, 5), np.int16), spacing=(0.5, 0.6, 2.0), origin=(10.0, 20.0, 30.0),
                  direction=np.eye(3))
@@ -176,6 +178,14 @@ def test_load_overlay_npy_and_nifti(tmp_path):
     (tmp_path / "big.nii").write_bytes(raw)
     with pytest.raises(ValueError, match="do not match the image grid"):
         load_overlay(str(tmp_path / "big.nii"), vol)
+    # a NaN origin would pass every comparison of the grid check: refused, not placed by guess
+    nib.save(nib.Nifti1Image(np.transpose(lab, (2, 1, 0)), aff), tmp_path / "nan.nii")
+    b = bytearray((tmp_path / "nan.nii").read_bytes())
+    struct.pack_into("<hh", b, 252, 1, 0)  # qform_code 1, sform_code 0: the qform is the affine
+    struct.pack_into("<f", b, 268, float("nan"))  # qoffset_x
+    (tmp_path / "nan.nii").write_bytes(bytes(b))
+    with pytest.raises(ValueError, match="affine is unusable"):
+        load_overlay(str(tmp_path / "nan.nii"), vol)
 
 
 # --------------------------------------------------------------------------- one palette (issue 12)
