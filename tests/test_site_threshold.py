@@ -98,7 +98,8 @@ def test_a_point_measured_on_another_model_version_is_not_used_and_the_reason_sh
 
 @pytest.mark.parametrize("body", [b"\x00\xff garbage", b"[]", b'{"versions": [{"label": "pneumonia"}]}',
                                   b'{"versions": [{"label": "pneumonia", "threshold": "NaN", '
-                                  b'"n_studies": 3, "date": "x"}]}', b"{" * 2_000_000])
+                                  b'"n_studies": 3, "date": "x"}]}', b"{" * 2_000_000,
+                                  b'{"versions": [{"label": "pneumonia", "version": "v1"}]}'])
 def test_a_damaged_site_file_never_stops_a_run_and_is_named(pneumonia, image, tmp_path, monkeypatch, body):
     from imaging_assist.models.site import save_site_threshold, site_file
 

@@ -95,8 +95,7 @@ def save_site_threshold(card, label: str, threshold: float, n_studies: int, *,
         p.replace(p.with_suffix(f".unreadable-{_dt.datetime.now():%Y%m%d%H%M%S}.json"))
         d = {"schema_version": SCHEMA_VERSION, "model": card.id, "versions": [],
              "replaced_unreadable": str(e)[:200]}
-    version = 1 + max((int(v.get("version", 0)) for v in d["versions"] if isinstance(v, dict)),
-                      default=0)
+    version = 1 + max((_int(v.get("version")) for v in d["versions"] if isinstance(v, dict)), default=0)
     entry = {"version": version, "label": label, "threshold": round(float(threshold), 6),
              "n_studies": int(n_studies), "date": date or _dt.date.today().isoformat(),
              "sensitivity": sensitivity, "specificity": specificity,
@@ -136,10 +135,18 @@ def site_thresholds(card) -> tuple[dict[str, SiteThreshold], list[str]]:
                          f"{v.get('model_version')}, not {card.version}: the card's threshold is used")
             continue
         out[lab] = SiteThreshold(thr, _num(v.get("sensitivity")), _num(v.get("specificity")),
-                                 str(v.get("data", "")), n, date, int(v.get("version", 0)),
+                                 str(v.get("data", "")), n, date, _int(v.get("version")),
                                  site_text(thr, n, date))
     # a newer version that applies wins; drop notes about older versions it supersedes
     return out, ([] if out else notes)
+
+
+def _int(x) -> int:
+    """A saved entry's version number; 0 when a hand-edited file has something else there."""
+    try:
+        return int(x)
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _num(x):
