@@ -72,9 +72,22 @@ def _refused(p, *words):
 
 
 def test_the_real_crop_loads_unchanged(raw, tmp_path):
+    import nibabel as nib
+
     v = _load(_write(tmp_path, "same", raw))
     assert v.array.shape == (11, 64, 53) and np.allclose(v.spacing, (0.703125, 0.703125, 2.5))
     assert v.warnings == ["NIfTI stores no modality: the values are taken as CT Hounsfield units"]
+    # uncompressed, and as NIfTI-2 (the stored header is read with the file's own header class)
+    img = nib.load(_write(tmp_path, "same", raw))
+    two = nib.Nifti2Image(np.asanyarray(img.dataobj), img.affine)
+    two.header.set_qform(img.affine, 1)
+    two.header.set_sform(None, 0)
+    for name, im in (("one.nii", nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine)),
+                     ("two.nii.gz", two)):
+        nib.save(im, tmp_path / name)
+        w = _load(tmp_path / name)
+        assert np.array_equal(w.array, v.array) and np.allclose(w.affine, v.affine), name
+        assert w.warnings == v.warnings, name
 
 
 @pytest.mark.parametrize("name, off, fmt, vals, words", [
