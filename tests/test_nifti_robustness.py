@@ -248,3 +248,15 @@ def test_points_csv_errors_are_one_line(tmp_path, text, words):
     with pytest.raises(UserError) as e:
         read_points_csv(p)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_finite_stats_by_blocks_equal_the_whole_array():
+    from imaging_assist.nodules.window import _finite_stats
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 500, (37, 20, 30)).astype(np.float32)
+    a[3, 4, 5], a[20, 1, 1], a[36, 0, 0] = np.nan, np.inf, -np.inf
+    a[16:32] = np.nan  # a whole block without a finite voxel
+    fin = np.isfinite(a)
+    assert _finite_stats(a) == (int((~fin).sum()), float(a[fin].min()), float(a[fin].max()))
+    assert _finite_stats(np.full((3, 2, 2), np.nan, np.float32))[0] == 12

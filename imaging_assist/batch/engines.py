@@ -517,14 +517,14 @@ def _without_dashboard_head():
 
     With ``include_dashboard=False`` Ray 2.60 still starts a dashboard head (a Python process
     loading only its usage-statistics module, without web server) and polls the GCS every 0.1 s
-    until that process has published its address: 0.5 s of every ``ray.init`` here, 2.27 ->
-    1.77 s (``bench_batch.py --ray-start``).  Usage statistics are off
+    until that process has published its address: 0.5 s of every ``ray.init`` here, 2.26-2.27 ->
+    1.74-1.76 s (``bench_batch.py --ray-start``).  Usage statistics are off
     (``RAY_USAGE_STATS_ENABLED=0``), so the process does nothing else than watch the GCS; Ray
     has no setting to leave it out (``Node.start_head_processes`` calls ``start_api_server``
     unconditionally), hence the patch, for the duration of this ``ray.init`` only, of the
     Ray version pinned in pyproject.toml.  If Ray's private class moves, ``ray.init`` runs
     unchanged.  Checked by ``test_ray_in_process_listens_on_loopback_only_and_stops`` (no
-    dashboard process, the batch runs)."""
+    dashboard process; Ray's class restored after ``ray.init``)."""
     try:
         from ray._private.node import Node
 

@@ -219,6 +219,21 @@ def _check_declared_size(path: Path, img) -> None:
                           f"{size >> 10} KiB file")
 
 
+def _finite_stats(arr: np.ndarray, step: int = 16) -> tuple[int, float, float]:
+    """(non-finite voxels, min, max of the finite ones) of a float volume, ``step`` slices at a
+    time: a whole-scan float NIfTI is not copied to find them."""
+    n_bad, vmin, vmax = 0, np.inf, -np.inf
+    for k in range(0, arr.shape[0], step):
+        block = arr[k:k + step]
+        fin = np.isfinite(block)
+        n_fin = int(np.count_nonzero(fin))
+        n_bad += block.size - n_fin
+        if n_fin:
+            vals = block[fin] if n_fin < block.size else block
+            vmin, vmax = min(vmin, float(vals.min())), max(vmax, float(vals.max()))
+    return n_bad, vmin, vmax
+
+
 def volume_from_nifti(path) -> Volume:
     """A NIfTI file (RAS affine, data [i, j, k]) as a :class:`Volume` in LPS, indexed [k, j, i].
 
@@ -293,13 +308,11 @@ def volume_from_nifti(path) -> Volume:
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise WindowError(f"{path}: unsupported NIfTI data type {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
-        finite = np.isfinite(arr)
-        n_bad = int(arr.size - np.count_nonzero(finite))
+        n_bad, vmin, vmax = _finite_stats(arr)
         if n_bad == arr.size:
             raise WindowError(f"{path}: no voxel has a value (all NaN or infinite)")
         if n_bad:
             warnings.append(f"{n_bad} voxel(s) are NaN or infinite: taken as outside the scan")
-        vmin, vmax = float(arr[finite].min()), float(arr[finite].max())
     else:
         vmin, vmax = float(arr.min()), float(arr.max())
     if vmin < HU_RANGE[0] or vmax > HU_RANGE[1]:
