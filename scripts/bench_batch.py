@@ -303,7 +303,8 @@ RAY_VARIANTS = {
         "_system_config=dict(START_CONFIG))", {"IA_BENCH_STOP_RAY": "1"}),
     # the engine as batch runs it: engines.init_ray (the above without the dashboard head
     # process) and engines.stop_ray
-    "engine as batch runs it (init_ray, stop_ray)": ("None", {"IA_BENCH_STOP_RAY": "1", "IA_BENCH_INIT_RAY": "1"}),
+    "engine as batch runs it (init_ray, stop_ray)": ("dict()", {"IA_BENCH_STOP_RAY": "1",
+                                                                 "IA_BENCH_INIT_RAY": "1"}),
 }
 
 RAY_CHILD = r"""

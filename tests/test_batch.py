@@ -497,9 +497,9 @@ def test_ray_cluster_two_nodes_by_address_and_ray_address_equals_analyze(ray_clu
 
 def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
     """Ray started by the command: loopback only, usage statistics off, engines.START_CONFIG in
-    its system config; no dashboard head process (engines._without_dashboard_head); stop_ray kills the autoscaler monitor before ray.shutdown (which would
-    otherwise wait a second for it: see engines.stop_ray), and leaves no process and no
-    temporary folder behind."""
+    its system config; no dashboard head process (engines._without_dashboard_head); stop_ray
+    kills the autoscaler monitor before ray.shutdown (which would otherwise wait a second for
+    it: see engines.stop_ray), and leaves no process and no temporary folder behind."""
     code = ("import json, os, psutil\n"
             "from imaging_assist.batch.engines import init_ray, stop_ray\n"
             "_, tmp = init_ray(None)\n"

@@ -316,8 +316,9 @@ def volume_from_nifti(path) -> Volume:
     else:
         vmin, vmax = float(arr.min()), float(arr.max())
     if vmin < HU_RANGE[0] or vmax > HU_RANGE[1]:
-        raise WindowError(f"{path}: values {vmin:.6g} to {vmax:.6g} are not Hounsfield units (a CT holds "
-                          f"{HU_RANGE[0]:g} to {HU_RANGE[1]:g}); check the file's scaling (scl_slope, scl_inter)")
+        raise WindowError(f"{path}: values {vmin:.6g} to {vmax:.6g} are not Hounsfield units (a CT "
+                          f"holds {HU_RANGE[0]:g} to {HU_RANGE[1]:g}); check the file's scaling "
+                          "(scl_slope, scl_inter)")
     n = direction[:, 2]
     origin = lps[:3, 3]
     positions = np.array([float(np.dot(origin + n * spacing[2] * k, np.cross(direction[:, 0], direction[:, 1])))
