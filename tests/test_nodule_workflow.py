@@ -285,6 +285,16 @@ def test_non_ct_and_outside_points_are_refused_with_the_reason(slab, consensus):
     assert not r.found and "outside the series" in r.reason
     r = analyze_at(slab, [float("nan"), 0.0, 0.0], "N1")
     assert not r.found and "finite" in r.reason
+    # values that are not HU (a RescaleSlope of 1000): refused, not measured as "978,000 HU"
+    scaled = copy.copy(slab)
+    scaled.array = slab.array.astype(np.float32) * 1000
+    r = analyze_at(scaled, consensus[1], "N1")
+    assert not r.found and "not Hounsfield units" in r.reason and r.mask is None, r.reason
+    # a degenerate geometry (every slice oriented across the stack): one line, not LinAlgError
+    flat = copy.copy(slab)
+    flat.direction = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, -1.0, -1.0]])  # columns 2, 3 equal
+    r = analyze_at(flat, consensus[1], "N1")
+    assert not r.found and "geometry is unusable" in r.reason, r.reason
 
 
 # --------------------------------------------------------------------------- CLI and exports

@@ -163,7 +163,7 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     from ..models.matching import match_card, series_facts
     from . import models as nm
     from .measure import measure
-    from .window import WINDOW_SIZE, WindowError, cut_window, to_source_grid
+    from .window import WINDOW_SIZE, WindowError, check_volume, cut_window, to_source_grid
 
     t0 = time.perf_counter()
     pt = [float(v) for v in np.asarray(point_lps, float).reshape(-1)]
@@ -179,10 +179,11 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
             res.reason = f"refused by {card.id}: {m.reason}"
             return res
         res.warnings += [w for w in m.warnings if w not in res.warnings]
-    if not _inside(volume, pt):
-        res.reason = "the point lies outside the series"
-        return res
     try:
+        check_volume(volume)  # first: a degenerate geometry cannot say whether the point is inside
+        if not _inside(volume, pt):
+            res.reason = "the point lies outside the series"
+            return res
         win = cut_window(volume, pt)
     except WindowError as e:
         res.reason = f"refused: {e}"

@@ -84,7 +84,9 @@ def window_affine(center_lps, size: int = WINDOW_SIZE, spacing: float = MODEL_SP
     return a
 
 
-def _check_volume(volume: Volume) -> None:
+def check_volume(volume: Volume) -> None:
+    """WindowError (one line) unless ``volume`` is a 3D series with a usable, evenly spaced
+    patient geometry: what a nodule window needs."""
     if volume.array.ndim != 3:
         raise WindowError("a nodule window needs a greyscale 3D volume "
                           f"(this one has shape {tuple(volume.array.shape)})")
@@ -125,7 +127,7 @@ def cut_cube(volume: Volume, center_lps, size: int = WINDOW_SIZE) -> Window:
     by whole voxels equals :func:`cut_window` at the shifted point (same sample positions).  Works for any
     direction matrix (tilted, flipped, sheared gantry-tilt stacks) and anisotropic spacing.
     """
-    _check_volume(volume)
+    check_volume(volume)
     c = np.asarray(center_lps, float).reshape(-1)
     if c.size != 3 or not np.all(np.isfinite(c)):
         raise WindowError(f"the point must be three finite LPS coordinates in mm (got {center_lps!r})")
@@ -153,6 +155,11 @@ def cut_cube(volume: Volume, center_lps, size: int = WINDOW_SIZE) -> Window:
         if bad.any():
             img[bad] = 0.0
             inside &= ~bad
+        if inside.any():
+            lo_v, hi_v = float(img[inside].min()), float(img[inside].max())
+            if lo_v < HU_RANGE[0] or hi_v > HU_RANGE[1]:  # e.g. a RescaleSlope of 1000
+                raise WindowError(f"the values around the point ({lo_v:.6g} to {hi_v:.6g}) are not "
+                                  f"Hounsfield units (a CT holds {HU_RANGE[0]:g} to {HU_RANGE[1]:g})")
     return Window(image=img.reshape(shape), valid=inside.reshape(shape),
                   affine=waff, center_lps=c.copy())
 
