@@ -171,3 +171,24 @@ def test_loader_never_allocates_past_the_series_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(L, "MAX_SERIES_BYTES", 3 * 64 * 64 * 2)  # the stack needs 4 slices' worth
     with pytest.raises(LoadError, match="would need"):
         L.load_series(series)
+
+
+def test_a_slice_with_another_pixel_spacing_is_its_own_part(tmp_path):
+    """The loader takes one pixel size per stack: a slice whose PixelSpacing differs (here 0.9
+    among 0.5 x 0.7) would be drawn and measured at the wrong scale, silently.  The index splits
+    it off and says why; each part loads with its own spacing.  Float noise in how the value is
+    written (0.5 vs 0.50000001) does not split."""
+    paths = write_ct_series(tmp_path / "s", [(0.0, 0.0, 2.5 * k) for k in range(6)])
+    ds = pydicom.dcmread(paths[3])
+    ds.PixelSpacing = ["0.9", "0.9"]
+    ds.save_as(paths[3])
+    ds = pydicom.dcmread(paths[4])
+    ds.PixelSpacing = ["0.50000001", "0.70000002"]
+    ds.save_as(paths[4])
+    parts = scan(tmp_path / "s").image_series()
+    assert sorted(len(p.instances) for p in parts) == [1, 5]
+    for p in parts:
+        assert any("mixed pixel spacings" in w for w in p.warnings), p.warnings
+        v = load_series(p)
+        want = (0.9, 0.9) if len(p.instances) == 1 else (0.7, 0.5)  # (column, row) spacing
+        assert v.spacing[:2] == pytest.approx(want)

@@ -777,18 +777,28 @@ def _orientation_key(rec: InstanceRecord):
     return tuple(np.round(np.asarray(iop, float), 3))
 
 
+def _spacing_key(rec: InstanceRecord):
+    """PixelSpacing to 0.001 mm: images of one stack share it (the loader takes one pixel size
+    per stack, so a slice with another would be drawn and measured at the wrong scale)."""
+    ps = rec.get("PixelSpacing")
+    if not _finite_vector(ps, 2):
+        return None  # missing or unusable: the loader says so
+    return tuple(np.round(np.asarray(ps, float), 3))
+
+
 def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
     """One SeriesInfo per displayable stack.
 
     A series is split when its images cannot form one volume: different sizes, colour
-    models, orientations, or several images at the same position (echoes, phases,
-    repeated acquisitions).  Each split is said in the part's warnings.
+    models, orientations, pixel spacings, or several images at the same position (echoes,
+    phases, repeated acquisitions).  Each split is said in the part's warnings.
     """
     groups: dict[tuple, list[InstanceRecord]] = defaultdict(list)
     for r in recs:
         k = (r.rows, r.columns, r.samples, str(r.get("PhotometricInterpretation", "")),
              _orientation_key(r) if r.frames == 1 else None, r.has_pixels,
-             result_kind(r.get("SOPClassUID")))  # a SEG/PM/SR never joins its images
+             result_kind(r.get("SOPClassUID")),  # a SEG/PM/SR never joins its images
+             _spacing_key(r) if r.frames == 1 else None)
         groups[k].append(r)
     reasons = []
     if len(groups) > 1:
@@ -801,6 +811,10 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
             reasons.append("mixed colour models")
         if len({k[6] for k in groups}) > 1:
             reasons.append("result objects (SEG, Parametric Map, SR) share the images' series UID")
+        spacings = {k[7] for k in groups}
+        if len(spacings) > 1:
+            reasons.append("mixed pixel spacings " + ", ".join(
+                "x".join(f"{v:g}" for v in sp) if sp else "none" for sp in sorted(spacings, key=str)))
     parts: list[tuple[list[InstanceRecord], str]] = []
     for _, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         for sub, why in _split_duplicates(members):
