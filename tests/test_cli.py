@@ -317,3 +317,19 @@ def test_mutated_real_files_give_results_or_one_line_errors(tmp_path, capsys):
                 assert ln.startswith(("error:", "warning:", "note:", "/")), (name, ln)
             if name == "body_part_knee" and argv[0] == "analyze":
                 assert r.returncode == 2 and "the series shows KNEE" in r.stderr, r.stderr
+
+
+def test_an_unreadable_item_is_named_once(tmp_path, capsys):
+    """analyze: a truncated film is one error line that names the file once (the reader's own
+    message starts with the path), and the run goes on to its summary."""
+    from conftest import SHARED
+
+    film = need(SHARED / "cxr" / "pneumonia_kermany" / "train" / "NORMAL" / "IM-0115-0001.jpeg")
+    bad = tmp_path / "in" / "truncated.jpeg"
+    bad.parent.mkdir()
+    data = film.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    r = _in_process(capsys)("analyze", bad, "--model", "cxr-pneumonia", "--out", tmp_path / "out")
+    (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode != 0 and line.count(str(bad)) == 1 and "not a readable" in line, r.stderr
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["items"][0]["error"]

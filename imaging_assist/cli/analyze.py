@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import finish_run, int_at_least, out_folder
+from .common import finish_run, int_at_least, out_folder, print_item_error
 
 
 def register(subparsers) -> None:
@@ -233,7 +233,7 @@ def cmd_analyze(args) -> int:
                 failed += 1
                 results.append({"source": src, "model": card.id, "model_version": card.version,
                                 "error": str(e)})
-                print(f"error: {src}: {e}", file=sys.stderr)
+                print_item_error(src, e)
             bar.update(1)
         if slides:
             failed += _analyze_slides(slides, model, args, out_dir, results, notes, used_stems)
@@ -306,8 +306,7 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
                 failed += 1
                 results.append({"source": str(sp), "kind": "slide", "model": card.id,
                                 "model_version": card.version, "error": str(e)})
-                msg = str(e)  # the slide readers' messages start with the path already
-                print(f"error: {msg}" if msg.startswith(str(sp)) else f"error: {sp}: {msg}", file=sys.stderr)
+                print_item_error(sp, e)
                 continue
             finally:
                 bar.close()

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..nodules.analysis import MALIGNANCY_MODEL
 from ..nodules.run import (NIFTI_SUFFIXES, NODULE_MODELS, analyze_points, item_dict, parse_point,
                            read_points_csv, summary_lines, volume_centre)
-from .common import finish_run, out_folder
+from .common import finish_run, out_folder, print_item_error
 
 
 def _inputs(path: Path, card):
@@ -94,8 +94,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
         except UserError as e:
             failed += 1
             results.append({"source": src, "model": card.id, "model_version": card.version, "error": str(e)})
-            msg = str(e)
-            print(f"error: {msg if msg.startswith(src) else src + ': ' + msg}", file=sys.stderr)
+            print_item_error(src, e)
     summary = card.summary()
     summary["intended_use"] = card.intended_use
     if any(n.get("models") for it in results for n in it.get("nodules") or []):  # they ran: checked hashes

@@ -9,6 +9,13 @@ import sys
 from ..outputs import out_folder  # noqa: F401 - re-exported for the commands
 
 
+def print_item_error(src, e) -> None:
+    """``error: SOURCE: reason`` on stderr, naming the source once (many readers' messages
+    already start with the path)."""
+    msg, src = str(e), str(src)
+    print(f"error: {msg}" if msg.startswith(src) else f"error: {src}: {msg}", file=sys.stderr)
+
+
 def print_json(obj) -> None:
     json.dump(obj, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")
