@@ -205,8 +205,8 @@ def model_channels(window: Window, design: str = DEFAULT_DESIGN) -> np.ndarray:
 
 
 #: Values a CT in Hounsfield units can hold (DICOM CT: 16-bit stored values, rescaled to HU;
-#: padding down to -32768, metal in extended-range CT up to 32767).  A NIfTI volume with values
-#: beyond this range is not in HU (e.g. scaled, or a corrupt scl_slope) and is refused.
+#: padding down to -32768, metal in extended-range CT up to 32767).  A window with values beyond
+#: this range is not HU (a RescaleSlope of 1000, a corrupt NIfTI scl_slope): :func:`cut_cube` refuses it.
 HU_RANGE = (-32768.0, 32767.0)
 
 
@@ -226,19 +226,11 @@ def _check_declared_size(path: Path, img) -> None:
                           f"{size >> 10} KiB file")
 
 
-def _finite_stats(arr: np.ndarray, step: int = 16) -> tuple[int, float, float]:
-    """(non-finite voxels, min, max of the finite ones) of a float volume, ``step`` slices at a
-    time: a whole-scan float NIfTI is not copied to find them."""
-    n_bad, vmin, vmax = 0, np.inf, -np.inf
-    for k in range(0, arr.shape[0], step):
-        block = arr[k:k + step]
-        fin = np.isfinite(block)
-        n_fin = int(np.count_nonzero(fin))
-        n_bad += block.size - n_fin
-        if n_fin:
-            vals = block[fin] if n_fin < block.size else block
-            vmin, vmax = min(vmin, float(vals.min())), max(vmax, float(vals.max()))
-    return n_bad, vmin, vmax
+def _count_not_finite(arr: np.ndarray, step: int = 16) -> int:
+    """NaN/inf voxels of a float volume, ``step`` slices at a time (a whole-scan float NIfTI is
+    not doubled in memory to count them)."""
+    return sum(int(arr[k:k + step].size - np.count_nonzero(np.isfinite(arr[k:k + step])))
+               for k in range(0, arr.shape[0], step))
 
 
 def volume_from_nifti(path) -> Volume:
@@ -249,9 +241,10 @@ def volume_from_nifti(path) -> Volume:
     (nibabel repairs some of these silently): no orientation (qform_code and sform_code 0), a
     zero or non-finite voxel size, a voxel size outside what the DICOM loader believes
     (``PIXEL_SPACING_RANGE_MM``), a declared size it would not allocate
-    (:func:`_check_declared_size`), no finite voxel, values outside :data:`HU_RANGE`.  NaN or
-    infinite voxels are kept as they are and said in a warning: :func:`cut_window` takes them as
-    outside the scan (not valid), like the space beyond a crop.
+    (:func:`_check_declared_size`), no finite voxel.  NaN or infinite voxels are kept as they
+    are and said in a warning: :func:`cut_window` takes them as outside the scan (not valid),
+    like the space beyond a crop.  Values that are not HU (e.g. a wrong scl_slope) are refused
+    where the models look, by :func:`cut_window`, as for DICOM.
     """
     import nibabel as nib
 
@@ -314,18 +307,11 @@ def volume_from_nifti(path) -> Volume:
     arr = np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
     if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
         raise WindowError(f"{path}: unsupported NIfTI data type {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        n_bad, vmin, vmax = _finite_stats(arr)
-        if n_bad == arr.size:
-            raise WindowError(f"{path}: no voxel has a value (all NaN or infinite)")
-        if n_bad:
-            warnings.append(f"{n_bad} voxel(s) are NaN or infinite: taken as outside the scan")
-    else:
-        vmin, vmax = float(arr.min()), float(arr.max())
-    if vmin < HU_RANGE[0] or vmax > HU_RANGE[1]:
-        raise WindowError(f"{path}: values {vmin:.6g} to {vmax:.6g} are not Hounsfield units (a CT "
-                          f"holds {HU_RANGE[0]:g} to {HU_RANGE[1]:g}); check the file's scaling "
-                          "(scl_slope, scl_inter)")
+    n_bad = _count_not_finite(arr) if np.issubdtype(arr.dtype, np.floating) else 0
+    if n_bad == arr.size:
+        raise WindowError(f"{path}: no voxel has a value (all NaN or infinite)")
+    if n_bad:
+        warnings.append(f"{n_bad} voxel(s) are NaN or infinite: taken as outside the scan")
     n = direction[:, 2]
     origin = lps[:3, 3]
     positions = np.array([float(np.dot(origin + n * spacing[2] * k, np.cross(direction[:, 0], direction[:, 1])))
