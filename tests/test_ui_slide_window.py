@@ -141,7 +141,7 @@ def test_detect_tissue_layer_toggled_from_the_panel(win, page):
     assert np.array_equal(grab(v), with_layer)
 
 
-def test_tile_result_heatmaps_and_file(win, page, tmp_path):
+def test_tile_result_heatmaps_and_file(win, page, tmp_path, monkeypatch):
     from imaging_assist.layers import HeatmapLayer, MarkerLayer
     from imaging_assist.slides import open_slide, run_tiles, write_heatmaps
 
@@ -154,6 +154,8 @@ def test_tile_result_heatmaps_and_file(win, page, tmp_path):
     assert res.heatmaps.shape[0] == 2 and min(res.heatmaps.shape[1:]) > 10
     out = write_heatmaps(res, tmp_path / "heat.npz")[0]
     added = page.load_heatmap(out)
+    # written without its slide, the file cannot say which slide it belongs to: the reader is told
+    assert "does not record which slide it was made for" in page.tissue_status.text()
     heat = [l for l in added if isinstance(l, HeatmapLayer)]
     assert [l.name for l in heat] == ["pink", "other"] and heat[0].visible and not heat[1].visible
     assert heat[0].downsample == pytest.approx(res.downsample) and heat[0].origin == pytest.approx(res.origin)
@@ -180,11 +182,22 @@ def test_tile_result_heatmaps_and_file(win, page, tmp_path):
     want = premul + before * (1 - a)
     assert a > 0.3 and np.abs(got - want).max() <= 3
     assert np.any(img != plain)
-    # a heat map of another slide is refused
-    res.slide_dimensions = (100, 100)
+    # a heat map of another slide (one pixel wider: its grid fits it too) is refused
+    res.slide_dimensions = (res.slide_dimensions[0] + 1, res.slide_dimensions[1])
     bad = write_heatmaps(res, tmp_path / "other.npz")[0]
-    with pytest.raises(ValueError, match="2220"):
+    from imaging_assist.slides import SlideError
+    with pytest.raises(SlideError, match="2220"):
         page.load_heatmap(bad)
+    # through the menu: the engine's one line in a message box, nothing added
+    import imaging_assist_ui.slides.slide_page as sp
+    shown, n_layers = [], len(win.doc.layers)
+    monkeypatch.setattr(sp.QFileDialog, "getOpenFileName", staticmethod(lambda *a, **k: (str(bad), "")))
+    monkeypatch.setattr(sp.QMessageBox, "warning", staticmethod(lambda _w, title, text: shown.append((title, text))))
+    page.load_heatmap_dialog()
+    assert shown == [("Load heat map", f"Not loaded: other.npz: the heat map was made for a "
+                                       f"{res.slide_dimensions[0]} × {res.slide_dimensions[1]} slide; this one is "
+                                       f"{page.slide.dimensions[0]} × {page.slide.dimensions[1]}")]
+    assert len(win.doc.layers) == n_layers
     win.doc.layers.clear()
 
 

@@ -15,6 +15,8 @@ def register(sub) -> None:
     s.add_argument("--series", help="series UID or key when the path holds several")
     s.add_argument("--root", help="where to look for a series UID (default: current folder)")
     s.add_argument("--stack", type=int_at_least(1), default=1, help="stack number for series with several (default 1)")
+    s.add_argument("--slide", metavar="SLIDE", help="with a heat-map file: check that it was made for this slide "
+                   "(as the viewer does before drawing it)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
 
@@ -55,7 +57,12 @@ def resolve_series(target: str, root: str | None = None, series: str | None = No
 def cmd_info(args) -> int:
     from ..dicom import load_series, plan_series
     from ..slides.cli import format_info, info_dict, is_slide_path
+    from ..slides.heatmap_io import heatmap_kind
 
+    if os.path.isfile(args.target) and heatmap_kind(args.target):
+        return print_heatmap_info(args.target, args.slide, as_json=args.json)
+    if args.slide:
+        raise UserError("--slide goes with a heat-map file (written by analyze on a slide)")
     if os.path.exists(args.target) and not args.series and is_slide_path(args.target):
         if args.json:
             print_json(info_dict(args.target))
@@ -113,4 +120,43 @@ def cmd_info(args) -> int:
             print(f"Window      {p.name:<14} C={p.center:g} W={p.width:g}  ({p.source})")
     for w in vol.warnings:
         print(f"warning: {w}")
+    return 0
+
+
+def print_heatmap_info(path: str, slide: str | None, as_json: bool) -> int:
+    """A heat-map file of ``analyze`` on a slide, checked as the viewer checks it before drawing."""
+    from ..slides import open_slide
+    from ..slides.annotations import slide_key
+    from ..slides.heatmap_io import describe_heatmap
+
+    dims = key = None
+    if slide:
+        with open_slide(slide) as s:
+            dims = s.dimensions
+        key = slide_key(slide)
+    d = describe_heatmap(path, dims, key)
+    d["slide"] = slide
+    if as_json:
+        print_json(d)
+        return 0
+    rows, cols = d["grid"]
+    sx, sy = d["cell_level0_px"]
+    smpp = d["slide_mpp"]
+    mpp = f"; {sx * smpp[0]:.4g} x {sy * smpp[1]:.4g} µm" if smpp else ""
+    w, h = d["slide_dimensions"]
+    print(f"Heat map    {os.path.basename(path)}  (imaging-assist heat-map format {d['format_version']}; "
+          f"checksum {d['checksum']})")
+    print(f"Grid        {rows} x {cols} cells of {sx:g} x {sy:g} level-0 px, from ({d['origin_level0_px'][0]:g}, "
+          f"{d['origin_level0_px'][1]:g}){mpp}")
+    ident = f", identity {d['slide_key']}" if d["slide_key"] else ", identity not recorded"
+    print(f"Made for    a {w} x {h} px slide{ident}")
+    for c in d["classes"]:
+        rng = f"{c['min']:.3f} .. {c['max']:.3f}, mean {c['mean']:.3f}" if c["cells_with_a_tile"] else "no tile"
+        print(f"Class       {c['name']}: {rng} over {c['cells_with_a_tile']:,} of {rows * cols:,} cells")
+    if d["cancelled"]:
+        print("Cancelled   yes: the run was stopped; cells without a tile are empty")
+    if slide:
+        print(f"Slide       {slide}: the heat map fits it")
+    for w_ in d["warnings"] + d["load_warnings"]:
+        print(f"warning: {w_}")
     return 0

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import zipfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -513,6 +514,31 @@ WSM_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.77.1.6"  # VL Whole Slide Microscop
 
 #: How many bytes of a file ``sniff`` functions get (enough for the DICOM preamble + "DICM").
 HEAD_BYTES = 132
+
+
+HEATMAP_FORMAT_TAG = "imaging-assist-heatmap"  # heat-map files (heatmap_io), told from slides here
+
+
+def heatmap_kind(path: str | os.PathLike, head: bytes | None = None) -> str | None:
+    """"tif" or "npz" when ``path`` is a heat-map file written by ``heatmap_io.write_heatmaps``
+    (decided on its first bytes and a TIFF's first description or an NPZ's member names), else
+    None.  Never raises: ``open_slide`` uses it to tell a heat-map TIFF from a slide."""
+    path = os.fspath(path)
+    try:
+        if head is None:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        if head[:4] in _TIFF_MAGIC:
+            import tifffile
+            with tifffile.TiffFile(path) as tif:
+                desc = tif.pages.first.description
+            return "tif" if isinstance(desc, str) and f'"format": "{HEATMAP_FORMAT_TAG}"' in desc[:200] else None
+        if head[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as zf:
+                return "npz" if {"heatmaps.npy", "metadata.npy"} <= set(zf.namelist()) else None
+    except Exception:  # noqa: BLE001 - whatever is unreadable here is simply not a heat-map file
+        return None
+    return None
 
 
 def read_head(path: str, n: int = HEAD_BYTES) -> bytes:

@@ -38,8 +38,8 @@ from .base import (ASSOCIATED_NAMES, HEAD_BYTES, IMAGE_EXTENSIONS, MAX_REGION_PI
                    MISSING_MPP_MESSAGE, MPP_SOURCES, OPENSLIDE_EXTENSIONS, PLAUSIBLE_MPP_RANGE,
                    RESOLUTION_TAG_MPP_RANGE, RESOLUTION_TAG_SOURCES, TIFF_EXTENSIONS, WSM_SOP_CLASS_UID,
                    _TIFF_MAGIC, BackendDeclined, MissingMPPWarning, Slide, SlideBackend, SlideError,
-                   SlideReadError, UnsupportedSlideError, canonical_associated_name, is_dicom_head,
-                   is_tiff_head, mpp_from_resolution, plausible_mpp, read_head, to_rgb)
+                   SlideReadError, UnsupportedSlideError, canonical_associated_name, heatmap_kind,
+                   is_dicom_head, is_tiff_head, mpp_from_resolution, plausible_mpp, read_head, to_rgb)
 
 __all__ = ["open_slide", "register_backend", "unregister_backend", "registered_backends", "SlideBackend",
            "BackendDeclined", "Slide", "SlideError", "SlideReadError", "UnsupportedSlideError",
@@ -93,6 +93,10 @@ def open_slide(path: str | os.PathLike) -> Slide:
     if not os.path.exists(path):
         raise SlideError(f"{path}: no such file or folder")
     head = read_head(path)
+    if heatmap_kind(path, head):  # a TIFF like a slide's, but float probabilities on a tile grid
+        raise UnsupportedSlideError(f"{path}: an imaging-assist heat map, not a slide: open the slide it was "
+                                    "made for and load it there (Load heat map…), or see it with "
+                                    "`imaging-assist info`")
     declined: list[str] = []
     for backend in registered_backends():
         try:

@@ -621,21 +621,24 @@ class SlidePage(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Load heat map", os.path.dirname(self.path or ""),
                                               "Heat maps (*.tif *.tiff *.npz);;All files (*)")
         if path:
+            from imaging_assist.errors import UserError
             try:
                 self.load_heatmap(path)
-            except Exception as e:  # noqa: BLE001
-                QMessageBox.warning(self, "Heat map", f"Could not load {os.path.basename(path)}:\n{e}")
+            except UserError as e:  # the engine's line names the file and why
+                QMessageBox.warning(self, "Load heat map", f"Not loaded: {e}")
 
     def load_heatmap(self, path: str):
+        """Add the heat maps of a file written by ``analyze`` (TIFF or NPZ) to the open slide.
+        The engine checks the file and that it was made for this slide (UserError otherwise);
+        a file that does not record its slide is placed by size, and the status bar says so."""
         from imaging_assist.slides import read_heatmaps
-        heat, meta = read_heatmaps(path)
-        dims = meta.get("slide_dimensions")
-        if dims and self.slide is not None and tuple(dims) != tuple(self.slide.dimensions):
-            raise ValueError(f"the heat map was made for a {dims[0]} × {dims[1]} slide; "
-                             f"this one is {self.slide.dimensions[0]} × {self.slide.dimensions[1]}")
-        names = meta.get("class_names") or [f"class {i}" for i in range(len(heat))]
-        return self.add_heatmaps(heat, names, meta["downsample"], meta.get("origin", (0, 0)),
-                                 meta.get("top_tiles"))
+        from imaging_assist.slides.annotations import slide_key
+        heat, meta = read_heatmaps(path, slide_dimensions=self.slide.dimensions, slide_key=slide_key(self.path))
+        added = self.add_heatmaps(heat, meta["class_names"], meta["downsample"], meta["origin"],
+                                  meta.get("top_tiles"))
+        if meta["load_warnings"]:
+            self._tool_message("; ".join(meta["load_warnings"]))
+        return added
 
     # ------------------------------------------------------------------ annotations
     def _tool_message(self, text: str):
