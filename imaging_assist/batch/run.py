@@ -171,10 +171,16 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
                 state = "interrupted"
         bar.close()
         seconds = time.perf_counter() - t0
-        if state != "interrupted" and sys.exc_info()[0] is not None:
+        failing = sys.exc_info()[0] is not None
+        if state != "interrupted" and failing:
             state = "failed"
-        table.end_run(run_id, state, counts, seconds)
-        table.close()
+        try:
+            table.end_run(run_id, state, counts, seconds)
+        except UserError:  # e.g. the disk is full: the error that stopped the run is the one to tell
+            if not failing:
+                raise
+        finally:
+            table.close()
     ran = counts["ok"] + counts["failed"] + counts["skipped"]
     result = dict(counts, total=total, seconds=round(seconds, 3), state=state, run_id=run_id,
                   items_per_s=round(ran / seconds, 3) if seconds > 0 else None,

@@ -14,9 +14,12 @@ Columns (JSON text where a value is a list or a mapping): see :data:`COLUMNS`.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import sqlite3
 from pathlib import Path
+
+from ..errors import UserError
 
 TABLE_FILE = "batch.sqlite"
 
@@ -64,12 +67,51 @@ COLUMNS = {
 JSON_COLUMNS = {k for k, v in COLUMNS.items() if v == "JSON"}
 
 
-class ResultsTable:
-    """Open (create) ``OUT/batch.sqlite``.  Every :meth:`put` is one committed transaction."""
+class ResultsTableError(UserError):
+    """``batch.sqlite`` cannot be used (not a database, another schema, disk full, locked)."""
 
+
+def _one_line(method):
+    """SQLite's errors as one line naming the table (the file is never replaced or deleted)."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as e:
+            if method.__name__ == "__init__":
+                if getattr(self, "db", None) is not None:
+                    self.db.close()
+                hint = "it is left as it is: move it away or choose another --out"
+            else:
+                hint = "the rows committed before are kept"
+            raise ResultsTableError(f"{self.path}: {self._doing(method.__name__)} ({e}); {hint}") from None
+    return wrapper
+
+
+class ResultsTable:
+    """Open (create) ``OUT/batch.sqlite``.  Every :meth:`put` is one committed transaction.
+    Any SQLite error (a file that is not a database, a table of another schema, a full disk)
+    is a one-line :class:`ResultsTableError`."""
+
+    @staticmethod
+    def _doing(name: str) -> str:
+        return {"__init__": "cannot open the batch results table", "rows": "cannot read the batch results table",
+                "done": "cannot read the batch results table"}.get(name, "cannot write the batch results table")
+
+    @_one_line
     def __init__(self, out_dir):
         self.path = Path(out_dir) / TABLE_FILE
         self.db = sqlite3.connect(str(self.path), timeout=30, isolation_level=None)
+        # first read what is there, and write nothing into a database that is not ours
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables - {"results", "runs", "sqlite_sequence"}:
+            raise sqlite3.DatabaseError(f"it holds other tables ({', '.join(sorted(tables)[:4])}): another "
+                                        "program's database?")
+        info = list(self.db.execute("PRAGMA table_info(results)"))
+        key = [r[1] for r in sorted((r for r in info if r[5]), key=lambda r: r[5])]
+        if info and key != ["content_hash", "model", "model_version"]:  # resuming relies on this key
+            raise sqlite3.DatabaseError("its results table is not keyed by content hash, model and model "
+                                        "version: another program's table?")
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         cols = ", ".join(f"{k} {v.replace('JSON', 'TEXT')}" for k, v in COLUMNS.items())
@@ -78,23 +120,27 @@ class ResultsTable:
         self.db.execute("CREATE TABLE IF NOT EXISTS runs (run_id INTEGER PRIMARY KEY AUTOINCREMENT, "
                         "started TEXT, finished TEXT, engine TEXT, command TEXT, state TEXT, "
                         "done INTEGER, failed INTEGER, skipped INTEGER, resumed INTEGER, seconds REAL)")
-        have = {r[1] for r in self.db.execute("PRAGMA table_info(results)")}
+        info = info or list(self.db.execute("PRAGMA table_info(results)"))
+        have = {r[1] for r in info}
         for k, v in COLUMNS.items():  # a table from an older version gains the new columns
             if k not in have:
                 self.db.execute(f"ALTER TABLE results ADD COLUMN {k} {v.replace('JSON', 'TEXT')}")
 
     # ------------------------------------------------------------------ runs
+    @_one_line
     def start_run(self, engine: str, command: str) -> int:
         cur = self.db.execute("INSERT INTO runs (started, engine, command, state) VALUES (?, ?, ?, 'running')",
                               (_now(), engine, command))
         return int(cur.lastrowid)
 
+    @_one_line
     def end_run(self, run_id: int, state: str, counts: dict, seconds: float) -> None:
         self.db.execute("UPDATE runs SET finished=?, state=?, done=?, failed=?, skipped=?, resumed=?, seconds=? "
                         "WHERE run_id=?", (_now(), state, counts.get("ok", 0), counts.get("failed", 0),
                                            counts.get("skipped", 0), counts.get("resumed", 0), seconds, run_id))
 
     # ------------------------------------------------------------------ rows
+    @_one_line
     def done(self, content_hash: str, model: str, version: str) -> bool:
         """Already analysed (ok) or known not to fit (skipped) for this content and model
         version?  Failed rows are tried again."""
@@ -102,6 +148,7 @@ class ResultsTable:
                             (content_hash, model, version)).fetchone()
         return r is not None and r[0] in ("ok", "skipped")
 
+    @_one_line
     def put(self, row: dict) -> None:
         row = dict(row)
         row.setdefault("finished", _now())
@@ -117,6 +164,7 @@ class ResultsTable:
         self.db.execute(f"INSERT OR REPLACE INTO results ({', '.join(keys)}) VALUES "
                         f"({', '.join('?' * len(keys))})", vals)
 
+    @_one_line
     def rows(self, where: str = "", args: tuple = ()) -> list[dict]:
         cur = self.db.execute(f"SELECT * FROM results {where}", args)
         names = [c[0] for c in cur.description]
@@ -125,7 +173,11 @@ class ResultsTable:
             d = dict(zip(names, r))
             for k in JSON_COLUMNS:
                 if d.get(k) is not None:
-                    d[k] = json.loads(d[k])
+                    try:
+                        d[k] = json.loads(d[k])
+                    except (ValueError, RecursionError):
+                        raise sqlite3.DataError(f"the {k} of the row of {d.get('source') or d.get('content_hash')} "
+                                                "is not JSON (edited?)") from None
             out.append(d)
         return out
 
