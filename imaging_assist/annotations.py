@@ -228,12 +228,13 @@ class AnnotationStore:
         if not isinstance(sec, dict):
             return [], warnings
         out, bad = [], 0
-        for d in sec.get("items") or []:
+        items = sec.get("items") or []
+        for d in items if isinstance(items, list) else [items]:  # not a list: one malformed item
             try:
                 m = Measurement.from_dict(d)
                 if shape is not None and not _fits(m, shape):
                     raise ValueError("outside the series")
-            except (KeyError, ValueError, TypeError, IndexError):
+            except (KeyError, ValueError, TypeError, IndexError, OverflowError):  # OverflowError: int(inf)
                 bad += 1
                 continue
             out.append(m)

@@ -217,9 +217,23 @@ def nodule_points() -> dict:
     (written by scripts/make_demo_data.py beside the demo folder)."""
     p = Path(demo_root()).parent / "nodule_points.json"
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
         return {}
+    if not isinstance(d, dict):
+        return {}
+    out = {}  # only points the callers can use: a "point_lps" of three finite numbers
+    for uid, pts in d.items():
+        ok = [q for q in pts if isinstance(q, dict) and _lps_point(q.get("point_lps"))] \
+            if isinstance(pts, list) else []
+        if ok:
+            out[uid] = ok
+    return out
+
+
+def _lps_point(v) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) and -1e308 < x < 1e308 for x in v)
 
 
 def _nodules(models: _Models, series, vol, out: Path, tag: str, entry: dict, captured: dict) -> None:

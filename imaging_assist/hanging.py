@@ -92,7 +92,7 @@ def _protocol_from(d) -> Protocol:
         raise ValueError("an entry has no modality")
     if not isinstance(bp, str) or len(bp) > 64:
         raise ValueError(f"{mod}: body_part is not text")
-    if lay not in LAYOUTS:
+    if not isinstance(lay, str) or lay not in LAYOUTS:
         raise ValueError(f"{mod}: layout {str(lay)[:20]!r} is not one of {', '.join(LAYOUTS)}")
     if not isinstance(vps, list) or not vps or any(v not in SOURCES for v in vps):
         raise ValueError(f"{mod}: viewports must be a list of {', '.join(SOURCES)}")

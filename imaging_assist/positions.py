@@ -12,6 +12,7 @@ and indices are stored: no names, no pixel data.  The file holds the most recent
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -53,8 +54,9 @@ class PositionStore:
             for uid, v in items.items():
                 if isinstance(uid, str) and isinstance(v, dict) and isinstance(v.get("index"), int) \
                         and isinstance(v.get("n"), int) and 0 <= v["index"] < v["n"]:
-                    self._items[uid] = {"index": v["index"], "n": v["n"], "t": float(v.get("t", 0) or 0)}
-        except (OSError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as e:
+                    t = float(v.get("t", 0) or 0)
+                    self._items[uid] = {"index": v["index"], "n": v["n"], "t": t if math.isfinite(t) else 0.0}
+        except (OSError, UnicodeDecodeError, ValueError, TypeError, OverflowError, RecursionError) as e:
             self._items = {}
             self.warning = f"remembered positions file {self.path} is not usable ({str(e)[:120]}): not used"
 

@@ -118,9 +118,17 @@ def recorded_sanity(card) -> dict:
     if not p.is_file():
         return {}
     try:
-        return dict(json.loads(p.read_text(encoding="utf-8")).get("methods", {}))
-    except (OSError, ValueError, AttributeError):
+        methods = json.loads(p.read_text(encoding="utf-8")).get("methods", {})
+    except (OSError, ValueError, AttributeError, RecursionError):
         return {}
+    out = {}
+    for m, r in (methods.items() if isinstance(methods, dict) else ()):
+        if not isinstance(r, dict) or not isinstance(r.get("passed", True), bool):
+            continue  # not a result: as if the method had not been checked
+        # the numbers are formatted into warnings: a value of another type is left out
+        out[m] = {k: v for k, v in r.items() if k not in ("final_spearman", "threshold")
+                  or (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e308)}
+    return out
 
 
 def sanity_warning(card, method: str) -> str | None:

@@ -71,7 +71,10 @@ def _read(model_id: str) -> dict:
         return {"schema_version": SCHEMA_VERSION, "model": model_id, "versions": []}
     if not p.is_file() or p.stat().st_size > MAX_FILE_BYTES:
         raise ValueError(f"{p} is not a small regular file")
-    d = json.loads(p.read_text(encoding="utf-8"))
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise ValueError(f"{p} is nested too deeply") from None
     if not isinstance(d, dict) or not isinstance(d.get("versions"), list):
         raise ValueError(f"{p} has no 'versions' list")
     return d
@@ -123,16 +126,20 @@ def site_thresholds(card) -> tuple[dict[str, SiteThreshold], list[str]]:
     for v in d["versions"]:
         try:
             lab, thr = str(v["label"]), float(v["threshold"])
-            n, date = int(v["n_studies"]), str(v["date"])
-        except (KeyError, TypeError, ValueError):
+            n, date = int(v["n_studies"]), v["date"]
+            if isinstance(v["threshold"], (bool, str)) or n < 0 or not isinstance(date, str) \
+                    or date.splitlines() != [date]:  # a date shown in one line beside each decision
+                raise ValueError("threshold, n_studies or date")
+        except (KeyError, TypeError, ValueError, OverflowError):
             notes.append("a saved site threshold entry is incomplete: ignored")
             continue
         if lab not in card.labels or not 0.0 <= thr <= 1.0:
             notes.append(f"saved site threshold for {lab!r} does not fit the model: ignored")
             continue
         if v.get("model_version") != card.version or (wh and v.get("weights_sha256") not in (None, wh)):
+            mv = " ".join(str(v.get("model_version")).split())[:40]
             notes.append(f"site threshold {thr:g} ({date}) was measured on model version "
-                         f"{v.get('model_version')}, not {card.version}: the card's threshold is used")
+                         f"{mv}, not {card.version}: the card's threshold is used")
             continue
         out[lab] = SiteThreshold(thr, _num(v.get("sensitivity")), _num(v.get("specificity")),
                                  str(v.get("data", "")), n, date, _int(v.get("version")),
@@ -152,7 +159,7 @@ def _int(x) -> int:
 def _num(x):
     try:
         f = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return f if 0.0 <= f <= 1.0 else None
 

@@ -145,7 +145,7 @@ def _read_store(strict: bool) -> dict:
         if not isinstance(d, dict) or not isinstance(d.get("bundles"), list):
             raise ValueError("not a trust store")
         return d
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         if strict:
             raise ModelTrustError(f"cannot read the trust store {p}: {e} (fix or delete the "
                                   "file; bundles are then untrusted)") from None

@@ -25,6 +25,7 @@ import argparse
 import csv
 import datetime as _dt
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -55,6 +56,10 @@ DEFAULT_THRESHOLDS = {
     # reference AUC minus this margin
     "auc_margin": 0.05,
 }
+# what a threshold may be (checked when a reference or monitor.json is read); whole numbers for
+# the two counts; psi_bins is capped (it sizes arrays)
+_THRESHOLD_RANGES = {"ks_p": (0, 1), "psi": (0, math.inf), "psi_bins": (2, 1000), "rate_p": (0, 1),
+                     "rate_diff": (0, 1), "min_n": (0, math.inf), "agreement_min": (0, 1), "auc_margin": (0, 1)}
 
 
 def reference_path(card) -> Path | None:
@@ -65,29 +70,86 @@ def load_reference(card) -> dict | None:
     p = reference_path(card)
     if p is None or not p.is_file():
         return None
+    refit = "refit it with python -m imaging_assist.monitoring.reference"
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise UserError(f"{p} cannot be read ({e}); refit it with "
-                        f"python -m imaging_assist.monitoring.reference") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise UserError(f"{p} cannot be read ({e}); {refit}") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{p} is not a monitor reference (no JSON object); {refit}")
     if d.get("model_id") != card.id:
-        raise UserError(f"{p} is the reference of model {d.get('model_id')!r}, not {card.id!r}")
+        raise UserError(f"{p} is the reference of model {str(d.get('model_id'))[:80]!r}, not {card.id!r}")
+    why = _reference_problem(d)
+    if why:
+        raise UserError(f"{p}: {why}; {refit}")
+    _checked_thresholds(d.get("thresholds"), str(p))
     return d
 
 
+def _real(x, lo=-math.inf, hi=math.inf) -> bool:
+    """A finite int or float (not a bool) from lo to hi (NaN, infinity and an int too large
+    for a float are not)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and -1e308 < x < 1e308 and lo <= x <= hi
+
+
+def _reference_problem(d: dict) -> str | None:
+    """What the drift monitor would trip over in a reference (None: nothing): checked on
+    reading, so that a damaged file is one line here instead of an exception mid-report."""
+    vals = d.get("values")
+    if not isinstance(vals, dict):
+        return "no 'values' object"
+    for k, v in vals.items():  # (type() rather than _real: thousands of values per list)
+        if not isinstance(v, list) or not all(type(x) in (int, float) and -1e308 < x < 1e308 for x in v):
+            return f"values {k[:40]!r} is not a list of finite numbers"
+    cats = d.get("categories") or {}
+    if not isinstance(cats, dict) or not all(
+            isinstance(c, dict) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in c.values())
+            for c in cats.values()):
+        return "categories must map each name to {category: count}"
+    rates = d.get("rates") or {}
+    if not isinstance(rates, dict) or not all(r is None or _real(r, 0, 1) for r in rates.values()):
+        return "rates must be numbers from 0 to 1 (or null)"
+    if d.get("auc") is not None and not _real(d["auc"], 0, 1):
+        return "auc must be a number from 0 to 1 (or null)"
+    return None
+
+
+def _checked_thresholds(t, where: str) -> dict:
+    """A ``thresholds`` object (of a reference or monitor.json) checked on reading: a one-line
+    UserError naming ``where`` for an unknown key or a value of the wrong type or range."""
+    if t is None:
+        return {}
+    if not isinstance(t, dict):
+        raise UserError(f"{where}: 'thresholds' is not an object")
+    out = {}
+    for k, v in t.items():
+        if k not in _THRESHOLD_RANGES:
+            raise UserError(f"{where}: unknown threshold {k[:40]!r} (known: {', '.join(DEFAULT_THRESHOLDS)})")
+        lo, hi = _THRESHOLD_RANGES[k]
+        whole = isinstance(DEFAULT_THRESHOLDS[k], int)
+        if not _real(v, lo, hi) or (whole and v != int(v)):
+            raise UserError(f"{where}: threshold {k} must be {'a whole number' if whole else 'a number'} "
+                            f"from {lo} to {hi}, not {str(v)[:40]!r}")
+        out[k] = int(v) if whole else v
+    return out
+
+
 def thresholds(reference: dict | None) -> dict:
-    """Defaults <- the reference file's ``thresholds`` <- the site's ``config_dir()/monitor.json``."""
+    """Defaults <- the reference file's ``thresholds`` <- the site's ``config_dir()/monitor.json``
+    (each checked: one-line UserError for a wrong key, type or range)."""
     from ..userdirs import config_dir
 
     t = dict(DEFAULT_THRESHOLDS)
     if reference:
-        t.update(reference.get("thresholds") or {})
+        t.update(_checked_thresholds(reference.get("thresholds"), "the monitor reference"))
     site = config_dir() / "monitor.json"
     if site.is_file():
         try:
-            t.update((json.loads(site.read_text(encoding="utf-8")) or {}).get("thresholds") or {})
-        except (OSError, ValueError) as e:
+            d = json.loads(site.read_text(encoding="utf-8")) or {}
+            site_t = d.get("thresholds")
+        except (OSError, ValueError, RecursionError, AttributeError) as e:
             raise UserError(f"{site} cannot be read ({e})") from None
+        t.update(_checked_thresholds(site_t, str(site)))
     return t
 
 

@@ -38,10 +38,13 @@ def margin_for(metric: str) -> float:
     if site.is_file():
         try:
             d = json.loads(site.read_text(encoding="utf-8")) or {}
-            m = float((d.get("non_inferiority_margins") or {}).get(metric, m))
-        except (OSError, ValueError, TypeError, AttributeError) as e:
+            m = (d.get("non_inferiority_margins") or {}).get(metric, m)
+        except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
             raise UserError(f"{site} cannot be read ({e})") from None
-    return m
+        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:  # NaN too
+            raise UserError(f"{site}: the non-inferiority margin of {metric} must be a number from 0 to 1, "
+                            f"not {str(m)[:40]!r}")
+    return float(m)
 
 
 def state_path() -> Path:
@@ -56,9 +59,31 @@ def load_state() -> dict:
         return {}
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"cannot read {p}: {e}") from None
-    return d if isinstance(d, dict) else {}
+    if not isinstance(d, dict):
+        return {}
+    for model_id, m in d.items():
+        why = _bad_entry(m)
+        if why:
+            raise UserError(f"cannot read {p}: model {model_id!r}: {why} (fix or delete the file)")
+    return d
+
+
+def _bad_entry(m) -> str | None:
+    """Why one model's entry of the state file is not one (None: it is; a missing
+    candidates / history / active is added empty)."""
+    if not isinstance(m, dict):
+        return "not an object"
+    c, a, h = m.setdefault("candidates", {}), m.setdefault("active", None), m.setdefault("history", [])
+    if not isinstance(c, dict) or not all(isinstance(v, dict) and isinstance(v.get("folder"), str)
+                                          and v["folder"] for v in c.values()):
+        return 'candidates must map each version to {"folder": ...}'
+    if a is not None and (not isinstance(a, str) or a not in c):
+        return f"the active version {str(a)[:40]!r} is not a candidate"
+    if not isinstance(h, list) or not all(isinstance(x, dict) for x in h):
+        return "history must be a list of objects"
+    return None
 
 
 def save_state(d: dict) -> None:
@@ -77,11 +102,11 @@ def promoted_folders() -> list[Path]:
     except UserError:
         return []
     out = []
-    for m in st.values():
-        a = isinstance(m, dict) and m.get("active")
-        if a and a in (m.get("candidates") or {}):
+    for m in st.values():  # load_state checked the types
+        a = m.get("active")
+        if a and a in m["candidates"]:
             f = Path(m["candidates"][a]["folder"])
-            if f.is_dir():
+            if f.is_absolute() and f.is_dir():
                 out.append(f)
     return out
 
@@ -133,6 +158,8 @@ def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
     ni = metrics.get("non_inferiority") or {}
     what = ni.get("metric", "AUC")
     margin = ni.get("margin", MARGINS.get(what, DEFAULT_MARGIN))
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+        return False, [f"the margin {str(margin)[:20]!r} is not a number from 0 to 1"]
     why = []
     comps = ni.get("comparisons") or {}
     if not comps:
@@ -141,7 +168,7 @@ def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
         lo = (c.get("diff_ci95") or [None])[0]
         if lo is None:
             why.append(f"{name}: no interval")
-        elif lo <= -margin:
+        elif not lo > -margin:  # NaN fails too
             why.append(f"{name}: {what} difference {c['diff']:+.3f} (95% CI {lo:+.3f} to {c['diff_ci95'][1]:+.3f}) "
                        f"does not exclude a loss of {margin}")
     return not why, why
@@ -152,14 +179,18 @@ def promote(model_id: str, version: str, force_reason: str | None = None) -> dic
     mp = folder / "metrics.json"
     if not mp.is_file():
         raise UserError(f"{mp} is missing: the candidate was not measured")
-    metrics = json.loads(mp.read_text(encoding="utf-8"))
-    ok, why = non_inferiority(metrics)
+    try:
+        metrics = json.loads(mp.read_text(encoding="utf-8"))
+        ok, why = non_inferiority(metrics)
+    except (OSError, ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise UserError(f"{mp} is not a candidate's metrics file ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:120]})") from None
     if not ok and not force_reason:
         _event("promote_refused", model_id, version, {"reasons": why})
         ni = metrics.get("non_inferiority") or {}
-        raise UserError(f"{model_id} {version} not promoted (non-inferiority on {ni.get('metric', 'AUC')}, margin "
-                        f"{ni.get('margin', DEFAULT_MARGIN)}): "
-                        + "; ".join(why) + " (use --force REASON to override)")
+        msg = (f"{model_id} {version} not promoted (non-inferiority on {ni.get('metric', 'AUC')}, margin "
+               f"{ni.get('margin', DEFAULT_MARGIN)}): " + "; ".join(why) + " (use --force REASON to override)")
+        raise UserError(" ".join(msg.split()))  # values from metrics.json: one line
     st = load_state()
     m = st[model_id]
     prev = m.get("active")
@@ -181,10 +212,10 @@ def rollback(model_id: str) -> dict:
     cur = m["active"]
     prev = None
     for h in reversed(m["history"]):
-        if h["action"] == "promote" and h["version"] == cur:
+        if h.get("action") == "promote" and h.get("version") == cur:
             prev = h.get("previous")
             break
-    if prev is not None and prev not in (m.get("candidates") or {}):
+    if not isinstance(prev, str) or prev not in (m.get("candidates") or {}):
         prev = None
     m["active"] = prev
     m["history"].append(_hist("rollback", prev, f"from {cur}"))

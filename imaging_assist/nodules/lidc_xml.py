@@ -44,6 +44,7 @@ NS = "{http://www.nih.gov}"
 MAJORITY = 2  # of 4 readers: "at least half" (see the module doc)
 SAME_NODULE_MM = 5.0  # point marks within this distance are one nodule
 MAX_XML_BYTES = 64 << 20  # LIDC reader XMLs are ~0.1-2 MB
+MAX_PIXEL = 65536  # a contour point is a pixel index: DICOM Rows / Columns are 16-bit
 
 
 @dataclass
@@ -103,6 +104,16 @@ def _text(el, tag: str, default: str = "") -> str:
     return (x.text or "").strip() if x is not None and x.text is not None else default
 
 
+def _number(el, tag: str, p: Path, what: str) -> float:
+    """``float`` of ``el``'s ``tag`` (NaN when it is missing or empty); one-line UserError
+    naming the file and ``what`` when it is not a number."""
+    t = _text(el, tag, "nan")
+    try:
+        return float(t)
+    except ValueError:
+        raise UserError(f"{p}: {tag} of {what} is not a number ({' '.join(t.split())[:30]!r})") from None
+
+
 def parse(path: str | Path) -> ReadMessage:
     """Read a LIDC ``LidcReadMessage`` XML; one-line ``UserError`` when it is not one."""
     p = Path(path)
@@ -113,7 +124,7 @@ def parse(path: str | Path) -> ReadMessage:
         # xml.etree with expat >= 2.4 (Python 3.11 bundles 2.5) refuses entity-expansion bombs and
         # never fetches external entities, so a hostile file cannot run away (no defusedxml needed)
         root = ET.parse(p).getroot()
-    except (OSError, ET.ParseError) as e:
+    except (OSError, ET.ParseError, LookupError, ValueError) as e:  # an unknown / multi-byte encoding
         raise UserError(f"{p}: not a readable LIDC reader XML ({e})") from None
     if root.tag != NS + "LidcReadMessage":
         raise UserError(f"{p}: not a LIDC reader XML (root element {root.tag!r})")
@@ -121,16 +132,20 @@ def parse(path: str | Path) -> ReadMessage:
     marks: list[ReaderMark] = []
     sessions = root.findall(NS + "readingSession")
     for r, s in enumerate(sessions):
-        rid = _text(s, "servicingRadiologistID", str(r))
+        rid = " ".join(_text(s, "servicingRadiologistID", str(r)).split())[:40] or str(r)  # named in messages
         for n in s.findall(NS + "unblindedReadNodule"):
             rois = []
             for roi in n.findall(NS + "roi"):
-                pts = [(float(_text(e, "xCoord", "nan")), float(_text(e, "yCoord", "nan")))
+                what = f"a contour point of reader {rid}"
+                pts = [(_number(e, "xCoord", p, what), _number(e, "yCoord", p, what))
                        for e in roi.findall(NS + "edgeMap")]
                 pts = np.asarray(pts, float).reshape(-1, 2)
                 if not np.isfinite(pts).all():
                     raise UserError(f"{p}: a contour point of reader {rid} is not a number")
-                rois.append(Roi(z=float(_text(roi, "imageZposition", "nan")),
+                if (np.abs(pts) > MAX_PIXEL).any():
+                    raise UserError(f"{p}: a contour point of reader {rid} lies outside any image "
+                                    f"(pixel index beyond {MAX_PIXEL})")
+                rois.append(Roi(z=_number(roi, "imageZposition", p, f"a contour of reader {rid}"),
                                 sop_uid=_text(roi, "imageSOP_UID"),
                                 inclusion=_text(roi, "inclusion", "TRUE").upper() == "TRUE",
                                 points=pts))
@@ -148,10 +163,13 @@ def parse(path: str | Path) -> ReadMessage:
         for n in s.findall(NS + "nonNodule"):
             loc = n.find(NS + "locus")
             pts = np.zeros((0, 2))
+            what = f"a non-nodule of reader {rid}"
             if loc is not None:
-                pts = np.array([[float(_text(loc, "xCoord", "nan")), float(_text(loc, "yCoord", "nan"))]])
+                pts = np.array([[_number(loc, "xCoord", p, what), _number(loc, "yCoord", p, what)]])
+                if not (np.isfinite(pts).all() and (np.abs(pts) <= MAX_PIXEL).all()):
+                    raise UserError(f"{p}: the point of {what} is missing or outside any image")
             marks.append(ReaderMark(r, rid, _text(n, "nonNoduleID"), "non-nodule",
-                                    [Roi(float(_text(n, "imageZposition", "nan")),
+                                    [Roi(_number(n, "imageZposition", p, what),
                                          _text(n, "imageSOP_UID"), True, pts)]))
     return ReadMessage(str(p), _text(hdr, "SeriesInstanceUid") if hdr is not None else "",
                        _text(hdr, "StudyInstanceUID") if hdr is not None else "", len(sessions), marks)

@@ -24,6 +24,7 @@ DEFAULT_AE = "IMAGING_ASSIST"
 DEFAULT_STORAGE_PORT = 11113
 _AE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: 16 chars, no backslash/control
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_TIMEOUT = 86400  # seconds; a larger (or infinite) one cannot be given to a socket
 
 
 class PacsError(UserError):
@@ -39,8 +40,10 @@ def check_ae(ae: str) -> str:
 
 def check_port(port) -> int:
     try:
+        if isinstance(port, bool):
+            raise TypeError
         p = int(port)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise PacsError(f"invalid port {port!r}: a whole number 1-65535") from None
     if not 0 < p < 65536:
         raise PacsError(f"invalid port {p}: must lie between 1 and 65535")
@@ -126,8 +129,9 @@ class Node:
                 raise PacsError("bearer auth needs a token")
         else:
             raise PacsError(f"unknown node kind {self.kind!r}: dimse or dicomweb")
-        if self.timeout <= 0:
-            raise PacsError("timeout must be positive")
+        t = self.timeout
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_TIMEOUT:
+            raise PacsError(f"timeout must be positive, at most {MAX_TIMEOUT} seconds (not {t!r})")
         return self
 
 
@@ -156,12 +160,20 @@ def load_settings() -> Settings:
         for name, d in (data.get("nodes") or {}).items():
             known = {k: v for k, v in d.items() if k in Node.__dataclass_fields__}
             known["name"] = name
+            for k, v in known.items():  # types checked here, not when the value is first used
+                want = Node.__dataclass_fields__[k].type
+                if (want == "str" and not isinstance(v, str)) or \
+                        (want == "int" and (isinstance(v, bool) or not isinstance(v, int))):
+                    raise PacsError(f"cannot read PACS settings {path}: node {name!r}: {k} is not "
+                                    f"{'text' if want == 'str' else 'a whole number'}")
             nodes[name] = Node(**known).validate()
         return Settings(ae_title=check_ae(data.get("ae_title", DEFAULT_AE)),
                         storage_port=check_port(data.get("storage_port", DEFAULT_STORAGE_PORT)),
                         nodes=nodes)
-    except (OSError, ValueError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
         raise PacsError(f"cannot read PACS settings {path}: {e}") from None
+    except PacsError as e:  # a value from the file (a TLS path) may hold a line break
+        raise PacsError(" ".join(str(e).split())) from None
 
 
 def save_settings(settings: Settings) -> Path:
