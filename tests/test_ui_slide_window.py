@@ -231,6 +231,21 @@ def test_unreadable_slide_reports_an_error(win, tmp_path):
     assert win.pages.currentWidget() is page and page.banner.isVisible()
     assert "broken.svs" in page.banner.text() and win.last_error in page.banner.text()
     assert page.slide is None
+    # a heat-map TIFF written by analyze is a TIFF too: the banner says what it is and where it goes
+    from imaging_assist.slides import open_slide, run_tiles, write_heatmaps
+    with open_slide(need(SVS)) as s:
+        res = run_tiles(s, lambda x: np.full((len(x), 2), 0.5, np.float32), tile_px=256, mpp=4.0,
+                        tissue_mask=None, class_names=["a", "b"])
+    heat = write_heatmaps(res, tmp_path / "heat.tif")[0]
+    got.clear()
+    win.loadFinished.connect(got.append)
+    try:
+        win.open_path(heat)
+        assert wait(lambda: got)
+    finally:
+        win.loadFinished.disconnect(got.append)
+    assert got == [False] and "an imaging-assist heat map, not a slide: open the slide it was made for" \
+        in page.banner.text() and page.slide is None
 
 
 def test_cli_screenshot_of_a_slide(tmp_path):
