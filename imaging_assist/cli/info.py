@@ -1,5 +1,5 @@
-"""``imaging-assist info SERIES_PATH_OR_UID``: load one series (or open a slide) and print its
-geometry, values and warnings."""
+"""``imaging-assist info SERIES_PATH_OR_UID``: load one series (or open a slide, or check a heat-map
+file) and print its geometry, values and warnings."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from .common import int_at_least, print_json
 
 
 def register(sub) -> None:
-    s = sub.add_parser("info", help="load one series (or open a slide) and print its geometry, values and warnings")
+    s = sub.add_parser("info", help="load one series (or open a slide, or check a heat-map file) and print "
+                                      "its geometry, values and warnings")
     s.add_argument("target", metavar="SERIES_PATH_OR_UID")
     s.add_argument("--series", help="series UID or key when the path holds several")
     s.add_argument("--root", help="where to look for a series UID (default: current folder)")
