@@ -77,7 +77,8 @@ def cmd_audit(args) -> int:
         ok, line, reason = audit.verify(anchor=args.anchor)
         if not ok:
             where = f" at line {line}" if line else ""
-            raise UserError(f"audit trail broken{where}: {reason} ({audit.log_path()})")
+            raise UserError(f"audit trail broken{where}: {reason} "
+                            f"({audit.log_path() if not audit.parts() else audit.audit_dir()})")
         print(f"audit trail OK: {reason}")
         return 0
     if action != "show":

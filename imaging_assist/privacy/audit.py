@@ -10,6 +10,10 @@ Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
 * **Hash chain**: ``prev`` is the sha256 of the previous line's bytes (line 1: :data:`GENESIS`),
   ``seq`` its line number.  An edited, deleted, inserted or reordered line breaks the chain
   at the first line that no longer follows its predecessor.
+* **Parts**: at :data:`ROTATE_BYTES` the live log is renamed to a read-only part
+  ``audit.<first>-<last>.jsonl`` (:func:`parts`); the next line chains on from the part's last
+  line, and line numbers run over the whole trail.  Parts may be gzipped in place; reading and
+  ``verify`` take them in order, so a deleted, cut or edited part breaks the chain like a line.
 * **Seal**: ``mac`` is an HMAC-SHA256 of the line (without the mac) under a key derived from the
   site key (:mod:`.sitekey`), so a line forged or re-chained by someone without the key is
   found; ``key`` is the site key's fingerprint, to tell "sealed with another key" from "altered".
@@ -57,6 +61,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +77,12 @@ MAX_FIELDS_BYTES = 64 * 1024  # larger fields are recorded as their sha256 and s
 MAX_FRAGMENT = 16 * 1024 * 1024  # an interrupted tail up to this size is set aside by the next append
 MAX_LINE = 1024 * 1024  # our lines stay under ~70 KiB; longer ones are not ours (bounded reads)
 TAIL_CHUNK = 65536
+# The live log is closed as a numbered, read-only part when it reaches this size (about 40,000
+# batch items at ~1.6 KiB each), so no file grows without bound and old parts can be compressed
+# (``gzip``: verify reads .gz parts) or copied to an archive; the chain runs on across parts.
+# A site (or a test) sets another size with IMAGING_ASSIST_AUDIT_ROTATE_BYTES.
+ROTATE_BYTES = 64 * 1024 * 1024
+_PART_RE = re.compile(r"^audit\.(\d{10})-(\d{10})\.jsonl(\.gz)?$")
 
 log = logging.getLogger("imaging_assist.audit")
 _MAC_RE = re.compile(rb',"mac":"([0-9a-f]{64})"\}$')
@@ -98,6 +109,56 @@ def log_path() -> Path:
 
 def head_path() -> Path:
     return audit_dir() / HEAD_NAME
+
+
+def _rotate_bytes() -> int:
+    try:
+        return max(4096, int(os.environ.get("IMAGING_ASSIST_AUDIT_ROTATE_BYTES", ROTATE_BYTES)))
+    except ValueError:
+        return ROTATE_BYTES
+
+
+def part_name(first: int, last: int) -> str:
+    return f"audit.{first:010d}-{last:010d}.jsonl"
+
+
+def parts(folder: Path | None = None) -> list[tuple[int, int, Path]]:
+    """The closed parts of the trail, oldest first: (first record, last record, file).  A part
+    present both plain and gzipped (compression interrupted) counts once, as the plain file."""
+    folder = Path(folder) if folder is not None else audit_dir()
+    found: dict[tuple[int, int], Path] = {}
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    for name in names:
+        m = _PART_RE.match(name)
+        if m:
+            key = (int(m.group(1)), int(m.group(2)))
+            if key not in found or not m.group(3):
+                found[key] = folder / name
+    return [(a, b, found[(a, b)]) for a, b in sorted(found)]
+
+
+def _open_part(path: Path):
+    import gzip
+
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def _part_tail(path: Path) -> bytes | None:
+    """The last complete line of a closed part (a .gz part is read through)."""
+    if not path.name.endswith(".gz"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return _last_line(fd, os.fstat(fd).st_size)[0]
+        finally:
+            os.close(fd)
+    last = None
+    for raw, state in _lines(path):
+        if state == "ok":
+            last = raw
+    return last
 
 
 # --------------------------------------------------------------------------- identifiers
@@ -373,6 +434,14 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
                     "fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest(),
                     "kept_as": kept}, _now()))
                 size = end
+            named_seq = None
+            if last is None and size == 0:  # a new live log: the chain goes on from the newest part
+                closed = parts(folder)
+                if closed:
+                    last, named_seq = _part_tail(closed[-1][2]), closed[-1][1]
+                    if last is None:
+                        raise OSError(errno.EINVAL, f"the closed part {closed[-1][2].name} holds no complete "
+                                                    "line: the chain cannot go on (run `audit verify`)")
             if last is None:
                 seq, prev = 0, GENESIS
             else:
@@ -380,7 +449,8 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
                 try:
                     seq = int(json.loads(last)["seq"])
                 except Exception:  # noqa: BLE001 - an edited last line: count instead
-                    seq = _count_lines(fd, size)
+                    seq = named_seq if named_seq is not None else _count_lines(fd, size)
+            seq0 = seq
             out = []
             first = seq == 0
             if first:  # a trail started here before: say so in the new one (verify fails at line 1)
@@ -418,11 +488,33 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
                 except OSError:
                     pass
                 raise
+            if size + len(data) >= _rotate_bytes():
+                first_seq = seq0 + 1 if size == 0 else seq - _count_lines(fd, size + len(data)) + 1
+                _close_part(folder, path, first_seq, seq)
         finally:
             os.close(fd)
         _write_head(folder, seq, prev, mkey)
         if first:
             _mark_started(path, hashlib.sha256(out[0][:-1]).hexdigest(), mkey)
+
+
+def _close_part(folder: Path, path: Path, first: int, last: int) -> None:
+    """Rename the live log to its part name (under the audit lock), read-only; the next append
+    starts a new live log that chains on from the part's last line.  A failure leaves the live
+    log as it is (it grows on, and the next append tries again)."""
+    part = folder / part_name(first, last)
+    try:
+        if part.exists() or part.with_name(part.name + ".gz").exists():
+            raise OSError(errno.EEXIST, f"{part.name} exists already")
+        os.rename(path, part)
+        os.chmod(part, 0o400)
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)  # the rename survives a power loss
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        _warn(f"the audit log could not be closed as {part.name} ({e.strerror or e}): it grows on")
 
 
 STARTS_NAME = "audit-started.json"
@@ -525,8 +617,9 @@ def _write_head(folder: Path, lines: int, sha: str, mkey: bytes) -> None:
 # --------------------------------------------------------------------------- reading
 def _lines(path: Path):
     """(line without its newline, state) streamed, state "ok", "long" (over MAX_LINE: its start
-    only, the rest skipped unread into memory) or "partial" (the last bytes, without a newline)."""
-    with open(path, "rb") as fh:
+    only, the rest skipped unread into memory) or "partial" (the last bytes, without a newline).
+    A gzipped part is read through."""
+    with _open_part(path) as fh:
         while True:
             chunk = fh.readline(MAX_LINE + 1)
             if not chunk:
@@ -546,24 +639,33 @@ def _lines(path: Path):
                 return
 
 
+def _files(p: Path) -> list[Path]:
+    """The trail's files in order: its closed parts (beside ``p``), then the live log ``p``."""
+    return [f for _a, _b, f in parts(p.parent)] + ([p] if p.exists() else [])
+
+
 def read_entries(path: Path | None = None) -> list[dict | None]:
-    """Every complete line of the log parsed (None for a line that is not a JSON object)."""
+    """Every complete line of the trail (closed parts, then the live log) parsed (None for a
+    line that is not a JSON object, or a part that cannot be read)."""
     p = Path(path) if path else log_path()
     out: list[dict | None] = []
-    try:
-        for raw, state in _lines(p):
-            if state == "partial":
-                continue
-            if state == "long" or not raw:  # kept as None: numbering stays that of verify
-                out.append(None)
-                continue
-            try:
-                obj = json.loads(raw)
-                out.append(obj if isinstance(obj, dict) else None)
-            except ValueError:
-                out.append(None)
-    except FileNotFoundError:
-        return []
+    for f in _files(p):
+        try:
+            for raw, state in _lines(f):
+                if state == "partial":
+                    continue
+                if state == "long" or not raw:  # kept as None: numbering stays that of verify
+                    out.append(None)
+                    continue
+                try:
+                    obj = json.loads(raw)
+                    out.append(obj if isinstance(obj, dict) else None)
+                except ValueError:
+                    out.append(None)
+        except FileNotFoundError:
+            continue
+        except (OSError, EOFError, zlib.error):  # a damaged .gz part: verify names it
+            out.append(None)
     return out
 
 
@@ -651,7 +753,8 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
     starts, start_problem = _load_starts(mkey)
     start = starts.get(str(p))
     start = start if isinstance(start, dict) else None
-    if not p.exists():
+    files = _files(p)
+    if not files:
         if head_p.exists():
             return False, 1, f"the log {p} is missing but its head record exists: the log was deleted"
         if start is not None:
@@ -664,27 +767,34 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
     hl = head["lines"] if head else None
     prev, n, incomplete = GENESIS, 0, b""
     at_head = at_anchor = None
-    try:
-        for raw, state in _lines(p):
-            if state == "partial":
-                incomplete = raw
-                break
-            n += 1
-            if state == "long":
-                return False, n, f"line {n} is longer than {MAX_LINE // 1024} KiB: not an audit record"
-            why = _check_line(n, raw, prev, mkey, fp)
-            if why:
-                return False, n, why
-            prev = hashlib.sha256(raw).hexdigest()
-            if n == 1 and start is not None and start.get("first_line_sha256") != prev:
-                return False, 1, (f"line 1 is not the line this trail started with on {start.get('started')}: "
-                                  "the log was deleted and started again, or replaced")
-            if n == hl:
-                at_head = prev
-            if n == an:
-                at_anchor = prev
-    except OSError as e:
-        return False, n + 1, f"cannot read {p}: {e.strerror or e}"
+    # lines are numbered from the start of the trail, across its closed parts; a reason found
+    # in a part names it
+    for f in files:
+        where = f" (in {f.name})" if len(files) > 1 else ""
+        try:
+            for raw, state in _lines(f):
+                if state == "partial":
+                    if f != p:
+                        return False, n + 1, (f"line {n + 1} is incomplete{where}: the closed part was cut "
+                                              "or damaged")
+                    incomplete = raw
+                    break
+                n += 1
+                if state == "long":
+                    return False, n, f"line {n} is longer than {MAX_LINE // 1024} KiB: not an audit record{where}"
+                why = _check_line(n, raw, prev, mkey, fp)
+                if why:
+                    return False, n, why + where
+                prev = hashlib.sha256(raw).hexdigest()
+                if n == 1 and start is not None and start.get("first_line_sha256") != prev:
+                    return False, 1, (f"line 1 is not the line this trail started with on {start.get('started')}: "
+                                      "the log was deleted and started again, or replaced")
+                if n == hl:
+                    at_head = prev
+                if n == an:
+                    at_anchor = prev
+        except (OSError, EOFError, zlib.error) as e:
+            return False, n + 1, f"cannot read {f}: {getattr(e, 'strerror', None) or e}"
     if incomplete:
         return False, n + 1, (f"line {n + 1} is incomplete ({len(incomplete)} bytes without an end of "
                               "line): a write was interrupted (crash, full disk) or the tail was cut; the "
@@ -714,7 +824,8 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
     if start_problem and mkey is not None:
         return False, None, start_problem
     keynote = "" if mkey is not None else " (seals not checked: no site key on this machine)"
-    return True, None, f"{n} lines, chain holds{keynote}{note}; head {n}:{prev if n else GENESIS}"
+    split = f" in {len(files) - (p in files)} closed part(s) and the live log" if len(files) > 1 or p not in files else ""
+    return True, None, f"{n} lines{split}, chain holds{keynote}{note}; head {n}:{prev if n else GENESIS}"
 
 
 # --------------------------------------------------------------------------- event helpers
