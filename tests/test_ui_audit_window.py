@@ -72,3 +72,22 @@ def test_audit_window_shows_the_study_open_and_a_holding_chain(trail, tmp_path_f
         win.close()
     finally:
         w.close()
+
+
+def test_audit_window_reads_a_trail_in_parts(trail, monkeypatch, qapp):
+    from imaging_assist.privacy import audit
+    from imaging_assist_ui.shared.audit_window import AuditWindow
+
+    monkeypatch.setenv("IMAGING_ASSIST_AUDIT_ROTATE_BYTES", "4096")
+    for i in range(30):
+        audit.record("model.run", i=i)
+    n_parts = len(audit.parts())
+    assert n_parts >= 2
+    win = AuditWindow()
+    try:
+        assert wait_until(lambda: win.result is not None, 20)
+        assert win.result["ok"] and f"30 lines in {n_parts} closed part(s) and the live log" in win.status.text()
+        assert f"and {n_parts} closed parts beside it, read first" in win.path_label.text()
+        assert [int(r[0]) for r in win.visible_rows()] == list(range(30, 0, -1))
+    finally:
+        win.close()

@@ -41,7 +41,7 @@ def read_trail() -> dict:
     except Exception as e:  # noqa: BLE001 - shown in the window, never a traceback
         ok, line, reason, entries, err = False, None, "", [], f"{type(e).__name__}: {e}"
     return {"ok": ok, "line": line, "reason": reason, "entries": entries, "error": err,
-            "path": str(audit.log_path())}
+            "path": str(audit.log_path()), "parts": len(audit.parts())}
 
 
 class _Reader(QObject):
@@ -131,7 +131,9 @@ class AuditWindow(QDialog):
     def _show(self, r: dict) -> None:
         self.result = r
         self.refresh_btn.setEnabled(True)
-        self.path_label.setText(f"Log: {r['path']}")
+        n = r.get("parts", 0)
+        self.path_label.setText(f"Log: {r['path']}" + (f"  (and {n} closed part{'s' if n != 1 else ''} beside it, "
+                                                        "read first)" if n else ""))
         if r["error"]:
             self._set_status(False, f"The audit trail could not be read: {r['error']}")
         elif r["ok"]:
