@@ -76,6 +76,16 @@ SPACING_TOLERANCE_MM = 1e-4
 class ResultObjectError(UserError):
     """A result object (SEG, Parametric Map, SR) cannot be read or placed; one line."""
 
+    def __init__(self, message: str = ""):
+        # values from the file (UIDs, labels) may hold line breaks or swallow the whole file
+        # when a length is corrupt: the message stays one short line
+        super().__init__(_short_line(message))
+
+
+def _short_line(text, limit: int = 290) -> str:
+    s = " ".join(str(text).split())
+    return s if len(s) <= limit else s[:limit - 1] + "…"
+
 
 def result_kind(sop_class_uid) -> str | None:
     """"SEG", "PM", "SR", "PDF" for a result object's SOP Class UID, else None."""
@@ -92,14 +102,39 @@ def _dataset(source):
     import pydicom
     from .header import InstanceRecord, read_dataset
     if isinstance(source, pydicom.Dataset):
-        return source
+        ds = source
+    else:
+        try:
+            if isinstance(source, InstanceRecord):
+                ds = read_dataset(source)
+            else:
+                with open(str(source), "rb") as fh:
+                    ds = pydicom.dcmread(fh, force=True)
+        except Exception as e:
+            raise ResultObjectError(f"cannot read the result object: {_one_line(e)}") from None
+    _check_complete(ds)
+    return ds
+
+
+def _check_complete(ds) -> None:
+    """Refuse a file that ends inside a value: pydicom reads a truncated file without a word
+    (a sequence cut short just has fewer items), and a report or map that lost its end must
+    not be shown as if it were whole.  Only values not yet decoded can be checked (a cut
+    inside a nested item shortens its top-level element, so those are enough)."""
+    from pydicom.dataelem import RawDataElement
     try:
-        if isinstance(source, InstanceRecord):
-            return read_dataset(source)
-        with open(str(source), "rb") as fh:
-            return pydicom.dcmread(fh, force=True)
-    except Exception as e:
-        raise ResultObjectError(f"cannot read the result object: {_one_line(e)}") from None
+        tags = list(ds.keys())
+    except Exception:
+        return
+    for tag in tags:
+        try:
+            raw = ds.get_item(tag)
+        except Exception:
+            continue
+        if (isinstance(raw, RawDataElement) and isinstance(raw.value, bytes)
+                and raw.length != 0xFFFFFFFF and len(raw.value) < raw.length):
+            raise ResultObjectError(f"the file is truncated: element {tag} has {len(raw.value)} of "
+                                    f"its {raw.length} bytes")
 
 
 def referenced_series(ds) -> list[str]:
@@ -182,6 +217,8 @@ class _Grid:
                             self.ipp[k] = p
 
     def slice_of_ref(self, uid: str, frame: int | None) -> int | None:
+        if frame is not None and frame < 1:
+            return None  # frame numbers start at 1: 0 is not "the first frame"
         if (uid, frame or 1) in self.by_ref:
             return self.by_ref[(uid, frame or 1)]
         if frame is None:  # a multi-frame source referenced without a frame number
@@ -206,7 +243,7 @@ class _Grid:
             return
         iop = np.asarray([float(v) for v in iop], float)
         if iop.shape != (6,) or not np.all(np.isfinite(iop)):
-            raise ResultObjectError(f"{what}: unusable ImageOrientationPatient {list(iop)}")
+            raise ResultObjectError(f"{what}: unusable ImageOrientationPatient {iop.tolist()}")
         d = np.asarray(self.volume.direction, float)
         if (np.max(np.abs(iop[:3] - d[:, 0])) > ORIENTATION_TOLERANCE
                 or np.max(np.abs(iop[3:] - d[:, 1])) > ORIENTATION_TOLERANCE):
@@ -220,6 +257,8 @@ class _Grid:
             row, col = (float(v) for v in ps)
         except Exception:
             raise ResultObjectError(f"{what}: unusable PixelSpacing {ps!r}") from None
+        if not (math.isfinite(row) and math.isfinite(col) and row > 0 and col > 0):
+            raise ResultObjectError(f"{what}: unusable PixelSpacing {row:g} x {col:g} mm")
         sx, sy = float(self.volume.spacing[0]), float(self.volume.spacing[1])
         if abs(row - sy) > SPACING_TOLERANCE_MM or abs(col - sx) > SPACING_TOLERANCE_MM:
             raise ResultObjectError(f"{what}: pixel spacing {row:g} x {col:g} mm differs from the "
@@ -256,13 +295,16 @@ def _place_frames(ds, volume, what: str) -> list[int]:
         k_pos, dist = (None, math.inf)
         if ipp is not None and grid.geometric:
             try:
-                k_pos, dist = grid.slice_of_position([float(v) for v in ipp])
+                ipp = np.array([float(v) for v in ipp], float)
             except (TypeError, ValueError):
-                raise ResultObjectError(f"{what} frame {f + 1}: unusable ImagePositionPatient") from None
+                ipp = None
+            if ipp is None or ipp.shape != (3,) or not np.all(np.isfinite(ipp)):
+                raise ResultObjectError(f"{what} frame {f + 1}: unusable ImagePositionPatient")
+            k_pos, dist = grid.slice_of_position(ipp)
         if k_ref is not None:
             if ipp is not None and grid.geometric:
                 if k_pos != k_ref or dist > POSITION_TOLERANCE_MM:
-                    off = float(np.linalg.norm(grid.slice_ipp(k_ref) - np.asarray([float(v) for v in ipp])))
+                    off = float(np.linalg.norm(grid.slice_ipp(k_ref) - ipp))
                     raise ResultObjectError(
                         f"{what} frame {f + 1} references slice {k_ref + 1} but its position is "
                         f"{off:.3g} mm from that slice")
@@ -601,6 +643,11 @@ def _read_parametric_map(ds, volume, what) -> ParametricMap:
     if n > grid_shape[0]:
         raise ResultObjectError(f"{what} has {n} frames for {grid_shape[0]} slices")
     slices = _place_frames(ds, volume, what)
+    # by placement, not by what a slice holds: a first frame of NaN (nothing computed there)
+    # would otherwise let a second frame take its slice unnoticed
+    twice = sorted({k for k in slices if slices.count(k) > 1})
+    if twice:
+        raise ResultObjectError(f"{what}: two frames on slice {twice[0] + 1}")
     itemsize = 8 if "DoubleFloatPixelData" in ds else 4 if "FloatPixelData" in ds else \
         max(1, int(ds.get("BitsAllocated") or 8) // 8)
     arr = _decoded_pixels(ds, what, itemsize)
@@ -617,11 +664,15 @@ def _read_parametric_map(ds, volume, what) -> ParametricMap:
                 break
         vals = arr[f].astype(np.float64)
         if rwvm is not None:
-            if "RealWorldValueLUTData" in rwvm and "RealWorldValueSlope" not in rwvm:
-                raise ResultObjectError(f"{what}: a real-world value LUT is not supported "
-                                        "(slope/intercept only)")
-            slope = float(rwvm.get("RealWorldValueSlope", 1.0))
-            icpt = float(rwvm.get("RealWorldValueIntercept", 0.0))
+            if rwvm.get("RealWorldValueSlope") is None or rwvm.get("RealWorldValueIntercept") is None:
+                if "RealWorldValueLUTData" in rwvm:
+                    raise ResultObjectError(f"{what}: a real-world value LUT is not supported "
+                                            "(slope/intercept only)")
+                # never a guessed 1 / 0: the stored values are not the real-world values
+                raise ResultObjectError(f"{what} frame {f + 1}: the real-world value mapping has no "
+                                        "slope/intercept")
+            slope = float(rwvm.RealWorldValueSlope)
+            icpt = float(rwvm.RealWorldValueIntercept)
             if not (math.isfinite(slope) and math.isfinite(icpt)) or slope == 0:
                 raise ResultObjectError(f"{what}: real-world value slope {slope} / intercept {icpt}")
             vals = vals * slope + icpt
@@ -629,8 +680,6 @@ def _read_parametric_map(ds, volume, what) -> ParametricMap:
             label = label or str(rwvm.get("LUTExplanation") or rwvm.get("LUTLabel") or "")
         elif not ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds):
             raise ResultObjectError(f"{what} frame {f + 1} has no real-world value mapping")
-        if not np.isnan(out[k]).all():
-            raise ResultObjectError(f"{what}: two frames on slice {k + 1}")
         out[k] = vals.astype(np.float32)
     pm = ParametricMap(description=str(ds.get("SeriesDescription") or ds.get("ContentLabel") or ""),
                        series_uid=str(ds.get("SeriesInstanceUID") or ""), array=out,
@@ -654,6 +703,7 @@ class SRItem:
     number: float | None = None
     references: list[tuple[str, int | None]] = field(default_factory=list)  # (SOP UID, frame)
     point_lps: tuple[float, float, float] | None = None  # first SCOORD3D point
+    frame_of_reference: str = ""  # the point's Referenced Frame of Reference UID
 
     def text(self) -> str:
         v = f"{self.value} {self.unit}".strip()
@@ -661,27 +711,68 @@ class SRItem:
         return f"{g}{self.name} = {v}" if self.name else f"{g}{v}"
 
     def slice_in(self, volume) -> int | None:
-        """The slice of ``volume`` this item refers to, or None."""
+        """The slice of ``volume`` this item refers to, or None: by image reference (frame
+        numbers from 1), else by its 3D point's level when the point is in the volume's frame
+        of reference and within half the largest slice gap of a slice."""
         grid = _Grid(volume)
         for uid, fr in self.references:
             k = grid.slice_of_ref(uid, fr)
             if k is not None:
                 return k
         if self.point_lps is not None and grid.geometric:
+            # a point in another frame of reference is no position in this series
+            headers = getattr(volume, "headers", None) or []
+            vol_for = str(headers[0].get("FrameOfReferenceUID") or "") if headers else ""
+            if self.frame_of_reference and vol_for and self.frame_of_reference != vol_for:
+                return None
             # the slice whose plane is nearest (each slice's own position: uneven gaps)
+            p = np.asarray(self.point_lps, float)
             n = np.asarray(volume.normal, float)
-            d = np.abs((np.asarray(self.point_lps, float)[None, :] - grid.ipp) @ n)
+            d = np.abs((p[None, :] - grid.ipp) @ n)
             k = int(np.argmin(d))
             gaps = np.abs(np.diff(grid.ipp @ n))
             half = (float(np.max(gaps)) if gaps.size else float(volume.spacing[2])) / 2
             if d[k] <= max(half, POSITION_TOLERANCE_MM):
-                return k
+                return k  # the slice at the point's level (in plane it may lie beside the image)
         return None
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "name": self.name, "value": self.value, "unit": self.unit,
                 "group": self.group, "references": [list(r) for r in self.references],
                 "point_lps": list(self.point_lps) if self.point_lps else None}
+
+
+# Spatial coordinates (PS3.3 C.18.6 / C.18.9): graphic type -> (fewest, most) points.
+_GRAPHIC_POINTS = {
+    "SCOORD": {"POINT": (1, 1), "MULTIPOINT": (1, None), "POLYLINE": (2, None), "CIRCLE": (2, 2),
+               "ELLIPSE": (4, 4)},
+    "SCOORD3D": {"POINT": (1, 1), "MULTIPOINT": (1, None), "POLYLINE": (2, None), "POLYGON": (3, None),
+                 "ELLIPSE": (4, 4), "ELLIPSOID": (6, 6)},
+}
+
+
+def _scoord_problem(item, vt: str) -> str | None:
+    """Why an SCOORD / SCOORD3D item's coordinates are unusable, or None."""
+    dims = 3 if vt == "SCOORD3D" else 2
+    gtype = str(item.get("GraphicType") or "").strip().upper()
+    if gtype not in _GRAPHIC_POINTS[vt]:
+        return f"graphic type {gtype[:16] or 'missing'}"
+    data = item.get("GraphicData")
+    if isinstance(data, (int, float)):
+        data = [data]  # one value (pydicom gives a single number, not a list)
+    try:
+        values = [float(v) for v in (data if data is not None else [])]
+    except (TypeError, ValueError):
+        return "graphic data that are not numbers"
+    if not values or len(values) % dims:
+        return f"{len(values)} graphic data values (not a multiple of {dims})"
+    if not all(math.isfinite(v) for v in values):
+        return "coordinates that are not finite"
+    lo, hi = _GRAPHIC_POINTS[vt][gtype]
+    n = len(values) // dims
+    if n < lo or (hi is not None and n > hi):
+        return f"{n} points for a {gtype}"
+    return None
 
 
 @dataclass
@@ -709,6 +800,10 @@ def read_sr(source) -> StructuredReport:
     also list SRs of other templates.  NUM items are measurements, CODE items findings,
     TEXT items text; the IMAGE and SCOORD/SCOORD3D items of an item and of its enclosing
     group are its references.  Observer context and concept modifiers are not listed.
+    A measurement without a finite value is left out and a missing unit said (warnings); a
+    region whose coordinates are unusable (not finite, a count or graphic type that does not
+    fit, an SCOORD3D without its frame of reference) is said and places nothing.  A file that
+    ends inside a value is refused (pydicom would read it as a shorter report).
     """
     ds = _dataset(source)
     try:
@@ -730,8 +825,15 @@ def _read_sr(ds) -> StructuredReport:
     report = StructuredReport(title=_code_meaning(ds, "ConceptNameCodeSequence") or "Structured report",
                               series_uid=str(ds.get("SeriesInstanceUID") or ""), items=items)
 
-    def refs_of(item) -> tuple[list[tuple[str, int | None]], tuple | None]:
-        """Image references and a 3D point held by item itself or its direct children."""
+    checked: dict[int, tuple] = {}  # id(SCOORD item) -> (problem or None, frame of reference)
+
+    def warn(text: str) -> None:
+        if text not in report.warnings:
+            report.warnings.append(text)
+
+    def refs_of(item, name: str) -> tuple[list[tuple[str, int | None]], tuple | None]:
+        """Image references and a 3D point (with its frame of reference) held by item itself
+        or its direct children."""
         refs, point = [], None
         stack = [(item, 0)]
         while stack:
@@ -744,12 +846,18 @@ def _read_sr(ds) -> StructuredReport:
                         fr = list(fr)[0] if len(fr) else None
                     refs.append((str(r.get("ReferencedSOPInstanceUID") or ""),
                                  int(fr) if fr not in (None, "") else None))
-            elif vt == "SCOORD3D" and point is None:
-                data = it.get("GraphicData")
-                if data is not None and len(data) >= 3:
-                    p = tuple(float(v) for v in list(data)[:3])
-                    if all(math.isfinite(v) for v in p):
-                        point = p
+            elif vt in ("SCOORD", "SCOORD3D"):
+                if id(it) not in checked:  # a group's region is seen again as its own item
+                    why = _scoord_problem(it, vt)
+                    for_uid = str(it.get("ReferencedFrameOfReferenceUID") or "").strip()
+                    if why is None and vt == "SCOORD3D" and not for_uid:
+                        why = "no frame of reference"
+                    checked[id(it)] = (why, for_uid)
+                    if why:
+                        warn(f"{name or 'an item'}: image region with {why}: its coordinates are not used")
+                why, for_uid = checked[id(it)]
+                if why is None and vt == "SCOORD3D" and point is None:
+                    point = (tuple(float(v) for v in list(it.GraphicData)[:3]), for_uid)
             if d < 2 and (vt in ("SCOORD", "SCOORD3D") or d == 0):
                 for c in it.get("ContentSequence") or []:
                     cvt = str(c.get("ValueType") or "")
@@ -772,26 +880,31 @@ def _read_sr(ds) -> StructuredReport:
             if vt == "CONTAINER":
                 if name.lower() in _SKIP_CONTAINERS:
                     continue
-                refs, point = refs_of(it)
                 g = group
                 for c in it.get("ContentSequence") or []:
                     if _code_meaning(c, "ConceptNameCodeSequence").lower() == "tracking identifier":
                         g = str(c.get("TextValue") or "") or g
                 if depth > 0 and g == group and name and name.lower() not in ("imaging measurements",):
                     g = name
+                refs, point = refs_of(it, g or name)
                 visit(it.get("ContentSequence"), depth + 1, g, refs or inherited, point or inh_point)
                 continue
-            refs, point = refs_of(it)
+            refs, point = refs_of(it, f"{group}: {name}" if group else name)
             refs = refs or list(inherited)
             point = point or inh_point
+            pt, for_uid = point if point else (None, "")
             if vt == "NUM":
                 mv = (it.get("MeasuredValueSequence") or [None])[0]
                 if mv is None:
+                    report.warnings.append(f"measurement {name or '(unnamed)'} has no value: left out")
                     continue
                 try:
                     num = float(mv.get("NumericValue"))
                 except (TypeError, ValueError):
                     report.warnings.append(f"measurement {name or '(unnamed)'} has no numeric value: left out")
+                    continue
+                if not math.isfinite(num):
+                    report.warnings.append(f"measurement {name or '(unnamed)'} is not a finite number: left out")
                     continue
                 unit = _code_meaning(mv, "MeasurementUnitsCodeSequence")
                 unit_code = ""
@@ -799,18 +912,20 @@ def _read_sr(ds) -> StructuredReport:
                     unit_code = str(mv.MeasurementUnitsCodeSequence[0].CodeValue)
                 except Exception:
                     pass
+                if not unit_code.strip() and not unit.strip():
+                    report.warnings.append(f"measurement {name or '(unnamed)'} has no unit")
                 shown_unit = _UCUM_SHOWN.get(unit_code, unit_code if 0 < len(unit_code) <= 6 else unit)
-                items.append(SRItem("measurement", name, f"{num:g}", shown_unit, group, num, refs, point))
+                items.append(SRItem("measurement", name, f"{num:g}", shown_unit, group, num, refs, pt, for_uid))
             elif vt == "CODE":
                 if name.lower() in ("finding category", "finding site"):
                     continue  # qualifiers of a group, not findings
                 items.append(SRItem("finding", name, _code_meaning(it, "ConceptCodeSequence"), "",
-                                    group, None, refs, point))
+                                    group, None, refs, pt, for_uid))
             elif vt == "TEXT":
                 if name.lower() in ("tracking identifier",):
                     continue
                 items.append(SRItem("text", name, str(it.get("TextValue") or ""), "", group, None,
-                                    refs, point))
+                                    refs, pt, for_uid))
             if vt not in ("CONTAINER",) and it.get("ContentSequence"):
                 visit([c for c in it.ContentSequence if str(c.get("ValueType") or "") in
                        ("NUM", "CODE", "TEXT", "CONTAINER")], depth + 1, group, refs, point)
@@ -818,13 +933,17 @@ def _read_sr(ds) -> StructuredReport:
     visit(ds.get("ContentSequence"), 0, "", [], None)
     if not items:
         report.warnings.append("the structured report holds no findings or measurements")
+    report.warnings = [_short_line(w) for w in report.warnings]  # names may hold line breaks
     return report
 
 
 def read_result(source, volume=None):
     """Segmentation, ParametricMap or StructuredReport for any supported result object."""
     ds = _dataset(source)
-    kind = result_kind(ds.get("SOPClassUID"))
+    try:
+        kind = result_kind(ds.get("SOPClassUID"))
+    except Exception as e:  # an element pydicom cannot decode (a corrupt VR): still one line
+        raise ResultObjectError(f"the result object is malformed: {type(e).__name__}: {_one_line(e)}") from None
     if kind == SR:
         return read_sr(ds)
     if kind in (SEG, PARAMETRIC_MAP):

@@ -18,7 +18,9 @@ QuPath exports them, kept in the user data folder per slide.  No Qt.
 * Reading: QuPath's variants are accepted (a FeatureCollection, a list of features, one
   Feature; measurements as a dict or a list of ``{name, value}``; ``MultiPolygon``; colour as
   ``[r, g, b]`` or a packed integer).  A bad file is one :class:`UserError` line; size,
-  feature and vertex counts are bounded.
+  feature and vertex counts are bounded, and coordinates must be JSON numbers within
+  ±MAX_COORD pixels (so measurements stay finite).  What is skipped or replaced (a class name
+  or colour that is not understood, holes, empty geometries) is a note; names are one line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ KINDS = ("ruler", "polygon", "rectangle", "points")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_FEATURES = 100_000
 MAX_VERTICES = 2_000_000
+MAX_COORD = 1e9  # level-0 pixels: far beyond any slide (~1e5 px), and areas stay finite
+MAX_NAME = 256   # characters of a class name (one line)
+MAX_LABEL = 1024  # characters of a free-text name ("label", one line)
 HASH_CHUNK = 4 * 1024 * 1024
 DEFAULT_CLASS = "Region"
 DEFAULT_COLORS = {"Region": (0, 180, 255), "Tumor": (200, 0, 0), "Stroma": (150, 200, 150),
@@ -152,28 +157,63 @@ def write_geojson(path, annotations, mpp=None, slide: dict | None = None) -> Pat
     return path
 
 
-def _color(c, name: str) -> tuple[int, int, int]:
+def _number(v) -> float | None:
+    """A JSON number as a float (inf for an integer no float holds); None for anything else
+    (a string, true/false, null, a list): GeoJSON positions are numbers."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        return float(v)
+    except OverflowError:
+        return math.inf
+
+
+def _color(c) -> tuple[int, int, int] | None:
+    """[r, g, b] (clamped to 0..255) or a packed integer; None when it is neither."""
     if isinstance(c, (list, tuple)) and len(c) >= 3:
-        return tuple(int(max(0, min(255, float(v)))) for v in c[:3])
-    if isinstance(c, (int, float)) and not isinstance(c, bool):  # QuPath <0.2 packed ARGB
-        v = int(c) & 0xFFFFFF
+        vals = [_number(v) for v in c[:3]]
+        if any(v is None or not math.isfinite(v) for v in vals):
+            return None
+        return tuple(int(max(0.0, min(255.0, v))) for v in vals)
+    v = _number(c)
+    if v is not None and math.isfinite(v):  # QuPath <0.2 packed ARGB
+        v = int(v) & 0xFFFFFF
         return ((v >> 16) & 255, (v >> 8) & 255, v & 255)
-    return class_color(name)
+    return None
+
+
+def _text(v, limit: int) -> str | None:
+    """A name from the file on one line ("" when absent); None when it is not text."""
+    if v is None:
+        return ""
+    if isinstance(v, str):
+        return " ".join(v.split())[:limit]
+    if isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v):
+        return str(v)[:limit]
+    return None
+
+
+def _kind_text(v) -> str:
+    """A geometry type for a note: short, one line, never the repr of a whole structure."""
+    return repr(" ".join(v.split())[:40]) if isinstance(v, str) else f"of JSON type {type(v).__name__}"
 
 
 def _coords(seq, what: str) -> list[tuple[float, float]]:
     if not isinstance(seq, list):
         raise UserError(f"{what}: coordinates are not a list")
+    if len(seq) > MAX_VERTICES:
+        raise UserError(f"more than {MAX_VERTICES:,} vertices in the file")
     out = []
     for p in seq:
         if not isinstance(p, (list, tuple)) or len(p) < 2:
             raise UserError(f"{what}: a position is not [x, y]")
-        try:
-            x, y = float(p[0]), float(p[1])
-        except (TypeError, ValueError):
-            raise UserError(f"{what}: a coordinate is not a number") from None
+        x, y = _number(p[0]), _number(p[1])
+        if x is None or y is None:
+            raise UserError(f"{what}: a coordinate is not a number")
         if not (math.isfinite(x) and math.isfinite(y)):
             raise UserError(f"{what}: a coordinate is not finite")
+        if abs(x) > MAX_COORD or abs(y) > MAX_COORD:
+            raise UserError(f"{what}: a coordinate is out of range (beyond {MAX_COORD:.0e} pixels)")
         out.append((x, y))
     return out
 
@@ -205,11 +245,32 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
             notes.append(f"{what}: no geometry, skipped")
             continue
         props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
-        cls = props.get("classification") if isinstance(props.get("classification"), dict) else {}
-        name = str(cls.get("name") or DEFAULT_CLASS)
-        color = _color(cls.get("color", props.get("color")), name)
-        label = str(props.get("name") or "")
-        fid = str(f.get("id") or props.get("id") or uuid.uuid4())
+        cls = props.get("classification")
+        if isinstance(cls, str):  # a bare class name
+            cls = {"name": cls}
+        elif not isinstance(cls, dict):
+            if cls is not None:
+                notes.append(f"{what}: classification is not understood, {DEFAULT_CLASS!r} is used")
+            cls = {}
+        name = _text(cls.get("name"), MAX_NAME)
+        if name is None:
+            notes.append(f"{what}: the class name is not text, {DEFAULT_CLASS!r} is used")
+        name = name or DEFAULT_CLASS
+        raw_color = cls.get("color", props.get("color"))
+        color = _color(raw_color)
+        if color is None:
+            if raw_color is not None:
+                notes.append(f"{what}: colour not understood, the class colour is used")
+            color = class_color(name)
+        label = _text(props.get("name"), MAX_LABEL)
+        if label is None:
+            notes.append(f"{what}: the name is not text, left out")
+            label = ""
+        fid = f.get("id") if f.get("id") is not None else props.get("id")
+        if (isinstance(fid, bool) or not isinstance(fid, (str, int)) or not str(fid).strip()
+                or len(str(fid)) > 200 or not str(fid).isprintable()):
+            fid = uuid.uuid4()  # an id is a short one-line string or a number; else a new one
+        fid = str(fid)
         g = f["geometry"]
         gt = g.get("type")
         c = g.get("coordinates")
@@ -232,9 +293,13 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
                 raise UserError(f"{what}: a MultiPolygon without polygons")
             for poly in c:
                 if isinstance(poly, list) and poly:
+                    if len(poly) > 1:
+                        notes.append(f"{what}: holes of the polygon left out")
                     rings.append(("polygon", _coords(poly[0], what)))
+                else:
+                    notes.append(f"{what}: a polygon of the MultiPolygon without rings, skipped")
         else:
-            notes.append(f"{what}: geometry {gt!r} not supported, skipped")
+            notes.append(f"{what}: geometry {_kind_text(gt)} not supported, skipped")
             continue
         for k, (kind, pts) in enumerate(rings):
             if kind in ("polygon", "rectangle"):
@@ -245,6 +310,9 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
                     continue
             elif kind == "ruler" and len(pts) < 2:
                 notes.append(f"{what}: a line with fewer than 2 points, skipped")
+                continue
+            elif not pts:
+                notes.append(f"{what}: no points, skipped")
                 continue
             n_vert += len(pts)
             if n_vert > MAX_VERTICES:
