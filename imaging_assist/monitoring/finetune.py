@@ -456,6 +456,61 @@ def version_card(model_id: str, version: str):
     return e.card
 
 
+MAX_HOLDOUT_BYTES = 64 << 20
+MAX_HOLDOUT_ROWS = 100_000
+
+
+def read_holdout(path: Path, labels: list[str] | None = None, need_mask: bool = False) -> list[dict]:
+    """The hold-out CSV of ``models compare`` (``file,label,patient_id``; segmenters
+    ``file,mask,patient_id``), checked before any model runs: one-line UserError naming the
+    line for a missing column, a label that is not one of the model's (a typo would otherwise
+    count as the other class), a file that is not there, or a classifier hold-out without both
+    classes.  Relative paths are taken from the CSV's folder (as ``evaluate`` does).
+    Returns ``[{"file": Path, "label": str | None, "mask": Path | None, "patient": str}]``."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_HOLDOUT_BYTES:
+            raise UserError(f"hold-out {path} is larger than {MAX_HOLDOUT_BYTES >> 20} MiB")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            r = csv.DictReader(fh)
+            need = ["file", "mask" if need_mask else "label"]
+            if not r.fieldnames or any(c not in r.fieldnames for c in need):
+                raise UserError(f"hold-out {path} needs the columns {', '.join(need)} (and patient_id)"
+                                f"{' for a segmenter' if need_mask else ''}")
+            wanted = {lab.lower() for lab in labels or []}
+            out = []
+            for i, row in enumerate(r, start=2):
+                if i > MAX_HOLDOUT_ROWS + 1:
+                    raise UserError(f"hold-out {path} has more than {MAX_HOLDOUT_ROWS:,} rows")
+
+                def here(col: str) -> Path:
+                    v = (row.get(col) or "").strip()
+                    f = Path(v) if Path(v).is_absolute() else path.parent / v
+                    if not v or not f.is_file():
+                        raise UserError(f"hold-out {path} line {i}: {col} {v[:120]!r} not found")
+                    return f
+                lab = None
+                if not need_mask:
+                    lab = (row.get("label") or "").strip().lower()
+                    if lab not in wanted:
+                        raise UserError(f"hold-out {path} line {i}: label {lab[:40]!r} is not one of "
+                                        f"{', '.join(sorted(wanted))}")
+                f = here("file")
+                out.append({"file": f, "label": lab, "mask": here("mask") if need_mask else None,
+                            "patient": (row.get("patient_id") or "").strip() or f"file:{row.get('file')}"})
+    except OSError as e:
+        raise UserError(f"cannot read hold-out {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"hold-out {path} is not a UTF-8 CSV file") from None
+    except csv.Error as e:
+        raise UserError(f"hold-out {path} is not a readable CSV file ({e})") from None
+    if not out:
+        raise UserError(f"hold-out {path} has no rows")
+    if not need_mask and len({r["label"] for r in out}) < 2:
+        raise UserError(f"hold-out {path} holds only {out[0]['label']!r} cases: an AUC needs both classes")
+    return out
+
+
 def compare(model_id: str, a: str, b: str, holdout: Path | None = None) -> dict:
     """Both versions through the engine (``run_model``, not logged) on the same local hold-out:
     ``holdout`` or the ``holdout.csv`` of the newer candidate among A and B."""
@@ -477,18 +532,18 @@ def compare(model_id: str, a: str, b: str, holdout: Path | None = None) -> dict:
 
         with paused():
             return compare_segmenters(model_id, ca, cb, Path(holdout), a, b)
-    rows = list(csv.DictReader(Path(holdout).open(newline="", encoding="utf-8")))
     labels = [lab.lower() for lab in ca.labels]
+    rows = read_holdout(Path(holdout), labels)
     pos_label = next(iter(ca.thresholds), None) or labels[-1]
-    y = np.array([int(r["label"].lower() == pos_label) for r in rows])
-    g = np.array([r.get("patient_id") or r["file"] for r in rows], dtype=object)
+    y = np.array([int(r["label"] == pos_label) for r in rows])
+    g = np.array([r["patient"] for r in rows], dtype=object)
     ps = []
     with paused():
         for c in (ca, cb):
             m = load_model(c)
             p = []
             for r in rows:
-                res = run_model(m, read_image(r["file"]), RunOptions(device="cpu"))
+                res = run_model(m, read_image(str(r["file"])), RunOptions(device="cpu"))
                 p.append(float(res.probabilities[pos_label]))
             ps.append(np.array(p))
     thr = float(ca.thresholds[pos_label].threshold) if pos_label in ca.thresholds else 0.5

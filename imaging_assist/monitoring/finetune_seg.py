@@ -283,13 +283,13 @@ def compare_segmenters(model_id: str, ca, cb, holdout: Path, a: str, b: str) -> 
     from ..models.loaders import load_model
     from ..training import run_on_files
 
-    rows = list(csv.DictReader(Path(holdout).open(newline="", encoding="utf-8")))
-    if not rows or "mask" not in rows[0]:
-        raise UserError(f"{holdout} needs the columns file, mask (and patient_id) for a segmenter")
+    from .finetune import read_holdout
+
+    rows = read_holdout(Path(holdout), need_mask=True)
     n = len(ca.labels)
     truths = [read_mask(r["mask"], n) for r in rows]
-    g = [r.get("patient_id") or r["file"] for r in rows]
-    ds = [dice_per_image(run_on_files(load_model(c), [r["file"] for r in rows]), truths, n) for c in (ca, cb)]
+    g = [r["patient"] for r in rows]
+    ds = [dice_per_image(run_on_files(load_model(c), [str(r["file"]) for r in rows]), truths, n) for c in (ca, cb)]
     c = compare_dice(ds[0], ds[1], g, f"local hold-out {holdout} ({len(rows)} images)")
     c["base"]["version"], c["candidate"]["version"] = a, b
     return {"model_id": model_id, "a": a, "b": b, "comparison": c, "not_for_clinical_use": True}
