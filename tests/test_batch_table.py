@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DICOM, need
 from imaging_assist.batch import run as batch_run
 from imaging_assist.batch.table import ResultsTable, ResultsTableError
 
@@ -74,3 +75,45 @@ def test_an_edited_json_value_is_named(tmp_path):
                                                 r"row of a.png is not JSON \(edited\?\)\)"):
         t.rows()
     t.close()
+
+
+def test_a_zip_member_with_a_damaged_deflate_stream_is_one_line_when_hashed(tmp_path):
+    """The scanner inflates a member to check it, so a damaged deflate stream is normally its
+    problem; should the member change before the batch hashes it, ``zlib.error`` (not an
+    OSError) must still be the item's one-line reason, not an internal error of the batch."""
+    import io
+    import random
+    import types
+    import zipfile
+    import zlib
+
+    from imaging_assist.batch.sources import content_hash
+    from imaging_assist.errors import UserError
+
+    src = need(DICOM / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm").read_bytes()  # 388 kB
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("film.dcm", src)
+    base = buf.getvalue()
+    zi = zipfile.ZipFile(io.BytesIO(base)).infolist()[0]
+    start = zi.header_offset + 30 + len(zi.filename)
+    rnd = random.Random(1)
+    for _ in range(500):  # a corruption that deflate itself rejects (most fail the CRC instead)
+        d = bytearray(base)
+        k = rnd.randrange(start + zi.compress_size // 2, start + zi.compress_size - 60)
+        d[k:k + 50] = bytes(rnd.randrange(256) for _ in range(50))
+        try:
+            with zipfile.ZipFile(io.BytesIO(bytes(d))).open("film.dcm") as f:
+                while f.read(1 << 20):
+                    pass
+        except zlib.error:
+            break
+        except zipfile.BadZipFile:
+            continue
+    else:
+        pytest.fail("no corruption gave zlib.error")
+    z = tmp_path / "films.zip"
+    z.write_bytes(bytes(d))
+    c = types.SimpleNamespace(kind="series", source=str(z), files=lambda: [(str(z), "film.dcm")])
+    with pytest.raises(UserError, match=r"films.zip: cannot be read to hash it \(Error -3 while decompressing"):
+        content_hash(c)

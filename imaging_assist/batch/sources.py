@@ -22,6 +22,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..dicom.archive import _READ_ERRORS as ZIP_READ_ERRORS
 from ..errors import UserError
 
 HASH_CHUNK = 1 << 20
@@ -76,7 +77,7 @@ def content_hash(c: Candidate) -> str:
                 with zf.open(member) as f:
                     while chunk := f.read(HASH_CHUNK):
                         h.update(chunk)
-    except (OSError, zipfile.BadZipFile, KeyError, RuntimeError, ValueError) as e:
+    except (*ZIP_READ_ERRORS, KeyError) as e:  # a damaged deflate stream is zlib.error, not OSError
         raise UserError(f"{c.source}: cannot be read to hash it ({e})") from None
     finally:
         for z in zips.values():
