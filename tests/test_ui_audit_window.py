@@ -89,5 +89,12 @@ def test_audit_window_reads_a_trail_in_parts(trail, monkeypatch, qapp):
         assert win.result["ok"] and f"30 lines in {n_parts} closed part(s) and the live log" in win.status.text()
         assert f"and {n_parts} closed parts beside it, read first" in win.path_label.text()
         assert [int(r[0]) for r in win.visible_rows()] == list(range(30, 0, -1))
+        # a long trail: only the newest rows are kept in memory and listed, and the note says so
+        import imaging_assist_ui.shared.audit_window as A
+        monkeypatch.setattr(A, "MAX_ROWS", 7)
+        win.refresh()
+        assert wait_until(lambda: win.refresh_btn.isEnabled() and win.table.rowCount() == 7, 20)
+        assert [int(r[0]) for r in win.visible_rows()] == list(range(30, 23, -1))
+        assert "30 event(s), newest first" in win.note.text() and "the newest 7 listed" in win.note.text()
     finally:
         win.close()

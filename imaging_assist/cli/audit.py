@@ -90,7 +90,7 @@ def cmd_audit(args) -> int:
     if args.uid:
         wanted.add(audit.pseudonym(args.uid, "uid"))
     shown = 0
-    for n, obj in enumerate(audit.read_entries(), 1):
+    for n, obj in enumerate(audit.iter_entries(), 1):  # streamed: a trail of many parts stays out of memory
         if obj is None:
             if not args.json:
                 print(f"{n:>6}  (line {n} is not an audit record: run `imaging-assist audit verify`)")

@@ -644,29 +644,33 @@ def _files(p: Path) -> list[Path]:
     return [f for _a, _b, f in parts(p.parent)] + ([p] if p.exists() else [])
 
 
-def read_entries(path: Path | None = None) -> list[dict | None]:
-    """Every complete line of the trail (closed parts, then the live log) parsed (None for a
-    line that is not a JSON object, or a part that cannot be read)."""
+def iter_entries(path: Path | None = None):
+    """Every complete line of the trail (closed parts, then the live log) parsed, streamed
+    (memory does not grow with the trail): None for a line that is not a JSON object, or for a
+    part that cannot be read."""
     p = Path(path) if path else log_path()
-    out: list[dict | None] = []
     for f in _files(p):
         try:
             for raw, state in _lines(f):
                 if state == "partial":
                     continue
                 if state == "long" or not raw:  # kept as None: numbering stays that of verify
-                    out.append(None)
+                    yield None
                     continue
                 try:
                     obj = json.loads(raw)
-                    out.append(obj if isinstance(obj, dict) else None)
+                    yield obj if isinstance(obj, dict) else None
                 except ValueError:
-                    out.append(None)
+                    yield None
         except FileNotFoundError:
             continue
         except (OSError, EOFError, zlib.error):  # a damaged .gz part: verify names it
-            out.append(None)
-    return out
+            yield None
+
+
+def read_entries(path: Path | None = None) -> list[dict | None]:
+    """:func:`iter_entries` as a list (for small trails and tests)."""
+    return list(iter_entries(path))
 
 
 def _read_head(head_p: Path, mkey: bytes | None) -> tuple[dict | None, str | None]:

@@ -34,13 +34,18 @@ def read_trail() -> dict:
     """Verify and read the trail (engine calls only; runs on a worker thread)."""
     from imaging_assist.privacy import audit
 
+    from collections import deque
+
+    n = 0
     try:
         ok, line, reason = audit.verify()
-        entries = audit.read_entries()
-        err = None
+        newest: deque = deque(maxlen=MAX_ROWS)  # streamed: memory stays bounded however long the trail
+        for n, e in enumerate(audit.iter_entries(), 1):
+            newest.append((n, e))
+        entries, err = list(newest), None
     except Exception as e:  # noqa: BLE001 - shown in the window, never a traceback
         ok, line, reason, entries, err = False, None, "", [], f"{type(e).__name__}: {e}"
-    return {"ok": ok, "line": line, "reason": reason, "entries": entries, "error": err,
+    return {"ok": ok, "line": line, "reason": reason, "entries": entries, "n": n, "error": err,
             "path": str(audit.log_path()), "parts": len(audit.parts())}
 
 
@@ -142,8 +147,7 @@ class AuditWindow(QDialog):
             where = f" at line {r['line']}" if r["line"] else ""
             self._set_status(False, f"The trail is BROKEN{where}: {r['reason']}")
         self.copy_btn.setEnabled(bool(r["ok"] and "head " in r["reason"]))
-        entries = r["entries"]
-        shown = list(enumerate(entries, 1))[-MAX_ROWS:][::-1]
+        shown = r["entries"][::-1]  # (line number, entry): the newest MAX_ROWS, newest first
         self.table.setRowCount(len(shown))
         bad = r["line"] if not r["ok"] else None
         for row, (n, e) in enumerate(shown):
@@ -191,7 +195,7 @@ class AuditWindow(QDialog):
         self._update_note()
 
     def _update_note(self) -> None:
-        n = len(self.result["entries"]) if self.result else 0
+        n = self.result["n"] if self.result else 0
         rows = self.table.rowCount()
         visible = sum(not self.table.isRowHidden(r) for r in range(rows))
         parts = [f"{n} event(s), newest first"]
