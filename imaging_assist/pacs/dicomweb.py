@@ -10,11 +10,15 @@ import fnmatch
 import io
 import logging
 import re
+import socket
 import threading
+import time
 from typing import Callable
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from dicomweb_client.api import DICOMwebClient
 
 from .nodes import Node, PacsError
@@ -23,6 +27,129 @@ from .transfer import InstanceSink
 
 logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # its DEBUG lines echo URLs
 WADO_ANY_SYNTAX = (("application/dicom", "*"),)  # the instance as stored, no transcoding
+# A hostile or broken server must not make us wait or allocate without end.  ``node.timeout``
+# bounds each read (requests) and a whole QIDO answer (watchdog); a WADO-RS part (one instance)
+# must arrive within WADO_TIMEOUT_FACTOR x node.timeout.  Both budgets grow by one second per
+# MIN_RATE bytes received, so a large instance on a slow but honest link is never cut, while a
+# server that drips bytes (or sends without end) is.  Sizes are capped as below.
+MAX_QIDO_BYTES = 64 << 20
+MAX_INSTANCE_BYTES = 4 << 30
+MAX_LISTED = 200_000  # instances in one QIDO instance listing
+WADO_TIMEOUT_FACTOR = 10
+MIN_RATE = 256 << 10  # bytes per second that extend a deadline (a 4 GiB instance: +4.4 h)
+
+_tls = threading.local()
+
+
+class _TooLarge(requests.RequestException):
+    pass
+
+
+class _Limits:
+    """Deadline and byte budget of the request(s) made by this thread; ``rearm`` after each
+    part of a stream.  A connection still reading past the deadline is shut down."""
+
+    def __init__(self, seconds: float, max_bytes: int):
+        self.seconds, self.max_bytes, self.expired = seconds, max_bytes, False
+        self.rearm()
+
+    def rearm(self) -> None:
+        self.start, self.nbytes = time.monotonic(), 0
+        self.deadline = self.start + self.seconds
+
+    def received(self, n: int) -> None:
+        self.nbytes += n
+        self.deadline = self.start + self.seconds + self.nbytes / MIN_RATE
+
+    def __enter__(self):
+        self._prev = getattr(_tls, "limits", None)
+        _tls.limits = self
+        return self
+
+    def __exit__(self, *exc):
+        _tls.limits = self._prev
+
+
+class _Watchdog:
+    """One thread for all connections: shuts the socket of one whose request is past its
+    deadline (a drip-fed or endless answer), so the blocked read returns."""
+
+    def __init__(self):
+        self._conns: dict = {}
+        self._lock = threading.Lock()
+        self._thread = None
+
+    def arm(self, conn, limits, sock) -> None:
+        with self._lock:
+            if limits is None or sock is None:
+                self._conns.pop(conn, None)
+                return
+            self._conns[conn] = (limits, sock)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dicomweb-watchdog",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.1)
+            now = time.monotonic()
+            with self._lock:
+                late = [c for c, (lim, _s) in self._conns.items() if now > lim.deadline]
+                late = [self._conns.pop(c) for c in late]
+            for lim, sock in late:
+                lim.expired = True
+                try:  # a socket already closed (answer complete) raises: nothing to stop
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+_watchdog = _Watchdog()
+
+
+class _WatchedMixin:
+    """The socket is taken when the request is sent: http.client hands it to the response and
+    forgets it (``Connection: close``) before the body is read."""
+
+    def request(self, *a, **kw):
+        r = super().request(*a, **kw)
+        _watchdog.arm(self, getattr(_tls, "limits", None), self.sock)
+        return r
+
+
+class _HTTPConn(_WatchedMixin, HTTPConnection):
+    pass
+
+
+class _HTTPSConn(_WatchedMixin, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConn
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConn
+
+
+class _CountedRaw:
+    """The urllib3 response with a byte budget (``_Limits.max_bytes`` since the last rearm)."""
+
+    def __init__(self, raw, limits: _Limits):
+        self._raw, self._limits = raw, limits
+
+    def __getattr__(self, name):
+        return getattr(self._raw, name)
+
+    def stream(self, *a, **kw):
+        lim = self._limits
+        for chunk in self._raw.stream(*a, **kw):
+            lim.received(len(chunk))
+            if lim.nbytes > lim.max_bytes:
+                raise _TooLarge(f"answer larger than {lim.max_bytes >> 20} MiB")
+            yield chunk
 
 
 class _WildcardAdapter(HTTPAdapter):
@@ -37,7 +164,15 @@ class _WildcardAdapter(HTTPAdapter):
         if "?" in request.url:
             base, query = request.url.split("?", 1)
             request.url = base + "?" + query.replace("%2A", "*").replace("%2a", "*")
-        return super().send(request, *a, **kw)
+        resp = super().send(request, *a, **kw)
+        lim = getattr(_tls, "limits", None)
+        if lim is not None:
+            resp.raw = _CountedRaw(resp.raw, lim)
+        return resp
+
+    def init_poolmanager(self, *a, **kw):
+        super().init_poolmanager(*a, **kw)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def client(node: Node) -> DICOMwebClient:
@@ -57,8 +192,12 @@ def client(node: Node) -> DICOMwebClient:
     return c
 
 
-def _fail(node: Node, what: str, e: Exception) -> PacsError:
+def _fail(node: Node, what: str, e: Exception, limits: _Limits | None = None) -> PacsError:
     """One line for a failed request (no URL query string, no credentials)."""
+    if limits is not None and limits.expired:
+        return PacsError(f"{node.label()}: {what}: no complete answer within {limits.seconds:g} s")
+    if isinstance(e, _TooLarge):
+        return PacsError(f"{node.label()}: {what}: {e}")
     if isinstance(e, requests.HTTPError) and e.response is not None:
         code = e.response.status_code
         hint = {401: "authentication failed (check user/password or token)",
@@ -68,6 +207,8 @@ def _fail(node: Node, what: str, e: Exception) -> PacsError:
         return PacsError(f"{node.label()}: {what}: HTTP {code} {hint}")
     if isinstance(e, requests.Timeout):
         return PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s")
+    if isinstance(e, requests.exceptions.ChunkedEncodingError):
+        return PacsError(f"{node.label()}: {what}: answer cut off before its end")
     if isinstance(e, requests.ConnectionError):
         text = str(e)
         if "Connection refused" in text or "Errno 111" in text:
@@ -75,17 +216,26 @@ def _fail(node: Node, what: str, e: Exception) -> PacsError:
         if "Name or service not known" in text or "Failed to resolve" in text:
             return PacsError(f"{node.label()}: unknown host")
         return PacsError(f"{node.label()}: cannot connect ({type(e).__name__})")
-    if isinstance(e, (ValueError, KeyError, TypeError, AttributeError)):
+    if isinstance(e, (ValueError, KeyError, TypeError, AttributeError, RecursionError)):
         return PacsError(f"{node.label()}: {what}: malformed response from the server "
                          f"({type(e).__name__})")
     return PacsError(f"{node.label()}: {what}: {type(e).__name__}")
 
 
+_ERRORS = (requests.RequestException, ValueError, KeyError, TypeError, AttributeError,
+           RecursionError)
+
+
 def _call(node: Node, what: str, fn, *a, **kw):
-    try:
-        return fn(*a, **kw)
-    except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise _fail(node, what, e) from None
+    """One QIDO request: the whole answer within the node's timeout, at most MAX_QIDO_BYTES."""
+    with _Limits(node.timeout, MAX_QIDO_BYTES) as lim:
+        try:
+            res = fn(*a, **kw)
+        except _ERRORS as e:
+            raise _fail(node, what, e, lim) from None
+        if lim.expired:
+            raise _fail(node, what, TimeoutError(), lim)
+        return res
 
 
 def echo(node: Node) -> None:
@@ -95,14 +245,17 @@ def echo(node: Node) -> None:
         raise PacsError(f"{node.label()}: QIDO-RS: malformed response (not a JSON list)")
 
 
-def _datasets(node: Node, what: str, answers) -> list:
+def _datasets(node: Node, what: str, answers):
+    """The answers as pydicom datasets, converted one by one (the caller may stop early)."""
     from pydicom.dataset import Dataset
     if not isinstance(answers, list):
         raise PacsError(f"{node.label()}: {what}: malformed response (not a JSON list)")
-    try:
-        return [Dataset.from_json(a) for a in answers]
-    except Exception as e:  # noqa: BLE001 - whatever pydicom makes of a bad answer
-        raise PacsError(f"{node.label()}: {what}: malformed response ({type(e).__name__})") from None
+    for a in answers:
+        try:
+            ds = Dataset.from_json(a)
+        except Exception as e:  # noqa: BLE001 - whatever pydicom makes of a bad answer
+            raise PacsError(f"{node.label()}: {what}: malformed response ({type(e).__name__})") from None
+        yield ds
 
 
 _PLAIN = re.compile(r"[^A-Za-z0-9*._-]")
@@ -150,8 +303,17 @@ def find(node: Node, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
         study = filters.pop("StudyInstanceUID", None)
         ans = _call(node, "QIDO-RS", c.search_for_series, study_instance_uid=study,
                     search_filters=filters, fields=fields, limit=server_limit)
-    rows = Rows(row_from_dataset(ds, q.level) for ds in _datasets(node, "QIDO-RS", ans)
-                if _matches(ds, exact))
+    rows = Rows()
+    try:
+        for ds in _datasets(node, "QIDO-RS", ans):
+            if _matches(ds, exact):
+                rows.append(row_from_dataset(ds, q.level))
+                if len(rows) > limit:  # a server that ignores limit= is not read to the end
+                    break
+    except PacsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - values pydicom accepted but cannot show
+        raise PacsError(f"{node.label()}: QIDO-RS: malformed response ({type(e).__name__})") from None
     rows.limit = limit
     if len(rows) > limit:
         rows.truncated = True
@@ -166,9 +328,22 @@ def list_instances(node: Node, study_uid: str, series_uids=()) -> list[tuple[str
         ans = _call(node, "QIDO-RS (instances)", c.search_for_instances,
                     study_instance_uid=study_uid, series_instance_uid=series,
                     fields=["SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"])
-        for ds in _datasets(node, "QIDO-RS (instances)", ans):
-            out.append((str(ds.get("SeriesInstanceUID", series or "")),
-                        str(ds.get("SOPInstanceUID", "")), str(ds.get("SOPClassUID", ""))))
+        if isinstance(ans, list) and len(out) + len(ans) > MAX_LISTED:
+            raise PacsError(f"{node.label()}: QIDO-RS (instances): more than {MAX_LISTED} "
+                            f"instances listed for one study")
+        try:
+            for ds in _datasets(node, "QIDO-RS (instances)", ans):
+                if str(ds.get("StudyInstanceUID", study_uid)) != study_uid:
+                    continue  # an instance of another study: never retrieved as this one
+                s = str(ds.get("SeriesInstanceUID", series or ""))
+                if series and s != series:
+                    continue  # not in the series asked for
+                out.append((s, str(ds.get("SOPInstanceUID", "")), str(ds.get("SOPClassUID", ""))))
+        except PacsError:
+            raise
+        except Exception as e:  # noqa: BLE001 - values pydicom accepted but cannot show
+            raise PacsError(f"{node.label()}: QIDO-RS (instances): malformed response "
+                            f"({type(e).__name__})") from None
     return out
 
 
@@ -180,8 +355,9 @@ def _encode(ds) -> bytes:
 
 
 def retrieve(node: Node, sink: InstanceSink, listing, missing: dict[str, list[str]]) -> None:
-    """WADO-RS: a wholly missing series in one multipart stream; otherwise instance by instance
-    (resume).  Each instance is written as soon as its part has arrived."""
+    """WADO-RS: a wholly missing series in one multipart stream; otherwise (resume), or what the
+    stream did not bring, instance by instance.  Each instance is written as soon as its part has
+    arrived, and only when its Study, Series and SOP Instance UIDs are the ones asked for."""
     c = client(node)
     study = sink.result.study_uid
     counts: dict[str, int] = {}
@@ -190,34 +366,75 @@ def retrieve(node: Node, sink: InstanceSink, listing, missing: dict[str, list[st
     for series, sops in missing.items():
         if sink.cancel.is_set():
             return
-        wanted = set(sops)
+        wanted, seen = set(sops), set()
+        err = None
+        if len(sops) == counts.get(series):
+            err, malformed = _receive(node, sink, series, wanted, seen, lambda s=series: c.iter_series(
+                study, s, media_types=WADO_ANY_SYNTAX))
+            if err and not malformed:  # the transfer broke: not worth asking one by one
+                for sop in sorted(wanted):
+                    sink.fail(sop, err, series)
+                continue
+        for sop in [s for s in sops if s in wanted]:
+            if sink.cancel.is_set():
+                return
+            err, malformed = _receive(node, sink, series, wanted, seen, lambda s=series, i=sop: [
+                c.retrieve_instance(study, s, i, media_types=WADO_ANY_SYNTAX)])
+            if err and malformed and sop in wanted:
+                wanted.discard(sop)
+                sink.fail(sop, err, series)
+            elif err and not malformed:
+                for other in sorted(wanted):
+                    sink.fail(other, err, series)
+                wanted.clear()
+                break
+        for sop in sorted(wanted):
+            sink.fail(sop, "listed by QIDO but not returned by WADO-RS", series)
+
+
+def _receive(node: Node, sink: InstanceSink, series: str, wanted: set, seen: set, parts):
+    """Store the asked-for instances among ``parts()``.  Returns (error line or None, whether
+    the error is a malformed part rather than a failed transfer)."""
+    study = sink.result.study_uid
+    extra, max_extra = 0, 16 + len(wanted)  # a stream of parts never asked for is not read for ever
+    with _Limits(node.timeout * WADO_TIMEOUT_FACTOR, MAX_INSTANCE_BYTES) as lim:
         try:
-            if len(sops) == counts.get(series):
-                parts = c.iter_series(study, series, media_types=WADO_ANY_SYNTAX)
-            else:
-                parts = (c.retrieve_instance(study, series, sop, media_types=WADO_ANY_SYNTAX)
-                         for sop in sops)
-            for ds in parts:
+            for ds in parts():
+                lim.rearm()  # each instance gets the whole time and size budget
                 if sink.cancel.is_set():
-                    return
+                    return None, False
                 sop = str(ds.get("SOPInstanceUID", ""))
+                if sop in seen or sop not in wanted:
+                    extra += 1
+                    if extra > max_extra:
+                        return (f"{node.label()}: WADO-RS: more than {max_extra} parts that were not asked "
+                                "for: the stream was stopped"), False
+                if sop in seen:
+                    sink.result.notes.append(f"the server sent {sop} twice: the copy was ignored")
+                    continue
                 if sop not in wanted:
                     sink.fail(sop or "?", "the server sent an instance that was not asked for", series)
                     continue
+                seen.add(sop)
                 wanted.discard(sop)
+                if (str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))) \
+                        != (study, series):
+                    sink.fail(sop, "the server sent it with another Study or Series Instance UID "
+                              "(not stored)", series)
+                    continue
                 try:
                     data = _encode(ds)
                 except Exception as e:  # noqa: BLE001 - a part pydicom cannot re-encode
                     sink.fail(sop, f"malformed instance received ({type(e).__name__})", series)
                     continue
                 sink.write(series, sop, data)
-        except (requests.RequestException, ValueError, KeyError, TypeError, AttributeError) as e:
-            err = _fail(node, "WADO-RS", e)
-            for sop in wanted:
-                sink.fail(sop, str(err), series)
-            wanted.clear()
-        for sop in wanted:
-            sink.fail(sop, "listed by QIDO but not returned by WADO-RS", series)
+        except Exception as e:  # noqa: BLE001 - transport, or a part that is not DICOM
+            if lim.expired or isinstance(e, (requests.RequestException, RecursionError)):
+                return str(_fail(node, "WADO-RS", e, lim)), False
+            return f"malformed instance received ({type(e).__name__})", True
+        if lim.expired:
+            return str(_fail(node, "WADO-RS", TimeoutError(), lim)), False
+    return None, False
 
 
 def store(node: Node, items: list, on_result: Callable, cancel: threading.Event,
