@@ -32,9 +32,9 @@ def _details(fields: dict) -> str:
 
 def read_trail() -> dict:
     """Verify and read the trail (engine calls only; runs on a worker thread)."""
-    from imaging_assist.privacy import audit
-
     from collections import deque
+
+    from imaging_assist.privacy import audit
 
     n = 0
     try:
@@ -136,9 +136,9 @@ class AuditWindow(QDialog):
     def _show(self, r: dict) -> None:
         self.result = r
         self.refresh_btn.setEnabled(True)
-        n = r.get("parts", 0)
-        self.path_label.setText(f"Log: {r['path']}" + (f"  (and {n} closed part{'s' if n != 1 else ''} beside it, "
-                                                        "read first)" if n else ""))
+        n_parts = r.get("parts", 0)
+        self.path_label.setText(f"Log: {r['path']}" + (
+            f"  (and {n_parts} closed part{'s' if n_parts != 1 else ''} beside it, read first)" if n_parts else ""))
         if r["error"]:
             self._set_status(False, f"The audit trail could not be read: {r['error']}")
         elif r["ok"]:
