@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .jsonvalues import is_number
 
 
 def demo_root() -> str:
@@ -232,8 +233,7 @@ def nodule_points() -> dict:
 
 
 def _lps_point(v) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and -1e308 < x < 1e308 for x in v)
+    return isinstance(v, list) and len(v) == 3 and all(is_number(x) for x in v)
 
 
 def _nodules(models: _Models, series, vol, out: Path, tag: str, entry: dict, captured: dict) -> None:

@@ -188,7 +188,7 @@ def test_flipped_bytes_and_truncations_never_load_silently_wrong(made, tmp_path,
 def test_a_heat_map_is_not_opened_as_a_slide_and_info_checks_it_against_one(made, capsys):
     from imaging_assist.cli.main import main
     from imaging_assist.slides import UnsupportedSlideError
-    from imaging_assist.slides.heatmap_io import heatmap_kind
+    from imaging_assist.slides.base import heatmap_kind
 
     tif, npz = made["files"]["tif"], made["files"]["npz"]
     assert (heatmap_kind(tif), heatmap_kind(npz), heatmap_kind(made["a"]), heatmap_kind(__file__)) == \

@@ -58,7 +58,7 @@ def resolve_series(target: str, root: str | None = None, series: str | None = No
 def cmd_info(args) -> int:
     from ..dicom import load_series, plan_series
     from ..slides.cli import format_info, info_dict, is_slide_path
-    from ..slides.heatmap_io import heatmap_kind
+    from ..slides.base import heatmap_kind
 
     if os.path.isfile(args.target) and heatmap_kind(args.target):
         return print_heatmap_info(args.target, args.slide, as_json=args.json)

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..jsonvalues import is_number
+
 THRESHOLD = 0.5
 _MAX_POINTS = 500_000
 
@@ -127,7 +129,7 @@ def recorded_sanity(card) -> dict:
             continue  # not a result: as if the method had not been checked
         # the numbers are formatted into warnings: a value of another type is left out
         out[m] = {k: v for k, v in r.items() if k not in ("final_spearman", "threshold")
-                  or (isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e308)}
+                  or is_number(v)}
     return out
 
 

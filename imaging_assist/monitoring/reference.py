@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..jsonvalues import is_number
 
 REFERENCE_FILE = "monitor_reference.json"
 # Numeric per-run statistics compared with the reference (columns of the runs table).
@@ -86,12 +87,6 @@ def load_reference(card) -> dict | None:
     return d
 
 
-def _real(x, lo=-math.inf, hi=math.inf) -> bool:
-    """A finite int or float (not a bool) from lo to hi (NaN, infinity and an int too large
-    for a float are not)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and -1e308 < x < 1e308 and lo <= x <= hi
-
-
 def _reference_problem(d: dict) -> str | None:
     """What the drift monitor would trip over in a reference (None: nothing): checked on
     reading, so that a damaged file is one line here instead of an exception mid-report."""
@@ -107,9 +102,9 @@ def _reference_problem(d: dict) -> str | None:
             for c in cats.values()):
         return "categories must map each name to {category: count}"
     rates = d.get("rates") or {}
-    if not isinstance(rates, dict) or not all(r is None or _real(r, 0, 1) for r in rates.values()):
+    if not isinstance(rates, dict) or not all(r is None or is_number(r, 0, 1) for r in rates.values()):
         return "rates must be numbers from 0 to 1 (or null)"
-    if d.get("auc") is not None and not _real(d["auc"], 0, 1):
+    if d.get("auc") is not None and not is_number(d["auc"], 0, 1):
         return "auc must be a number from 0 to 1 (or null)"
     return None
 
@@ -127,7 +122,7 @@ def _checked_thresholds(t, where: str) -> dict:
             raise UserError(f"{where}: unknown threshold {k[:40]!r} (known: {', '.join(DEFAULT_THRESHOLDS)})")
         lo, hi = _THRESHOLD_RANGES[k]
         whole = isinstance(DEFAULT_THRESHOLDS[k], int)
-        if not _real(v, lo, hi) or (whole and v != int(v)):
+        if not is_number(v, lo, hi) or (whole and v != int(v)):
             raise UserError(f"{where}: threshold {k} must be {'a whole number' if whole else 'a number'} "
                             f"from {lo} to {hi}, not {str(v)[:40]!r}")
         out[k] = int(v) if whole else v

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from ..errors import UserError
+from ..jsonvalues import is_number
 
 STATE_FILE = "model_versions.json"
 DEFAULT_MARGIN = 0.05  # AUC non-inferiority margin (stated in the candidate's metrics.json and card)
@@ -41,7 +42,7 @@ def margin_for(metric: str) -> float:
             m = (d.get("non_inferiority_margins") or {}).get(metric, m)
         except (OSError, ValueError, TypeError, AttributeError, RecursionError) as e:
             raise UserError(f"{site} cannot be read ({e})") from None
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not 0 <= m <= 1:  # NaN too
+        if not is_number(m, 0, 1):
             raise UserError(f"{site}: the non-inferiority margin of {metric} must be a number from 0 to 1, "
                             f"not {str(m)[:40]!r}")
     return float(m)
@@ -158,7 +159,7 @@ def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
     ni = metrics.get("non_inferiority") or {}
     what = ni.get("metric", "AUC")
     margin = ni.get("margin", MARGINS.get(what, DEFAULT_MARGIN))
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin <= 1:
+    if not is_number(margin, 0, 1):
         return False, [f"the margin {str(margin)[:20]!r} is not a number from 0 to 1"]
     why = []
     comps = ni.get("comparisons") or {}

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from ..errors import UserError
+from ..jsonvalues import is_number
 from ..userdirs import config_dir
 
 DEFAULT_AE = "IMAGING_ASSIST"
@@ -130,7 +131,7 @@ class Node:
         else:
             raise PacsError(f"unknown node kind {self.kind!r}: dimse or dicomweb")
         t = self.timeout
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= MAX_TIMEOUT:
+        if not is_number(t, 0, MAX_TIMEOUT) or t == 0:
             raise PacsError(f"timeout must be positive, at most {MAX_TIMEOUT} seconds (not {t!r})")
         return self
 

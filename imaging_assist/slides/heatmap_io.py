@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import struct
 import tokenize
@@ -22,8 +21,9 @@ import zlib
 
 import numpy as np
 
+from ..jsonvalues import is_number, is_whole
 from .base import HEATMAP_FORMAT_TAG as FORMAT_TAG
-from .base import MAX_SIDE, SlideError, heatmap_kind  # noqa: F401 - heatmap_kind: part of this module's API
+from .base import MAX_SIDE, SlideError
 
 FORMAT_VERSION = 2  # 2: grid_shape, slide_key and content_sha256 (required); 1 is still read
 
@@ -264,13 +264,7 @@ def _meta_from_text(text: str, name: str) -> dict:
 def _pair(meta: dict, key: str, name: str, *, positive: bool, integer: bool = False) -> tuple:
     v = meta.get(key)
     ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
-    if ok and integer:
-        ok = all(float(x).is_integer() for x in v)
-    if ok and positive:
-        ok = all(x > 0 for x in v)
-    elif ok:
-        ok = all(x >= 0 for x in v)
+        (is_whole if integer else is_number)(x, 0) and (x > 0 or not positive) for x in v)
     if not ok:
         raise SlideError(f"{name}: {key.replace('_', ' ')} {str(v)[:60]} is not two "
                          f"{'positive' if positive else 'non-negative'} {'integers' if integer else 'numbers'}")
@@ -329,7 +323,7 @@ def _check(heat: np.ndarray, meta: dict, name: str) -> np.ndarray:
                 isinstance(t.get(k), int) and not isinstance(t.get(k), bool) for k in ("row", "col"))
             sc = t.get("score") if isinstance(t, dict) else None
             if not (ok and 0 <= t["row"] < rows and 0 <= t["col"] < cols
-                    and isinstance(sc, (int, float)) and not isinstance(sc, bool) and math.isfinite(sc)):
+                    and is_number(sc)):
                 raise SlideError(f"{name}: a top tile of {cls!r} is not a cell of its {rows} x {cols} grid "
                                  "with a score")
     meta["downsample"], meta["origin"] = list(ds), [ox, oy]

@@ -7,13 +7,9 @@ with ``python -X importtime``); the scoring itself lives in :mod:`.ood`.
 
 from __future__ import annotations
 
-import math
+from ..jsonvalues import is_number
 
 METHODS = ("mahalanobis", "knn")
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def check_spec(spec: dict, where: str = "ood") -> list[str]:
@@ -29,7 +25,7 @@ def check_spec(spec: dict, where: str = "ood") -> list[str]:
     sha = spec.get("sha256")
     if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
         p.append(f"{where}.sha256: must be 64 lowercase hex digits")
-    if not _finite(spec.get("threshold")):
+    if not is_number(spec.get("threshold")):
         p.append(f"{where}.threshold: must be a finite number")
     layers = spec.get("layers")
     if not (isinstance(layers, list) and 0 < len(layers) <= 8
