@@ -62,6 +62,9 @@ class Hostile:
         self.qido = ("application/dicom+json", json.dumps([_inst(s) for s in SOPS]).encode())
         self.wado = (MP, _multipart([_dcm(s) for s in SOPS]))
         self.wado_instance = None  # per-instance answers: sop -> (ctype, body)
+        self.stow = (J, json.dumps({}).encode())  # the STOW-RS answer
+        self.posted = 0  # bytes of STOW-RS request bodies received
+        self.read_drip = 0.0  # seconds between reads of 64 KiB of a STOW-RS request body
         outer = self
 
         class H(BaseHTTPRequestHandler):
@@ -75,6 +78,28 @@ class Hostile:
                     answer = outer.wado_instance(path.rsplit("/", 1)[-1])
                 else:
                     answer = outer.wado
+                self.answer(answer)
+
+            def do_POST(self):
+                if outer.read_drip:  # reads the body slowly, never answers
+                    t0 = time.monotonic()
+                    while time.monotonic() - t0 < 30:
+                        got = self.connection.recv(1 << 16)
+                        if not got:
+                            return
+                        outer.posted += len(got)
+                        time.sleep(outer.read_drip)
+                    return
+                n = int(self.headers.get("Content-Length") or 0)
+                while n > 0:  # read the request whole before answering, as a server does
+                    got = self.rfile.read(min(n, 1 << 16))
+                    if not got:
+                        return
+                    outer.posted += len(got)
+                    n -= len(got)
+                self.answer(outer.stow)
+
+            def answer(self, answer):
                 ctype, body = answer
                 try:
                     if callable(body):
@@ -300,3 +325,101 @@ def test_hostile_listing_of_another_series_is_not_stored(srv, tmp_path):
     res = _one_line_or_rows(lambda: api.get(srv.node, STUDY, tmp_path / "out", series_uids=[SERIES]))
     _check_tree(tmp_path)
     assert res.written >= 1
+
+
+def test_upload_timeout_is_not_called_a_connection_failure(srv, tmp_path):
+    """A server that takes nothing of the request body: the send times out; the line says so."""
+    import threading
+    srv.read_drip = 30.0
+    got = {}
+    dicomweb.store(srv.node, _stow_items(tmp_path, pad=8_000_000),
+                   lambda it, err: got.__setitem__(it.sop_uid, err), threading.Event())
+    assert all("within 0.5 s" in e and "connect" not in e for e in got.values()), got
+
+
+def _stow_items(tmp_path, n=3, pad=0):
+    from imaging_assist.pacs import send as sendmod
+    folder = tmp_path / "send"
+    folder.mkdir()
+    for s in SOPS[:n]:
+        ds = pydicom.dcmread(io.BytesIO(_dcm(s)))
+        if pad:
+            ds.EncapsulatedDocument = b"\0" * pad
+        ds.save_as(folder / f"{s}.dcm", enforce_file_format=True)
+    items, skipped = sendmod.collect([str(folder)])
+    assert len(items) == n and not skipped
+    return items
+
+
+def _failed_sop(reason):
+    return json.dumps({"00081198": {"vr": "SQ", "Value": [
+        {"00081155": {"vr": "UI", "Value": [SOPS[1]]}, "00081197": reason}]}}).encode()
+
+
+STOW_GARBAGE = {
+    # name: (content type, body, whether the instances not named as failed count as sent)
+    "html": ("text/html", b"<html>Login</html>", False),
+    "not_json": (J, b"{{{", False),
+    "json_list": (J, b"[1, 2]", False),
+    "truncated": (J, b'{"00081198": {"vr": "SQ", "Val', False),
+    "reason_not_number": (J, _failed_sop({"vr": "US", "Value": ["many"]}), False),
+    "reason_string": (J, _failed_sop({"vr": "LO", "Value": ["many"]}), True),
+    "reason_huge": (J, _failed_sop({"vr": "US", "Value": [10**30]}), True),
+    "reason_list": (J, _failed_sop({"vr": "US", "Value": [[1, 2]]}), True),
+    "failed_not_sq": (J, json.dumps({"00081198": {"vr": "SQ", "Value": 5}}).encode(), False),
+    "deep_nesting": (J, b"[" * 200000 + b"]" * 200000, False),
+    "huge_length": (J, _raw(J, b'{"0008', length=10**12), False),
+    "endless": (J, _endless(J), False),
+    "drip": (J, _endless(J, b"{", drip=0.05), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(STOW_GARBAGE))
+def test_stow_garbage_answer_is_one_line_per_instance(srv, case, tmp_path):
+    """A STOW-RS answer that is endless, dripped, not JSON or holds nonsense: every instance of
+    the request gets a one-line result within seconds; none is counted as sent unless the
+    answer says which ones failed."""
+    import threading
+    ctype, body, parsed = STOW_GARBAGE[case]
+    srv.stow = (ctype, body)
+    items = _stow_items(tmp_path)
+    got = {}
+    t0 = time.monotonic()
+    dicomweb.store(srv.node, items, lambda it, err: got.__setitem__(it.sop_uid, err), threading.Event())
+    assert time.monotonic() - t0 < FAST, f"took {time.monotonic() - t0:.1f} s"
+    assert set(got) == set(SOPS), got
+    for sop, err in got.items():
+        assert err is None or (err and "\n" not in err and len(err) < 400), (sop, err)
+    if parsed:  # a usable Failed SOP Sequence with a nonsense reason: that one failed, the rest sent
+        assert got[SOPS[1]].startswith("rejected by the server"), got
+        assert got[SOPS[0]] is None and got[SOPS[2]] is None, got
+    else:
+        assert all(err for err in got.values()), got
+
+
+def test_stow_to_a_server_that_reads_drop_by_drop_ends(srv, tmp_path, monkeypatch):
+    """The 24 MB request body goes (in dicomweb-client's 1 MB chunks) to a server that reads
+    64 KiB every 10 ms: each chunk is taken within the socket timeout, so only the deadline, which
+    covers sending too, ends the call (2 s here; 4.7 s, the whole upload, when the deadline was
+    only watched once the request had been sent), with one line per instance."""
+    import threading
+    monkeypatch.setattr(dicomweb, "MIN_RATE", 1 << 40)  # no size bonus
+    monkeypatch.setattr(dicomweb, "WADO_TIMEOUT_FACTOR", 4)
+    srv.read_drip = 0.01
+    items = _stow_items(tmp_path, pad=8_000_000)
+    got = {}
+    t0 = time.monotonic()
+    dicomweb.store(srv.node, items, lambda it, err: got.__setitem__(it.sop_uid, err), threading.Event())
+    took = time.monotonic() - t0
+    assert took < 3.5, f"took {took:.1f} s"
+    assert srv.posted < 20_000_000, srv.posted
+    assert set(got) == set(SOPS) and all(e and "\n" not in e for e in got.values()), got
+
+
+def test_stow_good_answer_counts_as_sent(srv, tmp_path):
+    import threading
+    srv.stow = (J + "; charset=utf-8", b"{}")
+    got = {}
+    dicomweb.store(srv.node, _stow_items(tmp_path), lambda it, err: got.__setitem__(it.sop_uid, err),
+                   threading.Event())
+    assert got == {s: None for s in SOPS}

@@ -13,6 +13,7 @@ import re
 import socket
 import threading
 import time
+import xml.etree.ElementTree as ET
 from typing import Callable
 
 import requests
@@ -51,6 +52,7 @@ class _Limits:
 
     def __init__(self, seconds: float, max_bytes: int):
         self.seconds, self.max_bytes, self.expired = seconds, max_bytes, False
+        self.content_type = ""  # of the last answer
         self.rearm()
 
     def rearm(self) -> None:
@@ -109,12 +111,22 @@ _watchdog = _Watchdog()
 
 
 class _WatchedMixin:
-    """The socket is taken when the request is sent: http.client hands it to the response and
-    forgets it (``Connection: close``) before the body is read."""
+    """The socket is watched from the moment it is connected (or, reused, from the request), so
+    the deadline also covers sending the request body to a server that reads it drop by drop;
+    it is taken again when the request is sent: http.client hands it to the response and forgets
+    it (``Connection: close``) before the body is read."""
+
+    def _arm(self) -> None:
+        _watchdog.arm(self, getattr(_tls, "limits", None), self.sock)
+
+    def connect(self):
+        super().connect()
+        self._arm()
 
     def request(self, *a, **kw):
+        self._arm()
         r = super().request(*a, **kw)
-        _watchdog.arm(self, getattr(_tls, "limits", None), self.sock)
+        self._arm()
         return r
 
 
@@ -168,6 +180,7 @@ class _WildcardAdapter(HTTPAdapter):
         lim = getattr(_tls, "limits", None)
         if lim is not None:
             resp.raw = _CountedRaw(resp.raw, lim)
+            lim.content_type = resp.headers.get("Content-Type", "")
         return resp
 
     def init_poolmanager(self, *a, **kw):
@@ -195,7 +208,7 @@ def client(node: Node) -> DICOMwebClient:
 def _fail(node: Node, what: str, e: Exception, limits: _Limits | None = None) -> PacsError:
     """One line for a failed request (no URL query string, no credentials)."""
     if limits is not None and limits.expired:
-        return PacsError(f"{node.label()}: {what}: no complete answer within {limits.seconds:g} s")
+        return PacsError(f"{node.label()}: {what}: no complete answer within {limits.seconds:.3g} s")
     if isinstance(e, _TooLarge):
         return PacsError(f"{node.label()}: {what}: {e}")
     if isinstance(e, requests.HTTPError) and e.response is not None:
@@ -211,6 +224,8 @@ def _fail(node: Node, what: str, e: Exception, limits: _Limits | None = None) ->
         return PacsError(f"{node.label()}: {what}: answer cut off before its end")
     if isinstance(e, requests.ConnectionError):
         text = str(e)
+        if "timed out" in text:  # the request body not taken in time (urllib3 ProtocolError)
+            return PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s")
         if "Connection refused" in text or "Errno 111" in text:
             return PacsError(f"{node.label()}: connection refused (is the DICOMweb server running?)")
         if "Name or service not known" in text or "Failed to resolve" in text:
@@ -465,28 +480,62 @@ def store(node: Node, items: list, on_result: Callable, cancel: threading.Event,
             batch, size = [], 0
             if not datasets:
                 continue
-            try:
-                resp = c.store_instances(datasets, study_instance_uid=study)
-            except requests.HTTPError as e:
-                resp = _stow_body(e)
-                if resp is None:
-                    err = str(_fail(node, "STOW-RS", e))
+            # Sending the batch and the whole answer within 10 x the node's timeout, plus one
+            # second per MIN_RATE bytes sent (a server that reads or answers drop by drop is cut).
+            sent = sum(b.size for b in sendable)
+            with _Limits(node.timeout * WADO_TIMEOUT_FACTOR + sent / MIN_RATE, MAX_QIDO_BYTES) as lim:
+                try:
+                    resp = c.store_instances(datasets, study_instance_uid=study)
+                    if lim.expired:
+                        raise TimeoutError
+                    failed = _stow_failures(resp, lim.content_type)
+                except requests.HTTPError as e:
+                    resp = _stow_body(e)
+                    failed = None if resp is None else _stow_failures(resp, "application/dicom+json")
+                    if failed is None:
+                        err = str(_fail(node, "STOW-RS", e, lim))
+                        for b in sendable:
+                            on_result(b, err)
+                        continue
+                except _NotStow as e:
+                    err = f"{node.label()}: STOW-RS: {e}; not known to be stored"
                     for b in sendable:
                         on_result(b, err)
                     continue
-            except (requests.RequestException, ValueError, KeyError, TypeError) as e:
-                err = str(_fail(node, "STOW-RS", e))
-                for b in sendable:
-                    on_result(b, err)
-                continue
-            failed = {}
-            for f in resp.get("FailedSOPSequence", []) or []:
-                reason = f.get("FailureReason", None)
-                failed[str(f.get("ReferencedSOPInstanceUID", ""))] = (
-                    f"rejected by the server (failure reason 0x{int(reason):04X})"
-                    if reason is not None else "rejected by the server")
+                except (*_ERRORS, TimeoutError, ET.ParseError) as e:
+                    err = str(_fail(node, "STOW-RS", e, lim))
+                    for b in sendable:
+                        on_result(b, err)
+                    continue
             for b in sendable:
                 on_result(b, failed.get(b.sop_uid))
+
+
+def _stow_failures(resp, content_type: str) -> dict[str, str] | None:
+    """SOP Instance UID -> reason for each instance the STOW-RS answer's Failed SOP Sequence names.
+    Raises ValueError for an answer that is not a Store Instances Response (an HTML login page
+    or a proxy's error page answered 200 by mistake: nothing can be said about the instances)."""
+    ctype = content_type.split(";")[0].strip().lower()
+    if ctype and ctype not in _STOW_TYPES:
+        raise _NotStow(f"the answer is not a STOW-RS response ({ctype[:40]})")
+    failed = {}
+    for f in resp.get("FailedSOPSequence", []) or []:
+        reason = f.get("FailureReason", None)
+        text = "rejected by the server"
+        if isinstance(reason, int) and 0 <= reason <= 0xFFFF:
+            text += f" (failure reason 0x{reason:04X})"
+        elif reason is not None:
+            text += " (failure reason not readable)"
+        failed[str(f.get("ReferencedSOPInstanceUID", ""))] = text
+    return failed
+
+
+class _NotStow(ValueError):
+    pass
+
+
+_STOW_TYPES = {"application/dicom+json", "application/json", "application/dicom+xml",
+               "application/xml", "text/xml"}
 
 
 def _stow_body(e: requests.HTTPError):
