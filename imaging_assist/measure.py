@@ -95,14 +95,31 @@ def polygon_mask(shape: Sequence[int], points: Sequence[Sequence[float]]
     return inside.reshape(r1 - r0, c1 - c0), (r0, r1, c0, c1)
 
 
-def polygon_area_mm2(points: Sequence[Sequence[float]], spacing: Sequence[float] = (1.0, 1.0)) -> float:
-    """Area of the closed polygon in mm² (shoelace formula on mm coordinates; a
-    self-intersecting outline counts its lobes with opposite signs, as the formula does)."""
-    pts = np.asarray(points, float).reshape(-1, 2) * np.asarray(spacing[:2], float)
+def outline_area(points: Sequence[Sequence[float]]) -> tuple[float, bool]:
+    """(area, crosses itself) of a closed outline, in its coordinates' units squared.
+
+    The area is that of the parts filled on screen and counted in the masks: the even-odd rule
+    (Qt's default fill, :func:`polygon_mask`, the slide region filter).  A simple outline gets
+    the shoelace formula; an outline that crosses itself (a freehand figure eight, a loop drawn
+    twice) would get a wrong one from it (the lobes of a figure eight cancel), so it is noded at
+    its crossings by GEOS (shapely's ``make_valid``, 'linework' method, whose faces are the
+    even-odd ones; QuPath measures with JTS, GEOS's original)."""
+    pts = np.asarray(points, float).reshape(-1, 2)
     if len(pts) < 3:
-        return 0.0
+        return 0.0, False
     x, y = pts[:, 0], pts[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+    shoelace = float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+    import shapely
+
+    ring = shapely.Polygon(pts)
+    if shapely.is_valid(ring):
+        return shoelace, False
+    return float(shapely.make_valid(ring, method="linework").area), True
+
+
+def polygon_area_mm2(points: Sequence[Sequence[float]], spacing: Sequence[float] = (1.0, 1.0)) -> float:
+    """Area of the closed outline in mm² (:func:`outline_area` on mm coordinates)."""
+    return outline_area(np.asarray(points, float).reshape(-1, 2) * np.asarray(spacing[:2], float))[0]
 
 
 @dataclass
@@ -115,6 +132,7 @@ class RoiStats:
     area_mm2: float  # area of the drawn shape
     width_mm: float
     height_mm: float
+    crosses_itself: bool = False  # a polygon / freehand outline that crosses itself
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -145,7 +163,10 @@ def polygon_stats(image: np.ndarray, points: Sequence[Sequence[float]],
     mask, box = polygon_mask(img.shape, pts)
     w = float(np.ptp(pts[:, 0])) * float(spacing[0]) if len(pts) else 0.0
     h = float(np.ptp(pts[:, 1])) * float(spacing[1]) if len(pts) else 0.0
-    return _stats(img, mask, box, polygon_area_mm2(pts, spacing), w, h)
+    area, crosses = outline_area(pts * np.asarray(spacing[:2], float))
+    st = _stats(img, mask, box, area, w, h)
+    st.crosses_itself = crosses
+    return st
 
 
 def _gray(image) -> np.ndarray:
@@ -249,6 +270,8 @@ class Measurement:
             res["text"] = [f"Mean {_fmt(st.mean, units)}  SD {_fmt(st.sd, '')}",
                            f"Min {_fmt(st.min, '')}  Max {_fmt(st.max, '')}",
                            f"Area {st.area_mm2:.1f} {area_unit}  (n={st.n})"]
+            if st.crosses_itself:  # the area is the even-odd fill drawn; the reader should know
+                res["text"].append("Outline crosses itself: filled parts only")
         elif self.kind in ANNOTATION_KINDS:
             res["text"] = [self.text] if self.text else []
         else:

@@ -81,3 +81,28 @@ def test_user_calibration_sets_the_spacing_source():
     assert m.summary() == "2.0 mm (calibrated)" and m.to_dict()["spacing_source"] == "calibrated"
     with pytest.raises(ValueError):
         vol.calibrate(float("nan"))
+
+
+# A freehand figure eight (two triangles 40 px wide and high, crossing at x = 40) and an outline
+# that goes round twice (a 40 px square with a 20 px square inside it, joined by a thin cut).
+FIGURE_EIGHT = [(0, 0), (80, 40), (80, 0), (0, 40)]
+TWICE_ROUND = [(0, 0), (40, 0), (40, 40), (0, 40), (0, 10), (30, 10), (30, 30), (10, 30), (10, 5), (0, 5)]
+
+
+@pytest.mark.parametrize("outline, area", [(FIGURE_EIGHT, 2 * 40 * 40 / 2), (TWICE_ROUND, 40 * 40 - 20 * 20 - 10 * 5)])
+def test_outline_that_crosses_itself_measures_what_is_filled(outline, area):
+    """The area of an outline that crosses itself is that of the parts drawn filled and counted
+    (even-odd), not the shoelace formula's (0 for the figure eight: its lobes cancel)."""
+    from imaging_assist.measure import outline_area, polygon_stats
+    assert outline_area(outline) == (pytest.approx(area), True)
+    img = np.ones((100, 100))
+    st = polygon_stats(img, outline, (0.5, 0.5))
+    assert st.crosses_itself and st.area_mm2 == pytest.approx(area / 4)
+    assert abs(st.n - area) / area < 0.05  # the pixels counted agree with the area
+    m = Measurement("freehand", outline)
+    r = m.compute(img, (0.5, 0.5), "HU")
+    assert r["text"][-1] == "Outline crosses itself: filled parts only" and r["crosses_itself"]
+    simple = Measurement("freehand", [(0, 0), (40, 0), (40, 40), (0, 40)])
+    simple.compute(img, (0.5, 0.5), "HU")
+    assert not simple.result["crosses_itself"] and len(simple.result["text"]) == 3
+    assert simple.result["area_mm2"] == pytest.approx(400)

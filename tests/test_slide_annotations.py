@@ -144,3 +144,23 @@ def test_tile_filter_by_region_on_the_svs():
         assert res.origin[0] >= 200 and res.origin[1] >= 200  # the grid starts at the region
         with pytest.raises(UserError, match="outside the slide"):
             run_region(s, model, [(5000, 5000), (6000, 5000), (6000, 6000)], 112, 1.0, tissue_mask=None)
+
+
+def test_polygon_that_crosses_itself_is_measured_as_drawn_and_said(tmp_path):
+    """A QuPath-style polygon drawn as a figure eight: its area is that of the two filled lobes
+    (the shoelace formula gave 0), the list line and the import notes say it crosses itself."""
+    bow = [[0, 0], [2000, 1000], [2000, 0], [0, 1000], [0, 0]]
+    doc = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [bow]},
+         "properties": {"classification": {"name": "Tumor"}}}]}
+    p = tmp_path / "bow.geojson"
+    p.write_text(json.dumps(doc))
+    anns, notes = read_geojson(p)
+    assert len(anns) == 1 and anns[0].crosses_itself()
+    assert polygon_area(anns[0].points) == pytest.approx(2 * 1000 * 1000 / 2)
+    assert anns[0].measurements(MPP)["Area mm^2"] == pytest.approx(1e6 * 0.499 ** 2 / 1e6)
+    assert notes == ["feature 1: the outline crosses itself; its area counts the filled parts "
+                     "(even-odd, as drawn)"]
+    assert anns[0].describe(MPP).endswith("outline crosses itself: filled parts only")
+    sq = Annotation("polygon", rect_polygon(0, 0, 10, 10).tolist())
+    assert not sq.crosses_itself() and "crosses" not in sq.describe(MPP)

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..measure import outline_area
 from .regions import polygon_area
 
 KINDS = ("ruler", "polygon", "rectangle", "points")
@@ -105,9 +106,16 @@ class Annotation:
         if self.kind == "ruler":
             return (f"{self.name}: ruler {m['Length µm']:.1f} µm" if mpp
                     else f"{self.name}: ruler {m['Length px']:.0f} px (no MPP)")
+        crossing = ", outline crosses itself: filled parts only" if self.crosses_itself() else ""
         if mpp:
-            return f"{self.name}: {self.kind} {m['Area mm^2']:.4f} mm², perimeter {m['Perimeter µm']:.0f} µm"
-        return f"{self.name}: {self.kind} {m['Area px^2']:.0f} px² (no MPP)"
+            return (f"{self.name}: {self.kind} {m['Area mm^2']:.4f} mm², perimeter "
+                    f"{m['Perimeter µm']:.0f} µm{crossing}")
+        return f"{self.name}: {self.kind} {m['Area px^2']:.0f} px² (no MPP){crossing}"
+
+    def crosses_itself(self) -> bool:
+        """A polygon whose outline crosses itself: its area is that of the even-odd filled
+        parts, as drawn (:func:`imaging_assist.measure.outline_area`)."""
+        return self.kind in ("polygon", "rectangle") and outline_area(self.points)[1]
 
     # ------------------------------------------------------------------ GeoJSON
     def to_feature(self, mpp) -> dict:
@@ -318,6 +326,9 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
             if n_vert > MAX_VERTICES:
                 raise UserError(f"more than {MAX_VERTICES:,} vertices in the file")
             out.append(Annotation(kind, pts, name, color, fid if k == 0 else str(uuid.uuid4()), label))
+            if out[-1].crosses_itself():
+                notes.append(f"{what}: the outline crosses itself; its area counts the filled parts "
+                             f"(even-odd, as drawn)")
     return out, notes
 
 

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..measure import outline_area
 
 #: points per tile side used to measure how much of a tile lies inside a polygon
 SAMPLES = 8
@@ -56,12 +57,9 @@ def rect_polygon(x: float, y: float, w: float, h: float) -> np.ndarray:
 
 
 def polygon_area(points) -> float:
-    """Area (shoelace formula) of a simple polygon, in the units of its coordinates squared."""
-    a = np.asarray(points, np.float64)
-    if len(a) < 3:
-        return 0.0
-    x, y = a[:, 0], a[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+    """Area of a closed polygon (even-odd filled parts, :func:`imaging_assist.measure.outline_area`)
+    in the units of its coordinates squared."""
+    return outline_area(points)[0]
 
 
 def bbox(points) -> tuple[float, float, float, float]:
