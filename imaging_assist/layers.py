@@ -705,12 +705,10 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
     name = name or base.split(".")[0]
     shape = tuple(volume.array.shape[:3])
     if path.lower().endswith(".npy"):
-        arr = np.load(path, allow_pickle=False)
-        if arr.ndim == 2 and shape[0] == 1:
-            arr = arr[None]
+        arr = _read_npy(path, shape)
     else:
-        import nibabel as nib
-        img = nib.load(path)
+        from . import nifti
+        img = nifti.load(path)
         # the grid is checked on the header's shape; the voxels are read only once it matches
         # the image (a header cannot make this allocate more than the image's own size)
         dshape = tuple(int(n) for n in img.shape)
@@ -742,7 +740,7 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
             flips.append(s < 0)
         if sorted(perm) != [0, 1, 2]:
             raise ValueError(f"{base}: its voxel grid differs from the image grid (axes do not match)")
-        data = np.asanyarray(img.dataobj).reshape(dshape)
+        data = nifti.read_data(path, img).reshape(dshape)
         arr = np.transpose(data, perm)
         for a, f in enumerate(flips):
             if f:
@@ -752,4 +750,39 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
         raise ValueError(f"{base}: shape {tuple(arr.shape)} does not match the image {shape}")
     if arr.dtype.kind in "iub":
         return LabelLayer(name, arr)
+    if arr.dtype.kind != "f":
+        raise ValueError(f"{base}: values of type {arr.dtype} are neither labels nor a heat map")
     return HeatmapLayer(name, arr)
+
+
+def _read_npy(path: str, shape: tuple) -> np.ndarray:
+    """A ``.npy`` overlay: its header (numpy's own parser) is checked against the image's grid
+    and the file's size before any voxel is read; every failure is one ValueError line."""
+    import os
+    base = os.path.basename(path)
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            dshape, _fortran, dtype = read_header(f)
+            start = f.tell()
+    except OSError as e:
+        raise ValueError(f"{base}: cannot read ({e.strerror or e})") from None
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises many types
+        raise ValueError(f"{base}: not a readable .npy file ({type(e).__name__})") from None
+    want = ((1,) + tuple(dshape)) if len(dshape) == 2 and shape[0] == 1 else tuple(dshape)
+    if want != shape:
+        raise ValueError(f"{base}: shape {tuple(dshape)} does not match the image {shape}")
+    if dtype.hasobject or dtype.kind not in "iubf":
+        raise ValueError(f"{base}: values of type {dtype} are neither labels nor a heat map")
+    need = start + int(np.prod(dshape, dtype=object)) * dtype.itemsize
+    size = os.path.getsize(path)
+    if size != need:
+        raise ValueError(f"{base}: the file holds {size:,} bytes where its header describes {need:,}: "
+                         f"damaged")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{base}: not a readable .npy file ({type(e).__name__})") from None
+    return arr[None] if arr.ndim == 2 else arr

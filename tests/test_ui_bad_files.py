@@ -173,3 +173,24 @@ def test_thumbnail_of_the_shown_series_failing_is_said_not_swallowed(qapp, monke
     th.from_volume("k", vol, None)
     assert said and "window width is not finite" in said[0] and "\n" not in said[0]
     assert "k" not in th.shown
+
+
+def test_a_damaged_overlay_file_is_one_line_in_a_box(win, tmp_path, monkeypatch):
+    """Overlays ▸ Load overlay from file with a damaged NIfTI / .npy: the loader's one line in a
+    message box (it names the file once), no layer added."""
+    import imaging_assist_ui.main_window.overlays as ov
+    win.browser.seriesChosen.emit(_key(win, "good"))
+    assert _wait(lambda: win.load_state == "done" and win.current_key == _key(win, "good"))
+    (tmp_path / "junk.nii").write_bytes(b"junk" * 100)
+    (tmp_path / "junk.npy").write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '|u1', 'fortran_order': False, 'shape': (((, }")
+    shown, n_layers = [], len(win.doc.layers)
+    monkeypatch.setattr(ov.QMessageBox, "warning", staticmethod(lambda _w, title, text: shown.append((title, text))))
+    for name in ("junk.nii", "junk.npy"):
+        monkeypatch.setattr(ov.QFileDialog, "getOpenFileName",
+                            staticmethod(lambda *a, n=name, **k: (str(tmp_path / n), "")))
+        win.load_overlay_dialog()
+    assert [t for t, _ in shown] == ["Overlay", "Overlay"], shown
+    assert shown[0][1].startswith("Not loaded: junk.nii: not a readable NIfTI file (")
+    assert shown[1][1].startswith("Not loaded: junk.npy: not a readable .npy file ("), shown[1]
+    assert all("\n" not in text for _, text in shown)
+    assert len(win.doc.layers) == n_layers

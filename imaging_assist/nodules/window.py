@@ -36,7 +36,6 @@ share one LPS frame: the crop is a sub-grid of the slab's voxels.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -246,35 +245,23 @@ def volume_from_nifti(path) -> Volume:
     like the space beyond a crop.  Values that are not HU (e.g. a wrong scl_slope) are refused
     where the models look, by :func:`cut_window`, as for DICOM.
     """
-    import nibabel as nib
-
+    from .. import nifti
     from ..dicom.loader import PIXEL_SPACING_RANGE_MM
 
     path = Path(path)
     try:
         # nibabel repairs some header fields on loading (zero pixdim -> 1, negative -> abs, an
-        # unknown sform_code -> 0) and logs it; the header as stored is read to decide here
-        log = nib.imageglobals.logger
-        level, log.level = log.level, logging.CRITICAL + 1  # its lines would reach the terminal raw
-        try:
-            img = nib.load(str(path))
-        finally:
-            log.level = level
-        with nib.openers.ImageOpener(str(path)) as f:
-            stored = type(img.header).from_fileobj(f, check=False)
+        # unknown sform_code -> 0); the header as stored is read to decide here
+        img = nifti.load(path)
+        stored = nifti.stored_header(path, img)
         hdr = img.header
         codes = (int(hdr["qform_code"]), int(hdr["sform_code"]))
         stored_codes = (int(stored["qform_code"]), int(stored["sform_code"]))
         pixdim = np.asarray(stored["pixdim"][1:4], float)
         _check_declared_size(path, img)
-        data = np.asanyarray(img.dataobj)
-    except WindowError:
-        raise
-    except FileNotFoundError:
-        raise WindowError(f"{path}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for a broken file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise WindowError(f"{path}: not a readable NIfTI file ({first})") from None
+        data = nifti.read_data(path, img)
+    except nifti.NiftiError as e:
+        raise WindowError(f"{path}: {str(e).split(': ', 1)[-1]}") from None
     warnings = ["NIfTI stores no modality: the values are taken as CT Hounsfield units"]
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

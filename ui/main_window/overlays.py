@@ -57,5 +57,7 @@ def load_overlay_dialog(self):
         from imaging_assist.layers import load_overlay
         layer = load_overlay(path, vol)
         self.add_layer(layer)
-    except Exception as e:  # noqa: BLE001
-        QMessageBox.warning(self, "Overlay", f"Could not load {os.path.basename(path)}:\n{e}")
+    except ValueError as e:  # the loader's one line names the file
+        QMessageBox.warning(self, "Overlay", f"Not loaded: {e}")
+    except Exception as e:  # noqa: BLE001 - not expected: still one line, never a traceback
+        QMessageBox.warning(self, "Overlay", f"Not loaded: {os.path.basename(path)}: {type(e).__name__}: {e}")
