@@ -291,3 +291,25 @@ def test_clicking_the_first_corner_closes_a_polygon(win, view):
     assert len(win.doc.measurements) == n + 1 and m.kind == "polygon" and len(m.points) == 3 and m.closed
     assert view._pending is None
     win.set_tool("navigate")
+
+
+def test_freehand_figure_eight_says_it_crosses_itself(win, view):
+    """A freehand outline drawn as a figure eight: the area is that of both lobes (what is
+    filled and counted), and the label says the outline crosses itself, under the area line
+    that names the pixel size's source."""
+    win.set_tool("freehand")
+    c = (200, 300)
+    uv = [(c[0] + 30 * math.sin(a), c[1] + 15 * math.sin(2 * a)) for a in np.linspace(0, 2 * math.pi, 60)]
+    pts = [sp(view, u, v) for u, v in uv]
+    QTest.mousePress(view, Qt.LeftButton, Qt.NoModifier, pts[0])
+    for q in pts[1:]:
+        move(view, q)
+    QTest.mouseRelease(view, Qt.LeftButton, Qt.NoModifier, pts[-1])
+    m = win.doc.measurements[-1]
+    assert m.kind == "freehand" and m.result["crosses_itself"]
+    # the lemniscate-like curve's two lobes: 4 * 30 * 15 * 2/3 px² in all (the shoelace formula gave ~0)
+    assert m.result["area_mm2"] == pytest.approx(4 * 30 * 15 * 2 / 3 * PS * PS, rel=0.08)
+    assert m.result["n"] == pytest.approx(4 * 30 * 15 * 2 / 3, rel=0.15)
+    lines = m.result["display_text"]
+    assert lines[-2].startswith("Area ") and lines[-2].endswith("(PixelSpacing)"), lines
+    assert lines[-1] == "Outline crosses itself: filled parts only", lines

@@ -223,6 +223,7 @@ class ViewerDocument(QObject):
         if m.kind == "ruler" and text:
             text[0] = f"{text[0]} {note}"
         elif m.kind in ROI_KINDS and text:
-            text[-1] = f"{text[-1]} {note}"
+            k = next((i for i, t in enumerate(text) if t.startswith("Area ")), len(text) - 1)
+            text[k] = f"{text[k]} {note}"
         res["display_text"] = text
         return res
