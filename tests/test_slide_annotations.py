@@ -161,6 +161,6 @@ def test_polygon_that_crosses_itself_is_measured_as_drawn_and_said(tmp_path):
     assert anns[0].measurements(MPP)["Area mm^2"] == pytest.approx(1e6 * 0.499 ** 2 / 1e6)
     assert notes == ["feature 1: the outline crosses itself; its area counts the filled parts "
                      "(even-odd, as drawn)"]
-    assert anns[0].describe(MPP).endswith("outline crosses itself: filled parts only")
+    assert anns[0].describe(MPP).endswith("mm², perimeter 3230 µm, outline crosses itself")
     sq = Annotation("polygon", rect_polygon(0, 0, 10, 10).tolist())
     assert not sq.crosses_itself() and "crosses" not in sq.describe(MPP)

@@ -106,7 +106,7 @@ class Annotation:
         if self.kind == "ruler":
             return (f"{self.name}: ruler {m['Length µm']:.1f} µm" if mpp
                     else f"{self.name}: ruler {m['Length px']:.0f} px (no MPP)")
-        crossing = ", outline crosses itself: filled parts only" if self.crosses_itself() else ""
+        crossing = ", outline crosses itself" if self.crosses_itself() else ""
         if mpp:
             return (f"{self.name}: {self.kind} {m['Area mm^2']:.4f} mm², perimeter "
                     f"{m['Perimeter µm']:.0f} µm{crossing}")
