@@ -525,13 +525,16 @@ def test_ray_in_process_listens_on_loopback_only_and_stops(tmp_path):
             "left = [c.pid for c in me.children(recursive=True) if c.status() != psutil.STATUS_ZOMBIE]\n"
             "print(json.dumps({'ips': ips, 'node': node, 'usage': os.environ.get('RAY_USAGE_STATS_ENABLED'), "
             "'monitor_at_shutdown': seen, 'left': left, 'tmp_left': os.path.exists(tmp), 'cfg_ok': cfg_ok, "
-            "'dash': dash, 'restored': restored}))\n")
+            "'dash': dash, 'restored': restored, 'auth': os.environ.get('RAY_AUTH_MODE')}))\n")
     e = dict(os.environ)
     e.pop("RAY_ADDRESS", None)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout.strip().splitlines()[-1])
     assert r["node"] == "127.0.0.1" and r["usage"] == "0"
+    # token authentication on (Ray's default for a new local cluster); Ray's warning line about
+    # it stays out of the command's output
+    assert r["auth"] == "token" and "Token authentication" not in p.stderr + p.stdout, p.stderr[-2000:]
     assert r["ips"] and all(ip in ("127.0.0.1", "::ffff:127.0.0.1") for ip in r["ips"]), r
     assert r["cfg_ok"], r  # engines.START_CONFIG reached the cluster's system config
     assert r["dash"] == [False] and r["restored"], r  # no dashboard head; Ray's class as it was

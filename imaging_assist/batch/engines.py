@@ -28,6 +28,7 @@ The in-process ``local`` engine runs ``analyze_slide`` itself.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import deque
 from contextlib import contextmanager
@@ -505,9 +506,17 @@ def init_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: 
 
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp")
     _loopback_only()
+    # Ray 2.60 turns token authentication on for a new local cluster and logs a warning that
+    # says so ("... Set RAY_AUTH_MODE=disabled to opt out"): a line in the command's output
+    # about a setting that is as it should be.  Its logger is quiet for this ray.init only.
+    auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    level, auth_log.level = auth_log.level, logging.ERROR
     with _without_dashboard_head():
-        ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-                 _system_config=dict(START_CONFIG), **kw)
+        try:
+            ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+                     _system_config=dict(START_CONFIG), **kw)
+        finally:
+            auth_log.level = level
     return True, temp_dir
 
 
