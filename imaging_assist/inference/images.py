@@ -68,6 +68,10 @@ def read_image(path: str | Path) -> Volume:
         raise ImageReadError(f"{path}: image is too large to open safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"{path}: not a readable PNG/JPEG/TIFF image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - Pillow's plugins raise more types for a damaged
+        # file (TypeError "Missing dimensions" from a TIFF without its size tags, struct.error...)
+        raise ImageReadError(f"{path}: not a readable PNG/JPEG/TIFF image ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:120]})") from None
     if arr.ndim == 3 and arr.shape[2] == 3 and np.array_equal(arr[..., 0], arr[..., 1]) \
             and np.array_equal(arr[..., 0], arr[..., 2]):
         arr = arr[..., 0].copy()  # grey image stored as RGB
