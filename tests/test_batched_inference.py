@@ -174,6 +174,45 @@ def _hold_events_then_wait(home: str, ready) -> None:
         time.sleep(120)
 
 
+def _announce_hold_then_wait(home: str, ready) -> None:
+    """A batch worker that named its chunk's inputs ahead, then holds the chunk's events."""
+    import os
+    import time
+
+    os.environ["IMAGING_ASSIST_DATA_DIR"] = home + "/data"
+    os.environ["IMAGING_ASSIST_CONFIG_DIR"] = home + "/config"
+    with audit.grouped():
+        audit.record_ahead("batch.chunk", [{"paths": ["/data/a.png", "/data/b.png"], "items": 2}])
+        audit.record("study.open", path="/data/a.png")
+        ready.set()
+        time.sleep(120)
+
+
+def test_a_worker_killed_outright_mid_chunk_leaves_the_chunks_inputs_in_the_trail(tmp_path, monkeypatch):
+    """SIGKILL (or a power loss) mid-chunk loses the held events, not the line written ahead
+    that names what the chunk read."""
+    import multiprocessing as mp
+
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))
+    ctx = mp.get_context("spawn")
+    ready = ctx.Event()
+    p = ctx.Process(target=_announce_hold_then_wait, args=(str(tmp_path), ready))
+    p.start()
+    try:
+        assert ready.wait(120)
+        p.kill()
+        p.join(30)
+    finally:
+        if p.is_alive():
+            p.kill()
+    assert p.exitcode == -9, p.exitcode
+    entries = audit.read_entries()
+    assert [e["event"] for e in entries] == ["batch.chunk"], entries
+    assert entries[0]["fields"]["paths"] == [audit.pseudonym(x, "path") for x in ("/data/a.png", "/data/b.png")]
+    assert audit.verify()[0], audit.verify()
+
+
 def test_a_worker_stopped_inside_a_chunk_still_appends_its_held_events(tmp_path, monkeypatch):
     """The local engine stops its workers with SIGTERM on Ctrl-C: the chunk's held events are
     appended first, and the worker exits as SIGTERM would have (143)."""
@@ -232,7 +271,13 @@ def test_a_batch_chunk_is_batched_and_its_rows_follow_its_audit_lines(tmp_path, 
                for r in rows if r["status"] == "ok"]
     # 4 films in one pass; the fifth and the broken file make the last group: the film alone
     assert [r["stem"] for r in rows][-1] == "zz_broken" and batched == [4, 4, 4, 4, None], batched
-    assert len(appended) == 1 and appended[0].count("model.run") == 5, appended
+    # the chunk's inputs first, written at once; then the chunk's own events in one append
+    assert len(appended) == 2 and appended[0] == ["batch.chunk"], appended
+    assert appended[1].count("model.run") == 5, appended
+    (chunk,) = [e for e in audit.read_entries() if e["event"] == "batch.chunk"]
+    f = chunk["fields"]
+    assert f["items"] == 6 and f["models"] == ["cxr-pneumonia"] and f["series_uids"] == []
+    assert f["paths"] == [audit.pseudonym(str(c.payload), "path") for c in cands], f
 
 
 def test_a_group_of_items_is_cut_short_by_the_bytes_of_its_pixels(tmp_path, monkeypatch):

@@ -114,7 +114,19 @@ class Pipeline:
             return list(self.process(decoded))
 
     def run_units(self, units) -> list[dict]:
-        """Rows of ``units``, decoded here one by one (a local worker process, a CPU actor)."""
+        """Rows of ``units``, decoded here one by one (a local worker process, a CPU actor).
+        The inputs are named in the audit trail before any is opened (``audit.record_ahead``):
+        the chunk's own events are held until it ends and die with a worker killed outright."""
+        from ..privacy.audit import MAX_LIST, record_ahead
+
+        units = list(units)
+        ahead = []
+        for i in range(0, len(units), MAX_LIST):
+            part = [u[0] for u in units[i:i + MAX_LIST]]
+            ahead.append({"items": len(part), "models": sorted({m for u in units[i:i + MAX_LIST] for m in u[1]}),
+                          "series_uids": [c.payload.uid for c in part if c.kind == "series"],
+                          "paths": [str(c.payload) for c in part if c.kind != "series"]})
+        record_ahead("batch.chunk", ahead)
         return self.rows((u, decode_timed(u[0])) for u in units)
 
     def task(self, kind: str, args: tuple):

@@ -35,7 +35,9 @@ Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
 * **Grouped appends** (:func:`grouped`): the batch engines hold a chunk's events in memory and
   append them with one lock and one ``fsync`` when the chunk ends (each event keeps the time it
   happened); the chunk's rows reach the results table only after that, so a row in the table
-  always has its lines in the trail.
+  always has its lines in the trail.  Before the chunk starts, one ``batch.chunk`` line per 16
+  inputs is written at once (:func:`record_ahead`): a worker killed outright mid-chunk loses its
+  held events, never the record of what it read.
 * **Never raises into the caller**: :func:`record` returns False and logs one warning line
   (``imaging_assist.audit`` logger; stderr when nothing else is configured).  Why: the trail
   must never stop a reader from seeing a study or finishing a run (a viewer that refuses to
@@ -268,6 +270,16 @@ def record(event: str, /, **fields) -> bool:
     return _write([ev])
 
 
+def record_ahead(event: str, fields_list: list[dict]) -> bool:
+    """Append one ``event`` per dict of ``fields_list`` at once, with one ``fsync``, even inside
+    :func:`grouped`: for what must be in the trail before the work it announces.  A batch chunk
+    names its inputs this way before opening them, so a worker killed outright (SIGKILL, power
+    loss), whose held events are lost, still leaves every input it read in the trail.
+    Never raises (as :func:`record`)."""
+    now = _now()
+    return _write([(str(event), dict(f), now) for f in fields_list]) if fields_list else True
+
+
 def _write(events: list) -> bool:
     try:
         _append(events)
@@ -288,8 +300,9 @@ def grouped():
     keep the time they happened and their order.  A block inside another adds to the outer one.
     A batch worker stopped with SIGTERM appends them first (:func:`flush_held_now`, installed by
     ``batch.engines.flush_audit_on_sigterm``); one killed outright (SIGKILL, power loss) loses
-    them.  The engines return a chunk's rows to the results table only after the block ended,
-    so such items are not marked done, and a re-run does (and records) them again."""
+    them, but the ``batch.chunk`` events the engines write ahead (:func:`record_ahead`) still name
+    every input of the chunk.  The engines return a chunk's rows to the results table only after
+    the block ended, so such items are not marked done, and a re-run does (and records) them again."""
     global _held
     with _held_lock:
         outer = _held is not None
