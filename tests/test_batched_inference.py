@@ -188,25 +188,33 @@ def _announce_hold_then_wait(home: str, ready) -> None:
         time.sleep(120)
 
 
-def test_a_worker_killed_outright_mid_chunk_leaves_the_chunks_inputs_in_the_trail(tmp_path, monkeypatch):
-    """SIGKILL (or a power loss) mid-chunk loses the held events, not the line written ahead
-    that names what the chunk read."""
+def _stop_worker(target, tmp_path, monkeypatch, how: str, held: bool = False) -> int:
+    """Start ``target`` in a spawned process on this test's data and config folders (the site
+    key), wait until it holds its events, stop it with ``how`` (terminate / kill): exit code."""
     import multiprocessing as mp
 
     monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))
     ctx = mp.get_context("spawn")
     ready = ctx.Event()
-    p = ctx.Process(target=_announce_hold_then_wait, args=(str(tmp_path), ready))
+    p = ctx.Process(target=target, args=(str(tmp_path), ready))
     p.start()
     try:
         assert ready.wait(120)
-        p.kill()
+        if held:
+            assert not audit.log_path().exists()  # held, not written yet
+        getattr(p, how)()
         p.join(30)
     finally:
         if p.is_alive():
             p.kill()
-    assert p.exitcode == -9, p.exitcode
+    return p.exitcode
+
+
+def test_a_worker_killed_outright_mid_chunk_leaves_the_chunks_inputs_in_the_trail(tmp_path, monkeypatch):
+    """SIGKILL (or a power loss) mid-chunk loses the held events, not the line written ahead
+    that names what the chunk read."""
+    assert _stop_worker(_announce_hold_then_wait, tmp_path, monkeypatch, "kill") == -9
     entries = audit.read_entries()
     assert [e["event"] for e in entries] == ["batch.chunk"], entries
     assert entries[0]["fields"]["paths"] == [audit.pseudonym(x, "path") for x in ("/data/a.png", "/data/b.png")]
@@ -216,23 +224,7 @@ def test_a_worker_killed_outright_mid_chunk_leaves_the_chunks_inputs_in_the_trai
 def test_a_worker_stopped_inside_a_chunk_still_appends_its_held_events(tmp_path, monkeypatch):
     """The local engine stops its workers with SIGTERM on Ctrl-C: the chunk's held events are
     appended first, and the worker exits as SIGTERM would have (143)."""
-    import multiprocessing as mp
-
-    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))  # the site key
-    ctx = mp.get_context("spawn")
-    ready = ctx.Event()
-    p = ctx.Process(target=_hold_events_then_wait, args=(str(tmp_path), ready))
-    p.start()
-    try:
-        assert ready.wait(120)
-        assert not audit.log_path().exists()  # held, not written yet
-        p.terminate()
-        p.join(30)
-    finally:
-        if p.is_alive():
-            p.kill()
-    assert p.exitcode == 143, p.exitcode
+    assert _stop_worker(_hold_events_then_wait, tmp_path, monkeypatch, "terminate", held=True) == 143
     entries = audit.read_entries()
     assert [e["fields"]["i"] for e in entries] == [0, 1, 2]
     assert audit.verify()[0], audit.verify()
