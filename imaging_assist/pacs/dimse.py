@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import socket
 import ssl
 import threading
@@ -21,6 +22,7 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
                                   StudyRootQueryRetrieveInformationModelGet,
                                   StudyRootQueryRetrieveInformationModelMove, Verification)
 
+from .dicomweb import MAX_INSTANCE_BYTES, MAX_LISTED, MIN_RATE
 from .nodes import Node, PacsError, Settings
 from .query import DEFAULT_LIMIT, Query, Rows, row_from_dataset
 from .transfer import InstanceSink, valid_uid
@@ -31,6 +33,26 @@ MOVE = StudyRootQueryRetrieveInformationModelMove
 MAX_CONTEXTS = 128
 _SERVICE = {FIND: "C-FIND", GET: "C-GET", MOVE: "C-MOVE", Verification: "C-ECHO"}
 UID_LIST_CHUNK = 200  # SOP Instance UIDs per IMAGE-level retrieve (resume)
+# A hostile or broken node must not make us wait or allocate without end (see _Guard).  The
+# limits, as on the DICOMweb side (MAX_LISTED, MAX_INSTANCE_BYTES and MIN_RATE come from there):
+# - C-FIND: the whole answer within the node's timeout, plus FIND_ROW_SHARE of it per match
+#   received (a PACS that needs 3 s per match at the default 30 s is still read to the end), but
+#   never more than FIND_TIMEOUT_FACTOR x the timeout in all (300 s at 30 s: tens of thousands of
+#   instances even from a slow PACS).  A node that answers "pending" without end, fast or one
+#   match just within each timeout, is stopped there.  Past ``limit`` matches the node gets one
+#   timeout to honour our C-CANCEL, then the matches asked for are returned all the same.  An
+#   instance listing stops with one line past MAX_LISTED matches.
+# - C-GET / C-MOVE: each asked-for instance received re-arms RETRIEVE_TIMEOUT_FACTOR x the
+#   timeout and MAX_INSTANCE_BYTES; "pending" answers alone do not (a node that says "pending"
+#   for ever, or never sends its final status, is stopped there).  At most 16 + N instances that
+#   were not asked for (or come again) are refused before the transfer is stopped.
+# - every PDU: at most MAX_PDU_BYTES (we offer 16 KiB; a header that declares 4 GiB is refused
+#   before anything is read).  C-STORE: 2 x the timeout per file, plus 1 s per MIN_RATE bytes.
+FIND_ROW_SHARE = 0.1
+FIND_TIMEOUT_FACTOR = 10
+RETRIEVE_TIMEOUT_FACTOR = 10
+MAX_UNASKED = 16  # plus the number of instances asked for
+MAX_PDU_BYTES = 64 << 20
 
 # pynetdicom logs each rejected association and failed connection as ERROR with details we
 # already turn into one line; the user sees ours, not its.
@@ -78,11 +100,133 @@ def _diagnose(node: Node) -> None:
         raise PacsError(f"{node.label()}: cannot connect ({e.strerror or e})") from None
 
 
-class _Assoc:
-    """An established association (context manager); releases on exit, aborts on error."""
+def _shut(assoc_socket) -> None:
+    """Shut the connection under pynetdicom's feet: a read blocked in it returns at once.  The
+    base class's shutdown, so that a TLS socket's state is left to the thread that reads it."""
+    sock = getattr(assoc_socket, "socket", None)
+    if sock is not None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except (OSError, ValueError, TypeError):  # already closed
+            pass
 
-    def __init__(self, node: Node, settings: Settings, contexts, roles=(), handlers=()):
+
+class _Guard:
+    """The time and byte budget of the operation under way on one association (and, for a
+    C-MOVE, on the storage associations it brings to our SCP).
+
+    pynetdicom bounds each wait for one message (``dimse_timeout``), but not an operation: a node
+    may answer "pending" for ever, each answer in time.  Worse, its reading thread blocks in
+    ``recv`` on a socket without timeout until a PDU is complete (a header that declares 4 GiB,
+    then a byte now and then), and ``abort()`` then waits for that thread for ever.  pynetdicom
+    has no means to stop either, so this hand-written watchdog thread shuts the sockets of an
+    operation past its deadline (the blocked read returns, pynetdicom sees the connection closed
+    and gives up) and our loop raises ``reason``, one line.  ``on_open`` (bound to
+    EVT_CONN_OPEN) registers each socket and checks each PDU's declared length and the bytes
+    received since the last progress."""
+
+    def __init__(self, node: Node):
+        self.label = node.label()
+        self.cause: str | None = None
+        self._socks: list = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.disarm()
+
+    def arm(self, seconds: float, late: str, max_bytes: float = math.inf) -> None:
+        """A new deadline, ``seconds`` from now; ``late``: the cause given when it passes
+        (``{s}`` becomes the seconds elapsed)."""
+        self._arm = (seconds, late, max_bytes)
+        self.start = time.monotonic()
+        self.deadline, self.late, self.max_bytes, self.nbytes = self.start + seconds, late, max_bytes, 0
+        if self._thread is None and seconds != math.inf:
+            self._thread = threading.Thread(target=self._watch, daemon=True, name="dimse-guard")
+            self._thread.start()
+
+    def rearm(self) -> None:
+        """Progress (an asked-for instance arrived): the whole budget again."""
+        self.arm(*self._arm)
+
+    def disarm(self) -> None:
+        self.arm(math.inf, "")
+
+    def extend(self, seconds: float, cap: float) -> None:
+        self.deadline = min(self.deadline + seconds, cap)
+
+    def stop(self, cause: str) -> None:
+        with self._lock:
+            if self.cause is None:
+                self.cause = cause
+            socks = list(self._socks)
+        for s in socks:
+            _shut(s)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def reason(self) -> str:
+        return f"{self.label}: {self.cause}"
+
+    def _late(self) -> None:
+        if self.cause is None and time.monotonic() > self.deadline:
+            self.stop(self.late.replace("{s}", f"{time.monotonic() - self.start:.1f}"))
+
+    def check(self) -> None:
+        """Raise the one line if the operation was stopped or is past its deadline."""
+        self._late()
+        if self.cause is not None:
+            raise PacsError(self.reason)
+
+    def on_open(self, event) -> None:
+        sock = event.assoc.dul.socket
+        recv = sock.recv
+
+        def checked_recv(n: int):
+            if n > MAX_PDU_BYTES:
+                self.stop(f"malformed answer from the node (a PDU that declares {n} bytes, at "
+                          f"most {MAX_PDU_BYTES} accepted)")
+                raise OSError("PDU too large")  # pynetdicom: connection closed
+            data = recv(n)
+            self.nbytes += len(data)
+            if self.nbytes > self.max_bytes:
+                self.stop(f"more than {self.max_bytes >> 20} MiB received without a complete "
+                          f"instance: the transfer was stopped")
+            return data
+
+        sock.recv = checked_recv
+        with self._lock:
+            self._socks.append(sock)
+            late = self.cause is not None or self.closed
+        if late:  # the operation has ended (or was stopped): nothing more is read
+            _shut(sock)
+
+    def close(self) -> None:
+        """The operation has ended: the watchdog stops, and any association still open on it
+        (a node that goes on storing to our C-MOVE SCP) is cut."""
+        self._closed.set()
+        with self._lock:
+            socks, self._socks = self._socks, []
+        for s in socks:
+            _shut(s)
+
+    def _watch(self) -> None:
+        while not self._closed.wait(0.05):
+            self._late()
+
+
+class _Assoc:
+    """An established association (context manager); releases on exit, aborts on error.
+    ``guard`` (its own unless one is given) bounds the association, each operation and the
+    release."""
+
+    def __init__(self, node: Node, settings: Settings, contexts, roles=(), handlers=(),
+                 guard: _Guard | None = None):
         self.node = node
+        self.guard = guard or _Guard(node)
+        self._own_guard = guard is None
         ae = AE(ae_title=settings.ae_title)
         for attr in ("acse_timeout", "dimse_timeout", "network_timeout", "connection_timeout"):
             setattr(ae, attr, node.timeout)
@@ -99,11 +243,15 @@ class _Assoc:
 
         self.ae = ae
         self.kwargs = dict(ae_title=node.ae_title, ext_neg=list(roles) or None,
-                           evt_handlers=[(evt.EVT_ACSE_RECV, on_acse), *handlers],
+                           evt_handlers=[(evt.EVT_ACSE_RECV, on_acse),
+                                         (evt.EVT_CONN_OPEN, self.guard.on_open), *handlers],
                            tls_args=_tls_args(node))
 
     def _associate(self):
         node = self.node
+        # pynetdicom waits acse_timeout for the answer; the guard ends a read stuck mid-PDU
+        self.guard.arm(2 * node.timeout, f"no answer within {node.timeout:g} s (association "
+                                         f"aborted)")
         try:
             return self.ae.associate(node.host, node.port, **self.kwargs)
         except socket.gaierror:
@@ -112,6 +260,16 @@ class _Assoc:
             raise PacsError(f"{node.label()}: cannot connect ({e})") from None
 
     def __enter__(self):
+        try:
+            self.assoc = self._establish()
+        except BaseException:
+            if self._own_guard:
+                self.guard.close()
+            raise
+        self.guard.disarm()
+        return self.assoc
+
+    def _establish(self):
         node = self.node
         t0 = time.monotonic()
         assoc = self._associate()
@@ -122,6 +280,8 @@ class _Assoc:
             time.sleep(0.2)
             assoc = self._associate()
         if not assoc.is_established:
+            if self.guard.cause is not None:
+                raise PacsError(self.guard.reason)
             if assoc.is_rejected or self.rejection:
                 raise PacsError(f"{node.label()}: association rejected: "
                                 f"{self.rejection or 'no reason given'} (check the node's AE title, "
@@ -134,16 +294,22 @@ class _Assoc:
                                 f"to us (all presentation contexts rejected)")
             raise PacsError(f"{node.label()}: association failed (aborted by the node, or no "
                             f"answer within {node.timeout:g} s)")
-        self.assoc = assoc
         return assoc
 
     def __exit__(self, et, ev, tb):
         a = self.assoc
-        if a.is_established:
-            if et is None:
-                a.release()
-            else:
-                a.abort()
+        try:
+            # before pynetdicom's own release timeout (acse_timeout), whose A-ABORT can race in
+            # its reading thread and print a traceback (InvalidEventError) on stderr
+            self.guard.arm(0.8 * self.node.timeout, "no answer to the release")
+            if a.is_established:
+                if et is None and self.guard.cause is None:
+                    a.release()
+                else:
+                    a.abort()
+        finally:
+            if self._own_guard:
+                self.guard.close()
         return False
 
 
@@ -153,45 +319,69 @@ def _supports(assoc, abstract: str) -> bool:
 
 # --------------------------------------------------------------------------- echo / find
 def echo(node: Node, settings: Settings) -> None:
-    with _Assoc(node, settings, [build_context(Verification)]) as assoc:
+    cx = _Assoc(node, settings, [build_context(Verification)])
+    with cx as assoc:
+        cx.guard.arm(2 * node.timeout, f"no C-ECHO answer within {node.timeout:g} s")
         st = assoc.send_c_echo()
+        cx.guard.check()
         if not st or "Status" not in st:
             raise PacsError(f"{node.label()}: no C-ECHO answer within {node.timeout:g} s")
         if st.Status != 0:
             raise PacsError(f"{node.label()}: C-ECHO failed, {status_text(st.Status)}")
 
 
-def _find(assoc, node: Node, ds: Dataset, what: str, limit: int | None = None) -> list[Dataset]:
-    """The identifiers of one C-FIND.  Past ``limit`` matches a C-CANCEL is sent and the rest
-    is read and dropped (memory stays bounded); ``out.truncated`` says so."""
+def _find(cx: _Assoc, ds: Dataset, what: str, limit: int | None = None,
+          max_rows: int | None = None) -> list[Dataset]:
+    """The identifiers of one C-FIND, within the time budget described at the top.  Past
+    ``limit`` matches a C-CANCEL is sent and the rest is dropped; ``out.truncated`` says so.
+    Past ``max_rows`` matches: one line."""
+    assoc, guard, node = cx.assoc, cx.guard, cx.node
     if not _supports(assoc, FIND):
         raise PacsError(f"{node.label()}: the node does not offer C-FIND (Study Root)")
     out = Rows()
     t0 = time.monotonic()
-    cx_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == FIND)
-    for status, ident in assoc.send_c_find(ds, FIND, msg_id=1):
-        if not status or "Status" not in status:
-            if time.monotonic() - t0 < 0.9 * node.timeout:
-                raise PacsError(f"{node.label()}: {what} refused: the node aborted the association "
-                                f"(does it know our AE title {assoc.ae.ae_title}?)")
-            raise PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s "
-                            f"(association aborted)")
-        code = status.Status
-        if code in (0xFF00, 0xFF01):
-            if ident is None:
-                raise PacsError(f"{node.label()}: {what}: malformed response (identifier could "
-                                f"not be decoded)")
-            if limit is not None and len(out) >= limit:
-                if not out.truncated:
+    cap = t0 + FIND_TIMEOUT_FACTOR * node.timeout
+    late = f"{what}: no complete answer within {{s}} s (association aborted)"
+    guard.arm(node.timeout, late)
+    cx_id = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == FIND)
+    try:
+        for status, ident in assoc.send_c_find(ds, FIND, msg_id=1):
+            try:
+                guard.check()
+            except PacsError:
+                if out.truncated:  # the node ignores our C-CANCEL: we have what was asked for
+                    return out
+                raise
+            if not status or "Status" not in status:
+                if time.monotonic() - t0 < 0.9 * node.timeout:
+                    raise PacsError(f"{node.label()}: {what} refused: the node aborted the "
+                                    f"association (does it know our AE title {assoc.ae.ae_title}?)")
+                raise PacsError(f"{node.label()}: {what}: no answer within {node.timeout:g} s "
+                                f"(association aborted)")
+            code = status.Status
+            if code in (0xFF00, 0xFF01):
+                if ident is None:
+                    raise PacsError(f"{node.label()}: {what}: malformed response (identifier "
+                                    f"could not be decoded)")
+                if out.truncated:
+                    continue
+                guard.extend(FIND_ROW_SHARE * node.timeout, cap)
+                if limit is not None and len(out) >= limit:
                     out.truncated = True
                     assoc.send_c_cancel(1, cx_id)
-                continue
-            out.append(ident)
-        elif code == 0 or (code == 0xFE00 and out.truncated):
-            return out
-        else:
-            raise PacsError(f"{node.label()}: {what} refused, {status_text(code)}")
-    raise PacsError(f"{node.label()}: {what}: association ended before the final answer")
+                    guard.arm(node.timeout, late)  # one timeout to honour the C-CANCEL
+                    continue
+                if max_rows is not None and len(out) >= max_rows:
+                    raise PacsError(f"{node.label()}: {what}: more than {MAX_LISTED} instances "
+                                    f"listed for one study")
+                out.append(ident)
+            elif code == 0 or (code == 0xFE00 and out.truncated):
+                return out
+            else:
+                raise PacsError(f"{node.label()}: {what} refused, {status_text(code)}")
+        raise PacsError(f"{node.label()}: {what}: association ended before the final answer")
+    finally:
+        guard.disarm()
 
 
 def find(node: Node, settings: Settings, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
@@ -200,8 +390,9 @@ def find(node: Node, settings: Settings, query: Query, limit: int = DEFAULT_LIMI
     ds.QueryRetrieveLevel = "STUDY" if q.level == "study" else "SERIES"
     for k, v in q.identifier().items():
         setattr(ds, k, v)
-    with _Assoc(node, settings, [build_context(FIND)]) as assoc:
-        found = _find(assoc, node, ds, "C-FIND", limit)
+    cx = _Assoc(node, settings, [build_context(FIND)])
+    with cx:
+        found = _find(cx, ds, "C-FIND", limit)
     rows = Rows()
     rows.truncated, rows.limit = found.truncated, limit
     for ident in found:
@@ -215,9 +406,11 @@ def find(node: Node, settings: Settings, query: Query, limit: int = DEFAULT_LIMI
 def list_instances(node: Node, settings: Settings, study_uid: str,
                    series_uids: Iterable[str] = ()) -> list[tuple[str, str, str]]:
     """(series UID, SOP instance UID, SOP class UID) of every instance of the study (or of the
-    given series), by C-FIND at IMAGE level."""
-    out = []
-    with _Assoc(node, settings, [build_context(FIND)]) as assoc:
+    given series), by C-FIND at IMAGE level.  Matches of another study or series are left out
+    (never retrieved as this one), and a SOP Instance UID listed twice counts once."""
+    out, seen = [], set()
+    cx = _Assoc(node, settings, [build_context(FIND)])
+    with cx:
         for series in list(series_uids) or [""]:
             ds = Dataset()
             ds.QueryRetrieveLevel = "IMAGE"
@@ -225,36 +418,86 @@ def list_instances(node: Node, settings: Settings, study_uid: str,
             ds.SeriesInstanceUID = series
             ds.SOPInstanceUID = ""
             ds.SOPClassUID = ""
-            for ident in _find(assoc, node, ds, "C-FIND (instances)"):
-                out.append((str(ident.get("SeriesInstanceUID", "")),
-                            str(ident.get("SOPInstanceUID", "")), str(ident.get("SOPClassUID", ""))))
+            for ident in _find(cx, ds, "C-FIND (instances)", max_rows=MAX_LISTED - len(out)):
+                try:
+                    st, se, sop, sop_class = (str(ident.get(k, "")) for k in (
+                        "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"))
+                except Exception as e:  # noqa: BLE001 - a value pydicom cannot convert
+                    raise PacsError(f"{node.label()}: C-FIND (instances): malformed response "
+                                    f"({type(e).__name__})") from None
+                if st not in ("", study_uid) or (series and se != series) or sop in seen:
+                    continue
+                seen.add(sop)
+                out.append((se, sop, sop_class))
     return out
 
 
 # --------------------------------------------------------------------------- retrieve
-def _store_handler(sink: InstanceSink, expected: dict[str, str], study_uid: str):
+_REFUSED, _MALFORMED = 0xC001, 0xC002  # our C-STORE answers to what is not stored
+
+
+def _store_handler(sink: InstanceSink, missing: dict[str, list[str]], guard: _Guard, what: str):
     """The C-STORE handler for C-GET and C-MOVE: writes the encoded bytes as received (no
-    decode/re-encode: the file is what the PACS holds), refuses what we did not ask for."""
+    decode/re-encode: the file is what the PACS holds).  Only an instance asked for is stored,
+    once, and only when its data set's own SOP Instance, Study and Series UIDs are the ones
+    asked for (the Affected SOP Instance UID of the request must name the same instance);
+    anything else is refused and never written.  An instance of the study that was not asked
+    for (another series than requested, or one added since the listing) is refused too: the
+    next retrieval lists and fetches it.  Past MAX_UNASKED + N refusals the transfer stops."""
+    expected = {sop: series for series, sops in missing.items() for sop in sops}
+    study = sink.result.study_uid
+    seen: set[str] = set()
+    lock = threading.Lock()
+    unasked = {"n": 0, "max": MAX_UNASKED + len(expected)}
+
+    def not_asked(sop: str, reason: str):
+        with lock:
+            unasked["n"] += 1
+            over = unasked["n"] > unasked["max"]
+        if over:
+            guard.stop(f"{what}: more than {unasked['max']} instances that were not asked for "
+                       f"or came again: the transfer was stopped")
+        elif reason:
+            sink.fail(sop or "?", reason)
+        else:
+            sink.result.notes.append(f"the node sent {sop} twice: the copy was ignored")
+        return _REFUSED
 
     def handle(event):
-        if sink.cancel.is_set():
-            return 0xA700  # refused: the user cancelled (the C-CANCEL is on its way)
-        sop = str(event.request.AffectedSOPInstanceUID or "")
-        series = expected.get(sop)
-        if series is None:
-            try:
-                ds = event.dataset
-                if str(ds.get("StudyInstanceUID", "")) != study_uid:
-                    return 0xC001  # not part of what we retrieve: never stored
-                series = str(ds.get("SeriesInstanceUID", ""))
-            except Exception:  # noqa: BLE001 - undecodable instance
-                sink.fail(sop, "malformed instance received (could not be decoded)")
-                return 0xC002
+        if sink.cancel.is_set() or guard.closed or guard.cause is not None:
+            return 0xA700  # refused: cancelled, stopped, or after the end of the transfer
+        affected = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            ds = event.dataset
+            sop, ds_study, ds_series = (str(ds.get(k, "")) for k in (
+                "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
+        except Exception:  # noqa: BLE001 - an instance that does not decode
+            ds = sop = None
+        named = sop if sop in expected else affected  # the instance of ours it claims to be
+        with lock:
+            first = named in expected and named not in seen
+            seen.add(named)
+        if not first:
+            return not_asked(named, "" if named in expected else
+                             "the node sent an instance that was not asked for (not stored)")
+        guard.rearm()  # an asked-for instance arrived: the transfer goes on
+        series = expected[named]
+        if ds is None:
+            sink.fail(named, "malformed instance received (could not be decoded)", series)
+            return _MALFORMED
+        if sop != affected:
+            sink.fail(named, "the node sent it under another SOP Instance UID than its own "
+                             "(not stored)", series)
+            return _MALFORMED
+        if (ds_study, ds_series) != (study, series):
+            sink.fail(named, "the node sent it with another Study or Series Instance UID "
+                             "(not stored)", series)
+            return _REFUSED
         try:
             data = event.encoded_dataset(include_meta=True)
         except Exception as e:  # noqa: BLE001
-            sink.fail(sop, f"malformed instance received ({type(e).__name__})", series)
-            return 0xC002
+            sink.fail(named, f"malformed instance received ({type(e).__name__})", series)
+            return _MALFORMED
         return 0x0000 if sink.write(series, sop, data) else 0xA700
 
     return handle
@@ -304,10 +547,12 @@ def _watch_cancel(cancel: threading.Event, assoc, on_cancel: Callable[[], None] 
     return done
 
 
-def _run_retrieve(assoc, node, model, send, requests, sink, what):
+def _run_retrieve(cx: _Assoc, model, send, requests, sink, what):
     """Send each retrieve request; C-CANCEL on cancel.  Raises NoGet when the node aborts the
     association on a C-GET before sending anything (Orthanc's answer to a refused C-GET)."""
-    cx_id = next(cx.context_id for cx in assoc.accepted_contexts if cx.abstract_syntax == model)
+    assoc, guard, node = cx.assoc, cx.guard, cx.node
+    budget = RETRIEVE_TIMEOUT_FACTOR * node.timeout
+    cx_id = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == model)
     msg = {"id": 0}
     finished = _watch_cancel(sink.cancel, assoc,
                              lambda: assoc.send_c_cancel(msg["id"], cx_id))
@@ -319,7 +564,11 @@ def _run_retrieve(assoc, node, model, send, requests, sink, what):
             before = sink.result.written + len(sink.result.failures)
             t0 = time.monotonic()
             final = None
+            guard.arm(budget, f"{what}: no new instance and no final answer within {budget:g} s: "
+                              f"the transfer was stopped", MAX_INSTANCE_BYTES)
             for status, ident in send(ds, msg["id"]):
+                if not sink.cancel.is_set():
+                    guard.check()
                 if not status or "Status" not in status:
                     if sink.cancel.is_set():
                         break
@@ -347,6 +596,7 @@ def _run_retrieve(assoc, node, model, send, requests, sink, what):
                 raise PacsError(f"{node.label()}: {what} failed, {status_text(code)}")
     finally:
         finished.set()
+        guard.disarm()
 
 
 # For C-GET the PACS must find an accepted context in the transfer syntax it holds: a context
@@ -381,7 +631,6 @@ def _get_contexts(classes: list[str]) -> list:
 def retrieve_get(node: Node, settings: Settings, sink: InstanceSink,
                  listing: list[tuple[str, str, str]], missing: dict[str, list[str]]) -> None:
     """C-GET: the node sends the instances back on our association (SCP role for storage)."""
-    expected = {sop: series for series, sop, _c in listing}
     classes = sorted({c for _s, _i, c in listing if valid_uid(c)})
     if not classes:  # the node did not list SOP classes: offer the common storage classes
         classes = [cx.abstract_syntax for cx in StoragePresentationContexts[:MAX_CONTEXTS - 1]]
@@ -390,12 +639,17 @@ def retrieve_get(node: Node, settings: Settings, sink: InstanceSink,
     counts: dict[str, int] = {}
     for series, _sop, _c in listing:
         counts[series] = counts.get(series, 0) + 1
-    handler = (evt.EVT_C_STORE, _store_handler(sink, expected, sink.result.study_uid))
-    with _Assoc(node, settings, [build_context(GET)] + storage, roles, [handler]) as assoc:
-        if not _supports(assoc, GET):
-            raise NoGet(f"{node.label()}: the node does not accept C-GET")
-        _run_retrieve(assoc, node, GET, lambda ds, m: assoc.send_c_get(ds, GET, msg_id=m),
-                      _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-GET")
+    guard = _Guard(node)
+    handler = (evt.EVT_C_STORE, _store_handler(sink, missing, guard, "C-GET"))
+    cx = _Assoc(node, settings, [build_context(GET)] + storage, roles, [handler], guard)
+    try:
+        with cx as assoc:
+            if not _supports(assoc, GET):
+                raise NoGet(f"{node.label()}: the node does not accept C-GET")
+            _run_retrieve(cx, GET, lambda ds, m: assoc.send_c_get(ds, GET, msg_id=m),
+                          _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-GET")
+    finally:
+        guard.close()
 
 
 class NoGet(PacsError):
@@ -405,8 +659,8 @@ class NoGet(PacsError):
 def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
                   listing: list[tuple[str, str, str]], missing: dict[str, list[str]],
                   bind: str = "") -> None:
-    """C-MOVE to our own Storage SCP, listening on ``settings.storage_port`` for the transfer."""
-    expected = {sop: series for series, sop, _c in listing}
+    """C-MOVE to our own Storage SCP, listening on ``settings.storage_port`` for the transfer.
+    The SCP's associations share the C-MOVE's guard: they are cut when the transfer ends."""
     counts: dict[str, int] = {}
     for series, _sop, _c in listing:
         counts[series] = counts.get(series, 0) + 1
@@ -414,23 +668,27 @@ def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
     scp.supported_contexts = [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
                               for cx in AllStoragePresentationContexts]
     scp.network_timeout = scp.acse_timeout = scp.dimse_timeout = node.timeout
-    handler = (evt.EVT_C_STORE, _store_handler(sink, expected, sink.result.study_uid))
+    guard = _Guard(node)
+    handlers = [(evt.EVT_C_STORE, _store_handler(sink, missing, guard, "C-MOVE")),
+                (evt.EVT_CONN_OPEN, guard.on_open)]
     try:
-        server = scp.start_server((bind, settings.storage_port), block=False, evt_handlers=[handler])
+        server = scp.start_server((bind, settings.storage_port), block=False, evt_handlers=handlers)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise PacsError(f"our storage port {settings.storage_port} is in use (another program or "
                             f"retrieval): change it in the PACS settings") from None
         raise PacsError(f"cannot listen on storage port {settings.storage_port}: "
                         f"{e.strerror or e}") from None
+    cx = _Assoc(node, settings, [build_context(MOVE)], guard=guard)
     try:
-        with _Assoc(node, settings, [build_context(MOVE)]) as assoc:
+        with cx as assoc:
             if not _supports(assoc, MOVE):
                 raise PacsError(f"{node.label()}: the node accepts neither C-GET nor C-MOVE from us")
-            _run_retrieve(assoc, node, MOVE,
+            _run_retrieve(cx, MOVE,
                           lambda ds, m: assoc.send_c_move(ds, settings.ae_title, MOVE, msg_id=m),
                           _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-MOVE")
     finally:
+        guard.close()  # what still comes to our SCP is refused, its associations cut
         server.shutdown()
 
 
@@ -460,8 +718,9 @@ def store(node: Node, settings: Settings, items: list, on_result: Callable,
 
 
 def _store_batch(node, settings, contexts, items, on_result, cancel) -> None:
-    with _Assoc(node, settings, contexts) as assoc:
-        accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+    cx = _Assoc(node, settings, contexts)
+    with cx as assoc:
+        accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
         for n, it in enumerate(items):
             if cancel.is_set():
                 return
@@ -469,16 +728,20 @@ def _store_batch(node, settings, contexts, items, on_result, cancel) -> None:
                 on_result(it, "the node does not accept this kind of object "
                               f"(SOP class {it.sop_class}, transfer syntax {it.transfer_syntax})")
                 continue
+            size = getattr(it, "size", 0) or 0
+            cx.guard.arm(2 * node.timeout + size / MIN_RATE, "no answer within {s} s")
             try:
                 st = assoc.send_c_store(it.path)
             except (OSError, ValueError, AttributeError) as e:
                 on_result(it, f"cannot send: {e}")
                 continue
+            finally:
+                cx.guard.disarm()
             if not st or "Status" not in st:
                 if cancel.is_set():
                     return
-                lost = (f"no answer within {node.timeout:g} s (association aborted); "
-                        f"not sent")
+                lost = (f"{cx.guard.cause or f'no answer within {node.timeout:g} s'} "
+                        f"(association aborted); not sent")
                 for rest in items[n:]:  # the association is gone: the rest are not sent
                     on_result(rest, lost)
                 return
