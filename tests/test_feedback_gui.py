@@ -197,3 +197,24 @@ def test_drift_alert_shown_in_the_banner_at_start(win):
     assert wait_until(lambda: win.model_panel.monitor_alerts is not None, 60)
     assert isinstance(win.model_panel.monitor_alerts, list) and win.model_panel.monitor_alerts
     assert "Drift monitor: cxr-pneumonia" in win.banner_text()
+
+
+def test_monitor_panel_on_a_damaged_log_says_so_in_one_line(qapp, tmp_path, monkeypatch):
+    """The Monitor panel opened on a prediction log damaged on disk: its summary line says so
+    (the constructor raised LogError before, and the panel never appeared)."""
+    from imaging_assist.monitoring import log as plog
+    from imaging_assist_ui.monitor.monitor_panel import MonitorDialog
+
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    plog.close_all()
+    p = plog.db_path()
+    p.parent.mkdir(parents=True)
+    p.write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 16)
+    try:
+        dlg = MonitorDialog(model_id="cxr-pneumonia")
+        text = dlg.summary.text()
+        assert text.startswith("error: prediction log ") and "cannot be opened" in text, text
+        assert "\n" not in text and dlg.report is None
+        dlg.close()
+    finally:
+        plog.close_all()

@@ -122,3 +122,67 @@ def test_log_export_csv(logdir, pneumonia, capsys):
     assert main(["log", "export", "--csv"]) == 0
     assert len(list(csv.DictReader(io.StringIO(capsys.readouterr().out)))) == 2
     assert main(["log", "export", "--csv", str(logdir)]) == 2
+
+
+def _log_with_runs(path, n=20):
+    lg = plog.PredictionLog(path)
+    lg.add_runs([{"time_utc": f"2026-01-{1 + k % 28:02d}T00:00:00", "time_unix": 1.767e9 + k * 86400,
+                  "model_id": "cxr-pneumonia", "model_version": "1.0.0", "score": k / n,
+                  "ood_score": 1.0 + k / n} for k in range(n)])
+    lg.add_event("alert", "cxr-pneumonia", "1.0.0", {"why": "test"})
+    lg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    lg.close()
+
+
+def test_a_damaged_log_is_one_line_for_monitor_and_export(logdir, capsys):
+    """A prediction log damaged on disk (flipped bytes, cut short; 120 seeded copies): `monitor`
+    and `log export` report it in one line (exit 2) or read it; never an internal error.
+    Before: a damaged header page made SQLite's own text invalid UTF-8, an 'internal error'."""
+    import os
+    import random
+
+    path = plog.db_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _log_with_runs(path)
+    orig = path.read_bytes()
+    r = random.Random(5)
+    codes = []
+    for t in range(120):
+        b = bytearray(orig)
+        if t % 4 == 0:
+            b = b[: r.randrange(len(b))]
+        else:
+            for _ in range(r.randint(1, 20)):
+                b[r.randrange(len(b))] = r.randrange(256)
+        plog.close_all()
+        for extra in ("-wal", "-shm"):
+            if os.path.exists(str(path) + extra):
+                os.remove(str(path) + extra)
+        path.write_bytes(bytes(b))
+        for cmd in (["monitor"], ["log", "export"]):
+            rc = main(cmd)
+            err = capsys.readouterr().err.strip().splitlines()
+            codes.append(rc)
+            assert rc in (0, 2), (t, cmd, err)
+            if rc == 2:
+                assert len(err) == 1 and "prediction log" in err[0], err
+    assert codes.count(2) > 20 and codes.count(0) > 20, codes
+
+
+def test_damaged_text_or_detail_in_a_row_is_one_line(tmp_path):
+    p = tmp_path / "log.sqlite"
+    _log_with_runs(p, 3)
+    c = sqlite3.connect(p)
+    c.execute("UPDATE events SET detail = 'not json' WHERE kind = 'alert'")
+    c.commit()
+    lg = plog.PredictionLog(p)
+    with pytest.raises(plog.LogError, match=r"is damaged \(Expecting value"):
+        lg.events()
+    c.execute("UPDATE runs SET model_version = CAST(X'DDFF41' AS TEXT) WHERE id = 2")
+    c.commit()
+    c.close()
+    with pytest.raises(plog.LogError, match=r"is damaged \(a text that is not UTF-8\); keep a copy"):
+        lg.query("SELECT model_version FROM runs")
+    with pytest.raises(plog.LogError, match="is damaged"):
+        lg.export_csv(io.StringIO())
+    lg.close()

@@ -131,6 +131,9 @@ class PredictionLog:
             self._migrate()
         except sqlite3.DatabaseError as e:
             raise LogError(f"prediction log {self.path} cannot be opened: {e}") from None
+        except UnicodeDecodeError:  # a damaged header page: SQLite's own text is not UTF-8
+            raise LogError(f"prediction log {self.path} cannot be opened: damaged (a text that is "
+                           f"not UTF-8)") from None
 
     def _migrate(self) -> None:
         v = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
@@ -181,12 +184,28 @@ class PredictionLog:
             return int(cur.lastrowid)
 
     # ------------------------------------------------------------------ reads
-    def query(self, sql: str, params=()) -> list[tuple]:
+    @contextlib.contextmanager
+    def _reading(self):
+        """The lock, and one LogError line for a file damaged where a read meets it (SQLite
+        finds a broken page only when a query reaches it; a damaged text is not UTF-8; a
+        damaged JSON detail does not parse): the monitor and the export say so, no traceback."""
         with self.lock:
+            try:
+                yield
+            except (sqlite3.DatabaseError, UnicodeDecodeError, ValueError) as e:
+                text = (str(e).splitlines() or [type(e).__name__])[0]
+                # sqlite3 names the column and quotes the undecodable bytes: the kind is enough
+                utf8 = isinstance(e, UnicodeDecodeError) or "decode to UTF-8" in text
+                why = "a text that is not UTF-8" if utf8 else text[:120]
+                raise LogError(f"prediction log {self.path} is damaged ({why}); keep a copy of it "
+                               f"and move it aside to start a new one") from None
+
+    def query(self, sql: str, params=()) -> list[tuple]:
+        with self._reading():
             return self.conn.execute(sql, params).fetchall()
 
     def run(self, run_id: int) -> dict | None:
-        with self.lock:
+        with self._reading():
             cur = self.conn.execute("SELECT * FROM runs WHERE id = ?", (int(run_id),))
             r = cur.fetchone()
             names = [d[0] for d in cur.description]
@@ -201,8 +220,9 @@ class PredictionLog:
             sql += " AND kind = ?"
             p.append(kind)
         rows = self.query(sql + " ORDER BY id", p)
-        return [{"id": r[0], "time_utc": r[1], "kind": r[2], "model_id": r[3], "version": r[4],
-                 "detail": json.loads(r[5] or "{}")} for r in rows]
+        with self._reading():
+            return [{"id": r[0], "time_utc": r[1], "kind": r[2], "model_id": r[3], "version": r[4],
+                     "detail": json.loads(r[5] or "{}")} for r in rows]
 
     def export_csv(self, out, table: str = "runs") -> int:
         """Write a table as CSV to a text stream; returns the number of rows."""
@@ -210,7 +230,7 @@ class PredictionLog:
 
         if table not in ("runs", "feedback", "corrections", "events"):
             raise LogError(f"no table {table!r} in the prediction log")
-        with self.lock:
+        with self._reading():
             cur = self.conn.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - fixed names
             w = csv.writer(out)
             w.writerow([d[0] for d in cur.description])

@@ -63,8 +63,12 @@ class MonitorDialog(QDialog):
         return open_log() if db_path().exists() else None
 
     def _fill_models(self, model_id):
-        lg = self._lg()
-        ids = [r[0] for r in lg.query("SELECT DISTINCT model_id FROM runs ORDER BY 1")] if lg else []
+        from imaging_assist.errors import UserError
+        try:
+            lg = self._lg()
+            ids = [r[0] for r in lg.query("SELECT DISTINCT model_id FROM runs ORDER BY 1")] if lg else []
+        except UserError:  # a damaged log: refresh() says so in the summary line
+            ids = []
         if model_id and model_id not in ids:
             ids.insert(0, model_id)
         self.model.blockSignals(True)
@@ -81,7 +85,12 @@ class MonitorDialog(QDialog):
         self.alerts.clear()
         self.figure.clear()
         mid = self.model.currentText() or None
-        lg = self._lg()
+        try:
+            lg = self._lg()
+        except UserError as e:  # the log cannot be opened (damaged, newer release): one line
+            self.summary.setText(f"error: {e}")
+            self.canvas.draw_idle()
+            return None
         if lg is None or mid is None:
             self.summary.setText("No prediction log yet: it fills as models run.")
             self.canvas.draw_idle()
