@@ -423,3 +423,26 @@ def test_stow_good_answer_counts_as_sent(srv, tmp_path):
     dicomweb.store(srv.node, _stow_items(tmp_path), lambda it, err: got.__setitem__(it.sop_uid, err),
                    threading.Event())
     assert got == {s: None for s in SOPS}
+
+
+@pytest.mark.parametrize("body, sent", [
+    (_failed_sop({"vr": "US", "Value": [0xC000]}), True),  # 409 naming one failed instance
+    (b"<html>conflict</html>", False),  # 409 without a usable body: the HTTP status for all
+])
+def test_stow_409_fails_the_instances_it_names(srv, tmp_path, body, sent):
+    import threading
+
+    def conflict(h):
+        h.send_response(409)
+        h.send_header("Content-Type", J)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.write(body)
+    srv.stow = (J, conflict)
+    got = {}
+    dicomweb.store(srv.node, _stow_items(tmp_path), lambda it, err: got.__setitem__(it.sop_uid, err),
+                   threading.Event())
+    if sent:
+        assert got == {SOPS[0]: None, SOPS[1]: "rejected by the server (failure reason 0xC000)", SOPS[2]: None}
+    else:
+        assert set(got) == set(SOPS) and all("HTTP 409" in e for e in got.values()), got

@@ -490,8 +490,7 @@ def store(node: Node, items: list, on_result: Callable, cancel: threading.Event,
                         raise TimeoutError
                     failed = _stow_failures(resp, lim.content_type)
                 except requests.HTTPError as e:
-                    resp = _stow_body(e)
-                    failed = None if resp is None else _stow_failures(resp, "application/dicom+json")
+                    failed = _stow_body(e)
                     if failed is None:
                         err = str(_fail(node, "STOW-RS", e, lim))
                         for b in sendable:
@@ -511,7 +510,7 @@ def store(node: Node, items: list, on_result: Callable, cancel: threading.Event,
                 on_result(b, failed.get(b.sop_uid))
 
 
-def _stow_failures(resp, content_type: str) -> dict[str, str] | None:
+def _stow_failures(resp, content_type: str) -> dict[str, str]:
     """SOP Instance UID -> reason for each instance the STOW-RS answer's Failed SOP Sequence names.
     Raises ValueError for an answer that is not a Store Instances Response (an HTML login page
     or a proxy's error page answered 200 by mistake: nothing can be said about the instances)."""
@@ -538,10 +537,10 @@ _STOW_TYPES = {"application/dicom+json", "application/json", "application/dicom+
                "application/xml", "text/xml"}
 
 
-def _stow_body(e: requests.HTTPError):
-    """A 409 answer still lists which instances failed and why."""
+def _stow_body(e: requests.HTTPError) -> dict[str, str] | None:
+    """A 409 answer still lists which instances failed and why (as :func:`_stow_failures`)."""
     from pydicom.dataset import Dataset
     try:
-        return Dataset.from_json(e.response.json())
+        return _stow_failures(Dataset.from_json(e.response.json()), "application/dicom+json")
     except Exception:  # noqa: BLE001 - no usable body: the caller reports the HTTP status
         return None
