@@ -263,6 +263,19 @@ def evil():
     h.close()
 
 
+# The node's timeout where the attack is about what is sent, not about time: a loaded 2-core CI
+# machine can leave 0.5 s between two honest messages of the hostile node (C-MOVE opens an
+# association of its own between them), which ended such a test on the timeout instead.
+PATIENT = 3.0
+
+
+@pytest.fixture
+def patient_evil(evil):
+    import dataclasses
+    evil.node = dataclasses.replace(evil.node, timeout=PATIENT)
+    return evil
+
+
 HUGE_PDATA = b"\x04\x00" + struct.pack(">L", 0xFFFFFFF0)  # a P-DATA-TF PDU declaring 4 GiB
 SMALL_PDATA = b"\x04\x00" + struct.pack(">L", 1 << 20)  # 1 MiB: under any size cap
 
@@ -325,8 +338,9 @@ def _stored(tmp_path):
 
 
 # --------------------------------------------------------------------------- a good node
-def test_good_hostile_node_works(evil, tmp_path):
+def test_good_hostile_node_works(patient_evil, tmp_path):
     """The harness itself: an honest answer is retrieved whole, by C-GET and by C-MOVE."""
+    evil = patient_evil
     api.echo(evil.node, evil.settings)
     assert len(api.find(evil.node, Query(), evil.settings)) == 1
     res = _get(evil, tmp_path)
@@ -587,17 +601,17 @@ def _check_counts(res, stored, tmp_path):
 
 
 @pytest.mark.parametrize("case", sorted(STREAMS))
-def test_get_hostile_stream(evil, tmp_path, case):
+def test_get_hostile_stream(patient_evil, tmp_path, case):
     stores, stored = STREAMS[case]
-    evil.on_get = evil.get_sending(stores)
-    _check_counts(_get(evil, tmp_path), stored, tmp_path)
+    patient_evil.on_get = patient_evil.get_sending(stores)
+    _check_counts(_get(patient_evil, tmp_path), stored, tmp_path)
 
 
 @pytest.mark.parametrize("case", sorted(STREAMS))
-def test_move_hostile_stream(evil, tmp_path, case):
+def test_move_hostile_stream(patient_evil, tmp_path, case):
     stores, stored = STREAMS[case]
-    evil.on_move = evil.move_sending(stores)
-    _check_counts(_get(evil, tmp_path, method="move"), stored, tmp_path)
+    patient_evil.on_move = patient_evil.move_sending(stores)
+    _check_counts(_get(patient_evil, tmp_path, method="move"), stored, tmp_path)
 
 
 def _endless_unasked():
@@ -712,9 +726,10 @@ def test_pdu_drip_during_retrieve(evil, tmp_path, method):
     assert isinstance(res, PacsError), res
 
 
-def test_move_stores_after_the_final_status_are_refused(evil, tmp_path):
+def test_move_stores_after_the_final_status_are_refused(patient_evil, tmp_path):
     """The C-MOVE has ended (final success) and get() has returned; the node goes on storing
     to our SCP on its open association: nothing is written after the transfer ended."""
+    evil = patient_evil
     returned, late = threading.Event(), []
 
     def after(store):
