@@ -164,3 +164,8 @@ def test_polygon_that_crosses_itself_is_measured_as_drawn_and_said(tmp_path):
     assert anns[0].describe(MPP).endswith("mm², perimeter 3230 µm, outline crosses itself")
     sq = Annotation("polygon", rect_polygon(0, 0, 10, 10).tolist())
     assert not sq.crosses_itself() and "crosses" not in sq.describe(MPP)
+    # the measured outline is kept between paints, and measured again when a point is added
+    tri = Annotation("polygon", [(0, 0), (10, 0), (10, 10)])
+    assert tri.measurements(None)["Area px^2"] == 50
+    tri.points.extend([(0, 10)])
+    assert tri.measurements(None)["Area px^2"] == 100 and not tri.crosses_itself()

@@ -37,7 +37,6 @@ import numpy as np
 
 from ..errors import UserError
 from ..measure import outline_area
-from .regions import polygon_area
 
 KINDS = ("ruler", "polygon", "rectangle", "points")
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -70,6 +69,9 @@ class Annotation:
     color: tuple[int, int, int] = field(default=None)  # type: ignore[assignment]
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     label: str = ""                     # optional free text (QuPath "name")
+    # (number of points, area px², crosses itself): the slide view labels every polygon on each
+    # paint; points are only ever appended, so the count says when to measure again
+    _outline: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -93,7 +95,7 @@ class Annotation:
         ring = np.vstack([pts, pts[:1]])
         d = np.diff(ring, axis=0) * [mx, my]
         perim = float(np.hypot(d[:, 0], d[:, 1]).sum())
-        area_px = polygon_area(pts)
+        area_px = self._area_and_crossing()[0]
         if mpp:
             return {"Area µm^2": area_px * mx * my, "Area mm^2": area_px * mx * my / 1e6, "Perimeter µm": perim}
         return {"Area px^2": area_px, "Perimeter px": perim}
@@ -115,7 +117,12 @@ class Annotation:
     def crosses_itself(self) -> bool:
         """A polygon whose outline crosses itself: its area is that of the even-odd filled
         parts, as drawn (:func:`imaging_assist.measure.outline_area`)."""
-        return self.kind in ("polygon", "rectangle") and outline_area(self.points)[1]
+        return self.kind in ("polygon", "rectangle") and self._area_and_crossing()[1]
+
+    def _area_and_crossing(self) -> tuple[float, bool]:
+        if self._outline is None or self._outline[0] != len(self.points):
+            self._outline = (len(self.points), *outline_area(self.points))
+        return self._outline[1], self._outline[2]
 
     # ------------------------------------------------------------------ GeoJSON
     def to_feature(self, mpp) -> dict:
