@@ -1,4 +1,5 @@
-"""Overlay layers drawn over an image volume: label maps, heat maps and finding markers.
+"""Overlay layers drawn over an image volume: label maps, heat maps, finding markers and
+shapes (the regions of a structured report).
 
 No Qt here.  The viewer (``imaging_assist_ui``) draws what this module computes; the
 model runtime produces layers; tests can composite without a GUI.
@@ -222,7 +223,7 @@ class LabelInfo(_Notifying):
 
 
 class Layer(_Notifying):
-    """Base class: a named, toggleable layer.  ``kind`` is 'label', 'heatmap' or 'markers'."""
+    """Base class: a named, toggleable layer.  ``kind`` is 'label', 'heatmap', 'markers' or 'shapes'."""
 
     kind = "layer"
     # Placement on a whole-slide image (None for radiology layers, which share the volume
@@ -549,6 +550,81 @@ class MarkerLayer(Layer):
         return out
 
 
+class Shape(_Notifying):
+    """An outline, a line or points in array coordinates ``(k, j, i)`` (fractional), with the
+    lines of its label: a region of a structured report drawn on the slices it lies in."""
+
+    KINDS = ("path", "points")
+
+    def __init__(self, points_kji, closed: bool = False, kind: str = "path",
+                 label: Sequence[str] = (), color: Sequence[int] | None = None, visible: bool = True):
+        pts = np.asarray(points_kji, float).reshape(-1, 3)
+        if kind not in self.KINDS:
+            raise ValueError(f"shape kind is one of {self.KINDS}, not {kind!r}")
+        if not len(pts) or not np.all(np.isfinite(pts)):
+            raise ValueError("a shape needs at least one finite (k, j, i) point")
+        self.points = pts
+        self.closed = bool(closed)
+        self.kind = kind
+        self.label = [str(t) for t in label]
+        self.color = tuple(int(c) for c in (color or (110, 225, 140)))[:3]
+        self.visible = bool(visible)
+
+    @property
+    def position(self) -> tuple[float, float, float]:
+        """The centre of its points (where "go to" lands)."""
+        k, j, i = (float(v) for v in self.points.mean(axis=0))
+        return (k, j, i)
+
+    def text(self) -> str:
+        return self.label[0] if self.label else ""
+
+    def in_plane(self, plane: "Plane", index: int, shape3: Sequence[int], tolerance: float = 0.5):
+        """Display (u, v) of its points, an (N, 2) array, when all of them lie within
+        ``tolerance`` slices of ``index`` on ``plane``; else None.  A planar outline shows
+        on its own slice only: where it crosses another plane it is one or two points, which
+        would read as a different shape."""
+        w = self.points[:, plane.axis]
+        if np.any(np.abs(w - index) > tolerance):
+            return None
+        uv = [plane.from_voxel(q, shape3)[:2] for q in self.points]
+        return np.asarray(uv, float)
+
+    def __repr__(self):
+        return f"Shape({self.kind}, {len(self.points)} points, {self.text()!r})"
+
+
+class ShapesLayer(Layer):
+    """Outlines and points drawn as vector graphics over the image (regions of an SR)."""
+
+    kind = "shapes"
+
+    def __init__(self, name: str, shapes: Iterable[Shape] = (), visible: bool = True, opacity: float = 1.0):
+        super().__init__(name, visible, opacity)
+        self.shapes: list[Shape] = []
+        for s in shapes:
+            self.add(s)
+
+    def add(self, shape: Shape) -> Shape:
+        shape._owner = self
+        self.shapes.append(shape)
+        self._changed()
+        return shape
+
+    def near(self, plane: Plane, index: int, shape3: Sequence[int], tolerance: float = 0.5
+             ) -> list[tuple[Shape, np.ndarray]]:
+        """Visible shapes lying in slice ``index`` of ``plane``, with their display (u, v)."""
+        if not self.visible:
+            return []
+        out = []
+        for s in self.shapes:
+            if s.visible:
+                uv = s.in_plane(plane, index, shape3, tolerance)
+                if uv is not None:
+                    out.append((s, uv))
+        return out
+
+
 # --------------------------------------------------------------------------- stack
 class LayerStack:
     """Ordered layers (first = bottom).  Subscribers get ``(event, layer)`` on every change:
@@ -689,6 +765,9 @@ class LayerStack:
 
     def heatmaps(self) -> list[HeatmapLayer]:
         return [l for l in self._layers if isinstance(l, HeatmapLayer) and l.visible]
+
+    def shape_layers(self) -> list[ShapesLayer]:
+        return [l for l in self._layers if isinstance(l, ShapesLayer) and l.visible]
 
 
 # --------------------------------------------------------------------------- files

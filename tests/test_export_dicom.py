@@ -261,7 +261,10 @@ def test_sr_findings_sizes_measurements_and_references(written):
     assert [float(it.MeasuredValueSequence[0].NumericValue) for it in means] == pytest.approx([ms[1].result["mean"]])
     if vol.units == "HU":
         assert means[0].MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue == "[hnsf'U]"
-    assert [it.GraphicType for it in _sr_items(seg_sr) if "GraphicType" in it] == ["ELLIPSE"]
+    regions = [it for it in _sr_items(seg_sr) if "GraphicType" in it]
+    assert [it.GraphicType for it in regions] == ["POLYLINE", "ELLIPSE"]
+    # the ruler's line where it was measured (SCOORD: first pixel's centre at 0.5, 0.5)
+    assert np.allclose(np.reshape(regions[0].GraphicData, (-1, 2)), np.add(ms[0].points, 0.5))
 
 
 def test_out_of_distribution_input_gets_no_decision(tmp_path):

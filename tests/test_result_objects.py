@@ -343,6 +343,11 @@ def test_scan_and_info_show_result_objects(study_dir, capsys):
     assert main(["info", str(study_dir / "sr.dcm")]) == 0
     out = capsys.readouterr().out
     assert "Length = 42 mm  [series 202 image" in out and "Area = 123.5 mm²  [at " in out
+    # its region as the viewer draws it (imaging_assist.dicom.sr_regions)
+    assert "region      lesion 1: outline of 3 points on image 31" in out
+    assert main(["info", "--json", str(study_dir / "sr.dcm")]) == 0
+    (placed,) = json.loads(capsys.readouterr().out)["regions_placed"]
+    assert placed["image"] == 31 and placed["closed"] and placed["points_kji"][0] == [30.0, 100.0, 100.0]
     assert main(["info", str(study_dir / "pm.dcm")]) == 0
     assert "Parametric Map" in capsys.readouterr().out
 

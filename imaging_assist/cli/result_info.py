@@ -37,6 +37,23 @@ def _source_volume(index, series):
     raise UserError(f"this {what} names no series it refers to: cannot place it")
 
 
+def _placed_regions(index, series, report) -> dict:
+    """The SR's regions as the viewer draws them (imaging_assist.dicom.sr_regions) on the series
+    it refers to: image number, kind and (k, j, i) points; none when that series is not here."""
+    if not any(it.regions for it in report.items):
+        return {"regions_placed": [], "region_warnings": []}
+    from ..dicom.sr_regions import place_regions
+    try:
+        vol = _source_volume(index, series)
+    except UserError as e:
+        return {"regions_placed": None, "region_warnings": [f"regions not placed: {e}"]}
+    layer, warns = place_regions(report, vol)
+    placed = [{"label": s.label, "image": int(round(s.position[0])) + 1, "kind": s.kind, "closed": s.closed,
+               "points_kji": [[round(float(v), 3) for v in p] for p in s.points]}
+              for s in (layer.shapes if layer is not None else [])]
+    return {"regions_placed": placed, "region_warnings": warns}
+
+
 def result_dict(index, series) -> dict:
     from ..dicom.result_objects import KIND_NAMES, PDF, SR, read_result
     kind = series.result_kind
@@ -47,7 +64,8 @@ def result_dict(index, series) -> dict:
     if kind == PDF:
         return out
     if kind == SR:
-        out.update(read_result(rec).to_dict())
+        report = read_result(rec)
+        out.update(report.to_dict())
         # name each referenced image by its series number and instance number (headers only)
         where = {}
         for s in _with_sources(index, series).all_series():
@@ -56,6 +74,7 @@ def result_dict(index, series) -> dict:
                                                       f"image {r.get('InstanceNumber', '?')}")
         for it in out["items"]:
             it["where"] = next((where[u] for u, _ in it["references"] if u in where), None)
+        out.update(_placed_regions(index, series, report))
     else:
         vol = _source_volume(index, series)
         obj = read_result(rec, vol)
@@ -97,6 +116,11 @@ def print_result_info(index, series, as_json: bool = False) -> int:
             else:
                 refs = ""
             print(f"  {it['kind']:<11} {g}{it['name']} = {v}{refs}")
+        for r in d.get("regions_placed") or []:
+            shape = "point(s)" if r["kind"] == "points" else "outline" if r["closed"] else "line"
+            print(f"  region      {r['label'][0]}: {shape} of {len(r['points_kji'])} points on image {r['image']}")
+        for w in d.get("region_warnings") or []:
+            print(f"warning: {w}")
     for w in d["warnings"]:
         print(f"warning: {w}")
     return 0

@@ -692,6 +692,26 @@ def _read_parametric_map(ds, volume, what) -> ParametricMap:
 
 # --------------------------------------------------------------------------- SR
 @dataclass
+class SRRegion:
+    """A usable SCOORD (image pixels, first pixel's centre at (0.5, 0.5)) or SCOORD3D (LPS mm)
+    region of an SR: where a measurement group's region is drawn
+    (:func:`imaging_assist.dicom.sr_regions.place_regions`)."""
+
+    graphic_type: str  # POINT, MULTIPOINT, POLYLINE, CIRCLE, ELLIPSE (2D); POLYGON, ELLIPSOID (3D)
+    points: list[tuple[float, ...]]  # (column, row) or (x, y, z)
+    dims: int  # 2 or 3
+    references: list[tuple[str, int | None]] = field(default_factory=list)  # 2D: its images
+    frame_of_reference: str = ""  # 3D
+    key: int = 0  # one region seen by the several items of its group has one key
+
+    def to_dict(self) -> dict:
+        return {"graphic_type": self.graphic_type, "dims": self.dims,
+                "points": [list(p) for p in self.points],
+                "references": [list(r) for r in self.references],
+                "frame_of_reference": self.frame_of_reference}
+
+
+@dataclass
 class SRItem:
     """One finding or measurement of an SR, with the images it refers to."""
 
@@ -704,6 +724,7 @@ class SRItem:
     references: list[tuple[str, int | None]] = field(default_factory=list)  # (SOP UID, frame)
     point_lps: tuple[float, float, float] | None = None  # first SCOORD3D point
     frame_of_reference: str = ""  # the point's Referenced Frame of Reference UID
+    regions: list[SRRegion] = field(default_factory=list)  # its own or its group's regions
 
     def text(self) -> str:
         v = f"{self.value} {self.unit}".strip()
@@ -739,7 +760,8 @@ class SRItem:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "name": self.name, "value": self.value, "unit": self.unit,
                 "group": self.group, "references": [list(r) for r in self.references],
-                "point_lps": list(self.point_lps) if self.point_lps else None}
+                "point_lps": list(self.point_lps) if self.point_lps else None,
+                "regions": [r.to_dict() for r in self.regions]}
 
 
 # Spatial coordinates (PS3.3 C.18.6 / C.18.9): graphic type -> (fewest, most) points.
@@ -773,6 +795,32 @@ def _scoord_problem(item, vt: str) -> str | None:
     if n < lo or (hi is not None and n > hi):
         return f"{n} points for a {gtype}"
     return None
+
+
+def _sop_refs(image_item) -> list[tuple[str, int | None]]:
+    """(SOP Instance UID, frame number or None) of an IMAGE content item."""
+    refs = []
+    for r in image_item.get("ReferencedSOPSequence") or []:
+        fr = r.get("ReferencedFrameNumber")
+        if fr is not None and not isinstance(fr, (int, str)):
+            fr = list(fr)[0] if len(fr) else None
+        refs.append((str(r.get("ReferencedSOPInstanceUID") or ""), int(fr) if fr not in (None, "") else None))
+    return refs
+
+
+def _region_of(item, vt: str, for_uid: str, key: int) -> SRRegion:
+    """The region of an SCOORD / SCOORD3D item that :func:`_scoord_problem` passed."""
+    dims = 3 if vt == "SCOORD3D" else 2
+    data = item.GraphicData
+    values = [float(v) for v in (data if not isinstance(data, (int, float)) else [data])]
+    pts = [tuple(values[i:i + dims]) for i in range(0, len(values), dims)]
+    refs = []
+    if dims == 2:  # the images the coordinates are on: the SCOORD's own IMAGE items
+        for c in item.get("ContentSequence") or []:
+            if str(c.get("ValueType") or "") == "IMAGE":
+                refs += _sop_refs(c)
+    return SRRegion(str(item.GraphicType).strip().upper(), pts, dims, refs,
+                    for_uid if dims == 3 else "", key)
 
 
 @dataclass
@@ -825,37 +873,37 @@ def _read_sr(ds) -> StructuredReport:
     report = StructuredReport(title=_code_meaning(ds, "ConceptNameCodeSequence") or "Structured report",
                               series_uid=str(ds.get("SeriesInstanceUID") or ""), items=items)
 
-    checked: dict[int, tuple] = {}  # id(SCOORD item) -> (problem or None, frame of reference)
+    checked: dict[int, tuple] = {}  # id(SCOORD item) -> (problem or None, frame of reference, region)
 
     def warn(text: str) -> None:
         if text not in report.warnings:
             report.warnings.append(text)
 
-    def refs_of(item, name: str) -> tuple[list[tuple[str, int | None]], tuple | None]:
-        """Image references and a 3D point (with its frame of reference) held by item itself
-        or its direct children."""
-        refs, point = [], None
+    def refs_of(item, name: str) -> tuple[list[tuple[str, int | None]], tuple | None, list[SRRegion]]:
+        """Image references, a 3D point (with its frame of reference) and the usable regions
+        held by item itself or its direct children."""
+        refs, point, regions = [], None, []
         stack = [(item, 0)]
         while stack:
             it, d = stack.pop()
             vt = str(it.get("ValueType") or "")
             if vt == "IMAGE":
-                for r in it.get("ReferencedSOPSequence") or []:
-                    fr = r.get("ReferencedFrameNumber")
-                    if fr is not None and not isinstance(fr, (int, str)):
-                        fr = list(fr)[0] if len(fr) else None
-                    refs.append((str(r.get("ReferencedSOPInstanceUID") or ""),
-                                 int(fr) if fr not in (None, "") else None))
+                refs += _sop_refs(it)
             elif vt in ("SCOORD", "SCOORD3D"):
                 if id(it) not in checked:  # a group's region is seen again as its own item
                     why = _scoord_problem(it, vt)
                     for_uid = str(it.get("ReferencedFrameOfReferenceUID") or "").strip()
                     if why is None and vt == "SCOORD3D" and not for_uid:
                         why = "no frame of reference"
-                    checked[id(it)] = (why, for_uid)
+                    region = None
                     if why:
                         warn(f"{name or 'an item'}: image region with {why}: its coordinates are not used")
-                why, for_uid = checked[id(it)]
+                    else:
+                        region = _region_of(it, vt, for_uid, len(checked) + 1)
+                    checked[id(it)] = (why, for_uid, region)
+                why, for_uid, region = checked[id(it)]
+                if region is not None and all(r.key != region.key for r in regions):
+                    regions.append(region)
                 if why is None and vt == "SCOORD3D" and point is None:
                     point = (tuple(float(v) for v in list(it.GraphicData)[:3]), for_uid)
             if d < 2 and (vt in ("SCOORD", "SCOORD3D") or d == 0):
@@ -863,9 +911,9 @@ def _read_sr(ds) -> StructuredReport:
                     cvt = str(c.get("ValueType") or "")
                     if cvt in ("IMAGE", "SCOORD", "SCOORD3D"):
                         stack.append((c, d + 1))
-        return refs, point
+        return refs, point, regions
 
-    def visit(seq, depth: int, group: str, inherited, inh_point):
+    def visit(seq, depth: int, group: str, inherited, inh_point, inh_regions):
         if depth > MAX_SR_DEPTH:
             raise ResultObjectError(f"the structured report is nested deeper than {MAX_SR_DEPTH} levels")
         for it in seq or []:
@@ -886,12 +934,14 @@ def _read_sr(ds) -> StructuredReport:
                         g = str(c.get("TextValue") or "") or g
                 if depth > 0 and g == group and name and name.lower() not in ("imaging measurements",):
                     g = name
-                refs, point = refs_of(it, g or name)
-                visit(it.get("ContentSequence"), depth + 1, g, refs or inherited, point or inh_point)
+                refs, point, regions = refs_of(it, g or name)
+                visit(it.get("ContentSequence"), depth + 1, g, refs or inherited, point or inh_point,
+                      regions or inh_regions)
                 continue
-            refs, point = refs_of(it, f"{group}: {name}" if group else name)
+            refs, point, regions = refs_of(it, f"{group}: {name}" if group else name)
             refs = refs or list(inherited)
             point = point or inh_point
+            regions = regions or list(inh_regions)
             pt, for_uid = point if point else (None, "")
             if vt == "NUM":
                 mv = (it.get("MeasuredValueSequence") or [None])[0]
@@ -915,22 +965,23 @@ def _read_sr(ds) -> StructuredReport:
                 if not unit_code.strip() and not unit.strip():
                     report.warnings.append(f"measurement {name or '(unnamed)'} has no unit")
                 shown_unit = _UCUM_SHOWN.get(unit_code, unit_code if 0 < len(unit_code) <= 6 else unit)
-                items.append(SRItem("measurement", name, f"{num:g}", shown_unit, group, num, refs, pt, for_uid))
+                items.append(SRItem("measurement", name, f"{num:g}", shown_unit, group, num, refs, pt, for_uid,
+                                    regions))
             elif vt == "CODE":
                 if name.lower() in ("finding category", "finding site"):
                     continue  # qualifiers of a group, not findings
                 items.append(SRItem("finding", name, _code_meaning(it, "ConceptCodeSequence"), "",
-                                    group, None, refs, pt, for_uid))
+                                    group, None, refs, pt, for_uid, regions))
             elif vt == "TEXT":
                 if name.lower() in ("tracking identifier",):
                     continue
                 items.append(SRItem("text", name, str(it.get("TextValue") or ""), "", group, None,
-                                    refs, pt, for_uid))
+                                    refs, pt, for_uid, regions))
             if vt not in ("CONTAINER",) and it.get("ContentSequence"):
                 visit([c for c in it.ContentSequence if str(c.get("ValueType") or "") in
-                       ("NUM", "CODE", "TEXT", "CONTAINER")], depth + 1, group, refs, point)
+                       ("NUM", "CODE", "TEXT", "CONTAINER")], depth + 1, group, refs, point, regions)
 
-    visit(ds.get("ContentSequence"), 0, "", [], None)
+    visit(ds.get("ContentSequence"), 0, "", [], None, [])
     if not items:
         report.warnings.append("the structured report holds no findings or measurements")
     report.warnings = [_short_line(w) for w in report.warnings]  # names may hold line breaks

@@ -244,12 +244,16 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
         tid = hd.sr.TrackingIdentifier(identifier=f"viewer {m.kind} {m.id}"[:64])
         pts = np.asarray(m.points, float)
         if m.kind == "ruler" and "length" in r:
+            # a planar ROI group whose region is the ruler's line (a POLYLINE of its two end
+            # points, as OHIF writes a length), so a viewer can draw it where it was measured
             meas = [hd.sr.Measurement(name=_cc("410668003", "SCT", "Length"), value=float(r["length"]),
                                       unit=_unit("mm" if mm else "px"), referenced_images=[img])]
-            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tid, measurements=meas,
-                source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(src, frames)
-                               if frames else hd.sr.SourceImageForMeasurementGroup.from_source_image(src)]))
+            rsrc = (hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=frames)
+                    if frames else hd.sr.SourceImageForRegion.from_source_image(src))
+            region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                       graphic_data=(pts[:2] + 0.5).astype(float), source_image=rsrc)
+            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=tid, referenced_region=region, measurements=meas))
         elif m.kind in ("ellipse", "rectangle") and "mean" in r:
             unit = _unit("hu") if (r.get("units") or getattr(volume, "units", "")) == "HU" else _unit("1")
             meas = [hd.sr.Measurement(name=_cc("373098007", "SCT", "Mean"), value=float(r["mean"]), unit=unit),

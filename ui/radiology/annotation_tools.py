@@ -502,7 +502,7 @@ def paint_item(view, p: QPainter, m: Measurement, col: QColor, sel: bool) -> Non
     shadow, pen = QPen(QColor(0, 0, 0, 170), 3.5), QPen(col, 1.6)
     p.setBrush(Qt.NoBrush)
     if m.kind == "text":
-        _label(view, p, QPointF(pts[0].x() - 2, pts[0].y() - 8), [m.text or "…"], col, boxed=sel)
+        label_box(view, p, QPointF(pts[0].x() - 2, pts[0].y() - 8), [m.text or "…"], col, boxed=sel)
         return
     path = QPainterPath()
     if len(pts) >= 2:
@@ -516,7 +516,7 @@ def paint_item(view, p: QPainter, m: Measurement, col: QColor, sel: bool) -> Non
         _arrow_head(p, pts[1], pts[0], col)
         if m.text:
             a = pts[1]
-            _label(view, p, QPointF(a.x() + (8 if a.x() >= pts[0].x() else -8), a.y() - 8), [m.text], col,
+            label_box(view, p, QPointF(a.x() + (8 if a.x() >= pts[0].x() else -8), a.y() - 8), [m.text], col,
                    right_of=a.x() >= pts[0].x())
     if m.kind == "polygon" and (sel or pending):
         p.setPen(QPen(col, 1.2))
@@ -531,7 +531,7 @@ def paint_item(view, p: QPainter, m: Measurement, col: QColor, sel: bool) -> Non
         if lines:
             right = max(q.x() for q in pts)
             top = min(q.y() for q in pts)
-            _label(view, p, QPointF(right + 8, top), lines, col)
+            label_box(view, p, QPointF(right + 8, top), lines, col)
 
 
 def _arrow_head(p: QPainter, tail: QPointF, tip: QPointF, col: QColor) -> None:
@@ -545,8 +545,8 @@ def _arrow_head(p: QPainter, tail: QPointF, tip: QPointF, col: QColor) -> None:
     p.setBrush(Qt.NoBrush)
 
 
-def _label(view, p: QPainter, anchor: QPointF, lines: list[str], col: QColor, boxed: bool = True,
-           right_of: bool = True) -> QRectF:
+def label_box(view, p: QPainter, anchor: QPointF, lines: list[str], col: QColor, boxed: bool = True,
+              right_of: bool = True) -> QRectF:
     """The view's label box (dark backing, kept inside the view), with a border when selected
     and anchored left or right of a point; the view draws its own ruler/ROI labels inline."""
     fm = QFontMetricsF(view._font)

@@ -8,13 +8,14 @@ from PySide6.QtWidgets import (QColorDialog, QComboBox, QDoubleSpinBox, QFormLay
                                QLabel, QPushButton, QSlider, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
-from imaging_assist.layers import COLORMAPS, HEAT_MODES, HeatmapLayer, LabelLayer, LayerStack, MarkerLayer
+from imaging_assist.layers import (COLORMAPS, HEAT_MODES, HeatmapLayer, LabelLayer, LayerStack, MarkerLayer,
+                                   ShapesLayer)
 
 from ..shared.theme import WARN_FG
 
 LAYER_ROLE = Qt.UserRole + 1
 CHILD_ROLE = Qt.UserRole + 2
-KIND_TEXT = {"label": "labels", "heatmap": "heat map", "markers": "markers"}
+KIND_TEXT = {"label": "labels", "heatmap": "heat map", "markers": "markers", "shapes": "regions"}
 
 
 def swatch(rgb) -> QIcon:
@@ -157,6 +158,16 @@ class LayersPanel(QWidget):
                     ch.setData(0, CHILD_ROLE, m)
                     ch.setIcon(0, swatch(m.color))
                     ch.setToolTip(0, "Double-click to go to this finding")
+                    it.addChild(ch)
+            elif isinstance(layer, ShapesLayer):
+                for sh in layer.shapes:
+                    k = int(round(sh.position[0]))
+                    ch = QTreeWidgetItem([f"{sh.text() or 'region'}   (image {k + 1})"])
+                    ch.setData(0, CHILD_ROLE, sh)
+                    ch.setFlags(ch.flags() | Qt.ItemIsUserCheckable)
+                    ch.setCheckState(0, Qt.Checked if sh.visible else Qt.Unchecked)
+                    ch.setIcon(0, swatch(sh.color))
+                    ch.setToolTip(0, "\n".join(sh.label) + "\nDouble-click to go to this region")
                     it.addChild(ch)
             sources = getattr(layer, "sources", None)
             if sources and len(sources) > 1:  # one layer per structure (ui/radiology/series_results.py)

@@ -2,8 +2,9 @@
 
 When a series has finished loading, every SEG that refers to it becomes a label-map layer
 (one layer per segment when segments overlap, with a warning), every Parametric Map a
-heat-map layer, and the findings and measurements of every SR an entry of the "Results"
-list; activating an entry shows its image.  Reading and placing is the engine's
+heat-map layer, the findings and measurements of every SR an entry of the "Results"
+list (activating an entry shows its image), and the regions of its measurement groups a
+shapes layer drawn on the slices they lie in.  Reading and placing is the engine's
 (:mod:`imaging_assist.dicom.result_objects`); a result that does not fit the series is one
 line in the list and the status bar, never a traceback.  Choosing a result series in the
 study browser shows the series it refers to with the result over it.
@@ -16,6 +17,8 @@ from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 
 from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, SEG, SR, ResultObjectError,
                                                  read_parametric_map, read_segmentation, read_sr)
+
+from imaging_assist.dicom.sr_regions import place_regions
 
 from .series_results import series_key
 
@@ -117,21 +120,26 @@ class ResultLayers(QObject):
                     for warning in pm.warnings:
                         self._say(f"{name}: {warning}", problem=False)
                 elif kind == SR:
-                    self._add_report(read_sr(rec), vol, name)
+                    self._add_report(read_sr(rec), vol, name, result_series.key)
             except ResultObjectError as e:
                 self._say(f"{KIND_NAMES.get(kind, kind)} {name!r} not shown: {e}", problem=True)
             except Exception as e:  # noqa: BLE001 - a reader bug must not take the viewer down
                 self._say(f"{KIND_NAMES.get(kind, kind)} {name!r} not shown: {type(e).__name__}: {e}",
                           problem=True)
 
-    def _add_report(self, report, vol, name: str) -> None:
+    def _add_report(self, report, vol, name: str, key=None) -> None:
         self._add({"text": f"{report.title} ({name})", "bold": True})
         for it in report.items:
             k = it.slice_in(vol)
             self._add({"text": ("" if k is None else f"[{k + 1}] ") + it.text(), "slice": k,
                        "tooltip": "refers to no image of this series" if k is None
                        else f"image {k + 1} of {vol.n_slices}: click to show it"})
-        for warning in report.warnings:
+        # the groups' regions drawn where they lie (a layer: hidden and shown like the others)
+        layer, warnings = place_regions(report, vol, name)
+        if layer is not None:
+            layer.result_key = key
+            self.w.add_layer(layer)
+        for warning in report.warnings + warnings:
             self._say(f"{name}: {warning}", problem=False)
         self.dock.show()
 

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 from PySide6.QtCore import QMetaObject, QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 
 from imaging_assist.layers import Plane
@@ -309,6 +309,7 @@ class SliceView(QWidget):
         p.setRenderHint(QPainter.Antialiasing, True)
         if self.doc.show_overlays:
             self._paint_markers(p)
+            self._paint_shapes(p)
         self._paint_measurements(p)
         for fn in self.extra_painters:
             fn(self, p)
@@ -358,6 +359,35 @@ class SliceView(QWidget):
                     p.fillRect(box, QColor(0, 0, 0, 170))
                     p.setPen(c)
                     p.drawText(box, Qt.AlignCenter, text)
+
+    # -- shapes (the regions of a structured report) --------------------------
+    def _paint_shapes(self, p: QPainter):
+        shape3 = self.doc.shape3()
+        for layer in self.doc.layers.shape_layers():
+            p.save()
+            p.setOpacity(max(0.0, min(1.0, layer.opacity)))
+            for s, uv in layer.near(self.plane, self.index, shape3):
+                col = QColor(*s.color)
+                pts = [self.uv_to_screen(float(u), float(v)) for u, v in uv]
+                p.setBrush(Qt.NoBrush)
+                if s.kind == "points" or len(pts) == 1:
+                    for pe in (QPen(QColor(0, 0, 0, 170), 3.5), QPen(col, 1.6)):
+                        p.setPen(pe)
+                        for q in pts:  # a small cross: a point, not a region
+                            p.drawLine(QPointF(q.x() - 5, q.y()), QPointF(q.x() + 5, q.y()))
+                            p.drawLine(QPointF(q.x(), q.y() - 5), QPointF(q.x(), q.y() + 5))
+                else:
+                    path = QPainterPath()
+                    path.addPolygon(QPolygonF(pts))
+                    if s.closed:
+                        path.closeSubpath()
+                    for pe in (QPen(QColor(0, 0, 0, 170), 3.5), QPen(col, 1.6, Qt.DashLine)):
+                        p.setPen(pe)
+                        p.drawPath(path)
+                if s.label:
+                    anchor = QPointF(max(q.x() for q in pts) + 8, min(q.y() for q in pts))
+                    ann.label_box(self, p, anchor, s.label, col, boxed=False)
+            p.restore()
 
     # -- measurements ----------------------------------------------------------
     def visible_measurements(self) -> list[Measurement]:
