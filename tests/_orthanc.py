@@ -81,6 +81,15 @@ def orthanc_noget(tmp_path_factory):
     o.stop()
 
 
+@pytest.fixture(scope="session")
+def orthanc_sink(tmp_path_factory):
+    """An Orthanc that starts empty, for the tests that store into a PACS: what they send does
+    not change what the shared `orthanc` holds (test_find_each_filter counts its studies)."""
+    o = _shared("orthanc-sink", tmp_path_factory, lambda: [], aet="SINK")
+    yield o
+    o.stop()
+
+
 def write_pacs_json(folder: Path, o, extra_nodes: dict | None = None) -> Path:
     """A pacs.json naming the session Orthanc as ``orthanc`` (DIMSE) and ``orthanc-web``."""
     folder.mkdir(parents=True, exist_ok=True)

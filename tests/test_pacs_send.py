@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from _orthanc import orthanc  # noqa: F401 - fixture
+from _orthanc import orthanc_sink  # noqa: F401 - fixture (an empty Orthanc: sends do not touch the shared one)
 from imaging_assist.pacs import send as sendmod
 from imaging_assist.pacs.nodes import Node, PacsError
 from imaging_assist.pacs.testing import free_port
@@ -60,28 +60,28 @@ def _listed(o, study_uid) -> set[str]:
 
 
 @pytest.mark.parametrize("proto", ["dimse", "dicomweb"])
-def test_send_images_and_results_then_read_back(orthanc, tmp_path, proto):
+def test_send_images_and_results_then_read_back(orthanc_sink, tmp_path, proto):
     src, results = _with_results(tmp_path)
     items, skipped = sendmod.collect([str(src), str(results)])
     kinds = {RESULT_CLASSES.get(i.sop_class) for i in items} | {
         "SR" for i in items if i.sop_class.startswith("1.2.840.10008.5.1.4.1.1.88.")}
     assert {"SEG", "PM", "PDF", "SR"} <= kinds, kinds
-    node = orthanc.dimse_node() if proto == "dimse" else orthanc.web_node()
-    res = sendmod.send(node, [str(src), str(results)], settings=orthanc.settings())
+    node = orthanc_sink.dimse_node() if proto == "dimse" else orthanc_sink.web_node()
+    res = sendmod.send(node, [str(src), str(results)], settings=orthanc_sink.settings())
     assert res.failures == [] and res.confirmed == res.sent == len(items), res.to_dict()
     study = items[0].study_uid
-    assert {i.sop_uid for i in items} <= _listed(orthanc, study)  # Orthanc's own REST agrees
+    assert {i.sop_uid for i in items} <= _listed(orthanc_sink, study)  # Orthanc's own REST agrees
 
 
 @pytest.mark.parametrize("proto", ["dimse", "dicomweb"])
-def test_rejected_in_part_the_rest_goes_on(orthanc, tmp_path, proto):
+def test_rejected_in_part_the_rest_goes_on(orthanc_sink, tmp_path, proto):
     files = _series(tmp_path / "s", n=3)
     ds = pydicom.dcmread(files[1])
     ds.PatientID = "IA-REJECT"  # Orthanc's ReceivedInstanceFilter (testing.LUA_POLICY) refuses it
     ds.save_as(files[1])
     (tmp_path / "s" / "notes.txt").write_text("not DICOM")
-    node = orthanc.dimse_node() if proto == "dimse" else orthanc.web_node()
-    res = sendmod.send(node, [str(tmp_path / "s")], settings=orthanc.settings())
+    node = orthanc_sink.dimse_node() if proto == "dimse" else orthanc_sink.web_node()
+    res = sendmod.send(node, [str(tmp_path / "s")], settings=orthanc_sink.settings())
     assert [p for p, _ in res.failures] == [str(files[1])], res.failures
     # Orthanc 1.10 answers "success" (C-STORE status 0 and STOW-RS alike) for an instance its
     # ReceivedInstanceFilter dropped: only the read-back query catches it.
@@ -90,7 +90,7 @@ def test_rejected_in_part_the_rest_goes_on(orthanc, tmp_path, proto):
     assert [p.endswith("notes.txt") for p, _ in res.skipped] == [True]
 
 
-def test_stow_failed_sop_sequence_fails_only_those_instances(orthanc, tmp_path):
+def test_stow_failed_sop_sequence_fails_only_those_instances(orthanc_sink, tmp_path):
     """Orthanc's STOW-RS refuses, in its Failed SOP Sequence, an instance posted under another
     study's URL; the other instances of the request are stored and confirmed."""
     import threading
@@ -101,11 +101,11 @@ def test_stow_failed_sop_sequence_fails_only_those_instances(orthanc, tmp_path):
     other = pydicom.uid.generate_uid()
     items[1].study_uid = other  # sent to /studies/<other>: not the study in the file
     results = {}
-    dicomweb.store(orthanc.web_node(), items, lambda it, err: results.__setitem__(it.path, err),
+    dicomweb.store(orthanc_sink.web_node(), items, lambda it, err: results.__setitem__(it.path, err),
                    threading.Event())
     assert results[str(files[0])] is None and results[str(files[2])] is None
     assert results[str(files[1])].startswith("rejected by the server (failure reason 0x"), results
-    listed = _listed(orthanc, items[0].study_uid)
+    listed = _listed(orthanc_sink, items[0].study_uid)
     assert {items[0].sop_uid, items[2].sop_uid} <= listed and items[1].sop_uid not in listed
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PySide6.QtCore import Qt
 
-from _orthanc import orthanc, pacs_home  # noqa: F401 - fixtures
+from _orthanc import orthanc, orthanc_sink, pacs_home, write_pacs_json  # noqa: F401 - fixtures
 from _qt import pump_until
 
 CT_STUDY = "1.3.46.670589.33.1.27492712521914879309.27169771283235650014"
@@ -130,16 +130,19 @@ def test_node_dialog_test_button_and_secret_field(qtbot, pacs_home, orthanc):
     assert oct(os.stat(pacs_home / "pacs.json").st_mode & 0o777) == "0o600"
 
 
-def test_send_dialog_sends_and_confirms(qtbot, pacs_home, tmp_path):
+def test_send_dialog_sends_and_confirms(qtbot, pacs_home, orthanc, orthanc_sink, tmp_path):
     from _synth import write_ct_series
     from imaging_assist_ui.app import make_app
     from imaging_assist_ui.pacs.send_dialog import SendDialog
     make_app()
+    # sent to an empty Orthanc of its own: the shared one's studies are counted elsewhere
+    write_pacs_json(pacs_home, orthanc, {"sink-web": orthanc_sink.web_node("sink-web").to_dict()})
     files = write_ct_series(tmp_path / "s", [(0, 0, k) for k in range(3)])
     d = SendDialog(paths=[str(tmp_path / "s")])
     qtbot.addWidget(d)
     d.show()
-    d.node_box.setCurrentIndex(d.node_box.findData("orthanc-web"))
+    assert d.node_box.findData("sink-web") >= 0
+    d.node_box.setCurrentIndex(d.node_box.findData("sink-web"))
     d.b_send.click()
     assert pump_until(lambda: d.result is not None or "error" in d.status.styleSheet(), 60), d.status.text()
     assert d.result.confirmed == len(files) and "3 instances sent and confirmed" in d.status.text()
