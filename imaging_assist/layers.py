@@ -552,17 +552,24 @@ class MarkerLayer(Layer):
 
 class Shape(_Notifying):
     """An outline, a line or points in array coordinates ``(k, j, i)`` (fractional), with the
-    lines of its label: a region of a structured report drawn on the slices it lies in."""
+    lines of its label: a region of a structured report drawn on the slices it lies in, a
+    nodule's diameters."""
 
     KINDS = ("path", "points")
+    STYLES = ("solid", "dashed")
 
     def __init__(self, points_kji, closed: bool = False, kind: str = "path",
-                 label: Sequence[str] = (), color: Sequence[int] | None = None, visible: bool = True):
+                 label: Sequence[str] = (), color: Sequence[int] | None = None, visible: bool = True,
+                 style: str = "solid", name: str = ""):
         pts = np.asarray(points_kji, float).reshape(-1, 3)
         if kind not in self.KINDS:
             raise ValueError(f"shape kind is one of {self.KINDS}, not {kind!r}")
         if not len(pts) or not np.all(np.isfinite(pts)):
             raise ValueError("a shape needs at least one finite (k, j, i) point")
+        if style not in self.STYLES:
+            raise ValueError(f"shape style is one of {self.STYLES}, not {style!r}")
+        self.style = style
+        self.name = name  # how a list names it (default: the first line of its label)
         self.points = pts
         self.closed = bool(closed)
         self.kind = kind
@@ -577,7 +584,7 @@ class Shape(_Notifying):
         return (k, j, i)
 
     def text(self) -> str:
-        return self.label[0] if self.label else ""
+        return self.name or (self.label[0] if self.label else "")
 
     def in_plane(self, plane: "Plane", index: int, shape3: Sequence[int], tolerance: float = 0.5):
         """Display (u, v) of its points, an (N, 2) array, when all of them lie within

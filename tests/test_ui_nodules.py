@@ -174,6 +174,53 @@ def test_mask_is_drawn_on_all_three_planes(win, reader_centre):
     assert n.mask.shape == tuple(s.stop - s.start for s in n.box) and n.mask.size < np.prod(shape3) / 100
 
 
+def _axes_layer(w):
+    return next((l for l in w.doc.layers if getattr(l, "nodule_layer", "") == "axes"), None)
+
+
+def test_diameters_are_drawn_where_they_were_measured(win, reader_centre):
+    """The long and short axis as lines on the slice of largest area (the calipers a reader
+    checks a Lung-RADS size by), as long as the numbers the list gives."""
+    c, _ = reader_centre
+    if not win.nodules.nodules():
+        _analyse(win, _views(win)["axial"], _screen_point(win, _views(win)["axial"], c))
+    n = win.nodules.nodules()[0]
+    layer = _axes_layer(win)
+    assert layer is not None and layer.name == "Nodule diameters" and len(layer.shapes) == 2
+    vol = win.doc.volume
+    k = n.result.measurements["largest_slice"]
+    sx, sy = vol.spacing[0], vol.spacing[1]
+    for shape, want in zip(layer.shapes, (n.result.long_axis_mm, n.result.short_axis_mm)):
+        assert np.allclose(shape.points[:, 0], k, atol=1e-6)  # on the slice of largest area
+        d = shape.points[1] - shape.points[0]
+        assert np.hypot(d[1] * sy, d[2] * sx) == pytest.approx(want, abs=0.01)
+    assert layer.shapes[0].label == [f"{n.id}  {n.result.long_axis_mm:.1f} × {n.result.short_axis_mm:.1f} mm"]
+    assert [s.text() for s in layer.shapes] == [f"{n.id} long axis {n.result.long_axis_mm:.1f} mm",
+                                                f"{n.id} short axis {n.result.short_axis_mm:.1f} mm"]
+    tree = win.layers_panel.tree
+    top = next(tree.topLevelItem(i) for i in range(tree.topLevelItemCount())
+               if tree.topLevelItem(i).text(0).startswith("Nodule diameters"))
+    assert [top.child(i).text(0) for i in range(top.childCount())] == \
+        [f"{s.text()}   (image {k + 1})" for s in layer.shapes]
+    # perpendicular, as measured
+    a, b = (s.points[1] - s.points[0] for s in layer.shapes)
+    assert abs(a[1] * sy * b[1] * sy + a[2] * sx * b[2] * sx) < 1e-3 * np.hypot(a[1] * sy, a[2] * sx) * np.hypot(b[1] * sy, b[2] * sx) + 1e-6
+    ax = _views(win)["axial"]
+    win.doc.set_position((k, int(n.center_kji[1]), int(n.center_kji[2])))
+    QTest.qWait(20)
+    drawn = _grab(ax)
+    layer.visible = False
+    hidden = _grab(ax)
+    layer.visible = True
+    diff = np.any(drawn != hidden, axis=2)
+    assert diff.sum() > 20
+    ends = np.array([[ax.uv_to_screen(p[2], p[1]).x(), ax.uv_to_screen(p[2], p[1]).y()]
+                     for s in layer.shapes for p in s.points])
+    ys, xs = np.nonzero(diff)
+    near = (xs >= ends[:, 0].min() - 4) & (xs <= ends[:, 0].max() + 4) & (ys >= ends[:, 1].min() - 4) & (ys <= ends[:, 1].max() + 4)
+    assert near.sum() > 20  # the lines where the ends are (the label box lies beside them)
+
+
 def test_list_entry_jumps_every_plane_to_the_centre(win, reader_centre):
     c, _ = reader_centre
     if not win.nodules.nodules():
@@ -228,10 +275,12 @@ def test_nodules_come_back_with_their_series_and_delete_removes_them(win, reader
     win.load_series(key)  # the reader leaves the series and comes back
     assert wait_until(lambda: win.load_state == "done" and win.nodules.mask_layer() is not None, 60)
     assert win.nodules.nodules()[0] is n and win.nodules.list.count() == 1
+    assert len([l for l in win.doc.layers if getattr(l, "nodule_layer", "") == "axes"]) == 1
     win.nodules.list.setCurrentRow(0)
     win.nodules.delete_selected()
     assert win.nodules.nodules() == [] and win.nodules.list.count() == 0
     assert win.nodules.mask_layer() is None and win.nodules.heat_layer() is None
+    assert _axes_layer(win) is None
 
 
 def test_heat_map_failing_its_sanity_check_is_flagged():

@@ -15,7 +15,7 @@ from ..shared.theme import WARN_FG
 
 LAYER_ROLE = Qt.UserRole + 1
 CHILD_ROLE = Qt.UserRole + 2
-KIND_TEXT = {"label": "labels", "heatmap": "heat map", "markers": "markers", "shapes": "regions"}
+KIND_TEXT = {"label": "labels", "heatmap": "heat map", "markers": "markers", "shapes": "graphics"}
 
 
 def swatch(rgb) -> QIcon:
@@ -167,7 +167,7 @@ class LayersPanel(QWidget):
                     ch.setFlags(ch.flags() | Qt.ItemIsUserCheckable)
                     ch.setCheckState(0, Qt.Checked if sh.visible else Qt.Unchecked)
                     ch.setIcon(0, swatch(sh.color))
-                    ch.setToolTip(0, "\n".join(sh.label) + "\nDouble-click to go to this region")
+                    ch.setToolTip(0, "\n".join(sh.label + ["Double-click to go to it"]))
                     it.addChild(ch)
             sources = getattr(layer, "sources", None)
             if sources and len(sources) > 1:  # one layer per structure (ui/radiology/series_results.py)

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (QDockWidget, QHBoxLayout, QLabel, QListWidget, QL
                                QPushButton, QVBoxLayout, QWidget)
 
 from imaging_assist.errors import UserError
-from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer
+from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer, Shape, ShapesLayer
 
 from ..shared.text import one_line
 from ..shared.theme import ERROR_FG, MUTED, WARN_FG
@@ -47,6 +47,7 @@ ENTRY_ROLE = Qt.UserRole + 1
 NOT_CLINICAL = "Research models — not for clinical use"
 HELP_TEXT = "Shift+click a nodule (or press N over it) in any plane of a CT series to analyse it."
 MASK_LAYER = "Nodules"
+AXES_LAYER = "Nodule diameters"
 
 
 def analyze(volume, point_lps, nodule_id=None, explain=True):
@@ -54,6 +55,10 @@ def analyze(volume, point_lps, nodule_id=None, explain=True):
     from imaging_assist.nodules.analysis import analyze_at
 
     return analyze_at(volume, point_lps, nodule_id=nodule_id, explain=explain)
+
+
+def _mm(v) -> str:
+    return "—" if v is None else f"{float(v):.1f}"
 
 
 class _Bridge(QObject):
@@ -444,6 +449,32 @@ class NoduleTool(QObject):
                     self.w.add_layer(layer)
         for n in nods:
             self._add_item(n)
+        self._sync_axes(vol)
+
+    def _sync_axes(self, vol) -> None:
+        """The series' "Nodule diameters" layer: each nodule's long and short axis drawn on its
+        slice of largest area, where they were measured (the calipers a reader checks them by),
+        in the nodule's outline colour; rebuilt whole (a few lines), keeping its visibility."""
+        old = [l for l in self.doc.layers if getattr(l, "nodule_layer", "") == "axes"]
+        visible, opacity = (old[0].visible, old[0].opacity) if old else (True, 1.0)
+        for layer in old:
+            self.doc.layers.remove(layer)
+        shapes = []
+        for n in self._series_nodules(vol):
+            r, m = n.result, getattr(n.result, "measurements", None) or {}
+            color = LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)]
+            for key, name, label in (
+                    ("long_axis_ends_lps", f"{n.id} long axis {_mm(r.long_axis_mm)} mm",
+                     [f"{n.id}  {_mm(r.long_axis_mm)} × {_mm(r.short_axis_mm)} mm"]),
+                    ("short_axis_ends_lps", f"{n.id} short axis {_mm(r.short_axis_mm)} mm", [])):
+                ends = m.get(key) or []
+                if len(ends) == 2:
+                    shapes.append(Shape([self.lps_to_kji(p, vol) for p in ends], label=label, color=color,
+                                        name=name))
+        if shapes:
+            layer = ShapesLayer(AXES_LAYER, shapes, visible=visible, opacity=opacity)
+            layer.nodule_layer = "axes"
+            self.w.add_layer(layer)
 
     def _label_layer(self, labels, nods, old) -> LabelLayer:
         colors = {n.number: LABEL_PALETTE[(n.number - 1) % len(LABEL_PALETTE)] for n in nods}
@@ -506,6 +537,7 @@ class NoduleTool(QObject):
         self.list.clear()
         for x in nods:
             self._add_item(x)
+        self._sync_axes(vol)
 
     def _erase(self, vol, n: Nodule) -> None:
         """Take a nodule out of the layers (its box only; other nodules' heat put back)."""
@@ -612,6 +644,7 @@ class NoduleTool(QObject):
             self.list.clear()
             for x in self._series_nodules(vol):
                 self._add_item(x)
+            self._sync_axes(vol)
         self._say(f"{n.id} deleted.")
 
     def delete_selected(self) -> None:

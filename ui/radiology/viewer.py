@@ -360,7 +360,7 @@ class SliceView(QWidget):
                     p.setPen(c)
                     p.drawText(box, Qt.AlignCenter, text)
 
-    # -- shapes (the regions of a structured report) --------------------------
+    # -- shapes (the regions of a structured report, a nodule's diameters) -----
     def _paint_shapes(self, p: QPainter):
         shape3 = self.doc.shape3()
         for layer in self.doc.layers.shape_layers():
@@ -381,7 +381,8 @@ class SliceView(QWidget):
                     path.addPolygon(QPolygonF(pts))
                     if s.closed:
                         path.closeSubpath()
-                    for pe in (QPen(QColor(0, 0, 0, 170), 3.5), QPen(col, 1.6, Qt.DashLine)):
+                    line = Qt.DashLine if s.style == "dashed" else Qt.SolidLine
+                    for pe in (QPen(QColor(0, 0, 0, 170), 3.5), QPen(col, 1.6, line)):
                         p.setPen(pe)
                         p.drawPath(path)
                 if s.label:
