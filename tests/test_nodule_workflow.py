@@ -348,6 +348,20 @@ def test_cli_analyze_at_on_the_dicom_slab_writes_seg_and_sr(tmp_path, consensus,
     assert "Probability of cancer" in text and "cubic millimeter" in text
     for f in segs + srs:
         assert dciodvfy_errors(f) == [], f
+    # the long and short axis as lines on the slice of largest area (planar ROI groups of the
+    # same tracking id/UID): read back and placed on the slab where the analysis measured them
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.dicom.result_objects import read_sr
+    from imaging_assist.dicom.sr_regions import place_regions
+    vol = load_series(scan(str(SLAB)).image_series()[0])
+    layer, warns = place_regions(read_sr(str(srs[0])), vol)
+    assert warns == [] and [s.label for s in layer.shapes] == [
+        ["nodule N1", f"Long axis {big['long_axis_mm']:.1f} mm"], ["nodule N1", f"Short axis {big['short_axis_mm']:.1f} mm"]]
+    k = big["measurements"]["largest_slice"]
+    for s, ends in zip(layer.shapes, (big["measurements"]["long_axis_ends_lps"], big["measurements"]["short_axis_ends_lps"])):
+        assert np.allclose(s.points[:, 0], k, atol=1e-3)
+        want = [np.linalg.solve(vol.affine[:3, :3], np.asarray(p) - vol.origin)[::-1] for p in ends]
+        assert np.allclose(s.points, want, atol=0.01)
 
 
 def test_cli_nifti_crop_without_a_point_uses_its_centre(tmp_path, capsys):

@@ -205,8 +205,8 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
                 qual.append(hd.sr.QualitativeEvaluation(
                     finding_code("malignant"),
                     codes.DCM.Present if float(nd["p_malignant"]) >= float(nd["threshold"]) else codes.DCM.Absent))
-        tid = hd.sr.TrackingIdentifier(uid=nd.get("tracking_uid") or dc.new_uid(),
-                                       identifier=f"nodule {nd.get('id')}"[:64])
+        uid = nd.get("tracking_uid") or dc.new_uid()
+        tid = hd.sr.TrackingIdentifier(uid=uid, identifier=f"nodule {nd.get('id')}"[:64])
         s = int(nd.get("label_value") or 0)
         if volumetric and s and _frames_of_segment(seg, s):
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -220,7 +220,46 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tid, finding_type=codes.SCT.Nodule, algorithm_id=seg_algo,
                 measurements=meas or None, qualitative_evaluations=qual or None))
+        groups += _axis_groups(nd, uid, volume, datasets, seg_algo)
     return groups
+
+
+def _axis_groups(nd: dict, uid: str, volume, datasets, algo) -> list:
+    """A nodule's long and short axis as lines: one planar ROI group each, with the nodule's
+    Tracking ID/UID (groups of one finding share them, TID 1500), the length, and a two-point
+    POLYLINE on the slice of largest area where it was measured, so a viewer (ours, OHIF)
+    draws the calipers.  Left out when the ends do not lie on that slice (no line rather than
+    a wrong one) or the series has no patient geometry."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    m = nd.get("measurements") or {}
+    k = m.get("largest_slice")
+    if k is None or not dc.has_patient_geometry(volume, datasets) or not 0 <= int(k) < volume.n_slices:
+        return []
+    k = int(k)
+    multiframe = dc.is_multiframe_source(volume, datasets)
+    src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
+    frames = [k + 1] if multiframe else None
+    inv = np.linalg.inv(np.asarray(volume.affine, float))
+    out = []
+    for key, ends_key, name in (("long_axis_mm", "long_axis_ends_lps", codes.SCT.LongAxis),
+                                ("short_axis_mm", "short_axis_ends_lps", codes.SCT.ShortAxis)):
+        ends, v = m.get(ends_key) or [], nd.get(key)
+        if len(ends) != 2 or v is None or not np.isfinite(float(v)):
+            continue
+        ijk = np.array([(inv @ np.r_[np.asarray(p, float), 1.0])[:3] for p in ends])
+        if not np.all(np.isfinite(ijk)) or np.any(np.abs(ijk[:, 2] - k) > 1e-3):
+            continue
+        rsrc = (hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=frames)
+                if frames else hd.sr.SourceImageForRegion.from_source_image(src))
+        region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                   graphic_data=ijk[:, :2] + 0.5, source_image=rsrc)  # SCOORD: centre at 0.5
+        tid = hd.sr.TrackingIdentifier(uid=uid, identifier=f"nodule {nd.get('id')}"[:64])
+        out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tid, referenced_region=region,  # its finding type is the nodule group's
+            measurements=[hd.sr.Measurement(name=name, value=float(v), unit=_unit("mm"), algorithm_id=algo)]))
+    return out
 
 
 def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
