@@ -333,6 +333,14 @@ def test_cli_analyze_at_on_the_dicom_slab_writes_seg_and_sr(tmp_path, consensus,
     assert lm.shape == (16, 512, 512) and _dice(lm == 1, cons) >= 0.7
     assert item["labels"] == {"0": "background", "1": "nodule N1"}
     assert (out / "report.pdf").is_file()
+    import shutil
+    import subprocess
+    assert shutil.which("pdftotext"), "pdftotext (poppler-utils) is needed: scripts/test installs it"
+    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    # the nodule's view: the slice with the overlay, and the nodule zoomed with its calipers
+    field = max(40.0, 2.5 * big["long_axis_mm"])
+    assert f"zoomed to {field:.0f} mm: outline, long and short axis" in text
     segs = sorted((out / "dicom").glob("*nodules_SEG.dcm"))
     srs = sorted((out / "dicom").glob("*_SR.dcm"))
     assert len(segs) == 1 and len(srs) == 1

@@ -249,10 +249,23 @@ def item_views(item: dict, volume, base_dir=None, result=None) -> list[dict]:
         k = int(np.argmax(counts)) if counts.max(initial=0) > 0 else n // 2
         labels = item.get("labels") or {}
         names = labels if isinstance(labels, dict) else {str(i): x for i, x in enumerate(labels)}
+    nodules = {f"Nodule {x.get('id')}": x for x in item.get("nodules") or [] if x.get("found")}
     for k, title in ((key_slices or [(k, "")]) if lm is not None and lm.shape[0] == n else []):
         if not 0 <= k < n:
             continue
         present = sorted(int(v) for v in np.unique(lm[k]) if v > 0)
+        nd = nodules.get(title)
+        zoom = _nodule_zoom(volume, k, lm[k], nd) if nd is not None else None
+        if zoom is not None:  # a nodule: where it is (the slice with the overlay), and its calipers
+            views.append({
+                "kind": "labels", "slice": k, "n_slices": n, "window": window, "aspect": aspect,
+                "plain": overlay_rgb(volume.array[k], label_slice=lm[k], volume=volume, k=k),
+                "overlay": zoom["rgb"], "overlay_aspect": 1.0,
+                "captions": ["with the overlay", zoom["caption"]],
+                "legend": [{"value": v, "name": names.get(str(v), f"label {v}"), "color": label_color(v)}
+                           for v in present],
+                "title": f"{title}, slice {k + 1} of {n}"})
+            continue
         views.append({
             "kind": "labels", "slice": k, "n_slices": n, "window": window, "aspect": aspect,
             "plain": _rgb(display.render_slice(volume, k)),
@@ -290,6 +303,71 @@ def item_views(item: dict, volume, base_dir=None, result=None) -> list[dict]:
                       "plain": _rgb(display.render_slice(volume, k)), "overlay": None,
                       "title": f"Image, slice {k + 1} of {n}" if n > 1 else "Image"})
     return views
+
+
+ZOOM_PX = 320  # the zoomed nodule view's side in pixels (the PDF shows it as wide as the slice)
+ZOOM_MIN_FIELD_MM = 40.0
+
+
+def _nodule_zoom(volume, k: int, labels2d: np.ndarray, nd: dict) -> dict | None:
+    """The nodule on its slice of largest area, zoomed to a square field of 2.5 times its long
+    axis (at least 40 mm): the slice as the viewer shows it, the nodule's outline, its long
+    and short axis as lines where they were measured (the calipers of the "Long x short"
+    column) and a 10 mm bar.  Square in mm (anisotropic pixels are resampled).  None when
+    the nodule has no label on that slice or the series has no pixel spacing."""
+    from PIL import Image, ImageDraw
+
+    from .. import display
+    from ..colormaps import label_color
+
+    v = int(nd.get("label_value") or 0)
+    mask = labels2d == v
+    sx, sy = float(volume.spacing[0]), float(volume.spacing[1])
+    if not v or not mask.any() or not getattr(volume, "spacing_known", True) or not (sx > 0 and sy > 0):
+        return None
+    long_mm = float(nd.get("long_axis_mm") or 0.0)
+    field = max(ZOOM_MIN_FIELD_MM, 2.5 * long_mm)
+    rr, cc = np.nonzero(mask)
+    cy, cx = (rr.min() + rr.max()) / 2, (cc.min() + cc.max()) / 2
+    hx, hy = field / 2 / sx, field / 2 / sy  # half the field in pixels
+    x0, y0 = int(np.floor(cx - hx)), int(np.floor(cy - hy))
+    x1, y1 = int(np.ceil(cx + hx)) + 1, int(np.ceil(cy + hy)) + 1
+    rows, cols = mask.shape
+    gray = _rgb(display.render_slice(volume, k))
+    crop = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)  # black beyond the image's edge
+    ys, xs = slice(max(y0, 0), min(y1, rows)), slice(max(x0, 0), min(x1, cols))
+    crop[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = gray[ys, xs]
+    fx, fy = ZOOM_PX / (x1 - x0), ZOOM_PX / (y1 - y0)  # screen px per image px
+    img = Image.fromarray(crop).resize((ZOOM_PX, ZOOM_PX), Image.Resampling.BILINEAR)
+    # the outline on the zoomed grid: the nearest-neighbour mask's boundary (the viewer's outline)
+    mc = np.zeros((y1 - y0, x1 - x0), np.uint8)
+    mc[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = mask[ys, xs]
+    big = np.asarray(Image.fromarray(mc * 255).resize((ZOOM_PX, ZOOM_PX), Image.Resampling.NEAREST)) > 0
+    edge = big & ~(np.roll(big, 1, 0) & np.roll(big, -1, 0) & np.roll(big, 1, 1) & np.roll(big, -1, 1))
+    col = tuple(int(c) for c in label_color(v))
+    arr = np.asarray(img).copy()
+    arr[edge] = col
+    img = Image.fromarray(arr)
+    draw = ImageDraw.Draw(img)
+    inv = np.linalg.inv(np.asarray(volume.affine, float))
+    m = nd.get("measurements") or {}
+    drawn = 0
+    for key in ("long_axis_ends_lps", "short_axis_ends_lps"):
+        ends = m.get(key) or []
+        if len(ends) != 2:
+            continue
+        ijk = np.array([(inv @ np.r_[np.asarray(p, float), 1.0])[:3] for p in ends])
+        if not np.all(np.isfinite(ijk)) or np.any(np.abs(ijk[:, 2] - k) > 1e-3):
+            continue  # not on this slice: no line rather than a wrong one
+        pts = [((i - x0 + 0.5) * fx, (j - y0 + 0.5) * fy) for i, j in ijk[:, :2]]
+        draw.line(pts, fill=(0, 0, 0), width=4)
+        draw.line(pts, fill=(255, 214, 0), width=2)
+        drawn += 1
+    bar = 10.0 / field * ZOOM_PX  # a 10 mm bar, bottom left
+    draw.rectangle([10, ZOOM_PX - 16, 10 + bar, ZOOM_PX - 12], fill=(255, 255, 255), outline=(0, 0, 0))
+    draw.text((14 + bar, ZOOM_PX - 22), "10 mm", fill=(255, 255, 255))
+    what = "outline, long and short axis" if drawn == 2 else "outline"
+    return {"rgb": np.asarray(img), "caption": f"zoomed to {field:.0f} mm: {what}"}
 
 
 def _rgb(a: np.ndarray) -> np.ndarray:
@@ -945,20 +1023,25 @@ def _draw_views(doc: _Doc, views: list[dict]):
         maxh = 95.0
         if hd > maxh:
             wd, hd = wd * maxh / hd, maxh
-        doc.need(hd + 26)
+        # the second image's own height at the same width (a zoomed nodule is square in mm)
+        ho = hd if over is None or "overlay_aspect" not in v else \
+            wd * over.shape[0] * float(v["overlay_aspect"]) / over.shape[1]
+        doc.need(max(hd, ho) + 26)
         doc.para(v["title"], 9, True)
         doc.para(f"{cols} × {rows} pixels as the viewer shows them: {v['window']}", 7.5, False, (70, 70, 70))
         y = p.get_y() + 1
         x0 = p.l_margin
         p.image(Image.fromarray(plain), x=x0, y=y, w=wd, h=hd)
         if over is not None:
-            p.image(Image.fromarray(over), x=x0 + wd + gap, y=y, w=wd, h=hd)
+            p.image(Image.fromarray(over), x=x0 + wd + gap, y=y, w=wd, h=ho)
+        captions = v.get("captions") or ["image", "with the overlay"]
         doc.font(7, False, (70, 70, 70))
         p.set_xy(x0, y + hd + 0.5)
-        p.cell(wd, 3.5, "image", align="C")
+        p.cell(wd, 3.5, doc.t(captions[0]), align="C")
         if over is not None:
-            p.set_xy(x0 + wd + gap, y + hd + 0.5)
-            p.cell(wd, 3.5, doc.t("with the overlay"), align="C")
+            p.set_xy(x0 + wd + gap, y + ho + 0.5)
+            p.cell(wd, 3.5, doc.t(captions[1]), align="C")
+        hd = max(hd, ho)
         p.set_y(y + hd + 5)
         if v.get("kind") == "heatmap":
             cb = v["colorbar"]
