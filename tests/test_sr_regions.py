@@ -22,6 +22,7 @@ from imaging_assist.dicom.result_objects import read_sr
 from imaging_assist.dicom.sr_regions import MAX_REGION_POINTS, place_regions
 from imaging_assist.export.sr_measurements import write_measurement_sr
 from imaging_assist.layers import Plane, standard_planes
+from imaging_assist.measure import Measurement
 
 
 def _by_title(layer):
@@ -256,3 +257,32 @@ def test_hostile_region_data_never_raise(ct_volume, tmp_path):
     report = read_sr(ds)
     assert place_regions(report, vol)[0] is None
     assert any("graphic type BLOB" in w for w in report.warnings)
+
+
+def test_region_under_its_measurement_as_ohif_writes_it(ct_volume, tmp_path):
+    """OHIF (dcmjs) puts a length's SCOORD under the NUM item (INFERRED FROM) instead of in its
+    group: the region is found there and drawn the same."""
+    import pydicom
+
+    k = 40
+    ruler = Measurement("ruler", [(100.0, 200.0), (180.0, 230.0)], index=k)
+    ruler.compute_on(ct_volume)
+    path = write_measurement_sr(ct_volume, [ruler], tmp_path / "r.dcm", warnings=[])
+    ds = pydicom.dcmread(path)
+    stack, group = list(ds.ContentSequence), None
+    while stack and group is None:
+        it = stack.pop()
+        kids = list(it.get("ContentSequence") or [])
+        if any(str(c.get("ValueType")) == "SCOORD" for c in kids):
+            group = it
+        stack.extend(kids)
+    region = next(c for c in group.ContentSequence if str(c.get("ValueType")) == "SCOORD")
+    num = next(c for c in group.ContentSequence if str(c.get("ValueType")) == "NUM")
+    group.ContentSequence = [c for c in group.ContentSequence if c is not region]
+    region.RelationshipType = "INFERRED FROM"
+    num.ContentSequence = list(num.get("ContentSequence") or []) + [region]
+    layer, warns = place_regions(read_sr(ds), ct_volume)
+    assert warns == []
+    (shape,) = layer.shapes
+    assert np.allclose(shape.points, [(k, v, u) for u, v in ruler.points], atol=1e-4)
+    assert shape.label[1] == f"Length {ruler.result['length']:.1f} mm"
