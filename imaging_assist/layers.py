@@ -594,8 +594,12 @@ class Shape(_Notifying):
         w = self.points[:, plane.axis]
         if np.any(np.abs(w - index) > tolerance):
             return None
-        uv = [plane.from_voxel(q, shape3)[:2] for q in self.points]
-        return np.asarray(uv, float)
+        u, v = self.points[:, plane.h_axis], self.points[:, plane.v_axis]  # Plane.from_voxel, all at once
+        if plane.flip_h:
+            u = shape3[plane.h_axis] - 1 - u
+        if plane.flip_v:
+            v = shape3[plane.v_axis] - 1 - v
+        return np.column_stack([u, v])
 
     def __repr__(self):
         return f"Shape({self.kind}, {len(self.points)} points, {self.text()!r})"

@@ -286,3 +286,19 @@ def test_region_under_its_measurement_as_ohif_writes_it(ct_volume, tmp_path):
     (shape,) = layer.shapes
     assert np.allclose(shape.points, [(k, v, u) for u, v in ruler.points], atol=1e-4)
     assert shape.label[1] == f"Length {ruler.result['length']:.1f} mm"
+
+
+def test_shape_in_plane_agrees_with_plane_from_voxel():
+    from imaging_assist.layers import Shape
+    rng = np.random.default_rng(1)
+    shape3 = (20, 30, 40)
+    pts = np.column_stack([np.full(50, 7.0), rng.uniform(0, 29, 50), rng.uniform(0, 39, 50)])
+    s = Shape(pts)
+    for flip_h in (False, True):
+        for flip_v in (False, True):
+            for axis, h, v in ((0, 2, 1), (1, 2, 0), (2, 1, 0)):
+                plane = Plane(axis, h, v, flip_h, flip_v)
+                index = int(pts[0, axis]) if axis == 0 else 0
+                got = s.in_plane(plane, index, shape3, tolerance=1e9)
+                want = np.array([plane.from_voxel(q, shape3)[:2] for q in pts])
+                assert np.allclose(got, want)
