@@ -555,12 +555,12 @@ class Shape(_Notifying):
     lines of its label: a region of a structured report drawn on the slices it lies in, a
     nodule's diameters."""
 
-    KINDS = ("path", "points")
+    KINDS = ("path", "points", "text")  # text: its label at its one point, no mark
     STYLES = ("solid", "dashed")
 
     def __init__(self, points_kji, closed: bool = False, kind: str = "path",
                  label: Sequence[str] = (), color: Sequence[int] | None = None, visible: bool = True,
-                 style: str = "solid", name: str = ""):
+                 style: str = "solid", name: str = "", native_only: bool = False):
         pts = np.asarray(points_kji, float).reshape(-1, 3)
         if kind not in self.KINDS:
             raise ValueError(f"shape kind is one of {self.KINDS}, not {kind!r}")
@@ -570,6 +570,9 @@ class Shape(_Notifying):
             raise ValueError(f"shape style is one of {self.STYLES}, not {style!r}")
         self.style = style
         self.name = name  # how a list names it (default: the first line of its label)
+        # drawn on an acquired image (an SR's SCOORD, a presentation state): shown on that
+        # image only, not where a reformatted plane passes through its points
+        self.native_only = bool(native_only)
         self.points = pts
         self.closed = bool(closed)
         self.kind = kind
@@ -591,6 +594,8 @@ class Shape(_Notifying):
         ``tolerance`` slices of ``index`` on ``plane``; else None.  A planar outline shows
         on its own slice only: where it crosses another plane it is one or two points, which
         would read as a different shape."""
+        if self.native_only and plane.axis != 0:
+            return None
         w = self.points[:, plane.axis]
         if np.any(np.abs(w - index) > tolerance):
             return None

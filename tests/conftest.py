@@ -52,6 +52,16 @@ def need(path: Path) -> Path:
     return path
 
 
+def link_ct_phantom(study: Path) -> Path:
+    """``study/ct`` holding links to the 140-slice CT phantom (a study folder to put result
+    objects beside, without copying the data); returns ``study``."""
+    import os
+    (study / "ct").mkdir(parents=True, exist_ok=True)
+    for f in sorted(need(CT_PHANTOM).glob("*.dcm")):
+        os.symlink(f, study / "ct" / f.name)
+    return study
+
+
 @pytest.fixture(scope="session")
 def ct_index():
     from imaging_assist.dicom import scan

@@ -2,14 +2,12 @@
 on (a shapes layer in the Overlays panel: hidden and shown like the others, its regions
 listed and jumped to), as OHIF and Weasis show a TID 1500 report over the image."""
 
-import os
-
 import numpy as np
 import pytest
 from PySide6.QtCore import Qt
 
 from _qt import open_window, wait_until
-from conftest import CT_PHANTOM, need
+from conftest import link_ct_phantom
 from test_ui_annotations import grab
 
 from imaging_assist.export.sr_measurements import write_measurement_sr
@@ -26,10 +24,7 @@ def _green(img: np.ndarray) -> int:
 
 @pytest.fixture(scope="module")
 def win(tmp_path_factory, ct_volume):
-    d = tmp_path_factory.mktemp("sr_study")
-    (d / "ct").mkdir()
-    for f in sorted(need(CT_PHANTOM).glob("*.dcm")):
-        os.symlink(f, d / "ct" / f.name)
+    d = link_ct_phantom(tmp_path_factory.mktemp("sr_study"))
     poly = Measurement("polygon", [(150, 150), (300, 150), (300, 260), (150, 260)], index=K)
     ruler = Measurement("ruler", [(200, 330), (330, 330)], index=K + 1)
     for m in (poly, ruler):

@@ -98,6 +98,10 @@ def print_result_info(index, series, as_json: bool = False) -> int:
             extra = f"  ({s['type']})" if s["type"] and s["type"] != s["label"] else ""
             print(f"Segment {s['number']:>3} {s['label']}{extra}: {s['voxels']} voxels"
                   f"{'  ' + s['algorithm'] if s['algorithm'] else ''}")
+    elif d["result_kind"] == "PR":
+        print(f"Label       {d['label']}: {len(d['annotations'])} annotations on this series")
+        for a in d["annotations"]:
+            print(f"  {a['kind']:<11} {a['name']}  [image {a['image']}]")
     elif d["result_kind"] == "PM":
         rng = d["value_range"]
         rng_s = f"{rng[0]:g} .. {rng[1]:g}" if rng else "no values"

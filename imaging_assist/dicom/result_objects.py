@@ -34,6 +34,7 @@ SEG = "SEG"
 PARAMETRIC_MAP = "PM"
 SR = "SR"
 PDF = "PDF"
+PR = "PR"  # softcopy presentation states: their annotations (imaging_assist.dicom.presentation_state)
 
 # SOP Class UID -> kind (PS3.4 B.5).
 RESULT_SOP_CLASSES: dict[str, str] = {
@@ -56,9 +57,12 @@ RESULT_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.88.72": SR,  # Simplified Adult Echo SR
     "1.2.840.10008.5.1.4.1.1.88.73": SR,  # Patient Radiation Dose SR
     "1.2.840.10008.5.1.4.1.1.104.1": PDF,  # Encapsulated PDF Storage
+    "1.2.840.10008.5.1.4.1.1.11.1": PR,  # Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.2": PR,  # Color Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.3": PR,  # Pseudo-Color Softcopy Presentation State Storage
 }
 KIND_NAMES = {SEG: "Segmentation", PARAMETRIC_MAP: "Parametric Map", SR: "Structured Report",
-              PDF: "Encapsulated PDF"}
+              PDF: "Encapsulated PDF", PR: "Presentation State"}
 
 # Limits against hostile objects (checked before anything is allocated).
 MAX_SEGMENTS = 1024
@@ -989,7 +993,8 @@ def _read_sr(ds) -> StructuredReport:
 
 
 def read_result(source, volume=None):
-    """Segmentation, ParametricMap or StructuredReport for any supported result object."""
+    """Segmentation, ParametricMap, StructuredReport or PresentationState for any supported
+    result object."""
     ds = _dataset(source)
     try:
         kind = result_kind(ds.get("SOPClassUID"))
@@ -997,9 +1002,12 @@ def read_result(source, volume=None):
         raise ResultObjectError(f"the result object is malformed: {type(e).__name__}: {_one_line(e)}") from None
     if kind == SR:
         return read_sr(ds)
-    if kind in (SEG, PARAMETRIC_MAP):
+    if kind in (SEG, PARAMETRIC_MAP, PR):
         if volume is None:
             raise ResultObjectError(f"a {KIND_NAMES[kind]} needs the series it refers to")
+        if kind == PR:
+            from .presentation_state import read_presentation_state  # it imports this module
+            return read_presentation_state(ds, volume)
         return read_segmentation(ds, volume) if kind == SEG else read_parametric_map(ds, volume)
     if kind == PDF:
         raise ResultObjectError("an encapsulated PDF is a document, not an overlay")

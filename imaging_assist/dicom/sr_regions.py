@@ -163,7 +163,8 @@ def place_regions(report: StructuredReport, volume, name: str = "") -> tuple[Sha
         if not inside.any():
             warnings.append(f"{title}: region lies outside the image it refers to: not drawn")
             continue
-        shapes.append(Shape(kji, closed=closed, kind=kind, label=label, color=SR_SHAPE_COLOR, style="dashed"))
+        shapes.append(Shape(kji, closed=closed, kind=kind, label=label, color=SR_SHAPE_COLOR, style="dashed",
+                            native_only=r.dims == 2))
     if not shapes:
         return None, warnings
     layer = ShapesLayer(f"{name or report.title}: regions", shapes)

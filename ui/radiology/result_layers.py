@@ -4,7 +4,8 @@ When a series has finished loading, every SEG that refers to it becomes a label-
 (one layer per segment when segments overlap, with a warning), every Parametric Map a
 heat-map layer, the findings and measurements of every SR an entry of the "Results"
 list (activating an entry shows its image), and the regions of its measurement groups a
-shapes layer drawn on the slices they lie in.  Reading and placing is the engine's
+shapes layer drawn on the slices they lie in; a softcopy presentation state's annotations (a
+reading workstation's arrows, outlines and notes) are a shapes layer too.  Reading and placing is the engine's
 (:mod:`imaging_assist.dicom.result_objects`); a result that does not fit the series is one
 line in the list and the status bar, never a traceback.  Choosing a result series in the
 study browser shows the series it refers to with the result over it.
@@ -15,7 +16,8 @@ from __future__ import annotations
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 
-from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, SEG, SR, ResultObjectError,
+from imaging_assist.dicom.presentation_state import read_presentation_state
+from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, PR, SEG, SR, ResultObjectError,
                                                  read_parametric_map, read_segmentation, read_sr)
 
 from imaging_assist.dicom.sr_regions import place_regions
@@ -121,11 +123,31 @@ class ResultLayers(QObject):
                         self._say(f"{name}: {warning}", problem=False)
                 elif kind == SR:
                     self._add_report(read_sr(rec), vol, name, result_series.key)
+                elif kind == PR:
+                    self._add_presentation_state(read_presentation_state(rec, vol, result_series.description),
+                                                 vol, name, result_series.key)
             except ResultObjectError as e:
                 self._say(f"{KIND_NAMES.get(kind, kind)} {name!r} not shown: {e}", problem=True)
             except Exception as e:  # noqa: BLE001 - a reader bug must not take the viewer down
                 self._say(f"{KIND_NAMES.get(kind, kind)} {name!r} not shown: {type(e).__name__}: {e}",
                           problem=True)
+
+    def _add_presentation_state(self, ps, vol, name: str, key=None) -> None:
+        """A reader's annotations saved by another workstation: drawn as a layer, listed per
+        image (click: show it)."""
+        shapes = ps.layer.shapes if ps.layer is not None else []
+        self._add({"text": f"{ps.label} ({name}): {len(shapes)} annotation{'s' if len(shapes) != 1 else ''}",
+                   "bold": True})
+        for s in shapes:
+            k = int(round(s.position[0]))
+            self._add({"text": f"[{k + 1}] {s.text()}", "slice": k,
+                       "tooltip": f"image {k + 1} of {vol.n_slices}: click to show it"})
+        if ps.layer is not None:
+            ps.layer.result_key = key
+            self.w.add_layer(ps.layer)
+        for warning in ps.warnings:
+            self._say(f"{name}: {warning}", problem=False)
+        self.dock.show()
 
     def _add_report(self, report, vol, name: str, key=None) -> None:
         self._add({"text": f"{report.title} ({name})", "bold": True})

@@ -370,6 +370,10 @@ class SliceView(QWidget):
                 col = QColor(*s.color)
                 pts = [self.uv_to_screen(float(u), float(v)) for u, v in uv]
                 p.setBrush(Qt.NoBrush)
+                if s.kind == "text":  # a note: its text at its point
+                    if s.label:
+                        ann.label_box(self, p, pts[0], s.label, col, boxed=False)
+                    continue
                 if s.kind == "points" or len(pts) == 1:
                     for pe in (QPen(QColor(0, 0, 0, 170), 3.5), QPen(col, 1.6)):
                         p.setPen(pe)
