@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import link_ct_phantom
+from conftest import link_ct_phantom, need
 from test_result_objects import _sources, hd
 
 from imaging_assist.dicom import scan
@@ -127,6 +127,12 @@ def test_hostile_presentation_states_are_one_line_or_left_out(ct_volume, src):
     ds.GraphicAnnotationSequence[0].GraphicObjectSequence = [obj] * (MAX_OBJECTS + 1)
     with pytest.raises(ResultObjectError, match="more than"):
         read_presentation_state(ds, ct_volume)
+    # few objects, but each on every image the state references (no image references of its own)
+    ds = copy.deepcopy(base)
+    ds.GraphicAnnotationSequence[0].GraphicObjectSequence = [obj] * (MAX_OBJECTS // 100)
+    del ds.GraphicAnnotationSequence[0].ReferencedImageSequence
+    with pytest.raises(ResultObjectError, match="places more than"):
+        read_presentation_state(ds, ct_volume)  # 100 objects x 140 images
     buf = io.BytesIO()
     base.save_as(buf)
     data = buf.getvalue()
@@ -151,3 +157,35 @@ def test_index_and_info_list_it_as_a_result_of_its_series(ct_volume, src, tmp_pa
     assert main(["info", str(d / "gsps.dcm")]) == 0
     out = capsys.readouterr().out
     assert "Presentation State" in out and "READING: 2 annotations" in out and f"[image {K + 1}]" in out
+
+
+def test_an_annotation_without_image_references_is_on_every_referenced_image(ct_volume, src):
+    ds = _gsps(src[:3], [hd.pr.GraphicObject("POINT", np.array([[10.5, 20.5]]), PIXEL)], k=1)
+    del ds.GraphicAnnotationSequence[0].ReferencedImageSequence
+    ps = read_presentation_state(ds, ct_volume)
+    assert sorted(int(s.points[0, 0]) for s in ps.layer.shapes) == [0, 1, 2]
+
+
+def test_frames_of_a_multi_frame_image(src):
+    """An annotation on frame 2 of an enhanced MR lands on that frame's slice; without frame
+    numbers it is on every frame."""
+    from conftest import DICOM
+    from imaging_assist.dicom import load_series
+    vol = load_series(scan(str(need(DICOM / "mr_enhanced_multiframe_philips"))).image_series()[0])
+    mr = _sources(vol)[0]  # one dataset per frame: the same file
+    # highdicom refuses this MR as a reference (its per-frame modality LUT): the references are
+    # set by hand on a presentation state made for the CT
+    ds = _gsps(src, [hd.pr.GraphicObject("POINT", np.array([[5.5, 6.5]]), PIXEL)])
+    ref = pydicom.Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = mr.SOPClassUID, mr.SOPInstanceUID
+    ds.ReferencedSeriesSequence[0].SeriesInstanceUID = mr.SeriesInstanceUID
+    ds.ReferencedSeriesSequence[0].ReferencedImageSequence = [copy.deepcopy(ref)]
+    ref.ReferencedFrameNumber = 2
+    ds.GraphicAnnotationSequence[0].ReferencedImageSequence = [ref]
+    ps = read_presentation_state(ds, vol)
+    (shape,) = ps.layer.shapes
+    k = int(shape.points[0, 0])
+    assert list(vol.frames)[k] == 1 and np.allclose(shape.points[0, 1:], (6, 5))  # frame 2 (0-based 1)
+    del ds.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedFrameNumber
+    ps = read_presentation_state(ds, vol)
+    assert len(ps.layer.shapes) == vol.n_slices > 1

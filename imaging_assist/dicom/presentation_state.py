@@ -118,11 +118,15 @@ class _Places:
         self.transformed = rot not in ("", "0") or flip == "Y"
 
     def slices(self, refs) -> list[tuple[int, str]]:
+        """The slices of the referenced images: every frame of a multi-frame image referenced
+        without frame numbers (the annotation applies to all of them, PS3.3 C.10.5.1.1)."""
         out = []
         for uid, fr in refs or self.all_refs:
-            frames = fr if isinstance(fr, list) else [fr]
-            for f in frames:
-                k = self.grid.slice_of_ref(uid, f)
+            if fr is None:
+                ks = sorted(k for (u, _), k in self.grid.by_ref.items() if u == uid)
+            else:
+                ks = [self.grid.slice_of_ref(uid, f) for f in (fr if isinstance(fr, list) else [fr])]
+            for k in ks:
                 if k is not None and all(k != x for x, _ in out):
                     out.append((k, uid))
         return out
@@ -232,6 +236,9 @@ def _read(ds, volume, name: str):
                          "or no displayed area for the image)")
                     continue
                 shapes.append(shape)
+                if len(shapes) > MAX_OBJECTS:  # objects times the images each applies to
+                    raise ResultObjectError(f"the presentation state places more than {MAX_OBJECTS} "
+                                            "annotations on this series")
     for why, n in skipped.items():
         warnings.append(f"{n} annotation{'s' if n > 1 else ''} not drawn: {why}")
     kept = _not_applied(ds, places)
