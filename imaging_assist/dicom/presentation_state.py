@@ -232,8 +232,8 @@ def _read(ds, volume, name: str):
                     skip(str(e))
                     continue
                 if shape is None:
-                    skip("in display units the viewer cannot place (a rotated or flipped presentation, "
-                         "or no displayed area for the image)")
+                    skip("in units the viewer cannot place (display units on a rotated or flipped "
+                         "presentation or without a displayed area, or units other than pixel and display)")
                     continue
                 shapes.append(shape)
                 if len(shapes) > MAX_OBJECTS:  # objects times the images each applies to

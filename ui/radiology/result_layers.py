@@ -4,9 +4,10 @@ When a series has finished loading, every SEG that refers to it becomes a label-
 (one layer per segment when segments overlap, with a warning), every Parametric Map a
 heat-map layer, the findings and measurements of every SR an entry of the "Results"
 list (activating an entry shows its image), and the regions of its measurement groups a
-shapes layer drawn on the slices they lie in; a softcopy presentation state's annotations (a
-reading workstation's arrows, outlines and notes) are a shapes layer too.  Reading and placing is the engine's
-(:mod:`imaging_assist.dicom.result_objects`); a result that does not fit the series is one
+shapes layer drawn on the slices they lie in; a softcopy presentation state's annotations
+(a reading workstation's arrows, outlines and notes) are a shapes layer too.  Reading and
+placing is the engine's (:mod:`imaging_assist.dicom.result_objects`, ``sr_regions``,
+``presentation_state``); a result that does not fit the series is one
 line in the list and the status bar, never a traceback.  Choosing a result series in the
 study browser shows the series it refers to with the result over it.
 """
@@ -19,7 +20,6 @@ from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 from imaging_assist.dicom.presentation_state import read_presentation_state
 from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, PR, SEG, SR, ResultObjectError,
                                                  read_parametric_map, read_segmentation, read_sr)
-
 from imaging_assist.dicom.sr_regions import place_regions
 
 from .series_results import series_key
