@@ -28,7 +28,8 @@ class WindowPreset:
     name: str
     center: float
     width: float
-    source: str = "preset"  # "dicom" (from the file), "preset" (built-in), "auto" (from data)
+    source: str = "preset"  # "dicom" (from the file), "preset" (built-in), "auto" (from data),
+    #                         "voilut", "presentation" (a softcopy presentation state's window)
     function: str = "LINEAR"  # LINEAR, LINEAR_EXACT or SIGMOID (DICOM PS3.3 C.11.2.1.2)
 
     def to_dict(self) -> dict:

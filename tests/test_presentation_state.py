@@ -93,7 +93,9 @@ def test_what_is_not_drawn_or_not_applied_is_said(ct_volume, src, tmp_path):
     ps = read_presentation_state(ds, ct_volume)
     assert ps.layer is None
     assert ps.warnings == ["1 annotation not drawn: outside the image",
-                           "its window is not applied: only its annotations are shown"]
+                           "its window is not applied: only its annotations are shown; its window is offered "
+                           "in Window presets"]
+    assert [(w.name, w.center, w.width, w.source) for w in ps.windows] == [("READING window", 40.0, 400.0, "presentation")]
     # an annotation on an image of another series
     other = copy.deepcopy(src[K])
     other.SOPInstanceUID = hd.UID()
@@ -189,3 +191,8 @@ def test_frames_of_a_multi_frame_image(src):
     del ds.GraphicAnnotationSequence[0].ReferencedImageSequence[0].ReferencedFrameNumber
     ps = read_presentation_state(ds, vol)
     assert len(ps.layer.shapes) == vol.n_slices > 1
+
+
+def test_a_window_equal_to_the_images_own_is_not_offered_again(ct_volume, src):
+    ps = read_presentation_state(_gsps(src, [hd.pr.GraphicObject("POINT", np.array([[5.5, 5.5]]), PIXEL)]), ct_volume)
+    assert ps.windows == [] and ps.warnings == []  # highdicom copied the images' own window

@@ -31,7 +31,8 @@ def win(tmp_path_factory, ct_volume):
         graphic_objects=[hd.pr.GraphicObject("POLYLINE", np.array([[150.5, 150.5], [300.5, 150.5], [300.5, 260.5],
                                                                    [150.5, 150.5]]), PIXEL)],
         text_objects=[hd.pr.TextObject("see prior", PIXEL, anchor_point=(320.5, 300.5))])
-    ds = _gsps(src, [], extra_annotations=[ann])
+    voi = [hd.pr.SoftcopyVOILUTTransformation(window_center=40.0, window_width=400.0)]
+    ds = _gsps(src, [], extra_annotations=[ann], voi=voi)
     ds.save_as(d / "gsps.dcm")
     w = open_window(tmp_path_factory, str(d))
     assert wait_until(lambda: any(isinstance(layer, ShapesLayer) for layer in w.doc.layers), 20)
@@ -66,4 +67,11 @@ def test_annotations_are_drawn_on_their_image_and_listed(win):
     win.doc.set_index(0, 0)
     win.results.list.itemClicked.emit(note)
     assert win.doc.position[0] == K
-    assert not any("not applied" in m for m in win.results.messages)  # its window is the file's own
+    # its window (not the file's): said, offered in the presets, applied from its Results entry
+    assert any("its window is not applied" in m and "offered in Window presets" in m for m in win.results.messages)
+    assert any(p.name == "READING window" and (p.center, p.width) == (40.0, 400.0) for p in win.doc.volume.window_presets)
+    assert any("READING window" in win.presets.combo.itemText(i) for i in range(win.presets.combo.count()))
+    entry = next(it for it in items if it.text().startswith("READING window: W 400 L 40"))
+    assert (win.doc.window.center, win.doc.window.width) != (40.0, 400.0)
+    win.results.list.itemClicked.emit(entry)
+    assert (win.doc.window.center, win.doc.window.width) == (40.0, 400.0) and win.doc.window.name == "READING window"

@@ -21,9 +21,10 @@ What is drawn, following PS3.3 C.10.5 (Graphic Annotation Module) and never gues
 * An annotation without its own image references applies to every image the presentation
   state references; an image that is not a slice of this series places nothing.
 
-What the presentation state also specifies but is not applied here: its window (VOI LUT),
-presentation LUT, spatial transformation, displayed area (zoom), shutters and overlay
-activation.  The viewer keeps its own; a warning says so when any is present.
+What the presentation state also specifies but is not applied here: its window (VOI LUT;
+offered as a window preset, :attr:`PresentationState.windows`), presentation LUT, spatial
+transformation, displayed area (zoom), shutters and overlay activation.  The viewer keeps its
+own; a warning says so when any differs from the plain image.
 """
 
 from __future__ import annotations
@@ -167,6 +168,7 @@ class PresentationState:
     series_uid: str
     layer: ShapesLayer | None
     warnings: list[str] = field(default_factory=list)
+    windows: list = field(default_factory=list)  # its own windows as WindowPresets (source "presentation")
 
     def to_dict(self) -> dict:
         shapes = self.layer.shapes if self.layer is not None else []
@@ -175,6 +177,7 @@ class PresentationState:
                                  "image": int(round(s.position[0])) + 1,
                                  "points_kji": [[round(float(v), 3) for v in p] for p in s.points]}
                                 for s in shapes],
+                "windows": [w.to_dict() for w in self.windows],
                 "warnings": list(self.warnings)}
 
 
@@ -185,7 +188,8 @@ def read_presentation_state(source, volume, name: str = "") -> PresentationState
     try:
         label = str(ds.get("ContentLabel") or "") or "Presentation state"
         layer, warnings = _read(ds, volume, name or label)
-        return PresentationState(label, str(ds.get("SeriesInstanceUID") or ""), layer, warnings)
+        return PresentationState(label, str(ds.get("SeriesInstanceUID") or ""), layer, warnings,
+                                 _windows(ds, label, _own_windows(volume)))
     except ResultObjectError:
         raise
     except Exception as e:
@@ -244,7 +248,8 @@ def _read(ds, volume, name: str):
     kept = _not_applied(ds, places)
     if kept:
         warnings.append(f"its {', '.join(kept)} {'is' if len(kept) == 1 else 'are'} not applied: only its "
-                        "annotations are shown")
+                        "annotations are shown" + ("; its window is offered in Window presets" if "window" in kept
+                                                   else ""))
     if not shapes:
         return None, warnings
     return ShapesLayer(f"{name}: annotations", shapes), warnings
@@ -264,13 +269,37 @@ def _pairs(centers, widths) -> list[tuple[float, float]]:
     return out
 
 
+def _own_windows(volume) -> set:
+    """The series' own windows (its files' Window Center/Width): the viewer offers them already."""
+    own = set()
+    for rec in getattr(volume, "headers", None) or []:
+        own |= set(_pairs(rec.get("WindowCenter"), rec.get("WindowWidth")))
+    return own
+
+
+def _windows(ds, label: str, own: set) -> list:
+    """The state's windows (Softcopy VOI LUT) other than the images' own: offered as window
+    presets, not applied."""
+    from ..volume import WindowPreset
+
+    out = []
+    for it in ds.get("SoftcopyVOILUTSequence") or []:
+        fn = str(it.get("VOILUTFunction") or "LINEAR").strip().upper()
+        for c, w in _pairs(it.get("WindowCenter"), it.get("WindowWidth")):
+            if w > 0 and (c, w) not in own and not any(p.center == c and p.width == w for p in out):
+                out.append(WindowPreset(f"{label} window", c, w, source="presentation",
+                                        function=fn if fn in ("LINEAR", "LINEAR_EXACT", "SIGMOID") else "LINEAR"))
+    if len(out) > 1:
+        for n, p in enumerate(out):
+            p.name = f"{label} window {n + 1}"
+    return out
+
+
 def _not_applied(ds, places: _Places) -> list[str]:
     """What the presentation state asks of the display beyond the identity that the viewer
     does not do (it keeps its own window, zoom and orientation)."""
     out = []
-    own = set()  # the referenced images' own windows: the viewer shows the file's window first
-    for rec in getattr(places.grid.volume, "headers", None) or []:
-        own |= set(_pairs(rec.get("WindowCenter"), rec.get("WindowWidth")))
+    own = _own_windows(places.grid.volume)  # the viewer shows the file's window first
     for it in ds.get("SoftcopyVOILUTSequence") or []:
         if "VOILUTSequence" in it or any(p not in own for p in _pairs(it.get("WindowCenter"), it.get("WindowWidth"))):
             out.append("window")

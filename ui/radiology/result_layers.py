@@ -25,6 +25,7 @@ from imaging_assist.dicom.sr_regions import place_regions
 from .series_results import series_key
 
 SLICE_ROLE = Qt.UserRole + 1
+WINDOW_ROLE = Qt.UserRole + 2
 
 
 class ResultLayers(QObject):
@@ -86,6 +87,8 @@ class ResultLayers(QObject):
             item.setToolTip(spec["tooltip"])
         if spec.get("slice") is not None:
             item.setData(SLICE_ROLE, spec["slice"])
+        elif spec.get("window"):
+            item.setData(WINDOW_ROLE, spec["window"])
         else:
             item.setFlags(Qt.ItemIsEnabled)
         if spec.get("bold"):
@@ -142,6 +145,18 @@ class ResultLayers(QObject):
             k = int(round(s.position[0]))
             self._add({"text": f"[{k + 1}] {s.text()}", "slice": k,
                        "tooltip": f"image {k + 1} of {vol.n_slices}: click to show it"})
+        # its windows join the series' window presets; its entry here applies the first
+        presets = vol.window_presets
+        for wp in ps.windows:
+            if not any(p.name == wp.name and p.center == wp.center and p.width == wp.width for p in presets):
+                presets.append(wp)
+        if ps.windows:
+            wp = ps.windows[0]
+            self._add({"text": f"{wp.name}: W {wp.width:g} L {wp.center:g} (click: apply)", "window": wp.to_dict(),
+                       "tooltip": "The presentation state's window; also in Image ▸ Window presets"})
+            presets_ui = getattr(self.w, "presets", None)
+            if presets_ui is not None:
+                presets_ui.rebuild()
         if ps.layer is not None:
             ps.layer.result_key = key
             self.w.add_layer(ps.layer)
@@ -169,6 +184,18 @@ class ResultLayers(QObject):
         k = item.data(SLICE_ROLE)
         if k is not None and self.w.doc.volume is not None:
             self.w.doc.set_index(0, int(k))
+        wd = item.data(WINDOW_ROLE)
+        if wd and self.w.doc.volume is not None:  # a presentation state's window
+            presets = self.w.doc.volume.window_presets
+            p = next((p for p in presets
+                      if p.name == wd["name"] and p.center == wd["center"] and p.width == wd["width"]), None)
+            if p is None:  # the series was read again since: its presets are the file's
+                from imaging_assist.volume import WindowPreset
+                p = WindowPreset(**wd)
+                presets.append(p)
+                if getattr(self.w, "presets", None) is not None:
+                    self.w.presets.rebuild()
+            self.w.doc.apply_preset(p)
 
     # ------------------------------------------------------------------ choosing a result series
     def open_result(self, result_series) -> None:
