@@ -634,3 +634,89 @@ def test_sr_byte_fuzz_never_attaches_a_measurement_elsewhere(which, tilt, reques
             if it.kind == "measurement":
                 assert np.isfinite(it.number), (n, it)
     assert outcomes["loaded"] and outcomes["error"], outcomes
+
+
+# --------------------------------------------------------------------------- regions drawn
+@pytest.mark.parametrize("which", ["app_sr", "sr3d"])
+def test_sr_region_byte_fuzz_places_or_says_in_one_line(which, tilt, request, tmp_path):
+    """The regions of a mutated SR on the tilted, unevenly spaced series: placed (finite points,
+    a region whose own numbers are intact exactly where it was) or said in one line."""
+    from imaging_assist.dicom.sr_regions import MAX_REGION_POINTS, place_regions
+    data = request.getfixturevalue(which)
+    layer, warns = place_regions(read_sr(_ds(data)), tilt)
+    assert warns == [] and layer is not None
+    where = {tuple(np.round(s.points, 6).ravel()) for s in layer.shapes}
+    originals = {(r.graphic_type, tuple(map(tuple, r.points)), tuple(r.references), r.frame_of_reference)
+                 for it in read_sr(_ds(data)).items for r in it.regions}
+    rnd = random.Random(31)
+    placed = 0
+    for n in range(150):
+        mutated = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
+        p = tmp_path / f"m{n}.dcm"
+        p.write_bytes(bytes(mutated))
+        try:
+            sr = read_sr(str(p))
+        except ResultObjectError as e:
+            assert "\n" not in str(e), n
+            continue
+        got, warns = place_regions(sr, tilt)
+        assert all(isinstance(w, str) and "\n" not in w for w in warns), n
+        for s in got.shapes if got is not None else []:
+            assert np.all(np.isfinite(s.points)) and len(s.points) <= max(MAX_REGION_POINTS, 64), n
+            placed += 1
+        # a region the flipped bytes did not touch (same type, numbers and image references)
+        # lands exactly where it did: nothing else in the file moves it
+        for it in sr.items:
+            for r in it.regions:
+                key = (r.graphic_type, tuple(map(tuple, r.points)), tuple(r.references), r.frame_of_reference)
+                if key in originals:
+                    one, _ = place_regions(StructuredReport("t", "", [it]), tilt)
+                    assert one is not None and tuple(np.round(one.shapes[0].points, 6).ravel()) in where, n
+    assert placed
+
+
+def test_presentation_state_byte_fuzz_is_placed_or_one_line(tilt, tmp_path):
+    """A GSPS on the tilted series, bytes flipped: read and placed (finite points on slices of
+    the series), or one ResultObjectError line; scan() never raises."""
+    from imaging_assist.dicom.presentation_state import PresentationState, read_presentation_state
+    src = _sources(tilt)
+    layer = hd.pr.GraphicLayer(layer_name="R", order=1)
+    ann = hd.pr.GraphicAnnotation(
+        referenced_images=[src[2]], graphic_layer=layer,
+        graphic_objects=[hd.pr.GraphicObject("POLYLINE", np.array([[10.5, 10.5], [60.5, 10.5], [60.5, 40.5]]), "PIXEL"),
+                         hd.pr.GraphicObject("CIRCLE", np.array([[100.5, 100.5], [110.5, 100.5]]), "PIXEL")],
+        text_objects=[hd.pr.TextObject("note", "PIXEL", anchor_point=(30.5, 30.5))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ps = hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=src, series_instance_uid=hd.UID(), series_number=400, sop_instance_uid=hd.UID(),
+            instance_number=1, manufacturer="W", manufacturer_model_name="W", software_versions="1",
+            device_serial_number="1", content_label="R", graphic_layers=[layer], graphic_annotations=[ann])
+    buf = io.BytesIO()
+    ps.save_as(buf)
+    data = buf.getvalue()
+    base = read_presentation_state(_ds(data), tilt)
+    assert len(base.layer.shapes) == 3 and base.warnings == []
+    rnd = random.Random(37)
+    outcomes = {"error": 0, "loaded": 0}
+    for n in range(150):
+        mutated = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
+        p = tmp_path / f"m{n}.dcm"
+        p.write_bytes(bytes(mutated))
+        _scan_never_raises(p)
+        try:
+            got = read_presentation_state(str(p), tilt)
+        except ResultObjectError as e:
+            assert "\n" not in str(e) and len(str(e)) < 300, n
+            outcomes["error"] += 1
+            continue
+        assert isinstance(got, PresentationState), n
+        outcomes["loaded"] += 1
+        assert all(isinstance(w, str) and "\n" not in w for w in got.warnings), n
+        for s in got.layer.shapes if got.layer is not None else []:
+            assert np.all(np.isfinite(s.points)) and set(np.unique(s.points[:, 0])) <= set(range(tilt.n_slices)), n
+    assert outcomes["loaded"] and outcomes["error"], outcomes
