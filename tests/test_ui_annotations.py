@@ -202,6 +202,12 @@ def test_reopened_study_has_its_annotations_and_sr_export(win, view, store, tmp_
     out, warnings = export_sr(win.doc, tmp_path / "sr.dcm")
     kinds = sorted(g["kind"] for g in read_measurement_sr(out))
     assert kinds == sorted(k for k, _, _ in saved) and warnings == []
+    # File → Export measurements as presentation state (GSPS): the same items, as graphics
+    from imaging_assist.dicom.presentation_state import read_presentation_state
+    assert win.a_export_gsps in win.menuBar().actions()[0].menu().actions()
+    out, warnings = export_sr(win.doc, tmp_path / "gsps.dcm", "gsps")
+    ps = read_presentation_state(str(out), win.doc.volume)
+    assert warnings == [] and ps.layer is not None and len(ps.layer.shapes) >= len(saved)
 
 
 def test_malformed_saved_file_is_one_warning_and_kept(win, view, store):

@@ -8,16 +8,19 @@ failure is one line (``error: ...``, exit code 2); tracebacks only with ``--debu
 
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 import warnings
 
 from .. import __version__
 from ..errors import UserError
-from . import analyze, anonymize, audit, batch, demo, evaluate, finetune, info, log, models, monitor, pacs, scan, view
+from . import (analyze, annotations, anonymize, audit, batch, demo, evaluate, finetune, info, log, models, monitor,
+               pacs, scan, view)
 from .common import OneLineParser
 
-COMMANDS = (scan, info, view, demo, models, analyze, evaluate, log, audit, batch, anonymize, monitor, pacs, finetune)
+COMMANDS = (scan, info, view, demo, models, analyze, evaluate, log, audit, batch, anonymize, monitor, pacs, finetune,
+            annotations)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

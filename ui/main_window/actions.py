@@ -151,6 +151,7 @@ def build_menus(self):
     from ..ai.export_dicom import export_dicom_action
     m.addAction(export_dicom_action(self))  # File → Export results (DICOM)… (issue 13)
     m.addAction(self.a_export_sr)  # File → Export measurements (DICOM SR)… (issue 17)
+    m.addAction(self.a_export_gsps)  # ... as a presentation state (GSPS), for PACS viewers
     from ..shared.deid_dialog import deid_action
     m.addAction(deid_action(self))  # File → Export de-identified… (issue 16)
     from ..pacs.window import pacs_action

@@ -221,7 +221,8 @@ def _active_doc(win):
 
 def window_actions(win) -> None:
     """The main window's Undo / Redo (Ctrl+Z; Ctrl+Y and Ctrl+Shift+Z), Clear all and
-    Export measurements (DICOM SR) actions, on the active viewport's document."""
+    Export measurements (DICOM SR, or a presentation state) actions, on the active viewport's
+    document."""
     A = win._act
     win.a_undo = A("&Undo", lambda: annotations_for(_active_doc(win)).undo(), "Ctrl+Z",
                    tip="Undo the last change to the measurements and annotations")
@@ -229,6 +230,8 @@ def window_actions(win) -> None:
                    tip="Redo")
     win.a_clear_meas = A("Clear all measurements", lambda: annotations_for(_active_doc(win)).clear())
     win.a_export_sr = A("Export &measurements (DICOM SR)…", lambda: export_sr_dialog(win))
+    win.a_export_gsps = A("Export measurements as presentation state (&GSPS)…", lambda: export_sr_dialog(win, "gsps"),
+                          tip="The measurements and annotations as graphics most PACS viewers draw over the image")
 
     def refresh():
         ctl = annotations_for(_active_doc(win))
@@ -265,23 +268,26 @@ def annotate_button(win):
     return btn
 
 
-def export_sr(doc, path) -> tuple:
-    """Write the document's measurements as a TID 1500 SR: (path, warnings); raises
-    UserError in one line when nothing can be written."""
+def export_sr(doc, path, kind: str = "sr") -> tuple:
+    """Write the document's measurements as a TID 1500 SR (``kind`` "sr") or a Grayscale
+    Softcopy Presentation State ("gsps"): (path, warnings); raises UserError in one line when
+    nothing can be written."""
     from imaging_assist.errors import UserError
     from imaging_assist.export.dicom_common import DicomExportError
+    from imaging_assist.export.presentation_state import write_presentation_state
     from imaging_assist.export.sr_measurements import write_measurement_sr
 
     if doc.volume is None or not doc.measurements:
         raise UserError("no measurements to export")
     warnings: list[str] = []
+    write = write_presentation_state if kind == "gsps" else write_measurement_sr
     try:
-        return write_measurement_sr(doc.volume, list(doc.measurements), path, warnings=warnings), warnings
+        return write(doc.volume, list(doc.measurements), path, warnings=warnings), warnings
     except DicomExportError as e:
         raise UserError(str(e)) from None
 
 
-def export_sr_dialog(win) -> None:
+def export_sr_dialog(win, kind: str = "sr") -> None:
     from pathlib import Path
 
     from PySide6.QtWidgets import QFileDialog
@@ -292,16 +298,17 @@ def export_sr_dialog(win) -> None:
     if doc.volume is None or not doc.measurements:
         win.statusBar().showMessage("No measurements to export", 4000)
         return
-    path, _ = QFileDialog.getSaveFileName(win, "Export measurements (DICOM SR)",
-                                          str(Path.home() / "measurements-sr.dcm"), "DICOM (*.dcm)")
+    what = "presentation state (GSPS)" if kind == "gsps" else "DICOM SR"
+    path, _ = QFileDialog.getSaveFileName(win, f"Export measurements ({what})",
+                                          str(Path.home() / f"measurements-{kind}.dcm"), "DICOM (*.dcm)")
     if not path:
         return
     try:
-        out, warnings = export_sr(doc, path)
+        out, warnings = export_sr(doc, path, kind)
     except (UserError, OSError) as e:
         win.show_banner(f"Measurements not exported: {e}", error=True)
         return
-    msg = f"Measurements written to {out} (DICOM SR)"
+    msg = f"Measurements written to {out} ({what})"
     win.show_banner(msg + ("  •  " + "  •  ".join(warnings) if warnings else ""))
 
 

@@ -1,0 +1,149 @@
+"""The viewer's measurements and annotations as a Grayscale Softcopy Presentation State (GSPS).
+
+No Qt here.  Many PACS viewers and reading workstations draw a GSPS's annotations and not an
+SR's regions; :mod:`.sr_measurements` writes the TID 1500 SR (the measurements as coded
+values), this module the same items as graphics a reader sees over the image (highdicom's
+``GrayscaleSoftcopyPresentationState``, which validates the object):
+
+* ruler, angle, arrow (tail to tip): POLYLINE; polygon and freehand: a closed POLYLINE;
+  rectangle: a closed POLYLINE of its corners; ellipse: ELLIPSE (its axes are the box's);
+  a note: a text object anchored at its point;
+* each item's values as the viewer labels it ("12.3 mm", "Mean 35.2 HU ...") in a text object
+  beside it, and an arrow's text at its tail;
+* PIXEL units, (column, row) with the first pixel's top left corner at (0, 0): the viewer's
+  (u, v) + 0.5; one graphic annotation per image, on the acquired slices only (an item on a
+  reformatted plane is named in a warning, as for the SR); one graphic layer,
+  "MEASUREMENTS", in the viewer's measurement colour.
+
+The window stays the images' own (highdicom copies it): the state adds annotations, not a
+different display.  :func:`imaging_assist.dicom.presentation_state.read_presentation_state`
+reads it back (tests, and any GSPS a workstation wrote).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import dicom_common as dc
+
+LAYER = "MEASUREMENTS"
+LAB_CYAN = (77.0, -27.0, -33.0)  # CIELab of the viewer's measurement colour #4fd1ff
+GRAPHIC_KINDS = ("ruler", "angle", "arrow", "polygon", "freehand", "rectangle", "ellipse", "text")
+
+
+def _objects(m, cols: int, rows: int) -> tuple[list, list]:
+    """(graphic objects, text objects) of one measurement, in PIXEL units."""
+    import highdicom as hd
+
+    P = hd.pr.AnnotationUnitsValues.PIXEL
+    pts = np.asarray(m.points, float) + 0.5
+    # highdicom (rightly) refuses coordinates off the image: a point dragged past the edge is
+    # drawn on the edge
+    pts[:, 0] = np.clip(pts[:, 0], 0.0, float(cols))
+    pts[:, 1] = np.clip(pts[:, 1], 0.0, float(rows))
+    graphics, texts = [], []
+    if m.kind in ("ruler", "angle"):
+        graphics.append(hd.pr.GraphicObject("POLYLINE", pts, P))
+    elif m.kind == "arrow":
+        graphics.append(hd.pr.GraphicObject("POLYLINE", pts[::-1], P))  # tail to tip (the tip is drawn first)
+    elif m.kind in ("polygon", "freehand"):
+        graphics.append(hd.pr.GraphicObject("POLYLINE", np.vstack([pts, pts[:1]]), P))
+    elif m.kind == "rectangle":
+        (u0, v0), (u1, v1) = pts[0], pts[1]
+        graphics.append(hd.pr.GraphicObject("POLYLINE", np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1], [u0, v0]]), P))
+    elif m.kind == "ellipse":
+        (u0, v0), (u1, v1) = pts[0], pts[1]
+        cu, cv, ru, rv = (u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2, abs(v1 - v0) / 2
+        data = np.array([[cu - ru, cv], [cu + ru, cv], [cu, cv - rv], [cu, cv + rv]])
+        graphics.append(hd.pr.GraphicObject("ELLIPSE", data, P))
+    lines = [str(t) for t in ((m.result or {}).get("display_text") or (m.result or {}).get("text") or [])]
+    note = str(getattr(m, "text", "") or "").strip()
+    if m.kind == "text":
+        if note:
+            texts.append(hd.pr.TextObject(note[:1024], P, anchor_point=tuple(pts[0]), anchor_point_visible=False))
+    elif m.kind == "arrow":
+        if note:
+            texts.append(hd.pr.TextObject(note[:1024], P, anchor_point=tuple(pts[1]), anchor_point_visible=False))
+    elif lines:
+        right = float(min(pts[:, 0].max() + 4.0, cols))
+        top = float(pts[:, 1].min())
+        texts.append(hd.pr.TextObject("; ".join(lines)[:1024], P, anchor_point=(right, top),
+                                      anchor_point_visible=False))
+    return graphics, texts
+
+
+def build_presentation_state(volume, measurements, *, warnings: list | None = None, datasets=None,
+                             series_number: int | None = None):
+    """A GSPS of the measurements on the acquired slices (raises
+    :class:`~.dicom_common.DicomExportError` in one line when there is nothing to draw)."""
+    import warnings as _warnings
+
+    import highdicom as hd
+
+    warnings = warnings if warnings is not None else []
+    datasets = datasets if datasets is not None else dc.source_datasets(volume)
+    multiframe = dc.is_multiframe_source(volume, datasets)
+    rows, cols = int(volume.array.shape[1]), int(volume.array.shape[2])
+    layer = hd.pr.GraphicLayer(layer_name=LAYER, order=1, description="measurements and annotations",
+                               display_color=hd.color.CIELabColor(*LAB_CYAN))
+    per_slice: dict[int, tuple[list, list]] = {}
+    for m in measurements or []:
+        if getattr(m, "axis", 0) != 0:
+            warnings.append(f"GSPS: measurement {m.id} on a reformatted plane is not exported "
+                            "(DICOM references acquired images)")
+            continue
+        if m.kind not in GRAPHIC_KINDS:
+            warnings.append(f"GSPS: measurement {m.id} ({m.kind}) is not exported")
+            continue
+        g, t = _objects(m, cols, rows)
+        if not g and not t:
+            continue
+        acc = per_slice.setdefault(int(m.index), ([], []))
+        acc[0].extend(g)
+        acc[1].extend(t)
+    if not per_slice:
+        raise dc.DicomExportError("nothing to export on the acquired images: no measurement or annotation there")
+    annotations, referenced = [], []
+    for k in sorted(per_slice):
+        src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
+        g, t = per_slice[k]
+        annotations.append(hd.pr.GraphicAnnotation(
+            referenced_images=[src], graphic_layer=layer, graphic_objects=g or None, text_objects=t or None,
+            **({"referenced_frame_number": k + 1} if multiframe else {})))
+        if all(src is not r for r in referenced):
+            referenced.append(src)
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")  # highdicom's notes on the source's person names
+        ps = hd.pr.GrayscaleSoftcopyPresentationState(
+            referenced_images=referenced, series_instance_uid=dc.new_uid(),
+            series_number=series_number or dc.series_number_after(datasets, 6), sop_instance_uid=dc.new_uid(),
+            instance_number=1, content_label="MEASUREMENTS",
+            content_description="Measurements and annotations; not for clinical use",
+            graphic_layers=[layer], graphic_annotations=annotations, **dc.equipment_kwargs())
+    ps.SeriesDescription = "Measurements and annotations (presentation state)"
+    if any(not str(getattr(m, "text", "")).isascii() for m in measurements or []):
+        ps.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: notes in any script survive
+    dc.finalize(ps, datasets)
+    dc.add_laterality(ps, datasets)  # General Series Laterality, Type 2C (dciodvfy)
+    return ps
+
+
+def write_presentation_state(volume, measurements, out_path, *, warnings: list | None = None) -> Path:
+    """Write the GSPS (atomically enough for one file: a temporary name, then renamed)."""
+    import os
+
+    from ..privacy.audit import record_export
+
+    ps = build_presentation_state(volume, measurements, warnings=warnings)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".partial")
+    ps.save_as(tmp)
+    os.replace(tmp, out_path)
+    record_export("GSPS", out_path, volume)  # the audit trail (never raises)
+    return out_path
+
+
+__all__ = ["build_presentation_state", "write_presentation_state", "GRAPHIC_KINDS"]
