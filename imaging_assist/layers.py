@@ -1,5 +1,5 @@
 """Overlay layers drawn over an image volume: label maps, heat maps, finding markers and
-shapes (the regions of a structured report).
+shapes (an SR's regions, a presentation state's annotations, a nodule's diameters).
 
 No Qt here.  The viewer (``imaging_assist_ui``) draws what this module computes; the
 model runtime produces layers; tests can composite without a GUI.
@@ -551,9 +551,9 @@ class MarkerLayer(Layer):
 
 
 class Shape(_Notifying):
-    """An outline, a line or points in array coordinates ``(k, j, i)`` (fractional), with the
-    lines of its label: a region of a structured report drawn on the slices it lies in, a
-    nodule's diameters."""
+    """An outline, a line, points or a note in array coordinates ``(k, j, i)`` (fractional),
+    with the lines of its label: a region of a structured report or a presentation state's
+    annotation drawn on the slices it lies in, a nodule's diameters."""
 
     KINDS = ("path", "points", "text")  # text: its label at its one point, no mark
     STYLES = ("solid", "dashed")
@@ -611,7 +611,8 @@ class Shape(_Notifying):
 
 
 class ShapesLayer(Layer):
-    """Outlines and points drawn as vector graphics over the image (regions of an SR)."""
+    """Outlines, lines, points and notes drawn as vector graphics over the image (an SR's
+    regions, a presentation state's annotations, a nodule's diameters)."""
 
     kind = "shapes"
 
