@@ -695,10 +695,13 @@ def test_final_status_never_comes(evil, tmp_path, method):
 
 
 @pytest.mark.parametrize("method", ["get", "move"])
-def test_huge_instance_is_bounded(evil, tmp_path, method, monkeypatch):
+def test_huge_instance_is_bounded(patient_evil, tmp_path, method, monkeypatch):
     """An instance larger than the size cap (made 8 MiB here): one line, nothing half-written.
     For C-MOVE the node keeps its C-MOVE association alive with 'pending' answers meanwhile, so
-    that only the size cap can end it early (pynetdicom has no limit on a store to our SCP)."""
+    that only the size cap can end it early (pynetdicom has no limit on a store to our SCP).
+    The attack is about size, not time: the patient timeout (a loaded CI machine left the
+    pending answers more than 0.5 s apart while the 48 MiB store went through)."""
+    evil = patient_evil
     monkeypatch.setattr(dimse, "MAX_INSTANCE_BYTES", 8 << 20, raising=False)
     big = _ds(SOPS[0])
     big.add_new(0x7FE00010, "OB", b"\x00" * (48 << 20))  # Pixel Data
@@ -722,7 +725,7 @@ def test_huge_instance_is_bounded(evil, tmp_path, method, monkeypatch):
     assert isinstance(res, PacsError), res
     if method == "move":
         assert "MiB received without a complete instance" in str(res), res
-        assert time.monotonic() - t0 < 10 * TIMEOUT - 1  # before the time budget would end it
+        assert time.monotonic() - t0 < 10 * PATIENT - 1  # before the time budget would end it
     assert _stored(tmp_path) == [] and not list(tmp_path.rglob("*.partial"))
 
 
