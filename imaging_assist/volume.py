@@ -127,6 +127,13 @@ class Volume:
     def index_to_lps(self, i: float, j: float, k: float) -> np.ndarray:
         return (self.affine @ np.array([i, j, k, 1.0]))[:3]
 
+    def lps_to_index(self, points) -> np.ndarray:
+        """(i, j, k) voxel indices of LPS points (one point, or N x 3): the inverse of
+        :meth:`index_to_lps` (the affine; the same shape out as in)."""
+        p = np.asarray(points, float)
+        a = self.affine
+        return np.linalg.solve(a[:3, :3], (p.reshape(-1, 3) - a[:3, 3]).T).T.reshape(p.shape)
+
     @property
     def normal(self) -> np.ndarray:
         d = np.asarray(self.direction, float)

@@ -152,6 +152,19 @@ def _one_line(fn, *args, match=None) -> str:
     return msg
 
 
+def _flipped_files(data: bytes, tmp_path, seed: int, count: int = 150):
+    """(n, path) of ``count`` copies of ``data`` with 1-4 random bytes after the preamble set
+    to random values (the same copies for the same seed)."""
+    rnd = random.Random(seed)
+    for n in range(count):
+        mutated = bytearray(data)
+        for _ in range(rnd.randint(1, 4)):
+            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
+        p = tmp_path / f"m{n}.dcm"
+        p.write_bytes(bytes(mutated))
+        yield n, p
+
+
 def _scan_never_raises(path):
     idx = scan(str(path))  # the index never raises: a series or a problem with its reason
     assert len(idx.all_series()) + len(idx.problems) == 1
@@ -605,14 +618,8 @@ def test_sr_byte_fuzz_never_attaches_a_measurement_elsewhere(which, tilt, reques
     ipp = np.array([[float(v) for v in r.get("ImagePositionPatient")] for r in tilt.headers])
     n_vec = np.asarray(tilt.normal, float)
     half_gap = float(np.max(np.abs(np.diff(ipp @ n_vec)))) / 2
-    rnd = random.Random(23)
     outcomes = {"error": 0, "loaded": 0}
-    for n in range(150):
-        mutated = bytearray(data)
-        for _ in range(rnd.randint(1, 4)):
-            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
-        p = tmp_path / f"m{n}.dcm"
-        p.write_bytes(bytes(mutated))
+    for n, p in _flipped_files(data, tmp_path, seed=23):
         _scan_never_raises(p)
         try:
             sr = read_result(str(p), tilt)
@@ -648,14 +655,8 @@ def test_sr_region_byte_fuzz_places_or_says_in_one_line(which, tilt, request, tm
     where = {tuple(np.round(s.points, 6).ravel()) for s in layer.shapes}
     originals = {(r.graphic_type, tuple(map(tuple, r.points)), tuple(r.references), r.frame_of_reference)
                  for it in read_sr(_ds(data)).items for r in it.regions}
-    rnd = random.Random(31)
     placed = 0
-    for n in range(150):
-        mutated = bytearray(data)
-        for _ in range(rnd.randint(1, 4)):
-            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
-        p = tmp_path / f"m{n}.dcm"
-        p.write_bytes(bytes(mutated))
+    for n, p in _flipped_files(data, tmp_path, seed=31):
         try:
             sr = read_sr(str(p))
         except ResultObjectError as e:
@@ -699,14 +700,8 @@ def test_presentation_state_byte_fuzz_is_placed_or_one_line(tilt, tmp_path):
     data = buf.getvalue()
     base = read_presentation_state(_ds(data), tilt)
     assert len(base.layer.shapes) == 3 and base.warnings == []
-    rnd = random.Random(37)
     outcomes = {"error": 0, "loaded": 0}
-    for n in range(150):
-        mutated = bytearray(data)
-        for _ in range(rnd.randint(1, 4)):
-            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
-        p = tmp_path / f"m{n}.dcm"
-        p.write_bytes(bytes(mutated))
+    for n, p in _flipped_files(data, tmp_path, seed=37):
         _scan_never_raises(p)
         try:
             got = read_presentation_state(str(p), tilt)

@@ -301,3 +301,12 @@ def test_shape_in_plane_agrees_with_plane_from_voxel():
                 got = s.in_plane(plane, index, shape3, tolerance=1e9)
                 want = np.array([plane.from_voxel(q, shape3)[:2] for q in pts])
                 assert np.allclose(got, want)
+
+
+def test_volume_lps_to_index_inverts_index_to_lps(tmp_path):
+    positions, iop = _oblique()
+    vol = _series(tmp_path, positions, iop=iop)
+    ijk = np.array([[3.0, 4.0, 5.0], [20.5, 30.25, 0.0], [0.0, 0.0, 7.0]])
+    lps = np.array([vol.index_to_lps(*p) for p in ijk])
+    assert np.allclose(vol.lps_to_index(lps), ijk, atol=1e-9)
+    assert np.allclose(vol.lps_to_index(lps[0]), ijk[0], atol=1e-9) and vol.lps_to_index(lps[0]).shape == (3,)

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..layers import Shape, ShapesLayer
 from .result_objects import PR, ResultObjectError, _check_complete, _dataset, _Grid, _one_line
+from .sr_regions import outline_points
 
 # SOP Class UID -> name (PS3.4 B.5; the index lists them as result kind PR); blending states
 # place one series over another and are not read
@@ -47,7 +48,6 @@ PRESENTATION_STATE_CLASSES = {
 MAX_OBJECTS = 10_000  # graphic and text objects in one presentation state
 MAX_POINTS = 20_000  # points of one graphic object (drawn on every repaint)
 DEFAULT_COLOR = (255, 214, 90)
-ELLIPSE_POINTS = 64
 _GRAPHIC_POINTS = {"POINT": (1, 1), "POLYLINE": (2, None), "INTERPOLATED": (2, None), "CIRCLE": (2, 2),
                    "ELLIPSE": (4, 4)}
 
@@ -77,22 +77,6 @@ def _floats(data, what: str) -> np.ndarray:
     if not np.all(np.isfinite(a)):
         raise ValueError(f"{what} holds values that are not finite")
     return a
-
-
-def _outline(gtype: str, pts: np.ndarray) -> tuple[np.ndarray, bool, str]:
-    if gtype == "POINT":
-        return pts, False, "points"
-    if gtype in ("CIRCLE", "ELLIPSE"):
-        if gtype == "CIRCLE":
-            c, r = pts[0], float(np.linalg.norm(pts[1] - pts[0]))
-            a, b = np.array([r, 0.0]), np.array([0.0, r])
-        else:
-            c, a, b = (pts[0] + pts[1]) / 2, (pts[1] - pts[0]) / 2, (pts[3] - pts[2]) / 2
-        t = np.linspace(0, 2 * math.pi, ELLIPSE_POINTS, endpoint=False)
-        return c[None, :] + np.cos(t)[:, None] * a[None, :] + np.sin(t)[:, None] * b[None, :], True, "path"
-    if len(pts) > 2 and np.allclose(pts[0], pts[-1]):
-        return pts[:-1], True, "path"
-    return pts, False, "path"
 
 
 class _Places:
@@ -350,7 +334,7 @@ def _shape(obj, k: int, uid: str, places: _Places, color) -> Shape | None:
     px = places.to_pixels(pts, units, uid)
     if px is None:
         return None
-    uv, closed, kind = _outline(gtype, px)
+    uv, closed, kind = outline_points(gtype, px)
     inside = (uv[:, 0] >= -0.5) & (uv[:, 0] <= cols - 0.5) & (uv[:, 1] >= -0.5) & (uv[:, 1] <= rows - 0.5)
     if not inside.any():
         raise ValueError("outside the image")

@@ -64,8 +64,11 @@ def _ellipse(centre, a, b, n: int = ELLIPSE_POINTS) -> np.ndarray:
     return np.asarray(centre)[None, :] + np.cos(t)[:, None] * a[None, :] + np.sin(t)[:, None] * b[None, :]
 
 
-def _outline(graphic_type: str, pts: np.ndarray) -> tuple[np.ndarray, bool, str]:
-    """(points, closed, kind) to draw for a region's graphic type (2D or 3D points)."""
+def outline_points(graphic_type: str, pts: np.ndarray) -> tuple[np.ndarray, bool, str]:
+    """(points, closed, kind) to draw for a graphic type of an SR region or a presentation
+    state's graphic object (2D or 3D points): POINT/MULTIPOINT as points, CIRCLE (centre, a
+    point on it) and ELLIPSE (major then minor axis ends) as 64-point outlines, POLYGON and a
+    POLYLINE/INTERPOLATED whose last point repeats the first closed, others open."""
     if graphic_type in ("POINT", "MULTIPOINT"):
         return pts, False, "points"
     if graphic_type == "CIRCLE":
@@ -139,7 +142,7 @@ def place_regions(report: StructuredReport, volume, name: str = "") -> tuple[Sha
                     break
             if k is None:
                 continue  # on an image of another series: the list says so
-            uv, closed, kind = _outline(r.graphic_type, pts - 0.5)
+            uv, closed, kind = outline_points(r.graphic_type, pts - 0.5)
             kji = np.column_stack([np.full(len(uv), float(k)), uv[:, 1], uv[:, 0]])
         else:
             if r.frame_of_reference and vol_for and r.frame_of_reference != vol_for:
@@ -152,7 +155,7 @@ def place_regions(report: StructuredReport, volume, name: str = "") -> tuple[Sha
                 warnings.append(f"{title}: an ellipsoid region is not drawn (a cut through it is "
                                 "not its outline); its measurements are listed")
                 continue
-            xyz, closed, kind = _outline(r.graphic_type, pts)
+            xyz, closed, kind = outline_points(r.graphic_type, pts)
             kji = _lps_to_kji(grid, volume, xyz)
             if kind == "path" and not _in_some_plane(kji):
                 warnings.append(f"{title}: region does not lie in a plane of this series "
@@ -171,4 +174,4 @@ def place_regions(report: StructuredReport, volume, name: str = "") -> tuple[Sha
     return layer, warnings
 
 
-__all__ = ["place_regions", "MAX_LABEL_LINES", "MAX_REGION_POINTS"]
+__all__ = ["place_regions", "outline_points", "MAX_LABEL_LINES", "MAX_REGION_POINTS"]

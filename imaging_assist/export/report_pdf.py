@@ -349,20 +349,14 @@ def _nodule_zoom(volume, k: int, labels2d: np.ndarray, nd: dict) -> dict | None:
     arr[edge] = col
     img = Image.fromarray(arr)
     draw = ImageDraw.Draw(img)
-    inv = np.linalg.inv(np.asarray(volume.affine, float))
-    m = nd.get("measurements") or {}
-    drawn = 0
-    for key in ("long_axis_ends_lps", "short_axis_ends_lps"):
-        ends = m.get(key) or []
-        if len(ends) != 2:
-            continue
-        ijk = np.array([(inv @ np.r_[np.asarray(p, float), 1.0])[:3] for p in ends])
-        if not np.all(np.isfinite(ijk)) or np.any(np.abs(ijk[:, 2] - k) > 1e-3):
-            continue  # not on this slice: no line rather than a wrong one
+    from ..nodules.measure import axis_ends_ijk
+
+    on_slice = axis_ends_ijk(nd.get("measurements") or {}, volume, k)  # ends on another slice: no line
+    for ijk in on_slice.values():
         pts = [((i - x0 + 0.5) * fx, (j - y0 + 0.5) * fy) for i, j in ijk[:, :2]]
         draw.line(pts, fill=(0, 0, 0), width=4)
         draw.line(pts, fill=(255, 214, 0), width=2)
-        drawn += 1
+    drawn = len(on_slice)
     bar = 10.0 / field * ZOOM_PX  # a 10 mm bar, bottom left
     draw.rectangle([10, ZOOM_PX - 16, 10 + bar, ZOOM_PX - 12], fill=(255, 255, 255), outline=(0, 0, 0))
     draw.text((14 + bar, ZOOM_PX - 22), "10 mm", fill=(255, 255, 255))

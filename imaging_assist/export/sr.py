@@ -241,16 +241,16 @@ def _axis_groups(nd: dict, uid: str, volume, datasets, algo) -> list:
     multiframe = dc.is_multiframe_source(volume, datasets)
     src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
     frames = [k + 1] if multiframe else None
-    inv = np.linalg.inv(np.asarray(volume.affine, float))
+    from ..nodules.measure import axis_ends_ijk
+
+    on_slice = axis_ends_ijk(m, volume, k)
     out = []
-    for key, ends_key, name in (("long_axis_mm", "long_axis_ends_lps", codes.SCT.LongAxis),
-                                ("short_axis_mm", "short_axis_ends_lps", codes.SCT.ShortAxis)):
-        ends, v = m.get(ends_key) or [], nd.get(key)
-        if len(ends) != 2 or v is None or not np.isfinite(float(v)):
+    for key, axis, name in (("long_axis_mm", "long", codes.SCT.LongAxis),
+                            ("short_axis_mm", "short", codes.SCT.ShortAxis)):
+        v = nd.get(key)
+        if axis not in on_slice or v is None or not np.isfinite(float(v)):
             continue
-        ijk = np.array([(inv @ np.r_[np.asarray(p, float), 1.0])[:3] for p in ends])
-        if not np.all(np.isfinite(ijk)) or np.any(np.abs(ijk[:, 2] - k) > 1e-3):
-            continue
+        ijk = on_slice[axis]
         rsrc = (hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=frames)
                 if frames else hd.sr.SourceImageForRegion.from_source_image(src))
         region = hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,

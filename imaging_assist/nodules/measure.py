@@ -164,6 +164,24 @@ def axes_on_slice(sl: np.ndarray, sx: float, sy: float):
     return long_mm, best, long_ends, short_ends
 
 
+AXIS_ENDS = {"long": "long_axis_ends_lps", "short": "short_axis_ends_lps"}
+
+
+def axis_ends_ijk(measurements: dict, volume, k: int) -> dict:
+    """{"long" | "short": (2, 3) (i, j, k) voxel indices} of a nodule's axis end points
+    (LPS, as ``Measurements.to_dict`` and results.json hold them) that lie on slice ``k`` of
+    ``volume``; an axis whose ends are not there is left out (no line rather than a wrong one)."""
+    out = {}
+    for name, key in AXIS_ENDS.items():
+        ends = (measurements or {}).get(key) or []
+        if len(ends) != 2:
+            continue
+        ijk = volume.lps_to_index(ends)
+        if np.all(np.isfinite(ijk)) and np.all(np.abs(ijk[:, 2] - k) <= 1e-3):
+            out[name] = ijk
+    return out
+
+
 def core_mask(mask: np.ndarray) -> np.ndarray:
     """The mask eroded by one pixel in-plane ([k, j, i] grid), or the mask when < 10 voxels remain."""
     from scipy.ndimage import binary_erosion

@@ -269,8 +269,8 @@ class NoduleTool(QObject):
 
     def lps_to_kji(self, lps, vol=None) -> tuple[float, float, float]:
         vol = vol or self.doc.volume
-        ijk = np.linalg.solve(vol.affine[:3, :3], np.asarray(lps, float) - np.asarray(vol.origin, float))
-        return float(ijk[2]), float(ijk[1]), float(ijk[0])
+        i, j, k = vol.lps_to_index(lps)
+        return float(k), float(j), float(i)
 
     def analyse_at(self, lps) -> bool:
         """Analyse the nodule at a patient point (LPS, mm) of the shown series; queued while
