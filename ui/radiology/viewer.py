@@ -360,7 +360,7 @@ class SliceView(QWidget):
                     p.setPen(c)
                     p.drawText(box, Qt.AlignCenter, text)
 
-    # -- shapes (the regions of a structured report, a nodule's diameters) -----
+    # -- shapes (an SR's regions, a presentation state's annotations, nodule diameters)
     def _paint_shapes(self, p: QPainter):
         shape3 = self.doc.shape3()
         for layer in self.doc.layers.shape_layers():
