@@ -74,13 +74,14 @@ def _settings() -> QSettings:
 
 
 def run_gui(path: str | None, screenshot: str | None = None, series: str | None = None,
-            layout: str | None = None, run_models: bool = False) -> int:
+            layout: str | None = None, run_models: bool = False, slab=None) -> int:
     """Open the main window (optionally a study).  Returns the process exit code.
 
     screenshot: save the whole window to this PNG once the series is loaded, then exit
     (exit code 0 on success, 1 when nothing could be shown, 2 on timeout).
     series: a SeriesInstanceUID (or series key, or a file of the series) to show.
     layout: 'single' or 'mpr'.
+    slab: an ``imaging_assist.slab.Slab`` (MIP / MinIP / average) for every view.
     run_models: run every registered model that fits the shown series (the demo; ui/ai/demo_autorun.py).
     """
     if layout not in (None, "single", "mpr"):
@@ -157,6 +158,8 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
         if preload is not None:
             preload.join()
         win.open_path(path, series=series, layout=layout)
+    if slab is not None:
+        win.slab_controls.apply_all(slab)
     if run_models:
         from .ai.demo_autorun import AutoRun
         win.autorun = AutoRun(win)
@@ -199,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--screenshot")
     ap.add_argument("--series")
     ap.add_argument("--layout", choices=["single", "mpr"])
+    ap.add_argument("--slab", help="MODE:MM thick slab in every view, e.g. mip:10 (mip, minip, avg)")
     ns = ap.parse_args(argv)
     rest = [a for a in ns.args if a != "view"] if ns.args[:1] == ["view"] else ns.args
-    return run_gui(rest[0] if rest else None, ns.screenshot, ns.series, ns.layout)
+    from imaging_assist.slab import Slab
+    try:
+        slab = Slab.parse(ns.slab) if ns.slab else None
+    except ValueError as e:
+        print(f"imaging-assist: {e}", file=sys.stderr)
+        return 2
+    return run_gui(rest[0] if rest else None, ns.screenshot, ns.series, ns.layout, slab=slab)
 
 
 if __name__ == "__main__":

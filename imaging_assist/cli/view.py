@@ -11,6 +11,8 @@ def register(sub) -> None:
     s.add_argument("--screenshot", metavar="OUT.png", help="save a screenshot of the window and exit")
     s.add_argument("--series", help="series UID or key to show first")
     s.add_argument("--layout", choices=["single", "mpr"], help="view layout")
+    s.add_argument("--slab", metavar="MODE:MM",
+                   help="thick slab in every view: mip, minip or avg over MM millimetres, e.g. mip:10")
     s.set_defaults(func=cmd_view)
 
 
@@ -21,5 +23,12 @@ def cmd_view(args) -> int:
     if run_gui is None:
         raise UserError("the desktop viewer is not available here: use the `imaging-assist` command "
                         "(or `python -m imaging_assist_ui`)")
+    slab = None
+    if getattr(args, "slab", None):
+        from ..slab import Slab
+        try:
+            slab = Slab.parse(args.slab)
+        except ValueError as e:
+            raise UserError(str(e)) from None
     return run_gui(getattr(args, "path", None), screenshot=getattr(args, "screenshot", None),
-                   series=getattr(args, "series", None), layout=getattr(args, "layout", None))
+                   series=getattr(args, "series", None), layout=getattr(args, "layout", None), slab=slab)

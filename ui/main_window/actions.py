@@ -177,6 +177,9 @@ def build_menus(self):
     m.addSeparator()
     m.addAction(self.a_play)
     m.addAction(self.a_tags)
+    from ..radiology.slab_controls import SlabControls
+    self.slab_controls = SlabControls(self)  # MIP / MinIP / average slab of the active view:
+    self.slab_controls.add_to(self.slice_bar.layout(), m)  # under the views, beside the slider
     m = mb.addMenu("&Tools")
     m.addActions(list(self.tool_actions.values()))
     m.addSeparator()

@@ -386,6 +386,8 @@ class MainWindow(QMainWindow):
             a.setEnabled(has)
         self.a_mpr.setEnabled(has and self.doc.mpr_available)
         self.preset_combo.setEnabled(has and not self.doc.volume.is_color)
+        for wdg in (self.slab_controls.combo, self.slab_controls.thickness):
+            wdg.setEnabled(has)
 
     def save_view_dialog(self):
         screenshots.save_view_dialog(self)

@@ -14,6 +14,7 @@ from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
 from imaging_assist.overlay_text import NOT_READ_YET, age_text, dob_text, orientation, read_later
+from imaging_assist.slab import Slab, depth_index, project, refusal
 
 from . import annotation_tools as ann
 from .document import ViewerDocument
@@ -23,6 +24,7 @@ from ..shared.units import corner_note
 TOOLS = ("navigate", "window", "pan", "zoom", "ruler", "ellipse", "rectangle", "angle", *ann.NEW_TOOLS)
 MEASURE_TOOLS = ("ruler", "ellipse", "rectangle", "angle", *ann.NEW_TOOLS)
 HANDLE_PX = 7
+EMPHASIS = "#ffc857"  # corner lines that change what the pixels mean (a slab projection)
 TEXT_BACKING_ALPHA = 170  # corner text backing: light text keeps >= 4.5:1 contrast over white
 
 
@@ -51,6 +53,7 @@ class SliceView(QWidget):
     activated = Signal(object)   # this view got the focus / a click
     firstImagePainted = Signal(float)  # perf_counter() of the first paint with real pixels
     pointPicked = Signal(object, object)  # (view, (k, j, i)): Shift+click / N over the image (nodules)
+    slabChanged = Signal(object)  # this view's thick slab (imaging_assist.slab.Slab) or None
 
     def __init__(self, doc: ViewerDocument, plane: Plane | None = None, parent=None, title: str = ""):
         super().__init__(parent)
@@ -69,6 +72,8 @@ class SliceView(QWidget):
         self._cursor_uv = None
         self._img_cache = None
         self._comp_cache = None
+        self.slab: Slab | None = None  # thick-slab projection of this view (MIP / MinIP / average)
+        self._slab_image = None        # the SlabImage on screen (corner text, cursor value)
         self._wheel_accum = 0
         self._first_painted = False
         self.extra_painters: list = []  # fn(view, painter) after the measurements (grid: reference lines)
@@ -112,6 +117,21 @@ class SliceView(QWidget):
         self._img_cache = None
         self.fit()
 
+    def set_slab(self, slab: Slab | None) -> str | None:
+        """Show this view as a thick slab (None: the slice itself).  Returns why it cannot be
+        shown on the current image (also said in the view's corner), else None."""
+        self.slab = slab
+        self._img_cache = None
+        self.update()
+        self.slabChanged.emit(slab)
+        return self.slab_refusal()
+
+    def slab_refusal(self) -> str | None:
+        return None if self.slab is None else refusal(self.vol, self.plane)
+
+    def slab_active(self) -> bool:
+        return self.slab is not None and self.slab_refusal() is None
+
     def set_tool(self, tool: str):
         if tool not in TOOLS:
             raise ValueError(tool)
@@ -136,7 +156,7 @@ class SliceView(QWidget):
 
     def _on_slice_loaded(self, k):
         if self.plane.axis == 0:
-            if k == self.index:
+            if k == self.index or self.slab_active():  # a slab's neighbours count too (keyed by what is loaded)
                 self._img_cache = None
                 self.update()
         else:  # a reformatted plane shows every slice: refresh (callers throttle)
@@ -237,10 +257,18 @@ class SliceView(QWidget):
     def base_image(self) -> tuple[QImage, np.ndarray]:
         """The windowed slice as a QImage (RGB32) and its words, cached per slice/window/invert."""
         w = self.doc.window
-        key = (self.index, repr((w.center, w.width, w.function, w.source)), self.doc.invert, id(self.vol))
+        slab = self.slab if self.slab_active() else None
+        loaded = None if (slab is None or self.vol.loaded is None) else int(self.vol.loaded.sum())
+        key = (self.index, repr((w.center, w.width, w.function, w.source)), self.doc.invert, id(self.vol),
+               slab, loaded)
         if self._img_cache is not None and self._img_cache[0] == self.index and self._img_cache[1] == key:
             return self._img_cache[2], self._img_cache[3]
-        s = self.plane.extract(self.vol.array, self.index)
+        if slab is None:
+            self._slab_image = None
+            s = self.plane.extract(self.vol.array, self.index)
+        else:
+            self._slab_image = project(self.vol, self.plane, self.index, slab)
+            s = self._slab_image.array
         words = self.doc.renderer.render32(s, self.doc.window, self.doc.invert)
         h, wd = words.shape
         q = QImage(words.data, wd, h, words.strides[0], QImage.Format_RGB32)
@@ -507,11 +535,27 @@ class SliceView(QWidget):
         p.drawRect(QRectF(0.5, 0.5, self.width() - 1.5, self.height() - 1.5))
 
     # -- annotations --------------------------------------------------------------
+    def slab_lines(self, compact: bool = False) -> list[str]:
+        """The corner lines of a slab (drawn first and in amber: a projection must never pass
+        for a slice): what it takes, or why this image has none."""
+        if self.slab is None or self.vol is None:
+            return []
+        why = self.slab_refusal()
+        if why:
+            return [f"No {self.slab.name}: {why}"]
+        if self.doc.window is not None:
+            self.base_image()  # the projection of this slice and slab (cached): never a stale line
+        si = self._slab_image
+        if si is None:
+            return []
+        return [si.describe()] if compact else [si.describe(), "Values and ROI statistics: centre slice"]
+
     def annotation_text(self) -> dict[str, list[str]]:
-        """Corner texts, also used by tests: keys 'tl', 'tr', 'bl', 'br'."""
+        """Corner texts, also used by tests: keys 'tl', 'tr', 'bl', 'br', and 'em': the lines
+        drawn in amber."""
         vol, doc = self.vol, self.doc
         if vol is None:
-            return {"tl": [], "tr": [], "bl": [], "br": []}
+            return {"tl": [], "tr": [], "bl": [], "br": [], "em": set()}
         rec = vol.headers[min(self.index, len(vol.headers) - 1)] if (vol.headers and self.plane.axis == 0) \
             else (vol.headers[len(vol.headers) // 2] if vol.headers else None)
         g = (lambda kw, d="": (rec.get(kw, d) if rec is not None else d))
@@ -522,11 +566,12 @@ class SliceView(QWidget):
             if w is not None and not vol.is_color and w.source != "voilut":
                 br.append(f"W {_fmt_num(w.width)} L {_fmt_num(w.center)}")
             br.append(f"{self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
-            bl = [self._cursor_text] if self._cursor_text else []
+            bl = self.slab_lines(compact=True) + ([self._cursor_text] if self._cursor_text else [])
             # the study date stays: it tells a prior from the current study in a grid
             sdate = _fmt_date(doc.study.date if doc.study else g("StudyDate"))
             tl = [sdate] if (sdate and not (self.mpr_mode and self.plane.axis != 0)) else []
-            return {"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br}
+            return {"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br,
+                    "em": set(self.slab_lines(compact=True))}
         tl = []
         pat = doc.patient
         name = _fmt_name(pat.name if pat else g("PatientName"))
@@ -559,7 +604,7 @@ class SliceView(QWidget):
         else:
             label = "Fr" if vol.is_cine else "Im"
             tr.append(f"{label} {self.index + 1} / {self.n_slices}")
-        bl = []
+        bl = self.slab_lines()
         if vol.has_geometry:
             if self.plane.axis == 0:
                 if vol.slice_positions is not None and self.index < len(vol.slice_positions):
@@ -589,7 +634,7 @@ class SliceView(QWidget):
         elif w is not None:
             br.append(f"W {_fmt_num(w.width)}  L {_fmt_num(w.center)}" + (f"  {w.name}" if w.name else ""))
         br.append(f"Zoom {self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
-        return {"tl": tl, "tr": tr, "bl": bl, "br": br}
+        return {"tl": tl, "tr": tr, "bl": bl, "br": br, "em": set(self.slab_lines())}
 
     def _draw_text(self, p: QPainter, x: float, y: float, text: str, color=QColor("#e8e8e8")):
         # a dark backing tight to the line, then a drop shadow: a shadow alone leaves light
@@ -626,8 +671,9 @@ class SliceView(QWidget):
             s = fm.elidedText(s, Qt.ElideRight, maxw)
             self._draw_text(p, W - m - fm.horizontalAdvance(s), top + fm.ascent() + i * lh, s)
         for i, s in enumerate(reversed(t["bl"])):
+            col = QColor(EMPHASIS) if s in t["em"] else QColor("#e8e8e8")
             s = fm.elidedText(s, Qt.ElideRight, maxw)
-            self._draw_text(p, m, H - m - fm.descent() - i * lh, s)
+            self._draw_text(p, m, H - m - fm.descent() - i * lh, s, col)
         for i, s in enumerate(reversed(t["br"])):
             s = fm.elidedText(s, Qt.ElideRight, maxw)
             self._draw_text(p, W - m - fm.horizontalAdvance(s), H - m - fm.descent() - i * lh, s)
@@ -755,10 +801,17 @@ class SliceView(QWidget):
         if uv is None:
             return None
         shape3 = self.doc.shape3()
-        kji = self.plane.to_voxel(uv[0], uv[1], self.index, shape3)
+        kji = self.plane.to_voxel(uv[0], uv[1], self.slab_depth(uv), shape3)
         if not all(-0.5 <= x <= n - 0.5 for x, n in zip(kji, shape3)):
             return None
         return kji
+
+    def slab_depth(self, uv) -> int:
+        """The slice a point of this view lies on: the shown slice, or on a MIP / MinIP the
+        slice holding the brightest / darkest voxel under it (what the reader sees there)."""
+        if not self.slab_active():
+            return self.index
+        return depth_index(self.vol, self.plane, self.index, self.slab, uv[0], uv[1])
 
     def _pick(self, pos: QPointF | None = None) -> bool:
         kji = self.point_kji(pos)
@@ -768,7 +821,7 @@ class SliceView(QWidget):
         return True
 
     def _set_crosshair(self, uv):
-        kji = self.plane.to_voxel(uv[0], uv[1], self.index, self.doc.shape3())
+        kji = self.plane.to_voxel(uv[0], uv[1], self.slab_depth(uv), self.doc.shape3())
         self.doc.set_position(kji)
 
     def mouseMoveEvent(self, ev):
@@ -889,6 +942,13 @@ class SliceView(QWidget):
             else:
                 fv = float(val)
                 vs = (f"{fv:.0f}" if float(fv).is_integer() else f"{fv:.4g}") + (f" {units}" if units else "")
+            si = self._slab_image if self.slab_active() else None
+            if si is not None and val is not None and not np.ndim(val):
+                r, c = int(round(v)), int(round(u))
+                if 0 <= r < si.array.shape[0] and 0 <= c < si.array.shape[1]:
+                    pv = float(si.array[r, c])
+                    vs += f"  {si.slab.name} " + (f"{pv:.0f}" if pv.is_integer() else f"{pv:.4g}") + (
+                        f" {units}" if units else "")
             self._cursor_text = f"({i}, {j})  {vs}"
             lps = ""
             if self.vol.has_geometry:
