@@ -162,3 +162,36 @@ def test_apply_all_gives_every_view_the_slab(win):
     assert win.slab_controls.combo.currentData() == "mip" and win.slab_controls.thickness.value() == 8.0
     win.slab_controls.apply_all(None)
     assert all(v.slab is None for v in win.view_area.all_views())
+
+
+def test_mpr_views_draw_the_slab_bounds_of_the_axial_mip(win):
+    """The coronal and sagittal views draw dashed lines in the axial colour at the first and last
+    slice of the axial slab (OHIF's slab lines): none without a slab."""
+    from PySide6.QtGui import QColor
+
+    from imaging_assist_ui.shared.theme import PLANE_COLORS
+
+    _off(win)
+    ax, cor = _views(win)["axial"], _views(win)["coronal"]
+    win.view_area._on_activated(ax)
+    win.doc.set_position((8, 256, 256))
+    red = QColor(PLANE_COLORS["axial"])
+    assert red.red() - max(red.green(), red.blue()) > 100
+
+    def red_rows():  # rows with a reddish line (blended over the grey image)
+        img = grab(cor).astype(int)
+        hit = (img[..., 0] - img[..., 1] > 40) & (img[..., 0] - img[..., 2] > 40)
+        return {y for y in range(img.shape[0]) if hit[y].sum() > 20}
+
+    def row_of(k):
+        u, v, _ = cor.plane.from_voxel((k, 256, 256), win.doc.shape3())
+        return int(round(cor.uv_to_screen(u, v).y()))
+
+    before = red_rows()
+    assert not any(abs(y - row_of(k)) <= 1 for y in before for k in (6, 10))
+    ax.set_slab(Slab("mip", 10.0))  # slices 6-10
+    assert ax.slab_bounds() == (6, 10)
+    after = red_rows()
+    for k in (6, 10):
+        assert any(abs(y - row_of(k)) <= 1 for y in after), (k, row_of(k), sorted(after))
+    _off(win)

@@ -27,6 +27,8 @@ class ViewArea(QWidget):
         self.mpr_views = [SliceView(doc, Plane.native(), self) for _ in range(3)]
         for v in self.mpr_views:
             v.mpr_mode = True
+            v.slab_siblings = self.mpr_views  # each draws the others' slab bounds by its crosshair
+            v.slabChanged.connect(lambda _s: [w.update() for w in self.mpr_views])
         right = QSplitter(Qt.Vertical)
         right.addWidget(self.mpr_views[1])
         right.addWidget(self.mpr_views[2])

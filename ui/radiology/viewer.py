@@ -14,7 +14,7 @@ from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
 from imaging_assist.overlay_text import NOT_READ_YET, age_text, dob_text, orientation, read_later
-from imaging_assist.slab import Slab, depth_index, project, refusal
+from imaging_assist.slab import Slab, depth_index, project, refusal, slab_indices
 
 from . import annotation_tools as ann
 from .document import ViewerDocument
@@ -77,6 +77,7 @@ class SliceView(QWidget):
         self._wheel_accum = 0
         self._first_painted = False
         self.extra_painters: list = []  # fn(view, painter) after the measurements (grid: reference lines)
+        self.slab_siblings: list = []   # MPR: the views whose slab bounds this one draws
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.StrongFocus)
         self.setMinimumSize(160, 160)
@@ -526,6 +527,34 @@ class SliceView(QWidget):
             else:
                 p.drawLine(QPointF(r.left(), c.y()), QPointF(c.x() - gap, c.y()))
                 p.drawLine(QPointF(c.x() + gap, c.y()), QPointF(r.right(), c.y()))
+            self._paint_slab_bounds(p, axis, vertical, col, r)
+
+    def slab_bounds(self) -> tuple[int, int] | None:
+        """First and last slice (along this view's axis) of its slab, or None."""
+        if not self.slab_active():
+            return None
+        idx, _ = slab_indices(self.vol, self.plane, self.index, self.slab)
+        return int(idx.min()), int(idx.max())
+
+    def _paint_slab_bounds(self, p: QPainter, axis: int, vertical: bool, col: QColor, r: QRectF):
+        """Dashed lines, beside the crosshair line of another MPR view, at the outermost slices
+        of that view's slab (the -5 / +5 mm of its corner text): what its projection covers."""
+        sib = next((s for s in self.slab_siblings if s is not self and s.plane.axis == axis), None)
+        bounds = sib.slab_bounds() if sib is not None else None
+        if bounds is None:
+            return
+        pen = QPen(col, 1.0, Qt.DashLine)
+        p.setPen(pen)
+        shape3 = self.doc.shape3()
+        for k in set(bounds) - {int(self.doc.position[axis])}:
+            kji = list(self.doc.position)
+            kji[axis] = k
+            u, v, _ = self.plane.from_voxel(kji, shape3)
+            c = self.uv_to_screen(u, v)
+            if vertical:
+                p.drawLine(QPointF(c.x(), r.top()), QPointF(c.x(), r.bottom()))
+            else:
+                p.drawLine(QPointF(r.left(), c.y()), QPointF(r.right(), c.y()))
 
     def _paint_frame(self, p: QPainter):
         col = QColor(PLANE_COLORS.get(self.plane.name, "#8b9099"))
