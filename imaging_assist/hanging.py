@@ -12,6 +12,10 @@ The user saves the current layout as the protocol for a modality / body part; pr
 stored as JSON in ``userdirs.config_dir() / "hanging_protocols.json"`` (written atomically).
 A malformed file gives one warning line and the built-in rules, never a traceback.
 
+A protocol may also give views a thick slab (``"slabs"``: one ``MODE:MM`` or null per view of
+the layout, in the layout's order: 1 for 1×1, 3 for MPR (the acquired plane first), 2 or 4 for
+the grids), e.g. a chest CT hung as MPR with a 10 mm axial MIP.
+
 A viewport's source is one of ``current`` (the series that opened), ``prior`` (the series of
 the patient's most recent other study that matches the current one, see
 :func:`viewing.matching_series`) or ``next`` (the next image series of the current study not
@@ -27,10 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import viewing
+from .slab import Slab
 from .userdirs import config_dir, write_json_atomic
 
 FILE_NAME = "hanging_protocols.json"
 LAYOUTS = {"single": 1, "mpr": 1, "1x2": 2, "2x2": 4}
+VIEWS = {"single": 1, "mpr": 3, "1x2": 2, "2x2": 4}  # views of a layout (MPR: one series, three planes)
 SOURCES = ("current", "prior", "next")
 MAX_PROTOCOLS = 500  # a larger file is not a protocol list someone saved by hand
 MAX_FILE_BYTES = 1 << 20
@@ -47,6 +53,7 @@ class Protocol:
     layout: str = "single"
     viewports: list[str] = field(default_factory=lambda: ["current"])
     builtin: bool = False
+    slabs: list = field(default_factory=list)  # per view: "mip:10" or None; [] = none anywhere
 
     @property
     def modalities(self) -> set[str]:
@@ -64,13 +71,19 @@ class Protocol:
         return not bp or bp == (body_part or "").strip().upper()
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "modality": self.modality, "body_part": self.body_part,
-                "layout": self.layout, "viewports": list(self.viewports)}
+        d = {"name": self.name, "modality": self.modality, "body_part": self.body_part,
+             "layout": self.layout, "viewports": list(self.viewports)}
+        if any(self.slabs):
+            d["slabs"] = list(self.slabs)
+        return d
 
     def describe(self) -> str:
         where = f"{self.modality or 'any'}" + (f" / {self.body_part}" if self.body_part else " / any body part")
         lay = {"single": "1×1", "mpr": "axial + MPR"}.get(self.layout, self.layout.replace("x", "×"))
-        return f"{where}: {lay} ({', '.join(self.viewports)})" + ("  [built-in]" if self.builtin else "")
+        slabs = [f"view {n} {Slab.parse(s).name} {Slab.parse(s).thickness_mm:g} mm"
+                 for n, s in enumerate(self.slabs, 1) if s]
+        return (f"{where}: {lay} ({', '.join(self.viewports)})" + (f", {', '.join(slabs)}" if slabs else "")
+                + ("  [built-in]" if self.builtin else ""))
 
 
 BUILTIN = [
@@ -100,7 +113,23 @@ def _protocol_from(d) -> Protocol:
         raise ValueError(f"{mod}: layout {lay} needs {LAYOUTS[lay]} viewport(s), the first 'current'")
     name = d.get("name")
     name = name if isinstance(name, str) and name.strip() else f"{mod}" + (f" / {bp}" if bp else "")
-    return Protocol(name[:120], mod.strip(), bp.strip(), lay, list(vps))
+    return Protocol(name[:120], mod.strip(), bp.strip(), lay, list(vps), slabs=_slabs_from(mod, lay, d.get("slabs")))
+
+
+def _slabs_from(mod: str, layout: str, slabs) -> list:
+    """The optional per-view slabs of an entry, checked: [] when absent."""
+    if slabs is None:
+        return []
+    if not isinstance(slabs, list) or len(slabs) != VIEWS[layout]:
+        raise ValueError(f"{mod}: slabs must be a list of {VIEWS[layout]} (one per view of {layout})")
+    out = []
+    for s in slabs:
+        if s is not None and not isinstance(s, str):
+            raise ValueError(f"{mod}: a slab is MODE:MM text or null")
+        if s is not None:
+            Slab.parse(s[:40])  # ValueError with the reason
+        out.append(s if s is None else s.strip().lower())
+    return out if any(out) else []
 
 
 class ProtocolStore:
@@ -186,6 +215,12 @@ class Hanging:
     keys: list[str]
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def slabs(self) -> list:
+        """Slab per view of the layout hung (a shrunk grid keeps its first views'), [] for none."""
+        s = self.protocol.slabs
+        return list(s[:VIEWS[self.layout]]) if s else []
+
 
 def plan(protocol: Protocol, index, series) -> Hanging:
     """Resolve ``protocol`` for ``series`` of a StudyIndex: the series key per viewport.
@@ -215,15 +250,19 @@ def plan(protocol: Protocol, index, series) -> Hanging:
     return Hanging(protocol, layout, keys[:LAYOUTS[layout]], notes)
 
 
-def protocol_from_layout(layout: str, sources: list[str], modality: str, body_part: str = "") -> Protocol:
+def protocol_from_layout(layout: str, sources: list[str], modality: str, body_part: str = "",
+                         slabs: list | None = None) -> Protocol:
     """A protocol that reproduces the current layout (``sources`` per viewport, see
-    :func:`source_of`) for ``modality`` / ``body_part``."""
+    :func:`source_of`; ``slabs``: each view's :class:`Slab` or None) for ``modality`` /
+    ``body_part``."""
     n = LAYOUTS.get(layout)
     if n is None:
         raise ValueError(f"layout {layout!r}")
     vps = (["current"] + [s if s in SOURCES else "next" for s in sources[1:n]] + ["next"] * n)[:n]
     name = f"{modality}" + (f" / {body_part}" if body_part else "") + f": {layout}"
-    return Protocol(name, modality, body_part, layout, vps)
+    views = (list(slabs or []) + [None] * VIEWS[layout])[:VIEWS[layout]]
+    texts = [None if s is None else f"{s.mode}:{s.thickness_mm:g}" for s in views]
+    return Protocol(name, modality, body_part, layout, vps, slabs=texts if any(texts) else [])
 
 
 def source_of(index, current, shown) -> str:

@@ -87,7 +87,36 @@ def test_saved_protocol_wins_is_stored_as_json_and_removable(store, tmp_path):
     assert hanging.ProtocolStore(path).match("CT", "CHEST").layout == "mpr"
 
 
+def test_a_protocol_keeps_each_views_slab(store, tmp_path):
+    from imaging_assist.slab import Slab
+
+    p = hanging.protocol_from_layout("mpr", ["current"], "CT", "CHEST", slabs=[Slab("mip", 10), None, None])
+    assert p.slabs == ["mip:10", None, None]
+    assert "view 1 MIP 10 mm" in p.describe()
+    path = store.save(p)
+    assert json.loads(path.read_text())["protocols"][0]["slabs"] == ["mip:10", None, None]
+    again = hanging.ProtocolStore(path)
+    h = hanging.plan(again.match("CT", "CHEST"), _index(), _index().find_series("ct"))
+    assert h.layout == "mpr" and h.slabs == ["mip:10", None, None]
+    # no slab anywhere: no "slabs" key (files written before stay as they were)
+    q = hanging.protocol_from_layout("single", ["current"], "US", slabs=[None])
+    assert q.slabs == [] and "slabs" not in q.to_dict()
+    assert hanging.plan(q, _index(), _index().find_series("ct")).slabs == []
+    # a 2×2 with slabs hung as 1×1 (nothing else to show) keeps the first view's
+    g = hanging.protocol_from_layout("2x2", ["current", "next", "next", "next"], "CT",
+                                     slabs=[Slab("minip", 5), None, Slab("avg", 3), None])
+    assert hanging.plan(g, _index(), _index().find_series("ct")).slabs == ["minip:5"]
+
+
 @pytest.mark.parametrize("text,why", [
+    ('{"protocols": [{"modality": "CT", "layout": "mpr", "viewports": ["current"], "slabs": ["mip:10"]}]}',
+     "slabs must be a list of 3"),
+    ('{"protocols": [{"modality": "CT", "layout": "single", "viewports": ["current"], "slabs": ["max:10"]}]}',
+     "slab mode"),
+    ('{"protocols": [{"modality": "CT", "layout": "single", "viewports": ["current"], "slabs": ["mip:1e9"]}]}',
+     "not in (0, 200]"),
+    ('{"protocols": [{"modality": "CT", "layout": "single", "viewports": ["current"], "slabs": [7]}]}',
+     "MODE:MM text or null"),
     ("{not json", "Expecting"),
     ('{"protocols": 3}', 'no "protocols" list'),
     ('{"protocols": [{"modality": "CT", "layout": "9x9", "viewports": ["current"]}]}', "layout"),

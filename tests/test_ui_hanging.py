@@ -143,13 +143,18 @@ def test_cr_chest_opens_beside_the_most_recent_prior(env, tmp_path_factory):
         w.close()
 
 
-def test_ct_axial_mpr_then_a_saved_protocol(env, tmp_path_factory):
+def _ct_window(env, tmp_path_factory):
+    """A window on the head CT study's first series (hung by its protocol) and the protocols file."""
     root, data, uids = env
-    cfg = root / "cfg" / hanging.FILE_NAME
     w = _window(tmp_path_factory, data)
+    if w.doc.series.uid != uids["ct0"]:
+        _open(w, data, uids["ct0"])
+    return w, root / "cfg" / hanging.FILE_NAME, data, uids
+
+
+def test_ct_axial_mpr_then_a_saved_protocol(env, tmp_path_factory):
+    w, cfg, data, uids = _ct_window(env, tmp_path_factory)
     try:
-        if w.doc.series.uid != uids["ct0"]:
-            _open(w, data, uids["ct0"])
         assert w.doc.series.modality == "CT" and w.view_area.layout_mode == "mpr"  # built-in: axial + MPR
         assert w.a_hang_save.text() == "Save layout as protocol for CT / HEAD"
         # the reader prefers a 2×2 of the study's series for head CT: save it
@@ -191,6 +196,43 @@ def test_ct_axial_mpr_then_a_saved_protocol(env, tmp_path_factory):
         assert w.view_area.layout_mode == "single"
     finally:
         w.close()
+
+
+def test_a_saved_protocol_brings_back_the_axial_mip(env, tmp_path_factory):
+    """The reader hangs head CT as MPR with a 10 mm axial MIP and saves it: the next session
+    opens the study that way (coronal and sagittal plain); ``view --slab`` wins over it."""
+    from imaging_assist.slab import Slab
+
+    w, cfg, data, uids = _ct_window(env, tmp_path_factory)
+    try:
+        assert w.view_area.layout_mode == "mpr"
+        axial = w.view_area.mpr_views[0]
+        w.view_area._on_activated(axial)
+        w.slab_controls.thickness.setValue(10.0)
+        w.slab_controls.choose("mip")
+        p = w.hanging.save_current()
+        assert p.slabs == ["mip:10", None, None]
+        assert json.loads(cfg.read_text())["protocols"][0]["slabs"] == ["mip:10", None, None]
+    finally:
+        w.close()
+    w = _window(tmp_path_factory)
+    try:
+        _open(w, data, uids["ct0"])
+        views = w.view_area.views()
+        assert w.view_area.layout_mode == "mpr" and [v.slab for v in views] == [Slab("mip", 10.0), None, None]
+        assert views[0].annotation_text()["bl"][0].startswith("MIP 10 mm: ")
+        assert w.slab_controls.combo.currentData() == "mip"  # the active (axial) view's
+    finally:
+        w.close()
+    w = _window(tmp_path_factory)
+    try:
+        w.slab_controls.apply_all(Slab("minip", 5.0), explicit=True)  # what `view --slab minip:5` does
+        _open(w, data, uids["ct0"])
+        assert w.view_area.layout_mode == "mpr"
+        assert all(v.slab == Slab("minip", 5.0) for v in w.view_area.views())
+    finally:
+        w.close()
+        hanging.ProtocolStore(cfg).remove(("CT", "HEAD"))
 
 
 def hanging_dialog(w):

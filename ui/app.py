@@ -159,7 +159,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
             preload.join()
         win.open_path(path, series=series, layout=layout)
     if slab is not None:
-        win.slab_controls.apply_all(slab)
+        win.slab_controls.apply_all(slab, explicit=True)
     if run_models:
         from .ai.demo_autorun import AutoRun
         win.autorun = AutoRun(win)

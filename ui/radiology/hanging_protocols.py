@@ -142,6 +142,7 @@ class HangingProtocols(QObject):
                     self.reading.load_into(n, k)
         finally:
             self.reading.fill_suppressed = False
+        self._apply_slabs(h)
         self.applied = h
         notes = list(h.notes) + ([f"MPR not possible: {got}"] if got != h.layout else [])
         msg = f"Hanging protocol: {p.name}" + (f" ({'; '.join(notes)})" if notes else "")
@@ -151,6 +152,17 @@ class HangingProtocols(QObject):
             return h  # plain 1×1: nothing to say
         w.statusBar().showMessage(msg, 10000)
         return h
+
+    def _apply_slabs(self, h) -> None:
+        """The protocol's thick slabs, view by view (a protocol without slabs leaves the views
+        as they are; ``view --slab`` wins over the first study's protocol, as ``--layout`` does)."""
+        w = self.w
+        if not h.slabs or w.slab_controls.consume_explicit():
+            return
+        from imaging_assist.slab import Slab
+        for v, text in zip(w.view_area.views(), h.slabs):
+            v.set_slab(Slab.parse(text) if text else None)
+        w.slab_controls.sync(w.active_view())
 
     # ------------------------------------------------------------------ saving
     def _target(self) -> tuple[str, str]:
@@ -176,7 +188,7 @@ class HangingProtocols(QObject):
         if mode in ("1x2", "2x2"):
             sources += [hanging.source_of(index, s, c.doc.series) for c in w.view_area.grid.visible_cells()[1:]]
         mod, bp = self._target()
-        p = hanging.protocol_from_layout(mode, sources, mod, bp)
+        p = hanging.protocol_from_layout(mode, sources, mod, bp, slabs=[v.slab for v in w.view_area.views()])
         try:
             path = self.store.save(p)
         except (OSError, ValueError) as e:

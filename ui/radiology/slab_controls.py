@@ -25,6 +25,7 @@ class SlabControls(QObject):
     def __init__(self, win):
         super().__init__(win)
         self.w = win
+        self._explicit = False  # view --slab: the first hanging protocol leaves the slabs alone
         self.combo = QComboBox()
         self.combo.setObjectName("SlabMode")
         for n, (text, mode) in enumerate(CHOICES):
@@ -82,11 +83,18 @@ class SlabControls(QObject):
         if why:
             self.w.statusBar().showMessage(f"No {view.slab.name} on this image: {why}", 8000)
 
-    def apply_all(self, slab: Slab | None) -> None:
-        """Every view (``view --slab``)."""
+    def apply_all(self, slab: Slab | None, explicit: bool = False) -> None:
+        """Every view; ``explicit`` (``view --slab``): the first study's hanging protocol keeps
+        its hands off the slabs."""
         for v in self.w.view_area.all_views():
             v.set_slab(slab)
         self.sync(self.w.active_view())
+        self._explicit = explicit
+
+    def consume_explicit(self) -> bool:
+        """True once after ``apply_all(..., explicit=True)``."""
+        was, self._explicit = self._explicit, False
+        return was
 
     def sync(self, view) -> None:
         """Show the active view's slab in the controls."""
