@@ -52,6 +52,22 @@ def need(path: Path) -> Path:
     return path
 
 
+def dated_copy(src: Path, dst: Path, study_date: str) -> str:
+    """The series in ``src`` copied into ``dst`` as another study of the same patient: its
+    StudyDate set, new Study/Series/SOP Instance UIDs (a prior for follow-up tests); returns
+    the new SeriesInstanceUID."""
+    import pydicom
+    from pydicom.uid import generate_uid
+    dst.mkdir(parents=True, exist_ok=True)
+    study, series = generate_uid(), generate_uid()
+    for f in sorted(need(src).glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.StudyDate, ds.StudyInstanceUID, ds.SeriesInstanceUID = study_date, study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.save_as(dst / f.name)
+    return series
+
+
 def link_ct_phantom(study: Path) -> Path:
     """``study/ct`` holding links to the 140-slice CT phantom (a study folder to put result
     objects beside, without copying the data); returns ``study``."""

@@ -16,11 +16,11 @@ import warnings
 from .. import __version__
 from ..errors import UserError
 from . import (analyze, annotations, anonymize, audit, batch, demo, evaluate, finetune, info, log, models, monitor,
-               pacs, scan, view)
+               nodule_growth, pacs, scan, view)
 from .common import OneLineParser
 
 COMMANDS = (scan, info, view, demo, models, analyze, evaluate, log, audit, batch, anonymize, monitor, pacs, finetune,
-            annotations)
+            annotations, nodule_growth)
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:

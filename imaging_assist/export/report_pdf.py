@@ -674,6 +674,16 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
     return key, header, entry
 
 
+def _growth_text(g) -> str:
+    """A nodule's growth since the prior the reader linked (nodules.growth), or ""."""
+    if not isinstance(g, dict) or not g.get("text"):
+        return ""
+    p = g.get("prior") if isinstance(g.get("prior"), dict) else {}
+    warn = "; ".join(str(w) for w in g.get("warnings") or [])
+    return (f"vs {p.get('label', '?')} of {p.get('date', '?')} ({float(p.get('volume_mm3') or 0):,.0f} mm³): "
+            f"{g['text']}" + (f" (note: {warn})" if warn else ""))
+
+
 def _nodule_rows(item: dict) -> list[dict]:
     """CT nodules (imaging_assist/nodules): one row per point analysed."""
     rows = []
@@ -697,7 +707,7 @@ def _nodule_rows(item: dict) -> list[dict]:
                      "axes": "-" if x.get("long_axis_mm") is None else
                      f"{float(x['long_axis_mm']):.1f} x {float(x['short_axis_mm']):.1f}",
                      "hu": f(x.get("mean_hu"), ".0f"), "density": str(x.get("density") or "-"),
-                     "malignancy": mal})
+                     "malignancy": mal, "growth": _growth_text(x.get("growth"))})
     return rows
 
 
@@ -1161,6 +1171,13 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
                   [[r["id"], r["where"], r["volume"], r["axes"], r["hu"], r["density"], r["malignancy"]]
                    if r["found"] else [r["id"], r["where"], "not found", "", "", "", r["reason"]]
                    for r in e["nodules"]], [16, 34, 20, 26, 16, 20, 50])
+        for r in e["nodules"]:
+            if r.get("growth"):
+                doc.para(f"Growth of {r['id']} {r['growth']}.", 8, False)
+        if any(r.get("growth") for r in e["nodules"]):
+            doc.para("Growth: the reader linked the two nodules. A volume change within 25% is within "
+                     "volumetry's variability (BTS 2015, NELSON); volume doubling time = interval x ln 2 / "
+                     "ln(V now / V before).", 7.5, False, (70, 70, 70))
         doc.para("Diameters: longest in-plane diameter on the axial slice of largest area and the longest "
                  "perpendicular to it (Fleischner / Lung-RADS). Density: an impression from HU, not a "
                  "reader's call. Malignant: the model's likelihood that the LIDC readers' majority would "

@@ -79,6 +79,7 @@ class NoduleResult:
     measurements: dict = field(default_factory=dict)  # measure.Measurements.to_dict()
     models: dict = field(default_factory=dict)  # id -> version of the models that ran
     window_center_lps: list | None = None  # centre of the models' window (the click, or the nodule's centre)
+    growth: dict | None = None  # against the same nodule in a prior study (nodules.growth.Growth.to_dict), when linked
 
     def to_dict(self) -> dict:
         """The ``nodules[]`` entry of results.json (docs/results_schema.md); no arrays."""
@@ -93,6 +94,8 @@ class NoduleResult:
              "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
              "models": dict(self.models),
              "window_center_lps": None if self.window_center_lps is None else [r(v) for v in self.window_center_lps]}
+        if self.growth:
+            d["growth"] = dict(self.growth)
         if self.measurements:
             m = self.measurements
             d["measurements"] = {k: m[k] for k in ("n_voxels", "largest_slice", "largest_area_mm2",

@@ -146,6 +146,8 @@ def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: st
          "labels": {"0": "background", **{str(n): f"nodule {r.id}" for n, r in enumerate(found, 1)}},
          "nodules": [], "heatmaps": [], "key_images": [],
          "warnings": list(dict.fromkeys(volume.warnings))}
+    from .growth import study_facts
+    d.update(study_facts(volume))  # for a later comparison with a prior (imaging-assist nodule-growth)
     for r in run.nodules:
         nd = r.to_dict()
         if r.found:

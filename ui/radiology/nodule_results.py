@@ -16,6 +16,17 @@ from ..shared.text import one_line
 OOD_TEXT = "outside what this model was trained on"
 
 
+def study_of(vol) -> dict:
+    """What a later comparison needs of the series a nodule was found on."""
+    from imaging_assist.nodules.growth import study_facts
+
+    rec = vol.headers[0] if getattr(vol, "headers", None) else None
+    get = (lambda kw: str(rec.get(kw) or "")) if rec is not None else (lambda kw: "")
+    return dict(study_facts(vol), patient_id=get("PatientID"), study_uid=get("StudyInstanceUID"),
+                series_uid=str(getattr(vol, "series_uid", "") or ""),
+                series=(vol.description or get("SeriesNumber") or "")[:40])
+
+
 def series_key(vol) -> str:
     from ..ai.session_runs import series_key as key
 
@@ -83,6 +94,16 @@ class Nodule:
     shape: tuple = ()              # the volume grid it was made on
     card: object = None            # the malignancy model's card (exports)
     added_at: float = field(default_factory=time.time)
+    facts: dict = field(default_factory=dict)  # study_of(): patient, study, date, thickness, series
+    linked_prior: object = None    # the same nodule in a prior study, as the reader linked it (growth)
+
+    @property
+    def growth_line(self) -> str:
+        g = getattr(self.result, "growth", None)
+        if not g:
+            return ""
+        p = g.get("prior") or {}
+        return f"vs {p.get('label')} of {p.get('date')}: {g.get('text')}"
 
     @property
     def id(self) -> str:
@@ -96,6 +117,8 @@ class Nodule:
                f"{_fmt(r.long_axis_mm)} × {_fmt(r.short_axis_mm, '.1f', ' mm')}",
                f"mean {_fmt(r.mean_hu, '.0f', ' HU')} · {getattr(r, 'density', None) or 'density —'}"]
         out.append(malignancy_text(r))
+        if self.growth_line:
+            out.append(self.growth_line)
         ood = getattr(r, "ood", None)
         if isinstance(ood, dict) and not ood.get("flagged") and ood.get("score") is None:
             why = "; ".join(str(x) for x in ood.get("reasons") or []) or "no score"

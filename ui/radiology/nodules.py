@@ -38,7 +38,7 @@ from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer, Shape
 from ..shared.text import one_line
 from ..shared.theme import ERROR_FG, MUTED, WARN_FG
 from .nodule_results import (Nodule, bbox, heat_flag, malignancy_card, nodule_run, operating_point_line,
-                             sanity_flag, series_key)
+                             sanity_flag, series_key, study_of)
 from ..shared.workers import worker_thread
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,13 @@ class NodulePanel(QWidget):
         self.delete_btn = QPushButton("Delete")
         self.delete_btn.setToolTip("Remove the selected nodule (Del)")
         self.delete_btn.setEnabled(False)
+        self.compare_btn = QPushButton("Compare with prior…")
+        self.compare_btn.setToolTip("The selected nodule's growth since the same nodule in an older study of this "
+                                    "patient (analyse it there first): volume change, doubling time")
+        self.compare_btn.setEnabled(False)
         row = QHBoxLayout()
         row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(self.compare_btn)
         row.addStretch(1)
         row.addWidget(self.delete_btn)
         self.disclaimer = QLabel(NOT_CLINICAL)
@@ -180,9 +185,9 @@ class NoduleTool(QObject):
         self.list = self.panel.list
         self.list.itemClicked.connect(self._jump_item)
         self.list.itemActivated.connect(self._jump_item)
-        self.list.currentItemChanged.connect(lambda *_: self.panel.delete_btn.setEnabled(
-            self.list.currentItem() is not None))
+        self.list.currentItemChanged.connect(self._selection_changed)
         self.panel.delete_btn.clicked.connect(self.delete_selected)
+        self.panel.compare_btn.clicked.connect(self.compare_menu)
         sc = QShortcut(QKeySequence(Qt.Key_Delete), self.list)
         sc.setContext(Qt.WidgetShortcut)
         sc.activated.connect(self.delete_selected)
@@ -340,7 +345,11 @@ class NoduleTool(QObject):
             c = getattr(r, "center_lps", None)
             center = self.lps_to_kji(c, vol) if c is not None else tuple(
                 float(s.start + x) for s, x in zip(box, np.argwhere(mask).mean(axis=0)))
-            n = Nodule(number, r, key, box, mask, heat, center, heat_flag(r), tuple(vol.array.shape[:3]), card)
+            n = Nodule(number, r, key, box, mask, heat, center, heat_flag(r), tuple(vol.array.shape[:3]), card,
+                       facts=study_of(vol))
+            if getattr(again, "linked_prior", None) is not None:  # re-analysed: the link holds, new numbers
+                n.linked_prior = again.linked_prior
+                self._growth(n, n.linked_prior)
             lst = self.by_series.setdefault(key, [])
             if again is not None and again in lst:
                 lst[lst.index(again)] = n
@@ -646,6 +655,87 @@ class NoduleTool(QObject):
                 self._add_item(x)
             self._sync_axes(vol)
         self._say(f"{n.id} deleted.")
+
+    # ================================================================== growth
+    def _selection_changed(self, *_):
+        on = self.list.currentItem() is not None
+        self.panel.delete_btn.setEnabled(on)
+        self.panel.compare_btn.setEnabled(on)
+
+    def selected(self) -> Nodule | None:
+        item = self.list.currentItem()
+        return item.data(ENTRY_ROLE) if item is not None else None
+
+    def priors_of(self, n: Nodule) -> list[Nodule]:
+        """Nodules analysed this session on an older study of the same patient (newest first)."""
+        f = n.facts
+        if not f.get("patient_id") or not f.get("study_date"):
+            return []
+        out = [m for key, lst in self.by_series.items() if key != n.series for m in lst
+               if m.facts.get("patient_id") == f["patient_id"] and m.facts.get("study_date")
+               and m.facts["study_date"] < f["study_date"] and m.facts.get("study_uid") != f.get("study_uid")]
+        return sorted(out, key=lambda m: (m.facts["study_date"], m.id), reverse=True)
+
+    def compare_menu(self) -> None:
+        """Pick the same nodule in a prior study (the reader links them; nothing is registered)."""
+        from PySide6.QtWidgets import QMenu
+
+        n = self.selected()
+        if n is None:
+            return
+        priors = self.priors_of(n)
+        if not priors:
+            why = ("this series has no study date" if not n.facts.get("study_date") else
+                   "no nodule of an older study of this patient was analysed in this session: open the prior, "
+                   "Shift+click the same nodule there, come back and compare")
+            self._say(f"{n.id}: no prior to compare with ({why}).", "warn")
+            return
+        menu = QMenu(self.panel)
+        for m in priors:
+            v = getattr(m.result, "volume_mm3", None)
+            a = menu.addAction(f"{m.id} · {m.facts['study_date']} · {m.facts.get('series') or m.series}"
+                               + (f" · {v:,.0f} mm³" if v is not None else ""))
+            a.triggered.connect(lambda _c=False, m=m: self.link(n, m))
+        self._menu = menu  # tests pick from it
+        menu.popup(self.panel.compare_btn.mapToGlobal(self.panel.compare_btn.rect().bottomLeft()))
+
+    @staticmethod
+    def _growth(n: Nodule, prior: Nodule):
+        """Compute and keep ``n``'s growth since ``prior`` (``n.result.growth``); the Growth, or
+        the one-line reason it cannot be computed."""
+        from imaging_assist.nodules.growth import Measured, growth
+
+        try:
+            pm = Measured.from_result(prior.result.to_dict(), prior.facts.get("study_date"),
+                                      prior.facts.get("slice_thickness_mm"), label=prior.id)
+            cm = Measured.from_result(n.result.to_dict(), n.facts.get("study_date"),
+                                      n.facts.get("slice_thickness_mm"), label=n.id)
+            g = growth(pm, cm)
+        except ValueError as e:
+            n.result.growth = None
+            return one_line(e)
+        d = g.to_dict()
+        d["prior"]["series_uid"] = prior.facts.get("series_uid") or None
+        n.result.growth = d
+        return g
+
+    def link(self, n: Nodule, prior: Nodule):
+        """``n``'s growth since ``prior``: shown in its entry, in the report and the exports."""
+        g = self._growth(n, prior)
+        if isinstance(g, str):
+            self._say(f"{n.id}: not compared ({g}).", "warn")
+            return None
+        n.linked_prior = prior
+        vol = self.doc.volume
+        if vol is not None and series_key(vol) == n.series:
+            self.list.clear()
+            for x in self._series_nodules(vol):
+                self._add_item(x)
+            self._select(n)
+            self._log_run(vol, n)
+        self._say(f"{n.id} {n.growth_line}" + "".join(f" ⚠ {w}." for w in g.warnings),
+                  "warn" if g.warnings else "info")
+        return g
 
     def delete_selected(self) -> None:
         item = self.list.currentItem()

@@ -1,0 +1,93 @@
+"""``imaging-assist nodule-growth PRIOR CURRENT [--prior-id ID] [--current-id ID] [--json]``:
+one nodule's growth between two CT nodule analyses (each a ``results.json``, or the folder
+holding it, written by ``imaging-assist analyze ... --model ct-nodule-*``): volume change,
+volume doubling time, mean-diameter change (``imaging_assist.nodules.growth``).  The reader
+names which nodule of each study is the same one; nothing is registered or matched here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import UserError
+from .common import print_json
+
+MAX_RESULTS_BYTES = 64 << 20
+
+
+def register(sub) -> None:
+    s = sub.add_parser("nodule-growth", help="a nodule's growth (volume change, doubling time) between a "
+                                             "prior and a current CT nodule analysis")
+    s.add_argument("prior", metavar="PRIOR", help="results.json (or its folder) of the older study")
+    s.add_argument("current", metavar="CURRENT", help="results.json (or its folder) of the newer study")
+    s.add_argument("--prior-id", metavar="ID", help="the nodule's id in PRIOR (needed when it found several)")
+    s.add_argument("--current-id", metavar="ID", help="the nodule's id in CURRENT (needed when it found several)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_nodule_growth)
+
+
+def _read(path: str) -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    try:
+        if p.stat().st_size > MAX_RESULTS_BYTES:
+            raise UserError(f"{p}: larger than {MAX_RESULTS_BYTES >> 20} MB, not a results.json")
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{p}: not a readable results.json ({type(e).__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise UserError(f"{p}: not a results.json (no items)")
+    return data
+
+
+def _nodule(path: str, data: dict, wanted: str | None, which: str):
+    """(nodule entry, its item) found in a results.json; one line when it is not one."""
+    found = []
+    for it in data["items"]:
+        if not isinstance(it, dict) or it.get("task") != "nodule":
+            continue
+        for n in it.get("nodules") or []:
+            if isinstance(n, dict) and n.get("found") and (wanted is None or str(n.get("id")) == wanted):
+                found.append((n, it))
+    if not found:
+        what = f"nodule {wanted!r}" if wanted else "nodule found"
+        raise UserError(f"{path}: no {what} in this results.json (analyse with --model ct-nodule-malignancy)")
+    if len(found) > 1:
+        ids = ", ".join(str(n.get("id")) for n, _ in found[:8])
+        raise UserError(f"{path}: {len(found)} nodules ({ids}): name one with --{which}-id")
+    return found[0]
+
+
+def cmd_nodule_growth(args) -> int:
+    from ..nodules.growth import Measured, growth
+
+    sides = []
+    for path, wanted, which in ((args.prior, args.prior_id, "prior"), (args.current, args.current_id, "current")):
+        n, it = _nodule(path, _read(path), wanted, which)
+        if not it.get("study_date"):
+            raise UserError(f"{path}: the analysis records no study date (re-run `imaging-assist analyze` "
+                            "with this version)")
+        try:
+            sides.append((Measured.from_result(n, it["study_date"], it.get("slice_thickness_mm"),
+                                               label=str(n.get("id"))), it))
+        except ValueError as e:
+            raise UserError(f"{path}: {e}") from None
+    (a, ia), (b, ib) = sides
+    if ia.get("series_uid") and ia.get("series_uid") == ib.get("series_uid"):
+        raise UserError("PRIOR and CURRENT are the same series: nothing to compare")
+    try:
+        g = growth(a, b)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print_json(dict(g.to_dict(), not_for_clinical_use=True))
+        return 0
+    print(f"nodule {a.label} ({a.date.isoformat()}, {a.volume_mm3:.0f} mm³) -> {b.label} "
+          f"({b.date.isoformat()}, {b.volume_mm3:.0f} mm³): {g.text()}")
+    for w in g.warnings:
+        print(f"warning: {w}")
+    print("NOT FOR CLINICAL USE: the reader decides whether the two are the same nodule and what the change means")
+    return 0
