@@ -96,3 +96,8 @@ def test_the_pdf_report_says_the_growth(win, tmp_path):
     flat = " ".join(text.split())
     assert "Growth of N1 vs N1 of 1999-07-01 (" in flat and "stable: +0% in 184 days" in flat
     assert "volume doubling time = interval x ln 2" in flat
+    # de-identified (File > Export report (de-identified)): no date of either study, the interval stays
+    rep = win.report_exporter.build(deidentify=True)
+    rows = [r for st in rep["studies"] for e in st["items"] for r in e.get("nodules") or []]
+    assert rows and rows[0]["growth"].startswith("vs N1 of the prior study (") and "184 days" in rows[0]["growth"]
+    assert "1999" not in rows[0]["growth"] and "2000" not in rows[0]["growth"]

@@ -669,22 +669,24 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
         "withheld_reason": _withheld_reason(it),
         "quality": str((it.get("quality") or {}).get("text") or "") if isinstance(it.get("quality"), dict) else "",
         "research_override": it.get("research_override"),
-        "nodules": _nodule_rows(it),
+        "nodules": _nodule_rows(it, deidentify),
     }
     return key, header, entry
 
 
-def _growth_text(g) -> str:
-    """A nodule's growth since the prior the reader linked (nodules.growth), or ""."""
+def _growth_text(g, deidentify: bool = False) -> str:
+    """A nodule's growth since the prior the reader linked (nodules.growth), or "".  De-identified:
+    the prior's date is left out (the study date is removed too); the interval in days stays."""
     if not isinstance(g, dict) or not g.get("text"):
         return ""
     p = g.get("prior") if isinstance(g.get("prior"), dict) else {}
     warn = "; ".join(str(w) for w in g.get("warnings") or [])
-    return (f"vs {p.get('label', '?')} of {p.get('date', '?')} ({float(p.get('volume_mm3') or 0):,.0f} mm³): "
+    when = "the prior study" if deidentify else f"{p.get('date', '?')}"
+    return (f"vs {p.get('label', '?')} of {when} ({float(p.get('volume_mm3') or 0):,.0f} mm³): "
             f"{g['text']}" + (f" (note: {warn})" if warn else ""))
 
 
-def _nodule_rows(item: dict) -> list[dict]:
+def _nodule_rows(item: dict, deidentify: bool = False) -> list[dict]:
     """CT nodules (imaging_assist/nodules): one row per point analysed."""
     rows = []
     for x in item.get("nodules") or []:
@@ -707,7 +709,7 @@ def _nodule_rows(item: dict) -> list[dict]:
                      "axes": "-" if x.get("long_axis_mm") is None else
                      f"{float(x['long_axis_mm']):.1f} x {float(x['short_axis_mm']):.1f}",
                      "hu": f(x.get("mean_hu"), ".0f"), "density": str(x.get("density") or "-"),
-                     "malignancy": mal, "growth": _growth_text(x.get("growth"))})
+                     "malignancy": mal, "growth": _growth_text(x.get("growth"), deidentify)})
     return rows
 
 
