@@ -265,6 +265,25 @@ def test_tid1500_sr_lists_findings_and_measurements_that_jump_to_their_image(ct)
     length = by_name[("slice finding", "Length")]
     assert length.number == pytest.approx(42.0) and length.slice_in(vol) == 35
     assert not any(i.name in ("Person Observer Name", "Tracking Identifier") for i in sr.items)
+    # the list: every item's slice with one slice table (what the Results dock shows)
+    import imaging_assist.dicom.result_objects as ro
+
+    built = []
+    real = ro._Grid.__init__
+
+    def counting(self, volume):
+        built.append(volume)
+        real(self, volume)
+
+    ro._Grid.__init__ = counting
+    try:
+        assert sr.slices_in(vol) == [i.slice_in(vol) for i in sr.items]
+        n_each = len(built) - 1
+        built.clear()
+        sr.slices_in(vol)
+    finally:
+        ro._Grid.__init__ = real
+    assert len(built) == 1 and n_each == len(sr.items) > 3
 
 
 # ---------------------------------------------------------------- the index and the CLI

@@ -735,11 +735,12 @@ class SRItem:
         g = f"{self.group}: " if self.group else ""
         return f"{g}{self.name} = {v}" if self.name else f"{g}{v}"
 
-    def slice_in(self, volume) -> int | None:
+    def slice_in(self, volume, grid: "_Grid | None" = None) -> int | None:
         """The slice of ``volume`` this item refers to, or None: by image reference (frame
         numbers from 1), else by its 3D point's level when the point is in the volume's frame
-        of reference and within half the largest slice gap of a slice."""
-        grid = _Grid(volume)
+        of reference and within half the largest slice gap of a slice.  ``grid``: the volume's
+        slice table when the caller asks for many items (:meth:`StructuredReport.slices_in`)."""
+        grid = grid if grid is not None and grid.volume is volume else _Grid(volume)
         for uid, fr in self.references:
             k = grid.slice_of_ref(uid, fr)
             if k is not None:
@@ -833,6 +834,12 @@ class StructuredReport:
     series_uid: str
     items: list[SRItem]
     warnings: list[str] = field(default_factory=list)
+
+    def slices_in(self, volume) -> list[int | None]:
+        """:meth:`SRItem.slice_in` of every item, the volume's slice table built once (an SR of
+        hundreds of items on a long series listed without a pause)."""
+        grid = _Grid(volume)
+        return [it.slice_in(volume, grid) for it in self.items]
 
     def to_dict(self) -> dict:
         return {"kind": SR, "title": self.title, "series_uid": self.series_uid,

@@ -166,8 +166,7 @@ class ResultLayers(QObject):
 
     def _add_report(self, report, vol, name: str, key=None) -> None:
         self._add({"text": f"{report.title} ({name})", "bold": True})
-        for it in report.items:
-            k = it.slice_in(vol)
+        for it, k in zip(report.items, report.slices_in(vol)):
             self._add({"text": ("" if k is None else f"[{k + 1}] ") + it.text(), "slice": k,
                        "tooltip": "refers to no image of this series" if k is None
                        else f"image {k + 1} of {vol.n_slices}: click to show it"})
