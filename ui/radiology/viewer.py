@@ -595,12 +595,12 @@ class SliceView(QWidget):
             if w is not None and not vol.is_color and w.source != "voilut":
                 br.append(f"W {_fmt_num(w.width)} L {_fmt_num(w.center)}")
             br.append(f"{self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
-            bl = self.slab_lines(compact=True) + ([self._cursor_text] if self._cursor_text else [])
+            slab = self.slab_lines(compact=True)
+            bl = slab + ([self._cursor_text] if self._cursor_text else [])
             # the study date stays: it tells a prior from the current study in a grid
             sdate = _fmt_date(doc.study.date if doc.study else g("StudyDate"))
             tl = [sdate] if (sdate and not (self.mpr_mode and self.plane.axis != 0)) else []
-            return {"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br,
-                    "em": set(self.slab_lines(compact=True))}
+            return {"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br, "em": set(slab)}
         tl = []
         pat = doc.patient
         name = _fmt_name(pat.name if pat else g("PatientName"))
@@ -633,7 +633,8 @@ class SliceView(QWidget):
         else:
             label = "Fr" if vol.is_cine else "Im"
             tr.append(f"{label} {self.index + 1} / {self.n_slices}")
-        bl = self.slab_lines()
+        slab = self.slab_lines()
+        bl = list(slab)
         if vol.has_geometry:
             if self.plane.axis == 0:
                 if vol.slice_positions is not None and self.index < len(vol.slice_positions):
@@ -663,7 +664,7 @@ class SliceView(QWidget):
         elif w is not None:
             br.append(f"W {_fmt_num(w.width)}  L {_fmt_num(w.center)}" + (f"  {w.name}" if w.name else ""))
         br.append(f"Zoom {self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
-        return {"tl": tl, "tr": tr, "bl": bl, "br": br, "em": set(self.slab_lines())}
+        return {"tl": tl, "tr": tr, "bl": bl, "br": br, "em": set(slab)}
 
     def _draw_text(self, p: QPainter, x: float, y: float, text: str, color=QColor("#e8e8e8")):
         # a dark backing tight to the line, then a drop shadow: a shadow alone leaves light
