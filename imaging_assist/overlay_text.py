@@ -153,23 +153,25 @@ def patient_orientation_of(rec, read_file: bool = True):
     return _PO_CACHE[key]
 
 
-def orientation(vol, plane, rec=None, rotate: int = 0, read_file: bool = True) -> Orientation:
+def orientation(vol, plane, rec=None, rotate: int = 0, read_file: bool = True,
+                flip_h: bool = False) -> Orientation:
     """Edge letters of ``plane`` of ``vol`` (flips of the plane included), from the direction
     cosines when the volume has 3D geometry, else from ``rec``'s PatientOrientation
-    (``read_file=False``: no header read; ``why_none`` is NOT_READ_YET when one is needed)."""
+    (``read_file=False``: no header read; ``why_none`` is NOT_READ_YET when one is needed).
+    ``flip_h`` then ``rotate``: the view's own mirror and clockwise quarter turns."""
     if vol is None:
         return Orientation(None, "", "no image")
     if vol.has_geometry:
-        return Orientation(transform_labels(plane.orientation_labels(vol.direction), rotate=rotate),
+        return Orientation(transform_labels(plane.orientation_labels(vol.direction), flip_h=flip_h, rotate=rotate),
                            "direction cosines")
     if plane.axis != 0:
         return Orientation(None, "", "no 3D geometry")
     if not read_file and needs_file_read(rec):
         return Orientation(None, "", NOT_READ_YET)
     po = patient_orientation_of(rec)
-    lab = projection_labels(po, plane.flip_h, plane.flip_v, rotate)
+    lab = projection_labels(po, plane.flip_h, plane.flip_v)
     if lab is not None:
-        return Orientation(lab, "PatientOrientation")
+        return Orientation(transform_labels(lab, flip_h=flip_h, rotate=rotate), "PatientOrientation")
     if rec is None:
         return Orientation(None, "", "plain image, no DICOM header")
     if po in (None, "", []):

@@ -50,6 +50,13 @@ def test_projection_file_letters_come_from_the_header(tmp_path):
     assert o.source == "PatientOrientation"
     assert o.labels == {"right": "A", "left": "P", "bottom": "F", "top": "H"}
     assert orientation(vol, Plane(flip_h=True), rec).labels["right"] == "P"
+    # the view's own flip, then quarter turns clockwise (View > Flip / Rotate)
+    assert orientation(vol, Plane.native(), rec, flip_h=True).labels == {"right": "P", "left": "A", "bottom": "F",
+                                                                         "top": "H"}
+    assert orientation(vol, Plane.native(), rec, rotate=1).labels == {"top": "P", "right": "H", "bottom": "A",
+                                                                      "left": "F"}
+    assert orientation(vol, Plane.native(), rec, rotate=1, flip_h=True).labels == {
+        "top": "A", "right": "H", "bottom": "P", "left": "F"}
 
 
 def test_cross_sectional_letters_come_from_direction_cosines():

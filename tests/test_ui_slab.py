@@ -17,11 +17,17 @@ from imaging_assist.volume import Volume
 SLAB_DIR = SHARED / "ct" / "lidc_idri_0001_slab"
 
 
-@pytest.fixture(scope="module")
-def win(tmp_path_factory):
+def open_slab(tmp_path_factory, layout: str):
+    """A window on the real LIDC-IDRI-0001 slab, every slice read, in ``layout``."""
     w = open_window(tmp_path_factory, str(need(SLAB_DIR)), size=(1600, 1000))
     assert wait_until(lambda: w.doc.volume.loaded is None or w.doc.volume.loaded.all(), 60)
-    w.set_layout("mpr")
+    w.set_layout(layout)
+    return w
+
+
+@pytest.fixture(scope="module")
+def win(tmp_path_factory):
+    w = open_slab(tmp_path_factory, "mpr")
     yield w
     w.close()
 
@@ -124,6 +130,15 @@ def test_a_click_on_a_mip_points_at_the_slice_of_the_brightest_voxel(win):
     win.doc.set_index(0, 8)
     assert round(ax.point_kji(pos)[0]) == 8
     _off(win)
+
+
+def test_slab_controls_show_for_a_volume_only(win):
+    sc = win.slab_controls
+    assert sc.combo.isVisibleTo(win) and sc.thickness.isVisibleTo(win)  # the 16-slice CT
+    sc.set_available(Volume(array=np.zeros((1, 8, 8), np.int16)))  # one radiograph
+    assert not sc.combo.isVisibleTo(win) and not sc.thickness.isVisibleTo(win)
+    sc.set_available(win.doc.volume)
+    assert sc.combo.isVisibleTo(win)
 
 
 def test_a_colour_image_refuses_a_slab_in_one_line(win):

@@ -23,6 +23,8 @@ SHORTCUTS = [
     ("CT presets Brain … Bone", "1 … 7"),
     ("File (DICOM) window / auto window", "0 / 9"),
     ("Invert / reset view", "I / R"),
+    ("Rotate 90° clockwise / counter-clockwise", "Ctrl+R / Ctrl+Shift+R"),
+    ("Flip horizontal / vertical", "H / Shift+H"),
     ("Navigate tool (MPR: crosshair)", "Esc or V"),
     ("Ruler / ellipse / rectangle / angle", "M / E / B / A"),
     ("Polygon / freehand ROI, arrow, text note", "G / D / Shift+A / Shift+T"),
@@ -101,7 +103,12 @@ def build_actions(self):
     self.a_zoom_in = A("Zoom &in", lambda: self._zoom_step(1.25), ("+", "="))
     self.a_zoom_out = A("Zoom &out", lambda: self._zoom_step(0.8), "-")
     self.a_invert = A("&Invert", self.doc.set_invert, "I", checkable=True)
-    self.a_reset = A("&Reset view", self.reset_view, "R", tip="Reset window, zoom, pan and invert")
+    self.a_reset = A("&Reset view", self.reset_view, "R", tip="Reset window, zoom, pan, invert, rotation and flip")
+    # rotate / flip the active view (its letters move with the pixels; measurements stay on theirs)
+    self.a_rot_cw = A("Rotate 90° clockwise", lambda: self.active_view().rotate(1), "Ctrl+R")
+    self.a_rot_ccw = A("Rotate 90° counter-clockwise", lambda: self.active_view().rotate(-1), "Ctrl+Shift+R")
+    self.a_flip_h = A("Flip horizontal", lambda: self.active_view().flip(True), "H")
+    self.a_flip_v = A("Flip vertical", lambda: self.active_view().flip(False), "Shift+H")
     self.a_single = A("Single view", None, "Ctrl+1", checkable=True)
     self.a_single.triggered.connect(lambda: self.set_layout("single"))
     self.a_mpr = A("MPR (axial / coronal / sagittal)", None, "Ctrl+3", checkable=True)
@@ -164,6 +171,8 @@ def build_menus(self):
     m.addActions([self.a_single, self.a_mpr])
     m.addSeparator()
     m.addActions([self.a_fit, self.a_one, self.a_zoom_in, self.a_zoom_out, self.a_invert, self.a_reset])
+    m.addSeparator()
+    m.addActions([self.a_rot_cw, self.a_rot_ccw, self.a_flip_h, self.a_flip_v])
     m.addSeparator()
     m.addActions([self.a_crosshair, self.a_overlays, self.a_annot, self.a_smooth, self.a_full])
     m.addSeparator()

@@ -263,6 +263,7 @@ class MainWindow(QMainWindow):
         self.a_invert.setChecked(False)
         self.doc.set_invert(False)
         for v in self.view_area.views():
+            v.set_orientation(0, False)
             v.fit()
 
     def _set_crosshair(self, on):
@@ -382,12 +383,12 @@ class MainWindow(QMainWindow):
     def _update_enabled(self):
         has = self.doc.volume is not None
         for a in [self.a_save, self.a_fit, self.a_one, self.a_zoom_in, self.a_zoom_out, self.a_invert,
-                  self.a_reset, self.a_threshold, self.a_load_overlay, self.a_play] + self.preset_actions:
+                  self.a_reset, self.a_threshold, self.a_load_overlay, self.a_play, self.a_rot_cw, self.a_rot_ccw,
+                  self.a_flip_h, self.a_flip_v] + self.preset_actions:
             a.setEnabled(has)
         self.a_mpr.setEnabled(has and self.doc.mpr_available)
         self.preset_combo.setEnabled(has and not self.doc.volume.is_color)
-        for wdg in (self.slab_controls.combo, self.slab_controls.thickness):
-            wdg.setEnabled(has)
+        self.slab_controls.set_available(self.doc.volume)
 
     def save_view_dialog(self):
         screenshots.save_view_dialog(self)

@@ -57,12 +57,24 @@ class SlabControls(QObject):
 
     def add_to(self, layout, menu) -> None:
         from PySide6.QtWidgets import QLabel
+        self.label = QLabel("Slab")
         layout.addSpacing(12)
-        layout.addWidget(QLabel("Slab"))
+        layout.addWidget(self.label)
         layout.addWidget(self.combo)
         layout.addWidget(self.thickness)
         sub = menu.addMenu("Thick &slab")
         sub.addActions(list(self.menu_actions.values()))
+
+    def set_available(self, vol) -> None:
+        """Shown for a series that can be projected (several slices with positions, not colour,
+        not cine); the menu stays (it says why when chosen)."""
+        from imaging_assist.layers import Plane
+        from imaging_assist.slab import refusal
+
+        on = vol is not None and refusal(vol, Plane.native()) is None
+        for wdg in (getattr(self, "label", None), self.combo, self.thickness):
+            if wdg is not None:
+                wdg.setVisible(on)
 
     def current(self) -> Slab | None:
         mode = self.combo.currentData()

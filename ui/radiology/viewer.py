@@ -78,6 +78,12 @@ class SliceView(QWidget):
         self._first_painted = False
         self.extra_painters: list = []  # fn(view, painter) after the measurements (grid: reference lines)
         self.slab_siblings: list = []   # MPR: the views whose slab bounds this one draws
+        # Display orientation of this view: mirrored left-right (first), then turned clockwise by
+        # quarter turns.  Only the mapping to the screen changes: the plane, its (u, v) pixel
+        # coordinates and every measurement stored in them stay as they are.
+        self.turns = 0
+        self.mirror = False
+        self._oriented_cache = None
         self.setMouseTracking(True)
         self.setFocusPolicy(Qt.StrongFocus)
         self.setMinimumSize(160, 160)
@@ -146,6 +152,7 @@ class SliceView(QWidget):
         self._img_cache = None
         self._pending = None
         self._drag = None
+        self.turns, self.mirror, self._oriented_cache = 0, False, None  # another image: as stored
         self.fit()
 
     def _invalidate(self):
@@ -166,14 +173,80 @@ class SliceView(QWidget):
 
     # ------------------------------------------------------------------ geometry
     def spacing2d(self) -> tuple[float, float]:
+        """(horizontal, vertical) pixel size in mm of the plane's own (u, v) pixels."""
         if self.vol is None:
             return (1.0, 1.0)
         return self.plane.spacing2d(self.vol.spacing)
 
-    def image_size_mm(self) -> tuple[float, float]:
-        rows, cols = self.plane.shape2d(self.doc.shape3())
+    def screen_spacing(self) -> tuple[float, float]:
+        """(horizontal, vertical) pixel size in mm as the pixels lie on the screen (turned)."""
         sx, sy = self.spacing2d()
-        return cols * sx, rows * sy
+        return (sy, sx) if self.turns % 2 else (sx, sy)
+
+    def _plane_size(self) -> tuple[int, int]:
+        rows, cols = self.plane.shape2d(self.doc.shape3())
+        return cols, rows
+
+    def to_display(self, u: float, v: float) -> tuple[float, float]:
+        """Plane pixel (u, v) -> pixel of the image as shown (mirrored, then turned clockwise)."""
+        w, h = self._plane_size()
+        if self.mirror:
+            u = w - 1 - u
+        for _ in range(self.turns % 4):
+            u, v, w, h = h - 1 - v, u, h, w
+        return u, v
+
+    def from_display(self, u: float, v: float) -> tuple[float, float]:
+        """The inverse of :meth:`to_display`."""
+        w, h = self._plane_size()
+        if self.turns % 2:
+            w, h = h, w
+        for _ in range(self.turns % 4):
+            u, v, w, h = v, w - 1 - u, h, w
+        if self.mirror:
+            u = w - 1 - u
+        return u, v
+
+    def set_orientation(self, turns: int, mirror: bool) -> None:
+        """Turn / mirror the view keeping the image point at its centre where it is."""
+        turns, mirror = int(turns) % 4, bool(mirror)
+        if (turns, mirror) == (self.turns, self.mirror):
+            return
+        keep = None if (self.vol is None or self.fit_mode) else \
+            self.screen_to_uv(QPointF(self.width() / 2, self.height() / 2))
+        self.turns, self.mirror = turns, mirror
+        self._oriented_cache = None
+        if keep is None:
+            self.fit()
+            return
+        du, dv = self.to_display(*keep)
+        sx, sy = self.screen_spacing()
+        self.center_mm = ((du + 0.5) * sx, (dv + 0.5) * sy)
+        self.update()
+
+    def rotate(self, quarter_turns: int) -> None:
+        """Turn the shown image clockwise (negative: counter-clockwise) by quarter turns."""
+        self.set_orientation(self.turns + quarter_turns, self.mirror)
+
+    def flip(self, horizontal: bool = True) -> None:
+        """Flip the shown image left-right (or top-bottom), as it is on the screen now.
+        (A left-right flip of the turned image is a mirror of the plane turned the other way;
+        top-bottom is that and a half turn.)"""
+        self.set_orientation((2 if not horizontal else 0) - self.turns, not self.mirror)
+
+    def orientation_text(self) -> str:
+        """'Flipped, rotated 90°' for the corner ('' when shown as stored): the flip comes first."""
+        parts = (["flipped"] if self.mirror else []) + ([f"rotated {90 * self.turns}°"] if self.turns else [])
+        s = ", ".join(parts)
+        return s[:1].upper() + s[1:]
+
+    def image_size_mm(self) -> tuple[float, float]:
+        """(width, height) in mm of the image as shown."""
+        w, h = self._plane_size()
+        if self.turns % 2:
+            w, h = h, w
+        sx, sy = self.screen_spacing()
+        return w * sx, h * sy
 
     def fit(self):
         self.fit_mode = True
@@ -190,12 +263,12 @@ class SliceView(QWidget):
         """1:1 - one image pixel (horizontally) per screen pixel."""
         if self.vol is None:
             return
-        sx, _ = self.spacing2d()
+        sx, _ = self.screen_spacing()
         self.set_zoom(1.0 / sx)
 
     def zoom_factor(self) -> float:
         """Screen pixels per image pixel (horizontal)."""
-        return self.zoom * self.spacing2d()[0]
+        return self.zoom * self.screen_spacing()[0]
 
     def set_zoom(self, zoom: float, anchor: QPointF | None = None):
         zoom = float(np.clip(zoom, 0.02, 200.0))
@@ -221,13 +294,15 @@ class SliceView(QWidget):
         return (cx + (p.x() - self.width() / 2) / self.zoom, cy + (p.y() - self.height() / 2) / self.zoom)
 
     def screen_to_uv(self, p: QPointF) -> tuple[float, float]:
-        """Widget point -> display pixel coordinates (u, v) (pixel centres on integers)."""
+        """Widget point -> the plane's pixel coordinates (u, v) (pixel centres on integers),
+        through this view's turn / mirror."""
         mx, my = self.screen_to_mm(p)
-        sx, sy = self.spacing2d()
-        return mx / sx - 0.5, my / sy - 0.5
+        sx, sy = self.screen_spacing()
+        return self.from_display(mx / sx - 0.5, my / sy - 0.5)
 
     def uv_to_screen(self, u: float, v: float) -> QPointF:
-        sx, sy = self.spacing2d()
+        u, v = self.to_display(u, v)
+        sx, sy = self.screen_spacing()
         cx, cy = self.center_mm
         return QPointF(self.width() / 2 + ((u + 0.5) * sx - cx) * self.zoom,
                        self.height() / 2 + ((v + 0.5) * sy - cy) * self.zoom)
@@ -305,6 +380,23 @@ class SliceView(QWidget):
         self._comp_cache = (key, comp, buf)
         return comp
 
+    def oriented_image(self) -> QImage:
+        """:meth:`composite_image` mirrored and turned as this view shows it (exact pixel moves,
+        no resampling), cached with it."""
+        comp = self.composite_image()
+        if not self.turns and not self.mirror:
+            return comp
+        key = (id(comp), comp.cacheKey(), self.turns, self.mirror)
+        if self._oriented_cache is not None and self._oriented_cache[0] == key:
+            return self._oriented_cache[1]
+        from PySide6.QtGui import QTransform
+
+        img = comp.flipped(Qt.Horizontal) if self.mirror else comp
+        if self.turns:
+            img = img.transformed(QTransform().rotate(90 * self.turns), Qt.FastTransformation)
+        self._oriented_cache = (key, img, comp)  # the source kept alive with its key
+        return img
+
     def paintEvent(self, ev):
         p = QPainter(self)
         vol = self.vol
@@ -329,7 +421,7 @@ class SliceView(QWidget):
                     if r.width() > 0 and r.height() > 0:
                         p.fillRect(r.adjusted(0, 0, 1, 1), Qt.black)
             p.setRenderHint(QPainter.SmoothPixmapTransform, self.doc.smooth)
-            p.drawImage(target, self.composite_image())
+            p.drawImage(target, self.oriented_image())
         else:
             p.fillRect(self.rect(), Qt.black)
             p.setPen(QColor("#8b9099"))
@@ -518,6 +610,7 @@ class SliceView(QWidget):
         gap = 14
         # vertical line: the plane holding h_axis fixed; horizontal: v_axis fixed
         for axis, vertical in ((self.plane.h_axis, True), (self.plane.v_axis, False)):
+            vertical = vertical != bool(self.turns % 2)  # a quarter turn lays the lines the other way
             col = QColor(colors.get(axis, QColor("#8b9099")))
             col.setAlpha(200)
             p.setPen(QPen(col, 1.2))
@@ -595,6 +688,8 @@ class SliceView(QWidget):
             if w is not None and not vol.is_color and w.source != "voilut":
                 br.append(f"W {_fmt_num(w.width)} L {_fmt_num(w.center)}")
             br.append(f"{self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
+            if self.orientation_text():
+                br.append(self.orientation_text())
             slab = self.slab_lines(compact=True)
             bl = slab + ([self._cursor_text] if self._cursor_text else [])
             # the study date stays: it tells a prior from the current study in a grid
@@ -650,7 +745,8 @@ class SliceView(QWidget):
         note = corner_note(vol.spacing_source)
         if note:  # lengths that are not patient mm say so where the image is
             bl.append(note)
-        o = orientation(vol, self.plane, rec if self.plane.axis == 0 else None, read_file=False)
+        o = orientation(vol, self.plane, rec if self.plane.axis == 0 else None, rotate=self.turns,
+                        flip_h=self.mirror, read_file=False)
         if o.labels is None and o.why_none != NOT_READ_YET:  # no letters: say why, never guess
             bl.append(f"No orientation letters: {o.why_none}")
         if self._cursor_text:
@@ -664,6 +760,8 @@ class SliceView(QWidget):
         elif w is not None:
             br.append(f"W {_fmt_num(w.width)}  L {_fmt_num(w.center)}" + (f"  {w.name}" if w.name else ""))
         br.append(f"Zoom {self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
+        if self.orientation_text():
+            br.append(self.orientation_text())
         return {"tl": tl, "tr": tr, "bl": bl, "br": br, "em": set(slab)}
 
     def _draw_text(self, p: QPainter, x: float, y: float, text: str, color=QColor("#e8e8e8")):
@@ -710,7 +808,8 @@ class SliceView(QWidget):
         # orientation letters: direction cosines, else PatientOrientation (projection images)
         hdrs = self.vol.headers
         rec = hdrs[min(self.index, len(hdrs) - 1)] if (hdrs and self.plane.axis == 0) else None
-        o = orientation(self.vol, self.plane, rec, read_file=False)  # never a file read while painting
+        o = orientation(self.vol, self.plane, rec, rotate=self.turns, flip_h=self.mirror,
+                        read_file=False)  # never a file read while painting
         if o.why_none == NOT_READ_YET:  # read on a thread, then paint again
             read_later(rec, lambda: QMetaObject.invokeMethod(self, "update", Qt.QueuedConnection))
         lab = o.labels
