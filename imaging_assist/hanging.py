@@ -80,8 +80,8 @@ class Protocol:
     def describe(self) -> str:
         where = f"{self.modality or 'any'}" + (f" / {self.body_part}" if self.body_part else " / any body part")
         lay = {"single": "1×1", "mpr": "axial + MPR"}.get(self.layout, self.layout.replace("x", "×"))
-        slabs = [f"view {n} {Slab.parse(s).name} {Slab.parse(s).thickness_mm:g} mm"
-                 for n, s in enumerate(self.slabs, 1) if s]
+        slabs = [f"view {n} {sl.name} {sl.thickness_mm:g} mm"
+                 for n, sl in ((n, Slab.parse(s)) for n, s in enumerate(self.slabs, 1) if s)]
         return (f"{where}: {lay} ({', '.join(self.viewports)})" + (f", {', '.join(slabs)}" if slabs else "")
                 + ("  [built-in]" if self.builtin else ""))
 

@@ -152,14 +152,15 @@ def _one_line(fn, *args, match=None) -> str:
     return msg
 
 
-def _flipped_files(data: bytes, tmp_path, seed: int, count: int = 150):
-    """(n, path) of ``count`` copies of ``data`` with 1-4 random bytes after the preamble set
-    to random values (the same copies for the same seed)."""
+def _flipped_files(data: bytes, tmp_path, seed: int, count: int = 150, end: int | None = None):
+    """(n, path) of ``count`` copies of ``data`` with 1-4 random bytes after the preamble (and
+    before ``end``) set to random values (the same copies for the same seed)."""
     rnd = random.Random(seed)
+    end = len(data) if end is None else end
     for n in range(count):
         mutated = bytearray(data)
         for _ in range(rnd.randint(1, 4)):
-            mutated[rnd.randrange(132, len(mutated))] = rnd.randrange(256)
+            mutated[rnd.randrange(132, end)] = rnd.randrange(256)
         p = tmp_path / f"m{n}.dcm"
         p.write_bytes(bytes(mutated))
         yield n, p
@@ -168,6 +169,24 @@ def _flipped_files(data: bytes, tmp_path, seed: int, count: int = 150):
 def _scan_never_raises(path):
     idx = scan(str(path))  # the index never raises: a series or a problem with its reason
     assert len(idx.all_series()) + len(idx.problems) == 1
+
+
+def _read_each(files, read, cls, outcomes: dict):
+    """For each flipped file: the index never raises, and ``read(path)`` either fails in one
+    line (counted in ``outcomes["error"]``) or gives a ``cls`` whose warnings are one line each
+    (counted in ``outcomes["loaded"]`` and yielded as ``(n, object)``)."""
+    for n, p in files:
+        _scan_never_raises(p)
+        try:
+            obj = read(str(p))
+        except ResultObjectError as e:
+            assert "\n" not in str(e) and len(str(e)) < 300, n
+            outcomes["error"] = outcomes.get("error", 0) + 1
+            continue
+        assert isinstance(obj, cls), n
+        outcomes["loaded"] = outcomes.get("loaded", 0) + 1
+        assert all(isinstance(w, str) and "\n" not in w for w in obj.warnings), n
+        yield n, obj
 
 
 # --------------------------------------------------------------------------- Parametric Map
@@ -197,22 +216,10 @@ def test_pm_header_byte_fuzz_loads_exactly_or_fails_in_one_line(which, count, re
     data, heat = request.getfixturevalue(f"{which}_pm")
     orig_slices = _frame_slices(_ds(data), vol)
     header_end = max(data.find(t) for t in (b"\xe0\x7f\x08\x00", b"\xe0\x7f\x10\x00"))  # (Float) Pixel Data
-    rnd = random.Random(17)
     outcomes = {"error": 0, "exact": 0, "changed": 0}
-    for n in range(count):
-        mutated = bytearray(data)
-        for _ in range(rnd.randint(1, 4)):
-            mutated[rnd.randrange(132, header_end)] = rnd.randrange(256)
-        p = tmp_path / f"m{n}.dcm"
-        p.write_bytes(bytes(mutated))
-        _scan_never_raises(p)
-        try:
-            pm = read_result(str(p), vol)
-        except ResultObjectError as e:
-            assert "\n" not in str(e) and len(str(e)) < 300, n
-            outcomes["error"] += 1
-            continue
-        assert isinstance(pm, ParametricMap), n
+    files = _flipped_files(data, tmp_path, seed=17, count=count, end=header_end)
+    for n, pm in _read_each(files, lambda p: read_result(p, vol), ParametricMap, outcomes):
+        mutated = (tmp_path / f"m{n}.dcm").read_bytes()
         assert pm.array.shape == vol.array.shape and pm.array.dtype == np.float32
         if np.array_equal(pm.array, heat, equal_nan=True):
             outcomes["exact"] += 1
@@ -619,17 +626,8 @@ def test_sr_byte_fuzz_never_attaches_a_measurement_elsewhere(which, tilt, reques
     n_vec = np.asarray(tilt.normal, float)
     half_gap = float(np.max(np.abs(np.diff(ipp @ n_vec)))) / 2
     outcomes = {"error": 0, "loaded": 0}
-    for n, p in _flipped_files(data, tmp_path, seed=23):
-        _scan_never_raises(p)
-        try:
-            sr = read_result(str(p), tilt)
-        except ResultObjectError as e:
-            assert "\n" not in str(e) and len(str(e)) < 300, n
-            outcomes["error"] += 1
-            continue
-        assert isinstance(sr, StructuredReport), n
-        outcomes["loaded"] += 1
-        assert all(isinstance(w, str) and "\n" not in w for w in sr.warnings), n
+    files = _flipped_files(data, tmp_path, seed=23)
+    for n, sr in _read_each(files, lambda p: read_result(p, tilt), StructuredReport, outcomes):
         for it in sr.items:
             k = it.slice_in(tilt)
             orig = by_value.get((it.kind, it.value, it.unit))
@@ -701,17 +699,8 @@ def test_presentation_state_byte_fuzz_is_placed_or_one_line(tilt, tmp_path):
     base = read_presentation_state(_ds(data), tilt)
     assert len(base.layer.shapes) == 3 and base.warnings == []
     outcomes = {"error": 0, "loaded": 0}
-    for n, p in _flipped_files(data, tmp_path, seed=37):
-        _scan_never_raises(p)
-        try:
-            got = read_presentation_state(str(p), tilt)
-        except ResultObjectError as e:
-            assert "\n" not in str(e) and len(str(e)) < 300, n
-            outcomes["error"] += 1
-            continue
-        assert isinstance(got, PresentationState), n
-        outcomes["loaded"] += 1
-        assert all(isinstance(w, str) and "\n" not in w for w in got.warnings), n
+    files = _flipped_files(data, tmp_path, seed=37)
+    for n, got in _read_each(files, lambda p: read_presentation_state(p, tilt), PresentationState, outcomes):
         for s in got.layer.shapes if got.layer is not None else []:
             assert np.all(np.isfinite(s.points)) and set(np.unique(s.points[:, 0])) <= set(range(tilt.n_slices)), n
     assert outcomes["loaded"] and outcomes["error"], outcomes
