@@ -25,6 +25,13 @@ SRC = T.DATA / "ct" / "lidc_nodule_vois"
 PRE = W.WINDOW_SIZE + 8  # +-4 mm of click jitter
 OFF = (PRE - W.WINDOW_SIZE) // 2
 SPLIT_NAMES = {0: "train", 1: "validation", 2: "test"}
+# Clicks that are not on the nodule ("negatives"): on a bright structure inside the lung (a vessel,
+# a fissure) at least NEG_VESSEL_MM from the nodule, or in the parenchyma 2-4 mm beside one at least
+# NEG_BESIDE_MM from it.  Both lie beyond models.SEED_RADIUS_MM (5 mm), so the right answer there
+# is "no nodule at this point" (the nodule itself, if inside the window, is still segmented).
+NEG_VESSEL_MM = 7.0
+NEG_BESIDE_MM = 9.0
+NEG_KINDS = ("vessel", "beside")
 
 
 def read_rows():
@@ -73,6 +80,61 @@ def load_cubes(rows):
     T.CACHE.mkdir(parents=True, exist_ok=True)
     np.savez(f, image=img, valid=val, mask=msk)
     return img, val, msk
+
+
+def negative_candidates(vol, mask: np.ndarray) -> dict:
+    """bool [k, j, i] candidates of each kind in NEG_KINDS on a crop (array in HU, nodule mask)."""
+    from scipy import ndimage
+
+    a = vol.array
+    sp = (vol.spacing[2], vol.spacing[1], vol.spacing[0])  # mm along [k, j, i]
+    lung_share = ndimage.uniform_filter((a < -600).astype(np.float32),
+                                        size=[max(1, int(round(5.0 / s))) for s in sp])
+    bright = (a >= -400) & (lung_share >= 0.35)  # a structure surrounded by lung, not chest wall
+    from_nodule = ndimage.distance_transform_edt(~mask, sampling=sp)
+    from_bright = ndimage.distance_transform_edt(~bright, sampling=sp) if bright.any() else np.full(a.shape, np.inf)
+    inner = np.zeros(a.shape, bool)  # at least 3 mm of the crop on every side
+    mk = [int(np.ceil(3.0 / s)) for s in sp]
+    if all(a.shape[d] > 2 * mk[d] for d in range(3)):
+        inner[mk[0]:a.shape[0] - mk[0], mk[1]:a.shape[1] - mk[1], mk[2]:a.shape[2] - mk[2]] = True
+    return {"vessel": bright & inner & (from_nodule >= NEG_VESSEL_MM),
+            "beside": (a < -700) & inner & (from_bright >= 2.0) & (from_bright <= 4.0)
+            & (from_nodule >= NEG_BESIDE_MM)}
+
+
+def load_negative_cubes(rows, seed: int = 0):
+    """One negative click per crop that has a candidate (kind chosen at random among those it
+    has, then a random voxel; fixed seed): (image, valid, mask, row index, kind, point LPS mm) with the
+    ``PRE`` cubes cut around the click exactly as :func:`load_cubes` cuts around a centre (the
+    mask = the crop's nodule mask on that cube).  Cached in ``.cache/training``."""
+    key = hashlib.sha256(("\n".join(r["file"] for r in rows) + f"{PRE}{W.MODEL_SPACING_MM}{seed}"
+                          f"{NEG_VESSEL_MM}{NEG_BESIDE_MM}neg2").encode()).hexdigest()[:16]
+    f = T.CACHE / f"ct_nodule_negatives_{key}.npz"
+    if f.exists():
+        d = np.load(f)
+        return d["image"], d["valid"], d["mask"], d["row"], d["kind"], d["point"]
+    rng = np.random.default_rng(seed)
+    out = {k: [] for k in ("image", "valid", "mask", "row", "kind", "point")}
+    for i, r in enumerate(rows):
+        vi = W.volume_from_nifti(SRC / r["file"])
+        vm = W.volume_from_nifti(SRC / r["mask"])
+        vm.array = (vm.array > 0).astype(np.float32)
+        cand = negative_candidates(vi, vm.array > 0)
+        kinds = [k for k in NEG_KINDS if cand[k].any()]
+        if not kinds:
+            continue
+        kind = kinds[int(rng.integers(len(kinds)))]
+        pts = np.argwhere(cand[kind])
+        k, j, ii = pts[int(rng.integers(len(pts)))]
+        c = np.asarray(vi.index_to_lps(ii, j, k), float)
+        wi, wm = W.cut_cube(vi, c, PRE), W.cut_cube(vm, c, PRE)
+        for name, v in (("image", wi.image.astype(np.float16)), ("valid", wi.valid),
+                        ("mask", wm.image.astype(np.float16)), ("row", i), ("kind", NEG_KINDS.index(kind)), ("point", c)):
+            out[name].append(v)
+    arrays = {k: np.asarray(v) for k, v in out.items()}
+    T.CACHE.mkdir(parents=True, exist_ok=True)
+    np.savez(f, **arrays)
+    return tuple(arrays[k] for k in ("image", "valid", "mask", "row", "kind", "point"))
 
 
 def central(a: np.ndarray) -> np.ndarray:

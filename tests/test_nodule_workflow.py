@@ -264,12 +264,67 @@ def test_click_without_a_nodule_finds_none(slab, where, ijk):
 
 
 def test_click_beside_a_vessel_is_not_made_a_nodule(slab):
-    """4 mm from a vessel in the right lung the segmenter (trained on nodule crops only) outlines
-    the vessel; the elongation rule (beyond 99.5 % of LIDC nodules) refuses it."""
+    """4 mm from a vessel in the right lung the segmenter outlines the vessel; the elongation rule
+    (beyond 99.5 % of LIDC nodules) refuses it."""
     from imaging_assist.nodules.analysis import analyze_at
 
     r = analyze_at(slab, [-60.0, 40.0, -115.0], "V")
     assert not r.found and "elongated" in r.reason and r.mask is None, r.reason
+
+
+def test_vessel_cut_lengthwise_is_refused_by_its_axis_ratio(slab):
+    """A click on a vessel deep in the left lung (from scripts/check_nodule_clicks.py): the
+    segmenter outlines a vessel segment branching through the window (3D elongation about 2, which
+    the elongation rule lets through) that is 29 x 7 mm on its slice of largest area; no LIDC
+    nodule is more than 2.61 times longer than wide, so it is refused."""
+    from imaging_assist.nodules.analysis import MAX_AXIS_RATIO, analyze_at
+
+    r = analyze_at(slab, [-47.2, 7.6, -105.0], "V")
+    assert not r.found and "longer than wide" in r.reason and r.mask is None and r.p_malignant is None, r.reason
+    ratio = float(r.reason.split(" times longer")[0].split()[-1])
+    assert ratio > MAX_AXIS_RATIO
+
+
+def test_axis_ratio_rule_thresholds():
+    from imaging_assist.nodules.analysis import MAX_AXIS_RATIO, WARN_AXIS_RATIO, axis_refusal
+
+    assert axis_refusal(26.1, 10.0)[0] is None  # the most elongated LIDC nodule: 2.61
+    assert axis_refusal(29.4, 7.4)[0].startswith("no nodule found at this point")
+    assert axis_refusal(5.0, 0.0)[0] is not None  # a line one voxel wide
+    assert axis_refusal(10.0, 10.0) == (None, None)
+    assert axis_refusal(20.0, 10.0)[1].startswith("on its slice of largest area the segmented structure is 2.0 times")
+    # the rule's numbers come from scripts/check_nodule_shape.py on the 869 LIDC masks:
+    # largest ratio 2.606, 95th percentile 1.883
+    assert 2.606 < MAX_AXIS_RATIO < 3.0 and 1.883 <= WARN_AXIS_RATIO < 2.0
+
+
+def test_the_most_elongated_test_nodules_are_still_found():
+    """The axis-ratio and elongation rules must not refuse real nodules: the eight test-split LIDC
+    crops whose reference masks are the longest for their width, clicked at their centre, are found
+    (all 260 validation and test nodules were, when the rule was added)."""
+    import csv
+
+    from imaging_assist.nodules.analysis import analyze_at
+    from imaging_assist.nodules.window import volume_from_nifti
+
+    vois = need(SHARED / "ct" / "lidc_nodule_vois")
+    from imaging_assist.models.registry import project_weights_dir
+
+    with (project_weights_dir() / "ct-nodule-seg" / "predictions.csv").open() as fh:
+        test_files = {r["file"] for r in csv.DictReader(fh) if r["split"] == "test"}
+    with (vois / "labels.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["file"] in test_files]
+    ratios = []
+    for r in rows:
+        m = volume_from_nifti(vois / r["mask"])
+        mm = measure.measure(np.asarray(m.array) > 0, m)
+        ratios.append(mm.long_axis_mm / mm.short_axis_mm)
+    assert len(rows) == 134
+    for i in np.argsort(ratios)[-8:]:
+        r = rows[i]
+        res = analyze_at(volume_from_nifti(vois / r["file"]),
+                         [float(r["coordX"]), float(r["coordY"]), float(r["coordZ"])], "N", explain=False)
+        assert res.found, (r["file"], round(ratios[i], 2), res.reason)
 
 
 def test_non_ct_and_outside_points_are_refused_with_the_reason(slab, consensus):

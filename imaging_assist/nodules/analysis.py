@@ -17,8 +17,10 @@
    ``found=False`` with the reason when there is none, when it is smaller than a
    3 mm sphere (:data:`MIN_VOLUME_MM3`; the models cover nodules >= 3 mm), when its mean
    density is that of aerated lung or air (< :data:`MIN_MEAN_HU`), or when it is more elongated
-   than 99.5 % of the LIDC nodules (:data:`MAX_ELONGATION`: a vessel, which the segmenter, trained
-   on nodule crops only, outlines too; above the 95th percentile a warning).  A mask is never made up:
+   than 99.5 % of the LIDC nodules (:data:`MAX_ELONGATION`: a vessel, which the segmenter
+   outlines at times; above the 95th percentile a warning), or (after step 5's measurement) when
+   its long axis on the slice of largest area exceeds :data:`MAX_AXIS_RATIO` times its short axis
+   (beyond every LIDC nodule: a vessel cut lengthwise).  A mask is never made up:
    without a component there is no mask, no measurement and no malignancy likelihood.
    The window is then cut again around the nodule's centre *snapped to the nearest voxel centre
    of the series* and segmented again (the same rule); both models work on that window.  Clicks
@@ -49,9 +51,17 @@ MIN_MEAN_HU = -850.0  # a "nodule" this dark is aerated lung or air
 # Elongation = largest / smallest principal standard deviation of the segmented voxels (mm).
 # On the 869 LIDC nodule masks (scripts/check_nodule_shape.py): median 1.53, 95th percentile 2.39,
 # 99.5th 3.54.  Above MAX_ELONGATION the structure is refused (a vessel or airway wall, which the
-# segmenter, trained on nodule crops only, also outlines); above WARN_ELONGATION a warning.
+# segmenter outlines at times); above WARN_ELONGATION a warning.
 MAX_ELONGATION = 3.5
 WARN_ELONGATION = 2.4
+# Axis ratio = long / short axis diameter on the slice of largest area (the Fleischner diameters
+# measure() gives).  On the 869 LIDC nodule masks (scripts/check_nodule_shape.py): median 1.29,
+# 95th percentile 1.88, 99th 2.35, largest 2.61.  A vessel cut lengthwise by the slice outlines a
+# long narrow shape that the 3D elongation can miss when its branches spread through the window
+# (measured on the LIDC-IDRI-0001 slab: scripts/check_nodule_clicks.py); above MAX_AXIS_RATIO
+# (beyond every LIDC nodule) it is refused, above WARN_AXIS_RATIO a warning.
+MAX_AXIS_RATIO = 2.7
+WARN_AXIS_RATIO = 1.9
 NOT_FOUND = "no nodule found at this point"
 
 
@@ -148,6 +158,58 @@ def elongation(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> float:
     return float(np.sqrt(ev[-1] / max(ev[0], 1e-12)))
 
 
+# The "is it a nodule" rules below return (reason, warning): ``reason`` (the click's "no nodule
+# found ..." line) refuses, else ``warning`` (or None) goes with the result.  One code path for
+# analyze_at and the segmenter's training script, which measures how often a click beside a
+# vessel passes them (the card's false_nodule_rate).
+def shape_refusal(comp: np.ndarray, win) -> tuple[str | None, str | None]:
+    """The rules on the component ``comp`` of the models' window ``win``: smaller than a 3 mm
+    sphere, aerated-lung density, more elongated than 99.5 % of LIDC nodules (refused); more than
+    95 % of them (warning)."""
+    vol_w = float(np.count_nonzero(comp)) * float(np.prod(win.spacing))
+    if vol_w < MIN_VOLUME_MM3:
+        return (f"{NOT_FOUND}: the segmented region is {vol_w:.1f} mm³, smaller than a 3 mm nodule "
+                f"({MIN_VOLUME_MM3:.1f} mm³); the models cover nodules >= 3 mm"), None
+    hu_w = float(win.image[comp].mean())
+    if hu_w < MIN_MEAN_HU:
+        return (f"{NOT_FOUND}: the segmented region's mean density is {hu_w:.0f} HU "
+                f"(aerated lung or air, below {MIN_MEAN_HU:.0f} HU)"), None
+    elong = elongation(comp, win.spacing)
+    if elong > MAX_ELONGATION:
+        return (f"{NOT_FOUND}: the segmented structure is elongated ({elong:.1f}:1, more than 99.5 % "
+                "of LIDC nodules): a vessel or airway wall rather than a nodule"), None
+    if elong > WARN_ELONGATION:
+        return None, (f"the segmented structure is elongated ({elong:.1f}:1; 5 % of LIDC nodules are "
+                      "this elongated): it may be a vessel, check the mask")
+    return None, None
+
+
+def axis_refusal(long_mm: float, short_mm: float) -> tuple[str | None, str | None]:
+    """The rule on a mask whose slice of largest area measures ``long_mm`` x ``short_mm``: longer
+    than wide beyond every LIDC nodule (refused), beyond 95 % of them (warning)."""
+    ratio = long_mm / short_mm if short_mm > 0 else math.inf
+    if ratio > MAX_AXIS_RATIO:
+        return (f"{NOT_FOUND}: on its slice of largest area the segmented structure is {ratio:.1f} times "
+                f"longer than wide ({long_mm:.1f} x {short_mm:.1f} mm; no LIDC nodule is more than "
+                f"{MAX_AXIS_RATIO:g}): a vessel rather than a nodule"), None
+    if ratio > WARN_AXIS_RATIO:
+        return None, (f"on its slice of largest area the segmented structure is {ratio:.1f} times longer "
+                      "than wide (5 % of LIDC nodules are): it may be a vessel, check the mask")
+    return None, None
+
+
+def _refused(res: NoduleResult, verdict: tuple[str | None, str | None], t0: float) -> bool:
+    """Apply a rule's (reason, warning) to ``res``; True when it refused."""
+    reason, warning = verdict
+    if reason:
+        res.reason = reason
+        res.timings["total_s"] = time.perf_counter() - t0
+        return True
+    if warning:
+        res.warnings.append(warning)
+    return False
+
+
 def nearest_mm(prob: np.ndarray, window_affine: np.ndarray, point_lps,
                threshold: float = SEG_THRESHOLD) -> float:
     """Distance (mm) from the point to the nearest voxel the segmenter marks (inf: none)."""
@@ -218,27 +280,8 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
         res.reason = f"{NOT_FOUND}: the segmenter marks no nodule within {nm.SEED_RADIUS_MM:g} mm{far}"
         res.timings["total_s"] = time.perf_counter() - t0
         return res
-    vol_w = float(comp.sum()) * float(np.prod(win.spacing))
-    if vol_w < MIN_VOLUME_MM3:
-        res.reason = (f"{NOT_FOUND}: the segmented region is {vol_w:.1f} mm³, smaller than a 3 mm nodule "
-                      f"({MIN_VOLUME_MM3:.1f} mm³); the models cover nodules >= 3 mm")
-        res.timings["total_s"] = time.perf_counter() - t0
+    if _refused(res, shape_refusal(comp, win), t0):
         return res
-    hu_w = float(win.image[comp].mean())
-    if hu_w < MIN_MEAN_HU:
-        res.reason = (f"{NOT_FOUND}: the segmented region's mean density is {hu_w:.0f} HU "
-                      f"(aerated lung or air, below {MIN_MEAN_HU:.0f} HU)")
-        res.timings["total_s"] = time.perf_counter() - t0
-        return res
-    elong = elongation(comp, win.spacing)
-    if elong > MAX_ELONGATION:
-        res.reason = (f"{NOT_FOUND}: the segmented structure is elongated ({elong:.1f}:1, more than 99.5 % "
-                      "of LIDC nodules): a vessel or airway wall rather than a nodule")
-        res.timings["total_s"] = time.perf_counter() - t0
-        return res
-    if elong > WARN_ELONGATION:
-        res.warnings.append(f"the segmented structure is elongated ({elong:.1f}:1; 5 % of LIDC nodules are "
-                            "this elongated): it may be a vessel, check the mask")
     edge = np.zeros(comp.shape, bool)
     edge[[0, -1], :, :] = edge[:, [0, -1], :] = edge[:, :, [0, -1]] = True
     if (comp & edge).any():
@@ -249,11 +292,14 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     mask = nm.source_mask(prob, comp, win, volume)  # the card's source_grid (models.source_mask)
     t3 = time.perf_counter()
     if not mask.any():
+        vol_w = float(np.count_nonzero(comp)) * float(np.prod(win.spacing))
         res.reason = (f"{NOT_FOUND}: the segmented nodule ({vol_w:.0f} mm³) falls between the series' "
                       "voxel centres (slices too thick for it)")
         res.timings["total_s"] = t3 - t0
         return res
     mm = measure(mask, volume)
+    if _refused(res, axis_refusal(mm.long_axis_mm, mm.short_axis_mm), t0):
+        return res
     t4 = time.perf_counter()
     p, cam = nm.malignancy(win, explain=explain)
     t5 = time.perf_counter()
