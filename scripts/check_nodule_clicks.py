@@ -10,7 +10,8 @@ beside one: ``negative_candidates``, the rule the training script's negatives us
 darker than -600 HU, so the hilum, mediastinum and chest wall are left out), fixed seed.  Each
 click goes through the whole workflow (:func:`imaging_assist.nodules.analysis.analyze_at`, the
 shipped models): ``reported`` = a nodule mask came back, ``reported_not_flagged`` = and the OOD
-statistics did not flag the window, ``refused_shape`` = refused by a vessel rule (elongation,
+statistics did not flag the window, ``reported_without_any_warning`` = and no warning at all came
+with it (no OOD flag, not elongated, not at the window's edge), ``refused_shape`` = refused by a vessel rule (elongation,
 axis ratio).
 
 Writes ``weights/ct-nodule-seg/slab_clicks.json``; the last stdout line is one JSON object.
@@ -67,17 +68,20 @@ def main(argv=None) -> int:
         rep = [r for r in res if r.found]
         out["kinds"][kind] = {"clicks": len(res), "reported": len(rep),
                               "reported_not_flagged": sum(1 for r in rep if not r.ood.get("flagged")),
+                              "reported_without_any_warning": sum(1 for r in rep if not r.warnings),
                               "refused_shape": sum(1 for r in res if not r.found and ("elongated" in r.reason
                                                                                     or "longer than wide" in r.reason)),
                               "median_reported_volume_mm3": (round(float(np.median([r.volume_mm3 for r in rep])), 0)
                                                              if rep else None)}
         print(kind, out["kinds"][kind], flush=True)
-    tot = {k: sum(v[k] for v in out["kinds"].values()) for k in ("clicks", "reported", "reported_not_flagged")}
+    tot = {k: sum(v[k] for v in out["kinds"].values())
+           for k in ("clicks", "reported", "reported_not_flagged", "reported_without_any_warning")}
     out["total"] = tot
     if not args.no_write:
         T.write_json(T.ROOT / "weights" / SEG_ID / "slab_clicks.json", out)
     print(json.dumps({"clicks": tot["clicks"], "reported": tot["reported"],
-                      "reported_not_flagged": tot["reported_not_flagged"], "models": out["models"]}))
+                      "reported_not_flagged": tot["reported_not_flagged"],
+                      "reported_without_any_warning": tot["reported_without_any_warning"], "models": out["models"]}))
     return 0
 
 
