@@ -115,6 +115,9 @@ def main(argv=None) -> int:
     # clicks that are not on a nodule: trained on (train split's crops, --negatives lung) and
     # measured (validation and test crops') by how often the workflow would still report a nodule
     nimg, nval, nmsk, nrow, nkind, npt = D.load_negative_cubes(rows, args.seed)
+    if not len(nrow):
+        raise SystemExit("no crop has a lung vessel far enough from its nodule for a negative click "
+                         "(_ct_nodule_data.negative_candidates): check the data folder")
     nsplit = split[nrow]
     print("negative clicks:", {D.SPLIT_NAMES[k]: int((nsplit == k).sum()) for k in range(3)}, flush=True)
     if args.negatives == "lung" and not args.evaluate_only:

@@ -320,6 +320,19 @@ def test_seg_false_nodule_rate_recomputed_from_negatives():
     assert _card_metric(card, "false_nodule_rate", "patient-split test")["value"] <= 0.10
 
 
+def test_slab_click_check_is_of_the_shipped_weights():
+    """slab_clicks.json (scripts/check_nodule_clicks.py, quoted by the card's limitations and the
+    docs) was measured with the shipped segmenter's version, and no false report on the real slab
+    came without a warning."""
+    card = json.loads((WEIGHTS / "ct-nodule-seg" / "model.json").read_text())
+    d = json.loads((WEIGHTS / "ct-nodule-seg" / card["files"]["slab_clicks"]).read_text())
+    assert d["models"]["ct-nodule-seg"] == card["version"]
+    kinds = d["kinds"].values()
+    assert d["total"]["clicks"] == sum(k["clicks"] for k in kinds) >= 100
+    assert d["total"]["reported"] == sum(k["reported"] for k in kinds)
+    assert d["total"]["reported_without_any_warning"] == 0
+
+
 def test_clicks_beside_the_nodule_in_test_crops_are_not_reported():
     """The whole workflow (analyze_at, second pass and every rule) at the test crops' negative
     clicks of negatives.csv (on or beside a vessel >= 7 mm from the nodule): at most 10 % give a
