@@ -208,6 +208,23 @@ def main(argv=None) -> int:
     best = max(selection, key=lambda r: r["val_dice"])  # first of equals: the simpler read-out
     readout = {k: best[k] for k in ("tta", "mask_threshold", "source_grid")}
     print("chosen on validation:", best, flush=True)
+    # the segmenter's confidence (mean probability inside the nodule, models.confidence) on the
+    # validation nodules: below the conformal threshold (the OOD statistics' rule, at most 5% of
+    # future nodules flagged with 90% confidence) a click is flagged and its decision withheld
+    from imaging_assist.nodules.models import confidence
+    from imaging_assist.validation.ood import conformal_threshold, threshold_rule_text
+
+    confs = {}
+    for n, i in enumerate(keep):
+        win = crop(i)[2]
+        p = prob[readout["tta"]][n] * W.design_valid(win, args.design)
+        confs[i] = confidence(p, nodule_mask(p, win, readout["mask_threshold"]))
+    unsure = [1.0 - confs[i] if np.isfinite(confs[i]) else 1.0 for i in keep if split[i] == 1]
+    thr_u, info_u = conformal_threshold(unsure)
+    readout["min_confidence"] = {"threshold": round(1.0 - thr_u, 4), "score": "mean segmenter probability "
+                                 "inside the nodule (models.confidence)", "rule": threshold_rule_text(info_u),
+                                 **{k: info_u[k] for k in ("n", "rank", "validation_flagged", "confidence")}}
+    print("confidence threshold:", readout["min_confidence"], flush=True)
     neg = false_nodules(net, nimg, nval, nsplit, nkind, nrow, npt, rows, readout, args.design)
     recs = []
     for n, i in enumerate(keep):
@@ -219,7 +236,8 @@ def main(argv=None) -> int:
         recs.append({"file": r["file"], "split": D.SPLIT_NAMES[int(split[i])], "patient": r["patient_id"],
                      "dice": E.dice(pred, truth), "volume_true_mm3": vt, "volume_pred_mm3": vp,
                      "volume_error_pct": 100.0 * (vp - vt) / vt if vt > 0 else float("nan"),
-                     "hd95_mm": E.hausdorff95(pred, truth, sp), "diameter_mm": float(r["diameter_mm"])})
+                     "hd95_mm": E.hausdorff95(pred, truth, sp), "diameter_mm": float(r["diameter_mm"]),
+                     "confidence": confs[i]})
     for name, rr in (("predictions.csv", recs), ("negatives.csv", neg)):
         with (out / name).open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rr[0]))
@@ -295,7 +313,9 @@ def main(argv=None) -> int:
             "the crop's nodule (target: that nodule only; false_nodule_rate = the share of such held-out clicks the "
             "workflow still reports as a nodule). The crops hold no lung far from a nodule: in a whole scan a click on "
             "a vessel deep in the lung can still give a vessel segment; the workflow refuses masks more elongated than "
-            "any LIDC nodule (3D elongation, long/short axis ratio) and the OOD statistics flag many of the others. "
+            "any LIDC nodule (3D elongation, long/short axis ratio); the OOD statistics and the confidence threshold "
+            "(input.window.min_confidence: the mean probability inside the nodule, below which the decision is "
+            "withheld) flag most of the others. "
             "scripts/check_nodule_clicks.py measures it on the real LIDC-IDRI-0001 slab (slab_clicks.json)."],
         "population": {"image_kind": "cross-sectional", "data": "LIDC-IDRI: thoracic (chest, lung) CT of 1,010 "
                        "patients from seven US academic centres (diagnostic and screening, several vendors, 0.45-2.5 mm "

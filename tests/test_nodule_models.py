@@ -320,6 +320,21 @@ def test_seg_false_nodule_rate_recomputed_from_negatives():
     assert _card_metric(card, "false_nodule_rate", "patient-split test")["value"] <= 0.10
 
 
+def test_seg_min_confidence_is_the_conformal_threshold_of_the_validation_nodules():
+    """The card's min_confidence (below it a click is flagged and its decision withheld) is the
+    OOD statistics' conformal rule applied to 1 - the validation nodules' confidence
+    (predictions.csv); the test nodules below it are few."""
+    from imaging_assist.validation.ood import conformal_threshold
+
+    card = json.loads((WEIGHTS / "ct-nodule-seg" / "model.json").read_text())
+    mc = card["input"]["window"]["min_confidence"]
+    val = np.array([float(r["confidence"]) for r in _rows("ct-nodule-seg", "validation")])
+    thr, info = conformal_threshold(1.0 - val)
+    assert 1.0 - thr == pytest.approx(mc["threshold"], abs=2e-4) and info["rank"] == mc["rank"]
+    test = np.array([float(r["confidence"]) for r in _rows("ct-nodule-seg", "test")])
+    assert (test < mc["threshold"]).mean() <= 0.06
+
+
 def test_slab_click_check_is_of_the_shipped_weights():
     """slab_clicks.json (scripts/check_nodule_clicks.py, quoted by the card's limitations and the
     docs) was measured with the shipped segmenter's version, and no false report on the real slab
@@ -481,9 +496,11 @@ def test_readout_is_the_validation_best_and_the_engine_reads_it_from_the_card(mi
     score = "val_dice" if mid == "ct-nodule-seg" else "val_auc"
     eligible = [c for c in tr["readout_selection"]["candidates"] if c.get("eligible", True)]
     best = max(eligible, key=lambda c: c[score])
-    assert {k: best[k] for k in tr["readout"]} == tr["readout"]
+    chosen = {k: v for k, v in tr["readout"].items() if k != "min_confidence"}  # min_confidence: its own rule
+    assert {k: best[k] for k in chosen} == chosen
     assert all(card["input"]["window"][k] == v for k, v in tr["readout"].items())
     m = M.load(mid)
     assert M.tta(m) == tr["readout"]["tta"]
     if mid == "ct-nodule-seg":
         assert M.mask_threshold(m) == tr["readout"]["mask_threshold"]
+        assert M.min_confidence(m) == tr["readout"]["min_confidence"]["threshold"]

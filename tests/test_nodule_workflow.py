@@ -285,6 +285,25 @@ def test_vessel_cut_lengthwise_is_refused_by_its_axis_ratio(slab):
     assert ratio > MAX_AXIS_RATIO
 
 
+def test_unsure_outline_on_a_vessel_is_flagged_and_its_decision_withheld(slab):
+    """A click beside a vessel deep in the right lung (scripts/check_nodule_clicks.py): the segmenter
+    outlines a vessel segment that passes the shape rules and that neither model's OOD statistics
+    flag, but its mean probability (0.78) is below the card's confidence threshold (0.83, the
+    validation nodules' conformal threshold): flagged, decision withheld, said in a warning."""
+    from imaging_assist.nodules import models as nm
+    from imaging_assist.nodules.analysis import analyze_at
+
+    r = analyze_at(slab, [-38.7, 26.6, -110.0], "V", explain=False)
+    assert r.found
+    assert not r.ood["segmentation"]["flagged"] and r.ood["score"] <= r.ood["threshold"]  # not the Mahalanobis
+    conf = r.ood["segmentation_confidence"]
+    assert conf["threshold"] == nm.min_confidence() and conf["mean_probability"] < conf["threshold"] - 0.02
+    assert r.ood["flagged"] and any("less sure of this outline" in x for x in r.ood["reasons"])
+    assert r.decision["withheld"] and any("less sure of this outline" in w for w in r.warnings)
+    assert "unsure this is a nodule" in r.decision["withheld_reason"]
+    assert not any("outside what the models were trained on" in w for w in r.warnings)  # not an OOD window
+
+
 def test_axis_ratio_rule_thresholds():
     from imaging_assist.nodules.analysis import MAX_AXIS_RATIO, WARN_AXIS_RATIO, axis_refusal
 

@@ -32,7 +32,8 @@
 6. ``malignancy`` (with 3D Grad-CAM when ``explain``) and ``ood`` on the same window.  The
    likelihood is compared with the card's threshold (:func:`imaging_assist.models.operating_point.decide_item`,
    the independent test split's figures quoted); the decision is withheld when the window is
-   flagged out of distribution.
+   flagged out of distribution, or when the segmenter's mean probability inside the nodule is
+   below the card's ``min_confidence`` (:func:`imaging_assist.nodules.models.min_confidence`).
 """
 
 from __future__ import annotations
@@ -313,9 +314,21 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     res.measurements = mm.to_dict()
     res.warnings += mm.warnings
     res.ood = dict(ood or {})
-    if res.ood.get("flagged"):
+    outside = bool(res.ood.get("flagged"))
+    if outside:
         res.warnings.append(f"{mal_card.id}: this window is outside what the models were trained on "
                             "(decision withheld; the mask and measurements may not describe a nodule)")
+    conf, low = nm.confidence(prob, comp), nm.min_confidence()
+    res.ood["segmentation_confidence"] = {"mean_probability": round(conf, 4), "threshold": low}
+    unsure = low is not None and conf < low
+    if unsure:
+        # as unsure of this outline as of only a few validation nodules: flagged like an OOD window
+        # (decision withheld), with its own reason; clicks on vessels in a whole lung mostly land here
+        why = (f"the segmenter is less sure of this outline (mean probability {conf:.2f}) than of all but a "
+               f"few validation nodules (threshold {low:.2f}): it may not be a nodule")
+        res.ood["flagged"] = True
+        res.ood["reasons"] = list(res.ood.get("reasons") or []) + [why]
+        res.warnings.append(why + "; decision withheld, check the mask")
     res.p_malignant = float(p)
     from ..models.operating_point import decide_item
 
@@ -323,7 +336,8 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     pos = labels[-1] if labels else "malignant"
     probs = {lab: (res.p_malignant if lab == pos else 1.0 - res.p_malignant) for lab in labels} \
         if len(labels) == 2 else {pos: res.p_malignant}
-    withheld = "outside what this model was trained on" if res.ood.get("flagged") else ""
+    withheld = "; ".join(w for w, on in (("outside what this model was trained on", outside),
+                                          ("the segmenter is unsure this is a nodule", unsure)) if on)
     res.decision = decide_item(mal_card, probs, withheld)
     thr = next((x["threshold"] for x in res.decision.get("labels") or [] if x["label"] == pos), None)
     res.threshold = None if thr is None else float(thr)

@@ -76,6 +76,21 @@ def mask_threshold(model=None) -> float:
     return float(_window_card(m).get("mask_threshold", PROB_THRESHOLD))
 
 
+def confidence(prob: np.ndarray, comp: np.ndarray) -> float:
+    """The segmenter's confidence in the nodule ``comp``: its mean probability (nan when empty)."""
+    comp = np.asarray(comp, bool)
+    return float(np.asarray(prob, np.float64)[comp].mean()) if comp.any() else float("nan")
+
+
+def min_confidence(model=None) -> float | None:
+    """The card's ``input.window.min_confidence`` (None when the card has none): a nodule whose
+    :func:`confidence` is lower is flagged like an out-of-distribution window (conformal
+    threshold on the validation nodules, scripts/train_ct_nodule_seg.py)."""
+    m = model if model is not None else load(SEG_ID)
+    v = _window_card(m).get("min_confidence")
+    return None if v is None else float(v["threshold"])
+
+
 def flip_average(net, x: torch.Tensor, mode: str, forward=None) -> torch.Tensor:
     """Softmax of ``net`` on the windows ``x`` (N, C, z, y, x), averaged over the flips of
     ``mode`` ("none" or "flips8": each flipped copy's output flipped back) -- the same
