@@ -4,7 +4,8 @@ engine), every plane on its centre.
 
     xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/screenshot_ct_nodule.py docs/screenshots
 
-Writes ``ct_nodule_mpr.png`` (the window) and ``ct_nodule_list.png`` (the Nodules dock), as
+Writes ``ct_nodule_mpr.png`` (the window), ``ct_nodule_list.png`` (the Nodules dock) and
+``ct_nodule_unsure.png`` (the dock after a click beside a vessel: flagged, decision withheld), as
 256-colour PNGs to keep them small.  The last stdout line is one JSON object.
 """
 
@@ -21,6 +22,8 @@ SLAB = Path(__import__("os").environ.get("IMAGING_ASSIST_SHARED", ROOT.parent / 
 
 
 from _screens import fresh_window, small_png, wait  # noqa: E402
+
+VESSEL_LPS = [-38.7, 26.6, -110.0]
 
 
 def main(argv=None) -> int:
@@ -72,6 +75,20 @@ def main(argv=None) -> int:
         time.sleep(0.01)
     sizes = {"ct_nodule_mpr.png": small_png(w.grab().toImage(), out / "ct_nodule_mpr.png"),
              "ct_nodule_list.png": small_png(w.nodules.dock.grab().toImage(), out / "ct_nodule_list.png")}
+    # a click beside a vessel deep in the right lung: the segmenter outlines a vessel segment that
+    # no OOD statistics flag but that it is unsure of (tests/test_nodule_workflow.py): the dock says so
+    kji = w.nodules.lps_to_kji(VESSEL_LPS)
+    w.doc.set_position(kji)
+    app.processEvents()
+    u, v, _ = ax.plane.from_voxel(kji, w.doc.shape3())
+    QTest.mouseClick(ax, Qt.LeftButton, Qt.ShiftModifier, ax.uv_to_screen(u, v).toPoint())
+    if not wait(app, lambda: not w.nodules.busy, 120):
+        print(json.dumps({"error": w.nodules.last_line}))
+        return 1
+    for _ in range(30):
+        app.processEvents()
+        time.sleep(0.01)
+    sizes["ct_nodule_unsure.png"] = small_png(w.nodules.dock.grab().toImage(), out / "ct_nodule_unsure.png")
     print("\n".join(w.nodules.entry_lines()))
     print(json.dumps({"first_click_to_result_s": round(click_s, 3), "click_to_result_s": round(warm_s, 3),
                       "nodule": n.result.to_dict() if hasattr(
