@@ -95,3 +95,93 @@ def test_bad_results_files_are_one_line(tmp_path, capsys, text, why):
     assert rc == 2 and why in o.err and len(o.err.strip().splitlines()) == 1
     rc, o = _cli(["nodule-growth", str(tmp_path / "missing"), str(good)], capsys)
     assert rc == 2 and "no such file" in o.err
+
+
+# ------------------------------------------------------------------ analyze --prior: growth in results.json, report, SR
+def _sr_content(ds) -> dict:
+    """{concept meaning: (value, unit)} of the numeric and coded items anywhere in an SR."""
+    out = {}
+
+    def walk(seq):
+        for it in seq:
+            name = it.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in it else None
+            if it.ValueType == "NUM" and "MeasuredValueSequence" in it:
+                mv = it.MeasuredValueSequence[0]
+                out.setdefault(name, (float(mv.NumericValue), mv.MeasurementUnitsCodeSequence[0].CodeValue))
+            elif it.ValueType == "CODE":
+                out.setdefault(name, (it.ConceptCodeSequence[0].CodeMeaning, None))
+            if "ContentSequence" in it:
+                walk(it.ContentSequence)
+
+    walk(ds.ContentSequence)
+    return out
+
+
+def test_analyze_with_a_prior_writes_the_growth_into_results_report_and_sr(analyses, tmp_path, capsys):
+    import shutil
+    import subprocess
+
+    import pydicom
+
+    from test_export_dicom import dciodvfy_errors
+
+    # the real prior analysis with its nodule at half the volume: grew +100% in 184 days, VDT 184 days
+    doc = json.loads((analyses / "pri" / "results.json").read_text())
+    pn = doc["items"][0]["nodules"][0]
+    pn["volume_mm3"] /= 2
+    pn["long_axis_mm"] -= 4
+    pn["short_axis_mm"] -= 2
+    prior = tmp_path / "prior.json"
+    prior.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE, "--prior", str(prior),
+                  "--out", str(out), "--dicom"], capsys)
+    assert rc == 0, o.err
+    (item,) = json.loads((out / "results.json").read_text())["items"]
+    (n,) = item["nodules"]
+    g = n["growth"]
+    assert g["verdict"] == "grew" and g["interval_days"] == 184
+    assert g["volume_change_pct"] == pytest.approx(100.0, abs=0.01) and g["vdt_days"] == pytest.approx(184.0, abs=0.01)
+    assert g["mean_diameter_change_mm"] == pytest.approx(3.0, abs=0.01)
+    assert g["prior"]["series_uid"] == doc["items"][0]["series_uid"] != item["series_uid"]
+    assert shutil.which("pdftotext"), "pdftotext (poppler-utils) is needed: scripts/test installs it"
+    text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "Growth of N1" in " ".join(text.split()) and "VDT 184 days" in " ".join(text.split())
+    (sr,) = sorted((out / "dicom").glob("*_SR.dcm"))
+    assert dciodvfy_errors(sr) == []
+    c = _sr_content(pydicom.dcmread(sr))
+    assert c["Volume doubling time"] == (pytest.approx(184.0, abs=0.01), "d")
+    assert c["Volume change since the prior study"] == (pytest.approx(100.0, abs=0.01), "%")
+    assert c["Interval since the prior study"] == (184.0, "d")
+    assert c["Volume in the prior study"] == (pytest.approx(pn["volume_mm3"], abs=0.01), "mm3")
+    assert c["Mean diameter change since the prior study"] == (pytest.approx(3.0, abs=0.01), "mm")
+    assert c["Growth since the prior study (+-25% volumetry variability)"][0] == "grew"
+    assert c["Volume"] == (pytest.approx(n["volume_mm3"], abs=0.01), "mm3")  # the current nodule's own
+
+
+def test_analyze_with_a_prior_links_by_id_and_says_what_it_could_not_compare(analyses, tmp_path, capsys):
+    pts = tmp_path / "points.csv"
+    pts.write_text("x,y,z,id\n" + CENTRE + ",N7\n")
+    out = tmp_path / "out"
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--points", str(pts),
+                  "--prior", str(analyses / "pri"), "--out", str(out)], capsys)
+    assert rc == 0, o.err
+    (item,) = json.loads((out / "results.json").read_text())["items"]
+    assert "growth" not in item["nodules"][0]
+    assert any("nodule N7: no nodule of that id in the prior analysis (pri): no growth (prior ids: N1)" in w
+               for w in item["warnings"]), item["warnings"]
+    # the same series as its own prior: said, not compared
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE,
+                  "--prior", str(analyses / "cur"), "--out", str(tmp_path / "o2")], capsys)
+    (item,) = json.loads((tmp_path / "o2" / "results.json").read_text())["items"]
+    assert "growth" not in item["nodules"][0]
+    assert any("not compared with the prior (the prior is the same series" in w for w in item["warnings"])
+    # a prior that is not a nodule analysis, and --prior with another model: one line each
+    bad = _results(tmp_path / "empty.json", [_n("N1", None, found=False)])
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE, "--prior", str(bad),
+                  "--out", str(tmp_path / "o3")], capsys)
+    assert rc == 2 and "no nodule found in this results.json" in o.err and len(o.err.strip().splitlines()) == 1
+    rc, o = _cli(["analyze", str(SLAB), "--model", "cxr-pneumonia", "--prior", str(bad),
+                  "--out", str(tmp_path / "o4")], capsys)
+    assert rc == 2 and "--at/--points/--prior are for the CT nodule models" in o.err

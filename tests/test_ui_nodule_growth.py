@@ -101,3 +101,23 @@ def test_the_pdf_report_says_the_growth(win, tmp_path):
     rows = [r for st in rep["studies"] for e in st["items"] for r in e.get("nodules") or []]
     assert rows and rows[0]["growth"].startswith("vs N1 of the prior study (") and "184 days" in rows[0]["growth"]
     assert "1999" not in rows[0]["growth"] and "2000" not in rows[0]["growth"]
+
+
+def test_the_dicom_sr_carries_the_growth(win, tmp_path):
+    """File > Export results as DICOM: the linked nodule's measurement group has the growth."""
+    import pydicom
+
+    from test_cli_nodule_growth import _sr_content
+    from test_export_dicom import dciodvfy_errors
+
+    cur = win.nodules.nodules()[0]
+    assert cur.result.growth, "run after the comparison test (module order)"
+    written = win.dicom_exporter.export(str(tmp_path / "dicom"), confirm=False)
+    assert written, win.dicom_exporter.last_error
+    (sr,) = [w.path for w in written if w.kind == "SR"]
+    assert dciodvfy_errors(sr) == []
+    c = _sr_content(pydicom.dcmread(sr))
+    assert c["Interval since the prior study"] == (184.0, "d")
+    assert c["Volume change since the prior study"] == (0.0, "%")
+    assert c["Growth since the prior study (+-25% volumetry variability)"][0] == "stable"
+    assert "Volume doubling time" not in c  # stable: no VDT

@@ -48,6 +48,10 @@ def register(subparsers) -> None:
                    help="a nodule at this point, patient coordinates in mm (LPS; repeatable); a NIfTI "
                         "volume with no point is taken as a crop centred on its nodule")
     n.add_argument("--points", metavar="CSV", help="nodule points: a CSV with columns x,y,z[,id] (mm, LPS)")
+    n.add_argument("--prior", metavar="RESULTS",
+                   help="an older study's nodule analysis (results.json or its folder): each nodule's "
+                        "growth since the prior nodule of the same id (give ids in --points), in "
+                        "results.json, the report and the SR")
     g = a.add_argument_group("whole-slide images (models whose card has a \"slide\" block)")
     g.add_argument("--batch-size", type=int_at_least(1), default=32, help="tiles per forward pass (32)")
     g.add_argument("--top-tiles", type=int_at_least(0), default=3,
@@ -116,8 +120,8 @@ def cmd_analyze(args) -> int:
 
     if card is not None and is_nodule_model(card):  # a point in a CT: imaging_assist/nodules/run.py
         return cmd_analyze_nodules(args, card, Path(args.path).expanduser())
-    if getattr(args, "at", None) or getattr(args, "points", None):
-        raise UserError(f"--at/--points are for the CT nodule models, not {args.model}")
+    if getattr(args, "at", None) or getattr(args, "points", None) or getattr(args, "prior", None):
+        raise UserError(f"--at/--points/--prior are for the CT nodule models, not {args.model}")
     explain = None
     if args.explain is not None:
         explain = ExplainConfig(canonical_method(args.explain), ig_steps=args.ig_steps,

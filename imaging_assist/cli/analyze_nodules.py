@@ -40,6 +40,43 @@ def _inputs(path: Path, card):
     return items, notes
 
 
+def _prior_nodules(path: str) -> tuple[str, dict]:
+    """(name, {id: (nodule entry, its item)}) of the found nodules of a prior analysis."""
+    from .nodule_growth import read_results
+
+    out = {}
+    for it in read_results(path)["items"]:
+        if isinstance(it, dict) and it.get("task") == "nodule":
+            for n in it.get("nodules") or []:
+                if isinstance(n, dict) and n.get("found") and n.get("id") is not None:
+                    out.setdefault(str(n["id"]), (n, it))
+    if not out:
+        raise UserError(f"--prior {path}: no nodule found in this results.json")
+    return Path(path).name, out
+
+
+def add_growth(d: dict, run, name: str, prior: dict) -> list[str]:
+    """Each found nodule of the item ``d`` linked to the prior nodule of the same id (the reader
+    names them alike, e.g. in --points): ``growth`` in its results.json entry and on its
+    NoduleResult (report, SR).  The warnings of the nodules that could not be compared."""
+    from ..nodules.growth import compare
+
+    warnings = []
+    for r, nd in zip(run.nodules, d["nodules"]):
+        if not nd.get("found"):
+            continue
+        if str(nd.get("id")) not in prior:
+            warnings.append(f"nodule {nd.get('id')}: no nodule of that id in the prior analysis ({name}): "
+                            f"no growth (prior ids: {', '.join(list(prior)[:8])})")
+            continue
+        pn, pit = prior[str(nd["id"])]
+        try:
+            nd["growth"] = r.growth = compare(pn, pit, nd, d)
+        except ValueError as e:
+            warnings.append(f"nodule {nd.get('id')}: not compared with the prior ({e})")
+    return warnings
+
+
 def cmd_analyze_nodules(args, card, path: Path) -> int:
     """The nodule branch of ``imaging-assist analyze`` (see the module doc)."""
     from ..demo import series_source
@@ -56,6 +93,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
     if not points and any(k == "series" for k, *_ in items):
         raise UserError(f"{card.id} characterises a nodule you point at (it does not detect): give "
                         "--at X,Y,Z (mm, patient LPS) or --points CSV for a DICOM series")
+    prior = _prior_nodules(args.prior) if getattr(args, "prior", None) else None
     out_dir = out_folder(args.out)
     explain = card.id == MALIGNANCY_MODEL or args.explain is not None
     dicom_run = None
@@ -81,6 +119,8 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
             d = item_dict(run, vol, out_dir, stem, card,
                           series_source(vol, src) if kind == "series" else src, kind)
             d["warnings"] = extra + d["warnings"]
+            if prior is not None:
+                d["warnings"] += add_growth(d, run, *prior)
             captured[len(results)] = capture(d, vol, out_dir, run)
             results.append(d)
             if dicom_run is not None and kind == "series":

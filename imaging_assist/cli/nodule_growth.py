@@ -26,7 +26,7 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_nodule_growth)
 
 
-def _read(path: str) -> dict:
+def read_results(path: str) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
@@ -66,7 +66,7 @@ def cmd_nodule_growth(args) -> int:
 
     sides = []
     for path, wanted, which in ((args.prior, args.prior_id, "prior"), (args.current, args.current_id, "current")):
-        n, it = _nodule(path, _read(path), wanted, which)
+        n, it = _nodule(path, read_results(path), wanted, which)
         if not it.get("study_date"):
             raise UserError(f"{path}: the analysis records no study date (re-run `imaging-assist analyze` "
                             "with this version)")

@@ -22,7 +22,7 @@ from . import dicom_common as dc
 _UNITS = {"ml": ("ml", "milliliter"), "mm2": ("mm2", "square millimeter"),
           "mm": ("mm", "millimeter"), "1": ("1", "no units"), "px": ("{pixels}", "pixels"),
           "px2": ("{pixels}", "pixels"), "hu": ("[hnsf'U]", "Hounsfield unit"), "deg": ("deg", "degree"),
-          "mm3": ("mm3", "cubic millimeter")}
+          "mm3": ("mm3", "cubic millimeter"), "%": ("%", "percent"), "d": ("d", "day")}
 
 _FINDING_CODES = {
     "pneumonia": ("233604007", "SCT", "Pneumonia"),
@@ -205,6 +205,9 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
                 qual.append(hd.sr.QualitativeEvaluation(
                     finding_code("malignant"),
                     codes.DCM.Present if float(nd["p_malignant"]) >= float(nd["threshold"]) else codes.DCM.Absent))
+        g_meas, g_qual = _growth_items(nd.get("growth"), seg_algo)
+        meas += g_meas
+        qual += g_qual
         uid = nd.get("tracking_uid") or dc.new_uid()
         tid = hd.sr.TrackingIdentifier(uid=uid, identifier=f"nodule {nd.get('id')}"[:64])
         s = int(nd.get("label_value") or 0)
@@ -222,6 +225,38 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
                 measurements=meas or None, qualitative_evaluations=qual or None))
         groups += _axis_groups(nd, uid, volume, datasets, seg_algo)
     return groups
+
+
+def _growth_items(g, algo) -> tuple[list, list]:
+    """A nodule's growth since the prior the reader linked (``nodules.growth.compare``) as
+    measurements and one qualitative evaluation of its group: the prior's volume, the interval,
+    the volume change, the volume doubling time (only when it grew beyond the volumetry
+    variability) and the mean-diameter change.  PS3.16 has no concepts for these (its
+    "Fractional Change" is not a volume change against a dated prior), so they are local codes
+    with full meanings, like the operating threshold."""
+    import highdicom as hd
+
+    if not isinstance(g, dict):
+        return [], []
+    meas = []
+    for value, key, meaning, unit in (
+            ((g.get("prior") or {}).get("volume_mm3"), "PRIOR-VOLUME", "Volume in the prior study", "mm3"),
+            (g.get("interval_days"), "PRIOR-INTERVAL", "Interval since the prior study", "d"),
+            (g.get("volume_change_pct"), "VOLUME-CHANGE", "Volume change since the prior study", "%"),
+            (g.get("vdt_days"), "VDT", "Volume doubling time", "d"),
+            (g.get("mean_diameter_change_mm"), "DIAMETER-CHANGE", "Mean diameter change since the prior study", "mm")):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            continue
+        if np.isfinite(v):
+            meas.append(hd.sr.Measurement(name=_local(key, meaning), value=v, unit=_unit(unit), algorithm_id=algo))
+    qual = []
+    if g.get("verdict") in ("grew", "stable", "smaller"):
+        qual.append(hd.sr.QualitativeEvaluation(
+            _local("GROWTH", "Growth since the prior study (+-25% volumetry variability)"),
+            _local("GROWTH-" + g["verdict"], g["verdict"])))
+    return meas, qual
 
 
 def _axis_groups(nd: dict, uid: str, volume, datasets, algo) -> list:

@@ -160,3 +160,22 @@ def growth(prior: Measured, current: Measured) -> Growth:
     da, db = prior.mean_diameter_mm, current.mean_diameter_mm
     dd = None if da is None or db is None else db - da
     return Growth(prior, current, days, change, vdt, verdict, dd, warnings)
+
+
+def compare(prior: dict, prior_facts: dict, current: dict, current_facts: dict) -> dict:
+    """The ``growth`` entry of a current nodule (``nodules[]`` of results.json) since the same
+    nodule in a prior analysis, as the reader linked them: :meth:`Growth.to_dict` plus the prior's
+    series UID.  ``*_facts``: ``study_date``, ``slice_thickness_mm``, ``series_uid`` of each
+    study (:func:`study_facts`, or a results.json item).  ValueError (one line) when the two
+    cannot be compared (a nodule not found, no date, the prior not older, the same series).
+    One code path for the viewer's link and ``analyze --prior``."""
+    pu, cu = prior_facts.get("series_uid"), current_facts.get("series_uid")
+    if pu and pu == cu:
+        raise ValueError("the prior is the same series: nothing to compare")
+    pm = Measured.from_result(prior, prior_facts.get("study_date"), prior_facts.get("slice_thickness_mm"),
+                              label=str(prior.get("id", "")))
+    cm = Measured.from_result(current, current_facts.get("study_date"), current_facts.get("slice_thickness_mm"),
+                              label=str(current.get("id", "")))
+    d = growth(pm, cm).to_dict()
+    d["prior"]["series_uid"] = pu or None
+    return d

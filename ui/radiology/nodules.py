@@ -701,23 +701,17 @@ class NoduleTool(QObject):
 
     @staticmethod
     def _growth(n: Nodule, prior: Nodule):
-        """Compute and keep ``n``'s growth since ``prior`` (``n.result.growth``); the Growth, or
-        the one-line reason it cannot be computed."""
-        from imaging_assist.nodules.growth import Measured, growth
+        """Compute and keep ``n``'s growth since ``prior`` (``n.result.growth``, the results.json
+        entry); that dict, or the one-line reason it cannot be computed."""
+        from imaging_assist.nodules.growth import compare
 
         try:
-            pm = Measured.from_result(prior.result.to_dict(), prior.facts.get("study_date"),
-                                      prior.facts.get("slice_thickness_mm"), label=prior.id)
-            cm = Measured.from_result(n.result.to_dict(), n.facts.get("study_date"),
-                                      n.facts.get("slice_thickness_mm"), label=n.id)
-            g = growth(pm, cm)
+            d = compare(prior.result.to_dict(), prior.facts, n.result.to_dict(), n.facts)
         except ValueError as e:
             n.result.growth = None
             return one_line(e)
-        d = g.to_dict()
-        d["prior"]["series_uid"] = prior.facts.get("series_uid") or None
         n.result.growth = d
-        return g
+        return d
 
     def link(self, n: Nodule, prior: Nodule):
         """``n``'s growth since ``prior``: shown in its entry, in the report and the exports."""
@@ -733,8 +727,8 @@ class NoduleTool(QObject):
                 self._add_item(x)
             self._select(n)
             self._log_run(vol, n)
-        self._say(f"{n.id} {n.growth_line}" + "".join(f" ⚠ {w}." for w in g.warnings),
-                  "warn" if g.warnings else "info")
+        self._say(f"{n.id} {n.growth_line}" + "".join(f" ⚠ {w}." for w in g["warnings"]),
+                  "warn" if g["warnings"] else "info")
         return g
 
     def delete_selected(self) -> None:
