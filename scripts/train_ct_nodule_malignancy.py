@@ -50,12 +50,51 @@ ARCH = {"library": "monai", "name": "ResNet",
 GRADCAM_LAYER = "layer3"
 OOD_LAYERS = ["layer3", "layer4"]
 SENS_TARGET = 0.90
+# --aux ratings: auxiliary regression targets from the readers' other ratings in labels.csv, used
+# in training only (a linear head on the pooled features beside the card's fc, dropped before
+# saving, so the shipped network and its card format are unchanged).  Multi-task learning with
+# the LIDC semantic attributes is a known way to make a malignancy network learn what the
+# readers looked at (e.g. Hussein et al. 2017; Shen et al. 2019, HSCNN).  "calcified" = the
+# calcification rating is not 6 ("absent"); internalstructure is left out (868 of 869 are 1).
+AUX_RATINGS = ("malignancy", "subtlety", "lobulation", "margin", "sphericity", "spiculation", "texture")
+AUX_WEIGHT = 0.5  # fixed before any run (the auxiliary MSE is on z-scored targets), not tuned
 
 
 def thin(valid: np.ndarray) -> np.ndarray:
     """The validity cut to the thinnest crop of the data (2 slices of 2.5 mm: z +-1.25 mm)."""
     off = (np.arange(W.WINDOW_SIZE) - (W.WINDOW_SIZE - 1) / 2.0) * W.MODEL_SPACING_MM
     return valid & (np.abs(off) <= 1.25)[None, :, None, None]
+
+
+def aux_targets(rows, itr) -> torch.Tensor:
+    """(N, K) float32: the readers' ratings (AUX_RATINGS), "calcified" and log(diameter), each
+    z-scored with the mean and SD of the training rows."""
+    cols = [[float(r[c]) for c in AUX_RATINGS] + [float(r["calcification"] != "6"), np.log(float(r["diameter_mm"]))]
+            for r in rows]
+    a = np.array(cols, np.float64)
+    mu, sd = a[itr].mean(0), a[itr].std(0)
+    return torch.from_numpy(((a - mu) / np.where(sd > 0, sd, 1.0)).astype(np.float32))
+
+
+class AuxHead(torch.nn.Module):
+    """The card's network plus a linear head on the features its ``fc`` receives: the forward
+    returns ``[logits, auxiliary outputs]``.  :meth:`detach` removes the hook after training."""
+
+    def __init__(self, net, k: int):
+        super().__init__()
+        self.net, self.head, self._feat = net, torch.nn.Linear(net.fc.in_features, k), None
+        self._hook = net.fc.register_forward_pre_hook(self._grab)
+
+    def _grab(self, _module, inputs):
+        self._feat = inputs[0]
+
+    def forward(self, x):
+        logits = self.net(x)
+        return torch.cat([logits, self.head(self._feat)], 1)
+
+    def detach(self):
+        self._hook.remove()
+        self._feat = None
 
 
 def spearman(a, b) -> float:
@@ -74,6 +113,9 @@ def main(argv=None) -> int:
     ap.add_argument("--evaluate-only", action="store_true", help="measure the weights in --out again (no training)")
     ap.add_argument("--ensemble-with", type=Path, nargs="*", default=[],
                     help="model folders of other runs: the validation AUC of the average is recorded (not shipped)")
+    ap.add_argument("--aux", choices=("none", "ratings"), default="none",
+                    help="auxiliary training targets: none, or the readers' ratings and the diameter "
+                         "(training only; the shipped network is the same)")
     args = ap.parse_args(argv)
     dev, out = T.start(args, MODEL_ID)
     rows = D.read_rows()
@@ -96,15 +138,23 @@ def main(argv=None) -> int:
     init_seed = args.seed if args.init_seed is None else args.init_seed
     T.set_seed(init_seed)  # == the state T.start left when init_seed == seed
     net = build_network(ARCH, MODEL_ID)
+    aux = aux_targets(rows, itr) if args.aux == "ratings" else None
+    model = net if aux is None else AuxHead(net, aux.shape[1])
 
     def augment(xb, yb, g):
         rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
         ids = yb.numpy()
         bi, bv, _ = D.augment_batch(img[ids], val[ids], None, rng)
-        return torch.from_numpy(W.channels_from_arrays(bi, bv, args.design)), yt[ids]
+        # with auxiliary targets the loss needs the rows, so it gets their indices
+        return torch.from_numpy(W.channels_from_arrays(bi, bv, args.design)), (yt[ids] if aux is None else yb)
 
-    def evaluate(n):
-        lo = T.predict(n, x_all[iva], dev, 64)
+    def loss_fn(out_, yb):
+        if aux is None:
+            return F.cross_entropy(out_, yb)
+        return F.cross_entropy(out_[:, :2], yt[yb]) + AUX_WEIGHT * F.mse_loss(out_[:, 2:], aux[yb])
+
+    def evaluate(_model):  # the card's network alone (without the auxiliary head)
+        lo = T.predict(net, x_all[iva], dev, 64)
         p = torch.softmax(lo, 1)[:, 1].numpy()
         auc = E.roc_auc(y[iva], p)
         vl = float(F.cross_entropy(lo, yt[iva]))
@@ -117,10 +167,12 @@ def main(argv=None) -> int:
         log = T.Log(out / "training_log.csv")
         t0 = time.perf_counter()
         ids = torch.from_numpy(itr)
-        info = T.fit(net, ids, ids, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate,
+        info = T.fit(model, ids, ids, loss_fn=loss_fn, augment=augment, evaluate=evaluate,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=1e-4,
                      device=dev, log=log, seed=init_seed, time_limit_s=args.time_limit)
         train_s = time.perf_counter() - t0
+        if aux is not None:
+            model.detach()
         train_device, old_training = T.device_text(dev), {}
         T.plot_log(log, out / "training_log.png", f"{MODEL_ID}: training ({args.design} window)", ["val_auc"])
         net.cpu().eval()
@@ -135,15 +187,22 @@ def main(argv=None) -> int:
     tta_selection = [{"tta": mode, "val_auc": round(E.roc_auc(y[iva], probs[mode][iva]), 5)} for mode in TTA_MODES]
     tta = max(tta_selection, key=lambda r: r["val_auc"])["tta"]  # first of equals: "none"
     print("TTA on validation:", tta_selection, "->", tta, flush=True)
+    members = [probs["none"][iva]]
     for other in args.ensemble_with:  # measured on validation for the record; a card loads one network
         net2 = build_network(ARCH, MODEL_ID)
         T.load_shipped(net2, other)
         p2 = torch.softmax(T.predict(net2, x_all[iva], torch.device("cpu"), 64), 1)[:, 1].numpy()
+        members.append(p2)
         meta = json.loads((Path(other) / "model.json").read_text())["training"]
-        tta_selection.append({"tta": "none", "ensemble_with": f"{meta['script']} --init-seed {meta.get('init_seed')}",
+        aux_text = "" if meta.get("auxiliary_targets", "none") == "none" else " --aux ratings"
+        tta_selection.append({"tta": "none", "ensemble_with": f"{meta['script']}{aux_text} --init-seed {meta.get('init_seed')}",
                               "member_val_auc": round(E.roc_auc(y[iva], p2), 5),
                               "val_auc": round(E.roc_auc(y[iva], (probs["none"][iva] + p2) / 2), 5),
                               "eligible": False})
+        print("ensemble on validation:", tta_selection[-1], flush=True)
+    if len(members) > 2:  # the average of this network and every --ensemble-with network
+        tta_selection.append({"tta": "none", "ensemble_with": f"all {len(members) - 1} --ensemble-with runs",
+                              "val_auc": round(E.roc_auc(y[iva], np.mean(members, 0)), 5), "eligible": False})
         print("ensemble on validation:", tta_selection[-1], flush=True)
     prob = probs[tta]
     # extent sensitivity: the same windows with the validity cut to the thinnest crop
@@ -264,6 +323,12 @@ def main(argv=None) -> int:
                      "max_lr": args.lr, "optimizer": "AdamW, one-cycle",
                      "augmentation": "click jitter +-4 mm, flips of each axis, in-plane transposition, random "
                                      "narrowing of the validity", "temperature": round(temp, 4),
+                     "auxiliary_targets": (old_training.get("auxiliary_targets", "none") if args.evaluate_only
+                                           else "none" if aux is None else
+                                           {"targets": list(AUX_RATINGS) + ["calcified", "log_diameter_mm"],
+                                            "weight": AUX_WEIGHT, "loss": "cross-entropy + weight x MSE of z-scored "
+                                            "targets (training rows' mean and SD); a linear head on the pooled "
+                                            "features, dropped before saving"}),
                      "readout": {"tta": tta}, "readout_selection": {
                          "data": "validation split AUC (after the temperature); the best eligible one kept", "candidates": tta_selection},
                      "train_seconds": round(float(train_s), 1)},

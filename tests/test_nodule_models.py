@@ -504,3 +504,35 @@ def test_readout_is_the_validation_best_and_the_engine_reads_it_from_the_card(mi
     if mid == "ct-nodule-seg":
         assert M.mask_threshold(m) == tr["readout"]["mask_threshold"]
         assert M.min_confidence(m) == tr["readout"]["min_confidence"]["threshold"]
+
+
+def test_auxiliary_rating_targets_train_only_and_leave_the_card_network_unchanged():
+    """``train_ct_nodule_malignancy.py --aux ratings`` (measured, not shipped: docs/ct_nodules_models.md):
+    the targets are z-scored on the training rows, the head sees the features the card's fc
+    sees, and after training the network is exactly the card's architecture again."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(WEIGHTS.parents[0] / "scripts"))
+    import train_ct_nodule_malignancy as TM
+
+    from imaging_assist.models.architectures import build_network
+
+    rows = [{"malignancy": str(m), "subtlety": "3", "lobulation": "1", "margin": "4", "sphericity": "3",
+             "spiculation": str(1 + i % 2), "texture": "5", "calcification": "6" if i else "3",
+             "diameter_mm": str(4.0 + i)} for i, m in enumerate((1, 2, 3, 4, 5))]
+    a = TM.aux_targets(rows, np.array([0, 1, 2]))
+    assert a.shape == (5, len(TM.AUX_RATINGS) + 2)
+    assert np.allclose(a[:3, 0].numpy().mean(), 0, atol=1e-6) and np.allclose(a[:3, 0].numpy().std(), 1, atol=1e-5)
+    assert np.all(np.isfinite(a.numpy()))  # constant columns (subtlety...) stay finite
+    net = build_network(TM.ARCH, TM.MODEL_ID)
+    keys = set(net.state_dict())
+    model = TM.AuxHead(net, a.shape[1])
+    x = torch.zeros(2, 3, *W.WINDOW_SHAPE)
+    with torch.no_grad():
+        both = model(x)
+        assert both.shape == (2, 2 + a.shape[1])
+        assert torch.equal(both[:, :2], net(x))
+    model.detach()
+    assert set(net.state_dict()) == keys and not net.fc._forward_pre_hooks
