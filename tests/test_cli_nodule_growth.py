@@ -86,6 +86,15 @@ def test_a_grown_nodule_named_among_several(tmp_path, capsys):
     ('{"items": [{"task": "nodule", "study_date": "20230101", "nodules": [{"id": "N1", "found": true, '
      '"volume_mm3": -1}]}]}', "not a positive number"),
     ("[" * 100000 + "]" * 100000, "not a"),
+    # damaged or edited values: one line, never a computation with them (before: TypeError)
+    ('{"items": [{"task": "nodule", "study_date": "20230101", "nodules": [{"id": "N1", "found": true, '
+     '"volume_mm3": [5]}]}]}', "not a positive number"),
+    ('{"items": [{"task": "nodule", "study_date": "20230101", "nodules": [{"id": "N1", "found": true, '
+     '"volume_mm3": 1e300}]}]}', "not a positive number"),
+    ('{"items": [{"task": "nodule", "study_date": "20230101", "nodules": [{"id": "N1", "found": true, '
+     '"volume_mm3": 5, "long_axis_mm": "x"}]}]}', "long_axis_mm 'x' is not a length"),
+    ('{"items": [{"task": "nodule", "study_date": "20230101", "slice_thickness_mm": {"a": 1}, "nodules": '
+     '[{"id": "N1", "found": true, "volume_mm3": 5}]}]}', "slice_thickness_mm"),
 ])
 def test_bad_results_files_are_one_line(tmp_path, capsys, text, why):
     bad = tmp_path / "bad.json"

@@ -78,3 +78,31 @@ def test_from_a_results_entry_and_to_dict():
     assert out["vdt_days"] == pytest.approx(365.0) and out["verdict"] == "grew"
     assert out["prior"] == {"label": "N1", "date": "2023-01-05", "volume_mm3": 250.0}
     json.dumps(out)
+
+
+BAD_VALUES = [None, "x", "", [1], {"a": 1}, True, float("nan"), float("inf"), -1.0, 0.0, 1e300, 1e-300, "1e400"]
+
+
+@pytest.mark.parametrize("where,key", [("prior", "volume_mm3"), ("current", "volume_mm3"), ("prior", "long_axis_mm"),
+                                       ("current", "short_axis_mm"), ("prior_facts", "slice_thickness_mm"),
+                                       ("current_facts", "study_date"), ("prior_facts", "series_uid")])
+def test_compare_with_damaged_values_is_a_result_or_one_line(where, key):
+    """A results.json can be edited or damaged: every value either gives a growth that is plain
+    JSON (no NaN or infinity) or a one-line ValueError, never another exception."""
+    import json
+
+    from imaging_assist.nodules.growth import compare
+
+    for bad in BAD_VALUES:
+        args = {"prior": {"id": "N1", "found": True, "volume_mm3": 100.0, "long_axis_mm": 6.0, "short_axis_mm": 5.0},
+                "prior_facts": {"study_date": "20200101", "slice_thickness_mm": 1.0, "series_uid": "1.2"},
+                "current": {"id": "N1", "found": True, "volume_mm3": 200.0, "long_axis_mm": 7.0, "short_axis_mm": 6.0},
+                "current_facts": {"study_date": "20210101", "slice_thickness_mm": 1.0, "series_uid": "1.3"}}
+        args[where][key] = bad
+        try:
+            d = compare(args["prior"], args["prior_facts"], args["current"], args["current_facts"])
+        except ValueError as e:
+            assert len(str(e).splitlines()) == 1 and len(str(e)) < 200, (key, bad, e)
+            continue
+        json.dumps(d, allow_nan=False)
+        assert d["verdict"] in ("grew", "stable", "smaller")

@@ -29,6 +29,20 @@ MIN_INTERVAL_DAYS = 30
 THICKNESS_MISMATCH_MM = 1.0
 
 
+#: what a nodule's volume and lengths may be in a results.json read back (a file can be edited or
+#: damaged: a list, a string or 1e300 is said in one line, never computed with)
+MIN_VOLUME_MM3, MAX_VOLUME_MM3 = 1e-3, 1e7
+MAX_LENGTH_MM = 1000.0
+
+
+def _number(x) -> float | None:
+    """``x`` as a finite float, or None when it is not a real number (bool, str, list, NaN...)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def parse_date(value) -> _dt.date:
     """A DICOM DA (YYYYMMDD) or ISO date; ValueError (one line) when it is neither."""
     if isinstance(value, _dt.date):
@@ -73,10 +87,15 @@ class Measured:
     label: str = ""
 
     def __post_init__(self):
-        v = float(self.volume_mm3) if self.volume_mm3 is not None else float("nan")
-        if not (math.isfinite(v) and v > 0):
-            who = f"nodule {self.label}" if self.label else "nodule"
-            raise ValueError(f"{who}: volume {self.volume_mm3!r} mm³ is not a positive number")
+        who = f"nodule {self.label}" if self.label else "nodule"
+        v = _number(self.volume_mm3)
+        if v is None or not MIN_VOLUME_MM3 <= v <= MAX_VOLUME_MM3:
+            raise ValueError(f"{who}: volume {str(self.volume_mm3)[:40]!r} mm³ is not a positive number "
+                             f"up to {MAX_VOLUME_MM3:,.0f}")
+        for name in ("long_axis_mm", "short_axis_mm", "slice_thickness_mm"):
+            x = getattr(self, name)
+            if x is not None and (_number(x) is None or not 0 <= _number(x) <= MAX_LENGTH_MM):
+                raise ValueError(f"{who}: {name} {str(x)[:40]!r} is not a length in mm (0-{MAX_LENGTH_MM:g})")
 
     @property
     def mean_diameter_mm(self) -> float | None:
@@ -90,9 +109,16 @@ class Measured:
         """From a ``nodules[]`` entry of results.json (or ``NoduleResult.to_dict()``)."""
         if not d.get("found", True):
             raise ValueError(f"nodule {label or d.get('id', '')}: {d.get('reason') or 'not found'}")
-        return Measured(d.get("volume_mm3"), parse_date(study_date), d.get("long_axis_mm"),
-                        d.get("short_axis_mm"), None if slice_thickness_mm in (None, "") else float(slice_thickness_mm),
-                        label or str(d.get("id", "")))
+        def num(x):  # numbers written as text are read; anything else goes to the checks
+            if isinstance(x, str):
+                try:
+                    return float(x) if x.strip() else None
+                except ValueError:
+                    return x
+            return x
+
+        return Measured(num(d.get("volume_mm3")), parse_date(study_date), num(d.get("long_axis_mm")),
+                        num(d.get("short_axis_mm")), num(slice_thickness_mm), label or str(d.get("id", "")))
 
 
 @dataclass
@@ -169,7 +195,8 @@ def compare(prior: dict, prior_facts: dict, current: dict, current_facts: dict) 
     study (:func:`study_facts`, or a results.json item).  ValueError (one line) when the two
     cannot be compared (a nodule not found, no date, the prior not older, the same series).
     One code path for the viewer's link and ``analyze --prior``."""
-    pu, cu = prior_facts.get("series_uid"), current_facts.get("series_uid")
+    pu, cu = (f.get("series_uid") if isinstance(f.get("series_uid"), str) else None
+              for f in (prior_facts, current_facts))
     if pu and pu == cu:
         raise ValueError("the prior is the same series: nothing to compare")
     pm = Measured.from_result(prior, prior_facts.get("study_date"), prior_facts.get("slice_thickness_mm"),
