@@ -19,7 +19,7 @@ from test_result_objects import _sources, _sr, hd
 
 from imaging_assist.dicom import load_series, scan
 from imaging_assist.dicom.result_objects import read_sr
-from imaging_assist.dicom.sr_regions import MAX_REGION_POINTS, place_regions
+from imaging_assist.dicom.sr_regions import MAX_REGION_POINTS, own_measurement_regions, place_regions
 from imaging_assist.export.sr_measurements import write_measurement_sr
 from imaging_assist.layers import Plane, standard_planes
 from imaging_assist.measure import Measurement
@@ -72,6 +72,33 @@ def test_own_measurement_sr_comes_back_on_the_pixels_it_was_drawn_on(ct_volume, 
     assert poly.label[1:] == [f"Mean {r['mean']:.1f} HU", f"SD {r['sd']:.1f} HU", f"Min {r['min']:.0f} HU",
                               f"Max {r['max']:.0f} HU", f"Area {r['area_mm2']:.1f} mm²"]
     assert arrow.label == [f"viewer arrow {items[3].id}", "calcification"]  # the note, without its name
+
+
+def test_regions_that_are_the_readers_own_measurements_are_found(ct_volume, own_sr):
+    """An SR exported from the reader's measurements, reopened beside them: each of its regions
+    is matched to the measurement it came from (kind, slice, extent; ids change between
+    sessions), and only while the measurement is where it was exported."""
+    k, items, report = own_sr
+    layer, _ = place_regions(report, ct_volume, "m")
+    exported = [m for m in items if m.axis == 0]
+    again = [Measurement(m.kind, m.points, axis=m.axis, index=m.index, text=m.text) for m in items]  # new ids
+    assert all(a.id != m.id for a, m in zip(again, items))
+    assert sorted(own_measurement_regions(layer, again)) == list(range(len(layer.shapes))) == list(range(len(exported)))
+    titles = [s.label[0].split()[1] for s in layer.shapes]
+    moved = [Measurement(m.kind, [(u + 1.0, v) for u, v in m.points] if m.kind == "ruler" else m.points,
+                         axis=m.axis, index=m.index) for m in again]
+    assert [layer.shapes[n].label[0].split()[1] for n in range(len(titles))
+            if n not in own_measurement_regions(layer, moved)] == ["ruler"]
+    other_slice = [Measurement(m.kind, m.points, index=m.index + 1) for m in again]
+    assert own_measurement_regions(layer, other_slice) == []
+    other_kind = [Measurement("rectangle" if m.kind == "ellipse" else m.kind, m.points, index=m.index)
+                  for m in again]
+    assert "ellipse" not in [titles[n] for n in own_measurement_regions(layer, other_kind)]
+    assert own_measurement_regions(layer, []) == [] and own_measurement_regions(None, again) == []
+    # a region another tool wrote (not our "viewer KIND ID" name) is never taken for the reader's
+    for s in layer.shapes:
+        s.label = ["Measurement group 1"] + s.label[1:]
+    assert own_measurement_regions(layer, again) == []
 
 
 def test_shapes_show_on_their_own_slice_only(ct_volume, own_sr):

@@ -22,9 +22,10 @@ def _green(img: np.ndarray) -> int:
     return int(np.count_nonzero((g > 170) & (r > 70) & (r < 160) & (b > 90) & (b < 190) & (g - r > 60)))
 
 
-@pytest.fixture(scope="module")
-def win(tmp_path_factory, ct_volume):
-    d = link_ct_phantom(tmp_path_factory.mktemp("sr_study"))
+def open_with_sr(tmp_path_factory, ct_volume, name: str = "sr_study"):
+    """A window on a study folder (the CT phantom) holding a measurement SR of a polygon on
+    image K + 1 and a ruler on image K + 2: (window, polygon, ruler)."""
+    d = link_ct_phantom(tmp_path_factory.mktemp(name))
     poly = Measurement("polygon", [(150, 150), (300, 150), (300, 260), (150, 260)], index=K)
     ruler = Measurement("ruler", [(200, 330), (330, 330)], index=K + 1)
     for m in (poly, ruler):
@@ -34,6 +35,12 @@ def win(tmp_path_factory, ct_volume):
     assert wait_until(lambda: any(isinstance(layer, ShapesLayer) for layer in w.doc.layers), 20)
     w.set_layout("single")
     w.set_tool("navigate")
+    return w, poly, ruler
+
+
+@pytest.fixture(scope="module")
+def win(tmp_path_factory, ct_volume):
+    w, poly, ruler = open_with_sr(tmp_path_factory, ct_volume)
     yield w, poly, ruler
     w.close()
 

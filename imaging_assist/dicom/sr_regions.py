@@ -174,4 +174,40 @@ def place_regions(report: StructuredReport, volume, name: str = "") -> tuple[Sha
     return layer, warnings
 
 
-__all__ = ["place_regions", "outline_points", "MAX_LABEL_LINES", "MAX_REGION_POINTS"]
+#: how our own export names a reader's item (export/sr.py ``_viewer_groups``: "viewer KIND ID")
+OWN_PREFIX = "viewer "
+
+
+def own_measurement_regions(layer: ShapesLayer | None, measurements, tolerance_px: float = 0.05) -> list[int]:
+    """Indices of ``layer``'s regions that are one of the reader's own current measurements,
+    exported earlier into this SR (File > Export measurements, saved into the study folder):
+    the group's tracking identifier is ours ("viewer KIND ID"), the measurement is of that kind,
+    on the same acquired slice, and both have the same extent (bounding box within
+    ``tolerance_px``).  The ID is not compared: a measurement gets a new one in each session.
+    A measurement moved or edited since the export no longer matches, so the exported version
+    is drawn beside it."""
+    if layer is None:
+        return []
+    own = {}
+    for m in measurements or []:
+        pts = np.asarray(getattr(m, "points", ()), float).reshape(-1, 2)
+        if getattr(m, "axis", 0) == 0 and len(pts):
+            box = np.concatenate([pts.min(0), pts.max(0)])  # (u0, v0, u1, v1): column, row
+            own.setdefault((m.kind, int(m.index)), []).append(box)
+    out = []
+    for n, sh in enumerate(layer.shapes):
+        title = sh.label[0] if sh.label else ""
+        parts = title.split()
+        if not (sh.native_only and title.startswith(OWN_PREFIX) and len(parts) == 3):
+            continue
+        k = np.unique(np.round(sh.points[:, 0], 3))
+        if len(k) != 1 or abs(k[0] - round(k[0])) > 1e-3:
+            continue
+        uv = sh.points[:, [2, 1]]  # (column, row) like the viewer's points
+        box = np.concatenate([uv.min(0), uv.max(0)])
+        if any(np.all(np.abs(box - b) <= tolerance_px) for b in own.get((parts[1], int(round(k[0]))), ())):
+            out.append(n)
+    return out
+
+
+__all__ = ["place_regions", "outline_points", "own_measurement_regions", "MAX_LABEL_LINES", "MAX_REGION_POINTS"]

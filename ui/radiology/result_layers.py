@@ -20,7 +20,7 @@ from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 from imaging_assist.dicom.presentation_state import read_presentation_state
 from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, PR, SEG, SR, ResultObjectError,
                                                  read_parametric_map, read_segmentation, read_sr)
-from imaging_assist.dicom.sr_regions import place_regions
+from imaging_assist.dicom.sr_regions import own_measurement_regions, place_regions
 
 from .series_results import series_key
 
@@ -46,7 +46,10 @@ class ResultLayers(QObject):
         self.dock.hide()
         self.messages: list[str] = []  # one-line problems and warnings, newest last
         self._shown_key = None  # the series whose entries the list shows
+        self._sr_layers = []  # the SR region layers added, for _hide_own
+        self._hidden_as_own: set[int] = set()  # id() of SR regions hidden as the reader's own measurements
         win.loadFinished.connect(self._loaded)
+        win.doc.measurementsChanged.connect(self._hide_own)
 
     # ------------------------------------------------------------------ applying
     def _loaded(self, ok: bool) -> None:
@@ -175,9 +178,33 @@ class ResultLayers(QObject):
         if layer is not None:
             layer.result_key = key
             self.w.add_layer(layer)
+            self._sr_layers.append(layer)
+            self._hide_own()
         for warning in report.warnings + warnings:
             self._say(f"{name}: {warning}", problem=False)
         self.dock.show()
+
+    def _hide_own(self) -> None:
+        """An SR exported from the reader's own measurements into the study folder would draw
+        each of them a second time (dashed) over the editable one: those regions are hidden,
+        once, and said so; their ticks in the Overlays panel show them again.  A measurement
+        moved or deleted since brings its exported region back."""
+        layers = [x for x in self._sr_layers if any(x is y for y in self.w.doc.layers)]
+        self._sr_layers = layers
+        for layer in layers:
+            dup = set(own_measurement_regions(layer, self.w.doc.measurements))
+            newly = 0
+            for n, sh in enumerate(layer.shapes):
+                if n in dup and id(sh) not in self._hidden_as_own:
+                    self._hidden_as_own.add(id(sh))
+                    sh.visible, newly = False, newly + 1
+                elif n not in dup and id(sh) in self._hidden_as_own:
+                    self._hidden_as_own.discard(id(sh))
+                    sh.visible = True
+            if newly:
+                self._say(f"{layer.name}: {newly} region{'s are' if newly > 1 else ' is'} your own "
+                          f"measurement{'s' if newly > 1 else ''}, exported earlier: drawn once, as yours "
+                          "(tick one in Overlays to see the exported copy)", problem=False)
 
     def _jump(self, item: QListWidgetItem) -> None:
         k = item.data(SLICE_ROLE)
