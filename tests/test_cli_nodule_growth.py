@@ -80,6 +80,7 @@ def test_a_grown_nodule_named_among_several(tmp_path, capsys):
     ("{not json", "not a readable results.json"),
     ('{"items": 3}', "no items"),
     ('{"items": [{"task": "classification"}]}', "no nodule found"),
+    ('{"items": [{"task": "nodule", "study_date": "20230101", "nodules": 5}]}', "no nodule found"),
     ('{"items": [{"task": "nodule", "nodules": [{"id": "N1", "found": true, "volume_mm3": 5}]}]}', "no study date"),
     ('{"items": [{"task": "nodule", "study_date": "2023", "nodules": [{"id": "N1", "found": true, "volume_mm3": 5}]}]}',
      "is not a date"),
@@ -194,3 +195,60 @@ def test_analyze_with_a_prior_links_by_id_and_says_what_it_could_not_compare(ana
     rc, o = _cli(["analyze", str(SLAB), "--model", "cxr-pneumonia", "--prior", str(bad),
                   "--out", str(tmp_path / "o4")], capsys)
     assert rc == 2 and "--at/--points/--prior are for the CT nodule models" in o.err
+
+
+def _mutations(doc, rng, n):
+    """``n`` copies of a results.json with one value somewhere replaced by a value of another
+    kind (a fuzz of the structure, not only of the numbers)."""
+    import copy
+
+    junk = [None, True, 0, -1, 1e300, float("nan"), "", "x" * 300, [], [1, 2], {}, {"a": {"b": 1}}, "20230101"]
+
+    def paths(x, at=()):
+        yield at
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield from paths(v, at + (k,))
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                yield from paths(v, at + (i,))
+
+    every = [p for p in paths(doc) if p]
+    for _ in range(n):
+        d = copy.deepcopy(doc)
+        p = every[int(rng.integers(len(every)))]
+        parent = d
+        for k in p[:-1]:
+            parent = parent[k]
+        parent[p[-1]] = junk[int(rng.integers(len(junk)))]
+        yield d
+
+
+def test_fuzzed_prior_results_are_a_growth_or_one_line(analyses, tmp_path, capsys):
+    """400 structural mutations of a real nodule analysis, read as the prior by `nodule-growth`
+    and by `analyze --prior`'s reader and linker: a result or one line, never a traceback."""
+    import numpy as np
+
+    from imaging_assist.cli.analyze_nodules import _prior_nodules
+    from imaging_assist.errors import UserError
+    from imaging_assist.nodules.growth import compare
+
+    real = json.loads((analyses / "pri" / "results.json").read_text())
+    cur = json.loads((analyses / "cur" / "results.json").read_text())["items"][0]
+    f = tmp_path / "prior.json"
+    outcomes = {"growth": 0, "refused": 0}
+    for d in _mutations(real, np.random.default_rng(7), 400):
+        f.write_text(json.dumps(d))
+        rc, o = _cli(["nodule-growth", str(f), str(analyses / "cur"), "--json"], capsys)
+        assert rc in (0, 2) and (rc == 0 or len(o.err.strip().splitlines()) == 1), o.err
+        if rc == 0:
+            json.loads(o.out)
+        try:
+            _, prior = _prior_nodules(str(f))
+            for pn, pit in prior.values():
+                json.dumps(compare(pn, pit, cur["nodules"][0], cur), allow_nan=False)
+            outcomes["growth"] += 1
+        except (UserError, ValueError) as e:
+            assert len(str(e).splitlines()) == 1
+            outcomes["refused"] += 1
+    assert outcomes["growth"] > 50 and outcomes["refused"] > 10, outcomes

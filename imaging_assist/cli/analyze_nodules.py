@@ -47,7 +47,7 @@ def _prior_nodules(path: str) -> tuple[str, dict]:
     out = {}
     for it in read_results(path)["items"]:
         if isinstance(it, dict) and it.get("task") == "nodule":
-            for n in it.get("nodules") or []:
+            for n in it.get("nodules") if isinstance(it.get("nodules"), list) else []:
                 if isinstance(n, dict) and n.get("found") and n.get("id") is not None:
                     out.setdefault(str(n["id"]), (n, it))
     if not out:

@@ -49,7 +49,7 @@ def _nodule(path: str, data: dict, wanted: str | None, which: str):
     for it in data["items"]:
         if not isinstance(it, dict) or it.get("task") != "nodule":
             continue
-        for n in it.get("nodules") or []:
+        for n in it.get("nodules") if isinstance(it.get("nodules"), list) else []:
             if isinstance(n, dict) and n.get("found") and (wanted is None or str(n.get("id")) == wanted):
                 found.append((n, it))
     if not found:
