@@ -109,6 +109,7 @@ class Measured:
         """From a ``nodules[]`` entry of results.json (or ``NoduleResult.to_dict()``)."""
         if not d.get("found", True):
             raise ValueError(f"nodule {label or d.get('id', '')}: {d.get('reason') or 'not found'}")
+
         def num(x):  # numbers written as text are read; anything else goes to the checks
             if isinstance(x, str):
                 try:

@@ -191,6 +191,8 @@ class ResultLayers(QObject):
         moved or deleted since brings its exported region back."""
         layers = [x for x in self._sr_layers if any(x is y for y in self.w.doc.layers)]
         self._sr_layers = layers
+        live = {id(sh) for layer in layers for sh in layer.shapes}
+        self._hidden_as_own &= live  # shapes of removed layers: their ids may be reused
         for layer in layers:
             dup = set(own_measurement_regions(layer, self.w.doc.measurements))
             newly = 0
