@@ -192,6 +192,10 @@ def test_analyze_with_a_prior_links_by_id_and_says_what_it_could_not_compare(ana
     rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE, "--prior", str(bad),
                   "--out", str(tmp_path / "o3")], capsys)
     assert rc == 2 and "no nodule found in this results.json" in o.err and len(o.err.strip().splitlines()) == 1
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE, "--prior",
+                  str(analyses / "pri"), "--deidentify", "--out", str(tmp_path / "o5")], capsys)
+    assert rc == 2 and "--prior cannot be used with --deidentify" in o.err and len(o.err.strip().splitlines()) == 1
+    assert not (tmp_path / "o5" / "results.json").exists()
     rc, o = _cli(["analyze", str(SLAB), "--model", "cxr-pneumonia", "--prior", str(bad),
                   "--out", str(tmp_path / "o4")], capsys)
     assert rc == 2 and "--at/--points/--prior are for the CT nodule models" in o.err

@@ -109,6 +109,12 @@ def cmd_analyze(args) -> int:
 
     from ..models.registry import Registry
 
+    if getattr(args, "prior", None) and getattr(args, "deidentify", False):
+        # the de-identified copy has no study date (PS3.15 basic profile), and the prior's dates and
+        # series UID would carry identifying data into a result meant to have none
+        raise UserError("--prior cannot be used with --deidentify (growth needs both studies' dates, which a "
+                        "de-identified copy does not carry): compare the original analyses with "
+                        "`imaging-assist nodule-growth`")
     if getattr(args, "deidentify", False):  # issue 16: every output made from a de-identified copy
         from ..privacy.deid import deidentified_input
 
