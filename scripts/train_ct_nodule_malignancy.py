@@ -102,8 +102,8 @@ def cross_validate(args, out: Path, rows, split, groups, y, x_all, yt, augment, 
     fold of the training + validation patients (grouped by patient, stratified, seed --seed) and
     measured on that fold.  No epoch is chosen on the held-out fold (the last epoch of the
     one-cycle schedule is kept), so each fold's AUC is an honest estimate; the pooled
-    out-of-fold AUC has a patient-clustered CI.  The test split plays no part.  Nothing is
-    written into the model folder except ``cv_<recipe>.json``."""
+    out-of-fold AUC has a patient-clustered CI.  The test split plays no part.  Writes
+    ``cv_<recipe>.json`` and one log per fold into ``--out`` (required: never the shipped folder)."""
     from imaging_assist.models.architectures import build_network
 
     dev = T.pick_device(args.device)
@@ -181,6 +181,8 @@ def main(argv=None) -> int:
                          "training and validation splits (the recipe's AUC on more patients than the "
                          "validation split has); writes cv_<recipe>.json into --out, the test split untouched")
     args = ap.parse_args(argv)
+    if args.cv and args.out is None:
+        ap.error("--cv needs --out: its logs go there, never into the shipped model folder")
     dev, out = T.start(args, MODEL_ID)
     rows = D.read_rows()
     split = D.split_rows(rows, args.seed)
