@@ -255,22 +255,16 @@ def main(argv=None) -> int:
     tta_selection = [{"tta": mode, "val_auc": round(E.roc_auc(y[iva], probs[mode][iva]), 5)} for mode in TTA_MODES]
     tta = max(tta_selection, key=lambda r: r["val_auc"])["tta"]  # first of equals: "none"
     print("TTA on validation:", tta_selection, "->", tta, flush=True)
-    members = [probs["none"][iva]]
     for other in args.ensemble_with:  # measured on validation for the record; a card loads one network
         net2 = build_network(ARCH, MODEL_ID)
         T.load_shipped(net2, other)
         p2 = torch.softmax(T.predict(net2, x_all[iva], torch.device("cpu"), 64), 1)[:, 1].numpy()
-        members.append(p2)
         meta = json.loads((Path(other) / "model.json").read_text())["training"]
         aux_text = "" if meta.get("auxiliary_targets", "none") == "none" else " --aux ratings"
         tta_selection.append({"tta": "none", "ensemble_with": f"{meta['script']}{aux_text} --init-seed {meta.get('init_seed')}",
                               "member_val_auc": round(E.roc_auc(y[iva], p2), 5),
                               "val_auc": round(E.roc_auc(y[iva], (probs["none"][iva] + p2) / 2), 5),
                               "eligible": False})
-        print("ensemble on validation:", tta_selection[-1], flush=True)
-    if len(members) > 2:  # the average of this network and every --ensemble-with network
-        tta_selection.append({"tta": "none", "ensemble_with": f"all {len(members) - 1} --ensemble-with runs",
-                              "val_auc": round(E.roc_auc(y[iva], np.mean(members, 0)), 5), "eligible": False})
         print("ensemble on validation:", tta_selection[-1], flush=True)
     prob = probs[tta]
     # extent sensitivity: the same windows with the validity cut to the thinnest crop
