@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import UserError
+from ..models.lean import lean_imports
 from .item import ModelRunner, Settings, decode_timed
 
 RAY_MISSING = ("--engine ray needs Ray: pip install 'ray==2.60.0' into this environment "
@@ -348,45 +349,6 @@ def processes_for(n_units: int, requested: int = 0) -> int:
 _WORKER_PIPE = None
 
 
-#: What MONAI's package import loads through its optional imports but no batch worker here
-#: uses (nothing in imaging_assist imports them; the networks are MONAI's): torchvision (with
-#: torch._dynamo) 1.3 s and scipy.signal 0.1 s of MONAI's 3.0 s, measured with
-#: ``python -X importtime`` here, paid by every worker before its first item.  Not
-#: matplotlib.pyplot (0.2 s): Captum's explanations import it.
-LEAN_ABSENT = ("torchvision", "scipy.signal")
-
-
-def lean_imports(model_ids, settings: Settings) -> bool:
-    """In a fresh worker process, mark :data:`LEAN_ABSENT` as absent when no network of the
-    batch needs them; returns whether it did.
-
-    A ``None`` entry in ``sys.modules`` is Python's documented way to make an import fail
-    (ModuleNotFoundError); MONAI's ``optional_import`` then leaves the parts built on them
-    unusable, none of which a MONAI network or the card transforms use.  Done only when every
-    model, and the lung-region model of an explanation, is a MONAI network in safetensors (not
-    a torchvision one, not a bundle), and only in a process that has not imported MONAI or any
-    of them yet; tests/test_batch.py checks the outputs equal ``analyze``'s."""
-    import sys
-
-    if "monai" in sys.modules or any(m in sys.modules for m in LEAN_ABSENT):
-        return False
-    from ..models.registry import Registry
-
-    reg = Registry()
-    ids = list(model_ids)
-    for m in list(ids):
-        er = reg.get(m).card.explanation_region
-        if settings.explain is not None and er is not None:
-            ids.append(er.model)
-    for m in ids:
-        card = reg.get(m).card
-        if card.format != "safetensors" or (card.architecture or {}).get("library") != "monai":
-            return False
-    for m in LEAN_ABSENT:
-        sys.modules[m] = None
-    return True
-
-
 def _worker_init(model_ids, settings: Settings) -> None:
     import dataclasses
     import signal
@@ -394,7 +356,7 @@ def _worker_init(model_ids, settings: Settings) -> None:
     global _WORKER_PIPE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
     flush_audit_on_sigterm()
-    lean_imports(model_ids, settings)
+    lean_imports(model_ids, settings.explain is not None)
     _WORKER_PIPE = Pipeline(model_ids, dataclasses.replace(settings, torch_threads=1), writers=1, depth=2)
 
 
@@ -733,7 +695,7 @@ class _RayWorker:
 
         warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
         logging.getLogger("monai").setLevel(logging.ERROR)
-        lean_imports(model_ids, settings)
+        lean_imports(model_ids, settings.explain is not None)
         flush_audit_on_sigterm()
         if not settings.torch_threads:  # several actors per node: one torch thread each
             import dataclasses

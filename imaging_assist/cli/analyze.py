@@ -94,7 +94,26 @@ def _collect_inputs(path: Path, card, exclude=(), override: bool = False):
     return items, notes
 
 
+def _lean(args) -> None:
+    """Before anything imports MONAI: leave out torchvision and scipy.signal when only MONAI
+    networks run (7.3 -> 5.1 s for one film here; :mod:`..models.lean`).  The CT nodule
+    models run as a pair, whichever is named."""
+    from ..models.lean import lean_imports
+    from ..models.registry import Registry
+
+    try:
+        card = Registry().get(args.model).card
+    except Exception:  # noqa: BLE001 - an unknown or broken model: cmd_analyze says so in one line
+        return
+    from ..nodules.run import NODULE_MODELS, is_nodule_model
+
+    ids = list(NODULE_MODELS) if is_nodule_model(card) else [card.id]
+    lean_imports(ids, explain=args.explain is not None)
+
+
 def cmd_analyze(args) -> int:
+    if getattr(args, "own_process", False):
+        _lean(args)
     import warnings as _w
 
     from tqdm import tqdm

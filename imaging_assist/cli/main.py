@@ -38,11 +38,16 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None, run_gui=None) -> int:
     """Run the CLI.  ``run_gui(path, screenshot=, series=, layout=) -> int`` opens the viewer;
-    the GUI launcher passes it, the engine alone has none."""
+    the GUI launcher passes it, the engine alone has none.  ``argv`` None (the console script,
+    ``python -m imaging_assist``): this process runs one command and ends, which lets
+    ``analyze`` leave out imports its networks do not need (:mod:`..models.lean`); a caller
+    passing a list (tests, another program) keeps every module importable."""
+    own_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.run_gui = run_gui
+    args.own_process = own_process
     if not args.debug:
         # Our own checks report what matters (one line each, in the results' warnings); the
         # libraries' warnings and log records would only repeat them or speak of their internals

@@ -45,9 +45,9 @@ class _NoRandomInit(TorchFunctionMode):
 
     A meta tensor holds no values, so initialising it only costs time: its ``normal_`` runs
     PyTorch's Python reference (torch._refs), whose first call imports torch._dynamo (about
-    1.1 s, measured with cProfile here).  A batch worker, which leaves torchvision out
-    (:func:`imaging_assist.batch.engines.lean_imports`), imports torch._dynamo nowhere else;
-    elsewhere MONAI's torchvision import loads it anyway.  The shapes, and so the size check,
+    1.1 s, measured with cProfile here).  A batch worker or the command line's ``analyze``,
+    which leave torchvision out (:func:`imaging_assist.models.lean.lean_imports`), import
+    torch._dynamo nowhere else; elsewhere MONAI's torchvision import loads it anyway.  The shapes, and so the size check,
     are the same either way."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
