@@ -134,11 +134,18 @@ def test_a_click_on_a_mip_points_at_the_slice_of_the_brightest_voxel(win):
 
 def test_slab_controls_show_for_a_volume_only(win):
     sc = win.slab_controls
+    sc.choose("mip")
     assert sc.combo.isVisibleTo(win) and sc.thickness.isVisibleTo(win)  # the 16-slice CT
     sc.set_available(Volume(array=np.zeros((1, 8, 8), np.int16)))  # one radiograph
     assert not sc.combo.isVisibleTo(win) and not sc.thickness.isVisibleTo(win)
     sc.set_available(win.doc.volume)
-    assert sc.combo.isVisibleTo(win)
+    assert sc.combo.isVisibleTo(win) and sc.thickness.isVisibleTo(win)
+    sc.choose(None)  # the slice: no thickness to set
+    assert sc.combo.isVisibleTo(win) and not sc.thickness.isVisibleTo(win)
+    win.active_view().set_slab(Slab("minip", 5.0))  # a view with a slab made active (sync)
+    sc.sync(win.active_view())
+    assert sc.thickness.isVisibleTo(win) and sc.thickness.value() == 5.0
+    _off(win)
 
 
 def test_a_colour_image_refuses_a_slab_in_one_line(win):

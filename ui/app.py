@@ -74,7 +74,7 @@ def _settings() -> QSettings:
 
 
 def run_gui(path: str | None, screenshot: str | None = None, series: str | None = None,
-            layout: str | None = None, run_models: bool = False, slab=None) -> int:
+            layout: str | None = None, run_models: bool = False, slab=None, size=None) -> int:
     """Open the main window (optionally a study).  Returns the process exit code.
 
     screenshot: save the whole window to this PNG once the series is loaded, then exit
@@ -82,6 +82,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     series: a SeriesInstanceUID (or series key, or a file of the series) to show.
     layout: 'single' or 'mpr'.
     slab: an ``imaging_assist.slab.Slab`` (MIP / MinIP / average) for every view.
+    size: (width, height) of the window for ``screenshot`` (default SCREENSHOT_SIZE).
     run_models: run every registered model that fits the shown series (the demo; ui/ai/demo_autorun.py).
     """
     if layout not in (None, "single", "mpr"):
@@ -107,7 +108,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
         win.firstImageShown.connect(first)
 
     if screenshot:
-        win.resize(*SCREENSHOT_SIZE)
+        win.resize(*(size or SCREENSHOT_SIZE))
         state = {"loaded": None, "thumbs": False, "saved": False}
 
         def save(code):

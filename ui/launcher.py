@@ -10,9 +10,10 @@ from __future__ import annotations
 import sys
 
 
-def run_gui(path=None, screenshot=None, series=None, layout=None, run_models=False, slab=None) -> int:
+def run_gui(path=None, screenshot=None, series=None, layout=None, run_models=False, slab=None, size=None) -> int:
     from .app import run_gui as _run
-    return _run(path, screenshot=screenshot, series=series, layout=layout, run_models=run_models, slab=slab)
+    return _run(path, screenshot=screenshot, series=series, layout=layout, run_models=run_models, slab=slab,
+                size=size)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,21 @@ def register(sub) -> None:
     s.add_argument("--layout", choices=["single", "mpr"], help="view layout")
     s.add_argument("--slab", metavar="MODE:MM",
                    help="thick slab in every view: mip, minip or avg over MM millimetres, e.g. mip:10")
+    s.add_argument("--size", metavar="WxH", type=_size,
+                   help="the window's size for --screenshot (default 1920x1080), e.g. 1280x720 for a laptop")
     s.set_defaults(func=cmd_view)
+
+
+def _size(text: str) -> tuple[int, int]:
+    import argparse
+
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
+    if not (640 <= w <= 7680 and 480 <= h <= 4320):
+        raise argparse.ArgumentTypeError(f"{text!r}: width 640-7680 and height 480-4320 pixels")
+    return w, h
 
 
 def cmd_view(args) -> int:
@@ -30,5 +44,9 @@ def cmd_view(args) -> int:
             slab = Slab.parse(args.slab)
         except ValueError as e:
             raise UserError(str(e)) from None
+    size = getattr(args, "size", None)
+    if size and not getattr(args, "screenshot", None):
+        raise UserError("--size is for --screenshot (an open window takes the screen's size)")
+    kw = {"size": size} if size else {}
     return run_gui(getattr(args, "path", None), screenshot=getattr(args, "screenshot", None),
-                   series=getattr(args, "series", None), layout=getattr(args, "layout", None), slab=slab)
+                   series=getattr(args, "series", None), layout=getattr(args, "layout", None), slab=slab, **kw)

@@ -9,6 +9,8 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton, QToolBar
 
+from ..shared.theme import text_only_toolbar
+
 CT_PRESET_KEYS = ["Brain", "Subdural", "Stroke", "Lung", "Mediastinum", "Abdomen", "Bone"]
 
 SHORTCUTS = [
@@ -207,7 +209,7 @@ def build_toolbar(self):
     tb.setObjectName("ToolsBar")
     tb.setMovable(False)
     tb.setIconSize(QSize(16, 16))
-    tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
+    text_only_toolbar(tb)
     self.addToolBar(Qt.TopToolBarArea, tb)
     tb.addAction(self.a_open)
     tb.addSeparator()

@@ -8,16 +8,19 @@ from __future__ import annotations
 from PySide6.QtCore import QEvent, QSize, Qt
 from PySide6.QtWidgets import QDockWidget, QFrame, QScrollArea, QTabWidget
 
+from ..shared.theme import DOCK_MIN_WIDTH
+
 
 class _PanelScroll(QScrollArea):
-    """The panel's width (never squeezed: its table and results need it), any height (a
-    vertical scroll bar when the screen is short)."""
+    """Asks for the panel's full width (its table and results need it), takes less on a small
+    screen (a horizontal scroll bar then) and any height (a vertical scroll bar when the screen
+    is short)."""
 
     def __init__(self):
         super().__init__()
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.NoFrame)
-        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
 
     def setWidget(self, w):
         super().setWidget(w)
@@ -37,7 +40,7 @@ class _PanelScroll(QScrollArea):
         return QSize(self._width(), super().sizeHint().height())
 
     def minimumSizeHint(self):
-        return QSize(self._width(), 160)
+        return QSize(min(self._width(), DOCK_MIN_WIDTH), 160)
 
 
 def add_ai_dock(win):

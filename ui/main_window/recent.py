@@ -28,6 +28,7 @@ class WelcomePage(QWidget):
                       "Research software, not for clinical use.")
         hint.setObjectName("WelcomeHint")
         hint.setAlignment(Qt.AlignCenter)
+        hint.setWordWrap(True)  # a narrow window (small screen, docks open) wraps it
         row = QHBoxLayout()
         row.addStretch(1)
         b1 = QPushButton("Open folder…")
@@ -41,7 +42,8 @@ class WelcomePage(QWidget):
         row.addStretch(1)
         self.recent_list = QListWidget()
         self.recent_list.setMaximumWidth(720)
-        self.recent_list.setMinimumWidth(520)
+        self.recent_list.setMinimumWidth(300)
+        self.recent_list.setMinimumHeight(120)
         self.recent_list.setMaximumHeight(260)
         self.recent_list.setTextElideMode(Qt.ElideMiddle)
         self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
@@ -54,7 +56,7 @@ class WelcomePage(QWidget):
         rl.addWidget(self.recent_list)
         rrow = QHBoxLayout()
         rrow.addStretch(1)
-        rrow.addLayout(rl)
+        rrow.addLayout(rl, 6)  # most of the width (up to 720 px), 300 px in a narrow window
         rrow.addStretch(1)
         lay.addWidget(title)
         lay.addSpacing(8)

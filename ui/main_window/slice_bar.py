@@ -24,6 +24,7 @@ class SliceBar(QWidget):
         self.slider = QSlider(Qt.Horizontal)
         self.slider.setRange(0, 0)
         self.slider.valueChanged.connect(self._slider_moved)
+        self.slider.setMinimumWidth(100)  # on a small screen the docks narrow first, not the slider
         self.slice_label = QLabel("")
         self.slice_label.setMinimumWidth(110)
         self.slice_label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)

@@ -33,6 +33,7 @@ from ..radiology.layers_panel import LayersPanel
 from ..radiology.measure_tools import MeasurementsPanel
 from ..radiology.mpr import ViewArea
 from ..radiology.tag_browser import TagBrowser
+from ..shared.theme import DOCK_MIN_WIDTH
 from . import actions, ai_dock, overlays, screenshots
 from .actions import CT_PRESET_KEYS, SHORTCUTS  # noqa: F401 - re-exported
 from .banner import WarningsBanner
@@ -95,6 +96,9 @@ class MainWindow(QMainWindow):
         self.reading = Reading(self)  # 1×2 / 2×2 layouts, priors, reading mode F11 (issue 17)
         self.presets.rebuild()
         self.resize(1600, 1000)
+        # the docks' widths on a workstation screen; on a small one (1280 or 1366 px: a laptop
+        # at a clinic demo) they may be narrowed down to DOCK_MIN_WIDTH, or hidden (Ctrl+B)
+        self.resizeDocks([self.browser_dock, self.layers_dock], [350, 420], Qt.Horizontal)
         self._update_enabled()
         self._sync_slider()  # no series yet: no slider or cine controls
 
@@ -140,7 +144,7 @@ class MainWindow(QMainWindow):
         self.browser_dock = QDockWidget("Studies", self)
         self.browser_dock.setObjectName("StudiesDock")
         self.browser_dock.setWidget(self.browser)
-        self.browser_dock.setMinimumWidth(350)
+        self.browser_dock.setMinimumWidth(DOCK_MIN_WIDTH)
         self.addDockWidget(Qt.LeftDockWidgetArea, self.browser_dock)
 
         self.layers_panel = LayersPanel(self.doc.layers)
@@ -158,7 +162,7 @@ class MainWindow(QMainWindow):
         self.tags_dock.setObjectName("TagsDock")
         self.tags_dock.setWidget(self.tag_browser)
         for d in (self.layers_dock, self.measure_dock, self.tags_dock):
-            d.setMinimumWidth(340)
+            d.setMinimumWidth(DOCK_MIN_WIDTH)
             self.addDockWidget(Qt.RightDockWidgetArea, d)
         self.splitDockWidget(self.layers_dock, self.measure_dock, Qt.Vertical)
         self.tabifyDockWidget(self.measure_dock, self.tags_dock)

@@ -36,6 +36,7 @@ from imaging_assist.errors import UserError
 from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer, Shape, ShapesLayer
 
 from ..shared.text import one_line
+from ..shared.theme import DOCK_MIN_WIDTH
 from ..shared.theme import ERROR_FG, MUTED, WARN_FG
 from .nodule_results import (Nodule, bbox, heat_flag, malignancy_card, nodule_run, operating_point_line,
                              sanity_flag, series_key, study_of)
@@ -194,7 +195,7 @@ class NoduleTool(QObject):
         self.dock = QDockWidget("Nodules", win)
         self.dock.setObjectName("NodulesDock")
         self.dock.setWidget(self.panel)
-        self.dock.setMinimumWidth(340)
+        self.dock.setMinimumWidth(DOCK_MIN_WIDTH)
         win.addDockWidget(Qt.RightDockWidgetArea, self.dock)
         md = getattr(win, "measure_dock", None)
         if md is not None:

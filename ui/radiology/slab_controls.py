@@ -25,6 +25,7 @@ class SlabControls(QObject):
     def __init__(self, win):
         super().__init__(win)
         self.w = win
+        self._available = True  # the shown series can have a slab (set_available)
         self._explicit = False  # view --slab: the first hanging protocol leaves the slabs alone
         self.combo = QComboBox()
         self.combo.setObjectName("SlabMode")
@@ -71,10 +72,16 @@ class SlabControls(QObject):
         from imaging_assist.layers import Plane
         from imaging_assist.slab import refusal
 
-        on = vol is not None and refusal(vol, Plane.native()) is None
-        for wdg in (getattr(self, "label", None), self.combo, self.thickness):
+        self._available = on = vol is not None and refusal(vol, Plane.native()) is None
+        for wdg in (getattr(self, "label", None), self.combo):
             if wdg is not None:
                 wdg.setVisible(on)
+        self._show_thickness()
+
+    def _show_thickness(self) -> None:
+        """The thickness box only with a slab mode chosen: "Slice" has no thickness, and the
+        bar under the views keeps the width for its slider on a small screen."""
+        self.thickness.setVisible(self._available and self.combo.currentData() is not None)
 
     def current(self) -> Slab | None:
         mode = self.combo.currentData()
@@ -92,6 +99,7 @@ class SlabControls(QObject):
             return
         why = view.set_slab(self.current())
         self.menu_actions[self.combo.currentData()].setChecked(True)
+        self._show_thickness()
         if why:
             self.w.statusBar().showMessage(f"No {view.slab.name} on this image: {why}", 8000)
 
@@ -119,3 +127,4 @@ class SlabControls(QObject):
         for wdg in (self.combo, self.thickness):
             wdg.blockSignals(False)
         self.menu_actions[slab.mode if slab else None].setChecked(True)
+        self._show_thickness()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from PySide6.QtGui import QColor, QFont, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtCore import QPointF, Qt
+from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPalette, QPen, QPixmap
+from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle, QStyleFactory
 
 BG = "#1e1f22"
 PANEL = "#26282c"
@@ -16,6 +17,11 @@ WARN_FG = "#ffd98a"
 ERROR_BG = "#4d1f1f"
 ERROR_FG = "#ffb4b4"
 
+#: The narrowest a dock may be made (its content scrolls or elides below its preferred width):
+#: small enough that the window, with the studies on the left and a dock on the right, fits a
+#: 1280-px screen (a laptop at a clinic demo; tests/test_ui_small_screen.py).
+DOCK_MIN_WIDTH = 220
+
 # Slicer-like plane colours (used for MPR frames and crosshair lines).
 PLANE_COLORS = {"axial": "#e05252", "coronal": "#5bbf5b", "sagittal": "#e6c84c", "native": "#8b9099"}
 
@@ -27,6 +33,7 @@ QToolBar {{ background: {PANEL}; border: none; border-bottom: 1px solid #33363b;
 QToolBar QToolButton {{ color: {TEXT}; padding: 4px 7px; border-radius: 4px; }}
 QToolBar QToolButton:hover {{ background: #34373d; }}
 QToolBar QToolButton:checked {{ background: #2f4f7a; color: white; }}
+QToolBar QToolButton#qt_toolbar_ext_button {{ padding: 0px; }}
 QStatusBar {{ background: {PANEL}; color: {TEXT}; border-top: 1px solid #33363b; }}
 QStatusBar QLabel {{ color: {TEXT}; padding: 0 6px; }}
 QTreeWidget, QTableWidget, QListWidget, QTreeView {{ background: {BASE}; alternate-background-color: #1b1c1f;
@@ -61,8 +68,61 @@ QLabel#WelcomeHint {{ color: {MUTED}; font-size: 11pt; }}
 """
 
 
+class _DarkFusion(QProxyStyle):
+    """Fusion with a toolbar extension button that shows on the dark palette: Fusion draws its
+    arrow dark, invisible here, so a narrow window (a laptop screen) hid the toolbar's last
+    items without a sign that they were one click away."""
+
+    def __init__(self):
+        super().__init__(QStyleFactory.create("Fusion"))
+        self._chevrons: dict = {}
+
+    def standardIcon(self, sp, opt=None, widget=None):
+        if sp in (QStyle.SP_ToolBarHorizontalExtensionButton, QStyle.SP_ToolBarVerticalExtensionButton):
+            if sp not in self._chevrons:
+                self._chevrons[sp] = _chevron(sp == QStyle.SP_ToolBarVerticalExtensionButton)
+            return self._chevrons[sp]
+        return super().standardIcon(sp, opt, widget)
+
+    def pixelMetric(self, metric, opt=None, widget=None):
+        if metric == QStyle.PM_ToolBarExtensionExtent:
+            return 20  # room for the 16-px chevron (Fusion: 12)
+        return super().pixelMetric(metric, opt, widget)
+
+
+def _chevron(down: bool) -> QIcon:
+    """A double chevron (») in the text colour, pointing right (or down)."""
+    pm = QPixmap(16, 16)
+    pm.fill(Qt.transparent)
+    p = QPainter(pm)
+    p.setRenderHint(QPainter.Antialiasing)
+    p.setPen(QPen(QColor(TEXT), 1.6))
+    for x0 in (3.5, 8.5):
+        pts = [QPointF(x0, 4), QPointF(x0 + 4, 8), QPointF(x0, 12)]
+        if down:
+            pts = [QPointF(q.y(), q.x()) for q in pts]
+        p.drawPolyline(pts)
+    p.end()
+    return QIcon(pm)
+
+
+def text_only_toolbar(tb) -> None:
+    """Text-only tool buttons, and the » button that opens what a narrow window cannot show
+    (a laptop screen) drawn as its icon: the toolbar's text-only style reaches that button too,
+    and it has no text, so it was drawn blank."""
+    from PySide6.QtWidgets import QToolButton
+
+    tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
+    ext = tb.findChild(QToolButton, "qt_toolbar_ext_button")
+    if ext is not None:
+        ext.setToolButtonStyle(Qt.ToolButtonIconOnly)
+        ext.setToolTip("More tools: the window is too narrow to show them all")
+
+
 def apply_dark_theme(app: QApplication) -> None:
-    app.setStyle("Fusion")
+    style = _DarkFusion()
+    app.setStyle(style)
+    app._ia_style = style  # Qt takes the style; the Python wrapper must live as long
     p = QPalette()
     c = {
         QPalette.Window: BG, QPalette.WindowText: TEXT, QPalette.Base: BASE,

@@ -32,7 +32,7 @@ from .slide_layers import slide_layer
 from .slide_tiles import rgb_to_qimage
 from .slide_tools import AnnotationsPanel, SlideTools
 from .slide_view import SlideView
-from ..shared.theme import MUTED, WARN_FG
+from ..shared.theme import MUTED, WARN_FG, text_only_toolbar
 from ..shared.workers import worker_thread
 
 INFO_WIDTH = 270
@@ -163,7 +163,7 @@ class SlidePage(QWidget):
     def _build_toolbar(self) -> QToolBar:
         tb = QToolBar("Slide")
         tb.setObjectName("SlideBar")
-        tb.setToolButtonStyle(Qt.ToolButtonTextOnly)
+        text_only_toolbar(tb)
         tb.setIconSize(QSize(16, 16))
         self.a_fit = self._action("Fit", lambda: self.view.fit(), tip="Whole slide in view (F)")
         self.a_one = self._action("1:1", lambda: self.view.set_level_zoom(0),
