@@ -274,6 +274,39 @@ def test_malignancy_card_recomputed_from_predictions():
     assert not val & set(pid)
 
 
+def test_malignancy_card_states_what_size_alone_gives_recomputed_from_predictions():
+    """The card's size baseline, recomputed: the ct-nodule-seg volume (its predictions.csv) as
+    the only score on the same test nodules, its patient-clustered CI, the paired difference
+    with this model's AUC, and the limitation that says it (a model that only measures size
+    must not look like more)."""
+    from imaging_assist import evaluation as E
+
+    mid = "ct-nodule-malignancy"
+    card = json.loads((WEIGHTS / mid / "model.json").read_text())
+    rows = _rows(mid, "test")
+    vol = {r["file"]: float(r["volume_pred_mm3"]) for r in _rows("ct-nodule-seg", "test")}
+    assert {r["file"] for r in rows} == set(vol)  # the same test crops
+    y = np.array([r["label"] == "malignant" for r in rows]).astype(int)
+    p = np.array([float(r["p_malignant"]) for r in rows])
+    v = np.array([vol[r["file"]] for r in rows])
+    pid = np.array([r["patient"] for r in rows])
+    pre = "patient-split test"
+    m = _card_metric(card, "AUC_size_alone_segmenter_volume", pre)
+    assert E.roc_auc(y, v) == pytest.approx(m["value"], abs=6e-5) and m["n"] == len(rows)
+    assert E.bootstrap_ci(E.roc_auc, y, v, clusters=pid, strata=y, seed=6) == pytest.approx(tuple(m["ci95"]), abs=2e-4)
+    g = _card_metric(card, "AUC_gain_over_size_alone", pre)
+    assert E.roc_auc(y, p) - E.roc_auc(y, v) == pytest.approx(g["value"], abs=6e-5)
+    diff = E.bootstrap_ci(lambda a, b, c: E.roc_auc(a, b) - E.roc_auc(a, c), y, p, v, clusters=pid, strata=y, seed=8)
+    assert diff == pytest.approx(tuple(g["ci95"]), abs=2e-4)
+    with (SHARED / "ct" / "lidc_nodule_vois" / "labels.csv").open() as fh:
+        diam = {r["file"]: float(r["diameter_mm"]) for r in csv.DictReader(fh)}
+    d_auc = E.roc_auc(y, np.array([diam[r["file"]] for r in rows]))
+    (line,) = [t for t in card["limitations"] if t.startswith("Size alone")]
+    assert f"AUC {m['value']:.3f}" in line and f"diameter {d_auc:.3f}" in line and f"{g['value']:+.3f}" in line
+    if g["ci95"][0] <= 0:  # the interval includes no gain: the card must not claim one
+        assert "cannot show" in line
+
+
 def test_seg_card_recomputed_from_predictions():
     from imaging_assist import evaluation as E
 
