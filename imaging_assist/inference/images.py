@@ -31,13 +31,22 @@ def find_images(folder: str | Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+def _line(e: Exception) -> str:
+    return (str(e).splitlines() or [""])[0][:120]
+
+
 def read_image(path: str | Path) -> Volume:
     from PIL import Image, UnidentifiedImageError
 
+    from contextlib import nullcontext
+
+    from ..native_stderr import Captured, captured
+
     path = Path(path)
     warnings: list[str] = []
+    cap = Captured()
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im, (captured() if im.format == "TIFF" else nullcontext(cap)) as cap:
             n_frames = getattr(im, "n_frames", 1)
             if n_frames > 1:
                 warnings.append(f"{n_frames} pages/frames in the file: only the first is analysed")
@@ -67,11 +76,13 @@ def read_image(path: str | Path) -> Volume:
     except Image.DecompressionBombError as e:
         raise ImageReadError(f"{path}: image is too large to open safely ({e})") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"{path}: not a readable PNG/JPEG/TIFF image ({e})") from None
+        raise ImageReadError(f"{path}: not a readable PNG/JPEG/TIFF image ({cap.explain(_line(e))})") from None
     except Exception as e:  # noqa: BLE001 - Pillow's plugins raise more types for a damaged
         # file (TypeError "Missing dimensions" from a TIFF without its size tags, struct.error...)
         raise ImageReadError(f"{path}: not a readable PNG/JPEG/TIFF image ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:120]})") from None
+                             f"{cap.explain(_line(e))})") from None
+    finally:
+        cap.write_back()  # a C library's lines that no error message took (warnings, other threads)
     if arr.ndim == 3 and arr.shape[2] == 3 and np.array_equal(arr[..., 0], arr[..., 1]) \
             and np.array_equal(arr[..., 0], arr[..., 2]):
         arr = arr[..., 0].copy()  # grey image stored as RGB

@@ -70,8 +70,13 @@ class ImageSlide(Slide):
                                  "convert it to a tiled pyramidal TIFF (e.g. vips tiffsave --tile --pyramid)") from None
         except Exception as e:
             raise SlideReadError(f"{self.path}: cannot decode image ({_one_line(e)})") from None
-        try:
-            with im:
+        from contextlib import nullcontext
+
+        from ..native_stderr import Captured, captured
+
+        cap = Captured()
+        try:  # only libtiff prints (PNG and JPEG errors come back through Pillow)
+            with im, (captured() if im.format == "TIFF" else nullcontext(cap)) as cap:
                 w, h = im.size
                 if w <= 0 or h <= 0:
                     raise SlideReadError(f"{self.path}: image of {w}x{h} px (damaged header)")
@@ -87,8 +92,10 @@ class ImageSlide(Slide):
                 base = im.copy()
         except SlideReadError:
             raise
-        except Exception as e:
-            raise SlideReadError(f"{self.path}: cannot decode image ({_one_line(e)})") from None
+        except Exception as e:  # with the decoder's own line, e.g. libtiff's, when it printed one
+            raise SlideReadError(f"{self.path}: cannot decode image ({cap.explain(_one_line(e))})") from None
+        finally:
+            cap.write_back()
         levels = [base]
         while max(levels[-1].size) > MIN_LEVEL_SIZE and min(levels[-1].size) >= 2:
             levels.append(levels[-1].reduce(2))
