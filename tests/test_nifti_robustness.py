@@ -252,6 +252,11 @@ def test_cli_names_the_file_once(raw, tmp_path, capsys):
     ("x,y,z\n1,2,3e999\n", "must be finite"),
     ('x,y,z\n"' + "1" * 200_000 + '",2,3\n', "not a readable CSV"),
     ("x,y,z\n\udcff", "cannot read it"),
+    ("x,y,z,id\n1,2,3,a\\b\n", "without a backslash"),  # was an internal error in the SR export
+    ("x,y,z,id\n1,2,3,a\x07b\n", "printable"),
+    ("x,y,z,id\n1,2,3," + "N" * 65 + "\n", "at most 64"),
+    ("x,y,z\n" + "1,2,3\n" * 1001, "more than 1,000 per run"),
+    ("x,y,z\n" + "1.000000,2.000000,3.000000\n" * 40_000, "more than a points file holds"),
 ])
 def test_points_csv_errors_are_one_line(tmp_path, text, words):
     from imaging_assist.errors import UserError

@@ -56,10 +56,23 @@ def parse_point(text: str) -> list[float]:
     return xyz
 
 
+#: A points file is a few lines per nodule; the limits keep a wrong file (an image, a log) from
+#: being read whole or run point by point for hours.
+MAX_POINTS_BYTES = 1 << 20
+MAX_POINTS = 1000
+#: An id names the nodule in the SEG (Segment Label, LO) and the SR (tracking identifier): at most
+#: 64 characters (LO), printable, no backslash (DICOM's value separator).
+MAX_ID_CHARS = 64
+
+
 def read_points_csv(path: str | Path) -> list[tuple[str | None, list[float]]]:
     """A CSV with columns x, y, z (mm, LPS) and optionally id; a header row is required."""
     p = Path(path).expanduser()
     try:
+        size = p.stat().st_size
+        if size > MAX_POINTS_BYTES:
+            raise UserError(f"--points {p}: {size:,} bytes, more than a points file holds "
+                            f"({MAX_POINTS_BYTES:,} at most): is it the right file?")
         text = p.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--points {p}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
@@ -69,6 +82,8 @@ def read_points_csv(path: str | Path) -> list[tuple[str | None, list[float]]]:
         raise UserError(f"--points {p}: not a readable CSV ({e})") from None
     if not rows:
         raise UserError(f"--points {p}: no rows (a header x,y,z[,id] and one row per point)")
+    if len(rows) > MAX_POINTS:
+        raise UserError(f"--points {p}: {len(rows):,} points, more than {MAX_POINTS:,} per run: split the file")
     keys = {k.strip().lower(): k for k in rows[0] if k}
     if not all(c in keys for c in "xyz"):
         raise UserError(f"--points {p}: the header must name columns x, y and z (mm, LPS); it has "
@@ -82,6 +97,9 @@ def read_points_csv(path: str | Path) -> list[tuple[str | None, list[float]]]:
         if not all(math.isfinite(v) for v in xyz):
             raise UserError(f"--points {p}, line {n}: x, y, z must be finite")
         nid = (r.get(keys["id"]) or "").strip() if "id" in keys else ""
+        if len(nid) > MAX_ID_CHARS or "\\" in nid or not nid.isprintable():
+            raise UserError(f"--points {p}, line {n}: the id must be at most {MAX_ID_CHARS} printable characters "
+                            "without a backslash (it names the nodule in the DICOM SEG and SR)")
         out.append((nid or None, xyz))
     return out
 
