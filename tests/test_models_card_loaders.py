@@ -70,6 +70,24 @@ def test_invalid_card_lists_every_problem_in_one_line(tmp_path):
         assert needle in msg, needle
 
 
+@pytest.mark.parametrize("name", ["liver\\tumour", "lung\x07", "a\nb"])
+def test_a_label_that_cannot_name_a_dicom_segment_is_refused(tmp_path, name):
+    """A label becomes a SEG segment label (LO): a backslash or control character made the
+    DICOM export end in an internal error; the card check says so first, in one line."""
+    bad = base_card(labels=["background", name])
+    with pytest.raises(ModelCardError) as ei:
+        validate_card(bad, tmp_path)
+    assert "labels: names must be printable text without a backslash" in str(ei.value)
+    assert "\n" not in str(ei.value)
+
+
+def test_bundle_channel_names_are_made_dicom_safe():
+    from imaging_assist.models.bundle import _channel_names
+
+    spec = {"channel_def": {"1": "liver\\tumour", "0": "back\tground", "2": "  kidney  "}}
+    assert _channel_names(spec) == ["back ground", "liver/tumour", "kidney"]
+
+
 def test_missing_sha256_and_bad_json(tmp_path):
     d = base_card(format="safetensors", weights=[{"file": "model.safetensors"}])
     with pytest.raises(ModelCardError, match=r"weights\[0\]\.sha256: is required"):

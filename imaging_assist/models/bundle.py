@@ -73,9 +73,13 @@ def _dict(v) -> dict:
 def _channel_names(spec: dict) -> list[str]:
     cd = _dict(spec.get("channel_def"))
     try:
-        return [str(cd[k]) for k in sorted(cd, key=lambda k: int(k))]
+        names = [str(cd[k]) for k in sorted(cd, key=lambda k: int(k))]
     except (TypeError, ValueError):
-        return [str(v) for v in cd.values()]
+        names = [str(v) for v in cd.values()]
+    # the names become DICOM segment labels: a bundle's backslash or control character would
+    # make its card invalid, so they are replaced (the card's check refuses them in a model.json)
+    return [" ".join("".join(ch if ch.isprintable() else " " for ch in n.replace("\\", "/")).split())
+            for n in names]
 
 
 def derive_card(folder: Path) -> ModelCard:

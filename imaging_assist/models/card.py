@@ -425,6 +425,10 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
         elif max(len(x) for x in labels) > MAX_LABEL_CHARS:
             c.add("labels", f"has a name longer than {MAX_LABEL_CHARS} characters")
             labels = None
+        elif not all(x.isprintable() and "\\" not in x for x in labels):
+            # a name becomes a DICOM SEG segment label (LO: no backslash, no control characters)
+            c.add("labels", "names must be printable text without a backslash")
+            labels = None
         elif len(set(labels)) != len(labels):
             c.add("labels", "must not repeat a name")
         elif task == "segmentation" and len(labels) < 2:
