@@ -63,3 +63,43 @@ def test_nothing_to_export_is_one_line(ct_volume, tmp_path):
     with pytest.raises(DicomExportError) as e:
         write_measurement_sr(ct_volume, [Measurement("text", [(1, 1)], text="")], tmp_path / "x.dcm")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["bell\x07", "\x00nul", "tab\there\nnext line", "back\\slash"])
+def test_a_pasted_control_character_does_not_make_the_objects_invalid(ct_volume, tmp_path, text):
+    """A note with a NUL or BEL (pasted into the text tool) made the SR and the GSPS fail
+    dciodvfy ("Character invalid for this VR"), and a backslash ended the GSPS export in an
+    internal error (pydicom refuses it in ST); such characters become spaces, line breaks stay,
+    a backslash stays in the SR and becomes "/" in the GSPS."""
+    from imaging_assist.export.presentation_state import build_presentation_state
+
+    k = ct_volume.array.shape[0] // 2
+    items = [Measurement("text", [(30, 200)], index=k, text=text), Measurement("arrow", [(80, 80), (120, 40)], index=k, text=text)]
+    for m in items:
+        m.compute_on(ct_volume)
+    p = write_measurement_sr(ct_volume, items, tmp_path / "m.dcm")
+    assert dciodvfy_errors(p) == []
+    clean = text.replace("\x07", " ").replace("\x00", " ").replace("\t", " ")
+    assert [g["text"].rstrip() for g in read_measurement_sr(p)] == [clean.rstrip()] * 2
+    ps = build_presentation_state(ct_volume, items)
+    ps.save_as(tmp_path / "ps.dcm", enforce_file_format=True)
+    assert dciodvfy_errors(tmp_path / "ps.dcm") == []
+
+
+def test_a_value_highdicom_refuses_is_one_export_error(ct_volume, tmp_path, monkeypatch):
+    """highdicom's and pydicom's own checks (ValueError, TypeError) end an export in one
+    DicomExportError line naming the object, never an internal error."""
+    from imaging_assist.export import dicom_common as dc
+    from imaging_assist.export import sr_measurements
+
+    with pytest.raises(dc.DicomExportError, match=r"^SEG not written: bad value$"):
+        with dc.building("SEG"):
+            raise ValueError("bad\nvalue")
+
+    def refuse(*a, **k):
+        raise ValueError("Values of DICOM value representation Long String (LO) must not contain the backslash character.")
+
+    monkeypatch.setattr(sr_measurements, "build_measurement_sr", refuse)
+    k = ct_volume.array.shape[0] // 2
+    with pytest.raises(dc.DicomExportError, match="SR not written: .*backslash"):
+        sr_measurements.write_measurement_sr(ct_volume, [Measurement("ruler", [(1, 1), (5, 5)], index=k)], tmp_path / "x.dcm")

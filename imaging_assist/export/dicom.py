@@ -178,10 +178,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         written.append(WrittenObject(p, kind, str(ds.SOPClassUID), desc))
         record_export(kind, p, volume)  # the audit trail (never raises)
 
-    number = 0
-    for plan in plans:
-        number += 1
-        sn = dc.series_number_after(datasets, number)
+    def make(plan, sn):
         if plan.kind == "SEG":
             res, d = results[plan.item], items[plan.item]
             if plan.extra.get("region"):
@@ -225,6 +222,10 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         elif plan.kind == "PDF":
             ds = build_encapsulated_pdf(report_pdf, datasets, series_number=sn)
             save(ds, "PDF", plan.description, "report_PDF")
+
+    for number, plan in enumerate(plans, 1):
+        with dc.building(plan.kind):
+            make(plan, dc.series_number_after(datasets, number))
     return written
 
 

@@ -11,6 +11,8 @@ uneven spacing the per-slice position along the normal is used, not the mean spa
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 from ..errors import UserError
@@ -23,6 +25,28 @@ NOT_CLINICAL = "NOT FOR CLINICAL USE"
 
 class DicomExportError(UserError):
     """A DICOM result object cannot be written (one line, says why)."""
+
+
+@contextmanager
+def building(what: str):
+    """highdicom's and pydicom's own checks on the values an object is made of (a ValueError or
+    TypeError: "must not contain the backslash character", a value out of its VR's range) as
+    one :class:`DicomExportError` line naming the object, instead of an internal error."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        text = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DicomExportError(f"{what} not written: {text}") from None
+
+
+def dicom_text(text, limit: int = 1024, backslash: bool = True) -> str:
+    """A reader's note as a DICOM text value (UT; ST with ``backslash=False``): control
+    characters other than the line breaks the text VRs allow (CR, LF, FF) become spaces (a
+    pasted NUL, BEL or TAB made the object fail dciodvfy), cut to ``limit`` characters.
+    pydicom refuses a backslash in ST (the presentation state's text objects), so there it
+    becomes "/"."""
+    text = str(text) if backslash else str(text).replace("\\", "/")
+    return "".join(ch if ch in "\n\r\f" or (ch >= " " and ch != "\x7f") else " " for ch in text)[:limit]
 
 
 def software_version() -> str:

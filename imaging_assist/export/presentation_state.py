@@ -59,17 +59,17 @@ def _objects(m, cols: int, rows: int) -> tuple[list, list]:
         data = np.array([[cu - ru, cv], [cu + ru, cv], [cu, cv - rv], [cu, cv + rv]])
         graphics.append(hd.pr.GraphicObject("ELLIPSE", data, P))
     lines = [str(t) for t in ((m.result or {}).get("display_text") or (m.result or {}).get("text") or [])]
-    note = str(getattr(m, "text", "") or "").strip()
+    note = dc.dicom_text(getattr(m, "text", "") or "", backslash=False).strip()
     if m.kind == "text":
         if note:
-            texts.append(hd.pr.TextObject(note[:1024], P, anchor_point=tuple(pts[0]), anchor_point_visible=False))
+            texts.append(hd.pr.TextObject(note, P, anchor_point=tuple(pts[0]), anchor_point_visible=False))
     elif m.kind == "arrow":
         if note:
-            texts.append(hd.pr.TextObject(note[:1024], P, anchor_point=tuple(pts[1]), anchor_point_visible=False))
+            texts.append(hd.pr.TextObject(note, P, anchor_point=tuple(pts[1]), anchor_point_visible=False))
     elif lines:
         right = float(min(pts[:, 0].max() + 4.0, cols))
         top = float(pts[:, 1].min())
-        texts.append(hd.pr.TextObject("; ".join(lines)[:1024], P, anchor_point=(right, top),
+        texts.append(hd.pr.TextObject(dc.dicom_text("; ".join(lines), backslash=False), P, anchor_point=(right, top),
                                       anchor_point_visible=False))
     return graphics, texts
 
@@ -136,11 +136,13 @@ def write_presentation_state(volume, measurements, out_path, *, warnings: list |
 
     from ..privacy.audit import record_export
 
-    ps = build_presentation_state(volume, measurements, warnings=warnings)
+    with dc.building("presentation state"):
+        ps = build_presentation_state(volume, measurements, warnings=warnings)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(out_path.name + ".partial")
-    ps.save_as(tmp)
+    with dc.building("presentation state"):
+        ps.save_as(tmp)
     os.replace(tmp, out_path)
     record_export("GSPS", out_path, volume)  # the audit trail (never raises)
     return out_path

@@ -45,6 +45,7 @@ def annotation_group(m, r: dict, volume, src, frames, tid):
     caller warns) when the kind is not one of these or it has no value yet."""
     import highdicom as hd
 
+    from . import dicom_common as dc
     from .sr import _cc, _unit
 
     mm = r.get("length_unit", "mm") == "mm"
@@ -65,7 +66,7 @@ def annotation_group(m, r: dict, volume, src, frames, tid):
         tracking_identifier=tid, referenced_region=_region(m, src, frames), measurements=meas or None)
     if m.text:
         group[0].ContentSequence.append(hd.sr.TextContentItem(
-            name=_cc(*COMMENT), value=m.text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+            name=_cc(*COMMENT), value=dc.dicom_text(m.text), relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     return group
 
 
@@ -86,11 +87,14 @@ def write_measurement_sr(volume, measurements, out_path, *, warnings: list | Non
     """Write the SR (raises :class:`~.dicom_common.DicomExportError` in one line when nothing
     can be written, e.g. no measurement on a native slice)."""
     from ..privacy.audit import record_export
+    from . import dicom_common as dc
 
-    sr = build_measurement_sr(volume, measurements, warnings=warnings)
+    with dc.building("SR"):
+        sr = build_measurement_sr(volume, measurements, warnings=warnings)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    sr.save_as(out_path)
+    with dc.building("SR"):
+        sr.save_as(out_path)
     record_export("SR", out_path, volume)  # the audit trail (never raises)
     return out_path
 
