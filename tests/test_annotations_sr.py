@@ -74,7 +74,8 @@ def test_a_pasted_control_character_does_not_make_the_objects_invalid(ct_volume,
     from imaging_assist.export.presentation_state import build_presentation_state
 
     k = ct_volume.array.shape[0] // 2
-    items = [Measurement("text", [(30, 200)], index=k, text=text), Measurement("arrow", [(80, 80), (120, 40)], index=k, text=text)]
+    items = [Measurement("text", [(30, 200)], index=k, text=text),
+             Measurement("arrow", [(80, 80), (120, 40)], index=k, text=text)]
     for m in items:
         m.compute_on(ct_volume)
     p = write_measurement_sr(ct_volume, items, tmp_path / "m.dcm")
@@ -97,9 +98,11 @@ def test_a_value_highdicom_refuses_is_one_export_error(ct_volume, tmp_path, monk
             raise ValueError("bad\nvalue")
 
     def refuse(*a, **k):
-        raise ValueError("Values of DICOM value representation Long String (LO) must not contain the backslash character.")
+        raise ValueError("Values of DICOM value representation Long String (LO) must not contain "
+                         "the backslash character.")
 
     monkeypatch.setattr(sr_measurements, "build_measurement_sr", refuse)
     k = ct_volume.array.shape[0] // 2
     with pytest.raises(dc.DicomExportError, match="SR not written: .*backslash"):
-        sr_measurements.write_measurement_sr(ct_volume, [Measurement("ruler", [(1, 1), (5, 5)], index=k)], tmp_path / "x.dcm")
+        sr_measurements.write_measurement_sr(ct_volume, [Measurement("ruler", [(1, 1), (5, 5)], index=k)],
+                                             tmp_path / "x.dcm")

@@ -1,8 +1,9 @@
 """The viewer on a laptop screen (a clinic demo at 1280 x 720 or 1366 x 768): the window's
 minimum width, with a study open in MPR, the studies on the left and the AI models on the right,
 fits a 1280-px screen; the docks keep their workstation widths on a large screen; the slice
-slider keeps a usable width, and the toolbar's » button (what does not fit) is seen.  Before: 1526 px minimum (docks fixed at 340-420 px and a
-thickness box shown for "Slice"), so the window ran off a 1366-px screen."""
+slider keeps a usable width, and the toolbar's » button (what does not fit) is seen.  Before:
+1526 px minimum (docks fixed at 340-420 px and a thickness box shown for "Slice"), so the window
+ran off a 1366-px screen, and the » button was drawn blank."""
 
 import pytest
 from PySide6.QtGui import QColor

@@ -7,6 +7,7 @@ grid (an EXIF rotation is reported, not applied) so that results line up with th
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,6 @@ def _line(e: Exception) -> str:
 
 def read_image(path: str | Path) -> Volume:
     from PIL import Image, UnidentifiedImageError
-
-    from contextlib import nullcontext
 
     from ..native_stderr import Captured, captured
 

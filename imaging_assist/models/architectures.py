@@ -47,8 +47,8 @@ class _NoRandomInit(TorchFunctionMode):
     PyTorch's Python reference (torch._refs), whose first call imports torch._dynamo (about
     1.1 s, measured with cProfile here).  A batch worker or the command line's ``analyze``,
     which leave torchvision out (:func:`imaging_assist.models.lean.lean_imports`), import
-    torch._dynamo nowhere else; elsewhere MONAI's torchvision import loads it anyway.  The shapes, and so the size check,
-    are the same either way."""
+    torch._dynamo nowhere else; elsewhere MONAI's torchvision import loads it anyway.  The
+    shapes, and so the size check, are the same either way."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in _RANDOM_INIT and args and getattr(args[0], "is_meta", False):
