@@ -287,3 +287,41 @@ def test_analyze_called_from_python_keeps_every_module_importable(tmp_path):
             f"rc = main(['analyze', {str(_film())!r}, '--model', 'cxr-pneumonia', '--out', {str(tmp_path / 'o')!r}])\n"
             "print(json.dumps({'rc': rc, 'tv': sys.modules.get('torchvision', 'x') is not None}))")
     assert d == {"rc": 0, "tv": True}
+
+
+def test_the_batch_command_checks_explain_without_torch():
+    """`imaging-assist batch --explain ig` names its method before any model loads; a driver
+    that only schedules (--engine ray, or local with worker processes) never imports torch
+    (1.5 s of every batch command before: canonical_method lived beside the Captum code)."""
+    d = _py("import json, sys\n"
+            "import imaging_assist.cli.batch, imaging_assist.batch.run\n"
+            "from imaging_assist.explain.names import canonical_method\n"
+            "import imaging_assist.explain as ex\n"
+            "m = canonical_method('ig')\n"
+            "print(json.dumps({'m': m, 'torch': 'torch' in sys.modules, 'same': ex.canonical_method is canonical_method}))")
+    assert d == {"m": "integrated_gradients", "torch": False, "same": True}
+
+
+def test_a_small_local_batch_in_its_own_process_leaves_torchvision_out(tmp_path):
+    """`imaging-assist batch` with the local engine runs a small batch in its own process: the
+    same lean imports as analyze, the same probabilities as analyze called from Python."""
+    import shutil
+
+    src = tmp_path / "films"
+    src.mkdir()
+    shutil.copy(_film(), src / _film().name)
+    out = tmp_path / "b"
+    argv = ["imaging-assist", "batch", str(src), "--model", "cxr-pneumonia", "--out", str(out)]
+    d = _py("import json, sys\n"
+            f"sys.argv = {argv!r}\n"
+            "from imaging_assist.cli.main import main\n"
+            "rc = main()\n"
+            "print(json.dumps({'rc': rc, 'absent': sys.modules.get('torchvision', 'x') is None}))")
+    assert d == {"rc": 0, "absent": True}
+    from imaging_assist.cli.main import main
+
+    assert main(["analyze", str(src), "--model", "cxr-pneumonia", "--out", str(tmp_path / "a")]) == 0
+    a = json.loads((tmp_path / "a" / "results.json").read_text())["items"][0]["probabilities"]
+    (b_json,) = out.rglob("results.json")
+    b = json.loads(b_json.read_text())["items"][0]["probabilities"]
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-5 for k in a)

@@ -72,7 +72,7 @@ def cmd_batch(args) -> int:
 
     from ..batch.item import Settings
     from ..batch.run import run_batch
-    from ..explain.methods import canonical_method
+    from ..explain.names import canonical_method  # no torch: a driver that only schedules never loads it
 
     if args.deidentify:  # issue 16: every output made from de-identified data, as analyze does
         if args.engine == "ray" and (args.address or os.environ.get("RAY_ADDRESS")):
@@ -112,6 +112,18 @@ def cmd_batch(args) -> int:
                         batch_size=args.batch_size or 0,
                         top_tiles=args.top_tiles, heatmap_format=args.heatmap_format,
                         torch_threads=args.torch_threads or 0, slide_tiles_per_task=args.tiles_per_task)
+    if getattr(args, "own_process", False) and args.engine == "local":
+        # a small batch runs its models in this process: leave out what MONAI networks do not
+        # need, as analyze does (the worker processes of a large one do it themselves)
+        from ..models.lean import lean_imports
+        from ..models.registry import Registry
+
+        try:
+            ids = [Registry().get(m).card.id for m in args.model]
+        except Exception:  # noqa: BLE001 - an unknown or broken model: run_batch says so in one line
+            ids = []
+        if ids:
+            lean_imports(ids, explain=explain is not None)
     import shlex
 
     command = shlex.join(["imaging-assist", "batch", *map(str, args.sources)]
