@@ -8,7 +8,9 @@ temporary folder: the sources are only read) through ``cxr-pneumonia``, and the 
 
 Every figure is end to end for one call, the way a user meets it, each in a fresh interpreter
 timed from before ``import imaging_assist`` (torch and MONAI imports, model loading, the folder
-walk, for the engines hashing every input and the results table, for Ray its start and shutdown).
+walk, for the engines hashing every input and the results table, for Ray its start and shutdown);
+the engines run as the ``imaging-assist batch ... --json`` command (since session 17; before,
+``run_batch`` was called directly, which left out the command's own imports).
 The loop does what ``analyze`` does per item (read_image, match_card on the loaded image,
 run_model, write_item_files, analyze's trust checks) and one results.json at the end.  Ray runs
 twice: started by the command itself (``ray_*``), and joining a Ray head already running on
@@ -181,16 +183,24 @@ def child(spec: dict) -> None:
             torch.set_num_threads(spec["threads"])
         plain_loop(Path(spec["src"]), spec["model"], Path(spec["out"]))
         r: dict = {}
-    else:
-        from imaging_assist.batch.item import Settings
-        from imaging_assist.batch.run import run_batch
+    else:  # the command a user types (its argument checks and imports included), --json for the counts
+        import contextlib
+        import io
 
-        r = run_batch(spec["sources"], [spec["model"]],
-                      Settings(out_dir=spec["out"], batch_size=spec.get("batch_size", 0)), engine=spec["engine"],
-                      progress=False, echo=lambda m: print(m, file=sys.stderr),
-                      processes=spec.get("processes", 0))
-        if r["failed"] or r["state"] != "finished":
-            sys.exit(f"{spec['engine']}: {r}")
+        from imaging_assist.cli.main import main
+
+        sys.argv = ["imaging-assist", "batch", *spec["sources"], "--model", spec["model"], "--out", spec["out"],
+                    "--engine", spec["engine"], "--json"]
+        if spec.get("processes"):
+            sys.argv += ["--processes", str(spec["processes"])]
+        if spec.get("batch_size"):
+            sys.argv += ["--batch-size", str(spec["batch_size"])]
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            rc = main()
+        r = json.loads(buf.getvalue().strip().splitlines()[-1])
+        if rc or r["failed"] or r["state"] != "finished":
+            sys.exit(f"{spec['engine']}: rc {rc} {r}")
     print(json.dumps({"s": time.perf_counter() - T0, "r": r}))
 
 
