@@ -182,7 +182,10 @@ def test_local_batch_equals_analyze_and_a_corrupt_file_is_one_failed_row(inputs,
 
 def test_local_worker_processes_equal_analyze(inputs, analyzed, tmp_path):
     """--processes 2 (what a large batch gets by default): the same rows as analyze, the bad
-    files one failed row each, the rows made in two other processes."""
+    files one failed row each, the rows made in the worker processes, not this one.  (Which
+    worker makes how many is a race by design: the first one ready takes the next chunk, and
+    on a busy machine it can take all of a small batch before the other has loaded its models;
+    a worker that died would end the batch with an error instead.)"""
     out = tmp_path / "out"
     p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--model", "cxr-lung-seg", "--out", str(out),
               "--processes", "2"], check_rc=1)
@@ -192,7 +195,7 @@ def test_local_worker_processes_equal_analyze(inputs, analyzed, tmp_path):
         _check_equal(rows, ref, m, aout)
     _check_failures(rows)
     pids = {r["worker"].rsplit(":", 1)[1] for r in rows if r.get("worker")}
-    assert len(pids) == 2 and str(os.getpid()) not in pids, pids
+    assert 1 <= len(pids) <= 2 and str(os.getpid()) not in pids, pids
     _check_batched([r for r in rows if r["status"] == "ok"])
 
 
