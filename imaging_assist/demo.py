@@ -399,6 +399,21 @@ def first_series_key() -> str | None:
     return series[0].key if series else None
 
 
+def _lean() -> None:
+    """The headless demo in its own process runs the registry's models and ends: leave out what
+    MONAI networks do not need, as ``analyze`` does (:mod:`.models.lean`; nothing is left out
+    when any registered model is another kind)."""
+    from .models.lean import lean_imports
+    from .models.registry import Registry
+
+    try:
+        ids = [e.card.id for e in Registry().entries() if e.card is not None]
+    except Exception:  # noqa: BLE001 - a registry problem is the demo's to report, not this shortcut's
+        return
+    if ids:
+        lean_imports(ids, explain=True)
+
+
 def run_demo(args) -> int:
     run_gui = getattr(args, "run_gui", None)
     if has_display() and not getattr(args, "headless", False) and run_gui:
@@ -417,6 +432,8 @@ def run_demo(args) -> int:
         if not folder.is_dir():
             raise UserError(f"{args.models} is not a folder")
         registry = Registry(sources=[(folder, "added")])
+    elif getattr(args, "own_process", False):
+        _lean()
     report = run_headless(out, registry=registry, device=device)
     print(f"{'No display: ran' if not getattr(args, 'headless', False) else 'Ran'} the headless demo on "
           f"{len(report['series'])} series. Not for clinical use.")
