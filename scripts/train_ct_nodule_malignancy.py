@@ -185,6 +185,18 @@ def size_baseline(files, yy, pp, gg, diameters) -> dict | None:
                 lambda a, b, c: E.roc_auc(a, b) - E.roc_auc(a, c), yy, pp, v, clusters=gg, strata=yy, seed=8)}
 
 
+def size_limitation(sb: dict) -> str:
+    """The card's sentence on size alone (test split), worded by what the paired interval shows."""
+    gain, (lo, hi) = sb["auc_gain_over_segmenter_volume"], sb["auc_gain_over_segmenter_volume_ci95"]
+    what = (f"the ct-nodule-seg volume alone has AUC {sb['auc_segmenter_volume']:.3f} on the same test nodules "
+            f"(the readers' recorded diameter {sb['auc_reader_diameter']:.3f}); this model is {gain:+.3f} above "
+            f"the volume (95% CI {lo:+.3f} to {hi:+.3f})")
+    if lo > 0:
+        return f"Size is much of it: {what}, a gain beyond size that the test split shows."
+    return (f"Size alone ranks almost as well: {what}, a gain the test split cannot show. Read the "
+            "likelihood beside the nodule's size, not as a finding beyond it.")
+
+
 def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
@@ -412,14 +424,7 @@ def main(argv=None) -> int:
             "(the card's Spearman with the malignancy rating shows the agreement, not truth).",
             f"Test AUC {t['auc']:.3f} (95% CI {t['auc_ci95'][0]:.3f}-{t['auc_ci95'][1]:.3f}) on "
             f"{t['n']} nodules of {t['patients']} patients: small, so the interval is wide.",
-            *([f"Size alone ranks almost as well: on the same test nodules the ct-nodule-seg volume alone has AUC "
-               f"{t['size_baseline']['auc_segmenter_volume']:.3f} (the readers' recorded diameter "
-               f"{t['size_baseline']['auc_reader_diameter']:.3f}); this model is "
-               f"{t['size_baseline']['auc_gain_over_segmenter_volume']:+.3f} above the volume (95% CI "
-               f"{t['size_baseline']['auc_gain_over_segmenter_volume_ci95'][0]:+.3f} to "
-               f"{t['size_baseline']['auc_gain_over_segmenter_volume_ci95'][1]:+.3f}), a gain the test split cannot "
-               "show. Read the likelihood beside the nodule's size, not as a finding beyond it."]
-              if t.get("size_baseline") else []),
+            *([size_limitation(t["size_baseline"])] if t.get("size_baseline") else []),
             "The window is 32 mm at 1 mm voxels; nodules above about 30 mm are cut at its edge.",
             "Trained on crops, not whole scans: the input design (docs/ct_nodules_models.md) keeps what the model "
             "sees at a click equal to training, but structures outside the training crops were never seen.",
