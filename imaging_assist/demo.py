@@ -410,8 +410,7 @@ def _lean() -> None:
         ids = [e.card.id for e in Registry().entries() if e.card is not None]
     except Exception:  # noqa: BLE001 - a registry problem is the demo's to report, not this shortcut's
         return
-    if ids:
-        lean_imports(ids, explain=True)
+    lean_imports(ids, explain=True)
 
 
 def run_demo(args) -> int:

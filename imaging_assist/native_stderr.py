@@ -19,10 +19,16 @@ import threading
 from contextlib import contextmanager
 
 # One redirection at a time: fd 2 belongs to the whole process.  The lock is held for the whole
-# decode, so the callers capture only TIFF decodes (libtiff is the library that prints; Pillow's
-# PNG and JPEG decoders report through their exceptions), and decoding threads of PNG/JPEG
-# batches never wait on each other here.
+# decode, so the callers capture only what libtiff decodes (:func:`by_libtiff`), and threads
+# decoding PNG, JPEG or uncompressed TIFF never wait on each other here.
 _LOCK = threading.Lock()
+
+
+def by_libtiff(im) -> bool:
+    """Whether Pillow hands this image's pixels to libtiff (a compressed TIFF), the one decoder
+    here that prints; Pillow's own PNG, JPEG and uncompressed-TIFF readers report through
+    their exceptions."""
+    return im.format == "TIFF" and im.info.get("compression", "raw") != "raw"
 
 
 class Captured:

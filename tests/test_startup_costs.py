@@ -131,6 +131,16 @@ def test_lean_imports_refuses_a_torchvision_network_or_a_bundle(monkeypatch):
         sys.modules.update(saved)
 
 
+def test_lean_imports_never_raises_and_leaves_everything_for_a_model_it_cannot_read(tmp_path):
+    """An unknown id or a folder that is not a model: False, nothing marked (the command's own
+    use of the model says what is wrong, in one line)."""
+    d = _py("import json, sys\n"
+            "from imaging_assist.models.lean import LEAN_ABSENT, lean_imports\n"
+            f"r = [lean_imports(['no-such-model']), lean_imports([{str(tmp_path)!r}], explain=True), lean_imports([])]\n"
+            "print(json.dumps({'r': r, 'marked': [sys.modules.get(m, 'x') is None for m in LEAN_ABSENT]}))")
+    assert d == {"r": [False, False, False], "marked": [False, False]}
+
+
 def test_weights_are_put_in_the_inputs_memory_format_once(monkeypatch):
     from imaging_assist.inference.images import read_image
     from imaging_assist.inference.pipelines import run_model

@@ -100,15 +100,13 @@ def _lean(args) -> None:
     models run as a pair, whichever is named."""
     from ..models.lean import lean_imports
     from ..models.registry import Registry
-
-    try:
-        card = Registry().get(args.model).card
-    except Exception:  # noqa: BLE001 - an unknown or broken model: cmd_analyze says so in one line
-        return
     from ..nodules.run import NODULE_MODELS, is_nodule_model
 
-    ids = list(NODULE_MODELS) if is_nodule_model(card) else [card.id]
-    lean_imports(ids, explain=args.explain is not None)
+    try:
+        pair = is_nodule_model(Registry().get(args.model).card)
+    except Exception:  # noqa: BLE001 - an unknown or broken model: cmd_analyze says so in one line
+        return
+    lean_imports([args.model, *NODULE_MODELS] if pair else [args.model], explain=args.explain is not None)
 
 
 def cmd_analyze(args) -> int:

@@ -116,14 +116,8 @@ def cmd_batch(args) -> int:
         # a small batch runs its models in this process: leave out what MONAI networks do not
         # need, as analyze does (the worker processes of a large one do it themselves)
         from ..models.lean import lean_imports
-        from ..models.registry import Registry
 
-        try:
-            ids = [Registry().get(m).card.id for m in args.model]
-        except Exception:  # noqa: BLE001 - an unknown or broken model: run_batch says so in one line
-            ids = []
-        if ids:
-            lean_imports(ids, explain=explain is not None)
+        lean_imports(args.model, explain=explain is not None)
     import shlex
 
     command = shlex.join(["imaging-assist", "batch", *map(str, args.sources)]

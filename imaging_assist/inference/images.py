@@ -39,13 +39,13 @@ def _line(e: Exception) -> str:
 def read_image(path: str | Path) -> Volume:
     from PIL import Image, UnidentifiedImageError
 
-    from ..native_stderr import Captured, captured
+    from ..native_stderr import Captured, by_libtiff, captured
 
     path = Path(path)
     warnings: list[str] = []
     cap = Captured()
     try:
-        with Image.open(path) as im, (captured() if im.format == "TIFF" else nullcontext(cap)) as cap:
+        with Image.open(path) as im, (captured() if by_libtiff(im) else nullcontext(cap)) as cap:
             n_frames = getattr(im, "n_frames", 1)
             if n_frames > 1:
                 warnings.append(f"{n_frames} pages/frames in the file: only the first is analysed")

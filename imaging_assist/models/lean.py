@@ -20,8 +20,10 @@ LEAN_ABSENT = ("torchvision", "scipy.signal")
 
 
 def lean_imports(model_ids, explain: bool = False) -> bool:
-    """Mark :data:`LEAN_ABSENT` absent when no network of ``model_ids`` (and, when
-    ``explain``, no lung-region model of their explanations) needs them; returns whether it did.
+    """Mark :data:`LEAN_ABSENT` absent when no network of ``model_ids`` (ids or model folders,
+    as ``Registry.get`` takes them; and, when ``explain``, no lung-region model of their
+    explanations) needs them; returns whether it did.  Never raises: a model the registry
+    cannot give leaves everything importable (the caller's own use of it says what is wrong).
 
     A ``None`` entry in ``sys.modules`` is Python's documented way to make an import fail
     (ModuleNotFoundError); MONAI's ``optional_import`` then leaves the parts built on them
@@ -33,14 +35,16 @@ def lean_imports(model_ids, explain: bool = False) -> bool:
         return False
     from .registry import Registry
 
-    reg = Registry()
-    ids = list(model_ids)
-    for m in list(ids):
-        er = reg.get(m).card.explanation_region
-        if explain and er is not None:
-            ids.append(er.model)
-    for m in ids:
-        card = reg.get(m).card
+    try:
+        reg = Registry()
+        cards = [reg.get(m).card for m in model_ids]
+        if explain:
+            cards += [reg.get(c.explanation_region.model).card for c in cards if c.explanation_region is not None]
+    except Exception:  # noqa: BLE001 - unknown, broken or unreadable: not this shortcut's to report
+        return False
+    if not cards:
+        return False
+    for card in cards:
         if card.format != "safetensors" or (card.architecture or {}).get("library") != "monai":
             return False
     for m in LEAN_ABSENT:

@@ -72,11 +72,11 @@ class ImageSlide(Slide):
             raise SlideReadError(f"{self.path}: cannot decode image ({_one_line(e)})") from None
         from contextlib import nullcontext
 
-        from ..native_stderr import Captured, captured
+        from ..native_stderr import Captured, by_libtiff, captured
 
         cap = Captured()
-        try:  # only libtiff prints (PNG and JPEG errors come back through Pillow)
-            with im, (captured() if im.format == "TIFF" else nullcontext(cap)) as cap:
+        try:
+            with im, (captured() if by_libtiff(im) else nullcontext(cap)) as cap:
                 w, h = im.size
                 if w <= 0 or h <= 0:
                     raise SlideReadError(f"{self.path}: image of {w}x{h} px (damaged header)")
