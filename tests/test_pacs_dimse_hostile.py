@@ -539,8 +539,11 @@ def test_release_never_answered_ends_quietly(evil, monkeypatch):
     assert died == []
 
 
-def test_list_instances_row_cap(evil, monkeypatch):
-    """More than MAX_LISTED instances listed for one study: one line, not a list without end."""
+def test_list_instances_row_cap(patient_evil, monkeypatch):
+    """More than MAX_LISTED instances listed for one study: one line, not a list without end.
+    The attack is about size, not time: the patient timeout (the project's CI, loaded, took
+    longer than the 0.5-s timeout's share to send 300 rows and ended it on the timeout)."""
+    evil = patient_evil
     monkeypatch.setattr(dimse, "MAX_LISTED", 300, raising=False)
     evil.on_find = lambda e: evil.listing(e, [_row(f"1.2.3.4.100.1.{i}") for i in range(400)])
     res = _run(lambda: api.list_instances(evil.node, STUDY, [SERIES], evil.settings))
