@@ -550,9 +550,11 @@ def test_list_instances_row_cap(patient_evil, monkeypatch):
     assert isinstance(res, PacsError) and "more than 300 instances" in str(res), res
 
 
-def test_listing_of_another_study_series_or_path_uids_is_not_retrieved(evil, tmp_path):
+def test_listing_of_another_study_series_or_path_uids_is_not_retrieved(patient_evil, tmp_path):
     """The IMAGE-level listing names other studies, other series, path-like UIDs, duplicates:
-    only the asked-for instances are requested and stored."""
+    only the asked-for instances are requested and stored (an attack on content: the patient
+    timeout)."""
+    evil = patient_evil
     evil.on_find = lambda e: evil.listing(e, [
         _row(SOPS[0]), _row(SOPS[0]), _row("1.2.3.4.999.1.1", study=OTHER),
         _row("1.2.3.4.100.2.1", series="1.2.3.4.100.2"), _row("../../x"), _row(SOPS[1], "../.."),

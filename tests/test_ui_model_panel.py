@@ -397,7 +397,7 @@ def test_cancel_stops_a_run(win, panel, slow_runs):
         # the GUI thread is free while the model runs
         t = time.perf_counter()
         wait_until(lambda: False, 0.1)
-        assert time.perf_counter() - t < 0.5
+        assert time.perf_counter() - t < 1.0  # blocked, it would wait out the slowed run (seconds)
         t_cancel = time.perf_counter()
         panel.cancel_btn.click()
         assert panel.status.text() == "Cancelling…"
