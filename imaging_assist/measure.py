@@ -50,6 +50,34 @@ def angle_deg(p0: Sequence[float], vertex: Sequence[float], p1: Sequence[float],
     return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0))))
 
 
+def remeasure_where_acquired(m: "Measurement", vol, plane) -> str | None:
+    """A measurement on a reformatted plane whose voxel grid is not the patient's
+    (:meth:`~imaging_assist.volume.Volume.reformat_distortion`: a gantry tilt shears it,
+    uneven gaps stretch it): a ruler's length and an angle are measured again between the
+    points where they were acquired (:meth:`~imaging_assist.volume.Volume.acquired_lps`);
+    an area and the ROI statistics stay those of the grid and are said to be approximate.
+    Updates ``m.result`` and returns the reason, or None when the grid is exact."""
+    res = m.result
+    reason = vol.reformat_distortion() if m.axis != 0 else None
+    if not reason or res.get("length_unit") != "mm":
+        return None
+    shape3 = tuple(vol.array.shape[:3])
+    pts = [vol.acquired_lps(*plane.to_voxel(u, v, m.index, shape3)) for u, v in m.points]
+    text = list(res.get("text") or [])
+    if m.kind == "ruler" and len(pts) >= 2:
+        d = float(np.linalg.norm(pts[1] - pts[0]))
+        res["length"], text[0] = d, f"{d:.1f} mm"
+    elif m.kind == "angle" and len(pts) >= 3:
+        a, b = pts[0] - pts[1], pts[2] - pts[1]
+        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+        ang = float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0)))) if na and nb else 0.0
+        res["angle"], text[0] = ang, f"{ang:.1f}°"
+    elif m.kind in ROI_KINDS and text:
+        text.append(f"Area approximate: reformatted grid ({reason})")
+    res["text"], res["reformatted_grid"] = text, reason
+    return reason
+
+
 def roi_mask(shape: Sequence[int], kind: str, p0: Sequence[float], p1: Sequence[float]
              ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """Boolean mask of the pixels inside an ellipse/rectangle spanned by corners p0, p1.

@@ -81,9 +81,9 @@ def _slice_geometry(vol: Volume, plane: Plane, index: int) -> SliceGeometry:
     right = _lps(vol, plane.to_voxel(1.0, 0.0, index, shape3)) - p0
     down = _lps(vol, plane.to_voxel(0.0, 1.0, index, shape3)) - p0
     if plane.axis == 0 and vol.slice_positions is not None and 0 <= index < len(vol.slice_positions):
-        # the affine uses the mean slice step: put the slice where its own IPP says
-        n = vol.normal
-        p0 = p0 + n * (float(vol.slice_positions[index]) - float(p0 @ n))
+        # the affine uses the mean slice step: put the slice where it was acquired (along the
+        # tilted step of a gantry-tilt stack, not only along the normal)
+        p0 = vol.acquired_lps(*plane.to_voxel(0.0, 0.0, index, shape3))
     rows, cols = plane.shape2d(shape3)
     return SliceGeometry(p0, right, down, rows, cols)
 

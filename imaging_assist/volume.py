@@ -134,6 +134,54 @@ class Volume:
         a = self.affine
         return np.linalg.solve(a[:3, :3], (p.reshape(-1, 3) - a[:3, 3]).T).T.reshape(p.shape)
 
+    def slice_origins(self) -> np.ndarray:
+        """(n, 3) LPS position of the first voxel of every slice where it was acquired.
+
+        Even spacing: ``affine @ (0, 0, k)``.  With ``slice_positions`` (each slice's distance
+        along the normal) the step direction ``direction[:, 2]`` is scaled so that its component
+        along the normal equals the slice's own distance: exact for uneven gaps and for a gantry
+        tilt (the loader refuses 3D geometry to slices that do not lie on one line)."""
+        aff = self.affine
+        n = self.n_slices
+        pos = aff[:3, 3][None, :] + np.arange(n, dtype=float)[:, None] * aff[:3, 2][None, :]
+        sp = self.slice_positions
+        if sp is not None and len(sp) == n and n > 1 and np.all(np.isfinite(sp)):
+            step = np.asarray(self.direction, float)[:, 2]
+            along = float(step @ self.normal)
+            if abs(along) > 1e-6:
+                d = np.asarray(sp, float) - float(sp[0])
+                pos = aff[:3, 3][None, :] + (d / along)[:, None] * step[None, :]
+        return pos
+
+    def acquired_lps(self, k: float, j: float, i: float) -> np.ndarray:
+        """LPS millimetres of array coordinates (k, j, i) where they were acquired: a
+        fractional k between its two slices' own origins (:meth:`slice_origins`), i and j
+        along the rows and columns.  Equal to :meth:`index_to_lps` for an even stack."""
+        org = self.slice_origins()
+        a = self.affine
+        if len(org) == 1:
+            base = org[0] + float(k) * a[:3, 2]
+        else:
+            k0 = int(np.clip(np.floor(k), 0, len(org) - 2))
+            base = org[k0] + (float(k) - k0) * (org[k0 + 1] - org[k0])  # linear beyond the ends
+        return base + float(i) * a[:3, 0] + float(j) * a[:3, 1]
+
+    def reformat_distortion(self) -> str | None:
+        """Why the voxel grid of a reformatted (MPR) plane is not the patient's, or None:
+        "gantry tilt" (the slices are sheared), "uneven slice spacing" (the grid's even step
+        is not the gaps).  Lengths there must be measured between acquired positions."""
+        if not self.has_geometry or self.n_slices < 2:
+            return None
+        step = np.asarray(self.direction, float)[:, 2]
+        if float(abs(step @ self.normal)) < np.cos(np.radians(0.1)):
+            return "gantry tilt"
+        sp = self.slice_positions
+        if sp is not None and len(sp) == self.n_slices:
+            gaps = np.diff(np.asarray(sp, float))
+            if float(gaps.max() - gaps.min()) > max(0.01, 0.01 * abs(float(np.median(gaps)))):
+                return "uneven slice spacing"
+        return None
+
     @property
     def normal(self) -> np.ndarray:
         d = np.asarray(self.direction, float)

@@ -522,6 +522,11 @@ def check_record(rec: InstanceRecord) -> str | None:
     bits_stored = rec.get("BitsStored")
     if bits_stored is not None and not 1 <= bits_stored <= rec.bits_allocated:
         return f"BitsStored {bits_stored} does not fit BitsAllocated {rec.bits_allocated}"
+    high_bit = rec.get("HighBit")
+    if bits_stored is not None and high_bit is not None and high_bit != bits_stored - 1:
+        # PS3.5 8.1.1: High Bit is one less than Bits Stored (the stored bits sit at the bottom);
+        # read as if it were, data placed higher would be masked into other values
+        return f"HighBit {high_bit} is not BitsStored - 1 ({bits_stored - 1}): the pixel values cannot be placed"
     if rec.samples not in (1, 3):
         return f"unsupported SamplesPerPixel {rec.samples}"
     if rec.get("PixelRepresentation", 0) not in (0, 1):

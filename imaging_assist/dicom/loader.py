@@ -60,6 +60,7 @@ PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL"
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "IO", "RF", "XA", "PX", "RG", "DF"}
 UNEVEN_REL_TOL = 0.01  # gaps differing by more than 1 % (and > 0.01 mm) are uneven
 TILT_TOL_DEG = 0.1
+LINE_TOL_MM = 0.1  # a slice further than this (or a quarter pixel) from the line of the others: no 3D geometry
 
 
 class LoadError(UserError):
@@ -133,6 +134,11 @@ class Slot:
     slope: float = 1.0
     intercept: float = 0.0
     window: tuple[list, list, list] | None = None  # centers, widths, explanations
+    # how stored values become modality values: "rescale" (slope/intercept given), "lut" (Modality
+    # LUT Sequence), "none" (neither: identity), "top-level" (an enhanced frame without its Pixel
+    # Value Transformation, the file's top-level rescale used)
+    transform: str = "rescale"
+    lut_type: str = ""  # ModalityLUTType of a "lut" transform
 
 
 @dataclass
@@ -303,13 +309,20 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
             if div is not None:
                 div = list(div) if not isinstance(div, int) else [div]
                 dims = tuple(v for d, v in enumerate(div) if d not in drop)
+        transform = "rescale"
+        if slope is None and icpt is None:
+            # the frame has no Pixel Value Transformation: the file's top-level rescale (not part
+            # of an enhanced object, but what pydicom's apply_modality_lut uses), said in a warning
+            slope, icpt = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+            transform = "none" if slope is None and icpt is None else "top-level"
         slot = Slot(rec=ri, frame=i,
                     ipp=_vec(list(ipp), 3) if ipp is not None else None,
                     iop=_vec(list(iop), 6) if iop is not None else None,
                     pixel_spacing=_pair(ps),
                     slope=_f(slope, 1.0) if slope is not None else 1.0,
                     intercept=_f(icpt, 0.0) if icpt is not None else 0.0,
-                    window=(_as_list(wc), _as_list(ww), _as_list(we), wf) if wc is not None else None)
+                    window=(_as_list(wc), _as_list(ww), _as_list(we), wf) if wc is not None else None,
+                    transform=transform)
         out.append((slot, dims))
     return out
 
@@ -333,6 +346,7 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
                 size_notes.append(note)
     datasets = {}
     keyed: list[tuple[Slot, tuple]] = []
+    lut_notes: list[str] = []
     for ri, r in enumerate(recs):
         if _needs_pydicom_header(r):
             try:
@@ -355,12 +369,27 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
             window = (_as_list(r.get("WindowCenter")), _as_list(r.get("WindowWidth")),
                       _as_list(r.get("WindowCenterWidthExplanation")), r.get("VOILUTFunction"))
         ps = _vec(r.get("PixelSpacing"), 2)
+        slope, icpt, lut_type = _f(r.get("RescaleSlope"), 1.0), _f(r.get("RescaleIntercept"), 0.0), ""
+        has_rescale = r.get("RescaleSlope") is not None or r.get("RescaleIntercept") is not None
+        transform = "rescale" if r.get("RescaleSlope") is not None and r.get("RescaleIntercept") is not None \
+            else "none"
+        if "ModalityLUTSequence" in r.flags:
+            # PS3.3 C.11.1: a Modality LUT or a rescale, never both; the LUT is applied to the
+            # pixels (as pydicom's apply_modality_lut does), so a rescale beside it is not
+            slope, icpt, transform = 1.0, 0.0, "lut"
+            ds = datasets.get(ri)
+            try:
+                lut_type = str(ds.ModalityLUTSequence[0].get("ModalityLUTType", "") or "").strip().upper()
+            except (AttributeError, IndexError, TypeError, ValueError):
+                lut_type = ""
+            if has_rescale:
+                lut_notes.append(r.display_path)
         for fr in range(r.frames):
             keyed.append((Slot(rec=ri, frame=fr, ipp=_vec(r.get("ImagePositionPatient"), 3),
                                iop=_vec(r.get("ImageOrientationPatient"), 6),
                                pixel_spacing=tuple(ps) if ps is not None else None,
-                               slope=_f(r.get("RescaleSlope"), 1.0),
-                               intercept=_f(r.get("RescaleIntercept"), 0.0), window=window), ()))
+                               slope=slope, intercept=icpt, window=window,
+                               transform=transform, lut_type=lut_type), ()))
 
     geo_warnings = _validate_slots(keyed, recs)
 
@@ -370,12 +399,31 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
         by_key[k].append(s)
     if len(by_key) > 1:
         merged = [s for s, _ in keyed]
-        if _positions_unique(merged):  # e.g. a volume split over several files
-            by_key = {(): merged}
+        if _positions_unique(merged) and len({_spacing_key(s) for s in merged}) == 1:
+            by_key = {(): merged}  # e.g. a volume split over several files
+    # Frames of one stack with different pixel sizes (single files are split by the index
+    # already): one pixel size per stack, as every distance and the affine assume one.
+    spacing_split = sorted({_spacing_key(s) for sl in by_key.values() for s in sl})
+    if any(len({_spacing_key(s) for s in sl}) > 1 for sl in by_key.values()):
+        split: dict[tuple, list[Slot]] = defaultdict(list)
+        for k, sl in by_key.items():
+            for s in sl:
+                split[k + _spacing_key(s)].append(s)
+        by_key = split
+    else:
+        spacing_split = []
     plans = []
     for n, (k, slots) in enumerate(sorted(by_key.items())):
         plan = _plan_stack(series, recs, slots, datasets, geo_warnings)
         plan.warnings.extend(size_notes[:3])
+        if lut_notes:
+            plan.warnings.append(f"{lut_notes[0]}" + (f" and {len(lut_notes) - 1} more file(s)" if len(lut_notes) > 1
+                                                      else "") + " hold both a Modality LUT and RescaleSlope/"
+                                 "Intercept (the standard allows one): the Modality LUT is applied, the rescale ignored")
+        if spacing_split:
+            plan.warnings.insert(0, "frames have different pixel sizes (PixelSpacing " + ", ".join(
+                f"{a / 1000:g}x{b / 1000:g}" if a >= 0 else "none" for _, a, b in spacing_split[:4])
+                + " mm): each pixel size is a stack of its own")
         if len(by_key) > 1:
             plan.label = f"stack {n + 1} of {len(by_key)}"
             plan.warnings.insert(0, f"series holds {len(by_key)} stacks (repeated positions, "
@@ -385,12 +433,37 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
     return plans
 
 
+def _spacing_key(s: Slot) -> tuple[int, int, int]:
+    """A slot's PixelSpacing in µm, as sortable integers ((-1, -1, -1): none)."""
+    ps = s.pixel_spacing
+    if ps is None or not all(np.isfinite(ps)):
+        return (-1, -1, -1)
+    return (-1, int(round(float(ps[0]) * 1000)), int(round(float(ps[1]) * 1000)))
+
+
 def _positions_unique(slots: list[Slot]) -> bool:
     if any(s.ipp is None or s.iop is None for s in slots):
         return False
     n = _normal(slots[0].iop)
     d = np.sort([float(s.ipp @ n) for s in slots])
     return bool(np.all(np.diff(d) > POSITION_TOL_MM))
+
+
+def _off_line(slots: list[Slot]) -> tuple[float, int]:
+    """How far (mm) the slice positions lie from the line through the first and last along the
+    normal, each slice placed by its distance along the normal (uneven gaps and a gantry tilt
+    stay on the line); and the index of the worst slice."""
+    n = _normal(slots[0].iop)
+    d = np.array([float(s.ipp @ n) for s in slots])
+    order = np.argsort(d, kind="stable")
+    p = np.array([slots[i].ipp for i in order], dtype=float)
+    d = d[order]
+    if d[-1] - d[0] <= POSITION_TOL_MM:
+        return 0.0, 0
+    t = (d - d[0]) / (d[-1] - d[0])
+    dev = np.linalg.norm(p - (p[0] + t[:, None] * (p[-1] - p[0])), axis=1)
+    i = int(np.argmax(dev))
+    return float(dev[i]), int(order[i])
 
 
 def _normal(iop: np.ndarray) -> np.ndarray:
@@ -416,27 +489,35 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
     elif not re.fullmatch(r"[A-Z0-9_ ]{1,16}", series.modality):
         plan.warnings.append(f"Modality {series.modality[:20]!r} is not a valid code: modality-specific "
                              "handling (units, pixel spacing rules) may not apply")
-    elif series.modality.upper() == "CT" \
-            and not (r0.flags & {"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"}) \
-            and (r0.get("RescaleIntercept") is None or r0.get("RescaleSlope") is None):
-        plan.warnings.append("CT image without RescaleIntercept/RescaleSlope: values are shown as stored, "
-                             "not as Hounsfield units")
-        plan.units_hu = False
+    elif series.modality.upper() == "CT":
+        _check_ct_units(plan, slots)
     modality = series.modality.upper()
     geometric = all(s.ipp is not None and s.iop is not None for s in slots)
     multi_frame_no_pos = r0.frames > 1 and not geometric
 
     row_sp, col_sp = _plan_spacing(plan, modality, r0, slots[0])
+    refused = False  # positions present but not usable as 3D geometry (said in a warning)
 
     if geometric and not multi_frame_no_pos:
         iop = slots[0].iop
         if any(np.max(np.abs(s.iop - iop)) > 1e-3 for s in slots):
             plan.warnings.append("image orientation differs between slices: shown in file order, "
                                  "no 3D geometry")
-            geometric = False
+            geometric, refused = False, True
     if geometric and len(slots) > 1 and plan.spacing_source == "none":
         plan.warnings.append("without a pixel size the slices have no 3D geometry (no MPR)")
-        geometric = False
+        geometric, refused = False, True
+    if geometric and len(slots) > 2 and not multi_frame_no_pos:
+        off, _ = _off_line(slots)
+        tol = max(LINE_TOL_MM, 0.25 * min(col_sp, row_sp))
+        if off > tol:
+            # an affine (and MPR, exported SEG positions, reference lines) places every slice on
+            # the line through the first and last: a slice beside it would be drawn off its place
+            plan.slots = sorted(slots, key=lambda s: float(s.ipp @ _normal(s.iop)))
+            plan.warnings.append(f"slice positions (ImagePositionPatient) do not lie on one line: one slice is "
+                                 f"{off:.2f} mm beside the line through the others' ends; shown in position "
+                                 "order without 3D geometry (no MPR)")
+            geometric, refused = False, True
     if geometric and len(slots) >= 1 and not multi_frame_no_pos:
         _plan_geometry(plan, col_sp, row_sp, r0)
     else:
@@ -448,10 +529,10 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
             plan.frame_time_ms = ft
             if ft is None:
                 plan.warnings.append("multi-frame image without a usable FrameTime: cine speed unknown")
-            if modality not in CINE_MODALITIES:
+            if modality not in CINE_MODALITIES and not refused:
                 plan.warnings.append(f"{modality or 'image'} frames without ImagePositionPatient: shown in file "
                                      "order as a cine, without 3D geometry")
-        elif len(slots) > 1 and not geo_warnings:
+        elif len(slots) > 1 and not geo_warnings and not refused:
             plan.warnings.append("no patient-position information (ImagePositionPatient): images are "
                                  "shown in InstanceNumber order and have no 3D geometry")
         has_ipp = any(s.ipp is not None for s in slots)
@@ -470,6 +551,31 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
             plan.origin = tuple(float(x) for x in slots[0].ipp)
     _plan_dtype(plan, modality)
     return plan
+
+
+def _check_ct_units(plan: StackPlan, slots: list[Slot]) -> None:
+    """Hounsfield units only when every slice says how its stored values become HU; a series
+    whose slices disagree is said, never shown as if it were one scale."""
+    n = len(slots)
+    kinds = defaultdict(int)
+    for s in slots:
+        kinds[s.transform] += 1
+    bare = kinds["none"]
+    if bare == n:
+        plan.warnings.append(("CT image" if n == 1 else "CT images") + " without RescaleIntercept/RescaleSlope: "
+                             "values are shown as stored, not as Hounsfield units")
+        plan.units_hu = False
+    elif bare:
+        plan.warnings.append(f"RescaleIntercept/RescaleSlope missing in {bare} of {n} CT images/frames: those "
+                             "are shown as stored values, the others in Hounsfield units (not one scale)")
+        plan.units_hu = False
+    if kinds["top-level"]:
+        plan.warnings.append(f"{kinds['top-level']} frame(s) without a Pixel Value Transformation: the file's "
+                             "top-level RescaleSlope/RescaleIntercept used")
+    other = sorted({s.lut_type or "unnamed" for s in slots if s.transform == "lut" and s.lut_type != "HU"})
+    if other:
+        plan.warnings.append(f"CT Modality LUT of type {', '.join(other)}: values are not Hounsfield units")
+        plan.units_hu = False
 
 
 def _header(plan: StackPlan, ri: int):
@@ -610,23 +716,23 @@ def _stored_range(rec: InstanceRecord) -> tuple[int, int]:
 
 
 def _plan_dtype(plan: StackPlan, modality: str) -> None:
-    r0 = plan.records[plan.slots[0].rec]
+    # Every image of the stack counts: a series may mix bit depths or signedness (a stack
+    # planned from its first image alone wrapped the others' values around).
+    recs = [plan.records[ri] for ri in sorted({s.rec for s in plan.slots})]
     if plan.photometric in ("RGB", "PALETTE COLOR") or plan.photometric.startswith("YBR") or plan.samples == 3:
-        plan.dtype = np.dtype(np.uint8) if r0.bits_allocated == 8 or plan.photometric == "PALETTE COLOR" \
-            else np.dtype(np.uint16)
+        eight = all(r.bits_allocated == 8 for r in recs)
+        plan.dtype = np.dtype(np.uint8) if eight or plan.photometric == "PALETTE COLOR" else np.dtype(np.uint16)
         return
-    if "ModalityLUTSequence" in r0.flags or r0.bits_allocated > 16 and not _integer_rescale(plan):
+    if any("ModalityLUTSequence" in r.flags for r in recs) or not _integer_rescale(plan):
         plan.dtype = np.dtype(np.float32)
         return
-    if not _integer_rescale(plan):
-        plan.dtype = np.dtype(np.float32)
-        return
-    lo, hi = _stored_range(r0)
+    ranges = [_stored_range(r) for r in recs]
     icpts = [s.intercept for s in plan.slots]
-    lo, hi = lo + min(icpts), hi + max(icpts)
+    lo, hi = min(a for a, _ in ranges) + min(icpts), max(b for _, b in ranges) + max(icpts)
+    eight_bit = all(r.bits_allocated == 8 for r in recs)
     for dt in (np.uint8, np.int16, np.uint16, np.int32):
         info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max and (dt != np.uint8 or r0.bits_allocated == 8):
+        if info.min <= lo and hi <= info.max and (dt != np.uint8 or eight_bit):
             plan.dtype = np.dtype(dt)
             return
     plan.dtype = np.dtype(np.float32)

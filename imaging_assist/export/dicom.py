@@ -120,7 +120,7 @@ def _check_out_dir(out_dir: Path, datasets) -> None:
 def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measurements=None,
                         warnings: list | None = None, prefix: str = "",
                         items: list[dict] | None = None, deidentify=None,
-                        deid_key: bytes | None = None) -> list[WrittenObject]:
+                        deid_key: bytes | None = None, failures: list | None = None) -> list[WrittenObject]:
     """Write the DICOM result objects of ``results`` (InferenceResult objects of one
     ``volume``) into ``out_dir``; returns what was written.
 
@@ -130,7 +130,9 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     ``deidentify``: a :class:`imaging_assist.privacy.deid.Options`: every object is made from
     de-identified source headers (PS3.15 basic profile + those options, the site key's UIDs and
     patient pseudonym, as ``anonymize`` gives the source files) and marked de-identified; the
-    ``report_pdf`` must then be a de-identified report too (the caller builds it)."""
+    ``report_pdf`` must then be a de-identified report too (the caller builds it).
+    ``failures``: when given, an object that cannot be built is one line there and the others
+    are still written (``analyze --dicom``); without it the first such object raises."""
     from .encapsulated_pdf import build_encapsulated_pdf
     from .parametric_map import build_parametric_map
     from .seg import build_seg
@@ -224,8 +226,13 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
             save(ds, "PDF", plan.description, "report_PDF")
 
     for number, plan in enumerate(plans, 1):
-        with dc.building(plan.kind):
-            make(plan, dc.series_number_after(datasets, number))
+        try:
+            with dc.building(plan.kind):
+                make(plan, dc.series_number_after(datasets, number))
+        except DicomExportError as e:
+            if failures is None:
+                raise
+            failures.append(str(e))  # e.g. a SEG highdicom cannot build: the SR and PM still go
     return written
 
 
@@ -257,11 +264,16 @@ class DicomRun:
             return
         notes: list[str] = []
         try:
-            objs = write_dicom_results(volume, [res], self.dir, prefix=stem, items=[item], warnings=notes)
+            failures: list[str] = []
+            objs = write_dicom_results(volume, [res], self.dir, prefix=stem, items=[item], warnings=notes,
+                                       failures=failures)
         except (DicomExportError, OSError) as e:  # one line; results.json and the PDF stay
             self.failed += 1
             self.echo(f"error: DICOM objects for {stem} not written: {e}")
             return
+        for f in failures:
+            self.failed += 1
+            self.echo(f"error: {stem}: {f}")
         self.written += objs
         for n in dict.fromkeys(notes):
             self.echo(f"note: {stem}: {n}")

@@ -112,24 +112,11 @@ def check_geometry(volume) -> None:
 
 
 def slice_positions_lps(volume) -> np.ndarray:  # noqa: D401
-    """(n, 3) LPS position of the first voxel of every slice, from the Volume.
-
-    Even spacing: ``affine @ (0, 0, k)``.  With ``slice_positions`` (distance of each slice
-    along the normal) the step direction ``direction[:, 2]`` is scaled so that its component
-    along the normal equals the true distance: exact for uneven and for tilted stacks."""
+    """(n, 3) LPS position of the first voxel of every slice, from the Volume: where each
+    slice was acquired (:meth:`imaging_assist.volume.Volume.slice_origins`: exact for uneven
+    and for tilted stacks)."""
     check_geometry(volume)
-    aff = np.asarray(volume.affine, float)
-    n = volume.n_slices
-    k = np.arange(n, dtype=float)
-    pos = aff[:3, 3][None, :] + k[:, None] * aff[:3, 2][None, :]
-    sp = getattr(volume, "slice_positions", None)
-    if sp is not None and len(sp) == n and n > 1 and np.all(np.isfinite(sp)):
-        step = np.asarray(volume.direction, float)[:, 2]
-        along = float(step @ volume.normal)
-        if abs(along) > 1e-6:
-            d = np.asarray(sp, float) - float(sp[0])
-            pos = aff[:3, 3][None, :] + (d / along)[:, None] * step[None, :]
-    return pos
+    return volume.slice_origins()
 
 
 def with_nominal_geometry(ds, volume):
@@ -326,6 +313,74 @@ def finalize(ds, datasets) -> None:
         if not has_plane and "PatientOrientation" not in ds and "ImageOrientationPatient" not in ds:
             po = getattr(datasets[0], "PatientOrientation", None) if datasets else None
             ds.PatientOrientation = list(po) if po and len(po) == 2 else ""
+    if _has_non_ascii_text(ds):
+        # PS3.5 6.1.2.2: characters beyond ASCII need a Specific Character Set that holds them
+        # ("mm²" in a label, a note in any script, a name copied from a Latin-1 source); UTF-8
+        # holds them all, and pydicom encodes every value with it on writing
+        ds.SpecificCharacterSet = "ISO_IR 192"
+
+
+def described(text: str, limit: int = 64) -> str:
+    """A Series / Content Description (LO, 64 characters) that always ends with
+    "(NOT FOR CLINICAL USE)": the text is shortened, never the warning."""
+    tail = f" ({NOT_CLINICAL})"
+    return str(text)[:max(0, limit - len(tail))].rstrip() + tail
+
+
+def frame_number(volume, k: int) -> int:
+    """The 1-based frame of a multi-frame source that slice ``k`` of the Volume shows: its
+    ``frames`` (a stack of an enhanced object is not its first frames), else k + 1."""
+    frames = getattr(volume, "frames", None)
+    if frames is not None and 0 <= int(k) < len(frames):
+        return int(frames[int(k)]) + 1
+    return int(k) + 1
+
+
+def point_frames_at_the_stack(obj, volume, datasets) -> None:
+    """highdicom finds the source frame of each derived frame by its position; in an enhanced
+    object whose stacks share positions (magnitude and field map, echoes) that is the first
+    stack's frame.  Each derived frame is pointed at the frame the Volume shows at its
+    position (:func:`frame_number`), so a viewer draws the result over the image it came from."""
+    from pydicom.sequence import Sequence
+
+    if not is_multiframe_source(volume, datasets) or getattr(volume, "frames", None) is None:
+        return
+    pos = slice_positions_lps(volume)
+    for item in getattr(obj, "PerFrameFunctionalGroupsSequence", None) or []:
+        plane = item.get("PlanePositionSequence")
+        if not plane or "ImagePositionPatient" not in plane[0]:
+            continue
+        k = int(np.argmin(np.linalg.norm(pos - np.array(plane[0].ImagePositionPatient, float), axis=1)))
+        want = frame_number(volume, k)
+        for der in item.get("DerivationImageSequence") or []:
+            srcs = [s for s in der.get("SourceImageSequence") or [] if "ReferencedFrameNumber" in s]
+            if not srcs:
+                continue
+            # highdicom lists every frame at that position (each stack's): only the shown one
+            keep = next((s for s in srcs if int(s.ReferencedFrameNumber) == want), srcs[0])
+            keep.ReferencedFrameNumber = want
+            der.SourceImageSequence = Sequence([keep])
+
+
+def ellipse_axes(cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
+    """The four points of an axis-aligned ELLIPSE (GSPS PS3.3 C.10.5.1.2, SCOORD C.18.6.1.2):
+    the major axis's end points first, then the minor axis's."""
+    horizontal = np.array([[cu - ru, cv], [cu + ru, cv]], float)
+    vertical = np.array([[cu, cv - rv], [cu, cv + rv]], float)
+    return np.vstack([horizontal, vertical] if ru >= rv else [vertical, horizontal])
+
+
+_TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "PN", "UC"}
+
+
+def _has_non_ascii_text(ds) -> bool:
+    for elem in ds.iterall():
+        if elem.VR in _TEXT_VRS and elem.value is not None:
+            vals = elem.value if isinstance(elem.value, (list, tuple)) or type(elem.value).__name__ == "MultiValue" \
+                else [elem.value]
+            if any(not str(v).isascii() for v in vals):
+                return True
+    return False
 
 
 def add_laterality(ds, datasets) -> None:

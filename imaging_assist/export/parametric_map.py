@@ -64,8 +64,8 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
               series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
               contains_recognizable_visual_features=False, real_world_value_mappings=[rwvm],
               content_label="AI_HEATMAP",
-              content_description=f"{model_id} {model_version} {method} {label}"[:64],
-              series_description=f"AI {model_id} heat map {label}"[:64], **dc.equipment_kwargs())
+              content_description=dc.described(f"{model_id} {model_version} {method} {label}"),
+              series_description=dc.described(f"AI {model_id} heat map {label}"), **dc.equipment_kwargs())
     # LINEAR_EXACT: a LINEAR window narrower than 1 is not allowed (PS3.3 C.11.2.1.2), and
     # heat maps usually span [0, 1]
     kw["voi_lut_transformations"] = [hd.VOILUTTransformation(
@@ -97,6 +97,8 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
             pm = hd.pm.ParametricMap(pixel_array=h, **kw)
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"Parametric Map not written: {e}".splitlines()[0]) from None
+    if not nominal:
+        dc.point_frames_at_the_stack(pm, volume, datasets)
     dc.finalize(pm, datasets)
     dc.add_laterality(pm, datasets)
     return pm

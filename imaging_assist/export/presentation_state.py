@@ -56,7 +56,7 @@ def _objects(m, cols: int, rows: int) -> tuple[list, list]:
     elif m.kind == "ellipse":
         (u0, v0), (u1, v1) = pts[0], pts[1]
         cu, cv, ru, rv = (u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2, abs(v1 - v0) / 2
-        data = np.array([[cu - ru, cv], [cu + ru, cv], [cu, cv - rv], [cu, cv + rv]])
+        data = dc.ellipse_axes(cu, cv, ru, rv)
         graphics.append(hd.pr.GraphicObject("ELLIPSE", data, P))
     lines = [str(t) for t in ((m.result or {}).get("display_text") or (m.result or {}).get("text") or [])]
     note = dc.dicom_text(getattr(m, "text", "") or "", backslash=False).strip()
@@ -111,7 +111,7 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
         g, t = per_slice[k]
         annotations.append(hd.pr.GraphicAnnotation(
             referenced_images=[src], graphic_layer=layer, graphic_objects=g or None, text_objects=t or None,
-            **({"referenced_frame_number": k + 1} if multiframe else {})))
+            **({"referenced_frame_number": dc.frame_number(volume, k)} if multiframe else {})))
         if all(src is not r for r in referenced):
             referenced.append(src)
     with _warnings.catch_warnings():
@@ -122,9 +122,7 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
             instance_number=1, content_label="MEASUREMENTS",
             content_description="Measurements and annotations; not for clinical use",
             graphic_layers=[layer], graphic_annotations=annotations, **dc.equipment_kwargs())
-    ps.SeriesDescription = "Measurements and annotations (presentation state)"
-    if any(not str(getattr(m, "text", "")).isascii() for m in measurements or []):
-        ps.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: notes in any script survive
+    ps.SeriesDescription = dc.described("Measurements and annotations (presentation state)")
     dc.finalize(ps, datasets)
     dc.add_laterality(ps, datasets)  # General Series Laterality, Type 2C (dciodvfy)
     return ps

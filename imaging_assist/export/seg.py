@@ -60,8 +60,8 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
     kw = dict(source_images=datasets, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
               segment_descriptions=descs, series_instance_uid=series_uid or dc.new_uid(),
               series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
-              content_description=f"{model_id} {model_version} labels ({dc.NOT_CLINICAL})"[:64],
-              content_label="AI_LABELS", series_description=f"AI {model_id} SEG"[:64],
+              content_description=dc.described(f"{model_id} {model_version} labels"),
+              content_label="AI_LABELS", series_description=dc.described(f"AI {model_id} SEG"),
               omit_empty_frames=bool(lm.any()), **dc.equipment_kwargs())
     if dc.has_patient_geometry(volume, datasets):
         kw["source_images"] = dc.shared_geometry_source(volume, datasets)
@@ -84,6 +84,7 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
         seg = hd.seg.Segmentation(pixel_array=lm, **kw)
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"SEG not written: {e}".splitlines()[0]) from None
+    dc.point_frames_at_the_stack(seg, volume, datasets)
     dc.finalize(seg, datasets)
     return seg
 

@@ -97,6 +97,13 @@ def _classifier_groups(res: dict, datasets, warnings: list) -> list:
             qual.append(hd.sr.QualitativeEvaluation(
                 _local("IN-TRAIN-DOMAIN", "Input within the model's training data"),
                 _cc("373067005", "SCT", "No")))
+        elif dec and (dec.get("withheld") or dec.get("positive") is None):
+            # a withheld decision (research override: the card does not fit) is neither Present
+            # nor Absent: "Absent" would state a finding the result does not make
+            qual.append(hd.sr.QualitativeEvaluation(_local("DECISION", "Model decision"),
+                                                    _local("WITHHELD", "Withheld")))
+            warnings.append(f"SR {res.get('model')} {label}: decision withheld "
+                            f"({dec.get('withheld') or 'no decision'}): no Present/Absent written")
         elif dec:
             meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
                                           value=float(dec["threshold"]), unit=_unit("1"),
@@ -275,7 +282,7 @@ def _axis_groups(nd: dict, uid: str, volume, datasets, algo) -> list:
     k = int(k)
     multiframe = dc.is_multiframe_source(volume, datasets)
     src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
-    frames = [k + 1] if multiframe else None
+    frames = [dc.frame_number(volume, k)] if multiframe else None
     from ..nodules.measure import axis_ends_ijk
 
     on_slice = axis_ends_ijk(m, volume, k)
@@ -311,7 +318,7 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
             continue
         k = int(m.index)
         src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
-        frames = [k + 1] if multiframe else None
+        frames = [dc.frame_number(volume, k)] if multiframe else None
         img = hd.sr.SourceImageForMeasurement.from_source_image(src, referenced_frame_numbers=frames) \
             if frames else hd.sr.SourceImageForMeasurement.from_source_image(src)
         mm = r.get("length_unit", "mm") == "mm"
@@ -345,7 +352,7 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
             else:
                 cu, cv, ru, rv = (u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2, abs(v1 - v0) / 2
                 gt = hd.sr.GraphicTypeValues.ELLIPSE
-                data = np.array([[cu - ru, cv], [cu + ru, cv], [cu, cv - rv], [cu, cv + rv]])
+                data = dc.ellipse_axes(cu, cv, ru, rv)
             rsrc = (hd.sr.SourceImageForRegion.from_source_image(src, referenced_frame_numbers=frames)
                     if frames else hd.sr.SourceImageForRegion.from_source_image(src))
             region = hd.sr.ImageRegion(graphic_type=gt, graphic_data=data.astype(float), source_image=rsrc)
@@ -457,7 +464,7 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, regio
         sr = hd.sr.Comprehensive3DSR(
             evidence=evidence, content=report, series_instance_uid=series_uid or dc.new_uid(),
             series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
-            institution_name=None, series_description=f"AI {model} report"[:64],
+            institution_name=None, series_description=dc.described(f"AI {model} report"),
             manufacturer=dc.MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"SR not written: {e}".splitlines()[0]) from None

@@ -73,13 +73,12 @@ def annotation_group(m, r: dict, volume, src, frames, tid):
 def build_measurement_sr(volume, measurements, *, warnings: list | None = None, datasets=None,
                          series_number: int = 9905):
     """A Comprehensive 3D SR of the viewer's measurements alone (no model results)."""
+    from . import dicom_common as dc
     from .sr import build_sr
 
     sr = build_sr(volume, [], measurements=measurements, datasets=datasets, series_number=series_number,
                   warnings=warnings)
-    sr.SeriesDescription = "Measurements and annotations"
-    if any(not str(getattr(m, "text", "")).isascii() for m in measurements or []):
-        sr.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: notes in any script survive
+    sr.SeriesDescription = dc.described("Measurements and annotations")
     return sr
 
 

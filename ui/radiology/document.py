@@ -7,7 +7,7 @@ from PySide6.QtCore import QObject, Signal
 
 from imaging_assist import display
 from imaging_assist.layers import Layer, LayerStack, Plane, standard_planes
-from imaging_assist.measure import ROI_KINDS, Measurement
+from imaging_assist.measure import ROI_KINDS, Measurement, remeasure_where_acquired
 from imaging_assist.volume import Volume, WindowPreset
 
 from ..shared.render import SliceRenderer
@@ -216,6 +216,7 @@ class ViewerDocument(QObject):
         units = vol.units or ""
         source = vol.spacing_source if known else "none"
         res = m.compute(image, spacing, units, "mm" if known else "px", spacing_source=source)
+        remeasure_where_acquired(m, vol, plane)  # a tilted or uneven stack's reformatted planes
         # the label drawn on the image ("display_text") names the pixel size's source on its
         # length/area line; the engine's "text" stays as it is (its summary() adds the source)
         note = spacing_note(source)
