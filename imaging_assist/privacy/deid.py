@@ -68,6 +68,8 @@ _DUMMY = {"DA": "19000101", "TM": "000000", "DT": "19000101000000", "AS": "000D"
           "PN": "ANONYMIZED", "UR": "", "US": 0, "SS": 0, "UL": 0, "SL": 0, "FL": 0.0, "FD": 0.0,
           "UV": 0, "SV": 0, "AT": None}
 _BINARY = {"OB", "OW", "OD", "OF", "OL", "OV", "UN"}
+# VRs of attributes outside Table E.1-1 that can name or date a patient (see _walk)
+_OUTSIDE_TABLE = {"PN", "DA", "DT", "ST", "LT", "UT"}
 _TEXT = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UR",
          "UT"}
 # UI attributes outside the table that name a class or syntax, never an instance: kept.
@@ -102,6 +104,7 @@ class FileResult:
     patient_id: str | None = None
     study_uid: str | None = None
     not_dicom: bool = False  # left out because it is not DICOM at all (a text file, ...)
+    detail: str = ""  # what the OCR still read (burned-in text): printed here, never written out
 
 
 @dataclass
@@ -145,7 +148,7 @@ class Summary:
             out.append(f"burned-in text blacked out in {len(cleaned)} file(s) "
                        f"({sum(r.boxes for r in cleaned)} boxes), checked again by OCR")
         for r in self.left_out:
-            out.append(f"left out: {r.source}: {r.reason}")
+            out.append(f"left out: {r.source}: {r.reason}" + (f" ({r.detail})" if r.detail else ""))
         return out
 
 
@@ -253,16 +256,29 @@ class _Context:
         self.opts = opts
         self.offset_days = 0
         self.phi: list[str] = []  # identifying strings of this file, for Clean Descriptors
+        self.names: list[str] = []  # the parts of its person names, of any length
         self._phi_re = None
 
     def phi_re(self):
         if self._phi_re is None:
             words = sorted({w for w in self.phi if len(w) >= 3}, key=len, reverse=True)
             pats = [re.escape(w) for w in words]
+            # a person name's parts of any length ("Li", "Wu", "Ng"): as whole words; in scripts
+            # that do not separate words (李, ナ) every character of the name
+            for w in sorted(set(self.names), key=len, reverse=True):
+                pats.append(rf"(?<![^\W_]){re.escape(w)}(?![^\W_])" if w.isascii()
+                            else "|".join(re.escape(c) for c in w if not c.isspace()))
             pats.append(r"\d{5,}")  # record numbers, phone numbers, dates without separators
             pats.append(r"\d{1,4}[-./]\d{1,2}[-./]\d{1,4}")  # dates with separators
+            pats.append(_WRITTEN_DATE)  # dates with the month's name ("1 Mar 2024", "March 1, 2024")
             self._phi_re = re.compile("|".join(pats), re.IGNORECASE)
         return self._phi_re
+
+
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"
+_WRITTEN_DATE = (rf"\b\d{{1,2}}(?:st|nd|rd|th)?[\s\-/]*{_MONTH}[\s\-/,]*\d{{2,4}}\b"
+                 rf"|\b{_MONTH}\s*\d{{1,2}}(?:st|nd|rd|th)?,?\s*\d{{2,4}}\b"
+                 rf"|\b{_MONTH}\s+\d{{4}}\b")
 
 
 def _collect_phi(ds, ctx: _Context) -> None:
@@ -282,6 +298,8 @@ def _collect_phi(ds, ctx: _Context) -> None:
             continue
         if row.basic != "K" and row.options.get("cleanDescOpt") != "C":
             ctx.phi.extend(_words(elem.value))
+            if elem.VR == "PN":
+                ctx.names.extend(w for w in re.split(r"[\s^=,.]+", str(elem.value)) if w)
 
 
 def _words(value) -> list[str]:
@@ -358,9 +376,20 @@ def _uids(value, ctx: _Context):
 
 
 def _vr_of(ds, tag) -> str:
-    """The VR without converting the value (raw elements of implicit-VR files carry none)."""
+    """The VR without converting the value (raw elements of implicit-VR files carry none).  An
+    element stored as UN (what a node that does not know the attribute writes) whose tag the
+    dictionary knows is converted to its VR first (a sequence is then walked like any other);
+    one that cannot be converted stays UN (and is removed unless its row keeps it)."""
     raw = ds.get_item(tag)
     vr = getattr(raw, "VR", None)
+    if vr == "UN":
+        from pydicom.datadict import dictionary_has_tag
+
+        if dictionary_has_tag(tag):
+            try:
+                return str(ds[tag].VR)  # pydicom converts UN to the dictionary's VR on access
+            except Exception:  # noqa: BLE001 - undecodable: treated as unknown bytes
+                return "UN"
     if vr:
         return str(vr)
     from pydicom.datadict import dictionary_VR
@@ -377,7 +406,7 @@ def _walk(ds, ctx: _Context) -> None:
     (the pixel data above all) are written back byte for byte."""
     from pydicom.sequence import Sequence
 
-    overlays = {t.group for t in ds.keys() if 0x6000 <= t.group <= 0x601E and t.element == 0x3000}
+    overlays = {t.group for t in ds.keys() if 0x6000 <= t.group <= 0x601E and not t.group & 1}
     for tag in list(ds.keys()):
         if tag.is_private or tag.element == 0:  # private data and group lengths
             del ds[tag]
@@ -385,7 +414,8 @@ def _walk(ds, ctx: _Context) -> None:
         if tag.group in overlays:
             # Overlay Data is X (Clean Graphics, which would keep it, is not offered): the rest of
             # its overlay plane (rows, origin, type...) would describe data that is gone and make
-            # the plane invalid, so the group goes with it
+            # the plane invalid, so the group goes with it; a group without Overlay Data too (its
+            # description and label are free text)
             del ds[tag]
             continue
         row = _row(int(tag))
@@ -394,6 +424,16 @@ def _walk(ds, ctx: _Context) -> None:
             if vr == "SQ":
                 for item in ds[tag].value or ():
                     _walk(item, ctx)
+            elif vr == "UN":
+                del ds[tag]  # bytes nothing can read or check: never kept
+            elif vr in _OUTSIDE_TABLE:
+                # Names, dates and free text in attributes the table does not list (a reviewer's
+                # name, an update date, an SR's TEXT item, a document title) are treated as the
+                # table treats its own: names and text get a dummy, dates one too (or the shift)
+                if vr in ("DA", "DT") and ctx.opts.modified_dates:
+                    ds[tag].value = _shift(ds[tag].value, vr, ctx.offset_days) if ds[tag].value else ds[tag].value
+                else:
+                    ds[tag].value = _dummy(ds[tag], ctx) if ds[tag].value not in (None, "") else ds[tag].value
             elif vr == "UI":
                 elem = ds[tag]
                 if elem.value and not _CLASS_UID_KEYWORDS.search(elem.keyword or "") \
@@ -593,6 +633,7 @@ def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
             outcome = (ocr_check or ocr_mod.clean_burned_in_text)(ds)
             if outcome.reason:
                 res.reason = f"burned-in text ({kind}): {outcome.reason}"
+                res.detail = getattr(outcome, "detail", "")
                 return res
             res.boxes = outcome.boxes
             res.rects = list(outcome.rects)
@@ -604,6 +645,7 @@ def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
         if cleaned:
             ds.BurnedInAnnotation = "NO"
         ds.file_meta = _new_meta(ds, ds.file_meta)
+        ds.preamble = b"\0" * 128  # PS3.10 lets the preamble hold anything (a TIFF header, a name)
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(dst.name + ".part")
         try:

@@ -48,6 +48,7 @@ class Outcome:
     reason: str | None = None  # set: cannot be cleaned, leave the file out
     summary: str = ""
     rects: list = field(default_factory=list)  # (x0, y0, x1, y1) blacked out, margin included
+    detail: str = ""  # the words still read: printed on this machine, never written to a file
 
 
 def needs_check(ds) -> str | None:
@@ -345,8 +346,8 @@ def clean_burned_in_text(ds) -> Outcome:
             if sum(c.isalnum() for c in w[5]) >= 2 and done[w[2]:w[4], w[1]:w[3]].mean() <= 0.5]
     if left:
         sample = ", ".join(repr(w[5]) for w in left[:3])
-        return Outcome(boxes=total, reason=f"text still readable after blacking out "
-                                           f"{total} box(es): {sample}")
+        return Outcome(boxes=total, reason=f"text still readable after blacking out {total} box(es) "
+                                           f"({len(left)} word(s))", detail=f"read: {sample}")
     if total == 0:
         return Outcome(0, None, "checked by OCR: no text found")
     _write_back(ds, arr)
