@@ -260,3 +260,11 @@ def test_viewer_slices_of_the_real_gantry_tilt_lie_at_their_own_positions():
         _, j, i = plane.to_voxel(0.0, 0.0, k, shape3)
         want = ipp[h.get("SOPInstanceUID")] + vol.affine[:3, 0] * i + vol.affine[:3, 1] * j
         np.testing.assert_allclose(g.origin, want, atol=1e-3)
+
+
+def test_pixels_that_are_not_square_are_said(tmp_path):
+    """PixelAspectRatio 2:1 without a pixel spacing: shown square, with nothing said."""
+    folder = _series(tmp_path, n=1)
+    _edit(_files(folder)[0], lambda ds: (delattr(ds, "PixelSpacing"), setattr(ds, "PixelAspectRatio", [2, 1])))
+    vol = _load(folder)
+    assert any("PixelAspectRatio 2:1" in w for w in vol.warnings), vol.warnings

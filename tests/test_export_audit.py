@@ -156,3 +156,26 @@ def test_an_object_that_cannot_be_built_leaves_the_others_when_failures_are_coll
     assert {o.kind for o in objs} == {"PM", "SR"}
     with pytest.raises(DicomExportError, match="highdicom refused it"):
         write_dicom_results(vol, [seg, cl], tmp_path / "b")
+
+
+def test_frames_of_slices_of_another_thickness_say_their_own(tmp_path):
+    """The GE series changes from 4 to 7 mm slices: the SEG and Parametric Map said 4 mm for
+    every frame (one shared Pixel Measures)."""
+    from test_export_dicom import TILT
+
+    vol = _load(TILT)
+    seg, cl = _results(vol)
+    objs = write_dicom_results(vol, [seg, cl], tmp_path / "dicom")
+    src = {}
+    for h in vol.headers:
+        ds = pydicom.dcmread(h.path, stop_before_pixels=True)
+        src[tuple(round(float(x), 3) for x in ds.ImagePositionPatient)] = float(ds.SliceThickness)
+    assert len(set(src.values())) > 1
+    for kind in ("SEG", "PM"):
+        path = _by_kind(objs, kind)[0].path
+        ds = pydicom.dcmread(path)
+        assert "PixelMeasuresSequence" not in ds.SharedFunctionalGroupsSequence[0]
+        for fg in ds.PerFrameFunctionalGroupsSequence:
+            key = tuple(round(float(x), 3) for x in fg.PlanePositionSequence[0].ImagePositionPatient)
+            assert float(fg.PixelMeasuresSequence[0].SliceThickness) == src[key], (kind, key)
+        assert dciodvfy_errors(path) == [], kind

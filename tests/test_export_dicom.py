@@ -167,7 +167,9 @@ def test_seg_round_trip_voxel_for_voxel_and_geometry(written):
     by_uid = {u: pydicom.dcmread(h.path, stop_before_pixels=True, force=True) for u, h in zip(uids, vol.headers)}
     sfg = seg.SharedFunctionalGroupsSequence[0]
     iop = np.array(sfg.PlaneOrientationSequence[0].ImageOrientationPatient, float)
-    ps = np.array(sfg.PixelMeasuresSequence[0].PixelSpacing, float)
+    # slices of different thickness carry their Pixel Measures per frame (thickness_per_frame)
+    measures = sfg if "PixelMeasuresSequence" in sfg else seg.PerFrameFunctionalGroupsSequence[0]
+    ps = np.array(measures.PixelMeasuresSequence[0].PixelSpacing, float)
     for item in seg.PerFrameFunctionalGroupsSequence:
         ref = item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
         src = by_uid[str(ref)]

@@ -240,6 +240,13 @@ def _shared(d):
     return d.SharedFunctionalGroupsSequence[0]
 
 
+def _measures(d):
+    """The Pixel Measures item: shared, or the first frame's (slices of different thickness
+    carry theirs per frame)."""
+    sfg = _shared(d)
+    return (sfg if "PixelMeasuresSequence" in sfg else d.PerFrameFunctionalGroupsSequence[0]).PixelMeasuresSequence[0]
+
+
 def _rw(d):
     return _shared(d).RealWorldValueMappingSequence[0]
 
@@ -299,14 +306,14 @@ def _pm_cases():
         "orientation with 5 values": (
             lambda d: setattr(_shared(d).PlaneOrientationSequence[0], "ImageOrientationPatient", [1, 0, 0, 0, 1]),
             "error:ImageOrientationPatient"),
-        "pixel spacing NaN": (lambda d: setattr(_shared(d).PixelMeasuresSequence[0], "PixelSpacing", [nan, nan]),
+        "pixel spacing NaN": (lambda d: setattr(_measures(d), "PixelSpacing", [nan, nan]),
                               "error:PixelSpacing"),
         "pixel spacing negative": (
-            lambda d: setattr(_shared(d).PixelMeasuresSequence[0], "PixelSpacing", [-0.4882812, -0.4882812]),
+            lambda d: setattr(_measures(d), "PixelSpacing", [-0.4882812, -0.4882812]),
             "error:PixelSpacing"),
-        "pixel spacing 0": (lambda d: setattr(_shared(d).PixelMeasuresSequence[0], "PixelSpacing", [0, 0]),
+        "pixel spacing 0": (lambda d: setattr(_measures(d), "PixelSpacing", [0, 0]),
                             "error:PixelSpacing"),
-        "pixel spacing 1 value": (lambda d: setattr(_shared(d).PixelMeasuresSequence[0], "PixelSpacing", [0.5]),
+        "pixel spacing 1 value": (lambda d: setattr(_measures(d), "PixelSpacing", [0.5]),
                                   "error:PixelSpacing"),
         "Rows 0": (lambda d: setattr(d, "Rows", 0), "error:0x512"),
         "Rows 65535": (lambda d: setattr(d, "Rows", 65535), "error:65535x512"),

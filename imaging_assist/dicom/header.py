@@ -123,6 +123,7 @@ WANTED: dict[int, tuple[str, str]] = {
     0x00280010: ("Rows", "US"),
     0x00280011: ("Columns", "US"),
     0x00280030: ("PixelSpacing", "DS"),
+    0x00280034: ("PixelAspectRatio", "IS"),
     0x00280100: ("BitsAllocated", "US"),
     0x00280101: ("BitsStored", "US"),
     0x00280102: ("HighBit", "US"),

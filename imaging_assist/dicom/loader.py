@@ -652,6 +652,12 @@ def _plan_spacing(plan: StackPlan, modality: str, r0: InstanceRecord, slot0: Slo
     if not had:
         w.append("no pixel spacing in the file (no PixelSpacing or ImagerPixelSpacing): distances and areas "
                  "are in pixels")
+        ratio = _vec(r0.get("PixelAspectRatio"), 2)
+        if ratio is not None and np.all(ratio > 0) and not np.isclose(ratio[0], ratio[1]):
+            # PS3.3 C.7.6.3.1.7: vertical to horizontal size; the image is shown with square
+            # pixels, so shapes, angles and pixel distances are distorted
+            w.append(f"pixels are not square (PixelAspectRatio {ratio[0]:g}:{ratio[1]:g}, vertical:horizontal) "
+                     "and are shown square: shapes, angles and distances in pixels are distorted")
     else:
         w.append("no usable pixel spacing (PixelSpacing): distances and areas are in pixels")
     return done("none", (1.0, 1.0))

@@ -362,6 +362,42 @@ def point_frames_at_the_stack(obj, volume, datasets) -> None:
             der.SourceImageSequence = Sequence([keep])
 
 
+def thickness_per_frame(obj, volume, datasets) -> None:
+    """Each frame's own Slice Thickness when the source slices differ (a series that changes
+    from 4 to 7 mm slices): the shared Pixel Measures would state one nominal thickness for
+    every frame (PS3.3 C.7.6.16.2.1), so they move to the frames."""
+    import copy
+
+    from pydicom.sequence import Sequence
+
+    if is_multiframe_source(volume, datasets) or len(datasets) != volume.n_slices:
+        return
+    ts = []
+    for ds in datasets:
+        try:
+            v = float(ds.SliceThickness)
+        except (AttributeError, TypeError, ValueError):
+            return
+        if not (np.isfinite(v) and v > 0):
+            return
+        ts.append(v)
+    shared = (getattr(obj, "SharedFunctionalGroupsSequence", None) or [None])[0]
+    if max(ts) - min(ts) < 1e-6 or shared is None or "PixelMeasuresSequence" not in shared:
+        return
+    measures = shared.PixelMeasuresSequence[0]
+    pos = slice_positions_lps(volume)
+    frames = list(getattr(obj, "PerFrameFunctionalGroupsSequence", None) or [])
+    if not all(f.get("PlanePositionSequence") for f in frames):
+        return
+    del shared.PixelMeasuresSequence
+    for item in frames:
+        k = int(np.argmin(np.linalg.norm(
+            pos - np.array(item.PlanePositionSequence[0].ImagePositionPatient, float), axis=1)))
+        m = copy.deepcopy(measures)
+        m.SliceThickness = ts[k]
+        item.PixelMeasuresSequence = Sequence([m])
+
+
 def ellipse_axes(cu: float, cv: float, ru: float, rv: float) -> np.ndarray:
     """The four points of an axis-aligned ELLIPSE (GSPS PS3.3 C.10.5.1.2, SCOORD C.18.6.1.2):
     the major axis's end points first, then the minor axis's."""

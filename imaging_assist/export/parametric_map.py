@@ -99,6 +99,7 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
         raise dc.DicomExportError(f"Parametric Map not written: {e}".splitlines()[0]) from None
     if not nominal:
         dc.point_frames_at_the_stack(pm, volume, datasets)
+        dc.thickness_per_frame(pm, volume, datasets)
     dc.finalize(pm, datasets)
     dc.add_laterality(pm, datasets)
     return pm

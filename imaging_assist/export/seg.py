@@ -85,6 +85,8 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"SEG not written: {e}".splitlines()[0]) from None
     dc.point_frames_at_the_stack(seg, volume, datasets)
+    if dc.has_patient_geometry(volume, datasets):
+        dc.thickness_per_frame(seg, volume, datasets)
     dc.finalize(seg, datasets)
     return seg
 
