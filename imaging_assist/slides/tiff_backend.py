@@ -313,7 +313,8 @@ class TiffSlide(Slide):
 
         mx, my = size("X"), size("Y")
         if mx is not None and my is None:
-            my = mx
+            my = mx  # square pixels, as every scanner makes them; said, never silently
+            self.warnings.append(f"OME PhysicalSizeY missing: assumed equal to PhysicalSizeX ({mx:g} µm)")
         if mx is not None and my is not None and not self._set_mpp(mx, my, "ome-xml"):
             self.warnings[-1] = (f"ignored OME PhysicalSizeX/Y {mx:g} x {my:g} µm: not a microscope pixel size "
                                  "(accepted: 0.01-100 µm/px)")

@@ -122,15 +122,17 @@ def _resolve_downsample(slide: Slide, mpp: float | None, downsample, warn: list[
     return ds, tile_mpp
 
 
-def _level_for(slide: Slide, downsample: float) -> int:
-    """Coarsest level at or above the wanted resolution.
+def _level_for(slide: Slide, downsample: tuple[float, float]) -> int:
+    """Coarsest level at or above the wanted resolution along both axes (a level whose x and
+    y factors differ, 2x by 3x, is not picked for a 2.8x read: its rows would be upsampled).
 
     1 % slack: vendor pyramids store e.g. 4.0003 for a nominal 4x level; reading that level
     and resampling by 0.9999 beats decoding 16x the pixels from the level below.
     """
     best = 0
-    for i, ds in enumerate(slide.level_downsamples):
-        if ds <= downsample * 1.01:
+    for i in range(len(slide.level_dimensions)):
+        sx, sy = slide.level_scale(i)
+        if sx <= downsample[0] * 1.01 and sy <= downsample[1] * 1.01:
             best = i
     return best
 
@@ -149,7 +151,7 @@ def plan_tiles(slide: Slide, tile_px: int = 224, mpp: float | None = 0.5, *,
         raise SlideError(f"tile size must be at least 1 px, got {tile_px}")
     warn: list[str] = []
     ds, tile_mpp = _resolve_downsample(slide, mpp, downsample, warn)
-    level = _level_for(slide, min(ds))
+    level = _level_for(slide, ds)
     lsc = slide.level_scale(level)
     if ds != lsc and all(abs(d / s - 1) <= MPP_SNAP for d, s in zip(ds, lsc)):
         asked = tile_mpp
