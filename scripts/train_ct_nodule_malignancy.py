@@ -429,9 +429,11 @@ def main(argv=None) -> int:
             "Trained on crops, not whole scans: the input design (docs/ct_nodules_models.md) keeps what the model "
             "sees at a click equal to training, but structures outside the training crops were never seen.",
             "A click that is not on a nodule still gets a number: on soft tissue of the LIDC-IDRI-0001 slab "
-            "(mediastinum, chest wall) P(malignant) was 0.80-0.98, because no training window lacked a nodule. The OOD "
-            "check flagged every such window (scripts/fit_nodule_ood.py); never read the likelihood when the window is "
-            "flagged.",
+            "(mediastinum, chest wall) P(malignant) was 0.80-0.98, because no training window lacked a nodule. A click's "
+            "OOD check combines this model's statistics with ct-nodule-seg's (nodules/models.py: ood) and flagged those "
+            "windows (tests/test_nodule_models.py); alone, this model's statistics flag 35% of no-nodule slab windows "
+            "and ct-nodule-seg's 97% (their cards' ood blocks, scripts/fit_nodule_ood.py). Never read the likelihood "
+            "when the window is flagged.",
             "Must not be used for: " + "; ".join(card_must_not) + "."],
         "training": {"script": "scripts/train_ct_nodule_malignancy.py", "seed": args.seed, "init_seed": init_seed, "device": train_device,
                      "design": args.design, "design_comparison": comparison,

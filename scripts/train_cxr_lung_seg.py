@@ -286,8 +286,9 @@ def main(argv=None) -> int:
                    "course repository; the JSRT database itself is distributed by the Japanese Society of "
                    "Radiological Technology under its own terms)",
         "intended_use": "Research, teaching and software demonstration: outlines the right and left lung fields "
-                        "on a frontal (PA/AP) chest X-ray, reports their areas, and tells whether a chest X-ray "
-                        "classifier's heat map falls inside the lungs. NOT FOR CLINICAL USE.",
+                        "on a PA chest X-ray (trained on PA films only; AP films untested), reports their areas, "
+                        "and tells whether a chest X-ray classifier's heat map falls inside the lungs. NOT FOR "
+                        "CLINICAL USE.",
         "limitations": [
             "Trained on 152 JSRT PA films of adults from Japanese hospitals, digitised film downsampled to 224x224; "
             "other populations, children, portable AP/ICU films, lateral views and other detectors were not in "

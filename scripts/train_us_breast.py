@@ -360,8 +360,10 @@ def main(argv=None) -> int:
             f"{counts['test']['normal']} normal), hence the wide confidence intervals.",
             "One hospital, one scanner family (GE LOGIQ E9), one population (Egyptian women 25-75). Other "
             "scanners, presets, probes, elastography/Doppler overlays and other populations were not seen.",
-            f"Benign vs malignant is the hard part: on test, {cm[0][1]} of {sum(cm[0])} benign images were called "
-            f"malignant and {cm[1][0]} of {sum(cm[1])} malignant images benign (argmax).",
+            f"Benign vs malignant is the hard part: on test (argmax), {cm[1][0] + cm[1][2]} of {sum(cm[1])} malignant "
+            f"images were missed ({cm[1][0]} called benign, {cm[1][2]} normal), {cm[0][1]} of {sum(cm[0])} benign "
+            f"images were called malignant and {cm[0][2]} normal, and {cm[2][0]} of {sum(cm[2])} normal images "
+            "benign.",
             "The whole frame is resized to 224x224 without keeping the aspect ratio; small lesions lose detail. "
             "Some BUSI images carry calliper marks or text that a network may learn as a shortcut.",
             f"The 'malignant' operating threshold ({thr:.4f}, chosen on validation for sensitivity >= 0.90) flags "

@@ -8,7 +8,7 @@ Rules (issue 14):
   there, so its figures are optimistic).  A card metric counts as test data when its ``data``
   text does not mention "validation" and names the threshold value.  Where a card has more
   than one test set at the threshold (``cxr-pneumonia``: a patient split of the original
-  training data and the original Kermany test split of other patients), the one with the
+  training data and the original Kermany test split's persons never trained on), the one with the
   lowest specificity + sensitivity is quoted (the least favourable; for cxr-pneumonia the
   original test split, specificity 0.76, not the patient split's 1.0).
 * PPV / NPV at a stated prevalence: by default the prevalence of that test set (from the
