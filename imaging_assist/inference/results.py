@@ -170,14 +170,25 @@ def _stem(s: str) -> str:
     return s[:80] or "item"
 
 
-def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path) -> None:
+def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path, like=None) -> None:
+    """Write ``array_kji`` as NIfTI with ``affine_lps``.  ``like``: the Volume it lies on; when
+    that Volume was read from a NIfTI file (``nifti_transforms``) on the same grid, the file's
+    own qform and sform with their codes are written, so every tool places the result where it
+    places the input (a file whose two transforms disagree included)."""
     import nibabel as nib
 
     data = np.ascontiguousarray(np.transpose(array_kji, (2, 1, 0)))
     aff = LPS_TO_RAS @ np.asarray(affine_lps, float)
     img = nib.Nifti1Image(data, aff)
-    img.set_qform(aff, code=1)
-    img.set_sform(aff, code=1)
+    own = getattr(like, "nifti_transforms", None)
+    if own is not None and tuple(array_kji.shape[:3]) == tuple(like.array.shape[:3]) \
+            and np.allclose(np.asarray(affine_lps, float), np.asarray(like.affine, float), atol=1e-6):
+        (q, qc), (sf, sc) = own["qform"], own["sform"]
+        img.set_qform(q, code=int(qc))
+        img.set_sform(sf, code=int(sc))
+    else:
+        img.set_qform(aff, code=1)
+        img.set_sform(aff, code=1)
     nib.save(img, str(path))
 
 
@@ -305,7 +316,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
         else:
             f = f"{stem}_labels.nii.gz"
             dtype = np.uint8 if res.label_map.max(initial=0) < 256 else np.uint16
-            save_nifti(res.label_map.astype(dtype), affine, out_dir / f)
+            save_nifti(res.label_map.astype(dtype), affine, out_dir / f, like=volume)
         d["label_map"] = f
         if arr is not None:
             k = _key_slice(res)
@@ -322,7 +333,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
             np.save(out_dir / f, hm.array[0].astype(np.float32))
         else:
             f = base + ".nii.gz"
-            save_nifti(hm.array.astype(np.float32), affine, out_dir / f)
+            save_nifti(hm.array.astype(np.float32), affine, out_dir / f, like=volume)
         hd = hm.to_dict()
         hd["file"] = f
         if arr is not None:
@@ -341,7 +352,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
         if plain:
             save_label_png(region, out_dir / f)
         else:
-            save_nifti(region.astype(np.uint8), affine, out_dir / f)
+            save_nifti(region.astype(np.uint8), affine, out_dir / f, like=volume)
         er["label_map"] = f
         er["label_map_labels"] = {str(i + 1): n for i, n in enumerate(er.get("labels", []))}
     if isinstance(res, ClassificationResult) and arr is not None and not res.heatmaps:

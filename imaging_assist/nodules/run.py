@@ -175,7 +175,7 @@ def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: st
     aff = np.asarray(volume.affine, float)
     if run.label_map is not None:
         f = f"{stem}_nodules.nii.gz"
-        save_nifti(run.label_map, aff, out_dir / f)
+        save_nifti(run.label_map, aff, out_dir / f, like=volume)
         d["label_map"] = f
         for r, nd in zip(run.nodules, d["nodules"]):
             if not r.found:
@@ -187,7 +187,7 @@ def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: st
             d["key_images"].append(kf)
     for hm in run.heatmaps:
         f = f"{stem}_heat_{_stem(hm.label)}_gradcam.nii.gz"
-        save_nifti(hm.array.astype(np.float32), aff, out_dir / f)
+        save_nifti(hm.array.astype(np.float32), aff, out_dir / f, like=volume)
         k = int(np.argmax(hm.array.reshape(hm.array.shape[0], -1).max(1)))
         kf = f"{stem}_heat_{_stem(hm.label)}_key.png"
         overlay_png(volume.array[k], out_dir / kf, heat_slice=hm.array[k], volume=volume, k=k)

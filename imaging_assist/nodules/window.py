@@ -280,9 +280,23 @@ def volume_from_nifti(path) -> Volume:
         if np.any(pixdim < 0):
             warnings.append(f"negative NIfTI voxel size (pixdim {', '.join(f'{v:g}' for v in pixdim)}): "
                             "its absolute value is used, as nibabel and ITK do")
+    unit = str(hdr.get_xyzt_units()[0])
+    if unit in ("meter", "micron"):
+        # nibabel's affine is in the file's unit; a CT in metres or microns is not one to guess
+        raise WindowError(f"{path}: the NIfTI spatial unit is {unit}s (xyzt_units): only millimetres "
+                          "(or an unknown unit, taken as mm) are read")
     ras = np.asarray(img.affine, float)
     if not np.all(np.isfinite(ras)) or abs(float(np.linalg.det(ras[:3, :3]))) < 1e-9:
         raise WindowError(f"{path}: the NIfTI affine is unusable (NaN or degenerate)")
+    if codes[0] > 0 and codes[1] > 0:
+        # both transforms given: nibabel (and FSL) use the sform, ITK may use the qform; when
+        # they disagree the same file lands in two places, so say which one is used
+        q = np.asarray(img.get_qform(), float)
+        off = _transform_gap_mm(q, ras, data.shape[:3])
+        if off > 0.1:
+            warnings.append(f"the NIfTI qform (code {codes[0]}) and sform (code {codes[1]}) disagree by up to "
+                            f"{off:.1f} mm: the sform is used (as nibabel and FSL do; ITK-based tools may place "
+                            "this file by its qform); the label and heat-map files keep both")
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras
     m = lps[:3, :3]
     spacing = np.linalg.norm(m, axis=0)
@@ -301,11 +315,24 @@ def volume_from_nifti(path) -> Volume:
         warnings.append(f"{n_bad} voxel(s) are NaN or infinite: taken as outside the scan")
     n = direction[:, 2]
     origin = lps[:3, 3]
-    positions = np.array([float(np.dot(origin + n * spacing[2] * k, np.cross(direction[:, 0], direction[:, 1])))
-                          for k in range(arr.shape[0])])
-    return Volume(array=arr, spacing=tuple(float(s) for s in spacing), origin=tuple(float(v) for v in origin),
-                  direction=direction, modality="CT", units="HU", slice_positions=positions,
-                  warnings=warnings, description=path.name, source_paths=[str(path)])
+    normal = np.cross(direction[:, 0], direction[:, 1])
+    normal = normal / (np.linalg.norm(normal) or 1.0)  # in-plane axes need not be orthogonal
+    positions = np.array([float(np.dot(origin + n * spacing[2] * k, normal)) for k in range(arr.shape[0])])
+    vol = Volume(array=arr, spacing=tuple(float(s) for s in spacing), origin=tuple(float(v) for v in origin),
+                 direction=direction, modality="CT", units="HU", slice_positions=positions,
+                 warnings=warnings, description=path.name, source_paths=[str(path)])
+    # the file's own transforms and codes, for files written on its grid (results.save_nifti)
+    vol.nifti_transforms = {"qform": (np.asarray(img.get_qform(), float), codes[0]),
+                            "sform": (np.asarray(img.get_sform(), float), codes[1])}
+    return vol
+
+
+def _transform_gap_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
+    """The largest distance (mm) between where two voxel-to-world matrices put the corners of
+    a grid of ``shape``."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)]).T
+    return float(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0).max())
 
 
 def to_source_grid(window: Window, values: np.ndarray, volume: Volume, order: int) -> np.ndarray:
