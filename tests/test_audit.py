@@ -319,6 +319,7 @@ def planted_cr(tmp_path):
     ds = pydicom.dcmread(str(need(CR)), force=True)
     ds.PatientName, ds.PatientID, ds.AccessionNumber = PLANTED_NAME, PLANTED_ID, PLANTED_ACC
     ds.StudyInstanceUID, ds.SOPInstanceUID = PLANTED_STUDY, PLANTED_SOP
+    ds.ViewPosition = "AP"  # the view cxr-pneumonia was trained on (the file says PA)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID

@@ -82,9 +82,9 @@ def test_deidentified_pacs_batch_keeps_the_retrieved_originals_out_of_out(pacs_c
     de-identified, and no output under OUT carries the patient's id or name."""
     import pydicom
 
-    ds = pydicom.dcmread(DEMO_CXR / "cxr_03_pa.dcm", stop_before_pixels=True)
+    ds = pydicom.dcmread(DEMO_CXR / "cxr_02_ap.dcm", stop_before_pixels=True)  # an AP film: the card's view
     out = tmp_path / "out"
-    p = _run(["batch", "pacs://orthanc?PatientID=DEMO-CXR-0003", "--model", "cxr-pneumonia", "--out", str(out),
+    p = _run(["batch", "pacs://orthanc?PatientID=DEMO-CXR-0002", "--model", "cxr-pneumonia", "--out", str(out),
               "--deidentify", "--no-faithfulness"], check_rc=0)
     assert "Traceback" not in p.stderr
     (row,) = _rows(out)
@@ -95,5 +95,5 @@ def test_deidentified_pacs_batch_keeps_the_retrieved_originals_out_of_out(pacs_c
     assert any(f.name == "results.json" for f in files)
     for f in files:
         data = f.read_bytes()
-        for form in {"DEMO-CXR-0003", name, name.replace("^", " ")}:
+        for form in {"DEMO-CXR-0002", name, name.replace("^", " ")}:
             assert form.encode() not in data, f"{form!r} in {f.relative_to(out)}"
