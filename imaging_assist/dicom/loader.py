@@ -701,7 +701,8 @@ def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRe
                 f"gantry tilt: slices are sheared by {tilt:.1f} degrees"
                 + (f" (GantryDetectorTilt {gt})" if gt not in (None, "") else "")
                 + "; the affine keeps the true slice positions, slice views are exact, "
-                  "reformatted (MPR) views are shown in the sheared voxel grid")
+                  "reformatted (MPR) views are shown in the sheared voxel grid (rulers there measure "
+                  "between the acquired positions)")
             slice_dir = step / z_sp
         thickness = _pos_float(r0.get("SliceThickness"))
         if thickness and thickness < 0.95 * abs(med):
