@@ -48,3 +48,17 @@ def test_8_bit_min_is_white_tiff_is_shown_as_pillow_inverts_it(tmp_path):
     vol = read_image(p)
     assert vol.photometric == "MONOCHROME2"
     np.testing.assert_array_equal(vol.array[0], 255 - a)
+
+
+def test_a_bmp_is_analysed_like_the_viewer_opens_it(tmp_path):
+    """analyze said "nothing matches the model" for a BMP the viewer opens."""
+    from PIL import Image
+
+    from imaging_assist.cli import main
+
+    a = _stored()
+    Image.fromarray(a).save(tmp_path / "film.bmp")
+    vol = read_image(tmp_path / "film.bmp")
+    np.testing.assert_array_equal(vol.array[0], a)
+    rc = main(["analyze", str(tmp_path / "film.bmp"), "--model", "cxr-lung-seg", "--out", str(tmp_path / "out")])
+    assert rc in (0, 1) and (tmp_path / "out" / "results.json").is_file()

@@ -346,7 +346,7 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
                 size_notes.append(note)
     datasets = {}
     keyed: list[tuple[Slot, tuple]] = []
-    lut_notes: list[str] = []
+    lut_notes: list[tuple[int, str]] = []  # (record, path) of files with a Modality LUT and a rescale
     for ri, r in enumerate(recs):
         if _needs_pydicom_header(r):
             try:
@@ -383,7 +383,7 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
             except (AttributeError, IndexError, TypeError, ValueError):
                 lut_type = ""
             if has_rescale:
-                lut_notes.append(r.display_path)
+                lut_notes.append((ri, r.display_path))
         for fr in range(r.frames):
             keyed.append((Slot(rec=ri, frame=fr, ipp=_vec(r.get("ImagePositionPatient"), 3),
                                iop=_vec(r.get("ImageOrientationPatient"), 6),
@@ -416,10 +416,11 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
     for n, (k, slots) in enumerate(sorted(by_key.items())):
         plan = _plan_stack(series, recs, slots, datasets, geo_warnings)
         plan.warnings.extend(size_notes[:3])
-        if lut_notes:
-            plan.warnings.append(f"{lut_notes[0]}" + (f" and {len(lut_notes) - 1} more file(s)" if len(lut_notes) > 1
-                                                      else "") + " hold both a Modality LUT and RescaleSlope/"
-                                 "Intercept (the standard allows one): the Modality LUT is applied, the rescale ignored")
+        mine = [path for ri, path in lut_notes if any(s.rec == ri for s in slots)]
+        if mine:
+            plan.warnings.append(f"{mine[0]}" + (f" and {len(mine) - 1} more file(s)" if len(mine) > 1 else "")
+                                 + " hold both a Modality LUT and RescaleSlope/Intercept (the standard allows "
+                                   "one): the Modality LUT is applied, the rescale ignored")
         if spacing_split:
             plan.warnings.insert(0, "frames have different pixel sizes (PixelSpacing " + ", ".join(
                 f"{a / 1000:g}x{b / 1000:g}" if a >= 0 else "none" for _, a, b in spacing_split[:4])

@@ -1,4 +1,4 @@
-"""Plain 2D images (PNG, JPEG, TIFF) as :class:`~imaging_assist.volume.Volume` objects.
+"""Plain 2D images (PNG, JPEG, TIFF, BMP) as :class:`~imaging_assist.volume.Volume` objects.
 
 They have no DICOM geometry: ``has_geometry`` is False, spacing is (1, 1, 1) in *pixels*,
 so segmentation areas are reported in pixels, never in mm².  Pixels are kept on the stored
@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import UserError
 from ..volume import Volume
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # the viewer opens BMP too
 
 
 class ImageReadError(UserError):
