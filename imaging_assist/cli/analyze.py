@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     a = subparsers.add_parser(
         "analyze", help="run a model on DICOM series or plain images and write DIR/results.json")
     a.add_argument("path", metavar="PATH", help="DICOM file/folder, image file or folder of "
-                                                "PNG/JPEG/TIFF images")
+                                                "PNG/JPEG/TIFF/BMP images")
     a.add_argument("--model", required=True, metavar="ID", help="model id or model folder")
     a.add_argument("--explain", nargs="?", const="gradcam", default=None, metavar="METHOD",
                    help="explain with gradcam (default), ig, saliency or occlusion")
