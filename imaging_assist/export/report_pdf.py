@@ -536,16 +536,18 @@ def _findings(item: dict, card) -> list[dict]:
 
 
 def _withheld_reason(item: dict) -> str:
+    """Every reason a decision is withheld (outside the training data, a research override)."""
+    reasons = []
     ood = item.get("ood") if isinstance(item.get("ood"), dict) else None
     if ood and ood.get("flagged"):
-        return OOD_TEXT.lower()
+        reasons.append(OOD_TEXT.lower())
     d = item.get("decision") if isinstance(item.get("decision"), dict) else {}
     if d.get("withheld_reason"):
-        return str(d["withheld_reason"])
+        reasons.append(str(d["withheld_reason"]))
     for v in (item.get("decisions") or {}).values():
         if isinstance(v, dict) and isinstance(v.get("withheld"), str):
-            return v["withheld"]
-    return ""
+            reasons.append(v["withheld"])
+    return "; ".join(dict.fromkeys(reasons))
 
 
 def _sizes(item: dict) -> dict | None:
@@ -653,7 +655,9 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
     ood = it.get("ood") if isinstance(it.get("ood"), dict) else None
     warnings = list(dict.fromkeys([str(w) for w in (it.get("warnings") or [])]
                                   + [str(w) for w in (it.get("explanation_region") or {}).get("warnings", [])]
-                                  + [str(w) for h in it.get("heatmaps") or [] for w in h.get("warnings") or []]))
+                                  + [str(w) for h in it.get("heatmaps") or [] for w in h.get("warnings") or []]
+                                  + [f"{x.get('id')}: {w}" for x in it.get("nodules") or [] if isinstance(x, dict)
+                                     for w in x.get("warnings") or []]))
     entry = {
         "model": str(mid), "model_version": _s(it.get("model_version")), "task": _s(it.get("task")),
         "model_name": getattr(card, "name", "") if card is not None else "",
@@ -672,6 +676,21 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
         "nodules": _nodule_rows(it, deidentify),
     }
     return key, header, entry
+
+
+def _models_behind(item) -> list[str]:
+    """Model ids an item's printed numbers come from besides its own model."""
+    if not isinstance(item, dict):
+        return []
+    out = []
+    er = item.get("explanation_region")
+    if isinstance(er, dict) and isinstance(er.get("model"), str):
+        out.append(er["model"])
+    for x in item.get("nodules") or []:
+        models = x.get("models") if isinstance(x, dict) else None
+        if isinstance(models, dict):  # model id -> version of the models that ran
+            out += [str(k) for k in models]
+    return [m for m in dict.fromkeys(out) if m and m != item.get("model")]
 
 
 def _growth_text(g, deidentify: bool = False) -> str:
@@ -694,14 +713,16 @@ def _nodule_rows(item: dict, deidentify: bool = False) -> list[dict]:
             continue
         f = lambda v, fmt: "-" if v is None else format(float(v), fmt)  # noqa: E731
         dec = x.get("decision") if isinstance(x.get("decision"), dict) else {}
+        ood = x.get("ood") if isinstance(x.get("ood"), dict) else {}
         if x.get("p_malignant") is None:
             mal = "-"
         elif dec.get("withheld"):
-            mal = f"{float(x['p_malignant']):.2f} (decision withheld)"
+            mal = f"{float(x['p_malignant']):.3f} (decision withheld)"
         else:
             t = x.get("threshold")
-            mal = f"{float(x['p_malignant']):.2f}" + (
-                "" if t is None else f" {'>=' if float(x['p_malignant']) >= float(t) else '<'} {float(t):g}")
+            above = t is not None and float(x["p_malignant"]) >= float(t)
+            mal = f"{float(x['p_malignant']):.3f}" + (
+                "" if t is None else f" {'>=' if above else '<'} {float(t):g}: {'positive' if above else 'negative'}")
         c = x.get("center_lps") or x.get("point_lps") or []
         rows.append({"id": str(x.get("id")), "found": bool(x.get("found")), "reason": str(x.get("reason") or ""),
                      "where": ", ".join(f"{float(v):.1f}" for v in c),
@@ -709,7 +730,9 @@ def _nodule_rows(item: dict, deidentify: bool = False) -> list[dict]:
                      "axes": "-" if x.get("long_axis_mm") is None else
                      f"{float(x['long_axis_mm']):.1f} x {float(x['short_axis_mm']):.1f}",
                      "hu": f(x.get("mean_hu"), ".0f"), "density": str(x.get("density") or "-"),
-                     "malignancy": mal, "growth": _growth_text(x.get("growth"), deidentify)})
+                     "malignancy": mal, "growth": _growth_text(x.get("growth"), deidentify),
+                     "ood": ood if ood.get("flagged") else None,
+                     "decision_text": "" if dec.get("withheld") else str(dec.get("text") or "")})
     return rows
 
 
@@ -766,6 +789,13 @@ def build_report(results_json: dict, *, volumes: dict | None = None,
             studies[key] = {"header": header, "items": []}
             study_order.append(key)
         studies[key]["items"].append(entry)
+        # cards of the other models whose numbers this item prints (the nodule pair, the
+        # explanation's region model): listed under "Models used" with their limitations
+        for mid in _models_behind(it):
+            if mid not in card_objs:
+                card_objs[mid] = _card_for(mid, cards)
+                if card_objs[mid] is not None:
+                    card_sums[mid] = card_summary(card_objs[mid], sums.get(mid))
     _capture_left[0] = CAPTURE_LIMIT_BYTES  # the captured views are consumed by this report
     meas = [_measurement_row(m) for m in measurements or []]
     created = results_json.get("created")
@@ -1128,7 +1158,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
             isinstance(thr, (int, float)) else ""
         doc.box(f"{OOD_TEXT}{extra}: no decision is given."
                 + (f" {reasons}" if reasons else ""))
-    if e.get("research_override") and not e.get("ood_flagged"):
+    if e.get("research_override"):
         ro = e["research_override"]
         doc.box("Research override: the model card does not fit this input ("
                 + "; ".join(str(r) for r in (ro.get("reasons") or [])) + "): no decision is given.")
@@ -1174,6 +1204,17 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
                    if r["found"] else [r["id"], r["where"], "not found", "", "", "", r["reason"]]
                    for r in e["nodules"]], [16, 34, 20, 26, 16, 20, 50])
         for r in e["nodules"]:
+            if r.get("ood"):  # the window is unlike the training nodules: the row may not be a nodule
+                o = r["ood"]
+                score, thr = o.get("score"), o.get("threshold")
+                extra = f" (score {score:.3g}, limit {thr:.3g})" if isinstance(score, (int, float)) and \
+                    isinstance(thr, (int, float)) else ""
+                doc.box(f"{r['id']}: {OOD_TEXT}{extra}: the outline and measurements may not describe a "
+                        "nodule, and no decision is given." + (" " + "; ".join(str(x) for x in o.get("reasons") or [])
+                                                              if o.get("reasons") else ""))
+        for r in e["nodules"]:
+            if r.get("decision_text"):
+                doc.para(f"{r['id']}: malignancy {r['decision_text']}.", 7.5, False, (70, 70, 70))
             if r.get("growth"):
                 doc.para(f"Growth of {r['id']} {r['growth']}.", 8, False)
         if any(r.get("growth") for r in e["nodules"]):
