@@ -42,6 +42,8 @@ def register(subparsers) -> None:
                                                         "thresholded label)")
     a.add_argument("--bootstrap", type=int_at_least(100), default=1000, metavar="N",
                    help="bootstrap resamples for the intervals (1000)")
+    a.add_argument("--force-small-site-threshold", dest="force", action="store_true",
+                   help=f"save a site threshold even from fewer than {MIN_SITE_POSITIVES} positive patients")
     a.add_argument("--save-site-threshold", action="store_true",
                    help="save the target-sensitivity threshold as this site's operating point "
                         "(the app then uses it and says so)")
@@ -82,6 +84,9 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+MIN_SITE_POSITIVES = 20  # positive patients below which a site threshold is not saved (unless forced)
+
+
 def _save_site(report: dict, args, out_dir) -> dict:
     from ..models.registry import Registry
     from ..models.site import save_site_threshold, site_text
@@ -92,8 +97,18 @@ def _save_site(report: dict, args, out_dir) -> dict:
     if op.get("threshold") is None:
         raise UserError(f"no site threshold saved: {op.get('note', 'no threshold')}")
     card = Registry().get(args.model).card
+    label = report["positive_label"]
+    if label not in (card.thresholds or {}):
+        # a threshold on another label would add a second decision to every run (and the
+        # prediction log, and the drift monitor, would follow that label's score instead)
+        raise UserError(f"no site threshold saved: the card decides on {', '.join(card.thresholds) or 'no label'}, "
+                        f"not {label}; evaluate with --positive {next(iter(card.thresholds), label)}")
     ov = op["overall"]
     n = report["data"]["n_clusters"]
+    pos = ov.get("n_positive_clusters", ov.get("n_positive"))
+    if isinstance(pos, int) and pos < MIN_SITE_POSITIVES and not getattr(args, "force", False):
+        raise UserError(f"no site threshold saved: {pos} positive {report['data']['cluster_unit']} are too few to "
+                        f"set a threshold on (at least {MIN_SITE_POSITIVES})")
     path, entry = save_site_threshold(
         card, report["positive_label"], op["threshold"], n,
         sensitivity=ov["sensitivity"]["value"], specificity=ov["specificity"]["value"],

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import math
 import os
 import re
 import tempfile
@@ -99,7 +100,7 @@ def save_site_threshold(card, label: str, threshold: float, n_studies: int, *,
         d = {"schema_version": SCHEMA_VERSION, "model": card.id, "versions": [],
              "replaced_unreadable": str(e)[:200]}
     version = 1 + max((_int(v.get("version")) for v in d["versions"] if isinstance(v, dict)), default=0)
-    entry = {"version": version, "label": label, "threshold": round(float(threshold), 6),
+    entry = {"version": version, "label": label, "threshold": math.floor(float(threshold) * 1e6) / 1e6,  # down: never above the chosen score
              "n_studies": int(n_studies), "date": date or _dt.date.today().isoformat(),
              "sensitivity": sensitivity, "specificity": specificity,
              "target_sensitivity": target_sensitivity, "data": data, "evaluation": evaluation,
@@ -169,6 +170,8 @@ def effective_thresholds(card) -> tuple[dict, dict[str, str]]:
     and {label: note} to show beside each decision (the site text, or why the card's is used)."""
     site, notes = site_thresholds(card)
     th = dict(card.thresholds)
+    # only in place of the card's own: a point for another label would add a decision to every run
+    site = {lab: t for lab, t in site.items() if lab in th}
     th.update(site)
     out_notes = {lab: t.note for lab, t in site.items()}
     if notes:

@@ -391,6 +391,15 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
     ref_flag = (float(np.mean(np.asarray(rv["ood_score"]) > ood_thr))
                 if rv.get("ood_score") and ood_thr is not None else None)
     ref_pos = ((ref or {}).get("rates") or {}).get("positive")
+    # expected positive rate: the reference's scores at the threshold runs use NOW (a site
+    # threshold saved by evaluate replaces the card's, which the stored rate was measured at)
+    if rv.get("score") and card.thresholds:
+        from ..models.site import effective_thresholds
+
+        lab = next(iter(card.thresholds))
+        used = effective_thresholds(card)[0].get(lab)
+        if used is not None:
+            ref_pos = float(np.mean(np.asarray(rv["score"], float) >= float(used.threshold)))
     t = runs["time_unix"]
     for wi, (a, b) in enumerate(_windows(t, kind, size)):
         sl = slice(a, b)

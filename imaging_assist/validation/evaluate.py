@@ -335,7 +335,9 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
     n_neg = n - n_pos
     n_cl = len(set(clusters)) if clusters is not None else n
     strata = y if (n_pos and n_neg) else None
+    cl = np.asarray(clusters) if clusters is not None else np.arange(n)
     out: dict = {"n": n, "n_positive": n_pos, "n_negative": n_neg, "n_clusters": n_cl,
+                 "n_positive_clusters": len(set(cl[y == 1].tolist())),
                  "prevalence": round(n_pos / n, 4) if n else None, "threshold": round(float(threshold), 6),
                  "too_small": n < MIN_GROUP}
     no_pos = "undefined: no positive case"
@@ -344,6 +346,11 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
     auc = E.roc_auc(y, p) if not one_class else float("nan")
     out["AUC"] = _val(auc, one_class, None if one_class else
                       _ci(E.roc_auc, y, p, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed))
+    if not one_class and auc in (0.0, 1.0):
+        # every resample gives the same perfect ranking: [1, 1] would claim certainty
+        out["AUC"].pop("ci95", None)
+        out.setdefault("ci_notes", []).append(f"no interval for AUC {auc:g}: a bootstrap cannot widen a "
+                                              "perfect ranking, which is not certainty")
     se, sp = E.sens_spec(y, p, threshold)
     if n_pos or n_neg:
         se_ci, sp_ci, how = E.sens_spec_ci(y, p, threshold, clusters=clusters, seed=seed, n_boot=n_boot)
@@ -365,12 +372,20 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
     out["specificity"] = _val(sp, no_neg, sp_ci)
     out["sens_spec_ci_method"] = how
     ppv, npv = E.predictive_values(y, p, threshold)
+    called = p >= threshold
     for name, v, which, why in (("PPV", ppv, 0, "undefined: nothing called positive"),
                                 ("NPV", npv, 1, "undefined: nothing called negative")):
         ci = None
-        if np.isfinite(v):
+        if np.isfinite(v) and v in (0.0, 1.0):
+            # 0/n or n/n: the bootstrap collapses to a point; Wilson on the patients called
+            # positive (PPV) / negative (NPV), as for sensitivity and specificity
+            k = len(set(cl[called if which == 0 else ~called].tolist()))
+            ci = E.wilson_ci(int(round(v * k)), k)
+        elif np.isfinite(v):
+            # not stratified by label: the data are a sample of a population whose prevalence
+            # varies too (a label-stratified resample holds it fixed and narrows the interval)
             ci = _ci(lambda a, b, _w=which: E.predictive_values(a, b, threshold)[_w], y, p,
-                     clusters=clusters, strata=strata, n_boot=n_boot, seed=seed + 2 + which)
+                     clusters=clusters, strata=None, n_boot=n_boot, seed=seed + 2 + which)
         out[name] = _val(v, why, ci)
     rel = E.reliability(y, p)
     out["ECE"] = _val(rel.ece, "undefined: no cases", _ci(lambda a, b: E.reliability(a, b).ece, y, p,
@@ -416,17 +431,44 @@ def sensitivity_gap(y, p, groups, threshold: float, clusters=None, n_boot: int =
         return None
     order = sorted(sens, key=lambda k: (sens[k], k))
     lo, hi = order[0], order[-1]  # two different groups even when all sensitivities are equal
+    out = {"groups": [hi, lo], "value": round(sens[hi] - sens[lo], 4), "ci95": None,
+           "sensitivity": {hi: round(sens[hi], 4), lo: round(sens[lo], 4)}}
+    if len(sens) == 2:  # the pair is not chosen from the data: its bootstrap interval holds
 
-    def stat(a, b, c):
-        s1 = E.sens_spec(a[c == hi], b[c == hi], threshold)[0]
-        s2 = E.sens_spec(a[c == lo], b[c == lo], threshold)[0]
-        return s1 - s2
+        def stat(a, b, c):
+            s1 = E.sens_spec(a[c == hi], b[c == hi], threshold)[0]
+            s2 = E.sens_spec(a[c == lo], b[c == lo], threshold)[0]
+            return s1 - s2
 
-    strata = np.char.add(g, y.astype(str))  # keeps each group's positives in every resample
-    ci = _ci(stat, y, p, g, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed)
-    return {"groups": [hi, lo], "value": round(sens[hi] - sens[lo], 4),
-            "ci95": [round(ci[0], 4), round(ci[1], 4)] if ci else None,
-            "sensitivity": {hi: round(sens[hi], 4), lo: round(sens[lo], 4)}}
+        strata = np.char.add(g, y.astype(str))  # keeps each group's positives in every resample
+        ci = _ci(stat, y, p, g, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed)
+        out["ci95"] = [round(ci[0], 4), round(ci[1], 4)] if ci else None
+        return out
+    # More groups: the highest and lowest are picked after seeing the data, so an interval of
+    # their difference would exclude 0 far more often than 5% of the time when every group has
+    # the same sensitivity (an audit measured 38% with 6 equal groups).  Instead, a permutation
+    # test of "every group has the same sensitivity": the positive patients' group labels
+    # shuffled, the largest gap recomputed.
+    pos = y == 1
+    keep = pos & np.isin(g, list(sens))
+    cl = np.asarray(clusters)[keep] if clusters is not None else np.arange(int(keep.sum()))
+    gp, pp = g[keep], p[keep] >= threshold
+    units, first = np.unique(cl, return_index=True)
+    unit_of = np.searchsorted(units, cl)
+    unit_group = gp[first]
+
+    def gap_of(groups_of_rows):
+        rates = [pp[groups_of_rows == k].mean() for k in sens if (groups_of_rows == k).any()]
+        return max(rates) - min(rates) if len(rates) > 1 else 0.0
+
+    obs = gap_of(unit_group[unit_of])
+    rng = np.random.default_rng(seed)
+    more = sum(gap_of(rng.permutation(unit_group)[unit_of]) >= obs - 1e-12 for _ in range(n_boot))
+    out["p_value_equal_sensitivity"] = round((1 + more) / (1 + n_boot), 4)
+    out["note"] = (f"the largest of the gaps between {len(sens)} groups, picked after seeing the data: no "
+                   "interval; p_value_equal_sensitivity is a permutation test (positive patients' groups "
+                   "shuffled) that every group has the same sensitivity")
+    return out
 
 
 def segmentation_metrics(dice_values, hd_values, clusters=None, n_boot=1000, seed=0,
@@ -569,7 +611,8 @@ def evaluate(data, model_id: str, labels_csv, group_by=(), target_sensitivity: f
                  "matched_by": table.key_col, "n_matched": len(cases), "n_analysed": len(ok),
                  "n_failed": len(failed), "n_clusters": len(set(ids)), "cluster_unit": kind},
         "ci_method": (f"percentile bootstrap, {n_boot:,} resamples of whole {kind} (stratified by "
-                      f"label); sensitivity/specificity as in the cards (Wilson when each {kind[:-1]} "
+                      f"label; PPV/NPV not stratified, Wilson on the {kind} when 0 or 1; no interval for an "
+                      f"AUC of 0 or 1); sensitivity/specificity as in the cards (Wilson when each {kind[:-1]} "
                       "has one image)") if clustered else
                      (f"percentile bootstrap, {n_boot:,} resamples of images (one image per "
                       f"{kind[:-1]}); sensitivity/specificity: Wilson score interval"),
@@ -602,7 +645,9 @@ def _classification_part(card, ok, pos, group_by, cl, n_boot, seed, flagged, has
         ops["site"] = {"threshold": saved.threshold, "source": saved.note}
     if y.sum() > 0:
         t = E.threshold_for_sensitivity(y, p, target)
-        ops["target_sensitivity"] = {"threshold": round(t, 6), "target": target,
+        # rounded DOWN: the threshold is the score of the boundary positive case, and rounding up
+        # would turn it negative (the target missed about half the time)
+        ops["target_sensitivity"] = {"threshold": math.floor(t * 1e6) / 1e6, "target": target,
                                      "source": "chosen on this data (optimistic on this data)"}
     else:
         notes = "no positive case: no threshold for a target sensitivity"

@@ -122,6 +122,9 @@ def _group_table(doc, sub: dict, seg: bool, unit: str = "mm"):
     gap = sub.get("largest_sensitivity_gap")
     if gap:
         ci = f" (95% CI {gap['ci95'][0]:.3f} to {gap['ci95'][1]:.3f})" if gap.get("ci95") else ""
+        if gap.get("p_value_equal_sensitivity") is not None:
+            ci = (f" (picked among the groups after seeing the data; permutation test of equal sensitivity: "
+                  f"p = {gap['p_value_equal_sensitivity']:.3g})")
         doc.para(f"Largest sensitivity gap: {gap['groups'][0]} vs {gap['groups'][1]} = "
                  f"{gap['value']:.3f}{ci}", 8.5)
 
