@@ -1081,7 +1081,7 @@ class SliceView(QWidget):
             self._cursor_text = f"({i}, {j})  {vs}"
             lps = ""
             if self.vol.has_geometry:
-                x, y, z = self.vol.index_to_lps(i, j, k)
+                x, y, z = self.vol.acquired_lps(k, j, i)  # each slice where it was acquired (uneven gaps)
                 lps = f"   LPS ({x:.1f}, {y:.1f}, {z:.1f}) mm"
             self.cursorInfo.emit(f"x {i}  y {j}  slice {k + 1}   value {vs}{lps}")
         self.update()
