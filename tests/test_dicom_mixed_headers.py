@@ -268,3 +268,19 @@ def test_pixels_that_are_not_square_are_said(tmp_path):
     _edit(_files(folder)[0], lambda ds: (delattr(ds, "PixelSpacing"), setattr(ds, "PixelAspectRatio", [2, 1])))
     vol = _load(folder)
     assert any("PixelAspectRatio 2:1" in w for w in vol.warnings), vol.warnings
+
+
+def test_images_with_different_file_windows_name_the_image_whose_window_is_offered(tmp_path):
+    """One File window per series, the middle image's: the viewer called it the file's window
+    on every image (the GE series opens on an image whose own window is W 100, shown W 85)."""
+    folder = _series(tmp_path, n=4)
+    for k, p in enumerate(_files(folder)):
+        _edit(p, lambda ds, k=k: (setattr(ds, "WindowCenter", 40), setattr(ds, "WindowWidth", 100 + 50 * k)))
+    vol = _load(folder)
+    names = [p.name for p in vol.window_presets if p.source == "dicom"]
+    assert names == ["File window (image 3)"], names
+    assert any("4 different file windows" in w for w in vol.warnings), vol.warnings
+    same = _series(tmp_path / "same", n=3)
+    for p in _files(same):
+        _edit(p, lambda ds: (setattr(ds, "WindowCenter", 40), setattr(ds, "WindowWidth", 400)))
+    assert [p.name for p in _load(same).window_presets if p.source == "dicom"] == ["File window"]

@@ -1001,7 +1001,17 @@ class SeriesLoader:
                      source_paths=sorted({r.display_path for r in p.records}))
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
         vol.loaded = np.zeros(n, dtype=bool)
-        vol.window_presets = display.presets_for(vol, p.slots[len(p.slots) // 2].window)
+        mid = len(p.slots) // 2
+        vol.window_presets = display.presets_for(vol, p.slots[mid].window)
+        # one file window per series, the middle image's: when the images carry different ones
+        # (per-image windows, enhanced frames' Frame VOI LUT), the preset names its image
+        kinds = {(tuple(map(str, s.window[0])), tuple(map(str, s.window[1]))) if s.window else None for s in p.slots}
+        if len(kinds) > 1:
+            for wp in vol.window_presets:
+                if wp.source == "dicom" and wp.name.startswith("File window"):
+                    wp.name += f" (image {mid + 1})"
+            vol.warnings.append(f"the images carry {len(kinds)} different file windows (WindowCenter/Width): "
+                                f"the File window preset is image {mid + 1}'s")
         rec0 = p.records[p.slots[0].rec]
         if rec0.fast and "VOILUTSequence" not in rec0.flags:
             # the header walk kept PresentationLUTShape: no pydicom header needed (native CT
