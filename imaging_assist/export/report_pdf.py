@@ -1202,7 +1202,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
                    "Malignant (threshold)"],
                   [[r["id"], r["where"], r["volume"], r["axes"], r["hu"], r["density"], r["malignancy"]]
                    if r["found"] else [r["id"], r["where"], "not found", "", "", "", r["reason"]]
-                   for r in e["nodules"]], [16, 34, 20, 26, 16, 20, 50])
+                   for r in e["nodules"]], [28, 32, 18, 24, 14, 18, 48])  # ids like "LIDC-IDRI-0001 N1" whole
         for r in e["nodules"]:
             if r.get("ood"):  # the window is unlike the training nodules: the row may not be a nodule
                 o = r["ood"]
