@@ -128,7 +128,7 @@ def test_tampering_is_found_at_the_first_broken_line(trail, tamper, bad_line, wo
 
 
 def test_deleting_or_restarting_the_whole_trail_is_found(trail):
-    p = _fill(3)
+    _fill(3)
     for f in audit.audit_dir().iterdir():  # the whole audit folder, head included
         f.unlink()
     ok, line, reason = audit.verify()
