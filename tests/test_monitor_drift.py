@@ -155,3 +155,37 @@ def test_metadata_drift_and_since_on_logged_rows(tmp_path, monkeypatch):
     assert rep2["models"][0]["n_runs"] == 100
     assert rep2["models"][0]["windows"][0]["readers"]["corrections"] == {"n": 0, "median_dice_vs_prediction": None}
     plog.close_all()
+
+
+def test_a_site_threshold_sets_the_expected_positive_rate(tmp_path, monkeypatch):
+    """Runs decided at a saved site threshold were compared with the positive rate the reference
+    had at the card's threshold: a false alert on in-distribution data (an audit: 50.6% against
+    72.9%). The expected rate is now the reference's scores at the threshold in use."""
+    import sys
+
+    import numpy as np
+
+    from conftest import ROOT
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.models.site import save_site_threshold
+    from imaging_assist.monitoring.reference import load_reference
+
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "config"))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_log import synthetic_rows
+
+    card = Registry().get("cxr-pneumonia").card
+    ref = load_reference(card)
+    site = float(np.quantile(ref["values"]["score"], 0.5))  # far from the card's 0.7477
+    save_site_threshold(card, "pneumonia", site, 50, data="test")
+    rows = [dict(r) for r in synthetic_rows(ref, card, 400, 2.0)[:200]]  # unshifted
+    for i, r in enumerate(rows):
+        r["time_unix"] = 1_800_000_000 + i * 60.0
+        r["positive"] = int(r["score"] >= site)
+    lg = plog.open_log()
+    lg.add_runs(rows)
+    rep = drift.monitor("cxr-pneumonia", window="200", log=lg, record_alerts=False)
+    pr = rep["models"][0]["windows"][0]["output"]["positive_rate"]
+    assert not [a for a in rep["alerts"] if a["statistic"] == "output.positive_rate"], pr
+    plog.close_all()

@@ -398,7 +398,7 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
 
         lab = next(iter(card.thresholds))
         used = effective_thresholds(card)[0].get(lab)
-        if used is not None:
+        if used is not None and float(used.threshold) != float(card.thresholds[lab].threshold):
             ref_pos = float(np.mean(np.asarray(rv["score"], float) >= float(used.threshold)))
     t = runs["time_unix"]
     for wi, (a, b) in enumerate(_windows(t, kind, size)):
