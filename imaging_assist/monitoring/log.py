@@ -331,7 +331,7 @@ def _pseudonyms(volume, res) -> tuple[str | None, str | None]:
     return key, pkey
 
 
-def _score_and_decision(res, card_labels=()) -> tuple[float | None, int | None, str | None]:
+def _score_and_decision(res) -> tuple[float | None, int | None, str | None]:
     """One number per run for the output-drift plots: the probability of the (first) label
     the card has a threshold for, else the top probability; ``positive`` from its decision."""
     probs = getattr(res, "probabilities", None)
@@ -339,9 +339,7 @@ def _score_and_decision(res, card_labels=()) -> tuple[float | None, int | None, 
         return None, None, None
     decs = getattr(res, "decisions", None) or {}
     top = max(probs, key=probs.get)
-    # the card's decision label first (a decision added for another label must not switch the
-    # logged score from one label's probability to another's)
-    for lab, d in sorted(decs.items(), key=lambda kv: kv[0] not in card_labels):
+    for lab, d in decs.items():
         if isinstance(d, dict) and lab in probs:
             # a decision withheld (OOD) has no "positive" -> None, never a silent negative
             pos = d.get("positive")
@@ -371,8 +369,7 @@ def row_from_result(model, volume, res, pseudonymise: bool = True) -> dict:
     sp = getattr(res, "spacing", None)
     key, pkey = _pseudonyms(volume, res) if pseudonymise else (None, None)
     ood = getattr(res, "ood", None) or {}
-    card = getattr(model, "card", None)
-    score, pos, top = _score_and_decision(res, tuple(getattr(card, "thresholds", None) or ()))
+    score, pos, top = _score_and_decision(res)
     areas = None
     if getattr(res, "task", "") == "segmentation" or hasattr(res, "voxel_counts"):
         areas = {k: v for k, v in (("volume_ml", getattr(res, "volume_ml", None)),
