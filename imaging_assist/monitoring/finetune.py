@@ -63,8 +63,15 @@ def cases_from_csv(data: Path, labels_csv: Path, labels: list[str]) -> list[dict
             p = Path(data) / row["file"]
             if not p.is_file():
                 raise UserError(f"{labels_csv} line {i}: {p} not found")
-            out.append({"path": p, "label": lab, "patient": (row.get("patient_id") or "").strip() or f"file:{row['file']}"})
+            out.append({"path": p, "label": lab, **csv_patient(row)})
     return out
+
+
+def csv_patient(row: dict) -> dict:
+    """A CSV case's patient: its ``patient_id`` column, else the file (its own patient until
+    :func:`gather_cases` finds its DICOM Patient ID)."""
+    pid = (row.get("patient_id") or "").strip()
+    return {"patient": pid or f"file:{row['file']}", "patient_id": pid}
 
 
 def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[dict]:
@@ -232,7 +239,70 @@ def gather_cases(data, labels_csv, from_feedback: bool, from_csv, from_log, what
         if k not in seen:
             seen.add(k)
             uniq.append(c)
+    for c, name in zip(uniq, patient_groups(uniq, Path(data))):
+        c["patient"] = name
     return uniq
+
+
+def patient_groups(cases: list[dict], data: Path) -> list[str]:
+    """One patient name per case, shared by every case of one patient however it came in, and
+    the same with any site key (so the split is).
+
+    A CSV row names its patient in clear (``patient_id``; without it the DICOM file's Patient
+    ID, else its series, else the file); the log's feedback names it by keyed pseudonym only
+    (``runs.patient_key``: the Patient ID's, else the series' or the file's, see
+    ``monitoring.log._pseudonyms``). Each case's pseudonym is computed as the log computes it,
+    cases sharing one are one patient, and the group is named by what does not depend on the
+    key: its smallest CSV patient id, else its first file (relative to ``data``). Before, a
+    patient given in the CSV and met again in the feedback was two patients (both parts of the
+    split could hold them), and the names (pseudonyms) made the split differ with each site key."""
+    from ..privacy.sitekey import pseudonym
+
+    parent = list(range(len(cases)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict = {}
+    for i, c in enumerate(cases):
+        if "patient_id" not in c:  # from the log: its patient pseudonym
+            key = c["patient"]
+        elif c["patient_id"]:
+            key = pseudonym(c["patient_id"], "patient-id")
+        else:
+            key = _logged_patient_key(Path(c["path"]))
+        j = owner.setdefault(key, i)
+        parent[root(i)] = root(j)
+    names: dict = {}
+    for i, c in enumerate(cases):
+        try:
+            rel = Path(c["path"]).resolve().relative_to(Path(data).resolve()).as_posix()
+        except ValueError:
+            rel = str(Path(c["path"]).resolve())
+        name = (0, c["patient_id"]) if c.get("patient_id") else (1, f"file:{rel}")
+        names[root(i)] = min(names.get(root(i), name), name)
+    return [names[root(i)][1] for i in range(len(cases))]
+
+
+def _logged_patient_key(p: Path) -> str:
+    """The patient pseudonym the prediction log stores for file ``p`` (``log._pseudonyms``):
+    of the DICOM Patient ID, else of the series UID, else of the resolved path."""
+    from ..privacy.sitekey import pseudonym
+
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"])
+        pid = str(ds.get("PatientID", "") or "").strip()
+        uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    except Exception:  # noqa: BLE001 - not DICOM
+        pid = uid = ""
+    if pid:
+        return pseudonym(pid, "patient-id")
+    return pseudonym(uid, "uid") if uid else pseudonym(str(p.resolve()), "file")
 
 
 def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: dict, ood_block: dict | None,

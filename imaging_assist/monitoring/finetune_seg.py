@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .finetune import csv_patient
 
 # The model's own data under the shared data folder: replay images (non-test rows) and the
 # original test split (rows of predictions.csv with this ``set``); mask value -> label index.
@@ -73,7 +74,7 @@ def cases_from_csv(data: Path, labels_csv: Path) -> list[dict]:
             for q in (p, m):
                 if not q.is_file():
                     raise UserError(f"{labels_csv} line {i}: {q} not found")
-            out.append({"path": p, "mask": m, "patient": (row.get("patient_id") or "").strip() or f"file:{row['file']}"})
+            out.append({"path": p, "mask": m, **csv_patient(row)})
     return out
 
 
