@@ -79,3 +79,38 @@ def test_corner_text_is_readable_over_white_pixels(qtbot):
     text, ground = np.percentile(box, 99), np.median(box)
     ratio = (text + 0.05) / (ground + 0.05)
     assert ratio >= 4.5, f"text {text:.2f} over {ground:.2f}: contrast {ratio:.1f}:1"
+
+
+def test_image_number_names_the_instance_number_where_it_differs(tmp_path_factory):
+    """Images are stacked by position; a series numbered the other way round (feet first) shows
+    each image's own InstanceNumber beside its place in the stack, as the PACS and reports cite it."""
+    import pydicom
+
+    from conftest import CT_PHANTOM, need
+
+    src = sorted(need(CT_PHANTOM).glob("*"))[:6]
+    d = tmp_path_factory.mktemp("reversed")
+    z = {}
+    for f in src:
+        ds = pydicom.dcmread(str(f))
+        z[f.name] = float(ds.ImagePositionPatient[2])
+    order = sorted(z, key=z.get)  # the stack's order (lowest z first)
+    for k, name in enumerate(order):
+        ds = pydicom.dcmread(str(next(f for f in src if f.name == name)))
+        ds.InstanceNumber = 100 - k
+        ds.save_as(str(d / name))
+    w = open_window(tmp_path_factory, str(d))
+    view = w.view_area.single
+    lines = []
+    for k in range(6):
+        w.doc.set_index(0, k)
+        view.repaint()
+        line = view.annotation_text()["tr"][-1]
+        lines.append(line)
+    n0 = int(lines[0].split("(Inst ")[1].rstrip(")"))
+    assert lines[0].startswith("Im 1 / 6") and lines[5].startswith("Im 6 / 6"), lines
+    # each image's own number, whichever end of the stack the numbering started from
+    assert [int(s.split("(Inst ")[1].rstrip(")")) for s in lines] in ([100 - k for k in range(6)],
+                                                                      [95 + k for k in range(6)]), lines
+    assert n0 in (100, 95)
+    w.close()

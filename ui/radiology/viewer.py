@@ -727,7 +727,14 @@ class SliceView(QWidget):
             tr.append(f"{self.plane.name.capitalize()} {self.index + 1} / {self.n_slices}")
         else:
             label = "Fr" if vol.is_cine else "Im"
-            tr.append(f"{label} {self.index + 1} / {self.n_slices}")
+            line = f"{label} {self.index + 1} / {self.n_slices}"
+            # the image's own number (what the PACS and a report cite) where it differs from
+            # the position in the stack, which is in slice-position order (OHIF's "I: n (k/N)")
+            inst = str(g("InstanceNumber", "") or "").strip()
+            if (inst and inst != str(self.index + 1) and self.plane.axis == 0 and rec is not None
+                    and getattr(rec, "frames", 1) <= 1):
+                line += f"  (Inst {inst})"
+            tr.append(line)
         slab = self.slab_lines()
         bl = list(slab)
         if vol.has_geometry:
