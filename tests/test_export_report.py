@@ -161,6 +161,15 @@ def test_report_text_on_every_page_and_renders(two_studies_pdf, ct_volume, tmp_p
     assert "a warning of the run" in text and "a note of the run" in text
     assert "Intended use" in text and "832fb6c153983e79" in text.replace(" ", "")
     assert "imaging-assist" in text
+    # each page's header names its own study; the run's notes and the cards (after the last
+    # study) are headed as page 1 ("2 studies"), not with the last study's patient
+    hd = rep["studies"][-1]["header"]
+    last = " · ".join(x for x in (hd.get("patient_name"), hd.get("patient_id"), hd.get("study_date")) if x)
+    assert last and "2 studies" not in last
+    first_run_page = next(n for n, t in enumerate(pages) if "Notes of the run" in t)
+    assert last in pages[first_run_page - 1].splitlines()[0]
+    for t in pages[first_run_page:]:
+        assert "2 studies" in t.splitlines()[0] and last not in t, t[:300]
     # rendering: pdftoppm draws every page
     pngs = render_pages(pdf, tmp_path / "png")
     assert len(pngs) == len(pages)

@@ -1293,6 +1293,12 @@ def write_report_pdf(report: dict, out_path, *, page_size: str = "A4") -> Path:
                         f"({type(ex).__name__}: {_one_line(ex)})")
     if not studies:
         doc.para("Nothing was analysed.", 10, True)
+    if len(studies) > 1 and (report.get("measurements") or report.get("warnings") or report.get("cards")
+                             or report.get("missing_cards")):
+        # what follows belongs to the whole run: on pages of their own, headed as page 1, never
+        # under the last study's patient (a reader would file those pages with that patient)
+        doc.header_line = hl or "Imaging Assist report"
+        p.add_page()
     if report.get("measurements"):
         doc.heading("Measurements in the viewer")
         doc.table(["Kind", "Series", "Slice", "Value", "Spacing from"],
