@@ -37,6 +37,12 @@ def building(what: str):
     except (ValueError, TypeError) as e:
         text = " ".join(str(e).split())[:200] or type(e).__name__
         raise DicomExportError(f"{what} not written: {text}") from None
+    except (AttributeError, KeyError, IndexError) as e:
+        # a library's assumption about the source the source does not meet (highdicom reading
+        # functional groups of a multi-frame image that has none): one line, not a traceback
+        text = " ".join(str(e).split())[:160]
+        raise DicomExportError(f"{what} not written: the source lacks what the writer needs "
+                               f"({type(e).__name__}: {text})") from None
 
 
 def dicom_text(text, limit: int = 1024, backslash: bool = True) -> str:

@@ -33,16 +33,32 @@ LAB_CYAN = (77.0, -27.0, -33.0)  # CIELab of the viewer's measurement colour #4f
 GRAPHIC_KINDS = ("ruler", "angle", "arrow", "polygon", "freehand", "rectangle", "ellipse", "text")
 
 
-def _objects(m, cols: int, rows: int) -> tuple[list, list]:
+ELLIPSE_VERTICES = 72  # an ellipse that leaves the image is written as its outline, clipped
+
+
+def _objects(m, cols: int, rows: int, warnings: list | None = None) -> tuple[list, list]:
     """(graphic objects, text objects) of one measurement, in PIXEL units."""
     import highdicom as hd
 
     P = hd.pr.AnnotationUnitsValues.PIXEL
     pts = np.asarray(m.points, float) + 0.5
+    if m.kind == "ellipse":
+        (u0, v0), (u1, v1) = pts[0], pts[1]
+        if min(u0, u1) < 0 or min(v0, v1) < 0 or max(u0, u1) > cols or max(v0, v1) > rows:
+            # clipping its box would move the centre and swap the axes (another ellipse): the
+            # outline as a closed polyline, cut at the edge, is the part of the ellipse shown
+            t = np.linspace(0.0, 2 * np.pi, ELLIPSE_VERTICES, endpoint=False)
+            cu, cv, ru, rv = (u0 + u1) / 2, (v0 + v1) / 2, abs(u1 - u0) / 2, abs(v1 - v0) / 2
+            pts = np.stack([cu + ru * np.cos(t), cv + rv * np.sin(t)], axis=1)
+            m = _Outline(m, "polygon")
     # highdicom (rightly) refuses coordinates off the image: a point dragged past the edge is
-    # drawn on the edge
+    # drawn on the edge, and the label says the line is cut there
+    clipped = bool(((pts[:, 0] < 0) | (pts[:, 0] > cols) | (pts[:, 1] < 0) | (pts[:, 1] > rows)).any())
     pts[:, 0] = np.clip(pts[:, 0], 0.0, float(cols))
     pts[:, 1] = np.clip(pts[:, 1], 0.0, float(rows))
+    if clipped and warnings is not None:
+        warnings.append(f"GSPS: measurement {m.id} ({m.kind}) reaches past the image: drawn cut at its edge, "
+                        "the values are those of the whole measurement")
     graphics, texts = [], []
     if m.kind in ("ruler", "angle"):
         graphics.append(hd.pr.GraphicObject("POLYLINE", pts, P))
@@ -69,9 +85,84 @@ def _objects(m, cols: int, rows: int) -> tuple[list, list]:
     elif lines:
         right = float(min(pts[:, 0].max() + 4.0, cols))
         top = float(pts[:, 1].min())
+        if clipped:
+            lines = lines + ["(drawn cut at the image edge)"]
         texts.append(hd.pr.TextObject(dc.dicom_text("; ".join(lines), backslash=False), P, anchor_point=(right, top),
                                       anchor_point_visible=False))
     return graphics, texts
+
+
+class _Outline:
+    """A measurement seen as another kind (its values and id kept)."""
+
+    def __init__(self, m, kind: str):
+        self._m, self.kind = m, kind
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+
+def _lut_kwargs(volume, datasets, multiframe: bool, warnings: list) -> dict:
+    """The Modality and VOI LUT arguments of highdicom's GSPS where it cannot take them from the
+    multi-frame source itself (it reads functional groups only):
+
+    * a multi-frame image without functional groups (XA/US/NM cine): the file's own rescale
+      (else the identity) and its own window (else the viewer's automatic window, said);
+    * an enhanced image whose frames carry their rescale per frame: that rescale when every
+      frame has the same (a presentation state holds one, PS3.3 C.11.1), else refused in one line."""
+    import highdicom as hd
+
+    if not multiframe:
+        return {}
+    ds = datasets[0]
+    if "SharedFunctionalGroupsSequence" in ds:
+        pf = ds.get("PerFrameFunctionalGroupsSequence") or []
+        pvt = [it.PixelValueTransformationSequence[0] for it in pf if it.get("PixelValueTransformationSequence")]
+        if not pvt:
+            return {}
+        found = {(float(x.get("RescaleSlope", 1) or 1), float(x.get("RescaleIntercept", 0) or 0),
+                  str(x.get("RescaleType", "") or "")) for x in pvt}
+        if len(pvt) != len(pf) or len(found) > 1:
+            raise dc.DicomExportError(
+                f"presentation state not written: the frames of this image have {len(found)} different rescales "
+                f"({len(pvt)} of {len(pf)} frames give one); a presentation state holds one for all")
+        slope, icpt, rtype = found.pop()
+        return {"modality_lut_transformation": hd.ModalityLUTTransformation(
+            rescale_intercept=icpt, rescale_slope=slope, rescale_type=rtype or "US")}
+    kw = {"modality_lut_transformation": hd.ModalityLUTTransformation(
+        rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0), rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
+        rescale_type=str(ds.get("RescaleType", "") or "US"))}
+    c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+    first = (lambda v: float(v[0]) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else float(v))
+    if c is not None and w is not None:
+        center, width, why = first(c), first(w), None
+    else:
+        from ..display import default_window
+
+        win = default_window(volume)
+        center, width = float(win.center), float(win.width)
+        why = f"GSPS: the image has no window of its own: the viewer's automatic window (C {center:g} W {width:g}) is written"
+    if width <= 0:
+        raise dc.DicomExportError(f"presentation state not written: the image's window width {width:g} is not positive")
+    if why:
+        warnings.append(why)
+    kw["voi_lut_transformations"] = [hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width)]
+    return kw
+
+
+def _pixel_aspect(ps, volume) -> None:
+    """The displayed area's Presentation Pixel Aspect Ratio (row spacing : column spacing, PS3.3
+    C.10.4) of the image as the viewer shows it; highdicom always writes 1:1, which would show
+    non-square pixels square."""
+    from fractions import Fraction
+
+    sx, sy = (float(v) for v in tuple(volume.spacing)[:2])
+    if not (sx > 0 and sy > 0) or abs(sy / sx - 1.0) < 1e-6:
+        return
+    r = Fraction(sy / sx).limit_denominator(10000)
+    for item in ps.DisplayedAreaSelectionSequence:
+        if "PresentationPixelAspectRatio" in item:
+            item.PresentationPixelAspectRatio = [r.numerator, r.denominator]
 
 
 def build_presentation_state(volume, measurements, *, warnings: list | None = None, datasets=None,
@@ -97,7 +188,7 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
         if m.kind not in GRAPHIC_KINDS:
             warnings.append(f"GSPS: measurement {m.id} ({m.kind}) is not exported")
             continue
-        g, t = _objects(m, cols, rows)
+        g, t = _objects(m, cols, rows, warnings)
         if not g and not t:
             continue
         acc = per_slice.setdefault(int(m.index), ([], []))
@@ -121,7 +212,9 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
             series_number=series_number or dc.series_number_after(datasets, 6), sop_instance_uid=dc.new_uid(),
             instance_number=1, content_label="MEASUREMENTS",
             content_description="Measurements and annotations; not for clinical use",
-            graphic_layers=[layer], graphic_annotations=annotations, **dc.equipment_kwargs())
+            graphic_layers=[layer], graphic_annotations=annotations,
+            **_lut_kwargs(volume, datasets, multiframe, warnings), **dc.equipment_kwargs())
+    _pixel_aspect(ps, volume)
     ps.SeriesDescription = dc.described("Measurements and annotations (presentation state)")
     dc.finalize(ps, datasets)
     dc.add_laterality(ps, datasets)  # General Series Laterality, Type 2C (dciodvfy)
