@@ -413,6 +413,11 @@ def test_gui_demo_opens_first_series_and_runs_its_models(qapp, tmp_path_factory,
     mp.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path_factory.mktemp("cfg")))
     try:
         Registry().add_folder(toy_models)
+        # the toy lung segmenter is TorchScript (a program): this new user folder trusts it, as
+        # `imaging-assist models trust toy-lung-seg` would; untrusted, the demo skips it
+        from imaging_assist.models.trust import trust
+
+        trust(toy_models / "lungs")
         # what `imaging-assist demo` does with a display (ui/app.run_gui(..., run_models=True))
         from imaging_assist_ui.app import make_app
         from imaging_assist_ui.main_window import MainWindow

@@ -128,10 +128,14 @@ def test_real_zoo_bundles_run_without_code(tmp_path):
     bd = bundle_code(BUNDLES / "breast_density_classification")
     assert any(i.text == "scripts.createList.CreateImageLabelList" and not i.runs for i in bd)
     endo = [i for i in bundle_code(BUNDLES / "endoscopic_tool_segmentation") if i.runs]
-    assert sorted((i.key, i.kind) for i in endo) == [
+    # its code needs trust, and trusted, its config is parsed as written: ConfigParser then
+    # runs the top-level "$import"s too (listed as running)
+    imports = [i for i in endo if i.kind == "import"]
+    assert imports and all(i.key.startswith("imports::") for i in imports), [str(i) for i in imports]
+    assert sorted((i.key, i.kind) for i in endo if i.kind != "import") == [
         ("postprocessing::transforms::2::_target_", "target"),
         ("postprocessing::transforms::2::func", "expression")], [str(i) for i in endo]
-    assert endo[1].text == "$lambda x : x[1:]"
+    assert [i.text for i in endo if i.kind == "expression"] == ["$lambda x : x[1:]"]
 
 
 @need_bundles
@@ -893,3 +897,130 @@ def test_bundle_license_that_is_endless_is_read_only_in_part(tmp_path):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     assert derive_card(b).license
     assert (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024 < 200
+
+
+_WRITES_A_FILE = '''
+import torch
+
+
+class WritesAFileWhenLoaded(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.ones(2, 1)
+
+    def forward(self, x):
+        return x.mean((2, 3)) @ self.w.t()
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.w, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]):
+        t = torch.from_file(MARKER, True, 16, dtype=torch.uint8)
+        t.fill_(65)
+        self.w = state[0] + t[:1].float().sum() * 0  # used, so the compiler keeps the write
+        self.training = state[1]
+'''
+
+
+def _scripted_file_writer(tmp_path: Path, marker: Path, name: str):
+    """A scripted module whose load writes ``marker`` (its path a literal of the script's source)."""
+    import importlib.util
+
+    src = tmp_path / f"{name}.py"
+    src.write_text(_WRITES_A_FILE.replace("MARKER", repr(str(marker))))
+    spec = importlib.util.spec_from_file_location(name, src)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return torch.jit.script(mod.WritesAFileWhenLoaded())
+
+
+def test_torchscript_weights_are_a_program_and_load_only_when_trusted(tmp_path, capsys):
+    """A TorchScript model copied from elsewhere runs code as it is loaded (here it writes a
+    file): it counts as code, is refused in one line until `models trust`, and trust covers the
+    exact bytes; a TorchScript model this program built itself is trusted as it is written."""
+    from imaging_assist.cli import main
+    from imaging_assist.models import trust as tr
+    from imaging_assist.models.build import save_model_folder
+    from imaging_assist.models.errors import ModelTrustError
+    from imaging_assist.models.registry import Registry
+
+    marker = tmp_path / "written"
+    lib = tmp_path / "lib"
+    folder = lib / "ts"
+    folder.mkdir(parents=True)
+    _scripted_file_writer(tmp_path, marker, "writer1").save(str(folder / "model.ts"))
+    assert not marker.exists()
+    card = {"id": "ts-demo", "name": "TorchScript from elsewhere", "version": "1", "task": "classification",
+            "modality": ["CR", "DX"], "spatial_dims": 2, "format": "torchscript",
+            "weights": [{"file": "model.ts", "sha256": hashlib.sha256((folder / "model.ts").read_bytes()).hexdigest()}],
+            "labels": ["a", "b"], "input": {"channels": 1, "size": [8, 8]}, "license": "x", "intended_use": "x",
+            "not_for_clinical_use": True, "data": {"training": "x", "validation": "x"}}
+    (folder / "model.json").write_text(json.dumps(card))
+    reg = Registry([(lib, "added")])
+    e = reg.verify_entry(reg.get(str(folder)))
+    assert e.contains_code is True and e.trusted is False and e.runnable_without_prompt is False
+    with pytest.raises(ModelTrustError) as ei:
+        reg.load(str(folder))
+    assert "\n" not in str(ei.value) and "TorchScript" in str(ei.value) and "models trust ts-demo" in str(ei.value)
+    assert not marker.exists()
+    # models show lists it as code that runs
+    capsys.readouterr()
+    assert main(["models", "show", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "TorchScript program" in out and "never run" not in out
+    # trusted: it loads (and its code runs, as the user accepted)
+    assert main(["models", "trust", str(folder), "--yes"]) == 0
+    assert reg.load(str(folder)).kind == "torchscript" and marker.exists()
+    marker.unlink()
+    # other bytes under the same card hash -> not the trusted model any more
+    _scripted_file_writer(tmp_path, Path(str(marker) + "2"), "writer2").save(str(folder / "model.ts"))
+    card["weights"][0]["sha256"] = hashlib.sha256((folder / "model.ts").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(card))
+    assert tr.is_trusted(folder) is False
+    with pytest.raises(ModelTrustError):
+        reg.load(str(folder))
+    assert not Path(str(marker) + "2").exists()
+    # built here: trusted as written, and it loads
+    own = save_model_folder(tmp_path / "own", dict(card, id="ts-own"), torch.nn.Conv2d(1, 2, 1).eval(),
+                            fmt="torchscript", example_input=torch.zeros(1, 1, 8, 8))
+    assert tr.is_trusted(own) and reg.load(str(own)).kind == "torchscript"
+
+
+def test_trust_records_what_was_shown_not_what_the_folder_holds_later(tmp_path):
+    from imaging_assist.models import trust as tr
+    from imaging_assist.models.errors import ModelTrustError
+
+    b = _spleen(tmp_path) if BUNDLES.exists() else None
+    need(BUNDLES)
+    shown = tr.bundle_hash(b)
+    _edit_config(b, lambda d: d.__setitem__("network", "$@network_def.to(@device)"))  # swapped while asking
+    with pytest.raises(ModelTrustError) as ei:
+        tr.trust(b, expect=shown)
+    assert "changed while you were deciding" in str(ei.value) and tr.is_trusted(b) is False
+    assert len(tr.trust(b, expect=tr.bundle_hash(b))) == 64 and tr.is_trusted(b)
+
+
+@need_bundles
+def test_a_bundle_that_needs_trust_lists_its_top_level_imports_as_code_that_runs(tmp_path, monkeypatch):
+    """Trusted, a bundle's inference config is parsed as written and ConfigParser runs every
+    ``$import`` in it: the trust prompt lists them as running, and they do run."""
+    from imaging_assist.models import trust as tr
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.bundle_code import bundle_code
+    from imaging_assist.models.loaders import load_model
+
+    marker = tmp_path / "imported"
+    mod = tmp_path / "pymods"
+    mod.mkdir()
+    (mod / "evil_bundle_mod_x2.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\n")
+    monkeypatch.syspath_prepend(str(mod))
+    b = _spleen(tmp_path)
+    _edit_config(b, lambda d: d["imports"].append("$import evil_bundle_mod_x2")
+                 or d["inferer"].__setitem__("roi_size", "$[96, 96, 96]"))
+    imp = [i for i in bundle_code(b) if "evil_bundle_mod_x2" in i.text]
+    assert imp and all(i.runs for i in imp)
+    tr.trust(b)
+    load_model(derive_card(b))
+    assert marker.exists()

@@ -67,12 +67,18 @@ def _registry():
 
 # =========================================================================== code and trust
 def _code_items(e) -> list:
-    """The code a model folder contains (file, key, text), found without running anything."""
+    """The code a model folder contains (file, key, text), found without running anything;
+    TorchScript weights are one item (a program, run as it is loaded)."""
     if e.card is None or not getattr(e, "contains_code", False):
         return []
-    from ..models.bundle_code import bundle_code
+    from ..models.bundle_code import CodeItem, bundle_code
+    from ..models.registry import is_program
 
-    return list(bundle_code(e.folder))
+    items = list(bundle_code(e.folder)) if e.card.is_bundle else []
+    if is_program(e.card):
+        items.append(CodeItem(str(e.card.weights[0].file), "", "TorchScript program: its code runs when it is "
+                              "loaded (it can read and write files as you)", "torchscript", True))
+    return items
 
 
 def _code_lines(items, mid: str, indent: str = "  ", everything: bool = False) -> list[str]:
@@ -200,7 +206,13 @@ def cmd_models_trust(args) -> int:
         print(f"{e.id} contains no code: nothing to trust (it runs as it is)")
         return 0
     print(f"{e.id} ({e.folder})")
-    print("\n".join(_code_lines(_code_items(e), e.id)))
+    # what is trusted is what was shown: the folder's hash before and after listing its code,
+    # checked again when the trust is recorded
+    shown = _trust.bundle_hash(e.folder)
+    lines = _code_lines(_code_items(e), e.id)
+    if _trust.bundle_hash(e.folder) != shown:
+        raise UserError(f"{e.id}: the model folder {e.folder} changed while it was being listed; nothing was trusted")
+    print("\n".join(lines))
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError(f"trusting {e.id} lets its code run as you: confirm with --yes "
@@ -208,7 +220,7 @@ def cmd_models_trust(args) -> int:
         if not _confirm(f"Run this code whenever {e.id} is used?"):
             print("not trusted")
             return 1
-    digest = _trust.trust(e.folder)
+    digest = _trust.trust(e.folder, expect=shown)
     print(f"trusted {e.id}: weights and configs sha256 {digest}")
     return 0
 

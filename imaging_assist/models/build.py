@@ -42,4 +42,10 @@ def save_model_folder(folder: str | Path, card: dict, network: torch.nn.Module,
     card["weights"] = [{"file": name, "sha256": sha256_file(folder / name)}]
     validate_card(card, folder)
     (folder / CARD_FILE).write_text(json.dumps(card, indent=2), encoding="utf-8")
+    if fmt == "torchscript":
+        # TorchScript is a program and loads only when trusted (loaders._require_trust_for_program);
+        # the one written here is the network this process just ran, so it is trusted as written
+        from .trust import trust
+
+        trust(folder)
     return folder

@@ -405,6 +405,14 @@ def bundle_code(folder: str | Path) -> list[CodeItem]:
     if meta_runs:  # the inference config refers to @_meta_::...: metadata items run too
         metadata_items = [CodeItem(i.file, i.key, i.text, i.kind, True) for i in metadata_items]
     items.extend(metadata_items)
+    if any(i.runs for i in items):
+        # a bundle that needs trust runs, once trusted, its inference config as written with its
+        # metadata (bundle.parse_bundle), and ConfigParser executes every "$import" of both as it
+        # parses them, used or not: they run too, and the trust prompt must not say otherwise
+        inf_rel = inf.relative_to(folder).as_posix()
+        items = [CodeItem(i.file, i.key, i.text, i.kind, True)
+                 if (not i.runs and i.kind == "import" and i.file in (inf_rel, "configs/metadata.json")) else i
+                 for i in items]
     for sub in ("configs", "scripts"):
         root = folder / sub
         if root.is_dir():

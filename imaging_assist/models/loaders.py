@@ -93,10 +93,12 @@ def _read(path: Path) -> bytes | None:
             raise ModelLoadError(f"weights {path} is larger ({st.st_size / 2**30:.1f} GiB) than the "
                                  f"limit of {MAX_WEIGHTS_BYTES / 2**30:.1f} GiB for a model")
         with open(path, "rb") as f:
-            data = f.read(MAX_WEIGHTS_BYTES + 1)
-        if len(data) > MAX_WEIGHTS_BYTES:  # grew while being read
-            raise ModelLoadError(f"weights {path} is larger than the limit of "
-                                 f"{MAX_WEIGHTS_BYTES / 2**30:.1f} GiB for a model")
+            # the size from stat, plus one byte to see growth: read(n) reserves n bytes first,
+            # so asking for the limit reserved 3 GiB for every small file
+            data = f.read(st.st_size + 1)
+        if len(data) != st.st_size:  # grew or shrank while being read
+            raise ModelLoadError(f"weights {path} changed size while being read; try again when "
+                                 "nothing is writing it")
         return data
     except FileNotFoundError:
         return None
@@ -204,6 +206,7 @@ def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedMod
         net_def, bundle_rt = parse_bundle(card.folder, plan, trusted, "cpu")
         notes.extend(bundle_rt.notes)
         if wf.file.endswith(".ts"):
+            _require_trust_for_program(card, hashes)
             net = _load_torchscript(data, f"{card.id}: {wf.file}")
             kind = "torchscript"
         else:
@@ -240,6 +243,7 @@ def load_model(card: ModelCard, device: str | torch.device = "cpu") -> LoadedMod
         wf = card.weights[0]
         data = read_verified(card, wf)
         hashes[wf.file] = hashlib.sha256(data).hexdigest()
+        _require_trust_for_program(card, hashes)
         net = _load_torchscript(data, f"{card.id}: {wf.file}")
         kind = "torchscript"
     else:  # validated in card.py; kept for a clear message if a new format is added there only
@@ -289,6 +293,25 @@ def _bundle_plan(card: ModelCard, hashes: dict[str, str]):
         f"nothing of it was run. If you trust it, look at it with `imaging-assist models show "
         f"{card.id}` and mark this exact bundle as trusted with `imaging-assist models trust "
         f"{card.id}`")
+
+
+def _require_trust_for_program(card: ModelCard, hashes: dict[str, str]) -> None:
+    """TorchScript weights are a program: loading one runs its code (``__setstate__`` can
+    read and write files), so it loads only when the user trusted this exact model folder
+    (card, configs and the verified weights bytes hashed, as for a bundle's code). A model
+    this program built itself (``build.save_model_folder``) is trusted as it is written."""
+    from .trust import config_hash, is_trusted
+
+    weights = dict(hashes)
+    for wf in card.weights:
+        if wf.file not in weights:
+            weights[wf.file] = sha256_file(card.folder / wf.file) if (card.folder / wf.file).is_file() else "missing"
+    if is_trusted(card.folder, weights, config_hash(card.folder)):
+        return
+    raise ModelTrustError(
+        f"model {card.id}: its weights {card.weights[0].file} are TorchScript, a program that runs when it is "
+        f"loaded (it can read and write files); nothing of it was run. If you trust it, mark this exact model "
+        f"as trusted with `imaging-assist models trust {card.id}`, or convert it to safetensors")
 
 
 def _load_torchscript(data: bytes, what: str) -> nn.Module:

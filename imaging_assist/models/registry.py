@@ -80,7 +80,7 @@ class ModelEntry:
         if self._trusted is None:
             from .trust import is_trusted
 
-            self._trusted = bool(self.card is not None and self.card.is_bundle
+            self._trusted = bool(self.card is not None and (self.card.is_bundle or is_program(self.card))
                                  and is_trusted(self.folder))
         return self._trusted
 
@@ -191,12 +191,15 @@ class Registry:
 
     def get(self, id_or_path: str) -> ModelEntry:
         p = Path(id_or_path).expanduser()
-        if os.sep in id_or_path or p.is_dir():
+        # a path when it looks like one, or names a model folder here; a data folder in the
+        # current folder that happens to share a model's id is not taken for the model
+        if os.sep in id_or_path or (p.is_dir() and is_model_folder(p)):
             if not p.is_dir() or not is_model_folder(p):
                 raise UserError(f"{id_or_path} is not a model folder (no {CARD_FILE} or MONAI bundle)")
-            card = read_card(p)
-            return ModelEntry(p.resolve(), "path", card=card,
-                              contains_code=bundle_contains_code(p) if card.is_bundle else False)
+            e = _entry(p.resolve(), "path")
+            if e.card is None:
+                raise UserError(e.error)
+            return e
         all_e = self.entries()
         for e in all_e:
             if e.card is not None and e.card.id == id_or_path and e.shadowed_by is None:
@@ -228,5 +231,14 @@ def _entry(folder: Path, source: str) -> ModelEntry:
         card = read_card(folder)
     except UserError as e:
         return ModelEntry(folder, source, error=str(e))
-    code = bundle_contains_code(folder) if card.is_bundle else False
+    code = (bundle_contains_code(folder) if card.is_bundle else False) or is_program(card)
     return ModelEntry(folder, source, card=card, contains_code=code)
+
+
+def is_program(card) -> bool:
+    """True when the weights are TorchScript: a program that runs as it is loaded (its
+    ``__setstate__`` methods can read and write files), so it needs the user's trust like a
+    bundle's code, whatever the card says."""
+    # a bundle's first weights file is loaded with torch.jit when it ends in .ts (loaders.load_model)
+    return card.format == "torchscript" or (card.is_bundle and bool(card.weights)
+                                            and str(card.weights[0].file).endswith(".ts"))

@@ -1,4 +1,4 @@
-"""Which MONAI bundles the user trusts to run their code, by hash.
+"""Which MONAI bundles (and TorchScript models: a program) the user trusts to run their code, by hash.
 
 A bundle's code (see :mod:`.bundle_code`) runs only when the user marked *that exact
 bundle* as trusted (``imaging-assist models trust ID``).  What is hashed:
@@ -98,12 +98,11 @@ def config_hash(folder: str | Path, overrides: dict[str, bytes] | None = None) -
 
 
 def weights_hashes(folder: str | Path) -> dict[str, str]:
-    """{file: sha256} of the weights files of the bundle's card."""
-    from .bundle import derive_card
-
+    """{file: sha256} of the weights files of the folder's card (a bundle's, or a TorchScript
+    model's ``model.json``)."""
     folder = Path(folder)
     out = {}
-    for wf in derive_card(folder).weights:
+    for wf in _card(folder).weights:
         p = folder / wf.file
         try:
             out[wf.file] = _sha256(p)
@@ -125,6 +124,15 @@ def bundle_hash(folder: str | Path, weights: dict[str, str] | None = None,
     for f in sorted(weights):
         h.update(f"{f}\0{weights[f]}\n".encode())
     return h.hexdigest()
+
+
+def _card(folder: Path):
+    """The folder's card, as the registry reads it (``registry.read_card``; not imported, the
+    registry imports this module)."""
+    from .bundle import derive_card, is_bundle
+    from .card import load_card
+
+    return derive_card(folder) if is_bundle(folder) else load_card(folder)
 
 
 # --------------------------------------------------------------------------- the store
@@ -186,12 +194,14 @@ def is_trusted(folder: str | Path, weights: dict[str, str] | None = None,
     return any(r.get("hash") == h for r in recs)
 
 
-def trust(folder: str | Path) -> str:
-    """Mark the bundle, as it is now (configs + weights), as trusted; returns its hash."""
-    from .bundle import derive_card
+def trust(folder: str | Path, expect: str | None = None) -> str:
+    """Mark the bundle, as it is now (configs + weights), as trusted; returns its hash.
 
+    ``expect``: the hash of what the user was shown (:func:`bundle_hash` before asking); when
+    the folder changed since, nothing is trusted (a config swapped while the prompt waited would
+    otherwise be trusted unseen)."""
     folder = Path(folder).resolve()
-    card = derive_card(folder)
+    card = _card(folder)
     w = weights_hashes(folder)
     missing = [f for f, v in w.items() if v == "missing"]
     if missing:
@@ -199,6 +209,9 @@ def trust(folder: str | Path) -> str:
                               "bundle can be trusted")
     ch = config_hash(folder)
     h = bundle_hash(folder, w, ch)
+    if expect is not None and h != expect:
+        raise ModelTrustError(f"{card.id}: the model folder {folder} changed while you were deciding; "
+                              "nothing was trusted: look at it again")
     d = _read_store(True)
     d["bundles"] = [b for b in d["bundles"] if isinstance(b, dict)
                     and b.get("hash") != h and b.get("folder") != str(folder)]
