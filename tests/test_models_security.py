@@ -1024,3 +1024,39 @@ def test_a_bundle_that_needs_trust_lists_its_top_level_imports_as_code_that_runs
     tr.trust(b)
     load_model(derive_card(b))
     assert marker.exists()
+
+
+@need_bundles
+def test_a_class_named_by_string_is_code_unless_it_is_monais_own(tmp_path):
+    """PatchInferer(merger_cls="x") makes MONAI import "x" by name (pydoc.locate): any module's
+    top level would run while a "code-free" bundle loads. Named classes other than MONAI's own
+    mergers are code (need trust); "AvgMerger" is not."""
+    from imaging_assist.models.bundle import derive_card
+    from imaging_assist.models.bundle_code import bundle_code
+    from imaging_assist.models.errors import ModelTrustError
+    from imaging_assist.models.loaders import load_model
+
+    b = _spleen(tmp_path)
+    _edit_config(b, lambda d: d.__setitem__("inferer", {"_target_": "PatchInferer", "merger_cls": "this"}))
+    items = [i for i in bundle_code(b) if i.kind == "class by name"]
+    assert [(i.key, i.runs) for i in items] == [("inferer::merger_cls", True)], [str(i) for i in items]
+    with pytest.raises(ModelTrustError):
+        load_model(derive_card(b))
+    _edit_config(b, lambda d: d["inferer"].__setitem__("merger_cls", "AvgMerger"))
+    assert not [i for i in bundle_code(b) if i.kind == "class by name"]
+
+
+def test_a_card_cannot_make_the_network_download_or_read_files(tmp_path):
+    """MONAI's HoVerNet downloads ``pretrained_url`` in its constructor: a plain card naming it
+    (or any file/URL/class-by-name argument) is refused before anything is built."""
+    from imaging_assist.models.architectures import build_network
+    from imaging_assist.models.errors import ArchitectureError
+
+    arch = {"library": "monai", "name": "HoVerNet",
+            "kwargs": {"pretrained_url": "http://127.0.0.1:9/w.pth", "in_channels": 3, "out_classes": 2}}
+    with pytest.raises(ArchitectureError) as e:
+        build_network(arch, "hover")
+    assert "pretrained_url" in str(e.value) and "\n" not in str(e.value)
+    for k, v in (("weights_path", "/etc/passwd"), ("output_dir", "/tmp"), ("merger_cls", "this")):
+        with pytest.raises(ArchitectureError):
+            build_network({"library": "monai", "name": "UNet", "kwargs": {k: v}}, "u")

@@ -101,6 +101,15 @@ def _maker(arch: dict, model_id: str = ""):
             raise ArchitectureError(
                 f"{who}architecture.kwargs.{k} must be false or absent: imaging-assist never "
                 "downloads weights, they come from the model folder")
+    from .bundle_code import _class_by_name, _file_arg  # the bundle check's rule, one definition
+
+    for k, v in kwargs.items():
+        # HoVerNet(pretrained_url=...) downloads in its constructor (even on the meta device),
+        # PatchInferer-like *_cls arguments import by name: a card's network is its kwargs only
+        if isinstance(k, str) and v not in (None, False, "", [], {}) and (_file_arg(k) or _class_by_name(k, v)):
+            raise ArchitectureError(
+                f"{who}architecture.kwargs.{k}: a card's network is built from plain values only, "
+                "never from files, URLs or classes named by string (weights come from the model folder)")
     if lib == "torchvision":
         import torchvision.models as tvm
 

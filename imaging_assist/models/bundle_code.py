@@ -267,6 +267,10 @@ class _Walk:
                     self.add(_join(key, "_debug_"), str(node["_debug_"]), "mode", runs(key))
                 if not disabled:
                     for k, v in node.items():
+                        if isinstance(k, str) and _class_by_name(k, v):
+                            # MONAI imports it by name (PatchInferer(merger_cls="x") calls
+                            # pydoc.locate("x"): any module is imported, its top level runs)
+                            self.add(_join(key, k), f"{k}={v}", "class by name", runs(key))
                         if (isinstance(k, str) and k not in _SPECIAL_KEYS and _file_arg(k)
                                 and v not in (None, False, "", [], {})
                                 and k not in _DOWNLOAD_FLAGS):
@@ -282,6 +286,21 @@ class _Walk:
         if isinstance(node, list):
             for i, v in enumerate(node):
                 self.scan(v, _join(key, str(i)), runs)
+
+
+def _class_by_name(k: str, v) -> bool:
+    """An argument that names a class for MONAI to find by name (``*_cls`` / ``*_class``):
+    code unless it is one of MONAI's own mergers, which are looked up without an import."""
+    if not (k.endswith(("_cls", "_class")) and isinstance(v, str)) or v.startswith(("$", "@", "%")):
+        return False
+    try:
+        import inspect
+
+        import monai.inferers.merger as merger
+
+        return not (re.fullmatch(r"[A-Za-z_]\w{0,100}", v) and inspect.isclass(getattr(merger, v, None)))
+    except Exception:  # noqa: BLE001 - without MONAI nothing is known to be safe
+        return True
 
 
 def _join(a: str, b: str) -> str:
