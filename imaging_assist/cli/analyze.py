@@ -120,7 +120,7 @@ def cmd_analyze(args) -> int:
     from ..inference.jobs import Cancelled
     from ..inference.pipelines import RunOptions, run_model
     from ..demo import series_source
-    from ..inference.results import write_item_files
+    from ..inference.results import unique_stem, write_item_files
     from ..models.loaders import load_model
     from ..models.matching import match_card, series_facts
 
@@ -197,12 +197,7 @@ def cmd_analyze(args) -> int:
     used_stems: set[str] = set()
     try:
         for kind, payload, stem in items:
-            base = stem
-            k = 1
-            while stem in used_stems:
-                k += 1
-                stem = f"{base}_{k}"
-            used_stems.add(stem)
+            stem = unique_stem(stem, used_stems)
             src = str(payload) if kind == "image" else f"{path} (series {payload.uid})"
             try:
                 if kind == "image":
@@ -256,11 +251,15 @@ def cmd_analyze(args) -> int:
                     print(_summary(d), file=sys.stderr)
             except Cancelled:
                 raise
-            except UserError as e:
+            except (UserError, MemoryError, OSError, ValueError, RuntimeError) as e:
+                # one item that cannot be done (a bad file; an image too large for this memory)
+                # is one failed item: the others are still analysed and results.json written
                 failed += 1
+                msg = str(e) if isinstance(e, UserError) else \
+                    f"cannot be analysed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
                 results.append({"source": src, "model": card.id, "model_version": card.version,
-                                "error": str(e)})
-                print_item_error(src, e)
+                                "error": msg})
+                print_item_error(src, msg)
             bar.update(1)
         if slides:
             failed += _analyze_slides(slides, model, args, out_dir, results, notes, used_stems)
@@ -311,12 +310,9 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
     failed = 0
     try:
         for sp in slides:
-            base = Path(sp).stem if Path(sp).is_file() else Path(sp).name
-            stem, k = base, 1
-            while stem in used_stems:
-                k += 1
-                stem = f"{base}_{k}"
-            used_stems.add(stem)
+            from ..inference.results import unique_stem
+
+            stem = unique_stem(Path(sp).stem if Path(sp).is_file() else Path(sp).name, used_stems)
             bar = tqdm(total=0, desc=f"{card.id} {Path(sp).name}"[:60], unit="tile", file=sys.stderr,
                        disable=not sys.stderr.isatty(), dynamic_ncols=True)
 

@@ -102,11 +102,10 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
 
         dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
     results, captured, failed, used, said_nifti = [], {}, 0, set(), False
+    from ..inference.results import unique_stem
+
     for kind, load, src, stem in items:
-        base, k = stem, 2
-        while stem in used:
-            stem, k = f"{base}_{k}", k + 1
-        used.add(stem)
+        stem = unique_stem(stem, used)
         try:
             vol = load()
             pts = points
@@ -131,10 +130,12 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
                 said_nifti = True
             for line in summary_lines(d):
                 print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
-        except UserError as e:
+        except (UserError, MemoryError, OSError, ValueError, RuntimeError) as e:  # one failed item, the rest goes on
             failed += 1
-            results.append({"source": src, "model": card.id, "model_version": card.version, "error": str(e)})
-            print_item_error(src, e)
+            msg = str(e) if isinstance(e, UserError) else \
+                f"cannot be analysed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            results.append({"source": src, "model": card.id, "model_version": card.version, "error": msg})
+            print_item_error(src, msg)
     summary = card.summary()
     summary["intended_use"] = card.intended_use
     if any(n.get("models") for it in results for n in it.get("nodules") or []):  # they ran: checked hashes

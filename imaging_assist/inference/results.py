@@ -170,6 +170,21 @@ def _stem(s: str) -> str:
     return s[:80] or "item"
 
 
+def unique_stem(name: str, used: set) -> str:
+    """The file-name stem of an item (what :func:`write_item_files` writes under), unique among
+    ``used`` (added to it): compared as written, ignoring case (a case-insensitive disk), so
+    "film 1.png" and "film_1.png", or two names that share their first 80 characters, never
+    write into each other's files."""
+    base = _stem(name)
+    stem, k = base, 1
+    while stem.lower() in used:
+        k += 1
+        suffix = f"_{k}"
+        stem = base[:80 - len(suffix)] + suffix
+    used.add(stem.lower())
+    return stem
+
+
 def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path, like=None) -> None:
     """Write ``array_kji`` as NIfTI with ``affine_lps``.  ``like``: the Volume it lies on; when
     that Volume was read from a NIfTI file (``nifti_transforms``) on the same grid, the file's
