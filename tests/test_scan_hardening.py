@@ -520,3 +520,26 @@ def test_zip_member_frame_header_is_checked_without_inflating_the_pixels(tmp_pat
     probs = _problems(index)
     assert list(probs) == ["bad.dcm"] and "compressed frame is 512x512" in probs["bad.dcm"], probs
     assert _series_sizes(index) == [1]
+
+
+def test_copies_of_one_film_in_a_folder_and_its_zip_are_not_stacked(tmp_path):
+    """A CR film (no ImagePositionPatient) in a folder and again in a zip of it: the same SOP
+    Instance UID twice. Stacked, it was a two-image "series" (every lung area counted twice);
+    each copy is now a part of its own, and the split says why."""
+    import shutil
+    import zipfile
+
+    from conftest import DICOM, need
+    from imaging_assist.dicom import load_series, scan
+
+    f = need(DICOM / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm")
+    (tmp_path / "folder").mkdir()
+    shutil.copy(f, tmp_path / "folder" / f.name)
+    with zipfile.ZipFile(tmp_path / "study.zip", "w") as z:
+        z.write(f, f.name)
+    series = scan(str(tmp_path)).image_series()
+    assert len(series) == 2, [(s.key, len(s.instances)) for s in series]
+    for s in series:
+        assert len(s.instances) == 1
+        assert any("copies of one image" in w for w in s.warnings), s.warnings
+        assert load_series(s).array.shape[0] == 1

@@ -844,7 +844,19 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
 
 
 def _split_duplicates(members: list[InstanceRecord]) -> list[tuple[list[InstanceRecord], str]]:
-    """Split single-frame images that share a position by the attribute that tells them apart."""
+    """Split single-frame images that share a position by the attribute that tells them apart;
+    copies of one image (the same SOP Instance UID in several files: a folder and a zip of it)
+    go to parts of their own, whether or not the images have positions (stacked, a film and
+    its copy were a two-image "series" and every area counted twice)."""
+    uids = [str(r.get("SOPInstanceUID", "") or "") for r in members]
+    if len(members) > 1 and all(uids) and len(set(uids)) < len(uids):
+        copy_no: dict[str, int] = defaultdict(int)
+        by_copy: dict[int, list[InstanceRecord]] = defaultdict(list)
+        for u, r in sorted(zip(uids, members), key=lambda t: (_num(t[1].get("InstanceNumber")), t[1].display_path)):
+            by_copy[copy_no[u]].append(r)
+            copy_no[u] += 1
+        return [(g, "the same SOP Instance UID in several files (copies of one image)")
+                for _, g in sorted(by_copy.items())]
     single = [r for r in members if r.frames == 1 and _finite_vector(r.get("ImagePositionPatient"), 3)]
     if len(single) != len(members) or len(members) < 2:
         return [(members, "")]
