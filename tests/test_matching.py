@@ -106,6 +106,20 @@ def test_age_from_birth_and_study_date_when_patient_age_is_absent(tmp_path):
     ds.save_as(tmp_path / "x.dcm")
     (s,) = scan(str(tmp_path)).image_series()
     assert SeriesFacts.from_series(s).patient_age_years is None
+    # completed calendar years on and around birthdays (days / 365.25 made the first
+    # birthday 0.999 years: a 1-year-old refused by a model for ages 1-5)
+    from imaging_assist.models.population import Population
+
+    pop = Population(age_years=(1, 5))
+    for born, study, completed in (("20200615", "20210615", 1), ("20200615", "20210614", 0),
+                                   ("20170615", "20230615", 6), ("20170615", "20230614", 5),
+                                   ("20160229", "20170228", 0), ("20160229", "20170301", 1)):
+        ds.PatientBirthDate, ds.StudyDate = born, study
+        ds.save_as(tmp_path / "x.dcm")
+        (s,) = scan(str(tmp_path)).image_series()
+        age = SeriesFacts.from_series(s).patient_age_years
+        assert int(age) == completed, (born, study, age)
+        assert pop.age_fits(age) == (1 <= completed <= 5), (born, study, age)
 
 
 # =========================================================================== the three paths

@@ -288,10 +288,22 @@ def _age_years(recs, v) -> float | None:
             return round(years, 3) if years <= 130 else None  # "999Y": unknown, never a guess
     born, when = _date(_first(recs, "PatientBirthDate")), _date(_first(recs, "StudyDate"))
     if born and when and when >= born:
-        years = (when - born).days / 365.25
+        # completed calendar years (the card's age_years), plus the share of the current year:
+        # days / 365.25 made a first birthday 0.999 years and a sixth 5.999
+        done = when.year - born.year - ((when.month, when.day) < (born.month, born.day))
+        last, nxt = _birthday(born, born.year + done), _birthday(born, born.year + done + 1)
+        years = done + (when - last).days / (nxt - last).days
         if years <= 130:
-            return round(years, 3)
+            return min(round(years, 3), done + 0.999)
     return None
+
+
+def _birthday(born: _dt.date, year: int) -> _dt.date:
+    """The birthday in ``year`` (29 February on the 28th in other years)."""
+    try:
+        return born.replace(year=year)
+    except ValueError:
+        return born.replace(year=year, day=28)
 
 
 def _date(v) -> _dt.date | None:
