@@ -1060,3 +1060,28 @@ def test_a_card_cannot_make_the_network_download_or_read_files(tmp_path):
     for k, v in (("weights_path", "/etc/passwd"), ("output_dir", "/tmp"), ("merger_cls", "this")):
         with pytest.raises(ArchitectureError):
             build_network({"library": "monai", "name": "UNet", "kwargs": {k: v}}, "u")
+
+
+def test_a_card_spacing_far_finer_than_the_image_is_refused_before_resampling(tmp_path):
+    """A valid but absurd input.spacing (0.005 mm on a ~0.45-mm CT slice: 46,200^2 pixels,
+    25 GB) is one line before MONAI's Spacingd allocates anything."""
+
+    from conftest import CT_PHANTOM
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.inference.options import InputError
+    from imaging_assist.inference.preprocess import model_input
+    from imaging_assist.models.registry import Registry, project_weights_dir
+
+    m = tmp_path / "seg-fine"
+    shutil.copytree(need(project_weights_dir() / "cxr-lung-seg"), m)
+    d = json.loads((m / "model.json").read_text())
+    d.update(id="seg-fine", modality=["CT"])
+    for k in ("population", "body_part", "quality_checks"):
+        d.pop(k, None)
+    d["input"]["spacing"] = [0.005, 0.005]
+    (m / "model.json").write_text(json.dumps(d))
+    card = Registry().get(str(m)).card
+    vol = load_series(scan(str(need(CT_PHANTOM))).image_series()[0])
+    with pytest.raises(InputError) as e:
+        model_input(card, vol, 70)
+    assert "would make" in str(e.value) and "\n" not in str(e.value)

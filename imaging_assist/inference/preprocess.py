@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -184,12 +186,32 @@ def model_input(card, vol: Volume, unit: int = 0) -> torch.Tensor:
     return d["image"].as_tensor()
 
 
+#: The most voxels a card's resampling (``input.spacing``) may make of one input: the card
+#: limit on sizes (``card.MAX_INPUT_VOXELS``) times 4. A card whose spacing is valid but far finer
+#: than the image (0.005 mm on a 0.45-mm CT: 46,200^2, 25 GB) is refused before Spacingd runs.
+MAX_RESAMPLED_VOXELS = 4 << 24
+
+
 def _model_in_shape(card, vol: Volume) -> tuple[int, ...]:
-    """Spatial shape of the input in the model's axis order (before any resampling)."""
+    """Spatial shape of the input in the model's axis order (before any resampling); raises
+    :class:`InputError` when the card's resampling would make it larger than
+    :data:`MAX_RESAMPLED_VOXELS`."""
     k, j, i = vol.array.shape[:3]
+    sx, sy, sz = (float(v) for v in vol.spacing)
     if card.spatial_dims == 3:
-        return (i, j, k)
-    return (i, j) if card.input.axis_order == "col_row" else (j, i)
+        shape, sp = (i, j, k), (sx, sy, sz)
+    elif card.input.axis_order == "col_row":
+        shape, sp = (i, j), (sx, sy)
+    else:
+        shape, sp = (j, i), (sy, sx)
+    if card.input.spacing:
+        out = [max(1.0, n * s / float(t)) for n, s, t in zip(shape, sp, card.input.spacing)]
+        if math.prod(out) > MAX_RESAMPLED_VOXELS:
+            raise InputError(
+                f"model {card.id}: resampling this {'x'.join(map(str, shape))} image to the card's spacing "
+                f"{'x'.join(f'{float(t):g}' for t in card.input.spacing)} mm would make "
+                f"{'x'.join(str(round(v)) for v in out)} voxels (more than {MAX_RESAMPLED_VOXELS:,}): refused")
+    return shape
 
 
 def _region_input(card, region: np.ndarray, unit: int | None):
