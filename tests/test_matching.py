@@ -52,6 +52,9 @@ def test_rules_where_the_old_rule_sets_disagreed():
     m = match_card(cxr, SeriesFacts("", "CHEST", 1, False, ""))
     assert not m.ok and "DICOM without Modality" in m.reason
     assert match_card(card(modality=["OT"]), SeriesFacts("", "CHEST", 1, False, "")).ok
+    # an OT model (any modality, e.g. a bundle whose metadata says "regular") takes a CT, said
+    m = match_card(card(modality=["OT"], body_part=None), SeriesFacts("CT", "", 1, False, ""))
+    assert m.ok and any("names no modality (OT)" in w and "CT" in w for w in m.warnings), m.warnings
     # a cine loop (frames in time): old CLI took it as 3D (>= 2 frames), the viewer did not -> refused
     m = match_card(seg3d(), SeriesFacts("XA", "", 96, False, ""))
     assert not m.ok and "not a volume" in m.reason

@@ -239,7 +239,10 @@ def test_registry_sources_add_list_and_shadowing(tmp_path, monkeypatch, capsys):
     wb = lib / "b" / "model.safetensors"
     wb.write_bytes(wb.read_bytes()[:-4] + b"XXXX")
     assert main(["models", "add", str(lib)]) == 0
-    assert "added model-a" in capsys.readouterr().out
+    got = capsys.readouterr()
+    assert "added model-a" in got.out
+    # the id is also a user model: said at once, with which one `--model model-a` now runs
+    assert "model id model-a is also user model 0.0.1" in got.err and "runs the one just added" in got.err
     assert main(["models", "list", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     rows = {(m["id"], m["source"]): m for m in out["models"]}
@@ -257,3 +260,19 @@ def test_registry_sources_add_list_and_shadowing(tmp_path, monkeypatch, capsys):
     rc = main(["analyze", str(tmp_path), "--model", "nope", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "unknown model 'nope'" in err and "model-a" in err
+
+
+@pytest.mark.parametrize("step,where", [({"type": "minmax", "min": "zero"}, "input.intensity[0].min"),
+                                        ({"type": "minmax", "max": float("nan")}, "input.intensity[0].max"),
+                                        ({"type": "minmax", "min": None}, "input.intensity[0].min"),
+                                        ({"type": "scale_range", "a_min": 0, "a_max": 1, "b_max": "1"},
+                                         "input.intensity[0].b_max"),
+                                        ({"type": "percentile", "clip": "yes"}, "input.intensity[0].clip")])
+def test_intensity_output_bounds_are_checked_with_the_card(tmp_path, step, where):
+    """A string, null or NaN output bound passed the card check and failed at run time as an
+    internal error (or NaN outputs): the card check names it."""
+    bad = base_card()
+    bad["input"]["intensity"] = [step]
+    with pytest.raises(ModelCardError) as ei:
+        validate_card(bad, tmp_path)
+    assert where in str(ei.value) and "\n" not in str(ei.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from ..errors import UserError
 from .common import fmt_table
@@ -160,6 +161,18 @@ def cmd_models_add(args) -> int:
             continue
         print(f"added {e.card.id} {e.card.version} ({e.card.task}, {'/'.join(e.card.modality)}) "
               f"from {e.folder}")
+        # another model with the same id: say which one `--model ID` now runs
+        same = [o for o in reg.entries() if o.card is not None and o.card.id == e.card.id
+                and Path(o.folder).resolve() != Path(e.folder).resolve()]
+        if same:
+            used = next((o for o in reg.entries() if o.card is not None and o.card.id == e.card.id
+                         and o.shadowed_by is None), None)
+            mine = used is not None and Path(used.folder).resolve() == Path(e.folder).resolve()
+            other = same[0]
+            print(f"warning: model id {e.card.id} is also {other.source} model {other.card.version} in "
+                  f"{other.folder}; `--model {e.card.id}` runs "
+                  + ("the one just added" if mine else "that one (this one only by its folder path)"),
+                  file=sys.stderr)
         items = _code_items(e)
         if items or getattr(e, "contains_code", False):
             print("\n".join(_code_lines(items, e.id)))

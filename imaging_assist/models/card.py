@@ -288,6 +288,19 @@ def _check_intensity(c: _Checker, steps, channels: int) -> list[dict]:
                                f"(got {_short(s.get('type') if isinstance(s, dict) else s)})")
             continue
         t = s["type"]
+        # optional output bounds of the steps that have them: numbers (a string or NaN passed
+        # validation and ended as an internal error or NaN outputs at run time)
+        for k in {"scale_range": ("b_min", "b_max"), "percentile": ("b_min", "b_max"),
+                  "minmax": ("min", "max")}.get(t, ()):
+            if k in s:
+                if s[k] is None:
+                    c.add(f"{w}.{k}", "must be a number (got null)")
+                else:
+                    c.number(s[k], f"{w}.{k}")
+        for k in {"scale_range": ("clip",), "percentile": ("clip", "channel_wise"),
+                  "zscore": ("nonzero", "channel_wise")}.get(t, ()):
+            if k in s and not isinstance(s[k], bool):
+                c.add(f"{w}.{k}", f"must be true or false (got {_short(s[k])})")
         if t == "window":
             c.number(c.req(s, "center", w + "."), w + ".center")
             c.number(c.req(s, "width", w + "."), w + ".width", lo=1e-6)

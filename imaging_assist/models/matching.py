@@ -146,7 +146,11 @@ def match_card(card, facts: SeriesFacts | None) -> Match:
     if facts.modality and facts.modality in mods:
         score += 2
     elif "OT" in mods:
-        pass  # a model for any modality
+        # a model for any modality (a card, or a bundle whose metadata says "regular"/"rgb"):
+        # taken, but never silently on a DICOM series of a named modality
+        if facts.is_dicom and facts.modality and facts.modality != "OT":
+            warnings.append(f"the model names no modality (OT): it was not checked that it fits "
+                            f"{facts.modality} images")
     elif not facts.is_dicom and not facts.modality:
         warnings.append(f"plain image without a modality: the model is for {want_mods}, not checked")
     else:
