@@ -106,3 +106,18 @@ def test_a_value_highdicom_refuses_is_one_export_error(ct_volume, tmp_path, monk
     with pytest.raises(dc.DicomExportError, match="SR not written: .*backslash"):
         sr_measurements.write_measurement_sr(ct_volume, [Measurement("ruler", [(1, 1), (5, 5)], index=k)],
                                              tmp_path / "x.dcm")
+
+
+def test_an_ellipse_with_no_pixel_inside_is_left_out_not_the_whole_sr(ct_volume, tmp_path):
+    """An ellipse smaller than a pixel (drawn zoomed in) has no statistics (NaN): it made the
+    whole SR fail, losing the ruler beside it; it is left out with a warning, as a polygon is."""
+    ok = Measurement("ruler", [(10, 10), (40, 10)], index=5)
+    tiny = Measurement("ellipse", [(20.1, 20.1), (20.8, 20.8)], index=5)
+    for m in (ok, tiny):
+        m.compute_on(ct_volume)
+    assert not tiny.result.get("n")
+    warn: list = []
+    path = write_measurement_sr(ct_volume, [ok, tiny], tmp_path / "sr.dcm", warnings=warn)
+    assert any(f"measurement {tiny.id} (ellipse)" in w for w in warn), warn
+    back = read_measurement_sr(str(path))
+    assert len(back) == 1 and not dciodvfy_errors(path)

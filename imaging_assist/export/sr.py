@@ -335,7 +335,10 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
                                        graphic_data=(pts[:2] + 0.5).astype(float), source_image=rsrc)
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tid, referenced_region=region, measurements=meas))
-        elif m.kind in ("ellipse", "rectangle") and "mean" in r:
+        elif m.kind in ("ellipse", "rectangle") and "mean" in r and r.get("n") \
+                and all(np.isfinite(float(r.get(k, np.nan))) for k in ("mean", "sd")):
+            # (no pixel centre inside, e.g. an ellipse smaller than a pixel: no statistics, and
+            # a NaN made the whole SR fail; it is left out with the warning below)
             unit = _unit("hu") if (r.get("units") or getattr(volume, "units", "")) == "HU" else _unit("1")
             meas = [hd.sr.Measurement(name=_cc("373098007", "SCT", "Mean"), value=float(r["mean"]), unit=unit),
                     hd.sr.Measurement(name=_cc("386136009", "SCT", "Standard Deviation"),
