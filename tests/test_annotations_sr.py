@@ -121,3 +121,54 @@ def test_an_ellipse_with_no_pixel_inside_is_left_out_not_the_whole_sr(ct_volume,
     assert any(f"measurement {tiny.id} (ellipse)" in w for w in warn), warn
     back = read_measurement_sr(str(path))
     assert len(back) == 1 and not dciodvfy_errors(path)
+
+
+def _scoord(seq):
+    for it in seq or []:
+        if it.get("ValueType") == "SCOORD":
+            return it
+        r = _scoord(it.get("ContentSequence"))
+        if r is not None:
+            return r
+    return None
+
+
+def test_a_long_freehand_outline_is_written_readable_and_a_long_un_one_read_right(ct_volume, tmp_path):
+    """Over 8,191 points a 2D GraphicData cannot be FL in Explicit VR: pydicom writes UN, which
+    highdicom could not parse and our readers took one byte per coordinate. Written outlines are
+    thinned to 8,000 vertices; a UN GraphicData (another tool's file) is decoded as FL."""
+    import pydicom
+
+    from imaging_assist.dicom.result_objects import read_sr
+    from imaging_assist.dicom.sr_regions import place_regions
+
+    n = 9000
+    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    m = Measurement("freehand", list(zip(256 + 150 * np.cos(t), 256 + 150 * np.sin(t))), index=5)
+    m.compute_on(ct_volume)
+    path = write_measurement_sr(ct_volume, [m], tmp_path / "sr.dcm")
+    ds = pydicom.dcmread(str(path))
+    el = _scoord(ds.ContentSequence)["GraphicData"]
+    assert el.VR == "FL" and 7000 < len(el.value) // 2 <= 8000
+    assert len(read_measurement_sr(str(path))) == 1  # highdicom parses it
+    # another tool's SR with 9,001 points: stored as UN, decoded as 32-bit floats
+    want = np.stack([100 + 50 * np.cos(t), 120 + 50 * np.sin(t)], 1).astype(np.float32)
+    want = np.vstack([want, want[:1]])
+    _scoord(ds.ContentSequence).GraphicData = want.ravel().tolist()
+    ds.save_as(str(tmp_path / "un.dcm"))
+    raw = pydicom.dcmread(str(tmp_path / "un.dcm"))
+    assert _scoord(raw.ContentSequence)["GraphicData"].VR == "UN"
+    rep = read_sr(str(tmp_path / "un.dcm"))
+    regions = [r for it in rep.items for r in it.regions]
+    assert regions, rep.warnings
+    pts = np.asarray(regions[0].points)
+    assert pts.shape == (n + 1, 2) and np.allclose(pts, want)
+    layer, _w = place_regions(rep, ct_volume)
+    assert layer is not None and len(layer.shapes) >= 1
+    # millions of coordinates (a hostile file) are refused from the byte length, in one line
+    _scoord(ds.ContentSequence).GraphicData = np.zeros(2_000_000, np.float32).tolist()
+    ds.save_as(str(tmp_path / "huge.dcm"))
+    rep = read_sr(str(tmp_path / "huge.dcm"))
+    assert not [r for it in rep.items for r in it.regions]
+    assert any("over 120000" in w for w in rep.warnings + [w for it in rep.items for w in getattr(it, "warnings", [])]), \
+        rep.warnings

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..layers import Shape, ShapesLayer
-from .result_objects import PR, ResultObjectError, _check_complete, _dataset, _Grid, _one_line
+from .result_objects import PR, ResultObjectError, _check_complete, _dataset, _Grid, _one_line, graphic_values
 from .sr_regions import outline_points
 
 # SOP Class UID -> name (PS3.4 B.5; the index lists them as result kind PR); blending states
@@ -323,7 +323,10 @@ def _shape(obj, k: int, uid: str, places: _Places, color) -> Shape | None:
     gtype = str(obj.get("GraphicType") or "").strip().upper()
     if gtype not in _GRAPHIC_POINTS:
         raise ValueError(f"graphic type {gtype[:16] or 'missing'}")
-    data = _floats(obj.get("GraphicData"), "graphic data")
+    got = graphic_values(obj)  # UN bytes of a long outline decoded as FL, size checked first
+    if isinstance(got, str):
+        raise ValueError(got)
+    data = _floats(got, "graphic data")
     if len(data) % 2 or not len(data):
         raise ValueError(f"{len(data)} graphic data values (not pairs)")
     pts = data.reshape(-1, 2)

@@ -778,19 +778,51 @@ _GRAPHIC_POINTS = {
 }
 
 
+#: Graphic data values read from one item at most (6 x the 20,000 points a region may have to be
+#: drawn): a hostile file's millions of coordinates are refused from their byte length, before
+#: anything is converted.
+MAX_GRAPHIC_VALUES = 120_000
+
+
+def graphic_values(item) -> list | str:
+    """The GraphicData of ``item`` as floats, or why they cannot be used (a string).
+
+    Above 65,534 bytes (8,191 points in 2D) an FL value cannot be written with Explicit VR, so
+    pydicom writes and reads it as UN: raw little-endian float32 bytes (PS3.5 6.2.2), which
+    were taken one byte per coordinate. Those bytes are decoded as FL here, and the number of
+    values is checked from the byte length before any conversion."""
+    elem = item.get_item("GraphicData") if hasattr(item, "get_item") else None
+    if elem is None:
+        return []
+    raw = elem.value
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw)
+        if len(raw) % 4:
+            return f"graphic data of {len(raw)} bytes (not 32-bit floats)"
+        if len(raw) // 4 > MAX_GRAPHIC_VALUES:
+            return f"{len(raw) // 4} graphic data values (over {MAX_GRAPHIC_VALUES})"
+        little = getattr(elem, "is_little_endian", True)
+        return np.frombuffer(raw, "<f4" if little is not False else ">f4").astype(float).tolist()
+    data = item.get("GraphicData")
+    if isinstance(data, (int, float)):
+        return [float(data)]  # one value (pydicom gives a single number, not a list)
+    if data is not None and len(data) > MAX_GRAPHIC_VALUES:
+        return f"{len(data)} graphic data values (over {MAX_GRAPHIC_VALUES})"
+    try:
+        return [float(v) for v in (data if data is not None else [])]
+    except (TypeError, ValueError):
+        return "graphic data that are not numbers"
+
+
 def _scoord_problem(item, vt: str) -> str | None:
     """Why an SCOORD / SCOORD3D item's coordinates are unusable, or None."""
     dims = 3 if vt == "SCOORD3D" else 2
     gtype = str(item.get("GraphicType") or "").strip().upper()
     if gtype not in _GRAPHIC_POINTS[vt]:
         return f"graphic type {gtype[:16] or 'missing'}"
-    data = item.get("GraphicData")
-    if isinstance(data, (int, float)):
-        data = [data]  # one value (pydicom gives a single number, not a list)
-    try:
-        values = [float(v) for v in (data if data is not None else [])]
-    except (TypeError, ValueError):
-        return "graphic data that are not numbers"
+    values = graphic_values(item)
+    if isinstance(values, str):
+        return values
     if not values or len(values) % dims:
         return f"{len(values)} graphic data values (not a multiple of {dims})"
     if not all(math.isfinite(v) for v in values):
@@ -816,8 +848,7 @@ def _sop_refs(image_item) -> list[tuple[str, int | None]]:
 def _region_of(item, vt: str, for_uid: str, key: int) -> SRRegion:
     """The region of an SCOORD / SCOORD3D item that :func:`_scoord_problem` passed."""
     dims = 3 if vt == "SCOORD3D" else 2
-    data = item.GraphicData
-    values = [float(v) for v in (data if not isinstance(data, (int, float)) else [data])]
+    values = graphic_values(item)  # checked by _scoord_problem: a list
     pts = [tuple(values[i:i + dims]) for i in range(0, len(values), dims)]
     refs = []
     if dims == 2:  # the images the coordinates are on: the SCOORD's own IMAGE items

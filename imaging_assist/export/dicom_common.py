@@ -431,3 +431,23 @@ def add_laterality(ds, datasets) -> None:
     if "Laterality" not in ds and "ImageLaterality" not in ds:
         lat = getattr(datasets[0], "Laterality", None) if datasets else None
         ds.Laterality = lat if lat in ("R", "L") else ""
+
+
+#: The most 2D points one GraphicData holds in what we write: 65,534 bytes of FL (the longest
+#: Explicit VR value); longer, pydicom writes it as UN, which highdicom and other readers then
+#: cannot parse (a 9,000-vertex freehand outline).
+MAX_WRITTEN_POINTS = 8_000
+
+
+def at_most_points(pts, closed: bool = False):
+    """``pts`` (N, 2) thinned to at most :data:`MAX_WRITTEN_POINTS` evenly spaced vertices (the
+    first and, for a closed outline, the repeated first point kept)."""
+    import numpy as np
+
+    pts = np.asarray(pts, float)
+    limit = MAX_WRITTEN_POINTS - (1 if closed else 0)
+    body = pts[:-1] if closed else pts
+    if len(body) > limit:
+        body = body[np.unique(np.linspace(0, len(body) - 1, limit).round().astype(int))]
+    return np.vstack([body, body[:1]]) if closed else body
+

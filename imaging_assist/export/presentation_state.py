@@ -65,7 +65,7 @@ def _objects(m, cols: int, rows: int, warnings: list | None = None) -> tuple[lis
     elif m.kind == "arrow":
         graphics.append(hd.pr.GraphicObject("POLYLINE", pts[::-1], P))  # tail to tip (the tip is drawn first)
     elif m.kind in ("polygon", "freehand"):
-        graphics.append(hd.pr.GraphicObject("POLYLINE", np.vstack([pts, pts[:1]]), P))
+        graphics.append(hd.pr.GraphicObject("POLYLINE", dc.at_most_points(np.vstack([pts, pts[:1]]), closed=True), P))
     elif m.kind == "rectangle":
         (u0, v0), (u1, v1) = pts[0], pts[1]
         graphics.append(hd.pr.GraphicObject("POLYLINE", np.array([[u0, v0], [u1, v0], [u1, v1], [u0, v1], [u0, v0]]), P))

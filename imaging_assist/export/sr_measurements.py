@@ -31,6 +31,9 @@ def _region(m, src, frames):
     pts = np.asarray(m.points, float) + 0.5
     if m.kind in ("polygon", "freehand"):
         pts = np.vstack([pts, pts[:1]])  # a closed polyline repeats its first point
+        from . import dicom_common as dc
+
+        pts = dc.at_most_points(pts, closed=True)  # readable by others (FL, not UN)
     if m.kind == "arrow":
         pts = pts[::-1]  # tip (the first point drawn) last -> first
     gt = hd.sr.GraphicTypeValues.POINT if m.kind == "text" else hd.sr.GraphicTypeValues.POLYLINE
