@@ -52,3 +52,31 @@ def test_nothing_saved_or_an_unknown_series_is_one_line(tmp_path, monkeypatch, c
     rc = main(["annotations", str(need(CT_PHANTOM)), "--series", "1.2.3.4"])
     err = capsys.readouterr().err
     assert rc == 2 and "no image series '1.2.3.4'" in err and err.count("\n") == 1
+
+
+def test_a_stack_of_a_multi_stack_series_is_found_as_the_viewer_saved_it(tmp_path, monkeypatch, capsys):
+    """The viewer saves a stack's items under its label ("stack 1 of 2"); the command looked
+    under none and listed nothing. --stack N picks the stack, default 1."""
+    from conftest import DICOM, need
+    from imaging_assist.annotations import AnnotationStore
+    from imaging_assist.cli import main
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.dicom.loader import plan_series, stack_label
+    from imaging_assist.measure import Measurement
+
+    monkeypatch.setenv("IMAGING_ASSIST_DATA_DIR", str(tmp_path / "data"))
+    folder = need(DICOM / "mr_enhanced_multiframe_philips")
+    s = scan(str(folder)).image_series()[0]
+    plans = plan_series(s)
+    assert len(plans) == 2 and stack_label(plans, 0) == "stack 1 of 2"
+    vol = load_series(s, 0)
+    m = Measurement("ruler", [(10, 10), (40, 10)], index=5)
+    m.compute_on(vol)
+    AnnotationStore().save(s.study_uid, s.key, [m], stack=stack_label(plans, 0))
+    assert main(["annotations", str(folder), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [i["kind"] for i in got["items"]] == ["ruler"]
+    assert main(["annotations", str(folder), "--stack", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["items"] == []
+    assert main(["annotations", str(folder), "--stack", "3"]) == 2
+    assert "holds 2 stack(s)" in capsys.readouterr().err

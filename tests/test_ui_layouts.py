@@ -97,7 +97,8 @@ def test_series_opens_on_its_first_image(win, studies):
     # InstanceNumber 1 of the current series is its top (most superior) slice: k = 59
     assert int(win.doc.volume.headers[N_CUR - 1].get("InstanceNumber")) == 1
     assert win.doc.position[0] == N_CUR - 1
-    assert win.view_area.single.annotation_text()["tr"][-1] == f"Im {N_CUR} / {N_CUR}"
+    # its place in the stack (position order) and its own number, as a PACS cites it
+    assert win.view_area.single.annotation_text()["tr"][-1] == f"Im {N_CUR} / {N_CUR}  (Inst 1)"
 
 
 def test_prior_listed_opened_beside_and_scrolls_by_mm(win, studies):

@@ -19,6 +19,9 @@ def register(sub) -> None:
     s.add_argument("--export-sr", metavar="OUT.dcm", help="write them as a TID 1500 SR (as File ▸ Export "
                                                           "measurements (DICOM SR))")
     s.add_argument("--export-gsps", metavar="OUT.dcm", help="write them as a Grayscale Softcopy Presentation State")
+    s.add_argument("--stack", type=int, default=1, metavar="N",
+                   help="stack N of a series that holds several (time points, echoes; `imaging-assist info` "
+                        "lists them; default 1), as the viewer shows it")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_annotations)
 
@@ -46,10 +49,18 @@ def cmd_annotations(args) -> int:
 
     if not os.path.exists(args.path):
         raise UserError(f"{args.path}: no such file or folder")
+    from ..dicom.loader import plan_series, stack_label
+
     index = scan(args.path)
     series = _series(index, args.series)
-    vol = load_series(series)
-    items, warnings = AnnotationStore().load(series.study_uid, series.key, shape=tuple(vol.array.shape[:3]))
+    plans = plan_series(series)
+    k = int(getattr(args, "stack", 1) or 1) - 1
+    if not 0 <= k < len(plans):
+        raise UserError(f"--stack {k + 1}: the series holds {len(plans)} stack(s)")
+    vol = load_series(series, stack=k)
+    # saved under the stack's label, as the viewer keys them ("stack 1 of 2"; none for one stack)
+    items, warnings = AnnotationStore().load(series.study_uid, series.key, stack_label(plans, k),
+                                             shape=tuple(vol.array.shape[:3]))
     for m in items:
         if m.axis == 0:
             m.compute_on(vol)

@@ -434,6 +434,13 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
     return plans
 
 
+def stack_label(plans: list, k: int) -> str:
+    """The label of stack ``k`` of a series planned as ``plans`` ("stack 1 of 2"; "" for a
+    series of one stack): what keys a stack's saved measurements (``AnnotationStore``) in the
+    viewer, its grid cells and ``imaging-assist annotations --stack``."""
+    return str(getattr(plans[k], "label", "") or "") if len(plans) > 1 and 0 <= k < len(plans) else ""
+
+
 def _spacing_key(s: Slot) -> tuple[int, int, int]:
     """A slot's PixelSpacing in µm, as sortable integers ((-1, -1, -1): none)."""
     ps = s.pixel_spacing

@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QDockWidget, QMenu, QToolButton
 
 from imaging_assist import viewing
+from imaging_assist.dicom.loader import stack_label
 
 from ..radiology.loading import LoadJob
 from ..radiology.priors import PriorsPanel
@@ -149,20 +150,23 @@ class Reading:
         pat, st = index.patient_of(s), index.study_of(s)
         cached = w.loading._cache.get((key, 0))
         if cached is not None:
-            cell.doc.set_volume(cached[0], s, pat, st)
+            cell.doc.set_volume(cached[0], s, pat, st, stack_label(cached[1], 0))
             return
         job = LoadJob(s, 0, w)
 
         def live(fn):
             return lambda *a: (self._jobs.get(number) is job) and fn(*a)
 
+        # the stack's label keys its saved measurements, as in the main view (``stack 1 of 2``)
+        label = lambda: stack_label(job.loader.plans if job.loader else [], 0)  # noqa: E731
+
         def first(vol, k):
-            cell.doc.set_volume(vol, s, pat, st)
+            cell.doc.set_volume(vol, s, pat, st, label())
 
         def done(vol):
             self._jobs.pop(number, None)
             if cell.doc.volume is not vol:
-                cell.doc.set_volume(vol, s, pat, st)
+                cell.doc.set_volume(vol, s, pat, st, label())
             cell.doc.loadFinished.emit()
             cell.view._img_cache = None
             cell.view.update()

@@ -11,6 +11,8 @@ from collections import OrderedDict
 
 from PySide6.QtCore import QObject, QTimer
 
+from imaging_assist.dicom.loader import stack_label
+
 from ..radiology.browser import IMAGE_KEY
 from ..radiology.loading import ImageJob, LoadJob, PlainImage, ScanJob, ThumbnailJob, viewable_images
 
@@ -246,7 +248,7 @@ class SeriesLoading(QObject):
                                                  self.w.doc.layers.layers)
         pat = self.index.patient_of(series) if self.index else None
         st = self.index.study_of(series) if self.index else None
-        label = self.plans[self.current_stack].label if len(self.plans) > 1 else ""
+        label = stack_label(self.plans, self.current_stack)
         self.w.doc.set_volume(vol, series, pat, st, label)
         self._shown_key = (self.current_key, self.current_stack)
         saved = self._per_series.get(self._shown_key)
