@@ -82,6 +82,14 @@ def test_zip_and_dicomdir(tmp_path):
     index = scan(str(out / "DICOMDIR"))
     assert [s.n_instances for s in index.image_series()] == [4]
     assert not [p for p in index.problems if "DICOMDIR" in p.path]
+    # a file the DICOMDIR names is gone: a problem of the DICOMDIR naming it (pydicom left it out
+    # with a warning only, and the series silently lacked an image)
+    gone = sorted(f for f in out.rglob("*") if f.is_file() and f.name != "DICOMDIR")[1]
+    gone.unlink()
+    index = scan(str(out / "DICOMDIR"))
+    assert [s.n_instances for s in index.image_series()] == [3]
+    probs = [p for p in index.problems if "DICOMDIR" in p.path]
+    assert len(probs) == 1 and "names a file that is not there" in probs[0].reason and gone.name in probs[0].reason
 
 
 def test_scan_of_ct_phantom(ct_index):

@@ -363,8 +363,19 @@ def _dicomdir_files(rec: InstanceRecord, problems: list[Problem]) -> list[str]:
     ensure_pydicom()
     from pydicom.fileset import FileSet
     from .header import read_dataset
+    import warnings
+
     try:
-        fs = FileSet(read_dataset(rec))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fs = FileSet(read_dataset(rec))
+        # a record whose file is missing: pydicom warns and leaves it out; said as a problem
+        # of the DICOMDIR (a series then silently lacked an image)
+        for w in caught:
+            text = str(w.message)
+            if "does not exist:" in text:
+                problems.append(Problem(rec.path, "DICOMDIR names a file that is not there: "
+                                                  + text.split("does not exist:", 1)[1].strip()))
         return [str(inst.path) for inst in fs]
     except Exception as e:
         problems.append(Problem(rec.path, f"unreadable DICOMDIR: {_one_line(e)}"))
