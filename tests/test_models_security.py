@@ -1085,3 +1085,24 @@ def test_a_card_spacing_far_finer_than_the_image_is_refused_before_resampling(tm
     with pytest.raises(InputError) as e:
         model_input(card, vol, 70)
     assert "would make" in str(e.value) and "\n" not in str(e.value)
+
+
+@need_bundles
+def test_size_limits_of_a_code_free_bundle_see_through_references_and_zoom(tmp_path):
+    """A size behind an "@" reference, or a Zoomd factor of 200, passed the code-free bundle's
+    size check (a literal was refused): both are refused before anything runs."""
+    from imaging_assist.models.bundle_code import run_plan
+    from imaging_assist.models.card import ModelCardError
+
+    b = _spleen(tmp_path)
+    _edit_config(b, lambda d: (d.__setitem__("big", [100000] * 3), d["inferer"].__setitem__("roi_size", "@big")))
+    with pytest.raises(ModelCardError) as e:
+        run_plan(b)
+    assert "roi_size" in str(e.value) and "exceeds" in str(e.value)
+    b = _spleen(tmp_path, "zoom")
+    _edit_config(b, lambda d: d["preprocessing"]["transforms"].insert(
+        2, {"_target_": "Zoomd", "keys": "@image_key", "zoom": 200, "keep_size": False}))
+    with pytest.raises(ModelCardError) as e:
+        run_plan(b)
+    assert "zoom" in str(e.value)
+    assert not run_plan(_spleen(tmp_path, "plain")).code  # the real bundle still passes

@@ -485,7 +485,7 @@ def run_plan(folder: str | Path, config_bytes: bytes | None = None,
         code += mw.items
     runs = _runs_fn(keys, skipped)
     for k in keys:
-        _check_sizes(tree.get(k), k, rel, runs)
+        _check_sizes(tree.get(k), k, rel, runs, tree)
     flags: list[str] = []
     for k in keys:
         _download_flags(tree.get(k), k, flags)
@@ -514,12 +514,32 @@ _BATCH_ARGS = ("sw_batch_size", "batch_size", "num_samples")
 _MAX_BATCH = 256
 
 
-def _check_sizes(node, key: str, file: str, runs) -> None:
+_MAX_ZOOM = 16.0  # Zoom(d) / RandZoom(d) factors: a 4096^2 image at most 16x per side
+
+
+def _deref(v, tree: dict | None, depth: int = 0):
+    """``v`` with a plain reference ("@id", "@a::b") replaced by the value it names, so that a
+    size behind a reference is checked like a literal one (``{"big": [100000]*3}, "roi_size":
+    "@big"`` passed)."""
+    if not (isinstance(v, str) and tree is not None and depth < 10 and re.fullmatch(r"@[\w]+(?:::[\w]+)*", v)):
+        return v
+    node = tree
+    for part in v[1:].split("::"):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return v
+    return _deref(node, tree, depth + 1)
+
+
+def _check_sizes(node, key: str, file: str, runs, tree: dict | None = None) -> None:
     import math
 
     if isinstance(node, list):
         for i, v in enumerate(node):
-            _check_sizes(v, _join(key, str(i)), file, runs)
+            _check_sizes(v, _join(key, str(i)), file, runs, tree)
         return
     if not isinstance(node, dict):
         return
@@ -527,6 +547,15 @@ def _check_sizes(node, key: str, file: str, runs) -> None:
         def bad(arg, msg):
             raise ModelCardError(f"bundle config {file} {_join(key, arg)}: {msg}; "
                                  "the bundle was not run")
+        node = {k: (_deref(v, tree) if not isinstance(v, list) else [_deref(x, tree) for x in v])
+                for k, v in node.items()}
+        for arg in ("zoom", "min_zoom", "max_zoom"):
+            v = node.get(arg)
+            vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+            if isinstance(vals, list) and vals and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                       for x in vals):
+                if any(not math.isfinite(x) or x > _MAX_ZOOM for x in vals):
+                    bad(arg, f"{str(v)[:60]} exceeds the limit of {_MAX_ZOOM:g} per dimension")
         for arg in _SIZE_ARGS:
             v = node.get(arg)
             vals = [v] if isinstance(v, (int, float)) and not isinstance(v, bool) else v
@@ -549,7 +578,7 @@ def _check_sizes(node, key: str, file: str, runs) -> None:
                     math.isfinite(v) and v <= _MAX_BATCH):
                 bad(arg, f"{str(v)[:30]} exceeds the limit of {_MAX_BATCH}")
     for k, v in node.items():
-        _check_sizes(v, _join(key, str(k)), file, runs)
+        _check_sizes(v, _join(key, str(k)), file, runs, tree)
 
 
 def _prepare(node, dropped: list[str]):
