@@ -43,14 +43,20 @@ RAY_MISSING = ("--engine ray needs Ray: pip install 'ray==2.60.0' into this envi
 
 
 class Pipeline:
-    """Models loaded once; :meth:`process` yields rows for decoded units in order."""
+    """Models loaded once (``model_ids``: model folders or ids, as ``Registry.get`` takes them);
+    :meth:`process` yields rows for decoded units in order."""
 
     def __init__(self, model_ids, settings: Settings, writers: int = 2, depth: int = 4):
         import torch
 
         self._threads = torch.get_num_threads()
         torch.set_num_threads(model_threads(settings))
-        self.runners = {m: ModelRunner(m, settings) for m in model_ids}
+        # ``model_ids``: the model folders the driver resolved each --model to (ids work too);
+        # the runners are keyed by their card's id, which is what the units name
+        self.runners = {}
+        for m in model_ids:
+            r = ModelRunner(m, settings)
+            self.runners[r.card.id] = r
         self.pool = ThreadPoolExecutor(max(1, writers), thread_name_prefix="batch-write")
         self.depth = max(1, depth)
         self.group = max([1] + [r.batch_size for r in self.runners.values()])

@@ -10,7 +10,7 @@ warnings, and then writes the item's own ``results.json`` with the same model su
 a batch result equals an interactive one (tested: tests/test_batch.py).  Slides go through
 :func:`imaging_assist.slides.analysis.analyze_slide` as in ``analyze``.
 
-Every item gets its own folder ``OUT/<model id>/<stem>-<hash[:12]>/`` (analyze's file names
+Every item gets its own folder ``OUT/<model id>/<stem>-<hash[:12]>-v<model version>/`` (analyze's file names
 inside); the row for the results table is returned by :meth:`ModelRunner.run`.
 """
 
@@ -82,16 +82,40 @@ def decode_timed(c: Candidate):
         return None, f"{type(e).__name__}: {_one_line(e)}", time.perf_counter() - t0
 
 
-def item_dir(out_dir, model_id: str, c: Candidate) -> Path:
+def version_dir(version: str) -> str:
+    """The folder name of a model version: the version itself when it is a safe file name,
+    else its safe form with a short hash of the exact version (two versions never share one)."""
+    import hashlib
+
     from ..inference.results import _stem
 
-    return Path(out_dir) / _stem(model_id) / f"{_stem(c.stem)[:60]}-{c.content_hash[:12]}"
+    v = str(version)
+    s = _stem(v)
+    return s if s == v else f"{s[:40]}-{hashlib.sha256(v.encode()).hexdigest()[:8]}"
+
+
+def item_dir(out_dir, model_id: str, version: str, c: Candidate) -> Path:
+    """``OUT/<model id>/<stem>-<hash12>-v<model version>``: one folder per content, model and
+    model version (the table's key), so a new model version never replaces the files an
+    older version's row names."""
+    from ..inference.results import _stem
+
+    return Path(out_dir) / _stem(model_id) / f"{_stem(c.stem)[:60]}-{c.content_hash[:12]}-v{version_dir(version)}"
+
+
+def requested_outputs(settings: Settings) -> dict:
+    """What the command asked of each item beyond the analysis (stored in the row as
+    ``outputs``): a re-run asking for more does the item again (run.py)."""
+    return {"explain": settings.explain, "explain_labels": sorted(settings.explain_labels or []) or None,
+            "report": bool(settings.report), "dicom": bool(settings.dicom), "override": bool(settings.override)}
 
 
 class ModelRunner:
     """One model loaded once; :meth:`run` does analyze's per-item work and returns the row."""
 
     def __init__(self, model_id: str, settings: Settings):
+        """``model_id``: a registered id or a model folder (``Registry.get``); the batch driver
+        gives the folder it resolved each ``--model`` to, so every worker runs that folder."""
         from ..explain.methods import ExplainConfig, canonical_method
         from ..inference.pipelines import RunOptions
         from ..models.loaders import load_model
@@ -143,7 +167,7 @@ class ModelRunner:
     def _row(self, c: Candidate, decode_s: float = 0.0) -> dict:
         return {"content_hash": c.content_hash, "model": self.card.id, "model_version": self.version,
                 "kind": c.kind, "source": c.source, "stem": c.stem, "decode_s": round(decode_s, 4),
-                "worker": f"{os.uname().nodename}:{os.getpid()}"}
+                "worker": f"{os.uname().nodename}:{os.getpid()}", "outputs": requested_outputs(self.settings)}
 
     def write(self, row: dict, job) -> dict:
         """Second half of :meth:`run`: files, analyze's checks, results.json, report, DICOM."""
@@ -226,7 +250,7 @@ class ModelRunner:
         from ..inference.results import write_item_files
 
         res.source = str(c.payload) if c.kind == "image" else series_source(vol, c.source)
-        out = item_dir(self.settings.out_dir, self.card.id, c)
+        out = item_dir(self.settings.out_dir, self.card.id, self.version, c)
         _fresh(out)
         d = write_item_files(res, vol, out, c.stem)
         d["source"] = res.source
@@ -245,7 +269,7 @@ class ModelRunner:
         from ..inference.device import resolve_device
         from ..slides.analysis import analyze_slide
 
-        out = item_dir(self.settings.out_dir, self.card.id, c)
+        out = item_dir(self.settings.out_dir, self.card.id, self.version, c)
         _fresh(out)
         t = time.perf_counter()
         d = analyze_slide(c.payload, self.model, out, c.stem, device=str(resolve_device(self.settings.device)),
@@ -297,7 +321,7 @@ class ModelRunner:
 
         t0 = time.perf_counter()
         try:
-            out = item_dir(self.settings.out_dir, self.card.id, c)
+            out = item_dir(self.settings.out_dir, self.card.id, self.version, c)
             _fresh(out)
             d = finish_slide(sp, self._tile_model(), out, c.stem, parts, top_k=self.settings.top_tiles,
                              heatmap_format=self.settings.heatmap_format,

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .item import Settings
+from .item import Settings, requested_outputs
 from .pacs_source import is_pacs_source, retrieve
 from .sources import collect, hash_all
 from .table import ResultsTable
@@ -45,10 +45,7 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
 
         if not ray_available():
             raise UserError(RAY_MISSING)
-    model_ids = list(dict.fromkeys(model_ids))
-    cards = []
-    for m in model_ids:
-        cards.append(Registry().get(m).card)
+    cards, folders = resolve_models(model_ids, Registry())
     ids = [c.id for c in cards]
     versions = {c.id: str(c.version) for c in cards}
     if settings.explain_labels:
@@ -57,7 +54,11 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
             if unknown:
                 raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))} for model {c.id} "
                                 f"(labels: {', '.join(c.labels)})")
-    out = out_folder(settings.out_dir)
+    out = Path(os.path.abspath(out_folder(settings.out_dir)))  # the table's paths are absolute
+    # absolute SOURCEs: the table names files wherever the command ran from, and one folder
+    # named twice (relative and absolute) is one set of items
+    sources = [s if is_pacs_source(s) else os.path.abspath(os.path.expanduser(s)) for s in sources]
+    sources = list(dict.fromkeys(sources))
     pacs_notes: list[str] = []
     if any(is_pacs_source(s) for s in sources):  # retrieved first, then an ordinary folder
         local = []
@@ -86,6 +87,17 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     t_scan = time.perf_counter() - t_start
     table = ResultsTable(out)
     run_id = table.start_run(engine, command)
+    bad = {id(c) for c, _ in unreadable}
+    # the same content under several names (copies, or one file reached through two SOURCEs)
+    # is one work unit: run once into one folder, the other names in its row's other_sources
+    groups = merge_duplicates([c for c in cands if id(c) not in bad], ids)
+    n_dup = sum(len(g) - 1 for g in groups)
+    others = {g[0].content_hash: [o.source for o in g[1:]] for g in groups if len(g) > 1}
+    failed_before = table.failed_sources()
+    clear: dict = {}  # content hash -> (sources, files) whose earlier failed rows an ok row clears
+    asked = requested_outputs(settings)
+    units = []
+    rerun: dict[str, int] = {}
     counts = {"ok": 0, "failed": 0, "skipped": 0, "resumed": 0}
     for n in pacs_notes + notes:
         echo(f"note: {n}")
@@ -93,7 +105,12 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     def put(row: dict) -> None:
         row["engine"] = engine
         row["run_id"] = run_id
+        if row.get("model") and others.get(row.get("content_hash")):
+            row["other_sources"] = others[row["content_hash"]]
         table.put(row)
+        if row["status"] == "ok" and row["content_hash"] in clear:
+            names, files = clear[row["content_hash"]]
+            table.clear_failed(names, row["model"], row["content_hash"], files)
         counts[row["status"]] = counts.get(row["status"], 0) + 1
         if row["status"] == "failed":
             err, src = str(row.get("error")), str(row.get("source"))
@@ -102,28 +119,46 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     for path, reason in problems:  # files the scanner could not read: no model can take them
         put({"content_hash": _file_hash(path), "model": "", "model_version": "", "status": "failed",
              "error": reason, "kind": "file", "source": path})
-    bad = {id(c) for c, _ in unreadable}
     for c, reason in unreadable:
         for m in c.models:
             put({"content_hash": "unreadable:" + hashlib.sha256(c.key.encode()).hexdigest(), "model": m,
                  "model_version": versions[m], "status": "failed", "error": reason, "kind": c.kind,
                  "source": c.source, "stem": c.stem})
-    units = []
-    for c in cands:
-        if id(c) in bad:
-            continue
-        todo = [m for m in ids if m in c.models and not table.done(c.content_hash, m, versions[m])]
-        counts["resumed"] += sum(1 for m in c.models if m not in todo)
+    for g in groups:
+        c = g[0]
+        todo = []
+        for m in (m for m in ids if m in c.models):
+            why = rerun_reason(table.lookup(c.content_hash, m, versions[m]), asked)
+            if why is None:
+                counts["resumed"] += 1
+                if len(g) > 1:
+                    table.add_sources(c.content_hash, m, versions[m], [o.source for o in g])
+                continue
+            todo.append(m)
+            if why:
+                rerun[why] = rerun.get(why, 0) + 1
         if todo:
             units.append((c, todo))
+            names = [o.source for o in g]
+            files = [f for o in g if o.kind != "slide" for f, member in o.files() if member is None]
+            hit = failed_before & set(names + files)
+            if hit:
+                clear[c.content_hash] = (names, sorted(hit))
     total = sum(len(u[1]) for u in units)
     if not cands and not problems:
         table.end_run(run_id, "nothing to do", counts, 0.0)
         table.close()
         raise UserError(f"nothing in {', '.join(sources)} matches model(s) {', '.join(ids)}"
                         + (f": {'; '.join(notes[:3])}" if notes else ""))
-    echo(f"{len(cands)} item(s) found in {t_scan:.1f} s; {counts['resumed']} already done "
-         f"(same content and model version), {total} to run with --engine {engine}")
+    if n_dup:
+        echo(f"note: {n_dup} item(s) are duplicates of other items (the same content under another name): "
+             "each content is analysed once; its row names the other names in other_sources")
+    if rerun:
+        echo("note: " + "; ".join(f"{n} done item(s) run again: {why}" for why, n in rerun.items()))
+    echo(f"{len(cands)} item(s) found in {t_scan:.1f} s"
+         + (f" ({n_dup} duplicate(s) of other items)" if n_dup else "")
+         + f"; {counts['resumed']} already done (same content and model version), {total} to run "
+           f"with --engine {engine}")
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc="batch", unit="item", file=sys.stderr, dynamic_ncols=True,
@@ -141,13 +176,13 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
                 n_proc = processes_for(work_items(units), processes)
                 if n_proc > 1:
                     echo(f"{n_proc} worker processes (one model each)")
-                    gen = run_local_processes(units, ids, settings, n_proc)
+                    gen = run_local_processes(units, folders, settings, n_proc)
                 else:
-                    gen = run_local(units, ids, settings, decoders=decoders, depth=depth)
+                    gen = run_local(units, folders, settings, decoders=decoders, depth=depth)
             else:
                 from .engines import run_ray
 
-                gen = run_ray(units, ids, settings, address=address, chunk=chunk, actors=actors,
+                gen = run_ray(units, folders, settings, address=address, chunk=chunk, actors=actors,
                               depth=depth, on_start=echo)
             done = 0
             for row in gen:
@@ -182,7 +217,8 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
         finally:
             table.close()
     ran = counts["ok"] + counts["failed"] + counts["skipped"]
-    result = dict(counts, total=total, seconds=round(seconds, 3), state=state, run_id=run_id,
+    result = dict(counts, total=total, duplicates=n_dup, rerun=sum(rerun.values()), seconds=round(seconds, 3),
+                  state=state, run_id=run_id,
                   items_per_s=round(ran / seconds, 3) if seconds > 0 else None,
                   table=str(out / "batch.sqlite"), scan_s=round(t_scan, 3))
     # start-up (models, Ray) until the first row, and the rate after it
@@ -191,6 +227,66 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
         if ran > 1 and t0 + seconds > t_first:
             result["steady_items_per_s"] = round((ran - 1) / (t0 + seconds - t_first), 3)
     return result
+
+
+def resolve_models(args: list[str], registry) -> tuple[list, list[str]]:
+    """(cards, model folders) of the --model arguments, each resolved once (an id through the
+    registry, a folder as it is): the engines load exactly these folders, so the card matched
+    and checked for resume, the version recorded and the network run are one model.  The same
+    model named twice (id and folder, or two spellings) counts once; two different folders of
+    one model id are a ``UserError``."""
+    seen: dict[str, tuple[str, object, str]] = {}
+    for a in args:
+        e = registry.get(a)
+        folder = os.path.realpath(e.folder)
+        prev = seen.get(e.card.id)
+        if prev is None:
+            seen[e.card.id] = (folder, e.card, a)
+        elif prev[0] != folder:
+            raise UserError(f"--model {prev[2]} and --model {a} are both model {e.card.id} but different "
+                            f"folders ({prev[0]}, {folder}): give one of them")
+    return [v[1] for v in seen.values()], [v[0] for v in seen.values()]
+
+
+def merge_duplicates(cands: list, ids: list[str]) -> list[list]:
+    """Candidates grouped by content hash, in the order found: the first of each group is
+    the work unit, with the models of all of them (the same bytes fit the same cards)."""
+    groups: dict[str, list] = {}
+    for c in cands:
+        groups.setdefault(c.content_hash, []).append(c)
+    for g in groups.values():
+        first = g[0]
+        for o in g[1:]:
+            for m in o.models:
+                if m not in first.models:
+                    first.models.append(m)
+                if m in o.overridden:
+                    first.overridden.setdefault(m, o.overridden[m])
+                if m in o.match_warnings:
+                    first.match_warnings.setdefault(m, o.match_warnings[m])
+        first.models.sort(key=lambda m: ids.index(m) if m in ids else len(ids))
+    return list(groups.values())
+
+
+def rerun_reason(row: dict | None, asked: dict) -> str | None:
+    """Whether an item (content, model, version) runs: None when its row is done for what this
+    command asks; "" when it has no row or a failed one; else why a done row runs again (a
+    skipped row with --research-override, an ok row made without an output now asked)."""
+    if row is None or row.get("status") not in ("ok", "skipped"):
+        return ""
+    if row["status"] == "skipped":
+        return "skipped before, --research-override now given" if asked.get("override") else None
+    had = row.get("outputs")
+    if not isinstance(had, dict):  # a row of an older batch: what it made, not what was asked
+        had = {"report": row.get("report") is not None or row.get("report_error") is not None,
+               "dicom": row.get("dicom") is not None or row.get("dicom_error") is not None,
+               "explain": None, "explain_labels": None}
+    missing = [f for f, k in (("--report", "report"), ("--dicom", "dicom")) if asked.get(k) and not had.get(k)]
+    if asked.get("explain") and (had.get("explain"), had.get("explain_labels")) != (asked["explain"],
+                                                                                    asked.get("explain_labels")):
+        missing.append("--explain " + asked["explain"] + (" --label " + " --label ".join(asked["explain_labels"])
+                                                           if asked.get("explain_labels") else ""))
+    return f"made without {', '.join(missing)}" if missing else None
 
 
 def _file_hash(path: str) -> str:

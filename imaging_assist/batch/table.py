@@ -63,6 +63,9 @@ COLUMNS = {
     "engine": "TEXT",
     "run_id": "INTEGER",
     "finished": "TEXT",  # UTC ISO time the row was written
+    # added later (an older table gains them, empty, when it is opened):
+    "other_sources": "JSON",  # the same content found under these names too (analysed once)
+    "outputs": "JSON",  # what the run asked for: {explain, explain_labels, report, dicom, override}
 }
 JSON_COLUMNS = {k for k, v in COLUMNS.items() if v == "JSON"}
 
@@ -96,7 +99,9 @@ class ResultsTable:
     @staticmethod
     def _doing(name: str) -> str:
         return {"__init__": "cannot open the batch results table", "rows": "cannot read the batch results table",
-                "done": "cannot read the batch results table"}.get(name, "cannot write the batch results table")
+                "done": "cannot read the batch results table",
+                "lookup": "cannot read the batch results table",
+                "failed_sources": "cannot read the batch results table"}.get(name, "cannot write the batch results table")
 
     @_one_line
     def __init__(self, out_dir):
@@ -147,6 +152,51 @@ class ResultsTable:
         r = self.db.execute("SELECT status FROM results WHERE content_hash=? AND model=? AND model_version=?",
                             (content_hash, model, version)).fetchone()
         return r is not None and r[0] in ("ok", "skipped")
+
+    @_one_line
+    def lookup(self, content_hash: str, model: str, version: str) -> dict | None:
+        """The row of this content, model and version (JSON columns decoded), or None."""
+        rows = self.rows("WHERE content_hash=? AND model=? AND model_version=?", (content_hash, model, version))
+        return rows[0] if rows else None
+
+    @_one_line
+    def add_sources(self, content_hash: str, model: str, version: str, sources: list[str]) -> None:
+        """Name more sources of the same content in its row's ``other_sources`` (a resumed
+        duplicate): the row's own ``source`` is not repeated."""
+        r = self.lookup(content_hash, model, version)
+        if r is None:
+            return
+        have = list(r.get("other_sources") or [])
+        new = [x for x in sources if x != r.get("source") and x not in have]
+        if new:
+            self.db.execute("UPDATE results SET other_sources=? WHERE content_hash=? AND model=? AND model_version=?",
+                            (json.dumps(have + new), content_hash, model, version))
+
+    @_one_line
+    def failed_sources(self) -> set[str]:
+        """The sources of the failed rows (what an ok row may clear: :meth:`clear_failed`)."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT source FROM results WHERE status='failed'")
+                if r[0] is not None}
+
+    @_one_line
+    def clear_failed(self, sources: list[str], model: str, content_hash: str, files: list[str] = ()) -> int:
+        """An item analysed: delete the failed rows of the same source(s) and model for other
+        content (the file was fixed or replaced since), and the rows of its files that no
+        model could read (model ''); returns how many went."""
+        n = 0
+        self.db.execute("BEGIN")
+        try:
+            for src in dict.fromkeys(sources):
+                n += self.db.execute("DELETE FROM results WHERE status='failed' AND source=? AND model=? "
+                                     "AND content_hash<>?", (src, model, content_hash)).rowcount
+            for f in dict.fromkeys([*sources, *files]):
+                n += self.db.execute("DELETE FROM results WHERE status='failed' AND source=? AND model=''",
+                                     (f,)).rowcount
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return n
 
     @_one_line
     def put(self, row: dict) -> None:

@@ -126,8 +126,10 @@ def cmd_batch(args) -> int:
     r = run_batch([os.fspath(s) for s in args.sources], args.model, settings, engine=args.engine,
                   address=args.address, command=command, decoders=args.decoders, chunk=args.chunk,
                   actors=args.actors, processes=args.processes)
-    line = (f"{r['ok']} ok, {r['failed']} failed, {r['skipped']} skipped, {r['resumed']} already done; "
-            f"{r['seconds']:.1f} s" + (f" ({r['items_per_s']:.2f} items/s)" if r["items_per_s"] else "")
+    line = (f"{r['ok']} ok, {r['failed']} failed, {r['skipped']} skipped, {r['resumed']} already done"
+            + (f", {r['duplicates']} duplicate(s) of other items" if r.get("duplicates") else "")
+            + (f", {r['rerun']} done item(s) run again" if r.get("rerun") else "")
+            + f"; {r['seconds']:.1f} s" + (f" ({r['items_per_s']:.2f} items/s)" if r["items_per_s"] else "")
             + f"; table {r['table']}")
     if args.json:
         print(json.dumps(r))
