@@ -425,11 +425,13 @@ def test_stow_good_answer_counts_as_sent(srv, tmp_path):
     assert got == {s: None for s in SOPS}
 
 
-@pytest.mark.parametrize("body, sent", [
+@pytest.mark.parametrize("body, named", [
     (_failed_sop({"vr": "US", "Value": [0xC000]}), True),  # 409 naming one failed instance
     (b"<html>conflict</html>", False),  # 409 without a usable body: the HTTP status for all
 ])
-def test_stow_409_fails_the_instances_it_names(srv, tmp_path, body, sent):
+def test_stow_409_fails_the_instances_it_names(srv, tmp_path, body, named):
+    """PS3.18: a 409 means nothing of the request was stored.  Every instance fails with the
+    status; the one its Failed SOP Sequence names gets that reason."""
     import threading
 
     def conflict(h):
@@ -442,7 +444,8 @@ def test_stow_409_fails_the_instances_it_names(srv, tmp_path, body, sent):
     got = {}
     dicomweb.store(srv.node, _stow_items(tmp_path), lambda it, err: got.__setitem__(it.sop_uid, err),
                    threading.Event())
-    if sent:
-        assert got == {SOPS[0]: None, SOPS[1]: "rejected by the server (failure reason 0xC000)", SOPS[2]: None}
+    if named:
+        assert got[SOPS[1]] == "rejected by the server (failure reason 0xC000) (HTTP 409; not stored)"
+        assert all("HTTP 409" in got[s] for s in (SOPS[0], SOPS[2])), got
     else:
         assert set(got) == set(SOPS) and all("HTTP 409" in e for e in got.values()), got

@@ -189,7 +189,10 @@ def cmd_find(args) -> int:
               date=args.date, modality=args.modality, accession=args.accession,
               description=args.description, study_uid=args.study, level=args.level)
     rows = api.find(node, q, s, limit=args.limit)
-    if getattr(rows, "truncated", False):
+    said = list(getattr(rows, "notes", ()) or ())  # how the answer was obtained (a node that
+    for n in said:                                      # stopped early, a bounded broadened search)
+        print(f"note: {n}", file=sys.stderr)
+    if getattr(rows, "truncated", False) and not said:
         print(f"note: more than {args.limit} matches; showing the first {args.limit} "
               f"(narrow the filters or raise --limit)", file=sys.stderr)
     if args.json:

@@ -304,32 +304,81 @@ def _matches(ds, exact: dict[str, str]) -> bool:
     return True
 
 
-def find(node: Node, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
-    q = query.checked()
-    c = client(node)
-    filters, exact = _broadened(q.filters())
-    fields = q.return_keys() + list(exact)
-    # Broadened values are filtered here afterwards, so the server's limit cannot apply to them.
-    server_limit = None if exact else limit + 1
+MAX_BROADENED_ROWS = 5000  # answers read (in pages) for a query the server cannot take as it is
+QIDO_PAGE = 500  # answers per page of such a query (at least limit + 1)
+
+
+def _qido(node: Node, c, q: Query, filters: dict, fields: list, limit, offset=None):
+    kw = dict(search_filters=dict(filters), fields=fields, limit=limit)
+    if offset:
+        kw["offset"] = offset
     if q.level == "study":
-        ans = _call(node, "QIDO-RS", c.search_for_studies, search_filters=filters, fields=fields,
-                    limit=server_limit)
-    else:
-        study = filters.pop("StudyInstanceUID", None)
-        ans = _call(node, "QIDO-RS", c.search_for_series, study_instance_uid=study,
-                    search_filters=filters, fields=fields, limit=server_limit)
-    rows = Rows()
+        return _call(node, "QIDO-RS", c.search_for_studies, **kw)
+    study = kw["search_filters"].pop("StudyInstanceUID", None)
+    return _call(node, "QIDO-RS", c.search_for_series, study_instance_uid=study, **kw)
+
+
+def _collect(node: Node, q: Query, ans, exact: dict, rows: Rows, seen: set, limit: int) -> int:
+    """Append the answers that match ``exact`` to ``rows`` (once each); returns how many
+    answers there were."""
+    n = 0
     try:
         for ds in _datasets(node, "QIDO-RS", ans):
-            if _matches(ds, exact):
-                rows.append(row_from_dataset(ds, q.level))
-                if len(rows) > limit:  # a server that ignores limit= is not read to the end
-                    break
+            n += 1
+            row = row_from_dataset(ds, q.level)
+            key = row.get("series_uid") or row.get("study_uid") or id(row)
+            if key in seen or not _matches(ds, exact):
+                continue
+            seen.add(key)
+            rows.append(row)
+            if len(rows) > limit:  # a server that ignores limit= is not read to the end
+                break
     except PacsError:
         raise
     except Exception as e:  # noqa: BLE001 - values pydicom accepted but cannot show
         raise PacsError(f"{node.label()}: QIDO-RS: malformed response ({type(e).__name__})") from None
+    return n
+
+
+def find(node: Node, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
+    """QIDO-RS.  A value with characters outside ``[A-Za-z0-9*._-]`` is first sent as it is
+    (percent-encoded, as PS3.18 says: a conformant server matches it exactly, with our limit).
+    Orthanc 1.10 (DICOMweb plugin 1.7) percent-decodes no QIDO value: such a value matches
+    nothing there (verified: ``M%C3%BCller*``, ``DOE%5EJOHN`` and even ``?`` for a non-ASCII
+    letter find nothing), so when that exact query finds nothing the value is sent with ``*``
+    in place of those characters and the exact filter is applied here (``_matches``), in pages
+    of at least ``limit + 1`` answers, at most MAX_BROADENED_ROWS of them: past that the rows are marked
+    truncated and a note says why (a bare ``*`` never fetches the whole archive)."""
+    q = query.checked()
+    c = client(node)
+    sent, exact = _broadened(q.filters())
+    fields = q.return_keys() + list(exact)
+    rows, seen = Rows(), set()
     rows.limit = limit
+    if exact:  # first as it is: exact on a conformant server
+        _collect(node, q, _qido(node, c, q, q.filters(), fields, limit + 1), exact, rows, seen, limit)
+    if not rows and exact:
+        page, offset = max(limit + 1, QIDO_PAGE), 0
+        while len(rows) <= limit:
+            if offset >= MAX_BROADENED_ROWS:
+                rows.truncated = True
+                rows.notes = (f"{node.label()} did not match the filter as sent (a server that "
+                              f"does not decode percent-encoded values, such as Orthanc 1.10): "
+                              f"the first {offset} answers of a broader query "
+                              f"({', '.join(f'{k}={v}' for k, v in sent.items() if k in exact)}) "
+                              f"were searched; narrow the query with other filters",)
+                break
+            n = _collect(node, q, _qido(node, c, q, sent, fields, page, offset), exact, rows, seen,
+                         limit)
+            offset += page
+            if n < page:  # the last page
+                break
+        if rows and not rows.notes:
+            rows.notes = (f"{node.label()} did not match the filter as sent (a server that does "
+                          f"not decode percent-encoded values, such as Orthanc 1.10): a broader "
+                          f"query was filtered here",)
+    elif not exact:
+        _collect(node, q, _qido(node, c, q, sent, fields, limit + 1), exact, rows, seen, limit)
     if len(rows) > limit:
         rows.truncated = True
         del rows[limit:]
@@ -454,8 +503,10 @@ def _receive(node: Node, sink: InstanceSink, series: str, wanted: set, seen: set
 
 def store(node: Node, items: list, on_result: Callable, cancel: threading.Event,
           batch_bytes: int = 64 << 20) -> None:
-    """STOW-RS in batches per study (at most ``batch_bytes`` read at once).  The response's
-    Failed SOP Sequence names the instances the server rejected; the rest of the batch goes on."""
+    """STOW-RS in batches per study (at most ``batch_bytes`` read at once).  On a 200 or 202
+    answer the Failed SOP Sequence names the instances the server rejected and the rest of the
+    request counts as sent; on an error answer (400, 409, 5xx...) every instance of the request
+    fails with the HTTP status (see below).  Either way the next batch goes on."""
     from pydicom import dcmread
     c = client(node)
     by_study: dict[str, list] = {}
@@ -490,12 +541,23 @@ def store(node: Node, items: list, on_result: Callable, cancel: threading.Event,
                         raise TimeoutError
                     failed = _stow_failures(resp, lim.content_type)
                 except requests.HTTPError as e:
-                    failed = _stow_body(e)
-                    if failed is None:
-                        err = str(_fail(node, "STOW-RS", e, lim))
-                        for b in sendable:
-                            on_result(b, err)
-                        continue
+                    # PS3.18 10.5.3: only 200 and 202 may mean (partly) stored; 400, 409 and the
+                    # other error answers mean that nothing was, whatever the body holds (even {}).
+                    # Each instance fails with the HTTP status, its Failed SOP Sequence item, if
+                    # any, giving the reason.  One exception, for Orthanc 1.10, which answers 409
+                    # to a request stored in part: an instance the answer names as stored
+                    # (Referenced SOP Sequence) counts as sent (send's read-back then checks it).
+                    err = str(_fail(node, "STOW-RS", e, lim))
+                    named, stored = _stow_body(e)
+                    code = e.response.status_code if e.response is not None else "error"
+                    for b in sendable:
+                        if b.sop_uid in stored and b.sop_uid not in named:
+                            on_result(b, None)
+                        elif b.sop_uid in named:
+                            on_result(b, f"{named[b.sop_uid]} (HTTP {code}; not stored)")
+                        else:
+                            on_result(b, f"{err}; not stored")
+                    continue
                 except _NotStow as e:
                     err = f"{node.label()}: STOW-RS: {e}; not known to be stored"
                     for b in sendable:
@@ -537,10 +599,16 @@ _STOW_TYPES = {"application/dicom+json", "application/json", "application/dicom+
                "application/xml", "text/xml"}
 
 
-def _stow_body(e: requests.HTTPError) -> dict[str, str] | None:
-    """A 409 answer still lists which instances failed and why (as :func:`_stow_failures`)."""
+def _stow_body(e: requests.HTTPError) -> tuple[dict[str, str], set[str]]:
+    """An error answer's Failed SOP Sequence (SOP Instance UID -> reason, as
+    :func:`_stow_failures`) and the SOP Instance UIDs its Referenced SOP Sequence names as
+    stored; both empty when the body is not a usable Store Instances Response."""
     from pydicom.dataset import Dataset
     try:
-        return _stow_failures(Dataset.from_json(e.response.json()), "application/dicom+json")
-    except Exception:  # noqa: BLE001 - no usable body: the caller reports the HTTP status
-        return None
+        ds = Dataset.from_json(e.response.json())
+        named = _stow_failures(ds, "application/dicom+json")
+        stored = {str(r.get("ReferencedSOPInstanceUID", ""))
+                  for r in (ds.get("ReferencedSOPSequence", []) or [])}
+        return named, stored - {""}
+    except Exception:  # noqa: BLE001 - no usable body: the HTTP status for every instance
+        return {}, set()

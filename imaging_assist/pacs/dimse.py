@@ -24,7 +24,7 @@ from pynetdicom.sop_class import (StudyRootQueryRetrieveInformationModelFind,
 
 from .dicomweb import MAX_INSTANCE_BYTES, MAX_LISTED, MIN_RATE
 from .nodes import Node, PacsError, Settings
-from .query import DEFAULT_LIMIT, Query, Rows, row_from_dataset
+from .query import DEFAULT_LIMIT, Query, Rows, charset_for, row_from_dataset
 from .transfer import InstanceSink, valid_uid
 
 FIND = StudyRootQueryRetrieveInformationModelFind
@@ -74,12 +74,34 @@ def status_text(code: int) -> str:
     return f"status 0x{code:04X}"
 
 
+class _Encrypted(Exception):
+    pass
+
+
+def _no_pass_phrase():
+    """OpenSSL's password callback: a key with a pass phrase is refused at once (its default
+    would prompt on the terminal, and wait there for ever under the GUI or a script)."""
+    raise _Encrypted
+
+
 def _tls_args(node: Node):
     if not node.tls_ca:
         return None
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=node.tls_ca)
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=node.tls_ca)
+    except (ssl.SSLError, OSError, ValueError) as e:
+        raise PacsError(f"{node.label()}: cannot use the TLS CA file {node.tls_ca} (not PEM "
+                        f"certificates? {getattr(e, 'reason', None) or e.__class__.__name__})") from None
     if node.tls_cert:
-        ctx.load_cert_chain(node.tls_cert, node.tls_key or None)
+        try:
+            ctx.load_cert_chain(node.tls_cert, node.tls_key or None, password=_no_pass_phrase)
+        except _Encrypted:
+            raise PacsError(f"{node.label()}: the TLS key {node.tls_key or node.tls_cert} is "
+                            f"protected by a pass phrase: use a key without one (e.g. openssl "
+                            f"pkey -in KEY -out KEY.plain), readable only by you") from None
+        except (ssl.SSLError, OSError, ValueError) as e:
+            raise PacsError(f"{node.label()}: cannot use the TLS certificate/key "
+                            f"({getattr(e, 'reason', None) or e.__class__.__name__})") from None
     return ctx, node.host
 
 
@@ -377,6 +399,14 @@ def _find(cx: _Assoc, ds: Dataset, what: str, limit: int | None = None,
                 out.append(ident)
             elif code == 0 or (code == 0xFE00 and out.truncated):
                 return out
+            elif code == 0xFE00 and limit is not None and out:
+                # the node ended its answer itself (e.g. Orthanc's LimitFindResults): what came
+                # is returned, marked as incomplete (an instance listing is never accepted so)
+                out.truncated = True
+                out.notes = (f"{node.label()} ended its answer after {len(out)} matches (status "
+                             f"0xFE00: its own limit on results); it may hold more: narrow the "
+                             f"filters",)
+                return out
             else:
                 raise PacsError(f"{node.label()}: {what} refused, {status_text(code)}")
         raise PacsError(f"{node.label()}: {what}: association ended before the final answer")
@@ -384,17 +414,29 @@ def _find(cx: _Assoc, ds: Dataset, what: str, limit: int | None = None,
         guard.disarm()
 
 
+def _identifier(level: str, keys: dict) -> Dataset:
+    """A C-FIND identifier.  When a value is not ASCII, Specific Character Set is ISO_IR 192 and
+    the values go as UTF-8 (without it pydicom would send them as undeclared Latin-1, or as
+    ``?``, a wildcard that matches other patients); the node answers in a character set it
+    declares in each answer, which pydicom applies when the values are read."""
+    ds = Dataset()
+    charset = charset_for(keys.values())
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.QueryRetrieveLevel = level
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
 def find(node: Node, settings: Settings, query: Query, limit: int = DEFAULT_LIMIT) -> Rows:
     q = query.checked()
-    ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY" if q.level == "study" else "SERIES"
-    for k, v in q.identifier().items():
-        setattr(ds, k, v)
+    ds = _identifier("STUDY" if q.level == "study" else "SERIES", q.identifier())
     cx = _Assoc(node, settings, [build_context(FIND)])
     with cx:
         found = _find(cx, ds, "C-FIND", limit)
     rows = Rows()
-    rows.truncated, rows.limit = found.truncated, limit
+    rows.truncated, rows.limit, rows.notes = found.truncated, limit, found.notes
     for ident in found:
         try:
             rows.append(row_from_dataset(ident, q.level))
@@ -412,12 +454,8 @@ def list_instances(node: Node, settings: Settings, study_uid: str,
     cx = _Assoc(node, settings, [build_context(FIND)])
     with cx:
         for series in list(series_uids) or [""]:
-            ds = Dataset()
-            ds.QueryRetrieveLevel = "IMAGE"
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series
-            ds.SOPInstanceUID = ""
-            ds.SOPClassUID = ""
+            ds = _identifier("IMAGE", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": series,
+                                       "SOPInstanceUID": "", "SOPClassUID": ""})
             for ident in _find(cx, ds, "C-FIND (instances)", max_rows=MAX_LISTED - len(out)):
                 try:
                     st, se, sop, sop_class = (str(ident.get(k, "")) for k in (
@@ -547,9 +585,41 @@ def _watch_cancel(cancel: threading.Event, assoc, on_cancel: Callable[[], None] 
     return done
 
 
-def _run_retrieve(cx: _Assoc, model, send, requests, sink, what):
+def _request_sops(series: str, ds: Dataset, missing: dict[str, list[str]]) -> list[str]:
+    """The SOP Instance UIDs one retrieve request asks for."""
+    if "SOPInstanceUID" in ds:
+        v = ds.SOPInstanceUID
+        return [str(x) for x in v] if isinstance(v, (list, tuple)) or \
+            type(v).__name__ == "MultiValue" else [str(v)]
+    return list(missing.get(series, []))
+
+
+def _fail_request(sink: InstanceSink, series: str, sops: list[str], reason: str, ident) -> None:
+    """A request that ended in failure: each of its instances not received (nor already failed)
+    is a failure of its own; the node's Failed SOP Instance UID List, when it gives one, only
+    says which of them it names."""
+    named: set[str] = set()
+    try:
+        v = ident.get("FailedSOPInstanceUIDList", None) if ident is not None else None
+        if v is not None:
+            named = {str(x) for x in (v if isinstance(v, (list, tuple)) or
+                                      type(v).__name__ == "MultiValue" else [v]) if x}
+    except Exception:  # noqa: BLE001 - an identifier that does not decode: no refinement
+        named = set()
+    with sink._lock:
+        failed = {f.sop_instance_uid for f in sink.result.failures}
+    for sop in sops:
+        if sop in failed or sink.present(series, sop):
+            continue
+        sink.fail(sop, reason + (" (named by the node as failed)" if sop in named else ""), series)
+
+
+def _run_retrieve(cx: _Assoc, model, send, requests, sink, what, missing=None):
     """Send each retrieve request; C-CANCEL on cancel.  Raises NoGet when the node aborts the
-    association on a C-GET before sending anything (Orthanc's answer to a refused C-GET)."""
+    association on a C-GET before sending anything (Orthanc's answer to a refused C-GET).  A
+    request the node answers with a failure status fails the instances it asked for (each one
+    a failure of the result) and the next request goes on: one series that cannot be sent
+    does not keep the others from coming."""
     assoc, guard, node = cx.assoc, cx.guard, cx.node
     budget = RETRIEVE_TIMEOUT_FACTOR * node.timeout
     cx_id = next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == model)
@@ -557,7 +627,7 @@ def _run_retrieve(cx: _Assoc, model, send, requests, sink, what):
     finished = _watch_cancel(sink.cancel, assoc,
                              lambda: assoc.send_c_cancel(msg["id"], cx_id))
     try:
-        for _series, ds in requests:
+        for series, ds in requests:
             if sink.cancel.is_set():
                 break
             msg["id"] += 1
@@ -589,11 +659,12 @@ def _run_retrieve(cx: _Assoc, model, send, requests, sink, what):
             if code == 0xFE00:
                 break
             if code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
-                if code == 0xA801:
+                if code == 0xA801:  # no request can succeed: the whole transfer fails
                     raise PacsError(f"{node.label()}: {what} refused: the node does not know our "
                                     f"AE title {assoc.ae.ae_title} as a move destination (add it "
                                     f"to the PACS with our host and storage port)")
-                raise PacsError(f"{node.label()}: {what} failed, {status_text(code)}")
+                _fail_request(sink, series, _request_sops(series, ds, missing or {}),
+                              f"{what} of series {series} failed, {status_text(code)}", ident)
     finally:
         finished.set()
         guard.disarm()
@@ -628,10 +699,30 @@ def _get_contexts(classes: list[str]) -> list:
     return out[:MAX_CONTEXTS - 1]
 
 
+def _listed_classes(listing: list[tuple[str, str, str]]) -> list[str]:
+    """The SOP classes the node listed for the study.  pynetdicom hands a C-STORE of a SOP class
+    it does not know (private, retired, newer than it) to no service and aborts the
+    association; each such class the node holds is registered as a storage SOP class (the
+    library's own means, ``register_uid``), so that its instances are stored like any other.
+    Classes pynetdicom knows (storage or not) are left as they are."""
+    from pynetdicom.service_class import ServiceClass, StorageServiceClass
+    from pynetdicom.sop_class import register_uid, uid_to_service_class
+    classes = sorted({c for _s, _i, c in listing if valid_uid(c)})
+    with _REGISTER_LOCK:
+        for c in classes:
+            if uid_to_service_class(c) is ServiceClass:
+                register_uid(c, "ImagingAssistListedStorage_" + c.replace(".", "_"),
+                             StorageServiceClass)
+    return classes
+
+
+_REGISTER_LOCK = threading.Lock()
+
+
 def retrieve_get(node: Node, settings: Settings, sink: InstanceSink,
                  listing: list[tuple[str, str, str]], missing: dict[str, list[str]]) -> None:
     """C-GET: the node sends the instances back on our association (SCP role for storage)."""
-    classes = sorted({c for _s, _i, c in listing if valid_uid(c)})
+    classes = _listed_classes(listing)
     if not classes:  # the node did not list SOP classes: offer the common storage classes
         classes = [cx.abstract_syntax for cx in StoragePresentationContexts[:MAX_CONTEXTS - 1]]
     storage = _get_contexts(classes)
@@ -647,7 +738,8 @@ def retrieve_get(node: Node, settings: Settings, sink: InstanceSink,
             if not _supports(assoc, GET):
                 raise NoGet(f"{node.label()}: the node does not accept C-GET")
             _run_retrieve(cx, GET, lambda ds, m: assoc.send_c_get(ds, GET, msg_id=m),
-                          _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-GET")
+                          _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-GET",
+                          missing)
     finally:
         guard.close()
 
@@ -665,8 +757,12 @@ def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
     for series, _sop, _c in listing:
         counts[series] = counts.get(series, 0) + 1
     scp = AE(ae_title=settings.ae_title)
-    scp.supported_contexts = [build_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-                              for cx in AllStoragePresentationContexts]
+    # every storage class pynetdicom knows, and each SOP class the node listed for the study
+    # (a private or newer class it does not know: without a context its instance is refused
+    # and, on Orthanc, the whole C-MOVE of its series fails)
+    known = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+    listed = [c for c in _listed_classes(listing) if c not in set(known)]
+    scp.supported_contexts = [build_context(c, ALL_TRANSFER_SYNTAXES) for c in known + listed]
     scp.network_timeout = scp.acse_timeout = scp.dimse_timeout = node.timeout
     guard = _Guard(node)
     handlers = [(evt.EVT_C_STORE, _store_handler(sink, missing, guard, "C-MOVE")),
@@ -686,7 +782,8 @@ def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
                 raise PacsError(f"{node.label()}: the node accepts neither C-GET nor C-MOVE from us")
             _run_retrieve(cx, MOVE,
                           lambda ds, m: assoc.send_c_move(ds, settings.ae_title, MOVE, msg_id=m),
-                          _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-MOVE")
+                          _retrieve_requests(missing, counts, sink.result.study_uid), sink, "C-MOVE",
+                          missing)
     finally:
         guard.close()  # what still comes to our SCP is refused, its associations cut
         server.shutdown()

@@ -18,9 +18,12 @@ DEFAULT_LIMIT = 1000  # rows kept from one query; more are cancelled and the cal
 
 
 class Rows(list):
-    """Query answers; ``truncated`` when the node had more than ``limit`` matches."""
+    """Query answers; ``truncated`` when the node had more than ``limit`` matches (or, for a
+    QIDO query the server cannot take as it is, when not all its answers could be searched);
+    ``notes``: what the user should know about how the answer was obtained."""
     truncated: bool = False
     limit: int = DEFAULT_LIMIT
+    notes: tuple = ()
 
 
 def normalise_date(text: str, what: str = "date") -> str:
@@ -45,7 +48,41 @@ def _text(value: str, what: str, limit: int = 64) -> str:
     v = (value or "").strip()
     if not _SAFE.match(v) or len(v) > limit:
         raise PacsError(f"invalid {what} {value!r}: at most {limit} characters, no backslash")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (undecodable bytes on the command line)
+        raise PacsError(f"invalid {what} {value!r}: not valid text (cannot be encoded as "
+                        f"UTF-8)") from None
     return v
+
+
+def _uid(value: str) -> str:
+    """A Study Instance UID filter: digits and dots (UID matching has no wildcards)."""
+    v = (value or "").strip()
+    if v and not (len(v) <= 64 and re.fullmatch(r"[0-9]+(\.[0-9]+)*", v)):
+        raise PacsError(f"invalid study UID {value!r}: digits and dots, at most 64 characters")
+    return v
+
+
+UTF8 = "ISO_IR 192"
+
+
+def charset_for(values) -> str | None:
+    """The Specific Character Set an identifier holding ``values`` needs: None when all are
+    ASCII (the default repertoire), else ``ISO_IR 192`` (UTF-8, which holds every character,
+    so no value is ever sent as ``?``, a wildcard).  A value that is not valid text (a lone
+    surrogate) is refused in one line rather than sent altered."""
+    need = None
+    for v in values:
+        if not isinstance(v, str) or v.isascii():
+            continue
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PacsError(f"invalid query value {v!r}: not valid text (cannot be encoded as "
+                            f"UTF-8)") from None
+        need = UTF8
+    return need
 
 
 @dataclass
@@ -70,7 +107,7 @@ class Query:
                      modality=_text(self.modality, "modality", 16).upper(),
                      accession=_text(self.accession, "accession number", 16),
                      description=_text(self.description, "description"),
-                     study_uid=_text(self.study_uid, "study UID"), level=self.level)
+                     study_uid=_uid(self.study_uid), level=self.level)
 
     def identifier(self) -> dict[str, str]:
         """Keyword -> value: filters set, return keys empty (both C-FIND and QIDO use it)."""

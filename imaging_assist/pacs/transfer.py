@@ -100,10 +100,18 @@ class InstanceSink:
         return self.out_dir / self.result.study_uid / series_uid / f"{sop_uid}.dcm"
 
     def present(self, series_uid: str, sop_uid: str) -> bool:
+        """A file at the instance's place counts as present (not fetched again) only when its
+        header reads as DICOM and names this SOP Instance UID: a file cut off in its header, a
+        file of another instance or garbage is fetched again (and replaced).  Our own writes
+        are atomic, so a damaged file there was put there by something else."""
         p = self.path_for(series_uid, sop_uid)
         try:
-            return p.is_file() and p.stat().st_size > 132
-        except OSError:
+            if not p.is_file() or p.stat().st_size <= 132:
+                return False
+            from pydicom import dcmread
+            ds = dcmread(p, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+            return str(ds.get("SOPInstanceUID", "")) == sop_uid
+        except Exception:  # noqa: BLE001 - unreadable: not present, fetched again
             return False
 
     def plan(self, instances: list[tuple[str, str]]) -> dict[str, list[str]]:

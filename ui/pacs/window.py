@@ -234,7 +234,9 @@ class PacsWindow(QDialog):
             self.tree.addTopLevelItem(it)
         for c in range(len(STUDY_COLS)):
             self.tree.resizeColumnToContents(c)
-        more = (f" (the first {len(rows)}: the node has more matches; narrow the filters)"
+        notes = list(getattr(rows, "notes", ()) or ())
+        more = (f" ({'; '.join(notes)})" if notes else
+                f" (the first {len(rows)}: the node has more matches; narrow the filters)"
                 if getattr(rows, "truncated", False) else "")
         self.say(f"{len(rows)} {'study' if len(rows) == 1 else 'studies'}{more}",
                  error=bool(more))
