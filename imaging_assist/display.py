@@ -98,6 +98,7 @@ def attach_voi_lut(vol: Volume, ds) -> None:
         item = ds.VOILUTSequence[0]
         desc = [int(x) for x in item.LUTDescriptor]
         n, first, bits = (desc[0] or 65536), desc[1], desc[2]
+        read_first = first  # as pydicom reads the descriptor (and applies the LUT)
         if first >= 32768 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
             first -= 65536  # the descriptor's second value is SS for signed data
         if not (1 <= bits <= 16):
@@ -108,7 +109,9 @@ def attach_voi_lut(vol: Volume, ds) -> None:
             # reads OW data only as one entry per 16-bit word.
             lut = np.frombuffer(bytes(raw[:n]), np.uint8).astype(np.float64)
         else:
-            lut = apply_voi(np.arange(first, first + n, dtype=np.int64), ds).astype(np.float64)
+            # entry k is the one for input first + k: asked of pydicom at its own first value
+            # (64512 for a signed -1024 written as US, where -1024.. gave entry 0 throughout)
+            lut = apply_voi(np.arange(read_first, read_first + n, dtype=np.int64), ds).astype(np.float64)
         vol.voi_lut = lut
         vol.voi_lut_first = first
         vol.voi_lut_bits = bits

@@ -178,3 +178,22 @@ def test_a_grey_key_image_is_one_channel_and_an_overlay_keeps_its_colours(tmp_pa
     with Image.open(tmp_path / "heat.png") as im:
         assert im.mode == "RGB"
         assert np.array_equal(np.asarray(im), overlay_rgb(img, heat_slice=heat, volume=vol, k=0))
+
+
+def test_voi_lut_of_signed_data_whose_first_value_is_written_unsigned(tmp_path):
+    """Signed CT whose LUTDescriptor first value -1024 is written as US 64512 (the descriptor's
+    VR is US or SS): the LUT applies from -1024. The table was asked of pydicom from -1024 while
+    pydicom read 64512, so every value took entry 0 (a black image, no warning)."""
+    p = _ct_with(tmp_path, PixelRepresentation=1, RescaleIntercept="0")
+    ds = pydicom.dcmread(p)
+    ds.PixelData = (np.arange(32 * 32, dtype=np.int16).reshape(32, 32) * 2 - 1024).tobytes()
+    item = Dataset()
+    item.add_new(0x00283002, "US", [4096, 64512, 12])  # LUTDescriptor: first value -1024 as US
+    item.add_new(0x00283006, "US", list(range(4096)))  # identity ramp
+    ds.VOILUTSequence = Sequence([item])
+    ds.save_as(p)
+    vol = _load(tmp_path)
+    assert vol.voi_lut_first == -1024 and not vol.warnings
+    img = display.render_slice(vol, 0)
+    want = _to8(np.clip(vol.array[0].astype(float) + 1024, 0, 4095), 0, 4095)  # entry = value + 1024
+    assert np.abs(img.astype(int) - want.astype(int)).max() <= 1 and img.max() > 100
