@@ -222,6 +222,10 @@ class Hanging:
         return list(s[:VIEWS[self.layout]]) if s else []
 
 
+#: Projection radiography: a CR film's prior may be a DX film and the other way round.
+PROJECTION = {"CR", "DX"}
+
+
 def plan(protocol: Protocol, index, series) -> Hanging:
     """Resolve ``protocol`` for ``series`` of a StudyIndex: the series key per viewport.
 
@@ -230,8 +234,16 @@ def plan(protocol: Protocol, index, series) -> Hanging:
     keys, notes = [series.key], []
     here = index.study_of(series) if index is not None else None
     others = [s for s in (here.series if here else []) if s.is_image and s.key != series.key]
+    # the most recent prior study holding a series of the current one's modality (the newest
+    # prior may hold only a CT beside a chest film: it is not the film's prior)
     priors = viewing.prior_studies(index, series)
-    prior = viewing.matching_series(priors[0], series) if priors else None
+    mod = getattr(series, "modality", "") or ""
+    prior = None
+    for st in priors:
+        m = viewing.matching_series(st, series)
+        if m is not None and (not mod or m.modality == mod or {m.modality, mod} <= PROJECTION):
+            prior = m
+            break
     if protocol.layout in ("single", "mpr"):
         return Hanging(protocol, protocol.layout, keys, notes)
     for src in protocol.viewports[1:]:
@@ -239,7 +251,8 @@ def plan(protocol: Protocol, index, series) -> Hanging:
         if src == "prior":
             s = prior if prior is not None and prior.key not in keys else None
             if s is None:
-                notes.append("no prior study of this patient is loaded")
+                notes.append(f"no prior {mod} study of this patient is loaded (earlier studies hold other "
+                             "modalities)" if priors else "no prior study of this patient is loaded")
         if s is None:
             s = next((o for o in others if o.key not in keys), None)
         if s is not None:

@@ -213,9 +213,10 @@ def start_index(vol: Volume, remembered: bool = True) -> int:
     return int(np.argmin(nums))
 
 
-def prior_studies(index, series) -> list:
+def other_studies(index, series) -> list:
     """The other studies of ``series``' patient in a StudyIndex (same PatientID; studies
-    holding images only), most recent first.  Patients without an ID are never matched."""
+    holding images only), most recent first, later ones included (:func:`is_later` tells
+    them).  Patients without an ID are never matched."""
     if index is None or series is None:
         return []
     pat = index.patient_of(series)
@@ -226,6 +227,23 @@ def prior_studies(index, series) -> list:
     out = [st for p in index.patients if str(p.id or "").strip() == pid for st in p.studies
            if st is not here and any(s.is_image for s in st.series)]
     return sorted(out, key=lambda st: (st.date or "", st.time or ""), reverse=True)
+
+
+def is_later(study, here) -> bool:
+    """True when ``study`` was made after ``here`` (StudyDate, then StudyTime); False when
+    either date is unknown (never guessed later)."""
+    if study is None or here is None or not (study.date and here.date):
+        return False
+    return (study.date, study.time or "") > (here.date, here.time or "")
+
+
+def prior_studies(index, series) -> list:
+    """The studies of ``series``' patient made before it (a later study is not its prior:
+    opening the older of two studies hung the newer one as "prior"), most recent first;
+    studies without a date come last, as they cannot be placed."""
+    here = index.study_of(series) if (index is not None and series is not None) else None
+    out = [st for st in other_studies(index, series) if not is_later(st, here)]
+    return [st for st in out if st.date] + [st for st in out if not st.date]
 
 
 def matching_series(study, like=None):

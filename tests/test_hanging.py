@@ -58,6 +58,33 @@ def test_builtin_rules_per_modality_and_body_part(store):
     assert store.match("US", "").layout == "single" and store.match("", "").layout == "single"
 
 
+def test_the_prior_is_the_newest_earlier_study_of_the_same_kind(store):
+    """A chest film's prior is the most recent earlier film (CR or DX), not a CT the patient
+    had in between; a later study is never hung as the prior of an older one."""
+    film, ct_between, film_old, film_later = (_ser("f-2024", "CR", "PA", body="CHEST"), _ser("ct-2023", "CT", "AX", 100),
+                                              _ser("f-2019", "DX", "PA", body="CHEST"), _ser("f-2025", "CR", "PA", body="CHEST"))
+    idx = StudyIndex("/", patients=[PatientInfo("P1", "A^B", studies=[
+        StudyInfo("s-2024", date="20240301", series=[film]), StudyInfo("s-2023", date="20230601", series=[ct_between]),
+        StudyInfo("s-2019", date="20190101", series=[film_old]),
+        StudyInfo("s-2025", date="20250101", series=[film_later])])])
+    p = store.match("CR", "CHEST")
+    h = hanging.plan(p, idx, film)
+    assert h.keys == ["f-2024", "f-2019"] and not h.notes  # not the 2023 CT, not the 2025 film
+    assert [st.uid for st in viewing.prior_studies(idx, film)] == ["s-2023", "s-2019"]
+    assert [st.uid for st in viewing.other_studies(idx, film)] == ["s-2025", "s-2023", "s-2019"]
+    assert viewing.is_later(idx.study_of(film_later), idx.study_of(film))
+    # the oldest film has no prior: the layout shrinks with a note, the later films are not priors
+    h = hanging.plan(p, idx, film_old)
+    assert h.layout == "single" and any("no prior study" in n for n in h.notes)
+    h = hanging.plan(p, idx, film_later)  # a CT in between does not count, the 2024 film does
+    assert h.keys == ["f-2025", "f-2024"]
+    only_ct = StudyIndex("/", patients=[PatientInfo("P1", "A^B", studies=[
+        StudyInfo("s-2024", date="20240301", series=[film]), StudyInfo("s-2023", date="20230601", series=[ct_between])])])
+    h = hanging.plan(p, only_ct, film)
+    assert h.keys == ["f-2024"] and any("no prior CR study" in n for n in h.notes)
+    assert hanging.source_of(idx, film_old, film) == "next" and hanging.source_of(idx, film, film_old) == "prior"
+
+
 def test_missing_prior_shrinks_the_layout_with_a_note(store):
     idx = _index()
     lone = idx.find_series("lone-cr")

@@ -143,6 +143,22 @@ def test_cr_chest_opens_beside_the_most_recent_prior(env, tmp_path_factory):
         w.close()
 
 
+def test_a_folder_of_one_patients_films_opens_on_the_most_recent(env, tmp_path_factory):
+    """Opened without a series, the most recent study is the current one and the older its
+    prior (the oldest was opened first, by folder order, and the newer hung as its "prior")."""
+    root, data, uids = env
+    w = _window(tmp_path_factory)
+    try:
+        w.open_path([str(data / "cr_p2015"), str(data / "cr_p2019")])
+        assert pump_until(lambda: w.load_state == "done" and w.doc.volume is not None, 60), w.last_error
+        assert pump_until(lambda: w.view_area.layout_mode == "1x2" and w.reading.loading_done()
+                          and w.view_area.grid.cells[1].doc.volume is not None, 60)
+        g = w.view_area.grid
+        assert g.cells[0].doc.series.uid == uids["p2019"] and g.cells[1].doc.series.uid == uids["p2015"]
+    finally:
+        w.close()
+
+
 def _ct_window(env, tmp_path_factory):
     """A window on the head CT study's first series (hung by its protocol) and the protocols file."""
     root, data, uids = env

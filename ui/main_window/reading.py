@@ -231,7 +231,7 @@ class Reading:
         w = self.w
         index = w.loading.index
         cur = index.find_series(w.current_key) if (index and w.current_key) else None
-        st = next((st for st in viewing.prior_studies(index, cur) if st.uid == study_uid), None)
+        st = next((st for st in viewing.other_studies(index, cur) if st.uid == study_uid), None)
         s = viewing.matching_series(st, cur) if st is not None else None
         if s is None:
             w.statusBar().showMessage("That study has no images to show", 5000)

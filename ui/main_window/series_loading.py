@@ -132,7 +132,13 @@ class SeriesLoading(QObject):
             if chosen is None:
                 self.w.show_banner(f"Series {self._pending_series} not found; showing the largest series instead.")
         if chosen is None:
-            chosen = max(series, key=lambda s: (s.n_frames, -series.index(s)))
+            # the most recent study first (opening a folder of one patient's studies hung the
+            # oldest as "current"), then its largest series
+            def when(s):
+                st = index.study_of(s)
+                return (st.date or "", st.time or "") if st is not None else ("", "")
+
+            chosen = max(series, key=lambda s: (when(s), s.n_frames, -series.index(s)))
         self.load_series(chosen.key)
 
     def _series_chosen(self, key):

@@ -40,13 +40,14 @@ class PriorsPanel(QWidget):
 
     def set_current(self, index, series) -> list:
         """Fill the list for the series shown; returns the prior studies."""
-        self.studies = viewing.prior_studies(index, series)
+        self.studies = viewing.other_studies(index, series)
         self.list.clear()
         here = index.study_of(series) if (index is not None and series is not None) else None
         for st in self.studies:
             mods = sorted({s.modality for s in st.series if s.is_image and s.modality})
             n = sum(1 for s in st.series if s.is_image)
-            it = QListWidgetItem(f"{_date(st.date)}  {st.description or '(no description)'}\n"
+            later = "  (later than the current study)" if viewing.is_later(st, here) else ""
+            it = QListWidgetItem(f"{_date(st.date)}  {st.description or '(no description)'}{later}\n"
                                  f"{'/'.join(mods) or '?'}  ·  {n} series")
             it.setData(UID_ROLE, st.uid)
             it.setToolTip(f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
