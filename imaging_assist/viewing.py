@@ -147,6 +147,17 @@ def linked_index(src: Volume, src_index: int, dst: Volume, offset_mm: float = 0.
     return index_at(dst, c + dst.normal * offset_mm)
 
 
+def manual_linked_index(src: Volume, src_index: int, dst: Volume, src_offset_mm: float = 0.0,
+                        dst_offset_mm: float = 0.0) -> tuple[int, float]:
+    """The slice of ``dst`` for series linked by hand: each keeps its own distance (``*_offset_mm``,
+    along its own normal) to the series linked to. The point is the source slice's centre moved
+    back by the source's distance along the source's normal, then by the destination's along the
+    destination's: a feet-first series' normal points the other way, and one number subtracted
+    and applied along the destination's normal sent it to the mirrored position."""
+    c = slice_geometry(src, Plane.native(), src_index).center
+    return index_at(dst, c - src.normal * src_offset_mm + dst.normal * dst_offset_mm)
+
+
 def reference_line(src: Volume, src_plane: Plane, src_index: int,
                    dst: Volume, dst_plane: Plane, dst_index: int):
     """Where the plane of the source slice cuts the shown destination slice, as a segment

@@ -207,6 +207,11 @@ def test_2x2_shows_four_series_and_other_frames_are_not_linked(win, studies):
     k = 50 if start_gap < 0 else 5  # stays inside the other series
     win.doc.set_index(0, k)
     assert pos_o[other.doc.position[0]] - pos_c[k] == pytest.approx(start_gap, abs=1.0 + 1e-6)
+    # the series linked by hand scrolls: the current follows with the same gap (each keeps its
+    # own distance along its own normal: tests/test_viewing.py checks a feet-first prior)
+    ko = other.doc.position[0] + (-2 if other.doc.position[0] >= 2 else 2)
+    other.doc.set_index(0, ko)
+    assert pos_o[ko] - pos_c[win.doc.position[0]] == pytest.approx(start_gap, abs=1.0 + 1e-6)
     g.set_manual_link(other.number, False)
 
 

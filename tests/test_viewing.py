@@ -151,3 +151,25 @@ def test_priors_are_other_studies_of_the_same_patient_id():
     assert viewing.matching_series(old, cur).uid == "p2"  # same modality and description
     idx.patients[0].id = ""
     assert viewing.prior_studies(idx, cur) == []  # no ID: no matching by guess
+
+
+def test_manual_link_keeps_the_gap_with_a_feet_first_prior():
+    """Linked by hand (other Frame of Reference) to a prior scanned feet-first: scrolling either
+    series keeps the distance the reader set. Applying one subtracted number along the other
+    series' normal sent the current series to the mirrored position when the prior scrolled."""
+    cur = _axial(n=60, dz=1.0, z0=0.0)  # head first: z = k
+    prior = Volume(np.zeros((31, 32, 40), np.int16), spacing=(0.5, 0.5, 2.0), origin=(10.0, -8.0, 60.0),
+                   direction=np.diag([-1.0, 1.0, -1.0]), modality="CT")  # feet first: z = 60 - 2k
+    prior.slice_positions = -60.0 + 2.0 * np.arange(31)  # along its own normal (-z)
+    z_prior = lambda k: 60.0 - 2.0 * k  # noqa: E731
+    # linked with the current at z = 30 and the prior at z = 48: the prior's distance along its normal
+    c30 = viewing.slice_geometry(cur, Plane.native(), 30).center
+    p6 = viewing.slice_geometry(prior, Plane.native(), 6).center
+    off = float((p6 - c30) @ prior.normal)
+    assert off == pytest.approx(-18.0)
+    # the current scrolls to z = 40: the prior goes to z = 58
+    k, _ = viewing.manual_linked_index(cur, 40, prior, 0.0, off)
+    assert z_prior(k) == pytest.approx(58.0)
+    # the prior scrolls to z = 42: the current goes to z = 24 (the gap kept), not to z = 60
+    k, dist = viewing.manual_linked_index(prior, 9, cur, off, 0.0)
+    assert k == 24 and dist == pytest.approx(0.0)

@@ -222,8 +222,9 @@ class GridArea(QWidget):
             for c in self.visible_cells():
                 if c.doc is doc or not self.linked(doc, c.doc):
                     continue
-                off = c.offset_mm - (src_cell.offset_mm if src_cell is not None else 0.0)
-                k, _dist = viewing.linked_index(doc.volume, doc.position[0], c.doc.volume, off)
+                k, _dist = viewing.manual_linked_index(doc.volume, doc.position[0], c.doc.volume,
+                                                       src_cell.offset_mm if src_cell is not None else 0.0,
+                                                       c.offset_mm)
                 c.doc.set_index(0, k)
         finally:
             self._syncing = False
