@@ -836,6 +836,17 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
             flips.append(s < 0)
         if sorted(perm) != [0, 1, 2]:
             raise ValueError(f"{base}: its voxel grid differs from the image grid (axes do not match)")
+        # every corner of the grid, not only its first voxel: a 2% spacing or ~1 degree
+        # difference passed the checks above and drew the far edge about 10 pixels off
+        worst = 0.0
+        for c in np.array(np.meshgrid(*[(0, n - 1) for n in vol_ijk], indexing="ij")).reshape(3, -1).T:
+            want = np.empty(3)
+            for a in range(3):
+                want[perm[a]] = vol_ijk[a] - 1 - c[a] if flips[a] else c[a]
+            worst = max(worst, float(np.abs((m @ np.append(c, 1.0))[:3] - want).max()))
+        if worst > 0.5:
+            raise ValueError(f"{base}: its voxel grid drifts from the image grid by {worst:.1f} voxels at the far "
+                             "corner (slightly different spacing or orientation; resampling is not supported)")
         data = nifti.read_data(path, img).reshape(dshape)
         arr = np.transpose(data, perm)
         for a, f in enumerate(flips):

@@ -114,3 +114,24 @@ def test_damaged_nifti_header_is_one_line_not_nibabels_exception(files, tmp_path
     (tmp_path / "junk.nii").write_bytes(b"junk" * 100)
     with pytest.raises(ValueError, match=r"^junk\.nii: not a readable NIfTI file"):
         load_overlay(str(tmp_path / "junk.nii"), vol)
+
+
+def test_nifti_on_a_slightly_different_grid_is_refused_not_drawn_shifted(tmp_path):
+    """A 512-wide mask with 0.693-mm pixels on a 0.68-mm series (same matrix and first voxel)
+    passed the 2% spacing tolerance and was drawn up to 9.6 px off at the far edge: every
+    corner of the grid must land within half a voxel; a faithful copy still loads."""
+    import nibabel as nib
+
+    vol = Volume(array=np.zeros((3, 512, 512), np.int16), spacing=(0.68, 0.68, 2.0), origin=(-174.0, -170.0, 10.0),
+                 direction=np.eye(3))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    mask = np.zeros((512, 512, 3), np.uint8)
+    mask[500, 256, 1] = 1
+    same = lps_to_ras @ vol.affine
+    nib.save(nib.Nifti1Image(mask, same), tmp_path / "same.nii")
+    assert isinstance(load_overlay(str(tmp_path / "same.nii"), vol), LabelLayer)
+    drift = same.copy()
+    drift[:3, 0] *= 0.693 / 0.68  # 1.9% larger pixels along x
+    nib.save(nib.Nifti1Image(mask, drift), tmp_path / "drift.nii")
+    with pytest.raises(ValueError, match=r"drifts from the image grid by \d+\.\d voxels"):
+        load_overlay(str(tmp_path / "drift.nii"), vol)
