@@ -11,6 +11,7 @@ from collections import OrderedDict
 
 from PySide6.QtCore import QObject, QTimer
 
+from imaging_assist import viewing
 from imaging_assist.dicom.loader import stack_label
 
 from ..radiology.browser import IMAGE_KEY
@@ -132,13 +133,13 @@ class SeriesLoading(QObject):
             if chosen is None:
                 self.w.show_banner(f"Series {self._pending_series} not found; showing the largest series instead.")
         if chosen is None:
-            # the most recent study first (opening a folder of one patient's studies hung the
-            # oldest as "current"), then its largest series
-            def when(s):
-                st = index.study_of(s)
-                return (st.date or "", st.time or "") if st is not None else ("", "")
-
-            chosen = max(series, key=lambda s: (when(s), s.n_frames, -series.index(s)))
+            chosen = max(series, key=lambda s: (s.n_frames, -series.index(s)))
+            # that patient's most recent study (opening a folder of one patient's studies hung
+            # the oldest as "current" and the newer one as its "prior"), then its largest series
+            later = [st for st in viewing.other_studies(index, chosen) if viewing.is_later(st, index.study_of(chosen))]
+            if later:
+                newest = max(later, key=lambda st: (st.date or "", st.time or ""))
+                chosen = max((x for x in newest.series if x.is_image), key=lambda x: x.n_frames, default=chosen)
         self.load_series(chosen.key)
 
     def _series_chosen(self, key):
