@@ -64,3 +64,48 @@ def test_a_decision_withheld_for_two_reasons_gives_both(tmp_path):
     assert "Research override: the model card does not fit this input (the patient is 47 years)" in t
     assert "Outside what this model was trained on (score 2.2, limit 1.57)" in t
     assert "outside what this model was trained on; research override: the model card does not fit" in t
+
+
+def _review_nodule(p=0.4307, state="review"):
+    text = (f"malignant {p:.3f} above rule-out threshold 0.1722: review (most likely: benign)" if state == "review"
+            else f"malignant {p:.3f} < threshold 0.1722: negative")
+    return _nodule(p_malignant=round(p, 4), warnings=[], ood={"flagged": False},
+                   decision={"withheld": False, "most_likely": "benign" if p < 0.5 else "malignant", "text": text,
+                             "labels": [{"label": "malignant", "probability": p, "threshold": 0.1722,
+                                         "state": state}]})
+
+
+def test_a_nodule_is_said_as_the_engine_decided_it_everywhere(tmp_path):
+    """Above the rule-out threshold while benign is more likely the engine decides "review";
+    the CLI line, the PDF table and the SR said "positive" / Present (recomputed p >= t), and a
+    probability just under the threshold, rounded to 4 decimals, became "positive" too."""
+    import pydicom
+
+    from conftest import SHARED, need
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.export import dicom_common as dc
+    from imaging_assist.export.sr import _nodule_groups
+    from imaging_assist.nodules.analysis import NoduleResult
+
+    t = _text(write_report_pdf(build_report(_doc({"nodules": [_review_nodule()]}), load_missing=False),
+                               tmp_path / "r.pdf"))
+    assert "0.431 >= 0.1722: review" in t and "positive" not in t
+    t = _text(write_report_pdf(build_report(_doc({"nodules": [_review_nodule(0.17216, "negative")]}),
+                                            load_missing=False), tmp_path / "r2.pdf"))
+    assert "0.172 < 0.1722: negative" in t and "positive" not in t
+    r = NoduleResult(id="N1", point_lps=(0.0, 0.0, 0.0), found=True, volume_mm3=100.0, long_axis_mm=6.0,
+                     short_axis_mm=5.0, p_malignant=0.17216, threshold=0.1722,
+                     decision=_review_nodule(0.17216, "negative")["decision"])
+    assert "< threshold 0.1722: negative" in r.text
+    r.p_malignant, r.decision = 0.4307, _review_nodule()["decision"]
+    assert ">= threshold 0.1722: review (benign more likely)" in r.text
+    # the SR: "Review" as the model's decision, never "Present"
+    vol = load_series(scan(str(need(SHARED / "ct" / "lidc_idri_0001_slab"))).image_series()[0])
+    warns: list = []
+    for nd, want in ((_review_nodule(), "REVIEW"), (_review_nodule(0.17216, "negative"), "Absent")):
+        (g,) = _nodule_groups({"model": "ct-nodule-malignancy", "nodules": [nd]}, None, vol,
+                              dc.source_datasets(vol), warns)
+        ds = pydicom.Dataset()
+        ds.ContentSequence = g
+        text = str(ds)
+        assert want in text and "Present" not in text, want

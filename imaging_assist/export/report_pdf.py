@@ -719,10 +719,14 @@ def _nodule_rows(item: dict, deidentify: bool = False) -> list[dict]:
         elif dec.get("withheld"):
             mal = f"{float(x['p_malignant']):.3f} (decision withheld)"
         else:
+            from ..models.operating_point import label_state
+
             t = x.get("threshold")
-            above = t is not None and float(x["p_malignant"]) >= float(t)
-            mal = f"{float(x['p_malignant']):.3f}" + (
-                "" if t is None else f" {'>=' if above else '<'} {float(t):g}: {'positive' if above else 'negative'}")
+            st = label_state(dec, "malignant")  # the engine's state, from the unrounded probability
+            p = float(st["probability"]) if st and st.get("probability") is not None else float(x["p_malignant"])
+            state = st.get("state") if st else (None if t is None else ("positive" if p >= float(t) else "negative"))
+            mal = f"{p:.3f}" + ("" if t is None or state is None else
+                                f" {'>=' if state in ('positive', 'review') else '<'} {float(t):g}: {state}")
         c = x.get("center_lps") or x.get("point_lps") or []
         rows.append({"id": str(x.get("id")), "found": bool(x.get("found")), "reason": str(x.get("reason") or ""),
                      "where": ", ".join(f"{float(v):.1f}" for v in c),

@@ -48,6 +48,27 @@ def _local(value: str, meaning: str):
     return _cc(v, dc.LOCAL_SCHEME, meaning)
 
 
+def _state(decision, label: str, fallback: str) -> str:
+    """The decision state of ``label`` (positive / review / negative) as the engine decided it."""
+    from ..models.operating_point import label_state
+
+    x = label_state(decision if isinstance(decision, dict) else None, label)
+    return str(x.get("state")) if x and x.get("state") in ("positive", "review", "negative") else fallback
+
+
+def _finding_evaluation(label: str, state: str):
+    """TID 1501 qualitative evaluation of a decision state: the finding Present or Absent; for
+    "review" (above a rule-out threshold while another class is more likely) the model's
+    decision "Review", since Present would state a finding the engine did not make."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    if state == "review":
+        return hd.sr.QualitativeEvaluation(_local("DECISION", "Model decision"),
+                                           _local("REVIEW", "Review: above the rule-out threshold, not the most likely class"))
+    return hd.sr.QualitativeEvaluation(finding_code(label), codes.DCM.Present if state == "positive" else codes.DCM.Absent)
+
+
 def finding_code(label: str):
     key = " ".join(str(label).lower().replace("_", " ").split())
     if key in _FINDING_CODES:
@@ -108,9 +129,10 @@ def _classifier_groups(res: dict, datasets, warnings: list) -> list:
             meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
                                           value=float(dec["threshold"]), unit=_unit("1"),
                                           algorithm_id=algo))
-            # TID 1501 qualitative evaluation: the finding, present/absent at the card's threshold
-            qual.append(hd.sr.QualitativeEvaluation(
-                finding_code(label), codes.DCM.Present if dec.get("positive") else codes.DCM.Absent))
+            # TID 1501 qualitative evaluation: the finding, present/absent at the card's threshold;
+            # "review" (above a rule-out threshold, another class more likely) is neither
+            qual.append(_finding_evaluation(label, _state(res.get("decision"), label,
+                                                          "positive" if dec.get("positive") else "negative")))
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(identifier=f"{res.get('model')} {label}"[:64]),
             finding_type=finding_code(label), algorithm_id=algo, measurements=meas,
@@ -209,9 +231,9 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
             elif nd.get("threshold") is not None:
                 meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
                                               value=float(nd["threshold"]), unit=_unit("1"), algorithm_id=mal_algo))
-                qual.append(hd.sr.QualitativeEvaluation(
-                    finding_code("malignant"),
-                    codes.DCM.Present if float(nd["p_malignant"]) >= float(nd["threshold"]) else codes.DCM.Absent))
+                # the engine's state (from the unrounded probability; "review" is not Present)
+                fallback = "positive" if float(nd["p_malignant"]) >= float(nd["threshold"]) else "negative"
+                qual.append(_finding_evaluation("malignant", _state(dec, "malignant", fallback)))
         g_meas, g_qual = _growth_items(nd.get("growth"), seg_algo)
         meas += g_meas
         qual += g_qual

@@ -172,6 +172,16 @@ def operating_point_text(op: dict | None) -> str:
     return s
 
 
+def label_state(decision: dict | None, label: str) -> dict | None:
+    """The ``labels[]`` entry of a :func:`decide_item` decision for ``label`` (its ``state``:
+    positive / review / negative / withheld, and the unrounded ``probability``), or None. What
+    every output says (CLI line, PDF, SR): never recomputed from a rounded probability."""
+    for x in (decision or {}).get("labels") or []:
+        if isinstance(x, dict) and x.get("label") == label:
+            return x
+    return None
+
+
 def decide_item(card, probabilities: dict[str, float], withheld: str = "",
                 prevalence: float | None = None, prevalence_source: str = "") -> dict:
     """The ``decision`` of a results.json item: most likely class first, each thresholded

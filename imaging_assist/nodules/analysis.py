@@ -27,7 +27,8 @@
    anywhere inside the nodule, from any plane, give nodule centres that snap to the same voxel
    (or a neighbour), so the same window on the same source samples and the same result (tested:
    Dice >= 0.95 between planes); the malignancy model sees the nodule centred, as in training.
-5. The component goes back onto the series' own grid (nearest neighbour) and is measured there
+5. The component goes back onto the series' own grid (the card's ``source_grid``: its probability
+   mapped trilinearly and thresholded there, :func:`.models.source_mask`) and is measured there
    (:mod:`imaging_assist.nodules.measure`: volume, Fleischner long/short axis, mean HU, density).
 6. ``malignancy`` (with 3D Grad-CAM when ``explain``) and ``ood`` on the same window.  The
    likelihood is compared with the card's threshold (:func:`imaging_assist.models.operating_point.decide_item`,
@@ -127,8 +128,14 @@ class NoduleResult:
             if self.decision and self.decision.get("withheld"):
                 s += f", decision withheld: {self.decision.get('withheld_reason')}"
             elif self.threshold is not None:
-                s += (f" {'>=' if self.p_malignant >= self.threshold else '<'} threshold {self.threshold:g}: "
-                      f"{'positive' if self.p_malignant >= self.threshold else 'negative'}")
+                from ..models.operating_point import label_state
+
+                # the engine's decision (review: above the rule-out threshold, benign still more
+                # likely), never "positive" recomputed from the probability
+                x = label_state(self.decision, "malignant")
+                state = x["state"] if x else ("positive" if self.p_malignant >= self.threshold else "negative")
+                s += (f" {'>=' if state in ('positive', 'review') else '<'} threshold {self.threshold:g}: {state}"
+                      + (" (benign more likely)" if state == "review" else ""))
                 s += " (the LIDC readers' majority opinion, not pathology)"
         return s
 
