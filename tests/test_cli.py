@@ -333,3 +333,14 @@ def test_an_unreadable_item_is_named_once(tmp_path, capsys):
     (line,) = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode != 0 and line.count(str(bad)) == 1 and "not a readable" in line, r.stderr
     assert json.loads((tmp_path / "out" / "results.json").read_text())["items"][0]["error"]
+
+
+def test_a_point_on_the_patients_right_is_taken_by_at():
+    """LPS X is negative on the patient's right: `--at -31.2,0,0` was refused by argparse
+    ("expected one argument"); it is the point."""
+    from imaging_assist.cli.main import _glue_coordinates, build_parser
+
+    argv = _glue_coordinates(["analyze", "ct", "--model", "ct-nodule-seg", "--at", "-31.25,-4,-115.5",
+                              "--at", "10,20,30", "--out", "o"])
+    args = build_parser(argv).parse_args(argv)
+    assert args.at == ["-31.25,-4,-115.5", "10,20,30"] and args.out == "o"

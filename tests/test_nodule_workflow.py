@@ -122,6 +122,16 @@ def test_measure_warns_when_the_nodule_reaches_the_last_slice():
     assert any("underestimated" in w for w in measure.measure(mask, v).warnings)
 
 
+def test_measure_warns_when_the_nodule_reaches_the_edge_of_the_image():
+    """A nodule cut by the image's first column was measured short with no warning (only the
+    first and last slices were checked); inside the image there is none."""
+    v = _grid((12, 20, 20), (1.0, 1.0, 1.0))
+    cut = _ellipsoid(v, v.index_to_lps(0.0, 9.5, 6), (4.0, 3.0, 3.0))
+    assert any("edge of the image" in w for w in measure.measure(cut, v).warnings)
+    inside = _ellipsoid(v, v.index_to_lps(9.5, 9.5, 6), (4.0, 3.0, 3.0))
+    assert not measure.measure(inside, v).warnings
+
+
 # --------------------------------------------------------------------------- the real slab
 @pytest.fixture(scope="module")
 def slab():

@@ -44,7 +44,7 @@ def register(subparsers) -> None:
                         "image kind, age or view): decisions withheld, the override recorded")
     n = a.add_argument_group("CT nodules (ct-nodule-malignancy, ct-nodule-seg; PATH a DICOM CT series "
                              "or NIfTI volumes)")
-    n.add_argument("--at", action="append", metavar="X,Y,Z",
+    n.add_argument("--at", action="append", metavar="X,Y,Z",  # "-31.2,0,0" too: cli.main._glue_coordinates
                    help="a nodule at this point, patient coordinates in mm (LPS; repeatable); a NIfTI "
                         "volume with no point is taken as a crop centred on its nodule")
     n.add_argument("--points", metavar="CSV", help="nodule points: a CSV with columns x,y,z[,id] (mm, LPS)")

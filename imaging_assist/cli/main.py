@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import warnings
 
@@ -36,6 +37,26 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+#: Options whose value is a point "X,Y,Z" that may start with a minus sign (LPS: every point on
+#: the patient's right has a negative X): argparse takes "-31.2,0,0" for an option.
+_COORDINATE_OPTIONS = ("--at",)
+
+
+def _glue_coordinates(argv: list[str]) -> list[str]:
+    """``--at -31.2,0,0`` as ``--at=-31.2,0,0`` (argparse refused it: "expected one argument")."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if a in _COORDINATE_OPTIONS and nxt is not None and re.fullmatch(r"-[\d.][\d.eE+\-]*(,\s*[-+]?[\d.eE+\-]+)*", nxt):
+            out.append(f"{a}={nxt}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None, run_gui=None) -> int:
     """Run the CLI.  ``run_gui(path, screenshot=, series=, layout=) -> int`` opens the viewer;
     the GUI launcher passes it, the engine alone has none.  ``argv`` None (the console script,
@@ -43,7 +64,7 @@ def main(argv: list[str] | None = None, run_gui=None) -> int:
     ``analyze`` leave out imports its networks do not need (:mod:`..models.lean`); a caller
     passing a list (tests, another program) keeps every module importable."""
     own_process = argv is None
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _glue_coordinates(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     args.run_gui = run_gui

@@ -228,6 +228,9 @@ def measure(mask: np.ndarray, volume) -> Measurements:
     if per_slice[0] or per_slice[-1]:
         warnings.append("the nodule reaches the first or last slice of the series: it may extend "
                         "beyond it, so its volume may be underestimated")
+    if rows[0] == 0 or cols[0] == 0 or rows[-1] == mask.shape[1] - 1 or cols[-1] == mask.shape[2] - 1:
+        warnings.append("the nodule reaches the edge of the image: it may extend beyond it, so its "
+                        "volume and diameters may be underestimated")
     c = np.argwhere(sub).mean(axis=0) + off
     center = volume.index_to_lps(c[2], c[1], c[0]).tolist()
     mean_hu, share, density = float("nan"), float("nan"), ""
