@@ -239,6 +239,19 @@ def test_click_at_the_readers_centre_segments_their_nodule(slab, consensus, at_c
     assert d["found"] and "mask" not in d and d["volume_mm3"] == pytest.approx(r.volume_mm3, abs=1e-3)
 
 
+def test_the_same_nodule_clicked_twice_is_said_on_both(slab, consensus):
+    """Two clicks on one nodule: the second's label overwrites the first's voxels in the label
+    map and SEG; only the second said so, the first's segment went empty without a word."""
+    from imaging_assist.nodules.run import analyze_points
+
+    c = consensus[1]
+    run = analyze_points(slab, [("A", c), ("B", np.asarray(c) + [0.5, 0.0, 0.0])], explain=False)
+    a, b = run.nodules
+    assert a.found and b.found
+    assert any("overlaps nodule B" in w for w in a.warnings), a.warnings
+    assert any("overlaps nodule A" in w for w in b.warnings), b.warnings
+
+
 def test_same_result_from_the_axial_coronal_and_sagittal_planes(slab, consensus, at_centre):
     """The click's LPS point as each plane gives it (its own slice, its pixel coordinates):
     the same nodule, the same measurements."""

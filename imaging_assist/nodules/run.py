@@ -138,9 +138,13 @@ def analyze_points(volume, points, explain: bool = True) -> NoduleRun:
         lm = np.zeros(volume.shape[:3], np.uint8)
         for v, r in enumerate(found, 1):
             if (lm[r.mask] > 0).any():
-                other = found[int(np.bincount(lm[r.mask][lm[r.mask] > 0]).argmax()) - 1].id
-                r.warnings.append(f"overlaps nodule {other} (the same nodule clicked twice?): "
+                first = found[int(np.bincount(lm[r.mask][lm[r.mask] > 0]).argmax()) - 1]
+                r.warnings.append(f"overlaps nodule {first.id} (the same nodule clicked twice?): "
                                   f"its voxels are labelled {r.id} in the label map")
+                # said on the first nodule too: its label map and SEG segment lose those voxels
+                first.warnings.append(f"overlaps nodule {r.id} (the same nodule clicked twice?): the shared "
+                                      f"voxels are labelled {r.id} in the label map and the SEG; this nodule's "
+                                      "measurements are of its whole mask")
             lm[r.mask] = v
         run.label_map = lm
         for r in found:
