@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,6 +94,26 @@ def false_nodules(net, nimg, nval, nsplit, nkind, nrow, npt, rows, readout, desi
                     "kind": D.NEG_KINDS[int(nkind[q])], **{f"lps_{a}": float(v) for a, v in zip("xyz", npt[q])},
                     "component_voxels": int(comp.sum()), "reported": int(reason is None)})
     return out
+
+
+def phantom_limitation(out: Path) -> str:
+    """The card's statement of the size bias, with the figures scripts/check_nodule_phantom.py
+    measured (its phantom_sizes.json in the model folder; run it after training)."""
+    f = Path(out) / "phantom_sizes.json"
+    try:
+        ph = json.loads(f.read_text())
+        lo, hi = ph["long_axis_excess_mm"]
+        vlo, vhi = ph["volume_ratio"]
+        d = [x["true_diameter_mm"] for x in ph["spheres"]]
+        figs = (f"on solid spheres of {min(d):g}-{max(d):g} mm the long axis reads {lo:.1f}-{hi:.1f} mm longer than "
+                f"the diameter and the volume {vlo:.1f}-{vhi:.1f} times the sphere's")
+    except (OSError, ValueError, KeyError, TypeError):
+        figs = "run scripts/check_nodule_phantom.py for the figures"
+    return ("Sizes follow the LIDC readers' outlines, which lie outside the nodule's edge (their consensus masks "
+            "hold lung around it), not the object: " + figs + " (scripts/check_nodule_phantom.py, "
+            "phantom_sizes.json), and the mean HU of a small solid nodule is pulled towards the lung (4-5 mm solid "
+            "spheres read part-solid). Compare sizes with sizes from this software, not with Fleischner or Lung-RADS "
+            "size thresholds measured by hand.")
 
 
 def main(argv=None) -> int:
@@ -316,7 +337,8 @@ def main(argv=None) -> int:
             "any LIDC nodule (3D elongation, long/short axis ratio); the OOD statistics and the confidence threshold "
             "(input.window.min_confidence: the mean probability inside the nodule, below which the decision is "
             "withheld) flag most of the others. "
-            "scripts/check_nodule_clicks.py measures it on the real LIDC-IDRI-0001 slab (slab_clicks.json)."],
+            "scripts/check_nodule_clicks.py measures it on the real LIDC-IDRI-0001 slab (slab_clicks.json).",
+            phantom_limitation(out)],
         "population": {"image_kind": "cross-sectional", "data": "LIDC-IDRI: thoracic (chest, lung) CT of 1,010 "
                        "patients from seven US academic centres (diagnostic and screening, several vendors, 0.45-2.5 mm "
                        "slices); ages and sexes not in the crops"},

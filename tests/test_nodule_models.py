@@ -569,3 +569,29 @@ def test_auxiliary_rating_targets_train_only_and_leave_the_card_network_unchange
         assert torch.equal(both[:, :2], net(x))
     model.detach()
     assert set(net.state_dict()) == keys and not net.fc._forward_pre_hooks
+
+
+def test_seg_card_states_the_size_bias_the_phantom_script_measures(tmp_path):
+    """The card's size-bias figures are the ones scripts/check_nodule_phantom.py wrote, and a
+    fresh run on spheres of known size gives them again (tolerances for other CPUs)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    folder = ROOT / "weights" / "ct-nodule-seg"
+    stored = json.loads((folder / "phantom_sizes.json").read_text())
+    card = json.loads((folder / "model.json").read_text())
+    lo, hi = stored["long_axis_excess_mm"]
+    vlo, vhi = stored["volume_ratio"]
+    (lim,) = [t for t in card["limitations"] if "LIDC readers' outlines" in t]
+    assert f"{lo:.1f}-{hi:.1f} mm longer" in lim and f"{vlo:.1f}-{vhi:.1f} times" in lim
+    out = tmp_path / "phantom.json"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_nodule_phantom.py"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    fresh = json.loads(out.read_text())
+    for a, b in zip(stored["spheres"], fresh["spheres"]):
+        assert a["found"] and b["found"], (a, b)
+        assert abs(a["long_axis_mm"] - b["long_axis_mm"]) <= 0.3 and abs(a["volume_ratio"] - b["volume_ratio"]) <= 0.1
