@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import UserError
@@ -22,3 +23,23 @@ def out_folder(path) -> Path:
     if not os.access(p, os.W_OK):
         raise UserError(f"cannot write to the output folder {path}")
     return p
+
+
+def _stem(s: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._")
+    return s[:80] or "item"
+
+
+def unique_stem(name: str, used: set) -> str:
+    """The file-name stem of an item (what :func:`write_item_files` writes under), unique among
+    ``used`` (added to it): compared as written, ignoring case (a case-insensitive disk), so
+    "film 1.png" and "film_1.png", or two names that share their first 80 characters, never
+    write into each other's files."""
+    base = _stem(name)
+    stem, k = base, 1
+    while stem.lower() in used:
+        k += 1
+        suffix = f"_{k}"
+        stem = base[:80 - len(suffix)] + suffix
+    used.add(stem.lower())
+    return stem

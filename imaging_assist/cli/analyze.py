@@ -120,7 +120,8 @@ def cmd_analyze(args) -> int:
     from ..inference.jobs import Cancelled
     from ..inference.pipelines import RunOptions, run_model
     from ..demo import series_source
-    from ..inference.results import unique_stem, write_item_files
+    from ..inference.results import write_item_files
+    from ..outputs import unique_stem
     from ..models.loaders import load_model
     from ..models.matching import match_card, series_facts
 
@@ -310,7 +311,7 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
     failed = 0
     try:
         for sp in slides:
-            from ..inference.results import unique_stem
+            from ..outputs import unique_stem
 
             stem = unique_stem(Path(sp).stem if Path(sp).is_file() else Path(sp).name, used_stems)
             bar = tqdm(total=0, desc=f"{card.id} {Path(sp).name}"[:60], unit="tile", file=sys.stderr,

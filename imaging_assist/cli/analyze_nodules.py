@@ -102,7 +102,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
 
         dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
     results, captured, failed, used, said_nifti = [], {}, 0, set(), False
-    from ..inference.results import unique_stem
+    from ..outputs import unique_stem
 
     for kind, load, src, stem in items:
         stem = unique_stem(stem, used)

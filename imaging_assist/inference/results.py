@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..outputs import _stem  # file-name stems (imaging_assist.outputs)
 
 RESULTS_SCHEMA_VERSION = 1
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -165,26 +166,6 @@ def decide(probabilities: dict[str, float], thresholds: dict, card=None) -> dict
 
 
 # --------------------------------------------------------------------------- file output
-def _stem(s: str) -> str:
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("._")
-    return s[:80] or "item"
-
-
-def unique_stem(name: str, used: set) -> str:
-    """The file-name stem of an item (what :func:`write_item_files` writes under), unique among
-    ``used`` (added to it): compared as written, ignoring case (a case-insensitive disk), so
-    "film 1.png" and "film_1.png", or two names that share their first 80 characters, never
-    write into each other's files."""
-    base = _stem(name)
-    stem, k = base, 1
-    while stem.lower() in used:
-        k += 1
-        suffix = f"_{k}"
-        stem = base[:80 - len(suffix)] + suffix
-    used.add(stem.lower())
-    return stem
-
-
 def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path, like=None) -> None:
     """Write ``array_kji`` as NIfTI with ``affine_lps``.  ``like``: the Volume it lies on; when
     that Volume was read from a NIfTI file (``nifti_transforms``) on the same grid, the file's
