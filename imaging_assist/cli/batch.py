@@ -94,8 +94,11 @@ def cmd_batch(args) -> int:
                     import shutil
                     import tempfile
 
+                    from ..privacy.deid import exit_on_sigterm
+
                     tmp = tempfile.mkdtemp(prefix="ia-pacs-")
                     atexit.register(shutil.rmtree, tmp, True)
+                    exit_on_sigterm()  # a stopped batch removes them too (atexit)
                 folder, notes = retrieve(s, tmp, echo=err)
                 for n in notes:
                     err(f"note: {n}")

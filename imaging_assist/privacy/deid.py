@@ -777,6 +777,22 @@ def _audit(summary: Summary) -> None:
 _COPIES: list = []  # temporary de-identified copies made for this process, removed at exit
 
 
+def exit_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, ``timeout``, ``systemctl stop``) end this process through
+    ``SystemExit``, so that ``atexit`` removes the temporary folders of identified originals
+    (a PACS retrieve for ``batch --deidentify``) and of the de-identified copies: by default
+    SIGTERM ends it at once and they stayed in the temporary folder. Only from the main
+    thread, and only when nobody else handles SIGTERM."""
+    import signal
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def deidentified_input(path, opts: Options = Options(), echo=None) -> str:
     """A de-identified copy of ``path`` for the export paths (``analyze --deidentify``): every
     result, report, key image and DICOM object is then made from de-identified data only
@@ -791,6 +807,7 @@ def deidentified_input(path, opts: Options = Options(), echo=None) -> str:
     _COPIES.append(tmp)
     if len(_COPIES) == 1:
         atexit.register(lambda: [t.cleanup() for t in _COPIES])
+        exit_on_sigterm()
     src = Path(path).expanduser()
     dst = Path(tmp.name) / "input"  # no source name in the copy's path either
     summary = deidentify_tree(src, dst, opts)
