@@ -324,6 +324,7 @@ def test_model_versions_state(dirs, monkeypatch):
     for i in (1, 2):
         f = dirs.data / f"cand{i}"
         f.mkdir()
+        (f / "model.json").write_text("{}")  # a model folder (a promoted one is checked to be)
         (f / "metrics.json").write_text(json.dumps({"non_inferiority": {
             "metric": "AUC", "margin": 0.05, "comparisons": {"local": {"diff": 0.01, "diff_ci95": [0.0, 0.02]}}}}))
         v = V.next_version("m", "1.0.0")
@@ -336,7 +337,9 @@ def test_model_versions_state(dirs, monkeypatch):
     assert V.promoted_folders() == [cands[1][1].resolve()]
 
     def read():
-        pf = V.promoted_folders()
+        pf, blocked = V.promoted_sources()  # what the registry reads: never raises, refuses per model
+        if any("\n" in str(m) for m in blocked.values()):
+            raise AssertionError(f"refusal not one line: {blocked!r}")
         out = [pf]
         for fn in (lambda: V.load_state(), lambda: V.next_version("m", "1.0.0"),
                    lambda: V.candidate_folder("m", cands[0][0]), lambda: V.status("m"),

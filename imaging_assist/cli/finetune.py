@@ -112,8 +112,11 @@ def cmd_models_promote(args) -> int:
     from ..monitoring.versions import promote
 
     r = promote(args.id, args.version, args.force)
+    if r.get("unchanged"):
+        print(r.get("message") or f"{r['model_id']}: {r['active']} is already active: nothing changed")
+        return 0
     print(f"{r['model_id']}: {r['active']} is now active (was {r['previous'] or 'the shipped version'})"
-          + (f"; FORCED: {args.force}" if r["forced"] else ""))
+          + (f"; FORCED: {args.force}" if r.get("forced") else ""))
     return 0
 
 

@@ -91,7 +91,7 @@ class ModelEntry:
     @property
     def runnable_without_prompt(self) -> bool:
         """Verified weights and no code to run, or code the user trusted."""
-        return (self.card is not None and self.verified is True
+        return (self.card is not None and self.verified is True and not self.error
                 and (not self.contains_code or self.trusted))
 
     @property
@@ -121,6 +121,7 @@ class ModelEntry:
 class Registry:
     def __init__(self, sources: list[tuple[Path, str]] | None = None):
         self._explicit = sources
+        self._blocked: dict[str, str] = {}  # model id -> why its promoted version is refused
 
     # ------------------------------------------------------------------ sources
     def added_folders(self) -> list[Path]:
@@ -136,9 +137,10 @@ class Registry:
     def sources(self) -> list[tuple[Path, str]]:
         if self._explicit is not None:
             return list(self._explicit)
-        from ..monitoring.versions import promoted_folders  # issue 18: a promoted site version first
+        from ..monitoring.versions import promoted_sources  # issue 18: a promoted site version first
 
-        out = [(f, "promoted") for f in promoted_folders()]
+        good, self._blocked = promoted_sources()
+        out = [(f, "promoted") for f in good]
         out += [(f, "added") for f in reversed(self.added_folders())]
         out.append((user_models_dir(), "user"))
         out.append((project_weights_dir(), "project"))
@@ -186,6 +188,10 @@ class Registry:
                         e.shadowed_by = str(seen[e.card.id].folder)
                     else:
                         seen[e.card.id] = e
+                    # a promoted version that changed or vanished: its id is refused (not run
+                    # from the shipped folder in its place), the other models run
+                    if e.card.id in self._blocked:
+                        e.error = self._blocked[e.card.id]
                 out.append(e)
         return out
 
@@ -203,6 +209,8 @@ class Registry:
         all_e = self.entries()
         for e in all_e:
             if e.card is not None and e.card.id == id_or_path and e.shadowed_by is None:
+                if e.error:
+                    raise UserError(e.error)
                 return e
         broken = [e for e in all_e if e.card is None and e.folder.name == id_or_path]
         if broken:

@@ -356,8 +356,36 @@ def monitor(model_id: str | None = None, since: str | None = None, window: str |
     return out
 
 
+def _base_reference(card) -> tuple[dict | None, str | None]:
+    """A fine-tuned version without a reference of its own (candidates made before they got
+    one): the nearest base version's reference (``training.base_version``, then its base...,
+    ending at the shipped model) and the note that says so; (None, None) when there is none."""
+    from .finetune import version_card
+
+    seen, c = {card.version}, card
+    for _ in range(20):
+        base = ((c.raw.get("training") or {}) if isinstance(c.raw.get("training"), dict) else {}).get("base_version")
+        if not isinstance(base, str) or base in seen:
+            return None, None
+        seen.add(base)
+        try:
+            c = version_card(card.id, base)
+        except UserError:
+            return None, None
+        ref = load_reference(c)
+        if ref is not None:
+            return ref, (f"{card.id} {card.version} has no monitor reference of its own "
+                         f"({card.folder}/monitor_reference.json): compared with the reference of version {base} "
+                         f"({c.folder}), fitted with other weights; refit one for {card.version} with "
+                         "python -m imaging_assist.monitoring.reference")
+    return None, None
+
+
 def monitor_model(log, card, t_since, kind, size) -> dict:
     ref = load_reference(card)
+    fallback_note = None
+    if ref is None:
+        ref, fallback_note = _base_reference(card)
     th = thresholds(ref)
     # A whole-slide run's row summarises many tiles; a reference (and every other run) describes
     # one image or tile: the two are never pooled in one window (the slide runs are counted).
@@ -373,7 +401,10 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
         notes.append(f"no training reference ({card.folder}/monitor_reference.json): input/output "
                      "distributions are not compared; fit it with python -m imaging_assist.monitoring.reference")
     else:
-        res["reference"] = {"data": ref.get("data"), "n": ref.get("n"), "model_version": ref.get("model_version")}
+        if fallback_note:
+            notes.append(fallback_note)
+        res["reference"] = {"data": ref.get("data"), "n": ref.get("n"), "model_version": ref.get("model_version"),
+                            "own": fallback_note is None}
         ood_sha = (card.ood or {}).get("sha256") if isinstance(getattr(card, "ood", None), dict) else None
         if ref.get("ood_sha256") and ood_sha and ref["ood_sha256"] != ood_sha:
             notes.append("the OOD statistics changed since the reference was fitted: OOD-score drift is "

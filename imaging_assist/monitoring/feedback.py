@@ -103,7 +103,8 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
                     volume=None, reader: str | None = None, log=None, write_dicom: bool = True) -> dict:
     """Save a corrected label map ([k, j, i] on the input grid) linked to run ``run_id``.
 
-    Returns ``{"id", "label_map_file", "seg_file", "dice_vs_prediction", "changed_voxels", "warnings"}``.
+    Returns ``{"id", "label_map_file", "seg_file", "dice_vs_prediction", "changed_voxels", "warnings"}``
+    (``dice_vs_prediction``: the mean per-label Dice over the foreground labels).
     The SEG is written only for a DICOM input (its source headers are needed); a plain image
     keeps the ``.npz`` and says why there is no SEG."""
     from ..evaluation import dice
@@ -125,7 +126,10 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
     if predicted is not None:
         pr = np.asarray(predicted).reshape(lm.shape)
         changed = int(np.count_nonzero(pr != lm))
-        d = float(dice(pr > 0, lm > 0)) if (pr > 0).any() or (lm > 0).any() else 1.0
+        # mean over the foreground labels of each label's Dice (a label absent from both: 1), as
+        # finetune_seg.dice_per_image measures; foreground-only Dice scored a left/right swap 1.0
+        d = float(np.mean([float(dice(pr == k, lm == k)) if (pr == k).any() or (lm == k).any() else 1.0
+                           for k in range(1, len(names))])) if len(names) > 1 else 1.0
     out = corrections_dir()
     out.mkdir(parents=True, exist_ok=True, mode=0o700)  # the user's own record
     t, tu = now_utc()

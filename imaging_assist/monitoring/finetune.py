@@ -76,15 +76,20 @@ def csv_patient(row: dict) -> dict:
 
 def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[dict]:
     """Reader-confirmed labels of logged runs, matched to the files of ``data`` by the keyed
-    pseudonym the log stores (the log holds no paths or pixels)."""
+    pseudonym the log stores (the log holds no paths or pixels).  One film analysed several
+    times has several runs: the NEWEST verdict on any of them (by time, then feedback id) is the
+    label; when that newest verdict is 'unsure' or names no label, the film is not used (a
+    reader who has since doubted an earlier label is not overruled by it)."""
     from .log import open_log
 
     rows = open_log().query(
-        "WITH latest AS (SELECT MAX(id) AS id FROM feedback GROUP BY run_id, finding) "
-        "SELECT r.input_key, r.patient_key, f.correct_label FROM latest CROSS JOIN feedback f ON f.id = latest.id "
-        "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ? AND f.verdict != 'unsure' "
-        "AND f.correct_label IS NOT NULL", (model_id,))
-    want = {r[0]: (r[1], r[2]) for r in rows if r[0]}
+        "SELECT r.input_key, r.patient_key, f.correct_label, f.verdict FROM feedback f "
+        "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ? AND r.input_key IS NOT NULL "
+        "ORDER BY f.time_unix, f.id", (model_id,))
+    newest: dict = {}
+    for key, pkey, lab, verdict in rows:  # ascending: the last one per input is the newest
+        newest[key] = (pkey, lab, verdict)
+    want = {k: (v[0], v[1]) for k, v in newest.items() if k and v[2] != "unsure" and v[1] is not None}
     out = []
     for k, ps in files_by_key(data, set(want)).items():
         if want[k][1] in labels:
@@ -162,9 +167,11 @@ def _head_only(net):
 
 
 def _probs(T, net, x, pos: int):
+    """The positive class's probability in float64 (softmax of float64 logits), so that no
+    comparison ranks by float32 probabilities saturated to exactly 0 / 1 (ties)."""
     import torch
 
-    return torch.softmax(T.predict(net, x, torch.device("cpu")), 1)[:, pos].numpy()
+    return torch.softmax(T.predict(net, x, torch.device("cpu")).double(), 1)[:, pos].numpy()
 
 
 def _compare(y, p_base, p_cand, groups, thr, what: str) -> dict:
@@ -307,10 +314,12 @@ def _logged_patient_key(p: Path) -> str:
 
 def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: dict, ood_block: dict | None,
                      n_cases: int, holdout_header: list[str], holdout_rows: list[list], extra: dict | None = None,
-                     drop: tuple = ()) -> dict:
+                     drop: tuple = (), reference_images: list | None = None, reference_labels: list | None = None,
+                     reference_text: str = "", log=print) -> dict:
     """Write the candidate folder (its card: the base card + ``card_update`` with its own version,
-    weights, ``holdout.csv``, ``metrics.json`` with the non-inferiority verdict) and register
-    it; the fine-tune's result."""
+    weights, ``holdout.csv``, ``metrics.json`` with the non-inferiority verdict, and the drift
+    monitor's ``monitor_reference.json`` fitted like the shipped ones, :func:`.reference.fit`,
+    on ``reference_images`` through the candidate) and register it; the fine-tune's result."""
     from ..models.build import save_model_folder
     from . import versions
 
@@ -337,12 +346,63 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
     ok, why = versions.non_inferiority(res)
     res["non_inferiority"]["passes"] = ok
     res["non_inferiority"]["reasons"] = why
+    res["monitor_reference"] = write_candidate_reference(out, reference_images, reference_labels, reference_text, log)
     (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     metric = ni["metric"].lower()
     versions.register_candidate(card.id, raw["version"], out, card.version,
-                                {"folder": str(out.resolve()), "n_cases": n_cases, "non_inferior": ok,
+                                {"folder_path": str(out.resolve()), "n_cases": n_cases, "non_inferior": ok,
                                  **{f"{k}_{metric}_diff": v["diff"] for k, v in comps.items()}})
     return res
+
+
+def original_predictions_csv(card) -> tuple[Path | None, str | None]:
+    """The model's own split list (``predictions.csv`` of the training scripts): the card's
+    folder's, else (a fine-tuned version, which has none) the shipped model's, from the
+    registry's sources other than the promoted one.  (path, None), or (None, why not)."""
+    from ..models.registry import Registry
+
+    own = Path(card.folder) / "predictions.csv" if card.folder is not None else None
+    if own is not None and own.is_file():
+        return own, None
+    try:
+        reg = Registry()
+        shipped = Registry([s for s in reg.sources() if s[1] != "promoted"]).get(card.id).card
+    except Exception as e:  # noqa: BLE001 - said in the message
+        return None, (f"{card.id} {card.version} has no predictions.csv and the shipped model cannot be found "
+                      f"({' '.join(str(e).split())[:160]})")
+    f = Path(shipped.folder) / "predictions.csv" if shipped.folder is not None else None
+    if f is None or not f.is_file():
+        return None, f"the shipped model's split list {f} was not found (it names the original split)"
+    return f, None
+
+
+def write_candidate_reference(out: Path, images: list | None, labels: list | None, text: str, log) -> dict:
+    """The candidate's own drift reference (``monitor_reference.json``), fitted the way the
+    shipped references are (:func:`.reference.fit`: ``run_model`` + ``log.row_from_result``, not
+    logged) on ``images`` (the local parts the candidate was not trained on).  A failure does
+    not lose the candidate: it is said, and the monitor then compares with the base version's
+    reference (and says so)."""
+    from ..models.loaders import load_model
+    from ..models.registry import read_card
+    from . import reference as R
+
+    if not images:
+        log("no monitor reference written for the candidate (no local images outside its training part): "
+            "the monitor will compare its runs with the base version's reference and say so")
+        return {"written": False, "reason": "no local images outside the training part"}
+    try:
+        model = load_model(read_card(Path(out)))
+        ref = R.fit(model, [Path(p) for p in images], text, labels)
+        (Path(out) / R.REFERENCE_FILE).write_text(json.dumps(ref, indent=1) + "\n", encoding="utf-8")
+    except Exception as e:  # noqa: BLE001 - the candidate is kept; the monitor falls back (and says so)
+        why = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        log(f"no monitor reference written for the candidate ({why}): the monitor will compare its runs with "
+            "the base version's reference and say so")
+        return {"written": False, "reason": why}
+    small = ref["n"] < 30
+    log(f"monitor reference of the candidate: {ref['n']} images ({text})"
+        + ("; fewer than 30: its distributions are rough" if small else ""))
+    return {"written": True, "file": R.REFERENCE_FILE, "n": ref["n"], "data": text}
 
 
 # --------------------------------------------------------------------------- the run
@@ -409,8 +469,12 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     odata = Path(original_data) if original_data else (T.data_root() / DATASETS.get(card.id, "")) if card.id in DATASETS else None
     rep_x = rep_y = None
     orig = None
-    pred_csv = Path(card.folder) / "predictions.csv"
-    if odata is not None and odata.is_dir() and pred_csv.is_file():
+    pred_csv, why_not = original_predictions_csv(card)
+    if pred_csv is None:
+        log(f"{why_not}: no replay and no original-test comparison")
+    elif odata is None or not odata.is_dir():
+        log(f"original data not found ({odata}): no replay and no original-test comparison")
+    else:
         rows = list(csv.DictReader(pred_csv.open()))
         rng = np.random.default_rng(seed)
         val = [r for r in rows if r.get("split") == "validation" and (r.get("label") or "").lower() in labels]
@@ -425,8 +489,6 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
             orig = {"x": T.preprocess_all(card, [odata / r["file"] for r in test], f"origtest_{card.id}"),
                     "y": np.array([labels.index(r["label"].lower()) for r in test]),
                     "g": np.array([r.get("patient") or r.get("group") or r["file"] for r in test], dtype=object)}
-    else:
-        log(f"original data not found ({odata}): no replay and no original-test comparison")
 
     base = load_model(card).network.eval()
     net = copy.deepcopy(base)
@@ -446,7 +508,7 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
 
     def evaluate(n):
         lo = T.predict(n, x[iva], torch.device("cpu"))
-        p = torch.softmax(lo, 1)[:, pos].numpy()
+        p = torch.softmax(lo.double(), 1)[:, pos].numpy()
         loss = float(F.cross_entropy(lo, yt[iva]))
         auc = E.roc_auc((y[iva] == pos).astype(int), p)
         return {"val_loss": loss, "val_auc": auc, "score": auc - 0.01 * loss}
@@ -457,9 +519,16 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     info = T.fit(model, x_tr, y_tr, loss_fn=F.cross_entropy, augment=augment, evaluate=evaluate, epochs=epochs,
                  batch_size=batch_size, lr=lr, weight_decay=1e-4, device=torch.device("cpu"), log=tlog, seed=seed)
     net.eval()
-    temp = T.fit_temperature(T.predict(net, x[iva], torch.device("cpu")), yt[iva])
+    tinfo: dict = {}
+    temp = T.fit_temperature(T.predict(net, x[iva], torch.device("cpu")), yt[iva], info=tinfo)
     T.fold_temperature(_head(net), temp)
-    log(f"trained {info['epochs_run']} epochs (best {info['best_epoch']}), temperature {temp:.3f}")
+    t_note = None
+    if tinfo.get("clamped"):
+        t_note = (f"temperature clamped to {temp:g} (the validation part's optimum {tinfo['fitted']:.4g} is outside "
+                  f"{tinfo['bounds'][0]:g}-{tinfo['bounds'][1]:g}: too few or perfectly separated validation images; "
+                  "the probabilities are less well calibrated than a fit on more cases would give)")
+    log(f"trained {info['epochs_run']} epochs (best {info['best_epoch']}), temperature {temp:.3f}"
+        + (f"; {t_note}" if t_note else ""))
 
     yb = (y == pos).astype(int)
     comps = {"local_holdout": _compare(yb[iho], _probs(T, base, x[iho], pos), _probs(T, net, x[iho], pos),
@@ -477,6 +546,7 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                           f"the candidate's fine-tuning data ({len(x_tr)} images: local training part"
                           f"{' + replay of the original validation images' if rep_x is not None else ''})")
 
+    ref_idx = sorted(np.concatenate([iva, iho]).tolist())
     h = comps["local_holdout"]["candidate"]
     metrics = [E.metric("AUC", h["auc"], h["auc_ci95"], comps["local_holdout"]["n"], comps["local_holdout"]["data"], pos_label)]
     if "original_test" in comps:
@@ -497,15 +567,23 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                              "training scripts' code)", "base_version": card.version, "trained": train,
                      "epochs": info["epochs_run"], "best_epoch": info["best_epoch"], "max_lr": lr,
                      "batch_size": batch_size, "replay_images": 0 if rep_x is None else int(len(rep_x)),
-                     "temperature": round(temp, 4), "train_seconds": info["train_seconds"], "seed": seed},
+                     "temperature": round(temp, 4), "temperature_fitted": round(tinfo.get("fitted", temp), 6),
+                     "temperature_bounds": tinfo.get("bounds"), "temperature_clamped": bool(tinfo.get("clamped")),
+                     "train_seconds": info["train_seconds"], "seed": seed},
     }
+    if t_note:
+        card_update["limitations"].append("The " + t_note + ".")
     ni = {"metric": "AUC", "margin": margin,
           "rule": f"promote only when the lower 95% bound of AUC(candidate) - AUC(base) is above -{margin} "
                   "on every comparison (local hold-out and original test split)"}
     return finish_candidate(card, out, card_update, net, comps, ni, ood_block, len(cases),
                             ["file", "label", "patient_id"],
                             [[str(Path(cases[i]["path"]).resolve()), cases[i]["label"], groups[i]] for i in iho],
-                            drop=("population",))
+                            drop=("population",), reference_images=[paths[i] for i in ref_idx],
+                            reference_labels=[int(yb[i]) for i in ref_idx],
+                            reference_text=f"the fine-tune's local validation and hold-out parts ({len(ref_idx)} "
+                                           "images the candidate was not trained on), run through the candidate",
+                            log=log)
 
 
 # --------------------------------------------------------------------------- compare
@@ -583,7 +661,8 @@ def read_holdout(path: Path, labels: list[str] | None = None, need_mask: bool = 
 
 def compare(model_id: str, a: str, b: str, holdout: Path | None = None) -> dict:
     """Both versions through the engine (``run_model``, not logged) on the same local hold-out:
-    ``holdout`` or the ``holdout.csv`` of the newer candidate among A and B."""
+    ``holdout``, else the ``holdout.csv`` of B (the version named second, the one being
+    assessed), else A's."""
     from ..inference import RunOptions, read_image, run_model
     from ..models.loaders import load_model
     from .log import paused

@@ -127,11 +127,23 @@ def compare_dice(d_base: np.ndarray, d_cand: np.ndarray, groups, what: str) -> d
                          "(paired: the same resample of the per-image differences)"}
 
 
-def _original_split(card, odata: Path | None, original_test_max: int | None, seed: int):
-    """(replay rows, test rows) of the model's own data: each row (image path, mask path)."""
+def _original_split(card, odata: Path | None, original_test_max: int | None, seed: int, why: list | None = None):
+    """(replay rows, test rows) of the model's own data: each row (image path, mask path).  The
+    split list is the card's predictions.csv, else the shipped model's (a fine-tuned version has
+    none); ``why`` (a list) receives the reason when there is none."""
+    from .finetune import original_predictions_csv
+
     spec = DATASETS.get(card.id)
-    pred_csv = Path(card.folder) / "predictions.csv"
-    if spec is None or odata is None or not odata.is_dir() or not pred_csv.is_file():
+    if spec is None:
+        return None, None
+    pred_csv, why_not = original_predictions_csv(card)
+    if pred_csv is None:
+        if why is not None:
+            why.append(why_not)
+        return None, None
+    if odata is None or not odata.is_dir():
+        if why is not None:
+            why.append(f"original data not found ({odata})")
         return None, None
     rows = list(csv.DictReader((odata / "labels.csv").open(newline="", encoding="utf-8")))
     test_files = {r["file"] for r in csv.DictReader(pred_csv.open(newline="")) if r.get("set") == spec["test_set"]}
@@ -190,10 +202,12 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
 
     odata = Path(original_data) if original_data else (T.data_root() / DATASETS[card.id]["folder"]
                                                        if card.id in DATASETS else None)
-    rest, test = _original_split(card, odata, original_test_max, seed)
+    why_not: list = []
+    rest, test = _original_split(card, odata, original_test_max, seed, why_not)
     rep_x = rep_y = None
     if rest is None:
-        log(f"original data not found ({odata}): no replay and no original-test comparison")
+        log(f"{why_not[0] if why_not else f'original data not found ({odata})'}: no replay and no "
+            "original-test comparison")
     elif replay and rest:
         rng = np.random.default_rng(seed)
         pick = [rest[i] for i in sorted(rng.choice(len(rest), min(replay, len(rest)), replace=False).tolist())]
@@ -276,7 +290,11 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     return finish_candidate(card, out, card_update, net, comps, ni, ood_block, len(cases),
                             ["file", "mask", "patient_id"],
                             [[str(Path(cases[i]["path"]).resolve()), str(Path(cases[i]["mask"]).resolve()), groups[i]]
-                             for i in iho], extra={"task": "segmentation"})
+                             for i in iho], extra={"task": "segmentation"},
+                            reference_images=[paths[i] for i in sorted(np.concatenate([iva, iho]).tolist())],
+                            reference_text=f"the fine-tune's local validation and hold-out parts "
+                                           f"({len(iva) + len(iho)} images the candidate was not trained on), run "
+                                           "through the candidate", log=log)
 
 
 def compare_segmenters(model_id: str, ca, cb, holdout: Path, a: str, b: str) -> dict:

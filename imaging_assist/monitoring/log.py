@@ -125,7 +125,7 @@ class PredictionLog:
                 os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
             self.conn = sqlite3.connect(str(self.path), timeout=5.0, check_same_thread=False,
                                         isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
+            self._journal_wal()
             self.conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints
             self.conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
@@ -135,17 +135,36 @@ class PredictionLog:
             raise LogError(f"prediction log {self.path} cannot be opened: damaged (a text that is "
                            f"not UTF-8)") from None
 
+    def _journal_wal(self, wait_s: float = 10.0) -> None:
+        """PRAGMA journal_mode=WAL, retried while another process holds the new file's lock
+        (switching the journal mode does not wait on SQLite's busy timeout: two processes
+        opening a new log at once got 'database is locked')."""
+        t0 = time.monotonic()
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() - t0 > wait_s:
+                    raise
+                time.sleep(0.02)
+
     def _migrate(self) -> None:
         v = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
         if v > SCHEMA_VERSION:
             raise LogError(f"prediction log {self.path} has schema version {v}, newer than this "
                            f"program's {SCHEMA_VERSION}: use the newer program (the file is left as it is)")
-        for i in range(v, SCHEMA_VERSION):
+        while v < SCHEMA_VERSION:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
-                for sql in MIGRATIONS[i]:
-                    self.conn.execute(sql)
-                self.conn.execute(f"PRAGMA user_version={i + 1}")
+                # read again under the write lock: another process opening the same new log may
+                # have applied this step between the first read and the lock
+                v = int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+                if v < SCHEMA_VERSION:
+                    for sql in MIGRATIONS[v]:
+                        self.conn.execute(sql)
+                    self.conn.execute(f"PRAGMA user_version={v + 1}")
+                    v += 1
                 self.conn.execute("COMMIT")
             except BaseException:
                 self.conn.execute("ROLLBACK")

@@ -3,14 +3,24 @@ rule, rollback.  Shipped weights are never touched: a candidate is its own model
 user's choice of ``--out``, normally under ``data_dir()``); the state lives in
 ``config_dir()/model_versions.json``::
 
-    {"cxr-pneumonia": {"candidates": {"1.0.0+site.1": {"folder": ..., "base_version": "1.0.0"}},
+    {"cxr-pneumonia": {"candidates": {"1.0.0+site.1": {"folder": ..., "base_version": "1.0.0",
+                                                        "sha256": {"model.json": ..., ...}}},
                        "active": "1.0.0+site.1" | null,      # null: the shipped/installed model
+                       "stack": ["1.0.0+site.2"],            # the versions active before, oldest first
                        "history": [{"time_utc", "action", "version", "reason"}]}}
 
 The registry puts the active version's folder first among its sources
 (:func:`promoted_folders`), so every caller (GUI, analyze, batch, demo) runs it; ``rollback``
-returns to the previous active version (or the shipped one).  Every step is an event in the
-prediction log and in the audit trail.
+pops the ``stack`` of previously active versions, ending at the shipped one (a state file
+written before the stack existed has it rebuilt from its history).  Promoting the version that
+is already active changes nothing (and says so).
+
+A candidate is tied to what was measured: ``register_candidate`` records the sha256 of its
+``model.json``, ``metrics.json``, every weights file the card lists and its OOD statistics;
+:func:`promoted_folders` checks them each time the registry asks and raises a
+one-line error when the folder is gone or a file changed (the state says it is active: running
+the shipped model instead, or the changed files, would be a silent substitution).  Every step is
+an event in the prediction log and in the audit trail.
 """
 
 from __future__ import annotations
@@ -80,11 +90,41 @@ def _bad_entry(m) -> str | None:
     if not isinstance(c, dict) or not all(isinstance(v, dict) and isinstance(v.get("folder"), str)
                                           and v["folder"] for v in c.values()):
         return 'candidates must map each version to {"folder": ...}'
+    if not all(v.get("sha256") is None or (isinstance(v["sha256"], dict)
+                                           and all(isinstance(x, str) for x in v["sha256"].values()))
+               for v in c.values()):
+        return "a candidate's sha256 must map file names to hashes"
     if a is not None and (not isinstance(a, str) or a not in c):
         return f"the active version {str(a)[:40]!r} is not a candidate"
     if not isinstance(h, list) or not all(isinstance(x, dict) for x in h):
         return "history must be a list of objects"
+    st = m.get("stack")
+    if st is not None and (not isinstance(st, list) or not all(isinstance(x, str) and x in c for x in st)):
+        return "stack must be a list of candidate versions"
     return None
+
+
+def _stack(m: dict) -> list[str]:
+    """The versions active before the current one, oldest first (the shipped model below them).
+    A state file written before the stack existed: rebuilt by replaying its history (promote
+    pushes the version it replaced unless it re-promoted the active one; rollback pops); when
+    the replay does not end at the recorded active version, the stack is empty (rollback then
+    returns to the shipped model)."""
+    if isinstance(m.get("stack"), list):
+        return list(m["stack"])
+    active, stack = None, []
+    for h in m.get("history") or []:
+        if h.get("action") == "promote" and isinstance(h.get("version"), str):
+            if h["version"] != active:
+                if active is not None:
+                    stack.append(active)
+                active = h["version"]
+        elif h.get("action") == "rollback":
+            active = stack.pop() if stack else None
+    if active != m.get("active"):
+        return []
+    cands = m.get("candidates") or {}
+    return [v for v in stack if v in cands]
 
 
 def save_state(d: dict) -> None:
@@ -96,20 +136,91 @@ def save_state(d: dict) -> None:
 
 
 def promoted_folders() -> list[Path]:
-    """Folders of the active (promoted) versions, for the registry's sources.  Never raises:
-    a broken state file must not stop the shipped models from loading."""
+    """Folders of the active (promoted) versions, for the registry's sources.  An unreadable
+    state file does not stop the shipped models from loading (returns []), but an active version
+    whose folder is gone or whose recorded files changed since it was measured raises a one-line
+    UserError (see :func:`check_candidate`): neither the shipped model nor the changed files
+    are run under the promoted name."""
     try:
         st = load_state()
     except UserError:
         return []
     out = []
-    for m in st.values():  # load_state checked the types
+    for model_id, m in st.items():  # load_state checked the types
         a = m.get("active")
         if a and a in m["candidates"]:
-            f = Path(m["candidates"][a]["folder"])
-            if f.is_absolute() and f.is_dir():
-                out.append(f)
+            out.append(check_candidate(model_id, a, m["candidates"][a]))
     return out
+
+
+def promoted_sources() -> tuple[list[Path], dict[str, str]]:
+    """(folders of the active versions that still hold what was measured, {model id: one-line
+    reason} for those that do not): the registry runs the first and refuses the models of the
+    second (only those: one changed candidate must not stop every other model, nor let the
+    shipped model run under the promoted name)."""
+    try:
+        st = load_state()
+    except UserError:
+        return [], {}
+    good, bad = [], {}
+    for model_id, m in st.items():
+        a = m.get("active")
+        if a and a in m["candidates"]:
+            try:
+                good.append(check_candidate(model_id, a, m["candidates"][a]))
+            except UserError as e:  # one line, whatever the state file's folder holds
+                bad[model_id] = str(e).encode("unicode_escape").decode("ascii") if "\n" in str(e) or "\r" in str(e) \
+                    else str(e)
+    return good, bad
+
+
+# files whose sha256 ties a candidate to its measurement (when present in the folder)
+_TIED_FILES = ("model.json", "metrics.json")
+
+
+def candidate_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of the candidate's model.json, metrics.json, every weights file its card lists and
+    its OOD statistics (those present).  Not its monitor reference: refitting that (python -m
+    imaging_assist.monitoring.reference) changes what the monitor compares with, not the model."""
+    from ..models.loaders import sha256_file
+
+    folder = Path(folder)
+    names = list(_TIED_FILES)
+    try:
+        card = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        card = {}
+    for w in (card.get("weights") or []) if isinstance(card, dict) else []:
+        if isinstance(w, dict) and isinstance(w.get("file"), str):
+            names.append(w["file"])
+    ood = card.get("ood") if isinstance(card, dict) else None
+    if isinstance(ood, dict) and isinstance(ood.get("file"), str):
+        names.append(ood["file"])
+    return {n: sha256_file(folder / n) for n in dict.fromkeys(names) if (folder / n).is_file()}
+
+
+def check_candidate(model_id: str, version: str, entry: dict) -> Path:
+    """The candidate's folder when it still holds what was measured; else a one-line UserError
+    (folder missing, a recorded file missing or changed).  Candidates registered before hashes
+    were recorded are checked for their folder only."""
+    f = Path(entry["folder"])
+    fix = f"restore it, or roll back with: imaging-assist models rollback {model_id}"
+    if not f.is_absolute() or not f.is_dir() or not (f / "model.json").is_file():
+        raise UserError(f"{model_id}: the promoted version {version} is missing ({f} is not a model folder); "
+                        f"not running the shipped model in its place: {fix}")
+    want = entry.get("sha256")
+    if want:
+        from ..models.loaders import sha256_file
+
+        for name, h in want.items():
+            p = f / name
+            if not p.is_file():
+                raise UserError(f"{model_id}: the promoted version {version} lost {name} ({p}) since it was "
+                                f"measured; refusing to run it: {fix}")
+            if sha256_file(p) != h:
+                raise UserError(f"{model_id}: {name} of the promoted version {version} ({p}) changed since it was "
+                                f"measured (sha256 differs); refusing to run it: {fix}")
+    return f
 
 
 def next_version(model_id: str, base_version: str) -> str:
@@ -133,7 +244,8 @@ def _event(action: str, model_id: str, version: str | None, detail: dict) -> Non
 def register_candidate(model_id: str, version: str, folder: Path, base_version: str, detail: dict) -> None:
     st = load_state()
     m = st.setdefault(model_id, {"candidates": {}, "active": None, "history": []})
-    m["candidates"][version] = {"folder": str(Path(folder).resolve()), "base_version": base_version}
+    m["candidates"][version] = {"folder": str(Path(folder).resolve()), "base_version": base_version,
+                                "sha256": candidate_hashes(folder)}
     m["history"].append(_hist("candidate", version, None))
     save_state(st)
     _event("finetune", model_id, version, detail)
@@ -177,6 +289,12 @@ def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
 
 def promote(model_id: str, version: str, force_reason: str | None = None) -> dict:
     folder = candidate_folder(model_id, version)
+    st = load_state()
+    entry = st[model_id]["candidates"][version]
+    check_candidate(model_id, version, entry)  # promote only what was measured
+    if st[model_id].get("active") == version:
+        return {"model_id": model_id, "active": version, "previous": version, "forced": False, "reasons": [],
+                "unchanged": True, "message": f"{model_id} {version} is already the active version: nothing changed"}
     mp = folder / "metrics.json"
     if not mp.is_file():
         raise UserError(f"{mp} is missing: the candidate was not measured")
@@ -192,9 +310,12 @@ def promote(model_id: str, version: str, force_reason: str | None = None) -> dic
         msg = (f"{model_id} {version} not promoted (non-inferiority on {ni.get('metric', 'AUC')}, margin "
                f"{ni.get('margin', DEFAULT_MARGIN)}): " + "; ".join(why) + " (use --force REASON to override)")
         raise UserError(" ".join(msg.split()))  # values from metrics.json: one line
-    st = load_state()
     m = st[model_id]
     prev = m.get("active")
+    stack = _stack(m)
+    if prev is not None:
+        stack.append(prev)
+    m["stack"] = stack
     m["active"] = version
     m["history"].append(_hist("promote", version, force_reason or "non-inferior"))
     m["history"][-1]["previous"] = prev
@@ -211,13 +332,9 @@ def rollback(model_id: str) -> dict:
     if not m or not m.get("active"):
         raise UserError(f"{model_id}: no promoted version to roll back (the shipped model is active)")
     cur = m["active"]
-    prev = None
-    for h in reversed(m["history"]):
-        if h.get("action") == "promote" and h.get("version") == cur:
-            prev = h.get("previous")
-            break
-    if not isinstance(prev, str) or prev not in (m.get("candidates") or {}):
-        prev = None
+    stack = _stack(m)
+    prev = stack.pop() if stack else None
+    m["stack"] = stack
     m["active"] = prev
     m["history"].append(_hist("rollback", prev, f"from {cur}"))
     save_state(st)

@@ -93,12 +93,20 @@ def grouped_split(groups, strata, fractions=(0.7, 0.15, 0.15), seed: int = 0) ->
 def preprocess_all(card, paths: list[Path], tag: str, cache: Path | None = None) -> torch.Tensor:
     """(N, C, H, W) float16 model inputs of ``paths`` through the card's preprocessing,
     cached in ``cache`` (default :func:`cache_dir`) keyed by the card's input block and the
-    file list."""
+    file list with each file's size and modification time (ns): a file replaced under the same
+    name is read again, not served from the cache."""
     from imaging_assist.inference.images import read_image
     from imaging_assist.inference.pipelines import model_input
 
+    def stamp(p) -> str:
+        try:
+            st = os.stat(p)
+            return f"{p}\t{st.st_size}\t{st.st_mtime_ns}"
+        except OSError:  # read_image below says what is wrong with it
+            return f"{p}\t-\t-"
+
     key = hashlib.sha256(json.dumps(card.raw.get("input"), sort_keys=True).encode()
-                         + "\n".join(map(str, paths)).encode()).hexdigest()[:16]
+                         + "\n".join(map(stamp, paths)).encode()).hexdigest()[:16]
     cache = Path(cache) if cache is not None else cache_dir()
     f = cache / f"{tag}_{key}.pt"
     if f.exists():
@@ -252,10 +260,20 @@ def predict(net, x: torch.Tensor, device: torch.device, batch_size: int = 128) -
     return torch.cat(out)
 
 
-def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor, bounds: tuple[float, float] = (0.25, 10.0),
+                    info: dict | None = None) -> float:
     """Temperature scaling (Guo et al. 2017) on validation logits: one scalar T > 0
-    minimising the NLL.  It changes calibration, not the ranking (AUC)."""
-    log_t = torch.zeros(1, requires_grad=True)
+    minimising the NLL.  It changes calibration, not the ranking (AUC).
+
+    T is kept within ``bounds`` (default 0.25-10): on a small or perfectly separated validation
+    set the NLL keeps falling as T -> 0 (T ~ 0.01 was seen), and a T that small, folded into the
+    head, saturates float32 probabilities to exactly 0 / 1 (ties that destroy the ranking).  The
+    NLL is convex in 1/T, so the clamped value is the best T within the bounds.  ``info`` (a
+    dict), when given, receives ``fitted`` (the unbounded optimum found), ``bounds`` and
+    ``clamped`` (True when T was moved to a bound) so the caller can say so."""
+    lo_t, hi_t = float(bounds[0]), float(bounds[1])
+    logits = logits.detach().double()
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
 
     def closure():
@@ -265,7 +283,13 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor) -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp())
+    fitted = float(log_t.detach().exp())
+    if not np.isfinite(fitted):
+        fitted = lo_t if float(log_t.detach()) < 0 else hi_t
+    t = min(max(fitted, lo_t), hi_t)
+    if info is not None:
+        info.update({"fitted": fitted, "bounds": [lo_t, hi_t], "clamped": t != fitted})
+    return t
 
 
 def fold_temperature(linear: torch.nn.Linear, t: float) -> None:
