@@ -3,14 +3,19 @@
 
 * ``audit show [--since DATE] [--json] [--patient ID] [--uid UID]``: the events, oldest first;
   ``--patient``/``--uid`` find one patient's or study's events by recomputing their keyed
-  pseudonym (the log never holds them in clear).
+  pseudonym (the log never holds them in clear), and that of the de-identified copy the same
+  site key makes (the events of ``analyze --deidentify`` name the copy).
 * ``audit verify [--anchor N:SHA256]``: exit 0 when the chain, the seals and the head record
-  hold; otherwise one line naming the first broken line, exit 2.
+  hold; otherwise one line naming the first broken line, exit 2 (also when the site key is
+  missing, since the seals then cannot be checked, and for a malformed ``--anchor``).
+  ``audit show`` says the same when the trail holds no readable record but ``verify`` finds
+  it deleted or replaced.
 * ``audit path``: where the log is.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import sys
@@ -29,10 +34,21 @@ def register(sub) -> None:
     s.add_argument("--uid", metavar="UID", help="only events naming this study/series/instance UID")
     s.add_argument("--event", metavar="NAME", help="only this event (e.g. model.run, export)")
     v = asub.add_parser("verify", help="check that no line was edited, deleted, reordered or cut off")
-    v.add_argument("--anchor", metavar="N:SHA256",
+    v.add_argument("--anchor", metavar="N:SHA256", type=_anchor,
                    help="a head printed by an earlier verify and kept elsewhere: line N must still match")
     asub.add_parser("path", help="print where the audit log is")
     a.set_defaults(func=cmd_audit)
+
+
+def _anchor(text: str) -> str:
+    """argparse type: a typo in ``--anchor`` is a usage error, not a broken trail."""
+    from ..privacy.audit import parse_anchor
+
+    try:
+        parse_anchor(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("anchor ")) from None
+    return text
 
 
 def _since(text: str) -> _dt.datetime:
@@ -74,27 +90,33 @@ def cmd_audit(args) -> int:
         print(audit.log_path())
         return 0
     if action == "verify":
-        ok, line, reason = audit.verify(anchor=args.anchor)
+        # strict: a trail sealed here is not "OK" while its seals cannot be checked
+        ok, line, reason = audit.verify(anchor=args.anchor, require_key=True)
         if not ok:
-            where = f" at line {line}" if line else ""
-            raise UserError(f"audit trail broken{where}: {reason} "
-                            f"({audit.log_path() if not audit.parts() else audit.audit_dir()})")
+            _broken(audit, line, reason)
         print(f"audit trail OK: {reason}")
         return 0
     if action != "show":
         raise UserError("audit: choose show, verify or path (see `imaging-assist audit --help`)")
     since = _since(args.since) if args.since else None
     wanted: set[str] = set()
-    if args.patient:
-        wanted.add(audit.pseudonym(args.patient, "patient-id"))
+    if args.patient or args.uid:
+        from ..privacy.sitekey import key_path
+
+        if not key_path().exists():  # never make a new key here: it would not match, and would seal on
+            raise UserError(f"--patient/--uid: the site key {key_path()} is missing, so the pseudonyms "
+                            "cannot be recomputed; restore it from a backup of the config folder")
+    if args.patient:  # also the pseudonym of its de-identified copy (analyze --deidentify)
+        wanted.update(audit.patient_pseudonyms(args.patient))
     if args.uid:
-        wanted.add(audit.pseudonym(args.uid, "uid"))
-    shown = 0
+        wanted.update(audit.uid_pseudonyms(args.uid))
+    shown = records = 0
     for n, obj in enumerate(audit.iter_entries(), 1):  # streamed: a trail of many parts stays out of memory
         if obj is None:
             if not args.json:
                 print(f"{n:>6}  (line {n} is not an audit record: run `imaging-assist audit verify`)")
             continue
+        records += 1
         if since is not None:
             t = _time(obj)
             if t is None or t < since:
@@ -112,7 +134,20 @@ def cmd_audit(args) -> int:
         kv = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v not in (None, "", [], {}))
         print(f"{obj.get('seq', n):>6}  {t}Z  {obj.get('user', '?')}@{obj.get('host', '?')}  "
               f"{obj.get('event', '?')}  {kv}".rstrip())
+    if not records:  # nothing readable: an empty trail, or one deleted or replaced (say which)
+        ok, line, reason = audit.verify()
+        if not ok:
+            _broken(audit, line, reason)
     if not shown and not args.json:
         print("no audit events" + (" match" if (since or wanted or args.event) else " recorded yet")
               + f" ({audit.log_path()})", file=sys.stderr)
     return 0
+
+
+def _broken(audit, line, reason) -> None:
+    """The one-line error (exit 2) for a trail that does not hold, or cannot be checked."""
+    where = audit.log_path() if not audit.parts() else audit.audit_dir()
+    if reason.startswith(audit.KEY_MISSING):
+        raise UserError(f"audit trail not verified: {reason} ({where})")
+    at = f" at line {line}" if line else ""
+    raise UserError(f"audit trail broken{at}: {reason} ({where})")

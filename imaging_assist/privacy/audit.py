@@ -25,13 +25,23 @@ Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
   whole log and head consistently, and replacing log *and* head with an older copy of both is
   not detectable locally; only an anchor kept elsewhere helps there (``audit verify`` prints the
   head ``n:sha256`` to note down; ``--anchor`` checks such a note).
+  The next append never re-seals over such damage: it reads the head first (under the lock),
+  and when the log is shorter than the head says, ends in another line, or the head is missing
+  or damaged while the trail has lines, the trail records that first (``audit.tail_missing``
+  with the old head's count and sha256, ``audit.head_missing``); ``verify`` reports such a line
+  as a break for good (exit 2), naming the lines lost, and still checks the rest after it.
+  A torn last line the head had already counted was cut, not torn by a crash (lines are
+  fsynced before the head is written): it is set aside and recorded as part of
+  ``audit.tail_missing``, not as ``audit.recovered``.
 * **Identifiers**: patient IDs and names, UIDs and paths never go in clear: fields named like
   them are keyed pseudonyms (HMAC with the site key, role ``audit:<kind>``, so they cannot be
   linked to the pseudonyms a de-identified export carries).
 * **Concurrency and crashes**: appends hold an exclusive ``fcntl.flock`` on ``audit.lock``
   (processes and threads), write the whole line with one ``write`` on an ``O_APPEND`` file and
   ``fsync`` it; a short write is cut back.  A line left incomplete by a power loss is cut off
-  by the next append, which records an ``audit.recovered`` event with the fragment's sha256.
+  by the next append, which records an ``audit.recovered`` event with the fragment's sha256
+  (copied aside first; if the append then fails, e.g. on a full disk, the fragment is put back
+  in the log and the copy removed, so failed tries leave no stray files).
 * **Grouped appends** (:func:`grouped`): the batch engines hold a chunk's events in memory and
   append them with one lock and one ``fsync`` when the chunk ends (each event keeps the time it
   happened); the chunk's rows reach the results table only after that, so a row in the table
@@ -186,6 +196,36 @@ def pseudonym(value: Any, kind: str) -> str | None:
     if not s.strip():
         return None
     return _p(s, "audit:" + kind)
+
+
+def patient_pseudonyms(patient_id: str, issuer: str = "") -> list[str]:
+    """Every audit pseudonym a patient's events may carry: that of the Patient ID itself, and
+    that of the Patient ID a de-identified copy made with this site key gives the patient
+    (``analyze``/``batch --deidentify`` open, run and export the copy, so their events name the
+    copy's ``IA-…`` pseudonym; :func:`.deid.patient_key`, :meth:`.uids.Keyed.patient_id`).
+    ``issuer``: the Issuer of Patient ID, when the files carry one."""
+    from .deid import patient_key
+    from .sitekey import site_key
+    from .uids import Keyed
+
+    own = pseudonym(patient_id, "patient-id")
+    if own is None:
+        return []
+    deid = Keyed(site_key()).patient_id(patient_key({"PatientID": str(patient_id),
+                                                     "IssuerOfPatientID": issuer or ""}))
+    return [own, pseudonym(deid, "patient-id")]
+
+
+def uid_pseudonyms(uid: str) -> list[str]:
+    """The audit pseudonyms of a study/series/instance UID and of the UID a de-identified copy
+    made with this site key gives it (:meth:`.uids.Keyed.uid`)."""
+    from .sitekey import site_key
+    from .uids import Keyed
+
+    own = pseudonym(uid, "uid")
+    if own is None:
+        return []
+    return [own, pseudonym(Keyed(site_key()).uid(str(uid)), "uid")]
 
 
 def _pseudonymise(name: str, value: Any) -> Any:
@@ -418,7 +458,13 @@ def _count_lines(fd: int, upto: int) -> int:
 
 def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) -> None:
     """Append (event, fields, time) tuples as lines, in one locked, fsynced write
-    (``thread_locked``: the caller holds this process's ``_thread_lock`` already)."""
+    (``thread_locked``: the caller holds this process's ``_thread_lock`` already).
+
+    Before chaining on, the head record is read and checked against the log as found (under the
+    lock): a log shorter than the head says, a last line other than the one it sealed, or a
+    head missing or damaged while the trail has lines is never re-sealed quietly; the trail
+    itself records it first (``audit.tail_missing`` / ``audit.head_missing``, carrying the old
+    head's line count and sha256), and ``verify`` reports that line as a break from then on."""
     from .. import __version__
     from .sitekey import key_fingerprint, site_key
 
@@ -435,72 +481,27 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
         try:
             size = os.fstat(fd).st_size
             last, end = _last_line(fd, size)
-            if end < size:  # an incomplete final line (interrupted write): set aside, and say so
+            frag = kept = None
+            if end < size:  # an incomplete final line: copied aside now, cut just before the write
                 if size - end > MAX_FRAGMENT:  # not a torn line of ours: never cut, never append
                     raise OSError(errno.EINVAL, f"the log ends with {size - end} bytes that are not a "
                                                 "complete line; left untouched (run `audit verify`)")
                 frag = os.pread(fd, size - end, end)
-                kept = _set_aside(folder, frag)
-                os.ftruncate(fd, end)
-                prepared.insert(0, ("audit.recovered", {
-                    "reason": "an incomplete last line (interrupted write) was moved out of the log",
-                    "fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest(),
-                    "kept_as": kept}, _now()))
+                kept = _set_aside(folder, frag)  # removed again when it is still in the log
                 size = end
-            named_seq = None
-            if last is None and size == 0:  # a new live log: the chain goes on from the newest part
-                closed = parts(folder)
-                if closed:
-                    last, named_seq = _part_tail(closed[-1][2]), closed[-1][1]
-                    if last is None:
-                        raise OSError(errno.EINVAL, f"the closed part {closed[-1][2].name} holds no complete "
-                                                    "line: the chain cannot go on (run `audit verify`)")
-            if last is None:
-                seq, prev = 0, GENESIS
-            else:
-                prev = hashlib.sha256(last).hexdigest()
-                try:
-                    seq = int(json.loads(last)["seq"])
-                except Exception:  # noqa: BLE001 - an edited last line: count instead
-                    seq = named_seq if named_seq is not None else _count_lines(fd, size)
-            seq0 = seq
-            out = []
-            first = seq == 0
-            if first:  # a trail started here before: say so in the new one (verify fails at line 1)
-                old = _load_starts(mkey)[0].get(str(path))
-                if isinstance(old, dict):
-                    prepared.insert(0, ("audit.restarted", {
-                        "reason": "a trail was started in this place before and is gone",
-                        "previous_start": old.get("started"),
-                        "previous_first_line_sha256": old.get("first_line_sha256")}, _now()))
-            for ev, f, when in prepared:
-                seq += 1
-                obj = {"seq": seq, "time": when,
-                       "user": user, "host": host, "pid": pid, "app": __version__, "event": ev,
-                       "fields": f, "key": fp, "prev": prev}
-                body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
-                                  default=str).encode("ascii")
-                if len(body) > MAX_FIELDS_BYTES:
-                    fj = json.dumps(f, ensure_ascii=True, sort_keys=True, default=str).encode()
-                    obj["fields"] = {"too_large": True, "bytes": len(fj),
-                                     "sha256": hashlib.sha256(fj).hexdigest()}
-                    body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"),
-                                      default=str).encode("ascii")
-                line = _seal(body, mkey)
-                prev = hashlib.sha256(line).hexdigest()
-                out.append(line + b"\n")
-            data = b"".join(out)
             try:
+                seq, prev, first, data = _prepare(fd, folder, path, size, last, prepared, frag, kept,
+                                                  mkey, fp, user, host, pid, __version__)
+                if frag is not None:
+                    os.ftruncate(fd, size)
                 n = os.write(fd, data)  # one write on O_APPEND: whole lines or (below) nothing
                 if n != len(data):
                     raise OSError(errno.ENOSPC, f"short write ({n} of {len(data)} bytes)")
                 os.fsync(fd)
             except BaseException:
-                try:
-                    os.ftruncate(fd, size)
-                except OSError:
-                    pass
+                _undo(fd, folder, size, frag, kept)
                 raise
+            seq0 = seq - data.count(b"\n")
             if size + len(data) >= _rotate_bytes():
                 first_seq = seq0 + 1 if size == 0 else seq - _count_lines(fd, size + len(data)) + 1
                 _close_part(folder, path, first_seq, seq)
@@ -508,7 +509,115 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
             os.close(fd)
         _write_head(folder, seq, prev, mkey)
         if first:
-            _mark_started(path, hashlib.sha256(out[0][:-1]).hexdigest(), mkey)
+            _mark_started(path, hashlib.sha256(data[:data.index(b"\n")]).hexdigest(), mkey)
+
+
+def _undo(fd: int, folder: Path, size: int, frag: bytes | None, kept: str | None) -> None:
+    """After a failed append: the log back as it was found (``size`` bytes, then the torn
+    fragment if there was one), and the copy set aside removed once the fragment is back in
+    place (a full disk then leaves no stray file per try).  Best effort: what cannot be put
+    back stays in the copy set aside, never lost."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        return
+    if frag is None:
+        return
+    try:
+        if os.fstat(fd).st_size == size and os.write(fd, frag) == len(frag):
+            os.fsync(fd)
+            os.unlink(folder / kept)
+    except OSError:
+        pass
+
+
+def _prepare(fd, folder, path, size, last, prepared, frag, kept, mkey, fp, user, host, pid, app):
+    """(last seq, its sha256, whether this starts the trail, the bytes to append): the caller's
+    events sealed and chained on, after the events the trail records about itself."""
+    named_seq = None
+    if last is None and size == 0:  # a new live log: the chain goes on from the newest part
+        closed = parts(folder)
+        if closed:
+            last, named_seq = _part_tail(closed[-1][2]), closed[-1][1]
+            if last is None:
+                raise OSError(errno.EINVAL, f"the closed part {closed[-1][2].name} holds no complete "
+                                            "line: the chain cannot go on (run `audit verify`)")
+    if last is None:
+        seq, prev = 0, GENESIS
+    else:
+        prev = hashlib.sha256(last).hexdigest()
+        try:
+            seq = int(json.loads(last)["seq"])
+        except Exception:  # noqa: BLE001 - an edited last line: count instead
+            seq = named_seq if named_seq is not None else _count_lines(fd, size)
+    own = []  # what the trail says about itself, before the caller's events
+    first = seq == 0
+    if first:  # a trail started here before: say so in the new one (verify fails at line 1)
+        old = _load_starts(mkey)[0].get(str(path))
+        if isinstance(old, dict):
+            own.append(("audit.restarted", {
+                "reason": "a trail was started in this place before and is gone",
+                "previous_start": old.get("started"),
+                "previous_first_line_sha256": old.get("first_line_sha256")}, _now()))
+    head, head_err = _read_head(folder / HEAD_NAME, mkey)
+    gap = _tail_gap(head, head_err, seq, prev if last is not None else None)
+    if frag is not None:
+        fields = {"fragment_bytes": len(frag), "fragment_sha256": hashlib.sha256(frag).hexdigest(),
+                  "kept_as": kept}
+        if gap is None:
+            own.append(("audit.recovered", {
+                "reason": "an incomplete last line (interrupted write) was moved out of the log",
+                **fields}, _now()))
+        else:
+            if gap[0] == "audit.tail_missing" and gap[1]["head_lines"] > seq:
+                # the head counted this line: it was complete and fsynced, so no crash tore it
+                fields["reason"] = (f"line {seq + 1}, counted by the head, was found cut inside (not an "
+                                    "interrupted write): its remains were moved out of the log")
+            gap[1]["fragment"] = fields
+    if gap is not None:
+        own.append((gap[0], gap[1], _now()))
+    out = []
+    for ev, f, when in own + prepared:
+        seq += 1
+        obj = {"seq": seq, "time": when,
+               "user": user, "host": host, "pid": pid, "app": app, "event": ev,
+               "fields": f, "key": fp, "prev": prev}
+        body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False,
+                          default=str).encode("ascii")
+        if len(body) > MAX_FIELDS_BYTES:
+            fj = json.dumps(f, ensure_ascii=True, sort_keys=True, default=str).encode()
+            obj["fields"] = {"too_large": True, "bytes": len(fj),
+                             "sha256": hashlib.sha256(fj).hexdigest()}
+            body = json.dumps(obj, ensure_ascii=True, separators=(",", ":"),
+                              default=str).encode("ascii")
+        line = _seal(body, mkey)
+        prev = hashlib.sha256(line).hexdigest()
+        out.append(line + b"\n")
+    return seq, prev, first, b"".join(out)
+
+
+TAIL_MISSING = "audit.tail_missing"
+HEAD_MISSING = "audit.head_missing"
+_BREAKS = (TAIL_MISSING, HEAD_MISSING)
+
+
+def _tail_gap(head: dict | None, head_err: str | None, seq: int, last_sha: str | None) -> tuple[str, dict] | None:
+    """The event that records why the trail as found does not end where its head says, or None
+    when it does (or the head only lags behind, as after a crash between a line and its head)."""
+    if head_err is not None or head is None:
+        if seq == 0:
+            return None  # nothing written yet (or the whole trail is gone: audit.restarted says so)
+        why = (head_err or f"the head record {HEAD_NAME} was missing").removesuffix(
+            ": tail truncation cannot be checked")
+        return HEAD_MISSING, {"reason": why,
+                              "lines_found": seq, "last_sha256": last_sha}
+    hl, hs = head.get("lines"), head.get("sha256")
+    if hl > seq or (hl == seq and hl > 0 and hs != last_sha):
+        why = (f"the head counted {hl} lines, {seq} were found: the tail was cut off" if hl > seq else
+               f"line {hl} is not the line the head sealed: the tail was replaced")
+        return TAIL_MISSING, {"reason": why, "head_lines": hl, "head_sha256": hs,
+                              "lines_found": seq, "last_sha256": last_sha}
+    return None
 
 
 def _close_part(folder: Path, path: Path, first: int, last: int) -> None:
@@ -595,10 +704,15 @@ def _set_aside(folder: Path, frag: bytes) -> str:
     name = f"audit.fragment.{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%S%f')}.bin"
     fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, frag)
+        if os.write(fd, frag) != len(frag):
+            raise OSError(errno.ENOSPC, f"short write setting aside the torn tail ({name})")
         os.fsync(fd)
-    finally:
+    except BaseException:  # a full disk: no empty or partial copy left behind (the log keeps it)
         os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(folder / name)
+        raise
+    os.close(fd)
     return name
 
 
@@ -620,9 +734,18 @@ def _write_head(folder: Path, lines: int, sha: str, mkey: bytes) -> None:
     block = rec + b" " * (HEAD_BYTES - 1 - len(rec)) + b"\n"
     fd = os.open(folder / HEAD_NAME, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        created = os.fstat(fd).st_size == 0
         os.pwrite(fd, block, 0)
         if os.fstat(fd).st_size > HEAD_BYTES:
             os.ftruncate(fd, HEAD_BYTES)
+        if created:  # once per trail: a head lost to a power loss right after the first line
+            with contextlib.suppress(OSError):  # would make the next append record audit.head_missing
+                os.fsync(fd)
+                dfd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
     finally:
         os.close(fd)
 
@@ -741,12 +864,59 @@ def _check_line(i: int, raw: bytes, prev: str, mkey: bytes | None, fp: str | Non
     return None
 
 
-def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, int | None, str]:
+KEY_MISSING = "seals cannot be checked: the site key is missing"
+
+
+def parse_anchor(text: str) -> tuple[int, str]:
+    """``"N:SHA256"`` (as ``audit verify`` prints the head) as (N, lower-case hex); a prefix of
+    the sha256 is accepted.  ValueError (one line) for anything else."""
+    bad = ValueError(f"anchor {text!r}: expected LINE:SHA256 as printed by `audit verify` "
+                     "(N a line number, SHA256 hexadecimal digits)")
+    try:
+        n_s, h = str(text).strip().split(":", 1)
+        n, h = int(n_s), h.strip().lower()
+    except ValueError:
+        raise bad from None
+    if n < 1 or not h or len(h) > 64 or any(c not in "0123456789abcdef" for c in h):
+        raise bad
+    return n, h
+
+
+def _break_reason(i: int, obj: dict) -> str:
+    """What a trail's own ``audit.tail_missing`` / ``audit.head_missing`` line at line ``i``
+    records, as one line for ``verify``."""
+    f = obj.get("fields") if isinstance(obj.get("fields"), dict) else {}
+    found = f.get("lines_found")
+    frag = f.get("fragment") if isinstance(f.get("fragment"), dict) else None
+    cut = ""
+    if frag:
+        cut = f"; the remains of a cut line ({frag.get('fragment_bytes')} bytes) were kept as {frag.get('kept_as')}"
+    if obj.get("event") == TAIL_MISSING:
+        hl, hs = f.get("head_lines"), str(f.get("head_sha256") or "")
+        if isinstance(hl, int) and isinstance(found, int) and hl > found:
+            gone = f"line {found + 1}" if hl - found == 1 else f"lines {found + 1}-{hl}"
+            return (f"line {i} records that the trail had been cut off before it was written: the head "
+                    f"counted {hl} lines (head {hl}:{hs[:16]}...), {found} were left, so {gone} of the earlier "
+                    f"trail are missing{cut}")
+        return (f"line {i} records that the last line found before it was not the one the head had "
+                f"sealed (head {hl}:{hs[:16]}...): the tail was replaced{cut}")
+    return (f"line {i} records that the head record was missing or damaged when it was written "
+            f"({f.get('reason', '?')}): whether lines were cut off before it cannot be checked{cut}")
+
+
+def verify(path: Path | None = None, anchor: str | None = None,
+           require_key: bool = False) -> tuple[bool, int | None, str]:
     """Check the chain, the seals and the head record: ``(ok, first_bad_line, reason)``.
 
     ``first_bad_line`` is the 1-based line where the trail stops holding (None when it holds);
     ``reason`` is one line.  ``anchor`` ``"N:SHA256"`` (from an earlier ``verify``, kept
     elsewhere) must match line N: this also catches a consistent rewrite by a key holder.
+    ``require_key``: a trail that was sealed (it has lines, a head or a start note) cannot pass
+    without the site key (``audit verify`` asks for this; reason starts with :data:`KEY_MISSING`);
+    otherwise the chain alone is checked and the reason says the seals were not.
+    A line where the trail recorded its own damage (``audit.tail_missing``: the tail was cut;
+    ``audit.head_missing``: the head was gone) is a break for good: ``verify`` names the first
+    such line (the rest of the trail is still checked, and named after it).
     The log is streamed (memory does not grow with its length)."""
     from .sitekey import key_fingerprint, key_path, site_key
 
@@ -755,12 +925,9 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
     an = ah = None
     if anchor:
         try:
-            n_s, ah = anchor.strip().split(":", 1)
-            an, ah = int(n_s), ah.strip().lower()
-        except ValueError:
-            return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
-        if an < 1 or not ah or any(c not in "0123456789abcdef" for c in ah):
-            return False, None, f"anchor {anchor!r}: expected LINE:SHA256 as printed by `audit verify`"
+            an, ah = parse_anchor(anchor)
+        except ValueError as e:
+            return False, None, str(e)
     mkey = fp = None
     if key_path().exists():
         try:
@@ -784,6 +951,14 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
     hl = head["lines"] if head else None
     prev, n, incomplete = GENESIS, 0, b""
     at_head = at_anchor = None
+    recorded: list = []  # (line, reason) of the trail's own records of damage, first one kept
+
+    def broken(line, why):
+        if not recorded:
+            return False, line, why
+        more = f" (and {recorded[1]} later record(s) of damage)" if recorded[1] else ""
+        return False, recorded[0][0], f"{recorded[0][1]}{more}; after it: {why}"
+
     # lines are numbered from the start of the trail, across its closed parts; a reason found
     # in a part names it
     for f in files:
@@ -792,57 +967,75 @@ def verify(path: Path | None = None, anchor: str | None = None) -> tuple[bool, i
             for raw, state in _lines(f):
                 if state == "partial":
                     if f != p:
-                        return False, n + 1, (f"line {n + 1} is incomplete{where}: the closed part was cut "
-                                              "or damaged")
+                        return broken(n + 1, f"line {n + 1} is incomplete{where}: the closed part was cut "
+                                             "or damaged")
                     incomplete = raw
                     break
                 n += 1
                 if state == "long":
-                    return False, n, f"line {n} is longer than {MAX_LINE // 1024} KiB: not an audit record{where}"
+                    return broken(n, f"line {n} is longer than {MAX_LINE // 1024} KiB: not an audit record{where}")
                 why = _check_line(n, raw, prev, mkey, fp)
                 if why:
-                    return False, n, why + where
+                    return broken(n, why + where)
                 prev = hashlib.sha256(raw).hexdigest()
                 if n == 1 and start is not None and start.get("first_line_sha256") != prev:
-                    return False, 1, (f"line 1 is not the line this trail started with on {start.get('started')}: "
-                                      "the log was deleted and started again, or replaced")
+                    return broken(1, (f"line 1 is not the line this trail started with on {start.get('started')}: "
+                                      "the log was deleted and started again, or replaced"))
+                if b'"event":"audit.' in raw:
+                    obj = json.loads(raw)
+                    if obj.get("event") in _BREAKS:
+                        if not recorded:
+                            recorded[:] = [(n, _break_reason(n, obj) + where), 0]
+                        else:
+                            recorded[1] += 1
                 if n == hl:
                     at_head = prev
                 if n == an:
                     at_anchor = prev
         except (OSError, EOFError, zlib.error) as e:
-            return False, n + 1, f"cannot read {f}: {getattr(e, 'strerror', None) or e}"
+            return broken(n + 1, f"cannot read {f}: {getattr(e, 'strerror', None) or e}")
     if incomplete:
-        return False, n + 1, (f"line {n + 1} is incomplete ({len(incomplete)} bytes without an end of "
+        return broken(n + 1, (f"line {n + 1} is incomplete ({len(incomplete)} bytes without an end of "
                               "line): a write was interrupted (crash, full disk) or the tail was cut; the "
-                              "next event sets it aside and records that")
+                              "next event sets it aside and records that"))
+    if n == 0 and start is not None:  # emptied (and its head deleted): still a deleted trail
+        return broken(1, (f"the log {p} holds no line, but a trail was started there on "
+                          f"{start.get('started')}: its lines were deleted"))
     # the head record: detects a log cut after its last sealed line
     note = ""
     if head_err:
-        return False, n + 1, head_err
+        return broken(n + 1, head_err)
     if head is None:
         if n:
-            return False, n + 1, (f"the head record {HEAD_NAME} is missing: whether lines after line {n} "
-                                  "were cut off cannot be checked")
+            return broken(n + 1, (f"the head record {HEAD_NAME} is missing: whether lines after line {n} "
+                                  "were cut off cannot be checked"))
     else:
         if hl > n:
             missing = f"line {n + 1}" if hl - n == 1 else f"lines {n + 1}-{hl}"
-            return False, n + 1, (f"the log ends at line {n} but {hl} lines were written: the tail was "
-                                  f"cut off ({missing} missing)")
+            return broken(n + 1, (f"the log ends at line {n} but {hl} lines were written: the tail was "
+                                  f"cut off ({missing} missing)"))
         if hl > 0 and at_head != head.get("sha256"):
-            return False, hl, f"line {hl} is not the line the head record sealed: the tail was replaced"
+            return broken(hl, f"line {hl} is not the line the head record sealed: the tail was replaced")
         if hl < n:  # lines after the head: a crash between the append and the head update
             note = f"; lines {hl + 1}-{n} were written after the last head update (a crash?)"
     if an is not None:
         if an > n:
-            return False, n + 1, f"the anchor names line {an}, the log has {n} lines: lines were removed"
+            return broken(n + 1, f"the anchor names line {an}, the log has {n} lines: lines were removed")
         if not at_anchor.startswith(ah):
-            return False, an, f"line {an} differs from the anchor noted earlier: the log was rewritten"
+            return broken(an, f"line {an} differs from the anchor noted earlier: the log was rewritten")
     if start_problem and mkey is not None:
-        return False, None, start_problem
+        return broken(None, start_problem)
+    if mkey is None and require_key and (n or start is not None or head is not None):
+        return broken(None, (f"{KEY_MISSING} ({key_path()}), yet the trail was sealed with one: restore "
+                             "site.key from a backup of the config folder"))
+    head_s = f"head {n}:{prev if n else GENESIS}"
+    if recorded:
+        more = f" (and {recorded[1]} later record(s) of damage)" if recorded[1] else ""
+        return False, recorded[0][0], (f"{recorded[0][1]}{more}; the trail holds after it "
+                                       f"({n} lines{note}; {head_s})")
     keynote = "" if mkey is not None else " (seals not checked: no site key on this machine)"
     split = f" in {len(files) - (p in files)} closed part(s) and the live log" if len(files) > 1 or p not in files else ""
-    return True, None, f"{n} lines{split}, chain holds{keynote}{note}; head {n}:{prev if n else GENESIS}"
+    return True, None, f"{n} lines{split}, chain holds{keynote}{note}; {head_s}"
 
 
 # --------------------------------------------------------------------------- event helpers

@@ -38,7 +38,7 @@ def read_trail() -> dict:
 
     n = 0
     try:
-        ok, line, reason = audit.verify()
+        ok, line, reason = audit.verify(require_key=True)  # a sealed trail without its key is not "OK"
         newest: deque = deque(maxlen=MAX_ROWS)  # streamed: memory stays bounded however long the trail
         for n, e in enumerate(audit.iter_entries(), 1):
             newest.append((n, e))
@@ -72,7 +72,7 @@ class AuditWindow(QDialog):
         self.setWindowTitle("Audit trail")
         self.resize(1100, 620)
         self.result: dict | None = None
-        self._wanted: str | None = None
+        self._wanted: list[str] | None = None
         lay = QVBoxLayout(self)
         self.status = QLabel("Checking the audit trail…")
         self.status.setWordWrap(True)
@@ -179,7 +179,8 @@ class AuditWindow(QDialog):
         from imaging_assist.privacy import audit
 
         text = self.patient.text().strip()
-        self._wanted = audit.pseudonym(text, "patient-id") if text else None
+        # the Patient ID's pseudonym and that of its de-identified copy (analyze/batch --deidentify)
+        self._wanted = [w for w in audit.patient_pseudonyms(text) if w] if text else None
         self._apply_filter()
 
     def _apply_filter(self) -> None:
@@ -189,7 +190,7 @@ class AuditWindow(QDialog):
                      if self.table.item(row, c) is not None]
             line = " ".join(cells)
             hide = bool(needle) and needle not in line.lower()
-            if self._wanted and self._wanted not in line:
+            if self._wanted and not any(w in line for w in self._wanted):
                 hide = True
             self.table.setRowHidden(row, hide)
         self._update_note()
