@@ -46,12 +46,13 @@ class PriorsPanel(QWidget):
         for st in self.studies:
             mods = sorted({s.modality for s in st.series if s.is_image and s.modality})
             n = sum(1 for s in st.series if s.is_image)
-            later = "  (later than the current study)" if viewing.is_later(st, here) else ""
+            later = "  (later)" if viewing.is_later(st, here) else ""
             it = QListWidgetItem(f"{_date(st.date)}  {st.description or '(no description)'}{later}\n"
                                  f"{'/'.join(mods) or '?'}  ·  {n} series")
             it.setData(UID_ROLE, st.uid)
             it.setToolTip(f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
-                          f"Accession {st.accession or '-'}\nUID {st.uid}")
+                          f"Accession {st.accession or '-'}\nUID {st.uid}"
+                          + ("\nMade after the current study: not its prior" if later else ""))
             self.list.addItem(it)
         if self.studies:
             self.list.setCurrentRow(0)
