@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from test_batch import _rows  # the table's rows, as test_batch reads them
+
 from conftest import DICOM, SHARED, need
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +55,6 @@ def _batch(*args) -> tuple[int, dict | None, str]:
     return rc, (json.loads(out[-1]) if out else None), se.getvalue()
 
 
-def _rows(out: Path) -> list[dict]:
-    db = sqlite3.connect(str(out / "batch.sqlite"))
-    db.row_factory = sqlite3.Row
-    rows = [dict(r) for r in db.execute("SELECT * FROM results")]
-    db.close()
-    return rows
 
 
 def _site_copy(dst: Path, version: str = "1.0.1", model_id: str | None = None) -> Path:

@@ -265,15 +265,8 @@ def patient_groups(cases: list[dict], data: Path) -> list[str]:
     split could hold them), and the names (pseudonyms) made the split differ with each site key."""
     from ..privacy.sitekey import pseudonym
 
-    parent = list(range(len(cases)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
     owner: dict = {}
+    comp = []  # each case's group: the first case with its patient pseudonym (one key per case)
     for i, c in enumerate(cases):
         if "patient_id" not in c:  # from the log: its patient pseudonym
             key = c["patient"]
@@ -281,8 +274,7 @@ def patient_groups(cases: list[dict], data: Path) -> list[str]:
             key = pseudonym(c["patient_id"], "patient-id")
         else:
             key = _logged_patient_key(Path(c["path"]))
-        j = owner.setdefault(key, i)
-        parent[root(i)] = root(j)
+        comp.append(owner.setdefault(key, i))
     names: dict = {}
     for i, c in enumerate(cases):
         try:
@@ -290,8 +282,8 @@ def patient_groups(cases: list[dict], data: Path) -> list[str]:
         except ValueError:
             rel = str(Path(c["path"]).resolve())
         name = (0, c["patient_id"]) if c.get("patient_id") else (1, f"file:{rel}")
-        names[root(i)] = min(names.get(root(i), name), name)
-    return [names[root(i)][1] for i in range(len(cases))]
+        names[comp[i]] = min(names.get(comp[i], name), name)
+    return [names[comp[i]][1] for i in range(len(cases))]
 
 
 def _logged_patient_key(p: Path) -> str:
