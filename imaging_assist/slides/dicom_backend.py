@@ -15,6 +15,11 @@ import numpy as np
 from .base import (WSM_SOP_CLASS_UID, BackendDeclined, Slide, SlideBackend, SlideReadError,
                    UnsupportedSlideError, is_dicom_head, to_rgb)
 
+# pydicom converts a value when it is first read and warns when it is invalid: a damaged slide's
+# values are collected into one line of slide.warnings when it opens; a value first read later
+# (a tile's frame, a UID) must not print a library warning on the reader's terminal
+warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning, module=r"pydicom\.valuerep")
+
 
 def wsi_sop_class(path: str) -> str | None:
     """SOP Class UID of a DICOM file (None if unreadable / not DICOM)."""
@@ -107,12 +112,11 @@ class DicomSlide(Slide):
         except Exception as e:
             hint = " (no usable Pixel Spacing?)" if type(e).__name__ == "WsiDicomNoResolutionError" else ""
             raise SlideReadError(f"{self.path}: wsidicom could not open it ({_one_line(e)}){hint}") from None
-        msgs = list(dict.fromkeys(str(w.message).splitlines()[0][:160] for w in caught if str(w.message)))
-        if msgs:
-            more = f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else ""
-            self.warnings.append(f"the DICOM files have invalid values: {msgs[0]}{more}")
         try:
-            self._setup()
+            with warnings.catch_warnings(record=True) as more_caught:  # values read while setting up
+                warnings.simplefilter("always")
+                self._setup()
+            caught = list(caught) + list(more_caught)
         except SlideReadError:
             self._wsi.close()
             raise
@@ -120,6 +124,10 @@ class DicomSlide(Slide):
             self._wsi.close()
             raise SlideReadError(f"{self.path}: unreadable DICOM WSI ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        msgs = list(dict.fromkeys(str(w.message).splitlines()[0][:160] for w in caught if str(w.message)))
+        if msgs:
+            more = f" (+{len(msgs) - 1} more)" if len(msgs) > 1 else ""
+            self.warnings.append(f"the DICOM files have invalid values: {msgs[0]}{more}")
 
     def _setup(self) -> None:
         wsi = self._wsi
