@@ -334,7 +334,7 @@ def test_model_versions_state(dirs, monkeypatch):
     V.promote("m", cands[1][0])
     path = V.state_path()
     doc = json.loads(path.read_text())
-    assert V.promoted_folders() == [cands[1][1].resolve()]
+    assert V.promoted_sources() == ([cands[1][1].resolve()], {})
 
     def read():
         pf, blocked = V.promoted_sources()  # what the registry reads: never raises, refuses per model

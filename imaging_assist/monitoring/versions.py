@@ -10,15 +10,15 @@ user's choice of ``--out``, normally under ``data_dir()``); the state lives in
                        "history": [{"time_utc", "action", "version", "reason"}]}}
 
 The registry puts the active version's folder first among its sources
-(:func:`promoted_folders`), so every caller (GUI, analyze, batch, demo) runs it; ``rollback``
+(:func:`promoted_sources`), so every caller (GUI, analyze, batch, demo) runs it; ``rollback``
 pops the ``stack`` of previously active versions, ending at the shipped one (a state file
 written before the stack existed has it rebuilt from its history).  Promoting the version that
 is already active changes nothing (and says so).
 
 A candidate is tied to what was measured: ``register_candidate`` records the sha256 of its
 ``model.json``, ``metrics.json``, every weights file the card lists and its OOD statistics;
-:func:`promoted_folders` checks them each time the registry asks and raises a
-one-line error when the folder is gone or a file changed (the state says it is active: running
+:func:`promoted_sources` checks them each time the registry asks, and the registry refuses that
+model in one line when the folder is gone or a file changed (the state says it is active: running
 the shipped model instead, or the changed files, would be a silent substitution).  Every step is
 an event in the prediction log and in the audit trail.
 """
@@ -135,24 +135,6 @@ def save_state(d: dict) -> None:
     os.replace(tmp, p)
 
 
-def promoted_folders() -> list[Path]:
-    """Folders of the active (promoted) versions, for the registry's sources.  An unreadable
-    state file does not stop the shipped models from loading (returns []), but an active version
-    whose folder is gone or whose recorded files changed since it was measured raises a one-line
-    UserError (see :func:`check_candidate`): neither the shipped model nor the changed files
-    are run under the promoted name."""
-    try:
-        st = load_state()
-    except UserError:
-        return []
-    out = []
-    for model_id, m in st.items():  # load_state checked the types
-        a = m.get("active")
-        if a and a in m["candidates"]:
-            out.append(check_candidate(model_id, a, m["candidates"][a]))
-    return out
-
-
 def promoted_sources() -> tuple[list[Path], dict[str, str]]:
     """(folders of the active versions that still hold what was measured, {model id: one-line
     reason} for those that do not): the registry runs the first and refuses the models of the
@@ -199,6 +181,21 @@ def candidate_hashes(folder: Path) -> dict[str, str]:
     return {n: sha256_file(folder / n) for n in dict.fromkeys(names) if (folder / n).is_file()}
 
 
+_hashed: dict = {}  # (path, inode, size, mtime, ctime) -> sha256: the registry asks on every Registry()
+
+
+def _sha256_of(p: Path) -> str:
+    """sha256 of ``p``, hashed again only when the file may have changed: its inode, size, mtime or
+    ctime (a write always moves the ctime, which no one can set back)."""
+    from ..models.loaders import sha256_file
+
+    st = p.stat()
+    key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _hashed:
+        _hashed[key] = sha256_file(p)
+    return _hashed[key]
+
+
 def check_candidate(model_id: str, version: str, entry: dict) -> Path:
     """The candidate's folder when it still holds what was measured; else a one-line UserError
     (folder missing, a recorded file missing or changed).  Candidates registered before hashes
@@ -210,14 +207,12 @@ def check_candidate(model_id: str, version: str, entry: dict) -> Path:
                         f"not running the shipped model in its place: {fix}")
     want = entry.get("sha256")
     if want:
-        from ..models.loaders import sha256_file
-
         for name, h in want.items():
             p = f / name
             if not p.is_file():
                 raise UserError(f"{model_id}: the promoted version {version} lost {name} ({p}) since it was "
                                 f"measured; refusing to run it: {fix}")
-            if sha256_file(p) != h:
+            if _sha256_of(p) != h:
                 raise UserError(f"{model_id}: {name} of the promoted version {version} ({p}) changed since it was "
                                 f"measured (sha256 differs); refusing to run it: {fix}")
     return f
