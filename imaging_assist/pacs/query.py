@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 from .nodes import PacsError
+from .transfer import valid_uid
 
 _DATE = r"(\d{8})"
 DEFAULT_LIMIT = 1000  # rows kept from one query; more are cancelled and the caller is told
@@ -59,7 +60,7 @@ def _text(value: str, what: str, limit: int = 64) -> str:
 def _uid(value: str) -> str:
     """A Study Instance UID filter: digits and dots (UID matching has no wildcards)."""
     v = (value or "").strip()
-    if v and not (len(v) <= 64 and re.fullmatch(r"[0-9]+(\.[0-9]+)*", v)):
+    if v and not valid_uid(v):
         raise PacsError(f"invalid study UID {value!r}: digits and dots, at most 64 characters")
     return v
 
