@@ -761,7 +761,7 @@ def retrieve_move(node: Node, settings: Settings, sink: InstanceSink,
     # (a private or newer class it does not know: without a context its instance is refused
     # and, on Orthanc, the whole C-MOVE of its series fails)
     known = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
-    listed = [c for c in _listed_classes(listing) if c not in set(known)]
+    listed = sorted(set(_listed_classes(listing)) - set(known))
     scp.supported_contexts = [build_context(c, ALL_TRANSFER_SYNTAXES) for c in known + listed]
     scp.network_timeout = scp.acse_timeout = scp.dimse_timeout = node.timeout
     guard = _Guard(node)
