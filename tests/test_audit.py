@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -372,6 +373,9 @@ def test_analyze_records_open_run_and_exports_without_phi(trail, planted_cr):
     r = subprocess.run([sys.executable, "-m", "imaging_assist", "audit", "show", "--patient", PLANTED_ID],
                        capture_output=True, text=True, env=dict(os.environ), timeout=60)
     assert r.returncode == 0 and "study.open" in r.stdout and "model.run" in r.stdout
+    # results.json names only series: its export event carries the patient too (found by --patient)
+    assert exports["results.json"]["patient_ids"] == [audit.pseudonym(PLANTED_ID, "patient-id")]
+    assert "results.json" in r.stdout
 
 
 def test_info_and_view_screenshot_record_the_study_open(trail, planted_cr):
@@ -490,4 +494,19 @@ def test_de_identification_is_recorded_without_identifiers(trail, planted_cr):
     assert e["study_uids"] == [audit.pseudonym(PLANTED_STUDY, "uid")]
     assert e["key_fingerprint"] == sitekey.key_fingerprint()
     assert audit.verify()[0]
+    _assert_no_phi(audit.log_path().read_bytes(), str(trail))
+
+
+def test_batch_results_json_export_names_the_patient(trail, planted_cr):
+    """A batch item's results.json names only its series: the export event carries the patient,
+    so ``audit show --patient`` finds what was written about them."""
+    src = trail / "in"
+    src.mkdir()
+    shutil.copy(planted_cr, src / "film.dcm")
+    rc = cli_main(["batch", str(src), "--model", "cxr-pneumonia", "--out", str(trail / "batch"), "--json"])
+    assert rc == 0
+    exports = [e["fields"] for e in audit.read_entries() if e["event"] == "export"
+               and e["fields"]["kind"] == "results.json"]
+    assert len(exports) == 1
+    assert exports[0]["patient_ids"] == [audit.pseudonym(PLANTED_ID, "patient-id")]
     _assert_no_phi(audit.log_path().read_bytes(), str(trail))

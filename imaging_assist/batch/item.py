@@ -346,7 +346,10 @@ class ModelRunner:
             from ..export.report_pdf import capture
 
             captured[0] = capture(d, vol, out, res)
-        p = write_results_json([d], out, self.summary, {"notes": [], "input": c.source})
+        from ..privacy.audit import _ids_of
+
+        p = write_results_json([d], out, self.summary, {"notes": [], "input": c.source},
+                               patient_ids=[_ids_of(vol).get("patient_id")] if vol is not None else ())
         row["results_json"] = str(p)
         if self.settings.report:
             from ..export.report_pdf import build_report, write_report_pdf

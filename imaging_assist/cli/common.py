@@ -63,7 +63,8 @@ def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, c
     from ..export.report_pdf import build_report, write_report_pdf
     from ..inference.results import write_results_json
 
-    p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)})
+    p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)},
+                           patient_ids=[(c.get("header") or {}).get("patient_id") for c in captured.values()])
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if args.json:

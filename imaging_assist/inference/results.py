@@ -361,7 +361,9 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
 
 
 def write_results_json(items: list[dict], out_dir: Path, model_summary: dict | None = None,
-                       extra: dict | None = None) -> Path:
+                       extra: dict | None = None, patient_ids=()) -> Path:
+    """``results.json`` of a run.  ``patient_ids``: the Patient IDs of the items' sources (the
+    items name only series), so that ``audit show --patient`` finds this export too."""
     from .. import tool_version
 
     doc = {"schema_version": RESULTS_SCHEMA_VERSION, "tool": "imaging-assist",
@@ -376,7 +378,8 @@ def write_results_json(items: list[dict], out_dir: Path, model_summary: dict | N
     tmp.write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
     tmp.replace(out)
     from ..privacy.audit import record_export  # the audit trail (never raises)
-    record_export("results.json", out, series_uids=[it.get("series_uid") for it in items if isinstance(it, dict)])
+    record_export("results.json", out, series_uids=[it.get("series_uid") for it in items if isinstance(it, dict)],
+                  patient_ids=list(dict.fromkeys(p for p in patient_ids if p)))
     return out
 
 
