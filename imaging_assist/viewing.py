@@ -105,6 +105,17 @@ def index_at(vol: Volume, point_lps) -> tuple[int, float]:
     return k, abs(float(pos[k]) - d)
 
 
+def gap_note(vol: Volume, distance_mm: float) -> str:
+    """What a linked viewport says when the followed position lies between or beyond ``vol``'s
+    slices (``index_at``'s distance over half the usual slice step): it shows the nearest slice,
+    which is not at that position, and says so rather than parking there silently."""
+    pos = native_positions(vol)
+    step = float(np.median(np.abs(np.diff(pos)))) if len(pos) > 1 else abs(float(vol.spacing[2]))
+    if not (distance_mm > 0.5 * step + 0.05):  # NaN (no geometry) says nothing
+        return ""
+    return f"no slice at this position: the nearest shown, {distance_mm:.1f} mm away"
+
+
 def angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     """Angle between two plane normals, 0-90 degrees."""
     c = abs(float(np.dot(a, b)) / ((np.linalg.norm(a) * np.linalg.norm(b)) or 1.0))

@@ -129,8 +129,17 @@ def test_prior_listed_opened_beside_and_scrolls_by_mm(win, studies):
         assert kp == int(np.argmin(np.abs(pos_p - pos_c[k])))
         assert abs(pos_p[kp] - pos_c[k]) <= 1.5 + 1e-6
         assert prior.view.annotation_text()["bl"][0] == f"Pos {pos_p[kp]:.1f} mm"
+        assert prior.gap_note == ""  # within half the prior's 3 mm step of its slice
+    # below the prior's first slice (4 mm in): it shows its nearest slice and says how far it is
+    win.doc.set_index(0, 0)
+    assert prior.doc.position[0] == 0
+    assert prior.gap_note == "no slice at this position: the nearest shown, 4.0 mm away"
+    assert cur.gap_note == ""
+    win.doc.set_index(0, 4)
+    assert prior.gap_note == ""
     # and the other way round: scrolling the prior moves the current to the same mm
     prior.doc.set_index(0, 7)
+    assert prior.gap_note == "" and cur.gap_note == ""
     assert pos_c[win.doc.position[0]] == pytest.approx(pos_p[7], abs=0.5)
     # parallel axial planes: no reference line between them
     assert g.reference_segments(prior.view) == []

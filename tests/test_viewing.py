@@ -44,6 +44,22 @@ def test_uneven_spacing_uses_each_slice_position():
     assert geo.origin @ b.normal == pytest.approx(13.8)
 
 
+def test_a_position_in_a_gap_or_beyond_the_ends_is_said():
+    """A linked series with a missing run of slices (a gap of 10 mm in 2 mm steps): a position in
+    the gap shows the nearest slice and says how far it is; within half a step it says nothing."""
+    a = _axial(n=40, dz=1.0)
+    b = _axial(n=10, positions=[0, 2, 4, 6, 8, 18, 20, 22, 24, 26])
+    notes = {}
+    for ka in (3, 12, 13, 19, 30, 39):
+        kb, dist = viewing.linked_index(a, ka, b)
+        notes[ka] = viewing.gap_note(b, dist)
+    assert notes[3] == notes[19] == ""        # 1 mm from a slice: half the step
+    assert notes[12] == "no slice at this position: the nearest shown, 4.0 mm away"
+    assert notes[13].endswith("5.0 mm away")  # the middle of the gap
+    assert notes[30].endswith("4.0 mm away") and notes[39].endswith("13.0 mm away")  # beyond the last
+    assert viewing.gap_note(b, float("nan")) == ""
+
+
 def test_reference_line_is_the_plane_intersection():
     vol = _axial(n=30, dz=1.0, shape=(32, 40))
     ax, cor, sag = standard_planes(vol.direction)

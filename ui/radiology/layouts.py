@@ -52,6 +52,7 @@ class Cell(QWidget):
         self.view = view
         self.number = number
         self.link_note = ""   # why this viewport does (not) follow the others
+        self.gap_note = ""    # followed to a position it has no slice at (a gap, or beyond its ends)
         self.manual_link = False
         self.offset_mm = 0.0  # manual link: kept distance between the positions
         self.setAcceptDrops(True)
@@ -219,12 +220,15 @@ class GridArea(QWidget):
         self._syncing = True
         try:
             src_cell = self.cell_of(doc)
+            if src_cell is not None:
+                src_cell.gap_note = ""  # moved by the reader: at one of its own slices
             for c in self.visible_cells():
                 if c.doc is doc or not self.linked(doc, c.doc):
                     continue
-                k, _dist = viewing.manual_linked_index(doc.volume, doc.position[0], c.doc.volume,
-                                                       src_cell.offset_mm if src_cell is not None else 0.0,
-                                                       c.offset_mm)
+                k, dist = viewing.manual_linked_index(doc.volume, doc.position[0], c.doc.volume,
+                                                      src_cell.offset_mm if src_cell is not None else 0.0,
+                                                      c.offset_mm)
+                c.gap_note = viewing.gap_note(c.doc.volume, dist)
                 c.doc.set_index(0, k)
         finally:
             self._syncing = False
@@ -235,6 +239,7 @@ class GridArea(QWidget):
         if cell is not None:
             cell.manual_link = False
             cell.offset_mm = 0.0
+            cell.gap_note = ""
         self._relink()
         # a new series joins at the position of the others
         if doc.volume is not None and doc in self.docs():
@@ -277,12 +282,14 @@ class GridArea(QWidget):
             p.setPen(QPen(QColor("#3d8bfd"), 2))
             p.setBrush(Qt.NoBrush)
             p.drawRect(view.rect().adjusted(1, 1, -1, -1))
-        if cell.link_note and view.doc.show_annotations:
+        notes = [n for n in (cell.link_note, cell.gap_note) if n]
+        if notes and view.doc.show_annotations:
             fm = QFontMetricsF(view._font)
             p.setFont(view._font)
-            text = fm.elidedText("⚠ " + cell.link_note, Qt.ElideRight, view.width() - 16)
-            y = 8 + 4 * fm.height() + fm.ascent()  # under the patient / study lines
-            view._draw_text(p, 8, y, text, QColor("#ffd98a"))
+            for i, note in enumerate(notes):
+                text = fm.elidedText("⚠ " + note, Qt.ElideRight, view.width() - 16)
+                y = 8 + (4 + i) * fm.height() + fm.ascent()  # under the patient / study lines
+                view._draw_text(p, 8, y, text, QColor("#ffd98a"))
 
 
 def _native():
