@@ -199,6 +199,34 @@ def test_drift_alert_shown_in_the_banner_at_start(win):
     assert "Drift monitor: cxr-pneumonia" in win.banner_text()
 
 
+def test_feedback_after_the_log_was_moved_aside_is_refused_not_put_on_another_run(win):
+    """A result on screen, the log moved aside and a new one filled to the same run number with
+    another film's runs: the reader's verdict on the old result is not saved (one line), and the
+    result shown again says it is no longer in the log, instead of showing that run's verdicts."""
+    from imaging_assist.monitoring import log as plog
+    from imaging_assist.monitoring.feedback import latest_feedback
+
+    panel = win.model_panel
+    win.open_path(str(need(CHILD)))
+    assert wait_until(lambda: win.load_state == "done" and panel._volume_ready(), 30), win.last_error
+    assert _run(panel, "cxr-pneumonia") == "done", panel.error_text()
+    box, old = panel.feedback_box, panel.last_result
+    rid = old.prediction_log_id
+    row = dict(plog.open_log().run(rid))
+    plog.db_path().rename(plog.db_path().with_name("moved_aside.sqlite"))
+    for n in range(rid):  # another film's runs, up to the same number
+        r = {**row, "input_key": f"{n:032x}"}
+        r.pop("id", None)
+        plog.open_log().add_run(r)
+    assert plog.open_log().run(rid)["input_key"] != row["input_key"]
+    assert not box.give("pneumonia", "agree")
+    assert box.note.text().startswith("not saved: run ") and "another run now" in box.note.text()
+    assert latest_feedback(rid) == {}
+    box.set_result(old, box.card, box.volume)
+    assert box.run_id is None and "no longer in the prediction log" in box.note.text()
+    assert not box.rows and not box.edit_btn.isEnabled()
+
+
 def test_monitor_panel_on_a_damaged_log_says_so_in_one_line(qapp, tmp_path, monkeypatch):
     """The Monitor panel opened on a prediction log damaged on disk: its summary line says so
     (the constructor raised LogError before, and the panel never appeared)."""

@@ -186,3 +186,30 @@ def test_damaged_text_or_detail_in_a_row_is_one_line(tmp_path):
     with pytest.raises(plog.LogError, match="is damaged"):
         lg.export_csv(io.StringIO())
     lg.close()
+
+
+def test_feedback_on_a_result_never_lands_on_another_run_after_the_log_was_moved(logdir, pneumonia):
+    """The log moved aside while results are on screen: a new log numbers its runs from 1 again,
+    so the old result's run number names another film's run; feedback and corrections given on
+    the old result are refused (one line), never written onto that run."""
+    import numpy as np
+
+    from imaging_assist.errors import UserError
+    from imaging_assist.inference import RunOptions, read_image, run_model
+    from imaging_assist.monitoring import feedback
+
+    old = run_model(pneumonia, read_image(_image("test/NORMAL")), RunOptions(device="cpu"))
+    assert old.prediction_log_ref["id"] == old.prediction_log_id == 1
+    assert feedback.run_matches(1, old.prediction_log_ref)
+    plog.db_path().rename(plog.db_path().with_name("old.sqlite"))  # moved aside
+    new = run_model(pneumonia, read_image(_image("test/PNEUMONIA")), RunOptions(device="cpu"))
+    assert new.prediction_log_id == 1  # the same number, another film
+    assert not feedback.run_matches(1, old.prediction_log_ref)
+    with pytest.raises(UserError, match="another run now"):
+        feedback.add_feedback(1, "pneumonia", "agree", expect=old.prediction_log_ref)
+    with pytest.raises(UserError, match="another run now"):
+        feedback.save_correction(1, np.zeros((1, 224, 224), np.uint8), ["background", "x"],
+                                 expect=old.prediction_log_ref)
+    assert feedback.latest_feedback(1) == {}
+    feedback.add_feedback(1, "pneumonia", "agree", expect=new.prediction_log_ref)  # its own run: kept
+    assert feedback.latest_feedback(1)["pneumonia"]["verdict"] == "agree"

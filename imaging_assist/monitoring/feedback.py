@@ -17,16 +17,30 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .log import now_utc, open_log
+from .log import RUN_REF_KEYS, now_utc, open_log
 
 VERDICTS = ("agree", "disagree", "unsure")
 
 
-def _run(lg, run_id: int) -> dict:
+def _run(lg, run_id: int, expect: dict | None = None) -> dict:
+    """Run ``run_id`` of the log; with ``expect`` (a result's ``prediction_log_ref``) only when it
+    is still that run: a log moved aside and started again numbers its runs from 1 anew."""
     r = lg.run(int(run_id))
     if r is None:
         raise UserError(f"run {run_id} is not in the prediction log")
+    if expect and any(r.get(k) != expect.get(k) for k in RUN_REF_KEYS if k in expect):
+        raise UserError(f"run {run_id} of the prediction log is another run now (the log was moved aside or "
+                        "replaced since this result was made): run the model again to give feedback")
     return r
+
+
+def run_matches(run_id: int, expect: dict | None, log=None) -> bool:
+    """Run ``run_id`` is in the log and is the run ``expect`` names (see :func:`_run`)."""
+    try:
+        _run(log or open_log(), run_id, expect)
+        return True
+    except UserError:
+        return False
 
 
 def run_labels(run: dict) -> list[str]:
@@ -60,11 +74,11 @@ def implied_label(run: dict, finding: str, verdict: str) -> str | None:
 
 
 def add_feedback(run_id: int, finding: str, verdict: str, correct_label: str | None = None,
-                 reader: str | None = None, note: str | None = None, log=None) -> int:
+                 reader: str | None = None, note: str | None = None, log=None, expect: dict | None = None) -> int:
     lg = log or open_log()
     if verdict not in VERDICTS:
         raise UserError(f"verdict must be one of {', '.join(VERDICTS)} (got {verdict!r})")
-    run = _run(lg, run_id)
+    run = _run(lg, run_id, expect)
     labels = run_labels(run)
     if labels and finding not in labels:
         raise UserError(f"finding {finding!r} is not a label of run {run_id} ({', '.join(labels)})")
@@ -100,7 +114,8 @@ def corrections_dir() -> Path:
 
 
 def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.ndarray | None = None,
-                    volume=None, reader: str | None = None, log=None, write_dicom: bool = True) -> dict:
+                    volume=None, reader: str | None = None, log=None, write_dicom: bool = True,
+                    expect: dict | None = None) -> dict:
     """Save a corrected label map ([k, j, i] on the input grid) linked to run ``run_id``.
 
     Returns ``{"id", "label_map_file", "seg_file", "dice_vs_prediction", "changed_voxels", "warnings"}``
@@ -110,7 +125,7 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
     from ..evaluation import dice
 
     lg = log or open_log()
-    run = _run(lg, run_id)
+    run = _run(lg, run_id, expect)
     lm = np.asarray(label_map)
     if lm.ndim == 2:
         lm = lm[None]

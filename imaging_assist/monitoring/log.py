@@ -424,10 +424,18 @@ def row_from_result(model, volume, res, pseudonymise: bool = True) -> dict:
 
 
 def record_run(model, volume, res, path: str | Path | None = None) -> int:
-    """Log one run; sets ``res.prediction_log_id`` (the GUI links feedback to it) and returns it."""
-    rid = open_log(path).add_run(row_from_result(model, volume, res))
+    """Log one run; sets ``res.prediction_log_id`` (the GUI links feedback to it) and returns it.
+    ``res.prediction_log_ref`` names the row by more than its number (time, model, input key):
+    a log moved aside and started again numbers its runs from 1, and feedback on a result made
+    before must not land on another film's run (``monitoring.feedback``'s ``expect``)."""
+    row = row_from_result(model, volume, res)
+    rid = open_log(path).add_run(row)
     res.prediction_log_id = rid
+    res.prediction_log_ref = {"id": rid, **{k: row.get(k) for k in RUN_REF_KEYS}}
     return rid
+
+
+RUN_REF_KEYS = ("time_utc", "model_id", "input_key")
 
 
 _warned = False

@@ -32,6 +32,7 @@ class FeedbackBox(QGroupBox):
     def __init__(self, parent=None):
         super().__init__("Reader feedback (kept on this computer)", parent)
         self.run_id: int | None = None
+        self.run_ref: dict | None = None
         self.result = None
         self.card = None
         self.volume = None
@@ -70,19 +71,25 @@ class FeedbackBox(QGroupBox):
                 w.deleteLater()
         self.rows = {}
         self.result, self.card, self.volume = res, card, volume
+        from imaging_assist.monitoring.feedback import latest_feedback, run_matches
+
         self.run_id = getattr(res, "prediction_log_id", None) if res is not None else None
+        self.run_ref = getattr(res, "prediction_log_ref", None) if res is not None else None
+        moved = self.run_id is not None and not run_matches(self.run_id, self.run_ref)
+        if moved:
+            self.run_id = None
         self.edit_btn.setVisible(res is not None and getattr(res, "label_map", None) is not None)
         self.edit_btn.setEnabled(self.run_id is not None)
         if res is None:
             self.note.setText("Run a model to give feedback on its findings.")
             return
         if self.run_id is None:
-            self.note.setText("This run is not in the prediction log (switched off or not writable): "
+            self.note.setText("This run is no longer in the prediction log (moved aside or replaced since): "
+                              "run the model again to give feedback." if moved else
+                              "This run is not in the prediction log (switched off or not writable): "
                               "feedback cannot be linked to it.")
             return
         findings = self._findings(res, card)
-        from imaging_assist.monitoring.feedback import latest_feedback
-
         given = latest_feedback(self.run_id)
         labels = list(getattr(res, "labels", []) or [])
         for r, (name, text) in enumerate(findings):
@@ -157,7 +164,7 @@ class FeedbackBox(QGroupBox):
         # more labels: a disagreement needs the reader's choice
         correct = row["combo"].currentData() if row["combo"].count() > 3 else None
         try:
-            add_feedback(self.run_id, finding, verdict, correct_label=correct)
+            add_feedback(self.run_id, finding, verdict, correct_label=correct, expect=self.run_ref)
         except UserError as e:
             row["status"].setText("")
             self.note.setText(f"not saved: {e}")
@@ -191,7 +198,8 @@ class FeedbackBox(QGroupBox):
         res = self.result
         if res is None or getattr(res, "label_map", None) is None:
             return None
-        self.editor = LabelEditorDialog(self.run_id, res.label_map, res.labels, volume=self.volume, parent=self)
+        self.editor = LabelEditorDialog(self.run_id, res.label_map, res.labels, volume=self.volume, parent=self,
+                                        run_ref=self.run_ref)
         self.editor.saved.connect(lambda d: self.note.setText(
             f"Correction saved ({d['changed_voxels']:,} pixels changed"
             + (", DICOM SEG written" if d.get("seg_file") else "") + ")."))

@@ -82,10 +82,11 @@ class LabelEditorDialog(QDialog):
     saved = Signal(dict)
 
     def __init__(self, run_id: int | None, label_map, labels, volume=None, gray=None, parent=None,
-                 start_slice: int = 0):
+                 start_slice: int = 0, run_ref: dict | None = None):
         super().__init__(parent)
         self.setWindowTitle("Correct the segmentation — stays on this computer")
         self.run_id = run_id
+        self.run_ref = run_ref  # the result's prediction_log_ref: saved only on that very run
         self.labels = [str(x) for x in labels]
         self.volume = volume
         self.predicted = np.asarray(label_map)
@@ -218,7 +219,7 @@ class LabelEditorDialog(QDialog):
 
         try:
             self.result = save_correction(self.run_id, self.edit.array, self.labels, predicted=self.predicted,
-                                          volume=self.volume)
+                                          volume=self.volume, expect=self.run_ref)
         except (UserError, ValueError, OSError) as e:
             QMessageBox.warning(self, "Correction not saved", str(e).splitlines()[0])
             return None
