@@ -308,3 +308,24 @@ def test_cine_plays_frames(win, view):
     assert _wait(lambda: win.doc.position[0] != start, 5)
     win.play_btn.setChecked(False)
     assert not win.cine_timer.isActive()
+
+
+def test_enhanced_mr_corner_gives_the_frames_slice_thickness(win):
+    """An enhanced MR keeps SliceThickness per frame (Pixel Measures functional group), not in its
+    header: the corner shows it as for a classic series (it showed none before)."""
+    import pydicom
+
+    from conftest import DICOM
+
+    folder = need(DICOM / "mr_enhanced_siemens_series_jpeg2000_lossless_derived")
+    win.open_path(str(folder))
+    assert _wait(lambda: win.load_state == "done" and win.doc.volume is not None
+                 and win.doc.volume.modality == "MR" and win.doc.volume.loaded.all(), 60), win.last_error
+    win.set_layout("single")
+    v = win.view_area.single
+    ds = pydicom.dcmread(win.doc.volume.source_paths[0], stop_before_pixels=True)
+    want = float(ds.PerFrameFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SliceThickness)
+    assert "SliceThickness" not in ds and want == 3.0
+    assert f"Thick {want:.2g} mm" in v.annotation_text()["bl"]
+    # 3 mm thick, 3.3 mm apart: the gap is said, as for a classic series
+    assert any("3 mm thick but 3.30 mm apart" in w for w in win.doc.volume.warnings)

@@ -139,6 +139,7 @@ class Slot:
     # Value Transformation, the file's top-level rescale used)
     transform: str = "rescale"
     lut_type: str = ""  # ModalityLUTType of a "lut" transform
+    thickness: float | None = None  # an enhanced frame's SliceThickness (Pixel Measures); else the header's
 
 
 @dataclass
@@ -297,6 +298,7 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
         ipp = _fg(f, shared, "PlanePositionSequence", "ImagePositionPatient")
         iop = _fg(f, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
         ps = _fg(f, shared, "PixelMeasuresSequence", "PixelSpacing")
+        th = _fg(f, shared, "PixelMeasuresSequence", "SliceThickness")
         slope = _fg(f, shared, "PixelValueTransformationSequence", "RescaleSlope")
         icpt = _fg(f, shared, "PixelValueTransformationSequence", "RescaleIntercept")
         wc = _fg(f, shared, "FrameVOILUTSequence", "WindowCenter")
@@ -322,7 +324,7 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
                     slope=_f(slope, 1.0) if slope is not None else 1.0,
                     intercept=_f(icpt, 0.0) if icpt is not None else 0.0,
                     window=(_as_list(wc), _as_list(ww), _as_list(we), wf) if wc is not None else None,
-                    transform=transform)
+                    transform=transform, thickness=_pos_float(th))
         out.append((slot, dims))
     return out
 
@@ -712,7 +714,7 @@ def _plan_geometry(plan: StackPlan, col_sp: float, row_sp: float, r0: InstanceRe
                   "reformatted (MPR) views are shown in the sheared voxel grid (rulers there measure "
                   "between the acquired positions)")
             slice_dir = step / z_sp
-        thickness = _pos_float(r0.get("SliceThickness"))
+        thickness = _pos_float(r0.get("SliceThickness")) or plan.slots[0].thickness
         if thickness and thickness < 0.95 * abs(med):
             plan.warnings.append(f"slices are {thickness:g} mm thick but {abs(med):.2f} mm apart: "
                                  "there are gaps between slices")
@@ -1007,6 +1009,9 @@ class SeriesLoader:
                      headers=[p.records[s.rec] for s in p.slots],
                      source_paths=sorted({r.display_path for r in p.records}))
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
+        # an enhanced object keeps SliceThickness per frame (Pixel Measures), not in its header
+        vol.slice_thicknesses = ([s.thickness for s in p.slots]
+                                 if any(s.thickness is not None for s in p.slots) else None)
         vol.loaded = np.zeros(n, dtype=bool)
         mid = len(p.slots) // 2
         vol.window_presets = display.presets_for(vol, p.slots[mid].window)

@@ -742,6 +742,9 @@ class SliceView(QWidget):
                 if vol.slice_positions is not None and self.index < len(vol.slice_positions):
                     bl.append(f"Pos {vol.slice_positions[self.index]:.1f} mm")
                 th = g("SliceThickness")
+                per_frame = getattr(vol, "slice_thicknesses", None)  # an enhanced object's frames
+                if per_frame and self.index < len(per_frame) and per_frame[self.index] is not None:
+                    th = per_frame[self.index]
                 if th not in (None, ""):
                     bl.append(f"Thick {float(th):.2g} mm")
             else:
