@@ -42,6 +42,7 @@ from ..errors import UserError
 MIN_GROUP = 30  # cases; smaller groups are reported but flagged as too small
 MAX_CSV_BYTES = 64 * 2 ** 20
 MAX_ROWS = 1_000_000
+READ_AHEAD = 4  # decoded images waiting for the model at most (each can be a 3000x3000 film or more)
 DICOM_GROUPS = {  # --group-by name -> DICOM attribute (age_band from PatientAge)
     "sex": "PatientSex", "manufacturer": "Manufacturer", "view_position": "ViewPosition",
     "institution": "InstitutionName", "age_band": "PatientAge",
@@ -131,21 +132,35 @@ class Case:
     dicom: dict = field(default_factory=dict)
 
 
-def _dicom_facts(path: Path) -> dict | None:
-    """Header facts of a DICOM file (None when not DICOM)."""
-    import pydicom
+_FACT_KEYS = ("SOPInstanceUID", "StudyInstanceUID", "PatientID", "PatientSex", "PatientAge",
+              "PatientBirthDate", "StudyDate", "Manufacturer", "ViewPosition", "InstitutionName")
+
+
+def _dicom_facts(path: Path) -> tuple[dict | None, str | None]:
+    """(header facts, None) of a DICOM file, or (None, the one-line reason it is not one).
+
+    Whether a file is DICOM is decided by the app's own header reader
+    (:func:`imaging_assist.dicom.read_record`, the one the index and loader use), so a file the
+    viewer and ``analyze`` open (a valid DICOM without the 128-byte preamble, as the Fuji CR of
+    the test data) is never refused here."""
+    from ..dicom.header import HeaderError, read_record
 
     try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=False,
-                             specific_tags=["SOPInstanceUID", "StudyInstanceUID", "PatientID",
-                                            "PatientSex", "PatientAge", "PatientBirthDate",
-                                            "StudyDate", "Manufacturer", "ViewPosition",
-                                            "InstitutionName"])
-    except Exception:  # noqa: BLE001 - not DICOM (or unreadable: the loader will say why)
-        return None
-    return {k: str(ds.get(k, "") or "").strip() for k in
-            ("SOPInstanceUID", "StudyInstanceUID", "PatientID", "PatientSex", "PatientAge",
-             "PatientBirthDate", "StudyDate", "Manufacturer", "ViewPosition", "InstitutionName")}
+        rec = read_record(str(path))
+    except HeaderError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - the index treats any reader failure as a problem too
+        return None, f"unreadable: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}"
+    facts = {k: str(rec.get(k, "") or "").strip() for k in _FACT_KEYS}
+    import pydicom  # InstitutionName is not among the reader's attributes (header.WANTED)
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                             specific_tags=["InstitutionName"])
+        facts["InstitutionName"] = str(ds.get("InstitutionName", "") or "").strip()
+    except Exception:  # noqa: BLE001 - the reader read the file: a missing name is "unknown"
+        pass
+    return facts, None
 
 
 def age_years(text: str) -> float | None:
@@ -190,9 +205,19 @@ def find_inputs(data: Path) -> list[Path]:
     return out
 
 
+MAX_NAMED = 10  # files or rows named in one note; the rest are counted
+
+
+def _named(items: list[str]) -> str:
+    """``a, b, c`` (at most :data:`MAX_NAMED`, then ``and N more``)."""
+    s = ", ".join(items[:MAX_NAMED])
+    return s + (f" and {len(items) - MAX_NAMED} more" if len(items) > MAX_NAMED else "")
+
+
 def match_cases(data: Path, table: LabelTable, paths: list[Path]) -> tuple[list[Case], list[str]]:
     """Pair files with CSV rows.  Files without a row and rows without a file are counted in
-    the notes (never guessed)."""
+    the notes (never guessed); files refused as neither a plain image nor DICOM and rows that
+    match more than one file are named and left out."""
     from ..inference.images import is_plain_image
 
     notes: list[str] = []
@@ -206,48 +231,95 @@ def match_cases(data: Path, table: LabelTable, paths: list[Path]) -> tuple[list[
             raise EvaluateError(f"{table.key_col} {k!r} appears twice in the labels file")
         by_key[kk] = r
     base_count: dict[str, int] = {}
+    stem_count: dict[str, int] = {}
     for p in paths:
         base_count[p.name.lower()] = base_count.get(p.name.lower(), 0) + 1
-    cases: list[Case] = []
-    used: set[str] = set()
-    not_dicom = 0
+        stem_count[p.stem.lower()] = stem_count.get(p.stem.lower(), 0) + 1
+
+    def show(p: Path) -> str:
+        return str(p.relative_to(data)) if p != data and data in p.parents else p.name
+
+    def file_key(p: Path) -> tuple[str | None, str | None]:
+        """(the row key this file matches, None) or (None, a key it matches only ambiguously:
+        a bare file name or stem shared by several files of the data)."""
+        rel = str(p.relative_to(data) if p != data else p.name).replace(os.sep, "/").lower()
+        ambiguous = None
+        for cand, count in ((rel, 1), (f"{data.name.lower()}/{rel}", 1),
+                            (p.name.lower(), base_count[p.name.lower()]),
+                            (p.stem.lower(), stem_count[p.stem.lower()])):
+            if cand in by_key:
+                if count == 1:
+                    return cand, None
+                ambiguous = ambiguous or cand
+        try:  # the CSV may hold paths relative to its own folder
+            rel2 = str(p.resolve().relative_to(table.folder.resolve())).replace(os.sep, "/").lower()
+            if rel2 in by_key:
+                return rel2, None
+        except ValueError:
+            pass
+        return None, ambiguous
+
+    found: list[tuple[Path, str, dict | None]] = []  # (file, row key, DICOM facts)
+    refused: list[tuple[Path, str, str | None]] = []  # (file, reason, row key or None)
+    ambiguous: dict[str, set[str]] = {}
+    amb_files: list[str] = []
     for p in paths:
-        facts = None if is_plain_image(p) else _dicom_facts(p)
-        if facts is None and not is_plain_image(p):
-            not_dicom += 1
-            continue
-        row = key = None
+        facts = why = None
+        if not is_plain_image(p):
+            facts, why = _dicom_facts(p)
+        key = amb = None
         if table.key_kind == "file":
-            rel = str(p.relative_to(data) if p != data else p.name).replace(os.sep, "/").lower()
-            for cand in (rel, f"{data.name.lower()}/{rel}", p.name.lower(), p.stem.lower()):
-                if cand in by_key and (cand == rel or base_count[p.name.lower()] == 1):
-                    row, key = by_key[cand], cand
-                    break
-            if row is None:  # the CSV may hold paths relative to its own folder
-                try:
-                    rel2 = str(p.resolve().relative_to(table.folder.resolve())).replace(os.sep, "/").lower()
-                    if rel2 in by_key:
-                        row, key = by_key[rel2], rel2
-                except ValueError:
-                    pass
+            key, amb = file_key(p)
         elif facts is not None:
             key = facts["SOPInstanceUID"] if table.key_kind == "sop" else facts["StudyInstanceUID"]
-            row = by_key.get(key)
-        if row is None:
+            key = key if key in by_key else None
+        if why is not None:
+            refused.append((p, why, key or amb))
             continue
-        used.add(key)
-        cases.append(Case(path=p, key=key, row=row, dicom=facts or {}))
-    if not_dicom:
-        notes.append(f"{not_dicom} file(s) are neither a plain image nor DICOM: left out")
-    unmatched_files = len(paths) - not_dicom - len(cases)
+        if amb is not None:
+            ambiguous.setdefault(amb, set()).add(show(p))
+            amb_files.append(amb)
+        if key is not None:
+            found.append((p, key, facts))
+    files_of: dict[str, list[str]] = {}
+    for p, key, _ in found:
+        files_of.setdefault(key, []).append(show(p))
+    if table.key_kind != "study":  # one file per row (a study row is meant for all its images)
+        for key, names in files_of.items():
+            if len(names) > 1:
+                ambiguous.setdefault(key, set()).update(names)
+    for key in [k for k in ambiguous if k in files_of and len(files_of[k]) == 1]:
+        del ambiguous[key]  # matched by its full name or path: not ambiguous
+    cases = [Case(path=p, key=key, row=by_key[key], dicom=facts or {}) for p, key, facts in found
+             if key not in ambiguous]
+    used = {c.key for c in cases}
+    with_row = [(p, why) for p, why, key in refused if key is not None]
+    why_none = []
+    if with_row:
+        why_none.append(len(notes))
+        notes.append(f"{len(with_row)} file(s) with a row in the labels file are neither a plain image "
+                     f"nor DICOM: left out: {_named([f'{show(p)} ({why})' for p, why in with_row])}")
+    no_row = [(p, why) for p, why, key in refused if key is None]
+    if no_row:
+        notes.append(f"{len(no_row)} other file(s) are neither a plain image nor DICOM: left out: "
+                     f"{_named([f'{show(p)} ({why})' for p, why in no_row])}")
+    if ambiguous:
+        why_none.append(len(notes))
+        notes.append(f"{len(ambiguous)} row(s) of the labels file match more than one file: left out "
+                     "(name the file with its extension or path): "
+                     + _named([f"{by_key[k][table.key_col]!r} ({', '.join(sorted(v))})"
+                               for k, v in sorted(ambiguous.items())]))
+    unmatched_files = len(paths) - len(refused) - len(found) - sum(k in ambiguous for k in amb_files)
     if unmatched_files:
         notes.append(f"{unmatched_files} image(s) have no row in the labels file: left out")
-    missing = len(by_key) - len(used)
+    accounted = used | set(ambiguous) | {key for _, _, key in refused if key is not None}
+    missing = len(set(by_key) - accounted)
     if missing and table.key_kind != "study":
         notes.append(f"{missing} row(s) of the labels file have no image in the data: left out")
     if not cases:
         raise EvaluateError(f"no image in {data} matches a row of the labels file "
-                            f"(matched by {table.key_col})")
+                            f"(matched by {table.key_col})"
+                            + "".join(f"; {notes[i]}" for i in why_none))
     return cases, notes
 
 
@@ -324,6 +396,48 @@ def _ci(stat, *arrays, clusters=None, strata=None, n_boot=1000, seed=0):
         return None
 
 
+def _unit(clusters) -> str:
+    """What a cluster id stands for: evaluate() writes ``patient:``, ``study:`` or ``image:``."""
+    if clusters is None:  # one image per patient (evaluate() passes None then)
+        return "patient"
+    ids = [str(c) for c in np.asarray(clusters).tolist()]
+    for unit in ("study", "image"):
+        if ids and all(i.startswith(unit + ":") for i in ids):
+            return unit
+    return "patient"
+
+
+def _too_few_clusters(metric: str, parts, clusters, cl) -> str | None:
+    """The one-line note when a stratum the bootstrap resamples (the cases of one label, or
+    those called positive / negative) comes from fewer than 2 clusters, else None.  Such a
+    stratum is the same in every resample, so the percentile "interval" collapses to (or
+    towards) the point estimate: reported as none, never as a 95% CI."""
+    thin = [what for what, m in parts if np.any(m) and len(set(cl[m].tolist())) < 2]
+    if not thin:
+        return None
+    if clusters is None:  # every case its own cluster
+        return f"no interval for {metric}: " + " and ".join(f"only one {w}" for w in thin)
+    return f"no interval for {metric}: " + " and ".join(f"every {w} is from one {_unit(clusters)}"
+                                                       for w in thin)
+
+
+def _boot(metric: str, notes: list, parts, stat, *arrays, clusters=None, cl=None, strata=None,
+          n_boot=1000, seed=0):
+    """The cluster-bootstrap interval of ``stat``, or None with a one-line note in ``notes``
+    when too few clusters make it a point (:func:`_too_few_clusters`) or when every resample
+    gave the same value (a collapsed bootstrap is not certainty)."""
+    why = _too_few_clusters(metric, parts, clusters, cl)
+    if why:
+        notes.append(why)
+        return None
+    ci = _ci(stat, *arrays, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed)
+    if ci is not None and ci[1] - ci[0] <= 1e-12:
+        notes.append(f"no interval for {metric}: every bootstrap resample gave the same value "
+                     f"({len(set(cl.tolist()))} {_unit(clusters) if clusters is not None else 'case'}(s))")
+        return None
+    return ci
+
+
 def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 1000,
                            seed: int = 0, curves: bool = False) -> dict:
     """AUC, sensitivity, specificity, PPV, NPV (at the prevalence of ``y``), ECE and the
@@ -344,13 +458,17 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
     no_neg = "undefined: no negative case"
     one_class = "undefined: only one class" if (n_pos == 0 or n_neg == 0) else None
     auc = E.roc_auc(y, p) if not one_class else float("nan")
-    out["AUC"] = _val(auc, one_class, None if one_class else
-                      _ci(E.roc_auc, y, p, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed))
+    by_label = [("positive case", y == 1), ("negative case", y == 0)]
+    ci_notes: list[str] = []
+    auc_ci = None
     if not one_class and auc in (0.0, 1.0):
         # every resample gives the same perfect ranking: [1, 1] would claim certainty
-        out["AUC"].pop("ci95", None)
-        out.setdefault("ci_notes", []).append(f"no interval for AUC {auc:g}: a bootstrap cannot widen a "
-                                              "perfect ranking, which is not certainty")
+        ci_notes.append(f"no interval for AUC {auc:g}: a bootstrap cannot widen a "
+                        "perfect ranking, which is not certainty")
+    elif not one_class:
+        auc_ci = _boot("AUC", ci_notes, by_label, E.roc_auc, y, p, clusters=clusters, cl=cl,
+                       strata=strata, n_boot=n_boot, seed=seed)
+    out["AUC"] = _val(auc, one_class, auc_ci)
     se, sp = E.sens_spec(y, p, threshold)
     if n_pos or n_neg:
         se_ci, sp_ci, how = E.sens_spec_ci(y, p, threshold, clusters=clusters, seed=seed, n_boot=n_boot)
@@ -365,9 +483,14 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
                     se_ci = None
                 else:
                     sp_ci = None
-                out.setdefault("ci_notes", []).append(
+                ci_notes.append(
                     f"no interval for {'sensitivity' if cls else 'specificity'}: every {name} case "
-                    "is from one patient")
+                    f"is from one {_unit(clusters)}")
+    for name, ci in (("sensitivity", se_ci), ("specificity", sp_ci)):
+        if ci is not None and np.all(np.isfinite(ci)) and ci[1] - ci[0] <= 1e-12:
+            # a cluster bootstrap of a few patients with the same rate: a point, not an interval
+            ci_notes.append(f"no interval for {name}: every bootstrap resample gave the same value")
+            se_ci, sp_ci = (None, sp_ci) if name == "sensitivity" else (se_ci, None)
     out["sensitivity"] = _val(se, no_pos, se_ci)
     out["specificity"] = _val(sp, no_neg, sp_ci)
     out["sens_spec_ci_method"] = how
@@ -379,18 +502,29 @@ def classification_metrics(y, p, threshold: float, clusters=None, n_boot: int = 
         if np.isfinite(v) and v in (0.0, 1.0):
             # 0/n or n/n: the bootstrap collapses to a point; Wilson on the patients called
             # positive (PPV) / negative (NPV), as for sensitivity and specificity
-            k = len(set(cl[called if which == 0 else ~called].tolist()))
-            ci = E.wilson_ci(int(round(v * k)), k)
+            rows = called if which == 0 else ~called
+            k = len(set(cl[rows].tolist()))
+            few = _too_few_clusters(name, [(f"case called {('positive', 'negative')[which]}", rows)],
+                                    clusters, cl) if clusters is not None else None
+            if few:  # as for sensitivity/specificity: one patient is not a sample of patients
+                ci_notes.append(few)
+            else:
+                ci = E.wilson_ci(int(round(v * k)), k)
         elif np.isfinite(v):
             # not stratified by label: the data are a sample of a population whose prevalence
             # varies too (a label-stratified resample holds it fixed and narrows the interval)
-            ci = _ci(lambda a, b, _w=which: E.predictive_values(a, b, threshold)[_w], y, p,
-                     clusters=clusters, strata=None, n_boot=n_boot, seed=seed + 2 + which)
+            ci = _boot(name, ci_notes, [(f"case called {('positive', 'negative')[which]}",
+                                         called if which == 0 else ~called)],
+                       lambda a, b, _w=which: E.predictive_values(a, b, threshold)[_w], y, p,
+                       clusters=clusters, cl=cl, strata=None, n_boot=n_boot, seed=seed + 2 + which)
         out[name] = _val(v, why, ci)
     rel = E.reliability(y, p)
-    out["ECE"] = _val(rel.ece, "undefined: no cases", _ci(lambda a, b: E.reliability(a, b).ece, y, p,
-                                                         clusters=clusters, strata=strata,
-                                                         n_boot=n_boot, seed=seed + 4) if n else None)
+    out["ECE"] = _val(rel.ece, "undefined: no cases",
+                      _boot("ECE", ci_notes, by_label if strata is not None else [("case", y >= 0)],
+                            lambda a, b: E.reliability(a, b).ece, y, p, clusters=clusters, cl=cl,
+                            strata=strata, n_boot=n_boot, seed=seed + 4) if n else None)
+    if ci_notes:
+        out["ci_notes"] = ci_notes
     pred = (p >= threshold).astype(int)
     out["confusion_matrix"] = {"rows": "reference (negative, positive)",
                                "columns": "model (negative, positive)",
@@ -433,64 +567,144 @@ def sensitivity_gap(y, p, groups, threshold: float, clusters=None, n_boot: int =
     lo, hi = order[0], order[-1]  # two different groups even when all sensitivities are equal
     out = {"groups": [hi, lo], "value": round(sens[hi] - sens[lo], 4), "ci95": None,
            "sensitivity": {hi: round(sens[hi], 4), lo: round(sens[lo], 4)}}
-    if len(sens) == 2:  # the pair is not chosen from the data: its bootstrap interval holds
+    if len(sens) == 2:  # the pair is not chosen from the data: its interval holds
+        pos = y == 1
+        if clusters is not None:
+            c = np.asarray(clusters)
+            thin = [k for k in (hi, lo) if len(set(c[pos & (g == k)].tolist())) < 2]
+            if thin:
+                out["note"] = (f"no interval: every positive case of group {thin[0]!r} is from one "
+                               f"{_unit(clusters)}")
+                return out
+        edge = any(sens[k] in (0.0, 1.0) for k in (hi, lo))
+        ci = None
+        if not edge:
 
-        def stat(a, b, c):
-            s1 = E.sens_spec(a[c == hi], b[c == hi], threshold)[0]
-            s2 = E.sens_spec(a[c == lo], b[c == lo], threshold)[0]
-            return s1 - s2
+            def stat(a, b, c):
+                s1 = E.sens_spec(a[c == hi], b[c == hi], threshold)[0]
+                s2 = E.sens_spec(a[c == lo], b[c == lo], threshold)[0]
+                return s1 - s2
 
-        strata = np.char.add(g, y.astype(str))  # keeps each group's positives in every resample
-        ci = _ci(stat, y, p, g, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed)
+            strata = np.char.add(g, y.astype(str))  # keeps each group's positives in every resample
+            ci = _ci(stat, y, p, g, clusters=clusters, strata=strata, n_boot=n_boot, seed=seed)
+            out["ci_method"] = "percentile bootstrap"
+        if ci is None or ci[1] - ci[0] <= 1e-12:
+            # a sensitivity of 0 or 1 is the same in every resample, so a percentile bootstrap
+            # collapses (both 1: [0, 0], certainty of equal sensitivity): Newcombe instead
+            ci = _newcombe_gap(y, p, g, hi, lo, sens, threshold, clusters, n_boot, seed)
+            out["ci_method"] = ("Newcombe hybrid score (the two sensitivities' intervals as in the cards, "
+                                "square-and-add; groups taken as independent)")
+            if ci[1] - ci[0] <= 1e-12:
+                ci = None
+                out["note"] = "no interval: every resample of both groups gave the same sensitivity"
         out["ci95"] = [round(ci[0], 4), round(ci[1], 4)] if ci else None
         return out
     # More groups: the highest and lowest are picked after seeing the data, so an interval of
     # their difference would exclude 0 far more often than 5% of the time when every group has
     # the same sensitivity (an audit measured 38% with 6 equal groups).  Instead, a permutation
-    # test of "every group has the same sensitivity": the positive patients' group labels
-    # shuffled, the largest gap recomputed.
+    # test of "every group has the same sensitivity", the largest gap recomputed each time:
+    # * each patient's positive images all in one group: the patients' group labels shuffled
+    #   (whole patients are the exchangeable units);
+    # * a patient with images in several groups (e.g. --group-by view_position, an AP and a
+    #   lateral film): the group labels shuffled among each patient's own positive images (a
+    #   permutation within blocks: valid under "no group effect" without assuming images of one
+    #   patient independent; patients in one group only are held as they are).
+    # The observed gap is always the reported one, from each image's own group.
     pos = y == 1
     keep = pos & np.isin(g, list(sens))
     cl = np.asarray(clusters)[keep] if clusters is not None else np.arange(int(keep.sum()))
     gp, pp = g[keep], p[keep] >= threshold
-    units, first = np.unique(cl, return_index=True)
-    unit_of = np.searchsorted(units, cl)
-    unit_group = gp[first]
+    units, first, unit_of = np.unique(cl, return_index=True, return_inverse=True)
+    unit_of = unit_of.ravel()
+    one_group = len(set(zip(unit_of.tolist(), gp.tolist()))) == len(units)
 
     def gap_of(groups_of_rows):
         rates = [pp[groups_of_rows == k].mean() for k in sens if (groups_of_rows == k).any()]
         return max(rates) - min(rates) if len(rates) > 1 else 0.0
 
-    obs = gap_of(unit_group[unit_of])
+    obs = gap_of(gp)
     rng = np.random.default_rng(seed)
-    more = sum(gap_of(rng.permutation(unit_group)[unit_of]) >= obs - 1e-12 for _ in range(n_boot))
-    out["p_value_equal_sensitivity"] = round((1 + more) / (1 + n_boot), 4)
+    if one_group:
+        unit_group = gp[first]
+
+        def shuffled():
+            return rng.permutation(unit_group)[unit_of]
+
+        how = f"the positive {_unit(clusters)}s' groups shuffled"
+    else:
+        by_unit = np.argsort(unit_of, kind="stable")  # rows grouped by patient, in row order
+
+        def shuffled():
+            within = np.lexsort((rng.random(len(gp)), unit_of))  # grouped by patient, random order
+            out_g = np.empty_like(gp)
+            out_g[by_unit] = gp[within]
+            return out_g
+
+        how = (f"groups shuffled among each positive {_unit(clusters)}'s own images, as some "
+               f"{_unit(clusters)}s have images in several groups")
+    more = sum(gap_of(shuffled()) >= obs - 1e-12 for _ in range(n_boot))
+    out["p_value_equal_sensitivity"] = round(float((1 + more) / (1 + n_boot)), 4)
     out["note"] = (f"the largest of the gaps between {len(sens)} groups, picked after seeing the data: no "
-                   "interval; p_value_equal_sensitivity is a permutation test (positive patients' groups "
-                   "shuffled) that every group has the same sensitivity")
+                   f"interval; p_value_equal_sensitivity is a permutation test ({how}) that every group "
+                   "has the same sensitivity")
     return out
+
+
+def _newcombe_gap(y, p, g, hi, lo, sens, threshold, clusters, n_boot, seed) -> tuple[float, float]:
+    """95% interval of sens[hi] - sens[lo] by Newcombe's hybrid score method (Newcombe 1998,
+    method 10): each sensitivity's Wilson interval combined by square-and-add.  Hand-written:
+    statsmodels (``confint_proportions_2indep(method="newcomb")``) is not a dependency, and it
+    takes counts only, while a group with several images per patient needs the cards' own
+    interval of its sensitivity (``evaluation.sens_spec_ci``: Wilson on the images when each
+    patient has one, on the patients at 0 or 1, else the cluster bootstrap), combined by the same
+    square-and-add rule (the MOVER of Zou & Donner 2008, of which Newcombe's is the Wilson case)."""
+    iv = {}
+    for k in (hi, lo):
+        m = (g == k) & (y == 1)
+        c = None if clusters is None else np.asarray(clusters)[m]
+        iv[k] = E.sens_spec_ci(y[m], p[m], threshold, clusters=c, seed=seed, n_boot=n_boot)[0]
+    p1, p2 = sens[hi], sens[lo]
+    (l1, u1), (l2, u2) = iv[hi], iv[lo]
+    d = p1 - p2
+    return (float(d - math.sqrt(max(0.0, p1 - l1) ** 2 + max(0.0, u2 - p2) ** 2)),
+            float(d + math.sqrt(max(0.0, u1 - p1) ** 2 + max(0.0, p2 - l2) ** 2)))
 
 
 def segmentation_metrics(dice_values, hd_values, clusters=None, n_boot=1000, seed=0,
                          hd_unit="mm") -> dict:
-    """Mean Dice and mean HD95 over cases, each with a cluster-bootstrap 95% interval."""
+    """Mean Dice and mean HD95 over cases, each with a cluster-bootstrap 95% interval (none,
+    with a note in ``ci_notes``, when the cases come from one patient).  HD95 is undefined for a
+    case with an empty predicted or reference mask: such cases are left out of the mean HD95
+    (Dice counts them), ``n_empty`` says how many and the HD95 entry carries a note."""
     d = np.asarray(dice_values, np.float64)
     h = np.asarray(hd_values, np.float64)
     n = len(d)
     out = {"n": n, "too_small": n < MIN_GROUP}
+    cl = np.asarray(clusters) if clusters is not None else np.arange(n)
+    notes: list[str] = []
     mean = lambda a: float(np.nanmean(a)) if np.isfinite(a).any() else float("nan")  # noqa: E731
     out["Dice"] = _val(mean(d), "undefined: no cases",
-                       _ci(mean, d, clusters=clusters, n_boot=n_boot, seed=seed) if n else None)
-    out[f"HD95_{hd_unit}"] = _val(mean(h), "undefined: empty masks",
-                                  _ci(mean, h, clusters=clusters, n_boot=n_boot, seed=seed + 1)
-                                  if np.isfinite(h).any() else None)
-    out["n_empty"] = int((~np.isfinite(h)).sum())
+                       _boot("Dice", notes, [("case", np.ones(n, bool))], mean, d, clusters=clusters,
+                             cl=cl, n_boot=n_boot, seed=seed) if n else None)
+    fin = np.isfinite(h)
+    key = f"HD95_{hd_unit}"
+    out[key] = _val(mean(h), "undefined: empty masks",
+                    _boot("HD95", notes, [("case with a defined HD95", fin)], mean, h, clusters=clusters,
+                          cl=cl, n_boot=n_boot, seed=seed + 1) if fin.any() else None)
+    out["n_empty"] = int((~fin).sum())
+    if out["n_empty"] and fin.any():
+        out[key]["note"] = (f"mean of {int(fin.sum())} of {n} cases: {out['n_empty']} with an empty "
+                            "predicted or reference mask left out (HD95 undefined; Dice counts them)")
+    if notes:
+        out["ci_notes"] = notes
     return out
 
 
 # =========================================================================== running
 def _predict(model, cases: list[Case], progress=None) -> None:
-    """Run the app's pipeline on every case (images read ahead on a thread)."""
+    """Run the app's pipeline on every case (images read ahead on a thread, at most
+    :data:`READ_AHEAD` decoded images waiting for the model at a time)."""
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     from ..inference.images import read_image
@@ -527,8 +741,17 @@ def _predict(model, cases: list[Case], progress=None) -> None:
     opts = RunOptions(device="cpu")
     # Re-running labelled local data is a measurement, not reading: kept out of the prediction
     # log so the drift monitor's windows hold each real run once (run_model runs on this thread).
+    # Bounded look-ahead: Executor.map would submit every case at once, and with a model slower
+    # than decoding every decoded image would pile up in memory ahead of it.
     with ThreadPoolExecutor(max_workers=2) as pool, paused():
-        for i, (c, (vol, err)) in enumerate(zip(cases, pool.map(load, cases))):
+        todo = iter(cases)
+        ahead: deque = deque()
+        for c in todo:
+            ahead.append(pool.submit(load, c))
+            if len(ahead) >= READ_AHEAD:
+                break
+        for i, c in enumerate(cases):
+            vol, err = ahead.popleft().result()
             if err is None:
                 try:
                     res = run_model(model, vol, opts)
@@ -539,6 +762,10 @@ def _predict(model, cases: list[Case], progress=None) -> None:
                 except UserError as e:
                     err = str(e)
             c.error = err
+            vol = None  # scored: its volume is let go before the next one is decoded
+            nxt = next(todo, None)
+            if nxt is not None:
+                ahead.append(pool.submit(load, nxt))
             if progress:
                 progress(i + 1, len(cases))
 
@@ -601,6 +828,7 @@ def evaluate(data, model_id: str, labels_csv, group_by=(), target_sensitivity: f
             "studies" if all(i.startswith("study:") for i in ids) else "images")
     clusters = np.array(ids)
     clustered = len(set(ids)) < len(ids)
+    one = {"patients": "patient", "studies": "study", "images": "image"}[kind]
     report: dict = {
         "schema_version": 1,
         "kind": "evaluation",
@@ -612,10 +840,13 @@ def evaluate(data, model_id: str, labels_csv, group_by=(), target_sensitivity: f
                  "n_failed": len(failed), "n_clusters": len(set(ids)), "cluster_unit": kind},
         "ci_method": (f"percentile bootstrap, {n_boot:,} resamples of whole {kind} (stratified by "
                       f"label; PPV/NPV not stratified, Wilson on the {kind} when 0 or 1; no interval for an "
-                      f"AUC of 0 or 1); sensitivity/specificity as in the cards (Wilson when each {kind[:-1]} "
-                      "has one image)") if clustered else
+                      f"AUC of 0 or 1); sensitivity/specificity as in the cards (Wilson when each {one} "
+                      f"has one image); no interval, said in ci_notes, where a label's cases (or those "
+                      f"called positive or negative) come from one {one} or every resample gives the same "
+                      "value") if clustered else
                      (f"percentile bootstrap, {n_boot:,} resamples of images (one image per "
-                      f"{kind[:-1]}); sensitivity/specificity: Wilson score interval"),
+                      f"{one}); sensitivity/specificity: Wilson score interval; no interval, said in "
+                      "ci_notes, where a label has one case or every resample gives the same value"),
         "group_by": group_by, "min_group_size": MIN_GROUP, "notes": notes,
     }
     cl = clusters if clustered else None

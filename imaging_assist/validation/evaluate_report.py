@@ -105,23 +105,43 @@ def _metric_rows(m: dict) -> list[list[str]]:
     return rows
 
 
+def _hd95(m: dict, unit: str) -> str:
+    """Mean HD95 with its interval, and how many cases it leaves out (an empty predicted or
+    reference mask has no HD95): never a silently smaller mean."""
+    s = fmt(m[f"HD95_{unit}"], 1)
+    k = m.get("n_empty") or 0
+    if k and (m[f"HD95_{unit}"] or {}).get("value") is not None:
+        s += f"; {k} of {m['n']} left out (empty mask)"
+    return s
+
+
+def _ci_notes(doc, m: dict | None):
+    """The one-line reasons an interval is not given (ci_notes)."""
+    for n in (m or {}).get("ci_notes") or []:
+        doc.para(n, 7.5, color=(90, 90, 90))
+
+
 def _group_table(doc, sub: dict, seg: bool, unit: str = "mm"):
     rows = []
     for k, m in sub["groups"].items():
         flag = f"too small (<{MIN_GROUP})" if m.get("too_small") else ""
         if seg:
-            rows.append([k, str(m["n"]), fmt(m["Dice"]), fmt(m[f"HD95_{unit}"], 1), flag])
+            rows.append([k, str(m["n"]), fmt(m["Dice"]), _hd95(m, unit), flag])
         else:
             rows.append([k, f"{m['n']} ({m['n_positive']}+)", fmt(m["AUC"]), fmt(m["sensitivity"]),
                          fmt(m["specificity"]), flag])
     if seg:
-        doc.table(["group", "n", "Dice (95% CI)", f"HD95 {unit}", ""], rows, [30, 14, 44, 40, 30])
+        doc.table(["group", "n", "Dice (95% CI)", f"HD95 {unit}", ""], rows, [30, 14, 40, 58, 26])
     else:
         doc.table(["group", "n (pos)", "AUC (95% CI)", "sensitivity", "specificity", ""], rows,
                   [26, 18, 38, 38, 38, 24], size=7.5)
     gap = sub.get("largest_sensitivity_gap")
     if gap:
         ci = f" (95% CI {gap['ci95'][0]:.3f} to {gap['ci95'][1]:.3f})" if gap.get("ci95") else ""
+        if gap.get("ci95") and str(gap.get("ci_method", "")).startswith("Newcombe"):
+            ci = f" (95% CI {gap['ci95'][0]:.3f} to {gap['ci95'][1]:.3f}, Newcombe hybrid score)"
+        elif not gap.get("ci95") and gap.get("note"):
+            ci = f" ({gap['note']})"
         if gap.get("p_value_equal_sensitivity") is not None:
             ci = (f" (picked among the groups after seeing the data; permutation test of equal sensitivity: "
                   f"p = {gap['p_value_equal_sensitivity']:.3g})")
@@ -154,6 +174,10 @@ def write_pdf(report: dict, out_dir: Path) -> Path:
         _segmentation_pdf(doc, report)
     out = Path(out_dir) / "evaluation.pdf"
     tmp = out.with_suffix(".pdf.part")
+    if doc.unsupported:  # as the analysis report: printed as "?", said, never dropped silently
+        doc.box(f"{len(doc.unsupported)} character(s) could not be shown by the report's font "
+                f"(U+{', U+'.join(f'{ord(c):04X}' for c in sorted(doc.unsupported)[:12])}) and are "
+                "printed as '?': compare group names with evaluation.json.", size=8)
     p.output(str(tmp))
     tmp.replace(out)
     return out
@@ -175,6 +199,7 @@ def _classification_pdf(doc, report):
         for name in names:
             rows.setdefault(name, [name]).append(fmt(op["overall"][name]))
     doc.table(hdr, list(rows.values()), [30] + [150 / (len(hdr) - 1)] * (len(hdr) - 1))
+    _ci_notes(doc, ops["card"]["overall"])
     if ops.get("site"):
         doc.para(f"Saved {ops['site']['source']}.", 8, color=(90, 90, 90))
     t = ops.get("target_sensitivity") or {}
@@ -226,7 +251,10 @@ def _segmentation_pdf(doc, report):
     if report.get("hd95_note"):
         doc.para(report["hd95_note"], 8.5, True, (120, 60, 0))
     doc.table(["n", "Dice (95% CI)", f"HD95 {unit} (95% CI)"],
-              [[str(ov["n"]), fmt(ov["Dice"]), fmt(ov[f"HD95_{unit}"], 1)]], [20, 60, 60])
+              [[str(ov["n"]), fmt(ov["Dice"]), _hd95(ov, unit)]], [20, 60, 80])
+    if ov.get("n_empty") and (ov[f"HD95_{unit}"] or {}).get("note"):
+        doc.para(f"HD95: {ov[f'HD95_{unit}']['note']}.", 8, color=(120, 60, 0))
+    _ci_notes(doc, ov)
     for g, sub in (report.get("subgroups") or {}).items():
         doc.heading(f"Subgroups by {g}", 10)
         _group_table(doc, sub, True, unit)
@@ -234,4 +262,4 @@ def _segmentation_pdf(doc, report):
         w_o = report["without_ood_flagged"]
         doc.heading("Without images flagged out-of-distribution", 10)
         doc.table(["n", "Dice", f"HD95 {unit}"],
-                  [[str(w_o["n"]), fmt(w_o["Dice"]), fmt(w_o[f"HD95_{unit}"], 1)]], [20, 60, 60])
+                  [[str(w_o["n"]), fmt(w_o["Dice"]), _hd95(w_o, unit)]], [20, 60, 80])
