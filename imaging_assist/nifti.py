@@ -5,7 +5,8 @@ nibabel does the reading; this module adds what a viewer needs around it:
 * nibabel repairs some header fields while loading (zero pixdim -> 1, an unknown sform_code -> 0,
   a vox_offset below 352 -> 352) and logs each repair; those lines would reach the terminal
   raw, so its logger is silenced while loading and the caller decides from the header as stored
-  (:func:`stored_header`).
+  (:func:`stored_header`).  A vox_offset inside the header is refused by :func:`read_data`:
+  nibabel repairs the field but reads the voxels from that offset all the same.
 * Every failure of a damaged file (nibabel raises ImageFileError, HeaderDataError, OverflowError,
   struct errors, zlib errors...) becomes one :class:`NiftiError` line.
 * What it cannot catch: NIfTI has no checksum, so a damaged scl_slope / scl_inter (or a data type
@@ -50,11 +51,11 @@ def load(path):
             img = nib.load(str(path))
             # a damaged header can fail only here (OverflowError, an unknown data type): now
             data_nbytes(img) + int(img.dataobj.offset)
-        return img
     except FileNotFoundError:
         raise NiftiError(f"{path.name}: no such file") from None
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for a broken file
         raise NiftiError(f"{path.name}: not a readable NIfTI file ({_first_line(e)})") from None
+    return img
 
 
 def stored_header(path, img):
@@ -73,6 +74,13 @@ def data_nbytes(img) -> int:
 
 def read_data(path, img) -> np.ndarray:
     """The voxels (nibabel's scaling applied); a failure is one NiftiError line."""
+    # nibabel repairs a single-file vox_offset below the header's end in its header check only:
+    # the voxels are still read from that offset, header bytes counted as voxels
+    hdr = img.header
+    first = getattr(hdr, "single_vox_offset", None)  # 352 (NIfTI-1), 544 (NIfTI-2)
+    if getattr(hdr, "is_single", False) and first is not None and int(img.dataobj.offset) < first:
+        raise NiftiError(f"{Path(path).name}: not a readable NIfTI file (vox_offset {int(img.dataobj.offset)} lies "
+                         f"inside the header: a single-file NIfTI stores its voxels from byte {first} on)")
     try:
         with _quiet():
             return np.asanyarray(img.dataobj)

@@ -252,12 +252,17 @@ def cmd_analyze(args) -> int:
                     print(_summary(d), file=sys.stderr)
             except Cancelled:
                 raise
-            except (UserError, MemoryError, OSError, ValueError, RuntimeError) as e:
-                # one item that cannot be done (a bad file; an image too large for this memory)
-                # is one failed item: the others are still analysed and results.json written
+            except Exception as e:  # noqa: BLE001
+                # one item that cannot be done (a bad file; an image too large for this memory; a
+                # defect only this file hits) is one failed item: the others are still analysed
+                # and results.json written
+                expected = isinstance(e, (UserError, MemoryError, OSError, ValueError, RuntimeError))
+                if not expected and getattr(args, "debug", False):
+                    raise
                 failed += 1
                 msg = str(e) if isinstance(e, UserError) else \
-                    f"cannot be analysed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                    f"cannot be analysed ({'' if expected else 'internal error: '}{type(e).__name__}: " \
+                    f"{' '.join(str(e).split())[:200]})"
                 results.append({"source": src, "model": card.id, "model_version": card.version,
                                 "error": msg})
                 print_item_error(src, msg)

@@ -130,10 +130,14 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
                 said_nifti = True
             for line in summary_lines(d):
                 print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
-        except (UserError, MemoryError, OSError, ValueError, RuntimeError) as e:  # one failed item, the rest goes on
+        except Exception as e:  # noqa: BLE001 - one failed item, the rest goes on (a defect only this file hits too)
+            expected = isinstance(e, (UserError, MemoryError, OSError, ValueError, RuntimeError))
+            if not expected and getattr(args, "debug", False):
+                raise
             failed += 1
             msg = str(e) if isinstance(e, UserError) else \
-                f"cannot be analysed ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+                f"cannot be analysed ({'' if expected else 'internal error: '}{type(e).__name__}: " \
+                f"{' '.join(str(e).split())[:200]})"
             results.append({"source": src, "model": card.id, "model_version": card.version, "error": msg})
             print_item_error(src, msg)
     summary = card.summary()

@@ -4,7 +4,8 @@ They have no DICOM geometry: ``has_geometry`` is False, spacing is (1, 1, 1) in 
 so segmentation areas are reported in pixels, never in mm².  Pixels are kept on the stored
 grid (an EXIF rotation is reported, not applied) so that results line up with the file.
 Pillow applies a TIFF's Orientation tag on loading (and decodes orientations 5-8 of an
-uncompressed TIFF wrongly), so such a TIFF is read with tifffile, which keeps the stored grid.
+uncompressed TIFF wrongly), so such a TIFF is read with tifffile, which keeps the stored grid;
+so is a 32-bit unsigned grey TIFF, which Pillow reads as signed.
 A grey TIFF whose PhotometricInterpretation is MinIsWhite is a MONOCHROME1 image (Pillow inverts
 it at 8 bits only): its Volume says so, and the viewer and the models treat it as they treat
 DICOM MONOCHROME1.
@@ -42,14 +43,45 @@ def _line(e: Exception) -> str:
 
 
 def _tiff_stored_grid(path: Path) -> np.ndarray:
-    """The first page of a TIFF on its stored grid (tifffile ignores the Orientation tag)."""
+    """The first page of a TIFF on its stored grid (tifffile ignores the Orientation tag), as
+    Pillow would give its pixels: grey (1-bit as 0/255), or RGB from RGB (contiguous or planar),
+    JPEG YCbCr, a palette or CMYK; any other PhotometricInterpretation is refused in one line
+    (tifffile returns the raw samples, which would be analysed as grey or RGB)."""
     import tifffile
+    from PIL import Image
 
+    P = tifffile.PHOTOMETRIC
     try:
         with tifffile.TiffFile(path) as tf:
-            a = tf.pages[0].asarray()
+            page = tf.pages[0]
+            photometric, axes = page.photometric, page.axes
+            ycbcr_jpeg = photometric == P.YCBCR and page.compression == tifffile.COMPRESSION.JPEG
+            if photometric not in (P.MINISBLACK, P.MINISWHITE, P.RGB, P.PALETTE, P.SEPARATED) and not ycbcr_jpeg:
+                raise ImageReadError(f"{path}: a {getattr(photometric, 'name', photometric)} TIFF with an "
+                                     "Orientation tag is not read (grey, RGB, palette or CMYK only)")
+            if photometric == P.SEPARATED and (page.samplesperpixel != 4 or page.tags.valueof(332, 1) != 1):
+                raise ImageReadError(f"{path}: a separated TIFF other than CMYK with an Orientation tag is not read")
+            colormap = page.colormap if photometric == P.PALETTE else None
+            a = page.asarray()
+    except ImageReadError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged file: one line, as Pillow's errors
         raise ImageReadError(f"{path}: not a readable TIFF image ({type(e).__name__}: {_line(e)})") from None
+    if "S" in axes and a.ndim == len(axes):
+        a = np.moveaxis(a, axes.index("S"), -1)  # planar (PlanarConfiguration 2): samples last
+    if a.dtype == bool:  # 1 bit per sample
+        a = a.astype(np.uint8)
+        if colormap is None:
+            a *= 255  # as Pillow's mode "1" converted to "L"
+    if colormap is not None:
+        if a.ndim != 2 or a.dtype.kind != "u" or colormap.shape[1] <= int(a.max(initial=0)):
+            raise ImageReadError(f"{path}: a palette TIFF whose indices do not fit its colormap is not read")
+        # by hand (tifffile has no palette conversion): Pillow's rule, the 16-bit colormap // 256
+        a = np.moveaxis((np.asarray(colormap) >> 8).astype(np.uint8)[:, a], 0, -1)
+    elif photometric == P.SEPARATED:
+        if a.dtype != np.uint8 or a.ndim != 3:
+            raise ImageReadError(f"{path}: a {a.dtype} CMYK TIFF with an Orientation tag is not read")
+        a = np.asarray(Image.frombytes("CMYK", (a.shape[1], a.shape[0]), a.tobytes()).convert("RGB"))
     if a.ndim == 3 and a.shape[2] in (3, 4):
         if a.dtype != np.uint8:
             raise ImageReadError(f"{path}: a {a.dtype} colour TIFF with an Orientation tag is not read")
@@ -59,6 +91,16 @@ def _tiff_stored_grid(path: Path) -> np.ndarray:
     if a.ndim not in (2, 3):
         raise ImageReadError(f"{path}: TIFF page of shape {a.shape} is not a 2D image")
     return np.ascontiguousarray(a)
+
+
+def _unsigned_32(im) -> bool:
+    """A 32-bit unsigned grey TIFF: Pillow reads it as its signed mode "I" (values above 2**31
+    wrap to negative numbers), so tifffile reads it (uint32)."""
+    def first(v):
+        return v[0] if isinstance(v, tuple) and v else v
+
+    tags = getattr(im, "tag_v2", {})
+    return im.mode == "I" and first(tags.get(258)) == 32 and first(tags.get(339, 1)) == 1
 
 
 def read_image(path: str | Path) -> Volume:
@@ -85,7 +127,7 @@ def read_image(path: str | Path) -> Volume:
             tiff = getattr(im, "format", "") == "TIFF"
             white_is_zero = tiff and getattr(im, "tag_v2", {}).get(262) == 0
             monochrome1 = False
-            if tiff and orient not in (1, None):
+            if tiff and (orient not in (1, None) or _unsigned_32(im)):
                 arr = _tiff_stored_grid(path)
                 monochrome1 = white_is_zero and arr.ndim == 2
             elif mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -106,6 +148,8 @@ def read_image(path: str | Path) -> Volume:
             if monochrome1:
                 warnings.append("TIFF PhotometricInterpretation MinIsWhite: shown and analysed as MONOCHROME1 "
                                 "(the lowest value white)")
+    except ImageReadError:  # already one line naming the file (the tifffile reader)
+        raise
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except Image.DecompressionBombError as e:

@@ -180,8 +180,10 @@ def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path, like=N
     if own is not None and tuple(array_kji.shape[:3]) == tuple(like.array.shape[:3]) \
             and np.allclose(np.asarray(affine_lps, float), np.asarray(like.affine, float), atol=1e-6):
         (q, qc), (sf, sc) = own["qform"], own["sform"]
-        img.set_qform(q, code=int(qc))
-        img.set_sform(sf, code=int(sc))
+        # a transform with code 0 is unused: only its code is written (its fields in the source
+        # may be garbage nibabel cannot decompose: HeaderDataError at writing)
+        img.set_qform(q if int(qc) > 0 else None, code=int(qc))
+        img.set_sform(sf if int(sc) > 0 else None, code=int(sc))
     else:
         img.set_qform(aff, code=1)
         img.set_sform(aff, code=1)

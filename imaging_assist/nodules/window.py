@@ -211,8 +211,9 @@ HU_RANGE = (-32768.0, 32767.0)
 
 def _check_declared_size(path: Path, img) -> None:
     """Refuse, before a byte is decoded, a NIfTI whose header asks for more memory than the DICOM
-    loader would give a series (``MAX_SERIES_BYTES``), or (gzip) more bytes per stored byte than
-    it would decode (``MAX_DECODE_RATIO``): nibabel allocates the declared size up front."""
+    loader would give a series (``MAX_SERIES_BYTES``), (gzip) more bytes per stored byte than
+    it would decode (``MAX_DECODE_RATIO``), or (uncompressed) more bytes than the file holds after
+    its vox_offset: nibabel allocates the declared size up front."""
     from ..dicom.index import MAX_DECODE_RATIO, MAX_SERIES_BYTES, RATIO_FLOOR_BYTES
 
     need = int(np.prod([int(n) for n in img.shape], dtype=object)) * int(img.get_data_dtype().itemsize)
@@ -223,6 +224,9 @@ def _check_declared_size(path: Path, img) -> None:
     if path.name.lower().endswith(".gz") and need > RATIO_FLOOR_BYTES and need > MAX_DECODE_RATIO * size:
         raise WindowError(f"{path}: implausible size: {shape} voxels ({need >> 20} MiB) from a "
                           f"{size >> 10} KiB file")
+    if not path.name.lower().endswith(".gz") and int(img.dataobj.offset) + need > size:
+        raise WindowError(f"{path}: implausible size: {shape} voxels need {need} bytes from byte "
+                          f"{int(img.dataobj.offset)} on; the file has {size}")
 
 
 def _count_not_finite(arr: np.ndarray, step: int = 16) -> int:
@@ -280,19 +284,39 @@ def volume_from_nifti(path) -> Volume:
         if np.any(pixdim < 0):
             warnings.append(f"negative NIfTI voxel size (pixdim {', '.join(f'{v:g}' for v in pixdim)}): "
                             "its absolute value is used, as nibabel and ITK do")
-    unit = str(hdr.get_xyzt_units()[0])
+    # the spatial unit is bits 0-2 of xyzt_units (NIfTI-1 XYZT_TO_SPACE): nibabel's
+    # get_xyzt_units raises KeyError for a code it does not know (one flipped bit), so the code
+    # is taken here and named with nibabel's own table
+    from nibabel.nifti1 import unit_codes
+
+    space = int(hdr["xyzt_units"]) & 7
+    unit = str(unit_codes.label[space]) if space in (0, 1, 2, 3) else None
     if unit in ("meter", "micron"):
         # nibabel's affine is in the file's unit; a CT in metres or microns is not one to guess
         raise WindowError(f"{path}: the NIfTI spatial unit is {unit}s (xyzt_units): only millimetres "
                           "(or an unknown unit, taken as mm) are read")
+    if unit is None:
+        warnings.append(f"the NIfTI spatial unit code {space} (xyzt_units) is not a valid code: "
+                        "taken as millimetres, as ITK does")
     ras = np.asarray(img.affine, float)
     if not np.all(np.isfinite(ras)) or abs(float(np.linalg.det(ras[:3, :3]))) < 1e-9:
         raise WindowError(f"{path}: the NIfTI affine is unusable (NaN or degenerate)")
-    if codes[0] > 0 and codes[1] > 0:
+    # a transform whose code is 0 is unused (NIfTI-1): its fields may hold anything (NaN pixdim,
+    # leftover quaternions) and are not kept; nibabel's get_*form(coded=True) give None then
+    sform = img.get_sform(coded=True)[0]
+    try:
+        qform = img.get_qform(coded=True)[0]
+    except ValueError:  # nibabel: quaternion fields that are no rotation
+        qform = np.full((4, 4), np.nan)
+    if qform is not None and not np.all(np.isfinite(qform)):
+        # only with an sform (the qform of a qform-only file is the affine, checked above)
+        warnings.append(f"the NIfTI qform (code {codes[0]}) is unusable (pixdim not a number or a broken "
+                        "quaternion): ignored, the sform is used")
+        qform = None
+    if qform is not None and sform is not None:
         # both transforms given: nibabel (and FSL) use the sform, ITK may use the qform; when
         # they disagree the same file lands in two places, so say which one is used
-        q = np.asarray(img.get_qform(), float)
-        off = _transform_gap_mm(q, ras, data.shape[:3])
+        off = _transform_gap_mm(qform, ras, data.shape[:3])
         if off > 0.1:
             warnings.append(f"the NIfTI qform (code {codes[0]}) and sform (code {codes[1]}) disagree by up to "
                             f"{off:.1f} mm: the sform is used (as nibabel and FSL do; ITK-based tools may place "
@@ -322,8 +346,9 @@ def volume_from_nifti(path) -> Volume:
                  direction=direction, modality="CT", units="HU", slice_positions=positions,
                  warnings=warnings, description=path.name, source_paths=[str(path)])
     # the file's own transforms and codes, for files written on its grid (results.save_nifti)
-    vol.nifti_transforms = {"qform": (np.asarray(img.get_qform(), float), codes[0]),
-                            "sform": (np.asarray(img.get_sform(), float), codes[1])}
+    # (None, 0) for a transform that is unused or unusable
+    vol.nifti_transforms = {"qform": (qform, 0 if qform is None else codes[0]),
+                            "sform": (sform, 0 if sform is None else codes[1])}
     return vol
 
 
