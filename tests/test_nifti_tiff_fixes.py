@@ -340,3 +340,30 @@ def test_a_32_bit_unsigned_grey_tiff_is_not_wrapped_to_negative(tmp_path):
     s = (a.astype(np.int64) - 2**31).astype(np.int32)
     tifffile.imwrite(tmp_path / "i32.tif", s, photometric="minisblack")
     np.testing.assert_array_equal(read_image(tmp_path / "i32.tif").array[0], s)
+
+
+def test_an_unexpected_error_fails_only_its_slide(tmp_path, monkeypatch, capsys):
+    """The slide loop of analyze, as the image and nodule loops: a defect only one slide hits (a
+    tifffile ValueError writing a one-plane heat map was one) fails that slide in one line, the
+    next slide is still analysed and results.json names both."""
+    import shutil
+
+    from imaging_assist.slides import analysis
+
+    svs = need(SHARED / "pathology" / "wsi_aperio_cmu1_small_region" / "CMU-1-Small-Region.svs")
+    d = tmp_path / "in"
+    d.mkdir()
+    for n in ("a_bad.svs", "b_bad.svs"):
+        shutil.copy(svs, d / n)
+
+    def broken(sp, *a, **k):
+        raise (KeyError if "a_bad" in str(sp) else ValueError)("planarconfig")
+
+    monkeypatch.setattr(analysis, "analyze_slide", broken)
+    rc = main(["analyze", str(d), "--model", "path-lung-tissue", "--out", str(tmp_path / "out")])
+    items = _items(tmp_path / "out")
+    assert rc == 1 and set(items) == {"a_bad.svs", "b_bad.svs"}, items
+    assert "internal error: KeyError" in items["a_bad.svs"]["error"]
+    assert "ValueError" in items["b_bad.svs"]["error"] and "internal" not in items["b_bad.svs"]["error"]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(err) == 2, err

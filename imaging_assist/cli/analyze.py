@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import finish_run, int_at_least, out_folder, print_item_error
+from .common import finish_run, int_at_least, item_failure, out_folder, print_item_error
 
 
 def register(subparsers) -> None:
@@ -256,13 +256,8 @@ def cmd_analyze(args) -> int:
                 # one item that cannot be done (a bad file; an image too large for this memory; a
                 # defect only this file hits) is one failed item: the others are still analysed
                 # and results.json written
-                expected = isinstance(e, (UserError, MemoryError, OSError, ValueError, RuntimeError))
-                if not expected and getattr(args, "debug", False):
-                    raise
+                msg = item_failure(e, args)
                 failed += 1
-                msg = str(e) if isinstance(e, UserError) else \
-                    f"cannot be analysed ({'' if expected else 'internal error: '}{type(e).__name__}: " \
-                    f"{' '.join(str(e).split())[:200]})"
                 results.append({"source": src, "model": card.id, "model_version": card.version,
                                 "error": msg})
                 print_item_error(src, msg)
@@ -297,7 +292,6 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
 
     from ..inference.device import resolve_device
     from ..slides.analysis import analyze_slide
-    from ..slides.reader import SlideError
 
     card = model.card
     device = str(resolve_device(args.device))
@@ -331,11 +325,12 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
                 d = analyze_slide(sp, model, out_dir, stem, device=device, batch_size=args.batch_size,
                                   top_k=args.top_tiles, heatmap_format=args.heatmap_format,
                                   progress=prog, cancel=cancel)
-            except (UserError, SlideError) as e:
+            except Exception as e:  # noqa: BLE001 - one failed slide (a bad file, or a defect only it hits)
+                msg = item_failure(e, args)
                 failed += 1
                 results.append({"source": str(sp), "kind": "slide", "model": card.id,
-                                "model_version": card.version, "error": str(e)})
-                print_item_error(sp, e)
+                                "model_version": card.version, "error": msg})
+                print_item_error(sp, msg)
                 continue
             finally:
                 bar.close()

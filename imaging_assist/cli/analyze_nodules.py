@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..nodules.analysis import MALIGNANCY_MODEL
 from ..nodules.run import (NIFTI_SUFFIXES, NODULE_MODELS, analyze_points, item_dict, parse_point,
                            read_points_csv, summary_lines, volume_centre)
-from .common import finish_run, out_folder, print_item_error
+from .common import finish_run, item_failure, out_folder, print_item_error
 
 
 def _inputs(path: Path, card):
@@ -131,13 +131,8 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
             for line in summary_lines(d):
                 print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - one failed item, the rest goes on (a defect only this file hits too)
-            expected = isinstance(e, (UserError, MemoryError, OSError, ValueError, RuntimeError))
-            if not expected and getattr(args, "debug", False):
-                raise
+            msg = item_failure(e, args)
             failed += 1
-            msg = str(e) if isinstance(e, UserError) else \
-                f"cannot be analysed ({'' if expected else 'internal error: '}{type(e).__name__}: " \
-                f"{' '.join(str(e).split())[:200]})"
             results.append({"source": src, "model": card.id, "model_version": card.version, "error": msg})
             print_item_error(src, msg)
     summary = card.summary()

@@ -9,6 +9,22 @@ import sys
 from ..outputs import out_folder  # noqa: F401 - re-exported for the commands
 
 
+def item_failure(e: BaseException, args) -> str:
+    """The one-line reason of an item that failed in a run of many (analyze's files, series,
+    slides, nodules): the other items go on.  The errors a bad file or a small memory raises are
+    said as they are; any other is a defect only this item hits ("internal error"), re-raised
+    with ``--debug``."""
+    from ..errors import UserError
+
+    expected = isinstance(e, (UserError, MemoryError, OSError, ValueError, RuntimeError))
+    if not expected and getattr(args, "debug", False):
+        raise e
+    if isinstance(e, UserError):
+        return str(e)
+    return (f"cannot be analysed ({'' if expected else 'internal error: '}{type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})")
+
+
 def print_item_error(src, e) -> None:
     """``error: SOURCE: reason`` on stderr, naming the source once (many readers' messages
     already start with the path)."""
