@@ -261,3 +261,14 @@ def test_pdf_says_which_characters_its_font_cannot_show(tmp_path):
     if _font_files():  # DejaVu has these
         assert "Ärzte—Nord" in text
     assert "could not be shown by the report's font" in text and "U+6771" in text
+
+
+def test_the_printed_summary_says_hd95_leaves_out_empty_masks():
+    from imaging_assist.cli.evaluate import _summary
+
+    r = {"model": {"id": "m", "version": "1"},
+         "data": {"n_analysed": 3, "n_clusters": 3, "cluster_unit": "patients"},
+         "overall": {"n": 3, "n_empty": 1, "Dice": {"value": 0.6, "ci95": None},
+                     "HD95_mm": {"value": 3.5, "ci95": None}},
+         "hd95_unit": "mm", "ood": {}}
+    assert _summary(r).splitlines()[1].endswith("HD95 3.5 mm (mean of 2 of 3: 1 empty mask(s) left out)")

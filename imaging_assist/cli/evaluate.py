@@ -137,7 +137,9 @@ def _summary(r: dict) -> str:
     else:
         o = r["overall"]
         u = r["hd95_unit"]
-        lines.append(f"  Dice {fmt(o['Dice'])}, HD95 {fmt(o['HD95_' + u], 1)} {u}")
+        left = f" (mean of {o['n'] - o['n_empty']} of {o['n']}: {o['n_empty']} empty mask(s) left out)" \
+            if o.get("n_empty") and o["n_empty"] < o["n"] else ""
+        lines.append(f"  Dice {fmt(o['Dice'])}, HD95 {fmt(o['HD95_' + u], 1)} {u}{left}")
     if r["ood"].get("available"):
         lines.append(f"  {r['ood']['n_flagged']} of {r['ood']['n']} flagged out-of-distribution")
     return "\n".join(lines)
