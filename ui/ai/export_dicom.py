@@ -25,7 +25,8 @@ from PySide6.QtWidgets import QCheckBox, QFileDialog, QMessageBox
 
 from imaging_assist.errors import UserError
 
-from .session_runs import series_key, session_runs
+from ..radiology.series_results import series_key
+from .session_runs import session_runs
 
 
 class DicomExporter:
@@ -38,14 +39,14 @@ class DicomExporter:
         self.last_notes: list[str] = []
         self.last_error = ""
 
-    def add_run(self, vol, res, card, settings=None) -> None:
-        self.log.add(vol, res, card, settings)
+    def add_run(self, vol, res, card, settings=None, key=None) -> None:
+        self.log.add(vol, res, card, settings, key=key)
 
     def _runs(self):
-        vol = self.win.doc.volume
-        if vol is None:
+        doc = self.win.doc
+        if doc.volume is None:
             return [], []
-        runs = self.log.of_series(series_key(vol))
+        runs = self.log.of_series(series_key(doc))  # this part and stack of the series, not its UID
         return [r.result for r in runs], [r.item for r in runs]
 
     def plan(self) -> list[str]:

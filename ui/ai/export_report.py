@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QFileDialog, QMessageBox
 
 from imaging_assist.errors import UserError
 
-from .session_runs import series_key as _series_key
+from ..radiology.series_results import series_key as _series_key
 from .session_runs import session_runs
 
 
@@ -39,7 +39,7 @@ class ReportExporter:
             raise UserError("open a series first: the report is of the shown series' study")
         header = study_header(vol)
         study = (header or {}).get("study_uid") or ""
-        shown = _series_key(vol)
+        shown = _series_key(self.win.doc)  # this part and stack of the series, not its UID
         items, captured, cards = [], {}, {}
         # the shown series first, then the other series of its study that were analysed
         for (series, _mid), run in sorted(self.log.runs.items(), key=lambda kv: kv[0][0] != shown):

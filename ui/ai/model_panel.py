@@ -43,7 +43,8 @@ from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, decision_text, esc, 
                             key_slice, one_line, operating_point_text, size_lines, timings_text)
 from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
 from ..monitor.feedback_box import attach_monitoring
-from ..radiology.series_results import keep_outcome, restore_outcome
+from ..radiology.series_results import (drop_model, keep_outcome, last_outcome, restore_outcome,
+                                        series_key)
 from ..shared.units import spacing_note
 from ..shared.workers import worker_thread
 
@@ -110,6 +111,7 @@ class _Bridge(QObject):
     verified = Signal(int, str, object)  # token, folder, [VerifyResult] or error text
     progress = Signal(int, float, str)  # run token, fraction, message
     finished = Signal(int, str, object, float)  # run token, status, result/error, load seconds
+    rejected = Signal(str, str)  # folder, why: a run found weights that no longer match the card
 
 
 def _emit(signal, *args) -> None:
@@ -177,13 +179,22 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
     """Worker: verify + load (cached), run, and report the outcome through the bridge."""
     from imaging_assist.inference.jobs import Cancelled
 
+    from imaging_assist.models.errors import WeightsMismatchError
+
+    def load(c):
+        try:
+            return models.get(c)
+        except WeightsMismatchError as e:  # changed since the panel's check: its ✓ must go too
+            _emit(bridge.rejected, str(c.folder), one_line(e))
+            raise
+
     status, payload, load_s, err = "error", None, 0.0, None
     try:
         from imaging_assist.explain.methods import ExplainConfig
         from imaging_assist.inference.pipelines import RunOptions
 
         progress(0.0, "checking the weights (sha256) and loading the model…")
-        model, load_s = models.get(card)
+        model, load_s = load(card)
         progress.check()
         method = settings.get("method")
         opts = RunOptions(device=settings.get("device"),
@@ -195,7 +206,7 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
             from imaging_assist.explain.regions import RegionExplainer
 
             progress(0.9, f"segmenting the {card.explanation_region.name}…")
-            RegionExplainer(card, load=lambda c: models.get(c)[0], device=settings.get("device")) \
+            RegionExplainer(card, load=lambda c: load(c)[0], device=settings.get("device")) \
                 .apply(res, volume, progress.stage(0.9, 0.98))
         progress(0.98, "preparing the overlays…")
         layers, notes = build_layers(res, card)  # numpy work stays off the GUI thread
@@ -421,6 +432,7 @@ class ModelPanel(QWidget):
         self._bridge.verified.connect(self._on_verified)
         self._bridge.progress.connect(self._on_progress)
         self._bridge.finished.connect(self._on_finished)
+        self._bridge.rejected.connect(self._on_rejected)
         self.card_dialog = None
         self.slide_runs = None  # ui/slides/slide_ai.SlideRuns: the slide branch while a slide is shown
         self._build()
@@ -630,6 +642,16 @@ class ModelPanel(QWidget):
                 self._rematch(select_best=True)  # the pre-selected model failed its check
             else:
                 self._show_details()
+
+    def _on_rejected(self, folder, why):
+        """A run's load found the weights changed since they were checked (sha256 mismatch)."""
+        self.verify_state[folder] = (False, why)
+        it = self._item(folder)
+        if it is not None:
+            self._fill_verify(it, folder)
+        cur = self.current_entry()
+        if cur is not None and str(cur.folder) == folder:
+            self._show_details()
 
     def _entry(self, folder: str):
         for e in self.entries:
@@ -956,6 +978,7 @@ class ModelPanel(QWidget):
         self._run_token += 1
         token = self._run_token
         self._run_ctx = {"entry": e, "card": e.card, "volume": vol, "settings": settings,
+                         "series_key": series_key(self.doc),  # the part/stack, not only the UID
                          "t0": time.perf_counter(), "live_warnings": []}
         self._clear_outcome()
         self.state = "running"
@@ -1031,9 +1054,9 @@ class ModelPanel(QWidget):
             self.state = "done"
             self.status.setText("Finished, but the series changed meanwhile: nothing was added.")
             return
-        for layer in self.doc.layers.layers:  # a new run of the same model replaces its overlays
-            if getattr(layer, "model_id", None) == card.id:
-                self.doc.layers.remove(layer)
+        # a new run of the same model replaces its overlays (a layer another model's result was
+        # merged into stays, without this model's part)
+        drop_model(self.doc.layers, card.id)
         added = []
         try:
             for layer in view["layers"]:
@@ -1132,13 +1155,25 @@ class ModelPanel(QWidget):
         self.result_layers = []
         # not when a run was just cancelled by the change; but while the model folders are being
         # read (a few seconds after the panel first shows) the series' results do come back
-        if self.state in ("idle", "listing"):
-            restore_outcome(self)  # the results of this series' earlier runs (issue 17)
+        restored = self.state in ("idle", "listing") and restore_outcome(self)  # issue 17
+        self._follow_feedback(restored)
         if self._catalog_loaded:
             self._rematch(select_best=True)
         else:
             self.facts = series_facts(self.doc.volume, self.doc.series)
         self._update_enabled()
+
+    def _follow_feedback(self, restored: bool) -> None:
+        """The feedback box offers verdicts on what is on screen: the newest run restored for the
+        new series, else nothing (the old series' findings are gone from the panel too)."""
+        box = getattr(self, "feedback_box", None)
+        if box is None:
+            return
+        run = last_outcome(self) if restored else None
+        if run is not None and run.get("result") is not None and run.get("card") is not None:
+            box.set_result(run["result"], run["card"], self.doc.volume)
+        else:
+            box.set_result(None)
 
     def show_card(self):
         e = self.current_entry()

@@ -22,21 +22,22 @@ class Run:
 
 
 def series_key(vol) -> str:
-    return vol.series_uid or (vol.source_paths[0] if vol.source_paths else str(id(vol)))
+    """The key of the series ``vol`` is shown as: the study index's series key and stack label
+    (radiology.series_results.series_key), so that the parts of one split SeriesInstanceUID keep
+    their runs apart."""
+    from ..radiology.series_results import volume_key
+
+    return volume_key(vol) or str(id(vol))
 
 
 def result_item(res, card, settings: dict | None = None) -> dict:
-    """A results.json item of an in-memory result, as analyze would write it (without files)."""
-    from imaging_assist.models.operating_point import apply_decision
+    """A results.json item of an in-memory result, as analyze would write it (without files):
+    analyze's own trust checks (research override recorded, decision, quality checks)."""
+    from imaging_assist.inference.checks import apply_trust_checks
 
     d = res.to_dict()
     d["heatmaps"] = [h.to_dict() for h in res.heatmaps]
-    override = list((settings or {}).get("override_reasons") or [])
-    if override:
-        d["research_override"] = {"reasons": override}
-    if "probabilities" in d:
-        apply_decision(d, card, "research override: the model card does not fit this series"
-                       if override else "")
+    apply_trust_checks(d, res, card, list((settings or {}).get("override_reasons") or []))
     return d
 
 
@@ -57,14 +58,15 @@ class SessionRuns:
         res, vol = panel.last_result, ctx.get("volume")
         if status != "done" or res is None or vol is None:
             return
-        self.add(vol, res, ctx["card"], ctx.get("settings"))
+        self.add(vol, res, ctx["card"], ctx.get("settings"), key=ctx.get("series_key"))
 
-    def add(self, vol, res, card, settings=None) -> Run:
+    def add(self, vol, res, card, settings=None, key: str | None = None) -> Run:
+        """``key``: the series key of the document the run was started on (series_results.series_key)."""
         from imaging_assist.export.report_pdf import capture
 
         d = result_item(res, card, settings)
         run = Run(res, d, card, capture(d, vol, result=res))
-        self.runs[(series_key(vol), card.id)] = run
+        self.runs[(key or series_key(vol), card.id)] = run
         return run
 
     def of_series(self, key: str) -> list[Run]:

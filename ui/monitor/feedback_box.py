@@ -36,6 +36,7 @@ class FeedbackBox(QGroupBox):
         self.result = None
         self.card = None
         self.volume = None
+        self.doc = None  # the document whose shown volume the verdicts must be about (attach_monitoring)
         self.rows: dict[str, dict] = {}
         self.current = 0
         self._grid = QGridLayout()
@@ -160,6 +161,11 @@ class FeedbackBox(QGroupBox):
         row = self.rows.get(finding)
         if row is None or self.run_id is None:
             return False
+        if self.doc is not None and self.volume is not self.doc.volume:  # the keys work window-wide
+            self.note.setText("not saved: these findings are of a run on another series than the one "
+                              "shown; run the model on this series to give feedback on it.")
+            row["buttons"][verdict].setChecked(False)
+            return False
         # two labels: the verdict implies the correct label (the combo only shows it);
         # more labels: a disagreement needs the reader's choice
         correct = row["combo"].currentData() if row["combo"].count() > 3 else None
@@ -251,13 +257,16 @@ def _start_alert_check(panel) -> None:
 def attach_monitoring(panel) -> FeedbackBox:
     """The model panel's hook: the feedback box under the results, updated after every run."""
     box = FeedbackBox(panel)
+    box.doc = panel.doc
     panel.feedback_box = box
     panel.monitor_alerts = None
     panel.layout().addWidget(box)
 
     def on_run(status):
         ctx = panel._run_ctx or {}
-        if status == "done" and panel.last_result is not None:
+        # a run that ended after the series changed is not offered: the box follows the shown
+        # series (ModelPanel._on_volume)
+        if status == "done" and panel.last_result is not None and ctx.get("volume") is panel.doc.volume:
             box.set_result(panel.last_result, ctx.get("card"), ctx.get("volume"))
         elif status != "done":
             box.set_result(None)

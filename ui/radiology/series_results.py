@@ -1,5 +1,6 @@
 """Results belong to a series (issue 17): the overlay layers and the AI panel's outcome of every
-series the reader has looked at in this window, keyed by SeriesInstanceUID (and stack), so that
+series the reader has looked at in this window, keyed by the study index's series key (a part of a
+split series is a series of its own) and stack, so that
 they come back when the reader returns to the series - after another series, or after a layout
 change - instead of living in a panel's widgets.
 
@@ -12,7 +13,8 @@ from ``cxr-lung-seg``, after ``cxr-lung-seg`` itself ran - is not added again; t
 layer lists both sources (``layer.sources``) and is drawn as an outline when the newcomer was
 one (the heat map under it stays readable).  When two models outline the same structures
 differently, both layers stay, each named by its model: choosing one silently would hide a
-disagreement the reader should see.
+disagreement the reader should see.  A merged layer keeps every model that made it
+(``layer.owners``): a new run of one of them takes only its own part away (:func:`drop_model`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,34 @@ KEEP_SERIES = 16
 
 
 def series_key(doc) -> str | None:
+    """The key of ``doc``'s series: the study index's series key and the stack label, as the
+    annotations are kept (annotation_tools.study_key).  One SeriesInstanceUID that the index split
+    into parts (a second acquisition, another pixel size) is "uid:1", "uid:2"..., each part with
+    the same ``vol.series_uid``: keyed by the UID alone, one part's results came back on the other.
+    A volume outside an index (a plain image) is keyed by its UID or first file.  The volume
+    remembers its key (:func:`volume_key`) for those that only hold the volume."""
     vol = doc.volume
     if vol is None:
         return None
-    uid = getattr(vol, "series_uid", "") or (vol.source_paths[0] if vol.source_paths else "")
+    s = doc.series
+    uid = (getattr(s, "key", None) or getattr(s, "uid", None) or getattr(vol, "series_uid", "")
+           or (vol.source_paths[0] if vol.source_paths else ""))
     if not uid:
         return None
-    return f"{uid}|{doc.stack_label or ''}"
+    key = f"{uid}|{doc.stack_label or ''}"
+    vol.shown_series_key = key  # the volume is the document's own: what it was shown as
+    return key
+
+
+def volume_key(vol) -> str | None:
+    """The key of the series ``vol`` is shown as (:func:`series_key`); for a volume no document
+    showed, its SeriesInstanceUID (or first file), as a series outside an index is keyed."""
+    key = getattr(vol, "shown_series_key", None)
+    if key:
+        return key
+    paths = getattr(vol, "source_paths", None)
+    uid = getattr(vol, "series_uid", "") or (paths[0] if paths else "")
+    return f"{uid}|" if uid else None
 
 
 class SeriesResults:
@@ -119,6 +142,13 @@ def same_structures(a: LabelLayer, b: LabelLayer) -> bool:
     return all(np.array_equal(a.array == sa[n], b.array == sb[n]) for n in sa)
 
 
+def _owners(layer) -> dict[str, str]:
+    """Model id -> source (as ``sources`` lists it) of every result ``layer`` shows (None: not a
+    model's, e.g. a SEG file read from the study)."""
+    owners = getattr(layer, "owners", None)
+    return owners if owners is not None else {getattr(layer, "model_id", None): _source(layer)}
+
+
 def merge_structure(stack, layer: Layer) -> Layer | None:
     """The layer of ``stack`` that already shows ``layer``'s structures (now listing its source),
     or None when ``layer`` is new."""
@@ -130,6 +160,10 @@ def merge_structure(stack, layer: Layer) -> Layer | None:
             if _source(layer) not in sources:
                 sources.append(_source(layer))
             old.sources = sources
+            owners = dict(_owners(old))
+            for mid, src in _owners(layer).items():
+                owners.setdefault(mid, src)
+            old.owners = owners  # a new run of one of them takes only its part away (drop_model)
             if ":" in layer.name and ":" in old.name:  # "cxr-lung-seg: lungs": name it by the structure
                 old.name = layer.name.split(":", 1)[1].strip().capitalize()
             if layer.mode == "outline":
@@ -137,6 +171,26 @@ def merge_structure(stack, layer: Layer) -> Layer | None:
             stack._emit("moved", old)  # listeners rebuild (the Overlays panel shows the sources)
             return old
     return None
+
+
+def drop_model(stack, model_id: str) -> None:
+    """A new run of ``model_id`` replaces its overlays: the layers only it made go; a layer that
+    another model's result was merged into stays, without this model's source (the other
+    model's result still stands)."""
+    for layer in list(stack.layers):
+        owners = _owners(layer)
+        if model_id not in owners:
+            continue
+        rest = {m: src for m, src in owners.items() if m != model_id}
+        if not rest:
+            stack.remove(layer)
+            continue
+        gone = owners[model_id]
+        layer.owners = rest
+        layer.model_id = next(iter(rest))
+        layer.sources = [src for src in (getattr(layer, "sources", None) or []) if src != gone] \
+            or list(rest.values())
+        stack._emit("moved", layer)
 
 
 # ---------------------------------------------------------------------- the AI panel's outcome
@@ -147,8 +201,15 @@ def keep_outcome(panel, card, html: str, warnings: list[str]) -> None:
     state = store.panel(doc) or {"runs": OrderedDict()}
     runs = state["runs"]
     runs.pop(card.id, None)  # a re-run replaces the model's earlier outcome, as its overlays
-    runs[card.id] = {"html": html, "warnings": list(warnings), "result": panel.last_result}
+    runs[card.id] = {"html": html, "warnings": list(warnings), "result": panel.last_result, "card": card}
     store.keep_panel(doc, state)
+
+
+def last_outcome(panel) -> dict | None:
+    """The newest run kept for the shown series (html, warnings, result, card), or None."""
+    state = panel.doc.results_store.panel(panel.doc)
+    runs = list((state or {}).get("runs", {}).values())
+    return runs[-1] if runs else None
 
 
 def restore_outcome(panel) -> bool:
