@@ -37,12 +37,14 @@ def test_real_slab_and_its_copy_a_year_earlier_are_stable(analyses, capsys):
     assert rc == 0, o.err
     lines = o.out.splitlines()
     assert lines[0].startswith("nodule N1 (1999-07-01, ") and "N1 (2000-01-01, " in lines[0]
-    assert lines[0].endswith("stable: +0% in 184 days (within ±25% volumetry variability), mean diameter +0.0 mm")
+    assert lines[0].endswith("no verdict, no VDT: +0% in 184 days (prior size a lower bound; current size a lower "
+                             "bound), mean diameter +0.0 mm")
     assert lines[-1].startswith("NOT FOR CLINICAL USE")
     rc, o = _cli(["nodule-growth", str(analyses / "pri"), str(analyses / "cur"), "--json"], capsys)
     d = json.loads(o.out)
-    assert d["verdict"] == "stable" and d["interval_days"] == 184 and d["vdt_days"] is None
-    assert d["not_for_clinical_use"] is True and d["warnings"] == []
+    assert d["verdict"] == "withheld" and d["interval_days"] == 184 and d["vdt_days"] is None
+    assert d["not_for_clinical_use"] is True and len(d["warnings"]) == 2
+    assert all("lower bound" in w for w in d["warnings"])
     # the wrong way round, and a series against itself: one line each
     rc, o = _cli(["nodule-growth", str(analyses / "cur"), str(analyses / "pri")], capsys)
     assert rc == 2 and "must be older" in o.err and len(o.err.strip().splitlines()) == 1
@@ -52,7 +54,7 @@ def test_real_slab_and_its_copy_a_year_earlier_are_stable(analyses, capsys):
 
 def _results(path, nodules, date="20230101", thickness=1.0, uid=None):
     item = {"task": "nodule", "series_uid": uid or generate_uid(), "study_date": date,
-            "slice_thickness_mm": thickness, "nodules": nodules}
+            "slice_thickness_mm": thickness, "patient_key": "p1", "dates_modified": None, "nodules": nodules}
     path.write_text(json.dumps({"schema_version": 1, "items": [item]}))
     return path
 
@@ -150,23 +152,23 @@ def test_analyze_with_a_prior_writes_the_growth_into_results_report_and_sr(analy
     (item,) = json.loads((out / "results.json").read_text())["items"]
     (n,) = item["nodules"]
     g = n["growth"]
-    assert g["verdict"] == "grew" and g["interval_days"] == 184
-    assert g["volume_change_pct"] == pytest.approx(100.0, abs=0.01) and g["vdt_days"] == pytest.approx(184.0, abs=0.01)
+    assert g["verdict"] == "withheld" and g["interval_days"] == 184  # the slab's nodule reaches the window
+    assert g["volume_change_pct"] == pytest.approx(100.0, abs=0.01) and g["vdt_days"] is None
     assert g["mean_diameter_change_mm"] == pytest.approx(3.0, abs=0.01)
     assert g["prior"]["series_uid"] == doc["items"][0]["series_uid"] != item["series_uid"]
     assert shutil.which("pdftotext"), "pdftotext (poppler-utils) is needed: scripts/test installs it"
     text = subprocess.run(["pdftotext", str(out / "report.pdf"), "-"], capture_output=True, text=True,
                           check=True).stdout
-    assert "Growth of N1" in " ".join(text.split()) and "VDT 184 days" in " ".join(text.split())
+    assert "Growth of N1" in " ".join(text.split()) and "no verdict, no VDT: +100% in 184 days" in " ".join(text.split())
     (sr,) = sorted((out / "dicom").glob("*_SR.dcm"))
     assert dciodvfy_errors(sr) == []
     c = _sr_content(pydicom.dcmread(sr))
-    assert c["Volume doubling time"] == (pytest.approx(184.0, abs=0.01), "d")
+    assert "Volume doubling time" not in c
     assert c["Volume change since the prior study"] == (pytest.approx(100.0, abs=0.01), "%")
     assert c["Interval since the prior study"] == (184.0, "d")
     assert c["Volume in the prior study"] == (pytest.approx(pn["volume_mm3"], abs=0.01), "mm3")
     assert c["Mean diameter change since the prior study"] == (pytest.approx(3.0, abs=0.01), "mm")
-    assert c["Growth since the prior study (+-25% volumetry variability)"][0] == "grew"
+    assert "Growth since the prior study (+-25% volumetry variability)" not in c
     assert c["Volume"] == (pytest.approx(n["volume_mm3"], abs=0.01), "mm3")  # the current nodule's own
 
 

@@ -63,12 +63,13 @@ def test_compare_with_prior_gives_the_growth_in_the_entry_and_the_report(win):
     acts = win.nodules._menu.actions()
     assert len(acts) == 1 and acts[0].text().startswith("N1 · 1999-07-01 · ")
     acts[0].trigger()
-    want = "vs N1 of 1999-07-01: stable: +0% in 184 days (within ±25% volumetry variability), mean diameter +0.0 mm"
+    want = ("vs N1 of 1999-07-01: no verdict, no VDT: +0% in 184 days (prior size a lower bound; current size a "
+            "lower bound), mean diameter +0.0 mm")
     assert want in win.nodules.entry_lines()
-    assert cur.result.growth["interval_days"] == 184 and cur.result.growth["verdict"] == "stable"
+    assert cur.result.growth["interval_days"] == 184 and cur.result.growth["verdict"] == "withheld"
     assert np.isclose(cur.result.growth["prior"]["volume_mm3"], prior.result.volume_mm3, atol=0.01)
     assert cur.result.growth["prior"]["series_uid"] == win.prior_uid
-    assert win.nodules.last_line.startswith("N1 vs N1 of 1999-07-01: stable")
+    assert win.nodules.last_line.startswith("N1 vs N1 of 1999-07-01: no verdict")
     # the report and the DICOM export read the session's run of this series
     from imaging_assist_ui.ai.session_runs import session_runs
     from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
@@ -76,12 +77,12 @@ def test_compare_with_prior_gives_the_growth_in_the_entry_and_the_report(win):
 
     run = session_runs(win).runs[(series_key(win.doc.volume), MALIGNANCY_MODEL)]
     (nd,) = [x for x in run.item["nodules"] if x.get("found")]
-    assert nd["growth"]["text"].startswith("stable: +0% in 184 days")
+    assert nd["growth"]["text"].startswith("no verdict, no VDT: +0% in 184 days")
     from imaging_assist.export.report_pdf import _nodule_rows
     assert _nodule_rows(run.item)[0]["growth"].startswith("vs N1 of 1999-07-01 (")
     # analysing the current nodule again keeps the link, with the new numbers
     again = _analyse(win)
-    assert again.linked_prior is prior and again.result.growth["verdict"] == "stable"
+    assert again.linked_prior is prior and again.result.growth["verdict"] == "withheld"
     assert want in win.nodules.entry_lines()
 
 
@@ -94,7 +95,7 @@ def test_the_pdf_report_says_the_growth(win, tmp_path):
     text = subprocess.run(["pdftotext", "-layout", str(out), "-"], capture_output=True, text=True,
                           check=True).stdout
     flat = " ".join(text.split())
-    assert "Growth of N1 vs N1 of 1999-07-01 (" in flat and "stable: +0% in 184 days" in flat
+    assert "Growth of N1 vs N1 of 1999-07-01 (" in flat and "no verdict, no VDT: +0% in 184 days" in flat
     assert "volume doubling time = interval x ln 2" in flat
     # de-identified (File > Export report (de-identified)): no date of either study, the interval stays
     rep = win.report_exporter.build(deidentify=True)
@@ -119,5 +120,5 @@ def test_the_dicom_sr_carries_the_growth(win, tmp_path):
     c = _sr_content(pydicom.dcmread(sr))
     assert c["Interval since the prior study"] == (184.0, "d")
     assert c["Volume change since the prior study"] == (0.0, "%")
-    assert c["Growth since the prior study (+-25% volumetry variability)"][0] == "stable"
+    assert "Growth since the prior study (+-25% volumetry variability)" not in c
     assert "Volume doubling time" not in c  # stable: no VDT

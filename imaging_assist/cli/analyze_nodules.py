@@ -41,15 +41,16 @@ def _inputs(path: Path, card):
 
 
 def _prior_nodules(path: str) -> tuple[str, dict]:
-    """(name, {id: (nodule entry, its item)}) of the found nodules of a prior analysis."""
+    """(name, {id: [(nodule entry, its item), ...]}) of the found nodules of a prior analysis
+    (an id is per series: a results.json of several series may hold N1 more than once)."""
     from .nodule_growth import read_results
 
-    out = {}
+    out: dict[str, list] = {}
     for it in read_results(path)["items"]:
         if isinstance(it, dict) and it.get("task") == "nodule":
             for n in it.get("nodules") if isinstance(it.get("nodules"), list) else []:
                 if isinstance(n, dict) and n.get("found") and n.get("id") is not None:
-                    out.setdefault(str(n["id"]), (n, it))
+                    out.setdefault(str(n["id"]), []).append((n, it))
     if not out:
         raise UserError(f"--prior {path}: no nodule found in this results.json")
     return Path(path).name, out
@@ -69,7 +70,15 @@ def add_growth(d: dict, run, name: str, prior: dict) -> list[str]:
             warnings.append(f"nodule {nd.get('id')}: no nodule of that id in the prior analysis ({name}): "
                             f"no growth (prior ids: {', '.join(list(prior)[:8])})")
             continue
-        pn, pit = prior[str(nd["id"])]
+        # the current series itself is no prior (a results.json of both studies given as --prior)
+        found = [(pn, pit) for pn, pit in prior[str(nd["id"])] if pit.get("series_uid") != d.get("series_uid")] \
+            or prior[str(nd["id"])]
+        if len(found) > 1:  # never the first one silently
+            warnings.append(f"nodule {nd.get('id')}: not compared with the prior: {name} holds a nodule {nd.get('id')} "
+                            f"in {len(found)} series ({', '.join(str(it.get('series_uid')) for _, it in found[:4])}): "
+                            "give the results.json of one series, or use nodule-growth --prior-series")
+            continue
+        pn, pit = found[0]
         try:
             nd["growth"] = r.growth = compare(pn, pit, nd, d)
         except ValueError as e:

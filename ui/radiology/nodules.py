@@ -356,13 +356,14 @@ class NoduleTool(QObject):
                 lst[lst.index(again)] = n
             else:
                 lst.append(n)
+            relinked = self._relink(again, n) if again is not None else ""
             self.history.append(n)
             self._log_run(vol, n)
             if self.doc.volume is vol:
                 self._place(vol, n, again)
                 self._select(n)
             what = "updated" if again is not None else "added"
-            self._say(f"{n.id} {what} in {dt:.1f} s." + (f" ⚠ {n.heat_flag}." if n.heat_flag else ""),
+            self._say(f"{n.id} {what} in {dt:.1f} s." + relinked + (f" ⚠ {n.heat_flag}." if n.heat_flag else ""),
                       "warn" if n.heat_flag else "info")
             self._finish_busy()
             self.analysed.emit(n)
@@ -647,6 +648,7 @@ class NoduleTool(QObject):
         lst = self.by_series.get(n.series, [])
         if n in lst:
             lst.remove(n)
+        relinked = self._relink(n, None)
         vol = self.doc.volume
         if vol is not None:
             self._erase(vol, n)
@@ -655,7 +657,7 @@ class NoduleTool(QObject):
             for x in self._series_nodules(vol):
                 self._add_item(x)
             self._sync_axes(vol)
-        self._say(f"{n.id} deleted.")
+        self._say(f"{n.id} deleted." + relinked)
 
     # ================================================================== growth
     def _selection_changed(self, *_):
@@ -714,13 +716,41 @@ class NoduleTool(QObject):
         n.result.growth = d
         return d
 
+    def _relink(self, prior: Nodule, new: Nodule | None) -> str:
+        """The nodules linked to ``prior`` when it is deleted (``new`` None: their growth goes) or
+        analysed again as ``new`` (their growth is computed again against it), in their entries
+        and in the session run log the report and the DICOM export read.  What was done, as a
+        sentence for the status line ("" when nothing was linked)."""
+        from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
+
+        from ..ai.session_runs import session_runs
+
+        said, linked = [], [m for lst in self.by_series.values() for m in lst if m.linked_prior is prior]
+        for m in linked:
+            g = self._growth(m, new) if new is not None else None
+            m.linked_prior = new if isinstance(g, dict) else None
+            if new is None:
+                m.result.growth = None
+            said.append(f"{m.id}'s growth " + ("computed again" if isinstance(g, dict) else
+                                               f"removed ({g})" if g else "removed"))
+            run = session_runs(self.w).runs.get((m.series, MALIGNANCY_MODEL))
+            for nd in (run.item.get("nodules") or []) if run is not None else []:
+                if isinstance(nd, dict) and nd.get("id") == m.id:
+                    if m.result.growth:
+                        nd["growth"] = dict(m.result.growth)
+                    else:
+                        nd.pop("growth", None)
+        vol = self.doc.volume
+        if vol is not None and any(m.series == series_key(vol) for m in linked):  # shown: their entries
+            self.list.clear()
+            for x in self._series_nodules(vol):
+                self._add_item(x)
+        return "".join(f" {x}." for x in said)
+
     def link(self, n: Nodule, prior: Nodule):
         """``n``'s growth since ``prior``: shown in its entry, in the report and the exports."""
         g = self._growth(n, prior)
-        if isinstance(g, str):
-            self._say(f"{n.id}: not compared ({g}).", "warn")
-            return None
-        n.linked_prior = prior
+        n.linked_prior = None if isinstance(g, str) else prior  # refused: an earlier link's growth is gone too
         vol = self.doc.volume
         if vol is not None and series_key(vol) == n.series:
             self.list.clear()
@@ -728,6 +758,9 @@ class NoduleTool(QObject):
                 self._add_item(x)
             self._select(n)
             self._log_run(vol, n)
+        if isinstance(g, str):
+            self._say(f"{n.id}: not compared ({g}).", "warn")
+            return None
         self._say(f"{n.id} {n.growth_line}" + "".join(f" ⚠ {w}." for w in g["warnings"]),
                   "warn" if g["warnings"] else "info")
         return g
