@@ -182,6 +182,7 @@ def test_frames_of_a_multi_frame_image(src):
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = mr.SOPClassUID, mr.SOPInstanceUID
     ds.ReferencedSeriesSequence[0].SeriesInstanceUID = mr.SeriesInstanceUID
     ds.ReferencedSeriesSequence[0].ReferencedImageSequence = [copy.deepcopy(ref)]
+    ds.PatientID, ds.StudyInstanceUID = mr.PatientID, mr.StudyInstanceUID  # the MR's patient and study
     ref.ReferencedFrameNumber = 2
     ds.GraphicAnnotationSequence[0].ReferencedImageSequence = [ref]
     ps = read_presentation_state(ds, vol)

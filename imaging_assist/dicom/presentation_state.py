@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..layers import Shape, ShapesLayer
-from .result_objects import PR, ResultObjectError, _check_complete, _dataset, _Grid, _one_line, graphic_values
+from .result_objects import (PR, ResultObjectError, _check_complete, _dataset, _Grid, _one_line, graphic_values,
+                             other_patient, other_study)
 from .sr_regions import outline_points
 
 # SOP Class UID -> name (PS3.4 B.5; the index lists them as result kind PR); blending states
@@ -185,6 +186,9 @@ def _read(ds, volume, name: str):
     if sop not in PRESENTATION_STATE_CLASSES:
         raise ResultObjectError(f"not a softcopy presentation state (SOP Class {sop or 'missing'})")
     _check_complete(ds)
+    why = other_patient(ds.get("PatientID"), volume)
+    if why:
+        raise ResultObjectError(f"the presentation state {why}")
     places = _Places(ds, volume)
     colors = {}
     for layer in ds.get("GraphicLayerSequence") or []:
@@ -195,6 +199,9 @@ def _read(ds, volume, name: str):
         colors[str(layer.get("GraphicLayer") or "")] = rgb or DEFAULT_COLOR
     shapes: list[Shape] = []
     warnings: list[str] = []
+    study = other_study(ds.get("StudyInstanceUID"), volume)
+    if study:
+        warnings.append(study)
     skipped: dict[str, int] = {}
     n_objects = 0
 

@@ -283,6 +283,15 @@ def _place_frames(ds, volume, what: str) -> list[int]:
         raise ResultObjectError(f"{what} has {n} frames but {len(per)} per-frame functional groups")
     grid.check_orientation(_fg(None, shared, "PlaneOrientationSequence", "ImageOrientationPatient"), what)
     grid.check_spacing(_fg(None, shared, "PixelMeasuresSequence", "PixelSpacing"), what)
+    # positions mean something only in the frame of reference they were written in (PS3.3
+    # C.7.6.2.1.1): an object in another one is not laid on this series by its positions, nor
+    # by references that contradict them
+    headers = getattr(volume, "headers", None) or []
+    vol_for = str(headers[0].get("FrameOfReferenceUID") or "").strip() if headers else ""
+    obj_for = str(ds.get("FrameOfReferenceUID") or "").strip()
+    if vol_for and obj_for and vol_for != obj_for:
+        raise ResultObjectError(f"{what} is in another frame of reference ({obj_for[:64]}) than the series "
+                                f"({vol_for[:64]}): its positions do not apply here")
     out = []
     for f in range(n):
         item = per[f] if per else None
@@ -336,6 +345,34 @@ def _check_series(ds, volume, what: str) -> None:
     uid = str(getattr(volume, "series_uid", "") or "")
     if refs and uid and uid not in refs:
         raise ResultObjectError(f"{what} references series {refs[0]}, not the series shown ({uid})")
+    why = other_patient(ds.get("PatientID"), volume)
+    if why:
+        raise ResultObjectError(f"{what} {why}")
+
+
+def other_patient(patient_id, volume) -> str | None:
+    """Why a result object whose Patient ID is ``patient_id`` is not drawn on ``volume`` (a
+    different Patient ID from the series'), else None.  A SEG, map, SR or presentation state
+    carries the Patient module of the images it was made on: a series UID shared by another
+    patient's object (a copied, edited or mis-sent file) must not put that patient's findings
+    on this one.  An ID missing on either side cannot be compared (no refusal)."""
+    headers = getattr(volume, "headers", None) or []
+    mine = str(headers[0].get("PatientID") or "").strip() if headers else ""
+    theirs = str(patient_id or "").strip()
+    if mine and theirs and mine != theirs:
+        return f"is of another patient (Patient ID {theirs[:64]!r}, the series shown {mine[:64]!r}): not shown"
+    return None
+
+
+def other_study(study_uid, volume) -> str | None:
+    """A warning when a result object's StudyInstanceUID is not the series' (it may still be
+    about these images: shown, and said), else None."""
+    headers = getattr(volume, "headers", None) or []
+    mine = str(headers[0].get("StudyInstanceUID") or "").strip() if headers else ""
+    theirs = str(study_uid or "").strip()
+    if mine and theirs and mine != theirs:
+        return f"it belongs to another study ({theirs[:64]}) than the series shown"
+    return None
 
 
 def _decoded_pixels(ds, what: str, itemsize: int) -> np.ndarray:
@@ -597,6 +634,9 @@ def _read_segmentation(ds, volume, what) -> Segmentation:
         more = len(result.overlaps) - 5
         result.warnings.append(f"segments overlap: {pairs}{f' and {more} more pairs' if more > 0 else ''}; "
                                "each overlapping segment is shown as a layer of its own")
+    study = other_study(ds.get("StudyInstanceUID"), volume)
+    if study:
+        result.warnings.append(study)
     return result
 
 
@@ -691,6 +731,9 @@ def _read_parametric_map(ds, volume, what) -> ParametricMap:
     bad = int(np.count_nonzero(np.isinf(out)))
     if bad:
         pm.warnings.append(f"{bad} infinite values in the parametric map")
+    study = other_study(ds.get("StudyInstanceUID"), volume)
+    if study:
+        pm.warnings.append(study)
     return pm
 
 
@@ -865,6 +908,8 @@ class StructuredReport:
     series_uid: str
     items: list[SRItem]
     warnings: list[str] = field(default_factory=list)
+    patient_id: str = ""  # of the images it reports on (its Patient module): other_patient()
+    study_uid: str = ""
 
     def slices_in(self, volume) -> list[int | None]:
         """:meth:`SRItem.slice_in` of every item, the volume's slice table built once (an SR of
@@ -913,7 +958,9 @@ def _read_sr(ds) -> StructuredReport:
     items: list[SRItem] = []
     count = [0]
     report = StructuredReport(title=_code_meaning(ds, "ConceptNameCodeSequence") or "Structured report",
-                              series_uid=str(ds.get("SeriesInstanceUID") or ""), items=items)
+                              series_uid=str(ds.get("SeriesInstanceUID") or ""), items=items,
+                              patient_id=str(ds.get("PatientID") or ""),
+                              study_uid=str(ds.get("StudyInstanceUID") or ""))
 
     checked: dict[int, tuple] = {}  # id(SCOORD item) -> (problem or None, frame of reference, region)
 
@@ -947,7 +994,8 @@ def _read_sr(ds) -> StructuredReport:
                 if region is not None and all(r.key != region.key for r in regions):
                     regions.append(region)
                 if why is None and vt == "SCOORD3D" and point is None:
-                    point = (tuple(float(v) for v in list(it.GraphicData)[:3]), for_uid)
+                    # graphic_values: a long outline's GraphicData is raw UN bytes (checked by _scoord_problem)
+                    point = (tuple(float(v) for v in graphic_values(it)[:3]), for_uid)
             if d < 2 and (vt in ("SCOORD", "SCOORD3D") or d == 0):
                 for c in it.get("ContentSequence") or []:
                     cvt = str(c.get("ValueType") or "")

@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from ..layers import Shape, ShapesLayer
-from .result_objects import StructuredReport, _Grid
+from .result_objects import StructuredReport, _Grid, other_patient
 
 MAX_REGION_POINTS = 20_000  # a region drawn on every repaint; a freehand outline has hundreds
 MAX_LABEL_LINES = 6  # the group's name and up to five measurements (an ROI: mean, SD, min, max, area)
@@ -117,6 +117,9 @@ def _in_some_plane(kji: np.ndarray, tolerance: float = 0.5) -> bool:
 def place_regions(report: StructuredReport, volume, name: str = "") -> tuple[ShapesLayer | None, list[str]]:
     """The report's regions that lie on ``volume`` as one shapes layer (None when none
     does), and one-line warnings about regions that cannot be drawn."""
+    why = other_patient(report.patient_id, volume)
+    if why:  # another patient's findings are never drawn on this one
+        return None, [f"the structured report {why}"]
     grid = _Grid(volume)
     headers = getattr(volume, "headers", None) or []
     vol_for = str(headers[0].get("FrameOfReferenceUID") or "") if headers else ""

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import QDockWidget, QListWidget, QListWidgetItem
 
 from imaging_assist.dicom.presentation_state import read_presentation_state
 from imaging_assist.dicom.result_objects import (KIND_NAMES, PARAMETRIC_MAP, PDF, PR, SEG, SR, ResultObjectError,
-                                                 read_parametric_map, read_segmentation, read_sr)
+                                                 other_patient, read_parametric_map, read_segmentation, read_sr)
 from imaging_assist.dicom.sr_regions import own_measurement_regions, place_regions
 
 from .series_results import series_key
@@ -128,7 +128,11 @@ class ResultLayers(QObject):
                     for warning in pm.warnings:
                         self._say(f"{name}: {warning}", problem=False)
                 elif kind == SR:
-                    self._add_report(read_sr(rec), vol, name, result_series.key)
+                    report = read_sr(rec)
+                    why = other_patient(report.patient_id, vol)
+                    if why:  # its findings are not listed on this patient's series either
+                        raise ResultObjectError(f"the structured report {why}")
+                    self._add_report(report, vol, name, result_series.key)
                 elif kind == PR:
                     self._add_presentation_state(read_presentation_state(rec, vol, result_series.description),
                                                  vol, name, result_series.key)
