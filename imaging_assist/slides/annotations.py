@@ -17,10 +17,13 @@ QuPath exports them, kept in the user data folder per slide.  No Qt.
   WSI) hashes the sorted names and sizes and the same head/tail of each file.
 * Reading: QuPath's variants are accepted (a FeatureCollection, a list of features, one
   Feature; measurements as a dict or a list of ``{name, value}``; ``MultiPolygon``; colour as
-  ``[r, g, b]`` or a packed integer).  A bad file is one :class:`UserError` line; size,
-  feature and vertex counts are bounded, and coordinates must be JSON numbers within
-  ±MAX_COORD pixels (so measurements stay finite).  What is skipped or replaced (a class name
-  or colour that is not understood, holes, empty geometries) is a note; names are one line.
+  ``[r, g, b]`` or a packed integer, QuPath 0.2's ``classification.colorRGB`` too).  A bad file
+  is one :class:`UserError` line; size (also of what is read), feature and vertex counts are
+  bounded (each polygon of a MultiPolygon counts as a feature; both are checked as the file is
+  read), an outline too tangled to measure is refused, and coordinates must be JSON numbers
+  within ±MAX_COORD pixels (so measurements stay finite).  What is skipped or replaced (a class
+  name or colour that is not understood, holes, empty geometries) is a note (the first
+  MAX_NOTES, then how many more); names are one line.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ MAX_VERTICES = 2_000_000
 MAX_COORD = 1e9  # level-0 pixels: far beyond any slide (~1e5 px), and areas stay finite
 MAX_NAME = 256   # characters of a class name (one line)
 MAX_LABEL = 1024  # characters of a free-text name ("label", one line)
+MAX_NOTES = 20   # notes on what was skipped or replaced; then one line saying how many more
 HASH_CHUNK = 4 * 1024 * 1024
 DEFAULT_CLASS = "Region"
 DEFAULT_COLORS = {"Region": (0, 180, 255), "Tumor": (200, 0, 0), "Stroma": (150, 200, 150),
@@ -213,10 +217,12 @@ def _kind_text(v) -> str:
     return repr(" ".join(v.split())[:40]) if isinstance(v, str) else f"of JSON type {type(v).__name__}"
 
 
-def _coords(seq, what: str) -> list[tuple[float, float]]:
+def _coords(seq, what: str, room: int) -> list[tuple[float, float]]:
+    """The positions of ``seq``; ``room``: vertices the file may still hold (checked before any
+    is converted)."""
     if not isinstance(seq, list):
         raise UserError(f"{what}: coordinates are not a list")
-    if len(seq) > MAX_VERTICES:
+    if len(seq) > room:
         raise UserError(f"more than {MAX_VERTICES:,} vertices in the file")
     out = []
     for p in seq:
@@ -247,17 +253,35 @@ def _features(doc) -> list:
 
 
 def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
-    """Annotations of a GeoJSON document; also the notes on what was skipped and why."""
+    """Annotations of a GeoJSON document; also the notes on what was skipped and why (the first
+    MAX_NOTES, then how many more).  Each polygon of a MultiPolygon counts as a feature, and the
+    feature and vertex counts are checked as the geometries are read, before they are kept."""
     feats = _features(doc)
     if len(feats) > MAX_FEATURES:
         raise UserError(f"{len(feats):,} features (at most {MAX_FEATURES:,})")
     out: list[Annotation] = []
     notes: list[str] = []
+    n_notes = 0
+
+    def note(text: str) -> None:
+        nonlocal n_notes
+        n_notes += 1
+        if len(notes) < MAX_NOTES:
+            notes.append(text)
+
     n_vert = 0
+    n_parts = len(feats)  # features, and each further polygon of a MultiPolygon
+
+    def coords(seq, what: str) -> list[tuple[float, float]]:
+        nonlocal n_vert
+        pts = _coords(seq, what, MAX_VERTICES - n_vert)
+        n_vert += len(pts)
+        return pts
+
     for i, f in enumerate(feats):
         what = f"feature {i + 1}"
         if not isinstance(f, dict) or not isinstance(f.get("geometry"), dict):
-            notes.append(f"{what}: no geometry, skipped")
+            note(f"{what}: no geometry, skipped")
             continue
         props = f.get("properties") if isinstance(f.get("properties"), dict) else {}
         cls = props.get("classification")
@@ -265,21 +289,24 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
             cls = {"name": cls}
         elif not isinstance(cls, dict):
             if cls is not None:
-                notes.append(f"{what}: classification is not understood, {DEFAULT_CLASS!r} is used")
+                note(f"{what}: classification is not understood, {DEFAULT_CLASS!r} is used")
             cls = {}
         name = _text(cls.get("name"), MAX_NAME)
         if name is None:
-            notes.append(f"{what}: the class name is not text, {DEFAULT_CLASS!r} is used")
+            note(f"{what}: the class name is not text, {DEFAULT_CLASS!r} is used")
         name = name or DEFAULT_CLASS
-        raw_color = cls.get("color", props.get("color"))
+        # QuPath >= 0.3: classification.color [r, g, b]; 0.2: classification.colorRGB (a packed
+        # signed ARGB integer); older: a packed integer in properties.color
+        raw_color = next((v for v in (cls.get("color"), cls.get("colorRGB"), props.get("color")) if v is not None),
+                         None)
         color = _color(raw_color)
         if color is None:
             if raw_color is not None:
-                notes.append(f"{what}: colour not understood, the class colour is used")
+                note(f"{what}: colour not understood, the class colour is used")
             color = class_color(name)
         label = _text(props.get("name"), MAX_LABEL)
         if label is None:
-            notes.append(f"{what}: the name is not text, left out")
+            note(f"{what}: the name is not text, left out")
             label = ""
         fid = f.get("id") if f.get("id") is not None else props.get("id")
         if (isinstance(fid, bool) or not isinstance(fid, (str, int)) or not str(fid).strip()
@@ -291,51 +318,58 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
         c = g.get("coordinates")
         rings: list[tuple[str, list]] = []
         if gt == "LineString":
-            rings.append(("ruler", _coords(c, what)))
+            rings.append(("ruler", coords(c, what)))
         elif gt == "Point":
-            rings.append(("points", _coords([c], what)))
+            rings.append(("points", coords([c], what)))
         elif gt == "MultiPoint":
-            rings.append(("points", _coords(c, what)))
+            rings.append(("points", coords(c, what)))
         elif gt == "Polygon":
             if not isinstance(c, list) or not c:
                 raise UserError(f"{what}: a Polygon without rings")
             if len(c) > 1:
-                notes.append(f"{what}: holes of the polygon left out")
+                note(f"{what}: holes of the polygon left out")
             rings.append((str(props.get("kind")) if props.get("kind") == "rectangle" else "polygon",
-                          _coords(c[0], what)))
+                          coords(c[0], what)))
         elif gt == "MultiPolygon":
             if not isinstance(c, list):
                 raise UserError(f"{what}: a MultiPolygon without polygons")
+            n_parts += max(0, len(c) - 1)
+            if n_parts > MAX_FEATURES:
+                raise UserError(f"more than {MAX_FEATURES:,} features (each polygon of a MultiPolygon "
+                                "counts as one)")
             for poly in c:
                 if isinstance(poly, list) and poly:
                     if len(poly) > 1:
-                        notes.append(f"{what}: holes of the polygon left out")
-                    rings.append(("polygon", _coords(poly[0], what)))
+                        note(f"{what}: holes of the polygon left out")
+                    rings.append(("polygon", coords(poly[0], what)))
                 else:
-                    notes.append(f"{what}: a polygon of the MultiPolygon without rings, skipped")
+                    note(f"{what}: a polygon of the MultiPolygon without rings, skipped")
         else:
-            notes.append(f"{what}: geometry {_kind_text(gt)} not supported, skipped")
+            note(f"{what}: geometry {_kind_text(gt)} not supported, skipped")
             continue
         for k, (kind, pts) in enumerate(rings):
             if kind in ("polygon", "rectangle"):
                 if len(pts) > 1 and pts[0] == pts[-1]:
                     pts = pts[:-1]
                 if len(set(pts)) < 3:
-                    notes.append(f"{what}: a polygon with fewer than 3 vertices, skipped")
+                    note(f"{what}: a polygon with fewer than 3 vertices, skipped")
                     continue
             elif kind == "ruler" and len(pts) < 2:
-                notes.append(f"{what}: a line with fewer than 2 points, skipped")
+                note(f"{what}: a line with fewer than 2 points, skipped")
                 continue
             elif not pts:
-                notes.append(f"{what}: no points, skipped")
+                note(f"{what}: no points, skipped")
                 continue
-            n_vert += len(pts)
-            if n_vert > MAX_VERTICES:
-                raise UserError(f"more than {MAX_VERTICES:,} vertices in the file")
             out.append(Annotation(kind, pts, name, color, fid if k == 0 else str(uuid.uuid4()), label))
-            if out[-1].crosses_itself():
-                notes.append(f"{what}: the outline crosses itself; its area counts the filled parts "
-                             f"(even-odd, as drawn)")
+            try:
+                crosses = out[-1].crosses_itself()
+            except UserError as e:  # an outline too tangled to measure
+                raise UserError(f"{what}: {e}") from None
+            if crosses:
+                note(f"{what}: the outline crosses itself; its area counts the filled parts "
+                     f"(even-odd, as drawn)")
+    if n_notes > len(notes):
+        notes.append(f"and {n_notes - len(notes):,} more notes like these")
     return out, notes
 
 
@@ -350,8 +384,13 @@ def read_geojson(path) -> tuple[list[Annotation], list[str]]:
         raise UserError(f"{path.name} is {size / 1e6:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MiB of GeoJSON)")
     try:
         with open(path, "rb") as f:
-            doc = json.loads(f.read().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+            data = f.read(MAX_FILE_BYTES + 1)  # a device or a file growing after stat(): no further
+        if len(data) > MAX_FILE_BYTES:
+            mib = MAX_FILE_BYTES // 2**20
+            raise UserError(f"{path.name} is more than {mib} MiB (at most {mib} MiB of GeoJSON)")
+        doc = json.loads(data.decode("utf-8-sig"))
+    # ValueError: JSONDecodeError, and an integer of more digits than int() converts (4300)
+    except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"{path.name} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
     return from_geojson(doc)
 

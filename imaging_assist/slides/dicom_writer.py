@@ -3,7 +3,9 @@
 wsidicom writes WSI DICOM from a :class:`wsidicom.source.Source`; this module provides a
 small in-memory one whose levels come from numpy arrays or from any :class:`Slide` (tiles
 are read on demand, so a large slide is converted without holding it in memory).  Used by
-the tests (a DICOM WSI with known pixels) and by :func:`slide_to_dicom` for exporting.
+the tests (a DICOM WSI with known pixels) and by :func:`slide_to_dicom` for exporting.  The
+images are colour, so each instance carries an sRGB ICC profile (required for colour by the
+Optical Path module).
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ class _ArraySource(Source):
         super().__init__()
         self._schema = WsiMetadataDicomSchema()
         self._md, self._levels, self._label, self._macro = md, levels, label, macro
-        self._vol = self._schema.dump(md, ImageType.VOLUME)
+        # colour images: the ICC Profile (Type 1C) is required; wsidicom's default is sRGB, as a
+        # DICOM input ('scnr') profile
+        self._vol = self._schema.dump(md, ImageType.VOLUME, require_icc_profile=True)
 
     @property
     def base_dataset(self):
@@ -85,7 +89,7 @@ class _ArraySource(Source):
     def _single(self, img, kind):
         if img is None:
             return []
-        ds = self._schema.dump(self._md, kind)
+        ds = self._schema.dump(self._md, kind, require_icc_profile=True)
         return [WsiInstance.create_instance(NumpyImageData(np.ascontiguousarray(img[..., :3])), ds, kind)]
 
     @property

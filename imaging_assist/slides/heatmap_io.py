@@ -1,10 +1,12 @@
 """Write / read tiled-inference heat maps.
 
-* ``.tif``/``.tiff``: a pyramidal TIFF (tifffile): float32 planes ``(C, rows, cols)``, 256 px
-  tiles, zlib, reduced levels in SubIFDs down to <= 256 px, X/YResolution in pixels per cm
-  when the slide has MPP (ResolutionUnit NONE otherwise), and a JSON description with class
-  names, level-0 downsample, origin and slide size so the map can be put back on the slide.
+* ``.tif``/``.tiff``: a pyramidal TIFF (tifffile): float32 planes ``(C, rows, cols)`` (one plane,
+  of a one-label model: a 2-D page, read back as ``(1, rows, cols)``), 256 px tiles, zlib,
+  reduced levels in SubIFDs down to <= 256 px, X/YResolution in pixels per cm when the slide
+  has MPP (ResolutionUnit NONE otherwise), and a JSON description with class names, level-0
+  downsample, origin and slide size so the map can be put back on the slide.
 * ``.npz``: the same arrays and metadata with NumPy.
+* Both are written beside the target and renamed when complete: a failed write leaves no file.
 * :func:`write_overview_png`: slide thumbnail with the most probable class coloured in,
   brightness by probability (a quick look; not for measurement).
 """
@@ -57,15 +59,26 @@ def write_heatmaps(result, path: str | os.PathLike, *, overview_png: bool | str 
         meta["slide_key"] = slide_key(slide.path)
     heat = np.ascontiguousarray(result.heatmaps, dtype=np.float32)
     meta["content_sha256"] = _digest(heat, meta)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if ext in (".tif", ".tiff"):
-        _write_tiff(path, heat, meta, result.heatmap_mpp())
-    elif ext == ".npz":
-        np.savez_compressed(path, heatmaps=heat, coords=result.coords, cells=result.cells,
-                            probs=result.probs, tissue_fraction=result.tissue_fraction,
-                            metadata=np.array(json.dumps(meta)))
-    else:
+    if ext not in (".tif", ".tiff", ".npz"):
         raise SlideError(f"{path}: heat maps are written as .tif/.tiff or .npz, not {ext or 'no extension'}")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # written beside it and renamed when complete: a failure never leaves a broken heat-map file
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        if ext == ".npz":
+            with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
+                np.savez_compressed(f, heatmaps=heat, coords=result.coords, cells=result.cells,
+                                    probs=result.probs, tissue_fraction=result.tissue_fraction,
+                                    metadata=np.array(json.dumps(meta)))
+        else:
+            _write_tiff(tmp, heat, meta, result.heatmap_mpp())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     written = [path]
     if overview_png:
         png = overview_png if isinstance(overview_png, str) else os.path.splitext(path)[0] + "_overview.png"
@@ -101,9 +114,13 @@ def _write_tiff(path: str, heat: np.ndarray, meta: dict, mpp_hm) -> None:
     with tifffile.TiffWriter(path, bigtiff=heat.nbytes > 2**31) as tw:
         for i, lev in enumerate(levels):
             f = 2 ** i
-            kw = dict(photometric="minisblack", planarconfig="separate", compression="zlib",
+            kw = dict(photometric="minisblack", compression="zlib",
                       resolution=(res[0] / f, res[1] / f), resolutionunit=unit,
                       tile=tile if min(lev.shape[1:]) >= 16 else None)
+            if c == 1:  # one plane (a one-label model): a 2-D page, read back as (1, rows, cols)
+                lev = lev[0]
+            else:
+                kw["planarconfig"] = "separate"
             if i == 0:
                 tw.write(lev, subifds=len(levels) - 1, description=json.dumps(meta), metadata=None,
                          software="imaging-assist", **kw)

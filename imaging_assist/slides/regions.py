@@ -5,10 +5,11 @@ tile filter by region: only the tiles inside it are analysed.  No Qt.
   corners (:func:`rect_polygon`).
 * :func:`filter_plan` keeps the tiles of a :class:`~imaging_assist.slides.TilePlan` whose
   area lies at least ``min_inside`` inside the polygon.  The share is measured on a
-  ``SAMPLES x SAMPLES`` grid of points per tile (even-odd point-in-polygon, vectorised
-  numpy) rather than by exact polygon clipping: no geometry library is a dependency
-  (shapely is not installed), the grid answers to 1/64 of a tile, and for an axis-aligned
-  rectangle the tile grid already starts at the rectangle (``plan_tiles(region=bbox)``).
+  ``SAMPLES x SAMPLES`` grid of points per tile (even-odd point-in-polygon in numpy,
+  :func:`points_in_polygon`, line by line of samples) rather than by exact clipping with
+  shapely: the grid answers to 1/64 of a tile, decides points on the outline always the same
+  way, holds for an outline that crosses itself, and for an axis-aligned rectangle the tile
+  grid already starts at the rectangle (``plan_tiles(region=bbox)``).
 * :func:`run_region` plans the tiles over the polygon's bounding box (with the tissue
   mask), filters them by the polygon and runs :func:`~imaging_assist.slides.run_tiles`; the
   heat-map grid starts at the bounding box.
@@ -71,19 +72,40 @@ def bbox(points) -> tuple[float, float, float, float]:
 
 
 def points_in_polygon(px: np.ndarray, py: np.ndarray, poly: np.ndarray) -> np.ndarray:
-    """Even-odd rule for many points (arrays of any equal shape) against one polygon."""
-    px = np.asarray(px, np.float64)
-    py = np.asarray(py, np.float64)
-    inside = np.zeros(px.shape, bool)
+    """Even-odd rule for many points (arrays of any equal shape) against one polygon: a point is
+    inside when the outline crosses the ray to its right an odd number of times, an edge from y1
+    to y2 crossing the points' line at y when ``(y1 > y) != (y2 > y)``, so a point on the outline is
+    decided the same way each time (the left and top edges of a rectangle are in, the others out).
+
+    Written out in numpy rather than with shapely: its predicates leave every point on the
+    outline out (``contains_xy``) or in (``intersects_xy``), which would change which tiles a
+    region keeps, and are not defined for an outline that crosses itself (measured even-odd
+    here, as by :func:`polygon_area`).  The points are taken by horizontal line (a tile grid's
+    samples lie on few): the crossings of a line are computed once, in one pass over the edges,
+    and each of its points counts those to its right by a binary search."""
+    px, py = np.broadcast_arrays(np.asarray(px, np.float64), np.asarray(py, np.float64))
     xs, ys = poly[:, 0], poly[:, 1]
     xe, ye = np.roll(xs, -1), np.roll(ys, -1)
-    for x1, y1, x2, y2 in zip(xs, ys, xe, ye):  # loop over edges, vectorised over points
-        if y1 == y2:
-            continue
-        crosses = (y1 > py) != (y2 > py)
-        xi = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
-        inside ^= crosses & (px < xi)
-    return inside
+    fx, fy = px.ravel(), py.ravel()
+    order = np.argsort(fy, kind="stable")
+    lines = np.split(order, np.flatnonzero(np.diff(fy[order])) + 1) if len(order) else []
+    if len(lines) > len(xs):  # more lines than edges: one pass over the points per edge
+        inside = np.zeros(px.shape, bool)
+        for x1, y1, x2, y2 in zip(xs, ys, xe, ye):
+            if y1 == y2:
+                continue
+            crosses = (y1 > py) != (y2 > py)
+            xi = x1 + (py - y1) * (x2 - x1) / (y2 - y1)
+            inside ^= crosses & (px < xi)
+        return inside
+    inside = np.zeros(fx.shape, bool)
+    for idx in lines:
+        y = fy[idx[0]]
+        m = (ys > y) != (ye > y)
+        x1, y1, x2, y2 = xs[m], ys[m], xe[m], ye[m]
+        xi = np.sort(x1 + (y - y1) * (x2 - x1) / (y2 - y1))
+        inside[idx] = (len(xi) - np.searchsorted(xi, fx[idx], side="right")) % 2 == 1  # crossings beyond x
+    return inside.reshape(px.shape)
 
 
 def inside_fraction(rects0: np.ndarray, poly: np.ndarray, samples: int = SAMPLES) -> np.ndarray:
