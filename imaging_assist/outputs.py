@@ -9,10 +9,14 @@ from pathlib import Path
 from .errors import UserError
 
 
-def out_folder(path) -> Path:
-    """The output folder, created if needed; a one-line UserError when it cannot be one."""
+def out_folder(path, sources=()) -> Path:
+    """The output folder, created if needed; a one-line UserError when it cannot be one, or
+    when it is one of the input folders ``sources`` or inside one (checked before anything is
+    created): sources are read-only, and outputs written among them overwrite files of the same
+    name and are read back as inputs by the next run over that folder."""
     if not str(path).strip():
         raise UserError("--out is empty: name an output folder")
+    refuse_inside(path, sources)
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise UserError(f"{path} exists and is not a folder: choose another --out")
@@ -23,6 +27,20 @@ def out_folder(path) -> Path:
     if not os.access(p, os.W_OK):
         raise UserError(f"cannot write to the output folder {path}")
     return p
+
+
+def refuse_inside(path, sources) -> None:
+    """A one-line UserError when the output folder ``path`` is one of the input folders
+    ``sources`` or inside one (through symlinks; nothing is created)."""
+    where = Path(path).expanduser().resolve()
+    for src in sources:
+        sp = Path(src).expanduser()
+        if sp.is_dir():
+            sp = sp.resolve()
+            if where == sp or sp in where.parents:
+                raise UserError(f"--out {path} is inside the input {src}: outputs must not be written among the "
+                                "inputs (they would overwrite files there and be read as inputs by the next run); "
+                                "choose an output folder outside it")
 
 
 def _stem(s: str) -> str:

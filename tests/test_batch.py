@@ -336,6 +336,7 @@ def test_schedule_spreads_a_slide_and_a_failed_part_fails_its_row():
 def test_out_inside_a_source_and_unknown_model_are_one_line_errors(inputs, tmp_path):
     p = _run(["batch", str(inputs), "--model", "cxr-pneumonia", "--out", str(inputs / "o")], check_rc=2)
     assert p.stderr.startswith("error: --out") and len(p.stderr.strip().splitlines()) == 1
+    assert not (inputs / "o").exists()  # refused before it was created: nothing left among the inputs
     p = _run(["batch", str(inputs), "--model", "no-such-model", "--out", str(tmp_path / "o")], check_rc=2)
     assert p.stderr.startswith("error:") and len(p.stderr.strip().splitlines()) == 1
 

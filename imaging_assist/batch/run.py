@@ -54,7 +54,9 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
             if unknown:
                 raise UserError(f"unknown label(s) {', '.join(map(repr, unknown))} for model {c.id} "
                                 f"(labels: {', '.join(c.labels)})")
-    out = Path(os.path.abspath(out_folder(settings.out_dir)))  # the table's paths are absolute
+    # the table's paths are absolute; the output folder is refused inside a SOURCE folder before
+    # it is created (the batch would read its own outputs, and leave an empty folder there)
+    out = Path(os.path.abspath(out_folder(settings.out_dir, sources=[s for s in sources if not is_pacs_source(s)])))
     # absolute SOURCEs: the table names files wherever the command ran from, and one folder
     # named twice (relative and absolute) is one set of items
     sources = [s if is_pacs_source(s) else os.path.abspath(os.path.expanduser(s)) for s in sources]
@@ -70,11 +72,6 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
             else:
                 local.append(s)
         sources = list(dict.fromkeys(local))
-    for s in sources:
-        sp = Path(s).expanduser().resolve()
-        if sp.is_dir() and (out.resolve() == sp or sp in out.resolve().parents):
-            raise UserError(f"--out {settings.out_dir} is inside SOURCE {s}: the batch would read its own "
-                            "outputs; choose an output folder outside the sources")
     settings.out_dir = str(out)
     if settings.device != "auto":
         from ..inference.device import resolve_device

@@ -133,11 +133,14 @@ def cmd_analyze(args) -> int:
         raise UserError("--prior cannot be used with --deidentify (growth needs both studies' dates, which a "
                         "de-identified copy does not carry): compare the original analyses with "
                         "`imaging-assist nodule-growth`")
+    from ..outputs import refuse_inside
+
+    entry = Registry().get(args.model)
+    refuse_inside(args.out, [args.path])  # before a de-identified copy stands in for the input
     if getattr(args, "deidentify", False):  # issue 16: every output made from a de-identified copy
         from ..privacy.deid import deidentified_input
 
         args.path = deidentified_input(args.path, echo=lambda m: print(m, file=sys.stderr))
-    entry = Registry().get(args.model)
     card = entry.card
     from ..nodules.run import is_nodule_model
     from .analyze_nodules import cmd_analyze_nodules
@@ -175,7 +178,7 @@ def cmd_analyze(args) -> int:
     from ..inference.device import resolve_device
 
     resolve_device(args.device)  # an unavailable --device: one error now, not one per item
-    out_dir = out_folder(args.out)
+    out_dir = out_folder(args.out, sources=[path])
     model = load_model(card, "cpu")
     opts = RunOptions(device=args.device, precision=args.precision, explain=explain,
                       explain_labels=args.label)

@@ -56,7 +56,7 @@ def cmd_evaluate(args) -> int:
     from ..validation.evaluate import evaluate
     from ..validation.evaluate_report import write_json, write_pdf
 
-    out_dir = out_folder(args.out)
+    out_dir = out_folder(args.out, sources=[args.data])
     bar = tqdm(total=0, desc="evaluate", unit="image", file=sys.stderr,
                disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
