@@ -409,6 +409,8 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, ev):
         self.cancel_loading(quiet=True)
+        if self.slide_page is not None:  # a slide model run / tissue detection stops with the window
+            self.slide_page.close_slide()
         self.thumbs.stop()
         self.slice_bar.stop()
         super().closeEvent(ev)

@@ -291,6 +291,10 @@ class SlideRuns(QObject):
         p = self.panel
         if token != self.token:
             return
+        if p.job is not self.job:  # the panel already ended this run and said so (the slide changed:
+            self.job = None         # ModelPanel._on_volume emitted runFinished("cancelled"))
+            p._update_enabled()
+            return
         self.job = None
         p.job = None
         if status == "done" and self.page.slide is not None and self.page.slide.path == self._ctx["path"]:

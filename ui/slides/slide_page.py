@@ -345,12 +345,25 @@ class SlidePage(QWidget):
             self._empty_hint = None
 
     def _jump_to(self, kji):
+        """A marker was activated in the Overlays panel (``jumpTo`` carries only its position):
+        the marker of the panel's current item (the one double-clicked), placed by its own
+        layer's geometry, shown or not; else the first marker at that position, shown layers first."""
         if self.slide is None or (self.win is not None and self.win.pages.currentWidget() is not self):
             return
-        for layer in self.layers.markers():
+        from ..radiology.layers_panel import CHILD_ROLE
+
+        layers = [l for l in self.layers.layers if isinstance(l, MarkerLayer)]
+        item = self.win.layers_panel.tree.currentItem() if self.win is not None else None
+        cur = item.data(0, CHILD_ROLE) if item is not None else None
+        if isinstance(cur, Marker) and tuple(cur.position) == tuple(kji):
+            for layer in layers:
+                if any(m is cur for m in layer.markers):
+                    self.view.center_on_marker(cur, layer)
+                    return
+        for layer in sorted(layers, key=lambda l: not l.visible):
             for m in layer.markers:
                 if tuple(m.position) == tuple(kji):
-                    self.view.center_on_marker(m)
+                    self.view.center_on_marker(m, layer)
                     return
 
     def _win_state(self, ok: bool, msg: str = ""):
@@ -493,8 +506,11 @@ class SlidePage(QWidget):
         self.show_banner(f"Some parts of this slide cannot be read: {msg}", error=False)
 
     def close_slide(self) -> None:
-        """Stop all reading and close the file (leaving the page does this too)."""
+        """Stop all reading and close the file (leaving the page does this too, and closing the
+        window): a slide model run on it is cancelled (nothing added, nothing logged)."""
         self._gen += 1
+        if self.runs is not None and self.runs.job is not None:
+            self.runs.job.cancel()
         if self._open_job is not None:
             self._open_job.cancelled = True
             self._open_job = None

@@ -62,11 +62,14 @@ class SlideTools(QObject):
         return s.mpp if s is not None else None
 
     def set_slide(self, key: str | None) -> None:
-        """A slide was opened (``key`` from :func:`slide_key`): its saved annotations come back."""
+        """The open slide's identity arrived (``key`` from :func:`slide_key`): its saved
+        annotations come back.  The key comes after the first screen (it reads 8 MiB), so what
+        was drawn or imported meanwhile (:meth:`clear_slide` emptied the list when the previous
+        slide closed) is kept: joined to the saved ones and saved with them."""
+        pending, pending_notes = self.annotations, self.notes
         self.key = key
-        self.annotations, self.notes, self.selected = [], [], None
+        self.annotations, self.notes = [], []
         self._bboxes = {}
-        self._draft = []
         self.store_error = ""
         if key is not None:
             try:
@@ -74,6 +77,24 @@ class SlideTools(QObject):
             except UserError as e:  # a damaged file: say so, keep it, start empty
                 self.store_error = f"saved annotations not loaded: {e}"
                 self.key = None  # never overwrite the damaged file
+        for a in pending:  # counted points of a class join that class's one point annotation
+            same = next((b for b in self.annotations if a.kind == "points" and b.kind == "points"
+                         and b.name == a.name), None)
+            if same is not None:
+                same.points.extend(a.points)
+                if self.selected is a:
+                    self.selected = same
+            else:
+                self.annotations.append(a)
+        self.notes += [n for n in pending_notes if n not in self.notes]
+        if not any(a is self.selected for a in self.annotations):
+            self.selected = None
+        if pending and self.key is not None:
+            self._save()
+            n = len(pending)
+            if not self.store_error:  # (a failed save said so itself)
+                self.message.emit(f"{n} annotation{'s' if n != 1 else ''} made while the slide was opening "
+                                  "added to its saved annotations.")
         self.changed.emit()
         self.view.update()
 
@@ -173,6 +194,12 @@ class SlideTools(QObject):
             return False
         x, y = self.view.screen_to_slide(ev.position())
         t = self.tool
+        w0, h0 = self.view.dimensions
+        if kind in ("move", "release") and self._pressed:  # a ruler / rectangle ends on the slide
+            x, y = min(max(x, 0.0), float(w0)), min(max(y, 0.0), float(h0))
+        if kind == "press" and not (0 <= x < w0 and 0 <= y < h0):
+            self.message.emit("That click is outside the slide: nothing was added.")
+            return True
         if kind == "move":
             self._hover = (x, y)
             if self._draft:

@@ -28,7 +28,7 @@ from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, QSize, Qt, QTimer, Si
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
 from PySide6.QtWidgets import QWidget
 
-from imaging_assist.layers import HeatmapLayer, LabelLayer, LayerStack, Plane
+from imaging_assist.layers import HeatmapLayer, LabelLayer, LayerStack, MarkerLayer, Plane
 
 from .slide_layers import (layer_geometry, marker_positions, render_layer_tile, smooth_factor,
                            smooth_heat_values)
@@ -386,10 +386,20 @@ class SlideView(QWidget):
         cols, rows = tile_grid((lw, lh))
         rx, ry = self.world_origin()
         c0 = int(math.floor(rx / (TILE * kx))) - margin
-        c1 = int(math.floor((rx + self.width() - 1) / (TILE * kx))) + margin
+        c1 = self._last_tile(cols, kx, rx + self.width() - 1) + margin
         r0 = int(math.floor(ry / (TILE * ky))) - margin
-        r1 = int(math.floor((ry + self.height() - 1) / (TILE * ky))) + margin
+        r1 = self._last_tile(rows, ky, ry + self.height() - 1) + margin
         return max(0, c0), min(cols - 1, c1), max(0, r0), min(rows - 1, r1)
+
+    @staticmethod
+    def _last_tile(n_tiles: int, k: float, x: int) -> int:
+        """The tile holding world pixel ``x`` on one axis, by the drawn (rounded) edges of
+        :meth:`_edges`: tile i starts at round(i*TILE*k), which may be at or before x even
+        where i*TILE*k is past it."""
+        i = int(math.floor(x / (TILE * k)))
+        while i + 1 < n_tiles and int(round((i + 1) * TILE * k)) <= x:
+            i += 1
+        return i
 
     def _edges(self, n_tiles: int, size: int, k: float, a: int, b: int) -> list[int]:
         """World-pixel edges of tiles a..b (inclusive) on one axis: round(i*TILE*k), last = round(size*k)."""
@@ -955,12 +965,17 @@ class SlideView(QWidget):
         self.show_overlays = bool(on)
         self.update()
 
-    def center_on_marker(self, marker) -> None:
-        for layer in self.layers.markers():
-            for m, x0, y0, cw, ch in marker_positions(layer, self.dimensions):
-                if m is marker:
-                    self.center_on(x0, y0)
-                    return
+    def center_on_marker(self, marker, layer=None) -> None:
+        """Centre on ``marker`` placed by its layer's geometry (``layer``: the marker layer that
+        holds it; default: the one of the stack that does), whether the layer is shown or not."""
+        if layer is None:
+            layer = next((l for l in self.layers.layers if isinstance(l, MarkerLayer)
+                          and any(m is marker for m in l.markers)), None)
+            if layer is None:
+                return
+        dx, dy, ox, oy = layer_geometry(layer, self.dimensions)
+        _, j, i = marker.position
+        self.center_on(ox + (i + 0.5) * dx, oy + (j + 0.5) * dy)
 
     # ================================================================== interaction
     def mousePressEvent(self, ev):
