@@ -309,7 +309,7 @@ def test_mutated_real_files_give_results_or_one_line_errors(tmp_path, capsys):
         d = tmp_path / name
         d.mkdir()
         (d / "x.dcm").write_bytes(data)
-        for argv in (["info", d / "x.dcm"], ["analyze", d, "--model", "cxr-pneumonia", "--out", d / "o"]):
+        for argv in (["info", d / "x.dcm"], ["analyze", d, "--model", "cxr-pneumonia", "--out", tmp_path / f"{name}_out"]):
             r = run(*argv)
             assert r.returncode in (0, 1, 2), (name, argv[0], r.returncode)
             assert "internal error" not in r.stderr and "Traceback" not in r.stderr, (name, r.stderr)

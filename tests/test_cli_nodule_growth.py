@@ -251,7 +251,7 @@ def test_fuzzed_prior_results_are_a_growth_or_one_line(analyses, tmp_path, capsy
             json.loads(o.out)
         try:
             _, prior = _prior_nodules(str(f))
-            for pn, pit in prior.values():
+            for pn, pit in (e for entries in prior.values() for e in entries):
                 json.dumps(compare(pn, pit, cur["nodules"][0], cur), allow_nan=False)
             outcomes["growth"] += 1
         except (UserError, ValueError) as e:

@@ -79,7 +79,7 @@ def test_analyze_prior_of_another_patient_or_an_older_results_json_is_a_warning_
                       "names no patient (written by an older version): analyse it again")):
         d = json.loads(json.dumps(cur))
         run = SimpleNamespace(nodules=[SimpleNamespace(growth=None)])
-        warnings = add_growth(d, run, "prior.json", {"N1": (_n(100.0), pit)})
+        warnings = add_growth(d, run, "prior.json", {"N1": [(_n(100.0), pit)]})
         assert "growth" not in d["nodules"][0] and run.nodules[0].growth is None
         assert len(warnings) == 1 and "nodule N1: not compared with the prior (" in warnings[0] and why in warnings[0]
 

@@ -5,6 +5,10 @@ DICOMDIR or file at once (a whole-slide image - SVS, tiled TIFF, DICOM WSI... - 
 slide view).  With ``screenshot=OUT.png`` the window loads, renders, saves a
 PNG of the whole main window and exits (used by tests and the demo).
 
+With no display (Linux: DISPLAY and WAYLAND_DISPLAY unset, no QT_QPA_PLATFORM) a window cannot open:
+one ``error:`` line, exit 2 (Qt would abort the process); ``--screenshot`` renders offscreen there.
+Ctrl-C quits the event loop: "interrupted", exit 130, after the worker threads ended.
+
 Environment hooks (for benchmarks): ``IMAGING_ASSIST_EXIT_AFTER_FIRST_IMAGE=1`` prints
 ``first_image_at <unix time>`` when the first slice has been painted and quits.
 """
@@ -66,6 +70,29 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
+def _no_display() -> bool:
+    """True where a window cannot open: a Linux/BSD machine (ssh session, server) with neither
+    DISPLAY nor WAYLAND_DISPLAY, and no QT_QPA_PLATFORM naming another platform.  The test is
+    :func:`imaging_assist.demo.has_display`'s, written out here: that module imports numpy, which
+    the viewer's start-up leaves to the preload thread."""
+    if sys.platform in ("win32", "darwin") or os.environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the --screenshot target cannot be written, checked before the series loads."""
+    full = os.path.abspath(path)
+    folder = os.path.dirname(full)
+    if os.path.isdir(full):
+        return f"cannot write the screenshot {path}: it is a folder"
+    if not os.path.isdir(folder):
+        return f"cannot write the screenshot {path}: no such folder {folder}"
+    if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
+        return f"cannot write the screenshot {path}: permission denied"
+    return None
+
+
 def _settings() -> QSettings:
     path = os.environ.get("IMAGING_ASSIST_SETTINGS")
     if path:
@@ -78,7 +105,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     """Open the main window (optionally a study).  Returns the process exit code.
 
     screenshot: save the whole window to this PNG once the series is loaded, then exit
-    (exit code 0 on success, 1 when nothing could be shown, 2 on timeout).
+    (exit code 0 on success, 1 when nothing could be shown, 2 on timeout); 130 after Ctrl-C.
     series: a SeriesInstanceUID (or series key, or a file of the series) to show.
     layout: 'single' or 'mpr'.
     slab: an ``imaging_assist.slab.Slab`` (MIP / MinIP / average) for every view.
@@ -86,19 +113,53 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     run_models: run every registered model that fits the shown series (the demo; ui/ai/demo_autorun.py).
     """
     if layout not in (None, "single", "mpr"):
-        print(f"imaging-assist: unknown layout {layout!r} (use 'single' or 'mpr')", file=sys.stderr)
+        print(f"error: unknown layout {layout!r} (use 'single' or 'mpr')", file=sys.stderr)
         return 2
     if screenshot and not path:
-        print("imaging-assist: --screenshot needs a PATH to open", file=sys.stderr)
+        print("error: --screenshot needs a PATH to open", file=sys.stderr)
         return 2
     if path and not os.path.exists(path):
-        print(f"imaging-assist: no such file or folder: {path}", file=sys.stderr)
+        print(f"error: no such file or folder: {path}", file=sys.stderr)
         return 2
+    why = _unwritable(screenshot) if screenshot else None
+    if why:  # before the series loads, not after it
+        print(f"error: {why}", file=sys.stderr)
+        return 2
+    if QApplication.instance() is None and _no_display():
+        if not screenshot:
+            print("error: no display (DISPLAY and WAYLAND_DISPLAY are not set): open the viewer in a "
+                  "desktop session, or save a picture with `view PATH --screenshot OUT.png`", file=sys.stderr)
+            return 2
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen
+    import signal
+    import threading
+
+    flag = {"interrupted": False}
+    old_sigint = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
+        # Ctrl-C: noted here, the event loop quits at its next timer tick (run_gui's _run), instead
+        # of a KeyboardInterrupt raised inside whatever Qt slot or paint event is running
+        old_sigint = signal.signal(signal.SIGINT, lambda signum, frame: flag.update(interrupted=True))
+    try:
+        return _run(path, screenshot, series, layout, run_models, slab, size, flag)
+    finally:
+        if old_sigint is not None:
+            signal.signal(signal.SIGINT, old_sigint)
+
+
+def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
     preload = preload_engine(background=True) if path else None
     app = make_app()
     from .main_window import MainWindow
     win = MainWindow(settings=_settings())
     result = {"code": 0}
+    # Python runs a signal handler only when the interpreter gets control: a timer brings the
+    # event loop back to Python now and then, and quits it (from the loop, not from inside
+    # whatever slot the handler ran in: quit() closes the window) once Ctrl-C came.
+    tick = QTimer()
+    tick.timeout.connect(lambda: flag["interrupted"] and app.quit())
+    tick.start(100)
 
     exit_first = os.environ.get("IMAGING_ASSIST_EXIT_AFTER_FIRST_IMAGE") == "1"
     if exit_first:
@@ -112,7 +173,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
         state = {"loaded": None, "thumbs": False, "saved": False}
 
         def save(code):
-            if state["saved"]:
+            if state["saved"] or flag["interrupted"]:
                 return
             state["saved"] = True
             app.processEvents()
@@ -120,10 +181,10 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
                 v.repaint()
             ok = win.save_screenshot(screenshot)
             if not ok:
-                print(f"imaging-assist: could not write {screenshot}", file=sys.stderr)
+                print(f"error: could not write {screenshot}", file=sys.stderr)
                 code = 1
             elif code == 1:
-                print(f"imaging-assist: {win.last_error or 'nothing to show'}; screenshot saved to {screenshot}",
+                print(f"error: {win.last_error or 'nothing to show'}; screenshot saved to {screenshot}",
                       file=sys.stderr)
             result["code"] = code
             app.quit()
@@ -146,28 +207,34 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
         win.thumbnailsDone.connect(on_thumbs)
 
         def timeout():
-            print(f"imaging-assist: timed out after {SCREENSHOT_TIMEOUT_S:.0f} s; saving what is shown",
+            print(f"error: timed out after {SCREENSHOT_TIMEOUT_S:.0f} s; saving what is shown",
                   file=sys.stderr)
             save(2)
         QTimer.singleShot(int(SCREENSHOT_TIMEOUT_S * 1000), timeout)
 
-    if screenshot:
-        win.show()
-    else:
-        win.showMaximized() if not exit_first else win.show()
-    if path:
-        if preload is not None:
-            preload.join()
-        win.open_path(path, series=series, layout=layout)
-    if slab is not None:
-        win.slab_controls.apply_all(slab, explicit=True)
-    if run_models:
-        from .ai.demo_autorun import AutoRun
-        win.autorun = AutoRun(win)
-        win.show_model_panel()
-    app.exec()
-    win.cancel_loading(quiet=True)
-    wait_for_workers()
+    try:
+        if screenshot:
+            win.show()
+        else:
+            win.showMaximized() if not exit_first else win.show()
+        if path:
+            if preload is not None:
+                preload.join()
+            win.open_path(path, series=series, layout=layout)
+        if slab is not None:
+            win.slab_controls.apply_all(slab, explicit=True)
+        if run_models:
+            from .ai.demo_autorun import AutoRun
+            win.autorun = AutoRun(win)
+            win.show_model_panel()
+        app.exec()  # after a Ctrl-C that came first, the timer quits it at once
+    finally:
+        tick.stop()
+        win.cancel_loading(quiet=True)
+        wait_for_workers()  # a worker still in a C extension at interpreter exit can crash it
+    if flag["interrupted"]:
+        print("interrupted", file=sys.stderr)
+        return 130
     return result["code"]
 
 
@@ -210,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         slab = Slab.parse(ns.slab) if ns.slab else None
     except ValueError as e:
-        print(f"imaging-assist: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
     return run_gui(rest[0] if rest else None, ns.screenshot, ns.series, ns.layout, slab=slab)
 

@@ -55,7 +55,10 @@ class Candidate:
             return [(r.path, r.member) for r in self.payload.instances]
         p = str(self.payload)
         if os.path.isdir(p):
-            return [(str(f), None) for f in sorted(Path(p).rglob("*"))
+            def unreadable(e: OSError):  # Path.rglob would hash the folder short, without a word
+                raise e  # content_hash: a failed row naming the folder
+            return [(str(f), None) for f in sorted(Path(r) / n for r, _, names in os.walk(p, onerror=unreadable)
+                                                   for n in names)
                     if f.is_file() and not f.name.startswith(".")]
         return [(p, None)]
 
@@ -107,9 +110,9 @@ def collect(sources: list[str], cards: list, override: bool = False
             ) -> tuple[list[Candidate], list[str], list[tuple[str, str]]]:
     """(candidates, notes, problems) for every SOURCE and model card.
 
-    ``problems``: (path, reason) for files the scanner could not read: each becomes one
-    failed row in the table (a corrupt file is a failed row with its reason, the batch
-    goes on).  ``notes``: what was skipped and why (no model fits it)."""
+    ``problems``: (path, reason) for files the scanner could not read and folders the walk
+    could not read: each becomes one failed row in the table (a corrupt file is a failed row
+    with its reason, the batch goes on).  ``notes``: what was skipped and why (no model fits it)."""
     from ..inference.inputs import collect_inputs
     from ..models.matching import SeriesFacts, match_card
 

@@ -62,15 +62,18 @@ def register(subparsers) -> None:
 
 
 # =========================================================================== analyze
-def _collect_inputs(path: Path, card, exclude=(), override: bool = False):
+def _collect_inputs(path: Path, card, exclude=(), override: bool = False, unreadable: list | None = None):
     """([(kind, payload, stem)], notes): kind "image" (payload Path) or "series" (SeriesInfo).
 
-    ``exclude``: slide files/folders analysed as slides (left out here)."""
+    ``exclude``: slide files/folders analysed as slides (left out here); ``unreadable`` gets the
+    folders that could not be read (the run then exits 1: it did not see everything)."""
+    unreadable = [] if unreadable is None else unreadable
     from ..inference.inputs import collect_inputs
     from ..models.matching import SeriesFacts, match_card
 
     found = collect_inputs(path, exclude)
     items: list[tuple[str, object, str]] = []
+    unreadable[:] = found.unreadable_folders
     notes = [f"{p}: {reason}" for p, reason in found.problems]
     if found.images:  # one plain 2D image each, no modality, no physical units: the same rules
         m = match_card(card, SeriesFacts(is_dicom=False, units="", loaded=False))
@@ -162,7 +165,8 @@ def cmd_analyze(args) -> int:
         spec = slide_spec(card)
         slides = find_slide_inputs(path, spec["tile_px"]) if spec else []
     override = bool(getattr(args, "research_override", False))
-    items, notes = _collect_inputs(path, card, exclude=slides, override=override)
+    unreadable: list[str] = []
+    items, notes = _collect_inputs(path, card, exclude=slides, override=override, unreadable=unreadable)
 
     def nothing_matches(why: list[str]) -> UserError:
         return UserError(f"nothing in {path} matches model {card.id} ({card.spatial_dims}D "
@@ -279,7 +283,8 @@ def cmd_analyze(args) -> int:
     summary = card.summary()
     summary["sha256"] = dict(model.hashes)
     summary["intended_use"] = card.intended_use
-    return finish_run(args, path, out_dir, results, summary, notes, captured, dicom_run, failed)
+    rc = finish_run(args, path, out_dir, results, summary, notes, captured, dicom_run, failed)
+    return rc or (1 if unreadable else 0)  # folders not read (named in the notes): not everything was seen
 
 
 def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: list,

@@ -13,6 +13,7 @@ DICOM MONOCHROME1.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -32,10 +33,22 @@ def is_plain_image(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def find_images(folder: str | Path) -> list[Path]:
+def find_images(folder: str | Path, unreadable: list | None = None) -> list[Path]:
+    """The plain images below ``folder`` (hidden files and folders left out), sorted.  Each
+    folder that cannot be read (permissions) is appended to ``unreadable`` as (folder, reason),
+    ``folder`` itself included: callers list them, never skip them in silence."""
     folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_plain_image(p)
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    found = []
+
+    def onerror(e: OSError) -> None:  # Path.rglob skips an unreadable folder without a word
+        if unreadable is not None:
+            unreadable.append((getattr(e, "filename", None) or str(folder), f"cannot read folder: {e.strerror or e}"))
+
+    for root, dirs, files in os.walk(folder, onerror=onerror):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [p for p in (Path(root) / f for f in files if not f.startswith("."))
+                  if is_plain_image(p) and p.is_file()]
+    return sorted(found)
 
 
 def _line(e: Exception) -> str:

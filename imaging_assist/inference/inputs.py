@@ -23,6 +23,15 @@ class FoundInputs:
     results: list = field(default_factory=list)  # SEG / Parametric Map / SR / PDF series: never input
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of unreadable files
 
+    @property
+    def unreadable_folders(self) -> list[str]:
+        """Folders the walk or the scan could not read (permissions): their files are not here."""
+        return [p for p, why in self.problems if str(why).startswith(UNREADABLE_FOLDER)]
+
+
+#: how a folder that cannot be read is named among the problems (the DICOM index says the same)
+UNREADABLE_FOLDER = "cannot read folder"
+
 
 def collect_inputs(path, exclude=()) -> FoundInputs:
     """The model inputs under ``path``; ``exclude``: files/folders handled elsewhere (slides)."""
@@ -37,16 +46,17 @@ def collect_inputs(path, exclude=()) -> FoundInputs:
         a = os.path.abspath(p)
         return a not in ex and os.path.dirname(a) not in ex
 
+    unreadable: list[tuple[str, str]] = []  # folders the walk cannot read: listed, never skipped silently
     if path.is_file():
         images = [path] if is_plain_image(path) and keep(path) else []
         others = [] if images or not keep(path) else [path]
         root = path.parent
     else:
-        images = [p for p in find_images(path) if keep(p)]
+        images = [p for p in find_images(path, unreadable) if keep(p)]
         others = [p for p in path.rglob("*") if p.is_file() and not is_plain_image(p)
                   and p.suffix.lower() not in NOT_IMAGES and not p.name.startswith(".") and keep(p)]
         root = path
-    found = FoundInputs()
+    found = FoundInputs(problems=list(unreadable))
     for p in images:
         rel = p.relative_to(root) if p != root else Path(p.name)
         found.images.append((p, str(rel.with_suffix("")).replace(os.sep, "_")))
@@ -54,8 +64,10 @@ def collect_inputs(path, exclude=()) -> FoundInputs:
         from ..dicom import scan
 
         index = scan(str(path))
-        found.problems = [(str(pr.path), str(pr.reason)) for pr in index.problems
-                          if not is_plain_image(pr.path) and Path(pr.path).suffix.lower() not in NOT_IMAGES]
+        seen = {os.path.normpath(p) for p, _ in found.problems}  # the walk named it already
+        found.problems += [(str(pr.path), str(pr.reason)) for pr in index.problems
+                           if not is_plain_image(pr.path) and Path(pr.path).suffix.lower() not in NOT_IMAGES
+                           and os.path.normpath(str(pr.path)) not in seen]
         for n, s in enumerate(index.all_series()):
             if getattr(s, "result_kind", None):
                 found.results.append(s)

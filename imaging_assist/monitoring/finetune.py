@@ -412,6 +412,8 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
 
     T = training_module()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder: give a new folder for the candidate")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: give a new folder for the candidate")
     entry = Registry().get(model_id)

@@ -682,11 +682,22 @@ def _check_folders(src: Path, out: Path) -> None:
                         f"(files of an earlier export are never overwritten)")
 
 
-def _inputs(src: Path) -> list[tuple[Path, Path]]:
+def _inputs(src: Path, unreadable: list | None = None) -> list[tuple[Path, Path]]:
+    """(file, path inside ``src``) for every file below ``src``.  A folder that cannot be read
+    is appended to ``unreadable`` as (folder, path inside ``src``, reason): listed as left out,
+    never skipped in silence; ``src`` itself unreadable is a ``UserError``."""
     if src.is_file():
         return [(src, Path(src.name))]
     out = []
-    for root, dirs, files in os.walk(src):
+
+    def onerror(e: OSError) -> None:
+        folder = Path(getattr(e, "filename", None) or src)
+        if folder == src:
+            raise UserError(f"cannot read folder {src}: {e.strerror or e}")
+        if unreadable is not None:
+            unreadable.append((folder, folder.relative_to(src), f"cannot read folder: {e.strerror or e}"))
+
+    for root, dirs, files in os.walk(src, onerror=onerror):
         dirs.sort()
         for d in dirs:
             if (Path(root) / d).is_symlink():  # os.walk does not enter it: listed, not silent
@@ -713,7 +724,8 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
     t0 = time.perf_counter()
     summary = Summary(str(src), str(out), opts.names(), fingerprint(key), names_kept=keep_names)
     namer = Keyed(key)
-    jobs = [(p, rel, output_path(rel, namer, keep_names)) for p, rel in _inputs(src)]
+    unreadable: list[tuple[Path, Path, str]] = []
+    jobs = [(p, rel, output_path(rel, namer, keep_names)) for p, rel in _inputs(src, unreadable)]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -739,6 +751,10 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
                 progress(i + 1, len(jobs))
     order = {str(p): i for i, (p, _, _) in enumerate(jobs)}
     results.sort(key=lambda r: order.get(r.source, 0))
+    for p, rel, why in unreadable:  # a folder left out: named by its pseudonym (no ".dcm")
+        orel = output_path(rel, namer, keep_names)
+        orel = orel if keep_names else orel.with_name(orel.name.removesuffix(".dcm"))
+        results.append(FileResult(str(p), relative=str(rel), output_relative=str(orel), reason=why))
     for r in results:
         (summary.written if r.output else summary.left_out).append(r)
     summary.seconds = time.perf_counter() - t0

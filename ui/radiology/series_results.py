@@ -44,16 +44,16 @@ def series_key(doc) -> str | None:
     if not uid:
         return None
     key = f"{uid}|{doc.stack_label or ''}"
-    vol.shown_series_key = key  # the volume is the document's own: what it was shown as
+    vol.shown_series_key = (id(vol), key)  # what it was shown as (a copy of it is not this volume)
     return key
 
 
 def volume_key(vol) -> str | None:
     """The key of the series ``vol`` is shown as (:func:`series_key`); for a volume no document
     showed, its SeriesInstanceUID (or first file), as a series outside an index is keyed."""
-    key = getattr(vol, "shown_series_key", None)
-    if key:
-        return key
+    shown = getattr(vol, "shown_series_key", None)
+    if shown and shown[0] == id(vol):
+        return shown[1]
     paths = getattr(vol, "source_paths", None)
     uid = getattr(vol, "series_uid", "") or (paths[0] if paths else "")
     return f"{uid}|" if uid else None
