@@ -6,7 +6,6 @@ only where the file-level path matters."""
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 import shutil

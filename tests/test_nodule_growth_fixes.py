@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from conftest import SHARED, dated_copy, need
+from conftest import SHARED, dated_copy
 from test_nodule_workflow import _cli
 
 SLAB = SHARED / "ct" / "lidc_idri_0001_slab"
@@ -281,19 +281,7 @@ def test_lung_rads_diameter_growth_is_said_when_the_volume_verdict_is_not_grew()
 
 
 # ------------------------------------------------------------------ 6. the viewer: the prior deleted or analysed again
-@pytest.fixture(scope="module")
-def win(tmp_path_factory):
-    from _qt import open_window
-
-    root = tmp_path_factory.mktemp("two_studies_fixes")
-    (root / "current").mkdir()
-    for f in sorted(need(SLAB).glob("*.dcm")):
-        (root / "current" / f.name).symlink_to(f)
-    series = dated_copy(SLAB, root / "prior", "19990701")
-    w = open_window(tmp_path_factory, str(root), size=(1600, 1000))
-    w.prior_uid = series
-    yield w
-    w.close()
+from test_ui_nodule_growth import win  # noqa: E402,F401 - the current slab and a dated copy as its prior
 
 
 def test_viewer_deleting_or_reanalysing_the_prior_updates_the_linked_growth(win):

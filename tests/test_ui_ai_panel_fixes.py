@@ -28,24 +28,14 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from _qt import open_window, wait_until  # noqa: E402
 from conftest import ROOT  # noqa: E402
-from test_ui_model_panel import DEMO, build_models, run_and_wait  # noqa: E402
+from test_ui_model_panel import DEMO, run_and_wait  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
 CXR = ROOT / "imaging_assist" / "data" / "demo" / "chest_xray"
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    root = tmp_path_factory.mktemp("models")
-    mp.setenv("IMAGING_ASSIST_CONFIG_DIR", str(root / "cfg"))  # never the real user config
-    lib = build_models(root)
-    from imaging_assist.models.registry import Registry
-
-    Registry().add_folder(lib)
-    yield lib
-    mp.undo()
+from test_ui_model_panel import models  # noqa: E402,F401 - the test models, added as a user would
 
 
 @pytest.fixture(scope="module")

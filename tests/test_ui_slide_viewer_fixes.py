@@ -54,14 +54,7 @@ def win(qapp, data_dir, tmp_path_factory):
     w.close()
 
 
-def _panel_ready(win):
-    panel = win.model_panel
-    win.model_dock.show()
-    win.model_dock.raise_()
-    if not panel._catalog_loaded:
-        panel.refresh()
-    assert wait(lambda: panel._catalog_loaded, 60), panel.series_label.text()
-    return panel
+from test_ui_slide_tools import _panel_ready  # noqa: E402 - the model panel shown, its catalogue read
 
 
 def _slow_model(monkeypatch):
