@@ -47,12 +47,15 @@ class PacsWindow(QDialog):
         self.transfer: Job | None = None
         self.settings = None
         self.last_result = None
+        self._list_no = 0        # which study list is shown: answers for an older one are dropped
+        self._list_node = None   # the node the shown list (or the running search) belongs to
 
         outer = QVBoxLayout(self)
         top = QHBoxLayout()
         top.addWidget(QLabel("Node"))
         self.node_box = QComboBox()
         self.node_box.setMinimumWidth(320)
+        self.node_box.currentIndexChanged.connect(self._node_changed)
         top.addWidget(self.node_box)
         self.b_settings = QPushButton("Settings…")
         self.b_settings.clicked.connect(self.open_settings)
@@ -125,7 +128,7 @@ class PacsWindow(QDialog):
         self.progress_tree.setColumnWidth(0, 360)
         self.progress_tree.setColumnWidth(1, 280)
         outer.addWidget(self.progress_tree, 1)
-        self.bars: dict[str, tuple[QTreeWidgetItem, QProgressBar]] = {}
+        self.bars: dict[tuple[str, str], tuple[QTreeWidgetItem, QProgressBar]] = {}  # (study, series)
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
@@ -140,20 +143,26 @@ class PacsWindow(QDialog):
 
     def reload_nodes(self) -> None:
         current = self.node_box.currentData()
+        self.node_box.blockSignals(True)  # one _node_changed at the end: the same node keeps its list
         self.node_box.clear()
         try:
             self.settings = load_settings()
         except PacsError as e:
             self.settings = None
-            self.say(reason_of(e), error=True)
-            return
-        for name, n in sorted(self.settings.nodes.items()):
-            self.node_box.addItem(n.label(), name)
-        if current:
-            i = self.node_box.findData(current)
-            if i >= 0:
-                self.node_box.setCurrentIndex(i)
-        if not self.settings.nodes:
+            error = reason_of(e)
+        else:
+            error = None
+            for name, n in sorted(self.settings.nodes.items()):
+                self.node_box.addItem(n.label(), name)
+            if current:
+                i = self.node_box.findData(current)
+                if i >= 0:
+                    self.node_box.setCurrentIndex(i)
+        self.node_box.blockSignals(False)
+        self._node_changed()
+        if error:
+            self.say(error, error=True)
+        elif not self.settings.nodes:
             self.say("No PACS node configured yet: Settings… adds one.")
 
     def node(self):
@@ -214,15 +223,33 @@ class PacsWindow(QDialog):
 
     def search(self) -> None:
         from imaging_assist.pacs import api
+        if not self.b_search.isEnabled():  # a search runs (Enter in a filter field): one at a time
+            return
         try:
             node, s, q = self.node(), self.settings, self.query()
         except PacsError as e:
             self.say(reason_of(e), error=True)
             return
-        self._run(lambda j: api.find(node, q, s), self._show_studies,
+        no = self._list_no
+        self._run(lambda j: api.find(node, q, s), lambda rows: self._show_studies(rows, no),
                   f"searching {node.label()}…", self.b_search)
 
-    def _show_studies(self, rows: list[dict]) -> None:
+    def _node_changed(self, *_) -> None:
+        """The study list belongs to the node chosen in the Node box: choosing another clears
+        it, and what the old node still answers (a search, a series listing) is dropped."""
+        name = self.node_box.currentData()
+        if name == self._list_node:
+            return
+        self._list_node = name
+        self._list_no += 1
+        if self.tree.topLevelItemCount() or not self.b_search.isEnabled():
+            self.tree.clear()
+            self.say("")
+
+    def _show_studies(self, rows: list[dict], no: int) -> None:
+        if no != self._list_no:  # the node was changed while it searched
+            return
+        self._list_no += 1
         self.tree.clear()
         for r in rows:
             it = QTreeWidgetItem([_person(r["patient_name"]), r["patient_id"], _date(r["study_date"]),
@@ -252,8 +279,11 @@ class PacsWindow(QDialog):
         except PacsError as e:
             self.say(reason_of(e), error=True)
             return
+        no = self._list_no
 
         def show(rows):
+            if no != self._list_no or item.childCount():  # the list was replaced, or listed twice
+                return
             rows.sort(key=lambda r: (r["series_number"] is None, r["series_number"] or 0))
             for r in rows:
                 desc = r["series_description"] or "(no description)"
@@ -300,7 +330,6 @@ class PacsWindow(QDialog):
         self.progress_tree.clear()
         self.bars.clear()
         names = self._series_names()
-        holder: dict = {}  # the running transfer's sink (per-series counts for the bars)
 
         def work(job: Job):
             results = []
@@ -308,20 +337,27 @@ class PacsWindow(QDialog):
                 if job.cancel.is_set():
                     break
                 announced = []
+                holder: dict = {}  # this study's sink: its per-series counts go with each message
 
-                def on_instance(path, series_uid, study=study):
+                def on_instance(path, series_uid, study=study, announced=announced):
                     if not announced:  # the first image: the browser can show it now
                         announced.append(path)
                         job.progress.emit(("first", os.path.join(out, study), ""))
 
-                def on_plan(sink):
+                def on_plan(sink, study=study, holder=holder):
                     holder["sink"] = sink
-                    job.progress.emit(("plan", dict(sink.series_total), dict(sink._series_done)))
+                    job.progress.emit(("plan", study, dict(sink.series_total),
+                                       dict(sink._series_done)))
+
+                def on_step(d, t, uid, study=study, holder=holder):
+                    sink = holder.get("sink")
+                    if sink is not None and uid:  # counted now, not when the GUI reads the message
+                        job.progress.emit(("step", study, uid, *sink.series_progress(uid)))
 
                 try:
                     res = api.get(node, study, out, series_uids=series, settings=s,
-                                  progress=lambda d, t, uid: job.progress.emit(("step", uid, d)),
-                                  on_instance=on_instance, cancel=job.cancel, on_plan=on_plan)
+                                  progress=on_step, on_instance=on_instance, cancel=job.cancel,
+                                  on_plan=on_plan)
                 except PacsError as e:
                     results.append((study, e))
                     continue
@@ -329,7 +365,6 @@ class PacsWindow(QDialog):
             return results
 
         self.transfer = self._run(work, self._retrieved, f"retrieving from {node.label()}…")
-        self._holder = holder
         self._names = names
         self.transfer.progress.connect(self._on_progress)
         self.b_retrieve.setEnabled(False)
@@ -347,30 +382,26 @@ class PacsWindow(QDialog):
     def _on_progress(self, msg) -> None:
         kind = msg[0]
         if kind == "plan":
-            totals, done = msg[1], msg[2]
+            study, totals, done = msg[1], msg[2], msg[3]
             for uid, total in totals.items():
-                self._bar(uid, total).setValue(done.get(uid, 0))
+                self._bar(study, uid, total).setValue(done.get(uid, 0))
         elif kind == "step":
-            sink = self._holder.get("sink")
-            uid = msg[1]
-            if sink is not None and uid:
-                d, t = sink.series_progress(uid)
-                bar = self._bar(uid, t)
-                bar.setValue(d)
-                item = self.bars[uid][0]
-                item.setText(2, "done" if d >= t else "receiving")
+            study, uid, d, t = msg[1:]
+            self._bar(study, uid, t).setValue(d)
+            self.bars[(study, uid)][0].setText(2, "done" if d >= t else "receiving")
         elif kind == "first":
             self.studyArrived.emit(msg[1], False)
 
-    def _bar(self, uid: str, total: int) -> QProgressBar:
-        if uid not in self.bars:
+    def _bar(self, study: str, uid: str, total: int) -> QProgressBar:
+        """The progress row of one series of one study (``self.bars[(study, uid)]``)."""
+        if (study, uid) not in self.bars:
             it = QTreeWidgetItem([self._names.get(uid, uid), "", "waiting"])
             self.progress_tree.addTopLevelItem(it)
             bar = QProgressBar()
             bar.setFormat("%v / %m")
             self.progress_tree.setItemWidget(it, 1, bar)
-            self.bars[uid] = (it, bar)
-        bar = self.bars[uid][1]
+            self.bars[(study, uid)] = (it, bar)
+        bar = self.bars[(study, uid)][1]
         bar.setMaximum(max(total, 1))
         return bar
 
@@ -386,16 +417,18 @@ class PacsWindow(QDialog):
         self._selection_changed()
         lines, error = [], False
         for study, res in results:
-            if isinstance(res, Exception):
+            failed = isinstance(res, Exception)
+            state = ("failed" if failed else "cancelled" if res.cancelled else
+                     "failed" if res.failures else "done")
+            for (row_study, _uid), (item, _bar) in self.bars.items():  # this study's rows only
+                if row_study == study and item.text(2) != "done":
+                    item.setText(2, state)
+            if failed:
                 lines.append(reason_of(res))
                 error = True
                 continue
             self.last_result = res
             how = {"get": "C-GET", "move": "C-MOVE", "wado": "WADO-RS"}[res.method]
-            state = "cancelled" if res.cancelled else "done"
-            for uid, (item, bar) in self.bars.items():
-                if item.text(2) != "done":
-                    item.setText(2, state if res.cancelled else ("failed" if res.failures else "done"))
             text = (f"{res.written} instances by {how}, {res.skipped} already here, "
                     f"{len(res.failures)} failed" + (" — cancelled" if res.cancelled else ""))
             if res.failures:
@@ -427,8 +460,11 @@ class PacsWindow(QDialog):
 
 
 def _person(pn: str) -> str:
-    """DICOM PN ``Family^Given^Middle^Prefix^Suffix`` as "Family, Given Middle" (as OHIF)."""
-    parts = [p.strip() for p in (pn or "").split("=")[0].split("^")]
+    """DICOM PN ``Family^Given^Middle^Prefix^Suffix`` as "Family, Given Middle" (as OHIF), from
+    the first component group written (alphabetic, else ideographic, else phonetic)."""
+    groups = (pn or "").split("=")
+    group = next((g for g in groups if g.replace("^", "").strip()), "")
+    parts = [p.strip() for p in group.split("^")]
     family, rest = parts[0], " ".join(p for p in parts[1:] if p)
     return f"{family}, {rest}" if family and rest else (family or rest)
 

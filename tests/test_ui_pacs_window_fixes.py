@@ -1,0 +1,139 @@
+"""The Query/Retrieve window against the real Orthanc (pytest-qt, offscreen): progress rows of a
+retrieve of several studies, answers that arrive after the list changed, the study list tied to
+its node, and person names written only in ideographic characters."""
+
+import threading
+import time
+
+import pytest
+
+from _orthanc import orthanc, pacs_home  # noqa: F401 - fixtures
+from _qt import pump_until
+
+pytestmark = pytest.mark.gui
+
+CT_STUDY = "1.3.46.670589.33.1.27492712521914879309.27169771283235650014"
+MR_STUDY = "1.2.840.114350.2.408.2.798268.2.129495550.1"
+
+
+@pytest.fixture
+def window(qtbot, pacs_home, tmp_path):
+    from imaging_assist_ui.app import make_app
+    from imaging_assist_ui.pacs.window import PacsWindow
+    make_app()
+    w = PacsWindow(out_dir=str(tmp_path / "retrieved"))
+    qtbot.addWidget(w)
+    w.show()
+    w.node_box.setCurrentIndex(w.node_box.findData("orthanc"))
+    yield w
+    if w.transfer is not None:
+        w.transfer.cancel.set()
+        pump_until(lambda: w.transfer is None, 30)
+    pump_until(lambda: not any(j.running() for j in w._jobs), 30)
+
+
+def _search(w):
+    w.b_search.click()
+    assert pump_until(lambda: w.b_search.isEnabled() and "stud" in w.status.text(), 30), \
+        w.status.text()
+
+
+def _rows(w):
+    return {w.tree.topLevelItem(i).data(0, 256): w.tree.topLevelItem(i)
+            for i in range(w.tree.topLevelItemCount())}
+
+
+def test_cancelled_study_rows_are_not_marked_done_by_another_study(window, tmp_path):
+    """MR (4) then CT (140), cancelled during the CT: the CT row says cancelled with what came."""
+    w = window
+    _search(w)
+    rows = _rows(w)
+    rows[MR_STUDY].setSelected(True)
+    rows[CT_STUDY].setSelected(True)
+    assert [s for s, _ in w.selection()] == [MR_STUDY, CT_STUDY]
+    w.b_retrieve.click()
+    ct = tmp_path / "retrieved" / CT_STUDY
+    assert pump_until(lambda: len(list(ct.rglob("*.dcm"))) >= 5, 60), w.status.text()
+    w.b_cancel.click()
+    assert pump_until(lambda: w.transfer is None, 30)
+    on_disk = len(list(ct.rglob("*.dcm")))
+    assert 5 <= on_disk < 140
+    states = sorted((bar.maximum(), bar.value(), item.text(2)) for item, bar in w.bars.values())
+    assert states == [(4, 4, "done"), (140, on_disk, "cancelled")], (states, w.status.text())
+
+
+def test_series_listing_answering_after_a_new_search_is_dropped(window, qtbot, monkeypatch):
+    from imaging_assist.pacs import api
+    real_find, answered = api.find, threading.Event()
+
+    def slow_find(node, q, s=None, *a, **kw):
+        if q.level != "series":
+            return real_find(node, q, s, *a, **kw)
+        time.sleep(1.5)  # a PACS under load: the series answer comes after the new list
+        try:
+            return real_find(node, q, s, *a, **kw)
+        finally:
+            answered.set()
+
+    monkeypatch.setattr(api, "find", slow_find)
+    w = window
+    _search(w)
+    n = w.tree.topLevelItemCount()
+    with qtbot.captureExceptions() as errors:
+        w.tree.topLevelItem(0).setExpanded(True)
+        _search(w)  # the same filters again: the expanded row is replaced
+        assert pump_until(answered.is_set, 30)
+        pump_until(lambda: not any(j.running() for j in w._jobs), 10)
+        pump_until(lambda: False, 0.5)  # the queued answer is handled
+    assert not errors, errors
+    assert w.tree.topLevelItemCount() == n
+    assert all(w.tree.topLevelItem(i).childCount() == 0 for i in range(n))
+    assert "stud" in w.status.text() and "error" not in w.status.styleSheet()
+
+
+def test_study_list_belongs_to_the_node_it_came_from(window, monkeypatch):
+    from imaging_assist.pacs import api
+    real_find, calls = api.find, []
+
+    def slow_find(node, q, s=None, *a, **kw):
+        calls.append(node.name)
+        if node.name == "orthanc" and q.level == "study":
+            time.sleep(1.5)
+        return real_find(node, q, s, *a, **kw)
+
+    monkeypatch.setattr(api, "find", slow_find)
+    w = window
+    _search(w)
+    assert w.tree.topLevelItemCount() == 3
+    w.reload_nodes()  # the same node again (Settings… closed): the list stays
+    assert w.tree.topLevelItemCount() == 3
+    # another node chosen: the list of the first is gone (nothing to expand or retrieve there)
+    w.node_box.setCurrentIndex(w.node_box.findData("orthanc-web"))
+    assert w.tree.topLevelItemCount() == 0 and not w.b_retrieve.isEnabled()
+    w.node_box.setCurrentIndex(w.node_box.findData("orthanc"))
+    # a slow search of "orthanc"; the node changed and Enter pressed while it runs
+    calls.clear()
+    w.b_search.click()
+    w.node_box.setCurrentIndex(w.node_box.findData("orthanc-web"))
+    w.f_id.returnPressed.emit()  # a search runs: no second one
+    assert pump_until(lambda: w.b_search.isEnabled(), 30)
+    pump_until(lambda: False, 0.3)
+    assert calls == ["orthanc"]
+    assert w.tree.topLevelItemCount() == 0  # the answer of "orthanc" is not shown under "orthanc-web"
+    # a search of the chosen node fills the list, and expanding asks that node
+    _search(w)
+    assert w.tree.topLevelItemCount() == 3 and calls[-1] == "orthanc-web"
+    st = _rows(w)[MR_STUDY]
+    st.setExpanded(True)
+    assert pump_until(lambda: st.childCount() == 1, 30), w.status.text()
+    assert calls[-1] == "orthanc-web"
+
+
+def test_person_name_in_ideographic_or_phonetic_characters_only():
+    from imaging_assist_ui.pacs.window import _person
+    assert _person("Yamada^Tarou=山田^太郎=やまだ^たろう") == "Yamada, Tarou"
+    assert _person("=山田^太郎=やまだ^たろう") == "山田, 太郎"
+    assert _person("==やまだ^たろう") == "やまだ, たろう"
+    assert _person("^=김^희중") == "김, 희중"
+    assert _person("DOE^JOHN") == "DOE, JOHN"
+    assert _person("") == "" and _person("==") == ""
