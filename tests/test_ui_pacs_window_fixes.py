@@ -137,3 +137,22 @@ def test_person_name_in_ideographic_or_phonetic_characters_only():
     assert _person("^=김^희중") == "김, 희중"
     assert _person("DOE^JOHN") == "DOE, JOHN"
     assert _person("") == "" and _person("==") == ""
+
+
+def test_a_retrieve_worker_error_ends_the_transfer(window, monkeypatch):
+    """The retrieve worker stopping on an error that is no study's (not a PacsError): the error
+    is one line, the rows are failed and Retrieve can be pressed again (it stayed blocked)."""
+    from imaging_assist.pacs import api
+
+    def broken(*a, **kw):
+        raise RuntimeError("disk went away")
+
+    w = window
+    _search(w)
+    _rows(w)[MR_STUDY].setSelected(True)
+    monkeypatch.setattr(api, "get", broken)
+    w.b_retrieve.click()
+    assert pump_until(lambda: w.transfer is None, 30), w.status.text()
+    assert "disk went away" in w.status.text()
+    assert w.b_retrieve.isEnabled() and not w.b_cancel.isEnabled()
+    assert all(item.text(2) == "failed" for item, _bar in w.bars.values())

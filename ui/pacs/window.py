@@ -367,6 +367,7 @@ class PacsWindow(QDialog):
         self.transfer = self._run(work, self._retrieved, f"retrieving from {node.label()}…")
         self._names = names
         self.transfer.progress.connect(self._on_progress)
+        self.transfer.failed.connect(self._transfer_failed)  # (the error line itself: _run's)
         self.b_retrieve.setEnabled(False)
         self.b_cancel.setEnabled(True)
 
@@ -410,6 +411,16 @@ class PacsWindow(QDialog):
             self.transfer.cancel.set()
             self.b_cancel.setEnabled(False)
             self.say("cancelling… (files already complete are kept; retrieving again resumes)")
+
+    def _transfer_failed(self, _msg) -> None:
+        """The retrieve worker stopped on an error that is not one study's (said by _run): its rows
+        that did not end are failed, and Retrieve can be pressed again."""
+        self.transfer = None
+        self.b_cancel.setEnabled(False)
+        for item, _bar in self.bars.values():
+            if item.text(2) != "done":
+                item.setText(2, "failed")
+        self._selection_changed()
 
     def _retrieved(self, results) -> None:
         self.transfer = None
