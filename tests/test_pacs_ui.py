@@ -30,6 +30,7 @@ def window(qtbot, pacs_home, tmp_path):
     if w.transfer is not None:
         w.transfer.cancel.set()
         pump_until(lambda: w.transfer is None, 30)
+    pump_until(lambda: not any(j.running() for j in w._jobs), 30)  # no worker outlives its window
 
 
 def _search(w, **fields):

@@ -9,27 +9,9 @@ import pytest
 
 from _orthanc import orthanc, pacs_home  # noqa: F401 - fixtures
 from _qt import pump_until
+from test_pacs_ui import CT_STUDY, MR_STUDY, window  # noqa: F401 - the window on the test Orthanc node
 
 pytestmark = pytest.mark.gui
-
-CT_STUDY = "1.3.46.670589.33.1.27492712521914879309.27169771283235650014"
-MR_STUDY = "1.2.840.114350.2.408.2.798268.2.129495550.1"
-
-
-@pytest.fixture
-def window(qtbot, pacs_home, tmp_path):
-    from imaging_assist_ui.app import make_app
-    from imaging_assist_ui.pacs.window import PacsWindow
-    make_app()
-    w = PacsWindow(out_dir=str(tmp_path / "retrieved"))
-    qtbot.addWidget(w)
-    w.show()
-    w.node_box.setCurrentIndex(w.node_box.findData("orthanc"))
-    yield w
-    if w.transfer is not None:
-        w.transfer.cancel.set()
-        pump_until(lambda: w.transfer is None, 30)
-    pump_until(lambda: not any(j.running() for j in w._jobs), 30)
 
 
 def _search(w):

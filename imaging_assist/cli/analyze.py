@@ -182,7 +182,7 @@ def cmd_analyze(args) -> int:
     from ..inference.device import resolve_device
 
     resolve_device(args.device)  # an unavailable --device: one error now, not one per item
-    out_dir = out_folder(args.out, sources=[path])
+    out_dir = out_folder(args.out)  # checked against the input by cmd_analyze (refuse_inside)
     model = load_model(card, "cpu")
     opts = RunOptions(device=args.device, precision=args.precision, explain=explain,
                       explain_labels=args.label)

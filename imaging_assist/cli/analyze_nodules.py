@@ -103,7 +103,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
         raise UserError(f"{card.id} characterises a nodule you point at (it does not detect): give "
                         "--at X,Y,Z (mm, patient LPS) or --points CSV for a DICOM series")
     prior = _prior_nodules(args.prior) if getattr(args, "prior", None) else None
-    out_dir = out_folder(args.out, sources=[path])
+    out_dir = out_folder(args.out)  # checked against the input by cmd_analyze (refuse_inside)
     explain = card.id == MALIGNANCY_MODEL or args.explain is not None
     dicom_run = None
     if getattr(args, "dicom", False):

@@ -286,12 +286,10 @@ def _place_frames(ds, volume, what: str) -> list[int]:
     # positions mean something only in the frame of reference they were written in (PS3.3
     # C.7.6.2.1.1): an object in another one is not laid on this series by its positions, nor
     # by references that contradict them
-    headers = getattr(volume, "headers", None) or []
-    vol_for = str(headers[0].get("FrameOfReferenceUID") or "").strip() if headers else ""
-    obj_for = str(ds.get("FrameOfReferenceUID") or "").strip()
-    if vol_for and obj_for and vol_for != obj_for:
-        raise ResultObjectError(f"{what} is in another frame of reference ({obj_for[:64]}) than the series "
-                                f"({vol_for[:64]}): its positions do not apply here")
+    d = _differs("FrameOfReferenceUID", ds.get("FrameOfReferenceUID"), volume)
+    if d:
+        raise ResultObjectError(f"{what} is in another frame of reference ({d[1]}) than the series "
+                                f"({d[0]}): its positions do not apply here")
     out = []
     for f in range(n):
         item = per[f] if per else None
@@ -356,23 +354,24 @@ def other_patient(patient_id, volume) -> str | None:
     carries the Patient module of the images it was made on: a series UID shared by another
     patient's object (a copied, edited or mis-sent file) must not put that patient's findings
     on this one.  An ID missing on either side cannot be compared (no refusal)."""
-    headers = getattr(volume, "headers", None) or []
-    mine = str(headers[0].get("PatientID") or "").strip() if headers else ""
-    theirs = str(patient_id or "").strip()
-    if mine and theirs and mine != theirs:
-        return f"is of another patient (Patient ID {theirs[:64]!r}, the series shown {mine[:64]!r}): not shown"
-    return None
+    d = _differs("PatientID", patient_id, volume)
+    return f"is of another patient (Patient ID {d[1]!r}, the series shown {d[0]!r}): not shown" if d else None
 
 
 def other_study(study_uid, volume) -> str | None:
     """A warning when a result object's StudyInstanceUID is not the series' (it may still be
     about these images: shown, and said), else None."""
+    d = _differs("StudyInstanceUID", study_uid, volume)
+    return f"it belongs to another study ({d[1]}) than the series shown" if d else None
+
+
+def _differs(keyword: str, theirs, volume) -> tuple[str, str] | None:
+    """(the series' value, the object's) of ``keyword`` when both are given and differ, else None
+    (a value missing on either side cannot be compared); each cut to 64 characters."""
     headers = getattr(volume, "headers", None) or []
-    mine = str(headers[0].get("StudyInstanceUID") or "").strip() if headers else ""
-    theirs = str(study_uid or "").strip()
-    if mine and theirs and mine != theirs:
-        return f"it belongs to another study ({theirs[:64]}) than the series shown"
-    return None
+    mine = str(headers[0].get(keyword) or "").strip() if headers else ""
+    theirs = str(theirs or "").strip()
+    return (mine[:64], theirs[:64]) if mine and theirs and mine != theirs else None
 
 
 def _decoded_pixels(ds, what: str, itemsize: int) -> np.ndarray:
