@@ -138,3 +138,35 @@ def test_a_retrieve_worker_error_ends_the_transfer(window, monkeypatch):
     assert "disk went away" in w.status.text()
     assert w.b_retrieve.isEnabled() and not w.b_cancel.isEnabled()
     assert all(item.text(2) == "failed" for item, _bar in w.bars.values())
+
+
+def test_a_series_with_failed_instances_is_not_done(window, monkeypatch):
+    """One instance of the MR series could not be written and one never arrived: the series row
+    says "2 failed" (it said "done": a failure was not tied to its series), and each failure names
+    its series in the result."""
+    from imaging_assist.pacs import transfer
+
+    real_write, calls = transfer.InstanceSink.write, []
+
+    def flaky_write(self, series_uid, sop_uid, chunks):
+        calls.append(sop_uid)
+        if len(calls) == 1:
+            self.fail(sop_uid, "cannot write (test)", series_uid)
+            return False
+        if len(calls) == 2:
+            return True  # accepted but lost: found missing after the transfer
+        return real_write(self, series_uid, sop_uid, chunks)
+
+    monkeypatch.setattr(transfer.InstanceSink, "write", flaky_write)
+    w = window
+    _search(w)
+    _rows(w)[MR_STUDY].setSelected(True)
+    w.b_retrieve.click()
+    assert pump_until(lambda: w.transfer is None, 60), w.status.text()
+    res = w.last_result
+    assert sorted(f.reason for f in res.failures) == ["cannot write (test)", "not received from the node"]
+    series = {uid for (_study, uid) in w.bars}
+    assert len(series) == 1 and {f.series_instance_uid for f in res.failures} == series
+    assert res.to_dict()["failures"][0]["series_instance_uid"] in series
+    assert [item.text(2) for item, _bar in w.bars.values()] == ["2 failed"]
+    assert "2 failed" in w.status.text()

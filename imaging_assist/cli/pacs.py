@@ -265,7 +265,8 @@ def cmd_get(args) -> int:
     for note in res.notes:
         print(f"note: {note}", file=sys.stderr)
     for f in res.failures:
-        print(f"failed: {f.sop_instance_uid}: {f.reason}", file=sys.stderr)
+        where = f" (series {f.series_instance_uid})" if f.series_instance_uid else ""
+        print(f"failed: {f.sop_instance_uid}{where}: {f.reason}", file=sys.stderr)
     index = None
     if res.written or res.skipped:
         index = api.index_study(res)

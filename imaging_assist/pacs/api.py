@@ -102,7 +102,7 @@ def get(node: Node, study_uid: str, out_dir: str | os.PathLike, series_uids=(),
         for series, sops in missing.items():
             for sop in sops:
                 if sop not in got and not sink.present(series, sop):
-                    res.failures.append(_failure(sop, "not received from the node"))
+                    res.failures.append(_failure(sop, "not received from the node", series))
     from ..privacy.audit import record_transfer
     record_transfer("retrieve", res, node=node.label())  # the audit trail (never raises)
     return res
@@ -129,9 +129,9 @@ def _transfer(node, settings, sink, listing, missing, method, chosen) -> None:
                 dimse.retrieve_move(node, settings, sink, listing, missing)
 
 
-def _failure(sop, reason):
+def _failure(sop, reason, series):
     from .transfer import Failure
-    return Failure(sop, reason)
+    return Failure(sop, reason, series)
 
 
 def index_study(result: TransferResult):

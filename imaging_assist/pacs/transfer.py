@@ -31,9 +31,12 @@ def valid_uid(uid) -> bool:
 class Failure:
     sop_instance_uid: str
     reason: str
+    #: the series the instance was listed in ("" for an instance that was not asked for)
+    series_instance_uid: str = ""
 
     def to_dict(self) -> dict:
-        return {"sop_instance_uid": self.sop_instance_uid, "reason": self.reason}
+        return {"sop_instance_uid": self.sop_instance_uid, "reason": self.reason,
+                "series_instance_uid": self.series_instance_uid}
 
 
 @dataclass
@@ -94,6 +97,7 @@ class InstanceSink:
         self._done = 0
         self._series_done: dict[str, int] = {}
         self.series_total: dict[str, int] = {}
+        self._series_failed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ planning
     def path_for(self, series_uid: str, sop_uid: str) -> Path:
@@ -120,7 +124,8 @@ class InstanceSink:
         missing: dict[str, list[str]] = {}
         for series_uid, sop_uid in instances:
             if not (valid_uid(series_uid) and valid_uid(sop_uid)):
-                self.result.failures.append(Failure(str(sop_uid), "malformed UID in the node's answer"))
+                self.result.failures.append(Failure(str(sop_uid), "malformed UID in the node's answer",
+                                                   str(series_uid)))
                 continue
             self.series_total[series_uid] = self.series_total.get(series_uid, 0) + 1
             self.result.expected += 1
@@ -145,7 +150,7 @@ class InstanceSink:
         """Write ``chunks`` (bytes or an iterable of bytes: a complete DICOM Part 10 file) as
         one file.  Returns False (and records why) when it could not be written."""
         if not (valid_uid(series_uid) and valid_uid(sop_uid)):
-            self.fail(str(sop_uid), "malformed UID in the received instance")
+            self.fail(str(sop_uid), "malformed UID in the received instance", str(series_uid))
             return False
         final = self.path_for(series_uid, sop_uid)
         tmp = final.with_name(f".{sop_uid}.{os.getpid()}.{threading.get_ident()}{PARTIAL}")
@@ -182,7 +187,8 @@ class InstanceSink:
 
     def fail(self, sop_uid: str, reason: str, series_uid: str = "") -> None:
         with self._lock:
-            self.result.failures.append(Failure(sop_uid, reason))
+            self.result.failures.append(Failure(sop_uid, reason, series_uid))
+            self._series_failed[series_uid] = self._series_failed.get(series_uid, 0) + 1
         self._step(series_uid)
 
     def _step(self, series_uid: str) -> None:
@@ -193,8 +199,10 @@ class InstanceSink:
         if self.progress:
             self.progress(done, max(total, done), series_uid)
 
-    def series_progress(self, series_uid: str) -> tuple[int, int]:
-        return self._series_done.get(series_uid, 0), self.series_total.get(series_uid, 0)
+    def series_progress(self, series_uid: str) -> tuple[int, int, int]:
+        """(instances ended: written, skipped or failed; instances listed; failed) of a series."""
+        return (self._series_done.get(series_uid, 0), self.series_total.get(series_uid, 0),
+                self._series_failed.get(series_uid, 0))
 
     def finish(self) -> TransferResult:
         self._clean_partials()

@@ -387,9 +387,11 @@ class PacsWindow(QDialog):
             for uid, total in totals.items():
                 self._bar(study, uid, total).setValue(done.get(uid, 0))
         elif kind == "step":
-            study, uid, d, t = msg[1:]
+            study, uid, d, t, failed = msg[1:]
             self._bar(study, uid, t).setValue(d)
-            self.bars[(study, uid)][0].setText(2, "done" if d >= t else "receiving")
+            # a series whose instances all ended is "done" only when none of them failed
+            self.bars[(study, uid)][0].setText(2, f"{failed} failed" if failed and d >= t else
+                                               "done" if d >= t else "receiving")
         elif kind == "first":
             self.studyArrived.emit(msg[1], False)
 
@@ -431,8 +433,17 @@ class PacsWindow(QDialog):
             failed = isinstance(res, Exception)
             state = ("failed" if failed else "cancelled" if res.cancelled else
                      "failed" if res.failures else "done")
-            for (row_study, _uid), (item, _bar) in self.bars.items():  # this study's rows only
-                if row_study == study and item.text(2) != "done":
+            # the failures of each series (those found after the transfer included: an instance
+            # listed but never received)
+            lost: dict[str, int] = {}
+            for f in ([] if failed else res.failures):
+                lost[f.series_instance_uid] = lost.get(f.series_instance_uid, 0) + 1
+            for (row_study, uid), (item, _bar) in self.bars.items():  # this study's rows only
+                if row_study != study:
+                    continue
+                if lost.get(uid):
+                    item.setText(2, f"{lost[uid]} failed")
+                elif item.text(2) != "done":
                     item.setText(2, state)
             if failed:
                 lines.append(reason_of(res))
