@@ -306,4 +306,21 @@ except UserError as e:
     print("refused:", e)
 """
     r = _run(code, timeout=60)
-    assert r.stdout.strip() == "refused: zero is more than 64 MiB (at most 64 MiB of GeoJSON)", r.stderr[-1000:]
+    assert r.stdout.strip() == "refused: zero is not a regular file (a folder, pipe or device)", r.stderr[-1000:]
+
+
+def test_a_named_pipe_is_refused_without_waiting_for_a_writer(tmp_path):
+    """open() of a FIFO blocks until something writes to it: the viewer froze."""
+    fifo = tmp_path / "shapes.geojson"
+    os.mkfifo(fifo)
+    code = f"""
+from imaging_assist.errors import UserError
+from imaging_assist.slides.annotations import read_geojson
+try:
+    read_geojson({str(fifo)!r})
+except UserError as e:
+    print("refused:", e)
+"""
+    r = _run(code, timeout=20)
+    assert r.stdout.strip() == "refused: shapes.geojson is not a regular file (a folder, pipe or device)", \
+        r.stderr[-1000:]

@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -377,9 +378,12 @@ def read_geojson(path) -> tuple[list[Annotation], list[str]]:
     """Read a GeoJSON file (QuPath export or ours); one-line UserError when it cannot be used."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise UserError(f"cannot read {path.name}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):  # a pipe would block open() until a writer comes: a hang
+        raise UserError(f"{path.name} is not a regular file (a folder, pipe or device)")
+    size = st.st_size
     if size > MAX_FILE_BYTES:
         raise UserError(f"{path.name} is {size / 1e6:.0f} MB (at most {MAX_FILE_BYTES // 2**20} MiB of GeoJSON)")
     try:
