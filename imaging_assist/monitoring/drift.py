@@ -128,7 +128,7 @@ def load_feedback(lg, model_id: str, since: float | None = None) -> dict[str, np
     # SQLite from scanning every run of the model: 60 s -> 10 ms on 100k runs)
     sql = ("WITH latest AS (SELECT MAX(id) AS id FROM feedback GROUP BY run_id, finding) "
            "SELECT f.run_id, f.finding, f.verdict, f.correct_label, r.time_unix, r.score, r.patient_key, "
-           "r.probabilities FROM latest CROSS JOIN feedback f ON f.id = latest.id "
+           "r.probabilities, r.decisions, r.top_label FROM latest CROSS JOIN feedback f ON f.id = latest.id "
            "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ?")
     p: list = [model_id]
     if since is not None:
@@ -141,6 +141,8 @@ def load_feedback(lg, model_id: str, since: float | None = None) -> dict[str, np
             "correct_label": np.array([r[3] for r in rows], dtype=object),
             "time_unix": np.array([r[4] for r in rows], dtype=float),
             "probabilities": [r[7] for r in rows],
+            "decisions": [r[8] for r in rows],
+            "top_label": [r[9] for r in rows],
             "patient_key": np.array([r[6] or f"run{r[0]}" for r in rows], dtype=object)}
 
 
@@ -275,18 +277,25 @@ def _readers(fb, card, ref, th, ref_auc):
     pos_label = next((lab for lab in card.thresholds), None)
     if pos_label is None:
         return d
+    from .feedback import finding_present
+
     ys, ss, cl = [], [], []
     for i in range(len(v)):
         cl_lab = fb["correct_label"][i]
-        if not cl_lab or fb["verdict"][i] == "unsure":
+        if fb["verdict"][i] == "unsure":
             continue
         try:
             probs = json.loads(fb["probabilities"][i] or "{}")
+            # no class label (agreeing with a negative decision among 3+ labels): the verdict still
+            # says whether the decision label is there, which is all this binary truth needs
+            present = None if cl_lab or fb["finding"][i] != pos_label else finding_present(
+                {"probabilities": fb["probabilities"][i], "decisions": fb["decisions"][i],
+                 "top_label": fb["top_label"][i]}, pos_label, fb["verdict"][i])
         except ValueError:
             continue
-        if pos_label not in probs:
+        if pos_label not in probs or (not cl_lab and present is None):
             continue
-        ys.append(int(cl_lab == pos_label))
+        ys.append(int(cl_lab == pos_label) if cl_lab else int(present))
         ss.append(float(probs[pos_label]))
         cl.append(fb["patient_key"][i])
     if not ys:

@@ -23,6 +23,7 @@ class LabelEdit:
         self.n_labels = int(n_labels)
         self._undo: list[tuple[int, np.ndarray]] = []
         self._redo: list[tuple[int, np.ndarray]] = []
+        self._stroke_k: int | None = None  # the slice of the stroke being drawn
 
     # one undo step = the slice as it was before the edit (slices are small; volumes are not)
     def _push(self, k: int) -> None:
@@ -45,8 +46,11 @@ class LabelEdit:
         k = int(k)
         m = self._disc(k, j, i, radius)
         changed = int(np.count_nonzero(self.array[k][m] != value))
-        if new_stroke:
+        # an undo step holds one slice: a drag that reaches another slice starts a new step there
+        # (else its paint on that slice could not be undone)
+        if new_stroke or k != self._stroke_k:
             self._push(k)
+        self._stroke_k = k
         self.array[k][m] = value
         return changed
 
@@ -69,10 +73,16 @@ class LabelEdit:
         lab, _ = ndimage.label(sl == old)  # 4-connectivity (the default structure)
         region = lab == lab[j, i]
         self._push(k)
+        self._stroke_k = None
         sl[region] = value
         return int(region.sum())
 
+    def end_stroke(self) -> None:
+        """The current drag is over (mouse release, slice change): the next paint is a new step."""
+        self._stroke_k = None
+
     def undo(self) -> bool:
+        self._stroke_k = None
         if not self._undo:
             return False
         k, prev = self._undo.pop()
@@ -81,6 +91,7 @@ class LabelEdit:
         return True
 
     def redo(self) -> bool:
+        self._stroke_k = None
         if not self._redo:
             return False
         k, nxt = self._redo.pop()

@@ -12,6 +12,9 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -51,14 +54,14 @@ def run_labels(run: dict) -> list[str]:
     return list((areas.get("voxel_counts") or {}).keys())
 
 
-def implied_label(run: dict, finding: str, verdict: str) -> str | None:
-    """The correct label a verdict implies for a classifier's finding, or None.
+def finding_present(run: dict, finding: str, verdict: str) -> bool | None:
+    """Whether the reader's verdict says the image shows ``finding`` (the monitor's binary
+    truth: the decision on it right or wrong), or None (unsure, or no classifier finding).
 
-    The finding is the label the card decides on (its decision positive or negative); with
-    two labels agreeing with "positive" means the finding is right, disagreeing means the
-    other label is.  Without a decision the finding is the top label."""
+    The finding is the label the card decides on (its decision positive or negative); without
+    a decision the finding is the top label."""
     labels = run_labels(run)
-    if not run.get("probabilities") or finding not in labels or verdict == "unsure":
+    if not run.get("probabilities") or finding not in labels or verdict not in ("agree", "disagree"):
         return None
     decs = json.loads(run.get("decisions") or "null") or {}
     d = decs.get(finding)
@@ -66,10 +69,21 @@ def implied_label(run: dict, finding: str, verdict: str) -> str | None:
         said_present = bool(d["positive"])
     else:
         said_present = finding == run.get("top_label")
-    present = said_present if verdict == "agree" else not said_present
+    return said_present if verdict == "agree" else not said_present
+
+
+def implied_label(run: dict, finding: str, verdict: str) -> str | None:
+    """The correct label a verdict implies for a classifier's finding, or None.
+
+    With two labels agreeing with "positive" means the finding is right, disagreeing means the
+    other label is.  With three or more labels a finding that is absent leaves two or more
+    candidates: no class label (the binary truth stays, :func:`finding_present`)."""
+    present = finding_present(run, finding, verdict)
+    if present is None:
+        return None
     if present:
         return finding
-    others = [lab for lab in labels if lab != finding]
+    others = [lab for lab in run_labels(run) if lab != finding]
     return others[0] if len(others) == 1 else None
 
 
@@ -85,15 +99,19 @@ def add_feedback(run_id: int, finding: str, verdict: str, correct_label: str | N
     if correct_label is not None and labels and correct_label not in labels:
         raise UserError(f"correct label {correct_label!r} is not one of {', '.join(labels)}")
     implied = implied_label(run, finding, verdict)
+    present = finding_present(run, finding, verdict)
     if correct_label is None:
         correct_label = implied
         if verdict == "disagree" and correct_label is None and run.get("probabilities"):
             raise UserError("with more than two labels, a disagreement needs the correct label")
-    elif implied is not None and correct_label != implied and len(labels) == 2:
-        raise UserError(f"{verdict} with {finding!r} means the image shows {implied!r}, not {correct_label!r}")
+    elif (implied is not None and correct_label != implied) or (present is False and correct_label == finding):
+        # any number of labels: a label the verdict rules out is never stored with it (a stale
+        # choice would otherwise train the film as that label)
+        shows = f"shows {implied!r}" if implied is not None else f"does not show {finding!r}"
+        raise UserError(f"{verdict} with {finding!r} means the image {shows}, not {correct_label!r}")
     t, tu = now_utc()
-    with lg.lock:
-        cur = lg.conn.execute(
+    with lg.writing() as conn:
+        cur = conn.execute(
             "INSERT INTO feedback (run_id, time_utc, time_unix, finding, verdict, correct_label, reader, note) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (int(run_id), t, tu, finding, verdict, correct_label, reader, note))
         return int(cur.lastrowid)
@@ -148,27 +166,54 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
     out = corrections_dir()
     out.mkdir(parents=True, exist_ok=True, mode=0o700)  # the user's own record
     t, tu = now_utc()
-    n = len(lg.query("SELECT id FROM corrections WHERE run_id = ?", (int(run_id),))) + 1
-    f = out / f"run{int(run_id)}_correction{n}.npz"
-    np.savez_compressed(f, label_map=lm, labels=np.array(names), run_id=np.array(int(run_id)),
-                        predicted=(np.asarray(predicted).reshape(lm.shape).astype(lm.dtype)
-                                   if predicted is not None else np.zeros((0,), lm.dtype)))
-    seg_file, warns = None, []
-    if write_dicom and volume is not None and getattr(volume, "headers", None):
-        seg_file = str(_write_correction_seg(volume, lm, names, run, f.with_suffix(".seg.dcm"), warns))
-    elif write_dicom:
-        warns.append("no DICOM SEG: the input was not a DICOM image (the correction is kept as .npz)")
-    with lg.lock:
-        cur = lg.conn.execute(
-            "INSERT INTO corrections (run_id, time_utc, time_unix, label_map_file, seg_file, labels, "
-            "dice_vs_prediction, changed_voxels, reader) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (int(run_id), t, tu, str(f), seg_file, json.dumps(names), d, changed, reader))
-        cid = int(cur.lastrowid)
+    # A name of its own, created exclusively: run numbers start at 1 again in a new log (after
+    # the old one was moved aside), so a name from the run number alone overwrote the old log's file.
+    f, fh = _new_file(out, f"run{int(run_id)}", ".npz")
+    seg_path = f.with_suffix(".seg.dcm")
+    written = [f]
+    try:
+        with fh:
+            np.savez_compressed(fh, label_map=lm, labels=np.array(names), run_id=np.array(int(run_id)),
+                                predicted=(np.asarray(predicted).reshape(lm.shape).astype(lm.dtype)
+                                           if predicted is not None else np.zeros((0,), lm.dtype)))
+        seg_file, warns = None, []
+        if write_dicom and volume is not None and getattr(volume, "headers", None):
+            seg_file = str(_write_correction_seg(volume, lm, names, run, seg_path, warns, written))
+        elif write_dicom:
+            warns.append("no DICOM SEG: the input was not a DICOM image (the correction is kept as .npz)")
+        with lg.writing() as conn:
+            cur = conn.execute(
+                "INSERT INTO corrections (run_id, time_utc, time_unix, label_map_file, seg_file, labels, "
+                "dice_vs_prediction, changed_voxels, reader) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (int(run_id), t, tu, str(f), seg_file, json.dumps(names), d, changed, reader))
+            cid = int(cur.lastrowid)
+    except BaseException:
+        for p in written:  # no file the log does not list (the row failed, or the file did)
+            p.unlink(missing_ok=True)
+        raise
     return {"id": cid, "label_map_file": str(f), "seg_file": seg_file, "dice_vs_prediction": d,
             "changed_voxels": changed, "warnings": warns}
 
 
-def _write_correction_seg(volume, lm, names, run, path: Path, warns: list) -> Path:
+def _exclusive(path: Path):
+    """``path`` opened for writing only when it did not exist (O_EXCL; never overwrites)."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600), "wb")
+
+
+def _new_file(folder: Path, stem: str, suffix: str):
+    """(path, open file) of a new file ``{stem}_{time}_{random}{suffix}`` in ``folder``."""
+    for _ in range(20):
+        f = folder / f"{stem}_{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}_{uuid.uuid4().hex[:12]}{suffix}"
+        if f.with_suffix(".seg.dcm").exists():  # its SEG will take that name
+            continue
+        try:
+            return f, _exclusive(f)
+        except FileExistsError:
+            continue
+    raise UserError(f"cannot make a new correction file name in {folder}")
+
+
+def _write_correction_seg(volume, lm, names, run, path: Path, warns: list, written: list | None = None) -> Path:
     """The export layer's SEG, marked as a reader's correction of the model's output."""
     from ..export.seg import build_seg
     from ..privacy.audit import record_export
@@ -179,7 +224,10 @@ def _write_correction_seg(volume, lm, names, run, path: Path, warns: list) -> Pa
         item.SegmentAlgorithmType = "SEMIAUTOMATIC"  # the model's labels, edited by a reader
     seg.ContentLabel = "READER_EDIT"  # CS: at most 16 characters
     seg.SeriesDescription = f"AI {run['model_id']} SEG corrected by reader"[:64]
-    seg.save_as(path)
+    with _exclusive(path) as fh:  # never over another file
+        if written is not None:
+            written.append(path)
+        seg.save_as(fh)
     record_export("SEG", path, volume)
     return path
 

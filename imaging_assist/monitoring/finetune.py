@@ -74,12 +74,14 @@ def csv_patient(row: dict) -> dict:
     return {"patient": pid or f"file:{row['file']}", "patient_id": pid}
 
 
-def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[dict]:
+def cases_from_feedback(model_id: str, data: Path, labels: list[str], log=None) -> list[dict]:
     """Reader-confirmed labels of logged runs, matched to the files of ``data`` by the keyed
     pseudonym the log stores (the log holds no paths or pixels).  One film analysed several
     times has several runs: the NEWEST verdict on any of them (by time, then feedback id) is the
     label; when that newest verdict is 'unsure' or names no label, the film is not used (a
-    reader who has since doubted an earlier label is not overruled by it)."""
+    reader who has since doubted an earlier label is not overruled by it).  An agreement with a
+    negative decision among three or more labels names no label (the film is one of the other
+    two): such films are counted and said through ``log``."""
     from .log import open_log
 
     rows = open_log().query(
@@ -90,10 +92,17 @@ def cases_from_feedback(model_id: str, data: Path, labels: list[str]) -> list[di
     for key, pkey, lab, verdict in rows:  # ascending: the last one per input is the newest
         newest[key] = (pkey, lab, verdict)
     want = {k: (v[0], v[1]) for k, v in newest.items() if k and v[2] != "unsure" and v[1] is not None}
+    no_label = {k for k, v in newest.items() if k and v[2] != "unsure" and v[1] is None}
     out = []
-    for k, ps in files_by_key(data, set(want)).items():
-        if want[k][1] in labels:
+    n_no_label = 0
+    for k, ps in files_by_key(data, set(want) | no_label).items():
+        if k in no_label:
+            n_no_label += len(ps)
+        elif want[k][1] in labels:
             out += [{"path": p, "label": want[k][1], "patient": want[k][0] or k} for p in ps]
+    if n_no_label and log is not None:
+        log(f"{n_no_label} reader-confirmed files left out: their newest verdict names no class label "
+            f"(an agreement with a negative decision among {len(labels)} labels leaves more than one)")
     return out
 
 
@@ -249,6 +258,46 @@ def gather_cases(data, labels_csv, from_feedback: bool, from_csv, from_log, what
     for c, name in zip(uniq, patient_groups(uniq, Path(data))):
         c["patient"] = name
     return uniq
+
+
+def drop_test_split(cases: list[dict], test_files: list, log=print) -> tuple[list[dict], int]:
+    """``cases`` without the images of the model's own test split (the same resolved path, or
+    the same bytes under another name): the candidate is measured on that split, so training
+    on it would make the "original test" comparison meaningless.  (kept cases, number left
+    out); said through ``log``; a one-line UserError when nothing is left."""
+    import hashlib
+
+    def sha(p: Path) -> str:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    paths, by_size = set(), {}
+    for f in map(Path, test_files):
+        try:
+            paths.add(str(f.resolve()))
+            by_size.setdefault(f.stat().st_size, []).append(f)
+        except OSError:  # a test row whose file is not there cannot be among the cases
+            continue
+    hashes: dict = {}  # size -> sha256 of the test files of that size (only sizes a case has)
+    keep = []
+    for c in cases:
+        p = Path(c["path"])
+        if str(p.resolve()) not in paths:
+            size = p.stat().st_size
+            if size not in by_size:
+                keep.append(c)
+                continue
+            if size not in hashes:
+                hashes[size] = {sha(f) for f in by_size[size]}
+            if sha(p) not in hashes[size]:
+                keep.append(c)
+    n = len(cases) - len(keep)
+    if n and not keep:
+        raise UserError(f"all {n} local cases are images of the model's original test split (same file or same "
+                        "content): nothing is left to fine-tune on")
+    if n:
+        log(f"{n} local cases left out: images of the model's original test split (same file or same content), "
+            "on which the candidate is measured")
+    return keep, n
 
 
 def patient_groups(cases: list[dict], data: Path) -> list[str]:
@@ -440,7 +489,16 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
 
     cases = gather_cases(data, labels_csv, from_feedback,
                          lambda d, f: cases_from_csv(d, f, labels),
-                         lambda d: cases_from_feedback(card.id, d, labels), "reader-confirmed cases", log)
+                         lambda d: cases_from_feedback(card.id, d, labels, log), "reader-confirmed cases", log)
+    # the model's own data (replay: validation rows; the original test split), read first: the
+    # local cases must not hold the test images the candidate is measured on
+    odata = Path(original_data) if original_data else (T.data_root() / DATASETS.get(card.id, "")) if card.id in DATASETS else None
+    pred_csv, why_not = original_predictions_csv(card)
+    rows = None
+    if pred_csv is not None and odata is not None and odata.is_dir():
+        rows = list(csv.DictReader(pred_csv.open()))
+    cases, n_test_overlap = drop_test_split(cases, [odata / r["file"] for r in rows or [] if r.get("split") == "test"],
+                                            log)
     y = np.array([labels.index(c["label"]) for c in cases])
     groups = np.array([str(c["patient"]) for c in cases], dtype=object)
     split = T.grouped_split(groups, y, (0.6, 0.2, 0.2), seed=seed)
@@ -460,16 +518,13 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     yt = torch.from_numpy(y)
 
     # the model's own data: replay (validation rows) and the original test split
-    odata = Path(original_data) if original_data else (T.data_root() / DATASETS.get(card.id, "")) if card.id in DATASETS else None
     rep_x = rep_y = None
     orig = None
-    pred_csv, why_not = original_predictions_csv(card)
     if pred_csv is None:
         log(f"{why_not}: no replay and no original-test comparison")
-    elif odata is None or not odata.is_dir():
+    elif rows is None:
         log(f"original data not found ({odata}): no replay and no original-test comparison")
     else:
-        rows = list(csv.DictReader(pred_csv.open()))
         rng = np.random.default_rng(seed)
         val = [r for r in rows if r.get("split") == "validation" and (r.get("label") or "").lower() in labels]
         test = [r for r in rows if r.get("split") == "test" and (r.get("label") or "").lower() in labels]
@@ -552,7 +607,9 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
         "metrics_ci": "percentile cluster bootstrap by patient, stratified by label, 2,000 resamples",
         "data": {**(card.raw.get("data") or {}),
                  "fine_tuning": f"{len(cases)} local reader-confirmed/labelled images of {len(set(groups.tolist()))} "
-                                f"patients, split by patient 60/20/20 (train / validation / hold-out), seed {seed}"},
+                                f"patients, split by patient 60/20/20 (train / validation / hold-out), seed {seed}"
+                                + (f"; {n_test_overlap} more local images left out: images of the model's original "
+                                   "test split" if n_test_overlap else "")},
         "limitations": list(card.raw.get("limitations") or []) + [
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the operating threshold "
             f"{thr} is the base model's, not re-chosen (too few local cases); the OOD statistics were refitted "
@@ -577,7 +634,7 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                             reference_labels=[int(yb[i]) for i in ref_idx],
                             reference_text=f"the fine-tune's local validation and hold-out parts ({len(ref_idx)} "
                                            "images the candidate was not trained on), run through the candidate",
-                            log=log)
+                            extra={"left_out_original_test": n_test_overlap}, log=log)
 
 
 # --------------------------------------------------------------------------- compare

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,13 @@ def read_mask(path: Path, n_labels: int, mapping: dict[int, int] | None = None) 
 
     path = Path(path)
     if path.suffix.lower() == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            a = np.asarray(z["label_map"])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                a = np.asarray(z["label_map"])
+        except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
+            why = (str(e).splitlines() or [type(e).__name__])[0][:120]
+            raise UserError(f"reader correction {path} cannot be read (damaged or not a label editor .npz: "
+                            f"{why})") from None
         if a.ndim == 3 and a.shape[0] == 1:
             a = a[0]
         if a.ndim != 2:
@@ -150,10 +156,14 @@ def _original_split(card, odata: Path | None, original_test_max: int | None, see
     pairs = [(odata / r[spec["file"]], odata / r[spec["mask"]], r.get("patient_id") or r[spec["file"]]) for r in rows]
     test = [p for p, r in zip(pairs, rows) if r[spec["file"]] in test_files]
     rest = [p for p, r in zip(pairs, rows) if r[spec["file"]] not in test_files]
+    return rest, _subsample(test, original_test_max, seed)
+
+
+def _subsample(test: list, original_test_max: int | None, seed: int) -> list:
     if original_test_max and len(test) > original_test_max:
         rng = np.random.default_rng(seed)
         test = [test[i] for i in sorted(rng.choice(len(test), original_test_max, replace=False).tolist())]
-    return rest, test
+    return test
 
 
 # --------------------------------------------------------------------------- the run
@@ -170,12 +180,20 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     from .. import training as T
     from ..models.loaders import LoadedModel, load_model
     from . import versions
-    from .finetune import finish_candidate, gather_cases, refit_ood
+    from .finetune import drop_test_split, finish_candidate, gather_cases, refit_ood
 
     margin = versions.margin_for("Dice") if margin is None else float(margin)
     n_labels = len(card.labels)
     cases = gather_cases(data, labels_csv, from_feedback, cases_from_csv,
                          lambda d: cases_from_corrections(card.id, d), "reader-corrected label maps", log)
+    # the model's own data (replay rows, the original test split), read first: the local cases
+    # must not hold the test films the candidate is measured on
+    odata = Path(original_data) if original_data else (T.data_root() / DATASETS[card.id]["folder"]
+                                                       if card.id in DATASETS else None)
+    why_not: list = []
+    rest, test = _original_split(card, odata, None, seed, why_not)
+    cases, n_test_overlap = drop_test_split(cases, [p for p, _, _ in test or []], log)
+    test = _subsample(test or [], original_test_max, seed)
     from ..inference.images import read_image
 
     paths = [Path(c["path"]) for c in cases]
@@ -200,10 +218,6 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     x = T.preprocess_all(card, paths, f"finetune_{card.id}")
     y = T.resize_labels(truths, size)
 
-    odata = Path(original_data) if original_data else (T.data_root() / DATASETS[card.id]["folder"]
-                                                       if card.id in DATASETS else None)
-    why_not: list = []
-    rest, test = _original_split(card, odata, original_test_max, seed, why_not)
     rep_x = rep_y = None
     if rest is None:
         log(f"{why_not[0] if why_not else f'original data not found ({odata})'}: no replay and no "
@@ -273,7 +287,9 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
         "data": {**(card.raw.get("data") or {}),
                  "fine_tuning": f"{len(cases)} local images with reader-made or corrected label maps of "
                                 f"{len(set(groups.tolist()))} patients, split by patient 60/20/20 (train / validation "
-                                f"/ hold-out), seed {seed}"},
+                                f"/ hold-out), seed {seed}"
+                                + (f"; {n_test_overlap} more local images left out: films of the model's original "
+                                   "test split" if n_test_overlap else "")},
         "limitations": list(card.raw.get("limitations") or []) + [
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the segmentation quality "
             "checks are the base model's; the OOD statistics were refitted but their AUROC against other "
@@ -290,7 +306,7 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     return finish_candidate(card, out, card_update, net, comps, ni, ood_block, len(cases),
                             ["file", "mask", "patient_id"],
                             [[str(Path(cases[i]["path"]).resolve()), str(Path(cases[i]["mask"]).resolve()), groups[i]]
-                             for i in iho], extra={"task": "segmentation"},
+                             for i in iho], extra={"task": "segmentation", "left_out_original_test": n_test_overlap},
                             reference_images=[paths[i] for i in sorted(np.concatenate([iva, iho]).tolist())],
                             reference_text=f"the fine-tune's local validation and hold-out parts "
                                            f"({len(iva) + len(iho)} images the candidate was not trained on), run "

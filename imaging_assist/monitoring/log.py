@@ -202,6 +202,20 @@ class PredictionLog:
                 (t, tu, kind, model_id, version, json.dumps(detail or {}, sort_keys=True)))
             return int(cur.lastrowid)
 
+    @contextlib.contextmanager
+    def writing(self):
+        """The lock, and one LogError line for a write SQLite refuses (another program holds
+        the write lock past the 5 s timeout, a read-only or damaged file): the GUI's feedback
+        and correction slots show it instead of letting ``sqlite3`` errors escape."""
+        with self.lock:
+            try:
+                yield self.conn
+            except sqlite3.Error as e:
+                text = (str(e).splitlines() or [type(e).__name__])[0][:120]
+                why = (" (another program is writing to it; try again)" if "locked" in text or "busy" in text
+                       else "")
+                raise LogError(f"prediction log {self.path} could not be written: {text}{why}") from None
+
     # ------------------------------------------------------------------ reads
     @contextlib.contextmanager
     def _reading(self):

@@ -72,6 +72,7 @@ class FeedbackBox(QGroupBox):
                 w.deleteLater()
         self.rows = {}
         self.result, self.card, self.volume = res, card, volume
+        from imaging_assist.errors import UserError
         from imaging_assist.monitoring.feedback import latest_feedback, run_matches
 
         self.run_id = getattr(res, "prediction_log_id", None) if res is not None else None
@@ -91,7 +92,13 @@ class FeedbackBox(QGroupBox):
                               "feedback cannot be linked to it.")
             return
         findings = self._findings(res, card)
-        given = latest_feedback(self.run_id)
+        try:
+            given = latest_feedback(self.run_id)
+        except UserError as e:  # a damaged log (LogError): said in the box, never out of the run's slot
+            given = {}
+            unreadable = f"Earlier feedback cannot be shown: {str(e).splitlines()[0]}"
+        else:
+            unreadable = None
         labels = list(getattr(res, "labels", []) or [])
         for r, (name, text) in enumerate(findings):
             lab = QLabel(text)
@@ -124,7 +131,8 @@ class FeedbackBox(QGroupBox):
                 self._show_given(name, given[name])
         self._grid.setColumnStretch(0, 1)
         self.select(0)
-        self.note.setText("Ctrl+Shift+A agree · D disagree · U unsure (selected finding; Ctrl+Shift+↑/↓ selects)")
+        self.note.setText(unreadable or
+                          "Ctrl+Shift+A agree · D disagree · U unsure (selected finding; Ctrl+Shift+↑/↓ selects)")
 
     @staticmethod
     def _findings(res, card) -> list[tuple[str, str]]:
@@ -167,16 +175,26 @@ class FeedbackBox(QGroupBox):
             row["buttons"][verdict].setChecked(False)
             return False
         # two labels: the verdict implies the correct label (the combo only shows it);
-        # more labels: a disagreement needs the reader's choice
-        correct = row["combo"].currentData() if row["combo"].count() > 3 else None
+        # more labels: only a disagreement carries the reader's choice (a choice left in the combo
+        # from an earlier disagreement must not be saved with a later agree or unsure)
+        multi = row["combo"].count() > 3
+        correct = row["combo"].currentData() if multi and verdict == "disagree" else None
+        if multi and verdict != "disagree":
+            row["combo"].setCurrentIndex(0)
         try:
             add_feedback(self.run_id, finding, verdict, correct_label=correct, expect=self.run_ref)
-        except UserError as e:
+        except UserError as e:  # LogError too: the log busy or damaged
             row["status"].setText("")
-            self.note.setText(f"not saved: {e}")
+            self.note.setText(f"not saved: {str(e).splitlines()[0]}")
             row["buttons"][verdict].setChecked(False)
             return False
-        self._show_given(finding, latest_feedback(self.run_id)[finding])
+        try:
+            self._show_given(finding, latest_feedback(self.run_id)[finding])
+        except UserError as e:
+            self.note.setText("Saved to the local prediction log, but it cannot be read back: "
+                              + str(e).splitlines()[0])
+            self.feedbackSaved.emit(finding, verdict)
+            return True
         self.note.setText("Saved to the local prediction log.")
         self.feedbackSaved.emit(finding, verdict)
         return True
@@ -186,7 +204,10 @@ class FeedbackBox(QGroupBox):
         row["buttons"][g["verdict"]].setChecked(True)
         extra = f" → {g['correct_label']}" if g.get("correct_label") and g["correct_label"] != finding else ""
         row["status"].setText(VERDICT_TEXT[g["verdict"]] + extra)
+        # more than two labels: the combo holds the reader's choice of a disagreement only
         i = row["combo"].findData(g.get("correct_label"))
+        if row["combo"].count() > 3 and g["verdict"] != "disagree":
+            i = 0
         if i >= 0:
             row["combo"].setCurrentIndex(i)
 

@@ -76,6 +76,7 @@ class _Canvas(QWidget):
 
     def mouseReleaseEvent(self, ev):
         self._stroke = False
+        self.ed.edit.end_stroke()
 
 
 class LabelEditorDialog(QDialog):
@@ -177,6 +178,10 @@ class LabelEditorDialog(QDialog):
         self.tool_btns[name].setChecked(True)
 
     def set_slice(self, k: int) -> None:
+        # a slice change (PgUp/PgDn, slider) ends a drag: one undo step holds one slice, and the
+        # held button must not go on painting the next slice
+        self.canvas._stroke = False
+        self.edit.end_stroke()
         self.k = int(min(max(k, 0), self.edit.array.shape[0] - 1))
         self.canvas.refresh()
         self._update()
