@@ -87,31 +87,63 @@ def default_window(vol: Volume) -> WindowPreset:
     return auto_window(vol.array[k])
 
 
+def big_endian(ds) -> bool:
+    """Whether ``ds`` was written in Explicit VR Big Endian: its OW words (LUT Data) are then
+    big-endian bytes, which pydicom keeps as they are in the file."""
+    meta = getattr(ds, "file_meta", None)
+    ts = str(meta.get("TransferSyntaxUID", "") or "") if meta is not None else ""
+    if ts:
+        return ts == "1.2.840.10008.1.2.2"
+    return getattr(ds, "original_encoding", (None, None))[1] is False
+
+
+def lut_entries(item, ds, n: int, bits: int) -> np.ndarray:
+    """The ``n`` entries of a VOI or Modality LUT item's LUT Data (PS3.3 C.11.1.1, C.11.2.1.1),
+    unpacked by hand: US values, or OW words in the data set's byte order; entries of 8 bits
+    or fewer are either packed two to a word (older files) or one to a 16-bit word (their low
+    byte).  Never pydicom's ``apply_voi``, which computes ``value - first`` in uint8 for 8-bit
+    entries (a table of more than 256 entries became a sawtooth)."""
+    raw = item.get("LUTData")
+    if raw is None:
+        raise ValueError("no LUTData")
+    if isinstance(raw, (bytes, bytearray)):
+        raw = bytes(raw)
+        if bits <= 8 and len(raw) in (n, n + 1):
+            return np.frombuffer(raw[:n], np.uint8).astype(np.int64)  # packed two to a word
+        if len(raw) < 2 * n:
+            raise ValueError(f"LUTData holds {len(raw) // 2} entries, LUTDescriptor says {n}")
+        words = np.frombuffer(raw[:2 * n], ">u2" if big_endian(ds) else "<u2").astype(np.int64)
+    else:
+        words = np.asarray(raw if isinstance(raw, (list, tuple)) else [raw], np.int64).ravel()
+        if words.size < n:
+            raise ValueError(f"LUTData holds {words.size} entries, LUTDescriptor says {n}")
+        words = words[:n] & 0xFFFF
+    return words & 0xFF if bits <= 8 else words  # 8-bit entries in 16-bit words: the low byte
+
+
+def lut_first(first: int, ds) -> int:
+    """The LUTDescriptor's first mapped value: SS for signed data, though often written as US
+    (-1024 as 64512), so read back as negative where the pixel data are signed."""
+    if first >= 32768 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
+        return first - 65536
+    return first
+
+
 def attach_voi_lut(vol: Volume, ds) -> None:
     """Keep the first VOI LUT of the file (PS3.3 C.11.2) for display.
 
-    The entries are read by pydicom (``apply_voi`` over the LUT's whole input range, which
-    handles US/OW data, byte order and 8-bit entries in 16-bit words); display looks them
-    up and scales by the LUT's bit depth (2^bits - 1), never by its largest entry."""
-    from pydicom.pixels import apply_voi
+    The entries are unpacked by hand (:func:`lut_entries`: US/OW data, byte order, 8-bit
+    entries packed or in 16-bit words); display looks them up (entry ``value - first``,
+    clipped to the table) and scales by the LUT's bit depth (2^bits - 1), never by its
+    largest entry."""
     try:
         item = ds.VOILUTSequence[0]
         desc = [int(x) for x in item.LUTDescriptor]
-        n, first, bits = (desc[0] or 65536), desc[1], desc[2]
-        read_first = first  # as pydicom reads the descriptor (and applies the LUT)
-        if first >= 32768 and int(ds.get("PixelRepresentation", 0) or 0) == 1:
-            first -= 65536  # the descriptor's second value is SS for signed data
+        n, bits = (desc[0] or 65536), desc[2]
+        first = lut_first(desc[1], ds)
         if not (1 <= bits <= 16):
             raise ValueError(f"LUTDescriptor bits per entry {bits}")
-        raw = item.get("LUTData")
-        if isinstance(raw, (bytes, bytearray)) and bits <= 8 and len(raw) in (n, n + 1):
-            # Hand-written: 8-bit entries packed two to a word (older files); pydicom
-            # reads OW data only as one entry per 16-bit word.
-            lut = np.frombuffer(bytes(raw[:n]), np.uint8).astype(np.float64)
-        else:
-            # entry k is the one for input first + k: asked of pydicom at its own first value
-            # (64512 for a signed -1024 written as US, where -1024.. gave entry 0 throughout)
-            lut = apply_voi(np.arange(read_first, read_first + n, dtype=np.int64), ds).astype(np.float64)
+        lut = lut_entries(item, ds, n, bits).astype(np.float64)
         vol.voi_lut = lut
         vol.voi_lut_first = first
         vol.voi_lut_bits = bits
@@ -198,7 +230,16 @@ def render_slice(vol: Volume, k: int, preset: WindowPreset | None = None, invert
     """uint8 (rows, cols) or (rows, cols, 3) ready to show. MONOCHROME1 is inverted here."""
     a = vol.array[k] if slice_array is None else slice_array
     if a.ndim == 3:  # colour: shown as stored
-        img = a if a.dtype == np.uint8 else (a.astype(np.float32) / max(1.0, float(a.max())) * 255).astype(np.uint8)
+        if a.dtype == np.uint8:
+            img = a
+        elif a.dtype.kind in "iu":
+            # scaled by the bit depth (BitsStored, else the type's), never by the slice's own
+            # maximum: that brightened dark images and made each cine frame a different brightness
+            bits = int(getattr(vol, "bits_stored", 0) or 0) or 8 * a.dtype.itemsize
+            top = float((1 << bits) - 1)
+            img = np.clip(a.astype(np.float32) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        else:
+            img = (a.astype(np.float32) / max(1.0, float(a.max())) * 255).astype(np.uint8)
         return 255 - img if invert else img
     preset = preset or default_window(vol)
     return values_to_uint8(vol, a, preset, invert)

@@ -65,6 +65,9 @@ class Volume:
     voi_lut: np.ndarray | None = None  # DICOM VOI LUT (first one), mapping values to display
     voi_lut_first: int = 0
     voi_lut_bits: int = 16  # bits per LUT entry (LUTDescriptor[2]): output is scaled by 2^bits - 1
+    # BitsStored of the pixel data (0: unknown); integer colour data wider than 8 bits is shown
+    # scaled by 2^bits_stored - 1
+    bits_stored: int = 0
     presentation_lut_shape: str = ""  # "INVERSE" shows the grey values inverted (PS3.3 C.11.6)
     warnings: list[str] = field(default_factory=list)
     series_uid: str = ""

@@ -36,7 +36,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -54,6 +54,11 @@ MAX_POSITION_MM = 1e6  # |ImagePositionPatient| beyond a kilometre is not a pati
 IOP_QUIET_TOL = 1e-3  # rounding in files: re-orthonormalised without a word
 IOP_MAX_TOL = 1e-2  # beyond this the orientation is not two orthogonal unit vectors
 MAX_ERMF = 5.0  # EstimatedRadiographicMagnificationFactor is >= 1 and a few at most
+# More images/frames than this in one series is not a plausible image (the longest cine loops
+# and enhanced MR/CT objects hold tens of thousands): refused before any per-frame work, which
+# a file of a million 1x1 frames (1 MB) turned into minutes and gigabytes.
+MAX_FRAMES = 100_000
+NATIVE_UNIT_BYTES = 1 << 20  # uncompressed frames are read in units of about this size (or one frame)
 CINE_MODALITIES = {"US", "XA", "RF", "ES", "XC", "OP", "IVUS", "IVOCT", "GM", "SM", "OT", "DX", "CR", "MG", "IO", "PX", ""}
 PHOTOMETRICS = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422",
                 "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT"}
@@ -224,12 +229,14 @@ def _check_iop(iop: np.ndarray) -> tuple[np.ndarray | None, str | None, bool]:
     return np.concatenate([r, c]), None, err > IOP_QUIET_TOL
 
 
-def _validate_slots(keyed, recs) -> list[str]:
+def _validate_slots(keyed, recs, counts: list[int] | None = None) -> list[str]:
     """Refuse values that would load silently wrong; drop broken geometry with a warning.
 
     Non-finite or zero rescale -> LoadError (the values would be meaningless);
     non-finite / absurd ImagePositionPatient or unusable ImageOrientationPatient -> that
-    slot loses its geometry (the stack is then shown without 3D geometry)."""
+    slot loses its geometry (the stack is then shown without 3D geometry).  ``counts``: how
+    many frames each slot stands for (frames sharing one geometry are validated once)."""
+    counts = counts or [1] * len(keyed)
     warns: list[str] = []
     for s, _ in keyed:
         rec = recs[s.rec]
@@ -257,11 +264,12 @@ def _validate_slots(keyed, recs) -> list[str]:
                 warns.append(f"ImageOrientationPatient ({_fmt_vals(s.iop)}) of {rec.display_path} was not "
                              "orthonormal; corrected")
             s.iop = fixed
+    total = sum(counts)
     for kw, vals in (("ImagePositionPatient", [s.ipp for s, _ in keyed]),
                      ("ImageOrientationPatient", [s.iop for s, _ in keyed])):
-        missing = sum(v is None for v in vals)
-        if 0 < missing < len(vals):
-            warns.append(f"{kw} missing (or unusable) in {missing} of {len(vals)} images/frames: "
+        missing = sum(n for v, n in zip(vals, counts) if v is None)
+        if 0 < missing < total:
+            warns.append(f"{kw} missing (or unusable) in {missing} of {total} images/frames: "
                          "those are shown without 3D geometry")
     out = list(dict.fromkeys(warns))
     if len(out) > 3:
@@ -282,7 +290,9 @@ def _needs_pydicom_header(rec: InstanceRecord) -> bool:
 
 
 
-def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
+def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple, int]]:
+    """(slot, dimension key, frame count) per frame; the frames without a per-frame item
+    (shared groups only) are one slot standing for all of them (validated once)."""
     shared = ds.SharedFunctionalGroupsSequence[0] if ds.get("SharedFunctionalGroupsSequence") else None
     per = ds.get("PerFrameFunctionalGroupsSequence") or []
     # Which dimension (if any) is the in-stack position: drop it from the stack key.
@@ -293,7 +303,7 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
             drop.add(d)
     out = []
     n = int(ds.get("NumberOfFrames", 1) or 1)
-    for i in range(n):
+    for i in range(min(n, len(per) + 1)):
         f = per[i] if i < len(per) else None
         ipp = _fg(f, shared, "PlanePositionSequence", "ImagePositionPatient")
         iop = _fg(f, shared, "PlaneOrientationSequence", "ImageOrientationPatient")
@@ -325,7 +335,7 @@ def _enhanced_slots(ri: int, ds) -> list[tuple[Slot, tuple]]:
                     intercept=_f(icpt, 0.0) if icpt is not None else 0.0,
                     window=(_as_list(wc), _as_list(ww), _as_list(we), wf) if wc is not None else None,
                     transform=transform, thickness=_pos_float(th))
-        out.append((slot, dims))
+        out.append((slot, dims, 1 if f is not None else n - i))
     return out
 
 
@@ -335,6 +345,14 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
     if not recs:
         raise LoadError(f"series {series.uid} has no images (modality {series.modality or '?'})")
     size_notes: list[str] = []
+    for r in recs:
+        if r.frames > MAX_FRAMES:
+            raise LoadError(f"{r.display_path}: NumberOfFrames {r.frames} is not plausible "
+                            f"(more than {MAX_FRAMES}): not opened")
+    total = sum(r.frames for r in recs)
+    if total > MAX_FRAMES:
+        raise LoadError(f"series {series.uid}: {total} images/frames is not plausible for one series "
+                        f"(more than {MAX_FRAMES}): not opened")
     for r in recs:
         reason = check_record(r)
         if reason:
@@ -347,8 +365,11 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
             if note:
                 size_notes.append(note)
     datasets = {}
-    keyed: list[tuple[Slot, tuple]] = []
+    # (slot, stack key, frame count): the frames of a non-enhanced multi-frame file share one
+    # geometry and rescale, so one slot stands for all of them until it is validated
+    entries: list[tuple[Slot, tuple, int]] = []
     lut_notes: list[tuple[int, str]] = []  # (record, path) of files with a Modality LUT and a rescale
+    lone_notes: list[tuple[int, str]] = []  # (record, path) of files with RescaleSlope or Intercept alone
     for ri, r in enumerate(recs):
         if _needs_pydicom_header(r):
             try:
@@ -364,17 +385,24 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
                     OverflowError) as e:  # pydicom converts raw values lazily, here
                 raise LoadError(f"{r.display_path}: unreadable functional groups ({_one_line(e)})") from None
             if enhanced:
-                keyed.extend(((s, (ri,) + k) if len(recs) > 1 else (s, k)) for s, k in slots)
+                entries.extend(((s, (ri,) + k, c) if len(recs) > 1 else (s, k, c)) for s, k, c in slots)
                 continue
         window = None
         if r.get("WindowCenter") is not None and r.get("WindowWidth") is not None:
             window = (_as_list(r.get("WindowCenter")), _as_list(r.get("WindowWidth")),
                       _as_list(r.get("WindowCenterWidthExplanation")), r.get("VOILUTFunction"))
         ps = _vec(r.get("PixelSpacing"), 2)
-        slope, icpt, lut_type = _f(r.get("RescaleSlope"), 1.0), _f(r.get("RescaleIntercept"), 0.0), ""
         has_rescale = r.get("RescaleSlope") is not None or r.get("RescaleIntercept") is not None
         transform = "rescale" if r.get("RescaleSlope") is not None and r.get("RescaleIntercept") is not None \
             else "none"
+        slope, icpt, lut_type = _f(r.get("RescaleSlope"), 1.0), _f(r.get("RescaleIntercept"), 0.0), ""
+        if has_rescale and transform == "none" and "ModalityLUTSequence" not in r.flags:
+            # a rescale only with both attributes (as pydicom's apply_modality_lut): a slope alone
+            # was applied while the CT warning said the values were shown as stored.  A value that
+            # is no usable number is refused all the same; a usable one is not applied, and said.
+            _validate_slots([(Slot(rec=ri, frame=0, slope=slope, intercept=icpt), ())], recs)
+            lone_notes.append((ri, r.display_path))
+            slope, icpt = 1.0, 0.0
         if "ModalityLUTSequence" in r.flags:
             # PS3.3 C.11.1: a Modality LUT or a rescale, never both; the LUT is applied to the
             # pixels (as pydicom's apply_modality_lut does), so a rescale beside it is not
@@ -386,14 +414,17 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
                 lut_type = ""
             if has_rescale:
                 lut_notes.append((ri, r.display_path))
-        for fr in range(r.frames):
-            keyed.append((Slot(rec=ri, frame=fr, ipp=_vec(r.get("ImagePositionPatient"), 3),
-                               iop=_vec(r.get("ImageOrientationPatient"), 6),
-                               pixel_spacing=tuple(ps) if ps is not None else None,
-                               slope=slope, intercept=icpt, window=window,
-                               transform=transform, lut_type=lut_type), ()))
+        entries.append((Slot(rec=ri, frame=0, ipp=_vec(r.get("ImagePositionPatient"), 3),
+                             iop=_vec(r.get("ImageOrientationPatient"), 6),
+                             pixel_spacing=tuple(ps) if ps is not None else None,
+                             slope=slope, intercept=icpt, window=window,
+                             transform=transform, lut_type=lut_type), (), r.frames))
 
-    geo_warnings = _validate_slots(keyed, recs)
+    geo_warnings = _validate_slots([(s, k) for s, k, _ in entries], recs, [c for _, _, c in entries])
+    keyed: list[tuple[Slot, tuple]] = []
+    for s, k, c in entries:  # one slot per frame, each a copy of its validated slot
+        keyed.append((s, k))
+        keyed.extend((replace(s, frame=s.frame + i), k) for i in range(1, c))
 
     # Group into stacks: frames of an enhanced object by their non-position dimensions.
     by_key: dict[tuple, list[Slot]] = defaultdict(list)
@@ -423,6 +454,11 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
             plan.warnings.append(f"{mine[0]}" + (f" and {len(mine) - 1} more file(s)" if len(mine) > 1 else "")
                                  + " hold both a Modality LUT and RescaleSlope/Intercept (the standard allows "
                                    "one): the Modality LUT is applied, the rescale ignored")
+        mine = [path for ri, path in lone_notes if any(s.rec == ri for s in slots)]
+        if mine and series.modality.upper() != "CT":  # a CT says "shown as stored" already
+            plan.warnings.append(f"{mine[0]}" + (f" and {len(mine) - 1} more file(s)" if len(mine) > 1 else "")
+                                 + " hold RescaleSlope or RescaleIntercept without the other: not applied "
+                                   "(a rescale needs both), values are shown as stored")
         if spacing_split:
             plan.warnings.insert(0, "frames have different pixel sizes (PixelSpacing " + ", ".join(
                 f"{a / 1000:g}x{b / 1000:g}" if a >= 0 else "none" for _, a, b in spacing_split[:4])
@@ -845,8 +881,52 @@ def _decode_frames(ds, rec: InstanceRecord) -> np.ndarray:
     raise LoadError(f"{rec.display_path}: cannot decode {where} ({ts}): {_one_line(err)}")
 
 
+def _palette_dataset(ds):
+    """``ds``, or for Explicit VR Big Endian a stand-in holding its palette with the OW words
+    of the (non-segmented) LUT Data in little-endian order: pydicom's ``apply_color_lut``
+    reads them in the machine's byte order (byte-swapped colours).  ``ds`` is not changed."""
+    if not display.big_endian(ds) or "RedPaletteColorLookupTableData" not in ds:
+        return ds
+    from pydicom.dataset import Dataset
+    pal = Dataset()
+    for kw in ("PixelPresentation", "RedPaletteColorLookupTableDescriptor",
+               "GreenPaletteColorLookupTableDescriptor", "BluePaletteColorLookupTableDescriptor",
+               "AlphaPaletteColorLookupTableDescriptor"):
+        if kw in ds:
+            setattr(pal, kw, ds.get(kw))
+    n = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
+    for c in ("Red", "Green", "Blue", "Alpha"):
+        kw = f"{c}PaletteColorLookupTableData"
+        data = ds.get(kw)
+        if data is None:
+            continue
+        data = bytes(data)
+        if len(data) >= 2 * n:  # 16-bit words (8-bit entries packed one to a byte need no swap)
+            data = np.frombuffer(data[:2 * n], ">u2").astype("<u2").tobytes()
+        pal.add_new(ds[kw].tag, "OW", data)
+    return pal
+
+
+def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
+    """PS3.3 C.11.1 Modality LUT by hand (float32): entry ``value - first`` clipped to the
+    table.  The first mapped value is read as signed for signed data, also when written as
+    US (64536 for -1000): pydicom's ``apply_modality_lut`` compares int16 pixels with 64536
+    (OverflowError), as the VOI LUT path (display.attach_voi_lut) already knew."""
+    item = ds.ModalityLUTSequence[0]
+    desc = [int(x) for x in item.LUTDescriptor]
+    n, bits = (desc[0] or 65536), desc[2]
+    first = display.lut_first(desc[1], ds)
+    if not (1 <= bits <= 16):
+        raise ValueError(f"Modality LUT bits per entry {bits}")
+    lut = display.lut_entries(item, ds, n, bits).astype(np.float32)
+    out = np.empty(arr.shape, np.float32)
+    for i in range(arr.shape[0]):  # frame by frame: the int64 index of one frame at a time
+        out[i] = lut[np.clip(arr[i].astype(np.int64) - first, 0, n - 1)]
+    return out
+
+
 def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, np.ndarray]:
-    from pydicom.pixels import apply_color_lut, apply_modality_lut
+    from pydicom.pixels import apply_color_lut
     try:
         ds = read_dataset(rec)
     except Exception as e:
@@ -866,8 +946,10 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
         if missing and "SegmentedRedPaletteColorLookupTableData" not in ds:
             raise LoadError(f"{rec.display_path}: PALETTE COLOR image without its palette "
                             f"({', '.join(missing[:2])}{' …' if len(missing) > 2 else ''} missing)")
+        # only the BitsStored bits index the palette: some codecs (JPEG-LS) keep bits above them
+        arr = _normalize_stored(arr, rec)
         try:
-            rgb = apply_color_lut(arr, ds)
+            rgb = apply_color_lut(arr, _palette_dataset(ds))
         except (ValueError, KeyError, IndexError, TypeError) as e:
             raise LoadError(f"{rec.display_path}: unusable palette colour lookup table ({e})") from None
         if rgb.shape != arr.shape + (3,):
@@ -881,7 +963,7 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
     if rec.samples == 1:
         arr = _normalize_stored(arr, rec)
         if "ModalityLUTSequence" in rec.flags:
-            arr = apply_modality_lut(arr, ds).astype(np.float32)
+            arr = _apply_modality_lut(arr, ds)
     return {i: arr[i] for i in range(arr.shape[0])}
 
 
@@ -1009,6 +1091,9 @@ class SeriesLoader:
                      headers=[p.records[s.rec] for s in p.slots],
                      source_paths=sorted({r.display_path for r in p.records}))
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file
+        # the widest BitsStored of the stack: 16-bit colour is shown scaled by 2^bits - 1
+        vol.bits_stored = max(int(p.records[ri].get("BitsStored", p.records[ri].bits_allocated)
+                                  or p.records[ri].bits_allocated) for ri in {s.rec for s in p.slots})
         # an enhanced object keeps SliceThickness per frame (Pixel Measures), not in its header
         vol.slice_thicknesses = ([s.thickness for s in p.slots]
                                  if any(s.thickness is not None for s in p.slots) else None)
@@ -1054,8 +1139,12 @@ class SeriesLoader:
             by_rec[s.rec].append(k)
         units = []
         for ri, ks in by_rec.items():
-            if _fast_native(p.records[ri]):
-                units.extend((ri, [k]) for k in ks)
+            rec = p.records[ri]
+            if _fast_native(rec):
+                # small units (the first slice shows at once), but about NATIVE_UNIT_BYTES each: a
+                # file of many tiny frames is not one thread-pool job per frame
+                per = max(1, NATIVE_UNIT_BYTES // max(1, rec.rows * rec.columns * _native_dtype(rec).itemsize))
+                units.extend((ri, ks[i:i + per]) for i in range(0, len(ks), per))
             else:
                 units.append((ri, ks))
         mid = n // 2 if self.start_k is None else int(self.start_k)  # start_k: the slice shown first
