@@ -201,7 +201,7 @@ def test_sigmoid_segmentation_uses_card_threshold(tmp_path):
 
 def test_input_checks_are_one_line_user_errors(tmp_path, seg3d, ct_box):
     vol, _ = ct_box
-    plain = Volume(np.zeros((1, 20, 20), np.float32), has_geometry=False)
+    plain = Volume(np.arange(400, dtype=np.float32).reshape(1, 20, 20), has_geometry=False)
     with pytest.raises(InputError, match="expects pixel values in HU"):
         run_model(seg3d, plain)
     no_units = Volume(vol.array, spacing=vol.spacing, modality="CT", units="HU",
@@ -444,7 +444,8 @@ def test_non_finite_model_outputs_give_no_result(tmp_path):
             "input": {"channels": 1, "size": [8, 8]}}
     m = _ts_model(tmp_path, "nan", card, NaNNet(), torch.zeros(1, 1, 8, 8))
     with pytest.raises(ModelOutputError, match="NaN"):
-        run_model(m, Volume(np.ones((1, 8, 8), np.float32), has_geometry=False), RunOptions(device="cpu"))
+        run_model(m, Volume(np.arange(64, dtype=np.float32).reshape(1, 8, 8), has_geometry=False),
+                  RunOptions(device="cpu"))
     seg = {"task": "segmentation", "modality": ["CR"], "spatial_dims": 2, "labels": ["background", "x"],
            "inference": {"roi_multiple": 8}, "input": {"channels": 1}}
 
@@ -454,7 +455,8 @@ def test_non_finite_model_outputs_give_no_result(tmp_path):
 
     m = _ts_model(tmp_path, "nanseg", seg, NaNSeg(), torch.zeros(1, 1, 8, 8))
     with pytest.raises(ModelOutputError, match="NaN"):
-        run_model(m, Volume(np.ones((1, 16, 16), np.float32), has_geometry=False), RunOptions(device="cpu"))
+        run_model(m, Volume(np.arange(256, dtype=np.float32).reshape(1, 16, 16), has_geometry=False),
+                  RunOptions(device="cpu"))
 
 
 @pytest.mark.parametrize("spacing", [(np.nan, 0.2, 1.0), (0.0, 0.2, 1.0), (-0.2, 0.2, 1.0), (np.inf, 0.2, 1.0)])

@@ -5,7 +5,8 @@ identification on every group; for a classifier one group per label with the pro
 the operating threshold and the decision (present/absent) — or, when the input was flagged
 as outside the model's training data (``ood.flagged``), that statement and no decision; for
 a segmenter one ROI group per structure referencing its SEG segment, with its volume (mL) or
-area (mm², or pixels when the spacing is unknown); the viewer's measurements (length in mm,
+area (mm², or pixels when the spacing is unknown) and, when the input was flagged as outside
+the training data or the segmentation failed its quality checks, that statement; the viewer's measurements (length in mm,
 ROI mean/SD with the region) when exported from the GUI.  The image library lists the
 source images and the Parametric Maps; SEGs are referenced from their segments.
 """
@@ -145,10 +146,38 @@ def _classifier_groups(res: dict, datasets, warnings: list) -> list:
     return groups
 
 
-def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
+def _segmentation_checks(res: dict, warnings: list | None) -> list:
+    """Qualitative evaluations of a segmentation that failed a trust check: outside the
+    model's training data (``ood.flagged``, coded as the classifier's) and quality checks
+    failed (``quality.passed`` false); none when both passed."""
+    import highdicom as hd
+
+    qual = []
+    ood = res.get("ood") if isinstance(res.get("ood"), dict) else {}
+    if ood.get("flagged"):
+        qual.append(hd.sr.QualitativeEvaluation(
+            _local("IN-TRAIN-DOMAIN", "Input within the model's training data"),
+            _cc("373067005", "SCT", "No")))
+        if warnings is not None:
+            warnings.append(f"SR {res.get('model')}: input outside the model's training data: "
+                            "stated with each structure")
+    q = res.get("quality") if isinstance(res.get("quality"), dict) else {}
+    if q.get("checked", True) and q.get("passed") is False:
+        qual.append(hd.sr.QualitativeEvaluation(
+            _local("QUALITY-CHECKS", "Segmentation passed the model's quality checks"),
+            _cc("373067005", "SCT", "No")))
+        if warnings is not None:
+            warnings.append(f"SR {res.get('model')}: segmentation quality checks failed: "
+                            "stated with each structure")
+    return qual
+
+
+def _segmentation_groups(res: dict, seg, volume, datasets, warnings: list | None = None) -> list:
     import highdicom as hd
 
     algo = _algo(res.get("model"), res.get("model_version"))
+    # the same statement on every structure's group, as the classifier's on every label's
+    qual = _segmentation_checks(res, warnings) or None
     labels = res.get("labels") or {}
     names = [labels[k] for k in sorted(labels, key=int)] if isinstance(labels, dict) else list(labels)
     if res.get("volume_ml") is not None and not res.get("volume_ml"):
@@ -176,7 +205,7 @@ def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
                 referenced_segment=hd.sr.ReferencedSegment(
                     str(seg.SOPClassUID), str(seg.SOPInstanceUID), s,
                     source_series=hd.sr.SourceSeriesForSegmentation(str(datasets[0].SeriesInstanceUID))),
-                finding_type=typ, algorithm_id=algo, measurements=meas))
+                finding_type=typ, algorithm_id=algo, measurements=meas, qualitative_evaluations=qual))
         elif frames:
             src = datasets[0]
             groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -184,10 +213,11 @@ def _segmentation_groups(res: dict, seg, volume, datasets) -> list:
                 referenced_segment=hd.sr.ReferencedSegmentationFrame(
                     str(seg.SOPClassUID), str(seg.SOPInstanceUID), frame_number=frames[0], segment_number=s,
                     source_image=hd.sr.SourceImageForSegmentation(str(src.SOPClassUID), str(src.SOPInstanceUID))),
-                finding_type=typ, algorithm_id=algo, measurements=meas))
+                finding_type=typ, algorithm_id=algo, measurements=meas, qualitative_evaluations=qual))
         else:  # nothing segmented: the size (0) without a region
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=tid, finding_type=typ, algorithm_id=algo, measurements=meas))
+                tracking_identifier=tid, finding_type=typ, algorithm_id=algo, measurements=meas,
+                qualitative_evaluations=qual))
     return groups
 
 
@@ -472,10 +502,11 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, regio
                 unit = {"mm2": "area_mm2", "mL": "volume_ml", "px": "area_px"}.get(er.get("area_unit"))
                 region_item = {"model": er.get("model"), "model_version": er.get("model_version"),
                                "labels": ["background"] + list(er["labels"]), "voxel_counts": {},
-                               unit or "area_px": er.get("areas") if unit else None}
+                               unit or "area_px": er.get("areas") if unit else None,
+                               "quality": er.get("quality")}
                 groups += _segmentation_groups(region_item, region_segs[n], volume, datasets)
         elif "voxel_counts" in res:
-            groups += _segmentation_groups(res, segs.get(n), volume, datasets)
+            groups += _segmentation_groups(res, segs.get(n), volume, datasets, warnings)
         elif res.get("nodules") is not None:
             groups += _nodule_groups(res, segs.get(n), volume, datasets, warnings)
     groups += _viewer_groups(measurements, volume, datasets, warnings)

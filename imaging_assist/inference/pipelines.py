@@ -289,3 +289,6 @@ def _check_input(card, vol: Volume, warns: list[str], opts: RunOptions) -> None:
     else:
         warns.append("plain image without DICOM geometry or modality: the model's modality "
                      f"({', '.join(mods)}) is assumed; sizes are in pixels")
+    lo, hi = np.min(vol.array), np.max(vol.array)
+    if lo == hi:  # intensity scaling divides by zero; the output would not depend on the image
+        raise InputError(f"the image is blank (every pixel value is {lo:g}): there is nothing to analyse")

@@ -32,8 +32,9 @@ model's dimensionality equal to the series' 1 (2D model on one image, 3D on a vo
 * population -- the card's optional ``population`` block (``models/population.py``): the
   image kind given by the modality (projection radiograph, cross-sectional, ultrasound,
   microscopy...), the patient's age (``PatientAge``, else study date - birth date) in
-  completed years, and ``ViewPosition``.  A known value outside the population refuses the
-  model; an unknown one (a plain image, no PatientAge) fits with a warning naming it.
+  completed years, and ``ViewPosition``, of every image of the series.  A known value outside
+  the population (on any image: a lateral film inside an AP series) refuses the model; an
+  unknown one (a plain image, no PatientAge) fits with a warning naming it.
 
 No Qt, no torch: cheap to import (the viewer uses it on every series it shows).
 """
@@ -60,6 +61,11 @@ class SeriesFacts:
     is_dicom: bool = True  # False for plain PNG/JPEG/TIFF images (no DICOM attributes at all)
     patient_age_years: float | None = None
     view_position: str = ""  # DICOM ViewPosition (AP, PA, LL...), "" when not given
+    # every image's values, distinct, in image order (ages: the known ones; views: "" for an
+    # image without one): a lateral film inside an AP series is refused, not passed on the
+    # first image's view.  Empty: only the single values above are known.
+    patient_ages: tuple = ()
+    view_positions: tuple = ()
     loaded: bool = True  # built from a loaded volume (False: index headers only)
 
     def describe(self) -> str:
@@ -221,21 +227,32 @@ def _match_population(pop, facts: SeriesFacts, reasons: list[str], warnings: lis
             warnings.append(f"the model is for a {pop.image_kind}: the image kind of "
                             f"{facts.modality or 'a plain image'} is not known, not checked")
     if pop.age_years is not None:
-        age = facts.patient_age_years
-        if age is not None and not pop.age_fits(age):
-            reasons.append(f"model was trained on patients aged {pop.age_text()}, "
-                           f"the patient is {_age_text(age)}")
-        elif age is None:
+        ages = facts.patient_ages or (facts.patient_age_years,)
+        known = [a for a in ages if a is not None]
+        out = [a for a in known if not pop.age_fits(a)]
+        if out:
+            said = list(dict.fromkeys(_age_text(a) for a in known))
+            reasons.append(f"model was trained on patients aged {pop.age_text()}, the patient is "
+                           + (said[0] if len(said) == 1 else
+                              f"{' or '.join(said)} (the images disagree)"))
+        elif not known:
             warnings.append(f"patient age not given or not readable (PatientAge / birth date): the model was "
                             f"trained on patients aged {pop.age_text()}, not checked")
     if pop.view_positions:
         want = "/".join(pop.view_positions)
-        vp = (facts.view_position or "").upper().strip()
-        if vp and vp not in pop.view_positions:
-            reasons.append(f"model was trained on {want} views, the series is {vp}")
-        elif not vp:
+        vps = facts.view_positions or ((facts.view_position or "").upper().strip(),)
+        known = [v for v in vps if v]
+        out = [v for v in known if v not in pop.view_positions]
+        if out:
+            reasons.append(f"model was trained on {want} views, the series is {known[0]}" if len(known) == 1
+                           else f"model was trained on {want} views, the series has {' and '.join(known)} "
+                                f"images ({'/'.join(out)} not trained on)")
+        elif not known:
             warnings.append(f"view position not given (ViewPosition): the model was trained on "
                             f"{want} views, not checked")
+        elif "" in vps:
+            warnings.append(f"view position not given (ViewPosition) on some images of the series: "
+                            f"the model was trained on {want} views, not checked on those")
 
 
 def _age_text(age: float) -> str:
@@ -273,13 +290,34 @@ _AGE_UNIT = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def _population(recs) -> dict:
-    """``patient_age_years`` and ``view_position`` of the series (None / "" when unknown)."""
+    """``patient_age_years`` and ``view_position`` of the series (None / "" when unknown: the
+    first values given), and every image's: ``patient_ages`` (the distinct known ages) and
+    ``view_positions`` (distinct, "" for an image without one)."""
     if not recs:
-        return {"patient_age_years": None, "view_position": ""}
+        return {"patient_age_years": None, "view_position": "", "patient_ages": (), "view_positions": ()}
     extra = _extra_header(recs, ("PatientAge", "ViewPosition"))
     vp = extra["ViewPosition"]
-    return {"patient_age_years": _age_years(recs, extra["PatientAge"]),
-            "view_position": str(vp).upper().strip(" \x00") if vp is not None else ""}
+    age = _age_years(recs, extra["PatientAge"])
+    ages, vps, seen = [], [], set()
+    for r in recs:
+        raw = tuple(_first([r], k) for k in ("PatientAge", "PatientBirthDate", "StudyDate", "ViewPosition"))
+        if raw in seen:  # the images of a series mostly agree: each distinct header once
+            continue
+        seen.add(raw)
+        a = _age_years([r], raw[0])
+        if a is not None and a not in ages:
+            ages.append(a)
+        v = _view(raw[3])
+        if v not in vps:
+            vps.append(v)
+    return {"patient_age_years": age, "view_position": _view(vp),
+            # the age is the patient's: an image without one is not a gap when another says it
+            "patient_ages": tuple(ages) or ((age,) if age is not None else ()),
+            "view_positions": tuple(vps)}
+
+
+def _view(v) -> str:
+    return str(v).upper().strip(" \x00") if v is not None else ""
 
 
 def _age_years(recs, v) -> float | None:

@@ -170,6 +170,11 @@ def fit_knn(feats: np.ndarray, max_bank: int = 4000, seed: int = 0) -> dict[str,
 def score(stats: dict[str, torch.Tensor], feats: np.ndarray, method: str, k: int = 10) -> np.ndarray:
     """OOD scores (higher = less like the training data) of (N, D) features."""
     f = np.asarray(feats, np.float64)
+    d = int(stats["center"].shape[0])
+    if f.ndim != 2 or f.shape[1] != d:
+        # e.g. another model's statistics with a matching hash: numpy would broadcast or fail
+        raise OODStatsError(f"OOD statistics are for {d} features, the network gives "
+                            f"{f.shape[-1] if f.ndim else 0}; not used")
     z = (f - stats["center"].numpy()) / stats["scale"].numpy()
     if method == "mahalanobis":
         means, prec = stats["means"].numpy(), stats["precision"].numpy()
@@ -249,13 +254,44 @@ def load_stats(card) -> OODStats | None:
     missing = [n for n in need if n not in tensors]
     if missing:
         raise OODStatsError(f"model {card.id}: OOD statistics lack {', '.join(missing)}")
-    d = tensors["center"].shape[0]
-    bad = [n for n in need if tensors[n].shape[-1] != d or not torch.isfinite(tensors[n]).all()]
+    bad = _malformed(tensors, need)
     if bad:
-        raise OODStatsError(f"model {card.id}: OOD statistics {', '.join(bad)} malformed "
-                            f"(size or non-finite values)")
+        raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']}: {'; '.join(bad)}; not used")
     return OODStats(spec["method"], float(spec["threshold"]), list(spec["layers"]), tensors,
                     int(spec.get("k", 10)))
+
+
+def _malformed(tensors: dict, need: tuple) -> list[str]:
+    """What is wrong with the statistics' shapes and values: center/scale (D,), means and bank
+    (K>=1, D), precision (D, D) symmetric and positive semi-definite; all finite.  A file
+    with a matching hash but wrong shapes otherwise broadcast into meaningless scores."""
+    c = tensors["center"]
+    d = int(c.shape[0]) if c.ndim == 1 else 0
+    if d < 1:
+        return [f"center has shape {tuple(c.shape)}, not (D,)"]
+    want = {"center": (d,), "scale": (d,), "means": (None, d), "bank": (None, d), "precision": (d, d)}
+    bad = []
+    for n in need:
+        t, w = tensors[n], want[n]
+        if t.ndim != len(w) or any(a is not None and a != b for a, b in zip(w, t.shape)) or 0 in t.shape:
+            shape = "(" + ", ".join("K" if a is None else str(a) for a in w) + ("," if len(w) == 1 else "") + ")"
+            bad.append(f"{n} has shape {tuple(t.shape)}, not {shape}")
+        elif not torch.isfinite(t).all():
+            bad.append(f"{n} has non-finite values")
+    if bad:
+        return bad
+    if "scale" in need and not bool((tensors["scale"] > 0).all()):
+        bad.append("scale is not positive")
+    if "precision" in need:
+        p = tensors["precision"].double().numpy()
+        tol = 1e-6 * max(float(np.abs(p).max()), 1e-300)
+        if not np.allclose(p, p.T, rtol=0, atol=tol):
+            bad.append("precision is not symmetric")
+        else:
+            ev = np.linalg.eigvalsh(p)
+            if ev.min() < -1e-6 * max(float(np.abs(ev).max()), 1e-300):
+                bad.append("precision is not positive semi-definite")
+    return bad
 
 
 def check(s: float | None, threshold: float | None, method: str | None = None,
@@ -386,7 +422,7 @@ def withhold(decisions: dict | None, reason: str) -> None:
             v["withheld"] = reason
 
 
-def ood_block(card, network, xs, unit_name: str = "slice") -> dict:
+def ood_block(card, network, xs, unit_name: str = "slice", decisive: dict | None = None) -> dict:
     """The ``ood`` block for the model inputs ``xs`` (list of (C, H, W) tensors, one per image,
     slice or tile) of one result.  One input: its score.  Several: the median score, flagged
     when more than half are (``per_unit`` lists each).  A card without statistics gives an
@@ -406,9 +442,17 @@ def ood_block(card, network, xs, unit_name: str = "slice") -> dict:
     x = torch.stack([torch.as_tensor(v) for v in xs]) if isinstance(xs, (list, tuple)) else xs
     try:
         s = stats.scores(network, x)
-    except OODStatsError as e:
-        return {"score": None, "threshold": stats.threshold, "flagged": True, "reasons": [str(e)]}
-    return block_from_scores(stats, s, unit_name)
+    except (OODStatsError, ValueError) as e:  # statistics that do not fit the features: never passed
+        return _unscored(stats, e)
+    return block_from_scores(stats, s, unit_name, decisive)
+
+
+def _unscored(stats, e: Exception) -> dict:
+    """The flagged block of a result whose score could not be computed (``e`` in one line)."""
+    why = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if not isinstance(e, OODStatsError):
+        why = f"OOD score failed ({why}): the statistics do not fit this model"
+    return {"score": None, "threshold": stats.threshold, "flagged": True, "reasons": [why]}
 
 
 def fused_hooks(card, network) -> FeatureHooks | None:
@@ -426,13 +470,34 @@ def fused_hooks(card, network) -> FeatureHooks | None:
         return None
 
 
-def block_from_features(card, feats: np.ndarray, unit_name: str = "slice") -> dict:
+def block_from_features(card, feats: np.ndarray, unit_name: str = "slice",
+                        decisive: dict | None = None) -> dict:
     """The ``ood`` block from features taken by :func:`fused_hooks` (same as :func:`ood_block`)."""
     stats = stats_for(card)
-    return block_from_scores(stats, score(stats.tensors, feats, stats.method, stats.k), unit_name)
+    try:
+        s = score(stats.tensors, feats, stats.method, stats.k)
+    except (OODStatsError, ValueError) as e:
+        return _unscored(stats, e)
+    return block_from_scores(stats, s, unit_name, decisive)
 
 
-def block_from_scores(stats, s, unit_name: str = "slice") -> dict:
+def decisive_units(p: np.ndarray, labels, decisions: dict | None, mean: bool) -> dict[str, tuple[str, list[int]]]:
+    """For each label with a threshold decision, the aggregation ("max" / "mean") and the units
+    (slices, 0-based) its probability comes from: with max aggregation the unit(s) holding the
+    maximum of ``p`` (n_units, n_labels), with mean aggregation every unit."""
+    out = {}
+    for i, lab in enumerate(labels):
+        if isinstance((decisions or {}).get(lab), dict):
+            col = np.asarray(p)[:, i]
+            out[lab] = (("mean", list(range(len(col)))) if mean
+                        else ("max", [int(k) for k in np.flatnonzero(col == col.max())]))
+    return out
+
+
+def block_from_scores(stats, s, unit_name: str = "slice", decisive: dict | None = None) -> dict:
+    """The ``ood`` block of per-unit scores ``s``.  ``decisive`` (:func:`decisive_units`): a
+    series passed by the majority rule is still flagged when a decision's probability comes
+    from a flagged unit (one photograph among films gave a series its "pneumonia positive")."""
     if len(s) == 1:
         return stats.result(float(s[0])).to_dict()
     d = summarise_tiles(s, stats.threshold, stats.method)
@@ -441,13 +506,26 @@ def block_from_scores(stats, s, unit_name: str = "slice") -> dict:
     d[f"{unit_name}s"] = d.pop("tiles")
     d[f"{unit_name}s_flagged"] = d.pop("tiles_flagged")
     d["per_unit"] = [None if not np.isfinite(v) else round(float(v), 4) for v in s]
+    if decisive and not d["flagged"]:
+        s = np.asarray(s, np.float64)
+        bad = ~np.isfinite(s) | (s > stats.threshold)
+        n = len(s)
+        for lab, (how, units) in decisive.items():
+            hit = [k for k in units if bad[k]]
+            if not hit:
+                continue
+            which = ", ".join(str(k + 1) for k in hit)
+            d["reasons"].append(f"the {lab} probability ({how} over {unit_name}s) "
+                                f"{'comes from' if how == 'max' else 'includes'} {unit_name}{'s' if len(hit) > 1 else ''} {which} of {n}, unlike "
+                                f"the training images (OOD score above threshold {stats.threshold:.3g})")
+        d["flagged"] = bool(d["reasons"])
     return d
 
 
-def attach(model, res, xs, unit_name: str = "slice") -> dict:
+def attach(model, res, xs, unit_name: str = "slice", decisive: dict | None = None) -> dict:
     """Set ``res.ood`` (the results.json block) for a classification or segmentation result;
     a flagged classification's threshold decisions are withheld here already."""
-    return attach_block(res, ood_block(model.card, model.network, xs, unit_name))
+    return attach_block(res, ood_block(model.card, model.network, xs, unit_name, decisive))
 
 
 def attach_block(res, d: dict) -> dict:

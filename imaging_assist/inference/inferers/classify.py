@@ -101,13 +101,19 @@ def finish(model, vol, opts, device, prep: Prepared, p, feats, prog, warns) -> C
     res = ClassificationResult(card.id, card.version, card.task, list(labels),
                                probabilities=probabilities, decisions=decisions,
                                per_slice=per_slice, aggregation=aggregation, timings=prep.timings)
-    # issue 14: a flagged result has its decisions withheld
+    # the labels a heat map explains by default: those over their threshold, taken before a
+    # flagged result has its decisions withheld (else a withheld result explained its top label,
+    # not the finding it is about, and differently from --research-override's withholding)
+    positive = [lab for lab, dd in decisions.items() if dd and dd["positive"]]
+    # issue 14: a flagged result has its decisions withheld; on a series also when a decision's
+    # probability comes from a flagged slice (max: the slice that gives it; mean: any)
+    decisive = (ood.decisive_units(p, labels, decisions, aggregation == "mean_over_slices")
+                if len(xs) > 1 else None)
     if feats is not None:
-        ood.attach_block(res, ood.block_from_features(card, feats))
+        ood.attach_block(res, ood.block_from_features(card, feats, decisive=decisive))
     else:
-        ood.attach(model, res, xs)
+        ood.attach(model, res, xs, decisive=decisive)
     if opts.explain is not None:
-        positive = [lab for lab, dd in decisions.items() if dd and dd["positive"]]
         default = positive or [max(probabilities, key=probabilities.get)]
         _explain_classifier(model, vol, opts, device, prep.pre, prep.dicts, xs, p, res,
                             _explain_labels(card, opts.explain_labels, default), prog.stage(0.6, 1.0),
