@@ -19,10 +19,13 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..dicom.archive import _READ_ERRORS as ZIP_READ_ERRORS
+from ..dicom.archive import member_info
+from ..dicom.header import HeaderError
 from ..errors import UserError
 
 HASH_CHUNK = 1 << 20
@@ -68,6 +71,7 @@ def content_hash(c: Candidate) -> str:
     h = hashlib.sha256()
     h.update(c.kind.encode())
     zips: dict[str, zipfile.ZipFile] = {}
+    counts: dict[str, Counter] = {}  # member names of each zip, counted once
     try:
         for path, member in c.files():
             h.update(b"\0")
@@ -77,10 +81,13 @@ def content_hash(c: Candidate) -> str:
                         h.update(chunk)
             else:
                 zf = zips.get(path) or zips.setdefault(path, zipfile.ZipFile(path))
-                with zf.open(member) as f:
+                if path not in counts:
+                    counts[path] = Counter(i.filename for i in zf.infolist())
+                # the one member of that name (zf.open(name) would take the last of several)
+                with zf.open(member_info(zf, member, counts[path])) as f:
                     while chunk := f.read(HASH_CHUNK):
                         h.update(chunk)
-    except (*ZIP_READ_ERRORS, KeyError) as e:  # a damaged deflate stream is zlib.error, not OSError
+    except (*ZIP_READ_ERRORS, KeyError, HeaderError) as e:  # a damaged deflate stream is zlib.error, not OSError
         raise UserError(f"{c.source}: cannot be read to hash it ({e})") from None
     finally:
         for z in zips.values():

@@ -10,18 +10,23 @@
   archive whose members add up to more than ``MAX_TOTAL_BYTES``.  ``zipfile`` never
   returns more than a member's declared size (it stops there and checks the CRC), so
   the declared sizes bound what any later read can allocate.
+* A member that is not in the common encoding (no 128-byte preamble, big endian...) is
+  streamed through pydicom, which skips the pixel data; it is never held in memory whole.
+* Members are addressed by name (that is what an index record keeps), so a name that
+  more than one member of the archive uses is ambiguous (``zipfile`` would always give the
+  last of them): those members are not read, and the archive gets one problem naming them.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 import zipfile
 import zlib
+from collections import Counter
 
 from .header import (MORE, OK, HeaderError, InstanceRecord, _fast_scan, _note_pixels,
-                     _one_line, _pydicom_scan, _reset, first_codestream)
+                     _one_line, _pydicom_scan, _reset, _Stream, first_codestream)
 
 MAX_RATIO = 200  # uncompressed / compressed; deflate's own limit is ~1030
 RATIO_MIN_BYTES = 8 << 20  # smaller members are never refused for their ratio (blank images)
@@ -45,7 +50,50 @@ def list_members(path: str) -> tuple[list[str], str | None]:
     if total > MAX_TOTAL_BYTES:
         return [], (f"zip refused: its members would expand to {total / 1024**3:.1f} GiB "
                     f"uncompressed (limit {MAX_TOTAL_BYTES / 1024**3:.0f} GiB)")
-    return [i.filename for i in infos], None
+    counts = Counter(i.filename for i in infos)
+    dup = sorted(n for n, k in counts.items() if k > 1)
+    reason = None
+    if dup:
+        reason = (f"{sum(counts[n] for n in dup)} zip members share {len(dup)} name"
+                  f"{'s' if len(dup) > 1 else ''} ({', '.join(dup[:3])}{', ...' if len(dup) > 3 else ''}): "
+                  "not read (which one a name means cannot be told)")
+    return [i.filename for i in infos if counts[i.filename] == 1], reason
+
+
+def member_info(zf: zipfile.ZipFile, name: str, counts: Counter | None = None) -> zipfile.ZipInfo:
+    """The member named ``name``; HeaderError when there is none or more than one
+    (``zf.getinfo`` would silently give the last).  ``counts``: the archive's name counts,
+    when the caller looks up many members (counted once, not once per member)."""
+    n = (counts if counts is not None else Counter(i.filename for i in zf.infolist()))[name]
+    if n > 1:
+        raise HeaderError(f"{n} zip members are named {name}: not read (which one is meant cannot be told)")
+    try:
+        return zf.getinfo(name)
+    except KeyError:
+        raise HeaderError(f"no zip member named {name}") from None
+
+
+def member_heads(path: str, names: list[str], n: int = 8192) -> dict[str, bytes | None]:
+    """The first n bytes of each named member (None: unreadable, refused or ambiguous), with
+    the archive opened once (the central directory of a zip with thousands of members is
+    parsed once, not once per member)."""
+    out: dict[str, bytes | None] = dict.fromkeys(names)
+    try:
+        zf = zipfile.ZipFile(path)
+    except _READ_ERRORS:
+        return out
+    with zf:
+        counts = Counter(i.filename for i in zf.infolist())
+        for name in names:
+            try:
+                info = member_info(zf, name, counts)
+                if member_problem(info):
+                    continue
+                with zf.open(info) as fh:
+                    out[name] = fh.read(n)
+            except Exception:  # noqa: BLE001 - unreadable: it stays a problem
+                continue
+    return out
 
 
 def member_problem(info: zipfile.ZipInfo) -> str | None:
@@ -94,12 +142,15 @@ def read_member_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) ->
                 if status == MORE and not complete:
                     want = min(want * 4, info.file_size)
                     continue
-                # Not the common encoding: pydicom reads the whole member (bounded above).
+                # Not the common encoding: pydicom streams the member from its start (it
+                # skips the pixel data: bounded memory, however large the member).
                 _reset(rec)
-                buf += fh.read()
-                data = bytes(buf)
                 del buf
-                _pydicom_scan(io.BytesIO(data), rec, buf=data, size=len(data))
+
+                def read_at(pos: int, n: int, fh=fh) -> bytes:
+                    fh.seek(pos)
+                    return fh.read(n)
+                _pydicom_scan(fh, rec, buf=_Stream(read_at, info.file_size), size=info.file_size)
                 break
     except HeaderError:
         raise
@@ -117,9 +168,10 @@ def read_members(path: str, names: list[str]) -> list[InstanceRecord | tuple[str
     except _READ_ERRORS as e:
         return [(f"{path}!{n}", f"unreadable zip: {_one_line(e)}") for n in names]
     with zf:
+        counts = Counter(i.filename for i in zf.infolist())
         for name in names:
             try:
-                out.append(read_member_record(zf, zf.getinfo(name), path))
+                out.append(read_member_record(zf, member_info(zf, name, counts), path))
             except HeaderError as e:
                 out.append((f"{path}!{name}", str(e)))
             except Exception as e:  # never let one member stop the scan
@@ -131,7 +183,7 @@ def read_member_bytes(path: str, member: str) -> bytes:
     """The whole member (for loading), after the same bounds as the scan."""
     try:
         with zipfile.ZipFile(path) as zf:
-            info = zf.getinfo(member)
+            info = member_info(zf, member)
             reason = member_problem(info)
             if reason:
                 raise HeaderError(reason)

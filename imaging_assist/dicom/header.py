@@ -4,10 +4,10 @@ Two readers produce the same :class:`InstanceRecord`:
 
 * ``_fast_scan`` walks the elements of the common encodings (a Part 10 file in
   Explicit or Implicit VR Little Endian, native or encapsulated pixels) with ``struct``
-  over a read-only ``mmap``, keeps only the ~50 attributes the index and the volume
-  builder need, and notes where the pixel data starts.  It is hand-written because
-  pydicom builds a full ``Dataset`` for every element (about 1.6 ms for a CT slice
-  header here), which alone is slower than the whole load target of the foundation
+  over the file's first bytes (read into memory, more while the walk needs more), keeps
+  only the ~50 attributes the index and the volume builder need, and notes where the
+  pixel data starts.  It is hand-written because pydicom builds a full ``Dataset`` for
+  every element (about 1.6 ms for a CT slice header here), which alone is slower than the whole load target of the foundation
   issue; the fast walk takes a fraction of that.  It never guesses: on anything it does
   not fully understand (big endian, deflate, odd lengths, no preamble) it gives up and
   the file goes to pydicom.  ``tests/test_dicom_header.py`` checks that both readers agree
@@ -19,12 +19,14 @@ Two readers produce the same :class:`InstanceRecord`:
 * ``_pydicom_scan`` is the general reader (``dcmread(..., force=True)``) used for
   everything else.
 
-Files are only ever opened in ``"rb"`` mode (and mapped with ``ACCESS_READ``).
+Files are only ever opened in ``"rb"`` mode and read with ``read``/``pread``, never mapped:
+a mapped file that another program truncates or rewrites while it is scanned (a copy, a PACS
+receiver, an anonymiser working in place) kills the process with SIGBUS, while a read just
+comes back short and the file becomes one problem line.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import stat
 import struct
@@ -376,16 +378,19 @@ MAX_FRAGMENTS = 1 << 20
 
 
 def _walk_fragments(buf, pos: int, rec: InstanceRecord) -> None:
-    """Count the items of encapsulated pixel data from pos (only their 8-byte headers)."""
-    unpack = struct.unpack_from
+    """Count the items of encapsulated pixel data from pos (only their 8-byte headers).
+
+    buf is the whole file in memory or a :class:`_Stream` over it (only the item headers
+    are read then)."""
     n = len(buf)
     items, data, bot = 0, 0, None
     first = None
     rec.fragment_error = None
     while True:
-        if pos + 8 > n:
-            break  # no sequence delimiter before the end: judged by the item count
-        group, elem, length = unpack("<HHL", buf, pos)
+        head = bytes(buf[pos:pos + 8]) if pos + 8 <= n else b""
+        if len(head) < 8:
+            break  # no delimiter before the end (or the file shrank): judged by the item count
+        group, elem, length = struct.unpack("<HHL", head)
         tag = (group << 16) | elem
         if tag == _SEQ_END:
             break
@@ -600,18 +605,21 @@ DEFLATE_MAX_BYTES = 4 << 30
 def _check_deflated(buf) -> int | None:
     """For a Part 10 file in the Deflated transfer syntax: the inflated size of the data set,
     after checking how far it inflates (HeaderError when too far); None for other files.
-    Nothing inflated is kept."""
+    Nothing inflated is kept.  buf: the file in memory or a :class:`_Stream` over it."""
     import zlib
-    if len(buf) < 144 or bytes(buf[128:132]) != b"DICM":
+    if len(buf) < 144:
+        return None
+    head = bytes(buf[:144])
+    if head[128:132] != b"DICM":
         return None
     try:
-        g, e = struct.unpack_from("<HH", buf, 132)
-        (meta_len,) = struct.unpack_from("<L", buf, 140)
+        g, e = struct.unpack_from("<HH", head, 132)
+        (meta_len,) = struct.unpack_from("<L", head, 140)
     except struct.error:
         return None
     meta_end = 144 + meta_len
     if (g, e) != (0x0002, 0x0000) or meta_end > len(buf) \
-            or DEFLATED.encode() not in bytes(buf[132:meta_end]):
+            or DEFLATED.encode() not in bytes(buf[132:min(meta_end, 132 + (1 << 20))]):
         return None
     compressed = len(buf) - meta_end
     limit = min(DEFLATE_MAX_BYTES, max(DEFLATE_MIN_BYTES, DEFLATE_MAX_RATIO * compressed))
@@ -635,7 +643,8 @@ def _check_deflated(buf) -> int | None:
 
 
 def _pydicom_scan(fp, rec: InstanceRecord, buf=None, size: int | None = None) -> None:
-    """General reader.  buf (the whole file, mmap or bytes) lets the fragments be walked."""
+    """General reader.  buf (the whole file as bytes, or a :class:`_Stream` over it) lets the
+    fragments be walked and a deflated data set be measured before pydicom inflates it."""
     ensure_pydicom()
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -691,6 +700,30 @@ def _one_line(e: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- public
+# The fast walk reads the file's first HEADER_CHUNK bytes, then 4x more while it has not
+# reached the Pixel Data element; a header longer than MAX_HEADER_BYTES goes to pydicom, which
+# skips large values without reading them (bounded memory for any file).
+HEADER_CHUNK = 64 << 10
+MAX_HEADER_BYTES = 64 << 20
+
+
+class _Stream:
+    """``view[a:b] -> bytes`` over a file (or zip member) of known size that is not held in
+    memory: ``read_at(pos, n)`` reads only what the fragment walk and the deflate check ask."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes], size: int):
+        self._read_at = read_at
+        self._size = size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, s: slice) -> bytes:
+        start = s.start or 0
+        stop = self._size if s.stop is None else min(s.stop, self._size)
+        return self._read_at(start, stop - start) if stop > start else b""
+
+
 def read_record(path: str, member: str | None = None, zf: zipfile.ZipFile | None = None) -> InstanceRecord:
     """Read one file's header.  Raises :class:`HeaderError` with a one-line reason.
 
@@ -706,17 +739,33 @@ def read_record(path: str, member: str | None = None, zf: zipfile.ZipFile | None
     rec = InstanceRecord(path=path, member=member)
     fh = open_regular(path)
     with fh:
-        size = os.fstat(fh.fileno()).st_size
+        fd = fh.fileno()
+        size = os.fstat(fd).st_size
         rec.file_size = size
         if size == 0:
             raise HeaderError("empty file")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            ok = _fast_scan(mm, rec) == OK
-            if ok:
-                _note_pixels(mm, rec, size, complete=True)
-            else:
-                _reset(rec)
-                _pydicom_scan(fh, rec, buf=mm, size=size)
+        # The header is read (pread), not mapped: see the module docstring (SIGBUS).  A prefix
+        # that grows until the walk reaches the Pixel Data element; a file that shrinks while
+        # it is read ends the prefix there (a short read, judged as the whole file).
+        buf = b""
+        want = min(HEADER_CHUNK, size)
+        while True:
+            chunk = os.pread(fd, want - len(buf), len(buf))
+            buf += chunk
+            complete = len(buf) >= size or not chunk
+            status = _fast_scan(buf, rec, partial=not complete)
+            if status == MORE and not complete and want < MAX_HEADER_BYTES:
+                want = min(want * 4, size, MAX_HEADER_BYTES)
+                continue
+            break
+        ok = status == OK
+        # the rest of the file (fragment items, a deflated data set) is read where needed
+        whole = buf if complete else _Stream(lambda pos, n: os.pread(fd, n, pos), size)
+        if ok:
+            _note_pixels(whole, rec, size, complete=True)
+        else:
+            _reset(rec)
+            _pydicom_scan(fh, rec, buf=whole, size=size)
         if not ok and rec.has_pixels and not rec.encapsulated and rec.transfer_syntax in NATIVE_SYNTAXES:
             rec.pixel_offset = None  # pydicom path: pixels are decoded by pydicom
     return rec
@@ -759,7 +808,7 @@ def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
     else:
         with open_regular(rec.path) as fh:
             ds = pydicom.dcmread(fh, force=True, stop_before_pixels=stop_before_pixels)
-            ds.filename = rec.path  # the handle has no name (opened by descriptor); FileSet needs it
+            ds.filename = rec.path  # the handle has no name (opened by descriptor)
             if not stop_before_pixels and "PixelData" in ds:
                 _ = ds.PixelData  # make sure deferred values are read while the file is open
     if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:

@@ -229,19 +229,17 @@ _TEXT_KIND = {".xml": "XML", ".json": "JSON", ".csv": "CSV table", ".tsv": "TSV 
 OTHER_REASONS = ("not DICOM", "unreadable DICOM header")
 
 
+def _is_member(path: str) -> bool:
+    return "!" in path and not os.path.exists(path)
+
+
 def _head(path: str, n: int = 8192) -> bytes | None:
     """The first n bytes of a file or zip member ("archive.zip!member"); None when unreadable."""
-    import zipfile
     try:
-        if "!" in path and not os.path.exists(path):
+        if _is_member(path):
+            from .archive import member_heads
             zpath, member = path.split("!", 1)
-            with zipfile.ZipFile(zpath) as zf:
-                from .archive import member_problem
-                info = zf.getinfo(member)
-                if member_problem(info):
-                    return None
-                with zf.open(info) as fh:
-                    return fh.read(n)
+            return member_heads(zpath, [member], n)[member]
         from .header import open_regular
         with open_regular(path) as fh:
             return fh.read(n)
@@ -262,16 +260,17 @@ def _is_text(head: bytes) -> bool:
     return printable >= 0.97 * len(head)
 
 
-def other_file_kind(path: str) -> str | None:
+def other_file_kind(path: str, heads: dict[str, bytes | None] | None = None) -> str | None:
     """What a file the header reader refused plainly is ("XML text", "PNG image"...), or None
     when it may be a damaged DICOM: it has the DICM preamble or a DICOM extension, or its
-    content is nothing recognisable (those stay problems with their reason)."""
+    content is nothing recognisable (those stay problems with their reason).  ``heads``: first
+    bytes already read (zip members, see :func:`split_other_files`), by path."""
     name = path.split("!", 1)[-1]
     base = os.path.basename(name)
     ext = os.path.splitext(base)[1].lower()
     if ext in DICOM_EXTENSIONS:
         return None
-    head = _head(path)
+    head = heads[path] if heads is not None and path in heads else _head(path)
     if head is None or not head:
         return None
     if len(head) >= 132 and head[128:132] == b"DICM":
@@ -291,10 +290,22 @@ def other_file_kind(path: str) -> str | None:
 
 
 def split_other_files(problems: list[Problem]) -> tuple[list[Problem], list[Problem]]:
-    """(problems, other files): problems whose file is plainly not DICOM become other files."""
+    """(problems, other files): problems whose file is plainly not DICOM become other files.
+
+    The first bytes of zip members are read with each archive opened once (opened per member,
+    a zip of thousands of text files took minutes: its central directory parsed each time)."""
+    from .archive import member_heads
+    wanted = [pr.path for pr in problems if str(pr.reason).startswith(OTHER_REASONS)]
+    by_zip: dict[str, list[str]] = defaultdict(list)
+    for path in wanted:
+        if _is_member(path) and os.path.splitext(path)[1].lower() not in DICOM_EXTENSIONS:
+            zpath, member = path.split("!", 1)
+            by_zip[zpath].append(member)
+    heads = {f"{zpath}!{m}": h for zpath, members in by_zip.items()
+             for m, h in member_heads(zpath, members).items()}
     keep, other = [], []
     for pr in problems:
-        kind = other_file_kind(pr.path) if str(pr.reason).startswith(OTHER_REASONS) else None
+        kind = other_file_kind(pr.path, heads) if str(pr.reason).startswith(OTHER_REASONS) else None
         (other.append(Problem(pr.path, kind)) if kind else keep.append(pr))
     return keep, other
 
@@ -358,28 +369,86 @@ def _task_size(task) -> int:
     return len(task[2]) if task[0] == "zip" else 1
 
 
-def _dicomdir_files(rec: InstanceRecord, problems: list[Problem]) -> list[str]:
-    """Files a DICOMDIR refers to (pydicom's FileSet does the record walking)."""
-    ensure_pydicom()
-    from pydicom.fileset import FileSet
-    from .header import read_dataset
-    import warnings
+# Levels of a DICOMDIR's record tree (PATIENT, STUDY, SERIES, IMAGE and a few private ones).
+DICOMDIR_MAX_DEPTH = 16
 
+
+def _dicomdir_files(rec: InstanceRecord, problems: list[Problem]) -> list[str]:
+    """Files a DICOMDIR refers to, record by record.
+
+    The records are walked here (not by pydicom's FileSet, which follows the offsets without
+    remembering where it has been: a record pointing back to an earlier one hung the scan, and
+    one bad record made it refuse every other).  Each record is followed once, at most
+    ``DICOMDIR_MAX_DEPTH`` levels deep; a loop, an offset that points to no record, a
+    ReferencedFileID outside the DICOMDIR's folder or a file that is not there is one problem
+    line of the DICOMDIR, and the other records are still read.  Records outside the tree
+    with a ReferencedFileID are read too (as pydicom's FileSet did).
+    """
+    ensure_pydicom()
+    from pathlib import Path
+    from .header import read_dataset
+
+    if rec.member is not None:
+        return []  # inside a zip: every member is scanned already
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fs = FileSet(read_dataset(rec))
-        # a record whose file is missing: pydicom warns and leaves it out; said as a problem
-        # of the DICOMDIR (a series then silently lacked an image)
-        for w in caught:
-            text = str(w.message)
-            if "does not exist:" in text:
-                problems.append(Problem(rec.path, "DICOMDIR names a file that is not there: "
-                                                  + text.split("does not exist:", 1)[1].strip()))
-        return [str(inst.path) for inst in fs]
+        ds = read_dataset(rec)
+        records = {item.seq_item_tell: item for item in ds.get("DirectoryRecordSequence") or []}
+        first = ds.get("OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity")
     except Exception as e:
         problems.append(Problem(rec.path, f"unreadable DICOMDIR: {_one_line(e)}"))
         return []
+    root = Path(rec.path).resolve().parent
+    order: list[int] = []  # records in tree order, each once
+    seen: set[int] = set()
+
+    def bad(text: str) -> None:
+        problems.append(Problem(rec.path, text))
+
+    def walk(offset, depth: int, came_from: str) -> None:
+        while offset:
+            if offset in seen:
+                bad(f"DICOMDIR records form a loop: {came_from} points back to the record at offset "
+                    f"{offset}; the walk stops there")
+                return
+            if offset not in records:
+                bad(f"DICOMDIR: {came_from} points to offset {offset}, where there is no record")
+                return
+            seen.add(offset)
+            order.append(offset)
+            item = records[offset]
+            lower = item.get("OffsetOfReferencedLowerLevelDirectoryEntity")
+            if lower:
+                if depth >= DICOMDIR_MAX_DEPTH:
+                    bad(f"DICOMDIR: the record at offset {offset} is more than {DICOMDIR_MAX_DEPTH} levels "
+                        "deep: its lower records are not read")
+                else:
+                    walk(lower, depth + 1, f"the lower-level offset of the record at offset {offset}")
+            offset, came_from = item.get("OffsetOfTheNextDirectoryRecord"), \
+                f"the next-record offset of the record at offset {offset}"
+
+    try:
+        walk(first, 0, "the first-record offset")
+    except Exception as e:  # a value of the wrong type: the records reached so far are kept
+        bad(f"DICOMDIR record offsets unreadable: {_one_line(e)}")
+    order += [o for o in records if o not in seen]  # orphans
+    files = []
+    for offset in order:
+        try:
+            fid = records[offset].get("ReferencedFileID")
+            if not fid:
+                continue
+            rel = Path(fid) if isinstance(fid, str) else Path(*fid)
+            full = root / rel
+            if rel.anchor or not full.resolve().is_relative_to(root):
+                bad(f"DICOMDIR record at offset {offset}: ReferencedFileID {str(rel)!r} is outside the "
+                    "DICOMDIR's folder: not read")
+            elif not os.path.exists(full):
+                bad(f"DICOMDIR names a file that is not there: {full}")
+            else:
+                files.append(str(full))
+        except Exception as e:
+            bad(f"DICOMDIR record at offset {offset} unreadable: {_one_line(e)}")
+    return files
 
 
 # --------------------------------------------------------------------------- checks
