@@ -10,7 +10,6 @@ import shutil
 import subprocess
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset

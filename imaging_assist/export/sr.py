@@ -152,23 +152,18 @@ def _segmentation_checks(res: dict, warnings: list | None) -> list:
     failed (``quality.passed`` false); none when both passed."""
     import highdicom as hd
 
-    qual = []
     ood = res.get("ood") if isinstance(res.get("ood"), dict) else {}
-    if ood.get("flagged"):
-        qual.append(hd.sr.QualitativeEvaluation(
-            _local("IN-TRAIN-DOMAIN", "Input within the model's training data"),
-            _cc("373067005", "SCT", "No")))
-        if warnings is not None:
-            warnings.append(f"SR {res.get('model')}: input outside the model's training data: "
-                            "stated with each structure")
     q = res.get("quality") if isinstance(res.get("quality"), dict) else {}
-    if q.get("checked", True) and q.get("passed") is False:
-        qual.append(hd.sr.QualitativeEvaluation(
-            _local("QUALITY-CHECKS", "Segmentation passed the model's quality checks"),
-            _cc("373067005", "SCT", "No")))
-        if warnings is not None:
-            warnings.append(f"SR {res.get('model')}: segmentation quality checks failed: "
-                            "stated with each structure")
+    failed = [(ood.get("flagged"), "IN-TRAIN-DOMAIN", "Input within the model's training data",
+               "input outside the model's training data"),
+              (q.get("checked", True) and q.get("passed") is False, "QUALITY-CHECKS",
+               "Segmentation passed the model's quality checks", "segmentation quality checks failed")]
+    qual = []
+    for bad, code, meaning, said in failed:
+        if bad:
+            qual.append(hd.sr.QualitativeEvaluation(_local(code, meaning), _cc("373067005", "SCT", "No")))
+            if warnings is not None:
+                warnings.append(f"SR {res.get('model')}: {said}: stated with each structure")
     return qual
 
 
