@@ -178,6 +178,11 @@ class InstanceRecord:
     has_pixels: bool = False
     encapsulated: bool = False
     file_size: int = 0
+    # (st_size, st_mtime_ns, st_ino, st_dev) of the file when its header was read; every later
+    # read (read_dataset, the loader's native path) refuses a file that no longer has it, since
+    # the record (pixel offset, sizes, rescale) would then describe another file.  None: not
+    # known (zip members, records made by hand): not checked.
+    file_identity: tuple[int, int, int, int] | None = None
     fast: bool = False  # read by the fast walk
     notes: list[str] = field(default_factory=list)
     # Bytes from the start of the Pixel Data value to the end of the file (or zip member);
@@ -740,8 +745,11 @@ def read_record(path: str, member: str | None = None, zf: zipfile.ZipFile | None
     fh = open_regular(path)
     with fh:
         fd = fh.fileno()
-        size = os.fstat(fd).st_size
+        # taken before reading: a file changed while it is read no longer matches at load time
+        st = os.fstat(fd)
+        size = st.st_size
         rec.file_size = size
+        rec.file_identity = file_identity(st)
         if size == 0:
             raise HeaderError("empty file")
         # The header is read (pread), not mapped: see the module docstring (SIGBUS).  A prefix
@@ -771,8 +779,19 @@ def read_record(path: str, member: str | None = None, zf: zipfile.ZipFile | None
     return rec
 
 
-def open_regular(path: str):
-    """Open a regular file for reading ("rb"), without blocking on a pipe or device."""
+STALE_FILE = "changed since it was indexed: open the folder again"
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What InstanceRecord.file_identity keeps of a file's stat."""
+    return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
+
+
+def open_regular(path: str, expect: tuple | None = None):
+    """Open a regular file for reading ("rb"), without blocking on a pipe or device.
+
+    ``expect``: the record's file_identity; a file that no longer has it (rewritten, replaced
+    since the scan) is refused with :data:`STALE_FILE`.  One fstat does both checks."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
@@ -781,6 +800,8 @@ def open_regular(path: str):
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise HeaderError(f"not a regular file ({file_kind(st.st_mode)}): skipped")
+        if expect is not None and file_identity(st) != tuple(expect):
+            raise HeaderError(STALE_FILE)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -803,10 +824,15 @@ def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
     import io
     if rec.member is not None:
         from .archive import read_member_bytes
-        data = read_member_bytes(rec.path, rec.member)
+        # the archive is opened here (zipfile takes the open file): a zip swapped for a pipe
+        # is refused, not waited on.  A member whose size is no longer the scanned one changed.
+        with open_regular(rec.path) as zfh:
+            data = read_member_bytes(zfh, rec.member)
+        if rec.file_size and len(data) != rec.file_size:
+            raise HeaderError(STALE_FILE)
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)
     else:
-        with open_regular(rec.path) as fh:
+        with open_regular(rec.path, rec.file_identity) as fh:
             ds = pydicom.dcmread(fh, force=True, stop_before_pixels=stop_before_pixels)
             ds.filename = rec.path  # the handle has no name (opened by descriptor)
             if not stop_before_pixels and "PixelData" in ds:

@@ -21,7 +21,9 @@ the file and frame.
 
 Uncompressed little-endian slices are read straight from disk into the volume with
 ``numpy.fromfile`` at the offset the header walk found; everything else is decoded by
-pydicom with the pylibjpeg plugins, on a thread pool.
+pydicom with the pylibjpeg plugins, on a thread pool.  Both open the file only after
+checking it is still the one scanned (``InstanceRecord.file_identity``): a file changed since
+is refused in one line ("changed since it was indexed"), never read at a stale offset.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import numpy as np
 from ..errors import UserError
 from ..volume import Volume
 from .. import display
-from .header import EXPLICIT_LE, IMPLICIT_LE, InstanceRecord, read_dataset
+from .header import EXPLICIT_LE, IMPLICIT_LE, HeaderError, InstanceRecord, open_regular, read_dataset
 from .header import functional_group_value as _fg
 from .index import MAX_SERIES_BYTES, SeriesInfo, check_record
 
@@ -374,6 +376,8 @@ def plan_series(series: SeriesInfo) -> list[StackPlan]:
         if _needs_pydicom_header(r):
             try:
                 ds = read_dataset(r, stop_before_pixels=True)
+            except HeaderError as e:  # changed since the scan, not a regular file
+                raise LoadError(f"{r.display_path}: {e}") from None
             except Exception as e:
                 raise LoadError(f"{r.display_path}: unreadable header: {e}") from None
             datasets[ri] = ds
@@ -830,7 +834,13 @@ def _read_native(rec: InstanceRecord, frames: list[int]) -> dict[int, np.ndarray
     n = rec.rows * rec.columns
     fbytes = n * dt.itemsize
     out = {}
-    with open(rec.path, "rb") as fh:  # read-only
+    try:
+        # the pixel offset is the scanned file's: a file that changed since is refused (and a
+        # pipe put in its place is not waited on)
+        fh = open_regular(rec.path, rec.file_identity)
+    except HeaderError as e:
+        raise LoadError(f"{rec.display_path}: {e}") from None
+    with fh:  # read-only
         for fr in frames:
             fh.seek(rec.pixel_offset + fr * fbytes)
             a = np.fromfile(fh, dtype=dt, count=n)
@@ -929,6 +939,8 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
     from pydicom.pixels import apply_color_lut
     try:
         ds = read_dataset(rec)
+    except HeaderError as e:  # changed since the scan, not a regular file: says it in one line
+        raise LoadError(f"{rec.display_path}: {e}") from None
     except Exception as e:
         raise LoadError(f"{rec.display_path}: unreadable file: {_one_line(e)}") from None
     if "PixelData" not in ds:
