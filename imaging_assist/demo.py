@@ -16,16 +16,23 @@ viewer), and ``report.json`` is written with
 
 Models that are missing, fail their sha256 check or fail on a series are one-line notes; a
 MONAI bundle whose configs hold code is skipped (a note) until ``models trust`` marked it.
+The console also says each analysis' warnings and an out-of-distribution flag, as ``analyze`` does.
+
+``report.json`` lists the files the run wrote (``files``); a later demo run into the same folder
+removes the files of that list that it does not write again (never any other file there).  The
+output folder may not be the demo folder or inside it.  A display counts only when its server
+answers (:func:`display_problem`: a stale ``ssh -X`` session leaves DISPLAY set): otherwise the
+demo runs headless, with a note.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from importlib import resources
 from pathlib import Path
-
-import numpy as np
 
 from .errors import UserError
 from .jsonvalues import is_number
@@ -44,8 +51,77 @@ def attribution_path() -> str:
 
 
 def has_display() -> bool:
-    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) and \
-        os.environ.get("QT_QPA_PLATFORM", "") != "offscreen"
+    return os.environ.get("QT_QPA_PLATFORM", "") != "offscreen" and display_problem() is None
+
+
+DISPLAY_PROBE_TIMEOUT_S = 0.5  # a TCP display (ssh -X: localhost:10) that does not answer at once
+
+
+def display_problem() -> str | None:
+    """Why no window can open here (one phrase), or None when one can.
+
+    DISPLAY / WAYLAND_DISPLAY being set is not enough: a closed ``ssh -X`` session leaves
+    DISPLAY naming a server that is gone, and Qt then aborts the process (SIGABRT) instead of
+    returning an error.  So the server is asked for a connection first, as Qt's xcb / wayland
+    plugins would connect (no X protocol is spoken: an answer is enough).  Windows and macOS
+    open windows without these variables.  Also used by the viewer (``imaging_assist_ui.app``):
+    this module imports nothing heavy at import time."""
+    if sys.platform in ("win32", "darwin"):
+        return None
+    x, w = os.environ.get("DISPLAY"), os.environ.get("WAYLAND_DISPLAY")
+    if not (x or w):
+        return "DISPLAY and WAYLAND_DISPLAY are not set"
+    if x and _x11_answers(x) is not False:
+        return None
+    if w and _wayland_answers(w):
+        return None
+    return " and ".join(f"{k}={v} does not answer" for k, v in (("DISPLAY", x), ("WAYLAND_DISPLAY", w)) if v)
+
+
+def _connects(family, address, timeout: float = DISPLAY_PROBE_TIMEOUT_S) -> bool:
+    import socket
+
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(address)
+        return True
+    except (OSError, ValueError):  # refused, no such socket, timed out; a NUL in a path
+        return False
+
+
+def _x11_answers(display: str) -> bool | None:
+    """Whether the X server of DISPLAY (``[host]:n[.screen]``) accepts a connection, where libxcb
+    would connect: the local socket ``/tmp/.X11-unix/X<n>`` (and Linux's abstract socket of that
+    name) without a host or with ``unix``, else TCP port 6000+n.  None for a form not known here
+    (then Qt is left to try)."""
+    import re
+    import socket
+
+    m = re.fullmatch(r"(?:([^/:]*)/)?([^/]*?):(\d+)(?:\.\d+)?", display.strip())
+    if not m:
+        return None
+    proto, host, n = m.group(1), m.group(2), int(m.group(3))
+    if proto == "unix" or host in ("", "unix"):
+        path = f"/tmp/.X11-unix/X{n}"
+        return _connects(socket.AF_UNIX, path) or (sys.platform.startswith("linux")
+                                                   and _connects(socket.AF_UNIX, "\0" + path))
+    try:
+        infos = socket.getaddrinfo(host.strip("[]"), 6000 + n, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    return any(_connects(fam, addr) for fam, _, _, _, addr in infos[:2])
+
+
+def _wayland_answers(name: str) -> bool:
+    """Whether the Wayland compositor's socket (WAYLAND_DISPLAY: a path, or a name in
+    XDG_RUNTIME_DIR) accepts a connection."""
+    import socket
+
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if not os.path.isabs(name) and not runtime:
+        return False
+    return _connects(socket.AF_UNIX, os.path.join(runtime or "", name))
 
 
 def write_key_image(vol, path: str) -> None:
@@ -273,11 +349,13 @@ def _nodules(models: _Models, series, vol, out: Path, tag: str, entry: dict, cap
 
 def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = True) -> dict:
     """Load every demo series, run the matching models, write report.json and key images."""
-    from .dicom import load_series, scan
+    from .dicom import scan
 
     from .outputs import out_folder
 
-    out_dir = out_folder(out)
+    out_dir = out_folder(out, sources=[demo_root()])  # never among the demo's own files
+    before = _listing(out_dir)
+    previous = _previous_files(out_dir)
     index = scan(demo_root())
     report = {"not_for_clinical_use": True, "results_schema_version": 1, "source": demo_root(),
               "attribution": attribution_path(),
@@ -295,6 +373,76 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
             report["notes"].append(f"models not available: {_one_line(e)}")
             models = None
     captured: dict[int, dict] = {}  # per analysis: what the PDF report needs from the volume
+    with warnings.catch_warnings(record=True):
+        # as in analyze: what the models' runs warn about is in each result's warnings (printed
+        # by run_demo), or was said once already (the prediction log's logger); Python's own
+        # display of the same warning would add a second copy naming a source line
+        warnings.simplefilter("always")
+        _analyse_series(index, models, out_dir, report, captured)
+    if models is not None:
+        report["models"] = models.summary()
+    after = _listing(out_dir)
+    # the files this run wrote (new, or changed since it began): removed by the next demo run
+    # into this folder when it does not write them again; report.json and report.pdf come next
+    report["files"] = sorted({n for n, st in after.items() if before.get(n) != st} | {"report.json", "report.pdf"})
+    path = out_dir / "report.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
+    tmp.replace(path)
+    report["report_path"] = str(path)
+    _remove_stale(out_dir, previous - set(report["files"]))
+    # the PDF report beside report.json (issue 13); a failure is a note, report.json stays
+    from .export.report_pdf import build_report, write_report_pdf
+    try:
+        report["report_pdf"] = str(write_report_pdf(
+            build_report(report, base_dir=out_dir, captured=captured, load_missing=False),
+            out_dir / "report.pdf"))
+    except UserError as e:
+        report["notes"].append(f"report.pdf not written: {_one_line(e)}")
+        _remove_stale(out_dir, previous & {"report.pdf"})  # an earlier run's PDF is not this report
+    return report
+
+
+def _listing(folder: Path) -> dict:
+    """{name: (inode, mtime, size)} of the plain files in ``folder``."""
+    out = {}
+    try:
+        with os.scandir(folder) as it:
+            for f in it:
+                if f.is_file(follow_symlinks=False):
+                    st = f.stat(follow_symlinks=False)
+                    out[f.name] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        pass
+    return out
+
+
+def _previous_files(folder: Path) -> set[str]:
+    """The files an earlier demo run wrote into ``folder`` (its report.json's ``files``)."""
+    try:
+        files = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return set()
+    if not isinstance(files, list):
+        return set()
+    # plain names only: a list edited to name ../something or a sub-folder removes nothing
+    return {f for f in files if isinstance(f, str) and f not in ("", ".", "..") and "\0" not in f
+            and os.path.basename(f) == f and (not os.altsep or os.altsep not in f)}
+
+
+def _remove_stale(folder: Path, names) -> None:
+    for name in sorted(names):
+        p = folder / name
+        try:
+            if p.is_file() and not p.is_symlink():
+                p.unlink()
+        except OSError:
+            pass  # left as it is: only a leftover
+
+
+def _analyse_series(index, models, out_dir: Path, report: dict, captured: dict) -> None:
+    from .dicom import load_series
+
     for n, s in enumerate(index.image_series()):
         vol = load_series(s)
         tag = f"series_{n + 1:02d}_{(s.modality or 'img').lower()}"
@@ -325,25 +473,11 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
                     entry["notes"].append(f"{e.card.id} failed: {type(ex).__name__}: {_one_line(ex)}")
             _nodules(models, s, vol, out_dir, tag, entry, captured)
         report["series"].append(entry)
-    if models is not None:
-        report["models"] = models.summary()
-    path = out_dir / "report.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
-    tmp.replace(path)
-    report["report_path"] = str(path)
-    # the PDF report beside report.json (issue 13); a failure is a note, report.json stays
-    from .export.report_pdf import build_report, write_report_pdf
-    try:
-        report["report_pdf"] = str(write_report_pdf(
-            build_report(report, base_dir=out_dir, captured=captured, load_missing=False),
-            out_dir / "report.pdf"))
-    except UserError as e:
-        report["notes"].append(f"report.pdf not written: {_one_line(e)}")
-    return report
 
 
 def _json_default(o):
+    import numpy as np  # not at import time: the viewer imports display_problem from here
+
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -415,8 +549,12 @@ def _lean() -> None:
 
 def run_demo(args) -> int:
     run_gui = getattr(args, "run_gui", None)
-    if has_display() and not getattr(args, "headless", False) and run_gui:
-        return run_gui(demo_root(), screenshot=None, series=first_series_key(), layout=None, run_models=True)
+    if not getattr(args, "headless", False) and run_gui and os.environ.get("QT_QPA_PLATFORM", "") != "offscreen":
+        why = display_problem()
+        if why is None:
+            return run_gui(demo_root(), screenshot=None, series=first_series_key(), layout=None, run_models=True)
+        if "does not answer" in why:  # set, but no server: say why no window opens
+            print(f"note: no display ({why}): running the headless demo instead", flush=True)
     out = os.path.abspath(getattr(args, "out", None) or "imaging-assist-demo")
     device = getattr(args, "device", None) or "auto"
     if device != "auto":  # an unavailable --device: one error now, not a note per model and series
@@ -434,6 +572,7 @@ def run_demo(args) -> int:
     elif getattr(args, "own_process", False):
         _lean()
     report = run_headless(out, registry=registry, device=device)
+    from .validation.ood import summary_note
     print(f"{'No display: ran' if not getattr(args, 'headless', False) else 'Ran'} the headless demo on "
           f"{len(report['series'])} series. Not for clinical use.")
     for s in report["series"]:
@@ -443,7 +582,16 @@ def run_demo(args) -> int:
             print(f"    warning: {w}")
         for d in s["analyses"]:
             print(f"    {d['model']} {d.get('model_version', '')}".rstrip() + ":")
-            for ln in analysis_lines(d):
+            lines = analysis_lines(d)
+            # what report.json and the PDF say too: the item's warnings and its nodules' (not those
+            # of the series, printed above, nor a line already said, e.g. failed quality checks),
+            # and the OOD flag as analyze says it (unless a line or warning says it already)
+            warns = list(d.get("warnings") or []) + [w for nd in d.get("nodules") or []
+                                                     for w in nd.get("warnings") or []]
+            warns = [w for w in dict.fromkeys(warns) if w not in s["warnings"] and w not in lines]
+            ood = summary_note(d, "\n".join(lines + warns)).lstrip("; ")
+            lines += ([ood] if ood else []) + [f"warning: {w}" for w in warns]
+            for ln in lines:
                 print(f"      {ln}")
             for k in d.get("key_images") or []:
                 print(f"      key image {os.path.join(report['out'], k)}")

@@ -5,7 +5,8 @@ DICOMDIR or file at once (a whole-slide image - SVS, tiled TIFF, DICOM WSI... - 
 slide view).  With ``screenshot=OUT.png`` the window loads, renders, saves a
 PNG of the whole main window and exits (used by tests and the demo).
 
-With no display (Linux: DISPLAY and WAYLAND_DISPLAY unset, no QT_QPA_PLATFORM) a window cannot open:
+With no display (Linux: DISPLAY and WAYLAND_DISPLAY unset or naming a server that does not answer,
+no QT_QPA_PLATFORM) a window cannot open:
 one ``error:`` line, exit 2 (Qt would abort the process); ``--screenshot`` renders offscreen there.
 Ctrl-C quits the event loop: "interrupted", exit 130, after the worker threads ended.
 
@@ -70,14 +71,17 @@ def make_app(argv: list[str] | None = None) -> QApplication:
     return app
 
 
-def _no_display() -> bool:
-    """True where a window cannot open: a Linux/BSD machine (ssh session, server) with neither
-    DISPLAY nor WAYLAND_DISPLAY, and no QT_QPA_PLATFORM naming another platform.  The test is
-    :func:`imaging_assist.demo.has_display`'s, written out here: that module imports numpy, which
-    the viewer's start-up leaves to the preload thread."""
+def _no_display() -> str | None:
+    """Why a window cannot open (None where it can): a Linux/BSD machine (ssh session, server)
+    with neither DISPLAY nor WAYLAND_DISPLAY, or with one naming a server that does not answer
+    (a closed ``ssh -X`` session: Qt would abort the process), and no QT_QPA_PLATFORM naming
+    another platform.  The test is :func:`imaging_assist.demo.display_problem` (a module that
+    imports nothing heavy before it is used: numpy is left to the preload thread)."""
     if sys.platform in ("win32", "darwin") or os.environ.get("QT_QPA_PLATFORM"):
-        return False
-    return not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+        return None
+    from imaging_assist.demo import display_problem
+
+    return display_problem()
 
 
 def _unwritable(path: str) -> str | None:
@@ -125,9 +129,10 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     if why:  # before the series loads, not after it
         print(f"error: {why}", file=sys.stderr)
         return 2
-    if QApplication.instance() is None and _no_display():
+    no_display = _no_display() if QApplication.instance() is None else None
+    if no_display:
         if not screenshot:
-            print("error: no display (DISPLAY and WAYLAND_DISPLAY are not set): open the viewer in a "
+            print(f"error: no display ({no_display}): open the viewer in a "
                   "desktop session, or save a picture with `view PATH --screenshot OUT.png`", file=sys.stderr)
             return 2
         os.environ["QT_QPA_PLATFORM"] = "offscreen"  # a screenshot needs no screen

@@ -3,7 +3,8 @@
 Sources, looked up in this order (the first model with an id wins, later ones are listed
 as shadowed):
 
-1. folders the user added (``imaging-assist models add PATH``), newest first;
+1. folders the user added (``imaging-assist models add PATH``), newest first (a damaged list of
+   them is one warning: the other sources still count);
 2. the user models folder ``<platformdirs user_config_dir>/models``;
 3. ``weights/`` of the project checkout.
 
@@ -14,6 +15,7 @@ A source folder may itself be a model folder or hold model folders one level dow
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,8 @@ __all__ = ["APP_NAME", "FOLDERS_FILE", "ModelEntry", "Registry", "config_dir", "
            "project_weights_dir", "is_model_folder", "read_card", "bundle_contains_code"]
 
 FOLDERS_FILE = "model_folders.json"
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()  # model folder lists already warned about (once per process)
 
 
 def is_model_folder(p: Path) -> bool:
@@ -122,17 +126,33 @@ class Registry:
     def __init__(self, sources: list[tuple[Path, str]] | None = None):
         self._explicit = sources
         self._blocked: dict[str, str] = {}  # model id -> why its promoted version is refused
+        self.warning = ""  # one line when the model folder list could not be read (said once)
 
     # ------------------------------------------------------------------ sources
-    def added_folders(self) -> list[Path]:
+    def added_folders(self, strict: bool = True) -> list[Path]:
+        """The folders of ``models add``.  A file that cannot be read is a UserError, or with
+        ``strict=False`` (looking models up) one warning per process and no added folders: the
+        other sources (the shipped weights/ among them) do not depend on it."""
         p = config_dir() / FOLDERS_FILE
         if not p.is_file():
             return []
         try:
             d = json.loads(p.read_text(encoding="utf-8"))
-            return [Path(x) for x in d.get("folders", []) if isinstance(x, str)]
-        except (OSError, ValueError, AttributeError) as e:
-            raise UserError(f"cannot read the model folder list {p}: {e}") from None
+            folders = d.get("folders", []) if isinstance(d, dict) else None
+            if not isinstance(folders, list):
+                raise ValueError("not a list of folders")
+            # not "" (the folder the program runs in) nor a name no folder can have
+            return [Path(x) for x in folders if isinstance(x, str) and x.strip() and "\0" not in x]
+        except (OSError, ValueError, RecursionError) as e:
+            msg = f"cannot read the model folder list {p}: {' '.join(str(e).split())[:200]}"
+            if strict:
+                raise UserError(msg) from None
+            self.warning = msg
+            if str(p) not in _warned:
+                _warned.add(str(p))
+                _log.warning("warning: %s; the folders added with `models add` are left out until it is "
+                             "fixed or deleted", msg)
+            return []
 
     def sources(self) -> list[tuple[Path, str]]:
         if self._explicit is not None:
@@ -141,7 +161,7 @@ class Registry:
 
         good, self._blocked = promoted_sources()
         out = [(f, "promoted") for f in good]
-        out += [(f, "added") for f in reversed(self.added_folders())]
+        out += [(f, "added") for f in reversed(self.added_folders(strict=False))]
         out.append((user_models_dir(), "user"))
         out.append((project_weights_dir(), "project"))
         return out
