@@ -606,3 +606,26 @@ def test_file_and_folder_names_become_keyed_pseudonyms(tmp_path):
     assert any("SMITH_JOHN_bad.dcm" in ln for ln in a.lines())
     k = deidentify_tree(src, tmp_path / "k", Options(), key=KEY, audit=False, keep_names=True)
     assert sorted(Path(r.output).name for r in k.written) == ["SMITH_JOHN_0.dcm", "SMITH_JOHN_1.dcm"]
+
+
+def test_a_named_pipe_in_the_input_is_left_out_not_waited_on(tmp_path):
+    """Reading a FIFO waits for a writer: `anonymize` hung on one in the input folder."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(sorted(need(CT_PHANTOM).glob("*.dcm"))[0], src / "a.dcm")
+    os.mkfifo(src / "pipe.dcm")
+    code = (f"from pathlib import Path\nfrom imaging_assist.privacy.deid import Options, deidentify_tree\n"
+            f"s = deidentify_tree(Path({str(src)!r}), Path({str(tmp_path / 'out')!r}), Options(), "
+            f"key=bytes(range(32)), audit=False)\n"
+            "print([Path(r.source).name for r in s.written], [(Path(r.source).name, r.reason) for r in s.left_out])")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    except subprocess.TimeoutExpired:
+        pytest.fail("still waiting on the named pipe after 60 s")
+    assert r.stdout.strip() == ("['a.dcm'] [('pipe.dcm', 'not a regular file (a named pipe, socket or "
+                                "device)')]"), r.stderr[-2000:]

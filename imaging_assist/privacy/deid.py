@@ -611,6 +611,9 @@ def deidentify_file(src: Path, dst: Path, keyed, opts: Options, ocr_check=None,
     if src.is_symlink():
         res.reason = "a symbolic link (not followed: it may point outside the input)"
         return res
+    if not src.is_file():  # reading a named pipe waits for a writer: the run would hang
+        res.reason = "not a regular file (a named pipe, socket or device)"
+        return res
     try:
         ds = _read(src)
     except Exception as e:  # noqa: BLE001 - any unreadable input is one reason, never a crash
