@@ -100,14 +100,43 @@ def apply_colormap(v: np.ndarray, name: str = DEFAULT_HEAT_COLORMAP) -> np.ndarr
     return colormap_rgb(name)[colormap_index(v)]
 
 
+def _extra_label_colors(values: np.ndarray) -> np.ndarray:
+    """(n, 3) uint8 colours of label values after the palette's 20: hues a golden-ratio turn
+    apart (neighbouring values get hues about 137 degrees apart), saturated and bright enough
+    not to read as grey, with saturation and brightness cycling so that hues that come round
+    again differ too."""
+    n = np.asarray(values, np.int64) - (len(LABEL_PALETTE) + 1)
+    h = (0.05 + n * 0.6180339887498949) % 1.0
+    s = np.array([0.95, 0.6, 0.8])[n % 3]
+    v = np.array([0.9, 1.0, 0.7])[(n // 3) % 3]
+    # HSV -> RGB (colorsys.hsv_to_rgb, for arrays)
+    i = np.floor(h * 6).astype(np.int64) % 6
+    f = h * 6 - np.floor(h * 6)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
+    return np.clip(np.stack([r, g, b], -1) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
 def label_color(i: int) -> tuple[int, int, int]:
-    """Colour of label value ``i`` (1 = first palette colour; 0, the background, is black)."""
+    """Colour of label value ``i`` (1 = first palette colour; 0, the background, is black).
+    Values after the palette's 20 get colours of their own (:func:`_extra_label_colors`)
+    rather than the palette again, so that label 21 does not look like label 1."""
     i = int(i)
     if i <= 0:
         return (0, 0, 0)
-    return LABEL_PALETTE[(i - 1) % len(LABEL_PALETTE)]
+    if i <= len(LABEL_PALETTE):
+        return LABEL_PALETTE[i - 1]
+    return tuple(int(c) for c in _extra_label_colors(np.array([i]))[0])
 
 
 def label_lut(n: int) -> np.ndarray:
     """(n, 3) uint8: row i is :func:`label_color` (i)."""
-    return np.array([label_color(i) for i in range(max(1, int(n)))], np.uint8)
+    n = max(1, int(n))
+    lut = np.zeros((n, 3), np.uint8)
+    first = min(n, len(LABEL_PALETTE) + 1)
+    lut[1:first] = np.array(LABEL_PALETTE, np.uint8)[:first - 1]
+    if n > first:
+        lut[first:] = _extra_label_colors(np.arange(first, n))
+    return lut

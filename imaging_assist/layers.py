@@ -410,6 +410,7 @@ class HeatmapLayer(_RasterLayer):
         self.fade = bool(fade)
         self.mode = mode
         self.flags: list[str] = []
+        self._top_cache = None
 
     # -- trust -------------------------------------------------------------------
     def set_flags(self, reasons) -> None:
@@ -423,6 +424,39 @@ class HeatmapLayer(_RasterLayer):
     @property
     def flagged(self) -> bool:
         return bool(self.flags)
+
+    # -- what the map can show ------------------------------------------------------
+    def constant_note(self) -> str:
+        """"constant map (0.8): nothing to show" when every finite value is the same and that
+        value is not drawn (its default colour range starts at the value, where the fade is
+        transparent; contours of a flat map are empty), so the panel and the legend say why
+        nothing shows instead of a made-up range ("0.8 … 1.8"); "" otherwise."""
+        lo, hi = self.data_range
+        if lo != hi:
+            return ""
+        idx = int(self.indices(np.array([lo], np.float32))[0])
+        drawn = idx < 256 and self.mode == "fill"
+        if drawn and self.fade:
+            thr = float(self._fraction(self.threshold)) if np.isfinite(self.threshold) else 1.0
+            drawn = float(fade_alpha(np.array([idx / 255.0]), max(thr, 0.0), 1.0)[0]) > 0
+        return "" if drawn else f"constant map ({lo:.3g}): nothing to show"
+
+    def top_percentile(self) -> float | None:
+        """What the top of the colour range is when it ends below the data's maximum (Saliency,
+        IG and occlusion end it at the 99.5th percentile of the positive values,
+        ``ui/ai/model_support.py`` ``heat_display``): the percentage of the values above
+        ``vmin`` that lie at or under ``vmax`` (measured on the data, not assumed; to 0.1, and
+        below 100 as some values lie above); None when ``vmax`` reaches the maximum."""
+        if not self.vmax < self.data_range[1]:
+            return None
+        key = (self.vmin, self.vmax)
+        if self._top_cache is None or self._top_cache[0] != key:
+            a = self.array.ravel()
+            s = a[::max(1, a.size // 4_000_000)]  # a sample is plenty (as heat_display's)
+            s = s[np.isfinite(s) & (s > self.vmin)]
+            r = 100.0 * np.count_nonzero(s <= self.vmax) / s.size if s.size else 100.0
+            self._top_cache = (key, min(round(r, 1), 99.9))
+        return self._top_cache[1]
 
     # -- colours -----------------------------------------------------------------
     def _fraction(self, values: np.ndarray) -> np.ndarray:

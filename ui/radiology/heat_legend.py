@@ -3,9 +3,12 @@ the image (never over anatomy), titled with what the values mean ("relative attr
 Grad-CAM", or a parametric map's units), with the threshold below which nothing is drawn.
 
 The bar shows the colours as the map draws them over tissue: blended with their fading opacity
-(:func:`imaging_assist.colormaps.fade_alpha`) over mid-grey, so the part under the threshold
-is plain grey.  When the image fills the view (zoomed in) there is no margin and no legend; the
-Overlays panel still lists the range.
+(:func:`imaging_assist.colormaps.fade_alpha`, up to the layer's opacity) over mid-grey, so the
+part under the threshold is plain grey.  An explanation's top reads "max", or the percentile
+where its colour range ends (Saliency, IG, occlusion: "99.5th pct"); the threshold's tick is a
+percentage of that top.  A map with nothing to draw (one value everywhere) gets its name and
+"constant map (0.8): nothing to show" instead of a bar.  When the image fills the view (zoomed
+in) there is no margin and no legend; the Overlays panel still lists the range.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def legend_image(layer, n: int = 128) -> QImage:
     """The bar (1 x n pixels, top = vmax) as the map looks over mid-grey tissue; cached per layer
     version (the views repaint on every scroll step)."""
     key = (id(layer), layer._version, layer.colormap, layer.vmin, layer.vmax, layer.threshold, layer.mode,
-           layer.fade, n)  # the settings too: an id can be reused by a new layer
+           layer.fade, layer.opacity, n)  # the settings too: an id can be reused by a new layer
     img = _BAR_CACHE.get(key)
     if img is None:
         if len(_BAR_CACHE) > 32:
@@ -41,11 +44,12 @@ def legend_image(layer, n: int = 128) -> QImage:
 def _legend_image(layer, n: int) -> QImage:
     rgb, lo, hi = layer.legend(n)
     v = np.linspace(0.0, 1.0, n, dtype=np.float32)
+    op = float(np.clip(layer.opacity, 0.0, 1.0))  # as HeatmapLayer.lut draws it
     if layer.mode == "contour" or not layer.fade:
-        a = np.full(n, 1.0, np.float32)
+        a = np.full(n, op, np.float32)
     else:
         thr = (layer.threshold - lo) / (hi - lo) if hi > lo and np.isfinite(layer.threshold) else 1.0
-        a = fade_alpha(v, max(0.0, float(thr)), 1.0)
+        a = fade_alpha(v, max(0.0, float(thr)), op)
     col = rgb.astype(np.float32) * a[:, None] + GREY * (1 - a[:, None])
     col = np.clip(col + 0.5, 0, 255).astype(np.uint32)[::-1]
     words = np.ascontiguousarray(((col[:, 0] << 16) | (col[:, 1] << 8) | col[:, 2] | np.uint32(0xFF000000))
@@ -55,13 +59,25 @@ def _legend_image(layer, n: int) -> QImage:
 
 
 def _labels(layer) -> tuple[str, str, str]:
-    """(top, bottom, threshold tick) texts."""
+    """(top, bottom, threshold tick) texts.  An explanation's top is "max", or, when its colour
+    range ends below the data's maximum, the percentile it ends at ("99.5th pct"); the tick is
+    the threshold's percentage of that top."""
     lo, hi = layer.vmin, layer.vmax
     if layer.units or not layer.method:
         f = lambda x: f"{x:.3g}"
         return f(hi), f(lo), f(layer.threshold)
     pct = 100 * (layer.threshold - lo) / (hi - lo) if hi > lo else 0.0
-    return "max", f"{lo:.3g}" if lo != 0 else "0", f"{pct:.0f} %"
+    rank = layer.top_percentile()
+    top = "max" if rank is None else f"{_ordinal(rank)} pct"
+    return top, f"{lo:.3g}" if lo != 0 else "0", f"{pct:.0f} %"
+
+
+def _ordinal(x: float) -> str:
+    """99.5 -> "99.5th", 99 -> "99th", 1 -> "1st", 42 -> "42nd"."""
+    t = f"{x:.1f}".rstrip("0").rstrip(".")
+    if "." in t or 10 <= int(t) % 100 <= 20:
+        return t + "th"
+    return t + {1: "st", 2: "nd", 3: "rd"}.get(int(t) % 10, "th")
 
 
 def paint_legend(view, p) -> QRectF | None:
@@ -77,13 +93,16 @@ def paint_legend(view, p) -> QRectF | None:
     fm = QFontMetricsF(view._font)
     img = view.image_rect().intersected(QRectF(view.rect()))
     W, H = float(view.width()), float(view.height())
+    note = layer.constant_note()
     top_s, bot_s, thr_s = _labels(layer)
     text_w = max(fm.horizontalAdvance(s) for s in (top_s, bot_s, thr_s))
     right, left = W - img.right(), img.left()
     p.save()
     p.setRenderHint(p.RenderHint.SmoothPixmapTransform, True)
     p.setFont(view._font)
-    if max(right, left) >= GAP + BAR_W + 6 + text_w + LETTER_ROOM:
+    if note:  # no colours drawn: a bar would show a range the map does not have
+        rect = _note(view, p, fm, img, [layer.name, note])
+    elif max(right, left) >= GAP + BAR_W + 6 + text_w + LETTER_ROOM:
         rect = _vertical(view, p, layer, fm, img, right >= left, (top_s, bot_s, thr_s), text_w)
     else:
         # under the image, centred between the bottom corner texts and above the orientation letter
@@ -98,6 +117,27 @@ def paint_legend(view, p) -> QRectF | None:
     p.restore()
     view.legend_rect = rect
     return rect
+
+
+def _note(view, p, fm, img, lines) -> QRectF | None:
+    """Lines of text instead of a bar, in the wider side margin (else under the image)."""
+    W, H = float(view.width()), float(view.height())
+    right, left = W - img.right(), img.left()
+    room = max(right, left) - GAP - LETTER_ROOM
+    under = H - img.bottom() >= 8 + len(lines) * fm.height() + fm.height() + 10  # and the letter
+    if room < 80 and not under:
+        return None
+    lines = [fm.elidedText(s, Qt.ElideRight, room if room >= 80 else W - 80) for s in lines]
+    widest = max(fm.horizontalAdvance(s) for s in lines)
+    if room >= 80:
+        x = img.right() + GAP if right >= left else img.left() - GAP - widest
+        y = (H - len(lines) * fm.height()) / 2
+    else:
+        x, y = (W - widest) / 2, img.bottom() + 8
+    for n, s in enumerate(lines):
+        view._draw_text(p, x, y + n * fm.height() + fm.ascent(), s,
+                        QColor("#e8e8e8") if n == 0 else QColor("#b8bcc4"))
+    return QRectF(x, y, widest, len(lines) * fm.height())
 
 
 def _ticks(layer) -> list[float]:
@@ -164,7 +204,7 @@ def _horizontal(view, p, layer, fm, img, labels, room: float) -> QRectF:
     """Low on the left, high on the right, just under the image; the title under the bar."""
     top_s, bot_s, thr_s = labels
     W = float(view.width())
-    bar_w = min(240.0, room - 2 * (fm.horizontalAdvance("max") + 8))
+    bar_w = min(240.0, room - 2 * (max(fm.horizontalAdvance(top_s), fm.horizontalAdvance(bot_s)) + 8))
     x = (W - bar_w) / 2
     y = img.bottom() + 8
     bar = legend_image(layer).transformed(_rot())  # the vertical bar turned: low on the left

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (QColorDialog, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
@@ -141,6 +143,12 @@ class LayersPanel(QWidget):
                     it.addChild(ch)
             elif isinstance(layer, HeatmapLayer):
                 tip = f"range {layer.vmin:.3g} … {layer.vmax:.3g} {layer.units}".strip()
+                note = layer.constant_note()
+                if note:  # not the made-up range of a single value ("0.8 … 1.8")
+                    tip = note
+                    ch = QTreeWidgetItem([note])
+                    ch.setForeground(0, QColor("#8b9099"))
+                    it.addChild(ch)
                 for why in flag_reasons(layer):  # issue 17: why the map is hidden
                     ch = QTreeWidgetItem([f"⚑ {why}"])
                     ch.setForeground(0, QColor(WARN_FG))
@@ -242,6 +250,10 @@ class LayersPanel(QWidget):
             self.cmap.setCurrentText(layer.colormap)
             lo, hi = layer.data_range
             span = (hi - lo) or 1.0
+            # enough decimals that a step (span / 50) and a typed value change the threshold of
+            # a map with small values (raw saliency ~1e-3); set before the range and the value,
+            # which the box rounds to its decimals
+            self.threshold.setDecimals(min(12, max(3, math.ceil(-math.log10(span / 1000)))))
             self.threshold.setRange(lo - span, hi + span)
             self.threshold.setSingleStep(span / 50)
             self.threshold.setValue(layer.threshold)
@@ -259,6 +271,8 @@ class LayersPanel(QWidget):
             layer = item.data(0, LAYER_ROLE)
             if layer is not None:
                 layer.visible = on
+                # the "changed" event is ignored while _updating: "flagged, hidden" -> "flagged"
+                item.setText(0, self._item_text(layer))
             else:
                 obj = item.data(0, CHILD_ROLE)
                 if obj is not None and hasattr(obj, "visible"):
