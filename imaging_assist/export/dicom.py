@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 
@@ -130,7 +131,10 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     ``deidentify``: a :class:`imaging_assist.privacy.deid.Options`: every object is made from
     de-identified source headers (PS3.15 basic profile + those options, the site key's UIDs and
     patient pseudonym, as ``anonymize`` gives the source files) and marked de-identified; the
-    ``report_pdf`` must then be a de-identified report too (the caller builds it).
+    ``report_pdf`` must then be a de-identified report too (the caller builds it).  The objects'
+    own dates (content, instance creation, contribution) go through the same profile: removed or
+    dummied, or with Modified Dates shifted by the patient's offset.  Sources that are already
+    de-identified (the copy ``analyze --deidentify`` analyses) get the same treatment and marks.
     ``failures``: when given, an object that cannot be built is one line there and the others
     are still written (``analyze --dicom``); without it the first such object raises."""
     from .encapsulated_pdf import build_encapsulated_pdf
@@ -142,10 +146,14 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     if not has_dicom_source(volume):
         raise DicomExportError(NO_SOURCE_NOTE)
     datasets = dc.source_datasets(volume)
+    since = date.today()
+    offset = None  # the patient's day offset, when it is known here (see deidentify_result_dates)
     if deidentify is not None:
-        from ..privacy.deid import deidentify_headers, mark_deidentified
+        from ..privacy.deid import deidentify_headers
 
-        deidentify_headers(datasets, deidentify, key=deid_key)
+        offset = deidentify_headers(datasets, deidentify, key=deid_key)
+    else:
+        deidentify = _deidentified_source(datasets)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, datasets)
     try:
@@ -172,7 +180,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
             p = out_dir / f"{stem}{name}_{k}.dcm"
             k += 1
         if deidentify is not None:
-            mark_deidentified(ds, deidentify)
+            _deidentify_result(ds, deidentify, since, offset)
         try:
             ds.save_as(p, enforce_file_format=True) if kind == "PDF" else ds.save_as(p)
         except OSError as e:
@@ -236,6 +244,22 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     return written
 
 
+def _deidentified_source(datasets):
+    """The options the sources were de-identified with (their marks say so), else None."""
+    from ..privacy.deid import source_options
+
+    return source_options(datasets[0]) if datasets else None
+
+
+def _deidentify_result(ds, opts, since, offset) -> None:
+    """A result object made from de-identified sources: its own dates through the same profile
+    (they are stamped with the real day it was built) and the de-identification marks."""
+    from ..privacy.deid import deidentify_result_dates, mark_deidentified
+
+    deidentify_result_dates(ds, opts, since, offset)
+    mark_deidentified(ds, opts)
+
+
 def _first_sr(plans):
     for p in plans:
         if p.kind == "SR":
@@ -293,8 +317,12 @@ class DicomRun:
             for n, stand_in in enumerate(self.sources.values(), 1):
                 try:
                     datasets = dc.source_datasets(stand_in)
+                    since = date.today()
                     ds = build_encapsulated_pdf(report_pdf, datasets,
                                                 series_number=dc.series_number_after(datasets, 99))
+                    opts = _deidentified_source(datasets)  # analyze --deidentify: a de-identified copy
+                    if opts is not None:
+                        _deidentify_result(ds, opts, since, None)
                 except DicomExportError as e:
                     self.failed += 1
                     self.echo(f"error: Encapsulated PDF not written: {e}")

@@ -75,6 +75,11 @@ _TEXT = {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST",
 # UI attributes outside the table that name a class or syntax, never an instance: kept.
 _CLASS_UID_KEYWORDS = re.compile(r"(ClassUID|SyntaxUID|CodingSchemeUID|ContextUID|"
                                  r"ImplementationClassUID|PrivateInformationCreatorUID)s?$")
+# Presentation Creation Date and Time: Table E.1-1 says X, but they are Type 1 in every
+# presentation state (Presentation State Identification module): removing them made the
+# object invalid, so a presentation state gets the D dummy instead (docs/privacy.md)
+_PRESENTATION_CREATION = {0x00700082, 0x00700083}
+_PRESENTATION_STATE_CLASSES = "1.2.840.10008.5.1.4.1.1.11."
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,7 @@ class _Context:
         self.keyed = keyed
         self.opts = opts
         self.offset_days = 0
+        self.presentation_state = False  # (see _PRESENTATION_CREATION)
         self.phi: list[str] = []  # identifying strings of this file, for Clean Descriptors
         self.names: list[str] = []  # the parts of its person names, of any length
         self._phi_re = None
@@ -443,6 +449,8 @@ def _walk(ds, ctx: _Context) -> None:
                     elem.value = _uids(elem.value, ctx)
             continue
         act = action_for(row, ctx.opts, vr)
+        if act == "X" and ctx.presentation_state and int(tag) in _PRESENTATION_CREATION:
+            act = "D"
         if act == "X":
             del ds[tag]
             continue
@@ -492,6 +500,7 @@ def deidentify_dataset(ds, keyed, opts: Options, pixels_cleaned: bool = False) -
     pkey = patient_key(ds)
     ctx = _Context(keyed, opts)
     ctx.offset_days = keyed.day_offset(pkey)
+    ctx.presentation_state = str(ds.get("SOPClassUID", "")).startswith(_PRESENTATION_STATE_CLASSES)
     if opts.clean_descriptors or opts.patient_characteristics:
         _collect_phi(ds, ctx)
     pseudonym = keyed.patient_id(pkey)
@@ -527,16 +536,89 @@ def mark_deidentified(ds, opts: Options, pixels_cleaned: bool = False) -> None:
     ds.DeidentificationMethodCodeSequence = Sequence(seq)
 
 
-def deidentify_headers(datasets, opts: Options = Options(), key: bytes | None = None) -> None:
+def deidentify_headers(datasets, opts: Options = Options(), key: bytes | None = None) -> int:
     """De-identify the header-only source datasets a result object copies and references
     (``write_dicom_results(..., deidentify=opts)``), in memory: the same profile, options, keyed
     UIDs and patient pseudonym as an ``anonymize`` export of the source files under the same site
-    key, so the results reference the de-identified copy's instances and pair with it."""
+    key, so the results reference the de-identified copy's instances and pair with it.  Returns
+    the day offset of their patient (one series: one patient) for :func:`deidentify_result_dates`."""
     from .uids import Keyed, site_key
 
     keyed = Keyed(key if key is not None else site_key())
+    offset = keyed.day_offset(patient_key(datasets[0])) if datasets else 0
     for ds in datasets:
         deidentify_dataset(ds, keyed, opts)
+    return offset
+
+
+def source_options(ds) -> Options | None:
+    """The options a source was de-identified with, read from its marks (Patient Identity Removed
+    YES and the CID 7050 codes :func:`mark_deidentified` writes, e.g. the copy ``analyze
+    --deidentify`` analyses); None when it does not say it was de-identified by this profile."""
+    if str(ds.get("PatientIdentityRemoved", "") or "").upper() != "YES":
+        return None
+    codes = {str(item.get("CodeValue", "")) for item in ds.get("DeidentificationMethodCodeSequence", None) or ()}
+    if CID7050["basic"][0] not in codes:
+        return None
+    return Options(**{k: CID7050[k][0] in codes for k in OPTION_NAMES})
+
+
+def deidentify_result_dates(ds, opts: Options, since: date, offset_days: int | None = None) -> None:
+    """Put the dates and times of a result object (SEG, SR, Parametric Map, Encapsulated PDF)
+    made from de-identified source headers through the same profile, in place.
+
+    The object copies the source's patient and study attributes, already de-identified, and
+    stamps its own (Content, Instance Creation, Contribution, Acquisition Date/Time) with the
+    day it was built: those carried the real date into an object whose study date was removed
+    or shifted.  Only DA, DT and TM elements are touched (the UIDs were mapped in the sources).
+    Without Modified Dates every one gets the table's action (the same action again on the
+    copied values changes nothing).  With it, a DA/DT value dated ``since`` (the day the run
+    began) or later is the object's own stamp and moves by the patient's ``offset_days``; an
+    earlier one was copied and is already shifted (the offset is at least a year back).  When
+    the offset is not known (``None``: a source de-identified before, in a copy), the object's
+    own dates get the basic profile's action instead."""
+    basic = Options()
+    start = since.strftime("%Y%m%d")
+
+    def walk(d):
+        for tag in list(d.keys()):
+            if tag.is_private or tag.element == 0:
+                continue
+            vr = _vr_of(d, tag)
+            if vr == "SQ":
+                for item in d[tag].value or ():
+                    walk(item)
+                continue
+            if vr not in ("DA", "DT", "TM"):
+                continue
+            elem = d[tag]
+            if not elem.value:
+                continue
+            own = vr == "TM" or all(str(v)[:8] >= start for v in
+                                     (elem.value if type(elem.value).__name__ == "MultiValue"
+                                      else [elem.value]))
+            if opts.modified_dates and not own:
+                continue  # copied from the source: already shifted
+            o = opts if offset_days is not None or vr == "TM" else basic
+            row = _row(int(tag))
+            if row is None:  # outside the table: as _walk does (dates dummied or shifted)
+                if vr == "TM":
+                    continue
+                act = "S" if o.modified_dates else "D"
+            else:
+                act = action_for(row, o, vr)
+            if act == "X":
+                del d[tag]
+            elif act == "Z":
+                elem.value = ""
+            elif act == "D":
+                elem.value = _DUMMY[vr]
+            elif act == "S":
+                elem.value = _shift(elem.value, vr, offset_days)
+            elif act != "K":  # an action this code does not know for a date: never keep silently
+                del d[tag]
+
+    walk(ds)
 
 
 def may_carry_burned_in_text(ds) -> str | None:
