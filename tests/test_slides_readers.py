@@ -65,10 +65,11 @@ def check_exact(slide, levels, positions=POSITIONS, size=(150, 110), only_level=
     assert slide.level_count == len(levels)
     assert slide.level_dimensions == tuple((a.shape[1], a.shape[0]) for a in levels)
     for level in range(slide.level_count) if only_level is None else [only_level]:
-        ds = slide.level_downsamples[level]
         for x, y in positions:
             got = slide.read_region((x, y), level, size)
-            lx, ly = int(x // ds), int(y // ds)
+            # the pyramid halves each level (sizes rounded down): level-0 pixel x lies in level
+            # pixel x // 2**level (x // ds took the pixel before where ds = 8.04 > 8)
+            lx, ly = x // 2 ** level, y // 2 ** level
             np.testing.assert_array_equal(got, truth(levels, level, lx, ly, *size),
                                           err_msg=f"{slide} level {level} at {(x, y)}")
 

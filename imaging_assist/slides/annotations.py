@@ -14,7 +14,8 @@ QuPath exports them, kept in the user data folder per slide.  No Qt.
   first and last 4 MiB (a multi-gigabyte slide is not read whole; the head holds the TIFF/DICOM
   header and the tail the last tiles or associated images).  The same file moved or renamed
   keeps its annotations; a different file with the same name does not get them.  A folder (DICOM
-  WSI) hashes the sorted names and sizes and the same head/tail of each file.
+  WSI) hashes the sorted names and sizes and the same head/tail of each file; a file of a DICOM
+  WSI has its folder's key (it opens as the same slide).
 * Reading: QuPath's variants are accepted (a FeatureCollection, a list of features, one
   Feature; measurements as a dict or a list of ``{name, value}``; ``MultiPolygon``; colour as
   ``[r, g, b]`` or a packed integer, QuPath 0.2's ``classification.colorRGB`` too).  A bad file
@@ -410,7 +411,13 @@ def _head_tail(h, path: str, size: int) -> None:
 
 def slide_key(path) -> str:
     """Content identity of a slide file or WSI folder (see the module docstring)."""
+    from .dicom_backend import is_wsi_dicom
+
     p = os.fspath(path)
+    if not os.path.isdir(p) and is_wsi_dicom(p):  # reads 132 bytes, and the header only if DICOM
+        # A DICOM WSI opens as the same slide from its folder or from any of its files (the
+        # reader takes every instance of the folder): one key for both.
+        p = os.path.dirname(os.path.abspath(p))
     h = hashlib.sha256(b"imaging-assist slide v1\0")
     try:
         if os.path.isdir(p):

@@ -385,14 +385,32 @@ class Slide(ABC):
     def read_region(self, location: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         """(h, w, 3) uint8 RGB; ``location`` in level-0 pixels, ``size`` in ``level`` pixels."""
         self._check_level(level)
-        ds = self.level_downsamples[level]
-        # Same mapping as OpenSlide: level coordinate = level-0 coordinate / downsample.
+        # The level pixel that holds the location.  A level made with an integer factor f whose
+        # size was rounded (2967 px / 2 -> 1483: downsample 2.0003) holds level-0 pixels
+        # [f*k, f*k + f) in pixel k, as its writer made it; dividing by the rounded downsample
+        # instead drifts up to a level pixel up-left across the level.  That is also the
+        # stored pixel OpenSlide returns (or weights most) there.
+        f = self._integer_factor(level)
         try:
-            lx = math.floor(location[0] / ds + 1e-9)
-            ly = math.floor(location[1] / ds + 1e-9)
+            if f is not None:
+                lx, ly = math.floor(location[0] / f), math.floor(location[1] / f)
+            else:  # any other factor: level coordinate = level-0 coordinate / downsample
+                ds = self.level_downsamples[level]
+                lx = math.floor(location[0] / ds + 1e-9)
+                ly = math.floor(location[1] / ds + 1e-9)
         except (ValueError, OverflowError, TypeError):
             raise SlideError(f"{self.path}: region location {location!r} is not a pixel position") from None
         return self.read_level(level, lx, ly, size[0], size[1])
+
+    def _integer_factor(self, level: int) -> int | None:
+        """The integer factor ``level`` was made with, when its size says so: the nearest integer
+        to its downsample, with both sides the level-0 side divided by it and rounded down or up
+        (None otherwise, e.g. a 2.5x level)."""
+        f = round(self.level_downsamples[level])
+        if f < 1:
+            return None
+        sides = zip(self.level_dimensions[0], self.level_dimensions[level])
+        return f if all(n in (n0 // f, -(-n0 // f)) for n0, n in sides) else None
 
     # -- associated images --------------------------------------------------------------
     @property

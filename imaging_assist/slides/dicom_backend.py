@@ -2,7 +2,9 @@
 
 A slide is the set of WSM instances in one folder (all levels, label, overview), or a
 single WSM file.  Levels come from wsidicom's selected pyramid; pixel spacing (mm) from the
-Pixel Measures sequence, so MPP is exact when the file carries it.
+Pixel Measures sequence, so MPP is exact when the file carries it.  wsidicom takes only
+power-of-two level steps: a slide with another (e.g. a 3x level) opens one wsidicom pyramid per
+level size instead.
 """
 
 from __future__ import annotations
@@ -108,7 +110,14 @@ class DicomSlide(Slide):
             # line of slide.warnings instead of printed.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                self._wsi = WsiDicom.open(files)
+                try:
+                    self._wsi = WsiDicom.open(files)
+                    self._level_wsis = [self._wsi]
+                except NotImplementedError as e:
+                    # wsidicom builds its pyramid from power-of-two levels only ("Levels needs to
+                    # be integer"); a valid slide with e.g. a 3x level opens level by level.
+                    self._level_wsis = _open_level_by_level(files, e)
+                    self._wsi = self._level_wsis[0]
         except Exception as e:
             hint = " (no usable Pixel Spacing?)" if type(e).__name__ == "WsiDicomNoResolutionError" else ""
             raise SlideReadError(f"{self.path}: wsidicom could not open it ({_one_line(e)}){hint}") from None
@@ -118,10 +127,10 @@ class DicomSlide(Slide):
                 self._setup()
             caught = list(caught) + list(more_caught)
         except SlideReadError:
-            self._wsi.close()
+            self._close()
             raise
         except Exception as e:
-            self._wsi.close()
+            self._close()
             raise SlideReadError(f"{self.path}: unreadable DICOM WSI ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
         msgs = list(dict.fromkeys(str(w.message).splitlines()[0][:160] for w in caught if str(w.message)))
@@ -131,7 +140,11 @@ class DicomSlide(Slide):
 
     def _setup(self) -> None:
         wsi = self._wsi
-        self._levels = sorted(wsi.levels, key=lambda L: -L.size.width * L.size.height)
+        # (WsiDicom, level) pairs, largest first
+        levels = sorted(((w, L) for w in self._level_wsis for L in w.levels),
+                        key=lambda wl: -wl[1].size.width * wl[1].size.height)
+        self._levels = [L for _, L in levels]
+        self._level_wsi = [w for w, _ in levels]
         self._finish_levels([(L.size.width, L.size.height) for L in self._levels])
         try:
             sp = self._levels[0].pixel_spacing  # mm
@@ -171,14 +184,14 @@ class DicomSlide(Slide):
                     break
         except Exception:  # metadata is optional for reading pixels
             pass
-        props["dicom.files"] = str(len(wsi.files or []))
+        props["dicom.files"] = str(sum(len(w.files or []) for w in self._level_wsis))
         self.properties = props
         self._finish_mpp()
 
     def _read_level(self, level, x, y, w, h):
         L = self._levels[level]
         try:
-            arr = self._wsi.read_region((x, y), L.level, (w, h), as_array=True)
+            arr = self._level_wsi[level].read_region((x, y), L.level, (w, h), as_array=True)
         except Exception as e:
             raise SlideReadError(f"{self.path}: read failed at level {level} "
                                  f"({type(e).__name__}: {e})") from None
@@ -201,7 +214,45 @@ class DicomSlide(Slide):
         return self._wsi.read_thumbnail((t.size.width, t.size.height), as_array=True)
 
     def _close(self):
-        self._wsi.close()
+        for w in self._level_wsis:
+            w.close()
+
+
+def _open_level_by_level(files: list[str], error: Exception) -> list:
+    """One WsiDicom per level size (the largest with the label, overview and thumbnail), for a
+    pyramid wsidicom refuses as a whole because a level is not a power-of-two step; ``error``
+    (wsidicom's, naming the level's spacing) is raised again when the files are not one series."""
+    import pydicom
+    from wsidicom import WsiDicom
+
+    levels: dict[tuple[int, int], list[str]] = {}
+    others, series = [], set()
+    try:
+        for f in files:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=[
+                "ImageType", "TotalPixelMatrixColumns", "TotalPixelMatrixRows", "SeriesInstanceUID"])
+            image_type = [str(v).upper() for v in (ds.get("ImageType") or [])]
+            series.add(str(ds.get("SeriesInstanceUID", "")))
+            if len(image_type) > 2 and image_type[2] == "VOLUME":
+                size = (int(ds.TotalPixelMatrixColumns), int(ds.TotalPixelMatrixRows))
+                levels.setdefault(size, []).append(f)
+            else:
+                others.append(f)
+    except Exception:
+        raise error from None
+    if len(levels) < 2 or len(series) != 1:
+        raise error
+    groups = [levels[k] for k in sorted(levels, key=lambda k: -k[0] * k[1])]
+    groups[0] = groups[0] + others
+    opened: list = []
+    try:
+        for g in groups:
+            opened.append(WsiDicom.open(g))
+    except Exception:
+        for w in opened:
+            w.close()
+        raise error from None
+    return opened
 
 
 BACKEND = SlideBackend("wsidicom", lambda path, head: os.path.isdir(path) or is_dicom_head(head), DicomSlide,

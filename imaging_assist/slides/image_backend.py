@@ -87,7 +87,11 @@ class ImageSlide(Slide):
                 self.format = (im.format or "image").lower()
                 info = dict(im.info)
                 im.load()
-                if im.mode not in ("RGB", "RGBA", "L", "LA"):
+                if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+                    # 16/32-bit grey: Pillow's convert("RGB") clips to 0..255; scale by the type's
+                    # maximum as every backend does (to_rgb), e.g. 16-bit 65535 -> 255.
+                    im = Image.fromarray(to_rgb(np.asarray(im), self.background))
+                elif im.mode not in ("RGB", "RGBA", "L", "LA"):
                     im = im.convert("RGBA" if "A" in im.getbands() or "transparency" in info else "RGB")
                 base = im.copy()
         except SlideReadError:

@@ -166,8 +166,17 @@ def plan_tiles(slide: Slide, tile_px: int = 224, mpp: float | None = 0.5, *,
         rx, ry, rw, rh = 0.0, 0.0, float(w0), float(h0)
     else:
         rx, ry, rw, rh = (float(v) for v in region)
-        if rw <= 0 or rh <= 0:
-            raise SlideError(f"region must have a positive size, got {region}")
+        if not all(math.isfinite(v) for v in (rx, ry, rw, rh)) or rw <= 0 or rh <= 0:
+            raise SlideError(f"region must be finite (x, y, width, height) with a positive size, got {region}")
+        # Only the part on the slide: a grid starting off the slide would make a heat-map file
+        # that read_heatmaps refuses (its origin must lie on the slide).
+        x0, y0 = max(rx, 0.0), max(ry, 0.0)
+        x1, y1 = min(rx + rw, float(w0)), min(ry + rh, float(h0))
+        if x1 <= x0 or y1 <= y0:
+            raise SlideError(f"region {tuple(region)} lies outside the {w0} x {h0} px slide")
+        if (x0, y0, x1, y1) != (rx, ry, rx + rw, ry + rh):
+            warn.append(f"region {tuple(region)} cut to the slide: ({x0:g}, {y0:g}, {x1 - x0:g}, {y1 - y0:g})")
+        rx, ry, rw, rh = x0, y0, x1 - x0, y1 - y0
     sx, sy = tile_px * ds[0], tile_px * ds[1]
     cols, rows = max(1, math.ceil(rw / sx - 1e-9)), max(1, math.ceil(rh / sy - 1e-9))
     rr, cc = np.meshgrid(np.arange(rows, dtype=np.int32), np.arange(cols, dtype=np.int32), indexing="ij")
