@@ -101,8 +101,9 @@ def test_gantry_tilt_keeps_exact_affine(tmp_path):
 
 def test_mixed_sizes_are_split(tmp_path):
     uid = "1.2.3.4.5.6.7"
-    write_ct_series(tmp_path / "a", [(0, 0, z) for z in (0, 1, 2)], series_uid=uid)
-    write_ct_series(tmp_path / "b", [(0, 0, z) for z in (0, 1)], rows=8, cols=8, series_uid=uid)
+    study = {"StudyInstanceUID": "1.2.3.4.5.6.8"}  # one series of one study (two studies keep it apart)
+    write_ct_series(tmp_path / "a", [(0, 0, z) for z in (0, 1, 2)], series_uid=uid, extra=study)
+    write_ct_series(tmp_path / "b", [(0, 0, z) for z in (0, 1)], rows=8, cols=8, series_uid=uid, extra=study)
     series = scan(str(tmp_path)).image_series()
     assert sorted(s.n_instances for s in series) == [2, 3]
     assert all("mixed image sizes" in s.warnings[0] for s in series)

@@ -95,6 +95,7 @@ WANTED: dict[int, tuple[str, str]] = {
     0x0008103E: ("SeriesDescription", "LO"),
     0x00100010: ("PatientName", "PN"),
     0x00100020: ("PatientID", "LO"),
+    0x00100021: ("IssuerOfPatientID", "LO"),  # a patient is (issuer, ID): index._build_tree, nodules/growth.py
     0x00100030: ("PatientBirthDate", "DA"),
     0x00100040: ("PatientSex", "CS"),
     0x00101010: ("PatientAge", "AS"),

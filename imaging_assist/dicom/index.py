@@ -132,6 +132,8 @@ class StudyInfo:
     description: str = ""
     accession: str = ""
     series: list[SeriesInfo] = field(default_factory=list)
+    # e.g. its StudyInstanceUID is used by another patient too (the index keeps them apart)
+    warnings: list[str] = field(default_factory=list)
 
     def result_series(self) -> list[SeriesInfo]:
         """SEG, Parametric Map, SR and Encapsulated PDF series of this study."""
@@ -140,7 +142,7 @@ class StudyInfo:
     def to_dict(self) -> dict:
         return {"study_uid": self.uid, "date": self.date, "time": self.time,
                 "description": self.description, "accession": self.accession,
-                "series": [s.to_dict() for s in self.series]}
+                "warnings": list(self.warnings), "series": [s.to_dict() for s in self.series]}
 
 
 @dataclass
@@ -150,9 +152,10 @@ class PatientInfo:
     birth_date: str = ""
     sex: str = ""
     studies: list[StudyInfo] = field(default_factory=list)
+    issuer: str = ""  # IssuerOfPatientID: one Patient ID from two issuers is two patients
 
     def to_dict(self) -> dict:
-        return {"patient_id": self.id, "name": self.name, "birth_date": self.birth_date,
+        return {"patient_id": self.id, "issuer": self.issuer, "name": self.name, "birth_date": self.birth_date,
                 "sex": self.sex, "studies": [s.to_dict() for s in self.studies]}
 
 
@@ -174,8 +177,14 @@ class StudyIndex:
         return [s for s in self.all_series() if s.is_image]
 
     def results_for(self, series: SeriesInfo) -> list[SeriesInfo]:
-        """Result series (SEG, Parametric Map, SR) that refer to ``series``."""
-        return [s for s in self.all_series() if s.result_kind and series.uid in s.references]
+        """Result series (SEG, Parametric Map, SR) that refer to ``series``.  A result names its
+        source by UID alone: when series of other patients have that UID too (see _build_tree),
+        only the results of ``series``' own patient, never another patient's outlines on it."""
+        found = [s for s in self.all_series() if s.result_kind and series.uid in s.references]
+        if found and len({id(self.patient_of(s)) for s in self.all_series() if s.uid == series.uid}) > 1:
+            pat = self.patient_of(series)
+            found = [s for s in found if self.patient_of(s) is pat]
+        return found
 
     def find_series(self, key: str) -> SeriesInfo | None:
         """By key, series UID, or the path of one of its files."""
@@ -485,8 +494,8 @@ _SINGLE = {"SOPInstanceUID": "uid", "SeriesInstanceUID": "uid", "StudyInstanceUI
 # would have given (spacing unknown, no 3D geometry, no file window), with a warning naming
 # the attribute (loader._plan_geometry, display.presets_for) - what a reader expects.
 # Text with one value: a backslash in it is kept as it is in the file (joined back).
-_TEXT_SINGLE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-                "StudyTime", "AccessionNumber", "Modality", "Manufacturer", "StudyDescription",
+_TEXT_SINGLE = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
+                "StudyDate", "StudyTime", "AccessionNumber", "Modality", "Manufacturer", "StudyDescription",
                 "SeriesDescription", "BodyPartExamined", "PhotometricInterpretation",
                 "RescaleType", "VOILUTFunction", "MediaStorageSOPClassUID")
 _TRANSFER_SYNTAX_DIGITS = set("0123456789.")
@@ -784,40 +793,101 @@ def _is_dicomdir(rec: InstanceRecord) -> bool:
         "DirectoryRecordSequence" in rec.flags
 
 
+def _patient_label(pkey: tuple) -> str:
+    issuer, pid, name = pkey
+    return " ".join(x for x in (pid or "(no ID)", name, f"(issuer {issuer})" if issuer else "") if x)
+
+
 def _build_tree(index: StudyIndex, records: list[InstanceRecord],
                 problems: list[Problem] | None = None) -> None:
+    """Patients are keyed by (IssuerOfPatientID, PatientID, PatientName): the issuer as
+    nodules.growth.patient_key tells patients apart, the name so that one entry (whose name the
+    corner text shows) never holds films of two names; studies by (patient, StudyInstanceUID),
+    series by (study, SeriesInstanceUID).  A study or series UID that more than one patient (or a
+    series UID that more than one study) uses is kept apart, with a warning on each: keyed by the
+    UID alone, a second patient's images were shown under the first patient's name."""
     problems = problems if problems is not None else index.problems
     patients: dict[tuple, PatientInfo] = {}
-    studies: dict[str, StudyInfo] = {}
-    series_groups: dict[str, list[InstanceRecord]] = defaultdict(list)
-    study_of_series: dict[str, str] = {}
+    studies: dict[tuple, StudyInfo] = {}
+    series_groups: dict[tuple, list[InstanceRecord]] = defaultdict(list)
     for rec in records:
         try:
             suid = str(rec.get("SeriesInstanceUID"))
             stuid = str(rec.get("StudyInstanceUID") or f"no-study-uid:{suid}")
-            pkey = (str(rec.get("PatientID", "")), str(rec.get("PatientName", "")))
+            pkey = (str(rec.get("IssuerOfPatientID", "") or "").strip(), str(rec.get("PatientID", "")),
+                    _name_key(str(rec.get("PatientName", ""))))
         except Exception as e:  # check_record makes this unreachable; one file, one problem
             problems.append(Problem(rec.display_path, f"invalid header value: {_one_line(e)}"))
             continue
-        series_groups[suid].append(rec)
-        study_of_series.setdefault(suid, stuid)
-        if stuid not in studies:
-            studies[stuid] = StudyInfo(uid=stuid, date=str(rec.get("StudyDate", "")),
+        stkey = (pkey, stuid)
+        series_groups[(stkey, suid)].append(rec)
+        if stkey not in studies:
+            studies[stkey] = StudyInfo(uid=stuid, date=str(rec.get("StudyDate", "")),
                                        time=str(rec.get("StudyTime", "")),
                                        description=str(rec.get("StudyDescription", "")),
                                        accession=str(rec.get("AccessionNumber", "")))
             if pkey not in patients:
-                patients[pkey] = PatientInfo(id=pkey[0], name=pkey[1],
+                patients[pkey] = PatientInfo(id=pkey[1], name=str(rec.get("PatientName", "")), issuer=pkey[0],
                                              birth_date=str(rec.get("PatientBirthDate", "")),
                                              sex=str(rec.get("PatientSex", "")))
-            patients[pkey].studies.append(studies[stuid])
-    for suid, recs in series_groups.items():
-        for part in split_series(suid, recs):
-            studies[study_of_series[suid]].series.append(part)
+            patients[pkey].studies.append(studies[stkey])
+    clashes: dict[tuple, list[str]] = defaultdict(list)  # series group -> what is said on it
+    by_study_uid: dict[str, list[tuple]] = defaultdict(list)
+    for pkey, stuid in studies:
+        by_study_uid[stuid].append(pkey)
+    for stuid, pkeys in by_study_uid.items():
+        if len(pkeys) > 1 and not stuid.startswith("no-study-uid:"):
+            line = (f"StudyInstanceUID {stuid} is used by {len(pkeys)} patients "
+                    f"({', '.join(_patient_label(k) for k in sorted(pkeys, key=_patient_order))}): "
+                    "shown apart; check the source")
+            for g in series_groups:
+                if g[0][1] == stuid:
+                    clashes[g].append(line)
+    by_series_uid: dict[str, list[tuple]] = defaultdict(list)
+    for g in series_groups:
+        by_series_uid[g[1]].append(g)
+    base_key: dict[tuple, str] = {}
+    for suid, groups in by_series_uid.items():
+        if len(groups) == 1:
+            base_key[groups[0]] = suid  # the normal case: the key stays the UID
+            continue
+        # Each group gets a key of its own ("uid@1", "uid@2"...), in the order the browser lists
+        # them, so that results and annotations kept by series key stay with their own images.
+        groups.sort(key=lambda g: (_patient_order(g[0][0]), studies[g[0]].date, g[0][1]))
+        pkeys = list(dict.fromkeys(g[0][0] for g in groups))
+        if len(pkeys) > 1:
+            line = (f"SeriesInstanceUID {suid} is used by {len(pkeys)} patients "
+                    f"({', '.join(_patient_label(k) for k in pkeys)}): shown apart; check the source")
+        else:
+            line = (f"SeriesInstanceUID {suid} is used in {len(groups)} studies of {_patient_label(pkeys[0])} "
+                    f"({', '.join(g[0][1] for g in groups)}): shown apart; check the source")
+        for i, g in enumerate(groups):
+            base_key[g] = f"{suid}@{i + 1}"
+            clashes[g].append(line)
+    # Said on each series (the browser's line, the banner when it opens, `scan`) and its study;
+    # not a Problem: those are files that cannot be shown.
+    for g, recs in series_groups.items():
+        parts = split_series(g[1], recs, key=base_key[g])
+        for part in parts:
+            part.warnings[:0] = clashes.get(g, [])
+        study = studies[g[0]]
+        study.warnings += [w for w in clashes.get(g, []) if w not in study.warnings]
+        study.series.extend(parts)
     for st in studies.values():
         st.series.sort(key=lambda s: (_num(s.number), s.description, s.key))
-    index.patients = sorted(patients.values(), key=lambda p: (p.name, p.id))
+    index.patients = sorted(patients.values(), key=lambda p: (p.name, p.id, p.issuer))
     _link_results(index)
+
+
+def _name_key(name: str) -> str:
+    """A Person Name as one patient: empty trailing components and groups are not a difference
+    ("DOE^JOHN" and "DOE^JOHN^^^" are one name, PS3.5 6.2), nor padding spaces."""
+    return "=".join(g.strip().rstrip("^").strip() for g in name.split("=")).rstrip("=")
+
+
+def _patient_order(pkey: tuple):
+    issuer, pid, name = pkey
+    return name, pid, issuer
 
 
 def _link_results(index: StudyIndex) -> None:
@@ -871,8 +941,8 @@ def _spacing_key(rec: InstanceRecord):
     return tuple(np.round(np.asarray(ps, float), 3))
 
 
-def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
-    """One SeriesInfo per displayable stack.
+def split_series(uid: str, recs: list[InstanceRecord], key: str | None = None) -> list[SeriesInfo]:
+    """One SeriesInfo per displayable stack (keyed ``key``, by default the UID, or "key:N" for parts).
 
     A series is split when its images cannot form one volume: different sizes, colour
     models, orientations, pixel spacings, or several images at the same position (echoes,
@@ -904,10 +974,11 @@ def split_series(uid: str, recs: list[InstanceRecord]) -> list[SeriesInfo]:
     for _, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         for sub, why in _split_duplicates(members):
             parts.append((sub, why))
+    key = key or uid
     out = []
     for i, (members, why) in enumerate(parts):
         members.sort(key=lambda r: (_num(r.get("InstanceNumber")), r.display_path))
-        s = SeriesInfo(uid=uid, key=uid if len(parts) == 1 else f"{uid}:{i + 1}", instances=members)
+        s = SeriesInfo(uid=uid, key=key if len(parts) == 1 else f"{key}:{i + 1}", instances=members)
         all_reasons = reasons + ([why] if why else [])
         if len(parts) > 1:
             s.split_reason = "; ".join(all_reasons) or "several stacks"
