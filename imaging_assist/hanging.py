@@ -238,21 +238,36 @@ def plan(protocol: Protocol, index, series) -> Hanging:
     # prior may hold only a CT beside a chest film: it is not the film's prior)
     priors = viewing.prior_studies(index, series)
     mod = getattr(series, "modality", "") or ""
-    prior = None
+    films = []
     for st in priors:
         m = viewing.matching_series(st, series)
         if m is not None and (not mod or m.modality == mod or {m.modality, mod} <= PROJECTION):
-            prior = m
-            break
+            films.append((st, m))
+    # of those, one of the same body part first (a hand film made between two chest films is
+    # not the chest's prior), then one whose body part is not recorded, then any other
+    bp = viewing.body_part(series)
+
+    def rank(film):
+        pb = viewing.body_part(film[1])
+        return 0 if bp and pb == bp else (1 if not (bp and pb) else 2)
+    prior_study, prior = min(films, key=rank, default=(None, None))  # min keeps the most recent of a rank
     if protocol.layout in ("single", "mpr"):
         return Hanging(protocol, protocol.layout, keys, notes)
     for src in protocol.viewports[1:]:
         s = None
         if src == "prior":
             s = prior if prior is not None and prior.key not in keys else None
-            if s is None:
+            if s is not None:
+                notes += _prior_notes(index, series, prior_study, prior)
+            elif here is not None and viewing.date_note(here) and viewing.other_studies(index, series):
+                notes.append(f"current study: {viewing.date_note(here)}; which study is older is unknown, "
+                             "so none is hung as its prior")
+            else:
                 notes.append(f"no prior {mod} study of this patient is loaded (earlier studies hold other "
                              "modalities)" if priors else "no prior study of this patient is loaded")
+                notes += [f"a study dated in the future ({viewing.parse_date(st.date).isoformat()}) is not taken "
+                          "as a prior: check its date" for st in viewing.other_studies(index, series)
+                          if viewing.in_future(st)]
         if s is None:
             s = next((o for o in others if o.key not in keys), None)
         if s is not None:
@@ -261,6 +276,21 @@ def plan(protocol: Protocol, index, series) -> Hanging:
     if layout != protocol.layout:
         notes.append(f"only {len(keys)} series to show: {layout.replace('x', '×') if layout != 'single' else '1×1'}")
     return Hanging(protocol, layout, keys[:LAYOUTS[layout]], notes)
+
+
+def _prior_notes(index, series, study, prior) -> list[str]:
+    """What the reader must check about the prior hung beside ``series``: another name or birth
+    date under the same Patient ID, another or an unrecorded body part, an unknown date."""
+    notes = [n for n in (viewing.patient_note(index, series, study),) if n]
+    bp, pb = viewing.body_part(series), viewing.body_part(prior)
+    if bp and pb and bp != pb:
+        notes.append(f"the prior is of another body part ({pb}, current {bp}): check")
+    elif not (bp and pb):
+        notes.append(f"body part not recorded (prior {pb or '?'}, current {bp or '?'}): check the prior is "
+                     "the same exam")
+    if viewing.date_note(study):
+        notes.append(f"the prior has {viewing.date_note(study)}: it may not be the older study")
+    return notes
 
 
 def protocol_from_layout(layout: str, sources: list[str], modality: str, body_part: str = "",

@@ -12,8 +12,11 @@ Hand-written because it is a few lines of linear algebra on our own ``Volume`` a
 
 from __future__ import annotations
 
+import datetime as _dt
 import math
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -235,10 +238,115 @@ def start_index(vol: Volume, remembered: bool = True) -> int:
     return int(np.argmin(nums))
 
 
+# StudyDate as DA (YYYYMMDD), or the YYYY.MM.DD form PS3.5 asks readers to accept (ACR-NEMA):
+# compared as text, "2020.12.01" sorted before "20200601" and a later study became the prior.
+_DATE_FORMATS = ((re.compile(r"\d{8}"), "%Y%m%d"), (re.compile(r"\d{4}\.\d{2}\.\d{2}"), "%Y.%m.%d"))
+
+
+def parse_date(text) -> _dt.date | None:
+    """A StudyDate (DA ``YYYYMMDD`` or ``YYYY.MM.DD``) as a date; None when it is not one
+    (an unknown date, never compared as text)."""
+    s = str(text or "").strip()
+    for pattern, fmt in _DATE_FORMATS:
+        if pattern.fullmatch(s):
+            try:
+                return _dt.datetime.strptime(s, fmt).date()
+            except ValueError:
+                return None
+    return None
+
+
+def in_future(study, today: _dt.date | None = None) -> bool:
+    """The study is dated after today (a typo: it is never the most recent study)."""
+    d = parse_date(getattr(study, "date", "")) if study is not None else None
+    return d is not None and d > (today or _dt.date.today())
+
+
+def _when(study):
+    """(date, time) to order studies by; None when the date is missing, not a date or in the
+    future (the order of such a study is unknown)."""
+    d = parse_date(getattr(study, "date", "")) if study is not None else None
+    if d is None or d > _dt.date.today():
+        return None
+    return d, str(getattr(study, "time", "") or "").replace(":", "").strip()  # TM (HHMMSS) or HH:MM:SS
+
+
+def date_note(study) -> str:
+    """What is wrong with a study's date for ordering it ('' when nothing)."""
+    raw = str(getattr(study, "date", "") or "").strip()
+    if not raw:
+        return "no study date"
+    d = parse_date(raw)
+    if d is None:
+        return f"study date {raw[:20]!r} is not a date"
+    if d > _dt.date.today():
+        return f"dated in the future ({d.isoformat()}): check"
+    return ""
+
+
+class Identity(NamedTuple):
+    """Who a study or series says it was made of."""
+
+    id: str
+    name: str
+    birth_date: str
+    issuer: str  # IssuerOfPatientID ('' when not given)
+
+
+def _recorded(series_list, keyword: str) -> str:
+    for s in series_list:
+        first = getattr(s, "_first", None)
+        v = str(first(keyword) or "").strip() if first is not None else ""
+        if v:
+            return v
+    return ""
+
+
+def identity_of(series_list, patient=None) -> Identity:
+    """The patient of ``series_list`` (SeriesInfo) by their files' headers, the index's patient
+    entry where the files do not say."""
+    series_list = [s for s in series_list if s is not None]
+    get = lambda kw, attr: _recorded(series_list, kw) or str(getattr(patient, attr, "") or "").strip()  # noqa: E731
+    return Identity(get("PatientID", "id"), get("PatientName", "name"), get("PatientBirthDate", "birth_date"),
+                    _recorded(series_list, "IssuerOfPatientID"))
+
+
+def study_identity(index, study) -> Identity:
+    """The patient a study of ``index`` was made of (:func:`identity_of`)."""
+    pats = index.patients if index is not None else []
+    pat = next((p for p in pats if any(st is study for st in p.studies)), None)
+    return identity_of(getattr(study, "series", []), pat)
+
+
+def other_issuer(a: Identity, b: Identity) -> bool:
+    """The same Patient ID given by two issuers (IssuerOfPatientID both given and different):
+    two patients, as nodule growth takes them."""
+    return bool(a.issuer and b.issuer and a.issuer != b.issuer)
+
+
+def _same_name(a: str, b: str) -> bool:
+    norm = lambda n: " ".join(n.replace("^", " ").split()).casefold()  # noqa: E731 - "A^B" is "A B"
+    return norm(a) == norm(b)
+
+
+def identity_note(other: Identity, here: Identity) -> str:
+    """One line when a study of the same Patient ID names another patient name or birth date
+    than the current one (a typo, or another patient): it is still matched, and said."""
+    what = []
+    if other.name and here.name and not _same_name(other.name, here.name):
+        what.append(f"different name ({other.name} / {here.name})")
+    if other.birth_date and here.birth_date and (parse_date(other.birth_date) or other.birth_date) != \
+            (parse_date(here.birth_date) or here.birth_date):
+        what.append(f"different birth date ({other.birth_date} / {here.birth_date})")
+    return f"same patient ID, {' and '.join(what)}: check the patient" if what else ""
+
+
 def other_studies(index, series) -> list:
     """The other studies of ``series``' patient in a StudyIndex (same PatientID; studies
     holding images only), most recent first, later ones included (:func:`is_later` tells
-    them).  Patients without an ID are never matched."""
+    them), studies of unknown or future date last.  Patients without an ID are never matched;
+    the same ID from another issuer (IssuerOfPatientID both given and different) is another
+    patient.  A study under another name or birth date is matched: :func:`patient_note` says it."""
     if index is None or series is None:
         return []
     pat = index.patient_of(series)
@@ -246,38 +354,57 @@ def other_studies(index, series) -> list:
     if pat is None or not str(pat.id or "").strip():
         return []
     pid = str(pat.id).strip()
+    me = identity_of(here.series if here is not None else [series], pat)
     out = [st for p in index.patients if str(p.id or "").strip() == pid for st in p.studies
-           if st is not here and any(s.is_image for s in st.series)]
-    return sorted(out, key=lambda st: (st.date or "", st.time or ""), reverse=True)
+           if st is not here and any(s.is_image for s in st.series)
+           and not other_issuer(study_identity(index, st), me)]
+    # Python's sort is stable with reverse=True: studies of unknown date keep their order, last
+    return sorted(out, key=lambda st: (1, *_when(st)) if _when(st) else (0,), reverse=True)
+
+
+def patient_note(index, series, study) -> str:
+    """The note for ``study`` shown as a study of ``series``' patient ('' when nothing)."""
+    here = index.study_of(series) if index is not None and series is not None else None
+    me = identity_of(here.series if here is not None else [series], index.patient_of(series) if index else None)
+    return identity_note(study_identity(index, study), me)
 
 
 def is_later(study, here) -> bool:
     """True when ``study`` was made after ``here`` (StudyDate, then StudyTime); False when
-    either date is unknown (never guessed later)."""
-    if study is None or here is None or not (study.date and here.date):
-        return False
-    return (study.date, study.time or "") > (here.date, here.time or "")
+    either date is unknown, not a date or in the future (never guessed later)."""
+    a, b = _when(study), _when(here)
+    return a is not None and b is not None and a > b
 
 
 def prior_studies(index, series) -> list:
     """The studies of ``series``' patient made before it (a later study is not its prior:
     opening the older of two studies hung the newer one as "prior"), most recent first;
-    studies without a date come last, as they cannot be placed."""
+    studies without a date come last, as they cannot be placed.  None when the current study's
+    date is unknown or in the future: which study is older cannot be told (the others are
+    still listed by :func:`other_studies`); a study dated in the future is never a prior."""
     here = index.study_of(series) if (index is not None and series is not None) else None
-    out = [st for st in other_studies(index, series) if not is_later(st, here)]
-    return [st for st in out if st.date] + [st for st in out if not st.date]
+    if _when(here) is None:
+        return []
+    return [st for st in other_studies(index, series) if not is_later(st, here) and not in_future(st)]
 
 
 def matching_series(study, like=None):
     """The series of ``study`` to compare with ``like``: same modality first, then the same
-    series description, then the most images; None when the study has no images."""
+    body part, then the same series description, then the most images; None when the study
+    has no images."""
     cands = [s for s in study.series if s.is_image]
     if not cands:
         return None
     mod = like.modality if like is not None else ""
+    bp = body_part(like)
     desc = (like.description or "").strip().lower() if like is not None else ""
-    return max(cands, key=lambda s: (s.modality == mod, bool(desc) and s.description.strip().lower() == desc,
-                                     s.n_frames))
+    return max(cands, key=lambda s: (s.modality == mod, bool(bp) and body_part(s) == bp,
+                                     bool(desc) and s.description.strip().lower() == desc, s.n_frames))
+
+
+def body_part(series) -> str:
+    """BodyPartExamined of a series, upper case ('' when not recorded)."""
+    return str(getattr(series, "body_part", "") or "").strip().upper() if series is not None else ""
 
 
 DEFAULT_CINE_FPS = 15.0

@@ -136,9 +136,12 @@ class SeriesLoading(QObject):
             chosen = max(series, key=lambda s: (s.n_frames, -series.index(s)))
             # that patient's most recent study (opening a folder of one patient's studies hung
             # the oldest as "current" and the newer one as its "prior"), then its largest series
-            later = [st for st in viewing.other_studies(index, chosen) if viewing.is_later(st, index.study_of(chosen))]
+            here, others = index.study_of(chosen), viewing.other_studies(index, chosen)
+            later = [st for st in others if viewing.is_later(st, here)]
+            if viewing.in_future(here):  # a date typo is never the most recent study
+                later = [st for st in others if viewing.parse_date(st.date) and not viewing.in_future(st)]
             if later:
-                newest = max(later, key=lambda st: (st.date or "", st.time or ""))
+                newest = max(later, key=lambda st: (viewing.parse_date(st.date), st.time or ""))
                 chosen = max((x for x in newest.series if x.is_image), key=lambda x: x.n_frames, default=chosen)
         self.load_series(chosen.key)
 

@@ -94,6 +94,30 @@ def icon_from_array(img: np.ndarray, aspect=(1.0, 1.0)) -> QIcon:
     return QIcon(pm)
 
 
+def _same_id_notes(index) -> dict:
+    """Patient entries whose Patient ID another entry uses under another name or birth date (a
+    typo, or two patients: the priors match them by ID): ``id(patient)`` -> (the suffix of its
+    tree line, the notes for its tooltip).  The same ID from another issuer is another patient."""
+    from imaging_assist import viewing
+
+    by_id: dict[str, list] = {}
+    for p in index.patients:
+        if str(p.id or "").strip():
+            by_id.setdefault(str(p.id).strip(), []).append(p)
+    who = {id(p): viewing.identity_of([s for st in p.studies for s in st.series], p)
+           for group in by_id.values() if len(group) > 1 for p in group}
+    out = {}
+    for group in by_id.values():
+        for p in group if len(group) > 1 else ():
+            notes = [viewing.identity_note(who[id(q)], who[id(p)]) for q in group
+                     if q is not p and not viewing.other_issuer(who[id(q)], who[id(p)])]
+            notes = list(dict.fromkeys(n for n in notes if n))
+            if notes:
+                other_name = any("different name" in n for n in notes)
+                out[id(p)] = ("   ⚠ same ID as another " + ("name" if other_name else "birth date"), notes)
+    return out
+
+
 class StudyBrowser(QWidget):
     """Emits ``seriesChosen(key)`` when a series is clicked or activated."""
 
@@ -171,12 +195,16 @@ class StudyBrowser(QWidget):
         bold = QFont(self.tree.font())
         bold.setBold(True)
         n_series = 0
+        same_id = _same_id_notes(index)
         for pat in index.patients:
             extra = ", ".join(x for x in (f"ID {pat.id}" if pat.id else "", pat.sex,
                                           f"born {_date(pat.birth_date)}" if pat.birth_date else "") if x)
-            pi = QTreeWidgetItem([f"{_name(pat.name)}" + (f"   ({extra})" if extra else "")])
+            mark, notes = same_id.get(id(pat), ("", []))
+            pi = QTreeWidgetItem([f"{_name(pat.name)}" + (f"   ({extra})" if extra else "") + mark])
             pi.setFont(0, bold)
-            pi.setToolTip(0, f"{_name(pat.name)}\n{extra}")
+            pi.setToolTip(0, f"{_name(pat.name)}\n{extra}" + "".join(f"\n⚠ {n}" for n in notes))
+            if mark:
+                pi.setForeground(0, QBrush(QColor(WARN_FG)))
             self.tree.addTopLevelItem(pi)
             for st in pat.studies:
                 n_img = sum(s.n_frames for s in st.series)

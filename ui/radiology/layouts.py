@@ -197,8 +197,16 @@ class GridArea(QWidget):
                 if first.volume.n_slices <= 1 and c.doc.volume.n_slices <= 1:
                     why = ""  # two single images (e.g. radiographs side by side): nothing to scroll or link
                 pa, pb = first.patient, c.doc.patient
-                if pa is not None and pb is not None and str(pa.id or "") != str(pb.id or ""):
-                    why = f"another patient (ID {pb.id or 'none'}), not the current one" + (f"; {why}" if why else "")
+                if pa is not None and pb is not None:
+                    a = viewing.identity_of([first.series], pa)
+                    b = viewing.identity_of([c.doc.series], pb)
+                    if str(pa.id or "") != str(pb.id or "") or viewing.other_issuer(a, b):
+                        issuer = f" of {b.issuer}" if viewing.other_issuer(a, b) else ""
+                        who = f"another patient (ID {pb.id or 'none'}{issuer}), not the current one"
+                    else:  # the same ID under another name or birth date: a typo, or another patient
+                        who = viewing.identity_note(b, a)
+                    if who:
+                        why = who + (f"; {why}" if why else "")
                 c.link_note = why
             c.view.update()
 

@@ -670,14 +670,34 @@ class NoduleTool(QObject):
         return item.data(ENTRY_ROLE) if item is not None else None
 
     def priors_of(self, n: Nodule) -> list[Nodule]:
-        """Nodules analysed this session on an older study of the same patient (newest first)."""
+        """Nodules analysed this session on an older study of the same patient (newest first);
+        one under another patient name or birth date for the same Patient ID is said (warning)."""
         f = n.facts
         if not f.get("patient_id") or not f.get("study_date"):
             return []
         out = [m for key, lst in self.by_series.items() if key != n.series for m in lst
                if m.facts.get("patient_id") == f["patient_id"] and m.facts.get("study_date")
                and m.facts["study_date"] < f["study_date"] and m.facts.get("study_uid") != f.get("study_uid")]
-        return sorted(out, key=lambda m: (m.facts["study_date"], m.id), reverse=True)
+        out = sorted(out, key=lambda m: (m.facts["study_date"], m.id), reverse=True)
+        if not out:
+            return out
+        # the same Patient ID under another name or birth date (a typo, or another patient) is
+        # offered, and said: the names are the loaded index's (the facts keep no name)
+        from imaging_assist import viewing
+
+        index = getattr(getattr(self.w, "loading", None), "index", None)
+        studies = {st.uid: st for p in (index.patients if index is not None else []) for st in p.studies}
+        who = {uid: viewing.study_identity(index, studies[uid]) for uid in
+               {x.facts.get("study_uid") for x in [n, *out]} if uid in studies}
+        here, said = who.get(f.get("study_uid")), []
+        for m in out:
+            there = who.get(m.facts.get("study_uid"))
+            note = viewing.identity_note(there, here) if here is not None and there is not None else ""
+            if note:
+                said.append(f"{m.id} of {m.facts['study_date']}: {note}")
+        if said:
+            self._say(f"{n.id}: " + "; ".join(said), "warn")
+        return out
 
     def compare_menu(self) -> None:
         """Pick the same nodule in a prior study (the reader links them; nothing is registered)."""
