@@ -21,6 +21,12 @@ MANUFACTURER = "Imaging Assist (research software)"
 MODEL_NAME = "imaging-assist"
 SERIAL = "none"
 NOT_CLINICAL = "NOT FOR CLINICAL USE"
+#: Specific Character Set of every object highdicom builds (its ``specific_character_set=``):
+#: otherwise highdicom copies the source's and refuses the standard Japanese / Korean
+#: "\\ISO 2022 IR 87" (empty first value) and any unknown or misspelt term, so no SEG, SR or
+#: map was written.  The values are Python strings (pydicom decoded them with the source's
+#: set), and UTF-8 holds every one of them.
+CHARSET = "ISO_IR 192"
 
 
 class DicomExportError(UserError):

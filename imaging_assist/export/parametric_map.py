@@ -65,7 +65,8 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
               contains_recognizable_visual_features=False, real_world_value_mappings=[rwvm],
               content_label="AI_HEATMAP",
               content_description=dc.described(f"{model_id} {model_version} {method} {label}"),
-              series_description=dc.described(f"AI {model_id} heat map {label}"), **dc.equipment_kwargs())
+              series_description=dc.described(f"AI {model_id} heat map {label}"),
+              specific_character_set=dc.CHARSET, **dc.equipment_kwargs())
     # LINEAR_EXACT: a LINEAR window narrower than 1 is not allowed (PS3.3 C.11.2.1.2), and
     # heat maps usually span [0, 1]
     kw["voi_lut_transformations"] = [hd.VOILUTTransformation(

@@ -213,6 +213,7 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
             instance_number=1, content_label="MEASUREMENTS",
             content_description="Measurements and annotations; not for clinical use",
             graphic_layers=[layer], graphic_annotations=annotations,
+            specific_character_set=dc.CHARSET,
             **_lut_kwargs(volume, datasets, multiframe, warnings), **dc.equipment_kwargs())
     _pixel_aspect(ps, volume)
     ps.SeriesDescription = dc.described("Measurements and annotations (presentation state)")

@@ -62,7 +62,8 @@ def build_seg(volume, label_map: np.ndarray, labels, *, model_id: str, model_ver
               series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
               content_description=dc.described(f"{model_id} {model_version} labels"),
               content_label="AI_LABELS", series_description=dc.described(f"AI {model_id} SEG"),
-              omit_empty_frames=bool(lm.any()), **dc.equipment_kwargs())
+              omit_empty_frames=bool(lm.any()), specific_character_set=dc.CHARSET,
+              **dc.equipment_kwargs())
     if dc.has_patient_geometry(volume, datasets):
         kw["source_images"] = dc.shared_geometry_source(volume, datasets)
         pos = dc.slice_positions_lps(volume)

@@ -516,7 +516,8 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, regio
             evidence=evidence, content=report, series_instance_uid=series_uid or dc.new_uid(),
             series_number=series_number, sop_instance_uid=dc.new_uid(), instance_number=1,
             institution_name=None, series_description=dc.described(f"AI {model} report"),
-            manufacturer=dc.MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
+            manufacturer=dc.MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+            specific_character_set=dc.CHARSET)
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"SR not written: {e}".splitlines()[0]) from None
     _fix_references(sr, {str(ds.SOPInstanceUID) for ds in datasets if "NumberOfFrames" not in ds})

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from functools import lru_cache
@@ -269,16 +270,31 @@ class _Context:
         if self._phi_re is None:
             words = sorted({w for w in self.phi if len(w) >= 3}, key=len, reverse=True)
             pats = [re.escape(w) for w in words]
-            # a person name's parts of any length ("Li", "Wu", "Ng"): as whole words; in scripts
-            # that do not separate words (李, ナ) every character of the name
+            # a person name's parts of any length ("Li", "Wu", "Ng", "Müller", "Иван"): as whole
+            # words; in scripts that do not separate words (李, ナ) every character of the name.
+            # Removing each letter of an alphabetic name ("Müller": M, ü, l, e, r) everywhere
+            # garbled every description ("Uebersicht" -> "Ubsicht")
             for w in sorted(set(self.names), key=len, reverse=True):
-                pats.append(rf"(?<![^\W_]){re.escape(w)}(?![^\W_])" if w.isascii()
-                            else "|".join(re.escape(c) for c in w if not c.isspace()))
+                unspaced = [c for c in w if _unspaced_script(c)]
+                pats.extend(re.escape(c) for c in unspaced)
+                if len(unspaced) < len(w):
+                    pats.append(rf"(?<![^\W_]){re.escape(w)}(?![^\W_])")
             pats.append(r"\d{5,}")  # record numbers, phone numbers, dates without separators
             pats.append(r"\d{1,4}[-./]\d{1,2}[-./]\d{1,4}")  # dates with separators
             pats.append(_WRITTEN_DATE)  # dates with the month's name ("1 Mar 2024", "March 1, 2024")
             self._phi_re = re.compile("|".join(pats), re.IGNORECASE)
         return self._phi_re
+
+
+#: Unicode character name prefixes of the scripts written without spaces between words (Han,
+#: kana, Thai, Lao, Khmer, Myanmar, Tibetan, Yi, Bopomofo).  Hangul, Latin, Greek, Cyrillic,
+#: Hebrew, Arabic... separate words with spaces: their names are removed as whole words.
+_UNSPACED_SCRIPTS = ("CJK ", "IDEOGRAPHIC ", "HIRAGANA", "KATAKANA", "HALFWIDTH KATAKANA", "THAI ",
+                     "LAO ", "KHMER ", "MYANMAR ", "TIBETAN ", "YI ", "BOPOMOFO ")
+
+
+def _unspaced_script(c: str) -> bool:
+    return unicodedata.name(c, "").startswith(_UNSPACED_SCRIPTS)
 
 
 _MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\.?"

@@ -29,10 +29,19 @@ TEXT_BACKING_ALPHA = 170  # corner text backing: light text keeps >= 4.5:1 contr
 
 
 def _fmt_name(pn: str) -> str:
-    parts = str(pn or "").split("^")
-    if len(parts) >= 2 and parts[1]:
-        return f"{parts[0].upper()}, {parts[1]}" + (f" {parts[2]}" if len(parts) > 2 and parts[2] else "")
-    return str(pn or "").replace("^", " ").strip()
+    """A person name for the corner: each component group (PS3.5 6.2.1: alphabetic =
+    ideographic = phonetic, "Yamada^Tarou=山田^太郎=やまだ^たろう") formatted on its own and the
+    groups joined by two spaces.  A group in a script with letter case reads "DOE, John A";
+    one without (山田 太郎, 홍 길동) keeps its components in order and is never upper-cased."""
+    out = []
+    for group in str(pn or "").split("="):
+        parts = [p.strip() for p in group.split("^")] + ["", ""]
+        cased = any(c.lower() != c.upper() for c in group)
+        if cased and parts[0] and parts[1]:
+            out.append(f"{parts[0].upper()}, " + " ".join(p for p in parts[1:3] if p))
+        elif " ".join(p for p in parts if p):
+            out.append(" ".join(p for p in parts if p))
+    return "  ".join(out)
 
 
 def _fmt_date(d: str) -> str:
