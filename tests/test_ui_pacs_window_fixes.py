@@ -170,3 +170,30 @@ def test_a_series_with_failed_instances_is_not_done(window, monkeypatch):
     assert res.to_dict()["failures"][0]["series_instance_uid"] in series
     assert [item.text(2) for item, _bar in w.bars.values()] == ["2 failed"]
     assert "2 failed" in w.status.text()
+
+
+def test_a_worker_that_fails_before_its_slots_are_connected_still_ends_the_transfer(window, monkeypatch):
+    """The retrieve worker failing before Retrieve's handler had connected its slots (a loaded
+    machine: the CI run): the transfer never ended and Retrieve stayed blocked.  Here the worker
+    is made to finish before start() returns."""
+    from imaging_assist.pacs import api
+    from imaging_assist_ui.pacs import worker
+
+    def broken(*a, **kw):
+        raise RuntimeError("disk went away")
+
+    real_start = worker.Job.start
+
+    def start_and_wait(self):
+        real_start(self)
+        self.thread.join(10)
+        return self
+
+    w = window
+    _search(w)
+    _rows(w)[MR_STUDY].setSelected(True)
+    monkeypatch.setattr(api, "get", broken)
+    monkeypatch.setattr(worker.Job, "start", start_and_wait)
+    w.b_retrieve.click()
+    assert pump_until(lambda: w.transfer is None, 30), w.status.text()
+    assert "disk went away" in w.status.text() and w.b_retrieve.isEnabled()

@@ -187,7 +187,9 @@ class PacsWindow(QDialog):
                      description=self.f_description.text() if level == "study" else "",
                      study_uid=study_uid, level=level).checked()
 
-    def _run(self, fn, done, what: str, button=None) -> Job | None:
+    def _run(self, fn, done, what: str, button=None, progress=None, failed=None) -> Job | None:
+        """``fn`` on a worker thread; ``done``/``progress``/``failed`` connected before it starts
+        (a worker that fails at once emitted before a later ``connect``: the slot never ran)."""
         job = Job(fn, self)
 
         def finish(result):
@@ -202,6 +204,10 @@ class PacsWindow(QDialog):
 
         job.done.connect(finish)
         job.failed.connect(fail)
+        if progress is not None:
+            job.progress.connect(progress)
+        if failed is not None:
+            job.failed.connect(failed)
         if button is not None:
             button.setEnabled(False)
         self.say(what)
@@ -364,10 +370,10 @@ class PacsWindow(QDialog):
                 results.append((study, res))
             return results
 
-        self.transfer = self._run(work, self._retrieved, f"retrieving from {node.label()}…")
         self._names = names
-        self.transfer.progress.connect(self._on_progress)
-        self.transfer.failed.connect(self._transfer_failed)  # (the error line itself: _run's)
+        self.transfer = self._run(work, self._retrieved, f"retrieving from {node.label()}…",
+                                  progress=self._on_progress,
+                                  failed=self._transfer_failed)  # (the error line itself: _run's)
         self.b_retrieve.setEnabled(False)
         self.b_cancel.setEnabled(True)
 
