@@ -294,6 +294,58 @@ def _decode_text(raw: bytes, vr: str, encodings: list[str]) -> Any:
     return str(v).strip(" \x00")
 
 
+#: End of the record note that names text attributes whose characters beyond ASCII were read
+#: without a usable Specific Character Set (none declared or an unknown term: pydicom reads the
+#: bytes as Latin-1, a guess: UTF-8 "Müller" shows as "MÃ¼ller") or whose bytes the declared set
+#: cannot decode (replacement characters).  The decoding is pydicom's and stays as it is; the
+#: note lets the viewer and the browser mark the name and the DICOM export warn (charset_doubt).
+CHARSET_DOUBT = "text may be wrong"
+_KW_VR = dict(WANTED.values())
+
+
+def _charset_doubt(terms: list[str], text: str) -> str | None:
+    """Why the non-ASCII ``text`` read under the Specific Character Set ``terms`` ([] when
+    absent) cannot be trusted; None when it can."""
+    declared = [t for t in terms if t]
+    if "\ufffd" in text:
+        return f"not valid in the declared character set {'/'.join(declared) or 'ISO_IR 6'}"
+    if all(t in ("ISO_IR 6", "ISO 2022 IR 6") for t in declared):
+        return "character set not declared (read as Latin-1)"
+    ensure_pydicom()
+    from pydicom.charset import convert_encodings, default_encoding, python_encoding
+    unknown = []
+    for t in declared:
+        try:  # pydicom's own reading of the term (it fixes "ISO-IR 192"), not a list of ours
+            bad = t not in python_encoding and convert_encodings([t]) == [default_encoding]
+        except LookupError:
+            bad = True
+        if bad:
+            unknown.append(t)
+    return f"unknown character set {'/'.join(unknown)} (read as Latin-1)" if unknown else None
+
+
+def _note_charset(rec: InstanceRecord, terms: list[str]) -> None:
+    """One note per reason naming the text attributes that may be wrong (CHARSET_DOUBT)."""
+    why: dict[str, list[str]] = {}
+    for kw, v in rec.tags.items():
+        if _KW_VR.get(kw) not in _TEXT_VRS:
+            continue
+        text = "\\".join(map(str, v)) if isinstance(v, list) else str(v or "")
+        reason = None if text.isascii() else _charset_doubt(terms, text)
+        if reason:
+            why.setdefault(reason, []).append(kw)
+    for reason, kws in why.items():
+        rec.notes.append(f"{', '.join(kws)}: {reason}: {CHARSET_DOUBT}")
+
+
+def charset_doubt(rec, keyword: str = "PatientName") -> str | None:
+    """The record's note saying ``keyword``'s text may be wrong (its character set), or None."""
+    for n in getattr(rec, "notes", None) or ():
+        if n.endswith(CHARSET_DOUBT) and keyword in n.partition(": ")[0].split(", "):
+            return n
+    return None
+
+
 def _walk(buf, pos: int, end: int, explicit: bool, rec: InstanceRecord | None,
           raw_out: dict | None, top: bool) -> int:
     """Walk elements from pos to end (or to an item delimiter); return the new position.
@@ -522,6 +574,8 @@ def _fast_scan(buf, rec: InstanceRecord, partial: bool = False) -> str:
     except _GiveUp:
         _reset(rec)
         return NO
+    cs = raw.get("SpecificCharacterSet", (b"", ""))[0].decode("latin-1").rstrip(" \x00")
+    _note_charset(rec, [c.strip() for c in cs.split("\\")])
     rec.transfer_syntax = rec.tags.get("TransferSyntaxUID", "")
     rec.fast = True
     return OK
@@ -581,6 +635,8 @@ def record_from_dataset(ds, rec: InstanceRecord) -> None:
                 rec.tags[kw] = _to_plain(v)
             except Exception as e:
                 rec.tags[kw] = f"<unreadable: {_one_line(e)[:80]}>"
+    cs = rec.tags.get("SpecificCharacterSet") or []
+    _note_charset(rec, [str(c).strip() for c in (cs if isinstance(cs, list) else [cs])])
     for tag, name in FLAG_TAGS.items():
         if tag in ds:
             rec.flags.add(name)

@@ -146,6 +146,8 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     if not has_dicom_source(volume):
         raise DicomExportError(NO_SOURCE_NOTE)
     datasets = dc.source_datasets(volume)
+    if deidentify is None:  # a name read in a doubtful character set is copied as read: said
+        warnings.extend(w for w in dc.charset_warnings(volume) if w not in warnings)
     since = date.today()
     offset = None  # the patient's day offset, when it is known here (see deidentify_result_dates)
     if deidentify is not None:

@@ -111,6 +111,23 @@ def source_datasets(volume) -> list:
     return out
 
 
+def charset_warnings(volume) -> list[str]:
+    """One warning line when the source's Patient Name was read in an undeclared or unknown
+    character set, or holds bytes its declared set cannot decode (``dicom.header.charset_doubt``):
+    the objects are UTF-8 and carry the name as it was read, which may be mojibake
+    ("MÃ¼ller" for a UTF-8 "Müller" read as Latin-1); the export says so instead of passing
+    it off as the name."""
+    from ..dicom.header import charset_doubt
+
+    for rec in getattr(volume, "headers", None) or []:
+        note = charset_doubt(rec)
+        if note:
+            why = note.split(": ")[1]  # "PatientName, ...: <why>: text may be wrong"
+            return [f"the source's patient name could not be decoded reliably: {why}; it is "
+                    "written into the result objects as read and may be wrong"]
+    return []
+
+
 def is_multiframe_source(volume, datasets) -> bool:
     return len(datasets) == 1 and volume.n_slices > 1
 

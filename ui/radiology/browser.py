@@ -12,6 +12,8 @@ from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QImage, QPainter, QPixma
 from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
+from imaging_assist.dicom.header import charset_doubt
+
 from ..shared.theme import MUTED, TEXT, WARN_FG
 
 ICON = 64
@@ -200,10 +202,15 @@ class StudyBrowser(QWidget):
             extra = ", ".join(x for x in (f"ID {pat.id}" if pat.id else "", pat.sex,
                                           f"born {_date(pat.birth_date)}" if pat.birth_date else "") if x)
             mark, notes = same_id.get(id(pat), ("", []))
-            pi = QTreeWidgetItem([f"{_name(pat.name)}" + (f"   ({extra})" if extra else "") + mark])
+            # a name read in an undeclared or unknown character set, or with undecodable bytes,
+            # is marked beside it (the note in the tooltip): never mojibake shown as a name
+            doubt = [d for d in (charset_doubt(r) for st in pat.studies for ser in st.series
+                                 for r in ser.instances) if d][:1]
+            name = _name(pat.name) + (" ⚠ charset" if doubt else "")
+            pi = QTreeWidgetItem([name + (f"   ({extra})" if extra else "") + mark])
             pi.setFont(0, bold)
-            pi.setToolTip(0, f"{_name(pat.name)}\n{extra}" + "".join(f"\n⚠ {n}" for n in notes))
-            if mark:
+            pi.setToolTip(0, f"{name}\n{extra}" + "".join(f"\n⚠ {n}" for n in doubt + notes))
+            if mark or doubt:
                 pi.setForeground(0, QBrush(QColor(WARN_FG)))
             self.tree.addTopLevelItem(pi)
             for st in pat.studies:

@@ -11,6 +11,7 @@ from PySide6.QtCore import QMetaObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 
+from imaging_assist.dicom.header import charset_doubt
 from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
 from imaging_assist.overlay_text import NOT_READ_YET, age_text, dob_text, orientation, read_later
@@ -708,6 +709,8 @@ class SliceView(QWidget):
         tl = []
         pat = doc.patient
         name = _fmt_name(pat.name if pat else g("PatientName"))
+        if name and charset_doubt(rec):
+            name += " ⚠ charset"  # read in an undeclared or unknown set, or undecodable: may be wrong
         if name:
             tl.append(name)
         pid = pat.id if pat else g("PatientID")
