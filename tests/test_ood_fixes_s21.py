@@ -247,3 +247,19 @@ def test_sr_of_a_flagged_or_quality_failed_segmentation_says_so(tmp_path):
     ok = dict(item, ood={"flagged": False, "reasons": []}, quality={"checked": True, "passed": True})
     got = _concepts(build_sr(vol, [ok]))
     assert not [c for c in got if c[0] in ("IN-TRAIN-DOMAIN", "QUALITY-CHECKS")]
+
+
+def test_the_ood_warning_says_decision_withheld_only_where_there_is_a_decision():
+    """A flagged segmentation's warning ended in "(decision withheld)": it has no decision."""
+    from types import SimpleNamespace
+
+    from imaging_assist.validation.ood import attach_block
+
+    block = {"flagged": True, "reasons": ["OOD score 3.67 > threshold 2.86"]}
+    seg = SimpleNamespace(warnings=[])
+    cls = SimpleNamespace(warnings=[], decisions={"pneumonia": {"positive": True, "threshold": 0.7}})
+    attach_block(seg, dict(block))
+    attach_block(cls, dict(block))
+    assert seg.warnings == ["outside what this model was trained on: OOD score 3.67 > threshold 2.86"]
+    assert cls.warnings == [seg.warnings[0] + " (decision withheld)"]
+    assert cls.decisions["pneumonia"]["positive"] is None

@@ -145,3 +145,15 @@ def test_dicom_results_of_a_doubtful_name_say_it_is_written_as_read(tmp_path, ca
     notes: list[str] = []
     write_dicom_results(vol, [cl], tmp_path / "dicom", warnings=notes)
     assert any("patient name could not be decoded reliably" in n for n in notes) is said, notes
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("case,said", [("no_charset_utf8", True), ("unknown_term", True), ("utf8", False),
+                                       ("latin1", False)])
+def test_the_report_header_marks_a_name_that_may_be_wrong(tmp_path, case, said):
+    """The PDF report printed "MÃ¼ller JÃ¼rgen" as the name, without the viewer's marker."""
+    from imaging_assist.export.report_pdf import DOUBTFUL_NAME, _header_from_file, study_header
+
+    path = _make(tmp_path, case)
+    for h in (study_header(_volume(path)), _header_from_file(str(path))):
+        assert h["patient_name"].endswith(DOUBTFUL_NAME) is said, h["patient_name"]

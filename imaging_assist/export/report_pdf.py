@@ -84,10 +84,16 @@ def _fmt_age(v) -> str:
     return s
 
 
-def header_from_tags(tags: dict) -> dict:
-    """The report header from DICOM attribute values (keyword -> value)."""
+DOUBTFUL_NAME = " (⚠ character set: may be wrong)"
+
+
+def header_from_tags(tags: dict, doubtful_name: bool = False) -> dict:
+    """The report header from DICOM attribute values (keyword -> value).  ``doubtful_name``:
+    the name was read without a usable character set (dicom.header.charset_doubt): said with it,
+    as the viewer's corner text and browser say it."""
     g = {k: ("" if tags.get(k) is None else str(tags.get(k)).strip()) for k in HEADER_TAGS}
-    return {"patient_name": g["PatientName"].replace("^", " ").strip(),
+    name = g["PatientName"].replace("^", " ").strip()
+    return {"patient_name": name + (DOUBTFUL_NAME if name and doubtful_name else ""),
             "patient_id": g["PatientID"], "birth_date": _fmt_date(g["PatientBirthDate"]),
             "sex": g["PatientSex"], "age": _fmt_age(g["PatientAge"]),
             "study_date": _fmt_date(g["StudyDate"]), "study_description": g["StudyDescription"],
@@ -108,7 +114,8 @@ def study_header(volume) -> dict | None:
                 tags[k] = v
     if not tags.get("Modality"):
         tags["Modality"] = getattr(volume, "modality", "")
-    return header_from_tags(tags)
+    from ..dicom.header import charset_doubt
+    return header_from_tags(tags, doubtful_name=charset_doubt(recs[0]) is not None)
 
 
 def _header_from_file(path: str) -> dict | None:
@@ -120,13 +127,17 @@ def _header_from_file(path: str) -> dict | None:
         with warnings.catch_warnings():  # invalid values are pydicom's noise, not the user's
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, stop_before_pixels=True, force=True,
-                                 specific_tags=list(HEADER_TAGS))
+                                 specific_tags=list(HEADER_TAGS) + ["SpecificCharacterSet"])
             tags = {k: ds.get(k) for k in HEADER_TAGS if ds.get(k) is not None}
+            cs = ds.get("SpecificCharacterSet") or []
     except Exception:  # noqa: BLE001 - not DICOM / unreadable: the caller says so
         return None
     if not tags.get("Modality") and not tags.get("PatientID") and not tags.get("StudyInstanceUID"):
         return None
-    return header_from_tags(tags)
+    from ..dicom.header import _charset_doubt  # the index's rule (one place)
+    name = str(tags.get("PatientName") or "")
+    terms = [str(c).strip() for c in ([cs] if isinstance(cs, str) else cs)]
+    return header_from_tags(tags, doubtful_name=not name.isascii() and _charset_doubt(terms, name) is not None)
 
 
 def deidentify_header(h: dict) -> dict:

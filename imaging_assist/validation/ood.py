@@ -532,10 +532,12 @@ def attach_block(res, d: dict) -> dict:
     """Put an ``ood`` block on a result; when flagged, withhold its decisions and warn."""
     res.ood = d
     if d.get("flagged"):
-        withhold(getattr(res, "decisions", None), OUTSIDE_TEXT)
+        decisions = getattr(res, "decisions", None)
+        withhold(decisions, OUTSIDE_TEXT)
         warns = getattr(res, "warnings", None)
-        if isinstance(warns, list):
-            warns.append(f"{OUTSIDE_TEXT}: " + "; ".join(d.get("reasons") or []) + " (decision withheld)")
+        if isinstance(warns, list):  # a segmentation has no decision to withhold: not said
+            warns.append(f"{OUTSIDE_TEXT}: " + "; ".join(d.get("reasons") or [])
+                         + (" (decision withheld)" if decisions else ""))
     return d
 
 
