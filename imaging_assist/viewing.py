@@ -240,12 +240,16 @@ def start_index(vol: Volume, remembered: bool = True) -> int:
 
 # StudyDate as DA (YYYYMMDD), or the YYYY.MM.DD form PS3.5 asks readers to accept (ACR-NEMA):
 # compared as text, "2020.12.01" sorted before "20200601" and a later study became the prior.
-_DATE_FORMATS = ((re.compile(r"\d{8}"), "%Y%m%d"), (re.compile(r"\d{4}\.\d{2}\.\d{2}"), "%Y.%m.%d"))
+# ISO (YYYY-MM-DD) is how results.json writes a study date (nodules.growth reads those).
+_DATE_FORMATS = ((re.compile(r"\d{8}"), "%Y%m%d"), (re.compile(r"\d{4}\.\d{2}\.\d{2}"), "%Y.%m.%d"),
+                 (re.compile(r"\d{4}-\d{2}-\d{2}"), "%Y-%m-%d"))
 
 
 def parse_date(text) -> _dt.date | None:
-    """A StudyDate (DA ``YYYYMMDD`` or ``YYYY.MM.DD``) as a date; None when it is not one
-    (an unknown date, never compared as text)."""
+    """A StudyDate (DA ``YYYYMMDD`` or ``YYYY.MM.DD``; ISO ``YYYY-MM-DD``) as a date; None when
+    it is not one (an unknown date, never compared as text)."""
+    if isinstance(text, _dt.date):
+        return text
     s = str(text or "").strip()
     for pattern, fmt in _DATE_FORMATS:
         if pattern.fullmatch(s):
@@ -325,8 +329,9 @@ def other_issuer(a: Identity, b: Identity) -> bool:
 
 
 def _same_name(a: str, b: str) -> bool:
-    norm = lambda n: " ".join(n.replace("^", " ").split()).casefold()  # noqa: E731 - "A^B" is "A B"
-    return norm(a) == norm(b)
+    from .dicom.index import name_key  # the index's rule: one patient entry is one name
+
+    return name_key(a) == name_key(b)
 
 
 def identity_note(other: Identity, here: Identity) -> str:

@@ -191,10 +191,14 @@ def test_the_corner_text_names_the_patient_of_the_film_shown(qapp, tmp_path):
 
 
 def test_empty_trailing_name_components_are_one_patient(tmp_path):
-    """"DOE^JANE" and "DOE^JANE^^^" are one Person Name (PS3.5 6.2): one series, one patient,
-    no warning (a series whose files differ only so is not split)."""
+    """"DOE^JANE", "DOE^JANE^^^" and "Doe^Jane" are one Person Name (PS3.5 6.2; the priors'
+    rule too): one series, one patient, no warning (a series whose files differ only so is not
+    split)."""
+    from imaging_assist.dicom.index import name_key
+
+    assert name_key("Yamada^Tarou=山田^太郎=") == name_key("YAMADA^TAROU=山田^太郎") != name_key("YAMADA^TAROU")
     study, series = generate_uid(), generate_uid()
-    for i, name in enumerate(["DOE^JANE", "DOE^JANE^^^", "DOE^JANE^^^ "]):
+    for i, name in enumerate(["DOE^JANE", "DOE^JANE^^^", "Doe^Jane^^^ "]):
         _film(tmp_path / f"{i}.dcm", "P1", name, study=study, series=series)
     index = scan(str(tmp_path))
     (s,) = index.image_series()

@@ -183,19 +183,16 @@ def test_a_chest_films_prior_is_the_chest_film_not_a_hand_film_in_between(tmp_pa
     assert _shown(idx, h) == ["now.dcm", "chest2019.dcm"] and not h.notes
 
 
-def test_a_prior_of_another_or_no_body_part_is_said(tmp_path):
-    film(tmp_path / "a" / "now.dcm", "P1", "BODY^PART", "20240301")
-    film(tmp_path / "a" / "hand.dcm", "P1", "BODY^PART", "20230101", bp="HAND", flip=True)
-    idx, ser = _scan(tmp_path / "a")
-    h = _plan(idx, ser("now.dcm"))
-    assert _shown(idx, h) == ["now.dcm", "hand.dcm"]
-    assert h.notes == ["the prior is of another body part (HAND, current CHEST): check"]
-    film(tmp_path / "b" / "now.dcm", "P1", "BODY^PART", "20240301")
-    film(tmp_path / "b" / "old.dcm", "P1", "BODY^PART", "20230101", bp="", flip=True)
-    idx, ser = _scan(tmp_path / "b")
+@pytest.mark.parametrize("bp,note", [
+    ("HAND", "the prior is of another body part (HAND, current CHEST): check"),
+    ("", "body part not recorded (prior ?, current CHEST): check the prior is the same exam")])
+def test_a_prior_of_another_or_no_body_part_is_said(tmp_path, bp, note):
+    film(tmp_path / "now.dcm", "P1", "BODY^PART", "20240301")
+    film(tmp_path / "old.dcm", "P1", "BODY^PART", "20230101", bp=bp, flip=True)
+    idx, ser = _scan(tmp_path)
     h = _plan(idx, ser("now.dcm"))
     assert _shown(idx, h) == ["now.dcm", "old.dcm"]
-    assert h.notes == ["body part not recorded (prior ?, current CHEST): check the prior is the same exam"]
+    assert h.notes == [note]
 
 
 # ------------------------------------------------------------------ 6. dates written YYYY.MM.DD

@@ -27,6 +27,7 @@ comes back short and the file becomes one problem line.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -311,17 +312,25 @@ def _charset_doubt(terms: list[str], text: str) -> str | None:
         return f"not valid in the declared character set {'/'.join(declared) or 'ISO_IR 6'}"
     if all(t in ("ISO_IR 6", "ISO 2022 IR 6") for t in declared):
         return "character set not declared (read as Latin-1)"
+    unknown = _unknown_terms(tuple(declared))
+    return f"unknown character set {'/'.join(unknown)} (read as Latin-1)" if unknown else None
+
+
+@functools.lru_cache(maxsize=64)
+def _unknown_terms(declared: tuple) -> tuple:
+    """The terms pydicom does not know (it fixes "ISO-IR 192", not a list of ours); asked once
+    per Specific Character Set, not for every file and attribute of a series."""
     ensure_pydicom()
     from pydicom.charset import convert_encodings, default_encoding, python_encoding
     unknown = []
     for t in declared:
-        try:  # pydicom's own reading of the term (it fixes "ISO-IR 192"), not a list of ours
+        try:
             bad = t not in python_encoding and convert_encodings([t]) == [default_encoding]
         except LookupError:
             bad = True
         if bad:
             unknown.append(t)
-    return f"unknown character set {'/'.join(unknown)} (read as Latin-1)" if unknown else None
+    return tuple(unknown)
 
 
 def _note_charset(rec: InstanceRecord, terms: list[str]) -> None:

@@ -793,9 +793,8 @@ def _is_dicomdir(rec: InstanceRecord) -> bool:
         "DirectoryRecordSequence" in rec.flags
 
 
-def _patient_label(pkey: tuple) -> str:
-    issuer, pid, name = pkey
-    return " ".join(x for x in (pid or "(no ID)", name, f"(issuer {issuer})" if issuer else "") if x)
+def _patient_label(p: PatientInfo) -> str:
+    return " ".join(x for x in (p.id or "(no ID)", p.name, f"(issuer {p.issuer})" if p.issuer else "") if x)
 
 
 def _build_tree(index: StudyIndex, records: list[InstanceRecord],
@@ -815,7 +814,7 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord],
             suid = str(rec.get("SeriesInstanceUID"))
             stuid = str(rec.get("StudyInstanceUID") or f"no-study-uid:{suid}")
             pkey = (str(rec.get("IssuerOfPatientID", "") or "").strip(), str(rec.get("PatientID", "")),
-                    _name_key(str(rec.get("PatientName", ""))))
+                    name_key(rec.get("PatientName", "")))
         except Exception as e:  # check_record makes this unreachable; one file, one problem
             problems.append(Problem(rec.display_path, f"invalid header value: {_one_line(e)}"))
             continue
@@ -838,7 +837,7 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord],
     for stuid, pkeys in by_study_uid.items():
         if len(pkeys) > 1 and not stuid.startswith("no-study-uid:"):
             line = (f"StudyInstanceUID {stuid} is used by {len(pkeys)} patients "
-                    f"({', '.join(_patient_label(k) for k in sorted(pkeys, key=_patient_order))}): "
+                    f"({', '.join(_patient_label(patients[k]) for k in sorted(pkeys, key=_patient_order))}): "
                     "shown apart; check the source")
             for g in series_groups:
                 if g[0][1] == stuid:
@@ -857,9 +856,9 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord],
         pkeys = list(dict.fromkeys(g[0][0] for g in groups))
         if len(pkeys) > 1:
             line = (f"SeriesInstanceUID {suid} is used by {len(pkeys)} patients "
-                    f"({', '.join(_patient_label(k) for k in pkeys)}): shown apart; check the source")
+                    f"({', '.join(_patient_label(patients[k]) for k in pkeys)}): shown apart; check the source")
         else:
-            line = (f"SeriesInstanceUID {suid} is used in {len(groups)} studies of {_patient_label(pkeys[0])} "
+            line = (f"SeriesInstanceUID {suid} is used in {len(groups)} studies of {_patient_label(patients[pkeys[0]])} "
                     f"({', '.join(g[0][1] for g in groups)}): shown apart; check the source")
         for i, g in enumerate(groups):
             base_key[g] = f"{suid}@{i + 1}"
@@ -879,10 +878,13 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord],
     _link_results(index)
 
 
-def _name_key(name: str) -> str:
-    """A Person Name as one patient: empty trailing components and groups are not a difference
-    ("DOE^JOHN" and "DOE^JOHN^^^" are one name, PS3.5 6.2), nor padding spaces."""
-    return "=".join(g.strip().rstrip("^").strip() for g in name.split("=")).rstrip("=")
+def name_key(name) -> str:
+    """A Person Name as one patient: letter case, component separators, padding and empty
+    trailing components or groups are no difference ("DOE^JOHN", "Doe^John^^^" and "DOE JOHN"
+    are one name, PS3.5 6.2); the component groups (alphabetic=ideographic=phonetic) are kept.
+    The index groups patients by it and the priors compare names by it (viewing)."""
+    groups = [" ".join(g.replace("^", " ").split()).casefold() for g in str(name or "").split("=")]
+    return "=".join(groups).rstrip("=")
 
 
 def _patient_order(pkey: tuple):

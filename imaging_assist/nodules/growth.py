@@ -61,16 +61,15 @@ def _number(x) -> float | None:
 
 
 def parse_date(value) -> _dt.date:
-    """A DICOM DA (YYYYMMDD) or ISO date; ValueError (one line) when it is neither."""
-    if isinstance(value, _dt.date):
-        return value
-    s = str(value or "").strip()
-    for fmt in ("%Y%m%d", "%Y-%m-%d"):
-        try:
-            return _dt.datetime.strptime(s, fmt).date()
-        except ValueError:
-            pass
-    raise ValueError(f"study date {s[:20]!r} is not a date (YYYYMMDD)" if s else "no study date")
+    """A DICOM DA (YYYYMMDD, YYYY.MM.DD) or ISO date (the viewer's reading,
+    :func:`imaging_assist.viewing.parse_date`); ValueError (one line) when it is none of them."""
+    from ..viewing import parse_date as as_date
+
+    d = as_date(value)
+    if d is None:
+        s = str(value or "").strip()
+        raise ValueError(f"study date {s[:20]!r} is not a date (YYYYMMDD)" if s else "no study date")
+    return d
 
 
 def patient_key(patient_id, issuer="") -> str | None:
