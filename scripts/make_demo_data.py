@@ -125,6 +125,8 @@ def ct_chest_nodule():
         ds.SeriesDescription = "DEMO chest CT with a lung nodule (LIDC-IDRI-0001, cropped)"
         ds.InstanceNumber = k + 1
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        if "AcquisitionNumber" not in ds:  # Type 2 in the CT Image module; the LIDC files lack it
+            ds.AcquisitionNumber = None
         ds.DerivationDescription = (f"LIDC-IDRI-0001 (TCIA, CC BY 3.0): rows {r0}-{r0 + n - 1}, columns "
                                     f"{c0}-{c0 + n - 1} of the original 512x512, RLE lossless (Imaging Assist demo)")
         for kw in ("LargestImagePixelValue", "SmallestImagePixelValue"):
@@ -330,6 +332,9 @@ def _us_ds(px, key, name, pid, age, desc, n, comments) -> Dataset:
                    {"modality": "US", "number": 1, "body_part": "BREAST", "description": desc,
                     "image_type": ["DERIVED", "SECONDARY"], "comments": comments})
     ds.LossyImageCompression = "00"
+    # Type 2C for a paired body part (the breast): present and empty, because a synthetic
+    # phantom has no side (a made-up "L" or "R" would be a wrong label)
+    ds.Laterality = None
     return ds
 
 
