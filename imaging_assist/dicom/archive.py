@@ -25,7 +25,7 @@ import zipfile
 import zlib
 from collections import Counter
 
-from .header import (MORE, OK, HeaderError, InstanceRecord, _fast_scan, _note_pixels,
+from .header import (MORE, OK, STALE_FILE, HeaderError, InstanceRecord, _fast_scan, _note_pixels,
                      _one_line, _pydicom_scan, _reset, _Stream, first_codestream)
 
 MAX_RATIO = 200  # uncompressed / compressed; deflate's own limit is ~1030
@@ -115,7 +115,7 @@ def read_member_record(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: str) ->
     reason = member_problem(info)
     if reason:
         raise HeaderError(reason)
-    rec = InstanceRecord(path=path, member=info.filename, file_size=info.file_size)
+    rec = InstanceRecord(path=path, member=info.filename, file_size=info.file_size, member_crc=info.CRC)
     if info.file_size == 0:
         raise HeaderError("empty file")
     try:
@@ -179,14 +179,17 @@ def read_members(path: str, names: list[str]) -> list[InstanceRecord | tuple[str
     return out
 
 
-def read_member_bytes(path: str, member: str) -> bytes:
-    """The whole member (for loading), after the same bounds as the scan."""
+def read_member_bytes(path: str, member: str, expect_crc: int | None = None) -> bytes:
+    """The whole member (for loading), after the same bounds as the scan.  ``expect_crc``: the
+    CRC-32 the central directory gave at the scan; a member that no longer has it changed."""
     try:
         with zipfile.ZipFile(path) as zf:
             info = member_info(zf, member)
             reason = member_problem(info)
             if reason:
                 raise HeaderError(reason)
+            if expect_crc is not None and info.CRC != expect_crc:
+                raise HeaderError(STALE_FILE)
             with zf.open(info) as fh:
                 return fh.read(info.file_size + 1)
     except HeaderError:

@@ -185,6 +185,9 @@ class InstanceRecord:
     # the record (pixel offset, sizes, rescale) would then describe another file.  None: not
     # known (zip members, records made by hand): not checked.
     file_identity: tuple[int, int, int, int] | None = None
+    # A zip member's CRC-32 from the archive's central directory when it was scanned: a member
+    # rewritten to the same size since is refused too (its size alone would not tell).
+    member_crc: int | None = None
     fast: bool = False  # read by the fast walk
     notes: list[str] = field(default_factory=list)
     # Bytes from the start of the Pixel Data value to the end of the file (or zip member);
@@ -893,7 +896,7 @@ def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
         # the archive is opened here (zipfile takes the open file): a zip swapped for a pipe
         # is refused, not waited on.  A member whose size is no longer the scanned one changed.
         with open_regular(rec.path) as zfh:
-            data = read_member_bytes(zfh, rec.member)
+            data = read_member_bytes(zfh, rec.member, rec.member_crc)
         if rec.file_size and len(data) != rec.file_size:
             raise HeaderError(STALE_FILE)
         ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=stop_before_pixels)

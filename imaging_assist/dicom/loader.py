@@ -22,8 +22,9 @@ the file and frame.
 Uncompressed little-endian slices are read straight from disk into the volume with
 ``numpy.fromfile`` at the offset the header walk found; everything else is decoded by
 pydicom with the pylibjpeg plugins, on a thread pool.  Both open the file only after
-checking it is still the one scanned (``InstanceRecord.file_identity``): a file changed since
-is refused in one line ("changed since it was indexed"), never read at a stale offset.
+checking it is still the one scanned (``InstanceRecord.file_identity``; for a zip member its
+size and CRC-32, ``member_crc``): a file changed since is refused in one line ("changed since
+it was indexed"), never read at a stale offset.
 """
 
 from __future__ import annotations
