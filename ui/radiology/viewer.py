@@ -355,7 +355,10 @@ class SliceView(QWidget):
         else:
             self._slab_image = project(self.vol, self.plane, self.index, slab)
             s = self._slab_image.array
-        words = self.doc.renderer.render32(s, self.doc.window, self.doc.invert)
+        # QImage reads rows of bytesPerLine from the buffer: a plane whose axes are swapped
+        # (any reformat of a sagittal or coronal acquisition) comes as a transposed view, which
+        # QImage would read past its end (a crash).  Row-major, always.
+        words = np.ascontiguousarray(self.doc.renderer.render32(s, self.doc.window, self.doc.invert))
         h, wd = words.shape
         q = QImage(words.data, wd, h, words.strides[0], QImage.Format_RGB32)
         self._img_cache = (self.index, key, q, words)
@@ -375,7 +378,7 @@ class SliceView(QWidget):
         key = (self._img_cache[1], self._overlay_key())
         if self._comp_cache is not None and self._comp_cache[0] == key:
             return self._comp_cache[1]
-        layers = self.doc.layers.render_argb32(self.plane, self.index)
+        layers = [np.ascontiguousarray(lw) for lw in self.doc.layers.render_argb32(self.plane, self.index)]
         if not layers:
             self._comp_cache = (key, q, None)
             return q
