@@ -365,6 +365,33 @@ def frame_number(volume, k: int) -> int:
     return int(k) + 1
 
 
+def n_frames(ds) -> int:
+    """A source header's Number of Frames (1 when absent or unreadable)."""
+    try:
+        return int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def slice_source(volume, datasets, k: int):
+    """(dataset, frame numbers or None): the source instance that slice ``k`` of the Volume
+    shows (its ``headers[k]``, by path and archive member, in the order of
+    :func:`source_datasets`) and, when that instance is multi-frame, ``[its 1-based frame]``.
+    A series of several multi-frame files (two XA runs) is not one dataset per slice: slice 50
+    is frame 51 of the first file, not the second file."""
+    headers = list(getattr(volume, "headers", None) or [])
+    index: dict = {}
+    for rec in headers:
+        index.setdefault((rec.path, rec.member), len(index))
+    k = int(k)
+    if len(index) == len(datasets) and 0 <= k < len(headers):
+        ds = datasets[index[(headers[k].path, headers[k].member)]]
+    else:  # no headers to go by (datasets given without them): one dataset per slice
+        ds = datasets[0] if is_multiframe_source(volume, datasets) else datasets[min(k, len(datasets) - 1)]
+    multiframe = n_frames(ds) > 1 or is_multiframe_source(volume, datasets)
+    return ds, ([frame_number(volume, k)] if multiframe else None)
+
+
 def point_frames_at_the_stack(obj, volume, datasets) -> None:
     """highdicom finds the source frame of each derived frame by its position; in an enhanced
     object whose stacks share positions (magnitude and field map, echoes) that is the first

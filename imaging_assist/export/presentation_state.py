@@ -104,10 +104,11 @@ class _Outline:
 
 def _lut_kwargs(volume, datasets, multiframe: bool, warnings: list) -> dict:
     """The Modality and VOI LUT arguments of highdicom's GSPS where it cannot take them from the
-    multi-frame source itself (it reads functional groups only):
+    referenced multi-frame images (``datasets``) itself (it reads one image's functional groups only):
 
-    * a multi-frame image without functional groups (XA/US/NM cine): the file's own rescale
-      (else the identity) and its own window (else the viewer's automatic window, said);
+    * multi-frame images without functional groups (XA/US/NM cine, also several runs of a
+      series): the files' own rescale (else the identity), refused in one line when they differ,
+      and each file's own window (else the viewer's automatic window, said);
     * an enhanced image whose frames carry their rescale per frame: that rescale when every
       frame has the same (a presentation state holds one, PS3.3 C.11.1), else refused in one line."""
     import highdicom as hd
@@ -115,6 +116,10 @@ def _lut_kwargs(volume, datasets, multiframe: bool, warnings: list) -> dict:
     if not multiframe:
         return {}
     ds = datasets[0]
+    if any("SharedFunctionalGroupsSequence" in d for d in datasets) and len(datasets) > 1:
+        raise dc.DicomExportError(
+            f"presentation state not written: the measurements lie on {len(datasets)} enhanced multi-frame "
+            "images: it is written only when they all lie on one of them")
     if "SharedFunctionalGroupsSequence" in ds:
         pf = ds.get("PerFrameFunctionalGroupsSequence") or []
         pvt = [it.PixelValueTransformationSequence[0] for it in pf if it.get("PixelValueTransformationSequence")]
@@ -129,24 +134,38 @@ def _lut_kwargs(volume, datasets, multiframe: bool, warnings: list) -> dict:
         slope, icpt, rtype = found.pop()
         return {"modality_lut_transformation": hd.ModalityLUTTransformation(
             rescale_intercept=icpt, rescale_slope=slope, rescale_type=rtype or "US")}
+    found = {(float(d.get("RescaleIntercept", 0) or 0), float(d.get("RescaleSlope", 1) or 1),
+              str(d.get("RescaleType", "") or "US")) for d in datasets}
+    if len(found) > 1:
+        raise dc.DicomExportError(
+            f"presentation state not written: the {len(datasets)} images the measurements lie on have "
+            f"{len(found)} different rescales; a presentation state holds one for all")
+    icpt, slope, rtype = found.pop()
     kw = {"modality_lut_transformation": hd.ModalityLUTTransformation(
-        rescale_intercept=float(ds.get("RescaleIntercept", 0) or 0), rescale_slope=float(ds.get("RescaleSlope", 1) or 1),
-        rescale_type=str(ds.get("RescaleType", "") or "US"))}
-    c, w = ds.get("WindowCenter"), ds.get("WindowWidth")
+        rescale_intercept=icpt, rescale_slope=slope, rescale_type=rtype)}
     first = (lambda v: float(v[0]) if isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue" else float(v))
-    if c is not None and w is not None:
-        center, width, why = first(c), first(w), None
-    else:
-        from ..display import default_window
+    by_window: dict[tuple[float, float], list] = {}
+    for d in datasets:
+        c, w = d.get("WindowCenter"), d.get("WindowWidth")
+        if c is not None and w is not None:
+            center, width = first(c), first(w)
+        else:
+            from ..display import default_window
 
-        win = default_window(volume)
-        center, width = float(win.center), float(win.width)
-        why = f"GSPS: the image has no window of its own: the viewer's automatic window (C {center:g} W {width:g}) is written"
-    if width <= 0:
-        raise dc.DicomExportError(f"presentation state not written: the image's window width {width:g} is not positive")
-    if why:
-        warnings.append(why)
-    kw["voi_lut_transformations"] = [hd.pr.SoftcopyVOILUTTransformation(window_center=center, window_width=width)]
+            win = default_window(volume)
+            center, width = float(win.center), float(win.width)
+            why = f"GSPS: the image has no window of its own: the viewer's automatic window (C {center:g} W {width:g}) is written"
+            if why not in warnings:
+                warnings.append(why)
+        if width <= 0:
+            raise dc.DicomExportError(f"presentation state not written: the image's window width {width:g} is not positive")
+        by_window.setdefault((center, width), []).append(d)
+    # one window for all the images, or each item naming the images it applies to (highdicom
+    # requires that of several items)
+    kw["voi_lut_transformations"] = [hd.pr.SoftcopyVOILUTTransformation(
+        window_center=c, window_width=w,
+        referenced_images=hd.ReferencedImageSequence(referenced_images=ims) if len(by_window) > 1 else None)
+        for (c, w), ims in by_window.items()]
     return kw
 
 
@@ -175,7 +194,6 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
 
     warnings = warnings if warnings is not None else []
     datasets = datasets if datasets is not None else dc.source_datasets(volume)
-    multiframe = dc.is_multiframe_source(volume, datasets)
     rows, cols = int(volume.array.shape[1]), int(volume.array.shape[2])
     layer = hd.pr.GraphicLayer(layer_name=LAYER, order=1, description="measurements and annotations",
                                display_color=hd.color.CIELabColor(*LAB_CYAN))
@@ -198,13 +216,16 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
         raise dc.DicomExportError("nothing to export on the acquired images: no measurement or annotation there")
     annotations, referenced = [], []
     for k in sorted(per_slice):
-        src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
+        src, frames = dc.slice_source(volume, datasets, k)
         g, t = per_slice[k]
         annotations.append(hd.pr.GraphicAnnotation(
             referenced_images=[src], graphic_layer=layer, graphic_objects=g or None, text_objects=t or None,
-            **({"referenced_frame_number": dc.frame_number(volume, k)} if multiframe else {})))
+            **({"referenced_frame_number": frames[0]} if frames else {})))
         if all(src is not r for r in referenced):
             referenced.append(src)
+    # the LUTs are those of the images the state references (highdicom reads them from one
+    # multi-frame image only, and from its functional groups)
+    multiframe = dc.is_multiframe_source(volume, datasets) or any(dc.n_frames(ds) > 1 for ds in referenced)
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")  # highdicom's notes on the source's person names
         ps = hd.pr.GrayscaleSoftcopyPresentationState(
@@ -214,7 +235,7 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
             content_description="Measurements and annotations; not for clinical use",
             graphic_layers=[layer], graphic_annotations=annotations,
             specific_character_set=dc.CHARSET,
-            **_lut_kwargs(volume, datasets, multiframe, warnings), **dc.equipment_kwargs())
+            **_lut_kwargs(volume, referenced, multiframe, warnings), **dc.equipment_kwargs())
     _pixel_aspect(ps, volume)
     ps.SeriesDescription = dc.described("Measurements and annotations (presentation state)")
     dc.finalize(ps, datasets)

@@ -327,9 +327,7 @@ def _axis_groups(nd: dict, uid: str, volume, datasets, algo) -> list:
     if k is None or not dc.has_patient_geometry(volume, datasets) or not 0 <= int(k) < volume.n_slices:
         return []
     k = int(k)
-    multiframe = dc.is_multiframe_source(volume, datasets)
-    src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
-    frames = [dc.frame_number(volume, k)] if multiframe else None
+    src, frames = dc.slice_source(volume, datasets, k)
     from ..nodules.measure import axis_ends_ijk
 
     on_slice = axis_ends_ijk(m, volume, k)
@@ -356,16 +354,13 @@ def _viewer_groups(measurements, volume, datasets, warnings: list) -> list:
     import highdicom as hd
 
     groups = []
-    multiframe = dc.is_multiframe_source(volume, datasets)
     for m in measurements or []:
         r = m.result or {}
         if getattr(m, "axis", 0) != 0:
             warnings.append(f"SR: measurement {m.id} on a reformatted plane is not exported "
                             "(DICOM references native slices)")
             continue
-        k = int(m.index)
-        src = datasets[0] if multiframe else datasets[min(k, len(datasets) - 1)]
-        frames = [dc.frame_number(volume, k)] if multiframe else None
+        src, frames = dc.slice_source(volume, datasets, int(m.index))
         img = hd.sr.SourceImageForMeasurement.from_source_image(src, referenced_frame_numbers=frames) \
             if frames else hd.sr.SourceImageForMeasurement.from_source_image(src)
         mm = r.get("length_unit", "mm") == "mm"
@@ -436,15 +431,21 @@ def _fix_references(ds, single_frame_uids: set) -> None:
         _fix_references(item, single_frame_uids)
 
 
-def _in_content(datasets, measurements) -> list:
-    """The source images the content references directly (a single image; the slices of
-    the viewer's measurements).  The image library lists those, not every slice of a
+def _in_content(volume, datasets, measurements) -> list:
+    """The source images the content references directly (a single image; the instances of
+    the viewer's measurements' slices).  The image library lists those, not every slice of a
     series: a 140-slice library took ~10 s to build and adds nothing the evidence (all
     source instances) and the SEG references do not already say."""
     if len(datasets) == 1:
         return list(datasets)
     ks = sorted({int(m.index) for m in measurements or [] if getattr(m, "axis", 0) == 0})
-    return [datasets[k] for k in ks if 0 <= k < len(datasets)]
+    out = []
+    for k in ks:
+        if 0 <= k < volume.n_slices:
+            src, _ = dc.slice_source(volume, datasets, k)
+            if all(src is not x for x in out):
+                out.append(src)
+    return out
 
 
 def _library(datasets) -> list:
@@ -456,7 +457,8 @@ def _library(datasets) -> list:
     for ds in datasets:
         try:
             hd.sr.ImageLibraryEntryDescriptors(ds)
-        except (AttributeError, ValueError, TypeError, KeyError):
+        except (AttributeError, ValueError, TypeError, KeyError, IndexError):
+            # IndexError: a projection image with an empty Patient Orientation (an XA cine)
             continue
         out.append(ds)
     return out
@@ -509,7 +511,7 @@ def build_sr(volume, model_items: list[dict], *, segs: dict | None = None, regio
         raise dc.DicomExportError(f"SR for {model}: no finding or measurement to report")
     report = hd.sr.MeasurementReport(
         observation_context=ctx, procedure_reported=_cc("363679005", "SCT", "Imaging procedure"),
-        imaging_measurements=groups, referenced_images=_library(_in_content(datasets, measurements) + pms) or None)
+        imaging_measurements=groups, referenced_images=_library(_in_content(volume, datasets, measurements) + pms) or None)
     evidence = list(datasets) + list(segs.values()) + list(region_segs.values()) + pms
     try:
         sr = hd.sr.Comprehensive3DSR(
