@@ -11,12 +11,18 @@ its history and the store are tested without a display and the GUI only forwards
 (temporary file + ``os.replace``) with a schema version.  A malformed file is one warning:
 it is kept aside (``*.malformed-<time>.json``) and never overwritten; a file written by a
 newer version is left untouched and not written over.
+
+Each item names the image it was drawn on (SOP Instance UID and frame, slice position; for a
+reformatted plane the series' shape and a digest of its images), so that it comes back on
+that image when the series has gained or lost slices since, and is left in the file with a
+warning, never moved to whatever image now has its slice number, when that image is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -217,45 +223,74 @@ class AnnotationStore:
                            f"{where}, starting with none"]
 
     def load(self, study_uid: str, series_uid: str, stack: str = "",
-             shape: tuple | None = None) -> tuple[list[Measurement], list[str]]:
-        """The saved items of one series (numbers not yet computed) and warnings.  Items
-        that do not fit the series (``shape`` given: a slice or point outside it) or are
-        malformed are left in the file and named in one warning."""
+             shape: tuple | None = None, volume=None) -> tuple[list[Measurement], list[str]]:
+        """The saved items of one series (numbers not yet computed) and warnings.
+
+        With ``volume`` each item is put back on the image it was drawn on (found by its SOP
+        Instance UID and frame: its slice number follows when slices were added or removed);
+        with only ``shape`` an item is shown when the series still has the shape it had then.
+        Items whose image is gone, drawn when the series had other images, outside the series
+        or malformed are left in the file and named in a warning."""
         if not study_uid or not series_uid:
             return [], []
         doc, warnings = self._read(study_uid)
         sec = doc["series"].get(series_key(series_uid, stack))
         if not isinstance(sec, dict):
             return [], warnings
-        out, bad = [], 0
+        place = _Placer(sec, shape, volume)
+        out, left = [], {"bad": 0, "gone": [], "changed": 0}
         items = sec.get("items") or []
         for d in items if isinstance(items, list) else [items]:  # not a list: one malformed item
-            try:
-                m = Measurement.from_dict(d)
-                if shape is not None and not _fits(m, shape):
-                    raise ValueError("outside the series")
-            except (KeyError, ValueError, TypeError, IndexError, OverflowError):  # OverflowError: int(inf)
-                bad += 1
+            m, why = place(d)
+            if m is None:
+                if why == "gone":
+                    left["gone"].append(d)
+                else:
+                    left[why] += 1
                 continue
             out.append(m)
-        if bad:
-            warnings.append(f"{bad} saved annotation(s) of this series could not be shown "
+        if left["gone"]:
+            where = "; ".join(_where(d) for d in left["gone"][:3]) + ("; …" if len(left["gone"]) > 3 else "")
+            warnings.append(f"{len(left['gone'])} saved annotation(s) of this series are on images it no longer "
+                            f"holds ({where}); not shown, they stay in the file")
+        if left["changed"]:
+            warnings.append(f"{left['changed']} saved annotation(s) of this series were drawn when it had other "
+                            f"images (then {_shape_text(place.saved_shape)}, now {_shape_text(place.shape)}); "
+                            "not shown, they stay in the file")
+        if left["bad"]:
+            warnings.append(f"{left['bad']} saved annotation(s) of this series could not be shown "
                             "(malformed or outside the images); they stay in the file")
         return out, warnings
 
     def save(self, study_uid: str, series_uid: str, items: list[Measurement], stack: str = "",
-             extra: dict | None = None) -> tuple[Path | None, list[str]]:
-        """Write the items of one series (the other series of the study are kept)."""
+             extra: dict | None = None, volume=None) -> tuple[Path | None, list[str]]:
+        """Write the items of one series (the other series of the study are kept).
+
+        ``items`` are what the series shows; saved items it could not show (``load`` left
+        them out: their image is gone, malformed...) stay in the file.  With ``volume``
+        each item records the image it is drawn on."""
         if not study_uid or not series_uid:
             return None, ["annotations not saved: the series has no Study/Series Instance UID"]
         doc, warnings = self._read(study_uid)
         if str(study_uid) in self._readonly:
             return None, warnings + [self._readonly[str(study_uid)]]
         key = series_key(series_uid, stack)
-        if items:
+        old = doc["series"].get(key)
+        place = _Placer(old if isinstance(old, dict) else {}, (extra or {}).get("shape"), volume)
+        refs = place.refs
+        kept = []
+        if isinstance(old, dict):
+            olds = old.get("items") or []
+            for d in olds if isinstance(olds, list) else [olds]:
+                if place(d)[0] is None:
+                    # the section's shape is rewritten below: an old item keeps the one it was drawn with
+                    if isinstance(d, dict) and "shape" not in d and old.get("shape") is not None:
+                        d = {**d, "shape": old["shape"]}
+                    kept.append(d)
+        if items or kept:
             sec = {"series_instance_uid": str(series_uid), "stack": stack,
                    "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   "items": [_item(m) for m in items]}
+                   "items": [_item(m, volume, refs) for m in items] + kept}
             sec.update(extra or {})
             doc["series"][key] = sec
         else:
@@ -265,10 +300,21 @@ class AnnotationStore:
         return path, warnings
 
 
-def _item(m: Measurement) -> dict:
-    """What is stored: geometry and note; the numbers are a record, recomputed on load."""
+def _item(m: Measurement, volume=None, refs: list | None = None) -> dict:
+    """What is stored: geometry, note and the image drawn on; the numbers are a record,
+    recomputed on load."""
     d = {"id": m.id, "kind": m.kind, "axis": m.axis, "index": m.index,
          "points": [[u, v] for u, v in m.points]}  # full floats: reloaded exactly
+    if volume is not None:
+        d["shape"] = [int(n) for n in volume.array.shape[:3]]
+        if m.axis == 0:
+            if refs is not None and 0 <= m.index < len(refs):
+                d["sop_instance_uid"], d["frame"] = refs[m.index]
+            pos = getattr(volume, "slice_positions", None)
+            if pos is not None and 0 <= m.index < len(pos) and math.isfinite(float(pos[m.index])):
+                d["position"] = float(pos[m.index])
+        elif refs is not None:  # a reformatted plane is made of every image: which ones, in order
+            d["images"] = _digest(refs)
     if m.text:
         d["text"] = m.text
     r = m.result or {}
@@ -284,6 +330,82 @@ def _jsonable(o):
         return float(o)
     except (TypeError, ValueError):
         return str(o)
+
+
+def image_refs(volume) -> list[tuple[str, int]] | None:
+    """(SOP Instance UID, 1-based frame) of each slice of ``volume``, or None when a slice has
+    none or two slices have the same (the images cannot then be told apart)."""
+    n = int(volume.array.shape[0])
+    heads = list(getattr(volume, "headers", None) or [])
+    frames = list(getattr(volume, "frames", None) or [])
+    if len(heads) != n:
+        return None
+    out = []
+    for k, h in enumerate(heads):
+        uid = h.get("SOPInstanceUID") if hasattr(h, "get") else None
+        if not uid:
+            return None
+        out.append((str(uid), int(frames[k]) + 1 if len(frames) == n else 1))
+    return out if len(set(out)) == n else None
+
+
+def _digest(refs: list) -> str:
+    return hashlib.sha256("\n".join(f"{u}/{f}" for u, f in refs).encode("utf-8")).hexdigest()[:32]
+
+
+class _Placer:
+    """Puts saved items back on the series as it is now: ``placer(d)`` is (Measurement, None)
+    or (None, why): "gone" (its image is not in the series), "changed" (drawn when the series
+    had other images, no image reference to find it by), "bad" (malformed, outside)."""
+
+    def __init__(self, sec: dict, shape=None, volume=None):
+        if shape is None and volume is not None:
+            shape = tuple(volume.array.shape[:3])
+        self.shape = tuple(int(n) for n in shape[:3]) if shape is not None else None
+        self.refs = image_refs(volume) if volume is not None else None
+        self.where = {r: k for k, r in enumerate(self.refs or [])}
+        self.sec_shape = sec.get("shape")
+        self.saved_shape = None  # the last differing shape seen (for the warning)
+
+    def __call__(self, d):
+        try:
+            m = Measurement.from_dict(d)
+            uid = d.get("sop_instance_uid")
+            if m.axis == 0 and uid and self.refs is not None:
+                k = self.where.get((str(uid), int(d.get("frame") or 1)))
+                if k is None:
+                    return None, "gone"
+                m.index = k  # the same image, wherever it is now
+            elif m.axis != 0 and d.get("images") and self.refs is not None:
+                if d["images"] != _digest(self.refs):
+                    self.saved_shape = d.get("shape") or self.sec_shape
+                    return None, "changed"
+            else:
+                # no image reference (an older file, or no volume to look in): the slice number
+                # holds only while the series has the shape it had when the item was saved
+                saved = d.get("shape") or self.sec_shape
+                if saved is not None and self.shape is not None and \
+                        tuple(int(n) for n in saved[:3]) != self.shape:
+                    self.saved_shape = saved
+                    return None, "changed"
+            if self.shape is not None and not _fits(m, self.shape):
+                raise ValueError("outside the series")
+        except (KeyError, ValueError, TypeError, IndexError, OverflowError, AttributeError):
+            return None, "bad"  # OverflowError: int(inf); AttributeError: an item that is not a dict
+        return m, None
+
+
+def _where(d: dict) -> str:
+    pos = d.get("position")
+    at = f", slice position {pos:g} mm" if isinstance(pos, (int, float)) else ""
+    return f"{d.get('kind', '?')} on image {int(d.get('index', 0)) + 1}{at}"
+
+
+def _shape_text(shape) -> str:
+    try:
+        return "×".join(str(int(n)) for n in shape[:3])
+    except (TypeError, ValueError):
+        return "?"
 
 
 def _fits(m: Measurement, shape) -> bool:

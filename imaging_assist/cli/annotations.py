@@ -59,8 +59,7 @@ def cmd_annotations(args) -> int:
         raise UserError(f"--stack {k + 1}: the series holds {len(plans)} stack(s)")
     vol = load_series(series, stack=k)
     # saved under the stack's label, as the viewer keys them ("stack 1 of 2"; none for one stack)
-    items, warnings = AnnotationStore().load(series.study_uid, series.key, stack_label(plans, k),
-                                             shape=tuple(vol.array.shape[:3]))
+    items, warnings = AnnotationStore().load(series.study_uid, series.key, stack_label(plans, k), volume=vol)
     for m in items:
         if m.axis == 0:
             m.compute_on(vol)

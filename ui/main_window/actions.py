@@ -96,8 +96,9 @@ def build_actions(self):
         self.tool_group.addAction(a)
         self.tool_actions[tool] = a
     self.tool_actions["navigate"].setChecked(True)
-    self.a_delete = A("Delete measurement", self.measure_panel.delete_selected, ("Del", "Backspace"))
-    from ..radiology.annotation_tools import window_actions
+    from ..radiology.annotation_tools import delete_selected, window_actions
+    # the active viewport's selection, as Undo / Redo (not always the main viewport's)
+    self.a_delete = A("Delete measurement", lambda: delete_selected(self), ("Del", "Backspace"))
     window_actions(self)  # Undo / Redo (Ctrl+Z, Ctrl+Y), Clear all and Export measurements (DICOM SR)
     # view
     self.a_fit = A("&Fit to window", self.fit_views, "F")

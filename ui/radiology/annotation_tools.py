@@ -6,16 +6,21 @@ over the document's own ``measurements`` list); the store is
 :class:`imaging_assist.annotations.AnnotationStore` (user data folder, one JSON per study).
 :class:`AnnotationController` ties both to one :class:`ViewerDocument`: every change goes
 through it, is recorded for Ctrl+Z / Ctrl+Y and written at once, and the saved items come
-back when the study is opened again."""
+back when the study is opened again.  Viewports of one window that show the same series (and
+stack) share one list of measurements and one history: what is drawn, moved or deleted in
+one is what the others show and what is saved."""
 
 from __future__ import annotations
 
 import logging
 import math
+import weakref
+
+import shiboken6
 
 from PySide6.QtCore import QObject, QPointF, QRectF, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFontMetricsF, QKeySequence, QPainter, QPainterPath, QPen, QPolygonF
-from PySide6.QtWidgets import QLineEdit
+from PySide6.QtWidgets import QApplication, QLineEdit
 
 from imaging_assist.annotations import AnnotationSet, AnnotationStore
 from imaging_assist.measure import OPEN_KINDS, ROI_KINDS, Measurement
@@ -41,9 +46,11 @@ class AnnotationController(QObject):
     def __init__(self, doc):
         super().__init__(doc)
         self.doc = doc
-        self.set = AnnotationSet(doc.measurements, on_change=self._changed)
+        self.set = _new_set(doc.measurements)
         self._edits: dict[int, dict] = {}
         self._key = None
+        self._settled = False  # the list holds the series' measurements (read from the file, or shared)
+        _LIVE.add(self)
         self.last_saved = None
         self.warnings: list[str] = []
         doc.volumeChanged.connect(self._on_volume)
@@ -70,13 +77,27 @@ class AnnotationController(QObject):
         return str(study_uid), str(series_key), self.doc.stack_label or ""
 
     def _sync(self):
-        """The document replaces its list when a volume is set: follow it."""
+        """The document replaces its list when a volume is set: follow it (a history of its
+        own: a set shared with another viewport keeps that viewport's list)."""
         if self.set.items is not self.doc.measurements:
-            self.set.reset(self.doc.measurements)
+            self.set = _new_set(self.doc.measurements)
+
+    def _sharing(self) -> list:
+        """The controllers (this one first) whose documents show this set of measurements."""
+        return [self] + [c for c in _live() if c is not self and c.set is self.set]
+
+    def _peer(self, key):
+        """Another viewport of this window showing the same series and stack, settled."""
+        for c in _live():
+            if (c is not self and c._settled and c.doc.volume is not None and c._key == key
+                    and c.doc.results_store is self.doc.results_store and c.study_key() == key):
+                return c
+        return None
 
     # -- volume changes: load --------------------------------------------------------------
     def _on_volume(self):
-        self.set.reset(self.doc.measurements)
+        self.set = _new_set(self.doc.measurements)  # not reset(): the old set may be another viewport's too
+        self._settled = False
         self._edits.clear()
         self._key = self.study_key()
         self.historyChanged.emit()
@@ -86,10 +107,25 @@ class AnnotationController(QObject):
 
     def _load_saved(self):
         key = self.study_key()
-        if key is None or key != self._key or self.doc.measurements:
+        if key is None or key != self._key:
+            return
+        peer = self._peer(key)
+        if peer is not None:
+            # the series is on screen in another viewport: its list is the series' measurements
+            # (every change to it was saved; what the series loader put back here may be older)
+            self.doc.measurements = peer.doc.measurements
+            self.set = peer.set
+            self.doc.selected = None
+            self._settled = True
+            self.doc.measurementsChanged.emit()
+            self.doc.selectionChanged.emit()
+            self.historyChanged.emit()
+            return
+        self._settled = True
+        if self.doc.measurements:
             return
         try:
-            items, warnings = self.the_store().load(*key[:2], stack=key[2], shape=self.doc.shape3())
+            items, warnings = self.the_store().load(*key[:2], stack=key[2], volume=self.doc.volume)
         except OSError as e:
             items, warnings = [], [f"saved annotations not read: {e}"]
         self._sync()
@@ -155,15 +191,17 @@ class AnnotationController(QObject):
         self.set.redo()
 
     def _changed(self, m):
-        doc = self.doc
-        if m is not None and m in doc.measurements:
-            compute(doc, m)
-            doc.selected = m
-        elif doc.selected is not None and doc.selected not in doc.measurements:
-            doc.selected = None
-        doc.measurementsChanged.emit()
-        doc.selectionChanged.emit()
-        self.historyChanged.emit()
+        """After a change to the set: every document showing it follows; saved once."""
+        for c in self._sharing():
+            doc = c.doc
+            if m is not None and m in doc.measurements:
+                compute(doc, m)
+                doc.selected = m
+            elif doc.selected is not None and doc.selected not in doc.measurements:
+                doc.selected = None
+            doc.measurementsChanged.emit()
+            doc.selectionChanged.emit()
+            c.historyChanged.emit()
         self.save()
 
     def save(self):
@@ -172,7 +210,8 @@ class AnnotationController(QObject):
             return
         try:
             path, warnings = self.the_store().save(key[0], key[1], list(self.doc.measurements), stack=key[2],
-                                                   extra={"shape": list(self.doc.shape3())})
+                                                   extra={"shape": list(self.doc.shape3())},
+                                                   volume=self.doc.volume)
         except (OSError, ValueError) as e:
             path, warnings = None, [f"annotations not saved: {e}"]
         self.last_saved = path
@@ -186,6 +225,26 @@ class AnnotationController(QObject):
             log.warning("%s", w)
             self.warned.emit(w)
             _banner(self.doc, w)
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # every controller (documents of every window)
+
+
+def _live() -> list:
+    return [c for c in list(_LIVE) if shiboken6.isValid(c)]
+
+
+def _new_set(items: list) -> AnnotationSet:
+    """A set whose changes reach every controller sharing it (whichever made it)."""
+    s = AnnotationSet(items)
+    s.on_change = lambda m: _set_changed(s, m)
+    return s
+
+
+def _set_changed(s: AnnotationSet, m) -> None:
+    ctl = next((c for c in _live() if c.set is s), None)
+    if ctl is not None:
+        ctl._changed(m)
 
 
 def _banner(doc, text: str):
@@ -217,6 +276,16 @@ def compute(doc, m: Measurement) -> dict:
 def _active_doc(win):
     v = win.active_view() if hasattr(win, "active_view") else None
     return v.doc if v is not None else win.doc
+
+
+def delete_selected(win) -> None:
+    """Del / Backspace: the selected measurement of the active viewport, as Undo / Redo act
+    there; the Measurements list's (the main viewport's) while that list has the focus."""
+    panel = getattr(win, "measure_panel", None)
+    focus = QApplication.focusWidget()
+    doc = panel.doc if panel is not None and focus is not None and panel.isAncestorOf(focus) else _active_doc(win)
+    if doc.selected is not None:
+        annotations_for(doc).remove(doc.selected)
 
 
 def window_actions(win) -> None:
@@ -595,4 +664,4 @@ def hit_distance(view, m: Measurement, pos: QPointF) -> float:
 
 __all__ = ["AnnotationController", "annotations_for", "compute", "press", "drag", "release", "finish",
            "double_click", "key", "paint_item", "hit_distance", "NEW_TOOLS", "OWN_KINDS", "window_actions",
-           "export_sr"]
+           "export_sr", "delete_selected"]
