@@ -236,6 +236,7 @@ def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
     finally:
         tick.stop()
         win.cancel_loading(quiet=True)
+        win.settings.sync()  # written now: the launcher may end the process without destructors
         wait_for_workers()  # a worker still in a C extension at interpreter exit can crash it
     if flag["interrupted"]:
         print("interrupted", file=sys.stderr)
