@@ -50,6 +50,29 @@ def angle_deg(p0: Sequence[float], vertex: Sequence[float], p1: Sequence[float],
     return float(np.degrees(np.arccos(np.clip(a @ b / (na * nb), -1.0, 1.0))))
 
 
+#: what a length or area in px says when its image's pixel size applies only inside calibrated
+#: ultrasound regions (``Volume.calibrated_regions``) and the shape is not inside one of them
+OUTSIDE_REGION_NOTE = "outside the calibrated ultrasound region"
+
+
+def region_spacing(regions, points: Sequence[Sequence[float]], axis: int = 0) -> tuple[float, float] | None:
+    """The (horizontal, vertical) pixel size in mm of the calibrated ultrasound region
+    (``Volume.calibrated_regions``: x0, y0, x1, y1 inclusive pixel bounds, dx, dy mm) that holds
+    all ``points`` of a native slice (axis 0), or None: a region's pixel size applies inside it
+    only (PS3.3 C.8.5.5.1).  The regions are rectangles, so a ruler, a rectangle, an ellipse or a
+    polygon whose points are all inside one lies inside it; of nested regions the smallest counts."""
+    if axis != 0 or not points:
+        return None
+    best = None
+    for x0, y0, x1, y1, dx, dy in regions or ():
+        # a pixel's centre is its whole coordinate: the region reaches half a pixel beyond its bounds
+        if all(x0 - 0.5 <= u <= x1 + 0.5 and y0 - 0.5 <= v <= y1 + 0.5 for u, v in points):
+            size = (x1 - x0 + 1) * (y1 - y0 + 1)
+            if best is None or size < best[0]:
+                best = (size, (float(dx), float(dy)))
+    return best[1] if best else None
+
+
 def remeasure_where_acquired(m: "Measurement", vol, plane) -> str | None:
     """A measurement on a reformatted plane whose voxel grid is not the patient's
     (:meth:`~imaging_assist.volume.Volume.reformat_distortion`: a gantry tilt shears it,
@@ -338,10 +361,23 @@ class Measurement:
 
         ``image``/``spacing`` default to the native slice ``self.index`` and
         ``vol.spacing[:2]``; pass them for a reformatted plane.  Without a known spacing
-        (``vol.spacing_known`` False) every length and area is in pixels."""
+        (``vol.spacing_known`` False) every length and area is in pixels, except inside one of
+        the image's calibrated ultrasound regions (:func:`region_spacing`): in mm there, and
+        outside them in px with a note (:data:`OUTSIDE_REGION_NOTE`)."""
         known = bool(getattr(vol, "spacing_known", True))
         if image is None and self.kind in ROI_KINDS:
             image = vol.array[self.index]
+        regions = getattr(vol, "calibrated_regions", None)
+        if regions and not known:  # (a pixel size calibrated by the user applies to the whole image)
+            sp = region_spacing(regions, self.points, self.axis)
+            if sp is not None:
+                return self.compute(image, sp, getattr(vol, "units", ""), "mm", spacing_source="calibrated")
+            res = self.compute(image, (1.0, 1.0), getattr(vol, "units", ""), "px", spacing_source="none")
+            if self.kind == "ruler" or self.kind in ROI_KINDS:
+                res["spacing_note"] = OUTSIDE_REGION_NOTE
+                if res.get("text"):
+                    res["text"].append(f"In px: {OUTSIDE_REGION_NOTE}")
+            return res
         sp = (spacing if spacing is not None else vol.spacing[:2]) if known else (1.0, 1.0)
         return self.compute(image, sp, getattr(vol, "units", ""), "mm" if known else "px",
                             spacing_source=getattr(vol, "spacing_source", "none") if known else "none")
@@ -392,6 +428,8 @@ class Measurement:
         src = self.result.get("spacing_source")
         if src is None:
             return ""
+        if self.result.get("spacing_note"):
+            return f" ({self.result['spacing_note']})"
         return " (no spacing)" if src == "none" else f" ({src})"
 
     def summary(self) -> str:

@@ -81,6 +81,12 @@ class Volume:
     loaded: np.ndarray | None = None
     # One of SPACING_SOURCES; "" picks "PixelSpacing" for a volume with geometry, else "none".
     spacing_source: str = ""
+    # An ultrasound image whose regions (SequenceOfUltrasoundRegions) are not all calibrated alike,
+    # e.g. a B-mode image above a spectral Doppler strip (seconds x cm/s): spacing_source is "none"
+    # and these are its regions calibrated in cm, each (x0, y0, x1, y1, dx_mm, dy_mm) with inclusive
+    # pixel bounds (column x, row y).  A region's pixel size applies inside it only (PS3.3 C.8.5.5.1;
+    # imaging_assist.measure.region_spacing).  Empty: ``spacing`` is the whole image's.
+    calibrated_regions: list[tuple[int, int, int, int, float, float]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self):

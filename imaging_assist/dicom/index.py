@@ -43,6 +43,7 @@ class SeriesInfo:
     instances: list[InstanceRecord] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     split_reason: str = ""
+    part: int = 0  # N of a part (key uid:N), 0 for a series that was not split
     # Series UIDs a result object (SEG, Parametric Map, SR) refers to (dicom.result_objects).
     references: list[str] = field(default_factory=list)
 
@@ -873,9 +874,25 @@ def _build_tree(index: StudyIndex, records: list[InstanceRecord],
         study.warnings += [w for w in clashes.get(g, []) if w not in study.warnings]
         study.series.extend(parts)
     for st in studies.values():
-        st.series.sort(key=lambda s: (_num(s.number), s.description, s.key))
-    index.patients = sorted(patients.values(), key=lambda p: (p.name, p.id, p.issuer))
+        # parts by number: as text, part 10 came before part 2 (and a 2x2 hung time points 1, 10, 11, 12)
+        st.series.sort(key=lambda s: (_num(s.number), s.description, s.uid, s.part))
+    for p in patients.values():
+        # stable with reverse=True: undated studies keep the order they were found in, last
+        p.studies.sort(key=_study_order, reverse=True)
+    index.patients = sorted(patients.values(), key=lambda p: (name_key(p.name), p.name, p.id, p.issuer))
     _link_results(index)
+
+
+def _study_order(st: StudyInfo) -> tuple:
+    """(1, StudyDate, StudyTime) to list studies most recent first, as the Priors panel does
+    (``viewing.other_studies``); (0,) for a study without a usable date or dated in the future
+    (a typo), listed last."""
+    from ..viewing import in_future, parse_date  # viewing imports this module
+
+    d = parse_date(st.date)
+    if d is None or in_future(st):
+        return (0,)
+    return 1, d, st.time.replace(":", "").strip()  # TM (HHMMSS) or HH:MM:SS
 
 
 def name_key(name) -> str:
@@ -943,6 +960,26 @@ def _spacing_key(rec: InstanceRecord):
     return tuple(np.round(np.asarray(ps, float), 3))
 
 
+def _loop_key(rec: InstanceRecord):
+    """A multi-frame image without patient positions (no ImagePositionPatient, no functional
+    groups that could hold per-frame positions) is a cine loop: its own stack, played at its
+    own FrameTime.  Two loops of one size in one series were one stack of both loops' frames."""
+    if rec.frames <= 1 or not rec.has_pixels or _finite_vector(rec.get("ImagePositionPatient"), 3) \
+            or rec.flags & {"PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"}:
+        return None
+    return str(rec.get("SOPInstanceUID", "") or "") or rec.display_path  # copies of one loop: _split_duplicates
+
+
+def _instance_order(rec: InstanceRecord):
+    return _num(rec.get("InstanceNumber")), rec.display_path
+
+
+def _value_order(v: str):
+    """Split values in number order when they are numbers ("2" before "10"), else as text."""
+    n = _num(v)
+    return (0, n, v) if math.isfinite(n) else (1, 0.0, v)
+
+
 def split_series(uid: str, recs: list[InstanceRecord], key: str | None = None) -> list[SeriesInfo]:
     """One SeriesInfo per displayable stack (keyed ``key``, by default the UID, or "key:N" for parts).
 
@@ -955,7 +992,7 @@ def split_series(uid: str, recs: list[InstanceRecord], key: str | None = None) -
         k = (r.rows, r.columns, r.samples, str(r.get("PhotometricInterpretation", "")),
              _orientation_key(r) if r.frames == 1 else None, r.has_pixels,
              result_kind(r.get("SOPClassUID")),  # a SEG/PM/SR never joins its images
-             _spacing_key(r) if r.frames == 1 else None)
+             _spacing_key(r) if r.frames == 1 else None, _loop_key(r))
         groups[k].append(r)
     reasons = []
     if len(groups) > 1:
@@ -972,15 +1009,19 @@ def split_series(uid: str, recs: list[InstanceRecord], key: str | None = None) -
         if len(spacings) > 1:
             reasons.append("mixed pixel spacings " + ", ".join(
                 "x".join(f"{v:g}" for v in sp) if sp else "none" for sp in sorted(spacings, key=str)))
+        if len({k[8] for k in groups}) > 1:
+            reasons.append("multi-frame images without patient positions (cine loops), each a part of its own")
     parts: list[tuple[list[InstanceRecord], str]] = []
-    for _, members in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+    # the largest group first; groups of one size (cine loops) by InstanceNumber
+    for _, members in sorted(groups.items(), key=lambda kv: (-len(kv[1]), min(_instance_order(r) for r in kv[1]))):
         for sub, why in _split_duplicates(members):
             parts.append((sub, why))
     key = key or uid
     out = []
     for i, (members, why) in enumerate(parts):
-        members.sort(key=lambda r: (_num(r.get("InstanceNumber")), r.display_path))
-        s = SeriesInfo(uid=uid, key=key if len(parts) == 1 else f"{key}:{i + 1}", instances=members)
+        members.sort(key=_instance_order)
+        s = SeriesInfo(uid=uid, key=key if len(parts) == 1 else f"{key}:{i + 1}", instances=members,
+                       part=i + 1 if len(parts) > 1 else 0)
         all_reasons = reasons + ([why] if why else [])
         if len(parts) > 1:
             s.split_reason = "; ".join(all_reasons) or "several stacks"
@@ -1005,7 +1046,7 @@ def _split_duplicates(members: list[InstanceRecord]) -> list[tuple[list[Instance
     if len(members) > 1 and all(uids) and len(set(uids)) < len(uids):
         copy_no: dict[str, int] = defaultdict(int)
         by_copy: dict[int, list[InstanceRecord]] = defaultdict(list)
-        for u, r in sorted(zip(uids, members), key=lambda t: (_num(t[1].get("InstanceNumber")), t[1].display_path)):
+        for u, r in sorted(zip(uids, members), key=lambda t: _instance_order(t[1])):
             by_copy[copy_no[u]].append(r)
             copy_no[u] += 1
         return [(g, "the same SOP Instance UID in several files (copies of one image)")
@@ -1026,14 +1067,14 @@ def _split_duplicates(members: list[InstanceRecord]) -> list[tuple[list[Instance
                           for r in g}) == len(g) for g in groups.values())
             if ok:
                 return [(g, f"several images per position, split by {kw}={v}")
-                        for v, g in sorted(groups.items())]
+                        for v, g in sorted(groups.items(), key=lambda kv: _value_order(kv[0]))]
     # Nothing tells them apart: the k-th image at each position goes to part k.
     same_uid = len({r.get("SOPInstanceUID") for r in members}) < len(members)
     why = ("the same SOP Instance UID in several files (copies of one image)" if same_uid
            else "several images per position with nothing to tell them apart; split by file order")
     seen: dict[tuple, int] = defaultdict(int)
     parts: dict[int, list[InstanceRecord]] = defaultdict(list)
-    for p, r in sorted(zip(pos, members), key=lambda t: (_num(t[1].get("InstanceNumber")), t[1].display_path)):
+    for p, r in sorted(zip(pos, members), key=lambda t: _instance_order(t[1])):
         parts[seen[p]].append(r)
         seen[p] += 1
     return [(g, why) for _, g in sorted(parts.items())]

@@ -168,6 +168,7 @@ class StackPlan:
     frame_time_ms: float | None = None
     warnings: list[str] = field(default_factory=list)
     spacing_source: str = "none"  # see imaging_assist.volume.SPACING_SOURCES
+    calibrated_regions: list = field(default_factory=list)  # see Volume.calibrated_regions
     units_hu: bool = True  # False: a CT without rescale attributes (values not known to be HU)
     label: str = ""
     datasets: dict = field(default_factory=dict)  # rec index -> pydicom header, when read
@@ -574,7 +575,9 @@ def _plan_stack(series: SeriesInfo, recs, slots: list[Slot], datasets,
     else:
         plan.spacing = (col_sp, row_sp, 1.0)
         plan.has_geometry = False
-        if r0.frames > 1 and len(recs) == 1:
+        if r0.frames > 1 and all(s.rec == slots[0].rec for s in slots):
+            # the frames of one file, whatever else the series holds (the index makes each
+            # such loop a series part of its own: two loops were one stack of both loops' frames)
             plan.is_cine = True
             ft = _pos_float(r0.get("FrameTime"), 1e6)
             plan.frame_time_ms = ft
@@ -646,7 +649,8 @@ def _plan_spacing(plan: StackPlan, modality: str, r0: InstanceRecord, slot0: Slo
     divided by the Estimated Radiographic Magnification Factor it is at the patient.  A
     Pixel Spacing that differs from Imager Pixel Spacing (or comes with Pixel Spacing
     Calibration Type) has been calibrated.  Ultrasound: the physical deltas of the
-    Sequence of Ultrasound Regions."""
+    Sequence of Ultrasound Regions; when its regions differ (a spectral Doppler strip below
+    the B-mode image) those in cm go to ``plan.calibrated_regions``, the image has none."""
     w = plan.warnings
     ps = slot0.pixel_spacing
     if ps is not None and not _spacing_ok(ps):
@@ -667,17 +671,35 @@ def _plan_spacing(plan: StackPlan, modality: str, r0: InstanceRecord, slot0: Slo
         ds = _header(plan, slot0.rec)
         regions = list(ds.get("SequenceOfUltrasoundRegions") or []) if ds is not None else []
         deltas = set()
+        cm = []  # the regions in cm on both axes: (x0, y0, x1, y1, dx mm, dy mm), inclusive pixel bounds
+        others = 0  # regions in other units (a spectral Doppler strip: s and cm/s; M-mode: s and cm)
         for reg in regions:
             try:
                 if int(reg.get("PhysicalUnitsXDirection", 0)) == 3 and int(reg.get("PhysicalUnitsYDirection", 0)) == 3:
-                    deltas.add((round(float(reg.PhysicalDeltaY) * 10, 9), round(float(reg.PhysicalDeltaX) * 10, 9)))
+                    dy, dx = round(float(reg.PhysicalDeltaY) * 10, 9), round(float(reg.PhysicalDeltaX) * 10, 9)
+                    deltas.add((dy, dx))
+                    box = [int(reg.get(k)) for k in ("RegionLocationMinX0", "RegionLocationMinY0",
+                                                     "RegionLocationMaxX1", "RegionLocationMaxY1")]
+                    if box[0] <= box[2] and box[1] <= box[3] and _spacing_ok((dy, dx)):
+                        cm.append((*box, dx, dy))
+                else:
+                    others += 1
             except (TypeError, ValueError, AttributeError):
                 continue
-        if len(deltas) == 1 and _spacing_ok(next(iter(deltas))):
+        # PS3.3 C.8.5.5.1: a region's Physical Delta applies inside that region only.  One pixel size
+        # for the whole image when the regions agree (none in other units) or one covers the image
+        whole = [r for r in cm if r[0] <= 0 and r[1] <= 0 and r[2] >= plan.cols - 1 and r[3] >= plan.rows - 1]
+        if len(deltas) == 1 and _spacing_ok(next(iter(deltas))) and (not others or whole):
             return done("calibrated", next(iter(deltas)))
-        if len(deltas) > 1:
-            w.append("the ultrasound regions (SequenceOfUltrasoundRegions) have different pixel sizes: "
-                     "distances and areas are in pixels")
+        if cm:
+            plan.calibrated_regions = cm
+            why = "have different pixel sizes" if len(deltas) > 1 else "are not all in cm (e.g. spectral Doppler)"
+            w.append(f"the ultrasound regions (SequenceOfUltrasoundRegions) {why}: distances and areas are "
+                     f"in mm inside one region calibrated in cm ({len(cm)} region(s)), elsewhere in pixels")
+            return done("none", (1.0, 1.0))
+        if len(deltas) > 1 or (deltas and others):  # and no region calibrated in cm has usable bounds
+            w.append("the ultrasound regions (SequenceOfUltrasoundRegions) have different pixel sizes or "
+                     "units: distances and areas are in pixels")
             return done("none", (1.0, 1.0))
         if regions and not deltas:
             w.append("SequenceOfUltrasoundRegions gives no pixel size in cm: distances and areas are in pixels")
@@ -1100,7 +1122,7 @@ class SeriesLoader:
                      has_geometry=p.has_geometry, is_cine=p.is_cine, frame_time_ms=p.frame_time_ms,
                      slice_positions=p.positions, warnings=list(self.series.warnings) + list(p.warnings),
                      series_uid=self.series.uid, description=self.series.description,
-                     spacing_source=p.spacing_source,
+                     spacing_source=p.spacing_source, calibrated_regions=list(p.calibrated_regions),
                      headers=[p.records[s.rec] for s in p.slots],
                      source_paths=sorted({r.display_path for r in p.records}))
         vol.frames = [s.frame for s in p.slots]  # frame of each slice within its file

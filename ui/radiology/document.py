@@ -215,7 +215,12 @@ class ViewerDocument(QObject):
         image = plane.extract(vol.array, m.index) if m.kind in ROI_KINDS else None
         units = vol.units or ""
         source = vol.spacing_source if known else "none"
-        res = m.compute(image, spacing, units, "mm" if known else "px", spacing_source=source)
+        if getattr(vol, "calibrated_regions", None) and not known and m.axis == 0:
+            # an ultrasound image's regions: mm inside one calibrated region, px elsewhere
+            res = m.compute_on(vol, image)
+            source = res.get("spacing_source") or source
+        else:
+            res = m.compute(image, spacing, units, "mm" if known else "px", spacing_source=source)
         remeasure_where_acquired(m, vol, plane)  # a tilted or uneven stack's reformatted planes
         # the label drawn on the image ("display_text") names the pixel size's source on its
         # length/area line; the engine's "text" stays as it is (its summary() adds the source)
