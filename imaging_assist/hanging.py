@@ -20,7 +20,8 @@ A viewport's source is one of ``current`` (the series that opened), ``prior`` (t
 the patient's most recent other study that matches the current one, see
 :func:`viewing.matching_series`) or ``next`` (the next image series of the current study not
 shown yet).  A viewport whose source is missing is filled with the next series of the study;
-when nothing is left the layout shrinks (a 1×2 with no prior is a 1×1).
+when nothing is left the layout shrinks (a 1×2 with no prior is a 1×1) or, in a 2×2 of three
+series, the last viewport stays empty (with a note).
 """
 
 from __future__ import annotations
@@ -230,7 +231,8 @@ def plan(protocol: Protocol, index, series) -> Hanging:
     """Resolve ``protocol`` for ``series`` of a StudyIndex: the series key per viewport.
 
     Missing sources are replaced by the next series of the study (with a note); when there
-    are fewer series than viewports the layout shrinks (2×2 → 1×2 → 1×1)."""
+    are fewer series than viewports the layout shrinks (2×2 → 1×2 → 1×1), and a 2×2 of three
+    series says that its last viewport stays empty."""
     keys, notes = [series.key], []
     here = index.study_of(series) if index is not None else None
     others = [s for s in (here.series if here else []) if s.is_image and s.key != series.key]
@@ -275,6 +277,8 @@ def plan(protocol: Protocol, index, series) -> Hanging:
     layout = "2x2" if len(keys) > 2 and protocol.layout == "2x2" else ("1x2" if len(keys) >= 2 else "single")
     if layout != protocol.layout:
         notes.append(f"only {len(keys)} series to show: {layout.replace('x', '×') if layout != 'single' else '1×1'}")
+    elif len(keys) < LAYOUTS[layout]:  # only a 2×2 of three series: the viewer empties viewport 4
+        notes.append(f"only {len(keys)} series to show: viewport {len(keys) + 1} stays empty")
     return Hanging(protocol, layout, keys[:LAYOUTS[layout]], notes)
 
 

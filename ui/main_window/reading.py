@@ -23,6 +23,7 @@ class Reading:
         self.fill_suppressed = False  # a hanging protocol fills the viewports itself
         self._jobs: dict[int, LoadJob] = {}
         self._saved: dict | None = None  # what reading mode hid, to show it again
+        self._study = None  # the study of the series last shown in the first viewport
         self.grid.say = lambda text: w.statusBar().showMessage(text, 8000)
         self.grid.seriesDropped.connect(self.load_into)
         for c in self.grid.cells[1:]:
@@ -200,20 +201,38 @@ class Reading:
         return not self._jobs
 
     # ------------------------------------------------------------------ priors
+    def empty_cell(self, cell):
+        """Viewport ``cell`` shows nothing (as in a fresh layout); its loading stops."""
+        job = self._jobs.pop(cell.number, None)
+        if job is not None:
+            job.cancel()
+        if cell.doc.volume is not None:
+            cell.doc.set_volume(None)
+
     def _drop_stale_cells(self):
         """Viewports showing a series of another index (a folder opened since, or the study
-        closed) are emptied: a series of another patient must never stay beside the new one."""
-        index = self.w.loading.index
+        closed) are emptied: a series of another patient must never stay beside the new one.
+        So when another patient's series comes up, viewports showing or loading a series of
+        any other patient are emptied too (hidden ones included: a later 1×2 / 2×2 shows them).
+        A series of another patient the reader drops beside the current one is allowed (its
+        viewport says "another patient"): it stays while that patient's series are opened."""
+        w = self.w
+        index = w.loading.index
+        cur = index.find_series(w.current_key) if (index and w.current_key and w.doc.volume is not None) else None
+        here = index.study_of(cur) if cur is not None else None
+        mine = ([here] if here is not None else []) + viewing.other_studies(index, cur)  # the patient's studies
+        ours = lambda st: any(st is m for m in mine)  # noqa: E731
+        new_patient = not ours(self._study)
+        self._study = here
         for c in self.grid.cells[1:]:
-            s = c.doc.series
-            stale = self.w.doc.volume is None or index is None or (
+            s = c.doc.series if c.doc.volume is not None else None
+            stale = w.doc.volume is None or index is None or (
                 c.doc.volume is not None and (s is None or index.find_series(s.key) is not s))
+            if not stale and new_patient:
+                job = self._jobs.get(c.number)
+                stale = any(not ours(index.study_of(x)) for x in (s, job and job.series) if x is not None)
             if stale:
-                job = self._jobs.pop(c.number, None)
-                if job is not None:
-                    job.cancel()
-                if c.doc.volume is not None:
-                    c.doc.set_volume(None)
+                self.empty_cell(c)
 
     def _main_volume(self):
         w = self.w

@@ -2,7 +2,8 @@
 
 * When a study opens (the first series of another study comes up in the first viewport) the
   protocol for its modality / body part (:mod:`imaging_assist.hanging`) sets the layout and
-  fills the viewports; an explicit ``view --layout`` wins.  The status bar names the protocol.
+  fills the viewports (the others are emptied); an explicit ``view --layout`` wins.  The status
+  bar names the protocol and says why a viewport stays empty.
 * View → "Save layout as protocol for <modality> / <body part>" (also in the toolbar's Layout
   menu) stores the current layout; View → "Hanging protocols…" lists them and removes the
   user's.  Both switches (protocols on opening, remembered positions) are in the View menu
@@ -140,6 +141,11 @@ class HangingProtocols(QObject):
                 cell = w.view_area.grid.cells[n]
                 if cell.doc.series is None or cell.doc.series.key != k:
                     self.reading.load_into(n, k)
+            # a viewport without a series of this study is empty, as in a fresh layout: it never
+            # keeps the previous study's (or patient's) series, hidden ones neither (a 1×1 / MPR
+            # study switched to a grid gets its viewports filled from this study and its priors)
+            for cell in w.view_area.grid.cells[len(h.keys):]:
+                self.reading.empty_cell(cell)
         finally:
             self.reading.fill_suppressed = False
         self._apply_slabs(h)
