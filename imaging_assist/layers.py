@@ -151,11 +151,34 @@ class Plane:
                 "bottom": orientation_letters(down), "top": orientation_letters(-down)}
 
 
-def plane_kind(direction: np.ndarray, axis: int) -> str:
-    """'axial', 'coronal' or 'sagittal': the anatomical plane perpendicular to ``axis``."""
+_KINDS = ("sagittal", "coronal", "axial")  # the plane perpendicular to L, P, S
+
+
+def _axis_vectors(direction: np.ndarray) -> dict[int, np.ndarray]:
+    """LPS direction of each array axis (0 = k, 1 = j, 2 = i)."""
     d = np.asarray(direction, float)
-    vec = {0: d[:, 2], 1: d[:, 1], 2: d[:, 0]}[axis]
-    return ("sagittal", "coronal", "axial")[int(np.argmax(np.abs(vec)))]
+    return {0: d[:, 2], 1: d[:, 1], 2: d[:, 0]}
+
+
+def plane_kinds(direction: np.ndarray) -> tuple[str, str, str]:
+    """'axial', 'coronal' or 'sagittal' for the planes perpendicular to array axes 0, 1, 2.
+
+    Each plane is named after the L, P or S axis its normal points most along.  When two
+    normals would get the same name (a double-oblique acquisition), the names are given
+    jointly: the one-to-one assignment of normals to L, P, S with the largest summed |cosine|.
+    """
+    cos = np.abs(np.stack(list(_axis_vectors(direction).values())))  # [array axis, lps axis]
+    own = [int(np.argmax(row)) for row in cos]
+    if len(set(own)) == 3:  # each normal has its own dominant axis: that is also the best assignment
+        return tuple(_KINDS[x] for x in own)
+    best = max(itertools.permutations(range(3)), key=lambda perm: sum(cos[a, perm[a]] for a in range(3)))
+    return tuple(_KINDS[x] for x in best)
+
+
+def plane_kind(direction: np.ndarray, axis: int) -> str:
+    """'axial', 'coronal' or 'sagittal': the anatomical plane perpendicular to ``axis``
+    (see :func:`plane_kinds`; the three axes always get three different names)."""
+    return plane_kinds(direction)[axis]
 
 
 def standard_planes(direction: np.ndarray) -> list[Plane]:
@@ -163,19 +186,23 @@ def standard_planes(direction: np.ndarray) -> list[Plane]:
 
     Reformatted planes follow the radiological display convention: axial with patient
     left on screen right and anterior up, coronal with left on the right and superior
-    up, sagittal with anterior on the left and superior up.
+    up, sagittal with anterior on the left and superior up.  On oblique series these
+    hold as nearly as the voxel grid allows (the orientation letters say what is shown).
     """
-    d = np.asarray(direction, float)
-    per_axis = {0: d[:, 2], 1: d[:, 1], 2: d[:, 0]}
+    per_axis = _axis_vectors(direction)
+    kinds = plane_kinds(direction)
     # desired (lps axis, sign) for screen-right and screen-down, per anatomical plane
     want = {"axial": ((0, +1), (1, +1)), "coronal": ((0, +1), (2, -1)), "sagittal": ((1, +1), (2, -1))}
-    planes = [Plane(0, 2, 1, False, False, plane_kind(d, 0))]
+    planes = [Plane(0, 2, 1, False, False, kinds[0])]
     for axis in (1, 2):
-        kind = plane_kind(d, axis)
+        kind = kinds[axis]
         (h_lps, h_sign), (v_lps, v_sign) = want[kind]
         a, b = [x for x in (0, 1, 2) if x != axis]
-        # the remaining axis that points most along the wanted horizontal direction
-        h = a if abs(per_axis[a][h_lps]) >= abs(per_axis[b][h_lps]) else b
+        # the pairing of the remaining axes with screen right/down that fits both best
+        # (on a double-oblique series the axis most along the horizontal direction can
+        # be the one that should run vertically)
+        h = a if (abs(per_axis[a][h_lps]) + abs(per_axis[b][v_lps])
+                  >= abs(per_axis[b][h_lps]) + abs(per_axis[a][v_lps])) else b
         v = b if h == a else a
         flip_h = per_axis[h][h_lps] * h_sign < 0
         flip_v = per_axis[v][v_lps] * v_sign < 0
