@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import UserError
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+NOT_DRAWN_GREY = (215, 215, 215)  # the heat-map colour bar's part that is not drawn on the image
 PAGE_SIZES = {"A4": "A4", "LETTER": "letter"}
 OOD_TEXT = "Outside what this model was trained on"
 
@@ -301,7 +302,7 @@ def item_views(item: dict, volume, base_dir=None, result=None) -> list[dict]:
             "plain": _rgb(display.render_slice(volume, k)),
             "overlay": overlay_rgb(volume.array[k], heat_slice=arr[k], volume=volume, k=k),
             "colorbar": {"colormap": _heat_colormap_name(), "max": vmax, "label": h.get("label"),
-                         "method": h.get("method")},
+                         "method": h.get("method"), **_heat_fade()},
             "title": (f"{_method_name(h.get('method'))} heat map of {h.get('label')}"
                       + (f", slice {k + 1} of {n}" if n > 1 else ""))})
     if not views and item.get("task") == "classification" and "probabilities" in item:
@@ -382,6 +383,13 @@ def _rgb(a: np.ndarray) -> np.ndarray:
 def _heat_colormap_name() -> str:
     from ..colormaps import DEFAULT_HEAT_COLORMAP
     return DEFAULT_HEAT_COLORMAP
+
+
+def _heat_fade() -> dict:
+    """The fade overlay_rgb draws heat maps with (colormaps.heat_rgba's defaults): nothing below
+    ``threshold`` of the slice maximum, opacity rising to ``opacity`` at the maximum."""
+    from ..colormaps import DEFAULT_HEAT_OPACITY, DEFAULT_HEAT_THRESHOLD
+    return {"threshold": float(DEFAULT_HEAT_THRESHOLD), "opacity": float(DEFAULT_HEAT_OPACITY)}
 
 
 def _method_name(m) -> str:
@@ -660,6 +668,9 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
         views = [{"kind": "file", "title": Path(k).name, "file": str(base / k) if base else k,
                   "plain": None, "overlay": None}
                  for k in keys if isinstance(k, str) and base is not None and (base / k).is_file()]
+        if it.get("kind") == "slide":
+            for v in views:
+                v["legend"] = _slide_legend(it)
     if it.get("kind") == "slide" and isinstance(it.get("mean_probabilities"), dict):
         notes.append("whole slide: tissue-weighted mean tile probabilities (a summary, not a slide "
                      "diagnosis): " + ", ".join(f"{k} {float(v):.3f}" for k, v in it["mean_probabilities"].items()))
@@ -687,6 +698,15 @@ def _report_item(n, it, volumes, captured, base, cards, card_objs, card_sums, su
         "nodules": _nodule_rows(it, deidentify),
     }
     return key, header, entry
+
+
+def _slide_legend(item: dict) -> list[dict]:
+    """The class colours of a slide overview (slides.heatmap_io.write_overview_png: class n of
+    the model's labels in label_color(n + 1))."""
+    from ..colormaps import label_color
+    labels = item.get("labels") if isinstance(item.get("labels"), list) else list(item.get("areas") or {})
+    return [{"value": None, "name": str(lab), "color": tuple(int(c) for c in label_color(n + 1))}
+            for n, lab in enumerate(labels)]
 
 
 def _models_behind(item) -> list[str]:
@@ -736,7 +756,7 @@ def _nodule_rows(item: dict, deidentify: bool = False) -> list[dict]:
             st = label_state(dec, "malignant")  # the engine's state, from the unrounded probability
             p = float(st["probability"]) if st and st.get("probability") is not None else float(x["p_malignant"])
             state = st.get("state") if st else (None if t is None else ("positive" if p >= float(t) else "negative"))
-            mal = f"{p:.3f}" + ("" if t is None or state is None else
+            mal = _fmt_p(p, None if t is None else float(t)) + ("" if t is None or state is None else
                                 f" {'>=' if state in ('positive', 'review') else '<'} {float(t):g}: {state}")
         c = x.get("center_lps") or x.get("point_lps") or []
         rows.append({"id": str(x.get("id")), "found": bool(x.get("found")), "reason": str(x.get("reason") or ""),
@@ -1020,13 +1040,34 @@ class _Doc:
         p = self.pdf
         p.set_y(6)
         self.font(9, True, (180, 0, 0))
-        p.cell(p.w / 2 - p.l_margin, 5, NOT_FOR_CLINICAL_USE, new_x="RIGHT", new_y="TOP")
+        banner = p.get_string_width(NOT_FOR_CLINICAL_USE) + 2 * p.c_margin
+        p.cell(banner, 5, NOT_FOR_CLINICAL_USE, new_x="RIGHT", new_y="TOP")
         self.font(8, False, (60, 60, 60))
-        p.cell(p.w / 2 - p.r_margin, 5, self.t(self.header_line), align="R", new_x="LMARGIN", new_y="NEXT")
+        line = self.t(self.header_line)
+        room = self.width - banner - 4
+        rule = 11.5
+        if p.get_string_width(line) + 2 * p.c_margin <= room:  # fits beside the banner
+            p.set_x(p.w - p.r_margin - room)
+            p.cell(room, 5, line, align="R", new_x="LMARGIN", new_y="NEXT")
+        else:
+            # too long beside the banner (64-character names and IDs): a full-width row of its
+            # own under it, at most two lines; the patient block prints every value whole
+            self.font(7, False, (60, 60, 60))
+            lines = p.multi_cell(self.width, 3.2, line, dry_run=True, output="LINES")
+            if len(lines) > 2:
+                ell = "…" if self.unicode else "..."
+                cut = " ".join(lines[:2])
+                while cut and len(p.multi_cell(self.width, 3.2, cut + ell, dry_run=True,
+                                               output="LINES")) > 2:
+                    cut = cut[:-1]
+                line = cut.rstrip() + ell
+            p.set_xy(p.l_margin, 11)
+            p.multi_cell(self.width, 3.2, line, align="R", new_x="LMARGIN", new_y="NEXT")
+            rule = p.get_y() + 0.5
         p.set_draw_color(180, 0, 0)
         p.set_line_width(0.4)
-        p.line(p.l_margin, 11.5, p.w - p.r_margin, 11.5)
-        p.set_y(14)
+        p.line(p.l_margin, rule, p.w - p.r_margin, rule)
+        p.set_y(rule + 2.5)
 
     def _page_footer(self):
         p = self.pdf
@@ -1037,13 +1078,38 @@ class _Doc:
                       f"page {p.page_no()}/{{nb}}"), align="C")
 
 
-def _fmt_p(p: float) -> str:
-    return f"{p:.3f}" if math.isfinite(p) else "not a number"
+def _fmt_p(p: float, threshold: float | None = None) -> str:
+    """A probability with 3 decimals, or as many more as it takes to read on the same side of
+    the printed threshold (``:g``) as it lies of the threshold: 0.7476 under 0.7477 is never
+    printed "0.748"."""
+    if not math.isfinite(p):
+        return "not a number"
+    s = f"{p:.3f}"
+    if threshold is None or not math.isfinite(threshold):
+        return s
+    shown, above = float(f"{threshold:g}"), p >= threshold
+    for d in range(3, 17):
+        s = f"{p:.{d}f}"
+        if (float(s) >= shown) == above:
+            break
+    return s
 
 
-def _colorbar(name: str, n: int = 256) -> np.ndarray:
+def _fmt_size(v: float) -> str:
+    """A volume or area: 1 decimal from 100 up, else 3 significant digits, so that a small
+    non-zero size never reads as 0 (0.0246 mm², not "0.0"); exactly 0 as "0"."""
+    if v == 0 or not math.isfinite(v):
+        return "0" if v == 0 else str(v)
+    d = max(1, 2 - math.floor(math.log10(abs(v))))
+    return f"{v:,.{d}f}"
+
+
+def _colorbar(name: str, n: int = 256, threshold: float = 0.0) -> np.ndarray:
+    """The colour bar, 0 at the left; the part below ``threshold`` (not drawn on the image)
+    light grey."""
     from ..colormaps import colormap_rgb
-    row = colormap_rgb(name, n)[None, :, :]
+    row = colormap_rgb(name, n)[None, :, :].copy()
+    row[0, np.linspace(0.0, 1.0, n) < threshold] = NOT_DRAWN_GREY
     return np.repeat(row, 12, axis=0)
 
 
@@ -1066,6 +1132,12 @@ def _draw_views(doc: _Doc, views: list[dict]):
                     p.set_y(p.get_y() + hd + 2)
             except Exception as e:  # noqa: BLE001
                 doc.para(f"key image unreadable: {_one_line(e)}", 8)
+                continue
+            if v.get("legend"):  # a slide overview: which colour is which class
+                doc.need(12)
+                doc.para("Each analysed tile in the colour of its most probable class, stronger where "
+                         "that class is more probable; uncoloured: no tissue analysed.", 7.5, False, (70, 70, 70))
+                _legend(doc, v["legend"], p.l_margin)
             continue
         plain, over = v.get("plain"), v.get("overlay")
         rows, cols = plain.shape[:2]
@@ -1095,36 +1167,47 @@ def _draw_views(doc: _Doc, views: list[dict]):
         hd = max(hd, ho)
         p.set_y(y + hd + 5)
         if v.get("kind") == "heatmap":
-            cb = v["colorbar"]
+            cb = {**_heat_fade(), **v["colorbar"]}  # reports built before the fade was recorded
+            thr, opa = float(cb["threshold"]), float(cb["opacity"])
             bw = min(60.0, doc.width / 2)
             y = p.get_y()
-            p.image(Image.fromarray(_colorbar(cb["colormap"])), x=x0, y=y, w=bw, h=3)
+            p.image(Image.fromarray(_colorbar(cb["colormap"], threshold=thr)), x=x0, y=y, w=bw, h=3)
             doc.font(7, False, (40, 40, 40))
             p.set_xy(x0, y + 3.3)
             p.cell(bw / 2, 3, "0", align="L")
             p.cell(bw / 2, 3, doc.t(f"max {cb['max']:.3g}"), align="R")
             p.set_xy(x0 + bw + 3, y - 0.3)
+            # said from the fade the overlay was drawn with, never a fixed number
             p.multi_cell(doc.width - bw - 3, 3.2,
                          doc.t(f"{_method_name(cb.get('method'))} attribution for {cb.get('label')} "
                                f"({cb['colormap']} colour map), relative to this slice's maximum; "
-                               "below 5 % of it not drawn"), new_x="LMARGIN", new_y="NEXT")
+                               f"below {thr * 100:.0f} % of it not drawn (grey in the bar), opacity "
+                               f"rising to {opa * 100:.0f} % at the maximum"),
+                         new_x="LMARGIN", new_y="NEXT")
             p.set_y(max(p.get_y(), y + 7))
         elif v.get("kind") == "labels" and v.get("legend"):
-            y = p.get_y()
-            x = x0
-            doc.font(7.5)
-            for e in v["legend"]:
-                label = doc.t(f"{e['value']} {str(e['name']).replace('_', ' ')}")
-                w = p.get_string_width(label) + 7
-                if x + w > p.w - p.r_margin:
-                    x, y = x0, y + 4.5
-                p.set_fill_color(*e["color"])
-                p.rect(x, y + 0.5, 3, 3, style="F")
-                p.set_xy(x + 4, y)
-                p.cell(w - 4, 4, label)
-                x += w + 2
-            p.set_y(y + 6)
+            _legend(doc, v["legend"], x0)
         p.ln(1)
+
+
+def _legend(doc: _Doc, entries: list[dict], x0: float):
+    """Colour squares with their names (a label map's values, a slide overview's classes)."""
+    p = doc.pdf
+    y = p.get_y()
+    x = x0
+    doc.font(7.5)
+    for e in entries:
+        name = str(e["name"]).replace("_", " ")
+        label = doc.t(name if e.get("value") is None else f"{e['value']} {name}")
+        w = p.get_string_width(label) + 7
+        if x + w > p.w - p.r_margin:
+            x, y = x0, y + 4.5
+        p.set_fill_color(*e["color"])
+        p.rect(x, y + 0.5, 3, 3, style="F")
+        p.set_xy(x + 4, y)
+        p.cell(w - 4, 4, label)
+        x += w + 2
+    p.set_y(y + 6)
 
 
 def _header_block(doc: _Doc, h: dict, deid: bool):
@@ -1139,18 +1222,39 @@ def _header_block(doc: _Doc, h: dict, deid: bool):
             ("Accession", h.get("accession") or "not given"), ("Modality", h.get("modality") or "not given")]
     p = doc.pdf
     half = doc.width / 2
-    y0 = p.get_y()
-    for n, (k, v) in enumerate(rows):
-        col, r = divmod(n, 4)
-        p.set_xy(p.l_margin + col * half, y0 + r * 5)
-        doc.font(8.5, False, (90, 90, 90))
-        p.cell(24, 5, doc.t(k))
-        doc.font(9.5, k in ("Patient", "Patient ID"))
-        p.cell(half - 24, 5, doc.t(v)[:70])
-    p.set_y(y0 + 4 * 5 + 1.5)
+    lab, gap = 24, 2  # label width; space between the left value and the right column
+    # two columns of four rows; a value wraps within its column (64-character names, IDs and
+    # descriptions are valid DICOM), never cut and never over the other column; each row is
+    # as high as its taller value
+    for r in range(4):
+        pair = (rows[r], rows[r + 4])
+        n_lines = []
+        for k, v in pair:
+            doc.font(9.5, k in ("Patient", "Patient ID"))
+            n_lines.append(len(p.multi_cell(half - lab - gap, 5, doc.t(v), dry_run=True, output="LINES")))
+        doc.need(5 * max(n_lines))
+        y = p.get_y()
+        for col, (k, v) in enumerate(pair):
+            x = p.l_margin + col * half
+            p.set_xy(x, y)
+            doc.font(8.5, False, (90, 90, 90))
+            p.cell(lab, 5, doc.t(k))
+            doc.font(9.5, k in ("Patient", "Patient ID"))
+            p.set_xy(x + lab, y)
+            p.multi_cell(half - lab - gap, 5, doc.t(v), align="L")
+        p.set_y(y + 5 * max(n_lines))
+    p.set_y(p.get_y() + 1.5)
     if deid:
-        doc.para("De-identified: name, ID, birth date, accession and study date removed "
-                 "(DICOM PS3.15 basic profile subset); source paths not printed.", 7.5, False, (90, 90, 90))
+        doc.para("De-identified: name, ID, birth date, sex, age, accession, study date and study "
+                 "description removed (DICOM PS3.15 basic profile subset); source paths, series "
+                 "UIDs and series descriptions not printed.", 7.5, False, (90, 90, 90))
+
+
+def _reasons_sentence(reasons) -> str:
+    """ " Reason: x." / " Reasons: x; y." after a sentence, or "": the reasons are lowercase
+    phrases (the OOD detector's words, kept as they are) and must not start a sentence."""
+    rs = [str(r).strip().rstrip(".") for r in reasons or [] if str(r).strip()]
+    return f" Reason{'s' if len(rs) > 1 else ''}: {'; '.join(rs)}." if rs else ""
 
 
 def _item_block(doc: _Doc, e: dict, seen: set | None = None):
@@ -1166,13 +1270,12 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
         return
     if e.get("ood_flagged"):
         ood = e["ood"] or {}
-        reasons = "; ".join(str(r) for r in ood.get("reasons") or [])
+        reasons = _reasons_sentence(ood.get("reasons"))
         score = ood.get("score")
         thr = ood.get("threshold")
         extra = f" (score {score:.3g}, limit {thr:.3g})" if isinstance(score, (int, float)) and \
             isinstance(thr, (int, float)) else ""
-        doc.box(f"{OOD_TEXT}{extra}: no decision is given."
-                + (f" {reasons}" if reasons else ""))
+        doc.box(f"{OOD_TEXT}{extra}: no decision is given." + reasons)
     if e.get("research_override"):
         ro = e["research_override"]
         doc.box("Research override: the model card does not fit this input ("
@@ -1180,7 +1283,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
     if e["findings"]:
         doc.need(8 + 6 * (1 + len(e["findings"])))
         doc.para("Findings", 9.5, True)
-        rows = [[f["label"].replace("_", " "), _fmt_p(f["probability"]),
+        rows = [[f["label"].replace("_", " "), _fmt_p(f["probability"], f["threshold"]),
                  "-" if f["threshold"] is None else f"{f['threshold']:g}" + (" (site)" if f.get("site") else ""),
                  f["decision"], f["sensitivity"] or "-", f["specificity"] or "-"] for f in e["findings"]]
         doc.table(["Label", "Probability", "Threshold", "Decision", "Sensitivity (95% CI)",
@@ -1225,8 +1328,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
                 extra = f" (score {score:.3g}, limit {thr:.3g})" if isinstance(score, (int, float)) and \
                     isinstance(thr, (int, float)) else ""
                 doc.box(f"{r['id']}: {OOD_TEXT}{extra}: the outline and measurements may not describe a "
-                        "nodule, and no decision is given." + (" " + "; ".join(str(x) for x in o.get("reasons") or [])
-                                                              if o.get("reasons") else ""))
+                        "nodule, and no decision is given." + _reasons_sentence(o.get("reasons")))
         for r in e["nodules"]:
             if r.get("decision_text"):
                 doc.para(f"{r['id']}: malignancy {r['decision_text']}.", 7.5, False, (70, 70, 70))
@@ -1245,7 +1347,7 @@ def _item_block(doc: _Doc, e: dict, seen: set | None = None):
         doc.need(8 + 6 * (1 + len(s["values"])))
         doc.para("Measurements", 9.5, True)
         doc.table(["Structure", f"Size ({s['unit']})"],
-                  [[k.replace("_", " "), f"{v:,.1f}" if s["unit"] != "px" else f"{v:,.0f}"]
+                  [[k.replace("_", " "), _fmt_size(v) if s["unit"] != "px" else f"{v:,.0f}"]
                    for k, v in s["values"].items()], [60, 40])
         doc.para(f"Spacing from: {s['spacing_text']}." + (f" Segmentation {e['quality']}." if e.get("quality") else ""),
                  7.5, False, (70, 70, 70))

@@ -81,9 +81,11 @@ def _plot(doc, x0, y0, w, h, title, xlabel, ylabel, series, diagonal=False):
     doc.font(7)
     p.set_xy(x0, y0 + h + 3.5)
     p.cell(w, 3, doc.t(xlabel), align="C")
+    ylabel = doc.t(ylabel)
     with p.rotation(90, x0 - 9, y0 + h / 2):
-        p.set_xy(x0 - 9 - h / 2, y0 + h / 2 - 1.5)
-        p.cell(h, 3, doc.t(ylabel), align="C")
+        # text() at absolute coordinates: before the rotation the label starts left of the page
+        # edge for a plot near it (the ROC's), and set_x reads a negative x as from the right edge
+        p.text(x0 - 9 - p.get_string_width(ylabel) / 2, y0 + h / 2 + 1, ylabel)
     for n, (xs, ys, col, label) in enumerate(series):
         pts = [(x0 + float(a) * w, y0 + h - float(b) * h) for a, b in zip(xs, ys)
                if a is not None and b is not None]
