@@ -18,9 +18,13 @@ Models that are missing, fail their sha256 check or fail on a series are one-lin
 MONAI bundle whose configs hold code is skipped (a note) until ``models trust`` marked it.
 The console also says each analysis' warnings and an out-of-distribution flag, as ``analyze`` does.
 
-``report.json`` lists the files the run wrote (``files``); a later demo run into the same folder
-removes the files of that list that it does not write again (never any other file there).  The
-output folder may not be the demo folder or inside it.  A display counts only when its server
+``report.json`` lists the files the run wrote (``files``), and ``.imaging-assist-demo.json``
+(:data:`MANIFEST`) records them with their size and modification time: a later demo run into the
+same folder removes those it does not write again and that are unchanged (never a file the demo
+did not write, whatever a ``report.json`` there lists).  The output folder must be new, empty
+or hold only the demo's own earlier outputs (unchanged): other files there are refused in one
+line, as ``anonymize`` refuses a folder that is not empty.  It may not be the demo folder or
+inside it.  A display counts only when its server
 answers (:func:`display_problem`: a stale ``ssh -X`` session leaves DISPLAY set): otherwise the
 demo runs headless, with a note.
 """
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 import warnings
 from importlib import resources
@@ -349,13 +354,22 @@ def _nodules(models: _Models, series, vol, out: Path, tag: str, entry: dict, cap
 
 def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = True) -> dict:
     """Load every demo series, run the matching models, write report.json and key images."""
-    from .dicom import scan
-
     from .outputs import out_folder
 
     out_dir = out_folder(out, sources=[demo_root()])  # never among the demo's own files
+    previous = _previous_files(out_dir)  # refuses a folder holding anything else
     before = _listing(out_dir)
-    previous = _previous_files(out_dir)
+    try:
+        return _run_headless(out_dir, previous, before, registry, device, analyse)
+    finally:  # also after an error or Ctrl-C: what this run wrote so far is the demo's to remove
+        after = _listing(out_dir)
+        written = {n for n, st in after.items() if before.get(n) != st}
+        _write_manifest(out_dir, {n: after[n] for n in (written | set(previous)) - {MANIFEST} if n in after})
+
+
+def _run_headless(out_dir: Path, previous: dict, before: dict, registry, device, analyse) -> dict:
+    from .dicom import scan
+
     index = scan(demo_root())
     report = {"not_for_clinical_use": True, "results_schema_version": 1, "source": demo_root(),
               "attribution": attribution_path(),
@@ -390,7 +404,7 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
     tmp.write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
     tmp.replace(path)
     report["report_path"] = str(path)
-    _remove_stale(out_dir, previous - set(report["files"]))
+    _remove_stale(out_dir, {n: st for n, st in previous.items() if n not in report["files"]})
     # the PDF report beside report.json (issue 13); a failure is a note, report.json stays
     from .export.report_pdf import build_report, write_report_pdf
     try:
@@ -399,12 +413,13 @@ def run_headless(out: str, registry=None, device: str = "auto", analyse: bool = 
             out_dir / "report.pdf"))
     except UserError as e:
         report["notes"].append(f"report.pdf not written: {_one_line(e)}")
-        _remove_stale(out_dir, previous & {"report.pdf"})  # an earlier run's PDF is not this report
+        # an earlier run's PDF is not this report
+        _remove_stale(out_dir, {n: st for n, st in previous.items() if n == "report.pdf"})
     return report
 
 
 def _listing(folder: Path) -> dict:
-    """{name: (inode, mtime, size)} of the plain files in ``folder``."""
+    """{name: (inode, mtime_ns, size)} of the plain files in ``folder``."""
     out = {}
     try:
         with os.scandir(folder) as it:
@@ -417,24 +432,67 @@ def _listing(folder: Path) -> dict:
     return out
 
 
-def _previous_files(folder: Path) -> set[str]:
-    """The files an earlier demo run wrote into ``folder`` (its report.json's ``files``)."""
+# the demo's record of the files it wrote into its output folder: its own name, so that no other
+# tool's file (a report.json listing "files") is ever taken for it
+MANIFEST = ".imaging-assist-demo.json"
+
+
+def _previous_files(folder: Path) -> dict:
+    """{name: (size, mtime_ns)} of the files an earlier demo run wrote into ``folder`` and that
+    are unchanged since (its :data:`MANIFEST`).  A one-line UserError when ``folder`` holds
+    anything else: the demo would overwrite or mix with files it did not write."""
     try:
-        files = json.loads((folder / "report.json").read_text(encoding="utf-8")).get("files")
+        files = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("files")
     except (OSError, ValueError, RecursionError, AttributeError):
-        return set()
-    if not isinstance(files, list):
-        return set()
-    # plain names only: a list edited to name ../something or a sub-folder removes nothing
-    return {f for f in files if isinstance(f, str) and f not in ("", ".", "..") and "\0" not in f
-            and os.path.basename(f) == f and (not os.altsep or os.altsep not in f)}
+        files = None
+    own = {}
+    for name, rec in (files.items() if isinstance(files, dict) else ()):
+        # plain names only: a list edited to name ../something or a sub-folder removes nothing
+        if name in ("", ".", "..") or "\0" in name or os.path.basename(name) != name or \
+                (os.altsep and os.altsep in name) or not isinstance(rec, dict):
+            continue
+        st = (rec.get("size"), rec.get("mtime_ns"))
+        if _stat(folder / name) == st:
+            own[name] = st
+    try:
+        others = sorted(n for n in os.listdir(folder) if n not in own and n not in (MANIFEST, MANIFEST + ".tmp"))
+    except OSError as e:
+        raise UserError(f"cannot read the output folder {folder}: {e.strerror or e}") from None
+    if others:
+        raise UserError(f"the output folder {folder} holds files the demo did not write "
+                        f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}): choose a new or "
+                        "empty folder (the demo replaces only its own earlier outputs)")
+    return own
 
 
-def _remove_stale(folder: Path, names) -> None:
-    for name in sorted(names):
+def _stat(p: Path):
+    """(size, mtime_ns) of the plain file ``p`` (not a link); None when it is none."""
+    try:
+        st = p.lstat()
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else None
+
+
+def _write_manifest(folder: Path, listing: dict) -> None:
+    """Record the demo's files in ``folder`` (``listing``: :func:`_listing`'s entries)."""
+    files = {n: {"size": st[2], "mtime_ns": st[1]} for n, st in sorted(listing.items())}
+    path = folder / MANIFEST
+    tmp = path.with_name(MANIFEST + ".tmp")
+    try:
+        tmp.write_text(json.dumps({"written_by": "imaging-assist demo", "files": files}, indent=1),
+                       encoding="utf-8")
+        tmp.replace(path)
+    except OSError:
+        pass  # without it the next run refuses the folder rather than removing anything
+
+
+def _remove_stale(folder: Path, files: dict) -> None:
+    """Remove ``files`` ({name: (size, mtime_ns)}) that are still as the demo wrote them."""
+    for name in sorted(files):
         p = folder / name
         try:
-            if p.is_file() and not p.is_symlink():
+            if _stat(p) == files[name]:
                 p.unlink()
         except OSError:
             pass  # left as it is: only a leftover

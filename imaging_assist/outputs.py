@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
@@ -41,6 +43,53 @@ def refuse_inside(path, sources) -> None:
                 raise UserError(f"--out {path} is inside the input {src}: outputs must not be written among the "
                                 "inputs (they would overwrite files there and be read as inputs by the next run); "
                                 "choose an output folder outside it")
+
+
+def refuse_input_target(path, sources, option: str, files=()) -> None:
+    """A one-line UserError when the output file ``path`` would replace an input: one of
+    ``sources`` (the file, zip or DICOMDIR being read), a file inside one that is a folder (a
+    DICOMDIR: inside its folder), or one of ``files`` (the series' own files), through symlinks
+    and hard links.  Nothing is created."""
+    where = Path(path).expanduser()
+    real = where.resolve()
+
+    def same(p: Path) -> bool:
+        try:
+            return real == p.resolve() or (where.exists() and p.exists() and os.path.samefile(where, p))
+        except OSError:
+            return False
+
+    for src in sources:
+        sp = Path(src).expanduser()
+        folder = sp.parent if sp.is_file() and sp.name.upper() == "DICOMDIR" else sp
+        if folder.is_dir() and folder.resolve() in real.parents:
+            raise UserError(f"{option} {path} is inside the input {src}: it would be written among the files "
+                            "being read; choose a file outside it")
+        if same(sp):
+            raise UserError(f"{option} {path} is the input {src}: it would be replaced; choose another file")
+    for f in files:
+        if same(Path(f)):
+            raise UserError(f"{option} {path} is {f}, one of the files being read: it would be replaced; "
+                            "choose a file outside the input")
+
+
+@contextmanager
+def written_beside(path):
+    """A temporary name in ``path``'s folder for writing the whole file: renamed over ``path``
+    (os.replace) when the block ends, removed when it fails, so an existing ``path`` is never
+    truncated or left half-written.  The name is made up, not created: the writer creates the
+    file with the usual permissions."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass  # never created, or already gone
+        raise
 
 
 def _stem(s: str) -> str:

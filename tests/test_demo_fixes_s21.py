@@ -6,7 +6,7 @@
 3. the headless console says each analysis' OOD flag and warnings, as ``analyze`` does;
 4. a damaged model folder list is one warning; the shipped models stay;
 5. a demo run into a folder removes the files an earlier demo run wrote there and this one did
-   not write again (and nothing else);
+   not write again (and nothing else: a folder holding other files is refused, audit s22);
 6. the prediction log's "one warning per process" is said once, not again by Python's warnings;
 7. README: the demo CT is cropped around the left lung.
 
@@ -263,28 +263,27 @@ def test_a_second_run_removes_what_the_first_wrote_and_nothing_else(small_demo, 
     from imaging_assist.models.registry import Registry
 
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "mine.txt").write_text("the user's")
     (tmp_path / "outside.txt").write_text("not the demo's")
     written = []
     monkeypatch.setattr(demo, "_analyse", _fake_analyse(written))
     rep1 = demo.run_headless(str(out), registry=_lung_seg_registry(), device="cpu")
     assert written and all((out / f).is_file() for f in written), rep1["series"][0]["notes"]
     files1 = json.loads((out / "report.json").read_text()).get("files")
-    (out / "later.txt").write_text("also the user's")
-    # an edited list naming files elsewhere removes nothing there
-    r = json.loads((out / "report.json").read_text())
-    r["files"] = (r.get("files") or []) + ["../outside.txt", str(tmp_path / "outside.txt"), "..", ""]
-    (out / "report.json").write_text(json.dumps(r))
     empty = tmp_path / "none"
     empty.mkdir()
     demo.run_headless(str(out), registry=Registry(sources=[(empty, "added")]), device="cpu")
     left = sorted(p.name for p in out.iterdir())
-    assert left == ["later.txt", "mine.txt", "report.json", "report.pdf", "series_01_cr.png"], left
+    assert left == [demo.MANIFEST, "report.json", "report.pdf", "series_01_cr.png"], left
     assert (tmp_path / "outside.txt").is_file()
-    assert set(written) < set(files1) and "mine.txt" not in files1 and "report.pdf" in files1
+    assert set(written) < set(files1) and "report.pdf" in files1
     assert json.loads((out / "report.json").read_text())["files"] == ["report.json", "report.pdf",
                                                                      "series_01_cr.png"]
+    # a file the demo did not write is never removed or overwritten: the folder is refused
+    # (audit s22: tests/test_cli_targets_s22.py)
+    (out / "mine.txt").write_text("the user's")
+    with pytest.raises(UserError, match=r"holds files the demo did not write \(mine.txt\)"):
+        demo.run_headless(str(out), registry=Registry(sources=[(empty, "added")]), device="cpu")
+    assert (out / "mine.txt").read_text() == "the user's"
 
 
 # --------------------------------------------------------------------------- 6. warnings said once

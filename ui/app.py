@@ -84,12 +84,28 @@ def _no_display() -> str | None:
     return display_problem()
 
 
-def _unwritable(path: str) -> str | None:
-    """Why the --screenshot target cannot be written, checked before the series loads."""
+def _unwritable(path: str, sources=()) -> str | None:
+    """Why the --screenshot target cannot be written, checked before the series loads: a name
+    that is no image type Qt writes (Qt opened, and so emptied, a .dcm before finding no writer),
+    a folder, or one of the files being opened (``sources``) or a file inside that folder."""
+    from PySide6.QtGui import QImageWriter
+
+    from imaging_assist.errors import UserError
+    from imaging_assist.outputs import refuse_input_target
+
     full = os.path.abspath(path)
     folder = os.path.dirname(full)
     if os.path.isdir(full):
         return f"cannot write the screenshot {path}: it is a folder"
+    kinds = sorted(bytes(f).decode() for f in QImageWriter.supportedImageFormats())
+    if os.path.splitext(full)[1][1:].lower() not in kinds:
+        common = [k for k in ("png", "jpg", "jpeg", "bmp", "tif", "webp") if k in kinds]
+        return (f"cannot write the screenshot {path}: the name must end in an image type "
+                f"({', '.join('.' + k for k in common)}, ...)")
+    try:
+        refuse_input_target(path, [s for s in sources if s], "--screenshot")
+    except UserError as e:
+        return str(e)
     if not os.path.isdir(folder):
         return f"cannot write the screenshot {path}: no such folder {folder}"
     if not os.access(folder, os.W_OK | os.X_OK) or (os.path.exists(full) and not os.access(full, os.W_OK)):
@@ -125,7 +141,7 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     if path and not os.path.exists(path):
         print(f"error: no such file or folder: {path}", file=sys.stderr)
         return 2
-    why = _unwritable(screenshot) if screenshot else None
+    why = _unwritable(screenshot, path if isinstance(path, (list, tuple)) else [path]) if screenshot else None
     if why:  # before the series loads, not after it
         print(f"error: {why}", file=sys.stderr)
         return 2

@@ -7,7 +7,7 @@ as the viewer's File menu writes them."""
 from __future__ import annotations
 
 from ..errors import UserError
-from .common import print_json
+from .common import int_at_least, print_json
 
 
 def register(sub) -> None:
@@ -19,7 +19,7 @@ def register(sub) -> None:
     s.add_argument("--export-sr", metavar="OUT.dcm", help="write them as a TID 1500 SR (as File ▸ Export "
                                                           "measurements (DICOM SR))")
     s.add_argument("--export-gsps", metavar="OUT.dcm", help="write them as a Grayscale Softcopy Presentation State")
-    s.add_argument("--stack", type=int, default=1, metavar="N",
+    s.add_argument("--stack", type=int_at_least(1), default=1, metavar="N",
                    help="stack N of a series that holds several (time points, echoes; `imaging-assist info` "
                         "lists them; default 1), as the viewer shows it")
     s.add_argument("--json", action="store_true")
@@ -50,11 +50,20 @@ def cmd_annotations(args) -> int:
     if not os.path.exists(args.path):
         raise UserError(f"{args.path}: no such file or folder")
     from ..dicom.loader import plan_series, stack_label
+    from ..outputs import refuse_input_target
 
+    for opt, out in (("--export-sr", args.export_sr), ("--export-gsps", args.export_gsps)):
+        if out and os.path.isdir(out):
+            raise UserError(f"{opt} {out} is a folder: name the file to write")
+        if out:  # the folder or zip being read (before scanning it); its series' files come next
+            refuse_input_target(out, [args.path], opt)
     index = scan(args.path)
     series = _series(index, args.series)
+    for opt, out in (("--export-sr", args.export_sr), ("--export-gsps", args.export_gsps)):
+        if out:  # a file of the series found elsewhere (a DICOMDIR's references, a file given alone)
+            refuse_input_target(out, [], opt, files={r.path for r in series.instances})
     plans = plan_series(series)
-    k = int(getattr(args, "stack", 1) or 1) - 1
+    k = int(getattr(args, "stack", 1)) - 1
     if not 0 <= k < len(plans):
         raise UserError(f"--stack {k + 1}: the series holds {len(plans)} stack(s)")
     vol = load_series(series, stack=k)
@@ -77,6 +86,8 @@ def cmd_annotations(args) -> int:
             written[kind] = str(write(vol, items, out, warnings=warnings))
         except DicomExportError as e:
             raise UserError(str(e)) from None
+        except OSError as e:  # the folder cannot be written, the disk is full: nothing is left behind
+            raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     rows = [{"id": m.id, "kind": m.kind, "image": m.index + 1 if m.axis == 0 else None, "plane_axis": m.axis,
              "index": m.index, "points": [list(p) for p in m.points], "text": m.text,
              "values": (m.result.get("display_text") or m.result.get("text") or []) if m.axis == 0 else []}

@@ -244,19 +244,17 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
 
 
 def write_presentation_state(volume, measurements, out_path, *, warnings: list | None = None) -> Path:
-    """Write the GSPS (atomically enough for one file: a temporary name, then renamed)."""
-    import os
-
+    """Write the GSPS (atomically enough for one file: a temporary name, renamed over ``out_path``
+    once complete, removed on any error)."""
+    from ..outputs import written_beside
     from ..privacy.audit import record_export
 
     with dc.building("presentation state"):
         ps = build_presentation_state(volume, measurements, warnings=warnings)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".partial")
-    with dc.building("presentation state"):
+    with written_beside(out_path) as tmp, dc.building("presentation state"):
         ps.save_as(tmp)
-    os.replace(tmp, out_path)
     record_export("GSPS", out_path, volume)  # the audit trail (never raises)
     return out_path
 

@@ -87,7 +87,9 @@ def build_measurement_sr(volume, measurements, *, warnings: list | None = None, 
 
 def write_measurement_sr(volume, measurements, out_path, *, warnings: list | None = None) -> Path:
     """Write the SR (raises :class:`~.dicom_common.DicomExportError` in one line when nothing
-    can be written, e.g. no measurement on a native slice)."""
+    can be written, e.g. no measurement on a native slice): under a temporary name, renamed over
+    ``out_path`` once complete (an existing file is never truncated; nothing is left on an error)."""
+    from ..outputs import written_beside
     from ..privacy.audit import record_export
     from . import dicom_common as dc
 
@@ -95,8 +97,8 @@ def write_measurement_sr(volume, measurements, out_path, *, warnings: list | Non
         sr = build_measurement_sr(volume, measurements, warnings=warnings)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with dc.building("SR"):
-        sr.save_as(out_path)
+    with written_beside(out_path) as tmp, dc.building("SR"):
+        sr.save_as(tmp)
     record_export("SR", out_path, volume)  # the audit trail (never raises)
     return out_path
 
