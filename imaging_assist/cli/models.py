@@ -184,6 +184,8 @@ def cmd_models_add(args) -> int:
 def cmd_models_show(args) -> int:
     e = _registry().get(args.id)
     c = e.card
+    # the code first: a config that cannot be read is the one error line, not half a summary
+    items = _code_items(e) if getattr(e, "contains_code", False) else []
     print(f"{c.id} {c.version}: {c.name}")
     print(f"  task        {c.task}, {c.spatial_dims}D, labels {', '.join(c.labels)}")
     print(f"  for         {'/'.join(c.modality)}{' ' + c.body_part if c.body_part else ''}")
@@ -194,7 +196,7 @@ def cmd_models_show(args) -> int:
         print(f"  weights     {w.file}  sha256 {getattr(w, 'sha256', None) or '-'}")
     print("  NOT FOR CLINICAL USE")
     if getattr(e, "contains_code", False):
-        print("\n".join(_code_lines(_code_items(e), e.id, everything=args.all)))
+        print("\n".join(_code_lines(items, e.id, everything=args.all)))
         if getattr(e, "trusted", False):
             print("  trusted: its code may run")
         else:

@@ -16,8 +16,10 @@ imaging-assist evaluates only ``network_def``, ``preprocessing``, ``postprocessi
 ``inferer`` of the inference config and what they reference (``bundle_root`` and ``device``
 are its own).  An item there is marked ``runs``; a bundle with such items needs the user's
 trust (:mod:`.trust`).  A bundle without them is handed to ConfigParser as a *pruned* config
-(:func:`run_plan`): only those parts, file transforms disabled, every ``_target_`` pinned to
-the class that was checked -- so nothing else of the bundle can run.
+(:func:`run_plan`): only those parts, file transforms and disabled nodes left out whole, every
+other ``_target_`` pinned to the class that was checked -- so nothing else of the bundle can run.
+Every ``_target_`` is checked, disabled or not (MONAI evaluates ``node::_target_`` before it
+looks at ``_disabled_``).
 """
 
 from __future__ import annotations
@@ -220,8 +222,24 @@ def _target_name(d: dict) -> str:
     return t.rsplit(".", 1)[-1] if isinstance(t, str) else ""
 
 
+def _io_target(t) -> bool:
+    """A file transform named plainly (``LoadImaged``, ``monai.transforms.LoadImaged``): only
+    such a name makes a node a file transform that is left out.  ``"$os.system(...) and
+    monai.transforms.LoadImaged"`` also ends in ``.LoadImaged``, but it is an expression."""
+    if not (isinstance(t, str) and re.fullmatch(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*){0,20}", t)):
+        return False
+    mod, _, name = t.rpartition(".")
+    return name in IO_TRANSFORMS and (mod in ("", "monai.transforms") or mod.startswith("monai.transforms."))
+
+
 def _is_io(d) -> bool:
-    return isinstance(d, dict) and _target_name(d) in IO_TRANSFORMS
+    return isinstance(d, dict) and _io_target(d.get("_target_"))
+
+
+def _disabled(d: dict) -> bool:
+    """``_disabled_`` as MONAI reads it (ConfigComponent.is_disabled)."""
+    v = d.get("_disabled_", False)
+    return v.lower().strip() == "true" if isinstance(v, str) else bool(v)
 
 
 # --------------------------------------------------------------------------- walking
@@ -252,9 +270,11 @@ class _Walk:
         if isinstance(node, dict):
             if "_target_" in node:
                 t = node["_target_"]
-                disabled = node.get("_disabled_") is True
-                if not disabled and (not isinstance(t, str) or t.startswith(("$", "@", "%"))
-                                     or _monai_class(t) is None):
+                disabled = _disabled(node)
+                # checked in a disabled node too: MONAI's ReferenceResolver evaluates
+                # "node::_target_" (a "$" expression) before instantiate() looks at _disabled_
+                if (not isinstance(t, str) or t.startswith(("$", "@", "%"))
+                        or _monai_class(t) is None):
                     self.add(_join(key, "_target_"), t if isinstance(t, str) else repr(t)[:200],
                              "target", runs(key))
                 if "_requires_" in node:
@@ -582,13 +602,17 @@ def _check_sizes(node, key: str, file: str, runs, tree: dict | None = None) -> N
 
 
 def _prepare(node, dropped: list[str]):
-    """Disable file transforms and pin every target to the class that was checked."""
+    """Leave out file transforms and disabled nodes, pin every other target to the class that
+    was checked."""
     if isinstance(node, dict):
-        if _is_io(node):
-            dropped.append(_target_name(node))
-            return {"_target_": node["_target_"], "_disabled_": True}
+        if _is_io(node) or ("_target_" in node and _disabled(node)):
+            # replaced whole (None is what MONAI makes of a disabled node): nothing of it, not
+            # even its _target_, reaches ConfigParser, which evaluates sub-items first
+            if _is_io(node):
+                dropped.append(_target_name(node))
+            return None
         out = {k: _prepare(v, dropped) for k, v in node.items()}
-        if "_target_" in out and not out.get("_disabled_") is True:
+        if "_target_" in out:
             cls = _monai_class(out["_target_"])
             if cls is None:  # run_plan only prepares configs without code items
                 raise ModelCardError(f"internal check: target {out['_target_']!r} is not allowed")
@@ -600,14 +624,32 @@ def _prepare(node, dropped: list[str]):
 
 
 def _download_flags(node, key: str, out: list[str]) -> None:
-    """Ids of ``pretrained``/``pretrained_backbone`` set to true (switched off: the bundle's
-    own weights replace them and nothing is downloaded)."""
+    """Ids of ``pretrained``/``pretrained_backbone`` that are true (switched off: the bundle's
+    own weights replace them and nothing is downloaded): written as true, or left out where the
+    class defaults to True (EfficientNetBN, ResNetFeatures, MILModel...)."""
     if isinstance(node, dict):
+        if _is_io(node) or ("_target_" in node and _disabled(node)):
+            return  # never built (left out of the pruned config)
+        cls = _monai_class(node["_target_"]) if "_target_" in node else None
+        for flag in _DOWNLOAD_FLAGS if cls is not None else ():
+            if flag not in node and _default(cls, flag) is True:
+                out.append(_join(key, flag))
         for k, v in node.items():
-            if k in _DOWNLOAD_FLAGS and v is True:
+            if k in _DOWNLOAD_FLAGS and v not in (False, None):  # true, or "@ref" to a true
                 out.append(_join(key, k))
             else:
                 _download_flags(v, _join(key, str(k)), out)
     elif isinstance(node, list):
         for i, v in enumerate(node):
             _download_flags(v, _join(key, str(i)), out)
+
+
+def _default(cls, arg: str):
+    """The default of the constructor argument ``arg`` of ``cls`` (None when it has none)."""
+    import inspect
+
+    try:
+        p = inspect.signature(cls).parameters.get(arg)
+    except (TypeError, ValueError):
+        return None
+    return None if p is None or p.default is inspect.Parameter.empty else p.default

@@ -664,6 +664,9 @@ def read_json_limited(p: Path, what: str, limit: int = MAX_CARD_BYTES):
                              f"column {e.colno}: {e.msg})") from None
     except RecursionError:
         raise ModelCardError(f"invalid {what} {p}: nested too deeply") from None
+    except ValueError as e:  # an integer of more than 4300 digits (int_max_str_digits)...
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ModelCardError(f"invalid {what} {p}: {first}") from None
 
 
 def load_card(folder: str | Path) -> ModelCard:

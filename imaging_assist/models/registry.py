@@ -174,14 +174,33 @@ class Registry:
         if not entries:
             raise UserError(f"no model found in {p}: a model folder holds {CARD_FILE} (or is a MONAI "
                             "bundle with configs/metadata.json), directly or one level down")
+        for e in entries:
+            if e.card is not None and e.card.is_bundle and not e.error:
+                # `models add` lists a bundle's code: a config that cannot be read is this
+                # folder's error before anything is recorded (not after "added")
+                from .bundle_code import bundle_code
+
+                try:
+                    bundle_code(e.folder)
+                except UserError as err:
+                    e.card, e.error = None, str(err)
         bad = [e for e in entries if e.error]
         if is_model_folder(p) and bad:
             raise ModelCardError(bad[0].error)
         folders = [f for f in self.added_folders() if f != p] + [p]
+        # what was added, by hash: `models verify` (and a load) tell when the folder changes later
+        hashes = added_hashes()
+        for e in entries:
+            if e.card is not None and not e.error:
+                try:
+                    hashes[str(e.folder)] = _folder_hashes(e.folder)
+                except UserError:  # a linked config...: nothing recorded, loading refuses it anyway
+                    hashes.pop(str(e.folder), None)
         cfg = config_dir()
         cfg.mkdir(parents=True, exist_ok=True)
         tmp = cfg / (FOLDERS_FILE + ".tmp")
-        tmp.write_text(json.dumps({"folders": [str(f) for f in folders]}, indent=2), encoding="utf-8")
+        tmp.write_text(json.dumps({"folders": [str(f) for f in folders], "hashes": hashes}, indent=2),
+                       encoding="utf-8")
         os.replace(tmp, cfg / FOLDERS_FILE)
         return entries
 
@@ -246,6 +265,12 @@ class Registry:
         if e.card is not None:
             e.verify = verify(e.card)
             e._trusted = None
+            changed = changed_since_add(e.folder)
+            if changed:
+                from .loaders import VerifyResult
+
+                e.verify.append(VerifyResult("model folder", False, "sha256", None, None,
+                                             changed_message(e.id, e.folder, changed)))
         return e
 
     def load(self, id_or_path: str, device="cpu"):
@@ -257,10 +282,57 @@ class Registry:
 def _entry(folder: Path, source: str) -> ModelEntry:
     try:
         card = read_card(folder)
+        code = (bundle_contains_code(folder) if card.is_bundle else False) or is_program(card)
     except UserError as e:
         return ModelEntry(folder, source, error=str(e))
-    code = (bundle_contains_code(folder) if card.is_bundle else False) or is_program(card)
+    except Exception as e:  # noqa: BLE001 - one broken folder is its own problem, not the registry's
+        _log.debug("model folder %s could not be read", folder, exc_info=True)
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return ModelEntry(folder, source, error=f"cannot read model folder {folder}: "
+                                                f"{type(e).__name__}: {first}")
     return ModelEntry(folder, source, card=card, contains_code=code)
+
+
+def _folder_hashes(folder: Path) -> dict:
+    from .trust import config_hash, weights_hashes
+
+    return {"configs": config_hash(folder), "weights": weights_hashes(folder)}
+
+
+def added_hashes() -> dict:
+    """{model folder: {"configs": sha256, "weights": {file: sha256}}} recorded by `models add`
+    ({} when none or the list cannot be read: the registry warns about that itself)."""
+    try:
+        d = json.loads((config_dir() / FOLDERS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    h = d.get("hashes") if isinstance(d, dict) else None
+    return {k: v for k, v in h.items() if isinstance(v, dict)} if isinstance(h, dict) else {}
+
+
+def changed_since_add(folder: Path, weights: dict[str, str] | None = None) -> list[str]:
+    """What differs from the hashes `models add` recorded for the folder: "configs" (configs/,
+    scripts/, model.json, large_files.*) and weights files; [] when unchanged or not recorded.
+    ``weights``: {file: sha256} already computed (only those files are compared then)."""
+    from .trust import config_hash, weights_hashes
+
+    rec = added_hashes().get(str(folder))
+    if rec is None:
+        return []
+    try:
+        configs = config_hash(folder)
+        new_w = weights_hashes(folder) if weights is None else weights
+    except UserError:
+        return ["the folder (it cannot be hashed any more)"]
+    out = ["configs"] if configs != rec.get("configs") else []
+    old_w = rec.get("weights") if isinstance(rec.get("weights"), dict) else {}
+    files = sorted(set(old_w) | set(new_w)) if weights is None else sorted(new_w)
+    return out + [f for f in files if old_w.get(f) != new_w.get(f)]
+
+
+def changed_message(mid: str, folder: Path, changed: list[str]) -> str:
+    return (f"model {mid}: {', '.join(changed)} changed since `imaging-assist models add` recorded "
+            f"{folder}; check the change, then `imaging-assist models add {folder}` again to accept it")
 
 
 def is_program(card) -> bool:

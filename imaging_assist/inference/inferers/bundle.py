@@ -48,6 +48,55 @@ def _bundle_input(card, vol: Volume, unit: int | None, warns: list[str], m1=None
                             "filename_or_obj": src})
 
 
+def _flat(t) -> list:
+    """The transforms of a Compose (OneOf, SomeOf...), nested ones included."""
+    ts = getattr(t, "transforms", None)
+    if isinstance(ts, (list, tuple)):
+        return [x for c in ts for x in _flat(c)]
+    return [t]
+
+
+def _per_dim(v, n: int) -> list[float]:
+    a = [float(x) for x in np.atleast_1d(np.asarray(v, dtype=float))] or [0.0]
+    return (a + [a[-1]] * n)[:n]
+
+
+def _check_grid(card, pre, x) -> None:
+    """Refuse, before the bundle's preprocessing runs, an input that its Spacing(d)/Zoom(d)/
+    Resize(d) would make larger than the bundle limit of voxels (``pixdim`` 0.002 on a 64x64
+    PNG: 32,000^2 pixels, gigabytes). Estimated from their arguments and the input's shape and
+    spacing (affine), in order; nothing is resampled. A card's ``input.spacing`` is refused the
+    same way (preprocess._model_in_shape)."""
+    from ...models.bundle_code import _MAX_VOXELS
+
+    sd = card.spatial_dims
+    shape0 = [float(n) for n in x.shape[:sd]]
+    aff = np.asarray(x.affine, dtype=float)
+    sp = [float(np.linalg.norm(aff[:sd, i])) or 1.0 for i in range(sd)]
+    shape = list(shape0)
+    for t in _flat(pre):
+        t = (getattr(t, "spacing_transform", None) or getattr(t, "resizer", None)
+             or getattr(t, "zoomer", None) or getattr(t, "rand_zoom", None) or t)
+        name = type(t).__name__
+        new = list(shape)
+        if name == "Spacing":
+            new = [n * s / p if p > 0 else n for n, s, p in zip(shape, sp, _per_dim(t.pixdim, sd))]
+        elif name == "Resize":
+            if t.size_mode == "longest":
+                new = [n * float(t.spatial_size) / max(shape) for n in shape]
+            else:
+                new = [z if z > 0 else n for n, z in zip(shape, _per_dim(t.spatial_size, sd))]
+        elif name in ("Zoom", "RandZoom") and not t.keep_size:
+            new = [n * z for n, z in zip(shape, _per_dim(t.zoom if name == "Zoom" else t.max_zoom, sd))]
+        sp = [s * n / m if m > 0 else s for s, n, m in zip(sp, shape, new)]
+        shape = [max(1.0, m) for m in new]
+        if math.prod(shape) > _MAX_VOXELS:
+            raise InputError(
+                f"bundle {card.id}: its preprocessing ({name}) would make this "
+                f"{'x'.join(str(round(n)) for n in shape0)} image {'x'.join(str(round(n)) for n in shape)} "
+                f"voxels (more than {_MAX_VOXELS:,}): refused before resampling")
+
+
 class _Watched(torch.nn.Module):
     """Wraps a bundle network so that every call checks for cancel and reports progress."""
 
@@ -107,7 +156,9 @@ def _run_bundle(model, vol, opts, device, fp, prog, warns):
     for n, u in enumerate(units):
         uprog = prog.stage(n / len(units), (n + 1) / len(units))
         t = time.perf_counter()
-        d = rt.preprocessing({key: _bundle_input(card, vol, u, warns, m1)})
+        inp = _bundle_input(card, vol, u, warns, m1)
+        _check_grid(card, rt.preprocessing, inp)
+        d = rt.preprocessing({key: inp})
         x = d[key]
         orig_spatial = tuple(x.meta.get("spatial_shape", ())) if hasattr(x, "meta") else ()
         xin = x.as_tensor()[None]
@@ -178,6 +229,11 @@ def _run_bundle(model, vol, opts, device, fp, prog, warns):
     res_cls = SegmentationResult if seg else ClassificationResult
     res = res_cls(card.id, card.version, card.task, list(card.labels), timings=timings)
     res.warnings.extend(model.notes)
+    from ...models.registry import changed_message, changed_since_add
+
+    changed = changed_since_add(card.folder, model.hashes) if card.folder is not None else []
+    if changed:  # the folder is not what `models add` recorded (models verify says FAILED)
+        res.warnings.append(changed_message(card.id, card.folder, changed))
     if seg:
         res.label_map = label_map.astype(np.uint8) if len(card.labels) <= 256 else label_map
         _measure(res, vol, res.label_map, card.labels, warns)
