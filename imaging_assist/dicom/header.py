@@ -911,6 +911,8 @@ def read_dataset(rec: InstanceRecord, stop_before_pixels: bool = False):
             ds.file_meta = pydicom.dataset.FileMetaDataset()
         if rec.transfer_syntax:
             ds.file_meta.TransferSyntaxUID = rec.transfer_syntax
+            # not in the file: the tag browser says so (a plain attribute, not an element)
+            ds.inferred_transfer_syntax = True
     return ds
 
 

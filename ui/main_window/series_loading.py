@@ -58,6 +58,7 @@ class SeriesLoading(QObject):
         self._cache.clear()
         self._per_series.clear()
         self._shown_key = None
+        self.w.tags.clear_cache()
         self.w._hide_banner()
         self.load_state = "scanning"
         self.w.pages.setCurrentIndex(1)

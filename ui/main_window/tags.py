@@ -32,6 +32,10 @@ class TagsFollower(QObject):
         if self.dock.isVisible() and not self.dock.visibleRegion().isEmpty():
             self._timer.start()
 
+    def clear_cache(self):
+        """A folder is opened: headers are read again (its files may have been rewritten)."""
+        self.tag_browser.clear_cache()
+
     def update_now(self):
         vol = self.doc.volume
         if vol is None or not vol.headers:
@@ -40,5 +44,7 @@ class TagsFollower(QObject):
         k = min(self.doc.position[0], len(vol.headers) - 1)
         rec = vol.headers[k]
         frames = getattr(vol, "frames", None)
-        fr = f", frame {frames[k] + 1}" if frames and rec.frames > 1 else ""
-        self.tag_browser.show_record(rec, f"Image {k + 1} of {vol.n_slices}{fr} — {os.path.basename(rec.display_path)}")
+        frame = frames[k] if frames and rec.frames > 1 else None
+        fr = f", frame {frame + 1}" if frame is not None else ""
+        caption = f"Image {k + 1} of {vol.n_slices}{fr} — {os.path.basename(rec.display_path)}"
+        self.tag_browser.show_record(rec, caption, frame)

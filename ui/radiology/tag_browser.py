@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (QHeaderView, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
 from ..shared.theme import MUTED
 
-MAX_VALUE_CHARS = 160
-MAX_ITEMS_PER_SEQ = 50
+MAX_VALUE_CHARS = 160  # in the Value column; the tooltip and the search see up to MAX_FULL_CHARS
+MAX_FULL_CHARS = 64 * 1024
+MAX_ITEMS_PER_SEQ = 50  # the per-frame item of the frame on screen is shown besides these
+MAX_DEPTH = 6  # sequences nested deeper are built when their row is expanded
+PER_FRAME_GROUPS = 0x52009230  # PerFrameFunctionalGroupsSequence
+FULL_VALUE = Qt.UserRole  # (column 2) the value past MAX_VALUE_CHARS, for the search
+DEFERRED = Qt.UserRole + 1  # (column 0) a sequence whose items are built on expanding
 
 
-def _value_text(elem) -> str:
+def _value_text(elem, limit: int = MAX_VALUE_CHARS) -> str:
     vr = elem.VR
     if vr in ("OB", "OW", "OF", "OD", "OL", "OV", "UN") or elem.tag == 0x7FE00010:
         try:
@@ -28,7 +33,12 @@ def _value_text(elem) -> str:
     if isinstance(elem.value, (list, tuple)) or type(elem.value).__name__ == "MultiValue":
         v = "\\".join(str(x) for x in elem.value)
     v = v.replace("\r", " ").replace("\n", " ")
-    return v if len(v) <= MAX_VALUE_CHARS else v[:MAX_VALUE_CHARS] + "…"
+    return v if len(v) <= limit else v[:limit] + "…"
+
+
+def _tooltip(v: str, width: int = 100) -> str:
+    """A long value in lines (a tooltip does not wrap plain text)."""
+    return "\n".join(v[i:i + width] for i in range(0, len(v), width))
 
 
 class TagBrowser(QWidget):
@@ -55,6 +65,7 @@ class TagBrowser(QWidget):
         hdr.setSectionResizeMode(2, QHeaderView.Stretch)
         hdr.setSectionResizeMode(3, QHeaderView.ResizeToContents)
         self.tree.setColumnWidth(1, 170)
+        self.tree.itemExpanded.connect(self._expanded)
         mono = QFont("DejaVu Sans Mono")
         mono.setPointSizeF(9.5)
         self._mono = mono
@@ -69,69 +80,149 @@ class TagBrowser(QWidget):
         self._filter_timer.timeout.connect(self.apply_filter)
         self._key = None
         self._cache: dict = {}
+        self._per_frame = None  # (row, sequence) of the PerFrameFunctionalGroupsSequence shown
+        self._frame_row = None  # (row, added) of the frame on screen, added past the first items
 
     # ------------------------------------------------------------------ content
-    def show_record(self, rec, caption: str = "") -> None:
+    def clear_cache(self) -> None:
+        """Forget the headers read (a folder is opened: its files may have been rewritten)."""
+        self._cache.clear()
+        self._key = None
+
+    def show_record(self, rec, caption: str = "", frame: int | None = None) -> None:
+        """``frame``: the file's frame on screen (0-based) in a multi-frame file; its per-frame
+        functional groups item is labelled and expanded."""
         if rec is None:
             self._key = None
             self.tree.clear()
+            self._per_frame = self._frame_row = None
             self.title.setText("No image")
             return
-        key = rec.display_path
-        if key == self._key:
-            self.title.setText(caption or key)
-            return
-        self._key = key
+        path = rec.display_path
+        # a file rewritten since it was read (and its folder scanned again) has another identity
+        key = (rec.path, rec.member, rec.file_identity, rec.member_crc, rec.file_size)
         ds = self._cache.get(key)
         if ds is None:
             try:
                 from imaging_assist.dicom import read_dataset
                 ds = read_dataset(rec, stop_before_pixels=True)
             except Exception as e:  # noqa: BLE001
+                self._key = None
                 self.tree.clear()
-                self.title.setText(f"{key}: cannot read header ({e})")
+                self._per_frame = self._frame_row = None
+                self.title.setText(f"{path}: cannot read header ({e})")
                 return
             if len(self._cache) > 16:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = ds
-        self.title.setText(caption or key)
-        self.title.setToolTip(key)
-        self.set_dataset(ds)
+        self.title.setText(caption or path)
+        self.title.setToolTip(path)
+        if key != self._key:
+            self._key = key
+            self.set_dataset(ds, frame)
+        else:  # another frame of the same file: only its per-frame item changes
+            self.show_frame(frame)
 
-    def set_dataset(self, ds) -> None:
+    def set_dataset(self, ds, frame: int | None = None) -> None:
         self.tree.setUpdatesEnabled(False)
         self.tree.clear()
+        self._per_frame = self._frame_row = None
         meta = getattr(ds, "file_meta", None)
         if meta is not None and len(meta):
-            self._add_elements(None, meta)
+            # read_dataset adds a TransferSyntaxUID to a file without one (from the scan)
+            inferred = {0x00020010} if getattr(ds, "inferred_transfer_syntax", False) else set()
+            self._add_elements(None, meta, inferred=inferred)
         self._add_elements(None, ds)
+        self.show_frame(frame, refilter=False)
         self.tree.setUpdatesEnabled(True)
         self.apply_filter()
 
-    def _add_elements(self, parent, ds, depth=0):
+    def show_frame(self, frame: int | None, refilter: bool = True) -> None:
+        """Label and expand the per-frame functional groups item of ``frame`` (0-based); one
+        past the first MAX_ITEMS_PER_SEQ items is added after them."""
+        if self._frame_row is not None:
+            row, added = self._frame_row
+            self._frame_row = None
+            if added:
+                row.parent().removeChild(row)
+            else:
+                row.setText(1, row.text(1).replace(" (frame on screen)", ""))
+                row.setFont(1, self.tree.font())
+                row.setExpanded(False)
+        if self._per_frame is None or frame is None or not 0 <= frame < len(self._per_frame[1]):
+            return
+        pf, seq = self._per_frame
+        added = frame >= MAX_ITEMS_PER_SEQ
+        if added:
+            row = QTreeWidgetItem(["", "", "", ""])
+            pf.addChild(row)
+            self._add_elements(row, seq[frame], 1)
+        else:
+            row = pf.child(frame)
+        row.setText(1, f"Item {frame + 1} (frame on screen)")
+        bold = QFont(self.tree.font())
+        bold.setBold(True)
+        row.setFont(1, bold)
+        pf.setExpanded(True)
+        row.setExpanded(True)
+        self._frame_row = (row, added)
+        if refilter and self.search.text().strip():
+            self.apply_filter()
+
+    def _add_elements(self, parent, ds, depth=0, inferred=frozenset()):
         for elem in ds:
             tag = f"{elem.tag.group:04X},{elem.tag.element:04X}"
             name = elem.keyword or elem.name
-            it = QTreeWidgetItem([tag, name, _value_text(elem), elem.VR])
+            full = _value_text(elem, MAX_FULL_CHARS)
+            if elem.tag in inferred:
+                full += " (inferred, not in the file)"
+            short = full if len(full) <= MAX_VALUE_CHARS else full[:MAX_VALUE_CHARS] + "…"
+            it = QTreeWidgetItem([tag, name, short, elem.VR])
             it.setFont(0, self._mono)
-            it.setToolTip(2, _value_text(elem))
+            it.setToolTip(2, _tooltip(full))
+            if short != full:
+                it.setData(2, FULL_VALUE, full)
             it.setToolTip(1, f"{elem.name} ({elem.VR})")
-            if elem.tag.is_private:
+            if elem.tag.is_private or elem.tag in inferred:
                 for c in range(4):
                     it.setForeground(c, QBrush(QColor(MUTED)))
             if parent is None:
                 self.tree.addTopLevelItem(it)
+                if elem.tag == PER_FRAME_GROUPS and elem.VR == "SQ":
+                    self._per_frame = (it, elem.value)
             else:
                 parent.addChild(it)
-            if elem.VR == "SQ" and depth < 6:
-                it.setText(2, f"{len(elem.value)} item(s)")
-                for n, item in enumerate(elem.value):
-                    if n >= MAX_ITEMS_PER_SEQ:
-                        it.addChild(QTreeWidgetItem(["", f"… {len(elem.value) - n} more items", "", ""]))
-                        break
-                    ii = QTreeWidgetItem(["", f"Item {n + 1}", "", ""])
-                    it.addChild(ii)
-                    self._add_elements(ii, item, depth + 1)
+            if elem.VR == "SQ":
+                self._add_items(it, elem.value, depth)
+
+    def _add_items(self, it, seq, depth):
+        it.setText(2, f"{len(seq)} item(s)")
+        if depth >= MAX_DEPTH and len(seq):
+            # deeper levels are built when the row is expanded: rows grow with every level
+            it.setData(0, DEFERRED, seq)
+            it.addChild(QTreeWidgetItem(["", "deeper levels not shown: expand to show", "", ""]))
+            return
+        for n, item in enumerate(seq):
+            if n >= MAX_ITEMS_PER_SEQ:
+                it.addChild(QTreeWidgetItem(["", f"… {len(seq) - n} more items", "", ""]))
+                break
+            ii = QTreeWidgetItem(["", f"Item {n + 1}", "", ""])
+            it.addChild(ii)
+            self._add_elements(ii, item, depth + 1)
+
+    def _build_deferred(self, it) -> bool:
+        """Build the items of a sequence cut at MAX_DEPTH; False when there is none."""
+        seq = it.data(0, DEFERRED)
+        if seq is None:
+            return False
+        it.setData(0, DEFERRED, None)
+        it.takeChildren()
+        self._add_items(it, seq, 0)
+        return True
+
+    def _expanded(self, it) -> None:
+        if self._build_deferred(it) and self.search.text().strip():
+            self._filter_later()  # later: apply_filter itself expands rows
 
     # ------------------------------------------------------------------ search
     def _filter_later(self):
@@ -146,6 +237,11 @@ class TagBrowser(QWidget):
         def visit(it) -> bool:
             nonlocal count
             text = " ".join(it.text(c) for c in range(4)).lower()
+            full = it.data(2, FULL_VALUE)
+            if full:
+                text += " " + full.lower()
+            if q:
+                self._build_deferred(it)  # the search looks below MAX_DEPTH too
             tag = it.text(0).replace(",", "").lower()
             me = not q or q in text or (qn and qn == tag) or (qn and len(qn) >= 4 and tag.startswith(qn))
             child_match = False
