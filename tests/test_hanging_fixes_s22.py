@@ -163,3 +163,15 @@ def test_a_series_of_another_patient_dropped_by_the_reader_stays_with_its_note(w
     assert g.cells[3].link_note.startswith("another patient (ID PA)"), g.cells[3].link_note
     _show(win, "PB_mr 2")  # another series of the same patient (and study) in the first viewport
     assert _shown(win)[2] == "PA_mr 4" and g.cells[3].link_note.startswith("another patient (ID PA)")
+
+
+@pytest.mark.parametrize("desc", ["PB_cr 1", "PB_ct 1", "PB_us 1"])
+def test_the_status_bar_never_names_the_previous_studys_protocol(win, desc):
+    """A study hung plainly 1×1 says nothing, and must not leave the previous study's
+    "Hanging protocol: MR ..." in the status bar (the US screenshot showed "CT: axial + MPR")."""
+    _show(win, "PB_mr 1")
+    assert win.statusBar().currentMessage().startswith("Hanging protocol: MR")
+    _show(win, desc)
+    msg = win.statusBar().currentMessage()
+    applied = win.hanging.applied
+    assert msg == "" or (applied is not None and msg.startswith(f"Hanging protocol: {applied.protocol.name}")), msg

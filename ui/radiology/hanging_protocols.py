@@ -155,7 +155,10 @@ class HangingProtocols(QObject):
         if self.store.warning:
             msg = self.store.warning
         elif p is hanging.FALLBACK and not notes:
-            return h  # plain 1×1: nothing to say
+            # plain 1×1: nothing to say, and the previous study's protocol is no longer what shows
+            if w.statusBar().currentMessage().startswith("Hanging protocol:"):
+                w.statusBar().clearMessage()
+            return h
         w.statusBar().showMessage(msg, 10000)
         return h
 
