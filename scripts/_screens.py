@@ -52,3 +52,10 @@ def fresh_window(prefix: str = "ia-shot-"):
     win.resize(1920, 1080)
     win.show()
     return app, win, home
+
+
+def open_and_wait(app, w, folder) -> None:
+    """Open ``folder`` in main window ``w`` and wait until its series is loaded and drawn."""
+    w.open_path(str(folder))
+    assert wait(app, lambda: w.load_state == "done" and w.doc.volume is not None and w.doc.volume.loaded.all(), 60)
+    wait(app, lambda: False, 1.5)

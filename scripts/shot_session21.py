@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _screens import fresh_window, small_png, wait  # noqa: E402
+from _screens import fresh_window, open_and_wait as _open, small_png, wait  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
 CR = SHARED / "dicom" / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm"
@@ -48,12 +48,6 @@ def film(path: Path, pid, name, date, study=None, flip=False, charset=None):
         ds.PixelData = np.ascontiguousarray(ds.pixel_array[::-1]).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, implicit_vr=True, little_endian=True)
-
-
-def _open(app, w, folder: Path):
-    w.open_path(str(folder))
-    assert wait(app, lambda: w.load_state == "done" and w.doc.volume is not None and w.doc.volume.loaded.all(), 60)
-    wait(app, lambda: False, 1.5)
 
 
 def main() -> int:

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _screens import fresh_window, small_png, wait  # noqa: E402
+from _screens import fresh_window, open_and_wait as _open, small_png, wait  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
 PHANTOM = SHARED / "dicom" / "ct_head_phantom_philips" / "series202_STD_BRAIN_1MM_iDose"
@@ -69,12 +69,6 @@ def us_with_doppler(path: Path) -> tuple[int, int]:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path)
     return rows, cols
-
-
-def _open(app, w, folder: Path):
-    w.open_path(str(folder))
-    assert wait(app, lambda: w.load_state == "done" and w.doc.volume is not None and w.doc.volume.loaded.all(), 60)
-    wait(app, lambda: False, 1.5)
 
 
 def main() -> int:
