@@ -1130,18 +1130,26 @@ class ModelPanel(QWidget):
                 for ln in self.warnings.text().replace("<br>", "\n").splitlines()]
 
     # ================================================================== misc
+    def stop_run(self, why: str) -> bool:
+        """Cancel a running job and ignore its outcome (it belongs to a series no longer shown,
+        or to a window that closed); True when one was running."""
+        if not self.running:
+            return False
+        job = self.job
+        self._run_token += 1  # its late "finished" is ignored
+        if job is not None:
+            job.cancel()
+        self.job = None
+        self.state = "cancelled"
+        self.progress.setValue(0)
+        self._clear_outcome()
+        self.status.setText(f"Cancelled: {why}.")
+        self.runFinished.emit("cancelled")
+        return True
+
     def _on_volume(self):
-        if self.running:
-            job = self.job
-            self._run_token += 1  # its outcome belongs to the old series: ignore it
-            if job is not None:
-                job.cancel()
-            self.job = None
-            self.state = "cancelled"
-            self.progress.setValue(0)
-            self._clear_outcome()
-            self.status.setText("Cancelled: the series changed.")
-            self.runFinished.emit("cancelled")
+        if self.stop_run("the series changed"):
+            pass
         elif self.state in ("done", "error", "cancelled"):
             self._clear_outcome()
             self.status.setText("")

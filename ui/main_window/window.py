@@ -409,6 +409,9 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, ev):
         self.cancel_loading(quiet=True)
+        panel = getattr(self, "model_panel", None)
+        if panel is not None:  # a model run ends with its window: its result has no window left
+            panel.stop_run("the window closed")
         if self.slide_page is not None:  # a slide model run / tissue detection stops with the window
             self.slide_page.close_slide()
         self.thumbs.stop()
