@@ -55,9 +55,10 @@ def test_errors_are_one_line(tmp_path):
 
 def test_demo_headless(tmp_path):
     (tmp_path / "no_models").mkdir()  # the models' part: tests/test_demo.py
-    r = run("demo", "--headless", "--models", str(tmp_path / "no_models"), "--out", str(tmp_path))
+    out = tmp_path / "out"  # a folder of its own: the demo refuses one holding files it did not write
+    r = run("demo", "--headless", "--models", str(tmp_path / "no_models"), "--out", str(out))
     assert r.returncode == 0, r.stderr
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     assert report["not_for_clinical_use"] is True
     cts = [s for s in report["series"] if s["modality"] == "CT"]  # the LIDC nodule CT and the head phantom
     assert sorted(s["shape"] for s in cts) == [[16, 256, 256], [28, 256, 256]]

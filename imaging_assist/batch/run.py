@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -114,8 +115,9 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
             echo(f"error: {err}" if err.startswith(src) else f"error: {src}: {err}")
 
     for path, reason in problems:  # files the scanner could not read: no model can take them
-        put({"content_hash": _file_hash(path), "model": "", "model_version": "", "status": "failed",
-             "error": reason, "kind": "file", "source": path})
+        content_hash, not_a_file = _file_hash(path)
+        put({"content_hash": content_hash, "model": "", "model_version": "", "status": "failed",
+             "error": not_a_file or reason, "kind": "file", "source": path})
     for c, reason in unreadable:
         for m in c.models:
             put({"content_hash": "unreadable:" + hashlib.sha256(c.key.encode()).hexdigest(), "model": m,
@@ -286,12 +288,26 @@ def rerun_reason(row: dict | None, asked: dict) -> str | None:
     return f"made without {', '.join(missing)}" if missing else None
 
 
-def _file_hash(path: str) -> str:
+def _file_hash(path: str) -> tuple[str, str | None]:
+    """(content hash, why it is no file) of a path the scanner could not read.  Only a regular file
+    is read (opened without blocking): a named pipe would wait for a writer and a device (/dev/zero)
+    never ends, so anything else is hashed by its path and kind, and named: "not a regular file
+    (named pipe)" (the walk took it for a folder it could not read)."""
+    from ..dicom.header import HeaderError, file_kind, open_regular
+
     h = hashlib.sha256(b"file")
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             while chunk := f.read(1 << 20):
                 h.update(chunk)
-    except OSError:
+        return h.hexdigest(), None
+    except (HeaderError, OSError):
         h.update(os.path.abspath(path).encode())
-    return h.hexdigest()
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return h.hexdigest(), None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):  # unreadable: the scanner's reason says why
+        return h.hexdigest(), None
+    h.update(b"\0" + file_kind(mode).encode())
+    return h.hexdigest(), f"not a regular file ({file_kind(mode)})"

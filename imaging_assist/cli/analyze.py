@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .common import finish_run, int_at_least, item_failure, out_folder, print_item_error
+from .common import (IG_STEPS_HELP, MAX_IG_STEPS, finish_run, int_at_least, item_failure, out_folder,
+                     print_item_error)
 
 
 def register(subparsers) -> None:
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     a.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     a.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     a.add_argument("--out", required=True, metavar="DIR")
-    a.add_argument("--ig-steps", type=int_at_least(1), default=32, help="integrated-gradients steps (32)")
+    a.add_argument("--ig-steps", type=int_at_least(1, MAX_IG_STEPS), default=32, help=IG_STEPS_HELP)
     a.add_argument("--no-faithfulness", action="store_true",
                    help="skip the deletion-AUC faithfulness score")
     a.add_argument("--json", action="store_true", help="print results.json to stdout")
@@ -200,6 +201,7 @@ def cmd_analyze(args) -> int:
         dicom_run = DicomRun(out_dir, echo=lambda m: print(m, file=sys.stderr))
     skipped: list[str] = []  # items that the loaded volume showed not to fit the card
     failed = 0
+    interrupted = False
     bar = tqdm(total=len(items), desc=f"{card.id}", unit="item", file=sys.stderr,
                disable=not sys.stderr.isatty() or not items, dynamic_ncols=True)
     used_stems: set[str] = set()
@@ -274,16 +276,18 @@ def cmd_analyze(args) -> int:
     except KeyboardInterrupt:
         notes.append("interrupted by the user: results are partial")
         print("interrupted: writing partial results", file=sys.stderr)
-        failed += 1
+        interrupted = True  # not a failed item: the summary counts the inputs never reached
     finally:
         bar.close()
+    interrupted = interrupted or any(d.get("cancelled") for d in results)  # a slide cancelled by Ctrl-C
     notes += skipped
     if not results and skipped:
         raise nothing_matches(skipped)
     summary = card.summary()
     summary["sha256"] = dict(model.hashes)
     summary["intended_use"] = card.intended_use
-    rc = finish_run(args, path, out_dir, results, summary, notes, captured, dicom_run, failed)
+    rc = finish_run(args, path, out_dir, results, summary, notes, captured, dicom_run, failed,
+                    inputs=len(items) + len(slides) if interrupted else None)
     return rc or (1 if unreadable else 0)  # folders not read (named in the notes): not everything was seen
 
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..errors import UserError
-from .common import int_at_least
+from .common import IG_STEPS_HELP, MAX_IG_STEPS, int_at_least
 
 
 def register(subparsers) -> None:
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
                    help="torch threads per model worker (default: CPUs minus one)")
     b.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     b.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    b.add_argument("--ig-steps", type=int_at_least(1), default=32)
+    b.add_argument("--ig-steps", type=int_at_least(1, MAX_IG_STEPS), default=32, help=IG_STEPS_HELP)
     b.add_argument("--no-faithfulness", action="store_true")
     b.add_argument("--research-override", action="store_true",
                    help="run on items the model card does not fit: decisions withheld, recorded")

@@ -55,8 +55,15 @@ class OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def int_at_least(low: int):
-    """argparse type: an integer >= low (``--ig-steps 0`` is refused here, not deep in Captum)."""
+#: ``--ig-steps`` at most: explain.methods.MAX_IG_STEPS (not imported: that module loads torch)
+MAX_IG_STEPS = 1024
+IG_STEPS_HELP = (f"integrated-gradients steps (32; 1 to {MAX_IG_STEPS}: the step weights alone take "
+                 "O(n³) time to compute, and each step is one more pass through the model)")
+
+
+def int_at_least(low: int, high: int | None = None):
+    """argparse type: an integer >= low, and <= high when given (``--ig-steps 0`` is refused
+    here, not deep in Captum)."""
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -64,17 +71,21 @@ def int_at_least(low: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if v < low:
             raise argparse.ArgumentTypeError(f"must be at least {low} (got {v})")
+        if high is not None and v > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high} (got {v})")
         return v
 
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"integer >= {low}" if high is None else f"integer from {low} to {high}"
     return parse
 
 
 def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, captured: dict,
-               dicom_run, failed: int) -> int:
+               dicom_run, failed: int, inputs: int | None = None) -> int:
     """The end of every ``analyze`` run (images, series, slides, CT nodules): ``results.json``,
     the notes, the PDF report (always, issue 13; results.json stays whatever happens to it) and
-    the DICOM objects when asked.  Exit code 1 when anything failed."""
+    the DICOM objects when asked.  ``inputs``: given when the run was interrupted, the number of
+    inputs it had (the items of ``results`` are those it reached).  Exit code 1 when anything
+    failed or the run was interrupted."""
     from ..errors import UserError
     from ..export.report_pdf import build_report, write_report_pdf
     from ..inference.results import write_results_json
@@ -86,7 +97,11 @@ def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, c
     if args.json:
         sys.stdout.write(p.read_text())
     else:
-        print(f"wrote {p} ({len(results) - failed} of {len(results)} item(s) analysed)")
+        # counted from the items (not len - failed): a Ctrl-C in the middle of the slides leaves
+        # their failed count untold, and a cancelled slide is partial
+        done = sum(1 for d in results if not d.get("error") and not d.get("cancelled"))
+        print(f"wrote {p} ({done} of {len(results)} item(s) analysed)" if inputs is None else
+              f"wrote {p} ({done} of {inputs} input(s) analysed: interrupted)")
     try:
         rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out_dir,
                                            captured=captured, load_missing=False), out_dir / "report.pdf")
@@ -97,4 +112,4 @@ def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, c
     if dicom_run is not None:
         dicom_run.finish(out_dir / "report.pdf")
         failed += dicom_run.failed
-    return 1 if failed else 0
+    return 1 if failed or inputs is not None else 0

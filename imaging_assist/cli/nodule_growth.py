@@ -37,10 +37,13 @@ def read_results(path: str) -> dict:
     p = Path(path)
     if p.is_dir():
         p = p / "results.json"
+    from ..nodules.run import read_regular
+
     try:
-        if p.stat().st_size > MAX_RESULTS_BYTES:
+        raw = read_regular(p, MAX_RESULTS_BYTES, str(p))  # a pipe or a device: refused, not waited on
+        if len(raw) > MAX_RESULTS_BYTES:
             raise UserError(f"{p}: larger than {MAX_RESULTS_BYTES >> 20} MB, not a results.json")
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:

@@ -21,12 +21,31 @@ model's reasons.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from .names import METHODS, ExplainError, canonical_method  # noqa: F401 - METHODS re-exported (torch-free: .names)
+
+
+#: Integrated-gradients steps at most: Captum's Gauss-Legendre nodes cost O(n³) time and n² memory
+#: before the first pass (10,000 steps ran for minutes, 10⁶ asked for terabytes), and each step is
+#: one more forward and backward pass; 32 is the default, a few hundred is already plenty.
+MAX_IG_STEPS = 1024
+
+
+def check_ig_steps(n) -> int:
+    """``n`` as an int when it is a whole number of steps from 1 to MAX_IG_STEPS, else ExplainError."""
+    try:
+        v = operator.index(n)  # an int or a NumPy integer; not 2.5 or "32"
+    except TypeError:
+        v = 0
+    if not 1 <= v <= MAX_IG_STEPS:
+        raise ExplainError(f"integrated-gradients steps must be a whole number from 1 to {MAX_IG_STEPS} "
+                           f"(got {n!r})")
+    return v
 
 
 @dataclass
@@ -42,6 +61,9 @@ class ExplainConfig:
     occlusion_batch: int = 16
     faithfulness: bool = True
     faithfulness_steps: int = 20
+
+    def __post_init__(self):
+        check_ig_steps(self.ig_steps)  # refused here, before a model is loaded
 
     def params(self) -> dict:
         m = canonical_method(self.method)
@@ -121,7 +143,8 @@ def attribute(forward: nn.Module, x: torch.Tensor, cfg: ExplainConfig, target: i
         if method == "integrated_gradients":
             ig = IntegratedGradients(forward)
             a = ig.attribute(x, baselines=make_baseline(x, cfg.baseline), target=target,
-                             n_steps=int(cfg.ig_steps), internal_batch_size=int(cfg.ig_internal_batch))
+                             n_steps=check_ig_steps(cfg.ig_steps),
+                             internal_batch_size=int(cfg.ig_internal_batch))
             return a.sum(1).detach().float().cpu()
         if method == "saliency":
             a = Saliency(forward).attribute(x.requires_grad_(), target=target, abs=True)

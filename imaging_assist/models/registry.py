@@ -197,11 +197,14 @@ class Registry:
                 except UserError:  # a linked config...: nothing recorded, loading refuses it anyway
                     hashes.pop(str(e.folder), None)
         cfg = config_dir()
-        cfg.mkdir(parents=True, exist_ok=True)
         tmp = cfg / (FOLDERS_FILE + ".tmp")
-        tmp.write_text(json.dumps({"folders": [str(f) for f in folders], "hashes": hashes}, indent=2),
-                       encoding="utf-8")
-        os.replace(tmp, cfg / FOLDERS_FILE)
+        try:
+            cfg.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"folders": [str(f) for f in folders], "hashes": hashes}, indent=2),
+                           encoding="utf-8")
+            os.replace(tmp, cfg / FOLDERS_FILE)
+        except OSError as e:  # a config folder that cannot be written (read-only home, a file in the way)
+            raise UserError(f"cannot write {cfg / FOLDERS_FILE}: {e.strerror or e}") from None
         return entries
 
     # ------------------------------------------------------------------ scanning

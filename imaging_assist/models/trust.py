@@ -23,6 +23,7 @@ import os
 import stat
 from pathlib import Path
 
+from ..errors import UserError
 from .errors import ModelLoadError, ModelTrustError
 from .paths import config_dir
 
@@ -162,9 +163,12 @@ def _read_store(strict: bool) -> dict:
 
 def _write_store(d: dict) -> None:
     p = trust_file()
-    p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:  # a config folder that cannot be written (read-only home, a file in the way): one line
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(d, f, indent=2)

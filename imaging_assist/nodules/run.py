@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,15 +67,36 @@ MAX_POINTS = 1000
 MAX_ID_CHARS = 64
 
 
+def read_regular(path: str | Path, limit: int, what: str) -> bytes:
+    """At most ``limit`` + 1 bytes of the regular file ``path`` (one more than the limit tells the
+    caller it is too long, whatever its stat says).  Anything else is refused at once with a
+    UserError "``what``: not a regular file": a named pipe would block until a writer comes, a
+    device (/dev/zero) never ends.  OSError when it cannot be opened or read."""
+    from ..dicom.header import file_kind
+
+    # non-blocking: opening a pipe nobody writes to returns at once (and is then refused)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{what}: not a regular file ({file_kind(st.st_mode)})")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return f.read(limit + 1)
+
+
 def read_points_csv(path: str | Path) -> list[tuple[str | None, list[float]]]:
     """A CSV with columns x, y, z (mm, LPS) and optionally id; a header row is required."""
     p = Path(path).expanduser()
     try:
-        size = p.stat().st_size
-        if size > MAX_POINTS_BYTES:
-            raise UserError(f"--points {p}: {size:,} bytes, more than a points file holds "
-                            f"({MAX_POINTS_BYTES:,} at most): is it the right file?")
-        text = p.read_text(encoding="utf-8-sig")
+        data = read_regular(p, MAX_POINTS_BYTES, f"--points {p}")
+        if len(data) > MAX_POINTS_BYTES:
+            raise UserError(f"--points {p}: more than {MAX_POINTS_BYTES:,} bytes, more than a points file "
+                            "holds: is it the right file?")
+        text = data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"--points {p}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
     try:
@@ -118,6 +141,27 @@ def tracking_uid(series_uid: str, nodule_id: str, center) -> str:
     return generate_uid(entropy_srcs=["imaging-assist-nodule", str(series_uid), str(nodule_id), c])
 
 
+def paint_labels(lm: np.ndarray, nodules) -> list[list[str]]:
+    """Paint ``nodules`` [(id, box, mask on the box)] into the label map ``lm`` as values 1, 2, ...
+    in order (where masks overlap, the later nodule's value wins); what each must say about it, in
+    order.  Shared with the viewer's exports (``imaging_assist_ui.radiology.nodule_results``)."""
+    said: list[list[str]] = [[] for _ in nodules]
+    for v, (nid, box, mask) in enumerate(nodules, 1):
+        sub = lm[box]
+        hit = sub[mask]
+        if (hit > 0).any():
+            f = int(np.bincount(hit[hit > 0]).argmax()) - 1
+            first = nodules[f][0]
+            said[v - 1].append(f"overlaps nodule {first} (the same nodule clicked twice?): "
+                               f"its voxels are labelled {nid} in the label map")
+            # said on the first nodule too: its label map and SEG segment lose those voxels
+            said[f].append(f"overlaps nodule {nid} (the same nodule clicked twice?): the shared "
+                           f"voxels are labelled {nid} in the label map and the SEG; this nodule's "
+                           "measurements are of its whole mask")
+        sub[mask] = v
+    return said
+
+
 # ------------------------------------------------------------------ one volume
 def analyze_points(volume, points, explain: bool = True) -> NoduleRun:
     """``points``: [(id or None, [x, y, z])].  Ids default to N1, N2, ..."""
@@ -136,16 +180,9 @@ def analyze_points(volume, points, explain: bool = True) -> NoduleRun:
     run = NoduleRun(results)
     if found:
         lm = np.zeros(volume.shape[:3], np.uint8)
-        for v, r in enumerate(found, 1):
-            if (lm[r.mask] > 0).any():
-                first = found[int(np.bincount(lm[r.mask][lm[r.mask] > 0]).argmax()) - 1]
-                r.warnings.append(f"overlaps nodule {first.id} (the same nodule clicked twice?): "
-                                  f"its voxels are labelled {r.id} in the label map")
-                # said on the first nodule too: its label map and SEG segment lose those voxels
-                first.warnings.append(f"overlaps nodule {r.id} (the same nodule clicked twice?): the shared "
-                                      f"voxels are labelled {r.id} in the label map and the SEG; this nodule's "
-                                      "measurements are of its whole mask")
-            lm[r.mask] = v
+        whole = (slice(None),) * 3
+        for r, said in zip(found, paint_labels(lm, [(r.id, whole, r.mask) for r in found])):
+            r.warnings += said
         run.label_map = lm
         for r in found:
             if r.heatmap is not None:
@@ -211,4 +248,5 @@ def summary_lines(d: dict) -> list[str]:
 
 
 __all__ = ["NoduleRun", "analyze_points", "item_dict", "is_nodule_model",
-           "parse_point", "read_points_csv", "volume_centre", "NIFTI_SUFFIXES", "tracking_uid"]
+           "parse_point", "read_points_csv", "volume_centre", "NIFTI_SUFFIXES", "tracking_uid",
+           "paint_labels"]

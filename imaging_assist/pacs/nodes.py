@@ -180,17 +180,20 @@ def load_settings() -> Settings:
 def save_settings(settings: Settings) -> Path:
     """Write atomically with mode 0600 (the file may hold passwords and tokens)."""
     path = config_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".pacs-", suffix=".json", dir=path.parent)
     try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(settings.to_dict(), f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    os.chmod(path, 0o600)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".pacs-", suffix=".json", dir=path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(settings.to_dict(), f, indent=2)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        os.chmod(path, 0o600)
+    except OSError as e:  # a config folder below a file, not ours, a full disk: one line, not a traceback
+        raise PacsError(f"cannot write {path}: {e.strerror or e}") from None
     return path
 
 
