@@ -124,3 +124,12 @@ def test_the_viewer_measures_as_the_engine(bmode_doppler, qapp):
     assert inside["display_text"][0].endswith("(calibrated)")
     doppler = doc.compute_measurement(Measurement("ruler", [(5, 11), (5, 19)]))
     assert doppler["length_unit"] == "px" and any(OUTSIDE_REGION_NOTE in t for t in doppler["display_text"])
+
+
+def test_the_corner_says_mm_inside_the_region(bmode_doppler):
+    """The corner said "Lengths in px (no pixel spacing)" beside a ruler reading mm."""
+    from imaging_assist_ui.shared.units import corner_note
+
+    assert corner_note(bmode_doppler.spacing_source, bool(bmode_doppler.calibrated_regions)) == \
+        "Lengths in mm inside the calibrated region, else px"
+    assert corner_note("none") == "Lengths in px (no pixel spacing)"

@@ -767,7 +767,7 @@ class SliceView(QWidget):
                 bl.append(f"Pos {self.index * sp:.1f} mm  (step {sp:.2f} mm)")
         elif vol.is_cine and vol.frame_time_ms:
             bl.append(f"{1000.0 / vol.frame_time_ms:.0f} fps (FrameTime {vol.frame_time_ms:g} ms)")
-        note = corner_note(vol.spacing_source)
+        note = corner_note(vol.spacing_source, bool(getattr(vol, "calibrated_regions", None)))
         if note:  # lengths that are not patient mm say so where the image is
             bl.append(note)
         o = orientation(vol, self.plane, rec if self.plane.axis == 0 else None, rotate=self.turns,

@@ -16,12 +16,14 @@ def spacing_note(source: str | None) -> str:
     return "(no pixel spacing)" if source == "none" else f"({source})"
 
 
-def corner_note(source: str | None) -> str | None:
-    """One annotation line when lengths are not patient mm, else None."""
+def corner_note(source: str | None, regions: bool = False) -> str | None:
+    """One annotation line when lengths are not patient mm, else None.  ``regions``: the image
+    has calibrated ultrasound regions (``Volume.calibrated_regions``) and no pixel size as a whole."""
     if source in (None, "", *PATIENT_MM):
         return None
     if source == "none":
-        return "Lengths in px (no pixel spacing)"
+        return "Lengths in mm inside the calibrated region, else px" if regions else \
+            "Lengths in px (no pixel spacing)"
     # kept short: the corner has half the view's width
     if source == "ImagerPixelSpacing":
         return "mm at the detector (ImagerPixelSpacing)"
