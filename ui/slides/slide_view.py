@@ -728,6 +728,10 @@ class SlideView(QWidget):
         budget = 0.020  # s of outline colouring per paint
         view0 = self.visible_rect0()
         p.save()
+        # a tile at the right or bottom edge runs when it is half on the slide and its cell is
+        # drawn whole: nothing is drawn past the slide's edge (the overview PNG stops there too)
+        w0, h0 = self.dimensions
+        p.setClipRect(QRectF(self.slide_to_screen(0, 0), self.slide_to_screen(w0, h0)))
         for layer in layers:
             img = self._layer_image(layer)
             if img is None:
@@ -742,7 +746,7 @@ class SlideView(QWidget):
                 if t is None:  # stand-in: the outline at the layer's own resolution
                     done = False
                     p.save()
-                    p.setClipRect(rect)
+                    p.setClipRect(rect, Qt.IntersectClip)
                     self._draw_layer_image(p, layer, img, self._tile_rect0(key))
                     p.restore()
                 elif t is not False:
