@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..privacy.sitekey import text_bytes
 from .item import Settings, requested_outputs
 from .pacs_source import is_pacs_source, retrieve
 from .sources import collect, hash_all
-from .table import ResultsTable
+from .table import ResultsTable, db_text
 
 
 def _echo(msg: str) -> None:
@@ -120,7 +121,7 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
              "error": not_a_file or reason, "kind": "file", "source": path})
     for c, reason in unreadable:
         for m in c.models:
-            put({"content_hash": "unreadable:" + hashlib.sha256(c.key.encode()).hexdigest(), "model": m,
+            put({"content_hash": "unreadable:" + hashlib.sha256(text_bytes(c.key)).hexdigest(), "model": m,
                  "model_version": versions[m], "status": "failed", "error": reason, "kind": c.kind,
                  "source": c.source, "stem": c.stem})
     for g in groups:
@@ -140,7 +141,7 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
             units.append((c, todo))
             names = [o.source for o in g]
             files = [f for o in g if o.kind != "slide" for f, member in o.files() if member is None]
-            hit = failed_before & set(names + files)
+            hit = failed_before & set(db_text(names + files))  # the table's form of the names
             if hit:
                 clear[c.content_hash] = (names, sorted(hit))
     total = sum(len(u[1]) for u in units)
@@ -302,7 +303,7 @@ def _file_hash(path: str) -> tuple[str, str | None]:
                 h.update(chunk)
         return h.hexdigest(), None
     except (HeaderError, OSError):
-        h.update(os.path.abspath(path).encode())
+        h.update(text_bytes(os.path.abspath(path)))  # a name that is not UTF-8 too
     try:
         mode = os.stat(path).st_mode
     except OSError:

@@ -20,6 +20,7 @@ import sqlite3
 from pathlib import Path
 
 from ..errors import UserError
+from ..privacy.sitekey import text_bytes
 
 TABLE_FILE = "batch.sqlite"
 
@@ -68,6 +69,28 @@ COLUMNS = {
     "outputs": "JSON",  # what the run asked for: {explain, explain_labels, report, dicom, override}
 }
 JSON_COLUMNS = {k for k, v in COLUMNS.items() if v == "JSON"}
+
+
+def db_text(v):
+    r"""``v`` with each text in it as SQLite (and any JSON reader) takes it.  A file name that is
+    not UTF-8 (the bytes M \xfc l l e r, copied from a Latin-1 system) comes from the OS with a
+    lone surrogate ('M\udcfcller.jpeg'), which SQLite refuses: it is stored as its bytes with the
+    undecodable ones escaped (the text M\xfcller.jpeg, backslash and all).  Valid text is kept as
+    it is, and an escaped text escapes to itself, so sources compare in either form (resuming
+    goes by content hash, never by name)."""
+    if isinstance(v, str):
+        if v.isascii():
+            return v
+        try:
+            v.encode("utf-8")
+            return v
+        except UnicodeEncodeError:
+            return text_bytes(v).decode("utf-8", "backslashreplace")
+    if isinstance(v, dict):
+        return {db_text(k): db_text(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [db_text(x) for x in v]
+    return v
 
 
 class ResultsTableError(UserError):
@@ -167,14 +190,15 @@ class ResultsTable:
         if r is None:
             return
         have = list(r.get("other_sources") or [])
-        new = [x for x in sources if x != r.get("source") and x not in have]
+        new = [x for x in db_text(list(sources)) if x != r.get("source") and x not in have]
         if new:
             self.db.execute("UPDATE results SET other_sources=? WHERE content_hash=? AND model=? AND model_version=?",
                             (json.dumps(have + new), content_hash, model, version))
 
     @_one_line
     def failed_sources(self) -> set[str]:
-        """The sources of the failed rows (what an ok row may clear: :meth:`clear_failed`)."""
+        """The sources of the failed rows (what an ok row may clear: :meth:`clear_failed`), as
+        stored (:func:`db_text`)."""
         return {r[0] for r in self.db.execute("SELECT DISTINCT source FROM results WHERE status='failed'")
                 if r[0] is not None}
 
@@ -184,6 +208,7 @@ class ResultsTable:
         content (the file was fixed or replaced since), and the rows of its files that no
         model could read (model ''); returns how many went."""
         n = 0
+        sources, files = db_text(list(sources)), db_text(list(files))  # as put() stored them
         self.db.execute("BEGIN")
         try:
             for src in dict.fromkeys(sources):
@@ -205,7 +230,7 @@ class ResultsTable:
         keys = [k for k in COLUMNS if k in row]
         vals = []
         for k in keys:
-            v = row[k]
+            v = db_text(row[k])
             if k in JSON_COLUMNS and v is not None:
                 v = json.dumps(v, default=str)
             elif k == "ood_flagged" and v is not None:

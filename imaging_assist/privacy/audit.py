@@ -320,14 +320,16 @@ def record_ahead(event: str, fields_list: list[dict]) -> bool:
     return _write([(str(event), dict(f), now) for f in fields_list]) if fields_list else True
 
 
+def _why(e: BaseException) -> str:
+    return getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def _write(events: list) -> bool:
     try:
-        _append(events)
-        return True
+        return not _append(events)
     except Exception as e:  # noqa: BLE001 - the caller's work goes on; the gap is logged
-        why = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
         names = sorted({ev[0] for ev in events})
-        _warn(f"event{'s' if len(events) > 1 else ''} {', '.join(map(repr, names))} not recorded ({why})")
+        _warn(f"event{'s' if len(events) > 1 else ''} {', '.join(map(repr, names))} not recorded ({_why(e)})")
         return False
 
 
@@ -380,7 +382,7 @@ def flush_held_now() -> None:
         _warn(f"{len(events)} events held for a grouped append were lost (stopped while appending)")
         return
     try:
-        _append(events, thread_locked=True)
+        _append(events, thread_locked=True)  # (an event it cannot record is a warning line of its own)
     except Exception as e:  # noqa: BLE001 - same as record(): one warning line
         _warn(f"{len(events)} events not recorded at stop ({type(e).__name__}: {e})")
     finally:
@@ -456,9 +458,30 @@ def _count_lines(fd: int, upto: int) -> int:
     return n
 
 
-def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) -> None:
+def _prepared(events: list[tuple[str, dict, str]]) -> tuple[list, list[str]]:
+    """(the events with their fields pseudonymised and checked to make a line, the names of those
+    that cannot be recorded): one event that fails (a field no JSON holds, say) is left out and
+    named in a warning line, and the others of a group are still written."""
+    out, failed = [], []
+    for ev, f, t in events:
+        try:
+            fields = {str(k): _pseudonymise(str(k), v) for k, v in f.items()}
+            json.dumps(fields, ensure_ascii=True, allow_nan=False, default=str)
+        except Exception as e:  # noqa: BLE001 - the rest of the group is recorded all the same
+            failed.append((ev, f"{type(e).__name__}: {_why(e)}"))
+            continue
+        out.append((ev, fields, t))
+    rest = f"; left out of its group of {len(events)}, the others go on" if len(events) > 1 and out else ""
+    for ev, why in failed:
+        _warn(f"event {ev!r} not recorded ({why}){rest}")
+    return out, [ev for ev, _ in failed]
+
+
+def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) -> list[str]:
     """Append (event, fields, time) tuples as lines, in one locked, fsynced write
-    (``thread_locked``: the caller holds this process's ``_thread_lock`` already).
+    (``thread_locked``: the caller holds this process's ``_thread_lock`` already); returns the
+    names of the events left out because their fields cannot be recorded (each said in a
+    warning line, :func:`_prepared`).
 
     Before chaining on, the head record is read and checked against the log as found (under the
     lock): a log shorter than the head says, a last line other than the one it sealed, or a
@@ -473,7 +496,9 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
     key = site_key()
     mkey = _mac_key(key)
     fp = key_fingerprint()
-    prepared = [(ev, {str(k): _pseudonymise(str(k), v) for k, v in f.items()}, t) for ev, f, t in events]
+    prepared, failed = _prepared(events)
+    if not prepared:
+        return failed
     user, host, pid = _user(), socket.gethostname(), os.getpid()
     path = folder / LOG_NAME
     with contextlib.nullcontext() if thread_locked else _thread_lock, _Locked(folder):
@@ -510,6 +535,7 @@ def _append(events: list[tuple[str, dict, str]], thread_locked: bool = False) ->
         _write_head(folder, seq, prev, mkey)
         if first:
             _mark_started(path, hashlib.sha256(data[:data.index(b"\n")]).hexdigest(), mkey)
+    return failed
 
 
 def _undo(fd: int, folder: Path, size: int, frag: bytes | None, kept: str | None) -> None:

@@ -109,8 +109,21 @@ def keyed_digest(value: str | bytes, kind: str) -> bytes:
     (DICOM padding) are ignored in text values."""
     if not kind or "\x00" in kind:
         raise ValueError("kind must be a non-empty name without NUL")
-    data = value if isinstance(value, bytes) else str(value).strip().encode("utf-8")
+    data = value if isinstance(value, bytes) else text_bytes(str(value).strip())
     return hmac.new(site_key(), kind.encode("utf-8") + b"\x00" + data, hashlib.sha256).digest()
+
+
+def text_bytes(text: str) -> bytes:
+    """``text`` as UTF-8 bytes for hashing, also when it holds lone surrogates: a file name that is
+    not UTF-8 (b'M\\xfcller.jpeg' from a Latin-1 system) comes from the OS as 'M\\udcfcller.jpeg'
+    and is hashed as its own bytes (surrogateescape, as ``os.fsencode`` on Linux, but the same on
+    every machine whatever its locale); another lone surrogate (from JSON text, say) as its UTF-8
+    form (surrogatepass).  Valid text gives its plain UTF-8 bytes, so every digest made before
+    stays the same."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass")
 
 
 def pseudonym(value: str, kind: str) -> str:

@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import stat
 import uuid
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ MAX_LABEL = 1024  # characters of a free-text name ("label", one line)
 MAX_NOTES = 20   # notes on what was skipped or replaced; then one line saying how many more
 HASH_CHUNK = 4 * 1024 * 1024
 DEFAULT_CLASS = "Region"
+_SURROGATES = re.compile("[\ud800-\udfff]")  # lone surrogates (JSON's "\ud800"; a file name not UTF-8)
 DEFAULT_COLORS = {"Region": (0, 180, 255), "Tumor": (200, 0, 0), "Stroma": (150, 200, 150),
                   "Immune cells": (160, 90, 160), "Necrosis": (50, 50, 50), "Other": (255, 200, 0)}
 
@@ -61,7 +63,7 @@ def class_color(name: str) -> tuple[int, int, int]:
     """QuPath's colours for its default classes; others from a hash of the name."""
     if name in DEFAULT_COLORS:
         return DEFAULT_COLORS[name]
-    h = hashlib.sha256(name.encode()).digest()
+    h = hashlib.sha256(name.encode("utf-8", "surrogatepass")).digest()  # any str, even with a lone surrogate
     return (64 + h[0] % 192, 64 + h[1] % 192, 64 + h[2] % 192)
 
 
@@ -167,14 +169,39 @@ def to_geojson(annotations, mpp=None, slide: dict | None = None) -> dict:
     return fc
 
 
+def _escaped(v):
+    """``v`` with each text in it valid UTF-8: a slide whose file name is not UTF-8 (b'M\\xfcller.svs'
+    from a Latin-1 system; 'M\\udcfcller.svs' in Python) is named by its bytes with the undecodable
+    ones escaped (the text M\\xfcller.svs): a lone surrogate cannot be written as UTF-8."""
+    if isinstance(v, str):
+        try:
+            v.encode("utf-8")
+            return v
+        except UnicodeEncodeError:
+            try:  # the bytes of the name, as os.fsencode gives them
+                return v.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            except UnicodeEncodeError:  # a lone surrogate that no file name holds
+                return _SURROGATES.sub("\ufffd", v)
+    if isinstance(v, dict):
+        return {_escaped(k): _escaped(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_escaped(x) for x in v]
+    return v
+
+
 def write_geojson(path, annotations, mpp=None, slide: dict | None = None) -> Path:
-    """Write atomically (temp file + rename): a crash never leaves half a file."""
+    """Write atomically (temp file + rename): a crash never leaves half a file, and a failed
+    write leaves no temporary file behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(to_geojson(annotations, mpp, slide), f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(to_geojson(annotations, mpp, _escaped(slide)), f, ensure_ascii=False, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
@@ -204,14 +231,20 @@ def _color(c) -> tuple[int, int, int] | None:
 
 
 def _text(v, limit: int) -> str | None:
-    """A name from the file on one line ("" when absent); None when it is not text."""
+    """A name from the file on one line ("" when absent); None when it is not text.  A lone
+    surrogate (valid JSON, "\\ud800", but no character: it cannot be written, hashed or shown)
+    is replaced by U+FFFD (:func:`_has_surrogates` tells the caller to note it)."""
     if v is None:
         return ""
     if isinstance(v, str):
-        return " ".join(v.split())[:limit]
+        return _SURROGATES.sub("\ufffd", " ".join(v.split()))[:limit]
     if isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and math.isfinite(v):
         return str(v)[:limit]
     return None
+
+
+def _has_surrogates(v) -> bool:
+    return isinstance(v, str) and _SURROGATES.search(v) is not None
 
 
 def _kind_text(v) -> str:
@@ -297,6 +330,8 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
         if name is None:
             note(f"{what}: the class name is not text, {DEFAULT_CLASS!r} is used")
         name = name or DEFAULT_CLASS
+        if _has_surrogates(cls.get("name")):
+            note(f"{what}: the class name holds a lone surrogate (no character), replaced by U+FFFD")
         # QuPath >= 0.3: classification.color [r, g, b]; 0.2: classification.colorRGB (a packed
         # signed ARGB integer); older: a packed integer in properties.color
         raw_color = next((v for v in (cls.get("color"), cls.get("colorRGB"), props.get("color")) if v is not None),
@@ -310,6 +345,8 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
         if label is None:
             note(f"{what}: the name is not text, left out")
             label = ""
+        elif _has_surrogates(props.get("name")):
+            note(f"{what}: the name holds a lone surrogate (no character), replaced by U+FFFD")
         fid = f.get("id") if f.get("id") is not None else props.get("id")
         if (isinstance(fid, bool) or not isinstance(fid, (str, int)) or not str(fid).strip()
                 or len(str(fid)) > 200 or not str(fid).isprintable()):
@@ -425,7 +462,7 @@ def slide_key(path) -> str:
             for n in names[:2000]:
                 full = os.path.join(p, n)
                 size = os.path.getsize(full)
-                h.update(f"{n}\0{size}\0".encode())
+                h.update(n.encode("utf-8", "surrogateescape") + f"\0{size}\0".encode())  # any file name
                 _head_tail(h, full, size)
         else:
             size = os.path.getsize(p)

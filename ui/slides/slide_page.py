@@ -681,6 +681,9 @@ class SlidePage(QWidget):
                 self.import_annotations(path)
             except UserError as e:
                 QMessageBox.warning(self, "Import annotations", str(e))
+            except (OSError, ValueError) as e:  # ValueError: UnicodeError too; one line, never a traceback
+                why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+                QMessageBox.warning(self, "Import annotations", f"Could not import {os.path.basename(path)}: {why}")
 
     def export_annotations_dialog(self):
         if self.slide is None:

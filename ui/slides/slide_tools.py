@@ -114,8 +114,10 @@ class SlideTools(QObject):
                             "dimensions": list(s.dimensions), "identity": self.key,
                             "identity_method": "sha256 of size + first and last 4 MiB"})
             self.store_error = ""
-        except OSError as e:
-            self.store_error = f"annotations not saved: {e.strerror or e}"
+        except (OSError, ValueError) as e:  # ValueError: UnicodeError, a text no file can hold
+            # (write_geojson leaves no temporary file behind); the panel and the status say it
+            why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
+            self.store_error = f"annotations not saved: {why}"
             self.message.emit(self.store_error)
 
     # ------------------------------------------------------------------ editing
