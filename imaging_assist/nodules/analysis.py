@@ -14,7 +14,9 @@
    voxels with probability >= 0.5 form 26-connected components; the nodule is the component that
    comes within 5 mm of the point, the one with the most probability mass when several do
    (:func:`imaging_assist.nodules.models.nodule_mask`, the rule the models' own tests use).
-   ``found=False`` with the reason when there is none, when it is smaller than a
+   ``found=False`` with the reason when there is none, when the point lies in air outside the
+   body and the component does not reach it (:func:`outside_air`: the body wall beside a click
+   in the air would otherwise be outlined as a "nodule"), when it is smaller than a
    3 mm sphere (:data:`MIN_VOLUME_MM3`; the models cover nodules >= 3 mm), when its mean
    density is that of aerated lung or air (< :data:`MIN_MEAN_HU`), or when it is more elongated
    than 99.5 % of the LIDC nodules (:data:`MAX_ELONGATION`: a vessel, which the segmenter
@@ -65,6 +67,12 @@ WARN_ELONGATION = 2.4
 MAX_AXIS_RATIO = 2.7
 WARN_AXIS_RATIO = 1.9
 NOT_FOUND = "no nodule found at this point"
+# A click in air outside the body (:func:`outside_air`): every voxel within AIR_BALL_MM of it is
+# below AIR_HU (air is about -1000 HU; aerated lung about -850), and the body outline (tissue above
+# BODY_HU, holes filled, so the lungs and airways are inside) does not enclose it.
+AIR_HU = -900.0
+AIR_BALL_MM = 2.0
+BODY_HU = -500.0
 
 
 @dataclass
@@ -218,6 +226,31 @@ def _refused(res: NoduleResult, verdict: tuple[str | None, str | None], t0: floa
     return False
 
 
+def outside_air(volume, win, comp: np.ndarray) -> bool:
+    """Whether the point at the centre of the models' window ``win`` lies in air outside the body,
+    and the component ``comp`` found for it (:func:`.models.nodule_mask`) does not reach it: every
+    window voxel within :data:`AIR_BALL_MM` of the point is below :data:`AIR_HU`, ``comp`` holds
+    none of the voxels around the point, and on the series' slice nearest to it the point is
+    outside the body outline (tissue above :data:`BODY_HU`, holes filled).  What the segmenter
+    outlines for such a click is the body wall beside it, not a nodule at the point."""
+    from scipy import ndimage
+
+    from .window import MODEL_SPACING_MM, WINDOW_SIZE
+
+    off = (np.arange(WINDOW_SIZE) - (WINDOW_SIZE - 1) / 2.0) * MODEL_SPACING_MM
+    d2 = off[:, None, None] ** 2 + off[None, :, None] ** 2 + off[None, None, :] ** 2
+    ball = (d2 <= AIR_BALL_MM ** 2) & np.asarray(win.valid, bool)
+    if not ball.any() or not bool(np.all(np.asarray(win.image)[ball] < AIR_HU)):
+        return False
+    if np.asarray(comp, bool)[d2 <= 0.75 * MODEL_SPACING_MM ** 2 + 1e-9].any():  # the voxels next to the point
+        return False
+    ijk = np.linalg.solve(np.asarray(volume.affine, float), np.r_[np.asarray(win.center_lps, float), 1.0])[:3]
+    i, j, k = (int(x) for x in np.clip(np.rint(ijk), 0, np.array([volume.shape[2], volume.shape[1],
+                                                                   volume.shape[0]]) - 1))
+    body = ndimage.binary_fill_holes(np.asarray(volume.array[k], np.float32) > BODY_HU)
+    return not bool(body[j, i])
+
+
 def nearest_mm(prob: np.ndarray, window_affine: np.ndarray, point_lps,
                threshold: float = SEG_THRESHOLD) -> float:
     """Distance (mm) from the point to the nearest voxel the segmenter marks (inf: none)."""
@@ -264,7 +297,8 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     t1 = time.perf_counter()
     prob = np.asarray(nm.segment(win), np.float32)
     comp = np.asarray(nm.nodule_mask(prob, win), bool)
-    if comp.any():
+    air = bool(comp.any()) and outside_air(volume, win, comp)
+    if comp.any() and not air:
         # Second pass centred on the nodule found: the result no longer depends on where inside
         # the nodule the reader clicked, and the malignancy model sees the nodule centred as in
         # training (crops centred on the nodule, +-4 mm jitter).
@@ -282,6 +316,11 @@ def analyze_at(volume, point_lps, nodule_id: str | None = None, explain: bool = 
     t2 = time.perf_counter()
     res.timings.update(cut_s=t1 - t0, segment_s=t2 - t1)
     res.window_center_lps = [float(v) for v in win.center_lps]
+    if air:
+        res.reason = (f"{NOT_FOUND}: the point is in air outside the body (below {AIR_HU:.0f} HU within "
+                      f"{AIR_BALL_MM:g} mm of it); the structure the segmenter marks nearby does not reach it")
+        res.timings["total_s"] = time.perf_counter() - t0
+        return res
     if not comp.any():
         dist = nearest_mm(prob, win.affine, pt)
         far = "" if not math.isfinite(dist) else f" (the nearest segmented voxel is {dist:.1f} mm away)"

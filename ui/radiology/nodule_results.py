@@ -96,6 +96,7 @@ class Nodule:
     added_at: float = field(default_factory=time.time)
     facts: dict = field(default_factory=dict)  # study_of(): patient, study, date, thickness, series
     linked_prior: object = None    # the same nodule in a prior study, as the reader linked it (growth)
+    overlaps: list = field(default_factory=list)  # what its entry says of masks it shares voxels with (nodule_run)
 
     @property
     def growth_line(self) -> str:
@@ -214,10 +215,13 @@ class GuiNoduleRun:
 def nodule_run(vol, nods: list, card) -> GuiNoduleRun:
     """The series' nodules as a run and its results.json item, as ``analyze --at`` writes them
     (:func:`imaging_assist.nodules.run.item_dict`) but without files: the GUI exports take the
-    arrays from memory.  Label value n = the n-th nodule of the list."""
+    arrays from memory.  Label value n = the n-th nodule of the list; where masks overlap the later
+    nodule's value wins and both nodules say so, as ``analyze --at`` does
+    (:func:`imaging_assist.nodules.run.paint_labels`): in the item's warnings (report, SR) and in
+    each Nodule's ``overlaps`` (its entry)."""
     from imaging_assist.inference.results import HeatMap
     from imaging_assist.nodules.analysis import MALIGNANCY_MODEL
-    from imaging_assist.nodules.run import tracking_uid
+    from imaging_assist.nodules.run import paint_labels, tracking_uid
 
     shape = tuple(vol.array.shape[:3])
     lm = np.zeros(shape, np.uint8)
@@ -228,11 +232,14 @@ def nodule_run(vol, nods: list, card) -> GuiNoduleRun:
          "has_geometry": bool(vol.has_geometry), "shape": list(vol.shape),
          "spacing_mm": [float(x) for x in vol.spacing], "labels": {"0": "background"},
          "nodules": [], "heatmaps": [], "key_images": [], "warnings": list(dict.fromkeys(vol.warnings))}
-    for v, n in enumerate(nods[:255], 1):
+    labelled = nods[:255]
+    overlaps = paint_labels(lm, [(n.result.id, n.box, n.mask) for n in labelled])
+    for v, (n, said) in enumerate(zip(labelled, overlaps), 1):
         r = n.result
-        lm[n.box][n.mask] = v
+        n.overlaps = said
         d["labels"][str(v)] = f"nodule {r.id}"
         nd = r.to_dict()
+        nd["warnings"] += said
         nd.update(label_value=v, tracking_uid=tracking_uid(vol.series_uid, r.id, r.center_lps),
                   key_slice=int((r.measurements or {}).get("largest_slice", round(n.center_kji[0]))))
         d["nodules"].append(nd)

@@ -62,6 +62,15 @@ def _mm(v) -> str:
     return "—" if v is None else f"{float(v):.1f}"
 
 
+def _shared_box(box, other):
+    """The part of ``box`` inside the box ``other`` (volume grid), and the same part indexed in
+    ``other``'s box; None when they do not meet."""
+    inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(box, other))
+    if not all(s.start < s.stop for s in inter):
+        return None
+    return inter, tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inter, other))
+
+
 class _Bridge(QObject):
     """The worker emits these; Qt delivers them on the GUI thread (queued)."""
 
@@ -359,8 +368,12 @@ class NoduleTool(QObject):
             relinked = self._relink(again, n) if again is not None else ""
             self.history.append(n)
             self._log_run(vol, n)
-            if self.doc.volume is vol:
-                self._place(vol, n, again)
+            cur = self.doc.volume
+            # the series on screen, on the same grid: reading it again (the reader left and came
+            # back while the engine ran) makes a new Volume, already refreshed without this nodule
+            if (cur is not None and series_key(cur) == key and tuple(cur.array.shape[:3]) == n.shape
+                    and np.allclose(np.asarray(cur.affine, float), np.asarray(vol.affine, float))):
+                self._place(cur, n, again)
                 self._select(n)
             what = "updated" if again is not None else "added"
             self._say(f"{n.id} {what} in {dt:.1f} s." + relinked + (f" ⚠ {n.heat_flag}." if n.heat_flag else ""),
@@ -410,6 +423,8 @@ class NoduleTool(QObject):
 
             log_ = session_runs(self.w)
             key = (series_key(vol), MALIGNANCY_MODEL)
+            for x in self._series_nodules(vol):
+                x.overlaps = []  # nodule_run says them again for those it takes
             nods = [x for x in self._series_nodules(vol) if x.card is not None]
             if not nods:
                 log_.runs.pop(key, None)
@@ -551,7 +566,7 @@ class NoduleTool(QObject):
         self._sync_axes(vol)
 
     def _erase(self, vol, n: Nodule) -> None:
-        """Take a nodule out of the layers (its box only; other nodules' heat put back)."""
+        """Take a nodule out of the layers (its box only; other nodules' masks and heat put back)."""
         key = series_key(vol)
         mask, heat = self._layers.get(key, (None, None))
         if mask is None:
@@ -562,12 +577,17 @@ class NoduleTool(QObject):
         if not others:
             self._drop_layers(key)
             return
+        for m in others:  # overlapping masks: the voxels it had taken go back (in list order, as _refresh)
+            part = _shared_box(n.box, m.box)
+            if part is not None:
+                inter, local = part
+                mask.array[inter][m.mask[local]] = m.number
         if heat is not None:
             heat.array[n.box] = 0.0
             for m in others:  # overlapping boxes: put their maps back inside the cleared box
-                inter = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(n.box, m.box))
-                if m.heat is not None and all(s.start < s.stop for s in inter):
-                    local = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(inter, m.box))
+                part = _shared_box(n.box, m.box)
+                if m.heat is not None and part is not None:
+                    inter, local = part
                     np.maximum(heat.array[inter], m.heat[local], out=heat.array[inter])
             heat._changed()
         self._swap(key, mask, self._label_layer(mask.array, others, mask), heat, heat)
@@ -595,6 +615,7 @@ class NoduleTool(QObject):
         lines = n.lines()
         if n.heat_flag:
             lines.append("⚠ " + n.heat_flag)
+        lines += ["⚠ " + w for w in n.overlaps]
         for w in getattr(n.result, "warnings", None) or []:
             low = str(w).lower()
             if ("sanity check" in low and "fail" in low) or "outside what the model was trained on" in low:
