@@ -7,6 +7,7 @@ as the viewer's File menu writes them."""
 from __future__ import annotations
 
 from ..errors import UserError
+from ..safe_text import printable
 from .common import int_at_least, print_json
 
 
@@ -96,14 +97,16 @@ def cmd_annotations(args) -> int:
         print_json({"series_uid": series.uid, "key": series.key, "study_uid": series.study_uid,
                     "items": rows, "written": written, "warnings": warnings})
         return 0
-    print(f"Series      {series.description or '(no description)'}  key={series.key}")
+    # the description (a header value), texts and paths are shown escaped (printable): an ESC
+    # sequence or a line break in them would act on the terminal or print a line of its own
+    print(printable(f"Series      {series.description or '(no description)'}  key={series.key}"))
     print(f"Saved       {len(items)} measurement(s) and annotation(s)")
     for r in rows:
         where = f"image {r['image']}" if r["image"] else f"reformatted plane {r['plane_axis']}, slice {r['index'] + 1}"
         what = "; ".join(r["values"]) or r["text"] or ""
-        print(f"  {r['id']:>3}  {r['kind']:<9} {where:<12} {what}")
+        print(f"  {r['id']:>3}  {r['kind']:<9} {where:<12} {printable(what)}")
     for kind, path in written.items():
-        print(f"wrote {path} ({'presentation state (GSPS)' if kind == 'gsps' else 'DICOM SR'})")
+        print(f"wrote {printable(path)} ({'presentation state (GSPS)' if kind == 'gsps' else 'DICOM SR'})")
     for w in warnings:
-        print(f"warning: {w}")
+        print(f"warning: {printable(w)}")
     return 0

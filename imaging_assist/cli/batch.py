@@ -11,6 +11,7 @@ import os
 import sys
 
 from ..errors import UserError
+from ..safe_text import printable
 from .common import IG_STEPS_HELP, MAX_IG_STEPS, int_at_least
 
 
@@ -82,8 +83,8 @@ def cmd_batch(args) -> int:
         from ..batch.pacs_source import is_pacs_source, retrieve
         from ..privacy.deid import deidentified_input
 
-        def err(m):
-            print(m, file=sys.stderr)
+        def err(m):  # the de-identification's lines name the input files: shown escaped
+            print(printable(m), file=sys.stderr)
 
         local = []
         tmp = None

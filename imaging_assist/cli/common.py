@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..outputs import out_folder  # noqa: F401 - re-exported for the commands
+from ..safe_text import printable
 
 
 def item_failure(e: BaseException, args) -> str:
@@ -27,9 +28,10 @@ def item_failure(e: BaseException, args) -> str:
 
 def print_item_error(src, e) -> None:
     """``error: SOURCE: reason`` on stderr, naming the source once (many readers' messages
-    already start with the path)."""
+    already start with the path).  Shown escaped (:func:`printable`): file names and header
+    values may hold ESC sequences or line breaks."""
     msg, src = str(e), str(src)
-    print(f"error: {msg}" if msg.startswith(src) else f"error: {src}: {msg}", file=sys.stderr)
+    print(printable(f"error: {msg}" if msg.startswith(src) else f"error: {src}: {msg}"), file=sys.stderr)
 
 
 def print_json(obj) -> None:
@@ -38,6 +40,9 @@ def print_json(obj) -> None:
 
 
 def fmt_table(rows: list[list[str]], header: list[str]) -> str:
+    """Aligned columns; the cells shown escaped (a PACS's patient names and descriptions are
+    header values: no ESC sequence or line break reaches the terminal)."""
+    rows = [[printable(c) for c in r] for r in rows]
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
 
     def line(r):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UserError
+from ..safe_text import printable
 from .common import int_at_least, print_json
 
 
@@ -68,7 +69,8 @@ def cmd_info(args) -> int:
         if args.json:
             print_json(info_dict(args.target))
         else:
-            print(format_info(args.target))
+            # the slide's properties are the vendor's text: each line shown escaped
+            print("\n".join(printable(ln) for ln in format_info(args.target).split("\n")))
         return 0
 
     index, series = resolve_series(args.target, args.root, args.series)
@@ -84,7 +86,9 @@ def cmd_info(args) -> int:
     if args.json:
         print_json(geo)
         return 0
-    print(f"Series      {series.description or '(no description)'}  [{vol.modality}]  uid={series.uid}")
+    # header values are shown escaped (printable): an ESC sequence or a line break in them
+    # would act on the terminal or print a line of its own
+    print(printable(f"Series      {series.description or '(no description)'}  [{vol.modality}]  uid={series.uid}"))
     if n_stacks > 1:
         print(f"Stack       {args.stack} of {n_stacks}")
     print(f"Shape       {' x '.join(map(str, vol.shape))}  (slices x rows x columns{' x RGB' if vol.is_color else ''})")
@@ -116,11 +120,11 @@ def cmd_info(args) -> int:
         print("Geometry    none (no patient position): 2D image(s)")
     for p in vol.window_presets:
         if p.source == "voilut":
-            print(f"Window      {p.name}  (VOI LUT from the file)")
+            print(f"Window      {printable(p.name)}  (VOI LUT from the file)")
         else:
-            print(f"Window      {p.name:<14} C={p.center:g} W={p.width:g}  ({p.source})")
+            print(f"Window      {printable(p.name):<14} C={p.center:g} W={p.width:g}  ({p.source})")
     for w in vol.warnings:
-        print(f"warning: {w}")
+        print(f"warning: {printable(w)}")
     return 0
 
 
@@ -145,7 +149,7 @@ def print_heatmap_info(path: str, slide: str | None, as_json: bool) -> int:
     smpp = d["slide_mpp"]
     mpp = f"; {sx * smpp[0]:.4g} x {sy * smpp[1]:.4g} µm" if smpp else ""
     w, h = d["slide_dimensions"]
-    print(f"Heat map    {os.path.basename(path)}  (imaging-assist heat-map format {d['format_version']}; "
+    print(f"Heat map    {printable(os.path.basename(path))}  (imaging-assist heat-map format {d['format_version']}; "
           f"checksum {d['checksum']})")
     print(f"Grid        {rows} x {cols} cells of {sx:g} x {sy:g} level-0 px, from ({d['origin_level0_px'][0]:g}, "
           f"{d['origin_level0_px'][1]:g}){mpp}")
@@ -153,11 +157,11 @@ def print_heatmap_info(path: str, slide: str | None, as_json: bool) -> int:
     print(f"Made for    a {w} x {h} px slide{ident}")
     for c in d["classes"]:
         rng = f"{c['min']:.3f} .. {c['max']:.3f}, mean {c['mean']:.3f}" if c["cells_with_a_tile"] else "no tile"
-        print(f"Class       {c['name']}: {rng} over {c['cells_with_a_tile']:,} of {rows * cols:,} cells")
+        print(f"Class       {printable(c['name'])}: {rng} over {c['cells_with_a_tile']:,} of {rows * cols:,} cells")
     if d["cancelled"]:
         print("Cancelled   yes: the run was stopped; cells without a tile are empty")
     if slide:
-        print(f"Slide       {slide}: the heat map fits it")
+        print(f"Slide       {printable(slide)}: the heat map fits it")
     for w_ in d["warnings"] + d["load_warnings"]:
-        print(f"warning: {w_}")
+        print(f"warning: {printable(w_)}")
     return 0

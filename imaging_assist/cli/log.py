@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import UserError
+from ..safe_text import printable
 
 
 def register(subparsers) -> None:
@@ -39,7 +40,9 @@ def cmd_log_export(args) -> int:
         raise UserError(f"no prediction log yet at {db_path()} (it is written by the first model run)")
     lg = open_log()
     if args.csv in (None, "-"):
-        n = lg.export_csv(sys.stdout, args.table)
+        # on standard output (a terminal, or a pipe into one): control characters of the header
+        # values shown escaped; --csv FILE keeps them as they are
+        n = lg.export_csv(sys.stdout, args.table, escape_controls=True)
         print(f"{n} rows", file=sys.stderr)
         return 0
     out = Path(args.csv)
@@ -52,5 +55,5 @@ def cmd_log_export(args) -> int:
             n = lg.export_csv(f, args.table)
     except OSError as e:
         raise UserError(f"cannot write {out}: {e.strerror or e}") from None
-    print(f"{n} rows written to {out}")
+    print(f"{n} rows written to {printable(out)}")
     return 0

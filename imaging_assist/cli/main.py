@@ -100,8 +100,11 @@ def main(argv: list[str] | None = None, run_gui=None) -> int:
 
 def one_line(e) -> str:
     """An error message on one line (its lines joined): the user never sees a multi-line error."""
+    from ..safe_text import printable
+
     s = str(e).strip()
-    return " ".join(ln.strip() for ln in s.splitlines() if ln.strip())
+    # a header value or file name in the message: no terminal control sequence gets through
+    return printable(" ".join(ln.strip() for ln in s.splitlines() if ln.strip()))
 
 
 if __name__ == "__main__":

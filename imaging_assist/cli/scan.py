@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import UserError
+from ..safe_text import printable
 from .common import print_json
 
 
@@ -49,9 +50,12 @@ def cmd_scan(args) -> int:
     print(f"{index.n_files} files, {len(index.all_series())} series, {len(slides)} slides, "
           f"{len(index.problems)} problems")
     for p in index.patients:
-        print(f"Patient {p.name or '(no name)'}  id={p.id or '-'}  sex={p.sex or '-'}  born={p.birth_date or '-'}")
+        # header values and paths are shown escaped: an ESC sequence or a line break in them
+        # would act on the terminal or print a line of its own (a fake "Patient" line)
+        print(printable(f"Patient {p.name or '(no name)'}  id={p.id or '-'}  sex={p.sex or '-'}  "
+                        f"born={p.birth_date or '-'}"))
         for st in p.studies:
-            print(f"  Study {st.date or '-'} {st.description or '(no description)'}  uid={st.uid}")
+            print(printable(f"  Study {st.date or '-'} {st.description or '(no description)'}  uid={st.uid}"))
             for s in st.series:
                 if s.result_kind:  # SEG / Parametric Map / SR / PDF: a result of another series
                     from ..dicom.result_objects import KIND_NAMES
@@ -61,16 +65,16 @@ def cmd_scan(args) -> int:
                     size = f"{s.rows}x{s.cols}" if s.is_image else "no images"
                     what = (f"{s.n_instances:>5} inst {s.n_frames:>5} frames  {size:<9} "
                             f"body={s.body_part or '-'}")
-                print(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
-                      f"{s.description or '(no description)':<34} {what}  key={s.key}")
+                print(printable(f"    Series {s.number if s.number is not None else '-':>4}  {s.modality or '--':<3} "
+                                f"{s.description or '(no description)':<34} {what}  key={s.key}"))
                 for w in s.warnings:
-                    print(f"      warning: {w}")
+                    print(f"      warning: {printable(w)}")
     if slides:
         print("Slides:")
         for x in slides:
-            print(f"  {x.path}: {x.one_line()}")
+            print(printable(f"  {x.path}: {x.one_line()}"))
     if index.problems:
         print("Problems:")
         for pr in index.problems:
-            print(f"  {pr.path}: {pr.reason}")
+            print(printable(f"  {pr.path}: {pr.reason}"))
     return 0

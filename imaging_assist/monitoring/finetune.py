@@ -362,6 +362,7 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
     monitor's ``monitor_reference.json`` fitted like the shipped ones, :func:`.reference.fit`,
     on ``reference_images`` through the candidate) and register it; the fine-tune's result."""
     from ..models.build import save_model_folder
+    from ..safe_text import csv_cell
     from . import versions
 
     version = versions.next_version(card.id, card.version)
@@ -377,7 +378,8 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
     with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(holdout_header)
-        w.writerows(holdout_rows)
+        # the patient ids come from the site's labels CSV: no cell a spreadsheet takes for a formula
+        w.writerows([csv_cell(c) for c in r] for r in holdout_rows)
     ni = {**ni, "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
     res = {"model_id": card.id, "version": raw["version"], "base_version": card.version,
            "folder": str(out.resolve()), **(extra or {}), "comparisons": comps, "non_inferiority": ni,

@@ -257,9 +257,16 @@ class PredictionLog:
             return [{"id": r[0], "time_utc": r[1], "kind": r[2], "model_id": r[3], "version": r[4],
                      "detail": json.loads(r[5] or "{}")} for r in rows]
 
-    def export_csv(self, out, table: str = "runs") -> int:
-        """Write a table as CSV to a text stream; returns the number of rows."""
+    def export_csv(self, out, table: str = "runs", escape_controls: bool = False) -> int:
+        """Write a table as CSV to a text stream; returns the number of rows.  A text cell a
+        spreadsheet would take for a formula (``=``, ``+``, ``-``, ``@``, TAB, CR first: the
+        manufacturer and modality come from DICOM headers, the feedback's reader and note from
+        a person) gets a leading ``'`` (:func:`imaging_assist.safe_text.csv_cell`).
+        ``escape_controls`` (the CSV on a terminal): control characters in the cells are shown
+        escaped too (:func:`imaging_assist.safe_text.printable`), so no ESC sequence acts on it."""
         import csv
+
+        from ..safe_text import csv_cell, printable
 
         if table not in ("runs", "feedback", "corrections", "events"):
             raise LogError(f"no table {table!r} in the prediction log")
@@ -269,7 +276,7 @@ class PredictionLog:
             w.writerow([d[0] for d in cur.description])
             n = 0
             for r in cur:
-                w.writerow(r)
+                w.writerow([csv_cell(printable(c) if escape_controls and isinstance(c, str) else c) for c in r])
                 n += 1
         return n
 

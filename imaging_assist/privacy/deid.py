@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import UserError
+from ..safe_text import printable
 
 TABLE_RESOURCE = ("imaging_assist", "data/deid/ps3_15_table_e1_1.json")
 
@@ -141,7 +142,7 @@ class Summary:
         }
 
     def lines(self) -> list[str]:
-        out = [f"de-identified {len(self.written)} file(s) into {self.output}; "
+        out = [f"de-identified {len(self.written)} file(s) into {printable(self.output)}; "
                f"left out {len(self.left_out)}",
                "profile: PS3.15 Basic Application Level Confidentiality Profile"
                + (" + " + ", ".join(self.options) if self.options else " (dates removed)"),
@@ -153,8 +154,8 @@ class Summary:
         if cleaned:
             out.append(f"burned-in text blacked out in {len(cleaned)} file(s) "
                        f"({sum(r.boxes for r in cleaned)} boxes), checked again by OCR")
-        for r in self.left_out:
-            out.append(f"left out: {r.source}: {r.reason}" + (f" ({r.detail})" if r.detail else ""))
+        for r in self.left_out:  # file names (and OCR text) shown escaped: no ESC or line break
+            out.append(printable(f"left out: {r.source}: {r.reason}" + (f" ({r.detail})" if r.detail else "")))
         return out
 
 

@@ -17,14 +17,17 @@ import numpy as np
 from .evaluate import MIN_GROUP, fmt
 
 
-def _clean(o):
-    """JSON-safe: numpy scalars to Python, nan/inf to None, private keys dropped."""
+def _clean(o, top: bool = True):
+    """JSON-safe: numpy scalars to Python, nan/inf to None, private keys dropped.  Private keys
+    (``_arrays``, for the PDF) are only at the report's top level, where ``evaluate`` puts them:
+    deeper dicts are keyed by data values too (subgroup ``groups`` such as ``_ICU``) and keep
+    every key."""
     if isinstance(o, dict):
-        return {k: _clean(v) for k, v in o.items() if not str(k).startswith("_")}
+        return {k: _clean(v, False) for k, v in o.items() if not (top and str(k).startswith("_"))}
     if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
+        return [_clean(v, False) for v in o]
     if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
+        return _clean(o.tolist(), False)
     if isinstance(o, (np.floating, float)):
         f = float(o)
         return f if math.isfinite(f) else None
