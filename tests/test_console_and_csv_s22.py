@@ -203,3 +203,15 @@ def test_the_error_line_has_no_control_sequence():
 
     assert one_line(ValueError("bad file \x1b]0;owned\x07name.dcm\n  second")) == \
         "bad file \\x1b]0;owned\\x07name.dcm second"
+
+
+def test_result_info_audit_and_analyze_lines_are_escaped(capsys):
+    """The remaining text-mode lines that carry values from files: `info` on a result object,
+    `audit show` event lines, analyze's summary and warning lines."""
+    from imaging_assist.cli import result_info
+    from imaging_assist.cli.analyze import _summary
+
+    result_info._print("Title       FINDINGS\x1b[2J\nPatient ROE^JANE")
+    assert capsys.readouterr().out == "Title       FINDINGS\\x1b[2J\\nPatient ROE^JANE\n"
+    line = _summary({"source": "a\x1b]0;t\x07.dcm", "probabilities": {"x": 0.5}})
+    assert "\x1b" not in line and "\\x1b]0;t\\x07.dcm" in line

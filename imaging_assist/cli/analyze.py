@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..safe_text import printable
 from .common import (IG_STEPS_HELP, MAX_IG_STEPS, finish_run, int_at_least, item_failure, out_folder,
                      print_item_error)
 
@@ -238,7 +239,7 @@ def cmd_analyze(args) -> int:
                         region.apply(res, vol, progress=on_progress)
                 for c in caught:
                     if issubclass(c.category, RuntimeWarning) and "out of memory" in str(c.message):
-                        print(f"warning: {c.message}", file=sys.stderr)
+                        print(printable(f"warning: {c.message}"), file=sys.stderr)
                 res.source = str(payload) if kind == "image" else series_source(vol, src)
                 d = write_item_files(res, vol, out_dir, stem)
                 d["source"] = res.source
@@ -348,7 +349,7 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
                 bar.close()
             results.append(d)
             for w in d["warnings"]:
-                print(f"warning: {Path(sp).name}: {w}", file=sys.stderr)
+                print(printable(f"warning: {Path(sp).name}: {w}"), file=sys.stderr)
             print(_summary(d), file=sys.stderr)
             if d["cancelled"]:
                 notes.append("interrupted by the user: results are partial")
@@ -365,7 +366,7 @@ def _summary(d: dict) -> str:
     from ..validation.ood import summary_note
 
     line = _summary_line(d)
-    return line + summary_note(d, line)
+    return printable(line + summary_note(d, line))  # the source path and labels come from files
 
 
 def _summary_line(d: dict) -> str:

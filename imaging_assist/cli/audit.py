@@ -21,6 +21,7 @@ import json
 import sys
 
 from ..errors import UserError
+from ..safe_text import printable
 
 
 def register(sub) -> None:
@@ -132,8 +133,8 @@ def cmd_audit(args) -> int:
             continue
         t = str(obj.get("time", ""))[:19].replace("T", " ")
         kv = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items() if v not in (None, "", [], {}))
-        print(f"{obj.get('seq', n):>6}  {t}Z  {obj.get('user', '?')}@{obj.get('host', '?')}  "
-              f"{obj.get('event', '?')}  {kv}".rstrip())
+        print(printable(f"{obj.get('seq', n):>6}  {t}Z  {obj.get('user', '?')}@{obj.get('host', '?')}  "
+                        f"{obj.get('event', '?')}  {kv}".rstrip()))  # paths and names: no control sequences
     if not records:  # nothing readable: an empty trail, or one deleted or replaced (say which)
         ok, line, reason = audit.verify()
         if not ok:

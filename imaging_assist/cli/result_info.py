@@ -9,6 +9,14 @@ from ..errors import UserError
 from .common import print_json
 
 
+
+def _print(*parts) -> None:
+    """print() with the control characters of values read from files shown escaped (a
+    description or label could otherwise move the cursor or fake a line)."""
+    from ..safe_text import printable
+
+    print(*(printable(p) for p in parts))
+
 def _with_sources(index, series):
     """An index holding the series ``series`` refers to: ``index``, or (given the object's own
     file) the index of the folder that holds it."""
@@ -89,25 +97,25 @@ def print_result_info(index, series, as_json: bool = False) -> int:
     if as_json:
         print_json(d)
         return 0
-    print(f"Series      {series.description or '(no description)'}  [{series.modality}]  uid={series.uid}")
-    print(f"Result      {d['kind_name']}; refers to series "
+    _print(f"Series      {series.description or '(no description)'}  [{series.modality}]  uid={series.uid}")
+    _print(f"Result      {d['kind_name']}; refers to series "
           f"{', '.join(d['references']) or '(none named)'}")
     if d["result_kind"] == "SEG":
-        print(f"Type        {d['segmentation_type']} on a {' x '.join(map(str, d['source_shape']))} grid")
+        _print(f"Type        {d['segmentation_type']} on a {' x '.join(map(str, d['source_shape']))} grid")
         for s in d["segments"]:
             extra = f"  ({s['type']})" if s["type"] and s["type"] != s["label"] else ""
-            print(f"Segment {s['number']:>3} {s['label']}{extra}: {s['voxels']} voxels"
+            _print(f"Segment {s['number']:>3} {s['label']}{extra}: {s['voxels']} voxels"
                   f"{'  ' + s['algorithm'] if s['algorithm'] else ''}")
     elif d["result_kind"] == "PR":
-        print(f"Label       {d['label']}: {len(d['annotations'])} annotations on this series")
+        _print(f"Label       {d['label']}: {len(d['annotations'])} annotations on this series")
         for a in d["annotations"]:
-            print(f"  {a['kind']:<11} {a['name']}  [image {a['image']}]")
+            _print(f"  {a['kind']:<11} {a['name']}  [image {a['image']}]")
     elif d["result_kind"] == "PM":
         rng = d["value_range"]
         rng_s = f"{rng[0]:g} .. {rng[1]:g}" if rng else "no values"
-        print(f"Values      {rng_s} {d['units']}".rstrip() + f"  ({d['label'] or 'no label'})")
+        _print(f"Values      {rng_s} {d['units']}".rstrip() + f"  ({d['label'] or 'no label'})")
     elif d["result_kind"] == "SR":
-        print(f"Title       {d['title']}")
+        _print(f"Title       {d['title']}")
         for it in d["items"]:
             v = f"{it['value']} {it['unit']}".strip()
             g = f"{it['group']}: " if it["group"] else ""
@@ -119,12 +127,12 @@ def print_result_info(index, series, as_json: bool = False) -> int:
                 refs = "  [at " + ", ".join(f"{v:.1f}" for v in it["point_lps"]) + " mm LPS]"
             else:
                 refs = ""
-            print(f"  {it['kind']:<11} {g}{it['name']} = {v}{refs}")
+            _print(f"  {it['kind']:<11} {g}{it['name']} = {v}{refs}")
         for r in d.get("regions_placed") or []:
             shape = "point(s)" if r["kind"] == "points" else "outline" if r["closed"] else "line"
-            print(f"  region      {r['label'][0]}: {shape} of {len(r['points_kji'])} points on image {r['image']}")
+            _print(f"  region      {r['label'][0]}: {shape} of {len(r['points_kji'])} points on image {r['image']}")
         for w in d.get("region_warnings") or []:
-            print(f"warning: {w}")
+            _print(f"warning: {w}")
     for w in d["warnings"]:
-        print(f"warning: {w}")
+        _print(f"warning: {w}")
     return 0
