@@ -215,3 +215,20 @@ def test_result_info_audit_and_analyze_lines_are_escaped(capsys):
     assert capsys.readouterr().out == "Title       FINDINGS\\x1b[2J\\nPatient ROE^JANE\n"
     line = _summary({"source": "a\x1b]0;t\x07.dcm", "probabilities": {"x": 0.5}})
     assert "\x1b" not in line and "\\x1b]0;t\\x07.dcm" in line
+
+
+def test_pacs_send_lines_are_escaped(tmp_path, monkeypatch, capsys):
+    """`pacs send` names each skipped or failed file and the node's reason: escaped too."""
+    import argparse
+
+    from imaging_assist.cli import pacs as cli_pacs
+    from imaging_assist.pacs import send as sendmod
+
+    monkeypatch.setenv("IMAGING_ASSIST_CONFIG_DIR", str(tmp_path / "cfg"))
+    bad = "x\x1b[2J\nPatient ROE^JANE.dcm"
+    monkeypatch.setattr(sendmod, "send", lambda node, paths, **k: sendmod.SendResult(
+        node="n", skipped=[(bad, "not DICOM")], failures=[(bad, "refused\x1b[8m")]))
+    args = argparse.Namespace(node="AE@127.0.0.1:104", paths=[bad], json=False)
+    assert cli_pacs.cmd_send(args) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "skipped: x\\x1b[2J\\nPatient ROE^JANE.dcm: not DICOM" in err

@@ -13,6 +13,7 @@ import sys
 import threading
 
 from ..errors import UserError
+from ..safe_text import printable  # values from the remote node and from files: no control sequences
 from .common import fmt_table, int_at_least, print_json
 
 
@@ -263,10 +264,10 @@ def cmd_get(args) -> int:
                             method=args.method, settings=s,
                             progress=lambda d, t, _s: bar(d, t), cancel=cancel), cancel)
     for note in res.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(printable(f"note: {note}"), file=sys.stderr)
     for f in res.failures:
         where = f" (series {f.series_instance_uid})" if f.series_instance_uid else ""
-        print(f"failed: {f.sop_instance_uid}{where}: {f.reason}", file=sys.stderr)
+        print(printable(f"failed: {f.sop_instance_uid}{where}: {f.reason}"), file=sys.stderr)
     index = None
     if res.written or res.skipped:
         index = api.index_study(res)
@@ -282,10 +283,10 @@ def cmd_get(args) -> int:
               f"{res.skipped} already present, {len(res.failures)} failed: {res.study_dir}")
         if index is not None:
             for x in index.all_series():
-                print(f"  series {x.number if x.number is not None else '-'} {x.modality or '--'} "
-                      f"{x.description or '(no description)'}: {x.n_instances} instances")
+                print(printable(f"  series {x.number if x.number is not None else '-'} {x.modality or '--'} "
+                                f"{x.description or '(no description)'}: {x.n_instances} instances"))
             for pr in index.problems:
-                print(f"  problem: {pr.path}: {pr.reason}")
+                print(printable(f"  problem: {pr.path}: {pr.reason}"))
     if res.cancelled or interrupted:
         print(f"cancelled: {res.written} instances kept, no partial file left; run the same "
               f"command again to fetch the rest", file=sys.stderr)
@@ -302,11 +303,11 @@ def cmd_send(args) -> int:
         res, interrupted = _run_cancellable(
             lambda: sendmod.send(node, args.paths, settings=s, progress=bar, cancel=cancel), cancel)
     for p, r in res.skipped:
-        print(f"skipped: {p}: {r}", file=sys.stderr)
+        print(printable(f"skipped: {p}: {r}"), file=sys.stderr)
     for p, r in res.failures:
-        print(f"failed: {p}: {r}", file=sys.stderr)
+        print(printable(f"failed: {p}: {r}"), file=sys.stderr)
     for p, r in res.warnings:
-        print(f"warning: {p}: {r}", file=sys.stderr)
+        print(printable(f"warning: {p}: {r}"), file=sys.stderr)
     if res.unconfirmed:
         print(f"warning: {res.unconfirmed} instances accepted by the node but not confirmed: the "
               f"read-back query failed ({res.readback_error})", file=sys.stderr)
