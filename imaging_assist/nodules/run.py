@@ -214,6 +214,9 @@ def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: st
             nd["tracking_uid"] = tracking_uid(volume.series_uid, r.id, r.center_lps)
         d["nodules"].append(nd)
     aff = np.asarray(volume.affine, float)
+    if run.label_map is not None or run.heatmaps:
+        from ..inference.results import nifti_geometry_warnings
+        d["warnings"] += [w for w in nifti_geometry_warnings(volume, aff) if w not in d["warnings"]]
     if run.label_map is not None:
         f = f"{stem}_nodules.nii.gz"
         save_nifti(run.label_map, aff, out_dir / f, like=volume)
