@@ -2,6 +2,8 @@
 reference, for a measurement on volume slice k, the file that slice comes from and its frame
 (slice 50 = frame 51 of run1, slice 116 = frame 21 of run2), not "dataset k" of the series."""
 
+import dataclasses
+
 import numpy as np
 import pydicom
 import pytest
@@ -36,7 +38,14 @@ def _runs(folder, window1=None, slope2=None, orientation=("R", "F"), n_runs=2):
             ds.RescaleSlope, ds.RescaleIntercept = slope2, 0
         ds.save_as(str(folder / f"run{n}.dcm"))
         uids[n] = str(ds.SOPInstanceUID)
-    return load_series(scan(str(folder)).image_series()[0]), uids
+    parts = scan(str(folder)).image_series()
+    # The index makes each cine loop without patient positions a part of its own (each plays at its
+    # own frame rate); the references are tested on one stack made of several multi-frame files, as a
+    # series of positioned multi-frame files loads: the runs' records put together by hand.
+    s = dataclasses.replace(parts[0], key=parts[0].uid, part=0, split_reason="",
+                            instances=sorted((r for p in parts for r in p.instances),
+                                             key=lambda r: int(r.get("InstanceNumber"))))
+    return load_series(s), uids
 
 
 @pytest.fixture(scope="module")
