@@ -459,11 +459,12 @@ def _threshold_metric(card, label: str, name: str, threshold: float, split: str)
 
 def card_summary(card, sha256: dict | None = None) -> dict:
     from ..explain.sanity import recorded_sanity
+    from ..models.card import card_limitations
     sums = dict(sha256 or {}) or {w.file: w.sha256 for w in card.weights if getattr(w, "sha256", None)}
     return {"id": card.id, "name": card.name, "version": card.version, "task": card.task,
             "intended_use": card.intended_use, "training_data": card.training_data,
             "validation_data": card.validation_data,
-            "limitations": list(card.raw.get("limitations") or []),
+            "limitations": card_limitations(card),
             "license": card.license, "sha256": sums,
             "sanity": {k: bool(v.get("passed")) for k, v in recorded_sanity(card).items()}}
 

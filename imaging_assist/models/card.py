@@ -357,6 +357,14 @@ def _check_explanation_region(c: _Checker, er, task, mid) -> ExplanationRegion |
     return ExplanationRegion(model, list(labels), name)
 
 
+def card_limitations(card) -> list[str]:
+    """The card's known limitations as a list of lines (the card may give one string)."""
+    lims = (getattr(card, "raw", None) or {}).get("limitations")
+    if isinstance(lims, str):
+        return [lims] if lims.strip() else []
+    return [x for x in lims if isinstance(x, str)] if isinstance(lims, list) else []
+
+
 def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) -> ModelCard:
     """Check a parsed model.json; raise :class:`ModelCardError` listing every problem."""
     where_file = str(folder / source) if folder else source
@@ -569,6 +577,11 @@ def validate_card(d: dict, folder: Path | None = None, source: str = CARD_FILE) 
 
     lic = c.string(c.req(d, "license"), "license")
     use = c.string(c.req(d, "intended_use"), "intended_use")
+    lims = d.get("limitations")
+    if lims is not None and not (isinstance(lims, str) or (isinstance(lims, list) and all(isinstance(x, str) for x in lims))):
+        c.add("limitations", f"must be a string or a list of strings (got {_short(lims)})")
+    elif lims is not None and sum(len(x) for x in ([lims] if isinstance(lims, str) else lims)) > MAX_TEXT_CHARS:
+        c.add("limitations", f"are longer than {MAX_TEXT_CHARS} characters in all")
     nfc = d.get("not_for_clinical_use")
     if nfc is not True:
         c.add("not_for_clinical_use", "must be true: imaging-assist runs research models only")

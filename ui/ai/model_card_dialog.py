@@ -21,6 +21,24 @@ def _num(v, digits=4) -> str:
         return esc(v)
 
 
+def _splits_table(splits, th: str, td: str) -> list[str]:
+    """``data.splits``: one row per split, its counts (images, patients, per class) as columns."""
+    if not isinstance(splits, dict) or not splits:
+        return []
+    rows = {str(k): v for k, v in splits.items() if isinstance(v, dict)}
+    cols: list[str] = []
+    for v in rows.values():
+        cols += [str(k) for k in v if str(k) not in cols and isinstance(v[k], (int, float, str))]
+    if not rows or not cols:
+        return []
+    out = ["<table cellspacing=0><tr>" + f"<th {th}>Split</th>" + "".join(f"<th {th}>{esc(k)}</th>" for k in cols)
+           + "</tr>"]
+    for name, v in rows.items():
+        out.append(f"<tr><td {td}>{esc(name)}</td>" + "".join(
+            f"<td {td}>{esc(v.get(k, '—'))}</td>" for k in cols) + "</tr>")
+    return out + ["</table>"]
+
+
 def card_html(card, entry=None) -> str:
     """HTML of a :class:`~imaging_assist.models.card.ModelCard` (and its registry entry)."""
     c = card
@@ -37,9 +55,10 @@ def card_html(card, entry=None) -> str:
     if c.description:
         out.append(f"<p>{esc(c.description)}</p>")
     raw = getattr(c, "raw", None) or {}
-    lims = raw.get("limitations")
+    from imaging_assist.models.card import card_limitations
+
+    lims = card_limitations(c)
     if lims:
-        lims = [lims] if isinstance(lims, str) else list(lims)
         out.append("<h3>Known limitations and failure modes</h3><ul style='margin-top:0'>"
                    + "".join(f"<li>{esc(x)}</li>" for x in lims) + "</ul>")
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
@@ -50,6 +69,7 @@ def card_html(card, entry=None) -> str:
         if isinstance(data.get(key), str):
             out.append(f"<tr><th {th}>{title}</th><td {td}>{esc(data[key])}</td></tr>")
     out.append("</table>")
+    out += _splits_table(data.get("splits"), th, td)
     out.append("<h3>Outputs</h3>")
     if c.task == "segmentation":
         labs = ", ".join(f"{i} = {esc(n)}" for i, n in enumerate(c.labels))

@@ -39,7 +39,7 @@ from imaging_assist.layers import LABEL_PALETTE, HeatmapLayer, LabelLayer
 
 from imaging_assist.models.matching import Match, match_card, series_facts
 
-from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, decision_text, esc, heat_display, heat_text,
+from .model_support import (EXPLAIN_CHOICES, METHOD_TITLES, decision_text, esc, plain_tip, heat_display, heat_text,
                             key_slice, one_line, operating_point_text, size_lines, timings_text)
 from ..shared.theme import ACCENT, ERROR_FG, MUTED, WARN_FG
 from ..monitor.feedback_box import attach_monitoring
@@ -537,6 +537,7 @@ class ModelPanel(QWidget):
         self.error = QLabel("")
         self.error.setObjectName("BannerError")
         self.error.setWordWrap(True)
+        self.error.setTextFormat(Qt.PlainText)  # error lines may quote a card's text
         self.error.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.error.hide()
         self.warnings = QLabel("")
@@ -719,7 +720,7 @@ class ModelPanel(QWidget):
             m = self.matches.get(folder)
             if c is None:
                 it = QTreeWidgetItem([e.folder.name, "invalid", "—", "—", "✗"])
-                it.setToolTip(0, e.error or "invalid model card")
+                it.setToolTip(0, plain_tip(e.error or "invalid model card"))
                 it.setForeground(4, QBrush(QColor(ERROR_FG)))
                 for col in range(4):
                     it.setForeground(col, QBrush(QColor(MUTED)))
@@ -735,7 +736,7 @@ class ModelPanel(QWidget):
                     tip.append(f"shadowed by {e.shadowed_by} (same id)")
                 elif m is not None:
                     tip.append("fits this series" if m.ok else f"does not fit: {m.reason}")
-                it.setToolTip(0, "\n".join(tip))
+                it.setToolTip(0, plain_tip("\n".join(tip)))  # card text of an added folder: never markup
                 if m is not None and m.ok:
                     f = QFont(it.font(0))
                     f.setBold(True)
@@ -780,8 +781,8 @@ class ModelPanel(QWidget):
         ok, why = self.verify_state.get(folder, (None, ""))
         it.setText(4, {True: "✓", False: "✗", None: "…"}[ok])
         it.setForeground(4, QBrush(QColor({True: OK_COLOR, False: ERROR_FG, None: MUTED}[ok])))
-        it.setToolTip(4, {True: "weights verified (sha256 matches the card)", None: "checking the weights…"}
-                      .get(ok, why))
+        it.setToolTip(4, plain_tip({True: "weights verified (sha256 matches the card)",
+                                    None: "checking the weights…"}.get(ok, why)))
 
     # ================================================================== selection
     def current_entry(self):
@@ -1102,7 +1103,7 @@ class ModelPanel(QWidget):
         text = one_line(text)
         self.last_error = text
         self.error.setText("✗ " + text)
-        self.error.setToolTip(text)
+        self.error.setToolTip(plain_tip(text))
         self.error.show()
 
     def error_text(self) -> str:

@@ -155,5 +155,12 @@ def key_slice(array: np.ndarray, res=None, label: str | None = None) -> int:
     return int(np.argmax(pos.reshape(a.shape[0], -1).sum(1)))
 
 
+def plain_tip(text) -> str:
+    """A tooltip that shows ``text`` literally: Qt renders a tooltip that looks like markup as
+    rich text (an untrusted card's ``<img src=file:...>`` or a bold "VERIFIED" in its name), so
+    the text is escaped inside an explicit rich-text wrapper, line breaks kept."""
+    return "<qt>" + esc(str(text)).replace("\n", "<br>") + "</qt>"
+
+
 def esc(s) -> str:
     return html.escape(str(s), quote=True)

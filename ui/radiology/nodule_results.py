@@ -151,23 +151,33 @@ def malignancy_text(r) -> str:
     if thr is None:
         return f"malignancy likelihood {ps} (no threshold in the model card)"
     t = float(thr)
+    from ..ai.model_support import _fmt_prob
+
+    # as many decimals as it takes not to read equal to the threshold (0.1712 is not "0.17 < 0.17")
+    ps = _fmt_prob(float(p), t) if _finite(p) else ps
     if withheld:
-        return f"malignancy likelihood {ps} (threshold {t:.2f}) · decision withheld: {withheld}"
+        return f"malignancy likelihood {ps} (threshold {t:g}) · decision withheld: {withheld}"
     x = _malignant_entry(r) or {}
     state = x.get("state") or ("positive" if float(p) >= t else "negative")
     if state == "review":
         state = "above the rule-out threshold: review"
-    return f"malignancy likelihood {ps} {'≥' if float(p) >= t else '<'} {t:.2f} → {state}"
+    return f"malignancy likelihood {ps} {'≥' if float(p) >= t else '<'} {t:g} → {state}"
+
+
+def _finite(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 def operating_point_line(r) -> str:
-    """The threshold's measured figures, as the AI panel quotes them (test split when so)."""
-    from ..ai.model_support import operating_point_text
+    """The threshold's measured figures, as the AI panel quotes them (the engine's text: the test
+    split's sensitivity and specificity with their intervals)."""
+    from imaging_assist.models.operating_point import operating_point_text
 
     x = _malignant_entry(r) or {}
-    op = x.get("operating_point") or {}
-    text = operating_point_text(op)
-    return (("test split: " if op.get("test") else "") + text) if text else ""
+    return operating_point_text(x.get("operating_point") or {})
 
 
 _CARD: list = []  # the malignancy model's card, read once (by the worker)
