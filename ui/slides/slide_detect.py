@@ -41,7 +41,11 @@ def is_slide_target(path) -> bool:
         head = _dicom_head(path) or b""
         if len(head) >= 132 and head[128:132] == b"DICM" and not _is_wsm(path):
             return False
-        from imaging_assist.slides.cli import is_slide_path
+        from imaging_assist.slides.cli import IMAGE_EXTENSIONS, SCAN_MIN_PLAIN_SIDE, is_slide_path
+        if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS and not head.startswith((b"II*\0", b"MM\0*")):
+            # a plain JPEG/PNG/BMP is a slide only when it is as large as `scan` lists slides: a
+            # chest film or a pathology tile opens in the image viewer, where its models are
+            return is_slide_path(path, SCAN_MIN_PLAIN_SIDE - 1)
         return is_slide_path(path)
     if not os.path.isdir(path):
         return False
