@@ -71,7 +71,10 @@ def auto_window(arr: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> W
     lo, hi = np.percentile(flat, [lo_pct, hi_pct]) if flat.size else (0.0, 1.0)
     if hi <= lo:
         hi = lo + 1
-    return WindowPreset("Auto", float((lo + hi) / 2), float(hi - lo), source="auto")
+    # float modality values (RescaleSlope 0.0001: 0..0.5) need windows narrower than 1, which
+    # LINEAR does not allow (its width >= 1 rule is for integer values): LINEAR_EXACT for them
+    function = "LINEAR_EXACT" if np.asarray(arr).dtype.kind == "f" else "LINEAR"
+    return WindowPreset("Auto", float((lo + hi) / 2), float(hi - lo), source="auto", function=function)
 
 
 def default_window(vol: Volume) -> WindowPreset:
@@ -162,10 +165,11 @@ def _window_header(center: float, width: float, function: str):
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsStored, ds.PixelRepresentation = 8, 0  # output range y_min..y_max = 0..255
     f = function.upper() if function and function.upper() in VOI_FUNCTIONS else "LINEAR"
-    if f == "LINEAR":
-        width = max(float(width), 1.0)  # pydicom (and PS3.3) require >= 1 for LINEAR
-    else:
-        width = max(float(width), 1e-6)
+    if f == "LINEAR" and float(width) < 1:
+        # pydicom (and PS3.3) require >= 1 for LINEAR; clamping made a narrower window (on float
+        # values) a threshold at c - 0.5 (a flat field): such a window is read as LINEAR_EXACT
+        f = "LINEAR_EXACT"
+    width = max(float(width), 1e-6)
     ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = float(center), width, f
     return ds
 

@@ -133,6 +133,10 @@ class MainWindow(QMainWindow):
         self.pages.addWidget(viewer_page)
         self.setCentralWidget(self.pages)
         self.view_area.activeViewChanged.connect(lambda v: self._sync_slider())
+        # Invert (I) acts on the active viewport: its check mark follows that viewport's series
+        self.view_area.activeViewChanged.connect(self._sync_invert)
+        for d in dict.fromkeys(v.doc for v in self.view_area.all_views()):
+            d.volumeChanged.connect(self._sync_invert)
         self.view_area.layoutChanged.connect(self._layout_changed)
         for v in self.view_area.all_views():
             v.cursorInfo.connect(self._cursor_info)
@@ -263,12 +267,22 @@ class MainWindow(QMainWindow):
         v.set_zoom(v.zoom * f)
 
     def reset_view(self):
-        self.doc.reset_window()
-        self.a_invert.setChecked(False)
-        self.doc.set_invert(False)
+        """Window, invert, zoom, pan, rotation and flip of the active viewport's series (the
+        three MPR views share one)."""
+        doc = self.active_view().doc
+        doc.reset_window()
+        doc.set_invert(False)
+        self._sync_invert()
         for v in self.view_area.views():
-            v.set_orientation(0, False)
-            v.fit()
+            if v.doc is doc:
+                v.set_orientation(0, False)
+                v.fit()
+
+    def _sync_invert(self, *args):
+        """The Invert action's check mark shows the active viewport's invert."""
+        on = self.active_view().doc.invert
+        if self.a_invert.isChecked() != on:
+            self.a_invert.setChecked(on)
 
     def _set_crosshair(self, on):
         self.doc.show_crosshair = bool(on)
@@ -311,9 +325,8 @@ class MainWindow(QMainWindow):
 
     # ------------------------------------------------------------------ window (WindowPresets)
     def _volume_changed(self):
-        self.presets.rebuild()
+        # the presets rebuild themselves when the document they follow gets a new series
         self._sync_slider()
-        self.a_invert.setChecked(False)
         self.a_mpr.setEnabled(self.doc.mpr_available)
         self._update_enabled()
         self.tags.update_later()

@@ -9,9 +9,15 @@ from PySide6.QtWidgets import QComboBox
 from imaging_assist.volume import WindowPreset
 
 
+def _num(v: float) -> str:
+    """A window value: whole numbers from 100 up, else four significant digits (W 0.5 L 0.25)."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.4g}"
+
+
 class WindowPresets(QObject):
     def __init__(self, doc, status, parent=None):
         super().__init__(parent)
+        self._doc = None
         self.doc = doc
         self.status = status  # callable(text, ms): the status bar
         self.menu = None
@@ -21,6 +27,24 @@ class WindowPresets(QObject):
         self.combo.setToolTip("Window presets (1-7 CT presets, 0 file window, 9 auto)")
         self.combo.activated.connect(self._combo_chosen)
         self._combo_presets: list = []
+
+    @property
+    def doc(self):
+        """The document the presets act on (the active viewport's)."""
+        return self._doc
+
+    @doc.setter
+    def doc(self, doc):
+        # follow that document's series: a grid viewport that loads another series while it is
+        # active must not keep offering the previous series' presets (a CT's LUNG on an MR)
+        if self._doc is not None:
+            self._doc.volumeChanged.disconnect(self._volume_changed)
+        self._doc = doc
+        doc.volumeChanged.connect(self._volume_changed)
+
+    def _volume_changed(self):
+        if self.menu is not None:
+            self.rebuild()
 
     def rebuild(self):
         self.menu.clear()
@@ -68,7 +92,7 @@ class WindowPresets(QObject):
         self.combo.blockSignals(True)
         self.combo.setCurrentIndex(idx)
         if w is not None and idx == len(self._combo_presets) - 1:
-            self.combo.setItemText(idx, f"Custom  W {w.width:.0f} L {w.center:.0f}")
+            self.combo.setItemText(idx, f"Custom  W {_num(w.width)} L {_num(w.center)}")
         self.combo.blockSignals(False)
 
     def apply_name(self, name: str) -> bool:

@@ -3,6 +3,8 @@ position (crosshair).  Views observe it through Qt signals."""
 
 from __future__ import annotations
 
+import math
+
 from PySide6.QtCore import QObject, Signal
 
 from imaging_assist import display
@@ -112,9 +114,17 @@ class ViewerDocument(QObject):
     def set_window(self, center: float, width: float, name: str = "", source: str = "user"):
         if self.volume is None:
             return
-        width = max(1.0, float(width))
+        center, width = float(center), float(width)
+        if not (math.isfinite(center) and math.isfinite(width)):
+            return  # e.g. a VOI LUT's NaN stand-in: it would show black; keep the current window
         fn = self.window.function if self.window is not None and self.window.source != "voilut" else "LINEAR"
-        self.window = WindowPreset(name or "Custom", float(center), width, source=source, function=fn)
+        if self.volume.array.dtype.kind == "f":
+            # float values (0..0.5) need windows narrower than 1: LINEAR_EXACT (display.auto_window)
+            width = max(width, 1e-6)
+            fn = "LINEAR_EXACT" if fn == "LINEAR" else fn
+        else:
+            width = max(1.0, width)
+        self.window = WindowPreset(name or "Custom", center, width, source=source, function=fn)
         self.windowChanged.emit()
 
     def apply_preset(self, preset: WindowPreset):

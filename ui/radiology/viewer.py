@@ -53,7 +53,11 @@ def _fmt_date(d: str) -> str:
 def _fmt_num(v: float) -> str:
     if v is None or not math.isfinite(v):
         return "-"
-    return f"{v:.0f}" if abs(v - round(v)) < 1e-6 or abs(v) >= 100 else f"{v:.1f}"
+    if abs(v - round(v)) < 1e-6 or abs(v) >= 100:
+        return f"{v:.0f}"
+    # four significant digits: a window on fractional values (0..0.5) reads "L 0.25", not "L 0.2"
+    digits = max(1, 3 - math.floor(math.log10(abs(v))))
+    return f"{v:.{digits}f}".rstrip("0").rstrip(".")
 
 
 class SliceView(QWidget):
@@ -889,6 +893,18 @@ class SliceView(QWidget):
                     best, bd = m, 0
         return best
 
+    def _window_drag_start(self) -> tuple[float, float]:
+        """The centre and width a W/L drag starts from.  A VOI LUT has none (NaN): the window
+        of its input range (first mapped value .. first + n - 1, PS3.3 C.11.2.1.1) stands in."""
+        w, vol = self.doc.window, self.vol
+        if w.source == "voilut" and vol.voi_lut is not None:
+            n = len(vol.voi_lut)
+            return vol.voi_lut_first + n / 2, float(n)  # LINEAR: first -> 0, first + n - 1 -> 255
+        if not (math.isfinite(w.center) and math.isfinite(w.width)):
+            from imaging_assist import display
+            w = display.auto_window(vol.array[self.doc.position[0]])
+        return w.center, w.width
+
     def mousePressEvent(self, ev):
         self.activated.emit(self)
         if self.vol is None:
@@ -896,7 +912,7 @@ class SliceView(QWidget):
         pos = ev.position()
         btn = ev.button()
         if btn == Qt.RightButton:
-            self._drag = ("window", pos, self.doc.window.center, self.doc.window.width)
+            self._drag = ("window", pos, *self._window_drag_start())
             return
         if btn == Qt.MiddleButton:
             self._drag = ("pan", pos)
@@ -939,7 +955,7 @@ class SliceView(QWidget):
             else:
                 self._drag = ("pan", pos)
         elif tool == "window":
-            self._drag = ("window", pos, self.doc.window.center, self.doc.window.width)
+            self._drag = ("window", pos, *self._window_drag_start())
         elif tool == "pan":
             self._drag = ("pan", pos)
         elif tool == "zoom":
@@ -990,8 +1006,12 @@ class SliceView(QWidget):
         if kind == "window":
             _, p0, c0, w0 = d
             dx, dy = pos.x() - p0.x(), pos.y() - p0.y()
-            width = max(1.0, w0 * math.exp(dx / 250.0))
-            center = c0 + dy * max(w0, 20.0) / 300.0
+            # steps in proportion to the window, so a window 0.5 wide on fractional values moves
+            # as finely as a 400 HU one; integer values keep width >= 1 and a 20/300 centre step
+            floating = self.vol.array.dtype.kind == "f"
+            width = w0 * math.exp(dx / 250.0)
+            width = width if floating else max(1.0, width)
+            center = c0 + dy * (w0 if floating else max(w0, 20.0)) / 300.0
             self.doc.set_window(center, width, "Custom")
         elif kind == "pan":
             _, p0 = d
