@@ -3,6 +3,8 @@
 * ``mpr_sagittal_acquisition.png``: MPR of a series acquired sagittally (the real Philips head
   phantom's slices with their geometry re-labelled as sagittal: IOP 0\\1\\0\\0\\0\\-1, positions
   stepping along x).  The process died with SIGSEGV as soon as MPR showed such a series.
+* ``model_card_splits.png``: the card dialog of cxr-pneumonia with its split counts (images,
+  patients, per class) for each split, as docs/model_card.md says it shows them.
 * ``us_doppler_region_ruler.png``: an ultrasound image with a B-mode region (cm) above a spectral
   Doppler strip (s, cm/s): a ruler in the B-mode part reads mm (calibrated), one in the Doppler
   strip px with "outside the calibrated ultrasound region".
@@ -81,6 +83,7 @@ def main() -> int:
     print(small_png(w.grab().toImage(), OUT / "mpr_sagittal_acquisition.png"))
 
     from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QTextBrowser
 
     from imaging_assist.measure import Measurement
     from imaging_assist_ui.radiology.annotation_tools import annotations_for
@@ -96,6 +99,20 @@ def main() -> int:
     img = w.view_area.grab().toImage()  # the viewport and its banner (speckle makes big PNGs)
     print(small_png(img.scaledToWidth(int(img.width() * 0.75), Qt.SmoothTransformation),
                     OUT / "us_doppler_region_ruler.png"))
+
+    from imaging_assist.models.card import load_card
+    from imaging_assist_ui.ai.model_card_dialog import ModelCardDialog
+
+    dlg = ModelCardDialog(load_card(HERE.parent / "weights" / "cxr-pneumonia"), parent=w)
+    dlg.resize(900, 1000)
+    dlg.show()
+    wait(app, lambda: False, 0.8)
+    browser = next((c for c in dlg.findChildren(QTextBrowser)), None)
+    if browser is not None:  # scrolled to the Data section: the split counts
+        browser.find("original_test")
+        wait(app, lambda: False, 0.3)
+    print(small_png(dlg.grab().toImage(), OUT / "model_card_splits.png"))
+    dlg.close()
     w.close()
     wait(app, lambda: False, 2.0)
     return 0
