@@ -232,3 +232,26 @@ def test_pacs_send_lines_are_escaped(tmp_path, monkeypatch, capsys):
     assert cli_pacs.cmd_send(args) == 1
     err = capsys.readouterr().err
     assert "\x1b" not in err and "skipped: x\\x1b[2J\\nPatient ROE^JANE.dcm: not DICOM" in err
+
+
+def test_evaluate_notes_are_escaped(tmp_path, monkeypatch, capsys):
+    """evaluate's notes and summary name groups and files from the site's data: no control sequence."""
+    import argparse
+
+    import imaging_assist.validation.evaluate as ev
+    import imaging_assist.validation.evaluate_report as er
+    from imaging_assist.cli import evaluate as cli_eval
+
+    report = {"notes": ["group 'ICU\x1b[2J\nPatient X' has 1 case"]}
+    monkeypatch.setattr(ev, "evaluate", lambda *a, **k: report)
+    monkeypatch.setattr(er, "write_json", lambda r, d: d / "evaluation.json")
+    monkeypatch.setattr(er, "write_pdf", lambda r, d: d / "evaluation.pdf")
+    monkeypatch.setattr(cli_eval, "_summary", lambda r: "m 1 on 1 images\n  group \x1b]0;t\x07 ok")
+    (tmp_path / "data").mkdir()
+    args = argparse.Namespace(data=str(tmp_path / "data"), model="m", labels=None, group_by=None,
+                              target_sensitivity=None, bootstrap=10, positive=None, out=str(tmp_path / "out"),
+                              save_site_threshold=False)
+    assert cli_eval.cmd_evaluate(args) == 0
+    out = capsys.readouterr()
+    assert "\x1b" not in out.err + out.out and "note: group 'ICU\\x1b[2J\\nPatient X' has 1 case" in out.err
+    assert "group \\x1b]0;t\\x07 ok" in out.out

@@ -179,3 +179,14 @@ def test_invert_and_reset_act_on_the_active_viewport(win, keys):
     _load_cell(win, 1, keys["ct"])  # another series in the active viewport: shown as stored
     assert not c1.doc.invert and not win.a_invert.isChecked()
     win.set_layout("single")
+
+
+def test_the_corner_gives_a_large_centre_the_decimals_its_width_needs():
+    """W 0.5 on values near 1000 read "L 1000" (whole numbers from 100 up)."""
+    from imaging_assist.volume import WindowPreset
+    from imaging_assist_ui.radiology.viewer import _fmt_window
+
+    assert _fmt_window(WindowPreset("x", 1000.125, 0.5)) == ("0.5", "1000.125")
+    assert _fmt_window(WindowPreset("x", 40.0, 400.0)) == ("400", "40")
+    assert _fmt_window(WindowPreset("x", 1040.5, 400.0)) == ("400", "1040")
+    assert _fmt_window(WindowPreset("x", 0.25, 0.5)) == ("0.5", "0.25")

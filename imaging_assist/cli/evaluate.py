@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..errors import UserError
+from ..safe_text import printable
 from .common import int_at_least, out_folder
 
 
@@ -76,8 +77,8 @@ def cmd_evaluate(args) -> int:
     jp = write_json(report, out_dir)
     pp = write_pdf(report, out_dir)
     for n in report["notes"]:
-        print(f"note: {n}", file=sys.stderr)
-    print(_summary(report))
+        print(printable(f"note: {n}"), file=sys.stderr)  # notes name groups and files from the data
+    print("\n".join(printable(ln) for ln in _summary(report).splitlines()))
     if report.get("site_threshold"):
         print(f"saved {report['site_threshold']['text']} ({report['site_threshold']['file']})")
     print(f"wrote {jp} and {pp}")

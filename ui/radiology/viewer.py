@@ -60,6 +60,17 @@ def _fmt_num(v: float) -> str:
     return f"{v:.{digits}f}".rstrip("0").rstrip(".")
 
 
+def _fmt_window(w) -> tuple[str, str]:
+    """W and L for the corner: a centre of 100 or more gets as many decimals as the width needs
+    (W 0.5 on values near 1000 reads "L 1000.12", not "L 1000")."""
+    ws, c = _fmt_num(w.width), w.center
+    if c is None or not math.isfinite(c) or abs(c) < 100 or not math.isfinite(w.width) or w.width <= 0 \
+            or abs(c - round(c)) < 1e-6:
+        return ws, _fmt_num(c)
+    digits = min(6, max(0, 2 - math.floor(math.log10(w.width))))
+    return ws, (f"{c:.{digits}f}".rstrip("0").rstrip(".") if digits else f"{c:.0f}")
+
+
 class SliceView(QWidget):
     """Shows ``doc.volume`` through ``plane`` at ``doc.position[plane.axis]``."""
 
@@ -703,7 +714,7 @@ class SliceView(QWidget):
             w = doc.window
             br = []
             if w is not None and not vol.is_color and w.source != "voilut":
-                br.append(f"W {_fmt_num(w.width)} L {_fmt_num(w.center)}")
+                br.append("W {} L {}".format(*_fmt_window(w)))
             br.append(f"{self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
             if self.orientation_text():
                 br.append(self.orientation_text())
@@ -787,7 +798,7 @@ class SliceView(QWidget):
         elif w is not None and w.source == "voilut":
             br.append(f"VOI LUT: {w.name}")
         elif w is not None:
-            br.append(f"W {_fmt_num(w.width)}  L {_fmt_num(w.center)}" + (f"  {w.name}" if w.name else ""))
+            br.append("W {}  L {}".format(*_fmt_window(w)) + (f"  {w.name}" if w.name else ""))
         br.append(f"Zoom {self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
         if self.orientation_text():
             br.append(self.orientation_text())
