@@ -41,6 +41,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .jsonvalues import is_number
+from .models.operating_point import format_probability
 
 
 def demo_root() -> str:
@@ -559,7 +560,8 @@ def analysis_lines(d: dict) -> list[str]:
     for lab, p in (() if decision.get("text") else (d.get("probabilities") or {}).items()):
         dec = (d.get("decisions") or {}).get(lab)
         if dec:
-            lines.append(f"{lab} {p:.3f} {'≥' if dec['positive'] else '<'} {dec['threshold']:g} → "
+            lines.append(f"{lab} {format_probability(p, dec['threshold'])} "
+                         f"{'≥' if dec['positive'] else '<'} {dec['threshold']:g} → "
                          f"{'positive' if dec['positive'] else 'negative'}")
         else:
             lines.append(f"{lab} {p:.3f}")

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..models.operating_point import format_probability as _fmt_p
 
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
 NOT_DRAWN_GREY = (215, 215, 215)  # the heat-map colour bar's part that is not drawn on the image
@@ -1077,23 +1078,6 @@ class _Doc:
         p.cell(p.w - p.l_margin - p.r_margin, 4,
                self.t(f"{NOT_FOR_CLINICAL_USE} · research software, not a diagnosis · "
                       f"page {p.page_no()}/{{nb}}"), align="C")
-
-
-def _fmt_p(p: float, threshold: float | None = None) -> str:
-    """A probability with 3 decimals, or as many more as it takes to read on the same side of
-    the printed threshold (``:g``) as it lies of the threshold: 0.7476 under 0.7477 is never
-    printed "0.748"."""
-    if not math.isfinite(p):
-        return "not a number"
-    s = f"{p:.3f}"
-    if threshold is None or not math.isfinite(threshold):
-        return s
-    shown, above = float(f"{threshold:g}"), p >= threshold
-    for d in range(3, 17):
-        s = f"{p:.{d}f}"
-        if (float(s) >= shown) == above:
-            break
-    return s
 
 
 def _fmt_size(v: float) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..jsonvalues import is_number
+from ..models.operating_point import label_state
 from ..privacy.audit import record_export
 from . import dicom_common as dc
 
@@ -51,8 +53,6 @@ def _local(value: str, meaning: str):
 
 def _state(decision, label: str, fallback: str) -> str:
     """The decision state of ``label`` (positive / review / negative) as the engine decided it."""
-    from ..models.operating_point import label_state
-
     x = label_state(decision if isinstance(decision, dict) else None, label)
     return str(x.get("state")) if x and x.get("state") in ("positive", "review", "negative") else fallback
 
@@ -246,7 +246,11 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
                 _local("D-" + nd["density"], f"{nd['density']} (from HU, not a reader's call)")))
         dec = nd.get("decision") or {}
         if nd.get("p_malignant") is not None:
-            meas.append(hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=float(nd["p_malignant"]),
+            # the engine's unrounded probability where the decision has it (results written
+            # before session 23 rounded p_malignant to 4 decimals, which can cross the threshold)
+            st = label_state(dec, "malignant")
+            p_mal = float(st["probability"]) if st and is_number(st.get("probability"), 0, 1) else float(nd["p_malignant"])
+            meas.append(hd.sr.Measurement(name=codes.DCM.ProbabilityOfCancer, value=p_mal,
                                           unit=_unit("1"), algorithm_id=mal_algo))
             if dec.get("withheld"):
                 qual.append(hd.sr.QualitativeEvaluation(
@@ -257,7 +261,7 @@ def _nodule_groups(res: dict, seg, volume, datasets, warnings: list) -> list:
                 meas.append(hd.sr.Measurement(name=_local("OP-THRESHOLD", "Operating threshold"),
                                               value=float(nd["threshold"]), unit=_unit("1"), algorithm_id=mal_algo))
                 # the engine's state (from the unrounded probability; "review" is not Present)
-                fallback = "positive" if float(nd["p_malignant"]) >= float(nd["threshold"]) else "negative"
+                fallback = "positive" if p_mal >= float(nd["threshold"]) else "negative"
                 qual.append(_finding_evaluation("malignant", _state(dec, "malignant", fallback)))
         g_meas, g_qual = _growth_items(nd.get("growth"), seg_algo)
         meas += g_meas

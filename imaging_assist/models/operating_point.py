@@ -28,9 +28,30 @@ No Qt, no torch.
 
 from __future__ import annotations
 
+import math
 import re
 
-__all__ = ["operating_point", "ppv_npv", "decide_item", "decision_text", "apply_decision"]
+__all__ = ["operating_point", "ppv_npv", "decide_item", "decision_text", "apply_decision",
+           "format_probability"]
+
+
+def format_probability(p: float, threshold: float | None = None) -> str:
+    """A probability with 3 decimals, or as many more as it takes to read on the same side of
+    the printed threshold (``:g``, as every decision line prints it) as it lies of the
+    threshold: 0.17224 over 0.1722 is never printed "0.172", 0.61996 under 0.62 never "0.620".
+    The one rule for the CLI, the report, DICOM SR text and the viewer's panels."""
+    p = float(p)
+    if not math.isfinite(p):
+        return "not a number"
+    s = f"{p:.3f}"
+    if threshold is None or not math.isfinite(float(threshold)):
+        return s
+    shown, above = float(f"{float(threshold):g}"), p >= float(threshold)
+    for d in range(3, 17):
+        s = f"{p:.{d}f}"
+        if (float(s) >= shown) == above:
+            break
+    return s
 
 
 def ppv_npv(sensitivity: float, specificity: float, prevalence: float) -> tuple[float | None, float | None]:
@@ -212,16 +233,17 @@ def decision_text(d: dict) -> str:
     """The decision in words, most likely class first."""
     parts = []
     for x in d.get("labels") or []:
-        lab, p, t = x["label"], x["probability"], x["threshold"]
+        lab, t = x["label"], x["threshold"]
+        p = format_probability(x["probability"], None if x["state"] == "withheld" else t)
         if x["state"] == "withheld":
-            parts.append(f"{lab} {p:.3f}: decision withheld ({d.get('withheld_reason')})")
+            parts.append(f"{lab} {p}: decision withheld ({d.get('withheld_reason')})")
         elif x["state"] == "positive":
-            parts.append(f"{lab} {p:.3f} >= threshold {t:g}: positive")
+            parts.append(f"{lab} {p} >= threshold {t:g}: positive")
         elif x["state"] == "review":
-            parts.append(f"{lab} {p:.3f} above rule-out threshold {t:g}: review "
+            parts.append(f"{lab} {p} above rule-out threshold {t:g}: review "
                          f"(most likely: {d['most_likely']})")
         else:
-            parts.append(f"{lab} {p:.3f} < threshold {t:g}: negative")
+            parts.append(f"{lab} {p} < threshold {t:g}: negative")
         line = operating_point_text(x["operating_point"])
         if line and x["state"] != "withheld":
             parts[-1] += f" [{line}]"

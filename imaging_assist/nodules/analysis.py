@@ -109,7 +109,11 @@ class NoduleResult:
              "found": bool(self.found), "reason": self.reason,
              "volume_mm3": r(self.volume_mm3), "long_axis_mm": r(self.long_axis_mm),
              "short_axis_mm": r(self.short_axis_mm), "mean_hu": r(self.mean_hu),
-             "density": self.density, "p_malignant": r(self.p_malignant), "threshold": r(self.threshold),
+             "density": self.density,
+             # unrounded: a probability rounded to 4 decimals can cross its threshold (0.17216
+             # stored as 0.1722 under a 0.1722 threshold reads "positive" in the SR and the report)
+             "p_malignant": None if self.p_malignant is None else float(self.p_malignant),
+             "threshold": None if self.threshold is None else float(self.threshold),
              "decision": self.decision, "ood": self.ood, "warnings": list(self.warnings),
              "timings": {k: round(float(v), 4) for k, v in self.timings.items()},
              "models": dict(self.models),
@@ -132,8 +136,11 @@ class NoduleResult:
              f"{', mean ' + format(self.mean_hu, '.0f') + ' HU' if self.mean_hu is not None else ''}"
              f"{', ' + self.density if self.density else ''}")
         if self.p_malignant is not None:
-            s += f"; malignant {self.p_malignant:.3f}"
-            if self.decision and self.decision.get("withheld"):
+            from ..models.operating_point import format_probability
+
+            withheld = bool(self.decision and self.decision.get("withheld"))
+            s += f"; malignant {format_probability(self.p_malignant, None if withheld else self.threshold)}"
+            if withheld:
                 s += f", decision withheld: {self.decision.get('withheld_reason')}"
             elif self.threshold is not None:
                 from ..models.operating_point import label_state

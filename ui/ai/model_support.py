@@ -30,13 +30,9 @@ from imaging_assist.models.matching import Match, SeriesFacts, match_card, serie
 
 
 # =========================================================================== formatting
-def _fmt_prob(p: float, thr: float | None = None) -> str:
-    """3 decimals, more when that would print the probability equal to its threshold."""
-    for d in (3, 4, 5, 6):
-        s = f"{p:.{d}f}"
-        if thr is None or s != f"{thr:.{d}f}" or d == 6:
-            return s
-    return f"{p:.6f}"
+# one rule with the engine's decision lines, the report and the CLI: as many decimals as it
+# takes to read on the same side of the printed threshold
+from imaging_assist.models.operating_point import format_probability as _fmt_prob  # noqa: E402
 
 
 def decision_text(label: str, p: float, decision: dict | None) -> str:

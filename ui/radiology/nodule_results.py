@@ -153,7 +153,7 @@ def malignancy_text(r) -> str:
     t = float(thr)
     from ..ai.model_support import _fmt_prob
 
-    # as many decimals as it takes not to read equal to the threshold (0.1712 is not "0.17 < 0.17")
+    # as many decimals as it takes to read on the threshold's side (0.61996 is not "0.620 < 0.62")
     ps = _fmt_prob(float(p), t) if _finite(p) else ps
     if withheld:
         return f"malignancy likelihood {ps} (threshold {t:g}) · decision withheld: {withheld}"
