@@ -13,12 +13,15 @@ from functools import lru_cache
 
 import numpy as np
 
-# Qualitative palette for labels (distinct on a grey image); label 1 gets the first.
+# Qualitative palette for labels (distinct on a grey image); label 1 gets the first.  Sasha
+# Trubetskoy's 20 colours, except that its grey (label 20: invisible over grey CT at 50 %
+# opacity) and its two near-whites (pink, beige: labels 10 and 14) are replaced by saturated
+# colours far from the others.
 LABEL_PALETTE: list[tuple[int, int, int]] = [
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
-    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
-    (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
-    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (40, 0, 255),
+    (0, 128, 128), (220, 190, 255), (170, 110, 40), (0, 255, 145), (128, 0, 0),
+    (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (0, 255, 0),
 ]
 
 # Heat-map colormaps: matplotlib's tables (a dependency; its colormaps are the reference
@@ -100,12 +103,41 @@ def apply_colormap(v: np.ndarray, name: str = DEFAULT_HEAT_COLORMAP) -> np.ndarr
     return colormap_rgb(name)[colormap_index(v)]
 
 
+PICKED_LABELS = 255  # label values up to this one get colours picked apart (_picked_label_colors)
+
+
+@lru_cache(maxsize=1)
+def _picked_label_colors() -> np.ndarray:
+    """(PICKED_LABELS - 20, 3) uint8 colours of labels 21 ... 255: each the colour farthest (RGB
+    distance) from those of all lower labels, among the saturated, bright colours of a 16-level
+    grid, and clearly different from the label just below (>= 60 in some channel).  Greedy
+    farthest-point picking, in integers, so the same everywhere; no two of labels 1 ... 255 are
+    closer than about 34 (a golden-ratio hue turn came round to within 1.4 after 144 labels)."""
+    g = np.arange(0, 256, 17)
+    c = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3).astype(np.int64)
+    hi, lo = c.max(1), c.min(1)
+    c = c[(hi >= 153) & (2 * (hi - lo) >= hi)]  # value >= 0.6, saturation >= 0.5: never grey
+    pal = np.array(LABEL_PALETTE, np.int64)
+    d = ((c[:, None] - pal[None]) ** 2).sum(-1).min(1)  # squared distance to the nearest so far
+    prev, out = pal[-1], []
+    for _ in range(PICKED_LABELS - len(LABEL_PALETTE)):
+        i = int(np.argmax(np.where(np.abs(c - prev).max(1) >= 60, d, -1)))
+        prev = c[i]
+        out.append(prev)
+        d = np.minimum(d, ((c - prev) ** 2).sum(1))
+    out = np.array(out, np.uint8)
+    out.setflags(write=False)
+    return out
+
+
 def _extra_label_colors(values: np.ndarray) -> np.ndarray:
-    """(n, 3) uint8 colours of label values after the palette's 20: hues a golden-ratio turn
-    apart (neighbouring values get hues about 137 degrees apart), saturated and bright enough
+    """(n, 3) uint8 colours of label values after the palette's 20: up to PICKED_LABELS the
+    picked ones (:func:`_picked_label_colors`); above it (uint16 label maps) hues a golden-ratio
+    turn apart (neighbouring values get hues about 137 degrees apart), saturated and bright enough
     not to read as grey, with saturation and brightness cycling so that hues that come round
-    again differ too."""
-    n = np.asarray(values, np.int64) - (len(LABEL_PALETTE) + 1)
+    again mostly differ too."""
+    values = np.asarray(values, np.int64)
+    n = values - (len(LABEL_PALETTE) + 1)
     h = (0.05 + n * 0.6180339887498949) % 1.0
     s = np.array([0.95, 0.6, 0.8])[n % 3]
     v = np.array([0.9, 1.0, 0.7])[(n // 3) % 3]
@@ -116,7 +148,10 @@ def _extra_label_colors(values: np.ndarray) -> np.ndarray:
     r = np.choose(i, [v, q, p, p, t, v])
     g = np.choose(i, [t, v, v, q, p, p])
     b = np.choose(i, [p, p, t, v, v, q])
-    return np.clip(np.stack([r, g, b], -1) * 255 + 0.5, 0, 255).astype(np.uint8)
+    out = np.clip(np.stack([r, g, b], -1) * 255 + 0.5, 0, 255).astype(np.uint8)
+    picked = values <= PICKED_LABELS
+    out[picked] = _picked_label_colors()[n[picked]]
+    return out
 
 
 def label_color(i: int) -> tuple[int, int, int]:

@@ -18,11 +18,13 @@ from __future__ import annotations
 import re
 
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-# C0 and C1 controls (and DEL), bidi embeddings/overrides (U+202A-202E) and isolates
-# (U+2066-2069), the Unicode line and paragraph separators, lone surrogates (undecodable
-# bytes of a file name: they would also make print() raise on a UTF-8 terminal)
+# C0 and C1 controls (and DEL), bidi embeddings/overrides (U+202A-202E), isolates
+# (U+2066-2069) and marks (LRM, RLM U+200E-200F, ALM U+061C), the Unicode line and paragraph
+# separators, lone surrogates (undecodable bytes of a file name: they would also make print()
+# raise on a UTF-8 terminal)
 _ESCAPES = {c: _NAMED.get(chr(c), f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}")
-            for r in ((0x00, 0x1f), (0x7f, 0x9f), (0x2028, 0x202e), (0x2066, 0x2069), (0xD800, 0xDFFF))
+            for r in ((0x00, 0x1f), (0x7f, 0x9f), (0x061c, 0x061c), (0x200e, 0x200f), (0x2028, 0x202e),
+                      (0x2066, 0x2069), (0xD800, 0xDFFF))
             for c in range(r[0], r[1] + 1)}
 
 

@@ -940,6 +940,14 @@ def _palette_dataset(ds):
     return pal
 
 
+def _palette_bits(ds) -> int | None:
+    """Bits per LUT entry of the red palette descriptor (8 or 16), None when unreadable."""
+    try:
+        return int(ds.RedPaletteColorLookupTableDescriptor[2])
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
 def _apply_modality_lut(arr: np.ndarray, ds) -> np.ndarray:
     """PS3.3 C.11.1 Modality LUT by hand (float32): entry ``value - first`` clipped to the
     table.  The first mapped value is read as signed for signed data, also when written as
@@ -991,9 +999,14 @@ def _read_pydicom_unguarded(rec: InstanceRecord, photometric: str) -> dict[int, 
             raise LoadError(f"{rec.display_path}: palette colour lookup table did not give RGB "
                             f"for every pixel")
         if rgb.dtype != np.uint8:
-            # 16-bit entries span 0..65535 (PS3.3 C.7.6.3.1.5): scale by the bit depth, not by
-            # the largest entry (that would brighten a dark palette).
-            rgb = (rgb.astype(np.float32) / 257.0 + 0.5).clip(0, 255).astype(np.uint8)
+            # scale by the bit depth of the entries (the descriptor's third value, PS3.3
+            # C.7.6.3.1.5), not by the largest entry (that would brighten a dark palette):
+            # 16-bit entries span 0..65535; 8-bit entries stored one per 16-bit word (allowed
+            # by its Note; pydicom then gives uint16 0..255) keep their low byte
+            if _palette_bits(ds) == 8:
+                rgb = (rgb & 0xFF).astype(np.uint8)
+            else:
+                rgb = (rgb.astype(np.float32) / 257.0 + 0.5).clip(0, 255).astype(np.uint8)
         return {i: rgb[i] for i in range(rgb.shape[0])}
     if rec.samples == 1:
         arr = _normalize_stored(arr, rec)

@@ -8,7 +8,9 @@ part under the threshold is plain grey.  An explanation's top reads "max", or th
 where its colour range ends (Saliency, IG, occlusion: "99.5th pct"); the threshold's tick is a
 percentage of that top.  A map with nothing to draw (one value everywhere) gets its name and
 "constant map (0.8): nothing to show" instead of a bar.  When the image fills the view (zoomed
-in) there is no margin and no legend; the Overlays panel still lists the range.
+in) there is no margin and no legend; the Overlays panel still lists the range.  The legend keeps
+clear of the corner texts: in a short view the bar shrinks to fit between them, then the title
+is left out, then the whole legend.
 """
 
 from __future__ import annotations
@@ -160,13 +162,47 @@ def _title_lines(layer) -> list[str]:
     return [layer.name, what]
 
 
-def _vertical(view, p, layer, fm, img, on_right, labels, text_w) -> QRectF:
+MIN_BAR = 40.0  # a shorter bar is no legend
+
+
+def _free_band(view, x0: float, x1: float) -> tuple[float, float]:
+    """(top, bottom) of the view's height that no corner line covers between x0 and x1 (the
+    corner lines' boxes as _paint_annotations drew them, ``view.corner_boxes``)."""
+    H = float(view.height())
+    lo, hi = 0.0, H
+    for b in getattr(view, "corner_boxes", []):
+        if b.right() < x0 or b.left() > x1:
+            continue
+        if b.center().y() < H / 2:
+            lo = max(lo, b.bottom())
+        else:
+            hi = min(hi, b.top())
+    return lo + 4, hi - 4
+
+
+def _vertical(view, p, layer, fm, img, on_right, labels, text_w) -> QRectF | None:
+    """The bar beside the image, its title above it, between the top and bottom corner texts:
+    in a short view the bar shrinks to fit, then the title goes, then the legend (None)."""
     top_s, bot_s, thr_s = labels
     H = float(view.height())
-    bar_h = min(200.0, H * 0.4)
-    y = (H - bar_h) / 2
     x = img.right() + GAP if on_right else img.left() - GAP - BAR_W
     text_x = x + BAR_W + 6 if on_right else x - 6 - text_w
+    room = (view.width() - img.right() if on_right else img.left()) - GAP - LETTER_ROOM
+    for lines in ([fm.elidedText(s, Qt.ElideRight, room) for s in _title_lines(layer)], []):
+        widest = max([fm.horizontalAdvance(s) for s in lines] or [0.0])
+        tx = img.right() + GAP if on_right else img.left() - GAP - widest
+        x0 = min(x - 3, text_x, tx)
+        x1 = max(x + BAR_W + 3, text_x + text_w, tx + widest)
+        # above the bar: the title lines, else half the top value's line; below: the bottom value
+        head = 8 + len(lines) * fm.height() if lines else fm.ascent() / 2 + 2
+        lo, hi = _free_band(view, x0, x1)
+        bar_h = min(200.0, H * 0.4, hi - lo - head - fm.height())
+        if bar_h >= MIN_BAR:
+            break
+    else:
+        return None
+    # centred in the view where that is clear of the corner texts, else moved into the clear band
+    y = min(max((H - bar_h) / 2, lo + head), hi - fm.height() - bar_h)
     p.drawImage(QRectF(x, y, BAR_W, bar_h), legend_image(layer))
     p.setPen(QPen(QColor(200, 200, 200, 160), 1))
     p.setBrush(Qt.NoBrush)
@@ -187,17 +223,10 @@ def _vertical(view, p, layer, fm, img, on_right, labels, text_w) -> QRectF:
         ty = y + bar_h * (1 - _frac(layer, ticks[0]))
         if fm.height() < ty - y and fm.height() < y + bar_h - ty:
             text(thr_s, ty)
-    room = (view.width() - img.right() if on_right else img.left()) - GAP - LETTER_ROOM
-    lines = [fm.elidedText(s, Qt.ElideRight, room) for s in _title_lines(layer)]
-    widest = max(fm.horizontalAdvance(s) for s in lines)
-    tx = img.right() + GAP if on_right else img.left() - GAP - widest
     for n, s in enumerate(lines):
         view._draw_text(p, tx, y - 8 - (len(lines) - 1 - n) * fm.height() - fm.descent(), s,
                         QColor("#e8e8e8") if n == 0 else QColor("#b8bcc4"))
-    top = y - 8 - len(lines) * fm.height()
-    x0 = min(x - 3, text_x, tx)
-    x1 = max(x + BAR_W + 3, text_x + text_w, tx + widest)
-    return QRectF(x0, top, x1 - x0, y + bar_h + fm.height() - top)
+    return QRectF(x0, y - head, x1 - x0, bar_h + head + fm.height())
 
 
 def _horizontal(view, p, layer, fm, img, labels, room: float) -> QRectF:

@@ -15,6 +15,7 @@ from imaging_assist.dicom.header import charset_doubt
 from imaging_assist.layers import Plane
 from imaging_assist.measure import N_POINTS, Measurement
 from imaging_assist.overlay_text import NOT_READ_YET, age_text, dob_text, orientation, read_later
+from imaging_assist.safe_text import printable
 from imaging_assist.slab import Slab, depth_index, project, refusal, slab_indices
 
 from . import annotation_tools as ann
@@ -43,6 +44,13 @@ def _fmt_name(pn: str) -> str:
         elif " ".join(p for p in parts if p):
             out.append(" ".join(p for p in parts if p))
     return "  ".join(out)
+
+
+def _printable_corners(t: dict) -> dict:
+    """Corner texts with control characters shown escaped (safe_text.printable): header values
+    (name, ID, descriptions, window names) may hold an ESC sequence, a line break or a bidi
+    override (U+202E) that would show the rest of the line reversed ("ID 1174" for "ID 4711")."""
+    return {k: ({printable(s) for s in v} if k == "em" else [printable(s) for s in v]) for k, v in t.items()}
 
 
 def _fmt_date(d: str) -> str:
@@ -723,7 +731,8 @@ class SliceView(QWidget):
             # the study date stays: it tells a prior from the current study in a grid
             sdate = _fmt_date(doc.study.date if doc.study else g("StudyDate"))
             tl = [sdate] if (sdate and not (self.mpr_mode and self.plane.axis != 0)) else []
-            return {"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl, "br": br, "em": set(slab)}
+            return _printable_corners({"tl": tl, "tr": [f"{self.index + 1} / {self.n_slices}"], "bl": bl,
+                                       "br": br, "em": set(slab)})
         tl = []
         pat = doc.patient
         name = _fmt_name(pat.name if pat else g("PatientName"))
@@ -802,7 +811,7 @@ class SliceView(QWidget):
         br.append(f"Zoom {self.zoom_factor():.2f}×" + ("  INV" if doc.invert else ""))
         if self.orientation_text():
             br.append(self.orientation_text())
-        return {"tl": tl, "tr": tr, "bl": bl, "br": br, "em": set(slab)}
+        return _printable_corners({"tl": tl, "tr": tr, "bl": bl, "br": br, "em": set(slab)})
 
     def _draw_text(self, p: QPainter, x: float, y: float, text: str, color=QColor("#e8e8e8")):
         # a dark backing tight to the line, then a drop shadow: a shadow alone leaves light
@@ -825,26 +834,34 @@ class SliceView(QWidget):
         W, H = self.width(), self.height()
         t = self.annotation_text()
         top = m + (lh + 4 if self.mpr_mode else 0)
+        # the corner lines' backings as drawn: the heat-map legend keeps clear of them
+        self.corner_boxes = boxes = []
+
+        def corner(x, y, s, col=QColor("#e8e8e8")):
+            self._draw_text(p, x, y, s, col)
+            f = QFontMetricsF(p.font())
+            boxes.append(QRectF(x - 2, y - f.ascent() - 1, f.horizontalAdvance(s) + 4, f.height() + 2))
+
         if self.mpr_mode:
             col = QColor(PLANE_COLORS.get(self.plane.name, "#cccccc"))
             f = QFont(self._font)
             f.setBold(True)
             p.setFont(f)
-            self._draw_text(p, m, m + fm.ascent(), self.plane.name.upper(), col)
+            corner(m, m + fm.ascent(), self.plane.name.upper(), col)
             p.setFont(self._font)
         maxw = W / 2 - m - 24
         for i, s in enumerate(t["tl"]):
-            self._draw_text(p, m, top + fm.ascent() + i * lh, fm.elidedText(s, Qt.ElideRight, maxw))
+            corner(m, top + fm.ascent() + i * lh, fm.elidedText(s, Qt.ElideRight, maxw))
         for i, s in enumerate(t["tr"]):
             s = fm.elidedText(s, Qt.ElideRight, maxw)
-            self._draw_text(p, W - m - fm.horizontalAdvance(s), top + fm.ascent() + i * lh, s)
+            corner(W - m - fm.horizontalAdvance(s), top + fm.ascent() + i * lh, s)
         for i, s in enumerate(reversed(t["bl"])):
             col = QColor(EMPHASIS) if s in t["em"] else QColor("#e8e8e8")
             s = fm.elidedText(s, Qt.ElideRight, maxw)
-            self._draw_text(p, m, H - m - fm.descent() - i * lh, s, col)
+            corner(m, H - m - fm.descent() - i * lh, s, col)
         for i, s in enumerate(reversed(t["br"])):
             s = fm.elidedText(s, Qt.ElideRight, maxw)
-            self._draw_text(p, W - m - fm.horizontalAdvance(s), H - m - fm.descent() - i * lh, s)
+            corner(W - m - fm.horizontalAdvance(s), H - m - fm.descent() - i * lh, s)
         # orientation letters: direction cosines, else PatientOrientation (projection images)
         hdrs = self.vol.headers
         rec = hdrs[min(self.index, len(hdrs) - 1)] if (hdrs and self.plane.axis == 0) else None
