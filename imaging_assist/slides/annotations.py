@@ -14,17 +14,20 @@ QuPath exports them, kept in the user data folder per slide.  No Qt.
   first and last 4 MiB (a multi-gigabyte slide is not read whole; the head holds the TIFF/DICOM
   header and the tail the last tiles or associated images).  The same file moved or renamed
   keeps its annotations; a different file with the same name does not get them.  A folder (DICOM
-  WSI) hashes the sorted names and sizes and the same head/tail of each file; a file of a DICOM
+  WSI) hashes the sorted names and sizes and the same head/tail of each WSI instance in it (the
+  files the reader takes: other files beside them do not change the key); a file of a DICOM
   WSI has its folder's key (it opens as the same slide).
 * Reading: QuPath's variants are accepted (a FeatureCollection, a list of features, one
   Feature; measurements as a dict or a list of ``{name, value}``; ``MultiPolygon``; colour as
   ``[r, g, b]`` or a packed integer, QuPath 0.2's ``classification.colorRGB`` too).  A bad file
   is one :class:`UserError` line; size (also of what is read), feature and vertex counts are
-  bounded (each polygon of a MultiPolygon counts as a feature; both are checked as the file is
-  read), an outline too tangled to measure is refused, and coordinates must be JSON numbers
-  within ±MAX_COORD pixels (so measurements stay finite).  What is skipped or replaced (a class
-  name or colour that is not understood, holes, empty geometries) is a note (the first
-  MAX_NOTES, then how many more); names are one line.
+  bounded (each polygon of a MultiPolygon counts as a feature; the JSON objects are counted as
+  the file is parsed, features and vertices as its geometries are read), an outline too
+  tangled to measure is refused, and coordinates must be JSON numbers within ±MAX_COORD pixels
+  (so measurements stay finite).  What is skipped or replaced (a class name or colour that is
+  not understood, holes, empty geometries) or lies entirely off the open slide is a note (the
+  first MAX_NOTES, then how many more); names are one line.  A QuPath >= 0.4 derived class
+  (``classification.names``) is read as QuPath shows it, ``"Tumor: Positive"``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ KINDS = ("ruler", "polygon", "rectangle", "points")
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_FEATURES = 100_000
 MAX_VERTICES = 2_000_000
+# JSON objects in a file: a QuPath feature has about 5 (feature, geometry, properties,
+# classification, measurements), QuPath 0.2's measurement list one per measurement
+MAX_JSON_OBJECTS = 20 * MAX_FEATURES
 MAX_COORD = 1e9  # level-0 pixels: far beyond any slide (~1e5 px), and areas stay finite
 MAX_NAME = 256   # characters of a class name (one line)
 MAX_LABEL = 1024  # characters of a free-text name ("label", one line)
@@ -196,8 +202,11 @@ def write_geojson(path, annotations, mpp=None, slide: dict | None = None) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     try:
+        # json.dumps without indent: json's C encoder (json.dump and indent take the pure-Python
+        # one, ~10 times slower; the viewer writes the file on every edit)
+        text = json.dumps(to_geojson(annotations, mpp, _escaped(slide)), ensure_ascii=False)
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(to_geojson(annotations, mpp, _escaped(slide)), f, ensure_ascii=False, indent=1)
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -287,10 +296,12 @@ def _features(doc) -> list:
     raise UserError("not GeoJSON annotations (expected a FeatureCollection, a Feature or a list of features)")
 
 
-def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
+def from_geojson(doc, slide_size=None) -> tuple[list[Annotation], list[str]]:
     """Annotations of a GeoJSON document; also the notes on what was skipped and why (the first
     MAX_NOTES, then how many more).  Each polygon of a MultiPolygon counts as a feature, and the
-    feature and vertex counts are checked as the geometries are read, before they are kept."""
+    feature and vertex counts are checked as the geometries are read, before they are kept.
+    ``slide_size``: the open slide's level-0 (width, height); features with no vertex on it are
+    kept and counted in a note (a file made for another slide puts everything off it)."""
     feats = _features(doc)
     if len(feats) > MAX_FEATURES:
         raise UserError(f"{len(feats):,} features (at most {MAX_FEATURES:,})")
@@ -306,6 +317,8 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
 
     n_vert = 0
     n_parts = len(feats)  # features, and each further polygon of a MultiPolygon
+    unnamed: list[int] = []  # features whose classification has neither name nor names
+    off_slide = 0  # features kept with no vertex on the slide
 
     def coords(seq, what: str) -> list[tuple[float, float]]:
         nonlocal n_vert
@@ -326,11 +339,20 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
             if cls is not None:
                 note(f"{what}: classification is not understood, {DEFAULT_CLASS!r} is used")
             cls = {}
-        name = _text(cls.get("name"), MAX_NAME)
+        elif cls.get("name") is None and cls.get("names") is None:
+            unnamed.append(i + 1)
+        raw_name = cls.get("name")
+        if raw_name is None and cls.get("names") is not None:
+            # QuPath >= 0.4 writes a derived class ("Tumor: Positive") as its parts, "names":
+            # ["Tumor", "Positive"]; joined as QuPath shows it
+            parts = cls["names"]
+            raw_name = (": ".join(parts) if isinstance(parts, list) and parts
+                        and all(isinstance(n, str) for n in parts) else parts)
+        name = _text(raw_name, MAX_NAME)
         if name is None:
             note(f"{what}: the class name is not text, {DEFAULT_CLASS!r} is used")
         name = name or DEFAULT_CLASS
-        if _has_surrogates(cls.get("name")):
+        if _has_surrogates(raw_name):
             note(f"{what}: the class name holds a lone surrogate (no character), replaced by U+FFFD")
         # QuPath >= 0.3: classification.color [r, g, b]; 0.2: classification.colorRGB (a packed
         # signed ARGB integer); older: a packed integer in properties.color
@@ -386,6 +408,7 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
         else:
             note(f"{what}: geometry {_kind_text(gt)} not supported, skipped")
             continue
+        n_kept = len(out)
         for k, (kind, pts) in enumerate(rings):
             if kind in ("polygon", "rectangle"):
                 if len(pts) > 1 and pts[0] == pts[-1]:
@@ -407,13 +430,41 @@ def from_geojson(doc) -> tuple[list[Annotation], list[str]]:
             if crosses:
                 note(f"{what}: the outline crosses itself; its area counts the filled parts "
                      f"(even-odd, as drawn)")
+        if slide_size is not None and len(out) > n_kept:
+            w0, h0 = slide_size
+            if not any(0 <= x <= w0 and 0 <= y <= h0 for a in out[n_kept:] for x, y in a.points):
+                off_slide += 1
+    if unnamed:
+        note(f"{len(unnamed):,} feature{'s' if len(unnamed) != 1 else ''} (first: feature {unnamed[0]}) with a "
+             f"classification without a name, {DEFAULT_CLASS!r} is used")
     if n_notes > len(notes):
         notes.append(f"and {n_notes - len(notes):,} more notes like these")
+    if off_slide:  # first: the panel shows the first notes, and this one says the most
+        w0, h0 = slide_size
+        notes.insert(0, f"{off_slide:,} of {len(feats):,} feature{'s' if len(feats) != 1 else ''} lie entirely "
+                        f"outside the slide ({w0:,} x {h0:,} px), kept: is the file made for another slide?")
     return out, notes
 
 
-def read_geojson(path) -> tuple[list[Annotation], list[str]]:
-    """Read a GeoJSON file (QuPath export or ours); one-line UserError when it cannot be used."""
+def _count_objects():
+    """An ``object_pairs_hook`` that stops the parse (UserError) after MAX_JSON_OBJECTS objects:
+    a file of small objects ('[{},{},...]') would otherwise take ~25 times its size in memory
+    before the feature count is checked."""
+    n = 0
+
+    def hook(pairs):
+        nonlocal n
+        n += 1
+        if n > MAX_JSON_OBJECTS:
+            raise UserError(f"more than {MAX_JSON_OBJECTS:,} JSON objects in the file (at most "
+                            f"{MAX_FEATURES:,} features)")
+        return dict(pairs)
+    return hook
+
+
+def read_geojson(path, slide_size=None) -> tuple[list[Annotation], list[str]]:
+    """Read a GeoJSON file (QuPath export or ours); one-line UserError when it cannot be used.
+    ``slide_size``: as :func:`from_geojson`."""
     path = Path(path)
     try:
         st = path.stat()
@@ -430,11 +481,11 @@ def read_geojson(path) -> tuple[list[Annotation], list[str]]:
         if len(data) > MAX_FILE_BYTES:
             mib = MAX_FILE_BYTES // 2**20
             raise UserError(f"{path.name} is more than {mib} MiB (at most {mib} MiB of GeoJSON)")
-        doc = json.loads(data.decode("utf-8-sig"))
+        doc = json.loads(data.decode("utf-8-sig"), object_pairs_hook=_count_objects())
     # ValueError: JSONDecodeError, and an integer of more digits than int() converts (4300)
     except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"{path.name} is not readable JSON: {str(e).splitlines()[0][:120]}") from None
-    return from_geojson(doc)
+    return from_geojson(doc, slide_size)
 
 
 # --------------------------------------------------------------------------- per slide
@@ -448,7 +499,7 @@ def _head_tail(h, path: str, size: int) -> None:
 
 def slide_key(path) -> str:
     """Content identity of a slide file or WSI folder (see the module docstring)."""
-    from .dicom_backend import is_wsi_dicom
+    from .dicom_backend import find_wsi_dicom_files, is_wsi_dicom
 
     p = os.fspath(path)
     if not os.path.isdir(p) and is_wsi_dicom(p):  # reads 132 bytes, and the header only if DICOM
@@ -458,7 +509,12 @@ def slide_key(path) -> str:
     h = hashlib.sha256(b"imaging-assist slide v1\0")
     try:
         if os.path.isdir(p):
-            names = sorted(n for n in os.listdir(p) if os.path.isfile(os.path.join(p, n)) and not n.startswith("."))
+            # The instances the DICOM WSI reader takes (sorted by name, as before): a GeoJSON,
+            # heat map or note written beside them does not change the slide's identity
+            names = [os.path.basename(f) for f in find_wsi_dicom_files(p)]
+            if not names:  # not a DICOM WSI folder: all its files
+                names = sorted(n for n in os.listdir(p)
+                               if os.path.isfile(os.path.join(p, n)) and not n.startswith("."))
             for n in names[:2000]:
                 full = os.path.join(p, n)
                 size = os.path.getsize(full)

@@ -6,23 +6,29 @@ are read on demand, so a large slide is converted without holding it in memory).
 the tests (a DICOM WSI with known pixels) and by :func:`slide_to_dicom` for exporting.  The
 images are colour, so each instance carries an sRGB ICC profile (required for colour by the
 Optical Path module).
+
+Lossy compression is recorded (PS3.3 C.7.6.1.1.5: once lossy, always "01"): the JPEG of
+``jpeg_quality`` (wsidicom encodes the tiles then and writes the method and the measured ratio),
+and a lossy source (a JPEG / JPEG 2000 TIFF or SVS) with its method and a ratio estimated from
+the file size (at least that: the file also holds the other levels).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 from typing import Callable, Sequence
 
 import numpy as np
-from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from wsidicom import WsiDicom
-from wsidicom.codec import Encoder, JpegSettings, Subsampling
+from wsidicom.codec import Encoder, JpegSettings, LossyCompressionIsoStandard, Subsampling
 from wsidicom.geometry import Size, SizeMm
 from wsidicom.instance import ImageData, WsiDataset, WsiInstance
 from wsidicom.instance.numpy_image_data import NumpyImageData
-from wsidicom.metadata import (Equipment, Image, Label, OpticalPath, Patient, Pyramid, Series, Slide, Study,
-                               WsiMetadata)
+from wsidicom.metadata import (Equipment, Image, Label, LossyCompression, OpticalPath, Patient, Pyramid, Series,
+                               Slide, Study, WsiMetadata)
 from wsidicom.metadata.image import ImageType
 from wsidicom.metadata.sample import SlideSample
 from wsidicom.metadata.schema.dicom.wsi import WsiMetadataDicomSchema
@@ -30,17 +36,19 @@ from wsidicom.source import Source
 
 
 class _TileImageData(ImageData):
-    """Tiles from ``read(tx, ty) -> (<=tile, <=tile, 3) uint8``; edges padded white."""
+    """Tiles from ``read(tx, ty) -> (<=tile, <=tile, 3) uint8``; edges padded white.
+    ``lossy``: the lossy compressions the pixels went through before (a JPEG source)."""
 
-    def __init__(self, size, tile, mpp_um, read, jpeg_quality):
+    def __init__(self, size, tile, mpp_um, read, jpeg_quality, lossy=()):
         self._size, self._tile, self._mpp, self._read = size, tile, mpp_um, read
-        self._ts = JPEGBaseline8Bit if jpeg_quality else ExplicitVRLittleEndian
-        self._photometric = "YBR_FULL_422" if jpeg_quality else "RGB"
-        if jpeg_quality:
-            enc = Encoder.create_for_settings(JpegSettings(quality=jpeg_quality, subsampling=Subsampling.R422))
-        else:
-            enc = Encoder.create(self._ts, 8, self._photometric)
-        super().__init__(enc)
+        self._lossy = list(lossy)
+        self._ts = ExplicitVRLittleEndian
+        self._photometric = "RGB"
+        super().__init__(Encoder.create(self._ts, 8, self._photometric))
+        # JPEG: as wsidicom's transcoder, so that its writer records the compression in the
+        # instance (LossyImageCompression "01", the method and the measured ratio)
+        self._jpeg = (Encoder.create_for_settings(JpegSettings(quality=jpeg_quality, subsampling=Subsampling.R422))
+                      if jpeg_quality else None)
 
     transfer_syntax = property(lambda s: s._ts)
     image_size = property(lambda s: Size(*s._size))
@@ -52,8 +60,8 @@ class _TileImageData(ImageData):
     bits = property(lambda s: 8)
     image_coordinate_system = property(lambda s: None)
     thread_safe = property(lambda s: True)
-    lossy_compression = property(lambda s: None)
-    transcoder = property(lambda s: None)
+    lossy_compression = property(lambda s: s._lossy or None)
+    transcoder = property(lambda s: s._jpeg)
 
     def get_decoded_tile(self, tile_point, z, path, cache=True):
         t = self._tile
@@ -111,13 +119,14 @@ def save_dicom_wsi(out_dir: str | os.PathLike, level_sizes: Sequence[tuple[int, 
                    read_tile: Callable[[int, int, int, int], np.ndarray], mpp: tuple[float, float], *,
                    tile_size: int = 256, jpeg_quality: int | None = None, label: np.ndarray | None = None,
                    macro: np.ndarray | None = None, patient_name: str = "Anonymous",
-                   workers: int = 1) -> list[str]:
+                   workers: int = 1, lossy: Sequence[LossyCompression] = ()) -> list[str]:
     """Write DICOM WSI files into ``out_dir``.
 
     ``level_sizes``: (width, height) per level, largest first, each half the previous one
     (wsidicom's requirement).  ``read_tile(level, x, y, size)`` returns the pixels of the
     square at level pixels (x, y) (clipped at the level edge).  ``mpp``: level-0 µm/px (DICOM
-    WSI requires a pixel spacing).  Uncompressed unless ``jpeg_quality`` is given.
+    WSI requires a pixel spacing).  Uncompressed unless ``jpeg_quality`` is given.  ``lossy``:
+    the lossy compressions of the source pixels (recorded in the instances, with the JPEG's).
     """
     md = WsiMetadata(
         study=Study(uid=generate_uid(), identifier="1", description="imaging-assist export"),
@@ -134,7 +143,8 @@ def save_dicom_wsi(out_dir: str | os.PathLike, level_sizes: Sequence[tuple[int, 
             x, y = tx * tile_size, ty * tile_size
             return read_tile(_i, x, y, tile_size)[:max(0, _h - y), :max(0, _w - x)]
 
-        datas.append(_TileImageData((w, h), tile_size, (mpp[0] * w0 / w, mpp[1] * h0 / h), reader, jpeg_quality))
+        datas.append(_TileImageData((w, h), tile_size, (mpp[0] * w0 / w, mpp[1] * h0 / h), reader, jpeg_quality,
+                                    lossy))
     os.makedirs(out_dir, exist_ok=True)
     with WsiDicom(_ArraySource(md, datas, label, macro)) as wsi:
         files = wsi.save(os.fspath(out_dir), workers=workers)
@@ -153,5 +163,29 @@ def slide_to_dicom(slide, out_dir: str | os.PathLike, **kw) -> list[str]:
             idx.append(i)
     label = slide.associated_image("label") if "label" in slide.associated_image_names else None
     macro = slide.associated_image("macro") if "macro" in slide.associated_image_names else None
+    kw.setdefault("lossy", source_lossy_compression(slide))
     return save_dicom_wsi(out_dir, sizes, lambda lv, x, y, t: slide.read_level(idx[lv], x, y, t, t),
                           slide.mpp, label=label, macro=macro, **kw)
+
+
+def source_lossy_compression(slide) -> list[LossyCompression]:
+    """The lossy compression of a slide's stored pixels where its reader says it: a TIFF's
+    Compression (our TIFF reader), an Aperio description ("... JPEG/RGB Q=30", OpenSlide); [] when
+    not known (a DICOM source, a lossless or unknown codec)."""
+    props = slide.properties or {}
+    comp = str(props.get("tiff.Compression", "")).upper()
+    desc = str(props.get("tiff.ImageDescription", "")) if slide.format == "aperio" else ""
+    aperio = re.search(r"\b(JPEG|J2K)/", desc)  # Aperio: "(256x256) JPEG/RGB Q=30", "J2K/YUV16 Q=70"
+    if comp in ("JPEG", "OJPEG") or aperio and aperio.group(1) == "JPEG":
+        method = LossyCompressionIsoStandard.JPEG_LOSSY
+    elif "JP2000" in comp or "JPEG2000" in comp or aperio:
+        method = LossyCompressionIsoStandard.JPEG_2000_IRREVERSIBLE
+    else:
+        return []
+    w, h = slide.dimensions
+    try:
+        size = os.path.getsize(slide.path)
+    except OSError:
+        size = 0
+    # the file holds level 0 and more (other levels, label, macro): the ratio is at least this
+    return [LossyCompression(method, round(w * h * 3 / size, 2) if size else 1.0)]

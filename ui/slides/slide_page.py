@@ -665,9 +665,11 @@ class SlidePage(QWidget):
     def import_annotations(self, path: str) -> int:
         """Add the annotations of a GeoJSON file (a QuPath export or ours); UserError on a bad file."""
         n = self.tools.import_geojson(path)
+        notes = self.tools.notes
+        # the first note in the status line too: that the features lie off the slide comes first
         self._tool_message(f"{n} annotation{'s' if n != 1 else ''} imported from {os.path.basename(path)}"
-                           + (f" ({len(self.tools.notes)} note{'s' if len(self.tools.notes) != 1 else ''} in "
-                              "the Annotations panel)" if self.tools.notes else ""))
+                           + (f": {notes[0]} ({len(notes)} note{'s' if len(notes) != 1 else ''} in "
+                              "the Annotations panel)" if notes else ""))
         return n
 
     def import_annotations_dialog(self):

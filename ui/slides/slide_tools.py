@@ -175,7 +175,9 @@ class SlideTools(QObject):
         return point_counts(self.annotations)
 
     def import_geojson(self, path) -> int:
-        anns, notes = read_geojson(path)
+        """Add the annotations of a GeoJSON file; a note counts those entirely off the open slide
+        (a file made for another slide)."""
+        anns, notes = read_geojson(path, self.view.dimensions if self.view.slide is not None else None)
         for a in anns:
             self.annotations.append(a)
         self.notes = notes
