@@ -261,6 +261,7 @@ class Layer(_Notifying):
     def __init__(self, name: str, visible: bool = True, opacity: float = 0.5):
         self._version = 0
         self.name = name
+        self.warnings: list[str] = []  # what the reader should know about how it was made (load_overlay)
         self.visible = bool(visible)
         self.opacity = float(opacity)
 
@@ -854,8 +855,11 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
     of ``volume``.
 
     NIfTI arrays are matched to the volume through both affines (NIfTI RAS, DICOM LPS);
-    only axis permutations/flips of the same grid are accepted - no resampling.  Integer
-    data become a :class:`LabelLayer`, anything else a :class:`HeatmapLayer`.
+    only axis permutations/flips of the same grid are accepted - no resampling.  A volume
+    without patient geometry (a plain image) has no space to compare an affine in: its NIfTI
+    must hold the volume's (columns, rows, slices) grid, whatever its affine (said in the
+    layer's ``warnings``).  Integer data become a :class:`LabelLayer`, anything else a
+    :class:`HeatmapLayer`.
     """
     import os
     base = os.path.basename(path)
@@ -875,6 +879,20 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
             dshape = dshape + (1,)
         if len(dshape) != 3:
             raise ValueError(f"{base}: expected a 3-D image, got shape {dshape}")
+        if not getattr(volume, "has_geometry", True):
+            # a plain image (or a projection without patient position) has no patient space for
+            # the NIfTI's affine to be compared in (nibabel writes the identity, which the
+            # LPS->RAS flip below turned into a mirrored grid): its (columns, rows, slices)
+            # index grid is matched as it is, whatever the affine
+            vol_ijk = (shape[2], shape[1], shape[0])
+            if dshape != vol_ijk:
+                raise ValueError(f"{base}: shape {dshape} does not match the image's (columns, rows, slices) "
+                                 f"{vol_ijk}")
+            data = nifti.read_data(path, img).reshape(dshape)
+            layer = _overlay_layer(name, np.ascontiguousarray(np.transpose(data, (2, 1, 0))), base)
+            layer.warnings.append(f"{base}: its affine was not used (the image has no patient geometry): "
+                                  "its voxels are taken on the image's own (column, row) pixel grid")
+            return layer
         ras_from_lps = np.diag([-1.0, -1.0, 1.0, 1.0])
         aff = np.asarray(img.affine, float)
         if not np.all(np.isfinite(aff)) or abs(float(np.linalg.det(aff[:3, :3]))) < 1e-12:
@@ -916,6 +934,11 @@ def load_overlay(path: str, volume, name: str | None = None) -> Layer:
         arr = np.ascontiguousarray(np.transpose(arr, (2, 1, 0)))  # (i, j, k) -> (k, j, i)
     if tuple(arr.shape) != shape:
         raise ValueError(f"{base}: shape {tuple(arr.shape)} does not match the image {shape}")
+    return _overlay_layer(name, arr, base)
+
+
+def _overlay_layer(name: str, arr: np.ndarray, base: str) -> Layer:
+    """Integer data as a :class:`LabelLayer`, floats as a :class:`HeatmapLayer`."""
     if arr.dtype.kind in "iub":
         return LabelLayer(name, arr)
     if arr.dtype.kind != "f":

@@ -5,7 +5,15 @@ so segmentation areas are reported in pixels, never in mm².  Pixels are kept on
 grid (an EXIF rotation is reported, not applied) so that results line up with the file.
 Pillow applies a TIFF's Orientation tag on loading (and decodes orientations 5-8 of an
 uncompressed TIFF wrongly), so such a TIFF is read with tifffile, which keeps the stored grid;
-so is a 32-bit unsigned grey TIFF, which Pillow reads as signed.
+so is a TIFF whose values Pillow changes: 32-bit unsigned grey (read as signed), signed 8-bit
+grey (read as unsigned: negative values wrap to 128..255) and 16-bit colour or grey + alpha
+(Pillow keeps the high byte only).  A 16-bit colour or grey + alpha PNG is decoded with
+imagecodecs (libpng) for the same reason.  16-bit colour whose channels are equal is kept as
+16-bit grey; other 16-bit colour is reduced to 8 bits per channel (the high byte, as the colour
+models take 8-bit values), with a warning.
+An image above Pillow's decompression-bomb warning size (``PIL.Image.MAX_IMAGE_PIXELS``,
+about 89 Mpx) is read with a warning on the volume (DICOM images of that size are read too);
+Pillow refuses twice that size, and so does this reader, in one line.
 A grey TIFF whose PhotometricInterpretation is MinIsWhite is a MONOCHROME1 image (Pillow inverts
 it at 8 bits only): its Volume says so, and the viewer and the models treat it as they treat
 DICOM MONOCHROME1.
@@ -14,7 +22,8 @@ DICOM MONOCHROME1.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+import warnings as pywarnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -96,8 +105,8 @@ def _tiff_stored_grid(path: Path) -> np.ndarray:
             raise ImageReadError(f"{path}: a {a.dtype} CMYK TIFF with an Orientation tag is not read")
         a = np.asarray(Image.frombytes("CMYK", (a.shape[1], a.shape[0]), a.tobytes()).convert("RGB"))
     if a.ndim == 3 and a.shape[2] in (3, 4):
-        if a.dtype != np.uint8:
-            raise ImageReadError(f"{path}: a {a.dtype} colour TIFF with an Orientation tag is not read")
+        if a.dtype not in (np.uint8, np.uint16):  # 16 bits: read_image keeps grey or reduces it
+            raise ImageReadError(f"{path}: a {a.dtype} colour TIFF is not read (8 or 16 bits only)")
         a = a[..., :3]
     elif a.ndim == 3 and a.shape[2] == 2:  # grey + alpha
         a = a[..., 0]
@@ -106,14 +115,51 @@ def _tiff_stored_grid(path: Path) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _unsigned_32(im) -> bool:
-    """A 32-bit unsigned grey TIFF: Pillow reads it as its signed mode "I" (values above 2**31
-    wrap to negative numbers), so tifffile reads it (uint32)."""
+def _pillow_changes_values(im) -> bool:
+    """A TIFF whose values Pillow changes on reading, so tifffile reads it: 32-bit unsigned grey
+    (Pillow's signed mode "I" wraps values above 2**31 to negative numbers), signed samples in a
+    mode Pillow reads as unsigned (8-bit grey: -1 becomes 255), and more than 8 bits per sample
+    of colour or grey + alpha (Pillow has no such 16-bit modes: it keeps the high byte)."""
     def first(v):
         return v[0] if isinstance(v, tuple) and v else v
 
     tags = getattr(im, "tag_v2", {})
-    return im.mode == "I" and first(tags.get(258)) == 32 and first(tags.get(339, 1)) == 1
+    bits, fmt = first(tags.get(258)), first(tags.get(339, 1))
+    return ((im.mode == "I" and bits == 32 and fmt == 1)
+            or (fmt == 2 and im.mode not in ("I", "F"))
+            or (im.mode in ("RGB", "RGBA", "RGBX", "LA") and isinstance(bits, int) and bits > 8))
+
+
+def _png16_colour(path: Path, im) -> bool:
+    """A 16-bit colour or grey + alpha PNG (IHDR bit depth 16, colour type 2, 4 or 6): Pillow has
+    no 16-bit modes for these and keeps the high byte of each sample (12-bit data: 16 levels)."""
+    if getattr(im, "format", "") != "PNG":
+        return False
+    with open(path, "rb") as f:
+        head = f.read(26)  # signature (8), IHDR length and type (8), width, height, depth, colour type
+    return len(head) == 26 and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _png16_samples(path: Path) -> np.ndarray:
+    """The uint16 samples of a 16-bit colour or grey + alpha PNG, (rows, cols, channels), by
+    libpng (imagecodecs)."""
+    import imagecodecs
+
+    try:
+        return imagecodecs.png_decode(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - a damaged file: one line, as Pillow's errors
+        raise ImageReadError(f"{path}: not a readable PNG image ({type(e).__name__}: {_line(e)})") from None
+
+
+@contextmanager
+def _no_bomb_warning():
+    """Pillow's DecompressionBombWarning is a Python warning on the terminal (nothing in the
+    results): silenced here, said on the volume instead."""
+    from PIL import Image
+
+    with pywarnings.catch_warnings():
+        pywarnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
 
 
 def read_image(path: str | Path) -> Volume:
@@ -125,7 +171,13 @@ def read_image(path: str | Path) -> Volume:
     warnings: list[str] = []
     cap = Captured()
     try:
-        with Image.open(path) as im, (captured() if by_libtiff(im) else nullcontext(cap)) as cap:
+        with _no_bomb_warning(), Image.open(path) as im, \
+                (captured() if by_libtiff(im) else nullcontext(cap)) as cap:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.width * im.height > limit:  # Pillow refuses above twice the limit
+                warnings.append(f"large image: {im.width}x{im.height} = {im.width * im.height:,} pixels, above "
+                                f"the decompression-bomb warning size of {limit:,}: reading and analysing "
+                                "it takes much memory (tens of bytes per pixel)")
             n_frames = getattr(im, "n_frames", 1)
             if n_frames > 1:
                 warnings.append(f"{n_frames} pages/frames in the file: only the first is analysed")
@@ -140,9 +192,17 @@ def read_image(path: str | Path) -> Volume:
             tiff = getattr(im, "format", "") == "TIFF"
             white_is_zero = tiff and getattr(im, "tag_v2", {}).get(262) == 0
             monochrome1 = False
-            if tiff and (orient not in (1, None) or _unsigned_32(im)):
+            if tiff and (orient not in (1, None) or _pillow_changes_values(im)):
                 arr = _tiff_stored_grid(path)
                 monochrome1 = white_is_zero and arr.ndim == 2
+                if mode in ("RGBA", "LA"):
+                    warnings.append("alpha channel ignored")
+            elif _png16_colour(path, im):
+                arr = _png16_samples(path)
+                if arr.ndim == 3 and arr.shape[2] in (2, 4) or "transparency" in im.info:
+                    warnings.append("alpha channel ignored")
+                if arr.ndim == 3:
+                    arr = arr[..., 0] if arr.shape[2] == 2 else arr[..., :3]
             elif mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 arr = np.array(im).astype(np.uint16)
             elif mode in ("I", "F"):
@@ -178,6 +238,10 @@ def read_image(path: str | Path) -> Volume:
     if arr.ndim == 3 and arr.shape[2] == 3 and np.array_equal(arr[..., 0], arr[..., 1]) \
             and np.array_equal(arr[..., 0], arr[..., 2]):
         arr = arr[..., 0].copy()  # grey image stored as RGB
+    if arr.ndim == 3 and arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+        warnings.append("16-bit colour image reduced from 16 to 8 bits per channel (the high byte of each "
+                        "sample kept): the colour models take 8-bit values")
     if arr.size == 0:
         raise ImageReadError(f"{path}: empty image")
     color = arr.ndim == 3

@@ -267,7 +267,7 @@ def volume_from_nifti(path) -> Volume:
     except nifti.NiftiError as e:
         raise WindowError(f"{path}: {str(e).split(': ', 1)[-1]}") from None
     warnings = ["NIfTI stores no modality: the values are taken as CT Hounsfield units"]
-    if data.ndim == 4 and data.shape[3] == 1:
+    while data.ndim > 3 and data.shape[-1] == 1:  # (x, y, z, 1, 1), as the overlay loader takes it
         data = data[..., 0]
     if data.ndim != 3 or min(data.shape) < 1:
         raise WindowError(f"{path}: a 3D NIfTI volume is needed (shape {tuple(data.shape)})")

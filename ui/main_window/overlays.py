@@ -57,6 +57,8 @@ def load_overlay_dialog(self):
         from imaging_assist.layers import load_overlay
         layer = load_overlay(path, vol)
         self.add_layer(layer)
+        if layer.warnings:  # e.g. a plain image's NIfTI taken on its pixel grid, its affine unused
+            self.show_banner(" · ".join(layer.warnings))
     except ValueError as e:  # the loader's one line names the file
         QMessageBox.warning(self, "Overlay", f"Not loaded: {e}")
     except Exception as e:  # noqa: BLE001 - not expected: still one line, never a traceback
