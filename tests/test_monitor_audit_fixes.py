@@ -230,6 +230,9 @@ def test_monitor_after_promote_of_a_candidate_without_reference_still_alerts_and
     assert monitor(MODEL, window="41", record_alerts=False)["alerts"]
     _register(home, "1.0.0+site.1")
     V.promote(MODEL, "1.0.0+site.1")
+    # runs of the promoted version (session 23: each version is compared with its own
+    # reference; the 1.0.0 runs above are counted, not compared)
+    open_log().add_runs([dict(r, model_version="1.0.0+site.1", time_unix=r["time_unix"] + 100) for r in rows])
     rep = monitor(MODEL, window="41", record_alerts=False)
     assert rep["alerts"], "no alerts after promote"
     notes = " ".join(rep["models"][0]["notes"])

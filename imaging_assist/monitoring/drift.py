@@ -7,10 +7,17 @@ Per window (``N`` consecutive runs, or ``D`` days):
   against the rate the reference gives at the card's current threshold), metadata
   (manufacturer, modality: PSI over categories);
 * output drift: the score distribution (KS + PSI) and the positive rate (binomial test);
-* readers: agreement (agree / (agree + disagree), Wilson 95% interval) and, on the
-  reader-confirmed cases, AUC with a cluster-bootstrap 95% interval by patient
-  (:func:`imaging_assist.evaluation.bootstrap_ci`) and sensitivity/specificity at the
+* readers: agreement (agree / (agree + disagree), Wilson 95% interval; the latest verdict per
+  input, so a film analysed again counts once) and, on the reader-confirmed cases, AUC with a
+  cluster-bootstrap 95% interval by patient (:func:`imaging_assist.evaluation.bootstrap_ci`;
+  none for an AUC of 0 or 1, where it collapses to a point) and sensitivity/specificity at the
   card's threshold (:func:`imaging_assist.evaluation.sens_spec_ci`).
+
+Only the runs of the card's version are compared (same ``model_version`` and, where logged, weights
+hash): another version's runs had other weights, OOD statistics and thresholds, so they are counted
+in the report (``other_versions``, a note), not compared with this version's reference.  A value no
+run can log (a hand edit, a flipped byte: ``positive`` 112, a text time, a NaN probability) is one
+:class:`~.log.LogError` line naming the run.
 
 An alert is raised when a statistic crosses the thresholds stated in the reference file
 (or the site's ``config_dir()/monitor.json``); windows with fewer than ``min_n`` runs are
@@ -29,6 +36,7 @@ import re
 import numpy as np
 
 from ..errors import UserError
+from .log import LogError
 from .reference import INPUT_STATS, OUTPUT_STATS, load_reference, thresholds
 
 EPS = 1e-4  # PSI floor for empty bins (the usual convention)
@@ -98,11 +106,72 @@ _NULL = 1e308  # NULL of a numeric column, read as this and turned into NaN in n
 SLIDE_KINDS = ("slide", "slide_region")  # whole-slide runs (monitoring/slide_log.py)
 
 
-def load_runs(lg, model_id: str, since: float | None = None, slides: bool | None = None) -> dict[str, np.ndarray]:
-    """The model's logged runs (``slides``: None all, False per-image runs only, True whole-slide runs only)."""
+def version_filter(card, alias: str = "") -> tuple[str, list]:
+    """SQL condition (and its parameters) for the runs of ``card``'s version: the same
+    ``model_version`` and, where the run logged one, the same weights hash (as ``log.row_from_result``
+    writes it).  Each version is compared with its own reference and thresholds only."""
+    w = (getattr(card, "weights", None) or [None])[0]
+    sha = getattr(w, "sha256", None) or getattr(w, "md5", None)
+    a = f"{alias}." if alias else ""
+    if not sha:
+        return f"{a}model_version IS ?", [card.version]
+    return f"{a}model_version IS ? AND ({a}weights_sha256 IS NULL OR {a}weights_sha256 = ?)", [card.version, sha]
+
+
+def _damaged(lg, what: str) -> LogError:
+    """The one line ``log.PredictionLog._reading`` gives for damage, naming the row and value."""
+    return LogError(f"prediction log {getattr(lg, 'path', '')} is damaged ({what}); keep a copy of it "
+                    f"and move it aside to start a new one")
+
+
+def _show(v) -> str:
+    return repr(v)[:40]
+
+
+def _numbers(lg, name: str, col, ids) -> np.ndarray:
+    """A numeric column as floats (NULL -> NaN); a text or blob (hand edit, flipped byte) is damage."""
+    try:
+        a = np.array(col, dtype=float)
+    except (TypeError, ValueError):
+        for i, v in zip(ids, col):
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise _damaged(lg, f"run {i}: {name} {_show(v)}") from None
+        raise
+    a[a >= _NULL] = np.nan  # NULL (see load_runs); +inf too, as before
+    return a
+
+
+def _check_runs(lg, out: dict) -> None:
+    """Values no run can log (a hand edit, a flipped byte in a stored number): one LogError line
+    naming the run, instead of a binomial test with k > n or windows cut at NaN."""
+    bad = [("time_unix", ~np.isfinite(out["time_unix"]))]
+    for k in ("positive", "ood_flagged"):  # 0/1 decisions (NULL: withheld / no OOD score)
+        v = out[k]
+        bad.append((k, ~np.isnan(v) & (v != 0) & (v != 1)))
+    for k in _TEXT_COLS:
+        bad.append((k, np.array([not isinstance(v, str) for v in out[k]], dtype=bool)))
+    for k, mask in bad:
+        if mask.any():
+            i = int(np.flatnonzero(mask)[0])
+            v = out[k][i]
+            shown = _show(v) if k in _TEXT_COLS else ("missing or infinite" if np.isnan(v) else f"{v:g}")
+            raise _damaged(lg, f"run {int(out['id'][i])}: {k} {shown}")
+
+
+def load_runs(lg, model_id: str, since: float | None = None, slides: bool | None = None,
+              card=None) -> dict[str, np.ndarray]:
+    """The model's logged runs (``slides``: None all, False per-image runs only, True whole-slide
+    runs only; ``card``: only the runs of that card's version, :func:`version_filter`).  Values
+    no run can log are a one-line :class:`LogError` (``_check_runs``)."""
     sel = ", ".join(c if c in _TEXT_COLS else f"COALESCE({c}, {_NULL})" for c in _COLS)
     sql = f"SELECT {sel} FROM runs WHERE model_id = ?"
     p: list = [model_id]
+    if card is not None:
+        cond, cp = version_filter(card)
+        sql += f" AND {cond}"
+        p += cp
     if slides is not None:
         sql += f" AND COALESCE(kind, '') {'IN' if slides else 'NOT IN'} ({', '.join('?' * len(SLIDE_KINDS))})"
         p += list(SLIDE_KINDS)
@@ -114,35 +183,77 @@ def load_runs(lg, model_id: str, since: float | None = None, slides: bool | None
     out = {}
     for name, col in zip(_COLS, cols):
         if name in _TEXT_COLS:
+            # NULL -> "(none)"; a blob (damage) stays as it is and is refused by _check_runs
             out[name] = np.array(["(none)" if v is None else v for v in col], dtype=object)
         else:
-            a = np.array(col, dtype=float)
-            a[a >= _NULL] = np.nan
-            out[name] = a
+            out[name] = _numbers(lg, name, col, cols[0])
+    _check_runs(lg, out)
     return out
 
 
-def load_feedback(lg, model_id: str, since: float | None = None) -> dict[str, np.ndarray]:
-    """The latest verdict per (run, finding) of this model's runs."""
+def _probabilities_problem(text) -> str | None:
+    """Why a run's stored probabilities are damaged (not a JSON object of finite numbers in
+    [0, 1]), or None.  NULL is no problem: a segmenter has none."""
+    if text is None:
+        return None
+    try:
+        probs = json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return f"probabilities {_show(text)}"
+    if not isinstance(probs, dict):
+        return f"probabilities {_show(text)}"
+    for k, v in probs.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not -1e-6 <= v <= 1 + 1e-6:  # NaN fails too
+            return f"probability of {_show(k)} {_show(v)}"
+    return None
+
+
+def load_feedback(lg, model_id: str, since: float | None = None, card=None) -> dict[str, np.ndarray]:
+    """The latest verdict per (run, finding) of this model's runs (``card``: of that version only).
+    A run whose probabilities or decisions cannot be read is a one-line :class:`LogError` (it would
+    otherwise count as a negative call, or not at all, in the reader-confirmed performance)."""
     # latest verdict per (run, finding) first, then its run by primary key (CROSS JOIN keeps
     # SQLite from scanning every run of the model: 60 s -> 10 ms on 100k runs)
     sql = ("WITH latest AS (SELECT MAX(id) AS id FROM feedback GROUP BY run_id, finding) "
            "SELECT f.run_id, f.finding, f.verdict, f.correct_label, r.time_unix, r.score, r.patient_key, "
-           "r.probabilities, r.decisions, r.top_label FROM latest CROSS JOIN feedback f ON f.id = latest.id "
-           "CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ?")
+           "r.probabilities, r.decisions, r.top_label, f.id, r.input_key FROM latest CROSS JOIN feedback f "
+           "ON f.id = latest.id CROSS JOIN runs r ON r.id = f.run_id WHERE r.model_id = ?")
     p: list = [model_id]
+    if card is not None:
+        cond, cp = version_filter(card, "r")
+        sql += f" AND {cond}"
+        p += cp
     if since is not None:
         sql += " AND r.time_unix >= ?"
         p.append(since)
     rows = lg.query(sql, p)
-    return {"run_id": np.array([r[0] for r in rows], dtype=float),
+    run_ids = [r[0] for r in rows]
+    for r in rows:
+        why = _probabilities_problem(r[7])
+        if why is None and r[8] is not None:
+            try:
+                decs = json.loads(r[8])
+            except (TypeError, ValueError, RecursionError):
+                decs = None
+            if decs and not isinstance(decs, dict):  # feedback.finding_present reads it as a dict
+                why = f"decisions {_show(r[8])}"
+        if why:
+            raise _damaged(lg, f"run {r[0]}: {why}")
+    t = _numbers(lg, "time_unix", [r[4] for r in rows], run_ids)
+    if not np.all(np.isfinite(t)):
+        raise _damaged(lg, f"run {run_ids[int(np.flatnonzero(~np.isfinite(t))[0])]}: time_unix not a number")
+    return {"run_id": np.array(run_ids, dtype=float),
             "finding": np.array([r[1] for r in rows], dtype=object),
             "verdict": np.array([r[2] for r in rows], dtype=object),
             "correct_label": np.array([r[3] for r in rows], dtype=object),
-            "time_unix": np.array([r[4] for r in rows], dtype=float),
+            "time_unix": t,
             "probabilities": [r[7] for r in rows],
             "decisions": [r[8] for r in rows],
             "top_label": [r[9] for r in rows],
+            "feedback_id": np.array([r[10] for r in rows], dtype=float),
+            # the film: a repeated analysis of it is not a new reader judgement (its pseudonym, else the run)
+            "input_key": np.array([r[11] if isinstance(r[11], str) and r[11] else f"run{r[0]}" for r in rows],
+                                  dtype=object),
             "patient_key": np.array([r[6] or f"run{r[0]}" for r in rows], dtype=object)}
 
 
@@ -260,15 +371,29 @@ def _readers(fb, card, ref, th, ref_auc):
     """Agreement and reader-confirmed performance of one window's feedback."""
     from ..evaluation import bootstrap_ci, roc_auc, sens_spec_ci
 
+    n_feedback = int(len(fb["verdict"]))
+    # A film analysed again (a reader reopening the study) is one judgement, not two independent
+    # ones: the latest verdict per (input, finding) counts, so n and min_n are distinct inputs.
+    if n_feedback:
+        order = np.argsort(-fb["feedback_id"], kind="stable")
+        seen: set = set()
+        keep = np.zeros(n_feedback, dtype=bool)
+        for i in order.tolist():
+            key = (fb["input_key"][i], fb["finding"][i])
+            if key not in seen:
+                seen.add(key)
+                keep[i] = True
+        fb = {k: (np.asarray(x, dtype=object)[keep] if isinstance(x, list) else x[keep]) for k, x in fb.items()}
     v = fb["verdict"]
     agree, disagree = int(np.sum(v == "agree")), int(np.sum(v == "disagree"))
     n = agree + disagree
-    d = {"n_feedback": int(len(v)), "agree": agree, "disagree": disagree,
+    d = {"n_feedback": n_feedback, "n_inputs": len(set(fb["input_key"].tolist())), "agree": agree, "disagree": disagree,
          "unsure": int(np.sum(v == "unsure")), "alert": False}
     if n:
         lo, hi = _wilson(agree, n)
         d["agreement"] = {"value": _r(agree / n), "ci95": [_r(lo), _r(hi)], "n": n,
-                          "method": "Wilson score interval"}
+                          "method": "Wilson score interval, the latest verdict per input (a film "
+                                    "analysed again counts once)"}
         if n >= th["min_n"] and hi < th["agreement_min"]:
             d["alert"] = True
             d["text"] = (f"readers disagree: agreement {agree}/{n} = {agree / n:.0%} (95% CI {lo:.0%}-{hi:.0%}) "
@@ -279,7 +404,7 @@ def _readers(fb, card, ref, th, ref_auc):
         return d
     from .feedback import finding_present
 
-    ys, ss, cl = [], [], []
+    ys, ss, cl, keys = [], [], [], []
     for i in range(len(v)):
         cl_lab = fb["correct_label"][i]
         if fb["verdict"][i] == "unsure":
@@ -298,22 +423,34 @@ def _readers(fb, card, ref, th, ref_auc):
         ys.append(int(cl_lab == pos_label) if cl_lab else int(present))
         ss.append(float(probs[pos_label]))
         cl.append(fb["patient_key"][i])
+        keys.append(fb["input_key"][i])
     if not ys:
         return d
     y, s, cl = np.array(ys), np.array(ss), np.array(cl, dtype=object)
+    n_inputs = len(set(keys))  # min_n counts films, not analyses of them
     perf: dict = {"n": int(len(y)), "n_positive": int(y.sum()), "n_patients": int(len(set(cl.tolist()))),
                   "label": pos_label}
     if 0 < y.sum() < len(y):
         auc = roc_auc(y, s)
-        lo, hi = bootstrap_ci(fast_auc, y, s, clusters=cl, strata=y, n_boot=N_BOOT)
-        perf["auc"] = {"value": _r(auc), "ci95": [_r(lo), _r(hi)],
-                       "method": f"cluster bootstrap by patient, {N_BOOT:,} resamples"}
+        perf["auc"] = {"value": _r(auc), "method": f"cluster bootstrap by patient, {N_BOOT:,} resamples"}
+        if auc in (0.0, 1.0):
+            # every resample separates the classes as well: the bootstrap collapses to a point,
+            # which would claim certainty (sens_spec_ci falls back to Wilson there; AUC has none)
+            lo = hi = auc
+            perf["auc"]["ci95"] = [None, None]
+            perf["auc"]["method"] = (f"AUC of {auc:g}: interval not estimable (a bootstrap collapses to a "
+                                     "point)")
+            ci_text = "interval not estimable"
+        else:
+            lo, hi = bootstrap_ci(fast_auc, y, s, clusters=cl, strata=y, n_boot=N_BOOT)
+            perf["auc"]["ci95"] = [_r(lo), _r(hi)]
+            ci_text = f"95% CI {lo:.3f}-{hi:.3f}"
         if ref_auc is not None:
             perf["auc"]["reference"] = ref_auc
-            if len(y) >= th["min_n"] and hi < ref_auc - th["auc_margin"]:
+            if n_inputs >= th["min_n"] and hi < ref_auc - th["auc_margin"]:
                 d["alert"] = True
                 d["text"] = (f"performance on reader-confirmed cases fell: AUC {auc:.3f} "
-                             f"(95% CI {lo:.3f}-{hi:.3f}) below the reference {ref_auc:.3f} "
+                             f"({ci_text}) below the reference {ref_auc:.3f} "
                              f"minus {th['auc_margin']}")
     t = card.thresholds[pos_label].threshold
     from ..models.site import effective_thresholds
@@ -390,6 +527,17 @@ def _base_reference(card) -> tuple[dict | None, str | None]:
     return None, None
 
 
+def expected_positive_rate(values: dict, threshold: float, ood_threshold: float | None) -> float | None:
+    """The reference's positive rate at ``threshold`` as ``rates.positive`` was measured: among the
+    images whose decision is not withheld (OOD score at or below the OOD threshold; a flagged
+    image has no decision), the share scoring at or above it."""
+    sc = np.asarray(values.get("score") or [], float)
+    ood = np.asarray(values.get("ood_score") or [], float)
+    if ood_threshold is not None and ood.size == sc.size:  # one value per image (none was missing)
+        sc = sc[ood <= float(ood_threshold)]
+    return float(np.mean(sc >= threshold)) if sc.size else None
+
+
 def monitor_model(log, card, t_since, kind, size) -> dict:
     ref = load_reference(card)
     fallback_note = None
@@ -398,14 +546,25 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
     th = thresholds(ref)
     # A whole-slide run's row summarises many tiles; a reference (and every other run) describes
     # one image or tile: the two are never pooled in one window (the slide runs are counted).
-    runs = load_runs(log, card.id, t_since, slides=False)
-    n_slide = len(log.query("SELECT 1 FROM runs WHERE model_id = ? AND kind IN (?, ?)"
-                            + (" AND time_unix >= ?" if t_since is not None else ""),
-                            [card.id, *SLIDE_KINDS] + ([t_since] if t_since is not None else [])))
-    fb = load_feedback(log, card.id, t_since)
+    # Only this version's runs: another version's (before a promotion, after a rollback) have other
+    # weights, OOD statistics and thresholds, so its own reference is the only fair comparison.
+    runs = load_runs(log, card.id, t_since, slides=False, card=card)
+    vcond, vp = version_filter(card)
+    since_sql, since_p = (" AND time_unix >= ?", [t_since]) if t_since is not None else ("", [])
+    n_slide = len(log.query(f"SELECT 1 FROM runs WHERE model_id = ? AND kind IN (?, ?) AND {vcond}" + since_sql,
+                            [card.id, *SLIDE_KINDS, *vp] + since_p))
+    other = {(str(r[0]) if r[0] is not None else "(no version)") + ("" if r[1] else " (other weights)"): r[2]
+             for r in log.query(f"SELECT model_version, model_version IS NOT ?, COUNT(*) FROM runs "
+                                f"WHERE model_id = ? AND NOT ({vcond}){since_sql} GROUP BY 1, 2 ORDER BY 1, 2",
+                                [card.version, card.id, *vp] + since_p)}
+    fb = load_feedback(log, card.id, t_since, card=card)
     res = {"model_id": card.id, "card_version": card.version, "n_runs": int(len(runs["id"])),
-           "thresholds": th, "windows": [], "alerts": []}
+           "thresholds": th, "windows": [], "alerts": [], "other_versions": other}
     notes = []
+    if other:
+        notes.append(f"{sum(other.values())} runs of other versions ("
+                     + ", ".join(f"{k}: {v}" for k, v in other.items())
+                     + f") not compared: each version is compared with its own reference (this is {card.version})")
     if ref is None:
         notes.append(f"no training reference ({card.folder}/monitor_reference.json): input/output "
                      "distributions are not compared; fit it with python -m imaging_assist.monitoring.reference")
@@ -439,7 +598,7 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
         lab = next(iter(card.thresholds))
         used = effective_thresholds(card)[0].get(lab)
         if used is not None and float(used.threshold) != float(card.thresholds[lab].threshold):
-            ref_pos = float(np.mean(np.asarray(rv["score"], float) >= float(used.threshold)))
+            ref_pos = expected_positive_rate((ref or {}).get("values", {}), float(used.threshold), ood_thr)
     t = runs["time_unix"]
     for wi, (a, b) in enumerate(_windows(t, kind, size)):
         sl = slice(a, b)
@@ -459,7 +618,7 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
         fsel = (fb["time_unix"] >= t[a]) & (fb["time_unix"] <= t[b - 1])
         w["readers"] = _readers({k: (np.asarray(v, dtype=object)[fsel] if isinstance(v, list) else v[fsel])
                                  for k, v in fb.items()}, card, ref, th, (ref or {}).get("auc"))
-        w["readers"]["corrections"] = _corrections(log, card.id, t[a], t[b - 1])
+        w["readers"]["corrections"] = _corrections(log, card, t[a], t[b - 1])
         for group in ("input", "output"):
             for stat, d in w[group].items():
                 if d.get("alert"):
@@ -471,12 +630,14 @@ def monitor_model(log, card, t_since, kind, size) -> dict:
     return res
 
 
-def _corrections(log, model_id: str, t0: float, t1: float) -> dict:
-    """Segmentation corrections of the window's runs: how many, and how much readers changed
-    (Dice between the model's and the corrected label map; 1 = untouched)."""
+def _corrections(log, card, t0: float, t1: float) -> dict:
+    """Segmentation corrections of the window's runs (of this version): how many, and how much
+    readers changed (Dice between the model's and the corrected label map; 1 = untouched)."""
+    vcond, vp = version_filter(card, "r")
     rows = log.query("SELECT c.dice_vs_prediction FROM corrections c JOIN runs r ON r.id = c.run_id "
-                     "WHERE r.model_id = ? AND r.time_unix BETWEEN ? AND ?", (model_id, float(t0), float(t1)))
-    d = np.array([r[0] for r in rows if r[0] is not None], float)
+                     f"WHERE r.model_id = ? AND {vcond} AND r.time_unix BETWEEN ? AND ?",
+                     (card.id, *vp, float(t0), float(t1)))
+    d = np.array([r[0] for r in rows if isinstance(r[0], (int, float))], float)
     return {"n": len(rows), "median_dice_vs_prediction": _r(np.median(d)) if d.size else None}
 
 
@@ -536,8 +697,10 @@ def summary_lines(rep: dict) -> list[str]:
             if ag:
                 parts.append(f"agreement {ag['value']:.0%} [{ag['ci95'][0]:.0%}-{ag['ci95'][1]:.0%}]")
             rc = win["readers"].get("reader_confirmed", {}).get("auc")
-            if rc:
-                parts.append(f"AUC {rc['value']:.3f} [{rc['ci95'][0]:.3f}-{rc['ci95'][1]:.3f}]")
+            if rc and rc.get("value") is not None:
+                lo, hi = rc.get("ci95") or (None, None)
+                ci = f"{lo:.3f}-{hi:.3f}" if lo is not None and hi is not None else "interval not estimable"
+                parts.append(f"AUC {rc['value']:.3f} [{ci}]")
             flag = "ALERT " if win["alert"] else ""
             lines.append(f"  {flag}{win['start'][:16]} - {win['end'][:16]}: " + ", ".join(parts))
     if rep["alerts"]:

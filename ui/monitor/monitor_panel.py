@@ -6,8 +6,12 @@ each against the model's training reference."""
 
 from __future__ import annotations
 
+import logging
+
 from PySide6.QtWidgets import (QComboBox, QDialog, QHBoxLayout, QLabel, QListWidget, QPushButton,
                                QVBoxLayout)
+
+_log = logging.getLogger(__name__)
 
 REF_COLOR = "#888888"
 OK_COLOR = "#2a7fd4"
@@ -101,6 +105,11 @@ class MonitorDialog(QDialog):
             self.summary.setText(f"error: {e}")
             self.canvas.draw_idle()
             return None
+        except Exception as e:  # noqa: BLE001 - a Qt slot: said in the summary line, never escapes
+            _log.exception("monitor failed")
+            self.summary.setText(f"error: internal error ({type(e).__name__}: {' '.join(str(e).split())[:200]})")
+            self.canvas.draw_idle()
+            return None
         self.report = rep
         m = rep["models"][0]
         for a in rep["alerts"]:
@@ -109,7 +118,8 @@ class MonitorDialog(QDialog):
             self.alerts.addItem("no alerts")
         ref = m.get("reference") or {}
         self.summary.setText(
-            f"{m['model_id']}: {m['n_runs']:,} logged runs in {len(m['windows'])} windows; reference: "
+            f"{m['model_id']} {m.get('card_version', '')}: {m['n_runs']:,} logged runs of this version in "
+            f"{len(m['windows'])} windows; reference: "
             f"{ref.get('data', 'none')}. " + " ".join(m.get("notes", [])))
         self._plot(m)
         return rep
