@@ -9,7 +9,6 @@ import json
 import sqlite3
 import sys
 
-import numpy as np
 import pytest
 
 from conftest import ROOT

@@ -31,7 +31,7 @@ def test_view_screenshot_exits_cleanly_with_a_thread_left_in_torch(tmp_path):
     env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
            "XDG_DATA_HOME": str(tmp_path / "data"), "IMAGING_ASSIST_DATA_DIR": str(tmp_path / "ia")}
     p = subprocess.run([sys.executable, "-c", CHILD, "view", str(need(CT_PHANTOM)), "--screenshot", str(shot),
-                        "--size", "800x600"], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+                        "--size", "1280x720"], capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
     assert p.returncode == 0, (p.returncode, p.stderr[-2000:])
     assert "terminate called" not in p.stderr
     assert shot.stat().st_size > 0

@@ -125,7 +125,8 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     """Open the main window (optionally a study).  Returns the process exit code.
 
     screenshot: save the whole window to this PNG once the series is loaded, then exit
-    (exit code 0 on success, 1 when nothing could be shown, 2 on timeout); 130 after Ctrl-C.
+    (exit code 0 on success, 1 when nothing could be shown, 2 on timeout, and 2 with nothing
+    written for a size the window cannot take); 130 after Ctrl-C.
     series: a SeriesInstanceUID (or series key, or a file of the series) to show.
     layout: 'single' or 'mpr'.
     slab: an ``imaging_assist.slab.Slab`` (MIP / MinIP / average) for every view.
@@ -190,7 +191,8 @@ def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
         win.firstImageShown.connect(first)
 
     if screenshot:
-        win.resize(*(size or SCREENSHOT_SIZE))
+        want = tuple(size or SCREENSHOT_SIZE)
+        win.resize(*want)
         state = {"loaded": None, "thumbs": False, "saved": False}
 
         def save(code):
@@ -198,6 +200,12 @@ def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
                 return
             state["saved"] = True
             app.processEvents()
+            why = _size_problem(win, want)  # what the series brought (a stack selector) may widen it
+            if why:
+                print(f"error: {why}", file=sys.stderr)
+                result["code"] = 2
+                app.quit()
+                return
             for v in win.view_area.views():
                 v.repaint()
             ok = win.save_screenshot(screenshot)
@@ -236,6 +244,11 @@ def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
     try:
         if screenshot:
             win.show()
+            why = _size_problem(win, want)  # the window's minimum size won over --size
+            if why:
+                print(f"error: {why}", file=sys.stderr)
+                win.close()
+                return 2
         else:
             win.showMaximized() if not exit_first else win.show()
         if path:
@@ -258,6 +271,20 @@ def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     return result["code"]
+
+
+def _size_problem(win, want) -> str | None:
+    """Why the shown window is not ``want`` (width, height) pixels, in one line; None when it is.
+    Its menus, toolbar and docks at the screen's fonts set the smallest size it can take."""
+    got = win.size().toTuple()
+    if got == tuple(want):
+        return None
+    asked = f"--size {want[0]}x{want[1]}"
+    if got[0] >= want[0] and got[1] >= want[1]:
+        least = win.minimumSize()
+        return (f"{asked} is smaller than the window can be here (its menus, toolbar and docks): "
+                f"at least {least.width()}x{least.height()}; no screenshot written")
+    return f"{asked}: the window came out {got[0]}x{got[1]}; no screenshot written"
 
 
 def wait_for_workers(timeout: float = 10.0) -> list[str]:

@@ -14,7 +14,8 @@ def register(sub) -> None:
     s.add_argument("--slab", metavar="MODE:MM",
                    help="thick slab in every view: mip, minip or avg over MM millimetres, e.g. mip:10")
     s.add_argument("--size", metavar="WxH", type=_size,
-                   help="the window's size for --screenshot (default 1920x1080), e.g. 1280x720 for a laptop")
+                   help="the window's size for --screenshot (default 1920x1080), e.g. 1280x720 for a laptop; "
+                        "one smaller than the window can be (about 1220x580) is refused")
     s.set_defaults(func=cmd_view)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
-from PySide6.QtWidgets import QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton, QToolBar
+from PySide6.QtWidgets import QApplication, QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton, QToolBar
 
 from ..shared.theme import text_only_toolbar
 
@@ -98,7 +98,7 @@ def build_actions(self):
     self.tool_actions["navigate"].setChecked(True)
     from ..radiology.annotation_tools import delete_selected, window_actions
     # the active viewport's selection, as Undo / Redo (not always the main viewport's)
-    self.a_delete = A("Delete measurement", lambda: delete_selected(self), ("Del", "Backspace"))
+    self.a_delete = A("Delete measurement", lambda: _delete(self, delete_selected), ("Del", "Backspace"))
     window_actions(self)  # Undo / Redo (Ctrl+Z, Ctrl+Y), Clear all and Export measurements (DICOM SR)
     # view
     self.a_fit = A("&Fit to window", self.fit_views, "F")
@@ -147,6 +147,18 @@ def build_actions(self):
     self.a_clear_overlays = A("Remove all overlays", lambda: self.doc.layers.clear())
     self.a_help = A("Keyboard shortcuts", self.show_shortcuts, "F1")
     self.a_about = A("About", self.show_about)
+
+
+def _delete(self, delete_selected) -> None:
+    """Del / Backspace: the selected nodule while the Nodules list has the focus (the list has
+    no shortcut of its own: one of the same key made Qt call both ambiguous and fire neither),
+    else the selected measurement (``annotation_tools.delete_selected``)."""
+    nodules = getattr(self, "nodules", None)
+    focus = QApplication.focusWidget()
+    if nodules is not None and focus is not None and (focus is nodules.list or nodules.list.isAncestorOf(focus)):
+        nodules.delete_selected()
+    else:
+        delete_selected(self)
 
 
 def build_menus(self):

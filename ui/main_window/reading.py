@@ -200,6 +200,12 @@ class Reading:
     def loading_done(self) -> bool:
         return not self._jobs
 
+    def stop(self) -> None:
+        """Every viewport's load stops (the window closes: nothing is left to show it)."""
+        for job in self._jobs.values():
+            job.cancel()
+        self._jobs.clear()
+
     # ------------------------------------------------------------------ priors
     def empty_cell(self, cell):
         """Viewport ``cell`` shows nothing (as in a fresh layout); its loading stops."""

@@ -9,12 +9,40 @@ from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
 MAX_RECENT = 10
+# A path whose name is no valid UTF-8 (b"caf\xe9": a str with a surrogate escape) is stored as
+# this marker and its bytes in hex: Qt's strings (settings, menu, item data, str signals) drop
+# the escaped byte and reopened another path.  Stored paths are absolute: none starts so.
+BYTES_MARK = "fs-bytes:"
+
+
+def _stored(path: str) -> str:
+    """``path`` as the settings keep it (see BYTES_MARK)."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return BYTES_MARK + os.fsencode(path).hex()
+
+
+def _path(stored: str) -> str:
+    """The path a stored entry names (its bytes back for one stored by BYTES_MARK)."""
+    if stored.startswith(BYTES_MARK):
+        try:
+            return os.fsdecode(bytes.fromhex(stored[len(BYTES_MARK):]))
+        except ValueError:
+            pass
+    return stored
+
+
+def _shown(path: str) -> str:
+    """``path`` for display: a byte that is no UTF-8 shown as \ufffd."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class WelcomePage(QWidget):
     openFolder = Signal()
     openFile = Signal()
-    openPath = Signal(str)
+    openPath = Signal(object)  # a path (str, possibly with surrogate escapes: not a QString)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -47,8 +75,8 @@ class WelcomePage(QWidget):
         self.recent_list.setMaximumHeight(260)
         self.recent_list.setTextElideMode(Qt.ElideMiddle)
         self.recent_list.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
-        self.recent_list.itemActivated.connect(lambda it: self.openPath.emit(it.data(Qt.UserRole)))
-        self.recent_list.itemClicked.connect(lambda it: self.openPath.emit(it.data(Qt.UserRole)))
+        self.recent_list.itemActivated.connect(lambda it: self.openPath.emit(_path(it.data(Qt.UserRole))))
+        self.recent_list.itemClicked.connect(lambda it: self.openPath.emit(_path(it.data(Qt.UserRole))))
         self.recent_title = QLabel("Recent studies")
         self.recent_title.setObjectName("SectionTitle")
         rl = QVBoxLayout()
@@ -71,7 +99,7 @@ class WelcomePage(QWidget):
 class RecentStudies(QObject):
     """The recent list in ``settings`` ("recent"), shown in ``menu`` and on ``welcome``."""
 
-    openPath = Signal(str)
+    openPath = Signal(object)  # as WelcomePage.openPath
 
     def __init__(self, settings, welcome: WelcomePage, parent=None):
         super().__init__(parent)
@@ -83,13 +111,14 @@ class RecentStudies(QObject):
         v = self.settings.value("recent", [])
         if isinstance(v, str):
             v = [v]
-        return [str(x) for x in (v or [])]
+        return [_path(str(x)) for x in (v or [])]
 
     def add(self, path: str):
         path = os.path.abspath(path)
         lst = [p for p in self.paths() if p != path]
         lst.insert(0, path)
-        self.settings.setValue("recent", lst[:MAX_RECENT])  # written by Qt later, off the critical path
+        # written by Qt later, off the critical path
+        self.settings.setValue("recent", [_stored(p) for p in lst[:MAX_RECENT]])
         self.rebuild_menu()
 
     def set_menu(self, menu):
@@ -101,7 +130,7 @@ class RecentStudies(QObject):
             self.menu.clear()
             rec = self.paths()
             for p in rec:
-                a = self.menu.addAction(p)
+                a = self.menu.addAction(_shown(p))
                 a.triggered.connect(lambda checked=False, pp=p: self.openPath.emit(pp))
             self.menu.setEnabled(bool(rec))
             if rec:
@@ -119,10 +148,10 @@ class RecentStudies(QObject):
         rec = self.paths()
         for p in rec:
             name = os.path.basename(p.rstrip("/")) or p
-            text = f"{name}    —    {os.path.dirname(p.rstrip('/'))}"
+            text = _shown(f"{name}    —    {os.path.dirname(p.rstrip('/'))}")
             it = QListWidgetItem(text if os.path.exists(p) else f"{text}  (missing)")
-            it.setToolTip(p)
-            it.setData(Qt.UserRole, p)
+            it.setToolTip(_shown(p))
+            it.setData(Qt.UserRole, _stored(p))
             lst.addItem(it)
         lst.setVisible(bool(rec))
         self.welcome.recent_title.setVisible(bool(rec))

@@ -343,7 +343,8 @@ class SeriesLoading(QObject):
         self._hide_progress()
 
     def close_study(self):
-        self.cancel_loading(quiet=True)
+        self.cancel_loading(quiet=True)  # the jobs are dropped: their slots no longer report
+        self.load_state = "idle"  # not "loading" / "scanning" for good
         self.w.thumbs.stop()
         self._stop_plain_thumbs()
         self.index = None

@@ -428,5 +428,7 @@ class MainWindow(QMainWindow):
         if self.slide_page is not None:  # a slide model run / tissue detection stops with the window
             self.slide_page.close_slide()
         self.thumbs.stop()
+        self.loading._stop_plain_thumbs()  # the tiles of a folder of plain images (up to 200 reads)
+        self.reading.stop()  # the grid viewports' loads (1×2 / 2×2)
         self.slice_bar.stop()
         super().closeEvent(ev)

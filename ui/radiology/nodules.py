@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 from PySide6.QtCore import QObject, Qt, Signal
-from PySide6.QtGui import QColor, QKeySequence, QShortcut
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QDockWidget, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QProgressBar,
                                QPushButton, QVBoxLayout, QWidget)
 
@@ -198,9 +198,8 @@ class NoduleTool(QObject):
         self.list.currentItemChanged.connect(self._selection_changed)
         self.panel.delete_btn.clicked.connect(self.delete_selected)
         self.panel.compare_btn.clicked.connect(self.compare_menu)
-        sc = QShortcut(QKeySequence(Qt.Key_Delete), self.list)
-        sc.setContext(Qt.WidgetShortcut)
-        sc.activated.connect(self.delete_selected)
+        # Del in the list: the window's Delete action hands it here while the list has the focus
+        # (a shortcut of the list's own was ambiguous with that action's Del: Qt fired neither)
         self.dock = QDockWidget("Nodules", win)
         self.dock.setObjectName("NodulesDock")
         self.dock.setWidget(self.panel)

@@ -7,7 +7,7 @@ import math
 import time
 
 import numpy as np
-from PySide6.QtCore import QMetaObject, QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QEvent, QMetaObject, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPainterPath, QPen, QPolygonF
 from PySide6.QtWidgets import QLineEdit, QApplication, QWidget
 
@@ -1178,6 +1178,18 @@ class SliceView(QWidget):
 
     def scroll_by(self, n: int):
         self.doc.set_index(self.plane.axis, self.index + n)
+
+    def event(self, ev):
+        # Backspace (last corner), Enter (close) and Esc (drop) while a polygon / freehand outline
+        # is being drawn are the drawing's, not the window's shortcuts of the same keys (Delete
+        # measurement, Navigate tool): accepting the override delivers them to keyPressEvent
+        if (ev.type() == QEvent.ShortcutOverride and self._pending is not None
+                and self._pending.kind in ("polygon", "freehand")
+                and ev.key() in (Qt.Key_Backspace, Qt.Key_Return, Qt.Key_Enter, Qt.Key_Escape)
+                and ev.modifiers() in (Qt.NoModifier, Qt.KeypadModifier)):
+            ev.accept()
+            return True
+        return super().event(ev)
 
     def keyPressEvent(self, ev):
         k = ev.key()
