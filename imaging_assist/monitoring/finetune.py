@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -183,7 +184,7 @@ def _probs(T, net, x, pos: int):
     return torch.softmax(T.predict(net, x, torch.device("cpu")).double(), 1)[:, pos].numpy()
 
 
-def _compare(y, p_base, p_cand, groups, thr, what: str) -> dict:
+def _compare(y, p_base, p_cand, groups, thr, what: str, classes: tuple = ("negative", "positive")) -> dict:
     from .. import evaluation as E
     from .drift import fast_auc
 
@@ -200,7 +201,10 @@ def _compare(y, p_base, p_cand, groups, thr, what: str) -> dict:
     d = E.roc_auc(y, p_cand) - E.roc_auc(y, p_base)
     dci = E.bootstrap_ci(lambda yy, a, b: fast_auc(yy, a) - fast_auc(yy, b), y, p_cand, p_base,
                          clusters=groups, strata=y, seed=3)
-    return {"data": what, "n": int(len(y)), "patients": int(len(set(groups.tolist()))), "threshold": thr,
+    y, groups = np.asarray(y), np.asarray(groups, dtype=object)
+    per_class = {classes[k]: int(len(set(groups[y == k].tolist()))) for k in (0, 1)}  # versions.too_few_patients
+    return {"data": what, "n": int(len(y)), "patients": int(len(set(groups.tolist()))),
+            "patients_per_class": per_class, "threshold": thr,
             "base": one(p_base), "candidate": one(p_cand), "diff": round(d, 4),
             "diff_ci95": [round(dci[0], 4), round(dci[1], 4)],
             "ci_method": "percentile cluster bootstrap by patient, stratified by label, 2,000 resamples "
@@ -255,8 +259,9 @@ def gather_cases(data, labels_csv, from_feedback: bool, from_csv, from_log, what
         if k not in seen:
             seen.add(k)
             uniq.append(c)
-    for c, name in zip(uniq, patient_groups(uniq, Path(data))):
-        c["patient"] = name
+    keys = [case_keys(c) for c in uniq]
+    for c, k, name in zip(uniq, keys, patient_groups(uniq, Path(data), keys)):
+        c["patient"], c["patient_keys"] = name, k
     return uniq
 
 
@@ -300,30 +305,35 @@ def drop_test_split(cases: list[dict], test_files: list, log=print) -> tuple[lis
     return keep, n
 
 
-def patient_groups(cases: list[dict], data: Path) -> list[str]:
+def patient_groups(cases: list[dict], data: Path, keys: list | None = None) -> list[str]:
     """One patient name per case, shared by every case of one patient however it came in, and
     the same with any site key (so the split is).
 
-    A CSV row names its patient in clear (``patient_id``; without it the DICOM file's Patient
-    ID, else its series, else the file); the log's feedback names it by keyed pseudonym only
-    (``runs.patient_key``: the Patient ID's, else the series' or the file's, see
-    ``monitoring.log._pseudonyms``). Each case's pseudonym is computed as the log computes it,
-    cases sharing one are one patient, and the group is named by what does not depend on the
-    key: its smallest CSV patient id, else its first file (relative to ``data``). Before, a
-    patient given in the CSV and met again in the feedback was two patients (both parts of the
-    split could hold them), and the names (pseudonyms) made the split differ with each site key."""
-    from ..privacy.sitekey import pseudonym
+    A case has every patient key it can be known by (:func:`case_keys`: its CSV ``patient_id``,
+    its DICOM Patient ID, its series, the patient pseudonym the log stored for a feedback case),
+    each as the keyed pseudonym the log computes; cases sharing ANY key are one patient (union
+    of the keys), so a labels-CSV id (a site MRN...) and the header's Patient ID of the same film
+    join, and a patient given in the CSV and met again in the feedback is one patient.  The group
+    is named by what does not depend on the key: its smallest CSV patient id, else its first file
+    (relative to ``data``).  Before, a case had one key only (a CSV id replaced the header's), so
+    one patient's films could land in both parts of the split.  ``keys``: :func:`case_keys` of
+    each case when already computed."""
+    keys = [case_keys(c) for c in cases] if keys is None else keys
+    parent = list(range(len(cases)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
 
     owner: dict = {}
-    comp = []  # each case's group: the first case with its patient pseudonym (one key per case)
-    for i, c in enumerate(cases):
-        if "patient_id" not in c:  # from the log: its patient pseudonym
-            key = c["patient"]
-        elif c["patient_id"]:
-            key = pseudonym(c["patient_id"], "patient-id")
-        else:
-            key = _logged_patient_key(Path(c["path"]))
-        comp.append(owner.setdefault(key, i))
+    for i, ks in enumerate(keys):
+        for k in ks:
+            j = owner.setdefault(k, i)
+            ri, rj = root(i), root(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
     names: dict = {}
     for i, c in enumerate(cases):
         try:
@@ -331,26 +341,91 @@ def patient_groups(cases: list[dict], data: Path) -> list[str]:
         except ValueError:
             rel = str(Path(c["path"]).resolve())
         name = (0, c["patient_id"]) if c.get("patient_id") else (1, f"file:{rel}")
-        names[comp[i]] = min(names.get(comp[i], name), name)
-    return [names[comp[i]][1] for i in range(len(cases))]
+        r = root(i)
+        names[r] = min(names.get(r, name), name)
+    return [names[root(i)][1] for i in range(len(cases))]
 
 
-def _logged_patient_key(p: Path) -> str:
-    """The patient pseudonym the prediction log stores for file ``p`` (``log._pseudonyms``):
-    of the DICOM Patient ID, else of the series UID, else of the resolved path."""
+def case_keys(c: dict) -> set[str]:
+    """Every keyed patient pseudonym case ``c`` can be known by: its CSV ``patient_id``, the
+    patient key the log stored (a feedback case), its DICOM Patient ID and series UID, and
+    (a plain image, its own patient) its file, each computed as ``monitoring.log._pseudonyms``
+    computes it."""
     from ..privacy.sitekey import pseudonym
 
+    p = Path(c["path"])
+    keys = {pseudonym(str(p.resolve()), "file")}
+    if "patient_id" not in c:  # from the log: its patient pseudonym
+        keys.add(c["patient"])
+    elif c["patient_id"]:
+        keys.add(pseudonym(c["patient_id"], "patient-id"))
+    pid, uid = _dicom_ids(p)
+    if pid:
+        keys.add(pseudonym(pid, "patient-id"))
+    if uid:
+        keys.add(pseudonym(uid, "uid"))
+    return keys
+
+
+def _dicom_ids(p: Path) -> tuple[str, str]:
+    """(Patient ID, series UID) of a DICOM file ("" each when not DICOM or absent)."""
     try:
         import pydicom
 
-        ds = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"])
-        pid = str(ds.get("PatientID", "") or "").strip()
-        uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+        # a DICOM file without its preamble (a raw data set, as the viewer's scanner reads it with
+        # force=True) starts with a group 0008 (or 0002) element; anything else is not forced
+        force = head[128:132] != b"DICM" and head[:2] in (b"\x08\x00", b"\x02\x00")
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True, specific_tags=["PatientID", "SeriesInstanceUID"],
+                             force=force)
+        return (str(ds.get("PatientID", "") or "").strip(), str(ds.get("SeriesInstanceUID", "") or "").strip())
     except Exception:  # noqa: BLE001 - not DICOM
-        pid = uid = ""
-    if pid:
-        return pseudonym(pid, "patient-id")
-    return pseudonym(uid, "uid") if uid else pseudonym(str(p.resolve()), "file")
+        return "", ""
+
+
+def drop_test_patients(cases: list[dict], patients: list, log=print) -> tuple[list[bool], int, int]:
+    """Which rows of the model's original test split to keep: a row whose patient (its
+    ``predictions.csv`` patient, compared as the training script compares persons: the same id)
+    is a patient of the local cases (:func:`case_keys`) is dropped, so the "original test"
+    comparison is not measured on patients the candidate was fine-tuned on.  (keep mask, rows
+    dropped, patients dropped); said through ``log``."""
+    from ..privacy.sitekey import pseudonym
+
+    local = set()
+    for c in cases:
+        local |= c.get("patient_keys") or case_keys(c)
+    keep, hit = [], set()
+    for q in patients:
+        q = str(q or "").strip()
+        seen = bool(q) and pseudonym(q, "patient-id") in local
+        keep.append(not seen)
+        if seen:
+            hit.add(q)
+    n = len(keep) - sum(keep)
+    if n:
+        log(f"{n} images of the model's original test split left out of the original-test comparison: their "
+            f"{len(hit)} patients are also patients of the local cases")
+    return keep, n, len(hit)
+
+
+# a limitation that quotes figures measured on the model (a metric, a percentage, test results)
+_MEASURED = re.compile(r"\b(AUC|sensitivity|specificity|Dice|HD95|accuracy|PPV|NPV|test)\b|\d\s*%", re.I)
+BASE_MEASURED = "Measured on the base model"
+
+
+def inherited_limitations(card) -> list[str]:
+    """The base card's limitations for a fine-tuned version: those quoting figures measured on
+    the base model (AUC, sensitivity, a percentage, test results...) are marked as the base's,
+    since none was re-measured on the candidate (its own figures are its ``metrics``)."""
+    from ..models.card import card_limitations
+
+    out = []
+    for t in card_limitations(card):
+        if not t.startswith(BASE_MEASURED) and re.search(r"\d", t) and _MEASURED.search(t):
+            t = f"{BASE_MEASURED} {card.id} {card.version} (not re-measured on this version): {t}"
+        out.append(t)
+    return out
 
 
 def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: dict, ood_block: dict | None,
@@ -369,6 +444,23 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
     raw = copy.deepcopy(card.raw)
     for k in ("format", "weights", "ood", "files", *drop):
         raw.pop(k, None)
+    # the base's operating thresholds are kept, but their sensitivity/specificity were measured on
+    # the base model, never on this version: the values only, said to be inherited
+    th = raw.get("thresholds")
+    if isinstance(th, dict):
+        raw["thresholds"] = {lab: {"threshold": t.get("threshold") if isinstance(t, dict) else t,
+                                   "data": f"inherited from {card.id} {card.version}; not re-measured on this version"}
+                             for lab, t in th.items()}
+    data_update = card_update.get("data")
+    if isinstance(data_update, dict) and isinstance(data_update.get("fine_tuning"), str):
+        # every fine-tune of the line, oldest first (a fine-tune of a promoted version keeps the earlier ones)
+        base_data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        hist = base_data.get("fine_tuning_history")
+        if not isinstance(hist, list):
+            hist = [{"version": card.version, "description": base_data["fine_tuning"]}] \
+                if isinstance(base_data.get("fine_tuning"), str) else []
+        card_update = {**card_update, "data": {**data_update, "fine_tuning_history": list(hist) + [
+            {"version": version, "base_version": card.version, "description": data_update["fine_tuning"]}]}}
     raw.update({"version": version, "name": f"{card.name} — site fine-tune {version}", **card_update,
                 "files": {"metrics": "metrics.json", "training_log": "training_log.csv", "holdout": "holdout.csv"},
                 "not_for_clinical_use": True})
@@ -380,7 +472,10 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
         w.writerow(holdout_header)
         # the patient ids come from the site's labels CSV: no cell a spreadsheet takes for a formula
         w.writerows([csv_cell(c) for c in r] for r in holdout_rows)
-    ni = {**ni, "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"]} for k, v in comps.items()}}
+    # the patient counts: versions.non_inferiority gives no verdict on too few (MIN_PATIENTS_PER_CLASS)
+    ni = {**ni, "comparisons": {k: {"diff": v["diff"], "diff_ci95": v["diff_ci95"],
+                                    **{c: v[c] for c in ("patients", "patients_per_class") if c in v}}
+                                for k, v in comps.items()}}
     res = {"model_id": card.id, "version": raw["version"], "base_version": card.version,
            "folder": str(out.resolve()), **(extra or {}), "comparisons": comps, "non_inferiority": ni,
            "training": raw["training"],
@@ -449,6 +544,28 @@ def write_candidate_reference(out: Path, images: list | None, labels: list | Non
 
 
 # --------------------------------------------------------------------------- the run
+def check_out_folder(out: Path) -> None:
+    """A one-line UserError when ``out`` lies in a folder the registry reads models from (the
+    user's models folder, the project's weights, the folders of ``models add``): a candidate
+    there would be run without being promoted (the user folder comes before the shipped one),
+    and ``models rollback`` could not take it away."""
+    from ..models.registry import Registry
+    from ..userdirs import data_dir
+
+    o = Path(out).expanduser().resolve()
+    for folder, kind in Registry().sources():
+        if kind == "promoted":
+            continue
+        try:
+            f = Path(folder).expanduser().resolve()
+        except (OSError, RuntimeError):
+            continue
+        if o == f or f in o.parents:
+            raise UserError(f"--out {out} is inside {f}, a folder the model registry reads ({kind} models): a "
+                            f"candidate there would run without being promoted; give a folder outside it, e.g. "
+                            f"under {data_dir()}")
+
+
 def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Path | None = None,
              from_feedback: bool = False, epochs: int = 6, train: str = "all", replay: int = 200,
              original_test_max: int | None = None, original_data: Path | None = None, lr: float | None = None,
@@ -467,6 +584,7 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
         raise UserError(f"{out} exists and is not a folder: give a new folder for the candidate")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty: give a new folder for the candidate")
+    check_out_folder(out)
     entry = Registry().get(model_id)
     card = entry.card
     if card.task == "segmentation" and not card.is_bundle and card.spatial_dims == 2:
@@ -522,6 +640,7 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
     # the model's own data: replay (validation rows) and the original test split
     rep_x = rep_y = None
     orig = None
+    n_test_patients = n_test_patient_ids = 0
     if pred_csv is None:
         log(f"{why_not}: no replay and no original-test comparison")
     elif rows is None:
@@ -534,6 +653,9 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
             pick = sorted(rng.choice(len(val), min(replay, len(val)), replace=False).tolist())
             rep_x = T.preprocess_all(card, [odata / val[i]["file"] for i in pick], f"replay_{card.id}")
             rep_y = torch.tensor([labels.index(val[i]["label"].lower()) for i in pick])
+        keep, n_test_patients, n_test_patient_ids = drop_test_patients(
+            cases, [r.get("patient") or r.get("group") or "" for r in test], log)
+        test = [r for r, k in zip(test, keep) if k]
         if test:
             if original_test_max and len(test) > original_test_max:
                 test = [test[i] for i in sorted(rng.choice(len(test), original_test_max, replace=False).tolist())]
@@ -582,14 +704,18 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
         + (f"; {t_note}" if t_note else ""))
 
     yb = (y == pos).astype(int)
+    classes = (labels[1 - pos] if len(labels) == 2 else f"not {pos_label}", pos_label)
     comps = {"local_holdout": _compare(yb[iho], _probs(T, base, x[iho], pos), _probs(T, net, x[iho], pos),
                                        groups[iho], thr, f"local hold-out: {len(iho)} images, patient-disjoint "
-                                                          "from the fine-tuning data")}
+                                                          "from the fine-tuning data", classes)}
     if orig is not None:
         yo = (orig["y"] == pos).astype(int)
         comps["original_test"] = _compare(yo, _probs(T, base, orig["x"], pos), _probs(T, net, orig["x"], pos),
                                           orig["g"], thr, f"the model's original test split "
-                                                          f"({len(yo)} images of {pred_csv.name} split 'test')")
+                                                          f"({len(yo)} images of {pred_csv.name} split 'test'"
+                                                          + (f"; {n_test_patients} images of {n_test_patient_ids} "
+                                                             "patients of the local cases left out"
+                                                             if n_test_patients else "") + ")", classes)
 
     # OOD statistics refitted on the candidate's own features (same method and layers)
     val_x = x[iva].float() if rep_x is None else torch.cat([x[iva].float(), rep_x[: max(1, len(rep_x) // 4)].float()])
@@ -611,8 +737,11 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                  "fine_tuning": f"{len(cases)} local reader-confirmed/labelled images of {len(set(groups.tolist()))} "
                                 f"patients, split by patient 60/20/20 (train / validation / hold-out), seed {seed}"
                                 + (f"; {n_test_overlap} more local images left out: images of the model's original "
-                                   "test split" if n_test_overlap else "")},
-        "limitations": list(card.raw.get("limitations") or []) + [
+                                   "test split" if n_test_overlap else "")
+                                + (f"; {n_test_patients} images of the original test split left out of its "
+                                   f"comparison: their {n_test_patient_ids} patients are local cases"
+                                   if n_test_patients else "")},
+        "limitations": inherited_limitations(card) + [
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the operating threshold "
             f"{thr} is the base model's, not re-chosen (too few local cases); the OOD statistics were refitted "
             "but their AUROC against other modalities was not re-measured."],
@@ -636,7 +765,8 @@ def finetune(model_id: str, out: Path, data: Path | None = None, labels_csv: Pat
                             reference_labels=[int(yb[i]) for i in ref_idx],
                             reference_text=f"the fine-tune's local validation and hold-out parts ({len(ref_idx)} "
                                            "images the candidate was not trained on), run through the candidate",
-                            extra={"left_out_original_test": n_test_overlap}, log=log)
+                            extra={"left_out_original_test": n_test_overlap,
+                                   "original_test_left_out_local_patients": n_test_patients}, log=log)
 
 
 # --------------------------------------------------------------------------- compare

@@ -180,7 +180,8 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     from .. import training as T
     from ..models.loaders import LoadedModel, load_model
     from . import versions
-    from .finetune import drop_test_split, finish_candidate, gather_cases, refit_ood
+    from .finetune import (drop_test_patients, drop_test_split, finish_candidate, gather_cases, inherited_limitations,
+                           refit_ood)
 
     margin = versions.margin_for("Dice") if margin is None else float(margin)
     n_labels = len(card.labels)
@@ -193,7 +194,9 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     why_not: list = []
     rest, test = _original_split(card, odata, None, seed, why_not)
     cases, n_test_overlap = drop_test_split(cases, [p for p, _, _ in test or []], log)
-    test = _subsample(test or [], original_test_max, seed)
+    # no test film of a patient the candidate is fine-tuned on (the JSRT file name when no id)
+    keep, n_test_patients, n_test_patient_ids = drop_test_patients(cases, [g for _, _, g in test or []], log)
+    test = _subsample([t for t, k in zip(test or [], keep) if k], original_test_max, seed)
     from ..inference.images import read_image
 
     paths = [Path(c["path"]) for c in cases]
@@ -271,7 +274,9 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
         comps["original_test"] = compare_dice(dices(base, tp, tt), dices(cand_model, tp, tt),
                                               [g for _, _, g in test],
                                               f"the model's original test split ({len(test)} images of "
-                                              f"predictions.csv set '{DATASETS[card.id]['test_set']}')")
+                                              f"predictions.csv set '{DATASETS[card.id]['test_set']}'"
+                                              + (f"; {n_test_patients} images of {n_test_patient_ids} patients of "
+                                                 "the local cases left out" if n_test_patients else "") + ")")
 
     val_x = x[iva].float() if rep_x is None else torch.cat([x[iva].float(), rep_x[: max(1, len(rep_x) // 4)].float()])
     ood_block = refit_ood(net, card, x_tr.float(), None, val_x, out,
@@ -289,8 +294,11 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
                                 f"{len(set(groups.tolist()))} patients, split by patient 60/20/20 (train / validation "
                                 f"/ hold-out), seed {seed}"
                                 + (f"; {n_test_overlap} more local images left out: films of the model's original "
-                                   "test split" if n_test_overlap else "")},
-        "limitations": list(card.raw.get("limitations") or []) + [
+                                   "test split" if n_test_overlap else "")
+                                + (f"; {n_test_patients} films of the original test split left out of its "
+                                   f"comparison: their {n_test_patient_ids} patients are local cases"
+                                   if n_test_patients else "")},
+        "limitations": inherited_limitations(card) + [
             f"Site fine-tune of {card.id} {card.version} on {len(cases)} local images; the segmentation quality "
             "checks are the base model's; the OOD statistics were refitted but their AUROC against other "
             "modalities was not re-measured."],
@@ -306,7 +314,8 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     return finish_candidate(card, out, card_update, net, comps, ni, ood_block, len(cases),
                             ["file", "mask", "patient_id"],
                             [[str(Path(cases[i]["path"]).resolve()), str(Path(cases[i]["mask"]).resolve()), groups[i]]
-                             for i in iho], extra={"task": "segmentation", "left_out_original_test": n_test_overlap},
+                             for i in iho], extra={"task": "segmentation", "left_out_original_test": n_test_overlap,
+                                                    "original_test_left_out_local_patients": n_test_patients},
                             reference_images=[paths[i] for i in sorted(np.concatenate([iva, iho]).tolist())],
                             reference_text=f"the fine-tune's local validation and hold-out parts "
                                            f"({len(iva) + len(iho)} images the candidate was not trained on), run "

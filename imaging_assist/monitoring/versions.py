@@ -19,8 +19,11 @@ A candidate is tied to what was measured: ``register_candidate`` records the sha
 ``model.json``, ``metrics.json``, every weights file the card lists and its OOD statistics;
 :func:`promoted_sources` checks them each time the registry asks, and the registry refuses that
 model in one line when the folder is gone or a file changed (the state says it is active: running
-the shipped model instead, or the changed files, would be a silent substitution).  Every step is
-an event in the prediction log and in the audit trail.
+the shipped model instead, or the changed files, would be a silent substitution).  The same for
+the state file itself: a damaged entry refuses that model only, and a file that cannot be read at
+all refuses every model (which ones have a promoted version is unknown) in one line naming it,
+until it is repaired or deleted (deleting it returns every model to its shipped version).  Every
+step is an event in the prediction log and in the audit trail.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ DEFAULT_MARGIN = 0.05  # AUC non-inferiority margin (stated in the candidate's m
 # uncertainty of the shipped figure and already visible as a border shifted by ~1-2 pixels.
 # A site overrides them in ``config_dir()/monitor.json`` as {"non_inferiority_margins": {"Dice": 0.03}}.
 MARGINS = {"AUC": DEFAULT_MARGIN, "Dice": 0.02}
+# No verdict below this many patients per class in a comparison (classifiers; segmenters: patients
+# in all): with a handful of images every cluster-bootstrap resample gives the same AUC, so the
+# interval collapses to zero width ("1.000 [1.000-1.000]") and would "pass" on no evidence.
+MIN_PATIENTS_PER_CLASS = 8
 
 
 def margin_for(metric: str) -> float:
@@ -64,14 +71,27 @@ def state_path() -> Path:
     return config_dir() / STATE_FILE
 
 
-def load_state() -> dict:
+def _read_state() -> dict:
+    """The state file's object as it is (entries not checked); {} when there is none; a
+    one-line UserError when it cannot be read."""
     p = state_path()
     if not p.is_file():
         return {}
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError) as e:
-        raise UserError(f"cannot read {p}: {e}") from None
+        raise UserError(f"cannot read {p}: {_one_line(e)}") from None
+    return d
+
+
+def _one_line(e) -> str:
+    s = str(e)
+    return s.encode("unicode_escape").decode("ascii") if "\n" in s or "\r" in s else s
+
+
+def load_state() -> dict:
+    p = state_path()
+    d = _read_state()
     if not isinstance(d, dict):
         return {}
     for model_id, m in d.items():
@@ -135,24 +155,54 @@ def save_state(d: dict) -> None:
     os.replace(tmp, p)
 
 
+class _EveryModel(dict):
+    """{model id: reason} that refuses every model id: the state file cannot be read, so which
+    models have a promoted version is unknown (the registry asks ``id in`` and ``[id]``)."""
+
+    def __init__(self, why: str):
+        super().__init__({"*": why})
+        self.why = why
+
+    def __contains__(self, model_id) -> bool:
+        return True
+
+    def __missing__(self, model_id) -> str:
+        return self.why
+
+    def get(self, model_id, default=None):
+        return self.why
+
+
 def promoted_sources() -> tuple[list[Path], dict[str, str]]:
     """(folders of the active versions that still hold what was measured, {model id: one-line
     reason} for those that do not): the registry runs the first and refuses the models of the
-    second (only those: one changed candidate must not stop every other model, nor let the
-    shipped model run under the promoted name)."""
+    second (only those: one changed candidate or one damaged entry of the state file must not
+    stop every other model, nor let the shipped model run under the promoted name).  A state
+    file that cannot be read at all refuses every model: which of them have a promoted version
+    is unknown, and running the shipped ones would be the silent substitution this refuses."""
+    p = state_path()
     try:
-        st = load_state()
-    except UserError:
-        return [], {}
+        st = _read_state()
+        if not isinstance(st, dict):
+            raise UserError(f"cannot read {p}: not a JSON object")
+    except UserError as e:
+        return [], _EveryModel(f"{e}; not running the shipped models in place of the promoted ones: repair the "
+                               f"file, or delete it to return every model to its shipped version (the candidate "
+                               f"folders are kept)")
     good, bad = [], {}
     for model_id, m in st.items():
+        why = _bad_entry(m)
+        if why:  # this model only: the others' entries are read
+            bad[model_id] = _one_line(f"{model_id}: its entry in {p} is damaged ({why}); not running the shipped "
+                                      f"model in its place: repair or remove that entry (removing it returns "
+                                      f"{model_id} to its shipped version)")
+            continue
         a = m.get("active")
         if a and a in m["candidates"]:
             try:
                 good.append(check_candidate(model_id, a, m["candidates"][a]))
             except UserError as e:  # one line, whatever the state file's folder holds
-                bad[model_id] = str(e).encode("unicode_escape").decode("ascii") if "\n" in str(e) or "\r" in str(e) \
-                    else str(e)
+                bad[model_id] = _one_line(e)
     return good, bad
 
 
@@ -274,12 +324,32 @@ def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
         why.append("no comparison with the base model was measured")
     for name, c in comps.items():
         lo = (c.get("diff_ci95") or [None])[0]
-        if lo is None:
+        short = too_few_patients(c)
+        if short:
+            why.append(f"{name}: not enough data to judge: {short}")
+        elif lo is None:
             why.append(f"{name}: no interval")
         elif not lo > -margin:  # NaN fails too
             why.append(f"{name}: {what} difference {c['diff']:+.3f} (95% CI {lo:+.3f} to {c['diff_ci95'][1]:+.3f}) "
                        f"does not exclude a loss of {margin}")
     return not why, why
+
+
+def too_few_patients(c: dict) -> str | None:
+    """Why comparison ``c`` holds too few patients for a verdict (None: enough).  Its counts are
+    ``patients`` and, for classifiers, ``patients_per_class`` ({class: patients}); a metrics.json
+    written before they were recorded is not checked."""
+    k = MIN_PATIENTS_PER_CLASS
+    n = c.get("patients")
+    per = c.get("patients_per_class")
+    if isinstance(per, dict) and per:
+        counts = [v if is_number(v) else 0 for v in per.values()]
+        if min(counts) < k:
+            return (f"{n} patients / {' and '.join(f'{v} {lab}' for lab, v in per.items())} per class, "
+                    f"at least {k} per class needed")
+    elif is_number(n) and n < k:
+        return f"{n} patients, at least {k} needed"
+    return None
 
 
 def promote(model_id: str, version: str, force_reason: str | None = None) -> dict:

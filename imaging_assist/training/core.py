@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import random
+import sys  # progress goes to stderr: stdout stays the command's result (finetune --json)
 import time
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def preprocess_all(card, paths: list[Path], tag: str, cache: Path | None = None)
     for i, p in enumerate(paths):
         xs.append(model_input(card, read_image(p)).to(torch.float16))
         if i % 500 == 0:
-            print(f"  preprocess {i}/{len(paths)} ({time.perf_counter() - t:.0f} s)", flush=True)
+            print(f"  preprocess {i}/{len(paths)} ({time.perf_counter() - t:.0f} s)", file=sys.stderr, flush=True)
     x = torch.stack(xs)
     cache.mkdir(parents=True, exist_ok=True)
     torch.save(x, f)
@@ -198,7 +199,7 @@ class Log:
             w.writeheader()
             w.writerows(self.rows)
         print("  " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in row.items()), flush=True)
+                               for k, v in row.items()), file=sys.stderr, flush=True)
 
 
 def fit(net, x_train, y_train, *, loss_fn, augment, evaluate, epochs: int, batch_size: int,
@@ -243,7 +244,7 @@ def fit(net, x_train, y_train, *, loss_fn, augment, evaluate, epochs: int, batch
             best, best_epoch = score, ep
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
         if time_limit_s and time.perf_counter() - t0 > time_limit_s:
-            print(f"  time limit reached after epoch {ep}", flush=True)
+            print(f"  time limit reached after epoch {ep}", file=sys.stderr, flush=True)
             break
     net.load_state_dict(best_state)
     net.eval()
