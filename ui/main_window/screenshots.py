@@ -11,14 +11,20 @@ Save view as PNG takes the checks of ``view --screenshot`` (ui/app.py ``_unwrita
 file or folder being read, nor a file of the shown series; a name without a type gets ``.png``,
 one that is no image type is refused; a refusal or a failed write is one line in a message box.
 The saved view carries "Not for clinical use" in a footer line below it, as the status bar does
-under the view on screen (the whole-window screenshot has the status bar itself)."""
+under the view on screen (the whole-window screenshot has the status bar itself).
+
+On a high-DPI screen (device pixel ratio 2: a logical pixel is 2 x 2 screen pixels) Save view as
+PNG keeps the screen's device pixels, the detail the reader saw, and writes the PNG's physical
+resolution as 96 x the ratio dots per inch, so it prints at its size on screen; the whole-window
+screenshot (``view --screenshot --size WxH``) is exactly the WxH it promises, the grab scaled
+down smoothly to the window's logical size."""
 
 from __future__ import annotations
 
 import os
 
 from PySide6.QtCore import QRectF, Qt
-from PySide6.QtGui import QColor, QFontMetrics, QImageWriter, QPainter, QPixmap
+from PySide6.QtGui import QColor, QFontMetrics, QImage, QImageWriter, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox, QWidget
 
 from ..shared.theme import MUTED, PANEL
@@ -70,6 +76,28 @@ def with_footer(pixmap: QPixmap) -> QPixmap:
     return out
 
 
+def at_screen_dpi(pixmap: QPixmap) -> QImage:
+    """``pixmap`` (device pixels) as an image whose physical resolution is the screen's: 96 dpi
+    per logical pixel, so the device pixels of a ratio-2 screen print at their on-screen size."""
+    img = pixmap.toImage()
+    dpm = round(96 * pixmap.devicePixelRatio() / 0.0254)  # dots per metre
+    img.setDotsPerMeterX(dpm)
+    img.setDotsPerMeterY(dpm)
+    return img
+
+
+def logical_size(pixmap: QPixmap) -> QPixmap:
+    """``pixmap`` at its logical size (a grab at device pixel ratio 2 has twice the pixels each
+    way): scaled down smoothly, ratio 1.  Unchanged at ratio 1."""
+    dpr = pixmap.devicePixelRatio()
+    if dpr == 1.0:
+        return pixmap
+    out = pixmap.scaled(round(pixmap.width() / dpr), round(pixmap.height() / dpr), Qt.IgnoreAspectRatio,
+                        Qt.SmoothTransformation)
+    out.setDevicePixelRatio(1.0)
+    return out
+
+
 def view_target(self, path: str) -> tuple[str, str | None]:
     """The file Save view as PNG writes for the name chosen (``.png`` added to a name without
     a type, as Qt's own dialog does) and why it must not be written (None: it may)."""
@@ -103,7 +131,7 @@ def save_view_dialog(self):
     path, why = view_target(self, path)
     if why is None:
         grab = self.view_area.grab()  # (a stand-in's in tests is no QPixmap: written as it is)
-        why = _write(with_footer(grab) if isinstance(grab, QPixmap) else grab, path)
+        why = _write(at_screen_dpi(with_footer(grab)) if isinstance(grab, QPixmap) else grab, path)
         if why is None:
             _record(self, path)
             return
@@ -112,8 +140,10 @@ def save_view_dialog(self):
 
 
 def save_screenshot(self, path: str) -> bool:
-    """The whole main window as a PNG."""
-    ok = _save(self.grab(), path)
+    """The whole main window as a PNG of its logical size (``view --screenshot --size WxH``
+    writes WxH pixels at any device pixel ratio)."""
+    grab = self.grab()  # (a stand-in's in tests is no QPixmap: written as it is)
+    ok = _save(logical_size(grab) if isinstance(grab, QPixmap) else grab, path)
     if ok:
         _record(self, path)
     return ok

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PySide6.QtCore import QSize, Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QImage, QPainter, QPixmap, QTextCursor
+from PySide6.QtGui import QBrush, QColor, QFont, QGuiApplication, QIcon, QImage, QPainter, QPixmap, QTextCursor
 from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
@@ -80,19 +80,27 @@ def cannot_display_icon() -> QIcon:
 
 
 def icon_from_array(img: np.ndarray, aspect=(1.0, 1.0)) -> QIcon:
+    """The series thumbnail: ``img`` fitted into an ICON x ICON (logical) square, its pixel
+    ``aspect`` (column, row spacing) kept.  Made in device pixels (ICON x the screen's device
+    pixel ratio a side, the pixmap tagged with that ratio): on a ratio-2 screen a 64-pixel
+    icon is 128 screen pixels, and a 64-pixel pixmap would be stretched to them."""
+    app = QGuiApplication.instance()
+    dpr = app.devicePixelRatio() if app is not None else 1.0
+    side = round(ICON * dpr)
     img = np.ascontiguousarray(img)
     h, w = img.shape[:2]
     fmt = QImage.Format_RGB888 if img.ndim == 3 else QImage.Format_Grayscale8
     q = QImage(img.data, w, h, img.strides[0], fmt).copy()
     sx, sy = aspect
     ww, hh = w * sx, h * sy
-    s = ICON / max(ww, hh)
+    s = side / max(ww, hh)
     q = q.scaled(max(1, int(ww * s)), max(1, int(hh * s)), Qt.IgnoreAspectRatio, Qt.SmoothTransformation)
-    pm = QPixmap(ICON, ICON)
+    pm = QPixmap(side, side)
     pm.fill(QColor("#000000"))
     p = QPainter(pm)
-    p.drawImage((ICON - q.width()) // 2, (ICON - q.height()) // 2, q)
+    p.drawImage((side - q.width()) // 2, (side - q.height()) // 2, q)  # device pixels (ratio set after)
     p.end()
+    pm.setDevicePixelRatio(dpr)
     return QIcon(pm)
 
 

@@ -1,12 +1,16 @@
 """The slide view: a whole-slide image (pyramid) drawn from tiles, with overlays.
 
 * Tiles come from the pyramid level that matches the zoom (OpenSlide's rule: the coarsest
-  level with at least the screen's resolution), only those in view, read on worker threads
+  level with at least the screen's resolution, counted in device pixels: at a device pixel
+  ratio of 2 a logical pixel is 2 x 2 screen pixels), only those in view, read on worker threads
   (:class:`~imaging_assist_ui.slides.slide_tiles.TileLoader`) into a memory-bounded LRU.  A tile
   that is not there yet is drawn from the best coarser tile already cached (or the
   thumbnail), scaled up; the GUI thread never reads the file.
 * Tiles are laid on an integer screen grid per zoom (tile edges at ``round(x0 * scale)``),
-  so panning moves whole pixels and the per-zoom resized tiles are plain blits.
+  so panning moves whole pixels and the per-zoom resized tiles are plain blits.  They are
+  resized to their size in device pixels and drawn in device coordinates (the logical grid's
+  edges times the device pixel ratio, rounded), so a high-DPI screen gets its full detail;
+  every coordinate mapping (``screen_to_slide`` ...) stays in logical pixels.
 * Overlay layers (:mod:`imaging_assist.layers`) are placed with their level-0 geometry
   (:mod:`imaging_assist_ui.slides.slide_layers`), coloured per screen tile and cached per zoom.
 * HUD: name / size / MPP, a scale bar in µm (only with MPP; without it a "no MPP" notice
@@ -25,7 +29,7 @@ import time
 
 import numpy as np
 from PySide6.QtCore import QEvent, QPointF, QRect, QRectF, QSize, Qt, QTimer, Signal
-from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetricsF, QImage, QPainter, QPen, QTransform
 from PySide6.QtWidgets import QWidget
 
 from imaging_assist.layers import HeatmapLayer, LabelLayer, LayerStack, MarkerLayer, Plane
@@ -90,7 +94,8 @@ class SlideView(QWidget):
         self.threads = threads or _thread_count()
         self.cache = TileCache(cache_mb)                      # decoded tiles, per (level, col, row)
         self._cache_budget = self.cache.max_bytes
-        self._scaled = TileCache(max(32.0, cache_mb / 4))     # the same at the current zoom
+        self._scaled = TileCache(max(32.0, cache_mb / 4))     # the same at the current zoom (device px)
+        self._scaled_budget = self._scaled.max_bytes
         self._scaled_tag = None
         self._overlay = TileCache(max(32.0, cache_mb / 4))    # overlay tiles at the current zoom
         self._overlay_tag = None
@@ -213,9 +218,17 @@ class SlideView(QWidget):
 
     def _ensure_cache_floor(self) -> None:
         """The decoded-tile budget never drops below twice what one screen needs (a budget
-        smaller than the screen could never show it complete and would re-read forever)."""
-        need = (math.ceil(self.width() / TILE) + 2) * (math.ceil(self.height() / TILE) + 2) * TILE * TILE * 4 * 2
+        smaller than the screen could never show it complete and would re-read forever), and
+        the resized-tile budget never below one screen of them with a ring of partial tiles
+        (they are resized smoothly within a time budget per paint: a cache that cannot hold
+        the screen would redo them forever).  Both count the screen in device pixels: at a
+        device pixel ratio of 2 the level drawn and the resized tiles have 4x the pixels."""
+        dpr = self.devicePixelRatioF()
+        w, h = math.ceil(self.width() * dpr), math.ceil(self.height() * dpr)
+        need = (math.ceil(w / TILE) + 2) * (math.ceil(h / TILE) + 2) * TILE * TILE * 4 * 2
         self.cache.max_bytes = max(self._cache_budget, need)
+        # smooth-resized tiles are < 2 TILE device px a side: partial ones reach 2 TILE past each edge
+        self._scaled.max_bytes = max(self._scaled_budget, (w + 4 * TILE) * (h + 4 * TILE) * 4)
 
     def _results(self, loader):
         if loader is not self.loader:
@@ -359,7 +372,8 @@ class SlideView(QWidget):
         if s is None:
             return 0
         scale = self.scale if scale is None else scale
-        lvl = best_level(s.level_downsamples, 1.0 / scale)
+        # device pixels: at a device pixel ratio of 2 the screen shows twice the detail
+        lvl = best_level(s.level_downsamples, 1.0 / (scale * self.devicePixelRatioF()))
         # files without a (deep enough) pyramid: never ask for thousands of tiles at once
         while lvl < s.level_count - 1 and self._visible_tile_count(lvl, scale) > MAX_VISIBLE_TILES:
             lvl += 1
@@ -484,10 +498,21 @@ class SlideView(QWidget):
         self.loader.request(keys + ring[:room])
 
     # ================================================================== painting
+    @staticmethod
+    def _device_rect(rect: QRect, dpr: float) -> QRect:
+        """A logical screen rectangle in device pixels (edges times ``dpr``, rounded: tiles that
+        share an edge share it in device pixels too)."""
+        if dpr == 1.0:
+            return rect
+        x0, y0 = round(rect.x() * dpr), round(rect.y() * dpr)
+        x1, y1 = round((rect.x() + rect.width()) * dpr), round((rect.y() + rect.height()) * dpr)
+        return QRect(x0, y0, x1 - x0, y1 - y0)
+
     def _scaled_tile(self, key, rect: QRect, kx: float, t0: float):
-        """The tile at its screen size (cached per zoom).  Smooth resampling costs ~0.3 ms a
-        tile: past SCALE_BUDGET_S in one paint (a zoom step) tiles are resized fast (nearest)
-        and redone smoothly in the next frames."""
+        """The tile at its size in device pixels, ``rect`` (cached per zoom; ``kx``: device px
+        per level px).  Smooth resampling costs ~0.3 ms a tile: past SCALE_BUDGET_S in one
+        paint (a zoom step) tiles are resized fast (nearest) and redone smoothly in the next
+        frames."""
         img = self.cache.get(key)
         if img is None or isinstance(img, str):
             return img
@@ -586,27 +611,36 @@ class SlideView(QWidget):
             return
         level = self.level
         lw, lh, kx, ky = self._level_geom(level)
-        tag = (level, kx, ky)
+        dpr = self.devicePixelRatioF()
+        tag = (level, kx, ky, dpr)
         if tag != self._scaled_tag:
             self._scaled.clear()
             self._scaled_tag = tag
+            self._ensure_cache_floor()  # (the ratio changes when the window moves to another screen)
         rects = self.tile_screen_rects(level)
         self._fill_outside(p)
         missing = []
         n_err = 0
         exposed = ev.rect()
         self._drafts = False
+        # Tiles are drawn in device pixels (resized to their device size, so Qt does not stretch
+        # a logical-size tile by the device pixel ratio); everything else in logical pixels.
+        p.save()
+        if dpr != 1.0:
+            p.setWorldTransform(QTransform.fromScale(1.0 / dpr, 1.0 / dpr))
         for key, rect in rects.items():
             if not exposed.intersects(rect):
                 continue
-            img = self._scaled_tile(key, rect, kx, t0)
+            drect = self._device_rect(rect, dpr)
+            img = self._scaled_tile(key, drect, kx * dpr, t0)
             if img is None:
                 missing.append((key, rect))
             elif isinstance(img, str):
-                p.fillRect(rect, ERROR_TILE)
+                p.fillRect(drect, ERROR_TILE)
                 n_err += 1
             else:
-                p.drawImage(rect.topLeft(), img)
+                p.drawImage(drect.topLeft(), img)
+        p.restore()
         n_fallback = self._paint_fallback(p, level, missing) if missing else 0
         overlays_done = self._paint_overlays(p, rects, tag, t0)
         if self.show_overlays:
