@@ -260,17 +260,26 @@ def parse_date(text) -> _dt.date | None:
     return None
 
 
+def latest_today() -> _dt.date:
+    """The latest date anywhere on Earth now: the date at UTC+14 (the Line Islands).  A
+    StudyDate is the site's local date, and a site ahead of the workstation's time zone is
+    already on the workstation's tomorrow: compared with the workstation's date.today(), a study
+    made there today was "dated in the future", listed last and given no priors."""
+    return (_dt.datetime.now(_dt.timezone.utc) + _dt.timedelta(hours=14)).date()
+
+
 def in_future(study, today: _dt.date | None = None) -> bool:
-    """The study is dated after today (a typo: it is never the most recent study)."""
+    """The study is dated after ``today`` (default :func:`latest_today`: no site's today is in
+    the future), a typo: it is never the most recent study."""
     d = parse_date(getattr(study, "date", "")) if study is not None else None
-    return d is not None and d > (today or _dt.date.today())
+    return d is not None and d > (today or latest_today())
 
 
 def _when(study):
     """(date, time) to order studies by; None when the date is missing, not a date or in the
     future (the order of such a study is unknown)."""
     d = parse_date(getattr(study, "date", "")) if study is not None else None
-    if d is None or d > _dt.date.today():
+    if d is None or in_future(study):
         return None
     return d, str(getattr(study, "time", "") or "").replace(":", "").strip()  # TM (HHMMSS) or HH:MM:SS
 
@@ -283,7 +292,7 @@ def date_note(study) -> str:
     d = parse_date(raw)
     if d is None:
         return f"study date {raw[:20]!r} is not a date"
-    if d > _dt.date.today():
+    if in_future(study):
         return f"dated in the future ({d.isoformat()}): check"
     return ""
 

@@ -11,6 +11,7 @@ uneven spacing the per-slice position along the normal is used, not the mean spa
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 
 import numpy as np
@@ -78,7 +79,9 @@ _TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "
 
 def source_datasets(volume) -> list:
     """Header-only pydicom datasets of the Volume's source instances, one per slice, in
-    slice order.  A multi-frame source gives one dataset (its frames are the slices)."""
+    slice order.  A multi-frame source gives one dataset (its frames are the slices).  Each
+    is read anew (the caller's to change); its top-level DA and TM values written in the
+    ACR-NEMA forms are given in the DICOM ones (:func:`dicom_date_value`), as a result copies them."""
     from ..dicom import read_dataset
 
     headers = list(getattr(volume, "headers", None) or [])
@@ -106,9 +109,44 @@ def source_datasets(volume) -> list:
         for kw in _TYPE2_COPIED:
             if kw not in ds:
                 setattr(ds, kw, "")
+        _dicom_dates(ds)
     if len({str(ds.StudyInstanceUID) for ds in out}) > 1:
         raise DicomExportError("the source slices belong to more than one study")
     return out
+
+
+_ACR_NEMA = {"DA": re.compile(r"(\d{4})\.(\d{2})\.(\d{2})"),
+             "TM": re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(\.\d{1,6})?)?")}
+
+
+def dicom_date_value(value, vr: str):
+    """A DA written ``YYYY.MM.DD`` as ``YYYYMMDD`` and a TM written ``hh:mm:ss[.f]`` as
+    ``hhmmss[.f]``: the ACR-NEMA forms PS3.5 asks readers to accept but a writer may not use
+    (highdicom refused "08:10:00", so no SEG or SR was written, and the PDF failed dciodvfy).
+    Any other value is returned as it is."""
+    def one(v):
+        m = _ACR_NEMA[vr].fullmatch(str(v).strip()) if vr in _ACR_NEMA else None
+        return "".join(g or "" for g in m.groups()) if m else v
+
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [one(v) for v in value]
+    return one(value)
+
+
+def _dicom_dates(ds) -> None:
+    """The source header's top-level DA and TM values in the forms a result object may carry
+    (:func:`dicom_date_value`); the elements are replaced, never changed in place."""
+    from pydicom.dataelem import DataElement
+
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+        except Exception:  # noqa: BLE001 - a value pydicom cannot convert: left to the writers
+            continue
+        if elem.VR in _ACR_NEMA and elem.value and not tag.is_private:
+            fixed = dicom_date_value(elem.value, elem.VR)
+            if fixed != elem.value:
+                ds[tag] = DataElement(tag, elem.VR, fixed)
 
 
 def charset_warnings(volume) -> list[str]:
@@ -342,6 +380,9 @@ def finalize(ds, datasets) -> None:
         if not has_plane and "PatientOrientation" not in ds and "ImageOrientationPatient" not in ds:
             po = getattr(datasets[0], "PatientOrientation", None) if datasets else None
             ds.PatientOrientation = list(po) if po and len(po) == 2 else ""
+    # the header the object copied its patient and study attributes from (a plain attribute,
+    # never written): privacy.deid.deidentify_result_dates tells them from the object's own dates
+    ds.source_header = datasets[0] if datasets else None
     if _has_non_ascii_text(ds):
         # PS3.5 6.1.2.2: characters beyond ASCII need a Specific Character Set that holds them
         # ("mm²" in a label, a note in any script, a name copied from a Latin-1 source); UTF-8

@@ -45,8 +45,8 @@ def build_encapsulated_pdf(pdf_path, datasets, *, series_number: int = 9904,
                "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
                "StudyDescription", "PatientAge", "IssuerOfPatientID", "PatientIdentityRemoved",
                "DeidentificationMethod"):
-        if kw in src:
-            setattr(ds, kw, src[kw].value)
+        if kw in src:  # DA/TM in the forms a writer may use (source_datasets' datasets already are)
+            setattr(ds, kw, dc.dicom_date_value(src[kw].value, src[kw].VR))
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                "ReferringPhysicianName", "StudyID", "AccessionNumber"):
         if kw not in ds:

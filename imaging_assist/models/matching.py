@@ -349,8 +349,9 @@ def _birthday(born: _dt.date, year: int) -> _dt.date:
 
 
 def _date(v) -> _dt.date | None:
-    try:
-        return _dt.datetime.strptime(str(v).strip()[:8], "%Y%m%d").date()
-    except (TypeError, ValueError):
-        return None
+    """A DA (``YYYYMMDD``, or ``YYYY.MM.DD`` as PS3.5 asks readers to accept) as a date; None
+    for anything else ("19940305XYZ", a partial date), as the priors read a StudyDate."""
+    from ..viewing import parse_date  # viewing imports no Qt (and not this module)
+
+    return parse_date(v)
 

@@ -354,15 +354,20 @@ def _clean_text(value, ctx: _Context):
 
 
 def _shift(value: str, vr: str, days: int) -> str:
+    from ..viewing import parse_date
+
     def one(s: str) -> str:
         s = s.strip()
         if not s:
             return s
-        if len(s) < 8 or not s[:8].isdigit():
-            return ""  # a partial date cannot be moved exactly: removed
+        # a DA also in the ACR-NEMA form YYYY.MM.DD PS3.5 asks readers to accept (written back
+        # as YYYYMMDD); a DT's date is its first 8 digits, its time and offset are kept
+        d = parse_date(s) if vr == "DA" else parse_date(s[:8]) if s[:8].isdigit() else None
+        if d is None:
+            return ""  # a partial date (or not a date) cannot be moved exactly: removed
         try:
-            d = date(int(s[:4]), int(s[4:6]), int(s[6:8])) + timedelta(days=days)
-        except ValueError:
+            d += timedelta(days=days)
+        except OverflowError:
             return ""
         return d.strftime("%Y%m%d") + (s[8:] if vr == "DT" else "")
 
@@ -589,21 +594,52 @@ def deidentify_result_dates(ds, opts: Options, since: date, offset_days: int | N
     day it was built: those carried the real date into an object whose study date was removed
     or shifted.  Only DA, DT and TM elements are touched (the UIDs were mapped in the sources).
     Without Modified Dates every one gets the table's action (the same action again on the
-    copied values changes nothing).  With it, a DA/DT value dated ``since`` (the day the run
-    began) or later is the object's own stamp and moves by the patient's ``offset_days``; an
-    earlier one was copied and is already shifted (the offset is at least a year back).  When
-    the offset is not known (``None``: a source de-identified before, in a copy), the object's
-    own dates get the basic profile's action instead."""
+    copied values changes nothing).  With it, a top-level element whose value is the source
+    header's (``ds.source_header``, which :func:`..export.dicom_common.finalize` sets) was
+    copied and is already shifted; every other one is the object's own and moves by the
+    patient's ``offset_days``.  (Deciding by the date instead, "dated ``since`` or later", shifted
+    a source dated in the future, e.g. a year typo 2099, once more in every object.)  Without a
+    source header the date decides.  When the offset is not known (``None``: a source
+    de-identified before, in a copy), the object's own dates get the basic profile's action.
+
+    Elements are replaced, never changed in place: highdicom puts the source's own element
+    objects (and sequences) into the object, so an edit here changed the shared source header
+    and the next object copied the already re-shifted value."""
     basic = Options()
     start = since.strftime("%Y%m%d")
+    source = getattr(ds, "source_header", None)
+
+    def copied(d, tag) -> bool:
+        """With Modified Dates: the element was copied from the source (and is shifted)."""
+        if source is not None:  # the object's own top-level value, or the source's
+            return d is ds and tag in source and source[tag].value == d[tag].value
+        value = d[tag].value
+        return _vr_of(d, tag) in ("DA", "DT") and not all(
+            str(v)[:8] >= start for v in (value if type(value).__name__ == "MultiValue" else [value]))
+
+    def dated(d) -> bool:
+        """The item holds a DA, DT or TM value (at any depth)."""
+        for tag in d.keys():
+            vr = _vr_of(d, tag)
+            if vr == "SQ" and any(dated(item) for item in d[tag].value or ()):
+                return True
+            if vr in ("DA", "DT", "TM") and not tag.is_private and d[tag].value:
+                return True
+        return False
 
     def walk(d):
+        from pydicom.dataelem import DataElement
+
         for tag in list(d.keys()):
             if tag.is_private or tag.element == 0:
                 continue
             vr = _vr_of(d, tag)
             if vr == "SQ":
-                for item in d[tag].value or ():
+                if (source is not None and opts.modified_dates and copied(d, tag)) \
+                        or not any(dated(item) for item in d[tag].value or ()):
+                    continue
+                d[tag] = copy.deepcopy(d[tag])  # may be the source's sequence: a copy is edited
+                for item in d[tag].value:
                     walk(item)
                 continue
             if vr not in ("DA", "DT", "TM"):
@@ -611,10 +647,7 @@ def deidentify_result_dates(ds, opts: Options, since: date, offset_days: int | N
             elem = d[tag]
             if not elem.value:
                 continue
-            own = vr == "TM" or all(str(v)[:8] >= start for v in
-                                     (elem.value if type(elem.value).__name__ == "MultiValue"
-                                      else [elem.value]))
-            if opts.modified_dates and not own:
+            if opts.modified_dates and copied(d, tag):
                 continue  # copied from the source: already shifted
             o = opts if offset_days is not None or vr == "TM" else basic
             row = _row(int(tag))
@@ -627,11 +660,11 @@ def deidentify_result_dates(ds, opts: Options, since: date, offset_days: int | N
             if act == "X":
                 del d[tag]
             elif act == "Z":
-                elem.value = ""
+                d[tag] = DataElement(tag, vr, "")
             elif act == "D":
-                elem.value = _DUMMY[vr]
+                d[tag] = DataElement(tag, vr, _DUMMY[vr])
             elif act == "S":
-                elem.value = _shift(elem.value, vr, offset_days)
+                d[tag] = DataElement(tag, vr, _shift(elem.value, vr, offset_days))
             elif act != "K":  # an action this code does not know for a date: never keep silently
                 del d[tag]
 
