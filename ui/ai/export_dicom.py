@@ -51,14 +51,11 @@ class DicomExporter:
 
     def plan(self) -> list[str]:
         """The lines listed before writing (one per object, or why none can be written)."""
-        from imaging_assist.export.dicom import plan_dicom_results
-
         vol = self.win.doc.volume
         if vol is None:
             return ["open a series first: the results are of the shown series"]
         results, _ = self._runs()
-        meas = [m for m in self.win.doc.measurements if m.result]
-        return plan_dicom_results(vol, results, report_pdf="report.pdf", measurements=meas)
+        return _plan(vol, results, [m for m in self.win.doc.measurements if m.result])
 
     def export(self, folder: str | None = None, confirm: bool = True,
                deidentify: bool = False) -> list:
@@ -68,13 +65,21 @@ class DicomExporter:
         from imaging_assist.export.dicom import has_dicom_source, write_dicom_results
         from imaging_assist.export.report_pdf import write_report_pdf
 
+        from .export_report import SERIES_CHANGED
+
         win = self.win
         vol = win.doc.volume
         title = "Export results (DICOM)"
         if vol is None or not has_dicom_source(vol):
             QMessageBox.information(win, title, self.plan()[0]) if confirm else None
             return []
-        lines = self.plan()
+        # everything written is taken now, once: the box and the folder dialog run nested event
+        # loops, in which another series may be shown or a run may finish; what is written is
+        # what was listed, of the series it was listed for
+        results, items = self._runs()
+        meas = [m for m in win.doc.measurements if m.result]
+        snap = win.report_exporter.snapshot()
+        lines = _plan(vol, results, meas)
         if confirm:
             box = QMessageBox(QMessageBox.Question, title, "These DICOM objects will be written, each as "
                               "a new series in the study:", QMessageBox.Ok | QMessageBox.Cancel, win)
@@ -91,13 +96,16 @@ class DicomExporter:
             folder = QFileDialog.getExistingDirectory(win, title, docs)
             if not folder:
                 return []
-        results, items = self._runs()
-        meas = [m for m in win.doc.measurements if m.result]
+        if not win.report_exporter.still_shown(snap):
+            self.last_error = f"Nothing was written: {SERIES_CHANGED}."
+            if confirm:
+                QMessageBox.warning(win, title, self.last_error)
+            return []
         QGuiApplication.setOverrideCursor(Qt.WaitCursor)
         notes: list[str] = []
         try:
             opts = None
-            report = win.report_exporter.build(deidentify=deidentify)
+            report = win.report_exporter.build(deidentify=deidentify, snap=snap)
             if deidentify:
                 from imaging_assist.privacy.deid import Options
 
@@ -117,6 +125,12 @@ class DicomExporter:
         self.last_notes = notes
         win.statusBar().showMessage(f"{len(written)} DICOM object(s) written to {folder}", 8000)
         return written
+
+
+def _plan(vol, results, meas) -> list[str]:
+    from imaging_assist.export.dicom import plan_dicom_results
+
+    return plan_dicom_results(vol, results, report_pdf="report.pdf", measurements=meas)
 
 
 def export_dicom_action(win) -> QAction:

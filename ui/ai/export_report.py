@@ -22,6 +22,9 @@ from ..radiology.series_results import series_key as _series_key
 from .session_runs import session_runs
 
 
+SERIES_CHANGED = "the shown series changed while the dialog was open; export again"
+
+
 class ReportExporter:
     """Writes the report of the shown series' study from the session's run log
     (:mod:`.session_runs`: the latest run of each model on each series, with its key views)."""
@@ -30,19 +33,40 @@ class ReportExporter:
         self.win = win
         self.log = session_runs(win)
 
-    def build(self, deidentify: bool = False) -> dict:
-        """The report data of the shown series' study (the engine's build_report)."""
-        from imaging_assist.export.report_pdf import build_report, study_header
-
-        vol = self.win.doc.volume
+    def snapshot(self) -> dict:
+        """What the report of the shown series' study is made of, taken once: before a dialog,
+        whose nested event loop may show another series or log a run that finishes meanwhile."""
+        doc = self.win.doc
+        vol = doc.volume
         if vol is None:
             raise UserError("open a series first: the report is of the shown series' study")
+        meas = []
+        for m in doc.measurements:
+            if not m.result:
+                continue
+            row = m.to_dict()
+            row["description"] = vol.description
+            meas.append(row)
+        return {"volume": vol, "key": _series_key(doc),  # this part and stack of the series, not its UID
+                "runs": list(self.log.runs.items()), "measurements": meas}
+
+    def still_shown(self, snap: dict) -> bool:
+        """Whether the series of ``snap`` is still the one shown (not another, nor closed)."""
+        doc = self.win.doc
+        return doc.volume is snap["volume"] and _series_key(doc) == snap["key"]
+
+    def build(self, deidentify: bool = False, snap: dict | None = None) -> dict:
+        """The report data of the shown series' study (the engine's build_report); ``snap``: the
+        :meth:`snapshot` to build from (taken now when None)."""
+        from imaging_assist.export.report_pdf import build_report, study_header
+
+        snap = snap or self.snapshot()
+        vol, shown = snap["volume"], snap["key"]
         header = study_header(vol)
         study = (header or {}).get("study_uid") or ""
-        shown = _series_key(self.win.doc)  # this part and stack of the series, not its UID
         items, captured, cards = [], {}, {}
         # the shown series first, then the other series of its study that were analysed
-        for (series, _mid), run in sorted(self.log.runs.items(), key=lambda kv: kv[0][0] != shown):
+        for (series, _mid), run in sorted(snap["runs"], key=lambda kv: kv[0][0] != shown):
             d, card, cap = run.item, run.card, run.views
             same = series == shown or (study and ((cap.get("header") or {}).get("study_uid") == study))
             if not same:
@@ -50,13 +74,7 @@ class ReportExporter:
             captured[len(items)] = cap
             cards[card.id] = card
             items.append(d)
-        meas = []
-        for m in self.win.doc.measurements:
-            if not m.result:
-                continue
-            row = m.to_dict()
-            row["description"] = vol.description
-            meas.append(row)
+        meas = snap["measurements"]
         doc = {"tool": "imaging-assist",
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                "items": items,
@@ -82,17 +100,21 @@ class ReportExporter:
             QMessageBox.information(win, "Export report", "Open a series first: the report is of "
                                                           "the shown series.")
             return None
+        snap = self.snapshot()  # what the reader saw when choosing Export: the dialog runs an event loop
         if path is None:
             docs = QStandardPaths.writableLocation(QStandardPaths.DocumentsLocation) or str(Path.home())
             path, _ = QFileDialog.getSaveFileName(win, "Export report", str(Path(docs) / "report.pdf"),
                                                   "PDF (*.pdf)")
             if not path:
                 return None
+            if not self.still_shown(snap):
+                QMessageBox.warning(win, "Export report", f"The report was not written: {SERIES_CHANGED}.")
+                return None
         if not path.lower().endswith(".pdf"):
             path += ".pdf"
         QGuiApplication.setOverrideCursor(Qt.WaitCursor)
         try:
-            out = write_report_pdf(self.build(deidentify=deidentify), path)
+            out = write_report_pdf(self.build(deidentify=deidentify, snap=snap), path)
         except UserError as e:
             QMessageBox.warning(win, "Export report", f"The report was not written: {e}")
             return None

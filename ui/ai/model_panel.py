@@ -211,6 +211,7 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
         progress(0.98, "preparing the overlays…")
         layers, notes = build_layers(res, card)  # numpy work stays off the GUI thread
         html = result_html(res, card, load_s, override=settings.get("override_reasons") or [])
+        progress.check()  # Cancel pressed after the engine's last check: no result
         payload = (res, {"layers": layers, "notes": notes, "html": html})
         status = "done"
     except Cancelled as e:
@@ -1020,6 +1021,8 @@ class ModelPanel(QWidget):
         ctx = self._run_ctx or {}
         self.job = None
         elapsed = time.perf_counter() - ctx.get("t0", time.perf_counter())
+        if self.state == "cancelling":  # the reader was told "Cancelling…": whatever came back
+            status, payload = "cancelled", None  # is dropped (not shown, not in the session's runs)
         if status == "done":
             self.progress.setValue(1000)
             res, view = payload
