@@ -257,7 +257,7 @@ def cmd_analyze(args) -> int:
                 captured[len(results)] = capture(d, vol, out_dir, res)
                 results.append(d)
                 if dicom_run is not None:  # DICOM SEG/PM/SR while the volume is in memory
-                    dicom_run.add(kind, vol, res, d, stem)
+                    dicom_run.add(kind, vol, res, d, stem, captured=captured[len(results) - 1])
                 if bar.disable:
                     print(_summary(d), file=sys.stderr)
             except Cancelled:

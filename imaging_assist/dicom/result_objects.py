@@ -287,9 +287,13 @@ def _place_frames(ds, volume, what: str) -> list[int]:
     # C.7.6.2.1.1): an object in another one is not laid on this series by its positions, nor
     # by references that contradict them
     d = _differs("FrameOfReferenceUID", ds.get("FrameOfReferenceUID"), volume)
-    if d:
+    if d and grid.geometric:
         raise ResultObjectError(f"{what} is in another frame of reference ({d[1]}) than the series "
                                 f"({d[0]}): its positions do not apply here")
+    # A series without plane geometry (CR/DX, US) has no positions to lay anything by: an object
+    # made on it in a frame of reference of its own (the Parametric Map IOD requires one, so the
+    # app's map of a CR has a new one) is placed by its frames' source image references only
+    by_ref_only = bool(d)
     out = []
     for f in range(n):
         item = per[f] if per else None
@@ -330,6 +334,10 @@ def _place_frames(ds, volume, what: str) -> list[int]:
             out.append(k_pos)
         elif refs:
             raise ResultObjectError(f"{what} frame {f + 1} references an image that is not in the series")
+        elif by_ref_only:
+            raise ResultObjectError(f"{what} is in another frame of reference ({d[1]}) than the series "
+                                    f"({d[0]}) and its frame {f + 1} references no image of the series: "
+                                    "cannot place it")
         elif grid.n == 1 and n == 1:
             out.append(0)  # one frame on one image without references or geometry
         else:

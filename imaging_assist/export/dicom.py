@@ -271,24 +271,29 @@ def _first_sr(plans):
 
 class DicomRun:
     """``analyze --dicom``: the objects of each analysed item as it is done (while its
-    Volume is in memory), the Encapsulated PDF of the report at the end; prints what it
-    wrote, and one line for what it could not write."""
+    Volume is in memory), at the end an Encapsulated PDF per study of that study's own
+    report (under its patient: never another patient's results); prints what it wrote, and
+    one line for what it could not write."""
 
     def __init__(self, out_dir, echo=print):
         self.dir = Path(out_dir) / "dicom"
         self.echo = echo
-        self.sources: dict[str, object] = {}  # study UID -> a header-only stand-in volume
+        # study UID -> a header-only stand-in volume, with the study's items and their captures
+        self.sources: dict[str, object] = {}
         self.written: list[WrittenObject] = []
         self.failed = 0
         self._said_plain = False
 
-    def add(self, kind: str, volume, res, item: dict, stem: str) -> None:
+    def add(self, kind: str, volume, res, item: dict, stem: str, captured: dict | None = None) -> None:
+        """``captured``: what :func:`.report_pdf.capture` took of the item for the report (its
+        study's own report, for its Encapsulated PDF, then shows the same key views)."""
         if kind != "series" or not has_dicom_source(volume):
             if not self._said_plain:
                 self.echo(f"note: {NO_SOURCE_NOTE}")
                 self._said_plain = True
             return
         notes: list[str] = []
+        ok = True
         try:
             failures: list[str] = []
             objs = write_dicom_results(volume, [res], self.dir, prefix=stem, items=[item], warnings=notes,
@@ -296,13 +301,14 @@ class DicomRun:
         except (DicomExportError, OSError) as e:  # one line; results.json and the PDF stay
             self.failed += 1
             self.echo(f"error: DICOM objects for {stem} not written: {e}")
-            return
-        for f in failures:
-            self.failed += 1
-            self.echo(f"error: {stem}: {f}")
-        self.written += objs
-        for n in dict.fromkeys(notes):
-            self.echo(f"note: {stem}: {n}")
+            ok = False
+        if ok:
+            for f in failures:
+                self.failed += 1
+                self.echo(f"error: {stem}: {f}")
+            self.written += objs
+            for n in dict.fromkeys(notes):
+                self.echo(f"note: {stem}: {n}")
         try:
             uid = str(dc.source_datasets(volume)[0].StudyInstanceUID)
         except DicomExportError:
@@ -310,35 +316,86 @@ class DicomRun:
         if uid not in self.sources:
             from types import SimpleNamespace
 
-            self.sources[uid] = SimpleNamespace(headers=list(volume.headers))
+            self.sources[uid] = SimpleNamespace(headers=list(volume.headers), items=[], captured=[],
+                                                written=False)
+        if captured is None:
+            from .report_pdf import study_header
+
+            captured = {"header": study_header(volume)}
+        # every item of the study is in its report; the study gets the PDF object when the
+        # objects of one of its items could be written
+        study = self.sources[uid]
+        study.items.append(item)
+        study.captured.append(captured)
+        study.written = study.written or ok
 
     def finish(self, report_pdf) -> None:
-        from .encapsulated_pdf import build_encapsulated_pdf
+        import tempfile
 
         if report_pdf is not None and Path(report_pdf).is_file():
-            for n, stand_in in enumerate(self.sources.values(), 1):
-                try:
-                    datasets = dc.source_datasets(stand_in)
-                    since = date.today()
-                    ds = build_encapsulated_pdf(report_pdf, datasets,
-                                                series_number=dc.series_number_after(datasets, 99))
-                    opts = _deidentified_source(datasets)  # analyze --deidentify: a de-identified copy
-                    if opts is not None:
-                        _deidentify_result(ds, opts, since, None)
-                except DicomExportError as e:
-                    self.failed += 1
-                    self.echo(f"error: Encapsulated PDF not written: {e}")
-                    continue
-                p = self.dir / ("report_PDF.dcm" if n == 1 else f"report_PDF_{n}.dcm")
-                try:
-                    ds.save_as(p, enforce_file_format=True)
-                except OSError as e:
-                    self.failed += 1
-                    self.echo(f"error: Encapsulated PDF not written: {p}: {e.strerror or e}")
-                    continue
-                self.written.append(WrittenObject(p, "PDF", str(ds.SOPClassUID), "report"))
-                record_export("PDF", p, datasets=datasets)  # the audit trail (never raises)
+            doc = self._results_doc()
+            with tempfile.TemporaryDirectory(prefix="imaging-assist-report-") as tmp:
+                for n, stand_in in enumerate((s for s in self.sources.values() if s.written), 1):
+                    self._write_pdf(n, stand_in, report_pdf, doc, Path(tmp) / f"report_{n}.pdf")
         if self.written:
             kinds = ", ".join(f"{sum(o.kind == k for o in self.written)} {k}"
                               for k in ("SEG", "PM", "SR", "PDF") if any(o.kind == k for o in self.written))
             self.echo(f"wrote {len(self.written)} DICOM object(s) in {self.dir} ({kinds})")
+
+    def _write_pdf(self, n: int, stand_in, report_pdf, doc: dict | None, tmp_pdf: Path) -> None:
+        """The Encapsulated PDF of one study (the ``n``-th), of its own report."""
+        from ..errors import UserError
+        from .encapsulated_pdf import build_encapsulated_pdf
+
+        try:
+            datasets = dc.source_datasets(stand_in)
+            since = date.today()
+            pdf = self._study_report(report_pdf, doc, stand_in, tmp_pdf)
+            ds = build_encapsulated_pdf(pdf, datasets, series_number=dc.series_number_after(datasets, 99))
+            opts = _deidentified_source(datasets)  # analyze --deidentify: a de-identified copy
+            if opts is not None:
+                _deidentify_result(ds, opts, since, None)
+        except UserError as e:  # DicomExportError, and a report that cannot be built (ReportError)
+            self.failed += 1
+            self.echo(f"error: Encapsulated PDF not written: {e}")
+            return
+        p = self.dir / ("report_PDF.dcm" if n == 1 else f"report_PDF_{n}.dcm")
+        try:
+            ds.save_as(p, enforce_file_format=True)
+        except OSError as e:
+            self.failed += 1
+            self.echo(f"error: Encapsulated PDF not written: {p}: {e.strerror or e}")
+            return
+        self.written.append(WrittenObject(p, "PDF", str(ds.SOPClassUID), "report"))
+        record_export("PDF", p, datasets=datasets)  # the audit trail (never raises)
+
+    def _results_doc(self) -> dict | None:
+        """The run's results.json (beside ``DIR/dicom``), None when it cannot be read."""
+        import json
+
+        try:
+            doc = json.loads((self.dir.parent / "results.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) and isinstance(doc.get("items"), list) else None
+
+    def _study_report(self, report_pdf, doc: dict | None, study, out: Path) -> Path:
+        """The report for one study's Encapsulated PDF: the run's ``report_pdf`` when every item
+        of the run is this study's, else a report of this study's items only written to ``out``
+        (the object goes under this study's patient: another patient's results must not be in it)."""
+        import json
+
+        from ..inference.results import _json_default
+        from .report_pdf import build_report, write_report_pdf
+
+        if doc is not None and len(doc["items"]) == len(study.items):
+            return Path(report_pdf)
+        sub = dict(doc or {})
+        sub["items"] = json.loads(json.dumps(study.items, default=_json_default))
+        # the run's notes are left out: they name the run's other inputs (skipped files, folders
+        # not read), which may be another patient's
+        sub["notes"] = ["this report holds the results of this study only; the run's report.pdf holds "
+                        "those of every input and the run's notes"]
+        report = build_report(sub, base_dir=self.dir.parent, load_missing=False,
+                              captured=dict(enumerate(study.captured)))
+        return write_report_pdf(report, out)

@@ -71,16 +71,12 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
     # heat maps usually span [0, 1]
     kw["voi_lut_transformations"] = [hd.VOILUTTransformation(
         window_center=(lo + hi) / 2.0, window_width=hi - lo, voi_lut_function="LINEAR_EXACT")]
+    # The Parametric Map IOD requires a Frame of Reference and plane position/orientation,
+    # which a CR/DX/US image without patient geometry does not have.  The map then gets a
+    # NEW frame of reference of its own (shared with nothing, so it cannot be mistaken for
+    # the patient's) on a nominal plane over the source's pixel grid, and says so; pixel
+    # correspondence with the source is carried by the derivation reference.
     nominal = not dc.has_patient_geometry(volume, datasets)
-    if nominal:
-        # The Parametric Map IOD requires a Frame of Reference and plane position/orientation,
-        # which a CR/DX/US image without patient geometry does not have.  The map then gets a
-        # NEW frame of reference of its own (shared with nothing, so it cannot be mistaken for
-        # the patient's) on a nominal plane over the source's pixel grid, and says so; pixel
-        # correspondence with the source is carried by the derivation reference.
-        if warnings is not None:
-            warnings.append(_NOMINAL_NOTE.format(sp="the image's pixel spacing" if volume.spacing_known
-                                                else "1 mm per pixel, nominal: the pixel size is unknown"))
     if not nominal:
         kw["source_images"] = dc.shared_geometry_source(volume, datasets)
     pos = dc.slice_positions_lps(volume)
@@ -91,7 +87,7 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
                                                     dc.slice_thickness(volume, datasets))
     try:
         if nominal:
-            srcs = [dc.with_nominal_geometry(ds, volume) for ds in datasets]
+            srcs = _nominal_sources(volume, datasets, pos)
             pm = hd.pm.ParametricMap(pixel_array=h, **dict(kw, source_images=srcs))
             pm.ImageComments = _NOMINAL_NOTE.format(sp="nominal plane")[:10240]
         else:
@@ -101,9 +97,46 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
     if not nominal:
         dc.point_frames_at_the_stack(pm, volume, datasets)
         dc.thickness_per_frame(pm, volume, datasets)
+    elif warnings is not None:  # said once the map is there (not for one that failed)
+        warnings.append(_NOMINAL_NOTE.format(sp="the image's pixel spacing" if volume.spacing_known
+                                            else "1 mm per pixel, nominal: the pixel size is unknown"))
     dc.finalize(pm, datasets)
     dc.add_laterality(pm, datasets)
     return pm
+
+
+def _nominal_sources(volume, datasets, pos):
+    """The source headers on the nominal plane (:func:`dc.with_nominal_geometry`).  highdicom
+    reads a multi-frame source's geometry from its functional groups only, which a US/XA cine
+    does not have: the copy of one gets shared Pixel Measures / Plane Orientation and each
+    frame the nominal position of the slice that shows it, so that every map frame references
+    its own source frame (never written: the map's own groups are made from ``pos``)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+    from pydicom.valuerep import format_number_as_ds
+
+    srcs = [dc.with_nominal_geometry(ds, volume) for ds in datasets]
+    if len(srcs) != 1 or dc.n_frames(srcs[0]) <= 1:
+        if any(dc.n_frames(ds) > 1 for ds in srcs):
+            # highdicom takes the first file's frames only: the others' would reference nothing
+            raise dc.DicomExportError(f"Parametric Map not written: the series is {len(srcs)} multi-frame "
+                                      "files without patient geometry; a map is written for one such file only")
+        return srcs
+    src = dc.shared_geometry_source(volume, srcs)[0]
+    n = dc.n_frames(src)
+    at = {dc.frame_number(volume, k) - 1: k for k in range(len(pos))}
+    step = (pos[1] - pos[0]) if len(pos) > 1 else np.array([0.0, 0.0, 1.0])
+    per = []
+    for f in range(n):
+        k = at.get(f)
+        # a frame no slice shows: a position past the stack, which no map frame matches
+        p = pos[k] if k is not None else pos[-1] + step * (len(pos) + f)
+        item, plane = Dataset(), Dataset()
+        plane.ImagePositionPatient = [format_number_as_ds(float(v)) for v in p]
+        item.PlanePositionSequence = Sequence([plane])
+        per.append(item)
+    src.PerFrameFunctionalGroupsSequence = Sequence(per)
+    return [src]
 
 
 def write_parametric_map(volume, heat, out_path, **kw) -> Path:

@@ -16,7 +16,8 @@ values), this module the same items as graphics a reader sees over the image (hi
   "MEASUREMENTS", in the viewer's measurement colour.
 
 The window stays the images' own (highdicom copies it): the state adds annotations, not a
-different display.  :func:`imaging_assist.dicom.presentation_state.read_presentation_state`
+different display (a MONOCHROME1 image's state says Presentation LUT Shape INVERSE, so that it
+shows the way round the image itself does).  :func:`imaging_assist.dicom.presentation_state.read_presentation_state`
 reads it back (tests, and any GSPS a workstation wrote).
 """
 
@@ -169,6 +170,25 @@ def _lut_kwargs(volume, datasets, multiframe: bool, warnings: list) -> dict:
     return kw
 
 
+def _presentation_lut_kwargs(datasets) -> dict:
+    """The Presentation LUT Shape of images shown as their files say: INVERSE for MONOCHROME1
+    (minimum white), which highdicom would write IDENTITY - a state over a MONOCHROME1 image
+    would then show it inverted in other viewers (dcmtk's dcmpsmk writes INVERSE too).  One
+    state holds one Presentation LUT: images of both kinds are refused in one line."""
+    import highdicom as hd
+
+    kinds = {str(d.get("PhotometricInterpretation", "") or "").strip().upper() for d in datasets}
+    if "MONOCHROME1" not in kinds:
+        return {}
+    if len(kinds) > 1:
+        raise dc.DicomExportError(
+            "presentation state not written: the measurements lie on MONOCHROME1 and "
+            f"{'/'.join(sorted(k or 'unknown' for k in kinds - {'MONOCHROME1'}))} images; a presentation "
+            "state shows them all through one presentation LUT (inverted or not)")
+    return {"presentation_lut_transformation": hd.PresentationLUTTransformation(
+        presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE)}
+
+
 def _pixel_aspect(ps, volume) -> None:
     """The displayed area's Presentation Pixel Aspect Ratio (row spacing : column spacing, PS3.3
     C.10.4) of the image as the viewer shows it; highdicom always writes 1:1, which would show
@@ -226,6 +246,8 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
     # the LUTs are those of the images the state references (highdicom reads them from one
     # multi-frame image only, and from its functional groups)
     multiframe = dc.is_multiframe_source(volume, datasets) or any(dc.n_frames(ds) > 1 for ds in referenced)
+    lut_kw = _lut_kwargs(volume, referenced, multiframe, warnings)
+    lut_kw.update(_presentation_lut_kwargs(referenced))
     with _warnings.catch_warnings():
         _warnings.simplefilter("ignore")  # highdicom's notes on the source's person names
         ps = hd.pr.GrayscaleSoftcopyPresentationState(
@@ -235,7 +257,7 @@ def build_presentation_state(volume, measurements, *, warnings: list | None = No
             content_description="Measurements and annotations; not for clinical use",
             graphic_layers=[layer], graphic_annotations=annotations,
             specific_character_set=dc.CHARSET,
-            **_lut_kwargs(volume, referenced, multiframe, warnings), **dc.equipment_kwargs())
+            **lut_kw, **dc.equipment_kwargs())
     _pixel_aspect(ps, volume)
     ps.SeriesDescription = dc.described("Measurements and annotations (presentation state)")
     dc.finalize(ps, datasets)
