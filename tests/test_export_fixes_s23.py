@@ -109,6 +109,13 @@ def test_gsps_of_a_monochrome1_image_renders_like_the_image_in_dcmtk(tmp_path):
     assert dciodvfy_errors(ps) == []
     plain, shown = _render(tmp_path, cr), _render(tmp_path, cr, ps)
     assert np.corrcoef(plain.ravel(), shown.ravel())[0, 1] > 0.99  # IDENTITY gave -1: inverted
+    # read back by the viewer (which shows MONOCHROME1 inverted): INVERSE is what it shows, so no
+    # "presentation LUT is not applied" warning; IDENTITY on the same image asks for what it does not show
+    from imaging_assist.dicom.presentation_state import read_presentation_state
+    assert not any("presentation LUT" in w for w in read_presentation_state(str(ps), vol).warnings)
+    ident = pydicom.dcmread(ps)
+    ident.PresentationLUTShape = "IDENTITY"
+    assert any("presentation LUT" in w for w in read_presentation_state(ident, vol).warnings)
     # a MONOCHROME2 image keeps IDENTITY, and renders as itself too
     us = _with_meta(US_DEMO / "us_01_breast.dcm", tmp_path / "us" / "us.dcm")
     uvol = _load(us.parent)

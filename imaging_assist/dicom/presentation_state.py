@@ -295,7 +295,12 @@ def _not_applied(ds, places: _Places) -> list[str]:
         if "VOILUTSequence" in it or any(p not in own for p in _pairs(it.get("WindowCenter"), it.get("WindowWidth"))):
             out.append("window")
             break
-    if "PresentationLUTSequence" in ds or str(ds.get("PresentationLUTShape") or "").strip().upper() == "INVERSE":
+    # The viewer shows MONOCHROME1 inverted (its intended look), which is what INVERSE asks of a
+    # MONOCHROME1 image (PS3.3 C.11.6: the GSPS pipeline's P-values are MONOCHROME2-like), and
+    # IDENTITY of a MONOCHROME2 one; the other pairings (and a LUT) ask for what it does not show.
+    shape = str(ds.get("PresentationLUTShape") or "").strip().upper()
+    mono1 = str(getattr(places.grid.volume, "photometric", "") or "").upper() == "MONOCHROME1"
+    if "PresentationLUTSequence" in ds or (shape in ("INVERSE", "IDENTITY") and (shape == "INVERSE") != mono1):
         out.append("presentation LUT")
     if places.transformed:
         out.append("rotation or flip")
