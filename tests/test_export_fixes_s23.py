@@ -284,3 +284,38 @@ def test_viewer_shows_the_own_map_of_a_us_image_with_a_frame_of_reference(tmp_pa
         assert not any("frame of reference" in m for m in w.results.messages)
     finally:
         w.close()
+
+
+# ----------------------------------------------------------------------------- a full disk
+def test_a_failed_write_leaves_no_object_under_its_name_and_says_why_in_one_line(tmp_path, monkeypatch):
+    """pydicom writes the file as it goes and, on a full disk, re-raises the OSError with the
+    formatted traceback as its message: the object was left truncated under its final name and
+    the traceback shown to the reader."""
+    import errno
+
+    from pydicom.dataset import Dataset as _DS
+
+    from imaging_assist.dicom import load_series, scan
+    from imaging_assist.export.dicom import DicomExportError, write_dicom_results
+    from test_charset_fixes_s21 import _results, _source
+
+    src = _source(tmp_path / "src", "ISO_IR 192", "Doe^Jane", "Chest", None, None)
+    vol = load_series(scan(str(src.parent)).image_series()[0])
+    seg, _ = _results(vol)
+
+    def disk_full(self, filename, *a, **k):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 1000)  # what pydicom had written when the disk filled up
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as e:
+            raise OSError("With tag (7FE0,0010) got exception: [Errno 28] No space left on device\n"
+                          "Traceback (most recent call last):\n  File ...") from e
+
+    monkeypatch.setattr(_DS, "save_as", disk_full)
+    out = tmp_path / "dicom"
+    with pytest.raises(DicomExportError) as e:
+        write_dicom_results(vol, [seg], out)
+    msg = str(e.value)
+    assert "No space left on device" in msg and "\n" not in msg and "Traceback" not in msg, msg
+    assert list(out.glob("*")) == []  # no truncated object, no temporary file

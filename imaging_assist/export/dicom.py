@@ -17,6 +17,7 @@ from datetime import date
 from pathlib import Path
 
 
+from ..outputs import written_beside
 from ..privacy.audit import record_export
 from . import dicom_common as dc
 from .dicom_common import DicomExportError
@@ -118,6 +119,19 @@ def _check_out_dir(out_dir: Path, datasets) -> None:
                                        "never written beside the source; choose another output folder")
 
 
+def _os_reason(e: BaseException) -> str:
+    """The operating system's words for a failed write ("No space left on device"): pydicom
+    re-raises an OSError with the formatted traceback as its message, the original error is in
+    the chain."""
+    seen, x = set(), e
+    while x is not None and id(x) not in seen:
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.strerror:
+            return x.strerror
+        x = x.__cause__ or x.__context__
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measurements=None,
                         warnings: list | None = None, prefix: str = "",
                         items: list[dict] | None = None, deidentify=None,
@@ -184,9 +198,12 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         if deidentify is not None:
             _deidentify_result(ds, deidentify, since, offset)
         try:
-            ds.save_as(p, enforce_file_format=True) if kind == "PDF" else ds.save_as(p)
+            # under a temporary name, renamed when complete: a disk that fills up must not leave a
+            # truncated object under its final name (one that readers would take as a result)
+            with written_beside(p) as tmp:
+                ds.save_as(tmp, enforce_file_format=True) if kind == "PDF" else ds.save_as(tmp)
         except OSError as e:
-            raise DicomExportError(f"cannot write {p}: {e.strerror or e}") from None
+            raise DicomExportError(f"cannot write {p}: {_os_reason(e)}") from None
         written.append(WrittenObject(p, kind, str(ds.SOPClassUID), desc))
         record_export(kind, p, volume)  # the audit trail (never raises)
 
