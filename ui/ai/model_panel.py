@@ -449,6 +449,9 @@ class ModelPanel(QWidget):
     def _build(self):
         self.series_label = QLabel("No series open.")
         self.series_label.setWordWrap(True)
+        # rich text always: every head is built as HTML with the series' and the slide's names
+        # escaped (a slide "H&E.svs" shows as named, not "H&amp;E.svs")
+        self.series_label.setTextFormat(Qt.RichText)
         self.series_label.setStyleSheet(f"color: {MUTED};")
 
         self.tree = QTreeWidget()

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ..shared.text import one_line  # noqa: F401 - re-exported for the panel
+from ..shared.text import one_line, plain_tip  # noqa: F401 - re-exported for the panel
 
 # (shown text, engine method name); None = no explanation.  Grad-CAM first: the default.
 EXPLAIN_CHOICES: list[tuple[str, str | None]] = [
@@ -149,13 +149,6 @@ def key_slice(array: np.ndarray, res=None, label: str | None = None) -> int:
         return int(np.argmax([p[label] for p in per]))
     pos = np.where(np.isfinite(a) & (a > 0), a, 0.0)
     return int(np.argmax(pos.reshape(a.shape[0], -1).sum(1)))
-
-
-def plain_tip(text) -> str:
-    """A tooltip that shows ``text`` literally: Qt renders a tooltip that looks like markup as
-    rich text (an untrusted card's ``<img src=file:...>`` or a bold "VERIFIED" in its name), so
-    the text is escaped inside an explicit rich-text wrapper, line breaks kept."""
-    return "<qt>" + esc(str(text)).replace("\n", "<br>") + "</qt>"
 
 
 def esc(s) -> str:

@@ -21,6 +21,7 @@ class WarningsBanner(QWidget):
         self.label = QLabel()
         self.label.setObjectName("Banner")
         self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.PlainText)  # warnings may quote header values and file names: never markup
         self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.label.hide()
         self.close_btn = QToolButton()

@@ -10,6 +10,8 @@ from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileD
 
 from imaging_assist.layers import LabelLayer
 
+from ..shared.text import plain_tip
+
 
 def threshold_dialog(self):
     """Overlays ▸ Threshold segmentation: a label layer from a value range (HU for CT)."""
@@ -60,6 +62,6 @@ def load_overlay_dialog(self):
         if layer.warnings:  # e.g. a plain image's NIfTI taken on its pixel grid, its affine unused
             self.show_banner(" · ".join(layer.warnings))
     except ValueError as e:  # the loader's one line names the file
-        QMessageBox.warning(self, "Overlay", f"Not loaded: {e}")
+        QMessageBox.warning(self, "Overlay", plain_tip(f"Not loaded: {e}"))
     except Exception as e:  # noqa: BLE001 - not expected: still one line, never a traceback
-        QMessageBox.warning(self, "Overlay", f"Not loaded: {os.path.basename(path)}: {type(e).__name__}: {e}")
+        QMessageBox.warning(self, "Overlay", plain_tip(f"Not loaded: {os.path.basename(path)}: {type(e).__name__}: {e}"))

@@ -44,6 +44,7 @@ class FeedbackBox(QGroupBox):
         self._grid.setHorizontalSpacing(4)
         self.note = QLabel("")
         self.note.setWordWrap(True)
+        self.note.setTextFormat(Qt.PlainText)  # error lines: never markup
         self.note.setObjectName("Muted")
         self.edit_btn = QPushButton("Correct labels…")
         self.edit_btn.setToolTip("Brush, eraser and fill on the model's label map; saved with this run")
@@ -102,6 +103,7 @@ class FeedbackBox(QGroupBox):
         labels = list(getattr(res, "labels", []) or [])
         for r, (name, text) in enumerate(findings):
             lab = QLabel(text)
+            lab.setTextFormat(Qt.PlainText)  # the labels of a model card: never markup
             lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
             group = QButtonGroup(self)
             group.setExclusive(True)
@@ -123,6 +125,7 @@ class FeedbackBox(QGroupBox):
             combo.setVisible(not seg)
             combo.setEnabled(len(labels) > 2)
             status = QLabel("")
+            status.setTextFormat(Qt.PlainText)  # names the reader's label
             self._grid.addWidget(lab, r, 0)
             self._grid.addWidget(combo, r, 4)
             self._grid.addWidget(status, r, 5)

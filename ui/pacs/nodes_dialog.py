@@ -113,6 +113,7 @@ class NodesDialog(QDialog):
         outer.addLayout(body, 1)
 
         self.status = QLabel(load_error)
+        self.status.setTextFormat(Qt.PlainText)  # error texts quote the server and the file: shown as written
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         outer.addWidget(self.status)

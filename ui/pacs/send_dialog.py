@@ -54,6 +54,7 @@ class SendDialog(QDialog):
         self.failures.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         lay.addWidget(self.failures, 1)
         self.status = QLabel("")
+        self.status.setTextFormat(Qt.PlainText)  # error texts quote the server and file names: shown as written
         self.status.setWordWrap(True)
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         lay.addWidget(self.status)

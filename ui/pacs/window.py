@@ -132,6 +132,7 @@ class PacsWindow(QDialog):
 
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.status.setTextFormat(Qt.PlainText)  # a remote node's error text: never markup
         self.status.setTextInteractionFlags(Qt.TextSelectableByMouse)
         outer.addWidget(self.status)
         self.reload_nodes()

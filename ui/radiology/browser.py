@@ -14,10 +14,12 @@ from PySide6.QtWidgets import (QLabel, QSplitter, QTextBrowser, QTreeWidgetItem,
 
 from imaging_assist.dicom.header import charset_doubt
 
+from ..shared.text import plain_tip
 from ..shared.theme import MUTED, TEXT, WARN_FG
 
 ICON = 64
 SERIES_ROLE = Qt.UserRole + 1
+TIP_ROLE = Qt.UserRole + 2  # a row's tooltip as plain text (the tooltip itself may be escaped)
 IMAGE_KEY = "image:"  # browser key of a plain image (PNG/JPEG/TIFF/BMP): IMAGE_KEY + its path
 
 
@@ -37,6 +39,13 @@ def _date(d: str) -> str:
 
 def _name(pn: str) -> str:
     return str(pn or "").replace("^", " ").strip() or "(no name)"
+
+
+def _set_tip(item, text: str) -> None:
+    """A row's tooltip: header values and file names shown literally (a PatientName holding
+    markup is not rendered as HTML), the plain text kept for :meth:`StudyBrowser.set_unviewable`."""
+    item.setData(0, TIP_ROLE, text)
+    item.setToolTip(0, plain_tip(text))
 
 
 def _short(text: str, n: int = 48) -> str:
@@ -169,10 +178,12 @@ class StudyBrowser(QWidget):
         self.summary = QLabel("No study open")
         self.summary.setObjectName("SectionTitle")
         self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.PlainText)  # the folder's name: never markup
         # files that are plainly not images (licences, readme, reader XML): counted, quiet
         self.other_label = QLabel("")
         self.other_label.setObjectName("OtherFiles")
         self.other_label.setWordWrap(True)
+        self.other_label.setTextFormat(Qt.PlainText)  # file names: never markup
         self.other_label.setStyleSheet(f"color: {MUTED}")
         self.other_label.hide()
         self.other_files: list = []
@@ -217,7 +228,7 @@ class StudyBrowser(QWidget):
             name = _name(pat.name) + (" ⚠ charset" if doubt else "")
             pi = QTreeWidgetItem([name + (f"   ({extra})" if extra else "") + mark])
             pi.setFont(0, bold)
-            pi.setToolTip(0, f"{name}\n{extra}" + "".join(f"\n⚠ {n}" for n in doubt + notes))
+            _set_tip(pi, f"{name}\n{extra}" + "".join(f"\n⚠ {n}" for n in doubt + notes))
             if mark or doubt:
                 pi.setForeground(0, QBrush(QColor(WARN_FG)))
             self.tree.addTopLevelItem(pi)
@@ -225,7 +236,7 @@ class StudyBrowser(QWidget):
                 n_img = sum(s.n_frames for s in st.series)
                 text = "  ·  ".join(x for x in (_date(st.date), st.description or "(no study description)") if x)
                 si = QTreeWidgetItem([text])
-                si.setToolTip(0, f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
+                _set_tip(si, f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
                                  f"Accession {st.accession or '-'}\n{len(st.series)} series, {n_img} images\n"
                                  f"UID {st.uid}")
                 pi.addChild(si)
@@ -253,7 +264,7 @@ class StudyBrowser(QWidget):
                     tip = [f"Series {s.number}: {s.description}", f"UID {s.uid}",
                            f"{s.modality}  {s.body_part}".strip(), frames, size]
                     tip += [f"⚠ {w}" for w in s.warnings]
-                    it.setToolTip(0, "\n".join(x for x in tip if x))
+                    _set_tip(it, "\n".join(x for x in tip if x))
                     if not s.is_image:
                         it.setForeground(0, QBrush(QColor(MUTED)))
                     elif s.warnings:
@@ -273,7 +284,7 @@ class StudyBrowser(QWidget):
                 it = QTreeWidgetItem([f"{os.path.basename(path)}\n{kind}"])
                 it.setData(0, SERIES_ROLE, key)
                 it.setIcon(0, placeholder_icon("IMG"))
-                it.setToolTip(0, path)
+                _set_tip(it, path)
                 self._tiles[key] = "placeholder"
                 gi.addChild(it)
                 self._items[key] = it
@@ -286,7 +297,7 @@ class StudyBrowser(QWidget):
             parts.append(f"{len(images)} image{'s' if len(images) != 1 else ''}")
         parts.append(f"{index.n_files} files")
         self.summary.setText("  ·  ".join(parts) + f"\n{short}")
-        self.summary.setToolTip(root)
+        self.summary.setToolTip(plain_tip(root))
         shown = {p for p, _ in images}
         self.set_other_files([o for o in getattr(index, "other_files", []) if o.path not in shown])
         self.set_problems(index.problems)
@@ -308,7 +319,7 @@ class StudyBrowser(QWidget):
         else:
             self.other_label.setText(f"{n} other files, not images: {what}")
         names = [f"{os.path.basename(o.path.split('!')[-1])}  ({o.reason})" for o in others[:40]]
-        self.other_label.setToolTip("\n".join(names + ([f"… and {n - 40} more"] if n > 40 else [])))
+        self.other_label.setToolTip(plain_tip("\n".join(names + ([f"… and {n - 40} more"] if n > 40 else []))))
         self.other_label.show()
 
     def set_problems(self, problems) -> None:
@@ -344,8 +355,8 @@ class StudyBrowser(QWidget):
         self.unviewable[key] = reason
         it.setIcon(0, cannot_display_icon())
         self._tiles[key] = CANNOT_DISPLAY
-        tip = it.toolTip(0).split("\n⊘ ")[0]
-        it.setToolTip(0, f"{tip}\n⊘ {CANNOT_DISPLAY}: {reason}")
+        tip = (it.data(0, TIP_ROLE) or "").split("\n⊘ ")[0]
+        _set_tip(it, f"{tip}\n⊘ {CANNOT_DISPLAY}: {reason}")
         it.setForeground(0, QBrush(QColor(WARN_FG)))
         s = self.index.find_series(key) if self.index is not None else None
         path = s.instances[0].path if s is not None and s.instances else key.removeprefix(IMAGE_KEY)

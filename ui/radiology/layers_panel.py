@@ -13,6 +13,7 @@ from PySide6.QtWidgets import (QColorDialog, QComboBox, QDoubleSpinBox, QFormLay
 from imaging_assist.layers import (COLORMAPS, HEAT_MODES, HeatmapLayer, LabelLayer, LayerStack, MarkerLayer,
                                    ShapesLayer)
 
+from ..shared.text import plain_tip
 from ..shared.theme import WARN_FG
 
 LAYER_ROLE = Qt.UserRole + 1
@@ -139,7 +140,7 @@ class LayersPanel(QWidget):
                     ch.setFlags(ch.flags() | Qt.ItemIsUserCheckable)
                     ch.setCheckState(0, Qt.Checked if info.visible else Qt.Unchecked)
                     ch.setIcon(0, swatch(info.color))
-                    ch.setToolTip(0, f"{info.name} (value {v}). Double-click to change the colour")
+                    ch.setToolTip(0, plain_tip(f"{info.name} (value {v}). Double-click to change the colour"))
                     it.addChild(ch)
             elif isinstance(layer, HeatmapLayer):
                 tip = f"range {layer.vmin:.3g} … {layer.vmax:.3g} {layer.units}".strip()
@@ -152,10 +153,10 @@ class LayersPanel(QWidget):
                 for why in flag_reasons(layer):  # issue 17: why the map is hidden
                     ch = QTreeWidgetItem([f"⚑ {why}"])
                     ch.setForeground(0, QColor(WARN_FG))
-                    ch.setToolTip(0, f"{why}. Tick the map to show it anyway.")
+                    ch.setToolTip(0, plain_tip(f"{why}. Tick the map to show it anyway."))
                     it.addChild(ch)
                     tip += f"\n⚑ {why}"
-                it.setToolTip(0, tip)
+                it.setToolTip(0, plain_tip(tip))
             elif isinstance(layer, MarkerLayer):
                 for m in layer.markers:
                     # slide markers are named by class and tile already; an image number only
@@ -175,11 +176,11 @@ class LayersPanel(QWidget):
                     ch.setFlags(ch.flags() | Qt.ItemIsUserCheckable)
                     ch.setCheckState(0, Qt.Checked if sh.visible else Qt.Unchecked)
                     ch.setIcon(0, swatch(sh.color))
-                    ch.setToolTip(0, "\n".join(sh.label + ["Double-click to go to it"]))
+                    ch.setToolTip(0, plain_tip("\n".join(sh.label + ["Double-click to go to it"])))
                     it.addChild(ch)
             sources = getattr(layer, "sources", None)
             if sources and len(sources) > 1:  # one layer per structure (ui/radiology/series_results.py)
-                it.setToolTip(0, "from " + ", ".join(sources))
+                it.setToolTip(0, plain_tip("from " + ", ".join(sources)))
                 ch = QTreeWidgetItem(["from " + ", ".join(sources)])
                 ch.setForeground(0, QColor("#8b9099"))
                 it.addChild(ch)

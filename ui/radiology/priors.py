@@ -7,6 +7,8 @@ from PySide6.QtWidgets import QLabel, QListWidget, QListWidgetItem, QPushButton,
 
 from imaging_assist import viewing
 
+from ..shared.text import plain_tip
+
 UID_ROLE = Qt.UserRole + 7
 
 
@@ -25,6 +27,7 @@ class PriorsPanel(QWidget):
         super().__init__(parent)
         self.title = QLabel("")
         self.title.setWordWrap(True)
+        self.title.setTextFormat(Qt.PlainText)  # names a patient's names: never markup
         self.list = QListWidget()
         self.list.itemActivated.connect(self._activated)
         self.list.itemDoubleClicked.connect(self._activated)
@@ -64,9 +67,9 @@ class PriorsPanel(QWidget):
             it = QListWidgetItem(f"{_date(st.date)}  {st.description or '(no description)'}{tag}\n"
                                  f"{'/'.join(mods) or '?'}  ·  {n} series" + (f"\n⚠ {who}" if who else ""))
             it.setData(UID_ROLE, st.uid)
-            it.setToolTip(f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
-                          f"Accession {st.accession or '-'}\nUID {st.uid}"
-                          + (f"\n{why}" if why else "") + (f"\n{who}" if who else ""))
+            it.setToolTip(plain_tip(f"Study {st.description}\nDate {_date(st.date)} {st.time}\n"
+                                    f"Accession {st.accession or '-'}\nUID {st.uid}"
+                                    + (f"\n{why}" if why else "") + (f"\n{who}" if who else "")))
             self.list.addItem(it)
         if self.studies:
             self.list.setCurrentRow(0)

@@ -7,6 +7,7 @@ from PySide6.QtGui import QBrush, QColor, QFont
 from PySide6.QtWidgets import (QHeaderView, QLabel, QLineEdit, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
+from ..shared.text import plain_tip
 from ..shared.theme import MUTED
 
 MAX_VALUE_CHARS = 160  # in the Value column; the tooltip and the search see up to MAX_FULL_CHARS
@@ -37,8 +38,9 @@ def _value_text(elem, limit: int = MAX_VALUE_CHARS) -> str:
 
 
 def _tooltip(v: str, width: int = 100) -> str:
-    """A long value in lines (a tooltip does not wrap plain text)."""
-    return "\n".join(v[i:i + width] for i in range(0, len(v), width))
+    """A long value in lines (a tooltip does not wrap plain text), shown literally (a value
+    holding markup is not rendered as HTML)."""
+    return plain_tip("\n".join(v[i:i + width] for i in range(0, len(v), width)))
 
 
 class TagBrowser(QWidget):
@@ -53,6 +55,7 @@ class TagBrowser(QWidget):
         self.title = QLabel("No image")
         self.title.setObjectName("SectionTitle")
         self.title.setWordWrap(True)
+        self.title.setTextFormat(Qt.PlainText)  # a file name or a read error: never markup
         self.tree = QTreeWidget()
         self.tree.setColumnCount(4)
         self.tree.setHeaderLabels(["Tag", "Name", "Value", "VR"])
@@ -116,7 +119,7 @@ class TagBrowser(QWidget):
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = ds
         self.title.setText(caption or path)
-        self.title.setToolTip(path)
+        self.title.setToolTip(plain_tip(path))
         if key != self._key:
             self._key = key
             self.set_dataset(ds, frame)
@@ -182,7 +185,7 @@ class TagBrowser(QWidget):
             it.setToolTip(2, _tooltip(full))
             if short != full:
                 it.setData(2, FULL_VALUE, full)
-            it.setToolTip(1, f"{elem.name} ({elem.VR})")
+            it.setToolTip(1, plain_tip(f"{elem.name} ({elem.VR})"))
             if elem.tag.is_private or elem.tag in inferred:
                 for c in range(4):
                     it.setForeground(c, QBrush(QColor(MUTED)))

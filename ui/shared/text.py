@@ -1,6 +1,8 @@
-"""Texts for people, without Qt: one-line reasons from exceptions."""
+"""Texts for people, without Qt: one-line reasons from exceptions, text shown literally."""
 
 from __future__ import annotations
+
+import html
 
 
 def one_line(exc_or_text) -> str:
@@ -22,3 +24,16 @@ def reason_of(exc: BaseException) -> str:
     if isinstance(exc, UserError):
         return one_line(exc)
     return one_line(f"unexpected error ({type(exc).__name__}): {one_line(exc)}")
+
+
+def plain_tip(text) -> str:
+    """``text`` for a tooltip or a message box, shown literally.  Qt renders such a text as rich
+    text when it looks like markup (``Qt.mightBeRichText``), so an untrusted value (a DICOM
+    header value, a file name, a model card's or a GeoJSON class's name) holding
+    ``<img src=...>`` or a 1-px ``<span>`` would be drawn, not shown.  Text that cannot be taken
+    for markup (no ``<`` or ``&``) is returned as it is; other text is escaped inside an explicit
+    rich-text wrapper that keeps its line breaks and spaces."""
+    s = str(text)
+    if "<" not in s and "&" not in s:
+        return s
+    return "<qt style='white-space:pre-wrap'>" + html.escape(s, quote=False) + "</qt>"

@@ -16,6 +16,7 @@ For other code (e.g. a model panel)::
 
 from __future__ import annotations
 
+import html as _html
 import os
 import threading
 import time
@@ -32,6 +33,7 @@ from .slide_layers import slide_layer
 from .slide_tiles import rgb_to_qimage
 from .slide_tools import AnnotationsPanel, SlideTools
 from .slide_view import SlideView
+from ..shared.text import plain_tip
 from ..shared.theme import MUTED, WARN_FG, text_only_toolbar
 from ..shared.workers import worker_thread
 
@@ -137,6 +139,7 @@ class SlidePage(QWidget):
         self.banner = QLabel()
         self.banner.setObjectName("BannerError")
         self.banner.setWordWrap(True)
+        self.banner.setTextFormat(Qt.PlainText)  # file names and reader errors: never markup
         self.banner.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.banner.hide()
         lay = QVBoxLayout(self)
@@ -210,6 +213,7 @@ class SlidePage(QWidget):
         tb.addAction(self.a_info)
         self.tissue_status = QLabel("")
         self.tissue_status.setStyleSheet(f"color: {MUTED}; padding-left: 8px;")
+        self.tissue_status.setTextFormat(Qt.PlainText)  # names an imported file: never markup
         self.tissue_status.setMinimumWidth(120)  # never widens the toolbar (the view keeps its size)
         self.tissue_status.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
         tb.addWidget(self.tissue_status)
@@ -388,7 +392,7 @@ class SlidePage(QWidget):
         self._assoc_done = False
         self.associated = {}
         self.banner.hide()
-        self.info_text.setText(f"Opening {os.path.basename(self.path)}…")
+        self.info_text.setText(f"Opening {_html.escape(os.path.basename(self.path))}…")
         self.tissue_status.setText("")
         for x in (self.label_title, self.label_img, self.macro_title, self.macro_img):
             x.hide()
@@ -540,8 +544,9 @@ class SlidePage(QWidget):
     def _show_info(self):
         s = self.slide
         w0, h0 = s.dimensions
-        rows = [("File", os.path.basename(os.path.normpath(s.path))),
-                ("Format", f"{s.format} ({s.backend}{', ' + s.vendor if s.vendor else ''})"),
+        esc = _html.escape  # the file's name and what it says of itself go into rich text
+        rows = [("File", esc(os.path.basename(os.path.normpath(s.path)))),
+                ("Format", esc(f"{s.format} ({s.backend}{', ' + s.vendor if s.vendor else ''})")),
                 ("Size", f"{w0:,} × {h0:,} px")]
         if s.mpp:
             rows.append(("Size (mm)", f"{w0 * s.mpp[0] / 1000:.2f} × {h0 * s.mpp[1] / 1000:.2f}"))
@@ -561,7 +566,7 @@ class SlidePage(QWidget):
                  f"<tr><td style='color:{MUTED}'>level&nbsp;</td><td style='color:{MUTED}' align=right>pixels</td>"
                  f"<td style='color:{MUTED}; padding-left:8px' align=right>downsample</td></tr>{lv}</table>")
         if s.warnings:
-            html += "".join(f"<p style='color:{WARN_FG}'>⚠ {w}</p>" for w in s.warnings)
+            html += "".join(f"<p style='color:{WARN_FG}'>⚠ {esc(w)}</p>" for w in s.warnings)
         self.info_text.setText(html)
 
     def _show_associated(self):
@@ -641,7 +646,7 @@ class SlidePage(QWidget):
             try:
                 self.load_heatmap(path)
             except UserError as e:  # the engine's line names the file and why
-                QMessageBox.warning(self, "Load heat map", f"Not loaded: {e}")
+                QMessageBox.warning(self, "Load heat map", plain_tip(f"Not loaded: {e}"))
 
     def load_heatmap(self, path: str):
         """Add the heat maps of a file written by ``analyze`` (TIFF or NPZ) to the open slide.
@@ -682,10 +687,11 @@ class SlidePage(QWidget):
             try:
                 self.import_annotations(path)
             except UserError as e:
-                QMessageBox.warning(self, "Import annotations", str(e))
+                QMessageBox.warning(self, "Import annotations", plain_tip(e))
             except (OSError, ValueError) as e:  # ValueError: UnicodeError too; one line, never a traceback
                 why = getattr(e, "strerror", None) or (str(e).splitlines() or [type(e).__name__])[0]
-                QMessageBox.warning(self, "Import annotations", f"Could not import {os.path.basename(path)}: {why}")
+                QMessageBox.warning(self, "Import annotations",
+                                    plain_tip(f"Could not import {os.path.basename(path)}: {why}"))
 
     def export_annotations_dialog(self):
         if self.slide is None:
@@ -698,7 +704,7 @@ class SlidePage(QWidget):
                 self.tools.export_geojson(path)
                 self._tool_message(f"{len(self.tools.annotations)} annotations written to {os.path.basename(path)}")
             except OSError as e:
-                QMessageBox.warning(self, "Export annotations", f"Could not write {path}: {e.strerror or e}")
+                QMessageBox.warning(self, "Export annotations", plain_tip(f"Could not write {path}: {e.strerror or e}"))
 
     # ------------------------------------------------------------------ tissue
     def detect_tissue(self):
@@ -743,4 +749,4 @@ class SlidePage(QWidget):
         self._tissue_job = None
         self.a_tissue.setEnabled(True)
         self.tissue_status.setText("")
-        QMessageBox.warning(self, "Tissue detection", f"Tissue detection failed:\n{msg}")
+        QMessageBox.warning(self, "Tissue detection", plain_tip(f"Tissue detection failed:\n{msg}"))

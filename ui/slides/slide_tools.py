@@ -398,6 +398,8 @@ class AnnotationsPanel(QWidget):
         self.counts.setWordWrap(True)
         self.note = QLabel("")
         self.note.setWordWrap(True)
+        for lab in (self.counts, self.note):  # class names and notes of an imported file: never markup
+            lab.setTextFormat(Qt.PlainText)
         self.note.setObjectName("SectionTitle")
         self.delete_btn = QPushButton("Delete")
         self.delete_btn.clicked.connect(self._delete)
