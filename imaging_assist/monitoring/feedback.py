@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -172,10 +173,15 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
     seg_path = f.with_suffix(".seg.dcm")
     written = [f]
     try:
+        sha, sops = _source_identity(volume)
         with fh:
+            # the source's content (sha256 of each file; DICOM: the SOP Instance UIDs too): a
+            # fine-tune pairs the correction with a file found by its path / Series UID and must
+            # not train on another film that has since taken its place
             np.savez_compressed(fh, label_map=lm, labels=np.array(names), run_id=np.array(int(run_id)),
                                 predicted=(np.asarray(predicted).reshape(lm.shape).astype(lm.dtype)
-                                           if predicted is not None else np.zeros((0,), lm.dtype)))
+                                           if predicted is not None else np.zeros((0,), lm.dtype)),
+                                source_sha256=np.array(sha, dtype=str), source_sop_uids=np.array(sops, dtype=str))
         seg_file, warns = None, []
         if write_dicom and volume is not None and getattr(volume, "headers", None):
             seg_file = str(_write_correction_seg(volume, lm, names, run, seg_path, warns, written))
@@ -193,6 +199,26 @@ def save_correction(run_id: int, label_map: np.ndarray, labels, predicted: np.nd
         raise
     return {"id": cid, "label_map_file": str(f), "seg_file": seg_file, "dice_vs_prediction": d,
             "changed_voxels": changed, "warnings": warns}
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def _source_identity(volume) -> tuple[list[str], list[str]]:
+    """(sha256 of each source file, SOP Instance UIDs) of the image a correction was drawn on
+    (empty lists when the volume or its files are not at hand)."""
+    try:
+        sha = sorted(file_sha256(p) for p in (getattr(volume, "source_paths", None) or []) if p)
+    except OSError:  # the file is gone already: nothing to check against later
+        sha = []
+    sops = [str((h.get("SOPInstanceUID") if hasattr(h, "get") else getattr(h, "SOPInstanceUID", None)) or "")
+            for h in (getattr(volume, "headers", None) or [])]
+    return sha, [u for u in sops if u]
 
 
 def _exclusive(path: Path):

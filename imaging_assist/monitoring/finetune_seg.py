@@ -7,7 +7,8 @@ The same training code as ``scripts/train_cxr_lung_seg.py`` (:mod:`imaging_assis
 Local cases: a CSV ``file,mask,patient_id`` relative to ``--data`` (mask: an image on the
 file's own grid whose pixel value is the label index, 0 = background) and/or the readers'
 corrections from the log (``--from-feedback``: the label editor's ``.npz`` of each run, the
-latest per run, matched to the files of ``--data`` by their keyed pseudonym).  Patient-disjoint
+latest per run, matched to the files of ``--data`` by their keyed pseudonym and, where the
+correction records it, the source file's sha256; DICOM corrections are not used yet).  Patient-disjoint
 60/20/20 split (train / validation for the epoch / local hold-out).  Dice (mean over the
 foreground labels per image) of base and candidate through the engine (``run_model`` at the
 image's own grid) on the local hold-out and on the model's original test split, with 95%
@@ -84,12 +85,19 @@ def cases_from_csv(data: Path, labels_csv: Path) -> list[dict]:
     return out
 
 
-def cases_from_corrections(model_id: str, data: Path) -> list[dict]:
+def cases_from_corrections(model_id: str, data: Path, log=None) -> list[dict]:
     """The readers' corrected label maps of logged runs of ``model_id`` (latest per run),
-    matched to the files of ``data`` by the keyed pseudonym the log stores."""
+    matched to the files of ``data`` by the keyed pseudonym the log stores.  A correction that
+    records its source's sha256 is used only when the file found is that same file (a film put
+    in its place since is another patient's lungs); older corrections (no hash) are used as
+    before and counted.  DICOM corrections are left out (counted): the fine-tune reads plain
+    images only."""
+    from ..inference.images import is_plain_image
+    from .feedback import file_sha256
     from .finetune import files_by_key
     from .log import open_log
 
+    say = log or (lambda m: None)
     rows = open_log().query(
         "WITH latest AS (SELECT MAX(id) AS id FROM corrections GROUP BY run_id) "
         "SELECT r.input_key, r.patient_key, c.label_map_file FROM latest CROSS JOIN corrections c ON c.id = latest.id "
@@ -97,12 +105,41 @@ def cases_from_corrections(model_id: str, data: Path) -> list[dict]:
     # the newest correction of an image wins (rows in correction order)
     want = {r[0]: (r[1], r[2]) for r in rows if r[0] and r[2] and Path(r[2]).is_file()}
     out = []
+    n_dicom = n_unchecked = 0
     for k, ps in files_by_key(data, set(want)).items():
-        if len(ps) > 1:  # a multi-file series: a 2D correction cannot say which file it belongs to
-            raise UserError(f"a reader correction matches {len(ps)} files of one series in {data}: "
-                            "a 2D segmenter is fine-tuned on single images")
+        if len(ps) > 1 or not is_plain_image(ps[0]):  # a DICOM series (one file or several)
+            n_dicom += 1
+            continue
+        sha = _source_sha256(want[k][1])
+        if sha is None:
+            n_unchecked += 1
+        else:
+            try:
+                same = file_sha256(ps[0]) in sha
+            except OSError as e:
+                say(f"{ps[0]}: cannot be read ({type(e).__name__}): not used")
+                continue
+            if not same:
+                say(f"{ps[0]}: changed since the correction: not used")
+                continue
         out.append({"path": ps[0], "mask": Path(want[k][1]), "patient": want[k][0] or k})
+    if n_dicom:
+        say(f"DICOM corrections are not used for fine-tuning yet: {n_dicom} skipped")
+    if n_unchecked:
+        say(f"{n_unchecked} corrections without a source hash: not checked")
     return out
+
+
+def _source_sha256(npz) -> set | None:
+    """The sha256 of the source file(s) a correction records; None for a correction saved
+    before they were recorded, or without its file at hand (a damaged file is reported by
+    :func:`read_mask`)."""
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            sha = {str(x) for x in np.asarray(z["source_sha256"]).ravel()} if "source_sha256" in z.files else set()
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError):
+        return None
+    return sha or None
 
 
 # --------------------------------------------------------------------------- measuring
@@ -186,7 +223,7 @@ def finetune_segmenter(card, out: Path, data: Path | None = None, labels_csv: Pa
     margin = versions.margin_for("Dice") if margin is None else float(margin)
     n_labels = len(card.labels)
     cases = gather_cases(data, labels_csv, from_feedback, cases_from_csv,
-                         lambda d: cases_from_corrections(card.id, d), "reader-corrected label maps", log)
+                         lambda d: cases_from_corrections(card.id, d, log), "reader-corrected label maps", log)
     # the model's own data (replay rows, the original test split), read first: the local cases
     # must not hold the test films the candidate is measured on
     odata = Path(original_data) if original_data else (T.data_root() / DATASETS[card.id]["folder"]

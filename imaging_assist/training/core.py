@@ -146,7 +146,9 @@ def resize_labels(label_maps, size: tuple[int, int]) -> torch.Tensor:
     out = []
     for lab in label_maps:
         t = torch.from_numpy(np.asarray(lab, np.int64))[None, None].float()
-        out.append(F.interpolate(t, size=tuple(size), mode="nearest")[0, 0].long())
+        # "nearest-exact": the source pixel whose centre is nearest (centre-aligned, as the
+        # image's "area" resize); "nearest" took floor(i * scale), half a pixel off
+        out.append(F.interpolate(t, size=tuple(size), mode="nearest-exact")[0, 0].long())
     return torch.stack(out)
 
 
