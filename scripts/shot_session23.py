@@ -13,6 +13,9 @@
   the status line and the Annotations panel say that its features lie off the slide.
 * ``save_view_stamp.png``: what View > Save view as PNG writes: the viewport with the
   "Not for clinical use" line.
+* ``tooltip_literal_name.png``: the study tree's patient tooltip of a PatientName holding HTML
+  (``<span style="font-size:1px">JONES</span>SMITH^JOHN``): shown as written; before, Qt drew
+  it as HTML and the reader saw "SMITH JOHN" with JONES shrunk to a dot.
 
     QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/shot_session23.py
 """
@@ -130,6 +133,31 @@ def main() -> int:
     wait(app, lambda: False, 0.5)
     img = with_footer(w.view_area.grab()).toImage()
     print(small_png(img.scaledToWidth(int(img.width() * 0.6), Qt.SmoothTransformation), OUT / "save_view_stamp.png"))
+
+    # --- a patient name holding HTML: the study tree's tooltip shows it as written
+    from PySide6.QtCore import QPoint
+    from PySide6.QtWidgets import QApplication, QToolTip
+
+    import pydicom
+
+    h = Path(home) / "html_name"
+    control_char_ct(h)
+    f = h / "x.dcm"
+    ds = pydicom.dcmread(f)
+    ds.PatientName = '<span style="font-size:1px">JONES</span>SMITH^JOHN'
+    ds.PatientID = "ID<b>42</b>"
+    ds.save_as(f)
+    _open(app, w, h)
+    tree = w.browser.tree
+    item = tree.topLevelItem(0)
+    rect = tree.visualItemRect(item)
+    QToolTip.showText(tree.viewport().mapToGlobal(rect.center()), item.toolTip(0), tree)
+    wait(app, lambda: False, 0.8)
+    tip = next((x for x in QApplication.topLevelWidgets()  # Qt's tooltip: a top-level QLabel
+                if x.isVisible() and x.windowType() == Qt.ToolTip), None)
+    if tip is not None:
+        print(small_png(tip.grab().toImage(), OUT / "tooltip_literal_name.png"))
+    QToolTip.hideText()
 
     # --- a slide: import of a GeoJSON in another slide's coordinates
     off = Path(home) / "other_slide.geojson"

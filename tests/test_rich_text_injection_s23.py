@@ -279,3 +279,18 @@ def test_pacs_dialogs_status_literal(qapp, tmp_path):
     s.say(text, error=True)
     assert label_shows(s.status) == text
     s.close()
+
+
+def test_plain_tip_escapes_bidi_and_control_characters_but_keeps_line_breaks():
+    """A PatientID ending in U+202E drew the rest of a tooltip line backwards ("ID 4711" then the
+    sex and birth date reversed), as it did in the corner text."""
+    from PySide6.QtGui import QTextDocument
+
+    from imaging_assist_ui.shared.text import plain_tip
+
+    tip = plain_tip("SMITH JOHN\nID ID4711\u202e, M, born 1970-01-02\x1b[8m")
+    doc = QTextDocument()
+    doc.setHtml(tip) if "<qt" in tip else doc.setPlainText(tip)
+    shown = doc.toPlainText()
+    assert "\u202e" not in shown and "\x1b" not in shown, repr(shown)
+    assert shown.split("\n") == ["SMITH JOHN", "ID ID4711\\u202e, M, born 1970-01-02\\x1b[8m"], repr(shown)

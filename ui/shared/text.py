@@ -32,8 +32,13 @@ def plain_tip(text) -> str:
     header value, a file name, a model card's or a GeoJSON class's name) holding
     ``<img src=...>`` or a 1-px ``<span>`` would be drawn, not shown.  Text that cannot be taken
     for markup (no ``<`` or ``&``) is returned as it is; other text is escaped inside an explicit
-    rich-text wrapper that keeps its line breaks and spaces."""
-    s = str(text)
+    rich-text wrapper that keeps its line breaks and spaces.  Control characters and bidi
+    overrides are shown escaped (``\u202e``)."""
+    # control and bidi characters escaped line by line (safe_text.printable, as the corner
+    # text): a U+202E in a PatientID drew the rest of the line backwards; line breaks stay
+    from imaging_assist.safe_text import printable
+
+    s = "\n".join(printable(line) for line in str(text).split("\n"))
     if "<" not in s and "&" not in s:
         return s
     return "<qt style='white-space:pre-wrap'>" + html.escape(s, quote=False) + "</qt>"
