@@ -316,10 +316,12 @@ def test_reading_mode_leaves_only_images(win):
         assert d.isHidden()
     assert win.toolbar.isHidden() and win.menuBar().isHidden() and win.statusBar().isHidden()
     assert win.slider_bar.isHidden()
+    # the status bar's "Not for clinical use" stays on screen, one line under the images (session 23)
+    assert win.reading_note.isVisible() and win.reading_note.text() == "Not for clinical use"
     v = win.view_area.grid.cells[0].view
     assert v.isVisible() and v.annotation_text()["tl"]  # the corner text stays
     win.a_full.trigger()
-    assert not win.reading.reading_mode
+    assert not win.reading.reading_mode and win.reading_note.isHidden()
     assert not win.browser_dock.isHidden() and not win.toolbar.isHidden() and not win.reading.priors_dock.isHidden()
 
 

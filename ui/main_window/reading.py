@@ -316,7 +316,8 @@ class Reading:
 
     def toggle_reading_mode(self):
         """F11: full screen with only the images and their corner text (warnings banner too:
-        a data warning is never hidden); F11 again brings everything back as it was."""
+        a data warning is never hidden; and one line "Not for clinical use" under them, the
+        status bar's); F11 again brings everything back as it was."""
         w = self.w
         if self._saved is None:
             self._saved = {"docks": [d for d in self._docks() if d.isVisible()],
@@ -327,9 +328,11 @@ class Reading:
                 d.hide()
             for x in (w.toolbar, w.menuBar(), w.statusBar(), w.slider_bar):
                 x.hide()
+            w.reading_note.show()  # the status bar's "Not for clinical use", under the images
             w.showFullScreen()
         else:
             s, self._saved = self._saved, None
+            w.reading_note.hide()
             for d in s["docks"]:
                 d.show()
             w.toolbar.setVisible(s["toolbar"])

@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 
 from PySide6.QtCore import QSettings, Qt, Signal
-from PySide6.QtWidgets import (QDockWidget, QFileDialog, QMainWindow, QStackedWidget, QTabWidget, QVBoxLayout,
-                               QWidget)
+from PySide6.QtWidgets import (QDockWidget, QFileDialog, QLabel, QMainWindow, QStackedWidget, QTabWidget,
+                               QVBoxLayout, QWidget)
 
 from imaging_assist.layers import Layer
 
@@ -120,6 +120,13 @@ class MainWindow(QMainWindow):
         vl.addWidget(self.banner_bar)
         vl.addWidget(self.view_area, 1)
         vl.addWidget(sb)
+        # reading mode (F11) hides the status bar and its "Not for clinical use": this line under
+        # the images says it there (shown by Reading.toggle_reading_mode only)
+        self.reading_note = QLabel("Not for clinical use")
+        self.reading_note.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+        self.reading_note.setStyleSheet("color: #8b9099; padding: 1px 8px;")
+        self.reading_note.hide()
+        vl.addWidget(self.reading_note)
 
         self.welcome = WelcomePage()
         self.welcome.openFolder.connect(self.open_folder_dialog)
