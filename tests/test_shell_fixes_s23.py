@@ -267,3 +267,15 @@ def test_closing_the_study_while_a_series_loads_ends_the_loading_state(tmp_path,
         assert w.load_state == "idle" and not w.progress.isVisible()
     finally:
         w.close()
+
+
+def test_opening_a_folder_that_is_gone_says_so_and_keeps_the_study(win, tmp_path):
+    """A recent entry whose folder was deleted or moved: "no such file or folder", not "1 file(s)
+    could not be read; the reasons are listed under Studies", and the study shown stays."""
+    shown = win.current_key
+    gone = tmp_path / "moved_away"
+    win.open_path(str(gone))
+    QApplication.processEvents()
+    assert win.banner_text().startswith(f"Could not open {gone}: no such file or folder"), win.banner_text()
+    assert "no such file or folder" in win.last_error
+    assert win.current_key == shown and win.load_state == "done"

@@ -7,6 +7,7 @@ the window shows it (browser, views, banner) and re-exposes it for its callers."
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 
 from PySide6.QtCore import QObject, QTimer
@@ -45,6 +46,12 @@ class SeriesLoading(QObject):
     def open_path(self, path, series: str | None = None, layout: str | None = None):
         """Scan a folder / zip / DICOMDIR / file (or a list) and show a series."""
         paths = [str(p) for p in path] if isinstance(path, (list, tuple)) else [str(path)]
+        gone = [p for p in paths if not os.path.lexists(p)]
+        if gone:  # a recent entry whose folder was deleted or moved: say so (the shown study stays)
+            self.last_error = f"no such file or folder: {gone[0]}"
+            self.w.show_banner(f"Could not open {gone[0]}: no such file or folder (moved or deleted?)", error=True)
+            self.w.loadFinished.emit(False)
+            return
         from ..slides.slide_detect import is_slide_target
         if len(paths) == 1 and is_slide_target(paths[0]):
             self.open_slide(paths[0])
