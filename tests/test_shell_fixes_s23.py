@@ -279,3 +279,37 @@ def test_opening_a_folder_that_is_gone_says_so_and_keeps_the_study(win, tmp_path
     assert win.banner_text().startswith(f"Could not open {gone}: no such file or folder"), win.banner_text()
     assert "no such file or folder" in win.last_error
     assert win.current_key == shown and win.load_state == "done"
+
+
+def test_save_view_asks_before_replacing_the_png_it_adds_the_suffix_for(win, monkeypatch, messages, tmp_path):
+    """The dialog asks about the name typed ("myview"), not the one written ("myview.png"): an
+    existing myview.png was replaced without a question."""
+    old = tmp_path / "myview.png"
+    old.write_bytes(b"the reader's earlier picture")
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question",
+                        staticmethod(lambda *a, **k: asked.append(a[2]) or QMessageBox.No))
+    _save_as(win, monkeypatch, tmp_path / "myview")
+    assert asked and "myview.png already exists" in asked[0]
+    assert old.read_bytes() == b"the reader's earlier picture" and messages == []
+    monkeypatch.setattr(QMessageBox, "question", staticmethod(lambda *a, **k: QMessageBox.Yes))
+    _save_as(win, monkeypatch, tmp_path / "myview")
+    assert old.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # replaced when the reader says so
+
+
+def test_recent_tooltip_shows_a_folder_name_as_written(qapp, tmp_path):
+    from PySide6.QtGui import QTextDocument
+
+    from imaging_assist_ui.main_window.recent import RecentStudies, WelcomePage
+
+    d = tmp_path / "<img src='x.png' width=400><b>Study 2024 & more"
+    d.mkdir()
+    welcome = WelcomePage()
+    rec = RecentStudies(QSettings(str(tmp_path / "s.ini"), QSettings.IniFormat), welcome)
+    rec.add(str(d))
+    rec.refresh_list()
+    tip = welcome.recent_list.item(0).toolTip()
+    doc = QTextDocument()
+    doc.setHtml(tip) if tip.startswith("<qt") else doc.setPlainText(tip)
+    assert "<" not in tip or tip.startswith("<qt")  # else Qt would take it for markup
+    assert doc.toPlainText() == str(d), (tip, doc.toPlainText())

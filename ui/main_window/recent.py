@@ -8,6 +8,8 @@ import os
 from PySide6.QtCore import QObject, Qt, Signal
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
+from ..shared.text import plain_tip
+
 MAX_RECENT = 10
 # A path whose name is no valid UTF-8 (b"caf\xe9": a str with a surrogate escape) is stored as
 # this marker and its bytes in hex: Qt's strings (settings, menu, item data, str signals) drop
@@ -130,7 +132,7 @@ class RecentStudies(QObject):
             self.menu.clear()
             rec = self.paths()
             for p in rec:
-                a = self.menu.addAction(_shown(p))
+                a = self.menu.addAction(_shown(p).replace("&", "&&"))  # "&" is a menu mnemonic
                 a.triggered.connect(lambda checked=False, pp=p: self.openPath.emit(pp))
             self.menu.setEnabled(bool(rec))
             if rec:
@@ -150,7 +152,7 @@ class RecentStudies(QObject):
             name = os.path.basename(p.rstrip("/")) or p
             text = _shown(f"{name}    —    {os.path.dirname(p.rstrip('/'))}")
             it = QListWidgetItem(text if os.path.exists(p) else f"{text}  (missing)")
-            it.setToolTip(_shown(p))
+            it.setToolTip(plain_tip(_shown(p)))  # a folder name is shown as written, never as HTML
             it.setData(Qt.UserRole, _stored(p))
             lst.addItem(it)
         lst.setVisible(bool(rec))

@@ -27,6 +27,7 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFontMetrics, QImage, QImageWriter, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox, QWidget
 
+from ..shared.text import plain_tip
 from ..shared.theme import MUTED, PANEL
 
 NOT_CLINICAL = "Not for clinical use"
@@ -128,7 +129,14 @@ def save_view_dialog(self):
     path, _ = QFileDialog.getSaveFileName(self, "Save view as PNG", "view.png", "PNG (*.png)")
     if not path:
         return
+    chosen = path
     path, why = view_target(self, path)
+    if why is None and path != chosen and os.path.exists(path) and isinstance(self, QWidget):
+        # the dialog asked about the name typed ("view"), not the one written ("view.png")
+        ans = QMessageBox.question(self, "Save view as PNG", plain_tip(f"{os.path.basename(path)} already exists. "
+                                                                       "Do you want to replace it?"))
+        if ans != QMessageBox.Yes:
+            return
     if why is None:
         grab = self.view_area.grab()  # (a stand-in's in tests is no QPixmap: written as it is)
         why = _write(at_screen_dpi(with_footer(grab)) if isinstance(grab, QPixmap) else grab, path)
