@@ -135,7 +135,6 @@ def main() -> int:
     print(small_png(img.scaledToWidth(int(img.width() * 0.6), Qt.SmoothTransformation), OUT / "save_view_stamp.png"))
 
     # --- a patient name holding HTML: the study tree's tooltip shows it as written
-    from PySide6.QtCore import QPoint
     from PySide6.QtWidgets import QApplication, QToolTip
 
     import pydicom
