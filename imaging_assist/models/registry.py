@@ -222,6 +222,8 @@ class Registry:
 
     def entries(self) -> list[ModelEntry]:
         seen: dict[str, ModelEntry] = {}
+        from ..monitoring.versions import EVERY_MODEL
+
         out = []
         for root, source in self.sources():
             for e in self._scan_source(root, source):
@@ -232,8 +234,9 @@ class Registry:
                         seen[e.card.id] = e
                     # a promoted version that changed or vanished: its id is refused (not run
                     # from the shipped folder in its place), the other models run
-                    if e.card.id in self._blocked:
-                        e.error = self._blocked[e.card.id]
+                    why = self._blocked.get(e.card.id) or self._blocked.get(EVERY_MODEL)
+                    if why:
+                        e.error = why
                 out.append(e)
         return out
 

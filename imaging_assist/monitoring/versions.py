@@ -155,22 +155,9 @@ def save_state(d: dict) -> None:
     os.replace(tmp, p)
 
 
-class _EveryModel(dict):
-    """{model id: reason} that refuses every model id: the state file cannot be read, so which
-    models have a promoted version is unknown (the registry asks ``id in`` and ``[id]``)."""
-
-    def __init__(self, why: str):
-        super().__init__({"*": why})
-        self.why = why
-
-    def __contains__(self, model_id) -> bool:
-        return True
-
-    def __missing__(self, model_id) -> str:
-        return self.why
-
-    def get(self, model_id, default=None):
-        return self.why
+# The key of promoted_sources()'s refusals that refuses every model: the state file cannot be
+# read, so which models have a promoted version is unknown (the registry reads it beside the id).
+EVERY_MODEL = "*"
 
 
 def promoted_sources() -> tuple[list[Path], dict[str, str]]:
@@ -186,9 +173,9 @@ def promoted_sources() -> tuple[list[Path], dict[str, str]]:
         if not isinstance(st, dict):
             raise UserError(f"cannot read {p}: not a JSON object")
     except UserError as e:
-        return [], _EveryModel(f"{e}; not running the shipped models in place of the promoted ones: repair the "
+        return [], {EVERY_MODEL: f"{e}; not running the shipped models in place of the promoted ones: repair the "
                                f"file, or delete it to return every model to its shipped version (the candidate "
-                               f"folders are kept)")
+                               f"folders are kept)"}
     good, bad = [], {}
     for model_id, m in st.items():
         why = _bad_entry(m)

@@ -9,6 +9,7 @@ from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QAction, QActionGroup, QKeySequence
 from PySide6.QtWidgets import QApplication, QComboBox, QLabel, QMessageBox, QProgressBar, QPushButton, QToolBar
 
+from ..shared.text import NOT_FOR_CLINICAL_USE
 from ..shared.theme import text_only_toolbar
 
 CT_PRESET_KEYS = ["Brain", "Subdural", "Stroke", "Lung", "Mediastinum", "Abdomen", "Bone"]
@@ -273,7 +274,7 @@ def build_statusbar(self):
     sb.addPermanentWidget(self.progress_label)
     sb.addPermanentWidget(self.progress)
     sb.addPermanentWidget(self.cancel_btn)
-    note = QLabel("Not for clinical use")
+    note = QLabel(NOT_FOR_CLINICAL_USE)
     note.setStyleSheet("color: #8b9099;")
     sb.addPermanentWidget(note)
 

@@ -27,10 +27,8 @@ from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFontMetrics, QImage, QImageWriter, QPainter, QPixmap
 from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox, QWidget
 
-from ..shared.text import plain_tip
+from ..shared.text import NOT_FOR_CLINICAL_USE, plain_tip
 from ..shared.theme import MUTED, PANEL
-
-NOT_CLINICAL = "Not for clinical use"
 
 
 def _record(self, path: str) -> None:
@@ -72,7 +70,7 @@ def with_footer(pixmap: QPixmap) -> QPixmap:
     p.setFont(font)
     p.setPen(QColor(MUTED))
     w, h = pixmap.width() / dpr, pixmap.height() / dpr
-    p.drawText(QRectF(0, h, w - 8, foot), Qt.AlignRight | Qt.AlignVCenter, NOT_CLINICAL)
+    p.drawText(QRectF(0, h, w - 8, foot), Qt.AlignRight | Qt.AlignVCenter, NOT_FOR_CLINICAL_USE)
     p.end()
     return out
 
@@ -101,7 +99,7 @@ def logical_size(pixmap: QPixmap) -> QPixmap:
 
 def view_target(self, path: str) -> tuple[str, str | None]:
     """The file Save view as PNG writes for the name chosen (``.png`` added to a name without
-    a type, as Qt's own dialog does) and why it must not be written (None: it may)."""
+    a type; save_view_dialog asks before replacing that file, which the dialog did not ask about) and why it must not be written (None: it may)."""
     from imaging_assist.errors import UserError
     from imaging_assist.outputs import refuse_input_target
 

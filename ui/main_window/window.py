@@ -33,6 +33,7 @@ from ..radiology.layers_panel import LayersPanel
 from ..radiology.measure_tools import MeasurementsPanel
 from ..radiology.mpr import ViewArea
 from ..radiology.tag_browser import TagBrowser
+from ..shared.text import NOT_FOR_CLINICAL_USE
 from ..shared.theme import DOCK_MIN_WIDTH
 from . import actions, ai_dock, overlays, screenshots
 from .actions import CT_PRESET_KEYS, SHORTCUTS  # noqa: F401 - re-exported
@@ -122,7 +123,7 @@ class MainWindow(QMainWindow):
         vl.addWidget(sb)
         # reading mode (F11) hides the status bar and its "Not for clinical use": this line under
         # the images says it there (shown by Reading.toggle_reading_mode only)
-        self.reading_note = QLabel("Not for clinical use")
+        self.reading_note = QLabel(NOT_FOR_CLINICAL_USE)
         self.reading_note.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         self.reading_note.setStyleSheet("color: #8b9099; padding: 1px 8px;")
         self.reading_note.hide()

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import html
 
+# the line every window, screen and saved view carries (the status bar, reading mode, Save view)
+NOT_FOR_CLINICAL_USE = "Not for clinical use"
+
 
 def one_line(exc_or_text) -> str:
     """The first non-empty line of an error (no tracebacks in the window)."""
