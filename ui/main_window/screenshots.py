@@ -99,7 +99,8 @@ def logical_size(pixmap: QPixmap) -> QPixmap:
 
 def view_target(self, path: str) -> tuple[str, str | None]:
     """The file Save view as PNG writes for the name chosen (``.png`` added to a name without
-    a type; save_view_dialog asks before replacing that file, which the dialog did not ask about) and why it must not be written (None: it may)."""
+    a type: save_view_dialog asks before replacing that file, which the dialog did not ask
+    about) and why it must not be written (None: it may)."""
     from imaging_assist.errors import UserError
     from imaging_assist.outputs import refuse_input_target
 
