@@ -13,6 +13,9 @@
   the status line and the Annotations panel say that its features lie off the slide.
 * ``save_view_stamp.png``: what View > Save view as PNG writes: the viewport with the
   "Not for clinical use" line.
+* ``monitor_other_versions.png``: the Monitor window of cxr-pneumonia over a log holding runs of
+  two versions: only the active version's runs are compared with its reference, the others are
+  counted in a note (before, they were pooled and judged against the active version's reference).
 * ``tooltip_literal_name.png``: the study tree's patient tooltip of a PatientName holding HTML
   (``<span style="font-size:1px">JONES</span>SMITH^JOHN``): shown as written; before, Qt drew
   it as HTML and the reader saw "SMITH JOHN" with JONES shrunk to a dot.
@@ -157,6 +160,33 @@ def main() -> int:
     if tip is not None:
         print(small_png(tip.grab().toImage(), OUT / "tooltip_literal_name.png"))
     QToolTip.hideText()
+
+    # --- the Monitor window over runs of two versions (synthetic rows of the shipped reference)
+    import time
+
+    from bench_log import synthetic_rows
+
+    from imaging_assist.models.registry import Registry
+    from imaging_assist.monitoring import log as plog
+    from imaging_assist.monitoring.reference import load_reference
+    from imaging_assist_ui.monitor.monitor_panel import MonitorDialog
+
+    card = Registry().get("cxr-pneumonia").card
+    rows = synthetic_rows(load_reference(card), card, 120, 2.0, seed=3)
+    t0 = time.time() - 2 * 86400
+    lg = plog.open_log()
+    for i, r in enumerate(rows):
+        r = dict(r, time_unix=t0 + 1200.0 * i)
+        if i % 3 == 0:
+            r["model_version"] = "0.9.0"  # an earlier version's runs in the same log
+        lg.add_run(r)
+    dlg = MonitorDialog(model_id="cxr-pneumonia", window="1d")
+    dlg.resize(1100, 760)
+    dlg.show()
+    wait(app, lambda: False, 1.0)
+    print(small_png(dlg.grab().toImage(), OUT / "monitor_other_versions.png"))
+    dlg.close()
+    plog.close_all()
 
     # --- a slide: import of a GeoJSON in another slide's coordinates
     off = Path(home) / "other_slide.geojson"
