@@ -163,7 +163,9 @@ def test_silent_peer_is_a_timeout():
             api.echo(node)
         web = Node("mute-web", "dicomweb", url=f"http://127.0.0.1:{srv.getsockname()[1]}/dicom-web",
                    timeout=1.0).validate()
-        with pytest.raises(PacsError, match=r"mute-web \[.*\]: QIDO-RS: no answer within 1 s"):
+        # the request's own 1-s timeout and the whole answer's 1-s limit end together: either
+        # line is right ("no answer" / "no complete answer"), which one depends on the machine's load
+        with pytest.raises(PacsError, match=r"mute-web \[.*\]: QIDO-RS: no (complete )?answer within 1 s"):
             api.echo(web)
     finally:
         srv.close()
