@@ -18,8 +18,10 @@ are its own).  An item there is marked ``runs``; a bundle with such items needs 
 trust (:mod:`.trust`).  A bundle without them is handed to ConfigParser as a *pruned* config
 (:func:`run_plan`): only those parts, file transforms and disabled nodes left out whole, every
 other ``_target_`` pinned to the class that was checked -- so nothing else of the bundle can run.
-Every ``_target_`` is checked, disabled or not (MONAI evaluates ``node::_target_`` before it
-looks at ``_disabled_``).
+A trusted bundle runs its inference config as written, but also without its file transforms:
+their arguments are never evaluated, trusted or not, as ``models show`` says.  Every
+``_target_`` is checked, disabled or not (MONAI evaluates ``node::_target_`` before it looks
+at ``_disabled_``).
 """
 
 from __future__ import annotations
@@ -405,6 +407,34 @@ def _io_paths(node, key: str, out: list[str]) -> None:
             _io_paths(v, _join(key, str(i)), out)
 
 
+def _without_io(node):
+    """A copy of ``node`` with every file-transform node replaced whole by None.  A trusted
+    bundle runs as written, but ConfigParser resolves every sub-item of a node it builds:
+    LoadImaged(reader="$os.system(...)"), SaveImaged(output_dir="@dir") would evaluate their
+    arguments, which ``models show`` and the trust prompt list as never run.  imaging-assist
+    loads and saves the images itself (and drops these transforms after building), so
+    nothing of them reaches ConfigParser, trusted or not."""
+    if _is_io(node):
+        return None
+    if isinstance(node, dict):
+        return {k: _without_io(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_io(v) for v in node]
+    return node
+
+
+def _io_names(node, out: list[str]) -> None:
+    """Names of the file transforms in ``node`` (for the note that they were left out)."""
+    if _is_io(node):
+        out.append(_target_name(node))
+    elif isinstance(node, dict):
+        for v in node.values():
+            _io_names(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            _io_names(v, out)
+
+
 def _runs_fn(keys: set[str], skipped: list[str]):
     def runs(key: str) -> bool:
         top = key.split("::")[0]
@@ -424,6 +454,7 @@ def bundle_code(folder: str | Path) -> list[CodeItem]:
     folder = Path(folder)
     inf = inference_config(folder)
     meta_runs = False
+    io_nodes: list[str] = []  # ids of the inference config's file transforms (_without_io)
     items: list[CodeItem] = []
     metadata_items: list[CodeItem] = []
     for p in config_files(folder):
@@ -438,6 +469,8 @@ def bundle_code(folder: str | Path) -> list[CodeItem]:
                 _io_paths(tree.get(k), k, skipped)
             w.scan(tree, "", _runs_fn(keys, skipped))
             items.extend(w.items)
+            for k, v in tree.items():  # file transforms anywhere: never given to ConfigParser
+                _io_paths(v, str(k), io_nodes)
         else:
             w.scan(tree, "", lambda key: False)
             (metadata_items if p.name == "metadata.json" else items).extend(w.items)
@@ -448,9 +481,15 @@ def bundle_code(folder: str | Path) -> list[CodeItem]:
         # a bundle that needs trust runs, once trusted, its inference config as written with its
         # metadata (bundle.parse_bundle), and ConfigParser executes every "$import" of both as it
         # parses them, used or not: they run too, and the trust prompt must not say otherwise
+        # (not those inside a file transform: run_plan leaves those nodes out of that config too)
         inf_rel = inf.relative_to(folder).as_posix()
+
+        def in_io(i: CodeItem) -> bool:
+            return i.file == inf_rel and any(i.key == n or i.key.startswith(n + "::") for n in io_nodes)
+
         items = [CodeItem(i.file, i.key, i.text, i.kind, True)
-                 if (not i.runs and i.kind == "import" and i.file in (inf_rel, "configs/metadata.json")) else i
+                 if (not i.runs and i.kind == "import" and i.file in (inf_rel, "configs/metadata.json")
+                     and not in_io(i)) else i
                  for i in items]
     for sub in ("configs", "scripts"):
         root = folder / sub
@@ -472,7 +511,8 @@ class RunPlan:
     """How a bundle is handed to ConfigParser.
 
     ``code``: items that would run (non-empty: the bundle needs trust); ``config``: the
-    inference config as read (from the same bytes that were hashed); ``pruned``: the
+    inference config as read (from the same bytes that were hashed), file transforms replaced
+    whole by None (what a trusted bundle runs); ``pruned``: the
     config reduced to what runs, file transforms disabled and targets pinned (only when
     ``code`` is empty); ``notes``: what was changed."""
 
@@ -509,8 +549,14 @@ def run_plan(folder: str | Path, config_bytes: bytes | None = None,
     flags: list[str] = []
     for k in keys:
         _download_flags(tree.get(k), k, flags)
-    plan = RunPlan(code, tree, None, flags)
+    # what a trusted bundle runs: the config as written, less its file transforms (_without_io)
+    plan = RunPlan(code, {k: _without_io(v) for k, v in tree.items()}, None, flags)
     if code:
+        names: list[str] = []  # the same note as a pruned run
+        for k in keys:
+            _io_names(tree.get(k), names)
+        if names:
+            plan.notes.append("left out file transforms: " + ", ".join(names))
         return plan
     pruned: dict = {k: deepcopy(tree[k]) for k in keys if k in tree}
     if "_meta_" in keys and meta is not None:
