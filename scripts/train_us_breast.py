@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 import _training as T
 from imaging_assist import evaluation as E
+from imaging_assist.training.cards import split_duplicates_limitation
 
 MODEL_ID = "us-breast"
 LABELS = ["benign", "malignant", "normal"]
@@ -103,6 +104,9 @@ class AuxSeg(nn.Module):
 
 GROUPS_CSV = "near_duplicate_groups.csv"
 GROUPING = {"max_angle_deg": 10.0, "allow_flip": False, "max_log_zoom": 0.25, "ncc_threshold": 0.2}
+# The card's sentence on the frame under two labels in test, built from split_duplicates.json
+# (scripts/check_split_duplicates.py): the data set named and the class whose AUC is quoted.
+SPLIT_DUPLICATES = {"data_set": "BUSI", "focus": "malignant"}
 
 
 def near_duplicate_groups(rows, src, out) -> tuple[np.ndarray, dict]:
@@ -398,6 +402,8 @@ def main(argv=None) -> int:
                + "; these maps may not depend on what the network learned"
                + (", prefer " + ", ".join(k for k, v in sm.items() if v["passed"]) + "."
                   if any(v["passed"] for v in sm.values()) else ".")))
+    # last, as on the shipped card (issue s24: a retrain keeps the sentence session 23 added)
+    card["limitations"].append(split_duplicates_limitation(out, MODEL_ID, t, **SPLIT_DUPLICATES))
     if args.evaluate_only:  # keep the card fields this script does not write
         card = T.keep_card_fields(card, out)
     from imaging_assist.models.build import save_model_folder
