@@ -12,6 +12,13 @@ its history and the store are tested without a display and the GUI only forwards
 it is kept aside (``*.malformed-<time>.json``) and never overwritten; a file written by a
 newer version is left untouched and not written over.
 
+Two windows (two app instances, the viewer and a script) may save the same study: a save takes
+the file's lock (:class:`~imaging_assist.userdirs.locked`), reads the file again and merges.  Each
+item has a stable ``uid`` (``Measurement.id`` is a per-process counter, so two processes reuse the
+same numbers); a store remembers the uids it loaded and saved, so a save replaces this window's
+items, removes only those this window deleted, and keeps what another window added, changed or
+deleted (one warning says so: it shows when the series is opened again).  So one store per window.
+
 Each item names the image it was drawn on (SOP Instance UID and frame, slice position; for a
 reformatted plane the series' shape and a digest of its images), so that it comes back on
 that image when the series has gained or lost slices since, and is left in the file with a
@@ -25,12 +32,14 @@ import json
 import math
 import os
 import time
+import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from .measure import Measurement
-from .userdirs import write_json_atomic
+from .userdirs import locked, write_json_atomic
 
 SCHEMA = "imaging-assist-annotations"
 VERSION = 1
@@ -174,7 +183,10 @@ def series_key(series_uid: str, stack: str = "") -> str:
 
 
 class AnnotationStore:
-    """One JSON file per study under ``root`` (default: ``data_dir()/annotations``)."""
+    """One JSON file per study under ``root`` (default: ``data_dir()/annotations``).
+
+    Keep one store per window: it remembers which items it loaded and saved (their uids), so
+    that a save removes only what this window deleted (see the module docstring)."""
 
     def __init__(self, root: str | os.PathLike | None = None):
         if root is None:
@@ -182,6 +194,23 @@ class AnnotationStore:
             root = Path(data_dir()) / "annotations"
         self.root = Path(root)
         self._readonly: dict[str, str] = {}  # study uid -> why it is not written
+        # id(measurement) -> its stable uid in the file (not Measurement.id: a copy or an item
+        # made with an explicit id may share it); dropped when the measurement goes
+        self._uids: dict[int, str] = {}
+        # (study, series key) -> {uid: (the item as this window has it, as the file had it)} at
+        # its last load or save: what this window knows, so what it changed or deleted since
+        self._base: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        self._told: set[tuple[str, str, str]] = set()  # other windows' items already warned about
+
+    def _uid(self, m: Measurement, uid: str | None = None) -> str:
+        """The stable uid of ``m`` (``uid`` when it comes from the file; a new one if it is new)."""
+        have = self._uids.get(id(m))
+        if have is not None and uid is None:
+            return have
+        if have is None:  # forgotten when the measurement is (before its id() can be reused)
+            weakref.finalize(m, self._uids.pop, id(m), None)
+        self._uids[id(m)] = uid or uuid.uuid4().hex
+        return self._uids[id(m)]
 
     def path_for(self, study_uid: str) -> Path:
         # a hash, not the UID itself: a file name from a header could hold "../"
@@ -235,12 +264,15 @@ class AnnotationStore:
             return [], []
         doc, warnings = self._read(study_uid)
         sec = doc["series"].get(series_key(series_uid, stack))
+        base = self._base[(str(study_uid), series_key(series_uid, stack))] = {}  # what this window shows now
         if not isinstance(sec, dict):
             return [], warnings
         place = _Placer(sec, shape, volume)
         out, left = [], {"bad": 0, "gone": [], "changed": 0}
         items = sec.get("items") or []
+        seen: dict = {}
         for d in items if isinstance(items, list) else [items]:  # not a list: one malformed item
+            uid = _uid_of(d, seen)
             m, why = place(d)
             if m is None:
                 if why == "gone":
@@ -249,6 +281,8 @@ class AnnotationStore:
                     left[why] += 1
                 continue
             out.append(m)
+            if uid is not None:
+                base[self._uid(m, uid)] = (_msig(m), _dsig(d))
         if left["gone"]:
             where = "; ".join(_where(d) for d in left["gone"][:3]) + ("; …" if len(left["gone"]) > 3 else "")
             warnings.append(f"{len(left['gone'])} saved annotation(s) of this series are on images it no longer "
@@ -266,38 +300,109 @@ class AnnotationStore:
              extra: dict | None = None, volume=None) -> tuple[Path | None, list[str]]:
         """Write the items of one series (the other series of the study are kept).
 
-        ``items`` are what the series shows; saved items it could not show (``load`` left
-        them out: their image is gone, malformed...) stay in the file.  With ``volume``
-        each item records the image it is drawn on."""
+        ``items`` are what the series shows in this window.  Under the file's lock the file is
+        read again and merged: items this window never had (added by another window, or saved
+        ones it could not show: their image is gone, malformed...) stay; an item this window did
+        not change since it loaded it keeps the file's version (another window may have moved or
+        deleted it); only items this window loaded or saved and no longer has are removed.  What
+        another window did is named in one warning.  With ``volume`` each item records the image
+        it is drawn on."""
         if not study_uid or not series_uid:
             return None, ["annotations not saved: the series has no Study/Series Instance UID"]
-        doc, warnings = self._read(study_uid)
-        if str(study_uid) in self._readonly:
-            return None, warnings + [self._readonly[str(study_uid)]]
-        key = series_key(series_uid, stack)
-        old = doc["series"].get(key)
-        place = _Placer(old if isinstance(old, dict) else {}, (extra or {}).get("shape"), volume)
-        refs = place.refs
-        kept = []
-        if isinstance(old, dict):
-            olds = old.get("items") or []
-            for d in olds if isinstance(olds, list) else [olds]:
-                if place(d)[0] is None:
-                    # the section's shape is rewritten below: an old item keeps the one it was drawn with
-                    if isinstance(d, dict) and "shape" not in d and old.get("shape") is not None:
-                        d = {**d, "shape": old["shape"]}
-                    kept.append(d)
-        if items or kept:
-            sec = {"series_instance_uid": str(series_uid), "stack": stack,
-                   "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   "items": [_item(m, volume, refs) for m in items] + kept}
-            sec.update(extra or {})
-            doc["series"][key] = sec
-        else:
-            doc["series"].pop(key, None)
         path = self.path_for(study_uid)
-        write_json_atomic(path, doc, fsync=True, indent=1, allow_nan=False, default=_jsonable)
+        key = series_key(series_uid, stack)
+        with locked(path):  # no other window writes between this read and this write
+            doc, warnings = self._read(study_uid)
+            if str(study_uid) in self._readonly:
+                return None, warnings + [self._readonly[str(study_uid)]]
+            old = doc["series"].get(key)
+            old = old if isinstance(old, dict) else {}
+            place = _Placer(old, (extra or {}).get("shape"), volume)
+            base = self._base.get((str(study_uid), key), {})
+            ours = {self._uid(m): m for m in items}
+            theirs: dict[str, dict] = {}  # changed in another window, not in this one: the file's version
+            kept, news, present = [], 0, set()
+            olds = old.get("items") or []
+            seen: dict = {}
+            for d in olds if isinstance(olds, list) else [olds]:
+                uid = _uid_of(d, seen)
+                present.add(uid)
+                if isinstance(d, dict):
+                    # made explicit (an older file had none), and the section's shape is rewritten
+                    # below: an old item keeps the one it was drawn with
+                    d = {**d, "uid": uid}
+                    if "shape" not in d and old.get("shape") is not None:
+                        d["shape"] = old["shape"]
+                if uid in ours:
+                    b = base.get(uid)
+                    if b is not None and b[0] == _msig(ours[uid]) and b[1] != _dsig(d):
+                        theirs[uid] = d  # another window changed it, this one did not: theirs stays
+                        if (str(study_uid), key, uid + _dsig(d)) not in self._told:
+                            self._told.add((str(study_uid), key, uid + _dsig(d)))
+                            news += 1
+                    continue
+                if uid in base:
+                    continue  # this window deleted it
+                kept.append(d)  # another window's, or one this window could not show
+                if uid is not None and place(d)[0] is not None and (str(study_uid), key, uid) not in self._told:
+                    self._told.add((str(study_uid), key, uid))
+                    news += 1
+            # deleted in another window and not changed in this one: stays deleted (unless the file
+            # could not be read: then this window's items are all that is left)
+            gone = {u for u, m in ours.items() if u not in present and not warnings
+                    and u in base and base[u][0] == _msig(m)}
+            news += len({u for u in gone if (str(study_uid), key, u + "-gone") not in self._told})
+            self._told.update((str(study_uid), key, u + "-gone") for u in gone)
+            written = {u: theirs.get(u) or {"uid": u, **_item(m, volume, place.refs)}
+                       for u, m in ours.items() if u not in gone}
+            if written or kept:
+                sec = {"series_instance_uid": str(series_uid), "stack": stack,
+                       "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "items": list(written.values()) + kept}
+                sec.update(extra or {})
+                doc["series"][key] = sec
+            else:
+                doc["series"].pop(key, None)
+            write_json_atomic(path, doc, fsync=True, indent=1, allow_nan=False, default=_jsonable)
+        known = {u: (_msig(ours[u]), _dsig(d)) for u, d in written.items()}
+        for u in theirs.keys() | gone:
+            # kept as the other window left it (changed or deleted there): what this window knew of
+            # it stays, so it stays theirs until this window changes it
+            known[u] = base[u]
+        self._base[(str(study_uid), key)] = known
+        if news:
+            warnings.append(f"{news} annotation(s) of this series were added, changed or deleted in another window "
+                            "since this one read them; the file keeps that: open the series again to see it")
         return path, warnings
+
+
+def _uid_of(d, seen: dict) -> str | None:
+    """An item's stable uid: its own, or for an item saved before items had one, one made from
+    its content (and how many identical items came before it), the same in every window."""
+    if not isinstance(d, dict):
+        return None
+    uid = d.get("uid")
+    if isinstance(uid, str) and 0 < len(uid) <= 100:
+        return uid
+    try:
+        h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode("utf-8", "replace")).hexdigest()[:32]
+    except (ValueError, TypeError, RecursionError):
+        return None
+    seen[h] = seen.get(h, -1) + 1
+    return f"{h}-{seen[h]}"
+
+
+def _msig(m: Measurement) -> str:
+    """What an edit in the window changes (to tell whether this window changed an item)."""
+    return repr((m.kind, m.axis, m.index, [tuple(p) for p in m.points], m.text))
+
+
+def _dsig(d) -> str:
+    """The same of a stored item (to tell whether another window changed it)."""
+    if not isinstance(d, dict):
+        return repr(d)
+    return json.dumps([d.get(k) for k in ("kind", "axis", "index", "points", "text", "sop_instance_uid",
+                                          "frame", "images")], default=str)
 
 
 def _item(m: Measurement, volume=None, refs: list | None = None) -> dict:

@@ -59,3 +59,50 @@ def write_json_atomic(path, data, *, fsync: bool = False, **dump_kwargs) -> None
         except OSError:
             pass
         raise
+
+
+class locked:
+    """``with locked(path):`` holds an exclusive ``fcntl.flock`` on ``path`` + ``.lock`` (created
+    beside it, mode 0600), for a read-modify-write of a file two processes share (two windows,
+    the GUI and the CLI).  Waits at most ``timeout_s``, then raises OSError with one line naming
+    the lock (never a hang).  The lock goes with the holder's process, so a crash leaves nothing
+    to clean up.  The same lock file serves every process of this user; inside one process,
+    callers that may nest must not take the same lock twice (flock on a new descriptor would
+    wait on itself)."""
+
+    def __init__(self, path, timeout_s: float = 10.0):
+        path = Path(path)
+        self.path = path.with_name(path.name + ".lock")
+        self.timeout_s = timeout_s
+        self.fd = -1
+
+    def __enter__(self):
+        import errno
+        import fcntl
+        import time
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        end = time.monotonic() + self.timeout_s
+        delay = 0.0005
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES) or time.monotonic() > end:
+                    os.close(self.fd)
+                    self.fd = -1
+                    raise OSError(e.errno, f"{self.path} is held by another process for "
+                                           f"{self.timeout_s:.0f} s: try again") from None
+                time.sleep(delay)
+                delay = min(2 * delay, 0.01)
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self.fd)
+            self.fd = -1

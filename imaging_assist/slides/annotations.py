@@ -28,6 +28,8 @@ QuPath exports them, kept in the user data folder per slide.  No Qt.
   not understood, holes, empty geometries) or lies entirely off the open slide is a note (the
   first MAX_NOTES, then how many more); names are one line.  A QuPath >= 0.4 derived class
   (``classification.names``) is read as QuPath shows it, ``"Tumor: Positive"``.
+* Saving (:func:`save_for_slide`) merges with the file under its lock: two windows (two app
+  instances, the viewer and a script) on one slide never remove each other's annotations.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..measure import outline_area
+from ..userdirs import locked
 
 KINDS = ("ruler", "polygon", "rectangle", "points")
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -539,20 +542,78 @@ def store_path(key: str) -> Path:
     return store_dir() / f"{key}.geojson"
 
 
+class SlideAnnotations(list):
+    """The annotations of one slide as :func:`load_for_slide` gives them: a list that also
+    remembers what this window loaded and saved (``known``: id -> content then), so that
+    :func:`save_for_slide` removes only what was deleted from it."""
+
+    def __init__(self, items=(), key: str | None = None):
+        super().__init__(items)
+        self.key = key
+        self.known: dict[str, str] = {}
+
+
+_PLAIN_KNOWN: dict[str, dict[str, str]] = {}  # slide key -> known, for a plain list (a script): per process
+
+
+def _sig(a: Annotation) -> str:
+    """What an edit changes (to tell whether a window changed an annotation since it read it)."""
+    return repr((a.kind, [tuple(p) for p in a.points], a.name, tuple(a.color), a.label))
+
+
 def save_for_slide(key: str, annotations, mpp=None, slide: dict | None = None) -> Path:
-    """Save (or, with no annotations, remove) the slide's annotation file."""
+    """Save the slide's annotations (with none left, the file is removed).
+
+    Under the file's lock the file is read again and merged, as another window may have saved
+    since: annotations this window never had stay; one it did not change since it read it keeps
+    the file's version (or stays deleted, when another window deleted it); only those this window
+    loaded or saved and no longer has are removed.
+    A list from :func:`load_for_slide` remembers what it had (for a plain list, the process
+    does); it is not changed here: the other windows' annotations show when the slide is opened
+    again.  A file that cannot be read is not written over (OSError, one line)."""
     path = store_path(key)
-    if not annotations:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        return path
-    return write_geojson(path, annotations, mpp, slide)
+    own = isinstance(annotations, SlideAnnotations) and annotations.key == key
+    known = annotations.known if own else _PLAIN_KNOWN.setdefault(key, {})
+    # no other window writes between this read and this write; one lock beside the folder for
+    # all slides (saves are short), so the folder holds only the slides' files
+    with locked(store_dir()):
+        current: list[Annotation] = []
+        if path.exists():
+            try:
+                current = read_geojson(path)[0]
+            except UserError as e:
+                raise OSError(f"the saved annotations of this slide cannot be read ({e}); "
+                              f"{path.name} is not written over") from None
+        in_file = {a.id: a for a in current}
+        theirs = {}  # this window's annotations another window changed or deleted, and this one did not change
+        for a in annotations:
+            if known.get(a.id) != _sig(a):
+                continue  # new or changed here: this window's version is saved
+            f = in_file.get(a.id)
+            if f is None or _sig(f) != _sig(a):
+                theirs[a.id] = f  # changed (None: deleted) in another window only: so it stays
+        mine = {a.id for a in annotations}
+        others = [f for f in current if f.id not in mine and f.id not in known]
+        out = [theirs.get(a.id, a) for a in annotations if theirs.get(a.id, a) is not None] + others
+        if out:
+            write_geojson(path, out, mpp, slide)
+        else:  # nothing left, not even another window's
+            path.unlink(missing_ok=True)
+    # an annotation kept as the other window left it (changed or deleted there) stays theirs
+    # until this window changes it
+    new = {a.id: known[a.id] if a.id in theirs else _sig(a) for a in annotations}
+    known.clear()
+    known.update(new)
+    return path
 
 
 def load_for_slide(key: str) -> tuple[list[Annotation], list[str]]:
+    """The slide's saved annotations (a :class:`SlideAnnotations` list) and notes."""
     path = store_path(key)
-    if not path.exists():
-        return [], []
-    return read_geojson(path)
+    out = SlideAnnotations(key=key)
+    notes: list[str] = []
+    if path.exists():
+        items, notes = read_geojson(path)
+        out.extend(items)
+    out.known.update((a.id, _sig(a)) for a in out)
+    return out, notes

@@ -62,8 +62,13 @@ class AnnotationController(QObject):
     # -- where the items go --------------------------------------------------------------
     @classmethod
     def the_store(cls) -> AnnotationStore:
-        # made per use: data_dir() follows IMAGING_ASSIST_DATA_DIR / XDG_DATA_HOME if they change
-        return cls.store if cls.store is not None else AnnotationStore()
+        # one store for the window (it remembers what the window loaded and saved, so that a
+        # save removes only what was deleted here, never another app window's items), per
+        # folder: data_dir() follows IMAGING_ASSIST_DATA_DIR / XDG_DATA_HOME if they change
+        if cls.store is not None:
+            return cls.store
+        here = AnnotationStore()
+        return _STORES.setdefault(here.root, here)
 
     def study_key(self):
         """(StudyInstanceUID, series key, stack label) of the shown series, or None."""
@@ -228,6 +233,7 @@ class AnnotationController(QObject):
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()  # every controller (documents of every window)
+_STORES: dict = {}  # annotations folder -> its store (AnnotationController.the_store)
 
 
 def _live() -> list:
