@@ -11,6 +11,9 @@ same command resumes.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import os
 import stat
@@ -36,7 +39,7 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
               processes: int = 0) -> dict:
     """Run the batch; returns counts {ok, failed, skipped, resumed, total, seconds, state,
     items_per_s, table}.  Raises ``UserError`` for a bad command line (unknown model, no
-    such SOURCE, OUT inside a SOURCE)."""
+    such SOURCE, OUT inside a SOURCE) and when another batch is writing to OUT (:func:`_out_lock`)."""
     from ..models.registry import Registry
     from ..outputs import out_folder
 
@@ -59,6 +62,49 @@ def run_batch(sources: list[str], model_ids: list[str], settings: Settings, engi
     # the table's paths are absolute; the output folder is refused inside a SOURCE folder before
     # it is created (the batch would read its own outputs, and leave an empty folder there)
     out = Path(os.path.abspath(out_folder(settings.out_dir, sources=[s for s in sources if not is_pacs_source(s)])))
+    with _out_lock(out, echo):  # one batch per OUT at a time (before anything is written there)
+        return _run_in(out, sources, cards, folders, ids, versions, settings, engine, address, command, echo,
+                       progress, decoders, depth, chunk, actors, processes)
+
+
+LOCK_NAME = ".batch.lock"  # a dot file: never read as an input (sources.py and the scanner skip them)
+
+
+@contextlib.contextmanager
+def _out_lock(out: Path, echo):
+    """Hold an exclusive ``flock`` on OUT/.batch.lock for the whole run, or refuse at once
+    (UserError, exit 2): two batches writing to one OUT each ran every item (the table's resume
+    only sees rows already committed), doubling the compute, the prediction log's runs and the
+    audit events.  The holder writes its pid in the file, for the refusal to name.  The lock
+    goes with the process (a crash leaves nothing to clean up); the file stays.  A file system
+    without flock (some network mounts) runs unlocked, said in a note."""
+    path = out / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise UserError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                echo(f"note: {out} cannot be locked ({e.strerror or e}): do not run two batches into it at once")
+            else:
+                pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                raise UserError(f"another batch is writing to {out} (pid {pid if pid.isdigit() else '?'}?): "
+                                "wait for it or choose another --out") from None
+        else:
+            with contextlib.suppress(OSError):  # the pid only helps the message (a full disk: "pid ?")
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _run_in(out: Path, sources: list[str], cards, folders, ids, versions, settings: Settings, engine, address,
+            command, echo, progress, decoders, depth, chunk, actors, processes) -> dict:
+    """:func:`run_batch` once this process holds OUT's lock."""
     # absolute SOURCEs: the table names files wherever the command ran from, and one folder
     # named twice (relative and absolute) is one set of items
     sources = [s if is_pacs_source(s) else os.path.abspath(os.path.expanduser(s)) for s in sources]

@@ -41,7 +41,9 @@ Each event is one JSON line appended to ``data_dir()/audit/audit.jsonl``::
   ``fsync`` it; a short write is cut back.  A line left incomplete by a power loss is cut off
   by the next append, which records an ``audit.recovered`` event with the fragment's sha256
   (copied aside first; if the append then fails, e.g. on a full disk, the fragment is put back
-  in the log and the copy removed, so failed tries leave no stray files).
+  in the log and the copy removed, so failed tries leave no stray files).  Readers (``verify``,
+  ``iter_entries``) take the same lock only to list and open the files (:class:`_Snapshot`), then
+  read what they opened: a part closed meanwhile is never taken for deleted lines.
 * **Grouped appends** (:func:`grouped`): the batch engines hold a chunk's events in memory and
   append them with one lock and one ``fsync`` when the chunk ends (each event keeps the time it
   happened); the chunk's rows reach the results table only after that, so a row in the table
@@ -390,14 +392,26 @@ def flush_held_now() -> None:
 
 
 class _Locked:
-    """An exclusive flock on ``audit.lock``, waiting at most LOCK_TIMEOUT_S (never a hang)."""
+    """An exclusive flock on ``audit.lock``, waiting at most LOCK_TIMEOUT_S (never a hang).
+    ``reader``: for :class:`_Snapshot`; a lock file that is missing and cannot be made (no
+    audit folder, a read-only copy of a trail) is no lock at all, since nothing can append there."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, reader: bool = False):
         self.path = folder / LOCK_NAME
+        self.reader = reader
         self.fd = -1
 
     def __enter__(self):
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            if not self.reader:
+                raise
+            try:  # flock works on a read-only descriptor too
+                self.fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                self.fd = -1
+                return self
         end = time.monotonic() + LOCK_TIMEOUT_S
         # a holder keeps the lock for one append (about 0.5 ms with its fsync): wait 0.1 ms
         # first, doubling to 2 ms (a flat 2 ms left two batch workers idle 7% of the time)
@@ -414,10 +428,13 @@ class _Locked:
                 delay = min(2 * delay, 0.002)
 
     def __exit__(self, *exc):
+        if self.fd < 0:
+            return
         try:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         finally:
             os.close(self.fd)
+            self.fd = -1
 
 
 def _last_line(fd: int, size: int) -> tuple[bytes | None, int]:
@@ -777,13 +794,34 @@ def _write_head(folder: Path, lines: int, sha: str, mkey: bytes) -> None:
 
 
 # --------------------------------------------------------------------------- reading
-def _lines(path: Path):
+def _lines(path: Path, fh=None, limit: int | None = None):
     """(line without its newline, state) streamed, state "ok", "long" (over MAX_LINE: its start
     only, the rest skipped unread into memory) or "partial" (the last bytes, without a newline).
-    A gzipped part is read through."""
-    with _open_part(path) as fh:
+    A gzipped part is read through.  ``fh``: the file as :class:`_Snapshot` opened it (read from
+    its start; a part renamed or gzipped since is still read as it was); ``limit``: read no
+    further than this many bytes (the live log's size in the snapshot)."""
+    import gzip
+
+    if fh is None:
+        src = _open_part(path)
+    else:
+        fh.seek(0)
+        src = gzip.GzipFile(fileobj=fh, mode="rb") if path.name.endswith(".gz") else contextlib.nullcontext(fh)
+    with src as f:
+        left = [limit]
+
+        def readline(n: int) -> bytes:
+            if left[0] is not None:
+                n = min(n, left[0])
+                if n <= 0:
+                    return b""
+            got = f.readline(n)
+            if left[0] is not None:
+                left[0] -= len(got)
+            return got
+
         while True:
-            chunk = fh.readline(MAX_LINE + 1)
+            chunk = readline(MAX_LINE + 1)
             if not chunk:
                 return
             if chunk.endswith(b"\n"):
@@ -793,7 +831,7 @@ def _lines(path: Path):
                 yield chunk, "partial"
                 return
             while True:  # skip the rest of an overlong line
-                more = fh.readline(MAX_LINE)
+                more = readline(MAX_LINE)
                 if not more or more.endswith(b"\n"):
                     break
             yield chunk[:200], "long"
@@ -806,28 +844,93 @@ def _files(p: Path) -> list[Path]:
     return [f for _a, _b, f in parts(p.parent)] + ([p] if p.exists() else [])
 
 
+class _Snapshot:
+    """The trail as it stood at one moment, for ``verify`` and ``iter_entries``: under the audit
+    lock (for the few milliseconds it takes, never for the whole read) the files are listed and
+    opened, the live log's size is noted and the head record (and, ``mkey`` given, the start
+    note) read.  Why: an append that closes the live log as a part while a reader is still in
+    older parts made the reader open the *new* live log and report the lines in between as
+    deleted (a false tamper, exit 2); the open descriptors keep reading what was listed, and
+    lines appended after the snapshot are left for the next read.
+
+    ``files``: [(path, open file or None, byte limit or None)], parts first; a file that could
+    not be opened here (too many parts for the descriptor limit, a part gzipped in between, no
+    permission) is None and opened by path when read (closed parts do not change; a file that
+    cannot be read is named then, as before).  ``head``: the head's bytes,
+    None when absent, or the OSError reading it.  ``starts``: ``_load_starts(mkey)`` or None.
+    Raises OSError when the lock stays busy (LOCK_TIMEOUT_S)."""
+
+    def __init__(self, p: Path, mkey: bytes | None = None, starts: bool = False):
+        self.p, self.mkey, self.want_starts = p, mkey, starts
+        self.files: list = []
+        self.head: bytes | OSError | None = None
+        self.starts = None
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self):
+        try:
+            with _Locked(self.p.parent, reader=True):
+                self.take()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def take(self) -> None:
+        """List and open the files, read the head (and start note); the caller holds the lock."""
+        for f in _files(self.p):
+            try:
+                fh = self._stack.enter_context(open(f, "rb"))
+            except OSError:  # read by path later, which names the problem as before
+                fh = None
+            live = fh is not None and f == self.p
+            self.files.append((f, fh, os.fstat(fh.fileno()).st_size if live else None))
+        try:
+            self.head = self.p.with_name(HEAD_NAME).read_bytes()
+        except FileNotFoundError:
+            self.head = None
+        except OSError as e:
+            self.head = e
+        if self.want_starts:
+            self.starts = _load_starts(self.mkey)
+
+    def __exit__(self, *exc):
+        self._stack.close()
+
+
 def iter_entries(path: Path | None = None):
     """Every complete line of the trail (closed parts, then the live log) parsed, streamed
     (memory does not grow with the trail): None for a line that is not a JSON object, or for a
-    part that cannot be read."""
+    part that cannot be read.  The trail as it stood when the first entry is asked for
+    (:class:`_Snapshot`): lines appended meanwhile are not listed."""
     p = Path(path) if path else log_path()
-    for f in _files(p):
-        try:
-            for raw, state in _lines(f):
-                if state == "partial":
-                    continue
-                if state == "long" or not raw:  # kept as None: numbering stays that of verify
-                    yield None
-                    continue
-                try:
-                    obj = json.loads(raw)
-                    yield obj if isinstance(obj, dict) else None
-                except ValueError:
-                    yield None
-        except FileNotFoundError:
-            continue
-        except (OSError, EOFError, zlib.error):  # a damaged .gz part: verify names it
-            yield None
+    snap = _Snapshot(p)
+    try:
+        snap.__enter__()
+    except OSError as e:  # a lock held this long (a stuck append): list what is there, and say so
+        _warn(f"the trail was read without its lock ({_why(e)}): a part closed meanwhile may show as a gap; "
+              "run `imaging-assist audit verify`")
+        snap.take()
+    try:
+        for f, fh, limit in snap.files:
+            try:
+                for raw, state in _lines(f, fh, limit):
+                    if state == "partial":
+                        continue
+                    if state == "long" or not raw:  # kept as None: numbering stays that of verify
+                        yield None
+                        continue
+                    try:
+                        obj = json.loads(raw)
+                        yield obj if isinstance(obj, dict) else None
+                    except ValueError:
+                        yield None
+            except FileNotFoundError:
+                continue
+            except (OSError, EOFError, zlib.error):  # a damaged .gz part: verify names it
+                yield None
+    finally:
+        snap.__exit__(None, None, None)
 
 
 def read_entries(path: Path | None = None) -> list[dict | None]:
@@ -838,11 +941,21 @@ def read_entries(path: Path | None = None) -> list[dict | None]:
 def _read_head(head_p: Path, mkey: bytes | None) -> tuple[dict | None, str | None]:
     """(the head record, None) or (None, why it cannot be used); (None, None) when absent."""
     try:
-        head_raw = head_p.read_bytes().strip()
+        head_raw = head_p.read_bytes()
     except FileNotFoundError:
         return None, None
     except OSError as e:
-        return None, f"cannot read the head record: {e.strerror or e}"
+        head_raw = e
+    return _parse_head(head_raw, mkey)
+
+
+def _parse_head(head_raw: bytes | OSError | None, mkey: bytes | None) -> tuple[dict | None, str | None]:
+    """:func:`_read_head` of the bytes read (None: absent; an OSError: unreadable)."""
+    if head_raw is None:
+        return None, None
+    if isinstance(head_raw, OSError):
+        return None, f"cannot read the head record: {head_raw.strerror or head_raw}"
+    head_raw = head_raw.strip()
     m = _MAC_RE.search(head_raw)
     try:
         head = json.loads(head_raw)
@@ -947,7 +1060,6 @@ def verify(path: Path | None = None, anchor: str | None = None,
     from .sitekey import key_fingerprint, key_path, site_key
 
     p = Path(path) if path else log_path()
-    head_p = p.with_name(HEAD_NAME)
     an = ah = None
     if anchor:
         try:
@@ -960,12 +1072,29 @@ def verify(path: Path | None = None, anchor: str | None = None,
             mkey, fp = _mac_key(site_key()), key_fingerprint()
         except Exception as e:  # noqa: BLE001 - a damaged key: said, nothing is claimed
             return False, None, f"the site key cannot be read ({e}): the seals cannot be checked"
-    starts, start_problem = _load_starts(mkey)
+    # the trail as it stood at one moment (the audit lock held only to take it): an append that
+    # closes the live log as a part meanwhile is not mistaken for deleted lines
+    try:
+        snap = _Snapshot(p, mkey, starts=True).__enter__()
+    except OSError as e:
+        return False, None, (f"the trail cannot be read now ({_why(e)}: an append is stuck, or another "
+                             "program holds the lock); run verify again")
+    try:
+        return _verify(snap, p, an, ah, mkey, fp, require_key)
+    finally:
+        snap.__exit__(None, None, None)
+
+
+def _verify(snap: _Snapshot, p: Path, an, ah, mkey, fp, require_key: bool) -> tuple[bool, int | None, str]:
+    """:func:`verify` of a snapshot of the trail."""
+    from .sitekey import key_path
+
+    starts, start_problem = snap.starts
     start = starts.get(str(p))
     start = start if isinstance(start, dict) else None
-    files = _files(p)
+    files = [f for f, _fh, _limit in snap.files]
     if not files:
-        if head_p.exists():
+        if snap.head is not None:
             return False, 1, f"the log {p} is missing but its head record exists: the log was deleted"
         if start is not None:
             return False, 1, (f"the log {p} is missing, but a trail was started there on "
@@ -973,7 +1102,7 @@ def verify(path: Path | None = None, anchor: str | None = None,
         if an is not None:
             return False, 1, f"the log {p} is missing, the anchor names line {an}: the log was deleted"
         return True, None, "no audit trail yet (nothing recorded)"
-    head, head_err = _read_head(head_p, mkey)
+    head, head_err = _parse_head(snap.head, mkey)
     hl = head["lines"] if head else None
     prev, n, incomplete = GENESIS, 0, b""
     at_head = at_anchor = None
@@ -987,10 +1116,10 @@ def verify(path: Path | None = None, anchor: str | None = None,
 
     # lines are numbered from the start of the trail, across its closed parts; a reason found
     # in a part names it
-    for f in files:
+    for f, fh, limit in snap.files:
         where = f" (in {f.name})" if len(files) > 1 else ""
         try:
-            for raw, state in _lines(f):
+            for raw, state in _lines(f, fh, limit):
                 if state == "partial":
                     if f != p:
                         return broken(n + 1, f"line {n + 1} is incomplete{where}: the closed part was cut "
