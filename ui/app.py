@@ -22,7 +22,7 @@ import time
 
 _T0 = time.perf_counter()
 
-from PySide6.QtCore import QSettings, Qt, QTimer  # noqa: E402
+from PySide6.QtCore import QLocale, QSettings, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 SCREENSHOT_SIZE = (1920, 1080)
@@ -64,7 +64,11 @@ def make_app(argv: list[str] | None = None) -> QApplication:
         app = QApplication(list(argv) if argv else [sys.argv[0] if sys.argv else "imaging-assist"])
         app.setApplicationName("Imaging Assist")
         app.setOrganizationName("ImagingAssist")
+    from .shared.spinbox import number_locale
     from .shared.theme import apply_dark_theme
+    # numbers in every box as everywhere else in the program (".", Western digits), not as
+    # LANG says: under de_DE "2.5" typed into a box was 25 ("." a group separator)
+    QLocale.setDefault(number_locale())
     if not getattr(app, "_ia_themed", False):
         apply_dark_theme(app)
         app._ia_themed = True

@@ -63,24 +63,27 @@ def main(argv: list[str] | None = None, run_gui=None) -> int:
     ``python -m imaging_assist``): this process runs one command and ends, which lets
     ``analyze`` leave out imports its networks do not need (:mod:`..models.lean`); a caller
     passing a list (tests, another program) keeps every module importable."""
+    _escape_unencodable_output()
     own_process = argv is None
     argv = _glue_coordinates(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser(argv)
-    args = parser.parse_args(argv)
-    args.run_gui = run_gui
-    args.own_process = own_process
-    if not args.debug:
-        # Our own checks report what matters (one line each, in the results' warnings); the
-        # libraries' warnings and log records would only repeat them or speak of their internals
-        # (MONAI bundle-config deprecations, optional decoders).  --debug shows everything.
-        warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
-        logging.getLogger("monai").setLevel(logging.ERROR)
-    if args.command is None:
-        args.path = None
-        func = view.cmd_view
-    else:
-        func = args.func
+    args = None
     try:
+        # parsing inside the handling too: --help and a bad command line that cannot be
+        # written are one line, never a traceback
+        args = build_parser(argv).parse_args(argv)
+        args.run_gui = run_gui
+        args.own_process = own_process
+        if not args.debug:
+            # Our own checks report what matters (one line each, in the results' warnings); the
+            # libraries' warnings and log records would only repeat them or speak of their internals
+            # (MONAI bundle-config deprecations, optional decoders).  --debug shows everything.
+            warnings.filterwarnings("ignore", module=r"(pydicom|monai)(\..*)?")
+            logging.getLogger("monai").setLevel(logging.ERROR)
+        if args.command is None:
+            args.path = None
+            func = view.cmd_view
+        else:
+            func = args.func
         return int(func(args) or 0)
     except UserError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
@@ -91,11 +94,36 @@ def main(argv: list[str] | None = None, run_gui=None) -> int:
     except BrokenPipeError:
         return 0
     except Exception as e:  # noqa: BLE001 - the user sees one line, never a traceback
-        if args.debug:
+        if args.debug if args is not None else "--debug" in argv:
             raise
         print(f"error: internal error ({type(e).__name__}: {one_line(e)}); run with --debug for details",
               file=sys.stderr)
         return 1
+
+
+def _escape_unencodable_output() -> None:
+    """A character the terminal's encoding cannot hold (PYTHONIOENCODING=ascii, LC_ALL=C without
+    UTF-8 mode, a Latin-1 locale) is written as ``\\xb5`` (as Python already does on stderr)
+    instead of ending the command with UnicodeEncodeError: the "µm" of ``info``, a patient
+    "Müller" in ``scan``, the "▸" in ``--help``, an output folder's name printed after
+    ``analyze`` wrote results.json but before report.pdf.  A file name's undecodable bytes
+    (surrogateescape, as under LC_ALL=C) are still written back as they were."""
+    import codecs
+
+    def escape(e):
+        if isinstance(e, UnicodeEncodeError) and "\udc80" <= e.object[e.start] <= "\udcff":
+            return codecs.lookup_error("surrogateescape")(UnicodeEncodeError(
+                e.encoding, e.object, e.start, e.start + 1, e.reason))
+        return codecs.lookup_error("backslashreplace")(UnicodeEncodeError(
+            e.encoding, e.object, e.start, e.start + 1, e.reason))
+
+    codecs.register_error("imaging_assist.escape", escape)
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) in ("strict", "surrogateescape") and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="imaging_assist.escape")
+            except ValueError:  # a closed or detached stream: nothing will be written to it
+                pass
 
 
 def one_line(e) -> str:

@@ -9,12 +9,13 @@ they match the series' Modality and Series Description.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from .nodes import PacsError
 from .transfer import valid_uid
 
-_DATE = r"(\d{8})"
+_DATE = r"([0-9]{8})"  # ASCII digits only: a DICOM DA value (\d also takes Arabic-Indic digits)
 DEFAULT_LIMIT = 1000  # rows kept from one query; more are cancelled and the caller is told
 
 
@@ -28,18 +29,27 @@ class Rows(list):
 
 
 def normalise_date(text: str, what: str = "date") -> str:
-    """``YYYYMMDD``, ``FROM-TO``, ``FROM-``, ``-TO``; ISO dashes (2024-01-31) accepted."""
-    t = (text or "").strip()
+    """``YYYYMMDD``, ``FROM-TO``, ``FROM-``, ``-TO``; ISO dashes (2024-01-31) accepted.  Digits
+    of other scripts (a date typed on an Arabic keyboard: ٢٠٢٤٠١٣١) are sent as ASCII digits,
+    the only ones a DICOM date may hold."""
+    t = _ascii_digits((text or "").strip())
     if not t:
         return ""
-    t = re.sub(r"(\d{4})-(\d{2})-(\d{2})", r"\1\2\3", t)
+    t = re.sub(r"([0-9]{4})-([0-9]{2})-([0-9]{2})", r"\1\2\3", t)
     if not re.fullmatch(rf"{_DATE}|{_DATE}?-{_DATE}?", t) or t == "-":
         raise PacsError(f"invalid {what} {text!r}: use YYYYMMDD or FROM-TO (e.g. 20240101-20241231)")
-    for d in re.findall(r"\d{8}", t):
+    for d in re.findall(r"[0-9]{8}", t):
         y, m, dd = int(d[:4]), int(d[4:6]), int(d[6:])
         if not (1 <= m <= 12 and 1 <= dd <= 31 and y >= 1800):
             raise PacsError(f"invalid {what} {text!r}: {d} is not a date")
     return t
+
+
+def _ascii_digits(text: str) -> str:
+    """Every Unicode decimal digit (Arabic-Indic, Persian, Devanagari, full-width...) as its
+    ASCII digit; other characters unchanged."""
+    return "".join(str(unicodedata.decimal(c)) if not c.isascii() and unicodedata.decimal(c, None) is not None
+                   else c for c in text)
 
 
 _SAFE = re.compile(r"^[^\\\x00-\x1f]*$")  # no backslash (multi-value separator) or control chars

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QDoubleSpinBox, QFileDialog, QFormLayout, QLineEdit,
+from PySide6.QtWidgets import (QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLineEdit,
                                QMessageBox)
 
 from imaging_assist.layers import LabelLayer
 
+from ..shared.spinbox import DecimalSpinBox
 from ..shared.text import plain_tip
 
 
@@ -22,8 +23,8 @@ def threshold_dialog(self):
     dlg.setWindowTitle("Threshold segmentation")
     form = QFormLayout(dlg)
     lo_v, hi_v = vol.value_range()
-    lo = QDoubleSpinBox()
-    hi = QDoubleSpinBox()
+    lo = DecimalSpinBox()  # "." or "," as the decimal point under every LANG
+    hi = DecimalSpinBox()
     for sb in (lo, hi):
         sb.setRange(lo_v - 1, hi_v + 1)
         sb.setDecimals(0 if vol.array.dtype.kind in "iu" else 2)

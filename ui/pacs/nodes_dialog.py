@@ -5,12 +5,13 @@ passwords and tokens are typed into masked fields and never shown back in clear.
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (QComboBox, QDialog, QDoubleSpinBox, QFormLayout, QHBoxLayout, QLabel,
+from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLabel,
                                QLineEdit, QListWidget, QPushButton, QSpinBox, QStackedWidget,
                                QVBoxLayout, QWidget)
 
 from imaging_assist.pacs.nodes import Node, PacsError, load_settings, save_settings
 
+from ..shared.spinbox import DecimalSpinBox
 from ..shared.text import reason_of
 from ..shared.theme import ERROR_FG
 from .worker import Job
@@ -104,7 +105,7 @@ class NodesDialog(QDialog):
         self.stack.addWidget(web)
         self.kind.currentIndexChanged.connect(self.stack.setCurrentIndex)
         form.addRow(self.stack)
-        self.timeout = QDoubleSpinBox()
+        self.timeout = DecimalSpinBox()  # "2.5" is 2.5 s under every LANG
         self.timeout.setRange(1, 600)
         self.timeout.setValue(30)
         self.timeout.setSuffix(" s")

@@ -6,13 +6,14 @@ import math
 
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QColor, QIcon, QPixmap
-from PySide6.QtWidgets import (QColorDialog, QComboBox, QDoubleSpinBox, QFormLayout, QHBoxLayout,
+from PySide6.QtWidgets import (QColorDialog, QComboBox, QFormLayout, QHBoxLayout,
                                QLabel, QPushButton, QSlider, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
 from imaging_assist.layers import (COLORMAPS, HEAT_MODES, HeatmapLayer, LabelLayer, LayerStack, MarkerLayer,
                                    ShapesLayer)
 
+from ..shared.spinbox import DecimalSpinBox
 from ..shared.text import plain_tip
 from ..shared.theme import WARN_FG
 
@@ -78,12 +79,12 @@ class LayersPanel(QWidget):
         self.cmap.addItems(list(COLORMAPS))
         self.cmap.currentTextChanged.connect(self._set_cmap)
         form.addRow("Colormap", self.cmap)
-        self.threshold = QDoubleSpinBox()
+        self.threshold = DecimalSpinBox()  # "0.75" is 0.75 under every LANG
         self.threshold.setDecimals(3)
         self.threshold.setKeyboardTracking(False)
         self.threshold.valueChanged.connect(self._set_threshold)
         form.addRow("Threshold", self.threshold)
-        self.min_score = QDoubleSpinBox()
+        self.min_score = DecimalSpinBox()
         self.min_score.setRange(0, 1)
         self.min_score.setSingleStep(0.05)
         self.min_score.setDecimals(2)

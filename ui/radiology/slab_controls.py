@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from PySide6.QtCore import QObject
 from PySide6.QtGui import QAction, QActionGroup
-from PySide6.QtWidgets import QComboBox, QDoubleSpinBox
+from PySide6.QtWidgets import QComboBox
 
 from imaging_assist.slab import MAX_THICKNESS_MM, MODES, Slab
+
+from ..shared.spinbox import DecimalSpinBox
 
 CHOICES = [("Slice", None)] + [(name, mode) for mode, name in MODES.items()]
 DEFAULT_MM = 10.0
@@ -33,7 +35,7 @@ class SlabControls(QObject):
             self.combo.addItem(text, mode)
             self.combo.setItemData(n, TIPS[mode], 3)  # Qt.ToolTipRole
         self.combo.setToolTip("Thick slab of the active view: MIP, MinIP or average over the thickness")
-        self.thickness = QDoubleSpinBox()
+        self.thickness = DecimalSpinBox()  # "2.5" is 2.5 mm under every LANG
         self.thickness.setObjectName("SlabThickness")
         self.thickness.setRange(0.5, MAX_THICKNESS_MM)
         self.thickness.setDecimals(1)
