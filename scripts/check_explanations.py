@@ -54,13 +54,17 @@ def check(model_id: str, n_images: int = 3) -> dict:
     from imaging_assist.explain.sanity import THRESHOLD
     from imaging_assist.inference.images import read_image
     from imaging_assist.inference.pipelines import model_input
+    from imaging_assist.models.loaders import sha256_file
     from imaging_assist.models.registry import Registry
+    from imaging_assist.validation.ood import WEIGHTS_KEY
 
     model = Registry().load(model_id)
     images = [resolve(r) for r in IMAGES[model_id]][:n_images]
     out = {"model": model_id, "threshold": THRESHOLD, "test": "cascading randomisation top-down, "
            "Spearman rank correlation of |attribution| trained vs fully randomised < threshold",
-           "images": [str(p.relative_to(DATA)) for p in images], "methods": {}}
+           "images": [str(p.relative_to(DATA)) for p in images], "methods": {},
+           # the weights checked: a retrained model's old verdicts show as "not checked for these weights"
+           WEIGHTS_KEY: sha256_file(model.card.folder / model.card.weights[0].file)}
     xs = [model_input(model.card, read_image(p))[None].float() for p in images]
     out["methods"] = method_results(model_id, model, xs, {m: None for m in METHODS})
     return out

@@ -62,7 +62,9 @@ def model_x(model, r) -> torch.Tensor:
 
 def check(model_id: str) -> dict:
     from imaging_assist.explain.sanity import THRESHOLD
+    from imaging_assist.models.loaders import sha256_file
     from imaging_assist.models.registry import Registry
+    from imaging_assist.validation.ood import WEIGHTS_KEY
 
     model = Registry().load(model_id)
     rows = sample_rows(N_IMAGES[model_id])
@@ -70,7 +72,9 @@ def check(model_id: str) -> dict:
            "Spearman rank correlation of |attribution| trained vs fully randomised < threshold",
            "images": [str((D.SRC / r["file"]).relative_to(T.DATA)) for r in rows],
            "points_lps": [D.centre(r).round(4).tolist() for r in rows],
-           "configs": {m: c.params() for m, c in configs().items()}, "methods": {}}
+           "configs": {m: c.params() for m, c in configs().items()}, "methods": {},
+           # the weights checked: a retrained model's old verdicts show as "not checked for these weights"
+           WEIGHTS_KEY: sha256_file(model.card.folder / model.card.weights[0].file)}
     xs = [model_x(model, r) for r in rows]
     out["methods"] = method_results(model_id, model, xs, configs())
     return out

@@ -96,7 +96,11 @@ def fit(model_id: str) -> dict:
     from safetensors.torch import save_file
 
     f = folder / O.STATS_FILE
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(f), metadata={"model": model_id})
+    from imaging_assist.models.loaders import sha256_file
+
+    # the weights fitted on, in the file itself: statistics of other weights are refused on load
+    save_file({k: v.contiguous() for k, v in stats.items()}, str(f),
+              metadata={"model": model_id, O.WEIGHTS_KEY: sha256_file(folder / model.card.weights[0].file)})
     block = {"method": "mahalanobis", "layers": layers, "file": O.STATS_FILE,
              "sha256": hashlib.sha256(f.read_bytes()).hexdigest(), "threshold": round(thr, 6),
              "threshold_rule": O.threshold_rule_text(info),

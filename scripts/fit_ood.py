@@ -289,8 +289,12 @@ def write_stats(folder: Path, card, r: dict, stats: dict, rows: list[dict]) -> N
     from safetensors.torch import save_file
 
     f = folder / O.STATS_FILE
+    from imaging_assist.models.loaders import sha256_file
+
+    # the weights fitted on, in the file itself: statistics of other weights are refused on load
     save_file({k: v.contiguous() for k, v in stats.items()}, str(f),
-              metadata={"method": r["method"], "layers": json.dumps(r["layers"])})
+              metadata={"method": r["method"], "layers": json.dumps(r["layers"]),
+                        O.WEIGHTS_KEY: sha256_file(folder / card.weights[0].file)})
     f.chmod(0o644)  # shipped beside the weights (safetensors writes 0600)
     sha = hashlib.sha256(f.read_bytes()).hexdigest()
     cardp = folder / "model.json"

@@ -4,7 +4,8 @@ A map is flagged (the viewer hides it by default and shows why) when
 
 * its method failed the weight-randomisation sanity check recorded for the model
   (``sanity.json`` in the model folder, :func:`imaging_assist.explain.sanity.recorded_sanity`):
-  the map may show image structure rather than what the model learned;
+  the map may show image structure rather than what the model learned; or when that check was
+  made with other weights (a retrained model): "not checked for these weights";
 * its faithfulness score is negative (:mod:`imaging_assist.explain.faithfulness`): deleting the
   pixels it ranks highest lowers the score less than deleting random pixels;
 * less than half of its positive attribution lies inside the card's ``explanation_region``
@@ -30,7 +31,8 @@ def heatmap_flags(hm, res=None, card=None, sanity: dict | None = None) -> list[s
 
     ``sanity`` is ``{method: {"passed", "final_spearman", "threshold"}}`` (default: the card's
     recorded ``sanity.json``)."""
-    from .sanity import THRESHOLD, recorded_sanity  # here: sanity imports torch, the viewer starts without it
+    # imported here: sanity imports torch, the viewer starts without it
+    from .sanity import THRESHOLD, not_checked_note, recorded_sanity
 
     out: list[str] = []
     method = str(getattr(hm, "method", "") or "")
@@ -40,6 +42,10 @@ def heatmap_flags(hm, res=None, card=None, sanity: dict | None = None) -> list[s
                    f"{getattr(card, 'id', 'this model')} (Spearman {rec.get('final_spearman', float('nan')):.2f}, "
                    f"limit {rec.get('threshold', THRESHOLD)}): it may show image structure, not what "
                    "the model learned")
+    elif sanity is None and card is not None:  # a verdict of other weights is not this model's
+        stale = not_checked_note(card, method)
+        if stale:
+            out.append(stale)
     f = (getattr(hm, "faithfulness", None) or {}).get("faithfulness")
     if f is not None and f < 0:
         out.append(f"negative faithfulness ({f:+.2f}): removing the pixels it ranks highest changes the "

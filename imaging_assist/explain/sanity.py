@@ -105,24 +105,23 @@ def cascading_randomization(net: nn.Module, explain_fn: Callable[[nn.Module], np
 
 
 # --------------------------------------------------------------------------- shipped results
-SANITY_FILE = "sanity.json"
+# the file itself (reading it, which weights it names, models verify) lives in validation, so
+# the models package can verify it without importing explain (tests/test_models_security.py)
+from ..validation.sanity_file import SANITY_FILE, recorded_doc as _recorded_doc  # noqa: F401
+from ..validation.sanity_file import verify_sanity  # noqa: F401
+from ..validation.sanity_file import weights_state as _weights_state
 
 
 def recorded_sanity(card) -> dict:
     """``{method: {"passed", "final_spearman", ...}}`` measured for a model by
-    ``scripts/check_explanations.py`` (``sanity.json`` in its folder); {} when absent."""
-    import json
-
-    folder = getattr(card, "folder", None)
-    if folder is None:
+    ``scripts/check_explanations.py`` (``sanity.json`` in its folder); {} when absent, or when
+    it was made with other weights (a retrained model: its verdicts say nothing about these
+    weights, :func:`not_checked_note` says so).  A file without the weights' sha256 (older)
+    is used as before; ``models verify`` says it has none."""
+    doc = _recorded_doc(card)
+    if not doc or _weights_state(card, doc)[0] == "other":
         return {}
-    p = folder / SANITY_FILE
-    if not p.is_file():
-        return {}
-    try:
-        methods = json.loads(p.read_text(encoding="utf-8")).get("methods", {})
-    except (OSError, ValueError, AttributeError, RecursionError):
-        return {}
+    methods = doc.get("methods", {})
     out = {}
     for m, r in (methods.items() if isinstance(methods, dict) else ()):
         if not isinstance(r, dict) or not isinstance(r.get("passed", True), bool):
@@ -133,10 +132,28 @@ def recorded_sanity(card) -> dict:
     return out
 
 
+def not_checked_note(card, method: str) -> str | None:
+    """One line when the model's ``sanity.json`` holds a verdict for ``method`` made with other
+    weights than the card's (its verdict is not shown: "not checked for these weights")."""
+    doc = _recorded_doc(card)
+    methods = doc.get("methods") if doc else None
+    if not isinstance(methods, dict) or method not in methods:
+        return None
+    status, rec, have = _weights_state(card, doc)
+    if status != "other":
+        return None
+    return (f"{method.replace('_', ' ')} not checked for these weights: the weight-randomisation "
+            f"sanity check of model {card.id} was made with other weights (sha256 {str(rec)[:12]}…, "
+            f"these are {str(have)[:12]}…); rerun scripts/check_explanations.py")
+
+
 def sanity_warning(card, method: str) -> str | None:
-    """A one-line warning when ``method`` failed the randomisation check on this model."""
+    """A one-line warning when ``method`` failed the randomisation check on this model, or when
+    its recorded check was made with other weights (:func:`not_checked_note`)."""
     r = recorded_sanity(card).get(method)
-    if not r or r.get("passed", True):
+    if not r:
+        return not_checked_note(card, method)
+    if r.get("passed", True):
         return None
     return (f"{method.replace('_', ' ')} failed the weight-randomisation sanity check on model "
             f"{card.id} (Spearman {r.get('final_spearman', float('nan')):.2f} between the trained and a "

@@ -122,6 +122,11 @@ def verify(card: ModelCard) -> list[VerifyResult]:
     o = verify_stats(card)
     if o is not None:
         out.append(VerifyResult(str((card.ood or {}).get("file", "ood")), o[0], "sha256", o[1], o[2], o[3]))
+    from ..validation.sanity_file import SANITY_FILE, verify_sanity  # made with these weights? (a warning only)
+
+    s = verify_sanity(card)
+    if s is not None:
+        out.append(VerifyResult(SANITY_FILE, s[0], "sha256", s[1], s[2], s[3]))
     return out
 
 

@@ -428,6 +428,27 @@ def inherited_limitations(card) -> list[str]:
     return out
 
 
+def _stamp_ood_weights(out: Path, raw: dict) -> dict:
+    """Record the candidate's weights sha256 in its OOD statistics (fitted by :func:`refit_ood`
+    before the weights were written) and the statistics' new sha256 in the written card; the
+    card as written.  Without it a candidate's statistics could not be told from another
+    model's (``models verify``: "made without a weights hash")."""
+    from safetensors.torch import load as st_load, save as st_save
+
+    from ..models.card import CARD_FILE
+    from ..models.loaders import sha256_file
+    from ..validation import ood as O
+
+    card = json.loads((out / CARD_FILE).read_text(encoding="utf-8"))
+    f = out / card["ood"]["file"]
+    data = f.read_bytes()
+    meta = {**O._metadata(data), O.WEIGHTS_KEY: card["weights"][0]["sha256"]}
+    f.write_bytes(st_save(st_load(data), metadata=meta))
+    card["ood"]["sha256"] = sha256_file(f)
+    (out / CARD_FILE).write_text(json.dumps(card, indent=2), encoding="utf-8")
+    return card
+
+
 def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: dict, ood_block: dict | None,
                      n_cases: int, holdout_header: list[str], holdout_rows: list[list], extra: dict | None = None,
                      drop: tuple = (), reference_images: list | None = None, reference_labels: list | None = None,
@@ -467,6 +488,9 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
     if ood_block:
         raw["ood"] = ood_block
     save_model_folder(out, raw, net)
+    if ood_block:  # the statistics name the weights they were fitted through (validation.ood.WEIGHTS_KEY)
+        raw = _stamp_ood_weights(out, raw)
+        ood_block = raw["ood"]
     with (out / "holdout.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(holdout_header)

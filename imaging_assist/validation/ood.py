@@ -17,7 +17,10 @@ Method (``docs/ood.md``; chosen on the measurements written into each card's ``o
   flags 5% only on average, and more than 5% in half of all test sets).
 
 The statistics live in ``ood.safetensors`` beside the weights; the card holds its sha256 and
-the file is refused (one-line :class:`OODStatsError`) when the bytes differ.
+the file is refused (one-line :class:`OODStatsError`) when the bytes differ.  The file's own
+metadata names the sha256 of the weights it was fitted with (``weights_sha256``): statistics of
+other weights (another model's file of the same width, or a fit from before a retraining) are
+refused too, since they pass the card's hash and would score every image on the wrong features.
 The engine only scores here; :func:`check` turns a score into the result's ``ood`` block.
 """
 
@@ -36,11 +39,16 @@ from .ood_spec import METHODS, check_spec  # noqa: F401 - re-exported (torch-fre
 
 __all__ = ["OODStatsError", "OODStats", "OODResult", "extract_features", "fit_mahalanobis",
            "fit_knn", "load_stats", "ood_spec", "check", "summarise_tiles", "METHODS",
-           "OUTSIDE_TEXT", "STATS_FILE", "conformal_threshold", "threshold_rule_text"]
+           "OUTSIDE_TEXT", "STATS_FILE", "conformal_threshold", "threshold_rule_text",
+           "weights_hash_status", "WEIGHTS_KEY"]
 
 STATS_FILE = "ood.safetensors"
 MAX_STATS_BYTES = 64 << 20  # the shipped files are < 1 MB; a bigger one is refused unread
 OUTSIDE_TEXT = "outside what this model was trained on"
+# metadata key (safetensors ``__metadata__`` here, top-level key of sanity.json) holding the sha256
+# of the weights file the statistics / check were computed from (loaders.sha256_file)
+WEIGHTS_KEY = "weights_sha256"
+NO_WEIGHTS_HASH = "made without a weights hash"
 
 
 class OODStatsError(UserError):
@@ -205,6 +213,7 @@ class OODStats:
     layers: list[str]
     tensors: dict[str, torch.Tensor]
     k: int = 10
+    weights_sha256: str | None = None  # None: an older file, made without a weights hash
 
     def scores(self, net: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
         """OOD scores of model inputs ``x`` (N, C, H, W) through ``net``."""
@@ -257,8 +266,48 @@ def load_stats(card) -> OODStats | None:
     bad = _malformed(tensors, need)
     if bad:
         raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']}: {'; '.join(bad)}; not used")
+    rec = _metadata(data).get(WEIGHTS_KEY)
+    status, have = weights_hash_status(card, rec)
+    if status == "other":
+        raise OODStatsError(f"model {card.id}: OOD statistics {spec['file']} were fitted for other weights "
+                            f"(sha256 {str(rec)[:12]}…, this model's {str(have)[:12]}…): not used; refit "
+                            "them for these weights (scripts/fit_ood.py)")
     return OODStats(spec["method"], float(spec["threshold"]), list(spec["layers"]), tensors,
-                    int(spec.get("k", 10)))
+                    int(spec.get("k", 10)), rec if status != "none" else None)
+
+
+def _metadata(data: bytes) -> dict:
+    """The ``__metadata__`` strings of safetensors ``data`` (already parsed by safetensors: an
+    8-byte little-endian header length, then the JSON header); {} when it has none."""
+    import json
+
+    try:
+        n = int.from_bytes(data[:8], "little")
+        meta = json.loads(data[8:8 + n]).get("__metadata__")
+    except (ValueError, AttributeError, RecursionError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def weights_hash_status(card, recorded) -> tuple[str, str | None]:
+    """Whether ``recorded`` (the ``weights_sha256`` of a file computed from a model's weights: the
+    OOD statistics, ``sanity.json``) names this card's weights: ("ok" | "none" | "other", the
+    card's weights sha256).  "none": an older file without the field; "unknown": the card names
+    no weights to compare with (their own check fails then).  The card's hashes are compared,
+    not the weights read again: loading and ``models verify`` check those against the bytes; a
+    card with only an md5 (a bundle) has its weights hashed (:func:`sha256_file`)."""
+    ws = getattr(card, "weights", None) or []
+    have = [str(w.sha256).lower() for w in ws if getattr(w, "sha256", None)]
+    if not have and getattr(card, "folder", None) is not None:
+        from ..models.loaders import sha256_file
+
+        have = [sha256_file(Path(card.folder) / w.file) for w in ws if (Path(card.folder) / w.file).is_file()]
+    first = have[0] if have else None
+    if not isinstance(recorded, str) or not recorded:
+        return "none", first
+    if not have:
+        return "unknown", None
+    return ("ok" if recorded.lower() in have else "other"), first
 
 
 def _malformed(tensors: dict, need: tuple) -> list[str]:
@@ -375,12 +424,14 @@ def summarise_tiles(scores: np.ndarray, threshold: float, method: str | None = N
 
 def verify_stats(card) -> tuple[bool, str | None, str | None, str] | None:
     """``models verify``: (ok, expected sha256, actual sha256, message) of the card's OOD
-    statistics file, None when the card has no ``ood`` block.  Reads nothing but the file."""
+    statistics file, None when the card has no ``ood`` block.  Reads nothing but the file (and
+    the weights of a card without their sha256, :func:`weights_hash_status`).  An older file
+    without the weights' sha256 passes with a message saying so."""
     spec = ood_spec(card)
     if spec is None:
         return None
     try:
-        load_stats(card)
+        st = load_stats(card)
     except OODStatsError as e:
         actual = None
         p = Path(card.folder) / str(spec.get("file", "")) if getattr(card, "folder", None) else None
@@ -390,6 +441,10 @@ def verify_stats(card) -> tuple[bool, str | None, str | None, str] | None:
         except OSError:
             pass
         return False, spec.get("sha256"), actual, str(e)
+    if st.weights_sha256 is None:  # an older file: used as before, but said
+        return True, spec["sha256"], spec["sha256"], (
+            f"OOD statistics {spec['file']} {NO_WEIGHTS_HASH}: cannot tell whether they were fitted for "
+            "these weights; refit them (scripts/fit_ood.py) to record it")
     return True, spec["sha256"], spec["sha256"], "ok"
 
 
@@ -403,7 +458,10 @@ def stats_for(card) -> OODStats | None:
     spec = ood_spec(card)
     if spec is None:
         return None
-    key = (str(getattr(card, "folder", "")), card.id, spec.get("sha256"), spec.get("file"))
+    # the card's weights hashes too: statistics cached for the old weights of a retrained card are
+    # checked again against the new ones
+    key = (str(getattr(card, "folder", "")), card.id, spec.get("sha256"), spec.get("file"),
+           tuple(str(getattr(w, "sha256", "")) for w in getattr(card, "weights", None) or []))
     try:
         st = (Path(card.folder) / str(spec.get("file"))).stat()
         key += (st.st_mtime_ns, st.st_size)
