@@ -33,7 +33,7 @@ from pathlib import Path
 
 from . import viewing
 from .slab import Slab
-from .userdirs import config_dir, write_json_atomic
+from .userdirs import config_dir, locked, write_json_atomic
 
 FILE_NAME = "hanging_protocols.json"
 LAYOUTS = {"single": 1, "mpr": 1, "1x2": 2, "2x2": 4}
@@ -180,26 +180,35 @@ class ProtocolStore:
         return FALLBACK
 
     def save(self, protocol: Protocol) -> Path:
-        """Add ``protocol`` (replacing the user's one with the same modality and body part)."""
+        """Add ``protocol`` (replacing the user's one with the same modality and body part).
+        Under the file's lock the file is read again first: a protocol another window saved
+        or removed since this one read it is not undone."""
         _protocol_from(protocol.to_dict())  # the same checks as on reading
-        if self.warning:  # never overwrite a file we could not read: keep it beside
-            bad = self.path.with_name(self.path.name + ".unreadable")
-            try:
-                os.replace(self.path, bad)
-            except OSError:
-                pass
-            self.warning = ""
-        self.user = [p for p in self.user if p.key != protocol.key] + [protocol]
-        self._write()
+        with locked(self.path):
+            self.load()
+            if self.warning:  # never overwrite a file we could not read: keep it beside
+                bad = self.path.with_name(self.path.name + ".unreadable")
+                try:
+                    os.replace(self.path, bad)
+                except OSError:
+                    pass
+                self.warning = ""
+            self.user = [p for p in self.user if p.key != protocol.key] + [protocol]
+            self._write()
         return self.path
 
     def remove(self, key: tuple[str, str]) -> bool:
-        """Remove the user's protocol with ``key`` (modality set, body part); False if none."""
-        n = len(self.user)
-        self.user = [p for p in self.user if p.key != tuple(key)]
-        if len(self.user) == n:
-            return False
-        self._write()
+        """Remove the user's protocol with ``key`` (modality set, body part); False if none
+        (the file is read again under its lock first, as in :meth:`save`)."""
+        with locked(self.path):
+            self.load()
+            if self.warning:  # a file we could not read is not written over
+                return False
+            n = len(self.user)
+            self.user = [p for p in self.user if p.key != tuple(key)]
+            if len(self.user) == n:
+                return False
+            self._write()
         return True
 
     def _write(self):

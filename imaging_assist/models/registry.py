@@ -187,24 +187,32 @@ class Registry:
         bad = [e for e in entries if e.error]
         if is_model_folder(p) and bad:
             raise ModelCardError(bad[0].error)
-        folders = [f for f in self.added_folders() if f != p] + [p]
-        # what was added, by hash: `models verify` (and a load) tell when the folder changes later
-        hashes = added_hashes()
+        # what was added, by hash: `models verify` (and a load) tell when the folder changes later;
+        # hashed before the lock is taken (seconds for big weights)
+        new_hashes: dict[str, dict | None] = {}
         for e in entries:
             if e.card is not None and not e.error:
                 try:
-                    hashes[str(e.folder)] = _folder_hashes(e.folder)
+                    new_hashes[str(e.folder)] = _folder_hashes(e.folder)
                 except UserError:  # a linked config...: nothing recorded, loading refuses it anyway
-                    hashes.pop(str(e.folder), None)
-        cfg = config_dir()
-        tmp = cfg / (FOLDERS_FILE + ".tmp")
+                    new_hashes[str(e.folder)] = None
+        from ..userdirs import locked, write_json_atomic
+
+        path = config_dir() / FOLDERS_FILE
         try:
-            cfg.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"folders": [str(f) for f in folders], "hashes": hashes}, indent=2),
-                           encoding="utf-8")
-            os.replace(tmp, cfg / FOLDERS_FILE)
+            # under the list's lock, read again: another process's `models add` in between is kept
+            # (and the list is written through a temporary file of its own, not a shared name)
+            with locked(path):
+                folders = [f for f in self.added_folders() if f != p] + [p]
+                hashes = added_hashes()
+                for k, v in new_hashes.items():
+                    if v is None:
+                        hashes.pop(k, None)
+                    else:
+                        hashes[k] = v
+                write_json_atomic(path, {"folders": [str(f) for f in folders], "hashes": hashes}, indent=2)
         except OSError as e:  # a config folder that cannot be written (read-only home, a file in the way)
-            raise UserError(f"cannot write {cfg / FOLDERS_FILE}: {e.strerror or e}") from None
+            raise UserError(f"cannot write {path}: {e.strerror or e}") from None
         return entries
 
     # ------------------------------------------------------------------ scanning

@@ -18,12 +18,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..userdirs import locked, write_json_atomic
 from .card import Threshold
 from .paths import config_dir
 
@@ -86,32 +85,30 @@ def save_site_threshold(card, label: str, threshold: float, n_studies: int, *,
                         target_sensitivity: float | None = None, data: str = "",
                         evaluation: str = "", date: str | None = None) -> tuple[Path, dict]:
     """Append a new version of the site's operating point for ``card``'s ``label``; return
-    (file, entry).  Written atomically; the card file is never touched."""
+    (file, entry).  Written atomically, under the file's lock (another process's version saved
+    between the read and the write is kept, and numbered apart); the card file is never touched."""
     if label not in card.labels:
         raise ValueError(f"{label!r} is not a label of {card.id}")
     if not (0.0 <= float(threshold) <= 1.0):
         raise ValueError(f"threshold {threshold} outside 0..1")
-    try:
-        d = _read(card.id)
-    except (ValueError, OSError) as e:
-        # keep the unreadable file for inspection instead of overwriting what was there
-        p = site_file(card.id)
-        p.replace(p.with_suffix(f".unreadable-{_dt.datetime.now():%Y%m%d%H%M%S}.json"))
-        d = {"schema_version": SCHEMA_VERSION, "model": card.id, "versions": [],
-             "replaced_unreadable": str(e)[:200]}
-    version = 1 + max((_int(v.get("version")) for v in d["versions"] if isinstance(v, dict)), default=0)
-    entry = {"version": version, "label": label, "threshold": math.floor(float(threshold) * 1e6) / 1e6,  # down: never above the chosen score
-             "n_studies": int(n_studies), "date": date or _dt.date.today().isoformat(),
-             "sensitivity": sensitivity, "specificity": specificity,
-             "target_sensitivity": target_sensitivity, "data": data, "evaluation": evaluation,
-             "model_version": card.version, "weights_sha256": _weights_hash(card)}
-    d["versions"].append(entry)
     p = site_file(card.id)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".site-", suffix=".json")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(d, f, indent=2)
-    os.replace(tmp, p)
+    with locked(p):
+        try:
+            d = _read(card.id)
+        except (ValueError, OSError) as e:
+            # keep the unreadable file for inspection instead of overwriting what was there
+            p.replace(p.with_suffix(f".unreadable-{_dt.datetime.now():%Y%m%d%H%M%S}.json"))
+            d = {"schema_version": SCHEMA_VERSION, "model": card.id, "versions": [],
+                 "replaced_unreadable": str(e)[:200]}
+        version = 1 + max((_int(v.get("version")) for v in d["versions"] if isinstance(v, dict)), default=0)
+        entry = {"version": version, "label": label,
+                 "threshold": math.floor(float(threshold) * 1e6) / 1e6,  # down: never above the chosen score
+                 "n_studies": int(n_studies), "date": date or _dt.date.today().isoformat(),
+                 "sensitivity": sensitivity, "specificity": specificity,
+                 "target_sensitivity": target_sensitivity, "data": data, "evaluation": evaluation,
+                 "model_version": card.version, "weights_sha256": _weights_hash(card)}
+        d["versions"].append(entry)
+        write_json_atomic(p, d, indent=2)
     return p, entry
 
 

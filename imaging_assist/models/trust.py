@@ -10,12 +10,15 @@ bundle* as trusted (``imaging-assist models trust ID``).  What is hashed:
   ``large_files.yml`` hash is not enough: whoever changes the bundle can change it too).
 
 The bundle hash combines both; the trust store is ``<config folder>/trusted_bundles.json``
-(``registry.config_dir()``), written atomically with mode 0600.  Any change after trust
+(``registry.config_dir()``), written atomically with mode 0600, each read-modify-write under
+its lock (``trusted_bundles.json.lock``: two windows, or the GUI and the CLI, lose no trust and
+bring back no withdrawn one).  Any change after trust
 (a config, a script, the weights) gives another hash: not trusted any more.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -24,6 +27,7 @@ import stat
 from pathlib import Path
 
 from ..errors import UserError
+from ..userdirs import locked
 from .errors import ModelLoadError, ModelTrustError
 from .paths import config_dir
 
@@ -179,6 +183,23 @@ def _write_store(d: dict) -> None:
         raise
 
 
+@contextlib.contextmanager
+def _store_locked():
+    """Hold the trust store's lock for a read-modify-write: another process's trust or untrust
+    (a second window, the CLI) between the read and the write would otherwise be lost, or a
+    withdrawn trust written back.  Hash the bundle before taking it (that takes seconds)."""
+    p = trust_file()
+    lock = locked(p)
+    try:
+        lock.__enter__()
+    except OSError as e:  # held for 10 s, or a config folder that cannot be written: one line
+        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 def trusted_bundles() -> list[dict]:
     """The records of the trust store (hash, folder, id, when)."""
     return [b for b in _read_store(False)["bundles"] if isinstance(b, dict)]
@@ -216,29 +237,31 @@ def trust(folder: str | Path, expect: str | None = None) -> str:
     if expect is not None and h != expect:
         raise ModelTrustError(f"{card.id}: the model folder {folder} changed while you were deciding; "
                               "nothing was trusted: look at it again")
-    d = _read_store(True)
-    d["bundles"] = [b for b in d["bundles"] if isinstance(b, dict)
-                    and b.get("hash") != h and b.get("folder") != str(folder)]
-    d["bundles"].append({"hash": h, "id": card.id, "folder": str(folder), "config_hash": ch,
-                         "weights": w,
-                         "trusted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
-    d["version"] = 1
-    _write_store(d)
+    with _store_locked():
+        d = _read_store(True)
+        d["bundles"] = [b for b in d["bundles"] if isinstance(b, dict)
+                        and b.get("hash") != h and b.get("folder") != str(folder)]
+        d["bundles"].append({"hash": h, "id": card.id, "folder": str(folder), "config_hash": ch,
+                             "weights": w,
+                             "trusted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
+        d["version"] = 1
+        _write_store(d)
     return h
 
 
 def untrust(folder: str | Path) -> bool:
     """Forget trust in the bundle (its current hash and any record for its folder)."""
     folder = Path(folder).resolve()
-    d = _read_store(True)
-    try:
+    try:  # hashed before the store is read: a trust recorded meanwhile is not written back
         h = bundle_hash(folder)
     except Exception:  # noqa: BLE001 - a broken bundle can still be untrusted by folder
         h = None
-    keep = [b for b in d["bundles"] if isinstance(b, dict)
-            and b.get("hash") != h and b.get("folder") != str(folder)]
-    changed = len(keep) != len(d["bundles"])
-    if changed:
-        d["bundles"] = keep
-        _write_store(d)
+    with _store_locked():
+        d = _read_store(True)
+        keep = [b for b in d["bundles"] if isinstance(b, dict)
+                and b.get("hash") != h and b.get("folder") != str(folder)]
+        changed = len(keep) != len(d["bundles"])
+        if changed:
+            d["bundles"] = keep
+            _write_store(d)
     return changed

@@ -28,8 +28,8 @@ step is an event in the prediction log and in the audit trail.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 from pathlib import Path
 
 from ..errors import UserError
@@ -148,11 +148,30 @@ def _stack(m: dict) -> list[str]:
 
 
 def save_state(d: dict) -> None:
+    """Write the state atomically through a temporary file of its own (one shared temporary name
+    let two processes rename each other's half-written file into place, or find it gone).  A
+    read-modify-write holds :func:`state_locked` around its load_state() and save_state()."""
+    from ..userdirs import write_json_atomic
+
+    write_json_atomic(state_path(), d, indent=2)
+
+
+@contextlib.contextmanager
+def state_locked():
+    """Hold the state file's lock: a promote, rollback or new candidate of another process (a
+    second window, the CLI) between this one's read and write would otherwise be lost."""
+    from ..userdirs import locked
+
     p = state_path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, p)
+    lock = locked(p)
+    try:
+        lock.__enter__()
+    except OSError as e:  # held for 10 s, or a config folder that cannot be written: one line
+        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 # The key of promoted_sources()'s refusals that refuses every model: the state file cannot be
@@ -274,12 +293,14 @@ def _event(action: str, model_id: str, version: str | None, detail: dict) -> Non
 
 
 def register_candidate(model_id: str, version: str, folder: Path, base_version: str, detail: dict) -> None:
-    st = load_state()
-    m = st.setdefault(model_id, {"candidates": {}, "active": None, "history": []})
-    m["candidates"][version] = {"folder": str(Path(folder).resolve()), "base_version": base_version,
-                                "sha256": candidate_hashes(folder)}
-    m["history"].append(_hist("candidate", version, None))
-    save_state(st)
+    hashes = candidate_hashes(folder)  # before the lock: hashing the weights takes seconds
+    with state_locked():
+        st = load_state()
+        m = st.setdefault(model_id, {"candidates": {}, "active": None, "history": []})
+        m["candidates"][version] = {"folder": str(Path(folder).resolve()), "base_version": base_version,
+                                    "sha256": hashes}
+        m["history"].append(_hist("candidate", version, None))
+        save_state(st)
     _event("finetune", model_id, version, detail)
 
 
@@ -289,11 +310,15 @@ def _hist(action, version, reason):
     return {"time_utc": now_utc()[0], "action": action, "version": version, "reason": reason}
 
 
-def candidate_folder(model_id: str, version: str) -> Path:
+def _candidate_entry(model_id: str, version: str) -> dict:
     c = ((load_state().get(model_id) or {}).get("candidates") or {}).get(version)
     if not c:
         raise UserError(f"{model_id} has no candidate version {version!r} (see `imaging-assist finetune`)")
-    return Path(c["folder"])
+    return c
+
+
+def candidate_folder(model_id: str, version: str) -> Path:
+    return Path(_candidate_entry(model_id, version)["folder"])
 
 
 def non_inferiority(metrics: dict) -> tuple[bool, list[str]]:
@@ -340,38 +365,45 @@ def too_few_patients(c: dict) -> str | None:
 
 
 def promote(model_id: str, version: str, force_reason: str | None = None) -> dict:
-    folder = candidate_folder(model_id, version)
-    st = load_state()
-    entry = st[model_id]["candidates"][version]
-    check_candidate(model_id, version, entry)  # promote only what was measured
-    if st[model_id].get("active") == version:
-        return {"model_id": model_id, "active": version, "previous": version, "forced": False, "reasons": [],
-                "unchanged": True, "message": f"{model_id} {version} is already the active version: nothing changed"}
-    mp = folder / "metrics.json"
-    if not mp.is_file():
-        raise UserError(f"{mp} is missing: the candidate was not measured")
-    try:
-        metrics = json.loads(mp.read_text(encoding="utf-8"))
-        ok, why = non_inferiority(metrics)
-    except (OSError, ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError) as e:
-        raise UserError(f"{mp} is not a candidate's metrics file ({type(e).__name__}: "
-                        f"{' '.join(str(e).split())[:120]})") from None
-    if not ok and not force_reason:
+    # Checked once before the lock (hashing the candidate's weights takes seconds); under the lock
+    # check_candidate finds the hashes cached unless a file changed meanwhile.
+    check_candidate(model_id, version, _candidate_entry(model_id, version))
+    with state_locked():  # the state read here is the one written below: nothing in between
+        folder = candidate_folder(model_id, version)
+        st = load_state()
+        entry = st[model_id]["candidates"][version]
+        check_candidate(model_id, version, entry)  # promote only what was measured
+        if st[model_id].get("active") == version:
+            return {"model_id": model_id, "active": version, "previous": version, "forced": False, "reasons": [],
+                    "unchanged": True,
+                    "message": f"{model_id} {version} is already the active version: nothing changed"}
+        mp = folder / "metrics.json"
+        if not mp.is_file():
+            raise UserError(f"{mp} is missing: the candidate was not measured")
+        try:
+            metrics = json.loads(mp.read_text(encoding="utf-8"))
+            ok, why = non_inferiority(metrics)
+        except (OSError, ValueError, RecursionError, TypeError, KeyError, IndexError, AttributeError) as e:
+            raise UserError(f"{mp} is not a candidate's metrics file ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:120]})") from None
+        refused = not ok and not force_reason
+        if not refused:
+            m = st[model_id]
+            prev = m.get("active")
+            stack = _stack(m)
+            if prev is not None:
+                stack.append(prev)
+            m["stack"] = stack
+            m["active"] = version
+            m["history"].append(_hist("promote", version, force_reason or "non-inferior"))
+            m["history"][-1]["previous"] = prev
+            save_state(st)
+    if refused:  # recorded after the lock is let go (the log and the audit trail have their own)
         _event("promote_refused", model_id, version, {"reasons": why})
         ni = metrics.get("non_inferiority") or {}
         msg = (f"{model_id} {version} not promoted (non-inferiority on {ni.get('metric', 'AUC')}, margin "
                f"{ni.get('margin', DEFAULT_MARGIN)}): " + "; ".join(why) + " (use --force REASON to override)")
         raise UserError(" ".join(msg.split()))  # values from metrics.json: one line
-    m = st[model_id]
-    prev = m.get("active")
-    stack = _stack(m)
-    if prev is not None:
-        stack.append(prev)
-    m["stack"] = stack
-    m["active"] = version
-    m["history"].append(_hist("promote", version, force_reason or "non-inferior"))
-    m["history"][-1]["previous"] = prev
-    save_state(st)
     _event("promote", model_id, version, {"previous": prev, "forced": bool(force_reason and not ok),
                                           "reason": force_reason, "failed_checks": why})
     return {"model_id": model_id, "active": version, "previous": prev, "forced": bool(force_reason and not ok),
@@ -379,17 +411,18 @@ def promote(model_id: str, version: str, force_reason: str | None = None) -> dic
 
 
 def rollback(model_id: str) -> dict:
-    st = load_state()
-    m = st.get(model_id)
-    if not m or not m.get("active"):
-        raise UserError(f"{model_id}: no promoted version to roll back (the shipped model is active)")
-    cur = m["active"]
-    stack = _stack(m)
-    prev = stack.pop() if stack else None
-    m["stack"] = stack
-    m["active"] = prev
-    m["history"].append(_hist("rollback", prev, f"from {cur}"))
-    save_state(st)
+    with state_locked():  # the state read here is the one written below: nothing in between
+        st = load_state()
+        m = st.get(model_id)
+        if not m or not m.get("active"):
+            raise UserError(f"{model_id}: no promoted version to roll back (the shipped model is active)")
+        cur = m["active"]
+        stack = _stack(m)
+        prev = stack.pop() if stack else None
+        m["stack"] = stack
+        m["active"] = prev
+        m["history"].append(_hist("rollback", prev, f"from {cur}"))
+        save_state(st)
     _event("rollback", model_id, prev, {"from": cur})
     return {"model_id": model_id, "active": prev, "from": cur}
 

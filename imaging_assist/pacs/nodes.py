@@ -9,6 +9,7 @@ only place they are written is the 0600 config file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ..errors import UserError
 from ..jsonvalues import is_number
-from ..userdirs import config_dir
+from ..userdirs import config_dir, locked
 
 DEFAULT_AE = "IMAGING_ASSIST"
 DEFAULT_STORAGE_PORT = 11113
@@ -197,20 +198,39 @@ def save_settings(settings: Settings) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _settings_locked():
+    """Hold the settings file's lock for a read-modify-write: a node another process (a second
+    window, the CLI) adds or removes between this one's read and write is otherwise lost."""
+    path = config_path()
+    lock = locked(path)
+    try:
+        lock.__enter__()
+    except OSError as e:  # held for 10 s, or a config folder that cannot be written: one line
+        raise PacsError(f"cannot write {path}: {e.strerror or e}") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
 def add_node(node: Node) -> Path:
     if not _NAME_RE.match(node.name or ""):
         raise PacsError(f"invalid node name {node.name!r}: letters, digits, '.', '_' or '-'")
-    s = load_settings()
-    s.nodes[node.name] = node.validate()
-    return save_settings(s)
+    node = node.validate()
+    with _settings_locked():
+        s = load_settings()
+        s.nodes[node.name] = node
+        return save_settings(s)
 
 
 def remove_node(name: str) -> Path:
-    s = load_settings()
-    if name not in s.nodes:
-        raise PacsError(f"no configured node named {name!r} (see `imaging-assist pacs nodes`)")
-    del s.nodes[name]
-    return save_settings(s)
+    with _settings_locked():
+        s = load_settings()
+        if name not in s.nodes:
+            raise PacsError(f"no configured node named {name!r} (see `imaging-assist pacs nodes`)")
+        del s.nodes[name]
+        return save_settings(s)
 
 
 _ADHOC_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\s]+):(?P<port>\d{1,5})$")

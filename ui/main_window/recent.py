@@ -117,10 +117,13 @@ class RecentStudies(QObject):
 
     def add(self, path: str):
         path = os.path.abspath(path)
+        # Another window (process) may have added a study since this one read the settings: read
+        # the file again first, and write at once, so that neither window's study is dropped.
+        self.settings.sync()
         lst = [p for p in self.paths() if p != path]
         lst.insert(0, path)
-        # written by Qt later, off the critical path
         self.settings.setValue("recent", [_stored(p) for p in lst[:MAX_RECENT]])
+        self.settings.sync()
         self.rebuild_menu()
 
     def set_menu(self, menu):
@@ -142,6 +145,7 @@ class RecentStudies(QObject):
 
     def clear(self):
         self.settings.setValue("recent", [])
+        self.settings.sync()  # at once: another window's next add reads the file again
         self.rebuild_menu()
 
     def refresh_list(self):
