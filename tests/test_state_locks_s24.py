@@ -341,6 +341,44 @@ def test_concurrent_pacs_node_changes_are_all_kept(home):
     assert config_path().stat().st_mode & 0o777 == 0o600
 
 
+def test_our_ae_title_saved_beside_another_process_adding_nodes_loses_none(home):
+    """`pacs settings --ae-title` and the PACS window's Save set our AE title / port through
+    update_settings, under the same lock: before, they read the settings, and wrote them back
+    without the nodes another process added meanwhile."""
+    from imaging_assist.pacs.nodes import load_settings
+
+    n = 12
+    adder = f"""
+        from imaging_assist.pacs.nodes import Node, add_node
+        go()
+        for i in range({n}):
+            add_node(Node(name=f"A{{i}}", kind="dimse", ae_title="PACS", host="localhost", port=104 + i))
+    """
+    setter = f"""
+        from imaging_assist.pacs.nodes import update_settings
+        go()
+        for i in range({n}):
+            update_settings(ae_title=f"US{{i}}", storage_port=11112 + i)
+    """
+    _hammer(home, [textwrap.dedent(adder), textwrap.dedent(setter)])
+    s = load_settings()
+    assert sorted(s.nodes) == sorted(f"A{i}" for i in range(n))
+    assert (s.ae_title, s.storage_port) == (f"US{n - 1}", 11112 + n - 1)
+
+
+def test_the_cli_sets_our_ae_title_and_keeps_the_nodes(home, capsys):
+    from imaging_assist.cli.main import main
+    from imaging_assist.pacs.nodes import Node, add_node, load_settings
+
+    add_node(Node(name="P1", kind="dimse", ae_title="PACS", host="localhost", port=104))
+    assert main(["pacs", "settings", "--ae-title", "READER1"]) == 0
+    assert "our AE title READER1" in capsys.readouterr().out
+    s = load_settings()
+    assert s.ae_title == "READER1" and sorted(s.nodes) == ["P1"]
+    assert main(["pacs", "settings", "--ae-title", "BAD AE TITLE WAY TOO LONG"]) != 0
+    assert load_settings().ae_title == "READER1"
+
+
 # ------------------------------------------------------------------ hanging protocols
 def test_two_windows_saving_hanging_protocols_keep_both(home):
     from imaging_assist.hanging import Protocol, ProtocolStore

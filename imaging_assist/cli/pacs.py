@@ -156,14 +156,8 @@ def cmd_remove_node(args) -> int:
 
 
 def cmd_settings(args) -> int:
-    from ..pacs.nodes import check_ae, check_port, load_settings, save_settings
-    s = load_settings()
-    if args.ae_title is not None:
-        s.ae_title = check_ae(args.ae_title)
-    if args.storage_port is not None:
-        s.storage_port = check_port(args.storage_port)
-    if args.ae_title is not None or args.storage_port is not None:
-        save_settings(s)
+    from ..pacs.nodes import update_settings
+    s = update_settings(args.ae_title, args.storage_port)  # under the lock: no node of another process lost
     print(f"our AE title {s.ae_title}, C-MOVE storage port {s.storage_port}")
     return 0
 

@@ -233,6 +233,22 @@ def remove_node(name: str) -> Path:
         return save_settings(s)
 
 
+def update_settings(ae_title: str | None = None, storage_port: int | None = None) -> Settings:
+    """Set our AE title and/or C-MOVE storage port (checked) under the settings' lock, keeping
+    the nodes another process saved meanwhile; the settings as saved (as read when nothing is
+    given)."""
+    with _settings_locked():
+        s = load_settings()
+        if ae_title is None and storage_port is None:
+            return s
+        if ae_title is not None:
+            s.ae_title = check_ae(ae_title)
+        if storage_port is not None:
+            s.storage_port = check_port(storage_port)
+        save_settings(s)
+        return s
+
+
 _ADHOC_RE = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:]+\]|[^:@\s]+):(?P<port>\d{1,5})$")
 
 

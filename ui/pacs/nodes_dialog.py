@@ -9,7 +9,7 @@ from PySide6.QtWidgets import (QComboBox, QDialog, QFormLayout, QHBoxLayout, QLa
                                QLineEdit, QListWidget, QPushButton, QSpinBox, QStackedWidget,
                                QVBoxLayout, QWidget)
 
-from imaging_assist.pacs.nodes import Node, PacsError, load_settings, save_settings
+from imaging_assist.pacs.nodes import Node, PacsError, load_settings
 
 from ..shared.spinbox import DecimalSpinBox
 from ..shared.text import reason_of
@@ -199,14 +199,13 @@ class NodesDialog(QDialog):
 
     # ------------------------------------------------------------------ actions
     def save_node(self) -> bool:
-        from imaging_assist.pacs.nodes import add_node, check_ae, check_port
+        from imaging_assist.pacs.nodes import add_node, check_ae, check_port, update_settings
         try:
             node = self.node_from_form()
+            ae, port = check_ae(self.our_ae.text()), check_port(self.our_port.value())  # before saving anything
             add_node(node)
-            self.settings = load_settings()
-            self.settings.ae_title = check_ae(self.our_ae.text())
-            self.settings.storage_port = check_port(self.our_port.value())
-            save_settings(self.settings)
+            # under the settings' lock: a node another window or the CLI saved meanwhile stays
+            self.settings = update_settings(ae, port)
         except PacsError as e:
             self._say(reason_of(e), error=True)
             return False
