@@ -124,6 +124,7 @@ class Summary:
     left_out: list[FileResult] = field(default_factory=list)
     seconds: float = 0.0
     names_kept: bool = False  # file/folder names copied from the input (``keep_names``)
+    notes: list[str] = field(default_factory=list)  # e.g. an input moved off the summary's name
 
     def to_dict(self) -> dict:
         return {
@@ -139,6 +140,7 @@ class Summary:
             "left_out": [{"file": r.output_relative, "reason": _reason_without_path(r)}
                          for r in self.left_out],
             "seconds": round(self.seconds, 3),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
     def lines(self) -> list[str]:
@@ -150,6 +152,7 @@ class Summary:
                "file and folder names: " + ("kept from the input (check they name no one)"
                                             if self.names_kept else
                                             "replaced by keyed pseudonyms (the tree's shape is kept)")]
+        out += [printable(n) for n in self.notes]
         cleaned = [r for r in self.written if r.boxes]
         if cleaned:
             out.append(f"burned-in text blacked out in {len(cleaned)} file(s) "
@@ -169,6 +172,29 @@ def _reason_without_path(r: FileResult) -> str | None:
         if s:
             reason = reason.replace(s, r.output_relative or "<file>")
     return reason
+
+
+SUMMARY_NAME = "deidentification_summary.json"
+
+
+def _off_summary_name(roots) -> dict[str, str]:
+    """{name: new name} for the names among ``roots`` (the first parts of the output paths) that
+    would land on OUT/deidentification_summary.json (a --keep-names input, or a single file, of
+    that name; case-insensitively, as macOS and Windows compare names): the input is written
+    as deidentification_summary-input.json (-2, -3 ... when taken), so neither it nor the
+    summary is lost, and a folder of that name no longer ends the run when the summary is written."""
+    taken = {r.casefold() for r in roots}
+    moved: dict[str, str] = {}
+    stem, ext = os.path.splitext(SUMMARY_NAME)
+    for r in sorted(set(roots)):
+        if r.casefold() != SUMMARY_NAME.casefold():
+            continue
+        n = 1
+        while (new := f"{stem}-input{'' if n == 1 else f'-{n}'}{ext}").casefold() in taken:
+            n += 1
+        taken.add(new.casefold())
+        moved[r] = new
+    return moved
 
 
 def output_path(rel: Path, keyed, keep_names: bool = False) -> Path:
@@ -861,6 +887,15 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
     namer = Keyed(key)
     unreadable: list[tuple[Path, Path, str]] = []
     jobs = [(p, rel, output_path(rel, namer, keep_names)) for p, rel in _inputs(src, unreadable)]
+    gone = [(p, rel, output_path(rel, namer, keep_names)) for p, rel, _ in unreadable]
+    moved = _off_summary_name([o.parts[0] for _, _, o in jobs + gone])
+
+    def placed(orel: Path) -> Path:  # the output path, off the summary's name
+        return Path(moved[orel.parts[0]], *orel.parts[1:]) if orel.parts[0] in moved else orel
+
+    jobs = [(p, rel, placed(orel)) for p, rel, orel in jobs]
+    summary.notes += [f"{old} of the input is written as {new}: that name is kept for this summary"
+                      for old, new in moved.items()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -887,14 +922,25 @@ def deidentify_tree(src, out, opts: Options = Options(), key: bytes | None = Non
     order = {str(p): i for i, (p, _, _) in enumerate(jobs)}
     results.sort(key=lambda r: order.get(r.source, 0))
     for p, rel, why in unreadable:  # a folder left out: named by its pseudonym (no ".dcm")
-        orel = output_path(rel, namer, keep_names)
+        orel = placed(output_path(rel, namer, keep_names))
         orel = orel if keep_names else orel.with_name(orel.name.removesuffix(".dcm"))
         results.append(FileResult(str(p), relative=str(rel), output_relative=str(orel), reason=why))
     for r in results:
         (summary.written if r.output else summary.left_out).append(r)
     summary.seconds = time.perf_counter() - t0
-    (out / "deidentification_summary.json").write_text(
-        json.dumps(summary.to_dict(), indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(summary.to_dict(), indent=1) + "\n"
+    made = False
+    try:  # "x" (O_EXCL): never replaces a file of the run (no input is placed on this name)
+        with open(out / SUMMARY_NAME, "x", encoding="utf-8") as f:
+            made = True
+            f.write(text)
+    except OSError as e:
+        if made:  # created, then the write failed (a full disk): no half summary left behind
+            (out / SUMMARY_NAME).unlink(missing_ok=True)
+        if audit:
+            _audit(summary)
+        raise UserError(f"the summary {out / SUMMARY_NAME} was not written: {e.strerror or e}; "
+                        f"the {len(summary.written)} de-identified file(s) are in {out}") from None
     if audit:
         _audit(summary)
     return summary
@@ -928,20 +974,33 @@ def _audit(summary: Summary) -> None:
 _COPIES: list = []  # temporary de-identified copies made for this process, removed at exit
 
 
-def exit_on_sigterm() -> None:
+def _sigterm_exits(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _sigterm_interrupts(signum, frame):
+    raise KeyboardInterrupt
+
+
+def exit_on_sigterm(interrupt: bool = False) -> None:
     """Make SIGTERM (``kill``, ``timeout``, ``systemctl stop``) end this process through
     ``SystemExit``, so that ``atexit`` removes the temporary folders of identified originals
     (a PACS retrieve for ``batch --deidentify``) and of the de-identified copies: by default
     SIGTERM ends it at once and they stayed in the temporary folder. Only from the main
-    thread, and only when nobody else handles SIGTERM."""
+    thread, and only when nobody else handles SIGTERM.
+
+    ``interrupt``: raise ``KeyboardInterrupt`` instead, so that a command stopped with SIGTERM
+    does what it does on Ctrl-C (``batch``: stops its worker processes and marks its run
+    ``interrupted``); ``atexit`` runs then too, so this replaces the ``SystemExit`` handler
+    above (never the other way round)."""
     import signal
-    import sys
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    now = signal.getsignal(signal.SIGTERM)
+    if now in (signal.SIG_DFL, None) or (interrupt and now is _sigterm_exits):
+        signal.signal(signal.SIGTERM, _sigterm_interrupts if interrupt else _sigterm_exits)
 
 
 def deidentified_input(path, opts: Options = Options(), echo=None) -> str:

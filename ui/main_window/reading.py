@@ -159,7 +159,7 @@ class Reading:
             return lambda *a: (self._jobs.get(number) is job) and fn(*a)
 
         # the stack's label keys its saved measurements, as in the main view (``stack 1 of 2``)
-        label = lambda: stack_label(job.loader.plans if job.loader else [], 0)  # noqa: E731
+        label = lambda: stack_label(job.plans, 0)  # noqa: E731
 
         def first(vol, k):
             cell.doc.set_volume(vol, s, pat, st, label())
@@ -172,7 +172,7 @@ class Reading:
             cell.view._img_cache = None
             cell.view.update()
             if not job.cancelled:
-                w.loading._cache[(key, 0)] = (vol, job.loader.plans if job.loader else [])
+                w.loading._cache[(key, 0)] = (vol, job.plans)
                 w.loading._trim_cache()
 
         def failed(msg):

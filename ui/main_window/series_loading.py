@@ -36,8 +36,8 @@ class SeriesLoading(QObject):
         self._load_job: LoadJob | None = None
         self._pending_series: str | None = None
         self._pending_layout: str | None = None
-        self._cache: OrderedDict = OrderedDict()
-        self._per_series: dict = {}
+        self._cache: OrderedDict = OrderedDict()  # (key, stack) -> (volume, plans), at most CACHE_BYTES
+        self._per_series: dict = {}  # (key, stack) -> (measurements, layers) of a cached volume
         self._shown_key = None
         self.load_state = "idle"  # idle, scanning, loading, done, error
         self.last_error = ""
@@ -234,6 +234,7 @@ class SeriesLoading(QObject):
         job = ThumbnailJob(todo, self)
         job.ready.connect(self._guard(job, "_plain_thumbs", self.w.thumbs._ready))
         job.failed.connect(self._guard(job, "_plain_thumbs", self.w.thumbs.mark_unviewable))
+        job.finished.connect(self._guard(job, "_plain_thumbs", lambda: setattr(self, "_plain_thumbs", None)))
         self._plain_thumbs = job
         job.start()
 
@@ -260,20 +261,25 @@ class SeriesLoading(QObject):
         self._update_stacks()
 
     def _set_volume(self, vol, series):
-        # measurements and overlays belong to their series: keep them for when it comes back
-        if self.w.doc.volume is not None and self._shown_key is not None:
-            self._per_series[self._shown_key] = (self.w.doc.volume, list(self.w.doc.measurements),
-                                                 self.w.doc.layers.layers)
+        # measurements and overlays belong to their series: keep them for when it comes back from
+        # the cache (the same volume object; a series read again starts clean, as it always has).
+        # The volume itself is not kept here: only the cache holds volumes, within CACHE_BYTES.
+        shown = self._shown_key
+        if self.w.doc.volume is not None and shown is not None:
+            if self._cached_volume(shown) is self.w.doc.volume:
+                self._per_series[shown] = (list(self.w.doc.measurements), self.w.doc.layers.layers)
+            else:
+                self._per_series.pop(shown, None)
         pat = self.index.patient_of(series) if self.index else None
         st = self.index.study_of(series) if self.index else None
         label = stack_label(self.plans, self.current_stack)
         self.w.doc.set_volume(vol, series, pat, st, label)
         self._shown_key = (self.current_key, self.current_stack)
         saved = self._per_series.get(self._shown_key)
-        if saved is not None and saved[0] is vol:
-            for m in saved[1]:
+        if saved is not None and self._cached_volume(self._shown_key) is vol:
+            for m in saved[0]:
                 self.w.doc.measurements.append(m)
-            for layer in saved[2]:
+            for layer in saved[1]:
                 self.w.doc.layers.add(layer)
             self.w.doc.measurementsChanged.emit()
         layout = self._pending_layout
@@ -357,17 +363,26 @@ class SeriesLoading(QObject):
         self.index = None
         self.current_key = None
         self.w.doc.set_volume(None)
-        self.w.browser.tree.clear()
+        # nothing of the closed study stays in memory (the cache alone held up to CACHE_BYTES)
+        self._cache.clear()
+        self._per_series.clear()
+        self._shown_key = None
+        self.w.browser.clear()  # its rows, and the keys of rows a late thumbnail would look up
         self.w.browser.set_problems([])
         self.w.pages.setCurrentIndex(0)
         self.w.recent.refresh_list()
         self.w.setWindowTitle("Imaging Assist")
 
+    def _cached_volume(self, key):
+        hit = self._cache.get(key)
+        return hit[0] if hit is not None else None
+
     def _trim_cache(self):
         total = sum(v[0].array.nbytes for v in self._cache.values())
         while len(self._cache) > 1 and total > CACHE_BYTES:
-            _, (vol, _) = self._cache.popitem(last=False)
+            key, (vol, _) = self._cache.popitem(last=False)
             total -= vol.array.nbytes
+            self._per_series.pop(key, None)  # read again, the series starts clean: drop its layers now
 
     # ------------------------------------------------------------------ stacks
     def _update_stacks(self):

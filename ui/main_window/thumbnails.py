@@ -34,8 +34,9 @@ class Thumbnails(QObject):
             self.done.emit()
             return
         job = ThumbnailJob(todo, self)
-        job.ready.connect(self._ready)
-        job.failed.connect(self.mark_unviewable)
+        # a stopped job's tiles (already queued) are dropped: after close_study their rows are gone
+        job.ready.connect(lambda *a, j=job: j is self.job and self._ready(*a))
+        job.failed.connect(lambda *a, j=job: j is self.job and self.mark_unviewable(*a))
         job.finished.connect(lambda j=job: self._finished(j))
         self.job = job
         job.start()

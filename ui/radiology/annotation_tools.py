@@ -343,23 +343,42 @@ def annotate_button(win):
     return btn
 
 
-def export_sr(doc, path, kind: str = "sr") -> tuple:
+def export_sr(doc, path, kind: str = "sr", sources=(), files=()) -> tuple:
     """Write the document's measurements as a TID 1500 SR (``kind`` "sr") or a Grayscale
     Softcopy Presentation State ("gsps"): (path, warnings); raises UserError in one line when
-    nothing can be written."""
+    nothing can be written, or when ``path`` is one of the series' own files, one of ``files``
+    or one of ``sources`` (refuse_input_target): the SR, which has no pixels, would replace an
+    image that is read (Qt's save dialog only asks "replace?"), as the CLI refuses."""
     from imaging_assist.errors import UserError
     from imaging_assist.export.dicom_common import DicomExportError
     from imaging_assist.export.presentation_state import write_presentation_state
     from imaging_assist.export.sr_measurements import write_measurement_sr
+    from imaging_assist.outputs import refuse_input_target
 
     if doc.volume is None or not doc.measurements:
         raise UserError("no measurements to export")
+    series = getattr(doc, "series", None)
+    own = {r.path for r in series.instances} if series is not None else set()
+    refuse_input_target(path, [p for p in sources or () if p], "the file", own | set(files or ()))
     warnings: list[str] = []
     write = write_presentation_state if kind == "gsps" else write_measurement_sr
     try:
         return write(doc.volume, list(doc.measurements), path, warnings=warnings), warnings
     except DicomExportError as e:
         raise UserError(str(e)) from None
+
+
+def _read_here(win) -> tuple[list, set]:
+    """(sources, files) an export must never replace: every file the open study was read from
+    (the images of all its series, its SRs) and an opened zip, DICOMDIR (and its folder) or
+    single file.  An opened folder itself is no source: a new SR saved into the study folder
+    joins the study (docs/annotations.md, "Your own measurements, exported and reopened")."""
+    import os
+
+    sources = [p for p in getattr(win, "root_paths", None) or [] if p and not os.path.isdir(p)]
+    index = getattr(win, "index", None)
+    files = {r.path for s in (index.all_series() if index is not None else ()) for r in s.instances}
+    return sources, files
 
 
 def export_sr_dialog(win, kind: str = "sr") -> None:
@@ -379,7 +398,7 @@ def export_sr_dialog(win, kind: str = "sr") -> None:
     if not path:
         return
     try:
-        out, warnings = export_sr(doc, path, kind)
+        out, warnings = export_sr(doc, path, kind, *_read_here(win))
     except (UserError, OSError) as e:
         win.show_banner(f"Measurements not exported: {e}", error=True)
         return

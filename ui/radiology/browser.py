@@ -340,6 +340,14 @@ class StudyBrowser(QWidget):
         if n:
             self._split.setSizes([600, min(60 + 48 * n, 300)])
 
+    def clear(self) -> None:
+        """No study: no rows, and no keys left pointing at deleted rows (a late tile is ignored)."""
+        self.index = None
+        self.tree.clear()
+        self._items.clear()
+        self._tiles = {}
+        self.unviewable = {}
+
     def set_thumbnail(self, key: str, img: np.ndarray, aspect=(1.0, 1.0)) -> None:
         it = self._items.get(key)
         if it is not None and key not in self.unviewable:

@@ -19,7 +19,7 @@ class _ThreadJob(QObject):
     def __init__(self, name: str, parent=None):
         super().__init__(parent)
         self._cancel = False
-        self._thread = worker_thread(self._run, name)
+        self._thread = worker_thread(self._run_then_delete, name)
 
     def start(self):
         self._thread.start()
@@ -33,6 +33,18 @@ class _ThreadJob(QObject):
 
     def _run(self):
         raise NotImplementedError
+
+    def _run_then_delete(self):
+        try:
+            self._run()
+        finally:
+            # The job is over: its parent (the window) would otherwise keep it, and what it holds
+            # (a LoadJob's volume), until the window closes.  deleteLater is safe from this thread
+            # and runs after the signals already emitted here have reached their slots.
+            try:
+                self.deleteLater()
+            except RuntimeError:  # its parent is already deleted (the window closed), and it with it
+                pass
 
 
 class ScanJob(_ThreadJob):
@@ -73,11 +85,13 @@ class LoadJob(_ThreadJob):
         self.series = series
         self.stack = stack
         self.loader = None
+        self.plans = []  # the series' stack plans (kept when the loader is dropped)
 
     def cancel(self):
         super().cancel()
-        if self.loader is not None:
-            self.loader.cancel()
+        loader = self.loader  # the worker thread drops it when it ends
+        if loader is not None:
+            loader.cancel()
 
     def _run(self):
         from imaging_assist.dicom import SeriesLoader
@@ -89,6 +103,7 @@ class LoadJob(_ThreadJob):
                 on_progress=lambda d, t: self.progress.emit(d, t))
             from imaging_assist.viewing import start_index
             self.loader.start_k = start_index(self.loader.volume)  # the slice a reader starts on, read first
+            self.plans = self.loader.plans
             if self._cancel:
                 self.loader.cancel()
             self.planned.emit(self.loader.volume, self.loader.plans)
@@ -96,6 +111,10 @@ class LoadJob(_ThreadJob):
         except Exception as e:  # noqa: BLE001 - shown to the user
             self.failed.emit(reason_of(e))
             return
+        finally:
+            # the volume is handed over by the signals: the job keeps no pixels (it used to keep
+            # every series ever viewed in memory through loader.volume)
+            self.loader = None
         self.done.emit(vol)
 
 

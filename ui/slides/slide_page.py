@@ -53,7 +53,7 @@ class _Job(QObject):
         super().__init__(parent)
         self._fn = fn
         self.cancelled = False
-        self._thread = worker_thread(self._run, "slide-job")
+        self._thread = worker_thread(self._run_then_delete, "slide-job")
 
     def start(self):
         self._thread.start()
@@ -73,6 +73,17 @@ class _Job(QObject):
             self.done.emit(out)
         except RuntimeError:
             pass
+
+    def _run_then_delete(self):
+        try:
+            self._run()
+        finally:
+            # over: the page (its parent) would otherwise keep every job until the window closes;
+            # deleteLater is safe from this thread and runs after the signals emitted in _run
+            try:
+                self.deleteLater()
+            except RuntimeError:  # the page is already deleted, and the job with it
+                pass
 
     def join(self, timeout=None):
         if self._thread.is_alive():
@@ -693,6 +704,37 @@ class SlidePage(QWidget):
                 QMessageBox.warning(self, "Import annotations",
                                     plain_tip(f"Could not import {os.path.basename(path)}: {why}"))
 
+    def annotations_target(self, path: str) -> tuple[str, str | None]:
+        """The file Export annotations writes for the name chosen (".geojson" added to a name
+        that ends in neither .geojson nor .json, the names Import reads) and why it must not be
+        written (None: it may): the name chosen or written is the slide, a file inside a slide
+        folder or an MRXS slide's data folder, or one of the DICOM instances read with a DICOM
+        WSI file (the GeoJSON would replace it: Qt's save dialog only asks "replace?")."""
+        from imaging_assist.errors import UserError
+        from imaging_assist.outputs import refuse_input_target
+
+        chosen = path
+        if not path.lower().endswith((".geojson", ".json")):
+            path += ".geojson"
+        src = self.path or ""
+        # the slide file, and an MRXS slide's data folder (Slidedat.ini, Data*.dat); a DICOM WSI
+        # folder is no source (a new file in it is fine), its instances are
+        sources = [src if not os.path.isdir(src) else "",
+                   os.path.splitext(src)[0] if src.lower().endswith(".mrxs") else ""]
+        files: set[str] = set()
+        if getattr(self.slide, "format", "") == "dicom-wsi":
+            from imaging_assist.slides.dicom_backend import find_wsi_dicom_files_and_others
+
+            folder = src if os.path.isdir(src) else os.path.dirname(os.path.abspath(src))
+            wsm, others = find_wsi_dicom_files_and_others(folder)
+            files = set(wsm) | {p for p, _ in others}
+        try:
+            for p in dict.fromkeys((chosen, path)):  # the slide picked by mistake: said, not renamed
+                refuse_input_target(p, [s for s in sources if s], "the file", files)
+        except UserError as e:
+            return path, str(e)
+        return path, None
+
     def export_annotations_dialog(self):
         if self.slide is None:
             return
@@ -700,6 +742,17 @@ class SlidePage(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Export annotations", f"{stem}.geojson",
                                               "GeoJSON (*.geojson)")
         if path:
+            chosen = path
+            path, why = self.annotations_target(path)
+            if why is not None:
+                QMessageBox.warning(self, "Export annotations", plain_tip(f"The annotations were not exported: {why}"))
+                return
+            if path != chosen and os.path.exists(path):
+                # the dialog asked about the name typed ("notes"), not the one written ("notes.geojson")
+                ans = QMessageBox.question(self, "Export annotations", plain_tip(
+                    f"{os.path.basename(path)} already exists. Do you want to replace it?"))
+                if ans != QMessageBox.Yes:
+                    return
             try:
                 self.tools.export_geojson(path)
                 self._tool_message(f"{len(self.tools.annotations)} annotations written to {os.path.basename(path)}")
