@@ -99,6 +99,14 @@ def test_feedback_round_trip_through_the_gui_into_the_log(win):
     # a new run of the panel clears the box; the old verdict is shown again for the same run
     box.set_result(panel.last_result, box.card, box.volume)
     assert box.status_of("pneumonia").startswith("✓ agreed")
+    # each result's button groups go with it (session 24: three per study stayed until the window closed)
+    from PySide6.QtCore import QCoreApplication, QEvent
+    from PySide6.QtWidgets import QButtonGroup
+
+    for _ in range(3):
+        box.set_result(panel.last_result, box.card, box.volume)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    assert len(box.findChildren(QButtonGroup)) == len(box.rows) > 0
     _shot(panel, "feedback_controls.png")
 
 

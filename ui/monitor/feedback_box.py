@@ -38,6 +38,7 @@ class FeedbackBox(QGroupBox):
         self.volume = None
         self.doc = None  # the document whose shown volume the verdicts must be about (attach_monitoring)
         self.rows: dict[str, dict] = {}
+        self._groups: list = []  # this result's button groups (children of the box: deleted per result)
         self.current = 0
         self._grid = QGridLayout()
         self._grid.setContentsMargins(0, 0, 0, 0)
@@ -67,6 +68,9 @@ class FeedbackBox(QGroupBox):
 
     # ------------------------------------------------------------------ content
     def set_result(self, res, card=None, volume=None) -> None:
+        for g in self._groups:  # else three per study stay until the window closes
+            g.deleteLater()
+        self._groups = []
         while self._grid.count():
             w = self._grid.takeAt(0).widget()
             if w is not None:
@@ -106,6 +110,7 @@ class FeedbackBox(QGroupBox):
             lab.setTextFormat(Qt.PlainText)  # the labels of a model card: never markup
             lab.setTextInteractionFlags(Qt.TextSelectableByMouse)
             group = QButtonGroup(self)
+            self._groups.append(group)
             group.setExclusive(True)
             btns = {}
             for c, (v, t) in enumerate((("agree", "Agree"), ("disagree", "Disagree"), ("unsure", "Unsure"))):
