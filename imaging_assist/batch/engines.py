@@ -342,14 +342,29 @@ def _bytes(path) -> int:
         return 0
 
 
-def processes_for(n_units: int, requested: int = 0) -> int:
+def processes_for(n_units: int, requested: int = 0, device: str | None = "auto", echo=None) -> int:
     """Worker processes for ``--engine local``: ``requested`` when given, else one per CPU for
     batches of at least :data:`PROCESS_MIN_ITEMS` items (:func:`work_items`; 1 below:
-    start-up would dominate)."""
+    start-up would dominate), and 1 when the models run on a GPU (``device``, as
+    ``--device`` resolves it): each worker would hold its own CUDA context and copy of the
+    model on the one card.  That choice is said in one line (``echo``, default stderr)."""
     if requested:
         return max(1, requested)
     cpus = os.cpu_count() or 1
-    return cpus if cpus > 1 and n_units >= PROCESS_MIN_ITEMS else 1
+    if cpus < 2 or n_units < PROCESS_MIN_ITEMS:
+        return 1
+    if (device or "auto").lower() != "cpu":
+        from ..inference.device import resolve_device  # torch: only for a batch this large
+
+        kind = resolve_device(device).type
+        if kind != "cpu":
+            import sys
+
+            (echo or (lambda m: print(m, file=sys.stderr)))(
+                f"note: one worker process, not {cpus}: the models run on the GPU ({kind}) and one process per "
+                "CPU would each hold its own GPU context and copy of the model; give --processes N to choose")
+            return 1
+    return cpus
 
 
 _WORKER_PIPE = None
@@ -362,8 +377,54 @@ def _worker_init(model_ids, settings: Settings) -> None:
     global _WORKER_PIPE
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it stops the workers
     flush_audit_on_sigterm()
+    stop_with_parent()  # before the imports and the model: a parent gone by then ends it now
     lean_imports(model_ids, settings.explain is not None)
     _WORKER_PIPE = Pipeline(model_ids, dataclasses.replace(settings, torch_threads=1), writers=1, depth=2)
+
+
+def stop_with_parent() -> None:
+    """End this worker process with SIGTERM (its held audit events appended first:
+    :func:`flush_audit_on_sigterm`) once the batch process that spawned it is gone, also when
+    that was killed outright (SIGKILL, the OOM killer) and none of its cleanup ran.  Without it
+    the workers stayed for ever, each with its model loaded: their task queue's pipe is held
+    open by the workers themselves, so they never see its end.  Linux: the kernel sends the
+    signal (prctl PR_SET_PDEATHSIG; it follows the parent's thread that spawned the worker,
+    the one iterating :func:`run_local_processes`, alive until the pool is shut down).
+    Elsewhere: a thread waits on the parent's sentinel (readable once the parent has exited)."""
+    import multiprocessing as mp
+    import signal
+    import sys
+    import threading
+    import time
+
+    parent = mp.parent_process()  # a spawned worker's parent; None in a process started otherwise
+    ppid = parent.pid if parent is not None else os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        try:
+            armed = ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+        except (OSError, AttributeError):  # no libc symbol (a static build): the thread below
+            armed = False
+        if armed:
+            if os.getppid() != ppid:  # the parent died before the request was made: no signal comes
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    def watch():
+        if parent is not None:
+            parent.join()
+        else:
+            while os.getppid() == ppid:
+                time.sleep(1.0)
+        # to the main thread, so that a read it is blocked in ends and the handler runs now
+        if hasattr(signal, "pthread_kill"):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGTERM)
+        else:  # Windows: ends the process at once
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
 
 
 def flush_audit_on_sigterm() -> None:
@@ -373,16 +434,27 @@ def flush_audit_on_sigterm() -> None:
     (status 128 + 15)."""
     import signal
 
+    # imported now, not in the handler: a worker stopped while loading its model sometimes
+    # lived on (3 stops in 14 here, none in 14 since).  The likely cause: the pool sends SIGTERM
+    # twice (the batch, then the pool's own clean-up); the second handler, run while the first
+    # imported the module, failed on the half-imported module, and that error, raised inside an
+    # import MONAI guards (optional_import), was swallowed.
+    from ..privacy.audit import flush_held_now
+
     prev = signal.getsignal(signal.SIGTERM)
+    stopping = []
 
     def on_term(signum, frame):
-        from ..privacy.audit import flush_held_now
-
-        flush_held_now()
-        if callable(prev):
-            prev(signum, frame)
-        elif prev != signal.SIG_IGN:
-            os._exit(128 + signum)
+        if stopping:  # a second SIGTERM while the first is handled: that one exits
+            return
+        stopping.append(signum)
+        try:
+            flush_held_now()
+        finally:  # exits whatever the flush did
+            if callable(prev):
+                prev(signum, frame)
+            elif prev != signal.SIG_IGN:
+                os._exit(128 + signum)
 
     try:
         signal.signal(signal.SIGTERM, on_term)

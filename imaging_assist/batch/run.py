@@ -219,7 +219,7 @@ def _run_in(out: Path, sources: list[str], cards, folders, ids, versions, settin
             if engine == "local":
                 from .engines import processes_for, run_local, run_local_processes, work_items
 
-                n_proc = processes_for(work_items(units), processes)
+                n_proc = processes_for(work_items(units), processes, settings.device, echo=echo)
                 if n_proc > 1:
                     echo(f"{n_proc} worker processes (one model each)")
                     gen = run_local_processes(units, folders, settings, n_proc)

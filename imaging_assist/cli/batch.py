@@ -74,7 +74,13 @@ def cmd_batch(args) -> int:
     from ..batch.item import Settings
     from ..batch.run import run_batch
     from ..explain.names import canonical_method  # no torch: a driver that only schedules never loads it
+    from ..privacy.deid import exit_on_sigterm
 
+    # SIGTERM (kill, a supervisor's terminate(), docker stop) does what Ctrl-C does: the worker
+    # processes are stopped, the run is marked interrupted, exit 130, and atexit removes the
+    # --deidentify temporary folders.  By default it ended this process alone: its workers
+    # (a model each) stayed as orphans for ever and the run stayed 'running'.
+    exit_on_sigterm(interrupt=True)
     if args.deidentify:  # issue 16: every output made from de-identified data, as analyze does
         if args.engine == "ray" and (args.address or os.environ.get("RAY_ADDRESS")):
             raise UserError("--deidentify with a Ray cluster: the copies would exist on this machine "
@@ -95,11 +101,8 @@ def cmd_batch(args) -> int:
                     import shutil
                     import tempfile
 
-                    from ..privacy.deid import exit_on_sigterm
-
                     tmp = tempfile.mkdtemp(prefix="ia-pacs-")
-                    atexit.register(shutil.rmtree, tmp, True)
-                    exit_on_sigterm()  # a stopped batch removes them too (atexit)
+                    atexit.register(shutil.rmtree, tmp, True)  # also on SIGTERM (above)
                 folder, notes = retrieve(s, tmp, echo=err)
                 for n in notes:
                     err(f"note: {n}")
