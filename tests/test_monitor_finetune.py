@@ -56,6 +56,10 @@ def test_finetune_improves_the_shifted_local_holdout_and_promote_refuses_a_worse
     cand = Registry().get(str(home / "cand_good")).card
     assert cand.version == "1.0.0+site.1" and cand.id == "cxr-pneumonia"
     assert cand.ood["sha256"] != Registry().get("cxr-pneumonia").card.ood["sha256"]
+    # its statistics name the candidate's weights (session 24): loaded without a warning
+    from imaging_assist.validation import ood as O
+
+    assert O.load_stats(cand).weights_sha256 == cand.weights[0].sha256
     assert (home / "cand_good" / "holdout.csv").is_file()
 
     # a candidate trained on swapped labels of ordinary films (no replay): worse on the original
