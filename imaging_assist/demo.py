@@ -401,9 +401,11 @@ def _run_headless(out_dir: Path, previous: dict, before: dict, registry, device,
     # into this folder when it does not write them again; report.json and report.pdf come next
     report["files"] = sorted({n for n, st in after.items() if before.get(n) != st} | {"report.json", "report.pdf"})
     path = out_dir / "report.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=_json_default), encoding="utf-8")
-    tmp.replace(path)
+    text = json.dumps(report, indent=2, default=_json_default)
+    from .outputs import written_beside  # a new temporary file (never a planted link), removed on any error
+
+    with written_beside(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     report["report_path"] = str(path)
     _remove_stale(out_dir, {n: st for n, st in previous.items() if n not in report["files"]})
     # the PDF report beside report.json (issue 13); a failure is a note, report.json stays

@@ -18,7 +18,7 @@ def out_folder(path, sources=()) -> Path:
     name and are read back as inputs by the next run over that folder."""
     if not str(path).strip():
         raise UserError("--out is empty: name an output folder")
-    refuse_inside(path, sources)
+    refuse_inside(path, sources, file_folders=False)  # as before for evaluate, batch, demo (analyze calls it itself)
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():
         raise UserError(f"{path} exists and is not a folder: choose another --out")
@@ -31,12 +31,22 @@ def out_folder(path, sources=()) -> Path:
     return p
 
 
-def refuse_inside(path, sources) -> None:
+def refuse_inside(path, sources, file_folders: bool = True) -> None:
     """A one-line UserError when the output folder ``path`` is one of the input folders
-    ``sources`` or inside one (through symlinks; nothing is created)."""
+    ``sources`` or inside one (through symlinks; nothing is created).  With ``file_folders``
+    (analyze), an input that is a file counts too: ``--out`` must not be the folder it lies in
+    (its own earlier key images and report.pdf there would be replaced; a sub-folder is fine),
+    and a DICOMDIR's folder is an input folder like any other."""
     where = Path(path).expanduser().resolve()
     for src in sources:
         sp = Path(src).expanduser()
+        if file_folders and sp.is_file():
+            if sp.name.upper() == "DICOMDIR":
+                sp = sp.parent
+            elif where in (sp.parent.resolve(), sp.resolve().parent):  # the folder named, and the link's target's
+                raise UserError(f"--out {path} is the folder of the input {src}: outputs must not be written "
+                                "beside the inputs (they would overwrite files there of the same names); "
+                                "choose another folder (a new sub-folder is fine)")
         if sp.is_dir():
             sp = sp.resolve()
             if where == sp or sp in where.parents:
@@ -73,14 +83,34 @@ def refuse_input_target(path, sources, option: str, files=()) -> None:
                             "choose a file outside the input")
 
 
+def _partial_name(path: Path) -> Path:
+    """A hidden, random name beside ``path`` that ends with ``path``'s own extension: PIL,
+    nibabel and fpdf choose the format by it, and ``np.save`` adds ".npy" to a name without it."""
+    name = path.name
+    low = name.lower()
+    ext = ".nii.gz" if low.endswith(".nii.gz") else os.path.splitext(name)[1]
+    return path.with_name(f".{name}.{secrets.token_hex(4)}.partial{ext}")
+
+
 @contextmanager
 def written_beside(path):
-    """A temporary name in ``path``'s folder for writing the whole file: renamed over ``path``
-    (os.replace) when the block ends, removed when it fails, so an existing ``path`` is never
-    truncated or left half-written.  The name is made up, not created: the writer creates the
-    file with the usual permissions."""
+    """A new temporary file in ``path``'s folder for writing the whole file: renamed over
+    ``path`` (os.replace) when the block ends, removed when it fails (an error, Ctrl-C), so an
+    existing ``path`` is never truncated or left half-written.  The temporary file is created
+    here, empty, with O_EXCL|O_NOFOLLOW under a random name (as pacs.transfer writes), so a link
+    planted in the folder is never written through; os.replace then replaces a link named
+    ``path`` itself, never the file it points to (an input, a user's file).  The writer (PIL,
+    nibabel, numpy, fpdf, pydicom, Qt) opens this file and writes it whole."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.partial")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for attempt in range(8):
+        tmp = _partial_name(path)
+        try:
+            os.close(os.open(tmp, flags, 0o666))  # the usual permissions (umask)
+            break
+        except FileExistsError:
+            if attempt == 7:
+                raise
     try:
         yield tmp
         os.replace(tmp, path)
@@ -88,8 +118,43 @@ def written_beside(path):
         try:
             tmp.unlink()
         except OSError:
-            pass  # never created, or already gone
+            pass  # already gone
         raise
+
+
+#: what ``analyze`` writes last into its folder: the index of the run and its report
+RUN_INDEX = ("results.json", "report.pdf")
+
+
+def replace_earlier_run(out_dir, echo=None) -> None:
+    """Called before an item's files are written into ``out_dir``: when the folder holds the
+    results.json (and report.pdf) of an earlier run, they are removed first, with a note
+    (``echo``, default stderr).  They are written only at the end of a run, so any found now
+    describe a run this one replaces; left in place, a run killed or stopped by a full disk
+    would leave them beside this run's files of the same names (one patient's results.json
+    beside another's label map).  report.pdf goes first: a crash between the two leaves the
+    results.json, removed by the next run."""
+    out_dir = Path(out_dir)
+    if not os.path.lexists(out_dir / RUN_INDEX[0]):
+        return
+    gone = []
+    for name in reversed(RUN_INDEX):
+        try:
+            os.unlink(out_dir / name)
+            gone.append(name)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise UserError(f"cannot remove {out_dir / name} of an earlier run before replacing it: "
+                            f"{e.strerror or e}") from None
+    if gone:
+        import sys
+
+        from .safe_text import printable
+
+        (echo or (lambda m: print(printable(m), file=sys.stderr)))(
+            f"note: removed {' and '.join(reversed(gone))} of an earlier run in {out_dir}: this run replaces "
+            "them (they would describe files it overwrites)")
 
 
 def _stem(s: str) -> str:

@@ -6,6 +6,7 @@ flips and truncations of the TIFF and the NPZ, a header declaring a huge array, 
 another slide of the same size."""
 
 import dataclasses
+import os
 import json
 import random
 import shutil
@@ -208,3 +209,23 @@ def test_a_heat_map_is_not_opened_as_a_slide_and_info_checks_it_against_one(made
     assert [c["name"] for c in d["classes"]] == ["tumour", "other"]
     assert main(["info", made["a"], "--slide", made["a"]]) == 2
     assert "--slide goes with a heat-map file" in capsys.readouterr().err
+
+
+def test_heat_map_and_overview_replace_a_link_never_write_through_it(made, tmp_path):
+    """A link planted in the output folder under the heat map's or the overview's name (a
+    shared folder; CWE-59): the link itself is replaced, the file it points to is untouched
+    (session 24: the heat map used a guessable temporary name, the overview wrote to the name)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"the user's own file")
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in ("heat.tif", "heat_overview.png", "heat.npz"):
+        (out / name).symlink_to(victim)
+    with open_slide(made["a"]) as s:
+        written = write_heatmaps(made["res"], out / "heat.tif", overview_png=True, slide=s)
+        written += write_heatmaps(made["res"], out / "heat.npz", slide=s)
+    assert victim.read_bytes() == b"the user's own file"
+    for p in map(str, written):
+        assert not os.path.islink(p) and os.path.getsize(p) > 0, p
+    assert sorted(os.listdir(out)) == sorted(os.path.basename(str(p)) for p in written)  # no temporary left
+    assert np.array_equal(read_heatmaps(out / "heat.npz")[0], read_heatmaps(out / "heat.tif")[0])

@@ -341,6 +341,11 @@ class ModelRunner:
         from ..inference.results import write_results_json
 
         d["content_hash"] = c.content_hash
+        if d.get("kind") == "slide":  # options a slide model does not honour: said, not dropped
+            from ..slides.analysis import ignored_options
+
+            said = ignored_options(self.settings.precision, self.settings.explain)
+            d["warnings"] = list(d.get("warnings") or []) + [w for w in said if w not in (d.get("warnings") or [])]
         captured = {}
         if self.settings.report and vol is not None:
             from ..export.report_pdf import capture

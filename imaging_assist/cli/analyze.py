@@ -304,9 +304,10 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
     from tqdm import tqdm
 
     from ..inference.device import resolve_device
-    from ..slides.analysis import analyze_slide
+    from ..slides.analysis import analyze_slide, ignored_options
 
     card = model.card
+    notes += [n for n in ignored_options(args.precision, args.explain) if n not in notes]
     device = str(resolve_device(args.device))
     cancel = threading.Event()
     old = None

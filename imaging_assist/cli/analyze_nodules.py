@@ -86,6 +86,24 @@ def add_growth(d: dict, run, name: str, prior: dict) -> list[str]:
     return warnings
 
 
+def ignored_options(args) -> list[str]:
+    """One line per option asked for that the CT nodule models do not honour (said, never
+    dropped silently): they run in fp32 on the CPU and explain with Grad-CAM
+    (imaging_assist/nodules/models.py), on any machine."""
+    from ..explain.names import canonical_method
+
+    why = "the CT nodule models run fp32 on the CPU with Grad-CAM"
+    out = []
+    device, precision = getattr(args, "device", None), getattr(args, "precision", None)
+    if (device or "auto").lower() not in ("auto", "cpu"):
+        out.append(f"{why}: --device {device} ignored")
+    if (precision or "auto").lower() not in ("auto", "fp32"):
+        out.append(f"{why}: --precision {precision} ignored")
+    if args.explain is not None and canonical_method(args.explain) != "gradcam":
+        out.append(f"{why}: --explain {args.explain} ignored")
+    return out
+
+
 def cmd_analyze_nodules(args, card, path: Path) -> int:
     """The nodule branch of ``imaging-assist analyze`` (see the module doc)."""
     from ..demo import series_source
@@ -96,6 +114,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
     if getattr(args, "points", None):
         points += read_points_csv(args.points)
     items, notes = _inputs(path, card)
+    notes = ignored_options(args) + notes  # results.json's notes; printed at the end of the run
     if not items:
         raise UserError(f"nothing in {path} matches model {card.id} (3D CT in HU, DICOM or NIfTI)"
                         + (f": {'; '.join(notes[:3])}" if notes else ""))

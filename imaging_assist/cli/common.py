@@ -95,8 +95,17 @@ def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, c
     from ..export.report_pdf import build_report, write_report_pdf
     from ..inference.results import write_results_json
 
-    p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)},
-                           patient_ids=[(c.get("header") or {}).get("patient_id") for c in captured.values()])
+    try:
+        p = write_results_json(results, out_dir, summary, {"notes": notes, "input": str(path)},
+                               patient_ids=[(c.get("header") or {}).get("patient_id") for c in captured.values()])
+    except OSError as e:  # a full disk: one line, no temporary file left (outputs.written_beside)
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
+        print(printable(f"error: cannot write {out_dir / 'results.json'}: {e.strerror or e} (nor the report, "
+                        "made from it): free space and run again"), file=sys.stderr)
+        if dicom_run is not None:  # the objects written during the run are said; no PDF object
+            dicom_run.finish(None)
+        return 1
     for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if args.json:
@@ -111,9 +120,13 @@ def finish_run(args, path, out_dir, results: list, summary: dict, notes: list, c
         rp = write_report_pdf(build_report(json.loads(p.read_text(encoding="utf-8")), base_dir=out_dir,
                                            captured=captured, load_missing=False), out_dir / "report.pdf")
         print(f"wrote {rp}", file=sys.stderr if args.json else sys.stdout)
-    except UserError as e:
-        print(f"error: report.pdf not written: {e}", file=sys.stderr)
+    except (UserError, OSError) as e:
+        print(f"error: report.pdf not written: {getattr(e, 'strerror', None) or e}", file=sys.stderr)
         failed += 1
+        try:  # an earlier run's report.pdf is not this results.json's (nor for the PDF object below)
+            (out_dir / "report.pdf").unlink(missing_ok=True)
+        except OSError:
+            pass
     if dicom_run is not None:
         dicom_run.finish(out_dir / "report.pdf")
         failed += dicom_run.failed

@@ -36,6 +36,15 @@ SOP_NAMES = {
 }
 
 
+def free_name(out_dir: Path, name: str) -> Path:
+    """``out_dir/name.dcm``, or ``name_2.dcm``, ``name_3.dcm``... when taken (a link included):
+    an earlier run's objects are never replaced."""
+    p, k = out_dir / f"{name}.dcm", 2
+    while os.path.lexists(p):
+        p, k = out_dir / f"{name}_{k}.dcm", k + 1
+    return p
+
+
 @dataclass
 class WrittenObject:
     path: Path
@@ -190,11 +199,7 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
     stem = _name(prefix) + "_" if prefix else ""
 
     def save(ds, kind, desc, name):
-        p = out_dir / f"{stem}{name}.dcm"
-        k = 2
-        while p.exists():
-            p = out_dir / f"{stem}{name}_{k}.dcm"
-            k += 1
+        p = free_name(out_dir, f"{stem}{name}")
         if deidentify is not None:
             _deidentify_result(ds, deidentify, since, offset)
         try:
@@ -376,9 +381,11 @@ class DicomRun:
             self.failed += 1
             self.echo(f"error: Encapsulated PDF not written: {e}")
             return
-        p = self.dir / ("report_PDF.dcm" if n == 1 else f"report_PDF_{n}.dcm")
+        # a new name as every other object (report_PDF_2.dcm beside an earlier run's), never in place
+        p = free_name(self.dir, "report_PDF")
         try:
-            ds.save_as(p, enforce_file_format=True)
+            with written_beside(p) as tmp:  # never through a link named like it; never half-written
+                ds.save_as(tmp, enforce_file_format=True)
         except OSError as e:
             self.failed += 1
             self.echo(f"error: Encapsulated PDF not written: {p}: {e.strerror or e}")

@@ -1429,16 +1429,13 @@ def write_report_pdf(report: dict, out_path, *, page_size: str = "A4") -> Path:
         doc.box(f"{len(doc.unsupported)} character(s) could not be shown by the report's font "
                 f"(U+{', U+'.join(f'{ord(c):04X}' for c in sorted(doc.unsupported)[:12])}) and are "
                 "printed as '?': compare names and texts with the source.", size=8)
-    tmp = out.with_name(out.name + ".tmp")
+    from ..outputs import written_beside  # a new temporary file (never a planted link), removed on any error
+
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        p.output(str(tmp))
-        tmp.replace(out)
+        with written_beside(out) as tmp:
+            p.output(str(tmp))
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise ReportError(f"cannot write the report {out}: {e.strerror or e}") from None
     from ..privacy.audit import record_export  # the audit trail (never raises)
     record_export("report-pdf", out, patient_ids=[(s.get("header") or {}).get("patient_id") for s in studies],

@@ -16,11 +16,17 @@ enough to flip voxels and threshold decisions near the cut-off, so the same inpu
 different results on CPUs with and without native bf16.  bf16 runs only when asked for
 (``--precision bf16``), or on CUDA when the card allows it (``inference.precision: "bf16"``).
 The result records the precision used.
+
+fp32 on CUDA means IEEE fp32: torch's default lets cuDNN run fp32 convolutions in TF32 (10-bit
+mantissa) on Ampere and later cards, which moved near-threshold decisions in a CPU simulation
+of it (2 of 60).  :func:`exact_fp32` switches TF32 off before every CUDA run (here, and for
+the slide tiles), so fp32 on a GPU gives the numbers fp32 on a CPU gives (to float rounding).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -123,6 +129,8 @@ def fast_path(device: torch.device, task: str, spatial_dims: int, precision: str
     if precision not in ("auto", "fp32", "bf16"):
         raise DeviceError(f"unknown precision {precision!r}: use auto, fp32 or bf16")
     cl = device.type == "cpu" and spatial_dims == 3 and CPU_CHANNELS_LAST_3D
+    if device.type == "cuda":  # fp32 (and the ops autocast keeps in fp32) without TF32
+        exact_fp32()
     if precision == "fp32":
         return FastPath(None, cl, "fp32 requested")
     if precision == "bf16":
@@ -135,7 +143,36 @@ def fast_path(device: torch.device, task: str, spatial_dims: int, precision: str
     card_precision = (card_precision or "auto").lower()
     if card_precision == "bf16" and _cuda_bf16():
         return FastPath(torch.bfloat16, False, "auto: bf16 on CUDA, allowed by the card")
-    return FastPath(None, False, "auto: fp32 on GPU")
+    return FastPath(None, False, "auto: fp32 on GPU (TF32 off)")
+
+
+def exact_fp32() -> dict:
+    """Switch TF32 off for cuDNN convolutions and CUDA matmuls (process-wide torch flags), so
+    that fp32 on a GPU is IEEE fp32 as on a CPU; returns :func:`tf32_state`.  The current API
+    (``fp32_precision = "ieee"``) where this torch has it, else the legacy ``allow_tf32``.
+    Cheap (a flag each); harmless on a build or machine without CUDA."""
+    b = torch.backends
+    conv = getattr(getattr(b.cudnn, "conv", None), "fp32_precision", None)
+    mm = getattr(getattr(b.cuda, "matmul", None), "fp32_precision", None)
+    if conv is not None and mm is not None:
+        # not mixed with the legacy flags: torch refuses to read allow_tf32 once these are set
+        b.cudnn.conv.fp32_precision = "ieee"
+        b.cuda.matmul.fp32_precision = "ieee"
+    else:
+        b.cudnn.allow_tf32 = False
+        b.cuda.matmul.allow_tf32 = False
+    return tf32_state()
+
+
+def tf32_state() -> dict:
+    """The TF32 flags as torch has them now: ``fp32_precision`` ("ieee" = no TF32, "tf32")
+    with the current API, else ``allow_tf32`` (False = no TF32)."""
+    b = torch.backends
+    conv = getattr(getattr(b.cudnn, "conv", None), "fp32_precision", None)
+    mm = getattr(getattr(b.cuda, "matmul", None), "fp32_precision", None)
+    if conv is not None and mm is not None:
+        return {"cudnn_conv_fp32_precision": str(conv), "cuda_matmul_fp32_precision": str(mm)}
+    return {"cudnn_allow_tf32": bool(b.cudnn.allow_tf32), "cuda_matmul_allow_tf32": bool(b.cuda.matmul.allow_tf32)}
 
 
 def _cuda_bf16() -> bool:
@@ -143,3 +180,40 @@ def _cuda_bf16() -> bool:
         return bool(torch.cuda.is_bf16_supported())
     except Exception:  # noqa: BLE001 - no usable CUDA: no bf16
         return False
+
+
+def environment() -> dict:
+    """What a number depends on besides the input, the model and its options (results.json
+    ``environment``): the libraries, the machine, and on CUDA the card, cuDNN and the TF32
+    flags.  ``monai``/``pydicom`` are null when this process did not import them (they took
+    no part); ``cuda`` is null when this process never used CUDA.  Cheap: version attributes
+    and facts torch already holds (no package metadata is parsed)."""
+    import platform
+    import sys
+
+    import numpy
+
+    def loaded(name: str):
+        return getattr(sys.modules.get(name), "__version__", None)
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "monai": loaded("monai"), "pydicom": loaded("pydicom"), "torch_cuda_build": torch.version.cuda,
+           "machine": platform.machine(), "processor": _cpu_name(), "cuda": None}
+    if torch.cuda.is_initialized():
+        with contextlib.suppress(Exception):  # a broken driver must not cost the results.json
+            env["cuda"] = {"device": torch.cuda.get_device_name(), "cudnn": torch.backends.cudnn.version(),
+                           "tf32": tf32_state()}
+    return env
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_name() -> str | None:
+    """The CPU's model name (Linux /proc/cpuinfo), else what ``platform.processor`` says."""
+    import platform
+
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith(("model name", "hardware")):
+                    return line.split(":", 1)[1].strip() or None
+    return platform.processor() or None

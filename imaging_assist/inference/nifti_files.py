@@ -41,7 +41,10 @@ def save_nifti(array_kji: np.ndarray, affine_lps: np.ndarray, path: Path, like=N
         img.set_qform(aff, code=1)
         img.set_sform(aff, code=1)
     img.header.set_xyzt_units("mm")
-    nib.save(img, str(path))
+    from ..outputs import written_beside  # never through a link named like the file; never half-written
+
+    with written_beside(path) as tmp:  # its name ends ".nii.gz" as ``path``'s: nibabel compresses by it
+        nib.save(img, str(tmp))
 
 
 def is_sheared(affine, tol: float = 1e-4) -> bool:

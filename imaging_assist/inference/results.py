@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import _stem  # file-name stems (imaging_assist.outputs)
+from ..outputs import _stem, replace_earlier_run, written_beside  # file-name stems; every file via written_beside
 from .nifti_files import LPS_TO_RAS, is_sheared, nifti_geometry_warnings, save_nifti  # noqa: F401 - re-exported
 
 RESULTS_SCHEMA_VERSION = 1
@@ -172,7 +172,8 @@ def save_label_png(label_map_kji: np.ndarray, path: Path) -> None:
     lm = label_map_kji[0] if label_map_kji.ndim == 3 else label_map_kji
     if lm.max(initial=0) > 255:
         raise ValueError("more than 255 labels do not fit an 8-bit PNG")
-    Image.fromarray(lm.astype(np.uint8), mode="L").save(path, compress_level=PNG_LEVEL)
+    with written_beside(path) as tmp:
+        Image.fromarray(lm.astype(np.uint8), mode="L").save(tmp, compress_level=PNG_LEVEL)
 
 
 def heat_colormap(v: np.ndarray) -> np.ndarray:
@@ -218,10 +219,9 @@ def overlay_png(base: np.ndarray | None, path: Path, label_slice: np.ndarray | N
 
     rgb = overlay_rgb(base, label_slice, heat_slice, alpha, volume, k)
     g = rgb[..., 0]
-    if np.array_equal(g, rgb[..., 1]) and np.array_equal(g, rgb[..., 2]):
-        Image.fromarray(np.ascontiguousarray(g)).save(path, compress_level=PNG_LEVEL)  # uint8 2-D: "L"
-    else:
-        Image.fromarray(rgb).save(path, compress_level=PNG_LEVEL)
+    grey = np.array_equal(g, rgb[..., 1]) and np.array_equal(g, rgb[..., 2])  # uint8 2-D: "L"
+    with written_beside(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(g) if grey else rgb).save(tmp, compress_level=PNG_LEVEL)
 
 
 def overlay_rgb(base: np.ndarray | None, label_slice: np.ndarray | None = None,
@@ -270,6 +270,7 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
     """Write label map, heat maps and key images of one result; the results.json item."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    replace_earlier_run(out_dir)  # an earlier run's results.json must not describe these files
     stem = _stem(stem)
     d = res.to_dict()
     plain = res.is_plain_image
@@ -308,7 +309,8 @@ def write_item_files(res: InferenceResult, volume, out_dir: Path, stem: str) -> 
             base += f"_{n}"
         if plain:
             f = base + ".npy"
-            np.save(out_dir / f, hm.array[0].astype(np.float32))
+            with written_beside(out_dir / f) as tmp:
+                np.save(tmp, hm.array[0].astype(np.float32))
         else:
             f = base + ".nii.gz"
             save_nifti(hm.array.astype(np.float32), affine, out_dir / f, like=volume)
@@ -347,18 +349,20 @@ def write_results_json(items: list[dict], out_dir: Path, model_summary: dict | N
     """``results.json`` of a run.  ``patient_ids``: the Patient IDs of the items' sources (the
     items name only series), so that ``audit show --patient`` finds this export too."""
     from .. import tool_version
+    from .device import environment  # libraries, machine, GPU and TF32 flags: how it was computed
 
     doc = {"schema_version": RESULTS_SCHEMA_VERSION, "tool": "imaging-assist",
            "tool_version": tool_version(),
            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "not_for_clinical_use": True, "model": model_summary, "items": items}
+           "not_for_clinical_use": True, "environment": environment(), "model": model_summary,
+           "items": items}
     if extra:
         doc.update(extra)
     out = Path(out_dir) / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=_json_default), encoding="utf-8")
-    tmp.replace(out)
+    text = json.dumps(doc, indent=2, default=_json_default)
+    with written_beside(out) as tmp:  # an OSError (a full disk) leaves no temporary file
+        tmp.write_text(text, encoding="utf-8")
     from ..privacy.audit import record_export  # the audit trail (never raises)
     record_export("results.json", out, series_uids=[it.get("series_uid") for it in items if isinstance(it, dict)],
                   patient_ids=list(dict.fromkeys(p for p in patient_ids if p)))

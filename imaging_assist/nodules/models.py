@@ -32,6 +32,10 @@ SEG_ID = "ct-nodule-seg"
 MALIGNANCY_ID = "ct-nodule-malignancy"
 SEED_RADIUS_MM = 5.0  # a component counts as "the clicked nodule" when it comes this close to the point
 PROB_THRESHOLD = 0.5
+# where and how they run, whatever --device/--precision say (analyze says it ignores those);
+# each results.json nodule item records both
+DEVICE = "cpu"
+PRECISION = "fp32"
 
 _lock = threading.Lock()
 _models: dict[str, object] = {}
@@ -44,7 +48,7 @@ def load(model_id: str):
         if m is None:
             from ..models.registry import Registry
 
-            m = Registry().load(model_id, device="cpu")
+            m = Registry().load(model_id, device=DEVICE)
             m.network.eval()
             _models[model_id] = m
         return m

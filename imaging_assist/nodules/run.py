@@ -194,8 +194,11 @@ def analyze_points(volume, points, explain: bool = True) -> NoduleRun:
 def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: str,
               kind: str) -> dict:
     """The results.json item of one volume, with its files written into ``out_dir``."""
-    from ..inference.results import _stem, overlay_png, save_nifti
+    from ..inference.results import _stem, overlay_png, save_nifti  # both write via outputs.written_beside
+    from ..outputs import replace_earlier_run
+    from .models import DEVICE, PRECISION
 
+    replace_earlier_run(out_dir)  # an earlier run's results.json must not describe these files
     stem = _stem(stem)
     found = [r for r in run.nodules if r.found]
     d = {"source": source, "kind": kind, "model": card.id, "model_version": card.version,
@@ -204,6 +207,7 @@ def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: st
          "spacing_mm": [float(s) for s in volume.spacing],
          "labels": {"0": "background", **{str(n): f"nodule {r.id}" for n, r in enumerate(found, 1)}},
          "nodules": [], "heatmaps": [], "key_images": [],
+         "device": DEVICE, "precision": PRECISION,  # the nodule models always run so (models.py)
          "warnings": list(dict.fromkeys(volume.warnings))}
     from .growth import study_facts
     d.update(study_facts(volume))  # for a later comparison with a prior (imaging-assist nodule-growth)

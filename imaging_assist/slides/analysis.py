@@ -21,6 +21,7 @@ Used by ``imaging-assist analyze SLIDE --model ID --out DIR``.  Engine only (no 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings as _warnings
@@ -42,6 +43,20 @@ def slide_spec(card) -> dict | None:
            "mpp_is_assumption": bool(s.get("mpp_is_assumption", False)),
            "mpp_note": str(s.get("mpp_note", "")),
            "tissue_threshold": float(s.get("tissue_threshold", 0.5))}
+    return out
+
+
+def ignored_options(precision: str | None = None, explain: str | None = None) -> list[str]:
+    """One line per option asked for that a slide model does not honour (``analyze`` and
+    ``batch`` say so rather than ignore it silently): the tiles run in fp32 and the top tiles
+    are explained with Grad-CAM."""
+    from ..explain.names import canonical_method
+
+    out = []
+    if (precision or "auto").lower() not in ("auto", "fp32"):
+        out.append(f"slide models run their tiles in fp32 (the results record it): --precision {precision} ignored")
+    if explain is not None and canonical_method(explain) != "gradcam":
+        out.append(f"slide models explain their top tiles with Grad-CAM: --explain {explain} ignored")
     return out
 
 
@@ -105,21 +120,29 @@ class TileModel:
         if c != 3:
             raise UserError(f"model {self.card.id} takes {c}-channel input; slide tiles are RGB "
                             "(3 channels)")
-        model.to(self.device)
-        model.network.eval()
-        # Tiles run through a channels-last copy of the network: oneDNN (CPU) and cuDNN take
-        # NHWC convolutions without reordering each layer (measured with the shipped model,
-        # batch 32, one thread: 43-64 -> 73-82 tiles/s; outputs equal to 2e-6).  A copy, so the
-        # model object others use (Grad-CAM, the image path) stays as loaded.
-        self.net = model.network
-        try:
-            import copy
+        if self.device.type == "cuda":  # fp32 tiles in IEEE fp32, not TF32 (inference.device)
+            from ..inference.device import exact_fp32
 
-            net = copy.deepcopy(model.network)
-            if any(getattr(m, "weight", None) is not None and m.weight.dim() == 4 for m in net.modules()):
-                self.net = net.to(memory_format=torch.channels_last).eval()
-        except Exception:  # a network that cannot be copied runs as loaded
+            exact_fp32()
+        # the loaded model may be shared (the viewer's model cache): moved and copied under its
+        # lock, as run_model moves it, so that no run on another thread sees it half-way
+        # between devices
+        with getattr(model, "lock", None) or contextlib.nullcontext():
+            model.to(self.device)
+            model.network.eval()
+            # Tiles run through a channels-last copy of the network: oneDNN (CPU) and cuDNN take
+            # NHWC convolutions without reordering each layer (measured with the shipped model,
+            # batch 32, one thread: 43-64 -> 73-82 tiles/s; outputs equal to 2e-6).  A copy, so
+            # the model object others use (Grad-CAM, the image path) stays as loaded.
             self.net = model.network
+            try:
+                import copy
+
+                net = copy.deepcopy(model.network)
+                if any(getattr(m, "weight", None) is not None and m.weight.dim() == 4 for m in net.modules()):
+                    self.net = net.to(memory_format=torch.channels_last).eval()
+            except Exception:  # a network that cannot be copied runs as loaded
+                self.net = model.network
         # Issue 14: OOD score of every tile from the same forward pass (validation.ood)
         from ..validation.ood import OODStatsError, stats_for
 
@@ -292,6 +315,7 @@ def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[T
     when they ran in parallel parts (default: the parts' own times added)."""
     from PIL import Image
 
+    from ..outputs import replace_earlier_run, written_beside
     from .heatmap_io import write_heatmaps
     from .reader import open_slide
     from .tiling import read_tiles, stitch_tiles
@@ -301,6 +325,7 @@ def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[T
     spec, plan, tissue = sp.spec, sp.plan, sp.tissue
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    replace_earlier_run(out_dir)  # an earlier run's results.json must not describe these files
     stem = _safe(stem)
     warns = list(sp.warnings)
     parts = sorted(parts, key=lambda p: p.start)
@@ -331,7 +356,8 @@ def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[T
         files["heatmaps"] = os.path.basename(written[0])
         files["overview_png"] = os.path.basename(written[1])
         tm = f"{stem}_tissue_mask.png"
-        Image.fromarray((tissue.mask > 0).astype(np.uint8) * 255).save(out_dir / tm)
+        with written_beside(out_dir / tm) as tmp:  # every file so: never through a planted link
+            Image.fromarray((tissue.mask > 0).astype(np.uint8) * 255).save(tmp)
         files["tissue_mask_png"] = tm
         # Per-class probability maps as PNG (one heat-map pixel per tile).
         from ..colormaps import DEFAULT_HEAT_COLORMAP, apply_colormap
@@ -342,7 +368,8 @@ def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[T
             rgb = apply_colormap(np.nan_to_num(h, nan=0.0), DEFAULT_HEAT_COLORMAP)
             rgb[~np.isfinite(h)] = 255
             f = f"{stem}_heat_{_safe(lab)}.png"
-            Image.fromarray(rgb).save(out_dir / f)
+            with written_beside(out_dir / f) as tmp:
+                Image.fromarray(rgb).save(tmp)
             per_class_png[lab] = f
         files["heatmap_png"] = per_class_png
 
@@ -357,7 +384,8 @@ def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[T
                 d["rank"] = rank + 1
                 d["tissue_fraction"] = round(float(res.plan.tissue_fraction[idx]), 4)
                 tf = f"{stem}_top_{_safe(lab)}_{rank + 1}.png"
-                Image.fromarray(tile).save(out_dir / tf)
+                with written_beside(out_dir / tf) as tmp:
+                    Image.fromarray(tile).save(tmp)
                 d["tile_png"] = tf
                 if explain:
                     te = time.perf_counter()
@@ -367,7 +395,8 @@ def finish_slide(sp: SlidePlan, fn: TileModel, out_dir, stem: str, parts: list[T
                     from ..inference.results import overlay_png
 
                     overlay_png(tile, out_dir / gf, heat_slice=g["heatmap"])
-                    np.save(out_dir / gf.replace(".png", ".npy"), g["heatmap"].astype(np.float32))
+                    with written_beside(out_dir / gf.replace(".png", ".npy")) as tmp:
+                        np.save(tmp, g["heatmap"].astype(np.float32))
                     d["gradcam_png"] = gf
                     d["gradcam_npy"] = gf.replace(".png", ".npy")
                     d["image_path_probability"] = round(g["probability"], 6)

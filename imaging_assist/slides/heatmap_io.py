@@ -62,23 +62,18 @@ def write_heatmaps(result, path: str | os.PathLike, *, overview_png: bool | str 
     if ext not in (".tif", ".tiff", ".npz"):
         raise SlideError(f"{path}: heat maps are written as .tif/.tiff or .npz, not {ext or 'no extension'}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # written beside it and renamed when complete: a failure never leaves a broken heat-map file
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
+    # written beside it and renamed when complete (outputs.written_beside): a failure never leaves
+    # a broken heat-map file, and a link planted under the name is replaced, never written through
+    from ..outputs import written_beside
+
+    with written_beside(path) as tmp:
         if ext == ".npz":
             with open(tmp, "wb") as f:  # a file object: numpy adds no ".npz" to the name
                 np.savez_compressed(f, heatmaps=heat, coords=result.coords, cells=result.cells,
                                     probs=result.probs, tissue_fraction=result.tissue_fraction,
                                     metadata=np.array(json.dumps(meta)))
         else:
-            _write_tiff(tmp, heat, meta, result.heatmap_mpp())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
+            _write_tiff(str(tmp), heat, meta, result.heatmap_mpp())
     written = [path]
     if overview_png:
         png = overview_png if isinstance(overview_png, str) else os.path.splitext(path)[0] + "_overview.png"
@@ -399,5 +394,8 @@ def write_overview_png(result, path: str | os.PathLike, *, slide=None, max_size:
     layer.paste(over, (round(ox * scale), round(oy * scale)))
     out = Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    out.save(path)
+    from ..outputs import written_beside
+
+    with written_beside(path) as tmp:  # never through a link planted under the name
+        out.save(tmp, format="PNG")
     return path

@@ -39,10 +39,12 @@ def _clean(o, top: bool = True):
 
 
 def write_json(report: dict, out_dir: Path) -> Path:
+    from ..outputs import written_beside  # a new temporary file (never a planted link), removed on any error
+
     p = Path(out_dir) / "evaluation.json"
-    tmp = p.with_suffix(".json.part")
-    tmp.write_text(json.dumps(_clean(report), indent=2, allow_nan=False), encoding="utf-8")
-    tmp.replace(p)
+    text = json.dumps(_clean(report), indent=2, allow_nan=False)
+    with written_beside(p) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return p
 
 
@@ -178,13 +180,14 @@ def write_pdf(report: dict, out_dir: Path) -> Path:
     else:
         _segmentation_pdf(doc, report)
     out = Path(out_dir) / "evaluation.pdf"
-    tmp = out.with_suffix(".pdf.part")
     if doc.unsupported:  # as the analysis report: printed as "?", said, never dropped silently
         doc.box(f"{len(doc.unsupported)} character(s) could not be shown by the report's font "
                 f"(U+{', U+'.join(f'{ord(c):04X}' for c in sorted(doc.unsupported)[:12])}) and are "
                 "printed as '?': compare group names with evaluation.json.", size=8)
-    p.output(str(tmp))
-    tmp.replace(out)
+    from ..outputs import written_beside  # as evaluation.json
+
+    with written_beside(out) as tmp:
+        p.output(str(tmp))
     return out
 
 
