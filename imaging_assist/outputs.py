@@ -79,7 +79,8 @@ def refuse_input_target(path, sources, option: str, files=()) -> None:
             raise UserError(f"{option} {path} is the input {src}: it would be replaced; choose another file")
     for f in files:
         if same(Path(f)):
-            raise UserError(f"{option} {path} is {f}, one of the files being read: it would be replaced; "
+            what = "" if str(f) == str(path) else f"{f}, "  # "the file X is X" says nothing twice
+            raise UserError(f"{option} {path} is {what}one of the files being read: it would be replaced; "
                             "choose a file outside the input")
 
 

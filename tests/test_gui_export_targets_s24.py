@@ -67,7 +67,7 @@ def test_export_dialog_refuses_a_file_of_the_series(cr_win, monkeypatch, kind):
     before = _md5(src)
     text = _dialog_to(win, monkeypatch, src, kind)
     assert _md5(src) == before  # the image is still the image
-    assert text == (f"Measurements not exported: the file {src} is {src}, one of the files being read: "
+    assert text == (f"Measurements not exported: the file {src} is one of the files being read: "
                     "it would be replaced; choose a file outside the input"), text
 
 
