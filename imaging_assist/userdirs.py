@@ -68,15 +68,26 @@ class locked:
     the lock (never a hang).  The lock goes with the holder's process, so a crash leaves nothing
     to clean up.  The same lock file serves every process of this user; inside one process,
     callers that may nest must not take the same lock twice (flock on a new descriptor would
-    wait on itself)."""
+    wait on itself).  With ``error`` (UserError, PacsError), a failure is that error's one line
+    "cannot write FILE: why" rather than an OSError."""
 
-    def __init__(self, path, timeout_s: float = 10.0):
+    def __init__(self, path, timeout_s: float = 10.0, error: type[Exception] | None = None):
         path = Path(path)
+        self.target = path
         self.path = path.with_name(path.name + ".lock")
         self.timeout_s = timeout_s
+        self.error = error  # raised instead of OSError: "cannot write FILE: why" (a UserError's one line)
         self.fd = -1
 
     def __enter__(self):
+        try:
+            return self._take()
+        except OSError as e:  # held too long, or a folder that cannot be written
+            if self.error is None:
+                raise
+            raise self.error(f"cannot write {self.target}: {e.strerror or e}") from None
+
+    def _take(self):
         import errno
         import fcntl
         import time

@@ -410,3 +410,34 @@ def test_concurrent_site_thresholds_are_all_kept_and_numbered_apart(home):
     vs = json.loads(site_file("m").read_text())["versions"]
     assert sorted((v["data"], v["n_studies"]) for v in vs) == sorted((t, 100 + i) for t in "AB" for i in range(n))
     assert sorted(v["version"] for v in vs) == list(range(1, 2 * n + 1))
+
+
+def test_a_lock_held_elsewhere_is_one_line_of_the_callers_error_never_a_hang(tmp_path):
+    from imaging_assist.errors import UserError
+    from imaging_assist.userdirs import locked
+
+    f = tmp_path / "state.json"
+    holder = subprocess.Popen([sys.executable, "-P", "-c", textwrap.dedent(f"""
+        import sys, time
+        sys.path[:0] = {[p for p in sys.path if p]!r}
+        from imaging_assist.userdirs import locked
+        with locked({str(f)!r}):
+            print("held", flush=True)
+            time.sleep(30)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        t0 = time.monotonic()
+        with pytest.raises(UserError, match=r"^cannot write .*state\.json: .*state\.json\.lock is held by another "
+                                            r"process for 0 s: try again$"):
+            with locked(f, timeout_s=0.3, error=UserError):
+                pass
+        assert time.monotonic() - t0 < 5
+        with pytest.raises(OSError):  # without ``error``: the OSError itself
+            with locked(f, timeout_s=0.1):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with locked(f, timeout_s=1, error=UserError):  # free again once its holder is gone
+        pass

@@ -18,7 +18,6 @@ bring back no withdrawn one).  Any change after trust
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -183,21 +182,12 @@ def _write_store(d: dict) -> None:
         raise
 
 
-@contextlib.contextmanager
 def _store_locked():
     """Hold the trust store's lock for a read-modify-write: another process's trust or untrust
     (a second window, the CLI) between the read and the write would otherwise be lost, or a
-    withdrawn trust written back.  Hash the bundle before taking it (that takes seconds)."""
-    p = trust_file()
-    lock = locked(p)
-    try:
-        lock.__enter__()
-    except OSError as e:  # held for 10 s, or a config folder that cannot be written: one line
-        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+    withdrawn trust written back.  Hash the bundle before taking it (that takes seconds).
+    Held for 10 s, or a folder that cannot be written: one UserError line."""
+    return locked(trust_file(), error=UserError)
 
 
 def trusted_bundles() -> list[dict]:

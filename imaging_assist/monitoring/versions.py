@@ -28,7 +28,6 @@ step is an event in the prediction log and in the audit trail.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
@@ -156,22 +155,13 @@ def save_state(d: dict) -> None:
     write_json_atomic(state_path(), d, indent=2)
 
 
-@contextlib.contextmanager
 def state_locked():
     """Hold the state file's lock: a promote, rollback or new candidate of another process (a
-    second window, the CLI) between this one's read and write would otherwise be lost."""
+    second window, the CLI) between this one's read and write would otherwise be lost.  Held
+    for 10 s, or a folder that cannot be written: one UserError line."""
     from ..userdirs import locked
 
-    p = state_path()
-    lock = locked(p)
-    try:
-        lock.__enter__()
-    except OSError as e:  # held for 10 s, or a config folder that cannot be written: one line
-        raise UserError(f"cannot write {p}: {e.strerror or e}") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+    return locked(state_path(), error=UserError)
 
 
 # The key of promoted_sources()'s refusals that refuses every model: the state file cannot be

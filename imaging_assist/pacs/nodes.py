@@ -9,7 +9,6 @@ only place they are written is the 0600 config file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -198,20 +197,11 @@ def save_settings(settings: Settings) -> Path:
     return path
 
 
-@contextlib.contextmanager
 def _settings_locked():
     """Hold the settings file's lock for a read-modify-write: a node another process (a second
-    window, the CLI) adds or removes between this one's read and write is otherwise lost."""
-    path = config_path()
-    lock = locked(path)
-    try:
-        lock.__enter__()
-    except OSError as e:  # held for 10 s, or a config folder that cannot be written: one line
-        raise PacsError(f"cannot write {path}: {e.strerror or e}") from None
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
+    window, the CLI) adds or removes between this one's read and write is otherwise lost.
+    Held for 10 s, or a config folder that cannot be written: one PacsError line."""
+    return locked(config_path(), error=PacsError)
 
 
 def add_node(node: Node) -> Path:
