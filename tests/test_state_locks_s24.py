@@ -441,3 +441,39 @@ def test_a_lock_held_elsewhere_is_one_line_of_the_callers_error_never_a_hang(tmp
         holder.wait()
     with locked(f, timeout_s=1, error=UserError):  # free again once its holder is gone
         pass
+
+
+def test_a_site_threshold_whose_file_is_held_is_one_user_error_line(home, monkeypatch):
+    """Before: `evaluate --save-site-threshold` said "internal error (OSError: …)"."""
+    from types import SimpleNamespace
+
+    from imaging_assist.errors import UserError
+    from imaging_assist.models import site
+    from imaging_assist.userdirs import locked
+
+    real = site.locked
+    monkeypatch.setattr(site, "locked", lambda p, error=None: real(p, timeout_s=0.2, error=error))
+    card = SimpleNamespace(id="m", labels=["pos"], version="1.0.0", weights=[])
+    with locked(site.site_file("m")):  # another open file: flock conflicts within one process too
+        with pytest.raises(UserError, match=r"^cannot write .*: .* is held by another process"):
+            site.save_site_threshold(card, "pos", 0.5, 100)
+    assert site.save_site_threshold(card, "pos", 0.5, 100)[1]["version"] == 1
+
+
+def test_removing_a_protocol_whose_file_is_held_is_said_in_the_dialog(home, qapp, monkeypatch):
+    from imaging_assist.hanging import Protocol, ProtocolStore
+    from imaging_assist_ui.radiology.hanging_protocols import ProtocolsDialog
+
+    store = ProtocolStore()
+    store.save(Protocol("chest", "CR", "CHEST", "1x2", ["current", "prior"]))
+    dlg = ProtocolsDialog(store)
+    dlg.list.setCurrentRow(0)
+
+    def held(key):
+        raise OSError(11, "protocols.json.lock is held by another process for 10 s: try again")
+
+    monkeypatch.setattr(store, "remove", held)
+    assert dlg.remove_selected() is False  # before: the OSError escaped the button's slot
+    assert dlg.note.text() == ("Could not remove the protocol: protocols.json.lock is held by another process "
+                               "for 10 s: try again")
+    dlg.close()

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import UserError
 from ..userdirs import locked, write_json_atomic
 from .card import Threshold
 from .paths import config_dir
@@ -92,7 +93,7 @@ def save_site_threshold(card, label: str, threshold: float, n_studies: int, *,
     if not (0.0 <= float(threshold) <= 1.0):
         raise ValueError(f"threshold {threshold} outside 0..1")
     p = site_file(card.id)
-    with locked(p):
+    with locked(p, error=UserError):  # held elsewhere for 10 s: one line, never an internal error
         try:
             d = _read(card.id)
         except (ValueError, OSError) as e:

@@ -255,6 +255,11 @@ class ProtocolsDialog(QDialog):
         key = it.data(KEY_ROLE) if it is not None else None
         if not key:
             return False
-        ok = self.store.remove(tuple(key))
+        try:
+            ok = self.store.remove(tuple(key))
+        except OSError as e:  # the file's lock held elsewhere for 10 s, or a folder not writable
+            self.refresh()
+            self.note.setText(f"Could not remove the protocol: {e.strerror or e}")
+            return False
         self.refresh()
         return ok
