@@ -37,9 +37,27 @@ def _settle():
     gc.collect()
 
 
-def _volumes():
+_BEFORE: list = []  # the volumes alive when the test started (other tests' in a full run): not counted
+
+
+@pytest.fixture(autouse=True)
+def _earlier_volumes():
+    """Only the volumes a test leaves behind count: in the whole suite earlier tests (their
+    windows, module fixtures) still hold volumes of their own."""
+    _settle()
+    _BEFORE[:] = _all_volumes()  # held here, so their ids are not reused meanwhile
+    yield
+    _BEFORE.clear()
+
+
+def _all_volumes():
     from imaging_assist.volume import Volume
     return [o for o in gc.get_objects() if type(o) is Volume]  # isinstance wakes lazy modules
+
+
+def _volumes():
+    before = {id(o) for o in _BEFORE}
+    return [o for o in _all_volumes() if id(o) not in before]
 
 
 def _jobs(w):
