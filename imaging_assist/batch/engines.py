@@ -543,6 +543,28 @@ def init_ray(address: str | None = None, temp_dir: str | None = None, num_cpus: 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if ray.is_initialized():
         return False, None
+    with _keeping_sigterm_handler():
+        return _init_ray(ray, address, temp_dir, num_cpus)
+
+
+@contextmanager
+def _keeping_sigterm_handler():
+    """``ray.init`` replaces the SIGTERM handler with its own (``sys.exit(15)``): ``batch``'s
+    (SIGTERM does what Ctrl-C does: workers stopped, run ``interrupted``, exit 130) is put back
+    after it.  Ray's stays where nobody had set one (a library caller's own process)."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if callable(before):
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init_ray(ray, address, temp_dir, num_cpus):
     address = address or os.environ.get("RAY_ADDRESS") or None
     kw = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
     if address:
