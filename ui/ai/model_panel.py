@@ -963,6 +963,11 @@ class ModelPanel(QWidget):
             self._show_error(f"{e.card.id} characterises a nodule you point at, not a whole series: "
                              "Shift+click the nodule (or press N over it) in the viewer.")
             return False
+        changed = self._version_changed(e)
+        if changed:  # the list is read again; the run starts on the next click, on the version in use
+            self._show_error(changed)
+            self.refresh()
+            return False
         vol = self.doc.volume
         if vol is None:
             self._show_error("Open a series first.")
@@ -994,6 +999,25 @@ class ModelPanel(QWidget):
         self.job = submit(_run_job, e.card, vol, settings, token, bridge, self._models,
                           on_progress=lambda f, m, t=token, b=bridge: _emit(b.progress, t, f, m))
         return True
+
+    def _version_changed(self, e) -> str | None:
+        """One line when the registry no longer resolves ``e``'s id to ``e`` (a site version
+        promoted or rolled back, a folder added, from the command line or another window, since
+        the list was read): the panel ran the version it had listed, a rolled-back one included,
+        until the list was refreshed by hand.  Reads the model folders' cards again (~0.1 s)."""
+        if e.source == "path":
+            return None
+        from imaging_assist.models.registry import Registry
+
+        try:
+            now = Registry().get(e.card.id)
+        except UserError as err:  # refused now (a promoted version changed on disk...)
+            return f"{one_line(err)} (the model list is read again)"
+        if now.folder != e.folder or now.card.version != e.card.version:
+            return (f"{e.card.id}: the version in use changed since the list was read ({e.card.version} in "
+                    f"{e.folder} -> {now.card.version} in {now.folder}: promoted, rolled back or added "
+                    "elsewhere); the list is read again: run it once more")
+        return None
 
     def cancel(self):
         """Ask the running job to stop (it stops at the next window / slice batch)."""
