@@ -511,9 +511,11 @@ def finish_candidate(card, out: Path, card_update: dict, net, comps: dict, ni: d
     res["monitor_reference"] = write_candidate_reference(out, reference_images, reference_labels, reference_text, log)
     (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     metric = ni["metric"].lower()
-    versions.register_candidate(card.id, raw["version"], out, card.version,
-                                {"folder_path": str(out.resolve()), "n_cases": n_cases, "non_inferior": ok,
-                                 **{f"{k}_{metric}_diff": v["diff"] for k, v in comps.items()}})
+    # renumbered when another fine-tune of this model registered the same version meanwhile
+    res["version"] = versions.register_candidate(
+        card.id, raw["version"], out, card.version,
+        {"folder_path": str(out.resolve()), "n_cases": n_cases, "non_inferior": ok,
+         **{f"{k}_{metric}_diff": v["diff"] for k, v in comps.items()}})
     return res
 
 

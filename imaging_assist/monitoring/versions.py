@@ -282,16 +282,72 @@ def _event(action: str, model_id: str, version: str | None, detail: dict) -> Non
     audit_record(f"model_{action}", {"model_id": model_id, "version": version, **detail})
 
 
-def register_candidate(model_id: str, version: str, folder: Path, base_version: str, detail: dict) -> None:
+def register_candidate(model_id: str, version: str, folder: Path, base_version: str, detail: dict) -> str:
+    """Record ``folder`` as the candidate ``version``; returns the version it was recorded under.
+    Two fine-tunes of one model run at once (two terminals, a second window) took the same
+    ``next_version`` at their start, and the second one's registration replaced the first: its
+    folder lost from the state, and "site.1" promoted was the second model while its measures
+    may have been read in the first one's folder.  Now the later one is renumbered under the
+    lock: the next free version, written into its card, metrics and monitor reference."""
     hashes = candidate_hashes(folder)  # before the lock: hashing the weights takes seconds
+    folder = Path(folder).resolve()
     with state_locked():
         st = load_state()
         m = st.setdefault(model_id, {"candidates": {}, "active": None, "history": []})
-        m["candidates"][version] = {"folder": str(Path(folder).resolve()), "base_version": base_version,
-                                    "sha256": hashes}
+        taken = m["candidates"].get(version)
+        if isinstance(taken, dict) and taken.get("folder") != str(folder):
+            new = _free_version(m["candidates"], version)
+            _renumber(folder, version, new)
+            from ..models.loaders import sha256_file
+
+            hashes.update({n: sha256_file(folder / n) for n in _TIED_FILES if (folder / n).is_file()})
+            detail = {**detail, "renumbered_from": version}
+            version = new
+        m["candidates"][version] = {"folder": str(folder), "base_version": base_version, "sha256": hashes}
         m["history"].append(_hist("candidate", version, None))
         save_state(st)
     _event("finetune", model_id, version, detail)
+    return version
+
+
+def _free_version(candidates: dict, version: str) -> str:
+    root = version.split("+")[0]
+    n = 1
+    while f"{root}+site.{n}" in candidates:
+        n += 1
+    return f"{root}+site.{n}"
+
+
+def _renumber(folder: Path, old: str, new: str) -> None:
+    """``old`` -> ``new`` where a candidate folder names its own version: the card (version, name,
+    the last fine-tuning history entry), metrics.json and the monitor reference."""
+    def edit(name, change):
+        p = folder / name
+        if p.is_file():
+            doc = json.loads(p.read_text(encoding="utf-8"))
+            change(doc)
+            p.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+    def card(d):
+        d["version"] = new
+        if isinstance(d.get("name"), str):
+            d["name"] = d["name"].replace(old, new)
+        hist = (d.get("data") or {}).get("fine_tuning_history") if isinstance(d.get("data"), dict) else None
+        for h in hist if isinstance(hist, list) else ():
+            if isinstance(h, dict) and h.get("version") == old:
+                h["version"] = new
+
+    def metrics(d):
+        if d.get("version") == old:
+            d["version"] = new
+
+    def reference(d):
+        if d.get("model_version") == old:
+            d["model_version"] = new
+
+    edit("model.json", card)
+    edit("metrics.json", metrics)
+    edit("monitor_reference.json", reference)
 
 
 def _hist(action, version, reason):
