@@ -132,6 +132,13 @@ def recorded_sanity(card) -> dict:
     return out
 
 
+def sanity_methods(card) -> list[str]:
+    """The methods ``sanity.json`` holds a verdict for, whatever weights it was made with."""
+    doc = _recorded_doc(card)
+    methods = doc.get("methods") if doc else None
+    return [m for m in methods if isinstance(m, str)] if isinstance(methods, dict) else []
+
+
 def not_checked_note(card, method: str) -> str | None:
     """One line when the model's ``sanity.json`` holds a verdict for ``method`` made with other
     weights than the card's (its verdict is not shown: "not checked for these weights")."""

@@ -459,7 +459,7 @@ def _threshold_metric(card, label: str, name: str, threshold: float, split: str)
 
 
 def card_summary(card, sha256: dict | None = None) -> dict:
-    from ..explain.sanity import recorded_sanity
+    from ..explain.sanity import not_checked_note, recorded_sanity, sanity_methods
     from ..models.card import card_limitations
     sums = dict(sha256 or {}) or {w.file: w.sha256 for w in card.weights if getattr(w, "sha256", None)}
     return {"id": card.id, "name": card.name, "version": card.version, "task": card.task,
@@ -467,7 +467,9 @@ def card_summary(card, sha256: dict | None = None) -> dict:
             "validation_data": card.validation_data,
             "limitations": card_limitations(card),
             "license": card.license, "sha256": sums,
-            "sanity": {k: bool(v.get("passed")) for k, v in recorded_sanity(card).items()}}
+            "sanity": {k: bool(v.get("passed")) for k, v in recorded_sanity(card).items()},
+            # verdicts on record made with other weights: "not checked for these weights"
+            "sanity_other_weights": [m for m in sanity_methods(card) if not_checked_note(card, m)]}
 
 
 # =========================================================================== report data
@@ -598,6 +600,9 @@ def _explanations(item: dict, card_sum: dict | None) -> list[str]:
         if m in sanity:
             status = "passed" if sanity[m] else "FAILED (the map may show image structure, not what the model learned)"
             s = f"weight-randomisation sanity check {status}"
+        elif m in ((card_sum or {}).get("sanity_other_weights") or ()):
+            s = ("not checked for these weights (the weight-randomisation sanity check on record was made "
+                 "with other weights)")
         else:
             s = "no sanity check recorded for this method and model"
         f = (h.get("faithfulness") or {}).get("faithfulness")

@@ -132,11 +132,16 @@ def card_html(card, entry=None) -> str:
 
 def _sanity_html(card, th: str, td: str) -> list[str]:
     """The weight-randomisation check of each explanation method (sanity.json), if measured."""
-    from imaging_assist.explain.sanity import recorded_sanity
+    from imaging_assist.explain.sanity import not_checked_note, recorded_sanity, sanity_methods
 
     rec = recorded_sanity(card)
     if not rec:
-        return []
+        # a check made with other weights (a retrained or fine-tuned model): said, not left out
+        stale = [n for n in (not_checked_note(card, m) for m in sanity_methods(card)) if n]
+        if not stale:
+            return []
+        return ["<h3>Explanation sanity check</h3>",
+                *(f"<p style='color:{ERROR_FG}'>{esc(n)}</p>" for n in stale)]
     out = ["<h3>Explanation sanity check</h3>",
            f"<p style='color:{MUTED}'>Weights randomised layer by layer (Adebayo et al. 2018): a "
            "method passes when its map of the randomised network correlates &lt; 0.5 (Spearman) "
