@@ -73,8 +73,9 @@ def test_a_version_rolled_back_elsewhere_is_not_run_from_the_open_panel(qapp, tm
         assert wait_until(lambda: panel._catalog_loaded and panel.state == "idle"
                           and _listed(panel).card.version == "1.0.0", 60)
         assert _listed(panel).folder == base.resolve()
-        panel.tree.setCurrentItem(panel.tree.currentItem())
-        assert panel.current_entry().card.version == "1.0.0"
+        # the reader's choice stays selected (not the best fit of the new list) and the line stays
+        assert panel.current_entry().card.id == MODEL and panel.current_entry().card.version == "1.0.0"
+        assert "the version in use changed" in panel.error_text() and panel.error.isVisible()
         got = []
         panel.runFinished.connect(got.append)
         assert wait_until(lambda: all(panel.verify_state.get(str(x.folder)) for x in panel.entries

@@ -137,11 +137,13 @@ def _sanity_html(card, th: str, td: str) -> list[str]:
     rec = recorded_sanity(card)
     if not rec:
         # a check made with other weights (a retrained or fine-tuned model): said, not left out
-        stale = [n for n in (not_checked_note(card, m) for m in sanity_methods(card)) if n]
+        stale = [m.replace("_", " ") for m in sanity_methods(card) if not_checked_note(card, m)]
         if not stale:
             return []
+        why = not_checked_note(card, sanity_methods(card)[0])  # the same reason for every method
+        why = why.split(" not checked for these weights", 1)[1]
         return ["<h3>Explanation sanity check</h3>",
-                *(f"<p style='color:{ERROR_FG}'>{esc(n)}</p>" for n in stale)]
+                f"<p style='color:{ERROR_FG}'>{esc(', '.join(stale))}: not checked for these weights{esc(why)}</p>"]
     out = ["<h3>Explanation sanity check</h3>",
            f"<p style='color:{MUTED}'>Weights randomised layer by layer (Adebayo et al. 2018): a "
            "method passes when its map of the randomised network correlates &lt; 0.5 (Spearman) "

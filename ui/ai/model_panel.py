@@ -420,6 +420,7 @@ class ModelPanel(QWidget):
         self.last_error = ""
         self.result_layers: list = []
         self._sticky_error = False
+        self._reselect: tuple[str, str] | None = None  # (model id, why) after a version change
         self._run_token = 0
         self._cat_token = 0
         self._catalog_loaded = False
@@ -618,6 +619,15 @@ class ModelPanel(QWidget):
         if self.state == "listing":
             self.state = "idle"
         self._rematch(select_best=True)
+        again, self._reselect = self._reselect, None
+        if again is not None:
+            mid, why = again
+            e = next((x for x in self.entries if x.card is not None and x.card.id == mid and not x.shadowed_by),
+                     None)
+            if e is not None:
+                self._fill_tree(str(e.folder))
+                self._selection_changed()
+            self._show_error(why)
         if err:
             self._show_error(err, sticky=True)
         elif self._sticky_error:
@@ -964,8 +974,10 @@ class ModelPanel(QWidget):
                              "Shift+click the nodule (or press N over it) in the viewer.")
             return False
         changed = self._version_changed(e)
-        if changed:  # the list is read again; the run starts on the next click, on the version in use
+        if changed:  # the list is read again, the same model kept selected and the line kept shown;
+            # the run starts on the next click, on the version in use
             self._show_error(changed)
+            self._reselect = (e.card.id, changed)
             self.refresh()
             return False
         vol = self.doc.volume
