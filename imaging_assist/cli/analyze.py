@@ -131,7 +131,12 @@ def cmd_analyze(args) -> int:
     from ..models.matching import match_card, series_facts
 
     from ..models.registry import Registry
+    from ..privacy.deid import exit_on_sigterm
 
+    # SIGTERM (kill, timeout, a supervisor's stop) ends the command through SystemExit, as Ctrl-C
+    # does: the temporary folders are removed on the way out.  It ended the process at once, and
+    # a per-study report (the patient's name, ID, birth date and the film) was left in /tmp.
+    exit_on_sigterm()
     if getattr(args, "prior", None) and getattr(args, "deidentify", False):
         # the de-identified copy has no study date (PS3.15 basic profile), and the prior's dates and
         # series UID would carry identifying data into a result meant to have none
