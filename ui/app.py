@@ -118,9 +118,16 @@ def _unwritable(path: str, sources=()) -> str | None:
 
 
 def _settings() -> QSettings:
+    """IMAGING_ASSIST_SETTINGS names the file; else, where IMAGING_ASSIST_CONFIG_DIR moves the
+    user's settings, ``gui.ini`` there (the recent list, which names study folders, no longer
+    lands in ~/.config beside a relocated config); else Qt's own place, as before."""
     path = os.environ.get("IMAGING_ASSIST_SETTINGS")
     if path:
         return QSettings(path, QSettings.IniFormat)
+    if os.environ.get("IMAGING_ASSIST_CONFIG_DIR"):
+        from imaging_assist.userdirs import config_dir
+
+        return QSettings(str(config_dir() / "gui.ini"), QSettings.IniFormat)
     return QSettings("ImagingAssist", "Imaging Assist")
 
 
@@ -161,17 +168,23 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     import threading
 
     flag = {"interrupted": False}
-    old_sigint = None
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
+    old_sigint = old_sigterm = None
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
         # Ctrl-C: noted here, the event loop quits at its next timer tick (run_gui's _run), instead
         # of a KeyboardInterrupt raised inside whatever Qt slot or paint event is running
         old_sigint = signal.signal(signal.SIGINT, lambda signum, frame: flag.update(interrupted=True))
+    if main and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        # SIGTERM (logout, kill, a supervisor) the same way: it ended the process at once, and a
+        # DICOM export's temporary report (name, ID, pixels) stayed in the temporary folder
+        old_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: flag.update(interrupted=True))
     try:
         return _run(path, screenshot, series, layout, run_models, slab, size, flag)
     finally:
         if old_sigint is not None:
             signal.signal(signal.SIGINT, old_sigint)
+        if old_sigterm is not None:
+            signal.signal(signal.SIGTERM, old_sigterm)
 
 
 def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
@@ -179,6 +192,7 @@ def _run(path, screenshot, series, layout, run_models, slab, size, flag) -> int:
     app = make_app()
     from .main_window import MainWindow
     win = MainWindow(settings=_settings())
+    win.recent.remember = not screenshot  # a one-off picture is not a study the user opened
     result = {"code": 0}
     # Python runs a signal handler only when the interpreter gets control: a timer brings the
     # event loop back to Python now and then, and quits it (from the loop, not from inside

@@ -108,6 +108,7 @@ class RecentStudies(QObject):
         self.settings = settings
         self.welcome = welcome
         self.menu = None
+        self.remember = True  # False: studies opened are not added (a one-off `view --screenshot`)
 
     def paths(self) -> list[str]:
         v = self.settings.value("recent", [])
@@ -116,6 +117,8 @@ class RecentStudies(QObject):
         return [_path(str(x)) for x in (v or [])]
 
     def add(self, path: str):
+        if not self.remember:
+            return
         path = os.path.abspath(path)
         # Another window (process) may have added a study since this one read the settings: read
         # the file again first, and write at once, so that neither window's study is dropped.
