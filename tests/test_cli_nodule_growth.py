@@ -149,6 +149,9 @@ def test_analyze_with_a_prior_writes_the_growth_into_results_report_and_sr(analy
     rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE, "--prior", str(prior),
                   "--out", str(out), "--dicom"], capsys)
     assert rc == 0, o.err
+    # said on the console too (session 25: results.json and the report only)
+    assert any(ln.endswith("growth: no verdict, no VDT: +100% in 184 days (prior size a lower bound; current size a "
+                           "lower bound), mean diameter +3.0 mm") for ln in o.err.splitlines()), o.err
     (item,) = json.loads((out / "results.json").read_text())["items"]
     (n,) = item["nodules"]
     g = n["growth"]
@@ -183,6 +186,18 @@ def test_analyze_with_a_prior_links_by_id_and_says_what_it_could_not_compare(ana
     assert "growth" not in item["nodules"][0]
     assert any("nodule N7: no nodule of that id in the prior analysis (pri): no growth (prior ids: N1)" in w
                for w in item["warnings"]), item["warnings"]
+    assert "warning: nodule N7: no nodule of that id in the prior analysis (pri)" in o.err, o.err
+    # a prior written by a version that recorded no patient: refused, and said on the console
+    # (session 25: only in results.json and the report, the console said nothing of --prior)
+    doc = json.loads((analyses / "pri" / "results.json").read_text())
+    for it in doc["items"]:
+        it.pop("patient_key", None)
+    (tmp_path / "old.json").write_text(json.dumps(doc))
+    rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE,
+                  "--prior", str(tmp_path / "old.json"), "--out", str(tmp_path / "o4")], capsys)
+    assert rc == 0, o.err
+    assert "warning: nodule N1: not compared with the prior (the prior's results.json names no patient (written " \
+        "by an older version): analyse it again)" in o.err, o.err
     # the same series as its own prior: said, not compared
     rc, o = _cli(["analyze", str(SLAB), "--model", "ct-nodule-malignancy", "--at", CENTRE,
                   "--prior", str(analyses / "cur"), "--out", str(tmp_path / "o2")], capsys)

@@ -146,8 +146,15 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
             d = item_dict(run, vol, out_dir, stem, card,
                           series_source(vol, src) if kind == "series" else src, kind)
             d["warnings"] = extra + d["warnings"]
+            growth_lines = []
             if prior is not None:
-                d["warnings"] += add_growth(d, run, *prior)
+                said = add_growth(d, run, *prior)
+                d["warnings"] += said
+                # on the console too: --prior was asked for, and whether it compared anything was
+                # said only in results.json and the report (an older version's prior refused silently)
+                growth_lines = [f"growth: {nd['growth']['text']}" for nd in d["nodules"]
+                                if isinstance(nd.get("growth"), dict) and nd["growth"].get("text")]
+                growth_lines += [f"warning: {w}" for w in said]
             captured[len(results)] = capture(d, vol, out_dir, run)
             results.append(d)
             if dicom_run is not None and kind == "series":
@@ -156,7 +163,7 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
                 print("note: DICOM result objects are not written for NIfTI input (no DICOM source to "
                       "reference): the NIfTI label map and the PDF report only", file=sys.stderr)
                 said_nifti = True
-            for line in summary_lines(d):
+            for line in summary_lines(d) + growth_lines:
                 print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - one failed item, the rest goes on (a defect only this file hits too)
             msg = item_failure(e, args)
