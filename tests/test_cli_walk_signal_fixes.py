@@ -212,10 +212,9 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_ctrl_c_in_the_viewer_is_interrupted_130(tmp_path):
-    """SIGINT to the process group (a terminal's Ctrl-C) while the series loads: "interrupted",
-    exit 130, no traceback (before: a KeyboardInterrupt inside a Qt slot, ignored, or a SIGSEGV
-    at exit), and no screenshot."""
+def viewer_stopped_by(tmp_path, stop) -> None:
+    """`view --screenshot` of the CT phantom, its loader slowed, is stopped by ``stop(process)``
+    once its event loop runs: "interrupted", exit 130, no traceback, and no screenshot."""
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
     out = tmp_path / "shot.png"
@@ -229,7 +228,7 @@ def test_ctrl_c_in_the_viewer_is_interrupted_130(tmp_path):
             if select.select([p.stdout], [], [], 1.0)[0]:
                 seen += os.read(p.stdout.fileno(), 4096)
         assert b"READY" in seen, (seen, p.poll())
-        os.killpg(p.pid, signal.SIGINT)
+        stop(p)
         so, se = p.communicate(timeout=90)
     finally:
         if p.poll() is None:
@@ -239,6 +238,13 @@ def test_ctrl_c_in_the_viewer_is_interrupted_130(tmp_path):
     assert p.returncode == 130, (p.returncode, err)
     assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_ctrl_c_in_the_viewer_is_interrupted_130(tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C) while the series loads: "interrupted",
+    exit 130, no traceback (before: a KeyboardInterrupt inside a Qt slot, ignored, or a SIGSEGV
+    at exit), and no screenshot."""
+    viewer_stopped_by(tmp_path, lambda p: os.killpg(p.pid, signal.SIGINT))
 
 
 def test_finetune_out_naming_a_file_is_a_user_error(tmp_path):

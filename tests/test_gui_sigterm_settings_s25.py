@@ -7,41 +7,18 @@ there, not in ~/.config beside it."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 
-from conftest import CT_PHANTOM, ROOT, need
-from test_cli_walk_signal_fixes import _CHILD
+from conftest import ROOT, need
+from test_cli_walk_signal_fixes import viewer_stopped_by
 
 CR = ROOT.parent / "shared" / "data" / "dicom" / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm"
 
 
 def test_sigterm_to_the_viewer_quits_it_as_ctrl_c_does(tmp_path):
-    script = tmp_path / "child.py"
-    script.write_text(_CHILD)
-    out = tmp_path / "shot.png"
-    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", IMAGING_ASSIST_SETTINGS=str(tmp_path / "s.ini"))
-    p = subprocess.Popen([sys.executable, str(script), "view", str(need(CT_PHANTOM)), "--screenshot", str(out)],
-                         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        seen, end = b"", time.monotonic() + 120
-        while b"READY" not in seen and time.monotonic() < end and p.poll() is None:
-            if select.select([p.stdout], [], [], 1.0)[0]:
-                seen += os.read(p.stdout.fileno(), 4096)
-        assert b"READY" in seen, (seen, p.poll())
-        p.send_signal(signal.SIGTERM)  # the process only, as `kill PID` does
-        so, se = p.communicate(timeout=90)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
-    err = se.decode(errors="replace")
-    assert p.returncode == 130, (p.returncode, err)
-    assert err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
-    assert not out.exists()
+    viewer_stopped_by(tmp_path, lambda p: p.send_signal(signal.SIGTERM))  # the process only, as `kill PID`
 
 
 def test_a_screenshot_run_records_no_recent_study_and_settings_follow_the_config_dir(tmp_path):
