@@ -578,6 +578,7 @@ def _init_ray(ray, address, temp_dir, num_cpus):
         return True, None
     import tempfile
 
+    created = temp_dir is None
     temp_dir = temp_dir or tempfile.mkdtemp(prefix="ia-ray-", dir="/tmp")
     _loopback_only()
     # Ray 2.60 turns token authentication on for a new local cluster and logs a warning that
@@ -585,13 +586,52 @@ def _init_ray(ray, address, temp_dir, num_cpus):
     # about a setting that is as it should be.  Its logger is quiet for this ray.init only.
     auth_log = logging.getLogger("ray._private.authentication.authentication_token_setup")
     level, auth_log.level = auth_log.level, logging.ERROR
-    with _without_dashboard_head():
-        try:
-            ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
-                     _system_config=dict(START_CONFIG), **kw)
-        finally:
-            auth_log.level = level
+    try:
+        _own_auth_token(temp_dir)
+        with _without_dashboard_head():
+            try:
+                ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=temp_dir,
+                         _system_config=dict(START_CONFIG), **kw)
+            finally:
+                auth_log.level = level
+    except BaseException:  # Ray did not start: its folder (and the token in it) goes now
+        if created:
+            import shutil
+
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     return True, temp_dir
+
+
+_TOKEN_NAME = "auth_token"  # in the run's Ray temporary folder: removed with it (stop_ray)
+_token_path_set: str | None = None  # the RAY_AUTH_TOKEN_PATH this process set last
+
+
+def _own_auth_token(temp_dir: str) -> None:
+    """Ray 2.60 turns token authentication on for a cluster ``ray.init`` starts and, finding no
+    token, writes a new one to ``~/.ray/auth_token``: outside the user's folders, left after
+    the run, and an "internal error (OSError: Read-only file system)" where the home cannot be
+    written (locked-down workstations, containers).  Where the user has set neither a token
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) nor a mode (RAY_AUTH_MODE), this
+    run's cluster gets a random token of its own in its temporary folder (mode 0600; Ray's
+    processes inherit RAY_AUTH_TOKEN_PATH): authentication stays on, nothing goes into the home.
+    A path this function set for an earlier run (its folder removed by :func:`stop_ray`) is
+    replaced, never left pointing at a missing file."""
+    import secrets
+
+    global _token_path_set
+    if _token_path_set and os.environ.get("RAY_AUTH_TOKEN_PATH") == _token_path_set \
+            and not os.path.exists(_token_path_set):
+        del os.environ["RAY_AUTH_TOKEN_PATH"]  # an earlier run's in this process, gone with its folder
+    if any(os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")):
+        return
+    if os.path.isfile(os.path.expanduser(os.path.join("~", ".ray", "auth_token"))):
+        return  # the user's own token: Ray uses it as before
+    path = os.path.join(temp_dir, _TOKEN_NAME)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_TOKEN_PATH"] = _token_path_set = path
 
 
 @contextmanager
@@ -755,6 +795,9 @@ def stop_ray(temp_dir: str | None = None) -> None:
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
+    if _token_path_set and os.environ.get("RAY_AUTH_TOKEN_PATH") == _token_path_set \
+            and not os.path.exists(_token_path_set):
+        del os.environ["RAY_AUTH_TOKEN_PATH"]  # gone with the folder: a cluster joined later uses its own
 
 
 def _decode_chunk(cands):
