@@ -170,14 +170,18 @@ def run_gui(path: str | None, screenshot: str | None = None, series: str | None 
     flag = {"interrupted": False}
     old_sigint = old_sigterm = None
     main = threading.current_thread() is threading.main_thread()
+
+    def note(signum, frame):
+        flag["interrupted"] = True
+
     if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when ignored (nohup, &)
         # Ctrl-C: noted here, the event loop quits at its next timer tick (run_gui's _run), instead
         # of a KeyboardInterrupt raised inside whatever Qt slot or paint event is running
-        old_sigint = signal.signal(signal.SIGINT, lambda signum, frame: flag.update(interrupted=True))
+        old_sigint = signal.signal(signal.SIGINT, note)
     if main and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         # SIGTERM (logout, kill, a supervisor) the same way: it ended the process at once, and a
         # DICOM export's temporary report (name, ID, pixels) stayed in the temporary folder
-        old_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: flag.update(interrupted=True))
+        old_sigterm = signal.signal(signal.SIGTERM, note)
     try:
         return _run(path, screenshot, series, layout, run_models, slab, size, flag)
     finally:

@@ -139,19 +139,26 @@ def sanity_methods(card) -> list[str]:
     return [m for m in methods if isinstance(m, str)] if isinstance(methods, dict) else []
 
 
-def not_checked_note(card, method: str) -> str | None:
-    """One line when the model's ``sanity.json`` holds a verdict for ``method`` made with other
-    weights than the card's (its verdict is not shown: "not checked for these weights")."""
+def other_weights_reason(card) -> str | None:
+    """Why the model's recorded sanity verdicts are not shown, when ``sanity.json`` was made with
+    other weights than the card's (the same reason for every method); None otherwise."""
     doc = _recorded_doc(card)
-    methods = doc.get("methods") if doc else None
-    if not isinstance(methods, dict) or method not in methods:
+    if not doc:
         return None
     status, rec, have = _weights_state(card, doc)
     if status != "other":
         return None
-    return (f"{method.replace('_', ' ')} not checked for these weights: the weight-randomisation "
-            f"sanity check of model {card.id} was made with other weights (sha256 {str(rec)[:12]}…, "
-            f"these are {str(have)[:12]}…); rerun scripts/check_explanations.py")
+    return (f"the weight-randomisation sanity check of model {card.id} was made with other weights "
+            f"(sha256 {str(rec)[:12]}…, these are {str(have)[:12]}…); rerun scripts/check_explanations.py")
+
+
+def not_checked_note(card, method: str) -> str | None:
+    """One line when the model's ``sanity.json`` holds a verdict for ``method`` made with other
+    weights than the card's (its verdict is not shown: "not checked for these weights")."""
+    if method not in sanity_methods(card):
+        return None
+    why = other_weights_reason(card)
+    return f"{method.replace('_', ' ')} not checked for these weights: {why}" if why else None
 
 
 def sanity_warning(card, method: str) -> str | None:

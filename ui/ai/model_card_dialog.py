@@ -132,18 +132,18 @@ def card_html(card, entry=None) -> str:
 
 def _sanity_html(card, th: str, td: str) -> list[str]:
     """The weight-randomisation check of each explanation method (sanity.json), if measured."""
-    from imaging_assist.explain.sanity import not_checked_note, recorded_sanity, sanity_methods
+    from imaging_assist.explain.sanity import other_weights_reason, recorded_sanity, sanity_methods
 
     rec = recorded_sanity(card)
     if not rec:
         # a check made with other weights (a retrained or fine-tuned model): said, not left out
-        stale = [m.replace("_", " ") for m in sanity_methods(card) if not_checked_note(card, m)]
-        if not stale:
+        why = other_weights_reason(card)
+        stale = [m.replace("_", " ") for m in sanity_methods(card)]
+        if not why or not stale:
             return []
-        why = not_checked_note(card, sanity_methods(card)[0])  # the same reason for every method
-        why = why.split(" not checked for these weights", 1)[1]
         return ["<h3>Explanation sanity check</h3>",
-                f"<p style='color:{ERROR_FG}'>{esc(', '.join(stale))}: not checked for these weights{esc(why)}</p>"]
+                f"<p style='color:{ERROR_FG}'>{esc(', '.join(stale))}: not checked for these weights: "
+                f"{esc(why)}</p>"]
     out = ["<h3>Explanation sanity check</h3>",
            f"<p style='color:{MUTED}'>Weights randomised layer by layer (Adebayo et al. 2018): a "
            "method passes when its map of the randomised network correlates &lt; 0.5 (Spearman) "
