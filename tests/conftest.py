@@ -15,9 +15,18 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # The suite never writes into the user's own folders (audit trail, prediction log, PACS nodes,
 # site key): XDG config and data homes point into one temporary folder for the whole run,
 # inherited by every subprocess the tests start.  Tests that need their own set IMAGING_ASSIST_*.
-_USER_HOME = Path(tempfile.mkdtemp(prefix="imaging-assist-tests-"))
-os.environ["XDG_CONFIG_HOME"] = str(_USER_HOME / "config")
-os.environ["XDG_DATA_HOME"] = str(_USER_HOME / "data")
+# A process the run starts that imports this file again (multiprocessing's spawn imports the test
+# module, and with it conftest; a pytest-xdist worker) keeps the run's folder and the XDG homes it
+# was given (its test module's): only the process that made the folder removes it at the end.
+_RUN_HOME_ENV = "IMAGING_ASSIST_TESTS_RUN_HOME"
+_inherited = os.environ.get(_RUN_HOME_ENV)
+if _inherited and Path(_inherited).is_dir():
+    _USER_HOME, _OWN_USER_HOME = Path(_inherited), False
+else:
+    _USER_HOME, _OWN_USER_HOME = Path(tempfile.mkdtemp(prefix="imaging-assist-tests-")), True
+    os.environ[_RUN_HOME_ENV] = str(_USER_HOME)
+    os.environ["XDG_CONFIG_HOME"] = str(_USER_HOME / "config")
+    os.environ["XDG_DATA_HOME"] = str(_USER_HOME / "data")
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,7 +57,8 @@ def pytest_sessionfinish(session, exitstatus):
     # each run left ~12 MB in the temporary folder
     import shutil
 
-    shutil.rmtree(_USER_HOME, ignore_errors=True)
+    if _OWN_USER_HOME:
+        shutil.rmtree(_USER_HOME, ignore_errors=True)
 
 
 def need(path: Path) -> Path:
