@@ -283,10 +283,7 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     # figures, segmentation quality, explanation-region checks)
     from .inference.checks import apply_trust_checks
 
-    region = d.get("explanation_region") if isinstance(d.get("explanation_region"), dict) else {}
-    seg = next((e.card for e in models.entries if e.card is not None
-                and e.card.id == region.get("model")), None)
-    apply_trust_checks(d, res, card, [], region_card=seg)
+    apply_trust_checks(d, res, card, [])
     if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
             and res.label_map.shape[0] == 1:  # a single image: the label map also as an 8-bit PNG
         f = f"{stem}_labels.png"

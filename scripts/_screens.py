@@ -57,5 +57,27 @@ def fresh_window(prefix: str = "ia-shot-"):
 def open_and_wait(app, w, folder) -> None:
     """Open ``folder`` in main window ``w`` and wait until its series is loaded and drawn."""
     w.open_path(str(folder))
-    assert wait(app, lambda: w.load_state == "done" and w.doc.volume is not None and w.doc.volume.loaded.all(), 60)
+    assert wait(app, lambda: w.load_state == "done" and w.doc.volume is not None
+                and (w.doc.volume.loaded is None or w.doc.volume.loaded.all()), 60)  # a plain image: None
     wait(app, lambda: False, 1.5)
+
+
+def panel_on_model(app, w, folder, model_id: str, file) -> object:
+    """Copy ``file`` into ``folder``, open it, show the AI model panel with ``model_id`` selected
+    (its active version); returns the panel."""
+    import shutil
+
+    folder.mkdir()
+    shutil.copy(file, folder)
+    open_and_wait(app, w, folder)
+    w.show_model_panel()
+    panel = w.model_panel
+    wait(app, lambda: panel._catalog_loaded, 60)
+    from imaging_assist_ui.ai.model_panel import FOLDER_ROLE
+
+    for n in range(panel.tree.topLevelItemCount()):
+        it = panel.tree.topLevelItem(n)
+        e = panel._entry(it.data(0, FOLDER_ROLE))
+        if e is not None and e.card is not None and e.card.id == model_id and not e.shadowed_by:
+            panel.tree.setCurrentItem(it)
+    return panel

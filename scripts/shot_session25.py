@@ -21,7 +21,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _screens import fresh_window, open_and_wait as _open, small_png, wait  # noqa: E402
+from _screens import fresh_window, panel_on_model, small_png, wait  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
 OUT = HERE.parent / "docs" / "screenshots"
@@ -53,20 +53,8 @@ def main() -> int:
 
     app, w, home = fresh_window("ia-shot25-")
     _site_version(Path(home))
-    films = Path(home) / "film"
-    films.mkdir()
-    shutil.copy(SHARED / "dicom" / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm", films)
-    _open(app, w, films)
-    w.show_model_panel()
-    panel = w.model_panel
-    wait(app, lambda: panel._catalog_loaded, 60)
-    from imaging_assist_ui.ai.model_panel import FOLDER_ROLE
-
-    for n in range(panel.tree.topLevelItemCount()):
-        it = panel.tree.topLevelItem(n)
-        e = panel._entry(it.data(0, FOLDER_ROLE))
-        if e is not None and e.card is not None and e.card.id == MODEL and not e.shadowed_by:
-            panel.tree.setCurrentItem(it)
+    panel = panel_on_model(app, w, Path(home) / "film", MODEL,
+                           SHARED / "dicom" / "cr_chest_monochrome1_fuji" / "CR-MONO1-10-chest.dcm")
     wait(app, lambda: False, 1.0)
     print("listed:", panel.current_entry().card.version, panel.current_entry().folder)
     from imaging_assist.monitoring import versions as V
@@ -78,7 +66,13 @@ def main() -> int:
     r = QRect(panel.mapTo(w, QPoint(0, 0)), panel.size())
     print(small_png(img.copy(r), OUT / "model_panel_version_changed.png"))
 
-    # --- the card dialog of a model whose sanity.json is of other weights
+    card_sanity_shot(app, w, home)
+    return 0
+
+
+
+def card_sanity_shot(app, w, home) -> None:
+    """The model card dialog of a model whose sanity.json was made with other weights."""
     from imaging_assist.models.card import load_card
     from imaging_assist_ui.ai.model_card_dialog import ModelCardDialog
 
@@ -101,7 +95,6 @@ def main() -> int:
     wait(app, lambda: False, 0.5)
     print(small_png(dlg.grab().toImage(), OUT / "card_sanity_other_weights.png"))
     dlg.close()
-    return 0
 
 
 if __name__ == "__main__":

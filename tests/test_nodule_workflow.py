@@ -426,6 +426,14 @@ def test_cli_analyze_at_on_the_dicom_slab_writes_seg_and_sr(tmp_path, consensus,
     assert item["task"] == "nodule" and [n["id"] for n in item["nodules"]] == ["N1", "lung"]
     big, lung = item["nodules"]
     assert big["found"] and not lung["found"] and "no nodule found" in lung["reason"]
+    # the console line has the threshold's test-split figures, as an image classifier's has, and
+    # what qualifies the numbers (a volume that is a lower bound at the window's edge) is said there
+    line = next(x for x in o.err.splitlines() if ": N1: " in x and "malignant" in x)
+    assert "not pathology) [" in line and "sensitivity" in line and "specificity" in line, line
+    assert big["warnings"] and any("window" in w for w in big["warnings"])
+    for w in big["warnings"]:
+        assert f": N1: {w}" in o.err and any(x.startswith("warning: ") and x.endswith(f": N1: {w}")
+                                              for x in o.err.splitlines()), w
     lm = np.transpose(np.asarray(nib.load(out / item["label_map"]).dataobj), (2, 1, 0))
     assert lm.shape == (16, 512, 512) and _dice(lm == 1, cons) >= 0.7
     assert item["labels"] == {"0": "background", "1": "nodule N1"}

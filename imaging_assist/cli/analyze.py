@@ -371,8 +371,12 @@ def _summary(d: dict) -> str:
     """One line per item; a flagged ``ood`` says "outside what this model was trained on"."""
     from ..validation.ood import summary_note
 
+    from ..explain.flags import flagged_text
+
     line = _summary_line(d)
-    return printable(line + summary_note(d, line))  # the source path and labels come from files
+    lines = [line + summary_note(d, line)]
+    lines += [f"warning: {d.get('source')}: {t}" for t in map(flagged_text, d.get("heatmaps") or []) if t]
+    return "\n".join(map(printable, lines))  # the source path and labels come from files
 
 
 def _summary_line(d: dict) -> str:

@@ -11,6 +11,7 @@ from ..errors import UserError
 from ..nodules.analysis import MALIGNANCY_MODEL
 from ..nodules.run import (NIFTI_SUFFIXES, NODULE_MODELS, analyze_points, item_dict, parse_point,
                            read_points_csv, summary_lines, volume_centre)
+from ..safe_text import printable
 from .common import finish_run, item_failure, out_folder, print_item_error
 
 
@@ -163,8 +164,14 @@ def cmd_analyze_nodules(args, card, path: Path) -> int:
                 print("note: DICOM result objects are not written for NIfTI input (no DICOM source to "
                       "reference): the NIfTI label map and the PDF report only", file=sys.stderr)
                 said_nifti = True
+            name = Path(src).name if kind == 'nifti' else stem
             for line in summary_lines(d) + growth_lines:
-                print(f"{Path(src).name if kind == 'nifti' else stem}: {line}", file=sys.stderr)
+                print(printable(f"{name}: {line}"), file=sys.stderr)  # a file's name may hold anything
+            # what qualifies a nodule's numbers (a volume that is a lower bound at the window's edge,
+            # outside the training population, a withheld decision's cause) was in results.json only
+            for nd in d["nodules"]:
+                for w in nd.get("warnings") or []:
+                    print(printable(f"warning: {name}: {nd['id']}: {w}"), file=sys.stderr)
         except Exception as e:  # noqa: BLE001 - one failed item, the rest goes on (a defect only this file hits too)
             msg = item_failure(e, args)
             failed += 1

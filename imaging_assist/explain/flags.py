@@ -63,3 +63,13 @@ def heatmap_flags(hm, res=None, card=None, sanity: dict | None = None) -> list[s
                        f"attribution lies inside"
                        + (f" (they cover {100 * chance:.0f}% of the image)" if chance is not None else ""))
     return out
+
+
+def flagged_text(h: dict) -> str | None:
+    """One line for a results.json heat map whose ``flags`` are set (``apply_trust_checks``):
+    "the Grad-CAM map of pneumonia is flagged: <reasons>"; None when it is not flagged."""
+    flags = h.get("flags") if isinstance(h, dict) else None
+    if not isinstance(flags, list) or not flags:
+        return None
+    return (f"the {_title(str(h.get('method') or ''))} map of {h.get('label')} is flagged (the viewer "
+            f"hides it): {'; '.join(str(f) for f in flags)}")

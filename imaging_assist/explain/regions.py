@@ -198,6 +198,18 @@ class RegionExplainer:
              # were said of the classifier
              "warnings": [f"{model.card.id} (region): {w}" for w in seg.warnings
                           if w not in own and "is assumed" not in w]}
+        from ..inference.quality import region_quality
+
+        # the segmenter card's checks on the region, here (not only in analyze's results.json):
+        # the viewer's region line and heat-map flags read this dict too, and said a share inside
+        # slivers of lungs as if it meant something
+        d["quality"], failed = region_quality(region_map, {"name": spec.name, "model": model.card.id,
+                                                           "labels": list(spec.labels)}, model.card)
+        if d["quality"] is None:
+            del d["quality"]
+        if failed:
+            d["warnings"].append(failed)
+            res.warnings.append(failed)
         if fractions[first] is None:
             res.warnings.append(f"the {first} heat map has no positive attribution: its share inside "
                                 f"the {spec.name} is undefined")
@@ -242,4 +254,10 @@ def region_text(er: dict | None) -> str | None:
     if q.get("checked") and not q.get("passed"):
         head += (f" - NOT MEANINGFUL: the {er['name']} found by {er.get('model', 'the segmenter')} fail "
                  f"its quality checks ({'; '.join(q.get('failures') or [])})")
+    # what the segmenter said of this image (outside what it was trained on, ...): the share rests
+    # on its mask, and the line read as sure as any other
+    said = [w for w in er.get("warnings") or [] if isinstance(w, str)
+            and "fail its quality checks" not in w and "QUALITY CHECK FAILED" not in w]  # said just above
+    if said:
+        head += f" - caution, {'; '.join(said)}"
     return head + (f"; {areas}" if areas else "")

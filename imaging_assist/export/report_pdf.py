@@ -610,6 +610,11 @@ def _explanations(item: dict, card_sum: dict | None) -> list[str]:
         if isinstance(f, (int, float)) and math.isfinite(f):
             ftxt = f"; deletion test {'better' if f > 0 else 'not better'} than random ({f:+.2f})"
         lines.append(f"{_method_name(m)} heat map of {h.get('label')}: {s}{ftxt}.")
+        from ..explain.flags import flagged_text
+
+        flagged = flagged_text(h)
+        if flagged:
+            lines.append(flagged[0].upper() + flagged[1:] + ".")
     er = item.get("explanation_region")
     if er:
         from ..explain.regions import region_text

@@ -6,11 +6,11 @@ figures, the segmentation quality checks and the explanation region's checks."""
 from __future__ import annotations
 
 
-def apply_trust_checks(d: dict, res, card, overridden: list[str], region_card=None) -> None:
+def apply_trust_checks(d: dict, res, card, overridden: list[str]) -> None:
     """Issue 14: a research override is recorded and withholds decisions; classifications get
     the ``decision`` with the card's independent test-split figures; segmentations the
-    card's ``quality`` checks (imaging_assist.inference.quality).  ``region_card``: the card of
-    the explanation region's segmenter when the caller has it (else the registry's)."""
+    card's ``quality`` checks (imaging_assist.inference.quality); an explanation region's checks
+    were made where it was measured (explain.regions)."""
     from .quality import attach_quality
     from ..models.operating_point import apply_decision
 
@@ -26,15 +26,12 @@ def apply_trust_checks(d: dict, res, card, overridden: list[str], region_card=No
         apply_decision(d, card, withheld)
     if getattr(res, "label_map", None) is not None:
         attach_quality(d, res.label_map, card)
-    er = d.get("explanation_region")
-    if isinstance(er, dict) and getattr(res, "region_map", None) is not None:
-        from .quality import attach_region_quality
-        from ..models.registry import Registry
+    hms = d.get("heatmaps")
+    if isinstance(hms, list) and getattr(res, "heatmaps", None):
+        # the engine's verdict on each map (explain/flags.py), written with it: the viewer hid a
+        # flagged map and said why, while analyze, batch and the report showed it unremarked
+        from ..explain.flags import heatmap_flags
 
-        seg = region_card
-        try:
-            if seg is None or seg.id != er.get("model"):
-                seg = Registry().get(er.get("model")).card
-        except Exception:  # noqa: BLE001 - the region already ran; no checks without its card
-            seg = None
-        attach_region_quality(d, res.region_map, seg)
+        for h, hm in zip(hms, res.heatmaps):
+            if isinstance(h, dict) and (h.get("label"), h.get("method")) == (hm.label, hm.method):
+                h["flags"] = heatmap_flags(hm, res, card)

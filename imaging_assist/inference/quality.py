@@ -110,26 +110,24 @@ def attach_quality(d: dict, label_map, card) -> dict | None:
     return q
 
 
-def attach_region_quality(d: dict, region_map, seg_card) -> dict | None:
-    """A classifier's ``explanation_region`` (e.g. the lungs found by cxr-lung-seg) is a
-    segmentation too: run the segmenter card's checks on it.  When they fail, the heat map's
-    share "inside the lungs" is meaningless and the item says so."""
-    er = d.get("explanation_region")
+def region_quality(region_map, region: dict, seg_card) -> tuple[dict | None, str | None]:
+    """A classifier's explanation region (e.g. the lungs found by cxr-lung-seg) is a segmentation
+    too: (the segmenter card's checks on it, the warning when they fail: the heat map's share
+    inside the region is then meaningless).  ``region``: the ``explanation_region`` dict (its
+    ``labels``, ``name``, ``model``).  Called where the region is measured
+    (``explain.regions.RegionExplainer``), so that every caller (analyze, batch, the demo, the
+    viewer) sees the same verdict."""
     checks = getattr(seg_card, "quality_checks", None)
-    if not isinstance(er, dict) or region_map is None or checks is None or er.get("error"):
-        return None
+    if region_map is None or checks is None:
+        return None, None
     import dataclasses
 
-    labels = ["background"] + list(er.get("labels") or [])
+    labels = ["background"] + list(region.get("labels") or [])
     if checks.ratio_labels is not None and not set(checks.ratio_labels) <= set(labels):
         checks = dataclasses.replace(checks, left_right_ratio=None, ratio_labels=None)
     q = check_segmentation(region_map, labels, checks)
-    er["quality"] = q
-    if q is not None and not q["passed"]:
-        name = er.get("name", "region")
-        msg = (f"the {name} found by {er.get('model', 'the segmenter')} fail its quality checks "
+    if q is None or q["passed"]:
+        return q, None
+    name = region.get("name", "region")
+    return q, (f"the {name} found by {region.get('model', 'the segmenter')} fail its quality checks "
                f"({'; '.join(q['failures'])}): the heat map's share inside the {name} is not meaningful")
-        er.setdefault("warnings", [])
-        er["warnings"] = list(er["warnings"]) + [msg]
-        d["warnings"] = list(d.get("warnings") or []) + [msg]
-    return q

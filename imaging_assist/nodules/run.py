@@ -247,11 +247,20 @@ def item_dict(run: NoduleRun, volume, out_dir: Path, stem: str, card, source: st
 
 
 def summary_lines(d: dict) -> list[str]:
-    return [NoduleResult(**{k: v for k, v in nd.items() if k in ("id", "point_lps", "found", "reason",
-                                                                  "volume_mm3", "long_axis_mm",
-                                                                  "short_axis_mm", "mean_hu", "density",
-                                                                  "p_malignant", "threshold", "decision")}).text
-            for nd in d.get("nodules") or []]
+    """One line per nodule (the console, the demo): its measurements and the malignancy decision
+    with the threshold's test-split figures, as an image classifier's line has them."""
+    from ..models.operating_point import label_state, operating_point_text
+
+    out = []
+    for nd in d.get("nodules") or []:
+        line = NoduleResult(**{k: v for k, v in nd.items() if k in ("id", "point_lps", "found", "reason",
+                                                                    "volume_mm3", "long_axis_mm",
+                                                                    "short_axis_mm", "mean_hu", "density",
+                                                                    "p_malignant", "threshold", "decision")}).text
+        x = label_state(nd.get("decision"), "malignant") if isinstance(nd.get("decision"), dict) else None
+        figures = operating_point_text(x.get("operating_point") or {}) if x and x.get("state") != "withheld" else ""
+        out.append(f"{line} [{figures}]" if figures else line)
+    return out
 
 
 __all__ = ["NoduleRun", "analyze_points", "item_dict", "is_nodule_model",

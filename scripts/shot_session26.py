@@ -1,0 +1,59 @@
+"""Screenshots of session 26's changed screens, into docs/screenshots/:
+
+* ``model_panel_region_not_meaningful.png``: the AI model panel after cxr-pneumonia with a
+  Grad-CAM map on a child's film (Kermany person100_bacteria_475) whose lungs cxr-lung-seg finds
+  as slivers: the region line says the share is NOT MEANINGFUL (before, the panel said "6% of the
+  pneumonia heat map lies inside the lungs" as a normal figure and flagged the map "mostly
+  outside the lungs" on it; the region's quality checks were made only in analyze's results.json).
+* ``card_sanity_other_weights.png``: taken again; the card dialog's stale-sanity line now takes its
+  reason from ``explain.sanity.other_weights_reason`` (the same words).
+
+    QT_QPA_PLATFORM=xcb xvfb-run -a -s "-screen 0 1920x1080x24" .venv/bin/python scripts/shot_session26.py
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _screens import fresh_window, panel_on_model, small_png, wait  # noqa: E402
+
+SHARED = HERE.parents[1] / "shared" / "data"
+OUT = HERE.parent / "docs" / "screenshots"
+MODEL = "cxr-pneumonia"
+CHILD = SHARED / "cxr" / "pneumonia_kermany" / "test" / "PNEUMONIA" / "person100_bacteria_475.jpeg"
+
+
+def main() -> int:
+    app, w, home = fresh_window("ia-shot26-")
+    panel = panel_on_model(app, w, Path(home) / "film", MODEL, CHILD)
+    panel.method.setCurrentIndex(panel.method.findData("gradcam"))
+    done = []
+    panel.runFinished.connect(done.append)
+    print("run:", panel.run(), "|", panel.error_text())
+    wait(app, lambda: bool(done), 180)
+    wait(app, lambda: False, 0.5)
+    print("status:", done)
+    # the result text: scrolled to its Heat maps section (the panel is taller than the window)
+    res = panel.results
+    res.resize(res.width(), 520)
+    doc = res.toPlainText()
+    cur = res.textCursor()
+    cur.setPosition(max(0, doc.find("Heat maps")))
+    res.setTextCursor(cur)
+    res.ensureCursorVisible()
+    bar = res.verticalScrollBar()
+    bar.setValue(min(bar.maximum(), res.cursorRect().top() + bar.value() - 200))
+    wait(app, lambda: False, 0.5)
+    print(small_png(res.grab().toImage(), OUT / "model_panel_region_not_meaningful.png"))
+
+    from shot_session25 import card_sanity_shot
+
+    card_sanity_shot(app, w, home)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
