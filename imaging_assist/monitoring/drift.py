@@ -471,8 +471,9 @@ def _readers(fb, card, ref, th, ref_auc):
 
 # --------------------------------------------------------------------------- the monitor
 def monitor(model_id: str | None = None, since: str | None = None, window: str | None = None,
-            log=None, registry=None, record_alerts: bool = True) -> dict:
-    """Windows and alerts of one model (or of every model in the log)."""
+            log=None, registry=None, record_alerts: bool = True, version: str | None = None) -> dict:
+    """Windows and alerts of one model (or of every model in the log): the runs of its active
+    version, or of ``version`` (with ``model_id``: a candidate, or a version rolled back)."""
     from ..models.registry import Registry
     from .log import db_path, open_log
 
@@ -480,6 +481,8 @@ def monitor(model_id: str | None = None, since: str | None = None, window: str |
         if not db_path().exists():
             raise UserError(f"no prediction log yet at {db_path()}: nothing to monitor")
         log = open_log()
+    if version is not None and not model_id:
+        raise UserError("--version needs --model (the version of which model?)")
     kind, size = parse_window(window)
     t_since = parse_since(since)
     ids = [model_id] if model_id else [r[0] for r in log.query("SELECT DISTINCT model_id FROM runs ORDER BY 1")]
@@ -487,13 +490,18 @@ def monitor(model_id: str | None = None, since: str | None = None, window: str |
     out = {"window": {"kind": kind, "size": size}, "since": since, "models": [], "alerts": [],
            "not_for_clinical_use": True}
     for mid in ids:
-        try:
-            card = reg.get(mid).card
-        except Exception as e:  # noqa: BLE001 - a model no longer installed: say so, go on
-            if model_id:
-                raise UserError(f"model {mid!r}: {e}") from None
-            out["models"].append({"model_id": mid, "note": f"not installed ({e}): not monitored"})
-            continue
+        if version is not None:  # one model's named version ("no version X; known: ..." otherwise)
+            from .finetune import version_card
+
+            card = version_card(mid, version)
+        else:
+            try:
+                card = reg.get(mid).card
+            except Exception as e:  # noqa: BLE001 - a model no longer installed: say so, go on
+                if model_id:
+                    raise UserError(f"model {mid!r}: {e}") from None
+                out["models"].append({"model_id": mid, "note": f"not installed ({e}): not monitored"})
+                continue
         m = monitor_model(log, card, t_since, kind, size)
         out["models"].append(m)
         out["alerts"].extend(m["alerts"])
@@ -646,20 +654,22 @@ def _iso(t: float) -> str:
 
 
 def _alert(card, w, stat, text) -> dict:
-    return {"model_id": card.id, "window": w["index"], "start": w["start"], "end": w["end"],
+    return {"model_id": card.id, "model_version": card.version, "window": w["index"], "start": w["start"], "end": w["end"],
             "statistic": stat, "text": f"{card.id}: {text} (window {w['start'][:10]} - {w['end'][:10]}, "
                                                  f"{w['n']} runs)"}
 
 
 def _record_alerts(log, alerts: list[dict]) -> None:
     """Each alert once in the log's events and in the audit trail (when the audit room has one)."""
-    seen = {(e["detail"].get("statistic"), e["detail"].get("start"), e["model_id"])
+    # one version's alert is not another's (windows of the same dates before and after a promotion);
+    # an alert recorded before alerts named their version stands for any version
+    seen = {(e["detail"].get("statistic"), e["detail"].get("start"), e["model_id"], e["detail"].get("model_version"))
             for e in log.events(kind="drift_alert")}
     for al in alerts:
         key = (al["statistic"], al["start"], al["model_id"])
-        if key in seen:
+        if key + (al.get("model_version"),) in seen or key + (None,) in seen:
             continue
-        seen.add(key)
+        seen.add(key + (al.get("model_version"),))
         log.add_event("drift_alert", al["model_id"], None, al)
         audit_record("drift_alert", al)
 
