@@ -282,8 +282,9 @@ def _analyse(models: _Models, entry, series, vol, out: Path, stem: str) -> tuple
     # issue 14: the same trust checks as analyze and batch (decision with the card's test-split
     # figures, segmentation quality, explanation-region checks)
     from .inference.checks import apply_trust_checks
+    from .models.matching import match_card, series_facts
 
-    apply_trust_checks(d, res, card, [])
+    apply_trust_checks(d, res, card, [], match_card(card, series_facts(vol, series)).warnings)
     if card.task == "segmentation" and getattr(res, "label_map", None) is not None \
             and res.label_map.shape[0] == 1:  # a single image: the label map also as an 8-bit PNG
         f = f"{stem}_labels.png"
@@ -570,8 +571,12 @@ def analysis_lines(d: dict) -> list[str]:
         lines.append(", ".join(f"{k} {v:,.0f} {unit}" for k, v in sizes.items() if k != "background"))
     if (d.get("quality") or {}).get("text"):
         lines.append(d["quality"]["text"])
+    from .explain.flags import flagged_text
+
     for h in d.get("heatmaps") or []:
         lines.append(f"{h['method']} heat map of {h['label']}")
+        if flagged_text(h):  # the engine's verdict, as analyze and the viewer say it
+            lines.append(flagged_text(h))
     er = d.get("explanation_region")
     if er and not er.get("error"):
         try:

@@ -5,6 +5,9 @@
   as slivers: the region line says the share is NOT MEANINGFUL (before, the panel said "6% of the
   pneumonia heat map lies inside the lungs" as a normal figure and flagged the map "mostly
   outside the lungs" on it; the region's quality checks were made only in analyze's results.json).
+* ``feedback_box_review.png``: the reader-feedback box under the AI panel after us-breast on a
+  benign BUSI image (benign_022): malignant 0.20 is above its rule-out threshold while benign is
+  more likely: "review (most likely: benign)" as the panel says (before: "malignant: POSITIVE").
 * ``card_sanity_other_weights.png``: taken again; the card dialog's stale-sanity line now takes its
   reason from ``explain.sanity.other_weights_reason`` (the same words).
 
@@ -48,6 +51,20 @@ def main() -> int:
     bar.setValue(min(bar.maximum(), res.cursorRect().top() + bar.value() - 200))
     wait(app, lambda: False, 0.5)
     print(small_png(res.grab().toImage(), OUT / "model_panel_region_not_meaningful.png"))
+
+    # --- the feedback box on a rule-out "review"
+    w.close()
+    app, w, home = fresh_window("ia-shot26-")
+    panel = panel_on_model(app, w, Path(home) / "us", "us-breast",
+                           SHARED / "ultrasound" / "breast_busi" / "benign" / "benign_022.jpg")
+    panel.method.setCurrentIndex(panel.method.count() - 1)  # no heat map
+    done = []
+    panel.runFinished.connect(done.append)
+    print("run:", panel.run(), "|", panel.error_text())
+    wait(app, lambda: bool(done), 180)
+    wait(app, lambda: False, 0.8)
+    print("feedback:", [r["text"] for r in panel.feedback_box.rows.values()])
+    print(small_png(panel.feedback_box.grab().toImage(), OUT / "feedback_box_review.png"))
 
     from shot_session25 import card_sanity_shot
 

@@ -60,9 +60,10 @@ def win(qapp, tmp_path_factory, models, split_study):
     w.opened = str(split_study)
     w.show_model_panel()
     p = w.model_panel
-    assert wait_until(lambda: p._catalog_loaded, 60)
+    # generous: the suite runs on two workers, and this window waits for every model's checksum
+    assert wait_until(lambda: p._catalog_loaded, 180)
     assert wait_until(lambda: all(p.verify_state.get(str(e.folder)) for e in p.entries
-                                  if e.card is not None and not e.shadowed_by), 60)
+                                  if e.card is not None and not e.shadowed_by), 180)
     yield w
     w.close()
 

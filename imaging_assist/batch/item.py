@@ -256,11 +256,7 @@ class ModelRunner:
         d["source"] = res.source
         from ..inference.checks import apply_trust_checks  # analyze's own checks, not a copy
 
-        apply_trust_checks(d, res, self.card, overridden)
-        said = " ".join(d.get("warnings") or [])
-        extra = [w for w in m.warnings if not (w.startswith("plain image") and "modality" in said)]
-        if extra:
-            d["warnings"] = list(d.get("warnings") or []) + extra
+        apply_trust_checks(d, res, self.card, overridden, m.warnings)
         self._finish(c, d, out, vol, res, row)
         return d, out
 
@@ -435,6 +431,10 @@ def _row_from_item(d: dict, out: Path) -> dict:
         r["quality"] = (d["quality"] or {}).get("text")
     r["label_map"] = p(d.get("label_map"))
     r["heatmaps"] = [p(h.get("file")) for h in d.get("heatmaps") or [] if isinstance(h, dict)]
+    from ..explain.flags import flagged_text
+
+    # a flagged map (the viewer hides it) is said in the table too, not only in the item's results.json
+    r["warnings"] += [t for t in map(flagged_text, d.get("heatmaps") or []) if t]
     if d.get("kind") == "slide" and (d.get("files") or {}).get("heatmaps"):  # the per-class heat-map file
         r["heatmaps"] = [p(d["files"]["heatmaps"])]
     r["key_images"] = [p(k) for k in d.get("key_images") or [] if isinstance(k, str)]

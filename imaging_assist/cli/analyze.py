@@ -250,21 +250,16 @@ def cmd_analyze(args) -> int:
                 d["source"] = res.source
                 from ..inference.checks import apply_trust_checks
 
-                apply_trust_checks(d, res, card, overridden)
-                # fits, but something the card asks for could not be checked: say so (the
-                # pipeline already says that a plain image has no modality)
-                said = " ".join(d.get("warnings") or [])
-                extra = [w for w in m.warnings if not (w.startswith("plain image") and "modality" in said)]
-                if extra:
-                    d["warnings"] = list(d.get("warnings") or []) + extra
+                apply_trust_checks(d, res, card, overridden, m.warnings)
                 from ..export.report_pdf import capture
 
                 captured[len(results)] = capture(d, vol, out_dir, res)
                 results.append(d)
                 if dicom_run is not None:  # DICOM SEG/PM/SR while the volume is in memory
                     dicom_run.add(kind, vol, res, d, stem, captured=captured[len(results) - 1])
-                if bar.disable:
-                    print(_summary(d), file=sys.stderr)
+                # above the progress bar on a terminal (tqdm.write): the line was printed only when
+                # there was no bar, so on a terminal analyze said nothing but where it wrote
+                bar.write(_summary(d), file=sys.stderr)
             except Cancelled:
                 raise
             except Exception as e:  # noqa: BLE001

@@ -185,6 +185,13 @@ class PredictionLog:
             cur = self.conn.execute(_INSERT_RUN, vals)
             return int(cur.lastrowid)
 
+    def withhold_run(self, ref: dict) -> None:
+        """The decision of run ``ref`` (``res.prediction_log_ref``) withheld after it was logged
+        (a research override is applied after the run): ``positive`` NULL, never a positive."""
+        with self.lock:
+            self.conn.execute("UPDATE runs SET positive = NULL WHERE id = ? AND time_utc IS ? AND model_id IS ? "
+                              "AND input_key IS ?", (ref.get("id"), *(ref.get(k) for k in RUN_REF_KEYS)))
+
     def add_runs(self, rows: list[dict]) -> None:
         """Many rows in one transaction (benchmarks, imports)."""
         with self.lock:
@@ -481,6 +488,18 @@ def record_safely(model, volume, res) -> int | None:
         warn_once(f"the prediction log could not record this run ({type(e).__name__}: "
                   f"{str(e).splitlines()[0] if str(e) else ''}); runs go on without it")
         return None
+
+
+def withhold_logged(res) -> None:
+    """The logged run of ``res`` gets its decision withheld (``positive`` NULL); never raises."""
+    ref = getattr(res, "prediction_log_ref", None)
+    if not enabled() or not isinstance(ref, dict):
+        return
+    try:
+        open_log().withhold_run(ref)
+    except Exception as e:  # noqa: BLE001 - a logging failure must never break a run
+        warn_once(f"the prediction log could not record a withheld decision ({type(e).__name__}: "
+                  f"{str(e).splitlines()[0] if str(e) else ''})")
 
 
 # public names for the slide hook (monitoring/slide_log.py): the same pseudonyms and JSON

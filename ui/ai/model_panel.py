@@ -202,6 +202,10 @@ def _run_job(card, volume, settings: dict, token: int, bridge: _Bridge, models: 
                           explain_labels=settings.get("labels"))
         region = method is not None and getattr(card, "explanation_region", None) is not None
         res = run_inference(model, volume, opts, progress.stage(0.03, 0.9 if region else 0.98))
+        from imaging_assist.inference.checks import withhold_overridden
+
+        # before anything shows the result (the feedback box read a positive under "Decisions withheld")
+        withhold_overridden(res, settings.get("override_reasons") or [])
         if region:  # heat-map mass inside the card's region (e.g. the lungs), engine-side
             from imaging_assist.explain.regions import RegionExplainer
 
@@ -996,7 +1000,8 @@ class ModelPanel(QWidget):
             return False
         settings = {"device": self.device.currentData(), "method": self.method.currentData(),
                     "labels": self.target.currentData() if self.method.currentData() else None,
-                    "override_reasons": list(m.reasons) if not m.ok else []}
+                    "override_reasons": list(m.reasons) if not m.ok else [],
+                    "match_warnings": list(m.warnings)}  # said in the run's exports, as analyze says them
         self._run_token += 1
         token = self._run_token
         self._run_ctx = {"entry": e, "card": e.card, "volume": vol, "settings": settings,

@@ -37,7 +37,8 @@ def result_item(res, card, settings: dict | None = None) -> dict:
 
     d = res.to_dict()
     d["heatmaps"] = [h.to_dict() for h in res.heatmaps]
-    apply_trust_checks(d, res, card, list((settings or {}).get("override_reasons") or []))
+    apply_trust_checks(d, res, card, list((settings or {}).get("override_reasons") or []),
+                       list((settings or {}).get("match_warnings") or []))
     return d
 
 

@@ -149,10 +149,14 @@ class FeedbackBox(QGroupBox):
         if isinstance(probs, dict) and probs:
             decs = getattr(res, "decisions", None) or {}
             out = []
+            top = max(probs, key=probs.get)
             for lab, d in decs.items():
                 if isinstance(d, dict) and lab in probs:
                     pos = d.get("positive")
-                    word = "withheld" if pos is None else ("POSITIVE" if pos else "negative")
+                    # the engine's states (models.operating_point.decide_item): above a rule-out
+                    # threshold while another class is more likely is "review", not positive
+                    word = ("withheld" if pos is None else "negative" if not pos
+                            else "POSITIVE" if lab == top else f"review (most likely: {top})")
                     out.append((lab, f"{lab}: {word} ({probs[lab]:.2f})"))
             if not out:
                 top = max(probs, key=probs.get)
