@@ -648,6 +648,11 @@ def _read_segmentation(ds, volume, what) -> Segmentation:
 
 
 # --------------------------------------------------------------------------- Parametric Map
+#: ImageComments of a heat map the engine flagged (``explain.flags``), written by
+#: ``export.parametric_map``: the viewer that reopens the map hides it with the reasons, as the run did
+FLAGGED_PREFIX = "AI heat map flagged by Imaging Assist, not to be trusted as an explanation: "
+
+
 @dataclass
 class ParametricMap:
     description: str
@@ -656,19 +661,22 @@ class ParametricMap:
     units: str = ""
     label: str = ""
     warnings: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # the writer's reasons not to trust it (ours)
 
     def layer(self):
         from ..layers import HeatmapLayer
         # NaN (slices the map does not cover) stays NaN: transparent, never a colour for 0
-        return HeatmapLayer(self.description or self.label or "Parametric map", self.array,
-                            units=self.units if self.units not in ("no units", "1") else "")
+        layer = HeatmapLayer(self.description or self.label or "Parametric map", self.array,
+                             units=self.units if self.units not in ("no units", "1") else "")
+        layer.set_flags(self.flags)  # hidden with the reasons, as in the run that wrote it
+        return layer
 
     def to_dict(self) -> dict:
         finite = self.array[np.isfinite(self.array)]
         rng = [float(finite.min()), float(finite.max())] if finite.size else None
         return {"kind": PARAMETRIC_MAP, "description": self.description, "series_uid": self.series_uid,
                 "label": self.label, "units": self.units, "value_range": rng,
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "flags": list(self.flags)}
 
 
 def read_parametric_map(source, volume) -> ParametricMap:
@@ -735,6 +743,9 @@ def _read_parametric_map(ds, volume, what) -> ParametricMap:
     pm = ParametricMap(description=str(ds.get("SeriesDescription") or ds.get("ContentLabel") or ""),
                        series_uid=str(ds.get("SeriesInstanceUID") or ""), array=out,
                        units=units, label=label)
+    comments = str(ds.get("ImageComments") or "")
+    if FLAGGED_PREFIX in comments:  # a map Imaging Assist wrote flagged (explain/flags.py)
+        pm.flags = [r.strip() for r in comments.split(FLAGGED_PREFIX, 1)[1].split(" | ") if r.strip()][:20]
     bad = int(np.count_nonzero(np.isinf(out)))
     if bad:
         pm.warnings.append(f"{bad} infinite values in the parametric map")

@@ -239,9 +239,12 @@ def write_dicom_results(volume, results, out_dir, *, report_pdf=None, measuremen
         elif plan.kind == "PM":
             res, d = results[plan.item], items[plan.item]
             hm = res.heatmaps[plan.extra["heat"]]
+            said = (d.get("heatmaps") or [])[plan.extra["heat"]:][:1]  # its results.json entry
+            flags = said[0].get("flags") if said and isinstance(said[0], dict) else None
             pm = build_parametric_map(volume, hm.array, label=hm.label, method=hm.method,
                                       model_id=d["model"], model_version=d["model_version"],
-                                      series_number=sn, datasets=datasets, warnings=warnings)
+                                      series_number=sn, datasets=datasets, warnings=warnings,
+                                      flags=flags)
             pms.setdefault(plan.item, []).append(pm)
             save(pm, "PM", plan.description, f"{_name(d['model'])}_PM_{_name(hm.label)}_{_name(hm.method)}")
         elif plan.kind == "SR":

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..privacy.audit import record_export
+from ..dicom.result_objects import FLAGGED_PREFIX
 from . import dicom_common as dc
 
 _METHOD_CODES = {
@@ -37,8 +38,10 @@ _NOMINAL_NOTE = ("Parametric Map of an image without patient geometry: written o
 
 def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, model_id: str,
                          model_version: str, series_number: int = 9902, datasets=None,
-                         series_uid: str | None = None, warnings: list | None = None):
-    """A ``highdicom.pm.ParametricMap`` of ``heat`` ([k, j, i] float on the Volume's grid)."""
+                         series_uid: str | None = None, warnings: list | None = None,
+                         flags: list | None = None):
+    """A ``highdicom.pm.ParametricMap`` of ``heat`` ([k, j, i] float on the Volume's grid);
+    ``flags``: the engine's reasons not to trust the map (results.json ``heatmaps[].flags``)."""
     import highdicom as hd
 
     datasets = datasets if datasets is not None else dc.source_datasets(volume)
@@ -94,6 +97,10 @@ def build_parametric_map(volume, heat: np.ndarray, *, label: str, method: str, m
             pm = hd.pm.ParametricMap(pixel_array=h, **kw)
     except (ValueError, TypeError, AttributeError, KeyError, RuntimeError) as e:
         raise dc.DicomExportError(f"Parametric Map not written: {e}".splitlines()[0]) from None
+    said = [str(f) for f in flags or () if f]
+    if said:
+        note = FLAGGED_PREFIX + " | ".join(said)
+        pm.ImageComments = (f"{pm.ImageComments}. {note}" if "ImageComments" in pm else note)[:10240]
     if not nominal:
         dc.point_frames_at_the_stack(pm, volume, datasets)
         dc.thickness_per_frame(pm, volume, datasets)
