@@ -8,6 +8,9 @@
 * ``feedback_box_review.png``: the reader-feedback box under the AI panel after us-breast on a
   benign BUSI image (benign_022): malignant 0.20 is above its rule-out threshold while benign is
   more likely: "review (most likely: benign)" as the panel says (before: "malignant: POSITIVE").
+* ``overlays_reopened_flagged_pm.png``: the Overlays panel after opening a folder with the demo's
+  child AP film and the Parametric Map that ``analyze --explain gradcam --dicom`` wrote of it: the
+  map comes back hidden and flagged with its reasons (before: shown, unflagged).
 * ``card_sanity_other_weights.png``: taken again; the card dialog's stale-sanity line now takes its
   reason from ``explain.sanity.other_weights_reason`` (the same words).
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _screens import fresh_window, panel_on_model, small_png, wait  # noqa: E402
+from _screens import fresh_window, open_and_wait as _open, panel_on_model, small_png, wait  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data"
 OUT = HERE.parent / "docs" / "screenshots"
@@ -65,6 +68,28 @@ def main() -> int:
     wait(app, lambda: False, 0.8)
     print("feedback:", [r["text"] for r in panel.feedback_box.rows.values()])
     print(small_png(panel.feedback_box.grab().toImage(), OUT / "feedback_box_review.png"))
+
+    # --- a flagged map's Parametric Map, reopened
+    import shutil
+
+    from imaging_assist.cli.main import main as cli
+
+    pmview = Path(home) / "pmview"
+    pmview.mkdir()
+    shutil.copy(HERE.parent / "imaging_assist" / "data" / "demo" / "chest_xray" / "cxr_01_ap.dcm", pmview)
+    cli(["analyze", str(pmview), "--model", "cxr-pneumonia", "--explain", "gradcam", "--dicom",
+         "--out", str(Path(home) / "out")])
+    for f in (Path(home) / "out" / "dicom").glob("*_PM_*.dcm"):
+        shutil.copy(f, pmview)
+    w.close()
+    app, w, home = fresh_window("ia-shot26-")
+    _open(app, w, pmview)
+    wait(app, lambda: any(getattr(x, "flags", None) for x in w.doc.layers), 30)
+    wait(app, lambda: False, 1.0)
+    print("layers:", [(x.name, x.visible, getattr(x, "flags", None)) for x in w.doc.layers])
+    w.layers_panel.tree.expandAll()
+    wait(app, lambda: False, 0.5)
+    print(small_png(w.layers_panel.grab().toImage(), OUT / "overlays_reopened_flagged_pm.png"))
 
     from shot_session25 import card_sanity_shot
 
