@@ -281,6 +281,16 @@ def _check_input(card, vol: Volume, warns: list[str], opts: RunOptions) -> None:
             raise InputError("the selected region is empty")
         if card.task != "segmentation":
             raise InputError("a region can only be explained for segmentation models")
+    slide = (getattr(card, "raw", None) or {}).get("slide")
+    if isinstance(slide, dict) and card.task == "classification" and not vol.has_geometry:
+        # a tile model on a large plain image: analyze tiles it as a slide (slides.analysis.
+        # is_slide_input, more than two tiles on its longer side); here it is shrunk to one tile
+        tile = int(slide.get("tile_px") or (card.input.size or [224])[0])
+        rows, cols = (int(v) for v in vol.array.shape[1:3])
+        if max(rows, cols) > 2 * tile:
+            warns.append(f"this image ({cols} x {rows} px) is more than two of model {card.id}'s {tile}-px "
+                         f"tiles: it is shrunk to one tile here, {max(rows, cols) / tile:.1f}x smaller than the "
+                         "tiles the model was trained on; `imaging-assist analyze` tiles such an image as a slide")
     mods = [m.upper() for m in card.modality]
     if vol.modality:
         if vol.modality.upper() not in mods and "OT" not in mods:
