@@ -364,9 +364,8 @@ def _analyze_slides(slides, model, args, out_dir: Path, results: list, notes: li
 
 def _summary(d: dict) -> str:
     """One line per item; a flagged ``ood`` says "outside what this model was trained on"."""
-    from ..validation.ood import summary_note
-
     from ..explain.flags import flagged_text
+    from ..validation.ood import summary_note
 
     line = _summary_line(d)
     lines = [line + summary_note(d, line)]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..privacy.audit import record_export
 from ..dicom.result_objects import FLAGGED_PREFIX
+from ..privacy.audit import record_export
 from . import dicom_common as dc
 
 _METHOD_CODES = {

@@ -22,7 +22,6 @@ def withhold_overridden(res, overridden: list[str]) -> str:
     return OVERRIDE_WITHHELD
 
 
-
 def apply_trust_checks(d: dict, res, card, overridden: list[str], match_warnings=()) -> None:
     """Issue 14: a research override is recorded and withholds decisions; classifications get
     the ``decision`` with the card's independent test-split figures; segmentations the

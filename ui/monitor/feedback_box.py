@@ -159,7 +159,6 @@ class FeedbackBox(QGroupBox):
                             else "POSITIVE" if lab == top else f"review (most likely: {top})")
                     out.append((lab, f"{lab}: {word} ({probs[lab]:.2f})"))
             if not out:
-                top = max(probs, key=probs.get)
                 out.append((top, f"{top} (most likely, {probs[top]:.2f})"))
             return out
         counts = getattr(res, "voxel_counts", None) or {}
